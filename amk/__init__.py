@@ -1,0 +1,1 @@
+"""AMK: search for the fastest correct batch-1 decode megakernel."""

@@ -1,0 +1,97 @@
+"""SM assignment: place every task on one SM's queue. Queues keep task-id order, which is a
+topological order of the program, so no queue can wait on a task queued behind it."""
+
+from __future__ import annotations
+
+import heapq
+
+from .config import SmAssignment, SmConfig
+from .errors import LoweringError
+from .opcodes import Opcode
+from .program import Counter, ProgramConstants, Task
+
+# A coarse per-SM speed for placement only (bytes per microsecond an SM streams, and a fixed cost per
+# task); the cost model in amk.schedule.cost is what predicts latency.
+SM_BYTES_PER_US = 20_000.0
+TASK_OVERHEAD_US = 1.0
+
+
+def task_bytes(task: Task, c: ProgramConstants) -> int:
+    """Bytes a task moves from memory, assuming a half-full KV cache for attention."""
+    if task.opcode in (Opcode.ATTN_DECODE, Opcode.ATTN_SCORES, Opcode.ATTN_VALUES):
+        parts = getattr(task.params, "parts", 1)
+        positions = c.max_seq // 2 // parts
+        per_cache = positions * c.head_dim * c.dtype.nbytes
+        return per_cache * (2 if task.opcode == Opcode.ATTN_DECODE else 1)
+    return task.weight_bytes + 64
+
+
+def assign_sms(tasks: list[Task], counters: list[Counter], c: ProgramConstants, num_sms: int,
+               sm: SmConfig) -> list[list[int]]:
+    if sm.assignment == SmAssignment.ROUND_ROBIN:
+        for i, t in enumerate(tasks):
+            t.sm = i % num_sms
+    elif sm.assignment == SmAssignment.BYTES_BALANCED:
+        _bytes_balanced(tasks, c, num_sms)
+    elif sm.assignment == SmAssignment.LIST_SCHEDULING:
+        _list_schedule(tasks, counters, c, num_sms)
+    else:
+        _explicit(tasks, num_sms, sm.explicit_map)
+    queues: list[list[int]] = [[] for _ in range(num_sms)]
+    for t in tasks:
+        t.queue_pos = len(queues[t.sm])
+        queues[t.sm].append(t.id)
+    return queues
+
+
+def _by_stage(tasks: list[Task]) -> list[list[Task]]:
+    out: list[list[Task]] = []
+    for t in tasks:
+        if not out or out[-1][0].stage != t.stage:
+            out.append([])
+        out[-1].append(t)
+    return out
+
+
+def _bytes_balanced(tasks: list[Task], c: ProgramConstants, num_sms: int) -> None:
+    """Per stage, largest task first onto the least-loaded SM (LPT); stages start balanced anew."""
+    for group in _by_stage(tasks):
+        heap = [(0, s) for s in range(num_sms)]
+        for t in sorted(group, key=lambda t: (-task_bytes(t, c), t.id)):
+            load, s = heapq.heappop(heap)
+            t.sm = s
+            heapq.heappush(heap, (load + task_bytes(t, c), s))
+
+
+def _list_schedule(tasks: list[Task], counters: list[Counter], c: ProgramConstants, num_sms: int) -> None:
+    """DAG-aware list scheduling: in topological order, each task goes to the SM where it can start
+    earliest, given when its dependencies finish (estimated from bytes)."""
+    producers: dict[int, list[int]] = {}
+    for t in tasks:
+        for s in t.signals:
+            producers.setdefault(s, []).append(t.id)
+    finish = [0.0] * len(tasks)
+    sm_free = [(0.0, s) for s in range(num_sms)]
+    heapq.heapify(sm_free)
+    for t in tasks:
+        ready = max((finish[p] for w in t.waits for p in producers.get(w.counter, [])), default=0.0)
+        free_at, s = heapq.heappop(sm_free)
+        # prefer an SM already free by `ready`; among those the heap's lowest free time is as good as any
+        start = max(free_at, ready)
+        t.sm = s
+        finish[t.id] = start + TASK_OVERHEAD_US + task_bytes(t, c) / SM_BYTES_PER_US
+        heapq.heappush(sm_free, (finish[t.id], s))
+
+
+def _explicit(tasks: list[Task], num_sms: int, explicit_map: dict) -> None:
+    cursors: dict[str, int] = {}
+    for kind, sms in explicit_map.items():
+        bad = [s for s in sms if s >= num_sms]
+        if bad:
+            raise LoweringError(f"sm.explicit_map.{kind}", f"SM ids {bad} out of range for {num_sms} SMs")
+    default = list(range(num_sms))
+    for t in tasks:
+        sms = explicit_map.get(t.kind, default)
+        i = cursors.get(t.kind, 0)
+        t.sm = sms[i % len(sms)]
+        cursors[t.kind] = i + 1

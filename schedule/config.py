@@ -1,0 +1,267 @@
+"""ScheduleConfig: the one object a coding agent edits.
+
+Every field carries its own bounds and a one-line account of what it changes (in `metadata`), so
+the strict parser, the JSON schema and the search space all read the same facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+
+class SmAssignment(str, Enum):
+    ROUND_ROBIN = "round_robin"
+    BYTES_BALANCED = "bytes_balanced"
+    LIST_SCHEDULING = "list_scheduling"
+    EXPLICIT = "explicit"
+
+
+class ScratchPolicy(str, Enum):
+    NONE = "none"  # every activation its own buffer
+    LINEAR = "linear"  # one arena, each activation its own range
+    LIVENESS = "liveness"  # one arena, ranges reused once a value is dead
+
+
+class SyncGranularity(str, Enum):
+    STAGE = "stage"  # one counter per stage
+    HEAD = "head"  # QKV signals one counter per KV head, so attention starts per head
+
+
+def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search=None):
+    """A config field. `choices`/`minimum`/`maximum` bound what parses; `search` lists the values the
+    search explores (defaults to `choices`)."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
+            "search": search if search is not None else choices}
+    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: _copy_default(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy_default(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value)
+    return json.loads(json.dumps(value))
+
+
+@dataclass
+class RowTiling:
+    rows_per_task: int = knob(16, help="output rows one task computes", minimum=1, maximum=1 << 20,
+                              search=[8, 16, 32, 64, 128, 256, 512])
+    k_splits: int = knob(1, help="split the reduction dimension over this many tasks (a reduce task finishes)",
+                         minimum=1, maximum=16, search=[1, 2, 4])
+
+
+@dataclass
+class QkvTiling:
+    heads_per_task: int = knob(1, help="q/k/v heads one QKV task computes (RoPE needs whole heads)",
+                               minimum=1, maximum=1024, search=[1, 2, 4, 8])
+    k_splits: int = knob(1, help="split the reduction dimension over this many tasks (a reduce task finishes)",
+                         minimum=1, maximum=16, search=[1, 2, 4])
+
+
+@dataclass
+class MatvecConfig:
+    qkv: QkvTiling = knob(QkvTiling(), help="QKV projection tiling")
+    o: RowTiling = knob(RowTiling(16), help="attention output projection tiling")
+    gate_up: RowTiling = knob(RowTiling(64), help="gate/up projection tiling (rows of the activation)")
+    down: RowTiling = knob(RowTiling(16), help="down projection tiling")
+    lm_head: RowTiling = knob(RowTiling(256), help="LM head tiling")
+
+
+@dataclass
+class AttentionConfig:
+    kv_partitions: int = knob(4, help="split each KV head's positions over this many tasks, then combine",
+                              minimum=1, maximum=64, search=[1, 2, 4, 8, 16])
+    sync: SyncGranularity = knob(SyncGranularity.HEAD, help="counter granularity between QKV and attention",
+                                 choices=list(SyncGranularity))
+
+
+@dataclass
+class FusionConfig:
+    norm_into_matvec: bool = knob(True, help="recompute RMSNorm inside each consumer matvec task",
+                                  choices=[True, False])
+    rope_kv_into_qkv: bool = knob(True, help="apply RoPE (and q/k norm) and append KV in the QKV epilogue",
+                                  choices=[True, False])
+    silu_mul_into_gate_up: bool = knob(True, help="compute silu(gate)*up in the gate/up epilogue",
+                                       choices=[True, False])
+    residual_into_matvec: bool = knob(True, help="add into the residual stream in the O/down epilogue",
+                                      choices=[True, False])
+
+
+@dataclass
+class SmConfig:
+    assignment: SmAssignment = knob(SmAssignment.BYTES_BALANCED, help="how tasks are placed on SM queues",
+                                    choices=list(SmAssignment),
+                                    search=[SmAssignment.ROUND_ROBIN, SmAssignment.BYTES_BALANCED,
+                                            SmAssignment.LIST_SCHEDULING])
+    explicit_map: dict = knob({}, help="with assignment=explicit: stage kind -> list of SM ids its tasks "
+                                       "cycle over (kinds absent use every SM)")
+
+
+@dataclass
+class VmBuildConfig:
+    loads_in_flight: int = knob(4, help="16-byte weight loads each thread issues before using any",
+                                choices=[1, 2, 4, 8])
+    spin_backoff_ns: int = knob(0, help="nanosleep between polls of a dependency counter",
+                                choices=[0, 32, 128, 512])
+
+
+@dataclass
+class ScheduleConfig:
+    matvec: MatvecConfig = knob(MatvecConfig(), help="per-matvec tiling")
+    attention: AttentionConfig = knob(AttentionConfig(), help="attention decode partitioning")
+    fusion: FusionConfig = knob(FusionConfig(), help="which ops are fused into their neighbours")
+    sm: SmConfig = knob(SmConfig(), help="SM assignment")
+    pipelining_depth: int = knob(1, help="how many queued tasks ahead each SM prefetches weights into L2 "
+                                         "before waiting on dependencies", minimum=0, maximum=8,
+                                 search=[0, 1, 2, 3, 4])
+    scratch: ScratchPolicy = knob(ScratchPolicy.LIVENESS, help="scratch arena allocation",
+                                  choices=list(ScratchPolicy))
+    threads_per_block: int = knob(512, help="threads of each persistent block", choices=[128, 256, 512, 1024])
+    smem_per_block: int = knob(96 * 1024, help="dynamic shared memory per block in bytes; sets how many "
+                                               "KV positions attention scores per round", minimum=16 * 1024, maximum=227 * 1024,
+                               search=[48 * 1024, 96 * 1024, 160 * 1024])
+    build: VmBuildConfig = knob(VmBuildConfig(), help="compile-time VM knobs")
+
+    # ---- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return _to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ScheduleConfig:
+        return _parse_dataclass(cls, data, "$")
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def schedule_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+
+
+def _to_jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def _parse_dataclass(cls, data, path: str):
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"expected an object, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{path}.{key}", f"unknown key; allowed: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _parse_value(hints[f.name], f.metadata, data[f.name], f"{path}.{f.name}")
+    return cls(**kwargs)
+
+
+def _parse_value(tp, meta, value, path):
+    if dataclasses.is_dataclass(tp):
+        return _parse_dataclass(tp, value, path)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        allowed = [m.value for m in tp]
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, str) or value not in allowed:
+            raise ConfigError(path, f"expected one of {allowed}, got {value!r}")
+        return tp(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected a boolean, got {type(value).__name__}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {type(value).__name__}")
+        _check_bounds(meta, value, path)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(path, f"expected a finite number, got {value!r}")
+        _check_bounds(meta, value, path)
+        return float(value)
+    if tp is dict or get_origin(tp) is dict:
+        return _parse_explicit_map(value, path)
+    raise ConfigError(path, f"unsupported field type {tp}")  # a programming error in this module
+
+
+def _check_bounds(meta, value, path):
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(path, f"expected one of {choices}, got {value!r}")
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    if lo is not None and value < lo:
+        raise ConfigError(path, f"must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(path, f"must be <= {hi}, got {value!r}")
+
+
+EXPLICIT_MAP_KINDS = ("embed", "norm", "qkv", "rope_kv", "attention", "attention_values", "attention_combine", "o", "add",
+                      "gate_up", "silu_mul", "down", "reduce", "lm_head", "argmax")
+MAX_SM_ID = 4096
+
+
+def _parse_explicit_map(value, path):
+    if not isinstance(value, dict):
+        raise ConfigError(path, f"expected an object of stage kind -> SM list, got {type(value).__name__}")
+    out = {}
+    for kind, sms in value.items():
+        p = f"{path}.{kind}"
+        if kind not in EXPLICIT_MAP_KINDS:
+            raise ConfigError(p, f"unknown stage kind; allowed: {', '.join(EXPLICIT_MAP_KINDS)}")
+        if not isinstance(sms, list) or not sms:
+            raise ConfigError(p, "expected a non-empty list of SM ids")
+        for i, sm in enumerate(sms):
+            if isinstance(sm, bool) or not isinstance(sm, int) or not 0 <= sm < MAX_SM_ID:
+                raise ConfigError(f"{p}[{i}]", f"expected an SM id in [0, {MAX_SM_ID}), got {sm!r}")
+        out[kind] = list(sms)
+    return out
+
+
+def iter_knobs(cls=ScheduleConfig, prefix: str = ""):
+    """Yield (dotted path, dataclass field, type) for every leaf knob."""
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            yield from iter_knobs(tp, path + ".")
+        else:
+            yield path, f, tp
+
+
+def get_path(config: ScheduleConfig, path: str):
+    obj = config
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def with_value(config: ScheduleConfig, path: str, value) -> ScheduleConfig:
+    """A copy of `config` with the knob at dotted `path` set (value given in its JSON form)."""
+    data = config.to_dict()
+    node = data
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = _to_jsonable(value)
+    return ScheduleConfig.from_dict(data)
+

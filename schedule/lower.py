@@ -1,0 +1,139 @@
+"""lower(model, target, config) -> MegakernelProgram, as a flat pipeline of named steps."""
+
+from __future__ import annotations
+
+import math
+
+from .assign import assign_sms
+from .buffers import allocate_scratch, plan_model_buffers
+from .config import ScheduleConfig
+from .errors import LoweringError
+from .graph import Graph, ModelDims, build_graph
+from .opcodes import DType
+from .program import Counter, MegakernelProgram, ProgramConstants, Task, Wait
+from .stages import Stage, plan_stages, value_sizes
+from .sync import StageGraph, stage_graph
+from .targets import GpuTarget, get_target
+from .tile import TaskDraft, Tiler
+
+DEFAULT_MAX_SEQ = 2048
+
+
+def lower(model, target: GpuTarget | str, config: ScheduleConfig | dict | None = None,
+          max_seq: int | None = None) -> MegakernelProgram:
+    """`model` is anything with `.dims` (ModelDims) and `.dtype` (torch dtype or DType): an amk Model,
+    or a ModelDims with dtype given through `lower_dims`."""
+    return lower_dims(model.dims, _dtype_of(model), target, config, max_seq=max_seq,
+                      name=getattr(model, "name", "model"))
+
+
+def lower_dims(dims: ModelDims, dtype: DType, target: GpuTarget | str, config: ScheduleConfig | dict | None = None,
+               max_seq: int | None = None, name: str = "model") -> MegakernelProgram:
+    target = get_target(target)
+    config = _as_config(config)
+    max_seq = int(max_seq or min(dims.max_positions, DEFAULT_MAX_SEQ))
+    if max_seq < 1:
+        raise LoweringError("max_seq", f"must be >= 1, got {max_seq}")
+    graph: Graph = build_graph(dims)
+    stages = plan_stages(graph, config)
+    sgraph = stage_graph(stages, config.attention.sync)
+    buffers = plan_model_buffers(dims, dtype, max_seq)
+    placement = allocate_scratch(buffers, stages, value_sizes(graph, config, max_seq), config.scratch, sgraph)
+    tiler = Tiler(dims, dtype, max_seq, config, buffers, placement)
+    drafts = [tiler.tile(st) for st in stages]
+    tasks = _make_tasks(stages, drafts)
+    counters = _attach_sync(stages, sgraph, tasks, drafts)
+    constants = _constants(dims, dtype, max_seq, buffers)
+    queues = assign_sms(tasks, counters, constants, target.sm_count, config.sm)
+    return MegakernelProgram(
+        constants=constants, buffers=buffers.buffers, counters=counters, tasks=tasks, queues=queues,
+        threads_per_block=config.threads_per_block, smem_per_block=config.smem_per_block,
+        build={"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": config.build.loads_in_flight,
+               "SPIN_BACKOFF_NS": config.build.spin_backoff_ns},
+        meta={"model": name, "target": target.name, "schedule_id": config.schedule_id, "max_seq": max_seq,
+              "dtype": dtype.name, "stages": len(stages)},
+    )
+
+
+def _as_config(config) -> ScheduleConfig:
+    if config is None:
+        return ScheduleConfig()
+    if isinstance(config, dict):
+        return ScheduleConfig.from_dict(config)
+    return config
+
+
+def _dtype_of(model) -> DType:
+    dt = model.dtype
+    return dt if isinstance(dt, DType) else DType.from_torch(dt)
+
+
+def _constants(dims: ModelDims, dtype: DType, max_seq: int, b) -> ProgramConstants:
+    return ProgramConstants(
+        dtype=dtype, hidden=dims.hidden, intermediate=dims.intermediate, n_layers=dims.n_layers,
+        n_heads=dims.n_heads, n_kv_heads=dims.n_kv_heads, head_dim=dims.head_dim, vocab=dims.vocab,
+        max_seq=max_seq, rms_eps=dims.rms_eps, attn_scale=1.0 / math.sqrt(dims.head_dim), qk_norm=dims.qk_norm,
+        rope_cos=b["rope_cos"], rope_sin=b["rope_sin"], pos=b["pos"], token=b["token"], logits=b["logits"],
+    )
+
+
+def _make_tasks(stages: list[Stage], drafts: list[list[TaskDraft]]) -> list[Task]:
+    tasks: list[Task] = []
+    for st, ds in zip(stages, drafts):
+        for d in ds:
+            tasks.append(Task(id=len(tasks), opcode=d.opcode, params=d.params, stage=st.index, kind=st.kind,
+                              reads=tuple(d.reads), writes=tuple(d.writes), prefetch=tuple(d.prefetch),
+                              weight_bytes=d.weight_bytes))
+    return tasks
+
+
+def _attach_sync(stages: list[Stage], sg: StageGraph, tasks: list[Task], drafts: list[list[TaskDraft]]) -> list[Counter]:
+    """One counter per stage that some later stage waits on fully, one per (stage, KV group) where a
+    later stage waits group by group. Every wait is for all of a counter's producers."""
+    by_stage: list[list[Task]] = [[] for _ in stages]
+    groups_of: dict[int, tuple[int, ...]] = {}
+    for t, d in zip(tasks, (d for ds in drafts for d in ds)):
+        by_stage[t.stage].append(t)
+        groups_of[t.id] = d.groups
+    need_full = [False] * len(stages)
+    need_group = [False] * len(stages)
+    for deps in sg.deps:
+        for e in deps:
+            if e.aligned:
+                need_group[e.producer] = True
+            else:
+                need_full[e.producer] = True
+    counters: list[Counter] = []
+    full_id: dict[int, int] = {}
+    group_id: dict[tuple[int, int], int] = {}
+    signals: dict[int, list[int]] = {t.id: [] for t in tasks}
+    for st in stages:
+        members = by_stage[st.index]
+        if need_full[st.index]:
+            full_id[st.index] = len(counters)
+            counters.append(Counter(len(counters), f"{st.kind}@{st.index}", len(members)))
+            for t in members:
+                signals[t.id].append(full_id[st.index])
+        if need_group[st.index]:
+            gs = sorted({g for t in members for g in groups_of[t.id]})
+            for g in gs:
+                n = sum(1 for t in members if g in groups_of[t.id])
+                cid = len(counters)
+                group_id[(st.index, g)] = cid
+                counters.append(Counter(cid, f"{st.kind}@{st.index}.g{g}", n))
+                for t in members:
+                    if g in groups_of[t.id]:
+                        signals[t.id].append(cid)
+    for t in tasks:
+        waits: list[Wait] = []
+        for e in sg.deps[t.stage]:
+            if e.aligned:
+                for g in groups_of[t.id]:
+                    cid = group_id[(e.producer, g)]
+                    waits.append(Wait(cid, counters[cid].producers))
+            else:
+                cid = full_id[e.producer]
+                waits.append(Wait(cid, counters[cid].producers))
+        t.waits = tuple(waits)
+        t.signals = tuple(signals[t.id])
+    return counters

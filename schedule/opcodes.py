@@ -1,0 +1,245 @@
+"""Opcodes, parameter layouts and ABI sizes: defined here once.
+
+The CUDA header (`vm/abi.py` generates it) and the packed instruction table are both derived from
+these dataclasses, field by field, in declaration order. A nested dataclass is flattened in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Opcode(IntEnum):
+    EMBED = 1  # x = embed[token]
+    RMSNORM = 2  # out = w * norm(x)
+    MATVEC = 3  # rows of W @ in (optionally normed), then an epilogue
+    EPILOGUE = 4  # sum k-split partials (or read stored rows), then an epilogue
+    ATTN_DECODE = 5  # one KV head, all positions: scores, softmax, values
+    ATTN_SCORES = 6  # one KV head x one partition: scores and their (max, sum)
+    ATTN_VALUES = 7  # one KV head x one partition: probabilities from the global (max, sum), times V
+    ATTN_COMBINE = 8  # sum the partitions' values of one KV head
+    ARGMAX = 9  # reduce per-task (max, index) pairs into the next token
+
+
+class Epilogue(IntEnum):
+    STORE = 0  # out[r] = round(acc + bias)
+    ROPE_KV = 1  # rows are whole heads of [q | k | v]: q/k norm, RoPE; q to out, k/v appended to the cache
+    SILU_MUL = 2  # out[r] = round(round(silu(g[r])) * u[r]), u at row r + pair_offset
+    RESIDUAL_ADD = 3  # out[r] = round(out[r] + round(acc + bias))
+    LOGITS = 4  # out[r] = round(acc); (max, argmax) of the task's rows into argmax slot
+    PARTIAL = 5  # k-split: out[split * split_stride + r] = acc, unrounded
+
+
+class DType(IntEnum):
+    F32 = 0
+    F16 = 1
+    BF16 = 2
+    I32 = 3
+
+    @property
+    def nbytes(self) -> int:
+        return {DType.F32: 4, DType.F16: 2, DType.BF16: 2, DType.I32: 4}[self]
+
+    @property
+    def torch(self):
+        import torch
+
+        return {DType.F32: torch.float32, DType.F16: torch.float16, DType.BF16: torch.bfloat16,
+                DType.I32: torch.int32}[self]
+
+    @classmethod
+    def from_torch(cls, dtype) -> DType:
+        import torch
+
+        table = {torch.float32: cls.F32, torch.float16: cls.F16, torch.bfloat16: cls.BF16, torch.int32: cls.I32}
+        return table[dtype]
+
+
+NO_BUFFER = -1
+
+
+@dataclass(frozen=True)
+class EpilogueParams:
+    kind: int
+    out: int  # buffer id
+    out_off: int  # element offset of row 0 in `out`
+    bias: int = NO_BUFFER
+    pair_offset: int = 0  # SILU_MUL: rows of `up` start here
+    kcache: int = NO_BUFFER
+    vcache: int = NO_BUFFER
+    layer: int = 0
+    qnorm: int = NO_BUFFER  # Qwen3 per-head RMSNorm weights
+    knorm: int = NO_BUFFER
+    argmax: int = NO_BUFFER  # LOGITS: buffer of (value, index) pairs
+    argmax_slot: int = 0
+    split: int = 0  # PARTIAL: which split this task is
+    split_stride: int = 0  # PARTIAL: elements between splits
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    table: int
+    token: int  # I32 buffer holding the token id
+    out: int
+    out_off: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class RmsNormParams:
+    inp: int
+    inp_off: int
+    weight: int
+    out: int
+    out_off: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class MatvecParams:
+    weight: int  # [N, K] row-major
+    row0: int
+    rows: int
+    k0: int
+    klen: int
+    inp: int
+    inp_off: int
+    norm_weight: int  # NO_BUFFER: the input is used as it is
+    epi: EpilogueParams
+
+
+@dataclass(frozen=True)
+class EpilogueTaskParams:
+    src: int  # partial sums [splits, stride] or stored rows
+    src_off: int
+    splits: int
+    stride: int
+    row0: int
+    rows: int
+    epi: EpilogueParams
+
+
+@dataclass(frozen=True)
+class AttnDecodeParams:
+    layer: int
+    kv_head: int
+    q: int  # roped q, heads contiguous
+    q_off: int
+    kcache: int
+    vcache: int
+    scores: int  # fp32 [n_heads, max_seq] scratch
+    scores_off: int
+    out: int  # attention output rows
+    out_off: int
+    chunk: int  # positions a block scores per shared-memory round
+
+
+@dataclass(frozen=True)
+class AttnScoresParams:
+    layer: int
+    kv_head: int
+    q: int
+    q_off: int
+    kcache: int
+    part: int
+    parts: int
+    scores: int
+    scores_off: int
+    stats: int  # (max, sum) per (part, q head)
+    stats_off: int
+    chunk: int
+
+
+@dataclass(frozen=True)
+class AttnValuesParams:
+    layer: int
+    kv_head: int
+    vcache: int
+    part: int
+    parts: int
+    scores: int
+    scores_off: int
+    stats: int
+    stats_off: int
+    out: int  # fp32 partial values per (part, q head)
+    out_off: int
+    chunk: int
+
+
+@dataclass(frozen=True)
+class AttnCombineParams:
+    kv_head: int
+    partial: int
+    partial_off: int
+    parts: int
+    out: int
+    out_off: int
+
+
+@dataclass(frozen=True)
+class ArgmaxParams:
+    pairs: int
+    pairs_off: int
+    slots: int
+    token: int
+
+
+PARAMS_OF: dict[Opcode, type] = {
+    Opcode.EMBED: EmbedParams,
+    Opcode.RMSNORM: RmsNormParams,
+    Opcode.MATVEC: MatvecParams,
+    Opcode.EPILOGUE: EpilogueTaskParams,
+    Opcode.ATTN_DECODE: AttnDecodeParams,
+    Opcode.ATTN_SCORES: AttnScoresParams,
+    Opcode.ATTN_VALUES: AttnValuesParams,
+    Opcode.ATTN_COMBINE: AttnCombineParams,
+    Opcode.ARGMAX: ArgmaxParams,
+}
+
+# ---- ABI ------------------------------------------------------------------------------------------
+INSTR_WORDS = 64  # int32 words per packed instruction
+MAX_WAITS = 6
+MAX_SIGNALS = 4
+MAX_PREFETCH = 2
+HEADER_WORDS = 4  # opcode, task id, n_waits, n_signals
+WAIT_BASE = HEADER_WORDS
+SIGNAL_BASE = WAIT_BASE + 2 * MAX_WAITS
+PREFETCH_BASE = SIGNAL_BASE + MAX_SIGNALS
+PARAM_BASE = PREFETCH_BASE + 3 * MAX_PREFETCH
+MAX_PARAM_WORDS = INSTR_WORDS - PARAM_BASE
+MAX_TASKS = 1 << 20
+MAX_COUNTERS = 1 << 20
+INT32_MAX = (1 << 31) - 1
+
+
+def flat_fields(cls, prefix: str = "") -> list[str]:
+    """Field names of a params dataclass in packed order, nested dataclasses flattened."""
+    names: list[str] = []
+    for f in dataclasses.fields(cls):
+        tp = f.type if not isinstance(f.type, str) else _resolve(f.type)
+        if dataclasses.is_dataclass(tp):
+            names += flat_fields(tp, f"{prefix}{f.name}.")
+        else:
+            names.append(prefix + f.name)
+    return names
+
+
+def flat_values(params) -> list[int]:
+    out: list[int] = []
+    for f in dataclasses.fields(params):
+        v = getattr(params, f.name)
+        if dataclasses.is_dataclass(v):
+            out += flat_values(v)
+        else:
+            out.append(int(v))
+    return out
+
+
+def _resolve(name: str):
+    return globals()[name] if name in globals() else int
+
+
+for _op, _cls in PARAMS_OF.items():
+    assert len(flat_fields(_cls)) <= MAX_PARAM_WORDS, _op

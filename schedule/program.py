@@ -1,0 +1,253 @@
+"""MegakernelProgram: buffers, counters, tasks and per-SM queues, plus the packed instruction table."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from . import opcodes as oc
+from .opcodes import DType, Opcode
+
+
+class BufferKind(str, Enum):
+    WEIGHT = "weight"  # read-only model parameters and tables
+    SCRATCH = "scratch"  # activations; written before read inside one step
+    KV = "kv"  # the KV cache: persistent prefix, one slot appended per step
+    IO = "io"  # token in/out, logits out
+    ARENA = "arena"  # the scratch arena that holds SCRATCH values under linear/liveness allocation
+
+
+@dataclass(frozen=True)
+class Buffer:
+    id: int
+    name: str
+    kind: BufferKind
+    dtype: DType
+    numel: int
+    cols: int = 1  # row length for 2-D weights (the VM indexes rows)
+    arena: int = oc.NO_BUFFER  # SCRATCH value placed in an arena buffer
+    arena_off: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.nbytes
+
+
+@dataclass(frozen=True)
+class Region:
+    """Elements [start, start + length) of a buffer, as a task reads or writes them."""
+
+    buffer: int
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass(frozen=True)
+class Wait:
+    counter: int
+    count: int  # wait until the counter has been signalled this many times in this step
+
+
+@dataclass(frozen=True)
+class Counter:
+    id: int
+    name: str
+    producers: int  # signals per step
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    buffer: int
+    start: int
+    length: int  # elements
+
+
+@dataclass
+class Task:
+    id: int
+    opcode: Opcode
+    params: object
+    stage: int  # logical order of the op this task belongs to
+    kind: str  # stage kind (qkv, attention, ...) for explicit SM maps and reports
+    waits: tuple[Wait, ...] = ()
+    signals: tuple[int, ...] = ()
+    reads: tuple[Region, ...] = ()
+    writes: tuple[Region, ...] = ()
+    prefetch: tuple[Prefetch, ...] = ()
+    weight_bytes: int = 0
+    sm: int = -1
+    queue_pos: int = -1
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "opcode": self.opcode.name, "kind": self.kind, "stage": self.stage,
+            "params": _params_to_dict(self.params),
+            "waits": [[w.counter, w.count] for w in self.waits], "signals": list(self.signals),
+            "reads": [[r.buffer, r.start, r.length] for r in self.reads],
+            "writes": [[r.buffer, r.start, r.length] for r in self.writes],
+            "prefetch": [[p.buffer, p.start, p.length] for p in self.prefetch],
+            "weight_bytes": self.weight_bytes, "sm": self.sm, "queue_pos": self.queue_pos,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Task:
+        op = Opcode[d["opcode"]]
+        return cls(
+            id=d["id"], opcode=op, params=_params_from_dict(oc.PARAMS_OF[op], d["params"]), stage=d["stage"],
+            kind=d["kind"], waits=tuple(Wait(c, n) for c, n in d["waits"]), signals=tuple(d["signals"]),
+            reads=tuple(Region(*r) for r in d["reads"]), writes=tuple(Region(*r) for r in d["writes"]),
+            prefetch=tuple(Prefetch(*p) for p in d["prefetch"]), weight_bytes=d["weight_bytes"],
+            sm=d["sm"], queue_pos=d["queue_pos"],
+        )
+
+
+@dataclass(frozen=True)
+class ProgramConstants:
+    """Model facts every VM needs; the same for all tasks of a program."""
+
+    dtype: DType
+    hidden: int
+    intermediate: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab: int
+    max_seq: int
+    rms_eps: float
+    attn_scale: float
+    qk_norm: bool
+    rope_cos: int  # buffer ids of the [max_seq, head_dim] tables
+    rope_sin: int
+    pos: int  # I32 buffer holding the position being decoded
+    token: int
+    logits: int
+
+    @property
+    def q_rows(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_rows(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+
+@dataclass
+class MegakernelProgram:
+    constants: ProgramConstants
+    buffers: list[Buffer]
+    counters: list[Counter]
+    tasks: list[Task]
+    queues: list[list[int]]  # per SM: task ids in execution order
+    threads_per_block: int
+    smem_per_block: int
+    build: dict = field(default_factory=dict)  # compile-time VM knobs (name -> int)
+    meta: dict = field(default_factory=dict)  # model, target, schedule_id: informational
+
+    @property
+    def num_sms(self) -> int:
+        return len(self.queues)
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers if b.kind == BufferKind.WEIGHT and not b.name.startswith("rope_"))
+
+    # ---- JSON ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        c = dataclasses.asdict(self.constants)
+        c["dtype"] = self.constants.dtype.name
+        return {
+            "constants": c,
+            "buffers": [{**dataclasses.asdict(b), "kind": b.kind.value, "dtype": b.dtype.name} for b in self.buffers],
+            "counters": [dataclasses.asdict(k) for k in self.counters],
+            "tasks": [t.to_dict() for t in self.tasks],
+            "queues": self.queues,
+            "threads_per_block": self.threads_per_block,
+            "smem_per_block": self.smem_per_block,
+            "build": self.build,
+            "meta": self.meta,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MegakernelProgram:
+        c = dict(d["constants"])
+        c["dtype"] = DType[c["dtype"]]
+        return cls(
+            constants=ProgramConstants(**c),
+            buffers=[Buffer(**{**b, "kind": BufferKind(b["kind"]), "dtype": DType[b["dtype"]]}) for b in d["buffers"]],
+            counters=[Counter(**k) for k in d["counters"]],
+            tasks=[Task.from_dict(t) for t in d["tasks"]],
+            queues=[list(q) for q in d["queues"]],
+            threads_per_block=d["threads_per_block"],
+            smem_per_block=d["smem_per_block"],
+            build=dict(d.get("build", {})),
+            meta=dict(d.get("meta", {})),
+        )
+
+    def fingerprint(self) -> str:
+        """Content hash of what the VM executes (meta excluded)."""
+        d = self.to_dict()
+        d.pop("meta")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---- packed table --------------------------------------------------------------------------
+    def pack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(instructions [n_tasks, INSTR_WORDS] int32 in queue order, queue_starts [num_sms + 1] int32,
+        counter_producers [n_counters] int32). Raises ProgramError when a task exceeds the ABI."""
+        from .errors import ProgramError
+
+        order = [tid for q in self.queues for tid in q]
+        table = np.zeros((len(order), oc.INSTR_WORDS), dtype=np.int32)
+        for row, tid in enumerate(order):
+            t = self.tasks[tid]
+            if len(t.waits) > oc.MAX_WAITS or len(t.signals) > oc.MAX_SIGNALS or len(t.prefetch) > oc.MAX_PREFETCH:
+                raise ProgramError(f"task {tid} exceeds the ABI (waits/signals/prefetch)", tasks=(tid,))
+            words = [int(t.opcode), t.id, len(t.waits), len(t.signals)]
+            table[row, :4] = words
+            for i, w in enumerate(t.waits):
+                table[row, oc.WAIT_BASE + 2 * i: oc.WAIT_BASE + 2 * i + 2] = (w.counter, w.count)
+            for i, s in enumerate(t.signals):
+                table[row, oc.SIGNAL_BASE + i] = s
+            for i, p in enumerate(t.prefetch):
+                table[row, oc.PREFETCH_BASE + 3 * i: oc.PREFETCH_BASE + 3 * i + 3] = (p.buffer, p.start, p.length)
+            for i in range(len(t.prefetch), oc.MAX_PREFETCH):
+                table[row, oc.PREFETCH_BASE + 3 * i] = oc.NO_BUFFER
+            vals = oc.flat_values(t.params)
+            if any(not -oc.INT32_MAX <= v <= oc.INT32_MAX for v in vals):
+                raise ProgramError(f"task {tid}: a parameter does not fit in int32", tasks=(tid,))
+            table[row, oc.PARAM_BASE: oc.PARAM_BASE + len(vals)] = vals
+        starts = np.zeros(len(self.queues) + 1, dtype=np.int32)
+        starts[1:] = np.cumsum([len(q) for q in self.queues])
+        producers = np.array([k.producers for k in self.counters], dtype=np.int32)
+        return table, starts, producers
+
+
+def _params_to_dict(params) -> dict:
+    return {f.name: (_params_to_dict(v) if dataclasses.is_dataclass(v := getattr(params, f.name)) else v)
+            for f in dataclasses.fields(params)}
+
+
+def _params_from_dict(cls, d: dict):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        v = d[f.name]
+        kwargs[f.name] = _params_from_dict(oc.EpilogueParams, v) if isinstance(v, dict) else v
+    return cls(**kwargs)

@@ -1,0 +1,77 @@
+"""GPU targets as data, and detection of the live device."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .errors import EnvironmentProblem, UnknownTargetError
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    name: str
+    sm_count: int
+    spec_bandwidth_gbs: float  # vendor datasheet DRAM bandwidth
+    smem_per_block_max: int  # opt-in dynamic shared memory per block, bytes
+    l2_bytes: int
+    arch: str  # nvrtc arch, e.g. sm_90
+    max_threads_per_block: int = 1024
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_MB = 1024 * 1024
+TARGETS: dict[str, GpuTarget] = {
+    t.name: t
+    for t in [
+        GpuTarget("h100-sxm", 132, 3350.0, 227 * 1024, 50 * _MB, "sm_90"),
+        GpuTarget("h100-pcie", 114, 2000.0, 227 * 1024, 50 * _MB, "sm_90"),
+        GpuTarget("h200", 132, 4800.0, 227 * 1024, 60 * _MB, "sm_90"),
+        GpuTarget("a100-80gb", 108, 2039.0, 163 * 1024, 40 * _MB, "sm_80"),
+        GpuTarget("l4", 58, 300.0, 99 * 1024, 48 * _MB, "sm_89"),
+        GpuTarget("rtx4090", 128, 1008.0, 99 * 1024, 72 * _MB, "sm_89"),
+        GpuTarget("rtx5090", 170, 1792.0, 99 * 1024, 96 * _MB, "sm_120"),
+        GpuTarget("b200", 148, 8000.0, 227 * 1024, 126 * _MB, "sm_100"),
+        # A CPU stand-in: the toy loop on a machine with no GPU lowers for a small SM count.
+        GpuTarget("cpu-sim", 8, 50.0, 96 * 1024, 8 * _MB, "none"),
+    ]
+}
+
+
+def get_target(name: str | GpuTarget) -> GpuTarget:
+    if isinstance(name, GpuTarget):
+        return name
+    key = str(name).lower()
+    if key == "auto":
+        return detect_target()
+    if key not in TARGETS:
+        raise UnknownTargetError(str(name), sorted(TARGETS))
+    return TARGETS[key]
+
+
+_NAME_HINTS = [("h200", "h200"), ("h100 pcie", "h100-pcie"), ("h100", "h100-sxm"), ("a100", "a100-80gb"),
+               ("l4", "l4"), ("4090", "rtx4090"), ("5090", "rtx5090"), ("b200", "b200")]
+
+
+def detect_target(device_index: int | None = None) -> GpuTarget:
+    """The live CUDA device as a GpuTarget: a known record when the name matches, with the SM count,
+    shared memory and L2 read off the device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise EnvironmentProblem("no CUDA device: cannot detect a GPU target (pass --gpu NAME)")
+    idx = torch.cuda.current_device() if device_index is None else device_index
+    props = torch.cuda.get_device_properties(idx)
+    lname = props.name.lower()
+    base = next((TARGETS[t] for hint, t in _NAME_HINTS if hint in lname), None)
+    smem = int(getattr(props, "shared_memory_per_block_optin", 0) or (base.smem_per_block_max if base else 48 * 1024))
+    l2 = int(getattr(props, "L2_cache_size", 0) or (base.l2_bytes if base else 0))
+    return GpuTarget(
+        name=base.name if base else lname.replace(" ", "-"),
+        sm_count=int(props.multi_processor_count),
+        spec_bandwidth_gbs=base.spec_bandwidth_gbs if base else 0.0,
+        smem_per_block_max=smem,
+        l2_bytes=l2,
+        arch=f"sm_{props.major}{props.minor}",
+    )

@@ -1,0 +1,326 @@
+"""Tiling: each stage becomes tasks of one opcode, with exact read/write regions and weight prefetches.
+
+QKV rows are laid out by KV group: [q heads of group 0, k0, v0, q heads of group 1, k1, v1, ...], so a
+task of consecutive heads touches few groups and attention can start per group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import opcodes as oc
+from .buffers import BufferTable, Placement, lm_head_buffer
+from .config import ScheduleConfig
+from .errors import LoweringError
+from .graph import ModelDims
+from .opcodes import Epilogue, EpilogueParams, Opcode
+from .program import Prefetch, Region
+from .stages import Stage, score_capacity
+
+ELEMENTWISE_ROWS = 1024  # rows per unfused elementwise task (add, silu_mul)
+EPILOGUE_OF = {"store": Epilogue.STORE, "rope_kv": Epilogue.ROPE_KV, "silu_mul": Epilogue.SILU_MUL,
+               "residual_add": Epilogue.RESIDUAL_ADD, "logits": Epilogue.LOGITS, "partial": Epilogue.PARTIAL}
+SMEM_RESERVED = 1024  # bytes each block keeps for reductions and bookkeeping
+
+
+@dataclass
+class TaskDraft:
+    opcode: Opcode
+    params: object
+    reads: list[Region]
+    writes: list[Region]
+    prefetch: list[Prefetch]
+    weight_bytes: int
+    groups: tuple[int, ...] = ()
+
+
+def attention_chunk(smem_per_block: int, dims: ModelDims) -> int:
+    """Positions one attention task scores per round, holding every q head's scores in shared memory."""
+    room = smem_per_block - SMEM_RESERVED - dims.group * dims.head_dim * 4
+    return max(32, min(4096, room // (4 * dims.group)) // 32 * 32)
+
+
+def matvec_smem_bytes(k: int) -> int:
+    return k * 4 + SMEM_RESERVED
+
+
+class Tiler:
+    def __init__(self, dims: ModelDims, dtype: oc.DType, max_seq: int, config: ScheduleConfig,
+                 buffers: BufferTable, place: dict[str, Placement]):
+        self.d, self.dtype, self.max_seq, self.cfg = dims, dtype, max_seq, config
+        self.b, self.place = buffers, place
+        self.lm_slot = 0
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def val(self, name: str, layer: int) -> Placement:
+        key = name if layer < 0 or name == "x" else f"L{layer}.{name}"
+        return self.place[key]
+
+    def region(self, p: Placement, start: int, length: int) -> Region:
+        return Region(p.buffer, p.offset + start, length)
+
+    def kv_slab(self, which: str, layer: int, g: int) -> Region:
+        n = self.max_seq * self.d.head_dim
+        return Region(self.b[which], (layer * self.d.n_kv_heads + g) * n, n)
+
+    def heads_of_group(self, g: int) -> int:
+        return self.d.group + 2
+
+    def unified_head(self, u: int) -> tuple[str, int, int]:
+        """grouped QKV head index -> (q|k|v, head index in its kind, kv group)."""
+        per = self.d.group + 2
+        g, j = divmod(u, per)
+        if j < self.d.group:
+            return "q", g * self.d.group + j, g
+        return ("k" if j == self.d.group else "v"), g, g
+
+    # ---- per stage -----------------------------------------------------------------------------
+    def tile(self, st: Stage) -> list[TaskDraft]:
+        if st.kind == "embed":
+            return [self._embed()]
+        if st.kind == "norm":
+            return [self._norm(st)]
+        if st.kind == "attention":
+            return self._attention(st)
+        if st.kind == "attention_values":
+            return self._values(st)
+        if st.kind == "attention_combine":
+            return self._combine(st)
+        if st.kind == "argmax":
+            return [self._argmax()]
+        if st.kind in ("qkv", "o", "gate_up", "down", "lm_head"):
+            return self._matvec(st)
+        return self._epilogue_tasks(st)
+
+    def _embed(self) -> TaskDraft:
+        x = self.val("x", -1)
+        table = self.b["embed"]
+        p = oc.EmbedParams(table, self.b["token"], x.buffer, x.offset, self.d.hidden)
+        return TaskDraft(Opcode.EMBED, p, [Region(self.b["token"], 0, 1), Region(table, 0, self.d.vocab * self.d.hidden)],
+                         [self.region(x, 0, self.d.hidden)], [], 0)
+
+    def _norm(self, st: Stage) -> TaskDraft:
+        x = self.val("x", -1)
+        out = self.val("xf" if st.layer < 0 else "xn", st.layer)
+        w = self.b[st.norm]
+        p = oc.RmsNormParams(x.buffer, x.offset, w, out.buffer, out.offset, self.d.hidden)
+        return TaskDraft(Opcode.RMSNORM, p, [self.region(x, 0, self.d.hidden), Region(w, 0, self.d.hidden)],
+                         [self.region(out, 0, self.d.hidden)], [], self.d.hidden * self.dtype.nbytes)
+
+    def _shape(self, role: str) -> tuple[int, int, int, str]:
+        """(rows, K, pair_offset, weight buffer name) of a matvec role; rows exclude the paired up rows."""
+        d = self.d
+        return {
+            "qkv": (d.qkv_rows, d.hidden, 0, "qkv"),
+            "o": (d.hidden, d.n_heads * d.head_dim, 0, "o"),
+            "gate_up": (d.intermediate, d.hidden, d.intermediate, "gate_up"),
+            "down": (d.hidden, d.intermediate, 0, "down"),
+            "lm_head": (d.vocab, d.hidden, 0, "lm_head"),
+        }[role]
+
+    def _row_tiles(self, role: str) -> list[tuple[int, int]]:
+        rows, _, _, _ = self._shape(role)
+        if role == "qkv":
+            step = self.cfg.matvec.qkv.heads_per_task * self.d.head_dim
+        else:
+            step = getattr(self.cfg.matvec, role).rows_per_task
+        return [(r, min(step, rows - r)) for r in range(0, rows, step)]
+
+    def _weight(self, role: str, layer: int) -> int:
+        return lm_head_buffer(self.b) if role == "lm_head" else self.b[f"layers.{layer}.{role}"]
+
+    def _matvec(self, st: Stage) -> list[TaskDraft]:
+        rows_total, K, pair, _ = self._shape(st.role)
+        w = self._weight(st.role, st.layer)
+        nb = self.dtype.nbytes
+        if st.norm:
+            inp, norm_w = self.val("x", -1), self.b[st.norm]
+        else:
+            src = {"qkv": "xn", "o": "attn", "gate_up": "xn", "down": "act", "lm_head": "xf"}[st.role]
+            inp, norm_w = self.val(src, st.layer), oc.NO_BUFFER
+        S = st.splits
+        kchunk = (-(-K // S) + 7) // 8 * 8  # 16-byte aligned split boundaries
+        out: list[TaskDraft] = []
+        for row0, nrows in self._row_tiles(st.role):
+            for s in range(S):
+                k0 = s * kchunk
+                klen = min(kchunk, K - k0)
+                if klen <= 0:
+                    raise LoweringError(f"matvec.{st.role}.k_splits", f"{S} splits leave split {s} empty for K={K}")
+                epi, writes, reads, groups = self._epilogue(st, row0, nrows, s, rows_total, pair)
+                p = oc.MatvecParams(w, row0, nrows, k0, klen, inp.buffer, inp.offset, norm_w, epi)
+                in_region = self.region(inp, 0, K) if norm_w != oc.NO_BUFFER else self.region(inp, k0, klen)
+                reads = [in_region] + reads
+                if norm_w != oc.NO_BUFFER:
+                    reads.append(Region(norm_w, 0, K))
+                span = (nrows - 1) * K + klen
+                pf = [Prefetch(w, row0 * K + k0, span)]
+                reads.append(Region(w, row0 * K + k0, span))
+                if pair:
+                    pf.append(Prefetch(w, (pair + row0) * K + k0, span))
+                    reads.append(Region(w, (pair + row0) * K + k0, span))
+                wbytes = nrows * klen * nb * (2 if pair else 1)
+                out.append(TaskDraft(Opcode.MATVEC, p, reads, writes, pf, wbytes, groups))
+        return out
+
+    def _epilogue(self, st: Stage, row0: int, nrows: int, split: int, rows_total: int, pair: int):
+        """EpilogueParams plus the regions it writes and reads, for rows [row0, row0 + nrows)."""
+        kind = st.epilogue
+        layer = st.layer
+        bias = self.b.get(f"layers.{layer}.qkv_bias") if st.role == "qkv" and kind != "partial" and st.kind != "rope_kv" \
+            else oc.NO_BUFFER
+        reads: list[Region] = []
+        if bias != oc.NO_BUFFER:
+            reads.append(Region(bias, row0, nrows))
+        groups = self._groups(row0, nrows) if st.role == "qkv" else ()
+        if kind == "partial":
+            part = self.val(f"split.{st.role}", layer)
+            stride = rows_total + pair
+            epi = EpilogueParams(Epilogue.PARTIAL, part.buffer, part.offset, pair_offset=pair, split=split,
+                                 split_stride=stride)
+            writes = [self.region(part, split * stride + row0, nrows)]
+            if pair:
+                writes.append(self.region(part, split * stride + pair + row0, nrows))
+            return epi, writes, reads, groups
+        if kind == "store":
+            stored = {"qkv": "qkv_raw", "o": "o_out", "gate_up": "gu", "down": "d_out"}[st.role]
+            o = self.val(stored, layer)
+            epi = EpilogueParams(Epilogue.STORE, o.buffer, o.offset, bias=bias, pair_offset=pair)
+            writes = [self.region(o, row0, nrows)] + ([self.region(o, pair + row0, nrows)] if pair else [])
+            return epi, writes, reads, groups
+        if kind == "residual_add":
+            x = self.val("x", -1)
+            r = self.region(x, row0, nrows)
+            return EpilogueParams(Epilogue.RESIDUAL_ADD, x.buffer, x.offset), [r], reads + [r], groups
+        if kind == "silu_mul":
+            a = self.val("act", layer)
+            return (EpilogueParams(Epilogue.SILU_MUL, a.buffer, a.offset, pair_offset=pair),
+                    [self.region(a, row0, nrows)], reads, groups)
+        if kind == "logits":
+            pairs = self.val("argmax_pairs", -1)
+            slot = self.lm_slot
+            self.lm_slot += 1
+            epi = EpilogueParams(Epilogue.LOGITS, self.b["logits"], 0, argmax=pairs.buffer,
+                                 argmax_slot=pairs.offset // 2 + slot)
+            return epi, [Region(self.b["logits"], row0, nrows), self.region(pairs, 2 * slot, 2)], reads, groups
+        if kind == "rope_kv":
+            return self._rope_epilogue(layer, row0, nrows, bias, reads, groups)
+        raise LoweringError("fusion", f"no epilogue {kind!r}")
+
+    def _rope_epilogue(self, layer, row0, nrows, bias, reads, groups):
+        d = self.d
+        hd = d.head_dim
+        if row0 % hd or nrows % hd:
+            raise LoweringError("matvec.qkv.heads_per_task", "QKV tasks must cover whole heads")
+        q = self.val("q", layer)
+        qn = self.b.get(f"layers.{layer}.q_norm")
+        kn = self.b.get(f"layers.{layer}.k_norm")
+        epi = EpilogueParams(Epilogue.ROPE_KV, q.buffer, q.offset, bias=bias, kcache=self.b["kcache"],
+                             vcache=self.b["vcache"], layer=layer, qnorm=qn, knorm=kn)
+        writes: list[Region] = []
+        for u in range(row0 // hd, (row0 + nrows) // hd):
+            kind, h, g = self.unified_head(u)
+            if kind == "q":
+                writes.append(self.region(q, h * hd, hd))
+            else:
+                writes.append(self.kv_slab("kcache" if kind == "k" else "vcache", layer, g))
+        reads = reads + [Region(self.b["rope_cos"], 0, self.max_seq * hd), Region(self.b["rope_sin"], 0, self.max_seq * hd),
+                         Region(self.b["pos"], 0, 1)]
+        if qn != oc.NO_BUFFER:
+            reads += [Region(qn, 0, hd), Region(kn, 0, hd)]
+        return epi, writes, reads, groups
+
+    def _groups(self, row0: int, nrows: int) -> tuple[int, ...]:
+        per = (self.d.group + 2) * self.d.head_dim
+        return tuple(range(row0 // per, (row0 + nrows - 1) // per + 1))
+
+    def _epilogue_tasks(self, st: Stage) -> list[TaskDraft]:
+        """reduce (k-split), rope_kv, add and silu_mul stages: finish rows that a matvec stored."""
+        rows_total, _, pair, _ = self._shape(st.role)
+        if st.kind == "reduce":
+            tiles = self._row_tiles(st.role)
+            stride = rows_total + pair
+        elif st.kind == "rope_kv":
+            per = (self.d.group + 2) * self.d.head_dim
+            tiles = [(g * per, per) for g in range(self.d.n_kv_heads)]
+            stride = 0
+        else:
+            tiles = [(r, min(ELEMENTWISE_ROWS, rows_total - r)) for r in range(0, rows_total, ELEMENTWISE_ROWS)]
+            stride = 0
+        srcname = st.src.split(".", 1)[1] if st.src.startswith("L") else st.src
+        src = self.val(srcname, st.layer)
+        out = []
+        for row0, nrows in tiles:
+            epi, writes, reads, groups = self._epilogue(st, row0, nrows, 0, rows_total, pair)
+            for s in range(st.splits):
+                reads.append(self.region(src, s * stride + row0, nrows))
+                if pair:
+                    reads.append(self.region(src, s * stride + pair + row0, nrows))
+            p = oc.EpilogueTaskParams(src.buffer, src.offset, st.splits, stride, row0, nrows, epi)
+            out.append(TaskDraft(Opcode.EPILOGUE, p, reads, writes, [], 0, groups))
+        return out
+
+    def _attention(self, st: Stage) -> list[TaskDraft]:
+        """parts == 1: one ATTN_DECODE task per KV group; else ATTN_SCORES tasks per (group, part)."""
+        d, layer = self.d, st.layer
+        parts = self.cfg.attention.kv_partitions
+        q, sc = self.val("q", layer), self.val("scores", layer)
+        G, hd = d.group, d.head_dim
+        cap = score_capacity(self.max_seq, parts)
+        chunk = attention_chunk(self.cfg.smem_per_block, d)
+        out = []
+        for g in range(d.n_kv_heads):
+            q_reg = [self.region(q, g * G * hd, G * hd), self.kv_slab("kcache", layer, g), Region(self.b["pos"], 0, 1)]
+            if parts == 1:
+                o = self.val("attn", layer)
+                p = oc.AttnDecodeParams(layer, g, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], sc.buffer,
+                                        sc.offset, o.buffer, o.offset, chunk)
+                s_reg = self.region(sc, g * G * cap, G * cap)
+                out.append(TaskDraft(Opcode.ATTN_DECODE, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg],
+                                     [s_reg, self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
+                continue
+            stats = self.val("attn_stats", layer)
+            for part in range(parts):
+                p = oc.AttnScoresParams(layer, g, q.buffer, q.offset, self.b["kcache"], part, parts, sc.buffer,
+                                        sc.offset, stats.buffer, stats.offset, chunk)
+                w = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap),
+                     self.region(stats, (part * d.n_heads + g * G) * 2, G * 2)]
+                out.append(TaskDraft(Opcode.ATTN_SCORES, p, q_reg, w, [], 0, (g,)))
+        return out
+
+    def _values(self, st: Stage) -> list[TaskDraft]:
+        d, layer = self.d, st.layer
+        parts = self.cfg.attention.kv_partitions
+        sc, stats, o = self.val("scores", layer), self.val("attn_stats", layer), self.val("attn_part", layer)
+        G, hd = d.group, d.head_dim
+        cap = score_capacity(self.max_seq, parts)
+        chunk = attention_chunk(self.cfg.smem_per_block, d)
+        out = []
+        for g in range(d.n_kv_heads):
+            for part in range(parts):
+                p = oc.AttnValuesParams(layer, g, self.b["vcache"], part, parts, sc.buffer, sc.offset, stats.buffer,
+                                        stats.offset, o.buffer, o.offset, chunk)
+                r = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap), self.kv_slab("vcache", layer, g),
+                     Region(self.b["pos"], 0, 1)]
+                r += [self.region(stats, (pp * d.n_heads + g * G) * 2, G * 2) for pp in range(parts)]
+                w = [self.region(o, (part * d.n_heads + g * G) * hd, G * hd)]
+                out.append(TaskDraft(Opcode.ATTN_VALUES, p, r, w, [], 0, (g,)))
+        return out
+
+    def _combine(self, st: Stage) -> list[TaskDraft]:
+        d, layer = self.d, st.layer
+        parts = self.cfg.attention.kv_partitions
+        part_v, o = self.val("attn_part", layer), self.val("attn", layer)
+        G, hd = d.group, d.head_dim
+        out = []
+        for g in range(d.n_kv_heads):
+            reads = [self.region(part_v, (p * d.n_heads + g * G) * hd, G * hd) for p in range(parts)]
+            p = oc.AttnCombineParams(g, part_v.buffer, part_v.offset, parts, o.buffer, o.offset)
+            out.append(TaskDraft(Opcode.ATTN_COMBINE, p, reads, [self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
+        return out
+
+    def _argmax(self) -> TaskDraft:
+        pairs = self.val("argmax_pairs", -1)
+        p = oc.ArgmaxParams(pairs.buffer, pairs.offset, self.lm_slot, self.b["token"])
+        return TaskDraft(Opcode.ARGMAX, p, [self.region(pairs, 0, 2 * self.lm_slot)], [Region(self.b["token"], 0, 1)],
+                         [], 0)

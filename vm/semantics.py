@@ -1,0 +1,234 @@
+"""What every opcode computes, in torch: the living definition the CUDA VM must match.
+
+Numerics: activations live in fp32 but are rounded to the model dtype wherever eager transformers
+rounds (after each linear, norm, RoPE product, residual add and SiLU-mul), so that the only
+difference from eager is the order of fp32 accumulation. Weights stay in the model dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from amk.schedule.opcodes import NO_BUFFER, Epilogue, Opcode
+from amk.schedule.program import ProgramConstants
+
+
+class Memory:
+    """Flat tensors by buffer id; arena-resident values are addressed through the arena's id."""
+
+    def __init__(self, tensors: dict[int, torch.Tensor], cols: dict[int, int]):
+        self.t = tensors
+        self.cols = cols
+
+    def __getitem__(self, bid: int) -> torch.Tensor:
+        return self.t[bid]
+
+    def matrix(self, bid: int) -> torch.Tensor:
+        return self.t[bid].view(-1, self.cols[bid])
+
+
+class Semantics:
+    def __init__(self, c: ProgramConstants):
+        self.c = c
+        self.dt = c.dtype.torch
+        self.exact = c.dtype.torch == torch.float32
+
+    def rnd(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.exact else x.to(self.dt).float()
+
+    def rmsnorm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.c.rms_eps)
+        return self.rnd(w.float() * self.rnd(x * r))
+
+    # ---- opcodes -------------------------------------------------------------------------------
+    def run(self, mem: Memory, opcode: Opcode, p) -> None:
+        getattr(self, f"op_{opcode.name.lower()}")(mem, p)
+
+    def op_embed(self, mem: Memory, p) -> None:
+        tok = int(mem[p.token][0])
+        if not 0 <= tok < self.c.vocab:
+            raise IndexError(f"token {tok} outside the vocabulary of {self.c.vocab}")
+        mem[p.out][p.out_off:p.out_off + p.dim] = mem.matrix(p.table)[tok].float()
+
+    def op_rmsnorm(self, mem: Memory, p) -> None:
+        x = mem[p.inp][p.inp_off:p.inp_off + p.dim]
+        mem[p.out][p.out_off:p.out_off + p.dim] = self.rmsnorm(x, mem[p.weight][:p.dim])
+
+    def op_matvec(self, mem: Memory, p) -> None:
+        W = mem.matrix(p.weight)
+        K = W.shape[1]
+        if p.norm_weight != NO_BUFFER:
+            x = self.rmsnorm(mem[p.inp][p.inp_off:p.inp_off + K], mem[p.norm_weight][:K])[p.k0:p.k0 + p.klen]
+        else:
+            x = mem[p.inp][p.inp_off + p.k0:p.inp_off + p.k0 + p.klen]
+        acc = W[p.row0:p.row0 + p.rows, p.k0:p.k0 + p.klen].float() @ x
+        accp = None
+        if p.epi.pair_offset:
+            r = p.epi.pair_offset + p.row0
+            accp = W[r:r + p.rows, p.k0:p.k0 + p.klen].float() @ x
+        self.epilogue(mem, p.epi, p.row0, p.rows, acc, accp)
+
+    def op_epilogue(self, mem: Memory, p) -> None:
+        src = mem[p.src]
+
+        def total(first: int) -> torch.Tensor:
+            acc = torch.zeros(p.rows, dtype=torch.float32, device=src.device)
+            for s in range(p.splits):
+                o = p.src_off + s * p.stride + first
+                acc += src[o:o + p.rows]
+            return acc
+
+        acc = total(p.row0)
+        accp = total(p.epi.pair_offset + p.row0) if p.epi.pair_offset else None
+        self.epilogue(mem, p.epi, p.row0, p.rows, acc, accp)
+
+    def epilogue(self, mem: Memory, e, row0: int, rows: int, acc: torch.Tensor, accp: torch.Tensor | None) -> None:
+        kind = Epilogue(e.kind)
+        if e.bias != NO_BUFFER and kind != Epilogue.PARTIAL:
+            acc = acc + mem[e.bias][row0:row0 + rows].float()
+        out = mem[e.out]
+        lo = e.out_off + row0
+        if kind == Epilogue.STORE:
+            out[lo:lo + rows] = self.rnd(acc)
+            if accp is not None:
+                out[lo + e.pair_offset:lo + e.pair_offset + rows] = self.rnd(accp)
+        elif kind == Epilogue.PARTIAL:
+            base = e.out_off + e.split * e.split_stride + row0
+            out[base:base + rows] = acc
+            if accp is not None:
+                out[base + e.pair_offset:base + e.pair_offset + rows] = accp
+        elif kind == Epilogue.RESIDUAL_ADD:
+            out[lo:lo + rows] = self.rnd(out[lo:lo + rows] + self.rnd(acc))
+        elif kind == Epilogue.SILU_MUL:
+            g, u = self.rnd(acc), self.rnd(accp)
+            out[lo:lo + rows] = self.rnd(self.rnd(F.silu(g)) * u)
+        elif kind == Epilogue.LOGITS:
+            v = self.rnd(acc)
+            out[lo:lo + rows] = v
+            i = int(torch.argmax(v))  # first maximum, as torch.argmax and the CUDA VM pick
+            pairs = mem[e.argmax]
+            pairs[2 * e.argmax_slot] = v[i]
+            pairs[2 * e.argmax_slot + 1] = float(row0 + i)
+        elif kind == Epilogue.ROPE_KV:
+            self.rope_kv(mem, e, row0, rows, self.rnd(acc))
+        else:
+            raise ValueError(f"unknown epilogue {e.kind}")
+
+    def rope_kv(self, mem: Memory, e, row0: int, rows: int, vals: torch.Tensor) -> None:
+        c = self.c
+        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        pos = int(mem[c.pos][0])
+        cos = mem[c.rope_cos][pos * hd:(pos + 1) * hd].float()
+        sin = mem[c.rope_sin][pos * hd:(pos + 1) * hd].float()
+        half = hd // 2
+        for u in range(row0 // hd, (row0 + rows) // hd):
+            h = vals[(u * hd - row0):(u * hd - row0) + hd]
+            g, j = divmod(u, G + 2)
+            if j <= G:  # q or k: optional per-head norm, then RoPE
+                if c.qk_norm:
+                    h = self.rmsnorm(h, mem[e.qnorm if j < G else e.knorm][:hd])
+                rot = torch.cat([-h[half:], h[:half]])
+                h = self.rnd(self.rnd(h * cos) + self.rnd(rot * sin))
+            if j < G:
+                q = e.out_off + (g * G + j) * hd
+                mem[e.out][q:q + hd] = h
+            else:
+                slot = ((e.layer * c.n_kv_heads + g) * c.max_seq + pos) * hd
+                cache = mem[e.kcache if j == G else e.vcache]
+                cache[slot:slot + hd] = h.to(cache.dtype)
+
+    # Attention follows eager exactly: scores rounded after the product and after the scale, a
+    # float32 softmax whose probabilities are rounded before they weight V. Partitions therefore need
+    # the global (max, sum) before the values pass: scores first, values second.
+    def _span(self, mem: Memory, part: int, parts: int) -> tuple[int, int]:
+        L = int(mem[self.c.pos][0]) + 1
+        per = -(-L // parts)
+        return min(L, part * per), min(L, part * per + per)
+
+    def _scores(self, mem: Memory, p, part: int, parts: int) -> list[tuple[float, float]]:
+        """Write this partition's scores of each q head of the group; return their (max, sum)."""
+        c = self.c
+        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        cap = -(-c.max_seq // parts)
+        s0, s1 = self._span(mem, part, parts)
+        base = (p.layer * c.n_kv_heads + p.kv_head) * c.max_seq
+        k = mem.matrix(p.kcache)[base + s0:base + s1].float()
+        stats = []
+        for j in range(G):
+            hq = p.kv_head * G + j
+            q = mem[p.q][p.q_off + hq * hd:p.q_off + (hq + 1) * hd]
+            s = self.rnd(self.rnd(k @ q) * c.attn_scale)
+            o = p.scores_off + (part * c.n_heads + hq) * cap
+            mem[p.scores][o:o + s1 - s0] = s
+            if s1 > s0:
+                m = float(s.max())
+                stats.append((m, float(torch.exp(s - m).sum())))
+            else:
+                stats.append((-math.inf, 0.0))
+        return stats
+
+    def _values(self, mem: Memory, p, part: int, parts: int, stats: list[tuple[float, float]]) -> list[torch.Tensor]:
+        """stats[j]: the global (max, sum) of q head j of the group. Returns unrounded p @ V per q head."""
+        c = self.c
+        G = c.n_heads // c.n_kv_heads
+        cap = -(-c.max_seq // parts)
+        s0, s1 = self._span(mem, part, parts)
+        base = (p.layer * c.n_kv_heads + p.kv_head) * c.max_seq
+        v = mem.matrix(p.vcache)[base + s0:base + s1].float()
+        out = []
+        for j in range(G):
+            hq = p.kv_head * G + j
+            o = p.scores_off + (part * c.n_heads + hq) * cap
+            s = mem[p.scores][o:o + s1 - s0]
+            m, lsum = stats[j]
+            out.append(self.rnd(torch.exp(s - m) / lsum) @ v)
+        return out
+
+    def op_attn_decode(self, mem: Memory, p) -> None:
+        c = self.c
+        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        stats = self._scores(mem, p, 0, 1)
+        for j, o in enumerate(self._values(mem, p, 0, 1, stats)):
+            hq = p.kv_head * G + j
+            mem[p.out][p.out_off + hq * hd:p.out_off + (hq + 1) * hd] = self.rnd(o)
+
+    def op_attn_scores(self, mem: Memory, p) -> None:
+        c = self.c
+        G = c.n_heads // c.n_kv_heads
+        for j, (m, lsum) in enumerate(self._scores(mem, p, p.part, p.parts)):
+            r = p.stats_off + (p.part * c.n_heads + p.kv_head * G + j) * 2
+            mem[p.stats][r] = m
+            mem[p.stats][r + 1] = lsum
+
+    def op_attn_values(self, mem: Memory, p) -> None:
+        c = self.c
+        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        stats = []
+        for j in range(G):
+            hq = p.kv_head * G + j
+            rec = torch.stack([mem[p.stats][p.stats_off + (pp * c.n_heads + hq) * 2:][:2] for pp in range(p.parts)])
+            m = rec[:, 0]
+            M = float(m.max())
+            w = torch.where(m == -math.inf, torch.zeros_like(m), torch.exp(m - M))
+            stats.append((M, float((rec[:, 1] * w).sum())))
+        for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats)):
+            r = p.out_off + (p.part * c.n_heads + p.kv_head * G + j) * hd
+            mem[p.out][r:r + hd] = o
+
+    def op_attn_combine(self, mem: Memory, p) -> None:
+        c = self.c
+        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        src = mem[p.partial]
+        for j in range(G):
+            hq = p.kv_head * G + j
+            acc = sum(src[p.partial_off + (pp * c.n_heads + hq) * hd:][:hd] for pp in range(p.parts))
+            mem[p.out][p.out_off + hq * hd:p.out_off + (hq + 1) * hd] = self.rnd(acc)
+
+    def op_argmax(self, mem: Memory, p) -> None:
+        pairs = mem[p.pairs][p.pairs_off:p.pairs_off + 2 * p.slots].view(-1, 2)
+        vals, idx = pairs[:, 0], pairs[:, 1]
+        best = vals.max()
+        tok = int(idx[vals == best].min())
+        mem[p.token][0] = tok
