@@ -1,0 +1,388 @@
+"""AMK's one cache: compiled kernels, lowered programs, reference data and baselines.
+
+An in-process FIFO of payload bytes over files under ``AMK_CACHE_DIR`` (or ``~/.cache/amk``).
+Keys hash everything that determines an entry, so nothing needs invalidating: a changed input
+is a new key. Each file carries a header (magic, version, length, sha256) so a torn or
+bit-rotted entry is detected, deleted and regenerated instead of poisoning a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import struct
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("amk.cache")
+
+KINDS = ("kernel", "program", "reference", "baseline")
+FORMAT_VERSION = 1
+_MAGIC = b"AMKC"
+_HEADER = struct.Struct("<4sHQ32s")  # magic, format version, payload length, sha256(payload)
+_KEY_RE = re.compile(r"[0-9a-f]{8,128}")
+_STATS_FILE = "last_run_stats.json"
+_MISS = object()
+
+
+class CacheError(Exception):
+    """A cache entry could not be produced or stored."""
+
+
+class CorruptEntryError(CacheError):
+    """An entry failed its header, checksum or content validation."""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("AMK_CACHE_DIR") or Path.home() / ".cache" / "amk").expanduser()
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def _bytes_hex(o: Any) -> str:
+    if isinstance(o, bytes | bytearray | memoryview):
+        return bytes(o).hex()
+    raise TypeError(f"{type(o).__name__} is not JSON-able")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_bytes_hex)
+
+
+def make_key(kind: str, **parts: Any) -> str:
+    """sha256 hex of the canonical JSON of {"kind": kind, **parts}; bytes are hex-encoded."""
+    _check_kind(kind)
+    for name, value in parts.items():
+        try:
+            _canonical(value)  # part by part, so the error names the culprit
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"key part {name!r}: {e}") from e
+    return hashlib.sha256(_canonical({"kind": kind, **parts}).encode()).hexdigest()
+
+
+# The helpers pass **locals() (only their parameters at that point) so that a parameter
+# added later cannot be left out of the key by accident.
+def kernel_key(source: str | bytes, header: str | bytes, knobs: dict, arch: str,
+               compiler_version: str, kernel_name: str) -> str:
+    return make_key("kernel", **locals())
+
+
+def program_key(model_fingerprint: str, config_json: str, target: str, dtype: str, max_seq: int) -> str:
+    return make_key("program", **locals())
+
+
+def reference_key(model_fingerprint: str, dtype: str, case_id: str, shared_id: str | None = None) -> str:
+    # A shared id stands in for the model so tasks over one model reuse its reference data;
+    # the "model_source" tag keeps a shared id from ever colliding with a real fingerprint.
+    source, model = ("fingerprint", model_fingerprint) if shared_id is None else ("shared", shared_id)
+    return make_key("reference", model_source=source, model=model, dtype=dtype, case_id=case_id)
+
+
+def baseline_key(gpu: str, driver: str, torch_version: str, model_fingerprint: str, dtype: str,
+                 timing_params: dict) -> str:
+    return make_key("baseline", **locals())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # Temp file in the same directory so os.replace is a same-filesystem rename: readers see
+    # the old file or the new one, never a partial write, even with concurrent writers.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unpack(data: bytes, path: Path) -> bytes:
+    if len(data) < _HEADER.size:
+        raise CorruptEntryError(f"{path}: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
+    magic, version, length, digest = _HEADER.unpack_from(data)
+    if (magic, version) != (_MAGIC, FORMAT_VERSION):
+        raise CorruptEntryError(f"{path}: header {magic!r} v{version}, expected {_MAGIC!r} "
+                                f"v{FORMAT_VERSION}")
+    payload = data[_HEADER.size:]
+    if len(payload) != length or hashlib.sha256(payload).digest() != digest:
+        raise CorruptEntryError(f"{path}: payload of {len(payload)} bytes fails the header's length "
+                                f"({length}) or sha256 check")
+    return payload
+
+
+class Cache:
+    """Memory FIFO (item-bounded) over checksummed files; see the module docstring."""
+
+    key, kernel_key, program_key, reference_key, baseline_key = map(
+        staticmethod, (make_key, kernel_key, program_key, reference_key, baseline_key))
+
+    def __init__(self, root: str | os.PathLike | None = None, memory_items: int = 64,
+                 enabled: set[str] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.memory_items = memory_items
+        kinds = set(KINDS) if enabled is None else set(enabled)
+        env = os.environ.get("AMK_CACHE_DISABLE", "")
+        off = {k.strip() for k in env.split(",") if k.strip()}
+        for k in (kinds - set(KINDS)) | (off - {"all", *KINDS}):
+            raise ValueError(f"unknown cache kind {k!r} (enabled={enabled!r}, AMK_CACHE_DISABLE={env!r}); "
+                             f"expected 'all' or some of {', '.join(KINDS)}")
+        self.enabled = frozenset() if "all" in off else frozenset(kinds - off)
+        # One lock for the memory layer and stats; file I/O runs outside it and relies on
+        # atomic renames, and get_or_create serialises on a per-key flock instead.
+        self._lock = threading.Lock()
+        self._mem: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._stats = {k: {"hits": 0, "misses": 0, "writes": 0, "corrupt": 0} for k in KINDS}
+
+    def path(self, kind: str, key: str) -> Path:
+        _check_kind(kind)
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise ValueError(f"cache key {key!r} is not a lowercase hex digest (kind {kind!r})")
+        return self.root / kind / key[:2] / f"{key}.bin"
+
+    @contextlib.contextmanager
+    def _file_lock(self, kind: str, key: str) -> Iterator[None]:
+        # flock binds to the open file description, so this excludes other threads of this
+        # process too. Lock files are never deleted: unlinking a held one lets two holders in.
+        lock_path = self.path(kind, key).with_suffix(".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+b") as f:  # closing the file releases the lock
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            yield
+
+    def _count(self, kind: str, field: str) -> None:
+        with self._lock:
+            self._stats[kind][field] += 1
+
+    def _miss(self, kind: str, key: str, reason: str) -> None:
+        self._count(kind, "misses")
+        log.debug("miss (%s) kind=%s key=%s path=%s", reason, kind, key, self.path(kind, key))
+
+    def _remember(self, kind: str, key: str, payload: bytes) -> None:
+        with self._lock:
+            # FIFO, not LRU: a re-put keeps the entry's place, and hits do not reorder.
+            self._mem[(kind, key)] = payload
+            while len(self._mem) > max(self.memory_items, 0):
+                (ek, ekey), _ = self._mem.popitem(last=False)
+                log.debug("evict from memory kind=%s key=%s", ek, ekey)
+
+    def memory_keys(self) -> list[tuple[str, str]]:  # oldest first
+        with self._lock:
+            return list(self._mem)
+
+    def _discard(self, kind: str, key: str, st: os.stat_result | None, why: Exception) -> None:
+        path = self.path(kind, key)
+        with self._lock:
+            self._mem.pop((kind, key), None)
+            self._stats[kind]["corrupt"] += 1
+        with contextlib.suppress(FileNotFoundError):
+            # Only delete the file we judged: another process may have replaced it since.
+            now = os.stat(path)
+            if st is None or (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+                os.unlink(path)
+        log.warning("corrupt cache entry removed kind=%s key=%s path=%s: %s", kind, key, path, why)
+
+    def _lookup(self, kind: str, key: str, decode: Callable[[bytes], Any], miss: Any = None,
+                count_miss: bool = True) -> Any:
+        path, st, layer = self.path(kind, key), None, "memory"
+        if kind not in self.enabled:
+            self._miss(kind, key, "disabled")
+            return miss
+        with self._lock:
+            payload = self._mem.get((kind, key))
+        try:
+            if payload is None:
+                layer = "file"
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    payload = _unpack(f.read(), path)
+            value = decode(payload)  # memory too: callers may validate differently than at put
+        except FileNotFoundError:
+            reason = "absent"
+        except Exception as e:
+            self._discard(kind, key, st, e)
+            reason = "corrupt"
+        else:
+            if layer == "file":
+                self._remember(kind, key, payload)
+            self._count(kind, "hits")
+            log.debug("hit (%s) kind=%s key=%s path=%s", layer, kind, key, path)
+            return value
+        if count_miss:
+            self._miss(kind, key, reason)
+        return miss
+
+    def _get_or_create(self, kind: str, key: str, create: Callable[[], bytes],
+                       decode: Callable[[bytes], Any]) -> Any:
+        def made() -> tuple[bytes, Any]:
+            payload = create()
+            try:
+                return payload, decode(payload)
+            except Exception as e:  # never cache a bad result: the generator needs fixing
+                raise CacheError(f"create() for kind={kind} key={key} produced an entry that fails "
+                                 f"validation: {e}") from e
+
+        value = self._lookup(kind, key, decode, _MISS)
+        if value is not _MISS:
+            return value
+        if kind not in self.enabled:
+            return made()[1]
+        with self._file_lock(kind, key):
+            # Another process or thread may have built the entry while we waited for the lock.
+            value = self._lookup(kind, key, decode, _MISS, count_miss=False)
+            if value is _MISS:
+                payload, value = made()
+                self.put(kind, key, payload)
+        return value
+
+    @staticmethod
+    def _checked(validate: Callable | None, load: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        def decode(p: bytes) -> Any:
+            obj = load(p)
+            if validate is not None:
+                validate(obj)
+            return obj
+        return decode
+
+    def get(self, kind: str, key: str, validate: Callable[[bytes], Any] | None = None) -> bytes | None:
+        return self._lookup(kind, key, self._checked(validate, bytes))
+
+    def put(self, kind: str, key: str, payload: bytes) -> None:
+        path = self.path(kind, key)
+        if kind not in self.enabled:
+            log.debug("skip write (disabled) kind=%s key=%s path=%s", kind, key, path)
+            return
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload for kind={kind} key={key} is {type(payload).__name__}, not bytes")
+        payload = bytes(payload)
+        header = _HEADER.pack(_MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
+        _atomic_write(path, header + payload)
+        self._remember(kind, key, payload)
+        self._count(kind, "writes")
+        log.debug("write kind=%s key=%s path=%s bytes=%d", kind, key, path, len(payload))
+
+    def get_or_create(self, kind: str, key: str, create: Callable[[], bytes],
+                      validate: Callable[[bytes], Any] | None = None) -> bytes:
+        return self._get_or_create(kind, key, create, self._checked(validate, bytes))
+
+    def put_json(self, kind: str, key: str, obj: Any) -> None:
+        self.put(kind, key, _canonical(obj).encode())
+
+    def get_json(self, kind: str, key: str, validate: Callable[[Any], Any] | None = None) -> Any:
+        return self._lookup(kind, key, self._checked(validate, json.loads))
+
+    def get_or_create_json(self, kind: str, key: str, create: Callable[[], Any],
+                           validate: Callable[[Any], Any] | None = None) -> Any:
+        return self._get_or_create(kind, key, lambda: _canonical(create()).encode(),
+                                   self._checked(validate, json.loads))
+
+    @staticmethod
+    def _tensor_bytes(tensors: dict) -> bytes:
+        import torch
+        for name, t in tensors.items():
+            if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+                raise TypeError(f"tensor entry {name!r}: need str -> torch.Tensor, got {type(t).__name__}")
+        buf = io.BytesIO()
+        # clone() so a view does not drag its whole base storage into the file.
+        torch.save({name: t.detach().to("cpu").clone() for name, t in tensors.items()}, buf)
+        return buf.getvalue()
+
+    @staticmethod
+    def _tensor_decoder(expect: dict | None) -> Callable[[bytes], dict]:
+        def decode(p: bytes) -> dict:
+            import torch
+            obj = torch.load(io.BytesIO(p), map_location="cpu", weights_only=True)
+            if not isinstance(obj, dict) or not all(isinstance(t, torch.Tensor) for t in obj.values()):
+                raise CorruptEntryError(f"tensor entry is {type(obj).__name__}, not a dict of tensors")
+            if expect is not None:
+                got = {n: (tuple(t.shape), t.dtype) for n, t in obj.items()}
+                want = {n: (tuple(shape), dtype) for n, (shape, dtype) in expect.items()}
+                if got != want:
+                    raise CorruptEntryError(f"tensors {got} differ from expected {want}")
+            for name, t in obj.items():
+                if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+                    raise CorruptEntryError(f"tensor {name!r} has non-finite values")
+            return obj
+        return decode
+
+    def put_tensors(self, kind: str, key: str, tensors: dict) -> None:
+        self.put(kind, key, self._tensor_bytes(tensors))
+
+    def get_tensors(self, kind: str, key: str, expect: dict | None = None) -> dict | None:
+        # Decoding from bytes on every hit hands out fresh tensors, so a caller mutating its
+        # result in place cannot corrupt the memory layer.
+        return self._lookup(kind, key, self._tensor_decoder(expect))
+
+    def get_or_create_tensors(self, kind: str, key: str, create: Callable[[], dict],
+                              expect: dict | None = None) -> dict:
+        return self._get_or_create(kind, key, lambda: self._tensor_bytes(create()),
+                                   self._tensor_decoder(expect))
+
+    def _files(self, kind: str | None) -> Iterator[tuple[str, Path]]:
+        for k in KINDS if kind is None else (kind,):
+            _check_kind(k)
+            for p in sorted((self.root / k).glob("??/*.bin")):
+                yield k, p
+
+    def ls(self, kind: str | None = None) -> list[dict]:
+        now, out = time.time(), []
+        for k, p in self._files(kind):
+            with contextlib.suppress(FileNotFoundError):  # a concurrent clear() may beat us to it
+                st = p.stat()
+                out.append({"kind": k, "key": p.stem, "size_bytes": st.st_size,
+                            "age_s": max(0.0, now - st.st_mtime), "path": str(p)})
+        return out
+
+    def clear(self, kind: str | None = None) -> int:
+        removed = 0
+        with self._lock:
+            self._mem = OrderedDict((mk, v) for mk, v in self._mem.items() if kind not in (None, mk[0]))
+        for _, p in list(self._files(kind)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed += 1
+        return removed
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._stats.items()}
+
+    def save_stats(self) -> Path:
+        path = self.root / _STATS_FILE
+        _atomic_write(path, json.dumps(self.stats(), indent=1, sort_keys=True).encode())
+        return path
+
+
+def last_run_stats(root: str | os.PathLike | None = None) -> dict | None:
+    """Stats saved by the last ``save_stats()`` under root, or None if there are none."""
+    path = (Path(root).expanduser() if root is not None else default_root()) / _STATS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+_default: Cache | None = None
+_default_lock = threading.Lock()
+
+
+def default_cache() -> Cache:
+    """The process-wide cache; rebuilt when AMK_CACHE_DIR points somewhere new."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.root != default_root():
+            _default = Cache()
+        return _default

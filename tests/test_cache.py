@@ -1,0 +1,366 @@
+"""Tests for amk.cache: integrity, concurrency, keys, memory layer, stats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from amk import cache as cache_mod
+from amk.cache import (
+    Cache,
+    CacheError,
+    baseline_key,
+    default_cache,
+    kernel_key,
+    last_run_stats,
+    program_key,
+    reference_key,
+)
+
+# torch is imported inside the tensor tests only: spawned workers import this module, and
+# keeping torch out of their import path keeps each worker's start-up well under a second.
+
+K = Cache.key("kernel", name="k")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv("AMK_CACHE_DISABLE", raising=False)
+
+
+def _payload(i: int) -> bytes:
+    return bytes([i % 256]) * (1000 * (i + 1) + 7)
+
+
+# ---- spawn workers (top level so the spawn context can import them) -------------------------
+def _writer(root: str, key: str, i: int, barrier) -> None:
+    c = Cache(root, memory_items=0)
+    barrier.wait()
+    for _ in range(25):
+        c.put("kernel", key, _payload(i))
+
+
+def _creator(root: str, key: str, counter: str, barrier, results) -> None:
+    def create() -> bytes:
+        with open(counter, "a") as f:
+            f.write("1\n")
+        time.sleep(0.3)
+        return b"built-once"
+
+    c = Cache(root)
+    barrier.wait()
+    results.put(c.get_or_create("program", key, create))
+
+
+# ---- integrity --------------------------------------------------------------------------------
+def test_roundtrip_and_file_layout(tmp_path):
+    c = Cache(tmp_path)
+    c.put("kernel", K, b"hello")
+    path = tmp_path / "kernel" / K[:2] / f"{K}.bin"
+    assert c.path("kernel", K) == path and path.exists()
+    assert Cache(tmp_path).get("kernel", K) == b"hello"  # fresh object: from the file layer
+    assert c.get("kernel", Cache.key("kernel", name="other")) is None
+
+
+def test_concurrent_writers_leave_one_whole_payload(tmp_path):
+    ctx = mp.get_context("spawn")
+    n = 6
+    barrier = ctx.Barrier(n)
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), K, i, barrier)) for i in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    got = Cache(tmp_path, memory_items=0).get("kernel", K)
+    assert got in {_payload(i) for i in range(n)}
+    assert list(tmp_path.rglob("*.tmp")) == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip_payload", "bitflip_header", "empty"])
+def test_damaged_file_detected_removed_and_regenerated(tmp_path, damage, caplog):
+    Cache(tmp_path).put("program", K, b"x" * 500)
+    path = Cache(tmp_path).path("program", K)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "bitflip_payload":
+        data[-10] ^= 0x04
+    elif damage == "bitflip_header":
+        data[0] ^= 0x01
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+
+    c = Cache(tmp_path)
+    calls = []
+    with caplog.at_level(logging.WARNING, logger="amk.cache"):
+        out = c.get_or_create("program", K, lambda: calls.append(1) or b"fresh")
+    assert out == b"fresh" and calls == [1]
+    assert Cache(tmp_path).get("program", K) == b"fresh"
+    assert c.stats()["program"] == {"hits": 0, "misses": 1, "writes": 1, "corrupt": 1}
+    assert any("corrupt" in r.message and K in r.message for r in caplog.records)
+
+
+def test_validate_failure_is_corrupt(tmp_path):
+    c = Cache(tmp_path)
+    c.put("baseline", K, b"not-json")
+
+    def must_be_json(p: bytes) -> None:
+        json.loads(p)
+
+    assert Cache(tmp_path).get("baseline", K, validate=must_be_json) is None
+    assert not c.path("baseline", K).exists()
+
+
+def test_create_returning_invalid_is_not_cached(tmp_path):
+    c = Cache(tmp_path)
+    with pytest.raises(CacheError, match="fails validation"):
+        c.get_or_create_json("baseline", K, lambda: {"a": 1}, validate=lambda o: o["b"])
+    assert not c.path("baseline", K).exists()
+
+
+# ---- tensors ----------------------------------------------------------------------------------
+def test_tensor_roundtrip_and_rejection(tmp_path):
+    import torch
+
+    c = Cache(tmp_path)
+    good = {"logits": torch.arange(6, dtype=torch.float32).reshape(2, 3), "ids": torch.tensor([1, 2])}
+    expect = {"logits": ((2, 3), torch.float32), "ids": ((2,), torch.int64)}
+    c.put_tensors("reference", K, good)
+    got = Cache(tmp_path).get_tensors("reference", K, expect)
+    assert set(got) == {"logits", "ids"} and torch.equal(got["logits"], good["logits"])
+
+    # Wrong shape expected: rejected, deleted, regenerated.
+    wrong = {"logits": ((3, 2), torch.float32), "ids": ((2,), torch.int64)}
+    assert Cache(tmp_path).get_tensors("reference", K, wrong) is None
+    assert not c.path("reference", K).exists()
+    regen = Cache(tmp_path).get_or_create_tensors(
+        "reference", K, lambda: {"logits": torch.zeros(3, 2), "ids": torch.tensor([1, 2])}, wrong)
+    assert regen["logits"].shape == (3, 2)
+
+    # NaN: rejected and regenerated; a missing name likewise.
+    bad = {"logits": torch.tensor([[0.0, float("nan"), 1.0], [0, 0, 0]]), "ids": torch.tensor([1, 2])}
+    c2 = Cache(tmp_path / "b")
+    c2.put_tensors("reference", K, bad)
+    fresh = Cache(tmp_path / "b")
+    assert fresh.get_tensors("reference", K, expect) is None
+    assert fresh.stats()["reference"]["corrupt"] == 1
+    out = fresh.get_or_create_tensors("reference", K, lambda: good, expect)
+    assert torch.equal(out["logits"], good["logits"])
+    assert Cache(tmp_path / "b").get_tensors("reference", K, {"logits": expect["logits"]}) is None
+
+
+def test_tensor_memory_hit_returns_fresh_copy(tmp_path):
+    import torch
+
+    c = Cache(tmp_path)
+    c.put_tensors("reference", K, {"x": torch.ones(4)[:2]})
+    a = c.get_tensors("reference", K)
+    a["x"].mul_(5)
+    assert torch.equal(c.get_tensors("reference", K)["x"], torch.ones(2))
+
+
+# ---- keys -------------------------------------------------------------------------------------
+HELPERS = {
+    kernel_key: dict(source="__global__ void k(){}", header=b"#pragma once", knobs={"tile": 64, "warps": 4},
+                     arch="sm_90a", compiler_version="12.8", kernel_name="k"),
+    program_key: dict(model_fingerprint="fp1", config_json='{"layers":2}', target="h100", dtype="bf16",
+                      max_seq=2048),
+    reference_key: dict(model_fingerprint="fp1", dtype="bf16", case_id="c0", shared_id=None),
+    baseline_key: dict(gpu="H100", driver="575.1", torch_version="2.8", model_fingerprint="fp1", dtype="bf16",
+                       timing_params={"iters": 100, "warmup": 10}),
+}
+
+
+def _changed(v):
+    if isinstance(v, dict):
+        return {**v, next(iter(v)): "changed"}
+    if isinstance(v, bytes):
+        return v + b"!"
+    if isinstance(v, int):
+        return v + 1
+    if v is None:
+        return "shared-x"
+    return v + "!"
+
+
+@pytest.mark.parametrize("helper", list(HELPERS), ids=lambda h: h.__name__)
+def test_every_key_input_matters(helper):
+    base = HELPERS[helper]
+    k0 = helper(**base)
+    assert k0 == helper(**base) and len(k0) == 64
+    seen = {k0}
+    for name in base:
+        k = helper(**{**base, name: _changed(base[name])})
+        assert k not in seen, name
+        seen.add(k)
+
+
+def test_reference_shared_id_replaces_fingerprint():
+    a = reference_key("fp1", "bf16", "c0", shared_id="smollm")
+    assert a == reference_key("fp2", "bf16", "c0", shared_id="smollm")
+    assert a != reference_key("fp1", "bf16", "c0", shared_id="other")
+    assert reference_key("smollm", "bf16", "c0") != a
+
+
+def test_keys_stable_across_processes():
+    here = {h.__name__: h(**kw) for h, kw in HELPERS.items()}
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import test_cache as t\n"
+        "print(json.dumps({h.__name__: h(**kw) for h, kw in t.HELPERS.items()}))\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(out.stdout) == here
+
+
+def test_key_rejects_bad_parts():
+    with pytest.raises(TypeError, match="knobs"):
+        Cache.key("kernel", knobs={"fn": object()})
+    with pytest.raises(TypeError, match="x"):
+        Cache.key("kernel", x=float("nan"))
+    with pytest.raises(ValueError, match="unknown cache kind"):
+        Cache.key("weights", a=1)
+    assert Cache.key("kernel", a=b"\x01") == Cache.key("kernel", a="01")
+    with pytest.raises(ValueError, match="hex digest"):
+        Cache().path("kernel", "../../etc/passwd")
+
+
+# ---- memory layer and concurrency ---------------------------------------------------------------
+def test_memory_fifo_eviction(tmp_path):
+    c = Cache(tmp_path, memory_items=3)
+    keys = [Cache.key("kernel", i=i) for i in range(4)]
+    for k in keys[:3]:
+        c.put("kernel", k, k.encode())
+    assert c.get("kernel", keys[0]) == keys[0].encode()  # a hit must not refresh its place
+    c.put("kernel", keys[3], b"d")
+    assert c.memory_keys() == [("kernel", k) for k in keys[1:]]
+    c.put("kernel", keys[1], b"again")  # a re-put keeps its place too
+    assert [k for _, k in c.memory_keys()] == keys[1:]
+
+
+def test_threads_get_or_create_once(tmp_path):
+    c = Cache(tmp_path)
+    calls, lock = [], threading.Lock()
+
+    def create() -> bytes:
+        with lock:
+            calls.append(1)
+        time.sleep(0.05)
+        return b"v"
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(c.get_or_create("kernel", K, create)))
+               for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and results == [b"v"] * 16
+
+
+def test_processes_get_or_create_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    n = 4
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    counter = tmp_path / "calls.txt"
+    procs = [ctx.Process(target=_creator, args=(str(tmp_path / "c"), K, str(counter), barrier, results))
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=30) for _ in range(n)]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert got == [b"built-once"] * n
+    assert counter.read_text().splitlines() == ["1"]
+
+
+# ---- disabling, listing, stats, logging -----------------------------------------------------------
+def test_disabled_kinds(tmp_path, monkeypatch):
+    c = Cache(tmp_path, enabled={"kernel"})
+    c.put("program", K, b"p")
+    assert not c.path("program", K).exists() and c.get("program", K) is None
+    calls = []
+    assert c.get_or_create("program", K, lambda: calls.append(1) or b"p") == b"p"
+    assert c.get_or_create("program", K, lambda: calls.append(1) or b"p") == b"p"
+    assert calls == [1, 1]
+    assert c.stats()["program"] == {"hits": 0, "misses": 3, "writes": 0, "corrupt": 0}
+
+    monkeypatch.setenv("AMK_CACHE_DISABLE", "program, baseline")
+    assert Cache(tmp_path).enabled == {"kernel", "reference"}
+    monkeypatch.setenv("AMK_CACHE_DISABLE", "all")
+    assert Cache(tmp_path).enabled == frozenset()
+    monkeypatch.setenv("AMK_CACHE_DISABLE", "kernals")
+    with pytest.raises(ValueError, match="kernals"):
+        Cache(tmp_path)
+    with pytest.raises(ValueError, match="unknown cache kind"):
+        Cache(tmp_path, enabled={"nope"})
+
+
+def test_ls_and_clear(tmp_path):
+    c = Cache(tmp_path)
+    ka, kb = Cache.key("kernel", i=1), Cache.key("kernel", i=2)
+    c.put("kernel", ka, b"a" * 10)
+    c.put("kernel", kb, b"b")
+    c.put("program", K, b"p")
+    rows = c.ls()
+    assert {(r["kind"], r["key"]) for r in rows} == {("kernel", ka), ("kernel", kb), ("program", K)}
+    row = next(r for r in rows if r["key"] == ka)
+    assert row["size_bytes"] == 10 + cache_mod._HEADER.size and row["age_s"] >= 0
+    assert Path(row["path"]).exists()
+    assert len(c.ls("kernel")) == 2
+    assert c.clear("kernel") == 2
+    assert c.get("kernel", ka) is None  # the memory layer was cleared too
+    assert [r["kind"] for r in c.ls()] == ["program"]
+    assert c.clear() == 1 and c.ls() == []
+
+
+def test_stats_and_last_run_stats(tmp_path):
+    c = Cache(tmp_path)
+    c.put("kernel", K, b"x")  # write
+    c.get("kernel", K)  # memory hit
+    Cache(tmp_path).get("kernel", K)  # other object: not counted here
+    c.get("program", K)  # absent miss
+    assert c.stats()["kernel"] == {"hits": 1, "misses": 0, "writes": 1, "corrupt": 0}
+    assert c.stats()["program"]["misses"] == 1
+    assert last_run_stats(tmp_path) is None
+    c.save_stats()
+    assert last_run_stats(tmp_path) == c.stats()
+
+
+def test_debug_logging(tmp_path, caplog):
+    c = Cache(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="amk.cache"):
+        c.get("kernel", K)
+        c.put("kernel", K, b"x")
+        c.get("kernel", K)
+        Cache(tmp_path).get("kernel", K)
+    msgs = [r.message for r in caplog.records]
+    path = str(c.path("kernel", K))
+    for word in ("miss (absent)", "write", "hit (memory)", "hit (file)"):
+        assert any(m.startswith(word) and K in m and path in m and "kernel" in m for m in msgs), word
+
+
+def test_default_cache_follows_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "a"))
+    a = default_cache()
+    assert a is default_cache() and a.root == tmp_path / "a"
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "b"))
+    b = default_cache()
+    assert b is not a and b.root == tmp_path / "b"
+    b.put("kernel", K, b"x")
+    b.save_stats()
+    assert last_run_stats()["kernel"]["writes"] == 1
