@@ -36,12 +36,18 @@ class TaskDraft:
 
 def attention_chunk(smem_per_block: int, dims: ModelDims) -> int:
     """Positions one attention task scores per round, holding every q head's scores in shared memory."""
-    room = smem_per_block - SMEM_RESERVED - dims.group * dims.head_dim * 4
+    room = smem_per_block - SMEM_RESERVED - (2 * dims.group * dims.head_dim + 2 * dims.group) * 4
     return max(32, min(4096, room // (4 * dims.group)) // 32 * 32)
 
 
-def matvec_smem_bytes(k: int) -> int:
-    return k * 4 + SMEM_RESERVED
+def attention_smem_bytes(chunk: int, dims: ModelDims) -> int:
+    """Shared memory of an attention task: q, (max, sum), the output and one chunk of probabilities."""
+    return SMEM_RESERVED + (2 * dims.group * dims.head_dim + 2 * dims.group + dims.group * chunk) * 4
+
+
+def matvec_smem_bytes(klen: int, rows_computed: int) -> int:
+    """Shared memory of a matvec or epilogue task: the staged input slice and one accumulator per row."""
+    return (klen + rows_computed) * 4 + SMEM_RESERVED
 
 
 class Tiler:

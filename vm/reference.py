@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 import torch
+
 from amk.schedule.errors import CounterMismatchError, DeadlockError
 from amk.schedule.program import BufferKind, MegakernelProgram
 

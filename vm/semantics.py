@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from amk.schedule.opcodes import NO_BUFFER, Epilogue, Opcode
 from amk.schedule.program import ProgramConstants
 

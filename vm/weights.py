@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from amk.schedule.errors import UnsupportedModelError
 from amk.schedule.program import BufferKind, MegakernelProgram
 

@@ -68,6 +68,7 @@ class Model:
     fingerprint: str
     device: str = "cpu"
     _fp32: Any = field(default=None, repr=False, compare=False)
+    _fp64: Any = field(default=None, repr=False, compare=False)
 
     def fp32_eager(self):
         """The same weights upcast to fp32: the accuracy reference for a bf16/fp16 run."""
@@ -78,6 +79,15 @@ class Model:
         if self._fp32 is None:
             self._fp32 = copy.deepcopy(self.eager).float().eval().requires_grad_(False)
         return self._fp32
+
+    def accuracy_eager(self):
+        """A higher-precision copy with the same weights (fp32 for bf16/fp16, fp64 for fp32): what both the VM
+        and eager are measured against when they disagree by more than rounding."""
+        if self.dtype != torch.float32:
+            return self.fp32_eager()
+        if self._fp64 is None:
+            self._fp64 = copy.deepcopy(self.eager).double().eval().requires_grad_(False)
+        return self._fp64
 
     def describe(self) -> dict:
         params = (sum(p.numel() for p in self.eager.parameters()) if self.eager is not None

@@ -1,0 +1,184 @@
+"""verify(program, model): run every case on a VM, each isolated, and compare with eager transformers."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+from .cases import CaseInputs, VerifyCase, case_inputs, default_cases, eager_decode
+from .compare import compare, kl_divergence, tolerance_for
+
+# End-to-end rule: two correct implementations (transformers' own eager and sdpa attention, in bf16) differ
+# by far more than MERE < t allows once many layers compound their roundings, and near-zero logits make
+# MARE hypersensitive even in fp32. So a step passes when it is within the dual threshold of eager in the
+# same dtype, or when its error against a higher-precision eager (fp32 for bf16/fp16, fp64 for fp32) is
+# no worse than that eager's own error, with this slack. For fp16/bf16, KL to fp32 is always checked.
+MERE_SLACK = 2.0  # rounding noise: a real bug is orders of magnitude off, not a few times
+MARE_SLACK = 4.0  # one element's maximum is noisier than a mean
+KL_SLACK_FACTOR = 1.25
+KL_SLACK_ABS = 1e-5
+
+
+@dataclass
+class CaseResult:
+    case: str
+    passed: bool
+    error_type: str = ""
+    message: str = ""
+    steps: list[dict] = field(default_factory=list)
+    tokens_matched: int = 0
+    tokens_expected: int = 0
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VerifyResult:
+    cases: list[CaseResult]
+    device: str
+    vm: str
+    program: str
+    seconds: float
+
+    @property
+    def passed(self) -> int:
+        return sum(c.passed for c in self.cases)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.cases) and self.passed == len(self.cases)
+
+    def summary(self) -> dict:
+        steps = [s for c in self.cases for s in c.steps]
+        finite = [s for s in steps if s["mere"] == s["mere"]]
+        kls = [s for s in steps if s.get("kl") is not None]
+        return {
+            "worst_mere": max((s["mere"] for s in finite), default=None),
+            "worst_mare": max((s["mare"] for s in finite), default=None),
+            "top1_agreement": (sum(s["top1"] for s in steps) / len(steps)) if steps else None,
+            "kl_max": max((s["kl"] for s in kls), default=None),
+            "kl_eager_max": max((s["kl_eager"] for s in kls), default=None),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok, "total": len(self.cases), "passed": self.passed, "failed": len(self.cases) - self.passed,
+            "failures": [{"case": c.case, "error_type": c.error_type, "message": c.message}
+                         for c in self.cases if not c.passed],
+            **self.summary(),
+            "device": self.device, "vm": self.vm, "program": self.program, "seconds": round(self.seconds, 3),
+            "cases": [c.to_dict() for c in self.cases],
+        }
+
+
+def make_vm(program, model, device: str = "cpu", vm: str = "reference", adversarial: bool = False, seed: int = 0):
+    from amk.vm.weights import pack_weights
+
+    weights = pack_weights(model.eager, program, device=device)
+    if vm == "reference":
+        from amk.vm.reference import ReferenceVM
+
+        return ReferenceVM(program, weights, device=device, adversarial=adversarial, seed=seed)
+    if vm == "cuda":
+        from amk.vm.loader import MegakernelVM
+
+        return MegakernelVM(program, weights)
+    raise ValueError(f"unknown vm {vm!r}: reference or cuda")
+
+
+def verify(program, model, device: str = "cpu", vm: str = "reference", cases: list[VerifyCase] | str = "full",
+           adversarial: bool = False, seed: int = 0, runner=None, reference=None) -> VerifyResult:
+    """`runner`: a VM to reuse (else one is built); `reference`: a callable(case) -> (logits, greedy, fp32 logits)
+    that may serve cached eager data (else eager runs here)."""
+    t0 = time.perf_counter()
+    max_seq = program.constants.max_seq
+    if isinstance(cases, str):
+        cases = default_cases(max_seq, reduced=(cases == "reduced"))
+    results: list[CaseResult] = []
+    machine = None
+    try:
+        machine = runner or make_vm(program, model, device=device, vm=vm, adversarial=adversarial, seed=seed)
+    except Exception as e:  # a VM that cannot be built fails every case, with the reason
+        msg = f"{type(e).__name__}: {e}"
+        results = [CaseResult(c.name, False, type(e).__name__, msg) for c in cases]
+    if machine is not None:
+        ref = reference or (lambda case: eager_reference(model, case, max_seq))
+        for case in cases:
+            results.append(_run_case(machine, model, case, max_seq, ref))
+    return VerifyResult(results, str(device), vm, program.fingerprint(), time.perf_counter() - t0)
+
+
+def eager_reference(model, case: VerifyCase, max_seq: int):
+    inputs = case_inputs(case, model.dims, model.dtype, max_seq)
+    logits, greedy = eager_decode(model.eager, inputs, case.generate)
+    fed = CaseInputs(inputs.prefix_k, inputs.prefix_v, inputs.tokens + greedy[:-1])
+    hi_dtype = torch.float64 if model.dtype == torch.float32 else torch.float32
+    hi, _ = eager_decode(model.accuracy_eager(), fed, 0, dtype=hi_dtype)
+    return logits, greedy, hi
+
+
+def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult:
+    res = CaseResult(case.name, False, tokens_expected=case.generate)
+    try:
+        inputs = case_inputs(case, model.dims, model.dtype, max_seq)
+        golden, greedy, hi = ref(case)
+        machine.reset()
+        machine.load_kv_prefix(inputs.prefix_k, inputs.prefix_v)
+        failures: list[str] = []
+        feed = list(inputs.tokens)
+        tol = tolerance_for(model.dtype)
+        step = 0
+        while step < len(feed):
+            logits, nxt = machine.step(feed[step])
+            c = compare(logits, golden[step], model.dtype)
+            rec = {"step": step, **{k: c.to_dict()[k] for k in ("mere", "mare", "top1_match", "nonfinite")}}
+            rec["top1"] = rec.pop("top1_match")
+            ok = c.passed
+            if hi is not None and step < len(hi):
+                ours, theirs = compare(logits, hi[step], model.dtype), compare(golden[step], hi[step], model.dtype)
+                rec.update(mere_hi=ours.mere, mare_hi=ours.mare, eager_mere_hi=theirs.mere, eager_mare_hi=theirs.mare)
+                ok = ok or (ours.nonfinite == 0 and ours.mere <= max(MERE_SLACK * theirs.mere, tol)
+                            and ours.mare <= max(MARE_SLACK * theirs.mare, 10 * tol))
+            if hi is not None and step < len(hi) and model.dtype != torch.float32:
+                fp32 = hi
+                rec["kl"] = kl_divergence(fp32[step], logits)
+                rec["kl_eager"] = kl_divergence(fp32[step], golden[step])
+                if rec["kl"] > KL_SLACK_FACTOR * rec["kl_eager"] + KL_SLACK_ABS:
+                    failures.append(f"step {step}: KL to fp32 {rec['kl']:.3g} worse than eager's {rec['kl_eager']:.3g}")
+            res.steps.append(rec)
+            if not ok:
+                extra = (f" (vs higher precision: MERE {rec['mere_hi']:.3g} MARE {rec['mare_hi']:.3g}; eager's "
+                         f"{rec['eager_mere_hi']:.3g} / {rec['eager_mare_hi']:.3g})") if "mere_hi" in rec else ""
+                failures.append(f"step {step}: {c.reason}{extra}")
+            step += 1
+            gen_i = step - len(inputs.tokens)
+            if gen_i >= 0 and gen_i < case.generate:
+                if nxt != greedy[gen_i]:
+                    if _ambiguous(golden[step - 1], greedy[gen_i], nxt, tol):
+                        res.note = f"stopped at generated token {gen_i}: eager's top two are within rounding"
+                        break
+                    failures.append(f"generated token {gen_i}: VM {nxt} != eager {greedy[gen_i]}")
+                    break
+                res.tokens_matched += 1
+                if gen_i + 1 < case.generate:
+                    feed.append(nxt)
+        if failures:
+            res.error_type = "Mismatch"
+            res.message = "; ".join(failures[:4])
+        else:
+            res.passed = True
+    except Exception as e:  # isolate the case: one failure never stops the rest
+        res.error_type = type(e).__name__
+        res.message = f"{e}"[:500]
+        res.note = traceback.format_exc(limit=3)[-800:]
+    return res
+
+
+def _ambiguous(eager_logits: torch.Tensor, eager_tok: int, vm_tok: int, tol: float) -> bool:
+    a, b = float(eager_logits[eager_tok]), float(eager_logits[vm_tok])
+    return abs(a - b) <= 2 * tol * max(abs(a), 1.0)

@@ -1,0 +1,292 @@
+"""The dependency graph of a program, its deadlock witness, happens-before and the data-hazard sweep.
+
+Nodes are the tasks (ids 0..N-1) and the counters (N + counter id). Edges run from each signaller to
+its counter, from a counter to each task that waits on it, and from each task to the next on its SM
+queue. With every wait for all of a counter's producers (checked before the sweep), a path in this
+graph is exactly a happens-before guarantee. Ancestor sets are Python int bitsets over task ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .opcodes import NO_BUFFER
+from .program import BufferKind
+
+HAZARD_KINDS = (BufferKind.SCRATCH, BufferKind.ARENA, BufferKind.IO, BufferKind.KV)
+
+
+@dataclass
+class DepGraph:
+    n_tasks: int
+    preds: list[list[int]]
+    queue_edge: dict[tuple[int, int], int]  # (earlier task, later task) -> SM
+    order: list[int]  # topological order of the nodes that are not on or behind a cycle
+    cycle: list[tuple[int, bool]] | None  # (node, edge from it to the next node is a queue edge)
+
+    @property
+    def acyclic(self) -> bool:
+        return self.cycle is None
+
+
+def build_graph(program) -> DepGraph:
+    tasks, n_counters = program.tasks, len(program.counters)
+    n = len(tasks)
+    preds: list[list[int]] = [[] for _ in range(n + n_counters)]
+    for tid, t in enumerate(tasks):
+        for c in t.signals:
+            if 0 <= c < n_counters:
+                preds[n + c].append(tid)
+        p = preds[tid]
+        for w in t.waits:
+            if 0 <= w.counter < n_counters:
+                p.append(n + w.counter)
+    queue_edge: dict[tuple[int, int], int] = {}
+    for sm, q in enumerate(program.queues):
+        prev = None
+        for tid in q:
+            if not (isinstance(tid, int) and 0 <= tid < n):
+                continue
+            if prev is not None:
+                preds[tid].append(prev)
+                queue_edge[(prev, tid)] = sm
+            prev = tid
+    order = _id_order(preds, n, n_counters)
+    if order is not None:
+        return DepGraph(n, preds, queue_edge, order, None)
+    m = len(preds)
+    indeg = [len(p) for p in preds]
+    succ: list[list[int]] = [[] for _ in range(m)]
+    for v, ps in enumerate(preds):
+        for p in ps:
+            succ[p].append(v)
+    stack = [v for v in range(m) if indeg[v] == 0]
+    order: list[int] = []
+    while stack:
+        v = stack.pop()
+        order.append(v)
+        for s in succ[v]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                stack.append(s)
+    cycle = None
+    if len(order) < m:
+        cycle = _cycle_witness(preds, indeg, n, queue_edge)
+    return DepGraph(n, preds, queue_edge, order, cycle)
+
+
+def _id_order(preds, n, n_counters) -> list[int] | None:
+    """The fast path: when every edge runs from a lower task id to a higher one (a lowered program's
+    queues keep task-id order), task-id order with each counter just before its first waiter is a
+    topological order. None when some edge runs backwards."""
+    maxsig = [max(ps) if ps else -1 for ps in preds[n:]]
+    emitted = [False] * n_counters
+    order: list[int] = []
+    for t in range(n):
+        for p in preds[t]:
+            if p >= n:
+                c = p - n
+                if maxsig[c] >= t:
+                    return None
+                if not emitted[c]:
+                    emitted[c] = True
+                    order.append(p)
+            elif p >= t:
+                return None
+        order.append(t)
+    order += [n + c for c in range(n_counters) if not emitted[c]]
+    return order
+
+
+def _cycle_witness(preds, indeg, n, queue_edge) -> list[tuple[int, bool]]:
+    """Walk predecessors among the nodes Kahn could not remove until one repeats: that loop is a cycle."""
+    v = next(i for i, d in enumerate(indeg) if d > 0)
+    path: list[int] = []
+    seen: dict[int, int] = {}
+    while v not in seen:
+        seen[v] = len(path)
+        path.append(v)
+        v = next(p for p in preds[v] if indeg[p] > 0)
+    loop = path[seen[v]:][::-1]  # forward order: each node is a predecessor of the next
+    out = []
+    for i, a in enumerate(loop):
+        b = loop[(i + 1) % len(loop)]
+        out.append((a, a < n and b < n and (a, b) in queue_edge))
+    return out
+
+
+def reach_sets(graph: DepGraph) -> list[int]:
+    """Per task: the bitset of tasks that happen before it, itself included."""
+    n, preds = graph.n_tasks, graph.preds
+    reach = [0] * len(preds)
+    for v in graph.order:
+        a = 1 << v if v < n else 0
+        for p in preds[v]:
+            a |= reach[p]
+        reach[v] = a
+    return reach[:n]
+
+
+def _self_produced(writers, readers) -> bool:
+    return writers is not None and set(readers) <= set(writers)
+
+
+def _low(mask: int) -> int:
+    return (mask & -mask).bit_length() - 1
+
+
+Groups = dict[tuple, list[int]]  # (stage, 0 read | 1 write | 2 prefetch, start, end) -> task ids
+
+
+def collect(program, on_error) -> dict[object, Groups]:
+    """Every task's reads, writes and prefetches, grouped per buffer id by identical (stage, access, range).
+    A task whose regions cannot be read is passed to `on_error(tid, exc)` and skipped from there on."""
+    per: dict[object, Groups] = {}
+    for tid, t in enumerate(program.tasks):
+        try:
+            st = t.stage
+            for w, regions in ((0, t.reads), (1, t.writes), (2, t.prefetch)):
+                for r in regions:
+                    a = r.start
+                    key = (st, w, a, a + r.length)
+                    g = per.get(r.buffer)
+                    if g is None:
+                        g = per[r.buffer] = {}
+                    lst = g.get(key)
+                    if lst is None:
+                        g[key] = [tid]
+                    elif lst[-1] != tid:
+                        lst.append(tid)
+        except Exception as e:  # noqa: BLE001 - reported by the caller
+            on_error(tid, e)
+    return per
+
+
+def sweep(program, per: dict[object, Groups], reach: list[int], report, tname) -> None:
+    """RAW / WAR / WAW over every SCRATCH, ARENA, IO and KV buffer. `report(kind_name, message, tasks,
+    buffers)` records an issue; `tname(tid)` names a task."""
+    bufs = program.buffers
+    nb = len(bufs)
+    merged: dict[int, Groups] = {}
+    for bid, groups in per.items():
+        if not (isinstance(bid, int) and 0 <= bid < nb) or bufs[bid].kind not in HAZARD_KINDS:
+            continue
+        b, off = bufs[bid], 0
+        if b.kind == BufferKind.SCRATCH and b.arena != NO_BUFFER and 0 <= b.arena < nb \
+                and bufs[b.arena].kind == BufferKind.ARENA:
+            bid, off = b.arena, b.arena_off  # alias the value into its arena's coordinates
+        dst = merged.setdefault(bid, {})
+        for (st, w, a, e), tids in groups.items():
+            if w < 2 and e > a:
+                dst.setdefault((st, w, a + off, e + off), []).extend(tids)
+    bits = [1 << i for i in range(len(reach))]
+    for bid, groups in merged.items():
+        _sweep_buffer(bufs[bid], groups, reach, bits, report, tname)
+
+
+def _sweep_buffer(buf, groups, reach, bits, report, tname) -> None:
+    """Accesses in logical order (stage; reads of a stage before its writes) over elementary segments."""
+    keys = sorted(groups)
+    pts = sorted({k[2] for k in keys} | {k[3] for k in keys})
+    pos = {p: i for i, p in enumerate(pts)}
+    ns = len(pts) - 1
+    lw = [0] * ns  # the writers of the last stage that wrote each segment
+    rd = [0] * ns  # the readers since that write
+    is_kv = buf.kind == BufferKind.KV
+    needs_writer = buf.kind in (BufferKind.SCRATCH, BufferKind.ARENA)
+    anyw = [False] * ns
+    if is_kv:
+        for k in keys:
+            if k[1]:
+                for i in range(pos[k[2]], pos[k[3]]):
+                    anyw[i] = True
+    name = buf.name
+    cur_stage = None
+    stage_w: dict[int, int] = {}
+    for key in keys:
+        st, w, a, e = key
+        if st != cur_stage:
+            for i, m in stage_w.items():
+                lw[i] = m
+                rd[i] = 0
+            stage_w = {}
+            cur_stage = st
+        tids = groups[key]
+        if len(tids) == 1:
+            mask = bits[tids[0]]
+        else:
+            mask = 0
+            for t in tids:
+                mask |= bits[t]
+        i0, i1 = pos[a], pos[e]
+        if not w:
+            req, missing = 0, False
+            for i in range(i0, i1):
+                m = lw[i]
+                if m:
+                    req |= m
+                elif needs_writer or (is_kv and anyw[i]):
+                    missing = True
+                rd[i] |= mask
+            if missing and not _self_produced(groups.get((st, 1, a, e)), tids):
+                _no_writer(buf, key, tids, report, tname)
+            if req:
+                bad = [r for r in tids if reach[r] & req != req]
+                if bad:
+                    _unordered_read(buf, key, bad, _low(req & ~reach[bad[0]]), report, tname)
+            continue
+        need_r, need_w, other = 0, 0, 0
+        for i in range(i0, i1):
+            m = stage_w.get(i)
+            if m is None:
+                stage_w[i] = mask
+            else:
+                other |= m & ~mask
+                stage_w[i] = m | mask
+            need_r |= rd[i]
+            need_w |= lw[i]
+        if other or (len(tids) > 1 and mask.bit_count() > 1):
+            x = tids[0]
+            y = _low(other) if other else _low(mask & ~bits[x])
+            report("CLOBBER", f"{tname(x)} and {tname(y)}, both of stage {st}, write overlapping elements of "
+                   f"{name} (around {name}[{a}:{e})) with nothing ordering them", (y, x), (name,))
+        req = need_r | need_w
+        if req:
+            for t in tids:
+                miss = req & ~reach[t]
+                if miss:
+                    _unordered_write(buf, key, t, _low(miss), need_r, report, tname)
+                    break
+
+
+def _no_writer(buf, key, tids, report, tname) -> None:
+    st, _, a, e = key
+    r, rng = tids[0], f"{buf.name}[{a}:{e})"
+    if buf.kind == BufferKind.KV:
+        report("KV_READ_BEFORE_APPEND", f"{tname(r)} reads KV cache {rng} before the task of this step that "
+               "appends to it (logical order puts the read first)", (r,), (buf.name,))
+    else:
+        report("RACE_NO_WRITER", f"{tname(r)} reads {rng}, part of which no earlier task of the step writes",
+               (r,), (buf.name,))
+
+
+def _unordered_read(buf, key, bad, wt, report, tname) -> None:
+    st, _, a, e = key
+    r, rng = bad[0], f"{buf.name}[{a}:{e})"
+    more = f" (and {len(bad) - 1} more readers of stage {st})" if len(bad) > 1 else ""
+    if buf.kind == BufferKind.KV:
+        report("KV_READ_BEFORE_APPEND", f"{tname(r)} reads KV cache {rng} without waiting for {tname(wt)}, "
+               f"which appends to it this step{more}", (r, wt), (buf.name,))
+    else:
+        report("RACE_NO_WRITER", f"{tname(r)} reads {rng} with no happens-before path from its writer "
+               f"{tname(wt)}{more}", (r, wt), (buf.name,))
+
+
+def _unordered_write(buf, key, t, o, need_r, report, tname) -> None:
+    rng = f"{buf.name}[{key[2]}:{key[3]})"
+    if need_r >> o & 1:
+        msg = (f"{tname(t)} overwrites {rng} while {tname(o)} may still read the value there "
+               f"(no happens-before path from {o} to {t})")
+    else:
+        msg = f"{tname(t)} writes {rng} unordered with the earlier write by {tname(o)} (no happens-before path)"
+    report("CLOBBER", msg, (t, o), (buf.name,))

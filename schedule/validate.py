@@ -1,0 +1,445 @@
+"""validate(program, target) -> ValidationResult: static checks of a MegakernelProgram that never raise.
+
+1. structure and ABI (queues, SM ids, instruction limits, int32 params, shared memory, buffer ids),
+2. bounds (every region inside its buffer; nothing writes a weight),
+3. counters (every wait satisfiable and for all of its counter's producers),
+4. deadlock (the signal/wait/queue graph is acyclic; a cycle comes back as a witness),
+5. data hazards over happens-before (RAW, WAR, WAW per element range; see `hazards.sweep`).
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import time
+import traceback
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+from operator import attrgetter
+from types import SimpleNamespace
+
+from . import hazards, tile
+from . import opcodes as oc
+from .opcodes import Epilogue, Opcode
+from .program import BufferKind
+
+
+class IssueKind(str, Enum):
+    CYCLE = "cycle"
+    QUEUE_ORDER = "queue_order"
+    UNSATISFIABLE_WAIT = "unsatisfiable_wait"
+    PARTIAL_WAIT = "partial_wait"
+    RACE_NO_WRITER = "race_no_writer"
+    KV_READ_BEFORE_APPEND = "kv_read_before_append"
+    CLOBBER = "clobber"
+    SM_OUT_OF_RANGE = "sm_out_of_range"
+    ABI = "abi"
+    OUT_OF_BOUNDS = "out_of_bounds"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    kind: IssueKind
+    message: str
+    tasks: tuple[int, ...] = ()
+    buffers: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind.value, "message": self.message, "tasks": list(self.tasks),
+                "buffers": list(self.buffers)}
+
+
+@dataclass
+class ValidationResult:
+    ok: bool
+    issues: list[ValidationIssue]
+    seconds: float
+    suppressed: dict[str, int] = field(default_factory=dict)  # issue kind -> how many were left out
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "seconds": self.seconds, "issues": [i.to_dict() for i in self.issues],
+                "suppressed": dict(self.suppressed)}
+
+    def first_message(self) -> str:
+        return self.issues[0].message if self.issues else ""
+
+    def kinds(self) -> set[IssueKind]:
+        return {i.kind for i in self.issues}
+
+
+MAX_ISSUES_PER_KIND = 20
+# params fields (flattened, dotted) that name buffers besides every X that has an X_off sibling; the
+# optional ones may be NO_BUFFER
+BUFFER_FIELDS = frozenset({"table", "token", "weight", "kcache", "vcache", "epi.out"})
+OPTIONAL_BUFFER_FIELDS = frozenset({"norm_weight", "epi.bias", "epi.kcache", "epi.vcache", "epi.qnorm",
+                                    "epi.knorm", "epi.argmax"})
+
+
+class _Report:
+    def __init__(self, program):
+        self.issues: list[ValidationIssue] = []
+        self.counts: dict[IssueKind, int] = {}
+        self.program = program
+
+    def add(self, kind, message: str, tasks=(), buffers=()) -> None:
+        if not isinstance(kind, IssueKind):
+            kind = IssueKind[kind]
+        n = self.counts.get(kind, 0)
+        self.counts[kind] = n + 1
+        if n < MAX_ISSUES_PER_KIND:
+            self.issues.append(ValidationIssue(kind, message, tuple(int(t) for t in tasks),
+                                               tuple(str(b) for b in buffers)))
+
+    def internal(self, where: str, exc: BaseException) -> None:
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        self.add(IssueKind.INTERNAL, f"validator failed in {where}: {last}")
+
+    def tname(self, tid) -> str:
+        try:
+            return f"task {tid} ({self.program.tasks[tid].kind})"
+        except Exception:
+            return f"task {tid}"
+
+    def bname(self, bid) -> str:
+        try:
+            return self.program.buffers[bid].name if 0 <= bid < len(self.program.buffers) else f"#{bid}"
+        except Exception:
+            return f"#{bid}"
+
+    def since(self, n: int) -> bool:
+        """True when no issue was recorded after the first n."""
+        return sum(self.counts.values()) == n
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def validate(program, target=None) -> ValidationResult:
+    t0 = time.perf_counter()
+    rep = _Report(program)
+    gc_was = gc.isenabled()
+    gc.disable()  # the sweep allocates many small containers; collections would only cost time
+    try:
+        _validate(program, target, rep)
+    except Exception as e:  # noqa: BLE001 - validate never raises
+        rep.internal("validate", e)
+    finally:
+        if gc_was:
+            gc.enable()
+    suppressed = {k.value: n - MAX_ISSUES_PER_KIND for k, n in rep.counts.items() if n > MAX_ISSUES_PER_KIND}
+    return ValidationResult(not rep.counts, rep.issues, time.perf_counter() - t0, suppressed)
+
+
+def _guarded(rep: _Report, name: str, fn, *args):
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001
+        rep.internal(name, e)
+        return None
+
+
+def _validate(program, target, rep: _Report) -> None:
+    if target is not None:
+        from .targets import get_target
+
+        try:
+            target = get_target(target)
+        except Exception as e:  # noqa: BLE001
+            rep.add(IssueKind.ABI, f"unknown target: {e}")
+            target = None
+    _guarded(rep, "structure", _check_structure, program, target, rep)
+    _guarded(rep, "tasks", _check_tasks, program, target, rep)
+    per = _guarded(rep, "regions", hazards.collect, program, lambda tid, e: _malformed(rep, tid, e))
+    if per is not None:
+        _guarded(rep, "regions", _check_regions, program, per, rep)
+    n0 = rep.total
+    _guarded(rep, "counters", _check_counters, program, rep)
+    counters_ok = rep.since(n0)
+    graph = _guarded(rep, "deadlock", hazards.build_graph, program)
+    if graph is None:
+        return
+    if not graph.acyclic:
+        _guarded(rep, "deadlock", _report_cycle, graph, rep)
+        return
+    if counters_ok:
+        reach = _guarded(rep, "happens-before", hazards.reach_sets, graph)
+        if reach is not None and per is not None:
+            _guarded(rep, "hazards", hazards.sweep, program, per, reach, rep.add, rep.tname)
+
+
+# ---- 1. structure -----------------------------------------------------------------------------------
+def _check_structure(program, target, rep: _Report) -> None:
+    tasks, queues = program.tasks, program.queues
+    n, nsm = len(tasks), len(queues)
+    if n > oc.MAX_TASKS:
+        rep.add(IssueKind.ABI, f"{n} tasks exceed MAX_TASKS={oc.MAX_TASKS}")
+    if len(program.counters) > oc.MAX_COUNTERS:
+        rep.add(IssueKind.ABI, f"{len(program.counters)} counters exceed MAX_COUNTERS={oc.MAX_COUNTERS}")
+    for i, b in enumerate(program.buffers):
+        if b.id != i:
+            rep.add(IssueKind.ABI, f"buffer {b.name!r} at index {i} has id {b.id}", buffers=(b.name,))
+    for i, c in enumerate(program.counters):
+        if c.id != i:
+            rep.add(IssueKind.ABI, f"counter {c.name!r} at index {i} has id {c.id}")
+    tpb = program.threads_per_block
+    if not (isinstance(tpb, int) and tpb % 32 == 0 and 128 <= tpb <= 1024):
+        rep.add(IssueKind.ABI, f"threads_per_block={tpb!r} is not a multiple of 32 in [128, 1024]")
+    elif target is not None and tpb > target.max_threads_per_block:
+        rep.add(IssueKind.ABI, f"threads_per_block={tpb} exceeds {target.name}'s {target.max_threads_per_block}")
+    if target is not None:
+        if program.smem_per_block > target.smem_per_block_max:
+            rep.add(IssueKind.ABI, f"smem_per_block={program.smem_per_block} exceeds {target.name}'s "
+                                   f"{target.smem_per_block_max} bytes")
+        if nsm > target.sm_count:
+            rep.add(IssueKind.SM_OUT_OF_RANGE, f"the program has {nsm} SM queues but {target.name} has "
+                                               f"{target.sm_count} SMs")
+    where: list[tuple[int, int] | None] = [None] * n
+    for sm, q in enumerate(queues):
+        for qp, tid in enumerate(q):
+            if not (isinstance(tid, int) and 0 <= tid < n):
+                rep.add(IssueKind.ABI, f"SM {sm}'s queue holds {tid!r} at position {qp}, not a task id")
+            elif where[tid] is not None:
+                rep.add(IssueKind.ABI, f"{rep.tname(tid)} is on SM {where[tid][0]}'s queue and on SM {sm}'s",
+                        tasks=(tid,))
+            else:
+                where[tid] = (sm, qp)
+    for tid, t in enumerate(tasks):
+        if t.id != tid:
+            rep.add(IssueKind.ABI, f"task at index {tid} has id {t.id}", tasks=(tid,))
+        sm = t.sm
+        if not (isinstance(sm, int) and 0 <= sm < nsm) or (target is not None and sm >= target.sm_count):
+            lim = nsm if target is None else min(nsm, target.sm_count)
+            rep.add(IssueKind.SM_OUT_OF_RANGE, f"{rep.tname(tid)} is placed on SM {sm!r}, outside [0, {lim})",
+                    tasks=(tid,))
+        w = where[tid]
+        if w is None:
+            rep.add(IssueKind.ABI, f"{rep.tname(tid)} is on no SM queue", tasks=(tid,))
+            continue
+        if target is not None and w[0] >= target.sm_count and sm == w[0]:
+            rep.add(IssueKind.SM_OUT_OF_RANGE, f"{rep.tname(tid)} is queued on SM {w[0]}, but {target.name} has "
+                                               f"{target.sm_count} SMs", tasks=(tid,))
+        if sm != w[0] or t.queue_pos != w[1]:
+            rep.add(IssueKind.ABI, f"{rep.tname(tid)} says SM {sm} position {t.queue_pos}, but it is queued on "
+                                   f"SM {w[0]} at position {w[1]}", tasks=(tid,))
+
+
+# ---- 1 and 2. per task: ABI, shared memory, buffer ids, bounds ---------------------------------------
+class _Layout:
+    """How one params class flattens (nested dataclasses in place), and where its buffer ids sit."""
+
+    def __init__(self, cls):
+        names = list(cls.__dataclass_fields__)
+        self.top = attrgetter(*names) if len(names) > 1 else (lambda p, g=attrgetter(names[0]): (g(p),))
+        self.nested: list[tuple[int, _Layout]] = []
+        self.paths: list[str] = []
+        for i, f in enumerate(cls.__dataclass_fields__.values()):
+            sub = getattr(oc, f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""), None)
+            if isinstance(sub, type) and hasattr(sub, "__dataclass_fields__"):
+                self.nested.append((i, _layout(sub)))
+        nested = dict(self.nested)
+        for i, name in enumerate(names):
+            self.paths += [f"{name}.{x}" for x in nested[i].paths] if i in nested else [name]
+        self.nested.reverse()
+        have = set(self.paths)
+        self.required = [i for i, x in enumerate(self.paths) if (x in BUFFER_FIELDS or x + "_off" in have)
+                         and x not in OPTIONAL_BUFFER_FIELDS]
+        self.optional = [i for i, x in enumerate(self.paths) if x in OPTIONAL_BUFFER_FIELDS]
+
+    def flat(self, p) -> list:
+        vals = list(self.top(p))
+        for i, sub in self.nested:
+            vals[i:i + 1] = sub.flat(vals[i])
+        return vals
+
+
+_LAYOUTS: dict[type, _Layout] = {}
+_INT_TYPES: set[type] = set()
+
+
+def _layout(cls) -> _Layout:
+    lay = _LAYOUTS.get(cls)
+    if lay is None:
+        lay = _LAYOUTS[cls] = _Layout(cls)
+    return lay
+
+
+def _all_int32(vals: list) -> bool:
+    for tp in set(map(type, vals)) - _INT_TYPES:
+        if not issubclass(tp, int) or tp is bool:
+            return False
+        _INT_TYPES.add(tp)
+    return not vals or (min(vals) >= -oc.INT32_MAX and max(vals) <= oc.INT32_MAX)
+
+
+def _check_tasks(program, target, rep: _Report) -> None:
+    bufs = program.buffers
+    ctx = {"nb": len(bufs), "bufs": bufs, "c": program.constants, "smem": program.smem_per_block}
+    c = program.constants
+    ctx["group"] = c.n_heads // c.n_kv_heads if c.n_kv_heads else 0
+    for tid, t in enumerate(program.tasks):
+        try:
+            _check_task(tid, t, ctx, rep)
+        except Exception as e:  # noqa: BLE001 - a malformed task is an ABI issue, not a crash
+            _malformed(rep, tid, e)
+
+
+def _check_task(tid, t, ctx, rep: _Report) -> None:
+    nb = ctx["nb"]
+    if len(t.waits) > oc.MAX_WAITS or len(t.signals) > oc.MAX_SIGNALS or len(t.prefetch) > oc.MAX_PREFETCH:
+        rep.add(IssueKind.ABI, f"{rep.tname(tid)} has {len(t.waits)} waits, {len(t.signals)} signals, "
+                f"{len(t.prefetch)} prefetches (limits {oc.MAX_WAITS}/{oc.MAX_SIGNALS}/{oc.MAX_PREFETCH})",
+                tasks=(tid,))
+    op = t.opcode
+    cls = oc.PARAMS_OF.get(op) if isinstance(op, Opcode) else None
+    p = t.params
+    if cls is None or type(p) is not cls:
+        rep.add(IssueKind.ABI, f"{rep.tname(tid)} has opcode {op!r} with params of type {type(p).__name__}, "
+                f"expected {cls.__name__ if cls else 'a known opcode'}", tasks=(tid,))
+    else:
+        lay = _layout(cls)
+        vals = lay.flat(p)
+        if not _all_int32(vals):
+            for path, v in zip(lay.paths, vals):
+                if isinstance(v, bool) or not isinstance(v, int) or not -oc.INT32_MAX <= v <= oc.INT32_MAX:
+                    rep.add(IssueKind.ABI, f"{rep.tname(tid)}: parameter {path}={v!r} does not fit in int32",
+                            tasks=(tid,))
+            return
+        for i in lay.required:
+            if not 0 <= vals[i] < nb:
+                rep.add(IssueKind.ABI, f"{rep.tname(tid)}: parameter {lay.paths[i]}={vals[i]} names no buffer",
+                        tasks=(tid,))
+        for i in lay.optional:
+            if vals[i] != oc.NO_BUFFER and not 0 <= vals[i] < nb:
+                rep.add(IssueKind.ABI, f"{rep.tname(tid)}: parameter {lay.paths[i]}={vals[i]} names no buffer",
+                        tasks=(tid,))
+        _check_needs(tid, op, p, ctx, rep)
+
+
+@lru_cache(maxsize=8)
+def _n_params(fn) -> int:
+    return len(inspect.signature(fn).parameters)
+
+
+def _matvec_smem(width: int, rows: int) -> int:
+    if _n_params(tile.matvec_smem_bytes) >= 2:
+        return tile.matvec_smem_bytes(width, rows)
+    return tile.matvec_smem_bytes(width)
+
+
+def _attention_smem(chunk: int, group: int, head_dim: int) -> int:
+    if hasattr(tile, "attention_smem_bytes"):
+        return tile.attention_smem_bytes(chunk, SimpleNamespace(group=group, head_dim=head_dim))
+    return tile.SMEM_RESERVED + group * head_dim * 4 + chunk * group * 4
+
+
+def _check_needs(tid, op, p, ctx, rep: _Report) -> None:
+    """Shared memory the task stages (the tiler's own formulas), and whole heads under ROPE_KV."""
+    c, group, smem, nb = ctx["c"], ctx["group"], ctx["smem"], ctx["nb"]
+    need, what = 0, ""
+    try:
+        if op == Opcode.MATVEC and 0 <= p.weight < nb:
+            width = ctx["bufs"][p.weight].cols if p.norm_weight != oc.NO_BUFFER else p.klen
+            rows = p.rows * (2 if p.epi.pair_offset else 1)
+            need, what = _matvec_smem(width, rows), f"an input of {width} elements and {rows} rows"
+        elif isinstance(getattr(p, "chunk", None), int):  # attention: q of the group plus a chunk of scores
+            need = _attention_smem(p.chunk, group, c.head_dim)
+            what = f"a chunk of {p.chunk} positions for {group} heads"
+    except Exception as e:  # noqa: BLE001 - the tiler's formulas changed shape: report once, not per task
+        if not ctx.get("smem_failed"):
+            ctx["smem_failed"] = True
+            rep.internal("shared-memory check", e)
+    if need > smem:
+        rep.add(IssueKind.ABI, f"{rep.tname(tid)} stages {what} and needs {need} bytes of shared memory; "
+                f"smem_per_block is {smem}", tasks=(tid,))
+    epi = getattr(p, "epi", None)
+    if epi is not None and epi.kind == Epilogue.ROPE_KV and (p.row0 % c.head_dim or p.rows % c.head_dim):
+        rep.add(IssueKind.ABI, f"{rep.tname(tid)}: the ROPE_KV epilogue covers rows [{p.row0}, "
+                f"{p.row0 + p.rows}), not whole heads of {c.head_dim}", tasks=(tid,))
+
+
+def _malformed(rep: _Report, tid: int, exc: BaseException) -> None:
+    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    rep.add(IssueKind.ABI, f"{rep.tname(tid)} is malformed: {last}", tasks=(tid,))
+
+
+def _check_regions(program, per: dict, rep: _Report) -> None:
+    """Bounds of every distinct (buffer, access, range), and that nothing writes a weight."""
+    bufs = program.buffers
+    nb = len(bufs)
+    verbs = ("reads", "writes", "prefetches")
+
+    def who(tids) -> str:
+        return rep.tname(tids[0]) + (f" (and {len(tids) - 1} more tasks)" if len(tids) > 1 else "")
+
+    for bid, groups in per.items():
+        if not (isinstance(bid, int) and 0 <= bid < nb):
+            for (_, w, _, _), tids in groups.items():
+                rep.add(IssueKind.ABI, f"{who(tids)} {verbs[w]} buffer id {bid!r}, which does not exist",
+                        tasks=tids[:2])
+            continue
+        b = bufs[bid]
+        numel, is_weight = b.numel, b.kind == BufferKind.WEIGHT
+        for (_, w, s, e), tids in groups.items():
+            if s < 0 or e < s or e > numel:
+                rep.add(IssueKind.OUT_OF_BOUNDS, f"{who(tids)} {verbs[w]} {b.name}[{s}:{e}), outside "
+                        f"[0, {numel})", tasks=tids[:2], buffers=(b.name,))
+            if w == 1 and is_weight:
+                rep.add(IssueKind.OUT_OF_BOUNDS, f"{who(tids)} writes the weight buffer {b.name}", tasks=tids[:2],
+                        buffers=(b.name,))
+
+
+# ---- 3. counters ------------------------------------------------------------------------------------
+def _check_counters(program, rep: _Report) -> None:
+    counters = program.counters
+    nc = len(counters)
+    signalled = [0] * nc
+    for tid, t in enumerate(program.tasks):
+        for s in t.signals:
+            if isinstance(s, int) and 0 <= s < nc:
+                signalled[s] += 1
+            else:
+                rep.add(IssueKind.UNSATISFIABLE_WAIT, f"{rep.tname(tid)} signals counter {s!r}, which does not "
+                        "exist", tasks=(tid,))
+    for c in counters:
+        if 0 <= c.id < nc and c.producers != signalled[c.id]:
+            rep.add(IssueKind.UNSATISFIABLE_WAIT, f"counter {c.id} ({c.name}) declares {c.producers} producers "
+                    f"but {signalled[c.id]} signals reach it per step")
+    for tid, t in enumerate(program.tasks):
+        for w in t.waits:
+            cid, n = w.counter, w.count
+            if not (isinstance(cid, int) and 0 <= cid < nc):
+                rep.add(IssueKind.UNSATISFIABLE_WAIT, f"{rep.tname(tid)} waits on counter {cid!r}, which does "
+                        "not exist", tasks=(tid,))
+                continue
+            cn = counters[cid]
+            have = signalled[cid]
+            if n > have:
+                rep.add(IssueKind.UNSATISFIABLE_WAIT, f"{rep.tname(tid)} waits for {n} signals of counter {cid} "
+                        f"({cn.name}), which only {have} tasks signal", tasks=(tid,))
+            elif n < 1:
+                rep.add(IssueKind.PARTIAL_WAIT, f"{rep.tname(tid)} waits for count {n} on counter {cid} "
+                        f"({cn.name}); a wait must count at least 1", tasks=(tid,))
+            elif n < cn.producers and cn.producers > 1:
+                rep.add(IssueKind.PARTIAL_WAIT, f"{rep.tname(tid)} waits for {n} of the {cn.producers} producers "
+                        f"of counter {cid} ({cn.name}); the count cannot say which finished", tasks=(tid,))
+
+
+# ---- 4. deadlock ------------------------------------------------------------------------------------
+def _report_cycle(graph: hazards.DepGraph, rep: _Report) -> None:
+    n = graph.n_tasks
+    cyc = graph.cycle
+    task_ids = [v for v, _ in cyc if v < n]
+    names = rep.program.counters
+    hops = " -> ".join(rep.tname(v) if v < n else f"counter {v - n} ({names[v - n].name})" for v, _ in cyc)
+    q = next(((v, cyc[(i + 1) % len(cyc)][0]) for i, (v, is_q) in enumerate(cyc) if is_q), None)
+    if q is not None:
+        a, b = q
+        sm = graph.queue_edge[(a, b)]
+        rep.add(IssueKind.QUEUE_ORDER, f"SM {sm} runs {rep.tname(a)} before {rep.tname(b)}, but {rep.tname(b)} "
+                f"must happen before {rep.tname(a)}: deadlock cycle {hops} -> back", tasks=tuple(task_ids))
+    else:
+        rep.add(IssueKind.CYCLE, f"deadlock: tasks wait on each other's counters: {hops} -> back",
+                tasks=tuple(task_ids))

@@ -1,0 +1,211 @@
+"""MegakernelVM: build the persistent kernel with NVRTC (through CuPy) and run programs on torch tensors."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from importlib import resources
+
+import numpy as np
+import torch
+
+from amk.schedule.errors import EnvironmentProblem, ProgramError, VmError
+from amk.schedule.program import BufferKind, MegakernelProgram
+
+from .abi import Ctrl, VmErrorCode, generate_header
+
+KERNEL_NAME = "amk_megakernel"
+DEFAULT_TIMEOUT_S = 1.0
+_MODULES: dict[str, object] = {}  # in-process: key -> cupy RawModule
+
+
+def kernel_source() -> str:
+    return resources.files("amk.vm").joinpath("megakernel.cu").read_text()
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as e:
+        raise EnvironmentProblem("the CUDA VM needs cupy (pip install 'amk[cuda]')") from e
+    return cupy
+
+
+def compile_options(arch: str) -> tuple[str, ...]:
+    return ("-std=c++17", f"-arch={arch}", "--device-as-default-execution-space")
+
+
+def nvrtc_version() -> str:
+    return ".".join(map(str, _cupy().cuda.nvrtc.getVersion()))
+
+
+def compile_cubin(code: str, arch: str) -> bytes:
+    """NVRTC straight to a cubin for `arch` (no device query, so it also runs on a machine without a GPU)."""
+    from cupy.cuda import compiler
+
+    prog = compiler._NVRTCProgram(code, "amk_megakernel.cu", method="cubin")
+    try:
+        cubin, _ = prog.compile(compile_options(arch), None)
+    except Exception as e:  # the compiler log names the line
+        raise VmError(f"NVRTC failed to build the megakernel for {arch}: {e}") from e
+    return bytes(cubin)
+
+
+def build_module(program: MegakernelProgram, arch: str, cache=None):
+    """The kernel for this program's header and knobs: from the in-process table, the file cache, or NVRTC.
+    Returns (cupy Module, key, origin)."""
+    cupy = _cupy()
+    header = generate_header(program)
+    source = kernel_source()
+    nvrtc = nvrtc_version()
+    key = hashlib.sha256("\0".join([source, header, repr(compile_options(arch)), arch, nvrtc, KERNEL_NAME])
+                         .encode()).hexdigest()
+    if key in _MODULES:
+        return _MODULES[key], key, "memory"
+    cubin, origin = None, "compiled"
+    if cache is not None:
+        from amk.cache import kernel_key
+
+        ckey = kernel_key(source, header, dict(program.build), arch, nvrtc, KERNEL_NAME)
+        cubin = cache.get("kernel", ckey)
+        origin = "file" if cubin is not None else origin
+    if cubin is None:
+        cubin = compile_cubin(header + "\n" + source, arch)
+        if cache is not None:
+            cache.put("kernel", ckey, cubin)
+    module = cupy.cuda.function.Module()
+    module.load(cubin)
+    _MODULES[key] = module
+    return module, key, origin
+
+
+class MegakernelVM:
+    """Runs a program as one persistent kernel per decode step, on torch's current stream."""
+
+    def __init__(self, program: MegakernelProgram, weights: dict[int, torch.Tensor], device: str | int = "cuda",
+                 timeout_s: float = DEFAULT_TIMEOUT_S, cache=None):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem("the CUDA VM needs a CUDA device; none is visible")
+        self.program = program
+        self.c = program.constants
+        self.device = torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+        props = torch.cuda.get_device_properties(self.device)
+        if program.num_sms > props.multi_processor_count:
+            raise ProgramError(f"program has {program.num_sms} SM queues, the device has {props.multi_processor_count} "
+                               "SMs: a persistent kernel needs every block resident", ())
+        self.arch = f"sm_{props.major}{props.minor}"
+        t0 = time.perf_counter()
+        self.module, self.kernel_key, self.build_origin = build_module(program, self.arch, cache)
+        self.kernel = self.module.get_function(KERNEL_NAME)
+        self.build_seconds = time.perf_counter() - t0
+        self.kernel.max_dynamic_shared_size_bytes = program.smem_per_block
+        self.timeout_ns = int(timeout_s * 1e9)
+        table, starts, producers = program.pack()
+        dev = self.device
+        self.instrs = torch.from_numpy(table).to(dev)
+        self.qstarts = torch.from_numpy(starts).to(dev)
+        self.producers = torch.from_numpy(producers).to(dev)
+        self.counters = torch.zeros(max(1, len(program.counters)), dtype=torch.int32, device=dev)
+        self.control = torch.zeros(Ctrl.SIZE, dtype=torch.int32, device=dev)
+        self.tensors: dict[int, torch.Tensor] = {}
+        for b in program.buffers:
+            if b.kind == BufferKind.WEIGHT:
+                self.tensors[b.id] = weights[b.id].to(dev).contiguous()
+            elif not (b.kind == BufferKind.SCRATCH and b.arena >= 0):
+                self.tensors[b.id] = torch.zeros(b.numel, dtype=b.dtype.torch, device=dev)
+        ptrs = []
+        for b in program.buffers:
+            if b.id in self.tensors:
+                ptrs.append(self.tensors[b.id].data_ptr())
+            else:
+                ptrs.append(self.tensors[b.arena].data_ptr() + 4 * b.arena_off)
+        self.ptrs = torch.tensor(ptrs, dtype=torch.int64, device=dev)
+        self.cols = torch.tensor([b.cols for b in program.buffers], dtype=torch.int32, device=dev)
+        self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
+        self.steps_launched = 0
+        self._tasks_checked = 0
+        self.reset()
+
+    # ---- state ---------------------------------------------------------------------------------
+    def _reset_sync(self) -> None:
+        self.counters.zero_()
+        self.control.zero_()
+        self.control[Ctrl.EPOCH] = 1
+        self.steps_launched = 0
+
+    def reset(self) -> None:
+        self._reset_sync()
+        for bid in self._kv:
+            self.tensors[bid].fill_(float("nan"))
+        self.set_position(0)
+
+    def set_position(self, pos: int) -> None:
+        if not 0 <= pos < self.c.max_seq:
+            raise ValueError(f"position {pos} outside the program's context of {self.c.max_seq}")
+        self.tensors[self.c.pos].fill_(pos)
+
+    @property
+    def position(self) -> int:
+        return int(self.tensors[self.c.pos].item())
+
+    def load_kv_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        c = self.c
+        P = k.shape[2]
+        for bid, src in zip(self._kv, (k, v)):
+            cache = self.tensors[bid].view(c.n_layers, c.n_kv_heads, c.max_seq, c.head_dim)
+            cache[:, :, :P] = src.to(device=self.device, dtype=cache.dtype)
+        self.set_position(P)
+
+    def set_token(self, token: int) -> None:
+        self.tensors[self.c.token].fill_(int(token))
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.tensors[self.c.logits]
+
+    @property
+    def token(self) -> torch.Tensor:
+        return self.tensors[self.c.token]
+
+    # ---- running -------------------------------------------------------------------------------
+    def launch(self, advance: bool = True) -> None:
+        """Enqueue one decode step on torch's current stream: no host synchronisation. The step reads the
+        token buffer (the previous step's argmax) and, with `advance`, moves the position on the device."""
+        cupy = _cupy()
+        self.control[Ctrl.ADVANCE] = 1 if advance else 0
+        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(self.device).cuda_stream)
+        self.kernel((self.program.num_sms,), (self.program.threads_per_block,),
+                    tuple(np.uint64(t.data_ptr()) for t in (self.instrs, self.qstarts, self.ptrs, self.cols,
+                                                             self.counters, self.producers, self.control))
+                    + (np.int64(self.timeout_ns),),
+                    shared_mem=self.program.smem_per_block, stream=stream)
+        self.steps_launched += 1
+
+    def check(self) -> None:
+        """Synchronise and raise VmError on a device-side error or on a task count that is not exactly the
+        program's task count per launched step (proof that every task ran on the GPU)."""
+        torch.cuda.current_stream(self.device).synchronize()
+        ctrl = self.control.cpu().tolist()
+        if ctrl[Ctrl.ERR]:
+            code = VmErrorCode(ctrl[Ctrl.ERR]) if ctrl[Ctrl.ERR] in VmErrorCode._value2member_map_ else ctrl[Ctrl.ERR]
+            task = ctrl[Ctrl.ERR_TASK]
+            kind = self.program.tasks[task].kind if 0 <= task < len(self.program.tasks) else "?"
+            detail = ctrl[Ctrl.ERR_DETAIL]
+            what = {VmErrorCode.TIMEOUT: f"timed out waiting on counter {detail}",
+                    VmErrorCode.BAD_OPCODE: f"bad opcode {detail}",
+                    VmErrorCode.BAD_TOKEN: f"token {detail} outside the vocabulary"}.get(code, f"error {code}")
+            self._reset_sync()
+            raise VmError(f"megakernel failed: task {task} ({kind}) {what}", task=task, code=int(ctrl[Ctrl.ERR]))
+        expected = len(self.program.tasks) * self.steps_launched
+        if ctrl[Ctrl.TASKS] != expected:
+            got = ctrl[Ctrl.TASKS]
+            self._reset_sync()
+            raise VmError(f"megakernel ran {got} tasks over {self.steps_launched} steps, expected {expected}")
+
+    def step(self, token: int) -> tuple[torch.Tensor, int]:
+        """Checked step (the verify path): decode `token` at the current position, return (fp32 CPU logits,
+        greedy next token) and advance the position."""
+        self.set_token(token)
+        self.launch(advance=True)
+        self.check()
+        return self.logits.float().cpu().clone(), int(self.token.item())
