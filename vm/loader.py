@@ -6,7 +6,6 @@ import hashlib
 import time
 from importlib import resources
 
-import numpy as np
 import torch
 
 from amk.schedule.errors import EnvironmentProblem, ProgramError, VmError
@@ -31,8 +30,29 @@ def _cupy():
     return cupy
 
 
+def cuda_include_dir() -> str:
+    """A folder holding cuda_fp16.h / cuda_bf16.h for NVRTC: CUDA_PATH/CUDA_HOME, /usr/local/cuda*, or the
+    headers of the pip CUDA runtime package."""
+    import glob
+    import os
+
+    cands = [os.path.join(os.environ[v], "include") for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
+    cands += ["/usr/local/cuda/include"] + sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)
+    try:
+        import nvidia
+
+        for root in nvidia.__path__:
+            cands += sorted(glob.glob(os.path.join(root, "*", "include")))
+    except ImportError:
+        pass
+    for d in cands:
+        if os.path.exists(os.path.join(d, "cuda_fp16.h")):
+            return d
+    raise EnvironmentProblem("no CUDA headers (cuda_fp16.h) found for NVRTC; set CUDA_PATH")
+
+
 def compile_options(arch: str) -> tuple[str, ...]:
-    return ("-std=c++17", f"-arch={arch}", "--device-as-default-execution-space")
+    return ("-std=c++17", f"-arch={arch}", f"-I{cuda_include_dir()}")
 
 
 def nvrtc_version() -> str:
@@ -98,7 +118,14 @@ class MegakernelVM:
         self.module, self.kernel_key, self.build_origin = build_module(program, self.arch, cache)
         self.kernel = self.module.get_function(KERNEL_NAME)
         self.build_seconds = time.perf_counter() - t0
-        self.kernel.max_dynamic_shared_size_bytes = program.smem_per_block
+        drv = _cupy().cuda.driver
+        drv.funcSetAttribute(self.kernel.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, program.smem_per_block)
+        self.registers = drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_NUM_REGS, self.kernel.ptr)
+        resident = drv.occupancyMaxActiveBlocksPerMultiprocessor(self.kernel.ptr, program.threads_per_block,
+                                                                 program.smem_per_block)
+        if resident < 1:
+            raise ProgramError(f"a block of {program.threads_per_block} threads with {program.smem_per_block} bytes of "
+                               f"shared memory ({self.registers} registers a thread) cannot be resident on an SM")
         self.timeout_ns = int(timeout_s * 1e9)
         table, starts, producers = program.pack()
         dev = self.device
@@ -123,7 +150,8 @@ class MegakernelVM:
         self.cols = torch.tensor([b.cols for b in program.buffers], dtype=torch.int32, device=dev)
         self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
         self.steps_launched = 0
-        self._tasks_checked = 0
+        self._advance = None
+        self._params = self._kernel_params()
         self.reset()
 
     # ---- state ---------------------------------------------------------------------------------
@@ -132,6 +160,7 @@ class MegakernelVM:
         self.control.zero_()
         self.control[Ctrl.EPOCH] = 1
         self.steps_launched = 0
+        self._advance = False
 
     def reset(self) -> None:
         self._reset_sync()
@@ -168,17 +197,31 @@ class MegakernelVM:
         return self.tensors[self.c.token]
 
     # ---- running -------------------------------------------------------------------------------
+    def _kernel_params(self):
+        """ctypes argument block for cuLaunchKernel, built once: the buffers never move."""
+        import ctypes
+
+        vals = [ctypes.c_uint64(t.data_ptr()) for t in (self.instrs, self.qstarts, self.ptrs, self.cols, self.counters,
+                                                        self.producers, self.control)]
+        vals.append(ctypes.c_int64(self.timeout_ns))
+        ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in vals])
+        return vals, ptrs
+
+    def set_advance(self, advance: bool) -> None:
+        if advance != self._advance:
+            self.control[Ctrl.ADVANCE] = 1 if advance else 0
+            self._advance = advance
+
     def launch(self, advance: bool = True) -> None:
         """Enqueue one decode step on torch's current stream: no host synchronisation. The step reads the
         token buffer (the previous step's argmax) and, with `advance`, moves the position on the device."""
-        cupy = _cupy()
-        self.control[Ctrl.ADVANCE] = 1 if advance else 0
-        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(self.device).cuda_stream)
-        self.kernel((self.program.num_sms,), (self.program.threads_per_block,),
-                    tuple(np.uint64(t.data_ptr()) for t in (self.instrs, self.qstarts, self.ptrs, self.cols,
-                                                             self.counters, self.producers, self.control))
-                    + (np.int64(self.timeout_ns),),
-                    shared_mem=self.program.smem_per_block, stream=stream)
+        import ctypes
+
+        self.set_advance(advance)
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        _cupy().cuda.driver.launchKernel(
+            self.kernel.ptr, self.program.num_sms, 1, 1, self.program.threads_per_block, 1, 1,
+            self.program.smem_per_block, stream, ctypes.addressof(self._params[1]), 0)
         self.steps_launched += 1
 
     def check(self) -> None:

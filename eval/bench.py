@@ -1,0 +1,47 @@
+"""Time the megakernel: CUDA events around many autonomous decode steps, on fresh state, after verify."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+
+def prefill_random_kv(vm, ctx: int, seed: int = 0) -> None:
+    """Fill the first `ctx` KV slots with random values so attention reads real data at a real length."""
+    c = vm.c
+    g = torch.Generator(device=vm.device).manual_seed(seed)
+    k = torch.randn((c.n_layers, c.n_kv_heads, ctx, c.head_dim), generator=g, device=vm.device)
+    v = torch.randn((c.n_layers, c.n_kv_heads, ctx, c.head_dim), generator=g, device=vm.device)
+    vm.load_kv_prefix(k, v)
+
+
+def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup: int = 10) -> dict:
+    """Per-step latency in microseconds. Each repeat starts from fresh state (KV prefix of `context`
+    positions, token 1) and runs `steps` steps with the position and token advancing on the device; the
+    whole step is timed, host launch included. The VM's error word and task count are checked after each
+    repeat, so a number is only returned for runs that executed every task."""
+    c = vm.c
+    context = max(0, min(context, c.max_seq - steps - warmup - 1))
+    samples = []
+    for r in range(repeats + 1):
+        vm.reset()
+        prefill_random_kv(vm, context, seed=r)
+        vm.set_token(1)
+        for _ in range(warmup):
+            vm.launch()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            vm.launch()
+        end.record()
+        vm.check()
+        if r:  # the first repeat warms clocks and caches
+            samples.append(start.elapsed_time(end) * 1e3 / steps)
+    return {
+        "latency_us": statistics.median(samples),
+        "spread_us": statistics.pstdev(samples),
+        "samples_us": samples,
+        "steps": steps,
+        "context": context,
+    }
