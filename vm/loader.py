@@ -71,11 +71,11 @@ def compile_cubin(code: str, arch: str) -> bytes:
     return bytes(cubin)
 
 
-def build_module(program: MegakernelProgram, arch: str, cache=None):
+def build_module(program: MegakernelProgram, arch: str, cache=None, trace: bool = False):
     """The kernel for this program's header and knobs: from the in-process table, the file cache, or NVRTC.
-    Returns (cupy Module, key, origin)."""
+    Returns (cupy Module, key, origin). `trace` builds the variant that timestamps every task."""
     cupy = _cupy()
-    header = generate_header(program)
+    header = generate_header(program) + ("#define AMK_TRACE 1\n" if trace else "")
     source = kernel_source()
     nvrtc = nvrtc_version()
     key = hashlib.sha256("\0".join([source, header, repr(compile_options(arch)), arch, nvrtc, KERNEL_NAME])
@@ -103,7 +103,7 @@ class MegakernelVM:
     """Runs a program as one persistent kernel per decode step, on torch's current stream."""
 
     def __init__(self, program: MegakernelProgram, weights: dict[int, torch.Tensor], device: str | int = "cuda",
-                 timeout_s: float = DEFAULT_TIMEOUT_S, cache=None):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, cache=None, trace: bool = False):
         if not torch.cuda.is_available():
             raise EnvironmentProblem("the CUDA VM needs a CUDA device; none is visible")
         self.program = program
@@ -115,7 +115,7 @@ class MegakernelVM:
                                "SMs: a persistent kernel needs every block resident", ())
         self.arch = f"sm_{props.major}{props.minor}"
         t0 = time.perf_counter()
-        self.module, self.kernel_key, self.build_origin = build_module(program, self.arch, cache)
+        self.module, self.kernel_key, self.build_origin = build_module(program, self.arch, cache, trace)
         self.kernel = self.module.get_function(KERNEL_NAME)
         self.build_seconds = time.perf_counter() - t0
         drv = _cupy().cuda.driver
@@ -147,6 +147,8 @@ class MegakernelVM:
             else:
                 ptrs.append(self.tensors[b.arena].data_ptr() + 4 * b.arena_off)
         self.ptrs = torch.tensor(ptrs, dtype=torch.int64, device=dev)
+        # per task: start, dependencies met, done (globaltimer ns) and the SM, for the tracing build
+        self.trace = torch.zeros((len(program.tasks), 4), dtype=torch.int64, device=dev) if trace else None
         self.cols = torch.tensor([b.cols for b in program.buffers], dtype=torch.int32, device=dev)
         self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
         self.steps_launched = 0
@@ -204,6 +206,7 @@ class MegakernelVM:
         vals = [ctypes.c_uint64(t.data_ptr()) for t in (self.instrs, self.qstarts, self.ptrs, self.cols, self.counters,
                                                         self.producers, self.control)]
         vals.append(ctypes.c_int64(self.timeout_ns))
+        vals.append(ctypes.c_uint64(self.trace.data_ptr() if self.trace is not None else 0))
         ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in vals])
         return vals, ptrs
 

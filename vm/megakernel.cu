@@ -239,13 +239,16 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
 
 // ---- matvec ------------------------------------------------------------------------------------
 // Dot of weight vectors [v0, v1) (16-byte units) of one row with the staged input, per lane.
-__device__ __forceinline__ float row_dot(const wtype* __restrict__ w, const float* xs, int v0, int v1, int lane) {
+__device__ __forceinline__ float row_dot(const wtype* __restrict__ w, const float* xs, int v0, int v1, int lane,
+                                         const uint4* pre = nullptr) {
   float acc = 0.f;
   int v = v0 + lane;
   for (; v + (AMK_LOADS_IN_FLIGHT - 1) * 32 < v1; v += AMK_LOADS_IN_FLIGHT * 32) {
     uint4 raw[AMK_LOADS_IN_FLIGHT];
 #pragma unroll
-    for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u) raw[u] = __ldg(reinterpret_cast<const uint4*>(w) + v + u * 32);
+    for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u)
+      raw[u] = pre ? pre[u] : __ldg(reinterpret_cast<const uint4*>(w) + v + u * 32);
+    pre = nullptr;
 #pragma unroll
     for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u) {
       float f[VEC];
@@ -265,37 +268,73 @@ __device__ __forceinline__ float row_dot(const wtype* __restrict__ w, const floa
   return acc;
 }
 
-__device__ void op_matvec(const Ctx& c, const MatvecParams& p) {
-  const int K = c.cols[p.weight];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  float* xs = c.smem;
+// Which row (and which 16-byte vectors of it) warp `warp` computes first; false when it has none.
+// op_matvec and matvec_preload must agree, so both use this.
+__device__ __forceinline__ bool first_row(const MatvecParams& p, int warp, int& row, int& v0, int& v1) {
   const int R = p.rows * (p.epi.pair_offset ? 2 : 1);
-  float* acc = c.smem + p.klen;
+  const int nvec = p.klen / VEC;
+  int r = warp;
+  v0 = 0;
+  v1 = nvec;
+  if (R < NWARPS) {
+    const int wpr = NWARPS / R, sub = warp % wpr, per = (nvec + wpr - 1) / wpr;
+    r = warp / wpr;
+    v0 = min(nvec, sub * per);
+    v1 = min(nvec, v0 + per);
+  }
+  if (r >= R) return false;
+  row = r < p.rows ? p.row0 + r : p.epi.pair_offset + p.row0 + (r - p.rows);
+  return true;
+}
+
+// Before the task's dependencies are met: load the first round of this thread's weights into registers.
+__device__ __forceinline__ bool matvec_preload(const Ctx& c, const MatvecParams& p, uint4* pre) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int row, v0, v1;
+  if (!first_row(p, warp, row, v0, v1)) return false;
+  const int v = v0 + lane;
+  if (v + (AMK_LOADS_IN_FLIGHT - 1) * 32 >= v1) return false;
+  const uint4* w = reinterpret_cast<const uint4*>(buf<wtype>(c, p.weight) + (long long)row * __ldg(c.cols + p.weight) + p.k0);
+#pragma unroll
+  for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u) pre[u] = __ldg(w + v + u * 32);
+  return true;
+}
+
+__device__ void op_matvec(const Ctx& c, const MatvecParams& p, const uint4* pre) {
+  const int K = __ldg(c.cols + p.weight);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int R = p.rows * (p.epi.pair_offset ? 2 : 1);
   const float* x = buf<float>(c, p.inp) + p.inp_off;
-  if (p.norm_weight >= 0) {
-    const float r = rms_scale(x, K, c.red);
+  float* xs;
+  if (p.norm_weight >= 0) {  // one pass over x: stage all of it, reduce from shared memory, normalise in place
+    float ss = 0.f;
+    for (int k = tid; k < K; k += AMK_THREADS) { const float v = ldcg(x + k); c.smem[k] = v; ss += v * v; }
+    ss = block_sum(ss, c.red);
+    const float r = 1.0f / sqrtf(ss / (float)K + AMK_EPS);
     const wtype* w = buf<wtype>(c, p.norm_weight);
-    for (int k = tid; k < p.klen; k += AMK_THREADS) xs[k] = rnd(to_f(w[p.k0 + k]) * rnd(ldcg(x + p.k0 + k) * r));
+    xs = c.smem + p.k0;
+    for (int k = tid; k < p.klen; k += AMK_THREADS) xs[k] = rnd(to_f(w[p.k0 + k]) * rnd(xs[k] * r));
   } else {
+    xs = c.smem;
     for (int k = tid; k < p.klen; k += AMK_THREADS) xs[k] = ldcg(x + p.k0 + k);
   }
+  float* acc = xs + p.klen;
   __syncthreads();
   const wtype* W = buf<wtype>(c, p.weight);
-  const int nvec = p.klen / VEC;
+  int row, v0, v1;
   if (R >= NWARPS) {
-    for (int r = warp; r < R; r += NWARPS) {
-      const int row = r < p.rows ? p.row0 + r : p.epi.pair_offset + p.row0 + (r - p.rows);
-      const float s = warp_sum(row_dot(W + (long long)row * K + p.k0, xs, 0, nvec, lane));
+    int r = warp;
+    for (bool first = true; r < R; r += NWARPS, first = false) {
+      first_row(p, warp, row, v0, v1);
+      row = r < p.rows ? p.row0 + r : p.epi.pair_offset + p.row0 + (r - p.rows);
+      const float s = warp_sum(row_dot(W + (long long)row * K + p.k0, xs, v0, v1, lane, first ? pre : nullptr));
       if (lane == 0) acc[r] = s;
     }
   } else {  // fewer rows than warps: split each row's vectors over several warps, sum in fixed order
     const int wpr = NWARPS / R;
     const int r = warp / wpr, sub = warp % wpr;
-    if (r < R) {
-      const int row = r < p.rows ? p.row0 + r : p.epi.pair_offset + p.row0 + (r - p.rows);
-      const int per = (nvec + wpr - 1) / wpr;
-      const int v0 = min(nvec, sub * per), v1 = min(nvec, v0 + per);
-      const float s = warp_sum(row_dot(W + (long long)row * K + p.k0, xs, v0, v1, lane));
+    if (first_row(p, warp, row, v0, v1)) {
+      const float s = warp_sum(row_dot(W + (long long)row * K + p.k0, xs, v0, v1, lane, pre));
       if (lane == 0) c.red[r * wpr + sub] = s;
     }
     __syncthreads();
@@ -571,16 +610,32 @@ __device__ __forceinline__ unsigned long long global_ns() {
   return t;
 }
 
+// Counters this block has already seen satisfied in this step: a later task with the same wait skips the
+// round trip to L2. Thread 0 only.
+struct SeenCounters {
+  int cid[4];
+  unsigned val[4];
+  int next;
+  __device__ void clear() { for (int k = 0; k < 4; ++k) cid[k] = -1; next = 0; }
+  __device__ bool covers(int id, unsigned target) const {
+    for (int k = 0; k < 4; ++k) if (cid[k] == id && (int)(val[k] - target) >= 0) return true;
+    return false;
+  }
+  __device__ void add(int id, unsigned v) { cid[next] = id; val[next] = v; next = (next + 1) & 3; }
+};
+
 // Thread 0 only. Returns false when the step must stop (this wait timed out, or another block failed).
 __device__ bool wait_all(const int* ins, const unsigned* counters, const int* producers, unsigned epoch,
-                         int* control, long long timeout_ns) {
+                         int* control, long long timeout_ns, SeenCounters& seen) {
   const int n = ins[2];
   for (int w = 0; w < n; ++w) {
     const int cid = ins[AMK_WAIT_BASE + 2 * w], count = ins[AMK_WAIT_BASE + 2 * w + 1];
     const unsigned target = (unsigned)producers[cid] * (epoch - 1u) + (unsigned)count;
+    if (seen.covers(cid, target)) continue;
     unsigned long long start = 0;
     unsigned spins = 0;
-    while ((int)(ld_acquire(counters + cid) - target) < 0) {
+    unsigned v;
+    while ((int)((v = ld_acquire(counters + cid)) - target) < 0) {
       if (*((volatile int*)(control + CTRL_ERR)) != 0) return false;
       if ((++spins & 63u) == 0) {
         const unsigned long long now = global_ns();
@@ -597,6 +652,7 @@ __device__ bool wait_all(const int* ins, const unsigned* counters, const int* pr
       __nanosleep(AMK_SPIN_BACKOFF_NS);
 #endif
     }
+    seen.add(cid, v);
   }
   return true;
 }
@@ -621,12 +677,16 @@ __device__ void prefetch_weights(const Ctx& c, const int* ins, int lane) {
   }
 }
 
+#ifndef AMK_TRACE
+#define AMK_TRACE 0
+#endif
+
 extern "C" __global__ void __launch_bounds__(AMK_THREADS, 1)
 amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, const unsigned long long* __restrict__ bufs,
                const int* __restrict__ cols, unsigned* counters, const int* __restrict__ producers, int* control,
-               long long timeout_ns) {
+               long long timeout_ns, unsigned long long* trace) {
   extern __shared__ __align__(16) float smem[];
-  __shared__ int s_ins[AMK_INSTR_WORDS];
+  __shared__ int s_ins[2][AMK_INSTR_WORDS];
   __shared__ float s_red[64];
   __shared__ int s_stop;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -638,26 +698,46 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
   c.pos = __ldcg(reinterpret_cast<const int*>(bufs[AMK_POS_BUF]));
   const unsigned epoch = (unsigned)__ldcg(control + CTRL_EPOCH);
   const int begin = qstarts[blockIdx.x], end = qstarts[blockIdx.x + 1];
+  SeenCounters seen;
+  seen.clear();
   int prefetched = begin;
   int executed = 0;
+  if (begin < end)
+    for (int k = tid; k < AMK_INSTR_WORDS; k += AMK_THREADS) s_ins[0][k] = instrs[(long long)begin * AMK_INSTR_WORDS + k];
+  __syncthreads();
+  (void)lane;
+  (void)prefetched;
   for (int i = begin; i < end; ++i) {
-    const int* ins = instrs + (long long)i * AMK_INSTR_WORDS;
+    const int* ins = s_ins[(i - begin) & 1];
+#if AMK_TRACE
+    unsigned long long t0 = global_ns();
+#endif
+    // the next instruction's words arrive while this one runs
+    const int nxt = (tid < AMK_INSTR_WORDS && i + 1 < end) ? instrs[(long long)(i + 1) * AMK_INSTR_WORDS + tid] : 0;
+    const void* prm = ins + AMK_PARAM_BASE;
+    uint4 pre[AMK_LOADS_IN_FLIGHT];
+    bool have_pre = false;
 #if AMK_PIPELINE_DEPTH > 0
+    // weights do not depend on activations: start on them before the dependencies are met
+    if (ins[0] == OP_MATVEC) have_pre = matvec_preload(c, *reinterpret_cast<const MatvecParams*>(prm), pre);
+#endif
+#if AMK_PIPELINE_DEPTH > 1
     if (warp == 0) {
       const int upto = min(end, i + AMK_PIPELINE_DEPTH);
-      for (int k = max(prefetched, i); k < upto; ++k) prefetch_weights(c, instrs + (long long)k * AMK_INSTR_WORDS, lane);
+      for (int k = max(prefetched, i + 1); k < upto; ++k) prefetch_weights(c, instrs + (long long)k * AMK_INSTR_WORDS, lane);
     }
     prefetched = max(prefetched, min(end, i + AMK_PIPELINE_DEPTH));
 #endif
-    for (int k = tid; k < AMK_INSTR_WORDS; k += AMK_THREADS) s_ins[k] = ins[k];
-    if (tid == 0) s_stop = wait_all(ins, counters, producers, epoch, control, timeout_ns) ? 0 : 1;
+    if (tid == 0) s_stop = wait_all(ins, counters, producers, epoch, control, timeout_ns, seen) ? 0 : 1;
     __syncthreads();
     if (s_stop) return;
-    const void* prm = s_ins + AMK_PARAM_BASE;
-    switch (s_ins[0]) {
-      case OP_EMBED: op_embed(c, *reinterpret_cast<const EmbedParams*>(prm), control, s_ins[1]); break;
+#if AMK_TRACE
+    unsigned long long t1 = global_ns();
+#endif
+    switch (ins[0]) {
+      case OP_EMBED: op_embed(c, *reinterpret_cast<const EmbedParams*>(prm), control, ins[1]); break;
       case OP_RMSNORM: op_rmsnorm(c, *reinterpret_cast<const RmsNormParams*>(prm)); break;
-      case OP_MATVEC: op_matvec(c, *reinterpret_cast<const MatvecParams*>(prm)); break;
+      case OP_MATVEC: op_matvec(c, *reinterpret_cast<const MatvecParams*>(prm), have_pre ? pre : nullptr); break;
       case OP_EPILOGUE: op_epilogue(c, *reinterpret_cast<const EpilogueTaskParams*>(prm)); break;
       case OP_ATTN_DECODE: op_attn_decode(c, *reinterpret_cast<const AttnDecodeParams*>(prm)); break;
       case OP_ATTN_SCORES: op_attn_scores(c, *reinterpret_cast<const AttnScoresParams*>(prm)); break;
@@ -666,15 +746,22 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
       case OP_ARGMAX: op_argmax(c, *reinterpret_cast<const ArgmaxParams*>(prm)); break;
       default:
         if (tid == 0 && atomicCAS(control + CTRL_ERR, 0, ERR_BAD_OPCODE) == 0) {
-          control[CTRL_ERR_TASK] = s_ins[1];
-          control[CTRL_ERR_DETAIL] = s_ins[0];
+          control[CTRL_ERR_TASK] = ins[1];
+          control[CTRL_ERR_DETAIL] = ins[0];
         }
         return;
     }
+    if (tid < AMK_INSTR_WORDS) s_ins[(i - begin + 1) & 1][tid] = nxt;
     __syncthreads();
     if (tid == 0) {
-      __threadfence();
-      for (int k = 0; k < s_ins[3]; ++k) red_release(counters + s_ins[AMK_SIGNAL_BASE + k]);
+      // red.release after the barrier publishes every thread's writes of this task (cumulativity)
+      for (int k = 0; k < ins[3]; ++k) red_release(counters + ins[AMK_SIGNAL_BASE + k]);
+#if AMK_TRACE
+      if (trace) {
+        unsigned long long* t = trace + 4ll * ins[1];
+        t[0] = t0; t[1] = t1; t[2] = global_ns(); t[3] = blockIdx.x;
+      }
+#endif
     }
     ++executed;
   }
