@@ -108,8 +108,10 @@ class SmConfig:
 
 @dataclass
 class VmBuildConfig:
-    loads_in_flight: int = knob(4, help="16-byte weight loads each thread issues before using any",
+    loads_in_flight: int = knob(2, help="16-byte weight loads per row each thread issues before using any",
                                 choices=[1, 2, 4, 8])
+    rows_in_flight: int = knob(4, help="weight rows each warp streams at once (loads in flight = rows x loads)",
+                               choices=[1, 2, 4])
     spin_backoff_ns: int = knob(0, help="nanosleep between polls of a dependency counter",
                                 choices=[0, 32, 128, 512])
 
@@ -120,7 +122,7 @@ class ScheduleConfig:
     attention: AttentionConfig = knob(AttentionConfig(), help="attention decode partitioning")
     fusion: FusionConfig = knob(FusionConfig(), help="which ops are fused into their neighbours")
     sm: SmConfig = knob(SmConfig(), help="SM assignment")
-    pipelining_depth: int = knob(1, help="how many queued tasks ahead each SM prefetches weights into L2 "
+    pipelining_depth: int = knob(0, help="how many queued tasks ahead each SM prefetches weights into L2 "
                                          "before waiting on dependencies", minimum=0, maximum=8,
                                  search=[0, 1, 2, 3, 4])
     scratch: ScratchPolicy = knob(ScratchPolicy.LIVENESS, help="scratch arena allocation",

@@ -19,7 +19,8 @@ HAZARD_KINDS = (BufferKind.SCRATCH, BufferKind.ARENA, BufferKind.IO, BufferKind.
 @dataclass
 class DepGraph:
     n_tasks: int
-    preds: list[list[int]]
+    preds: list[list[int]]  # counter edges: a task's counters, a counter's signallers
+    qpreds: list[list[int]]  # queue edges: the task(s) queued just before each task
     queue_edge: dict[tuple[int, int], int]  # (earlier task, later task) -> SM
     order: list[int]  # topological order of the nodes that are not on or behind a cycle
     cycle: list[tuple[int, bool]] | None  # (node, edge from it to the next node is a queue edge)
@@ -33,6 +34,7 @@ def build_graph(program) -> DepGraph:
     tasks, n_counters = program.tasks, len(program.counters)
     n = len(tasks)
     preds: list[list[int]] = [[] for _ in range(n + n_counters)]
+    qpreds: list[list[int]] = [[] for _ in range(n + n_counters)]
     for tid, t in enumerate(tasks):
         for c in t.signals:
             if 0 <= c < n_counters:
@@ -48,12 +50,26 @@ def build_graph(program) -> DepGraph:
             if not (isinstance(tid, int) and 0 <= tid < n):
                 continue
             if prev is not None:
-                preds[tid].append(prev)
+                qpreds[tid].append(prev)
                 queue_edge[(prev, tid)] = sm
             prev = tid
-    order = _id_order(preds, n, n_counters)
+    order = _id_order(preds, qpreds, n, n_counters)
     if order is not None:
-        return DepGraph(n, preds, queue_edge, order, None)
+        return DepGraph(n, preds, qpreds, queue_edge, order, None)
+    order, left = _kahn([a + b for a, b in zip(preds, qpreds)])
+    cycle = None
+    if left:
+        # prefer a witness made of counter edges alone; when there is none, every cycle uses a queue edge
+        _, left_c = _kahn(preds)
+        if left_c:
+            cycle = _cycle_witness(preds, left_c, n, {})
+        else:
+            cycle = _cycle_witness([a + b for a, b in zip(preds, qpreds)], left, n, queue_edge)
+    return DepGraph(n, preds, qpreds, queue_edge, order, cycle)
+
+
+def _kahn(preds: list[list[int]]) -> tuple[list[int], set[int]]:
+    """(topological order of what can be ordered, the nodes left on or behind a cycle)."""
     m = len(preds)
     indeg = [len(p) for p in preds]
     succ: list[list[int]] = [[] for _ in range(m)]
@@ -69,13 +85,10 @@ def build_graph(program) -> DepGraph:
             indeg[s] -= 1
             if indeg[s] == 0:
                 stack.append(s)
-    cycle = None
-    if len(order) < m:
-        cycle = _cycle_witness(preds, indeg, n, queue_edge)
-    return DepGraph(n, preds, queue_edge, order, cycle)
+    return order, {v for v in range(m) if indeg[v] > 0}
 
 
-def _id_order(preds, n, n_counters) -> list[int] | None:
+def _id_order(preds, qpreds, n, n_counters) -> list[int] | None:
     """The fast path: when every edge runs from a lower task id to a higher one (a lowered program's
     queues keep task-id order), task-id order with each counter just before its first waiter is a
     topological order. None when some edge runs backwards."""
@@ -84,30 +97,32 @@ def _id_order(preds, n, n_counters) -> list[int] | None:
     order: list[int] = []
     for t in range(n):
         for p in preds[t]:
-            if p >= n:
-                c = p - n
-                if maxsig[c] >= t:
-                    return None
-                if not emitted[c]:
-                    emitted[c] = True
-                    order.append(p)
-            elif p >= t:
+            c = p - n
+            if maxsig[c] >= t:
+                return None
+            if not emitted[c]:
+                emitted[c] = True
+                order.append(p)
+        for p in qpreds[t]:
+            if p >= t:
                 return None
         order.append(t)
     order += [n + c for c in range(n_counters) if not emitted[c]]
     return order
 
 
-def _cycle_witness(preds, indeg, n, queue_edge) -> list[tuple[int, bool]]:
+def _cycle_witness(preds, left: set[int], n, queue_edge) -> list[tuple[int, bool]]:
     """Walk predecessors among the nodes Kahn could not remove until one repeats: that loop is a cycle."""
-    v = next(i for i, d in enumerate(indeg) if d > 0)
+    v = min(left)
     path: list[int] = []
     seen: dict[int, int] = {}
     while v not in seen:
         seen[v] = len(path)
         path.append(v)
-        v = next(p for p in preds[v] if indeg[p] > 0)
+        v = next(p for p in preds[v] if p in left)
     loop = path[seen[v]:][::-1]  # forward order: each node is a predecessor of the next
+    k = loop.index(min(loop))  # start at the lowest task id (tasks are numbered below counters)
+    loop = loop[k:] + loop[:k]
     out = []
     for i, a in enumerate(loop):
         b = loop[(i + 1) % len(loop)]
@@ -117,18 +132,34 @@ def _cycle_witness(preds, indeg, n, queue_edge) -> list[tuple[int, bool]]:
 
 def reach_sets(graph: DepGraph) -> list[int]:
     """Per task: the bitset of tasks that happen before it, itself included."""
-    n, preds = graph.n_tasks, graph.preds
+    n, preds, qpreds = graph.n_tasks, graph.preds, graph.qpreds
     reach = [0] * len(preds)
     for v in graph.order:
         a = 1 << v if v < n else 0
         for p in preds[v]:
             a |= reach[p]
+        for p in qpreds[v]:
+            a |= reach[p]
         reach[v] = a
     return reach[:n]
 
 
-def _self_produced(writers, readers) -> bool:
-    return writers is not None and set(readers) <= set(writers)
+def _writes_by_stage(groups, pos) -> dict:
+    out: dict = {}
+    for (st, w, a, e), tids in groups.items():
+        if w == 1:
+            out.setdefault(st, []).append((pos[a], pos[e], set(tids)))
+    return out
+
+
+def _not_self_produced(writes, missing: list[int], readers: list[int]) -> int | None:
+    """A reader of segments that no earlier stage wrote, unless it writes them itself in its own stage
+    (a task that produces and consumes its own scratch, e.g. attention's scores). None if all do."""
+    for r in readers:
+        for i in missing:
+            if not any(i0 <= i < i1 and r in ts for i0, i1, ts in writes):
+                return r
+    return None
 
 
 def _low(mask: int) -> int:
@@ -203,6 +234,7 @@ def _sweep_buffer(buf, groups, reach, bits, report, tname) -> None:
     name = buf.name
     cur_stage = None
     stage_w: dict[int, int] = {}
+    stage_writes = None
     for key in keys:
         st, w, a, e = key
         if st != cur_stage:
@@ -220,16 +252,20 @@ def _sweep_buffer(buf, groups, reach, bits, report, tname) -> None:
                 mask |= bits[t]
         i0, i1 = pos[a], pos[e]
         if not w:
-            req, missing = 0, False
+            req, missing = 0, []
             for i in range(i0, i1):
                 m = lw[i]
                 if m:
                     req |= m
                 elif needs_writer or (is_kv and anyw[i]):
-                    missing = True
+                    missing.append(i)
                 rd[i] |= mask
-            if missing and not _self_produced(groups.get((st, 1, a, e)), tids):
-                _no_writer(buf, key, tids, report, tname)
+            if missing:
+                if stage_writes is None:
+                    stage_writes = _writes_by_stage(groups, pos)
+                r = _not_self_produced(stage_writes.get(st, ()), missing, tids)
+                if r is not None:
+                    _no_writer(buf, key, r, report, tname)
             if req:
                 bad = [r for r in tids if reach[r] & req != req]
                 if bad:
@@ -259,9 +295,9 @@ def _sweep_buffer(buf, groups, reach, bits, report, tname) -> None:
                     break
 
 
-def _no_writer(buf, key, tids, report, tname) -> None:
+def _no_writer(buf, key, r, report, tname) -> None:
     st, _, a, e = key
-    r, rng = tids[0], f"{buf.name}[{a}:{e})"
+    rng = f"{buf.name}[{a}:{e})"
     if buf.kind == BufferKind.KV:
         report("KV_READ_BEFORE_APPEND", f"{tname(r)} reads KV cache {rng} before the task of this step that "
                "appends to it (logical order puts the read first)", (r,), (buf.name,))

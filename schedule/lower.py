@@ -49,6 +49,7 @@ def lower_dims(dims: ModelDims, dtype: DType, target: GpuTarget | str, config: S
         constants=constants, buffers=buffers.buffers, counters=counters, tasks=tasks, queues=queues,
         threads_per_block=config.threads_per_block, smem_per_block=config.smem_per_block,
         build={"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": config.build.loads_in_flight,
+               "ROWS_IN_FLIGHT": config.build.rows_in_flight,
                "SPIN_BACKOFF_NS": config.build.spin_backoff_ns},
         meta={"model": name, "target": target.name, "schedule_id": config.schedule_id, "max_seq": max_seq,
               "dtype": dtype.name, "stages": len(stages)},

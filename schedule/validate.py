@@ -23,6 +23,7 @@ from . import hazards, tile
 from . import opcodes as oc
 from .opcodes import Epilogue, Opcode
 from .program import BufferKind
+from .targets import get_target
 
 
 class IssueKind(str, Enum):
@@ -89,7 +90,7 @@ class _Report:
         n = self.counts.get(kind, 0)
         self.counts[kind] = n + 1
         if n < MAX_ISSUES_PER_KIND:
-            self.issues.append(ValidationIssue(kind, message, tuple(int(t) for t in tasks),
+            self.issues.append(ValidationIssue(kind, message, tuple(t for t in tasks if isinstance(t, int)),
                                                tuple(str(b) for b in buffers)))
 
     def internal(self, where: str, exc: BaseException) -> None:
@@ -107,10 +108,6 @@ class _Report:
             return self.program.buffers[bid].name if 0 <= bid < len(self.program.buffers) else f"#{bid}"
         except Exception:
             return f"#{bid}"
-
-    def since(self, n: int) -> bool:
-        """True when no issue was recorded after the first n."""
-        return sum(self.counts.values()) == n
 
     @property
     def total(self) -> int:
@@ -143,12 +140,10 @@ def _guarded(rep: _Report, name: str, fn, *args):
 
 def _validate(program, target, rep: _Report) -> None:
     if target is not None:
-        from .targets import get_target
-
         try:
             target = get_target(target)
-        except Exception as e:  # noqa: BLE001
-            rep.add(IssueKind.ABI, f"unknown target: {e}")
+        except Exception as e:  # noqa: BLE001 - e.g. UnknownTargetError
+            rep.add(IssueKind.ABI, f"target: {e}")
             target = None
     _guarded(rep, "structure", _check_structure, program, target, rep)
     _guarded(rep, "tasks", _check_tasks, program, target, rep)
@@ -157,7 +152,7 @@ def _validate(program, target, rep: _Report) -> None:
         _guarded(rep, "regions", _check_regions, program, per, rep)
     n0 = rep.total
     _guarded(rep, "counters", _check_counters, program, rep)
-    counters_ok = rep.since(n0)
+    counters_ok = rep.total == n0
     graph = _guarded(rep, "deadlock", hazards.build_graph, program)
     if graph is None:
         return
@@ -218,9 +213,6 @@ def _check_structure(program, target, rep: _Report) -> None:
         if w is None:
             rep.add(IssueKind.ABI, f"{rep.tname(tid)} is on no SM queue", tasks=(tid,))
             continue
-        if target is not None and w[0] >= target.sm_count and sm == w[0]:
-            rep.add(IssueKind.SM_OUT_OF_RANGE, f"{rep.tname(tid)} is queued on SM {w[0]}, but {target.name} has "
-                                               f"{target.sm_count} SMs", tasks=(tid,))
         if sm != w[0] or t.queue_pos != w[1]:
             rep.add(IssueKind.ABI, f"{rep.tname(tid)} says SM {sm} position {t.queue_pos}, but it is queued on "
                                    f"SM {w[0]} at position {w[1]}", tasks=(tid,))
@@ -439,7 +431,8 @@ def _report_cycle(graph: hazards.DepGraph, rep: _Report) -> None:
         a, b = q
         sm = graph.queue_edge[(a, b)]
         rep.add(IssueKind.QUEUE_ORDER, f"SM {sm} runs {rep.tname(a)} before {rep.tname(b)}, but {rep.tname(b)} "
-                f"must happen before {rep.tname(a)}: deadlock cycle {hops} -> back", tasks=tuple(task_ids))
+                f"must happen before {rep.tname(a)}: deadlock cycle {hops} -> back",
+                tasks=(a, b, *(t for t in task_ids if t not in (a, b))))
     else:
         rep.add(IssueKind.CYCLE, f"deadlock: tasks wait on each other's counters: {hops} -> back",
                 tasks=tuple(task_ids))

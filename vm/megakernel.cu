@@ -238,69 +238,78 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
 }
 
 // ---- matvec ------------------------------------------------------------------------------------
-// Dot of weight vectors [v0, v1) (16-byte units) of one row with the staged input, per lane.
-__device__ __forceinline__ float row_dot(const wtype* __restrict__ w, const float* xs, int v0, int v1, int lane,
-                                         const uint4* pre = nullptr) {
-  float acc = 0.f;
+#ifndef AMK_ROWS_IN_FLIGHT
+#define AMK_ROWS_IN_FLIGHT 1
+#endif
+
+// NR rows at once, LOADS_IN_FLIGHT 16-byte loads per row per lane before any use: the memory-level
+// parallelism a single SM needs to stream at its share of DRAM bandwidth. Each staged input vector read
+// from shared memory serves all NR rows. out[r] gets the warp-reduced dot of row r over vectors [v0, v1).
+template <int NR>
+__device__ __forceinline__ void dot_rows(const uint4* const* rp, const float* xs, int v0, int v1, int lane, float* out) {
+  float acc[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) acc[r] = 0.f;
   int v = v0 + lane;
   for (; v + (AMK_LOADS_IN_FLIGHT - 1) * 32 < v1; v += AMK_LOADS_IN_FLIGHT * 32) {
-    uint4 raw[AMK_LOADS_IN_FLIGHT];
+    uint4 raw[NR][AMK_LOADS_IN_FLIGHT];
 #pragma unroll
     for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u)
-      raw[u] = pre ? pre[u] : __ldg(reinterpret_cast<const uint4*>(w) + v + u * 32);
-    pre = nullptr;
+#pragma unroll
+      for (int r = 0; r < NR; ++r) raw[r][u] = __ldg(rp[r] + v + u * 32);
 #pragma unroll
     for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u) {
-      float f[VEC];
-      unpack(raw[u], f);
-      const float* x = xs + (v + u * 32) * VEC;
+      const float4* x4 = reinterpret_cast<const float4*>(xs + (v + u * 32) * VEC);
+      float x[VEC];
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) acc = fmaf(f[e], x[e], acc);
+      for (int e = 0; e < VEC / 4; ++e) {
+        const float4 q = x4[e];
+        x[4 * e] = q.x; x[4 * e + 1] = q.y; x[4 * e + 2] = q.z; x[4 * e + 3] = q.w;
+      }
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        float f[VEC];
+        unpack(raw[r][u], f);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[r] = fmaf(f[e], x[e], acc[r]);
+      }
     }
   }
   for (; v < v1; v += 32) {
-    float f[VEC];
-    unpack(__ldg(reinterpret_cast<const uint4*>(w) + v), f);
     const float* x = xs + v * VEC;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) acc = fmaf(f[e], x[e], acc);
-  }
-  return acc;
-}
-
-// Which row (and which 16-byte vectors of it) warp `warp` computes first; false when it has none.
-// op_matvec and matvec_preload must agree, so both use this.
-__device__ __forceinline__ bool first_row(const MatvecParams& p, int warp, int& row, int& v0, int& v1) {
-  const int R = p.rows * (p.epi.pair_offset ? 2 : 1);
-  const int nvec = p.klen / VEC;
-  int r = warp;
-  v0 = 0;
-  v1 = nvec;
-  if (R < NWARPS) {
-    const int wpr = NWARPS / R, sub = warp % wpr, per = (nvec + wpr - 1) / wpr;
-    r = warp / wpr;
-    v0 = min(nvec, sub * per);
-    v1 = min(nvec, v0 + per);
-  }
-  if (r >= R) return false;
-  row = r < p.rows ? p.row0 + r : p.epi.pair_offset + p.row0 + (r - p.rows);
-  return true;
-}
-
-// Before the task's dependencies are met: load the first round of this thread's weights into registers.
-__device__ __forceinline__ bool matvec_preload(const Ctx& c, const MatvecParams& p, uint4* pre) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int row, v0, v1;
-  if (!first_row(p, warp, row, v0, v1)) return false;
-  const int v = v0 + lane;
-  if (v + (AMK_LOADS_IN_FLIGHT - 1) * 32 >= v1) return false;
-  const uint4* w = reinterpret_cast<const uint4*>(buf<wtype>(c, p.weight) + (long long)row * __ldg(c.cols + p.weight) + p.k0);
+    for (int r = 0; r < NR; ++r) {
+      float f[VEC];
+      unpack(__ldg(rp[r] + v), f);
 #pragma unroll
-  for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u) pre[u] = __ldg(w + v + u * 32);
-  return true;
+      for (int e = 0; e < VEC; ++e) acc[r] = fmaf(f[e], x[e], acc[r]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < NR; ++r) out[r] = warp_sum(acc[r]);
 }
 
-__device__ void op_matvec(const Ctx& c, const MatvecParams& p, const uint4* pre) {
+__device__ __forceinline__ const uint4* row_ptr(const wtype* W, const MatvecParams& p, int K, int r) {
+  const int row = r < p.rows ? p.row0 + r : p.epi.pair_offset + p.row0 + (r - p.rows);
+  return reinterpret_cast<const uint4*>(W + (long long)row * K + p.k0);
+}
+
+// Rows j0, j0 + NWARPS, ... (NR of them) of this warp's share.
+template <int NR>
+__device__ __forceinline__ void warp_rows(const wtype* W, const MatvecParams& p, int K, int r0, const float* xs, int nvec,
+                                          int lane, float* acc) {
+  const uint4* rp[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) rp[r] = row_ptr(W, p, K, r0 + r * NWARPS);
+  float out[NR];
+  dot_rows<NR>(rp, xs, 0, nvec, lane, out);
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < NR; ++r) acc[r0 + r * NWARPS] = out[r];
+  }
+}
+
+__device__ void op_matvec(const Ctx& c, const MatvecParams& p) {
   const int K = __ldg(c.cols + p.weight);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int R = p.rows * (p.epi.pair_offset ? 2 : 1);
@@ -318,24 +327,26 @@ __device__ void op_matvec(const Ctx& c, const MatvecParams& p, const uint4* pre)
     xs = c.smem;
     for (int k = tid; k < p.klen; k += AMK_THREADS) xs[k] = ldcg(x + p.k0 + k);
   }
-  float* acc = xs + p.klen;
+  float* acc = xs + p.klen + ((4 - (p.klen & 3)) & 3);
   __syncthreads();
   const wtype* W = buf<wtype>(c, p.weight);
-  int row, v0, v1;
+  const int nvec = p.klen / VEC;
   if (R >= NWARPS) {
-    int r = warp;
-    for (bool first = true; r < R; r += NWARPS, first = false) {
-      first_row(p, warp, row, v0, v1);
-      row = r < p.rows ? p.row0 + r : p.epi.pair_offset + p.row0 + (r - p.rows);
-      const float s = warp_sum(row_dot(W + (long long)row * K + p.k0, xs, v0, v1, lane, first ? pre : nullptr));
-      if (lane == 0) acc[r] = s;
-    }
+    const int mine = (R - warp + NWARPS - 1) / NWARPS;  // rows warp, warp + NWARPS, ...
+    int j = 0;
+    for (; j + AMK_ROWS_IN_FLIGHT <= mine; j += AMK_ROWS_IN_FLIGHT)
+      warp_rows<AMK_ROWS_IN_FLIGHT>(W, p, K, warp + j * NWARPS, xs, nvec, lane, acc);
+    for (; j < mine; ++j) warp_rows<1>(W, p, K, warp + j * NWARPS, xs, nvec, lane, acc);
   } else {  // fewer rows than warps: split each row's vectors over several warps, sum in fixed order
     const int wpr = NWARPS / R;
     const int r = warp / wpr, sub = warp % wpr;
-    if (first_row(p, warp, row, v0, v1)) {
-      const float s = warp_sum(row_dot(W + (long long)row * K + p.k0, xs, v0, v1, lane, pre));
-      if (lane == 0) c.red[r * wpr + sub] = s;
+    if (r < R) {
+      const int per = (nvec + wpr - 1) / wpr;
+      const int v0 = min(nvec, sub * per), v1 = min(nvec, v0 + per);
+      const uint4* rp[1] = {row_ptr(W, p, K, r)};
+      float out[1];
+      dot_rows<1>(rp, xs, v0, v1, lane, out);
+      if (lane == 0) c.red[r * wpr + sub] = out[0];
     }
     __syncthreads();
     if (tid < R) {
@@ -414,6 +425,7 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
     }
     __syncthreads();
     if (tp < np) {
+#pragma unroll 4
       for (int t = tp; t < n; t += np) {
         float f[VEC];
         unpack(__ldcg(reinterpret_cast<const uint4*>(vc + (long long)(c0 + t) * AMK_HEAD_DIM) + dv), f);
@@ -428,18 +440,48 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
   }
 }
 
-// Reduce per-thread acc over position groups into out_s[j * hd + d] (shared, zeroed here).
-__device__ void reduce_values(float acc[AMK_GROUP][VEC], float* out_s) {
-  const int tid = threadIdx.x;
+// Reduce per-thread acc over position groups into out_s[j * hd + d]. Lanes with the same vector index
+// first combine by shuffles (when HD_VECS divides 32), then warps' partials are summed in fixed order.
+// `scratch` holds NWARPS * G * hd floats.
+__device__ void reduce_values(float acc[AMK_GROUP][VEC], float* out_s, float* scratch) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int dv = tid % HD_VECS, tp = tid / HD_VECS, np = AMK_THREADS / HD_VECS;
-  __syncthreads();
-  for (int i = tid; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) out_s[i] = 0.f;
-  __syncthreads();
-  if (tp < np) {
+  constexpr bool kShuffle = (32 % HD_VECS) == 0;
+  if (tp >= np) {
 #pragma unroll
     for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) atomicAdd(out_s + j * AMK_HEAD_DIM + dv * VEC + e, acc[j][e]);
+      for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
+  }
+  if (kShuffle) {
+#pragma unroll
+    for (int j = 0; j < AMK_GROUP; ++j)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e)
+        for (int o = HD_VECS; o < 32; o <<= 1) acc[j][e] += __shfl_xor_sync(0xffffffffu, acc[j][e], o);
+  }
+  __syncthreads();
+  const int GH = AMK_GROUP * AMK_HEAD_DIM;
+  for (int i = tid; i < NWARPS * GH; i += AMK_THREADS) scratch[i] = 0.f;
+  __syncthreads();
+  if (kShuffle) {
+    if (lane < HD_VECS) {
+#pragma unroll
+      for (int j = 0; j < AMK_GROUP; ++j)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) scratch[warp * GH + j * AMK_HEAD_DIM + dv * VEC + e] = acc[j][e];
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < AMK_GROUP; ++j)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) atomicAdd(scratch + warp * GH + j * AMK_HEAD_DIM + dv * VEC + e, acc[j][e]);
+  }
+  __syncthreads();
+  for (int i = tid; i < GH; i += AMK_THREADS) {
+    float s = 0.f;
+    for (int w = 0; w < NWARPS; ++w) s += scratch[w * GH + i];
+    out_s[i] = s;
   }
   __syncthreads();
 }
@@ -498,6 +540,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
     __syncthreads();
     const int dv = threadIdx.x % HD_VECS, tp = threadIdx.x / HD_VECS, np = AMK_THREADS / HD_VECS;
     if (tp < np) {
+#pragma unroll 4
       for (int t = tp; t < L; t += np) {
         float f[VEC];
         unpack(__ldcg(reinterpret_cast<const uint4*>(vc + (long long)t * AMK_HEAD_DIM) + dv), f);
@@ -512,7 +555,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
   } else {
     values_pass(vc, sc, stride, false, 0, L, M, Ls, probs, p.chunk, acc);
   }
-  reduce_values(acc, out_s);
+  reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, rnd(out_s[i]));
 }
@@ -567,7 +610,7 @@ __device__ void op_attn_values(const Ctx& c, const AttnValuesParams& p) {
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
   values_pass(vc, sc, cap, false, s0, s1, M, Ls, probs, p.chunk, acc);
-  reduce_values(acc, out_s);
+  reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, out_s[i]);
 }
@@ -715,18 +758,13 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     // the next instruction's words arrive while this one runs
     const int nxt = (tid < AMK_INSTR_WORDS && i + 1 < end) ? instrs[(long long)(i + 1) * AMK_INSTR_WORDS + tid] : 0;
     const void* prm = ins + AMK_PARAM_BASE;
-    uint4 pre[AMK_LOADS_IN_FLIGHT];
-    bool have_pre = false;
 #if AMK_PIPELINE_DEPTH > 0
-    // weights do not depend on activations: start on them before the dependencies are met
-    if (ins[0] == OP_MATVEC) have_pre = matvec_preload(c, *reinterpret_cast<const MatvecParams*>(prm), pre);
-#endif
-#if AMK_PIPELINE_DEPTH > 1
+    // weights do not depend on activations: stream the next instructions' weights into L2 before waiting
     if (warp == 0) {
-      const int upto = min(end, i + AMK_PIPELINE_DEPTH);
+      const int upto = min(end, i + 1 + AMK_PIPELINE_DEPTH);
       for (int k = max(prefetched, i + 1); k < upto; ++k) prefetch_weights(c, instrs + (long long)k * AMK_INSTR_WORDS, lane);
     }
-    prefetched = max(prefetched, min(end, i + AMK_PIPELINE_DEPTH));
+    prefetched = max(prefetched, min(end, i + 1 + AMK_PIPELINE_DEPTH));
 #endif
     if (tid == 0) s_stop = wait_all(ins, counters, producers, epoch, control, timeout_ns, seen) ? 0 : 1;
     __syncthreads();
@@ -737,7 +775,7 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     switch (ins[0]) {
       case OP_EMBED: op_embed(c, *reinterpret_cast<const EmbedParams*>(prm), control, ins[1]); break;
       case OP_RMSNORM: op_rmsnorm(c, *reinterpret_cast<const RmsNormParams*>(prm)); break;
-      case OP_MATVEC: op_matvec(c, *reinterpret_cast<const MatvecParams*>(prm), have_pre ? pre : nullptr); break;
+      case OP_MATVEC: op_matvec(c, *reinterpret_cast<const MatvecParams*>(prm)); break;
       case OP_EPILOGUE: op_epilogue(c, *reinterpret_cast<const EpilogueTaskParams*>(prm)); break;
       case OP_ATTN_DECODE: op_attn_decode(c, *reinterpret_cast<const AttnDecodeParams*>(prm)); break;
       case OP_ATTN_SCORES: op_attn_scores(c, *reinterpret_cast<const AttnScoresParams*>(prm)); break;

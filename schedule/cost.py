@@ -1,0 +1,237 @@
+"""Cost model: a predicted step latency for a lowered program on a GPU target, with no GPU.
+
+Each SM walks its queue in order; a task starts when its SM is free and every counter it waits on has
+been signalled enough times (plus one acquire of global memory). A task's time is its weight bytes and
+KV bytes over the SM's share of bandwidth, plus a fixed dispatch cost. With prefetch (pipelining_depth >
+0) the weight bytes stream while the task waits on its dependencies, since weights never depend on
+activations. The step is the latest finish plus the launch. Along the path that decides each finish we
+carry (memory microseconds, tasks, waits), so measured rows fit the coefficients by least squares.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from .errors import AmkError
+from .opcodes import Opcode
+from .program import MegakernelProgram, Task
+from .targets import GpuTarget, get_target
+
+MIN_FIT_ROWS = 5
+LOAD_BYTES = 16  # one vectorised load (uint4)
+
+
+class CostModelError(AmkError, ValueError):
+    """The cost model cannot price this program (a queue that never drains) or fit these rows."""
+
+
+@dataclass(frozen=True)
+class CostCoefficients:
+    mem_scale: float = 1.0 / 0.85  # spec bandwidth is never reached: ~85% of it streams
+    task_overhead_us: float = 0.4  # fetch and decode one instruction, reduce, store
+    wait_us: float = 0.8  # one acquire round trip on a counter in global memory
+    launch_us: float = 4.0  # one kernel launch (host side included, as bench times it)
+    memory_latency_ns: float = 700.0  # DRAM latency, for the bytes-in-flight (Little's law) limit
+    fitted_rows: int = 0  # 0: the defaults above; else how many measured rows they were fitted on
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Features:
+    """The critical path in the units the coefficients multiply."""
+
+    mem_us: float  # bytes over unscaled bandwidth, in microseconds
+    tasks: int
+    waits: int
+
+    def __add__(self, other: Features) -> Features:
+        return Features(self.mem_us + other.mem_us, self.tasks + other.tasks, self.waits + other.waits)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_ZERO = Features(0.0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    latency_us: float
+    features: Features
+    context: int
+    sms_used: int
+    bytes_per_sm_max: int
+    coefficients: CostCoefficients
+
+    def to_dict(self) -> dict:
+        return {"latency_us": self.latency_us, "features": self.features.to_dict(), "context": self.context,
+                "sms_used": self.sms_used, "bytes_per_sm_max": self.bytes_per_sm_max,
+                "coefficients": self.coefficients.to_dict()}
+
+
+def bench_context(max_seq: int, context: int = 1024, steps: int = 200, warmup: int = 10) -> int:
+    """The KV length eval.bench.time_vm decodes at for this program, so a prediction prices the same step."""
+    return max(0, min(context, max_seq - steps - warmup - 1))
+
+
+def kv_bytes(task: Task, program: MegakernelProgram, context: int) -> int:
+    """KV cache bytes an attention task reads when `context` positions are cached."""
+    c = program.constants
+    per_cache = (context + 1) * c.head_dim * c.dtype.nbytes
+    if task.opcode == Opcode.ATTN_DECODE:
+        return 2 * per_cache
+    if task.opcode in (Opcode.ATTN_SCORES, Opcode.ATTN_VALUES):
+        return per_cache // max(1, task.params.parts)
+    return 0
+
+
+def _sm_bytes_per_us(program: MegakernelProgram, target: GpuTarget, coef: CostCoefficients) -> float:
+    """Unscaled streaming rate of one SM: its share of the spec bandwidth, capped by the bytes it keeps in
+    flight (threads x loads_in_flight x 16 B over the memory latency)."""
+    share = target.spec_bandwidth_gbs * 1e3 / max(1, target.sm_count)  # GB/s -> bytes/us
+    in_flight = program.threads_per_block * int(program.build.get("LOADS_IN_FLIGHT", 4)) * LOAD_BYTES
+    little = in_flight / (coef.memory_latency_ns * 1e-3)
+    return min(share, little)
+
+
+def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoefficients | None = None,
+            context: int | None = None) -> Prediction:
+    target = get_target(target)
+    coef = coef or CostCoefficients()
+    ctx = bench_context(program.constants.max_seq) if context is None else int(context)
+    rate = _sm_bytes_per_us(program, target, coef)
+    pipelined = int(program.build.get("PIPELINE_DEPTH", 0)) > 0
+    tasks = program.tasks
+    signals: dict[int, list[tuple[float, Features]]] = {k.id: [] for k in program.counters}
+    sm_time = [0.0] * len(program.queues)
+    sm_path = [_ZERO] * len(program.queues)
+    ptr = [0] * len(program.queues)
+    sm_bytes = [0] * len(program.queues)
+    remaining = len(tasks)
+    end, end_path = 0.0, _ZERO
+    while remaining:
+        progressed = False
+        for s, queue in enumerate(program.queues):
+            while ptr[s] < len(queue):
+                t = tasks[queue[ptr[s]]]
+                dep = _ready(t, signals)
+                if dep is None:
+                    break
+                ready, ready_path = dep
+                w_us = t.weight_bytes / rate
+                kv = kv_bytes(t, program, ctx)
+                kv_us = kv / rate
+                sm_bytes[s] += t.weight_bytes + kv
+                sync = coef.wait_us * len(t.waits)
+                base_t, base = (sm_time[s], sm_path[s]) if sm_time[s] >= ready else (ready, ready_path)
+                if pipelined and t.prefetch and sm_time[s] + w_us * coef.mem_scale >= base_t + sync:
+                    # the weights, streamed from the SM's free time, arrive after the deps are met and
+                    # polled: the poll hides under the stream
+                    fin = sm_time[s] + (w_us + kv_us) * coef.mem_scale + coef.task_overhead_us
+                    path = sm_path[s] + Features(w_us + kv_us, 1, 0)
+                elif pipelined and t.prefetch:
+                    # weights already on chip when the deps are met: only the KV read remains
+                    fin = base_t + sync + kv_us * coef.mem_scale + coef.task_overhead_us
+                    path = base + Features(kv_us, 1, len(t.waits))
+                else:
+                    fin = base_t + sync + (w_us + kv_us) * coef.mem_scale + coef.task_overhead_us
+                    path = base + Features(w_us + kv_us, 1, len(t.waits))
+                sm_time[s], sm_path[s] = fin, path
+                for cid in t.signals:
+                    bisect.insort(signals[cid], (fin, path), key=lambda x: x[0])
+                if fin >= end:
+                    end, end_path = fin, path
+                ptr[s] += 1
+                remaining -= 1
+                progressed = True
+        if not progressed:
+            stuck = [program.queues[s][ptr[s]] for s in range(len(ptr)) if ptr[s] < len(program.queues[s])]
+            raise CostModelError(f"no SM can run its next task (tasks {stuck[:8]} wait forever): the program "
+                                 "deadlocks")
+    used = sum(1 for q in program.queues if q)
+    return Prediction(end + coef.launch_us, end_path, ctx, used, max(sm_bytes, default=0), coef)
+
+
+def _ready(t: Task, signals: dict[int, list[tuple[float, Features]]]) -> tuple[float, Features] | None:
+    """When the last of `t`'s waits is met (the count-th earliest signal of each counter), or None if some
+    counter has not been signalled often enough yet."""
+    ready, path = 0.0, _ZERO
+    for w in t.waits:
+        got = signals.get(w.counter, [])
+        if len(got) < w.count:
+            return None
+        if w.count > 0 and got[w.count - 1][0] >= ready:
+            ready, path = got[w.count - 1]
+    return ready, path
+
+
+def linear_latency(features: Features | dict, coef: CostCoefficients) -> float:
+    """The latency the coefficients give a fixed critical path (what fit() minimises over)."""
+    f = features if isinstance(features, Features) else Features(**features)
+    return coef.mem_scale * f.mem_us + coef.task_overhead_us * f.tasks + coef.wait_us * f.waits + coef.launch_us
+
+
+def fit(rows: list[dict], base: CostCoefficients | None = None) -> CostCoefficients:
+    """Least squares of measured latency on the critical-path features, coefficients kept >= 0.
+
+    `rows`: dicts with "features" (Features fields) and "latency_us" (measured on ONE GPU; the caller
+    filters, since two GPUs differ). Needs MIN_FIT_ROWS rows."""
+    base = base or CostCoefficients()
+    usable = [r for r in rows if r.get("features") and _finite(r.get("latency_us"))]
+    if len(usable) < MIN_FIT_ROWS:
+        raise CostModelError(f"fit needs >= {MIN_FIT_ROWS} measured rows with features, got {len(usable)}")
+    X = np.array([[r["features"]["mem_us"], r["features"]["tasks"], r["features"]["waits"], 1.0] for r in usable])
+    y = np.array([float(r["latency_us"]) for r in usable])
+    coef = _nonneg_lstsq(X, y)
+    return replace(base, mem_scale=coef[0], task_overhead_us=coef[1], wait_us=coef[2], launch_us=coef[3],
+                   fitted_rows=len(usable))
+
+
+def _nonneg_lstsq(X: np.ndarray, y: np.ndarray) -> list[float]:
+    # Active set on four columns: drop the most negative coefficient and refit until all are >= 0. A
+    # negative cost per task or per byte would let the loop "win" by adding work.
+    active = list(range(X.shape[1]))
+    while active:
+        sol, *_ = np.linalg.lstsq(X[:, active], y, rcond=None)
+        if (sol >= 0).all():
+            out = [0.0] * X.shape[1]
+            for i, v in zip(active, sol):
+                out[i] = float(v)
+            return out
+        active.pop(int(np.argmin(sol)))
+    return [0.0] * X.shape[1]
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def spearman(predicted: list[float], measured: list[float]) -> float | None:
+    """Rank correlation (ties share their mean rank); None with fewer than 2 pairs or a constant side."""
+    pairs = [(p, m) for p, m in zip(predicted, measured) if _finite(p) and _finite(m)]
+    if len(pairs) < 2:
+        return None
+    rp, rm = _ranks([p for p, _ in pairs]), _ranks([m for _, m in pairs])
+    if np.std(rp) == 0 or np.std(rm) == 0:
+        return None
+    return float(np.corrcoef(rp, rm)[0, 1])
+
+
+def _ranks(xs: list[float]) -> np.ndarray:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = np.empty(len(xs))
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2.0
+        i = j + 1
+    return ranks

@@ -1,0 +1,165 @@
+"""The search space over ScheduleConfig, read from the fields' own metadata and trimmed to one GPU target.
+
+propose() shows it to an agent; the loop walks it (neighbours = one knob changed to another search value,
+random configs for exploration). Everything here derives from `config.py`, so a knob added there appears
+here, in the JSON schema and in the loop with no further edit.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+
+from .config import ScheduleConfig, get_path, iter_knobs, with_value
+from .errors import ConfigError
+from .targets import GpuTarget, get_target
+
+
+class KnobType(str, Enum):
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    ENUM = "enum"
+    OBJECT = "object"  # explicit_map: edited by hand, never searched
+
+
+@dataclass(frozen=True)
+class Knob:
+    path: str  # dotted, e.g. "matvec.qkv.k_splits"
+    type: KnobType
+    default: object  # JSON form
+    help: str
+    search: tuple = ()  # JSON-form values the loop explores on this target (empty: not searched)
+    choices: tuple | None = None  # JSON-form values that parse, when the field is an enumeration
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def to_dict(self) -> dict:
+        out: dict = {"path": self.path, "type": self.type.value}
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        out.update(search=list(self.search), default=self.default, help=self.help)
+        return out
+
+
+@dataclass(frozen=True)
+class Move:
+    """One step from a config: knob `path` set to `value` (JSON form)."""
+
+    path: str
+    value: object
+    config: ScheduleConfig
+
+    @property
+    def description(self) -> str:
+        return f"{self.path}={_fmt(self.value)}"
+
+
+def _json(v):
+    return v.value if isinstance(v, Enum) else v
+
+
+def _fmt(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _knob_type(tp) -> KnobType:
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return KnobType.ENUM
+    if tp is bool:
+        return KnobType.BOOL
+    if tp is int:
+        return KnobType.INT
+    if tp is float:
+        return KnobType.FLOAT
+    return KnobType.OBJECT
+
+
+def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
+    """Search values the target cannot run are left out: the loop must never spend a trial on a config the
+    validator rejects for the hardware alone."""
+    if target is None:
+        return True
+    if path == "smem_per_block":
+        return value <= target.smem_per_block_max
+    if path == "threads_per_block":
+        return value <= target.max_threads_per_block
+    return True
+
+
+def search_space(target: GpuTarget | str | None = None) -> list[Knob]:
+    """Every leaf knob of ScheduleConfig, in declaration order, with search values fitted to `target`."""
+    tgt = get_target(target) if target is not None else None
+    default = ScheduleConfig()
+    knobs = []
+    for path, f, tp in iter_knobs():
+        meta = f.metadata
+        kind = _knob_type(tp)
+        choices = tuple(_json(c) for c in meta["choices"]) if meta.get("choices") is not None else None
+        search = tuple(_json(v) for v in (meta.get("search") or ()) if _fits_target(path, _json(v), tgt))
+        if kind == KnobType.OBJECT:
+            search = ()
+        knobs.append(Knob(path=path, type=kind, default=_json(get_path(default, path)) if kind != KnobType.OBJECT
+                          else dict(get_path(default, path)), help=meta["help"], search=search, choices=choices,
+                          minimum=meta.get("minimum"), maximum=meta.get("maximum")))
+    return knobs
+
+
+def space_dicts(target: GpuTarget | str | None = None) -> list[dict]:
+    return [k.to_dict() for k in search_space(target)]
+
+
+def neighbours(config: ScheduleConfig, space: list[Knob]) -> list[Move]:
+    """Every config one knob away: each searched knob set to each of its other search values."""
+    moves = []
+    for k in space:
+        current = _json(get_path(config, k.path))
+        for v in k.search:
+            if v != current:
+                moves.append(Move(k.path, v, with_value(config, k.path, v)))
+    return moves
+
+
+def random_config(space: list[Knob], rng: random.Random, base: ScheduleConfig | None = None) -> ScheduleConfig:
+    """Each searched knob drawn uniformly from its search values; unsearched knobs keep `base`'s value."""
+    data = (base or ScheduleConfig()).to_dict()
+    for k in space:
+        if k.search:
+            _set(data, k.path, rng.choice(k.search))
+    return ScheduleConfig.from_dict(data)
+
+
+def non_default_knobs(config: ScheduleConfig) -> list[str]:
+    """Dotted paths whose value differs from the default: the loop's measure of simplicity."""
+    default = ScheduleConfig()
+    return [p for p, _, _ in iter_knobs() if _json(get_path(config, p)) != _json(get_path(default, p))]
+
+
+def knob_values(config: ScheduleConfig, space: list[Knob]) -> dict[str, object]:
+    """path -> JSON value for every searched knob (what the prior scores)."""
+    return {k.path: _json(get_path(config, k.path)) for k in space if k.search}
+
+
+def diff(a: ScheduleConfig, b: ScheduleConfig) -> list[str]:
+    """`path=value` for each knob where b differs from a."""
+    out = []
+    for p, _, _ in iter_knobs():
+        va, vb = _json(get_path(a, p)), _json(get_path(b, p))
+        if va != vb:
+            out.append(f"{p}={_fmt(vb) if not isinstance(vb, dict) else vb}")
+    return out
+
+
+def _set(data: dict, path: str, value) -> None:
+    node = data
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError("$." + path, "no such knob")
+    node[parts[-1]] = value
