@@ -289,9 +289,8 @@ def _sweep_buffer(buf, groups, reach, bits, report, tname) -> None:
         req = need_r | need_w
         if req:
             for t in tids:
-                miss = req & ~reach[t]
-                if miss:
-                    _unordered_write(buf, key, t, _low(miss), need_r, report, tname)
+                if reach[t] & req != req:
+                    _unordered_write(buf, key, t, _low(req & ~reach[t]), need_r, report, tname)
                     break
 
 

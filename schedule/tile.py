@@ -20,7 +20,7 @@ from .stages import Stage, score_capacity
 ELEMENTWISE_ROWS = 1024  # rows per unfused elementwise task (add, silu_mul)
 EPILOGUE_OF = {"store": Epilogue.STORE, "rope_kv": Epilogue.ROPE_KV, "silu_mul": Epilogue.SILU_MUL,
                "residual_add": Epilogue.RESIDUAL_ADD, "logits": Epilogue.LOGITS, "partial": Epilogue.PARTIAL}
-SMEM_RESERVED = 1024  # bytes each block keeps for reductions and bookkeeping
+SMEM_RESERVED = 2048  # bytes each block keeps for reductions, per-row accumulators of split rows
 
 
 @dataclass

@@ -19,6 +19,8 @@ from functools import lru_cache
 from operator import attrgetter
 from types import SimpleNamespace
 
+import numpy as np
+
 from . import hazards, tile
 from . import opcodes as oc
 from .opcodes import Epilogue, Opcode
@@ -235,10 +237,12 @@ class _Layout:
         for i, name in enumerate(names):
             self.paths += [f"{name}.{x}" for x in nested[i].paths] if i in nested else [name]
         self.nested.reverse()
-        have = set(self.paths)
-        self.required = [i for i, x in enumerate(self.paths) if (x in BUFFER_FIELDS or x + "_off" in have)
-                         and x not in OPTIONAL_BUFFER_FIELDS]
-        self.optional = [i for i, x in enumerate(self.paths) if x in OPTIONAL_BUFFER_FIELDS]
+        self.ix = {x: i for i, x in enumerate(self.paths)}
+        req = [i for i, x in enumerate(self.paths) if (x in BUFFER_FIELDS or x + "_off" in self.ix)
+               and x not in OPTIONAL_BUFFER_FIELDS]
+        opt = [i for i, x in enumerate(self.paths) if x in OPTIONAL_BUFFER_FIELDS]
+        self.required = np.asarray(req, dtype=np.int64)
+        self.optional = np.asarray(opt, dtype=np.int64)
 
     def flat(self, p) -> list:
         vals = list(self.top(p))
@@ -267,47 +271,84 @@ def _all_int32(vals: list) -> bool:
 
 
 def _check_tasks(program, target, rep: _Report) -> None:
-    bufs = program.buffers
-    ctx = {"nb": len(bufs), "bufs": bufs, "c": program.constants, "smem": program.smem_per_block}
-    c = program.constants
-    ctx["group"] = c.n_heads // c.n_kv_heads if c.n_kv_heads else 0
+    """Instruction limits, params type and int32 range, buffer ids in params, shared memory, whole heads."""
+    flat: list = []
+    spans: dict[_Layout, tuple[list[int], list[int]]] = {}  # layout -> (task ids, offsets into flat)
+    mw, ms, mp, params_of = oc.MAX_WAITS, oc.MAX_SIGNALS, oc.MAX_PREFETCH, oc.PARAMS_OF
     for tid, t in enumerate(program.tasks):
         try:
-            _check_task(tid, t, ctx, rep)
+            if len(t.waits) > mw or len(t.signals) > ms or len(t.prefetch) > mp:
+                rep.add(IssueKind.ABI, f"{rep.tname(tid)} has {len(t.waits)} waits, {len(t.signals)} signals, "
+                        f"{len(t.prefetch)} prefetches (limits {mw}/{ms}/{mp})", tasks=(tid,))
+            op, p = t.opcode, t.params
+            cls = params_of.get(op) if isinstance(op, Opcode) else None
+            if cls is None or type(p) is not cls:
+                rep.add(IssueKind.ABI, f"{rep.tname(tid)} has opcode {op!r} with params of type "
+                        f"{type(p).__name__}, expected {cls.__name__ if cls else 'a known opcode'}", tasks=(tid,))
+                continue
+            lay = _layout(cls)
+            vals = lay.flat(p)
+            ids, offs = spans.setdefault(lay, ([], []))
+            ids.append(tid)
+            offs.append(len(flat))
+            flat += vals
         except Exception as e:  # noqa: BLE001 - a malformed task is an ABI issue, not a crash
             _malformed(rep, tid, e)
+    if not _all_int32(flat):  # one pass over every parameter; task by task only when something is off
+        for lay, (ids, offs) in spans.items():
+            for tid, off in zip(ids, offs):
+                for path, v in zip(lay.paths, flat[off:off + len(lay.paths)]):
+                    if isinstance(v, bool) or not isinstance(v, int) or not -oc.INT32_MAX <= v <= oc.INT32_MAX:
+                        rep.add(IssueKind.ABI, f"{rep.tname(tid)}: parameter {path}={v!r} does not fit in int32",
+                                tasks=(tid,))
+        return
+    allv = np.asarray(flat, dtype=np.int64)
+    for lay, (ids, offs) in spans.items():
+        rows = allv[np.asarray(offs)[:, None] + np.arange(len(lay.paths))]
+        _check_params(program, lay, np.asarray(ids), rows, rep)
 
 
-def _check_task(tid, t, ctx, rep: _Report) -> None:
-    nb = ctx["nb"]
-    if len(t.waits) > oc.MAX_WAITS or len(t.signals) > oc.MAX_SIGNALS or len(t.prefetch) > oc.MAX_PREFETCH:
-        rep.add(IssueKind.ABI, f"{rep.tname(tid)} has {len(t.waits)} waits, {len(t.signals)} signals, "
-                f"{len(t.prefetch)} prefetches (limits {oc.MAX_WAITS}/{oc.MAX_SIGNALS}/{oc.MAX_PREFETCH})",
-                tasks=(tid,))
-    op = t.opcode
-    cls = oc.PARAMS_OF.get(op) if isinstance(op, Opcode) else None
-    p = t.params
-    if cls is None or type(p) is not cls:
-        rep.add(IssueKind.ABI, f"{rep.tname(tid)} has opcode {op!r} with params of type {type(p).__name__}, "
-                f"expected {cls.__name__ if cls else 'a known opcode'}", tasks=(tid,))
-    else:
-        lay = _layout(cls)
-        vals = lay.flat(p)
-        if not _all_int32(vals):
-            for path, v in zip(lay.paths, vals):
-                if isinstance(v, bool) or not isinstance(v, int) or not -oc.INT32_MAX <= v <= oc.INT32_MAX:
-                    rep.add(IssueKind.ABI, f"{rep.tname(tid)}: parameter {path}={v!r} does not fit in int32",
-                            tasks=(tid,))
-            return
-        for i in lay.required:
-            if not 0 <= vals[i] < nb:
-                rep.add(IssueKind.ABI, f"{rep.tname(tid)}: parameter {lay.paths[i]}={vals[i]} names no buffer",
-                        tasks=(tid,))
-        for i in lay.optional:
-            if vals[i] != oc.NO_BUFFER and not 0 <= vals[i] < nb:
-                rep.add(IssueKind.ABI, f"{rep.tname(tid)}: parameter {lay.paths[i]}={vals[i]} names no buffer",
-                        tasks=(tid,))
-        _check_needs(tid, op, p, ctx, rep)
+def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
+    """Vectorised over every task of one params layout: `a` holds one flattened params row per task."""
+    nb, bufs, c = len(program.buffers), program.buffers, program.constants
+    if lay.required.size or lay.optional.size:
+        r, o = a[:, lay.required], a[:, lay.optional]
+        bad = ((r < 0) | (r >= nb)).any(axis=1) | ((o < -1) | (o >= nb)).any(axis=1)
+        for k in np.flatnonzero(bad):
+            for i in [*lay.required, *lay.optional]:
+                v = int(a[k, i])
+                if not (0 <= v < nb or (v == oc.NO_BUFFER and lay.paths[i] in OPTIONAL_BUFFER_FIELDS)):
+                    rep.add(IssueKind.ABI, f"{rep.tname(int(tids[k]))}: parameter {lay.paths[i]}={v} names no "
+                            "buffer", tasks=(int(tids[k]),))
+        a, tids = a[~bad], tids[~bad]
+    ix, hd, smem = lay.ix, c.head_dim, program.smem_per_block
+    col = {name: a[:, i] for name, i in ix.items()}
+    try:
+        if "klen" in ix:  # matvec: the staged input slice (all of K when the norm is fused) and its rows
+            cols = np.asarray([b.cols for b in bufs], dtype=np.int64)
+            width = np.where(col["norm_weight"] != oc.NO_BUFFER, cols[col["weight"]], col["klen"])
+            nrows = col["rows"] * np.where(col["epi.pair_offset"] != 0, 2, 1)
+            need, what = _matvec_smem(width, nrows), "an input of {} elements and {} rows"
+            detail = (width, nrows)
+        elif "chunk" in ix:  # attention: q of the group plus a chunk of scores
+            group = c.n_heads // c.n_kv_heads
+            need, what, detail = _attention_smem(col["chunk"], group, hd), "a chunk of {} positions", (col["chunk"],)
+        else:
+            need = None
+    except Exception as e:  # noqa: BLE001 - the tiler's formulas changed shape
+        rep.internal("shared-memory check", e)
+        need = None
+    if need is not None:
+        for k in np.flatnonzero(need > smem):
+            tid = int(tids[k])
+            rep.add(IssueKind.ABI, f"{rep.tname(tid)} stages {what.format(*(int(d[k]) for d in detail))} and "
+                    f"needs {int(need[k])} bytes of shared memory; smem_per_block is {smem}", tasks=(tid,))
+    if "epi.kind" in ix and "row0" in ix:
+        rope = (col["epi.kind"] == Epilogue.ROPE_KV) & ((col["row0"] % hd != 0) | (col["rows"] % hd != 0))
+        for k in np.flatnonzero(rope):
+            tid, r0, n = int(tids[k]), int(col["row0"][k]), int(col["rows"][k])
+            rep.add(IssueKind.ABI, f"{rep.tname(tid)}: the ROPE_KV epilogue covers rows [{r0}, {r0 + n}), not "
+                    f"whole heads of {hd}", tasks=(tid,))
 
 
 @lru_cache(maxsize=8)
@@ -325,31 +366,6 @@ def _attention_smem(chunk: int, group: int, head_dim: int) -> int:
     if hasattr(tile, "attention_smem_bytes"):
         return tile.attention_smem_bytes(chunk, SimpleNamespace(group=group, head_dim=head_dim))
     return tile.SMEM_RESERVED + group * head_dim * 4 + chunk * group * 4
-
-
-def _check_needs(tid, op, p, ctx, rep: _Report) -> None:
-    """Shared memory the task stages (the tiler's own formulas), and whole heads under ROPE_KV."""
-    c, group, smem, nb = ctx["c"], ctx["group"], ctx["smem"], ctx["nb"]
-    need, what = 0, ""
-    try:
-        if op == Opcode.MATVEC and 0 <= p.weight < nb:
-            width = ctx["bufs"][p.weight].cols if p.norm_weight != oc.NO_BUFFER else p.klen
-            rows = p.rows * (2 if p.epi.pair_offset else 1)
-            need, what = _matvec_smem(width, rows), f"an input of {width} elements and {rows} rows"
-        elif isinstance(getattr(p, "chunk", None), int):  # attention: q of the group plus a chunk of scores
-            need = _attention_smem(p.chunk, group, c.head_dim)
-            what = f"a chunk of {p.chunk} positions for {group} heads"
-    except Exception as e:  # noqa: BLE001 - the tiler's formulas changed shape: report once, not per task
-        if not ctx.get("smem_failed"):
-            ctx["smem_failed"] = True
-            rep.internal("shared-memory check", e)
-    if need > smem:
-        rep.add(IssueKind.ABI, f"{rep.tname(tid)} stages {what} and needs {need} bytes of shared memory; "
-                f"smem_per_block is {smem}", tasks=(tid,))
-    epi = getattr(p, "epi", None)
-    if epi is not None and epi.kind == Epilogue.ROPE_KV and (p.row0 % c.head_dim or p.rows % c.head_dim):
-        rep.add(IssueKind.ABI, f"{rep.tname(tid)}: the ROPE_KV epilogue covers rows [{p.row0}, "
-                f"{p.row0 + p.rows}), not whole heads of {c.head_dim}", tasks=(tid,))
 
 
 def _malformed(rep: _Report, tid: int, exc: BaseException) -> None:

@@ -242,45 +242,44 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
 #define AMK_ROWS_IN_FLIGHT 1
 #endif
 
-// NR rows at once, LOADS_IN_FLIGHT 16-byte loads per row per lane before any use: the memory-level
-// parallelism a single SM needs to stream at its share of DRAM bandwidth. Each staged input vector read
-// from shared memory serves all NR rows. out[r] gets the warp-reduced dot of row r over vectors [v0, v1).
+// NR units at once, LOADS_IN_FLIGHT 16-byte loads per unit per lane before any use: the memory-level
+// parallelism one SM needs to stream at its share of DRAM bandwidth. A unit is `n` consecutive weight
+// vectors of one row (rp[r]) against the staged input from xp[r]. out[r] gets the warp-reduced dot.
 template <int NR>
-__device__ __forceinline__ void dot_rows(const uint4* const* rp, const float* xs, int v0, int v1, int lane, float* out) {
+__device__ __forceinline__ void dot_units(const uint4* const* rp, const float* const* xp, int n, int lane, float* out) {
   float acc[NR];
 #pragma unroll
   for (int r = 0; r < NR; ++r) acc[r] = 0.f;
-  int v = v0 + lane;
-  for (; v + (AMK_LOADS_IN_FLIGHT - 1) * 32 < v1; v += AMK_LOADS_IN_FLIGHT * 32) {
+  int v = lane;
+  for (; v + (AMK_LOADS_IN_FLIGHT - 1) * 32 < n; v += AMK_LOADS_IN_FLIGHT * 32) {
     uint4 raw[NR][AMK_LOADS_IN_FLIGHT];
 #pragma unroll
     for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u)
 #pragma unroll
       for (int r = 0; r < NR; ++r) raw[r][u] = __ldg(rp[r] + v + u * 32);
 #pragma unroll
-    for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u) {
-      const float4* x4 = reinterpret_cast<const float4*>(xs + (v + u * 32) * VEC);
-      float x[VEC];
-#pragma unroll
-      for (int e = 0; e < VEC / 4; ++e) {
-        const float4 q = x4[e];
-        x[4 * e] = q.x; x[4 * e + 1] = q.y; x[4 * e + 2] = q.z; x[4 * e + 3] = q.w;
-      }
+    for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u)
 #pragma unroll
       for (int r = 0; r < NR; ++r) {
+        const float4* x4 = reinterpret_cast<const float4*>(xp[r] + (v + u * 32) * VEC);
         float f[VEC];
         unpack(raw[r][u], f);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[r] = fmaf(f[e], x[e], acc[r]);
+        for (int e = 0; e < VEC / 4; ++e) {
+          const float4 q = x4[e];
+          acc[r] = fmaf(f[4 * e], q.x, acc[r]);
+          acc[r] = fmaf(f[4 * e + 1], q.y, acc[r]);
+          acc[r] = fmaf(f[4 * e + 2], q.z, acc[r]);
+          acc[r] = fmaf(f[4 * e + 3], q.w, acc[r]);
+        }
       }
-    }
   }
-  for (; v < v1; v += 32) {
-    const float* x = xs + v * VEC;
+  for (; v < n; v += 32) {
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
       float f[VEC];
       unpack(__ldg(rp[r] + v), f);
+      const float* x = xp[r] + v * VEC;
 #pragma unroll
       for (int e = 0; e < VEC; ++e) acc[r] = fmaf(f[e], x[e], acc[r]);
     }
@@ -289,24 +288,33 @@ __device__ __forceinline__ void dot_rows(const uint4* const* rp, const float* xs
   for (int r = 0; r < NR; ++r) out[r] = warp_sum(acc[r]);
 }
 
-__device__ __forceinline__ const uint4* row_ptr(const wtype* W, const MatvecParams& p, int K, int r) {
-  const int row = r < p.rows ? p.row0 + r : p.epi.pair_offset + p.row0 + (r - p.rows);
-  return reinterpret_cast<const uint4*>(W + (long long)row * K + p.k0);
-}
-
-// Rows j0, j0 + NWARPS, ... (NR of them) of this warp's share.
+// Units of this warp, NR at a time: unit u is chunk (u % S) of computed row (u / S).
 template <int NR>
-__device__ __forceinline__ void warp_rows(const wtype* W, const MatvecParams& p, int K, int r0, const float* xs, int nvec,
-                                          int lane, float* acc) {
+__device__ __forceinline__ void warp_units(const wtype* W, const MatvecParams& p, int K, int u0, int S, int per,
+                                           const float* xs, int lane, float* part) {
   const uint4* rp[NR];
+  const float* xp[NR];
 #pragma unroll
-  for (int r = 0; r < NR; ++r) rp[r] = row_ptr(W, p, K, r0 + r * NWARPS);
+  for (int r = 0; r < NR; ++r) {
+    const int u = u0 + r * NWARPS, cr = u / S, ch = u % S;
+    const int row = cr < p.rows ? p.row0 + cr : p.epi.pair_offset + p.row0 + (cr - p.rows);
+    rp[r] = reinterpret_cast<const uint4*>(W + (long long)row * K + p.k0) + ch * per;
+    xp[r] = xs + ch * per * VEC;
+  }
   float out[NR];
-  dot_rows<NR>(rp, xs, 0, nvec, lane, out);
+  dot_units<NR>(rp, xp, per, lane, out);
   if (lane == 0) {
 #pragma unroll
-    for (int r = 0; r < NR; ++r) acc[r0 + r * NWARPS] = out[r];
+    for (int r = 0; r < NR; ++r) part[u0 + r * NWARPS] = out[r];
   }
+}
+
+// Split each row into S chunks (S divides the row's vectors, chunks at least a warp wide) so that there
+// are enough units to keep every warp streaming ROWS_IN_FLIGHT units at once.
+__device__ __forceinline__ int row_chunks(int R, int nvec) {
+  int S = 1;
+  while (R * S < NWARPS * AMK_ROWS_IN_FLIGHT && (nvec % (2 * S)) == 0 && nvec / (2 * S) >= 32) S *= 2;
+  return S;
 }
 
 __device__ void op_matvec(const Ctx& c, const MatvecParams& p) {
@@ -328,34 +336,25 @@ __device__ void op_matvec(const Ctx& c, const MatvecParams& p) {
     for (int k = tid; k < p.klen; k += AMK_THREADS) xs[k] = ldcg(x + p.k0 + k);
   }
   float* acc = xs + p.klen + ((4 - (p.klen & 3)) & 3);
+  const int nvec = p.klen / VEC;
+  const int S = row_chunks(R, nvec), per = nvec / S, units = R * S;
+  float* part = S > 1 ? acc + ((R + 3) & ~3) : acc;  // per-unit partial sums when rows are split
   __syncthreads();
   const wtype* W = buf<wtype>(c, p.weight);
-  const int nvec = p.klen / VEC;
-  if (R >= NWARPS) {
-    const int mine = (R - warp + NWARPS - 1) / NWARPS;  // rows warp, warp + NWARPS, ...
-    int j = 0;
-    for (; j + AMK_ROWS_IN_FLIGHT <= mine; j += AMK_ROWS_IN_FLIGHT)
-      warp_rows<AMK_ROWS_IN_FLIGHT>(W, p, K, warp + j * NWARPS, xs, nvec, lane, acc);
-    for (; j < mine; ++j) warp_rows<1>(W, p, K, warp + j * NWARPS, xs, nvec, lane, acc);
-  } else {  // fewer rows than warps: split each row's vectors over several warps, sum in fixed order
-    const int wpr = NWARPS / R;
-    const int r = warp / wpr, sub = warp % wpr;
-    if (r < R) {
-      const int per = (nvec + wpr - 1) / wpr;
-      const int v0 = min(nvec, sub * per), v1 = min(nvec, v0 + per);
-      const uint4* rp[1] = {row_ptr(W, p, K, r)};
-      float out[1];
-      dot_rows<1>(rp, xs, v0, v1, lane, out);
-      if (lane == 0) c.red[r * wpr + sub] = out[0];
+  const int mine = (units - warp + NWARPS - 1) / NWARPS;  // units warp, warp + NWARPS, ...
+  int j = 0;
+  for (; j + AMK_ROWS_IN_FLIGHT <= mine; j += AMK_ROWS_IN_FLIGHT)
+    warp_units<AMK_ROWS_IN_FLIGHT>(W, p, K, warp + j * NWARPS, S, per, xs, lane, part);
+  for (; j < mine; ++j) warp_units<1>(W, p, K, warp + j * NWARPS, S, per, xs, lane, part);
+  __syncthreads();
+  if (S > 1) {  // chunks of a row summed in a fixed order
+    for (int r = tid; r < R; r += AMK_THREADS) {
+      float s = 0.f;
+      for (int k = 0; k < S; ++k) s += part[r * S + k];
+      acc[r] = s;
     }
     __syncthreads();
-    if (tid < R) {
-      float s = 0.f;
-      for (int k = 0; k < wpr; ++k) s += c.red[tid * wpr + k];
-      acc[tid] = s;
-    }
   }
-  __syncthreads();
   epilogue(c, p.epi, p.row0, p.rows, acc);
 }
 
@@ -384,17 +383,21 @@ __device__ __forceinline__ void span(int pos, int part, int parts, int& s0, int&
 // dst[j * stride + t - s0]; m[] gets the thread's running max per head.
 template <bool kSmem>
 __device__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s0, int s1, float* dst, int stride,
-                            float* m) {
+                            float* m, float* l) {
 #pragma unroll
-  for (int j = 0; j < AMK_GROUP; ++j) m[j] = NEG_INF;
+  for (int j = 0; j < AMK_GROUP; ++j) { m[j] = NEG_INF; l[j] = 0.f; }
   for (int t = s0 + threadIdx.x; t < s1; t += AMK_THREADS) {
     float d[AMK_GROUP];
 #pragma unroll
     for (int j = 0; j < AMK_GROUP; ++j) d[j] = 0.f;
     const uint4* kr = reinterpret_cast<const uint4*>(kc + (long long)t * AMK_HEAD_DIM);
+    uint4 raw[HD_VECS];
+#pragma unroll
+    for (int v = 0; v < HD_VECS; ++v) raw[v] = __ldcg(kr + v);
+#pragma unroll
     for (int v = 0; v < HD_VECS; ++v) {
       float f[VEC];
-      unpack(__ldcg(kr + v), f);
+      unpack(raw[v], f);
 #pragma unroll
       for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
@@ -403,10 +406,16 @@ __device__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s
 #pragma unroll
     for (int j = 0; j < AMK_GROUP; ++j) {
       const float s = rnd(rnd(d[j]) * AMK_ATTN_SCALE);
-      m[j] = fmaxf(m[j], s);
+      if (s > m[j]) { l[j] = l[j] * expf(m[j] - s) + 1.f; m[j] = s; } else { l[j] += expf(s - m[j]); }
       if (kSmem) dst[j * stride + (t - s0)] = s; else stcg(dst + j * stride + (t - s0), s);
     }
   }
+}
+
+// Block-wide (max, sum) of per-thread online softmax statistics; every thread gets the result.
+__device__ void block_softmax_stats(float m, float l, float* red, float& M, float& L) {
+  M = block_max(m, red);
+  L = block_sum(m == NEG_INF ? 0.f : l * expf(m - M), red);
 }
 
 // Accumulate sum_t rnd(exp(s - M) / L) * V[t] over [s0, s1) into acc[j][VEC] for this thread's vector.
@@ -425,7 +434,7 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
     }
     __syncthreads();
     if (tp < np) {
-#pragma unroll 4
+#pragma unroll 8
       for (int t = tp; t < n; t += np) {
         float f[VEC];
         unpack(__ldcg(reinterpret_cast<const uint4*>(vc + (long long)(c0 + t) * AMK_HEAD_DIM) + dv), f);
@@ -511,18 +520,12 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
   const bool in_smem = L <= p.chunk;
   float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + p.kv_head * AMK_GROUP * AMK_MAX_SEQ;
   const int stride = in_smem ? p.chunk : AMK_MAX_SEQ;
-  float m[AMK_GROUP];
-  if (in_smem) scores_pass<true>(kc, qs, 0, L, sc, stride, m); else scores_pass<false>(kc, qs, 0, L, sc, stride, m);
+  float m[AMK_GROUP], l[AMK_GROUP];
+  if (in_smem) scores_pass<true>(kc, qs, 0, L, sc, stride, m, l); else scores_pass<false>(kc, qs, 0, L, sc, stride, m, l);
   for (int j = 0; j < AMK_GROUP; ++j) {
-    const float mj = block_max(m[j], c.red);
-    if (threadIdx.x == 0) M[j] = mj;
-  }
-  __syncthreads();
-  for (int j = 0; j < AMK_GROUP; ++j) {
-    float s = 0.f;
-    for (int t = threadIdx.x; t < L; t += AMK_THREADS) s += expf((in_smem ? sc[j * stride + t] : ldcg(sc + j * stride + t)) - M[j]);
-    s = block_sum(s, c.red);
-    if (threadIdx.x == 0) Ls[j] = s;
+    float mj, lj;
+    block_softmax_stats(m[j], l[j], c.red, mj, lj);
+    if (threadIdx.x == 0) { M[j] = mj; Ls[j] = lj; }
   }
   __syncthreads();
   float acc[AMK_GROUP][VEC];
@@ -540,7 +543,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
     __syncthreads();
     const int dv = threadIdx.x % HD_VECS, tp = threadIdx.x / HD_VECS, np = AMK_THREADS / HD_VECS;
     if (tp < np) {
-#pragma unroll 4
+#pragma unroll 8
       for (int t = tp; t < L; t += np) {
         float f[VEC];
         unpack(__ldcg(reinterpret_cast<const uint4*>(vc + (long long)t * AMK_HEAD_DIM) + dv), f);
@@ -568,15 +571,13 @@ __device__ void op_attn_scores(const Ctx& c, const AttnScoresParams& p) {
   const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
   const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head);
   float* sc = buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
-  float m[AMK_GROUP];
-  scores_pass<false>(kc, qs, s0, s1, sc, cap, m);
+  float m[AMK_GROUP], l[AMK_GROUP];
+  scores_pass<false>(kc, qs, s0, s1, sc, cap, m, l);
   float* stats = buf<float>(c, p.stats) + p.stats_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * 2;
   for (int j = 0; j < AMK_GROUP; ++j) {
-    const float mj = block_max(m[j], c.red);
-    float s = 0.f;
-    for (int t = s0 + threadIdx.x; t < s1; t += AMK_THREADS) s += expf(ldcg(sc + j * cap + (t - s0)) - mj);
-    s = block_sum(s, c.red);
-    if (threadIdx.x == 0) { stcg(stats + 2 * j, s1 > s0 ? mj : NEG_INF); stcg(stats + 2 * j + 1, s1 > s0 ? s : 0.f); }
+    float mj, lj;
+    block_softmax_stats(m[j], l[j], c.red, mj, lj);
+    if (threadIdx.x == 0) { stcg(stats + 2 * j, s1 > s0 ? mj : NEG_INF); stcg(stats + 2 * j + 1, s1 > s0 ? lj : 0.f); }
   }
 }
 
