@@ -123,7 +123,7 @@ def time_eager(model, context: int, steps: int = 30) -> dict:
         tok = torch.ones(1, 1, dtype=torch.long, device=dev)
         pos = [context]
 
-        def step():
+        def step(tok=tok, cache=cache, pos=pos):
             out = hf(tok, past_key_values=cache, use_cache=True, position_ids=torch.tensor([[pos[0]]], device=dev))
             tok.copy_(out.logits[:, -1].argmax(-1, keepdim=True))
             pos[0] += 1
