@@ -130,6 +130,21 @@ def _cycle_witness(preds, left: set[int], n, queue_edge) -> list[tuple[int, bool
     return out
 
 
+def report_cycle(program, graph: DepGraph, report, tname) -> None:
+    """CYCLE when the witness runs through counters alone, else QUEUE_ORDER naming the SM and two tasks."""
+    n, cyc = graph.n_tasks, graph.cycle
+    task_ids = [v for v, _ in cyc if v < n]
+    names = program.counters
+    hops = " -> ".join(tname(v) if v < n else f"counter {v - n} ({names[v - n].name})" for v, _ in cyc)
+    q = next(((v, cyc[(i + 1) % len(cyc)][0]) for i, (v, is_q) in enumerate(cyc) if is_q), None)
+    if q is None:
+        report("CYCLE", f"deadlock: tasks wait on each other's counters: {hops} -> back", tuple(task_ids))
+        return
+    a, b = q
+    report("QUEUE_ORDER", f"SM {graph.queue_edge[q]} runs {tname(a)} before {tname(b)}, but {tname(b)} must "
+           f"happen before {tname(a)}: deadlock cycle {hops} -> back", (a, b, *(t for t in task_ids if t not in q)))
+
+
 def reach_sets(graph: DepGraph) -> list[int]:
     """Per task: the bitset of tasks that happen before it, itself included."""
     n, preds, qpreds = graph.n_tasks, graph.preds, graph.qpreds
@@ -191,6 +206,30 @@ def collect(program, on_error) -> dict[object, Groups]:
         except Exception as e:  # noqa: BLE001 - reported by the caller
             on_error(tid, e)
     return per
+
+
+def check_regions(program, per: dict[object, Groups], report, tname) -> None:
+    """Bounds of every distinct (buffer, access, range), and that nothing writes a weight."""
+    bufs = program.buffers
+    nb = len(bufs)
+    verbs = ("reads", "writes", "prefetches")
+
+    def who(tids) -> str:
+        return tname(tids[0]) + (f" (and {len(tids) - 1} more tasks)" if len(tids) > 1 else "")
+
+    for bid, groups in per.items():
+        if not (isinstance(bid, int) and 0 <= bid < nb):
+            for (_, w, _, _), tids in groups.items():
+                report("ABI", f"{who(tids)} {verbs[w]} buffer id {bid!r}, which does not exist", tids[:2])
+            continue
+        b = bufs[bid]
+        numel, is_weight = b.numel, b.kind == BufferKind.WEIGHT
+        for (_, w, s, e), tids in groups.items():
+            if s < 0 or e < s or e > numel:
+                report("OUT_OF_BOUNDS", f"{who(tids)} {verbs[w]} {b.name}[{s}:{e}), outside [0, {numel})",
+                       tids[:2], (b.name,))
+            if w == 1 and is_weight:
+                report("OUT_OF_BOUNDS", f"{who(tids)} writes the weight buffer {b.name}", tids[:2], (b.name,))
 
 
 def sweep(program, per: dict[object, Groups], reach: list[int], report, tname) -> None:

@@ -78,7 +78,7 @@ def plan_stages(graph: Graph, config: ScheduleConfig) -> list[Stage]:
         return st
 
     def inst(name: str, layer: int) -> str:
-        return name if name in ("x", "logits", "token") else f"L{layer}.{name}"
+        return name if layer < 0 or name in ("x", "logits", "token") else f"L{layer}.{name}"
 
     i = 0
     while i < len(ops):

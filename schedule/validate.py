@@ -24,7 +24,6 @@ import numpy as np
 from . import hazards, tile
 from . import opcodes as oc
 from .opcodes import Epilogue, Opcode
-from .program import BufferKind
 from .targets import get_target
 
 
@@ -101,15 +100,9 @@ class _Report:
 
     def tname(self, tid) -> str:
         try:
-            return f"task {tid} ({self.program.tasks[tid].kind})"
+            return f"task {tid} ({self.program.tasks[tid].kind})" if tid >= 0 else f"task {tid}"
         except Exception:
             return f"task {tid}"
-
-    def bname(self, bid) -> str:
-        try:
-            return self.program.buffers[bid].name if 0 <= bid < len(self.program.buffers) else f"#{bid}"
-        except Exception:
-            return f"#{bid}"
 
     @property
     def total(self) -> int:
@@ -151,7 +144,7 @@ def _validate(program, target, rep: _Report) -> None:
     _guarded(rep, "tasks", _check_tasks, program, target, rep)
     per = _guarded(rep, "regions", hazards.collect, program, lambda tid, e: _malformed(rep, tid, e))
     if per is not None:
-        _guarded(rep, "regions", _check_regions, program, per, rep)
+        _guarded(rep, "regions", hazards.check_regions, program, per, rep.add, rep.tname)
     n0 = rep.total
     _guarded(rep, "counters", _check_counters, program, rep)
     counters_ok = rep.total == n0
@@ -159,7 +152,7 @@ def _validate(program, target, rep: _Report) -> None:
     if graph is None:
         return
     if not graph.acyclic:
-        _guarded(rep, "deadlock", _report_cycle, graph, rep)
+        _guarded(rep, "deadlock", hazards.report_cycle, program, graph, rep.add, rep.tname)
         return
     if counters_ok:
         reach = _guarded(rep, "happens-before", hazards.reach_sets, graph)
@@ -206,6 +199,8 @@ def _check_structure(program, target, rep: _Report) -> None:
     for tid, t in enumerate(tasks):
         if t.id != tid:
             rep.add(IssueKind.ABI, f"task at index {tid} has id {t.id}", tasks=(tid,))
+        if not isinstance(t.stage, int):
+            rep.add(IssueKind.ABI, f"{rep.tname(tid)} has stage {t.stage!r}, not an integer", tasks=(tid,))
         sm = t.sm
         if not (isinstance(sm, int) and 0 <= sm < nsm) or (target is not None and sm >= target.sm_count):
             lim = nsm if target is None else min(nsm, target.sm_count)
@@ -373,32 +368,6 @@ def _malformed(rep: _Report, tid: int, exc: BaseException) -> None:
     rep.add(IssueKind.ABI, f"{rep.tname(tid)} is malformed: {last}", tasks=(tid,))
 
 
-def _check_regions(program, per: dict, rep: _Report) -> None:
-    """Bounds of every distinct (buffer, access, range), and that nothing writes a weight."""
-    bufs = program.buffers
-    nb = len(bufs)
-    verbs = ("reads", "writes", "prefetches")
-
-    def who(tids) -> str:
-        return rep.tname(tids[0]) + (f" (and {len(tids) - 1} more tasks)" if len(tids) > 1 else "")
-
-    for bid, groups in per.items():
-        if not (isinstance(bid, int) and 0 <= bid < nb):
-            for (_, w, _, _), tids in groups.items():
-                rep.add(IssueKind.ABI, f"{who(tids)} {verbs[w]} buffer id {bid!r}, which does not exist",
-                        tasks=tids[:2])
-            continue
-        b = bufs[bid]
-        numel, is_weight = b.numel, b.kind == BufferKind.WEIGHT
-        for (_, w, s, e), tids in groups.items():
-            if s < 0 or e < s or e > numel:
-                rep.add(IssueKind.OUT_OF_BOUNDS, f"{who(tids)} {verbs[w]} {b.name}[{s}:{e}), outside "
-                        f"[0, {numel})", tasks=tids[:2], buffers=(b.name,))
-            if w == 1 and is_weight:
-                rep.add(IssueKind.OUT_OF_BOUNDS, f"{who(tids)} writes the weight buffer {b.name}", tasks=tids[:2],
-                        buffers=(b.name,))
-
-
 # ---- 3. counters ------------------------------------------------------------------------------------
 def _check_counters(program, rep: _Report) -> None:
     counters = program.counters
@@ -433,22 +402,3 @@ def _check_counters(program, rep: _Report) -> None:
             elif n < cn.producers and cn.producers > 1:
                 rep.add(IssueKind.PARTIAL_WAIT, f"{rep.tname(tid)} waits for {n} of the {cn.producers} producers "
                         f"of counter {cid} ({cn.name}); the count cannot say which finished", tasks=(tid,))
-
-
-# ---- 4. deadlock ------------------------------------------------------------------------------------
-def _report_cycle(graph: hazards.DepGraph, rep: _Report) -> None:
-    n = graph.n_tasks
-    cyc = graph.cycle
-    task_ids = [v for v, _ in cyc if v < n]
-    names = rep.program.counters
-    hops = " -> ".join(rep.tname(v) if v < n else f"counter {v - n} ({names[v - n].name})" for v, _ in cyc)
-    q = next(((v, cyc[(i + 1) % len(cyc)][0]) for i, (v, is_q) in enumerate(cyc) if is_q), None)
-    if q is not None:
-        a, b = q
-        sm = graph.queue_edge[(a, b)]
-        rep.add(IssueKind.QUEUE_ORDER, f"SM {sm} runs {rep.tname(a)} before {rep.tname(b)}, but {rep.tname(b)} "
-                f"must happen before {rep.tname(a)}: deadlock cycle {hops} -> back",
-                tasks=(a, b, *(t for t in task_ids if t not in (a, b))))
-    else:
-        rep.add(IssueKind.CYCLE, f"deadlock: tasks wait on each other's counters: {hops} -> back",
-                tasks=tuple(task_ids))

@@ -1,0 +1,328 @@
+"""validate(): default lowered programs pass; one planted bug per issue class is caught and named."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+
+import pytest
+from transformers import AutoConfig
+
+from amk.schedule import DType, ModelDims, lower_dims
+from amk.schedule.opcodes import Opcode
+from amk.schedule.program import BufferKind, Counter, Region, Wait
+from amk.schedule.validate import IssueKind, ValidationResult, validate
+
+CONFIGS = "/work/main/amk/models/configs"
+
+
+@functools.cache
+def _lowered(name: str, dtype: DType = DType.F32):
+    with open(f"{CONFIGS}/{name}.json") as f:
+        cfg = AutoConfig.for_model(**json.load(f))
+    return lower_dims(ModelDims.from_hf_config(cfg), dtype, "h100-sxm", config=None)
+
+
+def fresh(name: str = "toy", dtype: DType = DType.F32):
+    return copy.deepcopy(_lowered(name, dtype))
+
+
+def issues_of(r: ValidationResult, kind: IssueKind):
+    return [i for i in r.issues if i.kind == kind]
+
+
+def tname(prog, tid: int) -> str:
+    return f"task {tid} ({prog.tasks[tid].kind})"
+
+
+def assert_caught(prog, kind: IssueKind, tasks=(), buffers=(), target=None):
+    r = validate(prog, target)
+    assert not r.ok
+    found = issues_of(r, kind)
+    assert found, f"expected {kind}, got {[(i.kind, i.message) for i in r.issues]}"
+    for i in found:
+        if all(tname(prog, t) in i.message and t in i.tasks for t in tasks) and \
+                all(b in i.message and b in i.buffers for b in buffers):
+            return i
+    raise AssertionError(f"no {kind} issue names tasks {tasks} and buffers {buffers}: "
+                         f"{[i.message for i in found]}")
+
+
+def set_queues(prog, queues):
+    prog.queues = [list(q) for q in queues]
+    for sm, q in enumerate(prog.queues):
+        for pos, tid in enumerate(q):
+            prog.tasks[tid].sm, prog.tasks[tid].queue_pos = sm, pos
+
+
+def signallers(prog, cid: int) -> list[int]:
+    return [t.id for t in prog.tasks if cid in t.signals]
+
+
+# ---- default programs ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["toy", "toy-2L", "llama-3.2-1b"])
+@pytest.mark.parametrize("dtype", [DType.F32, DType.BF16])
+def test_default_programs_validate_ok(name, dtype):
+    r = validate(_lowered(name, dtype), "h100-sxm")
+    assert r.ok, r.first_message()
+    assert r.issues == [] and r.first_message() == ""
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["ok"] is True and d["issues"] == []
+
+
+def test_llama_validate_is_fast():
+    prog = _lowered("llama-3.2-1b", DType.BF16)
+    assert len(prog.tasks) > 5000
+    best = min(validate(prog).seconds for _ in range(3))
+    assert best < 1.0, best  # about 0.15 s on a 2-core machine; the budget is 0.3 s
+
+
+def test_validate_does_not_mutate():
+    prog = fresh()
+    before = prog.to_json()
+    validate(prog, "h100-sxm")
+    assert prog.to_json() == before
+
+
+# ---- 4. deadlock -------------------------------------------------------------------------------------
+def test_cycle_two_tasks_wait_on_each_other():
+    prog = fresh()
+    a = next(t for t in prog.tasks if t.kind == "o")
+    b = next(t for t in prog.tasks if t.kind == "gate_up" and t.sm != a.sm)
+    cx, cy = len(prog.counters), len(prog.counters) + 1
+    prog.counters += [Counter(cx, "planted.x", 1), Counter(cy, "planted.y", 1)]
+    a.signals += (cx,)
+    b.waits += (Wait(cx, 1),)
+    b.signals += (cy,)
+    a.waits += (Wait(cy, 1),)
+    i = assert_caught(prog, IssueKind.CYCLE, tasks=(a.id, b.id))
+    assert "planted.y" in i.message and i.message.startswith("deadlock")
+
+
+def test_queue_order_contradicts_dag():
+    prog = fresh()
+    sm, i, j = next((sm, i, j) for sm, q in enumerate(prog.queues) for i in range(len(q))
+                    for j in range(i + 1, len(q))
+                    if any(w.counter in prog.tasks[q[i]].signals for w in prog.tasks[q[j]].waits))
+    q = prog.queues[sm]
+    producer, consumer = q[i], q[j]
+    queues = [list(x) for x in prog.queues]
+    queues[sm][i], queues[sm][j] = consumer, producer
+    set_queues(prog, queues)
+    issue = assert_caught(prog, IssueKind.QUEUE_ORDER, tasks=(producer, consumer))
+    assert f"SM {sm}" in issue.message
+    assert issue.tasks[:2] == (consumer, producer)
+
+
+# ---- 3. counters -------------------------------------------------------------------------------------
+def test_unsatisfiable_wait():
+    prog = fresh()
+    t = next(t for t in prog.tasks if t.waits)
+    w = t.waits[0]
+    t.waits = (Wait(w.counter, w.count + 1),) + t.waits[1:]
+    i = assert_caught(prog, IssueKind.UNSATISFIABLE_WAIT, tasks=(t.id,))
+    assert prog.counters[w.counter].name in i.message
+
+
+def test_wait_on_missing_counter_and_wrong_producers():
+    prog = fresh()
+    t = next(t for t in prog.tasks if t.waits)
+    t.waits = (Wait(10_000, 1),)
+    assert_caught(prog, IssueKind.UNSATISFIABLE_WAIT, tasks=(t.id,))
+    prog = fresh()
+    c = prog.counters[0]
+    prog.counters[0] = dataclasses.replace(c, producers=c.producers + 1)
+    i = assert_caught(prog, IssueKind.UNSATISFIABLE_WAIT)
+    assert c.name in i.message
+
+
+def test_partial_wait():
+    prog = fresh()
+    t, k = next((t, k) for t in prog.tasks for k, w in enumerate(t.waits) if prog.counters[w.counter].producers > 1)
+    w = t.waits[k]
+    t.waits = t.waits[:k] + (Wait(w.counter, w.count - 1),) + t.waits[k + 1:]
+    i = assert_caught(prog, IssueKind.PARTIAL_WAIT, tasks=(t.id,))
+    assert prog.counters[w.counter].name in i.message
+
+
+# ---- 5. hazards --------------------------------------------------------------------------------------
+def _drop_waits_until(kind_of_task: str, expected: IssueKind, keep=lambda prog, w: False, buffer=None):
+    """Drop the waits of one task of `kind_of_task` at a time (keeping those `keep` says) until the
+    validator reports `expected` for it: some tasks are still ordered through their SM queue."""
+    base = _lowered("toy")
+    for t in base.tasks:
+        if t.kind != kind_of_task or not t.waits:
+            continue
+        prog = fresh()
+        prog.tasks[t.id].waits = tuple(w for w in t.waits if keep(prog, w))
+        r = validate(prog)
+        for i in issues_of(r, expected):
+            if tname(prog, t.id) in i.message and t.id in i.tasks and (buffer is None or buffer in i.buffers):
+                return prog, t.id, i
+    raise AssertionError(f"dropping waits of no {kind_of_task} task gave {expected}")
+
+
+def test_read_with_no_happens_before_writer():
+    prog, tid, issue = _drop_waits_until("o", IssueKind.RACE_NO_WRITER, buffer="arena")
+    writer = next(t for t in issue.tasks if t != tid)
+    assert prog.tasks[writer].kind in ("attention_combine", "attention_values", "attention")
+    assert tname(prog, writer) in issue.message
+
+
+def test_kv_read_before_append():
+    prog, tid, issue = _drop_waits_until(
+        "attention", IssueKind.KV_READ_BEFORE_APPEND,
+        keep=lambda prog, w: not prog.counters[w.counter].name.startswith("qkv"), buffer="kcache")
+    assert prog.tasks[tid].opcode in (Opcode.ATTN_SCORES, Opcode.ATTN_DECODE)
+    assert any(prog.tasks[t].kind == "qkv" for t in issue.tasks)
+
+
+def test_scratch_reuse_clobbers_a_live_value():
+    """The first QKV task's q head is placed over x, which the other QKV tasks of its stage still read."""
+    prog = fresh()
+    t = next(t for t in prog.tasks if t.kind == "qkv")
+    arena = prog.buffer("arena").id
+    x = next(r for r in t.reads if r.buffer == arena and r.length == prog.constants.hidden)
+    q = t.writes[0]
+    assert q.buffer == arena and q.start != x.start
+    t.writes = (Region(arena, x.start, q.length),) + t.writes[1:]
+    t.params = dataclasses.replace(t.params, epi=dataclasses.replace(t.params.epi, out_off=x.start))
+    issue = assert_caught(prog, IssueKind.CLOBBER, tasks=(t.id,), buffers=("arena",))
+    other = next(o for o in issue.tasks if o != t.id)
+    assert prog.tasks[other].kind == "qkv" and "read" in issue.message
+
+
+def test_same_stage_overlapping_writes_clobber():
+    prog = fresh()
+    a, b = [t for t in prog.tasks if t.kind == "gate_up"][:2]
+    b.writes = (a.writes[0],) + b.writes[1:]
+    assert_caught(prog, IssueKind.CLOBBER, tasks=(a.id, b.id), buffers=("arena",))
+
+
+# ---- 1 and 2. structure, ABI, bounds ------------------------------------------------------------------
+def test_sm_out_of_range():
+    prog = fresh()
+    t = prog.tasks[-1]
+    t.sm = 999
+    assert_caught(prog, IssueKind.SM_OUT_OF_RANGE, tasks=(t.id,))
+
+    prog = fresh()
+    queues = [list(q) for q in prog.queues] + [[] for _ in range(8)]
+    tid = prog.tasks[-1].id
+    queues[prog.tasks[-1].sm].remove(tid)
+    queues[135].append(tid)
+    set_queues(prog, queues)
+    assert validate(prog).ok  # 140 SMs are fine in the abstract...
+    assert_caught(prog, IssueKind.SM_OUT_OF_RANGE, tasks=(tid,), target="h100-sxm")  # ...not on an H100
+
+
+def test_abi_too_many_waits():
+    prog = fresh()
+    t = next(t for t in prog.tasks if t.waits)
+    t.waits = t.waits * 7
+    i = assert_caught(prog, IssueKind.ABI, tasks=(t.id,))
+    assert "waits" in i.message
+
+
+def test_abi_param_exceeds_int32():
+    prog = fresh()
+    t = next(t for t in prog.tasks if t.opcode == Opcode.EMBED)
+    t.params = dataclasses.replace(t.params, out_off=2**31)
+    i = assert_caught(prog, IssueKind.ABI, tasks=(t.id,))
+    assert "out_off" in i.message and "int32" in i.message
+
+
+def test_abi_smem_too_small():
+    prog = fresh()
+    prog.smem_per_block = 1024
+    r = validate(prog)
+    smem = [i for i in issues_of(r, IssueKind.ABI) if "shared memory" in i.message]
+    assert smem and any(prog.tasks[i.tasks[0]].opcode == Opcode.MATVEC for i in smem)
+    prog = fresh()
+    prog.smem_per_block = 300 * 1024
+    assert validate(prog).ok
+    i = assert_caught(prog, IssueKind.ABI, target="h100-sxm")
+    assert "smem_per_block" in i.message
+
+
+def test_abi_threads_and_param_buffer_ids():
+    prog = fresh()
+    prog.threads_per_block = 100
+    assert_caught(prog, IssueKind.ABI)
+    prog = fresh()
+    t = next(t for t in prog.tasks if t.opcode == Opcode.MATVEC)
+    t.params = dataclasses.replace(t.params, weight=len(prog.buffers) + 3)
+    i = assert_caught(prog, IssueKind.ABI, tasks=(t.id,))
+    assert "weight" in i.message
+
+
+def test_abi_rope_kv_must_cover_whole_heads():
+    prog = fresh()
+    t = next(t for t in prog.tasks if t.kind == "qkv")
+    t.params = dataclasses.replace(t.params, rows=t.params.rows - 1)
+    i = assert_caught(prog, IssueKind.ABI, tasks=(t.id,))
+    assert "ROPE_KV" in i.message
+
+
+def test_out_of_bounds_region():
+    prog = fresh()
+    t = next(t for t in prog.tasks if t.kind == "qkv")
+    r = t.reads[0]
+    numel = prog.buffers[r.buffer].numel
+    t.reads = (Region(r.buffer, numel - 1, 2),) + t.reads[1:]
+    name = prog.buffers[r.buffer].name
+    i = assert_caught(prog, IssueKind.OUT_OF_BOUNDS, tasks=(t.id,), buffers=(name,))
+    assert str(numel) in i.message
+
+
+def test_write_to_weight_is_rejected():
+    prog = fresh()
+    t = next(t for t in prog.tasks if t.kind == "o")
+    w = next(r for r in t.reads if prog.buffers[r.buffer].kind == BufferKind.WEIGHT)
+    t.writes = t.writes + (w,)
+    assert_caught(prog, IssueKind.OUT_OF_BOUNDS, tasks=(t.id,), buffers=(prog.buffers[w.buffer].name,))
+
+
+# ---- never raises ------------------------------------------------------------------------------------
+def _garbage_programs():
+    def edit(fn):
+        prog = fresh()
+        fn(prog)
+        return prog
+
+    yield "params None", edit(lambda p: setattr(p.tasks[1], "params", None)), IssueKind.ABI
+    yield "negative buffer", edit(lambda p: setattr(p.tasks[1], "reads", (Region(-5, 0, 1),))), IssueKind.ABI
+    yield "region None", edit(lambda p: setattr(p.tasks[2], "writes", (None,))), IssueKind.ABI
+    yield "queue junk", edit(lambda p: p.queues[0].append("x")), IssueKind.ABI
+    yield "wait junk", edit(lambda p: setattr(p.tasks[3], "waits", (Wait(None, None),))), None
+    yield "stage None", edit(lambda p: setattr(p.tasks[4], "stage", None)), None
+    yield "task None", edit(lambda p: p.tasks.append(None)), None
+    yield "no constants", edit(lambda p: setattr(p, "constants", None)), None
+    yield "None", None, IssueKind.INTERNAL
+    yield "object", object(), IssueKind.INTERNAL
+
+
+@pytest.mark.parametrize("label,prog,kind", list(_garbage_programs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_never_raises_on_garbage(label, prog, kind):
+    r = validate(prog, "h100-sxm")
+    assert not r.ok and r.issues, label
+    if kind is not None:
+        assert issues_of(r, kind), [(i.kind, i.message) for i in r.issues]
+    json.dumps(r.to_dict())
+    assert r.first_message()
+
+
+def test_unknown_target_is_an_issue():
+    r = validate(fresh(), "no-such-gpu")
+    assert not r.ok and r.issues[0].kind == IssueKind.ABI and "no-such-gpu" in r.first_message()
+
+
+def test_issue_flood_is_capped():
+    prog = fresh("llama-3.2-1b", DType.BF16)
+    for t in prog.tasks:
+        t.waits = ()
+    r = validate(prog)
+    assert not r.ok and len(r.issues) <= 20 * len(IssueKind)
+    assert sum(r.suppressed.values()) > 0
