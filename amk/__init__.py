@@ -24,8 +24,38 @@ def verify(program, model, device="cpu", vm="reference", cases="full", **kw):
     return _verify(program, model, device=device, vm=vm, cases=cases, **kw)
 
 
+def propose(model, gpu, incumbent=None, **kw):
+    """The incumbent config, the schema path and the search space for `gpu` (see HARNESS.md)."""
+    from amk.harness.propose import propose as _propose
+
+    return _propose(model, gpu, incumbent=incumbent, **kw)
+
+
+def evaluate(model, gpu, config, device="auto", cases=None, seed=0, **kw):
+    """One config's verdict as a JSON-able dict; malformed configs come back valid=false (see HARNESS.md)."""
+    from amk.harness.evaluate import evaluate as _evaluate
+
+    return _evaluate(model, gpu, config, device=device, cases=cases, seed=seed, **kw)
+
+
+def loop(model, gpu, budget=None, minutes=None, seed=0, device="auto", results="results.tsv",
+         corpus="corpus.jsonl", resume=False, max_reverts=20, progress=None, **kw):
+    """Keep/revert hill climbing; writes results.tsv and corpus.jsonl; returns a summary dict."""
+    from amk.harness.loop import loop as _loop
+
+    return _loop(model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
+                 corpus=corpus, resume=resume, max_reverts=max_reverts, progress=progress, **kw)
+
+
+def generate(model, prompt, max_new_tokens=32, config=None, device="auto", **kw):
+    """Greedy generation through the megakernel (ReferenceVM where there is no GPU)."""
+    from amk.generate import generate as _generate
+
+    return _generate(model, prompt, max_new_tokens=max_new_tokens, config=config, device=device, **kw)
+
+
 __all__ = [
     "AmkError", "ConfigError", "GpuTarget", "MegakernelProgram", "Model", "ScheduleConfig", "UnknownModelError",
-    "UnsupportedModelError", "VmError", "detect_target", "get_target", "list_models", "load_model", "lower",
-    "validate", "verify",
+    "UnsupportedModelError", "VmError", "detect_target", "evaluate", "get_target", "list_models", "load_model",
+    "loop", "lower", "propose", "validate", "verify", "generate",
 ]

@@ -114,20 +114,36 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     return VerifyResult(results, str(device), vm, program.fingerprint(), time.perf_counter() - t0)
 
 
+class HigherPrecision:
+    """Logits of the case from the higher-precision eager copy, computed on first use (an fp64 copy of a
+    1B model is 10 GB: only build it when a step needs it)."""
+
+    def __init__(self, model, inputs: CaseInputs, greedy: list[int]):
+        self.model, self.inputs, self.greedy = model, inputs, greedy
+        self._logits: list[torch.Tensor] | None = None
+
+    def __call__(self) -> list[torch.Tensor]:
+        if self._logits is None:
+            fed = CaseInputs(self.inputs.prefix_k, self.inputs.prefix_v, self.inputs.tokens + self.greedy[:-1])
+            dt = torch.float64 if self.model.dtype == torch.float32 else torch.float32
+            self._logits, _ = eager_decode(self.model.accuracy_eager(), fed, 0, dtype=dt)
+        return self._logits
+
+
 def eager_reference(model, case: VerifyCase, max_seq: int):
+    """(eager logits per step, eager greedy tokens, callable giving higher-precision logits per step)."""
     inputs = case_inputs(case, model.dims, model.dtype, max_seq)
     logits, greedy = eager_decode(model.eager, inputs, case.generate)
-    fed = CaseInputs(inputs.prefix_k, inputs.prefix_v, inputs.tokens + greedy[:-1])
-    hi_dtype = torch.float64 if model.dtype == torch.float32 else torch.float32
-    hi, _ = eager_decode(model.accuracy_eager(), fed, 0, dtype=hi_dtype)
-    return logits, greedy, hi
+    return logits, greedy, HigherPrecision(model, inputs, greedy)
 
 
 def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult:
     res = CaseResult(case.name, False, tokens_expected=case.generate)
     try:
         inputs = case_inputs(case, model.dims, model.dtype, max_seq)
-        golden, greedy, hi = ref(case)
+        golden, greedy, hi_src = ref(case)
+        hi_fn = hi_src if callable(hi_src) or hi_src is None else (lambda: hi_src)
+        half = model.dtype != torch.float32
         machine.reset()
         machine.load_kv_prefix(inputs.prefix_k, inputs.prefix_v)
         failures: list[str] = []
@@ -140,6 +156,7 @@ def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult
             rec = {"step": step, **{k: c.to_dict()[k] for k in ("mere", "mare", "top1_match", "nonfinite")}}
             rec["top1"] = rec.pop("top1_match")
             ok = c.passed
+            hi = hi_fn() if (half or not ok) and hi_fn is not None else None
             if hi is not None and step < len(hi):
                 ours, theirs = compare(logits, hi[step], model.dtype), compare(golden[step], hi[step], model.dtype)
                 rec.update(mere_hi=ours.mere, mare_hi=ours.mare, eager_mere_hi=theirs.mere, eager_mare_hi=theirs.mare)
@@ -152,7 +169,7 @@ def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult
                     err = float((logits.double() - hi[step].double()).abs().max())
                     rec["max_abs_err_hi"] = err
                     ok = ours.nonfinite == 0 and ours.mere < tol and err <= FP32_ULPS * 2.0 ** -23 * scale
-            if hi is not None and step < len(hi) and model.dtype != torch.float32:
+            if hi is not None and step < len(hi) and half:
                 fp32 = hi
                 rec["kl"] = kl_divergence(fp32[step], logits)
                 rec["kl_eager"] = kl_divergence(fp32[step], golden[step])

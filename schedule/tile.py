@@ -40,9 +40,11 @@ def attention_chunk(smem_per_block: int, dims: ModelDims) -> int:
     return max(32, min(4096, room // (4 * dims.group)) // 32 * 32)
 
 
-def attention_smem_bytes(chunk: int, dims: ModelDims) -> int:
-    """Shared memory of an attention task: q, (max, sum), the output and one chunk of probabilities."""
-    return SMEM_RESERVED + (2 * dims.group * dims.head_dim + 2 * dims.group + dims.group * chunk) * 4
+def attention_smem_bytes(chunk: int, dims, threads: int = 1024) -> int:
+    """Shared memory of an attention task: q, (max, sum), the output, and one chunk of probabilities, an area
+    the value reduction reuses for one partial output per warp."""
+    area = max(dims.group * chunk, threads // 32 * dims.group * dims.head_dim)
+    return SMEM_RESERVED + (2 * dims.group * dims.head_dim + 2 * dims.group + area) * 4
 
 
 def matvec_smem_bytes(klen: int, rows_computed: int) -> int:

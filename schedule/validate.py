@@ -327,7 +327,8 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             detail = (width, nrows)
         elif "chunk" in ix:  # attention: q of the group plus a chunk of scores
             group = c.n_heads // c.n_kv_heads
-            need, what, detail = _attention_smem(col["chunk"], group, hd), "a chunk of {} positions", (col["chunk"],)
+            need = _attention_smem(col["chunk"], group, hd, program.threads_per_block)
+            what, detail = "a chunk of {} positions", (col["chunk"],)
         else:
             need = None
     except Exception as e:  # noqa: BLE001 - the tiler's formulas changed shape
@@ -357,10 +358,9 @@ def _matvec_smem(width: int, rows: int) -> int:
     return tile.matvec_smem_bytes(width)
 
 
-def _attention_smem(chunk: int, group: int, head_dim: int) -> int:
-    if hasattr(tile, "attention_smem_bytes"):
-        return tile.attention_smem_bytes(chunk, SimpleNamespace(group=group, head_dim=head_dim))
-    return tile.SMEM_RESERVED + group * head_dim * 4 + chunk * group * 4
+def _attention_smem(chunk, group: int, head_dim: int, threads: int):
+    dims = SimpleNamespace(group=group, head_dim=head_dim)
+    return np.asarray([tile.attention_smem_bytes(int(k), dims, threads) for k in np.atleast_1d(chunk)])
 
 
 def _malformed(rep: _Report, tid: int, exc: BaseException) -> None:

@@ -1,0 +1,103 @@
+"""Greedy generation through the megakernel (or the ReferenceVM on a machine without a GPU)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from amk.schedule.errors import ProgramError
+
+
+@dataclass
+class Generation:
+    text: str | None
+    tokens: list[int]
+    prompt_tokens: list[int]
+    vm: str
+    device: str
+    seconds: float
+    decode_tokens_per_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str = "auto", gpu=None,
+             max_seq: int | None = None, stop_at_eos: bool = True) -> Generation:
+    """Prefill `prompt` (text, or token ids) one token per step through the VM, keeping the KV cache on the
+    VM, then decode greedily. On the GPU the decode steps run back to back with the token and position
+    advancing on the device; the VM's error word and task count are checked at the end."""
+    import amk
+    from amk.schedule import detect_target, get_target
+    from amk.vm.weights import pack_weights
+
+    dev = _device(device)
+    if isinstance(model, str):
+        model = amk.load_model(model, dtype="bf16" if dev == "cuda" else "fp32", device=dev)
+    if isinstance(prompt, str):
+        if model.tokenizer is None:
+            raise ValueError(f"model {model.name!r} has no tokenizer: pass token ids")
+        ids = model.tokenizer(prompt)["input_ids"]
+    else:
+        ids = [int(t) for t in prompt]
+    if not ids:
+        raise ValueError("empty prompt")
+    need = len(ids) + max_new_tokens
+    max_seq = max_seq or min(model.dims.max_positions, max(256, 1 << (need - 1).bit_length()))
+    if need > max_seq:
+        raise ValueError(f"prompt + {max_new_tokens} new tokens need {need} positions, the program holds {max_seq}")
+    target = (gpu and get_target(gpu)) or (detect_target() if dev == "cuda" else get_target("cpu-sim"))
+    program = amk.lower(model, target, config, max_seq=max_seq)
+    check = amk.validate(program, target)
+    if not check.ok:
+        raise ProgramError(f"the schedule does not validate: {check.first_message()}")
+    weights = pack_weights(model.eager, program, device=dev)
+    t0 = time.perf_counter()
+    if dev == "cuda":
+        from amk.vm.loader import MegakernelVM
+
+        vm = MegakernelVM(program, weights)
+        vm_name = "cuda"
+    else:
+        from amk.vm.reference import ReferenceVM
+
+        vm = ReferenceVM(program, weights, device=dev)
+        vm_name = "reference"
+    vm.reset()
+    nxt = 0
+    for tok in ids:
+        _, nxt = vm.step(tok)
+    out = [nxt]
+    t1 = time.perf_counter()
+    if dev == "cuda" and max_new_tokens > 1:
+        produced = torch.empty(max_new_tokens - 1, dtype=torch.int32, device=vm.device)
+        for i in range(max_new_tokens - 1):
+            vm.launch()  # reads the token the previous step's argmax wrote
+            produced[i].copy_(vm.token[0])
+        vm.check()
+        out += produced.cpu().tolist()
+    else:
+        for _ in range(max_new_tokens - 1):
+            _, nxt = vm.step(nxt)
+            out.append(nxt)
+    t2 = time.perf_counter()
+    eos = getattr(model.hf_config, "eos_token_id", None)
+    eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    if stop_at_eos and eos:
+        cut = next((i for i, t in enumerate(out) if t in eos), None)
+        out = out[: cut + 1] if cut is not None else out
+    text = model.tokenizer.decode(out, skip_special_tokens=True) if model.tokenizer is not None else None
+    decode_s = max(t2 - t1, 1e-9)
+    return Generation(text, out, ids, vm_name, dev, t2 - t0, (max_new_tokens - 1) / decode_s)
