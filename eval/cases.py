@@ -19,10 +19,13 @@ class VerifyCase:
         return asdict(self)
 
 
-def default_cases(max_seq: int, reduced: bool = False, seed: int = 0) -> list[VerifyCase]:
-    """Positions 0, 1, a few hundred and near the context limit, several tokens, and greedy generation."""
+def default_cases(max_seq: int, reduced: bool | str = False, seed: int = 0) -> list[VerifyCase]:
+    """Positions 0, 1, a few hundred and near the context limit, several tokens, and greedy generation.
+    `reduced`: three cases; "smoke": one step after a prefilled cache (the 0.6B-1B models on a CPU)."""
     mid = min(300, max_seq // 2)
     near = max(0, max_seq - 3)
+    if reduced == "smoke":
+        return [VerifyCase(f"pos{min(64, max_seq // 2)}", min(64, max_seq // 2), 1, seed=seed)]
     if reduced:
         return [VerifyCase("pos0", 0, 1, seed=seed), VerifyCase(f"pos{mid}", mid, 2, seed=seed + 1),
                 VerifyCase("greedy8", 0, 3, generate=8, seed=seed + 2)]

@@ -19,8 +19,8 @@ from .compare import compare, kl_divergence, tolerance_for
 MERE_SLACK = 2.0  # rounding noise: a real bug is orders of magnitude off, not a few times
 MARE_SLACK = 4.0  # one element's maximum is noisier than a mean
 FP32_ULPS = 64
-KL_SLACK_FACTOR = 1.25
-KL_SLACK_ABS = 1e-5
+KL_SLACK_FACTOR = 2.0  # two correct bf16 paths differ by ~30% in KL on near-tied steps; a bug is orders off
+KL_SLACK_ABS = 1e-4
 
 
 @dataclass
@@ -99,7 +99,9 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     t0 = time.perf_counter()
     max_seq = program.constants.max_seq
     if isinstance(cases, str):
-        cases = default_cases(max_seq, reduced=(cases == "reduced"))
+        if cases not in ("full", "reduced", "smoke"):
+            raise ValueError(f"cases must be full, reduced, smoke or a list of VerifyCase, got {cases!r}")
+        cases = default_cases(max_seq, reduced=False if cases == "full" else cases)
     results: list[CaseResult] = []
     machine = None
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 from .assign import assign_sms
@@ -31,6 +32,17 @@ def lower_dims(dims: ModelDims, dtype: DType, target: GpuTarget | str, config: S
                max_seq: int | None = None, name: str = "model") -> MegakernelProgram:
     target = get_target(target)
     config = _as_config(config)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # tens of thousands of small objects: collection passes would dominate the lowering time
+    try:
+        return _lower(dims, dtype, target, config, max_seq, name)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleConfig, max_seq: int | None,
+           name: str) -> MegakernelProgram:
     max_seq = int(max_seq or min(dims.max_positions, DEFAULT_MAX_SEQ))
     if max_seq < 1:
         raise LoweringError("max_seq", f"must be >= 1, got {max_seq}")

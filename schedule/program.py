@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,9 +39,9 @@ class Buffer:
         return self.numel * self.dtype.nbytes
 
 
-@dataclass(frozen=True)
-class Region:
-    """Elements [start, start + length) of a buffer, as a task reads or writes them."""
+class Region(NamedTuple):
+    """Elements [start, start + length) of a buffer, as a task reads or writes them. (A tuple: programs hold
+    tens of thousands and lowering must stay well under a second.)"""
 
     buffer: int
     start: int
@@ -51,8 +52,7 @@ class Region:
         return self.start + self.length
 
 
-@dataclass(frozen=True)
-class Wait:
+class Wait(NamedTuple):
     counter: int
     count: int  # wait until the counter has been signalled this many times in this step
 
@@ -64,8 +64,7 @@ class Counter:
     producers: int  # signals per step
 
 
-@dataclass(frozen=True)
-class Prefetch:
+class Prefetch(NamedTuple):
     buffer: int
     start: int
     length: int  # elements
