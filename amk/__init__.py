@@ -49,7 +49,7 @@ def loop(model, gpu, budget=None, minutes=None, seed=0, device="auto", results="
 
 def generate(model, prompt, max_new_tokens=32, config=None, device="auto", **kw):
     """Greedy generation through the megakernel (ReferenceVM where there is no GPU)."""
-    from amk.generate import generate as _generate
+    from amk.generation import generate as _generate
 
     return _generate(model, prompt, max_new_tokens=max_new_tokens, config=config, device=device, **kw)
 
