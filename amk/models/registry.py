@@ -5,6 +5,7 @@ local files; nothing here touches the network."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -79,6 +80,16 @@ class Model:
         if self._fp32 is None:
             self._fp32 = copy.deepcopy(self.eager).float().eval().requires_grad_(False)
         return self._fp32
+
+    def cast(self, dtype) -> Model:
+        """The same model with its weights cast to `dtype` (what load_model gives for that dtype, without a
+        second random initialisation). A cast from fp32 keeps the fp32 model as the accuracy reference."""
+        dt = resolve_dtype(dtype)
+        if self.eager is None:
+            raise ValueError(f"model {self.name!r} was loaded with weights=False")
+        eager = copy.deepcopy(self.eager).to(dt).eval().requires_grad_(False)
+        keep32 = self.eager if self.dtype == torch.float32 else None
+        return dataclasses.replace(self, dtype=dt, eager=eager, _fp32=keep32, _fp64=None)
 
     def accuracy_eager(self):
         """A higher-precision copy with the same weights (fp32 for bf16/fp16, fp64 for fp32): what both the VM
