@@ -93,9 +93,10 @@ def kv_bytes(task: Task, program: MegakernelProgram, context: int) -> int:
 
 def _sm_bytes_per_us(program: MegakernelProgram, target: GpuTarget, coef: CostCoefficients) -> float:
     """Unscaled streaming rate of one SM: its share of the spec bandwidth, capped by the bytes it keeps in
-    flight (threads x loads_in_flight x 16 B over the memory latency)."""
+    flight (threads x loads_in_flight x rows_in_flight x 16 B over the memory latency)."""
     share = target.spec_bandwidth_gbs * 1e3 / max(1, target.sm_count)  # GB/s -> bytes/us
-    in_flight = program.threads_per_block * int(program.build.get("LOADS_IN_FLIGHT", 4)) * LOAD_BYTES
+    loads = int(program.build.get("LOADS_IN_FLIGHT", 4)) * int(program.build.get("ROWS_IN_FLIGHT", 1))
+    in_flight = program.threads_per_block * loads * LOAD_BYTES
     little = in_flight / (coef.memory_latency_ns * 1e-3)
     return min(share, little)
 

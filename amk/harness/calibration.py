@@ -1,0 +1,61 @@
+"""Cost-model calibration from the corpus: fitted coefficients for one GPU once it has enough measured rows,
+and how well the model ranks what was measured (Spearman)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from amk.flywheel.corpus import CorpusEntry, load_corpus
+from amk.schedule.cost import MIN_FIT_ROWS, CostCoefficients, CostModelError, fit, spearman
+
+
+@dataclass(frozen=True)
+class Calibration:
+    coefficients: CostCoefficients
+    measured_rows: int
+    spearman: float | None  # predicted vs measured over the measured rows; None with < 2
+
+    def note(self, gpu: str) -> str:
+        src = (f"fitted on {self.coefficients.fitted_rows} measured {gpu} rows" if self.coefficients.fitted_rows
+               else f"default coefficients ({self.measured_rows} measured {gpu} rows; {MIN_FIT_ROWS} needed to fit)")
+        rank = f"; Spearman(predicted, measured) = {self.spearman:.3f}" if self.spearman is not None else ""
+        return f"cost model: {src}{rank}"
+
+
+def measured_rows(entries: list[CorpusEntry], gpu: str) -> list[dict]:
+    rows = []
+    for e in entries:
+        v = e.verdict
+        if e.gpu != gpu or v.get("latency_kind") != "measured-gpu" or e.latency_us is None:
+            continue
+        cost = v.get("cost") or {}
+        rows.append({"features": cost.get("features"), "latency_us": e.latency_us,
+                     "predicted_us": v.get("predicted_latency_us")})
+    return rows
+
+
+def calibrate(entries: list[CorpusEntry], gpu: str) -> Calibration:
+    rows = measured_rows(entries, gpu)
+    try:
+        coef = fit(rows)
+    except CostModelError:
+        coef = CostCoefficients()
+    rho = spearman([r["predicted_us"] for r in rows], [r["latency_us"] for r in rows])
+    return Calibration(coef, len(rows), rho)
+
+
+def calibrate_file(corpus: str | os.PathLike | None, gpu: str) -> Calibration:
+    if corpus is None or not Path(corpus).exists():
+        return Calibration(CostCoefficients(), 0, None)
+    p = Path(corpus)
+    st = p.stat()
+    return _cached(str(p.resolve()), st.st_size, st.st_mtime_ns, gpu)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached(path: str, size: int, mtime_ns: int, gpu: str) -> Calibration:
+    # keyed by size and mtime: a loop appends to the corpus as it goes, and each append refits
+    return calibrate(load_corpus(path), gpu)

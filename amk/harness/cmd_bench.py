@@ -1,0 +1,182 @@
+"""`amk bench`: per-case (KV length) latency and peak memory of a program that passed `amk verify` on the same
+device, and the geometric-mean speed-up over a peer. Cases whose speed-up is NaN, inf, zero, negative or
+missing are listed apart and left out of the mean (one bad case must not poison or flatter it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from .commands import CommandResult, ExitCode, UsageError, read_config_arg
+
+log = logging.getLogger("amk.cli")
+
+
+def geomean_speedups(cases: list[dict]) -> tuple[float | None, list[dict]]:
+    """(geometric mean of the valid speed-ups or None, the excluded cases with the reason each was left out)."""
+    logs, excluded = [], []
+    for c in cases:
+        s = c.get("speedup")
+        if s is None:
+            reason = "missing"
+        elif isinstance(s, bool) or not isinstance(s, (int, float)):
+            reason = f"not a number ({type(s).__name__})"
+        elif math.isnan(s):
+            reason = "NaN"
+        elif math.isinf(s):
+            reason = "infinite"
+        elif s == 0:
+            reason = "zero"
+        elif s < 0:
+            reason = "negative"
+        else:
+            logs.append(math.log(s))
+            continue
+        excluded.append({"case": c.get("case"), "speedup": None if s is None else repr(s), "reason": reason})
+    return (math.exp(sum(logs) / len(logs)) if logs else None), excluded
+
+
+def check_verified(path: Path, fingerprint: str, device: str) -> str | None:
+    """Why this program may not be benched yet, or None when a matching passing verify_result.json exists."""
+    if not path.is_file():
+        return f"{path} not found: run `amk verify` with the same --model/--gpu/--config/--device first"
+    try:
+        rec = json.loads(path.read_text())
+    except ValueError as e:
+        return f"{path} is not valid JSON ({e})"
+    if rec.get("program_fingerprint") != fingerprint:
+        return (f"{path} verified program {rec.get('program_fingerprint')}, but this config lowers to program "
+                f"{fingerprint}: verify this program first")
+    if rec.get("passed") is not True:
+        return f"{path}: program {fingerprint} FAILED verification ({rec.get('cases_passed')}/{rec.get('cases_total')})"
+    if rec.get("device") != device:
+        return f"{path}: verified on {rec.get('device')}, benching on {device}: verify on the same device"
+    return None
+
+
+def _contexts(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--contexts {text!r}: expected comma-separated integers") from None
+    if not out or any(c < 0 for c in out):
+        raise UsageError(f"--contexts {text!r}: expected non-negative KV lengths")
+    return out
+
+
+def bench(args) -> CommandResult:
+    from amk.harness.evaluate import build_program
+
+    v, program = build_program(args.model, args.gpu, read_config_arg(args.config), args.device, args.dtype)
+    if program is None:
+        return CommandResult(ExitCode.USAGE, v.to_dict(), f"REJECTED: {v.rejected_reason}")
+    notes: list[str] = []
+    why = check_verified(Path(args.verify_result), v.program_fingerprint, v.device)
+    if why and not args.verify_not_required:
+        return CommandResult(ExitCode.USAGE, {"error": why, "error_type": "unverified",
+                                              "program_fingerprint": v.program_fingerprint}, why)
+    if why:
+        notes.append(f"UNVERIFIED (--verify-not-required): {why}")
+    contexts = _contexts(args.contexts)
+    if v.device == "cuda":
+        cases, code = _bench_cuda(v, program, contexts, args, notes)
+    else:
+        cases, code = _bench_cpu(v, program, contexts, notes, args.gpu), ExitCode.OK
+    geo, excluded = geomean_speedups(cases)
+    out = {"program_fingerprint": v.program_fingerprint, "schedule_id": v.schedule_id, "model": v.model,
+           "gpu": v.gpu, "device": v.device, "dtype": v.dtype, "verified": why is None, "cases": cases,
+           "speedup_vs": args.peer, "geomean_speedup": geo, "valid_speedup_cases": len(cases) - len(excluded),
+           "excluded": excluded, "notes": notes, "environment": v.environment}
+    return CommandResult(code, out, _text(out))
+
+
+def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu) -> list[dict]:
+    from amk.schedule.cost import predict
+
+    from .calibration import calibrate_file
+    from .environment import resolve_target
+
+    target = resolve_target(gpu)
+
+    coef = calibrate_file(None, v.gpu).coefficients
+    notes.append(f"CPU: every latency is PREDICTED by the cost model for {v.gpu}, not measured; peak GPU memory "
+                 "is not measured on a CPU; no peer runs, so speed-ups are missing")
+    cases = []
+    for ctx in contexts:
+        c = min(ctx, program.constants.max_seq - 1)
+        p = predict(program, target, coef, context=c)
+        cases.append({"case": f"ctx{ctx}", "context": c, "latency_us": p.latency_us, "spread_us": None,
+                      "kind": "predicted", "peak_memory_bytes": None, "speedup": None, "peer_latency_us": None})
+    return cases
+
+
+def _bench_cuda(v, program, contexts: list[int], args, notes: list[str]) -> tuple[list[dict], ExitCode]:
+    import torch
+
+    from amk.cache import default_cache
+    from amk.eval.bench import time_vm
+    from amk.eval.roofline import Floor
+
+    from .baselines import measured_bandwidth_gbs, peer_latencies
+    from .correctness import build_cuda_vm
+    from .environment import Device, get_model, resolve_target
+
+    model = get_model(v.model, v.dtype, Device.CUDA, weights=True)
+    cache = default_cache()
+    floor = Floor(program.weight_bytes, resolve_target(args.gpu).spec_bandwidth_gbs, measured_bandwidth_gbs(cache))
+    try:
+        vm = build_cuda_vm(program, model)
+    except Exception as e:
+        notes.append(f"GPU failure building the VM: {type(e).__name__}: {e}")
+        return [], ExitCode.INCORRECT
+    cases, code = [], ExitCode.OK
+    max_ctx = program.constants.max_seq - args.steps - 11
+    for ctx in contexts:
+        case = {"case": f"ctx{ctx}", "context": max(0, min(ctx, max_ctx)), "kind": "measured-gpu",
+                "latency_us": None, "spread_us": None, "peak_memory_bytes": None, "speedup": None,
+                "peer_latency_us": None}
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            t = time_vm(vm, steps=args.steps, context=case["context"])
+            case["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+        except Exception as e:  # a GPU failure fails the case; nothing stands in for it
+            case["error"] = f"{type(e).__name__}: {e}"
+            code = ExitCode.INCORRECT
+            cases.append(case)
+            continue
+        reason = floor.below_floor(t["latency_us"])
+        if reason:
+            case["withheld"] = reason
+        else:
+            case.update(latency_us=t["latency_us"], spread_us=t["spread_us"])
+        if args.peers and case["latency_us"]:
+            peer = peer_latencies(cache, model, program.constants.max_seq, case["context"], True, (args.peer,))
+            if args.peer in peer:
+                case["peer_latency_us"] = peer[args.peer]
+                case["speedup"] = peer[args.peer] / case["latency_us"]
+        cases.append(case)
+    if not args.peers:
+        notes.append("no --peers: speed-ups are missing")
+    return cases, code
+
+
+def _text(out: dict) -> str:
+    lines = [f"program {out['program_fingerprint']} ({out['schedule_id']}) on {out['device']}, "
+             f"verified: {out['verified']}"]
+    for c in out["cases"]:
+        lat = f"{c['latency_us']:.2f} us" if c.get("latency_us") is not None else "-"
+        mem = f"{c['peak_memory_bytes'] / 2**20:.1f} MiB" if c.get("peak_memory_bytes") else "-"
+        sp = f"{c['speedup']:.2f}x" if isinstance(c.get("speedup"), float) else "-"
+        lines.append(f"  {c['case']:<10} {lat:>14} ({c['kind']})  peak {mem:>10}  speed-up {sp}  "
+                     f"{c.get('error', c.get('withheld', ''))}")
+    geo = out["geomean_speedup"]
+    lines.append(f"geometric-mean speed-up vs {out['speedup_vs']}: {f'{geo:.3f}x' if geo else 'n/a'} over "
+                 f"{out['valid_speedup_cases']} cases")
+    for e in out["excluded"]:
+        lines.append(f"  excluded {e['case']}: speed-up {e['reason']}")
+    lines += [f"note: {n}" for n in out["notes"]]
+    return "\n".join(lines)
+
+

@@ -1,0 +1,107 @@
+"""CLI commands that run the harness: propose, evaluate, loop, verify."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .commands import CommandResult, ExitCode, dumps, read_config_arg, verdict_exit
+
+log = logging.getLogger("amk.cli")
+
+
+def _save_cache_stats() -> None:
+    from amk.cache import default_cache
+
+    try:
+        default_cache().save_stats()  # what `amk cache stats` shows for the last run
+    except OSError as e:
+        log.warning("cache stats not saved: %s", e)
+
+
+def propose(args) -> CommandResult:
+    from amk.harness.propose import propose as _propose
+
+    inc = read_config_arg(args.incumbent) if args.incumbent is not None else None
+    out = _propose(args.model, args.gpu, incumbent=inc, corpus=args.corpus)
+    return CommandResult(ExitCode.OK, out, dumps(out))
+
+
+def verdict_text(v: dict) -> str:
+    lines = [f"schedule {v.get('schedule_id')}  model {v.get('model')}  gpu {v.get('gpu')}  device {v.get('device')}"]
+    if not v.get("valid"):
+        lines.append(f"REJECTED: {v.get('rejected_reason')}")
+    else:
+        lines.append(f"{v['task_count']} tasks, {v['weight_bytes']} weight bytes, correct {v['correct']} "
+                     f"({v['cases_passed']}/{v['cases_total']} cases)")
+        for f in v.get("failures", []):
+            lines.append(f"  FAILED {f['case']}: {f['message'][:200]}")
+        if v.get("latency_us") is not None:
+            pct = f", {v['pct_of_floor']:.1f}% of the floor" if v.get("pct_of_floor") else ""
+            lines.append(f"latency {v['latency_us']:.2f} us ({v['latency_kind']}){pct}")
+        for name, s in (v.get("speedups") or {}).items():
+            lines.append(f"  speed-up vs {name}: {s:.2f}x")
+    lines += [f"note: {n}" for n in v.get("notes", [])]
+    return "\n".join(lines)
+
+
+def evaluate(args) -> CommandResult:
+    from amk.harness.evaluate import evaluate as _evaluate
+
+    v = _evaluate(args.model, args.gpu, read_config_arg(args.config), device=args.device, cases=args.cases,
+                  seed=args.seed, dtype=args.dtype, corpus=args.corpus, peers=args.peers)
+    _save_cache_stats()
+    return CommandResult(verdict_exit(v), v, verdict_text(v))
+
+
+def _progress(p: dict) -> None:
+    lat = f"{p['latency_us']:.2f}" if p.get("latency_us") is not None else "-"
+    best = f"{p['best_latency_us']:.2f}" if p.get("best_latency_us") is not None else "-"
+    print(f"[{p['elapsed_s']:7.1f}s] trial {p['trial']:>4} {p['status']:<8} {p['schedule_id']} latency {lat} "
+          f"best {best}  {p['description'][:100]}", file=sys.stderr, flush=True)
+
+
+def loop(args) -> CommandResult:
+    from amk.harness.loop import loop as _loop
+
+    if args.budget is None and args.minutes is None:
+        log.info("no --budget or --minutes: the loop stops after %d non-improving trials in a row",
+                 args.max_reverts)
+    s = _loop(args.model, args.gpu, budget=args.budget, minutes=args.minutes, seed=args.seed, device=args.device,
+              results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
+              progress=_progress, cases=args.cases, dtype=args.dtype)
+    _save_cache_stats()
+    best = s["incumbent"]
+    text = (f"{s['trials']} trials ({', '.join(f'{k} {n}' for k, n in s['statuses'].items())}); stopped: "
+            f"{s['stopped']}\nincumbent {best['schedule_id']} latency {best['latency_us']} ({best['latency_kind']})\n"
+            f"results: {s['results']}  corpus: {s['corpus']}")
+    return CommandResult(ExitCode.OK, s, text)
+
+
+def verify(args) -> CommandResult:
+    from amk.harness.evaluate import evaluate as _evaluate
+
+    raw = read_config_arg(args.config)
+    v = _evaluate(args.model, args.gpu, raw, device=args.device, cases=args.cases, seed=args.seed, dtype=args.dtype,
+                  measure=False)
+    _save_cache_stats()
+    if not v.get("valid"):
+        return CommandResult(ExitCode.USAGE, v, verdict_text(v))
+    from amk.harness.verdict import parse_config
+
+    record = {
+        "program_fingerprint": v["program_fingerprint"], "schedule_id": v["schedule_id"], "passed": bool(v["correct"]),
+        "model": v["model"], "gpu": v["gpu"], "device": v["device"], "dtype": v["dtype"],
+        "cases_passed": v["cases_passed"], "cases_total": v["cases_total"], "cases": v["case_results"],
+        "failures": v["failures"], "worst_mere": v["worst_mere"], "worst_mare": v["worst_mare"],
+        "top1_agreement": v["top1_agreement"], "kl_max": v["kl_max"], "notes": v["notes"],
+        "config": parse_config(raw).to_dict(), "environment": v["environment"],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = Path(args.out)
+    out.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    text = verdict_text(v) + f"\nwrote {out} (program {record['program_fingerprint']}, passed {record['passed']})"
+    return CommandResult(ExitCode.OK if record["passed"] else ExitCode.INCORRECT, {**record, "path": str(out)}, text)

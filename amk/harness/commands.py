@@ -1,0 +1,104 @@
+"""What every CLI command shares: its result type, exit codes, how a config argument is read, and the
+table of commands (implemented in cmd_run, cmd_bench, cmd_info and cmd_report)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+from amk.schedule.errors import (
+    AmkError,
+    ConfigError,
+    EnvironmentProblem,
+    UnknownModelError,
+    UnknownTargetError,
+    UnsupportedModelError,
+)
+
+
+class UsageError(AmkError, ValueError):
+    """The command line is wrong (a bad flag, a missing file)."""
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INCORRECT = 1  # a correctness failure
+    USAGE = 2  # a rejected config, or a usage error
+    ENVIRONMENT = 3  # missing CUDA / cupy / a package / amk.generate, or an internal error
+
+    @classmethod
+    def of_exception(cls, e: BaseException) -> tuple[ExitCode, str]:
+        """The exit code and error_type for an exception that reached the top."""
+        if isinstance(e, (ConfigError, UsageError, UnknownModelError, UnknownTargetError, UnsupportedModelError)):
+            return cls.USAGE, "usage"
+        if isinstance(e, FileNotFoundError):
+            return cls.USAGE, "usage"
+        from amk.harness.loop import LoopError
+
+        if isinstance(e, LoopError):
+            return cls.USAGE, "usage"
+        if isinstance(e, (EnvironmentProblem, ImportError)):
+            return cls.ENVIRONMENT, "environment"
+        return cls.ENVIRONMENT, "internal"
+
+
+@dataclass
+class CommandResult:
+    code: ExitCode
+    payload: dict = field(default_factory=dict)
+    text: str | None = None  # the human form; None prints the payload as indented JSON
+
+
+def read_config_arg(value: str | None):
+    """--config: '-' reads stdin; something that looks like JSON is parsed inline; else a file path.
+    Returns the raw value (string) so that malformed JSON becomes a rejected verdict, not a crash."""
+    if value is None:
+        return {}
+    if value == "-":
+        return sys.stdin.read()
+    stripped = value.strip()
+    if not stripped or stripped[0] in "{[\"-0123456789" or stripped in ("true", "false", "null"):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--config {value!r}: no such file (give a JSON file, '-' for stdin, or inline JSON)")
+    return path.read_text()
+
+
+def verdict_exit(verdict: dict) -> ExitCode:
+    if not verdict.get("valid"):
+        return ExitCode.USAGE
+    if not verdict.get("correct"):
+        return ExitCode.INCORRECT
+    return ExitCode.OK
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=1, default=str)
+
+
+def _lazy(module: str, name: str):
+    def run(args):
+        import importlib
+
+        return getattr(importlib.import_module(f"amk.harness.{module}"), name)(args)
+    return run
+
+
+COMMANDS = {
+    "doctor": _lazy("cmd_info", "doctor"),
+    "models": _lazy("cmd_info", "models"),
+    "targets": _lazy("cmd_info", "targets"),
+    "cache": _lazy("cmd_info", "cache"),
+    "generate": _lazy("cmd_info", "generate"),
+    "compile": _lazy("cmd_info", "compile_cmd"),
+    "propose": _lazy("cmd_run", "propose"),
+    "evaluate": _lazy("cmd_run", "evaluate"),
+    "loop": _lazy("cmd_run", "loop"),
+    "verify": _lazy("cmd_run", "verify"),
+    "bench": _lazy("cmd_bench", "bench"),
+    "report": _lazy("cmd_report", "report"),
+}

@@ -1,0 +1,143 @@
+"""Correctness of a lowered program on a device: which cases, cached eager references, and the CPU
+(ReferenceVM) and CUDA (MegakernelVM) runs. A GPU exception is recorded as a failure, never skipped."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from amk.cache import Cache, reference_key
+from amk.schedule.program import MegakernelProgram
+
+from .environment import Device
+from .verdict import Verdict
+
+log = logging.getLogger("amk.harness")
+
+REDUCED_CASES_ABOVE_PARAMS = 200_000_000  # on CPU, bigger models verify on the reduced case set
+
+
+
+
+def resolve_cases(model, program: MegakernelProgram, cases, dev: Device, seed: int):
+    from amk.eval.cases import VerifyCase, default_cases
+    from amk.models.registry import approx_params
+
+    if cases is None:
+        big = approx_params(model.dims) > REDUCED_CASES_ABOVE_PARAMS
+        cases = "reduced" if (big and dev == Device.CPU) else "full"
+    if isinstance(cases, str):
+        if cases not in ("full", "reduced"):
+            raise ValueError(f"cases must be 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
+        return default_cases(program.constants.max_seq, reduced=(cases == "reduced"), seed=seed)
+    cases = list(cases)
+    if not all(isinstance(c, VerifyCase) for c in cases):
+        raise TypeError("cases must be 'full', 'reduced' or a list of VerifyCase")
+    return cases
+
+
+def reference_hook(model, program: MegakernelProgram, cache: Cache):
+    """verify()'s `reference=`: eager logits and greedy tokens per case from the cache when this model, dtype,
+    case and software stack have been run before (eager is most of a cold toy evaluate). The higher-precision
+    logits are a separate entry, computed and cached only when verify asks for them (a failing fp32 step, or
+    any bf16/fp16 step): an fp64 copy of a big model is costly."""
+    import torch
+    import transformers
+
+    from amk.eval.oracle import eager_reference
+
+    max_seq = program.constants.max_seq
+    dtype = str(model.dtype).removeprefix("torch.")
+
+    def ref(case):
+        case_id = json.dumps({**case.to_dict(), "max_seq": max_seq, "eager_device": str(model.device),
+                              "torch": torch.__version__, "transformers": transformers.__version__}, sort_keys=True)
+        made: dict = {}
+
+        def create():
+            logits, greedy, hi = eager_reference(model, case, max_seq)
+            made["hi"] = hi
+            return {"logits": torch.stack(list(logits)), "greedy": torch.tensor(greedy, dtype=torch.int64)}
+
+        t = cache.get_or_create_tensors("reference", reference_key(model.fingerprint, dtype, case_id), create)
+        logits, greedy = list(t["logits"]), [int(x) for x in t["greedy"]]
+
+        def hi():
+            if "hi_logits" not in made:  # verify asks once per step: one cache lookup per case
+                def create_hi():
+                    src = made.get("hi") or _higher_precision_source(model, case, max_seq, greedy)
+                    return {"hi": torch.stack(list(src() if callable(src) else src))}
+
+                key = reference_key(model.fingerprint, dtype, case_id + "|higher-precision")
+                made["hi_logits"] = list(cache.get_or_create_tensors("reference", key, create_hi)["hi"])
+            return made["hi_logits"]
+
+        return logits, greedy, hi
+
+    return ref
+
+
+def _higher_precision_source(model, case, max_seq: int, greedy: list[int]):
+    # The eager part came from the cache: rebuild only the higher-precision half, lazily (the oracle's own
+    # class when it has one; an older oracle returns the logits from eager_reference itself).
+    from amk.eval import oracle
+    from amk.eval.cases import case_inputs
+
+    if hasattr(oracle, "HigherPrecision"):
+        return oracle.HigherPrecision(model, case_inputs(case, model.dims, model.dtype, max_seq), greedy)
+    return oracle.eager_reference(model, case, max_seq)[2]
+
+
+def _record(v: Verdict, res) -> None:
+    d = res.to_dict()
+    v.cases_passed, v.cases_total = d["passed"], d["total"]
+    v.correct = bool(res.ok)
+    for k in ("worst_mere", "worst_mare", "top1_agreement", "kl_max"):
+        setattr(v, k, d.get(k))
+    v.failures = d["failures"][:8]
+    v.case_results = [{"case": c["case"], "passed": c["passed"], "message": c["message"][:300]} for c in d["cases"]]
+
+
+def run_cpu(v: Verdict, program, model, case_list, ref, seed: int):
+    from amk.eval.oracle import verify
+
+    res = verify(program, model, device="cpu", vm="reference", cases=case_list, seed=seed, reference=ref)
+    _record(v, res)
+    return None
+
+
+def build_cuda_vm(program, model):
+    """A seam for tests: the CUDA VM for `program`."""
+    from amk.eval.oracle import make_vm
+
+    return make_vm(program, model, device="cuda", vm="cuda")
+
+
+def time_cuda_vm(vm) -> dict:
+    """A seam for tests: eval.bench.time_vm."""
+    from amk.eval.bench import time_vm
+
+    return time_vm(vm)
+
+
+def run_cuda(v: Verdict, program, model, case_list, ref, seed: int, measure: bool = True):
+    from amk.eval.oracle import verify
+
+    try:
+        vm = build_cuda_vm(program, model)
+    except Exception as e:  # a GPU failure is a failure: no prediction stands in for it
+        v.cases_total, v.correct = len(case_list), False
+        v.notes.append(f"GPU failure building the CUDA VM: {type(e).__name__}: {e}")
+        return None
+    res = verify(program, model, device="cuda", vm="cuda", cases=case_list, seed=seed, runner=vm, reference=ref)
+    _record(v, res)
+    if not res.ok or not measure:
+        return None
+    log.info("timing on the GPU")
+    try:
+        return time_cuda_vm(vm)
+    except Exception as e:  # the timed run executes the same program: its failure fails the config
+        v.correct = False
+        v.notes.append(f"GPU failure while timing (the timed run did not complete every task): "
+                       f"{type(e).__name__}: {e}")
+        return None

@@ -1,0 +1,123 @@
+"""Where a verdict was produced: device choice, software versions, the git commit, and a memo of loaded
+models (loading one takes seconds; a loop evaluates hundreds of configs of the same model)."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import threading
+from enum import Enum
+from pathlib import Path
+
+from amk.schedule.errors import EnvironmentProblem
+
+
+class Device(str, Enum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_usable() -> bool:
+    """A CUDA device torch can see and cupy to build the VM with."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False
+        import cupy  # noqa: F401
+    except Exception:  # a broken CUDA install is "no CUDA" here; `amk doctor` says why
+        return False
+    return True
+
+
+def resolve_device(device: str | Device = "auto") -> Device:
+    d = str(device.value if isinstance(device, Device) else device).lower()
+    if d == "auto":
+        return Device.CUDA if cuda_usable() else Device.CPU
+    if d.startswith("cuda"):
+        if not cuda_usable():
+            raise EnvironmentProblem("device 'cuda' asked for, but torch sees no CUDA device or cupy does not "
+                                     "import (run `amk doctor`)")
+        return Device.CUDA
+    if d == "cpu":
+        return Device.CPU
+    raise ValueError(f"unknown device {device!r}: auto, cpu or cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """HEAD of the repository the amk sources live in, or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _driver_version() -> str | None:
+    try:
+        import cupy
+
+        v = cupy.cuda.runtime.driverGetVersion()
+        return f"{v // 1000}.{(v % 1000) // 10}"
+    except Exception:
+        return None
+
+
+@functools.lru_cache(maxsize=2)
+def environment(device: Device = Device.CPU) -> dict:
+    import torch
+
+    gpu = None
+    if device == Device.CUDA:
+        try:
+            gpu = torch.cuda.get_device_name()
+        except Exception:
+            gpu = None
+    return {"gpu": gpu, "driver": _driver_version() if device == Device.CUDA else None, "torch": torch.__version__,
+            "git_commit": git_commit(), "python": platform.python_version(), "device": device.value}
+
+
+_models: dict[tuple, object] = {}
+_models_lock = threading.Lock()
+
+
+def get_model(name: str, dtype: str, device: Device, weights: bool = True):
+    """load_model memoised by (name, dtype, device, weights). A weights=False request is served by a loaded
+    model when one exists (it has the same dims and fingerprint)."""
+    from amk.models import load_model
+
+    key = (name, dtype, device.value, weights)
+    with _models_lock:
+        if key in _models:
+            return _models[key]
+        if not weights and (name, dtype, device.value, True) in _models:
+            return _models[(name, dtype, device.value, True)]
+    model = load_model(name, dtype=dtype, device=device.value, weights=weights)
+    with _models_lock:
+        _models[key] = model
+    return model
+
+
+def clear_models() -> None:
+    with _models_lock:
+        _models.clear()
+
+
+CPU_STAND_IN = "cpu-sim"
+
+
+def resolve_target(gpu):
+    """A GpuTarget from a name, a GpuTarget, or None/"auto": the live GPU when CUDA is usable, else the CPU
+    stand-in target (so `amk loop --model toy` works on a laptop)."""
+    from amk.schedule.targets import GpuTarget, detect_target, get_target
+
+    if isinstance(gpu, GpuTarget):
+        return gpu
+    if gpu is None or str(gpu).lower() == "auto":
+        return detect_target() if cuda_usable() else get_target(CPU_STAND_IN)
+    return get_target(gpu)

@@ -1,0 +1,196 @@
+"""evaluate(model, gpu, config): parse -> lower -> validate -> verify on a device -> latency, as one verdict.
+
+Order matters: the config is parsed before anything touches a model, so malformed configs cost
+microseconds; lowering needs only the model's dims (no weights); weights load only for a valid program.
+Honesty gates (HARNESS.md): no latency without a correctness pass on the same device, a latency under the
+floor is withheld, a GPU failure is a failure (never replaced by a prediction), and a predicted latency is
+always labelled so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+
+from amk.cache import Cache, default_cache, program_key
+from amk.schedule.config import ScheduleConfig
+from amk.schedule.errors import ConfigError, LoweringError
+from amk.schedule.program import MegakernelProgram
+from amk.schedule.targets import GpuTarget
+
+from .calibration import calibrate_file
+from .correctness import reference_hook, resolve_cases, run_cpu, run_cuda
+from .environment import Device, environment, get_model, resolve_device, resolve_target
+from .gates import gate_latency, speedups
+from .verdict import LatencyKind, Verdict, parse_config
+
+log = logging.getLogger("amk.harness")
+
+MAX_ISSUES_IN_REASON = 3
+
+
+def default_dtype(device: Device) -> str:
+    # bf16 is what a GPU deploys; fp32 keeps CPU verification exact and quick
+    return "bf16" if device == Device.CUDA else "fp32"
+
+
+def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0, dtype: str | None = None,
+             corpus: str | None = None, peers: bool = False, max_seq: int | None = None, measure: bool = True) -> dict:
+    """The verdict of one config as a JSON-able dict (see HARNESS.md for every field).
+
+    Bad configs never raise: they come back valid=false with `rejected_reason`. An unknown model or GPU
+    target, or device="cuda" on a machine without one, raises (a usage or environment error).
+    `measure=False` stops after correctness (what `amk verify` runs)."""
+    t0 = time.perf_counter()
+    cache = default_cache()
+    before = cache.stats()
+    v, program = build_program(model, gpu, config, device, dtype, max_seq, cache)
+    if program is not None:
+        _evaluate(v, model, resolve_target(gpu), program, resolve_device(device), cases, seed, corpus, peers, measure,
+                  cache)
+    v.cache = _stats_delta(before, cache.stats())
+    v.seconds = round(time.perf_counter() - t0, 4)
+    return v.to_dict()
+
+
+def build_program(model, gpu, config, device: str = "auto", dtype: str | None = None, max_seq: int | None = None,
+                  cache: Cache | None = None) -> tuple[Verdict, MegakernelProgram | None]:
+    """Parse, lower (cached) and validate: the verdict so far, and the program when it is valid. Needs the
+    model's dims only, never its weights."""
+    from amk.models import Model
+
+    cache = cache or default_cache()
+    v = Verdict()
+    try:
+        cfg = parse_config(config)
+    except ConfigError as e:
+        v.reject(f"schema: {e.path}: {e.reason}")
+        cfg = None
+    target = resolve_target(gpu)
+    dev = resolve_device(device)
+    v.gpu, v.device, v.environment = target.name, dev.value, environment(dev)
+    if cfg is None:
+        return v, None
+    v.schedule_id = cfg.schedule_id
+    given = model if isinstance(model, Model) else None
+    v.model = given.name if given else str(model)
+    v.dtype = str(given.dtype).removeprefix("torch.") if given else (dtype or default_dtype(dev))
+    dims_model = given or get_model(v.model, v.dtype, dev, weights=False)
+    log.info("lowering %s for %s (%s)", cfg.schedule_id, target.name, v.model)
+    program = _lower_cached(v, dims_model, target, cfg, max_seq, cache)
+    if program is None or not _validate(v, program, target):
+        return v, None
+    v.valid = True
+    v.task_count, v.weight_bytes, v.program_fingerprint = len(program.tasks), program.weight_bytes, program.fingerprint()
+    return v, program
+
+
+def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, dev: Device, cases, seed: int,
+              corpus, peers: bool, measure: bool, cache: Cache) -> None:
+    from amk.models import Model
+
+    given = model if isinstance(model, Model) else None
+    floor = _floor(v, program, target, dev, cache)
+    calib = calibrate_file(corpus, target.name)
+    _predict(v, program, target, calib)
+    v.notes.append(calib.note(target.name))
+    full = given or get_model(v.model, v.dtype, dev, weights=True)
+    case_list = resolve_cases(full, program, cases, dev, seed)
+    ref = reference_hook(full, program, cache)
+    log.info("verifying %d cases on %s", len(case_list), dev.value)
+    if dev == Device.CUDA:
+        timing = run_cuda(v, program, full, case_list, ref, seed, measure)
+    else:
+        timing = run_cpu(v, program, full, case_list, ref, seed)
+    if not measure:
+        v.notes.append("latency not asked for (measure=False): correctness only")
+        return
+    gate_latency(v, timing, floor, dev)
+    if v.latency_us is not None and v.latency_kind == LatencyKind.MEASURED_GPU.value:
+        speedups(v, full, program, cache, peers)
+
+
+# ---- lowering and static checks --------------------------------------------------------------------------
+
+
+def _lower_cached(v: Verdict, model, target: GpuTarget, cfg: ScheduleConfig, max_seq, cache: Cache):
+    from amk.schedule.lower import DEFAULT_MAX_SEQ, lower
+
+    seq = int(max_seq or min(model.dims.max_positions, DEFAULT_MAX_SEQ))
+    key = program_key(model.fingerprint, cfg.canonical_json(), json.dumps(target.to_dict(), sort_keys=True),
+                      v.dtype, seq)
+    held: dict = {}
+
+    def check(d):  # decode once and keep it: the cache validates with the same parse we need
+        held["program"] = MegakernelProgram.from_dict(d)
+
+    try:
+        cache.get_or_create_json("program", key, lambda: lower(model, target, cfg, max_seq=seq).to_dict(), check)
+    except ConfigError as e:
+        v.reject(f"schema: {e.path}: {e.reason}")
+        return None
+    except LoweringError as e:
+        v.reject(f"lowering: {e.knob}: {str(e).removeprefix(e.knob + ': ')}")
+        return None
+    except Exception as e:
+        # lower() should only raise LoweringError for a config it cannot handle; anything else is a bug
+        # in lowering, reported as a rejection so the loop moves on, with the trace in the notes
+        cause = e.__cause__ if e.__cause__ is not None and type(e).__name__ == "CacheError" else e
+        v.reject(f"lowering: internal error ({type(cause).__name__}: {cause})")
+        v.notes.append("lowering raised an unexpected error (a bug to report): "
+                       + traceback.format_exception_only(type(cause), cause)[-1].strip())
+        return None
+    return held["program"]
+
+
+def _validate(v: Verdict, program: MegakernelProgram, target: GpuTarget) -> bool:
+    from amk.schedule.validate import validate
+
+    res = validate(program, target)
+    if res.ok:
+        return True
+    parts = []
+    for issue in res.issues[:MAX_ISSUES_IN_REASON]:
+        tasks = f" (tasks {', '.join(map(str, issue.tasks[:6]))})" if issue.tasks else ""
+        parts.append(f"{issue.kind.value}: {issue.message}{tasks}")
+    more = len(res.issues) + sum(res.suppressed.values()) - len(parts)
+    v.reject("validator: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else ""))
+    return False
+
+
+# ---- floor and prediction ----------------------------------------------------------------------------------
+
+
+def _floor(v: Verdict, program: MegakernelProgram, target: GpuTarget, dev: Device, cache: Cache):
+    from amk.eval.roofline import Floor
+
+    bw = None
+    if dev == Device.CUDA:
+        from .baselines import measured_bandwidth_gbs
+
+        bw = measured_bandwidth_gbs(cache)
+    floor = Floor(program.weight_bytes, target.spec_bandwidth_gbs, bw)
+    v.spec_floor_us = floor.spec_us or None
+    v.measured_floor_us = floor.measured_us
+    return floor
+
+
+def _predict(v: Verdict, program: MegakernelProgram, target: GpuTarget, calib) -> None:
+    from amk.schedule.cost import CostModelError, predict
+
+    try:
+        p = predict(program, target, calib.coefficients)
+    except CostModelError as e:
+        v.notes.append(f"cost model: {e}")
+        return
+    v.predicted_latency_us = p.latency_us
+    v.cost = {"features": p.features.to_dict(), "context": p.context, "sms_used": p.sms_used,
+              "bytes_per_sm_max": p.bytes_per_sm_max, "coefficients": p.coefficients.to_dict()}
+
+
+def _stats_delta(before: dict, after: dict) -> dict:
+    kinds = {k: {f: after[k][f] - before[k][f] for f in ("hits", "misses", "writes")} for k in after}
+    return {"hits": sum(d["hits"] for d in kinds.values()), "misses": sum(d["misses"] for d in kinds.values()),
+            "by_kind": {k: d for k, d in kinds.items() if any(d.values())}}

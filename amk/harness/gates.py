@@ -1,0 +1,50 @@
+"""The honesty gates on a latency (HARNESS.md): none without a correctness pass on the same device; none
+under the physical floor; a GPU run that was not timed is a failure, not a prediction; a prediction is
+labelled "predicted" wherever it appears."""
+
+from __future__ import annotations
+
+from amk.cache import Cache
+
+from .environment import Device
+from .verdict import LatencyKind, Verdict
+
+
+def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device) -> None:
+    if not v.correct:
+        v.notes.append("no latency: the program did not pass correctness on this device")
+        return
+    if dev == Device.CUDA:
+        if timing is None:
+            v.correct = False
+            v.notes.append("no latency: the GPU run was not timed")
+            return
+        latency, spread, kind = float(timing["latency_us"]), float(timing.get("spread_us") or 0.0), \
+            LatencyKind.MEASURED_GPU
+    else:
+        if v.predicted_latency_us is None:
+            v.notes.append("no latency: the cost model could not price this program")
+            return
+        latency, spread, kind = v.predicted_latency_us, None, LatencyKind.PREDICTED
+        v.notes.append(f"latency_us is PREDICTED by the cost model for {v.gpu} (correctness ran on the CPU "
+                       "ReferenceVM); it was not measured")
+    reason = floor.below_floor(latency)
+    if reason:
+        v.notes.append(f"latency withheld: {reason}")
+        return
+    v.latency_us, v.latency_spread_us, v.latency_kind = latency, spread, kind.value
+    ref_floor = floor.measured_us or floor.spec_us
+    v.pct_of_floor = 100.0 * ref_floor / latency if ref_floor and latency > 0 else None
+    if ref_floor and not floor.measured_us:
+        v.notes.append("pct_of_floor is against the spec bandwidth (no measured bandwidth on this device)")
+
+
+def speedups(v: Verdict, model, program, cache: Cache, measure: bool) -> None:
+    from amk.schedule.cost import bench_context
+
+    from .baselines import peer_latencies
+
+    got = peer_latencies(cache, model, program.constants.max_seq, bench_context(program.constants.max_seq), measure)
+    v.speedups = {name: lat / v.latency_us for name, lat in got.items()}
+    if not got:
+        v.notes.append("no speedups: no peer has been timed on this GPU for this model (amk bench --peers)")

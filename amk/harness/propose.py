@@ -1,0 +1,59 @@
+"""propose(model, gpu): the incumbent config, where the schema lives, and the search space for this GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amk.flywheel.corpus import best_entry, entries_for, load_corpus
+from amk.schedule.config import ScheduleConfig
+from amk.schedule.space import space_dicts
+
+from .environment import resolve_target
+from .schema import schema_path
+from .verdict import parse_config
+
+
+def model_name(model) -> str:
+    from amk.models import Model, builtin_names
+
+    if isinstance(model, Model):
+        return model.name
+    name = str(model)
+    if name not in builtin_names() and not Path(name).expanduser().is_dir():
+        from amk.schedule.errors import UnknownModelError
+
+        raise UnknownModelError(name, builtin_names())
+    return name
+
+
+def incumbent_config(model: str, gpu: str, corpus: str | Path | None) -> tuple[ScheduleConfig, str, dict | None]:
+    """(config, where it came from, its corpus verdict): the best kept config for this model and GPU in the
+    corpus, else the defaults."""
+    if corpus is not None and Path(corpus).exists():
+        best = best_entry(entries_for(load_corpus(corpus), model, gpu))
+        if best is not None:
+            try:
+                return ScheduleConfig.from_dict(best.config), f"corpus:{corpus}", best.verdict
+            except ValueError:
+                pass  # a config from an older schema: fall back to the defaults
+    return ScheduleConfig(), "default", None
+
+
+def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.jsonl") -> dict:
+    """{"config", "schedule_id", "schema_path", "search_space", "source", "gpu", "model"}.
+
+    `incumbent` (dict, JSON string or ScheduleConfig) wins when given; a malformed one raises ConfigError,
+    since the caller asked for it by name."""
+    target = resolve_target(gpu)
+    name = model_name(model)
+    verdict = None
+    if incumbent is not None:
+        cfg, source = parse_config(incumbent), "given"
+    else:
+        cfg, source, verdict = incumbent_config(name, target.name, corpus)
+    out = {"model": name, "gpu": target.name, "config": cfg.to_dict(), "schedule_id": cfg.schedule_id,
+           "source": source, "schema_path": str(schema_path()), "search_space": space_dicts(target)}
+    if verdict is not None:
+        out["incumbent_latency_us"] = verdict.get("latency_us")
+        out["incumbent_latency_kind"] = verdict.get("latency_kind")
+    return out

@@ -1,0 +1,96 @@
+"""The verdict evaluate() returns, and the strict coercion of whatever an agent passes as a config."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+from amk.schedule.config import ScheduleConfig
+from amk.schedule.errors import ConfigError
+
+
+class LatencyKind(str, Enum):
+    MEASURED_GPU = "measured-gpu"  # CUDA events around the real kernel, after a correctness pass on that GPU
+    PREDICTED = "predicted"  # the cost model (schedule/cost.py); never a measurement
+
+
+@dataclass
+class Verdict:
+    valid: bool = False  # parsed, lowered and passed the static validator
+    rejected_reason: str | None = None  # "schema: $.path: ...", "lowering: knob: ...", "validator: ..."
+    correct: bool = False  # every verify case passed on `device`
+    cases_passed: int = 0
+    cases_total: int = 0
+    worst_mere: float | None = None
+    worst_mare: float | None = None
+    top1_agreement: float | None = None
+    kl_max: float | None = None
+    latency_us: float | None = None  # null unless correct, and not under the floor
+    latency_spread_us: float | None = None
+    latency_kind: str | None = None  # LatencyKind value, set whenever latency_us is
+    predicted_latency_us: float | None = None  # the cost model's figure, always labelled as such
+    spec_floor_us: float | None = None
+    measured_floor_us: float | None = None
+    pct_of_floor: float | None = None  # floor (measured if known, else spec) / latency, percent
+    speedups: dict = field(default_factory=dict)  # peer name -> peer latency / ours (measured only)
+    schedule_id: str | None = None
+    program_fingerprint: str | None = None
+    task_count: int | None = None
+    weight_bytes: int | None = None
+    model: str | None = None
+    gpu: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    environment: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+    cost: dict | None = None  # cost-model features and coefficients (what `fit` learns from)
+    failures: list = field(default_factory=list)  # failing cases: case, error_type, message
+    case_results: list = field(default_factory=list)  # every case: case, passed, message
+    notes: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def reject(self, reason: str) -> Verdict:
+        self.valid, self.rejected_reason = False, reason
+        return self
+
+    def to_dict(self) -> dict:
+        return jsonable(asdict(self))
+
+
+def jsonable(v):
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    return v
+
+
+def parse_config(config) -> ScheduleConfig:
+    """A ScheduleConfig from a dict, a JSON string (or bytes) or a ScheduleConfig; ConfigError otherwise.
+    A ScheduleConfig is re-parsed through its dict, since its fields can be assigned anything."""
+    try:
+        if isinstance(config, (bytes, bytearray)):
+            config = bytes(config).decode("utf-8")
+        if isinstance(config, str):
+            try:
+                config = json.loads(config)
+            except ValueError as e:
+                raise ConfigError("$", f"not valid JSON: {e}") from None
+        if isinstance(config, ScheduleConfig):
+            config = config.to_dict()
+        if not isinstance(config, dict):
+            raise ConfigError("$", f"expected a config object (a dict, a JSON object string or a ScheduleConfig), "
+                                   f"got {type(config).__name__}")
+        return ScheduleConfig.from_dict(config)
+    except ConfigError:
+        raise
+    except (RecursionError, MemoryError) as e:
+        raise ConfigError("$", f"config too deeply nested or too large ({type(e).__name__})") from None
+    except Exception as e:  # anything else a strange value provokes is still a malformed config
+        raise ConfigError("$", f"malformed config ({type(e).__name__}: {e})") from None

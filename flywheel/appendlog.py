@@ -1,0 +1,74 @@
+"""Append whole lines to a shared file from many processes without interleaving or tearing.
+
+Each append takes an exclusive fcntl lock on the file itself, then writes its bytes with one write() on an
+O_APPEND descriptor, flushes and fsyncs before unlocking. A reader that sees a line sees all of it; two
+loops sharing results.tsv or corpus.jsonl never mix their lines. A line cut short by a crash (no trailing
+newline) is skipped by readers and repaired (a newline added) by the next writer, so one bad line never
+glues itself to the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+class AppendError(OSError):
+    """A line could not be appended whole."""
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[int]:
+    """An O_RDWR|O_APPEND descriptor of `path` (created if absent) held under an exclusive lock."""
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
+
+
+def append_lines(path: str | os.PathLike, make: Callable[[bytes], bytes]) -> bytes:
+    """Under the lock, call make(current file bytes) -> bytes to append (whole lines, ending in a newline),
+    and write them in one write. Returns what was written. `make` sees the file as it is under the lock, so
+    it can number rows or write a header exactly once across processes."""
+    with locked(path) as fd:
+        current = read_all(fd)
+        data = make(current)
+        if not data.endswith(b"\n"):
+            raise AppendError(f"{path}: refusing to append {len(data)} bytes that do not end in a newline")
+        if current and not current.endswith(b"\n"):
+            data = b"\n" + data  # a writer died mid-line: end its fragment so ours starts a line
+        n = os.write(fd, data)
+        if n != len(data):
+            # A short write to a regular file means the disk is full; the fragment has no newline, so
+            # readers skip it and the next writer ends it.
+            raise AppendError(f"{path}: wrote {n} of {len(data)} bytes (disk full?)")
+        os.fsync(fd)
+        return data
+
+
+def complete_lines(data: bytes) -> list[str]:
+    """The whole lines of `data`; a trailing fragment without a newline (a torn write) is left out."""
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    return [ln for ln in lines[:-1] if ln.strip()]
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    with locked(p) as fd:  # shared readers are rare and short: the exclusive lock keeps this simple
+        return complete_lines(read_all(fd))

@@ -1,0 +1,126 @@
+"""Shared helpers for the knob and schedule-property tests: every knob value, the models, program edits and
+one adversarial ReferenceVM step."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+import amk
+from amk.schedule.config import ScheduleConfig, get_path, iter_knobs, with_value
+
+CPU_TARGET = "cpu-sim"  # 8 SMs
+CPU_SMS = 8
+# explicit maps for sm.explicit_map (under sm.assignment=explicit); SM ids < 8 so that they lower on cpu-sim too
+EXPLICIT_MAPS = ({"attention": [0, 1]}, {"qkv": [0, 1, 2, 3], "lm_head": [5], "down": [7, 6]})
+_ROWS_OF = {"o": "hidden", "gate_up": "intermediate", "down": "hidden", "lm_head": "vocab"}
+
+
+def _json(v):
+    return v.value if isinstance(v, Enum) else v
+
+
+def base_config(path: str) -> ScheduleConfig:
+    """The config a knob is varied from: the default, except that sm.explicit_map only acts under
+    sm.assignment=explicit."""
+    if path == "sm.explicit_map":
+        return with_value(ScheduleConfig(), "sm.assignment", "explicit")
+    return ScheduleConfig()
+
+
+def values_of(path: str, field) -> list:
+    """JSON-form values a knob is tested at: the choices of an enum/bool knob (all of them, not only the
+    searched ones), else its search list; the empty map and two maps for sm.explicit_map."""
+    if path == "sm.explicit_map":
+        return [{}, *copy.deepcopy(list(EXPLICIT_MAPS))]
+    meta = field.metadata
+    vals = meta["choices"] if meta.get("choices") is not None else meta["search"]
+    return [_json(v) for v in vals]
+
+
+def knob_values() -> list[tuple[str, object]]:
+    """(dotted path, JSON value) for every knob and every value it is tested at."""
+    return [(path, v) for path, f, _ in iter_knobs() for v in values_of(path, f)]
+
+
+def knob_config(path: str, value) -> ScheduleConfig:
+    return with_value(base_config(path), path, value)
+
+
+def default_value(path: str):
+    return _json(get_path(base_config(path), path))
+
+
+def effective_value(dims, path: str, value):
+    """The value as the lowering sees it for this model: a row tiling at or above a matvec's row count is
+    one task either way, as is a QKV tiling at or above the heads there are. Two values with the same
+    effective value must lower identically; two with different ones must not."""
+    parts = path.split(".")
+    if path == "matvec.qkv.heads_per_task":
+        return min(value, dims.n_heads + 2 * dims.n_kv_heads)
+    if len(parts) == 3 and parts[0] == "matvec" and parts[2] == "rows_per_task":
+        return min(value, getattr(dims, _ROWS_OF[parts[1]]))
+    return repr(value)
+
+
+def value_id(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{'/'.join(map(str, v))}" for k, v in value.items()) + "}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@functools.cache
+def load(name: str, dtype: str = "fp32", weights: bool = True):
+    return amk.load_model(name, dtype=dtype, weights=weights)
+
+
+# ---- program edits -----------------------------------------------------------------------------------
+def clone(prog):
+    """A copy of `prog` that mutations may edit: every list and task is new; frozen parts (params, waits,
+    regions, counters) are shared, which is safe because they are only ever replaced, never edited."""
+    new = copy.copy(prog)
+    new.tasks = [copy.copy(t) for t in prog.tasks]
+    new.counters = list(prog.counters)
+    new.buffers = list(prog.buffers)
+    new.queues = [list(q) for q in prog.queues]
+    new.build = dict(prog.build)
+    new.meta = dict(prog.meta)
+    return new
+
+
+def renumber(prog) -> None:
+    """Make every task's sm and queue_pos agree with the queues."""
+    for sm, q in enumerate(prog.queues):
+        for pos, tid in enumerate(q):
+            prog.tasks[tid].sm, prog.tasks[tid].queue_pos = sm, pos
+
+
+# ---- the VM ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scenario:
+    """A KV prefix of `prefix` random positions, then `token` decoded at position `prefix`."""
+
+    prefix: int
+    token: int
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+def make_scenario(constants, prefix: int, token: int, seed: int) -> Scenario:
+    c = constants
+    g = torch.Generator().manual_seed(seed)
+    shape = (c.n_layers, c.n_kv_heads, prefix, c.head_dim)
+    return Scenario(prefix, token, torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+
+
+def vm_step(prog, weights, scenario: Scenario, seed: int, adversarial: bool = True):
+    """(fp32 logits, next token) of one ReferenceVM step of `prog` in `scenario`."""
+    from amk.vm.reference import ReferenceVM
+
+    vm = ReferenceVM(prog, weights, adversarial=adversarial, seed=seed)
+    vm.load_kv_prefix(scenario.k, scenario.v)
+    return vm.step(scenario.token)

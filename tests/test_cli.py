@@ -1,0 +1,169 @@
+"""The `amk` CLI: --json prints exactly one JSON object, exit codes 0/1/2/3, verify -> bench gating, loop."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from amk.cli import main
+from amk.harness.cmd_bench import geomean_speedups
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("amk_cache")
+    mp.setenv("AMK_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
+def run(capsys, *argv, stdin: str | None = None, monkeypatch=None):
+    """main() in-process with --json; returns (exit code, the one JSON object on stdout)."""
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(["--json", *argv])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1, out[-2000:]
+    obj = json.loads(lines[0])
+    assert obj["exit_code"] == code and obj["ok"] == (code == 0)
+    return code, obj
+
+
+def test_info_commands(capsys):
+    code, obj = run(capsys, "models")
+    assert code == 0 and "toy" in {m["name"] for m in obj["models"]}
+    code, obj = run(capsys, "targets")
+    assert code == 0 and "cpu-sim" in {t["name"] for t in obj["targets"]}
+    code, obj = run(capsys, "doctor")
+    assert code == 0 and {"python", "torch", "transformers", "cupy", "nvrtc", "cache_dir", "detected_target"} <= set(obj)
+    code, obj = run(capsys, "propose", "--model", "toy", "--gpu", "cpu-sim", "--corpus", "/nonexistent.jsonl")
+    assert code == 0 and obj["search_space"] and obj["schema_path"].endswith("schedule_config.schema.json")
+
+
+def test_evaluate_exit_codes(capsys, monkeypatch, tmp_path):
+    code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--config", "{}")
+    assert code == 0 and v["correct"] and v["latency_kind"] == "predicted"
+    code, v = run(capsys, "evaluate", "--model", "toy", "--config", '{"matvec": {"qkv": {"k_splits": 0}}}')
+    assert code == 2 and v["rejected_reason"].startswith("schema: $.matvec.qkv.k_splits")
+    code, v = run(capsys, "evaluate", "--model", "toy", "--config", "-", stdin="[1, 2]", monkeypatch=monkeypatch)
+    assert code == 2 and "got list" in v["rejected_reason"]
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"matvec": {"lm_head": {"rows_per_task": 64}}}')
+    code, v = run(capsys, "evaluate", "--model", "toy", "--config", str(cfg))
+    assert code == 0 and v["valid"]
+    code, v = run(capsys, "evaluate", "--model", "toy", "--config", str(tmp_path / "missing.json"))
+    assert code == 2 and v["error_type"] == "usage"
+    code, v = run(capsys, "evaluate", "--model", "nope")
+    assert code == 2 and "unknown model" in v["error"]
+    code, v = run(capsys, "evaluate", "--model", "toy", "--no-such-flag")
+    assert code == 2 and v["error_type"] == "usage"
+    code, v = run(capsys, "evaluate", "--model", "toy", "--device", "cuda")
+    assert code == 3 and v["error_type"] == "environment"
+
+
+def test_evaluate_correctness_failure_is_exit_1(capsys, monkeypatch):
+    from amk.vm.reference import ReferenceVM
+
+    real = ReferenceVM.step
+    monkeypatch.setattr(ReferenceVM, "step", lambda self, tok: (lambda r: (r[0] * 2.0, r[1]))(real(self, tok)))
+    code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim")
+    assert code == 1 and not v["correct"] and v["latency_us"] is None
+
+
+def test_verify_then_bench(capsys, monkeypatch, tmp_path):
+    vr = str(tmp_path / "verify_result.json")
+    code, rec = run(capsys, "verify", "--model", "toy", "--gpu", "cpu-sim", "--out", vr)
+    assert code == 0 and rec["passed"] and rec["program_fingerprint"]
+    assert json.load(open(vr))["program_fingerprint"] == rec["program_fingerprint"]
+    assert len(rec["cases"]) == rec["cases_total"] and all(c["passed"] for c in rec["cases"])
+
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--verify-result", vr, "--contexts", "1,64")
+    assert code == 0 and b["verified"] and [c["case"] for c in b["cases"]] == ["ctx1", "ctx64"]
+    assert all(c["kind"] == "predicted" and c["peak_memory_bytes"] is None for c in b["cases"])
+    assert b["geomean_speedup"] is None and [e["reason"] for e in b["excluded"]] == ["missing", "missing"]
+    assert any("PREDICTED" in n for n in b["notes"])
+
+    other = '{"matvec": {"lm_head": {"rows_per_task": 64}}}'
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--config", other, "--verify-result", vr)
+    assert code == 2 and b["error_type"] == "unverified" and "verify this program" in b["error"]
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--config", other, "--verify-result", vr,
+                  "--verify-not-required")
+    assert code == 0 and b["verified"] is False and any("UNVERIFIED" in n for n in b["notes"])
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--verify-result", str(tmp_path / "none"))
+    assert code == 2
+
+    from amk.vm.reference import ReferenceVM
+
+    real = ReferenceVM.step
+    monkeypatch.setattr(ReferenceVM, "step", lambda self, tok: (lambda r: (r[0] + 1.0, r[1]))(real(self, tok)))
+    code, rec = run(capsys, "verify", "--model", "toy", "--gpu", "cpu-sim", "--out", vr)
+    assert code == 1 and not rec["passed"] and rec["failures"]
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--verify-result", vr)
+    assert code == 2 and "FAILED" in b["error"]
+
+
+def test_geomean_excludes_bad_speedups():
+    cases = [{"case": "a", "speedup": 2.0}, {"case": "b", "speedup": 8.0}, {"case": "c", "speedup": float("nan")},
+             {"case": "d", "speedup": float("inf")}, {"case": "e", "speedup": 0.0}, {"case": "f", "speedup": -1.0},
+             {"case": "g"}, {"case": "h", "speedup": "3"}]
+    geo, excluded = geomean_speedups(cases)
+    assert geo == pytest.approx(4.0)
+    assert {e["case"]: e["reason"] for e in excluded} == {
+        "c": "NaN", "d": "infinite", "e": "zero", "f": "negative", "g": "missing", "h": "not a number (str)"}
+    assert geomean_speedups([{"case": "x", "speedup": None}])[0] is None
+
+
+def test_compile_cache_generate_and_report(capsys, tmp_path, cache_dir):
+    out = str(tmp_path / "program.json")
+    code, r = run(capsys, "compile", "--model", "toy", "--gpu", "cpu-sim", "--out", out)
+    assert code == 0 and r["tasks"] == sum(r["tasks_per_opcode"].values()) and r["sms_used"] >= 1
+    assert len(json.load(open(out))["tasks"]) == r["tasks"]
+    code, r = run(capsys, "compile", "--model", "toy", "--config", '{"bogus": 1}', "--out", out)
+    assert code == 2
+    code, r = run(capsys, "cache", "stats")
+    assert code == 0 and r["root"] == str(cache_dir)
+    code, r = run(capsys, "cache", "ls", "--kind", "program")
+    assert code == 0 and all(e["kind"] == "program" for e in r["entries"])
+    code, r = run(capsys, "generate", "--model", "toy")
+    assert code in (2, 3)  # no prompt (usage), or no amk.generate yet (environment)
+    code, r = run(capsys, "generate", "--model", "toy", "--prompt-ids", "1,5,9", "--max-new-tokens", "3")
+    if code == 3:
+        assert "amk.generate" in r["error"]
+    else:
+        assert code == 0 and len(r["tokens"]) <= 3 and r["device"] == "cpu"
+    code, r = run(capsys, "report", "--results", str(tmp_path / "none.tsv"))
+    assert code == 2
+
+
+def test_console_script_loop_budget_8_and_report(tmp_path, cache_dir):
+    env = {**os.environ, "AMK_CACHE_DIR": str(cache_dir)}
+    amk_bin = os.path.join(os.path.dirname(sys.executable), "amk")
+    p = subprocess.run([amk_bin, "loop", "--model", "toy", "--budget", "8", "--json"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout)  # exactly one JSON object
+    assert summary["trials"] == 8 and summary["gpu"] == "cpu-sim" and summary["device"] == "cpu"
+    assert "trial" in p.stderr  # progress goes to stderr
+    from amk.flywheel import load_corpus, load_results
+
+    df = load_results(tmp_path / "results.tsv")
+    assert len(df) == 8 and df["trial"].tolist() == list(range(1, 9))
+    kept = df[df["status"] == "keep"]
+    assert len(kept) >= 1 and kept["correct"].all()
+    assert len(load_corpus(tmp_path / "corpus.jsonl")) == len(kept)
+    p = subprocess.run([amk_bin, "--json", "loop", "--model", "toy", "--budget", "1"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "resume" in json.loads(p.stdout)["error"]
+    p = subprocess.run([amk_bin, "report", "--json", "--out-dir", "plots"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rep = json.loads(p.stdout)
+    assert rep["trials"] == 8 and len(rep["plots"]) == 2 and all(os.path.getsize(f) > 1000 for f in
+                                                                 [os.path.join(tmp_path, x) for x in rep["plots"]])

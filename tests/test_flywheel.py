@@ -1,0 +1,148 @@
+"""flywheel: results.tsv and corpus.jsonl formats, locked whole-line appends across processes, the prior."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import random
+
+import pytest
+
+from amk.flywheel import (
+    COLUMNS,
+    CorpusEntry,
+    Prior,
+    ResultRow,
+    Status,
+    append_entry,
+    append_result,
+    best_entry,
+    load_corpus,
+    load_results,
+    read_rows,
+)
+from amk.flywheel.results import HEADER, ResultsFormatError
+from amk.schedule.config import ScheduleConfig
+from amk.schedule.space import neighbours, search_space
+
+EXPECTED_COLUMNS = ("trial", "time", "model", "gpu", "schedule_id", "status", "correct", "latency_us", "kind",
+                    "pct_of_floor", "speedup", "description")
+
+
+def _row(i: int, **kw) -> ResultRow:
+    base = dict(model="toy", gpu="cpu-sim", schedule_id=f"{i:012x}", status=Status.KEEP, correct=True,
+                latency_us=10.0 + i, kind="predicted", pct_of_floor=50.0, speedup=1.0, description=f"row {i}")
+    base.update(kw)
+    return ResultRow(**base)
+
+
+def _entry(i: int, latency=10.0, kind="predicted", gpu="cpu-sim", change=(), improvement=None) -> CorpusEntry:
+    return CorpusEntry(model="toy", gpu=gpu, config={}, verdict={"latency_us": latency, "latency_kind": kind,
+                                                                 "correct": True},
+                       environment={"python": "3"}, time="t", change=tuple(change), improvement=improvement)
+
+
+def test_results_columns_are_fixed_and_documented():
+    assert COLUMNS == EXPECTED_COLUMNS
+
+
+def test_results_roundtrip_with_pandas(tmp_path):
+    path = tmp_path / "results.tsv"
+    append_result(path, _row(1))
+    append_result(path, _row(2, status=Status.FAIL, correct=False, latency_us=None, kind=None, pct_of_floor=None,
+                             speedup=None, description="tab\there\nnewline"))
+    append_result(path, _row(3, status=Status.CRASH, correct=None, latency_us=float("nan")))
+    text = path.read_text()
+    assert text.startswith(HEADER) and text.count(HEADER) == 1
+    assert all(line.count("\t") == len(COLUMNS) - 1 for line in text.splitlines())
+    df = load_results(path)
+    assert list(df.columns) == list(EXPECTED_COLUMNS)
+    assert df["trial"].tolist() == [1, 2, 3]
+    assert df["latency_us"].iloc[0] == 11.0 and df["latency_us"].isna().tolist() == [False, True, True]
+    assert df["correct"].iloc[0] and not df["correct"].iloc[1] and df["correct"].isna().iloc[2]
+    assert df["status"].tolist() == ["keep", "fail", "crash"]
+    assert df["description"].iloc[1] == "tab here newline"
+
+
+def test_results_refuses_a_foreign_header(tmp_path):
+    path = tmp_path / "results.tsv"
+    path.write_text("a\tb\n1\t2\n")
+    with pytest.raises(ResultsFormatError):
+        append_result(path, _row(1))
+    with pytest.raises(ResultsFormatError):
+        read_rows(path)
+
+
+def test_torn_lines_are_skipped_and_ended(tmp_path):
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    append_result(res, _row(1))
+    with open(res, "a") as f:
+        f.write("2\t2026-01-01T00:00:00Z\ttoy\tcpu")  # a writer died mid-line
+    assert len(read_rows(res)) == 1
+    append_result(res, _row(3))
+    rows = read_rows(res)
+    assert [r["trial"] for r in rows] == ["1", "2"]  # the fragment is its own (skipped) line
+    append_entry(cor, _entry(1))
+    with open(cor, "a") as f:
+        f.write('{"model": "toy", "gp')
+    append_entry(cor, _entry(2))
+    assert len(load_corpus(cor)) == 2
+
+
+def _writer(args):
+    path_res, path_cor, worker, n = args
+    from amk.flywheel import CorpusEntry, ResultRow, Status, append_entry, append_result
+
+    for i in range(n):
+        append_result(path_res, ResultRow(model="toy", gpu="cpu-sim", schedule_id=f"{worker:04d}{i:08d}",
+                                          status=Status.DISCARD, correct=True, latency_us=1.0 + i,
+                                          kind="predicted", description="x" * (i % 300)))
+        append_entry(path_cor, CorpusEntry(model="toy", gpu="cpu-sim", config={"pad": "y" * (i * 37 % 5000)},
+                                           verdict={"latency_us": 1.0, "worker": worker, "i": i}, environment={},
+                                           time="t"))
+    return n
+
+
+def test_concurrent_appends_never_interleave_or_tear(tmp_path):
+    res, cor = str(tmp_path / "results.tsv"), str(tmp_path / "corpus.jsonl")
+    workers, n = 3, 150
+    with mp.get_context("spawn").Pool(workers) as pool:
+        assert sum(pool.map(_writer, [(res, cor, w, n) for w in range(workers)])) == workers * n
+    lines = open(res).read().splitlines()
+    assert lines[0] + "\n" == HEADER and HEADER not in "\n".join(lines[1:])
+    rows = read_rows(res)
+    assert len(rows) == workers * n
+    assert sorted(int(r["trial"]) for r in rows) == list(range(1, workers * n + 1))  # unique, no gaps
+    assert len({r["schedule_id"] for r in rows}) == workers * n
+    raw = open(cor).read().splitlines()
+    assert len(raw) == workers * n
+    seen = {(d["verdict"]["worker"], d["verdict"]["i"]) for d in map(json.loads, raw)}
+    assert len(seen) == workers * n
+
+
+def test_best_entry_prefers_measured_and_correct():
+    entries = [_entry(1, 5.0, "predicted"), _entry(2, 9.0, "measured-gpu"), _entry(3, 7.0, "measured-gpu"),
+               _entry(4, None)]
+    assert best_entry(entries).latency_us == 7.0
+    assert best_entry([_entry(1, 5.0), _entry(2, 3.0)]).latency_us == 3.0
+    assert best_entry([_entry(1, None)]) is None
+
+
+def test_prior_weights_moves_by_past_gains():
+    entries = [_entry(1, change=["matvec.lm_head.rows_per_task=64"], improvement=0.2),
+               _entry(2, change=["matvec.lm_head.rows_per_task=64"], improvement=0.1),
+               _entry(3, change=["pipelining_depth=2"], improvement=-0.5),
+               _entry(4, change=["threads_per_block=256"], improvement=0.3, gpu="h100-sxm")]
+    prior = Prior.from_corpus(entries, gpu="cpu-sim", epsilon=0.0)
+    assert prior.scores["matvec.lm_head.rows_per_task=64"] == pytest.approx(0.15)
+    assert "threads_per_block=256" not in prior.scores  # another GPU's lesson
+    moves = {m.description: m for m in neighbours(ScheduleConfig(), search_space("cpu-sim"))}
+    good, bad = moves["matvec.lm_head.rows_per_task=64"], moves["pipelining_depth=2"]
+    unknown = moves["attention.kv_partitions=8"]
+    assert prior.weight(good) > prior.weight(unknown) > prior.weight(bad) > 0
+    rng = random.Random(0)
+    picks = [prior.choose([good, unknown, bad], rng).description for _ in range(2000)]
+    assert picks.count(good.description) > picks.count(unknown.description) > picks.count(bad.description) > 0
+    explore = Prior(prior.scores, prior.counts, epsilon=1.0)  # epsilon: uniform
+    picks = [explore.choose([good, bad], rng).description for _ in range(2000)]
+    assert abs(picks.count(good.description) - 1000) < 150
