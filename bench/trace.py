@@ -10,8 +10,6 @@ import json
 import os
 from collections import defaultdict
 
-import torch
-
 import amk
 from amk.eval.bench import prefill_random_kv
 from amk.schedule import detect_target

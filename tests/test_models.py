@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from amk.schedule.errors import UnknownModelError, UnsupportedModelError
-from amk.schedule.graph import Architecture
 
 from amk.models import list_models, load_model
+from amk.schedule.errors import UnknownModelError, UnsupportedModelError
+from amk.schedule.graph import Architecture
 
 EXPECTED_DIMS = {
     "toy": dict(arch=Architecture.LLAMA, hidden=96, n_layers=1, n_heads=6, n_kv_heads=2, head_dim=16,
