@@ -3,8 +3,10 @@ ReferenceVM (random order among ready SMs, NaN-poisoned scratch and unwritten KV
 
 1. Random configs from the cpu-sim search space lower to programs that validate() accepts and that decode
    exactly what the default program decodes.
-2. Mutated programs: whatever validate() accepts runs without deadlock, error or a wrong logit for several
-   VM seeds; what it rejects is counted. `pytest -s` prints the counts per mutation kind.
+2. Mutated programs: whatever validate() accepts runs under several VM seeds without deadlock, counter
+   mismatch or race (every seed gives the same bits) and, unless the mutation made two live values share
+   memory (retarget_overlapping, see SEMANTICS_KEPT), to the reference logits; what it rejects is counted.
+   `pytest -s` prints the counts per mutation kind.
 3. Planted bugs, one per class of issue: validate() rejects each, and the adversarial VM shows each as
    NaN or wrong logits, an error or a deadlock for at least one seed.
 

@@ -231,5 +231,7 @@ class Semantics:
         pairs = mem[p.pairs][p.pairs_off:p.pairs_off + 2 * p.slots].view(-1, 2)
         vals, idx = pairs[:, 0], pairs[:, 1]
         best = vals.max()
-        tok = int(idx[vals == best].min())
+        ties = idx[vals == best]
+        # NaN logits (a race the poison exposed) leave no maximum: keep the step alive so verify reports them
+        tok = int(ties.min()) if ties.numel() else 0
         mem[p.token][0] = tok
