@@ -15,31 +15,9 @@ import traceback
 import torch
 
 import amk
+from amk.eval.bench import time_vm
 from amk.eval.oracle import verify
 from amk.schedule import detect_target
-
-
-def time_steps(vm, steps: int) -> dict:
-    """CUDA events around `steps` autonomous steps (device-side position and token), checked after."""
-    vm.reset()
-    vm.set_token(1)
-    for _ in range(5):
-        vm.launch()
-    vm.check()
-    vm.reset()
-    c = vm.c
-    ctx = 1024 if c.max_seq > 1024 + steps else 0
-    g = torch.Generator(device="cuda").manual_seed(0)
-    kv = torch.randn((c.n_layers, c.n_kv_heads, ctx, c.head_dim), generator=g, device="cuda")
-    vm.load_kv_prefix(kv, kv)
-    vm.set_token(1)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        vm.launch()
-    end.record()
-    vm.check()
-    return {"steps": steps, "ms_per_step": start.elapsed_time(end) / steps}
 
 
 def main() -> None:
@@ -83,9 +61,10 @@ def main() -> None:
             from amk.eval.oracle import make_vm
 
             vm = make_vm(prog, model, device="cuda", vm="cuda")
-            t = time_steps(vm, 200)
+            t = time_vm(vm, steps=200, context=1024)
             floor_ms = prog.weight_bytes / (target.spec_bandwidth_gbs * 1e9) * 1e3
             t.update(model=name, tasks=len(prog.tasks), weight_bytes=prog.weight_bytes, spec_floor_ms=floor_ms,
+                     ms_per_step=t["latency_us"] / 1e3,
                      build=vm.build_origin, build_s=vm.build_seconds)
             timings.append(t)
             print(json.dumps(t), flush=True)
