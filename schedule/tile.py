@@ -20,7 +20,7 @@ from .stages import Stage, score_capacity
 ELEMENTWISE_ROWS = 1024  # rows per unfused elementwise task (add, silu_mul)
 EPILOGUE_OF = {"store": Epilogue.STORE, "rope_kv": Epilogue.ROPE_KV, "silu_mul": Epilogue.SILU_MUL,
                "residual_add": Epilogue.RESIDUAL_ADD, "logits": Epilogue.LOGITS, "partial": Epilogue.PARTIAL}
-SMEM_RESERVED = 2048  # bytes each block keeps for reductions, per-row accumulators of split rows
+SMEM_BOOKKEEPING_BYTES = 2048  # bytes each block keeps for reductions, per-row accumulators of split rows
 
 
 @dataclass
@@ -36,7 +36,7 @@ class TaskDraft:
 
 def attention_chunk(smem_per_block: int, dims: ModelDims) -> int:
     """Positions one attention task scores per round, holding every q head's scores in shared memory."""
-    room = smem_per_block - SMEM_RESERVED - (2 * dims.group * dims.head_dim + 2 * dims.group) * 4
+    room = smem_per_block - SMEM_BOOKKEEPING_BYTES - (2 * dims.group * dims.head_dim + 2 * dims.group) * 4
     return max(32, min(4096, room // (4 * dims.group)) // 32 * 32)
 
 
@@ -44,12 +44,12 @@ def attention_smem_bytes(chunk: int, dims, threads: int = 1024) -> int:
     """Shared memory of an attention task: q, (max, sum), the output, and one chunk of probabilities, an area
     the value reduction reuses for one partial output per warp."""
     area = max(dims.group * chunk, threads // 32 * dims.group * dims.head_dim)
-    return SMEM_RESERVED + (2 * dims.group * dims.head_dim + 2 * dims.group + area) * 4
+    return SMEM_BOOKKEEPING_BYTES + (2 * dims.group * dims.head_dim + 2 * dims.group + area) * 4
 
 
 def matvec_smem_bytes(klen: int, rows_computed: int) -> int:
     """Shared memory of a matvec or epilogue task: the staged input slice and one accumulator per row."""
-    return (klen + rows_computed) * 4 + SMEM_RESERVED
+    return (klen + rows_computed) * 4 + SMEM_BOOKKEEPING_BYTES
 
 
 class Tiler:
