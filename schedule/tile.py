@@ -71,9 +71,6 @@ class Tiler:
         n = self.max_seq * self.d.head_dim
         return Region(self.b[which], (layer * self.d.n_kv_heads + g) * n, n)
 
-    def heads_of_group(self, g: int) -> int:
-        return self.d.group + 2
-
     def unified_head(self, u: int) -> tuple[str, int, int]:
         """grouped QKV head index -> (q|k|v, head index in its kind, kv group)."""
         per = self.d.group + 2

@@ -10,12 +10,10 @@
 from __future__ import annotations
 
 import gc
-import inspect
 import time
 import traceback
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import lru_cache
 from operator import attrgetter
 from types import SimpleNamespace
 
@@ -347,15 +345,8 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
                     f"whole heads of {hd}", tasks=(tid,))
 
 
-@lru_cache(maxsize=8)
-def _n_params(fn) -> int:
-    return len(inspect.signature(fn).parameters)
-
-
-def _matvec_smem(width: int, rows: int) -> int:
-    if _n_params(tile.matvec_smem_bytes) >= 2:
-        return tile.matvec_smem_bytes(width, rows)
-    return tile.matvec_smem_bytes(width)
+def _matvec_smem(width, rows):
+    return tile.matvec_smem_bytes(width, rows)
 
 
 def _attention_smem(chunk, group: int, head_dim: int, threads: int):

@@ -419,7 +419,7 @@ __device__ void block_softmax_stats(float m, float l, float* red, float& M, floa
 }
 
 // Accumulate sum_t rnd(exp(s - M) / L) * V[t] over [s0, s1) into acc[j][VEC] for this thread's vector.
-__device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int stride, bool sc_smem, int s0, int s1,
+__device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int stride, int s0, int s1,
                             const float* M, const float* Lsum, float* probs, int chunk, float acc[AMK_GROUP][VEC]) {
   const int tid = threadIdx.x;
   const int dv = tid % HD_VECS, tp = tid / HD_VECS, np = AMK_THREADS / HD_VECS;
@@ -429,7 +429,7 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
     for (int i = tid; i < n * AMK_GROUP; i += AMK_THREADS) {
       const int j = i / n, t = i % n;
       const float* sp = sc + j * stride + (c0 - s0) + t;
-      const float s = sc_smem ? *sp : ldcg(sp);
+      const float s = ldcg(sp);
       probs[j * chunk + t] = rnd(expf(s - M[j]) / Lsum[j]);
     }
     __syncthreads();
@@ -556,7 +556,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
       }
     }
   } else {
-    values_pass(vc, sc, stride, false, 0, L, M, Ls, probs, p.chunk, acc);
+    values_pass(vc, sc, stride, 0, L, M, Ls, probs, p.chunk, acc);
   }
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
@@ -610,7 +610,7 @@ __device__ void op_attn_values(const Ctx& c, const AttnValuesParams& p) {
   for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
-  values_pass(vc, sc, cap, false, s0, s1, M, Ls, probs, p.chunk, acc);
+  values_pass(vc, sc, cap, s0, s1, M, Ls, probs, p.chunk, acc);
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, out_s[i]);

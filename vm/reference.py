@@ -41,7 +41,6 @@ class ReferenceVM:
         self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
         self._scratch = [b.id for b in program.buffers if b.kind in (BufferKind.SCRATCH, BufferKind.ARENA)
                          and b.id in tensors]
-        self._waiters: dict[int, list[int]] = {}
         self.tasks_run = 0
         self.reset()
 

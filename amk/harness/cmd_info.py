@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import platform
 from collections import Counter
@@ -112,48 +110,19 @@ def cache(args) -> CommandResult:
     return CommandResult(ExitCode.OK, out, dumps(out))
 
 
-def _find_generate():
-    """amk.generate when the package defines it, else the function of the module that holds it. Never import
-    a submodule named `amk.generate`: importing it would rebind the package attribute to the module."""
-    import types
-
-    import amk
-
-    fn = getattr(amk, "generate", None)
-    if callable(fn) and not isinstance(fn, types.ModuleType):
-        return fn
-    for name in ("amk.generation",):
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        if callable(getattr(mod, "generate", None)):
-            return mod.generate
-    return None
-
-
 def generate(args) -> CommandResult:
+    from amk.generation import generate as fn
     from amk.schedule.errors import ProgramError
 
     from .commands import UsageError
     from .verdict import parse_config
-
-    fn = _find_generate()
-    if fn is None:
-        msg = ("amk.generate is not available in this version (amk/generate.py is being written); "
-               "nothing was generated")
-        return CommandResult(ExitCode.ENVIRONMENT, {"error": msg, "error_type": "environment"}, msg)
     if args.model is None or (args.prompt is None and args.prompt_ids is None):
         raise UsageError("amk generate needs --model and --prompt TEXT (or --prompt-ids 1,2,3)")
     prompt = args.prompt if args.prompt is not None else [int(t) for t in args.prompt_ids.split(",") if t.strip()]
     given = {"model": args.model, "prompt": prompt, "max_new_tokens": args.max_new_tokens, "gpu": args.gpu,
              "device": args.device,
              "config": parse_config(read_config_arg(args.config)) if args.config is not None else None}
-    params = inspect.signature(fn).parameters
-    keep = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    given = {k: v for k, v in given.items() if v is not None and (keep or k in params)}
+    given = {k: v for k, v in given.items() if v is not None}
     try:
         out = fn(**given)
     except (ValueError, ProgramError) as e:  # a bad prompt or a schedule that does not validate

@@ -66,7 +66,7 @@ def reference_hook(model, program: MegakernelProgram, cache: Cache):
             if "hi_logits" not in made:  # verify asks once per step: one cache lookup per case
                 def create_hi():
                     src = made.get("hi") or _higher_precision_source(model, case, max_seq, greedy)
-                    return {"hi": torch.stack(list(src() if callable(src) else src))}
+                    return {"hi": torch.stack(list(src()))}
 
                 key = reference_key(model.fingerprint, dtype, case_id + "|higher-precision")
                 made["hi_logits"] = list(cache.get_or_create_tensors("reference", key, create_hi)["hi"])
@@ -78,14 +78,11 @@ def reference_hook(model, program: MegakernelProgram, cache: Cache):
 
 
 def _higher_precision_source(model, case, max_seq: int, greedy: list[int]):
-    # The eager part came from the cache: rebuild only the higher-precision half, lazily (the oracle's own
-    # class when it has one; an older oracle returns the logits from eager_reference itself).
-    from amk.eval import oracle
+    # The eager part came from the cache: rebuild only the higher-precision half, lazily.
     from amk.eval.cases import case_inputs
+    from amk.eval.oracle import HigherPrecision
 
-    if hasattr(oracle, "HigherPrecision"):
-        return oracle.HigherPrecision(model, case_inputs(case, model.dims, model.dtype, max_seq), greedy)
-    return oracle.eager_reference(model, case, max_seq)[2]
+    return HigherPrecision(model, case_inputs(case, model.dims, model.dtype, max_seq), greedy)
 
 
 def _record(v: Verdict, res) -> None:
