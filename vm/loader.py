@@ -16,10 +16,16 @@ from .abi import Ctrl, VmErrorCode, generate_header
 KERNEL_NAME = "amk_megakernel"
 DEFAULT_TIMEOUT_S = 1.0
 _MODULES: dict[str, object] = {}  # in-process: key -> cupy RawModule
+DEFAULT_CACHE = object()  # MegakernelVM(cache=...): the process-wide amk.cache; None builds without a file cache
+
+
+KERNEL_PARTS = ("base.cuh", "epilogue.cuh", "matvec.cuh", "attention.cuh", "weight_ring.cuh", "megakernel.cu")
 
 
 def kernel_source() -> str:
-    return resources.files("amk.vm").joinpath("megakernel.cu").read_text()
+    """The kernel as one translation unit: its parts in dependency order (the ABI header goes first)."""
+    root = resources.files("amk.vm")
+    return "\n".join(f"// ---- {name}\n" + root.joinpath(name).read_text() for name in KERNEL_PARTS)
 
 
 def _cupy():
@@ -86,7 +92,8 @@ def build_module(program: MegakernelProgram, arch: str, cache=None, trace: bool 
     if cache is not None:
         from amk.cache import kernel_key
 
-        ckey = kernel_key(source, header, dict(program.build), arch, nvrtc, KERNEL_NAME)
+        ckey = kernel_key(source, header, dict(program.build), arch, nvrtc, KERNEL_NAME,
+                          " ".join(compile_options(arch)))
         cubin = cache.get("kernel", ckey)
         origin = "file" if cubin is not None else origin
     if cubin is None:
@@ -103,7 +110,7 @@ class MegakernelVM:
     """Runs a program as one persistent kernel per decode step, on torch's current stream."""
 
     def __init__(self, program: MegakernelProgram, weights: dict[int, torch.Tensor], device: str | int = "cuda",
-                 timeout_s: float = DEFAULT_TIMEOUT_S, cache=None, trace: bool = False):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, cache=DEFAULT_CACHE, trace: bool = False):
         if not torch.cuda.is_available():
             raise EnvironmentProblem("the CUDA VM needs a CUDA device; none is visible")
         self.program = program
@@ -114,6 +121,10 @@ class MegakernelVM:
             raise ProgramError(f"program has {program.num_sms} SM queues, the device has {props.multi_processor_count} "
                                "SMs: a persistent kernel needs every block resident", ())
         self.arch = f"sm_{props.major}{props.minor}"
+        if cache is DEFAULT_CACHE:  # a new process loads an already-built variant from the file cache
+            from amk.cache import default_cache
+
+            cache = default_cache()
         t0 = time.perf_counter()
         self.module, self.kernel_key, self.build_origin = build_module(program, self.arch, cache, trace)
         self.kernel = self.module.get_function(KERNEL_NAME)
@@ -147,8 +158,9 @@ class MegakernelVM:
             else:
                 ptrs.append(self.tensors[b.arena].data_ptr() + 4 * b.arena_off)
         self.ptrs = torch.tensor(ptrs, dtype=torch.int64, device=dev)
-        # per task: start, dependencies met, done (globaltimer ns) and the SM, for the tracing build
-        self.trace = torch.zeros((len(program.tasks), 4), dtype=torch.int64, device=dev) if trace else None
+        # per task: start, dependencies met, done (globaltimer ns), the SM, and with a weight ring the cycles
+        # thread 0 spent waiting for pieces, computing them (to the barrier), pumping, and the piece count
+        self.trace = torch.zeros((len(program.tasks), 8), dtype=torch.int64, device=dev) if trace else None
         self.cols = torch.tensor([b.cols for b in program.buffers], dtype=torch.int32, device=dev)
         self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
         self.steps_launched = 0

@@ -1,0 +1,149 @@
+// AMK persistent decode megakernel. One block per SM walks its queue of packed instructions.
+// The ABI (opcodes, parameter structs, model constants, build knobs) comes from the generated header
+// that amk.vm.abi prepends; amk.vm.semantics is the definition of what each opcode computes.
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#if AMK_DTYPE == DT_BF16
+typedef __nv_bfloat16 wtype;
+__device__ __forceinline__ float to_f(wtype v) { return __bfloat162float(v); }
+__device__ __forceinline__ wtype from_f(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ float rnd(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+#elif AMK_DTYPE == DT_F16
+typedef __half wtype;
+__device__ __forceinline__ float to_f(wtype v) { return __half2float(v); }
+__device__ __forceinline__ wtype from_f(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ float rnd(float v) { return __half2float(__float2half_rn(v)); }
+#else
+typedef float wtype;
+__device__ __forceinline__ float to_f(wtype v) { return v; }
+__device__ __forceinline__ wtype from_f(float v) { return v; }
+__device__ __forceinline__ float rnd(float v) { return v; }
+#endif
+
+#define VEC (16 / (int)sizeof(wtype))  // weights per 16-byte load
+#define NWARPS (AMK_THREADS / 32)
+#define HALF_HD (AMK_HEAD_DIM / 2)
+#define HD_VECS (AMK_HEAD_DIM / VEC)
+#define NEG_INF (__int_as_float(0xff800000))
+
+struct Ctx {
+  const unsigned long long* bufs;
+  const int* cols;
+  float* smem;
+  float* red;  // 64 floats of reduction scratch
+  unsigned long long* prof;  // tracing build: thread 0's per-task cycle counts (ring wait, compute, pump)
+  int pos;
+};
+
+template <typename T>
+__device__ __forceinline__ T* buf(const Ctx& c, int id) { return reinterpret_cast<T*>(c.bufs[id]); }
+
+// Activations and the KV cache are written by other SMs during the step: read them at L2 (coherent).
+__device__ __forceinline__ float ldcg(const float* p) { return __ldcg(p); }
+__device__ __forceinline__ void stcg(float* p, float v) { __stcg(p, v); }
+
+__device__ __forceinline__ void unpack(const uint4& raw, float* out) {
+#if AMK_DTYPE == DT_F32
+  out[0] = __uint_as_float(raw.x); out[1] = __uint_as_float(raw.y);
+  out[2] = __uint_as_float(raw.z); out[3] = __uint_as_float(raw.w);
+#else
+  const wtype* h = reinterpret_cast<const wtype*>(&raw);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) out[e] = to_f(h[e]);
+#endif
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide sum / max; every thread gets the result. `red` holds NWARPS floats.
+__device__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = 0.f;
+  for (int w = 0; w < NWARPS; ++w) t += red[w];
+  return t;
+}
+__device__ float block_max(float v, float* red) {
+  v = warp_max(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = NEG_INF;
+  for (int w = 0; w < NWARPS; ++w) t = fmaxf(t, red[w]);
+  return t;
+}
+
+// (value, index) argmax, first maximum wins; result valid in thread 0.
+__device__ void block_argmax(float& v, int& i, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+  }
+  __syncthreads();
+  if (lane == 0) { red[warp] = v; reinterpret_cast<int*>(red)[32 + warp] = i; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < NWARPS; ++w) {
+      float ov = red[w];
+      int oi = reinterpret_cast<int*>(red)[32 + w];
+      if (ov > red[0] || (ov == red[0] && oi < reinterpret_cast<int*>(red)[32])) { red[0] = ov; reinterpret_cast<int*>(red)[32] = oi; }
+    }
+    v = red[0];
+    i = reinterpret_cast<int*>(red)[32];
+  }
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+
+// ---- RMSNorm: out[k] = rnd(w[k] * rnd(x[k] * r)) ----------------------------------------------
+__device__ float rms_scale(const float* x, int n, float* red) {
+  float ss = 0.f;
+  for (int k = threadIdx.x; k < n; k += AMK_THREADS) { float v = ldcg(x + k); ss += v * v; }
+  ss = block_sum(ss, red);
+  return 1.0f / sqrtf(ss / (float)n + AMK_EPS);
+}
+
+__device__ void op_embed(const Ctx& c, const EmbedParams& p, int* control, int task) {
+  const int tok = __ldcg(buf<int>(c, p.token));
+  if (tok < 0 || tok >= AMK_VOCAB) {
+    if (threadIdx.x == 0 && atomicCAS(control + CTRL_ERR, 0, ERR_BAD_TOKEN) == 0) {
+      control[CTRL_ERR_TASK] = task; control[CTRL_ERR_DETAIL] = tok;
+    }
+    return;
+  }
+  const wtype* row = buf<wtype>(c, p.table) + (long long)tok * p.dim;
+  float* out = buf<float>(c, p.out) + p.out_off;
+  for (int k = threadIdx.x; k < p.dim; k += AMK_THREADS) stcg(out + k, to_f(row[k]));
+}
+
+__device__ void op_rmsnorm(const Ctx& c, const RmsNormParams& p) {
+  const float* x = buf<float>(c, p.inp) + p.inp_off;
+  const wtype* w = buf<wtype>(c, p.weight);
+  const float r = rms_scale(x, p.dim, c.red);
+  float* out = buf<float>(c, p.out) + p.out_off;
+  for (int k = threadIdx.x; k < p.dim; k += AMK_THREADS) stcg(out + k, rnd(to_f(w[k]) * rnd(ldcg(x + k) * r)));
+}
+

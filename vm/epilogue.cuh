@@ -1,0 +1,111 @@
+// ---- epilogues: acc[0, rows) main rows, acc[rows, 2 rows) the paired rows -------------------------
+__device__ void rope_head(const Ctx& c, const EpilogueParams& e, const float* vals, int u, int lane) {
+  const int g = u / (AMK_GROUP + 2), j = u % (AMK_GROUP + 2);
+  const int hd = AMK_HEAD_DIM;
+  if (j == AMK_GROUP + 1) {  // v: appended as it is
+    wtype* dst = buf<wtype>(c, e.vcache) + (((long long)e.layer * AMK_KV_HEADS + g) * AMK_MAX_SEQ + c.pos) * hd;
+    for (int i = lane; i < hd; i += 32) dst[i] = from_f(vals[i]);
+    return;
+  }
+  float r = 1.f;
+  const wtype* nw = nullptr;
+#if AMK_QK_NORM
+  {
+    float ss = 0.f;
+    for (int i = lane; i < hd; i += 32) ss += vals[i] * vals[i];
+    ss = warp_sum(ss);
+    r = 1.0f / sqrtf(ss / (float)hd + AMK_EPS);
+    nw = buf<wtype>(c, j < AMK_GROUP ? e.qnorm : e.knorm);
+  }
+#endif
+  const wtype* cs = buf<wtype>(c, AMK_ROPE_COS) + (long long)c.pos * hd;
+  const wtype* sn = buf<wtype>(c, AMK_ROPE_SIN) + (long long)c.pos * hd;
+  for (int i = lane; i < HALF_HD; i += 32) {
+    float a = vals[i], b = vals[i + HALF_HD];
+    if (nw) { a = rnd(to_f(nw[i]) * rnd(a * r)); b = rnd(to_f(nw[i + HALF_HD]) * rnd(b * r)); }
+    const float lo = rnd(rnd(a * to_f(cs[i])) + rnd(-b * to_f(sn[i])));
+    const float hi = rnd(rnd(b * to_f(cs[i + HALF_HD])) + rnd(a * to_f(sn[i + HALF_HD])));
+    if (j < AMK_GROUP) {
+      float* q = buf<float>(c, e.out) + e.out_off + (g * AMK_GROUP + j) * hd;
+      stcg(q + i, lo); stcg(q + i + HALF_HD, hi);
+    } else {
+      wtype* dst = buf<wtype>(c, e.kcache) + (((long long)e.layer * AMK_KV_HEADS + g) * AMK_MAX_SEQ + c.pos) * hd;
+      dst[i] = from_f(lo); dst[i + HALF_HD] = from_f(hi);
+    }
+  }
+}
+
+__device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int rows, float* acc) {
+  const int tid = threadIdx.x;
+  if (e.bias >= 0 && e.kind != EPI_PARTIAL) {
+    const wtype* b = buf<wtype>(c, e.bias);
+    for (int i = tid; i < rows; i += AMK_THREADS) acc[i] += to_f(b[row0 + i]);
+    __syncthreads();
+  }
+  float* out = buf<float>(c, e.out);
+  const long long lo = (long long)e.out_off + row0;
+  switch (e.kind) {
+    case EPI_STORE:
+      for (int i = tid; i < rows; i += AMK_THREADS) {
+        stcg(out + lo + i, rnd(acc[i]));
+        if (e.pair_offset) stcg(out + lo + e.pair_offset + i, rnd(acc[rows + i]));
+      }
+      break;
+    case EPI_PARTIAL: {
+      const long long base = (long long)e.out_off + (long long)e.split * e.split_stride + row0;
+      for (int i = tid; i < rows; i += AMK_THREADS) {
+        stcg(out + base + i, acc[i]);
+        if (e.pair_offset) stcg(out + base + e.pair_offset + i, acc[rows + i]);
+      }
+      break;
+    }
+    case EPI_RESIDUAL_ADD:
+      for (int i = tid; i < rows; i += AMK_THREADS) stcg(out + lo + i, rnd(ldcg(out + lo + i) + rnd(acc[i])));
+      break;
+    case EPI_SILU_MUL:
+      for (int i = tid; i < rows; i += AMK_THREADS) {
+        const float g = rnd(acc[i]), u = rnd(acc[rows + i]);
+        stcg(out + lo + i, rnd(rnd(silu(g)) * u));
+      }
+      break;
+    case EPI_LOGITS: {
+      float best = NEG_INF;
+      int bi = 0x7fffffff;
+      for (int i = tid; i < rows; i += AMK_THREADS) {
+        const float v = rnd(acc[i]);
+        stcg(out + lo + i, v);
+        if (v > best || (v == best && row0 + i < bi)) { best = v; bi = row0 + i; }
+      }
+      block_argmax(best, bi, c.red);
+      if (tid == 0) {
+        float* pairs = buf<float>(c, e.argmax);
+        stcg(pairs + 2 * e.argmax_slot, best);
+        stcg(pairs + 2 * e.argmax_slot + 1, (float)bi);
+      }
+      break;
+    }
+    case EPI_ROPE_KV: {
+      const int lane = tid & 31, warp = tid >> 5;
+      for (int i = tid; i < rows; i += AMK_THREADS) acc[i] = rnd(acc[i]);
+      __syncthreads();
+      const int h0 = row0 / AMK_HEAD_DIM, nh = rows / AMK_HEAD_DIM;
+      for (int h = warp; h < nh; h += NWARPS) rope_head(c, e, acc + h * AMK_HEAD_DIM, h0 + h, lane);
+      break;
+    }
+  }
+}
+
+// Greedy token from the per-task (max, index) pairs the LOGITS epilogues left.
+__device__ void op_argmax(const Ctx& c, const ArgmaxParams& p) {
+  const float* pairs = buf<float>(c, p.pairs) + p.pairs_off;
+  float best = NEG_INF;
+  int bi = 0x7fffffff;
+  for (int s = threadIdx.x; s < p.slots; s += AMK_THREADS) {
+    const float v = ldcg(pairs + 2 * s);
+    const int i = (int)ldcg(pairs + 2 * s + 1);
+    if (v > best || (v == best && i < bi)) { best = v; bi = i; }
+  }
+  block_argmax(best, bi, c.red);
+  if (threadIdx.x == 0) __stcg(buf<int>(c, p.token), bi);
+}
+
