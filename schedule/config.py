@@ -114,6 +114,10 @@ class VmBuildConfig:
                                choices=[1, 2, 4])
     spin_backoff_ns: int = knob(0, help="nanosleep between polls of a dependency counter",
                                 choices=[0, 32, 128, 512])
+    weight_ring_kb: int = knob(0, help="shared-memory ring that bulk copies (TMA, sm_90+) stream matvec weights "
+                                       "through, in KiB of 16 KiB slots, taken from the end of smem_per_block; "
+                                       "0 streams weights through registers",
+                               choices=[0, 32, 64, 96, 128, 160, 192], search=[0])
 
 
 @dataclass
@@ -122,8 +126,9 @@ class ScheduleConfig:
     attention: AttentionConfig = knob(AttentionConfig(), help="attention decode partitioning")
     fusion: FusionConfig = knob(FusionConfig(), help="which ops are fused into their neighbours")
     sm: SmConfig = knob(SmConfig(), help="SM assignment")
-    pipelining_depth: int = knob(0, help="how many queued tasks ahead each SM prefetches weights into L2 "
-                                         "before waiting on dependencies", minimum=0, maximum=8,
+    pipelining_depth: int = knob(0, help="how many queued tasks ahead each SM starts loading weights before "
+                                         "their dependencies are met (into the weight ring when there is one, "
+                                         "else into L2)", minimum=0, maximum=8,
                                  search=[0, 1, 2, 3, 4])
     scratch: ScratchPolicy = knob(ScratchPolicy.LIVENESS, help="scratch arena allocation",
                                   choices=list(ScratchPolicy))

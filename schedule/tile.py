@@ -21,6 +21,21 @@ ELEMENTWISE_ROWS = 1024  # rows per unfused elementwise task (add, silu_mul)
 EPILOGUE_OF = {"store": Epilogue.STORE, "rope_kv": Epilogue.ROPE_KV, "silu_mul": Epilogue.SILU_MUL,
                "residual_add": Epilogue.RESIDUAL_ADD, "logits": Epilogue.LOGITS, "partial": Epilogue.PARTIAL}
 SMEM_BOOKKEEPING_BYTES = 2048  # bytes each block keeps for reductions, per-row accumulators of split rows
+RING_SLOT_BYTES = 16384  # one bulk copy target of the weight ring; a whole row of K=8192 in bf16
+RING_ALIGN = 128
+
+
+def ring_offset(smem_per_block: int, ring_kb: int) -> int:
+    """Byte offset of the weight ring inside dynamic shared memory (the ring sits at the end; the work area
+    of every task is what lies before it). The kernel computes the same expression."""
+    if ring_kb <= 0:
+        return smem_per_block
+    return (smem_per_block - ring_kb * 1024) // RING_ALIGN * RING_ALIGN
+
+
+def work_smem_bytes(smem_per_block: int, ring_kb: int) -> int:
+    """Shared memory a task may use for staged inputs, accumulators and attention scores."""
+    return ring_offset(smem_per_block, ring_kb)
 
 
 @dataclass
@@ -34,9 +49,9 @@ class TaskDraft:
     groups: tuple[int, ...] = ()
 
 
-def attention_chunk(smem_per_block: int, dims: ModelDims) -> int:
+def attention_chunk(work_bytes: int, dims: ModelDims) -> int:
     """Positions one attention task scores per round, holding every q head's scores in shared memory."""
-    room = smem_per_block - SMEM_BOOKKEEPING_BYTES - (2 * dims.group * dims.head_dim + 2 * dims.group) * 4
+    room = work_bytes - SMEM_BOOKKEEPING_BYTES - (2 * dims.group * dims.head_dim + 2 * dims.group) * 4
     return max(32, min(4096, room // (4 * dims.group)) // 32 * 32)
 
 
@@ -272,7 +287,7 @@ class Tiler:
         q, sc = self.val("q", layer), self.val("scores", layer)
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
-        chunk = attention_chunk(self.cfg.smem_per_block, d)
+        chunk = attention_chunk(work_smem_bytes(self.cfg.smem_per_block, self.cfg.build.weight_ring_kb), d)
         out = []
         for g in range(d.n_kv_heads):
             q_reg = [self.region(q, g * G * hd, G * hd), self.kv_slab("kcache", layer, g), Region(self.b["pos"], 0, 1)]
@@ -299,7 +314,7 @@ class Tiler:
         sc, stats, o = self.val("scores", layer), self.val("attn_stats", layer), self.val("attn_part", layer)
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
-        chunk = attention_chunk(self.cfg.smem_per_block, d)
+        chunk = attention_chunk(work_smem_bytes(self.cfg.smem_per_block, self.cfg.build.weight_ring_kb), d)
         out = []
         for g in range(d.n_kv_heads):
             for part in range(parts):

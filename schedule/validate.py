@@ -178,6 +178,10 @@ def _check_structure(program, target, rep: _Report) -> None:
     elif target is not None and tpb > target.max_threads_per_block:
         rep.add(IssueKind.ABI, f"threads_per_block={tpb} exceeds {target.name}'s {target.max_threads_per_block}")
     if target is not None:
+        ring = int(program.build.get("WEIGHT_RING_KB", 0))
+        if ring and target.arch != "none" and int(target.arch.split("_")[1]) < 90:
+            rep.add(IssueKind.ABI, f"build.weight_ring_kb={ring} needs bulk copies (sm_90 or newer); "
+                                   f"{target.name} is {target.arch}: set build.weight_ring_kb to 0")
         if program.smem_per_block > target.smem_per_block_max:
             rep.add(IssueKind.ABI, f"smem_per_block={program.smem_per_block} exceeds {target.name}'s "
                                    f"{target.smem_per_block_max} bytes")
@@ -314,7 +318,8 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
                     rep.add(IssueKind.ABI, f"{rep.tname(int(tids[k]))}: parameter {lay.paths[i]}={v} names no "
                             "buffer", tasks=(int(tids[k]),))
         a, tids = a[~bad], tids[~bad]
-    ix, hd, smem = lay.ix, c.head_dim, program.smem_per_block
+    ix, hd = lay.ix, c.head_dim
+    smem = tile.work_smem_bytes(program.smem_per_block, int(program.build.get("WEIGHT_RING_KB", 0)))
     col = {name: a[:, i] for name, i in ix.items()}
     try:
         if "klen" in ix:  # matvec: the staged input slice (all of K when the norm is fused) and its rows
@@ -336,7 +341,8 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
         for k in np.flatnonzero(need > smem):
             tid = int(tids[k])
             rep.add(IssueKind.ABI, f"{rep.tname(tid)} stages {what.format(*(int(d[k]) for d in detail))} and "
-                    f"needs {int(need[k])} bytes of shared memory; smem_per_block is {smem}", tasks=(tid,))
+                    f"needs {int(need[k])} bytes of shared memory; smem_per_block leaves {smem} beside the "
+                    "weight ring", tasks=(tid,))
     if "epi.kind" in ix and "row0" in ix:
         rope = (col["epi.kind"] == Epilogue.ROPE_KV) & ((col["row0"] % hd != 0) | (col["rows"] % hd != 0))
         for k in np.flatnonzero(rope):

@@ -15,6 +15,7 @@ from amk.schedule.config import ScheduleConfig, get_path, iter_knobs, with_value
 
 CPU_TARGET = "cpu-sim"  # 8 SMs
 CPU_SMS = 8
+RING_TEST_SMEM = 227 * 1024  # the largest opt-in shared memory of a Hopper block
 # explicit maps for sm.explicit_map (under sm.assignment=explicit); SM ids < 8 so that they lower on cpu-sim too
 EXPLICIT_MAPS = ({"attention": [0, 1]}, {"qkv": [0, 1, 2, 3], "lm_head": [5], "down": [7, 6]})
 _ROWS_OF = {"o": "hidden", "gate_up": "intermediate", "down": "hidden", "lm_head": "vocab"}
@@ -29,6 +30,8 @@ def base_config(path: str) -> ScheduleConfig:
     sm.assignment=explicit."""
     if path == "sm.explicit_map":
         return with_value(ScheduleConfig(), "sm.assignment", "explicit")
+    if path == "build.weight_ring_kb":  # the ring comes out of smem_per_block: leave every size room to work
+        return with_value(ScheduleConfig(), "smem_per_block", RING_TEST_SMEM)
     return ScheduleConfig()
 
 

@@ -6,16 +6,18 @@ import copy
 import dataclasses
 import functools
 import json
+from pathlib import Path
 
 import pytest
 from transformers import AutoConfig
 
+import amk
 from amk.schedule import DType, ModelDims, lower_dims
 from amk.schedule.opcodes import Opcode
 from amk.schedule.program import BufferKind, Counter, Region, Wait
 from amk.schedule.validate import IssueKind, ValidationResult, validate
 
-CONFIGS = "/work/main/amk/models/configs"
+CONFIGS = Path(amk.__file__).parent / "models" / "configs"
 
 
 @functools.cache
@@ -326,3 +328,29 @@ def test_issue_flood_is_capped():
     r = validate(prog)
     assert not r.ok and len(r.issues) <= 20 * len(IssueKind)
     assert sum(r.suppressed.values()) > 0
+
+
+# ---- the weight ring -----------------------------------------------------------------------------------
+def _ring(name: str, ring_kb: int, smem: int, target: str):
+    with open(f"{CONFIGS}/{name}.json") as f:
+        cfg = AutoConfig.for_model(**json.load(f))
+    config = {"build": {"weight_ring_kb": ring_kb}, "smem_per_block": smem}
+    return lower_dims(ModelDims.from_hf_config(cfg), DType.BF16, target, config=config)
+
+
+def test_weight_ring_fits_beside_the_work_area_on_hopper():
+    assert validate(_ring("llama-3.2-1b", 128, 200 * 1024, "h100-sxm"), "h100-sxm").ok
+
+
+def test_weight_ring_needs_sm90():
+    prog = _ring("toy", 32, 96 * 1024, "l4")
+    r = validate(prog, "l4")
+    assert not r.ok and any("build.weight_ring_kb" in i.message and "sm_89" in i.message for i in r.issues)
+
+
+def test_weight_ring_leaving_too_little_shared_memory_is_named():
+    # llama's down projection stages 8192 inputs (32 KiB); 160 KiB of ring leaves 32 KiB of 192 KiB
+    prog = _ring("llama-3.2-1b", 160, 192 * 1024, "h100-sxm")
+    r = validate(prog, "h100-sxm")
+    assert not r.ok
+    assert any("beside the weight ring" in i.message and "(down)" in i.message for i in issues_of(r, IssueKind.ABI))

@@ -111,3 +111,24 @@ def test_planted_deadlock_raises_quickly_and_gpu_stays_usable(target):
     assert time.perf_counter() - start < 2.0
     good = amk.lower(model, target, None, max_seq=64)
     assert verify(good, model, device="cuda", vm="cuda", cases="reduced").ok
+
+
+RING_CONFIGS = [  # the weight ring path: rows that fit a slot, rows cut into slot-wide pieces, k-splits
+    {"build": {"weight_ring_kb": 128}, "smem_per_block": 200 * 1024, "pipelining_depth": 2},
+    {"build": {"weight_ring_kb": 32, "rows_in_flight": 1}, "smem_per_block": 96 * 1024, "pipelining_depth": 0},
+    {"build": {"weight_ring_kb": 64}, "smem_per_block": 160 * 1024, "pipelining_depth": 4,
+     "matvec": {"down": {"rows_per_task": 8, "k_splits": 2}, "gate_up": {"rows_per_task": 128}}},
+]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m"])
+def test_weight_ring_configs_verify(name, dtype, target):
+    if int(target.arch.split("_")[1]) < 90:
+        pytest.skip("the weight ring needs bulk copies (sm_90+)")
+    model = _model(name, dtype)
+    for cfg in RING_CONFIGS:
+        prog = amk.lower(model, target, cfg, max_seq=256)
+        assert amk.validate(prog, target).ok, cfg
+        res = verify(prog, model, device="cuda", vm="cuda", cases="reduced")
+        assert res.ok, (cfg, res.to_dict()["failures"])
