@@ -77,7 +77,7 @@ def make_key(kind: str, **parts: Any) -> str:
 # The helpers pass **locals() (only their parameters at that point) so that a parameter
 # added later cannot be left out of the key by accident.
 def kernel_key(source: str | bytes, header: str | bytes, knobs: dict, arch: str,
-               compiler_version: str, kernel_name: str) -> str:
+               compiler_version: str, kernel_name: str, compile_options: str = "") -> str:
     return make_key("kernel", **locals())
 
 

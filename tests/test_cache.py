@@ -173,7 +173,8 @@ def test_tensor_memory_hit_returns_fresh_copy(tmp_path):
 # ---- keys -------------------------------------------------------------------------------------
 HELPERS = {
     kernel_key: dict(source="__global__ void k(){}", header=b"#pragma once", knobs={"tile": 64, "warps": 4},
-                     arch="sm_90a", compiler_version="12.8", kernel_name="k"),
+                     arch="sm_90a", compiler_version="12.8", kernel_name="k",
+                     compile_options="-std=c++17 -I/usr/local/cuda/include"),
     program_key: dict(model_fingerprint="fp1", config_json='{"layers":2}', target="h100", dtype="bf16",
                       max_seq=2048),
     reference_key: dict(model_fingerprint="fp1", dtype="bf16", case_id="c0", shared_id=None),
