@@ -155,8 +155,7 @@ def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult
         while step < len(feed):
             logits, nxt = machine.step(feed[step])
             c = compare(logits, golden[step], model.dtype)
-            rec = {"step": step, **{k: c.to_dict()[k] for k in ("mere", "mare", "top1_match", "nonfinite")}}
-            rec["top1"] = rec.pop("top1_match")
+            rec = {"step": step, "mere": c.mere, "mare": c.mare, "nonfinite": c.nonfinite, "top1": c.top1_match}
             ok = c.passed
             hi = hi_fn() if (half or not ok) and hi_fn is not None else None
             if hi is not None and step < len(hi):

@@ -96,11 +96,34 @@ def _record(v: Verdict, res) -> None:
 
 
 def run_cpu(v: Verdict, program, model, case_list, ref, seed: int):
+    import torch
+
     from amk.eval.oracle import verify
 
-    res = verify(program, model, device="cpu", vm="reference", cases=case_list, seed=seed, reference=ref)
+    # The ReferenceVM runs the program as thousands of tiny torch ops per step, and that run is most of a
+    # warm evaluate (it is never cached). Inference mode skips autograd's per-op bookkeeping and computes the
+    # same values; the VM and its tensors live only inside verify. The reference hook (cache, eager, the
+    # higher-precision copy the model keeps) runs outside inference mode, as it does on the GPU path.
+    with torch.inference_mode():
+        res = verify(program, model, device="cpu", vm="reference", cases=case_list, seed=seed,
+                     reference=_outside_inference_mode(ref))
     _record(v, res)
     return None
+
+
+def _outside_inference_mode(ref):
+    """`ref`, and the higher-precision callable it returns, run with inference mode off."""
+    import torch
+
+    def call(fn, *args):
+        with torch.inference_mode(False):
+            return fn(*args)
+
+    def wrapped(case):
+        logits, greedy, hi = call(ref, case)
+        return logits, greedy, (lambda: call(hi)) if callable(hi) else hi
+
+    return wrapped
 
 
 def build_cuda_vm(program, model):
