@@ -22,12 +22,18 @@ def summarise(program, trace) -> dict:
     origin = t[:, 0].min()
     kinds: dict[str, list] = defaultdict(list)
     stages: dict[int, list] = defaultdict(list)
+    ring: dict[str, list] = defaultdict(list)
     for task in program.tasks:
-        t0, t1, t2, _ = t[task.id]
+        t0, t1, t2, _, wait_c, comp_c, pump_c, issue_c = t[task.id]
         kinds[task.kind].append(((t1 - t0) / 1e3, (t2 - t1) / 1e3))
+        if wait_c or comp_c:
+            ring[task.kind].append((wait_c, comp_c, pump_c, issue_c))
         stages[task.stage].append((t0 - origin, t1 - origin, t2 - origin))
     per_kind = {k: {"tasks": len(v), "wait_us": sum(a for a, _ in v) / len(v), "exec_us": sum(b for _, b in v) / len(v),
                     "exec_max_us": max(b for _, b in v)} for k, v in kinds.items()}
+    for k, v in ring.items():  # thread 0's cycles per task in the weight ring: waiting, computing, pumping
+        per_kind[k].update({f"ring_{name}_cycles": sum(x[i] for x in v) / len(v)
+                            for i, name in enumerate(("wait", "compute", "pump", "issue"))})
     kind_of = {task.stage: task.kind for task in program.tasks}
     timeline = []
     for s in sorted(stages):
@@ -60,9 +66,11 @@ def main() -> None:
         s["config"] = cfg
         results.append(s)
         print(f"config {cfg}: traced step {s['step_us']:.1f} us")
-        print(f"{'kind':<20}{'tasks':>7}{'wait_us':>10}{'exec_us':>10}{'exec_max':>10}")
+        print(f"{'kind':<20}{'tasks':>7}{'wait_us':>10}{'exec_us':>10}{'exec_max':>10}  ring cycles: wait compute pump (issue)")
         for k, v in sorted(s["per_kind"].items(), key=lambda kv: -kv[1]["exec_us"] * kv[1]["tasks"]):
-            print(f"{k:<20}{v['tasks']:>7}{v['wait_us']:>10.2f}{v['exec_us']:>10.2f}{v['exec_max_us']:>10.2f}")
+            ring = "".join(f"{v[f'ring_{n}_cycles']:>12.0f}" for n in ("wait", "compute", "pump", "issue")
+                           if f"ring_{n}_cycles" in v)
+            print(f"{k:<20}{v['tasks']:>7}{v['wait_us']:>10.2f}{v['exec_us']:>10.2f}{v['exec_max_us']:>10.2f}{ring}")
         layer = [r for r in s["timeline"]][10:22]
         print("stage  kind                first_ready  last_ready  last_done (us)")
         for r in layer:
