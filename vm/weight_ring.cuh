@@ -39,6 +39,11 @@ struct RingTile {
   long long K;
   MatvecParams p;
   int pieces, rpp, cpr;  // pieces, rows per row piece, column pieces per row (1 when rows fit a slot)
+  int R;                  // computed rows
+  bool whole_rows;        // klen == K: the main rows and the paired rows are two contiguous runs
+  unsigned row_bytes;     // bytes of one row of the slice
+  const char* main_src;   // first main row of the slice
+  const char* pair_src;   // first paired row
 };
 
 __device__ __forceinline__ Piece piece_at(const RingTile& t, int q) {
@@ -77,6 +82,32 @@ __device__ void ring_init(WeightRing& r, unsigned long long* full, float* smem, 
 // Thread 0: one piece into the next slot. The slot's previous piece was consumed before the barrier that
 // preceded this call (the pattern of TMA pipelines: a consumer release, then the copy; no proxy fence, which
 // would also wait for the copies still in flight).
+__device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               :: "r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+
+// Thread 0, the common case: whole rows, at most two runs (main and paired rows). A few instructions: every
+// piece passes through here on the block's critical path (barrier -> issue -> warp 0's units -> barrier).
+__device__ __forceinline__ void ring_issue_rows(WeightRing& r, int q) {
+  const RingTile& t = r.tile;
+  const int slot = r.head % RING_SLOTS;
+  const unsigned bar = smem_u32(r.full + slot);
+  const unsigned dst = smem_u32(r.slots + slot * RING_SLOT_BYTES);
+  const int lr0 = q * t.rpp, n = min(t.rpp, t.R - lr0), rows = t.p.rows;
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(n * t.row_bytes) : "memory");
+  if (lr0 + n <= rows) {
+    bulk_copy(dst, t.main_src + (long long)lr0 * t.row_bytes, n * t.row_bytes, bar);
+  } else if (lr0 >= rows) {
+    bulk_copy(dst, t.pair_src + (long long)(lr0 - rows) * t.row_bytes, n * t.row_bytes, bar);
+  } else {
+    const int n1 = rows - lr0;
+    bulk_copy(dst, t.main_src + (long long)lr0 * t.row_bytes, n1 * t.row_bytes, bar);
+    bulk_copy(dst + n1 * t.row_bytes, t.pair_src, (n - n1) * t.row_bytes, bar);
+  }
+  ++r.head;
+}
+
 __device__ void ring_issue(WeightRing& r, int q, unsigned long long* prof) {
   const RingTile& t = r.tile;
   const int slot = r.head % RING_SLOTS;
@@ -118,11 +149,17 @@ __device__ void ring_pump(WeightRing& r, const Ctx& c, const int* instrs, int en
       r.tile.pieces = pieces_of(r.tile.p);
       r.tile.rpp = min(PIECE_ROWS_MAX, max(1, SLOT_ELEMS / r.tile.p.klen));
       r.tile.cpr = (r.tile.p.klen + SLOT_ELEMS - 1) / SLOT_ELEMS;
+      r.tile.R = computed_rows(r.tile.p);
+      r.tile.whole_rows = r.tile.p.klen == r.tile.K;
+      r.tile.row_bytes = r.tile.p.klen * (unsigned)sizeof(wtype);
+      r.tile.main_src = reinterpret_cast<const char*>(r.tile.W + r.tile.p.row0 * r.tile.K);
+      r.tile.pair_src = reinterpret_cast<const char*>(r.tile.W + ((long long)r.tile.p.epi.pair_offset + r.tile.p.row0) * r.tile.K);
       r.pq = 0;
       r.loaded = true;
     }
     if (r.pq >= r.tile.pieces) { ++r.pi; r.loaded = false; continue; }
-    ring_issue(r, r.pq++, c.prof);
+    if (r.tile.whole_rows && r.tile.cpr == 1) ring_issue_rows(r, r.pq++);
+    else ring_issue(r, r.pq++, c.prof);
   }
 }
 
