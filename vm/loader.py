@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from importlib import resources
 
@@ -13,6 +14,7 @@ from amk.schedule.program import BufferKind, MegakernelProgram
 
 from .abi import Ctrl, VmErrorCode, generate_header
 
+_log = logging.getLogger("amk.vm")
 KERNEL_NAME = "amk_megakernel"
 DEFAULT_TIMEOUT_S = 1.0
 _MODULES: dict[str, object] = {}  # in-process: key -> cupy RawModule
@@ -99,7 +101,10 @@ def build_module(program: MegakernelProgram, arch: str, cache=None, trace: bool 
     if cubin is None:
         cubin = compile_cubin(header + "\n" + source, arch)
         if cache is not None:
-            cache.put("kernel", ckey, cubin)
+            try:
+                cache.put("kernel", ckey, cubin)
+            except OSError as e:  # an unwritable cache costs the next process a compile, nothing more
+                _log.warning("kernel not written to the cache (%s): %s", cache.root, e)
     module = cupy.cuda.function.Module()
     module.load(cubin)
     _MODULES[key] = module
