@@ -337,12 +337,14 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
     except Exception as e:  # noqa: BLE001 - the tiler's formulas changed shape
         rep.internal("shared-memory check", e)
         need = None
+    ring_kb = int(program.build.get("WEIGHT_RING_KB", 0))
+    room = (f"smem_per_block={program.smem_per_block} less build.weight_ring_kb={ring_kb} KiB leaves {smem}"
+            if ring_kb else f"smem_per_block is {smem}")
     if need is not None:
         for k in np.flatnonzero(need > smem):
             tid = int(tids[k])
             rep.add(IssueKind.ABI, f"{rep.tname(tid)} stages {what.format(*(int(d[k]) for d in detail))} and "
-                    f"needs {int(need[k])} bytes of shared memory; smem_per_block leaves {smem} beside the "
-                    "weight ring", tasks=(tid,))
+                    f"needs {int(need[k])} bytes of shared memory; {room}", tasks=(tid,))
     if "epi.kind" in ix and "row0" in ix:
         rope = (col["epi.kind"] == Epilogue.ROPE_KV) & ((col["row0"] % hd != 0) | (col["rows"] % hd != 0))
         for k in np.flatnonzero(rope):

@@ -353,4 +353,5 @@ def test_weight_ring_leaving_too_little_shared_memory_is_named():
     prog = _ring("llama-3.2-1b", 160, 192 * 1024, "h100-sxm")
     r = validate(prog, "h100-sxm")
     assert not r.ok
-    assert any("beside the weight ring" in i.message and "(down)" in i.message for i in issues_of(r, IssueKind.ABI))
+    assert any("build.weight_ring_kb=160 KiB leaves" in i.message and "(down)" in i.message
+               for i in issues_of(r, IssueKind.ABI))
