@@ -22,20 +22,16 @@ EPILOGUE_OF = {"store": Epilogue.STORE, "rope_kv": Epilogue.ROPE_KV, "silu_mul":
                "residual_add": Epilogue.RESIDUAL_ADD, "logits": Epilogue.LOGITS, "partial": Epilogue.PARTIAL}
 SMEM_BOOKKEEPING_BYTES = 2048  # bytes each block keeps for reductions, per-row accumulators of split rows
 RING_SLOT_BYTES = 16384  # one bulk copy target of the weight ring; a whole row of K=8192 in bf16
-RING_ALIGN = 128
-
-
-def ring_offset(smem_per_block: int, ring_kb: int) -> int:
-    """Byte offset of the weight ring inside dynamic shared memory (the ring sits at the end; the work area
-    of every task is what lies before it). The kernel computes the same expression."""
-    if ring_kb <= 0:
-        return smem_per_block
-    return (smem_per_block - ring_kb * 1024) // RING_ALIGN * RING_ALIGN
+RING_ALIGN = 128  # bulk copies into shared memory stream at full rate only into 128-byte aligned slots
 
 
 def work_smem_bytes(smem_per_block: int, ring_kb: int) -> int:
-    """Shared memory a task may use for staged inputs, accumulators and attention scores."""
-    return ring_offset(smem_per_block, ring_kb)
+    """Shared memory a task may use for staged inputs, accumulators and attention scores: all of it without a
+    weight ring, else what lies before the ring, which sits 128-byte aligned at the end (the kernel places
+    its ring at this offset, from the generated header)."""
+    if ring_kb <= 0:
+        return smem_per_block
+    return (smem_per_block - ring_kb * 1024) // RING_ALIGN * RING_ALIGN
 
 
 @dataclass

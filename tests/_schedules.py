@@ -127,3 +127,19 @@ def vm_step(prog, weights, scenario: Scenario, seed: int, adversarial: bool = Tr
     vm = ReferenceVM(prog, weights, adversarial=adversarial, seed=seed)
     vm.load_kv_prefix(scenario.k, scenario.v)
     return vm.step(scenario.token)
+
+
+def plant_cycle(prog):
+    """Make an O task and a gate/up task on another SM wait on each other through two new counters (built
+    around the validator: each signals what the other waits for). Returns the two tasks."""
+    from amk.schedule.program import Counter, Wait
+
+    a = next(t for t in prog.tasks if t.kind == "o")
+    b = next(t for t in prog.tasks if t.kind == "gate_up" and t.sm != a.sm)
+    cx, cy = len(prog.counters), len(prog.counters) + 1
+    prog.counters += [Counter(cx, "planted.x", 1), Counter(cy, "planted.y", 1)]
+    a.signals += (cx,)
+    b.waits += (Wait(cx, 1),)
+    b.signals += (cy,)
+    a.waits += (Wait(cy, 1),)
+    return a, b

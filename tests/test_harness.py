@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
 import amk
 import amk.harness.correctness as correctness
@@ -26,12 +27,6 @@ VERDICT_FIELDS = {"valid", "rejected_reason", "correct", "cases_passed", "cases_
 ENV_FIELDS = {"gpu", "driver", "torch", "git_commit", "python"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AMK_CACHE_DIR", str(tmp_path_factory.mktemp("amk_cache")))
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

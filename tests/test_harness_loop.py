@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
 import amk
 import amk.harness.loop as loop_mod
@@ -13,14 +14,6 @@ from amk.flywheel.results import Status
 from amk.harness.loop import Incumbent, LoopError, decide
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.space import neighbours, non_default_knobs, random_config, search_space
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AMK_CACHE_DIR", str(tmp_path_factory.mktemp("amk_cache")))
-    yield
-    mp.undo()
 
 
 def _verdict(lat, correct=True, valid=True, spread=None, kind="predicted"):

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from _schedules import CPU_SMS, CPU_TARGET, clone, load, make_scenario, renumber, vm_step
+from _schedules import CPU_SMS, CPU_TARGET, clone, load, make_scenario, plant_cycle, renumber, vm_step
 
 from amk.eval.cases import CaseInputs, eager_decode
 from amk.schedule import lower
 from amk.schedule.config import EXPLICIT_MAP_KINDS, ScheduleConfig, with_value
 from amk.schedule.errors import DeadlockError
 from amk.schedule.opcodes import NO_BUFFER, Epilogue
-from amk.schedule.program import BufferKind, Counter, Region, Wait
+from amk.schedule.program import BufferKind, Region, Wait
 from amk.schedule.space import random_config, search_space
 from amk.schedule.validate import IssueKind, validate
 from amk.vm.weights import pack_weights
@@ -461,14 +461,7 @@ def _planted_queue_order(world):
 
 def _planted_cycle(world):
     p = clone(world.prog)
-    a = next(t for t in p.tasks if t.kind == "o")
-    b = next(t for t in p.tasks if t.kind == "gate_up" and t.sm != a.sm)
-    cx, cy = len(p.counters), len(p.counters) + 1
-    p.counters += [Counter(cx, "planted.x", 1), Counter(cy, "planted.y", 1)]
-    a.signals += (cx,)
-    b.waits += (Wait(cx, 1),)
-    b.signals += (cy,)
-    a.waits += (Wait(cy, 1),)
+    plant_cycle(p)
     return p
 
 

@@ -9,12 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from _schedules import plant_cycle
 from transformers import AutoConfig
 
 import amk
 from amk.schedule import DType, ModelDims, lower_dims
 from amk.schedule.opcodes import Opcode
-from amk.schedule.program import BufferKind, Counter, Region, Wait
+from amk.schedule.program import BufferKind, Region, Wait
 from amk.schedule.validate import IssueKind, ValidationResult, validate
 
 CONFIGS = Path(amk.__file__).parent / "models" / "configs"
@@ -91,14 +92,7 @@ def test_validate_does_not_mutate():
 # ---- 4. deadlock -------------------------------------------------------------------------------------
 def test_cycle_two_tasks_wait_on_each_other():
     prog = fresh()
-    a = next(t for t in prog.tasks if t.kind == "o")
-    b = next(t for t in prog.tasks if t.kind == "gate_up" and t.sm != a.sm)
-    cx, cy = len(prog.counters), len(prog.counters) + 1
-    prog.counters += [Counter(cx, "planted.x", 1), Counter(cy, "planted.y", 1)]
-    a.signals += (cx,)
-    b.waits += (Wait(cx, 1),)
-    b.signals += (cy,)
-    a.waits += (Wait(cy, 1),)
+    a, b = plant_cycle(prog)
     i = assert_caught(prog, IssueKind.CYCLE, tasks=(a.id, b.id))
     assert "planted.y" in i.message and i.message.startswith("deadlock")
 

@@ -8,6 +8,7 @@ from enum import IntEnum
 import numpy as np
 
 from amk.schedule import opcodes as oc
+from amk.schedule import tile
 from amk.schedule.program import MegakernelProgram
 
 
@@ -68,6 +69,8 @@ def generate_header(program: MegakernelProgram) -> str:
         "AMK_QK_NORM": int(c.qk_norm), "AMK_ROPE_COS": c.rope_cos, "AMK_ROPE_SIN": c.rope_sin, "AMK_POS_BUF": c.pos,
         "AMK_TOKEN_BUF": c.token, "AMK_LOGITS_BUF": c.logits,
         "AMK_THREADS": program.threads_per_block, "AMK_SMEM": program.smem_per_block,
+        "AMK_RING_SLOT_BYTES": tile.RING_SLOT_BYTES,
+        "AMK_RING_OFFSET": tile.work_smem_bytes(program.smem_per_block, int(program.build.get("WEIGHT_RING_KB", 0))),
     })
     for k, v in sorted(program.build.items()):
         defs[f"AMK_{k}"] = int(v)

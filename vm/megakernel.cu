@@ -93,7 +93,7 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
 #if AMK_WEIGHT_RING_KB > 0
   __shared__ __align__(8) unsigned long long s_full[RING_SLOTS];
 #endif
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x;
   Ctx c;
   c.bufs = bufs;
   c.cols = cols;
@@ -106,7 +106,6 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
   const int begin = qstarts[blockIdx.x], end = qstarts[blockIdx.x + 1];
   SeenCounters seen;
   seen.clear();
-  int prefetched = begin;
   int executed = 0;
 #if AMK_WEIGHT_RING_KB > 0
   WeightRing ring;
@@ -118,8 +117,9 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
   if (begin < end)
     for (int k = tid; k < AMK_INSTR_WORDS; k += AMK_THREADS) s_ins[0][k] = instrs[(long long)begin * AMK_INSTR_WORDS + k];
   __syncthreads();
-  (void)lane;
-  (void)prefetched;
+#if AMK_WEIGHT_RING_KB == 0 && AMK_PIPELINE_DEPTH > 0
+  int prefetched = begin;  // instructions whose weights the L2 prefetch has already asked for
+#endif
   for (int i = begin; i < end; ++i) {
     const int* ins = s_ins[(i - begin) & 1];
 #if AMK_TRACE
@@ -133,9 +133,9 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     if (tid == 0) ring_pump(ring, c, instrs, end, i - 1 + AMK_PIPELINE_DEPTH);
 #elif AMK_PIPELINE_DEPTH > 0
     // weights do not depend on activations: stream the next instructions' weights into L2 before waiting
-    if (warp == 0) {
+    if (tid < 32) {
       const int upto = min(end, i + 1 + AMK_PIPELINE_DEPTH);
-      for (int k = max(prefetched, i + 1); k < upto; ++k) prefetch_weights(c, instrs + (long long)k * AMK_INSTR_WORDS, lane);
+      for (int k = max(prefetched, i + 1); k < upto; ++k) prefetch_weights(c, instrs + (long long)k * AMK_INSTR_WORDS, tid);
     }
     prefetched = max(prefetched, min(end, i + 1 + AMK_PIPELINE_DEPTH));
 #endif

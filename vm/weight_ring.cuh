@@ -4,9 +4,8 @@
 // depend on activations, so the next AMK_PIPELINE_DEPTH tasks' pieces may load before their dependencies
 // are met; the ring keeps each SM's DRAM stream busy across the waits between stages.
 #if AMK_WEIGHT_RING_KB > 0
-#define RING_SLOT_BYTES 16384
+#define RING_SLOT_BYTES AMK_RING_SLOT_BYTES
 #define RING_SLOTS (AMK_WEIGHT_RING_KB * 1024 / RING_SLOT_BYTES)
-#define RING_OFFSET (((AMK_SMEM - AMK_WEIGHT_RING_KB * 1024) / 128) * 128)  // = amk.schedule.tile.ring_offset
 #define SLOT_ELEMS (RING_SLOT_BYTES / (int)sizeof(wtype))
 #define PIECE_ROWS_MAX 252  // two buffers of per-unit partial sums (and padding) fit the 2 KiB bookkeeping area
 
@@ -68,7 +67,7 @@ struct WeightRing {
 
 __device__ void ring_init(WeightRing& r, unsigned long long* full, float* smem, int begin) {
   r.full = full;
-  r.slots = reinterpret_cast<char*>(smem) + RING_OFFSET;
+  r.slots = reinterpret_cast<char*>(smem) + AMK_RING_OFFSET;
   r.head = r.tail = 0;
   r.pi = begin;
   r.pq = 0;
@@ -108,7 +107,9 @@ __device__ __forceinline__ void ring_issue_rows(WeightRing& r, int q) {
   ++r.head;
 }
 
-__device__ void ring_issue(WeightRing& r, int q, unsigned long long* prof) {
+// Thread 0, the other cases: a k-split slice (rows apart in memory: one copy per row) or a row cut into
+// slot-wide column pieces (one row per piece).
+__device__ void ring_issue(WeightRing& r, int q) {
   const RingTile& t = r.tile;
   const int slot = r.head % RING_SLOTS;
   const Piece g = piece_at(t, q);
@@ -116,22 +117,8 @@ __device__ void ring_issue(WeightRing& r, int q, unsigned long long* prof) {
   const unsigned bar = smem_u32(r.full + slot);
   const unsigned dst = smem_u32(r.slots + slot * RING_SLOT_BYTES);
   const unsigned row_bytes = g.nc * (unsigned)sizeof(wtype);
-  const bool whole_rows = g.nc == t.K;
-#if AMK_TRACE
-  const long long c0 = clock64();
-#endif
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(g.nr * row_bytes) : "memory");
-  for (int k = 0; k < g.nr;) {
-    const long long row = weight_row(t.p, g.r0 + k);
-    int n = 1;  // rows that follow each other in memory go in one copy
-    while (k + n < g.nr && whole_rows && weight_row(t.p, g.r0 + k + n) == row + n) ++n;
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 :: "r"(dst + k * row_bytes), "l"(W + row * t.K), "r"(n * row_bytes), "r"(bar) : "memory");
-    k += n;
-  }
-#if AMK_TRACE
-  prof[3] += clock64() - c0;
-#endif
+  for (int k = 0; k < g.nr; ++k) bulk_copy(dst + k * row_bytes, W + weight_row(t.p, g.r0 + k) * t.K, row_bytes, bar);
   ++r.head;
 }
 
@@ -158,8 +145,14 @@ __device__ void ring_pump(WeightRing& r, const Ctx& c, const int* instrs, int en
       r.loaded = true;
     }
     if (r.pq >= r.tile.pieces) { ++r.pi; r.loaded = false; continue; }
+#if AMK_TRACE
+    const long long c0 = clock64();
+#endif
     if (r.tile.whole_rows && r.tile.cpr == 1) ring_issue_rows(r, r.pq++);
-    else ring_issue(r, r.pq++, c.prof);
+    else ring_issue(r, r.pq++);
+#if AMK_TRACE
+    c.prof[3] += clock64() - c0;
+#endif
   }
 }
 

@@ -1,0 +1,12 @@
+"""A module-scoped, autouse fixture: the tests of a module share one fresh AMK_CACHE_DIR. Import `cache_dir`
+into a test module to use it."""
+
+import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AMK_CACHE_DIR", str(tmp_path_factory.mktemp("amk_cache")))
+    yield
+    mp.undo()
