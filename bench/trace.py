@@ -16,6 +16,9 @@ from amk.schedule import detect_target
 from amk.vm.loader import MegakernelVM
 from amk.vm.weights import pack_weights
 
+PHASES = ("weight ring: wait compute pump issue; matvec: stage dot epilogue; attention scores: q pass stats; "
+          "attention values: stats pass reduce")
+
 
 def summarise(program, trace) -> dict:
     t = trace.cpu().numpy().astype("int64")
@@ -31,9 +34,8 @@ def summarise(program, trace) -> dict:
         stages[task.stage].append((t0 - origin, t1 - origin, t2 - origin))
     per_kind = {k: {"tasks": len(v), "wait_us": sum(a for a, _ in v) / len(v), "exec_us": sum(b for _, b in v) / len(v),
                     "exec_max_us": max(b for _, b in v)} for k, v in kinds.items()}
-    for k, v in ring.items():  # thread 0's cycles per task in the weight ring: waiting, computing, pumping
-        per_kind[k].update({f"ring_{name}_cycles": sum(x[i] for x in v) / len(v)
-                            for i, name in enumerate(("wait", "compute", "pump", "issue"))})
+    for k, v in ring.items():  # thread 0's cycles per task in each phase (PHASES names them per kind)
+        per_kind[k].update({f"phase{i}_cycles": sum(x[i] for x in v) / len(v) for i in range(4)})
     kind_of = {task.stage: task.kind for task in program.tasks}
     timeline = []
     for s in sorted(stages):
@@ -66,10 +68,9 @@ def main() -> None:
         s["config"] = cfg
         results.append(s)
         print(f"config {cfg}: traced step {s['step_us']:.1f} us")
-        print(f"{'kind':<20}{'tasks':>7}{'wait_us':>10}{'exec_us':>10}{'exec_max':>10}  ring cycles: wait compute pump (issue)")
+        print(f"{'kind':<20}{'tasks':>7}{'wait_us':>10}{'exec_us':>10}{'exec_max':>10}  phase cycles: {PHASES}")
         for k, v in sorted(s["per_kind"].items(), key=lambda kv: -kv[1]["exec_us"] * kv[1]["tasks"]):
-            ring = "".join(f"{v[f'ring_{n}_cycles']:>12.0f}" for n in ("wait", "compute", "pump", "issue")
-                           if f"ring_{n}_cycles" in v)
+            ring = "".join(f"{v[f'phase{n}_cycles']:>10.0f}" for n in range(4) if f"phase{n}_cycles" in v)
             print(f"{k:<20}{v['tasks']:>7}{v['wait_us']:>10.2f}{v['exec_us']:>10.2f}{v['exec_max_us']:>10.2f}{ring}")
         layer = [r for r in s["timeline"]][10:22]
         print("stage  kind                first_ready  last_ready  last_done (us)")

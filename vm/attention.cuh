@@ -7,9 +7,11 @@ __device__ __forceinline__ void span(int pos, int part, int parts, int& s0, int&
 
 // Scores of positions [s0, s1) for every q head of the group, one thread per position, written to
 // dst[j * stride + t - s0]; m[] gets the thread's running max per head.
+// `first`: this thread's first K row (position s0 + threadIdx.x), when have_first says it was loaded early.
 template <bool kSmem>
-__device__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s0, int s1, float* dst, int stride,
-                            float* m, float* l) {
+__device__ __forceinline__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s0, int s1, float* dst,
+                                            int stride, float* m, float* l, bool have_first,
+                                            const uint4 (&first)[HD_VECS]) {
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j) { m[j] = NEG_INF; l[j] = 0.f; }
   for (int t = s0 + threadIdx.x; t < s1; t += AMK_THREADS) {
@@ -18,8 +20,9 @@ __device__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s
     for (int j = 0; j < AMK_GROUP; ++j) d[j] = 0.f;
     const uint4* kr = reinterpret_cast<const uint4*>(kc + (long long)t * AMK_HEAD_DIM);
     uint4 raw[HD_VECS];
+    const bool loaded = have_first && t == s0 + (int)threadIdx.x;
 #pragma unroll
-    for (int v = 0; v < HD_VECS; ++v) raw[v] = __ldcg(kr + v);
+    for (int v = 0; v < HD_VECS; ++v) raw[v] = loaded ? first[v] : __ldcg(kr + v);
 #pragma unroll
     for (int v = 0; v < HD_VECS; ++v) {
       float f[VEC];
@@ -44,9 +47,47 @@ __device__ void block_softmax_stats(float m, float l, float* red, float& M, floa
   L = block_sum(m == NEG_INF ? 0.f : l * expf(m - M), red);
 }
 
+// The same for all AMK_GROUP heads at once, in two barriers instead of four per head. `red` holds
+// 2 * NWARPS * AMK_GROUP floats; warps' values combine in warp order, as block_max / block_sum do.
+__device__ void group_softmax_stats(const float (&m)[AMK_GROUP], const float (&l)[AMK_GROUP], float* red,
+                                    float (&M)[AMK_GROUP], float (&L)[AMK_GROUP]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* rl = red + NWARPS * AMK_GROUP;
+#pragma unroll
+  for (int j = 0; j < AMK_GROUP; ++j) {
+    const float mw = warp_max(m[j]);
+    if (lane == 0) red[warp * AMK_GROUP + j] = mw;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < AMK_GROUP; ++j) {
+    float t = NEG_INF;
+    for (int w = 0; w < NWARPS; ++w) t = fmaxf(t, red[w * AMK_GROUP + j]);
+    M[j] = t;
+    const float lw = warp_sum(m[j] == NEG_INF ? 0.f : l[j] * expf(m[j] - t));
+    if (lane == 0) rl[warp * AMK_GROUP + j] = lw;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < AMK_GROUP; ++j) {
+    float t = 0.f;
+    for (int w = 0; w < NWARPS; ++w) t += rl[w * AMK_GROUP + j];
+    L[j] = t;
+  }
+}
+
 // Accumulate sum_t rnd(exp(s - M) / L) * V[t] over [s0, s1) into acc[j][VEC] for this thread's vector.
+// V rows a values task loads before its dependency wait: this thread's first V_EARLY positions of the first
+// chunk (those of earlier steps; bit k of `mask` says position k was loaded into early[k]).
+#define V_EARLY 4
+struct EarlyV {
+  uint4 v[V_EARLY];
+  unsigned mask;
+};
+
 __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int stride, int s0, int s1,
-                            const float* M, const float* Lsum, float* probs, int chunk, float acc[AMK_GROUP][VEC]) {
+                            const float* M, const float* Lsum, float* probs, int chunk, float acc[AMK_GROUP][VEC],
+                            const EarlyV& early) {
   const int tid = threadIdx.x;
   const int dv = tid % HD_VECS, tp = tid / HD_VECS, np = AMK_THREADS / HD_VECS;
   for (int c0 = s0; c0 < s1; c0 += chunk) {
@@ -60,8 +101,24 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
     }
     __syncthreads();
     if (tp < np) {
+      int t = tp;
+      if (c0 == s0) {
+#pragma unroll
+        for (int k = 0; k < V_EARLY; ++k, t += np) {
+          if (t >= n) break;
+          float f[VEC];
+          unpack((early.mask >> k & 1u) ? early.v[k]
+                                        : __ldcg(reinterpret_cast<const uint4*>(vc + (long long)(c0 + t) * AMK_HEAD_DIM) + dv), f);
+#pragma unroll
+          for (int j = 0; j < AMK_GROUP; ++j) {
+            const float pj = probs[j * chunk + t];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
+          }
+        }
+      }
 #pragma unroll 8
-      for (int t = tp; t < n; t += np) {
+      for (; t < n; t += np) {
         float f[VEC];
         unpack(__ldcg(reinterpret_cast<const uint4*>(vc + (long long)(c0 + t) * AMK_HEAD_DIM) + dv), f);
 #pragma unroll
@@ -122,8 +179,7 @@ __device__ void reduce_values(float acc[AMK_GROUP][VEC], float* out_s, float* sc
 }
 
 __device__ void load_q(const Ctx& c, int q, int q_off, int g, float* qs) {
-  const float* src = buf<float>(c, q) + q_off + g * AMK_GROUP * AMK_HEAD_DIM;
-  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) qs[i] = ldcg(src + i);
+  stage_floats(qs, buf<float>(c, q) + q_off + g * AMK_GROUP * AMK_HEAD_DIM, AMK_GROUP * AMK_HEAD_DIM);
   __syncthreads();
 }
 
@@ -147,7 +203,9 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
   float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + p.kv_head * AMK_GROUP * AMK_MAX_SEQ;
   const int stride = in_smem ? p.chunk : AMK_MAX_SEQ;
   float m[AMK_GROUP], l[AMK_GROUP];
-  if (in_smem) scores_pass<true>(kc, qs, 0, L, sc, stride, m, l); else scores_pass<false>(kc, qs, 0, L, sc, stride, m, l);
+  uint4 none[HD_VECS];
+  if (in_smem) scores_pass<true>(kc, qs, 0, L, sc, stride, m, l, false, none);
+  else scores_pass<false>(kc, qs, 0, L, sc, stride, m, l, false, none);
   for (int j = 0; j < AMK_GROUP; ++j) {
     float mj, lj;
     block_softmax_stats(m[j], l[j], c.red, mj, lj);
@@ -182,64 +240,119 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
       }
     }
   } else {
-    values_pass(vc, sc, stride, 0, L, M, Ls, probs, p.chunk, acc);
+    EarlyV none_v;
+    none_v.mask = 0u;
+    values_pass(vc, sc, stride, 0, L, M, Ls, probs, p.chunk, acc, none_v);
   }
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, rnd(out_s[i]));
 }
 
-__device__ void op_attn_scores(const Ctx& c, const AttnScoresParams& p) {
-  float* qs = c.smem;
-  load_q(c, p.q, p.q_off, p.kv_head, qs);
+// K rows of earlier steps do not change in this one, so this thread's first row is loaded before the
+// dependency wait (the step's own row, at pos, is appended by a QKV task this one waits for).
+template <class WaitDeps>
+__device__ bool op_attn_scores(const Ctx& c, const AttnScoresParams& p, WaitDeps&& wait_deps) {
   int s0, s1;
   span(c.pos, p.part, p.parts, s0, s1);
-  const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
   const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head);
-  float* sc = buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
-  float m[AMK_GROUP], l[AMK_GROUP];
-  scores_pass<false>(kc, qs, s0, s1, sc, cap, m, l);
-  float* stats = buf<float>(c, p.stats) + p.stats_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * 2;
-  for (int j = 0; j < AMK_GROUP; ++j) {
-    float mj, lj;
-    block_softmax_stats(m[j], l[j], c.red, mj, lj);
-    if (threadIdx.x == 0) { stcg(stats + 2 * j, s1 > s0 ? mj : NEG_INF); stcg(stats + 2 * j + 1, s1 > s0 ? lj : 0.f); }
+  const int t_first = s0 + threadIdx.x;
+  const bool early = t_first < s1 && t_first < c.pos;
+  uint4 first[HD_VECS];
+  if (early) {
+#pragma unroll
+    for (int v = 0; v < HD_VECS; ++v) first[v] = __ldcg(reinterpret_cast<const uint4*>(kc + (long long)t_first * AMK_HEAD_DIM) + v);
   }
+  if (!wait_deps()) return false;
+  PHASE_START();
+  float* qs = c.smem;
+  load_q(c, p.q, p.q_off, p.kv_head, qs);
+  PHASE(0);
+  const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
+  float* sc = buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
+  float m[AMK_GROUP], l[AMK_GROUP], M[AMK_GROUP], L[AMK_GROUP];
+  scores_pass<false>(kc, qs, s0, s1, sc, cap, m, l, early, first);
+  PHASE(1);
+  float* stats = buf<float>(c, p.stats) + p.stats_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * 2;
+  group_softmax_stats(m, l, qs + AMK_GROUP * AMK_HEAD_DIM, M, L);
+  if (threadIdx.x < AMK_GROUP) {
+    const int j = threadIdx.x;
+    stcg(stats + 2 * j, s1 > s0 ? M[j] : NEG_INF);
+    stcg(stats + 2 * j + 1, s1 > s0 ? L[j] : 0.f);
+  }
+  PHASE(2);
+  return true;
 }
 
-__device__ void op_attn_values(const Ctx& c, const AttnValuesParams& p) {
+// V rows of earlier steps are loaded before the dependency wait, as K rows are for the scores.
+template <class WaitDeps>
+__device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps&& wait_deps) {
+  int s0, s1;
+  span(c.pos, p.part, p.parts, s0, s1);
+  const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head);
+  EarlyV early;
+  early.mask = 0u;
+  {
+    const int dv = threadIdx.x % HD_VECS, tp = threadIdx.x / HD_VECS, np = AMK_THREADS / HD_VECS;
+    const int lim = min(min(s1, c.pos), s0 + p.chunk);
+#pragma unroll
+    for (int k = 0; k < V_EARLY; ++k) {
+      const int t = s0 + tp + k * np;
+      if (tp < np && t < lim) {
+        early.v[k] = __ldcg(reinterpret_cast<const uint4*>(vc + (long long)t * AMK_HEAD_DIM) + dv);
+        early.mask |= 1u << k;
+      }
+    }
+  }
+  if (!wait_deps()) return false;
+  PHASE_START();
   float* M = c.smem;
   float* Ls = M + AMK_GROUP;
   float* out_s = Ls + AMK_GROUP;
   float* probs = out_s + AMK_GROUP * AMK_HEAD_DIM;
-  if (threadIdx.x < AMK_GROUP) {  // global (max, sum) of each q head from every partition's stats
-    const int hq = p.kv_head * AMK_GROUP + threadIdx.x;
-    const float* st = buf<float>(c, p.stats) + p.stats_off;
+  // global (max, sum) of each q head from every partition's stats: all of them are loaded at once into the
+  // probabilities area (free until values_pass) when they fit, then combined in partition order
+  const float* st = buf<float>(c, p.stats) + p.stats_off;
+  const bool staged = 2 * p.parts <= p.chunk;
+  if (staged) {
+    for (int i = threadIdx.x; i < AMK_GROUP * p.parts; i += AMK_THREADS) {
+      const int j = i / p.parts, k = i % p.parts;
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(st + (k * AMK_HEADS + p.kv_head * AMK_GROUP + j) * 2));
+      probs[2 * i] = v.x;
+      probs[2 * i + 1] = v.y;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x < AMK_GROUP) {
+    const int j = threadIdx.x, hq = p.kv_head * AMK_GROUP + j;
+    const float* mine = staged ? probs + 2 * j * p.parts : nullptr;  // (max, sum) of partition k at 2k
     float mx = NEG_INF;
-    for (int k = 0; k < p.parts; ++k) mx = fmaxf(mx, ldcg(st + (k * AMK_HEADS + hq) * 2));
+    for (int k = 0; k < p.parts; ++k) mx = fmaxf(mx, staged ? mine[2 * k] : ldcg(st + (k * AMK_HEADS + hq) * 2));
     float l = 0.f;
     for (int k = 0; k < p.parts; ++k) {
-      const float mk = ldcg(st + (k * AMK_HEADS + hq) * 2);
-      if (mk != NEG_INF) l += ldcg(st + (k * AMK_HEADS + hq) * 2 + 1) * expf(mk - mx);
+      const float mk = staged ? mine[2 * k] : ldcg(st + (k * AMK_HEADS + hq) * 2);
+      const float lk = staged ? mine[2 * k + 1] : ldcg(st + (k * AMK_HEADS + hq) * 2 + 1);
+      if (mk != NEG_INF) l += lk * expf(mk - mx);
     }
-    M[threadIdx.x] = mx;
-    Ls[threadIdx.x] = l;
+    M[j] = mx;
+    Ls[j] = l;
   }
   __syncthreads();
-  int s0, s1;
-  span(c.pos, p.part, p.parts, s0, s1);
+  PHASE(0);
   const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
-  const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head);
   const float* sc = buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
   float acc[AMK_GROUP][VEC];
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
-  values_pass(vc, sc, cap, s0, s1, M, Ls, probs, p.chunk, acc);
+  values_pass(vc, sc, cap, s0, s1, M, Ls, probs, p.chunk, acc, early);
+  PHASE(1);
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, out_s[i]);
+  PHASE(2);
+  return true;
 }
 
 __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
@@ -247,6 +360,7 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
     float s = 0.f;
+#pragma unroll 8
     for (int k = 0; k < p.parts; ++k) s += ldcg(src + (k * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM + i);
     stcg(out + i, rnd(s));
   }

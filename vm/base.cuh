@@ -21,6 +21,18 @@ __device__ __forceinline__ wtype from_f(float v) { return v; }
 __device__ __forceinline__ float rnd(float v) { return v; }
 #endif
 
+#ifndef AMK_TRACE
+#define AMK_TRACE 0
+#endif
+// Tracing build: thread 0 adds the cycles since the last mark to c.prof[k] (phases of a task).
+#if AMK_TRACE
+#define PHASE_START() long long phase_t = clock64()
+#define PHASE(k) do { if (threadIdx.x == 0) { const long long n_ = clock64(); c.prof[k] += n_ - phase_t; phase_t = n_; } } while (0)
+#else
+#define PHASE_START() do {} while (0)
+#define PHASE(k) do {} while (0)
+#endif
+
 #define VEC (16 / (int)sizeof(wtype))  // weights per 16-byte load
 #define NWARPS (AMK_THREADS / 32)
 #define HALF_HD (AMK_HEAD_DIM / 2)

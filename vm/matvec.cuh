@@ -3,10 +3,9 @@
 #define AMK_ROWS_IN_FLIGHT 1
 #endif
 
-// NR units at once, LOADS_IN_FLIGHT 16-byte loads per unit per lane before any use: the memory-level
-// parallelism one SM needs to stream at its share of DRAM bandwidth. A unit is `n` consecutive weight
-// vectors of one row (rp[r]) against the staged input from xp[r]. out[r] gets the warp-reduced dot.
-// kShared: the weights sit in the shared-memory ring, else they stream from global memory.
+// Weight-ring path: NR units at once, LOADS_IN_FLIGHT 16-byte vectors per unit per lane before any use. A
+// unit is `n` consecutive weight vectors of one row (rp[r]) against the staged input from xp[r]. out[r]
+// gets the warp-reduced dot. kShared: the weights sit in the shared-memory ring, else in global memory.
 template <int NR, bool kShared>
 __device__ __forceinline__ void dot_units(const uint4* const* rp, const float* const* xp, int n, int lane, float* out) {
   float acc[NR];
@@ -50,27 +49,6 @@ __device__ __forceinline__ void dot_units(const uint4* const* rp, const float* c
   for (int r = 0; r < NR; ++r) out[r] = warp_sum(acc[r]);
 }
 
-// Units of this warp, NR at a time: unit u is chunk (u % S) of computed row (u / S).
-template <int NR>
-__device__ __forceinline__ void warp_units(const wtype* W, const MatvecParams& p, int K, int u0, int S, int per,
-                                           const float* xs, int lane, float* part) {
-  const uint4* rp[NR];
-  const float* xp[NR];
-#pragma unroll
-  for (int r = 0; r < NR; ++r) {
-    const int u = u0 + r * NWARPS, cr = u / S, ch = u % S;
-    const int row = cr < p.rows ? p.row0 + cr : p.epi.pair_offset + p.row0 + (cr - p.rows);
-    rp[r] = reinterpret_cast<const uint4*>(W + (long long)row * K + p.k0) + ch * per;
-    xp[r] = xs + ch * per * VEC;
-  }
-  float out[NR];
-  dot_units<NR, false>(rp, xp, per, lane, out);
-  if (lane == 0) {
-#pragma unroll
-    for (int r = 0; r < NR; ++r) part[u0 + r * NWARPS] = out[r];
-  }
-}
-
 // Split each row into S chunks (S divides the row's vectors, chunks at least a warp wide) so that there
 // are enough units to keep every warp streaming ROWS_IN_FLIGHT units at once.
 __device__ __forceinline__ int row_chunks(int R, int nvec) {
@@ -79,51 +57,292 @@ __device__ __forceinline__ int row_chunks(int R, int nvec) {
   return S;
 }
 
+// Copy n floats from L2 (written by other SMs this step) into shared memory; returns this thread's sum of
+// squares. Four 16-byte loads per thread are in flight before any is used: one L2 round trip per four
+// turns instead of one per turn. src and dst are 16-byte aligned.
+__device__ __forceinline__ float stage_floats(float* dst, const float* src, int n) {
+  const int n4 = n >> 2;
+  const float4* s4 = reinterpret_cast<const float4*>(src);
+  float4* d4 = reinterpret_cast<float4*>(dst);
+  float ss = 0.f;
+  int i = threadIdx.x;
+  for (; i + 3 * AMK_THREADS < n4; i += 4 * AMK_THREADS) {
+    float4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = __ldcg(s4 + i + u * AMK_THREADS);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      d4[i + u * AMK_THREADS] = v[u];
+      ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+    }
+  }
+  for (; i < n4; i += AMK_THREADS) {
+    const float4 v = __ldcg(s4 + i);
+    d4[i] = v;
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  for (int k = 4 * n4 + threadIdx.x; k < n; k += AMK_THREADS) {
+    const float v = ldcg(src + k);
+    dst[k] = v;
+    ss += v * v;
+  }
+  return ss;
+}
+
+// The fused RMSNorm's weights of the first NORM_PRELOAD of this thread's elements of the slice: weights do
+// not depend on activations, so the register path loads them before the task's dependency wait.
+#define NORM_PRELOAD 4
+struct NormWeights {
+  float w[NORM_PRELOAD];
+};
+
+__device__ __forceinline__ void load_norm_weights(const Ctx& c, const MatvecParams& p, NormWeights& nw) {
+#pragma unroll
+  for (int u = 0; u < NORM_PRELOAD; ++u) {
+    const int k = threadIdx.x + u * AMK_THREADS;
+    nw.w[u] = (p.norm_weight >= 0 && k < p.klen) ? to_f(__ldg(buf<wtype>(c, p.norm_weight) + p.k0 + k)) : 0.f;
+  }
+}
+
 // The input slice [k0, k0 + klen) in shared memory, RMS-normalised first when the norm is fused (one pass
 // over x: stage all of it, reduce from shared memory, normalise the slice in place). No barrier at the end.
-__device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K) {
+__device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K, const NormWeights& nw) {
   const int tid = threadIdx.x;
   const float* x = buf<float>(c, p.inp) + p.inp_off;
   if (p.norm_weight >= 0) {
-    float ss = 0.f;
-    for (int k = tid; k < K; k += AMK_THREADS) { const float v = ldcg(x + k); c.smem[k] = v; ss += v * v; }
-    ss = block_sum(ss, c.red);
+    const float ss = block_sum(stage_floats(c.smem, x, K), c.red);
     const float r = 1.0f / sqrtf(ss / (float)K + AMK_EPS);
     const wtype* w = buf<wtype>(c, p.norm_weight);
     float* xs = c.smem + p.k0;
-    for (int k = tid; k < p.klen; k += AMK_THREADS) xs[k] = rnd(to_f(w[p.k0 + k]) * rnd(xs[k] * r));
+#pragma unroll
+    for (int u = 0; u < NORM_PRELOAD; ++u) {
+      const int k = tid + u * AMK_THREADS;
+      if (k < p.klen) xs[k] = rnd(nw.w[u] * rnd(xs[k] * r));
+    }
+    for (int k = tid + NORM_PRELOAD * AMK_THREADS; k < p.klen; k += AMK_THREADS)
+      xs[k] = rnd(to_f(w[p.k0 + k]) * rnd(xs[k] * r));
     return xs;
   }
-  for (int k = tid; k < p.klen; k += AMK_THREADS) c.smem[k] = ldcg(x + p.k0 + k);
+  stage_floats(c.smem, x + p.k0, p.klen);
   return c.smem;
 }
 
-__device__ void op_matvec(const Ctx& c, const MatvecParams& p) {
+__device__ __forceinline__ int computed_rows(const MatvecParams& p) { return p.rows * (p.epi.pair_offset ? 2 : 1); }
+
+// One warp's share of a register-path matvec task as a flat stream of steps. The warp owns units
+// u = warp + j * NWARPS (j < mine); unit u is chunk u % S of computed row u / S. NR units form a group; a
+// group takes `iters` steps of AMK_LOADS_IN_FLIGHT vectors per unit per lane. Flat, so that the loads of the
+// next step (of this group or the next) are in flight while this step computes, and the first step's
+// loads can be issued before the task's dependencies are met.
+struct MatvecWalk {
+  const uint4* W;  // the weights from the task's first column on, as 16-byte vectors
+  long long kvec;  // vectors per weight row
+  int row0, rows, pair, sbits, per, mine, iters, steps;
+};
+
+__device__ __forceinline__ MatvecWalk matvec_walk(const Ctx& c, const MatvecParams& p) {
+  MatvecWalk w;
   const int K = __ldg(c.cols + p.weight);
+  w.W = reinterpret_cast<const uint4*>(buf<wtype>(c, p.weight) + p.k0);
+  w.kvec = K / VEC;
+  w.row0 = p.row0;
+  w.rows = p.rows;
+  w.pair = p.epi.pair_offset;
+  const int R = computed_rows(p), nvec = p.klen / VEC;
+  const int S = row_chunks(R, nvec);
+  w.sbits = __ffs(S) - 1;
+  w.per = nvec >> w.sbits;
+  const int units = R << w.sbits, warp = threadIdx.x >> 5;
+  w.mine = (units - warp + NWARPS - 1) / NWARPS;
+  w.iters = (w.per + AMK_LOADS_IN_FLIGHT * 32 - 1) / (AMK_LOADS_IN_FLIGHT * 32);
+  w.steps = ((w.mine + AMK_ROWS_IN_FLIGHT - 1) / AMK_ROWS_IN_FLIGHT) * w.iters;
+  return w;
+}
+
+__device__ __forceinline__ const uint4* unit_row(const MatvecWalk& w, int u) {
+  const int cr = u >> w.sbits, ch = u & ((1 << w.sbits) - 1);
+  const int row = cr < w.rows ? w.row0 + cr : w.pair + w.row0 + (cr - w.rows);
+  return w.W + row * w.kvec + ch * w.per;
+}
+
+// Issue the loads of step (g, it); vectors past the unit's end or units past `mine` read nothing.
+__device__ __forceinline__ void walk_load(const MatvecWalk& w, int g, int it, uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
+    const int j = g * AMK_ROWS_IN_FLIGHT + r;
+    const uint4* rp = unit_row(w, warp + j * NWARPS);
+#pragma unroll
+    for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
+      const int v = (it * AMK_LOADS_IN_FLIGHT + k) * 32 + lane;
+      raw[r][k] = (j < w.mine && v < w.per) ? __ldg(rp + v) : make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+__device__ __forceinline__ void walk_dot(const MatvecWalk& w, int g, int it, const float* xs,
+                                         const uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT],
+                                         float (&acc)[AMK_ROWS_IN_FLIGHT]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
+    const int j = g * AMK_ROWS_IN_FLIGHT + r;
+    const float* xp = xs + ((warp + j * NWARPS) & ((1 << w.sbits) - 1)) * w.per * VEC;
+#pragma unroll
+    for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
+      const int v = (it * AMK_LOADS_IN_FLIGHT + k) * 32 + lane;
+      if (j < w.mine && v < w.per) {  // the staged input past the slice may hold anything (NaN poison)
+        float f[VEC];
+        unpack(raw[r][k], f);
+        const float4* x4 = reinterpret_cast<const float4*>(xp + v * VEC);
+#pragma unroll
+        for (int e = 0; e < VEC / 4; ++e) {
+          const float4 q = x4[e];
+          acc[r] = fmaf(f[4 * e], q.x, acc[r]);
+          acc[r] = fmaf(f[4 * e + 1], q.y, acc[r]);
+          acc[r] = fmaf(f[4 * e + 2], q.z, acc[r]);
+          acc[r] = fmaf(f[4 * e + 3], q.w, acc[r]);
+        }
+      }
+    }
+  }
+}
+
+#ifndef AMK_ASYNC_STEPS
+#define AMK_ASYNC_STEPS 0
+#endif
+#if AMK_ASYNC_STEPS > 0
+// The cp.async ring (build.async_steps): AMK_ASYNC_STEPS slots of one step each, at AMK_RING_OFFSET. A thread
+// copies and later reads only its own vectors, so the ring needs no barrier: cp.async.wait_group alone makes
+// a thread's copies visible to it.
+#define STEP_VECS (AMK_ROWS_IN_FLIGHT * AMK_LOADS_IN_FLIGHT)
+
+__device__ __forceinline__ uint4* async_vec(const Ctx& c, int slot, int v) {
+  return reinterpret_cast<uint4*>(reinterpret_cast<char*>(c.smem) + AMK_RING_OFFSET) +
+         ((slot * STEP_VECS + v) * AMK_THREADS + threadIdx.x);  // consecutive threads, consecutive vectors
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(d), "l"(src) : "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+// Copy step (g, it) into `slot` and close its group; a step past the end closes an empty group, so that
+// there is always one group per step and wait_group(AMK_ASYNC_STEPS - 1) means "the oldest step is in".
+__device__ __forceinline__ void walk_issue(const Ctx& c, const MatvecWalk& w, int g, int it, bool live, int slot) {
+  if (live) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
+      const int j = g * AMK_ROWS_IN_FLIGHT + r;
+      const uint4* rp = unit_row(w, warp + j * NWARPS);
+#pragma unroll
+      for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
+        const int v = (it * AMK_LOADS_IN_FLIGHT + k) * 32 + lane;
+        if (j < w.mine && v < w.per) cp_async16(async_vec(c, slot, r * AMK_LOADS_IN_FLIGHT + k), rp + v);
+      }
+    }
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+__device__ __forceinline__ void walk_next(const MatvecWalk& w, int& g, int& it) {
+  if (++it == w.iters) { it = 0; ++g; }
+}
+#endif
+
+// Register-path matvec. The first step's weight loads are issued before `wait_deps` (weights do not depend
+// on activations), so their latency hides behind the dependency wait and the input staging; after that the
+// next step's loads are always in flight while this one computes. Returns false when the step must stop.
+template <class WaitDeps>
+__device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_deps) {
+  const MatvecWalk w = matvec_walk(c, p);
+#if AMK_ASYNC_STEPS > 0
+  int ig = 0, iit = 0;  // the next step to copy: the first AMK_ASYNC_STEPS go before the wait
+#pragma unroll
+  for (int s = 0; s < AMK_ASYNC_STEPS; ++s) {
+    walk_issue(c, w, ig, iit, s < w.steps, s);
+    walk_next(w, ig, iit);
+  }
+#else
+  uint4 cur[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT], nxt[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT];
+  if (w.steps > 0) walk_load(w, 0, 0, cur);
+#endif
+  NormWeights nw;
+  load_norm_weights(c, p, nw);
+  if (!wait_deps()) {
+#if AMK_ASYNC_STEPS > 0
+    cp_async_wait<0>();  // no copy may still land in this block's shared memory once it has left
+#endif
+    return false;
+  }
+  PHASE_START();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int R = p.rows * (p.epi.pair_offset ? 2 : 1);
-  float* xs = stage_input(c, p, K);
-  float* acc = xs + p.klen + ((4 - (p.klen & 3)) & 3);
-  const int nvec = p.klen / VEC;
-  const int S = row_chunks(R, nvec), per = nvec / S, units = R * S;
-  float* part = S > 1 ? acc + ((R + 3) & ~3) : acc;  // per-unit partial sums when rows are split
+  const int R = computed_rows(p), S = 1 << w.sbits;
+  float* xs = stage_input(c, p, __ldg(c.cols + p.weight), nw);
+  float* acc_s = xs + p.klen + ((4 - (p.klen & 3)) & 3);
+  float* part = S > 1 ? acc_s + ((R + 3) & ~3) : acc_s;  // per-unit partial sums when rows are split
   __syncthreads();
-  const wtype* W = buf<wtype>(c, p.weight);
-  const int mine = (units - warp + NWARPS - 1) / NWARPS;  // units warp, warp + NWARPS, ...
-  int j = 0;
-  for (; j + AMK_ROWS_IN_FLIGHT <= mine; j += AMK_ROWS_IN_FLIGHT)
-    warp_units<AMK_ROWS_IN_FLIGHT>(W, p, K, warp + j * NWARPS, S, per, xs, lane, part);
-  for (; j < mine; ++j) warp_units<1>(W, p, K, warp + j * NWARPS, S, per, xs, lane, part);
+  PHASE(0);
+  float acc[AMK_ROWS_IN_FLIGHT];
+#pragma unroll
+  for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) acc[r] = 0.f;
+  int g = 0, it = 0;
+  for (int s = 0; s < w.steps; ++s) {
+    const int ng = it + 1 == w.iters ? g + 1 : g, nit = it + 1 == w.iters ? 0 : it + 1;
+#if AMK_ASYNC_STEPS > 0
+    const int slot = s % AMK_ASYNC_STEPS;
+    cp_async_wait<AMK_ASYNC_STEPS - 1>();  // step s has landed
+    uint4 cur[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT];
+#pragma unroll
+    for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r)
+#pragma unroll
+      for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) cur[r][k] = *async_vec(c, slot, r * AMK_LOADS_IN_FLIGHT + k);
+    walk_dot(w, g, it, xs, cur, acc);
+    // the slot is read (the products above used it): refill it with the step AMK_ASYNC_STEPS on
+    walk_issue(c, w, ig, iit, s + AMK_ASYNC_STEPS < w.steps, slot);
+    walk_next(w, ig, iit);
+#else
+    if (s + 1 < w.steps) walk_load(w, ng, nit, nxt);
+    walk_dot(w, g, it, xs, cur, acc);
+#endif
+    if (nit == 0) {  // the group's units are complete
+#pragma unroll
+      for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
+        const float sum = warp_sum(acc[r]);
+        const int j = g * AMK_ROWS_IN_FLIGHT + r;
+        if (lane == 0 && j < w.mine) part[warp + j * NWARPS] = sum;
+        acc[r] = 0.f;
+      }
+    }
+#if AMK_ASYNC_STEPS == 0
+#pragma unroll
+    for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r)
+#pragma unroll
+      for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) cur[r][k] = nxt[r][k];
+#endif
+    g = ng;
+    it = nit;
+  }
+#if AMK_ASYNC_STEPS > 0
+  cp_async_wait<0>();  // only empty groups remain; leave none open
+#endif
   __syncthreads();
+  PHASE(1);
   if (S > 1) {  // chunks of a row summed in a fixed order
     for (int r = tid; r < R; r += AMK_THREADS) {
       float s = 0.f;
       for (int k = 0; k < S; ++k) s += part[r * S + k];
-      acc[r] = s;
+      acc_s[r] = s;
     }
     __syncthreads();
   }
-  epilogue(c, p.epi, p.row0, p.rows, acc);
+  epilogue(c, p.epi, p.row0, p.rows, acc_s);
+  PHASE(2);
+  return true;
 }
 
 __device__ void op_epilogue(const Ctx& c, const EpilogueTaskParams& p) {
@@ -133,7 +352,8 @@ __device__ void op_epilogue(const Ctx& c, const EpilogueTaskParams& p) {
   for (int i = threadIdx.x; i < p.rows * (pair ? 2 : 1); i += AMK_THREADS) {
     const int row = i < p.rows ? p.row0 + i : pair + p.row0 + (i - p.rows);
     float s = 0.f;
-    for (int k = 0; k < p.splits; ++k) s += ldcg(src + (long long)k * p.stride + row);
+#pragma unroll 8
+    for (int k = 0; k < p.splits; ++k) s += ldcg(src + (long long)k * p.stride + row);  // unrolled: loads in flight
     acc[i] = s;
   }
   __syncthreads();

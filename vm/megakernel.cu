@@ -57,13 +57,20 @@ __device__ bool wait_all(const int* ins, const unsigned* counters, const int* pr
   return true;
 }
 
-// Start streaming an instruction's weights into L2 before its dependencies are met (one warp).
+#ifndef AMK_L2_PREFETCH_KB
+#define AMK_L2_PREFETCH_KB 0
+#endif
+
+// Start streaming an instruction's weights into L2 before its dependencies are met (one warp): all of them,
+// or the first AMK_L2_PREFETCH_KB KiB in the order the task reads them (its prefetch ranges in order).
 __device__ void prefetch_weights(const Ctx& c, const int* ins, int lane) {
-  for (int k = 0; k < AMK_MAX_PREFETCH; ++k) {
+  long long budget = AMK_L2_PREFETCH_KB > 0 ? 1024ll * AMK_L2_PREFETCH_KB : (1ll << 62);
+  for (int k = 0; k < AMK_MAX_PREFETCH && budget > 0; ++k) {
     const int bid = ins[AMK_PREFETCH_BASE + 3 * k];
     if (bid < 0) continue;
     const char* base = reinterpret_cast<const char*>(c.bufs[bid]) + (long long)ins[AMK_PREFETCH_BASE + 3 * k + 1] * sizeof(wtype);
-    const long long bytes = (long long)ins[AMK_PREFETCH_BASE + 3 * k + 2] * sizeof(wtype);
+    const long long bytes = min(budget, (long long)ins[AMK_PREFETCH_BASE + 3 * k + 2] * sizeof(wtype));
+    budget -= bytes;
 #if __CUDA_ARCH__ >= 900
     const long long piece = 16384;
     for (long long off = (long long)lane * piece; off < bytes; off += 32 * piece) {
@@ -76,10 +83,6 @@ __device__ void prefetch_weights(const Ctx& c, const int* ins, int lane) {
 #endif
   }
 }
-
-#ifndef AMK_TRACE
-#define AMK_TRACE 0
-#endif
 
 extern "C" __global__ void __launch_bounds__(AMK_THREADS, 1)
 amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, const unsigned long long* __restrict__ bufs,
@@ -123,7 +126,7 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
   for (int i = begin; i < end; ++i) {
     const int* ins = s_ins[(i - begin) & 1];
 #if AMK_TRACE
-    unsigned long long t0 = global_ns();
+    unsigned long long t0 = global_ns(), t1 = t0;
 #endif
     // the next instruction's words arrive while this one runs
     const int nxt = (tid < AMK_INSTR_WORDS && i + 1 < end) ? instrs[(long long)(i + 1) * AMK_INSTR_WORDS + tid] : 0;
@@ -139,40 +142,51 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     }
     prefetched = max(prefetched, min(end, i + 1 + AMK_PIPELINE_DEPTH));
 #endif
-    if (tid == 0) {
-      s_stop = wait_all(ins, counters, producers, epoch, control, timeout_ns, seen) ? 0 : 1;
+    // Thread 0 waits for the task's dependencies; every thread then sees them met (or the stop flag).
+    auto wait_deps = [&]() -> bool {
+      if (tid == 0) {
+        s_stop = wait_all(ins, counters, producers, epoch, control, timeout_ns, seen) ? 0 : 1;
 #if AMK_WEIGHT_RING_KB > 0
-      if (!s_stop) ring_pump(ring, c, instrs, end, i + AMK_PIPELINE_DEPTH);
+        if (!s_stop) ring_pump(ring, c, instrs, end, i + AMK_PIPELINE_DEPTH);
 #endif
-    }
-    __syncthreads();
-    if (s_stop) LEAVE_EARLY();
+      }
+      __syncthreads();
 #if AMK_TRACE
-    unsigned long long t1 = global_ns();
+      t1 = global_ns();
 #endif
-    switch (ins[0]) {
-      case OP_EMBED: op_embed(c, *reinterpret_cast<const EmbedParams*>(prm), control, ins[1]); break;
-      case OP_RMSNORM: op_rmsnorm(c, *reinterpret_cast<const RmsNormParams*>(prm)); break;
+      return s_stop == 0;
+    };
+#if AMK_WEIGHT_RING_KB == 0
+    if (ins[0] == OP_MATVEC) {  // issues its first weight loads before it waits
+      if (!op_matvec(c, *reinterpret_cast<const MatvecParams*>(prm), wait_deps)) LEAVE_EARLY();
+    } else
+#endif
+    if (ins[0] == OP_ATTN_SCORES) {  // K rows of earlier steps load before the wait
+      if (!op_attn_scores(c, *reinterpret_cast<const AttnScoresParams*>(prm), wait_deps)) LEAVE_EARLY();
+    } else if (ins[0] == OP_ATTN_VALUES) {  // as do V rows
+      if (!op_attn_values(c, *reinterpret_cast<const AttnValuesParams*>(prm), wait_deps)) LEAVE_EARLY();
+    } else {
+      if (!wait_deps()) LEAVE_EARLY();
+      switch (ins[0]) {
+        case OP_EMBED: op_embed(c, *reinterpret_cast<const EmbedParams*>(prm), control, ins[1]); break;
+        case OP_RMSNORM: op_rmsnorm(c, *reinterpret_cast<const RmsNormParams*>(prm)); break;
 #if AMK_WEIGHT_RING_KB > 0
-      case OP_MATVEC:
-        op_matvec_ring(c, *reinterpret_cast<const MatvecParams*>(prm), ring, instrs, end, i + AMK_PIPELINE_DEPTH,
-                       control, ins[1], timeout_ns);
-        break;
-#else
-      case OP_MATVEC: op_matvec(c, *reinterpret_cast<const MatvecParams*>(prm)); break;
+        case OP_MATVEC:
+          op_matvec_ring(c, *reinterpret_cast<const MatvecParams*>(prm), ring, instrs, end, i + AMK_PIPELINE_DEPTH,
+                         control, ins[1], timeout_ns);
+          break;
 #endif
-      case OP_EPILOGUE: op_epilogue(c, *reinterpret_cast<const EpilogueTaskParams*>(prm)); break;
-      case OP_ATTN_DECODE: op_attn_decode(c, *reinterpret_cast<const AttnDecodeParams*>(prm)); break;
-      case OP_ATTN_SCORES: op_attn_scores(c, *reinterpret_cast<const AttnScoresParams*>(prm)); break;
-      case OP_ATTN_VALUES: op_attn_values(c, *reinterpret_cast<const AttnValuesParams*>(prm)); break;
-      case OP_ATTN_COMBINE: op_attn_combine(c, *reinterpret_cast<const AttnCombineParams*>(prm)); break;
-      case OP_ARGMAX: op_argmax(c, *reinterpret_cast<const ArgmaxParams*>(prm)); break;
-      default:
-        if (tid == 0 && atomicCAS(control + CTRL_ERR, 0, ERR_BAD_OPCODE) == 0) {
-          control[CTRL_ERR_TASK] = ins[1];
-          control[CTRL_ERR_DETAIL] = ins[0];
-        }
-        LEAVE_EARLY();
+        case OP_EPILOGUE: op_epilogue(c, *reinterpret_cast<const EpilogueTaskParams*>(prm)); break;
+        case OP_ATTN_DECODE: op_attn_decode(c, *reinterpret_cast<const AttnDecodeParams*>(prm)); break;
+        case OP_ATTN_COMBINE: op_attn_combine(c, *reinterpret_cast<const AttnCombineParams*>(prm)); break;
+        case OP_ARGMAX: op_argmax(c, *reinterpret_cast<const ArgmaxParams*>(prm)); break;
+        default:
+          if (tid == 0 && atomicCAS(control + CTRL_ERR, 0, ERR_BAD_OPCODE) == 0) {
+            control[CTRL_ERR_TASK] = ins[1];
+            control[CTRL_ERR_DETAIL] = ins[0];
+          }
+          LEAVE_EARLY();
+      }
     }
     if (tid < AMK_INSTR_WORDS) s_ins[(i - begin + 1) & 1][tid] = nxt;
     __syncthreads();

@@ -13,8 +13,6 @@
 // row-major in one slot. Whole rows when a row fits a slot, else one row cut into slot-wide pieces.
 struct Piece { int r0, nr, c0, nc; };
 
-__device__ __forceinline__ int computed_rows(const MatvecParams& p) { return p.rows * (p.epi.pair_offset ? 2 : 1); }
-
 __device__ __forceinline__ int pieces_of(const MatvecParams& p) {
   const int R = computed_rows(p);
   if (p.klen <= SLOT_ELEMS) {
@@ -206,7 +204,9 @@ __device__ void op_matvec_ring(const Ctx& c, const MatvecParams& p, WeightRing& 
   const int K = __ldg(c.cols + p.weight);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int R = computed_rows(p);
-  float* xs = stage_input(c, p, K);
+  NormWeights nw;
+  load_norm_weights(c, p, nw);
+  float* xs = stage_input(c, p, K, nw);
   float* acc = xs + p.klen + ((4 - (p.klen & 3)) & 3);
   float* part = acc + ((R + 3) & ~3);  // 2 x PIECE_ROWS_MAX floats, inside the bookkeeping bytes
   for (int i = tid; i < R; i += AMK_THREADS) acc[i] = 0.f;
