@@ -63,6 +63,10 @@ class RowTiling:
 class QkvTiling:
     heads_per_task: int = knob(1, help="q/k/v heads one QKV task computes (RoPE needs whole heads)",
                                minimum=1, maximum=1024, search=[1, 2, 4, 8])
+    head_splits: int = knob(1, help="split each q/k/v head over this many QKV tasks; each takes rows i and "
+                                    "i + head_dim/2 together, the pairs RoPE rotates (needs heads_per_task=1, "
+                                    "k_splits=1 and, with RoPE fused, a model without q/k norm)",
+                            minimum=1, maximum=32, search=[1, 2, 4])
     k_splits: int = knob(1, help="split the reduction dimension over this many tasks (a reduce task finishes)",
                          minimum=1, maximum=16, search=[1, 2, 4])
 
@@ -108,12 +112,22 @@ class SmConfig:
 
 @dataclass
 class VmBuildConfig:
-    loads_in_flight: int = knob(2, help="16-byte weight loads per row each thread issues before using any",
+    loads_in_flight: int = knob(1, help="16-byte weight loads per row and lane in one step of a warp's weight "
+                                        "stream; the next step's loads are in flight while a step computes",
                                 choices=[1, 2, 4, 8])
-    rows_in_flight: int = knob(4, help="weight rows each warp streams at once (loads in flight = rows x loads)",
+    rows_in_flight: int = knob(4, help="weight rows each warp streams at once (loads per step = rows x loads)",
                                choices=[1, 2, 4])
     spin_backoff_ns: int = knob(0, help="nanosleep between polls of a dependency counter",
                                 choices=[0, 32, 128, 512])
+    l2_prefetch_kb: int = knob(0, help="KiB of each queued task's weights the L2 prefetch asks for, in the order "
+                                       "the task reads them (with pipelining_depth > 0 and no weight ring); 0 asks "
+                                       "for all of them. A cap keeps the prefetched bytes of every SM inside L2",
+                               choices=[0, 64, 128, 256], search=[0, 64, 128, 256])
+    async_steps: int = knob(0, help="steps of each warp's weight stream that cp.async copies ahead into a per-thread "
+                                    "shared-memory ring (sm_80+; rows x loads x 16 B x threads per step, taken from "
+                                    "the end of smem_per_block); the first ones are issued before the task's "
+                                    "dependency wait. 0: registers, one step ahead",
+                            choices=[0, 2, 4], search=[0])
     weight_ring_kb: int = knob(0, help="shared-memory ring that bulk copies (TMA, sm_90+) stream matvec weights "
                                        "through, in KiB of 16 KiB slots, taken from the end of smem_per_block; "
                                        "0 streams weights through registers",

@@ -62,7 +62,8 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
         threads_per_block=config.threads_per_block, smem_per_block=config.smem_per_block,
         build={"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": config.build.loads_in_flight,
                "ROWS_IN_FLIGHT": config.build.rows_in_flight,
-               "SPIN_BACKOFF_NS": config.build.spin_backoff_ns, "WEIGHT_RING_KB": config.build.weight_ring_kb},
+               "SPIN_BACKOFF_NS": config.build.spin_backoff_ns, "L2_PREFETCH_KB": config.build.l2_prefetch_kb, "WEIGHT_RING_KB": config.build.weight_ring_kb,
+               "ASYNC_STEPS": config.build.async_steps},
         meta={"model": name, "target": target.name, "schedule_id": config.schedule_id, "max_seq": max_seq,
               "dtype": dtype.name, "stages": len(stages)},
     )

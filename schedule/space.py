@@ -114,24 +114,45 @@ def space_dicts(target: GpuTarget | str | None = None) -> list[dict]:
     return [k.to_dict() for k in search_space(target)]
 
 
+def conflicts(config: ScheduleConfig) -> list[str]:
+    """Knob combinations the lowering rejects on every model, each named by its knobs. The search never
+    proposes them (a model-specific rejection, such as split heads under a fused q/k norm, is left to the
+    lowering's own error)."""
+    q = config.matvec.qkv
+    out = []
+    if q.head_splits > 1 and q.heads_per_task > 1:
+        out.append(f"matvec.qkv.head_splits={q.head_splits} needs matvec.qkv.heads_per_task=1")
+    if q.head_splits > 1 and q.k_splits > 1:
+        out.append(f"matvec.qkv.head_splits={q.head_splits} needs matvec.qkv.k_splits=1")
+    return out
+
+
 def neighbours(config: ScheduleConfig, space: list[Knob]) -> list[Move]:
-    """Every config one knob away: each searched knob set to each of its other search values."""
+    """Every config one knob away that has no conflict: each searched knob set to each of its other search
+    values."""
     moves = []
     for k in space:
         current = _json(get_path(config, k.path))
         for v in k.search:
             if v != current:
-                moves.append(Move(k.path, v, with_value(config, k.path, v)))
+                cfg = with_value(config, k.path, v)
+                if not conflicts(cfg):
+                    moves.append(Move(k.path, v, cfg))
     return moves
 
 
 def random_config(space: list[Knob], rng: random.Random, base: ScheduleConfig | None = None) -> ScheduleConfig:
-    """Each searched knob drawn uniformly from its search values; unsearched knobs keep `base`'s value."""
-    data = (base or ScheduleConfig()).to_dict()
-    for k in space:
-        if k.search:
-            _set(data, k.path, rng.choice(k.search))
-    return ScheduleConfig.from_dict(data)
+    """Each searched knob drawn uniformly from its search values (drawn again while the draw has a conflict);
+    unsearched knobs keep `base`'s value."""
+    for _ in range(1000):
+        data = (base or ScheduleConfig()).to_dict()
+        for k in space:
+            if k.search:
+                _set(data, k.path, rng.choice(k.search))
+        cfg = ScheduleConfig.from_dict(data)
+        if not conflicts(cfg):
+            return cfg
+    raise RuntimeError("no conflict-free config in 1000 draws")  # unreachable while conflicts stay rare
 
 
 def non_default_knobs(config: ScheduleConfig) -> list[str]:

@@ -25,13 +25,25 @@ RING_SLOT_BYTES = 16384  # one bulk copy target of the weight ring; a whole row 
 RING_ALIGN = 128  # bulk copies into shared memory stream at full rate only into 128-byte aligned slots
 
 
-def work_smem_bytes(smem_per_block: int, ring_kb: int) -> int:
+def async_ring_bytes(steps: int, rows_in_flight: int, loads_in_flight: int, threads: int) -> int:
+    """The per-thread cp.async ring of build.async_steps: each step is rows x loads 16-byte vectors a thread."""
+    return steps * rows_in_flight * loads_in_flight * 16 * threads
+
+
+def work_smem_bytes(smem_per_block: int, ring_kb: int, async_bytes: int = 0) -> int:
     """Shared memory a task may use for staged inputs, accumulators and attention scores: all of it without a
-    weight ring, else what lies before the ring, which sits 128-byte aligned at the end (the kernel places
-    its ring at this offset, from the generated header)."""
-    if ring_kb <= 0:
+    weight ring or cp.async ring, else what lies before them; they sit 128-byte aligned at the end (the
+    kernel places them at this offset, from the generated header)."""
+    if ring_kb <= 0 and async_bytes <= 0:
         return smem_per_block
-    return (smem_per_block - ring_kb * 1024) // RING_ALIGN * RING_ALIGN
+    return (smem_per_block - ring_kb * 1024 - async_bytes) // RING_ALIGN * RING_ALIGN
+
+
+def program_work_smem_bytes(smem_per_block: int, threads: int, build: dict) -> int:
+    """work_smem_bytes from a program's build knobs."""
+    steps = int(build.get("ASYNC_STEPS", 0))
+    asy = async_ring_bytes(steps, int(build.get("ROWS_IN_FLIGHT", 1)), int(build.get("LOADS_IN_FLIGHT", 1)), threads)
+    return work_smem_bytes(smem_per_block, int(build.get("WEIGHT_RING_KB", 0)), asy)
 
 
 @dataclass
@@ -136,6 +148,9 @@ class Tiler:
 
     def _row_tiles(self, role: str) -> list[tuple[int, int]]:
         rows, _, _, _ = self._shape(role)
+        if role == "qkv" and self.cfg.matvec.qkv.head_splits > 1:  # rows [a, a + n) with their pairs, per head
+            n = self.d.head_dim // 2 // self.cfg.matvec.qkv.head_splits
+            return [(r, n) for h in range(0, rows, self.d.head_dim) for r in range(h, h + self.d.head_dim // 2, n)]
         if role == "qkv":
             step = self.cfg.matvec.qkv.heads_per_task * self.d.head_dim
         else:
@@ -145,8 +160,33 @@ class Tiler:
     def _weight(self, role: str, layer: int) -> int:
         return lm_head_buffer(self.b) if role == "lm_head" else self.b[f"layers.{layer}.{role}"]
 
+    def _qkv_pair(self) -> int:
+        """Row offset of the paired rows of a QKV task: head_dim/2 when heads are split, else none. Raises
+        LoweringError (naming matvec.qkv.head_splits) for a split the other knobs or the model rule out."""
+        q, d = self.cfg.matvec.qkv, self.d
+        if q.head_splits == 1:
+            return 0
+        field = "matvec.qkv.head_splits"
+        if q.heads_per_task != 1:
+            raise LoweringError(field, f"{q.head_splits} splits of a head need heads_per_task=1, not {q.heads_per_task}")
+        if q.k_splits != 1:
+            raise LoweringError(field, f"{q.head_splits} splits of a head need k_splits=1, not {q.k_splits}")
+        if (d.head_dim // 2) % q.head_splits:
+            raise LoweringError(field, f"{q.head_splits} does not divide head_dim/2={d.head_dim // 2}")
+        if d.qk_norm and self.cfg.fusion.rope_kv_into_qkv:
+            raise LoweringError(field, "the q/k norm fused into the QKV epilogue needs whole heads")
+        return d.head_dim // 2
+
+    def _work_smem(self) -> int:
+        b = self.cfg.build
+        return work_smem_bytes(self.cfg.smem_per_block, b.weight_ring_kb,
+                               async_ring_bytes(b.async_steps, b.rows_in_flight, b.loads_in_flight,
+                                                self.cfg.threads_per_block))
+
     def _matvec(self, st: Stage) -> list[TaskDraft]:
         rows_total, K, pair, _ = self._shape(st.role)
+        if st.role == "qkv":
+            pair = self._qkv_pair()
         w = self._weight(st.role, st.layer)
         nb = self.dtype.nbytes
         if st.norm:
@@ -188,6 +228,8 @@ class Tiler:
         reads: list[Region] = []
         if bias != oc.NO_BUFFER:
             reads.append(Region(bias, row0, nrows))
+            if pair:
+                reads.append(Region(bias, pair + row0, nrows))
         groups = self._groups(row0, nrows) if st.role == "qkv" else ()
         if kind == "partial":
             part = self.val(f"split.{st.role}", layer)
@@ -220,26 +262,44 @@ class Tiler:
                                  argmax_slot=pairs.offset // 2 + slot)
             return epi, [Region(self.b["logits"], row0, nrows), self.region(pairs, 2 * slot, 2)], reads, groups
         if kind == "rope_kv":
-            return self._rope_epilogue(layer, row0, nrows, bias, reads, groups)
+            return self._rope_epilogue(layer, row0, nrows, bias, reads, groups, pair)
         raise LoweringError("fusion", f"no epilogue {kind!r}")
 
-    def _rope_epilogue(self, layer, row0, nrows, bias, reads, groups):
+    def _rope_epilogue(self, layer, row0, nrows, bias, reads, groups, pair=0):
+        """RoPE + KV append of whole heads [row0, row0 + nrows), or with `pair` of rows [row0, row0 + nrows)
+        of one head and their partners pair rows on."""
         d = self.d
         hd = d.head_dim
-        if row0 % hd or nrows % hd:
+        if pair:
+            if row0 % hd + nrows > pair:
+                raise LoweringError("matvec.qkv.head_splits", "a split QKV task must take rows below head_dim/2")
+        elif row0 % hd or nrows % hd:
             raise LoweringError("matvec.qkv.heads_per_task", "QKV tasks must cover whole heads")
         q = self.val("q", layer)
         qn = self.b.get(f"layers.{layer}.q_norm")
         kn = self.b.get(f"layers.{layer}.k_norm")
         epi = EpilogueParams(Epilogue.ROPE_KV, q.buffer, q.offset, bias=bias, kcache=self.b["kcache"],
-                             vcache=self.b["vcache"], layer=layer, qnorm=qn, knorm=kn)
+                             vcache=self.b["vcache"], layer=layer, qnorm=qn, knorm=kn, pair_offset=pair)
         writes: list[Region] = []
-        for u in range(row0 // hd, (row0 + nrows) // hd):
+        if pair:
+            u, d0 = divmod(row0, hd)
             kind, h, g = self.unified_head(u)
             if kind == "q":
-                writes.append(self.region(q, h * hd, hd))
+                writes += [self.region(q, h * hd + d0, nrows), self.region(q, h * hd + d0 + pair, nrows)]
             else:
-                writes.append(self.kv_slab("kcache" if kind == "k" else "vcache", layer, g))
+                # The task writes columns d0.. and d0 + pair.. of the slab's row at the step's position, which
+                # no range of the slab describes; its 1/splits share of the slab stands in for them: the
+                # splits of a head are disjoint and together cover the slab, which every reader reads whole.
+                slab = self.kv_slab("kcache" if kind == "k" else "vcache", layer, g)
+                share = slab.length // (pair // nrows)
+                writes.append(Region(slab.buffer, slab.start + d0 // nrows * share, share))
+        else:
+            for u in range(row0 // hd, (row0 + nrows) // hd):
+                kind, h, g = self.unified_head(u)
+                if kind == "q":
+                    writes.append(self.region(q, h * hd, hd))
+                else:
+                    writes.append(self.kv_slab("kcache" if kind == "k" else "vcache", layer, g))
         reads = reads + [Region(self.b["rope_cos"], 0, self.max_seq * hd), Region(self.b["rope_sin"], 0, self.max_seq * hd),
                          Region(self.b["pos"], 0, 1)]
         if qn != oc.NO_BUFFER:
@@ -283,7 +343,7 @@ class Tiler:
         q, sc = self.val("q", layer), self.val("scores", layer)
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
-        chunk = attention_chunk(work_smem_bytes(self.cfg.smem_per_block, self.cfg.build.weight_ring_kb), d)
+        chunk = attention_chunk(self._work_smem(), d)
         out = []
         for g in range(d.n_kv_heads):
             q_reg = [self.region(q, g * G * hd, G * hd), self.kv_slab("kcache", layer, g), Region(self.b["pos"], 0, 1)]
@@ -310,7 +370,7 @@ class Tiler:
         sc, stats, o = self.val("scores", layer), self.val("attn_stats", layer), self.val("attn_part", layer)
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
-        chunk = attention_chunk(work_smem_bytes(self.cfg.smem_per_block, self.cfg.build.weight_ring_kb), d)
+        chunk = attention_chunk(self._work_smem(), d)
         out = []
         for g in range(d.n_kv_heads):
             for part in range(parts):

@@ -182,6 +182,13 @@ def _check_structure(program, target, rep: _Report) -> None:
         if ring and target.arch != "none" and int(target.arch.split("_")[1]) < 90:
             rep.add(IssueKind.ABI, f"build.weight_ring_kb={ring} needs bulk copies (sm_90 or newer); "
                                    f"{target.name} is {target.arch}: set build.weight_ring_kb to 0")
+        steps = int(program.build.get("ASYNC_STEPS", 0))
+        if steps and target.arch != "none" and int(target.arch.split("_")[1]) < 80:
+            rep.add(IssueKind.ABI, f"build.async_steps={steps} needs cp.async (sm_80 or newer); "
+                                   f"{target.name} is {target.arch}: set build.async_steps to 0")
+        if steps and ring:
+            rep.add(IssueKind.ABI, f"build.async_steps={steps} and build.weight_ring_kb={ring} are two ways to "
+                                   "stream weights through shared memory: set one of them to 0")
         if program.smem_per_block > target.smem_per_block_max:
             rep.add(IssueKind.ABI, f"smem_per_block={program.smem_per_block} exceeds {target.name}'s "
                                    f"{target.smem_per_block_max} bytes")
@@ -319,7 +326,7 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
                             "buffer", tasks=(int(tids[k]),))
         a, tids = a[~bad], tids[~bad]
     ix, hd = lay.ix, c.head_dim
-    smem = tile.work_smem_bytes(program.smem_per_block, int(program.build.get("WEIGHT_RING_KB", 0)))
+    smem = tile.program_work_smem_bytes(program.smem_per_block, program.threads_per_block, program.build)
     col = {name: a[:, i] for name, i in ix.items()}
     try:
         if "klen" in ix:  # matvec: the staged input slice (all of K when the norm is fused) and its rows
@@ -337,20 +344,31 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
     except Exception as e:  # noqa: BLE001 - the tiler's formulas changed shape
         rep.internal("shared-memory check", e)
         need = None
-    ring_kb = int(program.build.get("WEIGHT_RING_KB", 0))
-    room = (f"smem_per_block={program.smem_per_block} less build.weight_ring_kb={ring_kb} KiB leaves {smem}"
-            if ring_kb else f"smem_per_block is {smem}")
+    ring_kb, steps = int(program.build.get("WEIGHT_RING_KB", 0)), int(program.build.get("ASYNC_STEPS", 0))
+    if ring_kb:
+        room = f"smem_per_block={program.smem_per_block} less build.weight_ring_kb={ring_kb} KiB leaves {smem}"
+    elif steps:
+        room = (f"smem_per_block={program.smem_per_block} less the build.async_steps={steps} ring "
+                f"({program.smem_per_block - smem} bytes with rows_in_flight x loads_in_flight x 16 B x "
+                f"threads_per_block per step) leaves {smem}")
+    else:
+        room = f"smem_per_block is {smem}"
     if need is not None:
         for k in np.flatnonzero(need > smem):
             tid = int(tids[k])
             rep.add(IssueKind.ABI, f"{rep.tname(tid)} stages {what.format(*(int(d[k]) for d in detail))} and "
                     f"needs {int(need[k])} bytes of shared memory; {room}", tasks=(tid,))
     if "epi.kind" in ix and "row0" in ix:
-        rope = (col["epi.kind"] == Epilogue.ROPE_KV) & ((col["row0"] % hd != 0) | (col["rows"] % hd != 0))
+        # whole heads, or (a split head) rows inside the first half of one head with their partners half a head on
+        r0, n, pair = col["row0"], col["rows"], col["epi.pair_offset"]
+        whole = (pair == 0) & (r0 % hd == 0) & (n % hd == 0)
+        halves = (pair == hd // 2) & (n > 0) & (r0 % hd + n <= hd // 2)
+        rope = (col["epi.kind"] == Epilogue.ROPE_KV) & ~whole & ~halves
         for k in np.flatnonzero(rope):
-            tid, r0, n = int(tids[k]), int(col["row0"][k]), int(col["rows"][k])
-            rep.add(IssueKind.ABI, f"{rep.tname(tid)}: the ROPE_KV epilogue covers rows [{r0}, {r0 + n}), not "
-                    f"whole heads of {hd}", tasks=(tid,))
+            tid, a, m, po = int(tids[k]), int(r0[k]), int(n[k]), int(pair[k])
+            rep.add(IssueKind.ABI, f"{rep.tname(tid)}: the ROPE_KV epilogue covers rows [{a}, {a + m}) with pair "
+                    f"offset {po}: neither whole heads of {hd} nor rows of one head's first half with pair offset "
+                    f"{hd // 2}", tasks=(tid,))
 
 
 def _matvec_smem(width, rows):

@@ -30,8 +30,10 @@ def base_config(path: str) -> ScheduleConfig:
     sm.assignment=explicit."""
     if path == "sm.explicit_map":
         return with_value(ScheduleConfig(), "sm.assignment", "explicit")
-    if path == "build.weight_ring_kb":  # the ring comes out of smem_per_block: leave every size room to work
+    if path in ("build.weight_ring_kb", "build.async_steps"):  # rings come out of smem_per_block: leave room
         return with_value(ScheduleConfig(), "smem_per_block", RING_TEST_SMEM)
+    if path == "build.l2_prefetch_kb":  # the cap acts on the L2 prefetch, which pipelining_depth turns on
+        return with_value(ScheduleConfig(), "pipelining_depth", 1)
     return ScheduleConfig()
 
 

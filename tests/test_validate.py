@@ -349,3 +349,30 @@ def test_weight_ring_leaving_too_little_shared_memory_is_named():
     assert not r.ok
     assert any("build.weight_ring_kb=160 KiB leaves" in i.message and "(down)" in i.message
                for i in issues_of(r, IssueKind.ABI))
+
+
+# ---- the cp.async ring ---------------------------------------------------------------------------------
+def _async(name: str, steps: int, smem: int, target: str, **build):
+    with open(f"{CONFIGS}/{name}.json") as f:
+        cfg = AutoConfig.for_model(**json.load(f))
+    config = {"build": {"async_steps": steps, **build}, "smem_per_block": smem}
+    return lower_dims(ModelDims.from_hf_config(cfg), DType.BF16, target, config=config)
+
+
+def test_async_ring_fits_beside_the_work_area():
+    # 4 steps x 4 rows x 1 load x 16 B x 512 threads = 128 KiB, leaving 96 KiB of 224 KiB to the tasks
+    assert validate(_async("llama-3.2-1b", 4, 224 * 1024, "h100-sxm"), "h100-sxm").ok
+    assert validate(_async("toy", 2, 96 * 1024, "a100-80gb"), "a100-80gb").ok  # cp.async is sm_80
+
+
+def test_async_ring_leaving_too_little_shared_memory_is_named():
+    # 2 steps (64 KiB) of the default 96 KiB leave 32 KiB: too little for down's 8192 staged inputs
+    r = validate(_async("llama-3.2-1b", 2, 96 * 1024, "h100-sxm"), "h100-sxm")
+    assert not r.ok
+    assert any("build.async_steps=2 ring (65536 bytes" in i.message and "(down)" in i.message
+               for i in issues_of(r, IssueKind.ABI))
+
+
+def test_async_ring_and_weight_ring_are_exclusive():
+    r = validate(_async("toy", 2, 200 * 1024, "h100-sxm", weight_ring_kb=32), "h100-sxm")
+    assert not r.ok and any("build.async_steps=2 and build.weight_ring_kb=32" in i.message for i in r.issues)

@@ -70,7 +70,8 @@ def generate_header(program: MegakernelProgram) -> str:
         "AMK_TOKEN_BUF": c.token, "AMK_LOGITS_BUF": c.logits,
         "AMK_THREADS": program.threads_per_block, "AMK_SMEM": program.smem_per_block,
         "AMK_RING_SLOT_BYTES": tile.RING_SLOT_BYTES,
-        "AMK_RING_OFFSET": tile.work_smem_bytes(program.smem_per_block, int(program.build.get("WEIGHT_RING_KB", 0))),
+        "AMK_RING_OFFSET": tile.program_work_smem_bytes(program.smem_per_block, program.threads_per_block,
+                                                        program.build),
     })
     for k, v in sorted(program.build.items()):
         defs[f"AMK_{k}"] = int(v)

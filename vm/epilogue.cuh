@@ -35,11 +35,38 @@ __device__ void rope_head(const Ctx& c, const EpilogueParams& e, const float* va
   }
 }
 
+// Row `row` (below head_dim/2 in its head) of a split QKV task, value a, and its partner half a head on, b.
+__device__ void rope_pair(const Ctx& c, const EpilogueParams& e, int row, float a, float b) {
+  const int u = row / AMK_HEAD_DIM, d = row % AMK_HEAD_DIM;
+  const int g = u / (AMK_GROUP + 2), j = u % (AMK_GROUP + 2);
+  if (j <= AMK_GROUP) {
+    const wtype* cs = buf<wtype>(c, AMK_ROPE_COS) + (long long)c.pos * AMK_HEAD_DIM;
+    const wtype* sn = buf<wtype>(c, AMK_ROPE_SIN) + (long long)c.pos * AMK_HEAD_DIM;
+    const float lo = rnd(rnd(a * to_f(cs[d])) + rnd(-b * to_f(sn[d])));
+    const float hi = rnd(rnd(b * to_f(cs[d + HALF_HD])) + rnd(a * to_f(sn[d + HALF_HD])));
+    a = lo;
+    b = hi;
+  }
+  if (j < AMK_GROUP) {
+    float* q = buf<float>(c, e.out) + e.out_off + (g * AMK_GROUP + j) * AMK_HEAD_DIM;
+    stcg(q + d, a);
+    stcg(q + d + HALF_HD, b);
+  } else {
+    wtype* dst = buf<wtype>(c, j == AMK_GROUP ? e.kcache : e.vcache) +
+                 (((long long)e.layer * AMK_KV_HEADS + g) * AMK_MAX_SEQ + c.pos) * AMK_HEAD_DIM;
+    dst[d] = from_f(a);
+    dst[d + HALF_HD] = from_f(b);
+  }
+}
+
 __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int rows, float* acc) {
   const int tid = threadIdx.x;
   if (e.bias >= 0 && e.kind != EPI_PARTIAL) {
     const wtype* b = buf<wtype>(c, e.bias);
-    for (int i = tid; i < rows; i += AMK_THREADS) acc[i] += to_f(b[row0 + i]);
+    for (int i = tid; i < rows; i += AMK_THREADS) {
+      acc[i] += to_f(b[row0 + i]);
+      if (e.pair_offset) acc[rows + i] += to_f(b[e.pair_offset + row0 + i]);
+    }
     __syncthreads();
   }
   float* out = buf<float>(c, e.out);
@@ -85,6 +112,10 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
       break;
     }
     case EPI_ROPE_KV: {
+      if (e.pair_offset) {  // rows of one head and their RoPE partners
+        for (int i = tid; i < rows; i += AMK_THREADS) rope_pair(c, e, row0 + i, rnd(acc[i]), rnd(acc[rows + i]));
+        break;
+      }
       const int lane = tid & 31, warp = tid >> 5;
       for (int i = tid; i < rows; i += AMK_THREADS) acc[i] = rnd(acc[i]);
       __syncthreads();

@@ -89,6 +89,8 @@ class Semantics:
         kind = Epilogue(e.kind)
         if e.bias != NO_BUFFER and kind != Epilogue.PARTIAL:
             acc = acc + mem[e.bias][row0:row0 + rows].float()
+            if accp is not None:
+                accp = accp + mem[e.bias][e.pair_offset + row0:e.pair_offset + row0 + rows].float()
         out = mem[e.out]
         lo = e.out_off + row0
         if kind == Epilogue.STORE:
@@ -112,6 +114,8 @@ class Semantics:
             pairs = mem[e.argmax]
             pairs[2 * e.argmax_slot] = v[i]
             pairs[2 * e.argmax_slot + 1] = float(row0 + i)
+        elif kind == Epilogue.ROPE_KV and accp is not None:
+            self.rope_kv_pairs(mem, e, row0, rows, self.rnd(acc), self.rnd(accp))
         elif kind == Epilogue.ROPE_KV:
             self.rope_kv(mem, e, row0, rows, self.rnd(acc))
         else:
@@ -139,6 +143,30 @@ class Semantics:
                 slot = ((e.layer * c.n_kv_heads + g) * c.max_seq + pos) * hd
                 cache = mem[e.kcache if j == G else e.vcache]
                 cache[slot:slot + hd] = h.to(cache.dtype)
+
+    def rope_kv_pairs(self, mem: Memory, e, row0: int, rows: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Rows [row0, row0 + rows) of one head (a) and their partners head_dim/2 on (b): RoPE rotates each
+        pair on its own, so a head split this way gives what the whole head gives (no q/k norm here)."""
+        c = self.c
+        hd, G, half = c.head_dim, c.n_heads // c.n_kv_heads, c.head_dim // 2
+        u, d0 = divmod(row0, hd)
+        g, j = divmod(u, G + 2)
+        pos = int(mem[c.pos][0])
+        cos = mem[c.rope_cos][pos * hd:(pos + 1) * hd].float()
+        sin = mem[c.rope_sin][pos * hd:(pos + 1) * hd].float()
+        lo_i, hi_i = slice(d0, d0 + rows), slice(d0 + half, d0 + half + rows)
+        if j <= G:
+            a, b = (self.rnd(self.rnd(a * cos[lo_i]) + self.rnd(-b * sin[lo_i])),
+                    self.rnd(self.rnd(b * cos[hi_i]) + self.rnd(a * sin[hi_i])))
+        if j < G:
+            q = e.out_off + (g * G + j) * hd
+            mem[e.out][q + d0:q + d0 + rows] = a
+            mem[e.out][q + d0 + half:q + d0 + half + rows] = b
+        else:
+            slot = ((e.layer * c.n_kv_heads + g) * c.max_seq + pos) * hd
+            cache = mem[e.kcache if j == G else e.vcache]
+            cache[slot + d0:slot + d0 + rows] = a.to(cache.dtype)
+            cache[slot + d0 + half:slot + d0 + half + rows] = b.to(cache.dtype)
 
     # Attention follows eager exactly: scores rounded after the product and after the scale, a
     # float32 softmax whose probabilities are rounded before they weight V. Partitions therefore need

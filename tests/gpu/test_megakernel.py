@@ -12,6 +12,7 @@ from amk.schedule import ScheduleConfig, detect_target
 from amk.schedule.config import iter_knobs, with_value
 from amk.schedule.errors import VmError
 from amk.schedule.program import Wait
+from amk.schedule.space import conflicts
 
 MODELS = ["toy", "toy-2L", "smollm2-135m", "qwen3-0.6b", "llama-3.2-1b"]
 SMALL = {"toy", "toy-2L"}
@@ -27,14 +28,17 @@ def _model(name, dtype):
 
 
 def random_config(rng: random.Random, target) -> ScheduleConfig:
-    cfg = ScheduleConfig()
-    for path, f, _ in iter_knobs():
-        values = f.metadata.get("search")
-        if not values or path == "sm.explicit_map":
-            continue
-        values = [v for v in values if path != "smem_per_block" or v <= target.smem_per_block_max]
-        cfg = with_value(cfg, path, rng.choice(values))
-    return cfg
+    """A random point of the search space the lowering accepts (no knob conflicts)."""
+    while True:
+        cfg = ScheduleConfig()
+        for path, f, _ in iter_knobs():
+            values = f.metadata.get("search")
+            if not values or path == "sm.explicit_map":
+                continue
+            values = [v for v in values if path != "smem_per_block" or v <= target.smem_per_block_max]
+            cfg = with_value(cfg, path, rng.choice(values))
+        if not conflicts(cfg):
+            return cfg
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -128,6 +132,27 @@ def test_weight_ring_configs_verify(name, dtype, target):
         pytest.skip("the weight ring needs bulk copies (sm_90+)")
     model = _model(name, dtype)
     for cfg in RING_CONFIGS:
+        prog = amk.lower(model, target, cfg, max_seq=256)
+        assert amk.validate(prog, target).ok, cfg
+        res = verify(prog, model, device="cuda", vm="cuda", cases="reduced")
+        assert res.ok, (cfg, res.to_dict()["failures"])
+
+
+STREAM_CONFIGS = [  # the cp.async ring and split QKV heads, alone and together, at a few step shapes
+    {"build": {"async_steps": 2}, "smem_per_block": 160 * 1024},
+    {"build": {"async_steps": 4, "rows_in_flight": 2, "loads_in_flight": 2}, "smem_per_block": 200 * 1024,
+     "matvec": {"down": {"rows_per_task": 8, "k_splits": 2}}},
+    {"matvec": {"qkv": {"head_splits": 2}}, "sm": {"assignment": "list_scheduling"},
+     "build": {"rows_in_flight": 2, "loads_in_flight": 2}},
+    {"matvec": {"qkv": {"head_splits": 4}}, "build": {"async_steps": 2}, "smem_per_block": 160 * 1024},
+]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m"])
+def test_async_ring_and_split_head_configs_verify(name, dtype, target):
+    model = _model(name, dtype)
+    for cfg in STREAM_CONFIGS:
         prog = amk.lower(model, target, cfg, max_seq=256)
         assert amk.validate(prog, target).ok, cfg
         res = verify(prog, model, device="cuda", vm="cuda", cases="reduced")
