@@ -36,9 +36,9 @@ from amk.schedule.validate import validate
 LLAMA, LLAMA_TARGET, LLAMA_MAX_SEQ = "llama-3.2-1b", "h100-sxm", 2048
 TOY_MAX_SEQ = 64
 KNOB_VALUES = knob_values()
+PATHS = list(dict.fromkeys(p for p, _ in KNOB_VALUES))
 # knobs varied from a base config other than the default (see _schedules.base_config)
 VARIED_FROM_ANOTHER_BASE = tuple(p for p in PATHS if base_config(p) != ScheduleConfig())
-PATHS = list(dict.fromkeys(p for p, _ in KNOB_VALUES))
 
 
 def _id(path, value) -> str:
