@@ -102,7 +102,7 @@ class FusionConfig:
 
 @dataclass
 class SmConfig:
-    assignment: SmAssignment = knob(SmAssignment.BYTES_BALANCED, help="how tasks are placed on SM queues",
+    assignment: SmAssignment = knob(SmAssignment.LIST_SCHEDULING, help="how tasks are placed on SM queues",
                                     choices=list(SmAssignment),
                                     search=[SmAssignment.ROUND_ROBIN, SmAssignment.BYTES_BALANCED,
                                             SmAssignment.LIST_SCHEDULING])
