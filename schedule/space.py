@@ -127,11 +127,21 @@ def conflicts(config: ScheduleConfig) -> list[str]:
     return out
 
 
+def inert(config: ScheduleConfig, path: str) -> bool:
+    """Whether the knob at `path` cannot change what the kernel does under the rest of `config` (it still
+    changes the build, so a move would spend a trial on noise)."""
+    if path == "build.l2_prefetch_kb":  # caps the L2 prefetch, which only pipelining_depth > 0 without a ring does
+        return config.pipelining_depth == 0 or config.build.weight_ring_kb > 0
+    return False
+
+
 def neighbours(config: ScheduleConfig, space: list[Knob]) -> list[Move]:
-    """Every config one knob away that has no conflict: each searched knob set to each of its other search
-    values."""
+    """Every config one knob away that has no conflict and moves a knob that acts: each searched knob set to
+    each of its other search values."""
     moves = []
     for k in space:
+        if inert(config, k.path):
+            continue
         current = _json(get_path(config, k.path))
         for v in k.search:
             if v != current:

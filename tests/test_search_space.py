@@ -1,0 +1,29 @@
+"""The search space's moves: random draws and neighbours never hold a knob conflict the lowering would
+refuse, and never move a knob that cannot act under the rest of the config."""
+
+from __future__ import annotations
+
+import random
+
+from amk.schedule import ScheduleConfig
+from amk.schedule.space import conflicts, neighbours, random_config, search_space
+
+SPLIT2 = {"matvec": {"qkv": {"head_splits": 2}}}
+
+
+def test_the_search_never_proposes_a_conflict():
+    space = search_space("cpu-sim")
+    rng = random.Random(0)
+    assert all(not conflicts(random_config(space, rng)) for _ in range(200))
+    split = ScheduleConfig.from_dict(SPLIT2)
+    moves = neighbours(split, space)
+    assert moves and all(not conflicts(m.config) for m in moves)
+    assert not any(m.path == "matvec.qkv.heads_per_task" for m in moves)
+
+
+def test_moves_of_a_knob_that_cannot_act_are_not_proposed():
+    space = search_space("h100-sxm")
+    paths = {m.path for m in neighbours(ScheduleConfig(), space)}
+    assert "build.l2_prefetch_kb" not in paths  # pipelining_depth is 0: there is no L2 prefetch to cap
+    deep = ScheduleConfig.from_dict({"pipelining_depth": 1})
+    assert "build.l2_prefetch_kb" in {m.path for m in neighbours(deep, space)}
