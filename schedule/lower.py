@@ -15,7 +15,7 @@ from .program import Counter, MegakernelProgram, ProgramConstants, Task, Wait
 from .stages import Stage, plan_stages, value_sizes
 from .sync import StageGraph, stage_graph
 from .targets import GpuTarget, get_target
-from .tile import TaskDraft, Tiler
+from .tile import TaskDraft, Tiler, build_defines
 
 DEFAULT_MAX_SEQ = 2048
 
@@ -60,10 +60,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     return MegakernelProgram(
         constants=constants, buffers=buffers.buffers, counters=counters, tasks=tasks, queues=queues,
         threads_per_block=config.threads_per_block, smem_per_block=config.smem_per_block,
-        build={"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": config.build.loads_in_flight,
-               "ROWS_IN_FLIGHT": config.build.rows_in_flight,
-               "SPIN_BACKOFF_NS": config.build.spin_backoff_ns, "L2_PREFETCH_KB": config.build.l2_prefetch_kb, "WEIGHT_RING_KB": config.build.weight_ring_kb,
-               "ASYNC_STEPS": config.build.async_steps},
+        build=build_defines(config),
         meta={"model": name, "target": target.name, "schedule_id": config.schedule_id, "max_seq": max_seq,
               "dtype": dtype.name, "stages": len(stages)},
     )

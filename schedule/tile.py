@@ -39,6 +39,14 @@ def work_smem_bytes(smem_per_block: int, ring_kb: int, async_bytes: int = 0) -> 
     return (smem_per_block - ring_kb * 1024 - async_bytes) // RING_ALIGN * RING_ALIGN
 
 
+def build_defines(config: ScheduleConfig) -> dict[str, int]:
+    """The compile-time VM knobs of a config, as the program's build dict (the kernel sees each as AMK_<key>)."""
+    b = config.build
+    return {"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": b.loads_in_flight,
+            "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
+            "L2_PREFETCH_KB": b.l2_prefetch_kb, "WEIGHT_RING_KB": b.weight_ring_kb, "ASYNC_STEPS": b.async_steps}
+
+
 def program_work_smem_bytes(smem_per_block: int, threads: int, build: dict) -> int:
     """work_smem_bytes from a program's build knobs."""
     steps = int(build.get("ASYNC_STEPS", 0))
@@ -178,10 +186,7 @@ class Tiler:
         return d.head_dim // 2
 
     def _work_smem(self) -> int:
-        b = self.cfg.build
-        return work_smem_bytes(self.cfg.smem_per_block, b.weight_ring_kb,
-                               async_ring_bytes(b.async_steps, b.rows_in_flight, b.loads_in_flight,
-                                                self.cfg.threads_per_block))
+        return program_work_smem_bytes(self.cfg.smem_per_block, self.cfg.threads_per_block, build_defines(self.cfg))
 
     def _matvec(self, st: Stage) -> list[TaskDraft]:
         rows_total, K, pair, _ = self._shape(st.role)

@@ -77,27 +77,20 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Block-wide sum / max; every thread gets the result. `red` holds NWARPS floats.
-__device__ float block_sum(float v, float* red) {
-  v = warp_sum(v);
+// Block-wide sum / max; every thread gets the result. `red` holds NWARPS floats; warps combine in warp order.
+template <bool kMax>
+__device__ float block_reduce(float v, float* red) {
+  v = kMax ? warp_max(v) : warp_sum(v);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  float t = 0.f;
-  for (int w = 0; w < NWARPS; ++w) t += red[w];
+  float t = kMax ? NEG_INF : 0.f;
+  for (int w = 0; w < NWARPS; ++w) t = kMax ? fmaxf(t, red[w]) : t + red[w];
   return t;
 }
-__device__ float block_max(float v, float* red) {
-  v = warp_max(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float t = NEG_INF;
-  for (int w = 0; w < NWARPS; ++w) t = fmaxf(t, red[w]);
-  return t;
-}
+__device__ float block_sum(float v, float* red) { return block_reduce<false>(v, red); }
+__device__ float block_max(float v, float* red) { return block_reduce<true>(v, red); }
 
 // (value, index) argmax, first maximum wins; result valid in thread 0.
 __device__ void block_argmax(float& v, int& i, float* red) {

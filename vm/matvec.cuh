@@ -165,47 +165,48 @@ __device__ __forceinline__ const uint4* unit_row(const MatvecWalk& w, int u) {
   return w.W + row * w.kvec + ch * w.per;
 }
 
-// Issue the loads of step (g, it); vectors past the unit's end or units past `mine` read nothing.
-__device__ __forceinline__ void walk_load(const MatvecWalk& w, int g, int it, uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT]) {
+// Visit this lane's vectors of step (g, it): fn(r, k, unit, v, ok) for unit r of the group and load k, where
+// v is the vector's index in the unit and ok says it exists (vectors past the unit's end or units past
+// `mine` are visited with ok false, so that every lane runs the same steps).
+template <class Fn>
+__device__ __forceinline__ void step_vectors(const MatvecWalk& w, int g, int it, Fn&& fn) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
     const int j = g * AMK_ROWS_IN_FLIGHT + r;
-    const uint4* rp = unit_row(w, warp + j * NWARPS);
 #pragma unroll
     for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
       const int v = (it * AMK_LOADS_IN_FLIGHT + k) * 32 + lane;
-      raw[r][k] = (j < w.mine && v < w.per) ? __ldg(rp + v) : make_uint4(0u, 0u, 0u, 0u);
+      fn(r, k, warp + j * NWARPS, v, j < w.mine && v < w.per);
     }
   }
+}
+
+// Issue the loads of step (g, it); vectors that do not exist read nothing.
+__device__ __forceinline__ void walk_load(const MatvecWalk& w, int g, int it, uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT]) {
+  step_vectors(w, g, it, [&](int r, int k, int u, int v, bool ok) {
+    raw[r][k] = ok ? __ldg(unit_row(w, u) + v) : make_uint4(0u, 0u, 0u, 0u);
+  });
 }
 
 __device__ __forceinline__ void walk_dot(const MatvecWalk& w, int g, int it, const float* xs,
                                          const uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT],
                                          float (&acc)[AMK_ROWS_IN_FLIGHT]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  step_vectors(w, g, it, [&](int r, int k, int u, int v, bool ok) {
+    if (!ok) return;  // the staged input past the slice may hold anything (NaN poison)
+    const float* xp = xs + (u & ((1 << w.sbits) - 1)) * w.per * VEC;
+    float f[VEC];
+    unpack(raw[r][k], f);
+    const float4* x4 = reinterpret_cast<const float4*>(xp + v * VEC);
 #pragma unroll
-  for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
-    const int j = g * AMK_ROWS_IN_FLIGHT + r;
-    const float* xp = xs + ((warp + j * NWARPS) & ((1 << w.sbits) - 1)) * w.per * VEC;
-#pragma unroll
-    for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
-      const int v = (it * AMK_LOADS_IN_FLIGHT + k) * 32 + lane;
-      if (j < w.mine && v < w.per) {  // the staged input past the slice may hold anything (NaN poison)
-        float f[VEC];
-        unpack(raw[r][k], f);
-        const float4* x4 = reinterpret_cast<const float4*>(xp + v * VEC);
-#pragma unroll
-        for (int e = 0; e < VEC / 4; ++e) {
-          const float4 q = x4[e];
-          acc[r] = fmaf(f[4 * e], q.x, acc[r]);
-          acc[r] = fmaf(f[4 * e + 1], q.y, acc[r]);
-          acc[r] = fmaf(f[4 * e + 2], q.z, acc[r]);
-          acc[r] = fmaf(f[4 * e + 3], q.w, acc[r]);
-        }
-      }
+    for (int e = 0; e < VEC / 4; ++e) {
+      const float4 q = x4[e];
+      acc[r] = fmaf(f[4 * e], q.x, acc[r]);
+      acc[r] = fmaf(f[4 * e + 1], q.y, acc[r]);
+      acc[r] = fmaf(f[4 * e + 2], q.z, acc[r]);
+      acc[r] = fmaf(f[4 * e + 3], q.w, acc[r]);
     }
-  }
+  });
 }
 
 #ifndef AMK_ASYNC_STEPS
@@ -233,19 +234,10 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // Copy step (g, it) into `slot` and close its group; a step past the end closes an empty group, so that
 // there is always one group per step and wait_group(AMK_ASYNC_STEPS - 1) means "the oldest step is in".
 __device__ __forceinline__ void walk_issue(const Ctx& c, const MatvecWalk& w, int g, int it, bool live, int slot) {
-  if (live) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
-      const int j = g * AMK_ROWS_IN_FLIGHT + r;
-      const uint4* rp = unit_row(w, warp + j * NWARPS);
-#pragma unroll
-      for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
-        const int v = (it * AMK_LOADS_IN_FLIGHT + k) * 32 + lane;
-        if (j < w.mine && v < w.per) cp_async16(async_vec(c, slot, r * AMK_LOADS_IN_FLIGHT + k), rp + v);
-      }
-    }
-  }
+  if (live)
+    step_vectors(w, g, it, [&](int r, int k, int u, int v, bool ok) {
+      if (ok) cp_async16(async_vec(c, slot, r * AMK_LOADS_IN_FLIGHT + k), unit_row(w, u) + v);
+    });
   asm volatile("cp.async.commit_group;" ::: "memory");
 }
 

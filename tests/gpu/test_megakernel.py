@@ -117,6 +117,14 @@ def test_planted_deadlock_raises_quickly_and_gpu_stays_usable(target):
     assert verify(good, model, device="cuda", vm="cuda", cases="reduced").ok
 
 
+def _verify_configs(model, target, configs) -> None:
+    for cfg in configs:
+        prog = amk.lower(model, target, cfg, max_seq=256)
+        assert amk.validate(prog, target).ok, cfg
+        res = verify(prog, model, device="cuda", vm="cuda", cases="reduced")
+        assert res.ok, (cfg, res.to_dict()["failures"])
+
+
 RING_CONFIGS = [  # the weight ring path: rows that fit a slot, rows cut into slot-wide pieces, k-splits
     {"build": {"weight_ring_kb": 128}, "smem_per_block": 200 * 1024, "pipelining_depth": 2},
     {"build": {"weight_ring_kb": 32, "rows_in_flight": 1}, "smem_per_block": 96 * 1024, "pipelining_depth": 0},
@@ -130,12 +138,7 @@ RING_CONFIGS = [  # the weight ring path: rows that fit a slot, rows cut into sl
 def test_weight_ring_configs_verify(name, dtype, target):
     if int(target.arch.split("_")[1]) < 90:
         pytest.skip("the weight ring needs bulk copies (sm_90+)")
-    model = _model(name, dtype)
-    for cfg in RING_CONFIGS:
-        prog = amk.lower(model, target, cfg, max_seq=256)
-        assert amk.validate(prog, target).ok, cfg
-        res = verify(prog, model, device="cuda", vm="cuda", cases="reduced")
-        assert res.ok, (cfg, res.to_dict()["failures"])
+    _verify_configs(_model(name, dtype), target, RING_CONFIGS)
 
 
 STREAM_CONFIGS = [  # the cp.async ring and split QKV heads, alone and together, at a few step shapes
@@ -151,9 +154,4 @@ STREAM_CONFIGS = [  # the cp.async ring and split QKV heads, alone and together,
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m"])
 def test_async_ring_and_split_head_configs_verify(name, dtype, target):
-    model = _model(name, dtype)
-    for cfg in STREAM_CONFIGS:
-        prog = amk.lower(model, target, cfg, max_seq=256)
-        assert amk.validate(prog, target).ok, cfg
-        res = verify(prog, model, device="cuda", vm="cuda", cases="reduced")
-        assert res.ok, (cfg, res.to_dict()["failures"])
+    _verify_configs(_model(name, dtype), target, STREAM_CONFIGS)
