@@ -18,11 +18,11 @@ TASK_OVERHEAD_US = 1.0
 
 def task_bytes(task: Task, c: ProgramConstants) -> int:
     """Bytes a task moves from memory, assuming a half-full KV cache for attention."""
-    if task.opcode in (Opcode.ATTN_DECODE, Opcode.ATTN_SCORES, Opcode.ATTN_VALUES):
+    if task.opcode in (Opcode.ATTN_DECODE, Opcode.ATTN_SCORES, Opcode.ATTN_VALUES, Opcode.ATTN_PARTIAL):
         parts = getattr(task.params, "parts", 1)
         positions = c.max_seq // 2 // parts
         per_cache = positions * c.head_dim * c.dtype.nbytes
-        return per_cache * (2 if task.opcode == Opcode.ATTN_DECODE else 1)
+        return per_cache * (2 if task.opcode in (Opcode.ATTN_DECODE, Opcode.ATTN_PARTIAL) else 1)
     return task.weight_bytes + 64
 
 

@@ -35,6 +35,11 @@ class SyncGranularity(str, Enum):
     HEAD = "head"  # QKV signals one counter per KV head, so attention starts per head
 
 
+class AttentionSoftmax(str, Enum):
+    GLOBAL = "global"  # eager's rounding: partitions wait for every partition's (max, sum) before the values
+    PARTITION = "partition"  # each partition normalises by its own (max, sum); the combine rescales
+
+
 def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search=None):
     """A config field. `choices`/`minimum`/`maximum` bound what parses; `search` lists the values the
     search explores (defaults to `choices`)."""
@@ -86,6 +91,12 @@ class AttentionConfig:
                               minimum=1, maximum=64, search=[1, 2, 4, 8, 16])
     sync: SyncGranularity = knob(SyncGranularity.HEAD, help="counter granularity between QKV and attention",
                                  choices=list(SyncGranularity))
+    softmax: AttentionSoftmax = knob(AttentionSoftmax.GLOBAL,
+                                     help="with kv_partitions > 1: 'global' scores, then values from the global "
+                                          "(max, sum), then a sum (3 stages, eager's rounding of probabilities); "
+                                          "'partition' scores and values in one task per partition under its own "
+                                          "(max, sum), then a combine that rescales them (2 stages)",
+                                     choices=list(AttentionSoftmax))
 
 
 @dataclass

@@ -88,6 +88,8 @@ def kv_bytes(task: Task, program: MegakernelProgram, context: int) -> int:
         return 2 * per_cache
     if task.opcode in (Opcode.ATTN_SCORES, Opcode.ATTN_VALUES):
         return per_cache // max(1, task.params.parts)
+    if task.opcode == Opcode.ATTN_PARTIAL:
+        return 2 * per_cache // max(1, task.params.parts)
     return 0
 
 

@@ -21,6 +21,7 @@ class Opcode(IntEnum):
     ATTN_VALUES = 7  # one KV head x one partition: probabilities from the global (max, sum), times V
     ATTN_COMBINE = 8  # sum the partitions' values of one KV head
     ARGMAX = 9  # reduce per-task (max, index) pairs into the next token
+    ATTN_PARTIAL = 10  # one KV head x one partition: scores, softmax under the partition's own (max, sum), values
 
 
 class Epilogue(IntEnum):
@@ -169,6 +170,26 @@ class AttnValuesParams:
 
 
 @dataclass(frozen=True)
+class AttnPartialParams:
+    layer: int
+    kv_head: int
+    q: int
+    q_off: int
+    kcache: int
+    vcache: int
+    part: int
+    parts: int
+    scores: int  # fp32 scratch for a partition longer than `chunk` (shorter ones stay in shared memory)
+    scores_off: int
+    stats: int  # (max, sum) per (part, q head), of this partition alone
+    stats_off: int
+    out: int  # fp32 values per (part, q head), normalised by this partition's sum
+    out_off: int
+    chunk: int
+    stage: int  # K and V rows of earlier steps copied into shared memory before the dependency wait
+
+
+@dataclass(frozen=True)
 class AttnCombineParams:
     kv_head: int
     partial: int
@@ -176,6 +197,8 @@ class AttnCombineParams:
     parts: int
     out: int
     out_off: int
+    part_stats: int  # NO_BUFFER: partitions share one softmax and are summed; else weighted by their (max, sum)
+    part_stats_off: int
 
 
 @dataclass(frozen=True)
@@ -195,6 +218,7 @@ PARAMS_OF: dict[Opcode, type] = {
     Opcode.ATTN_SCORES: AttnScoresParams,
     Opcode.ATTN_VALUES: AttnValuesParams,
     Opcode.ATTN_COMBINE: AttnCombineParams,
+    Opcode.ATTN_PARTIAL: AttnPartialParams,
     Opcode.ARGMAX: ArgmaxParams,
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import FusionConfig, ScheduleConfig
+from .config import AttentionSoftmax, FusionConfig, ScheduleConfig
 from .graph import Graph, OpKind
 
 
@@ -102,6 +102,10 @@ def plan_stages(graph: Graph, config: ScheduleConfig) -> list[Stage]:
             q, kv, sc = inst("q", layer), f"kv.{layer}", inst("scores", layer)
             if parts == 1:
                 emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, inst("attn", layer)])
+            elif config.attention.softmax == AttentionSoftmax.PARTITION:
+                stats, part = inst("attn_stats", layer), inst("attn_part", layer)
+                emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, stats, part])
+                emit(kind="attention_combine", layer=layer, reads=[part, stats], writes=[inst("attn", layer)])
             else:
                 stats, part = inst("attn_stats", layer), inst("attn_part", layer)
                 emit(kind="attention", layer=layer, reads=[q, kv], writes=[sc, stats])

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from . import opcodes as oc
 from .buffers import BufferTable, Placement, lm_head_buffer
-from .config import ScheduleConfig
+from .config import AttentionSoftmax, ScheduleConfig
 from .errors import LoweringError
 from .graph import ModelDims
-from .opcodes import Epilogue, EpilogueParams, Opcode
+from .opcodes import NO_BUFFER, Epilogue, EpilogueParams, Opcode
 from .program import Prefetch, Region
 from .stages import Stage, score_capacity
 
@@ -76,6 +76,27 @@ def attention_smem_bytes(chunk: int, dims, threads: int = 1024) -> int:
     the value reduction reuses for one partial output per warp."""
     area = max(dims.group * chunk, threads // 32 * dims.group * dims.head_dim)
     return SMEM_BOOKKEEPING_BYTES + (2 * dims.group * dims.head_dim + 2 * dims.group + area) * 4
+
+
+def attention_partial_smem_bytes(chunk: int, stage: int, dims, threads: int, cache_bytes: int) -> int:
+    """Shared memory of an ATTN_PARTIAL task: q, (max, sum), the output, `chunk` positions of scores, the
+    softmax-statistics scratch (2 floats per warp and q head), then `stage` K rows and V rows (16-byte aligned);
+    the value reduction later reuses the area from the scores on for one partial output per warp."""
+    g, hd, warps = dims.group, dims.head_dim, threads // 32
+    head = 2 * g * hd + 2 * g
+    staged = -(-(head + g * chunk + 2 * warps * g) // 4) * 4 * 4 + 2 * stage * hd * cache_bytes
+    return SMEM_BOOKKEEPING_BYTES + max(staged, (head + warps * g * hd) * 4)
+
+
+def partial_positions(work_bytes: int, cap: int, dims, threads: int, cache_bytes: int) -> int:
+    """Positions an ATTN_PARTIAL task holds in shared memory (scores, K and V rows): all `cap` of a partition
+    when they fit, else as many as do; 0 when not even the fixed part fits."""
+    fixed = attention_partial_smem_bytes(0, 0, dims, threads, cache_bytes)
+    per = dims.group * 4 + 2 * dims.head_dim * cache_bytes
+    n = min(cap, max(0, (work_bytes - fixed - 16) // per))
+    while n > 0 and attention_partial_smem_bytes(n, n, dims, threads, cache_bytes) > work_bytes:
+        n -= 1
+    return n
 
 
 def matvec_smem_bytes(klen: int, rows_computed: int) -> int:
@@ -342,7 +363,8 @@ class Tiler:
         return out
 
     def _attention(self, st: Stage) -> list[TaskDraft]:
-        """parts == 1: one ATTN_DECODE task per KV group; else ATTN_SCORES tasks per (group, part)."""
+        """parts == 1: one ATTN_DECODE task per KV group; else ATTN_SCORES tasks per (group, part), or ATTN_PARTIAL
+        tasks when each partition keeps its own softmax."""
         d, layer = self.d, st.layer
         parts = self.cfg.attention.kv_partitions
         q, sc = self.val("q", layer), self.val("scores", layer)
@@ -361,12 +383,39 @@ class Tiler:
                                      [s_reg, self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
                 continue
             stats = self.val("attn_stats", layer)
+            if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
+                out += self._partials(layer, g, q_reg)
+                continue
             for part in range(parts):
                 p = oc.AttnScoresParams(layer, g, q.buffer, q.offset, self.b["kcache"], part, parts, sc.buffer,
                                         sc.offset, stats.buffer, stats.offset, chunk)
                 w = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap),
                      self.region(stats, (part * d.n_heads + g * G) * 2, G * 2)]
                 out.append(TaskDraft(Opcode.ATTN_SCORES, p, q_reg, w, [], 0, (g,)))
+        return out
+
+    def _partials(self, layer: int, g: int, q_reg: list[Region]) -> list[TaskDraft]:
+        d, parts = self.d, self.cfg.attention.kv_partitions
+        q, sc = self.val("q", layer), self.val("scores", layer)
+        stats, o = self.val("attn_stats", layer), self.val("attn_part", layer)
+        G, hd = d.group, d.head_dim
+        cap = score_capacity(self.max_seq, parts)
+        work = self._work_smem()
+        chunk = partial_positions(work, cap, d, self.cfg.threads_per_block, self.dtype.nbytes)
+        if chunk < 1:
+            need = attention_partial_smem_bytes(1, 1, d, self.cfg.threads_per_block, self.dtype.nbytes)
+            raise LoweringError("smem_per_block", f"leaves {work} bytes of working shared memory; attention.softmax="
+                                f"partition needs at least {need}")
+        out = []
+        for part in range(parts):
+            p = oc.AttnPartialParams(layer, g, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], part, parts,
+                                     sc.buffer, sc.offset, stats.buffer, stats.offset, o.buffer, o.offset, chunk,
+                                     chunk)
+            s_reg = self.region(sc, (part * d.n_heads + g * G) * cap, G * cap)
+            w = [s_reg, self.region(stats, (part * d.n_heads + g * G) * 2, G * 2),
+                 self.region(o, (part * d.n_heads + g * G) * hd, G * hd)]
+            out.append(TaskDraft(Opcode.ATTN_PARTIAL, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg], w, [], 0,
+                                 (g,)))
         return out
 
     def _values(self, st: Stage) -> list[TaskDraft]:
@@ -396,7 +445,12 @@ class Tiler:
         out = []
         for g in range(d.n_kv_heads):
             reads = [self.region(part_v, (p * d.n_heads + g * G) * hd, G * hd) for p in range(parts)]
-            p = oc.AttnCombineParams(g, part_v.buffer, part_v.offset, parts, o.buffer, o.offset)
+            stats = (NO_BUFFER, 0)
+            if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
+                st_v = self.val("attn_stats", layer)
+                stats = (st_v.buffer, st_v.offset)
+                reads += [self.region(st_v, (p * d.n_heads + g * G) * 2, G * 2) for p in range(parts)]
+            p = oc.AttnCombineParams(g, part_v.buffer, part_v.offset, parts, o.buffer, o.offset, *stats)
             out.append(TaskDraft(Opcode.ATTN_COMBINE, p, reads, [self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
         return out
 

@@ -74,7 +74,7 @@ MAX_ISSUES_PER_KIND = 20
 # optional ones may be NO_BUFFER
 BUFFER_FIELDS = frozenset({"table", "token", "weight", "kcache", "vcache", "epi.out"})
 OPTIONAL_BUFFER_FIELDS = frozenset({"norm_weight", "epi.bias", "epi.kcache", "epi.vcache", "epi.qnorm",
-                                    "epi.knorm", "epi.argmax"})
+                                    "epi.knorm", "epi.argmax", "part_stats"})
 
 
 class _Report:
@@ -337,8 +337,15 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             detail = (width, nrows)
         elif "chunk" in ix:  # attention: q of the group plus a chunk of scores
             group = c.n_heads // c.n_kv_heads
-            need = _attention_smem(col["chunk"], group, hd, program.threads_per_block)
-            what, detail = "a chunk of {} positions", (col["chunk"],)
+            if "stage" in ix:  # ATTN_PARTIAL: statistics scratch and staged K/V rows behind its chunk
+                dims = SimpleNamespace(group=group, head_dim=hd)
+                need = np.asarray([tile.attention_partial_smem_bytes(int(k), int(n), dims, program.threads_per_block,
+                                                                     c.dtype.nbytes)
+                                   for k, n in zip(col["chunk"], col["stage"])])
+                what, detail = "a chunk of {} positions and {} staged K/V rows", (col["chunk"], col["stage"])
+            else:
+                need = _attention_smem(col["chunk"], group, hd, program.threads_per_block)
+                what, detail = "a chunk of {} positions", (col["chunk"],)
         else:
             need = None
     except Exception as e:  # noqa: BLE001 - the tiler's formulas changed shape

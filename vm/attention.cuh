@@ -5,39 +5,74 @@ __device__ __forceinline__ void span(int pos, int part, int parts, int& s0, int&
   s1 = min(L, part * per + per);
 }
 
+// K or V rows staged in shared memory: vector v of row r sits in slot v ^ (r mod HD_VECS), so that threads
+// reading one vector of consecutive rows hit different banks.
+static_assert((HD_VECS & (HD_VECS - 1)) == 0, "head_dim / VEC must be a power of two");
+__device__ __forceinline__ int staged_slot(int r, int v) { return r * HD_VECS + (v ^ (r & (HD_VECS - 1))); }
+
+// Copy rows [s0, s0 + n) of a cache slab into `dst` with cp.async (no wait: the caller waits before reading).
+__device__ __forceinline__ void stage_rows(uint4* dst, const wtype* __restrict__ slab, int s0, int n) {
+  const uint4* src = reinterpret_cast<const uint4*>(slab + (long long)s0 * AMK_HEAD_DIM);
+  for (int i = threadIdx.x; i < n * HD_VECS; i += AMK_THREADS) cp_async16(dst + staged_slot(i / HD_VECS, i % HD_VECS), src + i);
+}
+
 // Scores of positions [s0, s1) for every q head of the group, one thread per position, written to
-// dst[j * stride + t - s0]; m[] gets the thread's running max per head.
-// `first`: this thread's first K row (position s0 + threadIdx.x), when have_first says it was loaded early.
+// dst[j * stride + t - s0]; m[] gets the thread's running max per head. Rows s0 .. s0 + n_staged - 1 are read
+// from `staged` (shared memory), the others from the cache.
+// The scores of one position for every q head of the group, from its K row.
+__device__ __forceinline__ void score_row(const uint4 (&raw)[HD_VECS], const float* qs, float (&d)[AMK_GROUP]) {
+#pragma unroll
+  for (int j = 0; j < AMK_GROUP; ++j) d[j] = 0.f;
+#pragma unroll
+  for (int v = 0; v < HD_VECS; ++v) {
+    float f[VEC];
+    unpack(raw[v], f);
+#pragma unroll
+    for (int j = 0; j < AMK_GROUP; ++j)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) d[j] = fmaf(f[e], qs[j * AMK_HEAD_DIM + v * VEC + e], d[j]);
+  }
+}
+
+template <bool kSmem>
+__device__ __forceinline__ void score_store(const float (&d)[AMK_GROUP], int r, float* dst, int stride, float* m,
+                                            float* l) {
+#pragma unroll
+  for (int j = 0; j < AMK_GROUP; ++j) {
+    const float s = rnd(rnd(d[j]) * AMK_ATTN_SCALE);
+    if (s > m[j]) { l[j] = l[j] * expf(m[j] - s) + 1.f; m[j] = s; } else { l[j] += expf(s - m[j]); }
+    if (kSmem) dst[j * stride + r] = s; else stcg(dst + j * stride + r, s);
+  }
+}
+
+// Scores of positions [s0, s1) for every q head of the group, one thread per position, written to
+// dst[j * stride + t - s0]; m[] gets the thread's running max per head. Rows s0 .. s0 + n_staged - 1 are read
+// from `staged` (shared memory), the others from the cache, in two loops so that no cache load is issued
+// for a staged row.
 template <bool kSmem>
 __device__ __forceinline__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s0, int s1, float* dst,
-                                            int stride, float* m, float* l, bool have_first,
-                                            const uint4 (&first)[HD_VECS]) {
+                                            int stride, float* m, float* l, const uint4* staged = nullptr,
+                                            int n_staged = 0) {
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j) { m[j] = NEG_INF; l[j] = 0.f; }
-  for (int t = s0 + threadIdx.x; t < s1; t += AMK_THREADS) {
-    float d[AMK_GROUP];
-#pragma unroll
-    for (int j = 0; j < AMK_GROUP; ++j) d[j] = 0.f;
-    const uint4* kr = reinterpret_cast<const uint4*>(kc + (long long)t * AMK_HEAD_DIM);
+  const int n = s1 - s0, n_smem = min(n, n_staged);
+  int r = threadIdx.x;
+  for (; r < n_smem; r += AMK_THREADS) {
     uint4 raw[HD_VECS];
-    const bool loaded = have_first && t == s0 + (int)threadIdx.x;
 #pragma unroll
-    for (int v = 0; v < HD_VECS; ++v) raw[v] = loaded ? first[v] : __ldcg(kr + v);
+    for (int v = 0; v < HD_VECS; ++v) raw[v] = staged[staged_slot(r, v)];
+    float d[AMK_GROUP];
+    score_row(raw, qs, d);
+    score_store<kSmem>(d, r, dst, stride, m, l);
+  }
+  for (; r < n; r += AMK_THREADS) {
+    const uint4* kr = reinterpret_cast<const uint4*>(kc + (long long)(s0 + r) * AMK_HEAD_DIM);
+    uint4 raw[HD_VECS];
 #pragma unroll
-    for (int v = 0; v < HD_VECS; ++v) {
-      float f[VEC];
-      unpack(raw[v], f);
-#pragma unroll
-      for (int j = 0; j < AMK_GROUP; ++j)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) d[j] = fmaf(f[e], qs[j * AMK_HEAD_DIM + v * VEC + e], d[j]);
-    }
-#pragma unroll
-    for (int j = 0; j < AMK_GROUP; ++j) {
-      const float s = rnd(rnd(d[j]) * AMK_ATTN_SCALE);
-      if (s > m[j]) { l[j] = l[j] * expf(m[j] - s) + 1.f; m[j] = s; } else { l[j] += expf(s - m[j]); }
-      if (kSmem) dst[j * stride + (t - s0)] = s; else stcg(dst + j * stride + (t - s0), s);
-    }
+    for (int v = 0; v < HD_VECS; ++v) raw[v] = __ldcg(kr + v);
+    float d[AMK_GROUP];
+    score_row(raw, qs, d);
+    score_store<kSmem>(d, r, dst, stride, m, l);
   }
 }
 
@@ -77,17 +112,13 @@ __device__ void group_softmax_stats(const float (&m)[AMK_GROUP], const float (&l
 }
 
 // Accumulate sum_t rnd(exp(s - M) / L) * V[t] over [s0, s1) into acc[j][VEC] for this thread's vector.
-// V rows a values task loads before its dependency wait: this thread's first V_EARLY positions of the first
-// chunk (those of earlier steps; bit k of `mask` says position k was loaded into early[k]).
-#define V_EARLY 4
-struct EarlyV {
-  uint4 v[V_EARLY];
-  unsigned mask;
-};
-
+// Rows s0 .. s0 + n_staged - 1 are read from `staged` (shared memory), the others from the cache.
+// kSmem: the scores sit in shared memory at probs with stride == chunk and fit one chunk, so each
+// probability overwrites its own score.
+template <bool kSmem = false>
 __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int stride, int s0, int s1,
                             const float* M, const float* Lsum, float* probs, int chunk, float acc[AMK_GROUP][VEC],
-                            const EarlyV& early) {
+                            const uint4* staged = nullptr, int n_staged = 0) {
   const int tid = threadIdx.x;
   const int dv = tid % HD_VECS, tp = tid / HD_VECS, np = AMK_THREADS / HD_VECS;
   for (int c0 = s0; c0 < s1; c0 += chunk) {
@@ -96,25 +127,23 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
     for (int i = tid; i < n * AMK_GROUP; i += AMK_THREADS) {
       const int j = i / n, t = i % n;
       const float* sp = sc + j * stride + (c0 - s0) + t;
-      const float s = ldcg(sp);
+      const float s = kSmem ? *sp : ldcg(sp);
       probs[j * chunk + t] = rnd(expf(s - M[j]) / Lsum[j]);
     }
     __syncthreads();
     if (tp < np) {
+      // staged rows first, then the cache: two loops, so that no cache load is issued for a staged row
+      const int n_smem = min(n, max(0, n_staged - (c0 - s0)));
       int t = tp;
-      if (c0 == s0) {
+#pragma unroll 4
+      for (; t < n_smem; t += np) {
+        float f[VEC];
+        unpack(staged[staged_slot(c0 - s0 + t, dv)], f);
 #pragma unroll
-        for (int k = 0; k < V_EARLY; ++k, t += np) {
-          if (t >= n) break;
-          float f[VEC];
-          unpack((early.mask >> k & 1u) ? early.v[k]
-                                        : __ldcg(reinterpret_cast<const uint4*>(vc + (long long)(c0 + t) * AMK_HEAD_DIM) + dv), f);
+        for (int j = 0; j < AMK_GROUP; ++j) {
+          const float pj = probs[j * chunk + t];
 #pragma unroll
-          for (int j = 0; j < AMK_GROUP; ++j) {
-            const float pj = probs[j * chunk + t];
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
-          }
+          for (int e = 0; e < VEC; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
         }
       }
 #pragma unroll 8
@@ -203,9 +232,8 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
   float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + p.kv_head * AMK_GROUP * AMK_MAX_SEQ;
   const int stride = in_smem ? p.chunk : AMK_MAX_SEQ;
   float m[AMK_GROUP], l[AMK_GROUP];
-  uint4 none[HD_VECS];
-  if (in_smem) scores_pass<true>(kc, qs, 0, L, sc, stride, m, l, false, none);
-  else scores_pass<false>(kc, qs, 0, L, sc, stride, m, l, false, none);
+  if (in_smem) scores_pass<true>(kc, qs, 0, L, sc, stride, m, l);
+  else scores_pass<false>(kc, qs, 0, L, sc, stride, m, l);
   for (int j = 0; j < AMK_GROUP; ++j) {
     float mj, lj;
     block_softmax_stats(m[j], l[j], c.red, mj, lj);
@@ -240,29 +268,20 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
       }
     }
   } else {
-    EarlyV none_v;
-    none_v.mask = 0u;
-    values_pass(vc, sc, stride, 0, L, M, Ls, probs, p.chunk, acc, none_v);
+    values_pass(vc, sc, stride, 0, L, M, Ls, probs, p.chunk, acc);
   }
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, rnd(out_s[i]));
 }
 
-// K rows of earlier steps do not change in this one, so this thread's first row is loaded before the
-// dependency wait (the step's own row, at pos, is appended by a QKV task this one waits for).
+// (K and V rows here load after the wait: registers held across it spill in the matvec path, and the scratch
+// probabilities leave no room to stage them. ATTN_PARTIAL stages them in shared memory.)
 template <class WaitDeps>
 __device__ bool op_attn_scores(const Ctx& c, const AttnScoresParams& p, WaitDeps&& wait_deps) {
   int s0, s1;
   span(c.pos, p.part, p.parts, s0, s1);
   const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head);
-  const int t_first = s0 + threadIdx.x;
-  const bool early = t_first < s1 && t_first < c.pos;
-  uint4 first[HD_VECS];
-  if (early) {
-#pragma unroll
-    for (int v = 0; v < HD_VECS; ++v) first[v] = __ldcg(reinterpret_cast<const uint4*>(kc + (long long)t_first * AMK_HEAD_DIM) + v);
-  }
   if (!wait_deps()) return false;
   PHASE_START();
   float* qs = c.smem;
@@ -271,7 +290,7 @@ __device__ bool op_attn_scores(const Ctx& c, const AttnScoresParams& p, WaitDeps
   const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
   float* sc = buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
   float m[AMK_GROUP], l[AMK_GROUP], M[AMK_GROUP], L[AMK_GROUP];
-  scores_pass<false>(kc, qs, s0, s1, sc, cap, m, l, early, first);
+  scores_pass<false>(kc, qs, s0, s1, sc, cap, m, l);
   PHASE(1);
   float* stats = buf<float>(c, p.stats) + p.stats_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * 2;
   group_softmax_stats(m, l, qs + AMK_GROUP * AMK_HEAD_DIM, M, L);
@@ -284,26 +303,11 @@ __device__ bool op_attn_scores(const Ctx& c, const AttnScoresParams& p, WaitDeps
   return true;
 }
 
-// V rows of earlier steps are loaded before the dependency wait, as K rows are for the scores.
 template <class WaitDeps>
 __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps&& wait_deps) {
   int s0, s1;
   span(c.pos, p.part, p.parts, s0, s1);
   const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head);
-  EarlyV early;
-  early.mask = 0u;
-  {
-    const int dv = threadIdx.x % HD_VECS, tp = threadIdx.x / HD_VECS, np = AMK_THREADS / HD_VECS;
-    const int lim = min(min(s1, c.pos), s0 + p.chunk);
-#pragma unroll
-    for (int k = 0; k < V_EARLY; ++k) {
-      const int t = s0 + tp + k * np;
-      if (tp < np && t < lim) {
-        early.v[k] = __ldcg(reinterpret_cast<const uint4*>(vc + (long long)t * AMK_HEAD_DIM) + dv);
-        early.mask |= 1u << k;
-      }
-    }
-  }
   if (!wait_deps()) return false;
   PHASE_START();
   float* M = c.smem;
@@ -346,7 +350,7 @@ __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps
   for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
-  values_pass(vc, sc, cap, s0, s1, M, Ls, probs, p.chunk, acc, early);
+  values_pass(vc, sc, cap, s0, s1, M, Ls, probs, p.chunk, acc);
   PHASE(1);
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM;
@@ -355,13 +359,113 @@ __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps
   return true;
 }
 
+// With per-partition statistics, partition k of q head j weighs exp(m_k - M) * l_k / L (in smem, [j][k]).
 __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
   const float* src = buf<float>(c, p.partial) + p.partial_off;
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
+  const bool weighted = p.part_stats >= 0;
+  float* w = c.smem;  // [j][k] weights, then [j][k] (max, sum) pairs behind them
+  if (weighted) {
+    const float* st = buf<float>(c, p.part_stats) + p.part_stats_off;
+    float* ml = w + AMK_GROUP * p.parts;
+    for (int i = threadIdx.x; i < AMK_GROUP * p.parts; i += AMK_THREADS) {  // every pair in one round trip
+      const int j = i / p.parts, k = i % p.parts;
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(st + (k * AMK_HEADS + p.kv_head * AMK_GROUP + j) * 2));
+      ml[2 * i] = v.x;
+      ml[2 * i + 1] = v.y;
+    }
+    __syncthreads();
+    if (threadIdx.x < AMK_GROUP) {
+      const int j = threadIdx.x;
+      const float* mine = ml + 2 * j * p.parts;
+      float mx = NEG_INF;
+      for (int k = 0; k < p.parts; ++k) mx = fmaxf(mx, mine[2 * k]);
+      float total = 0.f;
+      for (int k = 0; k < p.parts; ++k) {
+        const float wk = mine[2 * k] == NEG_INF ? 0.f : mine[2 * k + 1] * expf(mine[2 * k] - mx);
+        w[j * p.parts + k] = wk;
+        total += wk;
+      }
+      for (int k = 0; k < p.parts; ++k) w[j * p.parts + k] /= total;
+    }
+    __syncthreads();
+  }
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
+    const float* wj = w + (i / AMK_HEAD_DIM) * p.parts;
     float s = 0.f;
 #pragma unroll 8
-    for (int k = 0; k < p.parts; ++k) s += ldcg(src + (k * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM + i);
+    for (int k = 0; k < p.parts; ++k) {
+      const float v = ldcg(src + (k * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM + i);
+      s = weighted ? fmaf(wj[k], v, s) : s + v;
+    }
     stcg(out + i, rnd(s));
   }
+}
+
+// One KV head x one partition under the partition's own softmax: scores (in shared memory when the span
+// fits p.chunk, else in the scores scratch), (max, sum), probabilities, values. The K and V rows of earlier
+// steps (up to p.stage of them) are copied into shared memory with cp.async before the dependency wait: they
+// do not change in this step, and the copies hold no registers. Layout: [q: G*hd][M: G][L: G][out: G*hd]
+// [probs: G*chunk][statistics scratch: 2*NWARPS*G][K rows: stage][V rows: stage], rows 16-byte aligned.
+template <class WaitDeps>
+__device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDeps&& wait_deps) {
+  int s0, s1;
+  span(c.pos, p.part, p.parts, s0, s1);
+  const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head);
+  const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head);
+  float* qs = c.smem;
+  float* M = qs + AMK_GROUP * AMK_HEAD_DIM;
+  float* Ls = M + AMK_GROUP;
+  float* out_s = Ls + AMK_GROUP;
+  float* probs = out_s + AMK_GROUP * AMK_HEAD_DIM;
+  float* red = probs + AMK_GROUP * p.chunk;
+  uint4* ks = reinterpret_cast<uint4*>(c.smem + ((2 * AMK_GROUP * AMK_HEAD_DIM + 2 * AMK_GROUP + AMK_GROUP * p.chunk +
+                                                  2 * NWARPS * AMK_GROUP + 3) & ~3));
+  uint4* vs = ks + p.stage * HD_VECS;
+  const int n_staged = max(0, min(min(s1, c.pos) - s0, p.stage));  // the row at pos is this step's own
+  stage_rows(ks, kc, s0, n_staged);
+  stage_rows(vs, vc, s0, n_staged);
+  cp_async_commit();
+  if (!wait_deps()) {
+    cp_async_wait<0>();  // no copy may land in this block's shared memory once it has left
+    return false;
+  }
+  PHASE_START();
+  load_q(c, p.q, p.q_off, p.kv_head, qs);
+  cp_async_wait<0>();
+  __syncthreads();  // every thread's copies are in
+  PHASE(0);
+  const bool in_smem = s1 - s0 <= p.chunk;
+  const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
+  float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
+  const int stride = in_smem ? p.chunk : cap;
+  float m[AMK_GROUP], l[AMK_GROUP], Mr[AMK_GROUP], Lr[AMK_GROUP];
+  if (in_smem) scores_pass<true>(kc, qs, s0, s1, sc, stride, m, l, ks, n_staged);
+  else scores_pass<false>(kc, qs, s0, s1, sc, stride, m, l, ks, n_staged);
+  group_softmax_stats(m, l, red, Mr, Lr);
+  const int row = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
+  if (threadIdx.x < AMK_GROUP) {
+    const int j = threadIdx.x;
+    const bool any = s1 > s0;
+    M[j] = Mr[j];
+    Ls[j] = Lr[j];
+    float* stats = buf<float>(c, p.stats) + p.stats_off + (row + j) * 2;
+    stcg(stats, any ? Mr[j] : NEG_INF);
+    stcg(stats + 1, any ? Lr[j] : 0.f);
+  }
+  PHASE(1);
+  float acc[AMK_GROUP][VEC];
+#pragma unroll
+  for (int j = 0; j < AMK_GROUP; ++j)
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
+  // values_pass opens with a barrier, which publishes M and Ls
+  if (in_smem) values_pass<true>(vc, sc, stride, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged);
+  else values_pass<false>(vc, sc, stride, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged);
+  PHASE(2);
+  reduce_values(acc, out_s, probs);
+  float* out = buf<float>(c, p.out) + p.out_off + row * AMK_HEAD_DIM;
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, out_s[i]);
+  PHASE(3);
+  return true;
 }

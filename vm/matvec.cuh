@@ -223,14 +223,6 @@ __device__ __forceinline__ uint4* async_vec(const Ctx& c, int slot, int v) {
          ((slot * STEP_VECS + v) * AMK_THREADS + threadIdx.x);  // consecutive threads, consecutive vectors
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(d), "l"(src) : "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
-
 // Copy step (g, it) into `slot` and close its group; a step past the end closes an empty group, so that
 // there is always one group per step and wait_group(AMK_ASYNC_STEPS - 1) means "the oldest step is in".
 __device__ __forceinline__ void walk_issue(const Ctx& c, const MatvecWalk& w, int g, int it, bool live, int slot) {

@@ -165,6 +165,8 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
       if (!op_attn_scores(c, *reinterpret_cast<const AttnScoresParams*>(prm), wait_deps)) LEAVE_EARLY();
     } else if (ins[0] == OP_ATTN_VALUES) {  // as do V rows
       if (!op_attn_values(c, *reinterpret_cast<const AttnValuesParams*>(prm), wait_deps)) LEAVE_EARLY();
+    } else if (ins[0] == OP_ATTN_PARTIAL) {  // and both
+      if (!op_attn_partial(c, *reinterpret_cast<const AttnPartialParams*>(prm), wait_deps)) LEAVE_EARLY();
     } else {
       if (!wait_deps()) LEAVE_EARLY();
       switch (ins[0]) {

@@ -246,14 +246,39 @@ class Semantics:
             r = p.out_off + (p.part * c.n_heads + p.kv_head * G + j) * hd
             mem[p.out][r:r + hd] = o
 
+    # Under a per-partition softmax the probabilities are rounded after dividing by the partition's own sum,
+    # not the global one: the only departure from eager's numerics, by rounding alone. The combine weighs
+    # partition k by exp(m_k - M) * l_k / L, which undoes the local normalisation.
+    def op_attn_partial(self, mem: Memory, p) -> None:
+        c = self.c
+        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        stats = self._scores(mem, p, p.part, p.parts)
+        for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats)):
+            row = p.part * c.n_heads + p.kv_head * G + j
+            mem[p.out][p.out_off + row * hd:p.out_off + (row + 1) * hd] = o
+            mem[p.stats][p.stats_off + 2 * row] = stats[j][0]
+            mem[p.stats][p.stats_off + 2 * row + 1] = stats[j][1]
+
     def op_attn_combine(self, mem: Memory, p) -> None:
         c = self.c
         hd, G = c.head_dim, c.n_heads // c.n_kv_heads
         src = mem[p.partial]
         for j in range(G):
             hq = p.kv_head * G + j
-            acc = sum(src[p.partial_off + (pp * c.n_heads + hq) * hd:][:hd] for pp in range(p.parts))
-            mem[p.out][p.out_off + hq * hd:p.out_off + (hq + 1) * hd] = self.rnd(acc)
+            parts = [src[p.partial_off + (pp * c.n_heads + hq) * hd:][:hd] for pp in range(p.parts)]
+            if p.part_stats != NO_BUFFER:
+                w = self.partition_weights(mem, p, hq)
+                parts = [wk * o for wk, o in zip(w, parts)]
+            mem[p.out][p.out_off + hq * hd:p.out_off + (hq + 1) * hd] = self.rnd(sum(parts))
+
+    def partition_weights(self, mem: Memory, p, hq: int) -> list[float]:
+        """exp(m_k - M) * l_k / L of each partition k of q head hq; an empty partition weighs 0."""
+        rec = torch.stack([mem[p.part_stats][p.part_stats_off + (k * self.c.n_heads + hq) * 2:][:2]
+                           for k in range(p.parts)])
+        m, lsum = rec[:, 0], rec[:, 1]
+        M = m.max()
+        scaled = torch.where(m == -math.inf, torch.zeros_like(m), lsum * torch.exp(m - M))
+        return (scaled / scaled.sum()).tolist()
 
     def op_argmax(self, mem: Memory, p) -> None:
         pairs = mem[p.pairs][p.pairs_off:p.pairs_off + 2 * p.slots].view(-1, 2)

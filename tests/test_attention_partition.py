@@ -1,0 +1,106 @@
+"""attention.softmax = partition: one ATTN_PARTIAL task per (KV head, partition) normalises by its own
+(max, sum) and a combine rescales the partitions. On the ReferenceVM it agrees with transformers, and with
+the global softmax to fp32 rounding; the lowering gives two stages per layer and sizes the task's shared
+memory (scores, staged K/V rows) so that the validator accepts it, or names smem_per_block."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import amk
+from amk.eval.oracle import verify
+from amk.schedule import lower
+from amk.schedule.config import ScheduleConfig
+from amk.schedule.errors import LoweringError
+from amk.schedule.opcodes import NO_BUFFER, Opcode
+from amk.schedule.space import inert, with_value
+from amk.schedule.tile import attention_partial_smem_bytes
+from amk.schedule.validate import IssueKind, validate
+from amk.vm.reference import ReferenceVM
+from amk.vm.weights import pack_weights
+
+
+def _cfg(parts: int, **extra) -> dict:
+    return {"attention": {"softmax": "partition", "kv_partitions": parts}, **extra}
+
+
+@pytest.mark.parametrize("parts", [2, 4, 16])
+@pytest.mark.parametrize("name, dtype", [("toy", "fp32"), ("toy-2L", "bf16")])
+def test_partition_softmax_verifies_against_transformers(name, dtype, parts):
+    model = amk.load_model(name, dtype=dtype)
+    prog = lower(model, "cpu-sim", _cfg(parts), max_seq=128)
+    assert validate(prog, "cpu-sim").ok
+    res = verify(prog, model, device="cpu", vm="reference", cases="reduced")
+    assert res.ok, res.to_dict()["failures"]
+
+
+def test_scores_longer_than_the_shared_memory_chunk_go_through_scratch_and_still_verify():
+    model = amk.load_model("toy-2L", dtype="fp32")
+    prog = lower(model, "cpu-sim", _cfg(2, smem_per_block=24 * 1024), max_seq=256)
+    partial = next(t for t in prog.tasks if t.opcode == Opcode.ATTN_PARTIAL)
+    assert partial.params.chunk < 128  # a partition of a long context holds more positions than that
+    assert validate(prog, "cpu-sim").ok
+    assert verify(prog, model, device="cpu", vm="reference", cases="reduced").ok
+
+
+def test_partition_and_global_softmax_give_the_same_step_in_fp32():
+    model = amk.load_model("toy-2L", dtype="fp32")
+    outs = []
+    for softmax in ("global", "partition"):
+        prog = lower(model, "cpu-sim", {"attention": {"kv_partitions": 4, "softmax": softmax}}, max_seq=64)
+        vm = ReferenceVM(prog, pack_weights(model.eager, prog, device="cpu"))
+        torch.manual_seed(0)
+        c = prog.constants
+        k, v = (torch.randn(c.n_layers, c.n_kv_heads, 40, c.head_dim) for _ in range(2))
+        vm.load_kv_prefix(k, v)
+        outs.append(vm.step(3)[0])
+    assert torch.allclose(outs[0], outs[1], atol=1e-4, rtol=1e-4)
+
+
+def test_two_attention_stages_per_layer_and_a_weighted_combine():
+    model = amk.load_model("toy-2L", dtype="fp32", weights=False)
+    d = model.dims
+    glob = lower(model, "cpu-sim", {"attention": {"kv_partitions": 4}}, max_seq=64)
+    part = lower(model, "cpu-sim", _cfg(4), max_seq=64)
+
+    def kinds(p):
+        return sorted({t.kind for t in p.tasks if t.kind.startswith("attention")})
+
+    assert kinds(glob) == ["attention", "attention_combine", "attention_values"]
+    assert kinds(part) == ["attention", "attention_combine"]
+    partials = [t for t in part.tasks if t.opcode == Opcode.ATTN_PARTIAL]
+    assert len(partials) == d.n_layers * d.n_kv_heads * 4
+    combines = [t for t in part.tasks if t.opcode == Opcode.ATTN_COMBINE]
+    assert combines and all(t.params.part_stats != NO_BUFFER for t in combines)
+    assert all(t.params.part_stats == NO_BUFFER for t in glob.tasks if t.opcode == Opcode.ATTN_COMBINE)
+    # every combine waits for its own KV head's partials only (attention.sync = head)
+    assert all(len(t.waits) >= 1 for t in combines)
+
+
+def test_too_little_shared_memory_is_refused_by_name():
+    model = amk.load_model("llama-3.2-1b", dtype="bf16", weights=False)
+    with pytest.raises(LoweringError) as e:
+        lower(model, "h100-sxm", _cfg(4, smem_per_block=16 * 1024, threads_per_block=1024), max_seq=2048)
+    assert e.value.knob == "smem_per_block"
+
+
+def test_validator_catches_a_partial_that_stages_more_than_fits():
+    model = amk.load_model("llama-3.2-1b", dtype="bf16", weights=False)
+    prog = lower(model, "h100-sxm", _cfg(4), max_seq=2048)
+    tid = next(t.id for t in prog.tasks if t.opcode == Opcode.ATTN_PARTIAL)
+    task = prog.tasks[tid]
+    big = task.params.stage * 4
+    need = attention_partial_smem_bytes(task.params.chunk, big, model.dims, prog.threads_per_block, 2)
+    assert need > prog.smem_per_block
+    prog.tasks[tid] = dataclasses.replace(task, params=dataclasses.replace(task.params, stage=big))
+    report = validate(prog, "h100-sxm")
+    assert any(i.kind == IssueKind.ABI and tid in i.tasks and "staged K/V rows" in i.message for i in report.issues)
+
+
+def test_softmax_is_inert_with_one_partition_only():
+    base = ScheduleConfig()
+    assert not inert(base, "attention.softmax")
+    assert inert(with_value(base, "attention.kv_partitions", 1), "attention.softmax")
