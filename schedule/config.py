@@ -87,7 +87,7 @@ class MatvecConfig:
 
 @dataclass
 class AttentionConfig:
-    kv_partitions: int = knob(4, help="split each KV head's positions over this many tasks, then combine",
+    kv_partitions: int = knob(8, help="split each KV head's positions over this many tasks, then combine",
                               minimum=1, maximum=64, search=[1, 2, 4, 8, 16])
     sync: SyncGranularity = knob(SyncGranularity.HEAD, help="counter granularity between QKV and attention",
                                  choices=list(SyncGranularity))
@@ -109,6 +109,10 @@ class FusionConfig:
                                        choices=[True, False])
     residual_into_matvec: bool = knob(True, help="add into the residual stream in the O/down epilogue",
                                       choices=[True, False])
+    attention_combine_into_o: bool = knob(True, help="with kv_partitions > 1: the O projection combines the "
+                                                      "attention partitions while it stages its input, instead of a "
+                                                      "combine stage before it",
+                                          choices=[True, False])
 
 
 @dataclass

@@ -109,6 +109,9 @@ class MatvecParams:
     inp_off: int
     norm_weight: int  # NO_BUFFER: the input is used as it is
     epi: EpilogueParams
+    inp_parts: int = 0  # > 0: the input is attention output in this many partitions, combined while staged
+    inp_stats: int = NO_BUFFER  # with inp_parts: per-partition (max, sum) to weigh them by; NO_BUFFER: a plain sum
+    inp_stats_off: int = 0
 
 
 @dataclass(frozen=True)

@@ -132,8 +132,8 @@ def inert(config: ScheduleConfig, path: str) -> bool:
     changes the build, so a move would spend a trial on noise)."""
     if path == "build.l2_prefetch_kb":  # caps the L2 prefetch, which only pipelining_depth > 0 without a ring does
         return config.pipelining_depth == 0 or config.build.weight_ring_kb > 0
-    if path == "attention.softmax":  # one partition is one ATTN_DECODE task, whichever softmax
-        return config.attention.kv_partitions == 1
+    if path in ("attention.softmax", "fusion.attention_combine_into_o"):  # one partition is one ATTN_DECODE task,
+        return config.attention.kv_partitions == 1  # whichever softmax, and has nothing to combine
     return False
 
 

@@ -32,6 +32,8 @@ class Stage:
     epilogue: str = ""  # store, rope_kv, silu_mul, residual_add, logits, partial
     src: str | None = None  # for reduce/elementwise stages: the value whose rows are finished
     splits: int = 1
+    combine_parts: int = 0  # O with the attention combine fused: partitions its input arrives in
+    combine_weighted: bool = False  # ... each weighed by its own softmax's (max, sum)
 
 
 def score_capacity(max_seq: int, parts: int) -> int:
@@ -105,12 +107,14 @@ def plan_stages(graph: Graph, config: ScheduleConfig) -> list[Stage]:
             elif config.attention.softmax == AttentionSoftmax.PARTITION:
                 stats, part = inst("attn_stats", layer), inst("attn_part", layer)
                 emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, stats, part])
-                emit(kind="attention_combine", layer=layer, reads=[part, stats], writes=[inst("attn", layer)])
+                if not fusion.attention_combine_into_o:
+                    emit(kind="attention_combine", layer=layer, reads=[part, stats], writes=[inst("attn", layer)])
             else:
                 stats, part = inst("attn_stats", layer), inst("attn_part", layer)
                 emit(kind="attention", layer=layer, reads=[q, kv], writes=[sc, stats])
                 emit(kind="attention_values", layer=layer, reads=[sc, stats, kv], writes=[part])
-                emit(kind="attention_combine", layer=layer, reads=[part], writes=[inst("attn", layer)])
+                if not fusion.attention_combine_into_o:
+                    emit(kind="attention_combine", layer=layer, reads=[part], writes=[inst("attn", layer)])
         elif op.kind == OpKind.ARGMAX:
             emit(kind="argmax", layer=-1, reads=["argmax_pairs"], writes=["token"])
         # ROPE, KV_APPEND, SILU_MUL and ADD are consumed by _emit_matvec (fused or as their own stage)
@@ -130,6 +134,11 @@ def _emit_matvec(emit, inst, role, op, layer, ops, i, config: ScheduleConfig, pe
         reads = [src_in]
     else:
         reads = ["x"]
+    combine = {}
+    if role == "o" and config.attention.kv_partitions > 1 and fusion.attention_combine_into_o:
+        weighted = config.attention.softmax == AttentionSoftmax.PARTITION
+        reads = [inst("attn_part", layer)] + ([inst("attn_stats", layer)] if weighted else [])
+        combine = {"combine_parts": config.attention.kv_partitions, "combine_weighted": weighted}
     # what the epilogue computes when fused, and what it stores otherwise
     fused_epi, stored, follow = {
         "qkv": ("rope_kv", "qkv_raw", "rope_kv"),
@@ -154,11 +163,11 @@ def _emit_matvec(emit, inst, role, op, layer, ops, i, config: ScheduleConfig, pe
     if splits == 1:
         rmw = ["x"] if epi == "residual_add" and "x" not in reads else []
         emit(kind=role, layer=layer, reads=reads + rmw, writes=final_writes, role=role, norm=pending_norm,
-             epilogue=epi)
+             epilogue=epi, **combine)
     else:
         part = f"L{layer}.split.{role}" if layer >= 0 else f"split.{role}"
         emit(kind=role, layer=layer, reads=reads, writes=[part], role=role, norm=pending_norm, epilogue="partial",
-             splits=splits)
+             splits=splits, **combine)
         emit(kind="reduce", layer=layer, reads=[part] + (["x"] if epi == "residual_add" else []), writes=final_writes,
              role=role, epilogue=epi, src=part, splits=splits)
     if not fuse:

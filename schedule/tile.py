@@ -215,7 +215,15 @@ class Tiler:
             pair = self._qkv_pair()
         w = self._weight(st.role, st.layer)
         nb = self.dtype.nbytes
-        if st.norm:
+        combine = ()
+        if st.combine_parts:  # the attention output still in partitions: all of them (and their stats) are read
+            inp, norm_w = self.val("attn_part", st.layer), oc.NO_BUFFER
+            stats = self.val("attn_stats", st.layer) if st.combine_weighted else None
+            combine = (st.combine_parts, stats.buffer if stats else oc.NO_BUFFER, stats.offset if stats else 0)
+            if self.d.head_dim % 4:
+                raise LoweringError("fusion.attention_combine_into_o", f"combines 4 elements of one head at a time; "
+                                    f"head_dim={self.d.head_dim} is not a multiple of 4")
+        elif st.norm:
             inp, norm_w = self.val("x", -1), self.b[st.norm]
         else:
             src = {"qkv": "xn", "o": "attn", "gate_up": "xn", "down": "act", "lm_head": "xf"}[st.role]
@@ -230,9 +238,11 @@ class Tiler:
                 if klen <= 0:
                     raise LoweringError(f"matvec.{st.role}.k_splits", f"{S} splits leave split {s} empty for K={K}")
                 epi, writes, reads, groups = self._epilogue(st, row0, nrows, s, rows_total, pair)
-                p = oc.MatvecParams(w, row0, nrows, k0, klen, inp.buffer, inp.offset, norm_w, epi)
+                p = oc.MatvecParams(w, row0, nrows, k0, klen, inp.buffer, inp.offset, norm_w, epi, *combine)
                 in_region = self.region(inp, 0, K) if norm_w != oc.NO_BUFFER else self.region(inp, k0, klen)
                 reads = [in_region] + reads
+                if combine:
+                    reads += self._combined_input_reads(st, k0, klen, K)
                 if norm_w != oc.NO_BUFFER:
                     reads.append(Region(norm_w, 0, K))
                 span = (nrows - 1) * K + klen
@@ -244,6 +254,17 @@ class Tiler:
                 wbytes = nrows * klen * nb * (2 if pair else 1)
                 out.append(TaskDraft(Opcode.MATVEC, p, reads, writes, pf, wbytes, groups))
         return out
+
+    def _combined_input_reads(self, st: Stage, k0: int, klen: int, K: int) -> list[Region]:
+        """Partitions 1.. of the input slice (partition 0 is the plain input region) and, when weighted, the
+        (max, sum) of every partition of the q heads the slice covers."""
+        part = self.val("attn_part", st.layer)
+        reads = [self.region(part, k * K + k0, klen) for k in range(1, st.combine_parts)]
+        if st.combine_weighted:
+            stats, hd, H = self.val("attn_stats", st.layer), self.d.head_dim, self.d.n_heads
+            h0, h1 = k0 // hd, -(-(k0 + klen) // hd)
+            reads += [self.region(stats, (k * H + h0) * 2, (h1 - h0) * 2) for k in range(st.combine_parts)]
+        return reads
 
     def _epilogue(self, st: Stage, row0: int, nrows: int, split: int, rows_total: int, pair: int):
         """EpilogueParams plus the regions it writes and reads, for rows [row0, row0 + nrows)."""

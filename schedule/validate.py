@@ -74,7 +74,8 @@ MAX_ISSUES_PER_KIND = 20
 # optional ones may be NO_BUFFER
 BUFFER_FIELDS = frozenset({"table", "token", "weight", "kcache", "vcache", "epi.out"})
 OPTIONAL_BUFFER_FIELDS = frozenset({"norm_weight", "epi.bias", "epi.kcache", "epi.vcache", "epi.qnorm",
-                                    "epi.knorm", "epi.argmax", "part_stats"})
+                                    "epi.knorm", "epi.argmax", "part_stats",
+                                    "inp_stats"})
 
 
 class _Report:

@@ -6,73 +6,85 @@ __device__ __forceinline__ void span(int pos, int part, int parts, int& s0, int&
 }
 
 // K or V rows staged in shared memory: vector v of row r sits in slot v ^ (r mod HD_VECS), so that threads
-// reading one vector of consecutive rows hit different banks.
-static_assert((HD_VECS & (HD_VECS - 1)) == 0, "head_dim / VEC must be a power of two");
-__device__ __forceinline__ int staged_slot(int r, int v) { return r * HD_VECS + (v ^ (r & (HD_VECS - 1))); }
+// reading one vector of consecutive rows hit different banks (when HD_VECS is a power of two; else in order).
+#define HD_VECS_POW2 ((HD_VECS & (HD_VECS - 1)) == 0)
+__device__ __forceinline__ int staged_slot(int r, int v) {
+  return r * HD_VECS + (HD_VECS_POW2 ? (v ^ (r & (HD_VECS - 1))) : v);
+}
 
-// Copy rows [s0, s0 + n) of a cache slab into `dst` with cp.async (no wait: the caller waits before reading).
-__device__ __forceinline__ void stage_rows(uint4* dst, const wtype* __restrict__ slab, int s0, int n) {
-  const uint4* src = reinterpret_cast<const uint4*>(slab + (long long)s0 * AMK_HEAD_DIM);
-  for (int i = threadIdx.x; i < n * HD_VECS; i += AMK_THREADS) cp_async16(dst + staged_slot(i / HD_VECS, i % HD_VECS), src + i);
+// Copy rows [s0 + r0, s0 + r0 + n) of a cache slab into rows r0.. of `dst` with cp.async (no wait: the
+// caller waits before reading).
+__device__ __forceinline__ void stage_rows(uint4* dst, const wtype* __restrict__ slab, int s0, int r0, int n) {
+  const uint4* src = reinterpret_cast<const uint4*>(slab + (long long)(s0 + r0) * AMK_HEAD_DIM);
+  for (int i = threadIdx.x; i < n * HD_VECS; i += AMK_THREADS)
+    cp_async16(dst + staged_slot(r0 + i / HD_VECS, i % HD_VECS), src + i);
 }
 
 // Scores of positions [s0, s1) for every q head of the group, one thread per position, written to
 // dst[j * stride + t - s0]; m[] gets the thread's running max per head. Rows s0 .. s0 + n_staged - 1 are read
 // from `staged` (shared memory), the others from the cache.
-// The scores of one position for every q head of the group, from its K row.
-__device__ __forceinline__ void score_row(const uint4 (&raw)[HD_VECS], const float* qs, float (&d)[AMK_GROUP]) {
-#pragma unroll
-  for (int j = 0; j < AMK_GROUP; ++j) d[j] = 0.f;
-#pragma unroll
-  for (int v = 0; v < HD_VECS; ++v) {
-    float f[VEC];
-    unpack(raw[v], f);
-#pragma unroll
-    for (int j = 0; j < AMK_GROUP; ++j)
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) d[j] = fmaf(f[e], qs[j * AMK_HEAD_DIM + v * VEC + e], d[j]);
-  }
-}
+// Scores: SCORE_LANES consecutive lanes (HD_VECS rounded up to a power of two) share one position, each lane
+// one 16-byte vector of its K row against its slice of every q head (held in registers), summed across the
+// lanes by shuffles. Reading q from shared memory once per thread, not once per position, keeps it short.
+static_assert(HD_VECS <= 32, "a K row must span lanes of one warp");
+#define SCORE_LANES (HD_VECS <= 1 ? 1 : HD_VECS <= 2 ? 2 : HD_VECS <= 4 ? 4 : HD_VECS <= 8 ? 8 : HD_VECS <= 16 ? 16 : 32)
 
-template <bool kSmem>
-__device__ __forceinline__ void score_store(const float (&d)[AMK_GROUP], int r, float* dst, int stride, float* m,
-                                            float* l) {
+__device__ __forceinline__ void score_position(const uint4& raw, bool valid, int r, const float (&qv)[AMK_GROUP][VEC],
+                                               float* dst, int stride, bool to_smem, float* m, float* l) {
+  float f[VEC], d[AMK_GROUP];
+  unpack(raw, f);
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j) {
-    const float s = rnd(rnd(d[j]) * AMK_ATTN_SCALE);
-    if (s > m[j]) { l[j] = l[j] * expf(m[j] - s) + 1.f; m[j] = s; } else { l[j] += expf(s - m[j]); }
-    if (kSmem) dst[j * stride + r] = s; else stcg(dst + j * stride + r, s);
+    d[j] = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) d[j] = fmaf(f[e], qv[j][e], d[j]);
+#pragma unroll
+    for (int o = 1; o < SCORE_LANES; o <<= 1) d[j] += __shfl_xor_sync(0xffffffffu, d[j], o);
+  }
+  if (valid && threadIdx.x % SCORE_LANES == 0) {
+#pragma unroll
+    for (int j = 0; j < AMK_GROUP; ++j) {
+      const float s = rnd(rnd(d[j]) * AMK_ATTN_SCALE);
+      if (s > m[j]) { l[j] = l[j] * expf(m[j] - s) + 1.f; m[j] = s; } else { l[j] += expf(s - m[j]); }
+      if (to_smem) dst[j * stride + r] = s; else stcg(dst + j * stride + r, s);
+    }
   }
 }
 
-// Scores of positions [s0, s1) for every q head of the group, one thread per position, written to
-// dst[j * stride + t - s0]; m[] gets the thread's running max per head. Rows s0 .. s0 + n_staged - 1 are read
-// from `staged` (shared memory), the others from the cache, in two loops so that no cache load is issued
-// for a staged row.
-template <bool kSmem>
-__device__ __forceinline__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s0, int s1, float* dst,
-                                            int stride, float* m, float* l, const uint4* staged = nullptr,
-                                            int n_staged = 0) {
+// Scores of positions [s0, s1) for every q head of the group, written to dst[j * stride + t - s0]; m[] and
+// l[] get the thread's online (max, sum) per head. Rows s0 .. s0 + n_staged - 1 are read from `staged`
+// (shared memory), the others from the cache, in two loops so that no cache load is issued for a staged row.
+// Every lane of a warp runs the same trip count (the shuffles need them all). `to_smem` is a run-time flag
+// and the loops stay rolled: attention runs about once per layer on an SM, so its instructions are rarely
+// in the instruction cache, and their size is paid in fetch time.
+__device__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s0, int s1, float* dst,
+                                         int stride, bool to_smem, float* m, float* l, const uint4* staged,
+                                         int n_staged) {
+  const int lane_v = threadIdx.x % SCORE_LANES, tp = threadIdx.x / SCORE_LANES, np = AMK_THREADS / SCORE_LANES;
+  const bool has_vec = lane_v < HD_VECS;  // lanes past the row's vectors add zeros
+  const int dv = has_vec ? lane_v : 0;
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j) { m[j] = NEG_INF; l[j] = 0.f; }
+  float qv[AMK_GROUP][VEC];
+#pragma unroll
+  for (int j = 0; j < AMK_GROUP; ++j)
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) qv[j][e] = has_vec ? qs[j * AMK_HEAD_DIM + dv * VEC + e] : 0.f;
   const int n = s1 - s0, n_smem = min(n, n_staged);
-  int r = threadIdx.x;
-  for (; r < n_smem; r += AMK_THREADS) {
-    uint4 raw[HD_VECS];
-#pragma unroll
-    for (int v = 0; v < HD_VECS; ++v) raw[v] = staged[staged_slot(r, v)];
-    float d[AMK_GROUP];
-    score_row(raw, qs, d);
-    score_store<kSmem>(d, r, dst, stride, m, l);
+#pragma unroll 1
+  for (int r0 = 0; r0 < n_smem; r0 += np) {
+    const int r = r0 + tp;
+    const bool valid = r < n_smem;
+    const uint4 raw = staged[staged_slot(valid ? r : 0, dv)];
+    score_position(raw, valid, r, qv, dst, stride, to_smem, m, l);
   }
-  for (; r < n; r += AMK_THREADS) {
-    const uint4* kr = reinterpret_cast<const uint4*>(kc + (long long)(s0 + r) * AMK_HEAD_DIM);
-    uint4 raw[HD_VECS];
-#pragma unroll
-    for (int v = 0; v < HD_VECS; ++v) raw[v] = __ldcg(kr + v);
-    float d[AMK_GROUP];
-    score_row(raw, qs, d);
-    score_store<kSmem>(d, r, dst, stride, m, l);
+#pragma unroll 1
+  for (int r0 = n_smem; r0 < n; r0 += np) {
+    const int r = r0 + tp;
+    const bool valid = r < n;
+    uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+    if (valid) raw = __ldcg(reinterpret_cast<const uint4*>(kc + (long long)(s0 + r) * AMK_HEAD_DIM) + dv);
+    score_position(raw, valid, r, qv, dst, stride, to_smem, m, l);
   }
 }
 
@@ -113,10 +125,9 @@ __device__ void group_softmax_stats(const float (&m)[AMK_GROUP], const float (&l
 
 // Accumulate sum_t rnd(exp(s - M) / L) * V[t] over [s0, s1) into acc[j][VEC] for this thread's vector.
 // Rows s0 .. s0 + n_staged - 1 are read from `staged` (shared memory), the others from the cache.
-// kSmem: the scores sit in shared memory at probs with stride == chunk and fit one chunk, so each
+// from_smem: the scores sit in shared memory at probs with stride == chunk and fit one chunk, so each
 // probability overwrites its own score.
-template <bool kSmem = false>
-__device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int stride, int s0, int s1,
+__device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int stride, bool from_smem, int s0, int s1,
                             const float* M, const float* Lsum, float* probs, int chunk, float acc[AMK_GROUP][VEC],
                             const uint4* staged = nullptr, int n_staged = 0) {
   const int tid = threadIdx.x;
@@ -127,7 +138,7 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
     for (int i = tid; i < n * AMK_GROUP; i += AMK_THREADS) {
       const int j = i / n, t = i % n;
       const float* sp = sc + j * stride + (c0 - s0) + t;
-      const float s = kSmem ? *sp : ldcg(sp);
+      const float s = from_smem ? *sp : ldcg(sp);
       probs[j * chunk + t] = rnd(expf(s - M[j]) / Lsum[j]);
     }
     __syncthreads();
@@ -135,7 +146,7 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
       // staged rows first, then the cache: two loops, so that no cache load is issued for a staged row
       const int n_smem = min(n, max(0, n_staged - (c0 - s0)));
       int t = tp;
-#pragma unroll 4
+#pragma unroll 1
       for (; t < n_smem; t += np) {
         float f[VEC];
         unpack(staged[staged_slot(c0 - s0 + t, dv)], f);
@@ -232,8 +243,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
   float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + p.kv_head * AMK_GROUP * AMK_MAX_SEQ;
   const int stride = in_smem ? p.chunk : AMK_MAX_SEQ;
   float m[AMK_GROUP], l[AMK_GROUP];
-  if (in_smem) scores_pass<true>(kc, qs, 0, L, sc, stride, m, l);
-  else scores_pass<false>(kc, qs, 0, L, sc, stride, m, l);
+  scores_pass(kc, qs, 0, L, sc, stride, in_smem, m, l, nullptr, 0);
   for (int j = 0; j < AMK_GROUP; ++j) {
     float mj, lj;
     block_softmax_stats(m[j], l[j], c.red, mj, lj);
@@ -268,7 +278,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
       }
     }
   } else {
-    values_pass(vc, sc, stride, 0, L, M, Ls, probs, p.chunk, acc);
+    values_pass(vc, sc, stride, false, 0, L, M, Ls, probs, p.chunk, acc);
   }
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
@@ -290,7 +300,7 @@ __device__ bool op_attn_scores(const Ctx& c, const AttnScoresParams& p, WaitDeps
   const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
   float* sc = buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
   float m[AMK_GROUP], l[AMK_GROUP], M[AMK_GROUP], L[AMK_GROUP];
-  scores_pass<false>(kc, qs, s0, s1, sc, cap, m, l);
+  scores_pass(kc, qs, s0, s1, sc, cap, false, m, l, nullptr, 0);
   PHASE(1);
   float* stats = buf<float>(c, p.stats) + p.stats_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * 2;
   group_softmax_stats(m, l, qs + AMK_GROUP * AMK_HEAD_DIM, M, L);
@@ -350,7 +360,7 @@ __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps
   for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
-  values_pass(vc, sc, cap, s0, s1, M, Ls, probs, p.chunk, acc);
+  values_pass(vc, sc, cap, false, s0, s1, M, Ls, probs, p.chunk, acc);
   PHASE(1);
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM;
@@ -422,16 +432,25 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   uint4* ks = reinterpret_cast<uint4*>(c.smem + ((2 * AMK_GROUP * AMK_HEAD_DIM + 2 * AMK_GROUP + AMK_GROUP * p.chunk +
                                                   2 * NWARPS * AMK_GROUP + 3) & ~3));
   uint4* vs = ks + p.stage * HD_VECS;
-  const int n_staged = max(0, min(min(s1, c.pos) - s0, p.stage));  // the row at pos is this step's own
-  stage_rows(ks, kc, s0, n_staged);
-  stage_rows(vs, vc, s0, n_staged);
+  int n_staged = max(0, min(min(s1, c.pos) - s0, p.stage));  // the row at pos is this step's own
+  stage_rows(ks, kc, s0, 0, n_staged);
+  stage_rows(vs, vc, s0, 0, n_staged);
   cp_async_commit();
   if (!wait_deps()) {
     cp_async_wait<0>();  // no copy may land in this block's shared memory once it has left
     return false;
   }
   PHASE_START();
-  load_q(c, p.q, p.q_off, p.kv_head, qs);
+  // q and this step's own K/V row (written by the QKV tasks just waited for) in one more round trip, which
+  // costs microseconds while other SMs stream weights
+  const float* q = buf<float>(c, p.q) + p.q_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM / 4; i += AMK_THREADS) cp_async16(qs + 4 * i, q + 4 * i);
+  if (n_staged == c.pos - s0 && c.pos < s1 && n_staged < p.stage) {
+    stage_rows(ks, kc, s0, n_staged, 1);
+    stage_rows(vs, vc, s0, n_staged, 1);
+    ++n_staged;
+  }
+  cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();  // every thread's copies are in
   PHASE(0);
@@ -440,8 +459,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
   const int stride = in_smem ? p.chunk : cap;
   float m[AMK_GROUP], l[AMK_GROUP], Mr[AMK_GROUP], Lr[AMK_GROUP];
-  if (in_smem) scores_pass<true>(kc, qs, s0, s1, sc, stride, m, l, ks, n_staged);
-  else scores_pass<false>(kc, qs, s0, s1, sc, stride, m, l, ks, n_staged);
+  scores_pass(kc, qs, s0, s1, sc, stride, in_smem, m, l, ks, n_staged);
   group_softmax_stats(m, l, red, Mr, Lr);
   const int row = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
   if (threadIdx.x < AMK_GROUP) {
@@ -460,8 +478,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
   // values_pass opens with a barrier, which publishes M and Ls
-  if (in_smem) values_pass<true>(vc, sc, stride, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged);
-  else values_pass<false>(vc, sc, stride, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged);
+  values_pass(vc, sc, stride, in_smem, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged);
   PHASE(2);
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + row * AMK_HEAD_DIM;

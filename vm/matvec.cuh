@@ -104,10 +104,63 @@ __device__ __forceinline__ void load_norm_weights(const Ctx& c, const MatvecPara
   }
 }
 
+// The O projection's input still in attention partitions: x[i] = rnd(sum_k w_k part_k[i]) with w_k = l_k
+// exp(m_k - M) / sum_j l_j exp(m_j - M) over the partitions of i's q head, or w_k = 1 when the partitions
+// shared one softmax. A thread takes 4 consecutive elements (one q head) and loads them and its head's
+// (max, sum) for COMBINE_PARTS partitions at once: one L2 round trip, which costs microseconds while the
+// weights stream, instead of one per partition. The weights are recomputed per thread (a few expf).
+#define COMBINE_PARTS 8
+__device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
+  const int P = p.inp_parts, K = AMK_HEADS * AMK_HEAD_DIM;
+  const float* part = buf<float>(c, p.inp) + p.inp_off + p.k0;
+  const float* st = p.inp_stats >= 0 ? buf<float>(c, p.inp_stats) + p.inp_stats_off : nullptr;
+  for (int k = 4 * threadIdx.x; k < p.klen; k += 4 * AMK_THREADS) {  // klen and k0 are multiples of 8
+    const int hq = (p.k0 + k) / AMK_HEAD_DIM;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    float M = NEG_INF, T = 0.f;
+    for (int q = 0; q < P; q += COMBINE_PARTS) {
+      float4 v[COMBINE_PARTS];
+      float2 ml[COMBINE_PARTS];
+#pragma unroll
+      for (int e = 0; e < COMBINE_PARTS; ++e) {
+        const bool live = q + e < P;
+        v[e] = live ? __ldcg(reinterpret_cast<const float4*>(part + (q + e) * K + k)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        ml[e] = (live && st) ? __ldcg(reinterpret_cast<const float2*>(st + ((q + e) * AMK_HEADS + hq) * 2))
+                             : make_float2(live ? 0.f : NEG_INF, 1.f);
+      }
+      float mx = M;
+#pragma unroll
+      for (int e = 0; e < COMBINE_PARTS; ++e) mx = fmaxf(mx, ml[e].x);
+      if (st && mx > M) {  // rescale what the earlier partitions added to the new maximum
+        const float r = M == NEG_INF ? 0.f : expf(M - mx);
+        acc.x *= r; acc.y *= r; acc.z *= r; acc.w *= r;
+        T *= r;
+        M = mx;
+      }
+#pragma unroll
+      for (int e = 0; e < COMBINE_PARTS; ++e) {
+        const float w = st ? (ml[e].x == NEG_INF ? 0.f : ml[e].y * expf(ml[e].x - M)) : (q + e < P ? 1.f : 0.f);
+        acc.x = fmaf(w, v[e].x, acc.x); acc.y = fmaf(w, v[e].y, acc.y);
+        acc.z = fmaf(w, v[e].z, acc.z); acc.w = fmaf(w, v[e].w, acc.w);
+        T += w;
+      }
+    }
+    const float inv = st ? 1.f / T : 1.f;
+    c.smem[k] = rnd(acc.x * inv);
+    c.smem[k + 1] = rnd(acc.y * inv);
+    c.smem[k + 2] = rnd(acc.z * inv);
+    c.smem[k + 3] = rnd(acc.w * inv);
+  }
+}
+
 // The input slice [k0, k0 + klen) in shared memory, RMS-normalised first when the norm is fused (one pass
 // over x: stage all of it, reduce from shared memory, normalise the slice in place). No barrier at the end.
 __device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K, const NormWeights& nw) {
   const int tid = threadIdx.x;
+  if (p.inp_parts > 0) {
+    stage_combined(c, p);
+    return c.smem;
+  }
   const float* x = buf<float>(c, p.inp) + p.inp_off;
   if (p.norm_weight >= 0) {
     const float ss = block_sum(stage_floats(c.smem, x, K), c.red);

@@ -60,7 +60,9 @@ class Semantics:
     def op_matvec(self, mem: Memory, p) -> None:
         W = mem.matrix(p.weight)
         K = W.shape[1]
-        if p.norm_weight != NO_BUFFER:
+        if p.inp_parts:
+            x = self.combined_input(mem, p, K)[p.k0:p.k0 + p.klen]
+        elif p.norm_weight != NO_BUFFER:
             x = self.rmsnorm(mem[p.inp][p.inp_off:p.inp_off + K], mem[p.norm_weight][:K])[p.k0:p.k0 + p.klen]
         else:
             x = mem[p.inp][p.inp_off + p.k0:p.inp_off + p.k0 + p.klen]
@@ -70,6 +72,16 @@ class Semantics:
             r = p.epi.pair_offset + p.row0
             accp = W[r:r + p.rows, p.k0:p.k0 + p.klen].float() @ x
         self.epilogue(mem, p.epi, p.row0, p.rows, acc, accp)
+
+    def combined_input(self, mem: Memory, p, K: int) -> torch.Tensor:
+        """The attention output the O projection reads, from its partitions (ATTN_COMBINE's result)."""
+        hd = self.c.head_dim
+        parts = mem[p.inp][p.inp_off:p.inp_off + p.inp_parts * K].view(p.inp_parts, -1, hd)  # [part, q head, hd]
+        if p.inp_stats == NO_BUFFER:
+            return self.rnd(parts.sum(0).flatten())
+        w = torch.tensor([self._weights(mem, p.inp_stats, p.inp_stats_off, p.inp_parts, hq)
+                          for hq in range(parts.shape[1])], device=parts.device)  # [q head, part]
+        return self.rnd((w.t()[:, :, None] * parts).sum(0).flatten())
 
     def op_epilogue(self, mem: Memory, p) -> None:
         src = mem[p.src]
@@ -267,14 +279,13 @@ class Semantics:
             hq = p.kv_head * G + j
             parts = [src[p.partial_off + (pp * c.n_heads + hq) * hd:][:hd] for pp in range(p.parts)]
             if p.part_stats != NO_BUFFER:
-                w = self.partition_weights(mem, p, hq)
+                w = self._weights(mem, p.part_stats, p.part_stats_off, p.parts, hq)
                 parts = [wk * o for wk, o in zip(w, parts)]
             mem[p.out][p.out_off + hq * hd:p.out_off + (hq + 1) * hd] = self.rnd(sum(parts))
 
-    def partition_weights(self, mem: Memory, p, hq: int) -> list[float]:
+    def _weights(self, mem: Memory, stats: int, off: int, parts: int, hq: int) -> list[float]:
         """exp(m_k - M) * l_k / L of each partition k of q head hq; an empty partition weighs 0."""
-        rec = torch.stack([mem[p.part_stats][p.part_stats_off + (k * self.c.n_heads + hq) * 2:][:2]
-                           for k in range(p.parts)])
+        rec = torch.stack([mem[stats][off + (k * self.c.n_heads + hq) * 2:][:2] for k in range(parts)])
         m, lsum = rec[:, 0], rec[:, 1]
         M = m.max()
         scaled = torch.where(m == -math.inf, torch.zeros_like(m), lsum * torch.exp(m - M))

@@ -1,6 +1,7 @@
 """The CUDA megakernel against the ReferenceVM and transformers (skipped without CUDA and cupy)."""
 
 import random
+import re
 import time
 
 import pytest
@@ -110,11 +111,31 @@ def test_planted_deadlock_raises_quickly_and_gpu_stays_usable(target):
     t.waits = (Wait(w.counter, w.count + 1),) + t.waits[1:]
     vm = make_vm(prog, model, device="cuda", vm="cuda")
     start = time.perf_counter()
-    with pytest.raises(VmError, match=f"task {t.id}"):
+    with pytest.raises(VmError, match=r"task \d+ \(\w+\) timed out") as e:
         vm.step(1)
     assert time.perf_counter() - start < 2.0
+    # every task behind the planted one waits too; whichever times out first names itself, and it must be one
+    # of them
+    named = int(re.search(r"task (\d+)", str(e.value)).group(1))
+    assert named in _waiting_behind(prog, t.id), str(e.value)
     good = amk.lower(model, target, None, max_seq=64)
     assert verify(good, model, device="cuda", vm="cuda", cases="reduced").ok
+
+
+def _waiting_behind(prog, root: int) -> set[int]:
+    """The task `root` and every task that waits, directly or through others, on a counter it signals."""
+    waiters: dict[int, list[int]] = {}
+    for task in prog.tasks:
+        for w in task.waits:
+            waiters.setdefault(w.counter, []).append(task.id)
+    seen, todo = {root}, [root]
+    while todo:
+        for c in prog.tasks[todo.pop()].signals:
+            for n in waiters.get(c, []):
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+    return seen
 
 
 def _verify_configs(model, target, configs) -> None:
