@@ -87,7 +87,7 @@ class MatvecConfig:
 
 @dataclass
 class AttentionConfig:
-    kv_partitions: int = knob(8, help="split each KV head's positions over this many tasks, then combine",
+    kv_partitions: int = knob(4, help="split each KV head's positions over this many tasks, then combine",
                               minimum=1, maximum=64, search=[1, 2, 4, 8, 16])
     sync: SyncGranularity = knob(SyncGranularity.HEAD, help="counter granularity between QKV and attention",
                                  choices=list(SyncGranularity))

@@ -138,7 +138,7 @@ def test_prior_weights_moves_by_past_gains():
     assert "threads_per_block=256" not in prior.scores  # another GPU's lesson
     moves = {m.description: m for m in neighbours(ScheduleConfig(), search_space("cpu-sim"))}
     good, bad = moves["matvec.lm_head.rows_per_task=64"], moves["pipelining_depth=2"]
-    unknown = moves["attention.kv_partitions=4"]
+    unknown = moves["attention.kv_partitions=8"]
     assert prior.weight(good) > prior.weight(unknown) > prior.weight(bad) > 0
     rng = random.Random(0)
     picks = [prior.choose([good, unknown, bad], rng).description for _ in range(2000)]

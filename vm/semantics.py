@@ -196,36 +196,28 @@ class Semantics:
         s0, s1 = self._span(mem, part, parts)
         base = (p.layer * c.n_kv_heads + p.kv_head) * c.max_seq
         k = mem.matrix(p.kcache)[base + s0:base + s1].float()
-        stats = []
-        for j in range(G):
-            hq = p.kv_head * G + j
-            q = mem[p.q][p.q_off + hq * hd:p.q_off + (hq + 1) * hd]
-            s = self.rnd(self.rnd(k @ q) * c.attn_scale)
-            o = p.scores_off + (part * c.n_heads + hq) * cap
-            mem[p.scores][o:o + s1 - s0] = s
-            if s1 > s0:
-                m = float(s.max())
-                stats.append((m, float(torch.exp(s - m).sum())))
-            else:
-                stats.append((-math.inf, 0.0))
-        return stats
+        q0 = p.q_off + p.kv_head * G * hd
+        q = mem[p.q][q0:q0 + G * hd].view(G, hd)
+        s = self.rnd(self.rnd(q @ k.t()) * c.attn_scale)  # [q head, position]
+        o = p.scores_off + (part * c.n_heads + p.kv_head * G) * cap
+        mem[p.scores][o:o + G * cap].view(G, cap)[:, :s1 - s0] = s
+        if s1 <= s0:
+            return [(-math.inf, 0.0)] * G
+        m = s.max(1).values
+        return list(zip(m.tolist(), torch.exp(s - m[:, None]).sum(1).tolist()))
 
     def _values(self, mem: Memory, p, part: int, parts: int, stats: list[tuple[float, float]]) -> list[torch.Tensor]:
-        """stats[j]: the global (max, sum) of q head j of the group. Returns unrounded p @ V per q head."""
+        """stats[j]: the (max, sum) that normalise q head j of the group. Returns unrounded p @ V per q head."""
         c = self.c
         G = c.n_heads // c.n_kv_heads
         cap = -(-c.max_seq // parts)
         s0, s1 = self._span(mem, part, parts)
         base = (p.layer * c.n_kv_heads + p.kv_head) * c.max_seq
         v = mem.matrix(p.vcache)[base + s0:base + s1].float()
-        out = []
-        for j in range(G):
-            hq = p.kv_head * G + j
-            o = p.scores_off + (part * c.n_heads + hq) * cap
-            s = mem[p.scores][o:o + s1 - s0]
-            m, lsum = stats[j]
-            out.append(self.rnd(torch.exp(s - m) / lsum) @ v)
-        return out
+        o = p.scores_off + (part * c.n_heads + p.kv_head * G) * cap
+        s = mem[p.scores][o:o + G * cap].view(G, cap)[:, :s1 - s0]
+        m, lsum = (torch.tensor(x, dtype=torch.float32, device=s.device)[:, None] for x in zip(*stats))
+        return list(self.rnd(torch.exp(s - m) / lsum) @ v)
 
     def op_attn_decode(self, mem: Memory, p) -> None:
         c = self.c
@@ -246,14 +238,11 @@ class Semantics:
     def op_attn_values(self, mem: Memory, p) -> None:
         c = self.c
         hd, G = c.head_dim, c.n_heads // c.n_kv_heads
-        stats = []
-        for j in range(G):
-            hq = p.kv_head * G + j
-            rec = torch.stack([mem[p.stats][p.stats_off + (pp * c.n_heads + hq) * 2:][:2] for pp in range(p.parts)])
-            m = rec[:, 0]
-            M = float(m.max())
-            w = torch.where(m == -math.inf, torch.zeros_like(m), torch.exp(m - M))
-            stats.append((M, float((rec[:, 1] * w).sum())))
+        rec = mem[p.stats][p.stats_off:p.stats_off + p.parts * c.n_heads * 2].view(p.parts, c.n_heads, 2)
+        rec = rec[:, p.kv_head * G:(p.kv_head + 1) * G]  # [part, q head of the group, (max, sum)]
+        m, M = rec[..., 0], rec[..., 0].max(0).values
+        w = torch.where(m == -math.inf, torch.zeros_like(m), torch.exp(m - M))
+        stats = list(zip(M.tolist(), (rec[..., 1] * w).sum(0).tolist()))
         for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats)):
             r = p.out_off + (p.part * c.n_heads + p.kv_head * G + j) * hd
             mem[p.out][r:r + hd] = o
