@@ -1,0 +1,120 @@
+// ---- attention over KV partitions: the combine, and the per-partition softmax (ATTN_PARTIAL) ------------
+// Uses the passes of attention.cuh.
+
+// With per-partition statistics, partition k of q head j weighs exp(m_k - M) * l_k / L (in smem, [j][k]).
+__device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
+  const float* src = buf<float>(c, p.partial) + p.partial_off;
+  float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
+  const bool weighted = p.part_stats >= 0;
+  float* w = c.smem;  // [j][k] weights, then [j][k] (max, sum) pairs behind them
+  if (weighted) {
+    const float* st = buf<float>(c, p.part_stats) + p.part_stats_off;
+    float* ml = w + AMK_GROUP * p.parts;
+    for (int i = threadIdx.x; i < AMK_GROUP * p.parts; i += AMK_THREADS) {  // every pair in one round trip
+      const int j = i / p.parts, k = i % p.parts;
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(st + (k * AMK_HEADS + p.kv_head * AMK_GROUP + j) * 2));
+      ml[2 * i] = v.x;
+      ml[2 * i + 1] = v.y;
+    }
+    __syncthreads();
+    if (threadIdx.x < AMK_GROUP) {
+      const int j = threadIdx.x;
+      const float* mine = ml + 2 * j * p.parts;
+      float mx = NEG_INF;
+      for (int k = 0; k < p.parts; ++k) mx = fmaxf(mx, mine[2 * k]);
+      float total = 0.f;
+      for (int k = 0; k < p.parts; ++k) {
+        const float wk = mine[2 * k] == NEG_INF ? 0.f : mine[2 * k + 1] * expf(mine[2 * k] - mx);
+        w[j * p.parts + k] = wk;
+        total += wk;
+      }
+      for (int k = 0; k < p.parts; ++k) w[j * p.parts + k] /= total;
+    }
+    __syncthreads();
+  }
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
+    const float* wj = w + (i / AMK_HEAD_DIM) * p.parts;
+    float s = 0.f;
+#pragma unroll 8
+    for (int k = 0; k < p.parts; ++k) {
+      const float v = ldcg(src + (k * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM + i);
+      s = weighted ? fmaf(wj[k], v, s) : s + v;
+    }
+    stcg(out + i, rnd(s));
+  }
+}
+
+// One KV head x one partition under the partition's own softmax: scores (in shared memory when the span
+// fits p.chunk, else in the scores scratch), (max, sum), probabilities, values. The K and V rows of earlier
+// steps (up to p.stage of them) are copied into shared memory with cp.async before the dependency wait: they
+// do not change in this step, and the copies hold no registers. Layout: [q: G*hd][M: G][L: G][out: G*hd]
+// [probs: G*chunk][statistics scratch: 2*NWARPS*G][K rows: stage][V rows: stage], rows 16-byte aligned.
+template <class WaitDeps>
+__device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDeps&& wait_deps) {
+  int s0, s1;
+  span(c.pos, p.part, p.parts, s0, s1);
+  const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head);
+  const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head);
+  float* qs = c.smem;
+  float* M = qs + AMK_GROUP * AMK_HEAD_DIM;
+  float* Ls = M + AMK_GROUP;
+  float* out_s = Ls + AMK_GROUP;
+  float* probs = out_s + AMK_GROUP * AMK_HEAD_DIM;
+  float* red = probs + AMK_GROUP * p.chunk;
+  uint4* ks = reinterpret_cast<uint4*>(c.smem + ((2 * AMK_GROUP * AMK_HEAD_DIM + 2 * AMK_GROUP + AMK_GROUP * p.chunk +
+                                                  2 * NWARPS * AMK_GROUP + 3) & ~3));
+  uint4* vs = ks + p.stage * HD_VECS;
+  int n_staged = max(0, min(min(s1, c.pos) - s0, p.stage));  // the row at pos is this step's own
+  stage_rows(ks, kc, s0, 0, n_staged);
+  stage_rows(vs, vc, s0, 0, n_staged);
+  cp_async_commit();
+  if (!wait_deps()) {
+    cp_async_wait<0>();  // no copy may land in this block's shared memory once it has left
+    return false;
+  }
+  PHASE_START();
+  // q and this step's own K/V row (written by the QKV tasks just waited for) in one more round trip, which
+  // costs microseconds while other SMs stream weights
+  const float* q = buf<float>(c, p.q) + p.q_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM / 4; i += AMK_THREADS) cp_async16(qs + 4 * i, q + 4 * i);
+  if (n_staged == c.pos - s0 && c.pos < s1 && n_staged < p.stage) {
+    stage_rows(ks, kc, s0, n_staged, 1);
+    stage_rows(vs, vc, s0, n_staged, 1);
+    ++n_staged;
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();  // every thread's copies are in
+  PHASE(0);
+  const bool in_smem = s1 - s0 <= p.chunk;
+  const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
+  float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
+  const int stride = in_smem ? p.chunk : cap;
+  float m[AMK_GROUP], l[AMK_GROUP], Mr[AMK_GROUP], Lr[AMK_GROUP];
+  scores_pass(kc, qs, s0, s1, sc, stride, in_smem, m, l, ks, n_staged);
+  group_softmax_stats(m, l, red, Mr, Lr);
+  const int row = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
+  if (threadIdx.x < AMK_GROUP) {
+    const int j = threadIdx.x;
+    const bool any = s1 > s0;
+    M[j] = Mr[j];
+    Ls[j] = Lr[j];
+    float* stats = buf<float>(c, p.stats) + p.stats_off + (row + j) * 2;
+    stcg(stats, any ? Mr[j] : NEG_INF);
+    stcg(stats + 1, any ? Lr[j] : 0.f);
+  }
+  PHASE(1);
+  float acc[AMK_GROUP][VEC];
+#pragma unroll
+  for (int j = 0; j < AMK_GROUP; ++j)
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
+  // values_pass opens with a barrier, which publishes M and Ls
+  values_pass(vc, sc, stride, in_smem, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged);
+  PHASE(2);
+  reduce_values(acc, out_s, probs);
+  float* out = buf<float>(c, p.out) + p.out_off + row * AMK_HEAD_DIM;
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, out_s[i]);
+  PHASE(3);
+  return true;
+}
