@@ -403,10 +403,10 @@ class Tiler:
                 out.append(TaskDraft(Opcode.ATTN_DECODE, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg],
                                      [s_reg, self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
                 continue
-            stats = self.val("attn_stats", layer)
             if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
                 out += self._partials(layer, g, q_reg)
                 continue
+            stats = self.val("attn_stats", layer)
             for part in range(parts):
                 p = oc.AttnScoresParams(layer, g, q.buffer, q.offset, self.b["kcache"], part, parts, sc.buffer,
                                         sc.offset, stats.buffer, stats.offset, chunk)

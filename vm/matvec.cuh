@@ -3,6 +3,22 @@
 #define AMK_ROWS_IN_FLIGHT 1
 #endif
 
+// acc + the dot of one 16-byte weight vector with VEC staged input floats (16-byte aligned in shared memory).
+__device__ __forceinline__ float dot_vec(const uint4& raw, const float* x, float acc) {
+  float f[VEC];
+  unpack(raw, f);
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+#pragma unroll
+  for (int e = 0; e < VEC / 4; ++e) {
+    const float4 q = x4[e];
+    acc = fmaf(f[4 * e], q.x, acc);
+    acc = fmaf(f[4 * e + 1], q.y, acc);
+    acc = fmaf(f[4 * e + 2], q.z, acc);
+    acc = fmaf(f[4 * e + 3], q.w, acc);
+  }
+  return acc;
+}
+
 // Weight-ring path: NR units at once, LOADS_IN_FLIGHT 16-byte vectors per unit per lane before any use. A
 // unit is `n` consecutive weight vectors of one row (rp[r]) against the staged input from xp[r]. out[r]
 // gets the warp-reduced dot. kShared: the weights sit in the shared-memory ring, else in global memory.
@@ -21,19 +37,7 @@ __device__ __forceinline__ void dot_units(const uint4* const* rp, const float* c
 #pragma unroll
     for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u)
 #pragma unroll
-      for (int r = 0; r < NR; ++r) {
-        const float4* x4 = reinterpret_cast<const float4*>(xp[r] + (v + u * 32) * VEC);
-        float f[VEC];
-        unpack(raw[r][u], f);
-#pragma unroll
-        for (int e = 0; e < VEC / 4; ++e) {
-          const float4 q = x4[e];
-          acc[r] = fmaf(f[4 * e], q.x, acc[r]);
-          acc[r] = fmaf(f[4 * e + 1], q.y, acc[r]);
-          acc[r] = fmaf(f[4 * e + 2], q.z, acc[r]);
-          acc[r] = fmaf(f[4 * e + 3], q.w, acc[r]);
-        }
-      }
+      for (int r = 0; r < NR; ++r) acc[r] = dot_vec(raw[r][u], xp[r] + (v + u * 32) * VEC, acc[r]);
   }
   for (; v < n; v += 32) {
 #pragma unroll
@@ -248,17 +252,7 @@ __device__ __forceinline__ void walk_dot(const MatvecWalk& w, int g, int it, con
   step_vectors(w, g, it, [&](int r, int k, int u, int v, bool ok) {
     if (!ok) return;  // the staged input past the slice may hold anything (NaN poison)
     const float* xp = xs + (u & ((1 << w.sbits) - 1)) * w.per * VEC;
-    float f[VEC];
-    unpack(raw[r][k], f);
-    const float4* x4 = reinterpret_cast<const float4*>(xp + v * VEC);
-#pragma unroll
-    for (int e = 0; e < VEC / 4; ++e) {
-      const float4 q = x4[e];
-      acc[r] = fmaf(f[4 * e], q.x, acc[r]);
-      acc[r] = fmaf(f[4 * e + 1], q.y, acc[r]);
-      acc[r] = fmaf(f[4 * e + 2], q.z, acc[r]);
-      acc[r] = fmaf(f[4 * e + 3], q.w, acc[r]);
-    }
+    acc[r] = dot_vec(raw[r][k], xp + v * VEC, acc[r]);
   });
 }
 
