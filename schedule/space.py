@@ -14,6 +14,7 @@ from enum import Enum
 from .config import ScheduleConfig, get_path, iter_knobs, with_value
 from .errors import ConfigError
 from .targets import GpuTarget, get_target
+from .tile import max_dynamic_smem
 
 
 class KnobType(str, Enum):
@@ -86,7 +87,7 @@ def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
     if target is None:
         return True
     if path == "smem_per_block":
-        return value <= target.smem_per_block_max
+        return value <= max_dynamic_smem(target.smem_per_block_max)
     if path == "threads_per_block":
         return value <= target.max_threads_per_block
     return True

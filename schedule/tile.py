@@ -23,6 +23,20 @@ EPILOGUE_OF = {"store": Epilogue.STORE, "rope_kv": Epilogue.ROPE_KV, "silu_mul":
 SMEM_BOOKKEEPING_BYTES = 2048  # bytes each block keeps for reductions, per-row accumulators of split rows
 RING_SLOT_BYTES = 16384  # one bulk copy target of the weight ring; a whole row of K=8192 in bf16
 RING_ALIGN = 128  # bulk copies into shared memory stream at full rate only into 128-byte aligned slots
+# The kernel's static shared memory comes out of the same per-block opt-in limit as smem_per_block. An upper
+# bound of it: the instruction double buffer and reductions (896 bytes) and one mbarrier per weight-ring slot.
+# The loader checks the compiled figure.
+STATIC_SMEM_BASE_BYTES = 1024
+
+
+def kernel_static_smem_bytes(build: dict) -> int:
+    """Static shared memory of the kernel a program's build knobs compile (an upper bound)."""
+    return STATIC_SMEM_BASE_BYTES + 8 * (int(build.get("WEIGHT_RING_KB", 0)) * 1024 // RING_SLOT_BYTES)
+
+
+def max_dynamic_smem(target_smem_max: int, build: dict | None = None) -> int:
+    """The largest smem_per_block a target runs beside the kernel's static shared memory."""
+    return target_smem_max - kernel_static_smem_bytes(build or {})
 
 
 def async_ring_bytes(steps: int, rows_in_flight: int, loads_in_flight: int, threads: int) -> int:

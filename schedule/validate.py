@@ -190,9 +190,11 @@ def _check_structure(program, target, rep: _Report) -> None:
         if steps and ring:
             rep.add(IssueKind.ABI, f"build.async_steps={steps} and build.weight_ring_kb={ring} are two ways to "
                                    "stream weights through shared memory: set one of them to 0")
-        if program.smem_per_block > target.smem_per_block_max:
-            rep.add(IssueKind.ABI, f"smem_per_block={program.smem_per_block} exceeds {target.name}'s "
-                                   f"{target.smem_per_block_max} bytes")
+        room = tile.max_dynamic_smem(target.smem_per_block_max, program.build)
+        if program.smem_per_block > room:
+            rep.add(IssueKind.ABI, f"smem_per_block={program.smem_per_block} exceeds the {room} bytes {target.name} "
+                                   f"leaves beside this build's static shared memory ({target.smem_per_block_max} in "
+                                   "all a block)")
         if nsm > target.sm_count:
             rep.add(IssueKind.SM_OUT_OF_RANGE, f"the program has {nsm} SM queues but {target.name} has "
                                                f"{target.sm_count} SMs")

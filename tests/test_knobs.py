@@ -31,6 +31,7 @@ from _schedules import (
 from amk.eval.oracle import eager_reference, verify
 from amk.schedule import get_target, lower
 from amk.schedule.config import ScheduleConfig, iter_knobs
+from amk.schedule.tile import max_dynamic_smem
 from amk.schedule.validate import validate
 
 LLAMA, LLAMA_TARGET, LLAMA_MAX_SEQ = "llama-3.2-1b", "h100-sxm", 2048
@@ -151,7 +152,7 @@ def test_every_knob_value_verifies_on_toy_models(model_name, path, value):
     prog = lower(model, CPU_TARGET, knob_config(path, value), TOY_MAX_SEQ)
     assert prog.num_sms == CPU_SMS
     # the hardware check is the cpu-sim target's, except for a shared-memory size it does not have
-    fits = prog.smem_per_block <= get_target(CPU_TARGET).smem_per_block_max
+    fits = prog.smem_per_block <= max_dynamic_smem(get_target(CPU_TARGET).smem_per_block_max)
     r = validate(prog, CPU_TARGET if fits else None)
     assert r.ok, f"{model_name} {_id(path, value)}: {r.first_message()}"
     seed = VERIFY_PARAMS.index((model_name, path, value))

@@ -135,6 +135,11 @@ class MegakernelVM:
         self.kernel = self.module.get_function(KERNEL_NAME)
         self.build_seconds = time.perf_counter() - t0
         drv = _cupy().cuda.driver
+        static = drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, self.kernel.ptr)
+        optin = int(props.shared_memory_per_block_optin)
+        if static + program.smem_per_block > optin:
+            raise ProgramError(f"smem_per_block={program.smem_per_block} plus the kernel's {static} bytes of static shared "
+                               f"memory exceeds the device's {optin} bytes a block: lower smem_per_block", ())
         drv.funcSetAttribute(self.kernel.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, program.smem_per_block)
         self.registers = drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_NUM_REGS, self.kernel.ptr)
         resident = drv.occupancyMaxActiveBlocksPerMultiprocessor(self.kernel.ptr, program.threads_per_block,

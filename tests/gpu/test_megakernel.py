@@ -14,6 +14,7 @@ from amk.schedule.config import iter_knobs, with_value
 from amk.schedule.errors import VmError
 from amk.schedule.program import Wait
 from amk.schedule.space import conflicts
+from amk.schedule.tile import max_dynamic_smem
 
 MODELS = ["toy", "toy-2L", "smollm2-135m", "qwen3-0.6b", "llama-3.2-1b"]
 SMALL = {"toy", "toy-2L"}
@@ -36,7 +37,7 @@ def random_config(rng: random.Random, target) -> ScheduleConfig:
             values = f.metadata.get("search")
             if not values or path == "sm.explicit_map":
                 continue
-            values = [v for v in values if path != "smem_per_block" or v <= target.smem_per_block_max]
+            values = [v for v in values if path != "smem_per_block" or v <= max_dynamic_smem(target.smem_per_block_max)]
             cfg = with_value(cfg, path, rng.choice(values))
         if not conflicts(cfg):
             return cfg
