@@ -88,6 +88,15 @@ __device__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s
   }
 }
 
+// a[j] for a run-time j, by selects: indexing a register array with a run-time index puts the whole array in
+// local memory, whose lines the weight stream evicts from L1, so each access becomes an L2 round trip.
+__device__ __forceinline__ float pick(const float (&a)[AMK_GROUP], int j) {
+  float v = a[0];
+#pragma unroll
+  for (int k = 1; k < AMK_GROUP; ++k) v = j == k ? a[k] : v;
+  return v;
+}
+
 // Block-wide (max, sum) of per-thread online softmax statistics; every thread gets the result.
 __device__ void block_softmax_stats(float m, float l, float* red, float& M, float& L) {
   M = block_max(m, red);
@@ -306,8 +315,8 @@ __device__ bool op_attn_scores(const Ctx& c, const AttnScoresParams& p, WaitDeps
   group_softmax_stats(m, l, qs + AMK_GROUP * AMK_HEAD_DIM, M, L);
   if (threadIdx.x < AMK_GROUP) {
     const int j = threadIdx.x;
-    stcg(stats + 2 * j, s1 > s0 ? M[j] : NEG_INF);
-    stcg(stats + 2 * j + 1, s1 > s0 ? L[j] : 0.f);
+    stcg(stats + 2 * j, s1 > s0 ? pick(M, j) : NEG_INF);
+    stcg(stats + 2 * j + 1, s1 > s0 ? pick(L, j) : 0.f);
   }
   PHASE(2);
   return true;

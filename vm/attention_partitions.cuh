@@ -97,11 +97,12 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   if (threadIdx.x < AMK_GROUP) {
     const int j = threadIdx.x;
     const bool any = s1 > s0;
-    M[j] = Mr[j];
-    Ls[j] = Lr[j];
+    const float mj = pick(Mr, j), lj = pick(Lr, j);
+    M[j] = mj;
+    Ls[j] = lj;
     float* stats = buf<float>(c, p.stats) + p.stats_off + (row + j) * 2;
-    stcg(stats, any ? Mr[j] : NEG_INF);
-    stcg(stats + 1, any ? Lr[j] : 0.f);
+    stcg(stats, any ? mj : NEG_INF);
+    stcg(stats + 1, any ? lj : 0.f);
   }
   PHASE(1);
   float acc[AMK_GROUP][VEC];

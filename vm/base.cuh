@@ -66,6 +66,16 @@ __device__ __forceinline__ void unpack(const uint4& raw, float* out) {
 #endif
 }
 
+// A weight vector, read once a step: no L1 line is allocated for it, so the stream does not evict what L1
+// holds for the rest of the kernel (spilled registers, instructions' parameters), which would otherwise come
+// back from L2 at microseconds a round trip under the stream's load.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
 // cp.async (sm_80+): a 16-byte copy from global to shared memory that holds no register while in flight.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 #if __CUDA_ARCH__ >= 800

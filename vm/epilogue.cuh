@@ -72,12 +72,15 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
   float* out = buf<float>(c, e.out);
   const long long lo = (long long)e.out_off + row0;
   switch (e.kind) {
+#if AMK_USES_EPI_STORE
     case EPI_STORE:
       for (int i = tid; i < rows; i += AMK_THREADS) {
         stcg(out + lo + i, rnd(acc[i]));
         if (e.pair_offset) stcg(out + lo + e.pair_offset + i, rnd(acc[rows + i]));
       }
       break;
+#endif
+#if AMK_USES_EPI_PARTIAL
     case EPI_PARTIAL: {
       const long long base = (long long)e.out_off + (long long)e.split * e.split_stride + row0;
       for (int i = tid; i < rows; i += AMK_THREADS) {
@@ -86,15 +89,21 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
       }
       break;
     }
+#endif
+#if AMK_USES_EPI_RESIDUAL_ADD
     case EPI_RESIDUAL_ADD:
       for (int i = tid; i < rows; i += AMK_THREADS) stcg(out + lo + i, rnd(ldcg(out + lo + i) + rnd(acc[i])));
       break;
+#endif
+#if AMK_USES_EPI_SILU_MUL
     case EPI_SILU_MUL:
       for (int i = tid; i < rows; i += AMK_THREADS) {
         const float g = rnd(acc[i]), u = rnd(acc[rows + i]);
         stcg(out + lo + i, rnd(rnd(silu(g)) * u));
       }
       break;
+#endif
+#if AMK_USES_EPI_LOGITS
     case EPI_LOGITS: {
       float best = NEG_INF;
       int bi = 0x7fffffff;
@@ -111,6 +120,8 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
       }
       break;
     }
+#endif
+#if AMK_USES_EPI_ROPE_KV
     case EPI_ROPE_KV: {
       if (e.pair_offset) {  // rows of one head and their RoPE partners
         for (int i = tid; i < rows; i += AMK_THREADS) rope_pair(c, e, row0 + i, rnd(acc[i]), rnd(acc[rows + i]));
@@ -123,6 +134,7 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
       for (int h = warp; h < nh; h += NWARPS) rope_head(c, e, acc + h * AMK_HEAD_DIM, h0 + h, lane);
       break;
     }
+#endif
   }
 }
 

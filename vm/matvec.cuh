@@ -242,7 +242,7 @@ __device__ __forceinline__ void step_vectors(const MatvecWalk& w, int g, int it,
 // Issue the loads of step (g, it); vectors that do not exist read nothing.
 __device__ __forceinline__ void walk_load(const MatvecWalk& w, int g, int it, uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT]) {
   step_vectors(w, g, it, [&](int r, int k, int u, int v, bool ok) {
-    raw[r][k] = ok ? __ldg(unit_row(w, u) + v) : make_uint4(0u, 0u, 0u, 0u);
+    raw[r][k] = ok ? ld_stream(unit_row(w, u) + v) : make_uint4(0u, 0u, 0u, 0u);
   });
 }
 

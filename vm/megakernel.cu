@@ -1,5 +1,6 @@
 // AMK persistent decode megakernel: synchronisation and the main loop. The loader concatenates base.cuh,
-// epilogue.cuh, matvec.cuh, attention.cuh, weight_ring.cuh and this file after the generated ABI header.
+// epilogue.cuh, matvec.cuh, attention.cuh, attention_partitions.cuh, weight_ring.cuh and this file after the
+// generated ABI header.
 // ---- synchronisation ---------------------------------------------------------------------------
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   unsigned v;
@@ -11,7 +12,8 @@ __device__ __forceinline__ void red_release(unsigned* p) {
 }
 
 // Counters this block has already seen satisfied in this step: a later task with the same wait skips the
-// round trip to L2. Thread 0 only.
+// round trip to L2. Thread 0 only. It lives in shared memory: in registers it makes the compiler spill, and in
+// local memory the weight stream would evict it from L1, so that each wait began with L2 round trips.
 struct SeenCounters {
   int cid[4];
   unsigned val[4];
@@ -107,8 +109,8 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
   c.pos = __ldcg(reinterpret_cast<const int*>(bufs[AMK_POS_BUF]));
   const unsigned epoch = (unsigned)__ldcg(control + CTRL_EPOCH);
   const int begin = qstarts[blockIdx.x], end = qstarts[blockIdx.x + 1];
-  SeenCounters seen;
-  seen.clear();
+  __shared__ SeenCounters seen;
+  if (tid == 0) seen.clear();
   int executed = 0;
 #if AMK_WEIGHT_RING_KB > 0
   WeightRing ring;
@@ -156,32 +158,54 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
 #endif
       return s_stop == 0;
     };
-#if AMK_WEIGHT_RING_KB == 0
+    // Only the opcodes this program uses are compiled in (AMK_USES_*); any other is a bad instruction.
+#if AMK_WEIGHT_RING_KB == 0 && AMK_USES_MATVEC
     if (ins[0] == OP_MATVEC) {  // issues its first weight loads before it waits
       if (!op_matvec(c, *reinterpret_cast<const MatvecParams*>(prm), wait_deps)) LEAVE_EARLY();
     } else
 #endif
+#if AMK_USES_ATTN_SCORES
     if (ins[0] == OP_ATTN_SCORES) {  // K rows of earlier steps load before the wait
       if (!op_attn_scores(c, *reinterpret_cast<const AttnScoresParams*>(prm), wait_deps)) LEAVE_EARLY();
-    } else if (ins[0] == OP_ATTN_VALUES) {  // as do V rows
+    } else
+#endif
+#if AMK_USES_ATTN_VALUES
+    if (ins[0] == OP_ATTN_VALUES) {  // as do V rows
       if (!op_attn_values(c, *reinterpret_cast<const AttnValuesParams*>(prm), wait_deps)) LEAVE_EARLY();
-    } else if (ins[0] == OP_ATTN_PARTIAL) {  // and both
+    } else
+#endif
+#if AMK_USES_ATTN_PARTIAL
+    if (ins[0] == OP_ATTN_PARTIAL) {  // and both
       if (!op_attn_partial(c, *reinterpret_cast<const AttnPartialParams*>(prm), wait_deps)) LEAVE_EARLY();
-    } else {
+    } else
+#endif
+    {
       if (!wait_deps()) LEAVE_EARLY();
       switch (ins[0]) {
+#if AMK_USES_EMBED
         case OP_EMBED: op_embed(c, *reinterpret_cast<const EmbedParams*>(prm), control, ins[1]); break;
+#endif
+#if AMK_USES_RMSNORM
         case OP_RMSNORM: op_rmsnorm(c, *reinterpret_cast<const RmsNormParams*>(prm)); break;
-#if AMK_WEIGHT_RING_KB > 0
+#endif
+#if AMK_WEIGHT_RING_KB > 0 && AMK_USES_MATVEC
         case OP_MATVEC:
           op_matvec_ring(c, *reinterpret_cast<const MatvecParams*>(prm), ring, instrs, end, i + AMK_PIPELINE_DEPTH,
                          control, ins[1], timeout_ns);
           break;
 #endif
+#if AMK_USES_EPILOGUE
         case OP_EPILOGUE: op_epilogue(c, *reinterpret_cast<const EpilogueTaskParams*>(prm)); break;
+#endif
+#if AMK_USES_ATTN_DECODE
         case OP_ATTN_DECODE: op_attn_decode(c, *reinterpret_cast<const AttnDecodeParams*>(prm)); break;
+#endif
+#if AMK_USES_ATTN_COMBINE
         case OP_ATTN_COMBINE: op_attn_combine(c, *reinterpret_cast<const AttnCombineParams*>(prm)); break;
+#endif
+#if AMK_USES_ARGMAX
         case OP_ARGMAX: op_argmax(c, *reinterpret_cast<const ArgmaxParams*>(prm)); break;
+#endif
         default:
           if (tid == 0 && atomicCAS(control + CTRL_ERR, 0, ERR_BAD_OPCODE) == 0) {
             control[CTRL_ERR_TASK] = ins[1];
