@@ -127,10 +127,10 @@ class SmConfig:
 
 @dataclass
 class VmBuildConfig:
-    loads_in_flight: int = knob(1, help="16-byte weight loads per row and lane in one step of a warp's weight "
+    loads_in_flight: int = knob(4, help="16-byte weight loads per row and lane in one step of a warp's weight "
                                         "stream; the next step's loads are in flight while a step computes",
                                 choices=[1, 2, 4, 8])
-    rows_in_flight: int = knob(4, help="weight rows each warp streams at once (loads per step = rows x loads)",
+    rows_in_flight: int = knob(1, help="weight rows each warp streams at once (loads per step = rows x loads)",
                                choices=[1, 2, 4])
     spin_backoff_ns: int = knob(0, help="nanosleep between polls of a dependency counter",
                                 choices=[0, 32, 128, 512])
