@@ -37,7 +37,7 @@ def run_config(model, target, cfg: dict, max_seq: int, context: int, steps: int,
         vm = make_vm(prog, model, device="cuda", vm="cuda")
         ver = verify(prog, model, device="cuda", vm="cuda", cases=cases, runner=vm)
         row["verify"] = {k: ver.to_dict()[k] for k in ("passed", "total", "failures", "worst_mere", "worst_mare")}
-        row.update(tasks=len(prog.tasks), registers=vm.registers, build=vm.build_origin, build_s=round(vm.build_seconds, 2))
+        row.update(tasks=len(prog.tasks), registers=vm.registers, local_bytes=vm.local_bytes, build=vm.build_origin, build_s=round(vm.build_seconds, 2))
         if not ver.ok:
             row["error"] = "verify failed"
             return row

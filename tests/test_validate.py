@@ -244,6 +244,16 @@ def test_abi_smem_too_small():
     assert "smem_per_block" in i.message
 
 
+def test_smem_at_the_opt_in_limit_leaves_no_room_for_static_shared_memory():
+    # the kernel's static shared memory comes out of the same 227 KiB: a block asking for all of it never launches
+    prog = fresh()
+    prog.smem_per_block = 227 * 1024
+    i = assert_caught(prog, IssueKind.ABI, target="h100-sxm")
+    assert "smem_per_block=232448" in i.message and "static shared memory" in i.message
+    prog.smem_per_block = 223 * 1024
+    assert validate(prog, "h100-sxm").ok
+
+
 def test_abi_threads_and_param_buffer_ids():
     prog = fresh()
     prog.threads_per_block = 100

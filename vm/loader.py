@@ -142,6 +142,8 @@ class MegakernelVM:
                                f"memory exceeds the device's {optin} bytes a block: lower smem_per_block", ())
         drv.funcSetAttribute(self.kernel.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, program.smem_per_block)
         self.registers = drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_NUM_REGS, self.kernel.ptr)
+        # local memory per thread (spills, run-time indexed arrays): the weight stream evicts it from L1
+        self.local_bytes = drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, self.kernel.ptr)
         resident = drv.occupancyMaxActiveBlocksPerMultiprocessor(self.kernel.ptr, program.threads_per_block,
                                                                  program.smem_per_block)
         if resident < 1:
