@@ -13,8 +13,8 @@ from enum import Enum
 
 from .config import ScheduleConfig, get_path, iter_knobs, with_value
 from .errors import ConfigError
+from .smem import max_dynamic_smem
 from .targets import GpuTarget, get_target
-from .tile import max_dynamic_smem
 
 
 class KnobType(str, Enum):

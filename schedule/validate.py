@@ -19,8 +19,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import hazards, tile
+from . import hazards
 from . import opcodes as oc
+from . import smem as block_smem
 from .opcodes import Epilogue, Opcode
 from .targets import get_target
 
@@ -190,7 +191,7 @@ def _check_structure(program, target, rep: _Report) -> None:
         if steps and ring:
             rep.add(IssueKind.ABI, f"build.async_steps={steps} and build.weight_ring_kb={ring} are two ways to "
                                    "stream weights through shared memory: set one of them to 0")
-        room = tile.max_dynamic_smem(target.smem_per_block_max, program.build)
+        room = block_smem.max_dynamic_smem(target.smem_per_block_max, program.build)
         if program.smem_per_block > room:
             rep.add(IssueKind.ABI, f"smem_per_block={program.smem_per_block} exceeds the {room} bytes {target.name} "
                                    f"leaves beside this build's static shared memory ({target.smem_per_block_max} in "
@@ -329,7 +330,7 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
                             "buffer", tasks=(int(tids[k]),))
         a, tids = a[~bad], tids[~bad]
     ix, hd = lay.ix, c.head_dim
-    smem = tile.program_work_smem_bytes(program.smem_per_block, program.threads_per_block, program.build)
+    smem = block_smem.program_work_smem_bytes(program.smem_per_block, program.threads_per_block, program.build)
     col = {name: a[:, i] for name, i in ix.items()}
     try:
         if "klen" in ix:  # matvec: the staged input slice (all of K when the norm is fused) and its rows
@@ -342,7 +343,7 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             group = c.n_heads // c.n_kv_heads
             if "stage" in ix:  # ATTN_PARTIAL: statistics scratch and staged K/V rows behind its chunk
                 dims = SimpleNamespace(group=group, head_dim=hd)
-                need = np.asarray([tile.attention_partial_smem_bytes(int(k), int(n), dims, program.threads_per_block,
+                need = np.asarray([block_smem.attention_partial_smem_bytes(int(k), int(n), dims, program.threads_per_block,
                                                                      c.dtype.nbytes)
                                    for k, n in zip(col["chunk"], col["stage"])])
                 what, detail = "a chunk of {} positions and {} staged K/V rows", (col["chunk"], col["stage"])
@@ -382,12 +383,12 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
 
 
 def _matvec_smem(width, rows):
-    return tile.matvec_smem_bytes(width, rows)
+    return block_smem.matvec_smem_bytes(width, rows)
 
 
 def _attention_smem(chunk, group: int, head_dim: int, threads: int):
     dims = SimpleNamespace(group=group, head_dim=head_dim)
-    return np.asarray([tile.attention_smem_bytes(int(k), dims, threads) for k in np.atleast_1d(chunk)])
+    return np.asarray([block_smem.attention_smem_bytes(int(k), dims, threads) for k in np.atleast_1d(chunk)])
 
 
 def _malformed(rep: _Report, tid: int, exc: BaseException) -> None:

@@ -16,8 +16,8 @@ from amk.schedule import lower
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import LoweringError
 from amk.schedule.opcodes import NO_BUFFER, Opcode
+from amk.schedule.smem import attention_partial_smem_bytes
 from amk.schedule.space import inert, with_value
-from amk.schedule.tile import attention_partial_smem_bytes
 from amk.schedule.validate import IssueKind, validate
 from amk.vm.reference import ReferenceVM
 from amk.vm.weights import pack_weights

@@ -13,8 +13,8 @@ from amk.flywheel import load_corpus, load_results, read_rows
 from amk.flywheel.results import Status
 from amk.harness.loop import Incumbent, LoopError, decide
 from amk.schedule.config import ScheduleConfig
+from amk.schedule.smem import max_dynamic_smem
 from amk.schedule.space import neighbours, non_default_knobs, random_config, search_space
-from amk.schedule.tile import max_dynamic_smem
 
 
 def _verdict(lat, correct=True, valid=True, spread=None, kind="predicted"):

@@ -31,7 +31,7 @@ from _schedules import (
 from amk.eval.oracle import eager_reference, verify
 from amk.schedule import get_target, lower
 from amk.schedule.config import ScheduleConfig, iter_knobs
-from amk.schedule.tile import max_dynamic_smem
+from amk.schedule.smem import max_dynamic_smem
 from amk.schedule.validate import validate
 
 LLAMA, LLAMA_TARGET, LLAMA_MAX_SEQ = "llama-3.2-1b", "h100-sxm", 2048

@@ -8,7 +8,7 @@ from enum import IntEnum
 import numpy as np
 
 from amk.schedule import opcodes as oc
-from amk.schedule import tile
+from amk.schedule import smem
 from amk.schedule.program import MegakernelProgram
 
 
@@ -84,8 +84,8 @@ def generate_header(program: MegakernelProgram) -> str:
         "AMK_QK_NORM": int(c.qk_norm), "AMK_ROPE_COS": c.rope_cos, "AMK_ROPE_SIN": c.rope_sin, "AMK_POS_BUF": c.pos,
         "AMK_TOKEN_BUF": c.token, "AMK_LOGITS_BUF": c.logits,
         "AMK_THREADS": program.threads_per_block, "AMK_SMEM": program.smem_per_block,
-        "AMK_RING_SLOT_BYTES": tile.RING_SLOT_BYTES,
-        "AMK_RING_OFFSET": tile.program_work_smem_bytes(program.smem_per_block, program.threads_per_block,
+        "AMK_RING_SLOT_BYTES": smem.RING_SLOT_BYTES,
+        "AMK_RING_OFFSET": smem.program_work_smem_bytes(program.smem_per_block, program.threads_per_block,
                                                         program.build),
     })
     defs.update(_used_code(program))

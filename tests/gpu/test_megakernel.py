@@ -13,8 +13,8 @@ from amk.schedule import ScheduleConfig, detect_target
 from amk.schedule.config import iter_knobs, with_value
 from amk.schedule.errors import VmError
 from amk.schedule.program import Wait
+from amk.schedule.smem import max_dynamic_smem
 from amk.schedule.space import conflicts
-from amk.schedule.tile import max_dynamic_smem
 
 MODELS = ["toy", "toy-2L", "smollm2-135m", "qwen3-0.6b", "llama-3.2-1b"]
 SMALL = {"toy", "toy-2L"}
