@@ -51,8 +51,8 @@ def _float(x: float) -> str:
 
 def _used_code(program: MegakernelProgram) -> dict[str, int]:
     """AMK_USES_<OP> and AMK_USES_EPI_<KIND>: 1 where the program has such a task. The kernel compiles only
-    those code paths. The whole kernel is several times the SM's instruction cache, and a light task that
-    runs once a layer (attention, the combine) otherwise refetches its code from L2 under full load."""
+    those code paths: each search trial builds a kernel, and ptxas took 6.3 s for all of them against 0.7 s
+    for one program's (llama-3.2-1b, H100 build). No step-time change was measured."""
     ops = {t.opcode for t in program.tasks}
     epis = set()
     for t in program.tasks:
