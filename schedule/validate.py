@@ -343,8 +343,8 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             group = c.n_heads // c.n_kv_heads
             if "stage" in ix:  # ATTN_PARTIAL: statistics scratch and staged K/V rows behind its chunk
                 dims = SimpleNamespace(group=group, head_dim=hd)
-                need = np.asarray([block_smem.attention_partial_smem_bytes(int(k), int(n), dims, program.threads_per_block,
-                                                                     c.dtype.nbytes)
+                tpb, nbytes = program.threads_per_block, c.dtype.nbytes
+                need = np.asarray([block_smem.attention_partial_smem_bytes(int(k), int(n), dims, tpb, nbytes)
                                    for k, n in zip(col["chunk"], col["stage"])])
                 what, detail = "a chunk of {} positions and {} staged K/V rows", (col["chunk"], col["stage"])
             else:

@@ -21,7 +21,8 @@ _MODULES: dict[str, object] = {}  # in-process: key -> cupy RawModule
 DEFAULT_CACHE = object()  # MegakernelVM(cache=...): the process-wide amk.cache; None builds without a file cache
 
 
-KERNEL_PARTS = ("base.cuh", "epilogue.cuh", "matvec.cuh", "attention.cuh", "attention_partitions.cuh", "weight_ring.cuh", "megakernel.cu")
+KERNEL_PARTS = ("base.cuh", "epilogue.cuh", "matvec.cuh", "attention.cuh", "attention_partitions.cuh",
+                "weight_ring.cuh", "megakernel.cu")
 
 
 def kernel_source() -> str:
@@ -138,8 +139,8 @@ class MegakernelVM:
         static = drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, self.kernel.ptr)
         optin = int(props.shared_memory_per_block_optin)
         if static + program.smem_per_block > optin:
-            raise ProgramError(f"smem_per_block={program.smem_per_block} plus the kernel's {static} bytes of static shared "
-                               f"memory exceeds the device's {optin} bytes a block: lower smem_per_block", ())
+            raise ProgramError(f"smem_per_block={program.smem_per_block} plus the kernel's {static} bytes of static "
+                               f"shared memory exceeds the device's {optin} bytes a block: lower smem_per_block", ())
         drv.funcSetAttribute(self.kernel.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, program.smem_per_block)
         self.registers = drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_NUM_REGS, self.kernel.ptr)
         # local memory per thread (spills, run-time indexed arrays): the weight stream evicts it from L1
