@@ -1,6 +1,12 @@
-"""Where does a step's time go? Run the tracing build and summarise per stage kind and along one layer.
+"""Where does a step's time go? Run the tracing build and account for it per stage kind and per layer.
 
-    python bench/trace.py --model llama-3.2-1b --config '{"pipelining_depth": 1}' --out $OUT
+    python bench/trace.py --model llama-3.2-1b --configs '[{}, {"pipeline": {"pages": 10}}]' --out $OUT
+
+Per layer: the time from the previous layer's last task to this layer's last task, against the layer's bytes
+(weights plus the KV cache it reads) over the measured read bandwidth; and per stage of the layer, the mean
+and worst dependency wait of its tasks (the stall at the stage boundary: time an SM spent between starting a
+task and its dependencies being met) and their execution time. With pipeline pages, `page_wait` is the mean
+time thread 0 of a task spent waiting for its weight pages (the weight stream behind the consumers).
 """
 
 from __future__ import annotations
@@ -8,41 +14,102 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections import defaultdict
 
 import amk
 from amk.eval.bench import prefill_random_kv
+from amk.eval.roofline import measure_read_bandwidth
 from amk.schedule import detect_target
+from amk.schedule.cost import kv_bytes
 from amk.vm.loader import MegakernelVM
 from amk.vm.weights import pack_weights
 
-PHASES = ("weight ring: wait compute pump issue; matvec: stage dot epilogue; attention scores: q pass stats; "
-          "attention values: stats pass reduce")
+CLOCK_GHZ = 1.98  # H100/H200 boost clock: converts thread 0's cycle counts to microseconds (approximate)
 
 
-def summarise(program, trace) -> dict:
+def stage_layers(program) -> dict[int, int]:
+    """stage -> decoder layer (-1 before the first layer and for the final norm, LM head and argmax). A stage
+    names its layer through a task's `layer` parameter or its weight buffer (layers.N.*); a stage naming
+    neither (an unfused norm, add or silu_mul) belongs with its neighbours."""
+    names = {b.id: b.name for b in program.buffers}
+    known: dict[int, int] = {}
+    for t in program.tasks:
+        layer = -1 if t.kind == "embed" else getattr(t.params, "layer", None)
+        if layer is None and hasattr(t.params, "weight"):
+            m = re.match(r"layers\.(\d+)\.", names.get(t.params.weight, ""))
+            layer = int(m.group(1)) if m else -1
+        if layer is not None and t.stage not in known:
+            known[t.stage] = int(layer)
+    stages = sorted({t.stage for t in program.tasks})
+    out, prev = {}, -1
+    for i, s in enumerate(stages):
+        if s in known:
+            prev = known[s]
+        elif prev == -1:  # a norm before the first layer's QKV: the next stage that knows
+            prev = next((known[n] for n in stages[i:] if n in known), -1)
+        out[s] = known.get(s, prev)
+    return out
+
+
+def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
     t = trace.cpu().numpy().astype("int64")
     origin = t[:, 0].min()
+    layer_of = stage_layers(program)
     kinds: dict[str, list] = defaultdict(list)
     stages: dict[int, list] = defaultdict(list)
-    ring: dict[str, list] = defaultdict(list)
     for task in program.tasks:
-        t0, t1, t2, _, wait_c, comp_c, pump_c, issue_c = t[task.id]
+        t0, t1, t2, _, p0, p1, p2, p3 = t[task.id]
         kinds[task.kind].append(((t1 - t0) / 1e3, (t2 - t1) / 1e3))
-        if wait_c or comp_c:
-            ring[task.kind].append((wait_c, comp_c, pump_c, issue_c))
-        stages[task.stage].append((t0 - origin, t1 - origin, t2 - origin))
+        stages[task.stage].append({"t0": (t0 - origin) / 1e3, "t1": (t1 - origin) / 1e3, "t2": (t2 - origin) / 1e3,
+                                   "bytes": task.weight_bytes + kv_bytes(task, program, context),
+                                   "page_wait_us": p3 / CLOCK_GHZ / 1e3, "kind": task.kind,
+                                   "phases_us": [p0 / CLOCK_GHZ / 1e3, p1 / CLOCK_GHZ / 1e3, p2 / CLOCK_GHZ / 1e3]})
     per_kind = {k: {"tasks": len(v), "wait_us": sum(a for a, _ in v) / len(v), "exec_us": sum(b for _, b in v) / len(v),
                     "exec_max_us": max(b for _, b in v)} for k, v in kinds.items()}
-    for k, v in ring.items():  # thread 0's cycles per task in each phase (PHASES names them per kind)
-        per_kind[k].update({f"phase{i}_cycles": sum(x[i] for x in v) / len(v) for i in range(4)})
-    kind_of = {task.stage: task.kind for task in program.tasks}
-    timeline = []
+    timeline, layers = [], defaultdict(list)
     for s in sorted(stages):
         st = stages[s]
-        timeline.append({"stage": s, "kind": kind_of[s], "first_ready_us": min(x[1] for x in st) / 1e3,
-                         "last_ready_us": max(x[1] for x in st) / 1e3, "last_done_us": max(x[2] for x in st) / 1e3})
-    return {"step_us": (t[:, 2].max() - origin) / 1e3, "per_kind": per_kind, "timeline": timeline}
+        waits = [x["t1"] - x["t0"] for x in st]
+        row = {"stage": s, "kind": st[0]["kind"], "layer": layer_of[s], "tasks": len(st),
+               "first_ready_us": min(x["t1"] for x in st), "last_ready_us": max(x["t1"] for x in st),
+               "last_done_us": max(x["t2"] for x in st), "wait_mean_us": sum(waits) / len(st),
+               "wait_max_us": max(waits), "exec_mean_us": sum(x["t2"] - x["t1"] for x in st) / len(st),
+               "page_wait_us": sum(x["page_wait_us"] for x in st) / len(st), "bytes": sum(x["bytes"] for x in st),
+               "phases_us": [sum(x["phases_us"][k] for x in st) / len(st) for k in range(3)]}
+        timeline.append(row)
+        layers[row["layer"]].append(row)
+    per_layer, prev_done = [], 0.0
+    for layer in sorted(k for k in layers if k >= 0):
+        rows = layers[layer]
+        done = max(r["last_done_us"] for r in rows)
+        nbytes = sum(r["bytes"] for r in rows)
+        ideal = nbytes / (bandwidth_gbs * 1e3)
+        per_layer.append({"layer": layer, "time_us": done - prev_done, "bytes": nbytes, "ideal_us": ideal,
+                          "stages": [{k: r[k] for k in ("kind", "tasks", "wait_mean_us", "wait_max_us", "exec_mean_us",
+                                                       "page_wait_us", "phases_us")} for r in rows]})
+        prev_done = done
+    return {"step_us": (t[:, 2].max() - origin) / 1e3, "per_kind": per_kind, "per_layer": per_layer,
+            "timeline": timeline}
+
+
+def print_summary(s: dict) -> None:
+    print(f"{'kind':<20}{'tasks':>7}{'wait_us':>10}{'exec_us':>10}{'exec_max':>10}")
+    for k, v in sorted(s["per_kind"].items(), key=lambda kv: -kv[1]["exec_us"] * kv[1]["tasks"]):
+        print(f"{k:<20}{v['tasks']:>7}{v['wait_us']:>10.2f}{v['exec_us']:>10.2f}{v['exec_max_us']:>10.2f}")
+    layers = s["per_layer"]
+    if not layers:
+        return
+    print(f"{'layer':>5}{'time_us':>9}{'ideal_us':>9}{'ideal%':>8}  stages: kind wait_mean/wait_max/exec_mean(/page_wait)")
+    for r in layers:
+        st = "  ".join(f"{x['kind']} {x['wait_mean_us']:.1f}/{x['wait_max_us']:.1f}/{x['exec_mean_us']:.1f}"
+                       + (f"/{x['page_wait_us']:.1f}" if x["page_wait_us"] else "") for x in r["stages"])
+        print(f"{r['layer']:>5}{r['time_us']:>9.1f}{r['ideal_us']:>9.1f}{100 * r['ideal_us'] / r['time_us']:>7.0f}%  {st}")
+    mid = layers[1:-1] or layers
+    print("phases of a middle layer (us; matvec: stage input / dot / fold+epilogue):",
+          "  ".join(f"{x['kind']} " + "/".join(f"{v:.1f}" for v in x["phases_us"]) for x in mid[len(mid) // 2]["stages"]))
+    print(f"mean over layers 1..{len(layers) - 2}: {sum(r['time_us'] for r in mid) / len(mid):.1f} us a layer against "
+          f"{sum(r['ideal_us'] for r in mid) / len(mid):.1f} us of bytes")
 
 
 def main() -> None:
@@ -54,6 +121,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     target = detect_target()
+    bandwidth = measure_read_bandwidth()
     model = amk.load_model(args.model, dtype=args.dtype, device="cuda")
     results = []
     for cfg in json.loads(args.configs):
@@ -64,18 +132,11 @@ def main() -> None:
         for _ in range(5):
             vm.launch()
         vm.check()
-        s = summarise(prog, vm.trace)
-        s["config"] = cfg
+        s = summarise(prog, vm.trace, bandwidth, args.context)
+        s.update(config=cfg, read_bandwidth_gbs=bandwidth)
         results.append(s)
-        print(f"config {cfg}: traced step {s['step_us']:.1f} us")
-        print(f"{'kind':<20}{'tasks':>7}{'wait_us':>10}{'exec_us':>10}{'exec_max':>10}  phase cycles: {PHASES}")
-        for k, v in sorted(s["per_kind"].items(), key=lambda kv: -kv[1]["exec_us"] * kv[1]["tasks"]):
-            ring = "".join(f"{v[f'phase{n}_cycles']:>10.0f}" for n in range(4) if f"phase{n}_cycles" in v)
-            print(f"{k:<20}{v['tasks']:>7}{v['wait_us']:>10.2f}{v['exec_us']:>10.2f}{v['exec_max_us']:>10.2f}{ring}")
-        layer = [r for r in s["timeline"]][10:22]
-        print("stage  kind                first_ready  last_ready  last_done (us)")
-        for r in layer:
-            print(f"{r['stage']:>5}  {r['kind']:<18}{r['first_ready_us']:>12.1f}{r['last_ready_us']:>12.1f}{r['last_done_us']:>11.1f}")
+        print(f"config {cfg}: traced step {s['step_us']:.1f} us (read bandwidth {bandwidth:.0f} GB/s)")
+        print_summary(s)
     with open(os.path.join(args.out, "trace.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
 

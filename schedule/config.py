@@ -135,18 +135,23 @@ class VmBuildConfig:
     spin_backoff_ns: int = knob(0, help="nanosleep between polls of a dependency counter",
                                 choices=[0, 32, 128, 512])
     l2_prefetch_kb: int = knob(0, help="KiB of each queued task's weights the L2 prefetch asks for, in the order "
-                                       "the task reads them (with pipelining_depth > 0 and no weight ring); 0 asks "
+                                       "the task reads them (with pipelining_depth > 0 and no pipeline pages); 0 asks "
                                        "for all of them. A cap keeps the prefetched bytes of every SM inside L2",
                                choices=[0, 64, 128, 256], search=[0, 64, 128, 256])
-    async_steps: int = knob(0, help="steps of each warp's weight stream that cp.async copies ahead into a per-thread "
-                                    "shared-memory ring (sm_80+; rows x loads x 16 B x threads per step, taken from "
-                                    "the end of smem_per_block); the first ones are issued before the task's "
-                                    "dependency wait. 0: registers, one step ahead",
-                            choices=[0, 2, 4], search=[0])
-    weight_ring_kb: int = knob(0, help="shared-memory ring that bulk copies (TMA, sm_90+) stream matvec weights "
-                                       "through, in KiB of 16 KiB slots, taken from the end of smem_per_block; "
-                                       "0 streams weights through registers",
-                               choices=[0, 32, 64, 96, 128, 160, 192], search=[0])
+
+
+PAGE_KB_CHOICES = [8, 16, 32]
+PAGES_CHOICES = [0, 2, 3, 4, 6, 8, 10, 12]
+
+
+@dataclass
+class PipelineConfig:
+    pages: int = knob(0, help="shared-memory pages a producer warp streams every matvec's weights through with bulk "
+                              "copies (sm_90+), running ahead of the consumer warps across task and stage "
+                              "boundaries; taken from the end of smem_per_block. 0: each consumer warp streams its "
+                              "own weights through registers", choices=PAGES_CHOICES)
+    page_kb: int = knob(16, help="KiB of one page of the weight pipeline (a bulk copy target; rows wider than a page "
+                                 "are cut into page-wide pieces)", choices=PAGE_KB_CHOICES)
 
 
 @dataclass
@@ -155,16 +160,19 @@ class ScheduleConfig:
     attention: AttentionConfig = knob(AttentionConfig(), help="attention decode partitioning")
     fusion: FusionConfig = knob(FusionConfig(), help="which ops are fused into their neighbours")
     sm: SmConfig = knob(SmConfig(), help="SM assignment")
-    pipelining_depth: int = knob(0, help="how many queued tasks ahead each SM starts loading weights before "
-                                         "their dependencies are met (into the weight ring when there is one, "
-                                         "else into L2)", minimum=0, maximum=8,
-                                 search=[0, 1, 2, 3, 4])
+    pipelining_depth: int = knob(0, help="how many queued tasks past the current one each SM may load weights "
+                                         "for before their dependencies are met: into the pages of the weight "
+                                         "pipeline when pipeline.pages > 0, else into L2",
+                                 minimum=0, maximum=8, search=[0, 1, 2, 3, 4])
     scratch: ScratchPolicy = knob(ScratchPolicy.LIVENESS, help="scratch arena allocation",
                                   choices=list(ScratchPolicy))
-    threads_per_block: int = knob(512, help="threads of each persistent block", choices=[128, 256, 512, 1024])
+    threads_per_block: int = knob(512, help="threads of each persistent block; with pipeline.pages > 0 its last "
+                                            "warp is the weight producer and the rest are consumer warps",
+                                  choices=[128, 256, 512, 1024])
     smem_per_block: int = knob(96 * 1024, help="dynamic shared memory per block in bytes; sets how many "
                                                "KV positions attention scores per round", minimum=16 * 1024, maximum=227 * 1024,
                                search=[48 * 1024, 96 * 1024, 160 * 1024])
+    pipeline: PipelineConfig = knob(PipelineConfig(), help="the weight pipeline: pages a producer warp fills")
     build: VmBuildConfig = knob(VmBuildConfig(), help="compile-time VM knobs")
 
     # ---- serialisation -------------------------------------------------------------------------

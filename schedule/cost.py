@@ -95,10 +95,12 @@ def kv_bytes(task: Task, program: MegakernelProgram, context: int) -> int:
 
 def _sm_bytes_per_us(program: MegakernelProgram, target: GpuTarget, coef: CostCoefficients) -> float:
     """Unscaled streaming rate of one SM: its share of the spec bandwidth, capped by the bytes it keeps in
-    flight (threads x loads_in_flight x rows_in_flight x 16 B over the memory latency)."""
+    flight over the memory latency: the pipeline's pages, or threads x loads_in_flight x rows_in_flight x 16 B
+    through registers."""
     share = target.spec_bandwidth_gbs * 1e3 / max(1, target.sm_count)  # GB/s -> bytes/us
+    pages = int(program.build.get("PAGES", 0))
     loads = int(program.build.get("LOADS_IN_FLIGHT", 4)) * int(program.build.get("ROWS_IN_FLIGHT", 1))
-    in_flight = program.threads_per_block * loads * LOAD_BYTES
+    in_flight = pages * int(program.build.get("PAGE_BYTES", 0)) if pages else program.threads_per_block * loads * LOAD_BYTES
     little = in_flight / (coef.memory_latency_ns * 1e-3)
     return min(share, little)
 
@@ -109,7 +111,7 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
     coef = coef or CostCoefficients()
     ctx = bench_context(program.constants.max_seq) if context is None else int(context)
     rate = _sm_bytes_per_us(program, target, coef)
-    pipelined = int(program.build.get("PIPELINE_DEPTH", 0)) > 0
+    pipelined = int(program.build.get("PIPELINE_DEPTH", 0)) > 0 or int(program.build.get("PAGES", 0)) > 0
     tasks = program.tasks
     signals: dict[int, list[tuple[float, Features]]] = {k.id: [] for k in program.counters}
     sm_time = [0.0] * len(program.queues)

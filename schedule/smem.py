@@ -6,17 +6,18 @@ from __future__ import annotations
 from .graph import ModelDims
 
 SMEM_BOOKKEEPING_BYTES = 2048  # bytes each block keeps for reductions, per-row accumulators of split rows
-RING_SLOT_BYTES = 16384  # one bulk copy target of the weight ring; a whole row of K=8192 in bf16
-RING_ALIGN = 128  # bulk copies into shared memory stream at full rate only into 128-byte aligned slots
+PAGE_ALIGN = 128  # bulk copies into shared memory stream at full rate only into 128-byte aligned pages
+UNIT_VECS = 128  # 16-byte vectors a (row, chunk) unit of a page aims at (vm/pipeline.cuh's UNIT_VECS)
+PRODUCER_THREADS = 32  # the weight producer warp, with pipeline pages
 # The kernel's static shared memory comes out of the same per-block opt-in limit as smem_per_block. An upper
-# bound of it: the instruction double buffer and reductions (896 bytes) and one mbarrier per weight-ring slot.
-# The loader checks the compiled figure.
+# bound of it: the instruction double buffer and reductions (896 bytes), and per page two mbarriers. The
+# loader checks the compiled figure.
 STATIC_SMEM_BASE_BYTES = 1024
 
 
 def kernel_static_smem_bytes(build: dict) -> int:
     """Static shared memory of the kernel a program's build knobs compile (an upper bound)."""
-    return STATIC_SMEM_BASE_BYTES + 8 * (int(build.get("WEIGHT_RING_KB", 0)) * 1024 // RING_SLOT_BYTES)
+    return STATIC_SMEM_BASE_BYTES + 16 * int(build.get("PAGES", 0)) + 16
 
 
 def max_dynamic_smem(target_smem_max: int, build: dict | None = None) -> int:
@@ -24,25 +25,42 @@ def max_dynamic_smem(target_smem_max: int, build: dict | None = None) -> int:
     return target_smem_max - kernel_static_smem_bytes(build or {})
 
 
-def async_ring_bytes(steps: int, rows_in_flight: int, loads_in_flight: int, threads: int) -> int:
-    """The per-thread cp.async ring of build.async_steps: each step is rows x loads 16-byte vectors a thread."""
-    return steps * rows_in_flight * loads_in_flight * 16 * threads
+def consumer_threads(threads_per_block: int, build: dict) -> int:
+    """Threads that run tasks: all of the block, less the producer warp when the weight pipeline has pages."""
+    return threads_per_block - (PRODUCER_THREADS if int(build.get("PAGES", 0)) > 0 else 0)
 
 
-def work_smem_bytes(smem_per_block: int, ring_kb: int, async_bytes: int = 0) -> int:
-    """Shared memory a task may use for staged inputs, accumulators and attention scores: all of it without a
-    weight ring or cp.async ring, else what lies before them; they sit 128-byte aligned at the end (the
-    kernel places them at this offset, from the generated header)."""
-    if ring_kb <= 0 and async_bytes <= 0:
+def ring_bytes(build: dict) -> int:
+    """Bytes of the weight pipeline's pages (pipeline.pages x pipeline.page_kb)."""
+    return int(build.get("PAGES", 0)) * int(build.get("PAGE_BYTES", 0))
+
+
+def work_smem_bytes(smem_per_block: int, ring: int) -> int:
+    """Shared memory a task may use for staged inputs, accumulators and attention scores: all of it without
+    pages, else what lies before them; the pages sit 128-byte aligned at the end (the kernel places them at
+    this offset, from the generated header)."""
+    if ring <= 0:
         return smem_per_block
-    return (smem_per_block - ring_kb * 1024 - async_bytes) // RING_ALIGN * RING_ALIGN
+    return (smem_per_block - ring) // PAGE_ALIGN * PAGE_ALIGN
 
 
-def program_work_smem_bytes(smem_per_block: int, threads: int, build: dict) -> int:
+def program_work_smem_bytes(smem_per_block: int, build: dict) -> int:
     """work_smem_bytes from a program's build knobs."""
-    steps = int(build.get("ASYNC_STEPS", 0))
-    asy = async_ring_bytes(steps, int(build.get("ROWS_IN_FLIGHT", 1)), int(build.get("LOADS_IN_FLIGHT", 1)), threads)
-    return work_smem_bytes(smem_per_block, int(build.get("WEIGHT_RING_KB", 0)), asy)
+    return work_smem_bytes(smem_per_block, ring_bytes(build))
+
+
+def page_partials(klen: int, rows_computed: int, build: dict, nbytes: int) -> int:
+    """4-byte words a matvec task keeps beside its staged input when its weights come through pages
+    (vm/pipeline.cuh op_matvec_paged): one partial sum per (row, page of the row, chunk), padded to 16 bytes,
+    and for 16-bit dtypes the input slice again in the weights' dtype; 0 without pages."""
+    page = int(build.get("PAGE_BYTES", 0))
+    if int(build.get("PAGES", 0)) <= 0 or page <= 0:
+        return 0
+    elems, vec = page // nbytes, 16 // nbytes
+    cpr = 1 if klen <= elems else -(-klen // elems)
+    chunks = max(1, min(klen, elems) // vec // UNIT_VECS)
+    words = -(-rows_computed * cpr * chunks // 4) * 4
+    return words + (-(-klen * nbytes // 16) * 4 if nbytes < 4 else 0)
 
 
 def attention_chunk(work_bytes: int, dims: ModelDims) -> int:
@@ -79,6 +97,7 @@ def partial_positions(work_bytes: int, cap: int, dims, threads: int, cache_bytes
     return n
 
 
-def matvec_smem_bytes(klen: int, rows_computed: int) -> int:
-    """Shared memory of a matvec or epilogue task: the staged input slice and one accumulator per row."""
-    return (klen + rows_computed) * 4 + SMEM_BOOKKEEPING_BYTES
+def matvec_smem_bytes(width: int, rows_computed: int, partials: int = 0) -> int:
+    """Shared memory of a matvec or epilogue task: the staged input (`width` floats, padded to 16 bytes), one
+    accumulator per row (padded) and, with pages, `partials` partial sums (page_partials)."""
+    return (-(-width // 4) * 4 + -(-rows_computed // 4) * 4 + partials) * 4 + SMEM_BOOKKEEPING_BYTES

@@ -132,7 +132,11 @@ def inert(config: ScheduleConfig, path: str) -> bool:
     """Whether the knob at `path` cannot change what the kernel does under the rest of `config` (it still
     changes the build, so a move would spend a trial on noise)."""
     if path == "build.l2_prefetch_kb":  # caps the L2 prefetch, which only pipelining_depth > 0 without a ring does
-        return config.pipelining_depth == 0 or config.build.weight_ring_kb > 0
+        return config.pipelining_depth == 0 or config.pipeline.pages > 0
+    if path in ("build.loads_in_flight", "build.rows_in_flight"):  # the register path's stream only
+        return config.pipeline.pages > 0
+    if path == "pipeline.page_kb":  # no pages, no page size
+        return config.pipeline.pages == 0
     if path in ("attention.softmax", "fusion.attention_combine_into_o"):  # one partition is one ATTN_DECODE task,
         return config.attention.kv_partitions == 1  # whichever softmax, and has nothing to combine
     return False

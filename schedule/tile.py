@@ -15,7 +15,13 @@ from .errors import LoweringError
 from .graph import ModelDims
 from .opcodes import NO_BUFFER, Epilogue, EpilogueParams, Opcode
 from .program import Prefetch, Region
-from .smem import attention_chunk, attention_partial_smem_bytes, partial_positions, program_work_smem_bytes
+from .smem import (
+    attention_chunk,
+    attention_partial_smem_bytes,
+    consumer_threads,
+    partial_positions,
+    program_work_smem_bytes,
+)
 from .stages import Stage, score_capacity
 
 ELEMENTWISE_ROWS = 1024  # rows per unfused elementwise task (add, silu_mul)
@@ -26,7 +32,8 @@ def build_defines(config: ScheduleConfig) -> dict[str, int]:
     b = config.build
     return {"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": b.loads_in_flight,
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
-            "L2_PREFETCH_KB": b.l2_prefetch_kb, "WEIGHT_RING_KB": b.weight_ring_kb, "ASYNC_STEPS": b.async_steps}
+            "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,
+            "PAGE_BYTES": config.pipeline.page_kb * 1024}
 
 
 @dataclass
@@ -143,7 +150,10 @@ class Tiler:
         return d.head_dim // 2
 
     def _work_smem(self) -> int:
-        return program_work_smem_bytes(self.cfg.smem_per_block, self.cfg.threads_per_block, build_defines(self.cfg))
+        return program_work_smem_bytes(self.cfg.smem_per_block, build_defines(self.cfg))
+
+    def _consumers(self) -> int:
+        return consumer_threads(self.cfg.threads_per_block, build_defines(self.cfg))
 
     def _matvec(self, st: Stage) -> list[TaskDraft]:
         rows_total, K, pair, _ = self._shape(st.role)
@@ -358,9 +368,9 @@ class Tiler:
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
         work = self._work_smem()
-        chunk = partial_positions(work, cap, d, self.cfg.threads_per_block, self.dtype.nbytes)
+        chunk = partial_positions(work, cap, d, self._consumers(), self.dtype.nbytes)
         if chunk < 1:
-            need = attention_partial_smem_bytes(1, 1, d, self.cfg.threads_per_block, self.dtype.nbytes)
+            need = attention_partial_smem_bytes(1, 1, d, self._consumers(), self.dtype.nbytes)
             raise LoweringError("smem_per_block", f"leaves {work} bytes of working shared memory; attention.softmax="
                                 f"partition needs at least {need}")
         out = []

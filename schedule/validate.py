@@ -180,17 +180,10 @@ def _check_structure(program, target, rep: _Report) -> None:
     elif target is not None and tpb > target.max_threads_per_block:
         rep.add(IssueKind.ABI, f"threads_per_block={tpb} exceeds {target.name}'s {target.max_threads_per_block}")
     if target is not None:
-        ring = int(program.build.get("WEIGHT_RING_KB", 0))
-        if ring and target.arch != "none" and int(target.arch.split("_")[1]) < 90:
-            rep.add(IssueKind.ABI, f"build.weight_ring_kb={ring} needs bulk copies (sm_90 or newer); "
-                                   f"{target.name} is {target.arch}: set build.weight_ring_kb to 0")
-        steps = int(program.build.get("ASYNC_STEPS", 0))
-        if steps and target.arch != "none" and int(target.arch.split("_")[1]) < 80:
-            rep.add(IssueKind.ABI, f"build.async_steps={steps} needs cp.async (sm_80 or newer); "
-                                   f"{target.name} is {target.arch}: set build.async_steps to 0")
-        if steps and ring:
-            rep.add(IssueKind.ABI, f"build.async_steps={steps} and build.weight_ring_kb={ring} are two ways to "
-                                   "stream weights through shared memory: set one of them to 0")
+        pages = int(program.build.get("PAGES", 0))
+        if pages and target.arch != "none" and int(target.arch.split("_")[1]) < 90:
+            rep.add(IssueKind.ABI, f"pipeline.pages={pages} needs bulk copies (sm_90 or newer); "
+                                   f"{target.name} is {target.arch}: set pipeline.pages to 0")
         room = block_smem.max_dynamic_smem(target.smem_per_block_max, program.build)
         if program.smem_per_block > room:
             rep.add(IssueKind.ABI, f"smem_per_block={program.smem_per_block} exceeds the {room} bytes {target.name} "
@@ -330,38 +323,39 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
                             "buffer", tasks=(int(tids[k]),))
         a, tids = a[~bad], tids[~bad]
     ix, hd = lay.ix, c.head_dim
-    smem = block_smem.program_work_smem_bytes(program.smem_per_block, program.threads_per_block, program.build)
+    smem = block_smem.program_work_smem_bytes(program.smem_per_block, program.build)
+    consumers = block_smem.consumer_threads(program.threads_per_block, program.build)
     col = {name: a[:, i] for name, i in ix.items()}
     try:
         if "klen" in ix:  # matvec: the staged input slice (all of K when the norm is fused) and its rows
             cols = np.asarray([b.cols for b in bufs], dtype=np.int64)
             width = np.where(col["norm_weight"] != oc.NO_BUFFER, cols[col["weight"]], col["klen"])
             nrows = col["rows"] * np.where(col["epi.pair_offset"] != 0, 2, 1)
-            need, what = _matvec_smem(width, nrows), "an input of {} elements and {} rows"
+            partials = [block_smem.page_partials(int(k), int(r), program.build, c.dtype.nbytes)
+                        for k, r in zip(col["klen"], nrows)]
+            need = np.asarray([block_smem.matvec_smem_bytes(int(w), int(r), p) for w, r, p in zip(width, nrows, partials)])
+            what = "an input of {} elements and {} rows"
             detail = (width, nrows)
         elif "chunk" in ix:  # attention: q of the group plus a chunk of scores
             group = c.n_heads // c.n_kv_heads
             if "stage" in ix:  # ATTN_PARTIAL: statistics scratch and staged K/V rows behind its chunk
                 dims = SimpleNamespace(group=group, head_dim=hd)
-                tpb, nbytes = program.threads_per_block, c.dtype.nbytes
+                tpb, nbytes = consumers, c.dtype.nbytes
                 need = np.asarray([block_smem.attention_partial_smem_bytes(int(k), int(n), dims, tpb, nbytes)
                                    for k, n in zip(col["chunk"], col["stage"])])
                 what, detail = "a chunk of {} positions and {} staged K/V rows", (col["chunk"], col["stage"])
             else:
-                need = _attention_smem(col["chunk"], group, hd, program.threads_per_block)
+                need = _attention_smem(col["chunk"], group, hd, consumers)
                 what, detail = "a chunk of {} positions", (col["chunk"],)
         else:
             need = None
     except Exception as e:  # noqa: BLE001 - the tiler's formulas changed shape
         rep.internal("shared-memory check", e)
         need = None
-    ring_kb, steps = int(program.build.get("WEIGHT_RING_KB", 0)), int(program.build.get("ASYNC_STEPS", 0))
-    if ring_kb:
-        room = f"smem_per_block={program.smem_per_block} less build.weight_ring_kb={ring_kb} KiB leaves {smem}"
-    elif steps:
-        room = (f"smem_per_block={program.smem_per_block} less the build.async_steps={steps} ring "
-                f"({program.smem_per_block - smem} bytes with rows_in_flight x loads_in_flight x 16 B x "
-                f"threads_per_block per step) leaves {smem}")
+    ring = block_smem.ring_bytes(program.build)
+    if ring:
+        room = (f"smem_per_block={program.smem_per_block} less pipeline.pages={program.build['PAGES']} x "
+                f"pipeline.page_kb={ring // program.build['PAGES'] // 1024} leaves {smem}")
     else:
         room = f"smem_per_block is {smem}"
     if need is not None:
@@ -380,10 +374,6 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             rep.add(IssueKind.ABI, f"{rep.tname(tid)}: the ROPE_KV epilogue covers rows [{a}, {a + m}) with pair "
                     f"offset {po}: neither whole heads of {hd} nor rows of one head's first half with pair offset "
                     f"{hd // 2}", tasks=(tid,))
-
-
-def _matvec_smem(width, rows):
-    return block_smem.matvec_smem_bytes(width, rows)
 
 
 def _attention_smem(chunk, group: int, head_dim: int, threads: int):

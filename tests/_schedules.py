@@ -30,8 +30,12 @@ def base_config(path: str) -> ScheduleConfig:
     sm.assignment=explicit."""
     if path == "sm.explicit_map":
         return with_value(ScheduleConfig(), "sm.assignment", "explicit")
-    if path in ("build.weight_ring_kb", "build.async_steps"):  # rings come out of smem_per_block: leave room
+    if path == "pipeline.pages":  # pages come out of smem_per_block: leave room
         return with_value(ScheduleConfig(), "smem_per_block", RING_TEST_SMEM)
+    if path == "pipeline.page_kb":  # the page size acts only with pages, and they need room
+        return with_value(with_value(ScheduleConfig(), "smem_per_block", RING_TEST_SMEM), "pipeline.pages", 4)
+    if path in ("build.loads_in_flight", "build.rows_in_flight"):  # the register path's stream (no pages)
+        return ScheduleConfig()
     if path == "build.l2_prefetch_kb":  # the cap acts on the L2 prefetch, which pipelining_depth turns on
         return with_value(ScheduleConfig(), "pipelining_depth", 1)
     return ScheduleConfig()

@@ -13,7 +13,7 @@ from _schedules import plant_cycle
 from transformers import AutoConfig
 
 import amk
-from amk.schedule import DType, ModelDims, lower_dims
+from amk.schedule import DType, ModelDims, lower_dims, smem
 from amk.schedule.opcodes import Opcode
 from amk.schedule.program import BufferKind, Region, Wait
 from amk.schedule.validate import IssueKind, ValidationResult, validate
@@ -335,55 +335,39 @@ def test_issue_flood_is_capped():
     assert sum(r.suppressed.values()) > 0
 
 
-# ---- the weight ring -----------------------------------------------------------------------------------
-def _ring(name: str, ring_kb: int, smem: int, target: str):
+# ---- the weight pipeline's pages ------------------------------------------------------------------------
+def _paged(name: str, pages: int, page_kb: int, smem: int, target: str, threads: int = 512):
     with open(f"{CONFIGS}/{name}.json") as f:
         cfg = AutoConfig.for_model(**json.load(f))
-    config = {"build": {"weight_ring_kb": ring_kb}, "smem_per_block": smem}
+    config = {"pipeline": {"pages": pages, "page_kb": page_kb}, "smem_per_block": smem, "threads_per_block": threads}
     return lower_dims(ModelDims.from_hf_config(cfg), DType.BF16, target, config=config)
 
 
-def test_weight_ring_fits_beside_the_work_area_on_hopper():
-    assert validate(_ring("llama-3.2-1b", 128, 200 * 1024, "h100-sxm"), "h100-sxm").ok
+def test_pages_fit_beside_the_work_area_on_hopper():
+    assert validate(_paged("llama-3.2-1b", 10, 16, 225 * 1024, "h200"), "h200").ok
+    assert validate(_paged("llama-3.2-1b", 4, 32, 225 * 1024, "h100-sxm", threads=256), "h100-sxm").ok
 
 
-def test_weight_ring_needs_sm90():
-    prog = _ring("toy", 32, 96 * 1024, "l4")
-    r = validate(prog, "l4")
-    assert not r.ok and any("build.weight_ring_kb" in i.message and "sm_89" in i.message for i in r.issues)
+def test_pages_need_sm90():
+    r = validate(_paged("toy", 2, 16, 96 * 1024, "l4"), "l4")
+    assert not r.ok and any("pipeline.pages=2" in i.message and "sm_89" in i.message for i in r.issues)
 
 
-def test_weight_ring_leaving_too_little_shared_memory_is_named():
-    # llama's down projection stages 8192 inputs (32 KiB); 160 KiB of ring leaves 32 KiB of 192 KiB
-    prog = _ring("llama-3.2-1b", 160, 192 * 1024, "h100-sxm")
-    r = validate(prog, "h100-sxm")
+def test_pages_leaving_too_little_shared_memory_are_named():
+    # llama's down projection stages 8192 inputs (32 KiB) beside its partial sums and a bf16 copy of its input;
+    # 12 pages of 16 KiB leave about 33 KiB of 225 KiB
+    r = validate(_paged("llama-3.2-1b", 12, 16, 225 * 1024, "h200"), "h200")
     assert not r.ok
-    assert any("build.weight_ring_kb=160 KiB leaves" in i.message and "(down)" in i.message
+    assert any("pipeline.pages=12 x pipeline.page_kb=16 leaves" in i.message and "(down)" in i.message
                for i in issues_of(r, IssueKind.ABI))
 
 
-# ---- the cp.async ring ---------------------------------------------------------------------------------
-def _async(name: str, steps: int, smem: int, target: str, **build):
-    with open(f"{CONFIGS}/{name}.json") as f:
-        cfg = AutoConfig.for_model(**json.load(f))
-    config = {"build": {"async_steps": steps, **build}, "smem_per_block": smem}
-    return lower_dims(ModelDims.from_hf_config(cfg), DType.BF16, target, config=config)
-
-
-def test_async_ring_fits_beside_the_work_area():
-    # 4 steps x 4 rows x 1 load x 16 B x 512 threads = 128 KiB, leaving 96 KiB of 224 KiB to the tasks
-    assert validate(_async("llama-3.2-1b", 4, 224 * 1024, "h100-sxm"), "h100-sxm").ok
-    assert validate(_async("toy", 2, 96 * 1024, "a100-80gb"), "a100-80gb").ok  # cp.async is sm_80
-
-
-def test_async_ring_leaving_too_little_shared_memory_is_named():
-    # 2 steps (64 KiB) of the default 96 KiB leave 32 KiB: too little for down's 8192 staged inputs
-    r = validate(_async("llama-3.2-1b", 2, 96 * 1024, "h100-sxm"), "h100-sxm")
-    assert not r.ok
-    assert any("build.async_steps=2 ring (65536 bytes" in i.message and "(down)" in i.message
-               for i in issues_of(r, IssueKind.ABI))
-
-
-def test_async_ring_and_weight_ring_are_exclusive():
-    r = validate(_async("toy", 2, 200 * 1024, "h100-sxm", weight_ring_kb=32), "h100-sxm")
-    assert not r.ok and any("build.async_steps=2 and build.weight_ring_kb=32" in i.message for i in r.issues)
+def test_page_partials_follow_the_kernels_tiling():
+    # partial sums: rows x pages a row x chunks of 128 vectors a page, then (16-bit dtypes) the input again in
+    # the weights' dtype. A 4 KiB bf16 row in 16 KiB pages: 1 page, 2 chunks; a 16 KiB row in 8 KiB pages:
+    # 2 pages of 4 chunks; an 8 KiB fp32 row in 16 KiB pages: 1 page of 4 chunks, no copy
+    build = {"PAGES": 4, "PAGE_BYTES": 16384}
+    assert smem.page_partials(2048, 16, build, 2) == 16 * 2 + 2048 * 2 // 4
+    assert smem.page_partials(8192, 16, {"PAGES": 4, "PAGE_BYTES": 8192}, 2) == 16 * 2 * 4 + 8192 * 2 // 4
+    assert smem.page_partials(2048, 16, build, 4) == 16 * 1 * 4
+    assert smem.page_partials(2048, 16, {"PAGES": 0, "PAGE_BYTES": 16384}, 2) == 0

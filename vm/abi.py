@@ -79,10 +79,9 @@ def generate_header(program: MegakernelProgram) -> str:
         "AMK_GROUP": c.n_heads // c.n_kv_heads, "AMK_VOCAB": c.vocab, "AMK_MAX_SEQ": c.max_seq,
         "AMK_QK_NORM": int(c.qk_norm), "AMK_ROPE_COS": c.rope_cos, "AMK_ROPE_SIN": c.rope_sin, "AMK_POS_BUF": c.pos,
         "AMK_TOKEN_BUF": c.token, "AMK_LOGITS_BUF": c.logits,
-        "AMK_THREADS": program.threads_per_block, "AMK_SMEM": program.smem_per_block,
-        "AMK_RING_SLOT_BYTES": smem.RING_SLOT_BYTES,
-        "AMK_RING_OFFSET": smem.program_work_smem_bytes(program.smem_per_block, program.threads_per_block,
-                                                        program.build),
+        "AMK_THREADS": smem.consumer_threads(program.threads_per_block, program.build),
+        "AMK_BLOCK_THREADS": program.threads_per_block, "AMK_SMEM": program.smem_per_block,
+        "AMK_RING_OFFSET": smem.program_work_smem_bytes(program.smem_per_block, program.build),
     })
     defs.update(_used_code(program))
     for k, v in sorted(program.build.items()):

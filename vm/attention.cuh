@@ -114,7 +114,7 @@ __device__ void group_softmax_stats(const float (&m)[AMK_GROUP], const float (&l
     const float mw = warp_max(m[j]);
     if (lane == 0) red[warp * AMK_GROUP + j] = mw;
   }
-  __syncthreads();
+  block_sync();
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j) {
     float t = NEG_INF;
@@ -123,7 +123,7 @@ __device__ void group_softmax_stats(const float (&m)[AMK_GROUP], const float (&l
     const float lw = warp_sum(m[j] == NEG_INF ? 0.f : l[j] * expf(m[j] - t));
     if (lane == 0) rl[warp * AMK_GROUP + j] = lw;
   }
-  __syncthreads();
+  block_sync();
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j) {
     float t = 0.f;
@@ -143,14 +143,14 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
   const int dv = tid % HD_VECS, tp = tid / HD_VECS, np = AMK_THREADS / HD_VECS;
   for (int c0 = s0; c0 < s1; c0 += chunk) {
     const int n = min(chunk, s1 - c0);
-    __syncthreads();
+    block_sync();
     for (int i = tid; i < n * AMK_GROUP; i += AMK_THREADS) {
       const int j = i / n, t = i % n;
       const float* sp = sc + j * stride + (c0 - s0) + t;
       const float s = from_smem ? *sp : ldcg(sp);
       probs[j * chunk + t] = rnd(expf(s - M[j]) / Lsum[j]);
     }
-    __syncthreads();
+    block_sync();
     if (tp < np) {
       // staged rows first, then the cache: two loops, so that no cache load is issued for a staged row
       const int n_smem = min(n, max(0, n_staged - (c0 - s0)));
@@ -201,10 +201,10 @@ __device__ void reduce_values(float acc[AMK_GROUP][VEC], float* out_s, float* sc
       for (int e = 0; e < VEC; ++e)
         for (int o = HD_VECS; o < 32; o <<= 1) acc[j][e] += __shfl_xor_sync(0xffffffffu, acc[j][e], o);
   }
-  __syncthreads();
+  block_sync();
   const int GH = AMK_GROUP * AMK_HEAD_DIM;
   for (int i = tid; i < NWARPS * GH; i += AMK_THREADS) scratch[i] = 0.f;
-  __syncthreads();
+  block_sync();
   if (kShuffle) {
     if (lane < HD_VECS) {
 #pragma unroll
@@ -218,18 +218,18 @@ __device__ void reduce_values(float acc[AMK_GROUP][VEC], float* out_s, float* sc
 #pragma unroll
       for (int e = 0; e < VEC; ++e) atomicAdd(scratch + warp * GH + j * AMK_HEAD_DIM + dv * VEC + e, acc[j][e]);
   }
-  __syncthreads();
+  block_sync();
   for (int i = tid; i < GH; i += AMK_THREADS) {
     float s = 0.f;
     for (int w = 0; w < NWARPS; ++w) s += scratch[w * GH + i];
     out_s[i] = s;
   }
-  __syncthreads();
+  block_sync();
 }
 
 __device__ void load_q(const Ctx& c, int q, int q_off, int g, float* qs) {
   stage_floats(qs, buf<float>(c, q) + q_off + g * AMK_GROUP * AMK_HEAD_DIM, AMK_GROUP * AMK_HEAD_DIM);
-  __syncthreads();
+  block_sync();
 }
 
 __device__ __forceinline__ long long kv_row0(int layer, int g) {
@@ -258,7 +258,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
     block_softmax_stats(m[j], l[j], c.red, mj, lj);
     if (threadIdx.x == 0) { M[j] = mj; Ls[j] = lj; }
   }
-  __syncthreads();
+  block_sync();
   float acc[AMK_GROUP][VEC];
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j)
@@ -266,12 +266,12 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
     for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
   if (in_smem) {
     // probabilities overwrite the scores in place: each is computed from its own score only
-    __syncthreads();
+    block_sync();
     for (int i = threadIdx.x; i < L * AMK_GROUP; i += AMK_THREADS) {
       const int j = i / L, t = i % L;
       sc[j * stride + t] = rnd(expf(sc[j * stride + t] - M[j]) / Ls[j]);
     }
-    __syncthreads();
+    block_sync();
     const int dv = threadIdx.x % HD_VECS, tp = threadIdx.x / HD_VECS, np = AMK_THREADS / HD_VECS;
     if (tp < np) {
 #pragma unroll 8
@@ -344,7 +344,7 @@ __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps
       probs[2 * i] = v.x;
       probs[2 * i + 1] = v.y;
     }
-    __syncthreads();
+    block_sync();
   }
   if (threadIdx.x < AMK_GROUP) {
     const int j = threadIdx.x, hq = p.kv_head * AMK_GROUP + j;
@@ -360,7 +360,7 @@ __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps
     M[j] = mx;
     Ls[j] = l;
   }
-  __syncthreads();
+  block_sync();
   PHASE(0);
   const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
   const float* sc = buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;

@@ -16,7 +16,7 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
       ml[2 * i] = v.x;
       ml[2 * i + 1] = v.y;
     }
-    __syncthreads();
+    block_sync();
     if (threadIdx.x < AMK_GROUP) {
       const int j = threadIdx.x;
       const float* mine = ml + 2 * j * p.parts;
@@ -30,7 +30,7 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
       }
       for (int k = 0; k < p.parts; ++k) w[j * p.parts + k] /= total;
     }
-    __syncthreads();
+    block_sync();
   }
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
     const float* wj = w + (i / AMK_HEAD_DIM) * p.parts;
@@ -84,7 +84,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   }
   cp_async_commit();
   cp_async_wait<0>();
-  __syncthreads();  // every thread's copies are in
+  block_sync();  // every thread's copies are in
   PHASE(0);
   const bool in_smem = s1 - s0 <= p.chunk;
   const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;

@@ -34,10 +34,15 @@ __device__ __forceinline__ float rnd(float v) { return v; }
 #endif
 
 #define VEC (16 / (int)sizeof(wtype))  // weights per 16-byte load
-#define NWARPS (AMK_THREADS / 32)
+#define NWARPS (AMK_THREADS / 32)  // consumer warps: every warp of the block but the weight producer
 #define HALF_HD (AMK_HEAD_DIM / 2)
 #define HD_VECS (AMK_HEAD_DIM / VEC)
 #define NEG_INF (__int_as_float(0xff800000))
+
+// The consumer warps' barrier (named barrier 1 over AMK_THREADS threads). With the weight pipeline on, the
+// block's last warp is the producer: it runs ahead on its own and never joins a consumer barrier, so no task
+// code may use __syncthreads().
+__device__ __forceinline__ void block_sync() { asm volatile("bar.sync 1, %0;" :: "n"(AMK_THREADS) : "memory"); }
 
 struct Ctx {
   const unsigned long long* bufs;
@@ -115,9 +120,9 @@ template <bool kMax>
 __device__ float block_reduce(float v, float* red) {
   v = kMax ? warp_max(v) : warp_sum(v);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();
+  block_sync();
   if (lane == 0) red[warp] = v;
-  __syncthreads();
+  block_sync();
   float t = kMax ? NEG_INF : 0.f;
   for (int w = 0; w < NWARPS; ++w) t = kMax ? fmaxf(t, red[w]) : t + red[w];
   return t;
@@ -134,9 +139,9 @@ __device__ void block_argmax(float& v, int& i, float* red) {
     int oi = __shfl_xor_sync(0xffffffffu, i, o);
     if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
   }
-  __syncthreads();
+  block_sync();
   if (lane == 0) { red[warp] = v; reinterpret_cast<int*>(red)[32 + warp] = i; }
-  __syncthreads();
+  block_sync();
   if (threadIdx.x == 0) {
     for (int w = 1; w < NWARPS; ++w) {
       float ov = red[w];

@@ -67,7 +67,7 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
       acc[i] += to_f(b[row0 + i]);
       if (e.pair_offset) acc[rows + i] += to_f(b[e.pair_offset + row0 + i]);
     }
-    __syncthreads();
+    block_sync();
   }
   float* out = buf<float>(c, e.out);
   const long long lo = (long long)e.out_off + row0;
@@ -129,7 +129,7 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
       }
       const int lane = tid & 31, warp = tid >> 5;
       for (int i = tid; i < rows; i += AMK_THREADS) acc[i] = rnd(acc[i]);
-      __syncthreads();
+      block_sync();
       const int h0 = row0 / AMK_HEAD_DIM, nh = rows / AMK_HEAD_DIM;
       for (int h = warp; h < nh; h += NWARPS) rope_head(c, e, acc + h * AMK_HEAD_DIM, h0 + h, lane);
       break;

@@ -22,7 +22,7 @@ DEFAULT_CACHE = object()  # MegakernelVM(cache=...): the process-wide amk.cache;
 
 
 KERNEL_PARTS = ("base.cuh", "epilogue.cuh", "matvec.cuh", "attention.cuh", "attention_partitions.cuh",
-                "weight_ring.cuh", "megakernel.cu")
+                "pipeline.cuh", "megakernel.cu")
 
 
 def kernel_source() -> str:

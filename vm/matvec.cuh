@@ -19,40 +19,6 @@ __device__ __forceinline__ float dot_vec(const uint4& raw, const float* x, float
   return acc;
 }
 
-// Weight-ring path: NR units at once, LOADS_IN_FLIGHT 16-byte vectors per unit per lane before any use. A
-// unit is `n` consecutive weight vectors of one row (rp[r]) against the staged input from xp[r]. out[r]
-// gets the warp-reduced dot. kShared: the weights sit in the shared-memory ring, else in global memory.
-template <int NR, bool kShared>
-__device__ __forceinline__ void dot_units(const uint4* const* rp, const float* const* xp, int n, int lane, float* out) {
-  float acc[NR];
-#pragma unroll
-  for (int r = 0; r < NR; ++r) acc[r] = 0.f;
-  int v = lane;
-  for (; v + (AMK_LOADS_IN_FLIGHT - 1) * 32 < n; v += AMK_LOADS_IN_FLIGHT * 32) {
-    uint4 raw[NR][AMK_LOADS_IN_FLIGHT];
-#pragma unroll
-    for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u)
-#pragma unroll
-      for (int r = 0; r < NR; ++r) raw[r][u] = kShared ? rp[r][v + u * 32] : __ldg(rp[r] + v + u * 32);
-#pragma unroll
-    for (int u = 0; u < AMK_LOADS_IN_FLIGHT; ++u)
-#pragma unroll
-      for (int r = 0; r < NR; ++r) acc[r] = dot_vec(raw[r][u], xp[r] + (v + u * 32) * VEC, acc[r]);
-  }
-  for (; v < n; v += 32) {
-#pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      float f[VEC];
-      unpack(kShared ? rp[r][v] : __ldg(rp[r] + v), f);
-      const float* x = xp[r] + v * VEC;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[r] = fmaf(f[e], x[e], acc[r]);
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < NR; ++r) out[r] = warp_sum(acc[r]);
-}
-
 // Split each row into S chunks (S divides the row's vectors, chunks at least a warp wide) so that there
 // are enough units to keep every warp streaming ROWS_IN_FLIGHT units at once.
 __device__ __forceinline__ int row_chunks(int R, int nvec) {
@@ -256,67 +222,24 @@ __device__ __forceinline__ void walk_dot(const MatvecWalk& w, int g, int it, con
   });
 }
 
-#ifndef AMK_ASYNC_STEPS
-#define AMK_ASYNC_STEPS 0
-#endif
-#if AMK_ASYNC_STEPS > 0
-// The cp.async ring (build.async_steps): AMK_ASYNC_STEPS slots of one step each, at AMK_RING_OFFSET. A thread
-// copies and later reads only its own vectors, so the ring needs no barrier: cp.async.wait_group alone makes
-// a thread's copies visible to it.
-#define STEP_VECS (AMK_ROWS_IN_FLIGHT * AMK_LOADS_IN_FLIGHT)
-
-__device__ __forceinline__ uint4* async_vec(const Ctx& c, int slot, int v) {
-  return reinterpret_cast<uint4*>(reinterpret_cast<char*>(c.smem) + AMK_RING_OFFSET) +
-         ((slot * STEP_VECS + v) * AMK_THREADS + threadIdx.x);  // consecutive threads, consecutive vectors
-}
-
-// Copy step (g, it) into `slot` and close its group; a step past the end closes an empty group, so that
-// there is always one group per step and wait_group(AMK_ASYNC_STEPS - 1) means "the oldest step is in".
-__device__ __forceinline__ void walk_issue(const Ctx& c, const MatvecWalk& w, int g, int it, bool live, int slot) {
-  if (live)
-    step_vectors(w, g, it, [&](int r, int k, int u, int v, bool ok) {
-      if (ok) cp_async16(async_vec(c, slot, r * AMK_LOADS_IN_FLIGHT + k), unit_row(w, u) + v);
-    });
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-__device__ __forceinline__ void walk_next(const MatvecWalk& w, int& g, int& it) {
-  if (++it == w.iters) { it = 0; ++g; }
-}
-#endif
-
 // Register-path matvec. The first step's weight loads are issued before `wait_deps` (weights do not depend
 // on activations), so their latency hides behind the dependency wait and the input staging; after that the
 // next step's loads are always in flight while this one computes. Returns false when the step must stop.
 template <class WaitDeps>
 __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_deps) {
   const MatvecWalk w = matvec_walk(c, p);
-#if AMK_ASYNC_STEPS > 0
-  int ig = 0, iit = 0;  // the next step to copy: the first AMK_ASYNC_STEPS go before the wait
-#pragma unroll
-  for (int s = 0; s < AMK_ASYNC_STEPS; ++s) {
-    walk_issue(c, w, ig, iit, s < w.steps, s);
-    walk_next(w, ig, iit);
-  }
-#else
   uint4 cur[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT], nxt[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT];
   if (w.steps > 0) walk_load(w, 0, 0, cur);
-#endif
   NormWeights nw;
   load_norm_weights(c, p, nw);
-  if (!wait_deps()) {
-#if AMK_ASYNC_STEPS > 0
-    cp_async_wait<0>();  // no copy may still land in this block's shared memory once it has left
-#endif
-    return false;
-  }
+  if (!wait_deps()) return false;
   PHASE_START();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int R = computed_rows(p), S = 1 << w.sbits;
   float* xs = stage_input(c, p, __ldg(c.cols + p.weight), nw);
   float* acc_s = xs + p.klen + ((4 - (p.klen & 3)) & 3);
   float* part = S > 1 ? acc_s + ((R + 3) & ~3) : acc_s;  // per-unit partial sums when rows are split
-  __syncthreads();
+  block_sync();
   PHASE(0);
   float acc[AMK_ROWS_IN_FLIGHT];
 #pragma unroll
@@ -324,22 +247,8 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
   int g = 0, it = 0;
   for (int s = 0; s < w.steps; ++s) {
     const int ng = it + 1 == w.iters ? g + 1 : g, nit = it + 1 == w.iters ? 0 : it + 1;
-#if AMK_ASYNC_STEPS > 0
-    const int slot = s % AMK_ASYNC_STEPS;
-    cp_async_wait<AMK_ASYNC_STEPS - 1>();  // step s has landed
-    uint4 cur[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT];
-#pragma unroll
-    for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r)
-#pragma unroll
-      for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) cur[r][k] = *async_vec(c, slot, r * AMK_LOADS_IN_FLIGHT + k);
-    walk_dot(w, g, it, xs, cur, acc);
-    // the slot is read (the products above used it): refill it with the step AMK_ASYNC_STEPS on
-    walk_issue(c, w, ig, iit, s + AMK_ASYNC_STEPS < w.steps, slot);
-    walk_next(w, ig, iit);
-#else
     if (s + 1 < w.steps) walk_load(w, ng, nit, nxt);
     walk_dot(w, g, it, xs, cur, acc);
-#endif
     if (nit == 0) {  // the group's units are complete
 #pragma unroll
       for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
@@ -349,19 +258,14 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
         acc[r] = 0.f;
       }
     }
-#if AMK_ASYNC_STEPS == 0
 #pragma unroll
     for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r)
 #pragma unroll
       for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) cur[r][k] = nxt[r][k];
-#endif
     g = ng;
     it = nit;
   }
-#if AMK_ASYNC_STEPS > 0
-  cp_async_wait<0>();  // only empty groups remain; leave none open
-#endif
-  __syncthreads();
+  block_sync();
   PHASE(1);
   if (S > 1) {  // chunks of a row summed in a fixed order
     for (int r = tid; r < R; r += AMK_THREADS) {
@@ -369,7 +273,7 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
       for (int k = 0; k < S; ++k) s += part[r * S + k];
       acc_s[r] = s;
     }
-    __syncthreads();
+    block_sync();
   }
   epilogue(c, p.epi, p.row0, p.rows, acc_s);
   PHASE(2);
@@ -387,7 +291,7 @@ __device__ void op_epilogue(const Ctx& c, const EpilogueTaskParams& p) {
     for (int k = 0; k < p.splits; ++k) s += ldcg(src + (long long)k * p.stride + row);  // unrolled: loads in flight
     acc[i] = s;
   }
-  __syncthreads();
+  block_sync();
   epilogue(c, p.epi, p.row0, p.rows, acc);
 }
 

@@ -1,5 +1,5 @@
 // AMK persistent decode megakernel: synchronisation and the main loop. The loader concatenates base.cuh,
-// epilogue.cuh, matvec.cuh, attention.cuh, attention_partitions.cuh, weight_ring.cuh and this file after the
+// epilogue.cuh, matvec.cuh, attention.cuh, attention_partitions.cuh, pipeline.cuh and this file after the
 // generated ABI header.
 // ---- synchronisation ---------------------------------------------------------------------------
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
@@ -86,18 +86,16 @@ __device__ void prefetch_weights(const Ctx& c, const int* ins, int lane) {
   }
 }
 
-extern "C" __global__ void __launch_bounds__(AMK_THREADS, 1)
+extern "C" __global__ void __launch_bounds__(AMK_BLOCK_THREADS, 1)
 amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, const unsigned long long* __restrict__ bufs,
                const int* __restrict__ cols, unsigned* counters, const int* __restrict__ producers, int* control,
                long long timeout_ns, unsigned long long* trace) {
-  extern __shared__ __align__(128) float smem[];  // 128: bulk copies into the weight ring stream at full rate only into 128-byte aligned slots
+  extern __shared__ __align__(128) float smem[];  // 128: bulk copies into the pages stream at full rate only into 128-byte aligned pages
   __shared__ int s_ins[2][AMK_INSTR_WORDS];
   __shared__ float s_red[64];
   __shared__ int s_stop;
   __shared__ unsigned long long s_prof[4];
-#if AMK_WEIGHT_RING_KB > 0
-  __shared__ __align__(8) unsigned long long s_full[RING_SLOTS];
-#endif
+  __shared__ SeenCounters seen;
   const int tid = threadIdx.x;
   Ctx c;
   c.bufs = bufs;
@@ -109,20 +107,27 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
   c.pos = __ldcg(reinterpret_cast<const int*>(bufs[AMK_POS_BUF]));
   const unsigned epoch = (unsigned)__ldcg(control + CTRL_EPOCH);
   const int begin = qstarts[blockIdx.x], end = qstarts[blockIdx.x + 1];
-  __shared__ SeenCounters seen;
   if (tid == 0) seen.clear();
-  int executed = 0;
-#if AMK_WEIGHT_RING_KB > 0
-  WeightRing ring;
-  ring_init(ring, s_full, smem, begin);
-#define LEAVE_EARLY() do { if (tid == 0) ring_drain(ring, control, ins[1], timeout_ns); return; } while (0)
+#if AMK_PAGES > 0
+  __shared__ __align__(8) PipeState ps;
+  char* ring = reinterpret_cast<char*>(smem) + AMK_RING_OFFSET;
+  if (tid == 0) pipe_init(ps, begin);
+  int tail = 0;  // pages consumed this step
+#define LEAVE_EARLY() do { if (tid == 0) ps.abort = 1; return; } while (0)
 #else
 #define LEAVE_EARLY() return
 #endif
   if (begin < end)
-    for (int k = tid; k < AMK_INSTR_WORDS; k += AMK_THREADS) s_ins[0][k] = instrs[(long long)begin * AMK_INSTR_WORDS + k];
-  __syncthreads();
-#if AMK_WEIGHT_RING_KB == 0 && AMK_PIPELINE_DEPTH > 0
+    for (int k = tid; k < AMK_INSTR_WORDS; k += AMK_BLOCK_THREADS) s_ins[0][k] = instrs[(long long)begin * AMK_INSTR_WORDS + k];
+  __syncthreads();  // the last barrier of the whole block: from here the producer warp runs on its own
+#if AMK_PAGES > 0
+  if (tid >= AMK_THREADS) {
+    if (tid == AMK_THREADS) produce(c, instrs, begin, end, ps, ring, control, timeout_ns);
+    return;
+  }
+#endif
+  int executed = 0;
+#if AMK_PAGES == 0 && AMK_PIPELINE_DEPTH > 0
   int prefetched = begin;  // instructions whose weights the L2 prefetch has already asked for
 #endif
   for (int i = begin; i < end; ++i) {
@@ -133,9 +138,8 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     // the next instruction's words arrive while this one runs
     const int nxt = (tid < AMK_INSTR_WORDS && i + 1 < end) ? instrs[(long long)(i + 1) * AMK_INSTR_WORDS + tid] : 0;
     const void* prm = ins + AMK_PARAM_BASE;
-#if AMK_WEIGHT_RING_KB > 0
-    // the next AMK_PIPELINE_DEPTH tasks' weights may load before their dependencies are met
-    if (tid == 0) ring_pump(ring, c, instrs, end, i - 1 + AMK_PIPELINE_DEPTH);
+#if AMK_PAGES > 0
+    if (tid == 0) ps.cur = i;  // the producer may now run AMK_PIPELINE_DEPTH tasks past this one
 #elif AMK_PIPELINE_DEPTH > 0
     // weights do not depend on activations: stream the next instructions' weights into L2 before waiting
     if (tid < 32) {
@@ -144,24 +148,24 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     }
     prefetched = max(prefetched, min(end, i + 1 + AMK_PIPELINE_DEPTH));
 #endif
-    // Thread 0 waits for the task's dependencies; every thread then sees them met (or the stop flag).
+    // Thread 0 waits for the task's dependencies; every consumer thread then sees them met (or the stop flag).
     auto wait_deps = [&]() -> bool {
-      if (tid == 0) {
-        s_stop = wait_all(ins, counters, producers, epoch, control, timeout_ns, seen) ? 0 : 1;
-#if AMK_WEIGHT_RING_KB > 0
-        if (!s_stop) ring_pump(ring, c, instrs, end, i + AMK_PIPELINE_DEPTH);
-#endif
-      }
-      __syncthreads();
+      if (tid == 0) s_stop = wait_all(ins, counters, producers, epoch, control, timeout_ns, seen) ? 0 : 1;
+      block_sync();
 #if AMK_TRACE
       t1 = global_ns();
 #endif
       return s_stop == 0;
     };
     // Only the opcodes this program uses are compiled in (AMK_USES_*); any other is a bad instruction.
-#if AMK_WEIGHT_RING_KB == 0 && AMK_USES_MATVEC
-    if (ins[0] == OP_MATVEC) {  // issues its first weight loads before it waits
+#if AMK_USES_MATVEC
+    if (ins[0] == OP_MATVEC) {  // its weights load before it waits: in registers, or into the pages
+#if AMK_PAGES > 0
+      if (!op_matvec_paged(c, *reinterpret_cast<const MatvecParams*>(prm), wait_deps, ps, ring, tail, control, ins[1],
+                           timeout_ns)) LEAVE_EARLY();
+#else
       if (!op_matvec(c, *reinterpret_cast<const MatvecParams*>(prm), wait_deps)) LEAVE_EARLY();
+#endif
     } else
 #endif
 #if AMK_USES_ATTN_SCORES
@@ -188,12 +192,6 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
 #if AMK_USES_RMSNORM
         case OP_RMSNORM: op_rmsnorm(c, *reinterpret_cast<const RmsNormParams*>(prm)); break;
 #endif
-#if AMK_WEIGHT_RING_KB > 0 && AMK_USES_MATVEC
-        case OP_MATVEC:
-          op_matvec_ring(c, *reinterpret_cast<const MatvecParams*>(prm), ring, instrs, end, i + AMK_PIPELINE_DEPTH,
-                         control, ins[1], timeout_ns);
-          break;
-#endif
 #if AMK_USES_EPILOGUE
         case OP_EPILOGUE: op_epilogue(c, *reinterpret_cast<const EpilogueTaskParams*>(prm)); break;
 #endif
@@ -215,7 +213,7 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
       }
     }
     if (tid < AMK_INSTR_WORDS) s_ins[(i - begin + 1) & 1][tid] = nxt;
-    __syncthreads();
+    block_sync();
     if (tid == 0) {
       // red.release after the barrier publishes every thread's writes of this task (cumulativity)
       for (int k = 0; k < ins[3]; ++k) red_release(counters + ins[AMK_SIGNAL_BASE + k]);

@@ -11,7 +11,7 @@ import amk
 from amk.eval.oracle import make_vm, verify
 from amk.schedule import ScheduleConfig, detect_target
 from amk.schedule.config import iter_knobs, with_value
-from amk.schedule.errors import VmError
+from amk.schedule.errors import AmkError, VmError
 from amk.schedule.program import Wait
 from amk.schedule.smem import max_dynamic_smem
 from amk.schedule.space import conflicts
@@ -29,8 +29,8 @@ def _model(name, dtype):
     return amk.load_model(name, dtype=dtype, device="cuda")
 
 
-def random_config(rng: random.Random, target) -> ScheduleConfig:
-    """A random point of the search space the lowering accepts (no knob conflicts)."""
+def random_config(rng: random.Random, target, model, max_seq: int) -> ScheduleConfig:
+    """A random point of the search space that lowers and validates for `model` on `target`."""
     while True:
         cfg = ScheduleConfig()
         for path, f, _ in iter_knobs():
@@ -39,8 +39,13 @@ def random_config(rng: random.Random, target) -> ScheduleConfig:
                 continue
             values = [v for v in values if path != "smem_per_block" or v <= max_dynamic_smem(target.smem_per_block_max)]
             cfg = with_value(cfg, path, rng.choice(values))
-        if not conflicts(cfg):
-            return cfg
+        if conflicts(cfg):
+            continue
+        try:
+            if amk.validate(amk.lower(model, target, cfg, max_seq=max_seq), target).ok:
+                return cfg
+        except AmkError:
+            continue
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -65,7 +70,7 @@ def test_twenty_random_configs_verify(name, target):
     rng = random.Random(7)
     model = _model(name, "fp32")
     for i in range(20):
-        cfg = random_config(rng, target)
+        cfg = random_config(rng, target, model, 128)
         prog = amk.lower(model, target, cfg, max_seq=128)
         assert amk.validate(prog, target).ok
         res = verify(prog, model, device="cuda", vm="cuda", cases="reduced")
@@ -157,36 +162,39 @@ def _verify_configs(model, target, configs) -> None:
         assert res.ok, (cfg, res.to_dict()["failures"])
 
 
-RING_CONFIGS = [  # the weight ring path: rows that fit a slot, rows cut into slot-wide pieces, k-splits
-    {"build": {"weight_ring_kb": 128}, "smem_per_block": 200 * 1024, "pipelining_depth": 2},
-    {"build": {"weight_ring_kb": 32, "rows_in_flight": 1}, "smem_per_block": 96 * 1024, "pipelining_depth": 0},
-    {"build": {"weight_ring_kb": 64}, "smem_per_block": 160 * 1024, "pipelining_depth": 4,
+PIPELINE_CONFIGS = [  # weight pages: whole rows a page and rows cut into pages, k-splits, depths, page sizes
+    {"pipeline": {"pages": 2, "page_kb": 8}, "pipelining_depth": 0},
+    {"pipeline": {"pages": 4, "page_kb": 16}, "pipelining_depth": 2,
      "matvec": {"down": {"rows_per_task": 8, "k_splits": 2}, "gate_up": {"rows_per_task": 128}}},
+    {"pipeline": {"pages": 10, "page_kb": 16}, "smem_per_block": 223 * 1024, "pipelining_depth": 8,
+     "threads_per_block": 256, "matvec": {"qkv": {"head_splits": 2}}},
+    {"pipeline": {"pages": 3, "page_kb": 32}, "smem_per_block": 160 * 1024, "pipelining_depth": 4,
+     "attention": {"softmax": "partition", "kv_partitions": 8}, "matvec": {"lm_head": {"k_splits": 2}}},
 ]
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m"])
-def test_weight_ring_configs_verify(name, dtype, target):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m", "qwen3-0.6b"])
+def test_weight_pipeline_configs_verify(name, dtype, target):
     if int(target.arch.split("_")[1]) < 90:
-        pytest.skip("the weight ring needs bulk copies (sm_90+)")
-    _verify_configs(_model(name, dtype), target, RING_CONFIGS)
+        pytest.skip("the weight pipeline needs bulk copies (sm_90+)")
+    if name == "qwen3-0.6b" and dtype != "fp32":
+        pytest.skip("qwen3-0.6b runs in fp32 here: its 12 KiB down-projection rows are cut into 8 KiB pages")
+    _verify_configs(_model(name, dtype), target, PIPELINE_CONFIGS)
 
 
-STREAM_CONFIGS = [  # the cp.async ring and split QKV heads, alone and together, at a few step shapes
-    {"build": {"async_steps": 2}, "smem_per_block": 160 * 1024},
-    {"build": {"async_steps": 4, "rows_in_flight": 2, "loads_in_flight": 2}, "smem_per_block": 200 * 1024,
-     "matvec": {"down": {"rows_per_task": 8, "k_splits": 2}}},
+SPLIT_HEAD_CONFIGS = [  # split QKV heads at a few step shapes of the register path
     {"matvec": {"qkv": {"head_splits": 2}}, "sm": {"assignment": "list_scheduling"},
      "build": {"rows_in_flight": 2, "loads_in_flight": 2}},
-    {"matvec": {"qkv": {"head_splits": 4}}, "build": {"async_steps": 2}, "smem_per_block": 160 * 1024},
+    {"matvec": {"qkv": {"head_splits": 4}, "down": {"rows_per_task": 8, "k_splits": 2}},
+     "build": {"rows_in_flight": 4, "loads_in_flight": 1}},
 ]
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m"])
-def test_async_ring_and_split_head_configs_verify(name, dtype, target):
-    _verify_configs(_model(name, dtype), target, STREAM_CONFIGS)
+def test_split_head_configs_verify(name, dtype, target):
+    _verify_configs(_model(name, dtype), target, SPLIT_HEAD_CONFIGS)
 
 
 PARTITION_CONFIGS = [  # one task per partition under its own softmax, then a rescaling combine

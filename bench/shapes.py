@@ -1,0 +1,77 @@
+"""Public Llama-family shapes, saved with seeded random weights to local directories and loaded by path, as a
+user with their own checkpoint would. The dimensions are those of the published configs (config.json of
+each model card); nothing else of those models is used.
+
+    python bench/shapes.py --out /tmp/shapes tinyllama-1.1b qwen2.5-0.5b     # prints one directory a line
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+# name -> (transformers config class name, its fields). Group sizes 3, 4, 7, 8 (and 2); head_dim 64 and 128;
+# tied and untied heads; vocabularies from 32k to 152k; 16 to 36 layers; 0.1B to 3B parameters.
+SHAPES: dict[str, tuple[str, dict]] = {
+    "smollm2-135m": ("LlamaConfig", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                         tie_word_embeddings=True, rope_theta=100000.0, max_position_embeddings=8192,
+                                         rms_norm_eps=1e-5)),
+    "qwen2.5-0.5b": ("Qwen2Config", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                         tie_word_embeddings=True, rope_theta=1000000.0, max_position_embeddings=32768,
+                                         rms_norm_eps=1e-6)),
+    "tinyllama-1.1b": ("LlamaConfig", dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                                           num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+                                           tie_word_embeddings=False, max_position_embeddings=2048, rms_norm_eps=1e-5)),
+    "llama-3.2-1b": ("LlamaConfig", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
+                                         tie_word_embeddings=True, rope_theta=500000.0, max_position_embeddings=131072,
+                                         rms_norm_eps=1e-5,
+                                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
+    "qwen3-1.7b": ("Qwen3Config", dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                                       tie_word_embeddings=True, rope_theta=1000000.0, max_position_embeddings=40960,
+                                       rms_norm_eps=1e-6)),
+    "qwen2.5-3b": ("Qwen2Config", dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                                       num_attention_heads=16, num_key_value_heads=2, vocab_size=151936,
+                                       tie_word_embeddings=True, rope_theta=1000000.0, max_position_embeddings=32768,
+                                       rms_norm_eps=1e-6)),
+}
+
+
+def save_shape(name: str, root: Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+               device: str = "cpu") -> Path:
+    """Write `name`'s config and seeded random weights (safetensors) to root/name; returns the directory. A
+    directory that already holds a config is reused."""
+    import transformers
+
+    out = Path(root) / name
+    if (out / "config.json").exists():
+        return out
+    cls_name, fields = SHAPES[name]
+    cfg = getattr(transformers, cls_name)(**fields)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", default=list(SHAPES), help=f"shapes to save (default: all of {list(SHAPES)})")
+    ap.add_argument("--out", required=True, help="folder to save the shapes under")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where the random weights are drawn (a GPU draws a 3B model in seconds)")
+    args = ap.parse_args()
+    for name in args.names:
+        print(save_shape(name, Path(args.out), args.seed, device=args.device), flush=True)
+
+
+if __name__ == "__main__":
+    main()

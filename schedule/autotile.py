@@ -1,0 +1,92 @@
+"""Tiling from the shape: the default task split of every stage, derived from the model's dimensions and the
+GPU's SM count, so that each stage keeps every SM streaming whatever the model.
+
+A stage of T tasks on N SMs takes ceil(T / N) rounds; a round costs its task's weight bytes over one SM's
+share of the bandwidth plus a fixed cost a task pays whatever its size (dependency wait, input staging,
+epilogue and signal: about 1.5 us on an H100 or H200, read off bench/trace.py's per-stage exec times). Each
+split below minimises that estimate over its candidates. Nothing here names a model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .graph import ModelDims
+from .targets import GpuTarget
+
+TASK_FIXED_US = 1.5  # per-task cost besides its bytes (see the module docstring)
+LM_HEAD_TASK_BYTES = 1 << 20  # LM-head tasks stay near 1 MiB: several a SM, so the last ones balance the SMs
+MIN_PARTITION_POSITIONS = 32  # a KV partition below this many positions costs more to combine than it saves
+MAX_KV_PARTITIONS = 64
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The derived split of one model on one GPU (the values the config's derived knobs take)."""
+
+    o_rows: int
+    gate_up_rows: int
+    down_rows: int
+    lm_head_rows: int
+    qkv_head_splits: int
+    kv_partitions: int
+
+
+def _sm_bytes_per_us(target: GpuTarget) -> float:
+    return target.spec_bandwidth_gbs * 1e3 / max(1, target.sm_count)
+
+
+def stage_us(tasks: int, task_bytes: float, target: GpuTarget) -> float:
+    """Estimated time of a stage of `tasks` equal tasks of `task_bytes` each (see the module docstring)."""
+    rounds = math.ceil(tasks / max(1, target.sm_count))
+    return rounds * (task_bytes / _sm_bytes_per_us(target) + TASK_FIXED_US)
+
+
+def matvec_rows(rows: int, row_bytes: int, target: GpuTarget) -> int:
+    """Rows a task of a matvec with `rows` output rows of `row_bytes` weight bytes each (paired rows counted
+    in row_bytes): the fewest rounds of the fewest bytes, preferring fewer tasks on a tie."""
+    best, best_rows = math.inf, rows
+    n = target.sm_count
+    for rounds in range(1, 65):
+        per = -(-rows // (n * rounds))  # the smallest task that needs no more than `rounds` rounds
+        t = stage_us(-(-rows // per), per * row_bytes, target)
+        if t < best - 1e-9:
+            best, best_rows = t, per
+    return best_rows
+
+
+def qkv_head_splits(dims: ModelDims, row_bytes: int, target: GpuTarget, can_split: bool) -> int:
+    """Splits of each q/k/v head (RoPE pairs stay together) that minimise the QKV stage's estimate."""
+    heads = dims.n_heads + 2 * dims.n_kv_heads
+    splits = [1]
+    while can_split and splits[-1] * 2 <= dims.head_dim // 2 and (dims.head_dim // 2) % (splits[-1] * 2) == 0:
+        splits.append(splits[-1] * 2)
+    return min(splits, key=lambda s: (stage_us(heads * s, dims.head_dim // s * row_bytes, target), s))
+
+
+def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int) -> int:
+    """A power of two that gives about one attention task per SM, with partitions of at least
+    MIN_PARTITION_POSITIONS positions."""
+    p = 1
+    while (2 * p * dims.n_kv_heads <= target.sm_count and 2 * p <= MAX_KV_PARTITIONS
+           and max_seq // (2 * p) >= MIN_PARTITION_POSITIONS):
+        p *= 2
+    return p
+
+
+def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int, split_heads_ok: bool) -> Tiling:
+    """The shape-derived split. `nbytes`: bytes of one weight; `split_heads_ok`: whether QKV heads may be split
+    (not with a q/k norm fused into the QKV epilogue, which needs whole heads)."""
+    h, i, v = dims.hidden, dims.intermediate, dims.vocab
+    lm_rows = max(1, LM_HEAD_TASK_BYTES // (h * nbytes))
+    lm_tasks = -(-v // lm_rows)
+    lm_tasks = -(-lm_tasks // target.sm_count) * target.sm_count  # whole rounds
+    return Tiling(
+        o_rows=matvec_rows(h, dims.n_heads * dims.head_dim * nbytes, target),
+        gate_up_rows=matvec_rows(i, 2 * h * nbytes, target),
+        down_rows=matvec_rows(h, i * nbytes, target),
+        lm_head_rows=-(-v // lm_tasks),
+        qkv_head_splits=qkv_head_splits(dims, h * nbytes, target, split_heads_ok),
+        kv_partitions=kv_partitions(dims, target, max_seq),
+    )

@@ -1,0 +1,262 @@
+// ---- weight pipeline: a producer warp streams matvec weights through a ring of shared-memory pages -----
+// With pipeline.pages > 0 the block's last warp is a producer. One lane walks the SM's queue ahead of the
+// consumer warps and copies the weight tile of every matvec task into the next free page with a bulk copy
+// (cp.async.bulk, sm_90+) that completes on the page's `full` mbarrier. Weights never depend on activations,
+// so a task's pages load before its dependency wait, and the producer runs on across task and stage
+// boundaries, up to AMK_PIPELINE_DEPTH tasks ahead of the consumers, as far as free pages allow. Each
+// consumer warp arrives on a page's `empty` mbarrier as soon as it has read it; the producer refills a page
+// once every consumer warp has. There is no block-wide barrier per page.
+#if AMK_PAGES > 0
+#define PAGE_BYTES AMK_PAGE_BYTES
+#define PAGE_ELEMS (PAGE_BYTES / (int)sizeof(wtype))
+#define UNIT_VECS 128  // 16-byte vectors one (row, chunk) unit aims at: four per lane, loaded together
+
+// How a matvec task's weight tile is cut into pages, the same in the producer and the consumers.
+// Whole rows of the slice when one fits a page (rpp rows a page), else each row cut into cpr page-wide
+// pieces. Inside a page, a row is cut into S chunks of `per` vectors; (page, row, chunk) is a unit, and the
+// units of a task go round the consumer warps in order, so that pages of few rows still use every warp.
+struct PageTiling {
+  int R;      // computed rows (main rows, then the paired rows)
+  int rpp;    // rows a page
+  int cpr;    // pages a row
+  int pages;  // pages of the task
+  int S;      // chunks a (row, page)
+  int per;    // vectors a chunk
+};
+
+__device__ __forceinline__ PageTiling page_tiling(const MatvecParams& p) {
+  PageTiling t;
+  t.R = computed_rows(p);
+  if (p.klen <= PAGE_ELEMS) {
+    t.rpp = min(t.R, PAGE_ELEMS / p.klen);
+    t.cpr = 1;
+    t.pages = (t.R + t.rpp - 1) / t.rpp;
+  } else {
+    t.rpp = 1;
+    t.cpr = (p.klen + PAGE_ELEMS - 1) / PAGE_ELEMS;
+    t.pages = t.R * t.cpr;
+  }
+  const int nvec = min(p.klen, PAGE_ELEMS) / VEC;
+  t.S = max(1, nvec / UNIT_VECS);
+  t.per = (nvec + t.S - 1) / t.S;
+  return t;
+}
+
+// Page q of a task: computed rows [r0, r0 + nr) x columns [c0, c0 + nc) of the slice, row-major.
+struct PagePiece { int r0, nr, col, c0, nc; };
+
+__device__ __forceinline__ PagePiece page_piece(const PageTiling& t, const MatvecParams& p, int q) {
+  PagePiece g;
+  if (t.cpr == 1) {
+    g.r0 = q * t.rpp; g.nr = min(t.rpp, t.R - g.r0); g.col = 0; g.c0 = 0; g.nc = p.klen;
+  } else {
+    g.r0 = q / t.cpr; g.nr = 1; g.col = q - g.r0 * t.cpr; g.c0 = g.col * PAGE_ELEMS;
+    g.nc = min(PAGE_ELEMS, p.klen - g.c0);
+  }
+  return g;
+}
+
+// Shared state of the pipeline (static shared memory).
+struct PipeState {
+  unsigned long long full[AMK_PAGES];   // completed by the bytes of the page's copy
+  unsigned long long empty[AMK_PAGES];  // completed by one arrival of every consumer warp
+  volatile int cur;    // queue index of the task the consumers are on
+  volatile int abort;  // the consumers left the step early: the producer stops issuing
+};
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// acc + the dot of a 16-byte weight vector with a 16-byte input vector of the same dtype.
+__device__ __forceinline__ float dot_pair(const uint4& w, const uint4& x, float acc) {
+  float fw[VEC], fx[VEC];
+  unpack(w, fw);
+  unpack(x, fx);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc = fmaf(fw[e], fx[e], acc);
+  return acc;
+}
+
+// One 16-byte vector of a page. Explicit: through a reference, the compiler unpacks a page vector with eight
+// 2-byte shared loads, each with a 4-way bank conflict.
+__device__ __forceinline__ uint4 lds128(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(smem_u32(p)));
+  return v;
+}
+
+__device__ __forceinline__ bool mbar_test(unsigned bar, unsigned parity) {
+  unsigned ok;
+  asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+               : "=r"(ok) : "r"(bar), "r"(parity) : "memory");
+  return ok != 0;
+}
+
+__device__ void pipe_init(PipeState& ps, int begin) {
+  for (int s = 0; s < AMK_PAGES; ++s) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_u32(&ps.full[s])) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_u32(&ps.empty[s])), "n"(NWARPS) : "memory");
+  }
+  ps.cur = begin;
+  ps.abort = 0;
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// A bounded wait for the phase of `bar` with `parity` to complete. False on a time-out (recorded as the
+// task's error) or when another block has already failed; the caller carries on so that the warps of the
+// block stay in step, and the next dependency wait stops the step.
+__device__ bool page_wait(unsigned bar, unsigned parity, int* control, int task, long long timeout_ns) {
+  if (mbar_test(bar, parity)) return true;
+  unsigned long long start = 0;
+  for (unsigned spins = 1;; ++spins) {
+    if (mbar_test(bar, parity)) return true;
+    if ((spins & 255u) == 0) {
+      if (*((volatile int*)(control + CTRL_ERR)) != 0) return false;
+      const unsigned long long now = global_ns();
+      if (start == 0) start = now;
+      else if ((long long)(now - start) > timeout_ns) {
+        if (atomicCAS(control + CTRL_ERR, 0, ERR_TIMEOUT) == 0) { control[CTRL_ERR_TASK] = task; control[CTRL_ERR_DETAIL] = -1; }
+        return false;
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               :: "r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+
+// Producer, one lane: the copies of page q of a task into `dst`, completing on `bar`. Whole rows of the full
+// width are two runs at most (the main rows, then the paired rows); anything else is a copy a row.
+__device__ __forceinline__ void issue_page(const MatvecParams& p, const PageTiling& t, const wtype* W, long long K,
+                                           int q, unsigned dst, unsigned bar) {
+  const PagePiece g = page_piece(t, p, q);
+  const unsigned row_bytes = g.nc * (unsigned)sizeof(wtype);
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(g.nr * row_bytes) : "memory");
+  const wtype* base = W + p.k0 + g.c0;
+  if (g.nc == K) {
+    const int rows = p.rows;
+    const int n1 = max(0, min(g.nr, rows - g.r0));  // main rows in this page
+    if (n1 > 0) bulk_copy(dst, base + ((long long)p.row0 + g.r0) * K, n1 * row_bytes, bar);
+    if (g.nr > n1) {
+      const long long first = (long long)p.epi.pair_offset + p.row0 + (g.r0 + n1 - rows);
+      bulk_copy(dst + n1 * row_bytes, base + first * K, (g.nr - n1) * row_bytes, bar);
+    }
+    return;
+  }
+  for (int k = 0; k < g.nr; ++k) {
+    const int lr = g.r0 + k;
+    const long long row = lr < p.rows ? (long long)p.row0 + lr : (long long)p.epi.pair_offset + p.row0 + (lr - p.rows);
+    bulk_copy(dst + k * row_bytes, base + row * K, row_bytes, bar);
+  }
+}
+
+// The producer lane's whole step: every matvec task of the queue [begin, end), in order. Before it reuses a
+// page it waits for the page's release; before it starts a task it waits until the consumers are no more than
+// AMK_PIPELINE_DEPTH tasks behind. On the consumers' early exit it stops issuing; either way it leaves only
+// once every copy it issued has landed (no copy may write into the shared memory of a block that has left).
+__device__ void produce(const Ctx& c, const int* __restrict__ instrs, int begin, int end, PipeState& ps,
+                        char* ring, int* control, long long timeout_ns) {
+  int seq = 0;
+  for (int i = begin; i < end && !ps.abort; ++i) {
+    const int* ins = instrs + (long long)i * AMK_INSTR_WORDS;
+    if (__ldg(ins) != OP_MATVEC) continue;
+    while (i - ps.cur > AMK_PIPELINE_DEPTH && !ps.abort) __nanosleep(64);
+    MatvecParams p;
+    int* pw = reinterpret_cast<int*>(&p);
+#pragma unroll
+    for (int k = 0; k < (int)(sizeof(MatvecParams) / sizeof(int)); ++k) pw[k] = __ldg(ins + AMK_PARAM_BASE + k);
+    const PageTiling t = page_tiling(p);
+    const wtype* W = buf<wtype>(c, p.weight);
+    const long long K = __ldg(c.cols + p.weight);
+    for (int q = 0; q < t.pages; ++q, ++seq) {
+      const int slot = seq % AMK_PAGES;
+      if (seq >= AMK_PAGES) {  // the consumers' release of the page's previous use
+        const unsigned bar = smem_u32(&ps.empty[slot]), parity = ((seq / AMK_PAGES) - 1) & 1;
+        // a back-off between polls: a tight loop of barrier tests and flag loads takes shared-memory issue
+        // slots from the consumers, whose page reads bound this pipeline
+        while (!mbar_test(bar, parity)) {
+          if (ps.abort) goto drain;
+          __nanosleep(32);
+        }
+      }
+      issue_page(p, t, W, K, q, smem_u32(ring + (long long)slot * PAGE_BYTES), smem_u32(&ps.full[slot]));
+    }
+  }
+drain:
+  for (int s = max(0, seq - AMK_PAGES); s < seq; ++s)
+    page_wait(smem_u32(&ps.full[s % AMK_PAGES]), (s / AMK_PAGES) & 1, control, -1, timeout_ns);
+}
+
+// Consumers: one matvec task from the pages. `tail` counts the pages consumed this step (every consumer thread
+// keeps the same count). Every warp waits for every page of the task, even one where it has no unit: a warp
+// may release a page only after the page's copy has landed, or its release could count towards the page's
+// previous use. Partial sums go to one slot per unit and are summed in a fixed order at the end.
+template <class WaitDeps>
+__device__ bool op_matvec_paged(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_deps, PipeState& ps,
+                                const char* ring, int& tail, int* control, int task, long long timeout_ns) {
+  NormWeights nw;
+  load_norm_weights(c, p, nw);
+  if (!wait_deps()) return false;
+  PHASE_START();
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const PageTiling t = page_tiling(p);
+  float* xs = stage_input(c, p, __ldg(c.cols + p.weight), nw);
+  float* acc = xs + p.klen + ((4 - (p.klen & 3)) & 3);
+  float* part = acc + ((t.R + 3) & ~3);
+#if AMK_DTYPE != DT_F32
+  // The input again in the weights' dtype, where every matvec input is exact (the staged values are rounded
+  // to it): one 16-byte load of it meets one 16-byte load of weights, with no bank conflict, where the float
+  // input took two loads at a 2-way conflict, and shared-memory bandwidth bounds this loop.
+  wtype* xw = reinterpret_cast<wtype*>(part + ((t.R * t.cpr * t.S + 3) & ~3));
+  block_sync();
+  for (int k = tid; k < p.klen; k += AMK_THREADS) xw[k] = from_f(xs[k]);
+  const uint4* xv = reinterpret_cast<const uint4*>(xw);
+#else
+  const uint4* xv = reinterpret_cast<const uint4*>(xs);
+#endif
+  block_sync();
+  PHASE(0);
+  const int upp = t.rpp * t.S;  // unit slots a page
+  int u = warp;                 // this warp's next unit, counted over the task
+  for (int q = 0; q < t.pages; ++q, ++tail) {
+    const int slot = tail % AMK_PAGES;
+    const PagePiece g = page_piece(t, p, q);
+#if AMK_TRACE
+    const long long w0 = clock64();
+#endif
+    page_wait(smem_u32(&ps.full[slot]), (tail / AMK_PAGES) & 1, control, task, timeout_ns);
+#if AMK_TRACE
+    if (tid == 0) c.prof[3] += clock64() - w0;
+#endif
+    const uint4* page = reinterpret_cast<const uint4*>(ring + (long long)slot * PAGE_BYTES);
+    const int nv = g.nc / VEC, lim = q * upp + g.nr * t.S;
+    for (; u < lim; u += NWARPS) {
+      const int lr = (u - q * upp) / t.S, ch = (u - q * upp) - lr * t.S;
+      const int v1 = min(nv, (ch + 1) * t.per);
+      const uint4* row = page + lr * nv;
+      const uint4* x = xv + g.c0 / VEC;
+      float a = 0.f;
+#pragma unroll 4
+      for (int v = ch * t.per + lane; v < v1; v += 32) a = dot_pair(lds128(row + v), lds128(x + v), a);
+      a = warp_sum(a);
+      if (lane == 0) part[((g.r0 + lr) * t.cpr + g.col) * t.S + ch] = a;
+    }
+    __syncwarp();
+    if (lane == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_u32(&ps.empty[slot])) : "memory");
+  }
+  block_sync();
+  PHASE(1);
+  const int n = t.cpr * t.S;
+  for (int r = tid; r < t.R; r += AMK_THREADS) {
+    float s = 0.f;
+    for (int k = 0; k < n; ++k) s += part[r * n + k];
+    acc[r] = s;
+  }
+  block_sync();
+  epilogue(c, p.epi, p.row0, p.rows, acc);
+  PHASE(2);
+  return true;
+}
+#endif
