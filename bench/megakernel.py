@@ -24,6 +24,17 @@ from amk.eval.roofline import Floor, measure_read_bandwidth
 from amk.schedule import ScheduleConfig, detect_target
 
 
+def _commit() -> str | None:
+    """HEAD of the checkout, or what the caller put in AMK_COMMIT (a copied tree without .git)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("AMK_COMMIT")
+
+
 def run_config(model, target, cfg: dict, max_seq: int, context: int, steps: int, cases: str) -> dict:
     row = {"config": cfg}
     try:
@@ -63,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     target = detect_target()
     env = {"device": torch.cuda.get_device_name(), "target": target.name, "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv), "commit": _commit()}
     bw = measure_read_bandwidth()
     model = amk.load_model(args.model, dtype=args.dtype, device="cuda")
     configs = json.load(open(args.configs)) if args.configs else [{}]
@@ -100,7 +111,8 @@ def main() -> None:
                           **floor.percent_of(best["latency_us"]),
                           "speedups": {k: v["latency_us"] / best["latency_us"] for k, v in peers.items() if "latency_us" in v}}
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"{time.strftime('%Y%m%d-%H%M%S')}_{target.name}_{args.model}_{args.dtype}.json")
+    label = os.path.basename(os.path.normpath(args.model))  # a checkpoint directory names the file by its last part
+    path = os.path.join(args.out, f"{time.strftime('%Y%m%d-%H%M%S')}_{target.name}_{label}_{args.dtype}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"\nread bandwidth {bw:.0f} GB/s; floor {floor.measured_us:.1f} us measured, {floor.spec_us:.1f} us spec")

@@ -167,7 +167,7 @@ PIPELINE_CONFIGS = [  # weight pages: whole rows a page and rows cut into pages,
     {"pipeline": {"pages": 4, "page_kb": 16}, "pipelining_depth": 2,
      "matvec": {"down": {"rows_per_task": 8, "k_splits": 2}, "gate_up": {"rows_per_task": 128}}},
     {"pipeline": {"pages": 10, "page_kb": 16}, "smem_per_block": 223 * 1024, "pipelining_depth": 8,
-     "threads_per_block": 256, "matvec": {"qkv": {"head_splits": 2}}},
+     "threads_per_block": 256, "matvec": {"o": {"rows_per_task": 8}, "gate_up": {"rows_per_task": 40}}},
     {"pipeline": {"pages": 3, "page_kb": 32}, "smem_per_block": 160 * 1024, "pipelining_depth": 4,
      "attention": {"softmax": "partition", "kv_partitions": 8}, "matvec": {"lm_head": {"k_splits": 2}}},
 ]
