@@ -123,7 +123,7 @@ class _Run:
         self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
         self.progress, self.cases, self.seed, self.max_seq = progress, cases, seed, max_seq
         self.settings = settings or SearchSettings()
-        self.evaluate_fn = evaluate_fn or _default_evaluate
+        self.evaluate_fn = evaluate_fn if evaluate_fn is not None else _default_evaluate
         self.should_stop = should_stop
         try:
             rows = read_rows(self.results)
