@@ -64,6 +64,16 @@ class TuningRecord:
     predicted_latency_us: float | None = None
     features: dict | None = field(default=None)
 
+    def __post_init__(self):
+        # built by hand from a verdict alone (the corpus's original API): the verdict fills what is unset
+        v = self.verdict
+        for name, key in (("latency_us", "latency_us"), ("latency_spread_us", "latency_spread_us"),
+                          ("predicted_latency_us", "predicted_latency_us")):
+            if getattr(self, name) is None and _num(v.get(key)) is not None:
+                object.__setattr__(self, name, _num(v.get(key)))
+        if self.latency_kind is None and v.get("latency_kind"):
+            object.__setattr__(self, "latency_kind", v.get("latency_kind"))
+
     @property
     def kind(self) -> str | None:
         return self.latency_kind
