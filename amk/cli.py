@@ -77,17 +77,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="calibrate the cost model from this corpus when it has measured rows (ignored if absent)")
     p.add_argument("--peers", action="store_true", help="time the peers (slow) for the speed-ups")
-    p = add("loop", "keep/revert search; appends to results.tsv and corpus.jsonl")
+    p = add("loop", "search: candidate rounds ranked by a cost model fitted to the tuning records, measured and "
+                    "kept only on a gain beyond the noise; appends to results.tsv and corpus.jsonl")
     _model_gpu(p)
     _run_opts(p)
-    p.add_argument("--budget", type=int, default=None, help="number of trials")
-    p.add_argument("--minutes", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", default="results.tsv")
-    p.add_argument("--corpus", default="corpus.jsonl")
-    p.add_argument("--resume", action="store_true", help="continue an existing results.tsv")
-    p.add_argument("--max-reverts", type=int, default=20)
+    p.add_argument("--config", default=None, help="start from this config (a JSON file, '-' or inline JSON; "
+                                                  "default: the corpus's best kept config, else the defaults)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="new trials this call adds, --resume included (re-measurements of the incumbent come on top; "
+                        "default: no limit)")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this many minutes (default: no limit)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the search (default: 0)")
+    p.add_argument("--results", default="results.tsv", help="results file, one row per trial (default: results.tsv)")
+    p.add_argument("--corpus", default="corpus.jsonl",
+                   help="tuning records, one per measurement, shared by every run (default: corpus.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue an existing results file")
+    p.add_argument("--max-reverts", type=int, default=20,
+                   help="trials in a row without a keep: they stop a run with neither --budget nor --minutes, and "
+                        "move a bounded run to another region (default: 20)")
     p.add_argument("--cases", default=None, choices=["full", "reduced"])
+    p.add_argument("--workers", type=int, default=1,
+                   help="measuring workers, one per GPU, through Ray (pip install 'amk[ray]'); default: 1, no Ray")
+    p.add_argument("--ray-address", default=None,
+                   help="a Ray cluster to run the workers on (default: a local Ray instance)")
+    p.add_argument("--builders", type=int, default=None,
+                   help="processes that lower, validate, price and compile the next candidates while one is "
+                        "measured (default: none on the CPU path, all cores but two on CUDA)")
     p = add("verify", "run every verify case; writes verify_result.json; exit 1 on any failed case")
     _model_gpu(p)
     _config_opt(p)
@@ -114,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default=None)
     p.add_argument("--config", default=None, help="config: file, '-' or inline JSON (default: the defaults)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    p = add("report", "summarise results.tsv (and the corpus); plots to PNG")
+    p = add("report", "summarise results.tsv and the tuning records; the best config; the search as PNG")
     p.add_argument("--results", default="results.tsv")
     p.add_argument("--corpus", default="corpus.jsonl")
     p.add_argument("--out-dir", default="report", help="where the PNG plots go")

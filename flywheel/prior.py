@@ -1,9 +1,11 @@
-"""A prior over knob moves, learned from corpus.jsonl: which `path=value` settings have paid off before.
+"""A prior over knob moves, learned from the tuning records (corpus.jsonl): which `path=value` settings have
+paid off before, on any model of this GPU.
 
-Score of a knob value = the mean relative improvement of the kept configs it was part of (its `change`
-moves when the loop recorded them, else its non-default knob values). The loop samples neighbours in
-proportion to 1 + GAIN * score (floored, so nothing is ever ruled out), and with probability `epsilon`
-uniformly, so a prior learned on another model cannot lock the search into its habits.
+Score of a knob value = the mean relative improvement over the incumbent of the trials it was part of, kept
+or not (their `change` moves when the loop recorded them, else their non-default knob values; a trial with no
+timed latency teaches nothing). The search draws mutation values and exploration picks in proportion to
+1 + GAIN * score (floored, so nothing is ever ruled out), and with probability `epsilon` uniformly, so a prior
+learned on another model cannot lock the search into its habits.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.space import Move, diff
+from amk.schedule.space import Move, diff, move_key
 
 from .corpus import CorpusEntry
 
@@ -46,8 +48,20 @@ class Prior:
         return cls({k: sums[k] / counts[k] for k in sums}, dict(counts), epsilon)
 
     def weight(self, move: Move) -> float:
-        score = self.scores.get(move.description)
+        return self.key_weight(move.description)
+
+    def key_weight(self, key: str) -> float:
+        score = self.scores.get(key)
         return 1.0 if score is None else max(MIN_WEIGHT, 1.0 + GAIN * score)
+
+    def move_weight(self, path: str, value) -> float:
+        """Weight of setting knob `path` to `value` (JSON form), for mutations."""
+        return self.key_weight(move_key(path, value))
+
+    def config_weight(self, change) -> float:
+        """Weight of a candidate made of several moves: the mean of theirs (1 for no move)."""
+        keys = [c for c in change if "=" in c]
+        return sum(self.key_weight(k) for k in keys) / len(keys) if keys else 1.0
 
     def choose(self, moves: Sequence[Move], rng: random.Random) -> Move:
         if not moves:

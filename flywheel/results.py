@@ -12,6 +12,13 @@ Columns (HARNESS.md documents them; never reorder, only append new ones at the e
   pct_of_floor  floor / latency, in percent
   speedup       incumbent latency / this latency
   description   what changed and why it was kept or not (tabs and newlines replaced)
+  program_fingerprint  the lowered program's fingerprint (what the VM executes, build knobs included):
+                the identity of a trial; never repeated for one model and GPU in one file (remeasure rows aside)
+  predicted_us  the cost model's latency for the program (a ranking aid, never a result)
+  spread_us     the stdev of the timed repeats (measured latencies only)
+
+A file written before the last three columns existed (LEGACY_COLUMNS) is read with them empty, and rows
+appended to it keep its own columns, so an old results.tsv can be resumed.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from pathlib import Path
 
 from .appendlog import append_lines, complete_lines, read_lines
 
-COLUMNS = ("trial", "time", "model", "gpu", "schedule_id", "status", "correct", "latency_us", "kind",
-           "pct_of_floor", "speedup", "description")
+LEGACY_COLUMNS = ("trial", "time", "model", "gpu", "schedule_id", "status", "correct", "latency_us", "kind",
+                  "pct_of_floor", "speedup", "description")
+COLUMNS = (*LEGACY_COLUMNS, "program_fingerprint", "predicted_us", "spread_us")
 HEADER = "\t".join(COLUMNS) + "\n"
+LEGACY_HEADER = "\t".join(LEGACY_COLUMNS) + "\n"
 
 
 class Status(str, Enum):
@@ -35,6 +44,7 @@ class Status(str, Enum):
     REJECTED = "rejected"  # the config did not parse, lower or validate
     FAIL = "fail"  # it ran and failed correctness (or the GPU failed)
     CRASH = "crash"  # the harness itself raised: a bug to report
+    REMEASURE = "remeasure"  # the incumbent's program timed again (drift check), not a new trial
 
 
 class ResultsFormatError(ValueError):
@@ -42,7 +52,8 @@ class ResultsFormatError(ValueError):
 
     def __init__(self, path, header: str):
         self.path = str(path)
-        super().__init__(f"{path}: header {header!r} is not the results.tsv header {HEADER.strip()!r}")
+        super().__init__(f"{path}: header {header!r} is not a results.tsv header (expected {HEADER.strip()!r}); "
+                         "choose another results file")
 
 
 @dataclass
@@ -57,14 +68,14 @@ class ResultRow:
     pct_of_floor: float | None = None
     speedup: float | None = None
     description: str = ""
-    trial: int = 0  # assigned by append_result
+    program_fingerprint: str | None = None
+    predicted_us: float | None = None
+    spread_us: float | None = None
+    trial: int = 0  # assigned by append_result (or taken from a claim)
     time: str = ""
 
-    def cells(self) -> list[str]:
-        out = []
-        for name in COLUMNS:
-            out.append(_cell(getattr(self, name)))
-        return out
+    def cells(self, columns: tuple[str, ...] = COLUMNS) -> list[str]:
+        return [_cell(getattr(self, name)) for name in columns]
 
 
 def _cell(v) -> str:
@@ -83,16 +94,31 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def columns_of(path, header_line: str) -> tuple[str, ...]:
+    """The columns a header line names: the current or the legacy set; anything else is refused."""
+    if header_line + "\n" == HEADER:
+        return COLUMNS
+    if header_line + "\n" == LEGACY_HEADER:
+        return LEGACY_COLUMNS
+    raise ResultsFormatError(path, header_line)
+
+
+def next_trial(lines: list[str], floor: int = 0) -> int:
+    """One past the largest trial number among the data lines (and `floor`, e.g. the largest claimed)."""
+    return max([_trial(ln) for ln in lines[1:]] + [floor]) + 1
+
+
 def append_result(path: str | Path, row: ResultRow) -> ResultRow:
-    """Append one row (header first when the file is empty); the trial number is one past the file's
-    largest, read under the lock. Returns the row with trial and time set."""
+    """Append one row (header first when the file is empty). A row without a trial number gets one past
+    the file's largest, read under the lock; a claimed trial (flywheel/claims.py) keeps its number. Rows of
+    a legacy file are written in its own columns. Returns the row with trial and time set."""
     def make(current: bytes) -> bytes:
         lines = complete_lines(current)
-        if lines and lines[0] + "\n" != HEADER:
-            raise ResultsFormatError(path, lines[0])
-        row.trial = max((_trial(ln) for ln in lines[1:]), default=0) + 1
+        columns = columns_of(path, lines[0]) if lines else COLUMNS
+        if not row.trial:
+            row.trial = next_trial(lines)
         row.time = row.time or _utc_now()
-        body = "\t".join(row.cells()) + "\n"
+        body = "\t".join(row.cells(columns)) + "\n"
         return body.encode() if lines else (HEADER + body).encode()
 
     append_lines(path, make)
@@ -106,19 +132,24 @@ def _trial(line: str) -> int:
         return 0
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows as dicts of strings (no pandas), header checked; missing file -> []."""
-    lines = read_lines(path)
+def rows_of(path, lines: list[str]) -> list[dict]:
+    """Data lines as dicts over COLUMNS (a legacy file's missing columns empty); a line with the wrong
+    number of cells (not written by append_result) is skipped."""
     if not lines:
         return []
-    if lines[0] + "\n" != HEADER:
-        raise ResultsFormatError(path, lines[0])
+    columns = columns_of(path, lines[0])
+    pad = {c: "" for c in COLUMNS[len(columns):]}
     rows = []
     for ln in lines[1:]:
         cells = ln.split("\t")
-        if len(cells) == len(COLUMNS):
-            rows.append(dict(zip(COLUMNS, cells)))
+        if len(cells) == len(columns):
+            rows.append({**dict(zip(columns, cells)), **pad})
     return rows
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows as dicts of strings (no pandas), header checked; missing file -> []."""
+    return rows_of(path, read_lines(path))
 
 
 def load_results(path: str | Path = "results.tsv"):
@@ -129,11 +160,11 @@ def load_results(path: str | Path = "results.tsv"):
     rows = read_rows(path)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df["trial"] = pd.to_numeric(df["trial"], errors="coerce").astype("Int64")
-    for col in ("latency_us", "pct_of_floor", "speedup"):
+    for col in ("latency_us", "pct_of_floor", "speedup", "predicted_us", "spread_us"):
         df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce").astype(float)
     df["correct"] = df["correct"].map({"true": True, "false": False}).astype("boolean")
     df["time"] = pd.to_datetime(df["time"], errors="coerce", utc=True)
-    for col in ("kind", "description", "model", "gpu", "schedule_id", "status"):
+    for col in ("kind", "description", "model", "gpu", "schedule_id", "status", "program_fingerprint"):
         df[col] = df[col].astype(str)
     return df
 

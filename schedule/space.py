@@ -1,13 +1,17 @@
 """The search space over ScheduleConfig, read from the fields' own metadata and trimmed to one GPU target.
 
-propose() shows it to an agent; the loop walks it (neighbours = one knob changed to another search value,
-random configs for exploration). Everything here derives from `config.py`, so a knob added there appears
+propose() shows it to an agent; the loop's candidate rounds draw from it: neighbours (one knob changed to
+another search value), mutations (several knobs at once), uniform crossover of two configs, random configs.
+A knob typed `int | None` is nullable: None ("derived at lowering") is one of the values a move may set. Everything here derives from `config.py`, so a knob added there appears
 here, in the JSON schema and in the loop with no further edit.
 """
 
 from __future__ import annotations
 
 import random
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -35,9 +39,19 @@ class Knob:
     choices: tuple | None = None  # JSON-form values that parse, when the field is an enumeration
     minimum: float | None = None
     maximum: float | None = None
+    nullable: bool = False  # None is a value: "derived at lowering" (from the model's shape and the GPU)
+
+    @property
+    def values(self) -> tuple:
+        """What a move may set the knob to: its search values, and None when the knob is nullable."""
+        if not self.search:
+            return ()
+        return self.search + ((None,) if self.nullable and None not in self.search else ())
 
     def to_dict(self) -> dict:
         out: dict = {"path": self.path, "type": self.type.value}
+        if self.nullable:
+            out["nullable"] = True
         if self.choices is not None:
             out["choices"] = list(self.choices)
         if self.minimum is not None:
@@ -58,7 +72,13 @@ class Move:
 
     @property
     def description(self) -> str:
-        return f"{self.path}={_fmt(self.value)}"
+        return move_key(self.path, self.value)
+
+
+def move_key(path: str, value) -> str:
+    """`path=value` with the value in its JSON spelling (true, null): the key of a move in descriptions,
+    the prior and the ranking model."""
+    return f"{path}={_fmt(value)}"
 
 
 def _json(v):
@@ -66,7 +86,18 @@ def _json(v):
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "null"
     return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _unwrap_optional(tp) -> tuple[object, bool]:
+    """(T, True) for `T | None` / Optional[T]; (tp, False) otherwise."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
 
 
 def _knob_type(tp) -> KnobType:
@@ -84,7 +115,7 @@ def _knob_type(tp) -> KnobType:
 def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
     """Search values the target cannot run are left out: the loop must never spend a trial on a config the
     validator rejects for the hardware alone."""
-    if target is None:
+    if target is None or value is None:
         return True
     if path == "smem_per_block":
         return value <= max_dynamic_smem(target.smem_per_block_max)
@@ -100,6 +131,7 @@ def search_space(target: GpuTarget | str | None = None) -> list[Knob]:
     knobs = []
     for path, f, tp in iter_knobs():
         meta = f.metadata
+        tp, nullable = _unwrap_optional(tp)
         kind = _knob_type(tp)
         choices = tuple(_json(c) for c in meta["choices"]) if meta.get("choices") is not None else None
         search = tuple(_json(v) for v in (meta.get("search") or ()) if _fits_target(path, _json(v), tgt))
@@ -107,7 +139,7 @@ def search_space(target: GpuTarget | str | None = None) -> list[Knob]:
             search = ()
         knobs.append(Knob(path=path, type=kind, default=_json(get_path(default, path)) if kind != KnobType.OBJECT
                           else dict(get_path(default, path)), help=meta["help"], search=search, choices=choices,
-                          minimum=meta.get("minimum"), maximum=meta.get("maximum")))
+                          minimum=meta.get("minimum"), maximum=meta.get("maximum"), nullable=nullable))
     return knobs
 
 
@@ -121,11 +153,16 @@ def conflicts(config: ScheduleConfig) -> list[str]:
     lowering's own error)."""
     q = config.matvec.qkv
     out = []
-    if q.head_splits > 1 and q.heads_per_task > 1:
+    # a None (derived) value is the lowering's to make consistent
+    if _over1(q.head_splits) and _over1(q.heads_per_task):
         out.append(f"matvec.qkv.head_splits={q.head_splits} needs matvec.qkv.heads_per_task=1")
-    if q.head_splits > 1 and q.k_splits > 1:
+    if _over1(q.head_splits) and _over1(q.k_splits):
         out.append(f"matvec.qkv.head_splits={q.head_splits} needs matvec.qkv.k_splits=1")
     return out
+
+
+def _over1(v) -> bool:
+    return v is not None and v > 1
 
 
 def inert(config: ScheduleConfig, path: str) -> bool:
@@ -150,7 +187,7 @@ def neighbours(config: ScheduleConfig, space: list[Knob]) -> list[Move]:
         if inert(config, k.path):
             continue
         current = _json(get_path(config, k.path))
-        for v in k.search:
+        for v in k.values:
             if v != current:
                 cfg = with_value(config, k.path, v)
                 if not conflicts(cfg):
@@ -165,11 +202,60 @@ def random_config(space: list[Knob], rng: random.Random, base: ScheduleConfig | 
         data = (base or ScheduleConfig()).to_dict()
         for k in space:
             if k.search:
-                _set(data, k.path, rng.choice(k.search))
+                _set(data, k.path, rng.choice(k.values))
         cfg = ScheduleConfig.from_dict(data)
         if not conflicts(cfg):
             return cfg
     raise RuntimeError("no conflict-free config in 1000 draws")  # unreachable while conflicts stay rare
+
+
+MoveWeight = Callable[[str, object], float]  # (path, JSON value) -> relative weight of setting it
+
+
+def mutate(config: ScheduleConfig, space: list[Knob], rng: random.Random, n_knobs: int = 1,
+           weight: MoveWeight | None = None, tries: int = 20) -> tuple[ScheduleConfig, list[str]] | None:
+    """`config` with `n_knobs` distinct searched knobs moved to another of their values (None included for
+    a nullable knob), never a knob that cannot act where it is moved, never a conflict. `weight` biases
+    which value (e.g. the prior's score of `path=value`). Returns (config, ["path=value", ...]) or None
+    when `tries` draws found no such config."""
+    searchable = [k for k in space if len(k.values) > 1]
+    if not searchable:
+        return None
+    for _ in range(tries):
+        cfg, change = config, []
+        for k in rng.sample(searchable, min(n_knobs, len(searchable))):
+            if inert(cfg, k.path):
+                continue
+            current = _json(get_path(cfg, k.path))
+            options = [v for v in k.values if v != current]
+            if not options:
+                continue
+            w = [max(1e-6, weight(k.path, v)) for v in options] if weight else None
+            v = rng.choices(options, weights=w, k=1)[0]
+            cfg = with_value(cfg, k.path, v)
+            change.append(move_key(k.path, v))
+        if change and not conflicts(cfg):
+            return cfg, change
+    return None
+
+
+def crossover(a: ScheduleConfig, b: ScheduleConfig, space: list[Knob], rng: random.Random,
+              tries: int = 20) -> ScheduleConfig | None:
+    """Uniform crossover: each searched knob from `a` or `b` with equal odds (unsearched knobs from `a`).
+    None when the parents agree everywhere or every draw was one parent again or held a conflict."""
+    da, db = a.to_dict(), b.to_dict()
+    differ = [k for k in space if k.search and _json(get_path(a, k.path)) != _json(get_path(b, k.path))]
+    if len(differ) < 2:
+        return None
+    for _ in range(tries):
+        data = ScheduleConfig.from_dict(da).to_dict()
+        for k in differ:
+            if rng.random() < 0.5:
+                _set(data, k.path, _get(db, k.path))
+        cfg = ScheduleConfig.from_dict(data)
+        if cfg.schedule_id not in (a.schedule_id, b.schedule_id) and not conflicts(cfg):
+            return cfg
+    return None
 
 
 def non_default_knobs(config: ScheduleConfig) -> list[str]:
@@ -191,6 +277,13 @@ def diff(a: ScheduleConfig, b: ScheduleConfig) -> list[str]:
         if va != vb:
             out.append(f"{p}={_fmt(vb) if not isinstance(vb, dict) else vb}")
     return out
+
+
+def _get(data: dict, path: str):
+    node = data
+    for part in path.split("."):
+        node = node[part]
+    return node
 
 
 def _set(data: dict, path: str, value) -> None:

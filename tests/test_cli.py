@@ -157,7 +157,7 @@ def test_console_script_loop_budget_8_and_report(tmp_path, cache_dir):
     assert len(df) == 8 and df["trial"].tolist() == list(range(1, 9))
     kept = df[df["status"] == "keep"]
     assert len(kept) >= 1 and kept["correct"].all()
-    assert len(load_corpus(tmp_path / "corpus.jsonl")) == len(kept)
+    assert len(load_corpus(tmp_path / "corpus.jsonl")) == len(df)  # a tuning record per trial
     p = subprocess.run([amk_bin, "--json", "loop", "--model", "toy", "--budget", "1"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "resume" in json.loads(p.stdout)["error"]
@@ -165,5 +165,6 @@ def test_console_script_loop_budget_8_and_report(tmp_path, cache_dir):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     rep = json.loads(p.stdout)
+    assert rep["groups"][0]["best"]["predicted"]["config"] is not None  # the best config itself
     assert rep["trials"] == 8 and len(rep["plots"]) == 2 and all(os.path.getsize(f) > 1000 for f in
                                                                  [os.path.join(tmp_path, x) for x in rep["plots"]])

@@ -26,7 +26,7 @@ from amk.schedule.config import ScheduleConfig
 from amk.schedule.space import neighbours, search_space
 
 EXPECTED_COLUMNS = ("trial", "time", "model", "gpu", "schedule_id", "status", "correct", "latency_us", "kind",
-                    "pct_of_floor", "speedup", "description")
+                    "pct_of_floor", "speedup", "description", "program_fingerprint", "predicted_us", "spread_us")
 
 
 def _row(i: int, **kw) -> ResultRow:
@@ -62,6 +62,36 @@ def test_results_roundtrip_with_pandas(tmp_path):
     assert df["correct"].iloc[0] and not df["correct"].iloc[1] and df["correct"].isna().iloc[2]
     assert df["status"].tolist() == ["keep", "fail", "crash"]
     assert df["description"].iloc[1] == "tab here newline"
+
+
+def test_a_legacy_results_file_is_read_and_resumed_in_its_own_columns(tmp_path):
+    from amk.flywheel.results import LEGACY_HEADER
+
+    path = tmp_path / "results.tsv"
+    path.write_text(LEGACY_HEADER + "1\t2026-11-22T00:32:00Z\ttoy\tcpu-sim\tabc\tkeep\ttrue\t10.0\tpredicted\t50\t\tbase\n")
+    append_result(path, _row(2, program_fingerprint="f" * 16))
+    rows = read_rows(path)
+    assert [r["trial"] for r in rows] == ["1", "2"] and rows[0]["program_fingerprint"] == ""
+    assert all(line.count("\t") == 11 for line in path.read_text().splitlines())
+    assert load_results(path)["latency_us"].tolist() == [10.0, 12.0]
+
+
+def test_old_corpus_lines_read_as_kept_records(tmp_path):
+    from amk.flywheel.records import load_records, records_frame
+
+    path = tmp_path / "corpus.jsonl"
+    old = {"model": "toy", "gpu": "h200", "time": "t", "config": {}, "change": [], "improvement": None,
+           "environment": {"git_commit": "abc"}, "verdict": {"latency_us": 9.0, "latency_kind": "measured-gpu",
+                                                             "correct": True, "dtype": "bf16",
+                                                             "program_fingerprint": "p" * 16,
+                                                             "cost": {"features": {"mem_us": 1.0, "tasks": 2,
+                                                                                   "waits": 3}}}}
+    path.write_text(json.dumps(old) + "\n" + "[1, 2]\n")  # a second, foreign line is skipped
+    (r,) = load_records(path)
+    assert r.kept and r.measured and r.dtype == "bf16" and r.program_fingerprint == "p" * 16
+    assert r.features == {"mem_us": 1.0, "tasks": 2, "waits": 3} and r.commit == "abc"
+    df = records_frame(path)
+    assert df["latency_us"].tolist() == [9.0] and df["kept"].tolist() == [True]
 
 
 def test_results_refuses_a_foreign_header(tmp_path):

@@ -1,4 +1,5 @@
-"""amk.loop: keep/revert rules, stopping, no schedule evaluated twice, resume, and a real toy run on CPU."""
+"""amk.loop: keep rules, stopping, no program measured twice, tuning records, resume, seeding, SIGINT, and a
+real toy run on CPU. The search's acceptance (a synthetic evaluator) is in test_search.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import pytest
 from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
 import amk
-import amk.harness.loop as loop_mod
 from amk.flywheel import load_corpus, load_results, read_rows
+from amk.flywheel.records import load_records
 from amk.flywheel.results import Status
-from amk.harness.loop import Incumbent, LoopError, decide
+from amk.harness.loop import Incumbent, LoopError, SearchSettings, decide
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.smem import max_dynamic_smem
 from amk.schedule.space import neighbours, non_default_knobs, random_config, search_space
@@ -64,86 +65,155 @@ def test_space_moves_and_random_configs_stay_in_the_space():
         assert cfg.smem_per_block <= max_dynamic_smem(amk.get_target("cpu-sim").smem_per_block_max)
 
 
-@pytest.fixture
-def fake_evaluate(monkeypatch):
-    """A deterministic stand-in for evaluate: latency falls with lm_head rows_per_task, k_splits fail."""
-    calls = []
+class _Fake(list):
+    """A deterministic evaluate(): latency falls with lm_head rows_per_task, qkv k_splits fail. Records the
+    schedule ids it was asked for."""
 
-    def fake(model, gpu, config, **kw):
-        calls.append(config.schedule_id)
+    def __call__(self, model, gpu, config, **kw):
+        self.append(config.schedule_id)
         if config.matvec.qkv.k_splits > 1:
             return _verdict(None, correct=False)
-        lat = 100.0 - config.matvec.lm_head.rows_per_task / 10 + config.pipelining_depth
-        return _verdict(lat)
-
-    monkeypatch.setattr(loop_mod, "evaluate", fake)
-    return calls
+        return _verdict(100.0 - config.matvec.lm_head.rows_per_task / 10 + config.pipelining_depth)
 
 
-def test_loop_budget_keeps_only_correct_and_never_repeats(tmp_path, fake_evaluate):
+@pytest.fixture
+def fake_evaluate():
+    return _Fake()
+
+
+SMALL = SearchSettings(population=16, measure_per_round=4)
+
+
+def test_loop_budget_keeps_only_correct_records_every_trial_and_never_repeats_a_program(tmp_path, fake_evaluate):
     res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
-    s = amk.loop("toy", "cpu-sim", budget=25, device="cpu", results=res, corpus=cor, seed=3, max_reverts=1000)
-    assert s["trials"] == 25 and s["stopped"] == "budget"
+    s = amk.loop("toy", "cpu-sim", budget=12, device="cpu", results=res, corpus=cor, seed=3, max_reverts=1000,
+                 evaluate=fake_evaluate, settings=SMALL)
+    assert s["trials"] == 12 and s["stopped"] == "budget"
     rows = read_rows(res)
-    assert [int(r["trial"]) for r in rows] == list(range(1, 26))
-    assert len({r["schedule_id"] for r in rows}) == 25 == len(fake_evaluate)
+    assert [int(r["trial"]) for r in rows] == list(range(1, 13))
+    assert len({r["program_fingerprint"] for r in rows}) == 12 == len(fake_evaluate)  # one measurement each
     assert rows[0]["schedule_id"] == DEFAULT.schedule_id and rows[0]["description"].startswith("baseline")
     kept = [r for r in rows if r["status"] == "keep"]
     assert kept and all(r["correct"] == "true" for r in kept)
     assert all(r["status"] == "fail" for r in rows if r["correct"] == "false")
-    corpus = load_corpus(cor)
-    assert len(corpus) == len(kept) and all(e.verdict["correct"] for e in corpus)
+    records = load_records(cor)  # every trial is a tuning record, kept or not
+    assert [r.trial for r in records] == [int(r["trial"]) for r in rows]
+    assert [r.program_fingerprint for r in records] == [r["program_fingerprint"] for r in rows]
+    assert sum(r.kept for r in records) == len(kept) and all(r.correct for r in records if r.kept)
+    assert all(r.features and r.predicted_latency_us and r.dtype == "fp32" for r in records)
+    assert all(r.status == row["status"] for r, row in zip(records, rows))
+    assert len(load_corpus(cor)) == 12
     lats = [float(r["latency_us"]) for r in kept]
     assert lats == sorted(lats, reverse=True)  # each keep beats the one before
     assert s["incumbent"]["latency_us"] == min(lats)
+    assert s["incumbent"]["config"] == ScheduleConfig.from_dict(s["incumbent"]["config"]).to_dict()
 
 
 def test_loop_stops_on_reverts_and_minutes(tmp_path, fake_evaluate):
     s = amk.loop("toy", "cpu-sim", max_reverts=2, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
-                 seed=0)
+                 seed=0, evaluate=lambda *a, **k: _verdict(100.0), settings=SMALL)
     statuses = [r["status"] for r in read_rows(tmp_path / "r.tsv")]
     assert s["stopped"] == "max_reverts" and all(st != "keep" for st in statuses[-2:])
-    s = amk.loop("toy", "cpu-sim", minutes=0, device="cpu", results=tmp_path / "r2.tsv", corpus=tmp_path / "c.jsonl")
+    s = amk.loop("toy", "cpu-sim", minutes=0, device="cpu", results=tmp_path / "r2.tsv", corpus=tmp_path / "c.jsonl",
+                 evaluate=fake_evaluate)
     assert s["stopped"] == "minutes" and s["trials"] == 0
 
 
-def test_loop_refuses_an_existing_results_file_without_resume(tmp_path, fake_evaluate):
+def test_a_bounded_loop_moves_to_another_region_instead_of_stopping_on_reverts(tmp_path):
+    s = amk.loop("toy", "cpu-sim", budget=9, max_reverts=2, device="cpu", results=tmp_path / "r.tsv",
+                 corpus=tmp_path / "c.jsonl", seed=0, evaluate=lambda *a, **k: _verdict(100.0), settings=SMALL)
+    assert s["stopped"] == "budget" and s["trials"] == 9 and s["search"]["restarts"] >= 2
+    sources = [r.source for r in load_records(tmp_path / "c.jsonl")]
+    assert "restart" in sources
+
+
+def test_loop_refuses_an_existing_results_file_without_resume_and_a_foreign_one(tmp_path, fake_evaluate):
     res = tmp_path / "results.tsv"
-    amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=tmp_path / "c.jsonl")
+    amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=tmp_path / "c.jsonl",
+             evaluate=fake_evaluate, settings=SMALL)
     with pytest.raises(LoopError, match="resume"):
-        amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=tmp_path / "c.jsonl")
+        amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=tmp_path / "c.jsonl",
+                 evaluate=fake_evaluate)
+    foreign = tmp_path / "foreign.tsv"
+    foreign.write_text("a\tb\n1\t2\n")
+    with pytest.raises(LoopError, match="foreign.tsv"):
+        amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=foreign, corpus=tmp_path / "c.jsonl",
+                 evaluate=fake_evaluate, resume=True)
+    assert foreign.read_text() == "a\tb\n1\t2\n"  # nothing lost
 
 
 def test_loop_progress_callback(tmp_path, fake_evaluate):
     seen = []
     amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
-             progress=seen.append)
-    assert [p["trial"] for p in seen] == [1, 2, 3] and {"status", "latency_us", "best_latency_us"} <= set(seen[0])
+             progress=seen.append, evaluate=fake_evaluate, settings=SMALL)
+    assert [p["trial"] for p in seen] == [1, 2, 3] and {"status", "latency_us", "best_latency_us", "source"} <= set(seen[0])
 
 
-def test_loop_crash_in_evaluate_is_a_row_not_an_exception(tmp_path, monkeypatch):
+def test_loop_crash_in_evaluate_is_a_row_not_an_exception(tmp_path):
     def broken(*a, **k):
         raise RuntimeError("harness bug")
 
-    monkeypatch.setattr(loop_mod, "evaluate", broken)
-    s = amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl")
+    s = amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 evaluate=broken, settings=SMALL)
     rows = read_rows(tmp_path / "r.tsv")
     assert s["trials"] == 2 and [r["status"] for r in rows] == ["crash", "crash"]
     assert "harness bug" in rows[0]["description"] and rows[0]["correct"] == ""
+    assert [r.status for r in load_records(tmp_path / "c.jsonl")] == ["crash", "crash"]
+
+
+def test_seeded_loop_starts_from_the_given_config_and_a_measured_one_is_a_duplicate(tmp_path, fake_evaluate):
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    seed = {"matvec": {"lm_head": {"rows_per_task": 128}}}
+    s = amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, incumbent=seed,
+                 evaluate=fake_evaluate, settings=SMALL)
+    rows = read_rows(res)
+    given = ScheduleConfig.from_dict(seed)
+    assert rows[0]["schedule_id"] == given.schedule_id and rows[0]["description"].startswith("baseline (given")
+    calls = len(fake_evaluate)
+    # the same program again (resume): its row stands for it, nothing is measured twice
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, incumbent=seed, resume=True,
+                 evaluate=fake_evaluate, settings=SMALL)
+    assert s["incumbent"]["trial"] == 1 and s["incumbent"]["latency_us"] == float(rows[0]["latency_us"])
+    assert len(fake_evaluate) == calls + 1 and s["search"]["duplicates"] >= 1
+    assert given.schedule_id not in fake_evaluate[calls:]
+    with pytest.raises(amk.ConfigError, match="rows_per_tsk"):
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "x.tsv", corpus=cor,
+                 incumbent={"matvec": {"lm_head": {"rows_per_tsk": 1}}}, evaluate=fake_evaluate)
+    with pytest.raises(LoopError, match="rejected"):  # parses, but the lowering refuses it
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "y.tsv", corpus=cor,
+                 incumbent={"matvec": {"qkv": {"heads_per_task": 2, "head_splits": 2}}}, evaluate=fake_evaluate)
+    assert not (tmp_path / "x.tsv").exists() and not (tmp_path / "y.tsv").exists()
+
+
+def test_configs_that_lower_to_one_program_are_one_trial(tmp_path):
+    # kv_partitions=1 is one ATTN_DECODE task whichever softmax: two configs, one program
+    a = {"attention": {"kv_partitions": 1}}
+    b = {"attention": {"kv_partitions": 1, "softmax": "partition"}}
+    calls = _Fake()
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, incumbent=a, evaluate=calls)
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, incumbent=b, resume=True,
+                 evaluate=calls, settings=SMALL)
+    assert s["search"]["duplicates"] >= 1 and ScheduleConfig.from_dict(b).schedule_id not in calls
+    rows = read_rows(res)
+    assert len(rows) == 2 and len(calls) == 2 and rows[1]["program_fingerprint"] != rows[0]["program_fingerprint"]
 
 
 def test_real_loop_then_resume_on_cpu(tmp_path):
     res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
-    first = amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=res, corpus=cor, seed=1)
+    small = SearchSettings(population=8, measure_per_round=2, neighbours=False)
+    first = amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=res, corpus=cor, seed=1, settings=small)
     assert first["trials"] == 3
-    second = amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=res, corpus=cor, seed=1, resume=True)
+    second = amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=res, corpus=cor, seed=1, resume=True,
+                      settings=small)
     assert second["trials"] == 3
     df = load_results(res)
     assert df["trial"].tolist() == [1, 2, 3, 4, 5, 6]  # numbering continues
-    assert df["schedule_id"].is_unique  # nothing evaluated twice, across the resume either
+    assert df["schedule_id"].is_unique and df["program_fingerprint"].is_unique  # nothing measured twice
     assert not df["description"].iloc[3].startswith("baseline")  # the incumbent came from the corpus
     assert (df[df["status"] == "keep"]["correct"] == True).all()  # noqa: E712
     assert (df["kind"][df["latency_us"].notna()] == "predicted").all()
     for line in open(cor):
         d = json.loads(line)
-        assert {"config", "verdict", "environment", "model", "gpu", "time"} <= set(d) and d["verdict"]["correct"]
+        assert {"config", "verdict", "environment", "model", "gpu", "time", "program_fingerprint", "features",
+                "latency_us", "latency_kind", "commit", "kept", "dtype"} <= set(d)

@@ -80,15 +80,34 @@ def compile_cubin(code: str, arch: str) -> bytes:
     return bytes(cubin)
 
 
-def build_module(program: MegakernelProgram, arch: str, cache=None, trace: bool = False):
-    """The kernel for this program's header and knobs: from the in-process table, the file cache, or NVRTC.
-    Returns (cupy Module, key, origin). `trace` builds the variant that timestamps every task."""
-    cupy = _cupy()
+def _header_and_key(program: MegakernelProgram, arch: str, trace: bool) -> tuple[str, str, str, str]:
     header = generate_header(program) + ("#define AMK_TRACE 1\n" if trace else "")
     source = kernel_source()
     nvrtc = nvrtc_version()
     key = hashlib.sha256("\0".join([source, header, repr(compile_options(arch)), arch, nvrtc, KERNEL_NAME])
                          .encode()).hexdigest()
+    return header, source, nvrtc, key
+
+
+def precompile(program: MegakernelProgram, arch: str, cache) -> str:
+    """Build this program's kernel into the file cache without loading it (no GPU needed: NVRTC only), so
+    that a MegakernelVM made later, in any process, loads it from there. Returns "file" when it was already
+    cached, else "compiled". What the search's builder processes run for the next candidates."""
+    from amk.cache import kernel_key
+
+    header, source, nvrtc, _ = _header_and_key(program, arch, False)
+    ckey = kernel_key(source, header, dict(program.build), arch, nvrtc, KERNEL_NAME, " ".join(compile_options(arch)))
+    if cache.get("kernel", ckey) is not None:
+        return "file"
+    cache.put("kernel", ckey, compile_cubin(header + "\n" + source, arch))
+    return "compiled"
+
+
+def build_module(program: MegakernelProgram, arch: str, cache=None, trace: bool = False):
+    """The kernel for this program's header and knobs: from the in-process table, the file cache, or NVRTC.
+    Returns (cupy Module, key, origin). `trace` builds the variant that timestamps every task."""
+    cupy = _cupy()
+    header, source, nvrtc, key = _header_and_key(program, arch, trace)
     if key in _MODULES:
         return _MODULES[key], key, "memory"
     cubin, origin = None, "compiled"

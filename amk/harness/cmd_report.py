@@ -1,8 +1,11 @@
-"""`amk report`: summarise results.tsv with pandas, add what the corpus says about the cost model and the
-prior, and plot (matplotlib, Agg) the best latency over trials and each config's latency against the floor."""
+"""`amk report`: summarise results.tsv with pandas, name the best config itself (from the tuning records),
+add what the records say about the cost model and the prior, and draw (matplotlib, Agg) the search
+(search.png: latency per trial, best so far, predicted against measured) and each config's latency against
+the floor (latency_vs_floor.png)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -11,22 +14,27 @@ from .commands import CommandResult, ExitCode, UsageError
 log = logging.getLogger("amk.cli")
 
 
-def summarise(df) -> dict:
-    """Counts, the best latency per (model, gpu, kind), and the kept trials, from load_results()'s frame."""
-    out: dict = {"trials": int(len(df)), "statuses": {k: int(n) for k, n in df["status"].value_counts().items()}}
+def summarise(df, configs: dict[str, dict] | None = None) -> dict:
+    """Counts, the best latency per (model, gpu, kind) with its config when the records hold it, and the
+    kept trials, from load_results()'s frame. `configs`: schedule_id -> config (from the tuning records)."""
+    configs = configs or {}
+    trials = df[df["status"] != "remeasure"]
+    out: dict = {"trials": int(len(trials)), "statuses": {k: int(n) for k, n in df["status"].value_counts().items()}}
     groups = []
     for (model, gpu), g in df.groupby(["model", "gpu"], sort=True):
-        timed = g[g["latency_us"].notna() & (g["correct"] == True)]  # noqa: E712 (pandas nullable boolean)
-        entry = {"model": model, "gpu": gpu, "trials": int(len(g)),
+        timed = g[g["latency_us"].notna() & (g["correct"] == True) & (g["status"] != "remeasure")]  # noqa: E712
+        entry = {"model": model, "gpu": gpu, "trials": int((g["status"] != "remeasure").sum()),
                  "kept": int((g["status"] == "keep").sum()), "best": {}}
         for kind, k in timed.groupby("kind"):
-            row = k.loc[k["latency_us"].idxmin()]
+            kept = k[k["status"] == "keep"]
+            row = (kept if len(kept) else k).loc[(kept if len(kept) else k)["latency_us"].idxmin()]
             first = k.sort_values("trial").iloc[0]
             entry["best"][kind] = {"trial": int(row["trial"]), "schedule_id": row["schedule_id"],
-                                   "latency_us": float(row["latency_us"]),
+                                   "latency_us": float(row["latency_us"]), "kept": row["status"] == "keep",
                                    "pct_of_floor": None if row["pct_of_floor"] != row["pct_of_floor"]
                                    else float(row["pct_of_floor"]),
-                                   "vs_first_correct": float(first["latency_us"] / row["latency_us"])}
+                                   "vs_first_correct": float(first["latency_us"] / row["latency_us"]),
+                                   "config": configs.get(row["schedule_id"])}
         entry["kept_trials"] = [{"trial": int(r.trial), "schedule_id": r.schedule_id,
                                  "latency_us": None if r.latency_us != r.latency_us else float(r.latency_us),
                                  "kind": r.kind, "description": r.description}
@@ -36,13 +44,11 @@ def summarise(df) -> dict:
     return out
 
 
-def corpus_summary(corpus: Path) -> dict:
-    from amk.flywheel.corpus import load_corpus
+def corpus_summary(entries: list) -> dict:
     from amk.flywheel.prior import Prior
 
     from .calibration import calibrate
 
-    entries = load_corpus(corpus)
     gpus = sorted({e.gpu for e in entries})
     cost = {}
     for gpu in gpus:
@@ -51,8 +57,50 @@ def corpus_summary(corpus: Path) -> dict:
             cost[gpu] = {"measured_rows": cal.measured_rows, "spearman": cal.spearman,
                          "coefficients": cal.coefficients.to_dict()}
     prior = Prior.from_corpus(entries)
-    return {"entries": len(entries), "gpus": gpus, "cost_model": cost,
+    return {"entries": len(entries), "kept": sum(1 for e in entries if e.kept), "gpus": gpus, "cost_model": cost,
             "prior_top": [{"move": k, "mean_improvement": s, "count": n} for k, s, n in prior.top(10)]}
+
+
+def plot_search(df, out_dir: Path) -> str:
+    """search.png: per (model, gpu, kind), each trial's latency (dots by status), the best so far (a step),
+    and the cost model's prediction against the measurement (with y = x and Spearman's rho)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from amk.schedule.cost import spearman
+
+    timed = df[df["latency_us"].notna() & (df["correct"] == True)].sort_values("trial")  # noqa: E712
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    colours = {"keep": "tab:green", "discard": "tab:gray", "remeasure": "tab:blue"}
+    for (model, gpu, kind), g in timed.groupby(["model", "gpu", "kind"]):
+        label = f"{model} / {gpu} ({kind})"
+        for status, s in g.groupby("status"):
+            ax1.scatter(s["trial"].astype(int), s["latency_us"], s=12, color=colours.get(status, "tab:red"),
+                        label=f"{status}" if len(timed.groupby(["model", "gpu", "kind"])) == 1 else None)
+        kept = g[g["status"] == "keep"]
+        best = kept["latency_us"].cummin() if len(kept) else g["latency_us"].cummin()
+        ax1.step((kept if len(kept) else g)["trial"].astype(int), best, where="post", label=f"best so far: {label}")
+        pairs = g[g["predicted_us"].notna() & (g["status"] != "remeasure")]
+        if len(pairs):
+            rho = spearman(pairs["predicted_us"].tolist(), pairs["latency_us"].tolist())
+            ax2.scatter(pairs["predicted_us"], pairs["latency_us"], s=12,
+                        label=f"{label}, rho = {rho:.2f}" if rho is not None else label)
+    if len(timed) and timed["predicted_us"].notna().any():
+        lo = float(min(timed["predicted_us"].min(), timed["latency_us"].min()))
+        hi = float(max(timed["predicted_us"].max(), timed["latency_us"].max()))
+        ax2.plot([lo, hi], [lo, hi], linestyle="--", color="gray", linewidth=1, label="y = x")
+    ax1.set_xlabel("trial")
+    ax1.set_ylabel("latency (us)")
+    ax1.set_title("latency per trial and the best kept so far")
+    ax2.set_xlabel("cost model's prediction (us)")
+    ax2.set_ylabel("latency (us)")
+    ax2.set_title("predicted against measured")
+    for ax in (ax1, ax2):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _save(fig, out_dir / "search.png", plt)
 
 
 def plot(df, out_dir: Path) -> list[str]:
@@ -62,19 +110,8 @@ def plot(df, out_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [plot_search(df, out_dir)]
     timed = df[df["latency_us"].notna() & (df["correct"] == True)].sort_values("trial")  # noqa: E712
-    paths = []
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (model, gpu, kind), g in timed.groupby(["model", "gpu", "kind"]):
-        ax.step(g["trial"].astype(int), g["latency_us"].cummin(), where="post", label=f"{model} / {gpu} ({kind})")
-        kept = g[g["status"] == "keep"]
-        ax.scatter(kept["trial"].astype(int), kept["latency_us"], s=14)
-    ax.set_xlabel("trial")
-    ax.set_ylabel("best latency so far (us)")
-    ax.set_title("best latency over trials (dots: kept)")
-    if len(timed):
-        ax.legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "best_latency.png", plt))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for (model, gpu, kind), g in timed.groupby(["model", "gpu", "kind"]):
         ax.scatter(g["trial"].astype(int), g["latency_us"], s=12, label=f"{model} / {gpu} ({kind})")
@@ -98,17 +135,25 @@ def _save(fig, path: Path, plt) -> str:
 
 
 def report(args) -> CommandResult:
-    from amk.flywheel.results import load_results
+    from amk.flywheel.records import load_records
+    from amk.flywheel.results import ResultsFormatError, load_results
 
     results = Path(args.results)
     if not results.is_file():
         raise UsageError(f"{results} not found (run `amk loop` first, or pass --results)")
-    df = load_results(results)
-    out = summarise(df)
-    out["results"] = str(results)
+    try:
+        df = load_results(results)
+    except ResultsFormatError as e:
+        raise UsageError(str(e)) from None
     corpus = Path(args.corpus)
-    out["corpus"] = corpus_summary(corpus) if corpus.is_file() else None
+    records = load_records(corpus) if corpus.is_file() else []
+    configs = {r.schedule_id: r.config for r in records if r.schedule_id}
+    out = summarise(df, configs)
+    out["results"] = str(results)
+    out["corpus"] = corpus_summary(records) if corpus.is_file() else None
     out["plots"], out["notes"] = [], []
+    if not configs and len(df):
+        out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown (pass --corpus)")
     if not args.no_plots:
         try:
             out["plots"] = plot(df, Path(args.out_dir))
@@ -125,11 +170,13 @@ def _text(out: dict) -> str:
             pct = f", {b['pct_of_floor']:.1f}% of floor" if b["pct_of_floor"] is not None else ""
             lines.append(f"  best ({kind}): {b['latency_us']:.2f} us, trial {b['trial']} {b['schedule_id']}{pct}; "
                          f"{b['vs_first_correct']:.3f}x the first correct config")
+            if b.get("config") is not None:
+                lines.append("    config: " + json.dumps(b["config"], sort_keys=True))
         for k in g["kept_trials"]:
             lines.append(f"  kept trial {k['trial']:>4} {k['schedule_id']} {k['latency_us']} {k['description'][:90]}")
     c = out.get("corpus")
     if c:
-        lines.append(f"corpus: {c['entries']} kept configs on {', '.join(c['gpus']) or '-'}")
+        lines.append(f"corpus: {c['entries']} tuning records ({c['kept']} kept) on {', '.join(c['gpus']) or '-'}")
         for gpu, m in c["cost_model"].items():
             rho = f"{m['spearman']:.3f}" if m["spearman"] is not None else "n/a"
             lines.append(f"  cost model on {gpu}: Spearman(predicted, measured) = {rho} over {m['measured_rows']} rows")

@@ -60,25 +60,41 @@ def evaluate(args) -> CommandResult:
 def _progress(p: dict) -> None:
     lat = f"{p['latency_us']:.2f}" if p.get("latency_us") is not None else "-"
     best = f"{p['best_latency_us']:.2f}" if p.get("best_latency_us") is not None else "-"
-    print(f"[{p['elapsed_s']:7.1f}s] trial {p['trial']:>4} {p['status']:<8} {p['schedule_id']} latency {lat} "
+    print(f"[{p['elapsed_s']:7.1f}s] trial {p['trial']:>4} {p['status']:<9} {p['schedule_id']} latency {lat} "
           f"best {best}  {p['description'][:100]}", file=sys.stderr, flush=True)
 
 
 def loop(args) -> CommandResult:
+    from amk.harness.loop import StopReason
     from amk.harness.loop import loop as _loop
 
     if args.budget is None and args.minutes is None:
         log.info("no --budget or --minutes: the loop stops after %d non-improving trials in a row",
                  args.max_reverts)
+    seed_config = read_config_arg(args.config) if args.config is not None else None
     s = _loop(args.model, args.gpu, budget=args.budget, minutes=args.minutes, seed=args.seed, device=args.device,
               results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
-              progress=_progress, cases=args.cases, dtype=args.dtype)
+              progress=_progress, cases=args.cases, dtype=args.dtype, incumbent=seed_config, workers=args.workers,
+              ray_address=args.ray_address, builders=args.builders)
     _save_cache_stats()
-    best = s["incumbent"]
-    text = (f"{s['trials']} trials ({', '.join(f'{k} {n}' for k, n in s['statuses'].items())}); stopped: "
-            f"{s['stopped']}\nincumbent {best['schedule_id']} latency {best['latency_us']} ({best['latency_kind']})\n"
-            f"results: {s['results']}  corpus: {s['corpus']}")
-    return CommandResult(ExitCode.OK, s, text)
+    code = ExitCode.INTERRUPTED if s["stopped"] == StopReason.INTERRUPTED.value else ExitCode.OK
+    return CommandResult(code, s, loop_text(s))
+
+
+def loop_text(s: dict) -> str:
+    inc = s["incumbent"]
+    lat = f"{inc['latency_us']:.2f} us ({inc['latency_kind']})" if inc.get("latency_us") is not None else "no latency"
+    lines = [f"{s['trials']} trials ({', '.join(f'{k} {n}' for k, n in s['statuses'].items())}); stopped: "
+             f"{s['stopped']}; {s.get('trials_per_minute')} trials/minute"
+             + (f" over {s['workers']} workers" if s.get("workers") else ""),
+             f"incumbent {inc['schedule_id']} (program {inc.get('program_fingerprint')}): {lat}",
+             "incumbent config: " + json.dumps(inc["config"], sort_keys=True)]
+    b = s.get("best")
+    if b and b.get("schedule_id") != inc["schedule_id"]:
+        lines.append(f"best kept in the corpus: {b['schedule_id']} {b['latency_us']} ({b['latency_kind']}): "
+                     + json.dumps(b["config"], sort_keys=True))
+    lines.append(f"results: {s['results']}  corpus: {s['corpus']}")
+    return "\n".join(lines)
 
 
 def verify(args) -> CommandResult:

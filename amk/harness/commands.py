@@ -28,6 +28,7 @@ class ExitCode(IntEnum):
     INCORRECT = 1  # a correctness failure
     USAGE = 2  # a rejected config, or a usage error
     ENVIRONMENT = 3  # missing CUDA / cupy / a package / amk.generate, or an internal error
+    INTERRUPTED = 130  # `loop` stopped by SIGINT after its trial in flight, summary printed (128 + SIGINT)
 
     @classmethod
     def of_exception(cls, e: BaseException) -> tuple[ExitCode, str]:

@@ -1,212 +1,469 @@
-"""loop(): keep/revert hill climbing over ScheduleConfig, writing results.tsv and corpus.jsonl.
+"""loop(): the search behind `amk loop`, writing results.tsv (one row per trial) and corpus.jsonl (one tuning
+record per measurement).
 
-Trial 1 evaluates the incumbent itself (propose()'s, or on resume the corpus's best). Each later trial
-changes one knob of the incumbent, drawn by the prior learned from the corpus (with epsilon exploration,
-and now and then a whole random config). A candidate is kept only when it is correct and faster than the
-incumbent by more than max(1%, 2 sigma of the measured spreads); within that margin the simpler config
-(fewer non-default knobs) wins. No schedule_id is evaluated twice in one results file, resume included.
+The first trial measures the incumbent: the `incumbent=` config when given (`amk loop --config FILE`), else
+propose()'s (the corpus's best kept config for this model and GPU, else the defaults); when its program is
+already measured in this results file (a resume), that row stands for it and nothing is measured again.
+Then candidate rounds (search/policy.py): many candidates around the best records are generated, built and
+priced off the measuring path (search/builder.py), invalid and already measured programs dropped, the rest
+ranked by the model fitted to the records (search/model.py), and the top few measured plus an exploration
+share. The keep rule (search/keep.py) is noise-aware; on a GPU the incumbent is re-measured every
+`remeasure_every` trials, so drift never fakes a gain.
+
+Identity of a trial: the program fingerprint (what the VM executes, build knobs included) for this model and
+GPU. A config that lowers to a program this results file already holds is a duplicate, never measured again;
+loops sharing the file claim each program under its lock first (flywheel/claims.py).
+
+Stopping: `budget` new trials (re-measurements of the incumbent and confirmations of a gain come on top;
+with resume=True it counts the trials this call adds), `minutes`, every candidate exhausted, or SIGINT (the
+trial in flight finishes, then the summary; the CLI exits 130). `max_reverts` trials in a row without a keep
+stop a run that has neither a budget nor minutes; a bounded run moves to another region instead (a restart
+round) and goes on. `workers` > 1 runs one loop per GPU through Ray (search/distributed.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from amk.flywheel.corpus import append_entry, best_entry, entries_for, load_corpus, make_entry
+from amk.flywheel.claims import Claim, Taken, claim, owner_id, snapshot
+from amk.flywheel.corpus import best_entry, entries_for
 from amk.flywheel.prior import Prior
-from amk.flywheel.results import ResultRow, Status, append_result, read_rows
+from amk.flywheel.records import append_record, for_run, load_records, record_from_verdict
+from amk.flywheel.results import ResultRow, ResultsFormatError, Status, append_result, read_rows
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.errors import AmkError
-from amk.schedule.space import Knob, diff, neighbours, non_default_knobs, random_config, search_space
+from amk.schedule.errors import AmkError, ConfigError
+from amk.schedule.space import search_space
 
 from .environment import Device, resolve_device, resolve_target
-from .evaluate import evaluate
+from .evaluate import default_dtype, evaluate
 from .propose import incumbent_config, model_name
-from .verdict import LatencyKind
+from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
+from .search.keep import Incumbent, decide, needs_confirmation, pooled
+from .search.model import RankingModel, fit_model
+from .search.policy import Candidate, SearchSettings, Source, generate, select
+from .search.signals import StopFlag
+from .verdict import LatencyKind, parse_config
 
 log = logging.getLogger("amk.harness")
 
-MIN_GAIN = 0.01  # a keep must beat the incumbent by more than 1% ...
-SIGMAS = 2.0  # ... and by more than 2 sigma of the measured spreads
-RANDOM_CONFIG_P = 0.05  # share of trials that jump to a whole random config
-RANDOM_TRIES = 200
+__all__ = ["Incumbent", "LoopError", "SearchSettings", "StopReason", "decide", "loop"]
+
+EMPTY_ROUNDS = 3  # rounds in a row with nothing new to measure (one of them a restart) before giving up
+CLAIM_POLL_S = 1.0
 
 
 class LoopError(AmkError, ValueError):
-    """The loop cannot start as asked (e.g. results.tsv exists and resume was not asked for)."""
+    """The loop cannot start as asked (results.tsv exists and resume was not asked for, a foreign results
+    file, a seed config that does not lower)."""
 
 
 class StopReason(str, Enum):
     BUDGET = "budget"
     MINUTES = "minutes"
     MAX_REVERTS = "max_reverts"
-    EXHAUSTED = "exhausted"  # every neighbour and every random draw had been evaluated
-
-
-@dataclass
-class Incumbent:
-    config: ScheduleConfig
-    latency_us: float | None = None
-    spread_us: float | None = None
-    kind: str | None = None
-
-    @property
-    def simplicity(self) -> int:
-        return len(non_default_knobs(self.config))
-
-
-@dataclass(frozen=True)
-class Candidate:
-    config: ScheduleConfig
-    change: tuple[str, ...]
-    description: str
-
-
-def decide(inc: Incumbent, verdict: dict, config: ScheduleConfig) -> tuple[Status, str]:
-    """Keep or not, and why (the description column)."""
-    if not verdict.get("valid"):
-        return Status.REJECTED, str(verdict.get("rejected_reason"))
-    if not verdict.get("correct"):
-        why = "; ".join(f"{f['case']}: {f['message']}" for f in verdict.get("failures", [])[:2])
-        return Status.FAIL, why or "; ".join(n for n in verdict.get("notes", []) if "failure" in n.lower())[:300]
-    lat = verdict.get("latency_us")
-    if lat is None:
-        return Status.DISCARD, "correct, but no latency: " + " ".join(verdict.get("notes", [])[-1:])
-    if inc.latency_us is None:
-        return Status.KEEP, "first correct config"
-    sigma = SIGMAS * math.hypot(verdict.get("latency_spread_us") or 0.0, inc.spread_us or 0.0)
-    margin = max(MIN_GAIN * inc.latency_us, sigma)
-    gain = (inc.latency_us - lat) / inc.latency_us
-    if lat < inc.latency_us - margin:
-        return Status.KEEP, f"{100 * gain:.2f}% faster"
-    simpler = len(non_default_knobs(config)) < inc.simplicity
-    if abs(lat - inc.latency_us) <= margin and simpler:
-        return Status.KEEP, f"tie within {margin:.2f} us ({100 * gain:+.2f}%), simpler"
-    return Status.DISCARD, f"{100 * gain:+.2f}% (needs > {100 * margin / inc.latency_us:.2f}%)"
-
-
-def _expected_kind(dev: Device) -> str:
-    return (LatencyKind.MEASURED_GPU if dev == Device.CUDA else LatencyKind.PREDICTED).value
-
-
-def _start(name: str, gpu: str, corpus, dev: Device, resume: bool, rows: list[dict]) -> tuple[Incumbent, str]:
-    cfg, source, verdict = incumbent_config(name, gpu, corpus)
-    inc = Incumbent(cfg)
-    # a latency from history counts only when it is of the kind this run produces: a prediction is never
-    # compared with a measurement
-    if resume and verdict and verdict.get("latency_kind") == _expected_kind(dev):
-        inc.latency_us, inc.spread_us, inc.kind = (verdict.get("latency_us"), verdict.get("latency_spread_us"),
-                                                   verdict.get("latency_kind"))
-    return inc, source
-
-
-def _pick(inc: Incumbent, space: list[Knob], prior: Prior, seen: set[str], rng: random.Random) -> Candidate | None:
-    moves = [m for m in neighbours(inc.config, space) if m.config.schedule_id not in seen]
-    if moves and rng.random() >= RANDOM_CONFIG_P:
-        m = prior.choose(moves, rng)
-        return Candidate(m.config, (m.description,), m.description)
-    for _ in range(RANDOM_TRIES):
-        cfg = random_config(space, rng, base=inc.config)
-        if cfg.schedule_id not in seen:
-            change = tuple(diff(inc.config, cfg))
-            return Candidate(cfg, change, "random: " + ", ".join(change))
-    if moves:
-        m = prior.choose(moves, rng)
-        return Candidate(m.config, (m.description,), m.description)
-    return None
+    EXHAUSTED = "exhausted"  # no candidate left that is valid and not yet measured
+    INTERRUPTED = "interrupted"  # SIGINT (or the Ray driver's stop): the trial in flight finished
 
 
 def loop(model, gpu, budget: int | None = None, minutes: float | None = None, seed: int = 0, device: str = "auto",
          results: str | Path = "results.tsv", corpus: str | Path = "corpus.jsonl", resume: bool = False,
          max_reverts: int = 20, progress: Callable[[dict], None] | None = None, cases=None,
-         dtype: str | None = None) -> dict:
-    """Run trials until `budget` trials, `minutes`, or `max_reverts` non-keeps in a row; returns a summary."""
-    t0 = time.monotonic()
-    target = resolve_target(gpu)
-    name = model_name(model)
-    dev = resolve_device(device)
-    rows = read_rows(results)
-    if rows and not resume:
-        raise LoopError(f"{results} already holds {len(rows)} trials: pass resume=True (--resume) to continue it, "
-                        "or choose another results file")
-    seen = {r["schedule_id"] for r in rows if r["model"] == name and r["gpu"] == target.name}
-    inc, source = _start(name, target.name, corpus, dev, resume, rows)
-    space = search_space(target)
-    prior = Prior.from_corpus(load_corpus(corpus), gpu=target.name)
-    rng = random.Random(seed)
-    statuses: Counter[str] = Counter()
-    trials = reverts = 0
-    first = inc.config.schedule_id not in seen
-    stop = None
-    while stop is None:
-        if budget is not None and trials >= budget:
-            stop = StopReason.BUDGET
-            break
-        if minutes is not None and time.monotonic() - t0 >= minutes * 60:
-            stop = StopReason.MINUTES
-            break
-        if reverts >= max_reverts:
-            stop = StopReason.MAX_REVERTS
-            break
-        # another loop may share the file: what it evaluated counts as seen too
-        seen |= {r["schedule_id"] for r in read_rows(results) if r["model"] == name and r["gpu"] == target.name}
-        if first:
-            cand, first = Candidate(inc.config, (), f"baseline ({source} config)"), False
-        else:
-            cand = _pick(inc, space, prior, seen, rng)
-            if cand is None:
-                stop = StopReason.EXHAUSTED
-                break
-        seen.add(cand.config.schedule_id)
-        verdict = _evaluate(model, target, cand.config, dev, cases, seed, dtype, corpus)
-        status, why = (Status.CRASH, verdict["crash"]) if "crash" in verdict else decide(inc, verdict, cand.config)
-        lat = verdict.get("latency_us")
-        speedup = inc.latency_us / lat if (lat and inc.latency_us) else None
-        row = append_result(results, ResultRow(
-            model=name, gpu=target.name, schedule_id=cand.config.schedule_id, status=status,
-            correct=verdict.get("correct") if "crash" not in verdict else None, latency_us=lat,
-            kind=verdict.get("latency_kind"), pct_of_floor=verdict.get("pct_of_floor"), speedup=speedup,
-            description=f"{cand.description}: {why}"))
-        trials += 1
-        statuses[status.value] += 1
-        if status == Status.KEEP:
-            improvement = (inc.latency_us - lat) / inc.latency_us if inc.latency_us else None
-            append_entry(corpus, make_entry(name, target.name, cand.config.to_dict(), verdict, cand.change, improvement))
-            inc = Incumbent(cand.config, lat, verdict.get("latency_spread_us"), verdict.get("latency_kind"))
-            reverts = 0
-            prior = Prior.from_corpus(load_corpus(corpus), gpu=target.name)  # learn from this keep at once
-        else:
-            reverts += 1
-        if progress is not None:
-            progress({"trial": row.trial, "status": status.value, "schedule_id": row.schedule_id, "latency_us": lat,
-                      "kind": verdict.get("latency_kind"), "best_latency_us": inc.latency_us,
-                      "description": row.description, "elapsed_s": round(time.monotonic() - t0, 1)})
-    return _summary(name, target.name, dev, trials, statuses, stop, results, corpus, t0, inc)
+         dtype: str | None = None, incumbent=None, evaluate: Callable[..., dict] | None = None, workers: int = 1,
+         ray_address: str | None = None, builders: int | None = None, settings: SearchSettings | None = None,
+         predictor: Predictor | None = None, should_stop: Callable[[], bool] | None = None,
+         max_seq: int | None = None) -> dict:
+    """Search until a stop rule holds; returns the summary (HARNESS.md section 7).
 
+    `incumbent`: a config (dict, JSON string or ScheduleConfig) to start from. `evaluate`: the callable that
+    measures one config, evaluate(model, gpu, config, device=, cases=, seed=, dtype=, corpus=, max_seq=) ->
+    verdict dict (default amk.evaluate; a test passes a synthetic one). `builders`: builder processes (default
+    none on the CPU path, most cores on CUDA). `predictor`: the builder's pricing function (default the cost
+    model). `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
+    Raises LoopError (usage: an existing results file without resume, a foreign one, a rejected seed),
+    ConfigError (a malformed seed), UnknownModelError / UnknownTargetError."""
+    if workers > 1:
+        from .search.distributed import run_workers
 
-def _evaluate(model, gpu, config, dev, cases, seed, dtype, corpus) -> dict:
+        return run_workers(model, gpu, workers=workers, ray_address=ray_address, budget=budget, minutes=minutes,
+                           seed=seed, device=device, results=results, corpus=corpus, resume=resume,
+                           max_reverts=max_reverts, progress=progress, cases=cases, dtype=dtype,
+                           incumbent=incumbent, builders=builders, settings=settings, max_seq=max_seq)
+    run = _Run(model, gpu, budget, minutes, seed, device, results, corpus, resume, max_reverts, progress, cases,
+               dtype, incumbent, evaluate, builders, settings, predictor, should_stop, max_seq)
     try:
-        return evaluate(model, gpu, config, device=dev.value, cases=cases, seed=seed, dtype=dtype,
-                        corpus=str(corpus) if corpus else None)
-    except Exception as e:  # the loop outlives one bad trial; the row says crash and why
-        log.exception("evaluate crashed")
-        return {"crash": f"{type(e).__name__}: {e}"}
+        with StopFlag() as flag:
+            return run.go(flag)
+    finally:
+        run.close()
 
 
-def _summary(name, gpu, dev, trials, statuses, stop, results, corpus, t0, inc: Incumbent) -> dict:
-    best = best_entry(entries_for(load_corpus(corpus), name, gpu)) if Path(corpus).exists() else None
-    return {"incumbent": {"schedule_id": inc.config.schedule_id, "latency_us": inc.latency_us,
-                          "latency_kind": inc.kind, "config": inc.config.to_dict()},
-            "model": name, "gpu": gpu, "device": dev.value, "trials": trials, "statuses": dict(statuses),
-            "kept": statuses.get(Status.KEEP.value, 0), "stopped": stop.value if stop else None,
-            "best": None if best is None else {"schedule_id": ScheduleConfig.from_dict(best.config).schedule_id,
-                                               "latency_us": best.latency_us, "latency_kind": best.kind,
-                                               "config": best.config},
-            "results": str(results), "corpus": str(corpus), "seconds": round(time.monotonic() - t0, 2)}
+def _default_evaluate(*args, **kw) -> dict:
+    return evaluate(*args, **kw)  # looked up at call time: the module attribute is the seam
+
+
+class _Run:
+    def __init__(self, model, gpu, budget, minutes, seed, device, results, corpus, resume, max_reverts, progress,
+                 cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
+        from amk.models import Model
+
+        self.t0 = time.monotonic()
+        self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
+        self.dev = resolve_device(device)
+        self.dtype = str(model.dtype).removeprefix("torch.") if isinstance(model, Model) else (
+            dtype or default_dtype(self.dev))
+        self.kind = (LatencyKind.MEASURED_GPU if self.dev == Device.CUDA else LatencyKind.PREDICTED).value
+        self.results, self.corpus = Path(results), Path(corpus)
+        self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
+        self.progress, self.cases, self.seed, self.max_seq = progress, cases, seed, max_seq
+        self.settings = settings or SearchSettings()
+        self.evaluate_fn = evaluate_fn if evaluate_fn is not None else _default_evaluate
+        self.should_stop = should_stop
+        try:
+            rows = read_rows(self.results)
+        except ResultsFormatError as e:
+            raise LoopError(str(e)) from None
+        if rows and not resume:
+            raise LoopError(f"{results} already holds {len(rows)} trials: pass resume=True (--resume) to continue "
+                            "it, or choose another results file")
+        seed_config = None
+        if incumbent is not None:
+            seed_config = parse_config(incumbent)  # ConfigError names the field: a usage error
+        self.space = search_space(self.target)
+        self.rng = random.Random(seed)
+        self.owner = owner_id()
+        processes = default_processes(self.dev.value) if builders is None else max(0, int(builders))
+        if processes and (predictor is not None or isinstance(model, Model)):
+            processes = 0  # neither a custom predictor nor an in-memory model travels to other processes
+        self.builder = Builder(processes, predictor)
+        self.ranking = RankingModel()
+        self.prior = Prior()
+        self.statuses: Counter[str] = Counter()
+        self.trials = self.measurements = self.reverts = self.rounds = self.restarts = 0
+        self.remeasures = self.confirmations = self.duplicates = self.invalid = self.since_remeasure = 0
+        self.empty_rounds = 0
+        self.timed = False  # a latency has come back (its kind is the run's)
+        self.restart_pending = False
+        self.queue: list[tuple[Candidate, Built]] = []
+        self.mine: set[str] = set()  # programs this loop measured
+        self.inc, self.start = self._prepare_start(seed_config)
+
+    # ---- the start -------------------------------------------------------------------------------------
+    def _job(self, cfg: ScheduleConfig) -> BuildJob:
+        from amk.models import Model
+
+        model = self.model if isinstance(self.model, Model) and self.builder.pool is None else self.name
+        return BuildJob(model, self.target, cfg.to_dict(), self.dtype, self.max_seq, self.ranking.coefficients)
+
+    def _prepare_start(self, given: ScheduleConfig | None) -> tuple[Incumbent, tuple[Candidate, Built] | None]:
+        origin = "given"
+        if given is not None:
+            cfg, source = given, Source.GIVEN
+        else:
+            cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus)
+            source = Source.BASELINE
+        built = self.builder.build([self._job(cfg)])[0]
+        if not built.valid and given is not None:
+            raise LoopError(f"the given config {cfg.schedule_id} is rejected ({built.reason}): a loop starts from a "
+                            "config that lowers and validates")
+        if not built.valid and cfg != ScheduleConfig():
+            log.warning("the corpus's best config %s no longer lowers (%s): starting from the defaults",
+                        cfg.schedule_id, built.reason)
+            cfg, built, origin = ScheduleConfig(), self.builder.build([self._job(ScheduleConfig())])[0], "default"
+        if not built.valid:
+            raise LoopError(f"the default config is rejected for {self.name} on {self.target.name}: {built.reason}")
+        inc = Incumbent(cfg, program_fingerprint=built.program_fingerprint)
+        self.start_description = f"baseline ({origin} config)"
+        return inc, (Candidate(cfg, (), source), built)
+
+    def _adopt(self, row: dict) -> bool:
+        """Take a measured row of the incumbent's program as its measurement (a resume, or another loop's)."""
+        lat = float(row["latency_us"]) if row.get("latency_us") else None
+        if row.get("correct") != "true" or row.get("kind") != self.kind or lat is None:
+            return False
+        spread = float(row["spread_us"]) if row.get("spread_us") else None
+        self.inc.observe(lat, spread, row["kind"])
+        self.inc.trial = int(row["trial"])
+        log.info("incumbent %s: duplicate of trial %s (%.2f us), not measured again", self.inc.config.schedule_id,
+                 row["trial"], lat)
+        return True
+
+    def _settle_start(self, flag: StopFlag) -> Candidate | None:
+        """The start candidate to measure, or None when a measured row stands for it (waiting for another
+        loop that claimed it)."""
+        cand, built = self.start
+        while True:
+            snap = snapshot(self.results, self.name, self.target.name)
+            taken = snap.taken(built.program_fingerprint, built.schedule_id, self.owner)
+            if taken is None:
+                return cand
+            if taken.by == "measured":
+                self.duplicates += 1
+                if not self._adopt(taken.row):
+                    log.info("trial %s measured the incumbent's program without a %s latency: measured again as a "
+                             "re-measurement", taken.trial, self.kind)
+                    self.inc.trial = taken.trial
+                    self._remeasure()
+                return None
+            if self._stop_reason(flag) is not None:
+                return None
+            time.sleep(CLAIM_POLL_S)  # another loop is measuring it now: its row is the incumbent's latency
+
+    # ---- the main loop -------------------------------------------------------------------------------
+    def go(self, flag: StopFlag) -> dict:
+        stop = self._stop_reason(flag)
+        while stop is None:  # the start: measured here, or a row of this file (or another loop's) stands for it
+            start = self._settle_start(flag)
+            if start is None or self._trial(start, self.start[1], self.start_description):
+                break
+        while stop is None:
+            stop = self._stop_reason(flag)
+            if stop is not None:
+                break
+            if self._remeasure_due():
+                self._remeasure()
+                continue
+            if not self.queue:
+                self._round()
+                if not self.queue:
+                    self.empty_rounds += 1
+                    if self.empty_rounds >= EMPTY_ROUNDS:
+                        stop = StopReason.EXHAUSTED
+                    self.restart_pending = True
+                    continue
+                self.empty_rounds = 0
+            cand, built = self.queue.pop(0)
+            self._trial(cand, built, cand.description)
+        return self._summary(stop)
+
+    def _stop_reason(self, flag: StopFlag) -> StopReason | None:
+        if flag.set or (self.should_stop is not None and self.should_stop()):
+            return StopReason.INTERRUPTED
+        if self.budget is not None and self.trials >= self.budget:
+            return StopReason.BUDGET
+        if self.minutes is not None and time.monotonic() - self.t0 >= self.minutes * 60:
+            return StopReason.MINUTES
+        if self.reverts >= self.max_reverts:
+            if self.budget is None and self.minutes is None:
+                return StopReason.MAX_REVERTS
+            self.reverts, self.restart_pending, self.queue = 0, True, []
+            self.restarts += 1
+            log.info("%d trials without a keep: moving to another region (restart %d)", self.max_reverts,
+                     self.restarts)
+        return None
+
+    # ---- rounds --------------------------------------------------------------------------------------
+    def _parents(self, run_records) -> list[ScheduleConfig]:
+        timed = sorted((r for r in run_records if r.correct and r.latency_us is not None and r.kind == self.kind),
+                       key=lambda r: r.latency_us)
+        out, seen = [self.inc.config], {self.inc.config.schedule_id}
+        for r in timed:
+            try:
+                cfg = ScheduleConfig.from_dict(r.config)
+            except ConfigError:
+                continue
+            if cfg.schedule_id not in seen:
+                out.append(cfg)
+                seen.add(cfg.schedule_id)
+            if len(out) >= self.settings.parents:
+                break
+        return out
+
+    def _round(self) -> None:
+        records = load_records(self.corpus)
+        run_records = for_run(records, self.name, self.target.name, self.dtype)
+        self.prior = Prior.from_corpus(records, gpu=self.target.name)
+        self.ranking = fit_model(run_records, [r for r in records if r.gpu == self.target.name], self.space, self.kind)
+        restart, self.restart_pending = self.restart_pending, False
+        cands = generate(self.inc.config, self._parents(run_records), self.space, self.prior, self.rng,
+                         self.settings, restart=restart)
+        snap = snapshot(self.results, self.name, self.target.name)
+        cands = [c for c in cands if c.config.schedule_id not in snap.schedule_ids]
+        built = self.builder.build([self._job(c.config) for c in cands])
+        ranked, unranked, programs = [], [], set()
+        for c, b in zip(cands, built):
+            if not b.valid:
+                self.invalid += 1
+                continue
+            fp = b.program_fingerprint
+            if fp in self.mine or fp in programs or snap.taken(fp, b.schedule_id, self.owner) is not None:
+                self.duplicates += 1  # another config of a program measured, claimed or already in this round
+                continue
+            programs.add(fp)
+            score = self.ranking.score(b.config, b.features, b.predicted_us)
+            (ranked.append(((c, b), score)) if score is not None else unranked.append((c, b)))
+        by_id = {c.config.schedule_id: b for (c, b), _ in ranked} | {c.config.schedule_id: b for c, b in unranked}
+        picked = select([(c, s) for (c, _), s in ranked], [c for c, _ in unranked], self.settings.measure_per_round,
+                        self.settings.epsilon, self.prior, self.rng)
+        self.queue = [(c, by_id[c.config.schedule_id]) for c in picked]
+        self.rounds += 1
+        if self.dev == Device.CUDA:
+            for c, _ in self.queue:
+                self.builder.precompile(self._job(c.config))
+        log.info("round %d%s: %d candidates, %d invalid, %d duplicates so far; measuring %d (model fitted on %d "
+                 "records)", self.rounds, " (restart)" if restart else "", len(cands), self.invalid, self.duplicates,
+                 len(self.queue), self.ranking.rows)
+
+    # ---- trials --------------------------------------------------------------------------------------
+    def _evaluate(self, cfg: ScheduleConfig) -> dict:
+        self.builder.wait_precompiled(cfg.schedule_id)
+        self.measurements += 1
+        try:
+            return self.evaluate_fn(self.model, self.target, cfg, device=self.dev.value, cases=self.cases,
+                                    seed=self.seed, dtype=self.dtype, corpus=str(self.corpus), max_seq=self.max_seq)
+        except Exception as e:  # the loop outlives one bad trial; the row says crash and why
+            log.exception("evaluate crashed")
+            return {"crash": f"{type(e).__name__}: {e}"}
+
+    def _trial(self, cand: Candidate, built: Built, description: str) -> bool:
+        """Claim, measure, decide, write. False when the program was taken (measured or claimed elsewhere)."""
+        cfg = cand.config
+        c = claim(self.results, self.name, self.target.name, built.program_fingerprint, built.schedule_id,
+                  owner=self.owner)
+        if isinstance(c, Taken):
+            self.duplicates += 1
+            log.info("%s: program %s already %s (trial %s), not measured", cfg.schedule_id,
+                     built.program_fingerprint, c.by, c.trial)
+            return False
+        self.mine.add(built.program_fingerprint)
+        inc = self.inc
+        verdict = self._evaluate(cfg)
+        if verdict.get("latency_kind") and not self.timed:
+            self.kind = verdict["latency_kind"]  # an injected evaluator may say what it produces
+        self.timed = self.timed or verdict.get("latency_us") is not None
+        status, why = (Status.CRASH, verdict["crash"]) if "crash" in verdict else decide(inc, verdict, cfg)
+        samples = [verdict.get("latency_us")]
+        if status == Status.KEEP and needs_confirmation(inc, verdict):
+            status, why, verdict, samples = self._confirm(cfg, verdict, why)
+        lat = verdict.get("latency_us")
+        comparable = lat is not None and inc.latency_us is not None and verdict.get("latency_kind") == inc.kind
+        improvement = (inc.latency_us - lat) / inc.latency_us if comparable else None
+        self._write(c, cand, built, verdict, status, f"{description}: {why}", improvement)
+        self.trials += 1
+        self.since_remeasure += 1
+        self.statuses[status.value] += 1
+        if status == Status.KEEP:
+            self.inc = Incumbent(cfg, program_fingerprint=built.program_fingerprint, trial=c.trial)
+            for s in samples:
+                self.inc.observe(s, verdict.get("latency_spread_us"), verdict.get("latency_kind"))
+            self.inc.latency_us = lat  # the pooled figure when a gain was confirmed
+            self.reverts = self.since_remeasure = 0
+            self.queue = []  # the next round is generated around the new incumbent
+        else:
+            self.reverts += 1
+        self._progress(c.trial, status, built, verdict, description + ": " + why, cand.source)
+        return True
+
+    def _confirm(self, cfg, first: dict, why: str):
+        """An apparent winner: time the incumbent again (it may have been measured slow by chance, or the GPU
+        drifted), then the candidate again; keep only if the second run clears the bar set by the fresh
+        incumbent."""
+        self.confirmations += 1
+        self._remeasure()
+        second = self._evaluate(cfg)
+        l1 = first["latency_us"]
+        if "crash" in second or not second.get("correct"):
+            reason = second.get("crash") or decide(self.inc, second, cfg)[1]
+            return Status.FAIL, f"{l1:.2f} us, then failed on the confirming run: {reason}", second, []
+        status2, why2 = decide(self.inc, second, cfg)
+        lat, spread = pooled(first, second)
+        l2 = second.get("latency_us")
+        merged = {**first, "latency_us": lat, "latency_spread_us": spread,
+                  "notes": list(first.get("notes", [])) + [f"measured twice: {l1:.2f} and {l2:.2f} us (mean kept)"]}
+        if status2 == Status.KEEP:
+            return Status.KEEP, f"{why}; confirmed ({l1:.2f}, {l2:.2f} us)", merged, [l1, l2]
+        return Status.DISCARD, f"not confirmed: {l1:.2f} us, then {l2:.2f} us ({why2})", merged, [l1, l2]
+
+    def _remeasure_due(self) -> bool:
+        return (self.kind == LatencyKind.MEASURED_GPU.value and self.inc.latency_us is not None
+                and self.since_remeasure >= self.settings.remeasure_every)
+
+    def _remeasure(self) -> None:
+        """Time the incumbent again (drift check): a `remeasure` row and record; its latency becomes the
+        incumbent's, and the spread between its measurements joins the keep rule's noise."""
+        self.since_remeasure = 0
+        cfg, fp = self.inc.config, self.inc.program_fingerprint
+        c = claim(self.results, self.name, self.target.name, fp, cfg.schedule_id, check=False, owner=self.owner)
+        before = self.inc.latency_us
+        verdict = self._evaluate(cfg)
+        self.remeasures += 1
+        lat = verdict.get("latency_us")
+        if "crash" in verdict or not verdict.get("correct") or lat is None:
+            why = verdict.get("crash") or decide(self.inc, verdict, cfg)[1]
+            status, text = Status.FAIL, f"incumbent re-measured: failed ({why})"
+        else:
+            status = Status.REMEASURE
+            text = f"incumbent re-measured: {lat:.2f} us" + (f" (was {before:.2f} us)" if before else "")
+            self.inc.observe(lat, verdict.get("latency_spread_us"), verdict.get("latency_kind"))
+        built = Built(cfg.to_dict(), cfg.schedule_id, True, program_fingerprint=fp)
+        self._write(c, Candidate(cfg, (), Source.REMEASURE), built, verdict, status, text, None)
+        self.statuses[status.value] += 1
+        self._progress(c.trial, status, built, verdict, text, Source.REMEASURE)
+
+    def _write(self, c: Claim, cand: Candidate, built: Built, verdict: dict, status: Status, description: str,
+               improvement: float | None) -> None:
+        lat = verdict.get("latency_us")
+        speedup = self.inc.latency_us / lat if (lat and self.inc.latency_us) else None
+        crashed = "crash" in verdict
+        append_result(self.results, ResultRow(
+            model=self.name, gpu=self.target.name, schedule_id=cand.config.schedule_id, status=status,
+            correct=None if crashed else verdict.get("correct"), latency_us=lat, kind=verdict.get("latency_kind"),
+            pct_of_floor=verdict.get("pct_of_floor"), speedup=speedup, description=description,
+            program_fingerprint=built.program_fingerprint,
+            predicted_us=verdict.get("predicted_latency_us") or built.predicted_us,
+            spread_us=verdict.get("latency_spread_us"), trial=c.trial))
+        rec = record_from_verdict(self.name, self.target.name, cand.config.to_dict(), verdict, status=status.value,
+                                  kept=status == Status.KEEP, change=cand.change, improvement=improvement,
+                                  source=cand.source.value, trial=c.trial)
+        rec = dataclasses.replace(
+            rec, dtype=rec.dtype or self.dtype, device=rec.device or self.dev.value,
+            schedule_id=cand.config.schedule_id, program_fingerprint=built.program_fingerprint,
+            features=rec.features or built.features,
+            predicted_latency_us=rec.predicted_latency_us or built.predicted_us)
+        append_record(self.corpus, rec)
+
+    def _progress(self, trial: int, status: Status, built: Built, verdict: dict, description: str,
+                  source: Source) -> None:
+        if self.progress is None:
+            return
+        self.progress({"trial": trial, "status": status.value, "schedule_id": built.schedule_id,
+                       "program_fingerprint": built.program_fingerprint, "latency_us": verdict.get("latency_us"),
+                       "kind": verdict.get("latency_kind"), "predicted_us": built.predicted_us,
+                       "best_latency_us": self.inc.latency_us, "description": description, "source": source.value,
+                       "elapsed_s": round(time.monotonic() - self.t0, 1)})
+
+    # ---- the end -------------------------------------------------------------------------------------
+    def _summary(self, stop: StopReason | None) -> dict:
+        best = None
+        if self.corpus.exists():
+            best = best_entry(entries_for(load_records(self.corpus), self.name, self.target.name))
+        seconds = time.monotonic() - self.t0
+        inc = self.inc
+        return {"incumbent": {"schedule_id": inc.config.schedule_id, "program_fingerprint": inc.program_fingerprint,
+                              "latency_us": inc.latency_us, "latency_spread_us": inc.spread_us,
+                              "latency_kind": inc.kind, "trial": inc.trial, "config": inc.config.to_dict()},
+                "model": self.name, "gpu": self.target.name, "device": self.dev.value, "dtype": self.dtype,
+                "trials": self.trials, "statuses": dict(self.statuses), "kept": self.statuses.get(Status.KEEP.value, 0),
+                "stopped": stop.value if stop else None,
+                "best": None if best is None else {"schedule_id": best.schedule_id or
+                                                   ScheduleConfig.from_dict(best.config).schedule_id,
+                                                   "latency_us": best.latency_us, "latency_kind": best.kind,
+                                                   "trial": best.trial, "config": best.config},
+                "search": {"rounds": self.rounds, "restarts": self.restarts, "remeasures": self.remeasures,
+                           "confirmations": self.confirmations, "duplicates": self.duplicates,
+                           "invalid": self.invalid, "measurements": self.measurements,
+                           "builder_processes": self.builder.processes,
+                           "build_seconds": round(self.builder.build_seconds, 2),
+                           "ranking_model": self.ranking.to_dict()},
+                "trials_per_minute": round(60 * self.trials / seconds, 2) if seconds > 0 else None,
+                "seed": self.seed, "results": str(self.results), "corpus": str(self.corpus),
+                "seconds": round(seconds, 2)}
+
+    def close(self) -> None:
+        self.builder.close()

@@ -1,0 +1,193 @@
+"""The builder: lower, validate and price candidate configs, and build their kernels, in worker processes.
+
+A round's candidates are lowered, checked by the static validator and priced by the cost model before any
+is measured, so invalid configs and programs already measured cost no GPU time; the measuring process only
+measures. Lowered programs land in the file cache (amk.cache, kind "program"), and on a CUDA run each
+selected candidate's kernel is compiled by NVRTC into the file cache (kind "kernel") while the GPU measures
+the one before, so evaluate() finds both there. The eager reference data is the same for every candidate of
+a run (model, dtype, cases): the first trial computes it into the cache and every later trial reads it.
+
+`processes=0` builds in this process, in order: the CPU-only path and the tests, deterministic. Workers are
+spawned (never forked: the parent may hold a CUDA context) and ignore SIGINT, so Ctrl-C reaches the loop,
+which finishes its trial and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+
+from amk.schedule.config import ScheduleConfig
+from amk.schedule.cost import CostCoefficients
+from amk.schedule.targets import GpuTarget
+
+log = logging.getLogger("amk.harness")
+
+# (config, program, target, coefficients) -> (predicted latency in us, cost-model features or None)
+Predictor = Callable[[ScheduleConfig, object, GpuTarget, CostCoefficients], tuple[float | None, dict | None]]
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    model: object  # a model name or checkpoint path (picklable), or an amk.Model for in-process builds
+    target: GpuTarget
+    config: dict  # JSON form
+    dtype: str
+    max_seq: int | None
+    coefficients: CostCoefficients
+
+
+@dataclass(frozen=True)
+class Built:
+    """A candidate after the builder: valid or why not, the program it lowered to, and its price."""
+
+    config: dict
+    schedule_id: str
+    valid: bool
+    reason: str | None = None
+    program_fingerprint: str | None = None
+    features: dict | None = None  # cost-model critical-path features (mem_us, tasks, waits)
+    predicted_us: float | None = None
+    task_count: int | None = None
+    seconds: float = 0.0
+
+
+def analytic_predictor(config, program, target, coefficients):
+    """The cost model of schedule/cost.py (what the builder prices with unless told otherwise)."""
+    from amk.schedule.cost import CostModelError, predict
+
+    try:
+        p = predict(program, target, coefficients)
+    except CostModelError:
+        return None, None
+    return p.latency_us, p.features.to_dict()
+
+
+def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
+    """Lower, validate and price one config (nothing is cached: most candidates are never measured, and
+    the runner's evaluate() lowers the few that are). Never raises for a bad config."""
+    from amk.harness.environment import Device, get_model
+    from amk.models import Model
+    from amk.schedule.errors import ConfigError, LoweringError
+    from amk.schedule.lower import DEFAULT_MAX_SEQ, lower
+    from amk.schedule.validate import validate
+
+    t0 = time.perf_counter()
+    cfg = ScheduleConfig.from_dict(job.config)
+
+    def rejected(reason: str) -> Built:
+        return Built(job.config, cfg.schedule_id, False, reason, seconds=time.perf_counter() - t0)
+
+    model = job.model if isinstance(job.model, Model) else get_model(str(job.model), job.dtype, Device.CPU,
+                                                                      weights=False)
+    seq = int(job.max_seq or min(model.dims.max_positions, DEFAULT_MAX_SEQ))
+    try:
+        program = lower(model, job.target, cfg, max_seq=seq)
+    except ConfigError as e:
+        return rejected(f"schema: {e.path}: {e.reason}")
+    except LoweringError as e:
+        return rejected(f"lowering: {e}")
+    except Exception as e:  # a lowering bug: a rejection with its reason, as in evaluate()
+        return rejected(f"lowering: internal error ({type(e).__name__}: {e})")
+    res = validate(program, job.target)
+    if not res.ok:
+        return rejected(f"validator: {res.issues[0].kind.value}: {res.first_message()}")
+    pred, feats = (predictor or analytic_predictor)(cfg, program, job.target, job.coefficients)
+    if pred is not None and not math.isfinite(pred):
+        pred = None
+    return Built(job.config, cfg.schedule_id, True, None, program.fingerprint(), feats, pred, len(program.tasks),
+                 time.perf_counter() - t0)
+
+
+def precompile_one(job: BuildJob) -> str:
+    """Lower one (valid) config into the program cache and build its kernel into the kernel cache, for the
+    runner to find; returns "file", "compiled" or why not."""
+    from amk.cache import default_cache
+    from amk.harness.evaluate import build_program
+    from amk.vm.loader import precompile
+
+    try:
+        _, program = build_program(job.model, job.target, ScheduleConfig.from_dict(job.config), device="cpu",
+                                   dtype=job.dtype, max_seq=job.max_seq)
+        return "invalid" if program is None else precompile(program, job.target.arch, default_cache())
+    except Exception as e:  # the runner builds it itself then, and reports any failure as the trial's
+        return f"failed: {type(e).__name__}: {e}"
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("amk").setLevel(logging.WARNING)
+
+
+def default_processes(device: str) -> int:
+    """Builder processes: none on the CPU-only path (the measuring process is the CPU), else all but two
+    cores (one measures, one serves the system), at most 16."""
+    if device != "cuda":
+        return 0
+    return max(0, min(16, (os.cpu_count() or 1) - 2))
+
+
+class Builder:
+    """Builds candidates (memoised by schedule_id for the life of the loop) and precompiles kernels."""
+
+    def __init__(self, processes: int = 0, predictor: Predictor | None = None):
+        if processes > 0 and predictor is not None:
+            raise ValueError("a custom predictor runs in this process only (builder processes=0)")
+        self.predictor = predictor
+        self.processes = max(0, processes)
+        self.pool = (ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+                     if processes > 0 else None)
+        self.built: dict[str, Built] = {}
+        self.precompiling: dict[str, Future] = {}
+        self.build_seconds = 0.0
+
+    def submit(self, jobs: list[BuildJob]) -> Callable[[], list[Built]]:
+        """Start building `jobs`; the returned callable waits for and returns their Builts, in order. In
+        this process (processes=0) the work happens when it is called."""
+        todo = [j for j in jobs if ScheduleConfig.from_dict(j.config).schedule_id not in self.built]
+        if self.pool is None:
+            def later() -> list[Built]:
+                for j in todo:
+                    self._keep(build_one(j, self.predictor))
+                return [self.built[ScheduleConfig.from_dict(j.config).schedule_id] for j in jobs]
+            return later
+        futures = [self.pool.submit(build_one, j) for j in todo]
+
+        def wait() -> list[Built]:
+            for f in futures:
+                self._keep(f.result())
+            return [self.built[ScheduleConfig.from_dict(j.config).schedule_id] for j in jobs]
+        return wait
+
+    def build(self, jobs: list[BuildJob]) -> list[Built]:
+        return self.submit(jobs)()
+
+    def _keep(self, b: Built) -> None:
+        self.built[b.schedule_id] = b
+        self.build_seconds += b.seconds
+
+    def precompile(self, job: BuildJob) -> None:
+        """Compile this candidate's kernel in a worker while the GPU measures another (CUDA runs only)."""
+        sid = ScheduleConfig.from_dict(job.config).schedule_id
+        if self.pool is not None and sid not in self.precompiling:
+            self.precompiling[sid] = self.pool.submit(precompile_one, job)
+
+    def wait_precompiled(self, schedule_id: str) -> None:
+        """Wait for this candidate's kernel build when one is under way (building it again would only race)."""
+        f = self.precompiling.pop(schedule_id, None)
+        if f is not None:
+            origin = f.result()
+            if origin.startswith("failed"):
+                log.warning("precompiling %s %s; the VM builds it itself", schedule_id, origin)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None

@@ -1,0 +1,162 @@
+"""One measuring worker per GPU through Ray: `amk loop --workers N` (and loop(workers=N)).
+
+Each worker is a Ray task holding one GPU (`num_gpus=1`: Ray sets CUDA_VISIBLE_DEVICES, so the worker's
+torch sees its GPU as cuda:0), or one CPU on the CPU-only path, and runs the single-GPU loop on the same
+results.tsv and corpus.jsonl. Locked appends keep both files whole, and claims under the results lock
+(flywheel/claims.py) keep any two workers from measuring one program. Workers share what they learn through
+the records: every round refits the ranking model and picks its parents from all workers' records; each
+keeps a config only against its own incumbent, measured on its own GPU (two GPUs of one model differ).
+
+Ray runs locally (a fresh instance, shut down at the end) or on a cluster given by `ray_address` (the
+files must then sit on a file system every node shares). The budget is split between the workers; minutes
+apply to each. SIGINT in the driver asks every worker to stop after its trial in flight. Ray is an optional
+extra (`pip install 'amk[ray]'`); one worker never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from amk.schedule.errors import EnvironmentProblem
+
+log = logging.getLogger("amk.harness")
+
+
+def budget_shares(budget: int | None, workers: int) -> list[int | None]:
+    """The budget split as evenly as it goes (the first workers take the remainder)."""
+    if budget is None:
+        return [None] * workers
+    return [budget // workers + (1 if i < budget % workers else 0) for i in range(workers)]
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise EnvironmentProblem("amk loop --workers N > 1 runs its workers through Ray, which is not installed: "
+                                 "pip install 'amk[ray]'") from e
+    return ray
+
+
+def _worker_main(index: int, kwargs: dict, stop) -> dict:
+    """Runs inside a Ray worker: the single-GPU loop, stopping when the driver's flag is set."""
+    import ray
+
+    from amk.harness.loop import loop
+
+    logging.getLogger("amk").setLevel(logging.WARNING)
+
+    def progress(p: dict) -> None:
+        lat = f"{p['latency_us']:.2f}" if p.get("latency_us") is not None else "-"
+        print(f"[worker {index}] trial {p['trial']:>4} {p['status']:<9} {p['schedule_id']} latency {lat}  "
+              f"{p['description'][:90]}", file=sys.stderr, flush=True)
+
+    summary = loop(progress=progress, should_stop=lambda: ray.get(stop.is_set.remote()), workers=1, **kwargs)
+    summary["worker"] = index
+    summary["host"] = os.uname().nodename
+    summary["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return summary
+
+
+class _Flag:
+    def __init__(self):
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, minutes, seed, device, results,
+                corpus, resume, max_reverts, progress, cases, dtype, incumbent, builders, settings, max_seq) -> dict:
+    """loop() over `workers` Ray workers; returns the merged summary with each worker's under `per_worker`."""
+    from amk.flywheel.results import ResultsFormatError, read_rows
+    from amk.harness.environment import Device, resolve_device, resolve_target
+    from amk.harness.loop import LoopError
+    from amk.harness.propose import model_name
+    from amk.harness.verdict import parse_config
+    from amk.models import Model
+
+    from .signals import StopFlag
+
+    if isinstance(model, Model):
+        raise LoopError("workers > 1 needs a model name or checkpoint path: an in-memory model does not travel "
+                        "to Ray workers")
+    name = model_name(model)
+    target = resolve_target(gpu)
+    dev = resolve_device(device)
+    results, corpus = Path(results).resolve(), Path(corpus).resolve()
+    try:
+        rows = read_rows(results)
+    except ResultsFormatError as e:
+        raise LoopError(str(e)) from None
+    if rows and not resume:
+        raise LoopError(f"{results} already holds {len(rows)} trials: pass resume=True (--resume) to continue it, "
+                        "or choose another results file")
+    seed_config = parse_config(incumbent).to_dict() if incumbent is not None else None
+    if builders is None:
+        builders = 0 if dev != Device.CUDA else max(0, ((os.cpu_count() or 1) - 2 * workers) // workers)
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:
+        env = {k: v for k, v in os.environ.items() if k.startswith("AMK_")}
+        ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": env} if env else None)
+    t0 = time.monotonic()
+    try:
+        stop = ray.remote(_Flag).options(num_cpus=0).remote()
+        per_worker = {"num_gpus": 1} if dev == Device.CUDA else {"num_cpus": 1}
+        task = ray.remote(_worker_main).options(**per_worker)
+        refs = []
+        for i, share in enumerate(budget_shares(budget, workers)):
+            kwargs = dict(model=name, gpu=target, budget=share, minutes=minutes, seed=seed + i, device=dev.value,
+                          results=str(results), corpus=str(corpus), resume=True, max_reverts=max_reverts,
+                          cases=cases, dtype=dtype, incumbent=seed_config, builders=builders, settings=settings,
+                          max_seq=max_seq)
+            refs.append(task.remote(i, kwargs, stop))
+        pending = list(refs)
+        with StopFlag() as flag:
+            asked = False
+            while pending:
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+                if flag.set and not asked:
+                    ray.get(stop.set.remote())
+                    asked = True
+        summaries = ray.get(refs)
+    finally:
+        if started:
+            ray.shutdown()
+    return merge(summaries, name, target.name, dev.value, results, corpus, time.monotonic() - t0)
+
+
+def merge(summaries: list[dict], model: str, gpu: str, device: str, results, corpus, seconds: float) -> dict:
+    """One summary for the run: counts summed, the fastest worker's incumbent, the corpus's best."""
+    statuses: Counter[str] = Counter()
+    for s in summaries:
+        statuses.update(s["statuses"])
+    timed = [s for s in summaries if s["incumbent"]["latency_us"] is not None]
+    best_inc = min(timed, key=lambda s: s["incumbent"]["latency_us"]) if timed else summaries[0]
+    trials = sum(s["trials"] for s in summaries)
+    stops = {s["stopped"] for s in summaries}
+    out = {"incumbent": {**best_inc["incumbent"], "worker": best_inc.get("worker")}, "model": model, "gpu": gpu,
+           "device": device, "dtype": summaries[0]["dtype"], "trials": trials, "statuses": dict(statuses),
+           "kept": statuses.get("keep", 0), "stopped": "interrupted" if "interrupted" in stops else
+           (stops.pop() if len(stops) == 1 else ",".join(sorted(str(x) for x in stops))),
+           "best": summaries[0].get("best"), "workers": len(summaries),
+           "trials_per_minute": round(60 * trials / seconds, 2) if seconds > 0 else None,
+           "per_worker": summaries, "results": str(results), "corpus": str(corpus), "seconds": round(seconds, 2)}
+    from amk.flywheel.corpus import best_entry, entries_for
+    from amk.flywheel.records import load_records
+
+    best = best_entry(entries_for(load_records(corpus), model, gpu)) if Path(corpus).exists() else None
+    if best is not None:
+        out["best"] = {"schedule_id": best.schedule_id, "latency_us": best.latency_us, "latency_kind": best.kind,
+                       "trial": best.trial, "config": best.config}
+    return out

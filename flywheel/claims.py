@@ -1,0 +1,153 @@
+"""Claims: loops sharing one results.tsv never measure the same program twice.
+
+Before a loop measures a program it claims it: under the results file's own lock it reads the rows and the
+claims file beside it (`results.tsv.claims`, one JSON line per claim), and either gets a trial number (one
+past every row and every claim) or learns that the program is already measured (a row with its fingerprint)
+or claimed by another live loop. The row the loop appends later carries the claimed trial number, so rows of
+concurrent loops can land out of order, and a trial whose loop died before its row leaves a gap.
+
+A claim without a row is live while its owner can still write the row: on this host, while its process
+runs; from another host (a Ray cluster on a shared file system), for CLAIM_TTL_S. A dead owner's claim no
+longer blocks the program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .appendlog import AppendError, complete_lines, locked, read_all
+from .results import next_trial, rows_of
+
+CLAIM_TTL_S = 3600.0  # a trial (correctness + timing) never takes an hour
+
+
+def claims_path(results: str | os.PathLike) -> Path:
+    return Path(str(results) + ".claims")
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    trial: int
+    model: str
+    gpu: str
+    program_fingerprint: str
+    schedule_id: str
+    owner: str
+    time: float  # epoch seconds
+
+    def live(self, now: float) -> bool:
+        host, _, pid = self.owner.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            return _pid_alive(int(pid))
+        return now - self.time < CLAIM_TTL_S
+
+
+@dataclass(frozen=True)
+class Taken:
+    """The program is not free: `by` is "measured" (row `row`, trial `trial`) or "claimed" (by `owner`)."""
+
+    by: str
+    trial: int
+    owner: str | None = None
+    row: dict | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one results file holds for a model and GPU: measured programs (fingerprint -> its first row),
+    schedule ids of every row (legacy rows have no fingerprint), and programs claimed by live loops."""
+
+    measured: dict[str, dict]
+    schedule_ids: set[str]
+    claimed: dict[str, Claim]
+
+    def taken(self, fingerprint: str, schedule_id: str, me: str) -> Taken | None:
+        if fingerprint in self.measured:
+            row = self.measured[fingerprint]
+            return Taken("measured", int(row["trial"]), row=row)
+        c = self.claimed.get(fingerprint)
+        if c is not None and c.owner != me:
+            return Taken("claimed", c.trial, owner=c.owner)
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_claims(path: Path) -> list[Claim]:
+    if not path.exists():
+        return []
+    out = []
+    for line in complete_lines(path.read_bytes()):
+        try:
+            out.append(Claim(**json.loads(line)))
+        except (ValueError, TypeError):
+            continue  # a torn or foreign line claims nothing
+    return out
+
+
+def _snapshot(results, data: bytes, claims: list[Claim], model: str, gpu: str) -> Snapshot:
+    lines = complete_lines(data)
+    rows = [r for r in rows_of(results, lines) if r["model"] == model and r["gpu"] == gpu]
+    measured: dict[str, dict] = {}
+    for r in rows:
+        if r["program_fingerprint"] and r["status"] != "remeasure":
+            measured.setdefault(r["program_fingerprint"], r)
+    done = {int(r["trial"]) for r in rows if r["trial"].isdigit()}
+    now = time.time()
+    claimed = {c.program_fingerprint: c for c in claims
+               if c.model == model and c.gpu == gpu and c.trial not in done and c.live(now)}
+    return Snapshot(measured, {r["schedule_id"] for r in rows}, claimed)
+
+
+def snapshot(results: str | os.PathLike, model: str, gpu: str) -> Snapshot:
+    """The results file's measured and claimed programs for this model and GPU, read under its lock."""
+    if not Path(results).exists():
+        return Snapshot({}, set(), {})
+    with locked(results) as fd:
+        return _snapshot(results, read_all(fd), _read_claims(claims_path(results)), model, gpu)
+
+
+def claim(results: str | os.PathLike, model: str, gpu: str, fingerprint: str, schedule_id: str,
+          check: bool = True, owner: str | None = None) -> Claim | Taken:
+    """Claim a trial number for measuring `fingerprint`, or say why not. `check=False` claims a number for
+    a deliberate re-measurement of a measured program (the incumbent's drift check)."""
+    me = owner or owner_id()
+    cpath = claims_path(results)
+    with locked(results) as fd:
+        data = read_all(fd)
+        claims = _read_claims(cpath)
+        if check:
+            taken = _snapshot(results, data, claims, model, gpu).taken(fingerprint, schedule_id, me)
+            if taken is not None:
+                return taken
+        trial = next_trial(complete_lines(data), floor=max((c.trial for c in claims), default=0))
+        c = Claim(trial, model, gpu, fingerprint, schedule_id, me, time.time())
+        line = (json.dumps(asdict(c), sort_keys=True) + "\n").encode()
+        if cpath.exists() and cpath.stat().st_size and not cpath.read_bytes().endswith(b"\n"):
+            line = b"\n" + line  # a writer died mid-line: end its fragment so this claim starts a line
+        # every writer of the claims file holds the results lock, so a plain append cannot interleave
+        cfd = os.open(cpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.write(cfd, line) != len(line):
+                raise AppendError(f"{cpath}: short write of a claim (disk full?)")
+            os.fsync(cfd)
+        finally:
+            os.close(cfd)
+        return c

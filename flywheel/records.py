@@ -1,0 +1,202 @@
+"""Tuning records: one JSON line per measured trial, kept or not, in corpus.jsonl (shared by every loop).
+
+A record is what the search learns from (the TVM MetaSchedule "database" practice): the config, the program
+fingerprint it lowered to, model, dtype, GPU target and device, the cost-model features and prediction, the
+latency with its spread and kind (`measured-gpu` or `predicted`), the status the keep rule gave it, the git
+commit and the time. The cost-model fit (harness/calibration.py, harness/search/model.py), the prior
+(flywheel/prior.py), propose() and `amk report` read them.
+
+Lines written before records existed (one per kept config: model, gpu, time, config, verdict, environment,
+change, improvement) are read as kept records, their other fields taken from the verdict. Appends are whole
+lines under a lock (flywheel.appendlog), so concurrent loops share one file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .appendlog import append_lines, read_lines
+
+log = logging.getLogger("amk.flywheel")
+
+RECORD_VERSION = 2  # lines without "record" are version 1: kept configs only
+MEASURED = "measured-gpu"
+_DROPPED_VERDICT_KEYS = ("case_results", "cache", "environment")  # bulky, or stored at the top level
+
+
+class RecordFormatError(ValueError):
+    """A line of the records file is JSON but not a record this code can read."""
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class TuningRecord:
+    """One measured trial. Latencies in microseconds; `features` are the cost model's critical-path
+    features (schedule/cost.py Features: mem_us, tasks, waits) or None when no program was priced."""
+
+    model: str
+    gpu: str
+    config: dict
+    verdict: dict
+    environment: dict
+    time: str
+    change: tuple[str, ...] = ()
+    improvement: float | None = None  # (incumbent - this) / incumbent at the time; None when not timed
+    kept: bool = True
+    status: str = "keep"  # results.tsv status (keep, discard, fail, rejected, crash, remeasure)
+    dtype: str | None = None
+    device: str | None = None
+    schedule_id: str | None = None
+    program_fingerprint: str | None = None
+    source: str | None = None  # what proposed it: baseline, seed, mutate, crossover, random, remeasure ...
+    trial: int | None = None  # its results.tsv trial number
+    latency_us: float | None = None
+    latency_spread_us: float | None = None
+    latency_kind: str | None = None
+    predicted_latency_us: float | None = None
+    features: dict | None = field(default=None)
+
+    def __post_init__(self):
+        # built by hand from a verdict alone (the corpus's original API): the verdict fills what is unset
+        v = self.verdict
+        for name, key in (("latency_us", "latency_us"), ("latency_spread_us", "latency_spread_us"),
+                          ("predicted_latency_us", "predicted_latency_us")):
+            if getattr(self, name) is None and _num(v.get(key)) is not None:
+                object.__setattr__(self, name, _num(v.get(key)))
+        if self.latency_kind is None and v.get("latency_kind"):
+            object.__setattr__(self, "latency_kind", v.get("latency_kind"))
+
+    @property
+    def kind(self) -> str | None:
+        return self.latency_kind
+
+    @property
+    def correct(self) -> bool:
+        return bool(self.verdict.get("correct"))
+
+    @property
+    def commit(self) -> str | None:
+        return self.environment.get("git_commit")
+
+    @property
+    def measured(self) -> bool:
+        """A GPU measurement that passed correctness."""
+        return self.correct and self.latency_kind == MEASURED and self.latency_us is not None
+
+    def to_dict(self) -> dict:
+        return {"record": RECORD_VERSION, "model": self.model, "gpu": self.gpu, "dtype": self.dtype,
+                "device": self.device, "time": self.time, "trial": self.trial, "status": self.status,
+                "kept": self.kept, "source": self.source, "schedule_id": self.schedule_id,
+                "program_fingerprint": self.program_fingerprint, "config": self.config,
+                "correct": self.correct, "latency_us": self.latency_us, "latency_spread_us": self.latency_spread_us,
+                "latency_kind": self.latency_kind, "predicted_latency_us": self.predicted_latency_us,
+                "features": self.features, "commit": self.commit, "change": list(self.change),
+                "improvement": self.improvement, "environment": self.environment, "verdict": self.verdict}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TuningRecord:
+        """A record from its JSON object; a version-1 (kept-config) line takes its fields from its verdict."""
+        if not isinstance(d, dict):
+            raise RecordFormatError(f"expected a JSON object, got {type(d).__name__}")
+        v = d.get("verdict") or {}
+        if not isinstance(v, dict) or not isinstance(d.get("config"), dict):
+            raise RecordFormatError("'config' and 'verdict' must be objects")
+        legacy = "record" not in d
+        cost = v.get("cost") or {}
+        feats = cost.get("features") if legacy else d.get("features")
+        return cls(model=str(d["model"]), gpu=str(d["gpu"]), config=dict(d["config"]), verdict=dict(v),
+                   environment=dict(d.get("environment") or v.get("environment") or {}), time=str(d.get("time", "")),
+                   change=tuple(d.get("change") or ()), improvement=_num(d.get("improvement")),
+                   kept=True if legacy else bool(d.get("kept")), status=str(d.get("status") or "keep"),
+                   dtype=d.get("dtype", v.get("dtype")), device=d.get("device", v.get("device")),
+                   schedule_id=d.get("schedule_id", v.get("schedule_id")),
+                   program_fingerprint=d.get("program_fingerprint", v.get("program_fingerprint")),
+                   source=d.get("source"), trial=d.get("trial"),
+                   latency_us=_num(d.get("latency_us", v.get("latency_us"))),
+                   latency_spread_us=_num(d.get("latency_spread_us", v.get("latency_spread_us"))),
+                   latency_kind=d.get("latency_kind", v.get("latency_kind")),
+                   predicted_latency_us=_num(d.get("predicted_latency_us", v.get("predicted_latency_us"))),
+                   features=feats if isinstance(feats, dict) else None)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def record_from_verdict(model: str, gpu: str, config: dict, verdict: dict, *, status: str, kept: bool,
+                        change=(), improvement: float | None = None, source: str | None = None,
+                        trial: int | None = None) -> TuningRecord:
+    """The record of one trial from evaluate()'s verdict (a crashed trial's verdict is {"crash": message})."""
+    cost = verdict.get("cost") or {}
+    slim = {k: x for k, x in verdict.items() if k not in _DROPPED_VERDICT_KEYS}
+    return TuningRecord(
+        model=model, gpu=gpu, config=config, verdict=slim, environment=dict(verdict.get("environment") or {}),
+        time=utc_now(), change=tuple(change), improvement=improvement, kept=kept, status=status,
+        dtype=verdict.get("dtype"), device=verdict.get("device"), schedule_id=verdict.get("schedule_id"),
+        program_fingerprint=verdict.get("program_fingerprint"), source=source, trial=trial,
+        latency_us=_num(verdict.get("latency_us")), latency_spread_us=_num(verdict.get("latency_spread_us")),
+        latency_kind=verdict.get("latency_kind"), predicted_latency_us=_num(verdict.get("predicted_latency_us")),
+        features=cost.get("features") if isinstance(cost.get("features"), dict) else None)
+
+
+def append_record(path: str | Path, record: TuningRecord) -> None:
+    line = json.dumps(record.to_dict(), sort_keys=True, allow_nan=False, default=str) + "\n"
+    append_lines(path, lambda _current: line.encode())
+
+
+def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
+    """Every readable record of the file, in file order. A line that is not JSON or not a record (a file
+    from elsewhere, a hand edit) is skipped with a warning naming the file and line: the file outlives code
+    versions, and one bad line must not cost the others."""
+    out = []
+    for i, line in enumerate(read_lines(path), 1):
+        try:
+            out.append(TuningRecord.from_dict(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("%s:%d: skipped a line that is not a tuning record (%s)", path, i, e)
+    return out
+
+
+def for_run(records: list[TuningRecord], model: str, gpu: str, dtype: str | None = None) -> list[TuningRecord]:
+    """The records of one model on one GPU target (and dtype, when given; a version-1 line without a dtype
+    matches any)."""
+    return [r for r in records if r.model == model and r.gpu == gpu
+            and (dtype is None or r.dtype is None or r.dtype == dtype)]
+
+
+RECORD_COLUMNS = ("time", "trial", "model", "gpu", "dtype", "device", "status", "kept", "source", "schedule_id",
+                  "program_fingerprint", "correct", "latency_us", "latency_spread_us", "latency_kind",
+                  "predicted_latency_us", "mem_us", "tasks", "waits", "improvement", "change", "commit")
+
+
+def records_frame(records: list[TuningRecord] | str | Path):
+    """The records as a pandas DataFrame (one row each, columns RECORD_COLUMNS plus `config` as a dict);
+    latencies float (NaN when absent), time a UTC timestamp."""
+    import pandas as pd
+
+    recs = load_records(records) if isinstance(records, (str, Path)) else records
+    rows = []
+    for r in recs:
+        f = r.features or {}
+        rows.append({"time": r.time, "trial": r.trial, "model": r.model, "gpu": r.gpu, "dtype": r.dtype,
+                     "device": r.device, "status": r.status, "kept": r.kept, "source": r.source,
+                     "schedule_id": r.schedule_id, "program_fingerprint": r.program_fingerprint, "correct": r.correct,
+                     "latency_us": r.latency_us, "latency_spread_us": r.latency_spread_us,
+                     "latency_kind": r.latency_kind, "predicted_latency_us": r.predicted_latency_us,
+                     "mem_us": f.get("mem_us"), "tasks": f.get("tasks"), "waits": f.get("waits"),
+                     "improvement": r.improvement, "change": ", ".join(r.change), "commit": r.commit,
+                     "config": r.config})
+    df = pd.DataFrame(rows, columns=[*RECORD_COLUMNS, "config"])
+    df["time"] = pd.to_datetime(df["time"], errors="coerce", utc=True)
+    df["trial"] = pd.to_numeric(df["trial"], errors="coerce").astype("Int64")
+    for col in ("latency_us", "latency_spread_us", "predicted_latency_us", "mem_us", "tasks", "waits", "improvement"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df

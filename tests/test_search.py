@@ -1,0 +1,123 @@
+"""The search finds: a synthetic evaluator whose optimum needs three knob changes is reached within budget,
+a flat one keeps nothing; nullable knobs move; two processes on one results file never measure one program
+twice; SIGINT stops after the trial in flight with exit 130; --workers 2 through Ray."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
+from _synthetic import OPTIMUM, OPTIMUM_US, Synthetic, predictor
+
+import amk
+from amk.flywheel import read_rows
+from amk.flywheel.records import load_records
+from amk.harness.loop import SearchSettings
+from amk.schedule.space import Knob, KnobType, mutate
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_the_loop_reaches_an_optimum_three_knobs_away(tmp_path, seed):
+    # today's main (one-knob hill climbing, stop after 20 reverts) reached it in 1 of 10 seeds at budget 40
+    s = amk.loop("toy", "cpu-sim", budget=20, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 seed=seed, evaluate=Synthetic(seed), predictor=predictor)
+    assert s["incumbent"]["schedule_id"] == OPTIMUM.schedule_id
+    assert s["incumbent"]["latency_us"] == pytest.approx(OPTIMUM_US, rel=0.02)
+    rows = read_rows(tmp_path / "r.tsv")
+    kept = [r for r in rows if r["status"] == "keep"]
+    assert all(float(b["latency_us"]) < float(a["latency_us"]) for a, b in zip(kept, kept[1:]))
+    assert s["search"]["confirmations"] >= len(kept) - 1  # every measured gain showed twice
+    assert s["search"]["remeasures"] >= 1
+
+
+def test_a_flat_function_keeps_nothing(tmp_path):
+    s = amk.loop("toy", "cpu-sim", budget=24, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 seed=2, evaluate=Synthetic(2, flat=True), predictor=predictor)
+    rows = read_rows(tmp_path / "r.tsv")
+    assert [r["trial"] for r in rows if r["status"] == "keep"] == [rows[0]["trial"]]  # the baseline only
+    assert s["trials"] == 24
+
+
+def test_a_nullable_knob_moves_to_its_integers_and_back_to_none():
+    knob = Knob("attention.kv_partitions", KnobType.INT, None, "derived", search=(1, 2, 4), nullable=True)
+    assert knob.values == (1, 2, 4, None) and knob.to_dict()["nullable"]
+    from amk.schedule.space import _unwrap_optional
+
+    assert _unwrap_optional(int | None) == (int, True) and _unwrap_optional(int) == (int, False)
+    rng = random.Random(0)
+    cfg = amk.ScheduleConfig()
+    seen = set()
+    for _ in range(50):
+        m = mutate(cfg, [Knob("attention.kv_partitions", KnobType.INT, 4, "x", search=(1, 2, 4))], rng)
+        seen.add(m[0].attention.kv_partitions)
+    assert seen == {1, 2}  # every other searched value, never the current one
+
+
+def _claiming_loop(args):
+    res, cor, seed, cache = args
+    os.environ["AMK_CACHE_DIR"] = cache
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _synthetic import Synthetic as Syn
+    from _synthetic import predictor as pred
+
+    import amk as a
+
+    return a.loop("toy", "cpu-sim", budget=6, device="cpu", results=res, corpus=cor, seed=0, resume=True,
+                  evaluate=Syn(seed), predictor=pred, settings=SearchSettings(population=8, neighbours=False))["trials"]
+
+
+def test_two_processes_on_one_results_file_never_measure_one_program_twice(tmp_path):
+    res, cor = str(tmp_path / "r.tsv"), str(tmp_path / "c.jsonl")
+    with mp.get_context("spawn").Pool(2) as pool:  # same search seed: both loops want the same programs
+        trials = pool.map(_claiming_loop, [(res, cor, s, os.environ["AMK_CACHE_DIR"]) for s in (0, 1)])
+    rows = [r for r in read_rows(res) if r["status"] != "remeasure"]
+    assert sum(trials) == len(rows) == 12
+    assert len({r["program_fingerprint"] for r in rows}) == 12
+    assert sorted(int(r["trial"]) for r in read_rows(res)) == list(range(1, len(read_rows(res)) + 1))
+    assert len(load_records(cor)) == len(read_rows(res))
+
+
+def _amk(*args, cwd, timeout=600, **kw):
+    return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "amk"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigint_finishes_the_trial_prints_the_summary_and_exits_130(tmp_path):
+    p = _amk("loop", "--model", "toy", "--budget", "200", "--json", cwd=tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "results.tsv").exists():
+        time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 130, err[-2000:]
+    s = json.loads(out)
+    assert s["stopped"] == "interrupted" and 1 <= s["trials"] < 200 and s["exit_code"] == 130
+    rows = read_rows(tmp_path / "results.tsv")  # intact: every row whole
+    assert len([r for r in rows if r["status"] != "remeasure"]) == s["trials"]
+
+
+def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray not installed (pip install 'amk[ray]')")
+    p = _amk("loop", "--model", "toy", "--workers", "2", "--budget", "4", "--json", cwd=tmp_path)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    s = json.loads(out)
+    assert s["workers"] == 2 and s["trials"] == 4 and len(s["per_worker"]) == 2
+    rows = [r for r in read_rows(tmp_path / "results.tsv") if r["status"] != "remeasure"]
+    assert len(rows) == 4 and len({r["program_fingerprint"] for r in rows}) == 4
+    assert open(tmp_path / "results.tsv").read().count("trial\t") == 1
+    assert len(load_records(tmp_path / "corpus.jsonl")) == len(read_rows(tmp_path / "results.tsv"))
+    one = subprocess.run([sys.executable, "-c", "import sys, amk.harness.loop, amk.cli; assert 'ray' not in sys.modules"],
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr  # one worker and the CPU path never import Ray
