@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("propose", "the incumbent config, the schema path and the search space")
     _model_gpu(p)
     p.add_argument("--incumbent", default=None,
-                   help="start from this config (file, '-' or inline JSON) instead of the corpus's best")
+                   help="start from this config (file, '-' or inline JSON); default: the corpus's best kept config "
+                        "for the model and GPU, else every knob at its default")
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="the incumbent is this corpus's best kept config for the model and GPU (defaults if absent)")
     p = add("evaluate", "one config's verdict: valid, correct, latency (measured or predicted), floor")
@@ -210,10 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record (a caller or a test may swap it between commands)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
     from amk import progress
 
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("amk: %(message)s"))
     root = logging.getLogger("amk")
     root.handlers[:] = [handler]

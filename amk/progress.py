@@ -28,40 +28,41 @@ from collections.abc import Iterator
 
 log = logging.getLogger("amk.progress")
 
-_state = {"quiet": False}
+_state: dict = {"quiet": False, "tqdm_init": None}
 
 
 def set_quiet(quiet: bool) -> None:
-    """Silence (True) or allow (False) progress output: ours, and the progress bars of the dependencies that
-    draw their own (transformers' weight loading, the GGUF conversion, huggingface_hub)."""
+    """Silence (True) or allow again (False) progress output: ours, and the progress bars of the dependencies
+    that draw their own (transformers' weight loading, the GGUF conversion, huggingface_hub)."""
     _state["quiet"] = bool(quiet)
-    if quiet:
-        _silence_dependency_bars()
+    _dependency_bars(enabled=not quiet)
 
 
 def is_quiet() -> bool:
     return _state["quiet"]
 
 
-def _silence_dependency_bars() -> None:
+def _dependency_bars(enabled: bool) -> None:
     # transformers and huggingface_hub have a switch for their own bars; the GGUF conversion calls tqdm
-    # directly, so tqdm's own default becomes disable=True (a caller may still pass disable=False)
+    # directly, so tqdm's own default becomes disable=True while quiet (a caller may still pass disable=False)
     with contextlib.suppress(ImportError):
         import transformers.utils.logging as tlog
 
-        tlog.disable_progress_bar()
+        (tlog.enable_progress_bar if enabled else tlog.disable_progress_bar)()
     with contextlib.suppress(ImportError):
-        from huggingface_hub.utils import disable_progress_bars
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-        disable_progress_bars()
+        (enable_progress_bars if enabled else disable_progress_bars)()
     with contextlib.suppress(ImportError):
         import tqdm.std
 
-        init = tqdm.std.tqdm.__init__
-        if not getattr(init, "_amk_quiet", False):
-            quiet_init = functools.partialmethod(init, disable=True)
-            quiet_init._amk_quiet = True  # type: ignore[attr-defined]
-            tqdm.std.tqdm.__init__ = quiet_init
+        original = _state.get("tqdm_init")
+        if not enabled and original is None:
+            _state["tqdm_init"] = tqdm.std.tqdm.__init__
+            tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
+        elif enabled and original is not None:
+            tqdm.std.tqdm.__init__ = original
+            _state["tqdm_init"] = None
 
 
 @functools.lru_cache(maxsize=1)

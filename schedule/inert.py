@@ -9,6 +9,7 @@ evaluate() names every inert knob set off its default in the verdict's `notes`; 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from .config import ScheduleConfig, SmAssignment, get_path, iter_knobs, to_jsonable
@@ -32,6 +33,8 @@ class InertKnob:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, dict):
+        return json.dumps(v, separators=(",", ":"))
     if isinstance(v, bool):
         return str(v).lower()
     return "null" if v is None else str(v)

@@ -7,6 +7,7 @@ here, in the JSON schema and in the loop with no further edit.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from enum import Enum
@@ -197,7 +198,7 @@ def diff(a: ScheduleConfig, b: ScheduleConfig) -> list[str]:
     for p, _, _ in iter_knobs():
         va, vb = _json(get_path(a, p)), _json(get_path(b, p))
         if va != vb:
-            out.append(f"{p}={_fmt(vb) if not isinstance(vb, dict) else vb}")
+            out.append(f"{p}={_fmt(vb) if not isinstance(vb, dict) else json.dumps(vb, separators=(',', ':'))}")
     return out
 
 

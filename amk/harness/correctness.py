@@ -7,6 +7,7 @@ import json
 import logging
 
 from amk.cache import Cache, reference_key
+from amk.schedule.errors import ArgumentError
 from amk.schedule.program import MegakernelProgram
 
 from .environment import Device
@@ -28,11 +29,11 @@ def resolve_cases(model, program: MegakernelProgram, cases, dev: Device, seed: i
         cases = "reduced" if (big and dev == Device.CPU) else "full"
     if isinstance(cases, str):
         if cases not in ("full", "reduced"):
-            raise ValueError(f"cases must be 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
+            raise ArgumentError("cases", f"expected 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
         return default_cases(program.constants.max_seq, reduced=(cases == "reduced"), seed=seed)
     cases = list(cases)
     if not all(isinstance(c, VerifyCase) for c in cases):
-        raise TypeError("cases must be 'full', 'reduced' or a list of VerifyCase")
+        raise ArgumentError("cases", "expected 'full', 'reduced' or a list of VerifyCase")
     return cases
 
 
@@ -73,7 +74,8 @@ def reference_hook(model, program: MegakernelProgram, cache: Cache, label: dict 
             made["hi"] = hi
             return {"logits": torch.stack(list(logits)), "greedy": torch.tensor(greedy, dtype=torch.int64)}
 
-        tag = {**(label or {}), "dtype": dtype, "case": case.name}
+        short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
+        tag = {**(label or {}), "dtype": short, "case": case.name}
         t = cache.get_or_create_tensors("reference", reference_key(model.fingerprint, dtype, case_id), create,
                                         label=tag)
         logits, greedy = list(t["logits"]), [int(x) for x in t["greedy"]]

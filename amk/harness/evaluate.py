@@ -66,10 +66,15 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
              corpus: str | None = None, peers: bool = False, max_seq: int | None = None, measure: bool = True) -> dict:
     """The verdict of one config as a JSON-able dict (see HARNESS.md for every field).
 
-    Bad configs never raise: they come back valid=false with `rejected_reason`. An unknown model or GPU
-    target, or device="cuda" on a machine without one, raises (a usage or environment error).
+    Bad configs never raise: they come back valid=false with `rejected_reason` (every problem at once).
+    An unknown model or GPU target (UnknownModelError, UnknownTargetError), a bad dtype, device, cases or
+    max_seq (ArgumentError) raise before any model work: usage errors, exit 2 on the CLI. device="cuda" on a
+    machine without one raises EnvironmentProblem (exit 3). `dtype` None picks bf16, except fp32 for the
+    cpu-sim stand-in on a CPU; the verdict's `dtype` and a note say which.
     `measure=False` stops after correctness (what `amk verify` runs)."""
     t0 = time.perf_counter()
+    if isinstance(cases, str) and cases not in ("full", "reduced"):  # before any model work
+        raise ArgumentError("cases", f"expected 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
     cache = default_cache()
     before = cache.stats()
     v, program = build_program(model, gpu, config, device, dtype, max_seq, cache)
