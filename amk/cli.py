@@ -16,6 +16,7 @@ import logging
 import sys
 import traceback
 
+from amk.harness.baselines import PEERS
 from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
 from amk.harness.verdict import jsonable
 
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contexts", default="1,256,1024", help="comma-separated KV lengths, one bench case each")
     p.add_argument("--steps", type=positive_int, default=200, help="timed decode steps per case")
     p.add_argument("--peers", action="store_true", help="time the peers for the speed-ups (GPU only)")
-    p.add_argument("--peer", default="torch_static_cuda_graph", help="the peer the speed-up is against")
+    p.add_argument("--peer", default="torch_static_cuda_graph", choices=PEERS, help="the peer the speed-up is against")
     p = add("generate", "greedy generation through the megakernel (the ReferenceVM without a GPU)")
     p.add_argument("--model", required=True, help="built-in model name or checkpoint directory (one with a "
                                                   "tokenizer for --prompt text)")

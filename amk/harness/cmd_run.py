@@ -84,6 +84,10 @@ def evaluate(args) -> CommandResult:
 
 
 def _progress(p: dict) -> None:
+    from amk.progress import is_quiet
+
+    if is_quiet():  # -q: the summary only
+        return
     lat = f"{p['latency_us']:.2f}" if p.get("latency_us") is not None else "-"
     best = f"{p['best_latency_us']:.2f}" if p.get("best_latency_us") is not None else "-"
     print(f"[{p['elapsed_s']:7.1f}s] trial {p['trial']:>4} {p['status']:<8} {p['schedule_id']} latency {lat} "
