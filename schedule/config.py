@@ -202,9 +202,6 @@ def to_jsonable(value):
     return value
 
 
-_to_jsonable = to_jsonable  # the name older callers import
-
-
 def optional_base(tp):
     """`int` for a knob declared `int | None` (null accepted: derived at lowering), else None."""
     if get_origin(tp) in (Union, types.UnionType):
