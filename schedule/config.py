@@ -223,8 +223,7 @@ def field_default(f: dataclasses.Field):
 
 def parse_dataclass(cls, data, path: str = "$", base=None):
     """Instance of config dataclass `cls` from `data`, absent keys taken from `base` (default: each field's
-    own default). Raises ConfigError with every problem found, in
-    document order."""
+    own default). Raises ConfigError with every problem found, in document order."""
     problems: list[ConfigProblem] = []
     out = _parse_object(cls, data, path, base, problems)
     if problems:

@@ -66,7 +66,10 @@ def doctor(args) -> CommandResult:
         if info[need] is None:
             problems.append(f"{need} is not installed")
     info["problems"] = problems
-    text = "\n".join(f"{k:<16} {v}" for k, v in info.items() if k != "problems")
+    target = info.get("detected_target")
+    shown = {**info, "detected_target": (f"{target['name']} ({target['sm_count']} SMs, {target['arch']})"
+                                         if target else None)}
+    text = "\n".join(f"{k:<16} {v}" for k, v in shown.items() if k != "problems")
     text += "".join(f"\nPROBLEM: {p}" for p in problems)
     if not info["cuda_usable"]:
         text += "\nno usable CUDA device: evaluate runs on the CPU ReferenceVM with PREDICTED latencies"

@@ -57,9 +57,15 @@ def proposal_text(p: dict) -> str:
 
 
 def verdict_text(v: dict) -> str:
-    lines = [f"schedule {v.get('schedule_id')}  model {v.get('model')}  gpu {v.get('gpu')}  device {v.get('device')}"]
+    lines = [f"schedule {v.get('schedule_id') or '-'}  model {v.get('model')}  gpu {v.get('gpu')}  "
+             f"device {v.get('device')}  dtype {v.get('dtype')}"]
     if not v.get("valid"):
-        lines.append(f"REJECTED: {v.get('rejected_reason')}")
+        reason = str(v.get("rejected_reason"))
+        if reason.startswith("schema: ") and "; $" in reason:  # one schema problem a line
+            problems = reason.removeprefix("schema: ").split("; $")
+            lines += ["REJECTED: schema:"] + [f"  {'' if i == 0 else '$'}{p}" for i, p in enumerate(problems)]
+        else:
+            lines.append(f"REJECTED: {reason}")
     else:
         lines.append(f"{v['task_count']} tasks, {v['weight_bytes']} weight bytes, correct {v['correct']} "
                      f"({v['cases_passed']}/{v['cases_total']} cases)")

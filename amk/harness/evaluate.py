@@ -104,17 +104,18 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 1):
         raise ArgumentError("max_seq", f"expected a positive integer, got {max_seq!r}")
     given = model if isinstance(model, Model) else None
+    dtype_note = None
     if given:
         v.dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(given.dtype).removeprefix("torch.")]
     else:
         v.dtype, dtype_note = resolve_dtype_name(dtype, dev, target)
-        if dtype_note:
-            v.notes.append(dtype_note)
     v.gpu, v.device, v.environment = target.name, dev.value, environment(dev)
+    v.model = given.name if given else str(model)
     if cfg is None:
         return v, None
+    if dtype_note:
+        v.notes.append(dtype_note)
     v.schedule_id = cfg.schedule_id
-    v.model = given.name if given else str(model)
     dims_model = given or get_model(v.model, v.dtype, dev, weights=False)
     with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
         program = _lower_cached(v, dims_model, target, cfg, max_seq, cache)
