@@ -1,7 +1,7 @@
 """Progress on stderr for the long steps (a model load, a GGUF conversion, a compile, verify cases, a loop's
 trials), silenced by `amk -q`.
 
-Two helpers, both safe to call from library code: `status(description)` around one step of unknown length
+Two context managers, both safe to call from library code: `status(description)` around one step of unknown length
 (a spinner with the elapsed time), and `bar(total, description, unit)` around a counted one (a bar; `total=None`
 counts without an end). They draw with rich only where stderr is a terminal and the process is not quiet;
 elsewhere (a log file, a pipe, an agent reading stderr) each finished step leaves one `amk:` log line
