@@ -9,17 +9,17 @@ import os
 import subprocess
 import sys
 
-AMK = os.path.join(os.path.dirname(sys.executable), "amk")
+AMK = [sys.executable, "-m", "amk.cli"]  # works installed and from bench/devsite.sh's site folder alike
 
 
 def test_quiet_measured_evaluate_on_the_gpu(tmp_path):
     env = {**os.environ, "AMK_CACHE_DIR": str(tmp_path / "cache")}
-    p = subprocess.run([AMK, "-q", "--json", "evaluate", "--model", "toy", "--device", "cuda"], cwd=tmp_path,
+    p = subprocess.run([*AMK, "-q", "--json", "evaluate", "--model", "toy", "--device", "cuda"], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0 and p.stderr == "", p.stderr[-3000:]
     v = json.loads(p.stdout)
     assert v["correct"] and v["latency_kind"] == "measured-gpu" and v["dtype"] == "bf16" and v["device"] == "cuda"
-    p = subprocess.run([AMK, "-q", "evaluate", "--model", "toy", "--device", "cuda", "--config",
+    p = subprocess.run([*AMK, "-q", "evaluate", "--model", "toy", "--device", "cuda", "--config",
                         '{"attention": {"kv_partitions": 1, "softmax": "partition"}}'], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0 and p.stderr == "", p.stderr[-3000:]
