@@ -5,7 +5,14 @@ The verbs: `load_model`, `lower`, `validate`, `verify`, `propose`, `evaluate`, `
 
 from amk.models import Model, list_models, load_model
 from amk.schedule import GpuTarget, MegakernelProgram, ScheduleConfig, detect_target, get_target, lower
-from amk.schedule.errors import AmkError, ConfigError, UnknownModelError, UnsupportedModelError, VmError
+from amk.schedule.errors import (
+    AmkError,
+    ArgumentError,
+    ConfigError,
+    UnknownModelError,
+    UnsupportedModelError,
+    VmError,
+)
 
 __version__ = "0.1.0"
 
@@ -55,7 +62,7 @@ def generate(model, prompt, max_new_tokens=32, config=None, device="auto", **kw)
 
 
 __all__ = [
-    "AmkError", "ConfigError", "GpuTarget", "MegakernelProgram", "Model", "ScheduleConfig", "UnknownModelError",
+    "AmkError", "ArgumentError", "ConfigError", "GpuTarget", "MegakernelProgram", "Model", "ScheduleConfig", "UnknownModelError",
     "UnsupportedModelError", "VmError", "detect_target", "evaluate", "get_target", "list_models", "load_model",
     "loop", "lower", "propose", "validate", "verify", "generate",
 ]

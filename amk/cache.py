@@ -229,7 +229,7 @@ class Cache:
         return miss
 
     def _get_or_create(self, kind: str, key: str, create: Callable[[], bytes],
-                       decode: Callable[[bytes], Any]) -> Any:
+                       decode: Callable[[bytes], Any], label: dict | None = None) -> Any:
         def made() -> tuple[bytes, Any]:
             payload = create()
             try:
@@ -248,7 +248,7 @@ class Cache:
             value = self._lookup(kind, key, decode, _MISS, count_miss=False)
             if value is _MISS:
                 payload, value = made()
-                self.put(kind, key, payload)
+                self.put(kind, key, payload, label)
         return value
 
     @staticmethod
@@ -263,7 +263,12 @@ class Cache:
     def get(self, kind: str, key: str, validate: Callable[[bytes], Any] | None = None) -> bytes | None:
         return self._lookup(kind, key, self._checked(validate, bytes))
 
-    def put(self, kind: str, key: str, payload: bytes) -> None:
+    def label_path(self, kind: str, key: str) -> Path:
+        """The entry's label: a small JSON object saying what it is for (`amk cache ls` shows it)."""
+        return self.path(kind, key).with_suffix(".label.json")
+
+    def put(self, kind: str, key: str, payload: bytes, label: dict | None = None) -> None:
+        """Write an entry; `label` (JSON-able: model, config, case ...) is kept beside it for `amk cache ls`."""
         path = self.path(kind, key)
         if kind not in self.enabled:
             log.debug("skip write (disabled) kind=%s key=%s path=%s", kind, key, path)
@@ -272,14 +277,16 @@ class Cache:
             raise TypeError(f"payload for kind={kind} key={key} is {type(payload).__name__}, not bytes")
         payload = bytes(payload)
         header = _HEADER.pack(_MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
+        if label is not None:  # before the entry, so that a listed entry has its label
+            _atomic_write(self.label_path(kind, key), _canonical(label).encode())
         _atomic_write(path, header + payload)
         self._remember(kind, key, payload)
         self._count(kind, "writes")
         log.debug("write kind=%s key=%s path=%s bytes=%d", kind, key, path, len(payload))
 
     def get_or_create(self, kind: str, key: str, create: Callable[[], bytes],
-                      validate: Callable[[bytes], Any] | None = None) -> bytes:
-        return self._get_or_create(kind, key, create, self._checked(validate, bytes))
+                      validate: Callable[[bytes], Any] | None = None, label: dict | None = None) -> bytes:
+        return self._get_or_create(kind, key, create, self._checked(validate, bytes), label)
 
     def put_json(self, kind: str, key: str, obj: Any) -> None:
         self.put(kind, key, _canonical(obj).encode())
@@ -288,9 +295,9 @@ class Cache:
         return self._lookup(kind, key, self._checked(validate, json.loads))
 
     def get_or_create_json(self, kind: str, key: str, create: Callable[[], Any],
-                           validate: Callable[[Any], Any] | None = None) -> Any:
+                           validate: Callable[[Any], Any] | None = None, label: dict | None = None) -> Any:
         return self._get_or_create(kind, key, lambda: _canonical(create()).encode(),
-                                   self._checked(validate, json.loads))
+                                   self._checked(validate, json.loads), label)
 
     @staticmethod
     def _tensor_bytes(tensors: dict) -> bytes:
@@ -330,9 +337,9 @@ class Cache:
         return self._lookup(kind, key, self._tensor_decoder(expect))
 
     def get_or_create_tensors(self, kind: str, key: str, create: Callable[[], dict],
-                              expect: dict | None = None) -> dict:
+                              expect: dict | None = None, label: dict | None = None) -> dict:
         return self._get_or_create(kind, key, lambda: self._tensor_bytes(create()),
-                                   self._tensor_decoder(expect))
+                                   self._tensor_decoder(expect), label)
 
     def _files(self, kind: str | None) -> Iterator[tuple[str, Path]]:
         for k in KINDS if kind is None else (kind,):
@@ -346,7 +353,7 @@ class Cache:
             with contextlib.suppress(FileNotFoundError):  # a concurrent clear() may beat us to it
                 st = p.stat()
                 out.append({"kind": k, "key": p.stem, "size_bytes": st.st_size,
-                            "age_s": max(0.0, now - st.st_mtime), "path": str(p)})
+                            "age_s": max(0.0, now - st.st_mtime), "path": str(p), "label": _read_label(p)})
         return out
 
     def clear(self, kind: str | None = None) -> int:
@@ -357,6 +364,7 @@ class Cache:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 removed += 1
+            p.with_suffix(".label.json").unlink(missing_ok=True)
         return removed
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -367,6 +375,15 @@ class Cache:
         path = self.root / _STATS_FILE
         _atomic_write(path, json.dumps(self.stats(), indent=1, sort_keys=True).encode())
         return path
+
+
+def _read_label(entry: Path) -> dict | None:
+    """The label beside a cache entry, or None (an entry written without one, or an unreadable label)."""
+    try:
+        label = json.loads(entry.with_suffix(".label.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return label if isinstance(label, dict) else None
 
 
 def last_run_stats(root: str | os.PathLike | None = None) -> dict | None:

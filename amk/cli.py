@@ -1,8 +1,10 @@
-"""`amk`: the command line over the harness. Every subcommand takes --json, which prints exactly one JSON
-object on stdout (everything else, logs and progress included, goes to stderr).
+"""`amk`: the command line over the harness. Every subcommand prints human text on stdout, or with --json
+exactly one JSON object (the only way to get JSON); logs and progress go to stderr, and -q leaves only
+warnings and errors there.
 
-Exit codes: 0 ok, 1 correctness failure, 2 rejected config or usage error, 3 environment (missing CUDA,
-cupy, a package, amk.generate) or an internal error (the JSON's error_type says which).
+Exit codes (HARNESS.md section 4): 0 ok, 1 correctness failure, 2 rejected config or usage error,
+3 environment (missing CUDA, cupy, a package) or an internal error (the JSON's error_type says which),
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -14,23 +16,63 @@ import logging
 import sys
 import traceback
 
+from amk.harness.baselines import PEERS
 from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
 from amk.harness.verdict import jsonable
 
 log = logging.getLogger("amk.cli")
 
 
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default (a flag whose default is None says in words what it is)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        if shown and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     # argparse prints usage and exits; we raise so that --json can still answer with one JSON object
     def error(self, message):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def token_ids(text: str) -> list[int]:
+    """--prompt-ids: comma-separated non-negative token ids."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in parts if not t.isdigit()]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids like 1,5,9, got {text!r}"
+                                         + (f" ({', '.join(map(repr, bad))} is not a token id)" if bad else ""))
+    return [int(t) for t in parts]
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a subcommand's absent --json must not overwrite `amk --json <cmd>`
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                   help="print exactly one JSON object on stdout")
-    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only on stderr")
+                   help="print exactly one JSON object on stdout (the only way to get JSON)")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="warnings and errors only on stderr: no info lines, no progress bars")
 
 
 def _model_gpu(p, gpu_default: str | None = "auto") -> None:
@@ -39,20 +81,40 @@ def _model_gpu(p, gpu_default: str | None = "auto") -> None:
                                                       "the cpu-sim stand-in on a machine without CUDA")
 
 
+def _dtype_opt(p) -> None:
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="weights and activations dtype (default: bf16 on cuda and for a GPU target, which is what "
+                        "a GPU runs; fp32 for the cpu-sim stand-in)")
+
+
 def _run_opts(p) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where correctness runs: cuda (the GPU; measures), cpu (the ReferenceVM; predicts), auto: "
+                        "cuda when usable")
+    _dtype_opt(p)
+
+
+def _max_seq_opt(p) -> None:
+    p.add_argument("--max-seq", type=positive_int, default=None,
+                   help="KV positions the program holds (default: the model's context, at most 2048)")
 
 
 def _config_opt(p) -> None:
     p.add_argument("--config", default="{}", help="config: a JSON file, '-' for stdin, or an inline JSON object "
-                                                  "(default: {} = every knob at its default)")
+                                                  "({} = every knob at its default)")
+
+
+def _cases_opt(p) -> None:
+    p.add_argument("--cases", default=None, choices=["full", "reduced"],
+                   help="verify case set (default: reduced on a CPU for models over 200M parameters, else full)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="amk", description="Search for the fastest correct batch-1 decode megakernel.")
-    ap.add_argument("--json", action="store_true", default=False, help="print exactly one JSON object on stdout")
-    ap.add_argument("-q", "--quiet", action="store_true", default=False, help="warnings only on stderr")
+    ap.add_argument("--json", action="store_true", default=False,
+                    help="print exactly one JSON object on stdout (the only way to get JSON)")
+    ap.add_argument("-q", "--quiet", action="store_true", default=False,
+                    help="warnings and errors only on stderr: no info lines, no progress bars")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -66,14 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("targets", "list the GPU targets")
     p = add("propose", "the incumbent config, the schema path and the search space")
     _model_gpu(p)
-    p.add_argument("--incumbent", default=None, help="start from this config (file, '-' or inline JSON)")
-    p.add_argument("--corpus", default="corpus.jsonl")
+    p.add_argument("--incumbent", default=None,
+                   help="start from this config (file, '-' or inline JSON); default: the corpus's best kept config "
+                        "for the model and GPU, else every knob at its default")
+    p.add_argument("--corpus", default="corpus.jsonl",
+                   help="the incumbent is this corpus's best kept config for the model and GPU (defaults if absent)")
     p = add("evaluate", "one config's verdict: valid, correct, latency (measured or predicted), floor")
     _model_gpu(p)
     _config_opt(p)
     _run_opts(p)
-    p.add_argument("--cases", default=None, choices=["full", "reduced"])
-    p.add_argument("--seed", type=int, default=0)
+    _max_seq_opt(p)
+    _cases_opt(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the verify cases' inputs")
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="calibrate the cost model from this corpus when it has measured rows (ignored if absent)")
     p.add_argument("--peers", action="store_true", help="time the peers (slow) for the speed-ups")
@@ -107,28 +173,39 @@ def build_parser() -> argparse.ArgumentParser:
     _model_gpu(p)
     _config_opt(p)
     _run_opts(p)
-    p.add_argument("--cases", default=None, choices=["full", "reduced"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="verify_result.json")
+    _max_seq_opt(p)
+    _cases_opt(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the verify cases' inputs")
+    p.add_argument("--out", default="verify_result.json", help="where the verify record goes")
     p = add("bench", "per-case latency and peak memory of a verified program, and the geometric-mean speed-up")
     _model_gpu(p)
     _config_opt(p)
     _run_opts(p)
-    p.add_argument("--verify-result", default="verify_result.json")
+    _max_seq_opt(p)
+    p.add_argument("--verify-result", default="verify_result.json",
+                   help="the `amk verify` record that must hold a passing verify of this program on this device")
     p.add_argument("--verify-not-required", action="store_true",
-                   help="bench without a passing verify_result.json for this program (the output says so)")
+                   help="bench without a passing verify_result.json for this program (the output says UNVERIFIED)")
     p.add_argument("--contexts", default="1,256,1024", help="comma-separated KV lengths, one bench case each")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=positive_int, default=200, help="timed decode steps per case")
     p.add_argument("--peers", action="store_true", help="time the peers for the speed-ups (GPU only)")
-    p.add_argument("--peer", default="torch_static_cuda_graph", help="the peer the speed-up is against")
-    p = add("generate", "greedy generation through the megakernel (amk.generate)")
-    p.add_argument("--model", default=None, help="model name (one with a tokenizer for --prompt text)")
-    p.add_argument("--prompt", default=None, help="prompt text")
-    p.add_argument("--prompt-ids", default=None, help="prompt as comma-separated token ids")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--gpu", default=None)
-    p.add_argument("--config", default=None, help="config: file, '-' or inline JSON (default: the defaults)")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--peer", default="torch_static_cuda_graph", choices=PEERS, help="the peer the speed-up is against")
+    p = add("generate", "greedy generation through the megakernel (the ReferenceVM without a GPU)")
+    p.add_argument("--model", required=True, help="built-in model name or checkpoint directory (one with a "
+                                                  "tokenizer for --prompt text)")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", default=None, help="prompt text (needs a model with a tokenizer)")
+    prompt.add_argument("--prompt-ids", type=token_ids, default=None,
+                        help="prompt as comma-separated token ids, e.g. 1,5,9")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate")
+    p.add_argument("--gpu", default=None, help="GPU target name (default: the live GPU, or cpu-sim without CUDA)")
+    p.add_argument("--config", default=None, help="config: file, '-' or inline JSON (default: every knob at its "
+                                                  "default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the VM runs; auto: cuda when usable")
+    p.add_argument("--max-seq", type=positive_int, default=None,
+                   help="KV positions the program holds (default: the prompt and new tokens, rounded up to a "
+                        "power of two, at least 256)")
     p = add("report", "summarise results.tsv and the tuning records; the best config; the search as PNG")
     p.add_argument("--results", default="results.tsv")
     p.add_argument("--corpus", default="corpus.jsonl")
@@ -137,24 +214,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compile", "lower a config; write the program JSON and a short report")
     _model_gpu(p, "cpu-sim")
     _config_opt(p)
-    p.add_argument("--dtype", default="fp32")
-    p.add_argument("--out", default="program.json")
+    _dtype_opt(p)
+    _max_seq_opt(p)
+    p.add_argument("--out", default="program.json", help="where the program JSON goes")
     p = add("cache", "list, clear or count the cache (AMK_CACHE_DIR)")
-    p.add_argument("action", choices=["ls", "clear", "stats"])
-    p.add_argument("--kind", default=None, choices=["kernel", "program", "reference", "baseline"])
+    p.add_argument("action", choices=["ls", "clear", "stats"],
+                   help="ls: every entry with its model and config; clear: delete entries; stats: entries, bytes and "
+                        "the last run's hits")
+    p.add_argument("--kind", default=None, choices=["kernel", "program", "reference", "baseline"],
+                   help="only this kind of entry (default: every kind)")
+    add("mcp", "serve propose, evaluate, loop and report to coding agents over MCP (stdio); needs amk[mcp]")
     return ap
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record (a caller or a test may swap it between commands)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    from amk import progress
+
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("amk: %(message)s"))
     root = logging.getLogger("amk")
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)
     root.propagate = False
+    progress.set_quiet(quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `amk` command line; returns its exit code (HARNESS.md section 4)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
     stdout = sys.stdout
@@ -162,28 +263,30 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         want_json = bool(getattr(args, "json", False))
         _setup_logging(bool(getattr(args, "quiet", False)))
+        if args.command == "mcp":  # the MCP stdio transport owns stdout
+            return int(COMMANDS["mcp"](args).code)
         # anything a library prints goes to stderr, so stdout holds only our one answer
         with contextlib.redirect_stdout(sys.stderr):
             result = COMMANDS[args.command](args)
     except UsageError as e:
         result = CommandResult(ExitCode.USAGE, {"error": str(e), "error_type": "usage"}, str(e))
     except KeyboardInterrupt:
-        result = CommandResult(ExitCode.USAGE, {"error": "interrupted", "error_type": "interrupted"}, "interrupted")
+        result = CommandResult(ExitCode.INTERRUPTED, {"error": "interrupted", "error_type": "interrupted"},
+                               "interrupted")
     except Exception as e:
         code, kind = ExitCode.of_exception(e)
         log.debug("%s", traceback.format_exc())
-        msg = f"{type(e).__name__}: {e}"
+        msg = f"{type(e).__name__}: {e}" if kind == "internal" else str(e)
         result = CommandResult(code, {"error": msg, "error_type": kind}, msg)
         if kind == "internal":
             traceback.print_exc(file=sys.stderr)
     if want_json:
         payload = jsonable({"ok": result.code == ExitCode.OK, "exit_code": int(result.code), **result.payload})
         stdout.write(json.dumps(payload, default=str, allow_nan=False) + "\n")
-    else:
-        text = result.text if result.text is not None else json.dumps(jsonable(result.payload), indent=1, default=str)
-        if text:
-            stream = sys.stderr if "error_type" in result.payload else stdout
-            stream.write(text.rstrip("\n") + "\n")
+    elif result.text:
+        stream = sys.stderr if "error_type" in result.payload else stdout
+        prefix = "amk: error: " if "error_type" in result.payload and result.code != ExitCode.INCORRECT else ""
+        stream.write(prefix + result.text.rstrip("\n") + "\n")
     stdout.flush()
     return int(result.code)
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from amk.progress import bar, status
 from amk.schedule.errors import ProgramError
 
 
@@ -45,7 +46,8 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
 
     dev = _device(device)
     if isinstance(model, str):
-        model = amk.load_model(model, dtype="bf16" if dev == "cuda" else "fp32", device=dev)
+        with status(f"loading {model}"):
+            model = amk.load_model(model, dtype="bf16" if dev == "cuda" else "fp32", device=dev)
     if isinstance(prompt, str):
         if model.tokenizer is None:
             raise ValueError(f"model {model.name!r} has no tokenizer: pass token ids")
@@ -59,11 +61,13 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     if need > max_seq:
         raise ValueError(f"prompt + {max_new_tokens} new tokens need {need} positions, the program holds {max_seq}")
     target = (gpu and get_target(gpu)) or (detect_target() if dev == "cuda" else get_target("cpu-sim"))
-    program = amk.lower(model, target, config, max_seq=max_seq)
+    with status(f"lowering {model.name} for {target.name}"):
+        program = amk.lower(model, target, config, max_seq=max_seq)
     check = amk.validate(program, target)
     if not check.ok:
         raise ProgramError(f"the schedule does not validate: {check.first_message()}")
-    weights = pack_weights(model.eager, program, device=dev)
+    with status("packing the weights"):
+        weights = pack_weights(model.eager, program, device=dev)
     t0 = time.perf_counter()
     if dev == "cuda":
         from amk.vm.loader import MegakernelVM
@@ -77,8 +81,10 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         vm_name = "reference"
     vm.reset()
     nxt = 0
-    for tok in ids:
-        _, nxt = vm.step(tok)
+    with bar(len(ids), "prefill (one token a step)", unit="token") as b:
+        for tok in ids:
+            _, nxt = vm.step(tok)
+            b.advance()
     out = [nxt]
     t1 = time.perf_counter()
     if dev == "cuda" and max_new_tokens > 1:
@@ -89,9 +95,11 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         vm.check()
         out += produced.cpu().tolist()
     else:
-        for _ in range(max_new_tokens - 1):
-            _, nxt = vm.step(nxt)
-            out.append(nxt)
+        with bar(max_new_tokens - 1, "decoding", unit="token") as b:
+            for _ in range(max_new_tokens - 1):
+                _, nxt = vm.step(nxt)
+                out.append(nxt)
+                b.advance()
     t2 = time.perf_counter()
     eos = getattr(model.hf_config, "eos_token_id", None)
     eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()

@@ -58,6 +58,15 @@ def case_inputs(case: VerifyCase, dims, dtype: torch.dtype, max_seq: int) -> Cas
     return CaseInputs(k, v, toks)
 
 
+def cache_kwargs(hf, cache) -> dict:
+    """The forward() keyword that passes a KV cache: `cache` on transformers releases that renamed it (they warn
+    on `past_key_values`), `past_key_values` on the older ones the project still supports."""
+    import inspect
+
+    params = inspect.signature(type(hf).forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache, "use_cache": True}
+
+
 def _cache_with_prefix(hf, k: torch.Tensor, v: torch.Tensor):
     from transformers import DynamicCache
 
@@ -84,7 +93,7 @@ def eager_decode(hf, inputs: CaseInputs, generate: int = 0, dtype: torch.dtype |
     generated: list[int] = []
     step = 0
     while step < len(feed):
-        out = hf(torch.tensor([[feed[step]]], device=dev), past_key_values=cache, use_cache=True,
+        out = hf(torch.tensor([[feed[step]]], device=dev), **cache_kwargs(hf, cache),
                  position_ids=torch.tensor([[pos]], device=dev), cache_position=torch.tensor([pos], device=dev))
         lg = out.logits[0, -1].float().cpu()
         logits.append(lg)

@@ -110,6 +110,8 @@ def time_static_graph(model, max_seq: int, context: int, steps: int = 200, compi
 def time_eager(model, context: int, steps: int = 30) -> dict:
     from transformers import DynamicCache
 
+    from .cases import cache_kwargs
+
     hf = model.eager
     d = model.dims
     dev = next(hf.parameters()).device
@@ -124,7 +126,7 @@ def time_eager(model, context: int, steps: int = 30) -> dict:
         pos = [context]
 
         def step(tok=tok, cache=cache, pos=pos):
-            out = hf(tok, past_key_values=cache, use_cache=True, position_ids=torch.tensor([[pos[0]]], device=dev))
+            out = hf(tok, **cache_kwargs(hf, cache), position_ids=torch.tensor([[pos[0]]], device=dev))
             tok.copy_(out.logits[:, -1].argmax(-1, keepdim=True))
             pos[0] += 1
 

@@ -3,7 +3,9 @@
 from .config import ScheduleConfig, ScratchPolicy, SmAssignment, SyncGranularity
 from .errors import (
     AmkError,
+    ArgumentError,
     ConfigError,
+    ConfigProblem,
     DeadlockError,
     LoweringError,
     ProgramError,
@@ -19,7 +21,7 @@ from .program import Buffer, BufferKind, Counter, MegakernelProgram, Region, Tas
 from .targets import TARGETS, GpuTarget, detect_target, get_target
 
 __all__ = [
-    "AmkError", "Architecture", "Buffer", "BufferKind", "ConfigError", "Counter", "DType", "DeadlockError",
+    "AmkError", "Architecture", "ArgumentError", "Buffer", "BufferKind", "ConfigError", "ConfigProblem", "Counter", "DType", "DeadlockError",
     "Epilogue", "GpuTarget", "Graph", "LoweringError", "MegakernelProgram", "ModelDims", "Opcode", "ProgramError",
     "Region", "ScheduleConfig", "ScratchPolicy", "SmAssignment", "SyncGranularity", "TARGETS", "Task",
     "UnknownModelError", "UnknownTargetError", "UnsupportedModelError", "VmError", "Wait", "build_graph",

@@ -9,16 +9,20 @@ split below minimises that estimate over its candidates. Nothing here names a mo
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
+from .config import ScheduleConfig
 from .graph import ModelDims
 from .targets import GpuTarget
 
 TASK_FIXED_US = 1.5  # per-task cost besides its bytes (see the module docstring)
 LM_HEAD_TASK_BYTES = 1 << 20  # LM-head tasks stay near 1 MiB: several a SM, so the last ones balance the SMs
 MIN_PARTITION_POSITIONS = 32  # a KV partition below this many positions costs more to combine than it saves
-MAX_KV_PARTITIONS = 64
+MAX_KV_PARTITIONS = 16  # more partitions make the O projection's combine read more of them (an L2 round
+#                        trip each 8) than the attention stage saves
+NEAR_BEST_US = 0.25  # splits this close to the best estimate count as equal; the one with the fewest tasks wins
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,13 @@ def stage_us(tasks: int, task_bytes: float, target: GpuTarget) -> float:
 
 def matvec_rows(rows: int, row_bytes: int, target: GpuTarget) -> int:
     """Rows a task of a matvec with `rows` output rows of `row_bytes` weight bytes each (paired rows counted
-    in row_bytes): the fewest rounds of the fewest bytes, preferring fewer tasks on a tie."""
-    best, best_rows = math.inf, rows
+    in row_bytes): the fewest tasks whose estimate is within NEAR_BEST_US of the best split's. Fewer tasks cost
+    fewer dependency waits and input stagings than the estimate counts, and the ReferenceVM runs them faster."""
     n = target.sm_count
-    for rounds in range(1, 65):
-        per = -(-rows // (n * rounds))  # the smallest task that needs no more than `rounds` rounds
-        t = stage_us(-(-rows // per), per * row_bytes, target)
-        if t < best - 1e-9:
-            best, best_rows = t, per
-    return best_rows
+    cands = {-(-rows // t) for t in range(1, min(rows, 64 * n) + 1)}  # every distinct task height
+    est = {per: stage_us(-(-rows // per), per * row_bytes, target) for per in cands}
+    best = min(est.values())
+    return max(per for per, t in est.items() if t <= best + NEAR_BEST_US)
 
 
 def qkv_head_splits(dims: ModelDims, row_bytes: int, target: GpuTarget, can_split: bool) -> int:
@@ -62,7 +64,9 @@ def qkv_head_splits(dims: ModelDims, row_bytes: int, target: GpuTarget, can_spli
     splits = [1]
     while can_split and splits[-1] * 2 <= dims.head_dim // 2 and (dims.head_dim // 2) % (splits[-1] * 2) == 0:
         splits.append(splits[-1] * 2)
-    return min(splits, key=lambda s: (stage_us(heads * s, dims.head_dim // s * row_bytes, target), s))
+    est = {s: stage_us(heads * s, dims.head_dim // s * row_bytes, target) for s in splits}
+    best = min(est.values())
+    return min(s for s, t in est.items() if t <= best + NEAR_BEST_US)
 
 
 def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int) -> int:
@@ -90,3 +94,29 @@ def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int,
         qkv_head_splits=qkv_head_splits(dims, h * nbytes, target, split_heads_ok),
         kv_partitions=kv_partitions(dims, target, max_seq),
     )
+
+
+def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTarget, max_seq: int
+            ) -> tuple[ScheduleConfig, dict[str, int]]:
+    """`config` with every derived (null) tiling knob set to the shape-derived value, and {dotted path: value}
+    of what was derived. A split of QKV heads is derived only where the config allows one (heads_per_task=1,
+    qkv.k_splits=1, and no q/k norm fused into the QKV epilogue, which needs whole heads); elsewhere it is 1."""
+    q = config.matvec.qkv
+    split_ok = (q.heads_per_task == 1 and q.k_splits == 1
+                and not (dims.qk_norm and config.fusion.rope_kv_into_qkv))
+    t = derive_tiling(dims, target, nbytes, max_seq, split_ok)
+    values = {"matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
+              "matvec.down.rows_per_task": t.down_rows, "matvec.lm_head.rows_per_task": t.lm_head_rows,
+              "matvec.qkv.head_splits": t.qkv_head_splits if split_ok else 1,
+              "attention.kv_partitions": t.kv_partitions}
+    out = copy.deepcopy(config)
+    derived = {}
+    for path, value in values.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            node = getattr(node, part)
+        if getattr(node, leaf) is None:
+            setattr(node, leaf, value)
+            derived[path] = value
+    return out, derived

@@ -6,15 +6,18 @@ the strict parser, the JSON schema and the search space all read the same facts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
+import types
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigProblem
 
 
 class SmAssignment(str, Enum):
@@ -42,7 +45,8 @@ class AttentionSoftmax(str, Enum):
 
 def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search=None):
     """A config field. `choices`/`minimum`/`maximum` bound what parses; `search` lists the values the
-    search explores (defaults to `choices`)."""
+    search explores (defaults to `choices`). A field annotated `int | None` also parses null, which means
+    "derived from the model's shape and the GPU at lowering"; its default may be None."""
     meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
             "search": search if search is not None else choices}
     if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
@@ -51,15 +55,15 @@ def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search
 
 
 def _copy_default(value):
-    if dataclasses.is_dataclass(value):
-        return dataclasses.replace(value)
-    return json.loads(json.dumps(value))
+    # deep: a shallow replace() would share the nested tilings of one default among every config made from it
+    return copy.deepcopy(value)
 
 
 @dataclass
 class RowTiling:
-    rows_per_task: int = knob(16, help="output rows one task computes", minimum=1, maximum=1 << 20,
-                              search=[8, 16, 32, 64, 128, 256, 512])
+    rows_per_task: int | None = knob(None, help="output rows one task computes (null: derived from the model's "
+                                                "shape and the GPU's SM count, schedule/autotile.py)",
+                                     minimum=1, maximum=1 << 20, search=[8, 16, 32, 64, 128, 256, 512])
     k_splits: int = knob(1, help="split the reduction dimension over this many tasks (a reduce task finishes)",
                          minimum=1, maximum=16, search=[1, 2, 4])
 
@@ -68,10 +72,11 @@ class RowTiling:
 class QkvTiling:
     heads_per_task: int = knob(1, help="q/k/v heads one QKV task computes (RoPE needs whole heads)",
                                minimum=1, maximum=1024, search=[1, 2, 4, 8])
-    head_splits: int = knob(1, help="split each q/k/v head over this many QKV tasks; each takes rows i and "
-                                    "i + head_dim/2 together, the pairs RoPE rotates (needs heads_per_task=1, "
-                                    "k_splits=1 and, with RoPE fused, a model without q/k norm)",
-                            minimum=1, maximum=32, search=[1, 2, 4])
+    head_splits: int | None = knob(None, help="split each q/k/v head over this many QKV tasks; each takes rows i "
+                                              "and i + head_dim/2 together, the pairs RoPE rotates (needs "
+                                              "heads_per_task=1, k_splits=1 and, with RoPE fused, a model without "
+                                              "q/k norm; null: derived from the shape, 1 where those do not hold)",
+                                   minimum=1, maximum=32, search=[1, 2, 4])
     k_splits: int = knob(1, help="split the reduction dimension over this many tasks (a reduce task finishes)",
                          minimum=1, maximum=16, search=[1, 2, 4])
 
@@ -79,16 +84,17 @@ class QkvTiling:
 @dataclass
 class MatvecConfig:
     qkv: QkvTiling = knob(QkvTiling(), help="QKV projection tiling")
-    o: RowTiling = knob(RowTiling(16), help="attention output projection tiling")
-    gate_up: RowTiling = knob(RowTiling(64), help="gate/up projection tiling (rows of the activation)")
-    down: RowTiling = knob(RowTiling(16), help="down projection tiling")
-    lm_head: RowTiling = knob(RowTiling(256), help="LM head tiling")
+    o: RowTiling = knob(RowTiling(), help="attention output projection tiling")
+    gate_up: RowTiling = knob(RowTiling(), help="gate/up projection tiling (rows of the activation)")
+    down: RowTiling = knob(RowTiling(), help="down projection tiling")
+    lm_head: RowTiling = knob(RowTiling(), help="LM head tiling")
 
 
 @dataclass
 class AttentionConfig:
-    kv_partitions: int = knob(4, help="split each KV head's positions over this many tasks, then combine",
-                              minimum=1, maximum=64, search=[1, 2, 4, 8, 16])
+    kv_partitions: int | None = knob(None, help="split each KV head's positions over this many tasks, then combine "
+                                                "(null: derived, about one attention task per SM)",
+                                     minimum=1, maximum=64, search=[1, 2, 4, 8, 16, 32, 64])
     sync: SyncGranularity = knob(SyncGranularity.HEAD, help="counter granularity between QKV and attention",
                                  choices=list(SyncGranularity))
     softmax: AttentionSoftmax = knob(AttentionSoftmax.GLOBAL,
@@ -177,11 +183,14 @@ class ScheduleConfig:
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return _to_jsonable(self)
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, data: Any) -> ScheduleConfig:
-        return _parse_dataclass(cls, data, "$")
+        """Strict parse of a (partial) config dict. Absent keys keep their default: a partial nested object
+        merges onto that field's own default (`{"matvec": {"lm_head": {"k_splits": 2}}}` keeps lm_head's
+        rows_per_task at 256). Raises ConfigError listing every problem at once."""
+        return parse_dataclass(cls, data)
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -191,50 +200,111 @@ class ScheduleConfig:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
 
 
-def _to_jsonable(value):
+def to_jsonable(value):
+    """A config (or any part of one) in its JSON form: enums as their values, `None` as null."""
     if dataclasses.is_dataclass(value):
-        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     return value
 
 
-def _parse_dataclass(cls, data, path: str):
+def optional_base(tp):
+    """`int` for a knob declared `int | None` (null accepted: derived at lowering), else None."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0]
+    return None
+
+
+def field_default(f: dataclasses.Field):
+    """The default of one dataclass field, a fresh copy: the one definition every parser, schema and search
+    space reads (a nested field's default may differ from its class's own: `RowTiling(256)`)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    raise TypeError(f"config field {f.name!r} has no default")  # every knob() has one
+
+
+def parse_dataclass(cls, data, path: str = "$", base=None):
+    """Instance of config dataclass `cls` from `data`, absent keys taken from `base` (default: each field's
+    own default). Raises ConfigError with every problem found, in document order."""
+    problems: list[ConfigProblem] = []
+    out = _parse_object(cls, data, path, base, problems)
+    if problems:
+        raise ConfigError.of(problems)
+    return out
+
+
+def _parse_object(cls, data, path, base, problems):
     if not isinstance(data, dict):
-        raise ConfigError(path, f"expected an object, got {type(data).__name__}")
+        problems.append(ConfigProblem(path, f"expected an object, got {type(data).__name__}"))
+        return None
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"{path}.{key}", f"unknown key; allowed: {', '.join(sorted(names))}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _parse_value(hints[f.name], f.metadata, data[f.name], f"{path}.{f.name}")
+    for key, value in data.items():  # document order, so problems come back in the order they were written
+        f = fields.get(key)
+        if f is None:
+            problems.append(ConfigProblem(f"{path}.{key}", _unknown(key, list(fields), "key")))
+            continue
+        kwargs[key] = _parse_value(hints[key], f.metadata, value, f"{path}.{key}", _default_of(f, base), problems)
+    for name, f in fields.items():
+        if name not in kwargs:
+            kwargs[name] = _default_of(f, base)
     return cls(**kwargs)
 
 
-def _parse_value(tp, meta, value, path):
+def _default_of(f: dataclasses.Field, base):
+    return _copy_default(getattr(base, f.name)) if base is not None else field_default(f)
+
+
+def _unknown(key, allowed, what: str) -> str:
+    near = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    return f"unknown {what}; {hint}allowed: {', '.join(sorted(map(str, allowed)))}"
+
+
+def _parse_value(tp, meta, value, path, default, problems):
+    """The parsed value, or `default` after recording a problem (parsing goes on, so all are reported)."""
+    base = optional_base(tp)
+    if base is not None:
+        if value is None:
+            return None
+        tp = base
     if dataclasses.is_dataclass(tp):
-        return _parse_dataclass(tp, value, path)
+        got = _parse_object(tp, value, path, default, problems)
+        return default if got is None else got
+    try:
+        return _parse_leaf(tp, meta, value, path)
+    except ConfigError as e:
+        problems.extend(e.problems)
+        return default
+
+
+def _parse_leaf(tp, meta, value, path):
     if isinstance(tp, type) and issubclass(tp, Enum):
         allowed = [m.value for m in tp]
         if isinstance(value, tp):
             return value
         if not isinstance(value, str) or value not in allowed:
-            raise ConfigError(path, f"expected one of {allowed}, got {value!r}")
+            near = difflib.get_close_matches(value, allowed, n=1, cutoff=0.6) if isinstance(value, str) else []
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(path, f"expected one of {allowed}, got {value!r}{hint}")
         return tp(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(path, f"expected a boolean, got {type(value).__name__}")
+            raise ConfigError(path, f"expected a boolean, got {_kind(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {type(value).__name__}")
+            raise ConfigError(path, f"expected an integer, got {_kind(value)}")
         _check_bounds(meta, value, path)
         return value
     if tp is float:
@@ -244,7 +314,15 @@ def _parse_value(tp, meta, value, path):
         return float(value)
     if tp is dict or get_origin(tp) is dict:
         return _parse_explicit_map(value, path)
-    raise ConfigError(path, f"unsupported field type {tp}")  # a programming error in this module
+    raise TypeError(f"{path}: unsupported config field type {tp}")  # a programming error in this module
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"a number ({value!r})"
+    return type(value).__name__
 
 
 def _check_bounds(meta, value, path):
@@ -266,17 +344,21 @@ MAX_SM_ID = 4096
 def _parse_explicit_map(value, path):
     if not isinstance(value, dict):
         raise ConfigError(path, f"expected an object of stage kind -> SM list, got {type(value).__name__}")
-    out = {}
+    out, problems = {}, []
     for kind, sms in value.items():
         p = f"{path}.{kind}"
         if kind not in EXPLICIT_MAP_KINDS:
-            raise ConfigError(p, f"unknown stage kind; allowed: {', '.join(EXPLICIT_MAP_KINDS)}")
+            problems.append(ConfigProblem(p, _unknown(kind, EXPLICIT_MAP_KINDS, "stage kind")))
+            continue
         if not isinstance(sms, list) or not sms:
-            raise ConfigError(p, "expected a non-empty list of SM ids")
+            problems.append(ConfigProblem(p, "expected a non-empty list of SM ids"))
+            continue
         for i, sm in enumerate(sms):
             if isinstance(sm, bool) or not isinstance(sm, int) or not 0 <= sm < MAX_SM_ID:
-                raise ConfigError(f"{p}[{i}]", f"expected an SM id in [0, {MAX_SM_ID}), got {sm!r}")
+                problems.append(ConfigProblem(f"{p}[{i}]", f"expected an SM id in [0, {MAX_SM_ID}), got {sm!r}"))
         out[kind] = list(sms)
+    if problems:
+        raise ConfigError.of(problems)
     return out
 
 
@@ -299,13 +381,18 @@ def get_path(config: ScheduleConfig, path: str):
     return obj
 
 
-def with_value(config: ScheduleConfig, path: str, value) -> ScheduleConfig:
-    """A copy of `config` with the knob at dotted `path` set (value given in its JSON form)."""
-    data = config.to_dict()
+def with_value(config, path: str, value):
+    """A copy of `config` (a ScheduleConfig or any config dataclass) with the knob at dotted `path` set; `value`
+    in its JSON form (None: null, for a knob declared `int | None`). Raises ConfigError for a bad path or
+    value."""
+    data = config.to_dict() if hasattr(config, "to_dict") else to_jsonable(config)
     node = data
     parts = path.split(".")
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            raise ConfigError("$." + ".".join(parts[:i + 1]), "no such config object")
         node = node[part]
-    node[parts[-1]] = _to_jsonable(value)
-    return ScheduleConfig.from_dict(data)
-
+    if parts[-1] not in node:
+        raise ConfigError("$." + path, _unknown(parts[-1], list(node), "knob"))
+    node[parts[-1]] = to_jsonable(value)
+    return parse_dataclass(type(config), data)

@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class AmkError(Exception):
     """Base of every error AMK raises on purpose."""
 
 
-class ConfigError(AmkError, ValueError):
-    """A config dict is malformed. `path` is the JSON path of the bad field, e.g. `$.matvec.qkv.k_splits`."""
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config: the JSON path of the field (`$.matvec.qkv.k_splits`) and why."""
 
-    def __init__(self, path: str, message: str):
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigError(AmkError, ValueError):
+    """A config dict is malformed. `path` and `reason` are the first problem's JSON path (e.g.
+    `$.matvec.qkv.k_splits`) and message; `problems` lists every problem found, in document order, so that
+    one round trip fixes them all."""
+
+    def __init__(self, path: str, message: str, problems: list[ConfigProblem] | None = None):
         self.path = path
         self.reason = message
-        super().__init__(f"{path}: {message}")
+        self.problems = list(problems) if problems else [ConfigProblem(path, message)]
+        super().__init__("; ".join(map(str, self.problems)))
+
+    @classmethod
+    def of(cls, problems: list[ConfigProblem]) -> ConfigError:
+        return cls(problems[0].path, problems[0].message, problems)
+
+
+class ArgumentError(AmkError, ValueError):
+    """A caller passed an argument AMK cannot use (`argument` names it: dtype, device, max_seq, ...): a usage
+    error, exit 2 on the CLI."""
+
+    def __init__(self, argument: str, message: str):
+        self.argument = argument
+        super().__init__(f"{argument}: {message}")
 
 
 class UnsupportedModelError(AmkError, ValueError):

@@ -6,6 +6,7 @@ import gc
 import math
 
 from .assign import assign_sms
+from .autotile import resolve as resolve_tiling
 from .buffers import allocate_scratch, plan_model_buffers
 from .config import ScheduleConfig
 from .errors import LoweringError
@@ -46,6 +47,8 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     max_seq = int(max_seq or min(dims.max_positions, DEFAULT_MAX_SEQ))
     if max_seq < 1:
         raise LoweringError("max_seq", f"must be >= 1, got {max_seq}")
+    schedule_id = config.schedule_id
+    config, derived = resolve_tiling(config, dims, dtype.nbytes, target, max_seq)
     graph: Graph = build_graph(dims)
     stages = plan_stages(graph, config)
     sgraph = stage_graph(stages, config.attention.sync)
@@ -61,8 +64,8 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
         constants=constants, buffers=buffers.buffers, counters=counters, tasks=tasks, queues=queues,
         threads_per_block=config.threads_per_block, smem_per_block=config.smem_per_block,
         build=build_defines(config),
-        meta={"model": name, "target": target.name, "schedule_id": config.schedule_id, "max_seq": max_seq,
-              "dtype": dtype.name, "stages": len(stages)},
+        meta={"model": name, "target": target.name, "schedule_id": schedule_id, "max_seq": max_seq,
+              "dtype": dtype.name, "stages": len(stages), "derived": derived},
     )
 
 

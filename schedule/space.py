@@ -8,6 +8,7 @@ here, in the JSON schema and in the loop with no further edit.
 
 from __future__ import annotations
 
+import json
 import random
 import types
 import typing
@@ -15,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from .config import ScheduleConfig, get_path, iter_knobs, with_value
+from .config import ScheduleConfig, get_path, iter_knobs, optional_base, with_value
 from .errors import ConfigError
+from .inert import inert_reason, target_inert_reason
 from .smem import max_dynamic_smem
 from .targets import GpuTarget, get_target
 
@@ -48,6 +50,13 @@ class Knob:
             return ()
         return self.search + ((None,) if self.nullable and None not in self.search else ())
 
+    @property
+    def default_text(self) -> str:
+        """The default as a person reads it: null is "derived" (from the model's shape and the GPU)."""
+        if self.default is None and self.nullable:
+            return "derived"
+        return _fmt(self.default) if not isinstance(self.default, dict) else str(self.default)
+
     def to_dict(self) -> dict:
         out: dict = {"path": self.path, "type": self.type.value}
         if self.nullable:
@@ -58,6 +67,8 @@ class Knob:
             out["minimum"] = self.minimum
         if self.maximum is not None:
             out["maximum"] = self.maximum
+        if self.nullable:
+            out["nullable"] = True
         out.update(search=list(self.search), default=self.default, help=self.help)
         return out
 
@@ -101,6 +112,7 @@ def _unwrap_optional(tp) -> tuple[object, bool]:
 
 
 def _knob_type(tp) -> KnobType:
+    tp = optional_base(tp) or tp
     if isinstance(tp, type) and issubclass(tp, Enum):
         return KnobType.ENUM
     if tp is bool:
@@ -115,7 +127,7 @@ def _knob_type(tp) -> KnobType:
 def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
     """Search values the target cannot run are left out: the loop must never spend a trial on a config the
     validator rejects for the hardware alone."""
-    if target is None or value is None:
+    if target is None or value is None:  # null: the lowering derives a value that fits
         return True
     if path == "smem_per_block":
         return value <= max_dynamic_smem(target.smem_per_block_max)
@@ -124,18 +136,19 @@ def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
     return True
 
 
-def search_space(target: GpuTarget | str | None = None) -> list[Knob]:
-    """Every leaf knob of ScheduleConfig, in declaration order, with search values fitted to `target`."""
+def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig) -> list[Knob]:
+    """Every leaf knob of config dataclass `cls` (ScheduleConfig), in declaration order, with search values
+    fitted to `target`."""
     tgt = get_target(target) if target is not None else None
-    default = ScheduleConfig()
+    default = cls()
     knobs = []
-    for path, f, tp in iter_knobs():
+    for path, f, tp in iter_knobs(cls):
         meta = f.metadata
         tp, nullable = _unwrap_optional(tp)
         kind = _knob_type(tp)
         choices = tuple(_json(c) for c in meta["choices"]) if meta.get("choices") is not None else None
         search = tuple(_json(v) for v in (meta.get("search") or ()) if _fits_target(path, _json(v), tgt))
-        if kind == KnobType.OBJECT:
+        if kind == KnobType.OBJECT or target_inert_reason(path, tgt):
             search = ()
         knobs.append(Knob(path=path, type=kind, default=_json(get_path(default, path)) if kind != KnobType.OBJECT
                           else dict(get_path(default, path)), help=meta["help"], search=search, choices=choices,
@@ -165,26 +178,18 @@ def _over1(v) -> bool:
     return v is not None and v > 1
 
 
-def inert(config: ScheduleConfig, path: str) -> bool:
+def inert(config: ScheduleConfig, path: str, target: GpuTarget | None = None) -> bool:
     """Whether the knob at `path` cannot change what the kernel does under the rest of `config` (it still
-    changes the build, so a move would spend a trial on noise)."""
-    if path == "build.l2_prefetch_kb":  # caps the L2 prefetch, which only pipelining_depth > 0 without a ring does
-        return config.pipelining_depth == 0 or config.pipeline.pages > 0
-    if path in ("build.loads_in_flight", "build.rows_in_flight"):  # the register path's stream only
-        return config.pipeline.pages > 0
-    if path == "pipeline.page_kb":  # no pages, no page size
-        return config.pipeline.pages == 0
-    if path in ("attention.softmax", "fusion.attention_combine_into_o"):  # one partition is one ATTN_DECODE task,
-        return config.attention.kv_partitions == 1  # whichever softmax, and has nothing to combine
-    return False
+    changes the schedule_id, so a move would spend a trial on noise). The rules live in schedule/inert.py."""
+    return inert_reason(config, path, target) is not None
 
 
-def neighbours(config: ScheduleConfig, space: list[Knob]) -> list[Move]:
-    """Every config one knob away that has no conflict and moves a knob that acts: each searched knob set to
-    each of its other search values."""
+def neighbours(config: ScheduleConfig, space: list[Knob], target: GpuTarget | None = None) -> list[Move]:
+    """Every config one knob away that has no conflict and moves a knob that acts (on `target`, when given):
+    each searched knob set to each of its other search values."""
     moves = []
     for k in space:
-        if inert(config, k.path):
+        if inert(config, k.path, target):
             continue
         current = _json(get_path(config, k.path))
         for v in k.values:
@@ -275,7 +280,7 @@ def diff(a: ScheduleConfig, b: ScheduleConfig) -> list[str]:
     for p, _, _ in iter_knobs():
         va, vb = _json(get_path(a, p)), _json(get_path(b, p))
         if va != vb:
-            out.append(f"{p}={_fmt(vb) if not isinstance(vb, dict) else vb}")
+            out.append(f"{p}={_fmt(vb) if not isinstance(vb, dict) else json.dumps(vb, separators=(',', ':'))}")
     return out
 
 

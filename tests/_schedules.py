@@ -43,12 +43,14 @@ def base_config(path: str) -> ScheduleConfig:
 
 def values_of(path: str, field) -> list:
     """JSON-form values a knob is tested at: the choices of an enum/bool knob (all of them, not only the
-    searched ones), else its search list; the empty map and two maps for sm.explicit_map."""
+    searched ones), else its search list, and null (derived) where the knob is nullable; the empty map and two
+    maps for sm.explicit_map."""
     if path == "sm.explicit_map":
         return [{}, *copy.deepcopy(list(EXPLICIT_MAPS))]
     meta = field.metadata
     vals = meta["choices"] if meta.get("choices") is not None else meta["search"]
-    return [_json(v) for v in vals]
+    nullable = field.default is None
+    return [_json(v) for v in vals] + ([None] if nullable else [])
 
 
 def knob_values() -> list[tuple[str, object]]:
@@ -64,10 +66,13 @@ def default_value(path: str):
     return _json(get_path(base_config(path), path))
 
 
-def effective_value(dims, path: str, value):
-    """The value as the lowering sees it for this model: a row tiling at or above a matvec's row count is
-    one task either way, as is a QKV tiling at or above the heads there are. Two values with the same
-    effective value must lower identically; two with different ones must not."""
+def effective_value(dims, path: str, value, derived: dict | None = None):
+    """The value as the lowering sees it for this model: null is the value the lowering derived (`derived`,
+    the base program's), a row tiling at or above a matvec's row count is one task either way, as is a QKV
+    tiling at or above the heads there are. Two values with the same effective value must lower identically;
+    two with different ones must not."""
+    if value is None:
+        value = (derived or {})[path]
     parts = path.split(".")
     if path == "matvec.qkv.heads_per_task":
         return min(value, dims.n_heads + 2 * dims.n_kv_heads)

@@ -1,9 +1,11 @@
+import copy
 import math
+from dataclasses import dataclass
 
 import pytest
 
 from amk.schedule import ConfigError, ScheduleConfig
-from amk.schedule.config import iter_knobs, with_value
+from amk.schedule.config import get_path, iter_knobs, knob, parse_dataclass, to_jsonable, with_value
 
 
 def test_round_trip_and_schedule_id():
@@ -44,3 +46,149 @@ def test_every_knob_has_help_and_search_values():
         assert f.metadata["help"], path
         if path != "sm.explicit_map":
             assert f.metadata["search"], path
+
+
+# ---- one definition of every default ---------------------------------------------------------------------
+
+def _partial(path: str, value) -> dict:
+    d: dict = {}
+    node = d
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return d
+
+
+def _other_value(knob):
+    if knob.type.value == "object":
+        return {"qkv": [0, 1]}
+    values = [v for v in (knob.choices or knob.search or ()) if v != knob.default]
+    if values:
+        return values[0]
+    if knob.default is None:
+        return int(knob.minimum or 1)
+    return knob.default + 1 if isinstance(knob.default, int) else not knob.default
+
+
+def test_partial_nested_object_keeps_the_field_defaults():
+    # {"matvec": {"lm_head": {"k_splits": 1}}} names no knob off its default: it is the default config
+    for partial in ({"matvec": {"lm_head": {"k_splits": 1}}}, {"matvec": {"gate_up": {"k_splits": 1}}},
+                    {"matvec": {"o": {}}}, {"matvec": {}}, {"build": {}}):
+        cfg = ScheduleConfig.from_dict(partial)
+        assert cfg == ScheduleConfig() and cfg.schedule_id == ScheduleConfig().schedule_id, partial
+    cfg = ScheduleConfig.from_dict({"matvec": {"lm_head": {"k_splits": 2}}})
+    default = ScheduleConfig().matvec
+    assert (cfg.matvec.lm_head.rows_per_task, cfg.matvec.gate_up.rows_per_task) == (
+        default.lm_head.rows_per_task, default.gate_up.rows_per_task)
+
+
+def test_every_knob_of_every_nested_object_round_trips_from_a_partial_dict():
+    from amk.schedule.space import search_space
+
+    default = ScheduleConfig().to_dict()
+    for k in search_space():
+        value = _other_value(k)
+        cfg = ScheduleConfig.from_dict(_partial(k.path, value))
+        expect = copy.deepcopy(default)
+        node = expect
+        parts = k.path.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+        assert cfg.to_dict() == expect, k.path  # only the named knob moved
+        assert ScheduleConfig.from_dict(cfg.to_dict()) == cfg
+        assert with_value(ScheduleConfig(), k.path, value) == cfg
+
+
+def test_defaults_are_not_shared_between_configs():
+    a = ScheduleConfig()
+    a.matvec.o.rows_per_task = 3
+    a.sm.explicit_map["qkv"] = [0]
+    assert ScheduleConfig().matvec.o.rows_per_task is None and ScheduleConfig().sm.explicit_map == {}
+
+
+def test_schema_search_space_and_parser_share_every_default():
+    from amk.harness.schema import generate_schema
+    from amk.schedule.space import search_space
+
+    schema = generate_schema()
+    for k in search_space():
+        node = schema
+        for p in k.path.split("."):
+            node = node["properties"][p]
+        want = to_jsonable(get_path(ScheduleConfig(), k.path))
+        assert node["default"] == want == k.default, k.path
+
+
+# ---- every problem at once -------------------------------------------------------------------------------
+
+def test_config_errors_list_every_problem_with_the_closest_key():
+    bad = {"matvec": {"lm_head": {"rows_per_tsk": 64, "k_splits": 99}}, "atention": {},
+           "attention": {"softmax": "partiton"}, "sm": {"explicit_map": {"qvk": [0], "o": [-1]}}}
+    with pytest.raises(ConfigError) as e:
+        ScheduleConfig.from_dict(bad)
+    got = [(p.path, p.message) for p in e.value.problems]
+    assert [p for p, _ in got] == ["$.matvec.lm_head.rows_per_tsk", "$.matvec.lm_head.k_splits", "$.atention",
+                                   "$.attention.softmax", "$.sm.explicit_map.qvk", "$.sm.explicit_map.o[0]"]
+    assert "did you mean 'rows_per_task'?" in got[0][1] and "did you mean 'attention'?" in got[2][1]
+    assert "did you mean 'partition'?" in got[3][1] and "did you mean 'qkv'?" in got[4][1]
+    assert (e.value.path, e.value.reason) == got[0]
+    assert str(e.value).count("$.") == 6
+
+
+# ---- knobs declared `int | None` (null: derived at lowering) ----------------------------------------------
+
+@dataclass
+class _Tiling:
+    rows_per_task: int | None = knob(None, help="rows; null: derived", minimum=1, maximum=64,
+                                     search=[None, 8, 16, 32])
+    k_splits: int = knob(1, help="splits", minimum=1, maximum=4, search=[1, 2])
+
+
+@dataclass
+class _Config:
+    tiling: _Tiling = knob(_Tiling(), help="a tiling")
+    fixed: _Tiling = knob(_Tiling(16), help="a tiling whose default is not derived")
+
+    def to_dict(self):
+        return to_jsonable(self)
+
+
+def test_optional_int_knob_parses_null_and_only_there():
+    cfg = parse_dataclass(_Config, {})
+    assert cfg.tiling.rows_per_task is None and cfg.fixed.rows_per_task == 16
+    # a partial object merges onto its field's default (16), not its class's (null)
+    assert parse_dataclass(_Config, {"fixed": {"k_splits": 2}}).fixed == _Tiling(16, 2)
+    assert parse_dataclass(_Config, {"fixed": {"rows_per_task": None}}).fixed.rows_per_task is None
+    assert parse_dataclass(_Config, {"tiling": {"rows_per_task": 8}}).tiling.rows_per_task == 8
+    with pytest.raises(ConfigError) as e:
+        parse_dataclass(_Config, {"tiling": {"k_splits": None, "rows_per_task": 65}})
+    assert [(p.path, p.message) for p in e.value.problems] == [
+        ("$.tiling.k_splits", "expected an integer, got null"), ("$.tiling.rows_per_task", "must be <= 64, got 65")]
+    assert to_jsonable(cfg) == {"tiling": {"rows_per_task": None, "k_splits": 1},
+                                "fixed": {"rows_per_task": 16, "k_splits": 1}}
+    assert parse_dataclass(_Config, to_jsonable(cfg)) == cfg
+    assert with_value(cfg, "fixed.rows_per_task", None).fixed.rows_per_task is None
+    assert with_value(cfg, "tiling.rows_per_task", 32).tiling.rows_per_task == 32
+    with pytest.raises(ConfigError):
+        ScheduleConfig.from_dict({"matvec": {"o": {"k_splits": None}}})  # plain int knobs refuse null
+
+
+def test_optional_int_knob_in_the_schema_and_the_search_space():
+    from amk.harness.schema import generate_schema, strict_validator
+    from amk.schedule.space import search_space
+
+    schema = generate_schema(_Config)
+    rows = schema["properties"]["tiling"]["properties"]["rows_per_task"]
+    assert rows["type"] == ["integer", "null"] and rows["default"] is None and rows["minimum"] == 1
+    assert schema["properties"]["fixed"]["properties"]["rows_per_task"]["default"] == 16
+    assert schema["properties"]["tiling"]["properties"]["k_splits"]["type"] == "integer"
+    v = strict_validator(schema)
+    assert v.is_valid({"tiling": {"rows_per_task": None}}) and not v.is_valid({"tiling": {"k_splits": None}})
+    assert not v.is_valid({"tiling": {"rows_per_task": 8.0}})
+    knobs = {k.path: k for k in search_space("h100-sxm", cls=_Config)}
+    rows = knobs["tiling.rows_per_task"]
+    assert rows.nullable and rows.default is None and rows.default_text == "derived"
+    assert rows.search == (None, 8, 16, 32) and rows.to_dict()["nullable"] is True
+    assert knobs["fixed.rows_per_task"].default_text == "16" and not knobs["tiling.k_splits"].nullable

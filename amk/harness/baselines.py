@@ -33,7 +33,8 @@ def measured_bandwidth_gbs(cache: Cache) -> float | None:
         return {"gbs": measure_read_bandwidth(BANDWIDTH_PARAMS["gib"], BANDWIDTH_PARAMS["repeats"])}
 
     try:
-        return float(cache.get_or_create_json("baseline", key, create, validate=_positive("gbs"))["gbs"])
+        return float(cache.get_or_create_json("baseline", key, create, validate=_positive("gbs"),
+                                              label={"measurement": "read bandwidth", **BANDWIDTH_PARAMS})["gbs"])
     except Exception as e:  # the floor then falls back to the spec bandwidth, and the verdict says so
         log.warning("read bandwidth not measured: %s", e)
         return None
@@ -54,7 +55,9 @@ def peer_latencies(cache: Cache, model, max_seq: int, context: int, measure: boo
         try:
             if measure:
                 got = cache.get_or_create_json("baseline", key, lambda n=name: {"latency_us": fns[n]()["latency_us"]},
-                                               validate=_positive("latency_us"))
+                                               validate=_positive("latency_us"),
+                                               label={"model": model.name, "dtype": dtype, "peer": name,
+                                                      "max_seq": max_seq, "context": context})
             else:
                 got = cache.get_json("baseline", key, validate=_positive("latency_us"))
         except Exception as e:  # a peer that fails to run is left out, not guessed

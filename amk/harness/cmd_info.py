@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from collections import Counter
 from pathlib import Path
 
-from .commands import CommandResult, ExitCode, dumps, read_config_arg
+from amk.progress import status
+
+from .commands import CommandResult, ExitCode, read_config_arg
 
 
 def _version(module: str) -> str | None:
@@ -65,7 +66,10 @@ def doctor(args) -> CommandResult:
         if info[need] is None:
             problems.append(f"{need} is not installed")
     info["problems"] = problems
-    text = "\n".join(f"{k:<16} {v}" for k, v in info.items() if k != "problems")
+    target = info.get("detected_target")
+    shown = {**info, "detected_target": (f"{target['name']} ({target['sm_count']} SMs, {target['arch']})"
+                                         if target else None)}
+    text = "\n".join(f"{k:<16} {v}" for k, v in shown.items() if k != "problems")
     text += "".join(f"\nPROBLEM: {p}" for p in problems)
     if not info["cuda_usable"]:
         text += "\nno usable CUDA device: evaluate runs on the CPU ReferenceVM with PREDICTED latencies"
@@ -89,14 +93,50 @@ def targets(args) -> CommandResult:
     return CommandResult(ExitCode.OK, {"targets": rows}, text)
 
 
+def _label_text(label: dict | None) -> str:
+    """What a cache entry is for, in one line: model, GPU, dtype, config or case."""
+    if not label:
+        return "-"
+    parts = [str(label[k]) for k in ("model", "gpu", "dtype") if label.get(k)]
+    if "schedule_id" in label:
+        parts.append(f"config {label['schedule_id']}")
+        cfg = label.get("config")
+        if isinstance(cfg, dict):
+            from amk.schedule.config import ScheduleConfig
+            from amk.schedule.space import diff
+
+            try:
+                changed = diff(ScheduleConfig(), ScheduleConfig.from_dict(cfg))
+            except ValueError:
+                changed = ["(a config of an older schema)"]
+            parts.append(", ".join(changed) if changed else "(defaults)")
+    if label.get("max_seq"):
+        parts.append(f"max_seq {label['max_seq']}")
+    if label.get("case"):
+        parts.append(f"case {label['case']}" + (" (higher precision)" if label.get("higher_precision") else ""))
+    for k in ("peer", "measurement"):
+        if label.get(k):
+            parts.append(str(label[k]))
+    return " ".join(parts)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 def cache(args) -> CommandResult:
     from amk.cache import KINDS, default_cache, last_run_stats
 
     c = default_cache()
     if args.action == "ls":
         rows = c.ls(args.kind)
-        text = "\n".join(f"{r['kind']:<10} {r['key'][:16]} {r['size_bytes']:>12} B {r['age_s'] / 3600:>8.1f} h"
-                         for r in rows) or "(empty)"
+        lines = [f"{r['kind']:<9} {r['key'][:12]} {_size(r['size_bytes']):>10} {r['age_s'] / 3600:>7.1f} h  "
+                 f"{_label_text(r.get('label'))}" for r in rows]
+        text = "\n".join([f"{c.root}: {len(rows)} entries", *lines]) if rows else f"{c.root}: (empty)"
         return CommandResult(ExitCode.OK, {"root": str(c.root), "entries": rows}, text)
     if args.action == "clear":
         n = c.clear(args.kind)
@@ -107,39 +147,46 @@ def cache(args) -> CommandResult:
         files[r["kind"]]["entries"] += 1
         files[r["kind"]]["bytes"] += r["size_bytes"]
     out = {"root": str(c.root), "files": files, "last_run": last_run_stats(c.root)}
-    return CommandResult(ExitCode.OK, out, dumps(out))
+    lines = [f"cache {c.root}"]
+    lines += [f"  {k:<9} {f['entries']:>6} entries {_size(f['bytes']):>10}" for k, f in files.items()
+              if args.kind in (None, k)]
+    last = out["last_run"]
+    if last:
+        lines.append("last run: " + ", ".join(f"{k} {d.get('hits', 0)} hits / {d.get('misses', 0)} misses"
+                                              for k, d in last.items() if isinstance(d, dict)))
+    return CommandResult(ExitCode.OK, out, "\n".join(lines))
 
 
 def generate(args) -> CommandResult:
     from amk.generation import generate as fn
     from amk.schedule.errors import ProgramError
 
-    from .commands import UsageError
     from .verdict import parse_config
-    if args.model is None or (args.prompt is None and args.prompt_ids is None):
-        raise UsageError("amk generate needs --model and --prompt TEXT (or --prompt-ids 1,2,3)")
-    prompt = args.prompt if args.prompt is not None else [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-    given = {"model": args.model, "prompt": prompt, "max_new_tokens": args.max_new_tokens, "gpu": args.gpu,
-             "device": args.device,
-             "config": parse_config(read_config_arg(args.config)) if args.config is not None else None}
-    given = {k: v for k, v in given.items() if v is not None}
+
+    config = parse_config(read_config_arg(args.config)) if args.config is not None else None
+    prompt = args.prompt if args.prompt is not None else args.prompt_ids
     try:
-        out = fn(**given)
+        out = fn(args.model, prompt, max_new_tokens=args.max_new_tokens, config=config, device=args.device,
+                 gpu=args.gpu, max_seq=args.max_seq)
     except (ValueError, ProgramError) as e:  # a bad prompt or a schedule that does not validate
-        return CommandResult(ExitCode.USAGE, {"error": f"{type(e).__name__}: {e}", "error_type": "usage"}, str(e))
-    payload = out.to_dict() if hasattr(out, "to_dict") else (out if isinstance(out, dict) else {"output": out})
-    text = payload.get("text") if isinstance(payload.get("text"), str) else None
-    return CommandResult(ExitCode.OK, payload, text if text is not None else dumps(payload))
+        return CommandResult(ExitCode.USAGE, {"error": str(e), "error_type": "usage"}, str(e))
+    payload = out.to_dict()
+    summary = (f"{len(payload['tokens'])} new tokens after {len(payload['prompt_tokens'])} prompt tokens on "
+               f"{payload['device']} ({payload['vm']} VM) in {payload['seconds']:.2f} s, "
+               f"{payload['decode_tokens_per_s']:.1f} tokens/s decoding")
+    body = payload["text"] if isinstance(payload.get("text"), str) else " ".join(map(str, payload["tokens"]))
+    return CommandResult(ExitCode.OK, payload, f"{body}\n-- {summary}")
 
 
 def compile_cmd(args) -> CommandResult:
     from .evaluate import build_program
 
-    v, program = build_program(args.model, args.gpu, read_config_arg(args.config), "cpu", args.dtype)
+    v, program = build_program(args.model, args.gpu, read_config_arg(args.config), "cpu", args.dtype, args.max_seq)
     if program is None:
         return CommandResult(ExitCode.USAGE, v.to_dict(), f"REJECTED: {v.rejected_reason}")
     out = Path(args.out)
-    out.write_text(program.to_json() + "\n")
+    with status(f"writing {out}"):
+        out.write_text(program.to_json() + "\n")
     per_sm = [sum(program.tasks[t].weight_bytes for t in q) for q in program.queues]
     used = [b for q, b in zip(program.queues, per_sm) if q]
     report = {
@@ -153,9 +200,17 @@ def compile_cmd(args) -> CommandResult:
                                 "mean": sum(used) / len(used) if used else 0},
         "threads_per_block": program.threads_per_block, "smem_per_block": program.smem_per_block,
         "build": program.build, "stages": program.meta.get("stages"), "max_seq": program.constants.max_seq,
+        "notes": v.notes,
     }
-    text = "\n".join([f"wrote {out}: {report['tasks']} tasks, {report['counters']} counters, "
-                      f"{report['sms_used']}/{report['sms']} SMs used, {report['weight_bytes']} weight bytes",
-                      "tasks per opcode: " + json.dumps(report["tasks_per_opcode"]),
-                      f"weight bytes per SM: {report['weight_bytes_per_sm']}"])
-    return CommandResult(ExitCode.OK, report, text)
+    per_sm = report["weight_bytes_per_sm"]
+    lines = [f"wrote {out}: program {v.program_fingerprint} (schedule {v.schedule_id}) of {v.model} for {v.gpu}, "
+             f"{v.dtype}, max_seq {report['max_seq']}",
+             f"{report['tasks']} tasks in {report['stages']} stages, {report['counters']} counters, "
+             f"{report['waits']} waits; {report['sms_used']} of {report['sms']} SMs used",
+             f"weight bytes {report['weight_bytes']:,}; per SM min {per_sm['min']:,} mean {per_sm['mean']:,.0f} "
+             f"max {per_sm['max']:,}",
+             "tasks per opcode: " + ", ".join(f"{k} {n}" for k, n in report["tasks_per_opcode"].items()),
+             f"block: {report['threads_per_block']} threads, {report['smem_per_block']:,} B shared memory; build: "
+             + ", ".join(f"{k}={val}" for k, val in sorted(report["build"].items()))]
+    lines += [f"note: {n}" for n in v.notes]
+    return CommandResult(ExitCode.OK, report, "\n".join(lines))

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .commands import CommandResult, ExitCode, dumps, read_config_arg, verdict_exit
+from .commands import CommandResult, ExitCode, read_config_arg, verdict_exit
 
 log = logging.getLogger("amk.cli")
 
@@ -27,13 +27,45 @@ def propose(args) -> CommandResult:
 
     inc = read_config_arg(args.incumbent) if args.incumbent is not None else None
     out = _propose(args.model, args.gpu, incumbent=inc, corpus=args.corpus)
-    return CommandResult(ExitCode.OK, out, dumps(out))
+    return CommandResult(ExitCode.OK, out, proposal_text(out))
+
+
+def proposal_text(p: dict) -> str:
+    """propose()'s answer for a person: the incumbent, then one line per knob (value, default, the values
+    searched on this GPU). `--json` gives the same with each knob's help, type and bounds."""
+    from amk.schedule.config import ScheduleConfig, get_path, to_jsonable
+    from amk.schedule.space import Knob, KnobType, _fmt
+
+    cfg = ScheduleConfig.from_dict(p["config"])
+    lat = ""
+    if p.get("incumbent_latency_us") is not None:
+        lat = f", {p['incumbent_latency_us']:.2f} us ({p.get('incumbent_latency_kind')})"
+    lines = [f"incumbent for {p['model']} on {p['gpu']}: schedule {p['schedule_id']} (from {p['source']}{lat})",
+             f"schema: {p['schema_path']}",
+             f"{'knob':<34} {'value':<16} {'default':<16} searched on {p['gpu']}"]
+    for k in p["search_space"]:
+        knob = Knob(path=k["path"], type=KnobType(k["type"]), default=k["default"], help=k["help"],
+                    nullable=bool(k.get("nullable")))
+        value = to_jsonable(get_path(cfg, knob.path))
+        shown = "derived" if value is None and knob.nullable else (_fmt(value) if not isinstance(value, dict)
+                                                                  else (str(value) if value else "{}"))
+        search = " ".join("derived" if v is None else _fmt(v) for v in k["search"]) or "(not searched)"
+        mark = "*" if value != knob.default else " "
+        lines.append(f"{mark}{knob.path:<33} {shown:<16} {knob.default_text:<16} {search}")
+    lines.append("(* = not the default; amk propose --json gives the config, and each knob's help and bounds)")
+    return "\n".join(lines)
 
 
 def verdict_text(v: dict) -> str:
-    lines = [f"schedule {v.get('schedule_id')}  model {v.get('model')}  gpu {v.get('gpu')}  device {v.get('device')}"]
+    lines = [f"schedule {v.get('schedule_id') or '-'}  model {v.get('model')}  gpu {v.get('gpu')}  "
+             f"device {v.get('device')}  dtype {v.get('dtype')}"]
     if not v.get("valid"):
-        lines.append(f"REJECTED: {v.get('rejected_reason')}")
+        reason = str(v.get("rejected_reason"))
+        if reason.startswith("schema: ") and "; $" in reason:  # one schema problem a line
+            problems = reason.removeprefix("schema: ").split("; $")
+            lines += ["REJECTED: schema:"] + [f"  {'' if i == 0 else '$'}{p}" for i, p in enumerate(problems)]
+        else:
+            lines.append(f"REJECTED: {reason}")
     else:
         lines.append(f"{v['task_count']} tasks, {v['weight_bytes']} weight bytes, correct {v['correct']} "
                      f"({v['cases_passed']}/{v['cases_total']} cases)")
@@ -58,6 +90,10 @@ def evaluate(args) -> CommandResult:
 
 
 def _progress(p: dict) -> None:
+    from amk.progress import is_quiet
+
+    if is_quiet():  # -q: the summary only
+        return
     lat = f"{p['latency_us']:.2f}" if p.get("latency_us") is not None else "-"
     best = f"{p['best_latency_us']:.2f}" if p.get("best_latency_us") is not None else "-"
     print(f"[{p['elapsed_s']:7.1f}s] trial {p['trial']:>4} {p['status']:<9} {p['schedule_id']} latency {lat} "

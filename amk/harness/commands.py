@@ -11,6 +11,7 @@ from pathlib import Path
 
 from amk.schedule.errors import (
     AmkError,
+    ArgumentError,
     ConfigError,
     EnvironmentProblem,
     UnknownModelError,
@@ -19,27 +20,34 @@ from amk.schedule.errors import (
 )
 
 
-class UsageError(AmkError, ValueError):
+class UsageError(ArgumentError):
     """The command line is wrong (a bad flag, a missing file)."""
+
+    def __init__(self, message: str):
+        AmkError.__init__(self, message)
+        self.argument = None
 
 
 class ExitCode(IntEnum):
+    """The process exit codes of every subcommand; HARNESS.md section 4 is their contract."""
+
     OK = 0
     INCORRECT = 1  # a correctness failure
     USAGE = 2  # a rejected config, or a usage error
-    ENVIRONMENT = 3  # missing CUDA / cupy / a package / amk.generate, or an internal error
-    INTERRUPTED = 130  # `loop` stopped by SIGINT after its trial in flight, summary printed (128 + SIGINT)
+    ENVIRONMENT = 3  # missing CUDA / cupy / a package, or an internal error (error_type says which)
+    INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + the signal number, as shells report it
 
     @classmethod
     def of_exception(cls, e: BaseException) -> tuple[ExitCode, str]:
         """The exit code and error_type for an exception that reached the top."""
-        if isinstance(e, (ConfigError, UsageError, UnknownModelError, UnknownTargetError, UnsupportedModelError)):
-            return cls.USAGE, "usage"
-        if isinstance(e, FileNotFoundError):
-            return cls.USAGE, "usage"
+        from amk.flywheel.results import ResultsFormatError
         from amk.harness.loop import LoopError
 
-        if isinstance(e, LoopError):
+        if isinstance(e, (ConfigError, UsageError, ArgumentError, UnknownModelError, UnknownTargetError,
+                          UnsupportedModelError, LoopError, ResultsFormatError)):
+            return cls.USAGE, "usage"
+        # a path the user named that is missing, a directory, or not writable
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
             return cls.USAGE, "usage"
         if isinstance(e, (EnvironmentProblem, ImportError)):
             return cls.ENVIRONMENT, "environment"
@@ -102,4 +110,5 @@ COMMANDS = {
     "verify": _lazy("cmd_run", "verify"),
     "bench": _lazy("cmd_bench", "bench"),
     "report": _lazy("cmd_report", "report"),
+    "mcp": _lazy("mcp_server", "serve_command"),
 }

@@ -7,6 +7,7 @@ import json
 import logging
 
 from amk.cache import Cache, reference_key
+from amk.schedule.errors import ArgumentError
 from amk.schedule.program import MegakernelProgram
 
 from .environment import Device
@@ -28,15 +29,29 @@ def resolve_cases(model, program: MegakernelProgram, cases, dev: Device, seed: i
         cases = "reduced" if (big and dev == Device.CPU) else "full"
     if isinstance(cases, str):
         if cases not in ("full", "reduced"):
-            raise ValueError(f"cases must be 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
+            raise ArgumentError("cases", f"expected 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
         return default_cases(program.constants.max_seq, reduced=(cases == "reduced"), seed=seed)
     cases = list(cases)
     if not all(isinstance(c, VerifyCase) for c in cases):
-        raise TypeError("cases must be 'full', 'reduced' or a list of VerifyCase")
+        raise ArgumentError("cases", "expected 'full', 'reduced' or a list of VerifyCase")
     return cases
 
 
-def reference_hook(model, program: MegakernelProgram, cache: Cache):
+def counted(ref, progress_bar):
+    """`ref`, advancing `progress_bar` as each case asks for its reference (verify asks once per case, as
+    the case starts): the bar reads "case k of n" while case k runs."""
+    seen = []
+
+    def wrapped(case):
+        if seen:
+            progress_bar.advance(description=f"verifying: {case.name}")
+        seen.append(case)
+        return ref(case)
+
+    return wrapped
+
+
+def reference_hook(model, program: MegakernelProgram, cache: Cache, label: dict | None = None):
     """verify()'s `reference=`: eager logits and greedy tokens per case from the cache when this model, dtype,
     case and software stack have been run before (eager is most of a cold toy evaluate). The higher-precision
     logits are a separate entry, computed and cached only when verify asks for them (a failing fp32 step, or
@@ -59,7 +74,10 @@ def reference_hook(model, program: MegakernelProgram, cache: Cache):
             made["hi"] = hi
             return {"logits": torch.stack(list(logits)), "greedy": torch.tensor(greedy, dtype=torch.int64)}
 
-        t = cache.get_or_create_tensors("reference", reference_key(model.fingerprint, dtype, case_id), create)
+        short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
+        tag = {**(label or {}), "dtype": short, "case": case.name}
+        t = cache.get_or_create_tensors("reference", reference_key(model.fingerprint, dtype, case_id), create,
+                                        label=tag)
         logits, greedy = list(t["logits"]), [int(x) for x in t["greedy"]]
 
         def hi():
@@ -69,7 +87,8 @@ def reference_hook(model, program: MegakernelProgram, cache: Cache):
                     return {"hi": torch.stack(list(src()))}
 
                 key = reference_key(model.fingerprint, dtype, case_id + "|higher-precision")
-                made["hi_logits"] = list(cache.get_or_create_tensors("reference", key, create_hi)["hi"])
+                made["hi_logits"] = list(cache.get_or_create_tensors("reference", key, create_hi,
+                                                                     label={**tag, "higher_precision": True})["hi"])
             return made["hi_logits"]
 
         return logits, greedy, hi

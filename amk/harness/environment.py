@@ -10,7 +10,7 @@ import threading
 from enum import Enum
 from pathlib import Path
 
-from amk.schedule.errors import EnvironmentProblem
+from amk.schedule.errors import ArgumentError, EnvironmentProblem
 
 
 class Device(str, Enum):
@@ -43,7 +43,7 @@ def resolve_device(device: str | Device = "auto") -> Device:
         return Device.CUDA
     if d == "cpu":
         return Device.CPU
-    raise ValueError(f"unknown device {device!r}: auto, cpu or cuda")
+    raise ArgumentError("device", f"{device!r} is not one of auto, cpu, cuda")
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,7 +97,13 @@ def get_model(name: str, dtype: str, device: Device, weights: bool = True):
             return _models[key]
         if not weights and (name, dtype, device.value, True) in _models:
             return _models[(name, dtype, device.value, True)]
-    model = load_model(name, dtype=dtype, device=device.value, weights=weights)
+    if weights:
+        from amk.progress import status
+
+        with status(f"loading {name} ({dtype}, {device.value})"):
+            model = load_model(name, dtype=dtype, device=device.value, weights=True)
+    else:
+        model = load_model(name, dtype=dtype, device=device.value, weights=False)
     with _models_lock:
         _models[key] = model
     return model

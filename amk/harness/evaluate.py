@@ -15,13 +15,15 @@ import time
 import traceback
 
 from amk.cache import Cache, default_cache, program_key
+from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.errors import ConfigError, LoweringError
+from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
+from amk.schedule.inert import inert_knobs
 from amk.schedule.program import MegakernelProgram
 from amk.schedule.targets import GpuTarget
 
 from .calibration import calibrate_file
-from .correctness import reference_hook, resolve_cases, run_cpu, run_cuda
+from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda
 from .environment import Device, environment, get_model, resolve_device, resolve_target
 from .gates import gate_latency, speedups
 from .verdict import LatencyKind, Verdict, parse_config
@@ -31,19 +33,48 @@ log = logging.getLogger("amk.harness")
 MAX_ISSUES_IN_REASON = 3
 
 
-def default_dtype(device: Device) -> str:
-    # bf16 is what a GPU deploys; fp32 keeps CPU verification exact and quick
-    return "bf16" if device == Device.CUDA else "fp32"
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def default_dtype(device: Device, target: GpuTarget | None = None) -> str:
+    """bf16 on a GPU, and on a CPU for a GPU target: a prediction for an H100 prices the bytes the H100 reads,
+    which are bf16 weights (the README's figures are bf16). fp32 only for the cpu-sim stand-in on a CPU, where
+    it keeps the ReferenceVM check exact and quick."""
+    if device == Device.CUDA or (target is not None and target.arch != "none"):
+        return "bf16"
+    return "fp32"
+
+
+def resolve_dtype_name(dtype, device: Device, target: GpuTarget) -> tuple[str, str | None]:
+    """(fp32 | fp16 | bf16, a note when the dtype was chosen for the caller). Raises ArgumentError for a dtype
+    AMK does not run."""
+    if dtype is None:
+        name = default_dtype(device, target)
+        why = ("what a GPU runs" if target.arch != "none" else "the cpu-sim stand-in on a CPU")
+        return name, f"dtype {name}: the default for {target.name} on {device.value} ({why}); pass dtype= " \
+                     "(--dtype) to choose"
+    from amk.models.registry import resolve_dtype
+
+    try:
+        torch_dtype = resolve_dtype(dtype)
+    except ValueError:
+        raise ArgumentError("dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}") from None
+    return {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}[str(torch_dtype)], None
 
 
 def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0, dtype: str | None = None,
              corpus: str | None = None, peers: bool = False, max_seq: int | None = None, measure: bool = True) -> dict:
     """The verdict of one config as a JSON-able dict (see HARNESS.md for every field).
 
-    Bad configs never raise: they come back valid=false with `rejected_reason`. An unknown model or GPU
-    target, or device="cuda" on a machine without one, raises (a usage or environment error).
+    Bad configs never raise: they come back valid=false with `rejected_reason` (every problem at once).
+    An unknown model or GPU target (UnknownModelError, UnknownTargetError), a bad dtype, device, cases or
+    max_seq (ArgumentError) raise before any model work: usage errors, exit 2 on the CLI. device="cuda" on a
+    machine without one raises EnvironmentProblem (exit 3). `dtype` None picks bf16, except fp32 for the
+    cpu-sim stand-in on a CPU; the verdict's `dtype` and a note say which.
     `measure=False` stops after correctness (what `amk verify` runs)."""
     t0 = time.perf_counter()
+    if isinstance(cases, str) and cases not in ("full", "reduced"):  # before any model work
+        raise ArgumentError("cases", f"expected 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
     cache = default_cache()
     before = cache.stats()
     v, program = build_program(model, gpu, config, device, dtype, max_seq, cache)
@@ -66,24 +97,34 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     try:
         cfg = parse_config(config)
     except ConfigError as e:
-        v.reject(f"schema: {e.path}: {e.reason}")
+        v.reject(f"schema: {e}")
         cfg = None
     target = resolve_target(gpu)
     dev = resolve_device(device)
+    if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 1):
+        raise ArgumentError("max_seq", f"expected a positive integer, got {max_seq!r}")
+    given = model if isinstance(model, Model) else None
+    dtype_note = None
+    if given:
+        v.dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(given.dtype).removeprefix("torch.")]
+    else:
+        v.dtype, dtype_note = resolve_dtype_name(dtype, dev, target)
     v.gpu, v.device, v.environment = target.name, dev.value, environment(dev)
+    v.model = given.name if given else str(model)
     if cfg is None:
         return v, None
+    if dtype_note:
+        v.notes.append(dtype_note)
     v.schedule_id = cfg.schedule_id
-    given = model if isinstance(model, Model) else None
-    v.model = given.name if given else str(model)
-    v.dtype = str(given.dtype).removeprefix("torch.") if given else (dtype or default_dtype(dev))
     dims_model = given or get_model(v.model, v.dtype, dev, weights=False)
-    log.info("lowering %s for %s (%s)", cfg.schedule_id, target.name, v.model)
-    program = _lower_cached(v, dims_model, target, cfg, max_seq, cache)
+    with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
+        program = _lower_cached(v, dims_model, target, cfg, max_seq, cache)
     if program is None or not _validate(v, program, target):
         return v, None
     v.valid = True
     v.task_count, v.weight_bytes, v.program_fingerprint = len(program.tasks), program.weight_bytes, program.fingerprint()
+    v.derived = dict(program.meta.get("derived", {}))
+    v.notes += [k.note() for k in inert_knobs(cfg, target)]
     return v, program
 
 
@@ -98,12 +139,13 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     v.notes.append(calib.note(target.name))
     full = given or get_model(v.model, v.dtype, dev, weights=True)
     case_list = resolve_cases(full, program, cases, dev, seed)
-    ref = reference_hook(full, program, cache)
-    log.info("verifying %d cases on %s", len(case_list), dev.value)
-    if dev == Device.CUDA:
-        timing = run_cuda(v, program, full, case_list, ref, seed, measure)
-    else:
-        timing = run_cpu(v, program, full, case_list, ref, seed)
+    with bar(len(case_list), f"verifying on {dev.value}", unit="case") as cases_bar:
+        ref = counted(reference_hook(full, program, cache, label={"model": v.model}), cases_bar)
+        if dev == Device.CUDA:
+            timing = run_cuda(v, program, full, case_list, ref, seed, measure)
+        else:
+            timing = run_cpu(v, program, full, case_list, ref, seed)
+        cases_bar.advance(v.cases_total - cases_bar.done)
     if not measure:
         v.notes.append("latency not asked for (measure=False): correctness only")
         return
@@ -126,10 +168,13 @@ def _lower_cached(v: Verdict, model, target: GpuTarget, cfg: ScheduleConfig, max
     def check(d):  # decode once and keep it: the cache validates with the same parse we need
         held["program"] = MegakernelProgram.from_dict(d)
 
+    label = {"model": v.model, "gpu": target.name, "dtype": v.dtype, "max_seq": seq, "schedule_id": cfg.schedule_id,
+             "config": cfg.to_dict()}
     try:
-        cache.get_or_create_json("program", key, lambda: lower(model, target, cfg, max_seq=seq).to_dict(), check)
+        cache.get_or_create_json("program", key, lambda: lower(model, target, cfg, max_seq=seq).to_dict(), check,
+                                 label=label)
     except ConfigError as e:
-        v.reject(f"schema: {e.path}: {e.reason}")
+        v.reject(f"schema: {e}")
         return None
     except LoweringError as e:
         v.reject(f"lowering: {e.knob}: {str(e).removeprefix(e.knob + ': ')}")

@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import get_type_hints
 
-from amk.schedule.config import EXPLICIT_MAP_KINDS, MAX_SM_ID, ScheduleConfig
+from amk.schedule.config import EXPLICIT_MAP_KINDS, MAX_SM_ID, ScheduleConfig, optional_base, to_jsonable
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "https://amk.invalid/schemas/schedule_config.schema.json"
@@ -25,38 +25,34 @@ def schema_path() -> Path:
     return (Path(amk.schemas.__file__).parent / "schedule_config.schema.json").resolve()
 
 
-def generate_schema() -> dict:
-    root = _object_schema(ScheduleConfig)
-    return {"$schema": DRAFT, "$id": SCHEMA_ID, "title": "ScheduleConfig",
+def generate_schema(cls=ScheduleConfig) -> dict:
+    """The JSON schema of config dataclass `cls` (ScheduleConfig by default). Every default in it is the
+    field's own default, read from the dataclass definition (`matvec.lm_head.rows_per_task` is 256 because
+    its field says `RowTiling(256)`), so the schema, the parser and `propose` cannot disagree."""
+    root = _object_schema(cls, cls())
+    return {"$schema": DRAFT, "$id": SCHEMA_ID, "title": cls.__name__,
             "description": ("The one object an agent edits: how AMK lowers a model into a megakernel program. "
-                            "Every key is optional (absent keys take their default); unknown keys are errors. "
-                            "Integers must be written without a fraction (AMK rejects 4.0 where 4 is meant)."),
+                            "Every key is optional (absent keys take their default, also inside a partial "
+                            "nested object); unknown keys are errors. Integers must be written without a "
+                            "fraction (AMK rejects 4.0 where 4 is meant). null, where a knob allows it, means "
+                            "derived from the model's shape and the GPU at lowering."),
             **root}
 
 
-def _object_schema(cls) -> dict:
+def _object_schema(cls, defaults) -> dict:
     hints = get_type_hints(cls)
-    props = {}
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        props[f.name] = _field_schema(hints[f.name], f.metadata, getattr(defaults, f.name))
+    props = {f.name: _field_schema(hints[f.name], f.metadata, getattr(defaults, f.name))
+             for f in dataclasses.fields(cls)}
     return {"type": "object", "properties": props, "additionalProperties": False}
-
-
-def _json_default(v):
-    if dataclasses.is_dataclass(v):
-        return {f.name: _json_default(getattr(v, f.name)) for f in dataclasses.fields(v)}
-    if isinstance(v, Enum):
-        return v.value
-    if isinstance(v, dict):
-        return {k: _json_default(x) for k, x in v.items()}
-    return v
 
 
 def _field_schema(tp, meta, default) -> dict:
     desc = {"description": meta["help"]} if meta.get("help") else {}
     if dataclasses.is_dataclass(tp):
-        return {**desc, **_object_schema(tp)}
+        return {**desc, **_object_schema(tp, default)}
+    base = optional_base(tp)
+    nullable = base is not None
+    tp = base if nullable else tp
     out: dict = dict(desc)
     if isinstance(tp, type) and issubclass(tp, Enum):
         out.update(type="string", enum=[m.value for m in tp])
@@ -72,11 +68,15 @@ def _field_schema(tp, meta, default) -> dict:
         raise TypeError(f"no JSON schema for field type {tp!r}")
     choices = meta.get("choices")
     if choices is not None and "enum" not in out:
-        out["enum"] = [_json_default(c) for c in choices]
+        out["enum"] = [to_jsonable(c) for c in choices]
+    if nullable:
+        out["type"] = [out["type"], "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
     for key in ("minimum", "maximum"):
         if meta.get(key) is not None:
             out[key] = meta[key]
-    out["default"] = _json_default(default)
+    out["default"] = to_jsonable(default)
     return out
 
 
@@ -97,16 +97,16 @@ def write_schema(path: str | Path | None = None) -> Path:
     return p
 
 
-def strict_validator():
-    """A jsonschema validator whose "integer" is a JSON integer literal (Python int, not bool, not 4.0):
-    the one place JSON Schema is looser than ScheduleConfig.from_dict."""
+def strict_validator(schema: dict | None = None):
+    """A jsonschema validator (of `schema`, default ScheduleConfig's) whose "integer" is a JSON integer
+    literal (Python int, not bool, not 4.0): the one place JSON Schema is looser than ScheduleConfig.from_dict."""
     import jsonschema
 
     base = jsonschema.Draft202012Validator
     checker = base.TYPE_CHECKER.redefine(
         "integer", lambda _c, v: isinstance(v, int) and not isinstance(v, bool))
     cls = jsonschema.validators.extend(base, type_checker=checker)
-    return cls(generate_schema())
+    return cls(schema if schema is not None else generate_schema())
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class Verdict:
     schedule_id: str | None = None
     program_fingerprint: str | None = None
     task_count: int | None = None
+    derived: dict | None = None  # the derived (null) tiling knobs and the values the lowering gave them
     weight_bytes: int | None = None
     model: str | None = None
     gpu: str | None = None

@@ -1,0 +1,115 @@
+"""`amk mcp`: propose, evaluate, loop and report as Model Context Protocol tools, served over stdio.
+
+A coding agent that speaks MCP starts `amk mcp` as a subprocess and calls the tools; each returns the same
+JSON object as the Python function of the same name (HARNESS.md), as the tool's structured result. A bad
+config is not an error: it comes back as a verdict with `valid: false`. A usage error (an unknown model or
+GPU, a bad dtype, a results file with a foreign header) is a tool error whose text starts with `usage:`;
+an environment problem with `environment:`. Logs go to stderr; stdout carries only the protocol.
+
+Needs the optional extra: `pip install 'amk[mcp]'`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .commands import CommandResult, ExitCode
+
+log = logging.getLogger("amk.mcp")
+
+INSTRUCTIONS = (
+    "AMK searches for the fastest correct batch-1 decode megakernel of a Llama-family model. Call propose "
+    "for the incumbent config and the search space, edit one knob of the config, call evaluate with it, and "
+    "keep the edit only when the verdict is correct and its latency_us beats the incumbent's by more than "
+    "max(1%, 2 sigma of the spreads). latency_kind says whether a latency was measured on a GPU or predicted "
+    "by the cost model. loop runs that search by itself; report summarises a results file.")
+
+
+def _call(fn, *args, **kwargs):
+    """fn's answer, with AMK's own errors turned into a tool error whose text says which kind it is."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:
+        code, kind = ExitCode.of_exception(e)
+        if kind == "internal":
+            log.exception("tool %s failed", getattr(fn, "__name__", fn))
+        raise ToolError(f"{kind}: {e}" if kind != "internal" else f"internal: {type(e).__name__}: {e}") from e
+
+
+def build_server():
+    """The MCPServer with AMK's four tools registered."""
+    from mcp.server.mcpserver import MCPServer
+
+    import amk
+    from amk.progress import is_quiet
+
+    server = MCPServer(name="amk", instructions=INSTRUCTIONS, version=amk.__version__,
+                       log_level="WARNING" if is_quiet() else "INFO")
+
+    @server.tool()
+    def propose(model: str, gpu: str = "auto", incumbent: dict[str, Any] | None = None,
+                corpus: str = "corpus.jsonl") -> dict[str, Any]:
+        """The incumbent ScheduleConfig for `model` on `gpu` (the corpus's best kept config, else the defaults,
+        or `incumbent` when given), its schedule_id, the JSON schema's path, and the search space: every knob
+        with its type, bounds, default, help and the values searched on this GPU."""
+        from amk.harness.propose import propose as fn
+
+        return _call(fn, model, gpu, incumbent=incumbent, corpus=corpus)
+
+    @server.tool()
+    def evaluate(model: str, config: dict[str, Any] | str | None = None, gpu: str = "auto",
+                 device: str = "auto", dtype: str | None = None, cases: str | None = None, seed: int = 0,
+                 max_seq: int | None = None, corpus: str | None = "corpus.jsonl") -> dict[str, Any]:
+        """One config's verdict: valid (parsed, lowered, validated), correct (every verify case against eager
+        transformers), latency_us (null unless correct; latency_kind measured-gpu or predicted), the floor,
+        schedule_id, program_fingerprint and notes. A malformed config comes back valid=false with
+        rejected_reason listing every problem. dtype: fp32, fp16 or bf16 (default bf16, except fp32 on the
+        cpu-sim stand-in); cases: full or reduced."""
+        from amk.harness.evaluate import evaluate as fn
+
+        return _call(fn, model, gpu, {} if config is None else config, device=device, cases=cases, seed=seed,
+                     dtype=dtype, corpus=corpus, max_seq=max_seq)
+
+    @server.tool()
+    def loop(model: str, gpu: str = "auto", budget: int | None = None, minutes: float | None = None,
+             seed: int = 0, device: str = "auto", results: str = "results.tsv", corpus: str = "corpus.jsonl",
+             resume: bool = False, max_reverts: int = 20, dtype: str | None = None) -> dict[str, Any]:
+        """Keep/revert search from the incumbent, one knob a trial, appending one row a trial to `results`
+        and each kept config to `corpus`; stops at `budget` trials, `minutes`, or `max_reverts` non-keeps in a
+        row. An existing non-empty results file needs resume=true. Returns the summary: incumbent, statuses,
+        why it stopped."""
+        from amk.harness.loop import loop as fn
+
+        return _call(fn, model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
+                     corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype)
+
+    @server.tool()
+    def report(results: str = "results.tsv", corpus: str = "corpus.jsonl", out_dir: str = "report",
+               plots: bool = True) -> dict[str, Any]:
+        """Summary of a results file: trials per status, the best latency per model, GPU and latency kind, the
+        kept trials, what the corpus says about the cost model and the prior, and (plots=true) the paths of
+        two PNG plots written under out_dir."""
+        import argparse
+
+        from amk.harness.cmd_report import report as fn
+
+        args = argparse.Namespace(results=results, corpus=corpus, out_dir=out_dir, no_plots=not plots)
+        return _call(fn, args).payload
+
+    return server
+
+
+def serve_command(args) -> CommandResult:
+    """`amk mcp`: serve until the client closes stdin."""
+    try:
+        server = build_server()
+    except ImportError as e:
+        from amk.schedule.errors import EnvironmentProblem
+
+        raise EnvironmentProblem(f"amk mcp needs the mcp package ({e}): pip install 'amk[mcp]'") from e
+    log.info("serving propose, evaluate, loop and report over MCP (stdio)")
+    server.run("stdio")
+    return CommandResult(ExitCode.OK, {}, None)

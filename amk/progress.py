@@ -1,0 +1,142 @@
+"""Progress on stderr for the long steps (a model load, a GGUF conversion, a compile, verify cases, a loop's
+trials), silenced by `amk -q`.
+
+Two context managers, both safe to call from library code: `status(description)` around one step of unknown length
+(a spinner with the elapsed time), and `bar(total, description, unit)` around a counted one (a bar; `total=None`
+counts without an end). They draw with rich only where stderr is a terminal and the process is not quiet;
+elsewhere (a log file, a pipe, an agent reading stderr) each finished step leaves one `amk:` log line
+instead, which `-q` hides with every other info line. Nothing is ever written to stdout, which carries
+`--json`'s one object.
+
+    from amk.progress import bar, status
+
+    with status("loading llama-3.2-1b"):
+        model = load_model(...)
+    with bar(total=budget, description="trials", unit="trial") as b:
+        for ...:
+            b.advance(description=f"trial {n}: {status}")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import sys
+import time
+from collections.abc import Iterator
+
+log = logging.getLogger("amk.progress")
+
+_state: dict = {"quiet": False, "tqdm_init": None}
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence (True) or allow again (False) progress output: ours, and the progress bars of the dependencies
+    that draw their own (transformers' weight loading, the GGUF conversion, huggingface_hub)."""
+    _state["quiet"] = bool(quiet)
+    _dependency_bars(enabled=not quiet)
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def _dependency_bars(enabled: bool) -> None:
+    # transformers and huggingface_hub have a switch for their own bars; the GGUF conversion calls tqdm
+    # directly, so tqdm's own default becomes disable=True while quiet (a caller may still pass disable=False)
+    with contextlib.suppress(ImportError):
+        import transformers.utils.logging as tlog
+
+        (tlog.enable_progress_bar if enabled else tlog.disable_progress_bar)()
+    with contextlib.suppress(ImportError):
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        (enable_progress_bars if enabled else disable_progress_bars)()
+    with contextlib.suppress(ImportError):
+        import tqdm.std
+
+        original = _state.get("tqdm_init")
+        if not enabled and original is None:
+            _state["tqdm_init"] = tqdm.std.tqdm.__init__
+            tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
+        elif enabled and original is not None:
+            tqdm.std.tqdm.__init__ = original
+            _state["tqdm_init"] = None
+
+
+@functools.lru_cache(maxsize=1)
+def _console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr)
+
+
+def _live() -> bool:
+    """Whether to draw: not quiet, and stderr is a terminal (rich's own test, which honours FORCE_COLOR/TERM)."""
+    if _state["quiet"]:
+        return False
+    try:
+        return _console().is_terminal and _console().file is sys.stderr
+    except Exception:  # a closed or replaced stderr: no drawing
+        return False
+
+
+@contextlib.contextmanager
+def status(description: str) -> Iterator[None]:
+    """A spinner with `description` and the elapsed time while the block runs; then one info log line with
+    the time it took (shown on stderr unless -q)."""
+    t0 = time.perf_counter()
+    if _live():
+        with _console().status(f"{description} ..."):
+            yield
+    else:
+        yield
+    log.info("%s: %.1f s", description, time.perf_counter() - t0)
+
+
+class Bar:
+    """Handle of a running bar: `advance(n, description)` moves it on (and may retitle it)."""
+
+    def __init__(self, progress, task, description: str, total: int | None) -> None:
+        self._progress, self._task = progress, task
+        self.description, self.total, self.done = description, total, 0
+
+    def advance(self, n: int = 1, description: str | None = None) -> None:
+        self.done += n
+        if description is not None:
+            self.description = description
+        if self._progress is not None:
+            self._progress.update(self._task, advance=n, description=self.description)
+
+
+@contextlib.contextmanager
+def bar(total: int | None, description: str, unit: str = "step") -> Iterator[Bar]:
+    """A bar over `total` units (None: a count without an end) while the block runs; then one info log
+    line: how many units in how long."""
+    t0 = time.perf_counter()
+    if not _live():
+        b = Bar(None, None, description, total)
+        yield b
+    else:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = [SpinnerColumn(), TextColumn("{task.description}")]
+        if total is not None:
+            columns += [BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        else:
+            columns += [TextColumn("{task.completed} " + unit + "s")]
+        columns.append(TimeElapsedColumn())
+        with Progress(*columns, console=_console(), transient=True) as progress:
+            b = Bar(progress, progress.add_task(description, total=total), description, total)
+            yield b
+    log.info("%s: %d %s%s in %.1f s", description, b.done, unit, "" if b.done == 1 else "s",
+             time.perf_counter() - t0)

@@ -1,0 +1,85 @@
+"""Knobs that cannot act in their context: the one rule set behind the verdict's notes and the search.
+
+A knob is inert when, under the rest of the config (and the GPU target, where given), no value of it changes
+what the kernel does: `attention.softmax` with one KV partition, `build.l2_prefetch_kb` without an L2
+prefetch, `sm.explicit_map` under another assignment policy. Such a knob may still change the config's
+schedule_id (and sometimes the build), so an edit of it would look like a new trial while measuring noise.
+evaluate() names every inert knob set off its default in the verdict's `notes`; the search never moves one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .config import ScheduleConfig, SmAssignment, get_path, iter_knobs, to_jsonable
+from .targets import GpuTarget
+
+# the cpu-sim stand-in runs no kernel: correctness runs on the ReferenceVM and the cost model prices the
+# program, and neither models these build knobs
+_NO_KERNEL_BUILD_KNOBS = ("pipeline.page_kb", "build.spin_backoff_ns")
+
+
+@dataclass(frozen=True)
+class InertKnob:
+    """A knob set off its default that has no effect under the rest of the config."""
+
+    path: str  # dotted, e.g. "attention.softmax"
+    value: object  # its JSON value
+    reason: str  # why it cannot act, naming the knobs (or target) that make it so
+
+    def note(self) -> str:
+        return f"{self.path}={_fmt(self.value)} has no effect: {self.reason}"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, dict):
+        return json.dumps(v, separators=(",", ":"))
+    if isinstance(v, bool):
+        return str(v).lower()
+    return "null" if v is None else str(v)
+
+
+def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = None) -> str | None:
+    """Why the knob at dotted `path` cannot change what runs under the rest of `config` on `target`, or None
+    when it can (or when that depends on the model's shape, which the lowering decides)."""
+    att = config.attention
+    if path in ("attention.softmax", "fusion.attention_combine_into_o") and att.kv_partitions == 1:
+        return ("with attention.kv_partitions=1 each KV head is one attention task: no partitions to normalise "
+                "or combine")
+    if path == "build.l2_prefetch_kb":
+        if config.pipelining_depth == 0:
+            return "it caps the L2 prefetch, which only pipelining_depth > 0 issues (pipelining_depth=0)"
+        if config.pipeline.pages > 0:
+            return (f"with pipeline.pages={config.pipeline.pages} the pipelined weights go into shared-memory pages, "
+                    "not L2")
+    if path in ("build.loads_in_flight", "build.rows_in_flight") and config.pipeline.pages > 0:
+        return (f"with pipeline.pages={config.pipeline.pages} a producer warp streams the weights; these shape the "
+                "consumers' register stream, which only pipeline.pages=0 uses")
+    if path == "pipeline.page_kb" and config.pipeline.pages == 0:
+        return "with pipeline.pages=0 there are no pages"
+    if path == "sm.explicit_map" and config.sm.assignment != SmAssignment.EXPLICIT:
+        return f"only sm.assignment=explicit reads it (sm.assignment={config.sm.assignment.value})"
+    return target_inert_reason(path, target)
+
+
+def target_inert_reason(path: str, target: GpuTarget | None) -> str | None:
+    """Why the knob at `path` cannot act on `target` whatever the rest of the config, or None."""
+    if target is not None and target.arch == "none" and path in _NO_KERNEL_BUILD_KNOBS:
+        return (f"{target.name} is a CPU stand-in that runs no kernel: the ReferenceVM and the cost model do not "
+                "model it")
+    return None
+
+
+def inert_knobs(config: ScheduleConfig, target: GpuTarget | None = None) -> list[InertKnob]:
+    """Every knob of `config` set off its default that cannot act, in declaration order."""
+    default = ScheduleConfig()
+    out = []
+    for path, _, _ in iter_knobs():
+        value = to_jsonable(get_path(config, path))
+        if value == to_jsonable(get_path(default, path)):
+            continue
+        reason = inert_reason(config, path, target)
+        if reason is not None:
+            out.append(InertKnob(path, value, reason))
+    return out

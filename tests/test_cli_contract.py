@@ -1,0 +1,262 @@
+"""The CLI and API keep HARNESS.md's promises: usage errors are exit 2 without a traceback, a knob that cannot
+act is named, a GPU target is predicted in the dtype it runs, the CLI is quiet and prints JSON only with
+--json, and every flag says what it does and its default."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import amk
+from amk.cli import build_parser, main
+from amk.harness.evaluate import build_program
+from amk.schedule.errors import ArgumentError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("amk_cache")
+    mp.setenv("AMK_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """main() in-process without --json: (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def cli_json(capsys, *argv) -> tuple[int, dict]:
+    code = main(["--json", *argv])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1, out[-2000:]
+    obj = json.loads(lines[0])
+    assert obj["exit_code"] == code
+    return code, obj
+
+
+# ---- usage errors are exit 2, with no traceback ------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, needle", [
+    (["evaluate", "--model", "toy", "--dtype", "bf17"], "invalid choice: 'bf17'"),
+    (["loop", "--model", "toy", "--dtype", "bf17"], "invalid choice: 'bf17'"),
+    (["generate", "--model", "toy", "--prompt-ids", "1,2,x"], "'x' is not a token id"),
+    (["generate", "--model", "toy", "--prompt-ids", "1,5", "--max-new-tokens", "0"], "positive integer"),
+    (["evaluate", "--model", "toy", "--max-seq", "-4"], "positive integer"),
+    (["evaluate", "--model", "toy", "--gpu", "h300"], "unknown GPU target 'h300'"),
+    (["compile", "--model", "toy", "--out", "/nonexistent-dir/program.json"], "No such file or directory"),
+])
+def test_bad_arguments_are_usage_errors_without_a_traceback(capsys, argv, needle):
+    code, out, err = cli(capsys, *argv)
+    assert code == 2 and out == "" and needle in err and "Traceback" not in err, err
+    code, obj = cli_json(capsys, *argv)
+    assert code == 2 and obj["error_type"] == "usage" and needle in obj["error"]
+
+
+def test_a_results_file_with_a_foreign_header_is_a_usage_error(capsys, tmp_path):
+    foreign = tmp_path / "results.tsv"
+    foreign.write_text("run\tscore\n1\t0.5\n")
+    for argv in (["loop", "--model", "toy", "--budget", "1", "--resume", "--results", str(foreign)],
+                 ["report", "--results", str(foreign)]):
+        code, out, err = cli(capsys, *argv)
+        assert code == 2 and "is not the results.tsv header" in err and "Traceback" not in err, err
+
+
+def test_python_api_raises_typed_usage_errors_before_model_work():
+    with pytest.raises(ArgumentError) as e:
+        amk.evaluate("toy", "cpu-sim", {}, dtype="bf17")
+    assert e.value.argument == "dtype" and "bf17" in str(e.value)
+    for kw, name in (({"device": "gpu"}, "device"), ({"max_seq": 0}, "max_seq"), ({"cases": "most"}, "cases")):
+        with pytest.raises(ArgumentError) as e:
+            amk.evaluate("toy", "cpu-sim", {}, **kw)
+        assert e.value.argument == name
+
+
+def test_config_errors_come_all_at_once_with_the_closest_key(capsys):
+    bad = '{"matvec": {"lm_head": {"rows_per_tsk": 64}}, "attention": {"softmax": "partiton", "kv_partitions": 0}}'
+    code, v = cli_json(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--config", bad)
+    reason = v["rejected_reason"]
+    assert code == 2 and not v["valid"] and reason.startswith("schema: $.matvec.lm_head.rows_per_tsk")
+    for part in ("did you mean 'rows_per_task'?", "$.attention.softmax", "did you mean 'partition'?",
+                 "$.attention.kv_partitions: must be >= 1"):
+        assert part in reason, reason
+
+
+def test_an_interrupt_is_its_own_exit_code(capsys, monkeypatch):
+    import amk.harness.evaluate as ev
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "evaluate", interrupted)
+    code, v = cli_json(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim")
+    assert code == 130 and v["error_type"] == "interrupted"
+
+
+# ---- a knob that cannot act is named; a GPU target is predicted in bf16 ------------------------------------
+
+@pytest.mark.parametrize("config, gpu, note", [
+    ({"attention": {"kv_partitions": 1, "softmax": "partition"}}, "cpu-sim",
+     "attention.softmax=partition has no effect: with attention.kv_partitions=1"),
+    ({"attention": {"kv_partitions": 1}, "fusion": {"attention_combine_into_o": False}}, "cpu-sim",
+     "fusion.attention_combine_into_o=false has no effect"),
+    ({"build": {"l2_prefetch_kb": 64}}, "h100-sxm", "build.l2_prefetch_kb=64 has no effect: it caps the L2 prefetch"),
+    ({"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64, "weight_ring_kb": 64}}, "h100-sxm",
+     "build.l2_prefetch_kb=64 has no effect: with build.weight_ring_kb=64"),
+    ({"sm": {"explicit_map": {"qkv": [0, 1]}}}, "cpu-sim",
+     'sm.explicit_map={"qkv":[0,1]} has no effect: only sm.assignment=explicit reads it'),
+    ({"build": {"weight_ring_kb": 64}}, "cpu-sim", "build.weight_ring_kb=64 has no effect: cpu-sim is a CPU stand-in"),
+])
+def test_the_lowering_names_a_knob_that_has_no_effect(config, gpu, note):
+    v, program = build_program("toy", gpu, config, "cpu")
+    assert program is not None and any(n.startswith(note) for n in v.notes), v.notes
+
+
+def test_an_inert_knob_lowers_to_the_same_program_and_acting_knobs_get_no_note():
+    a, _ = build_program("toy", "cpu-sim", {"attention": {"kv_partitions": 1, "softmax": "partition"}}, "cpu")
+    b, _ = build_program("toy", "cpu-sim", {"attention": {"kv_partitions": 1}}, "cpu")
+    assert a.program_fingerprint == b.program_fingerprint and a.schedule_id != b.schedule_id
+    for acting in ({}, {"attention": {"softmax": "partition"}}, {"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64}},
+                   {"sm": {"assignment": "explicit", "explicit_map": {"qkv": [0, 1]}}}):
+        v, program = build_program("toy", "h100-sxm", acting, "cpu")
+        assert program is not None and not [n for n in v.notes if "has no effect" in n], (acting, v.notes)
+    v, program = build_program("toy", "a100-80gb", {"build": {"weight_ring_kb": 64}}, "cpu")
+    assert program is None and "build.weight_ring_kb=64 needs bulk copies" in v.rejected_reason
+
+
+def test_a_gpu_target_is_predicted_in_the_dtype_it_runs():
+    bf16 = amk.evaluate("toy", "h100-sxm", {}, device="cpu")
+    fp32 = amk.evaluate("toy", "h100-sxm", {}, device="cpu", dtype="fp32")
+    assert bf16["dtype"] == "bf16" and fp32["dtype"] == "fp32" and bf16["correct"] and fp32["correct"]
+    assert bf16["weight_bytes"] * 2 == fp32["weight_bytes"]
+    assert bf16["predicted_latency_us"] < fp32["predicted_latency_us"]
+    assert any(n.startswith("dtype bf16: the default for h100-sxm") for n in bf16["notes"])
+    assert not any(n.startswith("dtype") for n in fp32["notes"])
+    sim, _ = build_program("toy", "cpu-sim", {}, "cpu")
+    assert sim.dtype == "fp32" and any(n.startswith("dtype fp32: the default for cpu-sim") for n in sim.notes)
+
+
+# ---- a quiet CLI; JSON only with --json --------------------------------------------------------------------
+
+def test_quiet_evaluate_prints_nothing_on_stderr(tmp_path):
+    # a fresh cache, so eager transformers runs (its deprecated past_key_values call warned on every bf16 run)
+    env = {**os.environ, "AMK_CACHE_DIR": str(tmp_path / "cache")}
+    amk_bin = os.path.join(os.path.dirname(sys.executable), "amk")
+    p = subprocess.run([amk_bin, "-q", "evaluate", "--model", "toy", "--gpu", "h100-sxm"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and p.stderr == "", p.stderr[-3000:]
+    assert "latency" in p.stdout and "PREDICTED" in p.stdout
+    p = subprocess.run([amk_bin, "evaluate", "--model", "toy", "--gpu", "h100-sxm"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "amk: verifying on cpu: 6 cases" in p.stderr, p.stderr[-3000:]
+    assert "Warning" not in p.stderr
+
+
+def test_quiet_silences_our_progress_and_the_dependencies_bars(capsys):
+    from tqdm.auto import tqdm
+
+    from amk import progress
+    from amk.cli import _setup_logging
+
+    try:
+        _setup_logging(quiet=True)  # what -q does
+        for _ in tqdm(range(3), desc="a dependency's bar"):
+            pass
+        with progress.status("a long step"), progress.bar(3, "a counted step", unit="case") as b:
+            b.advance(3)
+        assert capsys.readouterr().err == ""
+    finally:
+        _setup_logging(quiet=False)
+    for _ in tqdm(range(3), desc="a dependency's bar"):
+        pass
+    assert "a dependency's bar" in capsys.readouterr().err
+
+
+def test_progress_draws_on_a_terminal_and_logs_a_line_elsewhere(monkeypatch, caplog):
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from amk import progress
+
+    with caplog.at_level(logging.INFO, logger="amk.progress"):
+        with progress.bar(2, "verifying", unit="case") as b:
+            b.advance(2)
+    assert "verifying: 2 cases in" in caplog.text
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "_console", lambda: Console(file=screen, force_terminal=True, width=100))
+    monkeypatch.setattr(progress, "_live", lambda: True)
+    with progress.bar(None, "trials", unit="trial") as b:
+        b.advance(description="trial 1: keep")
+    assert "trial 1: keep" in screen.getvalue()
+
+
+@pytest.mark.parametrize("argv", [
+    ["propose", "--model", "toy", "--gpu", "cpu-sim", "--corpus", "/nonexistent.jsonl"],
+    ["cache", "stats"],
+    ["cache", "ls"],
+    ["compile", "--model", "toy", "--gpu", "cpu-sim", "--out", "{tmp}/program.json"],
+    ["generate", "--model", "toy", "--prompt-ids", "1,5,9", "--max-new-tokens", "3"],
+])
+def test_json_only_with_json(capsys, tmp_path, argv):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, out, err = cli(capsys, *argv)
+    assert code == 0 and out.strip(), err
+    for text in (out, out.strip().splitlines()[0]):
+        with pytest.raises(ValueError):
+            json.loads(text)
+    # no JSON dump and no Python reprs in the human text (a knob's object value is written as JSON)
+    assert "{'" not in out and "': " not in out and not any(ln.lstrip().startswith(("{", "[")) for ln in out.splitlines())
+    code, obj = cli_json(capsys, *argv)
+    assert code == 0 and obj["ok"]
+
+
+def test_compile_takes_max_seq_and_cache_ls_shows_model_and_config(capsys, tmp_path):
+    code, r = cli_json(capsys, "compile", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "96",
+                       "--config", '{"matvec": {"o": {"rows_per_task": 32}}}', "--out", str(tmp_path / "p.json"))
+    assert code == 0 and r["max_seq"] == 96 and json.load(open(tmp_path / "p.json"))["constants"]["max_seq"] == 96
+    code, out, _ = cli(capsys, "cache", "ls", "--kind", "program")
+    line = next(ln for ln in out.splitlines() if "max_seq 96" in ln)
+    assert "toy cpu-sim fp32 config" in line and "matvec.o.rows_per_task=32" in line
+    code, obj = cli_json(capsys, "cache", "ls", "--kind", "program")
+    labels = [e["label"] for e in obj["entries"] if e["label"] and e["label"].get("max_seq") == 96]
+    assert labels and labels[0]["config"]["matvec"]["o"]["rows_per_task"] == 32
+
+
+# ---- every flag says what it does and its default -----------------------------------------------------------
+
+def _subparsers(parser):
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+# `amk loop` and `amk report` flags are documented where the search loop is built
+OWN_FLAGS = [name for name in _subparsers(build_parser()) if name not in ("loop", "report")]
+
+
+@pytest.mark.parametrize("command", OWN_FLAGS)
+def test_every_flag_has_help_and_shows_its_default(command):
+    sub = _subparsers(build_parser())[command]
+    text = sub.format_help()
+    required_choice = [a for g in sub._mutually_exclusive_groups if g.required for a in g._group_actions]
+    for action in sub._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        flag = action.option_strings[-1]
+        assert action.help, f"amk {command} {flag} has no help"
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in " ".join(text.split()), (command, flag)
+        elif action.default is None and not action.required and action not in required_choice:
+            assert "default" in action.help, f"amk {command} {flag}: say what the default is"
+    if any("--dtype" in a.option_strings for a in sub._actions):
+        assert "{fp32,fp16,bf16}" in text

@@ -1,0 +1,57 @@
+"""`amk mcp`, driven as a coding agent's MCP client drives it: the mcp package's client launches the server over
+stdio, lists the tools, and runs a propose -> edit one knob -> evaluate round trip on the toy model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("mcp")
+
+from mcp import Client  # noqa: E402
+from mcp.client.stdio import StdioServerParameters  # noqa: E402
+
+
+def _structured(result) -> dict:
+    assert not result.is_error, result.content
+    if result.structured_content is not None:
+        return result.structured_content
+    return json.loads(result.content[0].text)
+
+
+async def _round_trip(cwd, cache_dir) -> dict:
+    params = StdioServerParameters(command=sys.executable, args=["-m", "amk.cli", "-q", "mcp"], cwd=str(cwd),
+                                   env={"AMK_CACHE_DIR": str(cache_dir)})
+    out: dict = {}
+    async with Client(params, read_timeout_seconds=600) as client:
+        out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
+        proposal = _structured(await client.call_tool("propose", {"model": "toy", "gpu": "cpu-sim"}))
+        config = proposal["config"]
+        config["matvec"]["lm_head"]["rows_per_task"] = 64
+        out["proposal"] = proposal
+        out["verdict"] = _structured(await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim",
+                                                                         "config": config}))
+        out["rejected"] = _structured(await client.call_tool(
+            "evaluate", {"model": "toy", "gpu": "cpu-sim", "config": {"matvec": {"lm_head": {"rows_per_tsk": 64}}}}))
+        out["unknown_model"] = await client.call_tool("evaluate", {"model": "no-such-model", "gpu": "cpu-sim"})
+    return out
+
+
+def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
+    got = asyncio.run(_round_trip(tmp_path, tmp_path / "cache"))
+    assert got["tools"] == ["evaluate", "loop", "propose", "report"]
+    p = got["proposal"]
+    assert p["model"] == "toy" and p["gpu"] == "cpu-sim" and p["source"] == "default"
+    assert os.path.isfile(p["schema_path"]) and any(k["path"] == "matvec.lm_head.rows_per_task"
+                                                    for k in p["search_space"])
+    v = got["verdict"]
+    assert v["valid"] and v["correct"] and v["latency_kind"] == "predicted" and v["latency_us"] > 0
+    assert v["schedule_id"] != p["schedule_id"] and v["model"] == "toy" and v["dtype"] == "fp32"
+    r = got["rejected"]
+    assert not r["valid"] and "did you mean 'rows_per_task'" in r["rejected_reason"]
+    bad = got["unknown_model"]
+    assert bad.is_error and "usage: unknown model 'no-such-model'" in bad.content[0].text
