@@ -138,6 +138,7 @@ class AttnDecodeParams:
     out: int  # attention output rows
     out_off: int
     chunk: int  # positions a block scores per shared-memory round
+    window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class AttnScoresParams:
     stats: int  # (max, sum) per (part, q head)
     stats_off: int
     chunk: int
+    window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class AttnValuesParams:
     out: int  # fp32 partial values per (part, q head)
     out_off: int
     chunk: int
+    window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,7 @@ class AttnPartialParams:
     out_off: int
     chunk: int
     stage: int  # K and V rows of earlier steps copied into shared memory before the dependency wait
+    window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from amk.schedule.errors import (
     AmkError,
+    CheckpointError,
     ConfigError,
+    ContextError,
     EnvironmentProblem,
     UnknownModelError,
     UnknownTargetError,
@@ -32,7 +34,8 @@ class ExitCode(IntEnum):
     @classmethod
     def of_exception(cls, e: BaseException) -> tuple[ExitCode, str]:
         """The exit code and error_type for an exception that reached the top."""
-        if isinstance(e, (ConfigError, UsageError, UnknownModelError, UnknownTargetError, UnsupportedModelError)):
+        if isinstance(e, (ConfigError, UsageError, UnknownModelError, UnknownTargetError, UnsupportedModelError,
+                          CheckpointError, ContextError)):
             return cls.USAGE, "usage"
         if isinstance(e, FileNotFoundError):
             return cls.USAGE, "usage"
