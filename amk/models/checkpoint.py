@@ -161,10 +161,12 @@ def check_loading_info(path: Path, info: dict, weights: WeightFiles) -> None:
     for kind, why in (("missing_keys", "not in the checkpoint; transformers would fill them by initialisation"),
                       ("unexpected_keys", "in the checkpoint but not parameters of the model"),
                       ("mismatched_keys", "of another shape than the model's")):
-        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(kind) or ())
+        # mismatched entries are (name, checkpoint shape, model shape)
+        names = sorted(k if isinstance(k, str) else f"{k[0]} {tuple(k[1])} vs the model's {tuple(k[2])}"
+                       for k in info.get(kind) or ())
         if names:
             shown = ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
-            raise CheckpointError(where, f"{len(names)} tensor(s) {why}: {shown}", field=names[0])
+            raise CheckpointError(where, f"{len(names)} tensor(s) {why}: {shown}", field=names[0].split(" ")[0])
     errors = info.get("error_msgs") or []
     if errors:
         raise CheckpointError(where, "transformers reported: " + "; ".join(map(str, errors[:3])))

@@ -15,9 +15,16 @@ a config becomes ModelDims: it refuses first, then derives the dims and the per-
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib.util
+import inspect
+import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from amk.schedule.errors import UnsupportedModelError
@@ -63,6 +70,11 @@ def _attention_bias(v, cfg, arch):
     if v and arch in (Architecture.LLAMA, Architecture.QWEN3):
         return "bias on the attention output projection is not lowered"
     return None
+
+
+def _mlp_bias(v, cfg, arch):
+    # only Llama's MLP reads the flag; the other three hard-wire bias=False
+    return "bias on the MLP projections is not lowered" if v and arch == Architecture.LLAMA else None
 
 
 def _rope(v, cfg, arch):
@@ -131,7 +143,7 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("default_theta", _L, "rope_theta when a config names none: into the RoPE tables"),
     _F("attention_bias", _O, "Llama and Qwen3: bias on q, k, v and o; Mistral and Qwen2 never read it",
        _attention_bias),
-    _F("mlp_bias", _O, "bias on the MLP projections", _is(False)),
+    _F("mlp_bias", _O, "Llama: bias on the MLP projections; the other three never read it", _mlp_bias),
     # --- which positions each layer attends to
     _F("sliding_window", _L, "Mistral: every layer attends to the last sliding_window positions (its own "
                              "included); Qwen2/Qwen3: the layers layer_types marks sliding_attention",
@@ -168,6 +180,24 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("return_dict", _I, "output container only"),
     _F("_attn_implementation", _I, "AMK's reference runs transformers' eager attention; the others compute the "
                                    "same function"),
+    # --- the keys of rope_parameters (refused values are named by the rope_parameters rule)
+    _F("rope_parameters.rope_type", _O, "default, llama3 or linear: tables of the position alone"),
+    _F("rope_parameters.rope_theta", _L, "into the RoPE tables"),
+    _F("rope_parameters.factor", _L, "linear and llama3: into the RoPE tables"),
+    _F("rope_parameters.low_freq_factor", _L, "llama3: into the RoPE tables"),
+    _F("rope_parameters.high_freq_factor", _L, "llama3: into the RoPE tables"),
+    _F("rope_parameters.original_max_position_embeddings", _L, "llama3: into the RoPE tables"),
+    _F("rope_parameters.partial_rotary_factor", _O, "1.0 only: RoPE over part of a head is not lowered"),
+    _F("rope_parameters.attention_factor", _I, "yarn and longrope only, which are refused"),
+    _F("rope_parameters.beta_fast", _I, "yarn only, which is refused"),
+    _F("rope_parameters.beta_slow", _I, "yarn only, which is refused"),
+    _F("rope_parameters.mscale", _I, "yarn only, which is refused"),
+    _F("rope_parameters.mscale_all_dim", _I, "yarn only, which is refused"),
+    _F("rope_parameters.truncate", _I, "yarn only, which is refused"),
+    _F("rope_parameters.short_factor", _I, "longrope only, which is refused"),
+    _F("rope_parameters.long_factor", _I, "longrope only, which is refused"),
+    _F("rope_parameters.mrope_section", _I, "multimodal RoPE of vision-language models; these decoders never "
+                                            "read it"),
 )}
 
 # Fields a checkpoint's config.json must state: transformers' defaults for them describe some 7B model, never
@@ -186,7 +216,13 @@ def architecture(cfg) -> Architecture:
 
 def config_fields(cfg) -> dict[str, Any]:
     """Every field and extra attribute the config carries, by name (what transformers' to_dict writes)."""
-    return {k: getattr(cfg, k, v) for k, v in cfg.to_dict().items()}
+    out = {}
+    for k, v in cfg.to_dict().items():
+        try:
+            out[k] = getattr(cfg, k, v)
+        except Exception:  # a heterogeneous config refuses global reads of per-layer fields: take the saved value
+            out[k] = v
+    return out
 
 
 def refusals(cfg) -> list[tuple[str, Any, str]]:
@@ -257,3 +293,63 @@ def model_dims(cfg) -> ModelDims:
         max_positions=int(getattr(cfg, "max_position_embeddings", 2048)),
         windows=layer_windows(cfg, arch),
     )
+
+
+# --- the walk over the installed transformers: what the table must classify ---------------------------------
+
+CONFIG_CLASSES = {Architecture.LLAMA: "LlamaConfig", Architecture.MISTRAL: "MistralConfig",
+                  Architecture.QWEN2: "Qwen2Config", Architecture.QWEN3: "Qwen3Config"}
+# the code a decode step runs besides the modeling file: masks, the KV cache, RoPE
+SHARED_MODULES = ("transformers.masking_utils", "transformers.cache_utils", "transformers.modeling_rope_utils")
+_READ = re.compile(r'getattr\(\s*[\w.]*config\w*\s*,\s*"(\w+)"|\b[\w.]*config\.([A-Za-z_]\w*)\b')
+_NOT_FIELDS = {"json"}  # "config.json", the file name, in messages and docstrings
+
+
+def class_fields(cls) -> set[str]:
+    """Every field a config class defines: its dataclass fields (transformers 5) or __init__ keywords, and what
+    to_dict writes for a default instance."""
+    if dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+    else:
+        names = {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")}
+    return names | set(cls().to_dict())
+
+
+@functools.cache
+def transformers_reads() -> dict[str, frozenset[str]]:
+    """Config attribute name -> the modules of the installed transformers that read it, for the four modeling
+    files and SHARED_MODULES (methods of the config class left out)."""
+    import transformers
+    from transformers import PreTrainedConfig
+
+    modules = [f"transformers.models.{a.value}.modeling_{a.value}" for a in CONFIG_CLASSES] + list(SHARED_MODULES)
+    out: dict[str, set[str]] = {}
+    for mod in modules:
+        spec = importlib.util.find_spec(mod)
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"transformers {transformers.__version__} has no {mod}")
+        for m in _READ.finditer(Path(spec.origin).read_text()):
+            name = m[1] or m[2]
+            if name in _NOT_FIELDS or callable(getattr(PreTrainedConfig, name, None)):
+                continue
+            out.setdefault(name, set()).add(mod.rsplit(".", 1)[1])
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def unclassified(table: dict[str, FieldRule] | None = None) -> dict[str, set[str]]:
+    """Names the installed transformers defines on the four config classes or reads in a decode step that the
+    table does not classify, each with where it was found. Empty when the table is complete."""
+    import transformers
+
+    table = FIELDS if table is None else table
+    found: dict[str, set[str]] = {}
+    for cls_name in CONFIG_CLASSES.values():
+        for name in class_fields(getattr(transformers, cls_name)):
+            found.setdefault(name, set()).add(cls_name)
+    for name, where in transformers_reads().items():
+        found.setdefault(name, set()).update(where)
+    from transformers.modeling_rope_utils import RopeParameters
+
+    for key in typing.get_type_hints(RopeParameters):
+        found.setdefault(f"rope_parameters.{key}", set()).add("RopeParameters")
+    return {name: where for name, where in sorted(found.items()) if name not in table}
