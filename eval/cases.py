@@ -117,6 +117,13 @@ def _cache_with_prefix(hf, k: torch.Tensor, v: torch.Tensor):
     return cache
 
 
+def _cache_keyword(hf) -> str:
+    # transformers 5 renames the forward's past_key_values to cache (the old name warns, then goes in 5.40)
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def eager_decode(hf, inputs: CaseInputs, generate: int = 0, dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], list[int]]:
     """Decode `inputs.tokens` one at a time after the KV prefix, then `generate` greedy tokens.
@@ -125,6 +132,7 @@ def eager_decode(hf, inputs: CaseInputs, generate: int = 0, dtype: torch.dtype |
     if dtype is not None:
         k, v = k.to(dtype), v.to(dtype)
     cache = _cache_with_prefix(hf, k, v)
+    cache_kw = _cache_keyword(hf)
     dev = next(hf.parameters()).device
     pos = k.shape[2]
     logits: list[torch.Tensor] = []
@@ -132,7 +140,7 @@ def eager_decode(hf, inputs: CaseInputs, generate: int = 0, dtype: torch.dtype |
     generated: list[int] = []
     step = 0
     while step < len(feed):
-        out = hf(torch.tensor([[feed[step]]], device=dev), past_key_values=cache, use_cache=True,
+        out = hf(torch.tensor([[feed[step]]], device=dev), **{cache_kw: cache}, use_cache=True,
                  position_ids=torch.tensor([[pos]], device=dev), cache_position=torch.tensor([pos], device=dev))
         lg = out.logits[0, -1].float().cpu()
         logits.append(lg)

@@ -16,7 +16,7 @@ class Opcode(IntEnum):
     RMSNORM = 2  # out = w * norm(x)
     MATVEC = 3  # rows of W @ in (optionally normed), then an epilogue
     EPILOGUE = 4  # sum k-split partials (or read stored rows), then an epilogue
-    ATTN_DECODE = 5  # one KV head, all positions: scores, softmax, values
+    ATTN_DECODE = 5  # one KV head, every position it attends to (its window): scores, softmax, values
     ATTN_SCORES = 6  # one KV head x one partition: scores and their (max, sum)
     ATTN_VALUES = 7  # one KV head x one partition: probabilities from the global (max, sum), times V
     ATTN_COMBINE = 8  # sum the partitions' values of one KV head
