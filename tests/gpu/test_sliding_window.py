@@ -113,3 +113,11 @@ def test_the_kernel_refuses_a_position_outside_the_cache(tmp_path, target):
     with pytest.raises(VmError, match="position 16 outside the KV cache"):
         vm.check()
     assert verify(prog, model, device="cuda", vm="cuda", cases="reduced").ok  # and the VM still works
+
+
+def test_a_short_context_is_timed_within_its_slots(tmp_path):
+    # the timed run launches one step per KV slot at most: 16 positions hold the warm-up and the timed steps
+    model = amk.load_model(llama(tmp_path / "l", max_position_embeddings=16), dtype="bf16", device="cuda")
+    v = amk.evaluate(model, "auto", {}, device="cuda")
+    assert v["correct"], (v["failures"], v["notes"])
+    assert not any("GPU failure" in n for n in v["notes"]), v["notes"]
