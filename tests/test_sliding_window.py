@@ -74,3 +74,15 @@ def test_generate_matches_transformers_64_tokens_past_the_window(tmp_path):
     assert got.tokens == ref
     # the same model with the window ignored drifts away from transformers
     assert amk.generate(with_windows(model, ()), ids, max_new_tokens=n, device="cpu", stop_at_eos=False).tokens != ref
+
+
+def test_qwen3_windows_its_layers_like_qwen2(tmp_path):
+    from _checkpoints import SMALL, save_checkpoint
+    from transformers import Qwen3Config
+
+    cfg = Qwen3Config(**SMALL, head_dim=16, num_hidden_layers=2, max_position_embeddings=64, use_sliding_window=True,
+                      sliding_window=6, max_window_layers=1)
+    model = amk.load_model(save_checkpoint(cfg, tmp_path))
+    assert model.dims.windows == (0, 6) and model.dims.qk_norm
+    res = verify(amk.lower(model, "cpu-sim", {"attention": {"softmax": "partition"}}), model)
+    assert res.ok, _failures(res)
