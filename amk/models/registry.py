@@ -227,8 +227,11 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
             raise CheckpointError(path, f"transformers could not load it: {type(e).__name__}: {e}") from None
         check_loading_info(path, info, files)
         if _head_tied(eager) != dims.tied_embeddings:
+            hint = "" if files.keys else " (a pytorch_model.bin checkpoint: save it as safetensors, whose tensors " \
+                                         "AMK reads without loading the model)"
             raise CheckpointError(path, f"transformers {'tied' if _head_tied(eager) else 'untied'} the LM head, "
-                                  "unlike the checkpoint's tensors and tie_word_embeddings say", field="lm_head.weight")
+                                  f"unlike the checkpoint's tensors and tie_word_embeddings say{hint}",
+                                  field="lm_head.weight")
         eager = _finish(eager, dtype, device)
         if any((path / f).is_file() for f in _TOKENIZER_FILES):
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
