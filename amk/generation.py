@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from amk.progress import bar, status
-from amk.schedule.errors import ProgramError
+from amk.schedule.errors import ContextError, ProgramError
 
 
 @dataclass
@@ -59,7 +59,8 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     need = len(ids) + max_new_tokens
     max_seq = max_seq or min(model.dims.max_positions, max(256, 1 << (need - 1).bit_length()))
     if need > max_seq:
-        raise ValueError(f"prompt + {max_new_tokens} new tokens need {need} positions, the program holds {max_seq}")
+        raise ContextError(f"prompt + {max_new_tokens} new tokens need {need} positions, the program holds {max_seq}",
+                           needed=need, max_seq=max_seq)
     target = (gpu and get_target(gpu)) or (detect_target() if dev == "cuda" else get_target("cpu-sim"))
     with status(f"lowering {model.name} for {target.name}"):
         program = amk.lower(model, target, config, max_seq=max_seq)

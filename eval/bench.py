@@ -22,7 +22,11 @@ def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup:
     whole step is timed, host launch included. The VM's error word and task count are checked after each
     repeat, so a number is only returned for runs that executed every task."""
     c = vm.c
-    context = max(0, min(context, c.max_seq - steps - warmup - 1))
+    # every launched step needs a KV slot of its own (a step past the last one raises): a short context runs
+    # fewer steps
+    warmup = min(warmup, c.max_seq // 4)
+    steps = max(1, min(steps, c.max_seq - warmup))
+    context = max(0, min(context, c.max_seq - steps - warmup - 1))  # as schedule.cost.bench_context
     samples = []
     for r in range(repeats + 1):
         vm.reset()

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from amk.schedule.errors import ContextError
+
 
 @dataclass(frozen=True)
 class VerifyCase:
@@ -14,29 +16,75 @@ class VerifyCase:
     tokens: int  # tokens decoded teacher-forced from there
     generate: int = 0  # then this many greedy tokens, compared token for token
     seed: int = 0
+    scaled_from: str = ""  # the full-size case this one was cut down from to fit a short context
+
+    @property
+    def positions(self) -> int:
+        """KV positions the case decodes into: the prefix, the fed tokens, and every greedy token but the last
+        (which is compared, never fed back)."""
+        return self.prefix_len + self.tokens + max(0, self.generate - 1)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["scaled_from"]:
+            del d["scaled_from"]  # a full-size case keeps the identity (and cache key) it always had
+        return d
 
 
 def default_cases(max_seq: int, reduced: bool | str = False, seed: int = 0) -> list[VerifyCase]:
     """Positions 0, 1, a few hundred and near the context limit, several tokens, and greedy generation.
-    `reduced`: three cases; "smoke": one step after a prefilled cache (the 0.6B-1B models on a CPU)."""
+    `reduced`: three cases; "smoke": one step after a prefilled cache (the 0.6B-1B models on a CPU).
+
+    Every case fits `max_seq` positions: in a short context the token and greedy counts shrink (the name gives
+    the size run, `scaled_from` the full-size case), and a case that would repeat another is left out."""
+    if max_seq < 1:
+        raise ContextError(f"a context of {max_seq} positions holds no verify case", needed=1, max_seq=max_seq)
     mid = min(300, max_seq // 2)
     near = max(0, max_seq - 3)
+
+    def case(name, full, prefix, tokens, generate=0, s=0):
+        return VerifyCase(name, prefix, tokens, generate, seed + s, "" if name == full else full)
+
+    def greedy(full_tokens, full_gen, s):
+        t = min(full_tokens, max(1, max_seq // 2))
+        g = min(full_gen, max_seq - t + 1)
+        return case(f"greedy{g}", f"greedy{full_gen}" + ("" if t == full_tokens else f" ({full_tokens} tokens)"),
+                    0, t, g, s)
+
+    def mid_case(s):
+        t = min(2, max_seq - mid)
+        return case(f"pos{mid}", f"pos{mid}" + ("" if t == 2 else " (2 tokens)"), mid, t, 0, s)
+
     if reduced == "smoke":
-        return [VerifyCase(f"pos{min(64, max_seq // 2)}", min(64, max_seq // 2), 1, seed=seed)]
+        p = min(64, max_seq // 2)
+        return [VerifyCase(f"pos{p}", p, 1, seed=seed)]
     if reduced:
-        return [VerifyCase("pos0", 0, 1, seed=seed), VerifyCase(f"pos{mid}", mid, 2, seed=seed + 1),
-                VerifyCase("greedy8", 0, 3, generate=8, seed=seed + 2)]
-    return [
-        VerifyCase("pos0", 0, 1, seed=seed),
-        VerifyCase("pos1", 1, 1, seed=seed + 1),
-        VerifyCase(f"pos{mid}", mid, 2, seed=seed + 2),
-        VerifyCase(f"pos{near}_near_limit", near, max_seq - near, seed=seed + 3),
-        VerifyCase("tokens8", 0, 8, seed=seed + 4),
-        VerifyCase("greedy32", 0, 4, generate=32, seed=seed + 5),
-    ]
+        out = [VerifyCase("pos0", 0, 1, seed=seed), mid_case(1), greedy(3, 8, 2)]
+    else:
+        out = [VerifyCase("pos0", 0, 1, seed=seed), case("pos1", "pos1", 1, 1, 0, 1), mid_case(2),
+               VerifyCase(f"pos{near}_near_limit", near, max_seq - near, seed=seed + 3),
+               case(f"tokens{min(8, max_seq)}", "tokens8", 0, min(8, max_seq), 0, 4), greedy(4, 32, 5)]
+    seen: set = set()
+    kept = []
+    for c in out:
+        shape = (c.prefix_len, c.tokens, c.generate)
+        if c.positions <= max_seq and shape not in seen and c.name not in seen:
+            seen |= {shape, c.name}
+            kept.append(c)
+    return kept
+
+
+def check_cases_fit(cases: list[VerifyCase], max_seq: int) -> None:
+    """Raise ContextError (a usage error, not a correctness failure) naming every case that needs more positions
+    than the program's context holds."""
+    if not cases:
+        raise ContextError(f"no verify case to run in a context of {max_seq} positions", max_seq=max_seq)
+    bad = [c for c in cases if c.positions > max_seq]
+    if bad:
+        names = ", ".join(f"{c.name} needs {c.positions}" for c in bad)
+        raise ContextError(f"verify cases do not fit the program's context of {max_seq} positions: {names}; lower "
+                           "the program with a larger max_seq or pass cases that fit",
+                           needed=max(c.positions for c in bad), max_seq=max_seq)
 
 
 @dataclass
@@ -47,9 +95,9 @@ class CaseInputs:
 
 
 def case_inputs(case: VerifyCase, dims, dtype: torch.dtype, max_seq: int) -> CaseInputs:
-    if case.prefix_len + case.tokens + case.generate > max_seq:
-        raise ValueError(f"case {case.name} needs {case.prefix_len + case.tokens + case.generate} positions, "
-                         f"the program holds {max_seq}")
+    if case.positions > max_seq:
+        raise ContextError(f"case {case.name} needs {case.positions} positions, the program holds {max_seq}",
+                           needed=case.positions, max_seq=max_seq)
     g = torch.Generator().manual_seed(1000 + case.seed)
     shape = (dims.n_layers, dims.n_kv_heads, case.prefix_len, dims.head_dim)
     k = torch.randn(shape, generator=g).to(dtype)
@@ -76,6 +124,13 @@ def _cache_with_prefix(hf, k: torch.Tensor, v: torch.Tensor):
         for layer in range(k.shape[0]):
             cache.update(k[layer][None].to(dev), v[layer][None].to(dev), layer)
     return cache
+
+
+def _cache_keyword(hf) -> str:
+    # transformers 5 renames the forward's past_key_values to cache (the old name warns, then goes in 5.40)
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()

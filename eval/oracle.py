@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cases import CaseInputs, VerifyCase, case_inputs, default_cases, eager_decode
+from .cases import CaseInputs, VerifyCase, case_inputs, check_cases_fit, default_cases, eager_decode
 from .compare import compare, kl_divergence, tolerance_for
 
 # End-to-end rule: two correct implementations (transformers' own eager and sdpa attention, in bf16) differ
@@ -102,6 +102,7 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
         if cases not in ("full", "reduced", "smoke"):
             raise ValueError(f"cases must be full, reduced, smoke or a list of VerifyCase, got {cases!r}")
         cases = default_cases(max_seq, reduced=False if cases == "full" else cases)
+    check_cases_fit(cases, max_seq)  # a context too short is a usage error, not a failed case
     results: list[CaseResult] = []
     machine = None
     try:

@@ -20,7 +20,8 @@ def task_bytes(task: Task, c: ProgramConstants) -> int:
     """Bytes a task moves from memory, assuming a half-full KV cache for attention."""
     if task.opcode in (Opcode.ATTN_DECODE, Opcode.ATTN_SCORES, Opcode.ATTN_VALUES, Opcode.ATTN_PARTIAL):
         parts = getattr(task.params, "parts", 1)
-        positions = c.max_seq // 2 // parts
+        window = getattr(task.params, "window", 0)
+        positions = min(c.max_seq // 2, window if window > 0 else c.max_seq) // parts
         per_cache = positions * c.head_dim * c.dtype.nbytes
         return per_cache * (2 if task.opcode in (Opcode.ATTN_DECODE, Opcode.ATTN_PARTIAL) else 1)
     return task.weight_bytes + 64

@@ -81,9 +81,11 @@ def bench_context(max_seq: int, context: int = 1024, steps: int = 200, warmup: i
 
 
 def kv_bytes(task: Task, program: MegakernelProgram, context: int) -> int:
-    """KV cache bytes an attention task reads when `context` positions are cached."""
+    """KV cache bytes an attention task reads when `context` positions are cached (its sliding window's worth at
+    most)."""
     c = program.constants
-    per_cache = (context + 1) * c.head_dim * c.dtype.nbytes
+    window = getattr(task.params, "window", 0)
+    per_cache = (min(context + 1, window) if window > 0 else context + 1) * c.head_dim * c.dtype.nbytes
     if task.opcode == Opcode.ATTN_DECODE:
         return 2 * per_cache
     if task.opcode in (Opcode.ATTN_SCORES, Opcode.ATTN_VALUES):

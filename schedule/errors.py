@@ -53,6 +53,34 @@ class UnsupportedModelError(AmkError, ValueError):
         super().__init__(f"unsupported model feature: {feature}" + (f" ({detail})" if detail else ""))
 
 
+class CheckpointError(AmkError, ValueError):
+    """A checkpoint directory cannot be loaded as it is: a malformed or incomplete config.json, a weight file cut
+    short, no weight files, or weights transformers would fill by initialisation. `path` names the file (or the
+    directory), `field` the config field or tensor name when one is to blame (else None)."""
+
+    def __init__(self, path, message: str, field: str | None = None):
+        self.path = str(path)
+        self.field = field
+        super().__init__(f"{self.path}: " + (f"{field}: " if field else "") + message)
+
+
+class ContextError(AmkError, ValueError):
+    """A request does not fit the program's context: a verify case needing more positions than it holds, or a
+    decode step past its last position. `needed` and `max_seq` are positions."""
+
+    def __init__(self, message: str, needed: int | None = None, max_seq: int | None = None):
+        self.needed = needed
+        self.max_seq = max_seq
+        super().__init__(message)
+
+
+def context_full(pos: int, max_seq: int) -> ContextError:
+    """What every VM raises for a decode step at a position past the program's last KV slot."""
+    return ContextError(f"decode step at position {pos}: the program's KV cache holds positions 0..{max_seq - 1} "
+                        f"(max_seq={max_seq}); reset the VM or lower the program with a larger max_seq",
+                        needed=pos + 1, max_seq=max_seq)
+
+
 class UnknownModelError(AmkError, KeyError):
     def __init__(self, name: str, known: list[str]):
         self.name = name

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from enum import Enum
 
-from .errors import UnsupportedModelError
-
 
 class Architecture(str, Enum):
     LLAMA = "llama"
@@ -43,6 +41,9 @@ class ModelDims:
     qkv_bias: bool
     qk_norm: bool
     max_positions: int
+    # per layer: the sliding window in positions (the position itself included), 0 for full attention; () when
+    # no layer has one
+    windows: tuple[int, ...] = ()
 
     @property
     def group(self) -> int:
@@ -71,50 +72,17 @@ class ModelDims:
         row read is negligible)."""
         return self.n_layers * self.layer_weight_params() + self.hidden + self.vocab * self.hidden
 
+    def window(self, layer: int) -> int:
+        """Positions layer `layer` attends to, counting its own (a sliding window); 0: every cached position."""
+        return self.windows[layer] if self.windows else 0
+
     @classmethod
     def from_hf_config(cls, cfg) -> ModelDims:
-        mt = getattr(cfg, "model_type", None)
-        try:
-            arch = Architecture(mt)
-        except ValueError:
-            raise UnsupportedModelError(f"architecture {mt!r}", "supported: llama, mistral, qwen2, qwen3") from None
-        act = getattr(cfg, "hidden_act", "silu")
-        if act != "silu":
-            raise UnsupportedModelError(f"hidden_act={act!r}", "only silu MLPs are lowered")
-        if getattr(cfg, "mlp_bias", False):
-            raise UnsupportedModelError("mlp_bias", "MLP projections with bias")
-        attention_bias = bool(getattr(cfg, "attention_bias", False))
-        if arch in (Architecture.LLAMA, Architecture.MISTRAL, Architecture.QWEN3) and attention_bias:
-            raise UnsupportedModelError("attention_bias", "bias on the attention output projection")
-        rope = getattr(cfg, "rope_scaling", None) or {}
-        params = getattr(cfg, "rope_parameters", None) or {}
-        rope_type = (rope.get("rope_type") or rope.get("type") or params.get("rope_type") or "default")
-        if rope_type not in ("default", "llama3", "linear"):
-            raise UnsupportedModelError(f"rope_type={rope_type!r}", "position-dependent tables only")
-        n_heads = cfg.num_attention_heads
-        n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-        if n_heads % n_kv:
-            raise UnsupportedModelError("grouped-query attention", f"{n_heads} heads over {n_kv} KV heads")
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-        if head_dim % 8 or head_dim > 256:
-            raise UnsupportedModelError(f"head_dim={head_dim}", "must be a multiple of 8, at most 256")
-        if cfg.hidden_size % 8 or cfg.intermediate_size % 8:
-            raise UnsupportedModelError("width not a multiple of 8", f"{cfg.hidden_size}, {cfg.intermediate_size}")
-        return cls(
-            arch=arch,
-            hidden=cfg.hidden_size,
-            intermediate=cfg.intermediate_size,
-            n_layers=cfg.num_hidden_layers,
-            n_heads=n_heads,
-            n_kv_heads=n_kv,
-            head_dim=head_dim,
-            vocab=cfg.vocab_size,
-            rms_eps=float(cfg.rms_norm_eps),
-            tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
-            qkv_bias=arch == Architecture.QWEN2 or attention_bias,
-            qk_norm=arch == Architecture.QWEN3,
-            max_positions=int(getattr(cfg, "max_position_embeddings", 2048)),
-        )
+        """The dims of a transformers config, after every field it sets has been checked against the field table
+        (amk.models.fields): raises UnsupportedModelError naming a field whose value AMK does not lower."""
+        from amk.models.fields import model_dims  # the table knows transformers' config classes
+
+        return model_dims(cfg)
 
 
 @dataclass(frozen=True)
@@ -124,6 +92,7 @@ class GraphOp:
     inputs: tuple[str, ...]
     output: str
     weight: str | None = None
+    window: int = 0  # ATTENTION: positions attended, the current one included; 0 for all of them
 
 
 @dataclass(frozen=True)
@@ -148,7 +117,7 @@ def build_graph(dims: ModelDims) -> Graph:
             GraphOp(OpKind.LINEAR, layer, ("xn",), "qkv", p + "qkv"),
             GraphOp(OpKind.ROPE, layer, ("qkv",), "q", "rope"),
             GraphOp(OpKind.KV_APPEND, layer, ("qkv",), f"kv.{layer}"),
-            GraphOp(OpKind.ATTENTION, layer, ("q", f"kv.{layer}"), "attn"),
+            GraphOp(OpKind.ATTENTION, layer, ("q", f"kv.{layer}"), "attn", window=dims.window(layer)),
             GraphOp(OpKind.LINEAR, layer, ("attn",), "o", p + "o"),
             GraphOp(OpKind.ADD, layer, ("x", "o"), "x"),
             GraphOp(OpKind.RMSNORM, layer, ("x",), "xn", p + "mlp_norm"),

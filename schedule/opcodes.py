@@ -16,7 +16,7 @@ class Opcode(IntEnum):
     RMSNORM = 2  # out = w * norm(x)
     MATVEC = 3  # rows of W @ in (optionally normed), then an epilogue
     EPILOGUE = 4  # sum k-split partials (or read stored rows), then an epilogue
-    ATTN_DECODE = 5  # one KV head, all positions: scores, softmax, values
+    ATTN_DECODE = 5  # one KV head, every position it attends to (its window): scores, softmax, values
     ATTN_SCORES = 6  # one KV head x one partition: scores and their (max, sum)
     ATTN_VALUES = 7  # one KV head x one partition: probabilities from the global (max, sum), times V
     ATTN_COMBINE = 8  # sum the partitions' values of one KV head
@@ -138,6 +138,7 @@ class AttnDecodeParams:
     out: int  # attention output rows
     out_off: int
     chunk: int  # positions a block scores per shared-memory round
+    window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class AttnScoresParams:
     stats: int  # (max, sum) per (part, q head)
     stats_off: int
     chunk: int
+    window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class AttnValuesParams:
     out: int  # fp32 partial values per (part, q head)
     out_off: int
     chunk: int
+    window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,7 @@ class AttnPartialParams:
     out_off: int
     chunk: int
     stage: int  # K and V rows of earlier steps copied into shared memory before the dependency wait
+    window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
 
 
 @dataclass(frozen=True)

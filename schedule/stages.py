@@ -34,6 +34,7 @@ class Stage:
     splits: int = 1
     combine_parts: int = 0  # O with the attention combine fused: partitions its input arrives in
     combine_weighted: bool = False  # ... each weighed by its own softmax's (max, sum)
+    window: int = 0  # attention stages: the layer's sliding window (0: every cached position)
 
 
 def score_capacity(max_seq: int, parts: int) -> int:
@@ -103,16 +104,17 @@ def plan_stages(graph: Graph, config: ScheduleConfig) -> list[Stage]:
             parts = config.attention.kv_partitions
             q, kv, sc = inst("q", layer), f"kv.{layer}", inst("scores", layer)
             if parts == 1:
-                emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, inst("attn", layer)])
+                emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, inst("attn", layer)], window=op.window)
             elif config.attention.softmax == AttentionSoftmax.PARTITION:
                 stats, part = inst("attn_stats", layer), inst("attn_part", layer)
-                emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, stats, part])
+                emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, stats, part], window=op.window)
                 if not fusion.attention_combine_into_o:
                     emit(kind="attention_combine", layer=layer, reads=[part, stats], writes=[inst("attn", layer)])
             else:
                 stats, part = inst("attn_stats", layer), inst("attn_part", layer)
-                emit(kind="attention", layer=layer, reads=[q, kv], writes=[sc, stats])
-                emit(kind="attention_values", layer=layer, reads=[sc, stats, kv], writes=[part])
+                emit(kind="attention", layer=layer, reads=[q, kv], writes=[sc, stats], window=op.window)
+                emit(kind="attention_values", layer=layer, reads=[sc, stats, kv], writes=[part],
+                     window=op.window)
                 if not fusion.attention_combine_into_o:
                     emit(kind="attention_combine", layer=layer, reads=[part], writes=[inst("attn", layer)])
         elif op.kind == OpKind.ARGMAX:

@@ -344,24 +344,24 @@ class Tiler:
             if parts == 1:
                 o = self.val("attn", layer)
                 p = oc.AttnDecodeParams(layer, g, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], sc.buffer,
-                                        sc.offset, o.buffer, o.offset, chunk)
+                                        sc.offset, o.buffer, o.offset, chunk, st.window)
                 s_reg = self.region(sc, g * G * cap, G * cap)
                 out.append(TaskDraft(Opcode.ATTN_DECODE, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg],
                                      [s_reg, self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
                 continue
             if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
-                out += self._partials(layer, g, q_reg)
+                out += self._partials(layer, g, q_reg, st.window)
                 continue
             stats = self.val("attn_stats", layer)
             for part in range(parts):
                 p = oc.AttnScoresParams(layer, g, q.buffer, q.offset, self.b["kcache"], part, parts, sc.buffer,
-                                        sc.offset, stats.buffer, stats.offset, chunk)
+                                        sc.offset, stats.buffer, stats.offset, chunk, st.window)
                 w = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap),
                      self.region(stats, (part * d.n_heads + g * G) * 2, G * 2)]
                 out.append(TaskDraft(Opcode.ATTN_SCORES, p, q_reg, w, [], 0, (g,)))
         return out
 
-    def _partials(self, layer: int, g: int, q_reg: list[Region]) -> list[TaskDraft]:
+    def _partials(self, layer: int, g: int, q_reg: list[Region], window: int) -> list[TaskDraft]:
         d, parts = self.d, self.cfg.attention.kv_partitions
         q, sc = self.val("q", layer), self.val("scores", layer)
         stats, o = self.val("attn_stats", layer), self.val("attn_part", layer)
@@ -377,7 +377,7 @@ class Tiler:
         for part in range(parts):
             p = oc.AttnPartialParams(layer, g, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], part, parts,
                                      sc.buffer, sc.offset, stats.buffer, stats.offset, o.buffer, o.offset, chunk,
-                                     chunk)
+                                     chunk, window)
             s_reg = self.region(sc, (part * d.n_heads + g * G) * cap, G * cap)
             w = [s_reg, self.region(stats, (part * d.n_heads + g * G) * 2, G * 2),
                  self.region(o, (part * d.n_heads + g * G) * hd, G * hd)]
@@ -396,7 +396,7 @@ class Tiler:
         for g in range(d.n_kv_heads):
             for part in range(parts):
                 p = oc.AttnValuesParams(layer, g, self.b["vcache"], part, parts, sc.buffer, sc.offset, stats.buffer,
-                                        stats.offset, o.buffer, o.offset, chunk)
+                                        stats.offset, o.buffer, o.offset, chunk, st.window)
                 r = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap), self.kv_slab("vcache", layer, g),
                      Region(self.b["pos"], 0, 1)]
                 r += [self.region(stats, (pp * d.n_heads + g * G) * 2, G * 2) for pp in range(parts)]

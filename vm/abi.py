@@ -18,7 +18,7 @@ class Ctrl(IntEnum):
     EPOCH = 0  # 1-based step number the next launch executes; counters are epoch-scaled
     ERR = 1  # first error code, 0 when none
     ERR_TASK = 2
-    ERR_DETAIL = 3  # counter id on a time-out, opcode on a bad instruction, token on a bad token
+    ERR_DETAIL = 3  # counter id on a time-out, opcode on a bad instruction, token on a bad token, the position
     TASKS = 4  # tasks executed, cumulative
     EXIT = 5  # blocks finished in this step
     ADVANCE = 6  # 1: the last block advances the position after the step
@@ -30,6 +30,7 @@ class VmErrorCode(IntEnum):
     TIMEOUT = 1
     BAD_OPCODE = 2
     BAD_TOKEN = 3
+    BAD_POSITION = 4  # the position buffer held a position outside [0, max_seq): no task ran
 
 
 def _struct(cls) -> str:

@@ -1,8 +1,11 @@
 // ---- attention (eager's numerics: rounded scores, fp32 softmax, rounded probabilities) ----------
-__device__ __forceinline__ void span(int pos, int part, int parts, int& s0, int& s1) {
-  const int L = pos + 1, per = (L + parts - 1) / parts;
-  s0 = min(L, part * per);
-  s1 = min(L, part * per + per);
+// Positions [s0, s1) partition `part` of `parts` attends to: the live positions [lo, pos] split evenly, lo = 0, or
+// pos - window + 1 under a sliding window (transformers keeps key k for query q when k > q - window). Positions
+// before the window are never read.
+__device__ __forceinline__ void span(int pos, int part, int parts, int window, int& s0, int& s1) {
+  const int L = pos + 1, lo = window > 0 ? max(0, L - window) : 0, n = L - lo, per = (n + parts - 1) / parts;
+  s0 = lo + min(n, part * per);
+  s1 = lo + min(n, part * per + per);
 }
 
 // K or V rows staged in shared memory: vector v of row r sits in slot v ^ (r mod HD_VECS), so that threads
@@ -244,7 +247,9 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
   float* out_s = Ls + AMK_GROUP;
   float* probs = out_s + AMK_GROUP * AMK_HEAD_DIM;
   load_q(c, p.q, p.q_off, p.kv_head, qs);
-  const int L = c.pos + 1;
+  int s0, s1;
+  span(c.pos, 0, 1, p.window, s0, s1);
+  const int L = s1 - s0;  // positions attended
   const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head);
   const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head);
   // scores stay in shared memory when they fit, else go through the scratch buffer
@@ -252,7 +257,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
   float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + p.kv_head * AMK_GROUP * AMK_MAX_SEQ;
   const int stride = in_smem ? p.chunk : AMK_MAX_SEQ;
   float m[AMK_GROUP], l[AMK_GROUP];
-  scores_pass(kc, qs, 0, L, sc, stride, in_smem, m, l, nullptr, 0);
+  scores_pass(kc, qs, s0, s1, sc, stride, in_smem, m, l, nullptr, 0);
   for (int j = 0; j < AMK_GROUP; ++j) {
     float mj, lj;
     block_softmax_stats(m[j], l[j], c.red, mj, lj);
@@ -277,7 +282,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
 #pragma unroll 8
       for (int t = tp; t < L; t += np) {
         float f[VEC];
-        unpack(__ldcg(reinterpret_cast<const uint4*>(vc + (long long)t * AMK_HEAD_DIM) + dv), f);
+        unpack(__ldcg(reinterpret_cast<const uint4*>(vc + (long long)(s0 + t) * AMK_HEAD_DIM) + dv), f);
 #pragma unroll
         for (int j = 0; j < AMK_GROUP; ++j) {
           const float pj = sc[j * stride + t];
@@ -287,7 +292,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
       }
     }
   } else {
-    values_pass(vc, sc, stride, false, 0, L, M, Ls, probs, p.chunk, acc);
+    values_pass(vc, sc, stride, false, s0, s1, M, Ls, probs, p.chunk, acc);
   }
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
@@ -299,7 +304,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
 template <class WaitDeps>
 __device__ bool op_attn_scores(const Ctx& c, const AttnScoresParams& p, WaitDeps&& wait_deps) {
   int s0, s1;
-  span(c.pos, p.part, p.parts, s0, s1);
+  span(c.pos, p.part, p.parts, p.window, s0, s1);
   const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head);
   if (!wait_deps()) return false;
   PHASE_START();
@@ -325,7 +330,7 @@ __device__ bool op_attn_scores(const Ctx& c, const AttnScoresParams& p, WaitDeps
 template <class WaitDeps>
 __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps&& wait_deps) {
   int s0, s1;
-  span(c.pos, p.part, p.parts, s0, s1);
+  span(c.pos, p.part, p.parts, p.window, s0, s1);
   const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head);
   if (!wait_deps()) return false;
   PHASE_START();

@@ -52,7 +52,7 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
 template <class WaitDeps>
 __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDeps&& wait_deps) {
   int s0, s1;
-  span(c.pos, p.part, p.parts, s0, s1);
+  span(c.pos, p.part, p.parts, p.window, s0, s1);
   const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head);
   const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head);
   float* qs = c.smem;

@@ -9,7 +9,7 @@ from importlib import resources
 
 import torch
 
-from amk.schedule.errors import EnvironmentProblem, ProgramError, VmError
+from amk.schedule.errors import EnvironmentProblem, ProgramError, VmError, context_full
 from amk.schedule.program import BufferKind, MegakernelProgram
 
 from .abi import Ctrl, VmErrorCode, generate_header
@@ -218,10 +218,13 @@ class MegakernelVM:
         if not 0 <= pos < self.c.max_seq:
             raise ValueError(f"position {pos} outside the program's context of {self.c.max_seq}")
         self.tensors[self.c.pos].fill_(pos)
+        self._pos = pos
 
     @property
     def position(self) -> int:
-        return int(self.tensors[self.c.pos].item())
+        """The position the next step decodes at (the host's count: launches advance it without a sync); equal
+        to max_seq once the last slot has been decoded."""
+        return self._pos
 
     def load_kv_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
         c = self.c
@@ -264,12 +267,16 @@ class MegakernelVM:
         token buffer (the previous step's argmax) and, with `advance`, moves the position on the device."""
         import ctypes
 
+        if self._pos >= self.c.max_seq:
+            raise context_full(self._pos, self.c.max_seq)
         self.set_advance(advance)
         stream = torch.cuda.current_stream(self.device).cuda_stream
         _cupy().cuda.driver.launchKernel(
             self.kernel.ptr, self.program.num_sms, 1, 1, self.program.threads_per_block, 1, 1,
             self.program.smem_per_block, stream, ctypes.addressof(self._params[1]), 0)
         self.steps_launched += 1
+        if advance:
+            self._pos += 1
 
     def check(self) -> None:
         """Synchronise and raise VmError on a device-side error or on a task count that is not exactly the
@@ -283,7 +290,9 @@ class MegakernelVM:
             detail = ctrl[Ctrl.ERR_DETAIL]
             what = {VmErrorCode.TIMEOUT: f"timed out waiting on counter {detail}",
                     VmErrorCode.BAD_OPCODE: f"bad opcode {detail}",
-                    VmErrorCode.BAD_TOKEN: f"token {detail} outside the vocabulary"}.get(code, f"error {code}")
+                    VmErrorCode.BAD_TOKEN: f"token {detail} outside the vocabulary",
+                    VmErrorCode.BAD_POSITION: f"position {detail} outside the KV cache's {self.c.max_seq} slots "
+                                              "(no task ran)"}.get(code, f"error {code}")
             self._reset_sync()
             raise VmError(f"megakernel failed: task {task} ({kind}) {what}", task=task, code=int(ctrl[Ctrl.ERR]))
         expected = len(self.program.tasks) * self.steps_launched

@@ -105,6 +105,13 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
   c.prof = s_prof;
   if (tid < 4) s_prof[tid] = 0;
   c.pos = __ldcg(reinterpret_cast<const int*>(bufs[AMK_POS_BUF]));
+  if (c.pos < 0 || c.pos >= AMK_MAX_SEQ) {  // its K/V rows would land outside the cache: run nothing
+    if (tid == 0 && atomicCAS(control + CTRL_ERR, 0, ERR_BAD_POSITION) == 0) {
+      control[CTRL_ERR_TASK] = -1;
+      control[CTRL_ERR_DETAIL] = c.pos;
+    }
+    return;
+  }
   const unsigned epoch = (unsigned)__ldcg(control + CTRL_EPOCH);
   const int begin = qstarts[blockIdx.x], end = qstarts[blockIdx.x + 1];
   if (tid == 0) seen.clear();
@@ -233,6 +240,7 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     if (atomicAdd(control + CTRL_EXIT, 1) == (int)gridDim.x - 1) {  // the last block closes the step
       control[CTRL_EXIT] = 0;
       control[CTRL_EPOCH] = (int)epoch + 1;
+      // never past the last slot; the host refuses a step beyond it before launching
       if (control[CTRL_ADVANCE] && c.pos + 1 < AMK_MAX_SEQ) __stcg(reinterpret_cast<int*>(bufs[AMK_POS_BUF]), c.pos + 1);
       __threadfence();
     }

@@ -12,7 +12,7 @@ import random
 
 import torch
 
-from amk.schedule.errors import CounterMismatchError, DeadlockError
+from amk.schedule.errors import CounterMismatchError, DeadlockError, context_full
 from amk.schedule.program import BufferKind, MegakernelProgram
 
 from .semantics import Memory, Semantics
@@ -55,10 +55,12 @@ class ReferenceVM:
         if not 0 <= pos < self.c.max_seq:
             raise ValueError(f"position {pos} outside the program's context of {self.c.max_seq}")
         self.mem[self.c.pos][0] = pos
+        self._pos = pos
 
     @property
     def position(self) -> int:
-        return int(self.mem[self.c.pos][0])
+        """The position the next step decodes at; max_seq once the last slot has been decoded."""
+        return self._pos
 
     def load_kv_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [n_layers, n_kv_heads, P, head_dim]; slots P.. stay poisoned. Sets the position to P."""
@@ -76,8 +78,10 @@ class ReferenceVM:
     # ---- one decode step -----------------------------------------------------------------------
     def step(self, token: int) -> tuple[torch.Tensor, int]:
         """Decode `token` at the current position; returns (fp32 logits on the CPU, greedy next token) and
-        advances the position."""
+        advances the position. Raises ContextError for a step past the last position: it has no KV slot."""
         pos = self.position
+        if pos >= self.c.max_seq:
+            raise context_full(pos, self.c.max_seq)
         self.mem[self.c.token][0] = int(token)
         if self.poison:
             for bid in self._scratch:
@@ -91,6 +95,8 @@ class ReferenceVM:
         nxt = int(self.mem[self.c.token][0])
         if pos + 1 < self.c.max_seq:
             self.set_position(pos + 1)
+        else:
+            self._pos = pos + 1  # the buffer keeps the last slot: no task may address one past it
         return logits, nxt
 
     def _run_tasks(self) -> None:

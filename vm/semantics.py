@@ -183,17 +183,22 @@ class Semantics:
     # Attention follows eager exactly: scores rounded after the product and after the scale, a
     # float32 softmax whose probabilities are rounded before they weight V. Partitions therefore need
     # the global (max, sum) before the values pass: scores first, values second.
-    def _span(self, mem: Memory, part: int, parts: int) -> tuple[int, int]:
+    def _span(self, mem: Memory, part: int, parts: int, window: int = 0) -> tuple[int, int]:
+        """Positions [s0, s1) partition `part` of `parts` attends to: the live positions [lo, pos] split evenly,
+        where lo is 0, or pos - window + 1 under a sliding window (transformers keeps key k for query q when
+        k > q - window, so a window of W sees W positions, q's own included)."""
         L = int(mem[self.c.pos][0]) + 1
-        per = -(-L // parts)
-        return min(L, part * per), min(L, part * per + per)
+        lo = max(0, L - window) if window > 0 else 0
+        n = L - lo
+        per = -(-n // parts)
+        return lo + min(n, part * per), lo + min(n, part * per + per)
 
     def _scores(self, mem: Memory, p, part: int, parts: int) -> list[tuple[float, float]]:
         """Write this partition's scores of each q head of the group; return their (max, sum)."""
         c = self.c
         hd, G = c.head_dim, c.n_heads // c.n_kv_heads
         cap = -(-c.max_seq // parts)
-        s0, s1 = self._span(mem, part, parts)
+        s0, s1 = self._span(mem, part, parts, p.window)
         base = (p.layer * c.n_kv_heads + p.kv_head) * c.max_seq
         k = mem.matrix(p.kcache)[base + s0:base + s1].float()
         q0 = p.q_off + p.kv_head * G * hd
@@ -211,7 +216,7 @@ class Semantics:
         c = self.c
         G = c.n_heads // c.n_kv_heads
         cap = -(-c.max_seq // parts)
-        s0, s1 = self._span(mem, part, parts)
+        s0, s1 = self._span(mem, part, parts, p.window)
         base = (p.layer * c.n_kv_heads + p.kv_head) * c.max_seq
         v = mem.matrix(p.vcache)[base + s0:base + s1].float()
         o = p.scores_off + (part * c.n_heads + p.kv_head * G) * cap

@@ -12,7 +12,9 @@ from pathlib import Path
 from amk.schedule.errors import (
     AmkError,
     ArgumentError,
+    CheckpointError,
     ConfigError,
+    ContextError,
     EnvironmentProblem,
     UnknownModelError,
     UnknownTargetError,
@@ -44,7 +46,7 @@ class ExitCode(IntEnum):
         from amk.harness.loop import LoopError
 
         if isinstance(e, (ConfigError, UsageError, ArgumentError, UnknownModelError, UnknownTargetError,
-                          UnsupportedModelError, LoopError, ResultsFormatError)):
+                          UnsupportedModelError, CheckpointError, ContextError, LoopError, ResultsFormatError)):
             return cls.USAGE, "usage"
         # a path the user named that is missing, a directory, or not writable
         if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):

@@ -21,7 +21,7 @@ REDUCED_CASES_ABOVE_PARAMS = 200_000_000  # on CPU, bigger models verify on the 
 
 
 def resolve_cases(model, program: MegakernelProgram, cases, dev: Device, seed: int):
-    from amk.eval.cases import VerifyCase, default_cases
+    from amk.eval.cases import VerifyCase, check_cases_fit, default_cases
     from amk.models.registry import approx_params
 
     if cases is None:
@@ -34,7 +34,14 @@ def resolve_cases(model, program: MegakernelProgram, cases, dev: Device, seed: i
     cases = list(cases)
     if not all(isinstance(c, VerifyCase) for c in cases):
         raise ArgumentError("cases", "expected 'full', 'reduced' or a list of VerifyCase")
+    check_cases_fit(cases, program.constants.max_seq)  # ContextError: a usage error (exit 2)
     return cases
+
+
+def scaling_note(case_list, max_seq: int) -> str | None:
+    """The verdict's note naming the cases cut down to fit a short context, or None when none was."""
+    cut = [f"{c.scaled_from} -> {c.name}" for c in case_list if c.scaled_from]
+    return f"verify cases scaled to the program's context of {max_seq} positions: {', '.join(cut)}" if cut else None
 
 
 def counted(ref, progress_bar):

@@ -23,7 +23,7 @@ from amk.schedule.program import MegakernelProgram
 from amk.schedule.targets import GpuTarget
 
 from .calibration import calibrate_file
-from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda
+from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda, scaling_note
 from .environment import Device, environment, get_model, resolve_device, resolve_target
 from .gates import gate_latency, speedups
 from .verdict import LatencyKind, Verdict, parse_config
@@ -139,6 +139,8 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     v.notes.append(calib.note(target.name))
     full = given or get_model(v.model, v.dtype, dev, weights=True)
     case_list = resolve_cases(full, program, cases, dev, seed)
+    if note := scaling_note(case_list, program.constants.max_seq):
+        v.notes.append(note)
     with bar(len(case_list), f"verifying on {dev.value}", unit="case") as cases_bar:
         ref = counted(reference_hook(full, program, cache, label={"model": v.model}), cases_bar)
         if dev == Device.CUDA:

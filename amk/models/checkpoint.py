@@ -1,0 +1,172 @@
+"""A local checkpoint directory, checked before and after transformers loads it.
+
+Before: config.json parses and states the fields that size the model; the weight files exist, and every
+safetensors file is whole (its header parses and its tensors' byte ranges end exactly at the end of the file).
+After: transformers loaded every tensor the model has from the checkpoint (none missing and filled by
+initialisation, none left over, none of another shape). Every problem is a CheckpointError that names the
+file and the field or tensor.
+
+Safetensors layout (https://github.com/huggingface/safetensors, "Format"): 8 bytes little-endian header length
+N, N bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data;
+offsets count from the end of the header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from amk.schedule.errors import CheckpointError, UnsupportedModelError
+
+from .fields import REQUIRED_IN_CHECKPOINT
+
+_SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+_HEADER_LIMIT = 100 << 20  # the safetensors reader's own cap on a header
+
+
+def read_config_json(path: Path) -> dict:
+    """config.json of a checkpoint directory as a dict. Raises CheckpointError when it is missing, not JSON, not
+    an object, or lacks a field that sizes the model (transformers would put the default of another model
+    there), and UnsupportedModelError for a model_type AMK does not lower."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise CheckpointError(path, "holds no config.json (a checkpoint directory needs config.json and weights)")
+    try:
+        raw = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(file, f"not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(file, f"holds a JSON {type(raw).__name__}, not an object")
+    if "model_type" in raw and raw["model_type"] not in _SUPPORTED_TYPES:
+        raise UnsupportedModelError(f"architecture {raw['model_type']!r}", "supported: " + ", ".join(_SUPPORTED_TYPES))
+    for name in REQUIRED_IN_CHECKPOINT:
+        if raw.get(name) is None:
+            raise CheckpointError(file, "missing: transformers would use its class default, the shape of some other "
+                                  "model", field=name)
+    return raw
+
+
+def load_config(path: Path):
+    """transformers' config of the directory; its validation errors become CheckpointErrors naming the field."""
+    from transformers import AutoConfig
+
+    file = path / "config.json"
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # strict-dataclass validation, bad values: all of them about this one file
+        text = str(e)
+        m = re.search(r"field '(\w+)'", text)
+        raise CheckpointError(file, " ".join(text.split()), field=m[1] if m else None) from None
+
+
+@dataclass
+class WeightFiles:
+    files: list[Path]  # every file transformers may read weights from (hashed into the fingerprint)
+    keys: dict[str, Path]  # tensor name -> safetensors file holding it (empty for .bin checkpoints)
+
+
+def weight_files(path: Path) -> WeightFiles:
+    """The checkpoint's weight files, each safetensors file checked whole. Raises CheckpointError for a directory
+    without weights, an index naming a missing file, or a file cut short."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(index, f"not a safetensors index (no weight_map): {e}") from None
+        shards = sorted({path / f for f in weight_map.values()})
+        for f in shards:
+            if not f.is_file():
+                raise CheckpointError(f, f"named by {index.name} but not in the directory")
+        files = [index] + shards
+    else:
+        shards = sorted(path.glob("*.safetensors"))
+        files = list(shards)
+    if not shards:
+        bins = sorted(path.glob("pytorch_model*.bin")) + sorted(path.glob("pytorch_model.bin.index.json"))
+        if not bins:
+            raise CheckpointError(path, "holds no weights: no *.safetensors (or model.safetensors.index.json) and no "
+                                  "pytorch_model.bin next to config.json")
+        return WeightFiles(bins, {})
+    keys: dict[str, Path] = {}
+    for f in shards:
+        for name in safetensors_header(f):
+            keys[name] = f
+    return WeightFiles(files, keys)
+
+
+def safetensors_header(file: Path) -> dict[str, dict]:
+    """Tensor name -> {dtype, shape, data_offsets} of a safetensors file, after checking that the file holds
+    exactly the bytes its header describes. Raises CheckpointError otherwise."""
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(file, f"truncated: {size} bytes, shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > _HEADER_LIMIT or 8 + n > size:
+            raise CheckpointError(file, f"truncated or not safetensors: the header claims {n} bytes, the file holds "
+                                  f"{size}")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(file, f"not safetensors: the header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(file, "not safetensors: the header is not a JSON object")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    end = 0
+    for name, t in tensors.items():
+        try:
+            begin, stop = t["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(file, "not safetensors: a tensor without data_offsets", field=name) from None
+        end = max(end, int(stop))
+    if 8 + n + end != size:
+        what = "truncated" if 8 + n + end > size else "longer than its header describes"
+        raise CheckpointError(file, f"{what}: the header places {end} bytes of tensor data after {8 + n} bytes of "
+                              f"header, the file holds {size} bytes")
+    return tensors
+
+
+def _find(keys: dict[str, Path], suffix: str) -> str | None:
+    hits = [k for k in keys if k == suffix or k.endswith("." + suffix)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def head_is_tied(cfg, weights: WeightFiles) -> bool:
+    """Whether transformers will tie the LM head to the embedding for this checkpoint: when the config asks for
+    it, unless the checkpoint stores an lm_head.weight that differs from the embedding (transformers then keeps
+    both, untied). For a .bin checkpoint (no header to read) the flag stands until the loaded module is seen."""
+    flag = bool(getattr(cfg, "tie_word_embeddings", False))
+    head = _find(weights.keys, "lm_head.weight")
+    if not flag or head is None:
+        return flag
+    embed = _find(weights.keys, "embed_tokens.weight")
+    if embed is None:
+        return False
+    from safetensors import safe_open
+
+    with safe_open(weights.keys[head], "pt") as a, safe_open(weights.keys[embed], "pt") as b:
+        ta, tb = a.get_tensor(head), b.get_tensor(embed)
+    return ta.shape == tb.shape and bool((ta == tb).all())
+
+
+def check_loading_info(path: Path, info: dict, weights: WeightFiles) -> None:
+    """Refuse what transformers' from_pretrained(output_loading_info=True) reports: tensors it filled by
+    initialisation (missing), tensors of the checkpoint it did not use (unexpected), and shape mismatches."""
+    where = weights.files[0] if len(weights.files) == 1 else path
+    for kind, why in (("missing_keys", "not in the checkpoint; transformers would fill them by initialisation"),
+                      ("unexpected_keys", "in the checkpoint but not parameters of the model"),
+                      ("mismatched_keys", "of another shape than the model's")):
+        # mismatched entries are (name, checkpoint shape, model shape)
+        names = sorted(k if isinstance(k, str) else f"{k[0]} {tuple(k[1])} vs the model's {tuple(k[2])}"
+                       for k in info.get(kind) or ())
+        if names:
+            shown = ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
+            raise CheckpointError(where, f"{len(names)} tensor(s) {why}: {shown}", field=names[0].split(" ")[0])
+    errors = info.get("error_msgs") or []
+    if errors:
+        raise CheckpointError(where, "transformers reported: " + "; ".join(map(str, errors[:3])))

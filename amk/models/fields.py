@@ -1,0 +1,355 @@
+"""The config fields transformers reads when it runs a Llama, Mistral, Qwen2 or Qwen3 decoder, each classified.
+
+Every field of LlamaConfig, MistralConfig, Qwen2Config and Qwen3Config, every name their modeling files read
+from the config, and every name the shared code of a decode step (masks, KV cache, RoPE) reads from any config,
+has one entry here:
+
+- LOWERED: the value shapes the graph, the ReferenceVM and the CUDA VM (where is in the note);
+- ONLY: lowered at the values AMK supports; any other value is refused by name with UnsupportedModelError;
+- INERT: transformers' forward in eval mode never reads it (why is in the note).
+
+A name a config carries that is not in the table is read by none of that code (tests/test_fields.py walks the
+installed transformers to prove it), so transformers ignores it and so does AMK. `model_dims` is the only way
+a config becomes ModelDims: it refuses first, then derives the dims and the per-layer sliding windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from amk.schedule.errors import UnsupportedModelError
+from amk.schedule.graph import Architecture, ModelDims
+
+
+class Treatment(str, Enum):
+    LOWERED = "lowered"
+    ONLY = "only"
+    INERT = "inert"
+
+
+# (value, config, architecture) -> why this value is refused, or None when it is lowered
+Refusal = Callable[[Any, Any, Architecture], "str | None"]
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    name: str
+    treatment: Treatment
+    note: str
+    refuse: Refusal | None = None  # ONLY (and LOWERED fields with invalid values): the refusal test
+
+
+ROPE_TYPES = ("default", "llama3", "linear")  # the types whose tables depend on the position alone
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+def _is(expected) -> Refusal:
+    def refuse(v, cfg, arch):
+        return None if v == expected else f"only {expected!r} is lowered"
+    return refuse
+
+
+def _unset(what: str) -> Refusal:
+    def refuse(v, cfg, arch):
+        return None if v in (None, {}, []) else f"{what} is not lowered"
+    return refuse
+
+
+def _attention_bias(v, cfg, arch):
+    # Llama and Qwen3 put the bias on q, k, v and o; Mistral and Qwen2 hard-wire theirs and never read the flag.
+    if v and arch in (Architecture.LLAMA, Architecture.QWEN3):
+        return "bias on the attention output projection is not lowered"
+    return None
+
+
+def _mlp_bias(v, cfg, arch):
+    # only Llama's MLP reads the flag; the other three hard-wire bias=False
+    return "bias on the MLP projections is not lowered" if v and arch == Architecture.LLAMA else None
+
+
+def _rope(v, cfg, arch):
+    params = v or {}
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind not in ROPE_TYPES:
+        return f"rope_type={kind!r}: only {', '.join(ROPE_TYPES)} (tables of the position alone) are lowered"
+    partial = params.get("partial_rotary_factor")
+    if partial not in (None, 1, 1.0):
+        return f"partial_rotary_factor={partial}: RoPE over part of a head is not lowered"
+    return None
+
+
+def _sliding_window(v, cfg, arch):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        return f"must be a whole number of positions >= 1, got {v!r}"
+    if arch == Architecture.LLAMA:
+        # LlamaModel masks every cached position, while transformers' cache keeps only the window for a
+        # config that names one: prefill and decode would disagree
+        return "a Llama config with a sliding window: LlamaForCausalLM does not window its mask"
+    return None
+
+
+def _layer_types(v, cfg, arch):
+    if v is None:
+        return None
+    bad = [(i, t) for i, t in enumerate(v) if t not in (FULL, SLIDING)]
+    if bad:
+        return f"layer {bad[0][0]} is {bad[0][1]!r}: only {FULL!r} and {SLIDING!r} layers are lowered"
+    if len(v) != cfg.num_hidden_layers:
+        return f"{len(v)} entries for {cfg.num_hidden_layers} layers"
+    window = getattr(cfg, "sliding_window", None)
+    if SLIDING in v and window is None:
+        return f"layer {v.index(SLIDING)} is {SLIDING!r} but the config sets no sliding_window"
+    if arch == Architecture.LLAMA and SLIDING in v:
+        return "LlamaForCausalLM does not window its mask, while transformers' cache would follow layer_types"
+    if arch == Architecture.MISTRAL and len(set(v)) > 1:
+        return ("mixed layer types: MistralForCausalLM windows every layer alike, while transformers' cache would "
+                "follow layer_types")
+    return None
+
+
+_F = FieldRule
+_L, _O, _I = Treatment.LOWERED, Treatment.ONLY, Treatment.INERT
+
+FIELDS: dict[str, FieldRule] = {r.name: r for r in (
+    # --- what the model is
+    _F("model_type", _L, "the family: llama, mistral, qwen2 or qwen3 (anything else is refused)"),
+    _F("vocab_size", _L, "rows of the embedding and of the LM head"),
+    _F("hidden_size", _L, "the residual width"),
+    _F("intermediate_size", _L, "the MLP width"),
+    _F("num_hidden_layers", _L, "the decoder layers"),
+    _F("num_attention_heads", _L, "q heads"),
+    _F("num_key_value_heads", _L, "KV heads (GQA groups)"),
+    _F("head_dim", _L, "the head width (Qwen2 reads it through getattr when a config carries it)"),
+    _F("hidden_act", _O, "the MLP activation", _is("silu")),
+    _F("rms_norm_eps", _L, "every RMSNorm (and Qwen3's q/k norms)"),
+    _F("max_position_embeddings", _L, "the default context of a program (capped at 2048 by lower()) and the "
+                                      "RoPE tables' range"),
+    _F("tie_word_embeddings", _L, "LM head = embedding, as the loaded module has it: a checkpoint that stores its "
+                                  "own lm_head.weight is untied whatever the flag says, as transformers loads it"),
+    _F("rope_parameters", _O, "rope_theta, rope_type and its factors: the cos/sin tables come from the model's "
+                              "own rotary module (vm/weights.rope_tables)", _rope),
+    _F("default_theta", _L, "rope_theta when a config names none: into the RoPE tables"),
+    _F("attention_bias", _O, "Llama and Qwen3: bias on q, k, v and o; Mistral and Qwen2 never read it",
+       _attention_bias),
+    _F("mlp_bias", _O, "Llama: bias on the MLP projections; the other three never read it", _mlp_bias),
+    # --- which positions each layer attends to
+    _F("sliding_window", _L, "Mistral: every layer attends to the last sliding_window positions (its own "
+                             "included); Qwen2/Qwen3: the layers layer_types marks sliding_attention",
+       _sliding_window),
+    _F("use_sliding_window", _L, "Qwen2/Qwen3: without it the config drops sliding_window (into layer_types)"),
+    _F("max_window_layers", _L, "Qwen2/Qwen3: layers from this index on slide (into layer_types)"),
+    _F("layer_types", _L, "Qwen2/Qwen3: full_attention or sliding_attention per layer; Mistral's model ignores it",
+       _layer_types),
+    _F("attention_chunk_size", _O, "chunked attention (masks and cache)", _unset("chunked attention")),
+    _F("is_causal", _O, "masks: a non-causal decoder", _is(True)),
+    _F("kv_sharing_modes", _O, "KV cache shared between layers", _unset("KV cache sharing")),
+    _F("per_layer_config", _O, "per-layer overrides of any field", _unset("a per-layer config")),
+    _F("is_encoder_decoder", _O, "an encoder-decoder model", _is(False)),
+    # --- read by transformers, but not by the eval-mode forward of a decode step
+    _F("number_of_conv_states", _I, "cache of linear-attention layers, which layer_types would have to name"),
+    _F("attention_dropout", _I, "dropout runs in training mode only; eval() forward skips it"),
+    _F("initializer_range", _I, "initialisation only: a loaded checkpoint overwrites it, random models seed theirs"),
+    _F("use_cache", _I, "AMK always decodes with its own KV cache"),
+    _F("pad_token_id", _I, "nn.Embedding(padding_idx) only zeroes that row at initialisation and in the "
+                           "gradient; the lookup reads whatever the checkpoint holds"),
+    _F("bos_token_id", _I, "tokenisation and generation only"),
+    _F("eos_token_id", _I, "generation only: amk.generate stops at it"),
+    _F("pretraining_tp", _I, "transformers 5 no longer splits the projections by it"),
+    _F("chunk_size_feed_forward", _I, "no module of these four families reads it"),
+    _F("architectures", _I, "the class name; AMK builds the causal LM of model_type"),
+    _F("dtype", _I, "the checkpoint's storage dtype; AMK casts to the dtype asked for"),
+    _F("transformers_version", _I, "provenance"),
+    _F("_name_or_path", _I, "provenance"),
+    _F("id2label", _I, "classification heads only"),
+    _F("label2id", _I, "classification heads only"),
+    _F("problem_type", _I, "classification heads only"),
+    _F("output_attentions", _I, "extra outputs; the logits do not change"),
+    _F("output_hidden_states", _I, "extra outputs; the logits do not change"),
+    _F("return_dict", _I, "output container only"),
+    _F("_attn_implementation", _I, "AMK's reference runs transformers' eager attention; the others compute the "
+                                   "same function"),
+    # --- the keys of rope_parameters (refused values are named by the rope_parameters rule)
+    _F("rope_parameters.rope_type", _O, "default, llama3 or linear: tables of the position alone"),
+    _F("rope_parameters.rope_theta", _L, "into the RoPE tables"),
+    _F("rope_parameters.factor", _L, "linear and llama3: into the RoPE tables"),
+    _F("rope_parameters.low_freq_factor", _L, "llama3: into the RoPE tables"),
+    _F("rope_parameters.high_freq_factor", _L, "llama3: into the RoPE tables"),
+    _F("rope_parameters.original_max_position_embeddings", _L, "llama3: into the RoPE tables"),
+    _F("rope_parameters.partial_rotary_factor", _O, "1.0 only: RoPE over part of a head is not lowered"),
+    _F("rope_parameters.attention_factor", _I, "yarn and longrope only, which are refused"),
+    _F("rope_parameters.beta_fast", _I, "yarn only, which is refused"),
+    _F("rope_parameters.beta_slow", _I, "yarn only, which is refused"),
+    _F("rope_parameters.mscale", _I, "yarn only, which is refused"),
+    _F("rope_parameters.mscale_all_dim", _I, "yarn only, which is refused"),
+    _F("rope_parameters.truncate", _I, "yarn only, which is refused"),
+    _F("rope_parameters.short_factor", _I, "longrope only, which is refused"),
+    _F("rope_parameters.long_factor", _I, "longrope only, which is refused"),
+    _F("rope_parameters.mrope_section", _I, "multimodal RoPE of vision-language models; these decoders never "
+                                            "read it"),
+)}
+
+# Fields a checkpoint's config.json must state: transformers' defaults for them describe some 7B model, never
+# the checkpoint next to it.
+REQUIRED_IN_CHECKPOINT = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                          "num_attention_heads", "vocab_size")
+
+
+def architecture(cfg) -> Architecture:
+    mt = getattr(cfg, "model_type", None)
+    try:
+        return Architecture(mt)
+    except ValueError:
+        raise UnsupportedModelError(f"architecture {mt!r}", "supported: llama, mistral, qwen2, qwen3") from None
+
+
+def config_fields(cfg) -> dict[str, Any]:
+    """Every field and extra attribute the config carries, by name (what transformers' to_dict writes)."""
+    out = {}
+    for k, v in cfg.to_dict().items():
+        try:
+            out[k] = getattr(cfg, k, v)
+        except Exception:  # a heterogeneous config refuses global reads of per-layer fields: take the saved value
+            out[k] = v
+    return out
+
+
+def refusals(cfg) -> list[tuple[str, Any, str]]:
+    """(field, value, reason) for every field whose value AMK does not lower."""
+    arch = architecture(cfg)
+    out = []
+    for name, value in config_fields(cfg).items():
+        rule = FIELDS.get(name)
+        if rule is not None and rule.refuse is not None:
+            why = rule.refuse(value, cfg, arch)
+            if why:
+                out.append((name, value, why))
+    return out
+
+
+def check_config(cfg) -> Architecture:
+    """Raise UnsupportedModelError naming every field whose value AMK does not lower; return the family."""
+    arch = architecture(cfg)
+    bad = refusals(cfg)
+    if bad:
+        raise UnsupportedModelError(", ".join(f"{n}={v!r}" for n, v, _ in bad), "; ".join(f"{n}: {w}" for n, _, w in bad))
+    return arch
+
+
+def layer_windows(cfg, arch: Architecture) -> tuple[int, ...]:
+    """Per layer, the positions it attends to with its own included (transformers' sliding mask keeps key
+    positions k > q - window, so a window of W sees W positions), 0 for all. Mistral windows every layer by
+    sliding_window; Qwen2/Qwen3 the layers layer_types marks (their config derives layer_types from
+    use_sliding_window and max_window_layers); Llama none."""
+    n = cfg.num_hidden_layers
+    window = getattr(cfg, "sliding_window", None)
+    if arch == Architecture.LLAMA or window is None:
+        return ()
+    if arch == Architecture.MISTRAL:
+        return (int(window),) * n
+    types = getattr(cfg, "layer_types", None) or [FULL] * n
+    wins = tuple(int(window) if t == SLIDING else 0 for t in types)
+    return wins if any(wins) else ()
+
+
+def model_dims(cfg) -> ModelDims:
+    """ModelDims of a transformers config. Raises UnsupportedModelError for a field value AMK does not lower
+    (named), or for a shape the VM's kernels do not take (head_dim and widths multiples of 8, head_dim <= 256,
+    q heads a multiple of KV heads)."""
+    arch = check_config(cfg)
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    if n_heads % n_kv:
+        raise UnsupportedModelError("grouped-query attention", f"{n_heads} heads over {n_kv} KV heads")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    if head_dim % 8 or head_dim > 256:
+        raise UnsupportedModelError(f"head_dim={head_dim}", "must be a multiple of 8, at most 256")
+    if cfg.hidden_size % 8 or cfg.intermediate_size % 8:
+        raise UnsupportedModelError("width not a multiple of 8", f"{cfg.hidden_size}, {cfg.intermediate_size}")
+    return ModelDims(
+        arch=arch,
+        hidden=cfg.hidden_size,
+        intermediate=cfg.intermediate_size,
+        n_layers=cfg.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        vocab=cfg.vocab_size,
+        rms_eps=float(cfg.rms_norm_eps),
+        tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+        qkv_bias=arch == Architecture.QWEN2,  # Llama/Qwen3 with attention_bias are refused (its o_proj bias)
+        qk_norm=arch == Architecture.QWEN3,
+        max_positions=int(getattr(cfg, "max_position_embeddings", 2048)),
+        windows=layer_windows(cfg, arch),
+    )
+
+
+# --- the walk over the installed transformers: what the table must classify ---------------------------------
+
+CONFIG_CLASSES = {Architecture.LLAMA: "LlamaConfig", Architecture.MISTRAL: "MistralConfig",
+                  Architecture.QWEN2: "Qwen2Config", Architecture.QWEN3: "Qwen3Config"}
+# the code a decode step runs besides the modeling file: masks, the KV cache, RoPE
+SHARED_MODULES = ("transformers.masking_utils", "transformers.cache_utils", "transformers.modeling_rope_utils")
+_READ = re.compile(r'getattr\(\s*[\w.]*config\w*\s*,\s*"(\w+)"|\b[\w.]*config\.([A-Za-z_]\w*)\b')
+_NOT_FIELDS = {"json"}  # "config.json", the file name, in messages and docstrings
+
+
+def class_fields(cls) -> set[str]:
+    """Every field a config class defines: its dataclass fields (transformers 5) or __init__ keywords, and what
+    to_dict writes for a default instance."""
+    if dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+    else:
+        names = {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")}
+    return names | set(cls().to_dict())
+
+
+@functools.cache
+def transformers_reads() -> dict[str, frozenset[str]]:
+    """Config attribute name -> the modules of the installed transformers that read it, for the four modeling
+    files and SHARED_MODULES (methods of the config class left out)."""
+    import transformers
+    from transformers import PreTrainedConfig
+
+    modules = [f"transformers.models.{a.value}.modeling_{a.value}" for a in CONFIG_CLASSES] + list(SHARED_MODULES)
+    out: dict[str, set[str]] = {}
+    for mod in modules:
+        spec = importlib.util.find_spec(mod)
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"transformers {transformers.__version__} has no {mod}")
+        for m in _READ.finditer(Path(spec.origin).read_text()):
+            name = m[1] or m[2]
+            if name in _NOT_FIELDS or callable(getattr(PreTrainedConfig, name, None)):
+                continue
+            out.setdefault(name, set()).add(mod.rsplit(".", 1)[1])
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def unclassified(table: dict[str, FieldRule] | None = None) -> dict[str, set[str]]:
+    """Names the installed transformers defines on the four config classes or reads in a decode step that the
+    table does not classify, each with where it was found. Empty when the table is complete."""
+    import transformers
+
+    table = FIELDS if table is None else table
+    found: dict[str, set[str]] = {}
+    for cls_name in CONFIG_CLASSES.values():
+        for name in class_fields(getattr(transformers, cls_name)):
+            found.setdefault(name, set()).add(cls_name)
+    for name, where in transformers_reads().items():
+        found.setdefault(name, set()).update(where)
+    from transformers.modeling_rope_utils import RopeParameters
+
+    for key in typing.get_type_hints(RopeParameters):
+        found.setdefault(f"rope_parameters.{key}", set()).add("RopeParameters")
+    return {name: where for name, where in sorted(found.items()) if name not in table}

@@ -1,0 +1,55 @@
+"""Small checkpoints built the way bug reports build them: seeded random weights, save_pretrained to a
+directory, loaded back by path."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
+
+
+def save_checkpoint(cfg, path: Path, seed: int = 0) -> Path:
+    """A model of `cfg` with seeded random weights (norms perturbed, so a dropped norm shows), saved to `path`."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for mod in model.modules():
+            if type(mod).__name__.endswith("RMSNorm"):
+                mod.weight.uniform_(0.5, 1.5)
+    model.save_pretrained(path)
+    return path
+
+
+def mistral_window(path: Path, window: int = 8, layers: int = 1, max_pos: int = 64) -> Path:
+    from transformers import MistralConfig
+
+    cfg = MistralConfig(**SMALL, num_hidden_layers=layers, max_position_embeddings=max_pos, sliding_window=window)
+    return save_checkpoint(cfg, path)
+
+
+def qwen2_window(path: Path, window: int = 8, max_pos: int = 64) -> Path:
+    """Two layers, the second one sliding (max_window_layers=1)."""
+    from transformers import Qwen2Config
+
+    cfg = Qwen2Config(**SMALL, num_hidden_layers=2, max_position_embeddings=max_pos, use_sliding_window=True,
+                      sliding_window=window, max_window_layers=1)
+    return save_checkpoint(cfg, path)
+
+
+def llama(path: Path, **kw) -> Path:
+    from transformers import LlamaConfig
+
+    return save_checkpoint(LlamaConfig(**{**SMALL, "num_hidden_layers": 1, "max_position_embeddings": 64, **kw}), path)
+
+
+def with_windows(model, windows: tuple[int, ...]):
+    """The same model with other per-layer windows: what a lowering that got the window wrong would run."""
+    from amk.schedule.graph import build_graph
+
+    dims = dataclasses.replace(model.dims, windows=windows)
+    return dataclasses.replace(model, dims=dims, graph=build_graph(dims))

@@ -1,0 +1,191 @@
+"""Checkpoint directories as transformers loads them: a tied flag beside a separate head, malformed and
+incomplete checkpoints refused by name (exit 2 on the CLI, no traceback), and a fingerprint of the weights."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from _checkpoints import llama
+from safetensors.torch import load_file, save_file
+
+import amk
+from amk.cli import main
+from amk.eval.oracle import verify
+from amk.models.registry import _head_tied
+from amk.schedule.errors import CheckpointError
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "amk_cache"))
+
+
+def _edit_tensors(path, fn):
+    file = path / "model.safetensors"
+    sd = load_file(file)
+    fn(sd)
+    save_file(sd, file, metadata={"format": "pt"})
+
+
+def _cli(capsys, *argv):
+    code = main(["--json", *argv])
+    cap = capsys.readouterr()
+    return code, json.loads(cap.out.strip().splitlines()[-1]), cap.err
+
+
+# ---- the head: tied as transformers ties it ---------------------------------------------------------------
+
+
+def test_tied_flag_with_a_separate_head_in_the_checkpoint_is_untied(tmp_path):
+    path = llama(tmp_path, tie_word_embeddings=True)
+    head = torch.randn(256, 64, generator=torch.Generator().manual_seed(5))
+    _edit_tensors(path, lambda sd: sd.__setitem__("lm_head.weight", head))
+    model = amk.load_model(path)
+    assert not _head_tied(model.eager) and torch.equal(model.eager.lm_head.weight, head)
+    assert model.dims.tied_embeddings is False
+    lean = amk.load_model(path, weights=False)  # what lowering sees without loading the weights
+    assert lean.dims == model.dims and lean.fingerprint == model.fingerprint
+    res = verify(amk.lower(model, "cpu-sim", {}), model)
+    assert res.ok, [(c.case, c.message) for c in res.cases if not c.passed]
+    ids, n = [5, 9, 11], 16
+    ref = model.eager.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    assert amk.generate(model, ids, max_new_tokens=n, device="cpu", stop_at_eos=False).tokens == ref
+    # what AMK did before: the embedding as the head, every case off
+    import dataclasses
+
+    from amk.schedule.graph import build_graph
+
+    dims = dataclasses.replace(model.dims, tied_embeddings=True)
+    flag = dataclasses.replace(model, dims=dims, graph=build_graph(dims))
+    assert not verify(amk.lower(flag, "cpu-sim", {}), flag, cases="reduced").ok
+
+
+def test_tied_flag_with_an_identical_head_stays_tied(tmp_path):
+    path = llama(tmp_path, tie_word_embeddings=True)
+    _edit_tensors(path, lambda sd: sd.__setitem__("lm_head.weight", sd["model.embed_tokens.weight"].clone()))
+    model = amk.load_model(path)
+    assert model.dims.tied_embeddings and _head_tied(model.eager)
+
+
+def test_untied_flag_without_a_head_is_refused_by_name(tmp_path):
+    path = llama(tmp_path, tie_word_embeddings=False)
+    _edit_tensors(path, lambda sd: sd.pop("lm_head.weight"))
+    with pytest.raises(CheckpointError, match="initialisation") as e:
+        amk.load_model(path)
+    assert e.value.field == "lm_head.weight" and e.value.path.endswith("model.safetensors")
+
+
+# ---- incomplete or malformed checkpoints ---------------------------------------------------------------------
+
+
+def test_a_missing_weight_is_refused_not_filled_in(tmp_path):
+    path = llama(tmp_path)
+    _edit_tensors(path, lambda sd: sd.pop("model.layers.0.self_attn.k_proj.weight"))
+    with pytest.raises(CheckpointError, match="fill them by initialisation") as e:
+        amk.load_model(path)
+    assert e.value.field == "model.layers.0.self_attn.k_proj.weight"
+    assert "model.safetensors" in str(e.value)
+
+
+def test_an_unexpected_weight_is_refused(tmp_path):
+    path = llama(tmp_path)
+    _edit_tensors(path, lambda sd: sd.__setitem__("model.layers.0.mlp.gate_proj.bias", torch.zeros(128)))
+    with pytest.raises(CheckpointError, match="not parameters of the model") as e:
+        amk.load_model(path)
+    assert e.value.field == "model.layers.0.mlp.gate_proj.bias"
+
+
+def test_a_weight_of_another_shape_is_refused(tmp_path):
+    path = llama(tmp_path)
+    _edit_tensors(path, lambda sd: sd.__setitem__("model.layers.0.mlp.down_proj.weight", torch.zeros(64, 96)))
+    with pytest.raises(CheckpointError, match="down_proj"):
+        amk.load_model(path)
+
+
+def _truncated(path):
+    f = path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-7])
+
+
+def _no_weights(path):
+    os.remove(path / "model.safetensors")
+
+
+def _no_hidden_size(path):
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["hidden_size"]
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def _string_width(path):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["hidden_size"] = "64"
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def _not_json(path):
+    (path / "config.json").write_text('{"model_type": "llama",')
+
+
+def _index_without_shard(path):
+    (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
+    keys = load_file(path / "model-00001-of-00001.safetensors")
+    index = {"metadata": {}, "weight_map": {k: "model-00001-of-00002.safetensors" for k in keys}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+BROKEN = {  # how -> (file named, field named, words in the message)
+    "truncated safetensors": (_truncated, "model.safetensors", None, "truncated"),
+    "no weight files": (_no_weights, None, None, "holds no weights"),
+    "config without hidden_size": (_no_hidden_size, "config.json", "hidden_size", "missing"),
+    "config with a string width": (_string_width, "config.json", "hidden_size", "expected int"),
+    "config not JSON": (_not_json, "config.json", None, "not valid JSON"),
+    "index naming a missing shard": (_index_without_shard, "model-00001-of-00002.safetensors", None, "not in the"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(BROKEN))
+def test_malformed_checkpoints_are_named_refusals(tmp_path, how):
+    breaks, file, field, words = BROKEN[how]
+    path = llama(tmp_path / "ckpt")
+    breaks(path)
+    for weights in (False, True):
+        with pytest.raises(CheckpointError, match=words) as e:
+            amk.load_model(path, weights=weights)
+        assert e.value.path.endswith(file) if file else e.value.path == str(path)
+        assert e.value.field == field
+
+
+@pytest.mark.parametrize("how", ["truncated safetensors", "no weight files", "config without hidden_size"])
+def test_cli_reports_a_broken_checkpoint_as_a_usage_error(tmp_path, capsys, how):
+    breaks, file, field, _ = BROKEN[how]
+    path = llama(tmp_path / "ckpt")
+    breaks(path)
+    code, obj, err = _cli(capsys, "verify", "--model", str(path), "--gpu", "cpu-sim", "--out",
+                          str(tmp_path / "v.json"))
+    assert code == 2 and obj["error_type"] == "usage"
+    assert obj["error"].startswith("CheckpointError: ") and (file or str(path)) in obj["error"]
+    assert field is None or field in obj["error"]
+    assert "Traceback" not in err
+
+
+def test_cli_reports_a_missing_weight_as_a_usage_error(tmp_path, capsys):
+    path = llama(tmp_path / "ckpt")
+    _edit_tensors(path, lambda sd: sd.pop("model.layers.0.self_attn.o_proj.weight"))
+    code, obj, err = _cli(capsys, "evaluate", "--model", str(path), "--gpu", "cpu-sim")
+    assert code == 2 and "model.layers.0.self_attn.o_proj.weight" in obj["error"] and "Traceback" not in err
+
+
+# ---- the fingerprint ------------------------------------------------------------------------------------------
+
+
+def test_fingerprint_covers_the_weights_content(tmp_path):
+    path = llama(tmp_path)
+    before = amk.load_model(path, weights=False).fingerprint
+    _edit_tensors(path, lambda sd: sd["model.norm.weight"].mul_(1.5))  # same names, shapes and sizes
+    assert amk.load_model(path, weights=False).fingerprint != before
+    assert amk.load_model(path).fingerprint == amk.load_model(path, weights=False).fingerprint

@@ -1,0 +1,81 @@
+"""Positions are bounded: verify cases fit the program's context (a short one scales them down, one too short
+for the asked cases is a usage error), and a decode step past the last KV slot raises."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _checkpoints import llama
+
+import amk
+from amk.eval.cases import VerifyCase, default_cases
+from amk.eval.oracle import make_vm, verify
+from amk.harness.commands import ExitCode
+from amk.schedule.errors import ContextError
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "amk_cache"))
+
+
+def test_default_cases_fit_every_context():
+    for max_seq in range(1, 80):
+        for reduced in (False, True, "smoke"):
+            cases = default_cases(max_seq, reduced=reduced)
+            assert cases and all(c.positions <= max_seq for c in cases), (max_seq, reduced)
+            assert len({c.name for c in cases}) == len(cases)
+    # a long context runs the full-size cases, under the names (and cache keys) they always had
+    big = default_cases(2048)
+    assert [(c.name, c.prefix_len, c.tokens, c.generate) for c in big] == [
+        ("pos0", 0, 1, 0), ("pos1", 1, 1, 0), ("pos300", 300, 2, 0), ("pos2045_near_limit", 2045, 3, 0),
+        ("tokens8", 0, 8, 0), ("greedy32", 0, 4, 32)]
+    assert all("scaled_from" not in c.to_dict() for c in big)
+    short = {c.name: c for c in default_cases(16)}
+    assert short["greedy13"].scaled_from == "greedy32" and short["greedy13"].positions == 16
+
+
+def test_a_short_context_verifies_with_scaled_cases(tmp_path):
+    path = llama(tmp_path, max_position_embeddings=16)
+    v = amk.evaluate(str(path), "cpu-sim", {})
+    assert v["correct"], v["failures"]
+    assert {c["case"] for c in v["case_results"]} >= {"greedy13", "pos13_near_limit"}
+    assert any("greedy32 -> greedy13" in n for n in v["notes"])
+    v = amk.evaluate("toy", "cpu-sim", {}, max_seq=8)
+    assert v["correct"] and v["cases_total"] == 6, v["failures"]
+
+
+def test_cases_longer_than_the_context_are_a_usage_error():
+    model = amk.load_model("toy")
+    prog = amk.lower(model, "cpu-sim", {}, max_seq=16)
+    long = [VerifyCase("fits", 0, 4), VerifyCase("greedy32", 0, 4, generate=32)]
+    with pytest.raises(ContextError, match="greedy32 needs 35") as e:
+        verify(prog, model, cases=long)
+    assert (e.value.needed, e.value.max_seq) == (35, 16)
+    with pytest.raises(ContextError):
+        amk.evaluate(model, "cpu-sim", {}, max_seq=16, cases=long)
+    assert ExitCode.of_exception(e.value) == (ExitCode.USAGE, "usage")
+
+
+def test_a_step_past_the_last_position_raises_and_keeps_the_cache():
+    model = amk.load_model("toy")
+    prog = amk.lower(model, "cpu-sim", {}, max_seq=16)
+    vm = make_vm(prog, model)
+    for t in range(16):
+        vm.step(t + 1)
+    assert vm.position == 16
+    k, v = (x.clone() for x in vm.kv_cache())
+    with pytest.raises(ContextError, match="position 16") as e:
+        vm.step(3)
+    assert (e.value.needed, e.value.max_seq) == (17, 16)
+    assert all(torch.equal(a, b) for a, b in zip((k, v), vm.kv_cache()))  # slot 15 not overwritten
+    vm.reset()
+    vm.load_kv_prefix(k[:, :, :15], v[:, :, :15])
+    vm.step(1)  # the last slot
+    with pytest.raises(ContextError):
+        vm.step(2)
+
+
+def test_generate_past_the_context_is_refused():
+    with pytest.raises(ContextError, match="need 20 positions"):
+        amk.generate("toy", [1, 2, 3, 4], max_new_tokens=16, device="cpu", max_seq=16)
