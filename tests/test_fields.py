@@ -38,15 +38,20 @@ def test_the_walk_sees_the_modeling_files_and_the_shared_code():
     assert len(SHARED_MODULES) == 3
 
 
+CURRENT = [name for name, rule in FIELDS.items() if not rule.legacy]
+
+
 def test_removing_any_field_from_the_table_fails_the_walk():
-    for name in FIELDS:
+    for name in CURRENT:
         table = {k: v for k, v in FIELDS.items() if k != name}
         assert set(unclassified(table)) == {name}
 
 
 def test_every_entry_is_found_in_transformers():
-    # no stale rows: each name in the table is defined or read by the installed transformers
-    assert set(unclassified({})) == set(FIELDS)
+    # no stale rows: each name in the table is defined or read by the installed transformers (but for the
+    # transformers 4 names, which the installed version folds into rope_parameters)
+    assert set(unclassified({})) == set(CURRENT)
+    assert all(FIELDS[n].legacy for n in set(FIELDS) - set(CURRENT))
 
 
 def test_only_fields_say_what_they_refuse():

@@ -47,6 +47,7 @@ class FieldRule:
     treatment: Treatment
     note: str
     refuse: Refusal | None = None  # ONLY (and LOWERED fields with invalid values): the refusal test
+    legacy: bool = False  # a field of transformers 4 configs that transformers 5 folds into another one
 
 
 ROPE_TYPES = ("default", "llama3", "linear")  # the types whose tables depend on the position alone
@@ -141,6 +142,8 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("rope_parameters", _O, "rope_theta, rope_type and its factors: the cos/sin tables come from the model's "
                               "own rotary module (vm/weights.rope_tables)", _rope),
     _F("default_theta", _L, "rope_theta when a config names none: into the RoPE tables"),
+    _F("rope_scaling", _O, "transformers 4's rope_parameters: the same rule", _rope, legacy=True),
+    _F("rope_theta", _L, "transformers 4: into the RoPE tables", legacy=True),
     _F("attention_bias", _O, "Llama and Qwen3: bias on q, k, v and o; Mistral and Qwen2 never read it",
        _attention_bias),
     _F("mlp_bias", _O, "Llama: bias on the MLP projections; the other three never read it", _mlp_bias),
