@@ -17,7 +17,7 @@ from .targets import GpuTarget
 
 # the cpu-sim stand-in runs no kernel: correctness runs on the ReferenceVM and the cost model prices the
 # program, and neither models these build knobs
-_NO_KERNEL_BUILD_KNOBS = ("pipeline.page_kb", "build.spin_backoff_ns")
+_NO_KERNEL_BUILD_KNOBS = ("pipeline.pages", "pipeline.page_kb", "build.spin_backoff_ns")
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def test_a_results_file_with_a_foreign_header_is_a_usage_error(capsys, tmp_path)
     for argv in (["loop", "--model", "toy", "--budget", "1", "--resume", "--results", str(foreign)],
                  ["report", "--results", str(foreign)]):
         code, out, err = cli(capsys, *argv)
-        assert code == 2 and "is not the results.tsv header" in err and "Traceback" not in err, err
+        assert code == 2 and "is not a results.tsv header" in err and "Traceback" not in err, err
 
 
 def test_python_api_raises_typed_usage_errors_before_model_work():
@@ -110,11 +110,14 @@ def test_an_interrupt_is_its_own_exit_code(capsys, monkeypatch):
     ({"attention": {"kv_partitions": 1}, "fusion": {"attention_combine_into_o": False}}, "cpu-sim",
      "fusion.attention_combine_into_o=false has no effect"),
     ({"build": {"l2_prefetch_kb": 64}}, "h100-sxm", "build.l2_prefetch_kb=64 has no effect: it caps the L2 prefetch"),
-    ({"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64, "weight_ring_kb": 64}}, "h100-sxm",
-     "build.l2_prefetch_kb=64 has no effect: with build.weight_ring_kb=64"),
+    ({"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64}, "pipeline": {"pages": 2}}, "h100-sxm",
+     "build.l2_prefetch_kb=64 has no effect: with pipeline.pages=2"),
+    ({"pipeline": {"pages": 2}, "build": {"loads_in_flight": 8}}, "h100-sxm",
+     "build.loads_in_flight=8 has no effect: with pipeline.pages=2"),
+    ({"pipeline": {"page_kb": 32}}, "h100-sxm", "pipeline.page_kb=32 has no effect: with pipeline.pages=0"),
     ({"sm": {"explicit_map": {"qkv": [0, 1]}}}, "cpu-sim",
      'sm.explicit_map={"qkv":[0,1]} has no effect: only sm.assignment=explicit reads it'),
-    ({"build": {"weight_ring_kb": 64}}, "cpu-sim", "build.weight_ring_kb=64 has no effect: cpu-sim is a CPU stand-in"),
+    ({"build": {"spin_backoff_ns": 32}}, "cpu-sim", "build.spin_backoff_ns=32 has no effect: cpu-sim is a CPU stand-in"),
 ])
 def test_the_lowering_names_a_knob_that_has_no_effect(config, gpu, note):
     v, program = build_program("toy", gpu, config, "cpu")
@@ -129,8 +132,8 @@ def test_an_inert_knob_lowers_to_the_same_program_and_acting_knobs_get_no_note()
                    {"sm": {"assignment": "explicit", "explicit_map": {"qkv": [0, 1]}}}):
         v, program = build_program("toy", "h100-sxm", acting, "cpu")
         assert program is not None and not [n for n in v.notes if "has no effect" in n], (acting, v.notes)
-    v, program = build_program("toy", "a100-80gb", {"build": {"weight_ring_kb": 64}}, "cpu")
-    assert program is None and "build.weight_ring_kb=64 needs bulk copies" in v.rejected_reason
+    v, program = build_program("toy", "a100-80gb", {"pipeline": {"pages": 2}}, "cpu")
+    assert program is None and "pipeline.pages=2 needs bulk copies" in v.rejected_reason
 
 
 def test_a_gpu_target_is_predicted_in_the_dtype_it_runs():

@@ -62,6 +62,8 @@ def _bad_leaf(rng: random.Random, knob):
             else:
                 return rng.choice([knob.minimum - 1, knob.maximum + 1, -(2**62), 2**62])
         v = _junk(rng)
+        if v is None and knob.nullable:  # null is a value of an `int | None` knob: derived
+            continue
         if knob.type == KnobType.BOOL and isinstance(v, bool):
             continue
         if knob.type == KnobType.INT and isinstance(v, int) and not isinstance(v, bool):
@@ -88,7 +90,8 @@ def malformed(rng: random.Random):
                            "{not json", "{" * 5000, object(), {1, 2}, b"[]", (1,)])
     if kind == 1:  # a JSON string of a malformed object
         d = json.loads(json.dumps(DEFAULT))
-        _set(d, rng.choice(SPACE).path, rng.choice([None, "x", -1, [1], {"a": 1}, 1e300]))
+        knob = rng.choice(SPACE)
+        _set(d, knob.path, rng.choice(["x", -1, [1], {"a": 1}, 1e300] + ([] if knob.nullable else [None])))
         text = json.dumps(d)
         return text if json.loads(text) != DEFAULT else text.replace("{", "[", 1)
     if kind == 2:  # unknown key somewhere

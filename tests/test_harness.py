@@ -197,10 +197,11 @@ COLD_WARM = textwrap.dedent("""
 """)
 
 
-def test_warm_evaluate_takes_a_tenth_of_cold(tmp_path):
+def test_warm_evaluate_is_served_from_the_cache(tmp_path):
+    # timings are the benchmark's business (bench/cache_bench.py); here the warm call must find everything it
+    # needs in the cache: no miss of any kind, so no lowering, no eager model run
     env = {**os.environ, "AMK_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", COLD_WARM], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["a"] and r["b"] and r["cache"]["misses"] == 0
-    assert r["warm"] <= r["cold"] / 10, r
+    assert r["a"] and r["b"] and r["cache"]["misses"] == 0, r

@@ -53,7 +53,7 @@ def test_a_nullable_knob_moves_to_its_integers_and_back_to_none():
 
     assert _unwrap_optional(int | None) == (int, True) and _unwrap_optional(int) == (int, False)
     rng = random.Random(0)
-    cfg = amk.ScheduleConfig()
+    cfg = amk.ScheduleConfig.from_dict({"attention": {"kv_partitions": 4}})
     seen = set()
     for _ in range(50):
         m = mutate(cfg, [Knob("attention.kv_partitions", KnobType.INT, 4, "x", search=(1, 2, 4))], rng)

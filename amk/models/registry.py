@@ -4,6 +4,7 @@ local files; nothing here touches the network."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -220,9 +221,10 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:  # ignore_mismatched_sizes: transformers lists a reshaped tensor by name instead of raising
-            eager, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
-                                                               local_files_only=True, output_loading_info=True,
-                                                               ignore_mismatched_sizes=True)
+            with _transformers_quiet():  # its load report would repeat, as a warning, what check_loading_info raises
+                eager, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                                                                   local_files_only=True, output_loading_info=True,
+                                                                   ignore_mismatched_sizes=True)
         except Exception as e:  # a weight file transformers cannot read: the checkpoint's problem, named
             raise CheckpointError(path, f"transformers could not load it: {type(e).__name__}: {e}") from None
         check_loading_info(path, info, files)
@@ -296,6 +298,19 @@ def _load_gguf(dtype: torch.dtype, device: str, weights: bool) -> Model:
 
 
 # --- fingerprints -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers' own warnings off for a block (its verbosity restored after)."""
+    import transformers.utils.logging as tlog
+
+    before = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(before)
 
 
 def _hasher(raw_config: dict, source: str):
