@@ -19,6 +19,7 @@ from .targets import GpuTarget
 
 TASK_FIXED_US = 1.5  # per-task cost besides its bytes (see the module docstring)
 LM_HEAD_TASK_BYTES = 1 << 20  # LM-head tasks stay near 1 MiB: several a SM, so the last ones balance the SMs
+MAX_LM_HEAD_ROUNDS = 4  # ... but no more than 4 a SM: beyond, the per-task cost outweighs the balance
 MIN_PARTITION_POSITIONS = 32  # a KV partition below this many positions costs more to combine than it saves
 MAX_KV_PARTITIONS = 16  # more partitions make the O projection's combine read more of them (an L2 round
 #                        trip each 8) than the attention stage saves
@@ -83,9 +84,8 @@ def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int,
     """The shape-derived split. `nbytes`: bytes of one weight; `split_heads_ok`: whether QKV heads may be split
     (not with a q/k norm fused into the QKV epilogue, which needs whole heads)."""
     h, i, v = dims.hidden, dims.intermediate, dims.vocab
-    lm_rows = max(1, LM_HEAD_TASK_BYTES // (h * nbytes))
-    lm_tasks = -(-v // lm_rows)
-    lm_tasks = -(-lm_tasks // target.sm_count) * target.sm_count  # whole rounds
+    lm_rounds = min(MAX_LM_HEAD_ROUNDS, max(1, -(-v * h * nbytes // (target.sm_count * LM_HEAD_TASK_BYTES))))
+    lm_tasks = min(v, lm_rounds * target.sm_count)  # whole rounds of tasks near LM_HEAD_TASK_BYTES each
     return Tiling(
         o_rows=matvec_rows(h, dims.n_heads * dims.head_dim * nbytes, target),
         gate_up_rows=matvec_rows(i, 2 * h * nbytes, target),

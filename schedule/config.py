@@ -94,7 +94,7 @@ class MatvecConfig:
 class AttentionConfig:
     kv_partitions: int | None = knob(None, help="split each KV head's positions over this many tasks, then combine "
                                                 "(null: derived, about one attention task per SM)",
-                                     minimum=1, maximum=64, search=[1, 2, 4, 8, 16, 32, 64])
+                                     minimum=1, maximum=64, search=[1, 2, 4, 8, 16])
     sync: SyncGranularity = knob(SyncGranularity.HEAD, help="counter granularity between QKV and attention",
                                  choices=list(SyncGranularity))
     softmax: AttentionSoftmax = knob(AttentionSoftmax.GLOBAL,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import amk
+from amk.eval.bench import prefill_random_kv
 from amk.eval.cases import VerifyCase
 from amk.eval.oracle import make_vm, verify
 from amk.schedule import detect_target
@@ -92,9 +93,10 @@ def test_a_step_past_the_last_position_raises(tmp_path, target):
         vm.step(3)
     assert vm.steps_launched == launched  # refused before launch
     assert all(torch.equal(a, vm.tensors[b].view(-1)) for a, b in zip((k, v), vm._kv))
-    # autonomous launches stop at the last slot too
+    # autonomous launches stop at the last slot too (a real prefix: reset poisons the cache with NaN, whose
+    # argmax would feed the next launch a token outside the vocabulary)
     vm.reset()
-    vm.set_position(14)
+    prefill_random_kv(vm, 14)
     vm.set_token(1)
     vm.launch()
     vm.launch()
