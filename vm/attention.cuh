@@ -23,24 +23,64 @@ __device__ __forceinline__ void stage_rows(uint4* dst, const wtype* __restrict__
     cp_async16(dst + staged_slot(r0 + i / HD_VECS, i % HD_VECS), src + i);
 }
 
-// Scores of positions [s0, s1) for every q head of the group, one thread per position, written to
+// Each thread of the scores and values passes holds a slice of W consecutive dims of a head for every q head of
+// the group. W is VEC halved until G * W <= 32 (while a K row still spans one warp): with 7 or 8 q heads a KV
+// head and 16-bit rows, G * VEC = 64 q values and as many value accumulators spilled to local memory at 128
+// registers a thread (512 threads), and the spilled lines, evicted from L1 by the weight stream, cost an L2
+// round trip each.
+__host__ __device__ constexpr int head_slice(bool within_warp) {
+  int v = VEC;
+  while (v > 1 && AMK_GROUP * v > 32 && (!within_warp || AMK_HEAD_DIM / (v / 2) <= 32)) v /= 2;
+  return v;
+}
+constexpr int SV = head_slice(true);   // dims of q and K a scores lane holds
+constexpr int VV = head_slice(false);  // dims of V a values thread accumulates
+constexpr int HD_SV = AMK_HEAD_DIM / SV, HD_VV = AMK_HEAD_DIM / VV;
+static_assert(AMK_HEAD_DIM % VEC == 0, "a head must split into whole 16-byte vectors");
+
+template <int BYTES> struct RawOf;
+template <> struct RawOf<16> { typedef uint4 T; };
+template <> struct RawOf<8> { typedef uint2 T; };
+template <> struct RawOf<4> { typedef unsigned T; };
+template <> struct RawOf<2> { typedef unsigned short T; };
+template <int W> using raw_t = typename RawOf<W * (int)sizeof(wtype)>::T;
+
+template <int W>
+__device__ __forceinline__ void unpack_w(const raw_t<W>& raw, float* out) {
+  const wtype* h = reinterpret_cast<const wtype*>(&raw);
+#pragma unroll
+  for (int e = 0; e < W; ++e) out[e] = to_f(h[e]);
+}
+
+// Slice d (W dims) of row t of a K or V cache slab, read at L2 (this step's row was written by another SM).
+template <int W>
+__device__ __forceinline__ void load_slice(const wtype* __restrict__ slab, long long t, int d, float* out) {
+  unpack_w<W>(__ldcg(reinterpret_cast<const raw_t<W>*>(slab + t * AMK_HEAD_DIM + d * W)), out);
+}
+
+// The same from row r staged in shared memory: a part of the 16-byte slot that holds it.
+template <int W>
+__device__ __forceinline__ void load_staged_slice(const uint4* staged, int r, int d, float* out) {
+  constexpr int per = VEC / W;  // slices in one 16-byte slot
+  unpack_w<W>(reinterpret_cast<const raw_t<W>*>(staged + staged_slot(r, d / per))[d % per], out);
+}
+
 // dst[j * stride + t - s0]; m[] gets the thread's running max per head. Rows s0 .. s0 + n_staged - 1 are read
 // from `staged` (shared memory), the others from the cache.
-// Scores: SCORE_LANES consecutive lanes (HD_VECS rounded up to a power of two) share one position, each lane
-// one 16-byte vector of its K row against its slice of every q head (held in registers), summed across the
+// Scores: SCORE_LANES consecutive lanes (HD_SV rounded up to a power of two) share one position, each lane
+// one slice of SV dims of its K row against its slice of every q head (held in registers), summed across the
 // lanes by shuffles. Reading q from shared memory once per thread, not once per position, keeps it short.
-static_assert(HD_VECS <= 32, "a K row must span lanes of one warp");
-#define SCORE_LANES (HD_VECS <= 1 ? 1 : HD_VECS <= 2 ? 2 : HD_VECS <= 4 ? 4 : HD_VECS <= 8 ? 8 : HD_VECS <= 16 ? 16 : 32)
+static_assert(HD_SV <= 32, "a K row must span lanes of one warp");
+#define SCORE_LANES (HD_SV <= 1 ? 1 : HD_SV <= 2 ? 2 : HD_SV <= 4 ? 4 : HD_SV <= 8 ? 8 : HD_SV <= 16 ? 16 : 32)
 
-__device__ __forceinline__ void score_position(const uint4& raw, bool valid, int r, const float (&qv)[AMK_GROUP][VEC],
+__device__ __forceinline__ void score_position(const float (&f)[SV], bool valid, int r, const float (&qv)[AMK_GROUP][SV],
                                                float* dst, int stride, bool to_smem, float* m, float* l) {
-  float f[VEC], d[AMK_GROUP];
-  unpack(raw, f);
+  float d[AMK_GROUP];
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j) {
     d[j] = 0.f;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) d[j] = fmaf(f[e], qv[j][e], d[j]);
+    for (int e = 0; e < SV; ++e) d[j] = fmaf(f[e], qv[j][e], d[j]);
 #pragma unroll
     for (int o = 1; o < SCORE_LANES; o <<= 1) d[j] += __shfl_xor_sync(0xffffffffu, d[j], o);
   }
@@ -64,30 +104,33 @@ __device__ void scores_pass(const wtype* __restrict__ kc, const float* qs, int s
                                          int stride, bool to_smem, float* m, float* l, const uint4* staged,
                                          int n_staged) {
   const int lane_v = threadIdx.x % SCORE_LANES, tp = threadIdx.x / SCORE_LANES, np = AMK_THREADS / SCORE_LANES;
-  const bool has_vec = lane_v < HD_VECS;  // lanes past the row's vectors add zeros
+  const bool has_vec = lane_v < HD_SV;  // lanes past the row's slices add zeros
   const int dv = has_vec ? lane_v : 0;
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j) { m[j] = NEG_INF; l[j] = 0.f; }
-  float qv[AMK_GROUP][VEC];
+  float qv[AMK_GROUP][SV];
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) qv[j][e] = has_vec ? qs[j * AMK_HEAD_DIM + dv * VEC + e] : 0.f;
+    for (int e = 0; e < SV; ++e) qv[j][e] = has_vec ? qs[j * AMK_HEAD_DIM + dv * SV + e] : 0.f;
   const int n = s1 - s0, n_smem = min(n, n_staged);
 #pragma unroll 1
   for (int r0 = 0; r0 < n_smem; r0 += np) {
     const int r = r0 + tp;
     const bool valid = r < n_smem;
-    const uint4 raw = staged[staged_slot(valid ? r : 0, dv)];
-    score_position(raw, valid, r, qv, dst, stride, to_smem, m, l);
+    float f[SV];
+    load_staged_slice<SV>(staged, valid ? r : 0, dv, f);
+    score_position(f, valid, r, qv, dst, stride, to_smem, m, l);
   }
 #pragma unroll 1
   for (int r0 = n_smem; r0 < n; r0 += np) {
     const int r = r0 + tp;
     const bool valid = r < n;
-    uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-    if (valid) raw = __ldcg(reinterpret_cast<const uint4*>(kc + (long long)(s0 + r) * AMK_HEAD_DIM) + dv);
-    score_position(raw, valid, r, qv, dst, stride, to_smem, m, l);
+    float f[SV];
+#pragma unroll
+    for (int e = 0; e < SV; ++e) f[e] = 0.f;
+    if (valid) load_slice<SV>(kc, s0 + r, dv, f);
+    score_position(f, valid, r, qv, dst, stride, to_smem, m, l);
   }
 }
 
@@ -135,15 +178,15 @@ __device__ void group_softmax_stats(const float (&m)[AMK_GROUP], const float (&l
   }
 }
 
-// Accumulate sum_t rnd(exp(s - M) / L) * V[t] over [s0, s1) into acc[j][VEC] for this thread's vector.
+// Accumulate sum_t rnd(exp(s - M) / L) * V[t] over [s0, s1) into acc[j][VV] for this thread's value vector.
 // Rows s0 .. s0 + n_staged - 1 are read from `staged` (shared memory), the others from the cache.
 // from_smem: the scores sit in shared memory at probs with stride == chunk and fit one chunk, so each
 // probability overwrites its own score.
 __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int stride, bool from_smem, int s0, int s1,
-                            const float* M, const float* Lsum, float* probs, int chunk, float acc[AMK_GROUP][VEC],
+                            const float* M, const float* Lsum, float* probs, int chunk, float acc[AMK_GROUP][VV],
                             const uint4* staged = nullptr, int n_staged = 0) {
   const int tid = threadIdx.x;
-  const int dv = tid % HD_VECS, tp = tid / HD_VECS, np = AMK_THREADS / HD_VECS;
+  const int dv = tid % HD_VV, tp = tid / HD_VV, np = AMK_THREADS / HD_VV;
   for (int c0 = s0; c0 < s1; c0 += chunk) {
     const int n = min(chunk, s1 - c0);
     block_sync();
@@ -160,24 +203,24 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
       int t = tp;
 #pragma unroll 1
       for (; t < n_smem; t += np) {
-        float f[VEC];
-        unpack(staged[staged_slot(c0 - s0 + t, dv)], f);
+        float f[VV];
+        load_staged_slice<VV>(staged, c0 - s0 + t, dv, f);
 #pragma unroll
         for (int j = 0; j < AMK_GROUP; ++j) {
           const float pj = probs[j * chunk + t];
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
+          for (int e = 0; e < VV; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
         }
       }
 #pragma unroll 8
       for (; t < n; t += np) {
-        float f[VEC];
-        unpack(__ldcg(reinterpret_cast<const uint4*>(vc + (long long)(c0 + t) * AMK_HEAD_DIM) + dv), f);
+        float f[VV];
+        load_slice<VV>(vc, c0 + t, dv, f);
 #pragma unroll
         for (int j = 0; j < AMK_GROUP; ++j) {
           const float pj = probs[j * chunk + t];
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
+          for (int e = 0; e < VV; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
         }
       }
     }
@@ -185,41 +228,41 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
 }
 
 // Reduce per-thread acc over position groups into out_s[j * hd + d]. Lanes with the same vector index
-// first combine by shuffles (when HD_VECS divides 32), then warps' partials are summed in fixed order.
+// first combine by shuffles (when HD_VV divides 32), then warps' partials are summed in fixed order.
 // `scratch` holds NWARPS * G * hd floats.
-__device__ void reduce_values(float acc[AMK_GROUP][VEC], float* out_s, float* scratch) {
+__device__ void reduce_values(float acc[AMK_GROUP][VV], float* out_s, float* scratch) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int dv = tid % HD_VECS, tp = tid / HD_VECS, np = AMK_THREADS / HD_VECS;
-  constexpr bool kShuffle = (32 % HD_VECS) == 0;
+  const int dv = tid % HD_VV, tp = tid / HD_VV, np = AMK_THREADS / HD_VV;
+  constexpr bool kShuffle = (32 % HD_VV) == 0;
   if (tp >= np) {
 #pragma unroll
     for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
+      for (int e = 0; e < VV; ++e) acc[j][e] = 0.f;
   }
   if (kShuffle) {
 #pragma unroll
     for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
-      for (int e = 0; e < VEC; ++e)
-        for (int o = HD_VECS; o < 32; o <<= 1) acc[j][e] += __shfl_xor_sync(0xffffffffu, acc[j][e], o);
+      for (int e = 0; e < VV; ++e)
+        for (int o = HD_VV; o < 32; o <<= 1) acc[j][e] += __shfl_xor_sync(0xffffffffu, acc[j][e], o);
   }
   block_sync();
   const int GH = AMK_GROUP * AMK_HEAD_DIM;
   for (int i = tid; i < NWARPS * GH; i += AMK_THREADS) scratch[i] = 0.f;
   block_sync();
   if (kShuffle) {
-    if (lane < HD_VECS) {
+    if (lane < HD_VV) {
 #pragma unroll
       for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) scratch[warp * GH + j * AMK_HEAD_DIM + dv * VEC + e] = acc[j][e];
+        for (int e = 0; e < VV; ++e) scratch[warp * GH + j * AMK_HEAD_DIM + dv * VV + e] = acc[j][e];
     }
   } else {
 #pragma unroll
     for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) atomicAdd(scratch + warp * GH + j * AMK_HEAD_DIM + dv * VEC + e, acc[j][e]);
+      for (int e = 0; e < VV; ++e) atomicAdd(scratch + warp * GH + j * AMK_HEAD_DIM + dv * VV + e, acc[j][e]);
   }
   block_sync();
   for (int i = tid; i < GH; i += AMK_THREADS) {
@@ -264,11 +307,11 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
     if (threadIdx.x == 0) { M[j] = mj; Ls[j] = lj; }
   }
   block_sync();
-  float acc[AMK_GROUP][VEC];
+  float acc[AMK_GROUP][VV];
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
+    for (int e = 0; e < VV; ++e) acc[j][e] = 0.f;
   if (in_smem) {
     // probabilities overwrite the scores in place: each is computed from its own score only
     block_sync();
@@ -277,17 +320,17 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
       sc[j * stride + t] = rnd(expf(sc[j * stride + t] - M[j]) / Ls[j]);
     }
     block_sync();
-    const int dv = threadIdx.x % HD_VECS, tp = threadIdx.x / HD_VECS, np = AMK_THREADS / HD_VECS;
+    const int dv = threadIdx.x % HD_VV, tp = threadIdx.x / HD_VV, np = AMK_THREADS / HD_VV;
     if (tp < np) {
 #pragma unroll 8
       for (int t = tp; t < L; t += np) {
-        float f[VEC];
-        unpack(__ldcg(reinterpret_cast<const uint4*>(vc + (long long)(s0 + t) * AMK_HEAD_DIM) + dv), f);
+        float f[VV];
+        load_slice<VV>(vc, s0 + t, dv, f);
 #pragma unroll
         for (int j = 0; j < AMK_GROUP; ++j) {
           const float pj = sc[j * stride + t];
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
+          for (int e = 0; e < VV; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
         }
       }
     }
@@ -369,11 +412,11 @@ __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps
   PHASE(0);
   const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
   const float* sc = buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
-  float acc[AMK_GROUP][VEC];
+  float acc[AMK_GROUP][VV];
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
+    for (int e = 0; e < VV; ++e) acc[j][e] = 0.f;
   values_pass(vc, sc, cap, false, s0, s1, M, Ls, probs, p.chunk, acc);
   PHASE(1);
   reduce_values(acc, out_s, probs);

@@ -105,11 +105,11 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
     stcg(stats + 1, any ? lj : 0.f);
   }
   PHASE(1);
-  float acc[AMK_GROUP][VEC];
+  float acc[AMK_GROUP][VV];
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) acc[j][e] = 0.f;
+    for (int e = 0; e < VV; ++e) acc[j][e] = 0.f;
   // values_pass opens with a barrier, which publishes M and Ls
   values_pass(vc, sc, stride, in_smem, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged);
   PHASE(2);

@@ -3,6 +3,7 @@
 import random
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,6 +117,47 @@ def test_default_kernel_keeps_nothing_in_local_memory(name, dtype, target):
     prog = amk.lower(model, target, None, max_seq=min(1024, model.dims.max_positions))
     vm = make_vm(prog, model, device="cuda", vm="cuda")
     assert vm.local_bytes <= 16, vm.local_bytes
+
+
+def _public_shape(name: str, dtype: str):
+    """A public Llama-family shape of bench/shapes.py, dimensions only (no weights): enough to lower and build."""
+    import importlib.util
+
+    import transformers
+
+    from amk.models.registry import Model, resolve_dtype
+    from amk.schedule.graph import ModelDims, build_graph
+
+    spec = importlib.util.spec_from_file_location("bench_shapes", Path(__file__).parents[2] / "bench" / "shapes.py")
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+    cls, fields = shapes.SHAPES[name]
+    cfg = getattr(transformers, cls)(**fields)
+    dims = ModelDims.from_hf_config(cfg)
+    return Model(name, dims, build_graph(dims), resolve_dtype(dtype), cfg, None, None, "path", 0, name, "cuda")
+
+
+ATTENTION_PATHS = [None, {"attention": {"softmax": "partition"}}, {"attention": {"kv_partitions": 1}}]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b", "tinyllama-1.1b", "qwen3-1.7b"])
+def test_every_group_size_keeps_nothing_in_local_memory(name, dtype, target):
+    # group sizes 3, 7, 8 and 2 (head_dim 128): 7 or 8 q heads a KV head in bf16 once held 64 q values and 64
+    # value accumulators a thread, which spilled (tinyllama-1.1b's attention ran about 4x its bytes' time)
+    import cupy
+
+    from amk.vm.loader import KERNEL_NAME, build_module
+
+    model = _public_shape(name, dtype)
+    drv = cupy.cuda.driver
+    arch = "sm_{}{}".format(*torch.cuda.get_device_capability())
+    for cfg in ATTENTION_PATHS:
+        prog = amk.lower(model, target, cfg, max_seq=1024)
+        module, _, _ = build_module(prog, arch)
+        kernel = module.get_function(KERNEL_NAME)
+        local = drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, kernel.ptr)
+        assert local <= 16, (name, dtype, cfg, local)
 
 
 def test_planted_deadlock_raises_quickly_and_gpu_stays_usable(target):
