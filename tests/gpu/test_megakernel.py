@@ -93,6 +93,13 @@ def test_64_token_greedy_fp32(name, target):
 
 
 def test_64_token_greedy_real_weights_bf16(target):
+    from amk.models.registry import gguf_path
+    from amk.schedule.errors import EnvironmentProblem
+
+    try:
+        gguf_path()
+    except EnvironmentProblem as e:  # the README's set-up installs it; a bare GPU image may lack it
+        pytest.skip(str(e))
     model = _model("smollm2-135m-instruct", "bf16")
     ids = model.tokenizer("The capital of France is")["input_ids"]
     gen = amk.generate(model, ids, max_new_tokens=64, device="cuda", stop_at_eos=False)
@@ -138,13 +145,15 @@ def _public_shape(name: str, dtype: str):
 
 
 ATTENTION_PATHS = [None, {"attention": {"softmax": "partition"}}, {"attention": {"kv_partitions": 1}}]
+LARGE_GROUPS = {"qwen2.5-0.5b", "tinyllama-1.1b"}  # 7 and 8 q heads a KV head: the narrowed q, K and V slices
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 @pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b", "tinyllama-1.1b", "qwen3-1.7b"])
 def test_every_group_size_keeps_nothing_in_local_memory(name, dtype, target):
     # group sizes 3, 7, 8 and 2 (head_dim 128): 7 or 8 q heads a KV head in bf16 once held 64 q values and 64
-    # value accumulators a thread, which spilled (tinyllama-1.1b's attention ran about 4x its bytes' time)
+    # value accumulators a thread, which spilled (tinyllama-1.1b's attention ran about 4x its bytes' time).
+    # Every attention path of the large groups; the default kernel of every group.
     import cupy
 
     from amk.vm.loader import KERNEL_NAME, build_module
@@ -152,7 +161,7 @@ def test_every_group_size_keeps_nothing_in_local_memory(name, dtype, target):
     model = _public_shape(name, dtype)
     drv = cupy.cuda.driver
     arch = "sm_{}{}".format(*torch.cuda.get_device_capability())
-    for cfg in ATTENTION_PATHS:
+    for cfg in ATTENTION_PATHS if name in LARGE_GROUPS else [None]:
         prog = amk.lower(model, target, cfg, max_seq=1024)
         module, _, _ = build_module(prog, arch)
         kernel = module.get_function(KERNEL_NAME)
