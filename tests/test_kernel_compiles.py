@@ -31,3 +31,24 @@ def test_windowed_kernel_compiles_for_sm90(tmp_path, cfg):
                           str(src)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "0 bytes stack frame" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("heads,kv_heads", [(14, 2), (16, 2)], ids=["group7", "group8"])
+def test_large_gqa_groups_keep_nothing_on_the_stack(tmp_path, heads, kv_heads, dtype):
+    # 7 or 8 q heads a KV head once held G x 8 q values and as many value accumulators a thread in 16-bit
+    # rows and spilled to the stack (what the weight stream then evicted from L1)
+    from _checkpoints import llama
+
+    model = amk.load_model(llama(tmp_path / "m", hidden_size=heads * 64, num_attention_heads=heads,
+                                 num_key_value_heads=kv_heads, head_dim=64), dtype=dtype, weights=False)
+    assert model.dims.group == heads // kv_heads
+    for cfg in [{}, {"attention": {"softmax": "partition"}}, {"attention": {"kv_partitions": 1}}]:
+        prog = lower(model, get_target("h200"), cfg, max_seq=128)
+        src = tmp_path / "k.cu"
+        src.write_text(generate_header(prog) + "\n" + kernel_source())
+        out = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v",
+                              "-o", str(tmp_path / "k.cubin"), str(src)], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "0 bytes stack frame" in out.stderr, (cfg, out.stderr[-2000:])
