@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _cache_workers import creator, payload, writer
 
 from amk import cache as cache_mod
 from amk.cache import (
@@ -26,8 +27,8 @@ from amk.cache import (
     reference_key,
 )
 
-# torch is imported inside the tensor tests only: spawned workers import this module, and
-# keeping torch out of their import path keeps each worker's start-up well under a second.
+# torch is imported inside the tensor tests only; the spawned workers (_cache_workers.py) do not import this
+# module, nor amk/__init__.py, which imports torch: each worker's start-up stays well under a second.
 
 K = Cache.key("kernel", name="k")
 
@@ -35,30 +36,6 @@ K = Cache.key("kernel", name="k")
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
     monkeypatch.delenv("AMK_CACHE_DISABLE", raising=False)
-
-
-def _payload(i: int) -> bytes:
-    return bytes([i % 256]) * (1000 * (i + 1) + 7)
-
-
-# ---- spawn workers (top level so the spawn context can import them) -------------------------
-def _writer(root: str, key: str, i: int, barrier) -> None:
-    c = Cache(root, memory_items=0)
-    barrier.wait()
-    for _ in range(25):
-        c.put("kernel", key, _payload(i))
-
-
-def _creator(root: str, key: str, counter: str, barrier, results) -> None:
-    def create() -> bytes:
-        with open(counter, "a") as f:
-            f.write("1\n")
-        time.sleep(0.3)
-        return b"built-once"
-
-    c = Cache(root)
-    barrier.wait()
-    results.put(c.get_or_create("program", key, create))
 
 
 # ---- integrity --------------------------------------------------------------------------------
@@ -75,14 +52,14 @@ def test_concurrent_writers_leave_one_whole_payload(tmp_path):
     ctx = mp.get_context("spawn")
     n = 6
     barrier = ctx.Barrier(n)
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), K, i, barrier)) for i in range(n)]
+    procs = [ctx.Process(target=writer, args=(str(tmp_path), K, i, barrier)) for i in range(n)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
     got = Cache(tmp_path, memory_items=0).get("kernel", K)
-    assert got in {_payload(i) for i in range(n)}
+    assert got in {payload(i) for i in range(n)}
     assert list(tmp_path.rglob("*.tmp")) == []
 
 
@@ -277,7 +254,7 @@ def test_processes_get_or_create_once(tmp_path):
     n = 4
     barrier, results = ctx.Barrier(n), ctx.Queue()
     counter = tmp_path / "calls.txt"
-    procs = [ctx.Process(target=_creator, args=(str(tmp_path / "c"), K, str(counter), barrier, results))
+    procs = [ctx.Process(target=creator, args=(str(tmp_path / "c"), K, str(counter), barrier, results))
              for _ in range(n)]
     for p in procs:
         p.start()

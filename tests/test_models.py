@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _schedules import load
 
 from amk.models import list_models, load_model
 from amk.schedule.errors import UnknownModelError, UnsupportedModelError
@@ -148,7 +149,8 @@ def test_checkpoint_directory_roundtrip(kind, tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm():
-    return load_model("smollm2-135m-instruct")
+    # the GGUF parse and dequantisation take ~30 s on two cores: one load serves every module that needs it
+    return load("smollm2-135m-instruct")
 
 
 def test_smollm2_instruct_gguf_says_paris(smollm):

@@ -4,6 +4,7 @@ import gc
 
 import pytest
 import torch
+from _schedules import load
 
 import amk
 from amk.eval.oracle import verify
@@ -61,7 +62,7 @@ def test_larger_models_full_cases(name, dtype):
 
 
 def test_real_smollm2_instruct_greedy_32_tokens_match_transformers():
-    model = amk.load_model("smollm2-135m-instruct", dtype="fp32")
+    model = load("smollm2-135m-instruct")  # fp32; the one GGUF load test_models.py also uses
     ids = model.tokenizer("The capital of France is")["input_ids"]
     gen = amk.generate(model, ids, max_new_tokens=32, device="cpu", stop_at_eos=False)
     ref = model.eager.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32, do_sample=False,

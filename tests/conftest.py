@@ -1,0 +1,29 @@
+"""Parallel test runs (pytest-xdist, `-n auto --dist loadfile` in pyproject's addopts).
+
+On a CPU-only machine of two or more cores (CI's has two) the test files are spread over up to four worker
+processes, a file's tests kept together so that module fixtures load once; where CUDA is available the tests
+run in one process, as before: the GPU tests time kernels and share the device. `-n 0` runs in one process
+anywhere. Each worker computes with one torch thread (and so do the processes its tests start): two workers
+whose thread pools both span the cores oversubscribe them, and the ReferenceVM's thousands of small ops per
+step then slow down many times over."""
+
+from __future__ import annotations
+
+import os
+
+MAX_WORKERS = 4
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported here, and for every process a test starts
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config):
+    import torch
+
+    if torch.cuda.is_available():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, MAX_WORKERS) if cores >= 2 else 0
