@@ -2,9 +2,13 @@
 
 Each SM walks its queue in order; a task starts when its SM is free and every counter it waits on has
 been signalled enough times (plus one acquire of global memory). A task's time is its weight bytes and
-KV bytes over the SM's share of bandwidth, plus a fixed dispatch cost. With prefetch (pipelining_depth >
-0) the weight bytes stream while the task waits on its dependencies, since weights never depend on
-activations. The step is the latest finish plus the launch. Along the path that decides each finish we
+KV bytes over the SM's share of bandwidth, plus a fixed dispatch cost. With the weight pipeline
+(pipeline.pages > 0) the weight bytes stream into shared memory while the task waits on its dependencies, since
+weights never depend on activations. The L2 prefetch (pipelining_depth > 0 without pages) gets no such credit:
+it was measured slower at every depth and cap (llama-3.2-1b bf16: 18-23% on an H200, bench/results/
+loop_20261130_h200_llama_s0/results.tsv; 6-12% on an H100, bench/results/20261122-040834_h100-sxm_llama-3.2-
+1b_bf16_s3_third.json), so it is priced as the register path and the search's learned part charges what the
+GPU shows. The step is the latest finish plus the launch. Along the path that decides each finish we
 carry (memory microseconds, tasks, waits), so measured rows fit the coefficients by least squares.
 """
 
@@ -113,7 +117,7 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
     coef = coef or CostCoefficients()
     ctx = bench_context(program.constants.max_seq) if context is None else int(context)
     rate = _sm_bytes_per_us(program, target, coef)
-    pipelined = int(program.build.get("PIPELINE_DEPTH", 0)) > 0 or int(program.build.get("PAGES", 0)) > 0
+    pipelined = int(program.build.get("PAGES", 0)) > 0  # the pages hide the stream under the wait; L2 does not
     tasks = program.tasks
     signals: dict[int, list[tuple[float, Features]]] = {k.id: [] for k in program.counters}
     sm_time = [0.0] * len(program.queues)
