@@ -1,4 +1,4 @@
-"""One GPU session: build, verify and time the megakernel on several models; print a table, write JSON.
+"""One GPU machine, one run: build, verify and time the megakernel on several models; print a table, write JSON.
 
     python bench/gpu_check.py --models toy,toy-2L --dtypes fp32,bf16 --time llama-3.2-1b --out $OUT
 """

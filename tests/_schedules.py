@@ -89,7 +89,7 @@ def value_id(value) -> str:
 
 @functools.cache
 def load(name: str, dtype: str = "fp32", weights: bool = True):
-    """One load per call signature for the whole session: the modules that load a model here share it (the
+    """One load per call signature for the whole test run: the modules that load a model here share it (the
     SmolLM2 GGUF takes ~30 s to parse and dequantise on two cores). Callers must not modify what they get."""
     return amk.load_model(name, dtype=dtype, weights=weights)
 

@@ -9,18 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
 from amk.cli import main
 from amk.harness.cmd_bench import geomean_speedups
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("amk_cache")
-    mp.setenv("AMK_CACHE_DIR", str(path))
-    yield path
-    mp.undo()
 
 
 def run(capsys, *argv, stdin: str | None = None, monkeypatch=None):
@@ -120,7 +112,8 @@ def test_geomean_excludes_bad_speedups():
     assert geomean_speedups([{"case": "x", "speedup": None}])[0] is None
 
 
-def test_compile_cache_generate_and_report(capsys, tmp_path, cache_dir):
+def test_compile_cache_generate_and_report(capsys, tmp_path):
+    cache_root = os.environ["AMK_CACHE_DIR"]  # the module's fresh cache (_isolated_cache)
     out = str(tmp_path / "program.json")
     code, r = run(capsys, "compile", "--model", "toy", "--gpu", "cpu-sim", "--out", out)
     assert code == 0 and r["tasks"] == sum(r["tasks_per_opcode"].values()) and r["sms_used"] >= 1
@@ -128,7 +121,7 @@ def test_compile_cache_generate_and_report(capsys, tmp_path, cache_dir):
     code, r = run(capsys, "compile", "--model", "toy", "--config", '{"bogus": 1}', "--out", out)
     assert code == 2
     code, r = run(capsys, "cache", "stats")
-    assert code == 0 and r["root"] == str(cache_dir)
+    assert code == 0 and r["root"] == cache_root
     code, r = run(capsys, "cache", "ls", "--kind", "program")
     assert code == 0 and all(e["kind"] == "program" for e in r["entries"])
     code, r = run(capsys, "generate", "--model", "toy")
@@ -142,10 +135,11 @@ def test_compile_cache_generate_and_report(capsys, tmp_path, cache_dir):
     assert code == 2
 
 
-def test_console_script_loop_budget_3_and_report(tmp_path, cache_dir):
+def test_console_script_loop_budget_3_and_report(tmp_path):
+    cache_root = os.environ["AMK_CACHE_DIR"]  # the module's fresh cache (_isolated_cache)
     # three trials, the baseline and two of the search's: nothing below depends on the count, and each more trial
     # costs seconds of candidate lowering; HARNESS.md's CLI example (test_harness_doc.py) adds a --resume run
-    env = {**os.environ, "AMK_CACHE_DIR": str(cache_dir)}
+    env = {**os.environ, "AMK_CACHE_DIR": cache_root}
     amk_bin = os.path.join(os.path.dirname(sys.executable), "amk")
     p = subprocess.run([amk_bin, "loop", "--model", "toy", "--budget", "3", "--json"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=600)

@@ -11,20 +11,12 @@ import subprocess
 import sys
 
 import pytest
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
 import amk
 from amk.cli import build_parser, main
 from amk.harness.evaluate import build_program
 from amk.schedule.errors import ArgumentError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("amk_cache")
-    mp.setenv("AMK_CACHE_DIR", str(path))
-    yield path
-    mp.undo()
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:
