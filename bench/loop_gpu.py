@@ -3,7 +3,7 @@ reference config re-measured in this same process (same GPU, same run), optional
 
     python bench/loop_gpu.py --model llama-3.2-1b --minutes 10 --seed 0 --out bench/results/loop_X \\
         [--reference '{"matvec": {"qkv": {"head_splits": 2}}, "attention": {"softmax": "partition", "kv_partitions": 16}}'] \\
-        [--workers 2] [--peers]
+        [--workers 2] [--builders 14] [--peers] [--configs-out FILE]
 
 Writes OUT/results.tsv and OUT/corpus.jsonl (the loop's), OUT/summary.json (device, date, commit, command,
 trials per minute, the loop's summary and the re-measured table) and prints the table.
@@ -28,15 +28,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--reference", default=None, help="a config (inline JSON or a file) to re-measure beside the best")
-    ap.add_argument("--peers", action="store_true", help="time the peers (torch.compile + CUDA graph ...) too")
+    ap.add_argument("--builders", type=int, default=None, help="builder processes a worker (default: the loop's)")
+    ap.add_argument("--peers", action="store_true", help="time the peers (static-cache graph, eager) too")
+    ap.add_argument("--configs-out", default=None,
+                    help="write [default, loop best, reference] here for bench/megakernel.py --configs")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device("cuda")
     t0 = time.time()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0))
     summary = amk.loop(a.model, "auto", minutes=a.minutes, seed=a.seed, device="cuda", results=out / "results.tsv",
-                       corpus=out / "corpus.jsonl", workers=a.workers,
+                       corpus=out / "corpus.jsonl", workers=a.workers, builders=a.builders,
                        progress=lambda p: print(f"trial {p['trial']} {p['status']} {p['latency_us']} "
                                                 f"{p['description'][:90]}", file=sys.stderr, flush=True))
     loop_s = time.time() - t0
@@ -46,6 +50,8 @@ def main() -> None:
     configs = {"default": {}, "loop_best": summary["incumbent"]["config"]}
     if ref is not None:
         configs["reference"] = ref
+    if a.configs_out:
+        Path(a.configs_out).write_text(json.dumps(list(configs.values())) + "\n")
     table = {}
     for name, cfg in configs.items():
         v = amk.evaluate(a.model, "auto", cfg, device="cuda", peers=a.peers)
@@ -55,7 +61,7 @@ def main() -> None:
     new_trials = summary["trials"]
     record = {"device": environment(dev).get("gpu"), "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
               "commit": environment(dev).get("git_commit"), "command": " ".join(sys.argv),
-              "model": a.model, "minutes": a.minutes, "seed": a.seed, "workers": a.workers,
+              "started": started, "model": a.model, "minutes": a.minutes, "builders": a.builders, "seed": a.seed, "workers": a.workers,
               "trials": new_trials, "trials_per_minute": round(60 * new_trials / loop_s, 2),
               "loop_best_at_or_below_reference": (None if ref is None or table["reference"]["latency_us"] is None
                                                   or table["loop_best"]["latency_us"] is None else

@@ -7,6 +7,7 @@ these dataclasses, field by field, in declaration order. A nested dataclass is f
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -228,6 +229,8 @@ PARAMS_OF: dict[Opcode, type] = {
     Opcode.ATTN_PARTIAL: AttnPartialParams,
     Opcode.ARGMAX: ArgmaxParams,
 }
+# every params dataclass, nested ones included: what to_dict and flat_values recurse into
+PARAMS_TYPES = frozenset(PARAMS_OF.values()) | {EpilogueParams}
 
 # ---- ABI ------------------------------------------------------------------------------------------
 INSTR_WORDS = 64  # int32 words per packed instruction
@@ -257,11 +260,17 @@ def flat_fields(cls, prefix: str = "") -> list[str]:
     return names
 
 
+@functools.cache
+def field_names(cls) -> tuple[str, ...]:
+    """The field names of a params dataclass, in declaration order (dataclasses.fields() is slow per call)."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def flat_values(params) -> list[int]:
     out: list[int] = []
-    for f in dataclasses.fields(params):
-        v = getattr(params, f.name)
-        if dataclasses.is_dataclass(v):
+    for name in field_names(type(params)):
+        v = getattr(params, name)
+        if type(v) in PARAMS_TYPES:
             out += flat_values(v)
         else:
             out.append(int(v))
@@ -274,3 +283,5 @@ def _resolve(name: str):
 
 for _op, _cls in PARAMS_OF.items():
     assert len(flat_fields(_cls)) <= MAX_PARAM_WORDS, _op
+    assert all(f.type in {t.__name__ for t in PARAMS_TYPES} or not dataclasses.is_dataclass(_resolve(f.type))
+               for f in dataclasses.fields(_cls)), f"{_cls.__name__}: a nested params type missing from PARAMS_TYPES"

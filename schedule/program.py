@@ -70,6 +70,9 @@ class Prefetch(NamedTuple):
     length: int  # elements
 
 
+_WAIT, _REGION, _PREFETCH = Wait._make, Region._make, Prefetch._make  # from a JSON list, ~2x Region(*r)
+
+
 @dataclass
 class Task:
     id: int
@@ -90,10 +93,9 @@ class Task:
         return {
             "id": self.id, "opcode": self.opcode.name, "kind": self.kind, "stage": self.stage,
             "params": _params_to_dict(self.params),
-            "waits": [[w.counter, w.count] for w in self.waits], "signals": list(self.signals),
-            "reads": [[r.buffer, r.start, r.length] for r in self.reads],
-            "writes": [[r.buffer, r.start, r.length] for r in self.writes],
-            "prefetch": [[p.buffer, p.start, p.length] for p in self.prefetch],
+            "waits": [list(w) for w in self.waits], "signals": list(self.signals),
+            "reads": [list(r) for r in self.reads], "writes": [list(r) for r in self.writes],
+            "prefetch": [list(p) for p in self.prefetch],
             "weight_bytes": self.weight_bytes, "sm": self.sm, "queue_pos": self.queue_pos,
         }
 
@@ -102,9 +104,9 @@ class Task:
         op = Opcode[d["opcode"]]
         return cls(
             id=d["id"], opcode=op, params=_params_from_dict(oc.PARAMS_OF[op], d["params"]), stage=d["stage"],
-            kind=d["kind"], waits=tuple(Wait(c, n) for c, n in d["waits"]), signals=tuple(d["signals"]),
-            reads=tuple(Region(*r) for r in d["reads"]), writes=tuple(Region(*r) for r in d["writes"]),
-            prefetch=tuple(Prefetch(*p) for p in d["prefetch"]), weight_bytes=d["weight_bytes"],
+            kind=d["kind"], waits=tuple(map(_WAIT, d["waits"])), signals=tuple(d["signals"]),
+            reads=tuple(map(_REGION, d["reads"])), writes=tuple(map(_REGION, d["writes"])),
+            prefetch=tuple(map(_PREFETCH, d["prefetch"])), weight_bytes=d["weight_bytes"],
             sm=d["sm"], queue_pos=d["queue_pos"],
         )
 
@@ -203,9 +205,13 @@ class MegakernelProgram:
 
     def fingerprint(self) -> str:
         """Content hash of what the VM executes (meta excluded)."""
-        d = self.to_dict()
-        d.pop("meta")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return self.fingerprint_of(self.to_dict())
+
+    @staticmethod
+    def fingerprint_of(d: dict) -> str:
+        """fingerprint() of a program's to_dict() form."""
+        return hashlib.sha256(json.dumps({k: v for k, v in d.items() if k != "meta"}, sort_keys=True)
+                              .encode()).hexdigest()[:16]
 
     # ---- packed table --------------------------------------------------------------------------
     def pack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,25 +220,29 @@ class MegakernelProgram:
         from .errors import ProgramError
 
         order = [tid for q in self.queues for tid in q]
-        table = np.zeros((len(order), oc.INSTR_WORDS), dtype=np.int32)
-        for row, tid in enumerate(order):
+        width, no_prefetch = oc.INSTR_WORDS, [oc.NO_BUFFER, 0, 0]
+        rows = []
+        for tid in order:  # one Python list a row and one numpy conversion: 12k rows in well under a second
             t = self.tasks[tid]
             if len(t.waits) > oc.MAX_WAITS or len(t.signals) > oc.MAX_SIGNALS or len(t.prefetch) > oc.MAX_PREFETCH:
                 raise ProgramError(f"task {tid} exceeds the ABI (waits/signals/prefetch)", tasks=(tid,))
-            words = [int(t.opcode), t.id, len(t.waits), len(t.signals)]
-            table[row, :4] = words
-            for i, w in enumerate(t.waits):
-                table[row, oc.WAIT_BASE + 2 * i: oc.WAIT_BASE + 2 * i + 2] = (w.counter, w.count)
-            for i, s in enumerate(t.signals):
-                table[row, oc.SIGNAL_BASE + i] = s
-            for i, p in enumerate(t.prefetch):
-                table[row, oc.PREFETCH_BASE + 3 * i: oc.PREFETCH_BASE + 3 * i + 3] = (p.buffer, p.start, p.length)
-            for i in range(len(t.prefetch), oc.MAX_PREFETCH):
-                table[row, oc.PREFETCH_BASE + 3 * i] = oc.NO_BUFFER
+            row = [int(t.opcode), t.id, len(t.waits), len(t.signals)]
+            for w in t.waits:
+                row += w
+            row += [0] * (oc.SIGNAL_BASE - len(row))
+            row += t.signals
+            row += [0] * (oc.PREFETCH_BASE - len(row))
+            for p in t.prefetch:
+                row += p
+            for _ in range(len(t.prefetch), oc.MAX_PREFETCH):
+                row += no_prefetch
             vals = oc.flat_values(t.params)
             if any(not -oc.INT32_MAX <= v <= oc.INT32_MAX for v in vals):
                 raise ProgramError(f"task {tid}: a parameter does not fit in int32", tasks=(tid,))
-            table[row, oc.PARAM_BASE: oc.PARAM_BASE + len(vals)] = vals
+            row += vals
+            row += [0] * (width - len(row))
+            rows.append(row)
+        table = np.array(rows, dtype=np.int32).reshape(len(order), width)
         starts = np.zeros(len(self.queues) + 1, dtype=np.int32)
         starts[1:] = np.cumsum([len(q) for q in self.queues])
         producers = np.array([k.producers for k in self.counters], dtype=np.int32)
@@ -240,13 +250,11 @@ class MegakernelProgram:
 
 
 def _params_to_dict(params) -> dict:
-    return {f.name: (_params_to_dict(v) if dataclasses.is_dataclass(v := getattr(params, f.name)) else v)
-            for f in dataclasses.fields(params)}
+    # dataclasses.fields() per task was most of a 12k-task program's to_dict (fingerprint, cache writes)
+    return {name: (_params_to_dict(v) if type(v := getattr(params, name)) in oc.PARAMS_TYPES else v)
+            for name in oc.field_names(type(params))}
 
 
 def _params_from_dict(cls, d: dict):
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        v = d[f.name]
-        kwargs[f.name] = _params_from_dict(oc.EpilogueParams, v) if isinstance(v, dict) else v
-    return cls(**kwargs)
+    return cls(**{name: _params_from_dict(oc.EpilogueParams, v) if isinstance(v := d[name], dict) else v
+                  for name in oc.field_names(cls)})

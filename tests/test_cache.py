@@ -342,3 +342,20 @@ def test_default_cache_follows_env(tmp_path, monkeypatch):
     b.put("kernel", K, b"x")
     b.save_stats()
     assert last_run_stats()["kernel"]["writes"] == 1
+
+
+def test_a_cached_program_carries_its_fingerprint(tmp_path, monkeypatch):
+    # the search reads every trial's program back from the cache: its fingerprint comes with it, hashed once
+    from amk.harness.evaluate import FINGERPRINT, build_program
+    from amk.schedule.program import MegakernelProgram
+
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path))
+    cache = Cache(tmp_path)
+    cfg = {"attention": {"softmax": "partition"}}
+    cold, program = build_program("toy", "cpu-sim", cfg, device="cpu", cache=cache)
+    warm, again = build_program("toy", "cpu-sim", cfg, device="cpu", cache=cache)
+    assert cache.stats()["program"]["hits"] >= 1
+    assert again.meta[FINGERPRINT] == program.fingerprint() == cold.program_fingerprint == warm.program_fingerprint
+    assert MegakernelProgram.fingerprint_of(again.to_dict()) == again.fingerprint()
+    again.tasks[0].sm += 1  # the fingerprint is of the content: an edited program hashes anew
+    assert again.fingerprint() != program.fingerprint()

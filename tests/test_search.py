@@ -121,3 +121,15 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     one = subprocess.run([sys.executable, "-c", "import sys, amk.harness.loop, amk.cli; assert 'ray' not in sys.modules"],
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr  # one worker and the CPU path never import Ray
+
+
+def test_builder_processes_build_the_next_round_while_this_one_is_measured(tmp_path):
+    # two builder processes: each round after the first is generated and built while the round before it is
+    # measured; the trials stay unique programs and the files intact
+    s = amk.loop("toy", "cpu-sim", budget=12, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 seed=3, evaluate=Synthetic(3), builders=2)
+    assert s["search"]["builder_processes"] == 2
+    assert s["search"]["rounds_built_ahead"] >= 1
+    assert s["search"]["rounds_built_ahead"] < s["search"]["rounds"]  # the first round has nothing before it
+    rows = [r for r in read_rows(tmp_path / "r.tsv") if r["status"] != "remeasure"]
+    assert s["trials"] == 12 and len({r["program_fingerprint"] for r in rows}) == len(rows)

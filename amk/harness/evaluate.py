@@ -122,7 +122,8 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     if program is None or not _validate(v, program, target):
         return v, None
     v.valid = True
-    v.task_count, v.weight_bytes, v.program_fingerprint = len(program.tasks), program.weight_bytes, program.fingerprint()
+    v.task_count, v.weight_bytes = len(program.tasks), program.weight_bytes
+    v.program_fingerprint = program.meta.get(FINGERPRINT) or program.fingerprint()
     v.derived = dict(program.meta.get("derived", {}))
     v.notes += [k.note() for k in inert_knobs(cfg, target)]
     return v, program
@@ -160,7 +161,7 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
 
 
 def _lower_cached(v: Verdict, model, target: GpuTarget, cfg: ScheduleConfig, max_seq, cache: Cache):
-    from amk.schedule.lower import DEFAULT_MAX_SEQ, lower
+    from amk.schedule.lower import DEFAULT_MAX_SEQ
 
     seq = int(max_seq or min(model.dims.max_positions, DEFAULT_MAX_SEQ))
     key = program_key(model.fingerprint, cfg.canonical_json(), json.dumps(target.to_dict(), sort_keys=True),
@@ -173,8 +174,7 @@ def _lower_cached(v: Verdict, model, target: GpuTarget, cfg: ScheduleConfig, max
     label = {"model": v.model, "gpu": target.name, "dtype": v.dtype, "max_seq": seq, "schedule_id": cfg.schedule_id,
              "config": cfg.to_dict()}
     try:
-        cache.get_or_create_json("program", key, lambda: lower(model, target, cfg, max_seq=seq).to_dict(), check,
-                                 label=label)
+        cache.get_or_create_json("program", key, lambda: _lowered(model, target, cfg, seq), check, label=label)
     except ConfigError as e:
         v.reject(f"schema: {e}")
         return None
@@ -190,6 +190,19 @@ def _lower_cached(v: Verdict, model, target: GpuTarget, cfg: ScheduleConfig, max
                        + traceback.format_exception_only(type(cause), cause)[-1].strip())
         return None
     return held["program"]
+
+
+FINGERPRINT = "fingerprint"  # meta key of a cached program: its fingerprint, hashed once when it was lowered
+
+
+def _lowered(model, target: GpuTarget, cfg: ScheduleConfig, seq: int) -> dict:
+    """The program's JSON form for the cache, its fingerprint in meta (which the fingerprint leaves out):
+    hashing a 12k-task program takes about a second, and every trial of the search reads its program back."""
+    from amk.schedule.lower import lower
+
+    d = lower(model, target, cfg, max_seq=seq).to_dict()
+    d["meta"] = {**d["meta"], FINGERPRINT: MegakernelProgram.fingerprint_of(d)}
+    return d
 
 
 def _validate(v: Verdict, program: MegakernelProgram, target: GpuTarget) -> bool:

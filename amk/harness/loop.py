@@ -44,7 +44,7 @@ from amk.schedule.space import search_space
 from .environment import Device, resolve_device, resolve_target
 from .evaluate import default_dtype, evaluate
 from .propose import incumbent_config, model_name
-from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
+from .search.builder import Builder, BuildJob, Built, Pending, Predictor, default_processes
 from .search.keep import Incumbent, decide, needs_confirmation, pooled
 from .search.model import RankingModel, fit_model
 from .search.policy import Candidate, SearchSettings, Source, generate, select
@@ -104,6 +104,14 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
         run.close()
 
 
+@dataclasses.dataclass
+class _Prepared:
+    incumbent: str  # the schedule_id the round was generated around
+    restart: bool
+    candidates: list[Candidate]
+    pending: Pending
+
+
 def _default_evaluate(*args, **kw) -> dict:
     return evaluate(*args, **kw)  # looked up at call time: the module attribute is the seam
 
@@ -148,9 +156,11 @@ class _Run:
         self.trials = self.measurements = self.reverts = self.rounds = self.restarts = 0
         self.remeasures = self.confirmations = self.duplicates = self.invalid = self.since_remeasure = 0
         self.empty_rounds = 0
+        self.prepared_used = self.prepared_dropped = 0  # rounds built ahead: taken, or dropped as stale
         self.timed = False  # a latency has come back (its kind is the run's)
         self.restart_pending = False
         self.queue: list[tuple[Candidate, Built]] = []
+        self.prepared: _Prepared | None = None  # the next round, building while this one is measured
         self.mine: set[str] = set()  # programs this loop measured
         self.inc, self.start = self._prepare_start(seed_config)
 
@@ -275,17 +285,36 @@ class _Run:
                 break
         return out
 
-    def _round(self) -> None:
+    def _prepare_round(self) -> _Prepared:
+        """Generate a round's candidates around the incumbent and the best records, and start building them."""
         records = load_records(self.corpus)
         run_records = for_run(records, self.name, self.target.name, self.dtype)
         self.prior = Prior.from_corpus(records, gpu=self.target.name)
-        self.ranking = fit_model(run_records, [r for r in records if r.gpu == self.target.name], self.space, self.kind)
         restart, self.restart_pending = self.restart_pending, False
         cands = generate(self.inc.config, self._parents(run_records), self.space, self.prior, self.rng,
                          self.settings, restart=restart)
         snap = snapshot(self.results, self.name, self.target.name)
         cands = [c for c in cands if c.config.schedule_id not in snap.schedule_ids]
-        built = self.builder.build([self._job(c.config) for c in cands])
+        pending = self.builder.submit([self._job(c.config) for c in cands])
+        return _Prepared(self.inc.config.schedule_id, restart, cands, pending)
+
+    def _round(self) -> None:
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None and (prepared.incumbent != self.inc.config.schedule_id or self.restart_pending):
+            prepared.pending.cancel()  # generated around another incumbent, or a restart is due: stale
+            prepared = None
+            self.prepared_dropped += 1
+        if prepared is None:
+            prepared = self._prepare_round()
+        else:
+            self.prepared_used += 1
+        cands, restart = prepared.candidates, prepared.restart
+        built = prepared.pending.wait()
+        records = load_records(self.corpus)  # the ranking sees every record up to now, the last round's too
+        self.prior = Prior.from_corpus(records, gpu=self.target.name)
+        self.ranking = fit_model(for_run(records, self.name, self.target.name, self.dtype),
+                                 [r for r in records if r.gpu == self.target.name], self.space, self.kind)
+        snap = snapshot(self.results, self.name, self.target.name)
         ranked, unranked, programs = [], [], set()
         for c, b in zip(cands, built):
             if not b.valid:
@@ -306,6 +335,10 @@ class _Run:
         if self.dev == Device.CUDA:
             for c, _ in self.queue:
                 self.builder.precompile(self._job(c.config))
+        if self.builder.pool is not None and self.queue:
+            # the next round builds on the other cores while the GPU measures this one (after these kernels:
+            # the pool runs jobs in order); a keep or a restart makes it stale and it is dropped
+            self.prepared = self._prepare_round()
         log.info("round %d%s: %d candidates, %d invalid, %d duplicates so far; measuring %d (model fitted on %d "
                  "records)", self.rounds, " (restart)" if restart else "", len(cands), self.invalid, self.duplicates,
                  len(self.queue), self.ranking.rows)
@@ -455,7 +488,8 @@ class _Run:
                                                    ScheduleConfig.from_dict(best.config).schedule_id,
                                                    "latency_us": best.latency_us, "latency_kind": best.kind,
                                                    "trial": best.trial, "config": best.config},
-                "search": {"rounds": self.rounds, "restarts": self.restarts, "remeasures": self.remeasures,
+                "search": {"rounds": self.rounds, "rounds_built_ahead": self.prepared_used,
+                           "rounds_dropped_stale": self.prepared_dropped, "restarts": self.restarts, "remeasures": self.remeasures,
                            "confirmations": self.confirmations, "duplicates": self.duplicates,
                            "invalid": self.invalid, "measurements": self.measurements,
                            "builder_processes": self.builder.processes,

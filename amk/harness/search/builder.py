@@ -134,6 +134,27 @@ def default_processes(device: str) -> int:
     return max(0, min(16, (os.cpu_count() or 1) - 2))
 
 
+class Pending:
+    """Builds under way: wait() returns their Builts in the order asked; cancel() drops the ones not started
+    (a prepared round that a new incumbent made stale)."""
+
+    def __init__(self, builder: Builder, ids: list[str], futures: list[Future], local: list[BuildJob]):
+        self.builder, self.ids, self.futures, self.local = builder, ids, futures, local
+
+    def wait(self) -> list[Built]:
+        for j in self.local:
+            self.builder._keep(build_one(j, self.builder.predictor))
+        for f in self.futures:
+            self.builder._keep(f.result())
+        self.local, self.futures = [], []
+        return [self.builder.built[i] for i in self.ids]
+
+    def cancel(self) -> None:
+        for f in self.futures:
+            f.cancel()
+        self.local, self.futures = [], []
+
+
 class Builder:
     """Builds candidates (memoised by schedule_id for the life of the loop) and precompiles kernels."""
 
@@ -148,26 +169,16 @@ class Builder:
         self.precompiling: dict[str, Future] = {}
         self.build_seconds = 0.0
 
-    def submit(self, jobs: list[BuildJob]) -> Callable[[], list[Built]]:
-        """Start building `jobs`; the returned callable waits for and returns their Builts, in order. In
-        this process (processes=0) the work happens when it is called."""
+    def submit(self, jobs: list[BuildJob]) -> Pending:
+        """Start building `jobs` (in the worker processes; in this process the work happens at wait())."""
         todo = [j for j in jobs if ScheduleConfig.from_dict(j.config).schedule_id not in self.built]
+        ids = [ScheduleConfig.from_dict(j.config).schedule_id for j in jobs]
         if self.pool is None:
-            def later() -> list[Built]:
-                for j in todo:
-                    self._keep(build_one(j, self.predictor))
-                return [self.built[ScheduleConfig.from_dict(j.config).schedule_id] for j in jobs]
-            return later
-        futures = [self.pool.submit(build_one, j) for j in todo]
-
-        def wait() -> list[Built]:
-            for f in futures:
-                self._keep(f.result())
-            return [self.built[ScheduleConfig.from_dict(j.config).schedule_id] for j in jobs]
-        return wait
+            return Pending(self, ids, [], todo)
+        return Pending(self, ids, [self.pool.submit(build_one, j) for j in todo], [])
 
     def build(self, jobs: list[BuildJob]) -> list[Built]:
-        return self.submit(jobs)()
+        return self.submit(jobs).wait()
 
     def _keep(self, b: Built) -> None:
         self.built[b.schedule_id] = b
