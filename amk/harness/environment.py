@@ -4,6 +4,7 @@ models (loading one takes seconds; a loop evaluates hundreds of configs of the s
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 import threading
@@ -48,13 +49,16 @@ def resolve_device(device: str | Device = "auto") -> Device:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """HEAD of the repository the amk sources live in, or None outside a git checkout."""
+    """HEAD of the repository the amk sources live in; outside a git checkout (a copied tree) the AMK_COMMIT
+    environment variable, else None."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+        return os.environ.get("AMK_COMMIT") or None
+    if out.returncode == 0 and out.stdout.strip():
+        return out.stdout.strip()
+    return os.environ.get("AMK_COMMIT") or None
 
 
 @functools.lru_cache(maxsize=1)
