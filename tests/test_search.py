@@ -126,8 +126,24 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
 def test_builder_processes_build_the_next_round_while_this_one_is_measured(tmp_path):
     # two builder processes: each round after the first is generated and built while the round before it is
     # measured; the trials stay unique programs and the files intact
-    s = amk.loop("toy", "cpu-sim", budget=12, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
-                 seed=3, evaluate=Synthetic(3), builders=2)
+    import torch
+
+    from amk.harness.loop import MEASURING_THREADS
+
+    synthetic, seen = Synthetic(3), set()
+
+    def measure(*args, **kw):  # the measuring process's CPU threads are capped while builders run
+        seen.add(torch.get_num_threads())
+        return synthetic(*args, **kw)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(MEASURING_THREADS + 2)
+    try:
+        s = amk.loop("toy", "cpu-sim", budget=12, device="cpu", results=tmp_path / "r.tsv",
+                     corpus=tmp_path / "c.jsonl", seed=3, evaluate=measure, builders=2)
+        assert seen == {MEASURING_THREADS} and torch.get_num_threads() == MEASURING_THREADS + 2  # restored
+    finally:
+        torch.set_num_threads(before)
     assert s["search"]["builder_processes"] == 2
     assert s["search"]["rounds_built_ahead"] >= 1
     assert s["search"]["rounds_built_ahead"] < s["search"]["rounds"]  # the first round has nothing before it

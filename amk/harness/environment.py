@@ -49,16 +49,16 @@ def resolve_device(device: str | Device = "auto") -> Device:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """HEAD of the repository the amk sources live in; outside a git checkout (a copied tree) the AMK_COMMIT
-    environment variable, else None."""
+    """The AMK_COMMIT environment variable when set (a copied tree, whose .git may be stale or absent), else
+    HEAD of the repository the amk sources live in, else None."""
+    if os.environ.get("AMK_COMMIT"):
+        return os.environ["AMK_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("AMK_COMMIT") or None
-    if out.returncode == 0 and out.stdout.strip():
-        return out.stdout.strip()
-    return os.environ.get("AMK_COMMIT") or None
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 @functools.lru_cache(maxsize=1)

@@ -104,6 +104,21 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
         run.close()
 
 
+MEASURING_THREADS = 4  # torch CPU threads of the measuring process while builder processes run
+
+
+def _limit_threads() -> int:
+    """Cap this process's torch CPU threads for the run; returns the count to restore. Verification compares
+    logits on the CPU op by op (a few hundred small ops a trial), and a full OpenMP pool beside busy builder
+    processes and another GPU's loop turns each op's barrier into a wait for descheduled threads: on a 32-core
+    host with two loops, a 4.5 s trial took 25-30 s (bench/results/20261130-0602_h200_loop_llama_*)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(before, MEASURING_THREADS))
+    return before
+
+
 @dataclasses.dataclass
 class _Prepared:
     incumbent: str  # the schedule_id the round was generated around
@@ -150,6 +165,7 @@ class _Run:
         if processes and (predictor is not None or isinstance(model, Model)):
             processes = 0  # neither a custom predictor nor an in-memory model travels to other processes
         self.builder = Builder(processes, predictor)
+        self.threads = _limit_threads() if processes else None
         self.ranking = RankingModel()
         self.prior = Prior()
         self.statuses: Counter[str] = Counter()
@@ -162,7 +178,11 @@ class _Run:
         self.queue: list[tuple[Candidate, Built]] = []
         self.prepared: _Prepared | None = None  # the next round, building while this one is measured
         self.mine: set[str] = set()  # programs this loop measured
-        self.inc, self.start = self._prepare_start(seed_config)
+        try:
+            self.inc, self.start = self._prepare_start(seed_config)
+        except BaseException:
+            self.close()  # the builder processes and the thread cap go with a loop that cannot start
+            raise
 
     # ---- the start -------------------------------------------------------------------------------------
     def _job(self, cfg: ScheduleConfig) -> BuildJob:
@@ -501,3 +521,7 @@ class _Run:
 
     def close(self) -> None:
         self.builder.close()
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)

@@ -122,8 +122,11 @@ def precompile_one(job: BuildJob) -> str:
 
 
 def _worker_init() -> None:
+    import torch
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("amk").setLevel(logging.WARNING)
+    torch.set_num_threads(1)  # builds are single-threaded Python; idle OpenMP pools only crowd the measuring process
 
 
 def default_processes(device: str) -> int:
