@@ -124,16 +124,18 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
 
 
 def test_builder_processes_build_the_next_round_while_this_one_is_measured(tmp_path):
-    # two builder processes: each round after the first is generated and built while the round before it is
-    # measured; the trials stay unique programs and the files intact
+    # two builder processes and a measurement that takes a while, as on a GPU: rounds after the first are
+    # built while the ones before are measured, so the measuring process hardly waits for a round; the trials
+    # stay unique programs and the measuring process's CPU threads are capped while builders run
     import torch
 
     from amk.harness.loop import MEASURING_THREADS
 
     synthetic, seen = Synthetic(3), set()
 
-    def measure(*args, **kw):  # the measuring process's CPU threads are capped while builders run
+    def measure(*args, **kw):
         seen.add(torch.get_num_threads())
+        time.sleep(0.5)
         return synthetic(*args, **kw)
 
     before = torch.get_num_threads()
@@ -144,8 +146,9 @@ def test_builder_processes_build_the_next_round_while_this_one_is_measured(tmp_p
         assert seen == {MEASURING_THREADS} and torch.get_num_threads() == MEASURING_THREADS + 2  # restored
     finally:
         torch.set_num_threads(before)
-    assert s["search"]["builder_processes"] == 2
-    assert s["search"]["rounds_built_ahead"] >= 1
-    assert s["search"]["rounds_built_ahead"] < s["search"]["rounds"]  # the first round has nothing before it
+    search = s["search"]
+    assert search["builder_processes"] == 2
+    assert 1 <= search["rounds_built_ahead"] < search["rounds"]
+    assert search["seconds_waiting_for_rounds"] < search["seconds_measuring"] / 2
     rows = [r for r in read_rows(tmp_path / "r.tsv") if r["status"] != "remeasure"]
     assert s["trials"] == 12 and len({r["program_fingerprint"] for r in rows}) == len(rows)

@@ -39,7 +39,7 @@ from amk.flywheel.records import append_record, for_run, load_records, record_fr
 from amk.flywheel.results import ResultRow, ResultsFormatError, Status, append_result, read_rows
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError, ConfigError
-from amk.schedule.space import search_space
+from amk.schedule.space import diff, search_space
 
 from .environment import Device, resolve_device, resolve_target
 from .evaluate import default_dtype, evaluate
@@ -55,6 +55,7 @@ log = logging.getLogger("amk.harness")
 
 __all__ = ["Incumbent", "LoopError", "SearchSettings", "StopReason", "decide", "loop"]
 
+BACKLOG_MAX = 256  # built candidates kept waiting for a measurement (each round re-ranks them all)
 EMPTY_ROUNDS = 3  # rounds in a row with nothing new to measure (one of them a restart) before giving up
 CLAIM_POLL_S = 1.0
 
@@ -121,7 +122,6 @@ def _limit_threads() -> int:
 
 @dataclasses.dataclass
 class _Prepared:
-    incumbent: str  # the schedule_id the round was generated around
     restart: bool
     candidates: list[Candidate]
     pending: Pending
@@ -172,11 +172,13 @@ class _Run:
         self.trials = self.measurements = self.reverts = self.rounds = self.restarts = 0
         self.remeasures = self.confirmations = self.duplicates = self.invalid = self.since_remeasure = 0
         self.empty_rounds = 0
-        self.prepared_used = self.prepared_dropped = 0  # rounds built ahead: taken, or dropped as stale
+        self.prepared_used = self.prepared_dropped = 0  # rounds ready when taken in; dropped for a restart
         self.timed = False  # a latency has come back (its kind is the run's)
         self.restart_pending = False
         self.queue: list[tuple[Candidate, Built]] = []
         self.prepared: _Prepared | None = None  # the next round, building while this one is measured
+        self.backlog: dict[str, tuple[Candidate, Built]] = {}  # built, valid, not yet measured (oldest first)
+        self.waited_rounds_s = self.waited_kernels_s = self.measuring_s = 0.0
         self.mine: set[str] = set()  # programs this loop measured
         try:
             self.inc, self.start = self._prepare_start(seed_config)
@@ -248,6 +250,8 @@ class _Run:
     # ---- the main loop -------------------------------------------------------------------------------
     def go(self, flag: StopFlag) -> dict:
         stop = self._stop_reason(flag)
+        if self.builder.pool is not None:
+            self.prepared = self._prepare_round()  # the first round builds while the start is measured
         while stop is None:  # the start: measured here, or a row of this file (or another loop's) stands for it
             start = self._settle_start(flag)
             if start is None or self._trial(start, self.start[1], self.start_description):
@@ -316,56 +320,86 @@ class _Run:
         snap = snapshot(self.results, self.name, self.target.name)
         cands = [c for c in cands if c.config.schedule_id not in snap.schedule_ids]
         pending = self.builder.submit([self._job(c.config) for c in cands])
-        return _Prepared(self.inc.config.schedule_id, restart, cands, pending)
+        return _Prepared(restart, cands, pending)
 
     def _round(self) -> None:
-        prepared, self.prepared = self.prepared, None
-        if prepared is not None and (prepared.incumbent != self.inc.config.schedule_id or self.restart_pending):
-            prepared.pending.cancel()  # generated around another incumbent, or a restart is due: stale
-            prepared = None
-            self.prepared_dropped += 1
-        if prepared is None:
-            prepared = self._prepare_round()
-        else:
-            self.prepared_used += 1
-        cands, restart = prepared.candidates, prepared.restart
-        built = prepared.pending.wait()
+        """Fill the queue: take in the round that finished building (waiting for it only when nothing built is
+        left to measure), rank every built and unmeasured candidate, queue the top few, and start building the
+        next round around the incumbent of now. A keep changes the incumbent but drops nothing built: those
+        configs are still candidates, ranked with the rest; a restart drops them (another region)."""
+        if self.restart_pending:
+            self.backlog.clear()
+            if self.prepared is not None and not self.prepared.restart:
+                self.prepared.pending.cancel()
+                self.prepared = None
+                self.prepared_dropped += 1
+        if self.builder.pool is None:
+            self.backlog.clear()  # one round at a time, built when asked for (the CPU path stays deterministic)
+        if self.prepared is None:
+            self.prepared = self._prepare_round()
+        ready = self.prepared.pending.done()
+        if ready or not self.backlog:
+            self.prepared_used += int(ready)
+            t0 = time.monotonic()
+            self._take_in(self.prepared)
+            self.waited_rounds_s += time.monotonic() - t0
+            self.prepared = None
         records = load_records(self.corpus)  # the ranking sees every record up to now, the last round's too
         self.prior = Prior.from_corpus(records, gpu=self.target.name)
         self.ranking = fit_model(for_run(records, self.name, self.target.name, self.dtype),
                                  [r for r in records if r.gpu == self.target.name], self.space, self.kind)
         snap = snapshot(self.results, self.name, self.target.name)
-        ranked, unranked, programs = [], [], set()
-        for c, b in zip(cands, built):
-            if not b.valid:
-                self.invalid += 1
+        ranked, unranked = [], []
+        for sid, (c, b) in list(self.backlog.items()):
+            if b.program_fingerprint in self.mine or snap.taken(b.program_fingerprint, sid, self.owner) is not None:
+                del self.backlog[sid]  # measured since it was built (here, or by another loop)
+                self.duplicates += 1
                 continue
-            fp = b.program_fingerprint
-            if fp in self.mine or fp in programs or snap.taken(fp, b.schedule_id, self.owner) is not None:
-                self.duplicates += 1  # another config of a program measured, claimed or already in this round
-                continue
-            programs.add(fp)
+            c = dataclasses.replace(c, change=tuple(diff(self.inc.config, c.config)))  # moves from today's incumbent
+            self.backlog[sid] = (c, b)
             score = self.ranking.score(b.config, b.features, b.predicted_us)
-            (ranked.append(((c, b), score)) if score is not None else unranked.append((c, b)))
-        by_id = {c.config.schedule_id: b for (c, b), _ in ranked} | {c.config.schedule_id: b for c, b in unranked}
-        picked = select([(c, s) for (c, _), s in ranked], [c for c, _ in unranked], self.settings.measure_per_round,
-                        self.settings.epsilon, self.prior, self.rng)
-        self.queue = [(c, by_id[c.config.schedule_id]) for c in picked]
+            (ranked.append((c, score)) if score is not None else unranked.append(c))
+        picked = select(ranked, unranked, self.settings.measure_per_round, self.settings.epsilon, self.prior,
+                        self.rng)
+        self.queue = [self.backlog.pop(c.config.schedule_id) for c in picked]
         self.rounds += 1
         if self.dev == Device.CUDA:
             for c, _ in self.queue:
                 self.builder.precompile(self._job(c.config))
-        if self.builder.pool is not None and self.queue:
-            # the next round builds on the other cores while the GPU measures this one (after these kernels:
-            # the pool runs jobs in order); a keep or a restart makes it stale and it is dropped
+        if self.builder.pool is not None and self.prepared is None:
+            # the next round builds on the other cores while the GPU measures (after these kernels: the pool
+            # runs jobs in order)
             self.prepared = self._prepare_round()
-        log.info("round %d%s: %d candidates, %d invalid, %d duplicates so far; measuring %d (model fitted on %d "
-                 "records)", self.rounds, " (restart)" if restart else "", len(cands), self.invalid, self.duplicates,
+        log.info("round %d: %d built candidates waiting, %d invalid, %d duplicates so far; measuring %d (model "
+                 "fitted on %d records)", self.rounds, len(self.backlog), self.invalid, self.duplicates,
                  len(self.queue), self.ranking.rows)
+
+    def _take_in(self, prepared: _Prepared) -> None:
+        """Wait for a prepared round's builds; its valid programs not measured, claimed or already waiting join
+        the backlog."""
+        snap = snapshot(self.results, self.name, self.target.name)
+        waiting = {b.program_fingerprint for _, b in self.backlog.values()}
+        for c, b in zip(prepared.candidates, prepared.pending.wait()):
+            if not b.valid:
+                self.invalid += 1
+                continue
+            fp = b.program_fingerprint
+            if (fp in self.mine or fp in waiting or c.config.schedule_id in self.backlog
+                    or snap.taken(fp, b.schedule_id, self.owner) is not None):
+                self.duplicates += 1  # another config of a program measured, claimed or already waiting
+                continue
+            waiting.add(fp)
+            self.backlog[c.config.schedule_id] = (c, b)
+        if len(self.backlog) > BACKLOG_MAX:  # the oldest go first: rounds are built around newer incumbents
+            for sid in list(self.backlog)[: len(self.backlog) - BACKLOG_MAX]:
+                del self.backlog[sid]
 
     # ---- trials --------------------------------------------------------------------------------------
     def _evaluate(self, cfg: ScheduleConfig) -> dict:
+        t0 = time.monotonic()
         self.builder.wait_precompiled(cfg.schedule_id)
+        t1 = time.monotonic()
+        self.waited_kernels_s += t1 - t0
         self.measurements += 1
         try:
             return self.evaluate_fn(self.model, self.target, cfg, device=self.dev.value, cases=self.cases,
@@ -373,6 +407,8 @@ class _Run:
         except Exception as e:  # the loop outlives one bad trial; the row says crash and why
             log.exception("evaluate crashed")
             return {"crash": f"{type(e).__name__}: {e}"}
+        finally:
+            self.measuring_s += time.monotonic() - t1
 
     def _trial(self, cand: Candidate, built: Built, description: str) -> bool:
         """Claim, measure, decide, write. False when the program was taken (measured or claimed elsewhere)."""
@@ -407,7 +443,7 @@ class _Run:
                 self.inc.observe(s, verdict.get("latency_spread_us"), verdict.get("latency_kind"))
             self.inc.latency_us = lat  # the pooled figure when a gain was confirmed
             self.reverts = self.since_remeasure = 0
-            self.queue = []  # the next round is generated around the new incumbent
+            self.queue = []  # the next picks are ranked (and the next round generated) around the new incumbent
         else:
             self.reverts += 1
         self._progress(c.trial, status, built, verdict, description + ": " + why, cand.source)
@@ -509,7 +545,10 @@ class _Run:
                                                    "latency_us": best.latency_us, "latency_kind": best.kind,
                                                    "trial": best.trial, "config": best.config},
                 "search": {"rounds": self.rounds, "rounds_built_ahead": self.prepared_used,
-                           "rounds_dropped_stale": self.prepared_dropped, "restarts": self.restarts, "remeasures": self.remeasures,
+                           "rounds_dropped": self.prepared_dropped, "backlog": len(self.backlog),
+                           "seconds_measuring": round(self.measuring_s, 1),
+                           "seconds_waiting_for_rounds": round(self.waited_rounds_s, 1),
+                           "seconds_waiting_for_kernels": round(self.waited_kernels_s, 1), "restarts": self.restarts, "remeasures": self.remeasures,
                            "confirmations": self.confirmations, "duplicates": self.duplicates,
                            "invalid": self.invalid, "measurements": self.measurements,
                            "builder_processes": self.builder.processes,

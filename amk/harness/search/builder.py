@@ -152,6 +152,10 @@ class Pending:
         self.local, self.futures = [], []
         return [self.builder.built[i] for i in self.ids]
 
+    def done(self) -> bool:
+        """Every build finished (builds in this process happen at wait(): never done before)."""
+        return not self.local and all(f.done() for f in self.futures)
+
     def cancel(self) -> None:
         for f in self.futures:
             f.cancel()
