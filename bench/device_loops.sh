@@ -15,7 +15,8 @@
 # ROOT/NAME.done holding its exit status.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-best_known='{"matvec": {"qkv": {"head_splits": 2}}, "attention": {"softmax": "partition", "kv_partitions": 16}}'
+# llama-3.2-1b's fastest config known (bench/results/loop_20261130-0602_h200x2_llama_s0/summary.json)
+best_known='{"matvec": {"o": {"rows_per_task": 16}}, "attention": {"softmax": "partition"}}'
 shape_known='{"attention": {"softmax": "partition"}}'  # the fastest config of bench/sweeps/shapes_attention.json
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 cores=$(nproc)

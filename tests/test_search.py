@@ -152,3 +152,29 @@ def test_builder_processes_build_the_next_round_while_this_one_is_measured(tmp_p
     assert search["seconds_waiting_for_rounds"] < search["seconds_measuring"] / 2
     rows = [r for r in read_rows(tmp_path / "r.tsv") if r["status"] != "remeasure"]
     assert s["trials"] == 12 and len({r["program_fingerprint"] for r in rows}) == len(rows)
+
+
+def test_on_a_gpu_kernels_build_before_their_trial_and_the_likely_next_ones_ahead(tmp_path, monkeypatch):
+    # the CUDA path without a GPU: the device resolves to CUDA and the builder's precompile is recorded, not
+    # run (NVRTC). Every measured candidate's kernel was asked for before it was measured, and rounds also ask
+    # for kernels of candidates still waiting (the likely next picks)
+    from amk.harness import loop as loop_mod
+    from amk.harness.environment import Device
+    from amk.harness.search.builder import Builder
+
+    asked: list[str] = []
+    monkeypatch.setattr(loop_mod, "resolve_device", lambda device: Device.CUDA)
+    monkeypatch.setattr(Builder, "precompile", lambda self, job: asked.append(
+        amk.ScheduleConfig.from_dict(job.config).schedule_id))
+    synthetic, measured = Synthetic(4), []
+
+    def measure(model, gpu, config, **kw):
+        measured.append(amk.ScheduleConfig.from_dict(config.to_dict()).schedule_id)
+        assert measured[-1] in asked or len(measured) == 1 or measured[-1] == measured[0]  # start, re-measures
+        return synthetic(model, gpu, config, **kw)
+
+    s = amk.loop("toy", "cpu-sim", budget=8, device="cuda", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 seed=4, evaluate=measure, builders=2)
+    assert s["trials"] == 8
+    # the picks alone would be at most measure_per_round a round
+    assert len(set(asked)) > s["search"]["rounds"] * SearchSettings().measure_per_round

@@ -364,7 +364,10 @@ class _Run:
         self.queue = [self.backlog.pop(c.config.schedule_id) for c in picked]
         self.rounds += 1
         if self.dev == Device.CUDA:
-            for c, _ in self.queue:
+            # the picks' kernels, then those of the best-ranked left waiting (the likely next picks): NVRTC
+            # runs while the GPU measures, not between trials
+            ahead = [c for c, _ in sorted(ranked, key=lambda cs: cs[1]) if c.config.schedule_id in self.backlog]
+            for c in [c for c, _ in self.queue] + ahead[: self.settings.measure_per_round]:
                 self.builder.precompile(self._job(c.config))
         if self.builder.pool is not None and self.prepared is None:
             # the next round builds on the other cores while the GPU measures (after these kernels: the pool
