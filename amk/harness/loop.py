@@ -357,7 +357,7 @@ class _Run:
                 continue
             c = dataclasses.replace(c, change=tuple(diff(self.inc.config, c.config)))  # moves from today's incumbent
             self.backlog[sid] = (c, b)
-            score = self.ranking.score(b.config, b.features, b.predicted_us)
+            score = self.ranking.score(c.config, b.features, b.predicted_us)
             (ranked.append((c, score)) if score is not None else unranked.append(c))
         picked = select(ranked, unranked, self.settings.measure_per_round, self.settings.epsilon, self.prior,
                         self.rng)

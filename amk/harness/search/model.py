@@ -38,10 +38,13 @@ EXPLORE = 0.01
 EXPLORE_MAX = 0.03
 
 
+_DEFAULTS = ScheduleConfig()  # compared against, never changed
+
+
 def knob_keys(config: dict | ScheduleConfig, searched: frozenset[str]) -> list[str]:
     """`path=value` of every searched knob that differs from the default."""
     cfg = config if isinstance(config, ScheduleConfig) else ScheduleConfig.from_dict(config)
-    return [k for k in diff(ScheduleConfig(), cfg) if k.split("=", 1)[0] in searched]
+    return [k for k in diff(_DEFAULTS, cfg) if k.split("=", 1)[0] in searched]
 
 
 def trend_knobs(space: list[Knob]) -> dict[str, float]:
@@ -86,23 +89,32 @@ class RankingModel:
                 pass
         return predicted_us
 
-    def predict(self, config: dict, features: dict | None, predicted_us: float | None) -> float | None:
+    def predict(self, config: dict | ScheduleConfig, features: dict | None,
+                predicted_us: float | None) -> float | None:
         """The model's latency for a built candidate (us), or None when it could not be priced."""
+        cfg = config if isinstance(config, ScheduleConfig) else ScheduleConfig.from_dict(config)
+        return self._predict(cfg, knob_keys(cfg, self.searched), features, predicted_us)
+
+    def _predict(self, cfg: ScheduleConfig, keys: list[str], features: dict | None,
+                 predicted_us: float | None) -> float | None:
         base = self.analytic(features, predicted_us)
         if base is None or base <= 0:
             return None
-        cfg = ScheduleConfig.from_dict(config)
         r = self.intercept + (self.slope - 1.0) * (math.log(base) - self.center)
-        r += sum(self.effects.get(k, 0.0) for k in knob_keys(cfg, self.searched))
+        r += sum(self.effects.get(k, 0.0) for k in keys)
         r += sum(self.trend.get(p, 0.0) * t for p, t in _trends(cfg, self.trend_defaults).items())
         return base * math.exp(r)
 
-    def score(self, config: dict, features: dict | None, predicted_us: float | None) -> float | None:
-        """predict() less the optimism for knob values no record holds yet: what a round ranks by."""
-        pred = self.predict(config, features, predicted_us)
+    def score(self, config: dict | ScheduleConfig, features: dict | None,
+              predicted_us: float | None) -> float | None:
+        """predict() less the optimism for knob values no record holds yet: what a round ranks by (a round
+        scores every waiting candidate, so the config is parsed and diffed once)."""
+        cfg = config if isinstance(config, ScheduleConfig) else ScheduleConfig.from_dict(config)
+        keys = knob_keys(cfg, self.searched)
+        pred = self._predict(cfg, keys, features, predicted_us)
         if pred is None:
             return None
-        new = sum(1 for k in knob_keys(config, self.searched) if not self.observed.get(k))
+        new = sum(1 for k in keys if not self.observed.get(k))
         return pred * math.exp(-min(EXPLORE_MAX, EXPLORE * new))
 
     def to_dict(self) -> dict:
