@@ -8,6 +8,8 @@
 #                                                          #   each, then default, loop best and reference
 #                                                          #   beside the peers (torch.compile + CUDA graph)
 #   bash bench/device_loops.sh ray ROOT MINUTES            # llama-3.2-1b, --workers 2 through Ray, foreground
+#   bash bench/device_loops.sh one ROOT MINUTES            # the same on GPU 0 alone, one worker (its builders
+#                                                          #   as many as each Ray worker's): the 1-GPU rate
 #   bash bench/device_loops.sh make-shapes A B             # save the shapes' random-weight checkpoints
 #   bash bench/device_loops.sh wait ROOT SECONDS           # until every job under ROOT is done or SECONDS pass
 #
@@ -63,6 +65,13 @@ case $cmd in
     (cd /tmp && PYTHONPATH=$site python3 "$repo/bench/loop_gpu.py" --model llama-3.2-1b --minutes "$minutes" --seed 2 \
       --workers 2 --out "$root/llama_ray2" > "$root/llama_ray2.log" 2>&1; echo $? > "$root/llama_ray2.done")
     tail -5 "$root/llama_ray2.log" ;;
+  one)
+    root=$1 minutes=$2; mkdir -p "$root"
+    site=$(site_for one)
+    (cd /tmp && CUDA_VISIBLE_DEVICES=0 PYTHONPATH=$site python3 "$repo/bench/loop_gpu.py" --model llama-3.2-1b \
+      --minutes "$minutes" --seed 2 --builders "$builders" --out "$root/llama_one" > "$root/llama_one.log" 2>&1
+      echo $? > "$root/llama_one.done")
+    tail -5 "$root/llama_one.log" ;;
   wait)
     root=$1 deadline=$(( $(date +%s) + $2 ))
     while [ "$(date +%s)" -lt "$deadline" ]; do
