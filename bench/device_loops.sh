@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The search's GPU acceptance on a two-GPU machine, in phases that outlive one device call: each phase starts
-# its loops in their own process sessions (they run on while the machine is held) and `wait` collects them.
+# its loops detached with setsid (they run on while the machine is held) and `wait` collects them.
 #
 #   bash bench/device_loops.sh install-ray WHEELDIR        # pip install --target /tmp/site (no package index)
 #   bash bench/device_loops.sh llama ROOT MINUTES          # llama-3.2-1b, seeds 0 and 1, one GPU each
@@ -27,7 +27,7 @@ builders=${AMK_BENCH_BUILDERS:-$(( cores > 5 ? (cores - 4) / 2 : 1 ))}  # two lo
 # one site folder a job: devsite.sh rebuilds its folder, which must never pull one from under a running job
 site_for() { bash "$repo/bench/devsite.sh" "/tmp/amk_site_$1" >/dev/null; echo "/tmp/amk_site_$1:$PYTHONPATH"; }
 
-detach() {  # detach NAME GPU COMMAND...: run in a new session, ROOT/NAME.done gets the exit status
+detach() {  # detach NAME GPU COMMAND...: run under setsid, ROOT/NAME.done gets the exit status
   local name=$1 gpu=$2; shift 2
   CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c 'cd /tmp && "$@"; echo $? > "'"$root/$name"'.done"' _ "$@" \
     > "$root/$name.log" 2>&1 < /dev/null &

@@ -112,7 +112,7 @@ def _limit_threads() -> int:
     """Cap this process's torch CPU threads for the run; returns the count to restore. Verification compares
     logits on the CPU op by op (a few hundred small ops a trial), and a full OpenMP pool beside busy builder
     processes and another GPU's loop turns each op's barrier into a wait for descheduled threads: on a 32-core
-    host with two loops, a 4.5 s trial took 25-30 s (bench/results/20261130-0602_h200_loop_llama_*)."""
+    host with two loops, a 4.5 s trial took 25-30 s (bench/results/loop_20261130-0602_h200x2_llama_s*)."""
     import torch
 
     before = torch.get_num_threads()
@@ -387,8 +387,7 @@ class _Run:
                 self.invalid += 1
                 continue
             fp = b.program_fingerprint
-            if (fp in self.mine or fp in waiting or c.config.schedule_id in self.backlog
-                    or snap.taken(fp, b.schedule_id, self.owner) is not None):
+            if fp in self.mine or fp in waiting or snap.taken(fp, b.schedule_id, self.owner) is not None:
                 self.duplicates += 1  # another config of a program measured, claimed or already waiting
                 continue
             waiting.add(fp)
@@ -551,7 +550,8 @@ class _Run:
                            "rounds_dropped": self.prepared_dropped, "backlog": len(self.backlog),
                            "seconds_measuring": round(self.measuring_s, 1),
                            "seconds_waiting_for_rounds": round(self.waited_rounds_s, 1),
-                           "seconds_waiting_for_kernels": round(self.waited_kernels_s, 1), "restarts": self.restarts, "remeasures": self.remeasures,
+                           "seconds_waiting_for_kernels": round(self.waited_kernels_s, 1),
+                           "restarts": self.restarts, "remeasures": self.remeasures,
                            "confirmations": self.confirmations, "duplicates": self.duplicates,
                            "invalid": self.invalid, "measurements": self.measurements,
                            "builder_processes": self.builder.processes,

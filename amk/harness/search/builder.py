@@ -178,8 +178,8 @@ class Builder:
 
     def submit(self, jobs: list[BuildJob]) -> Pending:
         """Start building `jobs` (in the worker processes; in this process the work happens at wait())."""
-        todo = [j for j in jobs if ScheduleConfig.from_dict(j.config).schedule_id not in self.built]
         ids = [ScheduleConfig.from_dict(j.config).schedule_id for j in jobs]
+        todo = [j for j, sid in zip(jobs, ids) if sid not in self.built]
         if self.pool is None:
             return Pending(self, ids, [], todo)
         return Pending(self, ids, [self.pool.submit(build_one, j) for j in todo], [])

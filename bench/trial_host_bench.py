@@ -3,7 +3,7 @@ before the GPU runs a candidate (read the lowered program back from the file cac
 pack the instruction table) and what a builder process does per candidate (lower, validate, fingerprint).
 Median of several runs, seconds; JSON to stdout or --out.
 
-    python bench/tools/trial_host_bench.py --model llama-3.2-1b --out bench/results/X.json
+    python bench/trial_host_bench.py --model llama-3.2-1b --out bench/results/X.json
 """
 
 from __future__ import annotations
@@ -12,19 +12,9 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
-
-
-def median_s(fn, n: int) -> float:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return round(statistics.median(out), 4)
 
 
 def main() -> None:
@@ -35,6 +25,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     os.environ["AMK_CACHE_DIR"] = tempfile.mkdtemp(prefix="amk_host_bench_")  # a fresh, private file cache
+    from cpu_bench import median_s  # bench/ is this script's folder
+
     from amk.harness.environment import Device, environment, get_model, resolve_target
     from amk.harness.evaluate import build_program
     from amk.schedule.config import ScheduleConfig
@@ -45,14 +37,14 @@ def main() -> None:
     model = get_model(a.model, "bf16", Device.CPU, weights=False)
     cfg = {"attention": {"softmax": "partition"}}
     _, program = build_program(a.model, target, cfg, device="cpu", dtype="bf16")  # fills the cache
-    fig = {
-        "runner_build_program_warm_s": median_s(
-            lambda: build_program(a.model, target, cfg, device="cpu", dtype="bf16"), a.repeats),
-        "pack_s": median_s(program.pack, a.repeats),
-        "fingerprint_s": median_s(program.fingerprint, a.repeats),
-        "validate_s": median_s(lambda: validate(program, target), a.repeats),
-        "builder_lower_s": median_s(lambda: lower(model, target, ScheduleConfig.from_dict(cfg)), a.repeats),
+    timed = {
+        "runner_build_program_warm_s": lambda: build_program(a.model, target, cfg, device="cpu", dtype="bf16"),
+        "pack_s": program.pack,
+        "fingerprint_s": program.fingerprint,
+        "validate_s": lambda: validate(program, target),
+        "builder_lower_s": lambda: lower(model, target, ScheduleConfig.from_dict(cfg)),
     }
+    fig = {name: round(median_s(fn, a.repeats), 4) for name, fn in timed.items()}
     env = environment(Device.CPU)
     out = {"what": "per-trial host work of the search (seconds, median)", "model": a.model, "gpu_target": a.gpu,
            "tasks": len(program.tasks), "figures": fig, "cpu": platform.processor() or platform.machine(),
