@@ -81,7 +81,9 @@ def kernel_key(source: str | bytes, header: str | bytes, knobs: dict, arch: str,
     return make_key("kernel", **locals())
 
 
-def program_key(model_fingerprint: str, config_json: str, target: str, dtype: str, max_seq: int) -> str:
+def program_key(model_fingerprint: str, config_json: str, target: str, dtype: str, max_seq: int,
+                lowering: str) -> str:
+    # `lowering`: the digest of the code that lowered and validated the program (schedule.program.lowering_digest)
     return make_key("program", **locals())
 
 
@@ -148,6 +150,10 @@ class Cache:
         # atomic renames, and get_or_create serialises on a per-key flock instead.
         self._lock = threading.Lock()
         self._mem: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        # tensor entries decoded from the payload held in _mem: (that payload, private tensors). A hit hands out
+        # clones: a 26 MB reference entry clones in milliseconds, where torch.load and the finite check take
+        # tens, and every trial of the search reads the same references
+        self._decoded: dict[tuple[str, str], tuple[bytes, dict]] = {}
         self._stats = {k: {"hits": 0, "misses": 0, "writes": 0, "corrupt": 0} for k in KINDS}
 
     def path(self, kind: str, key: str) -> Path:
@@ -180,6 +186,7 @@ class Cache:
             self._mem[(kind, key)] = payload
             while len(self._mem) > max(self.memory_items, 0):
                 (ek, ekey), _ = self._mem.popitem(last=False)
+                self._decoded.pop((ek, ekey), None)
                 log.debug("evict from memory kind=%s key=%s", ek, ekey)
 
     def memory_keys(self) -> list[tuple[str, str]]:  # oldest first
@@ -190,6 +197,7 @@ class Cache:
         path = self.path(kind, key)
         with self._lock:
             self._mem.pop((kind, key), None)
+            self._decoded.pop((kind, key), None)
             self._stats[kind]["corrupt"] += 1
         with contextlib.suppress(FileNotFoundError):
             # Only delete the file we judged: another process may have replaced it since.
@@ -310,21 +318,28 @@ class Cache:
         torch.save({name: t.detach().to("cpu").clone() for name, t in tensors.items()}, buf)
         return buf.getvalue()
 
-    @staticmethod
-    def _tensor_decoder(expect: dict | None) -> Callable[[bytes], dict]:
+    def _tensor_decoder(self, kind: str, key: str, expect: dict | None) -> Callable[[bytes], dict]:
         def decode(p: bytes) -> dict:
             import torch
-            obj = torch.load(io.BytesIO(p), map_location="cpu", weights_only=True)
-            if not isinstance(obj, dict) or not all(isinstance(t, torch.Tensor) for t in obj.values()):
-                raise CorruptEntryError(f"tensor entry is {type(obj).__name__}, not a dict of tensors")
+            with self._lock:
+                held = self._decoded.get((kind, key))
+            if held is not None and held[0] is p:  # this very payload was decoded and checked before
+                obj = {n: t.clone() for n, t in held[1].items()}
+            else:
+                obj = torch.load(io.BytesIO(p), map_location="cpu", weights_only=True)
+                if not isinstance(obj, dict) or not all(isinstance(t, torch.Tensor) for t in obj.values()):
+                    raise CorruptEntryError(f"tensor entry is {type(obj).__name__}, not a dict of tensors")
+                for name, t in obj.items():
+                    if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+                        raise CorruptEntryError(f"tensor {name!r} has non-finite values")
+                if kind in self.enabled:  # the payload goes to _mem next, whose eviction drops this too
+                    with self._lock:
+                        self._decoded[(kind, key)] = (p, {n: t.clone() for n, t in obj.items()})
             if expect is not None:
                 got = {n: (tuple(t.shape), t.dtype) for n, t in obj.items()}
                 want = {n: (tuple(shape), dtype) for n, (shape, dtype) in expect.items()}
                 if got != want:
                     raise CorruptEntryError(f"tensors {got} differ from expected {want}")
-            for name, t in obj.items():
-                if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-                    raise CorruptEntryError(f"tensor {name!r} has non-finite values")
             return obj
         return decode
 
@@ -332,14 +347,14 @@ class Cache:
         self.put(kind, key, self._tensor_bytes(tensors))
 
     def get_tensors(self, kind: str, key: str, expect: dict | None = None) -> dict | None:
-        # Decoding from bytes on every hit hands out fresh tensors, so a caller mutating its
+        # Every hit hands out fresh tensors (clones of the decoded memory layer), so a caller mutating its
         # result in place cannot corrupt the memory layer.
-        return self._lookup(kind, key, self._tensor_decoder(expect))
+        return self._lookup(kind, key, self._tensor_decoder(kind, key, expect))
 
     def get_or_create_tensors(self, kind: str, key: str, create: Callable[[], dict],
                               expect: dict | None = None, label: dict | None = None) -> dict:
         return self._get_or_create(kind, key, lambda: self._tensor_bytes(create()),
-                                   self._tensor_decoder(expect), label)
+                                   self._tensor_decoder(kind, key, expect), label)
 
     def _files(self, kind: str | None) -> Iterator[tuple[str, Path]]:
         for k in KINDS if kind is None else (kind,):
@@ -360,6 +375,7 @@ class Cache:
         removed = 0
         with self._lock:
             self._mem = OrderedDict((mk, v) for mk, v in self._mem.items() if kind not in (None, mk[0]))
+            self._decoded = {mk: v for mk, v in self._decoded.items() if mk in self._mem}
         for _, p in list(self._files(kind)):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -95,15 +96,25 @@ class CaseInputs:
 
 
 def case_inputs(case: VerifyCase, dims, dtype: torch.dtype, max_seq: int) -> CaseInputs:
+    """The case's random KV prefix ([n_layers, n_kv_heads, prefix_len, head_dim], `dtype`) and fed tokens, from
+    its seed. Raises ContextError when the case needs more than `max_seq` positions. The prefix tensors are
+    shared between calls (every trial of a search verifies the same cases): read them, never write them."""
     if case.positions > max_seq:
         raise ContextError(f"case {case.name} needs {case.positions} positions, the program holds {max_seq}",
                            needed=case.positions, max_seq=max_seq)
-    g = torch.Generator().manual_seed(1000 + case.seed)
-    shape = (dims.n_layers, dims.n_kv_heads, case.prefix_len, dims.head_dim)
+    k, v, toks = _random_inputs(case.seed, case.prefix_len, case.tokens, dims.n_layers, dims.n_kv_heads,
+                                dims.head_dim, dims.vocab, dtype)
+    return CaseInputs(k, v, list(toks))
+
+
+@functools.lru_cache(maxsize=8)  # one default case set; a near-limit prefix of a 3B shape is about 40 MB
+def _random_inputs(seed: int, prefix_len: int, tokens: int, n_layers: int, n_kv_heads: int, head_dim: int,
+                   vocab: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    g = torch.Generator().manual_seed(1000 + seed)
+    shape = (n_layers, n_kv_heads, prefix_len, head_dim)
     k = torch.randn(shape, generator=g).to(dtype)
     v = torch.randn(shape, generator=g).to(dtype)
-    toks = torch.randint(0, dims.vocab, (case.tokens,), generator=g).tolist()
-    return CaseInputs(k, v, toks)
+    return k, v, tuple(torch.randint(0, vocab, (tokens,), generator=g).tolist())
 
 
 def cache_kwargs(hf, cache) -> dict:
@@ -122,7 +133,8 @@ def _cache_with_prefix(hf, k: torch.Tensor, v: torch.Tensor):
     if k.shape[2]:
         dev = next(hf.parameters()).device
         for layer in range(k.shape[0]):
-            cache.update(k[layer][None].to(dev), v[layer][None].to(dev), layer)
+            # copies: the prefix is shared between calls (case_inputs), and a cache layer may write into what it holds
+            cache.update(k[layer][None].to(dev, copy=True), v[layer][None].to(dev, copy=True), layer)
     return cache
 
 

@@ -114,7 +114,7 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
         ref = reference or (lambda case: eager_reference(model, case, max_seq))
         for case in cases:
             results.append(_run_case(machine, model, case, max_seq, ref))
-    return VerifyResult(results, str(device), vm, program.fingerprint(), time.perf_counter() - t0)
+    return VerifyResult(results, str(device), vm, program.known_fingerprint(), time.perf_counter() - t0)
 
 
 class HigherPrecision:

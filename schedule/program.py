@@ -14,6 +14,26 @@ import numpy as np
 from . import opcodes as oc
 from .opcodes import DType, Opcode
 
+FINGERPRINT_META = "fingerprint"  # meta key: the fingerprint, stored by whoever hashed the program
+VALIDATION_META = "validation"  # meta key: the static validator's verdict, stored by whoever ran it
+
+
+def lowering_digest() -> str:
+    """sha256 (hex, 16 digits) of the source of the schedule package (lowering, validation, cost model): a part
+    of every cached program's key, so a program lowered or validated by other code is never read back."""
+    global _LOWERING_DIGEST
+    if _LOWERING_DIGEST is None:
+        from pathlib import Path
+
+        h = hashlib.sha256()
+        for f in sorted(Path(__file__).parent.glob("*.py")):
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+        _LOWERING_DIGEST = h.hexdigest()[:16]
+    return _LOWERING_DIGEST
+
+
+_LOWERING_DIGEST: str | None = None
+
 
 class BufferKind(str, Enum):
     WEIGHT = "weight"  # read-only model parameters and tables
@@ -206,6 +226,12 @@ class MegakernelProgram:
     def fingerprint(self) -> str:
         """Content hash of what the VM executes (meta excluded)."""
         return self.fingerprint_of(self.to_dict())
+
+    def known_fingerprint(self) -> str:
+        """fingerprint(), read from meta when the program carries it (a program read back from the file cache was
+        hashed once, when it was lowered: hashing a 12k-task program takes about half a second); hashed here
+        otherwise. A program edited after it was read back must be hashed with fingerprint()."""
+        return self.meta.get(FINGERPRINT_META) or self.fingerprint()
 
     @staticmethod
     def fingerprint_of(d: dict) -> str:

@@ -147,13 +147,30 @@ def test_tensor_memory_hit_returns_fresh_copy(tmp_path):
     assert torch.equal(c.get_tensors("reference", K)["x"], torch.ones(2))
 
 
+def test_tensor_memory_hits_decode_once(tmp_path, monkeypatch):
+    # the search reads the same references every trial: the memory layer keeps them decoded, still checked
+    # against what the caller expects, still a fresh copy each hit
+    import torch
+
+    c = Cache(tmp_path)
+    c.put_tensors("reference", K, {"x": torch.arange(3.0)})
+    first = c.get_tensors("reference", K)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("decoded again"))
+    for _ in range(2):
+        again = c.get_tensors("reference", K, {"x": ((3,), torch.float32)})
+        assert torch.equal(again["x"], first["x"]) and again["x"].data_ptr() != first["x"].data_ptr()
+        again["x"].zero_()
+    assert c.get_tensors("reference", K, {"x": ((4,), torch.float32)}) is None  # still checked: a miss
+    assert c.stats()["reference"]["hits"] == 3 and c.stats()["reference"]["corrupt"] == 1
+
+
 # ---- keys -------------------------------------------------------------------------------------
 HELPERS = {
     kernel_key: dict(source="__global__ void k(){}", header=b"#pragma once", knobs={"tile": 64, "warps": 4},
                      arch="sm_90a", compiler_version="12.8", kernel_name="k",
                      compile_options="-std=c++17 -I/usr/local/cuda/include"),
     program_key: dict(model_fingerprint="fp1", config_json='{"layers":2}', target="h100", dtype="bf16",
-                      max_seq=2048),
+                      max_seq=2048, lowering="0123456789abcdef"),
     reference_key: dict(model_fingerprint="fp1", dtype="bf16", case_id="c0", shared_id=None),
     baseline_key: dict(gpu="H100", driver="575.1", torch_version="2.8", model_fingerprint="fp1", dtype="bf16",
                        timing_params={"iters": 100, "warmup": 10}),
@@ -346,8 +363,8 @@ def test_default_cache_follows_env(tmp_path, monkeypatch):
 
 def test_a_cached_program_carries_its_fingerprint(tmp_path, monkeypatch):
     # the search reads every trial's program back from the cache: its fingerprint comes with it, hashed once
-    from amk.harness.evaluate import FINGERPRINT, build_program
-    from amk.schedule.program import MegakernelProgram
+    from amk.harness.evaluate import build_program
+    from amk.schedule.program import FINGERPRINT_META, MegakernelProgram
 
     monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path))
     cache = Cache(tmp_path)
@@ -355,7 +372,45 @@ def test_a_cached_program_carries_its_fingerprint(tmp_path, monkeypatch):
     cold, program = build_program("toy", "cpu-sim", cfg, device="cpu", cache=cache)
     warm, again = build_program("toy", "cpu-sim", cfg, device="cpu", cache=cache)
     assert cache.stats()["program"]["hits"] >= 1
-    assert again.meta[FINGERPRINT] == program.fingerprint() == cold.program_fingerprint == warm.program_fingerprint
+    assert again.meta[FINGERPRINT_META] == program.fingerprint() == cold.program_fingerprint
+    assert warm.program_fingerprint == again.known_fingerprint() == program.fingerprint()
     assert MegakernelProgram.fingerprint_of(again.to_dict()) == again.fingerprint()
     again.tasks[0].sm += 1  # the fingerprint is of the content: an edited program hashes anew
     assert again.fingerprint() != program.fingerprint()
+
+
+def test_a_cached_program_carries_the_validators_verdict(tmp_path, monkeypatch):
+    # validated once, as it was lowered: a warm read-back does not validate again, and says what a fresh
+    # validation says, for a valid program and for a rejected one
+    import amk.schedule.validate as validate_mod
+    from amk.harness.evaluate import build_program
+    from amk.schedule.program import VALIDATION_META
+
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path))
+    cache = Cache(tmp_path)
+    good, bad = {"attention": {"softmax": "partition"}}, {"smem_per_block": 160 * 1024}
+    cold = {name: build_program("toy", "cpu-sim", cfg, device="cpu", cache=cache) for name, cfg in
+            (("good", good), ("bad", bad))}
+    assert cold["good"][1].meta[VALIDATION_META] == "" and cold["bad"][1] is None
+
+    def refuse(*a, **k):
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(validate_mod, "validate", refuse)
+    warm_good, program = build_program("toy", "cpu-sim", good, device="cpu", cache=cache)
+    warm_bad, none = build_program("toy", "cpu-sim", bad, device="cpu", cache=cache)
+    assert cache.stats()["program"]["hits"] == 2 and program is not None and none is None
+    assert warm_good.valid and not warm_bad.valid
+    assert warm_bad.rejected_reason == cold["bad"][0].rejected_reason
+    assert warm_bad.rejected_reason.startswith("validator: ") and "smem_per_block" in warm_bad.rejected_reason
+
+
+def test_a_program_lowered_by_other_code_is_not_read_back(tmp_path, monkeypatch):
+    import amk.harness.evaluate as ev
+
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path))
+    cache = Cache(tmp_path)
+    ev.build_program("toy", "cpu-sim", {}, device="cpu", cache=cache)
+    monkeypatch.setattr(ev, "lowering_digest", lambda: "another-version")
+    ev.build_program("toy", "cpu-sim", {}, device="cpu", cache=cache)
+    assert cache.stats()["program"]["misses"] == 2 and cache.stats()["program"]["hits"] == 0

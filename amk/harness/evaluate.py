@@ -19,7 +19,7 @@ from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
 from amk.schedule.inert import inert_knobs
-from amk.schedule.program import MegakernelProgram
+from amk.schedule.program import FINGERPRINT_META, VALIDATION_META, MegakernelProgram, lowering_digest
 from amk.schedule.targets import GpuTarget
 
 from .calibration import calibrate_file
@@ -123,7 +123,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
         return v, None
     v.valid = True
     v.task_count, v.weight_bytes = len(program.tasks), program.weight_bytes
-    v.program_fingerprint = program.meta.get(FINGERPRINT) or program.fingerprint()
+    v.program_fingerprint = program.known_fingerprint()
     v.derived = dict(program.meta.get("derived", {}))
     v.notes += [k.note() for k in inert_knobs(cfg, target)]
     return v, program
@@ -165,7 +165,7 @@ def _lower_cached(v: Verdict, model, target: GpuTarget, cfg: ScheduleConfig, max
 
     seq = int(max_seq or min(model.dims.max_positions, DEFAULT_MAX_SEQ))
     key = program_key(model.fingerprint, cfg.canonical_json(), json.dumps(target.to_dict(), sort_keys=True),
-                      v.dtype, seq)
+                      v.dtype, seq, lowering_digest())
     held: dict = {}
 
     def check(d):  # decode once and keep it: the cache validates with the same parse we need
@@ -192,32 +192,43 @@ def _lower_cached(v: Verdict, model, target: GpuTarget, cfg: ScheduleConfig, max
     return held["program"]
 
 
-FINGERPRINT = "fingerprint"  # meta key of a cached program: its fingerprint, hashed once when it was lowered
-
-
 def _lowered(model, target: GpuTarget, cfg: ScheduleConfig, seq: int) -> dict:
-    """The program's JSON form for the cache, its fingerprint in meta (which the fingerprint leaves out):
-    hashing a 12k-task program takes about a second, and every trial of the search reads its program back."""
+    """The program's JSON form for the cache, with its fingerprint and the validator's verdict in meta (which the
+    fingerprint leaves out): hashing and validating a 12k-task program take most of a second, and every trial of
+    the search reads its program back. The cache key holds the digest of the code that did both."""
     from amk.schedule.lower import lower
 
-    d = lower(model, target, cfg, max_seq=seq).to_dict()
-    d["meta"] = {**d["meta"], FINGERPRINT: MegakernelProgram.fingerprint_of(d)}
+    program = lower(model, target, cfg, max_seq=seq)
+    d = program.to_dict()
+    d["meta"] = {**d["meta"], FINGERPRINT_META: MegakernelProgram.fingerprint_of(d),
+                 VALIDATION_META: _validation_reason(program, target)}
     return d
 
 
 def _validate(v: Verdict, program: MegakernelProgram, target: GpuTarget) -> bool:
+    """The static validator's verdict (read from meta when the program was validated as it was cached); a
+    rejection names at most MAX_ISSUES_IN_REASON issues."""
+    reason = program.meta.get(VALIDATION_META)
+    if not isinstance(reason, str):
+        reason = _validation_reason(program, target)
+    if reason:
+        v.reject(reason)
+    return not reason
+
+
+def _validation_reason(program: MegakernelProgram, target: GpuTarget) -> str:
+    """"" for a program the validator passes, else the rejection reason."""
     from amk.schedule.validate import validate
 
     res = validate(program, target)
     if res.ok:
-        return True
+        return ""
     parts = []
     for issue in res.issues[:MAX_ISSUES_IN_REASON]:
         tasks = f" (tasks {', '.join(map(str, issue.tasks[:6]))})" if issue.tasks else ""
         parts.append(f"{issue.kind.value}: {issue.message}{tasks}")
     more = len(res.issues) + sum(res.suppressed.values()) - len(parts)
-    v.reject("validator: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else ""))
-    return False
+    return "validator: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
 # ---- floor and prediction ----------------------------------------------------------------------------------
