@@ -41,8 +41,8 @@ from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError, ConfigError
 from amk.schedule.space import diff, search_space
 
-from .environment import Device, resolve_device, resolve_target
-from .evaluate import default_dtype, evaluate
+from .environment import Device, get_model, resolve_device, resolve_target
+from .evaluate import default_dtype, evaluate, resolve_dtype_name
 from .propose import incumbent_config, model_name
 from .search.builder import Builder, BuildJob, Built, Pending, Predictor, default_processes
 from .search.keep import Incumbent, decide, needs_confirmation, pooled
@@ -214,6 +214,16 @@ class _Run:
         self.start_description = f"baseline ({origin} config)"
         return inc, (Candidate(cfg, (), source), built)
 
+    def _warm_start(self) -> None:
+        """On a GPU, a builder compiles the start's kernel while this process loads the model's weights: on a
+        fresh machine each takes tens of seconds, and the first trial waited for both in turn."""
+        from amk.models import Model
+
+        if self.dev != Device.CUDA or isinstance(self.model, Model):
+            return
+        self.builder.precompile(self._job(self.start[0].config))
+        get_model(str(self.model), resolve_dtype_name(self.dtype, self.dev, self.target)[0], self.dev, weights=True)
+
     def _adopt(self, row: dict) -> bool:
         """Take a measured row of the incumbent's program as its measurement (a resume, or another loop's)."""
         lat = float(row["latency_us"]) if row.get("latency_us") else None
@@ -251,6 +261,7 @@ class _Run:
     def go(self, flag: StopFlag) -> dict:
         stop = self._stop_reason(flag)
         if self.builder.pool is not None:
+            self._warm_start()
             self.prepared = self._prepare_round()  # the first round builds while the start is measured
         while stop is None:  # the start: measured here, or a row of this file (or another loop's) stands for it
             start = self._settle_start(flag)
