@@ -219,10 +219,12 @@ class _Run:
         fresh machine each takes tens of seconds, and the first trial waited for both in turn."""
         from amk.models import Model
 
-        if self.dev != Device.CUDA or isinstance(self.model, Model):
+        if self.dev != Device.CUDA:
             return
         self.builder.precompile(self._job(self.start[0].config))
-        get_model(str(self.model), resolve_dtype_name(self.dtype, self.dev, self.target)[0], self.dev, weights=True)
+        if self.evaluate_fn is _default_evaluate and not isinstance(self.model, Model):  # the weights it loads
+            get_model(str(self.model), resolve_dtype_name(self.dtype, self.dev, self.target)[0], self.dev,
+                      weights=True)
 
     def _adopt(self, row: dict) -> bool:
         """Take a measured row of the incumbent's program as its measurement (a resume, or another loop's)."""
