@@ -125,6 +125,7 @@ class _Prepared:
     restart: bool
     candidates: list[Candidate]
     pending: Pending
+    waited: bool = False  # the loop blocked on its builds (the GPU idled)
 
 
 def _default_evaluate(*args, **kw) -> dict:
@@ -336,9 +337,9 @@ class _Run:
         return _Prepared(restart, cands, pending)
 
     def _round(self) -> None:
-        """Fill the queue: take in the round that finished building (waiting for it only when nothing built is
-        left to measure), rank every built and unmeasured candidate, queue the top few, and start building the
-        next round around the incumbent of now. A keep changes the incumbent but drops nothing built: those
+        """Fill the queue: take in the round's builds finished so far (waiting for more only while fewer than
+        measure_per_round candidates are built and unmeasured), rank every built and unmeasured candidate, queue
+        the top few, and once the round is all in, start building the next around the incumbent of now. A keep changes the incumbent but drops nothing built: those
         configs are still candidates, ranked with the rest; a restart drops them (another region)."""
         if self.restart_pending:
             self.backlog.clear()
@@ -350,12 +351,11 @@ class _Run:
             self.backlog.clear()  # one round at a time, built when asked for (the CPU path stays deterministic)
         if self.prepared is None:
             self.prepared = self._prepare_round()
-        ready = self.prepared.pending.done()
-        if ready or not self.backlog:
-            self.prepared_used += int(ready)
-            t0 = time.monotonic()
-            self._take_in(self.prepared)
-            self.waited_rounds_s += time.monotonic() - t0
+        t0 = time.monotonic()
+        self._take_in(self.prepared, self.settings.measure_per_round)
+        self.waited_rounds_s += time.monotonic() - t0
+        if self.prepared.pending.done():
+            self.prepared_used += int(not self.prepared.waited)
             self.prepared = None
         records = load_records(self.corpus)  # the ranking sees every record up to now, the last round's too
         self.prior = Prior.from_corpus(records, gpu=self.target.name)
@@ -390,12 +390,23 @@ class _Run:
                  "fitted on %d records)", self.rounds, len(self.backlog), self.invalid, self.duplicates,
                  len(self.queue), self.ranking.rows)
 
-    def _take_in(self, prepared: _Prepared) -> None:
-        """Wait for a prepared round's builds; its valid programs not measured, claimed or already waiting join
-        the backlog."""
+    def _take_in(self, prepared: _Prepared, enough: int) -> None:
+        """Move a prepared round's finished builds into the backlog, and wait for more of them only while fewer
+        than `enough` candidates wait there: the GPU measures the first built, not the last."""
+        while True:
+            self._admit(prepared, prepared.pending.ready())
+            if prepared.pending.done() or len(self.backlog) >= enough:
+                return
+            prepared.waited = True
+            prepared.pending.wait_any()
+
+    def _admit(self, prepared: _Prepared, builds: list[tuple[int, Built]]) -> None:
+        """Valid programs not measured, claimed or already waiting join the backlog."""
+        if not builds:
+            return
         snap = snapshot(self.results, self.name, self.target.name)
         waiting = {b.program_fingerprint for _, b in self.backlog.values()}
-        for c, b in zip(prepared.candidates, prepared.pending.wait()):
+        for i, b in builds:
             if not b.valid:
                 self.invalid += 1
                 continue
@@ -404,7 +415,7 @@ class _Run:
                 self.duplicates += 1  # another config of a program measured, claimed or already waiting
                 continue
             waiting.add(fp)
-            self.backlog[c.config.schedule_id] = (c, b)
+            self.backlog[prepared.candidates[i].config.schedule_id] = (prepared.candidates[i], b)
         if len(self.backlog) > BACKLOG_MAX:  # the oldest go first: rounds are built around newer incumbents
             for sid in list(self.backlog)[: len(self.backlog) - BACKLOG_MAX]:
                 del self.backlog[sid]

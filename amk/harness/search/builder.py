@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 
 from amk.schedule.config import ScheduleConfig
@@ -138,64 +138,95 @@ def default_processes(device: str) -> int:
 
 
 class Pending:
-    """Builds under way: wait() returns their Builts in the order asked; cancel() drops the ones not started
-    (a prepared round that a new incumbent made stale)."""
+    """Builds under way, indexed by their place in the order asked. ready() hands over the finished builds not
+    handed over yet; wait() waits for the rest and returns every Built in the order asked; cancel() drops the
+    builds not started (a prepared round that a restart made stale). In-process builds run at ready()."""
 
-    def __init__(self, builder: Builder, ids: list[str], futures: list[Future], local: list[BuildJob]):
-        self.builder, self.ids, self.futures, self.local = builder, ids, futures, local
+    def __init__(self, builder: Builder, ids: list[str], futures: dict[int, Future], local: dict[int, BuildJob],
+                 memo: list[int]):
+        self.builder, self.ids = builder, ids
+        self.futures, self.local, self.memo = futures, local, memo  # not handed over yet
+
+    def ready(self) -> list[tuple[int, Built]]:
+        """(index, Built) of each build finished since the last call, in the order asked."""
+        out = [(i, self.builder.built[self.ids[i]]) for i in self.memo]  # built by an earlier round
+        for i, job in self.local.items():
+            out.append((i, self.builder._keep(build_one(job, self.builder.predictor))))
+        for i in [i for i, f in self.futures.items() if f.done()]:
+            out.append((i, self.builder._keep(self.futures.pop(i).result())))
+        self.memo, self.local = [], {}
+        return sorted(out, key=lambda ib: ib[0])
+
+    def wait_any(self) -> None:
+        """Block until one more build finishes (at once when none is left to wait for)."""
+        if self.futures and not any(f.done() for f in self.futures.values()):
+            wait(self.futures.values(), return_when=FIRST_COMPLETED)
 
     def wait(self) -> list[Built]:
-        for j in self.local:
-            self.builder._keep(build_one(j, self.builder.predictor))
-        for f in self.futures:
-            self.builder._keep(f.result())
-        self.local, self.futures = [], []
+        wait(self.futures.values())
+        self.ready()
         return [self.builder.built[i] for i in self.ids]
 
     def done(self) -> bool:
-        """Every build finished (builds in this process happen at wait(): never done before)."""
-        return not self.local and all(f.done() for f in self.futures)
+        """Every build handed over (in-process builds: never before ready())."""
+        return not (self.futures or self.local or self.memo)
 
     def cancel(self) -> None:
-        for f in self.futures:
+        for f in self.futures.values():
             f.cancel()
-        self.local, self.futures = [], []
+        self.futures, self.local, self.memo = {}, {}, []
 
 
 class Builder:
-    """Builds candidates (memoised by schedule_id for the life of the loop) and precompiles kernels."""
+    """Builds candidates (memoised by schedule_id for the life of the loop) and precompiles kernels. Kernel
+    builds have processes of their own (a quarter, at least one): in the build processes a kernel the next
+    trial needs would queue behind a whole round of lowering."""
 
     def __init__(self, processes: int = 0, predictor: Predictor | None = None):
         if processes > 0 and predictor is not None:
             raise ValueError("a custom predictor runs in this process only (builder processes=0)")
         self.predictor = predictor
         self.processes = max(0, processes)
-        self.pool = (ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"), initializer=_worker_init)
-                     if processes > 0 else None)
+        compilers = max(1, self.processes // 4) if self.processes > 1 else 0
+        self.pool = self._pool(self.processes - compilers)
+        self.compile_pool = self._pool(compilers) or self.pool
         self.built: dict[str, Built] = {}
         self.precompiling: dict[str, Future] = {}
         self.build_seconds = 0.0
 
+    @staticmethod
+    def _pool(n: int) -> ProcessPoolExecutor | None:
+        return (ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+                if n > 0 else None)
+
     def submit(self, jobs: list[BuildJob]) -> Pending:
-        """Start building `jobs` (in the worker processes; in this process the work happens at wait())."""
+        """Start building `jobs` (in the worker processes; in this process the work happens at ready())."""
         ids = [ScheduleConfig.from_dict(j.config).schedule_id for j in jobs]
-        todo = [j for j, sid in zip(jobs, ids) if sid not in self.built]
-        if self.pool is None:
-            return Pending(self, ids, [], todo)
-        return Pending(self, ids, [self.pool.submit(build_one, j) for j in todo], [])
+        futures: dict[int, Future] = {}
+        local: dict[int, BuildJob] = {}
+        memo: list[int] = []
+        for i, (job, sid) in enumerate(zip(jobs, ids)):
+            if sid in self.built:
+                memo.append(i)
+            elif self.pool is None:
+                local[i] = job
+            else:
+                futures[i] = self.pool.submit(build_one, job)
+        return Pending(self, ids, futures, local, memo)
 
     def build(self, jobs: list[BuildJob]) -> list[Built]:
         return self.submit(jobs).wait()
 
-    def _keep(self, b: Built) -> None:
+    def _keep(self, b: Built) -> Built:
         self.built[b.schedule_id] = b
         self.build_seconds += b.seconds
+        return b
 
     def precompile(self, job: BuildJob) -> None:
         """Compile this candidate's kernel in a worker while the GPU measures another (CUDA runs only)."""
         sid = ScheduleConfig.from_dict(job.config).schedule_id
-        if self.pool is not None and sid not in self.precompiling:
-            self.precompiling[sid] = self.pool.submit(precompile_one, job)
+        if self.compile_pool is not None and sid not in self.precompiling:
+            self.precompiling[sid] = self.compile_pool.submit(precompile_one, job)
 
     def wait_precompiled(self, schedule_id: str) -> None:
         """Wait for this candidate's kernel build when one is under way (building it again would only race)."""
@@ -206,6 +237,6 @@ class Builder:
                 log.warning("precompiling %s %s; the VM builds it itself", schedule_id, origin)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+        for pool in {id(p): p for p in (self.pool, self.compile_pool) if p is not None}.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self.compile_pool = None

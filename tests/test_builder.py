@@ -1,0 +1,88 @@
+"""The builder's hand-over of finished builds, its kernel-build processes, and the loop taking in a round that is
+still building: the GPU measures the first candidates built instead of waiting for the round's last."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
+from _synthetic import Synthetic
+
+import amk
+from amk.harness import loop as loop_mod
+from amk.harness.search.builder import Builder, Built, Pending
+from amk.schedule.config import ScheduleConfig
+
+CONFIGS = [ScheduleConfig.from_dict(d) for d in ({"attention": {"kv_partitions": 4}},
+                                                 {"attention": {"kv_partitions": 8}},
+                                                 {"attention": {"kv_partitions": 16}})]
+
+
+def _built(cfg: ScheduleConfig, fp: str) -> Built:
+    return Built(cfg.to_dict(), cfg.schedule_id, True, program_fingerprint=fp, predicted_us=10.0)
+
+
+def _pending(builder: Builder, futures: dict[int, Future], memo: list[int] = ()) -> Pending:
+    return Pending(builder, [c.schedule_id for c in CONFIGS], futures, {}, list(memo))
+
+
+def test_pending_hands_over_each_finished_build_once_in_order():
+    builder = Builder(0)
+    builder.built[CONFIGS[2].schedule_id] = _built(CONFIGS[2], "fp2")  # built by an earlier round
+    f0, f1 = Future(), Future()
+    pending = _pending(builder, {0: f0, 1: f1}, memo=[2])
+    f1.set_result(_built(CONFIGS[1], "fp1"))
+    assert [(i, b.program_fingerprint) for i, b in pending.ready()] == [(1, "fp1"), (2, "fp2")]
+    assert pending.ready() == [] and not pending.done()
+    threading.Timer(0.2, f0.set_result, (_built(CONFIGS[0], "fp0"),)).start()
+    pending.wait_any()  # returns once f0 finishes
+    assert f0.done() and [i for i, _ in pending.ready()] == [0] and pending.done()
+    assert set(builder.built) == {c.schedule_id for c in CONFIGS}
+
+
+def test_pending_wait_returns_every_build_in_the_order_asked():
+    builder = Builder(0)
+    futures = {i: Future() for i in range(3)}
+    for i in (2, 0, 1):
+        futures[i].set_result(_built(CONFIGS[i], f"fp{i}"))
+    assert [b.program_fingerprint for b in _pending(builder, futures).wait()] == ["fp0", "fp1", "fp2"]
+
+
+def test_kernel_builds_have_processes_of_their_own():
+    # a kernel the next trial needs must not queue behind a round of lowering in the build processes
+    b = Builder(8)
+    try:
+        assert b.compile_pool is not b.pool
+        assert b.compile_pool._max_workers == 2 and b.pool._max_workers == 6
+        asked = []
+        b.compile_pool.submit = lambda fn, job: asked.append((fn.__name__, job)) or Future()
+        b.precompile(loop_mod.BuildJob("toy", amk.get_target("cpu-sim"), {}, "fp32", None, None))
+        assert [name for name, _ in asked] == ["precompile_one"]
+    finally:
+        b.close()
+    one = Builder(1)
+    assert one.compile_pool is one.pool  # one process does both
+    one.close()
+
+
+def test_the_loop_measures_the_first_builds_of_a_round_still_building(tmp_path, monkeypatch):
+    # a round whose last build never finishes: the loop takes in what is built, waits only while fewer than
+    # measure_per_round candidates are built, and leaves the rest pending
+    run = loop_mod._Run("toy", "cpu-sim", 4, None, 0, "cpu", tmp_path / "r.tsv", tmp_path / "c.jsonl", False, 20,
+                        None, None, None, None, Synthetic(0), 0, None, None, None, None)
+    try:
+        cands = [loop_mod.Candidate(c, (), loop_mod.Source.MUTATE) for c in CONFIGS]
+        futures = {i: Future() for i in range(3)}
+        futures[0].set_result(_built(CONFIGS[0], "fp0"))
+        prepared = loop_mod._Prepared(False, cands, _pending(run.builder, futures))
+        run._take_in(prepared, enough=1)
+        assert list(run.backlog) == [CONFIGS[0].schedule_id] and not prepared.waited
+        threading.Timer(0.2, futures[1].set_result, (_built(CONFIGS[1], "fp1"),)).start()
+        run._take_in(prepared, enough=2)  # waits for one more build, not for the last
+        assert len(run.backlog) == 2 and prepared.waited and not prepared.pending.done()
+        futures[2].set_result(_built(CONFIGS[2], "fp1"))  # a program already waiting: a duplicate
+        run._take_in(prepared, enough=2)
+        assert prepared.pending.done() and len(run.backlog) == 2 and run.duplicates == 1
+    finally:
+        run.close()
