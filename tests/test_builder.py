@@ -86,3 +86,21 @@ def test_the_loop_measures_the_first_builds_of_a_round_still_building(tmp_path, 
         assert prepared.pending.done() and len(run.backlog) == 2 and run.duplicates == 1
     finally:
         run.close()
+
+
+def test_the_loop_measures_first_the_picks_whose_kernel_is_built(tmp_path):
+    run = loop_mod._Run("toy", "cpu-sim", 4, None, 0, "cpu", tmp_path / "r.tsv", tmp_path / "c.jsonl", False, 20,
+                        None, None, None, None, Synthetic(0), 0, None, None, None, None)
+    try:
+        run.queue = [(loop_mod.Candidate(c, (), loop_mod.Source.MUTATE), _built(c, f"fp{i}"))
+                     for i, c in enumerate(CONFIGS)]
+        compiling, built = Future(), Future()
+        built.set_result("compiled")
+        run.builder.precompiling = {CONFIGS[0].schedule_id: compiling, CONFIGS[1].schedule_id: built}
+        assert run._next_pick() == 1
+        run.builder.precompiling[CONFIGS[1].schedule_id] = Future()
+        assert run._next_pick() == 2  # no kernel build asked for: nothing to wait for
+        run.builder.precompiling[CONFIGS[2].schedule_id] = Future()
+        assert run._next_pick() == 0  # all compiling: the best-ranked first
+    finally:
+        run.close()

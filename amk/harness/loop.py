@@ -286,9 +286,15 @@ class _Run:
                     self.restart_pending = True
                     continue
                 self.empty_rounds = 0
-            cand, built = self.queue.pop(0)
+            cand, built = self.queue.pop(self._next_pick())
             self._trial(cand, built, cand.description)
         return self._summary(stop)
+
+    def _next_pick(self) -> int:
+        """The queue's first pick whose kernel is not compiling (the first when all are): the GPU measures what
+        is ready while NVRTC finishes the rest."""
+        return next((i for i, (c, _) in enumerate(self.queue)
+                     if not self.builder.kernel_pending(c.config.schedule_id)), 0)
 
     def _stop_reason(self, flag: StopFlag) -> StopReason | None:
         if flag.set or (self.should_stop is not None and self.should_stop()):
@@ -469,7 +475,9 @@ class _Run:
                 self.inc.observe(s, verdict.get("latency_spread_us"), verdict.get("latency_kind"))
             self.inc.latency_us = lat  # the pooled figure when a gain was confirmed
             self.reverts = self.since_remeasure = 0
-            self.queue = []  # the next picks are ranked (and the next round generated) around the new incumbent
+            for pick in self.queue:  # the next picks are ranked around the new incumbent, with the backlog
+                self.backlog[pick[0].config.schedule_id] = pick
+            self.queue = []
         else:
             self.reverts += 1
         self._progress(c.trial, status, built, verdict, description + ": " + why, cand.source)

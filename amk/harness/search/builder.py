@@ -228,6 +228,11 @@ class Builder:
         if self.compile_pool is not None and sid not in self.precompiling:
             self.precompiling[sid] = self.compile_pool.submit(precompile_one, job)
 
+    def kernel_pending(self, schedule_id: str) -> bool:
+        """This candidate's kernel is still being compiled."""
+        f = self.precompiling.get(schedule_id)
+        return f is not None and not f.done()
+
     def wait_precompiled(self, schedule_id: str) -> None:
         """Wait for this candidate's kernel build when one is under way (building it again would only race)."""
         f = self.precompiling.pop(schedule_id, None)
