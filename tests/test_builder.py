@@ -12,6 +12,7 @@ from _synthetic import Synthetic
 import amk
 from amk.harness import loop as loop_mod
 from amk.harness.search.builder import Builder, Built, Pending
+from amk.harness.search.rounds import PreparedRound
 from amk.schedule.config import ScheduleConfig
 
 CONFIGS = [ScheduleConfig.from_dict(d) for d in ({"attention": {"kv_partitions": 4}},
@@ -75,7 +76,7 @@ def test_the_loop_measures_the_first_builds_of_a_round_still_building(tmp_path, 
         cands = [loop_mod.Candidate(c, (), loop_mod.Source.MUTATE) for c in CONFIGS]
         futures = {i: Future() for i in range(3)}
         futures[0].set_result(_built(CONFIGS[0], "fp0"))
-        prepared = loop_mod._Prepared(False, cands, _pending(run.builder, futures))
+        prepared = PreparedRound(False, cands, _pending(run.builder, futures))
         run._take_in(prepared, enough=1)
         assert list(run.backlog) == [CONFIGS[0].schedule_id] and not prepared.waited
         threading.Timer(0.2, futures[1].set_result, (_built(CONFIGS[1], "fp1"),)).start()

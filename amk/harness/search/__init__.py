@@ -3,6 +3,6 @@
 One job per module: policy (candidate rounds: mutations, crossover, random points, region restarts, and
 which to measure), model (the ranking cost model fitted to this model's and GPU's tuning records), builder
 (lowering, validation, pricing and NVRTC builds in worker processes, off the measuring process's path),
-keep (the noise-aware keep rule and the incumbent), distributed (one measuring worker per GPU through Ray).
-harness/loop.py drives them.
+keep (the noise-aware keep rule and the incumbent), rounds (a run's rounds: generate, build, take in as built,
+rank, pick), distributed (one measuring worker per GPU through Ray). harness/loop.py drives them.
 """
