@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -18,21 +20,14 @@ FINGERPRINT_META = "fingerprint"  # meta key: the fingerprint, stored by whoever
 VALIDATION_META = "validation"  # meta key: the static validator's verdict, stored by whoever ran it
 
 
+@functools.cache
 def lowering_digest() -> str:
     """sha256 (hex, 16 digits) of the source of the schedule package (lowering, validation, cost model): a part
     of every cached program's key, so a program lowered or validated by other code is never read back."""
-    global _LOWERING_DIGEST
-    if _LOWERING_DIGEST is None:
-        from pathlib import Path
-
-        h = hashlib.sha256()
-        for f in sorted(Path(__file__).parent.glob("*.py")):
-            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-        _LOWERING_DIGEST = h.hexdigest()[:16]
-    return _LOWERING_DIGEST
-
-
-_LOWERING_DIGEST: str | None = None
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 class BufferKind(str, Enum):

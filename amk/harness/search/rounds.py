@@ -63,11 +63,13 @@ class Rounds:
                 break
         return out
 
-    def _prepare_round(self) -> PreparedRound:
-        """Generate a round's candidates around the incumbent and the best records, and start building them."""
-        records = load_records(self.corpus)
+    def _prepare_round(self, records=None) -> PreparedRound:
+        """Generate a round's candidates around the incumbent and the best records, and start building them.
+        `records`: the corpus as just read, with self.prior made from it (else both are read here)."""
+        if records is None:
+            records = load_records(self.corpus)
+            self.prior = Prior.from_corpus(records, gpu=self.target.name)
         run_records = for_run(records, self.name, self.target.name, self.dtype)
-        self.prior = Prior.from_corpus(records, gpu=self.target.name)
         restart, self.restart_pending = self.restart_pending, False
         cands = generate(self.inc.config, self._parents(run_records), self.space, self.prior, self.rng,
                          self.settings, restart=restart)
@@ -79,8 +81,9 @@ class Rounds:
     def _round(self) -> None:
         """Fill the queue: take in the round's builds finished so far (waiting for more only while fewer than
         measure_per_round candidates are built and unmeasured), rank every built and unmeasured candidate, queue
-        the top few, and once the round is all in, start building the next around the incumbent of now. A keep changes the incumbent but drops nothing built: those
-        configs are still candidates, ranked with the rest; a restart drops them (another region)."""
+        the top few, and once the round is all in, start building the next around the incumbent of now. A keep
+        changes the incumbent but drops nothing built: those configs are still candidates, ranked with the rest;
+        a restart drops them (another region)."""
         if self.restart_pending:
             self.backlog.clear()
             if self.prepared is not None and not self.prepared.restart:
@@ -123,9 +126,8 @@ class Rounds:
             for c in [c for c, _ in self.queue] + ahead[: self.settings.measure_per_round]:
                 self.builder.precompile(self._job(c.config))
         if self.builder.pool is not None and self.prepared is None:
-            # the next round builds on the other cores while the GPU measures (after these kernels: the pool
-            # runs jobs in order)
-            self.prepared = self._prepare_round()
+            # the next round builds in the build processes while the GPU measures (kernels have their own)
+            self.prepared = self._prepare_round(records)
         log.info("round %d: %d built candidates waiting, %d invalid, %d duplicates so far; measuring %d (model "
                  "fitted on %d records)", self.rounds, len(self.backlog), self.invalid, self.duplicates,
                  len(self.queue), self.ranking.rows)
