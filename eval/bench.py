@@ -16,11 +16,16 @@ def prefill_random_kv(vm, ctx: int, seed: int = 0) -> None:
     vm.load_kv_prefix(k, v)
 
 
-def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup: int = 10) -> dict:
+def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup: int = 10,
+            stop_above_us: float | None = None) -> dict:
     """Per-step latency in microseconds. Each repeat starts from fresh state (KV prefix of `context`
     positions, token 1) and runs `steps` steps with the position and token advancing on the device; the
     whole step is timed, host launch included. The VM's error word and task count are checked after each
-    repeat, so a number is only returned for runs that executed every task."""
+    repeat, so a number is only returned for runs that executed every task.
+
+    `stop_above_us`: when the first timed repeat is slower than this, the others are not run (racing, as in
+    irace or Hyperband: a config clearly slower than the best so far needs no spread to be discarded). The
+    result then holds one sample, `spread_us` None and `stopped_early` True."""
     c = vm.c
     # every launched step needs a KV slot of its own (a step past the last one raises): a short context runs
     # fewer steps
@@ -42,10 +47,14 @@ def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup:
         vm.check()
         if r:  # the first repeat warms clocks and caches
             samples.append(start.elapsed_time(end) * 1e3 / steps)
+            if stop_above_us is not None and samples[0] > stop_above_us:
+                break
+    stopped = len(samples) < repeats
     return {
         "latency_us": statistics.median(samples),
-        "spread_us": statistics.pstdev(samples),
+        "spread_us": None if stopped else statistics.pstdev(samples),
         "samples_us": samples,
         "steps": steps,
         "context": context,
+        "stopped_early": stopped,
     }

@@ -57,6 +57,7 @@ class Synthetic:
     def __init__(self, seed: int = 0, flat: bool = False, noise: float = NOISE):
         self.rng, self.flat, self.noise = random.Random(seed), flat, noise
         self.calls: list[str] = []
+        self.bounds: list[tuple[float | None, float]] = []  # (stop_above_us, the latency measured) a call
 
     def __call__(self, model, gpu, config, **kw) -> dict:
         cfg = config if isinstance(config, ScheduleConfig) else ScheduleConfig.from_dict(config)
@@ -66,6 +67,11 @@ class Synthetic:
                     "latency_spread_us": None, "failures": [{"case": "pos0", "message": "MERE 0.5 >= 0.0078"}],
                     "notes": [], "environment": {}, "schedule_id": cfg.schedule_id}
         lat = BASE_US if self.flat else true_latency(cfg)
-        return {"valid": True, "correct": True, "latency_us": lat * (1 + self.rng.gauss(0, self.noise)),
-                "latency_spread_us": lat * self.noise, "latency_kind": "measured-gpu", "failures": [], "notes": [],
+        measured = lat * (1 + self.rng.gauss(0, self.noise))
+        bound = kw.get("stop_above_us")
+        self.bounds.append((bound, measured))
+        raced = bound is not None and measured > bound  # as eval.bench.time_vm: one repeat, no spread
+        return {"valid": True, "correct": True, "latency_us": measured,
+                "latency_spread_us": None if raced else lat * self.noise, "timed_repeats": 1 if raced else 5,
+                "latency_kind": "measured-gpu", "failures": [], "notes": [],
                 "pct_of_floor": None, "environment": {}, "schedule_id": cfg.schedule_id}

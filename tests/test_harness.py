@@ -158,7 +158,7 @@ def test_gate_gpu_timing_failure_fails_and_a_measurement_is_labelled(monkeypatch
 
     monkeypatch.setattr(correctness, "build_cuda_vm", lambda program, model: make_vm(program, model))
 
-    def timing_fails(vm):
+    def timing_fails(vm, stop_above_us=None):
         raise RuntimeError("VM error word 3: task 12 timed out")
 
     monkeypatch.setattr(correctness, "time_cuda_vm", timing_fails)
@@ -166,12 +166,12 @@ def test_gate_gpu_timing_failure_fails_and_a_measurement_is_labelled(monkeypatch
     assert v["cases_passed"] == v["cases_total"] and v["correct"] is False and v["latency_us"] is None
     assert any("while timing" in n for n in v["notes"])
 
-    monkeypatch.setattr(correctness, "time_cuda_vm", lambda vm: {"latency_us": 80.0, "spread_us": 0.5})
+    monkeypatch.setattr(correctness, "time_cuda_vm", lambda vm, stop_above_us=None: {"latency_us": 80.0, "spread_us": 0.5})
     v = amk.evaluate(fake_gpu, "cpu-sim", {}, device="cuda")
     assert v["correct"] and v["latency_us"] == 80.0 and v["latency_kind"] == "measured-gpu"
     assert v["latency_spread_us"] == 0.5 and not any("PREDICTED" in n for n in v["notes"])
 
-    monkeypatch.setattr(correctness, "time_cuda_vm", lambda vm: {"latency_us": 1.0, "spread_us": 0.0})
+    monkeypatch.setattr(correctness, "time_cuda_vm", lambda vm, stop_above_us=None: {"latency_us": 1.0, "spread_us": 0.0})
     v = amk.evaluate(fake_gpu, "cpu-sim", {}, device="cuda")
     assert v["correct"] and v["latency_us"] is None and any("withheld" in n for n in v["notes"])
 

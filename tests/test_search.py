@@ -38,6 +38,23 @@ def test_the_loop_reaches_an_optimum_three_knobs_away(tmp_path, seed):
     assert s["search"]["remeasures"] >= 1
 
 
+def test_candidates_above_the_race_bound_are_timed_once_and_never_kept(tmp_path):
+    ev = Synthetic(5)
+    amk.loop("toy", "cpu-sim", budget=20, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+             seed=5, evaluate=ev, predictor=predictor)
+    bounds = [b for b, _ in ev.bounds]
+    assert bounds[0] is None  # the start has nothing to race against
+    raced = [(b, lat) for b, lat in ev.bounds if b is not None and lat > b]
+    assert raced, "no candidate was clearly slower than the incumbent"
+    rows = {round(float(r["latency_us"]), 2): r for r in read_rows(tmp_path / "r.tsv") if r["latency_us"]}
+    for _, lat in raced:
+        row = rows[round(lat, 2)]
+        assert row["status"] == "discard" and not row["spread_us"]
+    kept = [float(r["latency_us"]) for r in rows.values() if r["status"] == "keep"]
+    # every bound sat at least 3% above some incumbent measured then, so no keep could have been stopped
+    assert all(b >= 1.03 * min(kept) for b in bounds if b is not None)
+
+
 def test_a_flat_function_keeps_nothing(tmp_path):
     s = amk.loop("toy", "cpu-sim", budget=24, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
                  seed=2, evaluate=Synthetic(2, flat=True), predictor=predictor)

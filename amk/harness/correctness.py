@@ -159,14 +159,15 @@ def build_cuda_vm(program, model):
     return make_vm(program, model, device="cuda", vm="cuda")
 
 
-def time_cuda_vm(vm) -> dict:
+def time_cuda_vm(vm, stop_above_us: float | None = None) -> dict:
     """A seam for tests: eval.bench.time_vm."""
     from amk.eval.bench import time_vm
 
-    return time_vm(vm)
+    return time_vm(vm, stop_above_us=stop_above_us)
 
 
-def run_cuda(v: Verdict, program, model, case_list, ref, seed: int, measure: bool = True):
+def run_cuda(v: Verdict, program, model, case_list, ref, seed: int, measure: bool = True,
+             stop_above_us: float | None = None):
     from amk.eval.oracle import verify
 
     try:
@@ -181,7 +182,7 @@ def run_cuda(v: Verdict, program, model, case_list, ref, seed: int, measure: boo
         return None
     log.info("timing on the GPU")
     try:
-        return time_cuda_vm(vm)
+        return time_cuda_vm(vm, stop_above_us)
     except Exception as e:  # the timed run executes the same program: its failure fails the config
         v.correct = False
         v.notes.append(f"GPU failure while timing (the timed run did not complete every task): "

@@ -63,7 +63,8 @@ def resolve_dtype_name(dtype, device: Device, target: GpuTarget) -> tuple[str, s
 
 
 def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0, dtype: str | None = None,
-             corpus: str | None = None, peers: bool = False, max_seq: int | None = None, measure: bool = True) -> dict:
+             corpus: str | None = None, peers: bool = False, max_seq: int | None = None, measure: bool = True,
+             stop_above_us: float | None = None) -> dict:
     """The verdict of one config as a JSON-able dict (see HARNESS.md for every field).
 
     Bad configs never raise: they come back valid=false with `rejected_reason` (every problem at once).
@@ -71,7 +72,13 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     max_seq (ArgumentError) raise before any model work: usage errors, exit 2 on the CLI. device="cuda" on a
     machine without one raises EnvironmentProblem (exit 3). `dtype` None picks bf16, except fp32 for the
     cpu-sim stand-in on a CPU; the verdict's `dtype` and a note say which.
-    `measure=False` stops after correctness (what `amk verify` runs)."""
+    `measure=False` stops after correctness (what `amk verify` runs). `stop_above_us` (GPU only): when the first
+    timed repeat is slower than this many microseconds, the other repeats are skipped; the latency then comes
+    from that one repeat, `timed_repeats` is 1 and `latency_spread_us` null (the search passes a bound well
+    above its best config: a clearly slower config needs no spread to be discarded)."""
+    if stop_above_us is not None and (isinstance(stop_above_us, bool) or not isinstance(stop_above_us, int | float)
+                                      or not stop_above_us > 0):
+        raise ArgumentError("stop_above_us", f"expected a positive number of microseconds, got {stop_above_us!r}")
     t0 = time.perf_counter()
     if isinstance(cases, str) and cases not in ("full", "reduced"):  # before any model work
         raise ArgumentError("cases", f"expected 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
@@ -80,7 +87,7 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     v, program = build_program(model, gpu, config, device, dtype, max_seq, cache)
     if program is not None:
         _evaluate(v, model, resolve_target(gpu), program, resolve_device(device), cases, seed, corpus, peers, measure,
-                  cache)
+                  cache, stop_above_us)
     v.cache = _stats_delta(before, cache.stats())
     v.seconds = round(time.perf_counter() - t0, 4)
     return v.to_dict()
@@ -130,7 +137,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
 
 
 def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, dev: Device, cases, seed: int,
-              corpus, peers: bool, measure: bool, cache: Cache) -> None:
+              corpus, peers: bool, measure: bool, cache: Cache, stop_above_us: float | None = None) -> None:
     from amk.models import Model
 
     given = model if isinstance(model, Model) else None
@@ -145,7 +152,7 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     with bar(len(case_list), f"verifying on {dev.value}", unit="case") as cases_bar:
         ref = counted(reference_hook(full, program, cache, label={"model": v.model}), cases_bar)
         if dev == Device.CUDA:
-            timing = run_cuda(v, program, full, case_list, ref, seed, measure)
+            timing = run_cuda(v, program, full, case_list, ref, seed, measure, stop_above_us)
         else:
             timing = run_cpu(v, program, full, case_list, ref, seed)
         cases_bar.advance(v.cases_total - cases_bar.done)

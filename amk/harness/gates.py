@@ -19,8 +19,10 @@ def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device) -> None:
             v.correct = False
             v.notes.append("no latency: the GPU run was not timed")
             return
-        latency, spread, kind = float(timing["latency_us"]), float(timing.get("spread_us") or 0.0), \
+        spread = timing.get("spread_us")
+        latency, spread, kind = float(timing["latency_us"]), None if spread is None else float(spread), \
             LatencyKind.MEASURED_GPU
+
     else:
         if v.predicted_latency_us is None:
             v.notes.append("no latency: the cost model could not price this program")
@@ -33,6 +35,11 @@ def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device) -> None:
         v.notes.append(f"latency withheld: {reason}")
         return
     v.latency_us, v.latency_spread_us, v.latency_kind = latency, spread, kind.value
+    if kind == LatencyKind.MEASURED_GPU:
+        v.timed_repeats = len(timing.get("samples_us") or [None])
+        if timing.get("stopped_early"):
+            v.notes.append(f"timing stopped after one repeat: {latency:.2f} us is above stop_above_us; the "
+                           "latency is that repeat's and has no spread")
     ref_floor = floor.measured_us or floor.spec_us
     v.pct_of_floor = 100.0 * ref_floor / latency if ref_floor and latency > 0 else None
     if ref_floor and not floor.measured_us:

@@ -45,7 +45,7 @@ from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import default_dtype, evaluate, resolve_dtype_name
 from .propose import incumbent_config, model_name
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
-from .search.keep import Incumbent, decide, needs_confirmation, pooled
+from .search.keep import Incumbent, decide, needs_confirmation, pooled, race_bound_us
 from .search.model import RankingModel
 from .search.policy import Candidate, SearchSettings, Source
 from .search.rounds import PreparedRound, Rounds
@@ -84,7 +84,9 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
 
     `incumbent`: a config (dict, JSON string or ScheduleConfig) to start from. `evaluate`: the callable that
     measures one config, evaluate(model, gpu, config, device=, cases=, seed=, dtype=, corpus=, max_seq=) ->
-    verdict dict (default amk.evaluate; a test passes a synthetic one). `builders`: builder processes (default
+    verdict dict (default amk.evaluate; a test passes a synthetic one); once the incumbent has a measured
+    latency, candidates are evaluated with stop_above_us= too (search/keep.py race_bound_us), so a callable
+    must accept it (or **kwargs). `builders`: builder processes (default
     none on the CPU path, most cores on CUDA). `predictor`: the builder's pricing function (default the cost
     model). `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, a rejected seed),
@@ -299,15 +301,17 @@ class _Run(Rounds):
         return None
 
     # ---- trials --------------------------------------------------------------------------------------
-    def _evaluate(self, cfg: ScheduleConfig) -> dict:
+    def _evaluate(self, cfg: ScheduleConfig, stop_above_us: float | None = None) -> dict:
         t0 = time.monotonic()
         self.builder.wait_precompiled(cfg.schedule_id)
         t1 = time.monotonic()
         self.waited_kernels_s += t1 - t0
         self.measurements += 1
         try:
+            extra = {} if stop_above_us is None else {"stop_above_us": stop_above_us}
             return self.evaluate_fn(self.model, self.target, cfg, device=self.dev.value, cases=self.cases,
-                                    seed=self.seed, dtype=self.dtype, corpus=str(self.corpus), max_seq=self.max_seq)
+                                    seed=self.seed, dtype=self.dtype, corpus=str(self.corpus), max_seq=self.max_seq,
+                                    **extra)
         except Exception as e:  # the loop outlives one bad trial; the row says crash and why
             log.exception("evaluate crashed")
             return {"crash": f"{type(e).__name__}: {e}"}
@@ -326,7 +330,7 @@ class _Run(Rounds):
             return False
         self.mine.add(built.program_fingerprint)
         inc = self.inc
-        verdict = self._evaluate(cfg)
+        verdict = self._evaluate(cfg, race_bound_us(inc))
         if verdict.get("latency_kind") and not self.timed:
             self.kind = verdict["latency_kind"]  # an injected evaluator may say what it produces
         self.timed = self.timed or verdict.get("latency_us") is not None

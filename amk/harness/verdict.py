@@ -28,7 +28,8 @@ class Verdict:
     top1_agreement: float | None = None
     kl_max: float | None = None
     latency_us: float | None = None  # null unless correct, and not under the floor
-    latency_spread_us: float | None = None
+    latency_spread_us: float | None = None  # stdev of the timed repeats; null for one repeat or a prediction
+    timed_repeats: int | None = None  # how many timed repeats latency_us is the median of (GPU only)
     latency_kind: str | None = None  # LatencyKind value, set whenever latency_us is
     predicted_latency_us: float | None = None  # the cost model's figure, always labelled as such
     spec_floor_us: float | None = None

@@ -123,3 +123,14 @@ def test_a_short_context_is_timed_within_its_slots(tmp_path):
     v = amk.evaluate(model, "auto", {}, device="cuda")
     assert v["correct"], (v["failures"], v["notes"])
     assert not any("GPU failure" in n for n in v["notes"]), v["notes"]
+
+
+def test_timing_stops_after_one_repeat_above_the_bound(tmp_path):
+    # the racing bound of the search: a first repeat above it ends the timing, below it all five run
+    model = amk.load_model(llama(tmp_path / "l", max_position_embeddings=256), dtype="bf16", device="cuda")
+    raced = amk.evaluate(model, "auto", {}, device="cuda", stop_above_us=0.5)
+    assert raced["correct"] and raced["timed_repeats"] == 1 and raced["latency_spread_us"] is None
+    assert any("stopped after one repeat" in n for n in raced["notes"])
+    full = amk.evaluate(model, "auto", {}, device="cuda", stop_above_us=1e9)
+    assert full["timed_repeats"] == 5 and full["latency_spread_us"] is not None
+    assert 0.5 * full["latency_us"] < raced["latency_us"] < 2 * full["latency_us"]

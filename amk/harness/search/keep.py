@@ -22,6 +22,8 @@ from amk.schedule.space import non_default_knobs
 
 MIN_GAIN = 0.01  # a keep must beat the incumbent by more than 1% ...
 SIGMAS = 2.0  # ... and by more than 2 sigma of the measured noise
+RACE_MIN_GAP = 0.03  # a candidate's first timed repeat this far above the incumbent ends its timing ...
+RACE_MARGINS = 2.0  # ... and at least this many keep margins above it
 MEASURED = "measured-gpu"
 
 
@@ -56,6 +58,16 @@ class Incumbent:
 def margin_us(inc: Incumbent, spread_us: float | None) -> float:
     sigma = SIGMAS * math.hypot(spread_us or 0.0, inc.noise_us)
     return max(MIN_GAIN * (inc.latency_us or 0.0), sigma)
+
+
+def race_bound_us(inc: Incumbent) -> float | None:
+    """The latency above which a candidate's first timed repeat ends its timing (evaluate's stop_above_us), or
+    None before the incumbent has a measured latency. The bound sits at least RACE_MARGINS keep margins and
+    RACE_MIN_GAP above the incumbent, so a config stopped there could neither win nor tie: timing the other
+    four repeats of a clearly slower config (most of a search's candidates) only costs GPU time."""
+    if inc.latency_us is None or inc.kind != MEASURED:
+        return None
+    return inc.latency_us + max(RACE_MARGINS * margin_us(inc, None), RACE_MIN_GAP * inc.latency_us)
 
 
 def decide(inc: Incumbent, verdict: dict, config: ScheduleConfig) -> tuple[Status, str]:
