@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -28,6 +30,21 @@ def lowering_digest() -> str:
     for f in sorted(Path(__file__).parent.glob("*.py")):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause Python's cyclic garbage collector for the block (re-entrant). Lowering, hashing or reading back a
+    10k-task program allocates about half a million containers; the collections they trigger, each walking every
+    object alive, took two thirds of the time (llama-3.2-1b on a 2-core CPU: read-back 1.0 s -> 0.35 s,
+    fingerprint 1.05 s -> 0.43 s). The objects made are acyclic or long-lived; the collector resumes after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class BufferKind(str, Enum):

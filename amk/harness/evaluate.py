@@ -19,7 +19,13 @@ from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
 from amk.schedule.inert import inert_knobs
-from amk.schedule.program import FINGERPRINT_META, VALIDATION_META, MegakernelProgram, lowering_digest
+from amk.schedule.program import (
+    FINGERPRINT_META,
+    VALIDATION_META,
+    MegakernelProgram,
+    gc_paused,
+    lowering_digest,
+)
 from amk.schedule.targets import GpuTarget
 
 from .calibration import calibrate_file
@@ -181,7 +187,8 @@ def _lower_cached(v: Verdict, model, target: GpuTarget, cfg: ScheduleConfig, max
     label = {"model": v.model, "gpu": target.name, "dtype": v.dtype, "max_seq": seq, "schedule_id": cfg.schedule_id,
              "config": cfg.to_dict()}
     try:
-        cache.get_or_create_json("program", key, lambda: _lowered(model, target, cfg, seq), check, label=label)
+        with gc_paused():  # read back: JSON decode and from_dict; on a miss, lower, validate and hash
+            cache.get_or_create_json("program", key, lambda: _lowered(model, target, cfg, seq), check, label=label)
     except ConfigError as e:
         v.reject(f"schema: {e}")
         return None

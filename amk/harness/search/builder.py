@@ -75,9 +75,8 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
     the runner's evaluate() lowers the few that are). Never raises for a bad config."""
     from amk.harness.environment import Device, get_model
     from amk.models import Model
-    from amk.schedule.errors import ConfigError, LoweringError
-    from amk.schedule.lower import DEFAULT_MAX_SEQ, lower
-    from amk.schedule.validate import validate
+    from amk.schedule.lower import DEFAULT_MAX_SEQ
+    from amk.schedule.program import gc_paused
 
     t0 = time.perf_counter()
     cfg = ScheduleConfig.from_dict(job.config)
@@ -88,6 +87,15 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
     model = job.model if isinstance(job.model, Model) else get_model(str(job.model), job.dtype, Device.CPU,
                                                                       weights=False)
     seq = int(job.max_seq or min(model.dims.max_positions, DEFAULT_MAX_SEQ))
+    with gc_paused():
+        return _build(job, cfg, model, seq, predictor, rejected, t0)
+
+
+def _build(job: BuildJob, cfg: ScheduleConfig, model, seq: int, predictor, rejected, t0: float) -> Built:
+    from amk.schedule.errors import ConfigError, LoweringError
+    from amk.schedule.lower import lower
+    from amk.schedule.validate import validate
+
     try:
         program = lower(model, job.target, cfg, max_seq=seq)
     except ConfigError as e:
