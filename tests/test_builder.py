@@ -3,6 +3,7 @@ still building: the GPU measures the first candidates built instead of waiting f
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import Future
 
@@ -57,7 +58,7 @@ def test_kernel_builds_have_processes_of_their_own():
         assert b.compile_pool is not b.pool
         assert b.compile_pool._max_workers == 2 and b.pool._max_workers == 6
         asked = []
-        b.compile_pool.submit = lambda fn, job: asked.append((fn.__name__, job)) or Future()
+        b.compile_pool.submit = lambda fn, job, kernel: asked.append((fn.__name__, job)) or Future()
         b.precompile(loop_mod.BuildJob("toy", amk.get_target("cpu-sim"), {}, "fp32", None, None))
         assert [name for name, _ in asked] == ["precompile_one"]
     finally:
@@ -103,5 +104,64 @@ def test_the_loop_measures_first_the_picks_whose_kernel_is_built(tmp_path):
         assert run._next_pick() == 2  # no kernel build asked for: nothing to wait for
         run.builder.precompiling[CONFIGS[2].schedule_id] = Future()
         assert run._next_pick() == 0  # all compiling: the best-ranked first
+    finally:
+        run.close()
+
+
+def _job(cfg: ScheduleConfig) -> loop_mod.BuildJob:
+    return loop_mod.BuildJob("toy", amk.get_target("cpu-sim"), cfg.to_dict(), "fp32", None, None)
+
+
+def test_one_kernel_is_compiled_once_and_a_queued_job_is_not_waited_for():
+    b = Builder(0)
+    asked: list[tuple[str, bool, Future]] = []
+
+    def submit(fn, job, kernel):
+        f = Future()
+        asked.append((ScheduleConfig.from_dict(job.config).schedule_id, kernel, f))
+        return f
+
+    b.compile_pool = type("Pool", (), {"submit": staticmethod(submit)})()
+    a, same, other = CONFIGS
+    b.precompile(_job(a), "k1")
+    b.precompile(_job(same), "k1")  # the same kernel: its program is lowered, the kernel not compiled again
+    b.precompile(_job(other), "k2")
+    assert [(sid, kernel) for sid, kernel, _ in asked] == [(a.schedule_id, True), (same.schedule_id, False),
+                                                            (other.schedule_id, True)]
+    assert b.kernel_pending(same.schedule_id) and not b.kernel_ready("k1")
+    asked[0][2].set_running_or_notify_cancel()  # k1's compile started ...
+    asked[0][2].set_result("compiled")  # ... and finished
+    assert not b.kernel_pending(same.schedule_id) and b.kernel_ready("k1")
+    b.wait_precompiled(other.schedule_id)  # still queued: cancelled, the runner builds it itself
+    assert asked[2][2].cancelled() and not b.kernel_ready("k2")
+    b.mark_kernel_ready("k2")  # a trial ran it
+    assert b.kernel_ready("k2") and not b.kernel_pending(other.schedule_id)
+
+
+def test_configs_that_change_only_tiling_share_a_kernel():
+    from amk.harness.search.builder import build_one
+
+    base = build_one(_job(ScheduleConfig()))
+    tiled = build_one(_job(ScheduleConfig.from_dict({"matvec": {"o": {"rows_per_task": 4}}})))
+    threads = build_one(_job(ScheduleConfig.from_dict({"threads_per_block": 256})))
+    assert base.program_fingerprint != tiled.program_fingerprint and base.kernel_id == tiled.kernel_id
+    assert threads.kernel_id != base.kernel_id
+
+
+def test_while_every_picks_kernel_compiles_a_backlog_candidate_with_a_built_kernel_is_measured(tmp_path):
+    run = loop_mod._Run("toy", "cpu-sim", 4, None, 0, "cpu", tmp_path / "r.tsv", tmp_path / "c.jsonl", False, 20,
+                        None, None, None, None, Synthetic(0), 0, None, None, None, None)
+    try:
+        a, b, c = ((loop_mod.Candidate(cfg, (), loop_mod.Source.MUTATE),
+                    dataclasses.replace(_built(cfg, f"fp{i}"), kernel_id=f"k{i}")) for i, cfg in enumerate(CONFIGS))
+        run.queue = [a]
+        run.builder.kernel_of[a[0].config.schedule_id] = "k0"
+        run.builder.kernels["k0"] = Future()  # compiling
+        run.backlog = {x[0].config.schedule_id: x for x in (b, c)}
+        run.backlog_order = [c[0].config.schedule_id, b[0].config.schedule_id]  # c ranked first
+        assert run._next_pick() == 0 and run.queue == [a]  # no backlog kernel built: wait for the pick's
+        run.builder.mark_kernel_ready("k1")
+        assert run._next_pick() == 0 and run.queue == [b, a] and run.promoted == 1
+        assert list(run.backlog) == [c[0].config.schedule_id]
     finally:
         run.close()

@@ -181,7 +181,7 @@ def test_on_a_gpu_kernels_build_before_their_trial_and_the_likely_next_ones_ahea
 
     asked: list[str] = []
     monkeypatch.setattr(loop_mod, "resolve_device", lambda device: Device.CUDA)
-    monkeypatch.setattr(Builder, "precompile", lambda self, job: asked.append(
+    monkeypatch.setattr(Builder, "precompile", lambda self, job, kernel_id=None: asked.append(
         amk.ScheduleConfig.from_dict(job.config).schedule_id))
     synthetic, measured = Synthetic(4), []
 

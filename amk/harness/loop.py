@@ -173,6 +173,8 @@ class _Run(Rounds):
         self.queue: list[tuple[Candidate, Built]] = []
         self.prepared: PreparedRound | None = None  # the next round, building while this one is measured
         self.backlog: dict[str, tuple[Candidate, Built]] = {}  # built, valid, not yet measured (oldest first)
+        self.backlog_order: list[str] = []  # the backlog's schedule_ids as the last round ranked them, best first
+        self.promoted = 0  # backlog candidates measured while every pick's kernel was compiling
         self.waited_rounds_s = self.waited_kernels_s = self.measuring_s = 0.0
         self.mine: set[str] = set()  # programs this loop measured
         try:
@@ -216,7 +218,7 @@ class _Run(Rounds):
 
         if self.dev != Device.CUDA:
             return
-        self.builder.precompile(self._job(self.start[0].config))
+        self.builder.precompile(self._job(self.start[0].config), self.start[1].kernel_id)
         if self.evaluate_fn is _default_evaluate and not isinstance(self.model, Model):  # the weights it loads
             get_model(str(self.model), resolve_dtype_name(self.dtype, self.dev, self.target)[0], self.dev,
                       weights=True)
@@ -331,6 +333,8 @@ class _Run(Rounds):
         self.mine.add(built.program_fingerprint)
         inc = self.inc
         verdict = self._evaluate(cfg, race_bound_us(inc))
+        if verdict.get("valid") and "crash" not in verdict:
+            self.builder.mark_kernel_ready(built.kernel_id)  # the VM built it into the kernel cache
         if verdict.get("latency_kind") and not self.timed:
             self.kind = verdict["latency_kind"]  # an injected evaluator may say what it produces
         self.timed = self.timed or verdict.get("latency_us") is not None
@@ -456,6 +460,7 @@ class _Run(Rounds):
                                                    "trial": best.trial, "config": best.config},
                 "search": {"rounds": self.rounds, "rounds_built_ahead": self.prepared_used,
                            "rounds_dropped": self.prepared_dropped, "backlog": len(self.backlog),
+                           "measured_while_kernels_compiled": self.promoted,
                            "seconds_measuring": round(self.measuring_s, 1),
                            "seconds_waiting_for_rounds": round(self.waited_rounds_s, 1),
                            "seconds_waiting_for_kernels": round(self.waited_kernels_s, 1),

@@ -14,6 +14,7 @@ which finishes its trial and stops.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import multiprocessing as mp
@@ -57,6 +58,7 @@ class Built:
     predicted_us: float | None = None
     task_count: int | None = None
     seconds: float = 0.0
+    kernel_id: str | None = None  # kernel_id_of(program): candidates with one id share one NVRTC build
 
 
 def analytic_predictor(config, program, target, coefficients):
@@ -68,6 +70,15 @@ def analytic_predictor(config, program, target, coefficients):
     except CostModelError:
         return None, None
     return p.latency_us, p.features.to_dict()
+
+
+def kernel_id_of(program) -> str:
+    """16 hex digits of sha256 over the kernel's generated header (vm/abi.py): what NVRTC compiles besides the
+    fixed source, so two programs with one id run one kernel (tiling knobs change the instruction table, not the
+    header; threads, pages, build knobs and the code paths used change the header)."""
+    from amk.vm.abi import generate_header
+
+    return hashlib.sha256(generate_header(program).encode()).hexdigest()[:16]
 
 
 def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
@@ -111,12 +122,12 @@ def _build(job: BuildJob, cfg: ScheduleConfig, model, seq: int, predictor, rejec
     if pred is not None and not math.isfinite(pred):
         pred = None
     return Built(job.config, cfg.schedule_id, True, None, program.fingerprint(), feats, pred, len(program.tasks),
-                 time.perf_counter() - t0)
+                 time.perf_counter() - t0, kernel_id_of(program))
 
 
-def precompile_one(job: BuildJob) -> str:
-    """Lower one (valid) config into the program cache and build its kernel into the kernel cache, for the
-    runner to find; returns "file", "compiled" or why not."""
+def precompile_one(job: BuildJob, kernel: bool = True) -> str:
+    """Lower one (valid) config into the program cache and, with `kernel`, build its kernel into the kernel
+    cache, for the runner to find; returns "file", "compiled", "lowered" (kernel=False) or why not."""
     from amk.cache import default_cache
     from amk.harness.evaluate import build_program
     from amk.vm.loader import precompile
@@ -124,7 +135,9 @@ def precompile_one(job: BuildJob) -> str:
     try:
         _, program = build_program(job.model, job.target, ScheduleConfig.from_dict(job.config), device="cpu",
                                    dtype=job.dtype, max_seq=job.max_seq)
-        return "invalid" if program is None else precompile(program, job.target.arch, default_cache())
+        if program is None:
+            return "invalid"
+        return precompile(program, job.target.arch, default_cache()) if kernel else "lowered"
     except Exception as e:  # the runner builds it itself then, and reports any failure as the trial's
         return f"failed: {type(e).__name__}: {e}"
 
@@ -187,19 +200,23 @@ class Pending:
 
 class Builder:
     """Builds candidates (memoised by schedule_id for the life of the loop) and precompiles kernels. Kernel
-    builds have processes of their own (a quarter, at least one): in the build processes a kernel the next
-    trial needs would queue behind a whole round of lowering."""
+    builds have processes of their own (a third, at least one): in the build processes a kernel the next
+    trial needs would queue behind a whole round of lowering. One kernel is compiled once: a candidate whose
+    kernel_id is compiled or compiling only has its program lowered into the cache."""
 
     def __init__(self, processes: int = 0, predictor: Predictor | None = None):
         if processes > 0 and predictor is not None:
             raise ValueError("a custom predictor runs in this process only (builder processes=0)")
         self.predictor = predictor
         self.processes = max(0, processes)
-        compilers = max(1, self.processes // 4) if self.processes > 1 else 0
+        compilers = max(1, self.processes // 3) if self.processes > 1 else 0
         self.pool = self._pool(self.processes - compilers)
         self.compile_pool = self._pool(compilers) or self.pool
         self.built: dict[str, Built] = {}
-        self.precompiling: dict[str, Future] = {}
+        self.precompiling: dict[str, Future] = {}  # schedule_id -> the job caching its program (and kernel)
+        self.kernels: dict[str, Future] = {}  # kernel_id -> the job compiling it
+        self.kernel_of: dict[str, str] = {}  # schedule_id -> kernel_id
+        self.kernels_ready: set[str] = set()  # kernel_ids in the kernel cache (a trial ran them)
         self.build_seconds = 0.0
 
     @staticmethod
@@ -230,21 +247,50 @@ class Builder:
         self.build_seconds += b.seconds
         return b
 
-    def precompile(self, job: BuildJob) -> None:
-        """Compile this candidate's kernel in a worker while the GPU measures another (CUDA runs only)."""
+    def precompile(self, job: BuildJob, kernel_id: str | None = None) -> None:
+        """Lower this candidate into the program cache and compile its kernel in a worker while the GPU
+        measures another (CUDA runs only); the kernel only when no other candidate's job compiles it."""
         sid = ScheduleConfig.from_dict(job.config).schedule_id
-        if self.compile_pool is not None and sid not in self.precompiling:
-            self.precompiling[sid] = self.compile_pool.submit(precompile_one, job)
+        if self.compile_pool is None or sid in self.precompiling:
+            return
+        shared = kernel_id is not None and (kernel_id in self.kernels or kernel_id in self.kernels_ready)
+        f = self.compile_pool.submit(precompile_one, job, not shared)
+        self.precompiling[sid] = f
+        if kernel_id is not None:
+            self.kernel_of[sid] = kernel_id
+            self.kernels.setdefault(kernel_id, f)
+
+    def kernel_ready(self, kernel_id: str | None) -> bool:
+        """This kernel is in the kernel cache: a trial ran it, or its compile job finished without failing."""
+        if kernel_id is None:
+            return False
+        f = self.kernels.get(kernel_id)
+        if kernel_id not in self.kernels_ready and f is not None and f.done() and not f.cancelled():
+            if not f.result().startswith("failed"):
+                self.kernels_ready.add(kernel_id)
+        return kernel_id in self.kernels_ready
+
+    def mark_kernel_ready(self, kernel_id: str | None) -> None:
+        """A trial ran this kernel (the VM built it into the kernel cache)."""
+        if kernel_id is not None:
+            self.kernels_ready.add(kernel_id)
 
     def kernel_pending(self, schedule_id: str) -> bool:
-        """This candidate's kernel is still being compiled."""
-        f = self.precompiling.get(schedule_id)
+        """This candidate's kernel is still being compiled (by its own job or another candidate's)."""
+        kid = self.kernel_of.get(schedule_id)
+        if kid is not None and kid in self.kernels_ready:
+            return False
+        f = self.kernels.get(kid) if kid is not None else self.precompiling.get(schedule_id)
         return f is not None and not f.done()
 
     def wait_precompiled(self, schedule_id: str) -> None:
-        """Wait for this candidate's kernel build when one is under way (building it again would only race)."""
-        f = self.precompiling.pop(schedule_id, None)
-        if f is not None:
+        """Wait for this candidate's precompile job and the kernel build it needs when they are under way
+        (building again would only race). A job still queued is cancelled instead: the runner's evaluate()
+        lowers and compiles in the time the job would have waited for a worker."""
+        kid = self.kernel_of.get(schedule_id)
+        for f in (self.precompiling.pop(schedule_id, None), self.kernels.get(kid) if kid is not None else None):
+            if f is None or f.cancel() or f.cancelled():
+                continue
             origin = f.result()
             if origin.startswith("failed"):
                 log.warning("precompiling %s %s; the VM builds it itself", schedule_id, origin)

@@ -42,10 +42,19 @@ class Rounds:
     """The rounds of a loop's run (see the module docstring)."""
 
     def _next_pick(self) -> int:
-        """The queue's first pick whose kernel is not compiling (the first when all are): the GPU measures what
-        is ready while NVRTC finishes the rest."""
-        return next((i for i, (c, _) in enumerate(self.queue)
-                     if not self.builder.kernel_pending(c.config.schedule_id)), 0)
+        """The queue's first pick whose kernel is not compiling. When every pick's kernel is compiling, the
+        best-ranked candidate waiting in the backlog whose kernel is built joins the queue's front (the GPU
+        measures it while NVRTC finishes the picks' kernels, instead of idling); else the first pick."""
+        ready = next((i for i, (c, _) in enumerate(self.queue)
+                      if not self.builder.kernel_pending(c.config.schedule_id)), None)
+        if ready is not None:
+            return ready
+        for sid in self.backlog_order:
+            if sid in self.backlog and self.builder.kernel_ready(self.backlog[sid][1].kernel_id):
+                self.queue.insert(0, self.backlog.pop(sid))
+                self.promoted += 1
+                return 0
+        return 0
 
     def _parents(self, run_records) -> list[ScheduleConfig]:
         timed = sorted((r for r in run_records if r.correct and r.latency_us is not None and r.kind == self.kind),
@@ -118,13 +127,14 @@ class Rounds:
         picked = select(ranked, unranked, self.settings.measure_per_round, self.settings.epsilon, self.prior,
                         self.rng)
         self.queue = [self.backlog.pop(c.config.schedule_id) for c in picked]
+        self.backlog_order = [c.config.schedule_id for c, _ in sorted(ranked, key=lambda cs: cs[1])]
         self.rounds += 1
         if self.dev == Device.CUDA:
             # the picks' kernels, then those of the best-ranked left waiting (the likely next picks): NVRTC
             # runs while the GPU measures, not between trials
-            ahead = [c for c, _ in sorted(ranked, key=lambda cs: cs[1]) if c.config.schedule_id in self.backlog]
-            for c in [c for c, _ in self.queue] + ahead[: self.settings.measure_per_round]:
-                self.builder.precompile(self._job(c.config))
+            ahead = [self.backlog[sid] for sid in self.backlog_order if sid in self.backlog]
+            for c, b in self.queue + ahead[: self.settings.measure_per_round]:
+                self.builder.precompile(self._job(c.config), b.kernel_id)
         if self.builder.pool is not None and self.prepared is None:
             # the next round builds in the build processes while the GPU measures (kernels have their own)
             self.prepared = self._prepare_round(records)
