@@ -52,6 +52,21 @@ def test_decide_tie_goes_to_the_simpler_config():
     assert len(non_default_knobs(TWO_KNOBS)) == 2
 
 
+def test_the_race_bound_sits_beyond_any_keep_or_tie():
+    from amk.harness.search.keep import margin_us, race_bound_us
+
+    assert race_bound_us(Incumbent(DEFAULT, 1000.0, 2.0, "predicted")) is None  # a prediction has no repeats
+    assert race_bound_us(Incumbent(DEFAULT)) is None  # nothing measured yet
+    quiet = Incumbent(DEFAULT, 1000.0, 2.0, "measured-gpu")
+    assert race_bound_us(quiet) == pytest.approx(1030.0)  # 3% beats two 1% margins
+    noisy = Incumbent(DEFAULT, 1000.0, 20.0, "measured-gpu")
+    assert race_bound_us(noisy) == pytest.approx(1080.0)  # two margins of 2 x 20 us
+    for inc in (quiet, noisy):  # a first repeat at the bound neither wins nor ties, whatever the others show
+        at = race_bound_us(inc)
+        assert decide(inc, _verdict(at, spread=None, kind="measured-gpu"), DEFAULT)[0] == Status.DISCARD
+        assert at - inc.latency_us >= 2 * margin_us(inc, None)
+
+
 def test_space_moves_and_random_configs_stay_in_the_space():
     space = search_space("cpu-sim")
     moves = neighbours(DEFAULT, space)
