@@ -67,7 +67,9 @@ def test_python_api_raises_typed_usage_errors_before_model_work():
     with pytest.raises(ArgumentError) as e:
         amk.evaluate("toy", "cpu-sim", {}, dtype="bf17")
     assert e.value.argument == "dtype" and "bf17" in str(e.value)
-    for kw, name in (({"device": "gpu"}, "device"), ({"max_seq": 0}, "max_seq"), ({"cases": "most"}, "cases")):
+    for kw, name in (({"device": "gpu"}, "device"), ({"max_seq": 0}, "max_seq"), ({"cases": "most"}, "cases"),
+                     ({"stop_above_us": 0}, "stop_above_us"), ({"stop_above_us": "fast"}, "stop_above_us"),
+                     ({"stop_above_us": True}, "stop_above_us")):
         with pytest.raises(ArgumentError) as e:
             amk.evaluate("toy", "cpu-sim", {}, **kw)
         assert e.value.argument == name
