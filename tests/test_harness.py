@@ -182,7 +182,8 @@ def test_gate_gpu_timing_failure_fails_and_a_measurement_is_labelled(monkeypatch
 def test_second_evaluate_hits_the_caches(toy_verdict):
     v = amk.evaluate("toy", "cpu-sim", {}, device="cpu")
     assert v["cache"]["misses"] == 0 and v["cache"]["by_kind"]["program"]["hits"] == 1
-    assert v["cache"]["by_kind"]["reference"]["hits"] == v["cases_total"]
+    # one entry a case, and the higher-precision reference of a greedy case that met a near-tie
+    assert v["cache"]["by_kind"]["reference"]["hits"] >= v["cases_total"]
     assert get_model("toy", "fp32", Device.CPU) is get_model("toy", "fp32", Device.CPU)
 
 

@@ -77,6 +77,23 @@ def test_norms_and_biases_are_perturbed():
     assert all(b.abs().sum() > 0 for b in biases)
 
 
+@pytest.mark.parametrize("name", ["toy", "toy-2L"])
+def test_random_matrices_are_transformers_initialisation_drawn_once(name, monkeypatch):
+    # every matrix holds transformers' normal(0, initializer_range) draw, none is left as the uninitialised
+    # memory its constructor got, and torch's default init (which transformers overwrote) is never drawn
+    kaiming = []
+    real = torch.nn.init.kaiming_uniform_
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", lambda *a, **k: kaiming.append(1) or real(*a, **k))
+    m = load_model(name)
+    assert not kaiming
+    std = m.eager.config.initializer_range
+    mats = [mod.weight for mod in m.eager.modules() if isinstance(mod, torch.nn.Linear | torch.nn.Embedding)]
+    assert len(mats) >= 4 * m.dims.n_layers
+    for w in mats:
+        assert torch.isfinite(w).all() and abs(w.mean().item()) < 0.1 * std
+        assert 0.85 * std < w.std().item() < 1.15 * std
+
+
 def test_bf16_is_fp32_cast():
     f, b = load_model("toy-2L", dtype="fp32", seed=3), load_model("toy-2L", dtype=torch.bfloat16, seed=3)
     assert b.dtype == torch.bfloat16 and b.describe()["dtype"] == "bfloat16"
