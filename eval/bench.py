@@ -16,6 +16,9 @@ def prefill_random_kv(vm, ctx: int, seed: int = 0) -> None:
     vm.load_kv_prefix(k, v)
 
 
+WARM_SKIP_FACTOR = 2.0  # warm-up steps this many times slower than stop_above_us end the discarded first repeat
+
+
 def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup: int = 10,
             stop_above_us: float | None = None) -> dict:
     """Per-step latency in microseconds. Each repeat starts from fresh state (KV prefix of `context`
@@ -25,7 +28,9 @@ def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup:
 
     `stop_above_us`: when the first timed repeat is slower than this, the others are not run (racing, as in
     irace or Hyperband: a config clearly slower than the best so far needs no spread to be discarded). The
-    result then holds one sample, `spread_us` None and `stopped_early` True."""
+    result then holds one sample, `spread_us` None and `stopped_early` True. When the first repeat's warm-up
+    steps already run over WARM_SKIP_FACTOR times slower, that repeat ends there: warmed clocks and caches
+    change such a config's figure by a few percent, and its 200 discarded steps cost seconds."""
     c = vm.c
     # every launched step needs a KV slot of its own (a step past the last one raises): a short context runs
     # fewer steps
@@ -37,8 +42,16 @@ def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup:
         vm.reset()
         prefill_random_kv(vm, context, seed=r)
         vm.set_token(1)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         for _ in range(warmup):
             vm.launch()
+        end.record()
+        if r == 0 and stop_above_us is not None and warmup:
+            end.synchronize()
+            if start.elapsed_time(end) * 1e3 / warmup > WARM_SKIP_FACTOR * stop_above_us:
+                vm.check()  # the warm-up steps ran every task
+                continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(steps):
