@@ -29,15 +29,17 @@ def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup:
     `stop_above_us`: when the first timed repeat is slower than this, the others are not run (racing, as in
     irace or Hyperband: a config clearly slower than the best so far needs no spread to be discarded). The
     result then holds one sample, `spread_us` None and `stopped_early` True. When the first repeat's warm-up
-    steps already run over WARM_SKIP_FACTOR times slower, that repeat ends there: warmed clocks and caches
-    change such a config's figure by a few percent, and its 200 discarded steps cost seconds."""
+    steps already run over WARM_SKIP_FACTOR times slower, that repeat ends there (warmed clocks and caches
+    change such a config's figure by a few percent, and its 200 discarded steps cost seconds); the timing then
+    stops after one repeat only if that repeat, run cold, is also over WARM_SKIP_FACTOR times slower (a host
+    stall in the warm-up steps must not cost a good config its warm repeat and its chance)."""
     c = vm.c
     # every launched step needs a KV slot of its own (a step past the last one raises): a short context runs
     # fewer steps
     warmup = min(warmup, c.max_seq // 4)
     steps = max(1, min(steps, c.max_seq - warmup))
     context = max(0, min(context, c.max_seq - steps - warmup - 1))  # as schedule.cost.bench_context
-    samples = []
+    samples, stop_at = [], stop_above_us
     for r in range(repeats + 1):
         vm.reset()
         prefill_random_kv(vm, context, seed=r)
@@ -51,6 +53,7 @@ def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup:
             end.synchronize()
             if start.elapsed_time(end) * 1e3 / warmup > WARM_SKIP_FACTOR * stop_above_us:
                 vm.check()  # the warm-up steps ran every task
+                stop_at = WARM_SKIP_FACTOR * stop_above_us  # the next repeat runs cold
                 continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -60,7 +63,7 @@ def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup:
         vm.check()
         if r:  # the first repeat warms clocks and caches
             samples.append(start.elapsed_time(end) * 1e3 / steps)
-            if stop_above_us is not None and samples[0] > stop_above_us:
+            if stop_at is not None and samples[0] > stop_at:
                 break
     stopped = len(samples) < repeats
     return {

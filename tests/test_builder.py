@@ -165,3 +165,28 @@ def test_while_every_picks_kernel_compiles_a_backlog_candidate_with_a_built_kern
         assert list(run.backlog) == [c[0].config.schedule_id]
     finally:
         run.close()
+
+
+def test_a_cancelled_or_broken_kernel_job_is_asked_again_and_never_counts_as_built():
+    b = Builder(0)
+    asked: list[tuple[str, bool, Future]] = []
+
+    def submit(fn, job, kernel):
+        f = Future()
+        asked.append((ScheduleConfig.from_dict(job.config).schedule_id, kernel, f))
+        return f
+
+    b.compile_pool = type("Pool", (), {"submit": staticmethod(submit)})()
+    a, same, other = CONFIGS
+    b.precompile(_job(a), "k1")
+    b.wait_precompiled(a.schedule_id)  # queued: cancelled, the trial builds it; say that trial crashed
+    b.precompile(_job(same), "k1")  # so the next candidate of k1 compiles it again
+    assert [kernel for _, kernel, _ in asked] == [True, True]
+    asked[1][2].set_running_or_notify_cancel()
+    asked[1][2].set_exception(RuntimeError("a compile worker died"))  # BrokenProcessPool, say
+    assert not b.kernel_ready("k1") and not b.kernel_pending(same.schedule_id)
+    b.wait_precompiled(same.schedule_id)  # logs, does not raise: the trial builds the kernel itself
+    b.precompile(_job(other), "k2")
+    asked[2][2].set_running_or_notify_cancel()
+    asked[2][2].set_result("invalid")  # nothing compiled
+    assert not b.kernel_ready("k2")

@@ -22,7 +22,6 @@ def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device) -> None:
         spread = timing.get("spread_us")
         latency, spread, kind = float(timing["latency_us"]), None if spread is None else float(spread), \
             LatencyKind.MEASURED_GPU
-
     else:
         if v.predicted_latency_us is None:
             v.notes.append("no latency: the cost model could not price this program")

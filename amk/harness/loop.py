@@ -333,8 +333,8 @@ class _Run(Rounds):
         self.mine.add(built.program_fingerprint)
         inc = self.inc
         verdict = self._evaluate(cfg, race_bound_us(inc))
-        if verdict.get("valid") and "crash" not in verdict:
-            self.builder.mark_kernel_ready(built.kernel_id)  # the VM built it into the kernel cache
+        if verdict.get("cases_passed"):
+            self.builder.mark_kernel_ready(built.kernel_id)  # the VM was built (into the kernel cache) and ran
         if verdict.get("latency_kind") and not self.timed:
             self.kind = verdict["latency_kind"]  # an injected evaluator may say what it produces
         self.timed = self.timed or verdict.get("latency_us") is not None

@@ -142,6 +142,15 @@ def precompile_one(job: BuildJob, kernel: bool = True) -> str:
         return f"failed: {type(e).__name__}: {e}"
 
 
+def _failed(f: Future) -> bool:
+    """A job that was cancelled, raised (a worker died), or reported a failure."""
+    if f.cancelled():
+        return True
+    if not f.done():
+        return False
+    return f.exception() is not None or f.result().startswith("failed")
+
+
 def _worker_init() -> None:
     import torch
 
@@ -251,22 +260,25 @@ class Builder:
         """Lower this candidate into the program cache and compile its kernel in a worker while the GPU
         measures another (CUDA runs only); the kernel only when no other candidate's job compiles it."""
         sid = ScheduleConfig.from_dict(job.config).schedule_id
-        if self.compile_pool is None or sid in self.precompiling:
+        if self.compile_pool is None or (sid in self.precompiling and not _failed(self.precompiling[sid])):
             return
+        if kernel_id is not None and kernel_id in self.kernels and _failed(self.kernels[kernel_id]):
+            del self.kernels[kernel_id]  # cancelled or failed: the next candidate that needs it compiles it
         shared = kernel_id is not None and (kernel_id in self.kernels or kernel_id in self.kernels_ready)
         f = self.compile_pool.submit(precompile_one, job, not shared)
         self.precompiling[sid] = f
         if kernel_id is not None:
             self.kernel_of[sid] = kernel_id
-            self.kernels.setdefault(kernel_id, f)
+            if not shared:
+                self.kernels[kernel_id] = f
 
     def kernel_ready(self, kernel_id: str | None) -> bool:
-        """This kernel is in the kernel cache: a trial ran it, or its compile job finished without failing."""
+        """This kernel is in the kernel cache: a trial ran it, or its compile job compiled it or found it."""
         if kernel_id is None:
             return False
         f = self.kernels.get(kernel_id)
-        if kernel_id not in self.kernels_ready and f is not None and f.done() and not f.cancelled():
-            if not f.result().startswith("failed"):
+        if kernel_id not in self.kernels_ready and f is not None and f.done() and not _failed(f):
+            if f.result() in ("file", "compiled"):
                 self.kernels_ready.add(kernel_id)
         return kernel_id in self.kernels_ready
 
@@ -288,12 +300,15 @@ class Builder:
         (building again would only race). A job still queued is cancelled instead: the runner's evaluate()
         lowers and compiles in the time the job would have waited for a worker."""
         kid = self.kernel_of.get(schedule_id)
-        for f in (self.precompiling.pop(schedule_id, None), self.kernels.get(kid) if kid is not None else None):
+        own, kernel = self.precompiling.pop(schedule_id, None), self.kernels.get(kid) if kid is not None else None
+        for f in (own, None if kernel is own else kernel):
             if f is None or f.cancel() or f.cancelled():
                 continue
-            origin = f.result()
-            if origin.startswith("failed"):
-                log.warning("precompiling %s %s; the VM builds it itself", schedule_id, origin)
+            wait([f])
+            if f.exception() is not None:  # a worker died (BrokenProcessPool): the trial builds it itself
+                log.warning("precompiling %s: %s; the VM builds it itself", schedule_id, f.exception())
+            elif f.result().startswith("failed"):
+                log.warning("precompiling %s %s; the VM builds it itself", schedule_id, f.result())
 
     def close(self) -> None:
         for pool in {id(p): p for p in (self.pool, self.compile_pool) if p is not None}.values():
