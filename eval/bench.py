@@ -44,25 +44,18 @@ def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup:
         vm.reset()
         prefill_random_kv(vm, context, seed=r)
         vm.set_token(1)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(warmup):
-            vm.launch()
-        end.record()
         if r == 0 and stop_above_us is not None and warmup:
-            end.synchronize()
-            if start.elapsed_time(end) * 1e3 / warmup > WARM_SKIP_FACTOR * stop_above_us:
+            if _steps_us(vm, warmup) > WARM_SKIP_FACTOR * stop_above_us:
                 vm.check()  # the warm-up steps ran every task
                 stop_at = WARM_SKIP_FACTOR * stop_above_us  # the next repeat runs cold
                 continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            vm.launch()
-        end.record()
+        else:
+            for _ in range(warmup):
+                vm.launch()
+        per_step = _steps_us(vm, steps)
         vm.check()
         if r:  # the first repeat warms clocks and caches
-            samples.append(start.elapsed_time(end) * 1e3 / steps)
+            samples.append(per_step)
             if stop_at is not None and samples[0] > stop_at:
                 break
     stopped = len(samples) < repeats
@@ -74,3 +67,14 @@ def time_vm(vm, steps: int = 200, context: int = 1024, repeats: int = 5, warmup:
         "context": context,
         "stopped_early": stopped,
     }
+
+
+def _steps_us(vm, n: int) -> float:
+    """Launch `n` steps; their mean time in microseconds by CUDA events, host launch included."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        vm.launch()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / n

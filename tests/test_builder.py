@@ -112,7 +112,8 @@ def _job(cfg: ScheduleConfig) -> loop_mod.BuildJob:
     return loop_mod.BuildJob("toy", amk.get_target("cpu-sim"), cfg.to_dict(), "fp32", None, None)
 
 
-def test_one_kernel_is_compiled_once_and_a_queued_job_is_not_waited_for():
+def _recording_builder() -> tuple[Builder, list[tuple[str, bool, Future]]]:
+    """A Builder whose compile pool records (schedule_id, compile the kernel?, its future) and runs nothing."""
     b = Builder(0)
     asked: list[tuple[str, bool, Future]] = []
 
@@ -122,6 +123,11 @@ def test_one_kernel_is_compiled_once_and_a_queued_job_is_not_waited_for():
         return f
 
     b.compile_pool = type("Pool", (), {"submit": staticmethod(submit)})()
+    return b, asked
+
+
+def test_one_kernel_is_compiled_once_and_a_queued_job_is_not_waited_for():
+    b, asked = _recording_builder()
     a, same, other = CONFIGS
     b.precompile(_job(a), "k1")
     b.precompile(_job(same), "k1")  # the same kernel: its program is lowered, the kernel not compiled again
@@ -168,15 +174,7 @@ def test_while_every_picks_kernel_compiles_a_backlog_candidate_with_a_built_kern
 
 
 def test_a_cancelled_or_broken_kernel_job_is_asked_again_and_never_counts_as_built():
-    b = Builder(0)
-    asked: list[tuple[str, bool, Future]] = []
-
-    def submit(fn, job, kernel):
-        f = Future()
-        asked.append((ScheduleConfig.from_dict(job.config).schedule_id, kernel, f))
-        return f
-
-    b.compile_pool = type("Pool", (), {"submit": staticmethod(submit)})()
+    b, asked = _recording_builder()
     a, same, other = CONFIGS
     b.precompile(_job(a), "k1")
     b.wait_precompiled(a.schedule_id)  # queued: cancelled, the trial builds it; say that trial crashed

@@ -178,8 +178,8 @@ def _initialised(cfg, seed: int):
     """An fp32 model of `cfg` whose weights are transformers' initialisation (normal(0, initializer_range)
     matrices, norms at 1), drawn once from `seed`. Built plainly, every nn.Linear and nn.Embedding first draws
     torch's own default init in its constructor, which transformers' init_weights then overwrites: half the
-    time of building the model (qwen3-0.6b on 2 CPU cores: 13.9 s, 7.0 s without). transformers' no_init_weights skips both
-    while the modules are built; init_weights then runs once."""
+    time of building the model (qwen3-0.6b on 2 CPU cores: 13.9 s, 7.0 s without). transformers'
+    no_init_weights skips both while the modules are built; init_weights then runs once."""
     from transformers import AutoModelForCausalLM
 
     try:

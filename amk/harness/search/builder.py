@@ -86,8 +86,10 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
     the runner's evaluate() lowers the few that are). Never raises for a bad config."""
     from amk.harness.environment import Device, get_model
     from amk.models import Model
-    from amk.schedule.lower import DEFAULT_MAX_SEQ
+    from amk.schedule.errors import ConfigError, LoweringError
+    from amk.schedule.lower import DEFAULT_MAX_SEQ, lower
     from amk.schedule.program import gc_paused
+    from amk.schedule.validate import validate
 
     t0 = time.perf_counter()
     cfg = ScheduleConfig.from_dict(job.config)
@@ -99,30 +101,22 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
                                                                       weights=False)
     seq = int(job.max_seq or min(model.dims.max_positions, DEFAULT_MAX_SEQ))
     with gc_paused():
-        return _build(job, cfg, model, seq, predictor, rejected, t0)
-
-
-def _build(job: BuildJob, cfg: ScheduleConfig, model, seq: int, predictor, rejected, t0: float) -> Built:
-    from amk.schedule.errors import ConfigError, LoweringError
-    from amk.schedule.lower import lower
-    from amk.schedule.validate import validate
-
-    try:
-        program = lower(model, job.target, cfg, max_seq=seq)
-    except ConfigError as e:
-        return rejected(f"schema: {e.path}: {e.reason}")
-    except LoweringError as e:
-        return rejected(f"lowering: {e}")
-    except Exception as e:  # a lowering bug: a rejection with its reason, as in evaluate()
-        return rejected(f"lowering: internal error ({type(e).__name__}: {e})")
-    res = validate(program, job.target)
-    if not res.ok:
-        return rejected(f"validator: {res.issues[0].kind.value}: {res.first_message()}")
-    pred, feats = (predictor or analytic_predictor)(cfg, program, job.target, job.coefficients)
-    if pred is not None and not math.isfinite(pred):
-        pred = None
-    return Built(job.config, cfg.schedule_id, True, None, program.fingerprint(), feats, pred, len(program.tasks),
-                 time.perf_counter() - t0, kernel_id_of(program))
+        try:
+            program = lower(model, job.target, cfg, max_seq=seq)
+        except ConfigError as e:
+            return rejected(f"schema: {e.path}: {e.reason}")
+        except LoweringError as e:
+            return rejected(f"lowering: {e}")
+        except Exception as e:  # a lowering bug: a rejection with its reason, as in evaluate()
+            return rejected(f"lowering: internal error ({type(e).__name__}: {e})")
+        res = validate(program, job.target)
+        if not res.ok:
+            return rejected(f"validator: {res.issues[0].kind.value}: {res.first_message()}")
+        pred, feats = (predictor or analytic_predictor)(cfg, program, job.target, job.coefficients)
+        if pred is not None and not math.isfinite(pred):
+            pred = None
+        return Built(job.config, cfg.schedule_id, True, None, program.fingerprint(), feats, pred,
+                     len(program.tasks), time.perf_counter() - t0, kernel_id_of(program))
 
 
 def precompile_one(job: BuildJob, kernel: bool = True) -> str:
@@ -142,13 +136,18 @@ def precompile_one(job: BuildJob, kernel: bool = True) -> str:
         return f"failed: {type(e).__name__}: {e}"
 
 
-def _failed(f: Future) -> bool:
-    """A job that was cancelled, raised (a worker died), or reported a failure."""
+def _outcome(f: Future) -> str | None:
+    """A precompile job's result: None while it is queued or running, "failed: ..." when it was cancelled or its
+    worker died (BrokenProcessPool), else what precompile_one returned."""
     if f.cancelled():
-        return True
+        return "failed: cancelled"
     if not f.done():
-        return False
-    return f.exception() is not None or f.result().startswith("failed")
+        return None
+    return f"failed: {f.exception()!r}" if f.exception() is not None else f.result()
+
+
+def _failed(f: Future) -> bool:
+    return (_outcome(f) or "").startswith("failed")
 
 
 def _worker_init() -> None:
@@ -277,9 +276,8 @@ class Builder:
         if kernel_id is None:
             return False
         f = self.kernels.get(kernel_id)
-        if kernel_id not in self.kernels_ready and f is not None and f.done() and not _failed(f):
-            if f.result() in ("file", "compiled"):
-                self.kernels_ready.add(kernel_id)
+        if f is not None and _outcome(f) in ("file", "compiled"):
+            self.kernels_ready.add(kernel_id)
         return kernel_id in self.kernels_ready
 
     def mark_kernel_ready(self, kernel_id: str | None) -> None:
@@ -305,10 +303,8 @@ class Builder:
             if f is None or f.cancel() or f.cancelled():
                 continue
             wait([f])
-            if f.exception() is not None:  # a worker died (BrokenProcessPool): the trial builds it itself
-                log.warning("precompiling %s: %s; the VM builds it itself", schedule_id, f.exception())
-            elif f.result().startswith("failed"):
-                log.warning("precompiling %s %s; the VM builds it itself", schedule_id, f.result())
+            if _failed(f):  # a failed build, or a worker that died: the trial builds it itself
+                log.warning("precompiling %s %s; the VM builds it itself", schedule_id, _outcome(f))
 
     def close(self) -> None:
         for pool in {id(p): p for p in (self.pool, self.compile_pool) if p is not None}.values():
