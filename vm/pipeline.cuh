@@ -123,8 +123,13 @@ __device__ bool page_wait(unsigned bar, unsigned parity, int* control, int task,
 }
 
 __device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
+#if AMK_WEIGHT_EVICT_FIRST
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
+               :: "r"(dst), "l"(src), "r"(bytes), "r"(bar), "l"(weight_policy()) : "memory");
+#else
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                :: "r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+#endif
 }
 
 // Producer, one lane: the copies of page q of a task into `dst`, completing on `bar`. Whole rows of the full
