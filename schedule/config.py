@@ -102,7 +102,8 @@ class AttentionConfig:
                                      help="with kv_partitions > 1: 'global' scores, then values from the global "
                                           "(max, sum), then a sum (3 stages, eager's rounding of probabilities); "
                                           "'partition' scores and values in one task per partition under its own "
-                                          "(max, sum), then a combine that rescales them (2 stages)",
+                                          "(max, sum), probabilities kept in fp32, then a combine that rescales them "
+                                          "(2 stages)",
                                      choices=list(AttentionSoftmax))
 
 

@@ -182,9 +182,11 @@ __device__ void group_softmax_stats(const float (&m)[AMK_GROUP], const float (&l
 // Rows s0 .. s0 + n_staged - 1 are read from `staged` (shared memory), the others from the cache.
 // from_smem: the scores sit in shared memory at probs with stride == chunk and fit one chunk, so each
 // probability overwrites its own score.
+// round_probs: rounded to the model dtype as eager does (the global softmax); the per-partition softmax keeps
+// them in fp32 (amk.vm.semantics says why).
 __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int stride, bool from_smem, int s0, int s1,
                             const float* M, const float* Lsum, float* probs, int chunk, float acc[AMK_GROUP][VV],
-                            const uint4* staged = nullptr, int n_staged = 0) {
+                            const uint4* staged = nullptr, int n_staged = 0, bool round_probs = true) {
   const int tid = threadIdx.x;
   const int dv = tid % HD_VV, tp = tid / HD_VV, np = AMK_THREADS / HD_VV;
   for (int c0 = s0; c0 < s1; c0 += chunk) {
@@ -194,7 +196,8 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
       const int j = i / n, t = i % n;
       const float* sp = sc + j * stride + (c0 - s0) + t;
       const float s = from_smem ? *sp : ldcg(sp);
-      probs[j * chunk + t] = rnd(expf(s - M[j]) / Lsum[j]);
+      const float pr = expf(s - M[j]) / Lsum[j];
+      probs[j * chunk + t] = round_probs ? rnd(pr) : pr;
     }
     block_sync();
     if (tp < np) {

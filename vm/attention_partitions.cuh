@@ -92,6 +92,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   const int stride = in_smem ? p.chunk : cap;
   float m[AMK_GROUP], l[AMK_GROUP], Mr[AMK_GROUP], Lr[AMK_GROUP];
   scores_pass(kc, qs, s0, s1, sc, stride, in_smem, m, l, ks, n_staged);
+  PHASE(1);
   group_softmax_stats(m, l, red, Mr, Lr);
   const int row = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
   if (threadIdx.x < AMK_GROUP) {
@@ -104,15 +105,14 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
     stcg(stats, any ? mj : NEG_INF);
     stcg(stats + 1, any ? lj : 0.f);
   }
-  PHASE(1);
+  PHASE(2);
   float acc[AMK_GROUP][VV];
 #pragma unroll
   for (int j = 0; j < AMK_GROUP; ++j)
 #pragma unroll
     for (int e = 0; e < VV; ++e) acc[j][e] = 0.f;
   // values_pass opens with a barrier, which publishes M and Ls
-  values_pass(vc, sc, stride, in_smem, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged);
-  PHASE(2);
+  values_pass(vc, sc, stride, in_smem, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged, false);
   reduce_values(acc, out_s, probs);
   float* out = buf<float>(c, p.out) + p.out_off + row * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, out_s[i]);

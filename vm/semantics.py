@@ -211,8 +211,10 @@ class Semantics:
         m = s.max(1).values
         return list(zip(m.tolist(), torch.exp(s - m[:, None]).sum(1).tolist()))
 
-    def _values(self, mem: Memory, p, part: int, parts: int, stats: list[tuple[float, float]]) -> list[torch.Tensor]:
-        """stats[j]: the (max, sum) that normalise q head j of the group. Returns unrounded p @ V per q head."""
+    def _values(self, mem: Memory, p, part: int, parts: int, stats: list[tuple[float, float]],
+                round_probs: bool = True) -> list[torch.Tensor]:
+        """stats[j]: the (max, sum) that normalise q head j of the group. Returns unrounded p @ V per q head, the
+        probabilities p rounded to the model dtype first (eager's numerics) unless `round_probs` is False."""
         c = self.c
         G = c.n_heads // c.n_kv_heads
         cap = -(-c.max_seq // parts)
@@ -222,7 +224,8 @@ class Semantics:
         o = p.scores_off + (part * c.n_heads + p.kv_head * G) * cap
         s = mem[p.scores][o:o + G * cap].view(G, cap)[:, :s1 - s0]
         m, lsum = (torch.tensor(x, dtype=torch.float32, device=s.device)[:, None] for x in zip(*stats))
-        return list(self.rnd(torch.exp(s - m) / lsum) @ v)
+        probs = torch.exp(s - m) / lsum
+        return list((self.rnd(probs) if round_probs else probs) @ v)
 
     def op_attn_decode(self, mem: Memory, p) -> None:
         c = self.c
@@ -252,14 +255,17 @@ class Semantics:
             r = p.out_off + (p.part * c.n_heads + p.kv_head * G + j) * hd
             mem[p.out][r:r + hd] = o
 
-    # Under a per-partition softmax the probabilities are rounded after dividing by the partition's own sum,
-    # not the global one: the only departure from eager's numerics, by rounding alone. The combine weighs
-    # partition k by exp(m_k - M) * l_k / L, which undoes the local normalisation.
+    # Under a per-partition softmax the probabilities are divided by the partition's own sum, not the global
+    # one, and stay in fp32: eager rounds them to the model dtype at the global scale, which a partition cannot
+    # reproduce, and rounding them at the partition's scale instead left fp16 outputs about twice as far from
+    # an fp32 reference as eager's (toy and toy-2L, greedy8 and pos128). Without that rounding the only departure
+    # from eager's numerics is one rounding fewer. The combine weighs partition k by exp(m_k - M) * l_k / L,
+    # which undoes the local normalisation.
     def op_attn_partial(self, mem: Memory, p) -> None:
         c = self.c
         hd, G = c.head_dim, c.n_heads // c.n_kv_heads
         stats = self._scores(mem, p, p.part, p.parts)
-        for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats)):
+        for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats, round_probs=False)):
             row = p.part * c.n_heads + p.kv_head * G + j
             mem[p.out][p.out_off + row * hd:p.out_off + (row + 1) * hd] = o
             mem[p.stats][p.stats_off + 2 * row] = stats[j][0]

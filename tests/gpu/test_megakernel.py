@@ -250,12 +250,13 @@ def test_split_head_configs_verify(name, dtype, target):
 
 PARTITION_CONFIGS = [  # one task per partition under its own softmax, then a rescaling combine
     {"attention": {"softmax": "partition"}},
+    {"attention": {"softmax": "partition"}, "fusion": {"attention_combine_into_o": False}},
     {"attention": {"softmax": "partition", "kv_partitions": 16}, "matvec": {"qkv": {"head_splits": 2}}},
     {"attention": {"softmax": "partition", "kv_partitions": 2}, "smem_per_block": 24 * 1024},  # scores in scratch
 ]
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m"])
 def test_partition_softmax_configs_verify(name, dtype, target):
     _verify_configs(_model(name, dtype), target, PARTITION_CONFIGS)
