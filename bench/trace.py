@@ -22,6 +22,7 @@ from amk.eval.bench import prefill_random_kv
 from amk.eval.roofline import measure_read_bandwidth
 from amk.schedule import detect_target
 from amk.schedule.cost import kv_bytes
+from amk.schedule.opcodes import Opcode
 from amk.vm.loader import MegakernelVM
 from amk.vm.weights import pack_weights
 
@@ -63,8 +64,8 @@ def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
         kinds[task.kind].append(((t1 - t0) / 1e3, (t2 - t1) / 1e3))
         stages[task.stage].append({"t0": (t0 - origin) / 1e3, "t1": (t1 - origin) / 1e3, "t2": (t2 - origin) / 1e3,
                                    "bytes": task.weight_bytes + kv_bytes(task, program, context),
-                                   "page_wait_us": p3 / CLOCK_GHZ / 1e3, "kind": task.kind,
-                                   "phases_us": [p0 / CLOCK_GHZ / 1e3, p1 / CLOCK_GHZ / 1e3, p2 / CLOCK_GHZ / 1e3]})
+                                   "page_wait_us": p3 / CLOCK_GHZ / 1e3 if task.opcode == Opcode.MATVEC else 0.0, "kind": task.kind,
+                                   "phases_us": [p / CLOCK_GHZ / 1e3 for p in (p0, p1, p2, p3)]})
     per_kind = {k: {"tasks": len(v), "wait_us": sum(a for a, _ in v) / len(v), "exec_us": sum(b for _, b in v) / len(v),
                     "exec_max_us": max(b for _, b in v)} for k, v in kinds.items()}
     timeline, layers = [], defaultdict(list)
@@ -76,7 +77,7 @@ def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
                "last_done_us": max(x["t2"] for x in st), "wait_mean_us": sum(waits) / len(st),
                "wait_max_us": max(waits), "exec_mean_us": sum(x["t2"] - x["t1"] for x in st) / len(st),
                "page_wait_us": sum(x["page_wait_us"] for x in st) / len(st), "bytes": sum(x["bytes"] for x in st),
-               "phases_us": [sum(x["phases_us"][k] for x in st) / len(st) for k in range(3)]}
+               "phases_us": [sum(x["phases_us"][k] for x in st) / len(st) for k in range(4)]}
         timeline.append(row)
         layers[row["layer"]].append(row)
     per_layer, prev_done = [], 0.0
@@ -106,7 +107,8 @@ def print_summary(s: dict) -> None:
                        + (f"/{x['page_wait_us']:.1f}" if x["page_wait_us"] else "") for x in r["stages"])
         print(f"{r['layer']:>5}{r['time_us']:>9.1f}{r['ideal_us']:>9.1f}{100 * r['ideal_us'] / r['time_us']:>7.0f}%  {st}")
     mid = layers[1:-1] or layers
-    print("phases of a middle layer (us; matvec: stage input / dot / fold+epilogue):",
+    print("phases of a middle layer (us; matvec: stage input / dot / fold+epilogue / page wait; attention "
+          "partial: stage q / scores / softmax statistics / values+store):",
           "  ".join(f"{x['kind']} " + "/".join(f"{v:.1f}" for v in x["phases_us"]) for x in mid[len(mid) // 2]["stages"]))
     print(f"mean over layers 1..{len(layers) - 2}: {sum(r['time_us'] for r in mid) / len(mid):.1f} us a layer against "
           f"{sum(r['ideal_us'] for r in mid) / len(mid):.1f} us of bytes")
