@@ -22,6 +22,7 @@ from amk.eval.bench import time_vm
 from amk.eval.oracle import make_vm, verify
 from amk.eval.roofline import Floor, measure_read_bandwidth
 from amk.schedule import ScheduleConfig, detect_target
+from amk.vm.loader import nvrtc_version
 
 
 def _commit() -> str | None:
@@ -74,7 +75,8 @@ def main() -> None:
     args = ap.parse_args()
     target = detect_target()
     env = {"device": torch.cuda.get_device_name(), "target": target.name, "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv), "commit": _commit()}
+           "nvrtc": nvrtc_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
+           "commit": _commit()}
     bw = measure_read_bandwidth()
     model = amk.load_model(args.model, dtype=args.dtype, device="cuda")
     configs = json.load(open(args.configs)) if args.configs else [{}]

@@ -156,7 +156,7 @@ def test_every_group_size_keeps_nothing_in_local_memory(name, dtype, target):
     # Every attention path of the large groups; the default kernel of every group.
     import cupy
 
-    from amk.vm.loader import KERNEL_NAME, build_module
+    from amk.vm.loader import KERNEL_NAME, build_module, nvrtc_version
 
     model = _public_shape(name, dtype)
     drv = cupy.cuda.driver
@@ -166,7 +166,7 @@ def test_every_group_size_keeps_nothing_in_local_memory(name, dtype, target):
         module, _, _ = build_module(prog, arch)
         kernel = module.get_function(KERNEL_NAME)
         local = drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, kernel.ptr)
-        assert local <= 16, (name, dtype, cfg, local)
+        assert local <= 16, (name, dtype, cfg, local, f"NVRTC {nvrtc_version()}")
 
 
 def test_planted_deadlock_raises_quickly_and_gpu_stays_usable(target):
