@@ -44,6 +44,77 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
   }
 }
 
+// The partition's attention with one warp per q head, when every K and V row of the span sits in shared memory
+// and its scores fit `probs`: lanes take positions for the scores and head dims for the values, the (max, sum)
+// come from warp shuffles, and no block barrier separates scores, softmax and values. Numerics as the block-wide
+// path: rounded scores, fp32 probabilities, fp32 sums (in another order).
+#define DIMS_PER_LANE ((AMK_HEAD_DIM + 31) / 32)
+__device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, const uint4* ks, const uint4* vs,
+                                   float* probs, int n, float* out, float* stats) {
+  const int lane = threadIdx.x & 31;
+  for (int j = threadIdx.x >> 5; j < AMK_GROUP; j += NWARPS) {
+    const float4* q4 = reinterpret_cast<const float4*>(qs + j * AMK_HEAD_DIM);
+    float* pj = probs + j * p.chunk;
+    float mx = NEG_INF;
+#pragma unroll 1
+    for (int r = lane; r < n; r += 32) {
+      float d = 0.f;
+#pragma unroll 4
+      for (int v = 0; v < HD_VECS; ++v) {
+        float f[VEC];
+        unpack(ks[staged_slot(r, v)], f);
+#pragma unroll
+        for (int e = 0; e < VEC / 4; ++e) {
+          const float4 qv = q4[v * (VEC / 4) + e];
+          d = fmaf(f[4 * e], qv.x, d);
+          d = fmaf(f[4 * e + 1], qv.y, d);
+          d = fmaf(f[4 * e + 2], qv.z, d);
+          d = fmaf(f[4 * e + 3], qv.w, d);
+        }
+      }
+      const float sc = rnd(rnd(d) * AMK_ATTN_SCALE);
+      pj[r] = sc;
+      mx = fmaxf(mx, sc);
+    }
+    mx = warp_max(mx);
+    float l = 0.f;
+#pragma unroll 1
+    for (int r = lane; r < n; r += 32) {
+      const float e = expf(pj[r] - mx);
+      pj[r] = e;
+      l += e;
+    }
+    l = warp_sum(l);
+#pragma unroll 1
+    for (int r = lane; r < n; r += 32) pj[r] /= l;  // the probabilities, in the lanes that wrote their exps
+    __syncwarp();  // every lane's probabilities are in pj
+    float acc[DIMS_PER_LANE];
+#pragma unroll
+    for (int k = 0; k < DIMS_PER_LANE; ++k) acc[k] = 0.f;
+#pragma unroll 4
+    for (int r = 0; r < n; ++r) {
+      const float pr = pj[r];
+      const wtype* row = reinterpret_cast<const wtype*>(vs + r * HD_VECS);
+#pragma unroll
+      for (int k = 0; k < DIMS_PER_LANE; ++k) {
+        const int dd = lane + 32 * k;
+        if (dd < AMK_HEAD_DIM) {
+          const int slot = HD_VECS_POW2 ? ((dd / VEC) ^ (r & (HD_VECS - 1))) : dd / VEC;
+          acc[k] = fmaf(pr, to_f(row[slot * VEC + dd % VEC]), acc[k]);
+        }
+      }
+    }
+    float* oj = out + j * AMK_HEAD_DIM;
+#pragma unroll
+    for (int k = 0; k < DIMS_PER_LANE; ++k)
+      if (lane + 32 * k < AMK_HEAD_DIM) stcg(oj + lane + 32 * k, acc[k]);
+    if (lane == 0) {
+      stcg(stats + 2 * j, n > 0 ? mx : NEG_INF);
+      stcg(stats + 2 * j + 1, n > 0 ? l : 0.f);
+    }
+  }
+}
+
 // One KV head x one partition under the partition's own softmax: scores (in shared memory when the span
 // fits p.chunk, else in the scores scratch), (max, sum), probabilities, values. The K and V rows of earlier
 // steps (up to p.stage of them) are copied into shared memory with cp.async before the dependency wait: they
@@ -87,6 +158,13 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   block_sync();  // every thread's copies are in
   PHASE(0);
   const bool in_smem = s1 - s0 <= p.chunk;
+  if (in_smem && n_staged == s1 - s0) {  // the common case: one warp a q head, no block barrier
+    const int row0 = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
+    partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, buf<float>(c, p.out) + p.out_off + row0 * AMK_HEAD_DIM,
+                       buf<float>(c, p.stats) + p.stats_off + row0 * 2);
+    PHASE(3);
+    return true;
+  }
   const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
   float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
   const int stride = in_smem ? p.chunk : cap;
