@@ -108,7 +108,8 @@ def print_summary(s: dict) -> None:
         print(f"{r['layer']:>5}{r['time_us']:>9.1f}{r['ideal_us']:>9.1f}{100 * r['ideal_us'] / r['time_us']:>7.0f}%  {st}")
     mid = layers[1:-1] or layers
     print("phases of a middle layer (us; matvec: stage input / dot / fold+epilogue / page wait; attention "
-          "partial: stage q / scores / softmax statistics / values+store):",
+          "partial: stage q / scores / softmax statistics / values+store, all of it in the last when one warp takes a q "
+          "head):",
           "  ".join(f"{x['kind']} " + "/".join(f"{v:.1f}" for v in x["phases_us"]) for x in mid[len(mid) // 2]["stages"]))
     print(f"mean over layers 1..{len(layers) - 2}: {sum(r['time_us'] for r in mid) / len(mid):.1f} us a layer against "
           f"{sum(r['ideal_us'] for r in mid) / len(mid):.1f} us of bytes")
@@ -139,6 +140,7 @@ def main() -> None:
         results.append(s)
         print(f"config {cfg}: traced step {s['step_us']:.1f} us (read bandwidth {bandwidth:.0f} GB/s)")
         print_summary(s)
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "trace.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
 
