@@ -78,8 +78,10 @@ __device__ __forceinline__ void load_norm_weights(const Ctx& c, const MatvecPara
 // exp(m_k - M) / sum_j l_j exp(m_j - M) over the partitions of i's q head, or w_k = 1 when the partitions
 // shared one softmax. A thread takes 4 consecutive elements (one q head) and loads them and its head's
 // (max, sum) for COMBINE_PARTS partitions at once: one L2 round trip, which costs microseconds while the
-// weights stream, instead of one per partition. The weights are recomputed per thread (a few expf).
-#define COMBINE_PARTS 8
+// weights stream, instead of one per partition. The weights are recomputed per thread (a few expf). 8 at once
+// held 24-32 bytes of local memory under NVRTC 13.0 and was the slower (944.0 against 964.0 us, llama-3.2-1b,
+// bench/results/20261130-1335_h200_llama-3.2-1b_bf16_attention_warp_heads.json).
+#define COMBINE_PARTS 4
 __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
   const int P = p.inp_parts, K = AMK_HEADS * AMK_HEAD_DIM;
   const float* part = buf<float>(c, p.inp) + p.inp_off + p.k0;
