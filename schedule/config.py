@@ -98,7 +98,7 @@ class AttentionConfig:
                                      minimum=1, maximum=64, search=[1, 2, 4, 8, 16])
     sync: SyncGranularity = knob(SyncGranularity.HEAD, help="counter granularity between QKV and attention",
                                  choices=list(SyncGranularity))
-    softmax: AttentionSoftmax = knob(AttentionSoftmax.GLOBAL,
+    softmax: AttentionSoftmax = knob(AttentionSoftmax.PARTITION,
                                      help="with kv_partitions > 1: 'global' scores, then values from the global "
                                           "(max, sum), then a sum (3 stages, eager's rounding of probabilities); "
                                           "'partition' scores and values in one task per partition under its own "

@@ -2,12 +2,12 @@
 
 latency = 100 us x the product of one factor per non-default knob value x an interaction, times
 (1 + N(0, NOISE)). Two single moves gain (attention.kv_partitions=16: 0.97, matvec.qkv.head_splits=2: 0.95);
-attention.softmax=partition loses 1% alone but gains 15% with kv_partitions >= 8; every other value of every
+attention.softmax=global (away from the default partition) loses 1% alone but gains 15% with kv_partitions >= 8; every other value of every
 searched knob loses 2-17% (a fixed hash of path and value), and matvec.qkv.k_splits=4 is incorrect. So the
 optimum is the default with exactly those three knobs changed: 100 x 0.97 x 0.95 x 0.85 = 78.3 us.
 
 `predictor` is the search's view of it, standing in for the analytic cost model on a GPU: every factor off by
-up to +-3% (its own hash), and it knows nothing of the interaction (it prices partition at 0.99 everywhere).
+up to +-3% (its own hash), and it knows nothing of the interaction (it prices global at 0.99 everywhere).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from amk.schedule.space import diff
 BASE_US = 100.0
 NOISE = 0.004
 GOOD = {"attention.kv_partitions=16": 0.97, "matvec.qkv.head_splits=2": 0.95}
-PARTITION = "attention.softmax=partition"
-OPTIMUM = ScheduleConfig.from_dict({"attention": {"kv_partitions": 16, "softmax": "partition"},
+INTERACTING = "attention.softmax=global"
+OPTIMUM = ScheduleConfig.from_dict({"attention": {"kv_partitions": 16, "softmax": "global"},
                                     "matvec": {"qkv": {"head_splits": 2}}})
 OPTIMUM_US = BASE_US * 0.97 * 0.95 * 0.85
 
@@ -35,7 +35,7 @@ def _factors(config: ScheduleConfig, model_view: bool) -> float:
     f = 1.0
     moves = diff(ScheduleConfig(), config)
     for key in moves:
-        if key == PARTITION:
+        if key == INTERACTING:
             base = 0.99 if model_view else (0.85 if (config.attention.kv_partitions or 0) >= 8 else 1.01)
         else:
             base = GOOD.get(key, 1.02 + 0.15 * _hash(key, "cost"))

@@ -74,7 +74,7 @@ def test_two_attention_stages_per_layer_and_a_weighted_combine():
     model = amk.load_model("toy-2L", dtype="fp32", weights=False)
     d = model.dims
     unfused = {"fusion": {"attention_combine_into_o": False}}
-    glob = lower(model, "cpu-sim", {"attention": {"kv_partitions": 4}, **unfused}, max_seq=64)
+    glob = lower(model, "cpu-sim", {"attention": {"kv_partitions": 4, "softmax": "global"}, **unfused}, max_seq=64)
     part = lower(model, "cpu-sim", _cfg(4, **unfused), max_seq=64)
 
     def kinds(p):

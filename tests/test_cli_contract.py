@@ -99,8 +99,8 @@ def test_an_interrupt_is_its_own_exit_code(capsys, monkeypatch):
 # ---- a knob that cannot act is named; a GPU target is predicted in bf16 ------------------------------------
 
 @pytest.mark.parametrize("config, gpu, note", [
-    ({"attention": {"kv_partitions": 1, "softmax": "partition"}}, "cpu-sim",
-     "attention.softmax=partition has no effect: with attention.kv_partitions=1"),
+    ({"attention": {"kv_partitions": 1, "softmax": "global"}}, "cpu-sim",
+     "attention.softmax=global has no effect: with attention.kv_partitions=1"),
     ({"attention": {"kv_partitions": 1}, "fusion": {"attention_combine_into_o": False}}, "cpu-sim",
      "fusion.attention_combine_into_o=false has no effect"),
     ({"build": {"l2_prefetch_kb": 64}}, "h100-sxm", "build.l2_prefetch_kb=64 has no effect: it caps the L2 prefetch"),
@@ -119,10 +119,10 @@ def test_the_lowering_names_a_knob_that_has_no_effect(config, gpu, note):
 
 
 def test_an_inert_knob_lowers_to_the_same_program_and_acting_knobs_get_no_note():
-    a, _ = build_program("toy", "cpu-sim", {"attention": {"kv_partitions": 1, "softmax": "partition"}}, "cpu")
+    a, _ = build_program("toy", "cpu-sim", {"attention": {"kv_partitions": 1, "softmax": "global"}}, "cpu")
     b, _ = build_program("toy", "cpu-sim", {"attention": {"kv_partitions": 1}}, "cpu")
     assert a.program_fingerprint == b.program_fingerprint and a.schedule_id != b.schedule_id
-    for acting in ({}, {"attention": {"softmax": "partition"}}, {"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64}},
+    for acting in ({}, {"attention": {"softmax": "global"}}, {"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64}},
                    {"sm": {"assignment": "explicit", "explicit_map": {"qkv": [0, 1]}}}):
         v, program = build_program("toy", "h100-sxm", acting, "cpu")
         assert program is not None and not [n for n in v.notes if "has no effect" in n], (acting, v.notes)

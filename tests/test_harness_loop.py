@@ -204,7 +204,7 @@ def test_seeded_loop_starts_from_the_given_config_and_a_measured_one_is_a_duplic
 def test_configs_that_lower_to_one_program_are_one_trial(tmp_path):
     # kv_partitions=1 is one ATTN_DECODE task whichever softmax: two configs, one program
     a = {"attention": {"kv_partitions": 1}}
-    b = {"attention": {"kv_partitions": 1, "softmax": "partition"}}
+    b = {"attention": {"kv_partitions": 1, "softmax": "global"}}
     calls = _Fake()
     res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
     amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, incumbent=a, evaluate=calls)

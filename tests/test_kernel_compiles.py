@@ -20,7 +20,7 @@ NVCC = shutil.which("nvcc")
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 @pytest.mark.parametrize("cfg", [{"attention": {"kv_partitions": 1}},
                                  {"attention": {"softmax": "partition"}, "fusion": {"attention_combine_into_o": False}},
-                                 {}], ids=["decode", "partition", "scores-values"])
+                                 {"attention": {"softmax": "global"}}], ids=["decode", "partition", "scores-values"])
 def test_windowed_kernel_compiles_for_sm90(tmp_path, cfg):
     model = amk.load_model(mistral_window(tmp_path / "m"), dtype="bf16", weights=False)
     prog = lower(model, get_target("h100-sxm"), cfg, max_seq=128)
@@ -44,7 +44,7 @@ def test_large_gqa_groups_keep_nothing_on_the_stack(tmp_path, heads, kv_heads, d
     model = amk.load_model(llama(tmp_path / "m", hidden_size=heads * 64, num_attention_heads=heads,
                                  num_key_value_heads=kv_heads, head_dim=64), dtype=dtype, weights=False)
     assert model.dims.group == heads // kv_heads
-    for cfg in [{}, {"attention": {"softmax": "partition"}}, {"attention": {"kv_partitions": 1}}]:
+    for cfg in [{}, {"attention": {"softmax": "global"}}, {"attention": {"kv_partitions": 1}}]:
         prog = lower(model, get_target("h200"), cfg, max_seq=128)
         src = tmp_path / "k.cu"
         src.write_text(generate_header(prog) + "\n" + kernel_source())

@@ -11,7 +11,7 @@ import amk
 from amk.eval.oracle import verify
 from amk.schedule.opcodes import Opcode
 
-CONFIGS = [{}, {"attention": {"kv_partitions": 1}}, {"attention": {"softmax": "partition"}},
+CONFIGS = [{}, {"attention": {"kv_partitions": 1}}, {"attention": {"softmax": "global"}},
            {"attention": {"kv_partitions": 8, "softmax": "partition", "sync": "stage"}},
            {"attention": {"kv_partitions": 8}, "fusion": {"attention_combine_into_o": False}}]
 

@@ -20,7 +20,7 @@ def test_quiet_measured_evaluate_on_the_gpu(tmp_path):
     v = json.loads(p.stdout)
     assert v["correct"] and v["latency_kind"] == "measured-gpu" and v["dtype"] == "bf16" and v["device"] == "cuda"
     p = subprocess.run([*AMK, "-q", "evaluate", "--model", "toy", "--device", "cuda", "--config",
-                        '{"attention": {"kv_partitions": 1, "softmax": "partition"}}'], cwd=tmp_path, env=env,
+                        '{"attention": {"kv_partitions": 1, "softmax": "global"}}'], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0 and p.stderr == "", p.stderr[-3000:]
-    assert "attention.softmax=partition has no effect" in p.stdout and "measured-gpu" in p.stdout
+    assert "attention.softmax=global has no effect" in p.stdout and "measured-gpu" in p.stdout

@@ -144,7 +144,7 @@ def _public_shape(name: str, dtype: str):
     return Model(name, dims, build_graph(dims), resolve_dtype(dtype), cfg, None, None, "path", 0, name, "cuda")
 
 
-ATTENTION_PATHS = [None, {"attention": {"softmax": "partition"}}, {"attention": {"kv_partitions": 1}}]
+ATTENTION_PATHS = [None, {"attention": {"softmax": "global"}}, {"attention": {"kv_partitions": 1}}]
 LARGE_GROUPS = {"qwen2.5-0.5b", "tinyllama-1.1b"}  # 7 and 8 q heads a KV head: the narrowed q, K and V slices
 
 
@@ -248,8 +248,8 @@ def test_split_head_configs_verify(name, dtype, target):
     _verify_configs(_model(name, dtype), target, SPLIT_HEAD_CONFIGS)
 
 
-PARTITION_CONFIGS = [  # one task per partition under its own softmax, then a rescaling combine
-    {"attention": {"softmax": "partition"}},
+SOFTMAX_CONFIGS = [  # the default is one task per partition under its own softmax, then a rescaling combine
+    {"attention": {"softmax": "global"}},  # scores, values from the global (max, sum), then a sum
     {"attention": {"softmax": "partition"}, "fusion": {"attention_combine_into_o": False}},
     {"attention": {"softmax": "partition", "kv_partitions": 16}, "matvec": {"qkv": {"head_splits": 2}}},
     {"attention": {"softmax": "partition", "kv_partitions": 2}, "smem_per_block": 24 * 1024},  # scores in scratch
@@ -258,5 +258,5 @@ PARTITION_CONFIGS = [  # one task per partition under its own softmax, then a re
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m"])
-def test_partition_softmax_configs_verify(name, dtype, target):
-    _verify_configs(_model(name, dtype), target, PARTITION_CONFIGS)
+def test_softmax_configs_verify(name, dtype, target):
+    _verify_configs(_model(name, dtype), target, SOFTMAX_CONFIGS)
