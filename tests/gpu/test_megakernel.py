@@ -2,6 +2,7 @@
 
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from amk.schedule.errors import AmkError, VmError
 from amk.schedule.program import Wait
 from amk.schedule.smem import max_dynamic_smem
 from amk.schedule.space import conflicts
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_checkpoints.py
+from _checkpoints import public_shape  # noqa: E402
 
 MODELS = ["toy", "toy-2L", "smollm2-135m", "qwen3-0.6b", "llama-3.2-1b"]
 SMALL = {"toy", "toy-2L"}
@@ -126,24 +130,6 @@ def test_default_kernel_keeps_nothing_in_local_memory(name, dtype, target):
     assert vm.local_bytes <= 16, vm.local_bytes
 
 
-def _public_shape(name: str, dtype: str):
-    """A public Llama-family shape of bench/shapes.py, dimensions only (no weights): enough to lower and build."""
-    import importlib.util
-
-    import transformers
-
-    from amk.models.registry import Model, resolve_dtype
-    from amk.schedule.graph import ModelDims, build_graph
-
-    spec = importlib.util.spec_from_file_location("bench_shapes", Path(__file__).parents[2] / "bench" / "shapes.py")
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
-    cls, fields = shapes.SHAPES[name]
-    cfg = getattr(transformers, cls)(**fields)
-    dims = ModelDims.from_hf_config(cfg)
-    return Model(name, dims, build_graph(dims), resolve_dtype(dtype), cfg, None, None, "path", 0, name, "cuda")
-
-
 ATTENTION_PATHS = [None, {"attention": {"softmax": "global"}}, {"attention": {"kv_partitions": 1}}]
 LARGE_GROUPS = {"qwen2.5-0.5b", "tinyllama-1.1b"}  # 7 and 8 q heads a KV head: the narrowed q, K and V slices
 
@@ -158,7 +144,7 @@ def test_every_group_size_keeps_nothing_in_local_memory(name, dtype, target):
 
     from amk.vm.loader import KERNEL_NAME, build_module, nvrtc_version
 
-    model = _public_shape(name, dtype)
+    model = public_shape(name, dtype)
     drv = cupy.cuda.driver
     arch = "sm_{}{}".format(*torch.cuda.get_device_capability())
     for cfg in ATTENTION_PATHS if name in LARGE_GROUPS else [None]:
