@@ -15,10 +15,11 @@ import functools
 import re
 from dataclasses import dataclass
 
-from .loader import compile_options
+from .loader import KERNEL_NAME, compile_options
 
 _RESOURCES = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGISTERS = re.compile(r"Used (\d+) registers")
+_CUMULATIVE = re.compile(r"(\d+) bytes cumulative stack size")
 
 
 class NvrtcUnavailable(RuntimeError):
@@ -35,8 +36,9 @@ class NvrtcCompileError(RuntimeError):
 
 @dataclass(frozen=True)
 class KernelResources:
-    """ptxas's report for the one kernel of a source: registers a thread, and bytes of local memory a thread
-    (its stack frame, and the spill stores and loads into it)."""
+    """ptxas's report for one kernel of a source: registers a thread, and bytes of local memory a thread (its
+    stack frame, or with device functions that were not inlined the cumulative stack of its calls, and the
+    spill stores and loads of its own frame)."""
 
     registers: int
     stack_bytes: int
@@ -65,10 +67,12 @@ def version() -> tuple[int, int]:
     return major.value, minor.value
 
 
-def kernel_resources(code: str, arch: str = "sm_90") -> KernelResources:
-    """Compile `code` (one kernel) for `arch` with the loader's options (its CUDA headers: a toolkit's, or the
-    `nvidia-cuda-runtime` wheel's) and ptxas's verbose report. Raises NvrtcUnavailable, EnvironmentProblem (no
-    headers), NvrtcCompileError, or ValueError when the report names no stack frame."""
+def kernel_resources(code: str, arch: str = "sm_90", kernel: str = KERNEL_NAME) -> KernelResources:
+    """Compile `code` for `arch` with the loader's options (its CUDA headers: a toolkit's, or the
+    `nvidia-cuda-runtime` wheel's) and ptxas's verbose report, and read the report of the entry function
+    `kernel`. Raises NvrtcUnavailable, EnvironmentProblem (no headers), NvrtcCompileError, or ValueError when
+    the report has no entry for `kernel` (another name, or a virtual arch such as compute_90 that runs no
+    ptxas)."""
     lib = _lib()
     prog = ctypes.c_void_p()
     rc = lib.nvrtcCreateProgram(ctypes.byref(prog), code.encode(), b"amk_megakernel.cu", 0, None, None)
@@ -86,7 +90,23 @@ def kernel_resources(code: str, arch: str = "sm_90") -> KernelResources:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
     if rc:
         raise NvrtcCompileError(rc, log)
-    res, regs = _RESOURCES.search(log), _REGISTERS.search(log)
-    if not res or not regs:
-        raise ValueError(f"ptxas's report names no stack frame or registers: {log[-1000:]}")
-    return KernelResources(int(regs.group(1)), *(int(g) for g in res.groups()), log)
+    return _entry_resources(log, kernel)
+
+
+def _entry_resources(log: str, kernel: str) -> KernelResources:
+    """The report of entry function `kernel` in a ptxas -v log: its 'Function properties' block (the next
+    line holds the frame) and the 'Used N registers' line after 'Compiling entry function'."""
+    lines = log.splitlines()
+    frame = regs = None
+    for i, line in enumerate(lines):
+        if line.rstrip().endswith(f"Function properties for {kernel}") and i + 1 < len(lines):
+            frame = _RESOURCES.search(lines[i + 1])
+        if f"Compiling entry function '{kernel}'" in line:
+            regs = next((m for m in map(_REGISTERS.search, lines[i + 1:]) if m), None)
+            used = next((x for x in lines[i + 1:] if _REGISTERS.search(x)), "")
+    if frame is None or regs is None:
+        raise ValueError(f"ptxas's report has no entry function {kernel!r}: {log[-1000:]}")
+    stack, stores, loads = (int(g) for g in frame.groups())
+    cumulative = _CUMULATIVE.search(used)
+    return KernelResources(int(regs.group(1)), max(stack, int(cumulative.group(1)) if cumulative else 0),
+                           stores, loads, log)
