@@ -69,6 +69,14 @@ def test_propose_takes_the_best_kept_corpus_config(tmp_path):
         amk.propose("no-such-model", "cpu-sim")
 
 
+def test_an_unknown_model_raises_even_beside_a_bad_config():
+    # a bad config is a verdict, an unknown model a usage error: the usage error wins whatever the config
+    with pytest.raises(amk.UnknownModelError):
+        amk.evaluate("no-such-model", "cpu-sim", {"matvec": {"qkv": {"k_splits": 99}}}, device="cpu")
+    v = amk.evaluate("toy", "cpu-sim", {"matvec": {"qkv": {"k_splits": 99}}}, device="cpu")
+    assert not v["valid"] and "$.matvec.qkv.k_splits" in v["rejected_reason"]
+
+
 def test_evaluate_verdict_contract(toy_verdict):
     v = toy_verdict
     assert VERDICT_FIELDS <= set(v) and ENV_FIELDS <= set(v["environment"])
