@@ -69,12 +69,13 @@ def test_propose_takes_the_best_kept_corpus_config(tmp_path):
         amk.propose("no-such-model", "cpu-sim")
 
 
-def test_an_unknown_model_raises_even_beside_a_bad_config():
-    # a bad config is a verdict, an unknown model a usage error: the usage error wins whatever the config
-    with pytest.raises(amk.UnknownModelError):
-        amk.evaluate("no-such-model", "cpu-sim", {"matvec": {"qkv": {"k_splits": 99}}}, device="cpu")
-    v = amk.evaluate("toy", "cpu-sim", {"matvec": {"qkv": {"k_splits": 99}}}, device="cpu")
+def test_a_bad_config_is_a_verdict_before_the_model_is_looked_up():
+    # HARNESS §2: a malformed config comes back before any model work; a good one meets the unknown model
+    bad = {"matvec": {"qkv": {"k_splits": 99}}}
+    v = amk.evaluate("no-such-model", "cpu-sim", bad, device="cpu")
     assert not v["valid"] and "$.matvec.qkv.k_splits" in v["rejected_reason"]
+    with pytest.raises(amk.UnknownModelError):
+        amk.evaluate("no-such-model", "cpu-sim", {}, device="cpu")
 
 
 def test_evaluate_verdict_contract(toy_verdict):

@@ -1,4 +1,4 @@
-"""NVRTC without cupy or a GPU: compile the megakernel to a cubin and read ptxas's resource report.
+"""NVRTC without cupy or a GPU: compile the megakernel for an arch and read ptxas's resource report of it.
 
 The GPU path builds through cupy's NVRTC (vm/loader.py). This one loads the NVRTC library that
 `cuda.pathfinder` finds (the `nvidia-cuda-nvrtc` wheel of the dev extras, pinned to the GPU image's 13.0,

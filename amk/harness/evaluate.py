@@ -124,12 +124,12 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
         v.dtype, dtype_note = resolve_dtype_name(dtype, dev, target)
     v.gpu, v.device, v.environment = target.name, dev.value, environment(dev)
     v.model = given.name if given else str(model)
-    dims_model = given or get_model(v.model, v.dtype, dev, weights=False)  # an unknown model raises, config or not
     if cfg is None:
         return v, None
     if dtype_note:
         v.notes.append(dtype_note)
     v.schedule_id = cfg.schedule_id
+    dims_model = given or get_model(v.model, v.dtype, dev, weights=False)
     with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
         program = _lower_cached(v, dims_model, target, cfg, max_seq, cache)
     if program is None or not _validate(v, program, target):
