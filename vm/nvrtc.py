@@ -97,16 +97,15 @@ def _entry_resources(log: str, kernel: str) -> KernelResources:
     """The report of entry function `kernel` in a ptxas -v log: its 'Function properties' block (the next
     line holds the frame) and the 'Used N registers' line after 'Compiling entry function'."""
     lines = log.splitlines()
-    frame = regs = None
+    frame = used = None
     for i, line in enumerate(lines):
         if line.rstrip().endswith(f"Function properties for {kernel}") and i + 1 < len(lines):
             frame = _RESOURCES.search(lines[i + 1])
         if f"Compiling entry function '{kernel}'" in line:
-            regs = next((m for m in map(_REGISTERS.search, lines[i + 1:]) if m), None)
-            used = next((x for x in lines[i + 1:] if _REGISTERS.search(x)), "")
-    if frame is None or regs is None:
+            used = next((x for x in lines[i + 1:] if _REGISTERS.search(x)), None)
+    if frame is None or used is None:
         raise ValueError(f"ptxas's report has no entry function {kernel!r}: {log[-1000:]}")
     stack, stores, loads = (int(g) for g in frame.groups())
     cumulative = _CUMULATIVE.search(used)
-    return KernelResources(int(regs.group(1)), max(stack, int(cumulative.group(1)) if cumulative else 0),
-                           stores, loads, log)
+    return KernelResources(int(_REGISTERS.search(used).group(1)),
+                           max(stack, int(cumulative.group(1)) if cumulative else 0), stores, loads, log)
