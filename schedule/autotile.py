@@ -5,6 +5,11 @@ A stage of T tasks on N SMs takes ceil(T / N) rounds; a round costs its task's w
 share of the bandwidth plus a fixed cost a task pays whatever its size (dependency wait, input staging,
 epilogue and signal: about 1.5 us on an H100 or H200, read off bench/trace.py's per-stage exec times). Each
 split below minimises that estimate over its candidates. Nothing here names a model.
+
+On the register path each consumer warp streams its own (row, chunk) units with a fixed number of loads in
+flight, so a warp's stream runs at its share of the SM's, and a task lasts as long as its busiest warp: a task
+of 18 rows on 16 warps takes as long as one of 32 (vm/matvec.cuh matvec_walk). The task's bytes below are
+counted that way.
 """
 
 from __future__ import annotations
@@ -24,6 +29,31 @@ MIN_PARTITION_POSITIONS = 32  # a KV partition below this many positions costs m
 MAX_KV_PARTITIONS = 16  # more partitions make the O projection's combine read more of them (an L2 round
 #                        trip each 8) than the attention stage saves
 NEAR_BEST_US = 0.25  # splits this close to the best estimate count as equal; the one with the fewest tasks wins
+
+
+@dataclass(frozen=True)
+class WarpSplit:
+    """How the register path spreads a matvec task over its consumer warps (vm/matvec.cuh); None with pipeline
+    pages, whose consumers split pages instead."""
+
+    warps: int
+    rows_in_flight: int
+    loads_in_flight: int
+
+
+def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None) -> float:
+    """Bytes a task of `rows` computed rows of `k` weights streams at its SM's rate in the time its busiest warp
+    takes: the weight bytes, rounded up to whole steps of every warp. Mirrors matvec_walk and row_chunks."""
+    if split is None:
+        return rows * k * nbytes
+    vec = 16 // nbytes
+    nvec, w, nr = k // vec, split.warps, split.rows_in_flight
+    s = 1
+    while rows * s < w * nr and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
+        s *= 2
+    mine = -(-rows * s // w)
+    steps = -(-mine // nr) * -(-(nvec // s) // (split.loads_in_flight * 32))
+    return steps * w * nr * split.loads_in_flight * 32 * 16
 
 
 @dataclass(frozen=True)
@@ -48,24 +78,25 @@ def stage_us(tasks: int, task_bytes: float, target: GpuTarget) -> float:
     return rounds * (task_bytes / _sm_bytes_per_us(target) + TASK_FIXED_US)
 
 
-def matvec_rows(rows: int, row_bytes: int, target: GpuTarget) -> int:
-    """Rows a task of a matvec with `rows` output rows of `row_bytes` weight bytes each (paired rows counted
-    in row_bytes): the fewest tasks whose estimate is within NEAR_BEST_US of the best split's. Fewer tasks cost
-    fewer dependency waits and input stagings than the estimate counts, and the ReferenceVM runs them faster."""
-    n = target.sm_count
+def matvec_rows(rows: int, k: int, nbytes: int, target: GpuTarget, split: WarpSplit | None, paired: bool = False) -> int:
+    """Rows a task of a matvec with `rows` output rows of `k` weights each (`paired`: each row computed with its
+    pair, gate with up): the fewest tasks whose estimate is within NEAR_BEST_US of the best split's. Fewer tasks
+    cost fewer dependency waits and input stagings than the estimate counts, and the ReferenceVM runs them
+    faster."""
+    n, pair = target.sm_count, 2 if paired else 1
     cands = {-(-rows // t) for t in range(1, min(rows, 64 * n) + 1)}  # every distinct task height
-    est = {per: stage_us(-(-rows // per), per * row_bytes, target) for per in cands}
+    est = {per: stage_us(-(-rows // per), streamed_bytes(pair * per, k, nbytes, split), target) for per in cands}
     best = min(est.values())
     return max(per for per, t in est.items() if t <= best + NEAR_BEST_US)
 
 
-def qkv_head_splits(dims: ModelDims, row_bytes: int, target: GpuTarget, can_split: bool) -> int:
+def qkv_head_splits(dims: ModelDims, nbytes: int, target: GpuTarget, can_split: bool, split: WarpSplit | None) -> int:
     """Splits of each q/k/v head (RoPE pairs stay together) that minimise the QKV stage's estimate."""
     heads = dims.n_heads + 2 * dims.n_kv_heads
     splits = [1]
     while can_split and splits[-1] * 2 <= dims.head_dim // 2 and (dims.head_dim // 2) % (splits[-1] * 2) == 0:
         splits.append(splits[-1] * 2)
-    est = {s: stage_us(heads * s, dims.head_dim // s * row_bytes, target) for s in splits}
+    est = {s: stage_us(heads * s, streamed_bytes(dims.head_dim // s, dims.hidden, nbytes, split), target) for s in splits}
     best = min(est.values())
     return min(s for s, t in est.items() if t <= best + NEAR_BEST_US)
 
@@ -80,18 +111,20 @@ def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int) -> int:
     return p
 
 
-def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int, split_heads_ok: bool) -> Tiling:
+def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int, split_heads_ok: bool,
+                  split: WarpSplit | None = None) -> Tiling:
     """The shape-derived split. `nbytes`: bytes of one weight; `split_heads_ok`: whether QKV heads may be split
-    (not with a q/k norm fused into the QKV epilogue, which needs whole heads)."""
+    (not with a q/k norm fused into the QKV epilogue, which needs whole heads); `split`: the register path's
+    warps (None: tasks cost their weight bytes)."""
     h, i, v = dims.hidden, dims.intermediate, dims.vocab
     lm_rounds = min(MAX_LM_HEAD_ROUNDS, max(1, -(-v * h * nbytes // (target.sm_count * LM_HEAD_TASK_BYTES))))
     lm_tasks = min(v, lm_rounds * target.sm_count)  # whole rounds of tasks near LM_HEAD_TASK_BYTES each
     return Tiling(
-        o_rows=matvec_rows(h, dims.n_heads * dims.head_dim * nbytes, target),
-        gate_up_rows=matvec_rows(i, 2 * h * nbytes, target),
-        down_rows=matvec_rows(h, i * nbytes, target),
+        o_rows=matvec_rows(h, dims.n_heads * dims.head_dim, nbytes, target, split),
+        gate_up_rows=matvec_rows(i, h, nbytes, target, split, paired=True),
+        down_rows=matvec_rows(h, i, nbytes, target, split),
         lm_head_rows=-(-v // lm_tasks),
-        qkv_head_splits=qkv_head_splits(dims, h * nbytes, target, split_heads_ok),
+        qkv_head_splits=qkv_head_splits(dims, nbytes, target, split_heads_ok, split),
         kv_partitions=kv_partitions(dims, target, max_seq),
     )
 
@@ -104,7 +137,10 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     q = config.matvec.qkv
     split_ok = (q.heads_per_task == 1 and q.k_splits == 1
                 and not (dims.qk_norm and config.fusion.rope_kv_into_qkv))
-    t = derive_tiling(dims, target, nbytes, max_seq, split_ok)
+    b = config.build
+    split = None if config.pipeline.pages > 0 else WarpSplit(config.threads_per_block // 32, b.rows_in_flight,
+                                                                 b.loads_in_flight)
+    t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split)
     values = {"matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
               "matvec.down.rows_per_task": t.down_rows, "matvec.lm_head.rows_per_task": t.lm_head_rows,
               "matvec.qkv.head_splits": t.qkv_head_splits if split_ok else 1,
