@@ -1,0 +1,55 @@
+"""The derived tiling prices a register-path task as its busiest warp streams it (vm/matvec.cuh matvec_walk)."""
+
+from __future__ import annotations
+
+import pytest
+from _checkpoints import public_shape
+
+from amk.schedule import ScheduleConfig, get_target
+from amk.schedule.autotile import WarpSplit, matvec_rows, resolve, streamed_bytes
+
+SPLIT = WarpSplit(warps=16, rows_in_flight=1, loads_in_flight=4)
+
+
+def _walk_steps(rows: int, k: int, nbytes: int, split: WarpSplit) -> int:
+    """Steps of the busiest warp, walked unit by unit as the kernel hands them out (an independent count)."""
+    nvec = k // (16 // nbytes)
+    s = 1
+    while rows * s < split.warps * split.rows_in_flight and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
+        s *= 2
+    per_unit = -(-(nvec // s) // (split.loads_in_flight * 32))
+    units = [0] * split.warps
+    for u in range(rows * s):
+        units[u % split.warps] += 1
+    return max(-(-n // split.rows_in_flight) for n in units) * per_unit
+
+
+@pytest.mark.parametrize("rows,k", [(16, 2048), (18, 2048), (32, 2048), (7, 8192), (8, 8192), (243, 2048), (5, 576)])
+def test_streamed_bytes_is_whole_steps_of_every_warp(rows, k):
+    step_bytes = SPLIT.warps * SPLIT.rows_in_flight * SPLIT.loads_in_flight * 32 * 16
+    assert streamed_bytes(rows, k, 2, SPLIT) == _walk_steps(rows, k, 2, SPLIT) * step_bytes
+
+
+def test_a_task_two_rows_past_the_warps_costs_a_second_round():
+    assert streamed_bytes(16, 2048, 2, SPLIT) == 16 * 2048 * 2  # one row a warp: nothing wasted
+    assert streamed_bytes(18, 2048, 2, SPLIT) == streamed_bytes(32, 2048, 2, SPLIT)
+    assert streamed_bytes(18, 2048, 2, None) == 18 * 2048 * 2  # pages: the weight bytes
+
+
+@pytest.mark.parametrize("threads", [256, 512, 1024])
+def test_derived_o_rows_divide_over_the_warps(threads):
+    h200 = get_target("h200")
+    rows = matvec_rows(2048, 2048, 2, h200, WarpSplit(threads // 32, 1, 4))
+    assert rows % (threads // 32) == 0 or (threads // 32) % rows == 0, rows
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "qwen2.5-0.5b", "smollm2-135m"])
+def test_resolve_prices_by_the_configs_warps(name):
+    dims = public_shape(name, "bf16", device="meta").dims
+    h200 = get_target("h200")
+    _, derived = resolve(ScheduleConfig(), dims, 2, h200, 1088)
+    assert derived["matvec.o.rows_per_task"] % 16 == 0
+    paged = ScheduleConfig.from_dict({"pipeline": {"pages": 4, "page_kb": 32}, "smem_per_block": 230000})
+    _, derived_paged = resolve(paged, dims, 2, h200, 1088)
+    assert derived_paged["matvec.o.rows_per_task"] == matvec_rows(dims.hidden, dims.n_heads * dims.head_dim, 2,
+                                                                  h200, None)
