@@ -8,7 +8,9 @@ weights never depend on activations. The L2 prefetch (pipelining_depth > 0 witho
 it was measured slower at every depth and cap (llama-3.2-1b bf16: 18-23% on an H200, bench/results/
 loop_20261130_h200_llama_s0/results.tsv; 6-12% on an H100, bench/results/20261122-040834_h100-sxm_llama-3.2-
 1b_bf16_s3_third.json), so it is priced as the register path and the search's learned part charges what the
-GPU shows. The step is the latest finish plus the launch. Along the path that decides each finish we
+GPU shows. On the register path a matvec task lasts as long as its busiest warp streams: its weight bytes are
+counted in whole steps of every consumer warp (autotile.streamed_bytes). The step is the latest finish plus the
+launch. Along the path that decides each finish we
 carry (memory microseconds, tasks, waits), so measured rows fit the coefficients by least squares.
 """
 
@@ -20,9 +22,11 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from .autotile import WarpSplit, streamed_bytes
 from .errors import AmkError
 from .opcodes import Opcode
 from .program import MegakernelProgram, Task
+from .smem import consumer_threads
 from .targets import GpuTarget, get_target
 
 MIN_FIT_ROWS = 5
@@ -111,6 +115,18 @@ def _sm_bytes_per_us(program: MegakernelProgram, target: GpuTarget, coef: CostCo
     return min(share, little)
 
 
+def task_stream_bytes(t: Task, program: MegakernelProgram) -> float:
+    """Weight bytes of `t` as its SM streams them: on the register path a matvec's bytes in whole steps of every
+    consumer warp (autotile.streamed_bytes: 18 rows on 16 warps count as 32); else its weight bytes."""
+    b = program.build
+    if t.opcode != Opcode.MATVEC or int(b.get("PAGES", 0)) > 0 or not t.weight_bytes:
+        return t.weight_bytes
+    p = t.params
+    split = WarpSplit(consumer_threads(program.threads_per_block, b) // 32, int(b.get("ROWS_IN_FLIGHT", 1)),
+                      int(b.get("LOADS_IN_FLIGHT", 4)))
+    return streamed_bytes(p.rows * (2 if p.epi.pair_offset else 1), p.klen, program.constants.dtype.nbytes, split)
+
+
 def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoefficients | None = None,
             context: int | None = None) -> Prediction:
     target = get_target(target)
@@ -135,7 +151,7 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
                 if dep is None:
                     break
                 ready, ready_path = dep
-                w_us = t.weight_bytes / rate
+                w_us = task_stream_bytes(t, program) / rate
                 kv = kv_bytes(t, program, ctx)
                 kv_us = kv / rate
                 sm_bytes[s] += t.weight_bytes + kv

@@ -53,3 +53,18 @@ def test_resolve_prices_by_the_configs_warps(name):
     _, derived_paged = resolve(paged, dims, 2, h200, 1088)
     assert derived_paged["matvec.o.rows_per_task"] == matvec_rows(dims.hidden, dims.n_heads * dims.head_dim, 2,
                                                                   h200, None)
+
+
+def test_the_cost_model_prices_a_task_as_its_busiest_warp_streams():
+    import amk
+    from amk.schedule.cost import predict
+
+    model = public_shape("llama-3.2-1b", "bf16", device="meta")
+
+    def us(cfg: dict) -> float:
+        return predict(amk.lower(model, "h200", ScheduleConfig.from_dict(cfg), max_seq=1088), "h200").latency_us
+
+    o = lambda rows, **kw: {"matvec": {"o": {"rows_per_task": rows}}, **kw}  # noqa: E731
+    assert us(o(16)) < us(o(18)) == pytest.approx(us(o(32)))  # 18 rows on 16 warps stream two rounds
+    paged = {"pipeline": {"pages": 4, "page_kb": 32}, "smem_per_block": 230000}
+    assert us(o(18, **paged)) < us(o(32, **paged))  # the pages' consumers split pages, not rows
