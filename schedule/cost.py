@@ -10,8 +10,8 @@ loop_20261130_h200_llama_s0/results.tsv; 6-12% on an H100, bench/results/2026112
 1b_bf16_s3_third.json), so it is priced as the register path and the search's learned part charges what the
 GPU shows. On the register path a matvec task lasts as long as its busiest warp streams: its weight bytes are
 counted in whole steps of every consumer warp (autotile.streamed_bytes). The step is the latest finish plus the
-launch. Along the path that decides each finish we
-carry (memory microseconds, tasks, waits), so measured rows fit the coefficients by least squares.
+launch. Along the path that decides each finish we carry (memory microseconds, tasks, waits), so measured rows
+fit the coefficients by least squares.
 """
 
 from __future__ import annotations
