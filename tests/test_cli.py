@@ -164,3 +164,16 @@ def test_console_script_loop_budget_3_and_report(tmp_path):
     assert rep["groups"][0]["best"]["predicted"]["config"] is not None  # the best config itself
     assert rep["trials"] == 3 and len(rep["plots"]) == 2 and all(os.path.getsize(f) > 1000 for f in
                                                                  [os.path.join(tmp_path, x) for x in rep["plots"]])
+
+
+def test_max_seq_reaches_evaluate_verify_and_bench(capsys, tmp_path):
+    code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "16")
+    assert code == 0 and "greedy13" in [c["case"] for c in v["case_results"]]
+    assert any("context of 16 positions" in n for n in v["notes"])
+    code, short = run(capsys, "verify", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "64", "--out",
+                      str(tmp_path / "vr.json"))
+    code_full, full = run(capsys, "verify", "--model", "toy", "--gpu", "cpu-sim", "--out", str(tmp_path / "full.json"))
+    assert code == 0 and code_full == 0 and short["program_fingerprint"] != full["program_fingerprint"]
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "64", "--verify-result",
+                  str(tmp_path / "vr.json"), "--contexts", "1,1024")
+    assert code == 0 and b["verified"] and [(c["case"], c["context"]) for c in b["cases"]] == [("ctx1", 1), ("ctx63", 63)]

@@ -233,3 +233,12 @@ def test_real_loop_then_resume_on_cpu(tmp_path):
         d = json.loads(line)
         assert {"config", "verdict", "environment", "model", "gpu", "time", "program_fingerprint", "features",
                 "latency_us", "latency_kind", "commit", "kept", "dtype"} <= set(d)
+
+
+def test_loop_on_a_cpu_for_a_gpu_target_prices_bf16_as_evaluate_does(tmp_path):
+    # HARNESS §2: bf16 is the default dtype also when a CPU predicts for a GPU target (fp32 only for cpu-sim)
+    amk.loop("toy", "h200", budget=1, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl")
+    (record,) = load_records(tmp_path / "c.jsonl")
+    verdict = amk.evaluate("toy", "h200", record.config, device="cpu")
+    assert record.dtype == verdict["dtype"] == "bf16"
+    assert record.program_fingerprint == verdict["program_fingerprint"]

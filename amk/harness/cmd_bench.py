@@ -69,7 +69,8 @@ def _contexts(text: str) -> list[int]:
 def bench(args) -> CommandResult:
     from amk.harness.evaluate import build_program
 
-    v, program = build_program(args.model, args.gpu, read_config_arg(args.config), args.device, args.dtype)
+    v, program = build_program(args.model, args.gpu, read_config_arg(args.config), args.device, args.dtype,
+                               args.max_seq)
     if program is None:
         return CommandResult(ExitCode.USAGE, v.to_dict(), f"REJECTED: {v.rejected_reason}")
     notes: list[str] = []
@@ -107,7 +108,7 @@ def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu) -> list[d
     for ctx in contexts:
         c = min(ctx, program.constants.max_seq - 1)
         p = predict(program, target, coef, context=c)
-        cases.append({"case": f"ctx{ctx}", "context": c, "latency_us": p.latency_us, "spread_us": None,
+        cases.append({"case": f"ctx{c}", "context": c, "latency_us": p.latency_us, "spread_us": None,
                       "kind": "predicted", "peak_memory_bytes": None, "speedup": None, "peer_latency_us": None})
     return cases
 
@@ -134,7 +135,8 @@ def _bench_cuda(v, program, contexts: list[int], args, notes: list[str]) -> tupl
     cases, code = [], ExitCode.OK
     max_ctx = program.constants.max_seq - args.steps - 11
     for ctx in contexts:
-        case = {"case": f"ctx{ctx}", "context": max(0, min(ctx, max_ctx)), "kind": "measured-gpu",
+        c = max(0, min(ctx, max_ctx))  # the steps must fit behind the prefilled positions
+        case = {"case": f"ctx{c}", "context": c, "kind": "measured-gpu",
                 "latency_us": None, "spread_us": None, "peak_memory_bytes": None, "speedup": None,
                 "peer_latency_us": None}
         try:

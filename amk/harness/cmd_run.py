@@ -84,7 +84,7 @@ def evaluate(args) -> CommandResult:
     from amk.harness.evaluate import evaluate as _evaluate
 
     v = _evaluate(args.model, args.gpu, read_config_arg(args.config), device=args.device, cases=args.cases,
-                  seed=args.seed, dtype=args.dtype, corpus=args.corpus, peers=args.peers)
+                  seed=args.seed, dtype=args.dtype, corpus=args.corpus, peers=args.peers, max_seq=args.max_seq)
     _save_cache_stats()
     return CommandResult(verdict_exit(v), v, verdict_text(v))
 
@@ -138,7 +138,7 @@ def verify(args) -> CommandResult:
 
     raw = read_config_arg(args.config)
     v = _evaluate(args.model, args.gpu, raw, device=args.device, cases=args.cases, seed=args.seed, dtype=args.dtype,
-                  measure=False)
+                  measure=False, max_seq=args.max_seq)
     _save_cache_stats()
     if not v.get("valid"):
         return CommandResult(ExitCode.USAGE, v, verdict_text(v))

@@ -135,7 +135,7 @@ class _Run(Rounds):
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
         self.dev = resolve_device(device)
         self.dtype = str(model.dtype).removeprefix("torch.") if isinstance(model, Model) else (
-            dtype or default_dtype(self.dev))
+            dtype or default_dtype(self.dev, self.target))
         self.kind = (LatencyKind.MEASURED_GPU if self.dev == Device.CUDA else LatencyKind.PREDICTED).value
         self.results, self.corpus = Path(results), Path(corpus)
         self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
