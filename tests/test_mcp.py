@@ -38,6 +38,9 @@ async def _round_trip(cwd, cache_dir) -> dict:
         out["rejected"] = _structured(await client.call_tool(
             "evaluate", {"model": "toy", "gpu": "cpu-sim", "config": {"matvec": {"lm_head": {"rows_per_tsk": 64}}}}))
         out["unknown_model"] = await client.call_tool("evaluate", {"model": "no-such-model", "gpu": "cpu-sim"})
+        out["not_objects"] = [_structured(await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim",
+                                                                             "config": c}))
+                              for c in ([1, 2], 5, "[1, 2]")]
     return out
 
 
@@ -55,3 +58,5 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     assert not r["valid"] and "did you mean 'rows_per_task'" in r["rejected_reason"]
     bad = got["unknown_model"]
     assert bad.is_error and "usage: unknown model 'no-such-model'" in bad.content[0].text
+    # HARNESS §6: a malformed config of any JSON type is a verdict, as in Python
+    assert all(not v["valid"] and v["rejected_reason"].startswith("schema:") for v in got["not_objects"])

@@ -2,7 +2,8 @@
 
 A coding agent that speaks MCP starts `amk mcp` as a subprocess and calls the tools; each returns the same
 JSON object as the Python function of the same name (HARNESS.md), as the tool's structured result. A bad
-config is not an error: it comes back as a verdict with `valid: false`. A usage error (an unknown model or
+config, whatever its JSON type, is not an error: it comes back as a verdict with `valid: false`; the other
+arguments are typed, and the SDK rejects a wrong JSON type before AMK sees it. A usage error (an unknown model or
 GPU, a bad dtype, a results file with a foreign header) is a tool error whose text starts with `usage:`;
 an environment problem with `environment:`. Logs go to stderr; stdout carries only the protocol.
 
@@ -60,13 +61,14 @@ def build_server():
         return _call(fn, model, gpu, incumbent=incumbent, corpus=corpus)
 
     @server.tool()
-    def evaluate(model: str, config: dict[str, Any] | str | None = None, gpu: str = "auto",
+    def evaluate(model: str, config: Any = None, gpu: str = "auto",
                  device: str = "auto", dtype: str | None = None, cases: str | None = None, seed: int = 0,
                  max_seq: int | None = None, corpus: str | None = "corpus.jsonl") -> dict[str, Any]:
         """One config's verdict: valid (parsed, lowered, validated), correct (every verify case against eager
         transformers), latency_us (null unless correct; latency_kind measured-gpu or predicted), the floor,
-        schedule_id, program_fingerprint and notes. A malformed config comes back valid=false with
-        rejected_reason listing every problem. dtype: fp32, fp16 or bf16 (default bf16, except fp32 on the
+        schedule_id, program_fingerprint and notes. config: an object, or a JSON string of one; omitted or null:
+        the defaults. A malformed config (a list, a number, unknown keys, wrong types) comes back valid=false
+        with rejected_reason listing every problem. dtype: fp32, fp16 or bf16 (default bf16, except fp32 on the
         cpu-sim stand-in); cases: full or reduced."""
         from amk.harness.evaluate import evaluate as fn
 
