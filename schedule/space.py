@@ -133,6 +133,8 @@ def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
         return value <= max_dynamic_smem(target.smem_per_block_max)
     if path == "threads_per_block":
         return value <= target.max_threads_per_block
+    if path == "pipeline.pages":
+        return value == 0 or not target.lacks_bulk_copies
     return True
 
 

@@ -17,6 +17,12 @@ class GpuTarget:
     arch: str  # nvrtc arch, e.g. sm_90
     max_threads_per_block: int = 1024
 
+    @property
+    def lacks_bulk_copies(self) -> bool:
+        """A real GPU older than sm_90: no cp.async.bulk or mbarrier transaction counts, so no pipeline pages
+        (cpu-sim, arch "none", runs them on the ReferenceVM)."""
+        return self.arch != "none" and int(self.arch.split("_")[1]) < 90
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -181,7 +181,7 @@ def _check_structure(program, target, rep: _Report) -> None:
         rep.add(IssueKind.ABI, f"threads_per_block={tpb} exceeds {target.name}'s {target.max_threads_per_block}")
     if target is not None:
         pages = int(program.build.get("PAGES", 0))
-        if pages and target.arch != "none" and int(target.arch.split("_")[1]) < 90:
+        if pages and target.lacks_bulk_copies:
             rep.add(IssueKind.ABI, f"pipeline.pages={pages} needs bulk copies (sm_90 or newer); "
                                    f"{target.name} is {target.arch}: set pipeline.pages to 0")
         room = block_smem.max_dynamic_smem(target.smem_per_block_max, program.build)

@@ -27,3 +27,19 @@ def test_moves_of_a_knob_that_cannot_act_are_not_proposed():
     assert "build.l2_prefetch_kb" not in paths  # pipelining_depth is 0: there is no L2 prefetch to cap
     deep = ScheduleConfig.from_dict({"pipelining_depth": 1})
     assert "build.l2_prefetch_kb" in {m.path for m in neighbours(deep, space)}
+
+
+def test_the_search_leaves_out_what_the_target_cannot_run():
+    from amk.models import load_model
+    from amk.schedule import lower
+    from amk.schedule.validate import validate
+
+    def values(target: str, path: str) -> tuple:
+        return next(k.search for k in search_space(target) if k.path == path)
+
+    assert values("l4", "pipeline.pages") == (0,)  # sm_89: no bulk copies
+    assert 0 in values("h200", "pipeline.pages") and len(values("h200", "pipeline.pages")) > 1
+    toy = load_model("toy")
+    for pages in (0, 2):  # the validator agrees with the space
+        prog = lower(toy, "l4", ScheduleConfig.from_dict({"pipeline": {"pages": pages}}))
+        assert validate(prog, "l4").ok == (pages in values("l4", "pipeline.pages"))
