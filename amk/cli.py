@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_opts(p)
     _max_seq_opt(p)
     _cases_opt(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the verify cases' inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the verify cases' inputs (default: 0)")
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="calibrate the cost model from this corpus when it has measured rows (ignored if absent)")
     p.add_argument("--peers", action="store_true", help="time the peers (slow) for the speed-ups")
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_opts(p)
     _max_seq_opt(p)
     _cases_opt(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the verify cases' inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the verify cases' inputs (default: 0)")
     p.add_argument("--out", default="verify_result.json", help="where the verify record goes")
     p = add("bench", "per-case latency and peak memory of a verified program, and the geometric-mean speed-up")
     _model_gpu(p)
