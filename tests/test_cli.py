@@ -177,3 +177,13 @@ def test_max_seq_reaches_evaluate_verify_and_bench(capsys, tmp_path):
     code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "64", "--verify-result",
                   str(tmp_path / "vr.json"), "--contexts", "1,1024")
     assert code == 0 and b["verified"] and [(c["case"], c["context"]) for c in b["cases"]] == [("ctx1", 1), ("ctx63", 63)]
+
+
+def test_evaluate_text_shows_what_the_lowering_derived():
+    import amk
+    from amk.harness.cmd_run import verdict_text
+
+    v = amk.evaluate("toy", "cpu-sim", {"matvec": {"o": {"rows_per_task": 8}}})
+    line = next(ln for ln in verdict_text(v).splitlines() if ln.startswith("derived: "))
+    assert f"matvec.gate_up.rows_per_task={v['derived']['matvec.gate_up.rows_per_task']}" in line
+    assert "matvec.o.rows_per_task" not in line  # set by the config, not derived

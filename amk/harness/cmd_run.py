@@ -69,6 +69,8 @@ def verdict_text(v: dict) -> str:
     else:
         lines.append(f"{v['task_count']} tasks, {v['weight_bytes']} weight bytes, correct {v['correct']} "
                      f"({v['cases_passed']}/{v['cases_total']} cases)")
+        if v.get("derived"):
+            lines.append("derived: " + ", ".join(f"{k}={val}" for k, val in sorted(v["derived"].items())))
         for f in v.get("failures", []):
             lines.append(f"  FAILED {f['case']}: {f['message'][:200]}")
         if v.get("latency_us") is not None:
