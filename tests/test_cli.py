@@ -177,6 +177,10 @@ def test_max_seq_reaches_evaluate_verify_and_bench(capsys, tmp_path):
     code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "64", "--verify-result",
                   str(tmp_path / "vr.json"), "--contexts", "1,1024")
     assert code == 0 and b["verified"] and [(c["case"], c["context"]) for c in b["cases"]] == [("ctx1", 1), ("ctx63", 63)]
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "64", "--verify-result",
+                  str(tmp_path / "vr.json"), "--contexts", "1,256,1024")
+    assert code == 0 and [c["case"] for c in b["cases"]] == ["ctx1", "ctx63"]  # 256 and 1024: one case
+    assert any("context 1024 is the same case as context 63" in n for n in b["notes"])
 
 
 def test_evaluate_text_shows_what_the_lowering_derived():

@@ -38,9 +38,10 @@ async def _round_trip(cwd, cache_dir) -> dict:
         out["rejected"] = _structured(await client.call_tool(
             "evaluate", {"model": "toy", "gpu": "cpu-sim", "config": {"matvec": {"lm_head": {"rows_per_tsk": 64}}}}))
         out["unknown_model"] = await client.call_tool("evaluate", {"model": "no-such-model", "gpu": "cpu-sim"})
+        out["omitted"] = _structured(await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim"}))
         out["not_objects"] = [_structured(await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim",
                                                                              "config": c}))
-                              for c in ([1, 2], 5, "[1, 2]")]
+                              for c in ([1, 2], 5, "[1, 2]", None, "null")]
     return out
 
 
@@ -60,3 +61,4 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     assert bad.is_error and "usage: unknown model 'no-such-model'" in bad.content[0].text
     # HARNESS §6: a malformed config of any JSON type is a verdict, as in Python
     assert all(not v["valid"] and v["rejected_reason"].startswith("schema:") for v in got["not_objects"])
+    assert got["omitted"]["valid"] and got["omitted"]["schedule_id"] == p["schedule_id"]  # the defaults

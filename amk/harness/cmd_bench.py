@@ -80,7 +80,9 @@ def bench(args) -> CommandResult:
                                               "program_fingerprint": v.program_fingerprint}, why)
     if why:
         notes.append(f"UNVERIFIED (--verify-not-required): {why}")
-    contexts = _contexts(args.contexts)
+    # a timed run must fit behind its prefilled positions: the GPU runs warm-up and timed steps after them
+    limit = program.constants.max_seq - (args.steps + 11 if v.device == "cuda" else 1)
+    contexts = _fit_contexts(_contexts(args.contexts), limit, program.constants.max_seq, notes)
     if v.device == "cuda":
         cases, code = _bench_cuda(v, program, contexts, args, notes)
     else:
@@ -91,6 +93,21 @@ def bench(args) -> CommandResult:
            "speedup_vs": args.peer, "geomean_speedup": geo, "valid_speedup_cases": len(cases) - len(excluded),
            "excluded": excluded, "notes": notes, "environment": v.environment}
     return CommandResult(code, out, _text(out))
+
+
+def _fit_contexts(contexts: list[int], limit: int, max_seq: int, notes: list[str]) -> list[int]:
+    """The contexts capped at `limit` (at least 0), each once, in the order asked; a note names each one that
+    was capped or merged into another."""
+    out: list[int] = []
+    for ctx in contexts:
+        c = max(0, min(ctx, limit))
+        if c != ctx:
+            notes.append(f"context {ctx} runs at {c}: the program holds {max_seq} positions")
+        if c in out:
+            notes.append(f"context {ctx} is the same case as context {c}: benched once")
+        else:
+            out.append(c)
+    return out
 
 
 def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu) -> list[dict]:
@@ -105,8 +122,7 @@ def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu) -> list[d
     notes.append(f"CPU: every latency is PREDICTED by the cost model for {v.gpu}, not measured; peak GPU memory "
                  "is not measured on a CPU; no peer runs, so speed-ups are missing")
     cases = []
-    for ctx in contexts:
-        c = min(ctx, program.constants.max_seq - 1)
+    for c in contexts:
         p = predict(program, target, coef, context=c)
         cases.append({"case": f"ctx{c}", "context": c, "latency_us": p.latency_us, "spread_us": None,
                       "kind": "predicted", "peak_memory_bytes": None, "speedup": None, "peer_latency_us": None})
@@ -133,9 +149,7 @@ def _bench_cuda(v, program, contexts: list[int], args, notes: list[str]) -> tupl
         notes.append(f"GPU failure building the VM: {type(e).__name__}: {e}")
         return [], ExitCode.INCORRECT
     cases, code = [], ExitCode.OK
-    max_ctx = program.constants.max_seq - args.steps - 11
-    for ctx in contexts:
-        c = max(0, min(ctx, max_ctx))  # the steps must fit behind the prefilled positions
+    for c in contexts:
         case = {"case": f"ctx{c}", "context": c, "kind": "measured-gpu",
                 "latency_us": None, "spread_us": None, "peak_memory_bytes": None, "speedup": None,
                 "peer_latency_us": None}
