@@ -115,16 +115,22 @@ def _sm_bytes_per_us(program: MegakernelProgram, target: GpuTarget, coef: CostCo
     return min(share, little)
 
 
-def task_stream_bytes(t: Task, program: MegakernelProgram) -> float:
-    """Weight bytes of `t` as its SM streams them: on the register path a matvec's bytes in whole steps of every
-    consumer warp (autotile.streamed_bytes: 18 rows on 16 warps count as 32); else its weight bytes."""
+def warp_split(program: MegakernelProgram) -> WarpSplit | None:
+    """How the program's register-path matvecs spread over consumer warps; None with pipeline pages."""
     b = program.build
-    if t.opcode != Opcode.MATVEC or int(b.get("PAGES", 0)) > 0 or not t.weight_bytes:
+    if int(b.get("PAGES", 0)) > 0:
+        return None
+    return WarpSplit(consumer_threads(program.threads_per_block, b) // 32, int(b.get("ROWS_IN_FLIGHT", 1)),
+                     int(b.get("LOADS_IN_FLIGHT", 4)))
+
+
+def task_stream_bytes(t: Task, split: WarpSplit | None, nbytes: int) -> float:
+    """Weight bytes of `t` as its SM streams them: on the register path (`split`) a matvec's bytes in whole steps
+    of every consumer warp (autotile.streamed_bytes: 18 rows on 16 warps count as 32); else its weight bytes."""
+    if split is None or t.opcode != Opcode.MATVEC or not t.weight_bytes:
         return t.weight_bytes
     p = t.params
-    split = WarpSplit(consumer_threads(program.threads_per_block, b) // 32, int(b.get("ROWS_IN_FLIGHT", 1)),
-                      int(b.get("LOADS_IN_FLIGHT", 4)))
-    return streamed_bytes(p.rows * (2 if p.epi.pair_offset else 1), p.klen, program.constants.dtype.nbytes, split)
+    return streamed_bytes(p.rows * (2 if p.epi.pair_offset else 1), p.klen, nbytes, split)
 
 
 def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoefficients | None = None,
@@ -134,6 +140,7 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
     ctx = bench_context(program.constants.max_seq) if context is None else int(context)
     rate = _sm_bytes_per_us(program, target, coef)
     pipelined = int(program.build.get("PAGES", 0)) > 0  # the pages hide the stream under the wait; L2 does not
+    split, nbytes = warp_split(program), program.constants.dtype.nbytes
     tasks = program.tasks
     signals: dict[int, list[tuple[float, Features]]] = {k.id: [] for k in program.counters}
     sm_time = [0.0] * len(program.queues)
@@ -151,7 +158,7 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
                 if dep is None:
                     break
                 ready, ready_path = dep
-                w_us = task_stream_bytes(t, program) / rate
+                w_us = task_stream_bytes(t, split, nbytes) / rate
                 kv = kv_bytes(t, program, ctx)
                 kv_us = kv / rate
                 sm_bytes[s] += t.weight_bytes + kv

@@ -4,9 +4,9 @@ A coding agent that speaks MCP starts `amk mcp` as a subprocess and calls the to
 JSON object as the Python function of the same name (HARNESS.md), as the tool's structured result. A bad
 config, whatever its JSON type, is not an error: it comes back as a verdict with `valid: false`. The other
 arguments are typed: the SDK converts what it can (the string "1" for an int) and rejects the rest before AMK
-sees it. A usage error (an unknown model or
-GPU, a bad dtype, a results file with a foreign header) is a tool error whose text starts with `usage:`;
-an environment problem with `environment:`. Logs go to stderr; stdout carries only the protocol.
+sees it. A usage error (an unknown model or GPU, a bad dtype, a results file with a foreign header) is a tool
+error whose text starts with `usage:`; an environment problem with `environment:`. Logs go to stderr; stdout
+carries only the protocol.
 
 Needs the optional extra: `pip install 'amk[mcp]'`.
 """
@@ -69,8 +69,8 @@ def build_server():
         transformers), latency_us (null unless correct; latency_kind measured-gpu or predicted), the floor,
         schedule_id, program_fingerprint and notes. config: an object, or a JSON string of one; omitted: the
         defaults. A malformed config (null, a list, a number, unknown keys, wrong types) comes back valid=false
-        with rejected_reason listing every problem, as from the Python function. dtype: fp32, fp16 or bf16 (default bf16, except fp32 on the
-        cpu-sim stand-in); cases: full or reduced."""
+        with rejected_reason listing every problem, as from the Python function. dtype: fp32, fp16 or bf16
+        (default bf16, except fp32 on the cpu-sim stand-in); cases: full or reduced."""
         from amk.harness.evaluate import evaluate as fn
 
         return _call(fn, model, gpu, config, device=device, cases=cases, seed=seed,
