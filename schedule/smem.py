@@ -88,13 +88,18 @@ def attention_partial_smem_bytes(chunk: int, stage: int, dims, threads: int, cac
 
 def partial_positions(work_bytes: int, cap: int, dims, threads: int, cache_bytes: int) -> int:
     """Positions an ATTN_PARTIAL task holds in shared memory (scores, K and V rows): all `cap` of a partition
-    when they fit, else as many as do; 0 when not even the fixed part fits."""
-    fixed = attention_partial_smem_bytes(0, 0, dims, threads, cache_bytes)
-    per = dims.group * 4 + 2 * dims.head_dim * cache_bytes
-    n = min(cap, max(0, (work_bytes - fixed - 16) // per))
-    while n > 0 and attention_partial_smem_bytes(n, n, dims, threads, cache_bytes) > work_bytes:
-        n -= 1
-    return n
+    when they fit, else as many as do; 0 when not even the fixed part fits. The bytes grow with the positions
+    (attention_partial_smem_bytes), so the largest fit is found by bisection."""
+    def fits(n: int) -> bool:
+        return attention_partial_smem_bytes(n, n, dims, threads, cache_bytes) <= work_bytes
+
+    if fits(cap):
+        return cap
+    lo, hi = 0, cap  # fits(lo) or lo == 0; not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def matvec_smem_bytes(width: int, rows_computed: int, partials: int = 0) -> int:

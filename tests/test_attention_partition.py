@@ -135,3 +135,24 @@ def test_o_projection_combines_the_partitions_when_fused(softmax):
         outs.append(ReferenceVM(p, pack_weights(model.eager, p, device="cpu")).step(3)[0])
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
 
+
+
+@pytest.mark.parametrize("group, head_dim, cache_bytes", [(3, 64, 2), (4, 64, 2), (7, 64, 4), (8, 128, 2), (2, 128, 2)])
+def test_partial_positions_is_the_largest_fit(group, head_dim, cache_bytes):
+    """Every work size: the positions staged fit, and one more would not (or the partition's cap is reached).
+    qwen2.5-3b's shape (G 8, head_dim 128) at 96 KiB once staged 41 of 68 positions where all 68 fit."""
+    from amk.schedule.smem import partial_positions
+
+    dims = dataclasses.replace(amk.load_model("toy", weights=False).dims, n_heads=group * 2, n_kv_heads=2,
+                               head_dim=head_dim)
+    for threads in (256, 512, 1024):
+        for work in range(4096, 232 * 1024, 1536):
+            for cap in (1, 17, 68, 512):
+                n = partial_positions(work, cap, dims, threads, cache_bytes)
+                assert 0 <= n <= cap
+                if n > 0:
+                    assert attention_partial_smem_bytes(n, n, dims, threads, cache_bytes) <= work
+                if n < cap:
+                    assert attention_partial_smem_bytes(n + 1, n + 1, dims, threads, cache_bytes) > work
+    if (group, head_dim) == (8, 128):
+        assert partial_positions(96 * 1024, 68, dims, 512, 2) == 68
