@@ -44,127 +44,75 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
   }
 }
 
-// The partition's attention when every K and V row of the span sits in shared memory and its scores fit `probs`:
-// PART_WARPS warps per q head, each taking a contiguous share of the positions, with lanes on positions for the
-// scores and on head dims for the values; a warp's (max, sum) comes from shuffles. With more than one warp a
-// head, each warp keeps its unnormalised values and its (max, sum); after a block barrier they go to shared
-// memory (the values where the probabilities were, the pairs in `ml`, 2 * G * PART_WARPS floats) and every
-// thread merges one output element: out = sum_w exp(m_w - M) acc_w / sum_w exp(m_w - M) l_w. Numerics as the
-// block-wide path: rounded scores, fp32 probabilities, fp32 sums (in another order). On llama-3.2-1b (4 q heads
-// a KV head, 16 warps) one warp a head left 12 warps idle and took 3.4 us of a 4.4 us task.
+// The partition's attention with one warp per q head, when every K and V row of the span sits in shared memory
+// and its scores fit `probs`: lanes take positions for the scores and head dims for the values, the (max, sum)
+// come from warp shuffles, and no block barrier separates scores, softmax and values. Numerics as the block-wide
+// path: rounded scores, fp32 probabilities, fp32 sums (in another order).
 #define DIMS_PER_LANE ((AMK_HEAD_DIM + 31) / 32)
-#define PART_WARPS_FIT (NWARPS >= AMK_GROUP ? NWARPS / AMK_GROUP : 1)
-#define PART_WARPS (PART_WARPS_FIT < AMK_HEAD_DIM / 2 ? PART_WARPS_FIT : AMK_HEAD_DIM / 2)  // ml fits G * hd floats
-
-// One warp's share [r0, r1) of q head j: scores into pj (then their exps), its max and sum of exps, and
-// acc[k] = sum_r exp(s_r - max) v_r[lane + 32 k].
-__device__ __forceinline__ void warp_head_share(const AttnPartialParams& p, const float* qs, const uint4* ks,
-                                                const uint4* vs, float* pj, int j, int r0, int r1, float& mx,
-                                                float& l, float (&acc)[DIMS_PER_LANE]) {
-  const int lane = threadIdx.x & 31;
-  const float4* q4 = reinterpret_cast<const float4*>(qs + j * AMK_HEAD_DIM);
-  mx = NEG_INF;
-#pragma unroll 1
-  for (int r = r0 + lane; r < r1; r += 32) {
-    float d = 0.f;
-#pragma unroll 4
-    for (int v = 0; v < HD_VECS; ++v) {
-      float f[VEC];
-      unpack(ks[staged_slot(r, v)], f);
-#pragma unroll
-      for (int e = 0; e < VEC / 4; ++e) {
-        const float4 qv = q4[v * (VEC / 4) + e];
-        d = fmaf(f[4 * e], qv.x, d);
-        d = fmaf(f[4 * e + 1], qv.y, d);
-        d = fmaf(f[4 * e + 2], qv.z, d);
-        d = fmaf(f[4 * e + 3], qv.w, d);
-      }
-    }
-    const float sc = rnd(rnd(d) * AMK_ATTN_SCALE);
-    pj[r] = sc;
-    mx = fmaxf(mx, sc);
-  }
-  mx = warp_max(mx);
-  l = 0.f;
-#pragma unroll 1
-  for (int r = r0 + lane; r < r1; r += 32) {
-    const float e = expf(pj[r] - mx);
-    pj[r] = e;
-    l += e;
-  }
-  l = warp_sum(l);
-  __syncwarp();  // every lane's exps are in pj
-#pragma unroll
-  for (int k = 0; k < DIMS_PER_LANE; ++k) acc[k] = 0.f;
-#pragma unroll 4
-  for (int r = r0; r < r1; ++r) {
-    const float pr = pj[r];
-    const wtype* row = reinterpret_cast<const wtype*>(vs + r * HD_VECS);
-#pragma unroll
-    for (int k = 0; k < DIMS_PER_LANE; ++k) {
-      const int dd = lane + 32 * k;
-      if (dd < AMK_HEAD_DIM) {
-        const int slot = HD_VECS_POW2 ? ((dd / VEC) ^ (r & (HD_VECS - 1))) : dd / VEC;
-        acc[k] = fmaf(pr, to_f(row[slot * VEC + dd % VEC]), acc[k]);
-      }
-    }
-  }
-}
-
 __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, const uint4* ks, const uint4* vs,
-                                   float* probs, float* ml, int n, float* out, float* stats) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float mx, l, acc[DIMS_PER_LANE];
-#if PART_WARPS == 1
-  for (int j = warp; j < AMK_GROUP; j += NWARPS) {
-    warp_head_share(p, qs, ks, vs, probs + j * p.chunk, j, 0, n, mx, l, acc);
+                                   float* probs, int n, float* out, float* stats) {
+  const int lane = threadIdx.x & 31;
+  for (int j = threadIdx.x >> 5; j < AMK_GROUP; j += NWARPS) {
+    const float4* q4 = reinterpret_cast<const float4*>(qs + j * AMK_HEAD_DIM);
+    float* pj = probs + j * p.chunk;
+    float mx = NEG_INF;
+#pragma unroll 1
+    for (int r = lane; r < n; r += 32) {
+      float d = 0.f;
+#pragma unroll 4
+      for (int v = 0; v < HD_VECS; ++v) {
+        float f[VEC];
+        unpack(ks[staged_slot(r, v)], f);
+#pragma unroll
+        for (int e = 0; e < VEC / 4; ++e) {
+          const float4 qv = q4[v * (VEC / 4) + e];
+          d = fmaf(f[4 * e], qv.x, d);
+          d = fmaf(f[4 * e + 1], qv.y, d);
+          d = fmaf(f[4 * e + 2], qv.z, d);
+          d = fmaf(f[4 * e + 3], qv.w, d);
+        }
+      }
+      const float sc = rnd(rnd(d) * AMK_ATTN_SCALE);
+      pj[r] = sc;
+      mx = fmaxf(mx, sc);
+    }
+    mx = warp_max(mx);
+    float l = 0.f;
+#pragma unroll 1
+    for (int r = lane; r < n; r += 32) {
+      const float e = expf(pj[r] - mx);
+      pj[r] = e;
+      l += e;
+    }
+    l = warp_sum(l);
+#pragma unroll 1
+    for (int r = lane; r < n; r += 32) pj[r] /= l;  // the probabilities, in the lanes that wrote their exps
+    __syncwarp();  // every lane's probabilities are in pj
+    float acc[DIMS_PER_LANE];
+#pragma unroll
+    for (int k = 0; k < DIMS_PER_LANE; ++k) acc[k] = 0.f;
+#pragma unroll 4
+    for (int r = 0; r < n; ++r) {
+      const float pr = pj[r];
+      const wtype* row = reinterpret_cast<const wtype*>(vs + r * HD_VECS);
+#pragma unroll
+      for (int k = 0; k < DIMS_PER_LANE; ++k) {
+        const int dd = lane + 32 * k;
+        if (dd < AMK_HEAD_DIM) {
+          const int slot = HD_VECS_POW2 ? ((dd / VEC) ^ (r & (HD_VECS - 1))) : dd / VEC;
+          acc[k] = fmaf(pr, to_f(row[slot * VEC + dd % VEC]), acc[k]);
+        }
+      }
+    }
     float* oj = out + j * AMK_HEAD_DIM;
-    const float inv = n > 0 ? 1.f / l : 0.f;
 #pragma unroll
     for (int k = 0; k < DIMS_PER_LANE; ++k)
-      if (lane + 32 * k < AMK_HEAD_DIM) stcg(oj + lane + 32 * k, acc[k] * inv);
+      if (lane + 32 * k < AMK_HEAD_DIM) stcg(oj + lane + 32 * k, acc[k]);
     if (lane == 0) {
       stcg(stats + 2 * j, n > 0 ? mx : NEG_INF);
       stcg(stats + 2 * j + 1, n > 0 ? l : 0.f);
     }
   }
-#else
-  const int j = warp / PART_WARPS, w = warp % PART_WARPS;  // warps past G * PART_WARPS have no head
-  if (j < AMK_GROUP)
-    warp_head_share(p, qs, ks, vs, probs + j * p.chunk, j, w * n / PART_WARPS, (w + 1) * n / PART_WARPS, mx, l, acc);
-  block_sync();  // no warp reads probabilities, K or V any more
-  if (j < AMK_GROUP) {
-    float* aw = probs + warp * AMK_HEAD_DIM;
-#pragma unroll
-    for (int k = 0; k < DIMS_PER_LANE; ++k)
-      if (lane + 32 * k < AMK_HEAD_DIM) aw[lane + 32 * k] = acc[k];
-    if (lane == 0) {
-      ml[2 * warp] = mx;
-      ml[2 * warp + 1] = l;
-    }
-  }
-  block_sync();
-  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
-    const int jj = i / AMK_HEAD_DIM, d = i % AMK_HEAD_DIM;
-    const float* mlj = ml + 2 * jj * PART_WARPS;
-    float M = NEG_INF;
-#pragma unroll
-    for (int v = 0; v < PART_WARPS; ++v) M = fmaxf(M, mlj[2 * v]);
-    float L = 0.f, s = 0.f;
-#pragma unroll
-    for (int v = 0; v < PART_WARPS; ++v) {
-      if (mlj[2 * v] == NEG_INF) continue;  // an empty share (or an empty span: M stays -inf, L 0)
-      const float f = expf(mlj[2 * v] - M);
-      L = fmaf(mlj[2 * v + 1], f, L);
-      s = fmaf(probs[(jj * PART_WARPS + v) * AMK_HEAD_DIM + d], f, s);
-    }
-    stcg(out + i, L > 0.f ? s / L : 0.f);
-    if (d == 0) {
-      stcg(stats + 2 * jj, M);
-      stcg(stats + 2 * jj + 1, L);
-    }
-  }
-#endif
 }
 
 // One KV head x one partition under the partition's own softmax: scores (in shared memory when the span
@@ -212,7 +160,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   const bool in_smem = s1 - s0 <= p.chunk;
   if (in_smem && n_staged == s1 - s0) {  // the common case: one warp a q head, no block barrier
     const int row0 = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
-    partial_warp_heads(p, qs, ks, vs, probs, out_s, s1 - s0, buf<float>(c, p.out) + p.out_off + row0 * AMK_HEAD_DIM,
+    partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, buf<float>(c, p.out) + p.out_off + row0 * AMK_HEAD_DIM,
                        buf<float>(c, p.stats) + p.stats_off + row0 * 2);
     PHASE(3);
     return true;
