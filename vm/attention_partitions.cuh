@@ -3,7 +3,7 @@
 
 // With per-partition statistics, partition k of q head j weighs exp(m_k - M) * l_k / L (in smem, [j][k]).
 __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
-  const ptype* src = part_ptr(c, p.partial, p.partial_off);
+  const float* src = buf<float>(c, p.partial) + p.partial_off;
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
   const bool weighted = p.part_stats >= 0;
   float* w = c.smem;  // [j][k] weights, then [j][k] (max, sum) pairs behind them
@@ -37,7 +37,7 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
     float s = 0.f;
 #pragma unroll 8
     for (int k = 0; k < p.parts; ++k) {
-      const float v = ld_part(src + (k * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM + i);
+      const float v = ldcg(src + (k * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM + i);
       s = weighted ? fmaf(wj[k], v, s) : s + v;
     }
     stcg(out + i, rnd(s));
@@ -50,7 +50,7 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
 // path: rounded scores, fp32 probabilities, fp32 sums (in another order).
 #define DIMS_PER_LANE ((AMK_HEAD_DIM + 31) / 32)
 __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, const uint4* ks, const uint4* vs,
-                                   float* probs, int n, ptype* out, float* stats) {
+                                   float* probs, int n, float* out, float* stats) {
   const int lane = threadIdx.x & 31;
   for (int j = threadIdx.x >> 5; j < AMK_GROUP; j += NWARPS) {
     const float4* q4 = reinterpret_cast<const float4*>(qs + j * AMK_HEAD_DIM);
@@ -104,10 +104,10 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
         }
       }
     }
-    ptype* oj = out + j * AMK_HEAD_DIM;
+    float* oj = out + j * AMK_HEAD_DIM;
 #pragma unroll
     for (int k = 0; k < DIMS_PER_LANE; ++k)
-      if (lane + 32 * k < AMK_HEAD_DIM) st_part(oj + lane + 32 * k, acc[k]);
+      if (lane + 32 * k < AMK_HEAD_DIM) stcg(oj + lane + 32 * k, acc[k]);
     if (lane == 0) {
       stcg(stats + 2 * j, n > 0 ? mx : NEG_INF);
       stcg(stats + 2 * j + 1, n > 0 ? l : 0.f);
@@ -160,7 +160,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   const bool in_smem = s1 - s0 <= p.chunk;
   if (in_smem && n_staged == s1 - s0) {  // the common case: one warp a q head, no block barrier
     const int row0 = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
-    partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, part_ptr(c, p.out, p.out_off) + row0 * AMK_HEAD_DIM,
+    partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, buf<float>(c, p.out) + p.out_off + row0 * AMK_HEAD_DIM,
                        buf<float>(c, p.stats) + p.stats_off + row0 * 2);
     PHASE(3);
     return true;
@@ -192,8 +192,8 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   // values_pass opens with a barrier, which publishes M and Ls
   values_pass(vc, sc, stride, in_smem, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged, false);
   reduce_values(acc, out_s, probs);
-  ptype* out = part_ptr(c, p.out, p.out_off) + row * AMK_HEAD_DIM;
-  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) st_part(out + i, out_s[i]);
+  float* out = buf<float>(c, p.out) + p.out_off + row * AMK_HEAD_DIM;
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, out_s[i]);
   PHASE(3);
   return true;
 }

@@ -60,38 +60,6 @@ __device__ __forceinline__ T* buf(const Ctx& c, int id) { return reinterpret_cas
 __device__ __forceinline__ float ldcg(const float* p) { return __ldcg(p); }
 __device__ __forceinline__ void stcg(float* p, float v) { __stcg(p, v); }
 
-// Attention partitions' values (ATTN_PARTIAL, ATTN_VALUES out), in the model dtype: every O task reads all of
-// them, so their bytes set the combine's time. A value's element offset counts in floats of the arena, its
-// index past that in ptype.
-typedef wtype ptype;
-__device__ __forceinline__ ptype* part_ptr(const Ctx& c, int id, int off) {
-  return reinterpret_cast<ptype*>(buf<float>(c, id) + off);
-}
-__device__ __forceinline__ void st_part(ptype* p, float v) {
-#if AMK_DTYPE == DT_F32
-  __stcg(p, v);
-#else
-  *p = from_f(v);
-#endif
-}
-__device__ __forceinline__ float ld_part(const ptype* p) {
-#if AMK_DTYPE == DT_F32
-  return __ldcg(p);
-#else
-  const unsigned short b = __ldcg(reinterpret_cast<const unsigned short*>(p));
-  return to_f(*reinterpret_cast<const wtype*>(&b));
-#endif
-}
-__device__ __forceinline__ float4 ld_part4(const ptype* p) {  // 4 consecutive values, 4-aligned
-#if AMK_DTYPE == DT_F32
-  return __ldcg(reinterpret_cast<const float4*>(p));
-#else
-  const uint2 r = __ldcg(reinterpret_cast<const uint2*>(p));
-  const wtype* h = reinterpret_cast<const wtype*>(&r);
-  return make_float4(to_f(h[0]), to_f(h[1]), to_f(h[2]), to_f(h[3]));
-#endif
-}
-
 __device__ __forceinline__ void unpack(const uint4& raw, float* out) {
 #if AMK_DTYPE == DT_F32
   out[0] = __uint_as_float(raw.x); out[1] = __uint_as_float(raw.y);

@@ -84,7 +84,7 @@ __device__ __forceinline__ void load_norm_weights(const Ctx& c, const MatvecPara
 #define COMBINE_PARTS 4
 __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
   const int P = p.inp_parts, K = AMK_HEADS * AMK_HEAD_DIM;
-  const ptype* part = part_ptr(c, p.inp, p.inp_off) + p.k0;
+  const float* part = buf<float>(c, p.inp) + p.inp_off + p.k0;
   const float* st = p.inp_stats >= 0 ? buf<float>(c, p.inp_stats) + p.inp_stats_off : nullptr;
   for (int k = 4 * threadIdx.x; k < p.klen; k += 4 * AMK_THREADS) {  // klen and k0 are multiples of 8
     const int hq = (p.k0 + k) / AMK_HEAD_DIM;
@@ -96,7 +96,7 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
 #pragma unroll
       for (int e = 0; e < COMBINE_PARTS; ++e) {
         const bool live = q + e < P;
-        v[e] = live ? ld_part4(part + (q + e) * K + k) : make_float4(0.f, 0.f, 0.f, 0.f);
+        v[e] = live ? __ldcg(reinterpret_cast<const float4*>(part + (q + e) * K + k)) : make_float4(0.f, 0.f, 0.f, 0.f);
         ml[e] = (live && st) ? __ldcg(reinterpret_cast<const float2*>(st + ((q + e) * AMK_HEADS + hq) * 2))
                              : make_float2(live ? 0.f : NEG_INF, 1.f);
       }

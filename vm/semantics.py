@@ -253,7 +253,7 @@ class Semantics:
         stats = list(zip(M.tolist(), (rec[..., 1] * w).sum(0).tolist()))
         for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats)):
             r = p.out_off + (p.part * c.n_heads + p.kv_head * G + j) * hd
-            mem[p.out][r:r + hd] = self.rnd(o)
+            mem[p.out][r:r + hd] = o
 
     # Under a per-partition softmax the probabilities are divided by the partition's own sum, not the global
     # one, and stay in fp32: eager rounds them to the model dtype at the global scale, which a partition cannot
@@ -267,7 +267,7 @@ class Semantics:
         stats = self._scores(mem, p, p.part, p.parts)
         for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats, round_probs=False)):
             row = p.part * c.n_heads + p.kv_head * G + j
-            mem[p.out][p.out_off + row * hd:p.out_off + (row + 1) * hd] = self.rnd(o)
+            mem[p.out][p.out_off + row * hd:p.out_off + (row + 1) * hd] = o
             mem[p.stats][p.stats_off + 2 * row] = stats[j][0]
             mem[p.stats][p.stats_off + 2 * row + 1] = stats[j][1]
 
