@@ -37,11 +37,9 @@ __device__ bool wait_all(const int* ins, const unsigned* counters, const int* pr
     unsigned long long start = 0;
     unsigned spins = 0;
     unsigned v;
-    // One L2 round trip a poll: the stop flag (another block failed) and the clock are read every 64th, since
-    // reading the flag each time put a second round trip between a counter's release and its being seen.
     while ((int)((v = ld_acquire(counters + cid)) - target) < 0) {
+      if (*((volatile int*)(control + CTRL_ERR)) != 0) return false;
       if ((++spins & 63u) == 0) {
-        if (*((volatile int*)(control + CTRL_ERR)) != 0) return false;
         const unsigned long long now = global_ns();
         if (start == 0) start = now;
         else if ((long long)(now - start) > timeout_ns) {
