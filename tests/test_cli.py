@@ -191,3 +191,20 @@ def test_evaluate_text_shows_what_the_lowering_derived():
     line = next(ln for ln in verdict_text(v).splitlines() if ln.startswith("derived: "))
     assert f"matvec.gate_up.rows_per_task={v['derived']['matvec.gate_up.rows_per_task']}" in line
     assert "matvec.o.rows_per_task" not in line  # set by the config, not derived
+
+
+def test_propose_shows_the_values_evaluate_derives():
+    """propose's derived values are the ones the lowering of the same config gives, at evaluate's defaults;
+    a knob the incumbent sets is not derived."""
+    import amk
+    from amk.harness.cmd_run import proposal_text
+
+    for model, gpu in (("toy", "cpu-sim"), ("llama-3.2-1b", "h200")):
+        p = amk.propose(model, gpu, incumbent={"matvec": {"o": {"rows_per_task": 8}}})
+        d = p["derived"]
+        prog = amk.lower(amk.load_model(model, dtype=d["dtype"], weights=False), gpu, p["config"], max_seq=d["max_seq"])
+        assert d["values"] == prog.meta["derived"] and "matvec.o.rows_per_task" not in d["values"]
+        lines = {ln.split()[0].lstrip("*"): ln for ln in proposal_text(p).splitlines()[3:] if ln.strip()}
+        rows = d["values"]["matvec.gate_up.rows_per_task"]
+        assert f"derived ({rows})" in lines["matvec.gate_up.rows_per_task"]
+        assert "derived (" not in lines["matvec.o.rows_per_task"]

@@ -37,6 +37,7 @@ def proposal_text(p: dict) -> str:
     from amk.schedule.space import Knob, KnobType, _fmt
 
     cfg = ScheduleConfig.from_dict(p["config"])
+    derived = p.get("derived") or {}
     lat = ""
     if p.get("incumbent_latency_us") is not None:
         lat = f", {p['incumbent_latency_us']:.2f} us ({p.get('incumbent_latency_kind')})"
@@ -47,11 +48,17 @@ def proposal_text(p: dict) -> str:
         knob = Knob(path=k["path"], type=KnobType(k["type"]), default=k["default"], help=k["help"],
                     nullable=bool(k.get("nullable")))
         value = to_jsonable(get_path(cfg, knob.path))
-        shown = "derived" if value is None and knob.nullable else (_fmt(value) if not isinstance(value, dict)
-                                                                  else (str(value) if value else "{}"))
+        if value is None and knob.nullable:
+            got = derived.get("values", {}).get(knob.path)
+            shown = "derived" if got is None else f"derived ({got})"
+        else:
+            shown = _fmt(value) if not isinstance(value, dict) else (str(value) if value else "{}")
         search = " ".join("derived" if v is None else _fmt(v) for v in k["search"]) or "(not searched)"
         mark = "*" if value != knob.default else " "
         lines.append(f"{mark}{knob.path:<33} {shown:<16} {knob.default_text:<16} {search}")
+    if derived:
+        lines.append(f"(derived: the lowering's value for this model on {p['gpu']} at {derived['dtype']}, "
+                     f"{derived['max_seq']} positions)")
     lines.append("(* = not the default; amk propose --json gives the config, and each knob's help and bounds)")
     return "\n".join(lines)
 

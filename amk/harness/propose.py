@@ -8,7 +8,7 @@ from amk.flywheel.corpus import best_entry, entries_for, load_corpus
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.space import space_dicts
 
-from .environment import resolve_target
+from .environment import Device, resolve_target
 from .schema import schema_path
 from .verdict import parse_config
 
@@ -40,7 +40,7 @@ def incumbent_config(model: str, gpu: str, corpus: str | Path | None) -> tuple[S
 
 
 def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.jsonl") -> dict:
-    """{"config", "schedule_id", "schema_path", "search_space", "source", "gpu", "model"}.
+    """{"config", "schedule_id", "schema_path", "search_space", "derived", "source", "gpu", "model"}.
 
     `incumbent` (dict, JSON string or ScheduleConfig) wins when given; a malformed one raises ConfigError,
     since the caller asked for it by name."""
@@ -52,8 +52,27 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     else:
         cfg, source, verdict = incumbent_config(name, target.name, corpus)
     out = {"model": name, "gpu": target.name, "config": cfg.to_dict(), "schedule_id": cfg.schedule_id,
-           "source": source, "schema_path": str(schema_path()), "search_space": space_dicts(target)}
+           "source": source, "schema_path": str(schema_path()), "search_space": space_dicts(target),
+           "derived": derived_tiling(model, target, cfg)}
     if verdict is not None:
         out["incumbent_latency_us"] = verdict.get("latency_us")
         out["incumbent_latency_kind"] = verdict.get("latency_kind")
     return out
+
+
+def derived_tiling(model, target, cfg: ScheduleConfig) -> dict:
+    """{"dtype", "max_seq", "values"}: the values the lowering gives `cfg`'s derived (null) tiling knobs for
+    `model` (a name, a checkpoint directory or an amk Model) on `target`, at the dtype and context `evaluate`
+    takes by default (bf16 for a GPU target, fp32 for cpu-sim; the model's positions, at most 2048). `values`
+    maps each derived knob's dotted path to its value. Raises what loading the model's config raises."""
+    from amk.models import Model, load_model
+    from amk.schedule.autotile import resolve
+    from amk.schedule.lower import DEFAULT_MAX_SEQ
+
+    from .evaluate import default_dtype
+
+    dtype = default_dtype(Device.CPU, target)
+    dims = model.dims if isinstance(model, Model) else load_model(str(model), dtype=dtype, weights=False).dims
+    seq = min(dims.max_positions, DEFAULT_MAX_SEQ)
+    _, values = resolve(cfg, dims, 4 if dtype == "fp32" else 2, target, seq)
+    return {"dtype": dtype, "max_seq": seq, "values": values}
