@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
@@ -23,6 +24,15 @@ KL_SLACK_FACTOR = 2.0  # two correct bf16 paths differ by ~30% in KL on near-tie
 KL_SLACK_ABS = 1e-4
 
 
+class StepRule(str, Enum):
+    """Which rule a step's logits passed by (HARNESS's verdict table states each)."""
+
+    EAGER = "eager"  # MERE < t and MARE < 10 t against eager in the model's dtype
+    EAGER_ERROR = "eager_error"  # against the higher-precision eager, no further off than eager itself
+    ABSOLUTE_ERROR = "absolute_error"  # a MARE miss on near-zero logits, with the largest absolute error bounded
+    FAILED = "failed"
+
+
 @dataclass
 class CaseResult:
     case: str
@@ -36,6 +46,18 @@ class CaseResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def step_summary(self) -> dict:
+        """The case's worst step figures against eager (finite steps), its largest KL to fp32 (bf16/fp16), and
+        how many steps passed by each rule ({rule: count})."""
+        finite = [s for s in self.steps if s["mere"] == s["mere"]]
+        kls = [s["kl"] for s in self.steps if s.get("kl") is not None]
+        rules: dict[str, int] = {}
+        for s in self.steps:
+            rules[s.get("rule", StepRule.FAILED.value)] = rules.get(s.get("rule", StepRule.FAILED.value), 0) + 1
+        return {"steps": len(self.steps), "worst_mere": max((s["mere"] for s in finite), default=None),
+                "worst_mare": max((s["mare"] for s in finite), default=None), "kl_max": max(kls, default=None),
+                "rules": rules}
 
 
 @dataclass
@@ -150,12 +172,15 @@ def within_rounding(logits: torch.Tensor, golden: torch.Tensor, hi: torch.Tensor
     rec["max_abs_err_hi"] = err
     mere_ok = ours.mere <= max(MERE_SLACK * theirs.mere, tol)
     if mere_ok and ours.mare <= max(MARE_SLACK * theirs.mare, 10 * tol):
+        rec["rule_hi"] = StepRule.EAGER_ERROR.value
         return True, rec
     if dtype == torch.float32:
         within = ours.mere < tol and err <= FP32_ULPS * 2.0 ** -23 * float(hi.abs().max())
     else:
         rec["eager_max_abs_err_hi"] = float((golden.double() - hi.double()).abs().max())
         within = mere_ok and err <= MARE_SLACK * rec["eager_max_abs_err_hi"]
+    if within:
+        rec["rule_hi"] = StepRule.ABSOLUTE_ERROR.value
     return within, rec
 
 
@@ -185,10 +210,13 @@ def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult
             rec = {"step": step, "mere": c.mere, "mare": c.mare, "nonfinite": c.nonfinite, "top1": c.top1_match}
             ok = c.passed
             hi = hi_fn() if (half or not ok) and hi_fn is not None else None
+            within = False
             if hi is not None and step < len(hi):
                 within, extra = within_rounding(logits, golden[step], hi[step], model.dtype)
                 rec.update(extra)
                 ok = ok or within
+            rule_hi = rec.pop("rule_hi", None)
+            rec["rule"] = (StepRule.EAGER.value if c.passed else rule_hi if within else StepRule.FAILED.value)
             if hi is not None and step < len(hi) and half:
                 fp32 = hi
                 rec["kl"] = kl_divergence(fp32[step], logits)

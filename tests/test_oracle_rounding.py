@@ -80,3 +80,20 @@ def test_partition_softmax_verifies_on_a_checkpoint_with_a_near_zero_logit(windo
     assert res.ok, res.to_dict()["failures"]
     steps = [s for c in res.cases for s in c.steps if "eager_max_abs_err_hi" in s]
     assert steps and all(s["max_abs_err_hi"] <= MARE_SLACK * s["eager_max_abs_err_hi"] for s in steps)
+
+
+def test_each_case_reports_its_steps_and_the_rule_each_passed_by():
+    """A bf16 verdict's worst MARE above 10 t comes with the rule that passed that step, case by case."""
+    from amk.eval.compare import tolerance_for
+    from amk.eval.oracle import StepRule
+
+    v = amk.evaluate("toy-2L", "h200", {}, cases="reduced", device="cpu")
+    assert v["correct"] and v["dtype"] == "bf16"
+    for c in v["case_results"]:
+        assert c["steps"] > 0 and sum(c["rules"].values()) == c["steps"]
+        assert set(c["rules"]) <= {r.value for r in StepRule} - {StepRule.FAILED.value}
+        assert c["kl_max"] is not None  # bf16 steps are compared with fp32 eager's distribution
+    worst = max(v["case_results"], key=lambda c: c["worst_mare"])
+    assert worst["worst_mare"] == v["worst_mare"]
+    if worst["worst_mare"] >= 10 * tolerance_for(torch.bfloat16):
+        assert set(worst["rules"]) - {StepRule.EAGER.value}

@@ -118,7 +118,8 @@ def _record(v: Verdict, res) -> None:
     for k in ("worst_mere", "worst_mare", "top1_agreement", "kl_max"):
         setattr(v, k, d.get(k))
     v.failures = d["failures"][:8]
-    v.case_results = [{"case": c["case"], "passed": c["passed"], "message": c["message"][:300]} for c in d["cases"]]
+    v.case_results = [{"case": c.case, "passed": c.passed, "message": c.message[:300], **c.step_summary()}
+                      for c in res.cases]
 
 
 def run_cpu(v: Verdict, program, model, case_list, ref, seed: int):

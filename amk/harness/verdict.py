@@ -49,7 +49,7 @@ class Verdict:
     cache: dict = field(default_factory=dict)
     cost: dict | None = None  # cost-model features and coefficients (what `fit` learns from)
     failures: list = field(default_factory=list)  # failing cases: case, error_type, message
-    case_results: list = field(default_factory=list)  # every case: case, passed, message
+    case_results: list = field(default_factory=list)  # every case: case, passed, message, its step figures
     notes: list = field(default_factory=list)
     seconds: float = 0.0
 
