@@ -19,6 +19,8 @@ from .smem import (
     attention_chunk,
     attention_partial_smem_bytes,
     consumer_threads,
+    matvec_smem_bytes,
+    page_partials,
     partial_positions,
     program_work_smem_bytes,
 )
@@ -53,6 +55,7 @@ class Tiler:
         self.d, self.dtype, self.max_seq, self.cfg = dims, dtype, max_seq, config
         self.b, self.place = buffers, place
         self.lm_slot = 0
+        self._smem_ok: set[tuple[int, int, int]] = set()  # (width, klen, rows) of matvec tasks known to fit
 
     # ---- helpers -----------------------------------------------------------------------------
     def val(self, name: str, layer: int) -> Placement:
@@ -199,7 +202,27 @@ class Tiler:
                     reads.append(Region(w, (pair + row0) * K + k0, span))
                 wbytes = nrows * klen * nb * (2 if pair else 1)
                 out.append(TaskDraft(Opcode.MATVEC, p, reads, writes, pf, wbytes, groups))
+                self._check_matvec_smem(st, K if norm_w != oc.NO_BUFFER else klen, klen, nrows * (2 if pair else 1))
         return out
+
+    def _check_matvec_smem(self, st: Stage, width: int, klen: int, rows: int) -> None:
+        """LoweringError, naming pipeline.pages when the weight pipeline's pages take the room and smem_per_block
+        otherwise, when a task's staged input, row accumulators and page partials (schedule/smem.py, as the
+        validator counts them) do not fit the block's working shared memory."""
+        key = (width, klen, rows)
+        if key in self._smem_ok:
+            return
+        build = build_defines(self.cfg)
+        need = matvec_smem_bytes(width, rows, page_partials(klen, rows, build, self.dtype.nbytes))
+        work = self._work_smem()
+        if need > work:
+            pages = self.cfg.pipeline.pages
+            knob = "pipeline.pages" if pages > 0 else "smem_per_block"
+            room = (f"smem_per_block={self.cfg.smem_per_block} less {pages} pages of {self.cfg.pipeline.page_kb} KiB "
+                    f"leaves {work}" if pages > 0 else f"smem_per_block={self.cfg.smem_per_block}")
+            raise LoweringError(knob, f"{st.role} tasks stage an input of {width} elements and {rows} rows and need "
+                                f"{need} bytes of shared memory; {room}")
+        self._smem_ok.add(key)
 
     def _combined_input_reads(self, st: Stage, k0: int, klen: int, K: int) -> list[Region]:
         """Partitions 1.. of the input slice (partition 0 is the plain input region) and, when weighted, the

@@ -30,8 +30,9 @@ def base_config(path: str) -> ScheduleConfig:
     sm.assignment=explicit."""
     if path == "sm.explicit_map":
         return with_value(ScheduleConfig(), "sm.assignment", "explicit")
-    if path == "pipeline.pages":  # pages come out of smem_per_block: leave room
-        return with_value(ScheduleConfig(), "smem_per_block", RING_TEST_SMEM)
+    if path == "pipeline.pages":  # pages come out of smem_per_block: leave room, with 8 KiB pages so that the
+        # most pages searched (12) still leave llama's down tasks their 8192-element input (the lowering refuses)
+        return with_value(with_value(ScheduleConfig(), "smem_per_block", RING_TEST_SMEM), "pipeline.page_kb", 8)
     if path == "pipeline.page_kb":  # the page size acts only with pages, and they need room
         return with_value(with_value(ScheduleConfig(), "smem_per_block", RING_TEST_SMEM), "pipeline.pages", 4)
     if path in ("build.loads_in_flight", "build.rows_in_flight"):  # the register path's stream (no pages)

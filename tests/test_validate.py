@@ -84,6 +84,40 @@ def test_llama_validates_and_reports_its_time():
     assert report.seconds > 0 and report.to_dict()["seconds"] == report.seconds
 
 
+def test_lowering_refuses_what_the_validator_would_reject_for_shared_memory():
+    """4 pages of 16 KiB leave llama's down tasks 32 KiB for an 8192-element input: the lowering names the knob
+    instead of returning a program validate() rejects; and over random searched configs whatever lowers
+    validates."""
+    import random
+
+    from amk.schedule.errors import LoweringError
+    from amk.schedule.space import space_dicts
+
+    model = amk.load_model("llama-3.2-1b", dtype="bf16", weights=False)
+    with pytest.raises(LoweringError) as e:
+        amk.lower(model, "h200", {"pipeline": {"pages": 4}}, max_seq=1024)
+    assert e.value.knob == "pipeline.pages" and "down tasks" in str(e.value) and "leaves 32768" in str(e.value)
+    rng = random.Random(1)
+    space = [k for k in space_dicts(amk.get_target("h200")) if k["search"]]
+    lowered = 0
+    for _ in range(8):
+        cfg: dict = {}
+        for k in rng.sample(space, 5):
+            *parents, leaf = k["path"].split(".")
+            node = cfg
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = rng.choice(k["search"])
+        try:
+            prog = amk.lower(model, "h200", cfg, max_seq=1024)
+        except LoweringError:
+            continue
+        lowered += 1
+        report = validate(prog, "h200")
+        assert report.ok, (cfg, report.first_message())
+    assert lowered >= 4
+
+
 def test_validate_does_not_mutate():
     prog = fresh()
     before = prog.to_json()
