@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -52,12 +53,10 @@ class CaseResult:
         how many steps passed by each rule ({rule: count})."""
         finite = [s for s in self.steps if s["mere"] == s["mere"]]
         kls = [s["kl"] for s in self.steps if s.get("kl") is not None]
-        rules: dict[str, int] = {}
-        for s in self.steps:
-            rules[s.get("rule", StepRule.FAILED.value)] = rules.get(s.get("rule", StepRule.FAILED.value), 0) + 1
+        rules = Counter(s.get("rule", StepRule.FAILED.value) for s in self.steps)
         return {"steps": len(self.steps), "worst_mere": max((s["mere"] for s in finite), default=None),
                 "worst_mare": max((s["mare"] for s in finite), default=None), "kl_max": max(kls, default=None),
-                "rules": rules}
+                "rules": dict(rules)}
 
 
 @dataclass

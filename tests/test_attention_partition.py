@@ -136,7 +136,6 @@ def test_o_projection_combines_the_partitions_when_fused(softmax):
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
 
 
-
 @pytest.mark.parametrize("group, head_dim, cache_bytes", [(3, 64, 2), (4, 64, 2), (7, 64, 4), (8, 128, 2), (2, 128, 2)])
 def test_partial_positions_is_the_largest_fit(group, head_dim, cache_bytes):
     """Every work size: the positions staged fit, and one more would not (or the partition's cap is reached).
