@@ -391,8 +391,17 @@ def test_pages_need_sm90():
 
 def test_pages_leaving_too_little_shared_memory_are_named():
     # llama's down projection stages 8192 inputs (32 KiB) beside its partial sums and a bf16 copy of its input;
-    # 12 pages of 16 KiB leave about 33 KiB of 225 KiB
-    r = validate(_paged("llama-3.2-1b", 12, 16, 225 * 1024, "h200"), "h200")
+    # 12 pages of 16 KiB leave about 33 KiB of 225 KiB. The lowering refuses it; a program built with 8 KiB
+    # pages and then given 16 KiB ones is what the validator names.
+    from amk.schedule.errors import LoweringError
+
+    with pytest.raises(LoweringError) as e:
+        _paged("llama-3.2-1b", 12, 16, 225 * 1024, "h200")
+    assert e.value.knob == "pipeline.pages" and "down tasks" in str(e.value)
+    prog = _paged("llama-3.2-1b", 12, 8, 225 * 1024, "h200")
+    assert validate(prog, "h200").ok
+    prog.build["PAGE_BYTES"] = 16 * 1024
+    r = validate(prog, "h200")
     assert not r.ok
     assert any("pipeline.pages=12 x pipeline.page_kb=16 leaves" in i.message and "(down)" in i.message
                for i in issues_of(r, IssueKind.ABI))
