@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from _schedules import load
 
 from amk.models import list_models, load_model
+from amk.models.registry import model_shape
 from amk.schedule.errors import UnknownModelError, UnsupportedModelError
 from amk.schedule.graph import Architecture
 
@@ -41,6 +43,7 @@ def test_builtin_dims_without_weights(name):
         assert getattr(m.dims, k) == v, k
     assert m.graph.dims == m.dims
     assert m.describe()["params"] > 0
+    assert model_shape(name) == m.dims  # what propose derives its tiling from
 
 
 def test_list_models():
@@ -156,6 +159,7 @@ def test_checkpoint_directory_roundtrip(kind, tmp_path):
     torch.testing.assert_close(logits(m.eager), logits(ref), rtol=0, atol=0)
     again = load_model(str(tmp_path), weights=False)
     assert again.eager is None and again.fingerprint == m.fingerprint
+    assert model_shape(tmp_path) == m.dims
     # Changing one byte of the weights changes the fingerprint.
     st = next(tmp_path.glob("*.safetensors"))
     data = bytearray(st.read_bytes())
@@ -187,4 +191,6 @@ def test_smollm2_instruct_gguf_says_paris(smollm):
 def test_smollm2_fingerprint_stable(smollm):
     again = load_model("smollm2-135m-instruct", weights=False)
     assert again.fingerprint == smollm.fingerprint
+    # its shape without parsing the GGUF: the shipped stand-in config's, all but the eps the GGUF stores in fp32
+    assert dataclasses.replace(model_shape("smollm2-135m-instruct"), rms_eps=again.dims.rms_eps) == again.dims
     assert again.fingerprint != load_model("smollm2-135m", weights=False).fingerprint

@@ -65,14 +65,15 @@ def derived_tiling(model, target, cfg: ScheduleConfig) -> dict:
     `model` (a name, a checkpoint directory or an amk Model) on `target`, at the dtype and context `evaluate`
     takes by default (bf16 for a GPU target, fp32 for cpu-sim; the model's positions, at most 2048). `values`
     maps each derived knob's dotted path to its value. Raises what loading the model's config raises."""
-    from amk.models import Model, load_model
+    from amk.models import Model
+    from amk.models.registry import model_shape
     from amk.schedule.autotile import resolve
     from amk.schedule.lower import DEFAULT_MAX_SEQ
 
     from .evaluate import default_dtype
 
     dtype = default_dtype(Device.CPU, target)
-    dims = model.dims if isinstance(model, Model) else load_model(str(model), dtype=dtype, weights=False).dims
+    dims = model.dims if isinstance(model, Model) else model_shape(model)
     seq = min(dims.max_positions, DEFAULT_MAX_SEQ)
     _, values = resolve(cfg, dims, 4 if dtype == "fp32" else 2, target, seq)
     return {"dtype": dtype, "max_seq": seq, "values": values}

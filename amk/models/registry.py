@@ -132,6 +132,18 @@ def list_models() -> list[dict]:
     return out
 
 
+def model_shape(name_or_path) -> ModelDims:
+    """The dims of a built-in model (for the GGUF model, of its shipped stand-in config, which has its shape:
+    parsing the GGUF takes seconds) or of a checkpoint directory's config, without weights. Raises as
+    load_model does."""
+    key = str(name_or_path)
+    if key == _GGUF_NAME:
+        return ModelDims.from_hf_config(_gguf_stand_in_config())
+    if key in builtin_names():
+        return ModelDims.from_hf_config(_builtin_config(key))
+    return load_model(name_or_path, weights=False).dims
+
+
 def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", weights: bool = True) -> Model:
     """Load a built-in model by name, or a local checkpoint directory (config.json + safetensors).
 
