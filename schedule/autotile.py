@@ -26,8 +26,8 @@ TASK_FIXED_US = 1.5  # per-task cost besides its bytes (see the module docstring
 LM_HEAD_TASK_BYTES = 1 << 20  # LM-head tasks stay near 1 MiB: several a SM, so the last ones balance the SMs
 MAX_LM_HEAD_ROUNDS = 4  # ... but no more than 4 a SM: beyond, the per-task cost outweighs the balance
 MIN_PARTITION_POSITIONS = 32  # a KV partition below this many positions costs more to combine than it saves
-MAX_KV_PARTITIONS = 16  # each O task reads every partition (partitions x heads x head_dim fp32 from L2), which
-#                        sets its staging time: more cost O more than they save the attention stage
+MAX_KV_PARTITIONS = 16  # each O task combines every partition (partitions x heads x head_dim fp32 from L2) while
+#                        it stages its input: more cost O more than they save the attention stage
 NEAR_BEST_US = 0.25  # splits this close to the best estimate count as equal; the one with the fewest tasks wins
 
 

@@ -66,7 +66,7 @@ def derived_tiling(model, target, cfg: ScheduleConfig) -> dict:
     takes by default (bf16 for a GPU target, fp32 for cpu-sim; the model's positions, at most 2048). `values`
     maps each derived knob's dotted path to its value. Raises what loading the model's config raises."""
     from amk.models import Model
-    from amk.models.registry import model_shape
+    from amk.models.registry import model_shape, resolve_dtype
     from amk.schedule.autotile import resolve
     from amk.schedule.lower import DEFAULT_MAX_SEQ
 
@@ -75,5 +75,5 @@ def derived_tiling(model, target, cfg: ScheduleConfig) -> dict:
     dtype = default_dtype(Device.CPU, target)
     dims = model.dims if isinstance(model, Model) else model_shape(model)
     seq = min(dims.max_positions, DEFAULT_MAX_SEQ)
-    _, values = resolve(cfg, dims, 4 if dtype == "fp32" else 2, target, seq)
+    _, values = resolve(cfg, dims, resolve_dtype(dtype).itemsize, target, seq)
     return {"dtype": dtype, "max_seq": seq, "values": values}

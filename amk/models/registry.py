@@ -125,8 +125,7 @@ def approx_params(dims: ModelDims) -> int:
 def list_models() -> list[dict]:
     out = []
     for name in builtin_names():
-        cfg = _gguf_stand_in_config() if name == _GGUF_NAME else _builtin_config(name)
-        dims = ModelDims.from_hf_config(cfg)
+        dims = model_shape(name)
         out.append({"name": name, "arch": dims.arch.value, "description": _DESCRIPTIONS.get(name, ""),
                     "params": approx_params(dims)})
     return out
