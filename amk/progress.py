@@ -44,10 +44,11 @@ def is_quiet() -> bool:
 
 def _dependency_bars(enabled: bool) -> None:
     # transformers and huggingface_hub have a switch for their own bars; the GGUF conversion calls tqdm
-    # directly, so tqdm's own default becomes disable=True while quiet (a caller may still pass disable=False)
-    with contextlib.suppress(ImportError):
-        import transformers.utils.logging as tlog
-
+    # directly, so tqdm's own default becomes disable=True while quiet (a caller may still pass disable=False).
+    # transformers is not imported for this (about 2 s, which a command such as propose never needs otherwise):
+    # when it is imported later it takes its switch from huggingface_hub's, set below.
+    tlog = sys.modules.get("transformers.utils.logging")
+    if tlog is not None:
         (tlog.enable_progress_bar if enabled else tlog.disable_progress_bar)()
     with contextlib.suppress(ImportError):
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars

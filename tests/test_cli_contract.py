@@ -178,6 +178,20 @@ def test_quiet_silences_our_progress_and_the_dependencies_bars(capsys):
     assert "a dependency's bar" in capsys.readouterr().err
 
 
+def test_quiet_reaches_transformers_bars_without_importing_it():
+    # a fresh interpreter: this one may have imported transformers already
+    code = ("import sys\n"
+            "from amk import progress\n"
+            "progress.set_quiet(True)\n"
+            "assert 'transformers' not in sys.modules\n"
+            "import transformers.utils.logging as t\n"
+            "assert not t.is_progress_bar_enabled()\n"
+            "progress.set_quiet(False)\n"
+            "assert t.is_progress_bar_enabled()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
 def test_progress_draws_on_a_terminal_and_logs_a_line_elsewhere(monkeypatch, caplog):
     import io
     import logging
