@@ -78,6 +78,8 @@ def test_only_fields_say_what_they_refuse():
     (MistralConfig(**SMALL, sliding_window=8, layer_types=["full_attention", "sliding_attention", "full_attention"]),
      "layer_types"),
     (MistralConfig(**SMALL, sliding_window=0), "sliding_window"),
+    (MistralConfig(**SMALL, sliding_window=1), "sliding_window"),
+    (Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=1, max_window_layers=1), "sliding_window"),
     (Qwen2Config(**SMALL, layer_types=["full_attention", "sliding_attention", "full_attention"]), "layer_types"),
 ])
 def test_values_not_lowered_are_refused_by_name(cfg, field):
@@ -90,6 +92,12 @@ def test_per_layer_config_is_refused_by_name():
     cfg = LlamaConfig(**SMALL, per_layer_config={1: {"rms_norm_eps": 1e-3}})
     with pytest.raises(UnsupportedModelError, match="per_layer_config"):
         model_dims(cfg)
+
+
+def test_a_window_of_one_is_refused_only_where_a_layer_slides():
+    assert model_dims(Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=1, max_window_layers=3)).windows == ()
+    assert model_dims(Qwen2Config(**SMALL, sliding_window=1)).windows == ()  # dropped without use_sliding_window
+    assert model_dims(MistralConfig(**SMALL, sliding_window=2)).windows == (2, 2, 2)
 
 
 def test_fields_transformers_does_not_read_are_accepted():

@@ -86,3 +86,28 @@ def test_qwen3_windows_its_layers_like_qwen2(tmp_path):
     assert model.dims.windows == (0, 6) and model.dims.qk_norm
     res = verify(amk.lower(model, "cpu-sim", {"attention": {"softmax": "partition"}}), model)
     assert res.ok, _failures(res)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_transformers_disagrees_with_itself_at_a_window_of_one(tmp_path, family):
+    # why a window of 1 is refused (amk.models.fields): the last position's logits through the cache differ from
+    # the whole sequence's forward, which agrees with the window's definition (each position sees itself); at a
+    # window of 2 all three agree. Should transformers mend its cache, this fails and the refusal can go.
+    from transformers import AutoModelForCausalLM
+
+    from amk.eval.cases import cache_kwargs
+
+    make = mistral_window if family == "mistral" else qwen2_window
+    ids = torch.tensor([[3, 17, 101, 42, 7]])
+
+    def gaps(window: int) -> tuple[float, float]:
+        eager = AutoModelForCausalLM.from_pretrained(make(tmp_path / f"w{window}", window=window)).eval()
+        with torch.no_grad():
+            full = eager(ids).logits[0, -1]
+            past = eager(ids[:, :-1], use_cache=True).past_key_values
+            cached = eager(ids[:, -1:], **cache_kwargs(eager, past)).logits[0, -1]
+        return float((full - cached).abs().max()), float(full.abs().max())
+
+    (gap1, scale1), (gap2, scale2) = gaps(1), gaps(2)
+    assert gap1 > 1e-2 * scale1
+    assert gap2 < 1e-5 * scale2
