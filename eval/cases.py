@@ -138,13 +138,6 @@ def _cache_with_prefix(hf, k: torch.Tensor, v: torch.Tensor):
     return cache
 
 
-def _cache_keyword(hf) -> str:
-    # transformers 5 renames the forward's past_key_values to cache (the old name warns, then goes in 5.40)
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
 def eager_decode(hf, inputs: CaseInputs, generate: int = 0, dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], list[int]]:
     """Decode `inputs.tokens` one at a time after the KV prefix, then `generate` greedy tokens.
