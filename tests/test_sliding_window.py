@@ -91,8 +91,8 @@ def test_qwen3_windows_its_layers_like_qwen2(tmp_path):
 @pytest.mark.parametrize("family", ["mistral", "qwen2"])
 def test_transformers_disagrees_with_itself_at_a_window_of_one(tmp_path, family):
     # why a window of 1 is refused (amk.models.fields): the last position's logits through the cache differ from
-    # the whole sequence's forward, which agrees with the window's definition (each position sees itself); at a
-    # window of 2 all three agree. Should transformers mend its cache, this fails and the refusal can go.
+    # the whole sequence's forward at a window of 1, and agree at a window of 2. Should transformers mend its
+    # cache, this fails and the refusal can go.
     from transformers import AutoModelForCausalLM
 
     from amk.eval.cases import cache_kwargs
