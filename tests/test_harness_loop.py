@@ -158,6 +158,25 @@ def test_loop_refuses_an_existing_results_file_without_resume_and_a_foreign_one(
     assert foreign.read_text() == "a\tb\n1\t2\n"  # nothing lost
 
 
+def test_resume_without_the_corpus_of_its_best_keep_refuses(tmp_path):
+    def other_loads_are_faster(model, gpu, config, **kw):  # the loop tries loads_in_flight first
+        return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
+
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=other_loads_are_faster,
+             settings=SMALL)
+    best = min((r for r in read_rows(res) if r["status"] == "keep"), key=lambda r: float(r["latency_us"]))
+    assert best["schedule_id"] != DEFAULT.schedule_id  # a kept config only corpus.jsonl can give back
+    before = res.read_text()
+    with pytest.raises(LoopError, match=f"trial {best['trial']} kept {best['schedule_id']}.*holds no record"):
+        amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=tmp_path / "elsewhere.jsonl",
+                 evaluate=other_loads_are_faster, resume=True, settings=SMALL)
+    assert res.read_text() == before  # nothing appended
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=other_loads_are_faster,
+                 resume=True, settings=SMALL)  # with its corpus, the loop continues from that keep
+    assert s["incumbent"]["latency_us"] <= float(best["latency_us"])
+
+
 def test_loop_progress_callback(tmp_path, fake_evaluate):
     seen = []
     amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",

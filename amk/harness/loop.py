@@ -89,7 +89,8 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     must accept it (or **kwargs). `builders`: builder processes (default
     none on the CPU path, most cores on CUDA). `predictor`: the builder's pricing function (default the cost
     model). `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
-    Raises LoopError (usage: an existing results file without resume, a foreign one, a rejected seed),
+    Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
+    that holds its best kept config, a rejected seed),
     ConfigError (a malformed seed), UnknownModelError / UnknownTargetError."""
     if workers > 1:
         from .search.distributed import run_workers
@@ -148,8 +149,9 @@ class _Run(Rounds):
         except ResultsFormatError as e:
             raise LoopError(str(e)) from None
         if rows and not resume:
-            raise LoopError(f"{results} already holds {len(rows)} trials: pass resume=True (--resume) to continue "
-                            "it, or choose another results file")
+            raise LoopError(f"{results} already holds {len(rows)} trials: resume it (--resume; resume=True in "
+                            "Python), or choose another results file")
+        self.rows = rows
         seed_config = None
         if incumbent is not None:
             seed_config = parse_config(incumbent)  # ConfigError names the field: a usage error
@@ -195,7 +197,8 @@ class _Run(Rounds):
         if given is not None:
             cfg, source = given, Source.GIVEN
         else:
-            cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus)
+            cfg, origin, verdict = incumbent_config(self.name, self.target.name, self.corpus)
+            self._check_resumed_incumbent(cfg, verdict)
             source = Source.BASELINE
         built = self.builder.build([self._job(cfg)])[0]
         if not built.valid and given is not None:
@@ -210,6 +213,22 @@ class _Run(Rounds):
         inc = Incumbent(cfg, program_fingerprint=built.program_fingerprint)
         self.start_description = f"baseline ({origin} config)"
         return inc, (Candidate(cfg, (), source), built)
+
+    def _check_resumed_incumbent(self, cfg: ScheduleConfig, verdict: dict | None) -> None:
+        """A resumed results file's best kept trial is the bar to beat, but only the corpus holds its config: a
+        start from anything slower would log slower configs as keeps. Raises LoopError when the corpus does not
+        reach that trial's latency (results.tsv moved without its corpus.jsonl)."""
+        kept = [r for r in self.rows if r.get("model") == self.name and r.get("gpu") == self.target.name
+                and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
+        best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
+        if best is None or best["schedule_id"] == cfg.schedule_id:
+            return
+        known = verdict.get("latency_us") if verdict and verdict.get("latency_kind") == self.kind else None
+        if known is None or float(known) > float(best["latency_us"]):
+            raise LoopError(f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at "
+                            f"{float(best['latency_us']):.2f} us ({self.kind}) for {self.name} on {self.target.name}, "
+                            f"but {self.corpus} holds no record of its config, the incumbent to continue from: resume "
+                            "with the corpus that loop wrote (--corpus), or choose another results file")
 
     def _warm_start(self) -> None:
         """On a GPU, a builder compiles the start's kernel while this process loads the model's weights: on a
