@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from amk.progress import bar, status
-from amk.schedule.errors import ContextError, ProgramError
+from amk.schedule.errors import ArgumentError, ContextError, ProgramError
 
 
 @dataclass
@@ -55,7 +55,11 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     else:
         ids = [int(t) for t in prompt]
     if not ids:
-        raise ValueError("empty prompt")
+        raise ArgumentError("prompt", "empty prompt")
+    outside = [t for t in ids if not 0 <= t < model.dims.vocab]
+    if outside:  # the VM would stop at the first with an error word; the ids are the caller's to mend
+        raise ArgumentError("prompt", f"token ids {outside[:8]} outside the vocabulary of {model.dims.vocab} "
+                                      f"(ids 0..{model.dims.vocab - 1})")
     need = len(ids) + max_new_tokens
     max_seq = max_seq or min(model.dims.max_positions, max(256, 1 << (need - 1).bit_length()))
     if need > max_seq:

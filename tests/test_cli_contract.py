@@ -43,6 +43,7 @@ def cli_json(capsys, *argv) -> tuple[int, dict]:
     (["loop", "--model", "toy", "--dtype", "bf17"], "invalid choice: 'bf17'"),
     (["generate", "--model", "toy", "--prompt-ids", "1,2,x"], "'x' is not a token id"),
     (["generate", "--model", "toy", "--prompt-ids", "1,5", "--max-new-tokens", "0"], "positive integer"),
+    (["generate", "--model", "toy", "--prompt-ids", "1,2,392"], "[392] outside the vocabulary of 392"),
     (["evaluate", "--model", "toy", "--max-seq", "-4"], "positive integer"),
     (["evaluate", "--model", "toy", "--gpu", "h300"], "unknown GPU target 'h300'"),
     (["compile", "--model", "toy", "--out", "/nonexistent-dir/program.json"], "No such file or directory"),
@@ -52,6 +53,12 @@ def test_bad_arguments_are_usage_errors_without_a_traceback(capsys, argv, needle
     assert code == 2 and out == "" and needle in err and "Traceback" not in err, err
     code, obj = cli_json(capsys, *argv)
     assert code == 2 and obj["error_type"] == "usage" and needle in obj["error"]
+
+
+def test_generate_names_prompt_ids_outside_the_vocabulary():
+    with pytest.raises(ArgumentError) as e:
+        amk.generate("toy", [1, 391, 392, 1000], max_new_tokens=1, device="cpu")
+    assert e.value.argument == "prompt" and "[392, 1000]" in str(e.value)
 
 
 def test_a_results_file_with_a_foreign_header_is_a_usage_error(capsys, tmp_path):
