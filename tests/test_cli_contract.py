@@ -137,6 +137,17 @@ def test_an_inert_knob_lowers_to_the_same_program_and_acting_knobs_get_no_note()
     assert program is None and "pipeline.pages=2 needs bulk copies" in v.rejected_reason
 
 
+def test_a_predicted_verdict_says_the_l2_prefetch_is_not_priced():
+    def notes(cfg: dict) -> list[str]:
+        return [n for n in amk.evaluate("toy", "h100-sxm", cfg, device="cpu")["notes"] if "L2 prefetch" in n]
+
+    a, b = (amk.evaluate("toy", "h100-sxm", cfg, device="cpu") for cfg in ({}, {"pipelining_depth": 2}))
+    assert a["predicted_latency_us"] == b["predicted_latency_us"] and a["program_fingerprint"] != b["program_fingerprint"]
+    assert [n for n in b["notes"] if n.startswith("pipelining_depth=2: the cost model prices the L2 prefetch")]
+    assert not [n for n in a["notes"] if "L2 prefetch" in n]
+    assert not notes({"pipelining_depth": 2, "pipeline": {"pages": 2}})  # the pages' prefetch is priced
+
+
 def test_a_gpu_target_is_predicted_in_the_dtype_it_runs():
     bf16 = amk.evaluate("toy", "h100-sxm", {}, device="cpu")
     fp32 = amk.evaluate("toy", "h100-sxm", {}, device="cpu", dtype="fp32")
