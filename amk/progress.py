@@ -45,7 +45,7 @@ def is_quiet() -> bool:
 def _dependency_bars(enabled: bool) -> None:
     # transformers and huggingface_hub have a switch for their own bars; the GGUF conversion calls tqdm
     # directly, so tqdm's own default becomes disable=True while quiet (a caller may still pass disable=False).
-    # transformers is not imported for this (about 2 s, which a command such as propose never needs otherwise):
+    # transformers is not imported for this (about 1 s, which commands such as targets never need otherwise):
     # when it is imported later it takes its switch from huggingface_hub's, set below.
     tlog = sys.modules.get("transformers.utils.logging")
     if tlog is not None:

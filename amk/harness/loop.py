@@ -197,8 +197,8 @@ class _Run(Rounds):
         if given is not None:
             cfg, source = given, Source.GIVEN
         else:
-            cfg, origin, verdict = incumbent_config(self.name, self.target.name, self.corpus)
-            self._check_resumed_incumbent(cfg, verdict)
+            cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus)
+            self._check_resumed_incumbent(cfg)
             source = Source.BASELINE
         built = self.builder.build([self._job(cfg)])[0]
         if not built.valid and given is not None:
@@ -214,17 +214,20 @@ class _Run(Rounds):
         self.start_description = f"baseline ({origin} config)"
         return inc, (Candidate(cfg, (), source), built)
 
-    def _check_resumed_incumbent(self, cfg: ScheduleConfig, verdict: dict | None) -> None:
-        """A resumed results file's best kept trial is the bar to beat, but only the corpus holds its config: a
-        start from anything slower would log slower configs as keeps. Raises LoopError when the corpus does not
-        reach that trial's latency (results.tsv moved without its corpus.jsonl)."""
+    def _check_resumed_incumbent(self, cfg: ScheduleConfig) -> None:
+        """A resumed results file's best kept trial is the bar to beat, but only the corpus holds its config (the
+        start comes from the corpus): a start from anything slower would log slower configs as keeps. Raises
+        LoopError when the corpus holds no kept record of that trial's config (results.tsv moved without its
+        corpus.jsonl)."""
         kept = [r for r in self.rows if r.get("model") == self.name and r.get("gpu") == self.target.name
                 and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
         if best is None or best["schedule_id"] == cfg.schedule_id:
             return
-        known = verdict.get("latency_us") if verdict and verdict.get("latency_kind") == self.kind else None
-        if known is None or float(known) > float(best["latency_us"]):
+        known = self.corpus.exists() and any(
+            e.kept and e.schedule_id == best["schedule_id"]
+            for e in entries_for(load_records(self.corpus), self.name, self.target.name))
+        if not known:
             raise LoopError(f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at "
                             f"{float(best['latency_us']):.2f} us ({self.kind}) for {self.name} on {self.target.name}, "
                             f"but {self.corpus} holds no record of its config, the incumbent to continue from: resume "
