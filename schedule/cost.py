@@ -76,6 +76,7 @@ class Prediction:
     sms_used: int
     bytes_per_sm_max: int
     coefficients: CostCoefficients
+    unpriced: tuple[str, ...] = ()  # knobs of the program this prediction does not move with, each said in a line
 
     def to_dict(self) -> dict:
         return {"latency_us": self.latency_us, "features": self.features.to_dict(), "context": self.context,
@@ -189,7 +190,11 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
             raise CostModelError(f"no SM can run its next task (tasks {stuck[:8]} wait forever): the program "
                                  "deadlocks")
     used = sum(1 for q in program.queues if q)
-    return Prediction(end + coef.launch_us, end_path, ctx, used, max(sm_bytes, default=0), coef)
+    depth = int(program.build.get("PIPELINE_DEPTH", 0))
+    unpriced = () if pipelined or depth == 0 else (
+        f"pipelining_depth={depth}: the cost model prices the L2 prefetch as none (measured slower on an H100 and "
+        "an H200, schedule/cost.py), so the predicted latency does not change with it; only a GPU measures it",)
+    return Prediction(end + coef.launch_us, end_path, ctx, used, max(sm_bytes, default=0), coef, unpriced)
 
 
 def _ready(t: Task, signals: dict[int, list[tuple[float, Features]]]) -> tuple[float, Features] | None:

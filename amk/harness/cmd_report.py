@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from .commands import CommandResult, ExitCode, UsageError
+from .commands import CommandResult, ExitCode, UsageError, counted
 
 log = logging.getLogger("amk.cli")
 
@@ -163,7 +163,7 @@ def report(args) -> CommandResult:
 
 
 def _text(out: dict) -> str:
-    lines = [f"{out['trials']} trial{'' if out['trials'] == 1 else 's'}: " + ", ".join(f"{k} {n}" for k, n in out["statuses"].items())]
+    lines = [f"{counted(out['trials'], 'trial')}: " + ", ".join(f"{k} {n}" for k, n in out["statuses"].items())]
     for g in out["groups"]:
         lines.append(f"{g['model']} on {g['gpu']}: {g['trials']} trials, {g['kept']} kept")
         for kind, b in g["best"].items():

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .commands import CommandResult, ExitCode, read_config_arg, verdict_exit
+from .commands import CommandResult, ExitCode, counted, read_config_arg, verdict_exit
 
 log = logging.getLogger("amk.cli")
 
@@ -129,7 +129,7 @@ def loop(args) -> CommandResult:
 def loop_text(s: dict) -> str:
     inc = s["incumbent"]
     lat = f"{inc['latency_us']:.2f} us ({inc['latency_kind']})" if inc.get("latency_us") is not None else "no latency"
-    lines = [f"{s['trials']} trial{'' if s['trials'] == 1 else 's'} ({', '.join(f'{k} {n}' for k, n in s['statuses'].items())}); stopped: "
+    lines = [f"{counted(s['trials'], 'trial')} ({', '.join(f'{k} {n}' for k, n in s['statuses'].items())}); stopped: "
              f"{s['stopped']}; {s.get('trials_per_minute')} trials/minute"
              + (f" over {s['workers']} workers" if s.get("workers") else ""),
              f"incumbent {inc['schedule_id']} (program {inc.get('program_fingerprint')}): {lat}",

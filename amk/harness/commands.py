@@ -87,6 +87,11 @@ def verdict_exit(verdict: dict) -> ExitCode:
     return ExitCode.OK
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 trial', '3 trials'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def dumps(obj) -> str:
     return json.dumps(obj, indent=1, default=str)
 

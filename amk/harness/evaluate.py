@@ -271,11 +271,7 @@ def _predict(v: Verdict, program: MegakernelProgram, target: GpuTarget, calib) -
         v.notes.append(f"cost model: {e}")
         return
     v.predicted_latency_us = p.latency_us
-    depth = int(program.build.get("PIPELINE_DEPTH", 0))
-    if depth > 0 and int(program.build.get("PAGES", 0)) == 0:
-        v.notes.append(f"pipelining_depth={depth}: the cost model prices the L2 prefetch as none (measured slower on "
-                       "an H100 and an H200, schedule/cost.py), so the predicted latency does not change with it; "
-                       "only a GPU measures it")
+    v.notes += list(p.unpriced)
     v.cost = {"features": p.features.to_dict(), "context": p.context, "sms_used": p.sms_used,
               "bytes_per_sm_max": p.bytes_per_sm_max, "coefficients": p.coefficients.to_dict()}
 

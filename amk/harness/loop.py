@@ -151,7 +151,6 @@ class _Run(Rounds):
         if rows and not resume:
             raise LoopError(f"{results} already holds {len(rows)} trials: resume it (--resume; resume=True in "
                             "Python), or choose another results file")
-        self.rows = rows
         seed_config = None
         if incumbent is not None:
             seed_config = parse_config(incumbent)  # ConfigError names the field: a usage error
@@ -180,7 +179,7 @@ class _Run(Rounds):
         self.waited_rounds_s = self.waited_kernels_s = self.measuring_s = 0.0
         self.mine: set[str] = set()  # programs this loop measured
         try:
-            self.inc, self.start = self._prepare_start(seed_config)
+            self.inc, self.start = self._prepare_start(seed_config, rows)
         except BaseException:
             self.close()  # the builder processes and the thread cap go with a loop that cannot start
             raise
@@ -192,13 +191,14 @@ class _Run(Rounds):
         model = self.model if isinstance(self.model, Model) and self.builder.pool is None else self.name
         return BuildJob(model, self.target, cfg.to_dict(), self.dtype, self.max_seq, self.ranking.coefficients)
 
-    def _prepare_start(self, given: ScheduleConfig | None) -> tuple[Incumbent, tuple[Candidate, Built] | None]:
+    def _prepare_start(self, given: ScheduleConfig | None, rows: list[dict]
+                       ) -> tuple[Incumbent, tuple[Candidate, Built] | None]:
         origin = "given"
         if given is not None:
             cfg, source = given, Source.GIVEN
         else:
             cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus)
-            self._check_resumed_incumbent(cfg)
+            self._check_resumed_incumbent(cfg, rows)
             source = Source.BASELINE
         built = self.builder.build([self._job(cfg)])[0]
         if not built.valid and given is not None:
@@ -214,12 +214,12 @@ class _Run(Rounds):
         self.start_description = f"baseline ({origin} config)"
         return inc, (Candidate(cfg, (), source), built)
 
-    def _check_resumed_incumbent(self, cfg: ScheduleConfig) -> None:
+    def _check_resumed_incumbent(self, cfg: ScheduleConfig, rows: list[dict]) -> None:
         """A resumed results file's best kept trial is the bar to beat, but only the corpus holds its config (the
         start comes from the corpus): a start from anything slower would log slower configs as keeps. Raises
         LoopError when the corpus holds no kept record of that trial's config (results.tsv moved without its
         corpus.jsonl)."""
-        kept = [r for r in self.rows if r.get("model") == self.name and r.get("gpu") == self.target.name
+        kept = [r for r in rows if r.get("model") == self.name and r.get("gpu") == self.target.name
                 and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
         if best is None or best["schedule_id"] == cfg.schedule_id:
