@@ -44,6 +44,12 @@ class AttentionSoftmax(str, Enum):
     PARTITION = "partition"  # each partition normalises by its own (max, sum); the combine rescales
 
 
+class AttentionCombine(str, Enum):
+    LAST_PARTITION = "last_partition"  # the last partition task of a KV head to finish combines the head, once
+    O_INPUT = "o_input"  # every O projection task combines the partitions of its input slice while staging it
+    STAGE = "stage"  # a combine stage of one task per KV head between attention and O
+
+
 def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search=None):
     """A config field. `choices`/`minimum`/`maximum` bound what parses; `search` lists the values the
     search explores (defaults to `choices`). A field annotated `int | None` also parses null, which means
@@ -105,6 +111,13 @@ class AttentionConfig:
                                           "(max, sum), probabilities kept in fp32, then a combine that rescales them "
                                           "(2 stages)",
                                      choices=list(AttentionSoftmax))
+    combine: AttentionCombine = knob(AttentionCombine.O_INPUT,
+                                     help="with kv_partitions > 1, who combines a KV head's partitions: "
+                                          "'last_partition' the head's last partition task to finish (an arrival "
+                                          "counter says which), once per head, and O reads the combined output; "
+                                          "'o_input' every O task, for its input slice, while it stages it; "
+                                          "'stage' a combine stage of one task per KV head before O",
+                                     choices=list(AttentionCombine))
 
 
 @dataclass
@@ -117,10 +130,6 @@ class FusionConfig:
                                        choices=[True, False])
     residual_into_matvec: bool = knob(True, help="add into the residual stream in the O/down epilogue",
                                       choices=[True, False])
-    attention_combine_into_o: bool = knob(True, help="with kv_partitions > 1: the O projection combines the "
-                                                      "attention partitions while it stages its input, instead of a "
-                                                      "combine stage before it",
-                                          choices=[True, False])
 
 
 @dataclass
@@ -261,13 +270,21 @@ def _parse_object(cls, data, path, base, problems):
     for key, value in data.items():  # document order, so problems come back in the order they were written
         f = fields.get(key)
         if f is None:
-            problems.append(ConfigProblem(f"{path}.{key}", _unknown(key, list(fields), "key")))
+            moved = MOVED_KNOBS.get(f"{path}.{key}".removeprefix("$."))
+            problems.append(ConfigProblem(f"{path}.{key}", f"unknown key; {moved}" if moved
+                                          else _unknown(key, list(fields), "key")))
             continue
         kwargs[key] = _parse_value(hints[key], f.metadata, value, f"{path}.{key}", _default_of(f, base), problems)
     for name, f in fields.items():
         if name not in kwargs:
             kwargs[name] = _default_of(f, base)
     return cls(**kwargs)
+
+
+# knobs that became another knob: a config written for the old one is refused with the new spelling
+MOVED_KNOBS = {
+    "fusion.attention_combine_into_o": "it became attention.combine: true is 'o_input', false is 'stage'",
+}
 
 
 def _default_of(f: dataclasses.Field, base):

@@ -9,8 +9,9 @@ it was measured slower at every depth and cap (llama-3.2-1b bf16: 18-23% on an H
 loop_20261130_h200_llama_s0/results.tsv; 6-12% on an H100, bench/results/20261122-040834_h100-sxm_llama-3.2-
 1b_bf16_s3_third.json), so it is priced as the register path and the search's learned part charges what the
 GPU shows. On the register path a matvec task lasts as long as its busiest warp streams: its weight bytes are
-counted in whole steps of every consumer warp (autotile.streamed_bytes). The step is the latest finish plus the
-launch. Along the path that decides each finish we carry (memory microseconds, tasks, waits), so measured rows
+counted in whole steps of every consumer warp (autotile.streamed_bytes). A task of a join (attention.combine =
+last_partition) pays one more round trip, its arrival; the combine's own reads, like every activation read, are
+not priced. The step is the latest finish plus the launch. Along the path that decides each finish we carry (memory microseconds, tasks, waits), so measured rows
 fit the coefficients by least squares.
 """
 
@@ -24,13 +25,14 @@ import numpy as np
 
 from .autotile import WarpSplit, streamed_bytes
 from .errors import AmkError
-from .opcodes import Opcode
+from .opcodes import NO_BUFFER, Opcode
 from .program import MegakernelProgram, Task
 from .smem import consumer_threads
 from .targets import GpuTarget, get_target
 
 MIN_FIT_ROWS = 5
 LOAD_BYTES = 16  # one vectorised load (uint4)
+JOIN_OPCODES = (Opcode.ATTN_PARTIAL, Opcode.ATTN_VALUES)  # their params may make them tasks of a join
 
 
 class CostModelError(AmkError, ValueError):
@@ -163,7 +165,9 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
                 kv = kv_bytes(t, program, ctx)
                 kv_us = kv / rate
                 sm_bytes[s] += t.weight_bytes + kv
-                sync = coef.wait_us * len(t.waits)
+                # a join's task adds to its arrival counter before it signals: one more round trip to L2
+                rounds = len(t.waits) + (1 if t.opcode in JOIN_OPCODES and t.params.join.out != NO_BUFFER else 0)
+                sync = coef.wait_us * rounds
                 base_t, base = (sm_time[s], sm_path[s]) if sm_time[s] >= ready else (ready, ready_path)
                 if pipelined and t.prefetch and sm_time[s] + w_us * coef.mem_scale >= base_t + sync:
                     # the weights, streamed from the SM's free time, arrive after the deps are met and
@@ -173,10 +177,10 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
                 elif pipelined and t.prefetch:
                     # weights already on chip when the deps are met: only the KV read remains
                     fin = base_t + sync + kv_us * coef.mem_scale + coef.task_overhead_us
-                    path = base + Features(kv_us, 1, len(t.waits))
+                    path = base + Features(kv_us, 1, rounds)
                 else:
                     fin = base_t + sync + (w_us + kv_us) * coef.mem_scale + coef.task_overhead_us
-                    path = base + Features(w_us + kv_us, 1, len(t.waits))
+                    path = base + Features(w_us + kv_us, 1, rounds)
                 sm_time[s], sm_path[s] = fin, path
                 for cid in t.signals:
                     bisect.insort(signals[cid], (fin, path), key=lambda x: x[0])

@@ -31,10 +31,11 @@ class DepGraph:
 
 
 def build_graph(program) -> DepGraph:
-    tasks, n_counters = program.tasks, len(program.counters)
+    tasks, n_counters, joins = program.tasks, len(program.counters), program.joins
     n = len(tasks)
-    preds: list[list[int]] = [[] for _ in range(n + n_counters)]
-    qpreds: list[list[int]] = [[] for _ in range(n + n_counters)]
+    nodes = n + n_counters + len(joins)
+    preds: list[list[int]] = [[] for _ in range(nodes)]
+    qpreds: list[list[int]] = [[] for _ in range(nodes)]
     for tid, t in enumerate(tasks):
         for c in t.signals:
             if 0 <= c < n_counters:
@@ -43,6 +44,7 @@ def build_graph(program) -> DepGraph:
         for w in t.waits:
             if 0 <= w.counter < n_counters:
                 p.append(n + w.counter)
+    _join_edges(program, preds)
     queue_edge: dict[tuple[int, int], int] = {}
     for sm, q in enumerate(program.queues):
         prev = None
@@ -68,6 +70,28 @@ def build_graph(program) -> DepGraph:
     return DepGraph(n, preds, qpreds, queue_edge, order, cycle)
 
 
+def _join_edges(program, preds: list[list[int]]) -> None:
+    """Join j is node n + n_counters + j (after the counters): its tasks reach its arrival counter, the counter
+    reaches the join, and the join reaches every counter that all of its tasks signal (the last of them combines
+    before it signals). Call after the signal edges are in."""
+    tasks, n_counters = program.tasks, len(program.counters)
+    n = len(tasks)
+    for j, jn in enumerate(program.joins):
+        node = n + n_counters + j
+        members = [t for t in jn.tasks if 0 <= t < n]
+        if 0 <= jn.counter < n_counters:
+            preds[n + jn.counter] += members
+            preds[node].append(n + jn.counter)
+        if not members:
+            continue
+        common = set(tasks[members[0]].signals)
+        for t in members[1:]:
+            common &= set(tasks[t].signals)
+        for c in sorted(common):
+            if 0 <= c < n_counters:
+                preds[n + c].append(node)
+
+
 def _kahn(preds: list[list[int]]) -> tuple[list[int], set[int]]:
     """(topological order of what can be ordered, the nodes left on or behind a cycle)."""
     m = len(preds)
@@ -90,24 +114,39 @@ def _kahn(preds: list[list[int]]) -> tuple[list[int], set[int]]:
 
 def _id_order(preds, qpreds, n, n_counters) -> list[int] | None:
     """The fast path: when every edge runs from a lower task id to a higher one (a lowered program's
-    queues keep task-id order), task-id order with each counter just before its first waiter is a
-    topological order. None when some edge runs backwards."""
-    maxsig = [max(ps) if ps else -1 for ps in preds[n:]]
-    emitted = [False] * n_counters
+    queues keep task-id order), task-id order with each counter (and each join, see _join_edges) just before
+    its first waiter is a topological order. None when some edge runs backwards."""
+    m = len(preds)
+    maxsig = [-1] * m  # per counter and join: the highest task id behind it
+    for v in range(n, m):  # a join's counter comes before it, and its node before the counters it reaches
+        maxsig[v] = max((p if p < n else maxsig[p] for p in preds[v]), default=-1)
+    for v in range(n, n + n_counters):  # a counter a join reaches: the join's own tasks are behind it too
+        for p in preds[v]:
+            if p >= n + n_counters:
+                maxsig[v] = max(maxsig[v], maxsig[p])
+    emitted = [False] * m
     order: list[int] = []
+
+    def emit(v: int) -> None:
+        emitted[v] = True
+        for p in preds[v]:
+            if p >= n and not emitted[p]:
+                emit(p)
+        order.append(v)
+
     for t in range(n):
         for p in preds[t]:
-            c = p - n
-            if maxsig[c] >= t:
+            if maxsig[p] >= t:
                 return None
-            if not emitted[c]:
-                emitted[c] = True
-                order.append(p)
+            if not emitted[p]:
+                emit(p)
         for p in qpreds[t]:
             if p >= t:
                 return None
         order.append(t)
-    order += [n + c for c in range(n_counters) if not emitted[c]]
+    for v in range(n, m):
+        if not emitted[v]:
+            emit(v)
     return order
 
 
@@ -135,7 +174,12 @@ def report_cycle(program, graph: DepGraph, report, tname) -> None:
     n, cyc = graph.n_tasks, graph.cycle
     task_ids = [v for v, _ in cyc if v < n]
     names = program.counters
-    hops = " -> ".join(tname(v) if v < n else f"counter {v - n} ({names[v - n].name})" for v, _ in cyc)
+    nc = len(names)
+
+    def node(v: int) -> str:  # the sweep's id of join j is n + j, its node's n + nc + j
+        return tname(v) if v < n else f"counter {v - n} ({names[v - n].name})" if v < n + nc else tname(v - nc)
+
+    hops = " -> ".join(node(v) for v, _ in cyc)
     q = next(((v, cyc[(i + 1) % len(cyc)][0]) for i, (v, is_q) in enumerate(cyc) if is_q), None)
     if q is None:
         report("CYCLE", f"deadlock: tasks wait on each other's counters: {hops} -> back", tuple(task_ids))
@@ -145,18 +189,20 @@ def report_cycle(program, graph: DepGraph, report, tname) -> None:
            f"happen before {tname(a)}: deadlock cycle {hops} -> back", (a, b, *(t for t in task_ids if t not in q)))
 
 
-def reach_sets(graph: DepGraph) -> list[int]:
-    """Per task: the bitset of tasks that happen before it, itself included."""
+def reach_sets(graph: DepGraph, n_joins: int = 0) -> list[int]:
+    """Per task, then per join (ids n + j, as the sweep numbers them): the bitset of tasks and joins that
+    happen before it, itself included. The last `n_joins` nodes of the graph are the joins."""
     n, preds, qpreds = graph.n_tasks, graph.preds, graph.qpreds
+    first_join = len(preds) - n_joins
     reach = [0] * len(preds)
     for v in graph.order:
-        a = 1 << v if v < n else 0
+        a = 1 << v if v < n else (1 << (n + v - first_join) if v >= first_join else 0)
         for p in preds[v]:
             a |= reach[p]
         for p in qpreds[v]:
             a |= reach[p]
         reach[v] = a
-    return reach[:n]
+    return reach[:n] + reach[first_join:]
 
 
 def _writes_by_stage(groups, pos) -> dict:
@@ -205,6 +251,15 @@ def collect(program, on_error) -> dict[object, Groups]:
                         lst.append(tid)
         except Exception as e:  # noqa: BLE001 - reported by the caller
             on_error(tid, e)
+    n = len(program.tasks)
+    for j, jn in enumerate(program.joins):  # between its tasks' stage and the next: the combine reads their parts
+        first = jn.tasks[0] if jn.tasks and 0 <= jn.tasks[0] < n else None
+        if first is None:
+            continue
+        st = program.tasks[first].stage + 0.5
+        for w, regions in ((0, jn.reads), (1, jn.writes)):
+            for r in regions:
+                per.setdefault(r.buffer, {}).setdefault((st, w, r.start, r.start + r.length), []).append(n + j)
     return per
 
 

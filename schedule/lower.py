@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 
@@ -12,7 +13,7 @@ from .config import ScheduleConfig
 from .errors import LoweringError
 from .graph import Graph, ModelDims, build_graph
 from .opcodes import DType
-from .program import Counter, MegakernelProgram, ProgramConstants, Task, Wait
+from .program import Counter, Join, MegakernelProgram, ProgramConstants, Task, Wait
 from .stages import Stage, plan_stages, value_sizes
 from .sync import StageGraph, stage_graph
 from .targets import GpuTarget, get_target
@@ -58,6 +59,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     drafts = [tiler.tile(st) for st in stages]
     tasks = _make_tasks(stages, drafts)
     counters = _attach_sync(stages, sgraph, tasks, drafts)
+    joins = _attach_joins(tasks, drafts, counters)
     constants = _constants(dims, dtype, max_seq, buffers)
     queues = assign_sms(tasks, counters, constants, target.sm_count, config.sm)
     return MegakernelProgram(
@@ -66,6 +68,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
         build=build_defines(config),
         meta={"model": name, "target": target.name, "schedule_id": schedule_id, "max_seq": max_seq,
               "dtype": dtype.name, "stages": len(stages), "derived": derived},
+        joins=joins,
     )
 
 
@@ -151,3 +154,24 @@ def _attach_sync(stages: list[Stage], sg: StageGraph, tasks: list[Task], drafts:
         t.waits = tuple(waits)
         t.signals = tuple(signals[t.id])
     return counters
+
+
+def _attach_joins(tasks: list[Task], drafts: list[list[TaskDraft]], counters: list[Counter]) -> list[Join]:
+    """One arrival counter and one Join per (stage, join key): the tasks of a KV head that combine it when last.
+    The counter is appended to `counters`; each member's params learn its id."""
+    members: dict[tuple[int, int], list[Task]] = {}
+    found: dict[tuple[int, int], TaskDraft] = {}
+    for t, d in zip(tasks, (d for ds in drafts for d in ds)):
+        if d.join is not None:
+            key = (t.stage, d.join.key)
+            members.setdefault(key, []).append(t)
+            found[key] = d
+    joins: list[Join] = []
+    for key, ts in members.items():
+        cid = len(counters)
+        counters.append(Counter(cid, f"{ts[0].kind}@{key[0]}.g{key[1]}.arrivals", len(ts)))
+        for t in ts:
+            t.params = dataclasses.replace(t.params, join=dataclasses.replace(t.params.join, arrivals=cid))
+        j = found[key].join
+        joins.append(Join(cid, tuple(t.id for t in ts), j.reads, j.writes))
+    return joins

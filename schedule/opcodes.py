@@ -81,6 +81,15 @@ class EpilogueParams:
 
 
 @dataclass(frozen=True)
+class JoinCombine:
+    """ATTN_PARTIAL / ATTN_VALUES: the last partition task of a KV head to finish combines the head's partitions
+    (as ATTN_COMBINE would, weighted by the partitions' (max, sum) under the partition softmax) into `out`."""
+    out: int = NO_BUFFER  # combined attention output [n_heads * head_dim]; NO_BUFFER: the task only stores its part
+    out_off: int = 0
+    arrivals: int = 0  # counter the head's partition tasks add 1 to when their part is stored (the program's join)
+
+
+@dataclass(frozen=True)
 class EmbedParams:
     table: int
     token: int  # I32 buffer holding the token id
@@ -174,6 +183,7 @@ class AttnValuesParams:
     out_off: int
     chunk: int
     window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
+    join: JoinCombine = JoinCombine()
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,7 @@ class AttnPartialParams:
     chunk: int
     stage: int  # K and V rows of earlier steps copied into shared memory before the dependency wait
     window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
+    join: JoinCombine = JoinCombine()
 
 
 @dataclass(frozen=True)
@@ -230,7 +241,7 @@ PARAMS_OF: dict[Opcode, type] = {
     Opcode.ARGMAX: ArgmaxParams,
 }
 # every params dataclass, nested ones included: what to_dict and flat_values recurse into
-PARAMS_TYPES = frozenset(PARAMS_OF.values()) | {EpilogueParams}
+PARAMS_TYPES = frozenset(PARAMS_OF.values()) | {EpilogueParams, JoinCombine}
 
 # ---- ABI ------------------------------------------------------------------------------------------
 INSTR_WORDS = 64  # int32 words per packed instruction

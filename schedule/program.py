@@ -157,6 +157,28 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Join:
+    """Work the last of `tasks` to finish its own part does before it signals: each task adds 1 to `counter`
+    once its part is stored, and the one that brings it to len(tasks) this step reads `reads` (the others'
+    parts) and writes `writes`. Only that task knows it is last, so the hazard check treats the join as a task
+    of its own that every one of `tasks` happens before and that happens before whatever waits for all of them.
+    """
+    counter: int
+    tasks: tuple[int, ...]
+    reads: tuple[Region, ...]
+    writes: tuple[Region, ...]
+
+    def to_dict(self) -> dict:
+        return {"counter": self.counter, "tasks": list(self.tasks), "reads": [list(r) for r in self.reads],
+                "writes": [list(r) for r in self.writes]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Join:
+        return cls(d["counter"], tuple(d["tasks"]), tuple(map(_REGION, d["reads"])),
+                   tuple(map(_REGION, d["writes"])))
+
+
+@dataclass(frozen=True)
 class ProgramConstants:
     """Model facts every VM needs; the same for all tasks of a program."""
 
@@ -198,6 +220,7 @@ class MegakernelProgram:
     smem_per_block: int
     build: dict = field(default_factory=dict)  # compile-time VM knobs (name -> int)
     meta: dict = field(default_factory=dict)  # model, target, schedule_id: informational
+    joins: list[Join] = field(default_factory=list)  # work done by the last of a group of tasks to finish
 
     @property
     def num_sms(self) -> int:
@@ -227,6 +250,7 @@ class MegakernelProgram:
             "smem_per_block": self.smem_per_block,
             "build": self.build,
             "meta": self.meta,
+            "joins": [j.to_dict() for j in self.joins],
         }
 
     def to_json(self) -> str:
@@ -246,6 +270,7 @@ class MegakernelProgram:
             smem_per_block=d["smem_per_block"],
             build=dict(d.get("build", {})),
             meta=dict(d.get("meta", {})),
+            joins=[Join.from_dict(j) for j in d.get("joins", [])],
         )
 
     def fingerprint(self) -> str:
@@ -306,6 +331,9 @@ def _params_to_dict(params) -> dict:
             for name in oc.field_names(type(params))}
 
 
+_NESTED_PARAMS = {"epi": oc.EpilogueParams, "join": oc.JoinCombine}
+
+
 def _params_from_dict(cls, d: dict):
-    return cls(**{name: _params_from_dict(oc.EpilogueParams, v) if isinstance(v := d[name], dict) else v
+    return cls(**{name: _params_from_dict(_NESTED_PARAMS[name], v) if isinstance(v := d[name], dict) else v
                   for name in oc.field_names(cls)})

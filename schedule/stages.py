@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import AttentionSoftmax, FusionConfig, ScheduleConfig
+from .config import AttentionCombine, AttentionSoftmax, FusionConfig, ScheduleConfig
 from .graph import Graph, OpKind
 
 
@@ -105,18 +105,23 @@ def plan_stages(graph: Graph, config: ScheduleConfig) -> list[Stage]:
             q, kv, sc = inst("q", layer), f"kv.{layer}", inst("scores", layer)
             if parts == 1:
                 emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, inst("attn", layer)], window=op.window)
-            elif config.attention.softmax == AttentionSoftmax.PARTITION:
-                stats, part = inst("attn_stats", layer), inst("attn_part", layer)
-                emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, stats, part], window=op.window)
-                if not fusion.attention_combine_into_o:
-                    emit(kind="attention_combine", layer=layer, reads=[part, stats], writes=[inst("attn", layer)])
             else:
                 stats, part = inst("attn_stats", layer), inst("attn_part", layer)
-                emit(kind="attention", layer=layer, reads=[q, kv], writes=[sc, stats], window=op.window)
-                emit(kind="attention_values", layer=layer, reads=[sc, stats, kv], writes=[part],
-                     window=op.window)
-                if not fusion.attention_combine_into_o:
-                    emit(kind="attention_combine", layer=layer, reads=[part], writes=[inst("attn", layer)])
+                weighted = config.attention.softmax == AttentionSoftmax.PARTITION
+                combined = [part] + ([stats] if weighted else [])  # what a combine of the partitions reads
+                how = config.attention.combine
+                # the last partition task of each KV head combines the head: the stage also reads the partitions
+                join = how == AttentionCombine.LAST_PARTITION
+                j_reads, j_writes = (combined, [inst("attn", layer)]) if join else ([], [])
+                if weighted:
+                    emit(kind="attention", layer=layer, reads=[q, kv, sc] + j_reads,
+                         writes=[sc, stats, part] + j_writes, window=op.window)
+                else:
+                    emit(kind="attention", layer=layer, reads=[q, kv], writes=[sc, stats], window=op.window)
+                    emit(kind="attention_values", layer=layer, reads=[sc, stats, kv] + j_reads,
+                         writes=[part] + j_writes, window=op.window)
+                if how == AttentionCombine.STAGE:
+                    emit(kind="attention_combine", layer=layer, reads=combined, writes=[inst("attn", layer)])
         elif op.kind == OpKind.ARGMAX:
             emit(kind="argmax", layer=-1, reads=["argmax_pairs"], writes=["token"])
         # ROPE, KV_APPEND, SILU_MUL and ADD are consumed by _emit_matvec (fused or as their own stage)
@@ -137,7 +142,7 @@ def _emit_matvec(emit, inst, role, op, layer, ops, i, config: ScheduleConfig, pe
     else:
         reads = ["x"]
     combine = {}
-    if role == "o" and config.attention.kv_partitions > 1 and fusion.attention_combine_into_o:
+    if role == "o" and config.attention.kv_partitions > 1 and config.attention.combine == AttentionCombine.O_INPUT:
         weighted = config.attention.softmax == AttentionSoftmax.PARTITION
         reads = [inst("attn_part", layer)] + ([inst("attn_stats", layer)] if weighted else [])
         combine = {"combine_parts": config.attention.kv_partitions, "combine_weighted": weighted}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from . import opcodes as oc
 from .buffers import BufferTable, Placement, lm_head_buffer
-from .config import AttentionSoftmax, ScheduleConfig
+from .config import AttentionCombine, AttentionSoftmax, ScheduleConfig
 from .errors import LoweringError
 from .graph import ModelDims
 from .opcodes import NO_BUFFER, Epilogue, EpilogueParams, Opcode
@@ -47,6 +47,16 @@ class TaskDraft:
     prefetch: list[Prefetch]
     weight_bytes: int
     groups: tuple[int, ...] = ()
+    join: JoinDraft | None = None  # the combine the last of its group's partition tasks does
+
+
+@dataclass(frozen=True)
+class JoinDraft:
+    """A KV head's combine, done by the last of the head's partition tasks to finish (a Join of the program:
+    lowering gives each (stage, key) its arrival counter)."""
+    key: int  # the KV head
+    reads: tuple[Region, ...]
+    writes: tuple[Region, ...]
 
 
 class Tiler:
@@ -170,7 +180,7 @@ class Tiler:
             stats = self.val("attn_stats", st.layer) if st.combine_weighted else None
             combine = (st.combine_parts, stats.buffer if stats else oc.NO_BUFFER, stats.offset if stats else 0)
             if self.d.head_dim % 4:
-                raise LoweringError("fusion.attention_combine_into_o", f"combines 4 elements of one head at a time; "
+                raise LoweringError("attention.combine", f"'o_input' combines 4 elements of one head at a time; "
                                     f"head_dim={self.d.head_dim} is not a multiple of 4")
         elif st.norm:
             inp, norm_w = self.val("x", -1), self.b[st.norm]
@@ -396,17 +406,42 @@ class Tiler:
             need = attention_partial_smem_bytes(1, 1, d, self._consumers(), self.dtype.nbytes)
             raise LoweringError("smem_per_block", f"leaves {work} bytes of working shared memory; attention.softmax="
                                 f"partition needs at least {need}")
+        join, jp = self._join(layer, g)
         out = []
         for part in range(parts):
             p = oc.AttnPartialParams(layer, g, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], part, parts,
                                      sc.buffer, sc.offset, stats.buffer, stats.offset, o.buffer, o.offset, chunk,
-                                     chunk, window)
+                                     chunk, window, jp)
             s_reg = self.region(sc, (part * d.n_heads + g * G) * cap, G * cap)
             w = [s_reg, self.region(stats, (part * d.n_heads + g * G) * 2, G * 2),
                  self.region(o, (part * d.n_heads + g * G) * hd, G * hd)]
             out.append(TaskDraft(Opcode.ATTN_PARTIAL, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg], w, [], 0,
-                                 (g,)))
+                                 (g,), join))
         return out
+
+    def _combined(self, layer: int, g: int) -> tuple[oc.AttnCombineParams, list[Region], list[Region]]:
+        """Combining KV head g's partitions: the params, the regions read (every partition's values of the head
+        and, under the partition softmax, their (max, sum)) and the region written (the head's attention output).
+        """
+        d, parts = self.d, self.cfg.attention.kv_partitions
+        part_v, o = self.val("attn_part", layer), self.val("attn", layer)
+        G, hd = d.group, d.head_dim
+        reads = [self.region(part_v, (p * d.n_heads + g * G) * hd, G * hd) for p in range(parts)]
+        stats = (NO_BUFFER, 0)
+        if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
+            st_v = self.val("attn_stats", layer)
+            stats = (st_v.buffer, st_v.offset)
+            reads += [self.region(st_v, (p * d.n_heads + g * G) * 2, G * 2) for p in range(parts)]
+        p = oc.AttnCombineParams(g, part_v.buffer, part_v.offset, parts, o.buffer, o.offset, *stats)
+        return p, reads, [self.region(o, g * G * hd, G * hd)]
+
+    def _join(self, layer: int, g: int) -> tuple[JoinDraft | None, oc.JoinCombine]:
+        """With attention.combine = last_partition: KV head g's combine as a join of its partition tasks, and the
+        params that name the output (the arrival counter is set when lowering allocates it)."""
+        if self.cfg.attention.combine != AttentionCombine.LAST_PARTITION:
+            return None, oc.JoinCombine()
+        p, reads, writes = self._combined(layer, g)
+        return JoinDraft(g, tuple(reads), tuple(writes)), oc.JoinCombine(p.out, p.out_off)
 
     def _values(self, st: Stage) -> list[TaskDraft]:
         d, layer = self.d, st.layer
@@ -417,31 +452,22 @@ class Tiler:
         chunk = attention_chunk(self._work_smem(), d)
         out = []
         for g in range(d.n_kv_heads):
+            join, jp = self._join(layer, g)
             for part in range(parts):
                 p = oc.AttnValuesParams(layer, g, self.b["vcache"], part, parts, sc.buffer, sc.offset, stats.buffer,
-                                        stats.offset, o.buffer, o.offset, chunk, st.window)
+                                        stats.offset, o.buffer, o.offset, chunk, st.window, jp)
                 r = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap), self.kv_slab("vcache", layer, g),
                      Region(self.b["pos"], 0, 1)]
                 r += [self.region(stats, (pp * d.n_heads + g * G) * 2, G * 2) for pp in range(parts)]
                 w = [self.region(o, (part * d.n_heads + g * G) * hd, G * hd)]
-                out.append(TaskDraft(Opcode.ATTN_VALUES, p, r, w, [], 0, (g,)))
+                out.append(TaskDraft(Opcode.ATTN_VALUES, p, r, w, [], 0, (g,), join))
         return out
 
     def _combine(self, st: Stage) -> list[TaskDraft]:
-        d, layer = self.d, st.layer
-        parts = self.cfg.attention.kv_partitions
-        part_v, o = self.val("attn_part", layer), self.val("attn", layer)
-        G, hd = d.group, d.head_dim
         out = []
-        for g in range(d.n_kv_heads):
-            reads = [self.region(part_v, (p * d.n_heads + g * G) * hd, G * hd) for p in range(parts)]
-            stats = (NO_BUFFER, 0)
-            if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
-                st_v = self.val("attn_stats", layer)
-                stats = (st_v.buffer, st_v.offset)
-                reads += [self.region(st_v, (p * d.n_heads + g * G) * 2, G * 2) for p in range(parts)]
-            p = oc.AttnCombineParams(g, part_v.buffer, part_v.offset, parts, o.buffer, o.offset, *stats)
-            out.append(TaskDraft(Opcode.ATTN_COMBINE, p, reads, [self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
+        for g in range(self.d.n_kv_heads):
+            p, reads, writes = self._combined(st.layer, g)
+            out.append(TaskDraft(Opcode.ATTN_COMBINE, p, reads, writes, [], 0, (g,)))
         return out
 
     def _argmax(self) -> TaskDraft:

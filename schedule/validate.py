@@ -76,7 +76,7 @@ MAX_ISSUES_PER_KIND = 20
 BUFFER_FIELDS = frozenset({"table", "token", "weight", "kcache", "vcache", "epi.out"})
 OPTIONAL_BUFFER_FIELDS = frozenset({"norm_weight", "epi.bias", "epi.kcache", "epi.vcache", "epi.qnorm",
                                     "epi.knorm", "epi.argmax", "part_stats",
-                                    "inp_stats"})
+                                    "inp_stats", "join.out"})
 
 
 class _Report:
@@ -91,8 +91,16 @@ class _Report:
         n = self.counts.get(kind, 0)
         self.counts[kind] = n + 1
         if n < MAX_ISSUES_PER_KIND:
-            self.issues.append(ValidationIssue(kind, message, tuple(t for t in tasks if isinstance(t, int)),
+            self.issues.append(ValidationIssue(kind, message, tuple(self._task_of(t) for t in tasks
+                                                                    if isinstance(t, int)),
                                                tuple(str(b) for b in buffers)))
+
+    def _task_of(self, tid: int) -> int:
+        """A task id; the hazard sweep numbers each join after the tasks: it is reported as its first task."""
+        n = len(self.program.tasks)
+        if tid >= n and tid - n < len(self.program.joins):
+            return self.program.joins[tid - n].tasks[0]
+        return tid
 
     def internal(self, where: str, exc: BaseException) -> None:
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
@@ -100,6 +108,11 @@ class _Report:
 
     def tname(self, tid) -> str:
         try:
+            n = len(self.program.tasks)
+            if tid >= n and tid - n < len(self.program.joins):
+                j = self.program.joins[tid - n]
+                return (f"the combine of counter {j.counter} ({self.program.counters[j.counter].name}) by the last "
+                        f"of tasks {', '.join(map(str, j.tasks[:4]))}{', ...' if len(j.tasks) > 4 else ''}")
             return f"task {tid} ({self.program.tasks[tid].kind})" if tid >= 0 else f"task {tid}"
         except Exception:
             return f"task {tid}"
@@ -155,7 +168,7 @@ def _validate(program, target, rep: _Report) -> None:
         _guarded(rep, "deadlock", hazards.report_cycle, program, graph, rep.add, rep.tname)
         return
     if counters_ok:
-        reach = _guarded(rep, "happens-before", hazards.reach_sets, graph)
+        reach = _guarded(rep, "happens-before", hazards.reach_sets, graph, len(program.joins))
         if reach is not None and per is not None:
             _guarded(rep, "hazards", hazards.sweep, program, per, reach, rep.add, rep.tname)
 
@@ -398,6 +411,7 @@ def _check_counters(program, rep: _Report) -> None:
             else:
                 rep.add(IssueKind.UNSATISFIABLE_WAIT, f"{rep.tname(tid)} signals counter {s!r}, which does not "
                         "exist", tasks=(tid,))
+    _count_arrivals(program, signalled, rep)
     for c in counters:
         if 0 <= c.id < nc and c.producers != signalled[c.id]:
             rep.add(IssueKind.UNSATISFIABLE_WAIT, f"counter {c.id} ({c.name}) declares {c.producers} producers "
@@ -420,3 +434,30 @@ def _check_counters(program, rep: _Report) -> None:
             elif n < cn.producers and cn.producers > 1:
                 rep.add(IssueKind.PARTIAL_WAIT, f"{rep.tname(tid)} waits for {n} of the {cn.producers} producers "
                         f"of counter {cid} ({cn.name}); the count cannot say which finished", tasks=(tid,))
+
+
+def _count_arrivals(program, signalled: list[int], rep: _Report) -> None:
+    """A join's tasks each add 1 to its counter once (inside the task, not as a signal): count them, and check
+    that every task of the join names that counter, and that no other task does."""
+    nc, n = len(program.counters), len(program.tasks)
+    named: dict[int, int] = {}  # task -> the counter its params add to
+    for tid, t in enumerate(program.tasks):
+        j = getattr(t.params, "join", None)
+        if j is not None and j.out != oc.NO_BUFFER:
+            named[tid] = j.arrivals
+    for j in program.joins:
+        if not (isinstance(j.counter, int) and 0 <= j.counter < nc):
+            rep.add(IssueKind.UNSATISFIABLE_WAIT, f"a join names counter {j.counter!r}, which does not exist",
+                    tasks=j.tasks[:1])
+            continue
+        for tid in j.tasks:
+            if not (isinstance(tid, int) and 0 <= tid < n):
+                rep.add(IssueKind.ABI, f"the join of counter {j.counter} lists task {tid!r}, which does not exist")
+            elif named.pop(tid, None) != j.counter:
+                rep.add(IssueKind.UNSATISFIABLE_WAIT, f"{rep.tname(tid)} is a task of the join of counter "
+                        f"{j.counter} but its params do not add to that counter", tasks=(tid,))
+            else:
+                signalled[j.counter] += 1
+    for tid, cid in named.items():
+        rep.add(IssueKind.UNSATISFIABLE_WAIT, f"{rep.tname(tid)} adds to counter {cid} as a join's task, but no join "
+                "of the program lists it", tasks=(tid,))

@@ -73,9 +73,10 @@ def test_partition_and_global_softmax_give_the_same_step_in_fp32():
 def test_two_attention_stages_per_layer_and_a_weighted_combine():
     model = amk.load_model("toy-2L", dtype="fp32", weights=False)
     d = model.dims
-    unfused = {"fusion": {"attention_combine_into_o": False}}
-    glob = lower(model, "cpu-sim", {"attention": {"kv_partitions": 4, "softmax": "global"}, **unfused}, max_seq=64)
-    part = lower(model, "cpu-sim", _cfg(4, **unfused), max_seq=64)
+    glob = lower(model, "cpu-sim", {"attention": {"kv_partitions": 4, "softmax": "global", "combine": "stage"}},
+                 max_seq=64)
+    part = lower(model, "cpu-sim", {"attention": {"kv_partitions": 4, "softmax": "partition", "combine": "stage"}},
+                 max_seq=64)
 
     def kinds(p):
         return sorted({t.kind for t in p.tasks if t.kind.startswith("attention")})
@@ -120,7 +121,7 @@ def test_softmax_is_inert_with_one_partition_only():
 @pytest.mark.parametrize("softmax", ["global", "partition"])
 def test_o_projection_combines_the_partitions_when_fused(softmax):
     model = amk.load_model("toy-2L", dtype="fp32")
-    cfg = {"attention": {"kv_partitions": 4, "softmax": softmax}, "fusion": {"attention_combine_into_o": True}}
+    cfg = {"attention": {"kv_partitions": 4, "softmax": softmax, "combine": "o_input"}}
     prog = lower(model, "cpu-sim", cfg, max_seq=64)
     assert not [t for t in prog.tasks if t.opcode == Opcode.ATTN_COMBINE]
     o_tasks = [t for t in prog.tasks if t.kind == "o"]
@@ -128,12 +129,12 @@ def test_o_projection_combines_the_partitions_when_fused(softmax):
     assert all((t.params.inp_stats != NO_BUFFER) == (softmax == "partition") for t in o_tasks)
     assert validate(prog, "cpu-sim").ok
     assert verify(prog, model, device="cpu", vm="reference", cases="reduced").ok
-    # the same step as with a combine stage, to fp32 rounding
+    # the same step as with a combine stage or the last partition combining, to fp32 rounding
     outs = []
-    for fused in (False, True):
-        p = lower(model, "cpu-sim", {**cfg, "fusion": {"attention_combine_into_o": fused}}, max_seq=64)
+    for how in ("o_input", "stage", "last_partition"):
+        p = lower(model, "cpu-sim", {"attention": {**cfg["attention"], "combine": how}}, max_seq=64)
         outs.append(ReferenceVM(p, pack_weights(model.eager, p, device="cpu")).step(3)[0])
-    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert torch.allclose(outs[0], outs[1], atol=1e-5) and torch.allclose(outs[0], outs[2], atol=1e-5)
 
 
 @pytest.mark.parametrize("group, head_dim, cache_bytes", [(3, 64, 2), (4, 64, 2), (7, 64, 4), (8, 128, 2), (2, 128, 2)])

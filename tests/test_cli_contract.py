@@ -108,8 +108,8 @@ def test_an_interrupt_is_its_own_exit_code(capsys, monkeypatch):
 @pytest.mark.parametrize("config, gpu, note", [
     ({"attention": {"kv_partitions": 1, "softmax": "global"}}, "cpu-sim",
      "attention.softmax=global has no effect: with attention.kv_partitions=1"),
-    ({"attention": {"kv_partitions": 1}, "fusion": {"attention_combine_into_o": False}}, "cpu-sim",
-     "fusion.attention_combine_into_o=false has no effect"),
+    ({"attention": {"kv_partitions": 1, "combine": "stage"}}, "cpu-sim",
+     "attention.combine=stage has no effect"),
     ({"build": {"l2_prefetch_kb": 64}}, "h100-sxm", "build.l2_prefetch_kb=64 has no effect: it caps the L2 prefetch"),
     ({"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64}, "pipeline": {"pages": 2}}, "h100-sxm",
      "build.l2_prefetch_kb=64 has no effect: with pipeline.pages=2"),

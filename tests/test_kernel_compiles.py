@@ -19,7 +19,7 @@ NVCC = shutil.which("nvcc")
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 @pytest.mark.parametrize("cfg", [{"attention": {"kv_partitions": 1}},
-                                 {"attention": {"softmax": "partition"}, "fusion": {"attention_combine_into_o": False}},
+                                 {"attention": {"softmax": "partition", "combine": "stage"}},
                                  {"attention": {"softmax": "global"}}], ids=["decode", "partition", "scores-values"])
 def test_windowed_kernel_compiles_for_sm90(tmp_path, cfg):
     model = amk.load_model(mistral_window(tmp_path / "m"), dtype="bf16", weights=False)

@@ -16,7 +16,7 @@ def _defines(prog) -> dict[str, int]:
 
 def test_header_names_every_opcode_and_epilogue_the_program_uses_and_only_those():
     model = amk.load_model("toy", dtype="fp32")
-    for cfg in ({}, {"attention": {"softmax": "global"}}, {"fusion": {"attention_combine_into_o": False}},
+    for cfg in ({}, {"attention": {"softmax": "global"}}, {"attention": {"combine": "stage"}},
                 {"matvec": {"down": {"k_splits": 2}}}):
         prog = lower(model, get_target("cpu-sim"), cfg, max_seq=64)
         uses = _defines(prog)

@@ -222,8 +222,13 @@ def _relocate_params(params, v: int, w: int, off: int):
     return dataclasses.replace(params, **changes) if changes else params
 
 
+def _join_touches(j, bid: int) -> bool:
+    return any(r.buffer == bid for r in (*j.reads, *j.writes))
+
+
 def _lifetime(p, bid: int) -> tuple[int, int]:
     stages = [t.stage for t in p.tasks if any(r.buffer == bid for r in (*t.reads, *t.writes))]
+    stages += [p.tasks[j.tasks[0]].stage for j in p.joins if _join_touches(j, bid)]  # a join runs in its tasks
     return min(stages), max(stages)
 
 
@@ -233,7 +238,8 @@ def _retarget(p, rng, disjoint: bool):
     that value. `disjoint`: the two values' lifetimes (first to last stage touching them) do not overlap,
     so the program computes what it did whenever the writes are ordered after the earlier value's reads;
     else they overlap, and an ordered write may replace a value that a later stage still reads."""
-    used = {r.buffer for t in p.tasks for r in (*t.reads, *t.writes)}
+    used = {r.buffer for t in p.tasks for r in (*t.reads, *t.writes)} | {r.buffer for j in p.joins
+                                                                         for r in (*j.reads, *j.writes)}
     scratch = [b for b in p.buffers if b.kind == BufferKind.SCRATCH and b.arena == NO_BUFFER and b.id in used]
     life = {b.id: _lifetime(p, b.id) for b in scratch}
     rng.shuffle(scratch)
@@ -247,12 +253,16 @@ def _retarget(p, rng, disjoint: bool):
         return None
     w = rng.choice(hosts)
     off = 0 if rng.random() < 0.5 else rng.randrange(0, w.numel - v.numel + 1) // 2 * 2
+    def moved(regions):
+        return tuple(Region(w.id, r.start + off, r.length) if r.buffer == v.id else r for r in regions)
+
+    joined = {tid for j in p.joins if _join_touches(j, v.id) for tid in j.tasks}  # their params name the output
     for t in p.tasks:
-        if not any(r.buffer == v.id for r in (*t.reads, *t.writes)):
+        if not (t.id in joined or any(r.buffer == v.id for r in (*t.reads, *t.writes))):
             continue
         t.params = _relocate_params(t.params, v.id, w.id, off)
-        t.reads = tuple(Region(w.id, r.start + off, r.length) if r.buffer == v.id else r for r in t.reads)
-        t.writes = tuple(Region(w.id, r.start + off, r.length) if r.buffer == v.id else r for r in t.writes)
+        t.reads, t.writes = moved(t.reads), moved(t.writes)
+    p.joins = [dataclasses.replace(j, reads=moved(j.reads), writes=moved(j.writes)) for j in p.joins]
     return (f"value {v.name} (stages {life[v.id][0]}-{life[v.id][1]}) moved to {w.name}[{off}:{off + v.numel}) "
             f"(stages {life[w.id][0]}-{life[w.id][1]})")
 

@@ -13,7 +13,8 @@ from amk.schedule.opcodes import Opcode
 
 CONFIGS = [{}, {"attention": {"kv_partitions": 1}}, {"attention": {"softmax": "global"}},
            {"attention": {"kv_partitions": 8, "softmax": "partition", "sync": "stage"}},
-           {"attention": {"kv_partitions": 8}, "fusion": {"attention_combine_into_o": False}}]
+           {"attention": {"kv_partitions": 8, "combine": "stage"}},
+           {"attention": {"kv_partitions": 8, "combine": "last_partition"}}]
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,7 @@ def generate_header(program: MegakernelProgram) -> str:
     out.append(f"#define AMK_EPS {_float(c.rms_eps)}")
     out.append(f"#define AMK_ATTN_SCALE {_float(c.attn_scale)}")
     out.append(_struct(oc.EpilogueParams))
+    out.append(_struct(oc.JoinCombine))
     for cls in oc.PARAMS_OF.values():
         out.append(_struct(cls))
     return "\n".join(out) + "\n"

@@ -1,47 +1,90 @@
 // ---- attention over KV partitions: the combine, and the per-partition softmax (ATTN_PARTIAL) ------------
 // Uses the passes of attention.cuh.
 
-// With per-partition statistics, partition k of q head j weighs exp(m_k - M) * l_k / L (in smem, [j][k]).
+// One KV head's attention output from its partitions: x[i] = rnd(sum_k w_k part_k[i]) with w_k = l_k exp(m_k - M) /
+// sum_j l_j exp(m_j - M) over the partitions of i's q head, or w_k = 1 when the partitions shared one softmax.
+// R adjacent lanes take one element, each loading the values and (max, sum) of every R-th partition at once (up
+// to JOIN_BATCH a lane: one L2 round trip for 16 partitions), then merge their running (max, sum, value) with
+// shuffles. The combine sits on the path from the attention to O, so it is one round trip, not one per partition.
+#define JOIN_BATCH 8
 __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
-  const float* src = buf<float>(c, p.partial) + p.partial_off;
-  float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
-  const bool weighted = p.part_stats >= 0;
-  float* w = c.smem;  // [j][k] weights, then [j][k] (max, sum) pairs behind them
-  if (weighted) {
-    const float* st = buf<float>(c, p.part_stats) + p.part_stats_off;
-    float* ml = w + AMK_GROUP * p.parts;
-    for (int i = threadIdx.x; i < AMK_GROUP * p.parts; i += AMK_THREADS) {  // every pair in one round trip
-      const int j = i / p.parts, k = i % p.parts;
-      const float2 v = __ldcg(reinterpret_cast<const float2*>(st + (k * AMK_HEADS + p.kv_head * AMK_GROUP + j) * 2));
-      ml[2 * i] = v.x;
-      ml[2 * i + 1] = v.y;
-    }
-    block_sync();
-    if (threadIdx.x < AMK_GROUP) {
-      const int j = threadIdx.x;
-      const float* mine = ml + 2 * j * p.parts;
-      float mx = NEG_INF;
-      for (int k = 0; k < p.parts; ++k) mx = fmaxf(mx, mine[2 * k]);
-      float total = 0.f;
-      for (int k = 0; k < p.parts; ++k) {
-        const float wk = mine[2 * k] == NEG_INF ? 0.f : mine[2 * k + 1] * expf(mine[2 * k] - mx);
-        w[j * p.parts + k] = wk;
-        total += wk;
+  constexpr int E = AMK_GROUP * AMK_HEAD_DIM;
+  int R = 1;
+  while (R < 32 && 2 * R * E <= AMK_THREADS && 2 * R <= p.parts) R *= 2;
+  const float* src = buf<float>(c, p.partial) + p.partial_off + p.kv_head * E;
+  const float* st = p.part_stats >= 0 ? buf<float>(c, p.part_stats) + p.part_stats_off : nullptr;
+  float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * E;
+  for (int base = 0; base < E * R; base += AMK_THREADS) {  // the same trips for every lane of a warp: shuffles below
+    const int idx = base + threadIdx.x, i = idx / R, r = idx % R;
+    const bool live = idx < E * R;
+    const int hq = p.kv_head * AMK_GROUP + i / AMK_HEAD_DIM;
+    float acc = 0.f, M = NEG_INF, T = 0.f;
+    for (int q = r; q < p.parts; q += R * JOIN_BATCH) {
+      float v[JOIN_BATCH];
+      float2 ml[JOIN_BATCH];
+#pragma unroll
+      for (int e = 0; e < JOIN_BATCH; ++e) {
+        const int k = q + e * R;
+        const bool in = live && k < p.parts;
+        v[e] = in ? __ldcg(src + k * AMK_HEADS * AMK_HEAD_DIM + i) : 0.f;
+        ml[e] = (in && st) ? __ldcg(reinterpret_cast<const float2*>(st + (k * AMK_HEADS + hq) * 2))
+                           : make_float2(in ? 0.f : NEG_INF, 1.f);
       }
-      for (int k = 0; k < p.parts; ++k) w[j * p.parts + k] /= total;
+      if (st) {
+        float mx = M;
+#pragma unroll
+        for (int e = 0; e < JOIN_BATCH; ++e) mx = fmaxf(mx, ml[e].x);
+        if (mx > M) {  // rescale what the earlier partitions added to the new maximum
+          const float s = M == NEG_INF ? 0.f : expf(M - mx);
+          acc *= s;
+          T *= s;
+          M = mx;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < JOIN_BATCH; ++e) {
+        const float w = st ? (ml[e].x == NEG_INF ? 0.f : ml[e].y * expf(ml[e].x - M)) : (ml[e].x == NEG_INF ? 0.f : 1.f);
+        acc = fmaf(w, v[e], acc);
+        T += w;
+      }
     }
-    block_sync();
-  }
-  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
-    const float* wj = w + (i / AMK_HEAD_DIM) * p.parts;
-    float s = 0.f;
-#pragma unroll 8
-    for (int k = 0; k < p.parts; ++k) {
-      const float v = ldcg(src + (k * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM + i);
-      s = weighted ? fmaf(wj[k], v, s) : s + v;
+    for (int o = R / 2; o > 0; o >>= 1) {  // merge the R lanes' running states
+      const float M2 = __shfl_xor_sync(0xffffffffu, M, o), T2 = __shfl_xor_sync(0xffffffffu, T, o);
+      const float a2 = __shfl_xor_sync(0xffffffffu, acc, o);
+      if (st) {
+        const float mx = fmaxf(M, M2);
+        const float s1 = M == NEG_INF ? 0.f : expf(M - mx), s2 = M2 == NEG_INF ? 0.f : expf(M2 - mx);
+        acc = acc * s1 + a2 * s2;
+        T = T * s1 + T2 * s2;
+        M = mx;
+      } else {
+        acc += a2;
+      }
     }
-    stcg(out + i, rnd(s));
+    if (live && r == 0) stcg(out + i, rnd(st ? acc / T : acc));
   }
+}
+
+// After a partition task of a KV head has stored its part: the last of the head's partition tasks to get here
+// combines the head (op_attn_combine into j.out), once, so that O reads one rounded input instead of every
+// partition. Each task adds 1 to the head's arrival counter once its part is visible (barrier, then a fence
+// that the barrier makes cumulative over the block's stores); the add that reaches parts * epoch is the last,
+// and its fence orders the parts' reads after it. The counter counts on across steps, like every counter.
+__device__ void join_combine(const Ctx& c, const JoinCombine& j, int kv_head, int part, int part_off, int parts,
+                             int stats, int stats_off) {
+  if (j.out < 0) return;
+  __shared__ int s_last;
+  block_sync();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const unsigned before = atomicAdd(c.counters + j.arrivals, 1u);
+    s_last = before + 1u == (unsigned)parts * c.epoch;
+    if (s_last) __threadfence();
+  }
+  block_sync();
+  if (!s_last) return;
+  const AttnCombineParams cp{kv_head, part, part_off, parts, j.out, j.out_off, stats, stats_off};
+  op_attn_combine(c, cp);
 }
 
 // The partition's attention with one warp per q head, when every K and V row of the span sits in shared memory

@@ -50,6 +50,8 @@ struct Ctx {
   float* smem;
   float* red;  // 64 floats of reduction scratch
   unsigned long long* prof;  // tracing build: thread 0's per-task cycle counts (ring wait, compute, pump)
+  unsigned* counters;  // the step's counters: a join's arrival counter is added to inside its tasks
+  unsigned epoch;  // counters count on from step to step: this step's n-th signal reaches producers * (epoch - 1) + n
   int pos;
 };
 

@@ -113,6 +113,8 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     return;
   }
   const unsigned epoch = (unsigned)__ldcg(control + CTRL_EPOCH);
+  c.counters = counters;
+  c.epoch = epoch;
   const int begin = qstarts[blockIdx.x], end = qstarts[blockIdx.x + 1];
   if (tid == 0) seen.clear();
 #if AMK_PAGES > 0
@@ -182,12 +184,16 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
 #endif
 #if AMK_USES_ATTN_VALUES
     if (ins[0] == OP_ATTN_VALUES) {  // as do V rows
-      if (!op_attn_values(c, *reinterpret_cast<const AttnValuesParams*>(prm), wait_deps)) LEAVE_EARLY();
+      const AttnValuesParams& p = *reinterpret_cast<const AttnValuesParams*>(prm);
+      if (!op_attn_values(c, p, wait_deps)) LEAVE_EARLY();
+      join_combine(c, p.join, p.kv_head, p.out, p.out_off, p.parts, -1, 0);
     } else
 #endif
 #if AMK_USES_ATTN_PARTIAL
     if (ins[0] == OP_ATTN_PARTIAL) {  // and both
-      if (!op_attn_partial(c, *reinterpret_cast<const AttnPartialParams*>(prm), wait_deps)) LEAVE_EARLY();
+      const AttnPartialParams& p = *reinterpret_cast<const AttnPartialParams*>(prm);
+      if (!op_attn_partial(c, p, wait_deps)) LEAVE_EARLY();
+      join_combine(c, p.join, p.kv_head, p.out, p.out_off, p.parts, p.stats, p.stats_off);
     } else
 #endif
     {

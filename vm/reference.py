@@ -102,6 +102,7 @@ class ReferenceVM:
     def _run_tasks(self) -> None:
         prog = self.program
         counts = [0] * len(prog.counters)
+        self.mem.arrivals = counts  # a join's tasks count their arrivals on the step's counters
         cursor = [0] * len(prog.queues)
         ready = [sm for sm, q in enumerate(prog.queues) if q]
         blocked: dict[int, list[int]] = {}  # counter -> SMs whose head task waits on it

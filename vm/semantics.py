@@ -7,12 +7,13 @@ difference from eager is the order of fp32 accumulation. Weights stay in the mod
 
 from __future__ import annotations
 
+import collections
 import math
 
 import torch
 import torch.nn.functional as F
 
-from amk.schedule.opcodes import NO_BUFFER, Epilogue, Opcode
+from amk.schedule.opcodes import NO_BUFFER, AttnCombineParams, Epilogue, Opcode
 from amk.schedule.program import ProgramConstants
 
 
@@ -22,6 +23,9 @@ class Memory:
     def __init__(self, tensors: dict[int, torch.Tensor], cols: dict[int, int]):
         self.t = tensors
         self.cols = cols
+        # this step's count per counter id; a join's tasks add to their arrival counter (the runner may share its
+        # own counts here, so that the arrivals are checked with every other counter)
+        self.arrivals: list[int] | collections.Counter = collections.Counter()
 
     def __getitem__(self, bid: int) -> torch.Tensor:
         return self.t[bid]
@@ -254,6 +258,7 @@ class Semantics:
         for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats)):
             r = p.out_off + (p.part * c.n_heads + p.kv_head * G + j) * hd
             mem[p.out][r:r + hd] = o
+        self.join_combine(mem, p, NO_BUFFER, 0)
 
     # Under a per-partition softmax the probabilities are divided by the partition's own sum, not the global
     # one, and stay in fp32: eager rounds them to the model dtype at the global scale, which a partition cannot
@@ -270,6 +275,17 @@ class Semantics:
             mem[p.out][p.out_off + row * hd:p.out_off + (row + 1) * hd] = o
             mem[p.stats][p.stats_off + 2 * row] = stats[j][0]
             mem[p.stats][p.stats_off + 2 * row + 1] = stats[j][1]
+        self.join_combine(mem, p, p.stats, p.stats_off)
+
+    def join_combine(self, mem: Memory, p, stats: int, stats_off: int) -> None:
+        """After a partition task of a join has stored its part: the last of the head's tasks combines the head."""
+        j = p.join
+        if j.out == NO_BUFFER:
+            return
+        mem.arrivals[j.arrivals] += 1
+        if mem.arrivals[j.arrivals] == p.parts:
+            self.op_attn_combine(mem, AttnCombineParams(p.kv_head, p.out, p.out_off, p.parts, j.out, j.out_off,
+                                                        stats, stats_off))
 
     def op_attn_combine(self, mem: Memory, p) -> None:
         c = self.c

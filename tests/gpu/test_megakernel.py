@@ -236,7 +236,9 @@ def test_split_head_configs_verify(name, dtype, target):
 
 SOFTMAX_CONFIGS = [  # the default is one task per partition under its own softmax, then a rescaling combine
     {"attention": {"softmax": "global"}},  # scores, values from the global (max, sum), then a sum
-    {"attention": {"softmax": "partition"}, "fusion": {"attention_combine_into_o": False}},
+    {"attention": {"softmax": "partition", "combine": "stage"}},
+    {"attention": {"softmax": "partition", "combine": "last_partition"}},  # the last partition of a head combines it
+    {"attention": {"softmax": "global", "combine": "last_partition", "kv_partitions": 16}},
     {"attention": {"softmax": "partition", "kv_partitions": 16}, "matvec": {"qkv": {"head_splits": 2}}},
     {"attention": {"softmax": "partition", "kv_partitions": 2}, "smem_per_block": 24 * 1024},  # scores in scratch
 ]

@@ -22,7 +22,8 @@ CONFIGS = [
     {},
     {"attention": {"kv_partitions": 1}},
     {"attention": {"softmax": "partition"}},
-    {"attention": {"kv_partitions": 8}, "fusion": {"attention_combine_into_o": False}},
+    {"attention": {"kv_partitions": 8, "combine": "stage"}},
+    {"attention": {"kv_partitions": 8, "combine": "last_partition"}},
     {"attention": {"softmax": "partition", "kv_partitions": 2}, "smem_per_block": 24 * 1024},
 ]
 
