@@ -24,6 +24,7 @@ class DepGraph:
     queue_edge: dict[tuple[int, int], int]  # (earlier task, later task) -> SM
     order: list[int]  # topological order of the nodes that are not on or behind a cycle
     cycle: list[tuple[int, bool]] | None  # (node, edge from it to the next node is a queue edge)
+    n_joins: int = 0  # the last nodes: one per join of the program (_join_edges)
 
     @property
     def acyclic(self) -> bool:
@@ -57,7 +58,7 @@ def build_graph(program) -> DepGraph:
             prev = tid
     order = _id_order(preds, qpreds, n, n_counters)
     if order is not None:
-        return DepGraph(n, preds, qpreds, queue_edge, order, None)
+        return DepGraph(n, preds, qpreds, queue_edge, order, None, len(joins))
     order, left = _kahn([a + b for a, b in zip(preds, qpreds)])
     cycle = None
     if left:
@@ -67,7 +68,7 @@ def build_graph(program) -> DepGraph:
             cycle = _cycle_witness(preds, left_c, n, {})
         else:
             cycle = _cycle_witness([a + b for a, b in zip(preds, qpreds)], left, n, queue_edge)
-    return DepGraph(n, preds, qpreds, queue_edge, order, cycle)
+    return DepGraph(n, preds, qpreds, queue_edge, order, cycle, len(joins))
 
 
 def _join_edges(program, preds: list[list[int]]) -> None:
@@ -189,11 +190,11 @@ def report_cycle(program, graph: DepGraph, report, tname) -> None:
            f"happen before {tname(a)}: deadlock cycle {hops} -> back", (a, b, *(t for t in task_ids if t not in q)))
 
 
-def reach_sets(graph: DepGraph, n_joins: int = 0) -> list[int]:
+def reach_sets(graph: DepGraph) -> list[int]:
     """Per task, then per join (ids n + j, as the sweep numbers them): the bitset of tasks and joins that
-    happen before it, itself included. The last `n_joins` nodes of the graph are the joins."""
+    happen before it, itself included."""
     n, preds, qpreds = graph.n_tasks, graph.preds, graph.qpreds
-    first_join = len(preds) - n_joins
+    first_join = len(preds) - graph.n_joins
     reach = [0] * len(preds)
     for v in graph.order:
         a = 1 << v if v < n else (1 << (n + v - first_join) if v >= first_join else 0)

@@ -168,7 +168,7 @@ def _validate(program, target, rep: _Report) -> None:
         _guarded(rep, "deadlock", hazards.report_cycle, program, graph, rep.add, rep.tname)
         return
     if counters_ok:
-        reach = _guarded(rep, "happens-before", hazards.reach_sets, graph, len(program.joins))
+        reach = _guarded(rep, "happens-before", hazards.reach_sets, graph)
         if reach is not None and per is not None:
             _guarded(rep, "hazards", hazards.sweep, program, per, reach, rep.add, rep.tname)
 
