@@ -32,7 +32,7 @@ class _Formatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
-        if shown and "%(default)" not in text:
+        if shown and "%(default)" not in text and "(default: " not in text:  # some helps say it in their words
             text += " (default: %(default)s)"
         return text
 

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amk.schedule.config import migrate_config
+
 from .appendlog import append_lines, read_lines
 
 log = logging.getLogger("amk.flywheel")
@@ -112,7 +114,8 @@ class TuningRecord:
         legacy = "record" not in d
         cost = v.get("cost") or {}
         feats = cost.get("features") if legacy else d.get("features")
-        return cls(model=str(d["model"]), gpu=str(d["gpu"]), config=dict(d["config"]), verdict=dict(v),
+        # a record outlives knob renames: its config is read in today's spelling
+        return cls(model=str(d["model"]), gpu=str(d["gpu"]), config=migrate_config(dict(d["config"])), verdict=dict(v),
                    environment=dict(d.get("environment") or v.get("environment") or {}), time=str(d.get("time", "")),
                    change=tuple(d.get("change") or ()), improvement=_num(d.get("improvement")),
                    kept=True if legacy else bool(d.get("kept")), status=str(d.get("status") or "keep"),

@@ -270,9 +270,7 @@ def _parse_object(cls, data, path, base, problems):
     for key, value in data.items():  # document order, so problems come back in the order they were written
         f = fields.get(key)
         if f is None:
-            moved = MOVED_KNOBS.get(f"{path}.{key}".removeprefix("$."))
-            problems.append(ConfigProblem(f"{path}.{key}", f"unknown key; {moved}" if moved
-                                          else _unknown(key, list(fields), "key")))
+            problems.append(ConfigProblem(f"{path}.{key}", _unknown_key(path, key, list(fields))))
             continue
         kwargs[key] = _parse_value(hints[key], f.metadata, value, f"{path}.{key}", _default_of(f, base), problems)
     for name, f in fields.items():
@@ -281,14 +279,70 @@ def _parse_object(cls, data, path, base, problems):
     return cls(**kwargs)
 
 
-# knobs that became another knob: a config written for the old one is refused with the new spelling
+@dataclass(frozen=True)
+class MovedKnob:
+    """A knob that became another one: `values` maps each old value to the new knob's."""
+    new_path: str
+    values: tuple[tuple[Any, Any], ...]
+
+    def message(self) -> str:
+        return f"it became {self.new_path}: " + ", ".join(f"{_json(a)} is {b!r}" for a, b in self.values)
+
+
+# A config an agent writes with an old knob is refused with the new spelling; a stored one (a tuning record of the
+# corpus) is read in the new spelling (migrate_config), so that no record is lost to a rename.
 MOVED_KNOBS = {
-    "fusion.attention_combine_into_o": "it became attention.combine: true is 'o_input', false is 'stage'",
+    "fusion.attention_combine_into_o": MovedKnob("attention.combine", ((True, "o_input"), (False, "stage"))),
 }
+
+
+def migrate_config(data: Any) -> Any:
+    """A stored config dict in today's spelling: each moved knob (MOVED_KNOBS) set to one of its old values is
+    replaced by its successor, unless the successor is set as well (then it wins). Anything else is returned as it
+    is, for the parser to judge. `data` itself is not changed."""
+    if not isinstance(data, dict):
+        return data
+    out = copy.deepcopy(data)
+    for old_path, moved in MOVED_KNOBS.items():
+        *parents, leaf = old_path.split(".")
+        holder = out
+        for part in parents:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or leaf not in holder:
+            continue
+        new_value = dict(moved.values).get(holder[leaf]) if isinstance(holder[leaf], bool) else None
+        if new_value is None:
+            continue
+        del holder[leaf]
+        *new_parents, new_leaf = moved.new_path.split(".")
+        target = out
+        for part in new_parents:
+            target = target.setdefault(part, {}) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            target.setdefault(new_leaf, new_value)
+    return out
 
 
 def _default_of(f: dataclasses.Field, base):
     return _copy_default(getattr(base, f.name)) if base is not None else field_default(f)
+
+
+def _unknown_key(path: str, key, allowed) -> str:
+    """An unknown key's message: a moved knob names its successor, as does a near miss of a moved knob's name;
+    anything else gets the closest known key."""
+    here = f"{path}.{key}".removeprefix("$.")
+    moved = MOVED_KNOBS.get(here)
+    if moved is not None:
+        return f"unknown key; {moved.message()}"
+    olds = {p: m for p, m in MOVED_KNOBS.items()
+            if p.rpartition(".")[2] == key or (p.rpartition(".")[0] == here.rpartition(".")[0]
+                                               and difflib.get_close_matches(str(key), [p.rpartition(".")[2]],
+                                                                             cutoff=0.8))}
+    known = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
+    if olds and not known:
+        old, m = next(iter(olds.items()))
+        return f"unknown key; {old} {m.message().removeprefix('it ')}"
+    return _unknown(key, allowed, "key")
 
 
 def _unknown(key, allowed, what: str) -> str:
@@ -320,9 +374,9 @@ def _parse_leaf(tp, meta, value, path):
         if isinstance(value, tp):
             return value
         if not isinstance(value, str) or value not in allowed:
-            near = difflib.get_close_matches(value, allowed, n=1, cutoff=0.6) if isinstance(value, str) else []
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(path, f"expected one of {allowed}, got {value!r}{hint}")
+            near = _near_choice(value, allowed) if isinstance(value, str) else _old_value(path, value)
+            hint = f"; did you mean {near!r}?" if near else ""
+            raise ConfigError(path, f"expected one of {allowed}, got {_json(value)}{hint}")
         return tp(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -341,6 +395,32 @@ def _parse_leaf(tp, meta, value, path):
     if tp is dict or get_origin(tp) is dict:
         return _parse_explicit_map(value, path)
     raise TypeError(f"{path}: unsupported config field type {tp}")  # a programming error in this module
+
+
+def _old_value(path: str, value) -> str | None:
+    """What `value` means at `path` when it is a value of the knob that moved there (true -> 'o_input')."""
+    for moved in MOVED_KNOBS.values():
+        if moved.new_path == path.removeprefix("$.") and isinstance(value, bool):
+            return dict(moved.values).get(value)
+    return None
+
+
+def _near_choice(value: str, allowed: list[str]) -> str | None:
+    """The choice a misspelt value most likely meant: the same letters in another case, the one choice it
+    begins, or the closest spelling."""
+    low = value.lower()
+    same = [a for a in allowed if a.lower() == low]
+    starts = [a for a in allowed if low and a.lower().startswith(low)]
+    near = difflib.get_close_matches(low, allowed, n=1, cutoff=0.6)
+    return (same or (starts if len(starts) == 1 else []) or near or [None])[0]
+
+
+def _json(value) -> str:
+    """A parsed JSON value as the JSON it was written as (true, null, "x"), for messages."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _kind(value) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -289,3 +290,9 @@ def test_every_flag_has_help_and_shows_its_default(command):
             assert "default" in action.help, f"amk {command} {flag}: say what the default is"
     if any("--dtype" in a.option_strings for a in sub._actions):
         assert "{fp32,fp16,bf16}" in text
+
+
+@pytest.mark.parametrize("command", list(_subparsers(build_parser())))
+def test_no_flag_states_its_default_twice(command):
+    text = " ".join(_subparsers(build_parser())[command].format_help().split())
+    assert not re.search(r"\(default: [^()]*\) \(default: ", text), command

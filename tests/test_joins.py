@@ -13,8 +13,6 @@ import torch
 import amk
 from amk.eval.oracle import verify
 from amk.schedule import lower
-from amk.schedule.config import ScheduleConfig
-from amk.schedule.errors import ConfigError
 from amk.schedule.opcodes import Opcode
 from amk.schedule.program import MegakernelProgram
 from amk.schedule.validate import IssueKind, validate
@@ -117,7 +115,3 @@ def test_o_that_waits_for_part_of_a_head_races_with_the_combine():
     assert not res.ok and IssueKind.RACE_NO_WRITER in res.kinds()
     assert any("the combine of counter" in i.message for i in res.issues)
 
-
-def test_the_replaced_fusion_knob_is_refused_with_its_new_spelling():
-    with pytest.raises(ConfigError, match=r"attention\.combine: true is 'o_input', false is 'stage'"):
-        ScheduleConfig.from_dict({"fusion": {"attention_combine_into_o": False}})

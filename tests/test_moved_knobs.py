@@ -1,0 +1,71 @@
+"""A knob that became another one (schedule/config.py MOVED_KNOBS): a config written with the old spelling is refused
+with the new one, near misses and old values get the same pointer, and a tuning record stored before the rename is
+read in the new spelling, so that propose and report still find the corpus's best config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from amk.flywheel.records import load_records
+from amk.harness.propose import incumbent_config
+from amk.schedule.config import AttentionCombine, ScheduleConfig, migrate_config
+from amk.schedule.errors import ConfigError
+
+OLD = "fusion.attention_combine_into_o"
+POINTER = "attention.combine: true is 'o_input', false is 'stage'"
+
+
+def _problem(cfg: dict) -> str:
+    with pytest.raises(ConfigError) as e:
+        ScheduleConfig.from_dict(cfg)
+    (p,) = e.value.problems
+    return f"{p.path}: {p.message}"
+
+
+@pytest.mark.parametrize("cfg, where", [
+    ({"fusion": {"attention_combine_into_o": False}}, "$.fusion.attention_combine_into_o"),
+    ({"fusion": {"attention_combine": True}}, "$.fusion.attention_combine"),  # a near miss of the old name
+    ({"attention": {"attention_combine_into_o": False}}, "$.attention.attention_combine_into_o"),  # wrong parent
+])
+def test_the_old_spelling_is_refused_with_the_new_one(cfg, where):
+    msg = _problem(cfg)
+    assert msg.startswith(where + ": unknown key") and POINTER in msg
+
+
+@pytest.mark.parametrize("value, meant", [("last", "last_partition"), ("O_INPUT", "o_input"), ("stages", "stage"),
+                                          (True, "o_input"), (False, "stage")])
+def test_a_wrong_value_of_the_new_knob_gets_the_value_it_meant(value, meant):
+    msg = _problem({"attention": {"combine": value}})
+    assert f"got {json.dumps(value)}" in msg and msg.endswith(f"did you mean {meant!r}?")
+
+
+def test_null_is_named_as_json_and_gets_no_guess():
+    msg = _problem({"attention": {"combine": None}})
+    assert msg.endswith("got null")
+
+
+def test_a_stored_config_is_read_in_the_new_spelling_without_changing_the_original():
+    old = {"fusion": {"attention_combine_into_o": False, "norm_into_matvec": True}, "attention": {"kv_partitions": 8}}
+    new = migrate_config(old)
+    assert new == {"fusion": {"norm_into_matvec": True}, "attention": {"kv_partitions": 8, "combine": "stage"}}
+    assert old["fusion"]["attention_combine_into_o"] is False
+    assert ScheduleConfig.from_dict(migrate_config({"fusion": {"attention_combine_into_o": True}})).attention.combine \
+        == AttentionCombine.O_INPUT
+    # the new knob set as well wins; a value the old knob never had is left for the parser to refuse
+    assert migrate_config({"fusion": {"attention_combine_into_o": True}, "attention": {"combine": "stage"}}) \
+        == {"fusion": {}, "attention": {"combine": "stage"}}
+    assert migrate_config({"fusion": {"attention_combine_into_o": "x"}}) == {"fusion": {"attention_combine_into_o": "x"}}
+
+
+def test_a_corpus_written_before_the_rename_still_gives_its_best_config(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    line = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
+            "config": {"fusion": {"attention_combine_into_o": False}, "attention": {"kv_partitions": 4}},
+            "verdict": {"correct": True}, "latency_us": 12.5, "latency_kind": "predicted"}
+    corpus.write_text(json.dumps(line) + "\n")
+    (rec,) = load_records(corpus)
+    assert rec.config == {"fusion": {}, "attention": {"kv_partitions": 4, "combine": "stage"}}
+    cfg, source, _ = incumbent_config("toy", "cpu-sim", corpus)
+    assert source == f"corpus:{corpus}" and cfg.attention.combine == AttentionCombine.STAGE
