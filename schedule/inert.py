@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .config import ScheduleConfig, SmAssignment, get_path, iter_knobs, to_jsonable
+from .config import ScheduleConfig, SmAssignment, get_path, iter_knobs, to_jsonable, with_value
 from .targets import GpuTarget
 
 # the cpu-sim stand-in runs no kernel: correctness runs on the ReferenceVM and the cost model prices the
@@ -71,15 +71,24 @@ def target_inert_reason(path: str, target: GpuTarget | None) -> str | None:
     return None
 
 
-def inert_knobs(config: ScheduleConfig, target: GpuTarget | None = None) -> list[InertKnob]:
-    """Every knob of `config` set off its default that cannot act, in declaration order."""
+def inert_knobs(config: ScheduleConfig, target: GpuTarget | None = None, derived: dict | None = None) -> list[InertKnob]:
+    """Every knob of `config` set off its default that cannot act, in declaration order. `derived` (dotted path ->
+    value, a program's meta["derived"]) fills the knobs left null with what the lowering derived for them, so that a
+    knob made inert by a derived value (`attention.combine` where kv_partitions is derived to 1) is named too."""
     default = ScheduleConfig()
+    resolved = config
+    for p, v in (derived or {}).items():
+        if get_path(config, p) is None:
+            resolved = with_value(resolved, p, v)
     out = []
     for path, _, _ in iter_knobs():
         value = to_jsonable(get_path(config, path))
         if value == to_jsonable(get_path(default, path)):
             continue
-        reason = inert_reason(config, path, target)
+        reason = inert_reason(resolved, path, target)
         if reason is not None:
+            by = [p for p in (derived or {}) if p in reason and get_path(config, p) is None]
+            if by:
+                reason += f" ({', '.join(by)} derived from the model's shape and the GPU)"
             out.append(InertKnob(path, value, reason))
     return out

@@ -296,3 +296,13 @@ def test_every_flag_has_help_and_shows_its_default(command):
 def test_no_flag_states_its_default_twice(command):
     text = " ".join(_subparsers(build_parser())[command].format_help().split())
     assert not re.search(r"\(default: [^()]*\) \(default: ", text), command
+
+
+def test_a_knob_made_inert_by_a_derived_value_is_named_with_where_that_value_came_from():
+    # toy at 32 positions derives one KV partition: the combine then has nothing to combine
+    short, _ = build_program("toy", "cpu-sim", {"attention": {"combine": "stage"}}, device="cpu", max_seq=32)
+    assert short.derived["attention.kv_partitions"] == 1
+    assert any(n.startswith("attention.combine=stage has no effect") and "derived from the model's shape" in n
+               for n in short.notes)
+    long, _ = build_program("toy", "cpu-sim", {"attention": {"combine": "stage"}}, device="cpu", max_seq=256)
+    assert long.derived["attention.kv_partitions"] > 1 and not any("has no effect" in n for n in long.notes)

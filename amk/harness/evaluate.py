@@ -138,7 +138,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     v.task_count, v.weight_bytes = len(program.tasks), program.weight_bytes
     v.program_fingerprint = program.known_fingerprint()
     v.derived = dict(program.meta.get("derived", {}))
-    v.notes += [k.note() for k in inert_knobs(cfg, target)]
+    v.notes += [k.note() for k in inert_knobs(cfg, target, v.derived)]
     return v, program
 
 
