@@ -69,3 +69,15 @@ def test_a_corpus_written_before_the_rename_still_gives_its_best_config(tmp_path
     assert rec.config == {"fusion": {}, "attention": {"kv_partitions": 4, "combine": "stage"}}
     cfg, source, _ = incumbent_config("toy", "cpu-sim", corpus)
     assert source == f"corpus:{corpus}" and cfg.attention.combine == AttentionCombine.STAGE
+
+
+def test_a_best_record_that_no_longer_parses_is_said_before_the_defaults_stand_in(tmp_path, caplog):
+    corpus = tmp_path / "corpus.jsonl"
+    line = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
+            "schedule_id": "abc", "config": {"fusion": {"no_such_knob": True}}, "verdict": {"correct": True},
+            "latency_us": 12.5, "latency_kind": "predicted"}
+    corpus.write_text(json.dumps(line) + "\n")
+    with caplog.at_level("WARNING"):
+        cfg, source, _ = incumbent_config("toy", "cpu-sim", corpus)
+    assert source == "default" and cfg == ScheduleConfig()
+    assert "schedule abc" in caplog.text and "no_such_knob" in caplog.text and str(corpus) in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from amk.flywheel.corpus import best_entry, entries_for, load_corpus
@@ -11,6 +12,8 @@ from amk.schedule.space import space_dicts
 from .environment import Device, resolve_target
 from .schema import schema_path
 from .verdict import parse_config
+
+log = logging.getLogger(__name__)
 
 
 def model_name(model) -> str:
@@ -34,8 +37,9 @@ def incumbent_config(model: str, gpu: str, corpus: str | Path | None) -> tuple[S
         if best is not None:
             try:
                 return ScheduleConfig.from_dict(best.config), f"corpus:{corpus}", best.verdict
-            except ValueError:
-                pass  # a config from an older schema: fall back to the defaults
+            except ValueError as e:  # a config this version cannot read (a hand edit, a knob since removed)
+                log.warning("%s: the best kept record for %s on %s (schedule %s) has a config that does not parse, so "
+                            "the defaults are the incumbent: %s", corpus, model, gpu, best.schedule_id, e)
     return ScheduleConfig(), "default", None
 
 
