@@ -300,8 +300,8 @@ def migrate_config(data: Any) -> Any:
     """A stored config dict in today's spelling: each moved knob (MOVED_KNOBS) set to one of its old values is
     replaced by its successor, unless the successor is set as well (then it wins). Anything else is returned as it
     is, for the parser to judge. `data` itself is not changed."""
-    if not isinstance(data, dict):
-        return data
+    if not isinstance(data, dict) or not any(_holds(data, p) for p in MOVED_KNOBS):
+        return data  # the common case, on every record of every corpus read: no copy
     out = copy.deepcopy(data)
     for old_path, moved in MOVED_KNOBS.items():
         *parents, leaf = old_path.split(".")
@@ -325,6 +325,13 @@ def migrate_config(data: Any) -> Any:
 
 def _default_of(f: dataclasses.Field, base):
     return _copy_default(getattr(base, f.name)) if base is not None else field_default(f)
+
+
+def _holds(data: dict, dotted: str) -> bool:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.get(part) if isinstance(data, dict) else None
+    return isinstance(data, dict) and leaf in data
 
 
 def _unknown_key(path: str, key, allowed) -> str:

@@ -11,8 +11,8 @@ loop_20261130_h200_llama_s0/results.tsv; 6-12% on an H100, bench/results/2026112
 GPU shows. On the register path a matvec task lasts as long as its busiest warp streams: its weight bytes are
 counted in whole steps of every consumer warp (autotile.streamed_bytes). A task of a join (attention.combine =
 last_partition) pays one more round trip, its arrival; the combine's own reads, like every activation read, are
-not priced. The step is the latest finish plus the launch. Along the path that decides each finish we carry (memory microseconds, tasks, waits), so measured rows
-fit the coefficients by least squares.
+not priced. The step is the latest finish plus the launch. Along the path that decides each finish we carry
+(memory microseconds, tasks, waits), so measured rows fit the coefficients by least squares.
 """
 
 from __future__ import annotations

@@ -121,8 +121,8 @@ def _id_order(preds, qpreds, n, n_counters) -> list[int] | None:
     maxsig = [-1] * m  # per counter and join: the highest task id behind it
     for v in range(n, m):  # a join's counter comes before it, and its node before the counters it reaches
         maxsig[v] = max((p if p < n else maxsig[p] for p in preds[v]), default=-1)
-    for v in range(n, n + n_counters):  # a counter a join reaches: the join's own tasks are behind it too
-        for p in preds[v]:
+    for v in range(n, n + n_counters if m > n + n_counters else n):  # a counter a join reaches: the join's own
+        for p in preds[v]:                                               # tasks are behind it too
             if p >= n + n_counters:
                 maxsig[v] = max(maxsig[v], maxsig[p])
     emitted = [False] * m
