@@ -66,6 +66,15 @@ __device__ __forceinline__ void unpack(const uint4& raw, float* out) {
 #if AMK_DTYPE == DT_F32
   out[0] = __uint_as_float(raw.x); out[1] = __uint_as_float(raw.y);
   out[2] = __uint_as_float(raw.z); out[3] = __uint_as_float(raw.w);
+#elif AMK_DTYPE == DT_BF16
+  // a bf16 is the top half of its float: one shift or one mask a value (the conversion takes two for the
+  // upper half of a word)
+  const unsigned u[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    out[2 * e] = __uint_as_float(u[e] << 16);
+    out[2 * e + 1] = __uint_as_float(u[e] & 0xffff0000u);
+  }
 #else
   const wtype* h = reinterpret_cast<const wtype*>(&raw);
 #pragma unroll

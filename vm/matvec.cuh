@@ -163,6 +163,7 @@ struct MatvecWalk {
   const uint4* W;  // the weights from the task's first column on, as 16-byte vectors
   long long kvec;  // vectors per weight row
   int row0, rows, pair, sbits, per, mine, iters, steps;
+  bool tail;  // a unit's last step runs past its end (per is not a multiple of a step's vectors)
 };
 
 __device__ __forceinline__ MatvecWalk matvec_walk(const Ctx& c, const MatvecParams& p) {
@@ -181,47 +182,74 @@ __device__ __forceinline__ MatvecWalk matvec_walk(const Ctx& c, const MatvecPara
   w.mine = (units - warp + NWARPS - 1) / NWARPS;
   w.iters = (w.per + AMK_LOADS_IN_FLIGHT * 32 - 1) / (AMK_LOADS_IN_FLIGHT * 32);
   w.steps = ((w.mine + AMK_ROWS_IN_FLIGHT - 1) / AMK_ROWS_IN_FLIGHT) * w.iters;
+  w.tail = w.per % (AMK_LOADS_IN_FLIGHT * 32) != 0;
   return w;
 }
 
-__device__ __forceinline__ const uint4* unit_row(const MatvecWalk& w, int u) {
-  const int cr = u >> w.sbits, ch = u & ((1 << w.sbits) - 1);
-  const int row = cr < w.rows ? w.row0 + cr : w.pair + w.row0 + (cr - w.rows);
-  return w.W + row * w.kvec + ch * w.per;
-}
+// A group's units as this lane sees them: where its weight vectors start, where the matching staged input
+// starts (in floats), and whether the warp owns the unit. Computed once a group, so that a step's loads are
+// a pointer plus a constant.
+struct WalkGroup {
+  const uint4* w[AMK_ROWS_IN_FLIGHT];
+  int x[AMK_ROWS_IN_FLIGHT];
+  bool live[AMK_ROWS_IN_FLIGHT];
+};
 
-// Visit this lane's vectors of step (g, it): fn(r, k, unit, v, ok) for unit r of the group and load k, where
-// v is the vector's index in the unit and ok says it exists (vectors past the unit's end or units past
-// `mine` are visited with ok false, so that every lane runs the same steps).
-template <class Fn>
-__device__ __forceinline__ void step_vectors(const MatvecWalk& w, int g, int it, Fn&& fn) {
+__device__ __forceinline__ WalkGroup walk_group(const MatvecWalk& w, int g) {
+  WalkGroup q;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
-    const int j = g * AMK_ROWS_IN_FLIGHT + r;
+    const int j = g * AMK_ROWS_IN_FLIGHT + r, u = warp + j * NWARPS;
+    const int cr = u >> w.sbits, ch = u & ((1 << w.sbits) - 1);
+    const int row = cr < w.rows ? w.row0 + cr : w.pair + w.row0 + (cr - w.rows);
+    q.live[r] = j < w.mine;
+    q.w[r] = w.W + row * w.kvec + ch * w.per + lane;
+    q.x[r] = (ch * w.per + lane) * VEC;
+  }
+  return q;
+}
+
+// Does this lane's load k of step `it` exist? Only a unit's last step can run past its end.
+__device__ __forceinline__ bool walk_in_unit(const MatvecWalk& w, int it, int k) {
+  return (it * AMK_LOADS_IN_FLIGHT + k) * 32 + (int)(threadIdx.x & 31) < w.per;
+}
+
+// Issue the loads of step `it` of group q; vectors that do not exist read nothing.
+__device__ __forceinline__ void walk_load(const MatvecWalk& w, const WalkGroup& q, int it,
+                                          uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT]) {
+  const bool whole = !w.tail || it + 1 < w.iters;
 #pragma unroll
-    for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
-      const int v = (it * AMK_LOADS_IN_FLIGHT + k) * 32 + lane;
-      fn(r, k, warp + j * NWARPS, v, j < w.mine && v < w.per);
+  for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
+    const uint4* src = q.w[r] + it * AMK_LOADS_IN_FLIGHT * 32;
+    if (q.live[r] && whole) {  // uniform: the common step loads without a test a vector
+#pragma unroll
+      for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) raw[r][k] = ld_stream(src + k * 32);
+    } else {
+#pragma unroll
+      for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k)
+        raw[r][k] = q.live[r] && walk_in_unit(w, it, k) ? ld_stream(src + k * 32) : make_uint4(0u, 0u, 0u, 0u);
     }
   }
 }
 
-// Issue the loads of step (g, it); vectors that do not exist read nothing.
-__device__ __forceinline__ void walk_load(const MatvecWalk& w, int g, int it, uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT]) {
-  step_vectors(w, g, it, [&](int r, int k, int u, int v, bool ok) {
-    raw[r][k] = ok ? ld_stream(unit_row(w, u) + v) : make_uint4(0u, 0u, 0u, 0u);
-  });
-}
-
-__device__ __forceinline__ void walk_dot(const MatvecWalk& w, int g, int it, const float* xs,
+__device__ __forceinline__ void walk_dot(const MatvecWalk& w, const WalkGroup& q, int it, const float* xs,
                                          const uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT],
                                          float (&acc)[AMK_ROWS_IN_FLIGHT]) {
-  step_vectors(w, g, it, [&](int r, int k, int u, int v, bool ok) {
-    if (!ok) return;  // the staged input past the slice may hold anything (NaN poison)
-    const float* xp = xs + (u & ((1 << w.sbits) - 1)) * w.per * VEC;
-    acc[r] = dot_vec(raw[r][k], xp + v * VEC, acc[r]);
-  });
+  const bool whole = !w.tail || it + 1 < w.iters;  // uniform: one branch a step, none a vector
+#pragma unroll
+  for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
+    if (!q.live[r]) continue;  // warp-uniform
+    const float* xp = xs + q.x[r] + it * AMK_LOADS_IN_FLIGHT * 32 * VEC;
+    if (whole) {
+#pragma unroll
+      for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) acc[r] = dot_vec(raw[r][k], xp + k * 32 * VEC, acc[r]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k)  // the staged input past the slice may hold anything (NaN poison)
+        if (walk_in_unit(w, it, k)) acc[r] = dot_vec(raw[r][k], xp + k * 32 * VEC, acc[r]);
+    }
+  }
 }
 
 // Register-path matvec. The first step's weight loads are issued before `wait_deps` (weights do not depend
@@ -231,7 +259,8 @@ template <class WaitDeps>
 __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_deps) {
   const MatvecWalk w = matvec_walk(c, p);
   uint4 cur[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT], nxt[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT];
-  if (w.steps > 0) walk_load(w, 0, 0, cur);
+  WalkGroup qc = walk_group(w, 0), qn = qc;
+  if (w.steps > 0) walk_load(w, qc, 0, cur);
   NormWeights nw;
   load_norm_weights(c, p, nw);
   if (!wait_deps()) return false;
@@ -249,8 +278,11 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
   int g = 0, it = 0;
   for (int s = 0; s < w.steps; ++s) {
     const int ng = it + 1 == w.iters ? g + 1 : g, nit = it + 1 == w.iters ? 0 : it + 1;
-    if (s + 1 < w.steps) walk_load(w, ng, nit, nxt);
-    walk_dot(w, g, it, xs, cur, acc);
+    if (s + 1 < w.steps) {
+      if (nit == 0) qn = walk_group(w, ng);
+      walk_load(w, qn, nit, nxt);
+    }
+    walk_dot(w, qc, it, xs, cur, acc);
     if (nit == 0) {  // the group's units are complete
 #pragma unroll
       for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
@@ -264,6 +296,7 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
     for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r)
 #pragma unroll
       for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) cur[r][k] = nxt[r][k];
+    qc = qn;
     g = ng;
     it = nit;
   }
