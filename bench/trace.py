@@ -4,8 +4,10 @@
 
 Per layer: the time from the previous layer's last task to this layer's last task, against the layer's bytes
 (weights plus the KV cache it reads) over the measured read bandwidth; and per stage of the layer, the mean
-and worst dependency wait of its tasks (the stall at the stage boundary: time an SM spent between starting a
-task and its dependencies being met) and their execution time. With pipeline pages, `page_wait` is the mean
+and worst dependency wait of its tasks (time an SM spent between starting a task and its dependencies being
+met) and their execution time. The stall at each stage boundary: from the previous stage's last task done to
+the last of this stage's tasks ready, split into the signal (to the first task ready) and the spread of the
+ready times (first to last); a stage's end follows its last ready task, so the stall lies on the step's path. With pipeline pages, `page_wait` is the mean
 time thread 0 of a task spent waiting for its weight pages (the weight stream behind the consumers).
 """
 
@@ -80,6 +82,7 @@ def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
                "phases_us": [sum(x["phases_us"][k] for x in st) / len(st) for k in range(4)]}
         timeline.append(row)
         layers[row["layer"]].append(row)
+    boundary_stalls(timeline)
     per_layer, prev_done = [], 0.0
     for layer in sorted(k for k in layers if k >= 0):
         rows = layers[layer]
@@ -87,11 +90,29 @@ def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
         nbytes = sum(r["bytes"] for r in rows)
         ideal = nbytes / (bandwidth_gbs * 1e3)
         per_layer.append({"layer": layer, "time_us": done - prev_done, "bytes": nbytes, "ideal_us": ideal,
+                          "boundary_us": sum(r["boundary_us"] for r in rows),
                           "stages": [{k: r[k] for k in ("kind", "tasks", "wait_mean_us", "wait_max_us", "exec_mean_us",
-                                                       "page_wait_us", "phases_us")} for r in rows]})
+                                                       "page_wait_us", "phases_us", "signal_us", "ready_spread_us",
+                                                       "boundary_us")} for r in rows]})
         prev_done = done
     return {"step_us": (t[:, 2].max() - origin) / 1e3, "per_kind": per_kind, "per_layer": per_layer,
             "timeline": timeline}
+
+
+def boundary_stalls(timeline: list[dict]) -> None:
+    """Adds to each stage row of `timeline` (program order, times in us) the stall at its boundary with the stage
+    before it: `signal_us` from that stage's last task done to this stage's first task ready (negative when a
+    task of this stage waits only for some of that stage's tasks), `ready_spread_us` from the first to the last
+    task ready, and `boundary_us` = last ready - previous last done (0 for the first stage)."""
+    prev_done = None
+    for row in timeline:
+        if prev_done is None:
+            row.update(signal_us=0.0, ready_spread_us=row["last_ready_us"] - row["first_ready_us"], boundary_us=0.0)
+        else:
+            row.update(signal_us=row["first_ready_us"] - prev_done,
+                       ready_spread_us=row["last_ready_us"] - row["first_ready_us"],
+                       boundary_us=row["last_ready_us"] - prev_done)
+        prev_done = row["last_done_us"]
 
 
 def print_summary(s: dict) -> None:
@@ -101,18 +122,25 @@ def print_summary(s: dict) -> None:
     layers = s["per_layer"]
     if not layers:
         return
-    print(f"{'layer':>5}{'time_us':>9}{'ideal_us':>9}{'ideal%':>8}  stages: kind wait_mean/wait_max/exec_mean(/page_wait)")
+    print(f"{'layer':>5}{'time_us':>9}{'ideal_us':>9}{'ideal%':>8}{'bound_us':>9}  stages: kind "
+          "wait_mean/wait_max/exec_mean(/page_wait)")
     for r in layers:
         st = "  ".join(f"{x['kind']} {x['wait_mean_us']:.1f}/{x['wait_max_us']:.1f}/{x['exec_mean_us']:.1f}"
                        + (f"/{x['page_wait_us']:.1f}" if x["page_wait_us"] else "") for x in r["stages"])
-        print(f"{r['layer']:>5}{r['time_us']:>9.1f}{r['ideal_us']:>9.1f}{100 * r['ideal_us'] / r['time_us']:>7.0f}%  {st}")
+        print(f"{r['layer']:>5}{r['time_us']:>9.1f}{r['ideal_us']:>9.1f}{100 * r['ideal_us'] / r['time_us']:>7.0f}%"
+              f"{r['boundary_us']:>9.1f}  {st}")
     mid = layers[1:-1] or layers
     print("phases of a middle layer (us; matvec: stage input / dot / fold+epilogue / page wait; attention "
           "partial: stage q / scores / softmax statistics / values+store, all of it in the last when one warp takes a q "
           "head):",
           "  ".join(f"{x['kind']} " + "/".join(f"{v:.1f}" for v in x["phases_us"]) for x in mid[len(mid) // 2]["stages"]))
+    print("stage boundaries of a middle layer (us; signal / spread of ready times / stall, from the previous stage's "
+          "last task done to this stage's last task ready):",
+          "  ".join(f"{x['kind']} {x['signal_us']:.2f}/{x['ready_spread_us']:.2f}/{x['boundary_us']:.2f}"
+                    for x in mid[len(mid) // 2]["stages"]))
     print(f"mean over layers 1..{len(layers) - 2}: {sum(r['time_us'] for r in mid) / len(mid):.1f} us a layer against "
-          f"{sum(r['ideal_us'] for r in mid) / len(mid):.1f} us of bytes")
+          f"{sum(r['ideal_us'] for r in mid) / len(mid):.1f} us of bytes, {sum(r['boundary_us'] for r in mid) / len(mid):.1f} us "
+          "of it stalled at stage boundaries")
 
 
 def main() -> None:
