@@ -13,8 +13,10 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import sys
 import traceback
+from pathlib import Path
 
 from amk.harness.baselines import PEERS
 from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
@@ -54,6 +56,36 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+SEED_LIMIT = 2**63  # seeds go to torch.manual_seed and random.Random as a signed 64-bit integer
+
+
+def seed(text: str) -> int:
+    value = nonnegative_int(text)
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a seed below 2**63, got {value}")
+    return value
+
+
+def positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number of minutes, got {text}")
     return value
 
 
@@ -139,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_opts(p)
     _max_seq_opt(p)
     _cases_opt(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the verify cases' inputs (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the verify cases' inputs (default: 0)")
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="calibrate the cost model from this corpus when it has measured rows (ignored if absent)")
     p.add_argument("--peers", action="store_true", help="time the peers (slow) for the speed-ups")
@@ -149,24 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     _run_opts(p)
     p.add_argument("--config", default=None, help="start from this config (a JSON file, '-' or inline JSON; "
                                                   "default: the corpus's best kept config, else the defaults)")
-    p.add_argument("--budget", type=int, default=None,
+    p.add_argument("--budget", type=positive_int, default=None,
                    help="new trials this call adds, --resume included (re-measurements of the incumbent come on top; "
                         "default: no limit)")
-    p.add_argument("--minutes", type=float, default=None, help="stop after this many minutes (default: no limit)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the search (default: 0)")
+    p.add_argument("--minutes", type=positive_minutes, default=None, help="stop after this many minutes (default: no limit)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed of the search (default: 0)")
     p.add_argument("--results", default="results.tsv", help="results file, one row per trial (default: results.tsv)")
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="tuning records, one per measurement, shared by every run (default: corpus.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue an existing results file")
-    p.add_argument("--max-reverts", type=int, default=20,
+    p.add_argument("--max-reverts", type=positive_int, default=20,
                    help="trials in a row without a keep: they stop a run with neither --budget nor --minutes, and "
                         "move a bounded run to another region (default: 20)")
     p.add_argument("--cases", default=None, choices=["full", "reduced"])
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="measuring workers, one per GPU, through Ray (pip install 'amk[ray]'); default: 1, no Ray")
     p.add_argument("--ray-address", default=None,
                    help="a Ray cluster to run the workers on (default: a local Ray instance)")
-    p.add_argument("--builders", type=int, default=None,
+    p.add_argument("--builders", type=nonnegative_int, default=None,
                    help="processes that lower, validate, price and compile the next candidates while one is "
                         "measured (default: none on the CPU path, all cores but two on CUDA)")
     p = add("verify", "run every verify case; writes verify_result.json; exit 1 on any failed case")
@@ -175,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_opts(p)
     _max_seq_opt(p)
     _cases_opt(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the verify cases' inputs (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the verify cases' inputs (default: 0)")
     p.add_argument("--out", default="verify_result.json", help="where the verify record goes")
     p = add("bench", "per-case latency and peak memory of a verified program, and the geometric-mean speed-up")
     _model_gpu(p)
@@ -207,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV positions the program holds (default: the prompt and new tokens, rounded up to a "
                         "power of two, at least 256)")
     p = add("report", "summarise results.tsv and the tuning records; the best config; the search as PNG")
-    p.add_argument("--results", default="results.tsv")
-    p.add_argument("--corpus", default="corpus.jsonl")
+    p.add_argument("--results", default="results.tsv", help="the results file of `amk loop`, one row per trial")
+    p.add_argument("--corpus", default="corpus.jsonl", help="the tuning records, one per measurement")
     p.add_argument("--out-dir", default="report", help="where the PNG plots go")
     p.add_argument("--no-plots", action="store_true")
     p = add("compile", "lower a config; write the program JSON and a short report")
@@ -225,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this kind of entry (default: every kind)")
     add("mcp", "serve propose, evaluate, loop and report to coding agents over MCP (stdio); needs amk[mcp]")
     return ap
+
+
+def _check_paths(args) -> None:
+    """UsageError when --results and --corpus name one file: a results row and a tuning record would
+    interleave in it, and every later read of either would skip the other's lines."""
+    results, corpus = getattr(args, "results", None), getattr(args, "corpus", None)
+    if results and corpus and Path(results).expanduser().resolve() == Path(corpus).expanduser().resolve():
+        raise UsageError(f"--results and --corpus name the same file ({results!r}): give each its own")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -261,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     stdout = sys.stdout
     try:
         args = build_parser().parse_args(argv)
+        _check_paths(args)
         want_json = bool(getattr(args, "json", False))
         _setup_logging(bool(getattr(args, "quiet", False)))
         if args.command == "mcp":  # the MCP stdio transport owns stdout

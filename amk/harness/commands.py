@@ -63,20 +63,29 @@ class CommandResult:
     text: str | None = None  # the human form; None prints the payload as indented JSON
 
 
-def read_config_arg(value: str | None):
-    """--config: '-' reads stdin; something that looks like JSON is parsed inline; else a file path.
-    Returns the raw value (string) so that malformed JSON becomes a rejected verdict, not a crash."""
+def read_config_arg(value: str | None, flag: str = "--config"):
+    """--config: '-' reads stdin; an existing file is read (a file named like '2024-cfg.json' too); else text
+    that looks like JSON is parsed inline. Returns the raw value (string) so that malformed JSON becomes a
+    rejected verdict, not a crash. UsageError (naming `flag`) for a directory, an unreadable or non-UTF-8 file,
+    or a value that is neither a file nor JSON."""
     if value is None:
         return {}
     if value == "-":
         return sys.stdin.read()
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{flag} {value!r} is a directory (give a JSON file, '-' for stdin, or inline JSON)")
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{flag} {value!r}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise UsageError(f"{flag} {value!r}: cannot be read ({e.strerror})") from None
     stripped = value.strip()
     if not stripped or stripped[0] in "{[\"-0123456789" or stripped in ("true", "false", "null"):
         return value
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise UsageError(f"--config {value!r}: no such file (give a JSON file, '-' for stdin, or inline JSON)")
-    return path.read_text()
+    raise UsageError(f"{flag} {value!r}: no such file (give a JSON file, '-' for stdin, or inline JSON)")
 
 
 def verdict_exit(verdict: dict) -> ExitCode:

@@ -73,6 +73,40 @@ def jsonable(v):
     return v
 
 
+class _Object(dict):
+    """A JSON object that remembers the keys given twice in it (json keeps the last value silently)."""
+
+    twice: list[tuple[str, object, object]]
+
+
+def _object(pairs: list[tuple[str, object]]) -> _Object:
+    out, twice = _Object(), []
+    for k, v in pairs:
+        if k in out:
+            twice.append((k, out[k], v))
+        out[k] = v
+    out.twice = twice
+    return out
+
+
+def _key_given_twice(value, path: str = "$") -> tuple[str, object, object] | None:
+    """(dotted path, first value, second value) of the first key given twice in a parsed JSON value."""
+    if isinstance(value, _Object):
+        if value.twice:
+            k, first, second = value.twice[0]
+            return f"{path}.{k}", first, second
+        for k, v in value.items():
+            found = _key_given_twice(v, f"{path}.{k}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _key_given_twice(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def parse_config(config) -> ScheduleConfig:
     """A ScheduleConfig from a dict, a JSON string (or bytes) or a ScheduleConfig; ConfigError otherwise.
     A ScheduleConfig is re-parsed through its dict, since its fields can be assigned anything."""
@@ -81,9 +115,13 @@ def parse_config(config) -> ScheduleConfig:
             config = bytes(config).decode("utf-8")
         if isinstance(config, str):
             try:
-                config = json.loads(config)
+                config = json.loads(config, object_pairs_hook=_object)
             except ValueError as e:
                 raise ConfigError("$", f"not valid JSON: {e}") from None
+            twice = _key_given_twice(config)
+            if twice:
+                raise ConfigError(twice[0], f"given twice in one JSON object (values {twice[1]!r} and "
+                                            f"{twice[2]!r}): which one was meant is not known")
         if isinstance(config, ScheduleConfig):
             config = config.to_dict()
         if not isinstance(config, dict):

@@ -153,7 +153,8 @@ def _failed(f: Future) -> bool:
 def _worker_init() -> None:
     import torch
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in (signal.SIGINT, signal.SIGTERM):  # the loop's StopFlag answers both
+        signal.signal(s, signal.SIG_IGN)
     logging.getLogger("amk").setLevel(logging.WARNING)
     torch.set_num_threads(1)  # builds are single-threaded Python; idle OpenMP pools only crowd the measuring process
 

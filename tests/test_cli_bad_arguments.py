@@ -1,0 +1,81 @@
+"""Flags, files and signals a careless caller gets wrong: each refused with an error naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from amk.cli import main
+from amk.harness.commands import UsageError, read_config_arg
+from amk.harness.search.signals import StopFlag
+from amk.harness.verdict import parse_config
+from amk.schedule.errors import ConfigError
+
+
+def run(capsys, *argv) -> tuple[int, dict]:
+    code = main(["--json", *argv])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["evaluate", "--model", "toy", "--seed", "9" * 23], "--seed"),
+    (["evaluate", "--model", "toy", "--seed", "-1"], "--seed"),
+    (["loop", "--model", "toy", "--seed", str(2**63)], "--seed"),
+    (["loop", "--model", "toy", "--budget", "0"], "--budget"),
+    (["loop", "--model", "toy", "--budget", "-1"], "--budget"),
+    (["loop", "--model", "toy", "--minutes", "nan"], "--minutes"),
+    (["loop", "--model", "toy", "--minutes", "-1"], "--minutes"),
+    (["loop", "--model", "toy", "--minutes", "inf"], "--minutes"),
+    (["loop", "--model", "toy", "--workers", "0"], "--workers"),
+    (["loop", "--model", "toy", "--builders", "-1"], "--builders"),
+    (["loop", "--model", "toy", "--max-reverts", "0"], "--max-reverts"),
+])
+def test_out_of_range_flags_are_usage_errors_naming_the_flag(capsys, tmp_path, monkeypatch, argv, flag):
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, *argv)
+    assert code == 2 and out["error_type"] == "usage" and flag in out["error"]
+    assert not (tmp_path / "results.tsv").exists()
+
+
+def test_results_and_corpus_in_one_file_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, "loop", "--model", "toy", "--budget", "1", "--results", "same.txt",
+                    "--corpus", "./same.txt")
+    assert code == 2 and "--results and --corpus" in out["error"]
+    assert not (tmp_path / "same.txt").exists()
+
+
+def test_config_argument_reads_an_existing_file_before_trying_inline_json(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "2024-cfg.json").write_text('{"pipelining_depth": 1}')
+    assert json.loads(read_config_arg("2024-cfg.json")) == {"pipelining_depth": 1}
+    assert read_config_arg('{"pipelining_depth": 2}') == '{"pipelining_depth": 2}'
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(UsageError, match="--config 'adir' is a directory"):
+        read_config_arg("adir")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(UsageError, match="not a UTF-8 text file"):
+        read_config_arg("bin.json")
+    with pytest.raises(UsageError, match="no such file"):
+        read_config_arg("missing.json")
+
+
+def test_a_key_given_twice_in_a_config_is_an_error_naming_it():
+    with pytest.raises(ConfigError) as e:
+        parse_config('{"pipelining_depth": 99, "pipelining_depth": 1}')
+    assert e.value.path == "$.pipelining_depth" and "given twice" in str(e.value)
+    with pytest.raises(ConfigError, match=r"\$\.attention\.sync"):
+        parse_config('{"attention": {"sync": "head", "sync": "stage"}}')
+
+
+def test_sigterm_stops_a_loop_like_sigint():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopFlag() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.set
+        with pytest.raises(KeyboardInterrupt):  # a second one aborts at once
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == before
