@@ -91,8 +91,8 @@ def positive_minutes(text: str) -> float:
 
 def token_ids(text: str) -> list[int]:
     """--prompt-ids: comma-separated non-negative token ids."""
-    parts = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in parts if not t.isdigit()]
+    parts = [t.strip() for t in text.split(",")]
+    bad = [t for t in parts if not t.isdigit()]  # an empty part ("1,,2") is a missing id, not a separator
     if bad or not parts:
         raise argparse.ArgumentTypeError(f"expected comma-separated token ids like 1,5,9, got {text!r}"
                                          + (f" ({', '.join(map(repr, bad))} is not a token id)" if bad else ""))

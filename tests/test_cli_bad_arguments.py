@@ -79,3 +79,9 @@ def test_sigterm_stops_a_loop_like_sigint():
         with pytest.raises(KeyboardInterrupt):  # a second one aborts at once
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("text", ["1,,2", "1,", ",1", ""])
+def test_prompt_ids_with_an_empty_part_are_refused(capsys, text):
+    code, out = run(capsys, "generate", "--model", "toy", "--prompt-ids", text)
+    assert code == 2 and "--prompt-ids" in out["error"] and "'' is not a token id" in out["error"]
