@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from amk.schedule.errors import ArgumentError
+
 log = logging.getLogger("amk.cache")
 
 KINDS = ("kernel", "program", "reference", "baseline")
@@ -44,8 +46,42 @@ class CorruptEntryError(CacheError):
     """An entry failed its header, checksum or content validation."""
 
 
+class CacheDirError(CacheError, ArgumentError):
+    """The cache directory (AMK_CACHE_DIR, else ~/.cache/amk) cannot hold the cache: not a directory, not
+    writable, or a file or directory in it cannot be created. A usage error (exit 2) naming AMK_CACHE_DIR, the
+    path and why, raised before a trial runs, so a broken environment is never recorded as a config's
+    rejection. `path` is what failed (the root or a file under it)."""
+
+    def __init__(self, root: Path, message: str, path: Path | None = None):
+        self.root = str(root)
+        self.path = str(path if path is not None else root)
+        source = "set by AMK_CACHE_DIR" if os.environ.get("AMK_CACHE_DIR") else "the default: AMK_CACHE_DIR unset"
+        where = "" if self.path == self.root else f"under the cache root {self.root}, "
+        ArgumentError.__init__(self, "AMK_CACHE_DIR", f"{self.path}: {message} ({where}{source}; point "
+                                                      "AMK_CACHE_DIR at a writable directory)")
+
+
 def default_root() -> Path:
     return Path(os.environ.get("AMK_CACHE_DIR") or Path.home() / ".cache" / "amk").expanduser()
+
+
+def check_root(root: Path) -> None:
+    """Create the cache root if it is missing; raise CacheDirError when it is not a directory or not writable.
+    Checked once, up front: a root that fails only at the first write would fail inside lowering, and be taken
+    for the config's fault."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CacheDirError(root, "not a directory") from None
+    except OSError as e:
+        raise CacheDirError(root, f"cannot be created ({e.strerror or e})") from e
+    if not root.is_dir():
+        raise CacheDirError(root, "not a directory")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise CacheDirError(root, "not writable")
+    for kind in KINDS:
+        if (root / kind).exists() and not (root / kind).is_dir():
+            raise CacheDirError(root, "not a directory, where the cache keeps its entries", root / kind)
 
 
 def _check_kind(kind: str) -> None:
@@ -167,10 +203,19 @@ class Cache:
         # flock binds to the open file description, so this excludes other threads of this
         # process too. Lock files are never deleted: unlinking a held one lets two holders in.
         lock_path = self.path(kind, key).with_suffix(".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+b") as f:  # closing the file releases the lock
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(lock_path, "a+b")
+        except OSError as e:
+            raise self._dir_error(lock_path, e) from e
+        with f:  # closing the file releases the lock
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield
+
+    def _dir_error(self, path: Path, e: OSError) -> CacheDirError:
+        # the path that failed may be a parent the OS names (a file where a kind's directory belongs)
+        where = Path(e.filename) if isinstance(e.filename, str) else path
+        return CacheDirError(self.root, f"cannot be used ({e.strerror or e})", where)
 
     def _count(self, kind: str, field: str) -> None:
         with self._lock:
@@ -217,12 +262,20 @@ class Cache:
         try:
             if payload is None:
                 layer = "file"
-                with open(path, "rb") as f:
+                try:
+                    f = open(path, "rb")
+                except FileNotFoundError:
+                    raise
+                except OSError as e:  # a file where a directory belongs, no permission: the cache dir, not the entry
+                    raise self._dir_error(path, e) from e
+                with f:
                     st = os.fstat(f.fileno())
                     payload = _unpack(f.read(), path)
             value = decode(payload)  # memory too: callers may validate differently than at put
         except FileNotFoundError:
             reason = "absent"
+        except CacheDirError:
+            raise
         except Exception as e:
             self._discard(kind, key, st, e)
             reason = "corrupt"
@@ -285,9 +338,12 @@ class Cache:
             raise TypeError(f"payload for kind={kind} key={key} is {type(payload).__name__}, not bytes")
         payload = bytes(payload)
         header = _HEADER.pack(_MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
-        if label is not None:  # before the entry, so that a listed entry has its label
-            _atomic_write(self.label_path(kind, key), _canonical(label).encode())
-        _atomic_write(path, header + payload)
+        try:
+            if label is not None:  # before the entry, so that a listed entry has its label
+                _atomic_write(self.label_path(kind, key), _canonical(label).encode())
+            _atomic_write(path, header + payload)
+        except OSError as e:
+            raise self._dir_error(path, e) from e
         self._remember(kind, key, payload)
         self._count(kind, "writes")
         log.debug("write kind=%s key=%s path=%s bytes=%d", kind, key, path, len(payload))
@@ -403,9 +459,20 @@ def _read_label(entry: Path) -> dict | None:
 
 
 def last_run_stats(root: str | os.PathLike | None = None) -> dict | None:
-    """Stats saved by the last ``save_stats()`` under root, or None if there are none."""
+    """Stats saved by the last ``save_stats()`` under root, or None if there are none or the file cannot be
+    read (a torn or hand-edited file: a warning names it; the stats are a report, never worth a crash)."""
     path = (Path(root).expanduser() if root is not None else default_root()) / _STATS_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("%s: last run's cache stats unreadable, left out (%s)", path, e)
+        return None
+    if not isinstance(stats, dict):
+        log.warning("%s: last run's cache stats are a JSON %s, not an object; left out", path, type(stats).__name__)
+        return None
+    return stats
 
 
 _default: Cache | None = None
@@ -417,5 +484,8 @@ def default_cache() -> Cache:
     global _default
     with _default_lock:
         if _default is None or _default.root != default_root():
-            _default = Cache()
+            cache = Cache()
+            if cache.enabled:  # a cache with every kind disabled never writes an entry
+                check_root(cache.root)
+            _default = cache
         return _default

@@ -59,16 +59,27 @@ def append_lines(path: str | os.PathLike, make: Callable[[bytes], bytes]) -> byt
         return data
 
 
-def complete_lines(data: bytes) -> list[str]:
-    """The whole lines of `data`; a trailing fragment without a newline (a torn write) is left out."""
+def numbered_lines(data: bytes) -> list[tuple[int, str]]:
+    """The whole lines of `data` with their line numbers in the file (from 1), so that a warning about one
+    names the line an editor shows; blank lines and a trailing fragment without a newline (a torn write) are
+    left out."""
     text = data.decode("utf-8", errors="replace")
     lines = text.split("\n")
-    return [ln for ln in lines[:-1] if ln.strip()]
+    return [(i, ln) for i, ln in enumerate(lines[:-1], 1) if ln.strip()]
 
 
-def read_lines(path: str | os.PathLike) -> list[str]:
+def complete_lines(data: bytes) -> list[str]:
+    """The whole lines of `data`; a trailing fragment without a newline (a torn write) is left out."""
+    return [ln for _, ln in numbered_lines(data)]
+
+
+def read_numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
     p = Path(path)
     if not p.exists():
         return []
     with locked(p) as fd:  # shared readers are rare and short: the exclusive lock keeps this simple
-        return complete_lines(read_all(fd))
+        return numbered_lines(read_all(fd))
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    return [ln for _, ln in read_numbered_lines(path)]

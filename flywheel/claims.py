@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .appendlog import AppendError, complete_lines, locked, read_all
+from .appendlog import AppendError, complete_lines, locked, numbered_lines, read_all
 from .results import next_trial, rows_of
 
 CLAIM_TTL_S = 3600.0  # a trial (correctness + timing) never takes an hour
@@ -103,8 +103,7 @@ def _read_claims(path: Path) -> list[Claim]:
 
 
 def _snapshot(results, data: bytes, claims: list[Claim], model: str, gpu: str) -> Snapshot:
-    lines = complete_lines(data)
-    rows = [r for r in rows_of(results, lines) if r["model"] == model and r["gpu"] == gpu]
+    rows = [r for r in rows_of(results, numbered_lines(data)) if r["model"] == model and r["gpu"] == gpu]
     measured: dict[str, dict] = {}
     for r in rows:
         if r["program_fingerprint"] and r["status"] != "remeasure":

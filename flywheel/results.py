@@ -23,19 +23,24 @@ appended to it keep its own columns, so an old results.tsv can be resumed.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from .appendlog import append_lines, complete_lines, read_lines
+from .appendlog import append_lines, complete_lines, read_numbered_lines
+
+log = logging.getLogger("amk.flywheel")
 
 LEGACY_COLUMNS = ("trial", "time", "model", "gpu", "schedule_id", "status", "correct", "latency_us", "kind",
                   "pct_of_floor", "speedup", "description")
 COLUMNS = (*LEGACY_COLUMNS, "program_fingerprint", "predicted_us", "spread_us")
 HEADER = "\t".join(COLUMNS) + "\n"
 LEGACY_HEADER = "\t".join(LEGACY_COLUMNS) + "\n"
+FLOAT_COLUMNS = ("latency_us", "pct_of_floor", "speedup", "predicted_us", "spread_us")  # empty or a finite number
 
 
 class Status(str, Enum):
@@ -132,24 +137,64 @@ def _trial(line: str) -> int:
         return 0
 
 
-def rows_of(path, lines: list[str]) -> list[dict]:
-    """Data lines as dicts over COLUMNS (a legacy file's missing columns empty); a line with the wrong
-    number of cells (not written by append_result) is skipped."""
+def _bad_cell(row: dict) -> tuple[str, str] | None:
+    """(column, why) for the first cell append_result could not have written (a hand edit), else None."""
+    if not row["trial"].isdigit() or int(row["trial"]) < 1:
+        return "trial", "not a positive integer"
+    for col in FLOAT_COLUMNS:
+        value = row[col]
+        if not value:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            return col, "not a number"
+        if not math.isfinite(number):
+            return col, "not a finite number"
+    return None
+
+
+# Readers parse the file again at every trial (claims, snapshots): each bad line is reported once a process.
+_warned: set[tuple[str, int, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(path, n: int, line: str, message: str) -> None:
+    with _warned_lock:
+        if (str(path), n, line) in _warned:
+            return
+        _warned.add((str(path), n, line))
+    log.warning("%s:%d: %s", path, n, message)
+
+
+def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
+    """Data lines (with their line numbers, appendlog.numbered_lines) as dicts over COLUMNS (a legacy file's
+    missing columns empty). A line with the wrong number of cells (torn, not written by append_result) is
+    skipped; so is one whose trial or a numeric column does not parse (a hand edit), with a warning naming
+    the file, line and column: one bad line must not cost the others, nor crash a resume or a report."""
     if not lines:
         return []
-    columns = columns_of(path, lines[0])
+    columns = columns_of(path, lines[0][1])
     pad = {c: "" for c in COLUMNS[len(columns):]}
     rows = []
-    for ln in lines[1:]:
+    for n, ln in lines[1:]:
         cells = ln.split("\t")
-        if len(cells) == len(columns):
-            rows.append({**dict(zip(columns, cells)), **pad})
+        if len(cells) != len(columns):
+            continue
+        row = {**dict(zip(columns, cells)), **pad}
+        bad = _bad_cell(row)
+        if bad is not None:
+            col, why = bad
+            _warn_once(path, n, ln, f"skipped trial row: column {col} is {row[col]!r}, {why} (the file is left as "
+                                    "it is)")
+            continue
+        rows.append(row)
     return rows
 
 
 def read_rows(path: str | Path) -> list[dict]:
     """Rows as dicts of strings (no pandas), header checked; missing file -> []."""
-    return rows_of(path, read_lines(path))
+    return rows_of(path, read_numbered_lines(path))
 
 
 def load_results(path: str | Path = "results.tsv"):

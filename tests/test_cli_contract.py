@@ -47,7 +47,7 @@ def cli_json(capsys, *argv) -> tuple[int, dict]:
     (["generate", "--model", "toy", "--prompt-ids", "1,2,392"], "[392] outside the vocabulary of 392"),
     (["evaluate", "--model", "toy", "--max-seq", "-4"], "positive integer"),
     (["evaluate", "--model", "toy", "--gpu", "h300"], "unknown GPU target 'h300'"),
-    (["compile", "--model", "toy", "--out", "/nonexistent-dir/program.json"], "No such file or directory"),
+    (["compile", "--model", "toy", "--out", "/nonexistent-dir/program.json"], "--out '/nonexistent-dir/program.json': the directory '/nonexistent-dir' does not exist"),
 ])
 def test_bad_arguments_are_usage_errors_without_a_traceback(capsys, argv, needle):
     code, out, err = cli(capsys, *argv)

@@ -46,6 +46,11 @@ def check_verified(path: Path, fingerprint: str, device: str) -> str | None:
         rec = json.loads(path.read_text())
     except ValueError as e:
         return f"{path} is not valid JSON ({e})"
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror or e})"
+    if not isinstance(rec, dict):
+        return (f"{path} holds a JSON {type(rec).__name__}, not the JSON object `amk verify` writes: run `amk verify` "
+                "again")
     if rec.get("program_fingerprint") != fingerprint:
         return (f"{path} verified program {rec.get('program_fingerprint')}, but this config lowers to program "
                 f"{fingerprint}: verify this program first")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 from collections import Counter
-from pathlib import Path
 
 from amk.progress import status
 
@@ -179,14 +178,16 @@ def generate(args) -> CommandResult:
 
 
 def compile_cmd(args) -> CommandResult:
+    from .cmd_run import output_file, write_output
     from .evaluate import build_program
 
-    v, program = build_program(args.model, args.gpu, read_config_arg(args.config), "cpu", args.dtype, args.max_seq)
+    config = read_config_arg(args.config)
+    out = output_file("--out", args.out)
+    v, program = build_program(args.model, args.gpu, config, "cpu", args.dtype, args.max_seq)
     if program is None:
         return CommandResult(ExitCode.USAGE, v.to_dict(), f"REJECTED: {v.rejected_reason}")
-    out = Path(args.out)
     with status(f"writing {out}"):
-        out.write_text(program.to_json() + "\n")
+        write_output("--out", out, program.to_json() + "\n")
     per_sm = [sum(program.tasks[t].weight_bytes for t in q) for q in program.queues]
     used = [b for q, b in zip(program.queues, per_sm) if q]
     report = {

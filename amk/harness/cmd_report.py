@@ -155,11 +155,25 @@ def report(args) -> CommandResult:
     if not configs and len(df):
         out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown (pass --corpus)")
     if not args.no_plots:
+        out_dir = _out_dir(args.out_dir)
         try:
-            out["plots"] = plot(df, Path(args.out_dir))
+            out["plots"] = plot(df, out_dir)
         except ImportError as e:
             out["notes"].append(f"no plots: {e} (pip install matplotlib)")
     return CommandResult(ExitCode.OK, out, _text(out))
+
+
+def _out_dir(value: str) -> Path:
+    """--out-dir, created if missing; a usage error naming the flag when it cannot be (a file of that name, a
+    parent that is a file, no permission), before any plot is drawn."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out-dir {value!r}: exists and is not a directory; name a directory for the plots")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out-dir {value!r}: cannot be created ({e.strerror or e})") from e
+    return path
 
 
 def _text(out: dict) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from .commands import CommandResult, ExitCode, counted, read_config_arg, verdict_exit
+from .commands import CommandResult, ExitCode, UsageError, counted, read_config_arg, verdict_exit
 
 log = logging.getLogger("amk.cli")
 
@@ -20,6 +21,28 @@ def _save_cache_stats() -> None:
         default_cache().save_stats()  # what `amk cache stats` shows for the last run
     except OSError as e:
         log.warning("cache stats not saved: %s", e)
+
+
+def output_file(flag: str, value: str) -> Path:
+    """The file an output flag names, checked before the command does its work (verifying every case, lowering):
+    a directory, a missing or unwritable parent would otherwise fail only at the write, as a bare OSError."""
+    path = Path(value).expanduser()
+    parent = path.parent
+    if path.is_dir():
+        raise UsageError(f"{flag} {value!r}: is a directory; name a file")
+    if not parent.is_dir():
+        why = "does not exist" if not parent.exists() else "is not a directory"
+        raise UsageError(f"{flag} {value!r}: the directory {str(parent)!r} {why}")
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise UsageError(f"{flag} {value!r}: {str(path if path.exists() else parent)!r} is not writable")
+    return path
+
+
+def write_output(flag: str, path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as e:  # checked up front; what is left (a race, a full disk) still names the flag
+        raise UsageError(f"{flag} {str(path)!r}: cannot be written ({e.strerror or e})") from e
 
 
 def propose(args) -> CommandResult:
@@ -146,6 +169,7 @@ def verify(args) -> CommandResult:
     from amk.harness.evaluate import evaluate as _evaluate
 
     raw = read_config_arg(args.config)
+    out = output_file("--out", args.out)
     v = _evaluate(args.model, args.gpu, raw, device=args.device, cases=args.cases, seed=args.seed, dtype=args.dtype,
                   measure=False, max_seq=args.max_seq)
     _save_cache_stats()
@@ -162,7 +186,6 @@ def verify(args) -> CommandResult:
         "config": parse_config(raw).to_dict(), "environment": v["environment"],
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out = Path(args.out)
-    out.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_output("--out", out, json.dumps(record, indent=1, default=str) + "\n")
     text = verdict_text(v) + f"\nwrote {out} (program {record['program_fingerprint']}, passed {record['passed']})"
     return CommandResult(ExitCode.OK if record["passed"] else ExitCode.INCORRECT, {**record, "path": str(out)}, text)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
+from amk.cache import CacheDirError, default_cache
 from amk.flywheel.claims import Claim, Taken, claim, owner_id, snapshot
 from amk.flywheel.corpus import best_entry, entries_for
 from amk.flywheel.prior import Prior
@@ -123,6 +124,16 @@ def _limit_threads() -> int:
     return before
 
 
+def check_output(path: Path, flag: str) -> None:
+    """Refuse, before any trial, an output path that exists but is not a regular file (a directory): the first
+    append would fail only after the first measurement."""
+    if path.exists() and not path.is_file():
+        raise LoopError(f"{flag} {str(path)!r}: {'a directory' if path.is_dir() else 'not a regular file'}, "
+                        "not a file to append to; name a file")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise LoopError(f"{flag} {str(path)!r}: {path.parent} is not a directory")
+
+
 def _default_evaluate(*args, **kw) -> dict:
     return evaluate(*args, **kw)  # looked up at call time: the module attribute is the seam
 
@@ -144,6 +155,11 @@ class _Run(Rounds):
         self.settings = settings or SearchSettings()
         self.evaluate_fn = evaluate_fn if evaluate_fn is not None else _default_evaluate
         self.should_stop = should_stop
+        check_output(self.results, "--results (results=)")
+        check_output(self.corpus, "--corpus (corpus=)")
+        if self.evaluate_fn is _default_evaluate:
+            # an unusable cache directory fails here, not inside the first trial as a row blaming its config
+            default_cache()
         try:
             rows = read_rows(self.results)
         except ResultsFormatError as e:
@@ -336,6 +352,8 @@ class _Run(Rounds):
             return self.evaluate_fn(self.model, self.target, cfg, device=self.dev.value, cases=self.cases,
                                     seed=self.seed, dtype=self.dtype, corpus=str(self.corpus), max_seq=self.max_seq,
                                     **extra)
+        except CacheDirError:
+            raise  # the environment, not this config: every later trial would fail the same way
         except Exception as e:  # the loop outlives one bad trial; the row says crash and why
             log.exception("evaluate crashed")
             return {"crash": f"{type(e).__name__}: {e}"}

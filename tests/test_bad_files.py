@@ -1,0 +1,190 @@
+"""Bad files and paths the user hands AMK: an unusable AMK_CACHE_DIR, a hand-edited results.tsv, a
+verify_result.json that is not an object, a corrupt last_run_stats.json, output flags naming a directory or a
+missing parent. Each is a clear error naming the file or flag (or a skipped line with a warning), never a
+traceback and never a trial blamed on the config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
+
+from amk.cli import main
+from amk.flywheel.results import HEADER, read_rows
+
+
+def run(capsys, *argv):
+    """main() in-process with --json; returns (exit code, the one JSON object on stdout)."""
+    code = main(["--json", *argv])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1, out[-2000:]
+    obj = json.loads(lines[0])
+    assert obj["exit_code"] == code
+    return code, obj
+
+
+# ---- AMK_CACHE_DIR -------------------------------------------------------------------------------------------
+
+
+def test_a_cache_dir_that_is_a_file_is_a_usage_error_not_a_rejection(capsys, monkeypatch, tmp_path):
+    bad = tmp_path / "cachefile"
+    bad.touch()
+    monkeypatch.setenv("AMK_CACHE_DIR", str(bad))
+    code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim")
+    assert code == 2 and v["error_type"] == "usage", v
+    assert "AMK_CACHE_DIR" in v["error"] and str(bad) in v["error"] and "not a directory" in v["error"]
+    assert "rejected_reason" not in v
+
+
+def test_a_loop_with_an_unusable_cache_dir_records_no_trial(capsys, monkeypatch, tmp_path):
+    bad = tmp_path / "cachefile"
+    bad.touch()
+    monkeypatch.setenv("AMK_CACHE_DIR", str(bad))
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "2", "--results", str(res),
+                  "--corpus", str(cor))
+    assert code == 2 and s["error_type"] == "usage" and "AMK_CACHE_DIR" in s["error"], s
+    assert not res.exists() and not cor.exists()
+
+
+def test_the_cache_dir_is_created_when_missing_and_refused_when_not_writable(monkeypatch, tmp_path):
+    from amk.cache import CacheDirError, default_cache
+
+    root = tmp_path / "new" / "cache"
+    monkeypatch.setenv("AMK_CACHE_DIR", str(root))
+    assert default_cache().root == root and root.is_dir()
+    other = tmp_path / "read-only"
+    other.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(other) else real_access(p, mode))
+    monkeypatch.setenv("AMK_CACHE_DIR", str(other))
+    with pytest.raises(CacheDirError, match="AMK_CACHE_DIR.*not writable") as e:
+        default_cache()
+    assert e.value.argument == "AMK_CACHE_DIR" and str(other) in str(e.value)
+
+
+def test_a_cache_write_failing_mid_run_names_the_cache_dir(monkeypatch, tmp_path):
+    from amk.cache import Cache, CacheDirError, default_cache
+
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "program").write_text("a file where the kind's directory belongs")
+    with pytest.raises(CacheDirError, match="AMK_CACHE_DIR") as e:
+        Cache(root).get_or_create_json("program", "ab" * 32, lambda: {"x": 1})
+    assert str(root / "program") in str(e.value)
+    monkeypatch.setenv("AMK_CACHE_DIR", str(root))
+    with pytest.raises(CacheDirError, match="program: not a directory"):  # refused up front, before lowering
+        default_cache()
+
+
+def test_a_cache_failing_inside_lowering_is_not_the_configs_rejection(capsys, monkeypatch, tmp_path):
+    root = tmp_path / "c"
+    (root / "program").mkdir(parents=True)
+    for i in range(256):  # every entry's shard directory is a file: the root passes, the first entry fails
+        (root / "program" / f"{i:02x}").write_text("")
+    monkeypatch.setenv("AMK_CACHE_DIR", str(root))
+    code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim")
+    assert code == 2 and v["error_type"] == "usage", v
+    assert "AMK_CACHE_DIR" in v["error"] and "rejected_reason" not in v
+
+
+# ---- results.tsv with a hand-edited number ------------------------------------------------------------------
+
+
+def _results_with_bad_latency(path):
+    row = ["1", "2026-01-01T00:00:00Z", "toy", "cpu-sim", "b4b855881ef6", "keep", "true", "abc", "predicted", "",
+           "", "baseline", "0b1a245a7680c90b", "83.6681", ""]
+    good = ["2", "2026-01-01T00:00:01Z", "toy", "cpu-sim", "62d6b5dd075d", "discard", "true", "90.5", "predicted",
+            "", "", "a change", "e8c7a28e0e4f5408", "34.3", ""]
+    path.write_text(HEADER + "\t".join(row) + "\n" + "\t".join(good) + "\n")
+    return path.read_bytes()
+
+
+def test_a_non_numeric_latency_is_skipped_with_a_warning_naming_file_line_and_column(tmp_path, caplog):
+    res = tmp_path / "r.tsv"
+    before = _results_with_bad_latency(res)
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        rows = read_rows(res)
+    assert [r["trial"] for r in rows] == ["2"]
+    assert f"{res}:2" in caplog.text and "latency_us" in caplog.text and "'abc'" in caplog.text
+    assert res.read_bytes() == before
+
+
+def test_report_and_resume_survive_a_non_numeric_latency(capsys, tmp_path):
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    before = _results_with_bad_latency(res)
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(cor), "--no-plots")
+    assert code == 0 and out["trials"] == 1, out
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--resume",
+                  "--results", str(res), "--corpus", str(cor))
+    assert code == 0, s
+    assert res.read_bytes().startswith(before)
+
+
+# ---- inputs that are not what they should be ----------------------------------------------------------------
+
+
+def test_bench_with_a_verify_result_that_is_not_an_object(capsys, tmp_path):
+    vr = tmp_path / "verify_result.json"
+    vr.write_text("[]")
+    code, out = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--verify-result", str(vr))
+    assert code == 2 and str(vr) in out["error"] and "JSON object" in out["error"], out
+
+
+def test_report_out_dir_that_is_a_file(capsys, tmp_path):
+    res = tmp_path / "r.tsv"
+    _results_with_bad_latency(res)
+    adir = tmp_path / "adir"
+    adir.touch()
+    code, out = run(capsys, "report", "--results", str(res), "--out-dir", str(adir))
+    assert code == 2 and out["error_type"] == "usage" and "--out-dir" in out["error"] and str(adir) in out["error"]
+
+
+def test_cache_stats_with_a_corrupt_stats_file(capsys, monkeypatch, tmp_path):
+    root = tmp_path / "c"
+    root.mkdir()
+    stats = root / "last_run_stats.json"
+    stats.write_text('{"a": "\x01')
+    monkeypatch.setenv("AMK_CACHE_DIR", str(root))
+    code = main(["--json", "cache", "stats"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 0 and out["last_run"] is None and "files" in out, out
+    assert str(stats) in captured.err and "unreadable" in captured.err  # the CLI's logger writes to stderr
+
+
+# ---- output flags -------------------------------------------------------------------------------------------
+
+
+def test_verify_out_that_is_a_directory_is_refused_before_verifying(capsys, monkeypatch, tmp_path):
+    import amk.harness.evaluate as ev
+
+    def never(*a, **kw):
+        raise AssertionError("verified before checking --out")
+
+    monkeypatch.setattr(ev, "evaluate", never)
+    code, out = run(capsys, "verify", "--model", "toy", "--gpu", "cpu-sim", "--out", str(tmp_path))
+    assert code == 2 and "--out" in out["error"] and str(tmp_path) in out["error"], out
+
+
+def test_compile_out_in_a_missing_directory_names_the_flag(capsys, tmp_path):
+    missing = tmp_path / "nonexistent" / "x.json"
+    code, out = run(capsys, "compile", "--model", "toy", "--gpu", "cpu-sim", "--out", str(missing))
+    assert code == 2 and "--out" in out["error"] and str(missing.parent) in out["error"], out
+
+
+def test_loop_results_that_is_a_directory_names_the_flag(capsys, tmp_path):
+    adir = tmp_path / "adir_r"
+    adir.mkdir()
+    code, out = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--results",
+                    str(adir), "--corpus", str(tmp_path / "c.jsonl"))
+    assert code == 2 and "--results" in out["error"] and str(adir) in out["error"], out
+    cdir = tmp_path / "cdir"
+    cdir.mkdir()
+    code, out = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--results",
+                    str(tmp_path / "r.tsv"), "--corpus", str(cdir))
+    assert code == 2 and "--corpus" in out["error"] and str(cdir) in out["error"], out
