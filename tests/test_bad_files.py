@@ -188,3 +188,23 @@ def test_loop_results_that_is_a_directory_names_the_flag(capsys, tmp_path):
     code, out = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--results",
                     str(tmp_path / "r.tsv"), "--corpus", str(cdir))
     assert code == 2 and "--corpus" in out["error"] and str(cdir) in out["error"], out
+
+
+# ---- arguments the Python API takes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 10**23, 1.5, True])
+def test_evaluate_and_loop_refuse_a_seed_out_of_range(seed, tmp_path):
+    import amk
+    from amk.schedule.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="seed"):
+        amk.evaluate("toy", "cpu-sim", {}, seed=seed)
+    with pytest.raises(ArgumentError, match="seed"):
+        amk.loop("toy", "cpu-sim", budget=1, seed=seed, results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl")
+    assert not (tmp_path / "r.tsv").exists()
+
+
+def test_a_max_seq_whose_kv_cache_cannot_fit_is_refused_before_any_allocation(capsys):
+    code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", str(10**12))
+    assert code == 2 and v["error_type"] == "usage" and "max_seq" in v["error"] and "KV cache" in v["error"], v

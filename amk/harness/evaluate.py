@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 
@@ -85,6 +86,7 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     if stop_above_us is not None and (isinstance(stop_above_us, bool) or not isinstance(stop_above_us, int | float)
                                       or not stop_above_us > 0):
         raise ArgumentError("stop_above_us", f"expected a positive number of microseconds, got {stop_above_us!r}")
+    check_seed(seed)
     t0 = time.perf_counter()
     if isinstance(cases, str) and cases not in ("full", "reduced"):  # before any model work
         raise ArgumentError("cases", f"expected 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
@@ -97,6 +99,33 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     v.cache = _stats_delta(before, cache.stats())
     v.seconds = round(time.perf_counter() - t0, 4)
     return v.to_dict()
+
+
+SEED_LIMIT = 2**63  # the verify cases' seeds go to torch.manual_seed, a signed 64-bit integer
+
+
+def check_seed(seed) -> None:
+    """ArgumentError unless `seed` is an integer in [0, 2**63)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ArgumentError("seed", f"expected an integer from 0 to 2**63 - 1, got {seed!r}")
+
+
+def _check_kv_memory(dims, dtype: str, max_seq: int, dev) -> None:
+    """ArgumentError (naming max_seq) when the KV cache of `max_seq` positions, held twice (the VM's and the
+    reference's), does not fit the memory free on `dev`: the allocation would otherwise end the process with
+    no message (the kernel's out-of-memory killer on the CPU)."""
+    import torch
+
+    nbytes = {"fp32": 4, "fp16": 2, "bf16": 2}[dtype]
+    kv = 2 * dims.n_layers * dims.n_kv_heads * dims.head_dim * max_seq * nbytes
+    if dev == Device.CUDA:
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if 2 * kv > free:
+        raise ArgumentError("max_seq", f"{max_seq} positions need {kv / 2**30:.1f} GiB of KV cache in {dtype}, held "
+                                       f"twice (the VM's and the reference's), and {dev.value} has "
+                                       f"{free / 2**30:.1f} GiB free")
 
 
 def build_program(model, gpu, config, device: str = "auto", dtype: str | None = None, max_seq: int | None = None,
@@ -130,6 +159,8 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
         v.notes.append(dtype_note)
     v.schedule_id = cfg.schedule_id
     dims_model = given or get_model(v.model, v.dtype, dev, weights=False)
+    if max_seq is not None:
+        _check_kv_memory(dims_model.dims, v.dtype, max_seq, dev)
     with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
         program = _lower_cached(v, dims_model, target, cfg, max_seq, cache)
     if program is None or not _validate(v, program, target):

@@ -43,7 +43,7 @@ from amk.schedule.errors import AmkError
 from amk.schedule.space import search_space
 
 from .environment import Device, get_model, resolve_device, resolve_target
-from .evaluate import default_dtype, evaluate, resolve_dtype_name
+from .evaluate import check_seed, default_dtype, evaluate, resolve_dtype_name
 from .propose import incumbent_config, model_name
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.keep import Incumbent, decide, needs_confirmation, pooled, race_bound_us
@@ -92,7 +92,9 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     model). `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
     that holds its best kept config, a rejected seed),
-    ConfigError (a malformed seed), UnknownModelError / UnknownTargetError."""
+    ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63)), UnknownModelError /
+    UnknownTargetError."""
+    check_seed(seed)
     if workers > 1:
         from .search.distributed import run_workers
 
