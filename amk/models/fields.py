@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -66,6 +67,27 @@ def _unset(what: str) -> Refusal:
     return refuse
 
 
+def _positive_int(nullable: bool = False) -> Refusal:
+    # transformers builds a model from a zero or negative width and fails later, or computes NaN: refuse it here
+    def refuse(v, cfg, arch):
+        if v is None and nullable:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            return "must be a positive integer"
+        return None
+    return refuse
+
+
+def _positive_number(nullable: bool = False) -> Refusal:
+    def refuse(v, cfg, arch):
+        if v is None and nullable:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            return "must be a positive, finite number"
+        return None
+    return refuse
+
+
 def _attention_bias(v, cfg, arch):
     # Llama and Qwen3 put the bias on q, k, v and o; Mistral and Qwen2 hard-wire theirs and never read the flag.
     if v and arch in (Architecture.LLAMA, Architecture.QWEN3):
@@ -83,6 +105,9 @@ def _rope(v, cfg, arch):
     kind = params.get("rope_type") or params.get("type") or "default"
     if kind not in ROPE_TYPES:
         return f"rope_type={kind!r}: only {', '.join(ROPE_TYPES)} (tables of the position alone) are lowered"
+    theta = params.get("rope_theta")
+    if theta is not None and _positive_number()(theta, cfg, arch):
+        return f"rope_theta={theta!r} must be a positive, finite number"
     partial = params.get("partial_rotary_factor")
     if partial not in (None, 1, 1.0):
         return f"partial_rotary_factor={partial}: RoPE over part of a head is not lowered"
@@ -130,24 +155,26 @@ _L, _O, _I = Treatment.LOWERED, Treatment.ONLY, Treatment.INERT
 FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     # --- what the model is
     _F("model_type", _L, "the family: llama, mistral, qwen2 or qwen3 (anything else is refused)"),
-    _F("vocab_size", _L, "rows of the embedding and of the LM head"),
-    _F("hidden_size", _L, "the residual width"),
-    _F("intermediate_size", _L, "the MLP width"),
-    _F("num_hidden_layers", _L, "the decoder layers"),
-    _F("num_attention_heads", _L, "q heads"),
-    _F("num_key_value_heads", _L, "KV heads (GQA groups)"),
-    _F("head_dim", _L, "the head width (Qwen2 reads it through getattr when a config carries it)"),
+    _F("vocab_size", _L, "rows of the embedding and of the LM head", _positive_int()),
+    _F("hidden_size", _L, "the residual width", _positive_int()),
+    _F("intermediate_size", _L, "the MLP width", _positive_int()),
+    _F("num_hidden_layers", _L, "the decoder layers", _positive_int()),
+    _F("num_attention_heads", _L, "q heads", _positive_int()),
+    _F("num_key_value_heads", _L, "KV heads (GQA groups)", _positive_int(nullable=True)),
+    _F("head_dim", _L, "the head width (Qwen2 reads it through getattr when a config carries it)",
+       _positive_int(nullable=True)),
     _F("hidden_act", _O, "the MLP activation", _is("silu")),
-    _F("rms_norm_eps", _L, "every RMSNorm (and Qwen3's q/k norms)"),
+    _F("rms_norm_eps", _L, "every RMSNorm (and Qwen3's q/k norms)", _positive_number()),
     _F("max_position_embeddings", _L, "the default context of a program (capped at 2048 by lower()) and the "
-                                      "RoPE tables' range"),
+                                      "RoPE tables' range", _positive_int(nullable=True)),
     _F("tie_word_embeddings", _L, "LM head = embedding, as the loaded module has it: a checkpoint that stores its "
                                   "own lm_head.weight is untied whatever the flag says, as transformers loads it"),
     _F("rope_parameters", _O, "rope_theta, rope_type and its factors: the cos/sin tables come from the model's "
                               "own rotary module (vm/weights.rope_tables)", _rope),
-    _F("default_theta", _L, "rope_theta when a config names none: into the RoPE tables"),
+    _F("default_theta", _L, "rope_theta when a config names none: into the RoPE tables",
+       _positive_number(nullable=True)),
     _F("rope_scaling", _O, "transformers 4's rope_parameters: the same rule", _rope, legacy=True),
-    _F("rope_theta", _L, "transformers 4: into the RoPE tables", legacy=True),
+    _F("rope_theta", _L, "transformers 4: into the RoPE tables", _positive_number(nullable=True), legacy=True),
     _F("attention_bias", _O, "Llama and Qwen3: bias on q, k, v and o; Mistral and Qwen2 never read it",
        _attention_bias),
     _F("mlp_bias", _O, "Llama: bias on the MLP projections; the other three never read it", _mlp_bias),
