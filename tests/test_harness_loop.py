@@ -177,6 +177,22 @@ def test_resume_without_the_corpus_of_its_best_keep_refuses(tmp_path):
     assert s["incumbent"]["latency_us"] <= float(best["latency_us"])
 
 
+def test_resume_with_a_given_config_other_than_the_kept_incumbent_refuses(tmp_path):
+    def other_loads_are_faster(model, gpu, config, **kw):
+        return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
+
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=other_loads_are_faster,
+             settings=SMALL)
+    best = min((r for r in read_rows(res) if r["status"] == "keep"), key=lambda r: float(r["latency_us"]))
+    before = res.read_text()
+    slower = {"build": {"loads_in_flight": 4}}  # 100 us against the kept 90: it must not become a keep
+    with pytest.raises(LoopError, match=f"trial {best['trial']} kept {best['schedule_id']}.*resume without --config"):
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=other_loads_are_faster,
+                 resume=True, incumbent=slower, settings=SMALL)
+    assert res.read_text() == before
+
+
 def test_loop_progress_callback(tmp_path, fake_evaluate):
     seen = []
     amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",

@@ -213,6 +213,7 @@ class _Run(Rounds):
                        ) -> tuple[Incumbent, tuple[Candidate, Built] | None]:
         origin = "given"
         if given is not None:
+            self._check_given_on_resume(given, rows)
             cfg, source = given, Source.GIVEN
         else:
             cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus)
@@ -231,6 +232,19 @@ class _Run(Rounds):
         inc = Incumbent(cfg, program_fingerprint=built.program_fingerprint)
         self.start_description = f"baseline ({origin} config)"
         return inc, (Candidate(cfg, (), source), built)
+
+    def _check_given_on_resume(self, given: ScheduleConfig, rows: list[dict]) -> None:
+        """A given start config on a results file that already kept one: the start is the incumbent until a
+        candidate beats it, so a slower given config would be logged as a keep over the file's best. Raises
+        LoopError naming the kept trial."""
+        kept = [r for r in rows if r.get("model") == self.name and r.get("gpu") == self.target.name
+                and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
+        best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
+        if best is not None and best["schedule_id"] != given.schedule_id:
+            raise LoopError(f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at "
+                            f"{float(best['latency_us']):.2f} us, the incumbent a resumed loop continues from; a "
+                            f"given config ({given.schedule_id}) would replace it whatever its latency: resume "
+                            "without --config, or start another results file from it")
 
     def _check_resumed_incumbent(self, cfg: ScheduleConfig, rows: list[dict]) -> None:
         """A resumed results file's best kept trial is the bar to beat, but only the corpus holds its config (the
