@@ -85,3 +85,19 @@ def test_sigterm_stops_a_loop_like_sigint():
 def test_prompt_ids_with_an_empty_part_are_refused(capsys, text):
     code, out = run(capsys, "generate", "--model", "toy", "--prompt-ids", text)
     assert code == 2 and "--prompt-ids" in out["error"] and "'' is not a token id" in out["error"]
+
+
+def test_bench_contexts_with_an_empty_part_are_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, "bench", "--model", "toy", "--verify-not-required", "--contexts", "1,,2")
+    assert code == 2 and "--contexts '1,,2'" in out["error"]
+
+
+def test_an_explicit_map_entry_for_a_kind_the_program_lacks_is_named():
+    import amk
+
+    v = amk.evaluate("toy", "cpu-sim", {"sm": {"assignment": "explicit",
+                                               "explicit_map": {"attention_values": [1], "qkv": [0, 1]}}},
+                     cases="reduced")
+    notes = [n for n in v["notes"] if n.startswith("sm.explicit_map.")]
+    assert len(notes) == 1 and "attention_values has no effect" in notes[0]  # qkv tasks exist: no note

@@ -63,7 +63,7 @@ def check_verified(path: Path, fingerprint: str, device: str) -> str | None:
 
 def _contexts(text: str) -> list[int]:
     try:
-        out = [int(x) for x in text.split(",") if x.strip()]
+        out = [int(x) for x in text.split(",")]  # an empty part ("1,,2") is a missing length, not a separator
     except ValueError:
         raise UsageError(f"--contexts {text!r}: expected comma-separated integers") from None
     if not out or any(c < 0 for c in out):

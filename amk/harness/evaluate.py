@@ -17,7 +17,7 @@ import traceback
 
 from amk.cache import Cache, CacheDirError, default_cache, program_key
 from amk.progress import bar, status
-from amk.schedule.config import ScheduleConfig
+from amk.schedule.config import ScheduleConfig, SmAssignment
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
 from amk.schedule.inert import inert_knobs
 from amk.schedule.program import (
@@ -170,7 +170,18 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     v.program_fingerprint = program.known_fingerprint()
     v.derived = dict(program.meta.get("derived", {}))
     v.notes += [k.note() for k in inert_knobs(cfg, target, v.derived)]
+    v.notes += _unused_explicit_kinds(cfg, program)
     return v, program
+
+
+def _unused_explicit_kinds(cfg: ScheduleConfig, program: MegakernelProgram) -> list[str]:
+    """A note for each stage kind `sm.explicit_map` places that this program has no task of (another
+    attention.softmax, say): the entry places nothing."""
+    if cfg.sm.assignment != SmAssignment.EXPLICIT:
+        return []  # the whole map is inert then, and inert_knobs says so
+    kinds = {t.kind for t in program.tasks}
+    return [f"sm.explicit_map.{k} has no effect: this program has no {k} tasks (its kinds: {', '.join(sorted(kinds))})"
+            for k in cfg.sm.explicit_map if k not in kinds]
 
 
 def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, dev: Device, cases, seed: int,
