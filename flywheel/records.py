@@ -39,6 +39,18 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def _checked_num(name: str, v, positive: bool = False) -> float | None:
+    """A record's number: None when absent (null); RecordFormatError naming `name` for a value no trial writes
+    (a string, NaN, a bool, or, for a latency, zero or less), so the line is skipped with a warning, not read
+    as a trial without a latency."""
+    if v is None:
+        return None
+    x = _num(v)
+    if x is None or (positive and x <= 0):
+        raise RecordFormatError(f"{name} is {v!r}, not a {'positive ' if positive else ''}finite number")
+    return x
+
+
 @dataclass(frozen=True)
 class TuningRecord:
     """One measured trial. Latencies in microseconds; `features` are the cost model's critical-path
@@ -117,17 +129,28 @@ class TuningRecord:
         # a record outlives knob renames: its config is read in today's spelling
         return cls(model=str(d["model"]), gpu=str(d["gpu"]), config=migrate_config(dict(d["config"])), verdict=dict(v),
                    environment=dict(d.get("environment") or v.get("environment") or {}), time=str(d.get("time", "")),
-                   change=tuple(d.get("change") or ()), improvement=_num(d.get("improvement")),
-                   kept=True if legacy else bool(d.get("kept")), status=str(d.get("status") or "keep"),
+                   change=tuple(d.get("change") or ()), improvement=_checked_num("improvement", d.get("improvement")),
+                   kept=True if legacy else _kept(d.get("kept")), status=str(d.get("status") or "keep"),
                    dtype=d.get("dtype", v.get("dtype")), device=d.get("device", v.get("device")),
                    schedule_id=d.get("schedule_id", v.get("schedule_id")),
                    program_fingerprint=d.get("program_fingerprint", v.get("program_fingerprint")),
                    source=d.get("source"), trial=d.get("trial"),
-                   latency_us=_num(d.get("latency_us", v.get("latency_us"))),
-                   latency_spread_us=_num(d.get("latency_spread_us", v.get("latency_spread_us"))),
+                   latency_us=_checked_num("latency_us", d.get("latency_us", v.get("latency_us")), positive=True),
+                   latency_spread_us=_checked_num("latency_spread_us",
+                                                  d.get("latency_spread_us", v.get("latency_spread_us"))),
                    latency_kind=d.get("latency_kind", v.get("latency_kind")),
-                   predicted_latency_us=_num(d.get("predicted_latency_us", v.get("predicted_latency_us"))),
+                   predicted_latency_us=_checked_num("predicted_latency_us",
+                                                     d.get("predicted_latency_us", v.get("predicted_latency_us")),
+                                                     positive=True),
                    features=feats if isinstance(feats, dict) else None)
+
+
+def _kept(v) -> bool:
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise RecordFormatError(f"kept is {v!r}, not true or false")
+    return v
 
 
 def utc_now() -> str:

@@ -208,3 +208,21 @@ def test_evaluate_and_loop_refuse_a_seed_out_of_range(seed, tmp_path):
 def test_a_max_seq_whose_kv_cache_cannot_fit_is_refused_before_any_allocation(capsys):
     code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", str(10**12))
     assert code == 2 and v["error_type"] == "usage" and "max_seq" in v["error"] and "KV cache" in v["error"], v
+
+
+# ---- corpus.jsonl with a hand-edited record -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value", [("latency_us", -3.0), ("latency_us", 0), ("latency_us", "abc"),
+                                          ("kept", "yes"), ("predicted_latency_us", True)])
+def test_a_record_with_a_value_no_trial_writes_is_skipped_with_a_warning(tmp_path, caplog, field, value):
+    from amk.flywheel.records import load_records
+
+    good = {"record": 2, "model": "toy", "gpu": "cpu-sim", "config": {}, "verdict": {}, "kept": True,
+            "latency_us": 33.1}
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, field: value}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="amk"):
+        recs = load_records(path)
+    assert len(recs) == 1 and recs[0].latency_us == 33.1
+    assert "corpus.jsonl:2: skipped" in caplog.text and field in caplog.text

@@ -213,7 +213,6 @@ class _Run(Rounds):
                        ) -> tuple[Incumbent, tuple[Candidate, Built] | None]:
         origin = "given"
         if given is not None:
-            self._check_given_on_resume(given, rows)
             cfg, source = given, Source.GIVEN
         else:
             cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus)
@@ -223,6 +222,8 @@ class _Run(Rounds):
         if not built.valid and given is not None:
             raise LoopError(f"the given config {cfg.schedule_id} is rejected ({built.reason}): a loop starts from a "
                             "config that lowers and validates")
+        if given is not None:
+            self._check_given_on_resume(given, built.program_fingerprint, rows)
         if not built.valid and cfg != ScheduleConfig():
             log.warning("the corpus's best config %s no longer lowers (%s): starting from the defaults",
                         cfg.schedule_id, built.reason)
@@ -233,14 +234,15 @@ class _Run(Rounds):
         self.start_description = f"baseline ({origin} config)"
         return inc, (Candidate(cfg, (), source), built)
 
-    def _check_given_on_resume(self, given: ScheduleConfig, rows: list[dict]) -> None:
-        """A given start config on a results file that already kept one: the start is the incumbent until a
-        candidate beats it, so a slower given config would be logged as a keep over the file's best. Raises
-        LoopError naming the kept trial."""
+    def _check_given_on_resume(self, given: ScheduleConfig, fingerprint: str | None, rows: list[dict]) -> None:
+        """A given start config on a results file that already kept another program: the start is the incumbent
+        until a candidate beats it, so a slower given config would be logged as a keep over the file's best.
+        Raises LoopError naming the kept trial. A config of the kept program (another spelling) is its incumbent."""
         kept = [r for r in rows if r.get("model") == self.name and r.get("gpu") == self.target.name
                 and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
-        if best is not None and best["schedule_id"] != given.schedule_id:
+        if (best is not None and best["schedule_id"] != given.schedule_id
+                and best.get("program_fingerprint") != fingerprint):
             raise LoopError(f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at "
                             f"{float(best['latency_us']):.2f} us, the incumbent a resumed loop continues from; a "
                             f"given config ({given.schedule_id}) would replace it whatever its latency: resume "
