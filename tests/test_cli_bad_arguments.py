@@ -101,3 +101,14 @@ def test_an_explicit_map_entry_for_a_kind_the_program_lacks_is_named():
                      cases="reduced")
     notes = [n for n in v["notes"] if n.startswith("sm.explicit_map.")]
     assert len(notes) == 1 and "attention_values has no effect" in notes[0]  # qkv tasks exist: no note
+
+
+def test_a_malformed_start_config_names_its_flag(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, "loop", "--model", "toy", "--budget", "1", "--config", '{"bogus": 1}')
+    assert code == 2 and out["error"].startswith("--config: $.bogus: unknown key")
+    assert not (tmp_path / "results.tsv").exists()
+    code, out = run(capsys, "propose", "--model", "toy", "--incumbent", '{"attention": {"sync": "x"}}')
+    assert code == 2 and out["error"].startswith("--incumbent: $.attention.sync")
+    code, out = run(capsys, "propose", "--model", "toy", "--incumbent", "missing.json")
+    assert code == 2 and "--incumbent 'missing.json': no such file" in out["error"]

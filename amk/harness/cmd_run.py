@@ -45,10 +45,24 @@ def write_output(flag: str, path: Path, text: str) -> None:
         raise UsageError(f"{flag} {str(path)!r}: cannot be written ({e.strerror or e})") from e
 
 
+def _parsed_config(flag: str, value: str | None) -> dict | None:
+    """The config a start flag names, as a dict; a malformed one is a usage error naming the flag (and the
+    field), before any model work."""
+    from amk.harness.verdict import parse_config
+    from amk.schedule.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return parse_config(read_config_arg(value, flag)).to_dict()
+    except ConfigError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
 def propose(args) -> CommandResult:
     from amk.harness.propose import propose as _propose
 
-    inc = read_config_arg(args.incumbent) if args.incumbent is not None else None
+    inc = _parsed_config("--incumbent", args.incumbent)
     out = _propose(args.model, args.gpu, incumbent=inc, corpus=args.corpus)
     return CommandResult(ExitCode.OK, out, proposal_text(out))
 
@@ -139,7 +153,7 @@ def loop(args) -> CommandResult:
     if args.budget is None and args.minutes is None:
         log.info("no --budget or --minutes: the loop stops after %d non-improving trials in a row",
                  args.max_reverts)
-    seed_config = read_config_arg(args.config) if args.config is not None else None
+    seed_config = _parsed_config("--config", args.config)
     s = _loop(args.model, args.gpu, budget=args.budget, minutes=args.minutes, seed=args.seed, device=args.device,
               results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
               progress=_progress, cases=args.cases, dtype=args.dtype, incumbent=seed_config, workers=args.workers,
