@@ -112,3 +112,12 @@ def test_a_malformed_start_config_names_its_flag(capsys, tmp_path, monkeypatch):
     assert code == 2 and out["error"].startswith("--incumbent: $.attention.sync")
     code, out = run(capsys, "propose", "--model", "toy", "--incumbent", "missing.json")
     assert code == 2 and "--incumbent 'missing.json': no such file" in out["error"]
+
+
+def test_more_heads_per_qkv_task_than_the_model_has_is_named():
+    import amk
+
+    v = amk.evaluate("toy", "cpu-sim", {"matvec": {"qkv": {"heads_per_task": 1024}}}, cases="reduced")
+    assert v["valid"] and any(n.startswith("matvec.qkv.heads_per_task=1024 is more than") for n in v["notes"])
+    v = amk.evaluate("toy", "cpu-sim", {"matvec": {"qkv": {"heads_per_task": 2}}}, cases="reduced")
+    assert not any(n.startswith("matvec.qkv.heads_per_task") for n in v["notes"])

@@ -171,6 +171,10 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     v.derived = dict(program.meta.get("derived", {}))
     v.notes += [k.note() for k in inert_knobs(cfg, target, v.derived)]
     v.notes += _unused_explicit_kinds(cfg, program)
+    heads = dims_model.dims.n_heads + 2 * dims_model.dims.n_kv_heads
+    if cfg.matvec.qkv.heads_per_task > heads:
+        v.notes.append(f"matvec.qkv.heads_per_task={cfg.matvec.qkv.heads_per_task} is more than the model's {heads} "
+                       f"q/k/v heads: one QKV task takes them all, as heads_per_task={heads} would")
     return v, program
 
 
