@@ -23,6 +23,7 @@ from amk.schedule.inert import inert_knobs
 from amk.schedule.program import (
     FINGERPRINT_META,
     VALIDATION_META,
+    BufferKind,
     MegakernelProgram,
     gc_paused,
     lowering_digest,
@@ -110,21 +111,32 @@ def check_seed(seed) -> None:
         raise ArgumentError("seed", f"expected an integer from 0 to 2**63 - 1, got {seed!r}")
 
 
-def _check_kv_memory(dims, dtype: str, max_seq: int, dev) -> None:
-    """ArgumentError (naming max_seq) when the KV cache of `max_seq` positions, held twice (the VM's and the
-    reference's), does not fit the memory free on `dev`: the allocation would otherwise end the process with
-    no message (the kernel's out-of-memory killer on the CPU)."""
+def _free_bytes(dev) -> int:
+    """Memory free for new allocations on `dev`: the GPU's free memory, or the host's MemAvailable (the page
+    cache counts as free: the kernel gives it back), else its free pages."""
     import torch
 
-    nbytes = {"fp32": 4, "fp16": 2, "bf16": 2}[dtype]
-    kv = 2 * dims.n_layers * dims.n_kv_heads * dims.head_dim * max_seq * nbytes
     if dev == Device.CUDA:
-        free = torch.cuda.mem_get_info()[0]
-    else:
-        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _check_kv_memory(program: MegakernelProgram, dev) -> None:
+    """ArgumentError (naming max_seq) when the program's KV cache, held twice (the VM's and the reference's), does
+    not fit the memory free on `dev`: the allocation would otherwise end the process with no message (the
+    kernel's out-of-memory killer on the CPU)."""
+    kv = sum(b.nbytes for b in program.buffers if b.kind == BufferKind.KV)
+    free = _free_bytes(dev)
     if 2 * kv > free:
-        raise ArgumentError("max_seq", f"{max_seq} positions need {kv / 2**30:.1f} GiB of KV cache in {dtype}, held "
-                                       f"twice (the VM's and the reference's), and {dev.value} has "
+        raise ArgumentError("max_seq", f"{program.constants.max_seq} positions need {kv / 2**30:.1f} GiB of KV "
+                                       f"cache, held twice (the VM's and the reference's), and {dev.value} has "
                                        f"{free / 2**30:.1f} GiB free")
 
 
@@ -159,8 +171,6 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
         v.notes.append(dtype_note)
     v.schedule_id = cfg.schedule_id
     dims_model = given or get_model(v.model, v.dtype, dev, weights=False)
-    if max_seq is not None:
-        _check_kv_memory(dims_model.dims, v.dtype, max_seq, dev)
     with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
         program = _lower_cached(v, dims_model, target, cfg, max_seq, cache)
     if program is None or not _validate(v, program, target):
@@ -193,6 +203,7 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     from amk.models import Model
 
     given = model if isinstance(model, Model) else None
+    _check_kv_memory(program, dev)  # before the weights load
     floor = _floor(v, program, target, dev, cache)
     calib = calibrate_file(corpus, target.name)
     _predict(v, program, target, calib)
