@@ -111,13 +111,13 @@ def check_seed(seed) -> None:
         raise ArgumentError("seed", f"expected an integer from 0 to 2**63 - 1, got {seed!r}")
 
 
-def _free_bytes(dev) -> int:
-    """Memory free for new allocations on `dev`: the GPU's free memory, or the host's MemAvailable (the page
-    cache counts as free: the kernel gives it back), else its free pages."""
+def _free_bytes(dev) -> int | None:
+    """Memory free for new allocations on `dev`: the GPU's free memory (None when no GPU answers), or the host's
+    MemAvailable (the page cache counts as free: the kernel gives it back), else its free pages."""
     import torch
 
     if dev == Device.CUDA:
-        return int(torch.cuda.mem_get_info()[0])
+        return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -134,7 +134,7 @@ def _check_kv_memory(program: MegakernelProgram, dev) -> None:
     kernel's out-of-memory killer on the CPU)."""
     kv = sum(b.nbytes for b in program.buffers if b.kind == BufferKind.KV)
     free = _free_bytes(dev)
-    if 2 * kv > free:
+    if free is not None and 2 * kv > free:
         raise ArgumentError("max_seq", f"{program.constants.max_seq} positions need {kv / 2**30:.1f} GiB of KV "
                                        f"cache, held twice (the VM's and the reference's), and {dev.value} has "
                                        f"{free / 2**30:.1f} GiB free")
