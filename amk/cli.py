@@ -14,7 +14,9 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -294,8 +296,24 @@ def _setup_logging(quiet: bool) -> None:
     progress.set_quiet(quiet)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one `amk` command line; returns its exit code (HARNESS.md section 4)."""
+    # SIGTERM (timeout, docker stop, a job scheduler) ends any command as Ctrl-C does: exit 130 with its answer
+    # (`loop` installs its own handler, which finishes the trial in flight first)
+    previous = (signal.signal(signal.SIGTERM, _interrupt)
+                if threading.current_thread() is threading.main_thread() else None)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
     stdout = sys.stdout
@@ -322,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "internal":
             traceback.print_exc(file=sys.stderr)
     if want_json:
-        payload = jsonable({"ok": result.code == ExitCode.OK, "exit_code": int(result.code), **result.payload})
+        failure = {}
+        if result.code == ExitCode.INTERRUPTED and "error_type" not in result.payload:  # a loop's summary
+            failure = {"error": "interrupted", "error_type": "interrupted"}
+        payload = jsonable({"ok": result.code == ExitCode.OK, "exit_code": int(result.code), **result.payload,
+                            **failure})
         stdout.write(json.dumps(payload, default=str, allow_nan=False) + "\n")
     elif result.text:
         stream = sys.stderr if "error_type" in result.payload else stdout

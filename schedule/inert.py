@@ -18,6 +18,9 @@ from .targets import GpuTarget
 # the cpu-sim stand-in runs no kernel: correctness runs on the ReferenceVM and the cost model prices the
 # program, and neither models these build knobs
 _NO_KERNEL_BUILD_KNOBS = ("pipeline.pages", "pipeline.page_kb", "build.spin_backoff_ns")
+# ...and knobs whose every value prices the same (schedule/cost.py prices the L2 prefetch as none, and scratch
+# placement not at all): on the stand-in a move of one only spends a trial on +0.00%
+_UNPRICED_KNOBS = ("pipelining_depth", "scratch")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ def target_inert_reason(path: str, target: GpuTarget | None) -> str | None:
     if target is not None and target.arch == "none" and path in _NO_KERNEL_BUILD_KNOBS:
         return (f"{target.name} is a CPU stand-in that runs no kernel: the ReferenceVM and the cost model do not "
                 "model it")
+    if target is not None and target.arch == "none" and path in _UNPRICED_KNOBS:
+        return (f"{target.name} is a CPU stand-in whose predicted latency is the same for every value of it (the "
+                "cost model prices neither the L2 prefetch nor scratch placement); only a GPU measures it")
     return None
 
 

@@ -121,3 +121,30 @@ def test_more_heads_per_qkv_task_than_the_model_has_is_named():
     assert v["valid"] and any(n.startswith("matvec.qkv.heads_per_task=1024 is more than") for n in v["notes"])
     v = amk.evaluate("toy", "cpu-sim", {"matvec": {"qkv": {"heads_per_task": 2}}}, cases="reduced")
     assert not any(n.startswith("matvec.qkv.heads_per_task") for n in v["notes"])
+
+
+def test_sigterm_ends_any_command_with_exit_130_and_its_json(capsys, monkeypatch):
+    from amk.harness import commands
+
+    def terminated(args):  # a command that receives SIGTERM while it works
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setitem(commands.COMMANDS, "evaluate", terminated)
+    code, out = run(capsys, "evaluate", "--model", "toy")
+    assert code == 130 and out == {"ok": False, "exit_code": 130, "error": "interrupted", "error_type": "interrupted"}
+    assert signal.getsignal(signal.SIGTERM) == before  # restored after the command
+
+
+def test_an_interrupted_loop_answers_with_its_summary_and_the_interrupted_error(capsys, tmp_path, monkeypatch):
+    from amk.harness import cmd_run
+    from amk.harness.loop import StopReason
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("amk.harness.loop.loop", lambda *a, **k: {
+        "stopped": StopReason.INTERRUPTED.value, "trials": 1, "statuses": {}, "incumbent": {}})
+    monkeypatch.setattr(cmd_run, "loop_text", lambda s: "summary")
+    monkeypatch.setattr(cmd_run, "_save_cache_stats", lambda: None)
+    code, out = run(capsys, "loop", "--model", "toy", "--budget", "1")
+    assert code == 130 and out["stopped"] == "interrupted" and out["error_type"] == "interrupted"
