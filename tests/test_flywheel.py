@@ -161,13 +161,13 @@ def test_best_entry_prefers_measured_and_correct():
 def test_prior_weights_moves_by_past_gains():
     entries = [_entry(1, change=["matvec.lm_head.rows_per_task=64"], improvement=0.2),
                _entry(2, change=["matvec.lm_head.rows_per_task=64"], improvement=0.1),
-               _entry(3, change=["pipelining_depth=2"], improvement=-0.5),
+               _entry(3, change=["matvec.down.rows_per_task=32"], improvement=-0.5),
                _entry(4, change=["threads_per_block=256"], improvement=0.3, gpu="h100-sxm")]
     prior = Prior.from_corpus(entries, gpu="cpu-sim", epsilon=0.0)
     assert prior.scores["matvec.lm_head.rows_per_task=64"] == pytest.approx(0.15)
     assert "threads_per_block=256" not in prior.scores  # another GPU's lesson
     moves = {m.description: m for m in neighbours(ScheduleConfig(), search_space("cpu-sim"))}
-    good, bad = moves["matvec.lm_head.rows_per_task=64"], moves["pipelining_depth=2"]
+    good, bad = moves["matvec.lm_head.rows_per_task=64"], moves["matvec.down.rows_per_task=32"]
     unknown = moves["attention.kv_partitions=8"]
     assert prior.weight(good) > prior.weight(unknown) > prior.weight(bad) > 0
     rng = random.Random(0)
