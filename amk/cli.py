@@ -51,30 +51,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
+        return value
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-SEED_LIMIT = 2**63  # seeds go to torch.manual_seed and random.Random as a signed 64-bit integer
+positive_int = _int_at_least(1, "positive")
+nonnegative_int = _int_at_least(0, "non-negative")
 
 
 def seed(text: str) -> int:
+    from amk.harness.evaluate import SEED_LIMIT  # the one bound evaluate() and loop() check too
+
     value = nonnegative_int(text)
     if value >= SEED_LIMIT:
         raise argparse.ArgumentTypeError(f"expected a seed below 2**63, got {value}")

@@ -10,21 +10,13 @@ import logging
 import os
 
 import pytest
+from _cli import cli_json
 from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
 from amk.cli import main
 from amk.flywheel.results import HEADER, read_rows
 
-
-def run(capsys, *argv):
-    """main() in-process with --json; returns (exit code, the one JSON object on stdout)."""
-    code = main(["--json", *argv])
-    out = capsys.readouterr().out
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert len(lines) == 1, out[-2000:]
-    obj = json.loads(lines[0])
-    assert obj["exit_code"] == code
-    return code, obj
+run = cli_json
 
 
 # ---- AMK_CACHE_DIR -------------------------------------------------------------------------------------------

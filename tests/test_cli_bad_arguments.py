@@ -7,17 +7,14 @@ import os
 import signal
 
 import pytest
+from _cli import cli_json
 
-from amk.cli import main
 from amk.harness.commands import UsageError, read_config_arg
 from amk.harness.search.signals import StopFlag
 from amk.harness.verdict import parse_config
 from amk.schedule.errors import ConfigError
 
-
-def run(capsys, *argv) -> tuple[int, dict]:
-    code = main(["--json", *argv])
-    return code, json.loads(capsys.readouterr().out)
+run = cli_json
 
 
 @pytest.mark.parametrize("argv, flag", [

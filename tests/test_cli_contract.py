@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from _cli import cli_json
 from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
 import amk
@@ -25,16 +26,6 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
     code = main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def cli_json(capsys, *argv) -> tuple[int, dict]:
-    code = main(["--json", *argv])
-    out = capsys.readouterr().out
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert len(lines) == 1, out[-2000:]
-    obj = json.loads(lines[0])
-    assert obj["exit_code"] == code
-    return code, obj
 
 
 # ---- usage errors are exit 2, with no traceback ------------------------------------------------------------
