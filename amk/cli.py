@@ -23,6 +23,7 @@ from pathlib import Path
 from amk.harness.baselines import PEERS
 from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
 from amk.harness.verdict import jsonable
+from amk.schedule.errors import ArgumentError, ContextError, UnknownModelError, UnknownTargetError
 
 log = logging.getLogger("amk.cli")
 
@@ -186,11 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results.tsv", help="results file, one row per trial (default: results.tsv)")
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="tuning records, one per measurement, shared by every run (default: corpus.jsonl)")
-    p.add_argument("--resume", action="store_true", help="continue an existing results file")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the results file: its best keep is the incumbent and its trials are not measured "
+                        "again (a missing file is started)")
     p.add_argument("--max-reverts", type=positive_int, default=20,
                    help="trials in a row without a keep: they stop a run with neither --budget nor --minutes, and "
                         "move a bounded run to another region (default: 20)")
-    p.add_argument("--cases", default=None, choices=["full", "reduced"])
+    _cases_opt(p)
     p.add_argument("--workers", type=positive_int, default=1,
                    help="measuring workers, one per GPU, through Ray (pip install 'amk[ray]'); default: 1, no Ray")
     p.add_argument("--ray-address", default=None,
@@ -239,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results.tsv", help="the results file of `amk loop`, one row per trial")
     p.add_argument("--corpus", default="corpus.jsonl", help="the tuning records, one per measurement")
     p.add_argument("--out-dir", default="report", help="where the PNG plots go")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="draw no PNG (the summary only; needs no matplotlib)")
     p = add("compile", "lower a config; write the program JSON and a short report")
     _model_gpu(p, "cpu-sim")
     _config_opt(p)
@@ -308,10 +311,41 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _flags_of(e: Exception, args: argparse.Namespace | None) -> str | None:
+    """The command-line flag(s) a usage error raised below the CLI is about, where the error names an API
+    argument (the library's errors speak of `max_seq=`, the user typed `--max-seq`). None when no flag of
+    this command is to blame."""
+    if args is None:
+        return None
+    if isinstance(e, UnknownModelError):
+        names = ["model"]
+    elif isinstance(e, UnknownTargetError):
+        names = ["gpu"]
+    elif isinstance(e, ArgumentError):  # the API's prompt is text or ids; the CLI has a flag for each
+        names = ["prompt_ids" if e.argument == "prompt" and getattr(args, "prompt_ids", None) else e.argument]
+    elif isinstance(e, ContextError) and e.needed is not None:
+        names = ["max_new_tokens", "max_seq"]
+    else:
+        return None
+    flags = ["--" + n.replace("_", "-") for n in names if n in vars(args)]
+    return ", ".join(flags) or None
+
+
+def _usage_message(e: Exception, args: argparse.Namespace | None) -> str:
+    """str(e), led by the flag(s) it is about (HARNESS section 4: a usage error names its field)."""
+    flags, msg = _flags_of(e, args), str(e)
+    if flags is None:
+        return msg
+    if isinstance(e, ArgumentError):
+        msg = msg.removeprefix(f"{e.argument}: ")
+    return f"{flags}: {msg}"
+
+
 def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
     stdout = sys.stdout
+    args = None
     try:
         args = build_parser().parse_args(argv)
         _check_paths(args)
@@ -330,7 +364,7 @@ def _main(argv: list[str] | None) -> int:
     except Exception as e:
         code, kind = ExitCode.of_exception(e)
         log.debug("%s", traceback.format_exc())
-        msg = f"{type(e).__name__}: {e}" if kind == "internal" else str(e)
+        msg = f"{type(e).__name__}: {e}" if kind == "internal" else _usage_message(e, args)
         result = CommandResult(code, {"error": msg, "error_type": kind}, msg)
         if kind == "internal":
             traceback.print_exc(file=sys.stderr)

@@ -39,7 +39,11 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
              max_seq: int | None = None, stop_at_eos: bool = True) -> Generation:
     """Prefill `prompt` (text, or token ids) one token per step through the VM, keeping the KV cache on the
     VM, then decode greedily. On the GPU the decode steps run back to back with the token and position
-    advancing on the device; the VM's error word and task count are checked at the end."""
+    advancing on the device; the VM's error word and task count are checked at the end.
+
+    Raises ArgumentError (argument "prompt") for an empty prompt, ids outside the vocabulary or text for a
+    model without a tokenizer; ContextError when the prompt and `max_new_tokens` need more positions than
+    `max_seq`; ProgramError when `config` lowers to a program that does not validate."""
     import amk
     from amk.schedule import detect_target, get_target
     from amk.vm.weights import pack_weights
@@ -50,7 +54,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
             model = amk.load_model(model, dtype="bf16" if dev == "cuda" else "fp32", device=dev)
     if isinstance(prompt, str):
         if model.tokenizer is None:
-            raise ValueError(f"model {model.name!r} has no tokenizer: pass token ids")
+            raise ArgumentError("prompt", f"model {model.name!r} has no tokenizer: pass token ids")
         ids = model.tokenizer(prompt)["input_ids"]
     else:
         ids = [int(t) for t in prompt]

@@ -199,7 +199,7 @@ def test_evaluate_and_loop_refuse_a_seed_out_of_range(seed, tmp_path):
 
 def test_a_max_seq_whose_kv_cache_cannot_fit_is_refused_before_any_allocation(capsys):
     code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", str(10**12))
-    assert code == 2 and v["error_type"] == "usage" and "max_seq" in v["error"] and "KV cache" in v["error"], v
+    assert code == 2 and v["error_type"] == "usage" and "--max-seq" in v["error"] and "KV cache" in v["error"], v
 
 
 # ---- corpus.jsonl with a hand-edited record -------------------------------------------------------------------

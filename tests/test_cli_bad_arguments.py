@@ -145,3 +145,19 @@ def test_an_interrupted_loop_answers_with_its_summary_and_the_interrupted_error(
     monkeypatch.setattr(cmd_run, "_save_cache_stats", lambda: None)
     code, out = run(capsys, "loop", "--model", "toy", "--budget", "1")
     assert code == 130 and out["stopped"] == "interrupted" and out["error_type"] == "interrupted"
+
+
+@pytest.mark.parametrize("argv, lead", [
+    (["evaluate", "--model", "no-such-model"], "--model: unknown model 'no-such-model'"),
+    (["evaluate", "--model", "toy", "--gpu", "no-such-gpu"], "--gpu: unknown GPU target 'no-such-gpu'"),
+    (["generate", "--model", "toy", "--prompt-ids", "1,2,392"], "--prompt-ids: token ids [392] outside"),
+    (["generate", "--model", "toy", "--prompt", "hello"], "--prompt: model 'toy' has no tokenizer"),
+    (["generate", "--model", "toy", "--prompt-ids", "1,2", "--max-new-tokens", "600"],
+     "--max-new-tokens, --max-seq: prompt + 600 new tokens need 602 positions"),
+    (["generate", "--model", "toy", "--prompt-ids", "1,2,3", "--max-new-tokens", "2", "--max-seq", "4"],
+     "--max-new-tokens, --max-seq: prompt + 2 new tokens need 5 positions, the program holds 4"),
+])
+def test_errors_from_below_the_cli_lead_with_the_flag_to_mend(capsys, argv, lead):
+    """The library's errors name API arguments (prompt=, max_seq=); the CLI says which flag they came from."""
+    code, out = run(capsys, *argv)
+    assert code == 2 and out["error_type"] == "usage" and out["error"].startswith(lead), out["error"]

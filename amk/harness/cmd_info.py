@@ -167,7 +167,7 @@ def generate(args) -> CommandResult:
     try:
         out = fn(args.model, prompt, max_new_tokens=args.max_new_tokens, config=config, device=args.device,
                  gpu=args.gpu, max_seq=args.max_seq)
-    except (ValueError, ProgramError) as e:  # a bad prompt or a schedule that does not validate
+    except ProgramError as e:  # a schedule that does not validate (a bad prompt raises a typed usage error)
         return CommandResult(ExitCode.USAGE, {"error": str(e), "error_type": "usage"}, str(e))
     payload = out.to_dict()
     summary = (f"{len(payload['tokens'])} new tokens after {len(payload['prompt_tokens'])} prompt tokens on "
