@@ -218,3 +218,20 @@ def test_a_record_with_a_value_no_trial_writes_is_skipped_with_a_warning(tmp_pat
         recs = load_records(path)
     assert len(recs) == 1 and recs[0].latency_us == 33.1
     assert "corpus.jsonl:2: skipped" in caplog.text and field in caplog.text
+
+
+def test_every_command_that_uses_the_cache_records_the_last_run(capsys, monkeypatch, tmp_path):
+    """`cache stats` shows the last command that lowered: compile (a program miss, then a hit), not an older
+    evaluate."""
+    root = tmp_path / "c"
+    monkeypatch.setenv("AMK_CACHE_DIR", str(root))
+    import amk.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "_default", None, raising=False)
+    for expect in ("misses", "hits"):
+        code = main(["--json", "compile", "--model", "toy", "--out", str(tmp_path / "p.json")])
+        capsys.readouterr()
+        assert code == 0
+        code = main(["--json", "cache", "stats"])
+        last = json.loads(capsys.readouterr().out)["last_run"]
+        assert code == 0 and last["program"][expect] == 1, last

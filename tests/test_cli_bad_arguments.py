@@ -135,14 +135,14 @@ def test_sigterm_ends_any_command_with_exit_130_and_its_json(capsys, monkeypatch
 
 
 def test_an_interrupted_loop_answers_with_its_summary_and_the_interrupted_error(capsys, tmp_path, monkeypatch):
-    from amk.harness import cmd_run
+    from amk.harness import cmd_run, commands
     from amk.harness.loop import StopReason
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("amk.harness.loop.loop", lambda *a, **k: {
         "stopped": StopReason.INTERRUPTED.value, "trials": 1, "statuses": {}, "incumbent": {}})
     monkeypatch.setattr(cmd_run, "loop_text", lambda s: "summary")
-    monkeypatch.setattr(cmd_run, "_save_cache_stats", lambda: None)
+    monkeypatch.setattr(commands, "_save_cache_stats", lambda: None)
     code, out = run(capsys, "loop", "--model", "toy", "--budget", "1")
     assert code == 130 and out["stopped"] == "interrupted" and out["error_type"] == "interrupted"
 

@@ -14,15 +14,6 @@ from .commands import CommandResult, ExitCode, UsageError, counted, read_config_
 log = logging.getLogger("amk.cli")
 
 
-def _save_cache_stats() -> None:
-    from amk.cache import default_cache
-
-    try:
-        default_cache().save_stats()  # what `amk cache stats` shows for the last run
-    except OSError as e:
-        log.warning("cache stats not saved: %s", e)
-
-
 def output_file(flag: str, value: str) -> Path:
     """The file an output flag names, checked before the command does its work (verifying every case, lowering):
     a directory, a missing or unwritable parent would otherwise fail only at the write, as a bare OSError."""
@@ -131,7 +122,6 @@ def evaluate(args) -> CommandResult:
 
     v = _evaluate(args.model, args.gpu, read_config_arg(args.config), device=args.device, cases=args.cases,
                   seed=args.seed, dtype=args.dtype, corpus=args.corpus, peers=args.peers, max_seq=args.max_seq)
-    _save_cache_stats()
     return CommandResult(verdict_exit(v), v, verdict_text(v))
 
 
@@ -158,7 +148,6 @@ def loop(args) -> CommandResult:
               results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
               progress=_progress, cases=args.cases, dtype=args.dtype, incumbent=seed_config, workers=args.workers,
               ray_address=args.ray_address, builders=args.builders)
-    _save_cache_stats()
     code = ExitCode.INTERRUPTED if s["stopped"] == StopReason.INTERRUPTED.value else ExitCode.OK
     return CommandResult(code, s, loop_text(s))
 
@@ -186,7 +175,6 @@ def verify(args) -> CommandResult:
     out = output_file("--out", args.out)
     v = _evaluate(args.model, args.gpu, raw, device=args.device, cases=args.cases, seed=args.seed, dtype=args.dtype,
                   measure=False, max_seq=args.max_seq)
-    _save_cache_stats()
     if not v.get("valid"):
         return CommandResult(ExitCode.USAGE, v, verdict_text(v))
     from amk.harness.verdict import parse_config

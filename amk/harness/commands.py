@@ -105,11 +105,29 @@ def dumps(obj) -> str:
     return json.dumps(obj, indent=1, default=str)
 
 
-def _lazy(module: str, name: str):
+def _save_cache_stats() -> None:
+    """Record this process's cache hits and misses as the last run's (what `amk cache stats` shows)."""
+    import logging
+
+    from amk.cache import default_cache
+
+    try:
+        default_cache().save_stats()
+    except Exception as e:  # noqa: BLE001 - a convenience record: it must not replace the command's own answer
+        logging.getLogger("amk.cli").warning("cache stats not saved: %s", e)
+
+
+def _lazy(module: str, name: str, uses_cache: bool = False):
+    """The command `name` of amk.harness.`module`, imported when it runs. `uses_cache`: the command lowers,
+    verifies or compiles, so its cache hits and misses become the last run's (saved however it ends)."""
     def run(args):
         import importlib
 
-        return getattr(importlib.import_module(f"amk.harness.{module}"), name)(args)
+        try:
+            return getattr(importlib.import_module(f"amk.harness.{module}"), name)(args)
+        finally:
+            if uses_cache:
+                _save_cache_stats()
     return run
 
 
@@ -118,13 +136,13 @@ COMMANDS = {
     "models": _lazy("cmd_info", "models"),
     "targets": _lazy("cmd_info", "targets"),
     "cache": _lazy("cmd_info", "cache"),
-    "generate": _lazy("cmd_info", "generate"),
-    "compile": _lazy("cmd_info", "compile_cmd"),
-    "propose": _lazy("cmd_run", "propose"),
-    "evaluate": _lazy("cmd_run", "evaluate"),
-    "loop": _lazy("cmd_run", "loop"),
-    "verify": _lazy("cmd_run", "verify"),
-    "bench": _lazy("cmd_bench", "bench"),
+    "generate": _lazy("cmd_info", "generate", uses_cache=True),
+    "compile": _lazy("cmd_info", "compile_cmd", uses_cache=True),
+    "propose": _lazy("cmd_run", "propose", uses_cache=True),
+    "evaluate": _lazy("cmd_run", "evaluate", uses_cache=True),
+    "loop": _lazy("cmd_run", "loop", uses_cache=True),
+    "verify": _lazy("cmd_run", "verify", uses_cache=True),
+    "bench": _lazy("cmd_bench", "bench", uses_cache=True),
     "report": _lazy("cmd_report", "report"),
     "mcp": _lazy("mcp_server", "serve_command"),
 }
