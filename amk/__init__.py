@@ -1,68 +1,73 @@
 """AMK: search for the fastest correct batch-1 decode megakernel of a Llama-family LLM.
 
-The verbs: `load_model`, `lower`, `validate`, `verify`, `propose`, `evaluate`, `loop`, `generate`.
+The verbs: `load_model`, `lower`, `validate`, `verify`, `propose`, `evaluate`, `loop`, `generate`. Each name is
+the implementation itself (not a wrapper), so that help() and an editor show every keyword it takes. They load
+on first use (PEP 562): `import amk` and the `amk` command start without importing torch, so a Ctrl-C in the
+first second still gets the command's answer.
 """
 
-from amk.models import Model, list_models, load_model
-from amk.schedule import GpuTarget, MegakernelProgram, ScheduleConfig, detect_target, get_target, lower
-from amk.schedule.errors import (
-    AmkError,
-    ArgumentError,
-    ConfigError,
-    UnknownModelError,
-    UnsupportedModelError,
-    VmError,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-
-def validate(program, target=None):
-    """Check a program without running it; returns a ValidationResult and never raises."""
-    from amk.schedule.validate import validate as _validate
-
-    return _validate(program, target)
-
-
-def verify(program, model, device="cpu", vm="reference", cases="full", **kw):
-    """Run every verify case of `program` on a VM and compare with eager transformers."""
-    from amk.eval.oracle import verify as _verify
-
-    return _verify(program, model, device=device, vm=vm, cases=cases, **kw)
-
-
-def propose(model, gpu, incumbent=None, **kw):
-    """The incumbent config, the schema path and the search space for `gpu` (see HARNESS.md)."""
-    from amk.harness.propose import propose as _propose
-
-    return _propose(model, gpu, incumbent=incumbent, **kw)
-
-
-def evaluate(model, gpu, config, device="auto", cases=None, seed=0, **kw):
-    """One config's verdict as a JSON-able dict; malformed configs come back valid=false (see HARNESS.md)."""
-    from amk.harness.evaluate import evaluate as _evaluate
-
-    return _evaluate(model, gpu, config, device=device, cases=cases, seed=seed, **kw)
-
-
-def loop(model, gpu, budget=None, minutes=None, seed=0, device="auto", results="results.tsv",
-         corpus="corpus.jsonl", resume=False, max_reverts=20, progress=None, **kw):
-    """Keep/revert hill climbing; writes results.tsv and corpus.jsonl; returns a summary dict."""
-    from amk.harness.loop import loop as _loop
-
-    return _loop(model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
-                 corpus=corpus, resume=resume, max_reverts=max_reverts, progress=progress, **kw)
-
-
-def generate(model, prompt, max_new_tokens=32, config=None, device="auto", **kw):
-    """Greedy generation through the megakernel (ReferenceVM where there is no GPU)."""
-    from amk.generation import generate as _generate
-
-    return _generate(model, prompt, max_new_tokens=max_new_tokens, config=config, device=device, **kw)
-
-
-__all__ = [
-    "AmkError", "ArgumentError", "ConfigError", "GpuTarget", "MegakernelProgram", "Model", "ScheduleConfig", "UnknownModelError",
-    "UnsupportedModelError", "VmError", "detect_target", "evaluate", "get_target", "list_models", "load_model",
-    "loop", "lower", "propose", "validate", "verify", "generate",
+_ERRORS = ("AmkError", "ArgumentError", "CheckpointError", "ConfigError", "ContextError", "EnvironmentProblem",
+           "ProgramError", "UnknownModelError", "UnknownTargetError", "UnsupportedModelError", "VmError")
+_WHERE = {  # public name -> the module that defines it
+    "verify": "amk.eval.oracle", "generate": "amk.generation", "evaluate": "amk.harness.evaluate",
+    "loop": "amk.harness.loop", "LoopError": "amk.harness.loop", "propose": "amk.harness.propose",
+    "Model": "amk.models", "list_models": "amk.models", "load_model": "amk.models",
+    "GpuTarget": "amk.schedule", "MegakernelProgram": "amk.schedule", "ScheduleConfig": "amk.schedule",
+    "detect_target": "amk.schedule", "get_target": "amk.schedule", "lower": "amk.schedule",
+    "validate": "amk.schedule.validate", **{e: "amk.schedule.errors" for e in _ERRORS},
+}
+__all__ = [  # spelled out for linters; equal to the keys of _WHERE (tests/test_harness.py)
+    "AmkError", "ArgumentError", "CheckpointError", "ConfigError", "ContextError", "EnvironmentProblem",
+    "GpuTarget", "LoopError", "MegakernelProgram", "Model", "ProgramError", "ScheduleConfig", "UnknownModelError",
+    "UnknownTargetError", "UnsupportedModelError", "VmError", "detect_target", "evaluate", "generate",
+    "get_target", "list_models", "load_model", "loop", "lower", "propose", "validate", "verify",
 ]
+
+
+def __getattr__(name: str):
+    where = _WHERE.get(name)
+    if where is None:  # a subpackage (amk.harness, amk.vm, ...), as an eager import would have bound it
+        try:
+            return importlib.import_module(f"amk.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"amk.{name}":
+                raise
+            raise AttributeError(f"module 'amk' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+if TYPE_CHECKING:  # what editors and type checkers see
+    from amk.eval.oracle import verify
+    from amk.generation import generate
+    from amk.harness.evaluate import evaluate
+    from amk.harness.loop import LoopError, loop
+    from amk.harness.propose import propose
+    from amk.models import Model, list_models, load_model
+    from amk.schedule import GpuTarget, MegakernelProgram, ScheduleConfig, detect_target, get_target, lower
+    from amk.schedule.errors import (
+        AmkError,
+        ArgumentError,
+        CheckpointError,
+        ConfigError,
+        ContextError,
+        EnvironmentProblem,
+        ProgramError,
+        UnknownModelError,
+        UnknownTargetError,
+        UnsupportedModelError,
+        VmError,
+    )
+    from amk.schedule.validate import validate

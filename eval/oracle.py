@@ -115,8 +115,13 @@ def make_vm(program, model, device: str = "cpu", vm: str = "reference", adversar
 
 def verify(program, model, device: str = "cpu", vm: str = "reference", cases: list[VerifyCase] | str = "full",
            adversarial: bool = False, seed: int = 0, runner=None, reference=None) -> VerifyResult:
-    """`runner`: a VM to reuse (else one is built); `reference`: a callable(case) -> (logits, greedy, fp32 logits)
-    that may serve cached eager data (else eager runs here)."""
+    """Run each verify case of `program` on a VM (`vm` "reference": the ReferenceVM in torch on `device`;
+    "cuda": the megakernel) and compare its logits and greedy tokens with eager transformers on `model`
+    (an amk Model) under the rules of HARNESS.md section 3. `cases`: "full", "reduced", "smoke" or a list of
+    VerifyCase. `adversarial` (ReferenceVM): the next SM to run is drawn at random (`seed`). `runner`: a VM to
+    reuse (else one is built); `reference`: a callable(case) -> (logits, greedy, fp32 logits) that may serve
+    cached eager data (else eager runs here). A failed case is a result, not an exception; a case that needs more positions
+    than the program holds raises ContextError, an unknown `cases` name ValueError."""
     t0 = time.perf_counter()
     max_seq = program.constants.max_seq
     if isinstance(cases, str):

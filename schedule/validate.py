@@ -123,6 +123,9 @@ class _Report:
 
 
 def validate(program, target=None) -> ValidationResult:
+    """The static checks of the module docstring on `program` (a MegakernelProgram) for `target` (a GpuTarget or
+    its name; None: no check of the GPU's limits): `ok` and every issue found, at most MAX_ISSUES_PER_KIND a kind (the
+    rest counted in `suppressed`). Never raises: a check that fails internally comes back as an issue."""
     t0 = time.perf_counter()
     rep = _Report(program)
     gc_was = gc.isenabled()

@@ -215,3 +215,29 @@ def test_warm_evaluate_is_served_from_the_cache(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["a"] and r["b"] and r["cache"]["misses"] == 0, r
+
+
+def test_public_verbs_show_every_keyword_and_errors_are_importable():
+    """help(amk.evaluate) lists the keywords the verb takes (no **kw hiding them), each verb has a docstring,
+    and every error the verbs' docstrings name is importable from amk."""
+    import inspect
+
+    import amk
+
+    for name in ("evaluate", "loop", "propose", "verify", "generate", "validate", "lower", "load_model"):
+        fn = getattr(amk, name)
+        params = inspect.signature(fn).parameters.values()
+        assert not any(p.kind == p.VAR_KEYWORD for p in params), name
+        assert (fn.__doc__ or "").strip(), name
+    assert {"max_seq", "dtype", "stop_above_us", "measure"} <= set(inspect.signature(amk.evaluate).parameters)
+    for err in ("UnknownTargetError", "EnvironmentProblem", "ContextError", "CheckpointError", "ProgramError",
+                "LoopError", "ArgumentError", "ConfigError", "UnknownModelError"):
+        assert issubclass(getattr(amk, err), Exception) and err in amk.__all__
+    assert sorted(amk.__all__) == sorted(amk._WHERE) and all(getattr(amk, n) is not None for n in amk.__all__)
+
+
+def test_the_cli_starts_without_importing_torch():
+    """`amk` answers a Ctrl-C in its first second with its JSON: nothing heavy loads before main() runs."""
+    out = subprocess.run([sys.executable, "-c", "import sys, amk.cli; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
