@@ -9,6 +9,7 @@ bit-rotted entry is detected, deleted and regenerated instead of poisoning a run
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from amk.schedule.errors import ArgumentError
+from amk.schedule.errors import ArgumentError, EnvironmentProblem
 
 log = logging.getLogger("amk.cache")
 
@@ -46,7 +47,22 @@ class CorruptEntryError(CacheError):
     """An entry failed its header, checksum or content validation."""
 
 
-class CacheDirError(CacheError, ArgumentError):
+class CacheStorageError(CacheError):
+    """The cache directory failed, not the entry or the config that asked for it: every later entry would fail
+    the same way, so the search stops instead of recording trials against it."""
+
+
+class CacheFullError(CacheStorageError, EnvironmentProblem):
+    """The file system holding the cache is full or over its quota (ENOSPC, EDQUOT): an environment problem
+    (exit 3) naming AMK_CACHE_DIR and the file that could not be written."""
+
+    def __init__(self, root: Path, path: Path, reason: str):
+        self.root, self.path = str(root), str(path)
+        super().__init__(f"AMK_CACHE_DIR: {path}: {reason} (the cache root {root}); free space there, "
+                         "`amk cache clear` the entries no longer needed, or point AMK_CACHE_DIR elsewhere")
+
+
+class CacheDirError(CacheStorageError, ArgumentError):
     """The cache directory (AMK_CACHE_DIR, else ~/.cache/amk) cannot hold the cache: not a directory, not
     writable, or a file or directory in it cannot be created. A usage error (exit 2) naming AMK_CACHE_DIR, the
     path and why, raised before a trial runs, so a broken environment is never recorded as a config's
@@ -212,9 +228,11 @@ class Cache:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield
 
-    def _dir_error(self, path: Path, e: OSError) -> CacheDirError:
+    def _dir_error(self, path: Path, e: OSError) -> CacheStorageError:
         # the path that failed may be a parent the OS names (a file where a kind's directory belongs)
         where = Path(e.filename) if isinstance(e.filename, str) else path
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the machine's disk, not a directory the user misnamed
+            return CacheFullError(self.root, where, e.strerror or str(e))
         return CacheDirError(self.root, f"cannot be used ({e.strerror or e})", where)
 
     def _count(self, kind: str, field: str) -> None:

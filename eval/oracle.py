@@ -10,6 +10,8 @@ from enum import Enum
 
 import torch
 
+from amk.cache import CacheStorageError
+
 from .cases import CaseInputs, VerifyCase, case_inputs, check_cases_fit, default_cases, eager_decode
 from .compare import compare, kl_divergence, tolerance_for
 
@@ -133,6 +135,8 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     machine = None
     try:
         machine = runner or make_vm(program, model, device=device, vm=vm, adversarial=adversarial, seed=seed)
+    except CacheStorageError:
+        raise  # the cache directory failed (its disk full, say), not the program: no case result blames it
     except Exception as e:  # a VM that cannot be built fails every case, with the reason
         msg = f"{type(e).__name__}: {e}"
         results = [CaseResult(c.name, False, type(e).__name__, msg) for c in cases]
@@ -255,6 +259,8 @@ def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult
             res.message = "; ".join(failures[:4])
         else:
             res.passed = True
+    except CacheStorageError:
+        raise  # a cached reference that cannot be stored: the machine's fault, not the case's
     except Exception as e:  # isolate the case: one failure never stops the rest
         res.error_type = type(e).__name__
         res.message = f"{e}"[:500]

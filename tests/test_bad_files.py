@@ -43,6 +43,35 @@ def test_a_loop_with_an_unusable_cache_dir_records_no_trial(capsys, monkeypatch,
     assert not res.exists() and not cor.exists()
 
 
+@pytest.mark.parametrize("kind", ["program", "reference"])
+def test_a_full_disk_under_the_cache_is_an_environment_error_and_records_no_trial(capsys, monkeypatch, tmp_path,
+                                                                                   kind):
+    """ENOSPC while writing a cache entry (a lowered program, or eager reference logits in the middle of the
+    verify cases): exit 3 naming AMK_CACHE_DIR and the file, from evaluate and from the loop, which records no
+    trial for it (the disk, not the config, failed: never a rejected or incorrect verdict)."""
+    import errno
+
+    import amk.cache as cache_mod
+
+    real = cache_mod._atomic_write
+
+    def full(path, data):
+        if f"{os.sep}{kind}{os.sep}" not in str(path):
+            return real(path, data)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setattr(cache_mod, "_atomic_write", full)
+    code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim")
+    assert code == 3 and v["error_type"] == "environment", v
+    assert "AMK_CACHE_DIR" in v["error"] and "No space left" in v["error"] and str(tmp_path / "c") in v["error"]
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "2", "--results", str(res),
+                  "--corpus", str(cor))
+    assert code == 3 and s["error_type"] == "environment" and "No space left" in s["error"], s
+    assert not cor.exists() or not cor.read_text().strip()
+
+
 def test_the_cache_dir_is_created_when_missing_and_refused_when_not_writable(monkeypatch, tmp_path):
     from amk.cache import CacheDirError, default_cache
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from amk.cache import Cache, reference_key
+from amk.cache import Cache, CacheStorageError, reference_key
 from amk.schedule.errors import ArgumentError
 from amk.schedule.program import MegakernelProgram
 
@@ -173,6 +173,8 @@ def run_cuda(v: Verdict, program, model, case_list, ref, seed: int, measure: boo
 
     try:
         vm = build_cuda_vm(program, model)
+    except CacheStorageError:
+        raise  # a compiled kernel the cache cannot store: the machine's disk, not the program
     except Exception as e:  # a GPU failure is a failure: no prediction stands in for it
         v.cases_total, v.correct = len(case_list), False
         v.notes.append(f"GPU failure building the CUDA VM: {type(e).__name__}: {e}")

@@ -15,7 +15,7 @@ import os
 import time
 import traceback
 
-from amk.cache import Cache, CacheDirError, default_cache, program_key
+from amk.cache import Cache, CacheStorageError, default_cache, program_key
 from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig, SmAssignment
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
@@ -252,8 +252,8 @@ def _lower_cached(v: Verdict, model, target: GpuTarget, cfg: ScheduleConfig, max
     except LoweringError as e:
         v.reject(f"lowering: {e.knob}: {str(e).removeprefix(e.knob + ': ')}")
         return None
-    except CacheDirError:
-        raise  # the cache directory, not this config: a usage error naming AMK_CACHE_DIR
+    except CacheStorageError:
+        raise  # the cache directory, not this config: AMK_CACHE_DIR unusable (usage) or its disk full (environment)
     except Exception as e:
         # lower() should only raise LoweringError for a config it cannot handle; anything else is a bug
         # in lowering, reported as a rejection so the loop moves on, with the trace in the notes

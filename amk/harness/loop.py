@@ -32,7 +32,7 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from amk.cache import CacheDirError, default_cache
+from amk.cache import CacheStorageError, default_cache
 from amk.flywheel.claims import Claim, Taken, claim, owner_id, snapshot
 from amk.flywheel.corpus import best_entry, entries_for
 from amk.flywheel.prior import Prior
@@ -370,7 +370,7 @@ class _Run(Rounds):
             return self.evaluate_fn(self.model, self.target, cfg, device=self.dev.value, cases=self.cases,
                                     seed=self.seed, dtype=self.dtype, corpus=str(self.corpus), max_seq=self.max_seq,
                                     **extra)
-        except CacheDirError:
+        except CacheStorageError:
             raise  # the environment, not this config: every later trial would fail the same way
         except Exception as e:  # the loop outlives one bad trial; the row says crash and why
             log.exception("evaluate crashed")
