@@ -6,7 +6,20 @@ from dataclasses import dataclass
 
 
 class AmkError(Exception):
-    """Base of every error AMK raises on purpose."""
+    """Base of every error AMK raises on purpose. Pickles with its message and fields, so that it crosses a
+    process boundary (a process pool, a Ray worker) intact although subclasses take other arguments than
+    `args`."""
+
+    def __reduce__(self):
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild_error(cls: type, args: tuple, state: dict) -> AmkError:
+    """An AmkError from its pickled parts, without running its class's __init__ again."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 @dataclass(frozen=True)
