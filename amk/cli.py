@@ -325,6 +325,8 @@ def _flags_of(e: Exception, args: argparse.Namespace | None) -> str | None:
         names = ["prompt_ids" if e.argument == "prompt" and getattr(args, "prompt_ids", None) else e.argument]
     elif isinstance(e, ContextError) and e.needed is not None:
         names = ["max_new_tokens", "max_seq"]
+    elif getattr(e, "argument", None):  # LoopError; loop()'s incumbent= is `loop --config`
+        names = ["config" if e.argument == "incumbent" and "incumbent" not in vars(args) else e.argument]
     else:
         return None
     flags = ["--" + n.replace("_", "-") for n in names if n in vars(args)]

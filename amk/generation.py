@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import asdict, dataclass
 
@@ -9,6 +10,17 @@ import torch
 
 from amk.progress import bar, status
 from amk.schedule.errors import ArgumentError, ContextError, ProgramError
+
+
+def _token_ids(prompt) -> list[int]:
+    """`prompt` as a list of token ids; ArgumentError unless it is a sequence of integers."""
+    if not isinstance(prompt, list | tuple) and not (isinstance(prompt, torch.Tensor) and prompt.dim() == 1):
+        raise ArgumentError("prompt", f"expected text or a sequence of token ids, got {type(prompt).__name__}")
+    ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
+    bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
+    if bad:
+        raise ArgumentError("prompt", f"token ids must be integers, got {bad[:4]!r}")
+    return [int(t) for t in ids]
 
 
 @dataclass
@@ -26,13 +38,11 @@ class Generation:
 
 
 def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """"cpu" or "cuda" for `device` (auto, cpu, cuda). ArgumentError for another name; EnvironmentProblem for
+    cuda where torch sees no CUDA device or cupy does not import."""
+    from amk.harness.environment import resolve_device
+
+    return resolve_device(device).value
 
 
 def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str = "auto", gpu=None,
@@ -41,13 +51,21 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     VM, then decode greedily. On the GPU the decode steps run back to back with the token and position
     advancing on the device; the VM's error word and task count are checked at the end.
 
-    Raises ArgumentError (argument "prompt") for an empty prompt, ids outside the vocabulary or text for a
-    model without a tokenizer; ContextError when the prompt and `max_new_tokens` need more positions than
-    `max_seq`; ProgramError when `config` lowers to a program that does not validate."""
+    A prompt of P tokens and N new tokens take P + N - 1 KV positions (the last new token is not fed back).
+
+    Raises ArgumentError naming the argument: `prompt` (empty, not text or integer ids, ids outside the
+    vocabulary, text for a model without a tokenizer), `max_new_tokens` or `max_seq` (not a positive integer),
+    `device` (not auto, cpu or cuda); EnvironmentProblem for device="cuda" without a usable GPU; ContextError
+    when the prompt and new tokens need more positions than `max_seq`; ConfigError or LoweringError for a
+    `config` that does not parse or lower, ProgramError for one whose program does not validate."""
     import amk
     from amk.schedule import detect_target, get_target
     from amk.vm.weights import pack_weights
 
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ArgumentError("max_new_tokens", f"expected a positive integer, got {max_new_tokens!r}")
+    if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 1):
+        raise ArgumentError("max_seq", f"expected a positive integer or None, got {max_seq!r}")
     dev = _device(device)
     if isinstance(model, str):
         with status(f"loading {model}"):
@@ -57,18 +75,18 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
             raise ArgumentError("prompt", f"model {model.name!r} has no tokenizer: pass token ids")
         ids = model.tokenizer(prompt)["input_ids"]
     else:
-        ids = [int(t) for t in prompt]
+        ids = _token_ids(prompt)
     if not ids:
         raise ArgumentError("prompt", "empty prompt")
     outside = [t for t in ids if not 0 <= t < model.dims.vocab]
     if outside:  # the VM would stop at the first with an error word; the ids are the caller's to mend
         raise ArgumentError("prompt", f"token ids {outside[:8]} outside the vocabulary of {model.dims.vocab} "
                                       f"(ids 0..{model.dims.vocab - 1})")
-    need = len(ids) + max_new_tokens
+    need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
     max_seq = max_seq or min(model.dims.max_positions, max(256, 1 << (need - 1).bit_length()))
     if need > max_seq:
-        raise ContextError(f"prompt + {max_new_tokens} new tokens need {need} positions, the program holds {max_seq}",
-                           needed=need, max_seq=max_seq)
+        raise ContextError(f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens need {need} positions, "
+                           f"the program holds {max_seq} (max_seq)", needed=need, max_seq=max_seq)
     target = (gpu and get_target(gpu)) or (detect_target() if dev == "cuda" else get_target("cpu-sim"))
     with status(f"lowering {model.name} for {target.name}"):
         program = amk.lower(model, target, config, max_seq=max_seq)

@@ -153,11 +153,28 @@ def test_an_interrupted_loop_answers_with_its_summary_and_the_interrupted_error(
     (["generate", "--model", "toy", "--prompt-ids", "1,2,392"], "--prompt-ids: token ids [392] outside"),
     (["generate", "--model", "toy", "--prompt", "hello"], "--prompt: model 'toy' has no tokenizer"),
     (["generate", "--model", "toy", "--prompt-ids", "1,2", "--max-new-tokens", "600"],
-     "--max-new-tokens, --max-seq: prompt + 600 new tokens need 602 positions"),
-    (["generate", "--model", "toy", "--prompt-ids", "1,2,3", "--max-new-tokens", "2", "--max-seq", "4"],
-     "--max-new-tokens, --max-seq: prompt + 2 new tokens need 5 positions, the program holds 4"),
+     "--max-new-tokens, --max-seq: a prompt of 2 tokens and 600 new tokens need 601 positions"),
+    (["generate", "--model", "toy", "--prompt-ids", "1,2,3", "--max-new-tokens", "3", "--max-seq", "4"],
+     "--max-new-tokens, --max-seq: a prompt of 3 tokens and 3 new tokens need 5 positions, the program holds 4"),
 ])
 def test_errors_from_below_the_cli_lead_with_the_flag_to_mend(capsys, argv, lead):
     """The library's errors name API arguments (prompt=, max_seq=); the CLI says which flag they came from."""
     code, out = run(capsys, *argv)
     assert code == 2 and out["error_type"] == "usage" and out["error"].startswith(lead), out["error"]
+
+
+@pytest.mark.parametrize("argv, code, kind, lead", [
+    (["generate", "--model", "toy", "--prompt-ids", "1,2", "--config",
+      '{"matvec": {"qkv": {"head_splits": 2, "heads_per_task": 2}}}'], 2, "usage", "--config: matvec.qkv.head_splits"),
+    (["generate", "--model", "toy", "--prompt-ids", "1", "--config", '{"x": 1}'], 2, "usage", "--config: $.x: unknown key"),
+    (["loop", "--model", "toy", "--budget", "1", "--config",
+      '{"matvec": {"qkv": {"head_splits": 2, "heads_per_task": 2}}}'], 2, "usage", "--config: the given config"),
+    (["evaluate", "--model", "toy", "--corpus", "."], 2, "usage", "--corpus: '.' is a directory"),
+    (["propose", "--model", "toy", "--corpus", "."], 2, "usage", "--corpus: '.' is a directory"),
+    (["report", "--results", "."], 2, "usage", "--results '.': is a directory"),
+])
+def test_a_config_or_file_the_command_cannot_use_names_its_flag(capsys, tmp_path, monkeypatch, argv, code, kind, lead):
+    monkeypatch.chdir(tmp_path)
+    got, out = run(capsys, *argv)
+    assert got == code and out["error_type"] == kind and out["error"].startswith(lead), out
+    assert not (tmp_path / "results.tsv").exists()

@@ -130,7 +130,7 @@ def test_loop_stops_on_reverts_and_minutes(tmp_path, fake_evaluate):
                  seed=0, evaluate=lambda *a, **k: _verdict(100.0), settings=SMALL)
     statuses = [r["status"] for r in read_rows(tmp_path / "r.tsv")]
     assert s["stopped"] == "max_reverts" and all(st != "keep" for st in statuses[-2:])
-    s = amk.loop("toy", "cpu-sim", minutes=0, device="cpu", results=tmp_path / "r2.tsv", corpus=tmp_path / "c.jsonl",
+    s = amk.loop("toy", "cpu-sim", minutes=1e-9, device="cpu", results=tmp_path / "r2.tsv", corpus=tmp_path / "c.jsonl",
                  evaluate=fake_evaluate)
     assert s["stopped"] == "minutes" and s["trials"] == 0
 

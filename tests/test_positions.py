@@ -77,5 +77,5 @@ def test_a_step_past_the_last_position_raises_and_keeps_the_cache():
 
 
 def test_generate_past_the_context_is_refused():
-    with pytest.raises(ContextError, match="need 20 positions"):
+    with pytest.raises(ContextError, match="need 19 positions"):
         amk.generate("toy", [1, 2, 3, 4], max_new_tokens=16, device="cpu", max_seq=16)

@@ -40,6 +40,8 @@ def geomean_speedups(cases: list[dict]) -> tuple[float | None, list[dict]]:
 
 def check_verified(path: Path, fingerprint: str, device: str) -> str | None:
     """Why this program may not be benched yet, or None when a matching passing verify_result.json exists."""
+    if path.is_dir():
+        return f"{path} is a directory: name the verify_result.json that `amk verify --out` wrote"
     if not path.is_file():
         return f"{path} not found: run `amk verify` with the same --model/--gpu/--config/--device first"
     try:

@@ -158,17 +158,18 @@ def cache(args) -> CommandResult:
 
 def generate(args) -> CommandResult:
     from amk.generation import generate as fn
-    from amk.schedule.errors import ProgramError
+    from amk.schedule.errors import LoweringError, ProgramError
 
-    from .verdict import parse_config
+    from .cmd_run import _parsed_config
 
-    config = parse_config(read_config_arg(args.config)) if args.config is not None else None
+    config = _parsed_config("--config", args.config)
     prompt = args.prompt if args.prompt is not None else args.prompt_ids
     try:
         out = fn(args.model, prompt, max_new_tokens=args.max_new_tokens, config=config, device=args.device,
                  gpu=args.gpu, max_seq=args.max_seq)
-    except ProgramError as e:  # a schedule that does not validate (a bad prompt raises a typed usage error)
-        return CommandResult(ExitCode.USAGE, {"error": str(e), "error_type": "usage"}, str(e))
+    except (LoweringError, ProgramError) as e:  # the config's fault; a bad prompt's typed error reaches main()
+        msg = f"--config: {e}"
+        return CommandResult(ExitCode.USAGE, {"error": msg, "error_type": "usage"}, msg)
     payload = out.to_dict()
     summary = (f"{len(payload['tokens'])} new tokens after {len(payload['prompt_tokens'])} prompt tokens on "
                f"{payload['device']} ({payload['vm']} VM) in {payload['seconds']:.2f} s, "

@@ -139,8 +139,10 @@ def report(args) -> CommandResult:
     from amk.flywheel.results import ResultsFormatError, load_results
 
     results = Path(args.results)
+    if results.is_dir():
+        raise UsageError(f"--results {str(results)!r}: is a directory; name the results file of `amk loop`")
     if not results.is_file():
-        raise UsageError(f"{results} not found (run `amk loop` first, or pass --results)")
+        raise UsageError(f"--results {str(results)!r}: not found (run `amk loop` first, or pass --results)")
     try:
         df = load_results(results)
     except ResultsFormatError as e:

@@ -16,6 +16,7 @@ from amk.schedule.errors import (
     ConfigError,
     ContextError,
     EnvironmentProblem,
+    LoweringError,
     UnknownModelError,
     UnknownTargetError,
     UnsupportedModelError,
@@ -46,7 +47,8 @@ class ExitCode(IntEnum):
         from amk.harness.loop import LoopError
 
         if isinstance(e, (ConfigError, UsageError, ArgumentError, UnknownModelError, UnknownTargetError,
-                          UnsupportedModelError, CheckpointError, ContextError, LoopError, ResultsFormatError)):
+                          UnsupportedModelError, CheckpointError, ContextError, LoopError, ResultsFormatError,
+                          LoweringError)):
             return cls.USAGE, "usage"
         # a path the user named that is missing, a directory, or not writable
         if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):

@@ -30,6 +30,7 @@ from amk.schedule.program import (
 )
 from amk.schedule.targets import GpuTarget
 
+from .arguments import check_cases, check_corpus
 from .calibration import calibrate_file
 from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda, scaling_note
 from .environment import Device, environment, get_model, resolve_device, resolve_target
@@ -89,8 +90,8 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
         raise ArgumentError("stop_above_us", f"expected a positive number of microseconds, got {stop_above_us!r}")
     check_seed(seed)
     t0 = time.perf_counter()
-    if isinstance(cases, str) and cases not in ("full", "reduced"):  # before any model work
-        raise ArgumentError("cases", f"expected 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
+    check_cases(cases)  # before any model work
+    check_corpus(corpus)
     cache = default_cache()
     before = cache.stats()
     v, program = build_program(model, gpu, config, device, dtype, max_seq, cache)

@@ -42,6 +42,7 @@ from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError
 from amk.schedule.space import search_space
 
+from .arguments import check_loop_arguments
 from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import check_seed, default_dtype, evaluate, resolve_dtype_name
 from .propose import incumbent_config, model_name
@@ -63,7 +64,11 @@ CLAIM_POLL_S = 1.0
 
 class LoopError(AmkError, ValueError):
     """The loop cannot start as asked (results.tsv exists and resume was not asked for, a foreign results
-    file, a seed config that does not lower)."""
+    file, a seed config that does not lower). `argument` names the loop() argument to mend, when one is."""
+
+    def __init__(self, message: str, argument: str | None = None):
+        self.argument = argument
+        super().__init__(message)
 
 
 class StopReason(str, Enum):
@@ -92,9 +97,12 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     model). `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
     that holds its best kept config, a rejected seed),
-    ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63)), UnknownModelError /
+    ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63), a `budget`, `minutes`, `workers`,
+    `builders` or `max_reverts` out of range, an unknown `cases` or `dtype`, `corpus` naming the `results` file),
+    UnknownModelError /
     UnknownTargetError."""
     check_seed(seed)
+    check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus)
     if workers > 1:
         from .search.distributed import run_workers
 
@@ -221,7 +229,7 @@ class _Run(Rounds):
         built = self.builder.build([self._job(cfg)])[0]
         if not built.valid and given is not None:
             raise LoopError(f"the given config {cfg.schedule_id} is rejected ({built.reason}): a loop starts from a "
-                            "config that lowers and validates")
+                            "config that lowers and validates", argument="incumbent")
         if given is not None:
             self._check_given_on_resume(given, built.program_fingerprint, rows)
         if not built.valid and cfg != ScheduleConfig():

@@ -9,6 +9,7 @@ from amk.flywheel.corpus import best_entry, entries_for, load_corpus
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.space import space_dicts
 
+from .arguments import check_corpus
 from .environment import Device, resolve_target
 from .schema import schema_path
 from .verdict import parse_config
@@ -50,6 +51,7 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
 
     `incumbent` (dict, JSON string or ScheduleConfig) wins when given; a malformed one raises ConfigError,
     since the caller asked for it by name."""
+    check_corpus(corpus)
     target = resolve_target(gpu)
     name = model_name(model)
     verdict = None

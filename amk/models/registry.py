@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from amk.schedule.errors import CheckpointError, EnvironmentProblem, UnknownModelError
+from amk.schedule.errors import ArgumentError, CheckpointError, EnvironmentProblem, UnknownModelError
 from amk.schedule.graph import Graph, ModelDims, build_graph
 
 from .checkpoint import check_loading_info, head_is_tied, load_config, read_config_json, weight_files
@@ -55,7 +55,7 @@ def resolve_dtype(dtype: Any) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
         return _DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ValueError(f"unsupported dtype {dtype!r}; use fp32, fp16 or bf16")
+    raise ArgumentError("dtype", f"{dtype!r} is not one of fp32, fp16, bf16")
 
 
 @dataclass

@@ -1,0 +1,61 @@
+"""Checks of the arguments of the harness's verbs, made before any model work, so that a caller's mistake is an
+ArgumentError naming the keyword (the CLI leads it with the flag) and never a crashed or rejected trial."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from amk.schedule.errors import ArgumentError
+
+CASE_SETS = ("full", "reduced")
+
+
+def check_cases(cases) -> None:
+    """`cases`: None, "full", "reduced" or a list of VerifyCase (a list is checked against the context later)."""
+    if cases is None or isinstance(cases, list | tuple):
+        return
+    if not isinstance(cases, str) or cases not in CASE_SETS:
+        raise ArgumentError("cases", f"expected 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
+
+
+def check_dtype(dtype) -> None:
+    """`dtype`: None (the device's default) or one of fp32, fp16, bf16 (or the torch dtype)."""
+    if dtype is not None:
+        from amk.models.registry import resolve_dtype
+
+        resolve_dtype(dtype)  # ArgumentError naming dtype
+
+
+def _whole(name: str, value, least: int, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        bound = "a positive integer" if least == 1 else f"an integer of at least {least}"
+        raise ArgumentError(name, f"expected {bound}{' or None' if optional else ''}, got {value!r}")
+
+
+def check_corpus(corpus) -> None:
+    """`corpus`: None, or a tuning-record file that may not exist yet; ArgumentError when it names a directory."""
+    if corpus is not None and Path(corpus).expanduser().is_dir():
+        raise ArgumentError("corpus", f"{str(corpus)!r} is a directory; name a file (default corpus.jsonl)")
+
+
+def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus) -> None:
+    """Every argument of loop() a caller can get wrong, checked before the results file is opened.
+    Raises ArgumentError naming the first one wrong."""
+    _whole("budget", budget, 1, optional=True)
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int | float)
+                                or not math.isfinite(minutes) or minutes <= 0):
+        raise ArgumentError("minutes", f"expected a positive finite number of minutes or None, got {minutes!r}")
+    _whole("workers", workers, 1, optional=False)
+    _whole("builders", builders, 0, optional=True)
+    _whole("max_reverts", max_reverts, 1, optional=False)
+    check_cases(cases)
+    check_dtype(dtype)
+    check_corpus(corpus)
+    if Path(results).expanduser().is_dir():
+        raise ArgumentError("results", f"{str(results)!r} is a directory; name a file (default results.tsv)")
+    if Path(results).expanduser().resolve() == Path(corpus).expanduser().resolve():
+        # a results row and a tuning record interleaved in one file leave neither readable
+        raise ArgumentError("corpus", f"names the same file as results ({str(results)!r}): give each its own")

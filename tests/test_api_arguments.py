@@ -1,0 +1,81 @@
+"""The Python API refuses a caller's mistake before any model work, with an ArgumentError naming the keyword:
+never a crashed or rejected trial in results.tsv, never a plain TypeError from deep inside."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import amk
+
+
+@pytest.mark.parametrize("kw, argument", [
+    ({"cases": "x"}, "cases"),
+    ({"dtype": "bf17"}, "dtype"),
+    ({"budget": 0}, "budget"),
+    ({"budget": -3}, "budget"),
+    ({"budget": 1.5}, "budget"),
+    ({"minutes": -1}, "minutes"),
+    ({"minutes": float("nan")}, "minutes"),
+    ({"workers": 0}, "workers"),
+    ({"builders": -1}, "builders"),
+    ({"max_reverts": 0}, "max_reverts"),
+    ({"results": "same.tsv", "corpus": "same.tsv"}, "corpus"),
+    ({"results": "."}, "results"),
+    ({"corpus": "."}, "corpus"),
+])
+def test_loop_refuses_a_bad_argument_before_opening_its_files(tmp_path, monkeypatch, kw, argument):
+    monkeypatch.chdir(tmp_path)
+    args = {"budget": 1, "results": "r.tsv", "corpus": "c.jsonl", **kw}
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.loop("toy", "cpu-sim", **args)
+    assert e.value.argument == argument
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no results file, no corpus, no claims
+
+
+@pytest.mark.parametrize("kw, argument", [
+    ({"cases": 5}, "cases"),
+    ({"corpus": "."}, "corpus"),
+    ({"dtype": "bf17"}, "dtype"),
+])
+def test_evaluate_refuses_a_bad_argument(tmp_path, monkeypatch, kw, argument):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.evaluate("toy", "cpu-sim", {}, **kw)
+    assert e.value.argument == argument
+
+
+def test_load_model_names_a_bad_dtype():
+    with pytest.raises(amk.ArgumentError, match="dtype: 'bf17'"):
+        amk.load_model("toy", dtype="bf17")
+
+
+@pytest.mark.parametrize("prompt, kw, argument", [
+    ([1, 2], {"max_new_tokens": 0}, "max_new_tokens"),
+    ([1, 2], {"max_new_tokens": True}, "max_new_tokens"),
+    ([1, 2], {"max_seq": -5}, "max_seq"),
+    (5, {}, "prompt"),
+    (["a"], {}, "prompt"),
+    ([1.5], {}, "prompt"),
+    ([], {}, "prompt"),
+    ([1, 2], {"device": "gpu"}, "device"),
+])
+def test_generate_refuses_a_bad_argument(prompt, kw, argument):
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.generate("toy", prompt, **kw)
+    assert e.value.argument == argument
+
+
+def test_generate_takes_prompt_plus_new_tokens_less_one_positions():
+    """The last new token is not fed back: a 3-token prompt and 2 new tokens fit 4 positions, not 5."""
+    ids = torch.tensor([1, 5, 9])
+    out = amk.generate("toy", ids, max_new_tokens=2, device="cpu", max_seq=4, stop_at_eos=False)
+    assert out.prompt_tokens == [1, 5, 9] and len(out.tokens) == 2
+    with pytest.raises(amk.ContextError, match="need 5 positions, the program holds 4"):
+        amk.generate("toy", [1, 5, 9], max_new_tokens=3, device="cpu", max_seq=4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_generate_on_cuda_without_a_gpu_is_an_environment_problem():
+    with pytest.raises(amk.EnvironmentProblem, match="cuda"):
+        amk.generate("toy", [1, 2], device="cuda")
