@@ -42,6 +42,7 @@ async def _round_trip(cwd, cache_dir) -> dict:
         out["not_objects"] = [_structured(await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim",
                                                                              "config": c}))
                               for c in ([1, 2], 5, "[1, 2]", None, "null")]
+        out["report_missing"] = await client.call_tool("report", {"results": "no-such.tsv"})
     return out
 
 
@@ -62,3 +63,14 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     # HARNESS §6: a malformed config of any JSON type is a verdict, as in Python
     assert all(not v["valid"] and v["rejected_reason"].startswith("schema:") for v in got["not_objects"])
     assert got["omitted"]["valid"] and got["omitted"]["schedule_id"] == p["schedule_id"]  # the defaults
+    missing = got["report_missing"]  # named by the tool's argument, not the CLI's flag
+    assert missing.is_error and "usage: results 'no-such.tsv': not found" in missing.content[0].text
+    assert "--results" not in missing.content[0].text
+
+
+def test_the_report_tool_names_its_arguments_not_the_cli_flags():
+    from amk.harness.mcp_server import _keywords
+
+    assert _keywords("usage: --results 'x': not found (run `amk loop` first, or pass --results)") == \
+        "usage: results 'x': not found (run `amk loop` first, or pass results)"
+    assert _keywords("--out-dir '/f': is a file") == "out_dir '/f': is a file"

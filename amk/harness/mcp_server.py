@@ -14,6 +14,7 @@ Needs the optional extra: `pip install 'amk[mcp]'`.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from .commands import CommandResult, ExitCode
@@ -39,6 +40,12 @@ def _call(fn, *args, **kwargs):
         if kind == "internal":
             log.exception("tool %s failed", getattr(fn, "__name__", fn))
         raise ToolError(f"{kind}: {e}" if kind != "internal" else f"internal: {type(e).__name__}: {e}") from e
+
+
+def _keywords(text: str) -> str:
+    """`text` with the CLI's flags spelled as the tool's arguments (--out-dir -> out_dir): the report tool runs
+    the CLI command, whose errors name flags an MCP client never sees."""
+    return re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), text)
 
 
 def build_server():
@@ -97,10 +104,15 @@ def build_server():
         two PNG plots written under out_dir."""
         import argparse
 
+        from mcp.server.mcpserver.exceptions import ToolError
+
         from amk.harness.cmd_report import report as fn
 
         args = argparse.Namespace(results=results, corpus=corpus, out_dir=out_dir, no_plots=not plots)
-        return _call(fn, args).payload
+        try:
+            return _call(fn, args).payload
+        except ToolError as e:
+            raise ToolError(_keywords(str(e))) from e.__cause__
 
     return server
 
