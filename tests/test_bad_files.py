@@ -264,3 +264,15 @@ def test_every_command_that_uses_the_cache_records_the_last_run(capsys, monkeypa
         code = main(["--json", "cache", "stats"])
         last = json.loads(capsys.readouterr().out)["last_run"]
         assert code == 0 and last["program"][expect] == 1, last
+
+
+@pytest.mark.parametrize("argv, lead", [
+    (["--model", "no-such-model"], "--model: unknown model"),
+    (["--model", "toy", "--gpu", "no-such-gpu"], "--gpu: unknown GPU target"),
+])
+def test_an_unusable_cache_dir_does_not_hide_a_misspelt_model_or_gpu(capsys, monkeypatch, tmp_path, argv, lead):
+    bad = tmp_path / "a-file"
+    bad.write_text("x")
+    monkeypatch.setenv("AMK_CACHE_DIR", str(bad))
+    code, v = run(capsys, "evaluate", *argv)
+    assert code == 2 and v["error"].startswith(lead), v

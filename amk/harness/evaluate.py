@@ -92,6 +92,7 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     t0 = time.perf_counter()
     check_cases(cases)  # before any model work
     check_corpus(corpus)
+    _check_model_and_target(model, gpu, config)  # the caller's names before the cache directory's state
     cache = default_cache()
     before = cache.stats()
     v, program = build_program(model, gpu, config, device, dtype, max_seq, cache)
@@ -101,6 +102,21 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     v.cache = _stats_delta(before, cache.stats())
     v.seconds = round(time.perf_counter() - t0, 4)
     return v.to_dict()
+
+
+def _check_model_and_target(model, gpu, config) -> None:
+    """UnknownTargetError for an unknown GPU; UnknownModelError for a model name that is neither built in nor a
+    directory, unless the config is malformed (then the verdict comes before the model is looked up)."""
+    from amk.models import Model
+    from amk.models.registry import check_model_name
+
+    resolve_target(gpu)
+    try:
+        parse_config(config)
+    except ConfigError:
+        return
+    if not isinstance(model, Model):
+        check_model_name(model)
 
 
 SEED_LIMIT = 2**63  # the verify cases' seeds go to torch.manual_seed, a signed 64-bit integer

@@ -143,21 +143,26 @@ def model_shape(name_or_path) -> ModelDims:
     return load_model(name_or_path, weights=False).dims
 
 
+def check_model_name(name_or_path) -> None:
+    """UnknownModelError unless `name_or_path` is a built-in name or an existing directory; reads nothing."""
+    key = str(name_or_path)
+    if key != _GGUF_NAME and key not in builtin_names() and not Path(name_or_path).expanduser().is_dir():
+        raise UnknownModelError(key, builtin_names())
+
+
 def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", weights: bool = True) -> Model:
     """Load a built-in model by name, or a local checkpoint directory (config.json + safetensors).
 
     Raises UnknownModelError for a name that is neither, and UnsupportedModelError (before any torch model
     is built) for an architecture or feature AMK does not lower."""
     torch_dtype = resolve_dtype(dtype)
+    check_model_name(name_or_path)
     key = str(name_or_path)
     if key == _GGUF_NAME:
         return _load_gguf(torch_dtype, device, weights)
     if key in builtin_names():
         return _load_random(key, torch_dtype, seed, device, weights)
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return _load_path(path, torch_dtype, device, weights)
-    raise UnknownModelError(key, builtin_names())
+    return _load_path(Path(name_or_path).expanduser(), torch_dtype, device, weights)
 
 
 # --- built-in configs with random weights -------------------------------------------------------------
