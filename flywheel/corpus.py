@@ -16,6 +16,7 @@ from .records import (
     TuningRecord,
     append_record,
     load_records,
+    model_key,
     record_from_verdict,
 )
 
@@ -37,7 +38,9 @@ def load_corpus(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
 
 
 def entries_for(entries: list[TuningRecord], model: str, gpu: str) -> list[TuningRecord]:
-    return [e for e in entries if e.model == model and e.gpu == gpu]
+    """The records of `model` (compared by model_key) on `gpu`."""
+    key = model_key(model)
+    return [e for e in entries if e.gpu == gpu and (e.model == model or model_key(e.model) == key)]
 
 
 def best_entry(entries: list[TuningRecord]) -> TuningRecord | None:

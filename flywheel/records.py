@@ -191,10 +191,18 @@ def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
     return out
 
 
+def model_key(model: str) -> str:
+    """The identity of a model name in results and tuning records: a checkpoint directory by its resolved
+    absolute path (`../ck/tiny`, `/abs/ck/tiny/` and `ck/tiny` are one model), any other name as it is."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
 def for_run(records: list[TuningRecord], model: str, gpu: str, dtype: str | None = None) -> list[TuningRecord]:
-    """The records of one model on one GPU target (and dtype, when given; a version-1 line without a dtype
-    matches any)."""
-    return [r for r in records if r.model == model and r.gpu == gpu
+    """The records of one model (compared by model_key) on one GPU target (and dtype, when given; a version-1
+    line without a dtype matches any)."""
+    key = model_key(model)
+    return [r for r in records if r.gpu == gpu and (r.model == model or model_key(r.model) == key)
             and (dtype is None or r.dtype is None or r.dtype == dtype)]
 
 

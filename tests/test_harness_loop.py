@@ -277,3 +277,24 @@ def test_loop_on_a_cpu_for_a_gpu_target_prices_bf16_as_evaluate_does(tmp_path):
     verdict = amk.evaluate("toy", "h200", record.config, device="cpu")
     assert record.dtype == verdict["dtype"] == "bf16"
     assert record.program_fingerprint == verdict["program_fingerprint"]
+
+
+def test_one_checkpoint_is_one_model_however_its_directory_is_spelt(tmp_path, monkeypatch, fake_evaluate):
+    """A resume by a relative path, or with a trailing slash, continues the run of the absolute path: the same
+    incumbent, no baseline measured again, one model in results.tsv and the corpus."""
+    from _checkpoints import llama
+
+    ck = llama(tmp_path / "ck" / "tiny")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    files = {"results": "r.tsv", "corpus": "c.jsonl", "device": "cpu", "settings": SMALL}
+    first = amk.loop(str(ck), "cpu-sim", budget=4, evaluate=fake_evaluate, **files)
+    for spelling in ("../ck/tiny", f"{ck}/"):
+        again = amk.loop(spelling, "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
+        assert again["incumbent"]["schedule_id"] == first["incumbent"]["schedule_id"] or \
+            again["incumbent"]["latency_us"] <= first["incumbent"]["latency_us"]
+    rows = read_rows(work / "r.tsv")
+    assert {r["model"] for r in rows} == {str(ck.resolve())}
+    assert sum(r["description"].startswith("baseline") for r in rows) == 1
+    assert amk.propose("../ck/tiny", "cpu-sim", corpus="c.jsonl")["source"].startswith("corpus:")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from amk.cache import CacheStorageError, default_cache
 from amk.flywheel.claims import Claim, Taken, claim, owner_id, snapshot
-from amk.flywheel.corpus import best_entry, entries_for
+from amk.flywheel.corpus import best_entry, entries_for, model_key
 from amk.flywheel.prior import Prior
 from amk.flywheel.records import append_record, load_records, record_from_verdict
 from amk.flywheel.results import ResultRow, ResultsFormatError, Status, append_result, read_rows
@@ -155,6 +155,7 @@ class _Run(Rounds):
 
         self.t0 = time.monotonic()
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
+        self.key = model_key(self.name)  # rows of this model under any spelling of its directory
         self.dev = resolve_device(device)
         self.dtype = str(model.dtype).removeprefix("torch.") if isinstance(model, Model) else (
             dtype or default_dtype(self.dev, self.target))
@@ -246,7 +247,7 @@ class _Run(Rounds):
         """A given start config on a results file that already kept another program: the start is the incumbent
         until a candidate beats it, so a slower given config would be logged as a keep over the file's best.
         Raises LoopError naming the kept trial. A config of the kept program (another spelling) is its incumbent."""
-        kept = [r for r in rows if r.get("model") == self.name and r.get("gpu") == self.target.name
+        kept = [r for r in rows if model_key(r.get("model") or "") == self.key and r.get("gpu") == self.target.name
                 and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
         if (best is not None and best["schedule_id"] != given.schedule_id
@@ -261,7 +262,7 @@ class _Run(Rounds):
         start comes from the corpus): a start from anything slower would log slower configs as keeps. Raises
         LoopError when the corpus holds no kept record of that trial's config (results.tsv moved without its
         corpus.jsonl)."""
-        kept = [r for r in rows if r.get("model") == self.name and r.get("gpu") == self.target.name
+        kept = [r for r in rows if model_key(r.get("model") or "") == self.key and r.get("gpu") == self.target.name
                 and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
         if best is None or best["schedule_id"] == cfg.schedule_id:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from amk.flywheel.corpus import best_entry, entries_for, load_corpus
+from amk.flywheel.corpus import best_entry, entries_for, load_corpus, model_key
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.space import space_dicts
 
@@ -23,11 +23,13 @@ def model_name(model) -> str:
     if isinstance(model, Model):
         return model.name
     name = str(model)
-    if name not in builtin_names() and not Path(name).expanduser().is_dir():
+    if name in builtin_names():
+        return name
+    if not Path(name).expanduser().is_dir():
         from amk.schedule.errors import UnknownModelError
 
         raise UnknownModelError(name, builtin_names())
-    return name
+    return model_key(name)  # one checkpoint, one name in results.tsv and the corpus, however it was spelt
 
 
 def incumbent_config(model: str, gpu: str, corpus: str | Path | None) -> tuple[ScheduleConfig, str, dict | None]:
