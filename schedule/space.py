@@ -186,6 +186,24 @@ def inert(config: ScheduleConfig, path: str, target: GpuTarget | None = None) ->
     return inert_reason(config, path, target) is not None
 
 
+def settle_inert(config: ScheduleConfig, base: ScheduleConfig, space: list[Knob],
+                 target: GpuTarget | None = None) -> ScheduleConfig:
+    """`config` with every searched knob that cannot act in it set back to `base`'s value: a drawn value of such
+    a knob (l2_prefetch_kb with pipelining_depth 0) is no change, and would only rename the config and claim a
+    move in its description. Values that would make a conflict are left as drawn."""
+    for _ in range(len(space)):  # settling one knob can make another inert; a handful of passes at most
+        moved = False
+        for k in space:
+            was = _json(get_path(base, k.path))
+            if _json(get_path(config, k.path)) != was and inert(config, k.path, target):
+                settled = with_value(config, k.path, was)
+                if not conflicts(settled):
+                    config, moved = settled, True
+        if not moved:
+            return config
+    return config
+
+
 def neighbours(config: ScheduleConfig, space: list[Knob], target: GpuTarget | None = None) -> list[Move]:
     """Every config one knob away that has no conflict and moves a knob that acts (on `target`, when given):
     each searched knob set to each of its other search values."""

@@ -43,3 +43,21 @@ def test_the_search_leaves_out_what_the_target_cannot_run():
     for pages in (0, 2):  # the validator agrees with the space
         prog = lower(toy, "l4", ScheduleConfig.from_dict({"pipeline": {"pages": pages}}))
         assert validate(prog, "l4").ok == (pages in values("l4", "pipeline.pages"))
+
+
+def test_no_candidate_of_a_round_claims_a_move_of_a_knob_it_makes_inert():
+    """Random draws, restarts and crossovers settle a knob that cannot act (l2_prefetch_kb with pipelining_depth
+    0) back to the incumbent's value, so no description names a move that changes nothing."""
+    from amk.flywheel.prior import Prior
+    from amk.harness.search.policy import SearchSettings, generate
+    from amk.schedule.space import inert
+
+    space = search_space("cpu-sim")
+    incumbent = ScheduleConfig()
+    for restart in (False, True):
+        rng = random.Random(1)
+        for _ in range(5):
+            cands = generate(incumbent, [incumbent], space, Prior(), rng, SearchSettings(population=32), restart)
+            for c in cands:
+                moved = {change.split("=", 1)[0] for change in c.change}
+                assert not [p for p in moved if inert(c.config, p)], (c.source, c.change)

@@ -20,7 +20,7 @@ from enum import Enum
 
 from amk.flywheel.prior import Prior
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.space import Knob, crossover, diff, mutate, neighbours, random_config
+from amk.schedule.space import Knob, crossover, diff, mutate, neighbours, random_config, settle_inert
 
 
 class Source(str, Enum):
@@ -67,6 +67,7 @@ def generate(incumbent: ScheduleConfig, parents: list[ScheduleConfig], space: li
     out: dict[str, Candidate] = {}
 
     def add(cfg: ScheduleConfig, source: Source) -> None:
+        cfg = settle_inert(cfg, incumbent, space)  # a knob the candidate makes inert is no move of it
         if cfg.schedule_id != incumbent.schedule_id and cfg.schedule_id not in out:
             out[cfg.schedule_id] = Candidate(cfg, tuple(diff(incumbent, cfg)), source)
 
