@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import threading
@@ -49,6 +50,11 @@ class _Parser(argparse.ArgumentParser):
 
     # argparse prints usage and exits; we raise so that --json can still answer with one JSON object
     def error(self, message):
+        # "argument --dtype: invalid choice ..." -> "--dtype: invalid choice ... (amk evaluate)": the flag first,
+        # as every other usage error
+        flag = re.match(r"argument ([^:]+): (.*)", message, re.S)
+        if flag:
+            raise UsageError(f"{flag.group(1)}: {flag.group(2)} ({self.prog})")
         raise UsageError(f"{self.prog}: {message}")
 
 

@@ -178,3 +178,13 @@ def test_a_config_or_file_the_command_cannot_use_names_its_flag(capsys, tmp_path
     got, out = run(capsys, *argv)
     assert got == code and out["error_type"] == kind and out["error"].startswith(lead), out
     assert not (tmp_path / "results.tsv").exists()
+
+
+@pytest.mark.parametrize("argv, lead", [
+    (["evaluate", "--model", "toy", "--dtype", "bf17"], "--dtype: invalid choice: 'bf17'"),
+    (["loop", "--model", "toy", "--budget", "0"], "--budget: expected a positive integer"),
+    (["generate", "--model", "toy", "--prompt-ids", "1,2,x"], "--prompt-ids: expected comma-separated token ids"),
+])
+def test_a_flag_argparse_refuses_leads_its_message(capsys, argv, lead):
+    code, out = run(capsys, *argv)
+    assert code == 2 and out["error"].startswith(lead), out["error"]
