@@ -111,9 +111,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="warnings and errors only on stderr: no info lines, no progress bars")
 
 
-def _model_gpu(p, gpu_default: str | None = "auto") -> None:
+def _model_gpu(p) -> None:
     p.add_argument("--model", required=True, help="built-in model name (amk models) or a checkpoint directory")
-    p.add_argument("--gpu", default=gpu_default, help="GPU target name (amk targets); auto: the live GPU, or "
+    p.add_argument("--gpu", default="auto", help="GPU target name (amk targets); auto: the live GPU, or "
                                                       "the cpu-sim stand-in on a machine without CUDA")
 
 
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "move a bounded run to another region (default: 20)")
     _cases_opt(p)
     p.add_argument("--workers", type=positive_int, default=1,
-                   help="measuring workers, one per GPU, through Ray (pip install 'amk[ray]'); default: 1, no Ray")
+                   help="measuring workers, one per GPU, through Ray (pip install 'amk[ray]'; 1 runs without Ray)")
     p.add_argument("--ray-address", default=None,
                    help="a Ray cluster to run the workers on (default: a local Ray instance)")
     p.add_argument("--builders", type=nonnegative_int, default=None,
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="report", help="where the PNG plots go")
     p.add_argument("--no-plots", action="store_true", help="draw no PNG (the summary only; needs no matplotlib)")
     p = add("compile", "lower a config; write the program JSON and a short report")
-    _model_gpu(p, "cpu-sim")
+    _model_gpu(p)
     _config_opt(p)
     _dtype_opt(p)
     _max_seq_opt(p)
