@@ -40,6 +40,14 @@ def default_cases(max_seq: int, reduced: bool | str = False, seed: int = 0) -> l
     the size run, `scaled_from` the full-size case), and a case that would repeat another is left out."""
     if max_seq < 1:
         raise ContextError(f"a context of {max_seq} positions holds no verify case", needed=1, max_seq=max_seq)
+    if reduced == "smoke":
+        p = min(64, max_seq // 2)
+        return [VerifyCase(f"pos{p}", p, 1, seed=seed)]
+    return _distinct(_candidates(max_seq, reduced, seed), max_seq)
+
+
+def _candidates(max_seq: int, reduced: bool, seed: int) -> list[VerifyCase]:
+    """The default cases cut down to fit `max_seq`, before the repeats are left out."""
     mid = min(300, max_seq // 2)
     near = max(0, max_seq - 3)
 
@@ -49,22 +57,23 @@ def default_cases(max_seq: int, reduced: bool | str = False, seed: int = 0) -> l
     def greedy(full_tokens, full_gen, s):
         t = min(full_tokens, max(1, max_seq // 2))
         g = min(full_gen, max_seq - t + 1)
-        return case(f"greedy{g}", f"greedy{full_gen}" + ("" if t == full_tokens else f" ({full_tokens} tokens)"),
+        return case(f"greedy{g}", f"greedy{full_gen}" + ("" if t == full_tokens else f" ({full_tokens} prompt tokens)"),
                     0, t, g, s)
 
     def mid_case(s):
         t = min(2, max_seq - mid)
         return case(f"pos{mid}", f"pos{mid}" + ("" if t == 2 else " (2 tokens)"), mid, t, 0, s)
 
-    if reduced == "smoke":
-        p = min(64, max_seq // 2)
-        return [VerifyCase(f"pos{p}", p, 1, seed=seed)]
     if reduced:
         out = [VerifyCase("pos0", 0, 1, seed=seed), mid_case(1), greedy(3, 8, 2)]
     else:
         out = [VerifyCase("pos0", 0, 1, seed=seed), case("pos1", "pos1", 1, 1, 0, 1), mid_case(2),
                VerifyCase(f"pos{near}_near_limit", near, max_seq - near, seed=seed + 3),
                case(f"tokens{min(8, max_seq)}", "tokens8", 0, min(8, max_seq), 0, 4), greedy(4, 32, 5)]
+    return out
+
+
+def _distinct(out: list[VerifyCase], max_seq: int) -> list[VerifyCase]:
     seen: set = set()
     kept = []
     for c in out:
@@ -73,6 +82,14 @@ def default_cases(max_seq: int, reduced: bool | str = False, seed: int = 0) -> l
             seen |= {shape, c.name}
             kept.append(c)
     return kept
+
+
+def left_out_cases(max_seq: int, reduced: bool = False) -> list[str]:
+    """The default cases a context of `max_seq` positions leaves out: cut down to fit, each would repeat a case
+    run before it (named as cut down, with the full-size case it comes from)."""
+    cands = _candidates(max_seq, reduced, 0)
+    kept = {id(c) for c in _distinct(cands, max_seq)}
+    return [c.name + (f" (from {c.scaled_from})" if c.scaled_from else "") for c in cands if id(c) not in kept]
 
 
 def check_cases_fit(cases: list[VerifyCase], max_seq: int) -> None:

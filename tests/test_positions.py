@@ -79,3 +79,14 @@ def test_a_step_past_the_last_position_raises_and_keeps_the_cache():
 def test_generate_past_the_context_is_refused():
     with pytest.raises(ContextError, match="need 19 positions"):
         amk.generate("toy", [1, 2, 3, 4], max_new_tokens=16, device="cpu", max_seq=16)
+
+
+def test_a_context_that_drops_default_cases_names_them():
+    from amk.eval.cases import left_out_cases
+
+    assert left_out_cases(2048) == [] and left_out_cases(16) == []
+    assert left_out_cases(3) == ["pos1", "tokens3 (from tokens8)"]  # the mid case lands on pos1; tokens3 on pos0_near_limit
+    v = amk.evaluate("toy", "cpu-sim", {}, max_seq=3)
+    note = next(n for n in v["notes"] if n.startswith("verify cases in the program's context of 3 positions"))
+    assert "left out as repeats of the cases run: pos1, tokens3 (from tokens8)" in note
+    assert "greedy32 (4 prompt tokens) -> greedy3" in note

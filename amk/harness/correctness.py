@@ -20,8 +20,10 @@ REDUCED_CASES_ABOVE_PARAMS = 200_000_000  # on CPU, bigger models verify on the 
 
 
 
-def resolve_cases(model, program: MegakernelProgram, cases, dev: Device, seed: int):
-    from amk.eval.cases import VerifyCase, check_cases_fit, default_cases
+def resolve_cases(model, program: MegakernelProgram, cases, dev: Device, seed: int) -> tuple[list, list[str]]:
+    """The verify cases to run and the default cases the program's context leaves out (none for a given list):
+    `cases` None picks the reduced set for a big model on a CPU, else the full one."""
+    from amk.eval.cases import VerifyCase, check_cases_fit, default_cases, left_out_cases
     from amk.models.registry import approx_params
 
     if cases is None:
@@ -30,18 +32,22 @@ def resolve_cases(model, program: MegakernelProgram, cases, dev: Device, seed: i
     if isinstance(cases, str):
         if cases not in ("full", "reduced"):
             raise ArgumentError("cases", f"expected 'full', 'reduced' or a list of VerifyCase, got {cases!r}")
-        return default_cases(program.constants.max_seq, reduced=(cases == "reduced"), seed=seed)
+        return default_cases(program.constants.max_seq, reduced=(cases == "reduced"), seed=seed), \
+            left_out_cases(program.constants.max_seq, reduced=(cases == "reduced"))
     cases = list(cases)
     if not all(isinstance(c, VerifyCase) for c in cases):
         raise ArgumentError("cases", "expected 'full', 'reduced' or a list of VerifyCase")
     check_cases_fit(cases, program.constants.max_seq)  # ContextError: a usage error (exit 2)
-    return cases
+    return cases, []
 
 
-def scaling_note(case_list, max_seq: int) -> str | None:
-    """The verdict's note naming the cases cut down to fit a short context, or None when none was."""
+def scaling_note(case_list, max_seq: int, left_out: list[str] = ()) -> str | None:
+    """The verdict's note naming the cases cut down to fit a short context and the default cases it left out
+    (cut down, they would repeat a case run before them), or None when there are none."""
     cut = [f"{c.scaled_from} -> {c.name}" for c in case_list if c.scaled_from]
-    return f"verify cases scaled to the program's context of {max_seq} positions: {', '.join(cut)}" if cut else None
+    parts = ([f"scaled: {', '.join(cut)}"] if cut else []) + \
+        ([f"left out as repeats of the cases run: {', '.join(left_out)}"] if left_out else [])
+    return f"verify cases in the program's context of {max_seq} positions: {'; '.join(parts)}" if parts else None
 
 
 def counted(ref, progress_bar):

@@ -226,8 +226,8 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     _predict(v, program, target, calib)
     v.notes.append(calib.note(target.name))
     full = given or get_model(v.model, v.dtype, dev, weights=True)
-    case_list = resolve_cases(full, program, cases, dev, seed)
-    if note := scaling_note(case_list, program.constants.max_seq):
+    case_list, left_out = resolve_cases(full, program, cases, dev, seed)
+    if note := scaling_note(case_list, program.constants.max_seq, left_out):
         v.notes.append(note)
     with bar(len(case_list), f"verifying on {dev.value}", unit="case") as cases_bar:
         ref = counted(reference_hook(full, program, cache, label={"model": v.model}), cases_bar)
