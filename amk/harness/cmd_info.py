@@ -67,7 +67,7 @@ def doctor(args) -> CommandResult:
     info["problems"] = problems
     target = info.get("detected_target")
     shown = {**info, "detected_target": (f"{target['name']} ({target['sm_count']} SMs, {target['arch']})"
-                                         if target else None)}
+                                         if target else "none: --gpu auto means the cpu-sim stand-in")}
     text = "\n".join(f"{k:<16} {v}" for k, v in shown.items() if k != "problems")
     text += "".join(f"\nPROBLEM: {p}" for p in problems)
     if not info["cuda_usable"]:
