@@ -195,10 +195,13 @@ def _text(out: dict) -> str:
         lines.append(f"  {c['case']:<10} {lat:>14} ({c['kind']})  peak {mem:>10}  speed-up {sp}  "
                      f"{c.get('error', c.get('withheld', ''))}")
     geo = out["geomean_speedup"]
-    lines.append(f"geometric-mean speed-up vs {out['speedup_vs']}: {f'{geo:.3f}x' if geo else 'n/a'} over "
-                 f"{out['valid_speedup_cases']} cases")
-    for e in out["excluded"]:
-        lines.append(f"  excluded {e['case']}: speed-up {e['reason']}")
+    if out["valid_speedup_cases"] or any(e["reason"] != "missing" for e in out["excluded"]):
+        lines.append(f"geometric-mean speed-up vs {out['speedup_vs']}: {f'{geo:.3f}x' if geo else 'n/a'} over "
+                     f"{out['valid_speedup_cases']} cases")
+        for e in out["excluded"]:
+            lines.append(f"  excluded {e['case']}: speed-up {e['reason']}")
+    else:  # no peer ran (a CPU): one line, not one a case
+        lines.append(f"no speed-up vs {out['speedup_vs']}: no peer was timed (the notes say why)")
     lines += [f"note: {n}" for n in out["notes"]]
     return "\n".join(lines)
 
