@@ -194,6 +194,8 @@ def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
 def model_key(model: str) -> str:
     """The identity of a model name in results and tuning records: a checkpoint directory by its resolved
     absolute path (`../ck/tiny`, `/abs/ck/tiny/` and `ck/tiny` are one model), any other name as it is."""
+    if not model:  # Path("") is the working directory
+        return model
     path = Path(model).expanduser()
     return str(path.resolve()) if path.is_dir() else model
 
