@@ -276,3 +276,13 @@ def test_an_unusable_cache_dir_does_not_hide_a_misspelt_model_or_gpu(capsys, mon
     monkeypatch.setenv("AMK_CACHE_DIR", str(bad))
     code, v = run(capsys, "evaluate", *argv)
     assert code == 2 and v["error"].startswith(lead), v
+
+
+def test_an_unusable_cache_dir_does_not_hide_a_malformed_config(capsys, monkeypatch, tmp_path):
+    """A malformed config's verdict needs neither the model nor the cache (HARNESS section 2)."""
+    bad = tmp_path / "a-file"
+    bad.write_text("x")
+    monkeypatch.setenv("AMK_CACHE_DIR", str(bad))
+    code, v = run(capsys, "evaluate", "--model", "toy", "--config", '{"matvec": {"qkv": {"k_splits": 99}}}')
+    assert code == 2 and v["valid"] is False and "$.matvec.qkv.k_splits" in v["rejected_reason"], v
+    assert v["cache"] == {"hits": 0, "misses": 0, "by_kind": {}}

@@ -93,6 +93,11 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     check_cases(cases)  # before any model work
     check_corpus(corpus)
     _check_model_and_target(model, gpu, config)  # the caller's names before the cache directory's state
+    if _malformed(config):  # its verdict needs neither the model nor the cache (HARNESS section 2)
+        v, _ = build_program(model, gpu, config, device, dtype, max_seq)
+        v.cache = {"hits": 0, "misses": 0, "by_kind": {}}
+        v.seconds = round(time.perf_counter() - t0, 4)
+        return v.to_dict()
     cache = default_cache()
     before = cache.stats()
     v, program = build_program(model, gpu, config, device, dtype, max_seq, cache)
@@ -104,6 +109,14 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     return v.to_dict()
 
 
+def _malformed(config) -> bool:
+    try:
+        parse_config(config)
+    except ConfigError:
+        return True
+    return False
+
+
 def _check_model_and_target(model, gpu, config) -> None:
     """UnknownTargetError for an unknown GPU; UnknownModelError for a model name that is neither built in nor a
     directory, unless the config is malformed (then the verdict comes before the model is looked up)."""
@@ -111,11 +124,7 @@ def _check_model_and_target(model, gpu, config) -> None:
     from amk.models.registry import check_model_name
 
     resolve_target(gpu)
-    try:
-        parse_config(config)
-    except ConfigError:
-        return
-    if not isinstance(model, Model):
+    if not _malformed(config) and not isinstance(model, Model):
         check_model_name(model)
 
 
@@ -163,7 +172,6 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     model's dims only, never its weights."""
     from amk.models import Model
 
-    cache = cache or default_cache()
     v = Verdict()
     try:
         cfg = parse_config(config)
@@ -189,7 +197,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     v.schedule_id = cfg.schedule_id
     dims_model = given or get_model(v.model, v.dtype, dev, weights=False)
     with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
-        program = _lower_cached(v, dims_model, target, cfg, max_seq, cache)
+        program = _lower_cached(v, dims_model, target, cfg, max_seq, cache or default_cache())
     if program is None or not _validate(v, program, target):
         return v, None
     v.valid = True
