@@ -292,7 +292,7 @@ class Cache:
             value = decode(payload)  # memory too: callers may validate differently than at put
         except FileNotFoundError:
             reason = "absent"
-        except CacheDirError:
+        except CacheStorageError:
             raise
         except Exception as e:
             self._discard(kind, key, st, e)

@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import traceback
-from pathlib import Path
 
 from amk.harness.baselines import PEERS
 from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
@@ -268,8 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_paths(args) -> None:
     """UsageError when --results and --corpus name one file: a results row and a tuning record would
     interleave in it, and every later read of either would skip the other's lines."""
+    from amk.harness.arguments import same_file
+
     results, corpus = getattr(args, "results", None), getattr(args, "corpus", None)
-    if results and corpus and Path(results).expanduser().resolve() == Path(corpus).expanduser().resolve():
+    if results and corpus and same_file(results, corpus):
         raise UsageError(f"--results and --corpus name the same file ({results!r}): give each its own")
 
 

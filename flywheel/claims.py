@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .appendlog import AppendError, complete_lines, locked, numbered_lines, read_all
-from .records import model_key
+from .records import same_model
 from .results import next_trial, rows_of
 
 CLAIM_TTL_S = 3600.0  # a trial (correctness + timing) never takes an hour
@@ -104,9 +104,8 @@ def _read_claims(path: Path) -> list[Claim]:
 
 
 def _snapshot(results, data: bytes, claims: list[Claim], model: str, gpu: str) -> Snapshot:
-    key = model_key(model)
-    rows = [r for r in rows_of(results, numbered_lines(data))
-            if r["gpu"] == gpu and (r["model"] == model or model_key(r["model"]) == key)]
+    match = same_model(model)
+    rows = [r for r in rows_of(results, numbered_lines(data)) if r["gpu"] == gpu and match(r["model"])]
     measured: dict[str, dict] = {}
     for r in rows:
         if r["program_fingerprint"] and r["status"] != "remeasure":
@@ -114,7 +113,7 @@ def _snapshot(results, data: bytes, claims: list[Claim], model: str, gpu: str) -
     done = {int(r["trial"]) for r in rows if r["trial"].isdigit()}
     now = time.time()
     claimed = {c.program_fingerprint: c for c in claims
-               if c.gpu == gpu and model_key(c.model) == key and c.trial not in done and c.live(now)}
+               if c.gpu == gpu and match(c.model) and c.trial not in done and c.live(now)}
     return Snapshot(measured, {r["schedule_id"] for r in rows}, claimed)
 
 

@@ -16,8 +16,8 @@ from .records import (
     TuningRecord,
     append_record,
     load_records,
-    model_key,
     record_from_verdict,
+    same_model,
 )
 
 CorpusEntry = TuningRecord
@@ -39,8 +39,8 @@ def load_corpus(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
 
 def entries_for(entries: list[TuningRecord], model: str, gpu: str) -> list[TuningRecord]:
     """The records of `model` (compared by model_key) on `gpu`."""
-    key = model_key(model)
-    return [e for e in entries if e.gpu == gpu and (e.model == model or model_key(e.model) == key)]
+    match = same_model(model)
+    return [e for e in entries if e.gpu == gpu and match(e.model)]
 
 
 def best_entry(entries: list[TuningRecord]) -> TuningRecord | None:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,11 +201,23 @@ def model_key(model: str) -> str:
     return str(path.resolve()) if path.is_dir() else model
 
 
+def same_model(model: str) -> Callable[[str], bool]:
+    """Whether a record's or row's model name is `model` by model_key; each distinct name is resolved once a
+    call, so a filter over thousands of records stats the file system once a name, not once a record."""
+    key, seen = model_key(model), {model: True}
+
+    def match(name: str) -> bool:
+        if name not in seen:
+            seen[name] = model_key(name) == key
+        return seen[name]
+    return match
+
+
 def for_run(records: list[TuningRecord], model: str, gpu: str, dtype: str | None = None) -> list[TuningRecord]:
     """The records of one model (compared by model_key) on one GPU target (and dtype, when given; a version-1
     line without a dtype matches any)."""
-    key = model_key(model)
-    return [r for r in records if r.gpu == gpu and (r.model == model or model_key(r.model) == key)
+    match = same_model(model)
+    return [r for r in records if r.gpu == gpu and match(r.model)
             and (dtype is None or r.dtype is None or r.dtype == dtype)]
 
 

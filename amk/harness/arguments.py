@@ -41,6 +41,23 @@ def check_corpus(corpus) -> None:
         raise ArgumentError("corpus", f"{str(corpus)!r} is a directory; name a file (default corpus.jsonl)")
 
 
+def same_file(a, b) -> bool:
+    """Whether two paths name one file (after ~ and symlinks)."""
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def check_output_file(argument: str, path) -> None:
+    """`path` (the loop's results or corpus) must be a file to append to, or not exist yet in a directory:
+    ArgumentError naming `argument` before any trial, since the first append would fail only after the first
+    measurement."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise ArgumentError(argument, f"{str(path)!r} is {kind}, not a file to append to; name a file")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ArgumentError(argument, f"{str(path)!r}: {path.parent} is not a directory")
+
+
 def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus) -> None:
     """Every argument of loop() a caller can get wrong, checked before the results file is opened.
     Raises ArgumentError naming the first one wrong."""
@@ -53,9 +70,7 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
     _whole("max_reverts", max_reverts, 1, optional=False)
     check_cases(cases)
     check_dtype(dtype)
-    check_corpus(corpus)
-    if Path(results).expanduser().is_dir():
-        raise ArgumentError("results", f"{str(results)!r} is a directory; name a file (default results.tsv)")
-    if Path(results).expanduser().resolve() == Path(corpus).expanduser().resolve():
-        # a results row and a tuning record interleaved in one file leave neither readable
+    check_output_file("results", results)
+    check_output_file("corpus", corpus)
+    if same_file(results, corpus):  # a results row and a tuning record interleaved leave neither readable
         raise ArgumentError("corpus", f"names the same file as results ({str(results)!r}): give each its own")

@@ -160,9 +160,9 @@ def generate(args) -> CommandResult:
     from amk.generation import generate as fn
     from amk.schedule.errors import LoweringError, ProgramError
 
-    from .cmd_run import _parsed_config
+    from .cmd_run import parsed_config
 
-    config = _parsed_config("--config", args.config)
+    config = parsed_config("--config", args.config)
     prompt = args.prompt if args.prompt is not None else args.prompt_ids
     try:
         out = fn(args.model, prompt, max_new_tokens=args.max_new_tokens, config=config, device=args.device,

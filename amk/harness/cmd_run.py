@@ -36,7 +36,7 @@ def write_output(flag: str, path: Path, text: str) -> None:
         raise UsageError(f"{flag} {str(path)!r}: cannot be written ({e.strerror or e})") from e
 
 
-def _parsed_config(flag: str, value: str | None) -> dict | None:
+def parsed_config(flag: str, value: str | None) -> dict | None:
     """The config a start flag names, as a dict; a malformed one is a usage error naming the flag (and the
     field), before any model work."""
     from amk.harness.verdict import parse_config
@@ -53,7 +53,7 @@ def _parsed_config(flag: str, value: str | None) -> dict | None:
 def propose(args) -> CommandResult:
     from amk.harness.propose import propose as _propose
 
-    inc = _parsed_config("--incumbent", args.incumbent)
+    inc = parsed_config("--incumbent", args.incumbent)
     out = _propose(args.model, args.gpu, incumbent=inc, corpus=args.corpus)
     return CommandResult(ExitCode.OK, out, proposal_text(out))
 
@@ -143,7 +143,7 @@ def loop(args) -> CommandResult:
     if args.budget is None and args.minutes is None:
         log.info("no --budget or --minutes: the loop stops after %d non-improving trials in a row",
                  args.max_reverts)
-    seed_config = _parsed_config("--config", args.config)
+    seed_config = parsed_config("--config", args.config)
     s = _loop(args.model, args.gpu, budget=args.budget, minutes=args.minutes, seed=args.seed, device=args.device,
               results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
               progress=_progress, cases=args.cases, dtype=args.dtype, incumbent=seed_config, workers=args.workers,

@@ -92,8 +92,7 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     t0 = time.perf_counter()
     check_cases(cases)  # before any model work
     check_corpus(corpus)
-    _check_model_and_target(model, gpu, config)  # the caller's names before the cache directory's state
-    if _malformed(config):  # its verdict needs neither the model nor the cache (HARNESS section 2)
+    if not _names_checked(model, gpu, config):  # a malformed config: its verdict needs no model and no cache
         v, _ = build_program(model, gpu, config, device, dtype, max_seq)
         v.cache = {"hits": 0, "misses": 0, "by_kind": {}}
         v.seconds = round(time.perf_counter() - t0, 4)
@@ -109,23 +108,21 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     return v.to_dict()
 
 
-def _malformed(config) -> bool:
-    try:
-        parse_config(config)
-    except ConfigError:
-        return True
-    return False
-
-
-def _check_model_and_target(model, gpu, config) -> None:
-    """UnknownTargetError for an unknown GPU; UnknownModelError for a model name that is neither built in nor a
-    directory, unless the config is malformed (then the verdict comes before the model is looked up)."""
+def _names_checked(model, gpu, config) -> bool:
+    """The caller's names, before the cache directory's state: UnknownTargetError for an unknown GPU, then
+    UnknownModelError for a model name neither built in nor a directory. False, with the model not looked up,
+    when the config is malformed (HARNESS section 2: its verdict comes first)."""
     from amk.models import Model
     from amk.models.registry import check_model_name
 
     resolve_target(gpu)
-    if not _malformed(config) and not isinstance(model, Model):
+    try:
+        parse_config(config)
+    except ConfigError:
+        return False
+    if not isinstance(model, Model):
         check_model_name(model)
+    return True
 
 
 SEED_LIMIT = 2**63  # the verify cases' seeds go to torch.manual_seed, a signed 64-bit integer

@@ -34,9 +34,9 @@ from pathlib import Path
 
 from amk.cache import CacheStorageError, default_cache
 from amk.flywheel.claims import Claim, Taken, claim, owner_id, snapshot
-from amk.flywheel.corpus import best_entry, entries_for, model_key
+from amk.flywheel.corpus import best_entry, entries_for
 from amk.flywheel.prior import Prior
-from amk.flywheel.records import append_record, load_records, record_from_verdict
+from amk.flywheel.records import append_record, load_records, record_from_verdict, same_model
 from amk.flywheel.results import ResultRow, ResultsFormatError, Status, append_result, read_rows
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError
@@ -134,16 +134,6 @@ def _limit_threads() -> int:
     return before
 
 
-def check_output(path: Path, flag: str) -> None:
-    """Refuse, before any trial, an output path that exists but is not a regular file (a directory): the first
-    append would fail only after the first measurement."""
-    if path.exists() and not path.is_file():
-        raise LoopError(f"{flag} {str(path)!r}: {'a directory' if path.is_dir() else 'not a regular file'}, "
-                        "not a file to append to; name a file")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise LoopError(f"{flag} {str(path)!r}: {path.parent} is not a directory")
-
-
 def _default_evaluate(*args, **kw) -> dict:
     return evaluate(*args, **kw)  # looked up at call time: the module attribute is the seam
 
@@ -155,7 +145,7 @@ class _Run(Rounds):
 
         self.t0 = time.monotonic()
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
-        self.key = model_key(self.name)  # rows of this model under any spelling of its directory
+        self.same_model = same_model(self.name)  # rows of this model under any spelling of its directory
         self.dev = resolve_device(device)
         self.dtype = str(model.dtype).removeprefix("torch.") if isinstance(model, Model) else (
             dtype or default_dtype(self.dev, self.target))
@@ -166,8 +156,6 @@ class _Run(Rounds):
         self.settings = settings or SearchSettings()
         self.evaluate_fn = evaluate_fn if evaluate_fn is not None else _default_evaluate
         self.should_stop = should_stop
-        check_output(self.results, "--results (results=)")
-        check_output(self.corpus, "--corpus (corpus=)")
         if self.evaluate_fn is _default_evaluate:
             # an unusable cache directory fails here, not inside the first trial as a row blaming its config
             default_cache()
@@ -247,7 +235,7 @@ class _Run(Rounds):
         """A given start config on a results file that already kept another program: the start is the incumbent
         until a candidate beats it, so a slower given config would be logged as a keep over the file's best.
         Raises LoopError naming the kept trial. A config of the kept program (another spelling) is its incumbent."""
-        kept = [r for r in rows if model_key(r.get("model") or "") == self.key and r.get("gpu") == self.target.name
+        kept = [r for r in rows if self.same_model(r.get("model") or "") and r.get("gpu") == self.target.name
                 and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
         if (best is not None and best["schedule_id"] != given.schedule_id
@@ -262,7 +250,7 @@ class _Run(Rounds):
         start comes from the corpus): a start from anything slower would log slower configs as keeps. Raises
         LoopError when the corpus holds no kept record of that trial's config (results.tsv moved without its
         corpus.jsonl)."""
-        kept = [r for r in rows if model_key(r.get("model") or "") == self.key and r.get("gpu") == self.target.name
+        kept = [r for r in rows if self.same_model(r.get("model") or "") and r.get("gpu") == self.target.name
                 and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
         if best is None or best["schedule_id"] == cfg.schedule_id:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from amk.flywheel.corpus import best_entry, entries_for, load_corpus, model_key
+from amk.flywheel.corpus import best_entry, entries_for, load_corpus
+from amk.flywheel.records import model_key
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.space import space_dicts
 
@@ -19,17 +20,14 @@ log = logging.getLogger(__name__)
 
 def model_name(model) -> str:
     from amk.models import Model, builtin_names
+    from amk.models.registry import check_model_name
 
     if isinstance(model, Model):
         return model.name
     name = str(model)
-    if name in builtin_names():
-        return name
-    if not Path(name).expanduser().is_dir():
-        from amk.schedule.errors import UnknownModelError
-
-        raise UnknownModelError(name, builtin_names())
-    return model_key(name)  # one checkpoint, one name in results.tsv and the corpus, however it was spelt
+    check_model_name(name)
+    # one checkpoint, one name in results.tsv and the corpus, however it was spelt
+    return name if name in builtin_names() else model_key(name)
 
 
 def incumbent_config(model: str, gpu: str, corpus: str | Path | None) -> tuple[ScheduleConfig, str, dict | None]:

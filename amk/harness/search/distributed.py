@@ -80,7 +80,7 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     from amk.cache import default_cache
     from amk.flywheel.results import ResultsFormatError, read_rows
     from amk.harness.environment import Device, resolve_device, resolve_target
-    from amk.harness.loop import LoopError, check_output
+    from amk.harness.loop import LoopError
     from amk.harness.propose import model_name
     from amk.harness.verdict import parse_config
     from amk.models import Model
@@ -94,8 +94,6 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     target = resolve_target(gpu)
     dev = resolve_device(device)
     results, corpus = Path(results).resolve(), Path(corpus).resolve()
-    check_output(results, "--results (results=)")
-    check_output(corpus, "--corpus (corpus=)")
     default_cache()  # an unusable cache directory fails here, before any worker starts
     try:
         rows = read_rows(results)
