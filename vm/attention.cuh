@@ -17,9 +17,11 @@ __device__ __forceinline__ int staged_slot(int r, int v) {
 
 // Copy rows [s0 + r0, s0 + r0 + n) of a cache slab into rows r0.. of `dst` with cp.async (no wait: the
 // caller waits before reading).
-__device__ __forceinline__ void stage_rows(uint4* dst, const wtype* __restrict__ slab, int s0, int r0, int n) {
+__device__ __forceinline__ void stage_rows(uint4* dst, const wtype* __restrict__ slab, int s0, int r0, int n,
+                                           int threads = AMK_THREADS) {
   const uint4* src = reinterpret_cast<const uint4*>(slab + (long long)(s0 + r0) * AMK_HEAD_DIM);
-  for (int i = threadIdx.x; i < n * HD_VECS; i += AMK_THREADS)
+  if ((int)threadIdx.x >= threads) return;
+  for (int i = threadIdx.x; i < n * HD_VECS; i += threads)
     cp_async16(dst + staged_slot(r0 + i / HD_VECS, i % HD_VECS), src + i);
 }
 

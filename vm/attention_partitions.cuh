@@ -179,8 +179,9 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
                                                   2 * NWARPS * AMK_GROUP + 3) & ~3));
   uint4* vs = ks + p.stage * HD_VECS;
   int n_staged = max(0, min(min(s1, c.pos) - s0, p.stage));  // the row at pos is this step's own
-  stage_rows(ks, kc, s0, 0, n_staged);
-  stage_rows(vs, vc, s0, 0, n_staged);
+  // not by the polling warp: a poll queued behind its own copies sees the counter late
+  stage_rows(ks, kc, s0, 0, n_staged, POLL_THREAD);
+  stage_rows(vs, vc, s0, 0, n_staged, POLL_THREAD);
   cp_async_commit();
   if (!wait_deps()) {
     cp_async_wait<0>();  // no copy may land in this block's shared memory once it has left

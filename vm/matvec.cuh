@@ -2,6 +2,11 @@
 #ifndef AMK_ROWS_IN_FLIGHT
 #define AMK_ROWS_IN_FLIGHT 1
 #endif
+// The thread that polls a task's dependency counters: lane 0 of the last consumer warp, the warp with the fewest
+// units of a task whose units do not split evenly. Its warp streams no weight rows or KV rows before the wait: a
+// poll queued behind its own warp's reads from DRAM sees a counter late (llama-3.2-1b 913.0 against 923.2-924.0
+// us a step with thread 0 polling, bench/results/20261201-1600_h200_polling_warp_streams_after_wait.json).
+#define POLL_THREAD (AMK_THREADS - 32)
 
 // acc + the dot of one 16-byte weight vector with VEC staged input floats (16-byte aligned in shared memory).
 __device__ __forceinline__ float dot_vec(const uint4& raw, const float* x, float acc) {
@@ -253,17 +258,22 @@ __device__ __forceinline__ void walk_dot(const MatvecWalk& w, const WalkGroup& q
 }
 
 // Register-path matvec. The first step's weight loads are issued before `wait_deps` (weights do not depend
-// on activations), so their latency hides behind the dependency wait and the input staging; after that the
-// next step's loads are always in flight while this one computes. Returns false when the step must stop.
+// on activations), so their latency hides behind the dependency wait and the input staging; the polling warp
+// issues its own right after the wait, before the staging. After that the next step's loads are always in
+// flight while this one computes. Returns false when the step must stop.
 template <class WaitDeps>
 __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_deps) {
   const MatvecWalk w = matvec_walk(c, p);
   uint4 cur[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT], nxt[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT];
   WalkGroup qc = walk_group(w, 0), qn = qc;
-  if (w.steps > 0) walk_load(w, qc, 0, cur);
+  const bool poller = (threadIdx.x >> 5) == (POLL_THREAD >> 5);
+  if (w.steps > 0 && !poller) walk_load(w, qc, 0, cur);
+  // every warp's, the poller's too: loaded after the wait they queue behind its weight loads, and the staging's
+  // normalisation waits for them (qkv's and gate_up's staging 1.1-1.6 us longer a task, llama-3.2-1b)
   NormWeights nw;
   load_norm_weights(c, p, nw);
   if (!wait_deps()) return false;
+  if (w.steps > 0 && poller) walk_load(w, qc, 0, cur);
   PHASE_START();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int R = computed_rows(p), S = 1 << w.sbits;

@@ -12,8 +12,9 @@ __device__ __forceinline__ void red_release(unsigned* p) {
 }
 
 // Counters this block has already seen satisfied in this step: a later task with the same wait skips the
-// round trip to L2. Thread 0 only. It lives in shared memory: in registers it makes the compiler spill, and in
-// local memory the weight stream would evict it from L1, so that each wait began with L2 round trips.
+// round trip to L2. The polling thread only. It lives in shared memory: in registers it makes the compiler
+// spill, and in local memory the weight stream would evict it from L1, so that each wait began with L2 round
+// trips.
 struct SeenCounters {
   int cid[4];
   unsigned val[4];
@@ -26,7 +27,7 @@ struct SeenCounters {
   __device__ void add(int id, unsigned v) { cid[next] = id; val[next] = v; next = (next + 1) & 3; }
 };
 
-// Thread 0 only. Returns false when the step must stop (this wait timed out, or another block failed).
+// The polling thread only. Returns false when the step must stop (this wait timed out, or another block failed).
 __device__ bool wait_all(const int* ins, const unsigned* counters, const int* producers, unsigned epoch,
                          int* control, long long timeout_ns, SeenCounters& seen) {
   const int n = ins[2];
@@ -94,6 +95,9 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
   __shared__ int s_ins[2][AMK_INSTR_WORDS];
   __shared__ float s_red[64];
   __shared__ int s_stop;
+#if AMK_TRACE
+  __shared__ unsigned long long s_ready;  // the time the poll saw the current task's dependencies met
+#endif
   __shared__ unsigned long long s_prof[4];
   __shared__ SeenCounters seen;
   const int tid = threadIdx.x;
@@ -157,12 +161,22 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     }
     prefetched = max(prefetched, min(end, i + 1 + AMK_PIPELINE_DEPTH));
 #endif
-    // Thread 0 waits for the task's dependencies; every consumer thread then sees them met (or the stop flag).
+    // The polling thread waits for the task's dependencies; every consumer thread then sees them met (or the
+    // stop flag). Its warp reconverges before the barrier: bar.sync is warp-aligned, and a warp whose other lanes
+    // reached it while the poll still ran could count as arrived.
+    // A task is ready when the poll sees its dependencies met; the polling thread takes that time itself, since
+    // a timer read of another thread after the barrier may be scheduled before it.
     auto wait_deps = [&]() -> bool {
-      if (tid == 0) s_stop = wait_all(ins, counters, producers, epoch, control, timeout_ns, seen) ? 0 : 1;
+      if (tid == POLL_THREAD) {
+        s_stop = wait_all(ins, counters, producers, epoch, control, timeout_ns, seen) ? 0 : 1;
+#if AMK_TRACE
+        s_ready = global_ns();
+#endif
+      }
+      __syncwarp();
       block_sync();
 #if AMK_TRACE
-      t1 = global_ns();
+      t1 = s_ready;
 #endif
       return s_stop == 0;
     };
