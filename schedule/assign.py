@@ -4,6 +4,7 @@ topological order of the program, so no queue can wait on a task queued behind i
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 
 from .config import SmAssignment, SmConfig
 from .errors import LoweringError
@@ -16,9 +17,12 @@ SM_BYTES_PER_US = 20_000.0
 TASK_OVERHEAD_US = 1.0
 
 
+ATTENTION_OPCODES = (Opcode.ATTN_DECODE, Opcode.ATTN_SCORES, Opcode.ATTN_VALUES, Opcode.ATTN_PARTIAL)
+
+
 def task_bytes(task: Task, c: ProgramConstants) -> int:
     """Bytes a task moves from memory, assuming a half-full KV cache for attention."""
-    if task.opcode in (Opcode.ATTN_DECODE, Opcode.ATTN_SCORES, Opcode.ATTN_VALUES, Opcode.ATTN_PARTIAL):
+    if task.opcode in ATTENTION_OPCODES:
         parts = getattr(task.params, "parts", 1)
         window = getattr(task.params, "window", 0)
         positions = min(c.max_seq // 2, window if window > 0 else c.max_seq) // parts
@@ -96,3 +100,34 @@ def _explicit(tasks: list[Task], num_sms: int, explicit_map: dict) -> None:
         i = cursors.get(t.kind, 0)
         t.sm = sms[i % len(sms)]
         cursors[t.kind] = i + 1
+
+
+@dataclass(frozen=True)
+class StageFill:
+    """How well one kind of stage (qkv, attention, o, ...) keeps the SMs streaming, from the placement alone,
+    averaged over the program's stages of that kind. `tasks` and `sms_busy` are per stage; `fill` is the mean
+    SM's bytes over the busiest SM's (weights, or KV rows at a half-full cache as task_bytes counts them), so 1.0 means every
+    SM streams as long as the busiest and 0.25 that three quarters of the stage's SM time is idle, whatever the
+    bandwidth."""
+
+    kind: str
+    stages: int
+    tasks: float
+    sms_busy: float
+    fill: float
+
+
+def stage_fill(tasks: list[Task], c: ProgramConstants, num_sms: int) -> list[StageFill]:
+    """Per stage kind, in program order: see StageFill. Stages that move no bytes are left out."""
+    per_kind: dict[str, list[tuple[int, int, float]]] = {}
+    for group in _by_stage(tasks):
+        per_sm = [0] * num_sms
+        for t in group:  # the 64 bytes task_bytes adds a task are no stream of bytes
+            per_sm[t.sm] += task_bytes(t, c) if t.opcode in ATTENTION_OPCODES else t.weight_bytes
+        top = max(per_sm)
+        if top == 0:
+            continue
+        per_kind.setdefault(group[0].kind, []).append(
+            (len(group), sum(1 for b in per_sm if b), sum(per_sm) / (num_sms * top)))
+    return [StageFill(kind, len(v), sum(x[0] for x in v) / len(v), sum(x[1] for x in v) / len(v),
+                      sum(x[2] for x in v) / len(v)) for kind, v in per_kind.items()]

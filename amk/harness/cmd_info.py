@@ -179,6 +179,8 @@ def generate(args) -> CommandResult:
 
 
 def compile_cmd(args) -> CommandResult:
+    from amk.schedule.assign import stage_fill
+
     from .cmd_run import output_file, write_output
     from .evaluate import build_program
 
@@ -204,6 +206,9 @@ def compile_cmd(args) -> CommandResult:
         "build": program.build, "stages": program.meta.get("stages"), "max_seq": program.constants.max_seq,
         "notes": v.notes,
     }
+    fill = stage_fill(program.tasks, program.constants, program.num_sms)
+    report["stage_fill"] = {f.kind: {"stages": f.stages, "tasks": f.tasks, "sms_busy": f.sms_busy, "fill": f.fill}
+                            for f in fill}
     per_sm = report["weight_bytes_per_sm"]
     lines = [f"wrote {out}: program {v.program_fingerprint} (schedule {v.schedule_id}) of {v.model} for {v.gpu}, "
              f"{v.dtype}, max_seq {report['max_seq']}",
@@ -212,6 +217,8 @@ def compile_cmd(args) -> CommandResult:
              f"weight bytes {report['weight_bytes']:,}; per SM min {per_sm['min']:,} mean {per_sm['mean']:,.0f} "
              f"max {per_sm['max']:,}",
              "tasks per opcode: " + ", ".join(f"{k} {n}" for k, n in report["tasks_per_opcode"].items()),
+             f"SM fill a stage (tasks, SMs busy, mean SM's bytes over the busiest's) on {program.num_sms} SMs: "
+             + ", ".join(f"{f.kind} {f.tasks:.0f}/{f.sms_busy:.0f}/{f.fill:.2f}" for f in fill),
              f"block: {report['threads_per_block']} threads, {report['smem_per_block']:,} B shared memory; build: "
              + ", ".join(f"{k}={val}" for k, val in sorted(report["build"].items()))]
     lines += [f"note: {n}" for n in v.notes]
