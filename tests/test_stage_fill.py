@@ -38,3 +38,11 @@ def test_stages_that_stream_nothing_are_left_out():
     assert "embed" not in fill and "argmax" not in fill
     assert {"qkv", "attention", "o", "gate_up", "down", "lm_head"} <= set(fill)
     assert all(0 < f.fill <= 1 and 1 <= f.sms_busy <= f.tasks for f in fill.values()), fill
+
+
+def test_the_verdict_carries_the_fill_of_its_program():
+    cfg = {"sm": {"assignment": "explicit", "explicit_map": {"qkv": [0]}}}
+    v = amk.evaluate("toy-2L", "h200", cfg, device="cpu", dtype="fp32")
+    fill, _ = _fill(cfg)
+    assert v["valid"] and v["cost"]["stage_fill"] == {k: round(f.fill, 3) for k, f in fill.items()}
+    assert v["cost"]["stage_fill"]["qkv"] == round(1 / TARGET.sm_count, 3)

@@ -344,6 +344,7 @@ def _floor(v: Verdict, program: MegakernelProgram, target: GpuTarget, dev: Devic
 
 
 def _predict(v: Verdict, program: MegakernelProgram, target: GpuTarget, calib) -> None:
+    from amk.schedule.assign import stage_fill
     from amk.schedule.cost import CostModelError, predict
 
     try:
@@ -354,7 +355,9 @@ def _predict(v: Verdict, program: MegakernelProgram, target: GpuTarget, calib) -
     v.predicted_latency_us = p.latency_us
     v.notes += list(p.unpriced)
     v.cost = {"features": p.features.to_dict(), "context": p.context, "sms_used": p.sms_used,
-              "bytes_per_sm_max": p.bytes_per_sm_max, "coefficients": p.coefficients.to_dict()}
+              "bytes_per_sm_max": p.bytes_per_sm_max, "coefficients": p.coefficients.to_dict(),
+              "stage_fill": {f.kind: round(f.fill, 3)
+                             for f in stage_fill(program.tasks, program.constants, program.num_sms)}}
 
 
 def _stats_delta(before: dict, after: dict) -> dict:
