@@ -23,6 +23,7 @@ import amk
 from amk.eval.bench import prefill_random_kv
 from amk.eval.roofline import measure_read_bandwidth
 from amk.schedule import detect_target
+from amk.schedule.assign import stage_fill
 from amk.schedule.cost import kv_bytes
 from amk.schedule.opcodes import Opcode
 from amk.vm.loader import MegakernelVM
@@ -96,7 +97,8 @@ def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
                                                        "boundary_us")} for r in rows]})
         prev_done = done
     return {"step_us": (t[:, 2].max() - origin) / 1e3, "per_kind": per_kind, "per_layer": per_layer,
-            "timeline": timeline}
+            "timeline": timeline,
+            "stage_fill": {f.kind: f.fill for f in stage_fill(program.tasks, program.constants, program.num_sms)}}
 
 
 def boundary_stalls(timeline: list[dict]) -> None:
@@ -138,6 +140,8 @@ def print_summary(s: dict) -> None:
           "last task done to this stage's last task ready):",
           "  ".join(f"{x['kind']} {x['signal_us']:.2f}/{x['ready_spread_us']:.2f}/{x['boundary_us']:.2f}"
                     for x in mid[len(mid) // 2]["stages"]))
+    print("SM fill a stage (the mean SM's bytes over the busiest SM's under the placement):",
+          "  ".join(f"{k} {v:.2f}" for k, v in s["stage_fill"].items()))
     print(f"mean over layers 1..{len(layers) - 2}: {sum(r['time_us'] for r in mid) / len(mid):.1f} us a layer against "
           f"{sum(r['ideal_us'] for r in mid) / len(mid):.1f} us of bytes, {sum(r['boundary_us'] for r in mid) / len(mid):.1f} us "
           "of it stalled at stage boundaries")

@@ -24,3 +24,23 @@ def test_boundary_is_signal_plus_spread_from_the_previous_stage_end():
     assert (tl[2]["signal_us"], tl[2]["ready_spread_us"], tl[2]["boundary_us"]) == pytest.approx((-0.3, 1.4, 1.1))
     for r in tl[1:]:
         assert r["boundary_us"] == pytest.approx(r["signal_us"] + r["ready_spread_us"])
+
+
+def test_the_summary_carries_the_placements_stage_fill_and_prints(capsys):
+    import torch
+
+    import amk
+    from amk.schedule import get_target, lower
+    from amk.schedule.assign import stage_fill
+
+    prog = lower(amk.load_model("toy-2L", weights=False), get_target("h200"), None)
+    n = len(prog.tasks)
+    t = torch.zeros((n, 8), dtype=torch.int64)
+    for task in prog.tasks:  # tasks one after another, 1 us each, ready 0.2 us after their start
+        t[task.id, 0], t[task.id, 1], t[task.id, 2], t[task.id, 3] = 1000 * task.id, 1000 * task.id + 200, \
+            1000 * task.id + 1000, task.sm
+    s = trace.summarise(prog, t, 4000.0, 64)
+    want = {f.kind: f.fill for f in stage_fill(prog.tasks, prog.constants, prog.num_sms)}
+    assert s["stage_fill"] == want and want["qkv"] < 1
+    trace.print_summary(s)
+    assert f"qkv {want['qkv']:.2f}" in capsys.readouterr().out
