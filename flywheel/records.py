@@ -251,12 +251,3 @@ def records_frame(records: list[TuningRecord] | str | Path):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df
 
-
-def last_model_fingerprint(records: list[TuningRecord]) -> str | None:
-    """The checkpoint fingerprint (amk.models.registry.checkpoint_fingerprint) of the last of `records` that has
-    one: the weights its trials ran on. None when no record has one (a built-in model, or older records)."""
-    for r in reversed(records):
-        fp = r.environment.get(MODEL_FINGERPRINT)
-        if fp:
-            return str(fp)
-    return None

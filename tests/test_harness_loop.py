@@ -301,44 +301,55 @@ def test_one_checkpoint_is_one_model_however_its_directory_is_spelt(tmp_path, mo
 
 
 def test_a_checkpoint_saved_again_has_its_incumbent_verified_again_on_resume(tmp_path, fake_evaluate, caplog):
-    """The corpus records the fingerprint of the weights each trial ran on; a resume after the checkpoint's weights
-    changed verifies and times the kept incumbent again on them before searching on, and stops with LoopError
-    (its row written) when it fails there."""
+    """The corpus records the fingerprint of the weights each trial ran on; a resume whose incumbent the corpus does
+    not record passing on the weights there now (the checkpoint saved again, whatever other results file shares the
+    corpus) verifies and times it again on them before searching on, and stops with LoopError (its row written)
+    when it fails there, on every resume until it passes."""
     from _checkpoints import SMALL as SHAPE
     from _checkpoints import save_checkpoint
     from transformers import LlamaConfig
 
+    from amk.harness.environment import Device, get_model
     from amk.models.registry import checkpoint_fingerprint
 
     def llama(path, seed):
         return save_checkpoint(LlamaConfig(**SHAPE, num_hidden_layers=1, max_position_embeddings=64), path, seed)
+
+    def remeasures():
+        return [r for r in read_rows(files["results"]) if r["status"] == "remeasure"]
 
     ck = llama(tmp_path / "ck", 0)
     files = {"results": tmp_path / "r.tsv", "corpus": tmp_path / "c.jsonl", "device": "cpu", "settings": SMALL}
     first = amk.loop(str(ck), "cpu-sim", budget=3, evaluate=fake_evaluate, **files)
     before = checkpoint_fingerprint(ck)
     assert before == amk.load_model(str(ck), weights=False).fingerprint
+    assert get_model(str(ck), "fp32", Device.CPU).fingerprint == before
     assert {r.environment["model_fingerprint"] for r in load_records(files["corpus"])} == {before}
     amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
-    assert not [r for r in read_rows(files["results"]) if r["status"] == "remeasure"]  # same weights: adopted
+    assert not remeasures()  # same weights: the row stands for the incumbent
 
     config = (ck / "config.json").read_text()
     llama(tmp_path / "ck", 1)  # other values, same shape and config.json
     assert (ck / "config.json").read_text() == config
-    assert checkpoint_fingerprint(ck) != before
+    now = checkpoint_fingerprint(ck)
+    assert now != before and get_model(str(ck), "fp32", Device.CPU).fingerprint == now  # loaded again
+    # another results file on the same corpus runs on the new weights first: the incumbent is still unchecked
+    amk.loop(str(ck), "cpu-sim", budget=1, evaluate=fake_evaluate, incumbent={"pipelining_depth": 3},
+             **{**files, "results": tmp_path / "other.tsv"})
     with caplog.at_level("WARNING", logger="amk"):
         amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
-    assert "weights changed" in caplog.text
-    rows = read_rows(files["results"])
-    again = [r for r in rows if r["status"] == "remeasure"]
-    assert len(again) == 1 and again[0]["schedule_id"] == first["incumbent"]["schedule_id"]
-    assert load_records(files["corpus"])[-1].environment["model_fingerprint"] == checkpoint_fingerprint(ck)
+    assert "has not passed on the checkpoint there now" in caplog.text
+    assert [r["schedule_id"] for r in remeasures()] == [first["incumbent"]["schedule_id"]]
+    assert load_records(files["corpus"])[-1].environment["model_fingerprint"] == now
 
     llama(tmp_path / "ck", 2)
 
     def failing(model, gpu, config, **kw):
         return _verdict(None, correct=False)
 
-    with pytest.raises(LoopError, match="fails on the weights now in"):
-        amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=failing, **files)
-    assert read_rows(files["results"])[-1]["status"] == "fail"
+    for _ in range(2):  # its failure is no pass: the next resume checks it again
+        with pytest.raises(LoopError, match="fails on the checkpoint now in"):
+            amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=failing, **files)
+        assert read_rows(files["results"])[-1]["status"] == "fail"
+    amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
+    assert len(remeasures()) == 2

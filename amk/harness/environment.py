@@ -90,17 +90,31 @@ _models: dict[tuple, object] = {}
 _models_lock = threading.Lock()
 
 
+def _files_stamp(name: str) -> tuple:
+    """For a checkpoint directory, each file's name, size and modification time (a stat each, nothing read), so
+    that a checkpoint saved again is another model to the memo; empty for any other name."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return ()
+    return tuple(sorted((e.name, st.st_size, st.st_mtime_ns) for e in os.scandir(path) if e.is_file()
+                        for st in [e.stat()]))
+
+
 def get_model(name: str, dtype: str, device: Device, weights: bool = True):
-    """load_model memoised by (name, dtype, device, weights). A weights=False request is served by a loaded
-    model when one exists (it has the same dims and fingerprint)."""
+    """load_model memoised by (name, dtype, device, weights) and, for a checkpoint directory, its files' sizes and
+    modification times: a checkpoint saved again in the directory is loaded again. A weights=False request is
+    served by a loaded model when one exists (it has the same dims and fingerprint)."""
     from amk.models import load_model
 
-    key = (name, dtype, device.value, weights)
+    stamp = _files_stamp(name)
+    key = (name, stamp, dtype, device.value, weights)
     with _models_lock:
         if key in _models:
             return _models[key]
-        if not weights and (name, dtype, device.value, True) in _models:
-            return _models[(name, dtype, device.value, True)]
+        if not weights and (name, stamp, dtype, device.value, True) in _models:
+            return _models[(name, stamp, dtype, device.value, True)]
+        for old in [k for k in _models if k[0] == name and k[1] != stamp]:
+            del _models[old]  # the files it was loaded from are gone
     if weights:
         from amk.progress import status
 

@@ -39,7 +39,6 @@ from amk.flywheel.prior import Prior
 from amk.flywheel.records import (
     MODEL_FINGERPRINT,
     append_record,
-    last_model_fingerprint,
     load_records,
     record_from_verdict,
     same_model,
@@ -174,7 +173,7 @@ class _Run(Rounds):
         if rows and not resume:
             raise LoopError(f"{results} already holds {len(rows)} trials: resume it (--resume; resume=True in "
                             "Python), or choose another results file")
-        self.weights_now, self.weights_before = self._checkpoint_fingerprints(rows)
+        self.weights_now, self.passed_on_weights, self.weights_seen = self._checkpoint_fingerprints(rows)
         self.adopted = False  # a row of the results stands for the start's measurement
         seed_config = None
         if incumbent is not None:
@@ -286,10 +285,11 @@ class _Run(Rounds):
             get_model(str(self.model), resolve_dtype_name(self.dtype, self.dev, self.target)[0], self.dev,
                       weights=True)
 
-    def _checkpoint_fingerprints(self, rows: list[dict]) -> tuple[str | None, str | None]:
-        """A checkpoint directory's fingerprint now (its weights hashed), and the one its corpus records last ran
-        on when this loop resumes its results (None for a built-in model, a fresh results file, or records
-        without one)."""
+    def _checkpoint_fingerprints(self, rows: list[dict]) -> tuple[str | None, set[str], list[str]]:
+        """For a checkpoint directory: its fingerprint now (its weights hashed); on a resume, the programs the
+        corpus records as passing (kept or re-measured, correct) on exactly these weights, and every fingerprint
+        the corpus's records of this model carry (none in records written before AMK recorded it). None and empty
+        for a built-in model."""
         from amk.models import Model
         from amk.models.registry import checkpoint_fingerprint
 
@@ -298,24 +298,33 @@ class _Run(Rounds):
             now = self.model.fingerprint if self.model.source == "path" else None
         else:
             now = checkpoint_fingerprint(path) if path.is_dir() else None
-        if now is None:
-            return None, None
-        if not rows or not self.corpus.exists():
-            return now, None
+        if now is None or not rows or not self.corpus.exists():
+            return now, set(), []
         mine = [r for r in load_records(self.corpus) if r.gpu == self.target.name and self.same_model(r.model)]
-        return now, last_model_fingerprint(mine)
+        passed = {r.program_fingerprint for r in mine if r.environment.get(MODEL_FINGERPRINT) == now and r.correct
+                  and r.status in (Status.KEEP.value, Status.REMEASURE.value)}
+        seen = [str(r.environment[MODEL_FINGERPRINT]) for r in mine if r.environment.get(MODEL_FINGERPRINT)]
+        return now, passed, seen
 
-    def _reverify_start(self) -> None:
-        """The checkpoint's weights changed since the resumed trials (its fingerprint differs): the incumbent they
-        kept is verified and timed again on the weights now there. Raises LoopError when it fails there, after its
-        row is written: the search would go on from a config that is not correct on this checkpoint."""
-        log.warning("%s: the checkpoint's weights changed since the trials of %s (fingerprint %s, now %s): "
-                    "the incumbent %s is verified and timed again on them", self.name, self.results,
-                    self.weights_before, self.weights_now, self.inc.config.schedule_id)
+    def _check_weights_of_start(self) -> None:
+        """A resumed incumbent of a checkpoint directory stands on a row of the results file; when the corpus does
+        not record it passing on the weights there now (the checkpoint was saved again since, or its check failed),
+        it is verified and timed again on them first. Raises LoopError when it fails there, after its row is
+        written: the search would go on from a config that is not correct on this checkpoint, and so would
+        every later resume."""
+        if self.inc.program_fingerprint in self.passed_on_weights:
+            return
+        if not self.weights_seen:
+            log.info("%s: the corpus's records of this checkpoint carry no weights fingerprint (written before AMK "
+                     "recorded it): the resumed incumbent is not checked against the weights there now", self.name)
+            return
+        log.warning("%s: the incumbent %s has not passed on the checkpoint there now (its config.json and weights, "
+                    "fingerprint %s; the corpus's last record of it ran on %s): it is verified and timed again on it",
+                    self.name, self.inc.config.schedule_id, self.weights_now[:16], self.weights_seen[-1][:16])
         if self._remeasure() == Status.FAIL:
             raise LoopError(f"{self.results}: the incumbent {self.inc.config.schedule_id} (trial {self.inc.trial}) "
-                            f"fails on the weights now in {self.name} (its row is written): check the checkpoint, or "
-                            "start another results file for it")
+                            f"fails on the checkpoint now in {self.name} (its row is written): check the checkpoint, "
+                            "or start another results file for it")
 
     def _adopt(self, row: dict) -> bool:
         """Take a measured row of the incumbent's program as its measurement (a resume, or another loop's)."""
@@ -361,8 +370,8 @@ class _Run(Rounds):
             start = self._settle_start(flag)
             if start is None or self._trial(start, self.start[1], self.start_description):
                 break
-        if self.adopted and self.weights_before is not None and self.weights_now != self.weights_before:
-            self._reverify_start()
+        if self.adopted and self.weights_now is not None and self._stop_reason(flag) is None:
+            self._check_weights_of_start()
         while stop is None:
             stop = self._stop_reason(flag)
             if stop is not None:
