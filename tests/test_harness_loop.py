@@ -353,3 +353,13 @@ def test_a_checkpoint_saved_again_has_its_incumbent_verified_again_on_resume(tmp
         assert read_rows(files["results"])[-1]["status"] == "fail"
     amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
     assert len(remeasures()) == 2
+
+    def saving_midway(model, gpu, config, **kw):  # the checkpoint saved again while the loop runs
+        if len(fake_evaluate) == calls + 1:
+            llama(tmp_path / "ck", 3)
+        return fake_evaluate(model, gpu, config, **kw)
+
+    calls, trials = len(fake_evaluate), len(read_rows(files["results"]))
+    with pytest.raises(LoopError, match="saved again during the loop"):
+        amk.loop(str(ck), "cpu-sim", budget=5, resume=True, evaluate=saving_midway, **files)
+    assert len(read_rows(files["results"])) == trials + 2  # no trial ran on the new weights

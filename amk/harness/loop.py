@@ -103,7 +103,7 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     model). `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
     that holds its best kept config, a rejected seed, a resumed checkpoint whose changed weights fail the kept
-    incumbent),
+    incumbent, a checkpoint saved again during the loop),
     ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63), a `budget`, `minutes`, `workers`,
     `builders` or `max_reverts` out of range, an unknown `cases` or `dtype`, `corpus` naming the `results` file),
     UnknownModelError /
@@ -173,7 +173,7 @@ class _Run(Rounds):
         if rows and not resume:
             raise LoopError(f"{results} already holds {len(rows)} trials: resume it (--resume; resume=True in "
                             "Python), or choose another results file")
-        self.weights_now, self.passed_on_weights, self.weights_seen = self._checkpoint_fingerprints(rows)
+        self.weights_now, self.passed_on = self._checkpoint_fingerprints(rows)
         self.adopted = False  # a row of the results stands for the start's measurement
         seed_config = None
         if incumbent is not None:
@@ -285,11 +285,10 @@ class _Run(Rounds):
             get_model(str(self.model), resolve_dtype_name(self.dtype, self.dev, self.target)[0], self.dev,
                       weights=True)
 
-    def _checkpoint_fingerprints(self, rows: list[dict]) -> tuple[str | None, set[str], list[str]]:
-        """For a checkpoint directory: its fingerprint now (its weights hashed); on a resume, the programs the
-        corpus records as passing (kept or re-measured, correct) on exactly these weights, and every fingerprint
-        the corpus's records of this model carry (none in records written before AMK recorded it). None and empty
-        for a built-in model."""
+    def _checkpoint_fingerprints(self, rows: list[dict]) -> tuple[str | None, dict[str, set[str | None]]]:
+        """For a checkpoint directory: its fingerprint now (its weights hashed) and, on a resume, for each program
+        the corpus records passing (kept or re-measured, correct) for this model and GPU, the fingerprints it
+        passed on (None for records written before AMK recorded them). None and empty for a built-in model."""
         from amk.models import Model
         from amk.models.registry import checkpoint_fingerprint
 
@@ -298,29 +297,48 @@ class _Run(Rounds):
             now = self.model.fingerprint if self.model.source == "path" else None
         else:
             now = checkpoint_fingerprint(path) if path.is_dir() else None
+        passed: dict[str, set[str | None]] = {}
         if now is None or not rows or not self.corpus.exists():
-            return now, set(), []
-        mine = [r for r in load_records(self.corpus) if r.gpu == self.target.name and self.same_model(r.model)]
-        passed = {r.program_fingerprint for r in mine if r.environment.get(MODEL_FINGERPRINT) == now and r.correct
-                  and r.status in (Status.KEEP.value, Status.REMEASURE.value)}
-        seen = [str(r.environment[MODEL_FINGERPRINT]) for r in mine if r.environment.get(MODEL_FINGERPRINT)]
-        return now, passed, seen
+            return now, passed
+        for r in load_records(self.corpus):
+            if (r.gpu == self.target.name and self.same_model(r.model) and r.correct and r.program_fingerprint
+                    and r.status in (Status.KEEP.value, Status.REMEASURE.value)):
+                passed.setdefault(r.program_fingerprint, set()).add(r.environment.get(MODEL_FINGERPRINT))
+        return now, passed
+
+    def _check_checkpoint_unchanged(self) -> None:
+        """Raises LoopError when the checkpoint directory was saved again since the loop started: its trials from
+        here would run on other weights than the ones its records name. A resume goes on from there (and checks
+        the incumbent on the new weights first)."""
+        from amk.models import Model
+        from amk.models.registry import checkpoint_fingerprint
+
+        if self.weights_now is None or isinstance(self.model, Model):
+            return
+        now = checkpoint_fingerprint(Path(self.name).expanduser())
+        if now != self.weights_now:
+            raise LoopError(f"{self.name} was saved again during the loop (fingerprint {self.weights_now[:16]}, now "
+                            f"{now[:16]}): its later trials would run on other weights than its records name. "
+                            "Resume to go on with the new weights (the incumbent is checked on them first)")
 
     def _check_weights_of_start(self) -> None:
-        """A resumed incumbent of a checkpoint directory stands on a row of the results file; when the corpus does
-        not record it passing on the weights there now (the checkpoint was saved again since, or its check failed),
-        it is verified and timed again on them first. Raises LoopError when it fails there, after its row is
-        written: the search would go on from a config that is not correct on this checkpoint, and so would
-        every later resume."""
-        if self.inc.program_fingerprint in self.passed_on_weights:
+        """A resumed incumbent of a checkpoint directory stands on a row of the results file; when the corpus
+        records it passing on other weights than the ones there now (the checkpoint was saved again since, or its
+        check failed), it is verified and timed again on them first. Raises LoopError when it fails there, after
+        its row is written: the search would go on from a config that is not correct on this checkpoint, and so
+        would every later resume."""
+        fps = self.passed_on.get(self.inc.program_fingerprint, set())
+        if self.weights_now in fps:
             return
-        if not self.weights_seen:
-            log.info("%s: the corpus's records of this checkpoint carry no weights fingerprint (written before AMK "
-                     "recorded it): the resumed incumbent is not checked against the weights there now", self.name)
+        if fps <= {None}:  # nothing recorded of it, or only in records older than the fingerprint
+            log.info("%s: the corpus's records of the incumbent %s carry no weights fingerprint (written before AMK "
+                     "recorded it): it is not checked against the checkpoint there now", self.name,
+                     self.inc.config.schedule_id)
             return
+        on = ", ".join(sorted(f[:16] for f in fps if f))
         log.warning("%s: the incumbent %s has not passed on the checkpoint there now (its config.json and weights, "
-                    "fingerprint %s; the corpus's last record of it ran on %s): it is verified and timed again on it",
-                    self.name, self.inc.config.schedule_id, self.weights_now[:16], self.weights_seen[-1][:16])
+                    "fingerprint %s; it passed on: %s): it is verified and timed again on it", self.name,
+                    self.inc.config.schedule_id, self.weights_now[:16], on)
         if self._remeasure() == Status.FAIL:
             raise LoopError(f"{self.results}: the incumbent {self.inc.config.schedule_id} (trial {self.inc.trial}) "
                             f"fails on the checkpoint now in {self.name} (its row is written): check the checkpoint, "
@@ -410,6 +428,7 @@ class _Run(Rounds):
 
     # ---- trials --------------------------------------------------------------------------------------
     def _evaluate(self, cfg: ScheduleConfig, stop_above_us: float | None = None) -> dict:
+        self._check_checkpoint_unchanged()
         t0 = time.monotonic()
         self.builder.wait_precompiled(cfg.schedule_id)
         t1 = time.monotonic()
