@@ -428,7 +428,7 @@ class _Run(Rounds):
 
     # ---- trials --------------------------------------------------------------------------------------
     def _evaluate(self, cfg: ScheduleConfig, stop_above_us: float | None = None) -> dict:
-        self._check_checkpoint_unchanged()
+        self._check_checkpoint_unchanged()  # also between a confirmation's two runs
         t0 = time.monotonic()
         self.builder.wait_precompiled(cfg.schedule_id)
         t1 = time.monotonic()
@@ -449,6 +449,7 @@ class _Run(Rounds):
 
     def _trial(self, cand: Candidate, built: Built, description: str) -> bool:
         """Claim, measure, decide, write. False when the program was taken (measured or claimed elsewhere)."""
+        self._check_checkpoint_unchanged()  # before the claim: a trial that cannot run leaves no gap
         cfg = cand.config
         c = claim(self.results, self.name, self.target.name, built.program_fingerprint, built.schedule_id,
                   owner=self.owner)
@@ -518,6 +519,7 @@ class _Run(Rounds):
         """Time the incumbent again (drift check): a `remeasure` row and record (`fail` when it no longer passes);
         its latency becomes the incumbent's, and the spread between its measurements joins the keep rule's noise.
         Returns the row's status."""
+        self._check_checkpoint_unchanged()
         self.since_remeasure = 0
         cfg, fp = self.inc.config, self.inc.program_fingerprint
         c = claim(self.results, self.name, self.target.name, fp, cfg.schedule_id, check=False, owner=self.owner)
