@@ -250,4 +250,3 @@ def records_frame(records: list[TuningRecord] | str | Path):
     for col in ("latency_us", "latency_spread_us", "predicted_latency_us", "mem_us", "tasks", "waits", "improvement"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df
-

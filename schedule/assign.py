@@ -106,9 +106,9 @@ def _explicit(tasks: list[Task], num_sms: int, explicit_map: dict) -> None:
 class StageFill:
     """How well one kind of stage (qkv, attention, o, ...) keeps the SMs streaming, from the placement alone,
     averaged over the program's stages of that kind. `tasks` and `sms_busy` are per stage; `fill` is the mean
-    SM's bytes over the busiest SM's (weights, or KV rows at a half-full cache as task_bytes counts them), so 1.0 means every
-    SM streams as long as the busiest and 0.25 that three quarters of the stage's SM time is idle, whatever the
-    bandwidth."""
+    SM's bytes over the busiest SM's (weights, or KV rows at a half-full cache as task_bytes counts them), so
+    1.0 means every SM streams as long as the busiest and 0.25 that three quarters of the stage's SM time is
+    idle, whatever the bandwidth."""
 
     kind: str
     stages: int

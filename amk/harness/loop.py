@@ -428,7 +428,6 @@ class _Run(Rounds):
 
     # ---- trials --------------------------------------------------------------------------------------
     def _evaluate(self, cfg: ScheduleConfig, stop_above_us: float | None = None) -> dict:
-        self._check_checkpoint_unchanged()  # also between a confirmation's two runs
         t0 = time.monotonic()
         self.builder.wait_precompiled(cfg.schedule_id)
         t1 = time.monotonic()
