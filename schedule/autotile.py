@@ -101,6 +101,28 @@ def qkv_head_splits(dims: ModelDims, nbytes: int, target: GpuTarget, can_split: 
     return min(s for s, t in est.items() if t <= best + NEAR_BEST_US)
 
 
+def fuse_rope(dims: ModelDims, nbytes: int, target: GpuTarget, split: WarpSplit | None, explicit_splits: int | None,
+              can_split: bool) -> bool:
+    """Whether RoPE, the q/k norm and the KV append run in QKV's epilogue (fusion.rope_kv_into_qkv left null).
+    Fused unless the model has a q/k norm, which needs each head whole in one task while fused: then unfused
+    where the config splits heads itself (`explicit_splits` > 1), or where QKV with its best head split plus the
+    stage that applies them (one task per KV head: a round of the fixed task cost) is estimated faster than QKV
+    with whole heads. On qwen3-1.7b and qwen3-0.6b on an H200 unfused measured 0.89x the step of fused
+    (bench/results/20261201-1733_h200_qk_norm_rope_unfused.json)."""
+    if not dims.qk_norm:
+        return True
+    if explicit_splits is not None:
+        return explicit_splits == 1
+    if not can_split:
+        return True
+    heads = dims.n_heads + 2 * dims.n_kv_heads
+    whole = stage_us(heads, streamed_bytes(dims.head_dim, dims.hidden, nbytes, split), target)
+    s = qkv_head_splits(dims, nbytes, target, True, split)
+    apart = (stage_us(heads * s, streamed_bytes(dims.head_dim // s, dims.hidden, nbytes, split), target)
+             + stage_us(dims.n_kv_heads, 0, target))
+    return whole <= apart + NEAR_BEST_US
+
+
 def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int) -> int:
     """A power of two that gives about one attention task per SM, with partitions of at least
     MIN_PARTITION_POSITIONS positions."""
@@ -130,18 +152,22 @@ def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int,
 
 
 def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTarget, max_seq: int
-            ) -> tuple[ScheduleConfig, dict[str, int]]:
-    """`config` with every derived (null) tiling knob set to the shape-derived value, and {dotted path: value}
-    of what was derived. A split of QKV heads is derived only where the config allows one (heads_per_task=1,
+            ) -> tuple[ScheduleConfig, dict[str, int | bool]]:
+    """`config` with every derived (null) knob set to the shape-derived value, and {dotted path: value} of what
+    was derived. Whether RoPE is fused comes first (fuse_rope), as it decides whether a q/k-norm model's heads
+    may split. A split of QKV heads is derived only where the config allows one (heads_per_task=1,
     qkv.k_splits=1, and no q/k norm fused into the QKV epilogue, which needs whole heads); elsewhere it is 1."""
     q = config.matvec.qkv
-    split_ok = (q.heads_per_task == 1 and q.k_splits == 1
-                and not (dims.qk_norm and config.fusion.rope_kv_into_qkv))
     b = config.build
     split = None if config.pipeline.pages > 0 else WarpSplit(config.threads_per_block // 32, b.rows_in_flight,
                                                                  b.loads_in_flight)
+    shape_ok = q.heads_per_task == 1 and q.k_splits == 1
+    rope_fused = config.fusion.rope_kv_into_qkv
+    if rope_fused is None:
+        rope_fused = fuse_rope(dims, nbytes, target, split, q.head_splits, shape_ok)
+    split_ok = shape_ok and not (dims.qk_norm and rope_fused)
     t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split)
-    values = {"matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
+    values = {"fusion.rope_kv_into_qkv": rope_fused, "matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
               "matvec.down.rows_per_task": t.down_rows, "matvec.lm_head.rows_per_task": t.lm_head_rows,
               "matvec.qkv.head_splits": t.qkv_head_splits if split_ok else 1,
               "attention.kv_partitions": t.kv_partitions}

@@ -52,7 +52,7 @@ class AttentionCombine(str, Enum):
 
 def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search=None):
     """A config field. `choices`/`minimum`/`maximum` bound what parses; `search` lists the values the
-    search explores (defaults to `choices`). A field annotated `int | None` also parses null, which means
+    search explores (defaults to `choices`). A field annotated `int | None` or `bool | None` also parses null, which means
     "derived from the model's shape and the GPU at lowering"; its default may be None."""
     meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
             "search": search if search is not None else choices}
@@ -124,8 +124,11 @@ class AttentionConfig:
 class FusionConfig:
     norm_into_matvec: bool = knob(True, help="recompute RMSNorm inside each consumer matvec task",
                                   choices=[True, False])
-    rope_kv_into_qkv: bool = knob(True, help="apply RoPE (and q/k norm) and append KV in the QKV epilogue",
-                                  choices=[True, False])
+    rope_kv_into_qkv: bool | None = knob(None, help="apply RoPE (and q/k norm) and append KV in the QKV epilogue; "
+                                                "false: in a stage of their own after QKV (null: derived: fused, "
+                                                "except where a q/k norm would keep QKV's heads whole and split heads "
+                                                "are estimated faster)",
+                                         choices=[True, False])
     silu_mul_into_gate_up: bool = knob(True, help="compute silu(gate)*up in the gate/up epilogue",
                                        choices=[True, False])
     residual_into_matvec: bool = knob(True, help="add into the residual stream in the O/down epilogue",
@@ -225,7 +228,7 @@ def to_jsonable(value):
 
 
 def optional_base(tp):
-    """`int` for a knob declared `int | None` (null accepted: derived at lowering), else None."""
+    """`int` (`bool`) for a knob declared `int | None` (`bool | None`; null accepted: derived at lowering), else None."""
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1 and len(get_args(tp)) == 2:

@@ -68,3 +68,35 @@ def test_the_cost_model_prices_a_task_as_its_busiest_warp_streams():
     assert us(o(16)) < us(o(18)) == pytest.approx(us(o(32)))  # 18 rows on 16 warps stream two rounds
     paged = {"pipeline": {"pages": 4, "page_kb": 32}, "smem_per_block": 230000}
     assert us(o(18, **paged)) < us(o(32, **paged))  # the pages' consumers split pages, not rows
+
+
+@pytest.mark.parametrize("name", ["qwen3-1.7b", "qwen3-0.6b", "llama-3.2-1b", "qwen2.5-0.5b"])
+def test_rope_is_unfused_where_a_qk_norm_would_keep_qkv_heads_whole(name):
+    import amk
+
+    dims = (amk.load_model(name, dtype="bf16", weights=False) if name == "qwen3-0.6b"
+            else public_shape(name, "bf16", device="meta")).dims
+    _, derived = resolve(ScheduleConfig(), dims, 2, get_target("h200"), 1024)
+    fused, splits = derived["fusion.rope_kv_into_qkv"], derived["matvec.qkv.head_splits"]
+    if dims.qk_norm:  # 32 whole heads on 132 SMs: a quarter of the SMs stream QKV
+        assert fused is False and splits >= 2
+    else:  # fused RoPE does not stop the heads from splitting
+        assert fused is True
+
+
+def test_a_qk_norm_shape_whose_whole_heads_fill_the_sms_keeps_rope_fused():
+    import dataclasses
+
+    dims = public_shape("qwen3-1.7b", "bf16", device="meta").dims
+    wide = dataclasses.replace(dims, n_heads=88, n_kv_heads=22)  # 132 whole heads: one round on 132 SMs
+    _, derived = resolve(ScheduleConfig(), wide, 2, get_target("h200"), 1024)
+    assert derived["fusion.rope_kv_into_qkv"] is True and derived["matvec.qkv.head_splits"] == 1
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_rope_fusion_the_config_sets_is_not_derived(fused):
+    dims = public_shape("qwen3-1.7b", "bf16", device="meta").dims
+    cfg = ScheduleConfig.from_dict({"fusion": {"rope_kv_into_qkv": fused}})
+    out, derived = resolve(cfg, dims, 2, get_target("h200"), 1024)
+    assert "fusion.rope_kv_into_qkv" not in derived and out.fusion.rope_kv_into_qkv is fused
+    assert (derived["matvec.qkv.head_splits"] == 1) is fused

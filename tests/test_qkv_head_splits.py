@@ -71,13 +71,28 @@ def test_conflicting_qkv_knobs_are_refused_by_name(extra, needs):
 def test_a_fused_qk_norm_needs_whole_heads():
     model = amk.load_model("qwen3-0.6b", dtype="bf16", weights=False)
     with pytest.raises(LoweringError, match="matvec.qkv.head_splits.*q/k norm"):
-        lower(model, "h100-sxm", SPLIT2, max_seq=256)
-    # with RoPE in its own stage the norm sees whole heads again
-    prog = lower(model, "h100-sxm", {**SPLIT2, "fusion": {"rope_kv_into_qkv": False}}, max_seq=256)
-    assert validate(prog, "h100-sxm").ok
+        lower(model, "h100-sxm", {**SPLIT2, "fusion": {"rope_kv_into_qkv": True}}, max_seq=256)
+    # with RoPE in its own stage the norm sees whole heads again; left derived, split heads unfuse it
+    for fusion in ({"rope_kv_into_qkv": False}, {}):
+        prog = lower(model, "h100-sxm", {**SPLIT2, "fusion": fusion}, max_seq=256)
+        assert validate(prog, "h100-sxm").ok
+    assert prog.meta["derived"]["fusion.rope_kv_into_qkv"] is False
 
 
 def test_a_split_that_does_not_divide_half_a_head_is_refused():
     model = amk.load_model("toy", dtype="fp32", weights=False)  # head_dim 16: half is 8
     with pytest.raises(LoweringError, match="does not divide head_dim/2"):
         lower(model, "cpu-sim", _cfg(3), max_seq=64)
+
+
+def test_split_heads_of_a_qk_norm_model_verify_against_transformers(tmp_path):
+    from _checkpoints import SMALL, save_checkpoint
+    from transformers import Qwen3Config
+
+    cfg = Qwen3Config(**SMALL, head_dim=16, num_hidden_layers=2, max_position_embeddings=64)
+    model = amk.load_model(save_checkpoint(cfg, tmp_path))
+    assert model.dims.qk_norm
+    prog = lower(model, "cpu-sim", SPLIT2)  # RoPE left derived: unfused, so the norm sees whole heads
+    assert prog.meta["derived"]["fusion.rope_kv_into_qkv"] is False
+    res = verify(prog, model)
+    assert res.ok, [(c.case, c.message[:160]) for c in res.cases if not c.passed]
