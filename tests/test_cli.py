@@ -191,6 +191,7 @@ def test_evaluate_text_shows_what_the_lowering_derived():
     line = next(ln for ln in verdict_text(v).splitlines() if ln.startswith("derived: "))
     assert f"matvec.gate_up.rows_per_task={v['derived']['matvec.gate_up.rows_per_task']}" in line
     assert "matvec.o.rows_per_task" not in line  # set by the config, not derived
+    assert "fusion.rope_kv_into_qkv=true" in line  # a derived boolean as the JSON the config would hold
 
 
 def test_propose_shows_the_values_evaluate_derives():
@@ -208,3 +209,4 @@ def test_propose_shows_the_values_evaluate_derives():
         rows = d["values"]["matvec.gate_up.rows_per_task"]
         assert f"derived ({rows})" in lines["matvec.gate_up.rows_per_task"]
         assert "derived (" not in lines["matvec.o.rows_per_task"]
+        assert "derived (true)" in lines["fusion.rope_kv_into_qkv"]  # no q/k norm: fused

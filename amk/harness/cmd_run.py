@@ -78,7 +78,7 @@ def proposal_text(p: dict) -> str:
         value = to_jsonable(get_path(cfg, knob.path))
         if value is None and knob.nullable:
             got = derived.get("values", {}).get(knob.path)
-            shown = "derived" if got is None else f"derived ({got})"
+            shown = "derived" if got is None else f"derived ({_fmt(got)})"
         else:
             shown = _fmt(value) if not isinstance(value, dict) else (str(value) if value else "{}")
         search = " ".join("derived" if v is None else _fmt(v) for v in k["search"]) or "(not searched)"
@@ -92,6 +92,8 @@ def proposal_text(p: dict) -> str:
 
 
 def verdict_text(v: dict) -> str:
+    from amk.schedule.space import _fmt
+
     lines = [f"schedule {v.get('schedule_id') or '-'}  model {v.get('model')}  gpu {v.get('gpu')}  "
              f"device {v.get('device')}  dtype {v.get('dtype')}"]
     if not v.get("valid"):
@@ -105,7 +107,7 @@ def verdict_text(v: dict) -> str:
         lines.append(f"{v['task_count']} tasks, {v['weight_bytes']} weight bytes, correct {v['correct']} "
                      f"({v['cases_passed']}/{v['cases_total']} cases)")
         if v.get("derived"):
-            lines.append("derived: " + ", ".join(f"{k}={val}" for k, val in sorted(v["derived"].items())))
+            lines.append("derived: " + ", ".join(f"{k}={_fmt(val)}" for k, val in sorted(v["derived"].items())))
         for f in v.get("failures", []):
             lines.append(f"  FAILED {f['case']}: {f['message'][:200]}")
         if v.get("latency_us") is not None:
