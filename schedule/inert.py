@@ -16,8 +16,16 @@ from .config import ScheduleConfig, SmAssignment, get_path, iter_knobs, to_jsona
 from .targets import GpuTarget
 
 # the cpu-sim stand-in runs no kernel: correctness runs on the ReferenceVM and the cost model prices the
-# program, and neither models these build knobs
-_NO_KERNEL_BUILD_KNOBS = ("pipeline.pages", "pipeline.page_kb", "build.spin_backoff_ns")
+# program, and neither models these build knobs. The pipeline's pages are not among them: they change the
+# lowering (the derived tiling prices a paged task by its bytes, and the pages take shared memory) and the
+# cost model prices them, so a config with pages is another program there too (STAND_IN_UNSEARCHED)
+_NO_KERNEL_BUILD_KNOBS = ("build.spin_backoff_ns",)
+# ...and knobs that act on the stand-in but that its search leaves at their defaults: the cost model prices
+# the pages' stream as hidden under the dependency waits, the design's intent, while the H200 measured every
+# paged config slower than the register path (llama-3.2-1b: 1059.7-1072.2 against 923.4 us,
+# bench/results/20261201-1100_h200_llama-3.2-1b_bf16_boundary_probes.json); with no kernel to measure, a
+# search there would only chase that assumption
+STAND_IN_UNSEARCHED = ("pipeline.pages", "pipeline.page_kb")
 # ...and knobs whose every value prices the same (schedule/cost.py prices the L2 prefetch as none, and scratch
 # placement not at all): on the stand-in a move of one only spends a trial on +0.00%
 _UNPRICED_KNOBS = ("pipelining_depth", "scratch")
@@ -74,6 +82,15 @@ def target_inert_reason(path: str, target: GpuTarget | None) -> str | None:
     if target is not None and target.arch == "none" and path in _UNPRICED_KNOBS:
         return (f"{target.name} is a CPU stand-in whose predicted latency is the same for every value of it (the "
                 "cost model prices neither the L2 prefetch nor scratch placement); only a GPU measures it")
+    return None
+
+
+def unsearched_reason(path: str, target: GpuTarget | None) -> str | None:
+    """Why the search leaves the knob at `path` at its default on `target` although the knob acts there (an
+    inert knob is never searched either: target_inert_reason), or None."""
+    if target is not None and target.arch == "none" and path in STAND_IN_UNSEARCHED:
+        return (f"on {target.name}, a CPU stand-in, the cost model alone prices it, as hiding the weight stream "
+                "under the waits, which an H200 measured slower; set it by hand, or search it on a GPU")
     return None
 
 

@@ -18,7 +18,7 @@ from enum import Enum
 
 from .config import ScheduleConfig, get_path, iter_knobs, optional_base, with_value
 from .errors import ConfigError
-from .inert import inert_reason, target_inert_reason
+from .inert import inert_reason, target_inert_reason, unsearched_reason
 from .smem import max_dynamic_smem
 from .targets import GpuTarget, get_target
 
@@ -150,7 +150,7 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig) -> l
         kind = _knob_type(tp)
         choices = tuple(_json(c) for c in meta["choices"]) if meta.get("choices") is not None else None
         search = tuple(_json(v) for v in (meta.get("search") or ()) if _fits_target(path, _json(v), tgt))
-        if kind == KnobType.OBJECT or target_inert_reason(path, tgt):
+        if kind == KnobType.OBJECT or target_inert_reason(path, tgt) or unsearched_reason(path, tgt):
             search = ()
         knobs.append(Knob(path=path, type=kind, default=_json(get_path(default, path)) if kind != KnobType.OBJECT
                           else dict(get_path(default, path)), help=meta["help"], search=search, choices=choices,
