@@ -258,6 +258,9 @@ def test_compile_takes_max_seq_and_cache_ls_shows_model_and_config(capsys, tmp_p
     code, r = cli_json(capsys, "compile", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "96",
                        "--config", '{"matvec": {"o": {"rows_per_task": 32}}}', "--out", str(tmp_path / "p.json"))
     assert code == 0 and r["max_seq"] == 96 and json.load(open(tmp_path / "p.json"))["constants"]["max_seq"] == 96
+    # what the lowering derived, as the program's meta holds it; the knob the config sets is not among them
+    assert r["derived"] == json.load(open(tmp_path / "p.json"))["meta"]["derived"] and r["derived"]
+    assert "matvec.o.rows_per_task" not in r["derived"]
     code, out, _ = cli(capsys, "cache", "ls", "--kind", "program")
     line = next(ln for ln in out.splitlines() if "max_seq 96" in ln)
     assert "toy cpu-sim fp32 config" in line and "matvec.o.rows_per_task=32" in line

@@ -180,6 +180,7 @@ def generate(args) -> CommandResult:
 
 def compile_cmd(args) -> CommandResult:
     from amk.schedule.assign import stage_fill
+    from amk.schedule.space import _fmt
 
     from .cmd_run import output_file, write_output
     from .evaluate import build_program
@@ -204,7 +205,7 @@ def compile_cmd(args) -> CommandResult:
                                 "mean": sum(used) / len(used) if used else 0},
         "threads_per_block": program.threads_per_block, "smem_per_block": program.smem_per_block,
         "build": program.build, "stages": program.meta.get("stages"), "max_seq": program.constants.max_seq,
-        "notes": v.notes,
+        "derived": v.derived, "notes": v.notes,
     }
     fill = stage_fill(program.tasks, program.constants, program.num_sms)
     report["stage_fill"] = {f.kind: {"stages": f.stages, "tasks": f.tasks, "sms_busy": f.sms_busy, "fill": f.fill}
@@ -221,5 +222,7 @@ def compile_cmd(args) -> CommandResult:
              + ", ".join(f"{f.kind} {f.tasks:.0f}/{f.sms_busy:.0f}/{f.fill:.2f}" for f in fill),
              f"block: {report['threads_per_block']} threads, {report['smem_per_block']:,} B shared memory; build: "
              + ", ".join(f"{k}={val}" for k, val in sorted(report["build"].items()))]
+    if v.derived:
+        lines.append("derived: " + ", ".join(f"{k}={_fmt(val)}" for k, val in sorted(v.derived.items())))
     lines += [f"note: {n}" for n in v.notes]
     return CommandResult(ExitCode.OK, report, "\n".join(lines))
