@@ -167,7 +167,8 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
         rope_fused = fuse_rope(dims, nbytes, target, split, q.head_splits, shape_ok)
     split_ok = shape_ok and not (dims.qk_norm and rope_fused)
     t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split)
-    values = {"fusion.rope_kv_into_qkv": rope_fused, "matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
+    values = {"fusion.rope_kv_into_qkv": rope_fused,
+              "matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
               "matvec.down.rows_per_task": t.down_rows, "matvec.lm_head.rows_per_task": t.lm_head_rows,
               "matvec.qkv.head_splits": t.qkv_head_splits if split_ok else 1,
               "attention.kv_partitions": t.kv_partitions}

@@ -52,8 +52,8 @@ class AttentionCombine(str, Enum):
 
 def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search=None):
     """A config field. `choices`/`minimum`/`maximum` bound what parses; `search` lists the values the
-    search explores (defaults to `choices`). A field annotated `int | None` or `bool | None` also parses null, which means
-    "derived from the model's shape and the GPU at lowering"; its default may be None."""
+    search explores (defaults to `choices`). A field annotated `int | None` or `bool | None` also parses null,
+    which means "derived from the model's shape and the GPU at lowering"; its default may be None."""
     meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
             "search": search if search is not None else choices}
     if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
@@ -228,7 +228,8 @@ def to_jsonable(value):
 
 
 def optional_base(tp):
-    """`int` (`bool`) for a knob declared `int | None` (`bool | None`; null accepted: derived at lowering), else None."""
+    """`int` (`bool`) for a knob declared `int | None` (`bool | None`; null accepted: derived at lowering), else
+    None."""
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1 and len(get_args(tp)) == 2:

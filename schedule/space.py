@@ -42,6 +42,7 @@ class Knob:
     minimum: float | None = None
     maximum: float | None = None
     nullable: bool = False  # None is a value: "derived at lowering" (from the model's shape and the GPU)
+    unsearched: str | None = None  # why the search leaves a knob that acts on this target alone (inert.py)
 
     @property
     def values(self) -> tuple:
@@ -70,6 +71,8 @@ class Knob:
         if self.nullable:
             out["nullable"] = True
         out.update(search=list(self.search), default=self.default, help=self.help)
+        if self.unsearched:
+            out["unsearched"] = self.unsearched
         return out
 
 
@@ -150,11 +153,13 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig) -> l
         kind = _knob_type(tp)
         choices = tuple(_json(c) for c in meta["choices"]) if meta.get("choices") is not None else None
         search = tuple(_json(v) for v in (meta.get("search") or ()) if _fits_target(path, _json(v), tgt))
-        if kind == KnobType.OBJECT or target_inert_reason(path, tgt) or unsearched_reason(path, tgt):
+        unsearched = unsearched_reason(path, tgt)
+        if kind == KnobType.OBJECT or target_inert_reason(path, tgt) or unsearched:
             search = ()
         knobs.append(Knob(path=path, type=kind, default=_json(get_path(default, path)) if kind != KnobType.OBJECT
                           else dict(get_path(default, path)), help=meta["help"], search=search, choices=choices,
-                          minimum=meta.get("minimum"), maximum=meta.get("maximum"), nullable=nullable))
+                          minimum=meta.get("minimum"), maximum=meta.get("maximum"), nullable=nullable,
+                          unsearched=unsearched))
     return knobs
 
 

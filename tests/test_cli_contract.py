@@ -139,6 +139,7 @@ def test_pages_on_the_stand_in_act_and_get_no_note_but_are_not_searched_there():
     for gpu, searched in (("cpu-sim", False), ("h200", True)):
         knobs = {k.path: k for k in search_space(gpu)}
         assert bool(knobs["pipeline.pages"].search) is searched and bool(knobs["pipeline.page_kb"].search) is searched
+        assert ("unsearched" in knobs["pipeline.pages"].to_dict()) is not searched  # propose says why
 
 
 def test_a_predicted_verdict_says_the_l2_prefetch_is_not_priced():

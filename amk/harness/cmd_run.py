@@ -81,7 +81,8 @@ def proposal_text(p: dict) -> str:
             shown = "derived" if got is None else f"derived ({_fmt(got)})"
         else:
             shown = _fmt(value) if not isinstance(value, dict) else (str(value) if value else "{}")
-        search = " ".join("derived" if v is None else _fmt(v) for v in k["search"]) or "(not searched)"
+        search = (" ".join("derived" if v is None else _fmt(v) for v in k["search"])
+                  or ("(not searched: " + k["unsearched"] + ")" if k.get("unsearched") else "(not searched)"))
         mark = "*" if value != knob.default else " "
         lines.append(f"{mark}{knob.path:<33} {shown:<16} {knob.default_text:<16} {search}")
     if derived:
