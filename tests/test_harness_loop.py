@@ -354,6 +354,21 @@ def test_a_checkpoint_saved_again_has_its_incumbent_verified_again_on_resume(tmp
     amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
     assert len(remeasures()) == 2
 
+    llama(tmp_path / "ck", 4)  # a resume stopped between adopting its incumbent and the check says so
+    caplog.clear()
+    polls = []
+
+    def stop_after_the_start():  # the go loop asks before the start and again before the check
+        polls.append(1)
+        return len(polls) >= 2
+
+    with caplog.at_level("WARNING", logger="amk"):
+        amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, should_stop=stop_after_the_start,
+                 **files)
+    assert "stopped before it checked the incumbent" in caplog.text and len(remeasures()) == 2
+    amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
+    assert len(remeasures()) == 3  # the next resume checks it
+
     def saving_midway(model, gpu, config, **kw):  # the checkpoint saved again while the loop runs
         if len(fake_evaluate) == calls + 1:
             llama(tmp_path / "ck", 3)

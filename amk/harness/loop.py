@@ -321,6 +321,12 @@ class _Run(Rounds):
                             f"{now[:16]}): its later trials would run on other weights than its records name. "
                             "Resume to go on with the new weights (the incumbent is checked on them first)")
 
+    def _start_needs_check(self) -> bool:
+        """Whether the corpus records the adopted incumbent's program passing only on other weights than the
+        checkpoint's now (records from before the fingerprint existed name none: those are not checked)."""
+        fps = self.passed_on.get(self.inc.program_fingerprint, set())
+        return self.weights_now not in fps and not fps <= {None}
+
     def _check_weights_of_start(self) -> None:
         """A resumed incumbent of a checkpoint directory stands on a row of the results file; when the corpus
         records it passing on other weights than the ones there now (the checkpoint was saved again since, or its
@@ -388,8 +394,14 @@ class _Run(Rounds):
             start = self._settle_start(flag)
             if start is None or self._trial(start, self.start[1], self.start_description):
                 break
-        if self.adopted and self.weights_now is not None and self._stop_reason(flag) is None:
-            self._check_weights_of_start()
+        if self.adopted and self.weights_now is not None:
+            if self._stop_reason(flag) is None:
+                self._check_weights_of_start()
+            elif self._start_needs_check():
+                log.warning("%s: the loop stopped before it checked the incumbent %s on the checkpoint there now "
+                            "(fingerprint %s), on which the corpus records it no pass: its latency is other weights' "
+                            "row; a resume checks it first", self.name, self.inc.config.schedule_id,
+                            self.weights_now[:16])
         while stop is None:
             stop = self._stop_reason(flag)
             if stop is not None:
