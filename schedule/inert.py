@@ -25,10 +25,16 @@ _NO_KERNEL_BUILD_KNOBS = ("build.spin_backoff_ns",)
 # paged config slower than the register path (llama-3.2-1b: 1059.7-1072.2 against 923.4 us,
 # bench/results/20261201-1100_h200_llama-3.2-1b_bf16_boundary_probes.json); with no kernel to measure, a
 # search there would only chase that assumption
-STAND_IN_UNSEARCHED = ("pipeline.pages", "pipeline.page_kb")
-# ...and knobs whose every value prices the same (schedule/cost.py prices the L2 prefetch as none, and scratch
-# placement not at all): on the stand-in a move of one only spends a trial on +0.00%
-_UNPRICED_KNOBS = ("pipelining_depth", "scratch")
+STAND_IN_UNSEARCHED = ("pipeline.pages",)
+# ...and knobs whose every value prices the same there (schedule/cost.py), each with why: on the stand-in a move
+# of one only spends a trial on +0.00%
+_UNPRICED_KNOBS = {
+    "pipelining_depth": "the cost model prices the L2 prefetch as none",
+    "build.l2_prefetch_kb": "it caps the L2 prefetch, which the cost model prices as none",
+    "scratch": "the cost model does not price scratch placement",
+    "pipeline.page_kb": ("the cost model reads the page size only where the pages' bytes in flight cap an SM's "
+                         "stream, which they never do at the stand-in's bandwidth share"),
+}
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,8 @@ def target_inert_reason(path: str, target: GpuTarget | None) -> str | None:
         return (f"{target.name} is a CPU stand-in that runs no kernel: the ReferenceVM and the cost model do not "
                 "model it")
     if target is not None and target.arch == "none" and path in _UNPRICED_KNOBS:
-        return (f"{target.name} is a CPU stand-in whose predicted latency is the same for every value of it (the "
-                "cost model prices neither the L2 prefetch nor scratch placement); only a GPU measures it")
+        return (f"{target.name} is a CPU stand-in whose predicted latency is the same for every value of it "
+                f"({_UNPRICED_KNOBS[path]}); only a GPU measures it")
     return None
 
 

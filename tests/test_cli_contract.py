@@ -111,6 +111,10 @@ def test_an_interrupt_is_its_own_exit_code(capsys, monkeypatch):
     ({"sm": {"explicit_map": {"qkv": [0, 1]}}}, "cpu-sim",
      'sm.explicit_map={"qkv":[0,1]} has no effect: only sm.assignment=explicit reads it'),
     ({"build": {"spin_backoff_ns": 32}}, "cpu-sim", "build.spin_backoff_ns=32 has no effect: cpu-sim is a CPU stand-in"),
+    ({"pipeline": {"pages": 4, "page_kb": 8}}, "cpu-sim",
+     "pipeline.page_kb=8 has no effect: cpu-sim is a CPU stand-in whose predicted latency is the same"),
+    ({"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64}}, "cpu-sim",
+     "build.l2_prefetch_kb=64 has no effect: cpu-sim is a CPU stand-in whose predicted latency is the same"),
 ])
 def test_the_lowering_names_a_knob_that_has_no_effect(config, gpu, note):
     v, program = build_program("toy", gpu, config, "cpu")
@@ -140,6 +144,19 @@ def test_pages_on_the_stand_in_act_and_get_no_note_but_are_not_searched_there():
         knobs = {k.path: k for k in search_space(gpu)}
         assert bool(knobs["pipeline.pages"].search) is searched and bool(knobs["pipeline.page_kb"].search) is searched
         assert ("unsearched" in knobs["pipeline.pages"].to_dict()) is not searched  # propose says why
+
+
+@pytest.mark.parametrize("pages", [2, 4, 6])
+def test_the_page_size_never_changes_the_stand_ins_prediction(pages):
+    """What makes pipeline.page_kb unpriced on cpu-sim (schedule/inert.py): the cost model reads the page size only
+    where the pages' bytes in flight cap an SM's stream, which they never do at the stand-in's bandwidth share."""
+    from amk.schedule.cost import predict
+
+    model = amk.load_model("smollm2-135m", dtype="fp32", weights=False)
+    us = {kb: predict(amk.lower(model, "cpu-sim", {"pipeline": {"pages": pages, "page_kb": kb},
+                                                   "smem_per_block": 227 * 1024}, max_seq=256), "cpu-sim").latency_us
+          for kb in (8, 16, 32)}
+    assert len(set(us.values())) == 1, us
 
 
 def test_a_predicted_verdict_says_the_l2_prefetch_is_not_priced():
