@@ -358,7 +358,7 @@ class _Run(Rounds):
         spread = float(row["spread_us"]) if row.get("spread_us") else None
         self.inc.observe(lat, spread, row["kind"])
         self.inc.trial = int(row["trial"])
-        log.info("incumbent %s: duplicate of trial %s (%.2f us), not measured again", self.inc.config.schedule_id,
+        log.info("incumbent %s: duplicate of trial %s (%.2f us), whose row stands for it", self.inc.config.schedule_id,
                  row["trial"], lat)
         return True
 
