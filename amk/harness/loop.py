@@ -334,12 +334,12 @@ class _Run(Rounds):
         its row is written: the search would go on from a config that is not correct on this checkpoint, and so
         would every later resume."""
         fps = self.passed_on.get(self.inc.program_fingerprint, set())
-        if self.weights_now in fps:
-            return
         if fps <= {None}:  # nothing recorded of it, or only in records older than the fingerprint
             log.info("%s: the corpus's records of the incumbent %s carry no weights fingerprint (written before AMK "
                      "recorded it): it is not checked against the checkpoint there now", self.name,
                      self.inc.config.schedule_id)
+            return
+        if not self._start_needs_check():  # it passed on these weights
             return
         on = ", ".join(sorted(f[:16] for f in fps if f))
         log.warning("%s: the incumbent %s has not passed on the checkpoint there now (its config.json and weights, "
