@@ -78,11 +78,13 @@ def attention_smem_bytes(chunk: int, dims, threads: int = 1024) -> int:
 
 def attention_partial_smem_bytes(chunk: int, stage: int, dims, threads: int, cache_bytes: int) -> int:
     """Shared memory of an ATTN_PARTIAL task: q, (max, sum), the output, `chunk` positions of scores, the
-    softmax-statistics scratch (2 floats per warp and q head), then `stage` K rows and V rows (16-byte aligned);
-    the value reduction later reuses the area from the scores on for one partial output per warp."""
+    softmax-statistics scratch (2 floats per warp and q head), one head's values per warp (the warps sharing a
+    q head merge through it), then `stage` K rows and V rows (16-byte aligned); the block-wide value reduction
+    later reuses the area from the scores on for one partial output per warp. Layout: vm/attention_partitions.cuh
+    op_attn_partial."""
     g, hd, warps = dims.group, dims.head_dim, threads // 32
     head = 2 * g * hd + 2 * g
-    staged = -(-(head + g * chunk + 2 * warps * g) // 4) * 4 * 4 + 2 * stage * hd * cache_bytes
+    staged = -(-(head + g * chunk + 2 * warps * g + warps * hd) // 4) * 4 * 4 + 2 * stage * hd * cache_bytes
     return SMEM_BOOKKEEPING_BYTES + max(staged, (head + warps * g * hd) * 4)
 
 

@@ -87,20 +87,26 @@ __device__ void join_combine(const Ctx& c, const JoinCombine& j, int kv_head, in
   op_attn_combine(c, cp);
 }
 
-// The partition's attention with one warp per q head, when every K and V row of the span sits in shared memory
-// and its scores fit `probs`: lanes take positions for the scores and head dims for the values, the (max, sum)
-// come from warp shuffles, and no block barrier separates scores, softmax and values. Numerics as the block-wide
-// path: rounded scores, fp32 probabilities, fp32 sums (in another order).
+// The partition's attention by warps of q heads, when every K and V row of the span sits in shared memory and
+// its scores fit `probs`. HEAD_WARPS warps share a q head (NWARPS / G of them, at least one), each over a contiguous
+// share of the positions: lanes take positions for the scores and head dims for the values, the (max, sum) come
+// from warp shuffles. One warp a q head needs no block barrier; several merge their (max, sum, values) through
+// shared memory after one barrier, so that a partition of few tasks still spreads over every warp. Numerics as
+// the block-wide path: rounded scores, fp32 probabilities, fp32 sums (in another order).
 #define DIMS_PER_LANE ((AMK_HEAD_DIM + 31) / 32)
+#define HEAD_WARPS (NWARPS / AMK_GROUP > 1 ? NWARPS / AMK_GROUP : 1)
+#define VROWS (HD_VECS <= 32 && 32 % HD_VECS == 0 ? 32 / HD_VECS : 0)  // rows one warp-wide load of V covers
 __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, const uint4* ks, const uint4* vs,
-                                   float* probs, int n, float* out, float* stats) {
+                                   float* probs, int n, float* out, float* stats, float* red, float* wacc) {
+  constexpr int W = HEAD_WARPS;
   const int lane = threadIdx.x & 31;
-  for (int j = threadIdx.x >> 5; j < AMK_GROUP; j += NWARPS) {
+  for (int jw = threadIdx.x >> 5; jw < AMK_GROUP * W; jw += NWARPS) {
+    const int j = jw / W, w = jw % W, a = n * w / W, b = n * (w + 1) / W;
     const float4* q4 = reinterpret_cast<const float4*>(qs + j * AMK_HEAD_DIM);
     float* pj = probs + j * p.chunk;
     float mx = NEG_INF;
 #pragma unroll 1
-    for (int r = lane; r < n; r += 32) {
+    for (int r = a + lane; r < b; r += 32) {
       float d = 0.f;
 #pragma unroll 4
       for (int v = 0; v < HD_VECS; ++v) {
@@ -122,38 +128,99 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
     mx = warp_max(mx);
     float l = 0.f;
 #pragma unroll 1
-    for (int r = lane; r < n; r += 32) {
+    for (int r = a + lane; r < b; r += 32) {
       const float e = expf(pj[r] - mx);
       pj[r] = e;
       l += e;
     }
     l = warp_sum(l);
+    if (W == 1) {  // the probabilities, in the lanes that wrote their exps; several warps divide after the merge
 #pragma unroll 1
-    for (int r = lane; r < n; r += 32) pj[r] /= l;  // the probabilities, in the lanes that wrote their exps
+      for (int r = a + lane; r < b; r += 32) pj[r] /= l;
+    }
     __syncwarp();  // every lane's probabilities are in pj
-    float acc[DIMS_PER_LANE];
-#pragma unroll
-    for (int k = 0; k < DIMS_PER_LANE; ++k) acc[k] = 0.f;
-#pragma unroll 4
-    for (int r = 0; r < n; ++r) {
-      const float pr = pj[r];
-      const wtype* row = reinterpret_cast<const wtype*>(vs + r * HD_VECS);
-#pragma unroll
-      for (int k = 0; k < DIMS_PER_LANE; ++k) {
-        const int dd = lane + 32 * k;
-        if (dd < AMK_HEAD_DIM) {
-          const int slot = HD_VECS_POW2 ? ((dd / VEC) ^ (r & (HD_VECS - 1))) : dd / VEC;
-          acc[k] = fmaf(pr, to_f(row[slot * VEC + dd % VEC]), acc[k]);
-        }
+    const float m_out = b > a ? mx : NEG_INF, l_out = b > a ? l : 0.f;
+    if (lane == 0) {
+      if (W == 1) {
+        stcg(stats + 2 * j, m_out);
+        stcg(stats + 2 * j + 1, l_out);
+      } else {
+        red[2 * jw] = m_out;
+        red[2 * jw + 1] = l_out;
       }
     }
-    float* oj = out + j * AMK_HEAD_DIM;
+    // the values: into out (one warp a q head) or this warp's row of wacc (merged below)
+    float* oj = W == 1 ? out + j * AMK_HEAD_DIM : wacc + jw * AMK_HEAD_DIM;
+    if (VROWS > 0) {
+      // lane (row group g, vector v) adds vector v of rows a + g, a + g + VROWS, ...: a warp's load covers VROWS
+      // whole rows at the full shared-memory width, then the row groups' sums meet by shuffles
+      const int g = lane / HD_VECS, v = lane % HD_VECS;
+      float acc[VEC];
 #pragma unroll
-    for (int k = 0; k < DIMS_PER_LANE; ++k)
-      if (lane + 32 * k < AMK_HEAD_DIM) stcg(oj + lane + 32 * k, acc[k]);
-    if (lane == 0) {
-      stcg(stats + 2 * j, n > 0 ? mx : NEG_INF);
-      stcg(stats + 2 * j + 1, n > 0 ? l : 0.f);
+      for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
+#pragma unroll 4
+      for (int r = a + g; r < b; r += (VROWS > 0 ? VROWS : 1)) {
+        const float pr = pj[r];
+        float f[VEC];
+        unpack(vs[staged_slot(r, v)], f);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[e] = fmaf(pr, f[e], acc[e]);
+      }
+#pragma unroll
+      for (int o = HD_VECS; o < 32; o <<= 1)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], o);
+      if (g == 0) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          if (W == 1) stcg(oj + v * VEC + e, acc[e]);
+          else oj[v * VEC + e] = acc[e];
+        }
+      }
+    } else {  // a row that is not a power-of-two number of vectors of at most a warp: lanes over head dims
+      float acc[DIMS_PER_LANE];
+#pragma unroll
+      for (int k = 0; k < DIMS_PER_LANE; ++k) acc[k] = 0.f;
+#pragma unroll 4
+      for (int r = a; r < b; ++r) {
+        const float pr = pj[r];
+        const wtype* row = reinterpret_cast<const wtype*>(vs + r * HD_VECS);
+#pragma unroll
+        for (int k = 0; k < DIMS_PER_LANE; ++k) {
+          const int dd = lane + 32 * k;
+          if (dd < AMK_HEAD_DIM) {
+            const int slot = HD_VECS_POW2 ? ((dd / VEC) ^ (r & (HD_VECS - 1))) : dd / VEC;
+            acc[k] = fmaf(pr, to_f(row[slot * VEC + dd % VEC]), acc[k]);
+          }
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < DIMS_PER_LANE; ++k) {
+        if (lane + 32 * k >= AMK_HEAD_DIM) continue;
+        if (W == 1) stcg(oj + lane + 32 * k, acc[k]);
+        else oj[lane + 32 * k] = acc[k];
+      }
+    }
+  }
+  if (W == 1) return;
+  block_sync();  // every warp's (max, sum) and unnormalised values are in red and wacc
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
+    const int j = i / AMK_HEAD_DIM, d = i % AMK_HEAD_DIM;
+    float M = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < W; ++w) M = fmaxf(M, red[2 * (j * W + w)]);
+    float T = 0.f, A = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      const float mw = red[2 * (j * W + w)];
+      const float s = mw == NEG_INF ? 0.f : expf(mw - M);
+      T = fmaf(red[2 * (j * W + w) + 1], s, T);
+      A = fmaf(wacc[(j * W + w) * AMK_HEAD_DIM + d], s, A);
+    }
+    stcg(out + i, T > 0.f ? A / T : 0.f);
+    if (d == 0) {
+      stcg(stats + 2 * j, M);
+      stcg(stats + 2 * j + 1, T);
     }
   }
 }
@@ -162,7 +229,8 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
 // fits p.chunk, else in the scores scratch), (max, sum), probabilities, values. The K and V rows of earlier
 // steps (up to p.stage of them) are copied into shared memory with cp.async before the dependency wait: they
 // do not change in this step, and the copies hold no registers. Layout: [q: G*hd][M: G][L: G][out: G*hd]
-// [probs: G*chunk][statistics scratch: 2*NWARPS*G][K rows: stage][V rows: stage], rows 16-byte aligned.
+// [probs: G*chunk][statistics scratch: 2*NWARPS*G][per-warp values: NWARPS*hd][K rows: stage][V rows: stage],
+// rows 16-byte aligned.
 template <class WaitDeps>
 __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDeps&& wait_deps) {
   int s0, s1;
@@ -175,8 +243,9 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   float* out_s = Ls + AMK_GROUP;
   float* probs = out_s + AMK_GROUP * AMK_HEAD_DIM;
   float* red = probs + AMK_GROUP * p.chunk;
+  float* wacc = red + 2 * NWARPS * AMK_GROUP;
   uint4* ks = reinterpret_cast<uint4*>(c.smem + ((2 * AMK_GROUP * AMK_HEAD_DIM + 2 * AMK_GROUP + AMK_GROUP * p.chunk +
-                                                  2 * NWARPS * AMK_GROUP + 3) & ~3));
+                                                  2 * NWARPS * AMK_GROUP + NWARPS * AMK_HEAD_DIM + 3) & ~3));
   uint4* vs = ks + p.stage * HD_VECS;
   int n_staged = max(0, min(min(s1, c.pos) - s0, p.stage));  // the row at pos is this step's own
   // not by the polling warp: a poll queued behind its own copies sees the counter late
@@ -205,7 +274,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   if (in_smem && n_staged == s1 - s0) {  // the common case: one warp a q head, no block barrier
     const int row0 = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
     partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, buf<float>(c, p.out) + p.out_off + row0 * AMK_HEAD_DIM,
-                       buf<float>(c, p.stats) + p.stats_off + row0 * 2);
+                       buf<float>(c, p.stats) + p.stats_off + row0 * 2, red, wacc);
     PHASE(3);
     return true;
   }
