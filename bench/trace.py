@@ -133,8 +133,8 @@ def print_summary(s: dict) -> None:
               f"{r['boundary_us']:>9.1f}  {st}")
     mid = layers[1:-1] or layers
     print("phases of a middle layer (us; matvec: stage input / dot / fold+epilogue / page wait; attention "
-          "partial: stage q / scores / softmax statistics / values+store, all of it in the last when one warp takes a q "
-          "head):",
+          "partial: stage q / scores / softmax statistics / values+store, all of it in the last when warps take q heads "
+          "on the shared-memory path):",
           "  ".join(f"{x['kind']} " + "/".join(f"{v:.1f}" for v in x["phases_us"]) for x in mid[len(mid) // 2]["stages"]))
     print("stage boundaries of a middle layer (us; signal / spread of ready times / stall, from the previous stage's "
           "last task done to this stage's last task ready):",

@@ -271,7 +271,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   block_sync();  // every thread's copies are in
   PHASE(0);
   const bool in_smem = s1 - s0 <= p.chunk;
-  if (in_smem && n_staged == s1 - s0) {  // the common case: one warp a q head, no block barrier
+  if (in_smem && n_staged == s1 - s0) {  // the common case: warps of a q head (partial_warp_heads)
     const int row0 = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
     partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, buf<float>(c, p.out) + p.out_off + row0 * AMK_HEAD_DIM,
                        buf<float>(c, p.stats) + p.stats_off + row0 * 2, red, wacc);
