@@ -86,8 +86,12 @@ class Prediction:
                 "coefficients": self.coefficients.to_dict()}
 
 
-def bench_context(max_seq: int, context: int = 1024, steps: int = 200, warmup: int = 10) -> int:
-    """The KV length eval.bench.time_vm decodes at for this program, so a prediction prices the same step."""
+BENCH_CONTEXT = 1024  # the KV length a latency is taken at, where the program holds it (eval.bench.time_vm)
+
+
+def bench_context(max_seq: int, context: int = BENCH_CONTEXT, steps: int = 200, warmup: int = 10) -> int:
+    """The KV length eval.bench.time_vm decodes at for this program, so a prediction prices the same step:
+    BENCH_CONTEXT, less where the program's max_seq leaves no room for the warm-up and timed steps after it."""
     return max(0, min(context, max_seq - steps - warmup - 1))
 
 

@@ -3,6 +3,8 @@ for the asked cases is a usage error), and a decode step past the last KV slot r
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from _checkpoints import llama
@@ -37,12 +39,17 @@ def test_default_cases_fit_every_context():
 
 def test_a_short_context_verifies_with_scaled_cases(tmp_path):
     path = llama(tmp_path, max_position_embeddings=16)
-    v = amk.evaluate(str(path), "cpu-sim", {})
+    v = amk.evaluate(os.path.relpath(path), "cpu-sim", {})
     assert v["correct"], v["failures"]
     assert {c["case"] for c in v["case_results"]} >= {"greedy13", "pos13_near_limit"}
     assert any("greedy32 -> greedy13" in n for n in v["notes"])
+    # priced at the context the program leaves, and said so; the checkpoint named by its absolute path
+    assert v["cost"]["context"] == 0 and v["model"] == str(path.resolve())
+    assert any("KV context of 0 positions, not 1024" in n for n in v["notes"]), v["notes"]
     v = amk.evaluate("toy", "cpu-sim", {}, max_seq=8)
     assert v["correct"] and v["cases_total"] == 6, v["failures"]
+    v = amk.evaluate("toy", "cpu-sim", {}, max_seq=1500)
+    assert v["cost"]["context"] == 1024 and not any("KV context" in n for n in v["notes"]), v["notes"]
 
 
 def test_cases_longer_than_the_context_are_a_usage_error():

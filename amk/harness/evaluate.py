@@ -16,6 +16,7 @@ import time
 import traceback
 
 from amk.cache import Cache, CacheStorageError, default_cache, program_key
+from amk.flywheel.records import model_key
 from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig, SmAssignment
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
@@ -186,7 +187,8 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     else:
         v.dtype, dtype_note = resolve_dtype_name(dtype, dev, target)
     v.gpu, v.device, v.environment = target.name, dev.value, environment(dev)
-    v.model = given.name if given else str(model)
+    # a checkpoint directory by its absolute path, as loop, propose and report name it
+    v.model = given.name if given else model_key(str(model))
     if cfg is None:
         return v, None
     if dtype_note:
@@ -244,7 +246,7 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     if not measure:
         v.notes.append("latency not asked for (measure=False): correctness only")
         return
-    gate_latency(v, timing, floor, dev)
+    gate_latency(v, timing, floor, dev, program.constants.max_seq)
     if v.latency_us is not None and v.latency_kind == LatencyKind.MEASURED_GPU.value:
         speedups(v, full, program, cache, peers)
 

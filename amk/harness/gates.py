@@ -5,12 +5,15 @@ labelled "predicted" wherever it appears."""
 from __future__ import annotations
 
 from amk.cache import Cache
+from amk.schedule.cost import BENCH_CONTEXT
 
 from .environment import Device
 from .verdict import LatencyKind, Verdict
 
 
-def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device) -> None:
+def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device, max_seq: int) -> None:
+    """Set the verdict's latency from `timing` (GPU) or the prediction (CPU), or say in a note why there is none.
+    `max_seq`: the program's positions, which bound the KV context the latency is taken at."""
     if not v.correct:
         v.notes.append("no latency: the program did not pass correctness on this device")
         return
@@ -39,6 +42,10 @@ def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device) -> None:
         if timing.get("stopped_early"):
             v.notes.append(f"timing stopped after one repeat: {latency:.2f} us is above stop_above_us; the "
                            "latency is that repeat's and has no spread")
+    context = timing.get("context") if kind == LatencyKind.MEASURED_GPU else (v.cost or {}).get("context")
+    if context is not None and context < BENCH_CONTEXT:
+        v.notes.append(f"latency_us is at a KV context of {context} positions, not {BENCH_CONTEXT}: the program's "
+                       f"{max_seq} positions leave room for the warm-up and timed steps only from there")
     ref_floor = floor.measured_us or floor.spec_us
     v.pct_of_floor = 100.0 * ref_floor / latency if ref_floor and latency > 0 else None
     if ref_floor and not floor.measured_us:

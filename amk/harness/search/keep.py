@@ -85,7 +85,7 @@ def decide(inc: Incumbent, verdict: dict, config: ScheduleConfig) -> tuple[Statu
     margin = margin_us(inc, verdict.get("latency_spread_us"))
     gain = (inc.latency_us - lat) / inc.latency_us
     if lat < inc.latency_us - margin:
-        return Status.KEEP, f"{100 * gain:.2f}% faster"
+        return Status.KEEP, f"{100 * gain:.2f}% lower latency ({inc.latency_us / lat:.3f}x)"
     simpler = len(non_default_knobs(config)) < inc.simplicity
     if abs(lat - inc.latency_us) <= margin and simpler:
         return Status.KEEP, f"tie within {margin:.2f} us ({100 * gain:+.2f}%), simpler"
