@@ -40,7 +40,12 @@ def rope_tables(hf, max_seq: int, dtype: torch.dtype) -> tuple[torch.Tensor, tor
 
 
 def pack_weights(hf, program: MegakernelProgram, device=None) -> dict[int, torch.Tensor]:
-    """Buffer id -> flat tensor for every WEIGHT buffer of `program`, taken from the transformers model `hf`."""
+    """Buffer id -> flat tensor for every WEIGHT buffer of `program`, taken from the transformers model `hf`.
+
+    A weight already in the program's dtype, on `device` and contiguous is returned as a view of `hf`'s own
+    parameter, not a copy (a model's weights are not held twice): a change to that tensor changes `hf`, the
+    reference it is verified against, too. Clone a tensor before planting a fault in it.
+    Raises UnsupportedModelError for a buffer the model has no parameter for, or one of another size."""
     c = program.constants
     dtype = c.dtype.torch
     dec = _decoder(hf)
