@@ -10,6 +10,16 @@ import torch
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
 
+# one checkpoint for each warp layout of the partition attention's shared-memory path (vm/attention_partitions.cuh
+# partial_warp_heads): name -> LlamaConfig fields, by q heads a KV head (G) and head_dim
+ATTENTION_WARP_SHAPES = {
+    "g16-hd16": dict(hidden_size=256, num_attention_heads=16, num_key_value_heads=1),  # one warp a q head
+    "g32-hd16": dict(hidden_size=512, num_attention_heads=32, num_key_value_heads=1),  # two q heads a warp
+    "g2-hd96": dict(hidden_size=192, num_attention_heads=2, num_key_value_heads=1),  # 12 or 24 vectors a row
+    "g2-hd128": dict(hidden_size=256, num_attention_heads=2, num_key_value_heads=1),  # 16 or 32 vectors a row
+    "g1-hd256": dict(hidden_size=512, num_attention_heads=2, num_key_value_heads=2),  # 32 or 64 vectors a row
+}
+
 
 def save_checkpoint(cfg, path: Path, seed: int = 0) -> Path:
     """A model of `cfg` with seeded random weights (norms perturbed, so a dropped norm shows), saved to `path`."""
@@ -45,6 +55,12 @@ def llama(path: Path, **kw) -> Path:
     from transformers import LlamaConfig
 
     return save_checkpoint(LlamaConfig(**{**SMALL, "num_hidden_layers": 1, "max_position_embeddings": 64, **kw}), path)
+
+
+def attention_warp_shape(path: Path, name: str) -> Path:
+    """One layer of ATTENTION_WARP_SHAPES[name], 256 positions."""
+    return llama(path, intermediate_size=128, vocab_size=256, max_position_embeddings=256,
+                 **ATTENTION_WARP_SHAPES[name])
 
 
 def with_windows(model, windows: tuple[int, ...]):

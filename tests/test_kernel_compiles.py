@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from _checkpoints import mistral_window
+from _checkpoints import ATTENTION_WARP_SHAPES, attention_warp_shape, mistral_window
 
 import amk
 from amk.schedule import get_target, lower
@@ -52,3 +52,42 @@ def test_large_gqa_groups_keep_nothing_on_the_stack(tmp_path, heads, kv_heads, d
                               "-o", str(tmp_path / "k.cubin"), str(src)], capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         assert "0 bytes stack frame" in out.stderr, (cfg, out.stderr[-2000:])
+
+
+def _warp_layouts():
+    for shape in sorted(ATTENTION_WARP_SHAPES):
+        for dtype in ("bf16", "fp32"):
+            if (shape, dtype) == ("g1-hd256", "fp32"):
+                continue  # refused: test_a_k_row_wider_than_a_warp_is_refused_before_the_build
+            marks = [pytest.mark.xfail(strict=True, reason="32 q heads a KV head: the block-wide attention's "
+                                       "per-head (max, sum) arrays spill")] if shape == "g32-hd16" else []
+            yield pytest.param(shape, dtype, marks=marks, id=f"{shape}-{dtype}")
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+@pytest.mark.parametrize("shape,dtype", list(_warp_layouts()))
+def test_every_attention_warp_layout_keeps_nothing_on_the_stack(tmp_path, shape, dtype):
+    # warps of a q head, heads of a warp, V rows a warp-wide load or a head dim a lane (tests/gpu/
+    # test_attention_warps.py runs the same shapes)
+    model = amk.load_model(attention_warp_shape(tmp_path / "m", shape), dtype=dtype, weights=False)
+    prog = lower(model, get_target("h200"), {}, max_seq=256)
+    src = tmp_path / "k.cu"
+    src.write_text(generate_header(prog) + "\n" + kernel_source())
+    out = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
+                          str(src)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "0 bytes stack frame" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_k_row_wider_than_a_warp_is_refused_before_the_build(tmp_path):
+    from amk.schedule.errors import UnsupportedModelError
+    from amk.vm.loader import check_kernel_shape
+
+    path = attention_warp_shape(tmp_path / "m", "g1-hd256")
+    prog = lower(amk.load_model(path, dtype="fp32", weights=False), get_target("h200"), {}, max_seq=256)
+    with pytest.raises(UnsupportedModelError, match="head_dim=256 in fp32.*at most 128 in fp32") as e:
+        check_kernel_shape(prog)
+    assert e.value.feature == "head_dim=256 in fp32"
+    check_kernel_shape(lower(amk.load_model(path, dtype="bf16", weights=False), get_target("h200"), {}, max_seq=256))
+    # evaluate on a CPU runs the ReferenceVM, which takes it
+    assert amk.evaluate(str(path), "h200", {}, dtype="fp32", device="cpu", max_seq=64)["correct"]

@@ -9,7 +9,7 @@ from importlib import resources
 
 import torch
 
-from amk.schedule.errors import EnvironmentProblem, ProgramError, VmError, context_full
+from amk.schedule.errors import EnvironmentProblem, ProgramError, UnsupportedModelError, VmError, context_full
 from amk.schedule.program import BufferKind, MegakernelProgram
 
 from .abi import Ctrl, VmErrorCode, generate_header
@@ -103,9 +103,25 @@ def precompile(program: MegakernelProgram, arch: str, cache) -> str:
     return "compiled"
 
 
+def check_kernel_shape(program: MegakernelProgram) -> None:
+    """UnsupportedModelError, naming head_dim and the dtype, for a program the kernel cannot be built for: a K
+    row of more than 32 16-byte vectors, since the attention's scores give each vector of a row a lane of one
+    warp (vm/attention.cuh, HD_SV). head_dim 256 builds in bf16 and fp16, not in fp32; the ReferenceVM runs
+    either."""
+    c = program.constants
+    vecs = c.head_dim * c.dtype.nbytes // 16
+    if vecs > 32:
+        name = {4: "fp32"}.get(c.dtype.nbytes, "a 16-bit dtype")
+        raise UnsupportedModelError(f"head_dim={c.head_dim} in {name}",
+                                    f"the CUDA kernel takes a K row of at most 32 16-byte vectors, this one has "
+                                    f"{vecs}: at most {32 * 16 // c.dtype.nbytes} in {name}; use bf16 or fp16")
+
+
 def build_module(program: MegakernelProgram, arch: str, cache=None, trace: bool = False):
     """The kernel for this program's header and knobs: from the in-process table, the file cache, or NVRTC.
-    Returns (cupy Module, key, origin). `trace` builds the variant that timestamps every task."""
+    Returns (cupy Module, key, origin). `trace` builds the variant that timestamps every task. Raises
+    UnsupportedModelError for a shape the kernel does not take (check_kernel_shape)."""
+    check_kernel_shape(program)
     cupy = _cupy()
     header, source, nvrtc, key = _header_and_key(program, arch, trace)
     if key in _MODULES:

@@ -80,7 +80,9 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     Bad configs never raise: they come back valid=false with `rejected_reason` (every problem at once).
     An unknown model or GPU target (UnknownModelError, UnknownTargetError), a bad dtype, device, cases or
     max_seq (ArgumentError) raise before any model work: usage errors, exit 2 on the CLI. device="cuda" on a
-    machine without one raises EnvironmentProblem (exit 3). `dtype` None picks bf16, except fp32 for the
+    machine without one raises EnvironmentProblem (exit 3). A model AMK does not lower, or on a GPU one whose shape
+    the kernel does not build in this dtype (head_dim 256 in fp32), raises UnsupportedModelError naming the field
+    (exit 2). `dtype` None picks bf16, except fp32 for the
     cpu-sim stand-in on a CPU; the verdict's `dtype` and a note say which.
     `measure=False` stops after correctness (what `amk verify` runs). `stop_above_us` (GPU only): when the first
     timed repeat is slower than this many microseconds, the other repeats are skipped; the latency then comes
@@ -228,6 +230,10 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
 
     given = model if isinstance(model, Model) else None
     _check_kv_memory(program, dev)  # before the weights load
+    if dev == Device.CUDA:
+        from amk.vm.loader import check_kernel_shape
+
+        check_kernel_shape(program)  # a shape no config can build for is the model's, not this config's failure
     floor = _floor(v, program, target, dev, cache)
     calib = calibrate_file(corpus, target.name)
     _predict(v, program, target, calib)

@@ -1,0 +1,58 @@
+"""The partition attention's shared-memory path at every warp layout it has (skipped without CUDA and cupy).
+
+vm/attention_partitions.cuh partial_warp_heads gives a q head NWARPS / G warps (one when G >= NWARPS / 2, and
+then a warp may take several heads) and reads V rows a warp-wide load at a time when a row is a power-of-two
+number of 16-byte vectors of at most a warp, else one head dim a lane. Each shape below lands on another of
+those layouts (tests/_checkpoints.py ATTENTION_WARP_SHAPES) in fp32 (4 values a vector) and bf16 (8), at the derived partition count and at 16 partitions,
+where most warps of a partition near position 0 have no positions at all."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import amk
+from amk.eval.oracle import make_vm, verify
+from amk.schedule import detect_target
+from amk.schedule.errors import UnsupportedModelError
+from amk.schedule.opcodes import Opcode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_checkpoints.py
+from _checkpoints import ATTENTION_WARP_SHAPES, attention_warp_shape  # noqa: E402
+
+CONFIGS = [{}, {"attention": {"softmax": "partition", "kv_partitions": 16}}]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return detect_target()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attention_warps")
+    return {name: attention_warp_shape(root / name, name) for name in ATTENTION_WARP_SHAPES}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("shape", sorted(ATTENTION_WARP_SHAPES))
+def test_every_warp_layout_matches_transformers_and_reference(shape, dtype, checkpoints, target):
+    if (shape, dtype) == ("g1-hd256", "fp32"):  # 64 16-byte vectors a K row: refused, by name
+        with pytest.raises(UnsupportedModelError, match="head_dim=256 in fp32"):
+            amk.evaluate(str(checkpoints[shape]), target.name, {}, dtype="fp32", max_seq=256)
+        return
+    model = amk.load_model(str(checkpoints[shape]), dtype=dtype, device="cuda")
+    for cfg in CONFIGS:
+        prog = amk.lower(model, target, cfg, max_seq=256)
+        assert any(t.opcode == Opcode.ATTN_PARTIAL for t in prog.tasks), (shape, cfg)
+        res = verify(prog, model, device="cuda", vm="cuda", cases="full")
+        assert res.ok, (shape, cfg, res.to_dict()["failures"])
+        gpu, ref = make_vm(prog, model, device="cuda", vm="cuda"), make_vm(prog, model, device="cuda")
+        for tok in (1, 5, 9):
+            a, _ = gpu.step(tok)
+            b, _ = ref.step(tok)
+            tol = 1e-4 if dtype == "fp32" else 5e-2
+            assert torch.allclose(a, b, atol=tol * max(1.0, float(b.abs().max()))), (shape, cfg, tok)
