@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import ScheduleConfig
+from .config import AttentionCombine, AttentionSoftmax, ScheduleConfig
 from .graph import ModelDims
+from .smem import consumer_threads, partial_positions, program_work_smem_bytes
 from .targets import GpuTarget
+from .tile import build_defines
 
 TASK_FIXED_US = 1.5  # per-task cost besides its bytes (see the module docstring)
 LM_HEAD_TASK_BYTES = 1 << 20  # LM-head tasks stay near 1 MiB: several a SM, so the last ones balance the SMs
@@ -28,6 +31,12 @@ MAX_LM_HEAD_ROUNDS = 4  # ... but no more than 4 a SM: beyond, the per-task cost
 MIN_PARTITION_POSITIONS = 32  # a KV partition below this many positions costs more to combine than it saves
 MAX_KV_PARTITIONS = 16  # each O task combines every partition (partitions x heads x head_dim fp32 from L2) while
 #                        it stages its input: more cost O more than they save the attention stage
+# ...and where O combines them, partitions are halved while those partials exceed this many bytes a task and the
+# halved partitions still fit shared memory whole: O's input staging follows the bytes through L2 (llama-3.2-1b,
+# H200, a middle layer: 4.0 / 2.6 / 1.6 us at 128 / 64 / 32 KiB), while fewer, longer partitions lengthen the
+# attention (2.0 / 2.7 / 3.7 us); the step took 906.0 / 896.3 / 912.0 us at 16 / 8 / 4 partitions, and the
+# tinyllama-1.1b shape 958.8 / 953.7 / 1031.3 (bench/results/20261201-2003_h200_attention_warps_per_head.json)
+MAX_COMBINE_BYTES = 64 * 1024
 NEAR_BEST_US = 0.25  # splits this close to the best estimate count as equal; the one with the fewest tasks wins
 
 
@@ -123,21 +132,39 @@ def fuse_rope(dims: ModelDims, nbytes: int, target: GpuTarget, split: WarpSplit 
     return whole <= apart + NEAR_BEST_US
 
 
-def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int) -> int:
+def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int, fits_whole: Callable[[int], bool] | None = None
+                  ) -> int:
     """A power of two that gives about one attention task per SM, with partitions of at least
-    MIN_PARTITION_POSITIONS positions."""
+    MIN_PARTITION_POSITIONS positions. With `fits_whole` (whether a partition of that many positions fits an
+    attention task's shared memory whole; given where O combines the partitions), halved while the partials
+    an O task combines exceed MAX_COMBINE_BYTES and the halved partitions fit."""
     p = 1
     while (2 * p * dims.n_kv_heads <= target.sm_count and 2 * p <= MAX_KV_PARTITIONS
            and max_seq // (2 * p) >= MIN_PARTITION_POSITIONS):
         p *= 2
+    while (fits_whole is not None and p > 1 and p * dims.n_heads * dims.head_dim * 4 > MAX_COMBINE_BYTES
+           and fits_whole(-(-max_seq // (p // 2)))):
+        p //= 2
     return p
 
 
+def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int) -> Callable[[int], bool] | None:
+    """Whether a partition of n positions fits an ATTN_PARTIAL task's shared memory whole under `config`; None
+    where O does not combine the partitions itself (a global softmax, or a combine elsewhere)."""
+    a = config.attention
+    if a.softmax != AttentionSoftmax.PARTITION or a.combine != AttentionCombine.O_INPUT:
+        return None
+    build = build_defines(config)
+    work = program_work_smem_bytes(config.smem_per_block, build)
+    threads = consumer_threads(config.threads_per_block, build)
+    return lambda n: partial_positions(work, n, dims, threads, nbytes) >= n
+
+
 def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int, split_heads_ok: bool,
-                  split: WarpSplit | None = None) -> Tiling:
+                  split: WarpSplit | None = None, partition_fits: Callable[[int], bool] | None = None) -> Tiling:
     """The shape-derived split. `nbytes`: bytes of one weight; `split_heads_ok`: whether QKV heads may be split
     (not with a q/k norm fused into the QKV epilogue, which needs whole heads); `split`: the register path's
-    warps (None: tasks cost their weight bytes)."""
+    warps (None: tasks cost their weight bytes); `partition_fits`: kv_partitions' `fits_whole`."""
     h, i, v = dims.hidden, dims.intermediate, dims.vocab
     lm_rounds = min(MAX_LM_HEAD_ROUNDS, max(1, -(-v * h * nbytes // (target.sm_count * LM_HEAD_TASK_BYTES))))
     lm_tasks = min(v, lm_rounds * target.sm_count)  # whole rounds of tasks near LM_HEAD_TASK_BYTES each
@@ -147,7 +174,7 @@ def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int,
         down_rows=matvec_rows(h, i, nbytes, target, split),
         lm_head_rows=-(-v // lm_tasks),
         qkv_head_splits=qkv_head_splits(dims, nbytes, target, split_heads_ok, split),
-        kv_partitions=kv_partitions(dims, target, max_seq),
+        kv_partitions=kv_partitions(dims, target, max_seq, partition_fits),
     )
 
 
@@ -166,7 +193,7 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     if rope_fused is None:
         rope_fused = fuse_rope(dims, nbytes, target, split, q.head_splits, shape_ok)
     split_ok = shape_ok and not (dims.qk_norm and rope_fused)
-    t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split)
+    t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split, _partition_fits(config, dims, nbytes))
     values = {"fusion.rope_kv_into_qkv": rope_fused,
               "matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
               "matvec.down.rows_per_task": t.down_rows, "matvec.lm_head.rows_per_task": t.lm_head_rows,

@@ -66,7 +66,9 @@ def test_the_cost_model_prices_a_task_as_its_busiest_warp_streams():
 
     o = lambda rows, **kw: {"matvec": {"o": {"rows_per_task": rows}}, **kw}  # noqa: E731
     assert us(o(16)) < us(o(18)) == pytest.approx(us(o(32)))  # 18 rows on 16 warps stream two rounds
-    paged = {"pipeline": {"pages": 4, "page_kb": 32}, "smem_per_block": 230000}
+    # the partitions held at 16, where O's rows decide the critical path (at the 8 derived where they fit this
+    # much shared memory, the 32-row program's path runs through one SM's queue instead)
+    paged = {"pipeline": {"pages": 4, "page_kb": 32}, "smem_per_block": 230000, "attention": {"kv_partitions": 16}}
     assert us(o(18, **paged)) < us(o(32, **paged))  # the pages' consumers split pages, not rows
 
 
@@ -100,3 +102,32 @@ def test_a_rope_fusion_the_config_sets_is_not_derived(fused):
     out, derived = resolve(cfg, dims, 2, get_target("h200"), 1024)
     assert "fusion.rope_kv_into_qkv" not in derived and out.fusion.rope_kv_into_qkv is fused
     assert (derived["matvec.qkv.head_splits"] == 1) is fused
+
+
+def _program_partitions(name: str, cfg: dict, max_seq: int = 2048) -> int:
+    import amk
+    from amk.schedule.opcodes import Opcode
+
+    prog = amk.lower(public_shape(name, "bf16", device="meta"), "h200", cfg, max_seq=max_seq)
+    parts = {t.params.parts for t in prog.tasks if t.opcode == Opcode.ATTN_PARTIAL}
+    assert len(parts) == 1, parts
+    return parts.pop()
+
+
+@pytest.mark.parametrize("name,parts", [("llama-3.2-1b", 8), ("tinyllama-1.1b", 8),  # 128 KiB of partials at 16
+                                        ("qwen3-1.7b", 16), ("qwen2.5-3b", 16),  # 256 positions do not fit at 8
+                                        ("qwen2.5-0.5b", 16), ("smollm2-135m", 16)])  # 56 and 36 KiB at 16
+def test_partitions_are_halved_while_o_combines_over_64_kib_and_they_fit(name, parts):
+    from amk.schedule.smem import attention_partial_smem_bytes
+
+    assert _program_partitions(name, {}) == parts
+    model = public_shape(name, "bf16", device="meta")
+    d = model.dims
+    combined = lambda p: p * d.n_heads * d.head_dim * 4  # noqa: E731  the fp32 partials one O task reads
+    assert combined(parts) <= 64 * 1024 or attention_partial_smem_bytes(
+        2048 // (parts // 2), 2048 // (parts // 2), d, 512, 2) > ScheduleConfig().smem_per_block
+    if parts == 8:
+        # not where O does not combine the partitions, nor where the halved partitions would not fit whole
+        assert _program_partitions(name, {"attention": {"combine": "stage"}}) == 16
+        assert _program_partitions(name, {"smem_per_block": 48 * 1024}) == 16
+        assert _program_partitions(name, {}, max_seq=4096) == 16  # 512 positions a partition at 8
