@@ -378,3 +378,23 @@ def test_a_checkpoint_saved_again_has_its_incumbent_verified_again_on_resume(tmp
     with pytest.raises(LoopError, match="saved again during the loop"):
         amk.loop(str(ck), "cpu-sim", budget=5, resume=True, evaluate=saving_midway, **files)
     assert len(read_rows(files["results"])) == trials + 2  # no trial ran on the new weights
+
+
+def test_a_confirmed_keep_describes_its_pooled_figure(tmp_path):
+    # a measured gain is timed again: the row holds the mean of the two runs, and so must its description
+    from amk.harness.search.policy import SearchSettings
+
+    seen: dict[str, int] = {}
+
+    def evaluate(model, gpu, config, **kw):
+        seen[config.schedule_id] = seen.get(config.schedule_id, 0) + 1
+        lat = 100.0 if config.build.loads_in_flight == 4 else (90.0 if seen[config.schedule_id] == 1 else 96.0)
+        return _verdict(lat, spread=0.5, kind="measured-gpu")
+
+    amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+             seed=3, evaluate=evaluate, settings=SearchSettings(population=16, measure_per_round=4))
+    keeps = [r for r in read_rows(tmp_path / "r.tsv") if "confirmed" in r["description"]]
+    assert keeps, read_rows(tmp_path / "r.tsv")
+    row = keeps[0]
+    assert row["status"] == "keep" and float(row["latency_us"]) == pytest.approx(93.0)
+    assert "7.00% lower latency (1.075x); confirmed (90.00, 96.00 us)" in row["description"], row["description"]

@@ -79,9 +79,9 @@ def test_every_attention_warp_layout_keeps_nothing_on_the_stack(tmp_path, shape,
     assert "0 bytes stack frame" in out.stderr, out.stderr[-2000:]
 
 
-def test_a_k_row_wider_than_a_warp_is_refused_before_the_build(tmp_path):
+def test_a_k_row_wider_than_a_warp_is_refused_before_the_build(tmp_path, monkeypatch):
     from amk.schedule.errors import UnsupportedModelError
-    from amk.vm.loader import check_kernel_shape
+    from amk.vm.loader import check_head_row, check_kernel_shape
 
     path = attention_warp_shape(tmp_path / "m", "g1-hd256")
     prog = lower(amk.load_model(path, dtype="fp32", weights=False), get_target("h200"), {}, max_seq=256)
@@ -91,3 +91,16 @@ def test_a_k_row_wider_than_a_warp_is_refused_before_the_build(tmp_path):
     check_kernel_shape(lower(amk.load_model(path, dtype="bf16", weights=False), get_target("h200"), {}, max_seq=256))
     # evaluate on a CPU runs the ReferenceVM, which takes it
     assert amk.evaluate(str(path), "h200", {}, dtype="fp32", device="cpu", max_seq=64)["correct"]
+    # a loop on a GPU refuses it before its first trial, writing no row (its GPU stood in for here)
+    import amk.harness.loop as loop_mod
+    from amk.harness.environment import Device
+
+    monkeypatch.setattr(loop_mod, "resolve_device", lambda device: Device.CUDA)
+    results = tmp_path / "results.tsv"
+    with pytest.raises(UnsupportedModelError, match="head_dim=256 in fp32"):
+        amk.loop(str(path), "h200", budget=2, dtype="fp32", results=results, corpus=tmp_path / "corpus.jsonl")
+    assert not results.exists()
+    with pytest.raises(UnsupportedModelError, match="head_dim=136 in fp32.*at most 128"):
+        check_head_row(136, 4)
+    check_head_row(128, 4)
+    check_head_row(256, 2)

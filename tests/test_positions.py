@@ -37,7 +37,7 @@ def test_default_cases_fit_every_context():
     assert short["greedy13"].scaled_from == "greedy32" and short["greedy13"].positions == 16
 
 
-def test_a_short_context_verifies_with_scaled_cases(tmp_path):
+def test_a_short_context_verifies_with_scaled_cases(tmp_path, monkeypatch):
     path = llama(tmp_path, max_position_embeddings=16)
     v = amk.evaluate(os.path.relpath(path), "cpu-sim", {})
     assert v["correct"], v["failures"]
@@ -46,8 +46,11 @@ def test_a_short_context_verifies_with_scaled_cases(tmp_path):
     # priced at the context the program leaves, and said so; the checkpoint named by its absolute path
     assert v["cost"]["context"] == 0 and v["model"] == str(path.resolve())
     assert any("KV context of 0 positions, not 1024" in n for n in v["notes"]), v["notes"]
+    # a built-in name stays the built-in beside a directory of that name, as load_model and propose take it
+    (tmp_path / "toy").mkdir()
+    monkeypatch.chdir(tmp_path)
     v = amk.evaluate("toy", "cpu-sim", {}, max_seq=8)
-    assert v["correct"] and v["cases_total"] == 6, v["failures"]
+    assert v["correct"] and v["cases_total"] == 6 and v["model"] == "toy", v["failures"]
     v = amk.evaluate("toy", "cpu-sim", {}, max_seq=1500)
     assert v["cost"]["context"] == 1024 and not any("KV context" in n for n in v["notes"]), v["notes"]
 

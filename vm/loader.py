@@ -95,6 +95,7 @@ def precompile(program: MegakernelProgram, arch: str, cache) -> str:
     cached, else "compiled". What the search's builder processes run for the next candidates."""
     from amk.cache import kernel_key
 
+    check_kernel_shape(program)
     header, source, nvrtc, _ = _header_and_key(program, arch, False)
     ckey = kernel_key(source, header, dict(program.build), arch, nvrtc, KERNEL_NAME, " ".join(compile_options(arch)))
     if cache.get("kernel", ckey) is not None:
@@ -103,18 +104,22 @@ def precompile(program: MegakernelProgram, arch: str, cache) -> str:
     return "compiled"
 
 
-def check_kernel_shape(program: MegakernelProgram) -> None:
-    """UnsupportedModelError, naming head_dim and the dtype, for a program the kernel cannot be built for: a K
-    row of more than 32 16-byte vectors, since the attention's scores give each vector of a row a lane of one
-    warp (vm/attention.cuh, HD_SV). head_dim 256 builds in bf16 and fp16, not in fp32; the ReferenceVM runs
-    either."""
-    c = program.constants
-    vecs = c.head_dim * c.dtype.nbytes // 16
+def check_head_row(head_dim: int, nbytes: int) -> None:
+    """UnsupportedModelError, naming head_dim and the dtype, for a model the kernel cannot be built for: a K row
+    of more than 32 16-byte vectors, since the attention's scores give each vector of a row a lane of one warp
+    (vm/attention.cuh, HD_SV). `nbytes`: bytes of one weight. head_dim 256 builds in bf16 and fp16; in fp32
+    head_dim is at most 128. The ReferenceVM runs any."""
+    vecs = head_dim * nbytes // 16
     if vecs > 32:
-        name = {4: "fp32"}.get(c.dtype.nbytes, "a 16-bit dtype")
-        raise UnsupportedModelError(f"head_dim={c.head_dim} in {name}",
+        name = "fp32" if nbytes == 4 else "a 16-bit dtype"
+        raise UnsupportedModelError(f"head_dim={head_dim} in {name}",
                                     f"the CUDA kernel takes a K row of at most 32 16-byte vectors, this one has "
-                                    f"{vecs}: at most {32 * 16 // c.dtype.nbytes} in {name}; use bf16 or fp16")
+                                    f"{vecs}: head_dim at most {32 * 16 // nbytes} in {name}; use bf16 or fp16")
+
+
+def check_kernel_shape(program: MegakernelProgram) -> None:
+    """check_head_row for a program."""
+    check_head_row(program.constants.head_dim, program.constants.dtype.nbytes)
 
 
 def build_module(program: MegakernelProgram, arch: str, cache=None, trace: bool = False):

@@ -16,7 +16,6 @@ import time
 import traceback
 
 from amk.cache import Cache, CacheStorageError, default_cache, program_key
-from amk.flywheel.records import model_key
 from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig, SmAssignment
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
@@ -36,6 +35,7 @@ from .calibration import calibrate_file
 from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda, scaling_note
 from .environment import Device, environment, get_model, resolve_device, resolve_target
 from .gates import gate_latency, speedups
+from .propose import model_label
 from .verdict import LatencyKind, Verdict, parse_config
 
 log = logging.getLogger("amk.harness")
@@ -81,7 +81,7 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     An unknown model or GPU target (UnknownModelError, UnknownTargetError), a bad dtype, device, cases or
     max_seq (ArgumentError) raise before any model work: usage errors, exit 2 on the CLI. device="cuda" on a
     machine without one raises EnvironmentProblem (exit 3). A model AMK does not lower, or on a GPU one whose shape
-    the kernel does not build in this dtype (head_dim 256 in fp32), raises UnsupportedModelError naming the field
+    the kernel does not build in this dtype (head_dim over 128 in fp32), raises UnsupportedModelError naming the field
     (exit 2). `dtype` None picks bf16, except fp32 for the
     cpu-sim stand-in on a CPU; the verdict's `dtype` and a note say which.
     `measure=False` stops after correctness (what `amk verify` runs). `stop_above_us` (GPU only): when the first
@@ -189,8 +189,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     else:
         v.dtype, dtype_note = resolve_dtype_name(dtype, dev, target)
     v.gpu, v.device, v.environment = target.name, dev.value, environment(dev)
-    # a checkpoint directory by its absolute path, as loop, propose and report name it
-    v.model = given.name if given else model_key(str(model))
+    v.model = model_label(model)  # as loop, propose and report name it
     if cfg is None:
         return v, None
     if dtype_note:

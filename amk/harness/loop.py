@@ -53,7 +53,7 @@ from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import check_seed, default_dtype, evaluate, resolve_dtype_name
 from .propose import incumbent_config, model_name
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
-from .search.keep import Incumbent, decide, needs_confirmation, pooled, race_bound_us
+from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us
 from .search.model import RankingModel
 from .search.policy import Candidate, SearchSettings, Source
 from .search.rounds import PreparedRound, Rounds
@@ -106,8 +106,8 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     incumbent, a checkpoint saved again during the loop),
     ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63), a `budget`, `minutes`, `workers`,
     `builders` or `max_reverts` out of range, an unknown `cases` or `dtype`, `corpus` naming the `results` file),
-    UnknownModelError /
-    UnknownTargetError."""
+    UnknownModelError / UnknownTargetError, and UnsupportedModelError for a model the CUDA kernel does not build
+    in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial."""
     check_seed(seed)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus)
     if workers > 1:
@@ -157,6 +157,13 @@ class _Run(Rounds):
         self.dtype = str(model.dtype).removeprefix("torch.") if isinstance(model, Model) else (
             dtype or default_dtype(self.dev, self.target))
         self.kind = (LatencyKind.MEASURED_GPU if self.dev == Device.CUDA else LatencyKind.PREDICTED).value
+        if self.dev == Device.CUDA:  # a shape no config builds for: one usage error, not a crash row a trial
+            from amk.models.registry import resolve_dtype
+            from amk.vm.loader import check_head_row
+
+            dims = model.dims if isinstance(model, Model) else get_model(self.name, self.dtype, self.dev,
+                                                                           weights=False).dims
+            check_head_row(dims.head_dim, resolve_dtype(self.dtype).itemsize)
         self.results, self.corpus = Path(results), Path(corpus)
         self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
         self.progress, self.cases, self.seed, self.max_seq = progress, cases, seed, max_seq
@@ -480,7 +487,7 @@ class _Run(Rounds):
         status, why = (Status.CRASH, verdict["crash"]) if "crash" in verdict else decide(inc, verdict, cfg)
         samples = [verdict.get("latency_us")]
         if status == Status.KEEP and needs_confirmation(inc, verdict):
-            status, why, verdict, samples = self._confirm(cfg, verdict, why)
+            status, why, verdict, samples = self._confirm(cfg, verdict)
         lat = verdict.get("latency_us")
         comparable = lat is not None and inc.latency_us is not None and verdict.get("latency_kind") == inc.kind
         improvement = (inc.latency_us - lat) / inc.latency_us if comparable else None
@@ -502,7 +509,7 @@ class _Run(Rounds):
         self._progress(c.trial, status, built, verdict, description + ": " + why, cand.source)
         return True
 
-    def _confirm(self, cfg, first: dict, why: str):
+    def _confirm(self, cfg, first: dict):
         """An apparent winner: time the incumbent again (it may have been measured slow by chance, or the GPU
         drifted), then the candidate again; keep only if the second run clears the bar set by the fresh
         incumbent."""
@@ -519,6 +526,9 @@ class _Run(Rounds):
         merged = {**first, "latency_us": lat, "latency_spread_us": spread,
                   "notes": list(first.get("notes", [])) + [f"measured twice: {l1:.2f} and {l2:.2f} us (mean kept)"]}
         if status2 == Status.KEEP:
+            # the row holds the pooled figure against the incumbent timed again: the description says the same
+            status_p, why_p = decide(self.inc, merged, cfg)
+            why = why_p if status_p == Status.KEEP else gain_text(self.inc.latency_us, lat)
             return Status.KEEP, f"{why}; confirmed ({l1:.2f}, {l2:.2f} us)", merged, [l1, l2]
         return Status.DISCARD, f"not confirmed: {l1:.2f} us, then {l2:.2f} us ({why2})", merged, [l1, l2]
 

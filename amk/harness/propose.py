@@ -18,16 +18,26 @@ from .verdict import parse_config
 log = logging.getLogger(__name__)
 
 
-def model_name(model) -> str:
+def model_label(model) -> str:
+    """The one name of a model in verdicts, results.tsv and the corpus: a built-in name as it is (even where a
+    directory of that name sits in the working directory: load_model takes the built-in), a checkpoint
+    directory by its absolute path, however it was spelt. Checks nothing."""
     from amk.models import Model, builtin_names
-    from amk.models.registry import check_model_name
 
     if isinstance(model, Model):
         return model.name
     name = str(model)
-    check_model_name(name)
-    # one checkpoint, one name in results.tsv and the corpus, however it was spelt
     return name if name in builtin_names() else model_key(name)
+
+
+def model_name(model) -> str:
+    """model_label, after UnknownModelError for a name that is neither built in nor a directory."""
+    from amk.models import Model
+    from amk.models.registry import check_model_name
+
+    if not isinstance(model, Model):
+        check_model_name(str(model))
+    return model_label(model)
 
 
 def incumbent_config(model: str, gpu: str, corpus: str | Path | None) -> tuple[ScheduleConfig, str, dict | None]:
