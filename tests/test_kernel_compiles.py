@@ -90,7 +90,10 @@ def test_a_k_row_wider_than_a_warp_is_refused_before_the_build(tmp_path, monkeyp
     assert e.value.feature == "head_dim=256 in fp32"
     check_kernel_shape(lower(amk.load_model(path, dtype="bf16", weights=False), get_target("h200"), {}, max_seq=256))
     # evaluate on a CPU runs the ReferenceVM, which takes it
-    assert amk.evaluate(str(path), "h200", {}, dtype="fp32", device="cpu", max_seq=64)["correct"]
+    v = amk.evaluate(str(path), "h200", {}, dtype="fp32", device="cpu", max_seq=64)
+    assert v["correct"] and any("does not build this model for h200" in n for n in v["notes"]), v["notes"]
+    v = amk.evaluate(str(path), "h200", {}, dtype="bf16", device="cpu", max_seq=64)
+    assert not any("does not build" in n for n in v["notes"]), v["notes"]
     # a loop on a GPU refuses it before its first trial, writing no row (its GPU stood in for here)
     import amk.harness.loop as loop_mod
     from amk.harness.environment import Device

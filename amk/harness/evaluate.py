@@ -229,10 +229,15 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
 
     given = model if isinstance(model, Model) else None
     _check_kv_memory(program, dev)  # before the weights load
-    if dev == Device.CUDA:
-        from amk.vm.loader import check_kernel_shape
+    from amk.schedule.errors import UnsupportedModelError
+    from amk.vm.loader import check_kernel_shape
 
-        check_kernel_shape(program)  # a shape no config can build for is the model's, not this config's failure
+    try:
+        check_kernel_shape(program)
+    except UnsupportedModelError as e:
+        if dev == Device.CUDA:
+            raise  # a shape no config can build for is the model's, not this config's failure
+        v.notes.append(f"the CUDA kernel does not build this model for {target.name}: {e}; the ReferenceVM runs it")
     floor = _floor(v, program, target, dev, cache)
     calib = calibrate_file(corpus, target.name)
     _predict(v, program, target, calib)

@@ -44,8 +44,9 @@ def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device, max_seq: i
                            "latency is that repeat's and has no spread")
     context = timing.get("context") if kind == LatencyKind.MEASURED_GPU else (v.cost or {}).get("context")
     if context is not None and context < BENCH_CONTEXT:
-        v.notes.append(f"latency_us is at a KV context of {context} positions, not {BENCH_CONTEXT}: the program's "
-                       f"{max_seq} positions leave room for the warm-up and timed steps only from there")
+        v.notes.append(f"latency_us is at a KV context of {context} position{'' if context == 1 else 's'}, not "
+                       f"{BENCH_CONTEXT}: the program holds {max_seq} positions, and its warm-up and timed steps "
+                       "follow the context")
     ref_floor = floor.measured_us or floor.spec_us
     v.pct_of_floor = 100.0 * ref_floor / latency if ref_floor and latency > 0 else None
     if ref_floor and not floor.measured_us:
