@@ -214,6 +214,15 @@ class ScheduleConfig:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
 
 
+def value_text(v) -> str:
+    """A knob's value as its JSON text reads (true, null, {"a":1}), for notes, descriptions and listings."""
+    if isinstance(v, dict):
+        return json.dumps(v, separators=(",", ":"))
+    if isinstance(v, bool):
+        return str(v).lower()
+    return "null" if v is None else str(v)
+
+
 def to_jsonable(value):
     """A config (or any part of one) in its JSON form: enums as their values, `None` as null."""
     if dataclasses.is_dataclass(value):

@@ -9,10 +9,9 @@ evaluate() names every inert knob set off its default in the verdict's `notes`; 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from .config import ScheduleConfig, SmAssignment, get_path, iter_knobs, to_jsonable, with_value
+from .config import ScheduleConfig, SmAssignment, get_path, iter_knobs, to_jsonable, value_text, with_value
 from .targets import GpuTarget
 
 # the cpu-sim stand-in runs no kernel: correctness runs on the ReferenceVM and the cost model prices the
@@ -46,15 +45,7 @@ class InertKnob:
     reason: str  # why it cannot act, naming the knobs (or target) that make it so
 
     def note(self) -> str:
-        return f"{self.path}={_fmt(self.value)} has no effect: {self.reason}"
-
-
-def _fmt(v) -> str:
-    if isinstance(v, dict):
-        return json.dumps(v, separators=(",", ":"))
-    if isinstance(v, bool):
-        return str(v).lower()
-    return "null" if v is None else str(v)
+        return f"{self.path}={value_text(self.value)} has no effect: {self.reason}"
 
 
 def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = None) -> str | None:

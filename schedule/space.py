@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from .config import ScheduleConfig, get_path, iter_knobs, optional_base, with_value
+from .config import ScheduleConfig, get_path, iter_knobs, optional_base, value_text, with_value
 from .errors import ConfigError
 from .inert import inert_reason, target_inert_reason, unsearched_reason
 from .smem import max_dynamic_smem
@@ -56,7 +56,7 @@ class Knob:
         """The default as a person reads it: null is "derived" (from the model's shape and the GPU)."""
         if self.default is None and self.nullable:
             return "derived"
-        return _fmt(self.default) if not isinstance(self.default, dict) else str(self.default)
+        return value_text(self.default) if not isinstance(self.default, dict) else str(self.default)
 
     def to_dict(self) -> dict:
         out: dict = {"path": self.path, "type": self.type.value}
@@ -92,17 +92,11 @@ class Move:
 def move_key(path: str, value) -> str:
     """`path=value` with the value in its JSON spelling (true, null): the key of a move in descriptions,
     the prior and the ranking model."""
-    return f"{path}={_fmt(value)}"
+    return f"{path}={value_text(value) if not isinstance(value, dict) else str(value)}"
 
 
 def _json(v):
     return v.value if isinstance(v, Enum) else v
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "null"
-    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def _unwrap_optional(tp) -> tuple[object, bool]:
@@ -305,7 +299,7 @@ def diff(a: ScheduleConfig, b: ScheduleConfig) -> list[str]:
     for p, _, _ in iter_knobs():
         va, vb = _json(get_path(a, p)), _json(get_path(b, p))
         if va != vb:
-            out.append(f"{p}={_fmt(vb) if not isinstance(vb, dict) else json.dumps(vb, separators=(',', ':'))}")
+            out.append(f"{p}={value_text(vb) if not isinstance(vb, dict) else json.dumps(vb, separators=(',', ':'))}")
     return out
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from amk.cli import build_parser
 from amk.harness.commands import ExitCode
-from amk.schedule.space import _fmt, search_space
+from amk.schedule.config import value_text
+from amk.schedule.space import search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = (ROOT / "HARNESS.md").read_text()
@@ -86,7 +87,7 @@ def test_the_knob_table_is_the_search_space():
             assert cells[1] == k.type.value, (path, cells[1])
             assert default == k.default_text, (path, default, k.default_text)
             listed = [] if search == "not searched" else [v.strip() for v in search.split("(")[0].split(",")]
-            assert listed == [("derived" if v is None else _fmt(v)) for v in k.search], (path, listed, k.search)
+            assert listed == [("derived" if v is None else value_text(v)) for v in k.search], (path, listed, k.search)
             seen.append(path)
     assert sorted(seen) == sorted(knobs), set(knobs) ^ set(seen)
 

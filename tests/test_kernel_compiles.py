@@ -17,6 +17,14 @@ from amk.vm.loader import kernel_source
 NVCC = shutil.which("nvcc")
 
 
+def _ptxas_report(prog, tmp_path) -> subprocess.CompletedProcess:
+    """nvcc's build of the kernel for `prog` at sm_90, with ptxas's resource report on stderr."""
+    src = tmp_path / "k.cu"
+    src.write_text(generate_header(prog) + "\n" + kernel_source())
+    return subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
+                           str(src)], capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 @pytest.mark.parametrize("cfg", [{"attention": {"kv_partitions": 1}},
                                  {"attention": {"softmax": "partition", "combine": "stage"}},
@@ -25,10 +33,7 @@ def test_windowed_kernel_compiles_for_sm90(tmp_path, cfg):
     model = amk.load_model(mistral_window(tmp_path / "m"), dtype="bf16", weights=False)
     prog = lower(model, get_target("h100-sxm"), cfg, max_seq=128)
     assert {t.params.window for t in prog.tasks if hasattr(t.params, "window")} == {8}
-    src = tmp_path / "k.cu"
-    src.write_text(generate_header(prog) + "\n" + kernel_source())
-    out = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-                          str(src)], capture_output=True, text=True, timeout=600)
+    out = _ptxas_report(prog, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "0 bytes stack frame" in out.stderr, out.stderr[-2000:]
 
@@ -46,10 +51,7 @@ def test_large_gqa_groups_keep_nothing_on_the_stack(tmp_path, heads, kv_heads, d
     assert model.dims.group == heads // kv_heads
     for cfg in [{}, {"attention": {"softmax": "global"}}, {"attention": {"kv_partitions": 1}}]:
         prog = lower(model, get_target("h200"), cfg, max_seq=128)
-        src = tmp_path / "k.cu"
-        src.write_text(generate_header(prog) + "\n" + kernel_source())
-        out = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v",
-                              "-o", str(tmp_path / "k.cubin"), str(src)], capture_output=True, text=True, timeout=600)
+        out = _ptxas_report(prog, tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]
         assert "0 bytes stack frame" in out.stderr, (cfg, out.stderr[-2000:])
 
@@ -71,10 +73,7 @@ def test_every_attention_warp_layout_keeps_nothing_on_the_stack(tmp_path, shape,
     # test_attention_warps.py runs the same shapes)
     model = amk.load_model(attention_warp_shape(tmp_path / "m", shape), dtype=dtype, weights=False)
     prog = lower(model, get_target("h200"), {}, max_seq=256)
-    src = tmp_path / "k.cu"
-    src.write_text(generate_header(prog) + "\n" + kernel_source())
-    out = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-                          str(src)], capture_output=True, text=True, timeout=600)
+    out = _ptxas_report(prog, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "0 bytes stack frame" in out.stderr, out.stderr[-2000:]
 

@@ -180,7 +180,7 @@ def generate(args) -> CommandResult:
 
 def compile_cmd(args) -> CommandResult:
     from amk.schedule.assign import stage_fill
-    from amk.schedule.space import _fmt
+    from amk.schedule.config import value_text
 
     from .cmd_run import output_file, write_output
     from .evaluate import build_program
@@ -223,6 +223,6 @@ def compile_cmd(args) -> CommandResult:
              f"block: {report['threads_per_block']} threads, {report['smem_per_block']:,} B shared memory; build: "
              + ", ".join(f"{k}={val}" for k, val in sorted(report["build"].items()))]
     if v.derived:
-        lines.append("derived: " + ", ".join(f"{k}={_fmt(val)}" for k, val in sorted(v.derived.items())))
+        lines.append("derived: " + ", ".join(f"{k}={value_text(val)}" for k, val in sorted(v.derived.items())))
     lines += [f"note: {n}" for n in v.notes]
     return CommandResult(ExitCode.OK, report, "\n".join(lines))

@@ -61,8 +61,8 @@ def propose(args) -> CommandResult:
 def proposal_text(p: dict) -> str:
     """propose()'s answer for a person: the incumbent, then one line per knob (value, default, the values
     searched on this GPU). `--json` gives the same with each knob's help, type and bounds."""
-    from amk.schedule.config import ScheduleConfig, get_path, to_jsonable
-    from amk.schedule.space import Knob, KnobType, _fmt
+    from amk.schedule.config import ScheduleConfig, get_path, to_jsonable, value_text
+    from amk.schedule.space import Knob, KnobType
 
     cfg = ScheduleConfig.from_dict(p["config"])
     derived = p.get("derived") or {}
@@ -78,10 +78,10 @@ def proposal_text(p: dict) -> str:
         value = to_jsonable(get_path(cfg, knob.path))
         if value is None and knob.nullable:
             got = derived.get("values", {}).get(knob.path)
-            shown = "derived" if got is None else f"derived ({_fmt(got)})"
+            shown = "derived" if got is None else f"derived ({value_text(got)})"
         else:
-            shown = _fmt(value) if not isinstance(value, dict) else (str(value) if value else "{}")
-        search = (" ".join("derived" if v is None else _fmt(v) for v in k["search"])
+            shown = value_text(value) if not isinstance(value, dict) else (str(value) if value else "{}")
+        search = (" ".join("derived" if v is None else value_text(v) for v in k["search"])
                   or ("(not searched: " + k["unsearched"] + ")" if k.get("unsearched") else "(not searched)"))
         mark = "*" if value != knob.default else " "
         lines.append(f"{mark}{knob.path:<33} {shown:<16} {knob.default_text:<16} {search}")
@@ -93,7 +93,7 @@ def proposal_text(p: dict) -> str:
 
 
 def verdict_text(v: dict) -> str:
-    from amk.schedule.space import _fmt
+    from amk.schedule.config import value_text
 
     lines = [f"schedule {v.get('schedule_id') or '-'}  model {v.get('model')}  gpu {v.get('gpu')}  "
              f"device {v.get('device')}  dtype {v.get('dtype')}"]
@@ -108,7 +108,7 @@ def verdict_text(v: dict) -> str:
         lines.append(f"{v['task_count']} tasks, {v['weight_bytes']} weight bytes, correct {v['correct']} "
                      f"({v['cases_passed']}/{v['cases_total']} cases)")
         if v.get("derived"):
-            lines.append("derived: " + ", ".join(f"{k}={_fmt(val)}" for k, val in sorted(v["derived"].items())))
+            lines.append("derived: " + ", ".join(f"{k}={value_text(val)}" for k, val in sorted(v["derived"].items())))
         for f in v.get("failures", []):
             lines.append(f"  FAILED {f['case']}: {f['message'][:200]}")
         if v.get("latency_us") is not None:
