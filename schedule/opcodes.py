@@ -122,6 +122,7 @@ class MatvecParams:
     inp_parts: int = 0  # > 0: the input is attention output in this many partitions, combined while staged
     inp_stats: int = NO_BUFFER  # with inp_parts: per-partition (max, sum) to weigh them by; NO_BUFFER: a plain sum
     inp_stats_off: int = 0
+    inp_slots: int = 0  # with inp_parts: 16-byte shared-memory slots a consumer thread has for partitions in flight
 
 
 @dataclass(frozen=True)

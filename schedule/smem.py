@@ -108,3 +108,23 @@ def matvec_smem_bytes(width: int, rows_computed: int, partials: int = 0) -> int:
     """Shared memory of a matvec or epilogue task: the staged input (`width` floats, padded to 16 bytes), one
     accumulator per row (padded) and, with pages, `partials` partial sums (page_partials)."""
     return (-(-width // 4) * 4 + -(-rows_computed // 4) * 4 + partials) * 4 + SMEM_BOOKKEEPING_BYTES
+
+
+def combine_heads(k0: int, klen: int, head_dim: int) -> int:
+    """q heads an input slice [k0, k0 + klen) of the attention output covers."""
+    return (k0 + klen - 1) // head_dim - k0 // head_dim + 1
+
+
+def combine_smem_bytes(klen: int, parts: int, stat_heads: int, threads: int, slots: int) -> int:
+    """Shared memory of a matvec task that combines its input from `parts` attention partitions while staging
+    it (vm/matvec.cuh stage_combined): the staged input (`klen` floats, padded to 16 bytes), the (max, sum) of
+    each partition for `stat_heads` q heads (0 for a plain sum; padded), and `slots` 16-byte slots for each of
+    `threads` consumer threads. The slots are free once the input is staged: the task's accumulators reuse them."""
+    return (-(-klen // 4) * 4 + -(-2 * parts * stat_heads // 4) * 4 + 4 * slots * threads) * 4 + SMEM_BOOKKEEPING_BYTES
+
+
+def combine_slots(work_bytes: int, klen: int, parts: int, stat_heads: int, threads: int) -> int:
+    """Partition slots a consumer thread gets for combining a staged input in `work_bytes` of shared memory:
+    as many as fit, at most `parts` (0 when not even one fits)."""
+    room = work_bytes - combine_smem_bytes(klen, parts, stat_heads, threads, 0)
+    return max(0, min(parts, room // (16 * threads)))

@@ -18,6 +18,9 @@ from .program import Prefetch, Region
 from .smem import (
     attention_chunk,
     attention_partial_smem_bytes,
+    combine_heads,
+    combine_slots,
+    combine_smem_bytes,
     consumer_threads,
     matvec_smem_bytes,
     page_partials,
@@ -197,7 +200,8 @@ class Tiler:
                 if klen <= 0:
                     raise LoweringError(f"matvec.{st.role}.k_splits", f"{S} splits leave split {s} empty for K={K}")
                 epi, writes, reads, groups = self._epilogue(st, row0, nrows, s, rows_total, pair)
-                p = oc.MatvecParams(w, row0, nrows, k0, klen, inp.buffer, inp.offset, norm_w, epi, *combine)
+                slots = (self._combine_slots(st, k0, klen),) if combine else ()
+                p = oc.MatvecParams(w, row0, nrows, k0, klen, inp.buffer, inp.offset, norm_w, epi, *combine, *slots)
                 in_region = self.region(inp, 0, K) if norm_w != oc.NO_BUFFER else self.region(inp, k0, klen)
                 reads = [in_region] + reads
                 if combine:
@@ -233,6 +237,19 @@ class Tiler:
             raise LoweringError(knob, f"{st.role} tasks stage an input of {width} elements and {rows} rows and need "
                                 f"{need} bytes of shared memory; {room}")
         self._smem_ok.add(key)
+
+    def _combine_slots(self, st: Stage, k0: int, klen: int) -> int:
+        """Partition slots a thread of a task combining its input slice [k0, k0 + klen) gets (schedule/smem.py
+        combine_slots); LoweringError naming smem_per_block when not even one fits."""
+        heads = combine_heads(k0, klen, self.d.head_dim) if st.combine_weighted else 0
+        threads, work = self._consumers(), self._work_smem()
+        slots = combine_slots(work, klen, st.combine_parts, heads, threads)
+        if slots < 1:
+            raise LoweringError("smem_per_block", f"{st.role} tasks combine an input of {klen} elements from "
+                                f"{st.combine_parts} attention partitions and need at least "
+                                f"{combine_smem_bytes(klen, st.combine_parts, heads, threads, 1)} bytes of "
+                                f"shared memory; {work} are left for work")
+        return slots
 
     def _combined_input_reads(self, st: Stage, k0: int, klen: int, K: int) -> list[Region]:
         """Partitions 1.. of the input slice (partition 0 is the plain input region) and, when weighted, the

@@ -339,6 +339,7 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
                             "buffer", tasks=(int(tids[k]),))
         a, tids = a[~bad], tids[~bad]
     ix, hd = lay.ix, c.head_dim
+    combine_need = None
     smem = block_smem.program_work_smem_bytes(program.smem_per_block, program.build)
     consumers = block_smem.consumer_threads(program.threads_per_block, program.build)
     col = {name: a[:, i] for name, i in ix.items()}
@@ -350,6 +351,7 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             partials = [block_smem.page_partials(int(k), int(r), program.build, c.dtype.nbytes)
                         for k, r in zip(col["klen"], nrows)]
             need = np.asarray([block_smem.matvec_smem_bytes(int(w), int(r), p) for w, r, p in zip(width, nrows, partials)])
+            combine_need = _combine_smem(col, hd, consumers, rep, tids)
             what = "an input of {} elements and {} rows"
             detail = (width, nrows)
         elif "chunk" in ix:  # attention: q of the group plus a chunk of scores
@@ -379,6 +381,12 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             tid = int(tids[k])
             rep.add(IssueKind.ABI, f"{rep.tname(tid)} stages {what.format(*(int(d[k]) for d in detail))} and "
                     f"needs {int(need[k])} bytes of shared memory; {room}", tasks=(tid,))
+    if combine_need is not None:
+        for k in np.flatnonzero(combine_need > smem):
+            tid = int(tids[k])
+            rep.add(IssueKind.ABI, f"{rep.tname(tid)} combines an input of {int(col['klen'][k])} elements from "
+                    f"{int(col['inp_parts'][k])} attention partitions with inp_slots={int(col['inp_slots'][k])} "
+                    f"and needs {int(combine_need[k])} bytes of shared memory; {room}", tasks=(tid,))
     if "epi.kind" in ix and "row0" in ix:
         # whole heads, or (a split head) rows inside the first half of one head with their partners half a head on
         r0, n, pair = col["row0"], col["rows"], col["epi.pair_offset"]
@@ -390,6 +398,21 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             rep.add(IssueKind.ABI, f"{rep.tname(tid)}: the ROPE_KV epilogue covers rows [{a}, {a + m}) with pair "
                     f"offset {po}: neither whole heads of {hd} nor rows of one head's first half with pair offset "
                     f"{hd // 2}", tasks=(tid,))
+
+
+def _combine_smem(col: dict, head_dim: int, threads: int, rep: _Report, tids) -> np.ndarray:
+    """Shared memory each matvec task's input combine takes (0 where its input is not in partitions); an ABI issue
+    where a combining task's inp_slots is outside [1, inp_parts], which the kernel's copies would overrun."""
+    parts, slots = col["inp_parts"], col["inp_slots"]
+    for k in np.flatnonzero((parts > 0) & ((slots < 1) | (slots > parts))):
+        rep.add(IssueKind.ABI, f"{rep.tname(int(tids[k]))}: parameter inp_slots={int(slots[k])} is outside "
+                f"[1, inp_parts={int(parts[k])}]", tasks=(int(tids[k]),))
+    out = np.zeros(len(parts), dtype=np.int64)
+    for k in np.flatnonzero(parts > 0):
+        k0, klen, p = int(col["k0"][k]), int(col["klen"][k]), int(parts[k])
+        heads = block_smem.combine_heads(k0, klen, head_dim) if col["inp_stats"][k] != oc.NO_BUFFER else 0
+        out[k] = block_smem.combine_smem_bytes(klen, p, heads, threads, max(1, int(slots[k])))
+    return out
 
 
 def _attention_smem(chunk, group: int, head_dim: int, threads: int):

@@ -6,13 +6,16 @@ memory (scores, staged K/V rows) so that the validator accepts it, or names smem
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 import amk
 from amk.eval.oracle import verify
-from amk.schedule import lower
+from amk.schedule import DType, ModelDims, lower, lower_dims
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import LoweringError
 from amk.schedule.opcodes import NO_BUFFER, Opcode
@@ -156,3 +159,61 @@ def test_partial_positions_is_the_largest_fit(group, head_dim, cache_bytes):
                     assert attention_partial_smem_bytes(n + 1, n + 1, dims, threads, cache_bytes) > work
     if (group, head_dim) == (8, 128):
         assert partial_positions(96 * 1024, 68, dims, 512, 2) == 68
+
+
+def _lower_shape(name: str, config: dict):
+    """A built-in model's program from its shape alone (no weights), bf16 on an H200."""
+    with open(Path(amk.__file__).parent / "models" / "configs" / f"{name}.json") as f:
+        dims = ModelDims.from_hf_config(AutoConfig.for_model(**json.load(f)))
+    return lower_dims(dims, DType.BF16, "h200", config=config, max_seq=1024)
+
+
+@pytest.mark.parametrize("smem_kb", [48, 96, 160])
+def test_combining_o_tasks_get_every_partition_slot_that_fits(smem_kb):
+    # each thread copies its elements of the partitions into its own slots (vm/matvec.cuh stage_combined):
+    # as many as fit the working shared memory, at most one a partition, and the validator counts them
+    from amk.schedule.smem import combine_heads, combine_smem_bytes, consumer_threads, program_work_smem_bytes
+
+    cfg = {"attention": {"softmax": "partition", "kv_partitions": 16, "combine": "o_input"},
+           "smem_per_block": smem_kb * 1024}
+    prog = _lower_shape("llama-3.2-1b", cfg)
+    work = program_work_smem_bytes(prog.smem_per_block, prog.build)
+    threads = consumer_threads(prog.threads_per_block, prog.build)
+    o_tasks = [t.params for t in prog.tasks if t.kind == "o"]
+    assert o_tasks and all(p.inp_parts == 16 for p in o_tasks)
+    for p in o_tasks:
+        heads = combine_heads(p.k0, p.klen, prog.constants.head_dim)
+        assert 1 <= p.inp_slots <= 16
+        assert combine_smem_bytes(p.klen, 16, heads, threads, p.inp_slots) <= work
+        assert p.inp_slots == 16 or combine_smem_bytes(p.klen, 16, heads, threads, p.inp_slots + 1) > work
+    assert validate(prog, "h200").ok
+
+
+def test_combine_slots_the_kernel_would_overrun_are_named():
+    model = amk.load_model("toy-2L", dtype="fp32")
+    prog = lower(model, "cpu-sim", {"attention": {"kv_partitions": 4, "softmax": "partition",
+                                                  "combine": "o_input"}}, max_seq=64)
+    tid = next(i for i, t in enumerate(prog.tasks) if t.kind == "o")
+    task = prog.tasks[tid]
+    for slots, what in ((0, "outside [1, inp_parts=4]"), (5, "outside [1, inp_parts=4]"), (4, None)):
+        prog.tasks[tid] = dataclasses.replace(task, params=dataclasses.replace(task.params, inp_slots=slots))
+        named = [i for i in validate(prog, "cpu-sim").issues if tid in i.tasks and "inp_slots" in i.message]
+        assert bool(named) == (what is not None) and all(what in i.message for i in named)
+    prog.smem_per_block = 16 * 1024  # the slots the lowering gave no longer fit
+    prog.tasks[tid] = dataclasses.replace(task, params=dataclasses.replace(task.params, inp_slots=4))
+    assert any(tid in i.tasks and "combines an input" in i.message and "inp_slots=4" in i.message
+               for i in validate(prog, "cpu-sim").issues)
+
+
+def test_too_little_shared_memory_for_one_combine_slot_names_smem_per_block():
+    # a slot is 16 bytes for each of 1024 threads: 16 KiB of working shared memory holds none beside the input
+    model = amk.load_model("toy-2L", dtype="fp32")
+    cfg = {"attention": {"softmax": "global", "kv_partitions": 4, "combine": "o_input"},
+           "smem_per_block": 16 * 1024, "threads_per_block": 1024}
+    with pytest.raises(LoweringError) as e:
+        lower(model, "h200", cfg, max_seq=64)
+    assert e.value.knob == "smem_per_block" and "o tasks combine an input" in str(e.value)
+    cfg["threads_per_block"] = 512
+    prog = lower(model, "h200", cfg, max_seq=64)
+    assert {t.params.inp_slots for t in prog.tasks if t.kind == "o"} == {1}
+    assert validate(prog, "h200").ok

@@ -79,55 +79,73 @@ __device__ __forceinline__ void load_norm_weights(const Ctx& c, const MatvecPara
   }
 }
 
-// The O projection's input still in attention partitions: x[i] = rnd(sum_k w_k part_k[i]) with w_k = l_k
-// exp(m_k - M) / sum_j l_j exp(m_j - M) over the partitions of i's q head, or w_k = 1 when the partitions
-// shared one softmax. A thread takes 4 consecutive elements (one q head) and loads them and its head's
-// (max, sum) for COMBINE_PARTS partitions at once: one L2 round trip, which costs microseconds while the
-// weights stream, instead of one per partition. The weights are recomputed per thread (a few expf). 8 at once
-// held 24-32 bytes of local memory under NVRTC 13.0 and was the slower (944.0 against 964.0 us, llama-3.2-1b,
-// bench/results/20261130-1335_h200_llama-3.2-1b_bf16_attention_warp_heads.json).
-#define COMBINE_PARTS 4
+// The O projection's input still in attention partitions: x[i] = rnd(sum_k w_k part_k[i] / sum_k w_k) with
+// w_k = l_k exp(m_k - M) over the partitions of i's q head (M the largest m_k), or w_k = 1 when the partitions
+// shared one softmax. The partials are fp32 in L2, 4 * P bytes an element: an O task of llama-3.2-1b at 16
+// partitions reads 128 KiB, so the bytes in flight bound the staging, not the arithmetic. Loaded into registers
+// four partitions at a time, one L2 round trip after another, it took 4.0 us of such a task (5.2 on the
+// qwen3-1.7b shape; bench/trace.py); eight at a time held local memory. So each thread copies its 4 elements
+// (one q head) of each partition into its own 16-byte slots with cp.async, which holds no register in flight:
+// p.inp_slots slots a thread (as many as the working shared memory holds, schedule/smem.py combine_slots), as
+// two batches of half of them, one summed while the next is in flight (one batch where one slot fits). A
+// thread reads only the slots it copied, so no barrier; the (max, sum) of the slice's heads are loaded once by
+// the block while the first batches fly, behind one barrier.
+__device__ __forceinline__ void combine_issue(float4* slot, const float* part, int K, int k, int P, int B, int ring,
+                                              int b) {
+  const int q0 = b * B;
+  for (int e = 0; e < B && q0 + e < P; ++e)
+    cp_async16(&slot[((b % ring) * B + e) * AMK_THREADS + threadIdx.x], part + (q0 + e) * K + k);
+  cp_async_commit();  // an empty group past the last batch keeps the count the waits below assume
+}
+
 __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
-  const int P = p.inp_parts, K = AMK_HEADS * AMK_HEAD_DIM;
+  const int P = p.inp_parts, K = AMK_HEADS * AMK_HEAD_DIM, tid = threadIdx.x;
+  const int S = p.inp_slots, ring = S >= 2 ? 2 : 1, B = S / ring, nb = (P + B - 1) / B;
+  const int h0 = p.k0 / AMK_HEAD_DIM, nh = (p.k0 + p.klen - 1) / AMK_HEAD_DIM - h0 + 1;
+  const bool weighted = p.inp_stats >= 0;
+  const int xs_floats = (p.klen + 3) & ~3;
+  float2* stats = reinterpret_cast<float2*>(c.smem + xs_floats);
+  float4* slot = reinterpret_cast<float4*>(c.smem + xs_floats + (weighted ? (2 * P * nh + 3) & ~3 : 0));
   const float* part = buf<float>(c, p.inp) + p.inp_off + p.k0;
-  const float* st = p.inp_stats >= 0 ? buf<float>(c, p.inp_stats) + p.inp_stats_off : nullptr;
-  for (int k = 4 * threadIdx.x; k < p.klen; k += 4 * AMK_THREADS) {  // klen and k0 are multiples of 8
-    const int hq = (p.k0 + k) / AMK_HEAD_DIM;
+  if (4 * tid < p.klen) {
+    for (int b = 0; b < ring; ++b) combine_issue(slot, part, K, 4 * tid, P, B, ring, b);
+  }
+  if (weighted) {
+    const float2* st = reinterpret_cast<const float2*>(buf<float>(c, p.inp_stats) + p.inp_stats_off);
+    for (int i = tid; i < P * nh; i += AMK_THREADS) stats[i] = __ldcg(st + (i / nh) * AMK_HEADS + h0 + i % nh);
+    block_sync();
+  }
+  for (int k = 4 * tid; k < p.klen; k += 4 * AMK_THREADS) {  // klen and k0 are multiples of 8
+    if (k != 4 * tid) {
+      for (int b = 0; b < ring; ++b) combine_issue(slot, part, K, k, P, B, ring, b);
+    }
+    const float2* ml = stats + ((p.k0 + k) / AMK_HEAD_DIM - h0);
+    float M = NEG_INF;
+    if (weighted) {
+      for (int q = 0; q < P; ++q) M = fmaxf(M, ml[q * nh].x);
+    }
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    float M = NEG_INF, T = 0.f;
-    for (int q = 0; q < P; q += COMBINE_PARTS) {
-      float4 v[COMBINE_PARTS];
-      float2 ml[COMBINE_PARTS];
-#pragma unroll
-      for (int e = 0; e < COMBINE_PARTS; ++e) {
-        const bool live = q + e < P;
-        v[e] = live ? __ldcg(reinterpret_cast<const float4*>(part + (q + e) * K + k)) : make_float4(0.f, 0.f, 0.f, 0.f);
-        ml[e] = (live && st) ? __ldcg(reinterpret_cast<const float2*>(st + ((q + e) * AMK_HEADS + hq) * 2))
-                             : make_float2(live ? 0.f : NEG_INF, 1.f);
-      }
-      float mx = M;
-#pragma unroll
-      for (int e = 0; e < COMBINE_PARTS; ++e) mx = fmaxf(mx, ml[e].x);
-      if (st && mx > M) {  // rescale what the earlier partitions added to the new maximum
-        const float r = M == NEG_INF ? 0.f : expf(M - mx);
-        acc.x *= r; acc.y *= r; acc.z *= r; acc.w *= r;
-        T *= r;
-        M = mx;
-      }
-#pragma unroll
-      for (int e = 0; e < COMBINE_PARTS; ++e) {
-        const float w = st ? (ml[e].x == NEG_INF ? 0.f : ml[e].y * expf(ml[e].x - M)) : (q + e < P ? 1.f : 0.f);
-        acc.x = fmaf(w, v[e].x, acc.x); acc.y = fmaf(w, v[e].y, acc.y);
-        acc.z = fmaf(w, v[e].z, acc.z); acc.w = fmaf(w, v[e].w, acc.w);
+    float T = 0.f;
+    for (int b = 0; b < nb; ++b) {
+      if (ring == 2) cp_async_wait<1>(); else cp_async_wait<0>();
+      for (int e = 0; e < B && b * B + e < P; ++e) {
+        const int q = b * B + e;
+        const float4 v = slot[((b % ring) * B + e) * AMK_THREADS + tid];
+        const float2 s = weighted ? ml[q * nh] : make_float2(0.f, 1.f);
+        const float w = weighted ? (s.x == NEG_INF ? 0.f : s.y * expf(s.x - M)) : 1.f;
+        acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
+        acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
         T += w;
       }
+      combine_issue(slot, part, K, k, b + ring < nb ? P : 0, B, ring, b + ring);
     }
-    const float inv = st ? 1.f / T : 1.f;
+    const float inv = weighted ? 1.f / T : 1.f;
     c.smem[k] = rnd(acc.x * inv);
     c.smem[k + 1] = rnd(acc.y * inv);
     c.smem[k + 2] = rnd(acc.z * inv);
     c.smem[k + 3] = rnd(acc.w * inv);
   }
+  cp_async_wait<0>();
 }
 
 // The input slice [k0, k0 + klen) in shared memory, RMS-normalised first when the norm is fused (one pass
