@@ -10,8 +10,11 @@ loop_20261130_h200_llama_s0/results.tsv; 6-12% on an H100, bench/results/2026112
 1b_bf16_s3_third.json), so it is priced as the register path and the search's learned part charges what the
 GPU shows. On the register path a matvec task lasts as long as its busiest warp streams: its weight bytes are
 counted in whole steps of every consumer warp (autotile.streamed_bytes). A task of a join (attention.combine =
-last_partition) pays one more round trip, its arrival; the combine's own reads, like every activation read, are
-not priced. The step is the latest finish plus the launch. Along the path that decides each finish we carry
+last_partition) pays one more round trip, its arrival. Activation reads are not priced, but for the attention
+partitions a combine reads (combine_bytes): every O task reads all of them under attention.combine = o_input
+(128 KiB a task at 16 partitions on llama-3.2-1b), priced like KV bytes at the SM's rate; O's input staging
+traced 2.9 us for 64 KiB an SM on an H200, against 2.1 us so priced (bench/results/20261201-2315_h200_o_combine_
+slots_and_gpu_suite.json). The step is the latest finish plus the launch. Along the path that decides each finish we carry
 (memory microseconds, tasks, waits), so measured rows fit the coefficients by least squares.
 """
 
@@ -110,6 +113,20 @@ def kv_bytes(task: Task, program: MegakernelProgram, context: int) -> int:
     return 0
 
 
+def combine_bytes(task: Task, program: MegakernelProgram) -> int:
+    """Bytes of attention partitions (fp32 partials and their (max, sum)) `task` reads to combine them: an O
+    matvec combining its input slice (o_input) or an ATTN_COMBINE task (one KV head's q heads); 0 otherwise.
+    The last partition of a join (last_partition) also combines, but which task that is depends on the run."""
+    c, p = program.constants, task.params
+    if task.opcode == Opcode.MATVEC and p.inp_parts > 0:
+        heads = (p.k0 + p.klen - 1) // c.head_dim - p.k0 // c.head_dim + 1
+        return p.inp_parts * p.klen * 4 + (p.inp_parts * heads * 8 if p.inp_stats != NO_BUFFER else 0)
+    if task.opcode == Opcode.ATTN_COMBINE:
+        group = c.n_heads // c.n_kv_heads
+        return p.parts * group * (c.head_dim * 4 + (8 if p.part_stats != NO_BUFFER else 0))
+    return 0
+
+
 def _sm_bytes_per_us(program: MegakernelProgram, target: GpuTarget, coef: CostCoefficients) -> float:
     """Unscaled streaming rate of one SM: its share of the spec bandwidth, capped by the bytes it keeps in
     flight over the memory latency: the pipeline's pages, or threads x loads_in_flight x rows_in_flight x 16 B
@@ -167,7 +184,7 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
                 ready, ready_path = dep
                 w_us = task_stream_bytes(t, split, nbytes) / rate
                 kv = kv_bytes(t, program, ctx)
-                kv_us = kv / rate
+                kv_us = (kv + combine_bytes(t, program)) / rate
                 sm_bytes[s] += t.weight_bytes + kv
                 # a join's task adds to its arrival counter before it signals: one more round trip to L2
                 rounds = len(t.waits) + (1 if t.opcode in JOIN_OPCODES and t.params.join.out != NO_BUFFER else 0)

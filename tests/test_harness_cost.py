@@ -98,3 +98,29 @@ def test_spearman():
     assert spearman([1, 2, 3], [7, 7, 7]) is None
     assert spearman([1, float("nan"), 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)  # non-finite pairs dropped
     assert not math.isnan(spearman([3, 1, 2], [1, 2, 3]))
+
+
+@pytest.mark.parametrize("combine", ["o_input", "stage"])
+def test_the_partitions_a_combine_reads_are_priced(toy, combine, monkeypatch):
+    # every O task reads all partitions of its input slice under o_input; a combine task its KV head's
+    from amk.schedule import cost
+    from amk.schedule.opcodes import NO_BUFFER, Opcode
+
+    cfg = _cfg(attention__kv_partitions=4, attention__combine=combine)
+    prog = lower(toy, "h200", cfg)
+    c = prog.constants
+    readers = [t for t in prog.tasks if cost.combine_bytes(t, prog)]
+    assert readers
+    for t in readers:
+        p = t.params
+        if t.opcode == Opcode.MATVEC:
+            heads = (p.k0 + p.klen - 1) // c.head_dim - p.k0 // c.head_dim + 1
+            stats = p.inp_parts * heads * 8 if p.inp_stats != NO_BUFFER else 0
+            assert t.kind == "o" and cost.combine_bytes(t, prog) == p.inp_parts * p.klen * 4 + stats
+        else:
+            group = c.n_heads // c.n_kv_heads
+            assert t.opcode == Opcode.ATTN_COMBINE
+            assert cost.combine_bytes(t, prog) == p.parts * group * (c.head_dim * 4 + 8)
+    priced = predict(prog, "h200").latency_us
+    monkeypatch.setattr(cost, "combine_bytes", lambda t, p: 0)
+    assert predict(prog, "h200").latency_us < priced
