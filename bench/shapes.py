@@ -56,7 +56,7 @@ def save_shape(name: str, root: Path, seed: int = 0, dtype: torch.dtype = torch.
     cfg = getattr(transformers, cls_name)(**fields)
     torch.manual_seed(seed)
     with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     model.save_pretrained(out, safe_serialization=True)
     return out
 

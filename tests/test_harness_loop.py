@@ -48,7 +48,11 @@ def test_decide_tie_goes_to_the_simpler_config():
     one = ScheduleConfig.from_dict({"pipelining_depth": 2})
     status, why = decide(inc, _verdict(100.5), one)
     assert status == Status.KEEP and "simpler" in why
-    assert decide(Incumbent(one, 100.0), _verdict(99.5), TWO_KNOBS)[0] == Status.DISCARD
+    assert why == "tie within 1.00 us (0.50% higher latency), simpler"
+    assert decide(Incumbent(one, 100.0), _verdict(99.5), TWO_KNOBS) == \
+        (Status.DISCARD, "0.50% lower latency (a keep needs more than 1.00% lower)")
+    assert decide(Incumbent(one, 100.0), _verdict(102.0), TWO_KNOBS) == \
+        (Status.DISCARD, "2.00% higher latency (a keep needs more than 1.00% lower)")
     assert len(non_default_knobs(TWO_KNOBS)) == 2
 
 
@@ -398,3 +402,17 @@ def test_a_confirmed_keep_describes_its_pooled_figure(tmp_path):
     row = keeps[0]
     assert row["status"] == "keep" and float(row["latency_us"]) == pytest.approx(93.0)
     assert "7.00% lower latency (1.075x); confirmed (90.00, 96.00 us)" in row["description"], row["description"]
+
+
+def test_the_loop_says_when_its_latencies_are_at_a_short_kv_context(tmp_path, fake_evaluate):
+    # toy holds 512 positions: its steps are timed and priced at a context of 512 - 211, as evaluate notes
+    from amk.harness.cmd_run import loop_text
+
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 evaluate=fake_evaluate, settings=SMALL)
+    assert s["notes"] == ["every latency is at a KV context of 301 positions, not 1024: the program holds 512 "
+                          "positions, and its warm-up and timed steps follow the context"]
+    assert "note: every latency is at a KV context of 301" in loop_text(s)
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "r2.tsv", corpus=tmp_path / "c.jsonl",
+                 evaluate=fake_evaluate, settings=SMALL, max_seq=2048)
+    assert s["notes"] == []

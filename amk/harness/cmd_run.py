@@ -168,6 +168,7 @@ def loop_text(s: dict) -> str:
         lines.append(f"best kept in the corpus: {b['schedule_id']} {b['latency_us']} ({b['latency_kind']}): "
                      + json.dumps(b["config"], sort_keys=True))
     lines.append(f"results: {s['results']}  corpus: {s['corpus']}")
+    lines += [f"note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines)
 
 

@@ -11,6 +11,15 @@ from .environment import Device
 from .verdict import LatencyKind, Verdict
 
 
+def short_context_note(context: int | None, max_seq: int, what: str = "latency_us is") -> str | None:
+    """The note that a latency is taken at a KV context shorter than BENCH_CONTEXT (a model of fewer positions
+    than the timed steps need), or None."""
+    if context is None or context >= BENCH_CONTEXT:
+        return None
+    return (f"{what} at a KV context of {context} position{'' if context == 1 else 's'}, not {BENCH_CONTEXT}: "
+            f"the program holds {max_seq} positions, and its warm-up and timed steps follow the context")
+
+
 def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device, max_seq: int) -> None:
     """Set the verdict's latency from `timing` (GPU) or the prediction (CPU), or say in a note why there is none.
     `max_seq`: the program's positions, which bound the KV context the latency is taken at."""
@@ -43,10 +52,9 @@ def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device, max_seq: i
             v.notes.append(f"timing stopped after one repeat: {latency:.2f} us is above stop_above_us; the "
                            "latency is that repeat's and has no spread")
     context = timing.get("context") if kind == LatencyKind.MEASURED_GPU else (v.cost or {}).get("context")
-    if context is not None and context < BENCH_CONTEXT:
-        v.notes.append(f"latency_us is at a KV context of {context} position{'' if context == 1 else 's'}, not "
-                       f"{BENCH_CONTEXT}: the program holds {max_seq} positions, and its warm-up and timed steps "
-                       "follow the context")
+    note = short_context_note(context, max_seq)
+    if note:
+        v.notes.append(note)
     ref_floor = floor.measured_us or floor.spec_us
     v.pct_of_floor = 100.0 * ref_floor / latency if ref_floor and latency > 0 else None
     if ref_floor and not floor.measured_us:

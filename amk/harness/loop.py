@@ -157,13 +157,14 @@ class _Run(Rounds):
         self.dtype = str(model.dtype).removeprefix("torch.") if isinstance(model, Model) else (
             dtype or default_dtype(self.dev, self.target))
         self.kind = (LatencyKind.MEASURED_GPU if self.dev == Device.CUDA else LatencyKind.PREDICTED).value
+        dims = model.dims if isinstance(model, Model) else get_model(self.name, self.dtype, self.dev,
+                                                                       weights=False).dims
         if self.dev == Device.CUDA:  # a shape no config builds for: one usage error, not a crash row a trial
             from amk.models.registry import resolve_dtype
             from amk.vm.loader import check_head_row
 
-            dims = model.dims if isinstance(model, Model) else get_model(self.name, self.dtype, self.dev,
-                                                                           weights=False).dims
             check_head_row(dims.head_dim, resolve_dtype(self.dtype).itemsize)
+        self.max_positions = dims.max_positions
         self.results, self.corpus = Path(results), Path(corpus)
         self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
         self.progress, self.cases, self.seed, self.max_seq = progress, cases, seed, max_seq
@@ -626,7 +627,18 @@ class _Run(Rounds):
                            "ranking_model": self.ranking.to_dict()},
                 "trials_per_minute": round(60 * self.trials / seconds, 2) if seconds > 0 else None,
                 "seed": self.seed, "results": str(self.results), "corpus": str(self.corpus),
-                "seconds": round(seconds, 2)}
+                "seconds": round(seconds, 2), "notes": self._notes()}
+
+    def _notes(self) -> list[str]:
+        """What a reader of the latencies should know that no row says: a KV context shorter than evaluate's."""
+        from amk.schedule.cost import bench_context
+        from amk.schedule.lower import DEFAULT_MAX_SEQ
+
+        from .gates import short_context_note
+
+        seq = int(self.max_seq or min(self.max_positions, DEFAULT_MAX_SEQ))
+        note = short_context_note(bench_context(seq), seq, what="every latency is")
+        return [note] if note else []
 
     def close(self) -> None:
         self.builder.close()

@@ -153,7 +153,8 @@ def merge(summaries: list[dict], model: str, gpu: str, device: str, results, cor
            (stops.pop() if len(stops) == 1 else ",".join(sorted(str(x) for x in stops))),
            "best": summaries[0].get("best"), "workers": len(summaries),
            "trials_per_minute": round(60 * trials / seconds, 2) if seconds > 0 else None,
-           "per_worker": summaries, "results": str(results), "corpus": str(corpus), "seconds": round(seconds, 2)}
+           "per_worker": summaries, "results": str(results), "corpus": str(corpus), "seconds": round(seconds, 2),
+           "notes": summaries[0].get("notes", [])}
     from amk.flywheel.corpus import best_entry, entries_for
     from amk.flywheel.records import load_records
 
