@@ -10,12 +10,13 @@ loop_20261130_h200_llama_s0/results.tsv; 6-12% on an H100, bench/results/2026112
 1b_bf16_s3_third.json), so it is priced as the register path and the search's learned part charges what the
 GPU shows. On the register path a matvec task lasts as long as its busiest warp streams: its weight bytes are
 counted in whole steps of every consumer warp (autotile.streamed_bytes). A task of a join (attention.combine =
-last_partition) pays one more round trip, its arrival. Activation reads are not priced, but for the attention
-partitions a combine reads (combine_bytes): every O task reads all of them under attention.combine = o_input
-(128 KiB a task at 16 partitions on llama-3.2-1b), priced like KV bytes at the SM's rate; O's input staging
-traced 2.9 us for 64 KiB an SM on an H200, against 2.1 us so priced (bench/results/20261201-2315_h200_o_combine_
-slots_and_gpu_suite.json). The step is the latest finish plus the launch. Along the path that decides each finish we carry
-(memory microseconds, tasks, waits), so measured rows fit the coefficients by least squares.
+last_partition) pays one more round trip, its arrival. Activation reads are not priced, except the attention
+partitions a combine reads (combine_bytes): under attention.combine = o_input every O task reads all of them
+(128 KiB a task at 16 partitions on llama-3.2-1b). They are priced like KV bytes, at the SM's rate: O's input
+staging traced 2.9 us for 64 KiB an SM on an H200, against 2.1 us so priced
+(bench/results/20261201-2315_h200_o_combine_slots_and_gpu_suite.json). The step is the latest finish plus the
+launch. Along the path that decides each finish we carry (memory microseconds, tasks, waits), so measured rows
+fit the coefficients by least squares.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .autotile import WarpSplit, streamed_bytes
 from .errors import AmkError
 from .opcodes import NO_BUFFER, Opcode
 from .program import MegakernelProgram, Task
-from .smem import consumer_threads
+from .smem import combine_heads, consumer_threads
 from .targets import GpuTarget, get_target
 
 MIN_FIT_ROWS = 5
@@ -119,7 +120,7 @@ def combine_bytes(task: Task, program: MegakernelProgram) -> int:
     The last partition of a join (last_partition) also combines, but which task that is depends on the run."""
     c, p = program.constants, task.params
     if task.opcode == Opcode.MATVEC and p.inp_parts > 0:
-        heads = (p.k0 + p.klen - 1) // c.head_dim - p.k0 // c.head_dim + 1
+        heads = combine_heads(p.k0, p.klen, c.head_dim)
         return p.inp_parts * p.klen * 4 + (p.inp_parts * heads * 8 if p.inp_stats != NO_BUFFER else 0)
     if task.opcode == Opcode.ATTN_COMBINE:
         group = c.n_heads // c.n_kv_heads
