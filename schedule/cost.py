@@ -12,7 +12,8 @@ GPU shows. On the register path a matvec task lasts as long as its busiest warp 
 counted in whole steps of every consumer warp (autotile.streamed_bytes). A task of a join (attention.combine =
 last_partition) pays one more round trip, its arrival. Activation reads are not priced, except the attention
 partitions a combine reads (combine_bytes): under attention.combine = o_input every O task reads all of them
-(128 KiB a task at 16 partitions on llama-3.2-1b). They are priced like KV bytes, at the SM's rate: O's input
+(128 KiB a task at 16 partitions on llama-3.2-1b), under stage and last_partition one task a KV head. They are
+priced like KV bytes, at the SM's rate: O's input
 staging traced 2.9 us for 64 KiB an SM on an H200, against 2.1 us so priced
 (bench/results/20261201-2315_h200_o_combine_slots_and_gpu_suite.json). The step is the latest finish plus the
 launch. Along the path that decides each finish we carry (memory microseconds, tasks, waits), so measured rows
@@ -116,15 +117,18 @@ def kv_bytes(task: Task, program: MegakernelProgram, context: int) -> int:
 
 def combine_bytes(task: Task, program: MegakernelProgram) -> int:
     """Bytes of attention partitions (fp32 partials and their (max, sum)) `task` reads to combine them: an O
-    matvec combining its input slice (o_input) or an ATTN_COMBINE task (one KV head's q heads); 0 otherwise.
-    The last partition of a join (last_partition) also combines, but which task that is depends on the run."""
+    matvec combining its input slice (o_input), an ATTN_COMBINE task (one KV head's q heads: stage) or a task of
+    a join (last_partition), each of which is priced the combine of its head, as the last of them to arrive
+    does it and which that is depends on the run (the O stage waits for it); 0 otherwise."""
     c, p = program.constants, task.params
+    group = c.n_heads // c.n_kv_heads
     if task.opcode == Opcode.MATVEC and p.inp_parts > 0:
         heads = combine_heads(p.k0, p.klen, c.head_dim)
         return p.inp_parts * p.klen * 4 + (p.inp_parts * heads * 8 if p.inp_stats != NO_BUFFER else 0)
     if task.opcode == Opcode.ATTN_COMBINE:
-        group = c.n_heads // c.n_kv_heads
         return p.parts * group * (c.head_dim * 4 + (8 if p.part_stats != NO_BUFFER else 0))
+    if task.opcode in JOIN_OPCODES and p.join.out != NO_BUFFER:  # ATTN_VALUES' partitions share one softmax
+        return p.parts * group * (c.head_dim * 4 + (8 if task.opcode == Opcode.ATTN_PARTIAL else 0))
     return 0
 
 

@@ -118,13 +118,17 @@ def combine_heads(k0: int, klen: int, head_dim: int) -> int:
 def combine_smem_bytes(klen: int, parts: int, stat_heads: int, threads: int, slots: int) -> int:
     """Shared memory of a matvec task that combines its input from `parts` attention partitions while staging
     it (vm/matvec.cuh stage_combined): the staged input (`klen` floats, padded to 16 bytes), the (max, sum) of
-    each partition for `stat_heads` q heads (0 for a plain sum; padded), and `slots` 16-byte slots for each of
-    `threads` consumer threads. The slots are free once the input is staged: the task's accumulators reuse them."""
-    return (-(-klen // 4) * 4 + -(-2 * parts * stat_heads // 4) * 4 + 4 * slots * threads) * 4 + SMEM_BOOKKEEPING_BYTES
+    each partition for `stat_heads` q heads (0 for a plain sum; padded), and `slots` 16-byte slots for each
+    copying thread: a thread copies 4 elements, so min(`threads`, klen / 4) of the consumer threads copy. The
+    slots are free once the input is staged: the task's accumulators reuse them."""
+    copiers = min(threads, -(-klen // 4))
+    return (-(-klen // 4) * 4 + -(-2 * parts * stat_heads // 4) * 4 + 4 * slots * copiers) * 4 + SMEM_BOOKKEEPING_BYTES
 
 
 def combine_slots(work_bytes: int, klen: int, parts: int, stat_heads: int, threads: int) -> int:
-    """Partition slots a consumer thread gets for combining a staged input in `work_bytes` of shared memory:
-    as many as fit, at most `parts` (0 when not even one fits)."""
+    """Partition slots a copying thread gets for combining a staged input in `work_bytes` of shared memory: all
+    `parts` where they fit (one batch of copies); else as many as fit, rounded down to an even count (two
+    batches of half of them in flight, one summed while the other lands) or 1; 0 when not even one fits."""
     room = work_bytes - combine_smem_bytes(klen, parts, stat_heads, threads, 0)
-    return max(0, min(parts, room // (16 * threads)))
+    slots = max(0, min(parts, room // (16 * min(threads, -(-klen // 4)))))
+    return slots - slots % 2 if 2 <= slots < parts else slots

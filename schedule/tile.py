@@ -18,6 +18,7 @@ from .program import Prefetch, Region
 from .smem import (
     attention_chunk,
     attention_partial_smem_bytes,
+    attention_smem_bytes,
     combine_heads,
     combine_slots,
     combine_smem_bytes,
@@ -228,15 +229,34 @@ class Tiler:
             return
         build = build_defines(self.cfg)
         need = matvec_smem_bytes(width, rows, page_partials(klen, rows, build, self.dtype.nbytes))
-        work = self._work_smem()
-        if need > work:
-            pages = self.cfg.pipeline.pages
-            knob = "pipeline.pages" if pages > 0 else "smem_per_block"
-            room = (f"smem_per_block={self.cfg.smem_per_block} less {pages} pages of {self.cfg.pipeline.page_kb} KiB "
-                    f"leaves {work}" if pages > 0 else f"smem_per_block={self.cfg.smem_per_block}")
+        if need > self._work_smem():
+            knob, room = self._smem_room()
             raise LoweringError(knob, f"{st.role} tasks stage an input of {width} elements and {rows} rows and need "
                                 f"{need} bytes of shared memory; {room}")
         self._smem_ok.add(key)
+
+    def _smem_room(self) -> tuple[str, str]:
+        """The knob to name when a task's shared memory does not fit (pipeline.pages where pages take part of
+        smem_per_block), and what is left, in words."""
+        pages, work = self.cfg.pipeline.pages, self._work_smem()
+        if pages > 0:
+            return "pipeline.pages", (f"smem_per_block={self.cfg.smem_per_block} less {pages} pages of "
+                                      f"{self.cfg.pipeline.page_kb} KiB leaves {work}")
+        return "smem_per_block", f"smem_per_block={self.cfg.smem_per_block}"
+
+    def _attention_chunk(self) -> int:
+        """Positions an ATTN_DECODE, ATTN_SCORES or ATTN_VALUES task scores a round (schedule/smem.py
+        attention_chunk); LoweringError where even that chunk, or the value reduction's partial output per
+        consumer warp, does not fit the working shared memory."""
+        d, threads = self.d, self._consumers()
+        chunk = attention_chunk(self._work_smem(), d)
+        need = attention_smem_bytes(chunk, d, threads)
+        if need > self._work_smem():
+            knob, room = self._smem_room()
+            raise LoweringError(knob, f"attention tasks of {d.group} q heads hold a chunk of {chunk} positions and "
+                                f"a partial output for each of {threads // 32} consumer warps, and need {need} bytes "
+                                f"of shared memory; {room}")
+        return chunk
 
     def _combine_slots(self, st: Stage, k0: int, klen: int) -> int:
         """Partition slots a thread of a task combining its input slice [k0, k0 + klen) gets (schedule/smem.py
@@ -245,10 +265,11 @@ class Tiler:
         threads, work = self._consumers(), self._work_smem()
         slots = combine_slots(work, klen, st.combine_parts, heads, threads)
         if slots < 1:
-            raise LoweringError("smem_per_block", f"{st.role} tasks combine an input of {klen} elements from "
-                                f"{st.combine_parts} attention partitions and need at least "
-                                f"{combine_smem_bytes(klen, st.combine_parts, heads, threads, 1)} bytes of "
-                                f"shared memory; {work} are left for work")
+            knob, room = self._smem_room()
+            raise LoweringError(knob, f"{st.role} tasks combine an input of {klen} elements from {st.combine_parts} "
+                                f"attention partitions, a 16-byte slot a copying thread, and need at least "
+                                f"{combine_smem_bytes(klen, st.combine_parts, heads, threads, 1)} bytes of shared "
+                                f"memory; {room}")
         return slots
 
     def _combined_input_reads(self, st: Stage, k0: int, klen: int, K: int) -> list[Region]:
@@ -387,7 +408,7 @@ class Tiler:
         q, sc = self.val("q", layer), self.val("scores", layer)
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
-        chunk = attention_chunk(self._work_smem(), d)
+        chunk = self._attention_chunk()
         out = []
         for g in range(d.n_kv_heads):
             q_reg = [self.region(q, g * G * hd, G * hd), self.kv_slab("kcache", layer, g), Region(self.b["pos"], 0, 1)]
@@ -466,7 +487,7 @@ class Tiler:
         sc, stats, o = self.val("scores", layer), self.val("attn_stats", layer), self.val("attn_part", layer)
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
-        chunk = attention_chunk(self._work_smem(), d)
+        chunk = self._attention_chunk()
         out = []
         for g in range(d.n_kv_heads):
             join, jp = self._join(layer, g)

@@ -185,8 +185,26 @@ def test_combining_o_tasks_get_every_partition_slot_that_fits(smem_kb):
         heads = combine_heads(p.k0, p.klen, prog.constants.head_dim)
         assert 1 <= p.inp_slots <= 16
         assert combine_smem_bytes(p.klen, 16, heads, threads, p.inp_slots) <= work
-        assert p.inp_slots == 16 or combine_smem_bytes(p.klen, 16, heads, threads, p.inp_slots + 1) > work
+        # all partitions in one batch, or two even halves in flight: the most that fit either way
+        assert p.inp_slots in (1, 16) or p.inp_slots % 2 == 0
+        assert p.inp_slots == 16 or combine_smem_bytes(p.klen, 16, heads, threads, p.inp_slots + 2) > work
+        assert p.inp_slots == 16 or combine_smem_bytes(p.klen, 16, heads, threads, 16) > work
     assert validate(prog, "h200").ok
+
+
+def test_combine_slots_are_counted_for_the_threads_that_copy():
+    from amk.schedule.smem import combine_slots, combine_smem_bytes
+
+    # 120 elements: 30 threads copy 4 each, however many the block has
+    assert combine_smem_bytes(120, 4, 0, 1024, 1) == combine_smem_bytes(120, 4, 0, 30, 1)
+    assert combine_smem_bytes(120, 4, 0, 30, 1) - combine_smem_bytes(120, 4, 0, 30, 0) == 30 * 16
+    # 4096 elements on 512 threads: every thread copies, two columns each through the same slots
+    assert combine_smem_bytes(4096, 4, 0, 512, 1) - combine_smem_bytes(4096, 4, 0, 512, 0) == 512 * 16
+    base = combine_smem_bytes(2048, 16, 32, 512, 0)
+    assert combine_slots(base + 7 * 512 * 16, 2048, 16, 32, 512) == 6  # even below all partitions
+    assert combine_slots(base + 16 * 512 * 16, 2048, 16, 32, 512) == 16
+    assert combine_slots(base + 512 * 16, 2048, 16, 32, 512) == 1
+    assert combine_slots(base + 512 * 16 - 1, 2048, 16, 32, 512) == 0
 
 
 def test_combine_slots_the_kernel_would_overrun_are_named():
@@ -199,21 +217,41 @@ def test_combine_slots_the_kernel_would_overrun_are_named():
         prog.tasks[tid] = dataclasses.replace(task, params=dataclasses.replace(task.params, inp_slots=slots))
         named = [i for i in validate(prog, "cpu-sim").issues if tid in i.tasks and "inp_slots" in i.message]
         assert bool(named) == (what is not None) and all(what in i.message for i in named)
-    prog.smem_per_block = 16 * 1024  # the slots the lowering gave no longer fit
+    prog.smem_per_block = 3 * 1024  # the slots the lowering gave (4 for each of 30 copying threads) no longer fit
     prog.tasks[tid] = dataclasses.replace(task, params=dataclasses.replace(task.params, inp_slots=4))
     assert any(tid in i.tasks and "combines an input" in i.message and "inp_slots=4" in i.message
                for i in validate(prog, "cpu-sim").issues)
 
 
-def test_too_little_shared_memory_for_one_combine_slot_names_smem_per_block():
-    # a slot is 16 bytes for each of 1024 threads: 16 KiB of working shared memory holds none beside the input
-    model = amk.load_model("toy-2L", dtype="fp32")
-    cfg = {"attention": {"softmax": "global", "kv_partitions": 4, "combine": "o_input"},
-           "smem_per_block": 16 * 1024, "threads_per_block": 1024}
+def test_too_little_shared_memory_for_one_combine_slot_names_the_knob():
+    # 64 heads of 64: an O task stages 4096 elements and, at 16 partitions, their stats and a slot a thread
+    from transformers import LlamaConfig
+
+    dims = ModelDims.from_hf_config(LlamaConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                                num_attention_heads=64, num_key_value_heads=64, head_dim=64,
+                                                vocab_size=256, max_position_embeddings=1024))
+    cfg = {"attention": {"softmax": "global", "kv_partitions": 16, "combine": "o_input"}, "smem_per_block": 24 * 1024}
     with pytest.raises(LoweringError) as e:
-        lower(model, "h200", cfg, max_seq=64)
-    assert e.value.knob == "smem_per_block" and "o tasks combine an input" in str(e.value)
-    cfg["threads_per_block"] = 512
-    prog = lower(model, "h200", cfg, max_seq=64)
+        lower_dims(dims, DType.BF16, "h200", config=cfg, max_seq=1024)
+    assert e.value.knob == "smem_per_block" and "o tasks combine an input of 4096 elements" in str(e.value)
+    prog = lower_dims(dims, DType.BF16, "h200", config={**cfg, "smem_per_block": 28 * 1024}, max_seq=1024)
     assert {t.params.inp_slots for t in prog.tasks if t.kind == "o"} == {1}
     assert validate(prog, "h200").ok
+    # where pages take the room, the pages are named
+    paged = {**cfg, "smem_per_block": 56 * 1024, "pipeline": {"pages": 2, "page_kb": 16}}
+    with pytest.raises(LoweringError) as e:
+        lower_dims(dims, DType.BF16, "h200", config=paged, max_seq=1024)
+    assert e.value.knob == "pipeline.pages" and "less 2 pages of 16 KiB leaves" in str(e.value)
+
+
+def test_an_attention_chunk_with_no_room_for_the_warps_outputs_is_refused_when_lowered():
+    # the value reduction keeps a partial output per consumer warp beside q: 31 warps of 5 heads of 16 do not
+    # fit the 16 KiB that 3 pages of 16 KiB leave of 64 KiB; the lowering names the pages, not the validator
+    model = amk.load_model("toy-2L", dtype="bf16", weights=False)
+    cfg = {"smem_per_block": 65536, "threads_per_block": 1024, "pipeline": {"pages": 3, "page_kb": 16},
+           "attention": {"kv_partitions": 3, "softmax": "global", "combine": "stage"}}
+    with pytest.raises(LoweringError) as e:
+        lower(model, "cpu-sim", cfg, max_seq=1024)
+    assert e.value.knob == "pipeline.pages" and "31 consumer warps" in str(e.value)
+    cfg["pipeline"] = {"pages": 2, "page_kb": 16}
+    assert validate(lower(model, "cpu-sim", cfg, max_seq=1024), "cpu-sim").ok

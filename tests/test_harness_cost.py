@@ -100,7 +100,7 @@ def test_spearman():
     assert not math.isnan(spearman([3, 1, 2], [1, 2, 3]))
 
 
-@pytest.mark.parametrize("combine", ["o_input", "stage"])
+@pytest.mark.parametrize("combine", ["o_input", "stage", "last_partition"])
 def test_the_partitions_a_combine_reads_are_priced(toy, combine, monkeypatch):
     # every O task reads all partitions of its input slice under o_input; a combine task its KV head's
     from amk.schedule import cost
@@ -117,9 +117,9 @@ def test_the_partitions_a_combine_reads_are_priced(toy, combine, monkeypatch):
             heads = (p.k0 + p.klen - 1) // c.head_dim - p.k0 // c.head_dim + 1
             stats = p.inp_parts * heads * 8 if p.inp_stats != NO_BUFFER else 0
             assert t.kind == "o" and cost.combine_bytes(t, prog) == p.inp_parts * p.klen * 4 + stats
-        else:
+        else:  # a combine task, or each partition task of a join, reads its KV head's partitions
             group = c.n_heads // c.n_kv_heads
-            assert t.opcode == Opcode.ATTN_COMBINE
+            assert t.opcode == (Opcode.ATTN_COMBINE if combine == "stage" else Opcode.ATTN_PARTIAL)
             assert cost.combine_bytes(t, prog) == p.parts * group * (c.head_dim * 4 + 8)
     priced = predict(prog, "h200").latency_us
     monkeypatch.setattr(cost, "combine_bytes", lambda t, p: 0)

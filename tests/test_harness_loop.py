@@ -53,6 +53,10 @@ def test_decide_tie_goes_to_the_simpler_config():
         (Status.DISCARD, "0.50% lower latency (a keep needs more than 1.00% lower)")
     assert decide(Incumbent(one, 100.0), _verdict(102.0), TWO_KNOBS) == \
         (Status.DISCARD, "2.00% higher latency (a keep needs more than 1.00% lower)")
+    assert decide(inc, _verdict(102.0), one) == (Status.DISCARD, "2.00% higher latency (a simpler config is kept "
+                                                 "within 1.00%)")
+    assert decide(Incumbent(one, 100.0), _verdict(100.004), TWO_KNOBS)[1].startswith("the same latency")
+    assert decide(Incumbent(one, 0.0), _verdict(5.0), TWO_KNOBS)[0] == Status.DISCARD  # no division by zero
     assert len(non_default_knobs(TWO_KNOBS)) == 2
 
 

@@ -86,21 +86,22 @@ __device__ __forceinline__ void load_norm_weights(const Ctx& c, const MatvecPara
 // four partitions at a time, one L2 round trip after another, it took 4.0 us of such a task (5.2 on the
 // qwen3-1.7b shape; bench/trace.py); eight at a time held local memory. So each thread copies its 4 elements
 // (one q head) of each partition into its own 16-byte slots with cp.async, which holds no register in flight:
-// p.inp_slots slots a thread (as many as the working shared memory holds, schedule/smem.py combine_slots), as
-// two batches of half of them, one summed while the next is in flight (one batch where one slot fits). A
+// p.inp_slots slots a copying thread (schedule/smem.py combine_slots): every partition in one batch where they
+// fit, else two batches of half of the slots, one summed while the other lands (or one slot at a time). A
 // thread reads only the slots it copied, so no barrier; the (max, sum) of the slice's heads are loaded once by
 // the block while the first batches fly, behind one barrier.
-__device__ __forceinline__ void combine_issue(float4* slot, const float* part, int K, int k, int P, int B, int ring,
-                                              int b) {
+__device__ __forceinline__ void combine_issue(float4* slot, int stride, const float* part, int K, int k, int P, int B,
+                                              int ring, int b) {
   const int q0 = b * B;
   for (int e = 0; e < B && q0 + e < P; ++e)
-    cp_async16(&slot[((b % ring) * B + e) * AMK_THREADS + threadIdx.x], part + (q0 + e) * K + k);
+    cp_async16(&slot[((b % ring) * B + e) * stride + threadIdx.x], part + (q0 + e) * K + k);
   cp_async_commit();  // an empty group past the last batch keeps the count the waits below assume
 }
 
 __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
   const int P = p.inp_parts, K = AMK_HEADS * AMK_HEAD_DIM, tid = threadIdx.x;
-  const int S = p.inp_slots, ring = S >= 2 ? 2 : 1, B = S / ring, nb = (P + B - 1) / B;
+  const int S = p.inp_slots, ring = S >= P || S < 2 ? 1 : 2, B = S >= P ? P : S / ring, nb = (P + B - 1) / B;
+  const int stride = min(AMK_THREADS, p.klen / 4);  // the copying threads: slot j of thread t is slot[j * stride + t]
   const int h0 = p.k0 / AMK_HEAD_DIM, nh = (p.k0 + p.klen - 1) / AMK_HEAD_DIM - h0 + 1;
   const bool weighted = p.inp_stats >= 0;
   const int xs_floats = (p.klen + 3) & ~3;
@@ -108,7 +109,7 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
   float4* slot = reinterpret_cast<float4*>(c.smem + xs_floats + (weighted ? (2 * P * nh + 3) & ~3 : 0));
   const float* part = buf<float>(c, p.inp) + p.inp_off + p.k0;
   if (4 * tid < p.klen) {
-    for (int b = 0; b < ring; ++b) combine_issue(slot, part, K, 4 * tid, P, B, ring, b);
+    for (int b = 0; b < ring; ++b) combine_issue(slot, stride, part, K, 4 * tid, P, B, ring, b);
   }
   if (weighted) {
     const float2* st = reinterpret_cast<const float2*>(buf<float>(c, p.inp_stats) + p.inp_stats_off);
@@ -117,7 +118,7 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
   }
   for (int k = 4 * tid; k < p.klen; k += 4 * AMK_THREADS) {  // klen and k0 are multiples of 8
     if (k != 4 * tid) {
-      for (int b = 0; b < ring; ++b) combine_issue(slot, part, K, k, P, B, ring, b);
+      for (int b = 0; b < ring; ++b) combine_issue(slot, stride, part, K, k, P, B, ring, b);
     }
     const float2* ml = stats + ((p.k0 + k) / AMK_HEAD_DIM - h0);
     float M = NEG_INF;
@@ -130,14 +131,14 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
       if (ring == 2) cp_async_wait<1>(); else cp_async_wait<0>();
       for (int e = 0; e < B && b * B + e < P; ++e) {
         const int q = b * B + e;
-        const float4 v = slot[((b % ring) * B + e) * AMK_THREADS + tid];
+        const float4 v = slot[((b % ring) * B + e) * stride + tid];
         const float2 s = weighted ? ml[q * nh] : make_float2(0.f, 1.f);
         const float w = weighted ? (s.x == NEG_INF ? 0.f : s.y * expf(s.x - M)) : 1.f;
         acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
         acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
         T += w;
       }
-      combine_issue(slot, part, K, k, b + ring < nb ? P : 0, B, ring, b + ring);
+      combine_issue(slot, stride, part, K, k, b + ring < nb ? P : 0, B, ring, b + ring);
     }
     const float inv = weighted ? 1.f / T : 1.f;
     c.smem[k] = rnd(acc.x * inv);

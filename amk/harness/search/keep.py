@@ -78,9 +78,14 @@ def gain_text(incumbent_us: float, latency_us: float) -> str:
 
 
 def change_text(incumbent_us: float, latency_us: float) -> str:
-    """How a latency compares with the incumbent's, signless: `0.79% lower latency`, `2.10% higher latency`."""
+    """How a latency compares with the incumbent's, signless: `0.79% lower latency`, `2.10% higher latency`,
+    `the same latency` (to the 0.01% shown)."""
+    if not incumbent_us > 0 or not math.isfinite(incumbent_us):
+        return f"{latency_us:.2f} us against the incumbent's {incumbent_us:.2f} us"
     gain = 100 * (incumbent_us - latency_us) / incumbent_us
-    return "the same latency" if gain == 0 else f"{abs(gain):.2f}% {'lower' if gain > 0 else 'higher'} latency"
+    if f"{abs(gain):.2f}" == "0.00":
+        return "the same latency"
+    return f"{abs(gain):.2f}% {'lower' if gain > 0 else 'higher'} latency"
 
 
 def decide(inc: Incumbent, verdict: dict, config: ScheduleConfig) -> tuple[Status, str]:
@@ -91,8 +96,8 @@ def decide(inc: Incumbent, verdict: dict, config: ScheduleConfig) -> tuple[Statu
         why = "; ".join(f"{f['case']}: {f['message']}" for f in verdict.get("failures", [])[:2])
         return Status.FAIL, why or "; ".join(n for n in verdict.get("notes", []) if "failure" in n.lower())[:300]
     lat = verdict.get("latency_us")
-    if lat is None:
-        return Status.DISCARD, "correct, but no latency: " + " ".join(verdict.get("notes", [])[-1:])
+    if lat is None or not math.isfinite(lat):
+        return Status.DISCARD, f"correct, but no latency ({lat}): " + " ".join(verdict.get("notes", [])[-1:])
     if inc.latency_us is None:
         return Status.KEEP, "first correct config"
     margin = margin_us(inc, verdict.get("latency_spread_us"))
@@ -102,7 +107,10 @@ def decide(inc: Incumbent, verdict: dict, config: ScheduleConfig) -> tuple[Statu
     change = change_text(inc.latency_us, lat)
     if abs(lat - inc.latency_us) <= margin and simpler:
         return Status.KEEP, f"tie within {margin:.2f} us ({change}), simpler"
-    return Status.DISCARD, f"{change} (a keep needs more than {100 * margin / inc.latency_us:.2f}% lower)"
+    need = f"{100 * margin / inc.latency_us:.2f}%" if inc.latency_us > 0 else f"{margin:.2f} us"
+    if simpler:  # fewer non-default knobs: kept within the margin either way
+        return Status.DISCARD, f"{change} (a simpler config is kept within {need})"
+    return Status.DISCARD, f"{change} (a keep needs more than {need} lower)"
 
 
 def needs_confirmation(inc: Incumbent, verdict: dict) -> bool:
