@@ -8,7 +8,6 @@ here, in the JSON schema and in the loop with no further edit.
 
 from __future__ import annotations
 
-import json
 import random
 import types
 import typing
@@ -299,7 +298,7 @@ def diff(a: ScheduleConfig, b: ScheduleConfig) -> list[str]:
     for p, _, _ in iter_knobs():
         va, vb = _json(get_path(a, p)), _json(get_path(b, p))
         if va != vb:
-            out.append(f"{p}={value_text(vb) if not isinstance(vb, dict) else json.dumps(vb, separators=(',', ':'))}")
+            out.append(f"{p}={value_text(vb)}")
     return out
 
 

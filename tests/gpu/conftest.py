@@ -19,3 +19,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/gpu" in str(item.fspath):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def target():
+    """The GPU target of this machine (its SM count and shared memory), for lowering as evaluate does."""
+    from amk.schedule import detect_target
+
+    return detect_target()

@@ -16,7 +16,6 @@ import torch
 
 import amk
 from amk.eval.oracle import make_vm, verify
-from amk.schedule import detect_target
 from amk.schedule.errors import UnsupportedModelError
 from amk.schedule.opcodes import Opcode
 
@@ -24,11 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_checkpoin
 from _checkpoints import ATTENTION_WARP_SHAPES, attention_warp_shape  # noqa: E402
 
 CONFIGS = [{}, {"attention": {"softmax": "partition", "kv_partitions": 16}}]
-
-
-@pytest.fixture(scope="module")
-def target():
-    return detect_target()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 import amk
 from amk.eval.oracle import make_vm, verify
-from amk.schedule import ScheduleConfig, detect_target
+from amk.schedule import ScheduleConfig
 from amk.schedule.config import iter_knobs, with_value
 from amk.schedule.errors import AmkError, VmError
 from amk.schedule.program import Wait
@@ -23,11 +23,6 @@ from _checkpoints import public_shape  # noqa: E402
 
 MODELS = ["toy", "toy-2L", "smollm2-135m", "qwen3-0.6b", "llama-3.2-1b"]
 SMALL = {"toy", "toy-2L"}
-
-
-@pytest.fixture(scope="module")
-def target():
-    return detect_target()
 
 
 def _model(name, dtype):

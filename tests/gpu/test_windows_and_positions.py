@@ -12,7 +12,6 @@ import amk
 from amk.eval.bench import prefill_random_kv
 from amk.eval.cases import VerifyCase
 from amk.eval.oracle import make_vm, verify
-from amk.schedule import detect_target
 from amk.schedule.errors import ContextError, VmError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_checkpoints.py
@@ -26,11 +25,6 @@ CONFIGS = [
     {"attention": {"kv_partitions": 8, "combine": "last_partition"}},
     {"attention": {"softmax": "partition", "kv_partitions": 2}, "smem_per_block": 24 * 1024},
 ]
-
-
-@pytest.fixture(scope="module")
-def target():
-    return detect_target()
 
 
 @pytest.fixture(scope="module")
