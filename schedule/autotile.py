@@ -36,6 +36,9 @@ MAX_KV_PARTITIONS = 16  # each O task combines every partition (partitions x hea
 # H200, a middle layer: 4.0 / 2.6 / 1.6 us at 128 / 64 / 32 KiB), while fewer, longer partitions lengthen the
 # attention (2.0 / 2.7 / 3.7 us); the step took 906.0 / 896.3 / 912.0 us at 16 / 8 / 4 partitions, and the
 # tinyllama-1.1b shape 958.8 / 953.7 / 1031.3 (bench/results/20261201-2003_h200_attention_warps_per_head.json)
+# The bytes are counted as fp32 partials whatever attention.partials_dtype says: with bf16 partials, half the
+# bytes, llama-3.2-1b still took 893.5 / 900.8 us at 8 / 16 partitions (fp32: 894.2 / 912.4; one process,
+# bench/results/20261202-0120_h200_partials_dtype.json): partitions cost more than their bytes
 MAX_COMBINE_BYTES = 64 * 1024
 NEAR_BEST_US = 0.25  # splits this close to the best estimate count as equal; the one with the fewest tasks wins
 

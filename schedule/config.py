@@ -50,6 +50,11 @@ class AttentionCombine(str, Enum):
     STAGE = "stage"  # a combine stage of one task per KV head between attention and O
 
 
+class PartialsDtype(str, Enum):
+    FP32 = "fp32"  # partition outputs as the fp32 sums the attention computed
+    MODEL = "model"  # rounded to the model's dtype: half the bytes a combine reads (bf16, fp16), one rounding more
+
+
 def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search=None):
     """A config field. `choices`/`minimum`/`maximum` bound what parses; `search` lists the values the
     search explores (defaults to `choices`). A field annotated `int | None` or `bool | None` also parses null,
@@ -118,6 +123,12 @@ class AttentionConfig:
                                           "'o_input' every O task, for its input slice, while it stages it; "
                                           "'stage' a combine stage of one task per KV head before O",
                                      choices=list(AttentionCombine))
+    partials_dtype: PartialsDtype = knob(PartialsDtype.FP32,
+                                         help="with kv_partitions > 1, the dtype of the partition outputs a combine "
+                                              "reads (their (max, sum) stay fp32): 'fp32', or 'model', rounded to "
+                                              "the model's dtype, half the bytes from L2 on a bf16 or fp16 model "
+                                              "(one rounding more; the same as 'fp32' on an fp32 model)",
+                                         choices=list(PartialsDtype))
 
 
 @dataclass

@@ -32,7 +32,7 @@ from .autotile import WarpSplit, streamed_bytes
 from .errors import AmkError
 from .opcodes import NO_BUFFER, Opcode
 from .program import MegakernelProgram, Task
-from .smem import combine_heads, consumer_threads
+from .smem import combine_heads, consumer_threads, partial_bytes
 from .targets import GpuTarget, get_target
 
 MIN_FIT_ROWS = 5
@@ -116,19 +116,21 @@ def kv_bytes(task: Task, program: MegakernelProgram, context: int) -> int:
 
 
 def combine_bytes(task: Task, program: MegakernelProgram) -> int:
-    """Bytes of attention partitions (fp32 partials and their (max, sum)) `task` reads to combine them: an O
-    matvec combining its input slice (o_input), an ATTN_COMBINE task (one KV head's q heads: stage) or a task of
-    a join (last_partition), each of which is priced the combine of its head, as the last of them to arrive
-    does it and which that is depends on the run (the O stage waits for it); 0 otherwise."""
+    """Bytes of attention partitions (the partials, fp32 or the model's dtype as attention.partials_dtype says,
+    and their fp32 (max, sum)) `task` reads to combine them: an O matvec combining its input slice (o_input), an
+    ATTN_COMBINE task (one KV head's q heads: stage) or a task of a join (last_partition), each of which is
+    priced the combine of its head, as the last of them to arrive does it and which that is depends on the run
+    (the O stage waits for it); 0 otherwise."""
     c, p = program.constants, task.params
     group = c.n_heads // c.n_kv_heads
+    e = partial_bytes(program.build, c.dtype.nbytes)
     if task.opcode == Opcode.MATVEC and p.inp_parts > 0:
         heads = combine_heads(p.k0, p.klen, c.head_dim)
-        return p.inp_parts * p.klen * 4 + (p.inp_parts * heads * 8 if p.inp_stats != NO_BUFFER else 0)
+        return p.inp_parts * p.klen * e + (p.inp_parts * heads * 8 if p.inp_stats != NO_BUFFER else 0)
     if task.opcode == Opcode.ATTN_COMBINE:
-        return p.parts * group * (c.head_dim * 4 + (8 if p.part_stats != NO_BUFFER else 0))
+        return p.parts * group * (c.head_dim * e + (8 if p.part_stats != NO_BUFFER else 0))
     if task.opcode in JOIN_OPCODES and p.join.out != NO_BUFFER:  # ATTN_VALUES' partitions share one softmax
-        return p.parts * group * (c.head_dim * 4 + (8 if task.opcode == Opcode.ATTN_PARTIAL else 0))
+        return p.parts * group * (c.head_dim * e + (8 if task.opcode == Opcode.ATTN_PARTIAL else 0))
     return 0
 
 

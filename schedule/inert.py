@@ -52,7 +52,7 @@ def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = N
     """Why the knob at dotted `path` cannot change what runs under the rest of `config` on `target`, or None
     when it can (or when that depends on the model's shape, which the lowering decides)."""
     att = config.attention
-    if path in ("attention.softmax", "attention.combine") and att.kv_partitions == 1:
+    if path in ("attention.softmax", "attention.combine", "attention.partials_dtype") and att.kv_partitions == 1:
         return ("with attention.kv_partitions=1 each KV head is one attention task: no partitions to normalise "
                 "or combine")
     if path == "build.l2_prefetch_kb":

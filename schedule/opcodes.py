@@ -180,7 +180,7 @@ class AttnValuesParams:
     scores_off: int
     stats: int
     stats_off: int
-    out: int  # fp32 partial values per (part, q head)
+    out: int  # partial values per (part, q head): fp32, or the model dtype (attention.partials_dtype)
     out_off: int
     chunk: int
     window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one

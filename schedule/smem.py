@@ -115,20 +115,28 @@ def combine_heads(k0: int, klen: int, head_dim: int) -> int:
     return (k0 + klen - 1) // head_dim - k0 // head_dim + 1
 
 
-def combine_smem_bytes(klen: int, parts: int, stat_heads: int, threads: int, slots: int) -> int:
+def partial_bytes(build: dict, nbytes: int) -> int:
+    """Bytes of one attention partition output element: the model's `nbytes` where attention.partials_dtype is
+    'model' (the build's PARTIALS_MODEL_DTYPE), else 4 (fp32)."""
+    return nbytes if int(build.get("PARTIALS_MODEL_DTYPE", 0)) else 4
+
+
+def combine_smem_bytes(klen: int, parts: int, stat_heads: int, threads: int, slots: int, per_copy: int = 4) -> int:
     """Shared memory of a matvec task that combines its input from `parts` attention partitions while staging
     it (vm/matvec.cuh stage_combined): the staged input (`klen` floats, padded to 16 bytes), the (max, sum) of
     each partition for `stat_heads` q heads (0 for a plain sum; padded), and `slots` 16-byte slots for each
-    copying thread: a thread copies 4 elements, so min(`threads`, klen / 4) of the consumer threads copy. The
-    slots are free once the input is staged: the task's accumulators reuse them."""
-    copiers = min(threads, -(-klen // 4))
+    copying thread: a thread copies `per_copy` elements of a partition (16 bytes: 4 fp32 or 8 bf16 or fp16
+    partials), so min(`threads`, klen / per_copy) of the consumer threads copy. The slots are free once the
+    input is staged: the task's accumulators reuse them."""
+    copiers = min(threads, -(-klen // per_copy))
     return (-(-klen // 4) * 4 + -(-2 * parts * stat_heads // 4) * 4 + 4 * slots * copiers) * 4 + SMEM_BOOKKEEPING_BYTES
 
 
-def combine_slots(work_bytes: int, klen: int, parts: int, stat_heads: int, threads: int) -> int:
+def combine_slots(work_bytes: int, klen: int, parts: int, stat_heads: int, threads: int, per_copy: int = 4) -> int:
     """Partition slots a copying thread gets for combining a staged input in `work_bytes` of shared memory: all
     `parts` where they fit (one batch of copies); else as many as fit, rounded down to an even count (two
-    batches of half of them in flight, one summed while the other lands) or 1; 0 when not even one fits."""
-    room = work_bytes - combine_smem_bytes(klen, parts, stat_heads, threads, 0)
-    slots = max(0, min(parts, room // (16 * min(threads, -(-klen // 4)))))
+    batches of half of them in flight, one summed while the other lands) or 1; 0 when not even one fits.
+    `per_copy`: as combine_smem_bytes."""
+    room = work_bytes - combine_smem_bytes(klen, parts, stat_heads, threads, 0, per_copy)
+    slots = max(0, min(parts, room // (16 * min(threads, -(-klen // per_copy)))))
     return slots - slots % 2 if 2 <= slots < parts else slots

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from . import opcodes as oc
 from .buffers import BufferTable, Placement, lm_head_buffer
-from .config import AttentionCombine, AttentionSoftmax, ScheduleConfig
+from .config import AttentionCombine, AttentionSoftmax, PartialsDtype, ScheduleConfig
 from .errors import LoweringError
 from .graph import ModelDims
 from .opcodes import NO_BUFFER, Epilogue, EpilogueParams, Opcode
@@ -25,6 +25,7 @@ from .smem import (
     consumer_threads,
     matvec_smem_bytes,
     page_partials,
+    partial_bytes,
     partial_positions,
     program_work_smem_bytes,
 )
@@ -39,7 +40,8 @@ def build_defines(config: ScheduleConfig) -> dict[str, int]:
     return {"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": b.loads_in_flight,
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
             "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,
-            "PAGE_BYTES": config.pipeline.page_kb * 1024}
+            "PAGE_BYTES": config.pipeline.page_kb * 1024,
+            "PARTIALS_MODEL_DTYPE": int(config.attention.partials_dtype == PartialsDtype.MODEL)}
 
 
 @dataclass
@@ -262,15 +264,21 @@ class Tiler:
         """Partition slots a thread of a task combining its input slice [k0, k0 + klen) gets (schedule/smem.py
         combine_slots); LoweringError naming smem_per_block when not even one fits."""
         heads = combine_heads(k0, klen, self.d.head_dim) if st.combine_weighted else 0
-        threads, work = self._consumers(), self._work_smem()
-        slots = combine_slots(work, klen, st.combine_parts, heads, threads)
+        threads, work, per_copy = self._consumers(), self._work_smem(), self._partials_per_copy()
+        slots = combine_slots(work, klen, st.combine_parts, heads, threads, per_copy)
         if slots < 1:
             knob, room = self._smem_room()
             raise LoweringError(knob, f"{st.role} tasks combine an input of {klen} elements from {st.combine_parts} "
                                 f"attention partitions, a 16-byte slot a copying thread, and need at least "
-                                f"{combine_smem_bytes(klen, st.combine_parts, heads, threads, 1)} bytes of shared "
-                                f"memory; {room}")
+                                f"{combine_smem_bytes(klen, st.combine_parts, heads, threads, 1, per_copy)} bytes "
+                                f"of shared memory; {room}")
         return slots
+
+    def _partials_per_copy(self) -> int:
+        """Partition output elements one 16-byte copy of stage_combined holds (schedule/smem.py partial_bytes): 4
+        or 8, so a copy stays inside one q head, as the kernel weighs it by one head's (max, sum): head_dim is a
+        multiple of 8 (amk.models refuses any other)."""
+        return 16 // partial_bytes(build_defines(self.cfg), self.dtype.nbytes)
 
     def _combined_input_reads(self, st: Stage, k0: int, klen: int, K: int) -> list[Region]:
         """Partitions 1.. of the input slice (partition 0 is the plain input region) and, when weighted, the

@@ -351,7 +351,8 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             partials = [block_smem.page_partials(int(k), int(r), program.build, c.dtype.nbytes)
                         for k, r in zip(col["klen"], nrows)]
             need = np.asarray([block_smem.matvec_smem_bytes(int(w), int(r), p) for w, r, p in zip(width, nrows, partials)])
-            combine_need = _combine_smem(col, hd, consumers, rep, tids)
+            per_copy = 16 // block_smem.partial_bytes(program.build, c.dtype.nbytes)
+            combine_need = _combine_smem(col, hd, consumers, per_copy, rep, tids)
             what = "an input of {} elements and {} rows"
             detail = (width, nrows)
         elif "chunk" in ix:  # attention: q of the group plus a chunk of scores
@@ -400,9 +401,10 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
                     f"{hd // 2}", tasks=(tid,))
 
 
-def _combine_smem(col: dict, head_dim: int, threads: int, rep: _Report, tids) -> np.ndarray:
-    """Shared memory each matvec task's input combine takes (0 where its input is not in partitions); an ABI issue
-    where a combining task's inp_slots is outside [1, inp_parts], which the kernel's copies would overrun."""
+def _combine_smem(col: dict, head_dim: int, threads: int, per_copy: int, rep: _Report, tids) -> np.ndarray:
+    """Shared memory each matvec task's input combine takes (0 where its input is not in partitions; `per_copy`
+    partition elements a 16-byte copy); an ABI issue where a combining task's inp_slots is outside [1, inp_parts],
+    which the kernel's copies would overrun."""
     parts, slots = col["inp_parts"], col["inp_slots"]
     for k in np.flatnonzero((parts > 0) & ((slots < 1) | (slots > parts))):
         rep.add(IssueKind.ABI, f"{rep.tname(int(tids[k]))}: parameter inp_slots={int(slots[k])} is outside "
@@ -411,7 +413,7 @@ def _combine_smem(col: dict, head_dim: int, threads: int, rep: _Report, tids) ->
     for k in np.flatnonzero(parts > 0):
         k0, klen, p = int(col["k0"][k]), int(col["klen"][k]), int(parts[k])
         heads = block_smem.combine_heads(k0, klen, head_dim) if col["inp_stats"][k] != oc.NO_BUFFER else 0
-        out[k] = block_smem.combine_smem_bytes(klen, p, heads, threads, max(1, int(slots[k])))
+        out[k] = block_smem.combine_smem_bytes(klen, p, heads, threads, max(1, int(slots[k])), per_copy)
     return out
 
 

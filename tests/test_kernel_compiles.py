@@ -106,3 +106,22 @@ def test_a_k_row_wider_than_a_warp_is_refused_before_the_build(tmp_path, monkeyp
         check_head_row(136, 4)
     check_head_row(128, 4)
     check_head_row(256, 2)
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_partials_in_the_model_dtype_compile_with_nothing_on_the_stack(tmp_path, dtype):
+    # every writer of partition outputs (per-warp heads, block-wide, the global softmax's values) and every
+    # reader (O's staged combine, the combine stage, the last partition's join) with 2-byte partials
+    from _checkpoints import llama
+
+    model = amk.load_model(llama(tmp_path / "m"), dtype=dtype, weights=False)
+    for cfg in [{"attention": {"partials_dtype": "model", "kv_partitions": 4}},
+                {"attention": {"partials_dtype": "model", "kv_partitions": 4, "combine": "stage"}},
+                {"attention": {"partials_dtype": "model", "kv_partitions": 4, "combine": "last_partition"}},
+                {"attention": {"partials_dtype": "model", "kv_partitions": 4, "softmax": "global"}}]:
+        prog = lower(model, get_target("h200"), cfg, max_seq=128)
+        assert prog.build["PARTIALS_MODEL_DTYPE"] == 1
+        out = _ptxas_report(prog, tmp_path)
+        assert out.returncode == 0, (cfg, out.stderr[-3000:])
+        assert "0 bytes stack frame" in out.stderr, (cfg, out.stderr[-2000:])

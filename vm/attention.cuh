@@ -425,8 +425,8 @@ __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps
   values_pass(vc, sc, cap, false, s0, s1, M, Ls, probs, p.chunk, acc);
   PHASE(1);
   reduce_values(acc, out_s, probs);
-  float* out = buf<float>(c, p.out) + p.out_off + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM;
-  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, out_s[i]);
+  ptype* out = part_ptr(c, p.out, p.out_off) + (p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * AMK_HEAD_DIM;
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stpart(out + i, out_s[i]);
   PHASE(2);
   return true;
 }

@@ -11,7 +11,7 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
   constexpr int E = AMK_GROUP * AMK_HEAD_DIM;
   int R = 1;
   while (R < 32 && 2 * R * E <= AMK_THREADS && 2 * R <= p.parts) R *= 2;
-  const float* src = buf<float>(c, p.partial) + p.partial_off + p.kv_head * E;
+  const ptype* src = part_ptr(c, p.partial, p.partial_off) + p.kv_head * E;
   const float* st = p.part_stats >= 0 ? buf<float>(c, p.part_stats) + p.part_stats_off : nullptr;
   float* out = buf<float>(c, p.out) + p.out_off + p.kv_head * E;
   for (int base = 0; base < E * R; base += AMK_THREADS) {  // the same trips for every lane of a warp: shuffles below
@@ -26,7 +26,7 @@ __device__ void op_attn_combine(const Ctx& c, const AttnCombineParams& p) {
       for (int e = 0; e < JOIN_BATCH; ++e) {
         const int k = q + e * R;
         const bool in = live && k < p.parts;
-        v[e] = in ? __ldcg(src + k * AMK_HEADS * AMK_HEAD_DIM + i) : 0.f;
+        v[e] = in ? ldpart(src + k * AMK_HEADS * AMK_HEAD_DIM + i) : 0.f;
         ml[e] = (in && st) ? __ldcg(reinterpret_cast<const float2*>(st + (k * AMK_HEADS + hq) * 2))
                            : make_float2(in ? 0.f : NEG_INF, 1.f);
       }
@@ -97,7 +97,7 @@ __device__ void join_combine(const Ctx& c, const JoinCombine& j, int kv_head, in
 #define HEAD_WARPS (NWARPS / AMK_GROUP > 1 ? NWARPS / AMK_GROUP : 1)
 #define VROWS (HD_VECS <= 32 && 32 % HD_VECS == 0 ? 32 / HD_VECS : 0)  // rows one warp-wide load of V covers
 __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, const uint4* ks, const uint4* vs,
-                                   float* probs, int n, float* out, float* stats, float* red, float* wacc) {
+                                   float* probs, int n, ptype* out, float* stats, float* red, float* wacc) {
   constexpr int W = HEAD_WARPS;
   const int lane = threadIdx.x & 31;
   for (int jw = threadIdx.x >> 5; jw < AMK_GROUP * W; jw += NWARPS) {
@@ -150,7 +150,8 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
       }
     }
     // the values: into out (one warp a q head) or this warp's row of wacc (merged below)
-    float* oj = W == 1 ? out + j * AMK_HEAD_DIM : wacc + jw * AMK_HEAD_DIM;
+    ptype* oj = out + j * AMK_HEAD_DIM;
+    float* wj = wacc + jw * AMK_HEAD_DIM;
     if (VROWS > 0) {
       // lane (row group g, vector v) adds vector v of rows a + g, a + g + VROWS, ...: a warp's load covers VROWS
       // whole rows at the full shared-memory width, then the row groups' sums meet by shuffles
@@ -173,8 +174,8 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
       if (g == 0) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          if (W == 1) stcg(oj + v * VEC + e, acc[e]);
-          else oj[v * VEC + e] = acc[e];
+          if (W == 1) stpart(oj + v * VEC + e, acc[e]);
+          else wj[v * VEC + e] = acc[e];
         }
       }
     } else {  // a row that is not a power-of-two number of vectors of at most a warp: lanes over head dims
@@ -197,8 +198,8 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
 #pragma unroll
       for (int k = 0; k < DIMS_PER_LANE; ++k) {
         if (lane + 32 * k >= AMK_HEAD_DIM) continue;
-        if (W == 1) stcg(oj + lane + 32 * k, acc[k]);
-        else oj[lane + 32 * k] = acc[k];
+        if (W == 1) stpart(oj + lane + 32 * k, acc[k]);
+        else wj[lane + 32 * k] = acc[k];
       }
     }
   }
@@ -217,7 +218,7 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
       T = fmaf(red[2 * (j * W + w) + 1], s, T);
       A = fmaf(wacc[(j * W + w) * AMK_HEAD_DIM + d], s, A);
     }
-    stcg(out + i, T > 0.f ? A / T : 0.f);
+    stpart(out + i, T > 0.f ? A / T : 0.f);
     if (d == 0) {
       stcg(stats + 2 * j, M);
       stcg(stats + 2 * j + 1, T);
@@ -273,7 +274,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   const bool in_smem = s1 - s0 <= p.chunk;
   if (in_smem && n_staged == s1 - s0) {  // the common case: warps of a q head (partial_warp_heads)
     const int row0 = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
-    partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, buf<float>(c, p.out) + p.out_off + row0 * AMK_HEAD_DIM,
+    partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, part_ptr(c, p.out, p.out_off) + row0 * AMK_HEAD_DIM,
                        buf<float>(c, p.stats) + p.stats_off + row0 * 2, red, wacc);
     PHASE(3);
     return true;
@@ -305,8 +306,8 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   // values_pass opens with a barrier, which publishes M and Ls
   values_pass(vc, sc, stride, in_smem, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged, false);
   reduce_values(acc, out_s, probs);
-  float* out = buf<float>(c, p.out) + p.out_off + row * AMK_HEAD_DIM;
-  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stcg(out + i, out_s[i]);
+  ptype* out = part_ptr(c, p.out, p.out_off) + row * AMK_HEAD_DIM;
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stpart(out + i, out_s[i]);
   PHASE(3);
   return true;
 }

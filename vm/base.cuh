@@ -62,6 +62,27 @@ __device__ __forceinline__ T* buf(const Ctx& c, int id) { return reinterpret_cas
 __device__ __forceinline__ float ldcg(const float* p) { return __ldcg(p); }
 __device__ __forceinline__ void stcg(float* p, float v) { __stcg(p, v); }
 
+// Attention partition outputs as their combines read them (attention.partials_dtype): fp32, or rounded to the
+// model's dtype, which halves what every combine reads from L2 on a bf16 or fp16 model. They are addressed
+// from the start of their fp32 scratch region (part_ptr), so the program's regions stay in fp32 elements.
+#ifndef AMK_PARTIALS_MODEL_DTYPE
+#define AMK_PARTIALS_MODEL_DTYPE 0
+#endif
+#if AMK_PARTIALS_MODEL_DTYPE
+typedef wtype ptype;
+__device__ __forceinline__ void stpart(ptype* p, float v) { __stcg(p, from_f(v)); }
+__device__ __forceinline__ float ldpart(const ptype* p) { return to_f(__ldcg(p)); }
+#else
+typedef float ptype;
+__device__ __forceinline__ void stpart(ptype* p, float v) { __stcg(p, v); }
+__device__ __forceinline__ float ldpart(const ptype* p) { return __ldcg(p); }
+#endif
+#define PVEC (16 / (int)sizeof(ptype))  // partition output elements a 16-byte copy holds
+
+__device__ __forceinline__ ptype* part_ptr(const Ctx& c, int id, int off) {
+  return reinterpret_cast<ptype*>(buf<float>(c, id) + off);
+}
+
 __device__ __forceinline__ void unpack(const uint4& raw, float* out) {
 #if AMK_DTYPE == DT_F32
   out[0] = __uint_as_float(raw.x); out[1] = __uint_as_float(raw.y);
@@ -79,6 +100,16 @@ __device__ __forceinline__ void unpack(const uint4& raw, float* out) {
   const wtype* h = reinterpret_cast<const wtype*>(&raw);
 #pragma unroll
   for (int e = 0; e < VEC; ++e) out[e] = to_f(h[e]);
+#endif
+}
+
+// PVEC partition outputs from one 16-byte copy of them.
+__device__ __forceinline__ void unpack_part(const uint4& raw, float* out) {
+#if AMK_PARTIALS_MODEL_DTYPE
+  unpack(raw, out);
+#else
+  out[0] = __uint_as_float(raw.x); out[1] = __uint_as_float(raw.y);
+  out[2] = __uint_as_float(raw.z); out[3] = __uint_as_float(raw.w);
 #endif
 }
 

@@ -81,16 +81,17 @@ __device__ __forceinline__ void load_norm_weights(const Ctx& c, const MatvecPara
 
 // The O projection's input still in attention partitions: x[i] = rnd(sum_k w_k part_k[i] / sum_k w_k) with
 // w_k = l_k exp(m_k - M) over the partitions of i's q head (M the largest m_k), or w_k = 1 when the partitions
-// shared one softmax. The partials are fp32 in L2, 4 * P bytes an element: an O task of llama-3.2-1b at 16
-// partitions reads 128 KiB, so the bytes in flight bound the staging, not the arithmetic. Loaded into registers
-// four partitions at a time, one L2 round trip after another, it took 4.0 us of such a task (5.2 on the
-// qwen3-1.7b shape; bench/trace.py); eight at a time held local memory. So each thread copies its 4 elements
-// (one q head) of each partition into its own 16-byte slots with cp.async, which holds no register in flight:
-// p.inp_slots slots a copying thread (schedule/smem.py combine_slots): every partition in one batch where they
-// fit, else two batches of half of the slots, one summed while the other lands (or one slot at a time). A
-// thread reads only the slots it copied, so no barrier; the (max, sum) of the slice's heads are loaded once by
-// the block while the first batches fly, behind one barrier.
-__device__ __forceinline__ void combine_issue(float4* slot, int stride, const float* part, int K, int k, int P, int B,
+// shared one softmax. The partials sit in L2 (fp32, or the model's dtype: attention.partials_dtype), P of them an
+// element: an O task of llama-3.2-1b at 16 fp32 partitions reads 128 KiB, so the bytes in flight bound the
+// staging, not the arithmetic. Loaded into registers four partitions at a time, one L2 round trip after
+// another, it took 4.0 us of such a task (5.2 on the qwen3-1.7b shape; bench/trace.py); eight at a time held
+// local memory. So each thread copies its PVEC elements (16 bytes, one q head) of each partition into its own
+// 16-byte slots with cp.async, which holds no register in flight: p.inp_slots slots a copying thread
+// (schedule/smem.py combine_slots): every partition in one batch where they fit, else two batches of half of
+// the slots, one summed while the other lands (or one slot at a time). A thread reads only the slots it
+// copied, so no barrier; the (max, sum) of the slice's heads are loaded once by the block while the first
+// batches fly, behind one barrier.
+__device__ __forceinline__ void combine_issue(uint4* slot, int stride, const ptype* part, int K, int k, int P, int B,
                                               int ring, int b) {
   const int q0 = b * B;
   for (int e = 0; e < B && q0 + e < P; ++e)
@@ -101,23 +102,25 @@ __device__ __forceinline__ void combine_issue(float4* slot, int stride, const fl
 __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
   const int P = p.inp_parts, K = AMK_HEADS * AMK_HEAD_DIM, tid = threadIdx.x;
   const int S = p.inp_slots, ring = S >= P || S < 2 ? 1 : 2, B = S >= P ? P : S / ring, nb = (P + B - 1) / B;
-  const int stride = min(AMK_THREADS, p.klen / 4);  // the copying threads: slot j of thread t is slot[j * stride + t]
+  const int stride = min(AMK_THREADS, p.klen / PVEC);  // the copying threads: slot j of thread t is slot[j * stride + t]
   const int h0 = p.k0 / AMK_HEAD_DIM, nh = (p.k0 + p.klen - 1) / AMK_HEAD_DIM - h0 + 1;
   const bool weighted = p.inp_stats >= 0;
   const int xs_floats = (p.klen + 3) & ~3;
   float2* stats = reinterpret_cast<float2*>(c.smem + xs_floats);
-  float4* slot = reinterpret_cast<float4*>(c.smem + xs_floats + (weighted ? (2 * P * nh + 3) & ~3 : 0));
-  const float* part = buf<float>(c, p.inp) + p.inp_off + p.k0;
-  if (4 * tid < p.klen) {
-    for (int b = 0; b < ring; ++b) combine_issue(slot, stride, part, K, 4 * tid, P, B, ring, b);
+  uint4* slot = reinterpret_cast<uint4*>(c.smem + xs_floats + (weighted ? (2 * P * nh + 3) & ~3 : 0));
+  const ptype* part = part_ptr(c, p.inp, p.inp_off) + p.k0;
+  if (PVEC * tid < p.klen) {
+    for (int b = 0; b < ring; ++b) combine_issue(slot, stride, part, K, PVEC * tid, P, B, ring, b);
   }
   if (weighted) {
     const float2* st = reinterpret_cast<const float2*>(buf<float>(c, p.inp_stats) + p.inp_stats_off);
     for (int i = tid; i < P * nh; i += AMK_THREADS) stats[i] = __ldcg(st + (i / nh) * AMK_HEADS + h0 + i % nh);
     block_sync();
   }
-  for (int k = 4 * tid; k < p.klen; k += 4 * AMK_THREADS) {  // klen and k0 are multiples of 8
-    if (k != 4 * tid) {
+  // klen, k0 and head_dim are multiples of 8 (amk.models refuses any other head_dim): a thread's PVEC elements
+  // belong to one q head
+  for (int k = PVEC * tid; k < p.klen; k += PVEC * AMK_THREADS) {
+    if (k != PVEC * tid) {
       for (int b = 0; b < ring; ++b) combine_issue(slot, stride, part, K, k, P, B, ring, b);
     }
     const float2* ml = stats + ((p.k0 + k) / AMK_HEAD_DIM - h0);
@@ -125,26 +128,27 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
     if (weighted) {
       for (int q = 0; q < P; ++q) M = fmaxf(M, ml[q * nh].x);
     }
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    float acc[PVEC];
+#pragma unroll
+    for (int e = 0; e < PVEC; ++e) acc[e] = 0.f;
     float T = 0.f;
     for (int b = 0; b < nb; ++b) {
       if (ring == 2) cp_async_wait<1>(); else cp_async_wait<0>();
       for (int e = 0; e < B && b * B + e < P; ++e) {
         const int q = b * B + e;
-        const float4 v = slot[((b % ring) * B + e) * stride + tid];
+        float v[PVEC];
+        unpack_part(slot[((b % ring) * B + e) * stride + tid], v);
         const float2 s = weighted ? ml[q * nh] : make_float2(0.f, 1.f);
         const float w = weighted ? (s.x == NEG_INF ? 0.f : s.y * expf(s.x - M)) : 1.f;
-        acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
-        acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
+#pragma unroll
+        for (int x = 0; x < PVEC; ++x) acc[x] = fmaf(w, v[x], acc[x]);
         T += w;
       }
       combine_issue(slot, stride, part, K, k, b + ring < nb ? P : 0, B, ring, b + ring);
     }
     const float inv = weighted ? 1.f / T : 1.f;
-    c.smem[k] = rnd(acc.x * inv);
-    c.smem[k + 1] = rnd(acc.y * inv);
-    c.smem[k + 2] = rnd(acc.z * inv);
-    c.smem[k + 3] = rnd(acc.w * inv);
+#pragma unroll
+    for (int x = 0; x < PVEC; ++x) c.smem[k + x] = rnd(acc[x] * inv);
   }
   cp_async_wait<0>();
 }

@@ -27,7 +27,7 @@ class ReferenceVM:
         self.adversarial = adversarial
         self.poison = poison or adversarial
         self.rng = random.Random(seed)
-        self.sem = Semantics(self.c)
+        self.sem = Semantics(self.c, partials_rounded=bool(int(program.build.get("PARTIALS_MODEL_DTYPE", 0))))
         tensors: dict[int, torch.Tensor] = {}
         for b in program.buffers:
             if b.kind == BufferKind.WEIGHT:

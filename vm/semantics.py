@@ -35,13 +35,20 @@ class Memory:
 
 
 class Semantics:
-    def __init__(self, c: ProgramConstants):
+    def __init__(self, c: ProgramConstants, partials_rounded: bool = False):
+        """`partials_rounded`: attention partition outputs are stored in the model's dtype
+        (attention.partials_dtype 'model'), so every combine reads them rounded."""
         self.c = c
         self.dt = c.dtype.torch
         self.exact = c.dtype.torch == torch.float32
+        self.partials_rounded = partials_rounded
 
     def rnd(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.exact else x.to(self.dt).float()
+
+    def partial(self, x: torch.Tensor) -> torch.Tensor:
+        """A partition's output as stored for its combine: fp32, or rounded to the model's dtype."""
+        return self.rnd(x) if self.partials_rounded else x
 
     def rmsnorm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.c.rms_eps)
@@ -257,7 +264,7 @@ class Semantics:
         stats = list(zip(M.tolist(), (rec[..., 1] * w).sum(0).tolist()))
         for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats)):
             r = p.out_off + (p.part * c.n_heads + p.kv_head * G + j) * hd
-            mem[p.out][r:r + hd] = o
+            mem[p.out][r:r + hd] = self.partial(o)
         self.join_combine(mem, p, NO_BUFFER, 0)
 
     # Under a per-partition softmax the probabilities are divided by the partition's own sum, not the global
@@ -272,7 +279,7 @@ class Semantics:
         stats = self._scores(mem, p, p.part, p.parts)
         for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats, round_probs=False)):
             row = p.part * c.n_heads + p.kv_head * G + j
-            mem[p.out][p.out_off + row * hd:p.out_off + (row + 1) * hd] = o
+            mem[p.out][p.out_off + row * hd:p.out_off + (row + 1) * hd] = self.partial(o)
             mem[p.stats][p.stats_off + 2 * row] = stats[j][0]
             mem[p.stats][p.stats_off + 2 * row + 1] = stats[j][1]
         self.join_combine(mem, p, p.stats, p.stats_off)

@@ -243,3 +243,26 @@ SOFTMAX_CONFIGS = [  # the default is one task per partition under its own softm
 @pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m"])
 def test_softmax_configs_verify(name, dtype, target):
     _verify_configs(_model(name, dtype), target, SOFTMAX_CONFIGS)
+
+
+PARTIALS_CONFIGS = [  # partition outputs stored in the model's dtype, through every writer and reader
+    {"attention": {"partials_dtype": "model"}},  # O combines them while staging its input
+    {"attention": {"partials_dtype": "model", "combine": "stage"}},
+    {"attention": {"partials_dtype": "model", "combine": "last_partition"}},
+    {"attention": {"partials_dtype": "model", "kv_partitions": 16}, "threads_per_block": 128},  # a warp a q head
+]
+EDGE_PARTIALS_CONFIGS = [
+    {"attention": {"partials_dtype": "model", "softmax": "global", "kv_partitions": 16}},  # ATTN_VALUES' outputs
+    {"attention": {"partials_dtype": "model", "kv_partitions": 2}, "smem_per_block": 24 * 1024},  # block-wide
+]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["toy-2L", "smollm2-135m"])
+def test_model_dtype_partials_verify(name, dtype, target):
+    # smollm2-135m's greedy8 in bf16 sits near a tie at its fifth token (eager's logits 3.984 against 3.891, the
+    # fp32 reference's 3.959 against 3.878, where verify forgives 1.6%): one rounding more moves it across, on
+    # the ReferenceVM under the global softmax and on the GPU on the block-wide path. Those two writers are
+    # verified on the other three
+    edge = EDGE_PARTIALS_CONFIGS if (name, dtype) != ("smollm2-135m", "bf16") else []
+    _verify_configs(_model(name, dtype), target, PARTIALS_CONFIGS + edge)
