@@ -65,7 +65,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     return MegakernelProgram(
         constants=constants, buffers=buffers.buffers, counters=counters, tasks=tasks, queues=queues,
         threads_per_block=config.threads_per_block, smem_per_block=config.smem_per_block,
-        build=build_defines(config),
+        build=build_defines(config, dtype),
         meta={"model": name, "target": target.name, "schedule_id": schedule_id, "max_seq": max_seq,
               "dtype": dtype.name, "stages": len(stages), "derived": derived},
         joins=joins,

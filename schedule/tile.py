@@ -34,14 +34,19 @@ from .stages import Stage, score_capacity
 ELEMENTWISE_ROWS = 1024  # rows per unfused elementwise task (add, silu_mul)
 EPILOGUE_OF = {"store": Epilogue.STORE, "rope_kv": Epilogue.ROPE_KV, "silu_mul": Epilogue.SILU_MUL,
                "residual_add": Epilogue.RESIDUAL_ADD, "logits": Epilogue.LOGITS, "partial": Epilogue.PARTIAL}
-def build_defines(config: ScheduleConfig) -> dict[str, int]:
-    """The compile-time VM knobs of a config, as the program's build dict (the kernel sees each as AMK_<key>)."""
+def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict[str, int]:
+    """The compile-time VM knobs of a config, as the program's build dict (the kernel sees each as AMK_<key>).
+    With the model's `dtype`, attention.partials_dtype 'model' compiles in only where it changes the kernel
+    (more than one KV partition, and a dtype narrower than fp32): a program it cannot change keeps its
+    fingerprint, so the search sees it as the program it is."""
     b = config.build
+    partials = (config.attention.partials_dtype == PartialsDtype.MODEL and config.attention.kv_partitions != 1
+                and (dtype is None or dtype.nbytes < 4))
     return {"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": b.loads_in_flight,
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
             "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,
             "PAGE_BYTES": config.pipeline.page_kb * 1024,
-            "PARTIALS_MODEL_DTYPE": int(config.attention.partials_dtype == PartialsDtype.MODEL)}
+            "PARTIALS_MODEL_DTYPE": int(partials)}
 
 
 @dataclass

@@ -137,3 +137,17 @@ def test_partials_dtype_is_inert_with_one_partition():
     cfg = ScheduleConfig.from_dict({"attention": {"kv_partitions": 1, "partials_dtype": "model"}})
     assert "kv_partitions=1" in inert_reason(cfg, "attention.partials_dtype")
     assert inert_reason(ScheduleConfig.from_dict(_attention(partials_dtype="model")), "attention.partials_dtype") is None
+
+
+def test_a_program_the_knob_cannot_change_keeps_its_fingerprint():
+    # an fp32 model's partials are fp32 either way, and one partition has none: the same program, which the
+    # search's duplicate check then sees (amk/harness/search/rounds.py)
+    model = {"fp32": amk.load_model("toy-2L", dtype="fp32", weights=False),
+             "bf16": amk.load_model("toy-2L", dtype="bf16", weights=False)}
+
+    def fingerprint(dtype: str, **attention) -> str:
+        return lower(model[dtype], "h200", {"attention": attention}, max_seq=128).fingerprint()
+
+    assert fingerprint("fp32", kv_partitions=4) == fingerprint("fp32", kv_partitions=4, partials_dtype="model")
+    assert fingerprint("bf16", kv_partitions=1) == fingerprint("bf16", kv_partitions=1, partials_dtype="model")
+    assert fingerprint("bf16", kv_partitions=4) != fingerprint("bf16", kv_partitions=4, partials_dtype="model")
