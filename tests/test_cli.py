@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -162,6 +163,10 @@ def test_console_script_loop_budget_3_and_report(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     rep = json.loads(p.stdout)
     assert rep["groups"][0]["best"]["predicted"]["config"] is not None  # the best config itself
+    # the toy's program holds fewer positions than the bench's context: the report repeats the loop's note
+    context = re.search(r"at a KV context of (\d+) positions", " ".join(summary["notes"])).group(1)
+    assert any(n.startswith(f"toy on cpu-sim: latencies are at a KV context of {context} positions, not 1024")
+               for n in rep["notes"]), rep["notes"]
     assert rep["trials"] == 3 and len(rep["plots"]) == 2 and all(os.path.getsize(f) > 1000 for f in
                                                                  [os.path.join(tmp_path, x) for x in rep["plots"]])
 

@@ -61,6 +61,25 @@ def corpus_summary(entries: list) -> dict:
             "prior_top": [{"move": k, "mean_improvement": s, "count": n} for k, s, n in prior.top(10)]}
 
 
+def short_context_notes(records: list) -> list[str]:
+    """For each (model, gpu) whose tuning records hold latencies taken at a KV context shorter than the bench's
+    (a model of fewer positions), the note the loop's summary gave: results.tsv does not hold the context."""
+    from .gates import short_context_note
+
+    shortest: dict[tuple[str, str], int] = {}
+    for r in records:
+        c = r.verdict.get("latency_context")
+        if isinstance(c, int) and r.latency_us is not None:
+            key = (r.model, r.gpu)
+            shortest[key] = min(c, shortest.get(key, c))
+    notes = []
+    for (model, gpu), c in sorted(shortest.items()):
+        note = short_context_note(c, None, what="latencies are")
+        if note:
+            notes.append(f"{model} on {gpu}: {note}")
+    return notes
+
+
 def plot_search(df, out_dir: Path) -> str:
     """search.png: per (model, gpu, kind), each trial's latency (dots by status), the best so far (a step),
     and the cost model's prediction against the measurement (with y = x and Spearman's rho)."""
@@ -156,6 +175,7 @@ def report(args) -> CommandResult:
     out["plots"], out["notes"] = [], []
     if not configs and len(df):
         out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown (pass --corpus)")
+    out["notes"] += short_context_notes(records)
     if not args.no_plots:
         out_dir = _out_dir(args.out_dir)
         try:

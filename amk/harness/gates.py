@@ -11,13 +11,14 @@ from .environment import Device
 from .verdict import LatencyKind, Verdict
 
 
-def short_context_note(context: int | None, max_seq: int, what: str = "latency_us is") -> str | None:
+def short_context_note(context: int | None, max_seq: int | None, what: str = "latency_us is") -> str | None:
     """The note that a latency is taken at a KV context shorter than BENCH_CONTEXT (a model of fewer positions
-    than the timed steps need), or None."""
+    than the timed steps need), or None. `max_seq`: the program's positions, where known."""
     if context is None or context >= BENCH_CONTEXT:
         return None
+    holds = f"{max_seq} positions" if max_seq is not None else "fewer positions"
     return (f"{what} at a KV context of {context} position{'' if context == 1 else 's'}, not {BENCH_CONTEXT}: "
-            f"the program holds {max_seq} positions, and its warm-up and timed steps follow the context")
+            f"the program holds {holds}, and its warm-up and timed steps follow the context")
 
 
 def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device, max_seq: int) -> None:
@@ -52,6 +53,7 @@ def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device, max_seq: i
             v.notes.append(f"timing stopped after one repeat: {latency:.2f} us is above stop_above_us; the "
                            "latency is that repeat's and has no spread")
     context = timing.get("context") if kind == LatencyKind.MEASURED_GPU else (v.cost or {}).get("context")
+    v.latency_context = None if context is None else int(context)
     note = short_context_note(context, max_seq)
     if note:
         v.notes.append(note)

@@ -31,6 +31,7 @@ class Verdict:
     latency_spread_us: float | None = None  # stdev of the timed repeats; null for one repeat or a prediction
     timed_repeats: int | None = None  # how many timed repeats latency_us is the median of (GPU only)
     latency_kind: str | None = None  # LatencyKind value, set whenever latency_us is
+    latency_context: int | None = None  # KV positions latency_us was taken at: BENCH_CONTEXT, or the fewer a program holds
     predicted_latency_us: float | None = None  # the cost model's figure, always labelled as such
     spec_floor_us: float | None = None
     measured_floor_us: float | None = None
