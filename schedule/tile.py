@@ -190,9 +190,11 @@ class Tiler:
             inp, norm_w = self.val("attn_part", st.layer), oc.NO_BUFFER
             stats = self.val("attn_stats", st.layer) if st.combine_weighted else None
             combine = (st.combine_parts, stats.buffer if stats else oc.NO_BUFFER, stats.offset if stats else 0)
-            if self.d.head_dim % 4:
-                raise LoweringError("attention.combine", f"'o_input' combines 4 elements of one head at a time; "
-                                    f"head_dim={self.d.head_dim} is not a multiple of 4")
+            per_copy = self._partials_per_copy()
+            if self.d.head_dim % per_copy:  # the knob that would lift it: fp32 partials copy 4
+                knob = "attention.partials_dtype" if self.d.head_dim % 4 == 0 else "attention.combine"
+                raise LoweringError(knob, f"'o_input' combines {per_copy} elements of one head at a time; "
+                                    f"head_dim={self.d.head_dim} is not a multiple of {per_copy}")
         elif st.norm:
             inp, norm_w = self.val("x", -1), self.b[st.norm]
         else:
@@ -281,8 +283,8 @@ class Tiler:
 
     def _partials_per_copy(self) -> int:
         """Partition output elements one 16-byte copy of stage_combined holds (schedule/smem.py partial_bytes): 4
-        or 8, so a copy stays inside one q head, as the kernel weighs it by one head's (max, sum): head_dim is a
-        multiple of 8 (amk.models refuses any other)."""
+        or 8. A copy must stay inside one q head, as the kernel weighs it by one head's (max, sum): amk.models
+        refuses a head_dim that is not a multiple of 8, and the O tiling checks it for shapes given directly."""
         return 16 // partial_bytes(build_defines(self.cfg), self.dtype.nbytes)
 
     def _combined_input_reads(self, st: Stage, k0: int, klen: int, K: int) -> list[Region]:

@@ -109,10 +109,11 @@ def test_a_k_row_wider_than_a_warp_is_refused_before_the_build(tmp_path, monkeyp
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_partials_in_the_model_dtype_compile_with_nothing_on_the_stack(tmp_path, dtype):
     # every writer of partition outputs (per-warp heads, block-wide, the global softmax's values) and every
-    # reader (O's staged combine, the combine stage, the last partition's join) with 2-byte partials
+    # reader (O's staged combine, the combine stage, the last partition's join) with 2-byte partials (an fp32
+    # model's partials are fp32 either way: the default's program)
     from _checkpoints import llama
 
     model = amk.load_model(llama(tmp_path / "m"), dtype=dtype, weights=False)

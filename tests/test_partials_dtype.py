@@ -151,3 +151,19 @@ def test_a_program_the_knob_cannot_change_keeps_its_fingerprint():
     assert fingerprint("fp32", kv_partitions=4) == fingerprint("fp32", kv_partitions=4, partials_dtype="model")
     assert fingerprint("bf16", kv_partitions=1) == fingerprint("bf16", kv_partitions=1, partials_dtype="model")
     assert fingerprint("bf16", kv_partitions=4) != fingerprint("bf16", kv_partitions=4, partials_dtype="model")
+
+
+def test_a_head_dim_a_copy_would_straddle_is_refused_by_name():
+    # amk.models refuses such a head_dim; a shape given to lower_dims directly reaches the O tiling's check
+    import dataclasses
+
+    from amk.schedule.errors import LoweringError
+
+    with open(Path(amk.__file__).parent / "models" / "configs" / "llama-3.2-1b.json") as f:
+        dims = ModelDims.from_hf_config(AutoConfig.for_model(**json.load(f)))
+    odd = dataclasses.replace(dims, head_dim=68)  # a multiple of 4, not of 8
+    cfg = {"attention": {"kv_partitions": 4, "partials_dtype": "model"}}
+    with pytest.raises(LoweringError) as e:
+        lower_dims(odd, DType.BF16, "h200", config=cfg, max_seq=256)
+    assert e.value.knob == "attention.partials_dtype" and "multiple of 8" in str(e.value)
+    lower_dims(odd, DType.BF16, "h200", config={"attention": {"kv_partitions": 4}}, max_seq=256)  # fp32 partials
