@@ -117,8 +117,8 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
     for (int i = tid; i < P * nh; i += AMK_THREADS) stats[i] = __ldcg(st + (i / nh) * AMK_HEADS + h0 + i % nh);
     block_sync();
   }
-  // klen, k0 and head_dim are multiples of 8 (amk.models refuses any other head_dim): a thread's PVEC elements
-  // belong to one q head
+  // klen, k0 and head_dim are multiples of 8 (amk.models and the O tiling refuse any other head_dim): a
+  // thread's PVEC elements belong to one q head
   for (int k = PVEC * tid; k < p.klen; k += PVEC * AMK_THREADS) {
     if (k != PVEC * tid) {
       for (int b = 0; b < ring; ++b) combine_issue(slot, stride, part, K, k, P, B, ring, b);
