@@ -285,7 +285,7 @@ class Tiler:
         """Partition output elements one 16-byte copy of stage_combined holds (schedule/smem.py partial_bytes): 4
         or 8. A copy must stay inside one q head, as the kernel weighs it by one head's (max, sum): amk.models
         refuses a head_dim that is not a multiple of 8, and the O tiling checks it for shapes given directly."""
-        return 16 // partial_bytes(build_defines(self.cfg), self.dtype.nbytes)
+        return 16 // partial_bytes(build_defines(self.cfg, self.dtype), self.dtype.nbytes)
 
     def _combined_input_reads(self, st: Stage, k0: int, klen: int, K: int) -> list[Region]:
         """Partitions 1.. of the input slice (partition 0 is the plain input region) and, when weighted, the
