@@ -17,7 +17,7 @@ from .program import Counter, Join, MegakernelProgram, ProgramConstants, Task, W
 from .stages import Stage, plan_stages, value_sizes
 from .sync import StageGraph, stage_graph
 from .targets import GpuTarget, get_target
-from .tile import TaskDraft, Tiler, build_defines
+from .tile import TaskDraft, Tiler
 
 DEFAULT_MAX_SEQ = 2048
 
@@ -65,7 +65,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     return MegakernelProgram(
         constants=constants, buffers=buffers.buffers, counters=counters, tasks=tasks, queues=queues,
         threads_per_block=config.threads_per_block, smem_per_block=config.smem_per_block,
-        build=build_defines(config, dtype),
+        build=tiler.build,
         meta={"model": name, "target": target.name, "schedule_id": schedule_id, "max_seq": max_seq,
               "dtype": dtype.name, "stages": len(stages), "derived": derived},
         joins=joins,

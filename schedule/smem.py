@@ -121,6 +121,11 @@ def partial_bytes(build: dict, nbytes: int) -> int:
     return nbytes if int(build.get("PARTIALS_MODEL_DTYPE", 0)) else 4
 
 
+def combine_per_copy(build: dict, nbytes: int) -> int:
+    """Partition output elements one 16-byte copy of stage_combined holds: 4 fp32 or 8 bf16 or fp16 partials."""
+    return 16 // partial_bytes(build, nbytes)
+
+
 def combine_smem_bytes(klen: int, parts: int, stat_heads: int, threads: int, slots: int, per_copy: int = 4) -> int:
     """Shared memory of a matvec task that combines its input from `parts` attention partitions while staging
     it (vm/matvec.cuh stage_combined): the staged input (`klen` floats, padded to 16 bytes), the (max, sum) of

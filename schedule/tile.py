@@ -20,12 +20,12 @@ from .smem import (
     attention_partial_smem_bytes,
     attention_smem_bytes,
     combine_heads,
+    combine_per_copy,
     combine_slots,
     combine_smem_bytes,
     consumer_threads,
     matvec_smem_bytes,
     page_partials,
-    partial_bytes,
     partial_positions,
     program_work_smem_bytes,
 )
@@ -77,6 +77,7 @@ class Tiler:
         self.b, self.place = buffers, place
         self.lm_slot = 0
         self._smem_ok: set[tuple[int, int, int]] = set()  # (width, klen, rows) of matvec tasks known to fit
+        self.build = build_defines(config, dtype)  # the program's build dict, as _lower gives it
 
     # ---- helpers -----------------------------------------------------------------------------
     def val(self, name: str, layer: int) -> Placement:
@@ -174,10 +175,10 @@ class Tiler:
         return d.head_dim // 2
 
     def _work_smem(self) -> int:
-        return program_work_smem_bytes(self.cfg.smem_per_block, build_defines(self.cfg))
+        return program_work_smem_bytes(self.cfg.smem_per_block, self.build)
 
     def _consumers(self) -> int:
-        return consumer_threads(self.cfg.threads_per_block, build_defines(self.cfg))
+        return consumer_threads(self.cfg.threads_per_block, self.build)
 
     def _matvec(self, st: Stage) -> list[TaskDraft]:
         rows_total, K, pair, _ = self._shape(st.role)
@@ -236,8 +237,7 @@ class Tiler:
         key = (width, klen, rows)
         if key in self._smem_ok:
             return
-        build = build_defines(self.cfg)
-        need = matvec_smem_bytes(width, rows, page_partials(klen, rows, build, self.dtype.nbytes))
+        need = matvec_smem_bytes(width, rows, page_partials(klen, rows, self.build, self.dtype.nbytes))
         if need > self._work_smem():
             knob, room = self._smem_room()
             raise LoweringError(knob, f"{st.role} tasks stage an input of {width} elements and {rows} rows and need "
@@ -282,10 +282,10 @@ class Tiler:
         return slots
 
     def _partials_per_copy(self) -> int:
-        """Partition output elements one 16-byte copy of stage_combined holds (schedule/smem.py partial_bytes): 4
-        or 8. A copy must stay inside one q head, as the kernel weighs it by one head's (max, sum): amk.models
+        """Partition output elements one 16-byte copy of stage_combined holds (schedule/smem.py combine_per_copy):
+        4 or 8. A copy must stay inside one q head, as the kernel weighs it by one head's (max, sum): amk.models
         refuses a head_dim that is not a multiple of 8, and the O tiling checks it for shapes given directly."""
-        return 16 // partial_bytes(build_defines(self.cfg, self.dtype), self.dtype.nbytes)
+        return combine_per_copy(self.build, self.dtype.nbytes)
 
     def _combined_input_reads(self, st: Stage, k0: int, klen: int, K: int) -> list[Region]:
         """Partitions 1.. of the input slice (partition 0 is the plain input region) and, when weighted, the

@@ -351,7 +351,7 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             partials = [block_smem.page_partials(int(k), int(r), program.build, c.dtype.nbytes)
                         for k, r in zip(col["klen"], nrows)]
             need = np.asarray([block_smem.matvec_smem_bytes(int(w), int(r), p) for w, r, p in zip(width, nrows, partials)])
-            per_copy = 16 // block_smem.partial_bytes(program.build, c.dtype.nbytes)
+            per_copy = block_smem.combine_per_copy(program.build, c.dtype.nbytes)
             combine_need = _combine_smem(col, hd, consumers, per_copy, rep, tids)
             what = "an input of {} elements and {} rows"
             detail = (width, nrows)

@@ -95,6 +95,11 @@ def load(name: str, dtype: str = "fp32", weights: bool = True):
     return amk.load_model(name, dtype=dtype, weights=weights)
 
 
+def lower_builtin(name: str, config: dict, max_seq: int = 1024):
+    """A built-in model's program from its shape alone (no weights), bf16 on an H200."""
+    return amk.lower(load(name, "bf16", weights=False), "h200", config, max_seq=max_seq)
+
+
 # ---- program edits -----------------------------------------------------------------------------------
 def clone(prog):
     """A copy of `prog` that mutations may edit: every list and task is new; frozen parts (params, waits,

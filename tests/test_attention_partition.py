@@ -6,12 +6,10 @@ memory (scores, staged K/V rows) so that the validator accepts it, or names smem
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig
+from _schedules import lower_builtin
 
 import amk
 from amk.eval.oracle import verify
@@ -161,13 +159,6 @@ def test_partial_positions_is_the_largest_fit(group, head_dim, cache_bytes):
         assert partial_positions(96 * 1024, 68, dims, 512, 2) == 68
 
 
-def _lower_shape(name: str, config: dict):
-    """A built-in model's program from its shape alone (no weights), bf16 on an H200."""
-    with open(Path(amk.__file__).parent / "models" / "configs" / f"{name}.json") as f:
-        dims = ModelDims.from_hf_config(AutoConfig.for_model(**json.load(f)))
-    return lower_dims(dims, DType.BF16, "h200", config=config, max_seq=1024)
-
-
 @pytest.mark.parametrize("smem_kb", [48, 96, 160])
 def test_combining_o_tasks_get_every_partition_slot_that_fits(smem_kb):
     # each thread copies its elements of the partitions into its own slots (vm/matvec.cuh stage_combined):
@@ -176,7 +167,7 @@ def test_combining_o_tasks_get_every_partition_slot_that_fits(smem_kb):
 
     cfg = {"attention": {"softmax": "partition", "kv_partitions": 16, "combine": "o_input"},
            "smem_per_block": smem_kb * 1024}
-    prog = _lower_shape("llama-3.2-1b", cfg)
+    prog = lower_builtin("llama-3.2-1b", cfg)
     work = program_work_smem_bytes(prog.smem_per_block, prog.build)
     threads = consumer_threads(prog.threads_per_block, prog.build)
     o_tasks = [t.params for t in prog.tasks if t.kind == "o"]

@@ -5,16 +5,13 @@ a combine's bytes, O's copy slots and the derived partition count follow the ele
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from transformers import AutoConfig
+from _schedules import load, lower_builtin
 
 import amk
 from amk.eval.oracle import verify
-from amk.schedule import DType, ModelDims, cost, lower, lower_dims
+from amk.schedule import DType, cost, lower, lower_dims
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.inert import inert_reason
 from amk.schedule.opcodes import NO_BUFFER, Opcode
@@ -65,18 +62,11 @@ def test_the_partials_are_rounded_only_in_a_16_bit_model():
     assert torch.equal(_step(fp32, "fp32"), _step(fp32, "model"))
 
 
-def _lower_shape(name: str, config: dict, max_seq: int = 1024):
-    """A built-in model's program from its shape alone (no weights), bf16 on an H200."""
-    with open(Path(amk.__file__).parent / "models" / "configs" / f"{name}.json") as f:
-        dims = ModelDims.from_hf_config(AutoConfig.for_model(**json.load(f)))
-    return lower_dims(dims, DType.BF16, "h200", config=config, max_seq=max_seq)
-
-
 @pytest.mark.parametrize("combine", ["o_input", "stage", "last_partition"])
 def test_a_combine_reads_half_the_partial_bytes(combine):
     att = {"kv_partitions": 8, "combine": combine}
-    fp32 = _lower_shape("llama-3.2-1b", {"attention": att})
-    half = _lower_shape("llama-3.2-1b", {"attention": {**att, "partials_dtype": "model"}})
+    fp32 = lower_builtin("llama-3.2-1b", {"attention": att})
+    half = lower_builtin("llama-3.2-1b", {"attention": {**att, "partials_dtype": "model"}})
     c = half.constants
     readers = [t for t in half.tasks if cost.combine_bytes(t, half)]
     assert readers and len(readers) == len([t for t in fp32.tasks if cost.combine_bytes(t, fp32)])
@@ -94,7 +84,7 @@ def test_a_combine_reads_half_the_partial_bytes(combine):
 def test_o_tasks_copy_eight_elements_a_slot(smem_kb):
     # a 16-byte copy holds 8 bf16 partials: half as many threads copy, so more partitions fit a batch
     cfg = {"attention": {"kv_partitions": 16, "partials_dtype": "model"}, "smem_per_block": smem_kb * 1024}
-    prog = _lower_shape("llama-3.2-1b", cfg)
+    prog = lower_builtin("llama-3.2-1b", cfg)
     work = program_work_smem_bytes(prog.smem_per_block, prog.build)
     threads = consumer_threads(prog.threads_per_block, prog.build)
     o_tasks = [t.params for t in prog.tasks if t.kind == "o"]
@@ -112,7 +102,7 @@ def test_the_validator_counts_slots_of_the_model_dtype():
     import dataclasses
 
     cfg = {"attention": {"kv_partitions": 16, "partials_dtype": "model"}, "smem_per_block": 48 * 1024}
-    prog = _lower_shape("llama-3.2-1b", cfg)
+    prog = lower_builtin("llama-3.2-1b", cfg)
     assert validate(prog, "h200").ok
     fp32_build = dict(prog.build, PARTIALS_MODEL_DTYPE=0)
     o = [t for t in prog.tasks if t.kind == "o"]
@@ -127,8 +117,8 @@ def test_the_validator_counts_slots_of_the_model_dtype():
 
 def test_the_derived_partitions_do_not_follow_the_partial_bytes():
     # llama-3.2-1b measured 8 partitions fastest with bf16 partials too (schedule/autotile.py MAX_COMBINE_BYTES)
-    fp32 = _lower_shape("llama-3.2-1b", {"attention": {"partials_dtype": "fp32"}})
-    half = _lower_shape("llama-3.2-1b", {"attention": {"partials_dtype": "model"}})
+    fp32 = lower_builtin("llama-3.2-1b", {"attention": {"partials_dtype": "fp32"}})
+    half = lower_builtin("llama-3.2-1b", {"attention": {"partials_dtype": "model"}})
     assert fp32.meta["derived"]["attention.kv_partitions"] == 8
     assert half.meta["derived"]["attention.kv_partitions"] == 8
 
@@ -159,9 +149,7 @@ def test_a_head_dim_a_copy_would_straddle_is_refused_by_name():
 
     from amk.schedule.errors import LoweringError
 
-    with open(Path(amk.__file__).parent / "models" / "configs" / "llama-3.2-1b.json") as f:
-        dims = ModelDims.from_hf_config(AutoConfig.for_model(**json.load(f)))
-    odd = dataclasses.replace(dims, head_dim=68)  # a multiple of 4, not of 8
+    odd = dataclasses.replace(load("llama-3.2-1b", "bf16", weights=False).dims, head_dim=68)  # a multiple of 4, not of 8
     cfg = {"attention": {"kv_partitions": 4, "partials_dtype": "model"}}
     with pytest.raises(LoweringError) as e:
         lower_dims(odd, DType.BF16, "h200", config=cfg, max_seq=256)

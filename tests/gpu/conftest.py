@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def target():
     """The GPU target of this machine (its SM count and shared memory), for lowering as evaluate does."""
     from amk.schedule import detect_target
