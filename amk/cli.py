@@ -54,7 +54,10 @@ class _Parser(argparse.ArgumentParser):
         flag = re.match(r"argument ([^:]+): (.*)", message, re.S)
         if flag:
             raise UsageError(f"{flag.group(1)}: {flag.group(2)} ({self.prog})")
-        raise UsageError(f"{self.prog}: {message}")
+        required = re.match(r"the following arguments are required: (.*)", message, re.S)
+        if required:
+            raise UsageError(f"{required.group(1)}: required ({self.prog})")
+        raise UsageError(f"{message} ({self.prog})")
 
 
 def _int_at_least(minimum: int, what: str):
@@ -356,7 +359,11 @@ def _main(argv: list[str] | None) -> int:
     stdout = sys.stdout
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named here, where the subcommand is known (argparse's own message names only `amk`)
+            raise UsageError(f"{' '.join(extra)}: unrecognized argument{'s' if len(extra) > 1 else ''} "
+                             f"({parser.prog}{' ' + args.command if getattr(args, 'command', None) else ''})")
         _check_paths(args)
         want_json = bool(getattr(args, "json", False))
         _setup_logging(bool(getattr(args, "quiet", False)))

@@ -141,3 +141,12 @@ def bar(total: int | None, description: str, unit: str = "step") -> Iterator[Bar
             yield b
     log.info("%s: %d %s%s in %.1f s", description, b.done, unit, "" if b.done == 1 else "s",
              time.perf_counter() - t0)
+
+
+def progress_line(p: dict) -> str:
+    """A loop trial's progress in words: status, id, its latency and the best so far in us, and whether they
+    were measured or predicted (the latency's kind)."""
+    lat = f"{p['latency_us']:.2f} us" if p.get("latency_us") is not None else "-"
+    best = f"{p['best_latency_us']:.2f} us" if p.get("best_latency_us") is not None else "-"
+    kind = f" ({p['kind']})" if p.get("kind") else ""
+    return f"trial {p['trial']:>4} {p['status']:<9} {p['schedule_id']} latency {lat}{kind} best {best}"

@@ -8,6 +8,7 @@ each model card); nothing else of those models is used.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -43,14 +44,28 @@ SHAPES: dict[str, tuple[str, dict]] = {
 }
 
 
+MARKER = "amk_shape.json"  # what save_shape wrote into a directory: the shape, seed and dtype of its weights
+
+
 def save_shape(name: str, root: Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
                device: str = "cpu") -> Path:
-    """Write `name`'s config and seeded random weights (safetensors) to root/name; returns the directory. A
-    directory that already holds a config is reused."""
+    """Write `name`'s config and seeded random weights (safetensors) to root/name; returns the directory.
+    A directory this function wrote before with the same shape, seed and dtype is reused. SystemExit, naming
+    the directory, where it holds anything else (other weights are never overwritten)."""
     import transformers
 
+    if name not in SHAPES:
+        raise SystemExit(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
     out = Path(root) / name
-    if (out / "config.json").exists():
+    want = {"shape": name, "seed": seed, "dtype": str(dtype).removeprefix("torch.")}
+    if out.exists() and any(out.iterdir()):
+        try:
+            have = json.loads((out / MARKER).read_text())
+        except (OSError, ValueError):
+            raise SystemExit(f"{out} already holds files that bench/shapes.py did not write (no readable {MARKER}): "
+                             "give another --out") from None
+        if have != want:
+            raise SystemExit(f"{out} holds {have}, not {want}: give another --out, or remove the directory")
         return out
     cls_name, fields = SHAPES[name]
     cfg = getattr(transformers, cls_name)(**fields)
@@ -58,14 +73,17 @@ def save_shape(name: str, root: Path, seed: int = 0, dtype: torch.dtype = torch.
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     model.save_pretrained(out, safe_serialization=True)
+    (out / MARKER).write_text(json.dumps(want) + "\n")
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", default=list(SHAPES), help=f"shapes to save (default: all of {list(SHAPES)})")
-    ap.add_argument("--out", required=True, help="folder to save the shapes under")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    ap.add_argument("names", nargs="*", default=list(SHAPES), metavar="NAME",
+                    help=f"shapes to save, any of {', '.join(SHAPES)} (default: all)")
+    ap.add_argument("--out", required=True, help="folder to save the shapes under, one directory a shape")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0); a directory "
+                    "saved with another seed is refused, not overwritten")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="where the random weights are drawn (a GPU draws a 3B model in seconds)")
     args = ap.parse_args()

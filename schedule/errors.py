@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -97,7 +98,8 @@ def context_full(pos: int, max_seq: int) -> ContextError:
 class UnknownModelError(AmkError, KeyError):
     def __init__(self, name: str, known: list[str]):
         self.name = name
-        super().__init__(f"unknown model {name!r}: not a built-in name ({', '.join(known)}) nor a local directory")
+        super().__init__(f"unknown model {name!r}: not a built-in name ({', '.join(known)}) nor a local directory"
+                         f"{_near(name, known)}")
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable
         return self.args[0]
@@ -105,7 +107,7 @@ class UnknownModelError(AmkError, KeyError):
 
 class UnknownTargetError(AmkError, KeyError):
     def __init__(self, name: str, known: list[str]):
-        super().__init__(f"unknown GPU target {name!r}; known: {', '.join(known)}")
+        super().__init__(f"unknown GPU target {name!r}; known: {', '.join(known)}{_near(name, known)}")
 
     def __str__(self) -> str:
         return self.args[0]
@@ -147,3 +149,10 @@ class VmError(AmkError, RuntimeError):
 
 class EnvironmentProblem(AmkError, RuntimeError):
     """Something the run needs is missing from this machine (CUDA, cupy, a package)."""
+
+
+def _near(name, known: list[str]) -> str:
+    """'; did you mean X?' for the closest known name, or nothing."""
+    near = ([k for k in known if k.startswith(str(name))]
+            or difflib.get_close_matches(str(name), known, n=1, cutoff=0.6))
+    return f"; did you mean {' or '.join(map(repr, near[:3]))}?" if near else ""

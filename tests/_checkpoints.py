@@ -71,19 +71,24 @@ def with_windows(model, windows: tuple[int, ...]):
     return dataclasses.replace(model, dims=dims, graph=build_graph(dims))
 
 
-def public_shape(name: str, dtype: str, device: str = "cuda"):
-    """A public Llama-family shape of bench/shapes.py, dimensions only (no weights): enough to lower and build."""
+def bench_shapes():
+    """The bench/shapes.py module (a script, not a package module)."""
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("bench_shapes", Path(__file__).parents[1] / "bench" / "shapes.py")
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+    return shapes
+
+
+def public_shape(name: str, dtype: str, device: str = "cuda"):
+    """A public Llama-family shape of bench/shapes.py, dimensions only (no weights): enough to lower and build."""
     import transformers
 
     from amk.models.registry import Model, resolve_dtype
     from amk.schedule.graph import ModelDims, build_graph
 
-    spec = importlib.util.spec_from_file_location("bench_shapes", Path(__file__).parents[1] / "bench" / "shapes.py")
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
-    cls, fields = shapes.SHAPES[name]
+    cls, fields = bench_shapes().SHAPES[name]
     cfg = getattr(transformers, cls)(**fields)
     dims = ModelDims.from_hf_config(cfg)
     return Model(name, dims, build_graph(dims), resolve_dtype(dtype), cfg, None, None, "path", 0, name, device)

@@ -266,6 +266,22 @@ def test_every_command_that_uses_the_cache_records_the_last_run(capsys, monkeypa
         assert code == 0 and last["program"][expect] == 1, last
 
 
+def test_a_command_that_touches_no_cache_entry_keeps_the_last_record(capsys, monkeypatch, tmp_path):
+    """generate on a CPU reads and writes no entry: `cache stats` still shows the evaluate before it."""
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "c"))
+    import amk.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "_default", None, raising=False)
+    assert main(["--json", "compile", "--model", "toy", "--out", str(tmp_path / "p.json")]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(cache_mod, "_default", None, raising=False)  # a new process: no counts yet
+    assert main(["--json", "generate", "--model", "toy", "--prompt-ids", "1,2,3", "--max-new-tokens", "2"]) == 0
+    capsys.readouterr()
+    assert main(["--json", "cache", "stats"]) == 0
+    last = json.loads(capsys.readouterr().out)["last_run"]
+    assert last["program"]["misses"] == 1, last
+
+
 @pytest.mark.parametrize("argv, lead", [
     (["--model", "no-such-model"], "--model: unknown model"),
     (["--model", "toy", "--gpu", "no-such-gpu"], "--gpu: unknown GPU target"),

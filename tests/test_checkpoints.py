@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from _checkpoints import llama
+from _checkpoints import SMALL, bench_shapes, llama
 from safetensors.torch import load_file, save_file
 
 import amk
@@ -80,6 +80,32 @@ def test_untied_flag_without_a_head_is_refused_by_name(tmp_path):
 
 
 # ---- incomplete or malformed checkpoints ---------------------------------------------------------------------
+
+
+def test_a_tied_flag_overridden_by_a_separate_head_is_logged(tmp_path, caplog):
+    path = llama(tmp_path, tie_word_embeddings=True)
+    _edit_tensors(path, lambda sd: sd.__setitem__("lm_head.weight", torch.randn(256, 64)))
+    with caplog.at_level("WARNING", logger="amk.models"):
+        amk.load_model(path)
+    assert any("tie_word_embeddings=true" in r.getMessage() and "untied" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="amk.models"):
+        amk.load_model(llama(tmp_path / "tied", tie_word_embeddings=True))
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_name(tmp_path, capsys, value):
+    path = llama(tmp_path)
+
+    def poison(sd):
+        sd["model.layers.0.mlp.up_proj.weight"][3, 5] = value
+    _edit_tensors(path, poison)
+    with pytest.raises(CheckpointError, match="1 of 8192 values are NaN or Inf") as e:
+        amk.load_model(path)
+    assert e.value.field == "model.layers.0.mlp.up_proj.weight"
+    code, out, _ = _cli(capsys, "evaluate", "--model", str(path))
+    assert code == 2 and out["error_type"] == "usage" and "up_proj" in out["error"]
 
 
 def test_a_missing_weight_is_refused_not_filled_in(tmp_path):
@@ -189,3 +215,24 @@ def test_fingerprint_covers_the_weights_content(tmp_path):
     _edit_tensors(path, lambda sd: sd["model.norm.weight"].mul_(1.5))  # same names, shapes and sizes
     assert amk.load_model(path, weights=False).fingerprint != before
     assert amk.load_model(path).fingerprint == amk.load_model(path, weights=False).fingerprint
+
+
+def test_a_saved_shape_is_reused_only_for_its_own_seed(tmp_path, monkeypatch):
+    """bench/shapes.py: the same shape and seed reuse the directory; another seed, another shape's directory or
+    a directory it did not write are refused by name, and nothing is overwritten."""
+    shapes = bench_shapes()
+    monkeypatch.setitem(shapes.SHAPES, "tiny", ("LlamaConfig", dict(SMALL, num_hidden_layers=1)))
+    out = shapes.save_shape("tiny", tmp_path, seed=3)
+    weights = (out / "model.safetensors").read_bytes()
+    assert shapes.save_shape("tiny", tmp_path, seed=3) == out
+    with pytest.raises(SystemExit, match="'seed': 3.*'seed': 7"):
+        shapes.save_shape("tiny", tmp_path, seed=7)
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert amk.load_model(out).dims.n_layers == 1  # the marker file beside the checkpoint is no weight
+    (tmp_path / "other" / "tiny").mkdir(parents=True)
+    (tmp_path / "other" / "tiny" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="did not write"):
+        shapes.save_shape("tiny", tmp_path / "other")
+    with pytest.raises(SystemExit, match="unknown shape 'tiny2'"):
+        shapes.save_shape("tiny2", tmp_path)
+

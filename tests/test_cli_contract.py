@@ -330,3 +330,13 @@ def test_a_knob_made_inert_by_a_derived_value_is_named_with_where_that_value_cam
                for n in short.notes)
     long, _ = build_program("toy", "cpu-sim", {"attention": {"combine": "stage"}}, device="cpu", max_seq=256)
     assert long.derived["attention.kv_partitions"] > 1 and not any("has no effect" in n for n in long.notes)
+
+
+def test_a_loop_progress_line_gives_units_and_the_latency_kind():
+    from amk.progress import progress_line
+
+    p = {"trial": 4, "status": "keep", "schedule_id": "b4b855881ef6", "latency_us": 83.994, "kind": "predicted",
+         "best_latency_us": 80.5}
+    assert progress_line(p) == "trial    4 keep      b4b855881ef6 latency 83.99 us (predicted) best 80.50 us"
+    crashed = dict(p, latency_us=None, kind=None, best_latency_us=None, status="crash")
+    assert progress_line(crashed).endswith("latency - best -")

@@ -137,6 +137,16 @@ def test_config_errors_list_every_problem_with_the_closest_key():
     assert str(e.value).count("$.") == 6
 
 
+def test_a_dotted_knob_path_as_a_key_is_shown_nested():
+    for bad, nested in (({"matvec.qkv.k_splits": 2}, '{"matvec": {"qkv": {"k_splits": VALUE}}}'),
+                        ({"matvec": {"qkv.k_splits": 2}}, '{"qkv": {"k_splits": VALUE}}')):
+        with pytest.raises(ConfigError) as e:
+            ScheduleConfig.from_dict(bad)
+        assert e.value.problems[0].message.endswith(f"written nested in a config: {nested}")
+    with pytest.raises(ConfigError, match="allowed: attention"):  # not a knob's path: the usual listing
+        ScheduleConfig.from_dict({"foo.bar": 1})
+
+
 # ---- knobs declared `int | None` (null: derived at lowering) ----------------------------------------------
 
 @dataclass

@@ -87,6 +87,7 @@ def plot_search(df, out_dir: Path) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from amk.schedule.cost import spearman
 
@@ -101,15 +102,21 @@ def plot_search(df, out_dir: Path) -> str:
         kept = g[g["status"] == "keep"]
         best = kept["latency_us"].cummin() if len(kept) else g["latency_us"].cummin()
         ax1.step((kept if len(kept) else g)["trial"].astype(int), best, where="post", label=f"best so far: {label}")
-        pairs = g[g["predicted_us"].notna() & (g["status"] != "remeasure")]
+        # a predicted latency against its own prediction says nothing: only measured rows are plotted
+        pairs = g[g["predicted_us"].notna() & (g["status"] != "remeasure") & (g["kind"] != "predicted")]
         if len(pairs):
             rho = spearman(pairs["predicted_us"].tolist(), pairs["latency_us"].tolist())
             ax2.scatter(pairs["predicted_us"], pairs["latency_us"], s=12,
                         label=f"{label}, rho = {rho:.2f}" if rho is not None else label)
-    if len(timed) and timed["predicted_us"].notna().any():
-        lo = float(min(timed["predicted_us"].min(), timed["latency_us"].min()))
-        hi = float(max(timed["predicted_us"].max(), timed["latency_us"].max()))
+    measured = timed[timed["predicted_us"].notna() & (timed["kind"] != "predicted")]
+    if len(measured):
+        lo = float(min(measured["predicted_us"].min(), measured["latency_us"].min()))
+        hi = float(max(measured["predicted_us"].max(), measured["latency_us"].max()))
         ax2.plot([lo, hi], [lo, hi], linestyle="--", color="gray", linewidth=1, label="y = x")
+    else:
+        ax2.text(0.5, 0.5, "no measured latencies:\nevery latency here is the cost model's prediction",
+                 ha="center", va="center", transform=ax2.transAxes, fontsize=9, color="gray")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_xlabel("trial")
     ax1.set_ylabel("latency (us)")
     ax1.set_title("latency per trial and the best kept so far")

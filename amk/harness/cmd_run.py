@@ -129,14 +129,12 @@ def evaluate(args) -> CommandResult:
 
 
 def _progress(p: dict) -> None:
-    from amk.progress import is_quiet
+    from amk.progress import is_quiet, progress_line
 
     if is_quiet():  # -q: the summary only
         return
-    lat = f"{p['latency_us']:.2f}" if p.get("latency_us") is not None else "-"
-    best = f"{p['best_latency_us']:.2f}" if p.get("best_latency_us") is not None else "-"
-    print(f"[{p['elapsed_s']:7.1f}s] trial {p['trial']:>4} {p['status']:<9} {p['schedule_id']} latency {lat} "
-          f"best {best}  {p['description'][:100]}", file=sys.stderr, flush=True)
+    print(f"[{p['elapsed_s']:7.1f}s] {progress_line(p)}  {p['description'][:100]}", file=sys.stderr, flush=True)
+
 
 
 def loop(args) -> CommandResult:

@@ -108,13 +108,17 @@ def dumps(obj) -> str:
 
 
 def _save_cache_stats() -> None:
-    """Record this process's cache hits and misses as the last run's (what `amk cache stats` shows)."""
+    """Record this process's cache hits and misses as the last run's (what `amk cache stats` shows), when it
+    touched the cache at all: a command that read and wrote no entry (generate on a CPU) leaves the record of the
+    last one that did."""
     import logging
 
     from amk.cache import default_cache
 
     try:
-        default_cache().save_stats()
+        cache = default_cache()
+        if any(n for counts in cache.stats().values() for n in counts.values()):
+            cache.save_stats()
     except Exception as e:  # noqa: BLE001 - a convenience record: it must not replace the command's own answer
         logging.getLogger("amk.cli").warning("cache stats not saved: %s", e)
 

