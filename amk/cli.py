@@ -362,8 +362,9 @@ def _main(argv: list[str] | None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         if extra:  # named here, where the subcommand is known (argparse's own message names only `amk`)
-            raise UsageError(f"{' '.join(extra)}: unrecognized argument{'s' if len(extra) > 1 else ''} "
-                             f"({parser.prog}{' ' + args.command if getattr(args, 'command', None) else ''})")
+            where = " ".join(str(w) for w in (parser.prog, getattr(args, "command", None),
+                                                getattr(args, "action", None)) if isinstance(w, str))
+            raise UsageError(f"{' '.join(extra)}: unrecognized argument{'s' if len(extra) > 1 else ''} ({where})")
         _check_paths(args)
         want_json = bool(getattr(args, "json", False))
         _setup_logging(bool(getattr(args, "quiet", False)))
