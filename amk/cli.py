@@ -57,6 +57,9 @@ class _Parser(argparse.ArgumentParser):
         required = re.match(r"the following arguments are required: (.*)", message, re.S)
         if required:
             raise UsageError(f"{required.group(1)}: required ({self.prog})")
+        one_of = re.match(r"one of the arguments (.*) is required", message, re.S)
+        if one_of:
+            raise UsageError(f"{' | '.join(one_of.group(1).split())}: one of them is required ({self.prog})")
         raise UsageError(f"{message} ({self.prog})")
 
 

@@ -148,5 +148,5 @@ def progress_line(p: dict) -> str:
     were measured or predicted (the latency's kind)."""
     lat = f"{p['latency_us']:.2f} us" if p.get("latency_us") is not None else "-"
     best = f"{p['best_latency_us']:.2f} us" if p.get("best_latency_us") is not None else "-"
-    kind = f" ({p['kind']})" if p.get("kind") else ""
+    kind = f" ({p['kind']})" if p.get("kind") and p.get("latency_us") is not None else ""
     return f"trial {p['trial']:>4} {p['status']:<9} {p['schedule_id']} latency {lat}{kind} best {best}"

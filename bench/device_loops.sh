@@ -53,6 +53,7 @@ case $cmd in
     for name in "$@"; do
       site=$(site_for "shape_$gpu")
       dir=$(cd /tmp && PYTHONPATH=$site python3 "$repo/bench/shapes.py" --out /tmp/shapes "$name" | tail -1)
+      [ -d "$dir" ] || { echo "$name: bench/shapes.py saved nothing (its message is above)" >&2; continue; }
       detach "$name" "$gpu" bash -c "PYTHONPATH=$site python3 $repo/bench/loop_gpu.py --model $dir --minutes $minutes \
         --seed 0 --builders $builders --reference '$shape_known' --out $root/$name --configs-out $root/$name/configs.json \
         && PYTHONPATH=$site python3 $repo/bench/megakernel.py --model $dir --configs $root/$name/configs.json --peers \

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -44,37 +47,61 @@ SHAPES: dict[str, tuple[str, dict]] = {
 }
 
 
-MARKER = "amk_shape.json"  # what save_shape wrote into a directory: the shape, seed and dtype of its weights
+MARKER = "amk_shape.json"  # what save_shape wrote into a directory: the shape, seed, dtype and device of its weights
 
 
 def save_shape(name: str, root: Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
                device: str = "cpu") -> Path:
     """Write `name`'s config and seeded random weights (safetensors) to root/name; returns the directory.
-    A directory this function wrote before with the same shape, seed and dtype is reused. SystemExit, naming
-    the directory, where it holds anything else (other weights are never overwritten)."""
+    A directory this function wrote before with the same shape, seed, dtype and device (whose random streams
+    differ) is reused. The save goes to a temporary directory renamed into place, so an interrupted save or a
+    concurrent one never leaves a half-written or mislabelled directory. SystemExit, naming the directory, where
+    it holds anything else (other weights are never overwritten)."""
     import transformers
 
     if name not in SHAPES:
         raise SystemExit(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
-    out = Path(root) / name
-    want = {"shape": name, "seed": seed, "dtype": str(dtype).removeprefix("torch.")}
-    if out.exists() and any(out.iterdir()):
-        try:
-            have = json.loads((out / MARKER).read_text())
-        except (OSError, ValueError):
-            raise SystemExit(f"{out} already holds files that bench/shapes.py did not write (no readable {MARKER}): "
-                             "give another --out") from None
-        if have != want:
-            raise SystemExit(f"{out} holds {have}, not {want}: give another --out, or remove the directory")
+    root = Path(root)
+    out = root / name
+    want = {"shape": name, "seed": int(seed), "dtype": str(dtype).removeprefix("torch."),
+            "device": torch.device(device).type}
+    if _reusable(out, want):
         return out
     cls_name, fields = SHAPES[name]
     cfg = getattr(transformers, cls_name)(**fields)
-    torch.manual_seed(seed)
+    torch.manual_seed(int(seed))
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    model.save_pretrained(out, safe_serialization=True)
-    (out / MARKER).write_text(json.dumps(want) + "\n")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / MARKER).write_text(json.dumps(want) + "\n")
+        try:
+            os.rename(tmp, out)  # atomic; replaces only a missing or empty directory
+        except OSError:
+            if not _reusable(out, want):  # another save got there first, with other weights
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _reusable(out: Path, want: dict) -> bool:
+    """Whether `out` holds a save of `want` (True), is missing or empty (False); SystemExit otherwise."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    try:
+        have = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        raise SystemExit(f"{out} holds files without a readable {MARKER} (another program's, or an older "
+                         "bench/shapes.py's): give another --out, or remove the directory") from None
+    if have != want:
+        raise SystemExit(f"{out} holds {have}, not {want}: give another --out, or remove the directory")
+    missing = [f for f in ("config.json", "model.safetensors") if not (out / f).is_file()]
+    if missing:
+        raise SystemExit(f"{out} has lost {', '.join(missing)}: remove the directory and save it again")
+    return True
 
 
 def main() -> None:
@@ -87,6 +114,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="where the random weights are drawn (a GPU draws a 3B model in seconds)")
     args = ap.parse_args()
+    unknown = [n for n in args.names if n not in SHAPES]
+    if unknown:  # before any shape is saved
+        ap.error(f"unknown shape(s) {', '.join(map(repr, unknown))}; known: {', '.join(SHAPES)}")
     for name in args.names:
         print(save_shape(name, Path(args.out), args.seed, device=args.device), flush=True)
 

@@ -12,6 +12,7 @@ mkdir -p "$out"
 cd /tmp  # the repo root's amk/ folder would hide the site's package
 for name in "$@"; do
   dir=$(PYTHONPATH=$site python3 "$repo/bench/shapes.py" --out /tmp/shapes "$name" | tail -1)
+  [ -d "$dir" ] || { echo "$name: bench/shapes.py saved nothing (its message is above)" >&2; continue; }
   PYTHONPATH=$site timeout 330 python3 "$repo/bench/megakernel.py" --model "$dir" --configs "$configs" --peers \
     --out "$out" 2>&1 | grep -vE "^\s*$|Warning|warn" | tail -8
 done

@@ -370,7 +370,7 @@ def _unknown_key(path: str, key, allowed) -> str:
                                                and difflib.get_close_matches(str(key), [p.rpartition(".")[2]],
                                                                              cutoff=0.8))}
     known = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
-    if isinstance(key, str) and "." in key and not known:
+    if isinstance(key, str) and "." in key:
         # propose, derived and results.tsv name knobs by dotted path; a config nests them
         full = f"{path.removeprefix('$').lstrip('.')}.{key}".lstrip(".")
         if full in {p for p, _, _ in iter_knobs()}:

@@ -153,6 +153,8 @@ class EnvironmentProblem(AmkError, RuntimeError):
 
 def _near(name, known: list[str]) -> str:
     """'; did you mean X?' for the closest known name, or nothing."""
-    near = ([k for k in known if k.startswith(str(name))]
-            or difflib.get_close_matches(str(name), known, n=1, cutoff=0.6))
+    low = str(name).lower()
+    lowered = {k.lower(): k for k in known}
+    near = ([k for k in known if low and k.lower().startswith(low)]
+            or [lowered[k] for k in difflib.get_close_matches(low, list(lowered), n=1, cutoff=0.6)])
     return f"; did you mean {' or '.join(map(repr, near[:3]))}?" if near else ""

@@ -101,11 +101,22 @@ def test_non_finite_weights_are_refused_by_name(tmp_path, capsys, value):
     def poison(sd):
         sd["model.layers.0.mlp.up_proj.weight"][3, 5] = value
     _edit_tensors(path, poison)
-    with pytest.raises(CheckpointError, match="1 of 8192 values are NaN or Inf") as e:
+    with pytest.raises(CheckpointError, match="1 of 8192 values are NaN or Inf as float32") as e:
         amk.load_model(path)
     assert e.value.field == "model.layers.0.mlp.up_proj.weight"
     code, out, _ = _cli(capsys, "evaluate", "--model", str(path))
     assert code == 2 and out["error_type"] == "usage" and "up_proj" in out["error"]
+
+
+def test_a_value_past_fp16_range_is_named_as_such(tmp_path):
+    path = llama(tmp_path)
+
+    def big(sd):
+        sd["model.layers.0.mlp.up_proj.weight"][0, 0] = 1e6
+    _edit_tensors(path, big)
+    assert amk.load_model(path, "bf16").dims.n_layers == 1
+    with pytest.raises(CheckpointError, match="as float16: fp16 holds values up to 65504"):
+        amk.load_model(path, "fp16")
 
 
 def test_a_missing_weight_is_refused_not_filled_in(tmp_path):
@@ -225,14 +236,18 @@ def test_a_saved_shape_is_reused_only_for_its_own_seed(tmp_path, monkeypatch):
     out = shapes.save_shape("tiny", tmp_path, seed=3)
     weights = (out / "model.safetensors").read_bytes()
     assert shapes.save_shape("tiny", tmp_path, seed=3) == out
-    with pytest.raises(SystemExit, match="'seed': 3.*'seed': 7"):
+    with pytest.raises(SystemExit, match="'seed': 3.*'seed': 7"):  # another seed: refused
         shapes.save_shape("tiny", tmp_path, seed=7)
     assert (out / "model.safetensors").read_bytes() == weights
     assert amk.load_model(out).dims.n_layers == 1  # the marker file beside the checkpoint is no weight
     (tmp_path / "other" / "tiny").mkdir(parents=True)
     (tmp_path / "other" / "tiny" / "config.json").write_text("{}")
-    with pytest.raises(SystemExit, match="did not write"):
+    with pytest.raises(SystemExit, match="without a readable amk_shape.json"):
         shapes.save_shape("tiny", tmp_path / "other")
+    (out / "model.safetensors").unlink()
+    with pytest.raises(SystemExit, match="has lost model.safetensors"):
+        shapes.save_shape("tiny", tmp_path, seed=3)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
     with pytest.raises(SystemExit, match="unknown shape 'tiny2'"):
         shapes.save_shape("tiny2", tmp_path)
 

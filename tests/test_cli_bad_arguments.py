@@ -185,6 +185,8 @@ def test_a_config_or_file_the_command_cannot_use_names_its_flag(capsys, tmp_path
     (["loop", "--model", "toy", "--budget", "0"], "--budget: expected a positive integer"),
     (["generate", "--model", "toy", "--prompt-ids", "1,2,x"], "--prompt-ids: expected comma-separated token ids"),
     (["evaluate"], "--model: required (amk evaluate)"),
+    (["generate", "--model", "toy"], "--prompt | --prompt-ids: one of them is required (amk generate)"),
+    (["cache", "stats", "--x"], "--x: unrecognized argument (amk cache stats)"),
     (["evaluate", "--model", "toy", "--bogus", "1"], "--bogus 1: unrecognized arguments (amk evaluate)"),
     (["evaluate", "--model", "lama-3.2-1b"], "--model: unknown model 'lama-3.2-1b'"),
     (["evaluate", "--model", "toy", "--gpu", "h100"], "--gpu: unknown GPU target 'h100'"),
@@ -195,3 +197,8 @@ def test_a_flag_argparse_refuses_leads_its_message(capsys, argv, lead):
     assert "amk: " not in out["error"]  # printed after "amk: error: ", the program's name once
     if "unknown" in lead:  # a near miss of a known name is suggested
         assert "did you mean 'llama-3.2-1b'?" in out["error"] or "did you mean 'h100-pcie' or 'h100-sxm'?" in out["error"]
+
+
+def test_a_model_name_too_long_for_a_path_is_an_unknown_model(capsys):
+    code, out = run(capsys, "evaluate", "--model", "x" * 300)
+    assert code == 2 and out["error"].startswith("--model: unknown model 'xxx"), out["error"]

@@ -139,6 +139,7 @@ def test_config_errors_list_every_problem_with_the_closest_key():
 
 def test_a_dotted_knob_path_as_a_key_is_shown_nested():
     for bad, nested in (({"matvec.qkv.k_splits": 2}, '{"matvec": {"qkv": {"k_splits": VALUE}}}'),
+                        ({"attention.sync": 1}, '{"attention": {"sync": VALUE}}'),  # a near miss of `attention`
                         ({"matvec": {"qkv.k_splits": 2}}, '{"qkv": {"k_splits": VALUE}}')):
         with pytest.raises(ConfigError) as e:
             ScheduleConfig.from_dict(bad)

@@ -100,8 +100,13 @@ def plot_search(df, out_dir: Path) -> str:
             ax1.scatter(s["trial"].astype(int), s["latency_us"], s=12, color=colours.get(status, "tab:red"),
                         label=f"{status}" if len(timed.groupby(["model", "gpu", "kind"])) == 1 else None)
         kept = g[g["status"] == "keep"]
-        best = kept["latency_us"].cummin() if len(kept) else g["latency_us"].cummin()
-        ax1.step((kept if len(kept) else g)["trial"].astype(int), best, where="post", label=f"best so far: {label}")
+        src = kept if len(kept) else g
+        trials, best = src["trial"].astype(int).tolist(), src["latency_us"].cummin().tolist()
+        last = int(g["trial"].max())
+        if trials and trials[-1] < last:  # the best stands until the last trial
+            trials.append(last)
+            best.append(best[-1])
+        ax1.step(trials, best, where="post", label=f"best so far: {label}")
         # a predicted latency against its own prediction says nothing: only measured rows are plotted
         pairs = g[g["predicted_us"].notna() & (g["status"] != "remeasure") & (g["kind"] != "predicted")]
         if len(pairs):
@@ -114,8 +119,9 @@ def plot_search(df, out_dir: Path) -> str:
         hi = float(max(measured["predicted_us"].max(), measured["latency_us"].max()))
         ax2.plot([lo, hi], [lo, hi], linestyle="--", color="gray", linewidth=1, label="y = x")
     else:
-        ax2.text(0.5, 0.5, "no measured latencies:\nevery latency here is the cost model's prediction",
-                 ha="center", va="center", transform=ax2.transAxes, fontsize=9, color="gray")
+        why = ("no measured latency has a prediction" if (timed["kind"] != "predicted").any() else
+               "no measured latencies:\nevery latency here is the cost model's prediction")
+        ax2.text(0.5, 0.5, why, ha="center", va="center", transform=ax2.transAxes, fontsize=9, color="gray")
     ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_xlabel("trial")
     ax1.set_ylabel("latency (us)")

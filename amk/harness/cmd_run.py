@@ -136,7 +136,6 @@ def _progress(p: dict) -> None:
     print(f"[{p['elapsed_s']:7.1f}s] {progress_line(p)}  {p['description'][:100]}", file=sys.stderr, flush=True)
 
 
-
 def loop(args) -> CommandResult:
     from amk.harness.loop import StopReason
     from amk.harness.loop import loop as _loop

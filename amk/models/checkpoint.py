@@ -173,11 +173,15 @@ def check_loading_info(path: Path, info: dict, weights: WeightFiles) -> None:
 
 
 def check_finite(path: Path, module) -> None:
-    """Refuse weights holding NaN or Inf (CheckpointError naming the first such tensor): no output computed from
-    them is finite, transformers' reference included, so no config could verify on them."""
+    """Refuse weights holding NaN or Inf in the dtype they were loaded in (CheckpointError naming the first such
+    tensor): no output computed from them is finite, transformers' reference included, so no config could verify
+    on them. A value past fp16's range (65504) becomes Inf when an fp32 or bf16 checkpoint loads as fp16."""
     import torch
 
     for name, p in module.named_parameters():
         bad = ~torch.isfinite(p) if p.is_floating_point() else None
         if bad is not None and bool(bad.any()):
-            raise CheckpointError(path, f"{int(bad.sum())} of {p.numel()} values are NaN or Inf", field=name)
+            hint = (": fp16 holds values up to 65504, and larger ones load as Inf; the checkpoint may be finite as "
+                    "bf16 or fp32" if p.dtype == torch.float16 else "")
+            raise CheckpointError(path, f"{int(bad.sum())} of {p.numel()} values are NaN or Inf as "
+                                  f"{str(p.dtype).removeprefix('torch.')}{hint}", field=name)

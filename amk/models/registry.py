@@ -158,8 +158,15 @@ def model_shape(name_or_path) -> ModelDims:
 def check_model_name(name_or_path) -> None:
     """UnknownModelError unless `name_or_path` is a built-in name or an existing directory; reads nothing."""
     key = str(name_or_path)
-    if key != _GGUF_NAME and key not in builtin_names() and not Path(name_or_path).expanduser().is_dir():
+    if key != _GGUF_NAME and key not in builtin_names() and not _is_dir(name_or_path):
         raise UnknownModelError(key, builtin_names())
+
+
+def _is_dir(name_or_path) -> bool:
+    try:
+        return Path(name_or_path).expanduser().is_dir()
+    except (OSError, ValueError):  # a name too long for a path, or one holding a NUL byte, names no directory
+        return False
 
 
 def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", weights: bool = True) -> Model:
