@@ -364,6 +364,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
+        want_json = want_json or bool(getattr(args, "json", False))  # --json abbreviated, beside a bad argument
         if extra:  # named here, where the subcommand is known (argparse's own message names only `amk`)
             where = " ".join(str(w) for w in (parser.prog, getattr(args, "command", None),
                                                 getattr(args, "action", None)) if isinstance(w, str))

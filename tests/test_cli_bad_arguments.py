@@ -202,3 +202,11 @@ def test_a_flag_argparse_refuses_leads_its_message(capsys, argv, lead):
 def test_a_model_name_too_long_for_a_path_is_an_unknown_model(capsys):
     code, out = run(capsys, "evaluate", "--model", "x" * 300)
     assert code == 2 and out["error"].startswith("--model: unknown model 'xxx"), out["error"]
+
+
+def test_an_abbreviated_json_flag_beside_a_bad_argument_still_answers_in_json(capsys):
+    from amk.cli import main
+
+    code = main(["models", "--jso", "--bogus"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 2 and out["exit_code"] == 2 and out["error"] == "--bogus: unrecognized argument (amk models)"
