@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .errors import ConfigError, ConfigProblem
+from .errors import ConfigError, ConfigProblem, suggest
 
 
 class SmAssignment(str, Enum):
@@ -444,13 +444,8 @@ def _old_value(path: str, value) -> str | None:
 
 
 def _near_choice(value: str, allowed: list[str]) -> str | None:
-    """The choice a misspelt value most likely meant: the same letters in another case, the one choice it
-    begins, or the closest spelling."""
-    low = value.lower()
-    same = [a for a in allowed if a.lower() == low]
-    starts = [a for a in allowed if low and a.lower().startswith(low)]
-    near = difflib.get_close_matches(low, allowed, n=1, cutoff=0.6)
-    return (same or (starts if len(starts) == 1 else []) or near or [None])[0]
+    """The choice a misspelt value most likely meant (errors.suggest), or None."""
+    return (suggest(value, allowed) or [None])[0]
 
 
 def _json(value) -> str:

@@ -151,10 +151,18 @@ class EnvironmentProblem(AmkError, RuntimeError):
     """Something the run needs is missing from this machine (CUDA, cupy, a package)."""
 
 
+def suggest(value, allowed: list[str], many: bool = False) -> list[str]:
+    """The names a misspelt `value` most likely meant: the same letters in another case, else the names it
+    begins (up to three with `many`, else only a lone one), else the closest spelling; none for an empty value."""
+    low = str(value).lower()
+    same = [a for a in allowed if a.lower() == low]
+    starts = [a for a in allowed if low and a.lower().startswith(low)]
+    lowered = {a.lower(): a for a in allowed}
+    close = [lowered[k] for k in difflib.get_close_matches(low, list(lowered), n=1, cutoff=0.6)]
+    return same or (starts[:3] if many else starts if len(starts) == 1 else []) or close
+
+
 def _near(name, known: list[str]) -> str:
-    """'; did you mean X?' for the closest known name, or nothing."""
-    low = str(name).lower()
-    lowered = {k.lower(): k for k in known}
-    near = ([k for k in known if low and k.lower().startswith(low)]
-            or [lowered[k] for k in difflib.get_close_matches(low, list(lowered), n=1, cutoff=0.6)])
-    return f"; did you mean {' or '.join(map(repr, near[:3]))}?" if near else ""
+    """'; did you mean X?' (or 'X or Y') for the known names `name` most likely meant, or nothing."""
+    near = suggest(name, known, many=True)
+    return f"; did you mean {' or '.join(map(repr, near))}?" if near else ""

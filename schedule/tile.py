@@ -34,6 +34,8 @@ from .stages import Stage, score_capacity
 ELEMENTWISE_ROWS = 1024  # rows per unfused elementwise task (add, silu_mul)
 EPILOGUE_OF = {"store": Epilogue.STORE, "rope_kv": Epilogue.ROPE_KV, "silu_mul": Epilogue.SILU_MUL,
                "residual_add": Epilogue.RESIDUAL_ADD, "logits": Epilogue.LOGITS, "partial": Epilogue.PARTIAL}
+
+
 def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict[str, int]:
     """The compile-time VM knobs of a config, as the program's build dict (the kernel sees each as AMK_<key>).
     With the model's `dtype`, attention.partials_dtype 'model' compiles in only where it changes the kernel
