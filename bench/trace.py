@@ -1,6 +1,7 @@
 """Where does a step's time go? Run the tracing build and account for it per stage kind and per layer.
 
     python bench/trace.py --model llama-3.2-1b --configs '[{}, {"pipeline": {"pages": 10}}]' --out $OUT
+    python bench/trace.py --define AMK_SCORE_ILP=1 ...   (a kernel-source variant, as bench/variants.py)
 
 Per layer: the time from the previous layer's last task to this layer's last task, against the layer's bytes
 (weights plus the KV cache it reads) over the measured read bandwidth; and per stage of the layer, the mean
@@ -154,7 +155,24 @@ def main() -> None:
     ap.add_argument("--configs", default="[{}]", help="JSON list of config dicts")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
+                    help="a preprocessor define put before the kernel source (repeatable; as bench/variants.py)")
     args = ap.parse_args()
+    from variants import (  # a sibling script, importable when this one runs
+        Variant,
+        kernel_defines,
+        parse_defines,
+    )
+
+    try:
+        variant = Variant("defines", parse_defines(args.define, "--define"))
+    except ValueError as e:
+        ap.error(str(e))
+    with kernel_defines(variant.prefix):
+        run(args)
+
+
+def run(args) -> None:
     target = detect_target()
     bandwidth = measure_read_bandwidth()
     model = amk.load_model(args.model, dtype=args.dtype, device="cuda")
@@ -168,7 +186,7 @@ def main() -> None:
             vm.launch()
         vm.check()
         s = summarise(prog, vm.trace, bandwidth, args.context)
-        s.update(config=cfg, read_bandwidth_gbs=bandwidth)
+        s.update(config=cfg, read_bandwidth_gbs=bandwidth, defines=args.define)
         results.append(s)
         print(f"config {cfg}: traced step {s['step_us']:.1f} us (read bandwidth {bandwidth:.0f} GB/s)")
         print_summary(s)

@@ -1,0 +1,42 @@
+"""bench/variants.py: variant specs, and the define prefix reaching the kernel source and its build key."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+import amk
+from amk.schedule import get_target
+from amk.vm import loader
+
+_SPEC = importlib.util.spec_from_file_location("bench_variants", Path(__file__).parents[1] / "bench" / "variants.py")
+variants = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = variants  # its dataclass looks its module up
+_SPEC.loader.exec_module(variants)
+
+
+def test_a_variant_is_a_name_and_its_defines_in_order():
+    assert variants.parse_variant("base=") == variants.Variant("base", ())
+    v = variants.parse_variant("both=AMK_A=1,AMK_B=0x10")
+    assert v.defines == (("AMK_A", "1"), ("AMK_B", "0x10"))
+    assert v.prefix == "#define AMK_A 1\n#define AMK_B 0x10\n"
+
+
+@pytest.mark.parametrize("text, part", [("base", "expected NAME="), ("1x=A=1", "expected NAME="),
+                                        ("v=A", "'A' is not DEFINE=VALUE"), ("v=A=1,=2", "'=2' is not"),
+                                        ("v=A=", "'A=' is not")])
+def test_a_malformed_variant_names_its_bad_part(text, part):
+    with pytest.raises(ValueError, match=part):
+        variants.parse_variant(text)
+
+
+def test_the_prefix_leads_the_kernel_source_and_changes_the_build_key_only_while_open(monkeypatch):
+    monkeypatch.setattr(loader, "nvrtc_version", lambda: "13.0")  # no cupy on a CPU machine
+    prog = amk.lower(amk.load_model("toy", dtype="fp32", weights=False), get_target("h200"), None, max_seq=64)
+    plain = loader.kernel_source()
+    key = loader._header_and_key(prog, "sm_90", False)[3]
+    with variants.kernel_defines("#define AMK_X 1\n"):
+        assert loader.kernel_source() == "#define AMK_X 1\n" + plain
+        assert loader._header_and_key(prog, "sm_90", False)[3] != key
+    assert loader.kernel_source() == plain and loader._header_and_key(prog, "sm_90", False)[3] == key
