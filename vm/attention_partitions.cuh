@@ -93,6 +93,9 @@ __device__ void join_combine(const Ctx& c, const JoinCombine& j, int kv_head, in
 // from warp shuffles. One warp a q head needs no block barrier; several merge their (max, sum, values) through
 // shared memory after one barrier, so that a partition of few tasks still spreads over every warp. Numerics as
 // the block-wide path: rounded scores, fp32 probabilities, fp32 sums (in another order).
+// the scores' K vectors a row, unrolled whole where that was measured (bf16 and fp16, head_dim up to 128); 32 of
+// them (fp32 rows of 128) spill to the stack
+constexpr int SCORE_UNROLL = HD_VECS <= 16 ? HD_VECS : 4;
 #define DIMS_PER_LANE ((AMK_HEAD_DIM + 31) / 32)
 #define HEAD_WARPS (NWARPS / AMK_GROUP > 1 ? NWARPS / AMK_GROUP : 1)
 #define VROWS (HD_VECS <= 32 && 32 % HD_VECS == 0 ? 32 / HD_VECS : 0)  // rows one warp-wide load of V covers
@@ -110,7 +113,7 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
       // four partial sums, not one chain of HD dependent FMAs: the scores are latency-bound (llama-3.2-1b 896.2
       // against 897.5 us, qwen2.5-3b shape 2322.6 against 2332.4; bench/results/20261202-0700_h200_score_partial_sums.json)
       float d4[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
+#pragma unroll SCORE_UNROLL
       for (int v = 0; v < HD_VECS; ++v) {
         float f[VEC];
         unpack(ks[staged_slot(r, v)], f);
