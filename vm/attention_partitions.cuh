@@ -93,12 +93,12 @@ __device__ void join_combine(const Ctx& c, const JoinCombine& j, int kv_head, in
 // from warp shuffles. One warp a q head needs no block barrier; several merge their (max, sum, values) through
 // shared memory after one barrier, so that a partition of few tasks still spreads over every warp. Numerics as
 // the block-wide path: rounded scores, fp32 probabilities, fp32 sums (in another order).
-// the scores' K vectors a row, unrolled whole where that was measured (bf16 and fp16, head_dim up to 128); 32 of
-// them (fp32 rows of 128) spill to the stack
-constexpr int SCORE_UNROLL = HD_VECS <= 16 ? HD_VECS : 4;
 #define DIMS_PER_LANE ((AMK_HEAD_DIM + 31) / 32)
 #define HEAD_WARPS (NWARPS / AMK_GROUP > 1 ? NWARPS / AMK_GROUP : 1)
 #define VROWS (HD_VECS <= 32 && 32 % HD_VECS == 0 ? 32 / HD_VECS : 0)  // rows one warp-wide load of V covers
+// The scores' K vectors a row, unrolled whole where that was measured (bf16 and fp16, head_dim up to 128); 32
+// of them (fp32 rows of 128) spill to the stack.
+constexpr int SCORE_UNROLL = HD_VECS <= 16 ? HD_VECS : 4;
 __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, const uint4* ks, const uint4* vs,
                                    float* probs, int n, ptype* out, float* stats, float* red, float* wacc) {
   constexpr int W = HEAD_WARPS;
