@@ -43,8 +43,10 @@ def parse_defines(items: list[str], flag: str) -> tuple[tuple[str, str], ...]:
     defines = []
     for item in items:
         key, eq, value = item.partition("=")
-        if not _NAME.match(key) or not eq or not value.strip():
-            raise ValueError(f"{flag}: {item!r} is not DEFINE=VALUE")
+        if not _NAME.match(key) or not eq or not value.strip() or "\n" in value or "\r" in value:
+            raise ValueError(f"{flag}: {item!r} is not DEFINE=VALUE (a value on one line)")
+        if key in dict(defines):
+            raise ValueError(f"{flag}: {key} is defined twice")
         defines.append((key, value.strip()))
     return tuple(defines)
 
