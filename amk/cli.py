@@ -60,9 +60,10 @@ class _Parser(argparse.ArgumentParser):
         one_of = re.match(r"one of the arguments (.*) is required", message, re.S)
         if one_of:
             raise UsageError(f"{' | '.join(one_of.group(1).split())}: one of them is required ({self.prog})")
-        ambiguous = re.match(r"ambiguous option: (\S+) could match (.*)", message, re.S)
-        if ambiguous:
-            raise UsageError(f"{ambiguous.group(1)}: ambiguous, could be {ambiguous.group(2)} ({self.prog})")
+        ambiguous = re.match(r"ambiguous option: (.*?) could match (.*)", message, re.S)
+        if ambiguous:  # the option as typed, with any "=value" it carried
+            flag = ambiguous.group(1).split("=", 1)[0]
+            raise UsageError(f"{flag}: ambiguous, could be {ambiguous.group(2)} ({self.prog})")
         raise UsageError(f"{message} ({self.prog})")
 
 

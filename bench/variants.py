@@ -9,8 +9,9 @@ falls on every variant alike.
     python bench/variants.py --model llama-3.2-1b --variant base= --variant ilp=AMK_SCORE_ILP=1 \\
         [--variant both=A=1,B=2] [--config '{"attention": {"kv_partitions": 16}}'] --out bench/results
 
-Prints a table (mean and min latency in us, ratio of means to the first variant) and writes JSON with the device,
-date, commit and command. A variant that fails to build or verify is reported and not timed.
+A define's value is a number or a name. Prints a table (mean and min latency in us, ratio of means to the first
+variant) and writes JSON with the device, date, commit and command. A variant that fails to build or verify is
+reported and not timed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import traceback
 from dataclasses import dataclass
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_VALUE = re.compile(r"[A-Za-z0-9_.+-]+\Z")  # a number or a name: nothing that could end a line or open a comment
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,8 @@ def parse_defines(items: list[str], flag: str) -> tuple[tuple[str, str], ...]:
     defines = []
     for item in items:
         key, eq, value = item.partition("=")
-        if not _NAME.match(key) or not eq or not value.strip() or "\n" in value or "\r" in value:
-            raise ValueError(f"{flag}: {item!r} is not DEFINE=VALUE (a value on one line)")
+        if not _NAME.match(key) or not eq or not _VALUE.match(value.strip()):
+            raise ValueError(f"{flag}: {item!r} is not DEFINE=VALUE (a value is a number or a name)")
         if key in dict(defines):
             raise ValueError(f"{flag}: {key} is defined twice")
         defines.append((key, value.strip()))
@@ -56,7 +58,8 @@ def parse_variant(text: str) -> Variant:
     name, sep, rest = text.partition("=")
     if not sep or not _NAME.match(name):
         raise ValueError(f"--variant {text!r}: expected NAME= or NAME=DEFINE=VALUE[,DEFINE=VALUE...]")
-    return Variant(name, parse_defines([i for i in rest.split(",") if i], f"--variant {text!r}"))
+    items = rest.split(",") if rest else []
+    return Variant(name, parse_defines(items, f"--variant {text!r}"))
 
 
 @contextlib.contextmanager
@@ -91,8 +94,16 @@ def main() -> None:
         variants = [parse_variant(v) for v in args.variant]
     except ValueError as e:
         ap.error(str(e))
-    if len({v.name for v in variants}) != len(variants):
-        ap.error("--variant: two variants share a name")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        ap.error(f"--variant: {next(n for n in names if names.count(n) > 1)!r} names two variants")
+    try:
+        config = json.loads(args.config)
+    except json.JSONDecodeError as e:
+        ap.error(f"--config: not JSON ({e})")
+    if args.rounds < 1 or args.steps < 1:
+        ap.error("--rounds and --steps: at least 1")
+    os.makedirs(args.out, exist_ok=True)  # before the GPU work: a path that cannot be made loses nothing
 
     import torch
     from megakernel import _commit
@@ -104,7 +115,7 @@ def main() -> None:
 
     target = detect_target()
     model = amk.load_model(args.model, dtype=args.dtype, device="cuda")
-    prog = amk.lower(model, target, json.loads(args.config), max_seq=args.max_seq)
+    prog = amk.lower(model, target, config, max_seq=args.max_seq)
     built, rows = {}, {v.name: {"defines": dict(v.defines), "samples_us": []} for v in variants}
     for v in variants:
         try:
@@ -134,9 +145,8 @@ def main() -> None:
             row["min_us"] = min(row["samples_us"])
     result = {"env": {"device": torch.cuda.get_device_name(), "target": target.name,
                       "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv), "commit": _commit()},
-              "model": args.model, "dtype": args.dtype, "context": args.context, "config": json.loads(args.config),
+              "model": args.model, "dtype": args.dtype, "context": args.context, "config": config,
               "variants": rows}
-    os.makedirs(args.out, exist_ok=True)
     label = os.path.basename(os.path.normpath(args.model))
     path = os.path.join(args.out, f"{time.strftime('%Y%m%d-%H%M%S')}_{target.name}_{label}_variants.json")
     with open(path, "w") as f:

@@ -25,7 +25,9 @@ def test_a_variant_is_a_name_and_its_defines_in_order():
 
 @pytest.mark.parametrize("text, part", [("base", "expected NAME="), ("1x=A=1", "expected NAME="),
                                         ("v=A", "'A' is not DEFINE=VALUE"), ("v=A=1,=2", "'=2' is not"),
-                                        ("v=A=", "'A=' is not"), ("v=A=1\n#include <x>", "one line"),
+                                        ("v=A=", "'A=' is not"), ("v=A=1\n#include <x>", "a number or a name"),
+                                        ("v=A=1\\,B=2", "a number or a name"), ("v=A=/*", "a number or a name"),
+                                        ("v=A=1,,B=2", "'' is not"),
                                         ("v=A=1,A=2", "A is defined twice")])
 def test_a_malformed_variant_names_its_bad_part(text, part):
     with pytest.raises(ValueError, match=part):

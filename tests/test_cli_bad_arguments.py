@@ -188,6 +188,7 @@ def test_a_config_or_file_the_command_cannot_use_names_its_flag(capsys, tmp_path
     (["generate", "--model", "toy"], "--prompt | --prompt-ids: one of them is required (amk generate)"),
     (["cache", "stats", "--x"], "--x: unrecognized argument (amk cache stats)"),
     (["loop", "--m", "toy"], "--m: ambiguous, could be --model, --minutes, --max-reverts (amk loop)"),
+    (["loop", "--m=a b"], "--m: ambiguous, could be --model, --minutes, --max-reverts (amk loop)"),
     (["evaluate", "--model", "toy", "--bogus", "1"], "--bogus 1: unrecognized arguments (amk evaluate)"),
     (["evaluate", "--model", "lama-3.2-1b"], "--model: unknown model 'lama-3.2-1b'"),
     (["evaluate", "--model", "toy", "--gpu", "h100"], "--gpu: unknown GPU target 'h100'"),
