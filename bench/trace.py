@@ -1,7 +1,7 @@
 """Where does a step's time go? Run the tracing build and account for it per stage kind and per layer.
 
     python bench/trace.py --model llama-3.2-1b --configs '[{}, {"pipeline": {"pages": 10}}]' --out $OUT
-    python bench/trace.py --define AMK_SCORE_ILP=1 ...   (a kernel-source variant, as bench/variants.py)
+    python bench/trace.py --define AMK_NEW_PATH=1 ...   (a kernel-source variant, as bench/variants.py)
 
 Per layer: the time from the previous layer's last task to this layer's last task, against the layer's bytes
 (weights plus the KV cache it reads) over the measured read bandwidth; and per stage of the layer, the mean

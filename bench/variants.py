@@ -6,7 +6,7 @@ only path. Every variant is built and verified first (eager transformers, `--cas
 forward and backward through the list `--rounds` times, so that a drift of the GPU's clocks over the run
 falls on every variant alike.
 
-    python bench/variants.py --model llama-3.2-1b --variant base= --variant ilp=AMK_SCORE_ILP=1 \\
+    python bench/variants.py --model llama-3.2-1b --variant base= --variant new=AMK_NEW_PATH=1 \\
         [--variant both=A=1,B=2] [--config '{"attention": {"kv_partitions": 16}}'] --out bench/results
 
 A define's value is a number or a name. Prints a table (mean and min latency in us, ratio of means to the first

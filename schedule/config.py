@@ -412,7 +412,7 @@ def _parse_leaf(tp, meta, value, path):
         if isinstance(value, tp):
             return value
         if not isinstance(value, str) or value not in allowed:
-            near = _near_choice(value, allowed) if isinstance(value, str) else _old_value(path, value)
+            near = (suggest(value, allowed) or [None])[0] if isinstance(value, str) else _old_value(path, value)
             hint = f"; did you mean {near!r}?" if near else ""
             raise ConfigError(path, f"expected one of {allowed}, got {_json(value)}{hint}")
         return tp(value)
@@ -441,11 +441,6 @@ def _old_value(path: str, value) -> str | None:
         if moved.new_path == path.removeprefix("$.") and isinstance(value, bool):
             return dict(moved.values).get(value)
     return None
-
-
-def _near_choice(value: str, allowed: list[str]) -> str | None:
-    """The choice a misspelt value most likely meant (errors.suggest), or None."""
-    return (suggest(value, allowed) or [None])[0]
 
 
 def _json(value) -> str:
