@@ -19,7 +19,7 @@
 #ifndef AMK_ATTN_MMA
 #define AMK_ATTN_MMA 0
 #endif
-// one M tile of q heads, whole k-steps of head dims, and at most 64 accumulators a lane (head_dim 128)
+// one M tile of q heads, whole k-steps of head dims, and at most 8 warps a tile (head_dim 128)
 #define ATTN_MMA_OK (AMK_ATTN_MMA && (AMK_DTYPE == DT_BF16 || AMK_DTYPE == DT_F16) && AMK_GROUP <= 16 && \
                      AMK_HEAD_DIM % 16 == 0 && AMK_HEAD_DIM <= 128)
 
@@ -56,17 +56,18 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const uint4* row)
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
 }
 
-// Floats of scratch partial_mma_heads needs for n positions: each busy warp's (max, sum) and unnormalised values
-// of every q head.
 // A tile's values take DSPLIT warps of HDW head dims each: 32 (16 accumulators a lane), or 16 where 32 does not
 // divide head_dim; NWARPS / DSPLIT slots of warps. Holding 64 dims a lane, the kernel spilled (NVRTC 13.0).
 constexpr int DSPLIT = AMK_HEAD_DIM % 32 == 0 ? AMK_HEAD_DIM / 32 : AMK_HEAD_DIM / 16, HDW = AMK_HEAD_DIM / DSPLIT;
+// Floats of scratch partial_mma_heads needs for n positions: each busy slot's (max, sum) and unnormalised values
+// of every q head.
 __device__ __forceinline__ int mma_heads_scratch(int n) {
   return min(NWARPS / DSPLIT, (n + 15) / 16) * AMK_GROUP * (AMK_HEAD_DIM + 2);
 }
 
-// Warp w takes the tiles of 16 positions w, w + NWARPS, ... of the n staged rows (rows past n are read as row
-// n - 1 and weigh 0) under its own running softmax; after a barrier (K and V read) the busy warps' states go to
+// The DSPLIT warps of slot s take the tiles of 16 positions s, s + SLOTS, ... of the n staged rows (rows past n
+// are read as row n - 1 and weigh 0) under their own running softmax, each warp the values of its HDW head dims
+// (the scores and softmax whole: the same in each); after a barrier (K and V read) the busy slots' states go to
 // `scratch` (mma_heads_scratch(n) floats, which may overlap ks and vs), and after another the block merges them
 // into out (G x head_dim, normalised) and stats ((max, sum) a q head), as partial_warp_heads does.
 __device__ void partial_mma_heads(const float* qs, const uint4* ks, const uint4* vs, int n, float* scratch,
@@ -74,7 +75,7 @@ __device__ void partial_mma_heads(const float* qs, const uint4* ks, const uint4*
   constexpr int G = AMK_GROUP, HD = AMK_HEAD_DIM, KSTEPS = HD / 16;
   constexpr int NT = HDW / 8, SLOTS = NWARPS / DSPLIT;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int slot = (threadIdx.x >> 5) / DSPLIT, half = (threadIdx.x >> 5) % DSPLIT;
+  const int slot = (threadIdx.x >> 5) / DSPLIT, dpart = (threadIdx.x >> 5) % DSPLIT;
   const int nw = min(SLOTS, (n + 15) / 16);  // busy slots
   float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};  // q heads g and g + 8
   float o[NT][4];
@@ -144,7 +145,7 @@ __device__ void partial_mma_heads(const float* qs, const uint4* ks, const uint4*
 #pragma unroll
       for (int nt = 0; nt < NT; nt += 2) {
         unsigned b[4];
-        ldmatrix_x4_trans(b, vs + staged_slot(vr, half * (HDW / 8) + nt + vv));
+        ldmatrix_x4_trans(b, vs + staged_slot(vr, dpart * (HDW / 8) + nt + vv));
         mma_16816(o[nt], hi, b[0], b[1]);
         mma_16816(o[nt], lo, b[0], b[1]);
         mma_16816(o[nt + 1], hi, b[2], b[3]);
@@ -165,11 +166,11 @@ __device__ void partial_mma_heads(const float* qs, const uint4* ks, const uint4*
     for (int r = 0; r < 2; ++r) {
       const int h = g + 8 * r;
       if (h >= G) continue;
-      if (t == 0 && half == 0) {  // the slot's warps saw the same positions: the same (max, sum)
+      if (t == 0 && dpart == 0) {  // the slot's warps saw the same positions: the same (max, sum)
         sm[2 * (slot * G + h)] = m[r];
         sm[2 * (slot * G + h) + 1] = l[r];
       }
-      float* dst = so + (slot * G + h) * HD + half * HDW + 2 * t;
+      float* dst = so + (slot * G + h) * HD + dpart * HDW + 2 * t;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         dst[8 * nt] = o[nt][2 * r];

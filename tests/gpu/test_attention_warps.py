@@ -1,14 +1,11 @@
-"""The partition attention's shared-memory paths at every layout they have (skipped without CUDA and cupy).
+"""The partition attention's shared-memory path at every warp layout it has (skipped without CUDA and cupy).
 
 vm/attention_partitions.cuh partial_warp_heads gives a q head NWARPS / G warps (one when G >= NWARPS / 2, and
 then a warp may take several heads) and reads V rows a warp-wide load at a time when a row is a power-of-two
-number of 16-byte vectors of at most a warp, else one head dim a lane. In 16-bit rows with at most 16 q heads a
-KV head and head_dim a multiple of 16 up to 128, vm/attention_mma.cuh takes the group's heads as the rows of
-tensor-core products instead, with 1 to 4 warps a tile of 16 positions. Each shape below lands on another of
-those layouts (tests/_checkpoints.py ATTENTION_WARP_SHAPES) in fp32 (4 values a vector, the CUDA-core path) and
-bf16 (8; the tensor cores at head_dim 16, 96 and 128 and 16 q heads, the CUDA cores at 32 q heads and head_dim
-256), at the derived partition count and at 16 partitions, where most warps of a partition near position 0 have
-no positions at all."""
+number of 16-byte vectors of at most a warp, else one head dim a lane. Each shape below lands on another of
+those layouts (tests/_checkpoints.py ATTENTION_WARP_SHAPES) in fp32 (4 values a vector) and bf16 (8), at the derived partition count and at 16 partitions,
+where most warps of a partition near position 0 have no positions at all. With AMK_ATTN_MMA on
+(vm/attention_mma.cuh), the bf16 cases of 16 q heads and head_dim 16, 96 and 128 take the tensor cores instead."""
 
 from __future__ import annotations
 
