@@ -179,21 +179,6 @@ __device__ void partial_mma_heads(const float* qs, const uint4* ks, const uint4*
     }
   }
   block_sync();
-  for (int i = threadIdx.x; i < G * HD; i += AMK_THREADS) {
-    const int j = i / HD, d = i % HD;
-    float M = NEG_INF;
-    for (int w = 0; w < nw; ++w) M = fmaxf(M, sm[2 * (w * G + j)]);
-    float T = 0.f, A = 0.f;
-    for (int w = 0; w < nw; ++w) {
-      const float s = expf(sm[2 * (w * G + j)] - M);
-      T = fmaf(sm[2 * (w * G + j) + 1], s, T);
-      A = fmaf(so[(w * G + j) * HD + d], s, A);
-    }
-    stpart(out + i, T > 0.f ? A / T : 0.f);
-    if (d == 0) {
-      stcg(stats + 2 * j, M);
-      stcg(stats + 2 * j + 1, T);
-    }
-  }
+  merge_warp_states(sm, so, nw, G, 1, out, stats);
 }
 #endif
