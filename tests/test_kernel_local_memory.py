@@ -51,17 +51,6 @@ def test_kernel_keeps_nothing_in_local_memory_under_the_gpu_images_nvrtc(name, d
     assert res.stack_bytes <= LOCAL_BYTES_BUDGET, (name, dtype, cfg, res.stack_bytes, res.spill_store_bytes)
 
 
-@pytest.mark.parametrize("name,dtype", [(n, "bf16") for n in SHAPES] + [("toy", "fp16")])
-def test_the_tensor_core_attention_keeps_nothing_in_local_memory(name, dtype):
-    # vm/attention_mma.cuh, switched on ahead of the source as bench/variants.py does; unrolled over head dims it
-    # had spilled up to 200 bytes (head_dim 128)
-    model = _model(name, dtype)
-    prog = lower(model, get_target("h200"), None, max_seq=min(1024, model.dims.max_positions))
-    code = generate_header(prog) + "\n#define AMK_ATTN_MMA 1\n" + kernel_source()
-    res = nvrtc.kernel_resources(code, "sm_90")
-    assert res.stack_bytes <= LOCAL_BYTES_BUDGET, (name, dtype, res.stack_bytes, res.spill_store_bytes)
-
-
 SPILLING = """extern "C" __global__ void k(float* out, int n) {
   float a[64];  // indexed by runtime values: it can only live in local memory
   for (int i = 0; i < 64; ++i) a[i] = 0.f;

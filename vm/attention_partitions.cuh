@@ -262,15 +262,6 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   const bool in_smem = s1 - s0 <= p.chunk;
   if (in_smem && n_staged == s1 - s0) {  // the common case: warps of a q head (partial_warp_heads)
     const int row0 = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
-#if ATTN_MMA_OK
-    // the scratch from the scores on, over the staged rows (read before it is written)
-    if (NWARPS >= DSPLIT && mma_heads_scratch(s1 - s0) <= reinterpret_cast<const float*>(vs + p.stage * HD_VECS) - probs) {
-      partial_mma_heads(qs, ks, vs, s1 - s0, probs, part_ptr(c, p.out, p.out_off) + row0 * AMK_HEAD_DIM,
-                        buf<float>(c, p.stats) + p.stats_off + row0 * 2);
-      PHASE(3);
-      return true;
-    }
-#endif
     partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, part_ptr(c, p.out, p.out_off) + row0 * AMK_HEAD_DIM,
                        buf<float>(c, p.stats) + p.stats_off + row0 * 2, red, wacc);
     PHASE(3);

@@ -21,8 +21,8 @@ _MODULES: dict[str, object] = {}  # in-process: key -> cupy RawModule
 DEFAULT_CACHE = object()  # MegakernelVM(cache=...): the process-wide amk.cache; None builds without a file cache
 
 
-KERNEL_PARTS = ("base.cuh", "epilogue.cuh", "matvec.cuh", "attention.cuh", "attention_mma.cuh",
-                "attention_partitions.cuh", "pipeline.cuh", "megakernel.cu")
+KERNEL_PARTS = ("base.cuh", "epilogue.cuh", "matvec.cuh", "attention.cuh", "attention_partitions.cuh",
+                "pipeline.cuh", "megakernel.cu")
 
 
 def kernel_source() -> str:

@@ -4,8 +4,7 @@ vm/attention_partitions.cuh partial_warp_heads gives a q head NWARPS / G warps (
 then a warp may take several heads) and reads V rows a warp-wide load at a time when a row is a power-of-two
 number of 16-byte vectors of at most a warp, else one head dim a lane. Each shape below lands on another of
 those layouts (tests/_checkpoints.py ATTENTION_WARP_SHAPES) in fp32 (4 values a vector) and bf16 (8), at the derived partition count and at 16 partitions,
-where most warps of a partition near position 0 have no positions at all. With AMK_ATTN_MMA on
-(vm/attention_mma.cuh), the bf16 cases of 16 q heads and head_dim 16, 96 and 128 take the tensor cores instead."""
+where most warps of a partition near position 0 have no positions at all."""
 
 from __future__ import annotations
 
