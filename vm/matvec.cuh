@@ -64,18 +64,26 @@ __device__ __forceinline__ float stage_floats(float* dst, const float* src, int 
   return ss;
 }
 
-// The fused RMSNorm's weights of the first NORM_PRELOAD of this thread's elements of the slice: weights do
-// not depend on activations, so the register path loads them before the task's dependency wait.
+// What a matvec task reads besides its weights, found before its dependency wait: where its input lies (the
+// buffer table is a global load, a round trip on the path from the wait to the dot when it is looked up after),
+// and the fused RMSNorm's weights of the first NORM_PRELOAD of this thread's elements of the slice, kept in the
+// weights' dtype so that no thread, the polling one included, waits for them before it polls: converted as
+// loaded, they were 4% of a step's warp stall samples (llama-3.2-1b; with the pointer, 898.2 against 907.1 us,
+// qwen2.5-0.5b shape 758.3 against 776.0, bench/results/20261202-1500_h200_matvec_inputs_before_wait.json).
 #define NORM_PRELOAD 4
-struct NormWeights {
-  float w[NORM_PRELOAD];
+struct TaskInputs {
+  const void* src;        // the input row (p.inp), or the attention partitions from the slice's first column
+  wtype w[NORM_PRELOAD];  // the norm's weights k0 + tid + u * AMK_THREADS (zero past the slice or unfused)
 };
 
-__device__ __forceinline__ void load_norm_weights(const Ctx& c, const MatvecParams& p, NormWeights& nw) {
+__device__ __forceinline__ void load_task_inputs(const Ctx& c, const MatvecParams& p, TaskInputs& in) {
+  in.src = p.inp_parts > 0 ? static_cast<const void*>(part_ptr(c, p.inp, p.inp_off) + p.k0)
+                           : static_cast<const void*>(buf<float>(c, p.inp) + p.inp_off);
+  const wtype* norm = p.norm_weight >= 0 ? buf<wtype>(c, p.norm_weight) : nullptr;
 #pragma unroll
   for (int u = 0; u < NORM_PRELOAD; ++u) {
     const int k = threadIdx.x + u * AMK_THREADS;
-    nw.w[u] = (p.norm_weight >= 0 && k < p.klen) ? to_f(__ldg(buf<wtype>(c, p.norm_weight) + p.k0 + k)) : 0.f;
+    in.w[u] = (norm && k < p.klen) ? __ldg(norm + p.k0 + k) : wtype(0.f);
   }
 }
 
@@ -99,7 +107,7 @@ __device__ __forceinline__ void combine_issue(uint4* slot, int stride, const pty
   cp_async_commit();  // an empty group past the last batch keeps the count the waits below assume
 }
 
-__device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
+__device__ void stage_combined(const Ctx& c, const MatvecParams& p, const TaskInputs& in) {
   const int P = p.inp_parts, K = AMK_HEADS * AMK_HEAD_DIM, tid = threadIdx.x;
   const int S = p.inp_slots, ring = S >= P || S < 2 ? 1 : 2, B = S >= P ? P : S / ring, nb = (P + B - 1) / B;
   const int stride = min(AMK_THREADS, p.klen / PVEC);  // the copying threads: slot j of thread t is slot[j * stride + t]
@@ -108,7 +116,7 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
   const int xs_floats = (p.klen + 3) & ~3;
   float2* stats = reinterpret_cast<float2*>(c.smem + xs_floats);
   uint4* slot = reinterpret_cast<uint4*>(c.smem + xs_floats + (weighted ? (2 * P * nh + 3) & ~3 : 0));
-  const ptype* part = part_ptr(c, p.inp, p.inp_off) + p.k0;
+  const ptype* part = static_cast<const ptype*>(in.src);
   if (PVEC * tid < p.klen) {
     for (int b = 0; b < ring; ++b) combine_issue(slot, stride, part, K, PVEC * tid, P, B, ring, b);
   }
@@ -155,28 +163,27 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p) {
 
 // The input slice [k0, k0 + klen) in shared memory, RMS-normalised first when the norm is fused (one pass
 // over x: stage all of it, reduce from shared memory, normalise the slice in place). No barrier at the end.
-__device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K, const NormWeights& nw) {
+__device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K, const TaskInputs& in) {
   const int tid = threadIdx.x;
   if (p.inp_parts > 0) {
-    stage_combined(c, p);
+    stage_combined(c, p, in);
     return c.smem;
   }
-  const float* x = buf<float>(c, p.inp) + p.inp_off;
   if (p.norm_weight >= 0) {
-    const float ss = block_sum(stage_floats(c.smem, x, K), c.red);
+    const float ss = block_sum(stage_floats(c.smem, static_cast<const float*>(in.src), K), c.red);
     const float r = 1.0f / sqrtf(ss / (float)K + AMK_EPS);
     const wtype* w = buf<wtype>(c, p.norm_weight);
     float* xs = c.smem + p.k0;
 #pragma unroll
     for (int u = 0; u < NORM_PRELOAD; ++u) {
       const int k = tid + u * AMK_THREADS;
-      if (k < p.klen) xs[k] = rnd(nw.w[u] * rnd(xs[k] * r));
+      if (k < p.klen) xs[k] = rnd(to_f(in.w[u]) * rnd(xs[k] * r));
     }
     for (int k = tid + NORM_PRELOAD * AMK_THREADS; k < p.klen; k += AMK_THREADS)
       xs[k] = rnd(to_f(w[p.k0 + k]) * rnd(xs[k] * r));
     return xs;
   }
-  stage_floats(c.smem, x + p.k0, p.klen);
+  stage_floats(c.smem, static_cast<const float*>(in.src) + p.k0, p.klen);
   return c.smem;
 }
 
@@ -293,14 +300,14 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
   if (w.steps > 0 && !poller) walk_load(w, qc, 0, cur);
   // every warp's, the poller's too: loaded after the wait they queue behind its weight loads, and the staging's
   // normalisation waits for them (qkv's and gate_up's staging 1.1-1.6 us longer a task, llama-3.2-1b)
-  NormWeights nw;
-  load_norm_weights(c, p, nw);
+  TaskInputs in;
+  load_task_inputs(c, p, in);
   if (!wait_deps()) return false;
   if (w.steps > 0 && poller) walk_load(w, qc, 0, cur);
   PHASE_START();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int R = computed_rows(p), S = 1 << w.sbits;
-  float* xs = stage_input(c, p, __ldg(c.cols + p.weight), nw);
+  float* xs = stage_input(c, p, (int)(w.kvec * VEC), in);
   float* acc_s = xs + p.klen + ((4 - (p.klen & 3)) & 3);
   float* part = S > 1 ? acc_s + ((R + 3) & ~3) : acc_s;  // per-unit partial sums when rows are split
   block_sync();

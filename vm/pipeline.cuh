@@ -201,13 +201,13 @@ drain:
 template <class WaitDeps>
 __device__ bool op_matvec_paged(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_deps, PipeState& ps,
                                 const char* ring, int& tail, int* control, int task, long long timeout_ns) {
-  NormWeights nw;
-  load_norm_weights(c, p, nw);
+  TaskInputs in;
+  load_task_inputs(c, p, in);
   if (!wait_deps()) return false;
   PHASE_START();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const PageTiling t = page_tiling(p);
-  float* xs = stage_input(c, p, __ldg(c.cols + p.weight), nw);
+  float* xs = stage_input(c, p, __ldg(c.cols + p.weight), in);
   float* acc = xs + p.klen + ((4 - (p.klen & 3)) & 3);
   float* part = acc + ((t.R + 3) & ~3);
 #if AMK_DTYPE != DT_F32
