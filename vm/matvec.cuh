@@ -307,7 +307,7 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
   PHASE_START();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int R = computed_rows(p), S = 1 << w.sbits;
-  float* xs = stage_input(c, p, (int)(w.kvec * VEC), in);
+  float* xs = stage_input(c, p, (int)(w.kvec * VEC), in);  // the walk's rows are whole 16-byte vectors: K
   float* acc_s = xs + p.klen + ((4 - (p.klen & 3)) & 3);
   float* part = S > 1 ? acc_s + ((R + 3) & ~3) : acc_s;  // per-unit partial sums when rows are split
   block_sync();
