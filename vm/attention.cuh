@@ -430,31 +430,3 @@ __device__ bool op_attn_values(const Ctx& c, const AttnValuesParams& p, WaitDeps
   PHASE(2);
   return true;
 }
-
-// The softmax states of `count` warps (or slots of warps) over disjoint positions, merged into out (G x head_dim,
-// normalised) and stats ((max, sum) a q head): state (w, j) of q head j has its (max, sum) at st[2k] and its
-// unnormalised values at vals[k * head_dim] with k = w * w_stride + j * j_stride; a state of no positions
-// holds (-inf, 0). Summed in the order of w.
-__device__ __forceinline__ void merge_warp_states(const float* st, const float* vals, int count, int w_stride,
-                                                  int j_stride, ptype* out, float* stats) {
-  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
-    const int j = i / AMK_HEAD_DIM, d = i % AMK_HEAD_DIM;
-    float M = NEG_INF;
-#pragma unroll
-    for (int w = 0; w < count; ++w) M = fmaxf(M, st[2 * (w * w_stride + j * j_stride)]);
-    float T = 0.f, A = 0.f;
-#pragma unroll
-    for (int w = 0; w < count; ++w) {
-      const int k = w * w_stride + j * j_stride;
-      const float mw = st[2 * k];
-      const float s = mw == NEG_INF ? 0.f : expf(mw - M);
-      T = fmaf(st[2 * k + 1], s, T);
-      A = fmaf(vals[k * AMK_HEAD_DIM + d], s, A);
-    }
-    stpart(out + i, T > 0.f ? A / T : 0.f);
-    if (d == 0) {
-      stcg(stats + 2 * j, M);
-      stcg(stats + 2 * j + 1, T);
-    }
-  }
-}

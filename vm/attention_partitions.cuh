@@ -211,7 +211,25 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
   }
   if (W == 1) return;
   block_sync();  // every warp's (max, sum) and unnormalised values are in red and wacc
-  merge_warp_states(red, wacc, W, 1, W, out, stats);
+  for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
+    const int j = i / AMK_HEAD_DIM, d = i % AMK_HEAD_DIM;
+    float M = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < W; ++w) M = fmaxf(M, red[2 * (j * W + w)]);
+    float T = 0.f, A = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      const float mw = red[2 * (j * W + w)];
+      const float s = mw == NEG_INF ? 0.f : expf(mw - M);
+      T = fmaf(red[2 * (j * W + w) + 1], s, T);
+      A = fmaf(wacc[(j * W + w) * AMK_HEAD_DIM + d], s, A);
+    }
+    stpart(out + i, T > 0.f ? A / T : 0.f);
+    if (d == 0) {
+      stcg(stats + 2 * j, M);
+      stcg(stats + 2 * j + 1, T);
+    }
+  }
 }
 
 // One KV head x one partition under the partition's own softmax: scores (in shared memory when the span
