@@ -30,8 +30,6 @@ from amk.schedule.opcodes import Opcode
 from amk.vm.loader import MegakernelVM
 from amk.vm.weights import pack_weights
 
-CLOCK_GHZ = 1.98  # H100/H200 boost clock: converts thread 0's cycle counts to microseconds (approximate)
-
 
 def stage_layers(program) -> dict[int, int]:
     """stage -> decoder layer (-1 before the first layer and for the final norm, LM head and argmax). A stage
@@ -57,19 +55,30 @@ def stage_layers(program) -> dict[int, int]:
     return out
 
 
+def clock_ghz(t) -> float:
+    """The SMs' mean clock over the traced step (GHz): clock64 cycles over globaltimer ns, summed over tasks, from a
+    trace of vm/loader.TRACE_WORDS words a task (columns 0 and 2 the start and done in ns, 8 and 9 the cycle counts
+    at the same points). Raises ValueError when the trace holds no elapsed cycles."""
+    ns, cycles = int((t[:, 2] - t[:, 0]).sum()), int((t[:, 9] - t[:, 8]).sum())
+    if ns <= 0 or cycles <= 0:
+        raise ValueError(f"the trace holds {cycles} cycles over {ns} ns: no clock to convert phase cycles with")
+    return cycles / ns
+
+
 def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
     t = trace.cpu().numpy().astype("int64")
     origin = t[:, 0].min()
+    ghz = clock_ghz(t)
     layer_of = stage_layers(program)
     kinds: dict[str, list] = defaultdict(list)
     stages: dict[int, list] = defaultdict(list)
     for task in program.tasks:
-        t0, t1, t2, _, p0, p1, p2, p3 = t[task.id]
+        t0, t1, t2, _, p0, p1, p2, p3 = t[task.id, :8]
         kinds[task.kind].append(((t1 - t0) / 1e3, (t2 - t1) / 1e3))
         stages[task.stage].append({"t0": (t0 - origin) / 1e3, "t1": (t1 - origin) / 1e3, "t2": (t2 - origin) / 1e3,
                                    "bytes": task.weight_bytes + kv_bytes(task, program, context),
-                                   "page_wait_us": p3 / CLOCK_GHZ / 1e3 if task.opcode == Opcode.MATVEC else 0.0, "kind": task.kind,
-                                   "phases_us": [p / CLOCK_GHZ / 1e3 for p in (p0, p1, p2, p3)]})
+                                   "page_wait_us": p3 / ghz / 1e3 if task.opcode == Opcode.MATVEC else 0.0, "kind": task.kind,
+                                   "phases_us": [p / ghz / 1e3 for p in (p0, p1, p2, p3)]})
     per_kind = {k: {"tasks": len(v), "wait_us": sum(a for a, _ in v) / len(v), "exec_us": sum(b for _, b in v) / len(v),
                     "exec_max_us": max(b for _, b in v)} for k, v in kinds.items()}
     timeline, layers = [], defaultdict(list)
@@ -97,7 +106,7 @@ def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
                                                        "page_wait_us", "phases_us", "signal_us", "ready_spread_us",
                                                        "boundary_us")} for r in rows]})
         prev_done = done
-    return {"step_us": (t[:, 2].max() - origin) / 1e3, "per_kind": per_kind, "per_layer": per_layer,
+    return {"step_us": (t[:, 2].max() - origin) / 1e3, "clock_ghz": ghz, "per_kind": per_kind, "per_layer": per_layer,
             "timeline": timeline,
             "stage_fill": {f.kind: f.fill for f in stage_fill(program.tasks, program.constants, program.num_sms)}}
 
@@ -188,7 +197,8 @@ def run(args) -> None:
         s = summarise(prog, vm.trace, bandwidth, args.context)
         s.update(config=cfg, read_bandwidth_gbs=bandwidth, defines=args.define)
         results.append(s)
-        print(f"config {cfg}: traced step {s['step_us']:.1f} us (read bandwidth {bandwidth:.0f} GB/s)")
+        print(f"config {cfg}: traced step {s['step_us']:.1f} us (read bandwidth {bandwidth:.0f} GB/s, "
+              f"SM clock {s['clock_ghz']:.2f} GHz)")
         print_summary(s)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "trace.json"), "w") as f:

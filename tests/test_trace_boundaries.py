@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from amk.vm.loader import TRACE_WORDS
+
 _SPEC = importlib.util.spec_from_file_location("bench_trace", Path(__file__).parents[1] / "bench" / "trace.py")
 trace = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(trace)
@@ -35,12 +37,25 @@ def test_the_summary_carries_the_placements_stage_fill_and_prints(capsys):
 
     prog = lower(amk.load_model("toy-2L", weights=False), get_target("h200"), None)
     n = len(prog.tasks)
-    t = torch.zeros((n, 8), dtype=torch.int64)
+    t = torch.zeros((n, TRACE_WORDS), dtype=torch.int64)
     for task in prog.tasks:  # tasks one after another, 1 us each, ready 0.2 us after their start
         t[task.id, 0], t[task.id, 1], t[task.id, 2], t[task.id, 3] = 1000 * task.id, 1000 * task.id + 200, \
             1000 * task.id + 1000, task.sm
+        t[task.id, 4] = 900  # the first phase: 900 cycles at the SM's 1.5 GHz below, 0.6 us
+        t[task.id, 8], t[task.id, 9] = 7 + 1500 * task.id, 7 + 1500 * (task.id + 1)
     s = trace.summarise(prog, t, 4000.0, 64)
+    assert s["clock_ghz"] == pytest.approx(1.5)
+    assert all(r["phases_us"][0] == pytest.approx(0.6) for r in s["timeline"])
     want = {f.kind: f.fill for f in stage_fill(prog.tasks, prog.constants, prog.num_sms)}
     assert s["stage_fill"] == want and want["qkv"] < 1
     trace.print_summary(s)
     assert f"qkv {want['qkv']:.2f}" in capsys.readouterr().out
+
+
+def test_a_trace_without_elapsed_cycles_is_refused():
+    import numpy as np
+
+    t = np.zeros((3, TRACE_WORDS), dtype=np.int64)
+    t[:, 2] = 1000
+    with pytest.raises(ValueError, match="no clock"):
+        trace.clock_ghz(t)

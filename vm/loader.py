@@ -17,6 +17,10 @@ from .abi import Ctrl, VmErrorCode, generate_header
 _log = logging.getLogger("amk.vm")
 KERNEL_NAME = "amk_megakernel"
 DEFAULT_TIMEOUT_S = 1.0
+# MegakernelVM.trace's int64 words a task (the tracing build): start, dependencies met and done (globaltimer ns),
+# the SM, the cycles thread 0 spent in the task's four phases (vm/base.cuh PHASE), and clock64 at start and done,
+# so that the phase cycles convert to time at the clock the SM ran at
+TRACE_WORDS = 10
 _MODULES: dict[str, object] = {}  # in-process: key -> cupy RawModule
 DEFAULT_CACHE = object()  # MegakernelVM(cache=...): the process-wide amk.cache; None builds without a file cache
 
@@ -81,7 +85,7 @@ def compile_cubin(code: str, arch: str) -> bytes:
 
 
 def _header_and_key(program: MegakernelProgram, arch: str, trace: bool) -> tuple[str, str, str, str]:
-    header = generate_header(program) + ("#define AMK_TRACE 1\n" if trace else "")
+    header = generate_header(program) + (f"#define AMK_TRACE 1\n#define AMK_TRACE_WORDS {TRACE_WORDS}\n" if trace else "")
     source = kernel_source()
     nvrtc = nvrtc_version()
     key = hashlib.sha256("\0".join([source, header, repr(compile_options(arch)), arch, nvrtc, KERNEL_NAME])
@@ -211,9 +215,7 @@ class MegakernelVM:
             else:
                 ptrs.append(self.tensors[b.arena].data_ptr() + 4 * b.arena_off)
         self.ptrs = torch.tensor(ptrs, dtype=torch.int64, device=dev)
-        # per task: start, dependencies met, done (globaltimer ns), the SM, and with a weight ring the cycles
-        # thread 0 spent waiting for pieces, computing them (to the barrier), pumping, and the piece count
-        self.trace = torch.zeros((len(program.tasks), 8), dtype=torch.int64, device=dev) if trace else None
+        self.trace = torch.zeros((len(program.tasks), TRACE_WORDS), dtype=torch.int64, device=dev) if trace else None
         self.cols = torch.tensor([b.cols for b in program.buffers], dtype=torch.int32, device=dev)
         self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
         self.steps_launched = 0

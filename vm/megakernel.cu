@@ -147,6 +147,7 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     const int* ins = s_ins[(i - begin) & 1];
 #if AMK_TRACE
     unsigned long long t0 = global_ns(), t1 = t0;
+    const long long c0 = clock64();  // the cycle count beside the timer: the host converts phase cycles with it
 #endif
     // the next instruction's words arrive while this one runs
     const int nxt = (tid < AMK_INSTR_WORDS && i + 1 < end) ? instrs[(long long)(i + 1) * AMK_INSTR_WORDS + tid] : 0;
@@ -246,9 +247,10 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
       for (int k = 0; k < ins[3]; ++k) red_release(counters + ins[AMK_SIGNAL_BASE + k]);
 #if AMK_TRACE
       if (trace) {
-        unsigned long long* t = trace + 8ll * ins[1];
+        unsigned long long* t = trace + (long long)AMK_TRACE_WORDS * ins[1];
         t[0] = t0; t[1] = t1; t[2] = global_ns(); t[3] = blockIdx.x;
         for (int k = 0; k < 4; ++k) { t[4 + k] = s_prof[k]; s_prof[k] = 0; }
+        t[8] = c0; t[9] = clock64();
       }
 #endif
     }
