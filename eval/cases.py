@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from amk.schedule.errors import ContextError
+from amk.schedule.errors import ArgumentError, ContextError
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,9 @@ def left_out_cases(max_seq: int, reduced: bool = False) -> list[str]:
 
 def check_cases_fit(cases: list[VerifyCase], max_seq: int) -> None:
     """Raise ContextError (a usage error, not a correctness failure) naming every case that needs more positions
-    than the program's context holds."""
+    than the program's context holds, and ArgumentError naming `cases` when there is none."""
     if not cases:
-        raise ContextError(f"no verify case to run in a context of {max_seq} positions", max_seq=max_seq)
+        raise ArgumentError("cases", "an empty list runs no verify case: pass VerifyCases, 'full' or 'reduced'")
     bad = [c for c in cases if c.positions > max_seq]
     if bad:
         names = ", ".join(f"{c.name} needs {c.positions}" for c in bad)

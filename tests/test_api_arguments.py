@@ -11,6 +11,7 @@ import amk
 
 @pytest.mark.parametrize("kw, argument", [
     ({"cases": "x"}, "cases"),
+    ({"cases": []}, "cases"),
     ({"dtype": "bf17"}, "dtype"),
     ({"budget": 0}, "budget"),
     ({"budget": -3}, "budget"),
@@ -35,6 +36,8 @@ def test_loop_refuses_a_bad_argument_before_opening_its_files(tmp_path, monkeypa
 
 @pytest.mark.parametrize("kw, argument", [
     ({"cases": 5}, "cases"),
+    ({"cases": []}, "cases"),
+    ({"cases": ()}, "cases"),
     ({"corpus": "."}, "corpus"),
     ({"dtype": "bf17"}, "dtype"),
 ])

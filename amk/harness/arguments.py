@@ -12,7 +12,10 @@ CASE_SETS = ("full", "reduced")
 
 
 def check_cases(cases) -> None:
-    """`cases`: None, "full", "reduced" or a list of VerifyCase (a list is checked against the context later)."""
+    """`cases`: None, "full", "reduced" or a non-empty list of VerifyCase (a list is checked against the context
+    later)."""
+    if isinstance(cases, list | tuple) and not cases:
+        raise ArgumentError("cases", "an empty list runs no verify case: pass VerifyCases, 'full' or 'reduced'")
     if cases is None or isinstance(cases, list | tuple):
         return
     if not isinstance(cases, str) or cases not in CASE_SETS:
