@@ -5,7 +5,8 @@ Two context managers, both safe to call from library code: `status(description)`
 (a spinner with the elapsed time), and `bar(total, description, unit)` around a counted one (a bar; `total=None`
 counts without an end). They draw with rich only where stderr is a terminal and the process is not quiet;
 elsewhere (a log file, a pipe, an agent reading stderr) each finished step leaves one `amk:` log line
-instead, which `-q` hides with every other info line. Nothing is ever written to stdout, which carries
+instead, and a counted step also one on the way at most every HEARTBEAT_S, which `-q` hides with every
+other info line. Nothing is ever written to stdout, which carries
 `--json`'s one object.
 
     from amk.progress import bar, status
@@ -96,12 +97,19 @@ def status(description: str) -> Iterator[None]:
     log.info("%s: %.1f s", description, time.perf_counter() - t0)
 
 
-class Bar:
-    """Handle of a running bar: `advance(n, description)` moves it on (and may retitle it)."""
+HEARTBEAT_S = 10.0  # without a drawn bar, a step advanced this long after the last line logs where it stands
 
-    def __init__(self, progress, task, description: str, total: int | None) -> None:
+
+class Bar:
+    """Handle of a running bar: `advance(n, description)` moves it on (and may retitle it). Without a drawn
+    bar (stderr not a terminal), an advance at least HEARTBEAT_S after the bar's start or its last line logs
+    one info line (the description, units done of the total, the elapsed time), so that a slow step (verify
+    cases of a large model on a CPU, minutes) shows it is moving to a log or an agent reading stderr."""
+
+    def __init__(self, progress, task, description: str, total: int | None, unit: str = "step") -> None:
         self._progress, self._task = progress, task
-        self.description, self.total, self.done = description, total, 0
+        self.description, self.total, self.done, self.unit = description, total, 0, unit
+        self._t0 = self._last = time.perf_counter()
 
     def advance(self, n: int = 1, description: str | None = None) -> None:
         self.done += n
@@ -109,6 +117,12 @@ class Bar:
             self.description = description
         if self._progress is not None:
             self._progress.update(self._task, advance=n, description=self.description)
+            return
+        now = time.perf_counter()
+        if now - self._last >= HEARTBEAT_S:
+            self._last = now
+            of = f"/{self.total}" if self.total is not None else ""
+            log.info("%s (%d%s %ss done, %.1f s)", self.description, self.done, of, self.unit, now - self._t0)
 
 
 @contextlib.contextmanager
@@ -117,7 +131,7 @@ def bar(total: int | None, description: str, unit: str = "step") -> Iterator[Bar
     line: how many units in how long."""
     t0 = time.perf_counter()
     if not _live():
-        b = Bar(None, None, description, total)
+        b = Bar(None, None, description, total, unit)
         yield b
     else:
         from rich.progress import (
@@ -137,7 +151,7 @@ def bar(total: int | None, description: str, unit: str = "step") -> Iterator[Bar
             columns += [TextColumn("{task.completed} " + unit + "s")]
         columns.append(TimeElapsedColumn())
         with Progress(*columns, console=_console(), transient=True) as progress:
-            b = Bar(progress, progress.add_task(description, total=total), description, total)
+            b = Bar(progress, progress.add_task(description, total=total), description, total, unit)
             yield b
     log.info("%s: %d %s%s in %.1f s", description, b.done, unit, "" if b.done == 1 else "s",
              time.perf_counter() - t0)

@@ -252,6 +252,23 @@ def test_progress_draws_on_a_terminal_and_logs_a_line_elsewhere(monkeypatch, cap
     assert "trial 1: keep" in screen.getvalue()
 
 
+def test_a_slow_step_without_a_terminal_logs_where_it_stands(monkeypatch, caplog):
+    import logging
+
+    from amk import progress
+
+    with caplog.at_level(logging.INFO, logger="amk.progress"):
+        with progress.bar(3, "verifying on cpu", unit="case") as b:
+            b.advance(description="verifying: pos0")  # quick: no line until HEARTBEAT_S has passed
+        assert "done" not in caplog.text
+        monkeypatch.setattr(progress, "HEARTBEAT_S", 0.0)
+        with progress.bar(3, "verifying on cpu", unit="case") as b:
+            b.advance(description="verifying: pos0")
+            b.advance(description="verifying: pos1")
+    assert "verifying: pos0 (1/3 cases done," in caplog.text
+    assert "verifying: pos1 (2/3 cases done," in caplog.text
+
+
 @pytest.mark.parametrize("argv", [
     ["propose", "--model", "toy", "--gpu", "cpu-sim", "--corpus", "/nonexistent.jsonl"],
     ["cache", "stats"],
