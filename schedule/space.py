@@ -41,7 +41,7 @@ class Knob:
     minimum: float | None = None
     maximum: float | None = None
     nullable: bool = False  # None is a value: "derived at lowering" (from the model's shape and the GPU)
-    unsearched: str | None = None  # why the search leaves a knob that acts on this target alone (inert.py)
+    unsearched: str | None = None  # why the search leaves it at its default on this target (inert.py), when it does
 
     @property
     def values(self) -> tuple:
@@ -134,6 +134,9 @@ def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
     return True
 
 
+_HAND_EDITED = "a mapping edited by hand (which task kinds go to which SMs), never searched"
+
+
 def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig) -> list[Knob]:
     """Every leaf knob of config dataclass `cls` (ScheduleConfig), in declaration order, with search values
     fitted to `target`."""
@@ -146,8 +149,9 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig) -> l
         kind = _knob_type(tp)
         choices = tuple(_json(c) for c in meta["choices"]) if meta.get("choices") is not None else None
         search = tuple(_json(v) for v in (meta.get("search") or ()) if _fits_target(path, _json(v), tgt))
-        unsearched = unsearched_reason(path, tgt)
-        if kind == KnobType.OBJECT or target_inert_reason(path, tgt) or unsearched:
+        unsearched = (_HAND_EDITED if kind == KnobType.OBJECT else None) or target_inert_reason(path, tgt) \
+            or unsearched_reason(path, tgt)
+        if unsearched:
             search = ()
         knobs.append(Knob(path=path, type=kind, default=_json(get_path(default, path)) if kind != KnobType.OBJECT
                           else dict(get_path(default, path)), help=meta["help"], search=search, choices=choices,

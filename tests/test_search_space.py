@@ -61,3 +61,13 @@ def test_no_candidate_of_a_round_claims_a_move_of_a_knob_it_makes_inert():
             for c in cands:
                 moved = {change.split("=", 1)[0] for change in c.change}
                 assert not [p for p in moved if inert(c.config, p)], (c.source, c.change)
+
+
+def test_every_knob_the_search_leaves_alone_says_why():
+    # what `amk propose --json` shows an agent: `search: []` comes with `unsearched`, the reason
+    from amk.schedule.targets import TARGETS
+
+    for name in ["cpu-sim", *TARGETS]:
+        for k in search_space(name):
+            d = k.to_dict()
+            assert bool(d["search"]) != bool(d.get("unsearched")), (name, d)

@@ -365,7 +365,9 @@ def _predict(v: Verdict, program: MegakernelProgram, target: GpuTarget, calib) -
         v.notes.append(f"cost model: {e}")
         return
     v.predicted_latency_us = p.latency_us
-    v.notes += list(p.unpriced)
+    # a knob the inert rules already named as having no effect here needs no second note on its pricing
+    idle = {n.split("=", 1)[0] for n in v.notes if " has no effect: " in n}
+    v.notes += [n for n in p.unpriced if n.split("=", 1)[0] not in idle]
     v.cost = {"features": p.features.to_dict(), "context": p.context, "sms_used": p.sms_used,
               "bytes_per_sm_max": p.bytes_per_sm_max, "coefficients": p.coefficients.to_dict(),
               "stage_fill": {f.kind: round(f.fill, 3)
