@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -83,3 +85,19 @@ def read_numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
 
 def read_lines(path: str | os.PathLike) -> list[str]:
     return [ln for _, ln in read_numbered_lines(path)]
+
+
+# Readers parse a file again and again in one process (at every trial, for claims and snapshots, under the path
+# as given, relative or absolute): each bad line is reported once a process.
+_warned: set[tuple[str, int, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_bad_line(logger: logging.Logger, path: str | os.PathLike, n: int, line: str, message: str) -> None:
+    """Log `path:n: message` as a warning, once a process for each line of each file (by its resolved path)."""
+    key = (str(Path(path).resolve()), n, line)
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning("%s:%d: %s", path, n, message)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from amk.schedule.config import migrate_config
 
-from .appendlog import append_lines, read_lines
+from .appendlog import append_lines, read_numbered_lines, warn_bad_line
 
 log = logging.getLogger("amk.flywheel")
 
@@ -185,11 +185,11 @@ def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
     from elsewhere, a hand edit) is skipped with a warning naming the file and line: the file outlives code
     versions, and one bad line must not cost the others."""
     out = []
-    for i, line in enumerate(read_lines(path), 1):
+    for i, line in read_numbered_lines(path):
         try:
             out.append(TuningRecord.from_dict(json.loads(line)))
         except (ValueError, KeyError, TypeError) as e:
-            log.warning("%s:%d: skipped a line that is not a tuning record (%s)", path, i, e)
+            warn_bad_line(log, path, i, line, f"skipped a line that is not a tuning record ({e})")
     return out
 
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from .appendlog import append_lines, complete_lines, read_numbered_lines
+from .appendlog import append_lines, complete_lines, read_numbered_lines, warn_bad_line
 
 log = logging.getLogger("amk.flywheel")
 
@@ -154,17 +153,8 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
     return None
 
 
-# Readers parse the file again at every trial (claims, snapshots): each bad line is reported once a process.
-_warned: set[tuple[str, int, str]] = set()
-_warned_lock = threading.Lock()
-
-
 def _warn_once(path, n: int, line: str, message: str) -> None:
-    with _warned_lock:
-        if (str(path), n, line) in _warned:
-            return
-        _warned.add((str(path), n, line))
-    log.warning("%s:%d: %s", path, n, message)
+    warn_bad_line(log, path, n, line, message)
 
 
 def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:

@@ -249,6 +249,18 @@ def test_a_record_with_a_value_no_trial_writes_is_skipped_with_a_warning(tmp_pat
     assert "corpus.jsonl:2: skipped" in caplog.text and field in caplog.text
 
 
+def test_a_bad_record_is_reported_once_a_process_under_any_spelling_of_its_path(tmp_path, caplog, monkeypatch):
+    # a loop reads the corpus again at every trial, by an absolute and a relative path
+    from amk.flywheel.records import load_records
+
+    (tmp_path / "corpus.jsonl").write_text("{not json\n")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="amk"):
+        for path in (tmp_path / "corpus.jsonl", "corpus.jsonl", "./corpus.jsonl"):
+            assert load_records(path) == []
+    assert caplog.text.count("skipped a line that is not a tuning record") == 1
+
+
 def test_every_command_that_uses_the_cache_records_the_last_run(capsys, monkeypatch, tmp_path):
     """`cache stats` shows the last command that lowered: compile (a program miss, then a hit), not an older
     evaluate."""
