@@ -344,9 +344,10 @@ def test_a_checkpoint_saved_again_has_its_incumbent_verified_again_on_resume(tmp
     # another results file on the same corpus runs on the new weights first: the incumbent is still unchecked
     amk.loop(str(ck), "cpu-sim", budget=1, evaluate=fake_evaluate, incumbent={"pipelining_depth": 3},
              **{**files, "results": tmp_path / "other.tsv"})
-    with caplog.at_level("WARNING", logger="amk"):
+    with caplog.at_level("INFO", logger="amk"):
         amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
     assert "has not passed on the checkpoint there now" in caplog.text
+    assert "whose row stands for it until it is checked on the checkpoint there now" in caplog.text
     assert [r["schedule_id"] for r in remeasures()] == [first["incumbent"]["schedule_id"]]
     assert load_records(files["corpus"])[-1].environment["model_fingerprint"] == now
 

@@ -366,8 +366,11 @@ class _Run(Rounds):
         spread = float(row["spread_us"]) if row.get("spread_us") else None
         self.inc.observe(lat, spread, row["kind"])
         self.inc.trial = int(row["trial"])
-        log.info("incumbent %s: duplicate of trial %s (%.2f us), whose row stands for it", self.inc.config.schedule_id,
-                 row["trial"], lat)
+        # on a checkpoint saved again since, the row stands only until the check on the weights there now
+        until = " until it is checked on the checkpoint there now" if (
+            self.weights_now is not None and self._start_needs_check()) else ""
+        log.info("incumbent %s: duplicate of trial %s (%.2f us), whose row stands for it%s",
+                 self.inc.config.schedule_id, row["trial"], lat, until)
         return True
 
     def _settle_start(self, flag: StopFlag) -> Candidate | None:
