@@ -357,3 +357,15 @@ def test_a_loop_progress_line_gives_units_and_the_latency_kind():
     assert progress_line(p) == "trial    4 keep      b4b855881ef6 latency 83.99 us (predicted) best 80.50 us"
     crashed = dict(p, latency_us=None, best_latency_us=None, status="crash")
     assert progress_line(crashed).endswith("latency - best -")  # no kind without a latency
+
+
+def test_a_long_trial_description_keeps_its_outcome_whole():
+    from amk.harness.cmd_run import trial_description
+
+    outcome = "0.52% lower latency (a keep needs more than 1.00% lower)"
+    change = "mutate: " + ", ".join(f"matvec.knob_{i}.rows_per_task=64" for i in range(6))
+    line = trial_description({"description": change + ": " + outcome, "outcome": outcome})
+    assert line.endswith("...: " + outcome) and line.startswith("mutate: matvec.knob_0") and len(line) <= 140
+    short = "attention.sync=stage: " + outcome
+    assert trial_description({"description": short, "outcome": outcome}) == short
+    assert trial_description({"description": "x" * 300}) == "x" * 137 + "..."  # a callback's own text: cut

@@ -100,7 +100,9 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     latency, candidates are evaluated with stop_above_us= too (search/keep.py race_bound_us), so a callable
     must accept it (or **kwargs). `builders`: builder processes (default
     none on the CPU path, most cores on CUDA). `predictor`: the builder's pricing function (default the cost
-    model). `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
+    model). `progress`: called after each trial with a dict: trial, status, schedule_id, program_fingerprint,
+    latency_us, kind (the latency's), predicted_us, best_latency_us, description (the change and its outcome in
+    words), outcome (that closing part alone), source, elapsed_s. `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
     that holds its best kept config, a rejected seed, a resumed checkpoint whose changed weights fail the kept
     incumbent, a checkpoint saved again during the loop),
@@ -510,7 +512,7 @@ class _Run(Rounds):
             self.queue = []
         else:
             self.reverts += 1
-        self._progress(c.trial, status, built, verdict, description + ": " + why, cand.source)
+        self._progress(c.trial, status, built, verdict, description + ": " + why, cand.source, outcome=why)
         return True
 
     def _confirm(self, cfg, first: dict):
@@ -590,13 +592,16 @@ class _Run(Rounds):
         append_record(self.corpus, rec)
 
     def _progress(self, trial: int, status: Status, built: Built, verdict: dict, description: str,
-                  source: Source) -> None:
+                  source: Source, outcome: str = "") -> None:
+        """`description`: the trial's change and outcome in words; `outcome`: its closing part (what the
+        measurement decided), which a console line keeps whole when it shortens the change."""
         if self.progress is None:
             return
         self.progress({"trial": trial, "status": status.value, "schedule_id": built.schedule_id,
                        "program_fingerprint": built.program_fingerprint, "latency_us": verdict.get("latency_us"),
                        "kind": verdict.get("latency_kind"), "predicted_us": built.predicted_us,
-                       "best_latency_us": self.inc.latency_us, "description": description, "source": source.value,
+                       "best_latency_us": self.inc.latency_us, "description": description, "outcome": outcome,
+                       "source": source.value,
                        "elapsed_s": round(time.monotonic() - self.t0, 1)})
 
     # ---- the end -------------------------------------------------------------------------------------
