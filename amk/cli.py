@@ -141,7 +141,8 @@ def _run_opts(p) -> None:
 
 def _max_seq_opt(p) -> None:
     p.add_argument("--max-seq", type=positive_int, default=None,
-                   help="KV positions the program holds (default: the model's context, at most 2048)")
+                   help="KV positions the program holds (default: the model's context, at most 2048; past the "
+                        "context is allowed, as transformers allows it, and evaluate notes it)")
 
 
 def _config_opt(p) -> None:

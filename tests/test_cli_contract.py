@@ -369,3 +369,12 @@ def test_a_long_trial_description_keeps_its_outcome_whole():
     short = "attention.sync=stage: " + outcome
     assert trial_description({"description": short, "outcome": outcome}) == short
     assert trial_description({"description": "x" * 300}) == "x" * 137 + "..."  # a callback's own text: cut
+
+
+def test_a_context_past_the_models_positions_is_noted():
+    import amk
+
+    v = amk.evaluate("toy", "cpu-sim", {}, device="cpu", max_seq=1024)  # toy holds 512 positions
+    assert any(n.startswith("max_seq 1024 is past the model's 512 positions") for n in v["notes"]), v["notes"]
+    within = amk.evaluate("toy", "cpu-sim", {}, device="cpu", max_seq=512)
+    assert not any("past the model's" in n for n in within["notes"])

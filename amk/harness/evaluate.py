@@ -206,6 +206,10 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     v.derived = dict(program.meta.get("derived", {}))
     v.notes += [k.note() for k in inert_knobs(cfg, target, v.derived)]
     v.notes += _unused_explicit_kinds(cfg, program)
+    if program.constants.max_seq > dims_model.dims.max_positions:
+        v.notes.append(f"max_seq {program.constants.max_seq} is past the model's {dims_model.dims.max_positions} "
+                       "positions (max_position_embeddings): verify cases there check AMK against transformers, "
+                       "which computes them the same way, not the model's quality that far out")
     heads = dims_model.dims.n_heads + 2 * dims_model.dims.n_kv_heads
     if cfg.matvec.qkv.heads_per_task > heads:
         v.notes.append(f"matvec.qkv.heads_per_task={cfg.matvec.qkv.heads_per_task} is more than the model's {heads} "
