@@ -164,3 +164,22 @@ def progress_line(p: dict) -> str:
     best = f"{p['best_latency_us']:.2f} us" if p.get("best_latency_us") is not None else "-"
     kind = f" ({p['kind']})" if p.get("kind") and p.get("latency_us") is not None else ""
     return f"trial {p['trial']:>4} {p['status']:<9} {p['schedule_id']} latency {lat}{kind} best {best}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def trial_description(p: dict, width: int = 140) -> str:
+    """A loop trial's change and outcome for its one console line, at most `width` characters and on one line
+    (a crash's message may span many): a long change (a mutation or crossover of several knobs) is cut before its
+    outcome (p["outcome"], what the measurement decided), which keeps all but the first 40 characters' room;
+    results.tsv holds the full text."""
+    text, outcome = " ".join(p["description"].split()), " ".join((p.get("outcome") or "").split())
+    if len(text) <= width:
+        return text
+    if outcome and text.endswith(": " + outcome):
+        change = text[: -len(outcome) - 2]
+        keep = min(len(outcome), width - 42)
+        return _cut(change, width - keep - 2) + ": " + _cut(outcome, keep)
+    return _cut(text, width)

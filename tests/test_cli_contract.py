@@ -360,7 +360,7 @@ def test_a_loop_progress_line_gives_units_and_the_latency_kind():
 
 
 def test_a_long_trial_description_keeps_its_outcome_whole():
-    from amk.harness.cmd_run import trial_description
+    from amk.progress import trial_description
 
     outcome = "0.52% lower latency (a keep needs more than 1.00% lower)"
     change = "mutate: " + ", ".join(f"matvec.knob_{i}.rows_per_task=64" for i in range(6))
@@ -369,6 +369,10 @@ def test_a_long_trial_description_keeps_its_outcome_whole():
     short = "attention.sync=stage: " + outcome
     assert trial_description({"description": short, "outcome": outcome}) == short
     assert trial_description({"description": "x" * 300}) == "x" * 137 + "..."  # a callback's own text: cut
+    # a crash's message over many lines: one line, the width held, the change's start and the outcome's kept
+    crash = "NVRTCError: compile failed\n" + "error line\n" * 300
+    line = trial_description({"description": change + ": " + crash, "outcome": crash})
+    assert "\n" not in line and len(line) == 140 and line.startswith("mutate: ") and ": NVRTCError: compile" in line
 
 
 def test_a_context_past_the_models_positions_is_noted():

@@ -59,3 +59,14 @@ def test_a_trace_without_elapsed_cycles_is_refused():
     t[:, 2] = 1000
     with pytest.raises(ValueError, match="no clock"):
         trace.clock_ghz(t)
+
+
+def test_the_kernels_trace_width_is_the_loaders():
+    # a tracing build made without the loader's header (AMK_TRACE=1 as a bench/variants.py define) takes the
+    # kernel's own default, which must match the buffer the loader allocates and bench/trace.py reads
+    import re
+
+    from amk.vm.loader import kernel_source
+
+    m = re.search(r"#define AMK_TRACE_WORDS (\d+)", kernel_source())
+    assert m and int(m.group(1)) == TRACE_WORDS

@@ -24,6 +24,9 @@ __device__ __forceinline__ float rnd(float v) { return v; }
 #ifndef AMK_TRACE
 #define AMK_TRACE 0
 #endif
+#ifndef AMK_TRACE_WORDS
+#define AMK_TRACE_WORDS 10  // words a task of the trace buffer: vm/loader.py TRACE_WORDS, which the header defines too
+#endif
 // Tracing build: thread 0 adds the cycles since the last mark to c.prof[k] (phases of a task).
 #if AMK_TRACE
 #define PHASE_START() long long phase_t = clock64()

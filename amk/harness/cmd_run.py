@@ -129,25 +129,11 @@ def evaluate(args) -> CommandResult:
 
 
 def _progress(p: dict) -> None:
-    from amk.progress import is_quiet, progress_line
+    from amk.progress import is_quiet, progress_line, trial_description
 
     if is_quiet():  # -q: the summary only
         return
     print(f"[{p['elapsed_s']:7.1f}s] {progress_line(p)}  {trial_description(p)}", file=sys.stderr, flush=True)
-
-
-def trial_description(p: dict, width: int = 140) -> str:
-    """A loop trial's change and outcome for its console line, at most about `width` characters: a long change
-    (a mutation or crossover of several knobs) is cut, its outcome (p["outcome"], what the measurement decided)
-    kept whole; results.tsv holds the full text."""
-    text, outcome = p["description"], p.get("outcome") or ""
-    if len(text) <= width:
-        return text
-    if outcome and text.endswith(": " + outcome):
-        change = text[: -len(outcome) - 2]
-        room = max(40, width - len(outcome) - 2)
-        return (change if len(change) <= room else change[: room - 3] + "...") + ": " + outcome
-    return text[: width - 3] + "..."
 
 
 def loop(args) -> CommandResult:

@@ -51,10 +51,10 @@ def _worker_main(index: int, kwargs: dict, stop) -> dict:
 
     logging.getLogger("amk").setLevel(logging.WARNING)
 
-    from amk.progress import progress_line
+    from amk.progress import progress_line, trial_description
 
     def progress(p: dict) -> None:
-        print(f"[worker {index}] {progress_line(p)}  {p['description'][:90]}", file=sys.stderr, flush=True)
+        print(f"[worker {index}] {progress_line(p)}  {trial_description(p)}", file=sys.stderr, flush=True)
 
     summary = loop(progress=progress, should_stop=lambda: ray.get(stop.is_set.remote()), workers=1, **kwargs)
     summary["worker"] = index
