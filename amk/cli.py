@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: no limit)")
     p.add_argument("--minutes", type=positive_minutes, default=None, help="stop after this many minutes (default: no limit)")
     p.add_argument("--seed", type=seed, default=0, help="random seed of the search (default: 0)")
-    p.add_argument("--results", default="results.tsv", help="results file, one row per trial (default: results.tsv)")
+    p.add_argument("--results", default="results.tsv",
+                   help="results file, one row per trial, created with its folders if absent (default: results.tsv)")
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="tuning records, one per measurement, shared by every run (default: corpus.jsonl)")
     p.add_argument("--resume", action="store_true",
