@@ -40,6 +40,7 @@ COLUMNS = (*LEGACY_COLUMNS, "program_fingerprint", "predicted_us", "spread_us")
 HEADER = "\t".join(COLUMNS) + "\n"
 LEGACY_HEADER = "\t".join(LEGACY_COLUMNS) + "\n"
 FLOAT_COLUMNS = ("latency_us", "pct_of_floor", "speedup", "predicted_us", "spread_us")  # empty or a finite number
+POSITIVE_COLUMNS = ("latency_us", "predicted_us")  # a latency no trial writes is 0 or below
 
 
 class Status(str, Enum):
@@ -118,6 +119,8 @@ def append_result(path: str | Path, row: ResultRow) -> ResultRow:
     a legacy file are written in its own columns. Returns the row with trial and time set."""
     def make(current: bytes) -> bytes:
         lines = complete_lines(current)
+        if not lines:
+            refuse_fragment(path, current)  # another tool's one-line file: never written into
         columns = columns_of(path, lines[0]) if lines else COLUMNS
         if not row.trial:
             row.trial = next_trial(lines)
@@ -150,6 +153,8 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
             return col, "not a number"
         if not math.isfinite(number):
             return col, "not a finite number"
+        if col in POSITIVE_COLUMNS and number <= 0:
+            return col, "not a positive number"
     return None
 
 
@@ -183,8 +188,20 @@ def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Rows as dicts of strings (no pandas), header checked; missing file -> []."""
-    return rows_of(path, read_numbered_lines(path))
+    """Rows as dicts of strings (no pandas), header checked; missing file -> []. Raises ResultsFormatError for
+    a file whose first line is not a results header, or that holds text without a whole line."""
+    lines = read_numbered_lines(path)
+    if not lines and Path(path).is_file():
+        refuse_fragment(path, Path(path).read_bytes())
+    return rows_of(path, lines)
+
+
+def refuse_fragment(path, data: bytes) -> None:
+    """ResultsFormatError when `data`, a file without a whole line, holds anything but white space: a file of
+    another tool (one line with no newline, a byte-order mark, binary bytes), which the loop must neither read as
+    empty nor append a header to."""
+    if data.strip():
+        raise ResultsFormatError(path, data.decode("utf-8", errors="replace")[:80])
 
 
 def load_results(path: str | Path = "results.tsv"):

@@ -62,6 +62,33 @@ def test_a_results_file_with_a_foreign_header_is_a_usage_error(capsys, tmp_path)
         assert code == 2 and "is not a results.tsv header" in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("content", [b"step\tloss\tacc", b"\xef\xbb\xbf", b"\x00\x01\x02\xff"],
+                         ids=["one-line", "bom", "binary"])
+def test_a_results_file_of_another_tool_without_a_whole_line_is_refused_and_left_as_it_is(capsys, tmp_path, content):
+    foreign = tmp_path / "results.tsv"
+    foreign.write_bytes(content)
+    for extra in ([], ["--resume"]):
+        code, out, err = cli(capsys, "loop", "--model", "toy", "--budget", "1", "--results", str(foreign),
+                             "--corpus", str(tmp_path / "c.jsonl"), *extra)
+        assert code == 2 and "is not a results.tsv header" in err and "Traceback" not in err, err
+    assert foreign.read_bytes() == content and not (tmp_path / "c.jsonl").exists()
+
+
+def test_a_hand_edited_latency_of_zero_or_below_is_skipped_with_a_warning(tmp_path, caplog):
+    import logging
+
+    from amk.flywheel.results import HEADER, read_rows
+
+    path = tmp_path / "results.tsv"
+    row = "1\t2026-12-02T00:00:00Z\ttoy\tcpu-sim\tabc\tkeep\ttrue\t{}\tpredicted\t\t\tdefault\t\t\t\n"
+    path.write_text(HEADER + row.format("0") + row.format("-48.5").replace("1\t", "2\t", 1)
+                    + row.format("45.5").replace("1\t", "3\t", 1))
+    with caplog.at_level(logging.WARNING, logger="amk"):
+        rows = read_rows(path)
+    assert [r["latency_us"] for r in rows] == ["45.5"]
+    assert caplog.text.count("not a positive number") == 2
+
+
 def test_python_api_raises_typed_usage_errors_before_model_work():
     with pytest.raises(ArgumentError) as e:
         amk.evaluate("toy", "cpu-sim", {}, dtype="bf17")
