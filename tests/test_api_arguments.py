@@ -24,6 +24,13 @@ import amk
     ({"results": "same.tsv", "corpus": "same.tsv"}, "corpus"),
     ({"results": "."}, "results"),
     ({"corpus": "."}, "corpus"),
+    ({"max_seq": 0}, "max_seq"),
+    ({"max_seq": "64"}, "max_seq"),
+    ({"max_seq": 2.5}, "max_seq"),
+    ({"workers": 2}, "workers"),  # 2 workers for a budget of 1 trial
+    ({"results": None}, "results"),
+    ({"corpus": 5}, "corpus"),
+    ({"progress": 5}, "progress"),
 ])
 def test_loop_refuses_a_bad_argument_before_opening_its_files(tmp_path, monkeypatch, kw, argument):
     monkeypatch.chdir(tmp_path)

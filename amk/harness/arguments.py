@@ -61,14 +61,23 @@ def check_output_file(argument: str, path) -> None:
         raise ArgumentError(argument, f"{str(path)!r}: {path.parent} is not a directory")
 
 
-def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus) -> None:
+def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus,
+                         max_seq=None, progress=None) -> None:
     """Every argument of loop() a caller can get wrong, checked before the results file is opened.
     Raises ArgumentError naming the first one wrong."""
     _whole("budget", budget, 1, optional=True)
+    _whole("max_seq", max_seq, 1, optional=True)
+    if progress is not None and not callable(progress):
+        raise ArgumentError("progress", f"expected a callable taking a dict, or None, got {progress!r}")
+    for name, path in (("results", results), ("corpus", corpus)):
+        if not isinstance(path, str | Path) or not str(path):
+            raise ArgumentError(name, f"expected a file path, got {path!r}")
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int | float)
                                 or not math.isfinite(minutes) or minutes <= 0):
         raise ArgumentError("minutes", f"expected a positive finite number of minutes or None, got {minutes!r}")
     _whole("workers", workers, 1, optional=False)
+    if budget is not None and workers > budget:  # a worker with a share of 0 trials would be refused mid-run
+        raise ArgumentError("workers", f"{workers} workers share a budget of {budget} trials: give each one at least")
     _whole("builders", builders, 0, optional=True)
     _whole("max_reverts", max_reverts, 1, optional=False)
     check_cases(cases)

@@ -111,7 +111,8 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     UnknownModelError / UnknownTargetError, and UnsupportedModelError for a model the CUDA kernel does not build
     in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial."""
     check_seed(seed)
-    check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus)
+    check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,
+                         progress)
     if workers > 1:
         from .search.distributed import run_workers
 
