@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import math
 
 from .assign import assign_sms
 from .autotile import resolve as resolve_tiling
 from .buffers import allocate_scratch, plan_model_buffers
 from .config import ScheduleConfig
-from .errors import LoweringError
+from .errors import ArgumentError, ConfigError, LoweringError
 from .graph import Graph, ModelDims, build_graph
 from .opcodes import DType
 from .program import Counter, Join, MegakernelProgram, ProgramConstants, Task, Wait
@@ -25,13 +26,19 @@ DEFAULT_MAX_SEQ = 2048
 def lower(model, target: GpuTarget | str, config: ScheduleConfig | dict | None = None,
           max_seq: int | None = None) -> MegakernelProgram:
     """`model` is anything with `.dims` (ModelDims) and `.dtype` (torch dtype or DType): an amk Model,
-    or a ModelDims with dtype given through `lower_dims`."""
+    or a ModelDims with dtype given through `lower_dims`. `config`: None (the default), a dict, a JSON string or
+    a ScheduleConfig. Raises ArgumentError naming `model` or `max_seq`, ConfigError naming a config field, and
+    LoweringError for a config this model cannot take."""
+    if not isinstance(getattr(model, "dims", None), ModelDims) or not hasattr(model, "dtype"):
+        raise ArgumentError("model", f"expected a model from amk.load_model(name or path), got {model!r}")
     return lower_dims(model.dims, _dtype_of(model), target, config, max_seq=max_seq,
                       name=getattr(model, "name", "model"))
 
 
 def lower_dims(dims: ModelDims, dtype: DType, target: GpuTarget | str, config: ScheduleConfig | dict | None = None,
                max_seq: int | None = None, name: str = "model") -> MegakernelProgram:
+    if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 1):
+        raise ArgumentError("max_seq", f"expected a positive integer or None, got {max_seq!r}")
     target = get_target(target)
     config = _as_config(config)
     gc_was_enabled = gc.isenabled()
@@ -73,11 +80,20 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
 
 
 def _as_config(config) -> ScheduleConfig:
+    """ConfigError for anything but None, a dict, a JSON object's text or a ScheduleConfig (re-parsed through its
+    dict, since its fields can be assigned anything)."""
     if config is None:
         return ScheduleConfig()
-    if isinstance(config, dict):
-        return ScheduleConfig.from_dict(config)
-    return config
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError as e:
+            raise ConfigError("$", f"not valid JSON: {e}") from None
+    if isinstance(config, ScheduleConfig):
+        config = config.to_dict()
+    if not isinstance(config, dict):
+        raise ConfigError("$", f"expected a config object (a dict, JSON text or ScheduleConfig), got {config!r}")
+    return ScheduleConfig.from_dict(config)
 
 
 def _dtype_of(model) -> DType:

@@ -89,3 +89,24 @@ def test_generate_takes_prompt_plus_new_tokens_less_one_positions():
 def test_generate_on_cuda_without_a_gpu_is_an_environment_problem():
     with pytest.raises(amk.EnvironmentProblem, match="cuda"):
         amk.generate("toy", [1, 2], device="cuda")
+
+
+def test_lower_names_a_bad_model_max_seq_or_config():
+    from amk.schedule import ScheduleConfig
+
+    model = amk.load_model("toy", weights=False)
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.lower("toy", "cpu-sim")  # a name, not a loaded model
+    assert e.value.argument == "model"
+    for bad in (0, 2.5, "8", True):
+        with pytest.raises(amk.ArgumentError) as e:
+            amk.lower(model, "cpu-sim", max_seq=bad)
+        assert e.value.argument == "max_seq"
+    edited = ScheduleConfig()
+    edited.threads_per_block = "512"  # a dataclass field takes anything: lower re-parses it
+    for cfg, path in (([1], "$"), ("{not json", "$"), (edited, "$.threads_per_block")):
+        with pytest.raises(amk.ConfigError) as e:
+            amk.lower(model, "cpu-sim", cfg)
+        assert e.value.path == path
+    as_text = amk.lower(model, "cpu-sim", '{"attention": {"kv_partitions": 2}}')
+    assert as_text.fingerprint() == amk.lower(model, "cpu-sim", {"attention": {"kv_partitions": 2}}).fingerprint()
