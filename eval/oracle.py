@@ -11,6 +11,7 @@ from enum import Enum
 import torch
 
 from amk.cache import CacheStorageError
+from amk.schedule.errors import ArgumentError
 
 from .cases import CaseInputs, VerifyCase, case_inputs, check_cases_fit, default_cases, eager_decode
 from .compare import compare, kl_divergence, tolerance_for
@@ -115,6 +116,14 @@ def make_vm(program, model, device: str = "cpu", vm: str = "reference", adversar
     raise ValueError(f"unknown vm {vm!r}: reference or cuda")
 
 
+def _short(obj) -> str:
+    """An argument in an error message: a model or program by its type and name, not its whole repr."""
+    if hasattr(obj, "dims") or hasattr(obj, "tasks"):
+        return f"{type(obj).__name__} {getattr(obj, 'name', '')!r}".rstrip()
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def verify(program, model, device: str = "cpu", vm: str = "reference", cases: list[VerifyCase] | str = "full",
            adversarial: bool = False, seed: int = 0, runner=None, reference=None) -> VerifyResult:
     """Run each verify case of `program` on a VM (`vm` "reference": the ReferenceVM in torch on `device`;
@@ -123,12 +132,18 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     VerifyCase. `adversarial` (ReferenceVM): the next SM to run is drawn at random (`seed`). `runner`: a VM to
     reuse (else one is built); `reference`: a callable(case) -> (logits, greedy, fp32 logits) that may serve
     cached eager data (else eager runs here). A failed case is a result, not an exception; a case that needs more positions
-    than the program holds raises ContextError, an unknown `cases` name ValueError."""
+    than the program holds raises ContextError; a `program`, `model` or `cases` AMK cannot use, ArgumentError naming
+    it (a model loaded with weights=False has no eager model to compare with)."""
     t0 = time.perf_counter()
+    if not hasattr(program, "constants") or not hasattr(program, "tasks"):
+        raise ArgumentError("program", f"expected a program from amk.lower, got {_short(program)}")
+    if not hasattr(model, "dims") or (reference is None and getattr(model, "eager", None) is None):
+        raise ArgumentError("model", f"expected a model loaded with its weights (amk.load_model), got {_short(model)}"
+                            + (" loaded with weights=False" if hasattr(model, "dims") else ""))
     max_seq = program.constants.max_seq
     if isinstance(cases, str):
         if cases not in ("full", "reduced", "smoke"):
-            raise ValueError(f"cases must be full, reduced, smoke or a list of VerifyCase, got {cases!r}")
+            raise ArgumentError("cases", f"expected full, reduced, smoke or a list of VerifyCase, got {cases!r}")
         cases = default_cases(max_seq, reduced=False if cases == "full" else cases)
     check_cases_fit(cases, max_seq)  # a context too short is a usage error, not a failed case
     results: list[CaseResult] = []

@@ -110,3 +110,14 @@ def test_lower_names_a_bad_model_max_seq_or_config():
         assert e.value.path == path
     as_text = amk.lower(model, "cpu-sim", '{"attention": {"kv_partitions": 2}}')
     assert as_text.fingerprint() == amk.lower(model, "cpu-sim", {"attention": {"kv_partitions": 2}}).fingerprint()
+
+
+def test_verify_names_a_bad_program_model_or_cases():
+    model = amk.load_model("toy")
+    prog = amk.lower(model, "cpu-sim")
+    for args, kw, argument in (((prog, None), {}, "model"), ((prog, "toy"), {}, "model"),
+                               ((None, model), {}, "program"), ((prog, model), {"cases": "x"}, "cases"),
+                               ((prog, amk.load_model("toy", weights=False)), {}, "model")):
+        with pytest.raises(amk.ArgumentError) as e:
+            amk.verify(*args, **kw)
+        assert e.value.argument == argument
