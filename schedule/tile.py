@@ -417,6 +417,11 @@ class Tiler:
             out.append(TaskDraft(Opcode.EPILOGUE, p, reads, writes, [], 0, groups))
         return out
 
+    def _window(self, st: Stage) -> int:
+        """The layer's sliding window as its tasks take it: 0 (every cached position) where the window holds the
+        program's whole context, for no position reaches its edge there (a window of 2**31 fits no int32)."""
+        return st.window if st.window < self.max_seq else 0
+
     def _attention(self, st: Stage) -> list[TaskDraft]:
         """parts == 1: one ATTN_DECODE task per KV group; else ATTN_SCORES tasks per (group, part), or ATTN_PARTIAL
         tasks when each partition keeps its own softmax."""
@@ -432,18 +437,18 @@ class Tiler:
             if parts == 1:
                 o = self.val("attn", layer)
                 p = oc.AttnDecodeParams(layer, g, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], sc.buffer,
-                                        sc.offset, o.buffer, o.offset, chunk, st.window)
+                                        sc.offset, o.buffer, o.offset, chunk, self._window(st))
                 s_reg = self.region(sc, g * G * cap, G * cap)
                 out.append(TaskDraft(Opcode.ATTN_DECODE, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg],
                                      [s_reg, self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
                 continue
             if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
-                out += self._partials(layer, g, q_reg, st.window)
+                out += self._partials(layer, g, q_reg, self._window(st))
                 continue
             stats = self.val("attn_stats", layer)
             for part in range(parts):
                 p = oc.AttnScoresParams(layer, g, q.buffer, q.offset, self.b["kcache"], part, parts, sc.buffer,
-                                        sc.offset, stats.buffer, stats.offset, chunk, st.window)
+                                        sc.offset, stats.buffer, stats.offset, chunk, self._window(st))
                 w = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap),
                      self.region(stats, (part * d.n_heads + g * G) * 2, G * 2)]
                 out.append(TaskDraft(Opcode.ATTN_SCORES, p, q_reg, w, [], 0, (g,)))
@@ -510,7 +515,7 @@ class Tiler:
             join, jp = self._join(layer, g)
             for part in range(parts):
                 p = oc.AttnValuesParams(layer, g, self.b["vcache"], part, parts, sc.buffer, sc.offset, stats.buffer,
-                                        stats.offset, o.buffer, o.offset, chunk, st.window, jp)
+                                        stats.offset, o.buffer, o.offset, chunk, self._window(st), jp)
                 r = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap), self.kv_slab("vcache", layer, g),
                      Region(self.b["pos"], 0, 1)]
                 r += [self.region(stats, (pp * d.n_heads + g * G) * 2, G * 2) for pp in range(parts)]

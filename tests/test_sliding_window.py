@@ -112,3 +112,17 @@ def test_transformers_disagrees_with_itself_at_a_window_of_one(tmp_path, family)
     (gap1, scale1), (gap2, scale2) = gaps(1), gaps(2)
     assert gap1 > 1e-2 * scale1
     assert gap2 < 1e-5 * scale2
+
+
+@pytest.mark.parametrize("window", [64, 2**31], ids=["context", "past-int32"])
+def test_a_window_that_holds_the_whole_context_is_full_attention(tmp_path, window):
+    # no position of a 64-position program reaches the edge of such a window: its tasks attend to every cached
+    # position (window 0), and a window past int32 still lowers, validates and verifies
+    model = amk.load_model(mistral_window(tmp_path / "m", window=window))
+    assert model.dims.windows == (window,)
+    prog = amk.lower(model, "cpu-sim", {})
+    assert amk.validate(prog, "cpu-sim").ok
+    attn = [t for t in prog.tasks if t.opcode == Opcode.ATTN_PARTIAL]
+    assert attn and all(t.params.window == 0 for t in attn)
+    res = verify(prog, model, cases="reduced")
+    assert res.ok, _failures(res)
