@@ -121,3 +121,9 @@ def test_verify_names_a_bad_program_model_or_cases():
         with pytest.raises(amk.ArgumentError) as e:
             amk.verify(*args, **kw)
         assert e.value.argument == argument
+
+
+def test_an_empty_model_name_is_unknown_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(amk.UnknownModelError):
+        amk.load_model("")

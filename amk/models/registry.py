@@ -158,7 +158,8 @@ def model_shape(name_or_path) -> ModelDims:
 def check_model_name(name_or_path) -> None:
     """UnknownModelError unless `name_or_path` is a built-in name or an existing directory; reads nothing."""
     key = str(name_or_path)
-    if key != _GGUF_NAME and key not in builtin_names() and not _is_dir(name_or_path):
+    # "" would be the working directory (Path("")): a model is named, never implied
+    if not key.strip() or key != _GGUF_NAME and key not in builtin_names() and not _is_dir(name_or_path):
         raise UnknownModelError(key, builtin_names())
 
 
