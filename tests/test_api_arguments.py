@@ -31,6 +31,7 @@ import amk
     ({"results": None}, "results"),
     ({"corpus": 5}, "corpus"),
     ({"progress": 5}, "progress"),
+    ({"builders": 10**6}, "builders"),
 ])
 def test_loop_refuses_a_bad_argument_before_opening_its_files(tmp_path, monkeypatch, kw, argument):
     monkeypatch.chdir(tmp_path)
@@ -45,6 +46,8 @@ def test_loop_refuses_a_bad_argument_before_opening_its_files(tmp_path, monkeypa
     ({"cases": 5}, "cases"),
     ({"cases": []}, "cases"),
     ({"cases": ()}, "cases"),
+    ({"measure": "no"}, "measure"),
+    ({"peers": 1}, "peers"),
     ({"corpus": "."}, "corpus"),
     ({"dtype": "bf17"}, "dtype"),
 ])
@@ -127,3 +130,12 @@ def test_an_empty_model_name_is_unknown_not_the_working_directory(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     with pytest.raises(amk.UnknownModelError):
         amk.load_model("")
+
+
+def test_loop_refuses_a_claims_path_that_is_a_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.tsv.claims").mkdir()
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.loop("toy", "cpu-sim", budget=1, results="r.tsv", corpus="c.jsonl")
+    assert e.value.argument == "results" and "r.tsv.claims" in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.tsv.claims"]

@@ -4,6 +4,7 @@ ArgumentError naming the keyword (the CLI leads it with the flag) and never a cr
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from amk.schedule.errors import ArgumentError
@@ -79,10 +80,14 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
     if budget is not None and workers > budget:  # a worker with a share of 0 trials would be refused mid-run
         raise ArgumentError("workers", f"{workers} workers share a budget of {budget} trials: give each one at least")
     _whole("builders", builders, 0, optional=True)
+    cores = os.cpu_count() or 1
+    if builders is not None and builders > 4 * cores:  # each one a process: more would only thrash
+        raise ArgumentError("builders", f"{builders} builder processes on {cores} cores: give at most {4 * cores}")
     _whole("max_reverts", max_reverts, 1, optional=False)
     check_cases(cases)
     check_dtype(dtype)
     check_output_file("results", results)
     check_output_file("corpus", corpus)
+    check_output_file("results", Path(str(results) + ".claims"))  # flywheel/claims.py claims_path
     if same_file(results, corpus):  # a results row and a tuning record interleaved leave neither readable
         raise ArgumentError("corpus", f"names the same file as results ({str(results)!r}): give each its own")

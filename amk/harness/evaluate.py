@@ -92,6 +92,9 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
                                       or not stop_above_us > 0):
         raise ArgumentError("stop_above_us", f"expected a positive number of microseconds, got {stop_above_us!r}")
     check_seed(seed)
+    for name, flag in (("measure", measure), ("peers", peers)):
+        if not isinstance(flag, bool):  # "no" would be true
+            raise ArgumentError(name, f"expected True or False, got {flag!r}")
     t0 = time.perf_counter()
     check_cases(cases)  # before any model work
     check_corpus(corpus)
