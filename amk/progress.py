@@ -172,9 +172,9 @@ def _cut(text: str, width: int) -> str:
 
 def trial_description(p: dict, width: int = 140) -> str:
     """A loop trial's change and outcome for its one console line, at most `width` characters and on one line
-    (a crash's message may span many): a long change (a mutation or crossover of several knobs) is cut before its
-    outcome (p["outcome"], what the measurement decided), which keeps all but the first 40 characters' room;
-    results.tsv holds the full text."""
+    (a crash's message may span many): a long change (a mutation or crossover of several knobs) is cut first, to
+    no less than 40 characters, then its outcome (p["outcome"], what the measurement decided); results.tsv holds
+    the full text."""
     text, outcome = " ".join(p["description"].split()), " ".join((p.get("outcome") or "").split())
     if len(text) <= width:
         return text

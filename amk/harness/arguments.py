@@ -78,7 +78,7 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
         raise ArgumentError("minutes", f"expected a positive finite number of minutes or None, got {minutes!r}")
     _whole("workers", workers, 1, optional=False)
     if budget is not None and workers > budget:  # a worker with a share of 0 trials would be refused mid-run
-        raise ArgumentError("workers", f"{workers} workers share a budget of {budget} trials: give each one at least")
+        raise ArgumentError("workers", f"{workers} workers share a budget of {budget} trials: give each at least one trial")
     _whole("builders", builders, 0, optional=True)
     cores = os.cpu_count() or 1
     if builders is not None and builders > 4 * cores:  # each one a process: more would only thrash

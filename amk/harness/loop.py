@@ -102,12 +102,15 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     none on the CPU path, most cores on CUDA). `predictor`: the builder's pricing function (default the cost
     model). `progress`: called after each trial with a dict: trial, status, schedule_id, program_fingerprint,
     latency_us, kind (the latency's), predicted_us, best_latency_us, description (the change and its outcome in
-    words), outcome (that closing part alone), source, elapsed_s. `workers` > 1: one loop per GPU through Ray (`ray_address`: a cluster; default a local instance).
+    words), outcome (that closing part alone), source, elapsed_s. `workers` > 1: one loop per GPU through Ray
+    (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
     that holds its best kept config, a rejected seed, a resumed checkpoint whose changed weights fail the kept
     incumbent, a checkpoint saved again during the loop),
     ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63), a `budget`, `minutes`, `workers`,
-    `builders` or `max_reverts` out of range, an unknown `cases` or `dtype`, `corpus` naming the `results` file),
+    `builders`, `max_reverts` or `max_seq` out of range, more `workers` than trials in the budget, an unknown `cases`
+    or `dtype`, a `progress` that is not callable, a `results` or `corpus` that is not a file path, `corpus` naming
+    the `results` file),
     UnknownModelError / UnknownTargetError, and UnsupportedModelError for a model the CUDA kernel does not build
     in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial."""
     check_seed(seed)
