@@ -421,3 +421,14 @@ def test_the_loop_says_when_its_latencies_are_at_a_short_kv_context(tmp_path, fa
     s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "r2.tsv", corpus=tmp_path / "c.jsonl",
                  evaluate=fake_evaluate, settings=SMALL, max_seq=2048)
     assert s["notes"] == []
+
+
+def test_the_summarys_best_is_of_the_runs_dtype(tmp_path, fake_evaluate):
+    # two results files on one corpus: a bf16 run's (faster) records are no rival of an fp32 run's best
+    corpus = tmp_path / "c.jsonl"
+    amk.loop("toy", "cpu-sim", budget=2, dtype="bfloat16", results=tmp_path / "b.tsv", corpus=corpus,
+             evaluate=lambda model, gpu, config, **kw: _verdict(10.0), settings=SMALL)
+    assert {r.dtype for r in load_records(corpus)} == {"bf16"}  # any spelling, recorded by its name
+    s = amk.loop("toy", "cpu-sim", budget=2, results=tmp_path / "f.tsv", corpus=corpus, evaluate=fake_evaluate,
+                 settings=SMALL)
+    assert s["dtype"] == "fp32" and s["best"]["latency_us"] > 10.0

@@ -174,6 +174,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     """Parse, lower (cached) and validate: the verdict so far, and the program when it is valid. Needs the
     model's dims only, never its weights."""
     from amk.models import Model
+    from amk.models.registry import dtype_name
 
     v = Verdict()
     try:
@@ -188,7 +189,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     given = model if isinstance(model, Model) else None
     dtype_note = None
     if given:
-        v.dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(given.dtype).removeprefix("torch.")]
+        v.dtype = dtype_name(given.dtype)
     else:
         v.dtype, dtype_note = resolve_dtype_name(dtype, dev, target)
     v.gpu, v.device, v.environment = target.name, dev.value, environment(dev)

@@ -39,6 +39,7 @@ from amk.flywheel.prior import Prior
 from amk.flywheel.records import (
     MODEL_FINGERPRINT,
     append_record,
+    for_run,
     load_records,
     record_from_verdict,
     same_model,
@@ -155,13 +156,14 @@ class _Run(Rounds):
     def __init__(self, model, gpu, budget, minutes, seed, device, results, corpus, resume, max_reverts, progress,
                  cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
         from amk.models import Model
+        from amk.models.registry import dtype_name
 
         self.t0 = time.monotonic()
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
         self.same_model = same_model(self.name)  # rows of this model under any spelling of its directory
         self.dev = resolve_device(device)
-        self.dtype = str(model.dtype).removeprefix("torch.") if isinstance(model, Model) else (
-            dtype or default_dtype(self.dev, self.target))
+        self.dtype = dtype_name(model.dtype) if isinstance(model, Model) else (
+            dtype_name(dtype) if dtype else default_dtype(self.dev, self.target))
         self.kind = (LatencyKind.MEASURED_GPU if self.dev == Device.CUDA else LatencyKind.PREDICTED).value
         dims = model.dims if isinstance(model, Model) else get_model(self.name, self.dtype, self.dev,
                                                                        weights=False).dims
@@ -612,7 +614,8 @@ class _Run(Rounds):
     def _summary(self, stop: StopReason | None) -> dict:
         best = None
         if self.corpus.exists():
-            best = best_entry(entries_for(load_records(self.corpus), self.name, self.target.name))
+            # this run's dtype only: a record of another dtype's program is no rival of this run's incumbent
+            best = best_entry(for_run(load_records(self.corpus), self.name, self.target.name, self.dtype))
         seconds = time.monotonic() - self.t0
         inc = self.inc
         return {"incumbent": {"schedule_id": inc.config.schedule_id, "program_fingerprint": inc.program_fingerprint,

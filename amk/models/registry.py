@@ -70,6 +70,12 @@ def resolve_dtype(dtype: Any) -> torch.dtype:
     raise ArgumentError("dtype", f"{dtype!r} is not one of fp32, fp16, bf16")
 
 
+def dtype_name(dtype: Any) -> str:
+    """fp32, fp16 or bf16: the name verdicts, tuning records and loop summaries give a dtype (any spelling
+    resolve_dtype takes). Raises ArgumentError as resolve_dtype."""
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[resolve_dtype(dtype)]
+
+
 @dataclass
 class Model:
     name: str
