@@ -30,7 +30,7 @@ def lower(model, target: GpuTarget | str, config: ScheduleConfig | dict | None =
     a ScheduleConfig. Raises ArgumentError naming `model` or `max_seq`, ConfigError naming a config field, and
     LoweringError for a config this model cannot take."""
     if not isinstance(getattr(model, "dims", None), ModelDims) or not hasattr(model, "dtype"):
-        raise ArgumentError("model", f"expected a model from amk.load_model(name or path), got {model!r}")
+        raise ArgumentError("model", f"expected a model from amk.load_model(name or path), got {model!r:.80}")
     return lower_dims(model.dims, _dtype_of(model), target, config, max_seq=max_seq,
                       name=getattr(model, "name", "model"))
 
