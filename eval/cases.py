@@ -92,11 +92,16 @@ def left_out_cases(max_seq: int, reduced: bool = False) -> list[str]:
     return [c.name + (f" (from {c.scaled_from})" if c.scaled_from else "") for c in cands if id(c) not in kept]
 
 
+def check_not_empty(cases) -> None:
+    """ArgumentError naming `cases` for an empty list of verify cases: it would check nothing."""
+    if not cases:
+        raise ArgumentError("cases", "an empty list runs no verify case: pass VerifyCases, 'full' or 'reduced'")
+
+
 def check_cases_fit(cases: list[VerifyCase], max_seq: int) -> None:
     """Raise ContextError (a usage error, not a correctness failure) naming every case that needs more positions
     than the program's context holds, and ArgumentError naming `cases` when there is none."""
-    if not cases:
-        raise ArgumentError("cases", "an empty list runs no verify case: pass VerifyCases, 'full' or 'reduced'")
+    check_not_empty(cases)
     bad = [c for c in cases if c.positions > max_seq]
     if bad:
         names = ", ".join(f"{c.name} needs {c.positions}" for c in bad)

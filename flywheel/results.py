@@ -158,10 +158,6 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
     return None
 
 
-def _warn_once(path, n: int, line: str, message: str) -> None:
-    warn_bad_line(log, path, n, line, message)
-
-
 def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
     """Data lines (with their line numbers, appendlog.numbered_lines) as dicts over COLUMNS (a legacy file's
     missing columns empty). A line with the wrong number of cells (torn, not written by append_result) is
@@ -180,7 +176,7 @@ def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
         bad = _bad_cell(row)
         if bad is not None:
             col, why = bad
-            _warn_once(path, n, ln, f"skipped trial row: column {col} is {row[col]!r}, {why} (the file is left as "
+            warn_bad_line(log, path, n, ln, f"skipped trial row: column {col} is {row[col]!r}, {why} (the file is left as "
                                     "it is)")
             continue
         rows.append(row)

@@ -25,7 +25,7 @@ __device__ __forceinline__ float rnd(float v) { return v; }
 #define AMK_TRACE 0
 #endif
 #ifndef AMK_TRACE_WORDS
-#define AMK_TRACE_WORDS 10  // words a task of the trace buffer: vm/loader.py TRACE_WORDS, which the header defines too
+#define AMK_TRACE_WORDS 10  // words a task of the trace buffer: vm/loader.py TRACE_WORDS allocates them
 #endif
 // Tracing build: thread 0 adds the cycles since the last mark to c.prof[k] (phases of a task).
 #if AMK_TRACE

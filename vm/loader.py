@@ -19,7 +19,7 @@ KERNEL_NAME = "amk_megakernel"
 DEFAULT_TIMEOUT_S = 1.0
 # MegakernelVM.trace's int64 words a task (the tracing build): start, dependencies met and done (globaltimer ns),
 # the SM, the cycles thread 0 spent in the task's four phases (vm/base.cuh PHASE), and clock64 at start and done,
-# so that the phase cycles convert to time at the clock the SM ran at
+# so that the phase cycles convert to time at the clock the SM ran at (vm/base.cuh AMK_TRACE_WORDS, a test ties them)
 TRACE_WORDS = 10
 _MODULES: dict[str, object] = {}  # in-process: key -> cupy RawModule
 DEFAULT_CACHE = object()  # MegakernelVM(cache=...): the process-wide amk.cache; None builds without a file cache
@@ -85,7 +85,7 @@ def compile_cubin(code: str, arch: str) -> bytes:
 
 
 def _header_and_key(program: MegakernelProgram, arch: str, trace: bool) -> tuple[str, str, str, str]:
-    header = generate_header(program) + (f"#define AMK_TRACE 1\n#define AMK_TRACE_WORDS {TRACE_WORDS}\n" if trace else "")
+    header = generate_header(program) + ("#define AMK_TRACE 1\n" if trace else "")
     source = kernel_source()
     nvrtc = nvrtc_version()
     key = hashlib.sha256("\0".join([source, header, repr(compile_options(arch)), arch, nvrtc, KERNEL_NAME])

@@ -15,8 +15,10 @@ CASE_SETS = ("full", "reduced")
 def check_cases(cases) -> None:
     """`cases`: None, "full", "reduced" or a non-empty list of VerifyCase (a list is checked against the context
     later)."""
-    if isinstance(cases, list | tuple) and not cases:
-        raise ArgumentError("cases", "an empty list runs no verify case: pass VerifyCases, 'full' or 'reduced'")
+    if isinstance(cases, list | tuple):
+        from amk.eval.cases import check_not_empty  # imports torch: only when a list is given
+
+        check_not_empty(cases)
     if cases is None or isinstance(cases, list | tuple):
         return
     if not isinstance(cases, str) or cases not in CASE_SETS:

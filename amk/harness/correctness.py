@@ -73,6 +73,7 @@ def reference_hook(model, program: MegakernelProgram, cache: Cache, label: dict 
     import transformers
 
     from amk.eval.oracle import eager_reference
+    from amk.models.registry import dtype_name
 
     max_seq = program.constants.max_seq
     dtype = str(model.dtype).removeprefix("torch.")
@@ -87,8 +88,7 @@ def reference_hook(model, program: MegakernelProgram, cache: Cache, label: dict 
             made["hi"] = hi
             return {"logits": torch.stack(list(logits)), "greedy": torch.tensor(greedy, dtype=torch.int64)}
 
-        short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
-        tag = {**(label or {}), "dtype": short, "case": case.name}
+        tag = {**(label or {}), "dtype": dtype_name(model.dtype), "case": case.name}
         t = cache.get_or_create_tensors("reference", reference_key(model.fingerprint, dtype, case_id), create,
                                         label=tag)
         logits, greedy = list(t["logits"]), [int(x) for x in t["greedy"]]
