@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -32,6 +32,7 @@ class Generation:
     device: str
     seconds: float
     decode_tokens_per_s: float
+    notes: list[str] = field(default_factory=list)  # what the caller should know about the tokens (context)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +53,8 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     advancing on the device; the VM's error word and task count are checked at the end.
 
     A prompt of P tokens and N new tokens take P + N - 1 KV positions (the last new token is not fed back).
+    Past the model's max_position_embeddings they still run (as transformers would compute them); the
+    Generation's `notes` then say so.
 
     Raises ArgumentError naming the argument: `prompt` (empty, not text or integer ids, ids outside the
     vocabulary, text for a model without a tokenizer), `max_new_tokens` or `max_seq` (not a positive integer),
@@ -87,6 +90,11 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     if need > max_seq:
         raise ContextError(f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens need {need} positions, "
                            f"the program holds {max_seq} (max_seq)", needed=need, max_seq=max_seq)
+    notes = []
+    if need > model.dims.max_positions:  # RoPE and the KV cache run on; the model was not trained that far
+        notes.append(f"the prompt and new tokens take {need} positions, past the model's {model.dims.max_positions} "
+                     "(max_position_embeddings): the tokens past them are computed as transformers would, but the "
+                     "model was not trained on that context")
     target = (gpu and get_target(gpu)) or (detect_target() if dev == "cuda" else get_target("cpu-sim"))
     with status(f"lowering {model.name} for {target.name}"):
         program = amk.lower(model, target, config, max_seq=max_seq)
@@ -135,4 +143,4 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         out = out[: cut + 1] if cut is not None else out
     text = model.tokenizer.decode(out, skip_special_tokens=True) if model.tokenizer is not None else None
     decode_s = max(t2 - t1, 1e-9)
-    return Generation(text, out, ids, vm_name, dev, t2 - t0, (max_new_tokens - 1) / decode_s)
+    return Generation(text, out, ids, vm_name, dev, t2 - t0, (max_new_tokens - 1) / decode_s, notes)

@@ -88,6 +88,19 @@ def test_generate_takes_prompt_plus_new_tokens_less_one_positions():
         amk.generate("toy", [1, 5, 9], max_new_tokens=3, device="cpu", max_seq=4)
 
 
+def test_generate_past_the_models_context_runs_with_a_note(tmp_path):
+    from _checkpoints import SMALL, save_checkpoint
+    from transformers import LlamaConfig
+
+    model = amk.load_model(save_checkpoint(LlamaConfig(**SMALL, num_hidden_layers=1, max_position_embeddings=8),
+                                           tmp_path))
+    inside = amk.generate(model, [1, 5, 9], max_new_tokens=6, device="cpu", max_seq=16, stop_at_eos=False)
+    assert inside.notes == [] and len(inside.tokens) == 6  # 8 positions: the model's whole context
+    past = amk.generate(model, [1, 5, 9], max_new_tokens=7, device="cpu", max_seq=16, stop_at_eos=False)
+    assert len(past.tokens) == 7 and past.tokens[:6] == inside.tokens
+    assert len(past.notes) == 1 and "take 9 positions, past the model's 8" in past.notes[0]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
 def test_generate_on_cuda_without_a_gpu_is_an_environment_problem():
     with pytest.raises(amk.EnvironmentProblem, match="cuda"):

@@ -175,7 +175,8 @@ def generate(args) -> CommandResult:
                f"{payload['device']} ({payload['vm']} VM) in {payload['seconds']:.2f} s, "
                f"{payload['decode_tokens_per_s']:.1f} tokens/s decoding")
     body = payload["text"] if isinstance(payload.get("text"), str) else " ".join(map(str, payload["tokens"]))
-    return CommandResult(ExitCode.OK, payload, f"{body}\n-- {summary}")
+    notes = "".join(f"\nnote: {n}" for n in payload["notes"])
+    return CommandResult(ExitCode.OK, payload, f"{body}\n-- {summary}{notes}")
 
 
 def compile_cmd(args) -> CommandResult:
