@@ -16,9 +16,13 @@ Columns (HARNESS.md documents them; never reorder, only append new ones at the e
                 the identity of a trial; never repeated for one model and GPU in one file (remeasure rows aside)
   predicted_us  the cost model's latency for the program (a ranking aid, never a result)
   spread_us     the stdev of the timed repeats (measured latencies only)
+  dtype         the run's dtype as amk.models.registry.dtype_name spells it: fp32 | fp16 | bf16
+  max_seq       the KV positions the run's programs hold (its max_seq, else the lowering's default), an integer
 
-A file written before the last three columns existed (LEGACY_COLUMNS) is read with them empty, and rows
-appended to it keep its own columns, so an old results.tsv can be resumed.
+A file of an older header (ACCEPTED_COLUMNS: LEGACY_COLUMNS, before program_fingerprint, predicted_us and
+spread_us; PRE_CONTEXT_COLUMNS, before dtype and max_seq) is read with the missing columns empty, and rows
+appended to it keep its own columns, so an old results.tsv can be resumed. Its rows cannot say which dtype or
+context they were measured at (amk/harness/loop.py takes them for the run's, and warns).
 """
 
 from __future__ import annotations
@@ -30,16 +34,20 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from amk.schedule.errors import ArgumentError
+
 from .appendlog import append_lines, complete_lines, read_numbered_lines, warn_bad_line
 
 log = logging.getLogger("amk.flywheel")
 
 LEGACY_COLUMNS = ("trial", "time", "model", "gpu", "schedule_id", "status", "correct", "latency_us", "kind",
                   "pct_of_floor", "speedup", "description")
-COLUMNS = (*LEGACY_COLUMNS, "program_fingerprint", "predicted_us", "spread_us")
+PRE_CONTEXT_COLUMNS = (*LEGACY_COLUMNS, "program_fingerprint", "predicted_us", "spread_us")
+COLUMNS = (*PRE_CONTEXT_COLUMNS, "dtype", "max_seq")
+ACCEPTED_COLUMNS = (COLUMNS, PRE_CONTEXT_COLUMNS, LEGACY_COLUMNS)  # every header a results.tsv may carry
 HEADER = "\t".join(COLUMNS) + "\n"
-LEGACY_HEADER = "\t".join(LEGACY_COLUMNS) + "\n"
 FLOAT_COLUMNS = ("latency_us", "pct_of_floor", "speedup", "predicted_us", "spread_us")  # empty or a finite number
+INT_COLUMNS = ("max_seq",)  # empty or a positive integer
 POSITIVE_COLUMNS = ("latency_us", "predicted_us")  # a latency no trial writes is 0 or below
 
 
@@ -76,8 +84,17 @@ class ResultRow:
     program_fingerprint: str | None = None
     predicted_us: float | None = None
     spread_us: float | None = None
+    dtype: str | None = None  # fp32 | fp16 | bf16 (amk.models.registry.dtype_name)
+    max_seq: int | None = None  # the KV positions the program holds
     trial: int = 0  # assigned by append_result (or taken from a claim)
     time: str = ""
+
+    def __post_init__(self):
+        # a row that read_rows would skip as a hand edit is refused before it is written
+        if self.max_seq is not None and (isinstance(self.max_seq, bool) or not isinstance(self.max_seq, int)
+                                         or self.max_seq < 1):
+            raise ArgumentError("max_seq", f"a results row's max_seq is a positive integer or None, got "
+                                           f"{self.max_seq!r}")
 
     def cells(self, columns: tuple[str, ...] = COLUMNS) -> list[str]:
         return [_cell(getattr(self, name)) for name in columns]
@@ -100,11 +117,11 @@ def _utc_now() -> str:
 
 
 def columns_of(path, header_line: str) -> tuple[str, ...]:
-    """The columns a header line names: the current or the legacy set; anything else is refused."""
-    if header_line + "\n" == HEADER:
-        return COLUMNS
-    if header_line + "\n" == LEGACY_HEADER:
-        return LEGACY_COLUMNS
+    """The columns a header line names: one of ACCEPTED_COLUMNS (the current set or an older one). Raises
+    ResultsFormatError for any other line."""
+    for columns in ACCEPTED_COLUMNS:
+        if header_line == "\t".join(columns):
+            return columns
     raise ResultsFormatError(path, header_line)
 
 
@@ -116,7 +133,8 @@ def next_trial(lines: list[str], floor: int = 0) -> int:
 def append_result(path: str | Path, row: ResultRow) -> ResultRow:
     """Append one row (header first when the file is empty). A row without a trial number gets one past
     the file's largest, read under the lock; a claimed trial (flywheel/claims.py) keeps its number. Rows of
-    a legacy file are written in its own columns. Returns the row with trial and time set."""
+    a file of an older header are written in its own columns (the newer cells left out). Returns the row with
+    trial and time set."""
     def make(current: bytes) -> bytes:
         lines = complete_lines(current)
         if not lines:
@@ -155,11 +173,15 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
             return col, "not a finite number"
         if col in POSITIVE_COLUMNS and number <= 0:
             return col, "not a positive number"
+    for col in INT_COLUMNS:
+        value = row[col]
+        if value and (not value.isdigit() or int(value) < 1):
+            return col, "not a positive integer"
     return None
 
 
 def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
-    """Data lines (with their line numbers, appendlog.numbered_lines) as dicts over COLUMNS (a legacy file's
+    """Data lines (with their line numbers, appendlog.numbered_lines) as dicts over COLUMNS (an older file's
     missing columns empty). A line with the wrong number of cells (torn, not written by append_result) is
     skipped; so is one whose trial or a numeric column does not parse (a hand edit), with a warning naming
     the file, line and column: one bad line must not cost the others, nor crash a resume or a report."""
@@ -202,17 +224,18 @@ def refuse_fragment(path, data: bytes) -> None:
 
 def load_results(path: str | Path = "results.tsv"):
     """results.tsv as a pandas DataFrame with typed columns (latency_us etc. float, NaN when empty;
-    correct a nullable boolean)."""
+    correct a nullable boolean; trial and max_seq nullable integers, <NA> when empty; dtype "" when empty)."""
     import pandas as pd
 
     rows = read_rows(path)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
-    df["trial"] = pd.to_numeric(df["trial"], errors="coerce").astype("Int64")
-    for col in ("latency_us", "pct_of_floor", "speedup", "predicted_us", "spread_us"):
+    for col in ("trial", *INT_COLUMNS):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    for col in FLOAT_COLUMNS:
         df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce").astype(float)
     df["correct"] = df["correct"].map({"true": True, "false": False}).astype("boolean")
     df["time"] = pd.to_datetime(df["time"], errors="coerce", utc=True)
-    for col in ("kind", "description", "model", "gpu", "schedule_id", "status", "program_fingerprint"):
+    for col in ("kind", "description", "model", "gpu", "schedule_id", "status", "program_fingerprint", "dtype"):
         df[col] = df[col].astype(str)
     return df
 

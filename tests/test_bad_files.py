@@ -118,9 +118,9 @@ def test_a_cache_failing_inside_lowering_is_not_the_configs_rejection(capsys, mo
 
 def _results_with_bad_latency(path):
     row = ["1", "2026-01-01T00:00:00Z", "toy", "cpu-sim", "b4b855881ef6", "keep", "true", "abc", "predicted", "",
-           "", "baseline", "0b1a245a7680c90b", "83.6681", ""]
+           "", "baseline", "0b1a245a7680c90b", "83.6681", "", "fp32", "64"]
     good = ["2", "2026-01-01T00:00:01Z", "toy", "cpu-sim", "62d6b5dd075d", "discard", "true", "90.5", "predicted",
-            "", "", "a change", "e8c7a28e0e4f5408", "34.3", ""]
+            "", "", "a change", "e8c7a28e0e4f5408", "34.3", "", "fp32", "64"]
     path.write_text(HEADER + "\t".join(row) + "\n" + "\t".join(good) + "\n")
     return path.read_bytes()
 

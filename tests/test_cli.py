@@ -171,6 +171,57 @@ def test_console_script_loop_budget_3_and_report(tmp_path):
                                                                  [os.path.join(tmp_path, x) for x in rep["plots"]])
 
 
+def _report_rows(path, dtype, max_seq, latencies, first_trial=1):
+    from amk.flywheel import ResultRow, Status, append_result
+
+    for i, lat in enumerate(latencies, start=first_trial):
+        append_result(path, ResultRow(model="toy", gpu="cpu-sim", schedule_id=f"{i:012x}", status=Status.KEEP,
+                                      correct=True, latency_us=lat, kind="predicted", dtype=dtype, max_seq=max_seq,
+                                      description=f"row {i}"))
+
+
+def test_report_never_ranks_rows_of_another_dtype_or_context_together(capsys, tmp_path):
+    from argparse import Namespace
+
+    from amk.harness.cmd_report import report
+
+    res = tmp_path / "r.tsv"
+    _report_rows(res, "fp32", 512, [50.0, 40.0])
+    _report_rows(res, "bf16", 512, [30.0], first_trial=3)  # faster, but another dtype
+    _report_rows(res, "fp32", 64, [20.0], first_trial=4)  # faster, but another context
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(tmp_path / "none.jsonl"), "--no-plots")
+    assert code == 0, out
+    best = {(g["dtype"], g["max_seq"]): (g["trials"], g["best"]["predicted"]["trial"],
+                                         g["best"]["predicted"]["latency_us"]) for g in out["groups"]}
+    assert best == {("fp32", 512): (2, 2, 40.0), ("bf16", 512): (1, 3, 30.0), ("fp32", 64): (1, 4, 20.0)}
+    fp32 = next(g for g in out["groups"] if (g["dtype"], g["max_seq"]) == ("fp32", 512))
+    assert fp32["best"]["predicted"]["vs_first_correct"] == pytest.approx(50.0 / 40.0)
+    assert [k["trial"] for k in fp32["kept_trials"]] == [1, 2]
+    text = report(Namespace(results=str(res), corpus=str(tmp_path / "none.jsonl"), no_plots=False,
+                            out_dir=str(tmp_path / "plots"))).text
+    heads = [ln for ln in text.splitlines() if ln.startswith("toy on cpu-sim")]
+    assert heads == ["toy on cpu-sim (bf16, max_seq 512): 1 trial, 1 kept",
+                     "toy on cpu-sim (fp32, max_seq 64): 1 trial, 1 kept",
+                     "toy on cpu-sim (fp32, max_seq 512): 2 trials, 2 kept"], text
+    assert "best (predicted): 40.00 us, trial 2" in text and "1.250x the first correct config" in text
+
+
+def test_report_of_a_15_column_file_says_its_dtype_and_context_are_unknown(capsys, tmp_path):
+    from amk.flywheel.results import PRE_CONTEXT_COLUMNS
+
+    res = tmp_path / "r.tsv"
+    res.write_text("\t".join(PRE_CONTEXT_COLUMNS) + "\n")
+    _report_rows(res, "fp32", 512, [50.0, 40.0])  # the file's 15 columns: no dtype nor max_seq written
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(tmp_path / "none.jsonl"),
+                    "--out-dir", str(tmp_path / "plots"))
+    assert code == 0, out
+    (group,) = out["groups"]
+    assert (group["dtype"], group["max_seq"], group["trials"]) == (None, None, 2)
+    assert group["best"]["predicted"]["latency_us"] == 40.0 and len(out["plots"]) == 2
+    main(["report", "--results", str(res), "--corpus", str(tmp_path / "none.jsonl"), "--no-plots"])
+    assert "toy on cpu-sim (dtype and max_seq not recorded): 2 trials, 2 kept" in capsys.readouterr().out
+
+
 def test_max_seq_reaches_evaluate_verify_and_bench(capsys, tmp_path):
     code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "16")
     assert code == 0 and "greedy13" in [c["case"] for c in v["case_results"]]

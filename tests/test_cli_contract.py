@@ -80,7 +80,8 @@ def test_a_hand_edited_latency_of_zero_or_below_is_skipped_with_a_warning(tmp_pa
     from amk.flywheel.results import HEADER, read_rows
 
     path = tmp_path / "results.tsv"
-    row = "1\t2026-12-02T00:00:00Z\ttoy\tcpu-sim\tabc\tkeep\ttrue\t{}\tpredicted\t\t\tdefault\t\t\t\n"
+    row = ("1\t2026-12-02T00:00:00Z\ttoy\tcpu-sim\tabc\tkeep\ttrue\t{}\tpredicted\t\t\tdefault\t\t\t"
+           "\tfp32\t64\n")
     path.write_text(HEADER + row.format("0") + row.format("-48.5").replace("1\t", "2\t", 1)
                     + row.format("45.5").replace("1\t", "3\t", 1))
     with caplog.at_level(logging.WARNING, logger="amk"):

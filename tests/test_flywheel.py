@@ -21,12 +21,13 @@ from amk.flywheel import (
     load_results,
     read_rows,
 )
-from amk.flywheel.results import HEADER, ResultsFormatError
+from amk.flywheel.results import HEADER, LEGACY_COLUMNS, PRE_CONTEXT_COLUMNS, ResultsFormatError
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.space import neighbours, search_space
 
 EXPECTED_COLUMNS = ("trial", "time", "model", "gpu", "schedule_id", "status", "correct", "latency_us", "kind",
-                    "pct_of_floor", "speedup", "description", "program_fingerprint", "predicted_us", "spread_us")
+                    "pct_of_floor", "speedup", "description", "program_fingerprint", "predicted_us", "spread_us",
+                    "dtype", "max_seq")
 
 
 def _row(i: int, **kw) -> ResultRow:
@@ -64,16 +65,71 @@ def test_results_roundtrip_with_pandas(tmp_path):
     assert df["description"].iloc[1] == "tab here newline"
 
 
-def test_a_legacy_results_file_is_read_and_resumed_in_its_own_columns(tmp_path):
-    from amk.flywheel.results import LEGACY_HEADER
+def test_results_rows_carry_their_dtype_and_max_seq(tmp_path):
+    path = tmp_path / "results.tsv"
+    append_result(path, _row(1, dtype="bf16", max_seq=2048))
+    append_result(path, _row(2, dtype="fp32", max_seq=64))
+    assert path.read_text().splitlines()[1].endswith("\tbf16\t2048")
+    assert [(r["dtype"], r["max_seq"]) for r in read_rows(path)] == [("bf16", "2048"), ("fp32", "64")]
+    df = load_results(path)
+    assert df["dtype"].tolist() == ["bf16", "fp32"] and str(df["max_seq"].dtype) == "Int64"
+    assert df["max_seq"].tolist() == [2048, 64]
+
+
+def test_a_config_tried_at_another_dtype_or_context_is_still_to_try(tmp_path):
+    from amk.flywheel.claims import snapshot
 
     path = tmp_path / "results.tsv"
-    path.write_text(LEGACY_HEADER + "1\t2026-11-22T00:32:00Z\ttoy\tcpu-sim\tabc\tkeep\ttrue\t10.0\tpredicted\t50\t\tbase\n")
-    append_result(path, _row(2, program_fingerprint="f" * 16))
+    for i, (sid, dtype, seq) in enumerate([("a" * 12, "bf16", 2048), ("b" * 12, "fp32", 64),
+                                           ("c" * 12, "fp32", 2048)], 1):
+        append_result(path, _row(i, dtype=dtype, max_seq=seq, schedule_id=sid))
+    model, gpu = _row(1).model, _row(1).gpu
+    assert snapshot(path, model, gpu).schedule_ids == {"a" * 12, "b" * 12, "c" * 12}
+    assert snapshot(path, model, gpu, "fp32", 2048).schedule_ids == {"c" * 12}
+    assert snapshot(path, model, gpu, "bf16", 2048).schedule_ids == {"a" * 12}
+
+
+def test_a_results_row_refuses_a_max_seq_no_reader_would_take():
+    from amk.schedule.errors import ArgumentError
+
+    for bad in (0, -1, 2.5, "64", True):
+        with pytest.raises(ArgumentError) as e:
+            _row(1, max_seq=bad)
+        assert e.value.argument == "max_seq" and repr(bad) in str(e.value)
+
+
+def test_a_hand_edited_max_seq_is_skipped_with_a_warning(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "results.tsv"
+    for i, seq in enumerate(("64", "abc", "0", "-5", ""), start=1):
+        append_result(path, _row(i, dtype="fp32"))
+        text = path.read_text()
+        path.write_text(text[:-1] + seq + "\n")  # the row's last cell, max_seq, as a hand edit left it
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        rows = read_rows(path)
+    assert [(r["trial"], r["max_seq"]) for r in rows] == [("1", "64"), ("5", "")]
+    assert caplog.text.count("column max_seq") == 3 and "not a positive integer" in caplog.text
+
+
+@pytest.mark.parametrize("columns", [LEGACY_COLUMNS, PRE_CONTEXT_COLUMNS], ids=["12-columns", "15-columns"])
+def test_an_older_results_file_is_read_and_resumed_in_its_own_columns(tmp_path, columns):
+    path = tmp_path / "results.tsv"
+    old = ["1", "2026-11-22T00:32:00Z", "toy", "cpu-sim", "abc", "keep", "true", "10.0", "predicted", "50", "",
+           "base", "e" * 16, "9.5", "0.25"][:len(columns)]
+    path.write_text("\t".join(columns) + "\n" + "\t".join(old) + "\n")
+    append_result(path, _row(2, program_fingerprint="f" * 16, dtype="bf16", max_seq=64))
+    lines = path.read_text().splitlines()
+    assert lines[0] == "\t".join(columns) and len(lines) == 3  # its header, one row appended
+    assert all(line.count("\t") == len(columns) - 1 for line in lines)  # in its own columns
+    assert "bf16" not in lines[2] and not lines[2].endswith("64")
     rows = read_rows(path)
-    assert [r["trial"] for r in rows] == ["1", "2"] and rows[0]["program_fingerprint"] == ""
-    assert all(line.count("\t") == 11 for line in path.read_text().splitlines())
-    assert load_results(path)["latency_us"].tolist() == [10.0, 12.0]
+    assert [r["trial"] for r in rows] == ["1", "2"]
+    kept = "program_fingerprint" in columns  # a 15-column file holds the fingerprint, a 12-column one does not
+    assert [r["program_fingerprint"] for r in rows] == (["e" * 16, "f" * 16] if kept else ["", ""])
+    assert all(r["dtype"] == "" and r["max_seq"] == "" for r in rows)  # the file holds neither
+    df = load_results(path)
+    assert df["latency_us"].tolist() == [10.0, 12.0] and df["max_seq"].isna().all()
 
 
 def test_old_corpus_lines_read_as_kept_records(tmp_path):

@@ -432,3 +432,114 @@ def test_the_summarys_best_is_of_the_runs_dtype(tmp_path, fake_evaluate):
     s = amk.loop("toy", "cpu-sim", budget=2, results=tmp_path / "f.tsv", corpus=corpus, evaluate=fake_evaluate,
                  settings=SMALL)
     assert s["dtype"] == "fp32" and s["best"]["latency_us"] > 10.0
+
+
+# ---- dtype and context (max_seq) of results rows -------------------------------------------------------------
+
+
+def test_every_row_carries_the_runs_dtype_and_max_seq(tmp_path):
+    def measured_or_crash(model, gpu, config, **kw):  # a GPU's kind: the incumbent is re-measured
+        if config.matvec.qkv.k_splits > 1:
+            raise RuntimeError("harness bug")
+        return _verdict(100.0 - (config.matvec.lm_head.rows_per_task or 256) / 10, spread=0.5, kind="measured-gpu")
+
+    res = tmp_path / "r.tsv"
+    amk.loop("toy", "cpu-sim", budget=12, device="cpu", results=res, corpus=tmp_path / "c.jsonl", seed=3,
+             max_reverts=1000, dtype="bfloat16", max_seq=64, evaluate=measured_or_crash,
+             settings=SearchSettings(population=16, measure_per_round=4, remeasure_every=2))
+    rows = read_rows(res)
+    assert {"keep", "remeasure", "crash"} <= {r["status"] for r in rows}, [r["status"] for r in rows]
+    assert {(r["dtype"], r["max_seq"]) for r in rows} == {("bf16", "64")}
+    # without max_seq, the positions lower() gives the program: the toy's 512
+    amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "d.tsv", corpus=tmp_path / "c.jsonl",
+             evaluate=lambda *a, **k: _verdict(None, valid=False, correct=False), settings=SMALL)
+    assert [(r["status"], r["dtype"], r["max_seq"]) for r in read_rows(tmp_path / "d.tsv")] == \
+        [("rejected", "fp32", "512")]
+
+
+def _one_row_file(tmp_path, evaluate, **edits) -> tuple:
+    """A results file of one fp32 trial of SEED (max_seq 512), its row edited as `edits` says (column -> cell),
+    its latency set to 5 us: a resume that adopts the row has an incumbent of 5 us."""
+    from amk.flywheel.results import COLUMNS, PRE_CONTEXT_COLUMNS
+
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, incumbent=SEED, evaluate=evaluate,
+             settings=SMALL)
+    header, line = res.read_text().splitlines()
+    cells = dict(zip(COLUMNS, line.split("\t")))
+    assert (cells["dtype"], cells["max_seq"], cells["status"]) == ("fp32", "512", "keep")
+    cells.update(latency_us="5.0000", **edits)
+    columns = PRE_CONTEXT_COLUMNS if edits.pop("older", None) else COLUMNS
+    res.write_text("\t".join(columns) + "\n" + "\t".join(cells[c] for c in columns) + "\n")
+    return res, cor
+
+
+SEED = {"matvec": {"lm_head": {"rows_per_task": 128}}}
+
+
+@pytest.mark.parametrize("edits, adopted", [
+    ({}, True),  # the run's own dtype and max_seq
+    ({"dtype": "bf16"}, False),
+    ({"max_seq": "64"}, False),
+    ({"older": "1"}, True),  # a 15-column file: its rows cannot say, and stand as today's did
+], ids=["same", "other-dtype", "other-max_seq", "15-columns"])
+def test_a_resume_adopts_only_a_row_of_its_own_dtype_and_max_seq(tmp_path, fake_evaluate, caplog, edits, adopted):
+    import logging
+
+    res, cor = _one_row_file(tmp_path, fake_evaluate, **edits)
+    calls = len(fake_evaluate)
+    with caplog.at_level(logging.INFO, logger="amk.harness"):
+        s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, incumbent=SEED, resume=True,
+                     evaluate=fake_evaluate, settings=SMALL)
+    seed_id = ScheduleConfig.from_dict(SEED).schedule_id
+    rows = read_rows(res)
+    if adopted:  # the row stands for the incumbent: not measured again
+        assert s["incumbent"]["trial"] == 1 and s["incumbent"]["latency_us"] == 5.0
+        assert seed_id not in fake_evaluate[calls:]
+    else:  # measured again at this run's dtype and context: the other row's 5 us is no bar
+        assert s["incumbent"]["latency_us"] != 5.0 and seed_id in fake_evaluate[calls:]
+        assert rows[1]["status"] == "remeasure" and (rows[1]["dtype"], rows[1]["max_seq"]) == ("fp32", "512")
+        assert f"{res}: 1 rows of toy on cpu-sim are of another dtype or context" in caplog.text
+        assert "passed over" in caplog.text
+    older = "older" in edits
+    warned = [r for r in caplog.records if "carry no dtype or context" in r.getMessage()]
+    assert len(warned) == (1 if older else 0) and (not older or warned[0].levelno == logging.WARNING)
+    assert not older or str(res) in warned[0].getMessage()
+    if older:  # appended in its own 15 columns
+        assert all(line.count("\t") == 14 for line in res.read_text().splitlines())
+
+
+def test_a_resume_at_another_dtype_or_max_seq_is_not_barred_by_the_files_keeps(tmp_path):
+    def other_loads_are_faster(model, gpu, config, **kw):
+        return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
+
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=other_loads_are_faster,
+             settings=SMALL)
+    best = min((r for r in read_rows(res) if r["status"] == "keep"), key=lambda r: float(r["latency_us"]))
+    assert best["schedule_id"] != DEFAULT.schedule_id
+    slower = {"build": {"loads_in_flight": 4}}
+    # of the run's dtype and context, the file's keep bars both a corpus without it and a slower given config
+    with pytest.raises(LoopError, match="holds no record"):
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=tmp_path / "other.jsonl", resume=True,
+                 evaluate=other_loads_are_faster, settings=SMALL)
+    with pytest.raises(LoopError, match="resume without --config"):
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, incumbent=slower,
+                 evaluate=other_loads_are_faster, settings=SMALL)
+    # of another dtype or context, it is no bar: those runs start on their own (the given config, or the defaults)
+    for n, other in enumerate(({"dtype": "bf16"}, {"max_seq": 64}), start=1):
+        before = len(read_rows(res))
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, incumbent=slower,
+                 evaluate=other_loads_are_faster, settings=SMALL, **other)
+        start = read_rows(res)[before]  # the given config, measured as this run's start
+        assert start["description"].startswith("baseline (given") and start["status"] == "keep"
+        assert float(start["latency_us"]) == 100.0
+        s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=tmp_path / f"o{n}.jsonl",
+                     resume=True, evaluate=other_loads_are_faster, settings=SMALL, **other)
+        # the defaults (the slower config above) start it, adopted from the row of this dtype and context just
+        # written: not measured again, and that row (not the fp32 keep) was the bar its one trial beat
+        added = read_rows(res)[before + 1:]
+        assert s["trials"] == 1 and len(added) == 1 and added[0]["schedule_id"] != DEFAULT.schedule_id
+        assert float(added[0]["speedup"]) == pytest.approx(100.0 / float(added[0]["latency_us"]), abs=1e-4)
+    rows = read_rows(res)
+    assert {(r["dtype"], r["max_seq"]) for r in rows} == {("fp32", "512"), ("bf16", "512"), ("fp32", "64")}

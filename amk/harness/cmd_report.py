@@ -1,7 +1,11 @@
 """`amk report`: summarise results.tsv with pandas, name the best config itself (from the tuning records),
 add what the records say about the cost model and the prior, and draw (matplotlib, Agg) the search
 (search.png: latency per trial, best so far, predicted against measured) and each config's latency against
-the floor (latency_vs_floor.png)."""
+the floor (latency_vs_floor.png).
+
+Rows are grouped by model, GPU, dtype and max_seq (RUN_KEYS), in the summary and in the plots: a latency is never
+ranked against one of another dtype or context. Rows of a file written before the dtype and max_seq columns form
+groups whose dtype and max_seq are unknown (null)."""
 
 from __future__ import annotations
 
@@ -13,17 +17,38 @@ from .commands import CommandResult, ExitCode, UsageError, counted
 
 log = logging.getLogger("amk.cli")
 
+RUN_KEYS = ["model", "gpu", "dtype", "max_seq"]  # the rows of one group: latencies comparable with each other
+
+
+def run_fields(dtype: str, max_seq) -> dict:
+    """A group's dtype and max_seq as the report gives them (load_results()'s cells): None where the rows do
+    not say (an older results file)."""
+    import pandas as pd
+
+    return {"dtype": dtype or None, "max_seq": None if pd.isna(max_seq) else int(max_seq)}
+
+
+def run_label(dtype: str | None, max_seq: int | None) -> str:
+    """A group's dtype and context in words: `fp32, max_seq 2048`; `?` for what the rows do not say, and
+    `dtype and max_seq not recorded` for rows of an older file."""
+    if dtype is None and max_seq is None:
+        return "dtype and max_seq not recorded"
+    return f"{dtype or '?'}, max_seq {'?' if max_seq is None else max_seq}"
+
 
 def summarise(df, configs: dict[str, dict] | None = None) -> dict:
-    """Counts, the best latency per (model, gpu, kind) with its config when the records hold it, and the
-    kept trials, from load_results()'s frame. `configs`: schedule_id -> config (from the tuning records)."""
+    """Counts, the best latency per (model, gpu, dtype, max_seq, kind) with its config when the records hold
+    it, and the kept trials, from load_results()'s frame. `configs`: schedule_id -> config (from the tuning
+    records)."""
     configs = configs or {}
     trials = df[df["status"] != "remeasure"]
     out: dict = {"trials": int(len(trials)), "statuses": {k: int(n) for k, n in df["status"].value_counts().items()}}
     groups = []
-    for (model, gpu), g in df.groupby(["model", "gpu"], sort=True):
+    # dropna=False: rows of an older file (no dtype or max_seq) are a group of their own, not dropped
+    for (model, gpu, dtype, max_seq), g in df.groupby(RUN_KEYS, sort=True, dropna=False):
         timed = g[g["latency_us"].notna() & (g["correct"] == True) & (g["status"] != "remeasure")]  # noqa: E712
-        entry = {"model": model, "gpu": gpu, "trials": int((g["status"] != "remeasure").sum()),
+        entry = {"model": model, "gpu": gpu, **run_fields(dtype, max_seq),
+                 "trials": int((g["status"] != "remeasure").sum()),
                  "kept": int((g["status"] == "keep").sum()), "best": {}}
         for kind, k in timed.groupby("kind"):
             kept = k[k["status"] == "keep"]
@@ -63,7 +88,8 @@ def corpus_summary(entries: list) -> dict:
 
 def short_context_notes(records: list) -> list[str]:
     """For each (model, gpu) whose tuning records hold latencies taken at a KV context shorter than the bench's
-    (a model of fewer positions), the note the loop's summary gave: results.tsv does not hold the context."""
+    (a model of fewer positions), the note the loop's summary gave: results.tsv holds max_seq, not the context a
+    latency was taken at."""
     from .gates import short_context_note
 
     shortest: dict[tuple[str, str], int] = {}
@@ -81,8 +107,8 @@ def short_context_notes(records: list) -> list[str]:
 
 
 def plot_search(df, out_dir: Path) -> str:
-    """search.png: per (model, gpu, kind), each trial's latency (dots by status), the best so far (a step),
-    and the cost model's prediction against the measurement (with y = x and Spearman's rho)."""
+    """search.png: per (model, gpu, dtype, max_seq, kind), each trial's latency (dots by status), the best so far
+    (a step), and the cost model's prediction against the measurement (with y = x and Spearman's rho)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,11 +120,12 @@ def plot_search(df, out_dir: Path) -> str:
     timed = df[df["latency_us"].notna() & (df["correct"] == True)].sort_values("trial")  # noqa: E712
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     colours = {"keep": "tab:green", "discard": "tab:gray", "remeasure": "tab:blue"}
-    for (model, gpu, kind), g in timed.groupby(["model", "gpu", "kind"]):
-        label = f"{model} / {gpu} ({kind})"
+    groups = timed.groupby([*RUN_KEYS, "kind"], dropna=False)
+    for (model, gpu, dtype, max_seq, kind), g in groups:
+        label = _plot_label(model, gpu, dtype, max_seq, kind)
         for status, s in g.groupby("status"):
             ax1.scatter(s["trial"].astype(int), s["latency_us"], s=12, color=colours.get(status, "tab:red"),
-                        label=f"{status}" if len(timed.groupby(["model", "gpu", "kind"])) == 1 else None)
+                        label=f"{status}" if len(groups) == 1 else None)
         kept = g[g["status"] == "keep"]
         src = kept if len(kept) else g
         trials, best = src["trial"].astype(int).tolist(), src["latency_us"].cummin().tolist()
@@ -135,6 +162,11 @@ def plot_search(df, out_dir: Path) -> str:
     return _save(fig, out_dir / "search.png", plt)
 
 
+def _plot_label(model: str, gpu: str, dtype: str, max_seq, kind: str) -> str:
+    """A plotted group's legend: model, GPU, dtype and context, latency kind."""
+    return f"{model} / {gpu} / {run_label(**run_fields(dtype, max_seq))} ({kind})"
+
+
 def plot(df, out_dir: Path) -> list[str]:
     import matplotlib
 
@@ -145,8 +177,8 @@ def plot(df, out_dir: Path) -> list[str]:
     paths = [plot_search(df, out_dir)]
     timed = df[df["latency_us"].notna() & (df["correct"] == True)].sort_values("trial")  # noqa: E712
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (model, gpu, kind), g in timed.groupby(["model", "gpu", "kind"]):
-        ax.scatter(g["trial"].astype(int), g["latency_us"], s=12, label=f"{model} / {gpu} ({kind})")
+    for (model, gpu, dtype, max_seq, kind), g in timed.groupby([*RUN_KEYS, "kind"], dropna=False):
+        ax.scatter(g["trial"].astype(int), g["latency_us"], s=12, label=_plot_label(model, gpu, dtype, max_seq, kind))
         floor = (g["latency_us"] * g["pct_of_floor"] / 100.0).dropna()
         if len(floor):
             ax.axhline(float(floor.median()), linestyle="--", linewidth=1, color="gray")
@@ -214,7 +246,8 @@ def _out_dir(value: str) -> Path:
 def _text(out: dict) -> str:
     lines = [f"{counted(out['trials'], 'trial')}: " + ", ".join(f"{k} {n}" for k, n in out["statuses"].items())]
     for g in out["groups"]:
-        lines.append(f"{g['model']} on {g['gpu']}: {g['trials']} trials, {g['kept']} kept")
+        lines.append(f"{g['model']} on {g['gpu']} ({run_label(g['dtype'], g['max_seq'])}): "
+                     f"{counted(g['trials'], 'trial')}, {g['kept']} kept")
         for kind, b in g["best"].items():
             pct = f", {b['pct_of_floor']:.1f}% of floor" if b["pct_of_floor"] is not None else ""
             lines.append(f"  best ({kind}): {b['latency_us']:.2f} us, trial {b['trial']} {b['schedule_id']}{pct}; "

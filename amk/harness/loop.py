@@ -14,6 +14,10 @@ Identity of a trial: the program fingerprint (what the VM executes, build knobs 
 GPU. A config that lowers to a program this results file already holds is a duplicate, never measured again;
 loops sharing the file claim each program under its lock first (flywheel/claims.py).
 
+A resume compares only with rows of its own dtype and context (the dtype and max_seq columns): a row of another
+is never the bar to beat nor the incumbent's latency. Rows of a file written before those columns cannot be told
+apart and are taken for the run's, with a warning.
+
 Stopping: `budget` new trials (re-measurements of the incumbent and confirmations of a gain come on top;
 with resume=True it counts the trials this call adds), `minutes`, every candidate exhausted, or SIGINT (the
 trial in flight finishes, then the summary; the CLI exits 130). `max_reverts` trials in a row without a keep
@@ -157,6 +161,7 @@ class _Run(Rounds):
                  cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
         from amk.models import Model
         from amk.models.registry import dtype_name
+        from amk.schedule.lower import DEFAULT_MAX_SEQ
 
         self.t0 = time.monotonic()
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
@@ -172,7 +177,9 @@ class _Run(Rounds):
             from amk.vm.loader import check_head_row
 
             check_head_row(dims.head_dim, resolve_dtype(self.dtype).itemsize)
-        self.max_positions = dims.max_positions
+        # the positions every program of the run holds (lower()'s own default when max_seq is not given):
+        # the context its latencies are taken at, recorded in each row
+        self.program_max_seq = int(max_seq or min(dims.max_positions, DEFAULT_MAX_SEQ))
         self.results, self.corpus = Path(results), Path(corpus)
         self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
         self.progress, self.cases, self.seed, self.max_seq = progress, cases, seed, max_seq
@@ -190,6 +197,7 @@ class _Run(Rounds):
             raise LoopError(f"{results} already holds {len(rows)} trials: resume it (--resume; resume=True in "
                             "Python), or choose another results file")
         self.weights_now, self.passed_on = self._checkpoint_fingerprints(rows)
+        rows = self._rows_of_run(rows)  # the rows a resume may compare with, and adopt
         self.adopted = False  # a row of the results stands for the start's measurement
         seed_config = None
         if incumbent is not None:
@@ -237,7 +245,7 @@ class _Run(Rounds):
         if given is not None:
             cfg, source = given, Source.GIVEN
         else:
-            cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus)
+            cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus, self.dtype)
             self._check_resumed_incumbent(cfg, rows)
             source = Source.BASELINE
         built = self.builder.build([self._job(cfg)])[0]
@@ -259,9 +267,10 @@ class _Run(Rounds):
     def _check_given_on_resume(self, given: ScheduleConfig, fingerprint: str | None, rows: list[dict]) -> None:
         """A given start config on a results file that already kept another program: the start is the incumbent
         until a candidate beats it, so a slower given config would be logged as a keep over the file's best.
-        Raises LoopError naming the kept trial. A config of the kept program (another spelling) is its incumbent."""
-        kept = [r for r in rows if self.same_model(r.get("model") or "") and r.get("gpu") == self.target.name
-                and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
+        Raises LoopError naming the kept trial. A config of the kept program (another spelling) is its incumbent.
+        `rows`: the file's rows of this run (_rows_of_run)."""
+        kept = [r for r in rows if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
+                and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
         if (best is not None and best["schedule_id"] != given.schedule_id
                 and best.get("program_fingerprint") != fingerprint):
@@ -274,9 +283,9 @@ class _Run(Rounds):
         """A resumed results file's best kept trial is the bar to beat, but only the corpus holds its config (the
         start comes from the corpus): a start from anything slower would log slower configs as keeps. Raises
         LoopError when the corpus holds no kept record of that trial's config (results.tsv moved without its
-        corpus.jsonl)."""
-        kept = [r for r in rows if self.same_model(r.get("model") or "") and r.get("gpu") == self.target.name
-                and r.get("status") == Status.KEEP.value and r.get("kind") == self.kind and r.get("latency_us")]
+        corpus.jsonl). `rows`: the file's rows of this run (_rows_of_run)."""
+        kept = [r for r in rows if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
+                and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
         if best is None or best["schedule_id"] == cfg.schedule_id:
             return
@@ -288,6 +297,32 @@ class _Run(Rounds):
                             f"{float(best['latency_us']):.2f} us ({self.kind}) for {self.name} on {self.target.name}, "
                             f"but {self.corpus} holds no record of its config, the incumbent to continue from: resume "
                             "with the corpus that loop wrote (--corpus), or choose another results file")
+
+    def _same_run(self, row: dict) -> bool:
+        """Whether a results row was measured at this run's dtype and context (max_seq). An empty cell (a file
+        written before those columns) cannot be told apart, and is taken for the run's."""
+        return (row.get("dtype") or self.dtype) == self.dtype and \
+            (row.get("max_seq") or str(self.program_max_seq)) == str(self.program_max_seq)
+
+    def _rows_of_run(self, rows: list[dict]) -> list[dict]:
+        """The rows of this model and GPU that a resume may compare with and adopt: those of the run's dtype and
+        context (_same_run). Logs once how many rows of another dtype or context were passed over, and warns
+        once when the rows carry no dtype or context (an older file), since those are adopted unchecked."""
+        mine = [r for r in rows if self.same_model(r.get("model") or "") and r.get("gpu") == self.target.name]
+        run = [r for r in mine if self._same_run(r)]
+        here = f"{self.dtype}, max_seq {self.program_max_seq}"
+        if len(run) < len(mine):
+            other = sorted({f"{r.get('dtype') or '?'}, max_seq {r.get('max_seq') or '?'}"
+                            for r in mine if not self._same_run(r)})
+            log.info("%s: %d rows of %s on %s are of another dtype or context (%s) than this run (%s): passed "
+                     "over, neither the incumbent's latency nor the bar to beat", self.results, len(mine) - len(run),
+                     self.name, self.target.name, "; ".join(other), here)
+        if any(not r.get("dtype") or not r.get("max_seq") for r in run):
+            log.warning("%s: its rows carry no dtype or context (max_seq; written before results.tsv had those "
+                        "columns), so they are taken as measured at this run's (%s): resume it only with the dtype "
+                        "and max_seq it was written with (rows appended to it keep its columns and carry none "
+                        "either; another results file records them)", self.results, here)
+        return run
 
     def _warm_start(self) -> None:
         """On a GPU, a builder compiles the start's kernel while this process loads the model's weights: on a
@@ -369,7 +404,7 @@ class _Run(Rounds):
     def _adopt(self, row: dict) -> bool:
         """Take a measured row of the incumbent's program as its measurement (a resume, or another loop's)."""
         lat = float(row["latency_us"]) if row.get("latency_us") else None
-        if row.get("correct") != "true" or row.get("kind") != self.kind or lat is None:
+        if row.get("correct") != "true" or row.get("kind") != self.kind or lat is None or not self._same_run(row):
             return False
         spread = float(row["spread_us"]) if row.get("spread_us") else None
         self.inc.observe(lat, spread, row["kind"])
@@ -394,8 +429,9 @@ class _Run(Rounds):
                 self.duplicates += 1
                 self.adopted = self._adopt(taken.row)
                 if not self.adopted:
-                    log.info("trial %s measured the incumbent's program without a %s latency: measured again as a "
-                             "re-measurement", taken.trial, self.kind)
+                    log.info("trial %s measured the incumbent's program without a %s latency at %s, max_seq %d: "
+                             "measured again as a re-measurement", taken.trial, self.kind, self.dtype,
+                             self.program_max_seq)
                     self.inc.trial = taken.trial
                     self._remeasure()
                 return None
@@ -584,7 +620,8 @@ class _Run(Rounds):
             pct_of_floor=verdict.get("pct_of_floor"), speedup=speedup, description=description,
             program_fingerprint=built.program_fingerprint,
             predicted_us=verdict.get("predicted_latency_us") or built.predicted_us,
-            spread_us=verdict.get("latency_spread_us"), trial=c.trial))
+            spread_us=verdict.get("latency_spread_us"), dtype=self.dtype, max_seq=self.program_max_seq,
+            trial=c.trial))
         rec = record_from_verdict(self.name, self.target.name, cand.config.to_dict(), verdict, status=status.value,
                                   kept=status == Status.KEEP, change=cand.change, improvement=improvement,
                                   source=cand.source.value, trial=c.trial)
@@ -647,11 +684,10 @@ class _Run(Rounds):
     def _notes(self) -> list[str]:
         """What a reader of the latencies should know that no row says: a KV context shorter than evaluate's."""
         from amk.schedule.cost import bench_context
-        from amk.schedule.lower import DEFAULT_MAX_SEQ
 
         from .gates import short_context_note
 
-        seq = int(self.max_seq or min(self.max_positions, DEFAULT_MAX_SEQ))
+        seq = self.program_max_seq
         note = short_context_note(bench_context(seq), seq, what="every latency is")
         return [note] if note else []
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from amk.flywheel.corpus import best_entry, entries_for, load_corpus
-from amk.flywheel.records import model_key
+from amk.flywheel.corpus import best_entry, load_corpus
+from amk.flywheel.records import for_run, model_key
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.space import space_dicts
 
@@ -40,11 +40,13 @@ def model_name(model) -> str:
     return model_label(model)
 
 
-def incumbent_config(model: str, gpu: str, corpus: str | Path | None) -> tuple[ScheduleConfig, str, dict | None]:
-    """(config, where it came from, its corpus verdict): the best kept config for this model and GPU in the
-    corpus, else the defaults."""
+def incumbent_config(model: str, gpu: str, corpus: str | Path | None, dtype: str | None = None
+                     ) -> tuple[ScheduleConfig, str, dict | None]:
+    """(config, where it came from, its corpus verdict): the best kept config for this model and GPU (and
+    `dtype`, fp32, fp16 or bf16, when given: a bf16 latency is no bar for an fp32 run) in the corpus, else the
+    defaults."""
     if corpus is not None and Path(corpus).exists():
-        best = best_entry(entries_for(load_corpus(corpus), model, gpu))
+        best = best_entry(for_run(load_corpus(corpus), model, gpu, dtype))
         if best is not None:
             try:
                 return ScheduleConfig.from_dict(best.config), f"corpus:{corpus}", best.verdict
@@ -56,7 +58,7 @@ def incumbent_config(model: str, gpu: str, corpus: str | Path | None) -> tuple[S
 
 def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.jsonl") -> dict:
     """Where a search starts: the incumbent config for `model` on `gpu` (the corpus's best measured config
-    there, else the default), its JSON schema's path and the search space, as {"config", "schedule_id",
+    there, of the model's dtype when `model` is a loaded Model, else the default), its JSON schema's path and the search space, as {"config", "schedule_id",
     "schema_path", "search_space", "derived", "source", "gpu", "model"} (HARNESS.md section 1).
 
     `incumbent` (dict, JSON string or ScheduleConfig) wins when given; a malformed one raises ConfigError,
@@ -68,7 +70,11 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     if incumbent is not None:
         cfg, source = parse_config(incumbent), "given"
     else:
-        cfg, source, verdict = incumbent_config(name, target.name, corpus)
+        from amk.models import Model
+        from amk.models.registry import dtype_name
+
+        dtype = dtype_name(model.dtype) if isinstance(model, Model) else None  # a name: any dtype's records
+        cfg, source, verdict = incumbent_config(name, target.name, corpus, dtype)
     out = {"model": name, "gpu": target.name, "config": cfg.to_dict(), "schedule_id": cfg.schedule_id,
            "source": source, "schema_path": str(schema_path()), "search_space": space_dicts(target),
            "derived": derived_tiling(model, target, cfg)}
