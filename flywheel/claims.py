@@ -65,7 +65,8 @@ class Taken:
 @dataclass(frozen=True)
 class Snapshot:
     """What one results file holds for a model and GPU: measured programs (fingerprint -> its first row),
-    schedule ids of every row (legacy rows have no fingerprint), and programs claimed by live loops."""
+    schedule ids of every row of the run's dtype and context (legacy rows have no fingerprint), and programs
+    claimed by live loops."""
 
     measured: dict[str, dict]
     schedule_ids: set[str]
@@ -103,9 +104,14 @@ def _read_claims(path: Path) -> list[Claim]:
     return out
 
 
-def _snapshot(results, data: bytes, claims: list[Claim], model: str, gpu: str) -> Snapshot:
+def _snapshot(results, data: bytes, claims: list[Claim], model: str, gpu: str, dtype: str | None,
+              max_seq: int | None) -> Snapshot:
     match = same_model(model)
     rows = [r for r in rows_of(results, numbered_lines(data)) if r["gpu"] == gpu and match(r["model"])]
+    # a schedule id tried at another dtype or context is still untried here; an empty cell (an older file)
+    # cannot say, and counts as tried
+    ids = {r["schedule_id"] for r in rows if (dtype is None or r["dtype"] in ("", dtype))
+           and (max_seq is None or r["max_seq"] in ("", str(max_seq)))}
     measured: dict[str, dict] = {}
     for r in rows:
         if r["program_fingerprint"] and r["status"] != "remeasure":
@@ -114,15 +120,19 @@ def _snapshot(results, data: bytes, claims: list[Claim], model: str, gpu: str) -
     now = time.time()
     claimed = {c.program_fingerprint: c for c in claims
                if c.gpu == gpu and match(c.model) and c.trial not in done and c.live(now)}
-    return Snapshot(measured, {r["schedule_id"] for r in rows}, claimed)
+    return Snapshot(measured, ids, claimed)
 
 
-def snapshot(results: str | os.PathLike, model: str, gpu: str) -> Snapshot:
-    """The results file's measured and claimed programs for this model and GPU, read under its lock."""
+def snapshot(results: str | os.PathLike, model: str, gpu: str, dtype: str | None = None,
+             max_seq: int | None = None) -> Snapshot:
+    """The results file's measured and claimed programs for this model and GPU, read under its lock. With
+    `dtype` (fp32, fp16, bf16) or `max_seq`, schedule_ids holds only the rows of that dtype and context (and
+    those of a file that does not record them): a config tried at bf16 is still to try at fp32. The measured
+    programs need no filter: a program fingerprint includes both."""
     if not Path(results).exists():
         return Snapshot({}, set(), {})
     with locked(results) as fd:
-        return _snapshot(results, read_all(fd), _read_claims(claims_path(results)), model, gpu)
+        return _snapshot(results, read_all(fd), _read_claims(claims_path(results)), model, gpu, dtype, max_seq)
 
 
 def claim(results: str | os.PathLike, model: str, gpu: str, fingerprint: str, schedule_id: str,
@@ -135,7 +145,7 @@ def claim(results: str | os.PathLike, model: str, gpu: str, fingerprint: str, sc
         data = read_all(fd)
         claims = _read_claims(cpath)
         if check:
-            taken = _snapshot(results, data, claims, model, gpu).taken(fingerprint, schedule_id, me)
+            taken = _snapshot(results, data, claims, model, gpu, None, None).taken(fingerprint, schedule_id, me)
             if taken is not None:
                 return taken
         trial = next_trial(complete_lines(data), floor=max((c.trial for c in claims), default=0))

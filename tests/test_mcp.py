@@ -4,11 +4,14 @@ stdio, lists the tools, and runs a propose -> edit one knob -> evaluate round tr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import sys
 
 import pytest
+
+import amk
 
 pytest.importorskip("mcp")
 
@@ -28,7 +31,9 @@ async def _round_trip(cwd, cache_dir) -> dict:
                                    env={"AMK_CACHE_DIR": str(cache_dir)})
     out: dict = {}
     async with Client(params, read_timeout_seconds=600) as client:
-        out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
+        tools = (await client.list_tools()).tools
+        out["tools"] = sorted(t.name for t in tools)
+        out["loop_args"] = sorted(next(t for t in tools if t.name == "loop").input_schema["properties"])
         proposal = _structured(await client.call_tool("propose", {"model": "toy", "gpu": "cpu-sim"}))
         config = proposal["config"]
         config["matvec"]["lm_head"]["rows_per_task"] = 64
@@ -49,6 +54,8 @@ async def _round_trip(cwd, cache_dir) -> dict:
 def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     got = asyncio.run(_round_trip(tmp_path, tmp_path / "cache"))
     assert got["tools"] == ["evaluate", "loop", "propose", "report"]
+    loop_keywords = set(inspect.signature(amk.loop).parameters)
+    assert {"dtype", "max_seq"} <= set(got["loop_args"]) <= loop_keywords  # as amk.loop names them
     p = got["proposal"]
     assert p["model"] == "toy" and p["gpu"] == "cpu-sim" and p["source"] == "default"
     assert os.path.isfile(p["schema_path"]) and any(k["path"] == "matvec.lm_head.rows_per_task"

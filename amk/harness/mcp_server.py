@@ -86,22 +86,25 @@ def build_server():
     @server.tool()
     def loop(model: str, gpu: str = "auto", budget: int | None = None, minutes: float | None = None,
              seed: int = 0, device: str = "auto", results: str = "results.tsv", corpus: str = "corpus.jsonl",
-             resume: bool = False, max_reverts: int = 20, dtype: str | None = None) -> dict[str, Any]:
+             resume: bool = False, max_reverts: int = 20, dtype: str | None = None,
+             max_seq: int | None = None) -> dict[str, Any]:
         """Keep/revert search from the incumbent, one knob a trial, appending one row a trial to `results`
         and each kept config to `corpus`; stops at `budget` trials, `minutes`, or `max_reverts` non-keeps in a
-        row. An existing non-empty results file needs resume=true. Returns the summary: incumbent, statuses,
-        why it stopped."""
+        row. An existing non-empty results file needs resume=true. max_seq: the KV positions every trial's
+        program holds (default: the model's, at most 2048). Returns the summary: incumbent, statuses, why it
+        stopped."""
         from amk.harness.loop import loop as fn
 
         return _call(fn, model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
-                     corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype)
+                     corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype, max_seq=max_seq)
 
     @server.tool()
     def report(results: str = "results.tsv", corpus: str = "corpus.jsonl", out_dir: str = "report",
                plots: bool = True) -> dict[str, Any]:
-        """Summary of a results file: trials per status, the best latency per model, GPU and latency kind, the
-        kept trials, what the corpus says about the cost model and the prior, and (plots=true) the paths of
-        two PNG plots written under out_dir."""
+        """Summary of a results file: trials per status, the best latency per model, GPU, dtype, max_seq and
+        latency kind (rows of another dtype or context are never ranked together), the kept trials, what the
+        corpus says about the cost model and the prior, and (plots=true) the paths of two PNG plots written
+        under out_dir."""
         import argparse
 
         from mcp.server.mcpserver.exceptions import ToolError

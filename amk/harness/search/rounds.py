@@ -82,7 +82,7 @@ class Rounds:
         restart, self.restart_pending = self.restart_pending, False
         cands = generate(self.inc.config, self._parents(run_records), self.space, self.prior, self.rng,
                          self.settings, restart=restart)
-        snap = snapshot(self.results, self.name, self.target.name)
+        snap = snapshot(self.results, self.name, self.target.name, self.dtype, self.program_max_seq)
         cands = [c for c in cands if c.config.schedule_id not in snap.schedule_ids]
         pending = self.builder.submit([self._job(c.config) for c in cands])
         return PreparedRound(restart, cands, pending)
