@@ -58,8 +58,9 @@ def incumbent_config(model: str, gpu: str, corpus: str | Path | None, dtype: str
 
 def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.jsonl") -> dict:
     """Where a search starts: the incumbent config for `model` on `gpu` (the corpus's best measured config
-    there, of the model's dtype when `model` is a loaded Model, else the default), its JSON schema's path and the search space, as {"config", "schedule_id",
-    "schema_path", "search_space", "derived", "source", "gpu", "model"} (HARNESS.md section 1).
+    there, of the model's dtype when `model` is a loaded Model, else the default), its JSON schema's path and
+    the search space, as {"config", "schedule_id", "schema_path", "search_space", "derived", "source", "gpu",
+    "model"} (HARNESS.md section 1).
 
     `incumbent` (dict, JSON string or ScheduleConfig) wins when given; a malformed one raises ConfigError,
     since the caller asked for it by name."""
