@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials in a row without a keep: they stop a run with neither --budget nor --minutes, and "
                         "move a bounded run to another region (default: 20)")
     _cases_opt(p)
+    _max_seq_opt(p)
     p.add_argument("--workers", type=positive_int, default=1,
                    help="measuring workers, one per GPU, through Ray (pip install 'amk[ray]'; 1 runs without Ray)")
     p.add_argument("--ray-address", default=None,

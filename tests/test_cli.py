@@ -266,3 +266,13 @@ def test_propose_shows_the_values_evaluate_derives():
         assert f"derived ({rows})" in lines["matvec.gate_up.rows_per_task"]
         assert "derived (" not in lines["matvec.o.rows_per_task"]
         assert "derived (true)" in lines["fusion.rope_kv_into_qkv"]  # no q/k norm: fused
+
+
+def test_loop_takes_max_seq_and_records_it(capsys, tmp_path):
+    from amk.flywheel import read_rows
+
+    res = tmp_path / "r.tsv"
+    code, r = run(capsys, "loop", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--max-seq", "64",
+                  "--results", str(res), "--corpus", str(tmp_path / "c.jsonl"))
+    assert code == 0 and r["trials"] == 1
+    assert [(row["dtype"], row["max_seq"]) for row in read_rows(res)] == [("fp32", "64")]

@@ -543,3 +543,28 @@ def test_a_resume_at_another_dtype_or_max_seq_is_not_barred_by_the_files_keeps(t
         assert float(added[0]["speedup"]) == pytest.approx(100.0 / float(added[0]["latency_us"]), abs=1e-4)
     rows = read_rows(res)
     assert {(r["dtype"], r["max_seq"]) for r in rows} == {("fp32", "512"), ("bf16", "512"), ("fp32", "64")}
+
+
+def test_a_resume_starts_from_its_files_best_keep_not_a_faster_record_of_another_context(tmp_path):
+    """The corpus does not record a record's max_seq: its best may be a latency of a shorter context, and a start
+    from it (slower at this context) would log slower configs as keeps over the file's best."""
+    short = ScheduleConfig.from_dict(SEED).schedule_id
+
+    def by_context(model, gpu, config, max_seq=None, **kw):
+        if config.schedule_id == short:
+            return _verdict(50.0 if max_seq == 64 else 99.0)  # fast only at the short context
+        return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
+
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=by_context,
+             settings=SMALL)
+    best = min((r for r in read_rows(res) if r["status"] == "keep"), key=lambda r: float(r["latency_us"]))
+    amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "r64.tsv", corpus=cor, max_seq=64,
+             incumbent=SEED, evaluate=by_context, settings=SMALL)  # the corpus's best record now: 50 us at 64
+    before = len(read_rows(res))
+    s = amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=res, corpus=cor, resume=True,
+                 evaluate=by_context, settings=SMALL)
+    added = read_rows(res)[before:]
+    assert short not in [r["schedule_id"] for r in added]  # not the start
+    assert all(float(r["latency_us"]) < float(best["latency_us"]) for r in added if r["status"] == "keep")
+    assert s["incumbent"]["latency_us"] <= float(best["latency_us"])

@@ -147,7 +147,7 @@ def loop(args) -> CommandResult:
     s = _loop(args.model, args.gpu, budget=args.budget, minutes=args.minutes, seed=args.seed, device=args.device,
               results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
               progress=_progress, cases=args.cases, dtype=args.dtype, incumbent=seed_config, workers=args.workers,
-              ray_address=args.ray_address, builders=args.builders)
+              ray_address=args.ray_address, builders=args.builders, max_seq=args.max_seq)
     code = ExitCode.INTERRUPTED if s["stopped"] == StopReason.INTERRUPTED.value else ExitCode.OK
     return CommandResult(code, s, loop_text(s))
 

@@ -246,7 +246,7 @@ class _Run(Rounds):
             cfg, source = given, Source.GIVEN
         else:
             cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus, self.dtype)
-            self._check_resumed_incumbent(cfg, rows)
+            cfg, origin = self._resumed_incumbent(cfg, origin, rows)
             source = Source.BASELINE
         built = self.builder.build([self._job(cfg)])[0]
         if not built.valid and given is not None:
@@ -279,24 +279,31 @@ class _Run(Rounds):
                             f"given config ({given.schedule_id}) would replace it whatever its latency: resume "
                             "without --config, or start another results file from it")
 
-    def _check_resumed_incumbent(self, cfg: ScheduleConfig, rows: list[dict]) -> None:
-        """A resumed results file's best kept trial is the bar to beat, but only the corpus holds its config (the
-        start comes from the corpus): a start from anything slower would log slower configs as keeps. Raises
-        LoopError when the corpus holds no kept record of that trial's config (results.tsv moved without its
-        corpus.jsonl). `rows`: the file's rows of this run (_rows_of_run)."""
+    def _resumed_incumbent(self, cfg: ScheduleConfig, origin: str, rows: list[dict]) -> tuple[ScheduleConfig, str]:
+        """The start of a resume: the results file's best kept trial of this run's dtype and context, whose config
+        only the corpus holds, in place of the corpus's best (`cfg`, from `origin`): the corpus does not record
+        the context, so its best may be a latency of another max_seq, and a start slower than the file's best
+        would log slower configs as keeps. (cfg, origin) as given when the file has no such keep. Raises LoopError
+        when the corpus holds no kept record of that trial's config (results.tsv moved without its corpus.jsonl)
+        or its config no longer parses. `rows`: the file's rows of this run (_rows_of_run)."""
         kept = [r for r in rows if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
                 and r.get("latency_us")]
         best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
         if best is None or best["schedule_id"] == cfg.schedule_id:
-            return
-        known = self.corpus.exists() and any(
-            e.kept and e.schedule_id == best["schedule_id"]
-            for e in entries_for(load_records(self.corpus), self.name, self.target.name))
-        if not known:
-            raise LoopError(f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at "
-                            f"{float(best['latency_us']):.2f} us ({self.kind}) for {self.name} on {self.target.name}, "
-                            f"but {self.corpus} holds no record of its config, the incumbent to continue from: resume "
-                            "with the corpus that loop wrote (--corpus), or choose another results file")
+            return cfg, origin
+        where = (f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at {float(best['latency_us']):.2f} "
+                 f"us ({self.kind}) for {self.name} on {self.target.name}")
+        record = next((e for e in (entries_for(load_records(self.corpus), self.name, self.target.name)
+                                   if self.corpus.exists() else [])
+                       if e.kept and e.schedule_id == best["schedule_id"]), None)
+        if record is None:
+            raise LoopError(f"{where}, but {self.corpus} holds no record of its config, the incumbent to continue "
+                            "from: resume with the corpus that loop wrote (--corpus), or choose another results file")
+        try:
+            return ScheduleConfig.from_dict(record.config), f"{self.results} trial {best['trial']}"
+        except ValueError as e:  # a hand edit, or a knob since removed
+            raise LoopError(f"{where}, but its config in {self.corpus} no longer parses ({e}): choose another "
+                            "results file") from None
 
     def _same_run(self, row: dict) -> bool:
         """Whether a results row was measured at this run's dtype and context (max_seq). An empty cell (a file
@@ -317,11 +324,13 @@ class _Run(Rounds):
             log.info("%s: %d rows of %s on %s are of another dtype or context (%s) than this run (%s): passed "
                      "over, neither the incumbent's latency nor the bar to beat", self.results, len(mine) - len(run),
                      self.name, self.target.name, "; ".join(other), here)
-        if any(not r.get("dtype") or not r.get("max_seq") for r in run):
-            log.warning("%s: its rows carry no dtype or context (max_seq; written before results.tsv had those "
-                        "columns), so they are taken as measured at this run's (%s): resume it only with the dtype "
-                        "and max_seq it was written with (rows appended to it keep its columns and carry none "
-                        "either; another results file records them)", self.results, here)
+        blank = [r for r in run if not r.get("dtype") or not r.get("max_seq")]
+        if blank:
+            log.warning("%s: %d of its rows carry no dtype or context (max_seq: a file written before results.tsv "
+                        "had those columns, or cells emptied by hand), so they are taken as measured at this run's "
+                        "(%s): resume it only with the dtype and max_seq they were written with (rows appended to "
+                        "an older file keep its columns and carry none either; another results file records them)",
+                        self.results, len(blank), here)
         return run
 
     def _warm_start(self) -> None:
