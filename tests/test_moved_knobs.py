@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+import amk
 from amk.flywheel.records import load_records
 from amk.harness.propose import incumbent_config
 from amk.schedule.config import AttentionCombine, ScheduleConfig, migrate_config
@@ -93,3 +94,25 @@ def test_the_incumbent_is_the_best_record_of_the_runs_dtype(tmp_path):
     assert incumbent_config("toy", "cpu-sim", corpus)[0].attention.kv_partitions == 2  # any dtype: the fastest
     assert incumbent_config("toy", "cpu-sim", corpus, "fp32")[0].attention.kv_partitions == 4
     assert incumbent_config("toy", "cpu-sim", corpus, "fp16")[0] == ScheduleConfig()  # none of fp16: defaults
+
+
+def test_propose_starts_from_the_best_record_of_its_dtype(tmp_path):
+    from amk.harness.propose import propose
+
+    corpus = tmp_path / "corpus.jsonl"
+    base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
+            "verdict": {"correct": True}, "latency_kind": "predicted"}
+    corpus.write_text("\n".join(json.dumps({**base, **kw}) for kw in [
+        {"dtype": "bf16", "latency_us": 9.0, "config": {"attention": {"kv_partitions": 2}}},
+        {"dtype": "fp32", "latency_us": 12.5, "config": {"attention": {"kv_partitions": 4}}}]) + "\n")
+    fp32 = propose("toy", "cpu-sim", corpus=corpus)  # cpu-sim's default dtype, as loop takes it
+    assert fp32["dtype"] == "fp32" and fp32["config"]["attention"]["kv_partitions"] == 4
+    assert fp32["derived"]["dtype"] == "fp32"
+    bf16 = propose("toy", "cpu-sim", corpus=corpus, dtype="bfloat16")
+    assert bf16["dtype"] == "bf16" and bf16["config"]["attention"]["kv_partitions"] == 2
+    with pytest.raises(amk.ArgumentError, match="dtype"):
+        propose("toy", "cpu-sim", corpus=corpus, dtype="int8")
+    loaded = amk.load_model("toy", dtype="bf16", weights=False)
+    assert propose(loaded, "cpu-sim", corpus=corpus)["config"]["attention"]["kv_partitions"] == 2
+    with pytest.raises(amk.ArgumentError, match="loaded as bf16"):
+        propose(loaded, "cpu-sim", corpus=corpus, dtype="fp32")

@@ -54,7 +54,7 @@ def propose(args) -> CommandResult:
     from amk.harness.propose import propose as _propose
 
     inc = parsed_config("--incumbent", args.incumbent)
-    out = _propose(args.model, args.gpu, incumbent=inc, corpus=args.corpus)
+    out = _propose(args.model, args.gpu, incumbent=inc, corpus=args.corpus, dtype=args.dtype)
     return CommandResult(ExitCode.OK, out, proposal_text(out))
 
 

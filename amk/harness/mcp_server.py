@@ -60,13 +60,14 @@ def build_server():
 
     @server.tool()
     def propose(model: str, gpu: str = "auto", incumbent: dict[str, Any] | None = None,
-                corpus: str = "corpus.jsonl") -> dict[str, Any]:
-        """The incumbent ScheduleConfig for `model` on `gpu` (the corpus's best kept config, else the defaults,
-        or `incumbent` when given), its schedule_id, the JSON schema's path, and the search space: every knob
-        with its type, bounds, default, help and the values searched on this GPU."""
+                corpus: str = "corpus.jsonl", dtype: str | None = None) -> dict[str, Any]:
+        """The incumbent ScheduleConfig for `model` on `gpu` (the corpus's best kept config of `dtype`, else the
+        defaults, or `incumbent` when given), its schedule_id, the JSON schema's path, and the search space: every
+        knob with its type, bounds, default, help and the values searched on this GPU. dtype: fp32, fp16 or bf16
+        (default: bf16 for a GPU, fp32 for cpu-sim, as loop takes)."""
         from amk.harness.propose import propose as fn
 
-        return _call(fn, model, gpu, incumbent=incumbent, corpus=corpus)
+        return _call(fn, model, gpu, incumbent=incumbent, corpus=corpus, dtype=dtype)
 
     @server.tool()
     def evaluate(model: str, config: Any = "{}", gpu: str = "auto",

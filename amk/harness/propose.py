@@ -8,6 +8,7 @@ from pathlib import Path
 from amk.flywheel.corpus import best_entry, load_corpus
 from amk.flywheel.records import for_run, model_key
 from amk.schedule.config import ScheduleConfig
+from amk.schedule.errors import ArgumentError
 from amk.schedule.space import space_dicts
 
 from .arguments import check_corpus
@@ -56,39 +57,47 @@ def incumbent_config(model: str, gpu: str, corpus: str | Path | None, dtype: str
     return ScheduleConfig(), "default", None
 
 
-def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.jsonl") -> dict:
+def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.jsonl", dtype: str | None = None) -> dict:
     """Where a search starts: the incumbent config for `model` on `gpu` (the corpus's best measured config
-    there, of the model's dtype when `model` is a loaded Model, else the default), its JSON schema's path and
-    the search space, as {"config", "schedule_id", "schema_path", "search_space", "derived", "source", "gpu",
-    "model"} (HARNESS.md section 1).
+    there of the run's dtype, else the default), its JSON schema's path and the search space, as {"config",
+    "schedule_id", "schema_path", "search_space", "derived", "source", "gpu", "model", "dtype"} (HARNESS.md
+    section 1).
 
-    `incumbent` (dict, JSON string or ScheduleConfig) wins when given; a malformed one raises ConfigError,
-    since the caller asked for it by name."""
+    `dtype` (fp32, fp16, bf16): that of the run to start; a loaded Model's own dtype; else the default a loop
+    takes (bf16 for a GPU target, fp32 for cpu-sim). `incumbent` (dict, JSON string or ScheduleConfig) wins when
+    given; a malformed one raises ConfigError, since the caller asked for it by name. ArgumentError (naming
+    `dtype`) for a dtype AMK does not run, or one other than a loaded Model's."""
+    from amk.models import Model
+    from amk.models.registry import dtype_name
+
+    from .evaluate import resolve_dtype_name
+
     check_corpus(corpus)
     target = resolve_target(gpu)
     name = model_name(model)
+    run_dtype = resolve_dtype_name(dtype, Device.CPU, target)[0]
+    if isinstance(model, Model):
+        if dtype is not None and run_dtype != dtype_name(model.dtype):
+            raise ArgumentError("dtype", f"{dtype!r}, but the model was loaded as {dtype_name(model.dtype)}")
+        run_dtype = dtype_name(model.dtype)
     verdict = None
     if incumbent is not None:
         cfg, source = parse_config(incumbent), "given"
     else:
-        from amk.models import Model
-        from amk.models.registry import dtype_name
-
-        dtype = dtype_name(model.dtype) if isinstance(model, Model) else None  # a name: any dtype's records
-        cfg, source, verdict = incumbent_config(name, target.name, corpus, dtype)
-    out = {"model": name, "gpu": target.name, "config": cfg.to_dict(), "schedule_id": cfg.schedule_id,
-           "source": source, "schema_path": str(schema_path()), "search_space": space_dicts(target),
-           "derived": derived_tiling(model, target, cfg)}
+        cfg, source, verdict = incumbent_config(name, target.name, corpus, run_dtype)
+    out = {"model": name, "gpu": target.name, "dtype": run_dtype, "config": cfg.to_dict(),
+           "schedule_id": cfg.schedule_id, "source": source, "schema_path": str(schema_path()),
+           "search_space": space_dicts(target), "derived": derived_tiling(model, target, cfg, run_dtype)}
     if verdict is not None:
         out["incumbent_latency_us"] = verdict.get("latency_us")
         out["incumbent_latency_kind"] = verdict.get("latency_kind")
     return out
 
 
-def derived_tiling(model, target, cfg: ScheduleConfig) -> dict:
+def derived_tiling(model, target, cfg: ScheduleConfig, dtype: str | None = None) -> dict:
     """{"dtype", "max_seq", "values"}: the values the lowering gives `cfg`'s derived (null) tiling knobs for
     `model` (a name, a checkpoint directory or an amk Model) on `target`, at the dtype and context `evaluate`
-    takes by default (bf16 for a GPU target, fp32 for cpu-sim; the model's positions, at most 2048). `values`
+    takes by default (`dtype`, else bf16 for a GPU target, fp32 for cpu-sim; the model's positions, at most 2048). `values`
     maps each derived knob's dotted path to its value. Raises what loading the model's config raises."""
     from amk.models import Model
     from amk.models.registry import model_shape, resolve_dtype
@@ -97,7 +106,7 @@ def derived_tiling(model, target, cfg: ScheduleConfig) -> dict:
 
     from .evaluate import default_dtype
 
-    dtype = default_dtype(Device.CPU, target)
+    dtype = dtype or default_dtype(Device.CPU, target)
     dims = model.dims if isinstance(model, Model) else model_shape(model)
     seq = min(dims.max_positions, DEFAULT_MAX_SEQ)
     _, values = resolve(cfg, dims, resolve_dtype(dtype).itemsize, target, seq)
