@@ -165,7 +165,8 @@ def test_console_script_loop_budget_3_and_report(tmp_path):
     assert rep["groups"][0]["best"]["predicted"]["config"] is not None  # the best config itself
     # the toy's program holds fewer positions than the bench's context: the report repeats the loop's note
     context = re.search(r"at a KV context of (\d+) positions", " ".join(summary["notes"])).group(1)
-    assert any(n.startswith(f"toy on cpu-sim: latencies are at a KV context of {context} positions, not 1024")
+    assert any(n.startswith(f"toy on cpu-sim (fp32, max_seq 512): latencies are at a KV context of {context} "
+                            "positions, not 1024")
                for n in rep["notes"]), rep["notes"]
     assert rep["trials"] == 3 and len(rep["plots"]) == 2 and all(os.path.getsize(f) > 1000 for f in
                                                                  [os.path.join(tmp_path, x) for x in rep["plots"]])
@@ -197,6 +198,10 @@ def test_report_never_ranks_rows_of_another_dtype_or_context_together(capsys, tm
     fp32 = next(g for g in out["groups"] if (g["dtype"], g["max_seq"]) == ("fp32", 512))
     assert fp32["best"]["predicted"]["vs_first_correct"] == pytest.approx(50.0 / 40.0)
     assert [k["trial"] for k in fp32["kept_trials"]] == [1, 2]
+    # each group's context from its own max_seq: 512 leaves 301 positions after the timed steps, 64 none
+    assert [n.split(": latencies")[0] + " " + re.search(r"context of (\d+)", n).group(1) for n in out["notes"]
+            if "KV context" in n] == ["toy on cpu-sim (bf16, max_seq 512) 301", "toy on cpu-sim (fp32, max_seq 64) 0",
+                                      "toy on cpu-sim (fp32, max_seq 512) 301"]
     text = report(Namespace(results=str(res), corpus=str(tmp_path / "none.jsonl"), no_plots=False,
                             out_dir=str(tmp_path / "plots"))).text
     heads = [ln for ln in text.splitlines() if ln.startswith("toy on cpu-sim")]

@@ -86,23 +86,30 @@ def corpus_summary(entries: list) -> dict:
             "prior_top": [{"move": k, "mean_improvement": s, "count": n} for k, s, n in prior.top(10)]}
 
 
-def short_context_notes(records: list) -> list[str]:
-    """For each (model, gpu) whose tuning records hold latencies taken at a KV context shorter than the bench's
-    (a model of fewer positions), the note the loop's summary gave: results.tsv holds max_seq, not the context a
-    latency was taken at."""
+def short_context_notes(groups: list[dict], records: list) -> list[str]:
+    """For each group of summarise() whose latencies are taken at a KV context shorter than the bench's (a
+    program of fewer positions), the note the loop's summary gave, from the group's max_seq. A group of an
+    older results file (max_seq null) takes the shortest context its model and GPU's tuning records name."""
+    from amk.schedule.cost import bench_context
+
     from .gates import short_context_note
 
+    notes = []
+    for g in groups:
+        if g["max_seq"] is not None:
+            note = short_context_note(bench_context(g["max_seq"]), g["max_seq"], what="latencies are")
+            if note:
+                notes.append(f"{g['model']} on {g['gpu']} ({run_label(g['dtype'], g['max_seq'])}): {note}")
+    older = {(g["model"], g["gpu"]) for g in groups if g["max_seq"] is None}
     shortest: dict[tuple[str, str], int] = {}
     for r in records:
         c = r.verdict.get("latency_context")
-        if isinstance(c, int) and r.latency_us is not None:
-            key = (r.model, r.gpu)
-            shortest[key] = min(c, shortest.get(key, c))
-    notes = []
+        if (r.model, r.gpu) in older and isinstance(c, int) and r.latency_us is not None:
+            shortest[(r.model, r.gpu)] = min(c, shortest.get((r.model, r.gpu), c))
     for (model, gpu), c in sorted(shortest.items()):
         note = short_context_note(c, None, what="latencies are")
         if note:
-            notes.append(f"{model} on {gpu}: {note}")
+            notes.append(f"{model} on {gpu} ({run_label(None, None)}): {note}")
     return notes
 
 
@@ -220,7 +227,7 @@ def report(args) -> CommandResult:
     out["plots"], out["notes"] = [], []
     if not configs and len(df):
         out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown (pass --corpus)")
-    out["notes"] += short_context_notes(records)
+    out["notes"] += short_context_notes(out["groups"], records)
     if not args.no_plots:
         out_dir = _out_dir(args.out_dir)
         try:
