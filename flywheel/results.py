@@ -48,6 +48,7 @@ ACCEPTED_COLUMNS = (COLUMNS, PRE_CONTEXT_COLUMNS, LEGACY_COLUMNS)  # every heade
 HEADER = "\t".join(COLUMNS) + "\n"
 FLOAT_COLUMNS = ("latency_us", "pct_of_floor", "speedup", "predicted_us", "spread_us")  # empty or a finite number
 INT_COLUMNS = ("max_seq",)  # empty or a positive integer
+DTYPE_NAMES = ("fp32", "fp16", "bf16")  # the dtype column: empty or one of these (amk.models.registry.dtype_name)
 POSITIVE_COLUMNS = ("latency_us", "predicted_us")  # a latency no trial writes is 0 or below
 
 
@@ -91,6 +92,9 @@ class ResultRow:
 
     def __post_init__(self):
         # a row that read_rows would skip as a hand edit is refused before it is written
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise ArgumentError("dtype", f"a results row's dtype is one of {', '.join(DTYPE_NAMES)} or None, got "
+                                         f"{self.dtype!r}")
         if self.max_seq is not None and (isinstance(self.max_seq, bool) or not isinstance(self.max_seq, int)
                                          or self.max_seq < 1):
             raise ArgumentError("max_seq", f"a results row's max_seq is a positive integer or None, got "
@@ -177,6 +181,8 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
         value = row[col]
         if value and (not value.isdigit() or int(value) < 1):
             return col, "not a positive integer"
+    if row["dtype"] and row["dtype"] not in DTYPE_NAMES:  # another spelling would make a group of its own
+        return "dtype", f"not one of {', '.join(DTYPE_NAMES)}"
     return None
 
 

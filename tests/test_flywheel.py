@@ -112,6 +112,25 @@ def test_a_hand_edited_max_seq_is_skipped_with_a_warning(tmp_path, caplog):
     assert caplog.text.count("column max_seq") == 3 and "not a positive integer" in caplog.text
 
 
+def test_a_dtype_of_another_spelling_is_refused_when_written_and_skipped_when_read(tmp_path, caplog):
+    import logging
+
+    from amk.schedule.errors import ArgumentError
+
+    with pytest.raises(ArgumentError) as e:
+        _row(1, dtype="BF16")
+    assert e.value.argument == "dtype" and "'BF16'" in str(e.value)
+    path = tmp_path / "results.tsv"
+    for i, dtype in enumerate(("bf16", "BF16", "bfloat16"), start=1):
+        append_result(path, _row(i, dtype="bf16", max_seq=64))
+        text = path.read_text()
+        path.write_text(text[: text.rindex("bf16\t64")] + dtype + "\t64\n")  # the dtype cell as a hand edit left it
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        rows = read_rows(path)
+    assert [(r["trial"], r["dtype"]) for r in rows] == [("1", "bf16")]
+    assert caplog.text.count("column dtype") == 2
+
+
 @pytest.mark.parametrize("columns", [LEGACY_COLUMNS, PRE_CONTEXT_COLUMNS], ids=["12-columns", "15-columns"])
 def test_an_older_results_file_is_read_and_resumed_in_its_own_columns(tmp_path, columns):
     path = tmp_path / "results.tsv"
