@@ -222,6 +222,15 @@ def for_run(records: list[TuningRecord], model: str, gpu: str, dtype: str | None
             and (dtype is None or r.dtype is None or r.dtype == dtype)]
 
 
+def at_context(records: list[TuningRecord], context: int | None) -> list[TuningRecord]:
+    """The records whose latency was taken at a KV context of `context` positions (the verdict's
+    latency_context), and those that do not say (no latency, or an older line); all of them for None. A
+    latency at a shorter context (a program of fewer positions) is no rival of one at the bench's."""
+    if context is None:
+        return list(records)
+    return [r for r in records if r.verdict.get("latency_context") in (None, context)]
+
+
 RECORD_COLUMNS = ("time", "trial", "model", "gpu", "dtype", "device", "status", "kept", "source", "schedule_id",
                   "program_fingerprint", "correct", "latency_us", "latency_spread_us", "latency_kind",
                   "predicted_latency_us", "mem_us", "tasks", "waits", "improvement", "change", "commit")

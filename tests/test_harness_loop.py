@@ -551,9 +551,12 @@ def test_a_resume_starts_from_its_files_best_keep_not_a_faster_record_of_another
     short = ScheduleConfig.from_dict(SEED).schedule_id
 
     def by_context(model, gpu, config, max_seq=None, **kw):
+        context = 0 if max_seq == 64 else 301  # as gates.gate_latency records it: 64 positions leave none
         if config.schedule_id == short:
-            return _verdict(50.0 if max_seq == 64 else 99.0)  # fast only at the short context
-        return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
+            v = _verdict(50.0 if max_seq == 64 else 99.0)  # fast only at the short context
+        else:
+            v = _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
+        return {**v, "latency_context": context}
 
     res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
     amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=by_context,
@@ -568,3 +571,8 @@ def test_a_resume_starts_from_its_files_best_keep_not_a_faster_record_of_another
     assert short not in [r["schedule_id"] for r in added]  # not the start
     assert all(float(r["latency_us"]) < float(best["latency_us"]) for r in added if r["status"] == "keep")
     assert s["incumbent"]["latency_us"] <= float(best["latency_us"])
+    assert s["best"]["schedule_id"] != short  # its 50 us is of a 64-position program, not this run's context
+    # a new results file at this context starts from the corpus's best at this context, not the short one
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "new.tsv", corpus=cor,
+                 evaluate=by_context, settings=SMALL)
+    assert read_rows(tmp_path / "new.tsv")[0]["schedule_id"] != short

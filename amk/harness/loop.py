@@ -43,6 +43,7 @@ from amk.flywheel.prior import Prior
 from amk.flywheel.records import (
     MODEL_FINGERPRINT,
     append_record,
+    at_context,
     for_run,
     load_records,
     record_from_verdict,
@@ -161,6 +162,7 @@ class _Run(Rounds):
                  cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
         from amk.models import Model
         from amk.models.registry import dtype_name
+        from amk.schedule.cost import bench_context
         from amk.schedule.lower import DEFAULT_MAX_SEQ
 
         self.t0 = time.monotonic()
@@ -180,6 +182,7 @@ class _Run(Rounds):
         # the positions every program of the run holds (lower()'s own default when max_seq is not given):
         # the context its latencies are taken at, recorded in each row
         self.program_max_seq = int(max_seq or min(dims.max_positions, DEFAULT_MAX_SEQ))
+        self.context = bench_context(self.program_max_seq)  # the KV positions every latency is taken at
         self.results, self.corpus = Path(results), Path(corpus)
         self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
         self.progress, self.cases, self.seed, self.max_seq = progress, cases, seed, max_seq
@@ -245,7 +248,7 @@ class _Run(Rounds):
         if given is not None:
             cfg, source = given, Source.GIVEN
         else:
-            cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus, self.dtype)
+            cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus, self.dtype, self.context)
             cfg, origin = self._resumed_incumbent(cfg, origin, rows)
             source = Source.BASELINE
         built = self.builder.build([self._job(cfg)])[0]
@@ -660,8 +663,10 @@ class _Run(Rounds):
     def _summary(self, stop: StopReason | None) -> dict:
         best = None
         if self.corpus.exists():
-            # this run's dtype only: a record of another dtype's program is no rival of this run's incumbent
-            best = best_entry(for_run(load_records(self.corpus), self.name, self.target.name, self.dtype))
+            # this run's dtype and context only: a record of another dtype's program, or one timed at a shorter
+            # context, is no rival of this run's incumbent
+            best = best_entry(at_context(for_run(load_records(self.corpus), self.name, self.target.name, self.dtype),
+                                         self.context))
         seconds = time.monotonic() - self.t0
         inc = self.inc
         return {"incumbent": {"schedule_id": inc.config.schedule_id, "program_fingerprint": inc.program_fingerprint,

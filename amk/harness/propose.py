@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from amk.flywheel.corpus import best_entry, load_corpus
-from amk.flywheel.records import for_run, model_key
+from amk.flywheel.records import at_context, for_run, model_key
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ArgumentError
 from amk.schedule.space import space_dicts
@@ -41,13 +41,13 @@ def model_name(model) -> str:
     return model_label(model)
 
 
-def incumbent_config(model: str, gpu: str, corpus: str | Path | None, dtype: str | None = None
-                     ) -> tuple[ScheduleConfig, str, dict | None]:
+def incumbent_config(model: str, gpu: str, corpus: str | Path | None, dtype: str | None = None,
+                     context: int | None = None) -> tuple[ScheduleConfig, str, dict | None]:
     """(config, where it came from, its corpus verdict): the best kept config for this model and GPU (and
-    `dtype`, fp32, fp16 or bf16, when given: a bf16 latency is no bar for an fp32 run) in the corpus, else the
-    defaults."""
+    `dtype`, fp32, fp16 or bf16, when given: a bf16 latency is no bar for an fp32 run; and the KV `context` its
+    latency was taken at, when given: records.at_context) in the corpus, else the defaults."""
     if corpus is not None and Path(corpus).exists():
-        best = best_entry(for_run(load_corpus(corpus), model, gpu, dtype))
+        best = best_entry(at_context(for_run(load_corpus(corpus), model, gpu, dtype), context))
         if best is not None:
             try:
                 return ScheduleConfig.from_dict(best.config), f"corpus:{corpus}", best.verdict
