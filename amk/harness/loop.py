@@ -284,9 +284,9 @@ class _Run(Rounds):
 
     def _resumed_incumbent(self, cfg: ScheduleConfig, origin: str, rows: list[dict]) -> tuple[ScheduleConfig, str]:
         """The start of a resume: the results file's best kept trial of this run's dtype and context, whose config
-        only the corpus holds, in place of the corpus's best (`cfg`, from `origin`): the corpus does not record
-        the context, so its best may be a latency of another max_seq, and a start slower than the file's best
-        would log slower configs as keeps. (cfg, origin) as given when the file has no such keep. Raises LoopError
+        only the corpus holds, in place of the corpus's best (`cfg`, from `origin`): the corpus records no
+        max_seq, so its best may be a program of another max_seq, and a start slower than the file's best would
+        log slower configs as keeps. (cfg, origin) as given when the file has no such keep. Raises LoopError
         when the corpus holds no kept record of that trial's config (results.tsv moved without its corpus.jsonl)
         or its config no longer parses. `rows`: the file's rows of this run (_rows_of_run)."""
         kept = [r for r in rows if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
