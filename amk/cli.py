@@ -24,11 +24,11 @@ from amk.harness.baselines import PEERS
 from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
 from amk.harness.verdict import jsonable
 from amk.schedule.errors import ArgumentError, ContextError, UnknownModelError, UnknownTargetError
+from amk.schedule.opcodes import DTYPE_NAMES
 
 log = logging.getLogger("amk.cli")
 
 
-DTYPES = ("fp32", "fp16", "bf16")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -127,7 +127,7 @@ def _model_gpu(p) -> None:
 
 
 def _dtype_opt(p) -> None:
-    p.add_argument("--dtype", default=None, choices=DTYPES,
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                    help="weights and activations dtype (default: bf16 on cuda and for a GPU target, which is what "
                         "a GPU runs; fp32 for the cpu-sim stand-in)")
 

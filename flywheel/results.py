@@ -35,6 +35,7 @@ from enum import Enum
 from pathlib import Path
 
 from amk.schedule.errors import ArgumentError
+from amk.schedule.opcodes import DTYPE_NAMES  # the dtype column: empty or one of these
 
 from .appendlog import append_lines, complete_lines, read_numbered_lines, warn_bad_line
 
@@ -48,7 +49,6 @@ ACCEPTED_COLUMNS = (COLUMNS, PRE_CONTEXT_COLUMNS, LEGACY_COLUMNS)  # every heade
 HEADER = "\t".join(COLUMNS) + "\n"
 FLOAT_COLUMNS = ("latency_us", "pct_of_floor", "speedup", "predicted_us", "spread_us")  # empty or a finite number
 INT_COLUMNS = ("max_seq",)  # empty or a positive integer
-DTYPE_NAMES = ("fp32", "fp16", "bf16")  # the dtype column: empty or one of these (amk.models.registry.dtype_name)
 POSITIVE_COLUMNS = ("latency_us", "predicted_us")  # a latency no trial writes is 0 or below
 
 

@@ -34,6 +34,9 @@ class Epilogue(IntEnum):
     PARTIAL = 5  # k-split: out[split * split_stride + r] = acc, unrounded
 
 
+DTYPE_NAMES = ("fp32", "fp16", "bf16")  # the dtypes AMK runs, as amk.models.registry.dtype_name spells them
+
+
 class DType(IntEnum):
     F32 = 0
     F16 = 1

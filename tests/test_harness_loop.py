@@ -166,37 +166,38 @@ def test_loop_refuses_an_existing_results_file_without_resume_and_a_foreign_one(
     assert foreign.read_text() == "a\tb\n1\t2\n"  # nothing lost
 
 
-def test_resume_without_the_corpus_of_its_best_keep_refuses(tmp_path):
-    def other_loads_are_faster(model, gpu, config, **kw):  # the loop tries loads_in_flight first
-        return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
+def _other_loads_are_faster(model, gpu, config, **kw):  # the loop tries loads_in_flight first
+    return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
 
+
+def _file_with_a_keep(tmp_path, evaluate=_other_loads_are_faster):
+    """results.tsv and corpus.jsonl of an 8-trial loop, and its best kept row."""
     res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
-    amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=other_loads_are_faster,
+    amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=evaluate,
              settings=SMALL)
     best = min((r for r in read_rows(res) if r["status"] == "keep"), key=lambda r: float(r["latency_us"]))
+    return res, cor, best
+
+
+def test_resume_without_the_corpus_of_its_best_keep_refuses(tmp_path):
+    res, cor, best = _file_with_a_keep(tmp_path)
     assert best["schedule_id"] != DEFAULT.schedule_id  # a kept config only corpus.jsonl can give back
     before = res.read_text()
     with pytest.raises(LoopError, match=f"trial {best['trial']} kept {best['schedule_id']}.*holds no record"):
         amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=tmp_path / "elsewhere.jsonl",
-                 evaluate=other_loads_are_faster, resume=True, settings=SMALL)
+                 evaluate=_other_loads_are_faster, resume=True, settings=SMALL)
     assert res.read_text() == before  # nothing appended
-    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=other_loads_are_faster,
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_other_loads_are_faster,
                  resume=True, settings=SMALL)  # with its corpus, the loop continues from that keep
     assert s["incumbent"]["latency_us"] <= float(best["latency_us"])
 
 
 def test_resume_with_a_given_config_other_than_the_kept_incumbent_refuses(tmp_path):
-    def other_loads_are_faster(model, gpu, config, **kw):
-        return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
-
-    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
-    amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=other_loads_are_faster,
-             settings=SMALL)
-    best = min((r for r in read_rows(res) if r["status"] == "keep"), key=lambda r: float(r["latency_us"]))
+    res, cor, best = _file_with_a_keep(tmp_path)
     before = res.read_text()
     slower = {"build": {"loads_in_flight": 4}}  # 100 us against the kept 90: it must not become a keep
     with pytest.raises(LoopError, match=f"trial {best['trial']} kept {best['schedule_id']}.*resume without --config"):
-        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=other_loads_are_faster,
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_other_loads_are_faster,
                  resume=True, incumbent=slower, settings=SMALL)
     assert res.read_text() == before
 
@@ -510,32 +511,26 @@ def test_a_resume_adopts_only_a_row_of_its_own_dtype_and_max_seq(tmp_path, fake_
 
 
 def test_a_resume_at_another_dtype_or_max_seq_is_not_barred_by_the_files_keeps(tmp_path):
-    def other_loads_are_faster(model, gpu, config, **kw):
-        return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
-
-    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
-    amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=other_loads_are_faster,
-             settings=SMALL)
-    best = min((r for r in read_rows(res) if r["status"] == "keep"), key=lambda r: float(r["latency_us"]))
+    res, cor, best = _file_with_a_keep(tmp_path)
     assert best["schedule_id"] != DEFAULT.schedule_id
     slower = {"build": {"loads_in_flight": 4}}
     # of the run's dtype and context, the file's keep bars both a corpus without it and a slower given config
     with pytest.raises(LoopError, match="holds no record"):
         amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=tmp_path / "other.jsonl", resume=True,
-                 evaluate=other_loads_are_faster, settings=SMALL)
+                 evaluate=_other_loads_are_faster, settings=SMALL)
     with pytest.raises(LoopError, match="resume without --config"):
         amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, incumbent=slower,
-                 evaluate=other_loads_are_faster, settings=SMALL)
+                 evaluate=_other_loads_are_faster, settings=SMALL)
     # of another dtype or context, it is no bar: those runs start on their own (the given config, or the defaults)
     for n, other in enumerate(({"dtype": "bf16"}, {"max_seq": 64}), start=1):
         before = len(read_rows(res))
         amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, incumbent=slower,
-                 evaluate=other_loads_are_faster, settings=SMALL, **other)
+                 evaluate=_other_loads_are_faster, settings=SMALL, **other)
         start = read_rows(res)[before]  # the given config, measured as this run's start
         assert start["description"].startswith("baseline (given") and start["status"] == "keep"
         assert float(start["latency_us"]) == 100.0
         s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=tmp_path / f"o{n}.jsonl",
-                     resume=True, evaluate=other_loads_are_faster, settings=SMALL, **other)
+                     resume=True, evaluate=_other_loads_are_faster, settings=SMALL, **other)
         # the defaults (the slower config above) start it, adopted from the row of this dtype and context just
         # written: not measured again, and that row (not the fp32 keep) was the bar its one trial beat
         added = read_rows(res)[before + 1:]
@@ -558,10 +553,7 @@ def test_a_resume_starts_from_its_files_best_keep_not_a_faster_record_of_another
             v = _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
         return {**v, "latency_context": context}
 
-    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
-    amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=by_context,
-             settings=SMALL)
-    best = min((r for r in read_rows(res) if r["status"] == "keep"), key=lambda r: float(r["latency_us"]))
+    res, cor, best = _file_with_a_keep(tmp_path, by_context)
     amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "r64.tsv", corpus=cor, max_seq=64,
              incumbent=SEED, evaluate=by_context, settings=SMALL)  # the corpus's best record now: 50 us at 64
     before = len(read_rows(res))

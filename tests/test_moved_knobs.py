@@ -84,13 +84,19 @@ def test_a_best_record_that_no_longer_parses_is_said_before_the_defaults_stand_i
     assert "schedule abc" in caplog.text and "no_such_knob" in caplog.text and str(corpus) in caplog.text
 
 
-def test_the_incumbent_is_the_best_record_of_the_runs_dtype(tmp_path):
+def _two_dtype_corpus(tmp_path):
+    """A corpus whose faster kept record is bf16 (kv_partitions 2, 9 us), the slower fp32 (4, 12.5 us)."""
     corpus = tmp_path / "corpus.jsonl"
     base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
             "verdict": {"correct": True}, "latency_kind": "predicted"}
     corpus.write_text("\n".join(json.dumps({**base, **kw}) for kw in [
         {"dtype": "bf16", "latency_us": 9.0, "config": {"attention": {"kv_partitions": 2}}},
         {"dtype": "fp32", "latency_us": 12.5, "config": {"attention": {"kv_partitions": 4}}}]) + "\n")
+    return corpus
+
+
+def test_the_incumbent_is_the_best_record_of_the_runs_dtype(tmp_path):
+    corpus = _two_dtype_corpus(tmp_path)
     assert incumbent_config("toy", "cpu-sim", corpus)[0].attention.kv_partitions == 2  # any dtype: the fastest
     assert incumbent_config("toy", "cpu-sim", corpus, "fp32")[0].attention.kv_partitions == 4
     assert incumbent_config("toy", "cpu-sim", corpus, "fp16")[0] == ScheduleConfig()  # none of fp16: defaults
@@ -99,12 +105,7 @@ def test_the_incumbent_is_the_best_record_of_the_runs_dtype(tmp_path):
 def test_propose_starts_from_the_best_record_of_its_dtype(tmp_path):
     from amk.harness.propose import propose
 
-    corpus = tmp_path / "corpus.jsonl"
-    base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
-            "verdict": {"correct": True}, "latency_kind": "predicted"}
-    corpus.write_text("\n".join(json.dumps({**base, **kw}) for kw in [
-        {"dtype": "bf16", "latency_us": 9.0, "config": {"attention": {"kv_partitions": 2}}},
-        {"dtype": "fp32", "latency_us": 12.5, "config": {"attention": {"kv_partitions": 4}}}]) + "\n")
+    corpus = _two_dtype_corpus(tmp_path)
     fp32 = propose("toy", "cpu-sim", corpus=corpus)  # cpu-sim's default dtype, as loop takes it
     assert fp32["dtype"] == "fp32" and fp32["config"]["attention"]["kv_partitions"] == 4
     assert fp32["derived"]["dtype"] == "fp32"

@@ -20,6 +20,7 @@ from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig, SmAssignment
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
 from amk.schedule.inert import inert_knobs
+from amk.schedule.opcodes import DTYPE_NAMES
 from amk.schedule.program import (
     FINGERPRINT_META,
     VALIDATION_META,
@@ -43,7 +44,6 @@ log = logging.getLogger("amk.harness")
 MAX_ISSUES_IN_REASON = 3
 
 
-DTYPES = ("fp32", "fp16", "bf16")
 
 
 def default_dtype(device: Device, target: GpuTarget | None = None) -> str:
@@ -68,7 +68,7 @@ def resolve_dtype_name(dtype, device: Device, target: GpuTarget) -> tuple[str, s
     try:
         torch_dtype = resolve_dtype(dtype)
     except ValueError:
-        raise ArgumentError("dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}") from None
+        raise ArgumentError("dtype", f"{dtype!r} is not one of {', '.join(DTYPE_NAMES)}") from None
     return {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}[str(torch_dtype)], None
 
 
