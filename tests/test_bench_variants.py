@@ -43,3 +43,28 @@ def test_the_prefix_leads_the_kernel_source_and_changes_the_build_key_only_while
         assert loader.kernel_source() == "#define AMK_X 1\n" + plain
         assert loader._header_and_key(prog, "sm_90", False)[3] != key
     assert loader.kernel_source() == plain and loader._header_and_key(prog, "sm_90", False)[3] == key
+
+
+def test_a_bound_must_name_a_variant(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["variants.py", "--variant", "base=", "--variant", "free=AMK_BOUND_NO_WAIT=1",
+                                      "--bound", "fre"])
+    with pytest.raises(SystemExit) as e:
+        variants.main()
+    assert e.value.code == 2
+    assert "--bound: 'fre' names no --variant" in capsys.readouterr().err
+
+
+def test_the_bound_defines_build_with_nothing_on_the_stack():
+    # what a --bound variant's kernel adds (the token folded into the vocabulary) and the free-synchronisation
+    # bound, under the GPU image's NVRTC
+    import platform
+
+    if not (sys.platform == "linux" and platform.machine() == "x86_64"):
+        pytest.skip("the NVRTC wheels of the dev extras are for Linux x86_64")
+    from amk.vm import nvrtc
+    from amk.vm.abi import generate_header
+
+    prog = amk.lower(amk.load_model("toy", dtype="bf16", weights=False), get_target("h200"), None, max_seq=64)
+    prefix = "#define AMK_BOUND_ANY_TOKEN 1\n#define AMK_BOUND_NO_WAIT 1\n"
+    res = nvrtc.kernel_resources(generate_header(prog) + "\n" + prefix + loader.kernel_source(), "sm_90")
+    assert res.stack_bytes == 0 and res.registers > 0

@@ -30,6 +30,11 @@ struct SeenCounters {
 // The polling thread only. Returns false when the step must stop (this wait timed out, or another block failed).
 __device__ bool wait_all(const int* ins, const unsigned* counters, const int* producers, unsigned epoch,
                          int* control, long long timeout_ns, SeenCounters& seen) {
+#ifdef AMK_BOUND_NO_WAIT
+  // a bound, not a schedule (bench/variants.py --bound): every task runs as soon as its block reaches it, so
+  // the step's time is what the task bodies alone cost with synchronisation free; the output is wrong
+  return true;
+#endif
   const int n = ins[2];
   for (int w = 0; w < n; ++w) {
     const int cid = ins[AMK_WAIT_BASE + 2 * w], count = ins[AMK_WAIT_BASE + 2 * w + 1];
