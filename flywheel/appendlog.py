@@ -70,6 +70,12 @@ def numbered_lines(data: bytes) -> list[tuple[int, str]]:
     return [(i, ln) for i, ln in enumerate(lines[:-1], 1) if ln.strip()]
 
 
+def torn_tail(data: bytes) -> str:
+    """The trailing fragment of `data` a writer left without its newline (a crash mid-write), or ""."""
+    text = data.decode("utf-8", errors="replace")
+    return text[text.rfind("\n") + 1:]
+
+
 def complete_lines(data: bytes) -> list[str]:
     """The whole lines of `data`; a trailing fragment without a newline (a torn write) is left out."""
     return [ln for _, ln in numbered_lines(data)]

@@ -37,7 +37,7 @@ from pathlib import Path
 from amk.schedule.errors import ArgumentError
 from amk.schedule.opcodes import DTYPE_NAMES  # the dtype column: empty or one of these
 
-from .appendlog import append_lines, complete_lines, read_numbered_lines, warn_bad_line
+from .appendlog import append_lines, complete_lines, read_numbered_lines, torn_tail, warn_bad_line
 
 log = logging.getLogger("amk.flywheel")
 
@@ -129,9 +129,11 @@ def columns_of(path, header_line: str) -> tuple[str, ...]:
     raise ResultsFormatError(path, header_line)
 
 
-def next_trial(lines: list[str], floor: int = 0) -> int:
-    """One past the largest trial number among the data lines (and `floor`, e.g. the largest claimed)."""
-    return max([_trial(ln) for ln in lines[1:]] + [floor]) + 1
+def next_trial(data: bytes, floor: int = 0) -> int:
+    """One past the largest trial number of a results file's bytes (and `floor`, e.g. the largest claimed): of its
+    data lines, and of a last line a crash left without its newline, whose number must not be given again."""
+    lines = complete_lines(data)
+    return max([_trial(ln) for ln in lines[1:]] + [_trial(torn_tail(data)) if lines else 0, floor]) + 1
 
 
 def append_result(path: str | Path, row: ResultRow) -> ResultRow:
@@ -145,7 +147,7 @@ def append_result(path: str | Path, row: ResultRow) -> ResultRow:
             refuse_fragment(path, current)  # another tool's one-line file: never written into
         columns = columns_of(path, lines[0]) if lines else COLUMNS
         if not row.trial:
-            row.trial = next_trial(lines)
+            row.trial = next_trial(current)
         row.time = row.time or _utc_now()
         body = "\t".join(row.cells(columns)) + "\n"
         return body.encode() if lines else (HEADER + body).encode()
@@ -189,8 +191,8 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
 def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
     """Data lines (with their line numbers, appendlog.numbered_lines) as dicts over COLUMNS (an older file's
     missing columns empty). A line with the wrong number of cells (torn, not written by append_result) is
-    skipped; so is one whose trial or a numeric column does not parse (a hand edit), with a warning naming
-    the file, line and column: one bad line must not cost the others, nor crash a resume or a report."""
+    skipped, as is one whose trial or a numeric column does not parse (a hand edit), each with a warning naming
+    the file and line (and the column): one bad line must not cost the others, nor crash a resume or a report."""
     if not lines:
         return []
     columns = columns_of(path, lines[0][1])
@@ -199,6 +201,9 @@ def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
     for n, ln in lines[1:]:
         cells = ln.split("\t")
         if len(cells) != len(columns):
+            # a crash's torn line that the next writer ended, or a hand edit: its trial is lost, so say so
+            warn_bad_line(log, path, n, ln, f"skipped trial row: {len(cells)} cells where the header names "
+                                            f"{len(columns)} (a line cut short or edited; the file is left as it is)")
             continue
         row = {**dict(zip(columns, cells)), **pad}
         bad = _bad_cell(row)

@@ -186,12 +186,46 @@ def test_torn_lines_are_skipped_and_ended(tmp_path):
     assert len(read_rows(res)) == 1
     append_result(res, _row(3))
     rows = read_rows(res)
-    assert [r["trial"] for r in rows] == ["1", "2"]  # the fragment is its own (skipped) line
+    assert [r["trial"] for r in rows] == ["1", "3"]  # the fragment is its own (skipped) line; its number stays its
     append_entry(cor, _entry(1))
     with open(cor, "a") as f:
         f.write('{"model": "toy", "gp')
     append_entry(cor, _entry(2))
     assert len(load_corpus(cor)) == 2
+
+
+def test_a_torn_last_line_keeps_its_trial_number_and_its_loss_is_told(tmp_path, caplog):
+    # without the claims file beside it (copied alone), the next row's number comes from the file: the torn
+    # line's number is not given again, and the line, ended by that writer, is skipped with a warning
+    import logging
+
+    res = tmp_path / "results.tsv"
+    for i in (1, 2):
+        append_result(res, _row(i))
+    whole = res.read_bytes()
+    res.write_bytes(whole[:-40])  # trial 2 cut short by a crash
+    assert [r["trial"] for r in read_rows(res)] == ["1"]
+    assert append_result(res, _row(3)).trial == 3
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        rows = read_rows(res)
+    assert [r["trial"] for r in rows] == ["1", "3"]
+    (warned,) = [r.getMessage() for r in caplog.records if "skipped trial row" in r.getMessage()]
+    assert f"{res}:3: skipped trial row:" in warned and "cells where the header names 17" in warned
+
+
+def test_a_line_with_a_cell_missing_mid_file_is_skipped_with_a_warning(tmp_path, caplog):
+    import logging
+
+    res = tmp_path / "results.tsv"
+    for i in (1, 2, 3):
+        append_result(res, _row(i))
+    lines = res.read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:30] + "\n"  # trial 2 edited down to its first cells
+    res.write_text("".join(lines))
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        assert [r["trial"] for r in read_rows(res)] == ["1", "3"]
+    assert f"{res}:3: skipped trial row:" in caplog.text
+    assert append_result(res, _row(4)).trial == 4
 
 
 def _writer(args):

@@ -568,3 +568,22 @@ def test_a_resume_starts_from_its_files_best_keep_not_a_faster_record_of_another
     s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "new.tsv", corpus=cor,
                  evaluate=by_context, settings=SMALL)
     assert read_rows(tmp_path / "new.tsv")[0]["schedule_id"] != short
+
+
+def test_a_resume_of_a_file_of_other_models_only_says_so(tmp_path, fake_evaluate, caplog):
+    # a mistyped --model (or --gpu) on resume would otherwise start a new baseline without a word
+    import logging
+
+    res, cor = _one_row_file(tmp_path, fake_evaluate, model="toy-2L")
+    with caplog.at_level(logging.INFO, logger="amk.harness"):
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True,
+                 evaluate=fake_evaluate, settings=SMALL)
+    (warned,) = [r for r in caplog.records if "none of its" in r.getMessage()]
+    assert warned.levelno == logging.WARNING
+    assert f"{res}: none of its 1 rows are of toy on cpu-sim (it holds toy-2L on cpu-sim)" in warned.getMessage()
+    assert read_rows(res)[1]["description"].startswith("baseline")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="amk.harness"):  # now it holds rows of toy: no word
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True,
+                 evaluate=fake_evaluate, settings=SMALL)
+    assert "none of its" not in caplog.text

@@ -319,6 +319,11 @@ class _Run(Rounds):
         context (_same_run). Logs once how many rows of another dtype or context were passed over, and warns
         once when the rows carry no dtype or context (an older file), since those are adopted unchecked."""
         mine = [r for r in rows if self.same_model(r.get("model") or "") and r.get("gpu") == self.target.name]
+        if rows and not mine:  # a mistyped --model or --gpu would otherwise start a new baseline unremarked
+            held = sorted({f"{r.get('model') or '?'} on {r.get('gpu') or '?'}" for r in rows})
+            log.warning("%s: none of its %d rows are of %s on %s (it holds %s): this run starts from its own "
+                        "baseline, as a new file would", self.results, len(rows), self.name, self.target.name,
+                        "; ".join(held))
         run = [r for r in mine if self._same_run(r)]
         here = f"{self.dtype}, max_seq {self.program_max_seq}"
         if len(run) < len(mine):
