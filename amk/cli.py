@@ -23,7 +23,13 @@ import traceback
 from amk.harness.baselines import PEERS
 from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
 from amk.harness.verdict import jsonable
-from amk.schedule.errors import ArgumentError, ContextError, UnknownModelError, UnknownTargetError
+from amk.schedule.errors import (
+    ArgumentError,
+    ContextError,
+    UnknownModelError,
+    UnknownTargetError,
+    UnsupportedModelError,
+)
 from amk.schedule.opcodes import DTYPE_NAMES
 
 log = logging.getLogger("amk.cli")
@@ -339,7 +345,7 @@ def _flags_of(e: Exception, args: argparse.Namespace | None) -> str | None:
     this command is to blame."""
     if args is None:
         return None
-    if isinstance(e, UnknownModelError):
+    if isinstance(e, (UnknownModelError, UnsupportedModelError)):  # a model field AMK does not lower: --model's
         names = ["model"]
     elif isinstance(e, UnknownTargetError):
         names = ["gpu"]

@@ -31,7 +31,7 @@ class Generation:
     vm: str
     device: str
     seconds: float
-    decode_tokens_per_s: float
+    decode_tokens_per_s: float | None  # None when no decode step ran (one new token: the prompt's last step's)
     notes: list[str] = field(default_factory=list)  # what the caller should know about the tokens (context)
 
     def to_dict(self) -> dict:
@@ -142,5 +142,5 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         cut = next((i for i, t in enumerate(out) if t in eos), None)
         out = out[: cut + 1] if cut is not None else out
     text = model.tokenizer.decode(out, skip_special_tokens=True) if model.tokenizer is not None else None
-    decode_s = max(t2 - t1, 1e-9)
-    return Generation(text, out, ids, vm_name, dev, t2 - t0, (max_new_tokens - 1) / decode_s, notes)
+    rate = (max_new_tokens - 1) / max(t2 - t1, 1e-9) if max_new_tokens > 1 else None
+    return Generation(text, out, ids, vm_name, dev, t2 - t0, rate, notes)

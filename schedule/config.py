@@ -286,7 +286,7 @@ def _hints(cls) -> dict[str, Any]:
 
 def _parse_object(cls, data, path, base, problems):
     if not isinstance(data, dict):
-        problems.append(ConfigProblem(path, f"expected an object, got {type(data).__name__}"))
+        problems.append(ConfigProblem(path, f"expected an object, got {json_kind(data)}"))
         return None
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -418,11 +418,11 @@ def _parse_leaf(tp, meta, value, path):
         return tp(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(path, f"expected a boolean, got {_kind(value)}")
+            raise ConfigError(path, f"expected a boolean, got {json_kind(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {_kind(value)}")
+            raise ConfigError(path, f"expected an integer, got {json_kind(value)}")
         _check_bounds(meta, value, path)
         return value
     if tp is float:
@@ -451,11 +451,22 @@ def _json(value) -> str:
         return repr(value)
 
 
-def _kind(value) -> str:
+def json_kind(value) -> str:
+    """What a config value is, in JSON's words (a config is JSON, whatever language built it)."""
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
     if isinstance(value, float):
         return f"a number ({value!r})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
     return type(value).__name__
 
 
@@ -477,7 +488,7 @@ MAX_SM_ID = 4096
 
 def _parse_explicit_map(value, path):
     if not isinstance(value, dict):
-        raise ConfigError(path, f"expected an object of stage kind -> SM list, got {type(value).__name__}")
+        raise ConfigError(path, f"expected an object of stage kind -> SM list, got {json_kind(value)}")
     out, problems = {}, []
     for kind, sms in value.items():
         p = f"{path}.{kind}"

@@ -84,6 +84,9 @@ def test_generate_takes_prompt_plus_new_tokens_less_one_positions():
     ids = torch.tensor([1, 5, 9])
     out = amk.generate("toy", ids, max_new_tokens=2, device="cpu", max_seq=4, stop_at_eos=False)
     assert out.prompt_tokens == [1, 5, 9] and len(out.tokens) == 2
+    assert out.decode_tokens_per_s > 0
+    one = amk.generate("toy", ids, max_new_tokens=1, device="cpu", max_seq=4, stop_at_eos=False)
+    assert one.tokens == out.tokens[:1] and one.decode_tokens_per_s is None  # no decode step ran: no rate
     with pytest.raises(amk.ContextError, match="need 5 positions, the program holds 4"):
         amk.generate("toy", [1, 5, 9], max_new_tokens=3, device="cpu", max_seq=4)
 

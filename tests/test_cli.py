@@ -46,7 +46,7 @@ def test_evaluate_exit_codes(capsys, monkeypatch, tmp_path):
     code, v = run(capsys, "evaluate", "--model", "toy", "--config", '{"matvec": {"qkv": {"k_splits": 0}}}')
     assert code == 2 and v["rejected_reason"].startswith("schema: $.matvec.qkv.k_splits")
     code, v = run(capsys, "evaluate", "--model", "toy", "--config", "-", stdin="[1, 2]", monkeypatch=monkeypatch)
-    assert code == 2 and "got list" in v["rejected_reason"]
+    assert code == 2 and "got an array" in v["rejected_reason"]
     cfg = tmp_path / "cfg.json"
     cfg.write_text('{"matvec": {"lm_head": {"rows_per_task": 64}}}')
     code, v = run(capsys, "evaluate", "--model", "toy", "--config", str(cfg))

@@ -212,3 +212,12 @@ def test_an_abbreviated_json_flag_beside_a_bad_argument_still_answers_in_json(ca
     code = main(["models", "--jso", "--bogus"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 2 and out["exit_code"] == 2 and out["error"] == "--bogus: unrecognized argument (amk models)"
+
+
+def test_a_model_field_amk_does_not_lower_names_the_model_flag(capsys, tmp_path):
+    from _checkpoints import llama
+
+    path = llama(tmp_path / "gelu", hidden_act="gelu")
+    code, out = run(capsys, "evaluate", "--model", str(path), "--config", "{}")
+    assert code == 2 and out["error_type"] == "usage"
+    assert out["error"].startswith("--model: unsupported model feature: hidden_act='gelu'"), out["error"]

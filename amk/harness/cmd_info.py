@@ -171,9 +171,11 @@ def generate(args) -> CommandResult:
         msg = f"--config: {e}"
         return CommandResult(ExitCode.USAGE, {"error": msg, "error_type": "usage"}, msg)
     payload = out.to_dict()
+    rate = payload["decode_tokens_per_s"]
     summary = (f"{len(payload['tokens'])} new tokens after {len(payload['prompt_tokens'])} prompt tokens on "
                f"{payload['device']} ({payload['vm']} VM) in {payload['seconds']:.2f} s, "
-               f"{payload['decode_tokens_per_s']:.1f} tokens/s decoding")
+               + (f"{rate:.1f} tokens/s decoding" if rate is not None else "no decode step (the one new token is "
+                  "the prompt's last step's)"))
     body = payload["text"] if isinstance(payload.get("text"), str) else " ".join(map(str, payload["tokens"]))
     notes = "".join(f"\nnote: {n}" for n in payload["notes"])
     return CommandResult(ExitCode.OK, payload, f"{body}\n-- {summary}{notes}")

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-from amk.schedule.config import ScheduleConfig
+from amk.schedule.config import ScheduleConfig, json_kind
 from amk.schedule.errors import ConfigError
 
 
@@ -127,7 +127,7 @@ def parse_config(config) -> ScheduleConfig:
             config = config.to_dict()
         if not isinstance(config, dict):
             raise ConfigError("$", f"expected a config object (a dict, a JSON object string or a ScheduleConfig), "
-                                   f"got {type(config).__name__}")
+                                   f"got {json_kind(config)}")
         return ScheduleConfig.from_dict(config)
     except ConfigError:
         raise
