@@ -119,6 +119,8 @@ def test_compile_cache_generate_and_report(capsys, tmp_path):
     code, r = run(capsys, "compile", "--model", "toy", "--gpu", "cpu-sim", "--out", out)
     assert code == 0 and r["tasks"] == sum(r["tasks_per_opcode"].values()) and r["sms_used"] >= 1
     assert len(json.load(open(out))["tasks"]) == r["tasks"]
+    # counts a stage, whole where every stage of the kind has the same (toy: one stage a kind)
+    assert all(type(f["tasks"]) is int and type(f["sms_busy"]) is int for f in r["stage_fill"].values())
     code, r = run(capsys, "compile", "--model", "toy", "--config", '{"bogus": 1}', "--out", out)
     assert code == 2
     code, r = run(capsys, "cache", "stats")

@@ -181,6 +181,11 @@ def generate(args) -> CommandResult:
     return CommandResult(ExitCode.OK, payload, f"{body}\n-- {summary}{notes}")
 
 
+def _count(mean: float) -> int | float:
+    """A mean count as an integer where it is one (every stage alike), else as it is."""
+    return int(mean) if float(mean).is_integer() else mean
+
+
 def compile_cmd(args) -> CommandResult:
     from amk.schedule.assign import stage_fill
     from amk.schedule.config import value_text
@@ -211,8 +216,9 @@ def compile_cmd(args) -> CommandResult:
         "derived": v.derived, "notes": v.notes,
     }
     fill = stage_fill(program.tasks, program.constants, program.num_sms)
-    report["stage_fill"] = {f.kind: {"stages": f.stages, "tasks": f.tasks, "sms_busy": f.sms_busy, "fill": f.fill}
-                            for f in fill}
+    # tasks and SMs busy are means over a kind's stages: whole numbers where every stage of the kind has the same
+    report["stage_fill"] = {f.kind: {"stages": f.stages, "tasks": _count(f.tasks), "sms_busy": _count(f.sms_busy),
+                                     "fill": f.fill} for f in fill}
     per_sm = report["weight_bytes_per_sm"]
     lines = [f"wrote {out}: program {v.program_fingerprint} (schedule {v.schedule_id}) of {v.model} for {v.gpu}, "
              f"{v.dtype}, max_seq {report['max_seq']}",
