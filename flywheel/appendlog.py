@@ -81,12 +81,17 @@ def complete_lines(data: bytes) -> list[str]:
     return [ln for _, ln in numbered_lines(data)]
 
 
-def read_numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+def read_locked(path: str | os.PathLike) -> bytes:
+    """The bytes of `path` (b"" when it does not exist), read under its lock: never a live writer's half line."""
     p = Path(path)
     if not p.exists():
-        return []
+        return b""
     with locked(p) as fd:  # shared readers are rare and short: the exclusive lock keeps this simple
-        return numbered_lines(read_all(fd))
+        return read_all(fd)
+
+
+def read_numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+    return numbered_lines(read_locked(path))
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:

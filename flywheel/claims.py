@@ -116,7 +116,7 @@ def _snapshot(results, data: bytes, claims: list[Claim], model: str, gpu: str, d
     for r in rows:
         if r["program_fingerprint"] and r["status"] != "remeasure":
             measured.setdefault(r["program_fingerprint"], r)
-    done = {int(r["trial"]) for r in rows if r["trial"].isdigit()}
+    done = {int(r["trial"]) for r in rows}  # rows_of passed only rows of a whole trial number
     now = time.time()
     claimed = {c.program_fingerprint: c for c in claims
                if c.gpu == gpu and match(c.model) and c.trial not in done and c.live(now)}

@@ -37,7 +37,7 @@ from pathlib import Path
 from amk.schedule.errors import ArgumentError
 from amk.schedule.opcodes import DTYPE_NAMES  # the dtype column: empty or one of these
 
-from .appendlog import append_lines, complete_lines, read_numbered_lines, torn_tail, warn_bad_line
+from .appendlog import append_lines, complete_lines, numbered_lines, read_locked, torn_tail, warn_bad_line
 
 log = logging.getLogger("amk.flywheel")
 
@@ -131,9 +131,12 @@ def columns_of(path, header_line: str) -> tuple[str, ...]:
 
 def next_trial(data: bytes, floor: int = 0) -> int:
     """One past the largest trial number of a results file's bytes (and `floor`, e.g. the largest claimed): of its
-    data lines, and of a last line a crash left without its newline, whose number must not be given again."""
+    data lines, and of a last line a crash left without its newline, whose number must not be given again. That
+    line took at least one past the lines before it, whatever digits of it survived ("1" of 12)."""
     lines = complete_lines(data)
-    return max([_trial(ln) for ln in lines[1:]] + [_trial(torn_tail(data)) if lines else 0, floor]) + 1
+    top = max([_trial(ln) for ln in lines[1:]], default=0)
+    torn = max(top + 1, _trial(torn_tail(data))) if lines and torn_tail(data).strip() else 0
+    return max(top, torn, floor) + 1
 
 
 def append_result(path: str | Path, row: ResultRow) -> ResultRow:
@@ -156,16 +159,20 @@ def append_result(path: str | Path, row: ResultRow) -> ResultRow:
     return row
 
 
+def _count(cell: str) -> bool:
+    """Whether a cell is a count as append_result writes one: ASCII digits only (int() also takes "1_000" and
+    "²" fails it, though str.isdigit() passes it)."""
+    return cell.isascii() and cell.isdigit()
+
+
 def _trial(line: str) -> int:
-    try:
-        return int(line.split("\t", 1)[0])
-    except ValueError:
-        return 0
+    cell = line.split("\t", 1)[0]
+    return int(cell) if _count(cell) else 0
 
 
 def _bad_cell(row: dict) -> tuple[str, str] | None:
     """(column, why) for the first cell append_result could not have written (a hand edit), else None."""
-    if not row["trial"].isdigit() or int(row["trial"]) < 1:
+    if not _count(row["trial"]) or int(row["trial"]) < 1:
         return "trial", "not a positive integer"
     for col in FLOAT_COLUMNS:
         value = row[col]
@@ -181,7 +188,7 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
             return col, "not a positive number"
     for col in INT_COLUMNS:
         value = row[col]
-        if value and (not value.isdigit() or int(value) < 1):
+        if value and (not _count(value) or int(value) < 1):
             return col, "not a positive integer"
     if row["dtype"] and row["dtype"] not in DTYPE_NAMES:  # another spelling would make a group of its own
         return "dtype", f"not one of {', '.join(DTYPE_NAMES)}"
@@ -217,11 +224,18 @@ def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Rows as dicts of strings (no pandas), header checked; missing file -> []. Raises ResultsFormatError for
-    a file whose first line is not a results header, or that holds text without a whole line."""
-    lines = read_numbered_lines(path)
-    if not lines and Path(path).is_file():
-        refuse_fragment(path, Path(path).read_bytes())
+    """Rows as dicts of strings (no pandas), header checked; missing file -> []. A last line without its newline
+    (a write cut short, or an editor's save) is skipped with a warning naming it: the next row appended ends it,
+    and it is then skipped as a line of the wrong cell count if it is one. Raises ResultsFormatError for a file
+    whose first line is not a results header, or that holds text without a whole line."""
+    data = read_locked(path)
+    lines = numbered_lines(data)
+    if not lines:
+        refuse_fragment(path, data)
+    tail = torn_tail(data)
+    if lines and tail.strip():
+        warn_bad_line(log, path, data.count(b"\n") + 1, tail, "skipped trial row: no newline ends it (a write cut "
+                      "short; the file is left as it is, and the next row appended starts a line of its own)")
     return rows_of(path, lines)
 
 

@@ -204,13 +204,54 @@ def test_a_torn_last_line_keeps_its_trial_number_and_its_loss_is_told(tmp_path, 
         append_result(res, _row(i))
     whole = res.read_bytes()
     res.write_bytes(whole[:-40])  # trial 2 cut short by a crash
-    assert [r["trial"] for r in read_rows(res)] == ["1"]
-    assert append_result(res, _row(3)).trial == 3
     with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        assert [r["trial"] for r in read_rows(res)] == ["1"]
+        assert append_result(res, _row(3)).trial == 3
         rows = read_rows(res)
     assert [r["trial"] for r in rows] == ["1", "3"]
+    # told once: as the last line without its newline, not again once the next row has ended it
     (warned,) = [r.getMessage() for r in caplog.records if "skipped trial row" in r.getMessage()]
-    assert f"{res}:3: skipped trial row:" in warned and "cells where the header names 17" in warned
+    assert f"{res}:3: skipped trial row: no newline ends it" in warned
+
+
+def test_a_torn_trial_number_reserves_a_number_past_the_rows_before_it(tmp_path, caplog):
+    # only "1" of trial 12 survived: 12 is still its number; a last line an editor left without its newline is
+    # told at once, not only once the next row has ended it
+    import logging
+
+    res = tmp_path / "results.tsv"
+    for i in range(1, 13):
+        append_result(res, _row(i))
+    data = res.read_bytes()
+    cut = data.rstrip(b"\n").rfind(b"\n") + 2
+    res.write_bytes(data[:cut])  # "...\n1"
+    assert res.read_bytes().endswith(b"\n1")
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        assert len(read_rows(res)) == 11
+    assert f"{res}:13: skipped trial row: no newline ends it" in caplog.text
+    assert append_result(res, _row(13)).trial == 13
+    res.write_bytes(data[:-1])  # a whole row, its newline gone
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        assert len(read_rows(res)) == 11
+    assert f"{res}:13: skipped trial row: no newline ends it" in caplog.text
+    assert append_result(res, _row(13)).trial == 13
+
+
+@pytest.mark.parametrize("cell", ["²", "1_0", "٣"])
+def test_a_count_cell_of_other_than_ascii_digits_is_skipped_not_a_crash(tmp_path, caplog, cell):
+    import logging
+
+    res = tmp_path / "results.tsv"
+    for i in (1, 2):
+        append_result(res, _row(i))
+    lines = res.read_text().splitlines(keepends=True)
+    lines[2] = cell + lines[2][1:]
+    res.write_text("".join(lines))
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        assert [r["trial"] for r in read_rows(res)] == ["1"]
+    assert "column trial is" in caplog.text
+    assert append_result(res, _row(3)).trial == 2  # the line's number is no count
 
 
 def test_a_line_with_a_cell_missing_mid_file_is_skipped_with_a_warning(tmp_path, caplog):
