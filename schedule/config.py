@@ -310,7 +310,7 @@ class MovedKnob:
     values: tuple[tuple[Any, Any], ...]
 
     def message(self) -> str:
-        return f"it became {self.new_path}: " + ", ".join(f"{_json(a)} is {b!r}" for a, b in self.values)
+        return f"it became {self.new_path}: " + ", ".join(f"{json_value(a)} is {b!r}" for a, b in self.values)
 
 
 # A config an agent writes with an old knob is refused with the new spelling; a stored one (a tuning record of the
@@ -414,7 +414,7 @@ def _parse_leaf(tp, meta, value, path):
         if not isinstance(value, str) or value not in allowed:
             near = (suggest(value, allowed) or [None])[0] if isinstance(value, str) else _old_value(path, value)
             hint = f"; did you mean {near!r}?" if near else ""
-            raise ConfigError(path, f"expected one of {allowed}, got {_json(value)}{hint}")
+            raise ConfigError(path, f"expected one of {allowed}, got {json_value(value)}{hint}")
         return tp(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -443,12 +443,19 @@ def _old_value(path: str, value) -> str | None:
     return None
 
 
-def _json(value) -> str:
-    """A parsed JSON value as the JSON it was written as (true, null, "x"), for messages."""
+MESSAGE_VALUE_CHARS = 60  # a value quoted in a message is cut here, and says it was
+
+
+def json_value(value) -> str:
+    """A parsed JSON value as the JSON it was written as (true, null, "x"), for messages: cut past
+    MESSAGE_VALUE_CHARS characters, with the whole length given."""
     try:
-        return json.dumps(value)
+        text = json.dumps(value)
     except (TypeError, ValueError):
-        return repr(value)
+        text = repr(value)
+    if len(text) > MESSAGE_VALUE_CHARS:
+        text = f"{text[:MESSAGE_VALUE_CHARS]}... ({len(text)} characters)"
+    return text
 
 
 def json_kind(value) -> str:
@@ -456,13 +463,13 @@ def json_kind(value) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
+        return f"a boolean ({json_value(value)})"
     if isinstance(value, float):
-        return f"a number ({value!r})"
+        return f"a number ({json_value(value)})"
     if isinstance(value, int):
-        return f"an integer ({value})"
+        return f"an integer ({json_value(value)})"
     if isinstance(value, str):
-        return f"a string ({value[:40]!r})"
+        return f"a string ({json_value(value)})"
     if isinstance(value, (list, tuple)):
         return "an array"
     if isinstance(value, dict):
@@ -473,12 +480,12 @@ def json_kind(value) -> str:
 def _check_bounds(meta, value, path):
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(path, f"expected one of {choices}, got {value!r}")
+        raise ConfigError(path, f"expected one of {choices}, got {json_value(value)}")
     lo, hi = meta.get("minimum"), meta.get("maximum")
     if lo is not None and value < lo:
-        raise ConfigError(path, f"must be >= {lo}, got {value!r}")
+        raise ConfigError(path, f"must be >= {lo}, got {json_value(value)}")
     if hi is not None and value > hi:
-        raise ConfigError(path, f"must be <= {hi}, got {value!r}")
+        raise ConfigError(path, f"must be <= {hi}, got {json_value(value)}")
 
 
 EXPLICIT_MAP_KINDS = ("embed", "norm", "qkv", "rope_kv", "attention", "attention_values", "attention_combine", "o", "add",
@@ -496,11 +503,12 @@ def _parse_explicit_map(value, path):
             problems.append(ConfigProblem(p, _unknown(kind, EXPLICIT_MAP_KINDS, "stage kind")))
             continue
         if not isinstance(sms, list) or not sms:
-            problems.append(ConfigProblem(p, "expected a non-empty list of SM ids"))
+            problems.append(ConfigProblem(p, "expected a non-empty list of SM ids, got "
+                                             + ("an empty array" if sms == [] else json_kind(sms))))
             continue
         for i, sm in enumerate(sms):
             if isinstance(sm, bool) or not isinstance(sm, int) or not 0 <= sm < MAX_SM_ID:
-                problems.append(ConfigProblem(f"{p}[{i}]", f"expected an SM id in [0, {MAX_SM_ID}), got {sm!r}"))
+                problems.append(ConfigProblem(f"{p}[{i}]", f"expected an SM id in [0, {MAX_SM_ID}), got {json_kind(sm)}"))
         out[kind] = list(sms)
     if problems:
         raise ConfigError.of(problems)

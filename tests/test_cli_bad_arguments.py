@@ -221,3 +221,15 @@ def test_a_model_field_amk_does_not_lower_names_the_model_flag(capsys, tmp_path)
     code, out = run(capsys, "evaluate", "--model", str(path), "--config", "{}")
     assert code == 2 and out["error_type"] == "usage"
     assert out["error"].startswith("--model: unsupported model feature: hidden_act='gelu'"), out["error"]
+
+
+def test_inline_json_and_paths_longer_than_a_file_name_are_no_crash(capsys, tmp_path, monkeypatch):
+    # an inline config was tried as a file name first, and the system refused a name over 255 bytes
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, "evaluate", "--model", "toy", "--config", '{"description": "' + "a" * 300 + '"}')
+    assert code == 2 and out["rejected_reason"].startswith("schema: $.description: unknown key"), out
+    code, out = run(capsys, "evaluate", "--model", "toy", "--config", '{"matvec": {"o": {"rows_per_task": 16}}, '
+                    + '"pipelining_depth": 0' + " " * 300 + "}")
+    assert code == 0 and out["correct"], out
+    code, out = run(capsys, "report", "--results", "r" * 300 + ".tsv")
+    assert code == 2 and out["error_type"] == "usage" and "File name too long" in out["error"], out

@@ -203,3 +203,25 @@ def test_optional_int_knob_in_the_schema_and_the_search_space():
     assert rows.nullable and rows.default is None and rows.default_text == "derived"
     assert rows.search == (None, 8, 16, 32) and rows.to_dict()["nullable"] is True
     assert knobs["fixed.rows_per_task"].default_text == "16" and not knobs["tiling.k_splits"].nullable
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"sm": {"explicit_map": {"o": [null, true, "x"]}}}',
+     '$.sm.explicit_map.o[0]: expected an SM id in [0, 4096), got null; $.sm.explicit_map.o[1]: expected an SM id in '
+     '[0, 4096), got a boolean (true); $.sm.explicit_map.o[2]: expected an SM id in [0, 4096), got a string ("x")'),
+    ('{"sm": {"explicit_map": {"o": 7}}}', "$.sm.explicit_map.o: expected a non-empty list of SM ids, got an integer (7)"),
+    ('{"sm": {"explicit_map": {"o": []}}}', "$.sm.explicit_map.o: expected a non-empty list of SM ids, got an empty array"),
+    ('{"threads_per_block": true, "threads_per_block": null}',
+     "$.threads_per_block: given twice in one JSON object (values true and null)"),
+    ('{"threads_per_block": "' + "a" * 300 + '"}',
+     '$.threads_per_block: expected an integer, got a string ("' + "a" * 59 + '... (302 characters))'),
+    ('{"attention": {"softmax": "' + "b" * 3000 + '"}}',
+     "$.attention.softmax: expected one of ['global', 'partition'], got \"" + "b" * 59 + "... (3002 characters)"),
+])
+def test_a_config_error_quotes_the_value_as_json_and_cut_short(text, message):
+    # a config is JSON whatever built it: values in JSON's words, and a long one cut where it says so
+    from amk.harness.verdict import parse_config
+
+    with pytest.raises(ConfigError) as e:
+        parse_config(text)
+    assert str(e.value).startswith(message), str(e.value)

@@ -3,6 +3,7 @@ table of commands (implemented in cmd_run, cmd_bench, cmd_info and cmd_report)."
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from dataclasses import dataclass, field
@@ -50,8 +51,9 @@ class ExitCode(IntEnum):
                           UnsupportedModelError, CheckpointError, ContextError, LoopError, ResultsFormatError,
                           LoweringError)):
             return cls.USAGE, "usage"
-        # a path the user named that is missing, a directory, or not writable
-        if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        # a path the user named that is missing, a directory, not writable, or a name longer than the system takes
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) or \
+                (isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG):
             return cls.USAGE, "usage"
         if isinstance(e, (EnvironmentProblem, ImportError)):
             return cls.ENVIRONMENT, "environment"
@@ -75,9 +77,13 @@ def read_config_arg(value: str | None, flag: str = "--config"):
     if value == "-":
         return sys.stdin.read()
     path = Path(value).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError:  # inline JSON longer than a file name may be (ENAMETOOLONG) is no path
+        is_dir = is_file = False
+    if is_dir:
         raise UsageError(f"{flag} {value!r} is a directory (give a JSON file, '-' for stdin, or inline JSON)")
-    if path.is_file():
+    if is_file:
         try:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:

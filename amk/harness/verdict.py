@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-from amk.schedule.config import ScheduleConfig, json_kind
+from amk.schedule.config import ScheduleConfig, json_kind, json_value
 from amk.schedule.errors import ConfigError
 
 
@@ -121,8 +121,8 @@ def parse_config(config) -> ScheduleConfig:
                 raise ConfigError("$", f"not valid JSON: {e}") from None
             twice = _key_given_twice(config)
             if twice:
-                raise ConfigError(twice[0], f"given twice in one JSON object (values {twice[1]!r} and "
-                                            f"{twice[2]!r}): which one was meant is not known")
+                raise ConfigError(twice[0], f"given twice in one JSON object (values {json_value(twice[1])} and "
+                                            f"{json_value(twice[2])}): which one was meant is not known")
         if isinstance(config, ScheduleConfig):
             config = config.to_dict()
         if not isinstance(config, dict):
