@@ -100,9 +100,11 @@ def main() -> None:
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         ap.error(f"--variant: {next(n for n in names if names.count(n) > 1)!r} names two variants")
-    unknown = [b for b in args.bound if b not in names]
+    unknown = list(dict.fromkeys(b for b in args.bound if b not in names))
     if unknown:
-        ap.error(f"--bound: {', '.join(map(repr, unknown))} names no --variant")
+        ap.error(f"--bound: {', '.join(map(repr, unknown))} {'names' if len(unknown) == 1 else 'name'} no --variant")
+    if names[0] in args.bound:  # every ratio is to the first: a wrong output cannot be the measure
+        ap.error(f"--bound: {names[0]!r} is the first --variant, the one the others are compared with")
     try:
         config = json.loads(args.config)
     except json.JSONDecodeError as e:

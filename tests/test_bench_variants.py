@@ -52,6 +52,11 @@ def test_a_bound_must_name_a_variant(monkeypatch, capsys):
         variants.main()
     assert e.value.code == 2
     assert "--bound: 'fre' names no --variant" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["variants.py", "--variant", "base=", "--variant", "free=AMK_BOUND_NO_WAIT=1",
+                                      "--bound", "base"])
+    with pytest.raises(SystemExit):
+        variants.main()
+    assert "--bound: 'base' is the first --variant, the one the others are compared with" in capsys.readouterr().err
 
 
 def test_the_bound_defines_build_with_nothing_on_the_stack():
