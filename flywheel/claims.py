@@ -92,6 +92,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def claimed_floor(results: str | os.PathLike) -> int:
+    """The largest trial number claimed beside `results` (0 for none): a row appended without a claim takes a
+    number past it, so that it never takes one a loop holds for a row still to come. Read under the results
+    file's lock, which every writer of claims holds."""
+    return max((c.trial for c in _read_claims(claims_path(results))), default=0)
+
+
 def _read_claims(path: Path) -> list[Claim]:
     if not path.exists():
         return []

@@ -141,16 +141,18 @@ def next_trial(data: bytes, floor: int = 0) -> int:
 
 def append_result(path: str | Path, row: ResultRow) -> ResultRow:
     """Append one row (header first when the file is empty). A row without a trial number gets one past
-    the file's largest, read under the lock; a claimed trial (flywheel/claims.py) keeps its number. Rows of
-    a file of an older header are written in its own columns (the newer cells left out). Returns the row with
-    trial and time set."""
+    the file's largest and the largest claimed, read under the lock; a claimed trial (flywheel/claims.py) keeps
+    its number. Rows of a file of an older header are written in its own columns (the newer cells left out).
+    Returns the row with trial and time set."""
     def make(current: bytes) -> bytes:
         lines = complete_lines(current)
         if not lines:
             refuse_fragment(path, current)  # another tool's one-line file: never written into
         columns = columns_of(path, lines[0]) if lines else COLUMNS
         if not row.trial:
-            row.trial = next_trial(current)
+            from .claims import claimed_floor  # claims.py builds on this module
+
+            row.trial = next_trial(current, floor=claimed_floor(path))
         row.time = row.time or _utc_now()
         body = "\t".join(row.cells(columns)) + "\n"
         return body.encode() if lines else (HEADER + body).encode()

@@ -214,6 +214,20 @@ def test_a_torn_last_line_keeps_its_trial_number_and_its_loss_is_told(tmp_path, 
     assert f"{res}:3: skipped trial row: no newline ends it" in warned
 
 
+def test_a_row_appended_without_a_claim_never_takes_a_claimed_number(tmp_path):
+    # a loop holds trial 2 for a row still to come; a row appended directly (no claim) must not take 2
+    from amk.flywheel.claims import claim
+
+    res = tmp_path / "results.tsv"
+    append_result(res, _row(1))
+    held = claim(res, "toy", "cpu-sim", "f" * 16, "a" * 12)
+    assert held.trial == 2
+    assert append_result(res, _row(3)).trial == 3
+    append_result(res, _row(2, trial=held.trial))
+    assert sorted(int(r["trial"]) for r in read_rows(res)) == [1, 2, 3]
+    assert claim(res, "toy", "cpu-sim", "e" * 16, "b" * 12).trial == 4
+
+
 def test_a_torn_trial_number_reserves_a_number_past_the_rows_before_it(tmp_path, caplog):
     # only "1" of trial 12 survived: 12 is still its number; a last line an editor left without its newline is
     # told at once, not only once the next row has ended it
