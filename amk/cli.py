@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -355,6 +356,10 @@ def _flags_of(e: Exception, args: argparse.Namespace | None) -> str | None:
         names = ["max_new_tokens", "max_seq"]
     elif getattr(e, "argument", None):  # LoopError; loop()'s incumbent= is `loop --config`
         names = ["config" if e.argument == "incumbent" and "incumbent" not in vars(args) else e.argument]
+    elif isinstance(e, OSError) and e.filename is not None:  # a path the system refused: the flag that named it
+        where = os.path.abspath(str(e.filename))
+        names = [k for k, v in vars(args).items() if isinstance(v, str) and v
+                 and os.path.abspath(os.path.expanduser(v)) == where]
     else:
         return None
     flags = ["--" + n.replace("_", "-") for n in names if n in vars(args)]
