@@ -34,9 +34,11 @@ _state: dict = {"quiet": False, "tqdm_init": None}
 
 def set_quiet(quiet: bool) -> None:
     """Silence (True) or allow again (False) progress output: ours, and the progress bars of the dependencies
-    that draw their own (transformers' weight loading, the GGUF conversion, huggingface_hub)."""
+    that draw their own (transformers' weight loading, the GGUF conversion, huggingface_hub). Those draw only
+    where ours would, on a terminal: to a log or a pipe a bar is hundreds of carriage-return updates, where
+    ours leave one line a step."""
     _state["quiet"] = bool(quiet)
-    _dependency_bars(enabled=not quiet)
+    _dependency_bars(enabled=_live())
 
 
 def is_quiet() -> bool:

@@ -226,12 +226,13 @@ def test_quiet_evaluate_prints_nothing_on_stderr(tmp_path):
     assert "Warning" not in p.stderr
 
 
-def test_quiet_silences_our_progress_and_the_dependencies_bars(capsys):
+def test_quiet_silences_our_progress_and_the_dependencies_bars(capsys, monkeypatch):
     from tqdm.auto import tqdm
 
     from amk import progress
     from amk.cli import _setup_logging
 
+    monkeypatch.setattr(progress, "_live", lambda: not progress.is_quiet())  # stderr as a terminal
     try:
         _setup_logging(quiet=True)  # what -q does
         for _ in tqdm(range(3), desc="a dependency's bar"):
@@ -246,6 +247,24 @@ def test_quiet_silences_our_progress_and_the_dependencies_bars(capsys):
     assert "a dependency's bar" in capsys.readouterr().err
 
 
+def test_a_dependencys_bar_stays_off_a_stderr_that_is_no_terminal(capsys, monkeypatch):
+    # to a log or a pipe a tqdm bar is hundreds of carriage-return updates; ours leave one line a step there
+    from tqdm.auto import tqdm
+
+    from amk import progress
+    from amk.cli import _setup_logging
+
+    monkeypatch.setattr(progress, "_live", lambda: False)
+    try:
+        _setup_logging(quiet=False)
+        for _ in tqdm(range(3), desc="a dependency's bar"):
+            pass
+        assert "a dependency's bar" not in capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        _setup_logging(quiet=False)
+
+
 def test_quiet_reaches_transformers_bars_without_importing_it():
     # a fresh interpreter: this one may have imported transformers already
     code = ("import sys\n"
@@ -256,7 +275,9 @@ def test_quiet_reaches_transformers_bars_without_importing_it():
             "assert not t.is_progress_bar_enabled()\n"
             "progress.set_quiet(False)\n"
             "assert t.is_progress_bar_enabled()\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # FORCE_COLOR: rich takes the piped stderr for a terminal, where the dependencies' bars draw unless quiet
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "FORCE_COLOR": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
 
 
