@@ -133,9 +133,9 @@ def next_trial(data: bytes, floor: int = 0) -> int:
     """One past the largest trial number of a results file's bytes (and `floor`, e.g. the largest claimed): of its
     data lines, and of a last line a crash left without its newline, whose number must not be given again. That
     line took at least one past the lines before it, whatever digits of it survived ("1" of 12)."""
-    lines = complete_lines(data)
+    lines, tail = complete_lines(data), torn_tail(data)
     top = max([_trial(ln) for ln in lines[1:]], default=0)
-    torn = max(top + 1, _trial(torn_tail(data))) if lines and torn_tail(data).strip() else 0
+    torn = max(top + 1, _trial(tail)) if lines and tail.strip() else 0
     return max(top, torn, floor) + 1
 
 

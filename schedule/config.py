@@ -471,7 +471,7 @@ def json_kind(value) -> str:
     if isinstance(value, str):
         return f"a string ({json_value(value)})"
     if isinstance(value, (list, tuple)):
-        return "an array"
+        return "an array" if value else "an empty array"
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
@@ -503,8 +503,7 @@ def _parse_explicit_map(value, path):
             problems.append(ConfigProblem(p, _unknown(kind, EXPLICIT_MAP_KINDS, "stage kind")))
             continue
         if not isinstance(sms, list) or not sms:
-            problems.append(ConfigProblem(p, "expected a non-empty list of SM ids, got "
-                                             + ("an empty array" if sms == [] else json_kind(sms))))
+            problems.append(ConfigProblem(p, f"expected a non-empty list of SM ids, got {json_kind(sms)}"))
             continue
         for i, sm in enumerate(sms):
             if isinstance(sm, bool) or not isinstance(sm, int) or not 0 <= sm < MAX_SM_ID:
