@@ -62,6 +62,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     when the prompt and new tokens need more positions than `max_seq`; ConfigError or LoweringError for a
     `config` that does not parse or lower, ProgramError for one whose program does not validate."""
     import amk
+    from amk.models.registry import has_tokenizer
     from amk.schedule import detect_target, get_target
     from amk.vm.weights import pack_weights
 
@@ -71,6 +72,9 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         raise ArgumentError("max_seq", f"expected a positive integer or None, got {max_seq!r}")
     dev = _device(device)
     if isinstance(model, str):
+        # refused before the model loads (seconds to minutes of weights)
+        if isinstance(prompt, str) and not has_tokenizer(model):
+            raise ArgumentError("prompt", f"model {model!r} has no tokenizer: pass token ids")
         with status(f"loading {model}"):
             model = amk.load_model(model, dtype="bf16" if dev == "cuda" else "fp32", device=dev)
     if isinstance(prompt, str):

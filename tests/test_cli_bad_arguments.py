@@ -234,3 +234,32 @@ def test_inline_json_and_paths_longer_than_a_file_name_are_no_crash(capsys, tmp_
     code, out = run(capsys, "report", "--results", "r" * 300 + ".tsv")
     assert code == 2 and out["error_type"] == "usage" and out["error"].startswith("--results: "), out
     assert "File name too long" in out["error"]
+
+
+@pytest.mark.parametrize("where", ["builtin", "directory"])
+def test_a_text_prompt_for_a_model_without_a_tokenizer_is_refused_before_the_model_loads(capsys, tmp_path,
+                                                                                       monkeypatch, where):
+    from _checkpoints import llama
+
+    model = "toy" if where == "builtin" else str(llama(tmp_path / "m"))  # a checkpoint without tokenizer files
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before its prompt was refused")
+
+    monkeypatch.setattr("amk.load_model", no_load)
+    code, out = run(capsys, "generate", "--model", model, "--prompt", "hello")
+    assert code == 2 and out["error"].startswith(f"--prompt: model {model!r} has no tokenizer"), out["error"]
+
+
+def test_has_tokenizer_reads_the_directory_not_the_weights(tmp_path):
+    from _checkpoints import llama
+
+    from amk.models.registry import has_tokenizer
+    from amk.schedule.errors import UnknownModelError
+
+    path = llama(tmp_path / "m")
+    assert not has_tokenizer(path) and not has_tokenizer("toy")
+    (path / "tokenizer.json").write_text("{}")
+    assert has_tokenizer(path)
+    with pytest.raises(UnknownModelError):
+        has_tokenizer(tmp_path / "nothing-here")

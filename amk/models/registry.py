@@ -169,6 +169,20 @@ def check_model_name(name_or_path) -> None:
         raise UnknownModelError(key, builtin_names())
 
 
+def has_tokenizer(name_or_path) -> bool:
+    """Whether load_model(name_or_path) comes with a tokenizer, told without loading it: the GGUF model's is in
+    its file, a checkpoint directory has one when it holds a tokenizer file, a built-in random model never does.
+    Raises UnknownModelError as load_model does."""
+    check_model_name(name_or_path)
+    key = str(name_or_path)
+    if key == _GGUF_NAME:
+        return True
+    if key in builtin_names():
+        return False
+    path = Path(name_or_path).expanduser()
+    return any((path / f).is_file() for f in _TOKENIZER_FILES)
+
+
 def _is_dir(name_or_path) -> bool:
     try:
         return Path(name_or_path).expanduser().is_dir()
