@@ -35,13 +35,13 @@ __device__ bool wait_all(const int* ins, const unsigned* counters, const int* pr
   // the step's time is what the task bodies alone cost with synchronisation free; the output is wrong
   return true;
 #endif
-#ifdef AMK_PROBE_SKIP_WAITS
+#ifdef AMK_BOUND_SKIP_WAITS
   // a bound (bench/variants.py --bound): the waits of some task kinds skipped. 1: a matvec on a plain input (the
   // residual or the MLP's hidden row), 2: a matvec on attention partitions (O), 4: every other task
   {
     const int kind = ins[0] != OP_MATVEC ? 4
                      : reinterpret_cast<const MatvecParams*>(ins + AMK_PARAM_BASE)->inp_parts > 0 ? 2 : 1;
-    if ((AMK_PROBE_SKIP_WAITS) & kind) return true;
+    if ((AMK_BOUND_SKIP_WAITS) & kind) return true;
   }
 #endif
   const int n = ins[2];
