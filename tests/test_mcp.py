@@ -48,6 +48,10 @@ async def _round_trip(cwd, cache_dir) -> dict:
                                                                              "config": c}))
                               for c in ([1, 2], 5, "[1, 2]", None, "null")]
         out["report_missing"] = await client.call_tool("report", {"results": "no-such.tsv"})
+        out["misspelt"] = await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim",
+                                                              "confg": {"scratch": "bogus"}})
+        out["report_dashes"] = await client.call_tool("report", {"results": "a--out-dir.tsv"})
+        out["evaluate_schema"] = next(t for t in tools if t.name == "evaluate").input_schema
     return out
 
 
@@ -73,6 +77,12 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     missing = got["report_missing"]  # named by the tool's argument, not the CLI's flag
     assert missing.is_error and "usage: results 'no-such.tsv': not found" in missing.content[0].text
     assert "--results" not in missing.content[0].text
+    # an argument name the tool does not have is refused, not dropped (the defaults' verdict came back valid)
+    misspelt = got["misspelt"]
+    assert misspelt.is_error and "confg" in misspelt.content[0].text, misspelt.content
+    assert got["evaluate_schema"].get("additionalProperties") is False
+    dashes = got["report_dashes"]  # a path is quoted as given, even where it holds a flag's spelling
+    assert dashes.is_error and "'a--out-dir.tsv': not found" in dashes.content[0].text, dashes.content
 
 
 def test_the_report_tool_names_its_arguments_not_the_cli_flags():
@@ -81,3 +91,5 @@ def test_the_report_tool_names_its_arguments_not_the_cli_flags():
     assert _keywords("usage: --results 'x': not found (run `amk loop` first, or pass --results)") == \
         "usage: results 'x': not found (run `amk loop` first, or pass results)"
     assert _keywords("--out-dir '/f': is a file") == "out_dir '/f': is a file"
+    assert _keywords("--results 'a--out-dir.tsv': not found") == "results 'a--out-dir.tsv': not found"
+    assert _keywords("pass --no-plots") == "pass plots=false"

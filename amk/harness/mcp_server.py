@@ -3,8 +3,8 @@
 A coding agent that speaks MCP starts `amk mcp` as a subprocess and calls the tools; each returns the same
 JSON object as the Python function of the same name (HARNESS.md), as the tool's structured result. A bad
 config, whatever its JSON type, is not an error: it comes back as a verdict with `valid: false`. The other
-arguments are typed: the SDK converts what it can (the string "1" for an int) and rejects the rest before AMK
-sees it. A usage error (an unknown model or GPU, a bad dtype, a results file with a foreign header) is a tool
+arguments are typed: the SDK converts what it can (the string "1" for an int) and rejects the rest, and any
+argument name a tool does not have, before AMK sees it. A usage error (an unknown model or GPU, a bad dtype, a results file with a foreign header) is a tool
 error whose text starts with `usage:`; an environment problem with `environment:`. Logs go to stderr; stdout
 carries only the protocol.
 
@@ -42,10 +42,29 @@ def _call(fn, *args, **kwargs):
         raise ToolError(f"{kind}: {e}" if kind != "internal" else f"internal: {type(e).__name__}: {e}") from e
 
 
+# the report command's flags as the report tool's arguments
+_REPORT_ARGUMENTS = {"--results": "results", "--corpus": "corpus", "--out-dir": "out_dir", "--no-plots": "plots=false"}
+_REPORT_FLAG = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, _REPORT_ARGUMENTS)) + r")(?![\w-])")
+
+
 def _keywords(text: str) -> str:
-    """`text` with the CLI's flags spelled as the tool's arguments (--out-dir -> out_dir): the report tool runs
-    the CLI command, whose errors name flags an MCP client never sees."""
-    return re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), text)
+    """`text` with the report command's flags spelled as the tool's arguments (--out-dir -> out_dir): the report
+    tool runs the CLI command, whose errors name flags an MCP client never sees. Only whole flags: a path that
+    holds "--" (a--out-dir.tsv) is quoted as given."""
+    return _REPORT_FLAG.sub(lambda m: _REPORT_ARGUMENTS[m.group(1)], text)
+
+
+def _refuse_unknown_arguments(server) -> None:
+    """Make every tool refuse an argument name it does not have. The SDK's argument models ignore unknown keys,
+    so a misspelt `confg` evaluated the defaults and answered valid and correct. The SDK keeps its tools on a
+    private manager: a change there raises here, when the server starts, not silently at a call."""
+    from pydantic import ConfigDict
+
+    for tool in server._tool_manager.list_tools():
+        base = tool.fn_metadata.arg_model
+        tool.fn_metadata.arg_model = type(base.__name__, (base,),
+                                          {"model_config": ConfigDict(**base.model_config, extra="forbid")})
+        tool.parameters["additionalProperties"] = False  # the listed input schema says so too
 
 
 def build_server():
@@ -118,6 +137,7 @@ def build_server():
         except ToolError as e:
             raise ToolError(_keywords(str(e))) from e.__cause__
 
+    _refuse_unknown_arguments(server)
     return server
 
 
