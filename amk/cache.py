@@ -446,15 +446,28 @@ class Cache:
         return out
 
     def clear(self, kind: str | None = None) -> int:
+        """Remove every entry (of `kind`); returns how many. An entry the system refuses to remove (a read-only
+        directory, a directory where a file should be) does not stop the others: the rest are removed first,
+        then EnvironmentProblem names the count left and the first refusal."""
         removed = 0
+        refused: list[tuple[Path, OSError]] = []
         with self._lock:
             self._mem = OrderedDict((mk, v) for mk, v in self._mem.items() if kind not in (None, mk[0]))
             self._decoded = {mk: v for mk, v in self._decoded.items() if mk in self._mem}
         for _, p in list(self._files(kind)):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 p.unlink()
                 removed += 1
-            p.with_suffix(".label.json").unlink(missing_ok=True)
+                p.with_suffix(".label.json").unlink(missing_ok=True)
+            except FileNotFoundError:  # a concurrent clear() took it
+                pass
+            except OSError as e:
+                refused.append((p, e))
+        if refused:
+            path, e = refused[0]
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            raise EnvironmentProblem(f"cache clear removed {removed} entries from {self.root} but could not remove "
+                                     f"{len(refused)}: {path}: {e.strerror or e}{more}")
         return removed
 
     def stats(self) -> dict[str, dict[str, int]]:
