@@ -92,16 +92,23 @@ def left_out_cases(max_seq: int, reduced: bool = False) -> list[str]:
     return [c.name + (f" (from {c.scaled_from})" if c.scaled_from else "") for c in cands if id(c) not in kept]
 
 
-def check_not_empty(cases) -> None:
-    """ArgumentError naming `cases` for an empty list of verify cases: it would check nothing."""
+def check_case_list(cases) -> None:
+    """ArgumentError naming `cases` unless it is a non-empty list (or tuple) of VerifyCase: an empty one would
+    check nothing, and anything else would fail deep inside the run."""
+    if not isinstance(cases, list | tuple):
+        raise ArgumentError("cases", f"expected a list of VerifyCase, got {type(cases).__name__}")
     if not cases:
         raise ArgumentError("cases", "an empty list runs no verify case: pass VerifyCases, 'full' or 'reduced'")
+    bad = next((i for i, c in enumerate(cases) if not isinstance(c, VerifyCase)), None)
+    if bad is not None:
+        raise ArgumentError("cases", f"item {bad}, {cases[bad]!r:.60} of type {type(cases[bad]).__name__}, is not "
+                                     "a VerifyCase")
 
 
 def check_cases_fit(cases: list[VerifyCase], max_seq: int) -> None:
     """Raise ContextError (a usage error, not a correctness failure) naming every case that needs more positions
     than the program's context holds, and ArgumentError naming `cases` when there is none."""
-    check_not_empty(cases)
+    check_case_list(cases)
     bad = [c for c in cases if c.positions > max_seq]
     if bad:
         names = ", ".join(f"{c.name} needs {c.positions}" for c in bad)

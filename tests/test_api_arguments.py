@@ -49,6 +49,8 @@ def test_loop_refuses_a_bad_argument_before_opening_its_files(tmp_path, monkeypa
     ({"measure": "no"}, "measure"),
     ({"peers": 1}, "peers"),
     ({"corpus": "."}, "corpus"),
+    ({"corpus": 5}, "corpus"),
+    ({"cases": [1]}, "cases"),
     ({"dtype": "bf17"}, "dtype"),
 ])
 def test_evaluate_refuses_a_bad_argument(tmp_path, monkeypatch, kw, argument):
@@ -136,10 +138,22 @@ def test_verify_names_a_bad_program_model_or_cases():
     prog = amk.lower(model, "cpu-sim")
     for args, kw, argument in (((prog, None), {}, "model"), ((prog, "toy"), {}, "model"),
                                ((None, model), {}, "program"), ((prog, model), {"cases": "x"}, "cases"),
+                               ((prog, model), {"cases": [1]}, "cases"), ((prog, model), {"cases": 5}, "cases"),
                                ((prog, amk.load_model("toy", weights=False)), {}, "model")):
         with pytest.raises(amk.ArgumentError) as e:
             amk.verify(*args, **kw)
         assert e.value.argument == argument
+
+
+@pytest.mark.parametrize("bad", [None, 5, ["toy"], b"toy"])
+def test_a_model_that_is_no_name_nor_path_is_named_as_the_argument(bad):
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.load_model(bad)
+    assert e.value.argument == "name_or_path"
+    for fn in (lambda: amk.evaluate(bad, "cpu-sim", {}), lambda: amk.propose(bad, "cpu-sim")):
+        with pytest.raises(amk.ArgumentError) as e:
+            fn()
+        assert e.value.argument == "model" and type(bad).__name__ in str(e.value)
 
 
 def test_an_empty_model_name_is_unknown_not_the_working_directory(tmp_path, monkeypatch):

@@ -16,9 +16,9 @@ def check_cases(cases) -> None:
     """`cases`: None, "full", "reduced" or a non-empty list of VerifyCase (a list is checked against the context
     later)."""
     if isinstance(cases, list | tuple):
-        from amk.eval.cases import check_not_empty  # imports torch: only when a list is given
+        from amk.eval.cases import check_case_list  # imports torch: only when a list is given
 
-        check_not_empty(cases)
+        check_case_list(cases)
     if cases is None or isinstance(cases, list | tuple):
         return
     if not isinstance(cases, str) or cases not in CASE_SETS:
@@ -42,7 +42,10 @@ def _whole(name: str, value, least: int, optional: bool) -> None:
 
 
 def check_corpus(corpus) -> None:
-    """`corpus`: None, or a tuning-record file that may not exist yet; ArgumentError when it names a directory."""
+    """`corpus`: None, or a tuning-record file that may not exist yet; ArgumentError when it names a directory or
+    is no path at all."""
+    if corpus is not None and (not isinstance(corpus, str | os.PathLike) or isinstance(corpus, bytes)):
+        raise ArgumentError("corpus", f"expected a file path or None, got {type(corpus).__name__} ({corpus!r:.60})")
     if corpus is not None and Path(corpus).expanduser().is_dir():
         raise ArgumentError("corpus", f"{str(corpus)!r} is a directory; name a file (default corpus.jsonl)")
 

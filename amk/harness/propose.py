@@ -37,7 +37,7 @@ def model_name(model) -> str:
     from amk.models.registry import check_model_name
 
     if not isinstance(model, Model):
-        check_model_name(str(model))
+        check_model_name(model)
     return model_label(model)
 
 

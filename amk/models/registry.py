@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,12 @@ def model_shape(name_or_path) -> ModelDims:
     return load_model(name_or_path, weights=False).dims
 
 
-def check_model_name(name_or_path) -> None:
-    """UnknownModelError unless `name_or_path` is a built-in name or an existing directory; reads nothing."""
+def check_model_name(name_or_path, argument: str = "model") -> None:
+    """UnknownModelError unless `name_or_path` is a built-in name or an existing directory; reads nothing.
+    ArgumentError naming `argument` when it is neither a string nor a path (None, a number, a list, bytes)."""
+    if not isinstance(name_or_path, str | os.PathLike) or isinstance(name_or_path, bytes):
+        raise ArgumentError(argument, f"expected a model name or a checkpoint directory (a str or path), got "
+                                      f"{type(name_or_path).__name__} ({name_or_path!r:.60})")
     key = str(name_or_path)
     # "" would be the working directory (Path("")): a model is named, never implied
     if not key.strip() or key != _GGUF_NAME and key not in builtin_names() and not _is_dir(name_or_path):
@@ -195,8 +200,8 @@ def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", w
 
     Raises UnknownModelError for a name that is neither, and UnsupportedModelError (before any torch model
     is built) for an architecture or feature AMK does not lower."""
+    check_model_name(name_or_path, "name_or_path")
     torch_dtype = resolve_dtype(dtype)
-    check_model_name(name_or_path)
     key = str(name_or_path)
     if key == _GGUF_NAME:
         return _load_gguf(torch_dtype, device, weights)
