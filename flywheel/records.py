@@ -24,6 +24,7 @@ from pathlib import Path
 from amk.schedule.config import migrate_config
 
 from .appendlog import append_lines, read_numbered_lines, warn_bad_line
+from .results import COUNT_LIMIT
 
 log = logging.getLogger("amk.flywheel")
 
@@ -51,6 +52,16 @@ def _checked_num(name: str, v, positive: bool = False) -> float | None:
     if x is None or (positive and x <= 0):
         raise RecordFormatError(f"{name} is {v!r}, not a {'positive ' if positive else ''}finite number")
     return x
+
+
+def _checked_trial(v) -> int | None:
+    """A record's results.tsv trial number: None when absent; RecordFormatError for anything append_result could
+    not have written (a string, a float, a bool, zero or less, or past the int64 a frame holds it in)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < COUNT_LIMIT:
+        raise RecordFormatError(f"trial is {v!r:.60}, not a positive integer below 2**63")
+    return v
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,7 @@ class TuningRecord:
                    dtype=d.get("dtype", v.get("dtype")), device=d.get("device", v.get("device")),
                    schedule_id=d.get("schedule_id", v.get("schedule_id")),
                    program_fingerprint=d.get("program_fingerprint", v.get("program_fingerprint")),
-                   source=d.get("source"), trial=d.get("trial"),
+                   source=d.get("source"), trial=_checked_trial(d.get("trial")),
                    latency_us=_checked_num("latency_us", d.get("latency_us", v.get("latency_us")), positive=True),
                    latency_spread_us=_checked_num("latency_spread_us",
                                                   d.get("latency_spread_us", v.get("latency_spread_us"))),

@@ -5,7 +5,7 @@ Columns (HARNESS.md documents them; never reorder, only append new ones at the e
   time          UTC, ISO 8601, seconds
   model, gpu    the model name and GPU target name
   schedule_id   ScheduleConfig.schedule_id (12 hex)
-  status        keep | discard | rejected | fail | crash
+  status        keep | discard | rejected | fail | crash | remeasure
   correct       true | false | empty (never ran)
   latency_us    empty unless the trial passed correctness and the latency was not withheld
   kind          measured-gpu | predicted | empty
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from amk.harness.verdict import LatencyKind  # the kind column: empty or one of these
 from amk.schedule.errors import ArgumentError
 from amk.schedule.opcodes import DTYPE_NAMES  # the dtype column: empty or one of these
 
@@ -49,6 +50,8 @@ ACCEPTED_COLUMNS = (COLUMNS, PRE_CONTEXT_COLUMNS, LEGACY_COLUMNS)  # every heade
 HEADER = "\t".join(COLUMNS) + "\n"
 FLOAT_COLUMNS = ("latency_us", "pct_of_floor", "speedup", "predicted_us", "spread_us")  # empty or a finite number
 INT_COLUMNS = ("max_seq",)  # empty or a positive integer
+COUNT_LIMIT = 2**63  # load_results reads trial and INT_COLUMNS as int64: a number at or past it is no count
+NOT_A_COUNT = "not a positive integer below 2**63"  # why a trial or INT_COLUMNS cell is skipped
 POSITIVE_COLUMNS = ("latency_us", "predicted_us")  # a latency no trial writes is 0 or below
 
 
@@ -59,6 +62,16 @@ class Status(str, Enum):
     FAIL = "fail"  # it ran and failed correctness (or the GPU failed)
     CRASH = "crash"  # the harness itself raised: a bug to report
     REMEASURE = "remeasure"  # the incumbent's program timed again (drift check), not a new trial
+
+
+# the columns of a fixed set of cells ("" where a row may leave it empty): any other cell is a hand edit that
+# pandas would read as <NA> or as a group of its own, so the row would be counted by some readers and not others
+CHOICE_COLUMNS = {
+    "status": tuple(s.value for s in Status),
+    "correct": ("true", "false", ""),
+    "kind": (*(k.value for k in LatencyKind), ""),
+    "dtype": (*DTYPE_NAMES, ""),  # another spelling of a dtype would make a group of its own
+}
 
 
 class ResultsFormatError(ValueError):
@@ -161,21 +174,34 @@ def append_result(path: str | Path, row: ResultRow) -> ResultRow:
     return row
 
 
-def _count(cell: str) -> bool:
-    """Whether a cell is a count as append_result writes one: ASCII digits only (int() also takes "1_000" and
-    "²" fails it, though str.isdigit() passes it)."""
-    return cell.isascii() and cell.isdigit()
+def _count(cell: str) -> int | None:
+    """The number in a cell that is a count as append_result writes one, else None: ASCII digits only (int()
+    also takes "1_000" and "²" fails it, though str.isdigit() passes it), below COUNT_LIMIT (load_results could
+    not type a larger one, and next_trial would count on from it)."""
+    if not (cell.isascii() and cell.isdigit()):
+        return None
+    digits = cell.lstrip("0") or "0"
+    if len(digits) > len(str(COUNT_LIMIT)):  # past COUNT_LIMIT (and int() refuses over 4300 digits)
+        return None
+    value = int(digits)
+    return value if value < COUNT_LIMIT else None
 
 
 def _trial(line: str) -> int:
-    cell = line.split("\t", 1)[0]
-    return int(cell) if _count(cell) else 0
+    """The trial number a line starts with, 0 for none (a line whose first cell is no count claims no number)."""
+    return _count(line.split("\t", 1)[0]) or 0
+
+
+def _choices(allowed: tuple[str, ...]) -> str:
+    """The cells a CHOICE_COLUMNS column takes, as a warning names them: "one of a, b (or empty)"."""
+    named = ", ".join(v for v in allowed if v)
+    return f"one of {named} (or empty)" if "" in allowed else f"one of {named}"
 
 
 def _bad_cell(row: dict) -> tuple[str, str] | None:
     """(column, why) for the first cell append_result could not have written (a hand edit), else None."""
-    if not _count(row["trial"]) or int(row["trial"]) < 1:
-        return "trial", "not a positive integer"
+    if not _count(row["trial"]):  # None or 0
+        return "trial", NOT_A_COUNT
     for col in FLOAT_COLUMNS:
         value = row[col]
         if not value:
@@ -190,18 +216,20 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
             return col, "not a positive number"
     for col in INT_COLUMNS:
         value = row[col]
-        if value and (not _count(value) or int(value) < 1):
-            return col, "not a positive integer"
-    if row["dtype"] and row["dtype"] not in DTYPE_NAMES:  # another spelling would make a group of its own
-        return "dtype", f"not one of {', '.join(DTYPE_NAMES)}"
+        if value and not _count(value):  # None or 0
+            return col, NOT_A_COUNT
+    for col, allowed in CHOICE_COLUMNS.items():
+        if row[col] not in allowed:
+            return col, f"not {_choices(allowed)}"
     return None
 
 
 def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
     """Data lines (with their line numbers, appendlog.numbered_lines) as dicts over COLUMNS (an older file's
     missing columns empty). A line with the wrong number of cells (torn, not written by append_result) is
-    skipped, as is one whose trial or a numeric column does not parse (a hand edit), each with a warning naming
-    the file and line (and the column): one bad line must not cost the others, nor crash a resume or a report."""
+    skipped, as is one whose trial or a numeric column does not parse (or is past COUNT_LIMIT), or whose status,
+    correct, kind or dtype is none of CHOICE_COLUMNS' cells (a hand edit), each with a warning naming the file and
+    line (and the column): one bad line must not cost the others, nor crash a resume or a report."""
     if not lines:
         return []
     columns = columns_of(path, lines[0][1])

@@ -1,0 +1,164 @@
+"""results.tsv cells that parse as neither a number pandas can hold nor one of a column's values (hand edits):
+a trial or max_seq past int64, a `correct`, `status` or `kind` cell of another value. Each row is skipped with a
+warning naming its line and column (HARNESS.md section 5), never a traceback of `amk report`, a trial number
+counted on from it, nor a row that one reader counts and another ignores."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from _cli import cli_json
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
+
+from amk.flywheel.results import HEADER, load_results, next_trial, read_rows
+
+run = cli_json
+HUGE = "99999999999999999999999"  # past int64: pandas reads it as a float it cannot cast back
+
+# a kept trial 1 (the cell under test edited into it) and a discarded trial 2, as test_bad_files writes them
+KEEP = {"trial": "1", "time": "2026-01-01T00:00:00Z", "model": "toy", "gpu": "cpu-sim", "schedule_id": "b4b855881ef6",
+        "status": "keep", "correct": "true", "latency_us": "80.0", "kind": "predicted", "pct_of_floor": "",
+        "speedup": "", "description": "baseline", "program_fingerprint": "0b1a245a7680c90b",
+        "predicted_us": "83.6681", "spread_us": "", "dtype": "fp32", "max_seq": "64"}
+DISCARD = {**KEEP, "trial": "2", "time": "2026-01-01T00:00:01Z", "schedule_id": "62d6b5dd075d", "status": "discard",
+           "latency_us": "90.5", "description": "a change", "program_fingerprint": "e8c7a28e0e4f5408",
+           "predicted_us": "34.3"}
+
+
+def _results(path, **edit) -> bytes:
+    """A results.tsv of KEEP (its cells replaced by `edit`) and DISCARD; returns its bytes."""
+    rows = ({**KEEP, **edit}, DISCARD)
+    path.write_text(HEADER + "".join("\t".join(r.values()) + "\n" for r in rows))
+    return path.read_bytes()
+
+
+def _skipped(path, caplog, column: str) -> list[dict]:
+    """read_rows(path), asserting that line 2 (trial 1's) was skipped with a warning naming it and `column`."""
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        rows = read_rows(path)
+    assert f"{path}:2: skipped trial row: column {column} is" in caplog.text, caplog.text
+    return rows
+
+
+# ---- integer cells past int64 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", [HUGE, str(2**63), "9" * 5000], ids=["1e23", "2**63", "5000-digits"])
+def test_a_trial_number_past_int64_is_skipped_with_a_warning_naming_its_line(tmp_path, caplog, cell):
+    res = tmp_path / "r.tsv"
+    _results(res, trial=cell)
+    assert [r["trial"] for r in _skipped(res, caplog, "trial")] == ["2"]
+    assert "below 2**63" in caplog.text
+    df = load_results(res)  # raised TypeError: cannot safely cast non-equivalent float64 to int64
+    assert df["trial"].tolist() == [2] and str(df["trial"].dtype) == "Int64"
+
+
+def test_a_max_seq_past_int64_is_skipped_with_a_warning_naming_its_line(tmp_path, caplog):
+    res = tmp_path / "r.tsv"
+    _results(res, max_seq=HUGE)
+    assert [r["trial"] for r in _skipped(res, caplog, "max_seq")] == ["2"]
+    assert load_results(res)["max_seq"].tolist() == [64]
+
+
+def test_the_largest_int64_trial_is_still_a_trial(tmp_path, caplog):
+    res = tmp_path / "r.tsv"
+    _results(res, trial=str(2**63 - 1))
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        assert [r["trial"] for r in read_rows(res)] == [str(2**63 - 1), "2"]
+    assert "skipped" not in caplog.text
+    assert load_results(res)["trial"].tolist() == [2**63 - 1, 2]
+
+
+def test_next_trial_does_not_count_on_from_a_trial_past_int64(tmp_path):
+    res = tmp_path / "r.tsv"
+    data = _results(res, trial=HUGE)
+    assert next_trial(data) == 3
+    assert next_trial(data + HUGE.encode()) == 4  # a torn last line past int64: one past the rows before it
+
+
+def test_report_and_resume_survive_a_trial_past_int64(capsys, tmp_path):
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    before = _results(res, trial=HUGE)
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(cor), "--no-plots")
+    assert code == 0 and out["trials"] == 1, out
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--resume",
+                  "--results", str(res), "--corpus", str(cor))
+    assert code == 0, s
+    data = res.read_bytes()
+    assert data.startswith(before)
+    added = [int(ln.split(b"\t", 1)[0]) for ln in data[len(before):].splitlines()]
+    assert added and added == list(range(3, 3 + len(added))), added  # was 100000000000000000000000
+
+
+# ---- cells of a fixed set of values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("column", "cell", "allowed"), [
+    ("correct", "maybe", "one of true, false (or empty)"),
+    ("correct", "True", "one of true, false (or empty)"),
+    ("status", "kept", "one of keep, discard, rejected, fail, crash, remeasure"),
+    ("kind", "measured", "one of measured-gpu, predicted (or empty)"),
+])
+def test_a_cell_of_none_of_its_columns_values_is_skipped_with_a_warning(tmp_path, caplog, column, cell, allowed):
+    res = tmp_path / "r.tsv"
+    before = _results(res, **{column: cell})
+    assert [r["trial"] for r in _skipped(res, caplog, column)] == ["2"]
+    assert f"column {column} is {cell!r}, not {allowed}" in caplog.text
+    df = load_results(res)
+    assert df["trial"].tolist() == [2] and df["correct"].notna().all()
+    assert res.read_bytes() == before
+
+
+def test_an_empty_correct_and_kind_are_still_read(tmp_path, caplog):
+    res = tmp_path / "r.tsv"
+    _results(res, status="crash", correct="", latency_us="", kind="")
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        assert [r["trial"] for r in read_rows(res)] == ["1", "2"]
+    assert "skipped" not in caplog.text
+    assert load_results(res)["correct"].isna().tolist() == [True, False]
+
+
+def test_report_and_resume_skip_a_keep_whose_correct_is_neither_true_nor_false(capsys, tmp_path):
+    # the row was counted (trials 2, kept 1) yet left out of best, and resume took it for the incumbent to
+    # continue from and refused for want of its config in the corpus
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    before = _results(res, correct="maybe")
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(cor), "--no-plots")
+    assert code == 0 and out["trials"] == 1 and out["statuses"] == {"discard": 1}, out
+    (group,) = out["groups"]
+    assert group["kept"] == 0 and group["kept_trials"] == [], group
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--resume",
+                  "--results", str(res), "--corpus", str(cor))
+    assert code == 0, s
+    assert res.read_bytes().startswith(before)
+
+
+@pytest.mark.parametrize("trial", [10**23, 2**63, "7", 1.5, True, 0])
+def test_a_tuning_record_whose_trial_no_row_could_hold_is_skipped_with_a_warning(tmp_path, caplog, trial):
+    import json
+
+    from amk.flywheel.records import load_records, records_frame
+
+    good = {"model": "toy", "gpu": "cpu-sim", "config": {}, "verdict": {}, "trial": 3}
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({**good, "trial": trial}) + "\n" + json.dumps(good) + "\n")
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        records = load_records(corpus)
+    assert [r.trial for r in records] == [3] and "corpus.jsonl:1" in caplog.text and "trial" in caplog.text
+    assert list(records_frame(records)["trial"]) == [3]
+
+
+def test_a_claim_of_a_trial_past_int64_does_not_move_the_next_trial_number(tmp_path):
+    import json
+
+    from amk.flywheel.claims import claim, claims_path
+
+    results = tmp_path / "results.tsv"
+    _results(results)
+    line = {"model": "toy", "gpu": "cpu-sim", "program_fingerprint": "f", "schedule_id": "s", "owner": "x:1",
+            "time": 0.0}
+    claims_path(results).write_text(json.dumps({**line, "trial": 5}) + "\n")
+    assert claim(results, "toy", "cpu-sim", "f2", "s2").trial == 6  # a claim line as written is read
+    claims_path(results).write_text(json.dumps({**line, "trial": 10**23}) + "\n")
+    assert claim(results, "toy", "cpu-sim", "f3", "s3").trial == 3
