@@ -1,7 +1,8 @@
 """A local checkpoint directory, checked before and after transformers loads it.
 
-Before: config.json parses and states the fields that size the model; the weight files exist, and every
-safetensors file is whole (its header parses and its tensors' byte ranges end exactly at the end of the file).
+Before: config.json parses and states the fields that size the model, each a positive integer; the weight files
+exist, every safetensors file is whole (its header parses and its tensors' byte ranges end exactly at the end of
+the file), and its tensors hold the layers num_hidden_layers names.
 After: transformers loaded every tensor the model has from the checkpoint (none missing and filled by
 initialisation, none left over, none of another shape). Every problem is a CheckpointError that names the
 file and the field or tensor.
@@ -21,16 +22,24 @@ from pathlib import Path
 
 from amk.schedule.errors import CheckpointError, UnsupportedModelError
 
-from .fields import REQUIRED_IN_CHECKPOINT
+from .fields import FIELDS, REQUIRED_IN_CHECKPOINT
 
 _SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _HEADER_LIMIT = 100 << 20  # the safetensors reader's own cap on a header
+# the sizing fields whose FIELDS rule is _positive_int: checked on the raw values, since transformers' own parsing
+# of a zero fails unnamed (hidden_size % num_attention_heads: "integer modulo by zero")
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "max_position_embeddings")
+# a decoder layer's tensors: model.layers.<i>.*, or layers.<i>.* as saved from the base model (transformers adds
+# the prefix on loading)
+_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
 
 
 def read_config_json(path: Path) -> dict:
     """config.json of a checkpoint directory as a dict. Raises CheckpointError when it is missing, not JSON, not
-    an object, or lacks a field that sizes the model (transformers would put the default of another model
-    there), and UnsupportedModelError for a model_type AMK does not lower."""
+    an object, lacks a field that sizes the model (transformers would put the default of another model
+    there) or states one as an integer below 1, and UnsupportedModelError for a model_type AMK does not lower.
+    A value of another type is left to transformers' validation, which names the field and the type."""
     file = path / "config.json"
     if not file.is_file():
         raise CheckpointError(path, "holds no config.json (a checkpoint directory needs config.json and weights)")
@@ -46,7 +55,40 @@ def read_config_json(path: Path) -> dict:
         if raw.get(name) is None:
             raise CheckpointError(file, "missing: transformers would use its class default, the shape of some other "
                                   "model", field=name)
+    for name in _POSITIVE_INTS:
+        v = raw.get(name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            why = FIELDS[name].refuse(v, None, None)
+            if why:
+                raise CheckpointError(file, f"{why}, got {v}", field=name)
     return raw
+
+
+def check_layer_count(path: Path, raw: dict, weights: WeightFiles) -> None:
+    """Refuse a config.json whose num_hidden_layers differs from the decoder layers the safetensors files hold
+    (the distinct <i> of their model.layers.<i>.* tensors), before transformers parses the config or builds a
+    model of that many layers: a count far past the weights' would take minutes and gigabytes to fail. Only the
+    layer count is compared (the head, the embedding and the norms are check_loading_info's); a .bin checkpoint,
+    whose tensor names are not known without loading it, and a count of another type (transformers' validation
+    names it) are left as they are."""
+    n = raw.get("num_hidden_layers")
+    if not weights.keys or not isinstance(n, int) or isinstance(n, bool):
+        return
+    held = sorted({int(m[1]) for k in weights.keys for m in [_LAYER.match(k)] if m})
+    contiguous = not held or held[-1] == len(held) - 1  # 0, 1, ..., k-1 (never a list of n: n may be 10**9)
+    if contiguous and len(held) == n:
+        return
+    if not held:
+        what = "no layer tensors (model.layers.<i>.*)"
+    elif len(held) == 1:
+        what = f"1 layer (model.layers.{held[0]})"
+    elif contiguous:
+        what = f"{len(held)} layers (model.layers.0 to model.layers.{held[-1]})"
+    else:
+        shown = ", ".join(map(str, held[:8])) + (f", +{len(held) - 8} more" if len(held) > 8 else "")
+        what = f"{len(held)} layers (model.layers.<i> for i in {shown})"
+    raise CheckpointError(path / "config.json", f"{n} layers, but the weight files hold {what}",
+                          field="num_hidden_layers")
 
 
 def load_config(path: Path):

@@ -25,6 +25,7 @@ from amk.schedule.graph import Graph, ModelDims, build_graph
 from .checkpoint import (
     WeightFiles,
     check_finite,
+    check_layer_count,
     check_loading_info,
     head_is_tied,
     load_config,
@@ -286,13 +287,16 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Model:
-    """A checkpoint directory. Checked before transformers reads it (config.json, whole weight files) and after
-    (nothing missing, unexpected or reshaped); whether the head is tied is what transformers does with these
-    files, not the flag alone. Raises CheckpointError (names the file and field) or UnsupportedModelError."""
-    read_config_json(path)  # its problems named before transformers parses it
+    """A checkpoint directory. Checked before transformers reads it (config.json, whole weight files holding the
+    layers it names) and after (nothing missing, unexpected or reshaped); whether the head is tied is what
+    transformers does with these files, not the flag alone. Raises CheckpointError (names the file and field) or
+    UnsupportedModelError."""
+    raw = read_config_json(path)  # its problems named before transformers parses it
+    files = weight_files(path)
+    # before transformers parses config.json (Qwen2/Qwen3 configs build a list per layer) or builds a model
+    check_layer_count(path, raw, files)
     cfg = load_config(path)
     dims = ModelDims.from_hf_config(cfg)
-    files = weight_files(path)
     dims = dataclasses.replace(dims, tied_embeddings=head_is_tied(cfg, files))
     fingerprint = checkpoint_fingerprint(path, files)
     eager = tokenizer = None
