@@ -206,3 +206,25 @@ def test_on_a_gpu_kernels_build_before_their_trial_and_the_likely_next_ones_ahea
     assert s["trials"] == 8
     assert asked[0] == measured[0]  # the start's kernel builds first, while the weights load
     assert any(n > picks for n, picks in rounds)  # a round asked for more kernels than its picks
+
+
+def test_the_merged_summary_keeps_the_workers_best_of_this_runs_dtype_and_context(tmp_path):
+    # each worker's summary ranks only this run's dtype and context; the merge once re-read the corpus unfiltered
+    # and answered a bf16 keep for an fp32 run
+    from amk.flywheel.records import append_record, record_from_verdict
+    from amk.harness.search.distributed import merge
+
+    corpus = tmp_path / "corpus.jsonl"
+    fast_bf16 = {"valid": True, "correct": True, "latency_us": 40.0, "latency_kind": "predicted", "dtype": "bf16",
+                 "schedule_id": "aaaaaaaaaaaa"}
+    append_record(corpus, record_from_verdict("toy", "cpu-sim", {}, fast_bf16, status="keep", kept=True, trial=1))
+
+    def summary(worker: int, best_us: float | None) -> dict:
+        best = None if best_us is None else {"schedule_id": f"w{worker}", "latency_us": best_us,
+                                             "latency_kind": "predicted", "trial": 10 + worker, "config": {}}
+        return {"statuses": {"keep": 1}, "incumbent": {"latency_us": best_us}, "worker": worker, "trials": 1,
+                "stopped": "budget", "dtype": "fp32", "best": best}
+
+    got = merge([summary(0, 48.5), summary(1, 47.0), summary(2, None)], "toy", "cpu-sim", "cpu", tmp_path / "r.tsv",
+                corpus, 1.0)
+    assert got["best"]["schedule_id"] == "w1" and got["best"]["latency_us"] == 47.0

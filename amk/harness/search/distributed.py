@@ -155,11 +155,10 @@ def merge(summaries: list[dict], model: str, gpu: str, device: str, results, cor
            "trials_per_minute": round(60 * trials / seconds, 2) if seconds > 0 else None,
            "per_worker": summaries, "results": str(results), "corpus": str(corpus), "seconds": round(seconds, 2),
            "notes": summaries[0].get("notes", [])}
-    from amk.flywheel.corpus import best_entry, entries_for
-    from amk.flywheel.records import load_records
-
-    best = best_entry(entries_for(load_records(corpus), model, gpu)) if Path(corpus).exists() else None
-    if best is not None:
-        out["best"] = {"schedule_id": best.schedule_id, "latency_us": best.latency_us, "latency_kind": best.kind,
-                       "trial": best.trial, "config": best.config}
+    # each worker's best is the corpus's best of this run's model, GPU, dtype and context when that worker stopped;
+    # the last to stop read every other's keeps, so the fastest of them is the run's (a fresh read of the corpus
+    # here would rank records of another dtype or context beside this run's)
+    bests = [s["best"] for s in summaries if s.get("best") and s["best"].get("latency_us") is not None]
+    if bests:
+        out["best"] = min(bests, key=lambda b: b["latency_us"])
     return out
