@@ -122,7 +122,12 @@ def test_compile_cache_generate_and_report(capsys, tmp_path):
     # counts a stage, whole where every stage of the kind has the same (toy: one stage a kind)
     assert all(type(f["tasks"]) is int and type(f["sms_busy"]) is int for f in r["stage_fill"].values())
     code, r = run(capsys, "compile", "--model", "toy", "--config", '{"bogus": 1}', "--out", out)
-    assert code == 2
+    assert code == 2 and r["error_type"] == "usage" and r["error"].startswith("--config: schema: $.bogus")
+    # a config that parses but does not lower is a usage error too (HARNESS section 4), its verdict beside it
+    code, r = run(capsys, "compile", "--model", "toy", "--config", '{"matvec": {"qkv": {"head_splits": 3}}}',
+                  "--out", out)
+    assert code == 2 and r["error_type"] == "usage" and r["error"].startswith("--config: lowering: matvec.qkv")
+    assert r["valid"] is False
     code, r = run(capsys, "cache", "stats")
     assert code == 0 and r["root"] == cache_root
     code, r = run(capsys, "cache", "ls", "--kind", "program")

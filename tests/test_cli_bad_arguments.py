@@ -58,6 +58,13 @@ def test_config_argument_reads_an_existing_file_before_trying_inline_json(tmp_pa
         read_config_arg("bin.json")
     with pytest.raises(UsageError, match="no such file"):
         read_config_arg("missing.json")
+    assert read_config_arg("") == "" and read_config_arg("  ") == "  "  # not the working directory: text, no JSON
+
+
+def test_an_empty_config_is_a_rejected_verdict_not_a_directory(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, "evaluate", "--model", "toy", "--config", "")
+    assert code == 2 and not out["valid"] and out["rejected_reason"].startswith("schema: $: not valid JSON"), out
 
 
 def test_a_key_given_twice_in_a_config_is_an_error_naming_it():

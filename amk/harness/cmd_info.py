@@ -196,8 +196,9 @@ def compile_cmd(args) -> CommandResult:
     config = read_config_arg(args.config)
     out = output_file("--out", args.out)
     v, program = build_program(args.model, args.gpu, config, "cpu", args.dtype, args.max_seq)
-    if program is None:
-        return CommandResult(ExitCode.USAGE, v.to_dict(), f"REJECTED: {v.rejected_reason}")
+    if program is None:  # a config compile cannot lower is a usage error (HARNESS section 4), its verdict beside it
+        msg = f"--config: {v.rejected_reason}"
+        return CommandResult(ExitCode.USAGE, {**v.to_dict(), "error": msg, "error_type": "usage"}, msg)
     with status(f"writing {out}"):
         write_output("--out", out, program.to_json() + "\n")
     per_sm = [sum(program.tasks[t].weight_bytes for t in q) for q in program.queues]

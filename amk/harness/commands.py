@@ -76,6 +76,8 @@ def read_config_arg(value: str | None, flag: str = "--config"):
         return {}
     if value == "-":
         return sys.stdin.read()
+    if not value.strip():  # Path("") is the working directory: an empty value is inline text (no JSON), not a path
+        return value
     path = Path(value).expanduser()
     try:
         is_dir, is_file = path.is_dir(), path.is_file()
