@@ -132,10 +132,16 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     assert p.returncode == 0, err[-3000:]
     s = json.loads(out)
     assert s["workers"] == 2 and s["trials"] == 4 and len(s["per_worker"]) == 2
+    assert err.count("[worker ") == 4  # a line a trial, forwarded from the workers
     rows = [r for r in read_rows(tmp_path / "results.tsv") if r["status"] != "remeasure"]
     assert len(rows) == 4 and len({r["program_fingerprint"] for r in rows}) == 4
     assert open(tmp_path / "results.tsv").read().count("trial\t") == 1
     assert len(load_records(tmp_path / "corpus.jsonl")) == len(read_rows(tmp_path / "results.tsv"))
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    p = _amk("-q", "loop", "--model", "toy", "--workers", "2", "--budget", "2", "--json", cwd=quiet)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0 and "[worker " not in err, err[-3000:]  # -q: the workers' trial lines too
     one = subprocess.run([sys.executable, "-c", "import sys, amk.harness.loop, amk.cli; assert 'ray' not in sys.modules"],
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr  # one worker and the CPU path never import Ray

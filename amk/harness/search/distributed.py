@@ -43,8 +43,9 @@ def _import_ray():
     return ray
 
 
-def _worker_main(index: int, kwargs: dict, stop) -> dict:
-    """Runs inside a Ray worker: the single-GPU loop, stopping when the driver's flag is set."""
+def _worker_main(index: int, kwargs: dict, stop, show_progress: bool = True) -> dict:
+    """Runs inside a Ray worker: the single-GPU loop, stopping when the driver's flag is set; a line a trial on
+    stderr (Ray forwards it to the driver's) when `show_progress`."""
     import ray
 
     from amk.harness.loop import loop
@@ -56,7 +57,7 @@ def _worker_main(index: int, kwargs: dict, stop) -> dict:
     def progress(p: dict) -> None:
         print(f"[worker {index}] {progress_line(p)}  {trial_description(p)}", file=sys.stderr, flush=True)
 
-    summary = loop(progress=progress, should_stop=lambda: ray.get(stop.is_set.remote()), workers=1, **kwargs)
+    summary = loop(progress=progress if show_progress else None, should_stop=lambda: ray.get(stop.is_set.remote()), workers=1, **kwargs)
     summary["worker"] = index
     summary["host"] = os.uname().nodename
     summary["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -84,6 +85,7 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     from amk.harness.propose import model_name
     from amk.harness.verdict import parse_config
     from amk.models import Model
+    from amk.progress import is_quiet
 
     from .signals import StopFlag
 
@@ -105,6 +107,8 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     seed_config = parse_config(incumbent).to_dict() if incumbent is not None else None
     if builders is None:
         builders = 0 if dev != Device.CUDA else max(0, ((os.cpu_count() or 1) - 2 * workers) // workers)
+    # the driver's progress callback stands for its workers' lines: none without one, none under -q
+    show_progress = progress is not None and not is_quiet()
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
@@ -122,7 +126,7 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
                           results=str(results), corpus=str(corpus), resume=True, max_reverts=max_reverts,
                           cases=cases, dtype=dtype, incumbent=seed_config, builders=builders, settings=settings,
                           max_seq=max_seq)
-            refs.append(task.remote(i, kwargs, stop))
+            refs.append(task.remote(i, kwargs, stop, show_progress))
         pending = list(refs)
         with StopFlag() as flag:
             asked = False
