@@ -65,8 +65,9 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
 
     `dtype` (fp32, fp16, bf16): that of the run to start; a loaded Model's own dtype; else the default a loop
     takes (bf16 for a GPU target, fp32 for cpu-sim). `incumbent` (dict, JSON string or ScheduleConfig) wins when
-    given; a malformed one raises ConfigError, since the caller asked for it by name. ArgumentError (naming
-    `dtype`) for a dtype AMK does not run, or one other than a loaded Model's."""
+    given; a malformed one raises ConfigError, since the caller asked for it by name, and one that does not lower
+    and validate for the model on `gpu` ArgumentError naming `incumbent`. ArgumentError (naming `dtype`) for a
+    dtype AMK does not run, or one other than a loaded Model's."""
     from amk.models import Model
     from amk.models.registry import dtype_name
 
@@ -83,6 +84,13 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     verdict = None
     if incumbent is not None:
         cfg, source = parse_config(incumbent), "given"
+        # a start no other command takes is no proposal (loop --config refuses it, evaluate rejects it)
+        from .evaluate import build_program
+
+        v, program = build_program(model, target, cfg.to_dict(), "cpu", None if isinstance(model, Model)
+                                   else run_dtype)
+        if program is None:
+            raise ArgumentError("incumbent", f"does not lower for {name} on {target.name}: {v.rejected_reason}")
     else:
         cfg, source, verdict = incumbent_config(name, target.name, corpus, run_dtype)
     out = {"model": name, "gpu": target.name, "dtype": run_dtype, "config": cfg.to_dict(),
