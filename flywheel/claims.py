@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .appendlog import AppendError, complete_lines, locked, numbered_lines, read_all
 from .records import same_model
-from .results import COUNT_LIMIT, next_trial, rows_of
+from .results import is_trial_number, next_trial, rows_of
 
 CLAIM_TTL_S = 3600.0  # a trial (correctness + timing) never takes an hour
 
@@ -109,7 +109,7 @@ def _read_claims(path: Path) -> list[Claim]:
         except (ValueError, TypeError):
             continue  # a torn or foreign line claims nothing
         # nor does a hand edit whose number no claim takes: next_trial would count on from it
-        if not isinstance(c.trial, bool) and isinstance(c.trial, int) and 1 <= c.trial < COUNT_LIMIT:
+        if is_trial_number(c.trial):
             out.append(c)
     return out
 

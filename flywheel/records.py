@@ -24,7 +24,7 @@ from pathlib import Path
 from amk.schedule.config import migrate_config
 
 from .appendlog import append_lines, read_numbered_lines, warn_bad_line
-from .results import COUNT_LIMIT
+from .results import is_trial_number
 
 log = logging.getLogger("amk.flywheel")
 
@@ -59,7 +59,7 @@ def _checked_trial(v) -> int | None:
     not have written (a string, a float, a bool, zero or less, or past the int64 a frame holds it in)."""
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < COUNT_LIMIT:
+    if not is_trial_number(v):
         raise RecordFormatError(f"trial is {v!r:.60}, not a positive integer below 2**63")
     return v
 

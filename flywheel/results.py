@@ -187,6 +187,12 @@ def _count(cell: str) -> int | None:
     return value if value < COUNT_LIMIT else None
 
 
+def is_trial_number(v) -> bool:
+    """Whether a JSON value (a record's or a claim's trial) is a number append_result could write: an int (not a
+    bool) in [1, COUNT_LIMIT)."""
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v < COUNT_LIMIT
+
+
 def _trial(line: str) -> int:
     """The trial number a line starts with, 0 for none (a line whose first cell is no count claims no number)."""
     return _count(line.split("\t", 1)[0]) or 0

@@ -51,6 +51,16 @@ def qwen2_window(path: Path, window: int = 8, max_pos: int = 64) -> Path:
     return save_checkpoint(cfg, path)
 
 
+def edit_tensors(path: Path, fn) -> None:
+    """Rewrite the checkpoint's model.safetensors after `fn` edits its state dict in place."""
+    from safetensors.torch import load_file, save_file
+
+    file = path / "model.safetensors"
+    sd = load_file(file)
+    fn(sd)
+    save_file(sd, file, metadata={"format": "pt"})
+
+
 def llama(path: Path, **kw) -> Path:
     from transformers import LlamaConfig
 

@@ -16,3 +16,11 @@ def cli_json(capsys, *argv) -> tuple[int, dict]:
     obj = json.loads(lines[0])
     assert obj["exit_code"] == code
     return code, obj
+
+
+def cli_json_err(capsys, *argv) -> tuple[int, dict, str]:
+    """main() in-process with --json: (exit code, the last JSON line on stdout, stderr), for commands whose
+    stdout may hold more than the one object (progress lines of the dependencies)."""
+    code = main(["--json", *argv])
+    cap = capsys.readouterr()
+    return code, json.loads(cap.out.strip().splitlines()[-1]), cap.err

@@ -10,11 +10,10 @@ import time
 
 import pytest
 import torch
-from _checkpoints import SMALL, llama, qwen2_window
-from safetensors.torch import load_file, save_file
+from _checkpoints import SMALL, edit_tensors, llama, qwen2_window
+from _cli import cli_json_err
 
 import amk
-from amk.cli import main
 from amk.schedule.errors import CheckpointError
 
 
@@ -48,17 +47,6 @@ def _set(path, **fields):
     return path
 
 
-def _edit_tensors(path, fn):
-    file = path / "model.safetensors"
-    sd = load_file(file)
-    fn(sd)
-    save_file(sd, file, metadata={"format": "pt"})
-
-
-def _cli(capsys, *argv):
-    code = main(["--json", *argv])
-    cap = capsys.readouterr()
-    return code, json.loads(cap.out.strip().splitlines()[-1]), cap.err
 
 
 # ---- num_hidden_layers against the layers the weights hold ----------------------------------------------------
@@ -111,7 +99,7 @@ def test_fewer_layers_than_the_weights_hold_are_refused_by_count(tmp_path):
 
 def test_a_layer_missing_from_the_middle_is_refused_with_the_indices_held(tmp_path):
     path = llama(tmp_path / "ckpt", num_hidden_layers=3)
-    _edit_tensors(path, lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("model.layers.1.")])
+    edit_tensors(path, lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("model.layers.1.")])
     for weights in (False, True):
         with pytest.raises(CheckpointError, match=r"hold 2 layers \(model.layers.<i> for i in 0, 2\)") as e:
             amk.load_model(path, weights=weights)
@@ -120,7 +108,7 @@ def test_a_layer_missing_from_the_middle_is_refused_with_the_indices_held(tmp_pa
 
 def test_compile_reports_a_layer_count_the_weights_lack_as_a_usage_error(tmp_path, capsys):
     path = _set(llama(tmp_path / "ckpt"), num_hidden_layers=2)
-    code, obj, err = _cli(capsys, "compile", "--model", str(path), "--gpu", "cpu-sim", "--out",
+    code, obj, err = cli_json_err(capsys, "compile", "--model", str(path), "--gpu", "cpu-sim", "--out",
                           str(tmp_path / "p.json"))
     assert code == 2 and obj["error_type"] == "usage"
     assert "config.json" in obj["error"] and "num_hidden_layers" in obj["error"] and "hold 1 layer" in obj["error"]
@@ -211,7 +199,7 @@ def test_a_width_of_another_type_is_still_named_by_transformers(tmp_path):
 
 def test_verify_reports_zero_heads_as_a_usage_error_naming_the_field(tmp_path, capsys):
     path = _set(llama(tmp_path / "ckpt"), num_attention_heads=0)
-    code, obj, err = _cli(capsys, "verify", "--model", str(path), "--gpu", "cpu-sim", "--out",
+    code, obj, err = cli_json_err(capsys, "verify", "--model", str(path), "--gpu", "cpu-sim", "--out",
                           str(tmp_path / "v.json"))
     assert code == 2 and obj["error_type"] == "usage"
     assert "config.json: num_attention_heads: must be a positive integer" in obj["error"]

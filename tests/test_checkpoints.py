@@ -8,11 +8,11 @@ import os
 
 import pytest
 import torch
-from _checkpoints import SMALL, bench_shapes, llama
-from safetensors.torch import load_file, save_file
+from _checkpoints import SMALL, bench_shapes, edit_tensors, llama
+from _cli import cli_json_err
+from safetensors.torch import load_file
 
 import amk
-from amk.cli import main
 from amk.eval.oracle import verify
 from amk.models.registry import _head_tied
 from amk.schedule.errors import CheckpointError
@@ -23,17 +23,6 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "amk_cache"))
 
 
-def _edit_tensors(path, fn):
-    file = path / "model.safetensors"
-    sd = load_file(file)
-    fn(sd)
-    save_file(sd, file, metadata={"format": "pt"})
-
-
-def _cli(capsys, *argv):
-    code = main(["--json", *argv])
-    cap = capsys.readouterr()
-    return code, json.loads(cap.out.strip().splitlines()[-1]), cap.err
 
 
 # ---- the head: tied as transformers ties it ---------------------------------------------------------------
@@ -42,7 +31,7 @@ def _cli(capsys, *argv):
 def test_tied_flag_with_a_separate_head_in_the_checkpoint_is_untied(tmp_path):
     path = llama(tmp_path, tie_word_embeddings=True)
     head = torch.randn(256, 64, generator=torch.Generator().manual_seed(5))
-    _edit_tensors(path, lambda sd: sd.__setitem__("lm_head.weight", head))
+    edit_tensors(path, lambda sd: sd.__setitem__("lm_head.weight", head))
     model = amk.load_model(path)
     assert not _head_tied(model.eager) and torch.equal(model.eager.lm_head.weight, head)
     assert model.dims.tied_embeddings is False
@@ -66,14 +55,14 @@ def test_tied_flag_with_a_separate_head_in_the_checkpoint_is_untied(tmp_path):
 
 def test_tied_flag_with_an_identical_head_stays_tied(tmp_path):
     path = llama(tmp_path, tie_word_embeddings=True)
-    _edit_tensors(path, lambda sd: sd.__setitem__("lm_head.weight", sd["model.embed_tokens.weight"].clone()))
+    edit_tensors(path, lambda sd: sd.__setitem__("lm_head.weight", sd["model.embed_tokens.weight"].clone()))
     model = amk.load_model(path)
     assert model.dims.tied_embeddings and _head_tied(model.eager)
 
 
 def test_untied_flag_without_a_head_is_refused_by_name(tmp_path):
     path = llama(tmp_path, tie_word_embeddings=False)
-    _edit_tensors(path, lambda sd: sd.pop("lm_head.weight"))
+    edit_tensors(path, lambda sd: sd.pop("lm_head.weight"))
     with pytest.raises(CheckpointError, match="initialisation") as e:
         amk.load_model(path)
     assert e.value.field == "lm_head.weight" and e.value.path.endswith("model.safetensors")
@@ -84,7 +73,7 @@ def test_untied_flag_without_a_head_is_refused_by_name(tmp_path):
 
 def test_a_tied_flag_overridden_by_a_separate_head_is_logged(tmp_path, caplog):
     path = llama(tmp_path, tie_word_embeddings=True)
-    _edit_tensors(path, lambda sd: sd.__setitem__("lm_head.weight", torch.randn(256, 64)))
+    edit_tensors(path, lambda sd: sd.__setitem__("lm_head.weight", torch.randn(256, 64)))
     with caplog.at_level("WARNING", logger="amk.models"):
         amk.load_model(path)
     assert any("tie_word_embeddings=true" in r.getMessage() and "untied" in r.getMessage() for r in caplog.records)
@@ -100,11 +89,11 @@ def test_non_finite_weights_are_refused_by_name(tmp_path, capsys, value):
 
     def poison(sd):
         sd["model.layers.0.mlp.up_proj.weight"][3, 5] = value
-    _edit_tensors(path, poison)
+    edit_tensors(path, poison)
     with pytest.raises(CheckpointError, match="1 of 8192 values are NaN or Inf as float32") as e:
         amk.load_model(path)
     assert e.value.field == "model.layers.0.mlp.up_proj.weight"
-    code, out, _ = _cli(capsys, "evaluate", "--model", str(path))
+    code, out, _ = cli_json_err(capsys, "evaluate", "--model", str(path))
     assert code == 2 and out["error_type"] == "usage" and "up_proj" in out["error"]
 
 
@@ -113,7 +102,7 @@ def test_a_value_past_fp16_range_is_named_as_such(tmp_path):
 
     def big(sd):
         sd["model.layers.0.mlp.up_proj.weight"][0, 0] = 1e6
-    _edit_tensors(path, big)
+    edit_tensors(path, big)
     assert amk.load_model(path, "bf16").dims.n_layers == 1
     with pytest.raises(CheckpointError, match="as float16: fp16 holds values up to 65504"):
         amk.load_model(path, "fp16")
@@ -121,7 +110,7 @@ def test_a_value_past_fp16_range_is_named_as_such(tmp_path):
 
 def test_a_missing_weight_is_refused_not_filled_in(tmp_path):
     path = llama(tmp_path)
-    _edit_tensors(path, lambda sd: sd.pop("model.layers.0.self_attn.k_proj.weight"))
+    edit_tensors(path, lambda sd: sd.pop("model.layers.0.self_attn.k_proj.weight"))
     with pytest.raises(CheckpointError, match="fill them by initialisation") as e:
         amk.load_model(path)
     assert e.value.field == "model.layers.0.self_attn.k_proj.weight"
@@ -130,7 +119,7 @@ def test_a_missing_weight_is_refused_not_filled_in(tmp_path):
 
 def test_an_unexpected_weight_is_refused(tmp_path):
     path = llama(tmp_path)
-    _edit_tensors(path, lambda sd: sd.__setitem__("model.layers.0.mlp.gate_proj.bias", torch.zeros(128)))
+    edit_tensors(path, lambda sd: sd.__setitem__("model.layers.0.mlp.gate_proj.bias", torch.zeros(128)))
     with pytest.raises(CheckpointError, match="not parameters of the model") as e:
         amk.load_model(path)
     assert e.value.field == "model.layers.0.mlp.gate_proj.bias"
@@ -138,7 +127,7 @@ def test_an_unexpected_weight_is_refused(tmp_path):
 
 def test_a_weight_of_another_shape_is_refused(tmp_path):
     path = llama(tmp_path)
-    _edit_tensors(path, lambda sd: sd.__setitem__("model.layers.0.mlp.down_proj.weight", torch.zeros(64, 96)))
+    edit_tensors(path, lambda sd: sd.__setitem__("model.layers.0.mlp.down_proj.weight", torch.zeros(64, 96)))
     with pytest.raises(CheckpointError, match="down_proj"):
         amk.load_model(path)
 
@@ -202,7 +191,7 @@ def test_cli_reports_a_broken_checkpoint_as_a_usage_error(tmp_path, capsys, how)
     breaks, file, field, _ = BROKEN[how]
     path = llama(tmp_path / "ckpt")
     breaks(path)
-    code, obj, err = _cli(capsys, "verify", "--model", str(path), "--gpu", "cpu-sim", "--out",
+    code, obj, err = cli_json_err(capsys, "verify", "--model", str(path), "--gpu", "cpu-sim", "--out",
                           str(tmp_path / "v.json"))
     assert code == 2 and obj["error_type"] == "usage"
     assert (file or str(path)) in obj["error"] and "Traceback" not in obj["error"]
@@ -212,8 +201,8 @@ def test_cli_reports_a_broken_checkpoint_as_a_usage_error(tmp_path, capsys, how)
 
 def test_cli_reports_a_missing_weight_as_a_usage_error(tmp_path, capsys):
     path = llama(tmp_path / "ckpt")
-    _edit_tensors(path, lambda sd: sd.pop("model.layers.0.self_attn.o_proj.weight"))
-    code, obj, err = _cli(capsys, "evaluate", "--model", str(path), "--gpu", "cpu-sim")
+    edit_tensors(path, lambda sd: sd.pop("model.layers.0.self_attn.o_proj.weight"))
+    code, obj, err = cli_json_err(capsys, "evaluate", "--model", str(path), "--gpu", "cpu-sim")
     assert code == 2 and "model.layers.0.self_attn.o_proj.weight" in obj["error"] and "Traceback" not in err
 
 
@@ -223,7 +212,7 @@ def test_cli_reports_a_missing_weight_as_a_usage_error(tmp_path, capsys):
 def test_fingerprint_covers_the_weights_content(tmp_path):
     path = llama(tmp_path)
     before = amk.load_model(path, weights=False).fingerprint
-    _edit_tensors(path, lambda sd: sd["model.norm.weight"].mul_(1.5))  # same names, shapes and sizes
+    edit_tensors(path, lambda sd: sd["model.norm.weight"].mul_(1.5))  # same names, shapes and sizes
     assert amk.load_model(path, weights=False).fingerprint != before
     assert amk.load_model(path).fingerprint == amk.load_model(path, weights=False).fingerprint
 
