@@ -73,6 +73,9 @@ def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = N
 
 def target_inert_reason(path: str, target: GpuTarget | None) -> str | None:
     """Why the knob at `path` cannot act on `target` whatever the rest of the config, or None."""
+    if target is not None and path == "pipeline.page_kb" and target.lacks_bulk_copies:
+        return (f"{target.name} has no bulk copies (cp.async.bulk), so it runs no pipeline pages "
+                "(pipeline.pages=0 only)")
     if target is not None and target.arch == "none" and path in _NO_KERNEL_BUILD_KNOBS:
         return (f"{target.name} is a CPU stand-in that runs no kernel: the ReferenceVM and the cost model do not "
                 "model it")

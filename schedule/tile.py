@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 from . import opcodes as oc
 from .buffers import BufferTable, Placement, lm_head_buffer
-from .config import AttentionCombine, AttentionSoftmax, PartialsDtype, ScheduleConfig
+from .config import AttentionCombine, AttentionSoftmax, PartialsDtype, ScheduleConfig, get_path, with_value
 from .errors import LoweringError
 from .graph import ModelDims
+from .inert import inert_reason
 from .opcodes import NO_BUFFER, Epilogue, EpilogueParams, Opcode
 from .program import Prefetch, Region
 from .smem import (
@@ -41,14 +42,24 @@ def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict
     With the model's `dtype`, attention.partials_dtype 'model' compiles in only where it changes the kernel
     (more than one KV partition, and a dtype narrower than fp32): a program it cannot change keeps its
     fingerprint, so the search sees it as the program it is."""
-    b = config.build
     partials = (config.attention.partials_dtype == PartialsDtype.MODEL and config.attention.kv_partitions != 1
                 and (dtype is None or dtype.nbytes < 4))
+    # a knob that cannot act under the rest of the config (schedule/inert.py) compiles in at its default, so that
+    # the program, its fingerprint and its kernel are those of the config without it
+    b = config.build
+    for path in _BUILD_KNOBS_THAT_MAY_BE_INERT:
+        if inert_reason(config, path) is not None:
+            config = with_value(config, path, get_path(ScheduleConfig(), path))
+            b = config.build
     return {"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": b.loads_in_flight,
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
             "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,
             "PAGE_BYTES": config.pipeline.page_kb * 1024,
             "PARTIALS_MODEL_DTYPE": int(partials)}
+
+
+_BUILD_KNOBS_THAT_MAY_BE_INERT = ("build.l2_prefetch_kb", "build.loads_in_flight", "build.rows_in_flight",
+                                  "pipeline.page_kb")
 
 
 @dataclass

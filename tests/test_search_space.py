@@ -71,3 +71,37 @@ def test_every_knob_the_search_leaves_alone_says_why():
         for k in search_space(name):
             d = k.to_dict()
             assert bool(d["search"]) != bool(d.get("unsearched")), (name, d)
+
+
+def test_a_knob_that_cannot_act_leaves_the_program_and_its_fingerprint_alone():
+    # an inert build knob compiles in at its default, so a verify or bench record of the default program covers
+    # the same program reached with it set, and a GPU does not build that program again
+    import amk
+    from amk.schedule import lower
+
+    model = amk.load_model("toy-2L", dtype="bf16", weights=False)
+
+    def program(**cfg):
+        return lower(model, "h200", cfg, max_seq=128)
+
+    base = program()
+    for cfg in ({"pipeline": {"page_kb": 32}}, {"build": {"l2_prefetch_kb": 64}},
+                {"build": {"rows_in_flight": 2, "loads_in_flight": 2}, "pipeline": {"pages": 4}}):
+        plain = program(**{k: v for k, v in cfg.items() if k != "build"}) if "build" in cfg else base
+        assert program(**cfg).fingerprint() == plain.fingerprint(), cfg
+    # where it acts it is compiled in
+    deep = program(pipelining_depth=1)
+    capped = program(pipelining_depth=1, build={"l2_prefetch_kb": 64})
+    assert capped.build["L2_PREFETCH_KB"] == 64 and capped.fingerprint() != deep.fingerprint()
+    assert program(build={"rows_in_flight": 2}).fingerprint() != base.fingerprint()
+    assert program(pipeline={"pages": 4, "page_kb": 8}).fingerprint() != program(pipeline={"pages": 4}).fingerprint()
+
+
+def test_page_size_is_not_searched_where_no_pages_can_run():
+    from amk.schedule.space import search_space
+
+    for target in ("a100-80gb", "l4"):
+        (knob,) = [k for k in search_space(target) if k.path == "pipeline.page_kb"]
+        assert knob.search == () and "no bulk copies" in knob.unsearched
+    (knob,) = [k for k in search_space("h200") if k.path == "pipeline.page_kb"]
+    assert len(knob.search) > 1 and knob.unsearched is None
