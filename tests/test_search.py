@@ -148,6 +148,29 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     assert one.returncode == 0, one.stderr  # one worker and the CPU path never import Ray
 
 
+def test_sigterm_to_the_whole_process_group_under_ray_still_ends_with_the_summary(tmp_path):
+    # `timeout`, `kill -- -PGID` and job schedulers signal every process of the group: Ray's own processes must
+    # leave the stop to the driver, whose workers then finish their trials and report
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray not installed (pip install 'amk[ray]')")
+    p = _amk("loop", "--model", "toy", "--workers", "2", "--budget", "200", "--json", cwd=tmp_path,
+             start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_rows(tmp_path / "results.tsv") if (tmp_path / "results.tsv").exists()
+                                         else []) < 2:
+        time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err[-3000:]
+    s = json.loads(out)
+    assert s["stopped"] == "interrupted" and s["workers"] == 2 and 2 <= s["trials"] < 200
+    assert [w["worker"] for w in s["per_worker"]] == [0, 1]
+    rows = [r for r in read_rows(tmp_path / "results.tsv") if r["status"] != "remeasure"]
+    assert len(rows) == s["trials"]
+
+
 def test_builder_processes_build_the_next_round_while_this_one_is_measured(tmp_path):
     # two builder processes and a measurement that takes a while, as on a GPU: rounds after the first are
     # built while the ones before are measured, so the measuring process hardly waits for a round; the trials

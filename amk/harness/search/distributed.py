@@ -9,7 +9,9 @@ keeps a config only against its own incumbent, measured on its own GPU (two GPUs
 
 Ray runs locally (a fresh instance, shut down at the end) or on a cluster given by `ray_address` (the
 files must then sit on a file system every node shares). The budget is split between the workers; minutes
-apply to each. SIGINT in the driver asks every worker to stop after its trial in flight. Ray is an optional
+apply to each. SIGINT or SIGTERM in the driver asks every worker to stop after its trial in flight; a locally
+started Ray's processes ignore both (signals.ChildrenIgnoreStops), so a signal sent to the whole process group
+reaches the driver alone. Ray is an optional
 extra (`pip install 'amk[ray]'`); one worker never imports it.
 """
 
@@ -87,7 +89,7 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     from amk.models import Model
     from amk.progress import is_quiet
 
-    from .signals import StopFlag
+    from .signals import ChildrenIgnoreStops, StopFlag
 
     if isinstance(model, Model):
         raise LoopError("workers > 1 needs a model name or checkpoint path: an in-memory model does not travel "
@@ -113,8 +115,9 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     started = not ray.is_initialized()
     if started:
         env = {k: v for k, v in os.environ.items() if k.startswith("AMK_")}
-        ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": env} if env else None)
+        with ChildrenIgnoreStops():
+            ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING,
+                     runtime_env={"env_vars": env} if env else None)
     t0 = time.monotonic()
     try:
         stop = ray.remote(_Flag).options(num_cpus=0).remote()
