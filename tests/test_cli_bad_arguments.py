@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+import torch
 from _cli import cli_json
 
 from amk.harness.commands import UsageError, read_config_arg
@@ -230,6 +231,18 @@ def test_a_model_field_amk_does_not_lower_names_the_model_flag(capsys, tmp_path)
     code, out = run(capsys, "evaluate", "--model", str(path), "--config", "{}")
     assert code == 2 and out["error_type"] == "usage"
     assert out["error"].startswith("--model: unsupported model feature: hidden_act='gelu'"), out["error"]
+
+
+def test_swish_is_silu_under_its_other_name(capsys, tmp_path):
+    # transformers builds the same SiLU for either spelling; a checkpoint that says swish verifies as silu does
+    from _checkpoints import llama
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-4, 4, 9)
+    assert torch.equal(ACT2FN["swish"](x), torch.nn.functional.silu(x))
+    path = llama(tmp_path / "swish", hidden_act="swish")
+    code, out = run(capsys, "evaluate", "--model", str(path), "--config", "{}", "--dtype", "fp32", "--max-seq", "32")
+    assert code == 0 and out["correct"] is True, out
 
 
 def test_inline_json_and_paths_longer_than_a_file_name_are_no_crash(capsys, tmp_path, monkeypatch):

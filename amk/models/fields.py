@@ -61,6 +61,12 @@ def _is(expected) -> Refusal:
     return refuse
 
 
+def _one_of(*allowed) -> Refusal:
+    def refuse(v, cfg, arch):
+        return None if v in allowed else f"only {' or '.join(repr(a) for a in allowed)} are lowered"
+    return refuse
+
+
 def _unset(what: str) -> Refusal:
     def refuse(v, cfg, arch):
         return None if v in (None, {}, []) else f"{what} is not lowered"
@@ -163,7 +169,8 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("num_key_value_heads", _L, "KV heads (GQA groups)", _positive_int(nullable=True)),
     _F("head_dim", _L, "the head width (Qwen2 reads it through getattr when a config carries it)",
        _positive_int(nullable=True)),
-    _F("hidden_act", _O, "the MLP activation", _is("silu")),
+    _F("hidden_act", _O, "the MLP activation: silu, or swish, transformers' other name for it (ACT2CLS maps both to "
+                         "x * sigmoid(x))", _one_of("silu", "swish")),
     _F("rms_norm_eps", _L, "every RMSNorm (and Qwen3's q/k norms)", _positive_number()),
     _F("max_position_embeddings", _L, "the default context of a program (capped at 2048 by lower()) and the "
                                       "RoPE tables' range", _positive_int(nullable=True)),
