@@ -164,7 +164,8 @@ def test_console_script_loop_budget_3_and_report(tmp_path):
     assert len(load_corpus(tmp_path / "corpus.jsonl")) == len(df)  # a tuning record per trial
     p = subprocess.run([amk_bin, "--json", "loop", "--model", "toy", "--budget", "1"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2 and "resume" in json.loads(p.stdout)["error"]
+    err = json.loads(p.stdout)["error"]
+    assert p.returncode == 2 and err.startswith("--results: results.tsv already holds 3 trials") and "--resume" in err
     p = subprocess.run([amk_bin, "report", "--json", "--out-dir", "plots"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]

@@ -71,6 +71,7 @@ def test_a_results_file_of_another_tool_without_a_whole_line_is_refused_and_left
         code, out, err = cli(capsys, "loop", "--model", "toy", "--budget", "1", "--results", str(foreign),
                              "--corpus", str(tmp_path / "c.jsonl"), *extra)
         assert code == 2 and "is not a results.tsv header" in err and "Traceback" not in err, err
+        assert "amk: error: --results: " in err, err  # HARNESS section 4: the flag leads
     assert foreign.read_bytes() == content and not (tmp_path / "c.jsonl").exists()
 
 

@@ -133,7 +133,7 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     s = json.loads(out)
     assert s["workers"] == 2 and s["trials"] == 4 and len(s["per_worker"]) == 2
     # a line a trial, forwarded by Ray (which may fold alike lines or lose the last ones at shutdown: not counted)
-    assert "[worker " in err
+    assert "[worker " in err and "\x1b[" not in err  # no colour codes into a pipe
     rows = [r for r in read_rows(tmp_path / "results.tsv") if r["status"] != "remeasure"]
     assert len(rows) == 4 and len({r["program_fingerprint"] for r in rows}) == 4
     assert open(tmp_path / "results.tsv").read().count("trial\t") == 1

@@ -195,10 +195,10 @@ class _Run(Rounds):
         try:
             rows = read_rows(self.results)
         except ResultsFormatError as e:
-            raise LoopError(str(e)) from None
+            raise LoopError(str(e), argument="results") from None
         if rows and not resume:
             raise LoopError(f"{results} already holds {len(rows)} trials: resume it (--resume; resume=True in "
-                            "Python), or choose another results file")
+                            "Python), or choose another results file", argument="results")
         self.weights_now, self.passed_on = self._checkpoint_fingerprints(rows)
         rows = self._rows_of_run(rows)  # the rows a resume may compare with, and adopt
         self.adopted = False  # a row of the results stands for the start's measurement
@@ -280,7 +280,7 @@ class _Run(Rounds):
             raise LoopError(f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at "
                             f"{float(best['latency_us']):.2f} us, the incumbent a resumed loop continues from; a "
                             f"given config ({given.schedule_id}) would replace it whatever its latency: resume "
-                            "without --config, or start another results file from it")
+                            "without --config, or start another results file from it", argument="incumbent")
 
     def _resumed_incumbent(self, cfg: ScheduleConfig, origin: str, rows: list[dict]) -> tuple[ScheduleConfig, str]:
         """The start of a resume: the results file's best kept trial of this run's dtype and context, whose config
@@ -301,12 +301,13 @@ class _Run(Rounds):
                        if e.kept and e.schedule_id == best["schedule_id"]), None)
         if record is None:
             raise LoopError(f"{where}, but {self.corpus} holds no record of its config, the incumbent to continue "
-                            "from: resume with the corpus that loop wrote (--corpus), or choose another results file")
+                            "from: resume with the corpus that loop wrote (--corpus), or choose another results file",
+                            argument="corpus")
         try:
             return ScheduleConfig.from_dict(record.config), f"{self.results} trial {best['trial']}"
         except ValueError as e:  # a hand edit, or a knob since removed
             raise LoopError(f"{where}, but its config in {self.corpus} no longer parses ({e}): choose another "
-                            "results file") from None
+                            "results file", argument="corpus") from None
 
     def _same_run(self, row: dict) -> bool:
         """Whether a results row was measured at this run's dtype and context (max_seq). An empty cell (a file

@@ -102,16 +102,21 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     try:
         rows = read_rows(results)
     except ResultsFormatError as e:
-        raise LoopError(str(e)) from None
+        raise LoopError(str(e), argument="results") from None
     if rows and not resume:
         raise LoopError(f"{results} already holds {len(rows)} trials: pass resume=True (--resume) to continue it, "
-                        "or choose another results file")
+                        "or choose another results file", argument="results")
     seed_config = parse_config(incumbent).to_dict() if incumbent is not None else None
     if builders is None:
         builders = 0 if dev != Device.CUDA else max(0, ((os.cpu_count() or 1) - 2 * workers) // workers)
     # the driver's progress callback stands for its workers' lines: none without one, none under -q
     show_progress = progress is not None and not is_quiet()
     ray = _import_ray()
+    # Ray colours the prefix of each forwarded worker line; no escape codes into a file or a pipe (or under
+    # NO_COLOR), unless the user set RAY_COLOR_PREFIX. The driver reads it as it prints
+    plain = "RAY_COLOR_PREFIX" not in os.environ and bool(os.environ.get("NO_COLOR") or not sys.stderr.isatty())
+    if plain:
+        os.environ["RAY_COLOR_PREFIX"] = "0"
     started = not ray.is_initialized()
     if started:
         env = {k: v for k, v in os.environ.items() if k.startswith("AMK_")}
@@ -142,6 +147,8 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     finally:
         if started:
             ray.shutdown()
+        if plain:
+            os.environ.pop("RAY_COLOR_PREFIX", None)
     return merge(summaries, name, target.name, dev.value, results, corpus, time.monotonic() - t0)
 
 
