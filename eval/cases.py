@@ -60,9 +60,10 @@ def _candidates(max_seq: int, reduced: bool, seed: int) -> list[VerifyCase]:
         return case(f"greedy{g}", f"greedy{full_gen}" + ("" if t == full_tokens else f" ({full_tokens} prompt tokens)"),
                     0, t, g, s)
 
-    def mid_case(s):
+    def mid_case(s):  # the full-size case is pos300 with 2 tokens
         t = min(2, max_seq - mid)
-        return case(f"pos{mid}", f"pos{mid}" + ("" if t == 2 else " (2 tokens)"), mid, t, 0, s)
+        full = "pos300" + ("" if t == 2 else " (2 tokens)")
+        return case(f"pos{mid}" if full != f"pos{mid}" else full, full, mid, t, 0, s)
 
     if reduced:
         out = [VerifyCase("pos0", 0, 1, seed=seed), mid_case(1), greedy(3, 8, 2)]
@@ -85,11 +86,20 @@ def _distinct(out: list[VerifyCase], max_seq: int) -> list[VerifyCase]:
 
 
 def left_out_cases(max_seq: int, reduced: bool = False) -> list[str]:
-    """The default cases a context of `max_seq` positions leaves out: cut down to fit, each would repeat a case
-    run before it (named as cut down, with the full-size case it comes from)."""
+    """The default cases a context of `max_seq` positions leaves out, each named as cut down, with the full-size
+    case it comes from and why: "repeats <a case run>", or "needs <n> positions" where even cut down it does not
+    fit (pos1 in a context of one position). E.g. "tokens3 (from tokens8, repeats pos0_near_limit)"."""
     cands = _candidates(max_seq, reduced, 0)
-    kept = {id(c) for c in _distinct(cands, max_seq)}
-    return [c.name + (f" (from {c.scaled_from})" if c.scaled_from else "") for c in cands if id(c) not in kept]
+    kept = _distinct(cands, max_seq)
+    out = []
+    for c in cands:
+        if any(c is k for k in kept):
+            continue
+        same = next((k for k in kept if k.name == c.name
+                     or (k.prefix_len, k.tokens, k.generate) == (c.prefix_len, c.tokens, c.generate)), None)
+        why = f"repeats {same.name}" if c.positions <= max_seq and same is not None else f"needs {c.positions} positions"
+        out.append(f"{c.name} ({', '.join(([f'from {c.scaled_from}'] if c.scaled_from else []) + [why])})")
+    return out
 
 
 def check_case_list(cases) -> None:

@@ -35,6 +35,7 @@ def test_default_cases_fit_every_context():
     assert all("scaled_from" not in c.to_dict() for c in big)
     short = {c.name: c for c in default_cases(16)}
     assert short["greedy13"].scaled_from == "greedy32" and short["greedy13"].positions == 16
+    assert short["pos8"].scaled_from == "pos300"  # the mid case, cut to the context's middle
 
 
 def test_a_short_context_verifies_with_scaled_cases(tmp_path, monkeypatch):
@@ -95,8 +96,12 @@ def test_a_context_that_drops_default_cases_names_them():
     from amk.eval.cases import left_out_cases
 
     assert left_out_cases(2048) == [] and left_out_cases(16) == []
-    assert left_out_cases(3) == ["pos1", "tokens3 (from tokens8)"]  # the mid case lands on pos1; tokens3 on pos0_near_limit
+    # the mid case (pos300) lands on pos1; tokens3 on pos0_near_limit
+    assert left_out_cases(3) == ["pos1 (from pos300, repeats pos1)", "tokens3 (from tokens8, repeats pos0_near_limit)"]
+    # in one position pos1 does not fit at all
+    assert left_out_cases(1)[0] == "pos1 (needs 2 positions)"
     v = amk.evaluate("toy", "cpu-sim", {}, max_seq=3)
     note = next(n for n in v["notes"] if n.startswith("verify cases in the program's context of 3 positions"))
-    assert "left out as repeats of the cases run: pos1, tokens3 (from tokens8)" in note
+    assert "left out: pos1 (from pos300, repeats pos1), tokens3 (from tokens8, repeats pos0_near_limit)" in note
+    assert {c["case"] for c in v["case_results"]} == {"pos0", "pos1", "pos0_near_limit", "greedy3"}
     assert "greedy32 (4 prompt tokens) -> greedy3" in note

@@ -43,10 +43,10 @@ def resolve_cases(model, program: MegakernelProgram, cases, dev: Device, seed: i
 
 def scaling_note(case_list, max_seq: int, left_out: list[str] = ()) -> str | None:
     """The verdict's note naming the cases cut down to fit a short context and the default cases it left out
-    (cut down, they would repeat a case run before them), or None when there are none."""
+    (each with why: cut down, it would repeat a case run, or it cannot fit at all), or None when there are none."""
     cut = [f"{c.scaled_from} -> {c.name}" for c in case_list if c.scaled_from]
     parts = ([f"scaled: {', '.join(cut)}"] if cut else []) + \
-        ([f"left out as repeats of the cases run: {', '.join(left_out)}"] if left_out else [])
+        ([f"left out: {', '.join(left_out)}"] if left_out else [])
     return f"verify cases in the program's context of {max_seq} positions: {'; '.join(parts)}" if parts else None
 
 
