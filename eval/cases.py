@@ -63,7 +63,7 @@ def _candidates(max_seq: int, reduced: bool, seed: int) -> list[VerifyCase]:
     def mid_case(s):  # the full-size case is pos300 with 2 tokens
         t = min(2, max_seq - mid)
         full = "pos300" + ("" if t == 2 else " (2 tokens)")
-        return case(f"pos{mid}" if full != f"pos{mid}" else full, full, mid, t, 0, s)
+        return case(f"pos{mid}", full, mid, t, 0, s)
 
     if reduced:
         out = [VerifyCase("pos0", 0, 1, seed=seed), mid_case(1), greedy(3, 8, 2)]
@@ -95,9 +95,11 @@ def left_out_cases(max_seq: int, reduced: bool = False) -> list[str]:
     for c in cands:
         if any(c is k for k in kept):
             continue
-        same = next((k for k in kept if k.name == c.name
-                     or (k.prefix_len, k.tokens, k.generate) == (c.prefix_len, c.tokens, c.generate)), None)
-        why = f"repeats {same.name}" if c.positions <= max_seq and same is not None else f"needs {c.positions} positions"
+        if c.positions > max_seq:
+            why = f"needs {c.positions} positions"
+        else:  # _distinct kept a case of its name or its shape
+            why = "repeats " + next(k.name for k in kept if k.name == c.name
+                                    or (k.prefix_len, k.tokens, k.generate) == (c.prefix_len, c.tokens, c.generate))
         out.append(f"{c.name} ({', '.join(([f'from {c.scaled_from}'] if c.scaled_from else []) + [why])})")
     return out
 

@@ -46,11 +46,11 @@ def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict
                 and (dtype is None or dtype.nbytes < 4))
     # a knob that cannot act under the rest of the config (schedule/inert.py) compiles in at its default, so that
     # the program, its fingerprint and its kernel are those of the config without it
-    b = config.build
+    default = ScheduleConfig()
     for path in _BUILD_KNOBS_THAT_MAY_BE_INERT:
         if inert_reason(config, path) is not None:
-            config = with_value(config, path, get_path(ScheduleConfig(), path))
-            b = config.build
+            config = with_value(config, path, get_path(default, path))
+    b = config.build
     return {"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": b.loads_in_flight,
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
             "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,

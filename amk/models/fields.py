@@ -55,15 +55,10 @@ ROPE_TYPES = ("default", "llama3", "linear")  # the types whose tables depend on
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 
-def _is(expected) -> Refusal:
+def _is(*allowed) -> Refusal:
     def refuse(v, cfg, arch):
-        return None if v == expected else f"only {expected!r} is lowered"
-    return refuse
-
-
-def _one_of(*allowed) -> Refusal:
-    def refuse(v, cfg, arch):
-        return None if v in allowed else f"only {' or '.join(repr(a) for a in allowed)} are lowered"
+        return None if v in allowed else f"only {' or '.join(repr(a) for a in allowed)} " + \
+            ("is" if len(allowed) == 1 else "are") + " lowered"
     return refuse
 
 
@@ -170,7 +165,7 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("head_dim", _L, "the head width (Qwen2 reads it through getattr when a config carries it)",
        _positive_int(nullable=True)),
     _F("hidden_act", _O, "the MLP activation: silu, or swish, transformers' other name for it (ACT2CLS maps both to "
-                         "x * sigmoid(x))", _one_of("silu", "swish")),
+                         "x * sigmoid(x))", _is("silu", "swish")),
     _F("rms_norm_eps", _L, "every RMSNorm (and Qwen3's q/k norms)", _positive_number()),
     _F("max_position_embeddings", _L, "the default context of a program (capped at 2048 by lower()) and the "
                                       "RoPE tables' range", _positive_int(nullable=True)),
