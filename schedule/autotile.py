@@ -55,7 +55,10 @@ class WarpSplit:
 
 def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None) -> float:
     """Bytes a task of `rows` computed rows of `k` weights streams at its SM's rate in the time its busiest warp
-    takes: the weight bytes, rounded up to whole steps of every warp. Mirrors matvec_walk and row_chunks."""
+    takes: the busiest warp's loads times the warps. A warp loads whole 16-byte vectors on all 32 lanes, but only
+    those inside its units (the last step of a unit skips the loads past its end, vm/matvec.cuh walk_load), so
+    `loads_in_flight` sets how many loads are in flight, not how many are made. Mirrors matvec_walk and
+    row_chunks."""
     if split is None:
         return rows * k * nbytes
     vec = 16 // nbytes
@@ -64,8 +67,7 @@ def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None) -> f
     while rows * s < w * nr and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
         s *= 2
     mine = -(-rows * s // w)
-    steps = -(-mine // nr) * -(-(nvec // s) // (split.loads_in_flight * 32))
-    return steps * w * nr * split.loads_in_flight * 32 * 16
+    return mine * -(-(nvec // s) // 32) * w * 32 * 16
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ it was measured slower at every depth and cap (llama-3.2-1b bf16: 18-23% on an H
 loop_20261130_h200_llama_s0/results.tsv; 6-12% on an H100, bench/results/20261122-040834_h100-sxm_llama-3.2-
 1b_bf16_s3_third.json), so it is priced as the register path and the search's learned part charges what the
 GPU shows. On the register path a matvec task lasts as long as its busiest warp streams: its weight bytes are
-counted in whole steps of every consumer warp (autotile.streamed_bytes). A task of a join (attention.combine =
+counted as the busiest warp's loads on every consumer warp (autotile.streamed_bytes). A task of a join (attention.combine =
 last_partition) pays one more round trip, its arrival. Activation reads are not priced, except the attention
 partitions a combine reads (combine_bytes): under attention.combine = o_input every O task reads all of them
 (128 KiB a task at 16 partitions on llama-3.2-1b), under stage and last_partition one task a KV head. They are
@@ -162,8 +162,9 @@ def warp_split(program: MegakernelProgram) -> WarpSplit | None:
 
 
 def task_stream_bytes(t: Task, split: WarpSplit | None, nbytes: int) -> float:
-    """Weight bytes of `t` as its SM streams them: on the register path (`split`) a matvec's bytes in whole steps
-    of every consumer warp (autotile.streamed_bytes: 18 rows on 16 warps count as 32); else its weight bytes."""
+    """Weight bytes of `t` as its SM streams them: on the register path (`split`) a matvec's bytes as its busiest
+    warp's loads on every consumer warp (autotile.streamed_bytes: 18 rows on 16 warps count as 32); else its weight
+    bytes."""
     if split is None or t.opcode != Opcode.MATVEC or not t.weight_bytes:
         return t.weight_bytes
     p = t.params

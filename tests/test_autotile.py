@@ -11,23 +11,32 @@ from amk.schedule.autotile import WarpSplit, matvec_rows, resolve, streamed_byte
 SPLIT = WarpSplit(warps=16, rows_in_flight=1, loads_in_flight=4)
 
 
-def _walk_steps(rows: int, k: int, nbytes: int, split: WarpSplit) -> int:
-    """Steps of the busiest warp, walked unit by unit as the kernel hands them out (an independent count)."""
+def _busiest_warp_loads(rows: int, k: int, nbytes: int, split: WarpSplit) -> int:
+    """16-byte loads of lane 0 of the busiest warp, walked unit by unit as the kernel hands them out (an
+    independent count): a unit's last step loads only the vectors inside the unit."""
     nvec = k // (16 // nbytes)
     s = 1
     while rows * s < split.warps * split.rows_in_flight and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
         s *= 2
-    per_unit = -(-(nvec // s) // (split.loads_in_flight * 32))
+    per_unit = len(range(0, nvec // s, 32))  # lane 0's vectors of one unit
     units = [0] * split.warps
     for u in range(rows * s):
         units[u % split.warps] += 1
-    return max(-(-n // split.rows_in_flight) for n in units) * per_unit
+    return max(units) * per_unit
 
 
-@pytest.mark.parametrize("rows,k", [(16, 2048), (18, 2048), (32, 2048), (7, 8192), (8, 8192), (243, 2048), (5, 576)])
-def test_streamed_bytes_is_whole_steps_of_every_warp(rows, k):
-    step_bytes = SPLIT.warps * SPLIT.rows_in_flight * SPLIT.loads_in_flight * 32 * 16
-    assert streamed_bytes(rows, k, 2, SPLIT) == _walk_steps(rows, k, 2, SPLIT) * step_bytes
+@pytest.mark.parametrize("rows,k", [(16, 2048), (18, 2048), (32, 2048), (7, 8192), (8, 8192), (243, 2048), (5, 576),
+                                    (8, 896), (3, 64)])
+@pytest.mark.parametrize("loads", [1, 4, 8])
+def test_streamed_bytes_is_the_busiest_warps_loads_on_every_warp(rows, k, loads):
+    split = WarpSplit(warps=16, rows_in_flight=1, loads_in_flight=loads)
+    assert streamed_bytes(rows, k, 2, split) == _busiest_warp_loads(rows, k, 2, split) * split.warps * 32 * 16
+
+
+def test_loads_in_flight_do_not_change_the_bytes_a_short_row_streams():
+    # a 64-weight row is 8 vectors: 4 loads in flight make no more loads than 1 (the kernel skips the rest)
+    assert streamed_bytes(3, 64, 2, WarpSplit(16, 1, 4)) == streamed_bytes(3, 64, 2, WarpSplit(16, 1, 1))
+    assert streamed_bytes(8, 896, 2, WarpSplit(16, 1, 4)) == 2 * 16 * 32 * 16  # 56-vector units: two loads a lane
 
 
 def test_a_task_two_rows_past_the_warps_costs_a_second_round():
@@ -48,7 +57,8 @@ def test_resolve_prices_by_the_configs_warps(name):
     dims = public_shape(name, "bf16", device="meta").dims
     h200 = get_target("h200")
     _, derived = resolve(ScheduleConfig(), dims, 2, h200, 1088)
-    assert derived["matvec.o.rows_per_task"] % 16 == 0
+    rows = derived["matvec.o.rows_per_task"]
+    assert rows % 16 == 0 or 16 % rows == 0, rows  # whole units on every warp: no warp runs a second round
     paged = ScheduleConfig.from_dict({"pipeline": {"pages": 4, "page_kb": 32}, "smem_per_block": 230000})
     _, derived_paged = resolve(paged, dims, 2, h200, 1088)
     assert derived_paged["matvec.o.rows_per_task"] == matvec_rows(dims.hidden, dims.n_heads * dims.head_dim, 2,

@@ -166,11 +166,11 @@ def test_loop_refuses_an_existing_results_file_without_resume_and_a_foreign_one(
     assert foreign.read_text() == "a\tb\n1\t2\n"  # nothing lost
 
 
-def _other_loads_are_faster(model, gpu, config, **kw):  # the loop tries loads_in_flight first
-    return _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
+def _others_are_faster(model, gpu, config, **kw):  # any move off the defaults is a keep
+    return _verdict(100.0 if config.schedule_id == DEFAULT.schedule_id else 90.0)
 
 
-def _file_with_a_keep(tmp_path, evaluate=_other_loads_are_faster):
+def _file_with_a_keep(tmp_path, evaluate=_others_are_faster):
     """results.tsv and corpus.jsonl of an 8-trial loop, and its best kept row."""
     res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
     amk.loop("toy", "cpu-sim", budget=8, device="cpu", results=res, corpus=cor, seed=3, evaluate=evaluate,
@@ -185,9 +185,9 @@ def test_resume_without_the_corpus_of_its_best_keep_refuses(tmp_path):
     before = res.read_text()
     with pytest.raises(LoopError, match=f"trial {best['trial']} kept {best['schedule_id']}.*holds no record"):
         amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=tmp_path / "elsewhere.jsonl",
-                 evaluate=_other_loads_are_faster, resume=True, settings=SMALL)
+                 evaluate=_others_are_faster, resume=True, settings=SMALL)
     assert res.read_text() == before  # nothing appended
-    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_other_loads_are_faster,
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_others_are_faster,
                  resume=True, settings=SMALL)  # with its corpus, the loop continues from that keep
     assert s["incumbent"]["latency_us"] <= float(best["latency_us"])
 
@@ -195,9 +195,9 @@ def test_resume_without_the_corpus_of_its_best_keep_refuses(tmp_path):
 def test_resume_with_a_given_config_other_than_the_kept_incumbent_refuses(tmp_path):
     res, cor, best = _file_with_a_keep(tmp_path)
     before = res.read_text()
-    slower = {"build": {"loads_in_flight": 4}}  # 100 us against the kept 90: it must not become a keep
+    slower = {"build": {"loads_in_flight": 4}}  # the defaults: 100 us against the kept 90, it must not become a keep
     with pytest.raises(LoopError, match=f"trial {best['trial']} kept {best['schedule_id']}.*resume without --config"):
-        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_other_loads_are_faster,
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_others_are_faster,
                  resume=True, incumbent=slower, settings=SMALL)
     assert res.read_text() == before
 
@@ -233,7 +233,8 @@ def test_seeded_loop_starts_from_the_given_config_and_a_measured_one_is_a_duplic
     # the same program again (resume): its row stands for it, nothing is measured twice
     s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, incumbent=seed, resume=True,
                  evaluate=fake_evaluate, settings=SMALL)
-    assert s["incumbent"]["trial"] == 1 and s["incumbent"]["latency_us"] == float(rows[0]["latency_us"])
+    assert len(read_rows(res)) == len(rows) + 1  # its one trial, no second baseline row
+    assert s["incumbent"]["latency_us"] <= float(rows[0]["latency_us"])
     assert len(fake_evaluate) == calls + 1 and s["search"]["duplicates"] >= 1
     assert given.schedule_id not in fake_evaluate[calls:]
     with pytest.raises(amk.ConfigError, match="rows_per_tsk"):
@@ -398,7 +399,7 @@ def test_a_confirmed_keep_describes_its_pooled_figure(tmp_path):
 
     def evaluate(model, gpu, config, **kw):
         seen[config.schedule_id] = seen.get(config.schedule_id, 0) + 1
-        lat = 100.0 if config.build.loads_in_flight == 4 else (90.0 if seen[config.schedule_id] == 1 else 96.0)
+        lat = 100.0 if config.schedule_id == DEFAULT.schedule_id else (90.0 if seen[config.schedule_id] == 1 else 96.0)
         return _verdict(lat, spread=0.5, kind="measured-gpu")
 
     amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
@@ -517,20 +518,20 @@ def test_a_resume_at_another_dtype_or_max_seq_is_not_barred_by_the_files_keeps(t
     # of the run's dtype and context, the file's keep bars both a corpus without it and a slower given config
     with pytest.raises(LoopError, match="holds no record"):
         amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=tmp_path / "other.jsonl", resume=True,
-                 evaluate=_other_loads_are_faster, settings=SMALL)
+                 evaluate=_others_are_faster, settings=SMALL)
     with pytest.raises(LoopError, match="resume without --config"):
         amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, incumbent=slower,
-                 evaluate=_other_loads_are_faster, settings=SMALL)
+                 evaluate=_others_are_faster, settings=SMALL)
     # of another dtype or context, it is no bar: those runs start on their own (the given config, or the defaults)
     for n, other in enumerate(({"dtype": "bf16"}, {"max_seq": 64}), start=1):
         before = len(read_rows(res))
         amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, incumbent=slower,
-                 evaluate=_other_loads_are_faster, settings=SMALL, **other)
+                 evaluate=_others_are_faster, settings=SMALL, **other)
         start = read_rows(res)[before]  # the given config, measured as this run's start
         assert start["description"].startswith("baseline (given") and start["status"] == "keep"
         assert float(start["latency_us"]) == 100.0
         s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=tmp_path / f"o{n}.jsonl",
-                     resume=True, evaluate=_other_loads_are_faster, settings=SMALL, **other)
+                     resume=True, evaluate=_others_are_faster, settings=SMALL, **other)
         # the defaults (the slower config above) start it, adopted from the row of this dtype and context just
         # written: not measured again, and that row (not the fp32 keep) was the bar its one trial beat
         added = read_rows(res)[before + 1:]
@@ -550,7 +551,7 @@ def test_a_resume_starts_from_its_files_best_keep_not_a_faster_record_of_another
         if config.schedule_id == short:
             v = _verdict(50.0 if max_seq == 64 else 99.0)  # fast only at the short context
         else:
-            v = _verdict(100.0 if config.build.loads_in_flight == 4 else 90.0)
+            v = _verdict(100.0 if config.schedule_id == DEFAULT.schedule_id else 90.0)
         return {**v, "latency_context": context}
 
     res, cor, best = _file_with_a_keep(tmp_path, by_context)
