@@ -26,6 +26,7 @@ from .targets import GpuTarget
 from .tile import build_defines
 
 TASK_FIXED_US = 1.5  # per-task cost besides its bytes (see the module docstring)
+MEMORY_LATENCY_NS = 700.0  # DRAM latency under a streaming load: a register-path step waits this long at least
 LM_HEAD_TASK_BYTES = 1 << 20  # LM-head tasks stay near 1 MiB: several a SM, so the last ones balance the SMs
 MAX_LM_HEAD_ROUNDS = 4  # ... but no more than 4 a SM: beyond, the per-task cost outweighs the balance
 MIN_PARTITION_POSITIONS = 32  # a KV partition below this many positions costs more to combine than it saves
@@ -53,21 +54,41 @@ class WarpSplit:
     loads_in_flight: int
 
 
-def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None) -> float:
+def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None, step_floor: float = 0.0) -> float:
     """Bytes a task of `rows` computed rows of `k` weights streams at its SM's rate in the time its busiest warp
-    takes: the busiest warp's loads times the warps. A warp loads whole 16-byte vectors on all 32 lanes, but only
-    those inside its units (the last step of a unit skips the loads past its end, vm/matvec.cuh walk_load), so
-    `loads_in_flight` sets how many loads are in flight, not how many are made. Mirrors matvec_walk and
-    row_chunks."""
+    takes (mirrors matvec_walk and row_chunks). The busiest warp walks its units `rows_in_flight` at a time in
+    steps of up to `loads_in_flight` 16-byte loads a lane; a unit's last step makes only the loads inside the unit
+    (walk_load skips the rest). A step is priced as its loads on every warp, but never below `step_floor`: the
+    bytes an SM streams in one memory latency, since a step waits a latency however few loads it holds (with no
+    floor, toy's 64-weight rows priced 4 loads in flight at 4x the bytes of 1 where both are one load; with whole
+    steps as the price, an H200 measured the shapes whose rows end mid-step slower than priced). No `split`
+    (pipeline pages): the weight bytes."""
     if split is None:
         return rows * k * nbytes
     vec = 16 // nbytes
-    nvec, w, nr = k // vec, split.warps, split.rows_in_flight
+    nvec, w, nr, nl = k // vec, split.warps, split.rows_in_flight, split.loads_in_flight
     s = 1
     while rows * s < w * nr and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
         s *= 2
-    mine = -(-rows * s // w)
-    return mine * -(-(nvec // s) // 32) * w * 32 * 16
+    mine = -(-rows * s // w)  # units of the busiest warp
+    lane_loads = -(-(nvec // s) // 32)  # lane 0's loads of one unit
+    load = w * 32 * 16  # one load on every lane of every warp
+
+    def group(live: int) -> float:  # the steps of a group of `live` units
+        whole, rest = divmod(lane_loads, nl)
+        return whole * max(live * nl * load, step_floor) + (max(live * rest * load, step_floor) if rest else 0.0)
+
+    full, last = divmod(mine, nr)
+    return full * group(nr) + (group(last) if last else 0.0)
+
+
+def step_floor_bytes(target: GpuTarget) -> float:
+    """Bytes one SM streams at its share of the spec bandwidth in one memory latency (streamed_bytes' floor)."""
+    return _sm_bytes_per_us(target) * MEMORY_LATENCY_NS * 1e-3
+
+
+def _priced(rows: int, k: int, nbytes: int, split: WarpSplit | None, target: GpuTarget) -> float:
+    return streamed_bytes(rows, k, nbytes, split, step_floor_bytes(target))
 
 
 @dataclass(frozen=True)
@@ -99,7 +120,7 @@ def matvec_rows(rows: int, k: int, nbytes: int, target: GpuTarget, split: WarpSp
     faster."""
     n, pair = target.sm_count, 2 if paired else 1
     cands = {-(-rows // t) for t in range(1, min(rows, 64 * n) + 1)}  # every distinct task height
-    est = {per: stage_us(-(-rows // per), streamed_bytes(pair * per, k, nbytes, split), target) for per in cands}
+    est = {per: stage_us(-(-rows // per), _priced(pair * per, k, nbytes, split, target), target) for per in cands}
     best = min(est.values())
     return max(per for per, t in est.items() if t <= best + NEAR_BEST_US)
 
@@ -110,7 +131,7 @@ def qkv_head_splits(dims: ModelDims, nbytes: int, target: GpuTarget, can_split: 
     splits = [1]
     while can_split and splits[-1] * 2 <= dims.head_dim // 2 and (dims.head_dim // 2) % (splits[-1] * 2) == 0:
         splits.append(splits[-1] * 2)
-    est = {s: stage_us(heads * s, streamed_bytes(dims.head_dim // s, dims.hidden, nbytes, split), target) for s in splits}
+    est = {s: stage_us(heads * s, _priced(dims.head_dim // s, dims.hidden, nbytes, split, target), target) for s in splits}
     best = min(est.values())
     return min(s for s, t in est.items() if t <= best + NEAR_BEST_US)
 
@@ -130,9 +151,9 @@ def fuse_rope(dims: ModelDims, nbytes: int, target: GpuTarget, split: WarpSplit 
     if not can_split:
         return True
     heads = dims.n_heads + 2 * dims.n_kv_heads
-    whole = stage_us(heads, streamed_bytes(dims.head_dim, dims.hidden, nbytes, split), target)
+    whole = stage_us(heads, _priced(dims.head_dim, dims.hidden, nbytes, split, target), target)
     s = qkv_head_splits(dims, nbytes, target, True, split)
-    apart = (stage_us(heads * s, streamed_bytes(dims.head_dim // s, dims.hidden, nbytes, split), target)
+    apart = (stage_us(heads * s, _priced(dims.head_dim // s, dims.hidden, nbytes, split, target), target)
              + stage_us(dims.n_kv_heads, 0, target))
     return whole <= apart + NEAR_BEST_US
 

@@ -9,7 +9,8 @@ it was measured slower at every depth and cap (llama-3.2-1b bf16: 18-23% on an H
 loop_20261130_h200_llama_s0/results.tsv; 6-12% on an H100, bench/results/20261122-040834_h100-sxm_llama-3.2-
 1b_bf16_s3_third.json), so it is priced as the register path and the search's learned part charges what the
 GPU shows. On the register path a matvec task lasts as long as its busiest warp streams: its weight bytes are
-counted as the busiest warp's loads on every consumer warp (autotile.streamed_bytes). A task of a join (attention.combine =
+counted as the busiest warp's steps on every consumer warp, each at least what the SM streams in one memory
+latency (autotile.streamed_bytes). A task of a join (attention.combine =
 last_partition) pays one more round trip, its arrival. Activation reads are not priced, except the attention
 partitions a combine reads (combine_bytes): under attention.combine = o_input every O task reads all of them
 (128 KiB a task at 16 partitions on llama-3.2-1b), under stage and last_partition one task a KV head. They are
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .autotile import WarpSplit, streamed_bytes
+from .autotile import MEMORY_LATENCY_NS, WarpSplit, streamed_bytes
 from .errors import AmkError
 from .opcodes import NO_BUFFER, Opcode
 from .program import MegakernelProgram, Task
@@ -56,7 +57,7 @@ class CostCoefficients:
     task_overhead_us: float = 1.8  # fetch and decode one instruction, stage its input, reduce, store, signal
     wait_us: float = 1.0  # one acquire round trip on a counter in global memory, and the spread of ready times
     launch_us: float = 4.0  # one kernel launch (host side included, as bench times it)
-    memory_latency_ns: float = 700.0  # DRAM latency, for the bytes-in-flight (Little's law) limit
+    memory_latency_ns: float = MEMORY_LATENCY_NS  # DRAM latency: the bytes-in-flight (Little's law) limit, a step's floor
     fitted_rows: int = 0  # 0: the defaults above; else how many measured rows they were fitted on
 
     def to_dict(self) -> dict:
@@ -161,14 +162,14 @@ def warp_split(program: MegakernelProgram) -> WarpSplit | None:
                      int(b.get("LOADS_IN_FLIGHT", 4)))
 
 
-def task_stream_bytes(t: Task, split: WarpSplit | None, nbytes: int) -> float:
+def task_stream_bytes(t: Task, split: WarpSplit | None, nbytes: int, step_floor: float = 0.0) -> float:
     """Weight bytes of `t` as its SM streams them: on the register path (`split`) a matvec's bytes as its busiest
-    warp's loads on every consumer warp (autotile.streamed_bytes: 18 rows on 16 warps count as 32); else its weight
-    bytes."""
+    warp's steps on every consumer warp, each at least `step_floor` bytes (autotile.streamed_bytes: 18 rows on 16
+    warps count as 32); else its weight bytes."""
     if split is None or t.opcode != Opcode.MATVEC or not t.weight_bytes:
         return t.weight_bytes
     p = t.params
-    return streamed_bytes(p.rows * (2 if p.epi.pair_offset else 1), p.klen, nbytes, split)
+    return streamed_bytes(p.rows * (2 if p.epi.pair_offset else 1), p.klen, nbytes, split, step_floor)
 
 
 def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoefficients | None = None,
@@ -177,6 +178,7 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
     coef = coef or CostCoefficients()
     ctx = bench_context(program.constants.max_seq) if context is None else int(context)
     rate = _sm_bytes_per_us(program, target, coef)
+    floor = rate * coef.memory_latency_ns * 1e-3  # a register-path step's bytes at least: one latency at `rate`
     pipelined = int(program.build.get("PAGES", 0)) > 0  # the pages hide the stream under the wait; L2 does not
     split, nbytes = warp_split(program), program.constants.dtype.nbytes
     tasks = program.tasks
@@ -196,7 +198,7 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
                 if dep is None:
                     break
                 ready, ready_path = dep
-                w_us = task_stream_bytes(t, split, nbytes) / rate
+                w_us = task_stream_bytes(t, split, nbytes, floor) / rate
                 kv = kv_bytes(t, program, ctx)
                 kv_us = (kv + combine_bytes(t, program)) / rate
                 sm_bytes[s] += t.weight_bytes + kv

@@ -11,32 +11,46 @@ from amk.schedule.autotile import WarpSplit, matvec_rows, resolve, streamed_byte
 SPLIT = WarpSplit(warps=16, rows_in_flight=1, loads_in_flight=4)
 
 
-def _busiest_warp_loads(rows: int, k: int, nbytes: int, split: WarpSplit) -> int:
-    """16-byte loads of lane 0 of the busiest warp, walked unit by unit as the kernel hands them out (an
-    independent count): a unit's last step loads only the vectors inside the unit."""
+def _busiest_warp_steps(rows: int, k: int, nbytes: int, split: WarpSplit) -> list[int]:
+    """Lane 0's loads in each step of the busiest warp, walked unit by unit as the kernel hands them out (an
+    independent count): `rows_in_flight` units a group, a unit's last step only the vectors inside it."""
     nvec = k // (16 // nbytes)
     s = 1
     while rows * s < split.warps * split.rows_in_flight and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
         s *= 2
-    per_unit = len(range(0, nvec // s, 32))  # lane 0's vectors of one unit
+    lane0 = list(range(0, nvec // s, 32))  # lane 0's vectors of one unit
     units = [0] * split.warps
     for u in range(rows * s):
         units[u % split.warps] += 1
-    return max(units) * per_unit
+    steps = []
+    left = max(units)
+    while left > 0:
+        live = min(split.rows_in_flight, left)
+        for first in range(0, len(lane0), split.loads_in_flight):
+            steps.append(live * len(lane0[first:first + split.loads_in_flight]))
+        left -= live
+    return steps
 
 
 @pytest.mark.parametrize("rows,k", [(16, 2048), (18, 2048), (32, 2048), (7, 8192), (8, 8192), (243, 2048), (5, 576),
                                     (8, 896), (3, 64)])
-@pytest.mark.parametrize("loads", [1, 4, 8])
-def test_streamed_bytes_is_the_busiest_warps_loads_on_every_warp(rows, k, loads):
-    split = WarpSplit(warps=16, rows_in_flight=1, loads_in_flight=loads)
-    assert streamed_bytes(rows, k, 2, split) == _busiest_warp_loads(rows, k, 2, split) * split.warps * 32 * 16
+@pytest.mark.parametrize("loads,rows_in_flight", [(1, 1), (4, 1), (8, 1), (4, 2), (2, 4)])
+@pytest.mark.parametrize("floor", [0.0, 25_000.0])
+def test_streamed_bytes_prices_each_step_of_the_busiest_warp(rows, k, loads, rows_in_flight, floor):
+    split = WarpSplit(warps=16, rows_in_flight=rows_in_flight, loads_in_flight=loads)
+    load = split.warps * 32 * 16  # one 16-byte load on every lane of every warp
+    want = sum(max(n * load, floor) for n in _busiest_warp_steps(rows, k, 2, split))
+    assert streamed_bytes(rows, k, 2, split, floor) == pytest.approx(want)
 
 
 def test_loads_in_flight_do_not_change_the_bytes_a_short_row_streams():
-    # a 64-weight row is 8 vectors: 4 loads in flight make no more loads than 1 (the kernel skips the rest)
-    assert streamed_bytes(3, 64, 2, WarpSplit(16, 1, 4)) == streamed_bytes(3, 64, 2, WarpSplit(16, 1, 1))
+    # a 64-weight row is 8 vectors, one load of lane 0: 4 loads in flight make no more loads than 1 (the kernel
+    # skips the rest), and a step costs at least a latency's bytes however few loads it holds
+    for floor in (0.0, 4000.0, 30_000.0):
+        assert streamed_bytes(3, 64, 2, WarpSplit(16, 1, 4), floor) == streamed_bytes(3, 64, 2, WarpSplit(16, 1, 1),
+                                                                                       floor)
     assert streamed_bytes(8, 896, 2, WarpSplit(16, 1, 4)) == 2 * 16 * 32 * 16  # 56-vector units: two loads a lane
+    assert streamed_bytes(8, 896, 2, WarpSplit(16, 1, 4), 25_000.0) == 25_000.0  # ... in one step, under a latency
 
 
 def test_a_task_two_rows_past_the_warps_costs_a_second_round():
