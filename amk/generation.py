@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from amk.harness.arguments import check_flag
 from amk.progress import bar, status
 from amk.schedule.errors import ArgumentError, ContextError, ProgramError
 
@@ -58,6 +59,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
 
     Raises ArgumentError naming the argument: `prompt` (empty, not text or integer ids, ids outside the
     vocabulary, text for a model without a tokenizer), `max_new_tokens` or `max_seq` (not a positive integer),
+    `stop_at_eos` (not a bool),
     `device` (not auto, cpu or cuda); EnvironmentProblem for device="cuda" without a usable GPU; ContextError
     when the prompt and new tokens need more positions than `max_seq`; ConfigError or LoweringError for a
     `config` that does not parse or lower, ProgramError for one whose program does not validate."""
@@ -70,6 +72,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         raise ArgumentError("max_new_tokens", f"expected a positive integer, got {max_new_tokens!r}")
     if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 1):
         raise ArgumentError("max_seq", f"expected a positive integer or None, got {max_seq!r}")
+    check_flag("stop_at_eos", stop_at_eos)
     dev = _device(device)
     if isinstance(model, str):
         # refused before the model loads (seconds to minutes of weights)

@@ -86,8 +86,14 @@ def read_locked(path: str | os.PathLike) -> bytes:
     p = Path(path)
     if not p.exists():
         return b""
-    with locked(p) as fd:  # shared readers are rare and short: the exclusive lock keeps this simple
+    # read-only, under a shared lock: a reader needs no write permission (a results file in a read-only
+    # directory, someone else's file), and waits only for a writer, which holds the exclusive one
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
         return read_all(fd)
+    finally:
+        os.close(fd)
 
 
 def read_numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:

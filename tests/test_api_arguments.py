@@ -32,6 +32,7 @@ import amk
     ({"corpus": 5}, "corpus"),
     ({"progress": 5}, "progress"),
     ({"builders": 10**6}, "builders"),
+    ({"resume": "false"}, "resume"),  # a string would count as true and resume the file
 ])
 def test_loop_refuses_a_bad_argument_before_opening_its_files(tmp_path, monkeypatch, kw, argument):
     monkeypatch.chdir(tmp_path)
@@ -74,6 +75,7 @@ def test_load_model_names_a_bad_dtype():
     ([1.5], {}, "prompt"),
     ([], {}, "prompt"),
     ([1, 2], {"device": "gpu"}, "device"),
+    ([1, 2], {"stop_at_eos": "no"}, "stop_at_eos"),
 ])
 def test_generate_refuses_a_bad_argument(prompt, kw, argument):
     with pytest.raises(amk.ArgumentError) as e:
@@ -169,3 +171,21 @@ def test_loop_refuses_a_claims_path_that_is_a_directory(tmp_path, monkeypatch):
         amk.loop("toy", "cpu-sim", budget=1, results="r.tsv", corpus="c.jsonl")
     assert e.value.argument == "results" and "r.tsv.claims" in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.tsv.claims"]
+
+
+def test_loop_refuses_files_it_could_not_append_to_before_any_trial(tmp_path, monkeypatch):
+    # a read-only mount or another user's directory: found at the first row, the run would end in a bare OSError
+    import os
+
+    from amk.harness.loop import LoopError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if "ro" in str(p) and mode & os.W_OK
+                        else real(p, mode, **kw))
+    for kw, argument in (({"results": "ro/r.tsv"}, "results"), ({"corpus": "ro/sub/c.jsonl"}, "corpus")):
+        with pytest.raises(LoopError, match="is not writable") as e:
+            amk.loop("toy", "cpu-sim", budget=1, device="cpu", **{"results": "r.tsv", "corpus": "c.jsonl", **kw})
+        assert e.value.argument == argument
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"] and not list((tmp_path / "ro").iterdir())

@@ -60,6 +60,13 @@ def test_config_argument_reads_an_existing_file_before_trying_inline_json(tmp_pa
     with pytest.raises(UsageError, match="no such file"):
         read_config_arg("missing.json")
     assert read_config_arg("") == "" and read_config_arg("  ") == "  "  # not the working directory: text, no JSON
+    r, w = os.pipe()  # a pipe, as `--config <(...)` or /dev/stdin give: a file that is no regular file
+    os.write(w, b'{"pipelining_depth": 3}')
+    os.close(w)
+    try:
+        assert json.loads(read_config_arg(f"/dev/fd/{r}")) == {"pipelining_depth": 3}
+    finally:
+        os.close(r)
 
 
 def test_an_empty_config_is_a_rejected_verdict_not_a_directory(capsys, tmp_path, monkeypatch):

@@ -340,3 +340,26 @@ def test_prior_weights_moves_by_past_gains():
     explore = Prior(prior.scores, prior.counts, epsilon=1.0)  # epsilon: uniform
     picks = [explore.choose([good, bad], rng).description for _ in range(2000)]
     assert abs(picks.count(good.description) - 1000) < 150
+
+
+def test_a_results_file_on_a_read_only_file_system_is_read(tmp_path, monkeypatch):
+    # reading takes no write access: evaluate, propose and report read results.tsv and corpus.jsonl where they
+    # cannot write them (a read-only mount, a file of another user)
+    import errno
+    import os
+
+    res = tmp_path / "results.tsv"
+    append_result(res, _row(1))
+    append_result(res, _row(2))
+    want = [r["schedule_id"] for r in read_rows(res)]
+    real = os.open
+
+    def read_only(path, flags, *a, **kw):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert [r["schedule_id"] for r in read_rows(res)] == want and len(want) == 2
+    with pytest.raises(OSError):  # the stand-in holds: an append is refused
+        append_result(res, _row(3))

@@ -10,7 +10,7 @@ from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for
 
 import amk
 from amk.flywheel import load_corpus, load_results, read_rows
-from amk.flywheel.records import load_records
+from amk.flywheel.records import MODEL_FINGERPRINT, load_records
 from amk.flywheel.results import Status
 from amk.harness.loop import Incumbent, LoopError, SearchSettings, decide
 from amk.schedule.config import ScheduleConfig
@@ -591,3 +591,13 @@ def test_a_resume_of_a_file_of_other_models_only_says_so(tmp_path, fake_evaluate
         amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True,
                  evaluate=fake_evaluate, settings=SMALL)
     assert "none of its" not in caplog.text
+
+
+def test_a_built_in_name_is_the_built_in_beside_a_directory_so_named(tmp_path, monkeypatch, fake_evaluate):
+    # bench/shapes.py saves shapes under built-in names: a loop started beside one runs (and records) the built-in
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy").mkdir()  # no checkpoint in it: fingerprinting it would refuse the run
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results="r.tsv", corpus="c.jsonl", evaluate=fake_evaluate,
+                 settings=SMALL)
+    assert s["trials"] == 1
+    assert all(MODEL_FINGERPRINT not in r.environment for r in load_records(tmp_path / "c.jsonl"))

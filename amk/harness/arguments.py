@@ -33,6 +33,12 @@ def check_dtype(dtype) -> None:
         resolve_dtype(dtype)  # ArgumentError naming dtype
 
 
+def check_flag(name: str, value) -> None:
+    """ArgumentError naming `name` unless `value` is True or False: a string such as "no" would count as true."""
+    if not isinstance(value, bool):
+        raise ArgumentError(name, f"expected True or False, got {value!r}")
+
+
 def _whole(name: str, value, least: int, optional: bool) -> None:
     if value is None and optional:
         return
@@ -68,10 +74,11 @@ def check_output_file(argument: str, path) -> None:
 
 
 def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus,
-                         max_seq=None, progress=None) -> None:
+                         max_seq=None, progress=None, resume=False) -> None:
     """Every argument of loop() a caller can get wrong, checked before the results file is opened.
     Raises ArgumentError naming the first one wrong."""
     _whole("budget", budget, 1, optional=True)
+    check_flag("resume", resume)
     _whole("max_seq", max_seq, 1, optional=True)
     if progress is not None and not callable(progress):
         raise ArgumentError("progress", f"expected a callable taking a dict, or None, got {progress!r}")

@@ -80,7 +80,9 @@ def read_config_arg(value: str | None, flag: str = "--config"):
         return value
     path = Path(value).expanduser()
     try:
-        is_dir, is_file = path.is_dir(), path.is_file()
+        # a file is anything that exists and is no directory: a pipe (`--config <(...)`, /dev/stdin) as well
+        is_dir = path.is_dir()
+        is_file = not is_dir and path.exists()
     except OSError:  # inline JSON longer than a file name may be (ENAMETOOLONG) is no path
         is_dir = is_file = False
     if is_dir:

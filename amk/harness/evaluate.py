@@ -31,7 +31,7 @@ from amk.schedule.program import (
 )
 from amk.schedule.targets import GpuTarget
 
-from .arguments import check_cases, check_corpus
+from .arguments import check_cases, check_corpus, check_flag
 from .calibration import calibrate_file
 from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda, scaling_note
 from .environment import Device, environment, get_model, resolve_device, resolve_target
@@ -92,9 +92,8 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
                                       or not stop_above_us > 0):
         raise ArgumentError("stop_above_us", f"expected a positive number of microseconds, got {stop_above_us!r}")
     check_seed(seed)
-    for name, flag in (("measure", measure), ("peers", peers)):
-        if not isinstance(flag, bool):  # "no" would be true
-            raise ArgumentError(name, f"expected True or False, got {flag!r}")
+    check_flag("measure", measure)
+    check_flag("peers", peers)
     t0 = time.perf_counter()
     check_cases(cases)  # before any model work
     check_corpus(corpus)

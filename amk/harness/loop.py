@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -115,13 +116,13 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     incumbent, a checkpoint saved again during the loop),
     ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63), a `budget`, `minutes`, `workers`,
     `builders`, `max_reverts` or `max_seq` out of range, more `workers` than trials in the budget, an unknown `cases`
-    or `dtype`, a `progress` that is not callable, a `results` or `corpus` that is not a file path, `corpus` naming
+    or `dtype`, a `progress` that is not callable, a `resume` that is not a bool, a `results` or `corpus` that is not a file path, `corpus` naming
     the `results` file),
     UnknownModelError / UnknownTargetError, and UnsupportedModelError for a model the CUDA kernel does not build
     in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial."""
     check_seed(seed)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,
-                         progress)
+                         progress, resume)
     if workers > 1:
         from .search.distributed import run_workers
 
@@ -157,6 +158,18 @@ def _default_evaluate(*args, **kw) -> dict:
     return evaluate(*args, **kw)  # looked up at call time: the module attribute is the seam
 
 
+def _check_writable(path: Path, argument: str) -> None:
+    """Raises LoopError naming `argument` where the loop could not append to `path` (the file, or the nearest
+    directory above it that exists, is not writable: a read-only mount, another user's file), before any trial:
+    found only at the first row, it would end the run with a bare OSError."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not os.access(probe, os.W_OK):
+        raise LoopError(f"{path}: {str(probe)!r} is not writable: the loop appends a row and a record a trial",
+                        argument=argument)
+
+
 class _Run(Rounds):
     def __init__(self, model, gpu, budget, minutes, seed, device, results, corpus, resume, max_reverts, progress,
                  cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
@@ -184,6 +197,8 @@ class _Run(Rounds):
         self.program_max_seq = int(max_seq or min(dims.max_positions, DEFAULT_MAX_SEQ))
         self.context = bench_context(self.program_max_seq)  # the KV positions every latency is taken at
         self.results, self.corpus = Path(results), Path(corpus)
+        for path, flag in ((self.results, "results"), (self.corpus, "corpus")):
+            _check_writable(path, flag)
         self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
         self.progress, self.cases, self.seed, self.max_seq = progress, cases, seed, max_seq
         self.settings = settings or SearchSettings()
@@ -358,12 +373,14 @@ class _Run(Rounds):
         """For a checkpoint directory: its fingerprint now (its weights hashed) and, on a resume, for each program
         the corpus records passing (kept or re-measured, correct) for this model and GPU, the fingerprints it
         passed on (None for records written before AMK recorded them). None and empty for a built-in model."""
-        from amk.models import Model
+        from amk.models import Model, builtin_names
         from amk.models.registry import checkpoint_fingerprint
 
         path = Path(self.name).expanduser()
         if isinstance(self.model, Model):  # in memory: its weights may differ from the directory it came from
             now = self.model.fingerprint if self.model.source == "path" else None
+        elif self.name in builtin_names():  # the built-in, as load_model takes it, even beside a directory so named
+            now = None
         else:
             now = checkpoint_fingerprint(path) if path.is_dir() else None
         passed: dict[str, set[str | None]] = {}
