@@ -126,3 +126,16 @@ def test_a_window_that_holds_the_whole_context_is_full_attention(tmp_path, windo
     assert attn and all(t.params.window == 0 for t in attn)
     res = verify(prog, model, cases="reduced")
     assert res.ok, _failures(res)
+
+
+def test_a_mistral_config_with_layer_types_is_refused_by_that_field(tmp_path):
+    # transformers reads it as another architecture (ministral): the refusal names the field the user wrote
+    import json
+
+    path = mistral_window(tmp_path, window=8, layers=2)
+    raw = json.loads((path / "config.json").read_text())
+    raw["layer_types"] = ["sliding_attention", "full_attention"]
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(amk.UnsupportedModelError, match="layer_types") as e:
+        amk.load_model(path)
+    assert e.value.feature == "layer_types"

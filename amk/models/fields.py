@@ -186,7 +186,8 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
        _sliding_window),
     _F("use_sliding_window", _L, "Qwen2/Qwen3: without it the config drops sliding_window (into layer_types)"),
     _F("max_window_layers", _L, "Qwen2/Qwen3: layers from this index on slide (into layer_types)"),
-    _F("layer_types", _L, "Qwen2/Qwen3: full_attention or sliding_attention per layer; Mistral's model ignores it",
+    _F("layer_types", _L, "Qwen2/Qwen3: full_attention or sliding_attention per layer; a Mistral config.json "
+       "that sets it is read by transformers as Ministral, refused by this name",
        _layer_types),
     _F("attention_chunk_size", _O, "chunked attention (masks and cache)", _unset("chunked attention")),
     _F("is_causal", _O, "masks: a non-causal decoder", _is(True)),
@@ -247,6 +248,13 @@ def architecture(cfg) -> Architecture:
     try:
         return Architecture(mt)
     except ValueError:
+        if mt == "ministral" and getattr(cfg, "layer_types", None) is not None:
+            # transformers' AutoConfig reads a mistral config.json that sets layer_types as Ministral: the field the
+            # user wrote is the one to name
+            raise UnsupportedModelError("layer_types", "transformers reads a mistral config that sets layer_types "
+                                        "as the ministral architecture, which AMK does not lower; per-layer "
+                                        "attention types are lowered for qwen2 and qwen3 (a mistral model windows "
+                                        "every layer by sliding_window)") from None
         raise UnsupportedModelError(f"architecture {mt!r}", "supported: llama, mistral, qwen2, qwen3") from None
 
 
