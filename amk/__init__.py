@@ -2,8 +2,9 @@
 
 The verbs: `load_model`, `lower`, `validate`, `verify`, `propose`, `evaluate`, `loop`, `generate`. Each name is
 the implementation itself (not a wrapper), so that help() and an editor show every keyword it takes. They load
-on first use (PEP 562): `import amk` and the `amk` command start without importing torch, so a Ctrl-C in the
-first second still gets the command's answer.
+on first use (PEP 562): `import amk` and the `amk` command start without importing torch, and the command's
+own imports run behind amk.console, so a Ctrl-C from the moment Python has started it still gets the command's
+answer (exit 130).
 """
 
 from __future__ import annotations

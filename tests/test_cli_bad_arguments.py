@@ -292,3 +292,27 @@ def test_has_tokenizer_reads_the_directory_not_the_weights(tmp_path):
     assert has_tokenizer(path)
     with pytest.raises(UnknownModelError):
         has_tokenizer(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize("json_flag", [True, False])
+def test_a_ctrl_c_while_the_command_imports_is_answered(monkeypatch, capsys, json_flag):
+    # Python raises KeyboardInterrupt wherever the import of the CLI is: the console script still answers
+    import sys
+
+    from amk import console
+
+    class _Interrupted:
+        def find_spec(self, name, path=None, target=None):
+            if name == "amk.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "amk.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_Interrupted(), *sys.meta_path])
+    monkeypatch.setattr(sys, "argv", ["amk", *(["--json"] if json_flag else []), "loop", "--model", "toy"])
+    assert console.main() == 130
+    out, err = capsys.readouterr()
+    if json_flag:
+        assert json.loads(out) == {"ok": False, "exit_code": 130, "error": "interrupted", "error_type": "interrupted"}
+    else:
+        assert out == "" and err == "amk: error: interrupted\n"
