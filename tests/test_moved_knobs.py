@@ -84,6 +84,19 @@ def test_a_best_record_that_no_longer_parses_is_said_before_the_defaults_stand_i
     assert "schedule abc" in caplog.text and "no_such_knob" in caplog.text and str(corpus) in caplog.text
 
 
+def test_a_best_record_that_no_longer_parses_gives_way_to_the_next_best(tmp_path, caplog):
+    corpus = tmp_path / "corpus.jsonl"
+    base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
+            "verdict": {"correct": True}, "latency_kind": "predicted"}
+    corpus.write_text("\n".join(json.dumps({**base, **kw}) for kw in [
+        {"schedule_id": "abc", "latency_us": 9.0, "config": {"matvec": {"o": {"rows_per_task": 0}}}},
+        {"schedule_id": "def", "latency_us": 12.5, "config": {"attention": {"kv_partitions": 4}}}]) + "\n")
+    with caplog.at_level("WARNING"):
+        cfg, source, _ = incumbent_config("toy", "cpu-sim", corpus)
+    assert source == f"corpus:{corpus}" and cfg.attention.kv_partitions == 4  # not the defaults
+    assert "schedule abc" in caplog.text and "next best" in caplog.text
+
+
 def _two_dtype_corpus(tmp_path):
     """A corpus whose faster kept record is bf16 (kv_partitions 2, 9 us), the slower fp32 (4, 12.5 us)."""
     corpus = tmp_path / "corpus.jsonl"

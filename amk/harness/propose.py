@@ -45,15 +45,18 @@ def incumbent_config(model: str, gpu: str, corpus: str | Path | None, dtype: str
                      context: int | None = None) -> tuple[ScheduleConfig, str, dict | None]:
     """(config, where it came from, its corpus verdict): the best kept config for this model and GPU (and
     `dtype`, fp32, fp16 or bf16, when given: a bf16 latency is no bar for an fp32 run; and the KV `context` its
-    latency was taken at, when given: records.at_context) in the corpus, else the defaults."""
+    latency was taken at, when given: records.at_context) in the corpus whose config parses (each one passed over
+is warned of), else the defaults."""
     if corpus is not None and Path(corpus).exists():
-        best = best_entry(at_context(for_run(load_corpus(corpus), model, gpu, dtype), context))
-        if best is not None:
+        entries = at_context(for_run(load_corpus(corpus), model, gpu, dtype), context)
+        while (best := best_entry(entries)) is not None:
             try:
                 return ScheduleConfig.from_dict(best.config), f"corpus:{corpus}", best.verdict
             except ValueError as e:  # a config this version cannot read (a hand edit, a knob since removed)
+                entries = [r for r in entries if r is not best]
+                then = "the next best is tried" if best_entry(entries) is not None else "the defaults are the incumbent"
                 log.warning("%s: the best kept record for %s on %s (schedule %s) has a config that does not parse, so "
-                            "the defaults are the incumbent: %s", corpus, model, gpu, best.schedule_id, e)
+                            "%s: %s", corpus, model, gpu, best.schedule_id, then, e)
     return ScheduleConfig(), "default", None
 
 
