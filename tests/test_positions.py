@@ -105,3 +105,22 @@ def test_a_context_that_drops_default_cases_names_them():
     assert "left out: pos1 (from pos300, repeats pos1), tokens3 (from tokens8, repeats pos0_near_limit)" in note
     assert {c["case"] for c in v["case_results"]} == {"pos0", "pos1", "pos0_near_limit", "greedy3"}
     assert "greedy32 (4 prompt tokens) -> greedy3" in note
+
+
+@pytest.mark.parametrize("rope", [None, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+                                  {"rope_type": "linear", "factor": 2.0}])
+def test_rope_tables_are_the_rows_eager_computes_a_step_at_a_time(tmp_path, rope):
+    # eager computes each decode step's cos/sin for its one position; the VM's table must hold those very values
+    # (computed over threads, the rows past half the table once came out a few ulps of the angle apart)
+    from amk.vm.weights import rope_tables
+
+    model = amk.load_model(llama(tmp_path / "m", max_position_embeddings=512,
+                                 **({"rope_scaling": rope} if rope else {})))
+    rotary, probe = model.eager.model.rotary_emb, torch.zeros(1)
+    threads = torch.get_num_threads()
+    cos, sin = rope_tables(model.eager, 512, torch.float32)
+    assert torch.get_num_threads() == threads
+    for p in (0, 1, 255, 256, 300, 511):
+        c, s = rotary(probe, torch.tensor([[p]]))
+        assert torch.equal(cos[p], c[0, 0]) and torch.equal(sin[p], s[0, 0]), p
