@@ -141,6 +141,9 @@ def test_compile_cache_generate_and_report(capsys, tmp_path):
         assert code == 0 and len(r["tokens"]) <= 3 and r["device"] == "cpu"
     code, r = run(capsys, "report", "--results", str(tmp_path / "none.tsv"))
     assert code == 2
+    (tmp_path / "r.tsv").write_text("")
+    code, r = run(capsys, "report", "--results", str(tmp_path / "r.tsv"), "--corpus", str(tmp_path), "--no-plots")
+    assert code == 2 and r["error"].startswith("--corpus") and "is a directory" in r["error"]
 
 
 def test_console_script_loop_budget_3_and_report(tmp_path):

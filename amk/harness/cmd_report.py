@@ -219,6 +219,8 @@ def report(args) -> CommandResult:
     except ResultsFormatError as e:
         raise UsageError(str(e)) from None
     corpus = Path(args.corpus)
+    if corpus.is_dir():  # as every other command refuses it: read as "no records", it would hide a wrong path
+        raise UsageError(f"--corpus {str(corpus)!r}: is a directory; name the corpus file of `amk loop`")
     records = load_records(corpus) if corpus.is_file() else []
     configs = {r.schedule_id: r.config for r in records if r.schedule_id}
     out = summarise(df, configs)
