@@ -113,11 +113,11 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
     that holds its best kept config, a rejected seed, a resumed checkpoint whose changed weights fail the kept
-    incumbent, a checkpoint saved again during the loop),
+    incumbent, a checkpoint saved again during the loop, a `results` or `corpus` the loop could not write),
     ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63), a `budget`, `minutes`, `workers`,
     `builders`, `max_reverts` or `max_seq` out of range, more `workers` than trials in the budget, an unknown `cases`
-    or `dtype`, a `progress` that is not callable, a `resume` that is not a bool, a `results` or `corpus` that is not a file path, `corpus` naming
-    the `results` file),
+    or `dtype`, a `progress` that is not callable, a `resume` that is not a bool, a `results` or `corpus` that is
+    not a file path, `corpus` naming the `results` file),
     UnknownModelError / UnknownTargetError, and UnsupportedModelError for a model the CUDA kernel does not build
     in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial."""
     check_seed(seed)

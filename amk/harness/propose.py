@@ -46,7 +46,7 @@ def incumbent_config(model: str, gpu: str, corpus: str | Path | None, dtype: str
     """(config, where it came from, its corpus verdict): the best kept config for this model and GPU (and
     `dtype`, fp32, fp16 or bf16, when given: a bf16 latency is no bar for an fp32 run; and the KV `context` its
     latency was taken at, when given: records.at_context) in the corpus whose config parses (each one passed over
-is warned of), else the defaults."""
+    is warned of), else the defaults."""
     if corpus is not None and Path(corpus).exists():
         entries = at_context(for_run(load_corpus(corpus), model, gpu, dtype), context)
         while (best := best_entry(entries)) is not None:
