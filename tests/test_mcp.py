@@ -51,6 +51,8 @@ async def _round_trip(cwd, cache_dir) -> dict:
         out["misspelt"] = await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim",
                                                               "confg": {"scratch": "bogus"}})
         out["report_dashes"] = await client.call_tool("report", {"results": "a--out-dir.tsv"})
+        out["bad_incumbent"] = await client.call_tool("propose", {"model": "toy", "gpu": "cpu-sim",
+                                                                  "incumbent": {"matvec": {"qkv": {"k_splits": 99}}}})
         out["evaluate_schema"] = next(t for t in tools if t.name == "evaluate").input_schema
     return out
 
@@ -83,6 +85,8 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     assert got["evaluate_schema"].get("additionalProperties") is False
     dashes = got["report_dashes"]  # a path is quoted as given, even where it holds a flag's spelling
     assert dashes.is_error and "'a--out-dir.tsv': not found" in dashes.content[0].text, dashes.content
+    bad = got["bad_incumbent"]  # named by its argument, as the CLI names --incumbent
+    assert bad.is_error and "usage: incumbent: $.matvec.qkv.k_splits" in bad.content[0].text, bad.content
 
 
 def test_the_report_tool_names_its_arguments_not_the_cli_flags():

@@ -84,7 +84,14 @@ def build_server():
         defaults, or `incumbent` when given), its schedule_id, the JSON schema's path, and the search space: every
         knob with its type, bounds, default, help and the values searched on this GPU. dtype: fp32, fp16 or bf16
         (default: bf16 for a GPU, fp32 for cpu-sim, as loop takes)."""
-        from amk.harness.propose import propose as fn
+        from amk.harness.propose import propose
+        from amk.schedule.errors import ArgumentError, ConfigError
+
+        def fn(*args, **kwargs):
+            try:
+                return propose(*args, **kwargs)
+            except ConfigError as e:  # only the incumbent is parsed here: named as the CLI's --incumbent is
+                raise ArgumentError("incumbent", str(e)) from e
 
         return _call(fn, model, gpu, incumbent=incumbent, corpus=corpus, dtype=dtype)
 
