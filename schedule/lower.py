@@ -27,12 +27,27 @@ def lower(model, target: GpuTarget | str, config: ScheduleConfig | dict | None =
           max_seq: int | None = None) -> MegakernelProgram:
     """`model` is anything with `.dims` (ModelDims) and `.dtype` (torch dtype or DType): an amk Model,
     or a ModelDims with dtype given through `lower_dims`. `config`: None (the default), a dict, a JSON string or
-    a ScheduleConfig. Raises ArgumentError naming `model` or `max_seq`, ConfigError naming a config field, and
+    a ScheduleConfig. Raises ArgumentError naming `model` or `max_seq` (past max_position_embeddings for a
+    dynamic RoPE), ConfigError naming a config field, and
     LoweringError for a config this model cannot take."""
     if not isinstance(getattr(model, "dims", None), ModelDims) or not hasattr(model, "dtype"):
         raise ArgumentError("model", f"expected a model from amk.load_model(name or path), got {model!r:.80}")
+    check_rope_context(model, max_seq)
     return lower_dims(model.dims, _dtype_of(model), target, config, max_seq=max_seq,
                       name=getattr(model, "name", "model"))
+
+
+def check_rope_context(model, max_seq: int | None) -> None:
+    """Raises ArgumentError naming max_seq when `model` (an amk Model: its hf_config) has a dynamic (NTK) RoPE and
+    max_seq is past its max_position_embeddings: within them transformers leaves the frequencies unscaled (tables
+    of the position alone), past them it rescales every position by the sequence length it is given."""
+    params = getattr(getattr(model, "hf_config", None), "rope_parameters", None) or {}
+    kind = (params.get("rope_type") or params.get("type")) if isinstance(params, dict) else None
+    limit = model.dims.max_positions
+    if kind == "dynamic" and isinstance(max_seq, int) and max_seq > limit:
+        raise ArgumentError("max_seq", f"{max_seq} positions: this model's RoPE is dynamic (NTK), which transformers "
+                                       f"rescales by the sequence length past max_position_embeddings ({limit}); "
+                                       f"use max_seq <= {limit}")
 
 
 def lower_dims(dims: ModelDims, dtype: DType, target: GpuTarget | str, config: ScheduleConfig | dict | None = None,

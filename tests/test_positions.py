@@ -109,7 +109,7 @@ def test_a_context_that_drops_default_cases_names_them():
 
 @pytest.mark.parametrize("rope", [None, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
-                                  {"rope_type": "linear", "factor": 2.0}])
+                                  {"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 4.0}])
 def test_rope_tables_are_the_rows_eager_computes_a_step_at_a_time(tmp_path, rope):
     # eager computes each decode step's cos/sin for its one position; the VM's table must hold those very values
     # (computed over threads, the rows past half the table once came out a few ulps of the angle apart)
@@ -124,3 +124,34 @@ def test_rope_tables_are_the_rows_eager_computes_a_step_at_a_time(tmp_path, rope
     for p in (0, 1, 255, 256, 300, 511):
         c, s = rotary(probe, torch.tensor([[p]]))
         assert torch.equal(cos[p], c[0, 0]) and torch.equal(sin[p], s[0, 0]), p
+
+
+def test_dynamic_rope_runs_within_max_position_embeddings_and_is_refused_past_them(tmp_path):
+    # transformers leaves dynamic (NTK) RoPE unscaled up to max_position_embeddings: there it verifies as it is; past
+    # them it rescales every position by the sequence length it is given, which no table of the position matches
+    from amk.schedule.errors import ArgumentError, UnsupportedModelError
+    from amk.schedule.lower import lower_dims
+    from amk.schedule.opcodes import DType
+
+    path = llama(tmp_path / "m", max_position_embeddings=32, rope_scaling={"rope_type": "dynamic", "factor": 4.0})
+    v = amk.evaluate(str(path), "cpu-sim", {}, max_seq=32)
+    assert v["correct"] and v["cases_total"] == 6, v["failures"]
+    model = amk.load_model(str(path))
+    with pytest.raises(ArgumentError, match=r"64 positions.*dynamic.*\(32\); use max_seq <= 32") as e:
+        amk.lower(model, "cpu-sim", {}, max_seq=64)
+    assert e.value.argument == "max_seq"
+    # a program lowered from the dimensions alone is refused where the VM builds its RoPE tables
+    with pytest.raises(UnsupportedModelError, match=r"rope_type dynamic.*64 positions.*\(32\).*max_seq <= 32"):
+        make_vm(lower_dims(model.dims, DType.F32, "cpu-sim", {}, max_seq=64), model)
+    # the refusal left transformers' rotary module as it was: eager still decodes with the unscaled frequencies
+    rotary = model.eager.model.rotary_emb
+    assert torch.equal(rotary.inv_freq, rotary.original_inv_freq) and rotary.max_seq_len_cached == 32
+    with pytest.raises(ArgumentError, match="dynamic"):
+        amk.generate(str(path), [1, 2, 3], max_new_tokens=40, device="cpu", max_seq=64)
+    # evaluate and loop refuse it before any trial: a usage error, not a rejected config
+    with pytest.raises(ArgumentError, match="max_seq: 64 positions"):
+        amk.evaluate(str(path), "cpu-sim", {}, max_seq=64)
+    with pytest.raises(ArgumentError, match="max_seq: 64 positions"):
+        amk.loop(str(path), "cpu-sim", budget=1, max_seq=64, results=str(tmp_path / "r.tsv"),
+                 corpus=str(tmp_path / "c"))
+    assert not (tmp_path / "r.tsv").exists()

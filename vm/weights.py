@@ -28,11 +28,20 @@ def grouped_qkv(attn, n_heads: int, n_kv: int, head_dim: int, what: str = "weigh
 
 def rope_tables(hf, max_seq: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [max_seq, head_dim] from the model's own rotary module, in the model dtype (as eager casts them):
-    row p equals what the module gives eager for the one position p of a decode step."""
+    row p equals what the module gives eager for the one position p of a decode step. Raises UnsupportedModelError
+    for a dynamic (NTK) RoPE past max_position_embeddings."""
     dec = _decoder(hf)
     rotary = getattr(dec, "rotary_emb", None)
     if rotary is None:
         raise UnsupportedModelError("rotary embedding", "model has no shared rotary_emb module")
+    kind = getattr(rotary, "rope_type", "default")
+    limit = getattr(rotary, "original_max_seq_len", None)
+    if "dynamic" in str(kind) and limit is not None and max_seq > limit:
+        # past max_position_embeddings transformers rescales every position's frequencies to the sequence length
+        # it is given (a prefill differs from the steps that follow it): no table of the position alone
+        raise UnsupportedModelError(
+            "rope_type dynamic", f"a context of {max_seq} positions is past max_position_embeddings ({limit}), "
+                                 f"where transformers rescales RoPE by the sequence length; use max_seq <= {limit}")
     dev = next(hf.parameters()).device
     probe = torch.zeros(1, dtype=dtype, device=dev)
     pos = torch.arange(max_seq, device=dev)[None]

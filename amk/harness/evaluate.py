@@ -20,6 +20,7 @@ from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig, SmAssignment
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
 from amk.schedule.inert import inert_knobs
+from amk.schedule.lower import check_rope_context
 from amk.schedule.opcodes import DTYPE_NAMES
 from amk.schedule.program import (
     FINGERPRINT_META,
@@ -199,6 +200,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
         v.notes.append(dtype_note)
     v.schedule_id = cfg.schedule_id
     dims_model = given or get_model(v.model, v.dtype, dev, weights=False)
+    check_rope_context(dims_model, max_seq)
     with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
         program = _lower_cached(v, dims_model, target, cfg, max_seq, cache or default_cache())
     if program is None or not _validate(v, program, target):

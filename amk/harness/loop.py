@@ -176,7 +176,7 @@ class _Run(Rounds):
         from amk.models import Model
         from amk.models.registry import dtype_name
         from amk.schedule.cost import bench_context
-        from amk.schedule.lower import DEFAULT_MAX_SEQ
+        from amk.schedule.lower import DEFAULT_MAX_SEQ, check_rope_context
 
         self.t0 = time.monotonic()
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
@@ -185,8 +185,9 @@ class _Run(Rounds):
         self.dtype = dtype_name(model.dtype) if isinstance(model, Model) else (
             dtype_name(dtype) if dtype else default_dtype(self.dev, self.target))
         self.kind = (LatencyKind.MEASURED_GPU if self.dev == Device.CUDA else LatencyKind.PREDICTED).value
-        dims = model.dims if isinstance(model, Model) else get_model(self.name, self.dtype, self.dev,
-                                                                       weights=False).dims
+        dims_model = model if isinstance(model, Model) else get_model(self.name, self.dtype, self.dev, weights=False)
+        check_rope_context(dims_model, max_seq)  # one usage error, not a rejected row a trial
+        dims = dims_model.dims
         if self.dev == Device.CUDA:  # a shape no config builds for: one usage error, not a crash row a trial
             from amk.models.registry import resolve_dtype
             from amk.vm.loader import check_head_row

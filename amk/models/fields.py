@@ -51,7 +51,9 @@ class FieldRule:
     legacy: bool = False  # a field of transformers 4 configs that transformers 5 folds into another one
 
 
-ROPE_TYPES = ("default", "llama3", "linear")  # the types whose tables depend on the position alone
+# the types whose tables depend on the position alone; dynamic (NTK) only within max_position_embeddings, where
+# transformers leaves its frequencies unscaled (vm/weights.rope_tables refuses a longer context)
+ROPE_TYPES = ("default", "llama3", "linear", "dynamic")
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 
@@ -218,9 +220,11 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("_attn_implementation", _I, "AMK's reference runs transformers' eager attention; the others compute the "
                                    "same function"),
     # --- the keys of rope_parameters (refused values are named by the rope_parameters rule)
-    _F("rope_parameters.rope_type", _O, "default, llama3 or linear: tables of the position alone"),
+    _F("rope_parameters.rope_type", _O, "default, llama3 or linear: tables of the position alone; dynamic: the "
+                                        "default tables, in a context of at most max_position_embeddings"),
     _F("rope_parameters.rope_theta", _L, "into the RoPE tables"),
-    _F("rope_parameters.factor", _L, "linear and llama3: into the RoPE tables"),
+    _F("rope_parameters.factor", _L, "linear and llama3: into the RoPE tables (dynamic: only past "
+                                     "max_position_embeddings, where it is refused)"),
     _F("rope_parameters.low_freq_factor", _L, "llama3: into the RoPE tables"),
     _F("rope_parameters.high_freq_factor", _L, "llama3: into the RoPE tables"),
     _F("rope_parameters.original_max_position_embeddings", _L, "llama3: into the RoPE tables"),
