@@ -264,7 +264,8 @@ def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult
                     if tie:
                         res.note = f"stopped at generated token {gen_i}: {tie}"
                         break
-                    failures.append(f"generated token {gen_i}: VM {nxt} != eager {greedy[gen_i]}")
+                    failures.append(f"generated token {gen_i}: VM {nxt} != eager {greedy[gen_i]} ("
+                                    f"{tie_shortfall(golden[step - 1], hi_now, greedy[gen_i], nxt, tol)})")
                     break
                 res.tokens_matched += 1
                 if gen_i + 1 < case.generate:
@@ -286,6 +287,21 @@ def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult
 def _within_rounding(logits: torch.Tensor, tok_a: int, tok_b: int, tol: float) -> bool:
     a, b = float(logits[tok_a]), float(logits[tok_b])
     return abs(a - b) <= 2 * tol * max(abs(a), 1.0)
+
+
+def tie_shortfall(eager_logits: torch.Tensor, hi_logits: torch.Tensor | None, eager_tok: int, vm_tok: int,
+                  tol: float) -> str:
+    """How far from a tie a greedy token that differs from eager's is (tie_reason found none): the two tokens'
+    logit gap under the reference that sees the smaller one, as a multiple of the gap a tie allows there. A
+    multiple near 1 is a near tie that rounding noise decided; a large one, a wrong logit."""
+    refs = [("eager's logits", eager_logits)] + ([("the higher-precision reference", hi_logits)]
+                                                 if hi_logits is not None else [])
+    gaps = []
+    for name, lg in refs:
+        a, b = float(lg[eager_tok]), float(lg[vm_tok])
+        gaps.append((abs(a - b) / (2 * tol * max(abs(a), 1.0)), abs(a - b), 2 * tol * max(abs(a), 1.0), name))
+    ratio, gap, allow, name = min(gaps)
+    return f"the two tokens' logits are {gap:.3g} apart under {name}, {ratio:.2f}x the {allow:.3g} a tie allows"
 
 
 def tie_reason(eager_logits: torch.Tensor, hi_logits: torch.Tensor | None, eager_tok: int, vm_tok: int,

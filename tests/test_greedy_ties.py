@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from amk.eval.compare import tolerance_for
-from amk.eval.oracle import tie_reason
+from amk.eval.oracle import tie_reason, tie_shortfall
 
 TOL = tolerance_for(torch.bfloat16)  # 2^-7 relative: 2 x TOL x 10 = 0.156 logits at a logit of 10
 
@@ -27,3 +27,42 @@ def test_a_gap_both_references_see_is_an_error():
 
 def test_eager_logits_within_rounding_are_a_tie_without_the_reference():
     assert tie_reason(_logits(10.0, 9.9), None, 0, 1, TOL) == "eager's top two are within rounding"
+
+
+def test_a_token_that_is_no_tie_says_how_far_from_one_it_is():
+    # a gap of 0.2 at a logit of 10 where a tie allows 0.156: 1.28x, under whichever reference sees it smaller
+    assert tie_shortfall(_logits(10.0, 9.7), _logits(10.0, 9.8), 0, 1, TOL) == \
+        "the two tokens' logits are 0.2 apart under the higher-precision reference, 1.28x the 0.156 a tie allows"
+    assert tie_shortfall(_logits(10.0, 9.0), None, 0, 1, TOL) == \
+        "the two tokens' logits are 1 apart under eager's logits, 6.40x the 0.156 a tie allows"
+
+
+def test_a_wrong_greedy_token_fails_its_case_with_its_distance_from_a_tie():
+    import amk
+    from amk.eval.cases import VerifyCase
+    from amk.eval.oracle import make_vm, verify
+
+    model = amk.load_model("toy")
+    prog = amk.lower(model, "cpu-sim", {}, max_seq=16)
+
+    class WrongSecondToken:  # the ReferenceVM, but its greedy token after the third prompt token is another
+        def __init__(self):
+            self.vm, self.steps = make_vm(prog, model), 0
+
+        def reset(self):
+            self.vm.reset()
+            self.steps = 0
+
+        def load_kv_prefix(self, k, v):
+            self.vm.load_kv_prefix(k, v)
+
+        def step(self, token):
+            logits, nxt = self.vm.step(token)
+            self.steps += 1
+            return logits, (nxt + 1) % model.dims.vocab if self.steps == 3 else nxt
+
+    res = verify(prog, model, cases=[VerifyCase("greedy4", 0, 2, generate=4)], runner=WrongSecondToken())
+    (case,) = res.cases
+    assert not case.passed and case.tokens_matched == 1
+    assert case.message.startswith("generated token 1: VM ")
+    assert "apart under eager's logits" in case.message and "x the " in case.message and "a tie allows)" in case.message
