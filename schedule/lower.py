@@ -28,8 +28,7 @@ def lower(model, target: GpuTarget | str, config: ScheduleConfig | dict | None =
     """`model` is anything with `.dims` (ModelDims) and `.dtype` (torch dtype or DType): an amk Model,
     or a ModelDims with dtype given through `lower_dims`. `config`: None (the default), a dict, a JSON string or
     a ScheduleConfig. Raises ArgumentError naming `model` or `max_seq` (past max_position_embeddings for a
-    dynamic RoPE), ConfigError naming a config field, and
-    LoweringError for a config this model cannot take."""
+    dynamic RoPE), ConfigError naming a config field, and LoweringError for a config this model cannot take."""
     if not isinstance(getattr(model, "dims", None), ModelDims) or not hasattr(model, "dtype"):
         raise ArgumentError("model", f"expected a model from amk.load_model(name or path), got {model!r:.80}")
     check_rope_context(model, max_seq)
