@@ -107,7 +107,8 @@ def _rope(v, cfg, arch):
     params = v or {}
     kind = params.get("rope_type") or params.get("type") or "default"
     if kind not in ROPE_TYPES:
-        return f"rope_type={kind!r}: only {', '.join(ROPE_TYPES)} (tables of the position alone) are lowered"
+        return (f"rope_type={kind!r}: only {', '.join(ROPE_TYPES[:-1])} (tables of the position alone) and "
+                f"{ROPE_TYPES[-1]} (within max_position_embeddings) are lowered")
     theta = params.get("rope_theta")
     if theta is not None and _positive_number()(theta, cfg, arch):
         return f"rope_theta={theta!r} must be a positive, finite number"
