@@ -29,12 +29,29 @@ def test_eager_logits_within_rounding_are_a_tie_without_the_reference():
     assert tie_reason(_logits(10.0, 9.9), None, 0, 1, TOL) == "eager's top two are within rounding"
 
 
+def test_a_vm_whose_two_logits_are_each_within_rounding_of_the_exact_ones_may_rank_them_either_way():
+    # tinyllama-1.1b shape, bf16 (bench/results/20261203-1755_h200_tinyllama-1.1b_verify_failure_bisect.json): the fp32
+    # gap, 0.061, is 1.14x the gap rule's 0.053; the kernel's logits are 0.033 and 0.043 from fp32, each in rounding
+    eager, hi = _logits(3.40625, 3.34375), _logits(3.40838, 3.34782)
+    vm = _logits(3.375, 3.39062)
+    assert tie_reason(eager, hi, 0, 1, TOL) == ""
+    assert tie_reason(eager, hi, 0, 1, TOL, vm_logits=vm) == \
+        "the VM's logits of both tokens are within rounding of the higher-precision reference's"
+    # one logit further off than rounding (0.108 where 2 x TOL x 3.35 = 0.052) is a wrong logit, not a tie
+    assert tie_reason(eager, hi, 0, 1, TOL, vm_logits=_logits(3.375, 3.456)) == ""
+    assert tie_reason(eager, hi, 0, 1, TOL, vm_logits=_logits(3.30, 3.39062)) == ""
+    # without the higher-precision reference the VM's own logits excuse nothing
+    assert tie_reason(eager, None, 0, 1, TOL, vm_logits=vm) == ""
+
 def test_a_token_that_is_no_tie_says_how_far_from_one_it_is():
     # a gap of 0.2 at a logit of 10 where a tie allows 0.156: 1.28x, under whichever reference sees it smaller
     assert tie_shortfall(_logits(10.0, 9.7), _logits(10.0, 9.8), 0, 1, TOL) == \
         "the two tokens' logits are 0.2 apart under the higher-precision reference, 1.28x the 0.156 a tie allows"
     assert tie_shortfall(_logits(10.0, 9.0), None, 0, 1, TOL) == \
         "the two tokens' logits are 1 apart under eager's logits, 6.40x the 0.156 a tie allows"
+    # with the VM's logits, how far each is from the higher-precision reference's, beside what rounding allows
+    assert tie_shortfall(_logits(10.0, 9.7), _logits(10.0, 9.8), 0, 1, TOL, vm_logits=_logits(9.7, 9.9)).endswith(
+        "; the VM's are 0.3 and 0.1 from the higher-precision reference's, where rounding allows 0.156 and 0.153")
 
 
 def test_a_wrong_greedy_token_fails_its_case_with_its_distance_from_a_tie():
