@@ -235,12 +235,14 @@ def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
     missing columns empty). A line with the wrong number of cells (torn, not written by append_result) is
     skipped, as is one whose trial or a numeric column does not parse (or is past COUNT_LIMIT), or whose status,
     correct, kind or dtype is none of CHOICE_COLUMNS' cells (a hand edit), each with a warning naming the file and
-    line (and the column): one bad line must not cost the others, nor crash a resume or a report."""
+    line (and the column): one bad line must not cost the others, nor crash a resume or a report. A trial number
+    that an earlier line already gave is read, with a warning naming both lines."""
     if not lines:
         return []
     columns = columns_of(path, lines[0][1])
     pad = {c: "" for c in COLUMNS[len(columns):]}
     rows = []
+    first_line: dict[int, int] = {}  # trial number -> the line that gave it first
     for n, ln in lines[1:]:
         cells = ln.split("\t")
         if len(cells) != len(columns):
@@ -255,6 +257,12 @@ def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
             warn_bad_line(log, path, n, ln, f"skipped trial row: column {col} is {row[col]!r}, {why} (the file is left as "
                                     "it is)")
             continue
+        trial = _count(row["trial"])
+        if trial in first_line:  # append_result numbers under the file's lock: a line copied, or two files joined
+            warn_bad_line(log, path, n, ln, f"trial {trial} is also line {first_line[trial]}'s number (a line copied, "
+                                            "or two results files joined); both rows are read")
+        else:
+            first_line[trial] = n
         rows.append(row)
     return rows
 

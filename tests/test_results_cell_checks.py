@@ -162,3 +162,15 @@ def test_a_claim_of_a_trial_past_int64_does_not_move_the_next_trial_number(tmp_p
     assert claim(results, "toy", "cpu-sim", "f2", "s2").trial == 6  # a claim line as written is read
     claims_path(results).write_text(json.dumps({**line, "trial": 10**23}) + "\n")
     assert claim(results, "toy", "cpu-sim", "f3", "s3").trial == 3
+
+
+def test_a_trial_number_given_twice_is_read_with_a_warning_naming_both_lines(tmp_path, caplog):
+    res = tmp_path / "r.tsv"
+    rows = (KEEP, DISCARD, {**DISCARD, "time": "2026-01-01T00:00:02Z"})  # trial 2's line copied
+    res.write_text(HEADER + "".join("\t".join(r.values()) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="amk.flywheel"):
+        assert [r["trial"] for r in read_rows(res)] == ["1", "2", "2"]
+    assert f"{res}:4: trial 2 is also line 3's number (a line copied, or two results files joined); both rows are " \
+           "read" in caplog.text, caplog.text
+    assert f"{res}:2:" not in caplog.text and f"{res}:3:" not in caplog.text
+    assert load_results(res)["trial"].tolist() == [1, 2, 2] and next_trial(res.read_bytes()) == 3
