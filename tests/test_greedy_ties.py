@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from amk.eval.compare import tolerance_for
@@ -42,6 +43,10 @@ def test_a_vm_whose_two_logits_are_each_within_rounding_of_the_exact_ones_may_ra
     assert tie_reason(eager, hi, 0, 1, TOL, vm_logits=_logits(3.30, 3.39062)) == ""
     # without the higher-precision reference the VM's own logits excuse nothing
     assert tie_reason(eager, None, 0, 1, TOL, vm_logits=vm) == ""
+    # nor do right logits excuse a token they do not rank first (an argmax gone wrong): the VM's logits here are
+    # the exact ones, and its token is the third
+    assert tie_reason(_logits(10.0, 2.0), _logits(10.0, 2.0), 0, 2, TOL, vm_logits=_logits(10.0, 2.0)) == ""
+    assert tie_reason(eager, hi, 0, 1, TOL, vm_logits=_logits(3.40, 3.39)) == ""
 
 def test_a_token_that_is_no_tie_says_how_far_from_one_it_is():
     # a gap of 0.2 at a logit of 10 where a tie allows 0.156: 1.28x, under whichever reference sees it smaller
@@ -54,12 +59,15 @@ def test_a_token_that_is_no_tie_says_how_far_from_one_it_is():
         "; the VM's are 0.3 and 0.1 from the higher-precision reference's, where rounding allows 0.156 and 0.153")
 
 
-def test_a_wrong_greedy_token_fails_its_case_with_its_distance_from_a_tie():
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_a_wrong_greedy_token_fails_its_case_with_its_distance_from_a_tie(dtype):
+    # in bf16 the VM's logits are the ReferenceVM's, right within rounding: its token, which they do not rank
+    # first (a broken argmax), must fail all the same
     import amk
     from amk.eval.cases import VerifyCase
     from amk.eval.oracle import make_vm, verify
 
-    model = amk.load_model("toy")
+    model = amk.load_model("toy", dtype=dtype)
     prog = amk.lower(model, "cpu-sim", {}, max_seq=16)
 
     class WrongSecondToken:  # the ReferenceVM, but its greedy token after the third prompt token is another
@@ -82,4 +90,6 @@ def test_a_wrong_greedy_token_fails_its_case_with_its_distance_from_a_tie():
     (case,) = res.cases
     assert not case.passed and case.tokens_matched == 1
     assert case.message.startswith("generated token 1: VM ")
-    assert "apart under eager's logits" in case.message and "x the " in case.message and "a tie allows)" in case.message
+    assert "apart under eager's logits" in case.message and "x the " in case.message and "a tie allows" in case.message
+    # in bf16 the message also gives the VM's two logits' distances from the higher-precision reference's
+    assert ("from the higher-precision reference's, where rounding allows" in case.message) == (dtype == "bf16")

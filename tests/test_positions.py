@@ -148,6 +148,16 @@ def test_dynamic_rope_runs_within_max_position_embeddings_and_is_refused_past_th
     assert torch.equal(rotary.inv_freq, rotary.original_inv_freq) and rotary.max_seq_len_cached == 32
     with pytest.raises(ArgumentError, match="dynamic"):
         amk.generate(str(path), [1, 2, 3], max_new_tokens=40, device="cpu", max_seq=64)
+    # a model that ran past max_position_embeddings keeps its rescaled frequencies until a shorter call: the tables
+    # are the unscaled ones all the same, and the program verifies
+    from amk.vm.weights import rope_tables
+
+    fresh = rope_tables(model.eager, 32, torch.float32)
+    with torch.no_grad():
+        model.eager(torch.arange(40)[None] % model.dims.vocab)
+    assert model.eager.model.rotary_emb.max_seq_len_cached == 40
+    assert all(torch.equal(a, b) for a, b in zip(rope_tables(model.eager, 32, torch.float32), fresh))
+    assert amk.verify(amk.lower(model, "cpu-sim", {}, max_seq=32), model).ok
     # evaluate and loop refuse it before any trial: a usage error, not a rejected config
     with pytest.raises(ArgumentError, match="max_seq: 64 positions"):
         amk.evaluate(str(path), "cpu-sim", {}, max_seq=64)

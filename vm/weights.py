@@ -44,6 +44,11 @@ def rope_tables(hf, max_seq: int, dtype: torch.dtype) -> tuple[torch.Tensor, tor
                                  f"where transformers rescales RoPE by the sequence length; use max_seq <= {limit}")
     dev = next(hf.parameters()).device
     probe = torch.zeros(1, dtype=dtype, device=dev)
+    if "dynamic" in str(kind) and getattr(rotary, "max_seq_len_cached", 0) > (limit or 0):
+        # the model ran past max_position_embeddings before (its rescaled frequencies are kept until a call shorter
+        # than that): one position lets transformers restore the unscaled ones, which eager's next decode within
+        # the context also does
+        rotary(probe, torch.zeros(1, 1, dtype=torch.long, device=dev))
     pos = torch.arange(max_seq, device=dev)[None]
     # On the CPU one thread computes the table, as eager computes each decode step's one row: split over threads,
     # the rows of the second half now and then came out a few ulps of the angle apart from eager's (toy, fp32: one
