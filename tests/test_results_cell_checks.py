@@ -174,3 +174,28 @@ def test_a_trial_number_given_twice_is_read_with_a_warning_naming_both_lines(tmp
            "read" in caplog.text, caplog.text
     assert f"{res}:2:" not in caplog.text and f"{res}:3:" not in caplog.text
     assert load_results(res)["trial"].tolist() == [1, 2, 2] and next_trial(res.read_bytes()) == 3
+
+
+# ---- line endings ----------------------------------------------------------------------------------------------
+
+
+def test_a_results_file_saved_with_crlf_line_endings_is_read_and_resumed(capsys, tmp_path):
+    """A results.tsv edited and saved on Windows ends its lines in CRLF: its header was refused ("not a results.tsv
+    header") and its rows' last cell read as "64\\r". Read as the LF file it was, resumed with the next number."""
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    lf = _results(res)
+    res.write_bytes(lf.replace(b"\n", b"\r\n"))
+    before = res.read_bytes()
+    rows = read_rows(res)
+    assert rows == read_rows_of_bytes(tmp_path / "lf.tsv", lf)
+    assert [r["max_seq"] for r in rows] == ["64", "64"] and next_trial(before) == 3
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--resume",
+                  "--results", str(res), "--corpus", str(cor))
+    assert code == 0, s
+    assert res.read_bytes().startswith(before)
+    assert [r["trial"] for r in read_rows(res)] == ["1", "2", "3"]
+
+
+def read_rows_of_bytes(path, data: bytes) -> list[dict]:
+    path.write_bytes(data)
+    return read_rows(path)
