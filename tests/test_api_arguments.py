@@ -106,6 +106,10 @@ def test_generate_past_the_models_context_runs_with_a_note(tmp_path):
     past = amk.generate(model, [1, 5, 9], max_new_tokens=7, device="cpu", max_seq=16, stop_at_eos=False)
     assert len(past.tokens) == 7 and past.tokens[:6] == inside.tokens
     assert len(past.notes) == 1 and "take 9 positions, past the model's 8" in past.notes[0]
+    # max_seq left out: the positions the tokens need, past the model's context too (it was capped at the
+    # context, and the run refused with a ContextError blaming a max_seq the caller never gave)
+    default = amk.generate(model, [1, 5, 9], max_new_tokens=7, device="cpu", stop_at_eos=False)
+    assert default.tokens == past.tokens and default.notes == past.notes
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
@@ -189,3 +193,20 @@ def test_loop_refuses_files_it_could_not_append_to_before_any_trial(tmp_path, mo
             amk.loop("toy", "cpu-sim", budget=1, device="cpu", **{"results": "r.tsv", "corpus": "c.jsonl", **kw})
         assert e.value.argument == argument
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"] and not list((tmp_path / "ro").iterdir())
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "loop", "propose"])
+def test_a_dtype_other_than_a_loaded_models_is_refused_by_every_verb(verb, tmp_path):
+    """evaluate and loop ran a loaded bf16 Model as bf16 when asked for fp32 (and took dtype='bogus'), reporting
+    the model's dtype with no word; propose refused. Each names `dtype` now, before any work."""
+    model = amk.load_model("toy", dtype="bf16")
+    call = {"evaluate": lambda **kw: amk.evaluate(model, "cpu-sim", {}, **kw),
+            "loop": lambda **kw: amk.loop(model, "cpu-sim", budget=1, results=str(tmp_path / "r.tsv"),
+                                          corpus=str(tmp_path / "c.jsonl"), **kw),
+            "propose": lambda **kw: amk.propose(model, "cpu-sim", **kw)}[verb]
+    for dtype in ("fp32", "bogus"):
+        with pytest.raises(amk.ArgumentError) as e:
+            call(dtype=dtype)
+        assert e.value.argument == "dtype", e.value
+    assert not (tmp_path / "r.tsv").exists()
+    call(dtype="bf16")  # the model's own dtype, spelt out, is taken

@@ -73,6 +73,20 @@ def resolve_dtype_name(dtype, device: Device, target: GpuTarget) -> tuple[str, s
     return {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}[str(torch_dtype)], None
 
 
+def check_model_dtype(model, dtype) -> None:
+    """ArgumentError naming `dtype` when `model` is a loaded amk Model and `dtype` (given) is not a dtype AMK runs
+    or not the one the model was loaded in: the weights are already in the model's dtype, so another is not
+    honoured, and the run must not report the model's as if it were the one asked for."""
+    from amk.models import Model
+    from amk.models.registry import dtype_name
+
+    if dtype is None or not isinstance(model, Model):
+        return
+    asked = resolve_dtype_name(dtype, Device.CPU, None)[0]
+    if asked != dtype_name(model.dtype):
+        raise ArgumentError("dtype", f"{dtype!r}, but the model was loaded as {dtype_name(model.dtype)}")
+
+
 def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0, dtype: str | None = None,
              corpus: str | None = None, peers: bool = False, max_seq: int | None = None, measure: bool = True,
              stop_above_us: float | None = None) -> dict:
@@ -188,6 +202,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
         raise ArgumentError("max_seq", f"expected a positive integer, got {max_seq!r}")
     given = model if isinstance(model, Model) else None
     dtype_note = None
+    check_model_dtype(model, dtype)
     if given:
         v.dtype = dtype_name(given.dtype)
     else:

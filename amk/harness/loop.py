@@ -57,7 +57,7 @@ from amk.schedule.space import search_space
 
 from .arguments import check_loop_arguments
 from .environment import Device, get_model, resolve_device, resolve_target
-from .evaluate import check_seed, default_dtype, evaluate, resolve_dtype_name
+from .evaluate import check_model_dtype, check_seed, default_dtype, evaluate, resolve_dtype_name
 from .propose import incumbent_config, model_name
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us
@@ -182,6 +182,7 @@ class _Run(Rounds):
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
         self.same_model = same_model(self.name)  # rows of this model under any spelling of its directory
         self.dev = resolve_device(device)
+        check_model_dtype(model, dtype)
         self.dtype = dtype_name(model.dtype) if isinstance(model, Model) else (
             dtype_name(dtype) if dtype else default_dtype(self.dev, self.target))
         self.kind = (LatencyKind.MEASURED_GPU if self.dev == Device.CUDA else LatencyKind.PREDICTED).value

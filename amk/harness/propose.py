@@ -74,15 +74,14 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     from amk.models import Model
     from amk.models.registry import dtype_name
 
-    from .evaluate import resolve_dtype_name
+    from .evaluate import check_model_dtype, resolve_dtype_name
 
     check_corpus(corpus)
     target = resolve_target(gpu)
     name = model_name(model)
     run_dtype = resolve_dtype_name(dtype, Device.CPU, target)[0]
+    check_model_dtype(model, dtype)
     if isinstance(model, Model):
-        if dtype is not None and run_dtype != dtype_name(model.dtype):
-            raise ArgumentError("dtype", f"{dtype!r}, but the model was loaded as {dtype_name(model.dtype)}")
         run_dtype = dtype_name(model.dtype)
     verdict = None
     if incumbent is not None:
