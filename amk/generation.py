@@ -93,7 +93,8 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         raise ArgumentError("prompt", f"token ids {outside[:8]} outside the vocabulary of {model.dims.vocab} "
                                       f"(ids 0..{model.dims.vocab - 1})")
     need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
-    max_seq = max_seq or min(model.dims.max_positions, max(256, 1 << (need - 1).bit_length()))
+    # by default no more positions than the model's context, unless the tokens asked for need more (noted below)
+    max_seq = max_seq or min(max(model.dims.max_positions, need), max(256, 1 << (need - 1).bit_length()))
     if need > max_seq:
         raise ContextError(f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens need {need} positions, "
                            f"the program holds {max_seq} (max_seq)", needed=need, max_seq=max_seq)
