@@ -81,6 +81,8 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         with status(f"loading {model}"):
             model = amk.load_model(model, dtype="bf16" if dev == "cuda" else "fp32", device=dev)
     if isinstance(prompt, str):
+        if model.tokenizer is None and model.tokenizer_error is not None:
+            raise model.tokenizer_error
         if model.tokenizer is None:
             raise ArgumentError("prompt", f"model {model.name!r} has no tokenizer: pass token ids")
         ids = model.tokenizer(prompt)["input_ids"]

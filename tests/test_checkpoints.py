@@ -240,3 +240,26 @@ def test_a_saved_shape_is_reused_only_for_its_own_seed(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="unknown shape 'tiny2'"):
         shapes.save_shape("tiny2", tmp_path)
 
+
+
+@pytest.mark.parametrize("damage", [{"tokenizer.json": '{"not": "a tokenizer"'}, {"tokenizer.json": '{"version": "1.0"}'},
+                                    {"tokenizer_config.json": '{"tokenizer_class": "NoSuchTokenizer"}'}],
+                         ids=["cut-short", "no-tokens", "unknown-class"])
+def test_a_damaged_tokenizer_costs_text_prompts_only(tmp_path, capsys, caplog, damage):
+    """A tokenizer file transformers cannot read made every command that loads weights an internal error (exit 3,
+    a traceback), evaluate and loop too, which need no tokenizer. Now the model loads with a warning naming the
+    file; token ids run, and a text prompt is a CheckpointError naming it (exit 2)."""
+    path = llama(tmp_path / "ckpt")
+    for name, text in damage.items():
+        (path / name).write_text(text)
+    with caplog.at_level("WARNING", logger="amk.models"):
+        model = amk.load_model(path)
+    assert model.tokenizer is None and "could not load the tokenizer" in caplog.text
+    assert verify(amk.lower(model, "cpu-sim"), model, cases="smoke").ok
+    out = amk.generate(model, [1, 2, 3], max_new_tokens=2, device="cpu", stop_at_eos=False)
+    assert len(out.tokens) == 2
+    with pytest.raises(CheckpointError, match="could not load the tokenizer") as e:
+        amk.generate(model, "hello", max_new_tokens=2, device="cpu")
+    assert os.path.basename(e.value.path) in damage
+    code, obj, _ = cli_json_err(capsys, "-q", "generate", "--model", str(path), "--prompt", "hello", "--device", "cpu")
+    assert code == 2 and obj["error_type"] != "internal", obj

@@ -91,6 +91,8 @@ class Model:
     seed: int
     fingerprint: str
     device: str = "cpu"
+    # a tokenizer file transformers could not read (CheckpointError naming it): raised where a text prompt needs it
+    tokenizer_error: Any = field(default=None, repr=False, compare=False)
     _fp32: Any = field(default=None, repr=False, compare=False)
     _fp64: Any = field(default=None, repr=False, compare=False)
 
@@ -299,7 +301,7 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
     dims = ModelDims.from_hf_config(cfg)
     dims = dataclasses.replace(dims, tied_embeddings=head_is_tied(cfg, files))
     fingerprint = checkpoint_fingerprint(path, files)
-    eager = tokenizer = None
+    eager = tokenizer = tokenizer_error = None
     if weights:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -322,9 +324,16 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
                                   f"unlike the checkpoint's tensors and tie_word_embeddings say{hint}",
                                   field="lm_head.weight")
         eager = _finish(eager, dtype, device)
-        if any((path / f).is_file() for f in _TOKENIZER_FILES):
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return Model(str(path), dims, build_graph(dims), dtype, cfg, eager, tokenizer, "path", 0, fingerprint, device)
+        present = [f for f in _TOKENIZER_FILES if (path / f).is_file()]
+        if present:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            except Exception as e:  # a damaged tokenizer costs the text prompts only: token ids need none
+                tokenizer_error = CheckpointError(path / present[0], f"transformers could not load the tokenizer "
+                                                  f"({', '.join(present)}): {type(e).__name__}: {e}")
+                log.warning("%s; token ids still run, a text prompt is refused", tokenizer_error)
+    return Model(str(path), dims, build_graph(dims), dtype, cfg, eager, tokenizer, "path", 0, fingerprint, device,
+                 tokenizer_error=tokenizer_error)
 
 
 def checkpoint_fingerprint(path: Path, files: WeightFiles | None = None) -> str:
