@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .appendlog import AppendError, complete_lines, locked, numbered_lines, read_all
@@ -71,10 +71,11 @@ class Snapshot:
     measured: dict[str, dict]
     schedule_ids: set[str]
     claimed: dict[str, Claim]
+    legacy: dict[str, dict] = field(default_factory=dict)  # schedule id -> first row of an older file (no fingerprint)
 
     def taken(self, fingerprint: str, schedule_id: str, me: str) -> Taken | None:
-        if fingerprint in self.measured:
-            row = self.measured[fingerprint]
+        row = self.measured.get(fingerprint) or self.legacy.get(schedule_id)
+        if row is not None:
             return Taken("measured", int(row["trial"]), row=row)
         c = self.claimed.get(fingerprint)
         if c is not None and c.owner != me:
@@ -123,14 +124,19 @@ def _snapshot(results, data: bytes, claims: list[Claim], model: str, gpu: str, d
     ids = {r["schedule_id"] for r in rows if (dtype is None or r["dtype"] in ("", dtype))
            and (max_seq is None or r["max_seq"] in ("", str(max_seq)))}
     measured: dict[str, dict] = {}
+    legacy: dict[str, dict] = {}  # rows written before the fingerprint column stand for their schedule id
     for r in rows:
-        if r["program_fingerprint"] and r["status"] != "remeasure":
+        if r["status"] == "remeasure":
+            continue
+        if r["program_fingerprint"]:
             measured.setdefault(r["program_fingerprint"], r)
+        elif r["schedule_id"] in ids:
+            legacy.setdefault(r["schedule_id"], r)
     done = {int(r["trial"]) for r in rows}  # rows_of passed only rows of a whole trial number
     now = time.time()
     claimed = {c.program_fingerprint: c for c in claims
                if c.gpu == gpu and match(c.model) and c.trial not in done and c.live(now)}
-    return Snapshot(measured, ids, claimed)
+    return Snapshot(measured, ids, claimed, legacy)
 
 
 def snapshot(results: str | os.PathLike, model: str, gpu: str, dtype: str | None = None,

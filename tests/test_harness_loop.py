@@ -280,6 +280,26 @@ def test_real_loop_then_resume_on_cpu(tmp_path):
                 "latency_us", "latency_kind", "commit", "kept", "dtype"} <= set(d)
 
 
+def test_a_resume_of_a_12_column_results_file_measures_nothing_it_holds(tmp_path):
+    """A file written before the program_fingerprint column: its rows stand for their schedule ids. Its incumbent
+    was measured again as a new trial and logged as a first keep ("first correct config"), since the rows were
+    matched by fingerprint alone."""
+    from amk.flywheel.results import LEGACY_COLUMNS
+
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    small = SearchSettings(population=8, measure_per_round=2, neighbours=False)
+    amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=res, corpus=cor, seed=1, settings=small)
+    lines = res.read_text().splitlines()
+    res.write_text("".join("\t".join(ln.split("\t")[:len(LEGACY_COLUMNS)]) + "\n" for ln in lines))
+    before = {r["schedule_id"] for r in read_rows(res)}
+    out = amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, seed=1, resume=True,
+                   settings=small)
+    new = read_rows(res)[3:]
+    assert out["trials"] == 2 and [r["trial"] for r in new] == ["4", "5"]
+    assert not {r["schedule_id"] for r in new} & before, new  # nothing the file holds is measured again
+    assert not any(r["description"].startswith("baseline") for r in new)
+
+
 def test_loop_on_a_cpu_for_a_gpu_target_prices_bf16_as_evaluate_does(tmp_path):
     # HARNESS §2: bf16 is the default dtype also when a CPU predicts for a GPU target (fp32 only for cpu-sim)
     amk.loop("toy", "h200", budget=1, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl")
