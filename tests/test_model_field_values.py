@@ -31,5 +31,18 @@ def test_an_impossible_rope_theta_is_refused_by_name(theta):
         model_dims(cfg)
 
 
+@pytest.mark.parametrize("kind", ["linear", "dynamic"])
+@pytest.mark.parametrize("factor", [0.0, 0.5, -2.0, math.inf, "2"])
+def test_a_rope_scaling_factor_below_one_is_refused_by_name(kind, factor):
+    """factor 0 gave RoPE tables of inf, NaN logits, and every config a failed verify with a cache-internal
+    message; transformers itself only warns below 1."""
+    cfg = LlamaConfig(**BASE, rope_parameters={"rope_type": kind, "factor": 2.0, "rope_theta": 10000.0})
+    cfg.rope_parameters["factor"] = factor  # past transformers' own check, as a config.json edited by hand
+    with pytest.raises(UnsupportedModelError, match="factor"):
+        model_dims(cfg)
+    cfg.rope_parameters["factor"] = 1
+    assert model_dims(cfg).n_kv_heads == 2
+
+
 def test_the_base_config_is_accepted():
     assert model_dims(LlamaConfig(**BASE)).n_kv_heads == 2

@@ -112,6 +112,11 @@ def _rope(v, cfg, arch):
     theta = params.get("rope_theta")
     if theta is not None and _positive_number()(theta, cfg, arch):
         return f"rope_theta={theta!r} must be a positive, finite number"
+    factor = params.get("factor")
+    if kind in ("linear", "dynamic", "llama3") and factor is not None and not (
+            isinstance(factor, (int, float)) and not isinstance(factor, bool) and 1 <= factor < math.inf):
+        # transformers takes a factor below 1 with a warning; at 0 its tables hold inf and every logit is NaN
+        return f"factor={factor!r}: {kind} RoPE scaling needs a finite number >= 1"
     partial = params.get("partial_rotary_factor")
     if partial not in (None, 1, 1.0):
         return f"partial_rotary_factor={partial}: RoPE over part of a head is not lowered"
