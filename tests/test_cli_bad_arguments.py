@@ -169,7 +169,7 @@ def test_an_interrupted_loop_answers_with_its_summary_and_the_interrupted_error(
     (["generate", "--model", "toy", "--prompt", "hello"], "--prompt: model 'toy' has no tokenizer"),
     (["propose", "--model", "toy", "--incumbent", '{"matvec": {"qkv": {"head_splits": 3}}}'],
      "--incumbent: does not lower for toy on cpu-sim: lowering: matvec.qkv.head_splits"),
-    (["generate", "--model", "toy", "--prompt-ids", "1,2", "--max-new-tokens", "600"],
+    (["generate", "--model", "toy", "--prompt-ids", "1,2", "--max-new-tokens", "600", "--max-seq", "512"],
      "--max-new-tokens, --max-seq: a prompt of 2 tokens and 600 new tokens need 601 positions"),
     (["generate", "--model", "toy", "--prompt-ids", "1,2,3", "--max-new-tokens", "3", "--max-seq", "4"],
      "--max-new-tokens, --max-seq: a prompt of 3 tokens and 3 new tokens need 5 positions, the program holds 4"),
