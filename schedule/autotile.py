@@ -158,6 +158,17 @@ def fuse_rope(dims: ModelDims, nbytes: int, target: GpuTarget, split: WarpSplit 
     return whole <= apart + NEAR_BEST_US
 
 
+def fold_rope(dims: ModelDims, config: ScheduleConfig, parts: int) -> bool:
+    """Whether RoPE, the q/k norm and the KV append may run in the partition attention tasks: on a q/k-norm
+    model, where the attention is the partition softmax over more than one partition and the config does not
+    fuse them into QKV. Derived (fusion.rope_kv_into_attention left null) where QKV's epilogue is not estimated
+    the better place (fuse_rope): there the RoPE stage that split heads need otherwise leaves the chain from QKV
+    to attention, and QKV's heads still split. The qwen3-1.7b shape on an H200: 1435.4 against 1478.5 us a step
+    (bench/results/20261203-2125_h200_qwen3-1.7b_rope_in_attention.json)."""
+    return (dims.qk_norm and config.fusion.rope_kv_into_qkv is not True and parts > 1
+            and config.attention.softmax == AttentionSoftmax.PARTITION)
+
+
 def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int, fits_whole: Callable[[int], bool] | None = None
                   ) -> int:
     """A power of two that gives about one attention task per SM, with partitions of at least
@@ -215,16 +226,23 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     split = None if config.pipeline.pages > 0 else WarpSplit(config.threads_per_block // 32, b.rows_in_flight,
                                                                  b.loads_in_flight)
     shape_ok = q.heads_per_task == 1 and q.k_splits == 1
+    fits = _partition_fits(config, dims, nbytes)
     rope_fused = config.fusion.rope_kv_into_qkv
+    folded = config.fusion.rope_kv_into_attention
+    if folded is None:  # in place of the RoPE stage, where QKV's epilogue is not the better place
+        parts = config.attention.kv_partitions
+        folded = (fold_rope(dims, config, kv_partitions(dims, target, max_seq, fits) if parts is None else parts)
+                  and not (rope_fused or fuse_rope(dims, nbytes, target, split, q.head_splits, shape_ok)))
     if rope_fused is None:
-        rope_fused = fuse_rope(dims, nbytes, target, split, q.head_splits, shape_ok)
+        rope_fused = False if folded else fuse_rope(dims, nbytes, target, split, q.head_splits, shape_ok)
     split_ok = shape_ok and not (dims.qk_norm and rope_fused)
-    t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split, _partition_fits(config, dims, nbytes))
-    values = {"fusion.rope_kv_into_qkv": rope_fused,
+    t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split, fits)
+    values = {"fusion.rope_kv_into_attention": folded, "fusion.rope_kv_into_qkv": rope_fused,
               "matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
               "matvec.down.rows_per_task": t.down_rows, "matvec.lm_head.rows_per_task": t.lm_head_rows,
               "matvec.qkv.head_splits": t.qkv_head_splits if split_ok else 1,
-              "attention.kv_partitions": t.kv_partitions}
+              # RoPE in the attention needs its partition tasks: two at least where it is asked for
+              "attention.kv_partitions": max(t.kv_partitions, 2) if folded and max_seq > 1 else t.kv_partitions}
     out = copy.deepcopy(config)
     derived = {}
     for path, value in values.items():

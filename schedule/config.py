@@ -140,6 +140,13 @@ class FusionConfig:
                                                 "except where a q/k norm would keep QKV's heads whole and split heads "
                                                 "are estimated faster)",
                                          choices=[True, False])
+    rope_kv_into_attention: bool | None = knob(None, help="apply RoPE (and q/k norm) to q and to this step's k, "
+                                                      "and append k and v, in the partition attention tasks that "
+                                                      "read them, so that no RoPE stage stands between QKV and "
+                                                      "attention; needs attention.softmax partition with "
+                                                      "kv_partitions > 1 and rope_kv_into_qkv not true (null: "
+                                                      "derived: true on a q/k-norm model where those hold)",
+                                               choices=[True, False])
     silu_mul_into_gate_up: bool = knob(True, help="compute silu(gate)*up in the gate/up epilogue",
                                        choices=[True, False])
     residual_into_matvec: bool = knob(True, help="add into the residual stream in the O/down epilogue",

@@ -10,7 +10,7 @@ import math
 from .assign import assign_sms
 from .autotile import resolve as resolve_tiling
 from .buffers import allocate_scratch, plan_model_buffers
-from .config import ScheduleConfig
+from .config import AttentionSoftmax, ScheduleConfig
 from .errors import ArgumentError, ConfigError, LoweringError
 from .graph import Graph, ModelDims, build_graph
 from .opcodes import DType
@@ -71,6 +71,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
         raise LoweringError("max_seq", f"must be >= 1, got {max_seq}")
     schedule_id = config.schedule_id
     config, derived = resolve_tiling(config, dims, dtype.nbytes, target, max_seq)
+    _check_folded_rope(config)
     graph: Graph = build_graph(dims)
     stages = plan_stages(graph, config)
     sgraph = stage_graph(stages, config.attention.sync)
@@ -91,6 +92,20 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
               "dtype": dtype.name, "stages": len(stages), "derived": derived},
         joins=joins,
     )
+
+
+def _check_folded_rope(config: ScheduleConfig) -> None:
+    """LoweringError naming fusion.rope_kv_into_attention where it is true and the rest of `config` (resolved) cannot
+    take it: only the partition attention over more than one partition applies RoPE in its tasks, and RoPE runs
+    once, so not in QKV's epilogue as well."""
+    if not config.fusion.rope_kv_into_attention:
+        return
+    field, a = "fusion.rope_kv_into_attention", config.attention
+    if config.fusion.rope_kv_into_qkv:
+        raise LoweringError(field, "RoPE runs once: it needs fusion.rope_kv_into_qkv false (or null), not true")
+    if a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions < 2:
+        raise LoweringError(field, f"needs attention.softmax partition with kv_partitions > 1, not softmax "
+                                   f"{a.softmax.value} with {a.kv_partitions} partition(s)")
 
 
 def _as_config(config) -> ScheduleConfig:

@@ -210,6 +210,12 @@ class AttnPartialParams:
     stage: int  # K and V rows of earlier steps copied into shared memory before the dependency wait
     window: int = 0  # positions attended, the current one included (a sliding window); 0: every cached one
     join: JoinCombine = JoinCombine()
+    # 1 (fusion.rope_kv_into_attention): `q` holds QKV's raw rows, KV group by group ([q heads, k, v] x head_dim);
+    # the task normalises (qnorm, knorm: a q/k norm's weights) and rotates its q heads, and the task whose
+    # partition holds the step's position does the same to the raw k and appends k and v to the caches
+    rope: int = 0
+    qnorm: int = NO_BUFFER
+    knorm: int = NO_BUFFER
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from .config import ScheduleConfig, get_path, iter_knobs, optional_base, value_text, with_value
+from .config import (
+    AttentionSoftmax,
+    ScheduleConfig,
+    get_path,
+    iter_knobs,
+    optional_base,
+    value_text,
+    with_value,
+)
 from .errors import ConfigError
 from .inert import inert_reason, target_inert_reason, unsearched_reason
 from .smem import max_dynamic_smem
@@ -175,6 +183,11 @@ def conflicts(config: ScheduleConfig) -> list[str]:
         out.append(f"matvec.qkv.head_splits={q.head_splits} needs matvec.qkv.heads_per_task=1")
     if _over1(q.head_splits) and _over1(q.k_splits):
         out.append(f"matvec.qkv.head_splits={q.head_splits} needs matvec.qkv.k_splits=1")
+    f, a = config.fusion, config.attention
+    if f.rope_kv_into_attention and f.rope_kv_into_qkv:
+        out.append("fusion.rope_kv_into_attention=true needs fusion.rope_kv_into_qkv not true")
+    if f.rope_kv_into_attention and (a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions == 1):
+        out.append("fusion.rope_kv_into_attention=true needs attention.softmax partition with kv_partitions > 1")
     return out
 
 

@@ -103,6 +103,11 @@ def plan_stages(graph: Graph, config: ScheduleConfig) -> list[Stage]:
         elif op.kind == OpKind.ATTENTION:
             parts = config.attention.kv_partitions
             q, kv, sc = inst("q", layer), f"kv.{layer}", inst("scores", layer)
+            # folded: the partition tasks read QKV's raw rows, apply RoPE (and the q/k norm) and append k, v
+            folded = bool(config.fusion.rope_kv_into_attention)
+            appends = [kv] if folded else []
+            if folded:
+                q = inst("qkv_raw", layer)
             if parts == 1:
                 emit(kind="attention", layer=layer, reads=[q, kv, sc], writes=[sc, inst("attn", layer)], window=op.window)
             else:
@@ -115,7 +120,8 @@ def plan_stages(graph: Graph, config: ScheduleConfig) -> list[Stage]:
                 j_reads, j_writes = (combined, [inst("attn", layer)]) if join else ([], [])
                 if weighted:
                     emit(kind="attention", layer=layer, reads=[q, kv, sc] + j_reads,
-                         writes=[sc, stats, part] + j_writes, window=op.window)
+                         writes=[sc, stats, part] + j_writes + appends, window=op.window,
+                         epilogue="rope_kv" if folded else "")
                 else:
                     emit(kind="attention", layer=layer, reads=[q, kv], writes=[sc, stats], window=op.window)
                     emit(kind="attention_values", layer=layer, reads=[sc, stats, kv] + j_reads,
@@ -154,9 +160,10 @@ def _emit_matvec(emit, inst, role, op, layer, ops, i, config: ScheduleConfig, pe
         "down": ("residual_add", "d_out", "add"),
         "lm_head": ("logits", None, None),
     }[role]
-    fuse = {"qkv": fusion.rope_kv_into_qkv, "o": fusion.residual_into_matvec, "gate_up": fusion.silu_mul_into_gate_up,
+    fuse = {"qkv": fusion.rope_kv_into_qkv or fusion.rope_kv_into_attention, "o": fusion.residual_into_matvec, "gate_up": fusion.silu_mul_into_gate_up,
             "down": fusion.residual_into_matvec, "lm_head": True}[role]
-    epi = fused_epi if fuse else "store"
+    folded = role == "qkv" and fusion.rope_kv_into_attention  # RoPE and the KV append run in the attention
+    epi = "store" if folded or not fuse else fused_epi
     final_writes = _epilogue_writes(epi, role, layer, inst, stored)
     consumed = i
     if role == "qkv":

@@ -438,6 +438,8 @@ class Tiler:
         tasks when each partition keeps its own softmax."""
         d, layer = self.d, st.layer
         parts = self.cfg.attention.kv_partitions
+        if self.cfg.fusion.rope_kv_into_attention:  # partition tasks on QKV's raw rows (the lowering checks)
+            return [t for g in range(d.n_kv_heads) for t in self._partials(layer, g, [], self._window(st))]
         q, sc = self.val("q", layer), self.val("scores", layer)
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
@@ -467,7 +469,13 @@ class Tiler:
 
     def _partials(self, layer: int, g: int, q_reg: list[Region], window: int) -> list[TaskDraft]:
         d, parts = self.d, self.cfg.attention.kv_partitions
-        q, sc = self.val("q", layer), self.val("scores", layer)
+        sc, rope = self.val("scores", layer), {}
+        if self.cfg.fusion.rope_kv_into_attention:
+            q, q_reg = self.val("qkv_raw", layer), self._folded_rope_reads(layer, g)
+            rope = {"rope": 1, "qnorm": self.b.get(f"layers.{layer}.q_norm"),
+                    "knorm": self.b.get(f"layers.{layer}.k_norm")}
+        else:
+            q = self.val("q", layer)
         stats, o = self.val("attn_stats", layer), self.val("attn_part", layer)
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
@@ -482,13 +490,30 @@ class Tiler:
         for part in range(parts):
             p = oc.AttnPartialParams(layer, g, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], part, parts,
                                      sc.buffer, sc.offset, stats.buffer, stats.offset, o.buffer, o.offset, chunk,
-                                     chunk, window, jp)
+                                     chunk, window, jp, **rope)
             s_reg = self.region(sc, (part * d.n_heads + g * G) * cap, G * cap)
             w = [s_reg, self.region(stats, (part * d.n_heads + g * G) * 2, G * 2),
                  self.region(o, (part * d.n_heads + g * G) * hd, G * hd)]
             out.append(TaskDraft(Opcode.ATTN_PARTIAL, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg], w, [], 0,
                                  (g,), join))
         return out
+
+    def _folded_rope_reads(self, layer: int, g: int) -> list[Region]:
+        """What a partition task of KV group g reads under fusion.rope_kv_into_attention besides the V slab: the
+        group's raw QKV rows, its K slab, the step's position, the RoPE tables and any q/k norm weights. The
+        task whose partition holds the position also appends k and v at it; that write is not among the task's
+        regions: no task of the step reads the appended row from the caches (each one that attends to the
+        position computes its k and v from the raw rows, vm/semantics.py), and the caches' other rows, which the
+        other partitions read, it leaves alone, which no region of the slab could say."""
+        d, hd = self.d, self.d.head_dim
+        raw = self.val("qkv_raw", layer)
+        per = (d.group + 2) * hd
+        reads = [self.region(raw, g * per, per), self.kv_slab("kcache", layer, g), Region(self.b["pos"], 0, 1),
+                 Region(self.b["rope_cos"], 0, self.max_seq * hd), Region(self.b["rope_sin"], 0, self.max_seq * hd)]
+        qn = self.b.get(f"layers.{layer}.q_norm")
+        if qn != oc.NO_BUFFER:
+            reads += [Region(qn, 0, hd), Region(self.b[f"layers.{layer}.k_norm"], 0, hd)]
+        return reads
 
     def _combined(self, layer: int, g: int) -> tuple[oc.AttnCombineParams, list[Region], list[Region]]:
         """Combining KV head g's partitions: the params, the regions read (every partition's values of the head

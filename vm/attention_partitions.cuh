@@ -232,6 +232,40 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
   }
 }
 
+// fusion.rope_kv_into_attention: the q/k norm (on a q/k-norm model) and RoPE of the group's q heads in `qs`, and
+// where `own` (this partition holds the step's position) of the raw k in kv[0, hd), which with v in kv[hd, 2 hd)
+// is appended to the caches. A warp a head; each lane rotates the pairs (i, i + hd/2) it alone reads. Rounded as
+// the RoPE epilogue (rope_head) rounds. No barrier at the end.
+__device__ void fold_rope(const Ctx& c, const AttnPartialParams& p, float* qs, float* kv, bool own) {
+  const int lane = threadIdx.x & 31, hd = AMK_HEAD_DIM;
+  const wtype* cs = buf<wtype>(c, AMK_ROPE_COS) + (long long)c.pos * hd;
+  const wtype* sn = buf<wtype>(c, AMK_ROPE_SIN) + (long long)c.pos * hd;
+  for (int h = threadIdx.x >> 5; h < AMK_GROUP + (own ? 1 : 0); h += NWARPS) {
+    float* x = h < AMK_GROUP ? qs + h * hd : kv;
+    float r = 1.f;
+    const wtype* nw = nullptr;
+#if AMK_QK_NORM
+    float ss = 0.f;
+    for (int i = lane; i < hd; i += 32) ss += x[i] * x[i];
+    r = 1.0f / sqrtf(warp_sum(ss) / (float)hd + AMK_EPS);
+    nw = buf<wtype>(c, h < AMK_GROUP ? p.qnorm : p.knorm);
+#endif
+    for (int i = lane; i < HALF_HD; i += 32) {
+      float a = x[i], b = x[i + HALF_HD];
+      if (nw) { a = rnd(to_f(nw[i]) * rnd(a * r)); b = rnd(to_f(nw[i + HALF_HD]) * rnd(b * r)); }
+      x[i] = rnd(rnd(a * to_f(cs[i])) + rnd(-b * to_f(sn[i])));
+      x[i + HALF_HD] = rnd(rnd(b * to_f(cs[i + HALF_HD])) + rnd(a * to_f(sn[i + HALF_HD])));
+    }
+    if (h == AMK_GROUP) {  // k, rotated by this warp alone: append it and v
+      __syncwarp();
+      const long long row = ((long long)p.layer * AMK_KV_HEADS + p.kv_head) * AMK_MAX_SEQ + c.pos;
+      wtype* kd = buf<wtype>(c, p.kcache) + row * hd;
+      wtype* vd = buf<wtype>(c, p.vcache) + row * hd;
+      for (int i = lane; i < hd; i += 32) { kd[i] = from_f(x[i]); vd[i] = from_f(kv[hd + i]); }
+    }
+  }
+}
+
 // One KV head x one partition under the partition's own softmax: scores (in shared memory when the span
 // fits p.chunk, else in the scores scratch), (max, sum), probabilities, values. The K and V rows of earlier
 // steps (up to p.stage of them) are copied into shared memory with cp.async before the dependency wait: they
@@ -265,10 +299,15 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   }
   PHASE_START();
   // q and this step's own K/V row (written by the QKV tasks just waited for) in one more round trip, which
-  // costs microseconds while other SMs stream weights
-  const float* q = buf<float>(c, p.q) + p.q_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
+  // costs microseconds while other SMs stream weights. Folded (p.rope): q, and where this partition holds the
+  // position k and v, come as QKV's raw rows ([q heads, k, v] a KV group), raw k and v into wacc
+  const int per_group = p.rope ? AMK_GROUP + 2 : AMK_GROUP;
+  const float* q = buf<float>(c, p.q) + p.q_off + p.kv_head * per_group * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM / 4; i += AMK_THREADS) cp_async16(qs + 4 * i, q + 4 * i);
-  if (n_staged == c.pos - s0 && c.pos < s1 && n_staged < p.stage) {
+  const bool own = p.rope && s0 <= c.pos && c.pos < s1;
+  if (own) {  // wacc need not be 16-byte aligned: plain loads, in flight beside the copies
+    for (int i = threadIdx.x; i < 2 * AMK_HEAD_DIM; i += AMK_THREADS) wacc[i] = ldcg(q + AMK_GROUP * AMK_HEAD_DIM + i);
+  } else if (!p.rope && n_staged == c.pos - s0 && c.pos < s1 && n_staged < p.stage) {
     stage_rows(ks, kc, s0, n_staged, 1);
     stage_rows(vs, vc, s0, n_staged, 1);
     ++n_staged;
@@ -276,6 +315,18 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   cp_async_commit();
   cp_async_wait<0>();
   block_sync();  // every thread's copies are in
+  if (p.rope) {
+    fold_rope(c, p, qs, wacc, own);
+    block_sync();  // k was rotated by one warp; every thread reads it below, and q in the passes
+    if (own && n_staged == c.pos - s0 && n_staged < p.stage) {  // the row lands beside the staged ones
+      for (int t = threadIdx.x; t < AMK_HEAD_DIM; t += AMK_THREADS) {
+        reinterpret_cast<wtype*>(ks + staged_slot(n_staged, t / VEC))[t % VEC] = from_f(wacc[t]);
+        reinterpret_cast<wtype*>(vs + staged_slot(n_staged, t / VEC))[t % VEC] = from_f(wacc[AMK_HEAD_DIM + t]);
+      }
+      ++n_staged;
+    }
+    block_sync();
+  }
   PHASE(0);
   const bool in_smem = s1 - s0 <= p.chunk;
   if (in_smem && n_staged == s1 - s0) {  // the common case: warps of a q head (partial_warp_heads)

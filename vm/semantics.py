@@ -150,15 +150,11 @@ class Semantics:
         pos = int(mem[c.pos][0])
         cos = mem[c.rope_cos][pos * hd:(pos + 1) * hd].float()
         sin = mem[c.rope_sin][pos * hd:(pos + 1) * hd].float()
-        half = hd // 2
         for u in range(row0 // hd, (row0 + rows) // hd):
             h = vals[(u * hd - row0):(u * hd - row0) + hd]
             g, j = divmod(u, G + 2)
             if j <= G:  # q or k: optional per-head norm, then RoPE
-                if c.qk_norm:
-                    h = self.rmsnorm(h, mem[e.qnorm if j < G else e.knorm][:hd])
-                rot = torch.cat([-h[half:], h[:half]])
-                h = self.rnd(self.rnd(h * cos) + self.rnd(rot * sin))
+                h = self.rotate(mem, h, e.qnorm if j < G else e.knorm, cos, sin)
             if j < G:
                 q = e.out_off + (g * G + j) * hd
                 mem[e.out][q:q + hd] = h
@@ -166,6 +162,16 @@ class Semantics:
                 slot = ((e.layer * c.n_kv_heads + g) * c.max_seq + pos) * hd
                 cache = mem[e.kcache if j == G else e.vcache]
                 cache[slot:slot + hd] = h.to(cache.dtype)
+
+    def rotate(self, mem: Memory, h: torch.Tensor, norm: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """One q or k head [head_dim] (rounded QKV output): its q/k norm (weights `norm`, on a q/k-norm model),
+        then RoPE at the step's position (cos, sin: its table rows), rounded as eager rounds."""
+        c = self.c
+        half = c.head_dim // 2
+        if c.qk_norm:
+            h = self.rmsnorm(h, mem[norm][:c.head_dim])
+        rot = torch.cat([-h[half:], h[:half]])
+        return self.rnd(self.rnd(h * cos) + self.rnd(rot * sin))
 
     def rope_kv_pairs(self, mem: Memory, e, row0: int, rows: int, a: torch.Tensor, b: torch.Tensor) -> None:
         """Rows [row0, row0 + rows) of one head (a) and their partners head_dim/2 on (b): RoPE rotates each
@@ -204,16 +210,19 @@ class Semantics:
         per = -(-n // parts)
         return lo + min(n, part * per), lo + min(n, part * per + per)
 
-    def _scores(self, mem: Memory, p, part: int, parts: int) -> list[tuple[float, float]]:
-        """Write this partition's scores of each q head of the group; return their (max, sum)."""
+    def _scores(self, mem: Memory, p, part: int, parts: int, q: torch.Tensor | None = None
+                ) -> list[tuple[float, float]]:
+        """Write this partition's scores of each q head of the group; return their (max, sum). `q`: the group's
+        q heads [G, head_dim] (None: read from p.q)."""
         c = self.c
         hd, G = c.head_dim, c.n_heads // c.n_kv_heads
         cap = -(-c.max_seq // parts)
         s0, s1 = self._span(mem, part, parts, p.window)
         base = (p.layer * c.n_kv_heads + p.kv_head) * c.max_seq
         k = mem.matrix(p.kcache)[base + s0:base + s1].float()
-        q0 = p.q_off + p.kv_head * G * hd
-        q = mem[p.q][q0:q0 + G * hd].view(G, hd)
+        if q is None:
+            q0 = p.q_off + p.kv_head * G * hd
+            q = mem[p.q][q0:q0 + G * hd].view(G, hd)
         s = self.rnd(self.rnd(q @ k.t()) * c.attn_scale)  # [q head, position]
         o = p.scores_off + (part * c.n_heads + p.kv_head * G) * cap
         mem[p.scores][o:o + G * cap].view(G, cap)[:, :s1 - s0] = s
@@ -276,13 +285,31 @@ class Semantics:
     def op_attn_partial(self, mem: Memory, p) -> None:
         c = self.c
         hd, G = c.head_dim, c.n_heads // c.n_kv_heads
-        stats = self._scores(mem, p, p.part, p.parts)
+        stats = self._scores(mem, p, p.part, p.parts, self.folded_rope(mem, p) if p.rope else None)
         for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats, round_probs=False)):
             row = p.part * c.n_heads + p.kv_head * G + j
             mem[p.out][p.out_off + row * hd:p.out_off + (row + 1) * hd] = self.partial(o)
             mem[p.stats][p.stats_off + 2 * row] = stats[j][0]
             mem[p.stats][p.stats_off + 2 * row + 1] = stats[j][1]
         self.join_combine(mem, p, p.stats, p.stats_off)
+
+    def folded_rope(self, mem: Memory, p) -> torch.Tensor:
+        """fusion.rope_kv_into_attention: the group's q heads [G, head_dim] from QKV's raw rows, normalised and
+        rotated; and where this partition holds the step's position, k normalised and rotated and v as it is,
+        appended to the caches at it before the partition reads them (no other task reads that row this step)."""
+        c = self.c
+        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        pos = int(mem[c.pos][0])
+        cos = mem[c.rope_cos][pos * hd:(pos + 1) * hd].float()
+        sin = mem[c.rope_sin][pos * hd:(pos + 1) * hd].float()
+        raw = mem[p.q][p.q_off + p.kv_head * (G + 2) * hd:p.q_off + (p.kv_head + 1) * (G + 2) * hd].view(G + 2, hd)
+        s0, s1 = self._span(mem, p.part, p.parts, p.window)
+        if s0 <= pos < s1:
+            slot = ((p.layer * c.n_kv_heads + p.kv_head) * c.max_seq + pos) * hd
+            k = self.rotate(mem, raw[G], p.knorm, cos, sin)
+            mem[p.kcache][slot:slot + hd] = k.to(mem[p.kcache].dtype)
+            mem[p.vcache][slot:slot + hd] = raw[G + 1].to(mem[p.vcache].dtype)
+        return torch.stack([self.rotate(mem, raw[j], p.qnorm, cos, sin) for j in range(G)])
 
     def join_combine(self, mem: Memory, p, stats: int, stats_off: int) -> None:
         """After a partition task of a join has stored its part: the last of the head's tasks combines the head."""
