@@ -120,8 +120,7 @@ def plan_stages(graph: Graph, config: ScheduleConfig) -> list[Stage]:
                 j_reads, j_writes = (combined, [inst("attn", layer)]) if join else ([], [])
                 if weighted:
                     emit(kind="attention", layer=layer, reads=[q, kv, sc] + j_reads,
-                         writes=[sc, stats, part] + j_writes + appends, window=op.window,
-                         epilogue="rope_kv" if folded else "")
+                         writes=[sc, stats, part] + j_writes + appends, window=op.window)
                 else:
                     emit(kind="attention", layer=layer, reads=[q, kv], writes=[sc, stats], window=op.window)
                     emit(kind="attention_values", layer=layer, reads=[sc, stats, kv] + j_reads,
@@ -160,8 +159,9 @@ def _emit_matvec(emit, inst, role, op, layer, ops, i, config: ScheduleConfig, pe
         "down": ("residual_add", "d_out", "add"),
         "lm_head": ("logits", None, None),
     }[role]
-    fuse = {"qkv": fusion.rope_kv_into_qkv or fusion.rope_kv_into_attention, "o": fusion.residual_into_matvec, "gate_up": fusion.silu_mul_into_gate_up,
-            "down": fusion.residual_into_matvec, "lm_head": True}[role]
+    # folded into the attention, RoPE has no stage of its own either
+    fuse = {"qkv": fusion.rope_kv_into_qkv or fusion.rope_kv_into_attention, "o": fusion.residual_into_matvec,
+            "gate_up": fusion.silu_mul_into_gate_up, "down": fusion.residual_into_matvec, "lm_head": True}[role]
     folded = role == "qkv" and fusion.rope_kv_into_attention  # RoPE and the KV append run in the attention
     epi = "store" if folded or not fuse else fused_epi
     final_writes = _epilogue_writes(epi, role, layer, inst, stored)
