@@ -228,13 +228,15 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     shape_ok = q.heads_per_task == 1 and q.k_splits == 1
     fits = _partition_fits(config, dims, nbytes)
     rope_fused = config.fusion.rope_kv_into_qkv
+    in_epilogue = rope_fused if rope_fused is not None else fuse_rope(dims, nbytes, target, split, q.head_splits,
+                                                                      shape_ok)
     folded = config.fusion.rope_kv_into_attention
     if folded is None:  # in place of the RoPE stage, where QKV's epilogue is not the better place
         parts = config.attention.kv_partitions
-        folded = (fold_rope(dims, config, kv_partitions(dims, target, max_seq, fits) if parts is None else parts)
-                  and not (rope_fused or fuse_rope(dims, nbytes, target, split, q.head_splits, shape_ok)))
+        folded = not in_epilogue and fold_rope(dims, config, kv_partitions(dims, target, max_seq, fits)
+                                               if parts is None else parts)
     if rope_fused is None:
-        rope_fused = False if folded else fuse_rope(dims, nbytes, target, split, q.head_splits, shape_ok)
+        rope_fused = in_epilogue and not folded
     split_ok = shape_ok and not (dims.qk_norm and rope_fused)
     t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split, fits)
     values = {"fusion.rope_kv_into_attention": folded, "fusion.rope_kv_into_qkv": rope_fused,

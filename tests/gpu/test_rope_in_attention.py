@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import amk
-from amk.eval.oracle import make_vm, verify
+from amk.eval.oracle import verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_checkpoints.py
 from _checkpoints import SMALL, save_checkpoint  # noqa: E402
+from _stepwise import assert_steps_match  # noqa: E402
 
 FOLDED = {"fusion": {"rope_kv_into_attention": True}}
 CONFIGS = [  # partitions in shared memory, on the block-wide path (24 KiB), combined by O, a join or a stage
@@ -47,10 +47,4 @@ def test_rope_in_the_attention_verifies_on_the_cuda_vm(kind, dtype, checkpoints,
         res = verify(prog, model, device="cuda", vm="cuda")
         assert res.ok, (cfg, res.to_dict()["failures"])
     # step for step against the ReferenceVM on the same device: the appended rows are what later steps read
-    prog = amk.lower(model, target, CONFIGS[1], max_seq=128)
-    gpu, ref = make_vm(prog, model, device="cuda", vm="cuda"), make_vm(prog, model, device="cuda")
-    tol = 1e-4 if dtype == "fp32" else 5e-2
-    for tok in range(1, 41):
-        a, _ = gpu.step(tok)
-        b, _ = ref.step(tok)
-        assert torch.allclose(a, b, atol=tol * max(1.0, float(b.abs().max()))), (tok, float((a - b).abs().max()))
+    assert_steps_match(amk.lower(model, target, CONFIGS[1], max_seq=128), model, dtype, 40)

@@ -16,6 +16,7 @@ from amk.schedule.errors import ContextError, VmError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_checkpoints.py
 from _checkpoints import llama, mistral_window, qwen2_window  # noqa: E402
+from _stepwise import assert_steps_match  # noqa: E402
 
 CONFIGS = [
     {},
@@ -45,13 +46,7 @@ def test_sliding_window_verifies_on_the_cuda_vm(kind, dtype, checkpoints, target
         res = verify(prog, model, device="cuda", vm="cuda")  # positions 0, 1, 32, 61-63, 8 tokens, 32 greedy
         assert res.ok, (cfg, res.to_dict()["failures"])
     # and step for step against the ReferenceVM on the same device, from inside the window to well past it
-    prog = amk.lower(model, target, {}, max_seq=64)
-    gpu, ref = make_vm(prog, model, device="cuda", vm="cuda"), make_vm(prog, model, device="cuda")
-    tol = 1e-4 if dtype == "fp32" else 5e-2
-    for tok in range(1, 21):
-        a, _ = gpu.step(tok)
-        b, _ = ref.step(tok)
-        assert torch.allclose(a, b, atol=tol * max(1.0, float(b.abs().max()))), (tok, float((a - b).abs().max()))
+    assert_steps_match(amk.lower(model, target, {}, max_seq=64), model, dtype, 20)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
