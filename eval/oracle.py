@@ -140,6 +140,7 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     if not hasattr(model, "dims") or (reference is None and getattr(model, "eager", None) is None):
         raise ArgumentError("model", f"expected a model loaded with its weights (amk.load_model), got {_short(model)}"
                             + (" loaded with weights=False" if hasattr(model, "dims") else ""))
+    _check_lowered_for(program, model)
     max_seq = program.constants.max_seq
     if isinstance(cases, str):
         if cases not in ("full", "reduced", "smoke"):
@@ -160,6 +161,18 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
         for case in cases:
             results.append(_run_case(machine, model, case, max_seq, ref))
     return VerifyResult(results, str(device), vm, program.known_fingerprint(), time.perf_counter() - t0)
+
+
+def _check_lowered_for(program, model) -> None:
+    """ArgumentError naming `program` when it was lowered for another model shape or dtype than `model`'s: its
+    weights would not fit the program's buffers, and every case would fail for a reason that is not the config's."""
+    from amk.schedule.lower import model_mismatch
+
+    diffs = model_mismatch(program, model)
+    if diffs:
+        raise ArgumentError("program", f"lowered for another model or dtype than {_short(model)} "
+                                       f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); "
+                                       "lower it for this model: amk.lower(model, target, config)")
 
 
 class HigherPrecision:

@@ -139,6 +139,22 @@ def _constants(dims: ModelDims, dtype: DType, max_seq: int, b) -> ProgramConstan
     )
 
 
+def model_mismatch(program: MegakernelProgram, model) -> list[str]:
+    """The model facts (dtype, shape fields, rms_eps, qk_norm) in which `program`'s constants differ from those
+    a lowering of `model` (`.dims` and `.dtype`, as `lower` takes) would give, each as "field: program X, model
+    Y"; empty when they agree. A program holds no weights, so this is what says it was lowered for another model
+    or dtype."""
+    have = program.constants
+    ids = {f: getattr(have, f) for f in ("rope_cos", "rope_sin", "pos", "token", "logits")}
+    want = _constants(model.dims, _dtype_of(model), have.max_seq, ids)
+    return [f"{f.name}: program {_shown(getattr(have, f.name))}, model {_shown(getattr(want, f.name))}"
+            for f in dataclasses.fields(ProgramConstants) if getattr(have, f.name) != getattr(want, f.name)]
+
+
+def _shown(value) -> str:
+    return value.name if isinstance(value, DType) else repr(value)
+
+
 def _make_tasks(stages: list[Stage], drafts: list[list[TaskDraft]]) -> list[Task]:
     tasks: list[Task] = []
     for st, ds in zip(stages, drafts):

@@ -151,6 +151,17 @@ def test_verify_names_a_bad_program_model_or_cases():
         assert e.value.argument == argument
 
 
+def test_verify_refuses_a_program_lowered_for_another_model_or_dtype():
+    model = amk.load_model("toy")
+    other_shape = amk.lower(amk.load_model("toy-2L", weights=False), "cpu-sim")
+    other_dtype = amk.lower(amk.load_model("toy", dtype="bf16", weights=False), "cpu-sim")
+    for prog, fields in ((other_shape, ("n_layers", "n_heads")), (other_dtype, ("dtype: program BF16",))):
+        with pytest.raises(amk.ArgumentError) as e:
+            amk.verify(prog, model, cases="smoke")
+        assert e.value.argument == "program" and all(f in str(e.value) for f in fields), str(e.value)
+    assert amk.verify(amk.lower(model, "cpu-sim", max_seq=64), model, cases="smoke").passed
+
+
 @pytest.mark.parametrize("bad", [None, 5, ["toy"], b"toy"])
 def test_a_model_that_is_no_name_nor_path_is_named_as_the_argument(bad):
     with pytest.raises(amk.ArgumentError) as e:
