@@ -9,9 +9,23 @@ evaluate() names every inert knob set off its default in the verdict's `notes`; 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from .config import ScheduleConfig, SmAssignment, get_path, iter_knobs, to_jsonable, value_text, with_value
+from .assign import assign_sms
+from .config import (
+    PartialsDtype,
+    ScheduleConfig,
+    SmAssignment,
+    SmConfig,
+    get_path,
+    iter_knobs,
+    to_jsonable,
+    value_text,
+    with_value,
+)
+from .opcodes import DType
+from .program import MegakernelProgram
 from .targets import GpuTarget
 
 # the cpu-sim stand-in runs no kernel: correctness runs on the ReferenceVM and the cost model prices the
@@ -115,3 +129,31 @@ def inert_knobs(config: ScheduleConfig, target: GpuTarget | None = None, derived
                 reason += f" ({', '.join(by)} derived from the model's shape and the GPU)"
             out.append(InertKnob(path, value, reason))
     return out
+
+
+def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip: set[str] = frozenset()) -> list[InertKnob]:
+    """The knobs set off their default that cannot act on `program` (lowered from `config`) for a reason only the
+    model or the program shows, which inert_knobs cannot see from the config: `attention.partials_dtype=model` on an
+    fp32 model, and an `sm.assignment` that places every task where the default assignment does (a program with
+    fewer tasks than SMs, say). Paths in `skip` (already named inert) are left out."""
+    out = []
+    default = ScheduleConfig()
+    att = config.attention
+    if (att.partials_dtype == PartialsDtype.MODEL and program.constants.dtype == DType.F32
+            and "attention.partials_dtype" not in skip):
+        out.append(InertKnob("attention.partials_dtype", att.partials_dtype.value,
+                             "the model's dtype is fp32, which the partitions' outputs already are (as with fp32)"))
+    policy = config.sm.assignment
+    if policy not in (default.sm.assignment, SmAssignment.EXPLICIT) and "sm.assignment" not in skip:
+        if _placement(program, default.sm) == [t.sm for t in program.tasks]:
+            out.append(InertKnob("sm.assignment", policy.value,
+                                 f"it places each of the program's {len(program.tasks)} tasks on the SM the default "
+                                 f"({default.sm.assignment.value}) does, over {len(program.queues)} SMs"))
+    return out
+
+
+def _placement(program: MegakernelProgram, sm: SmConfig) -> list[int]:
+    """The SM of each task of `program` under assignment `sm` (the program itself is left as it is)."""
+    tasks = [dataclasses.replace(t) for t in program.tasks]
+    assign_sms(tasks, program.counters, program.constants, len(program.queues), sm)
+    return [t.sm for t in tasks]

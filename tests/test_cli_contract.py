@@ -140,6 +140,11 @@ def test_an_interrupt_is_its_own_exit_code(capsys, monkeypatch):
     ({"sm": {"explicit_map": {"qkv": [0, 1]}}}, "cpu-sim",
      'sm.explicit_map={"qkv":[0,1]} has no effect: only sm.assignment=explicit reads it'),
     ({"build": {"spin_backoff_ns": 32}}, "cpu-sim", "build.spin_backoff_ns=32 has no effect: cpu-sim is a CPU stand-in"),
+    # the two a config alone cannot show: the model's dtype, and where the tasks land against the SM count
+    ({"attention": {"kv_partitions": 2, "partials_dtype": "model"}}, "cpu-sim",
+     "attention.partials_dtype=model has no effect: the model's dtype is fp32"),
+    ({"sm": {"assignment": "round_robin"}}, "h100-sxm",
+     "sm.assignment=round_robin has no effect: it places each of the program's"),
     ({"pipeline": {"pages": 4, "page_kb": 8}}, "cpu-sim",
      "pipeline.page_kb=8 has no effect: cpu-sim is a CPU stand-in whose predicted latency is the same"),
     ({"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64}}, "cpu-sim",
@@ -155,9 +160,12 @@ def test_an_inert_knob_lowers_to_the_same_program_and_acting_knobs_get_no_note()
     b, _ = build_program("toy", "cpu-sim", {"attention": {"kv_partitions": 1}}, "cpu")
     assert a.program_fingerprint == b.program_fingerprint and a.schedule_id != b.schedule_id
     for acting in ({}, {"attention": {"softmax": "global"}}, {"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64}},
-                   {"sm": {"assignment": "explicit", "explicit_map": {"qkv": [0, 1]}}}):
+                   {"sm": {"assignment": "explicit", "explicit_map": {"qkv": [0, 1]}}},
+                   {"sm": {"assignment": "bytes_balanced"}}, {"attention": {"partials_dtype": "model"}}):
         v, program = build_program("toy", "h100-sxm", acting, "cpu")
         assert program is not None and not [n for n in v.notes if "has no effect" in n], (acting, v.notes)
+    v, _ = build_program("toy", "cpu-sim", {"sm": {"assignment": "round_robin"}}, "cpu")  # 8 SMs: it moves tasks
+    assert not [n for n in v.notes if "has no effect" in n], v.notes
     v, program = build_program("toy", "a100-80gb", {"pipeline": {"pages": 2}}, "cpu")
     assert program is None and "pipeline.pages=2 needs bulk copies" in v.rejected_reason
 
