@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -52,6 +53,10 @@ FLOAT_COLUMNS = ("latency_us", "pct_of_floor", "speedup", "predicted_us", "sprea
 INT_COLUMNS = ("max_seq",)  # empty or a positive integer
 COUNT_LIMIT = 2**63  # load_results reads trial and INT_COLUMNS as int64: a number at or past it is no count
 NOT_A_COUNT = "not a positive integer below 2**63"  # why a trial or INT_COLUMNS cell is skipped
+# a row's identity cells: a resume and the search key trials by them, so a control character (a NUL, say) there is a
+# hand edit or a damaged disk block, never a cell append_result wrote (_cell drops them)
+KEY_COLUMNS = ("model", "gpu", "schedule_id", "program_fingerprint")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 POSITIVE_COLUMNS = ("latency_us", "predicted_us")  # a latency no trial writes is 0 or below
 
 
@@ -77,10 +82,10 @@ CHOICE_COLUMNS = {
 class ResultsFormatError(ValueError):
     """results.tsv does not have the expected header."""
 
-    def __init__(self, path, header: str):
+    def __init__(self, path, header: str, hint: str = "choose another results file"):
         self.path = str(path)
         super().__init__(f"{path}: header {header!r} is not a results.tsv header (expected {HEADER.strip()!r}); "
-                         "choose another results file")
+                         f"{hint}")
 
 
 @dataclass
@@ -126,7 +131,7 @@ def _cell(v) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return "" if not math.isfinite(v) else f"{v:.4f}"
-    return " ".join(str(v).replace("\t", " ").splitlines())
+    return CONTROL.sub(" ", " ".join(str(v).replace("\t", " ").splitlines()))
 
 
 def _utc_now() -> str:
@@ -208,6 +213,9 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
     """(column, why) for the first cell append_result could not have written (a hand edit), else None."""
     if not _count(row["trial"]):  # None or 0
         return "trial", NOT_A_COUNT
+    for col in KEY_COLUMNS:
+        if CONTROL.search(row[col]):
+            return col, "holding a control character"
     for col in FLOAT_COLUMNS:
         value = row[col]
         if not value:
@@ -288,7 +296,11 @@ def refuse_fragment(path, data: bytes) -> None:
     another tool (one line with no newline, a byte-order mark, binary bytes), which the loop must neither read as
     empty nor append a header to."""
     if data.strip():
-        raise ResultsFormatError(path, data.decode("utf-8", errors="replace")[:80])
+        text = data.decode("utf-8", errors="replace")
+        # a results file whose lines end in CR alone (classic Mac OS) has no whole line: say so, not just "header"
+        cr = text.lstrip("\ufeff").startswith(HEADER.split("\t", 1)[0] + "\t") and "\r" in text
+        raise ResultsFormatError(path, text[:80], "its lines end in CR alone: save it with LF (or CRLF) line endings "
+                                 "to resume it" if cr else "choose another results file")
 
 
 def load_results(path: str | Path = "results.tsv"):

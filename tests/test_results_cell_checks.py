@@ -176,6 +176,25 @@ def test_a_trial_number_given_twice_is_read_with_a_warning_naming_both_lines(tmp
     assert load_results(res)["trial"].tolist() == [1, 2, 2] and next_trial(res.read_bytes()) == 3
 
 
+# ---- control characters ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["schedule_id", "program_fingerprint", "model", "gpu"])
+def test_a_key_cell_holding_a_nul_byte_is_skipped_with_a_warning(tmp_path, caplog, column):
+    res = tmp_path / "r.tsv"
+    _results(res, **{column: KEEP[column][:4] + "\x00" + KEEP[column][4:]})
+    assert [r["trial"] for r in _skipped(res, caplog, column)] == ["2"]
+    assert "control character" in caplog.text
+
+
+def test_a_control_character_in_a_written_cell_is_written_as_a_space(tmp_path):
+    from amk.flywheel.results import ResultRow, Status, append_result
+
+    res = tmp_path / "r.tsv"
+    append_result(res, ResultRow("toy", "cpu-sim", "b4b855881ef6", Status.KEEP, description="a\x00b\x1bc"))
+    assert [r["description"] for r in read_rows(res)] == ["a b c"]
+
+
 # ---- line endings ----------------------------------------------------------------------------------------------
 
 
@@ -194,6 +213,31 @@ def test_a_results_file_saved_with_crlf_line_endings_is_read_and_resumed(capsys,
     assert code == 0, s
     assert res.read_bytes().startswith(before)
     assert [r["trial"] for r in read_rows(res)] == ["1", "2", "3"]
+
+
+def test_a_results_file_saved_with_a_byte_order_mark_is_read_and_resumed(capsys, tmp_path):
+    """A spreadsheet's "UTF-8 with BOM" puts U+FEFF before the header, which then did not match. It is read as the
+    file without it and resumed; the mark stays where it was."""
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    plain = _results(res)
+    res.write_bytes(b"\xef\xbb\xbf" + plain.replace(b"\n", b"\r\n"))
+    before = res.read_bytes()
+    assert read_rows(res) == read_rows_of_bytes(tmp_path / "plain.tsv", plain) and next_trial(before) == 3
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--resume",
+                  "--results", str(res), "--corpus", str(cor))
+    assert code == 0, s
+    assert res.read_bytes().startswith(before) and [r["trial"] for r in read_rows(res)] == ["1", "2", "3"]
+
+
+def test_a_results_file_with_cr_only_line_endings_is_refused_saying_so(tmp_path):
+    from amk.flywheel.results import ResultsFormatError
+
+    res = tmp_path / "r.tsv"
+    res.write_bytes(_results(res).replace(b"\n", b"\r"))
+    before = res.read_bytes()
+    with pytest.raises(ResultsFormatError, match="end in CR alone"):
+        read_rows(res)
+    assert res.read_bytes() == before
 
 
 def read_rows_of_bytes(path, data: bytes) -> list[dict]:
