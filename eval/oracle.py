@@ -132,8 +132,9 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     VerifyCase. `adversarial` (ReferenceVM): the next SM to run is drawn at random (`seed`). `runner`: a VM to
     reuse (else one is built); `reference`: a callable(case) -> (logits, greedy, fp32 logits) that may serve
     cached eager data (else eager runs here). A failed case is a result, not an exception; a case that needs more positions
-    than the program holds raises ContextError; a `program`, `model` or `cases` AMK cannot use, ArgumentError naming
-    it (a model loaded with weights=False has no eager model to compare with)."""
+    than the program holds raises ContextError; a `program`, `model`, `cases`, `device` (cpu, cuda or auto), `vm` or
+    `seed` AMK cannot use, ArgumentError naming it (a model loaded with weights=False has no eager model to compare
+    with; a program lowered for another model or dtype); device "cuda" on a machine without one, EnvironmentProblem."""
     t0 = time.perf_counter()
     if not hasattr(program, "constants") or not hasattr(program, "tasks"):
         raise ArgumentError("program", f"expected a program from amk.lower, got {_short(program)}")
@@ -141,6 +142,7 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
         raise ArgumentError("model", f"expected a model loaded with its weights (amk.load_model), got {_short(model)}"
                             + (" loaded with weights=False" if hasattr(model, "dims") else ""))
     _check_lowered_for(program, model)
+    device = _check_machine(device, vm, seed, runner)
     max_seq = program.constants.max_seq
     if isinstance(cases, str):
         if cases not in ("full", "reduced", "smoke"):
@@ -161,6 +163,23 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
         for case in cases:
             results.append(_run_case(machine, model, case, max_seq, ref))
     return VerifyResult(results, str(device), vm, program.known_fingerprint(), time.perf_counter() - t0)
+
+
+def _check_machine(device, vm, seed, runner):
+    """`device`, "auto" made the device it picks. ArgumentError naming `vm`, `device` or `seed` for a value verify
+    cannot run with, and EnvironmentProblem for a CUDA device this machine lacks: each is the caller's setting,
+    never a failed case of the program."""
+    from amk.harness.environment import resolve_device
+    from amk.harness.evaluate import check_seed
+
+    if vm not in ("reference", "cuda"):
+        raise ArgumentError("vm", f"expected 'reference' (the ReferenceVM) or 'cuda' (the megakernel), got {vm!r}")
+    check_seed(seed)
+    if runner is None:  # a given runner holds its own device
+        picked = resolve_device(device)
+        if str(device).lower() == "auto":
+            return picked.value
+    return device
 
 
 def _check_lowered_for(program, model) -> None:

@@ -151,6 +151,29 @@ def test_verify_names_a_bad_program_model_or_cases():
         assert e.value.argument == argument
 
 
+def test_verify_names_a_bad_device_vm_or_seed_and_a_missing_gpu():
+    model = amk.load_model("toy")
+    prog = amk.lower(model, "cpu-sim", max_seq=64)
+    for kw, argument in (({"device": "bogus"}, "device"), ({"vm": "bogus"}, "vm"), ({"seed": 1.5}, "seed"),
+                         ({"seed": -1}, "seed")):
+        with pytest.raises(amk.ArgumentError) as e:
+            amk.verify(prog, model, cases="smoke", **kw)
+        assert e.value.argument == argument
+    if not torch.cuda.is_available():
+        with pytest.raises(amk.EnvironmentProblem):
+            amk.verify(prog, model, cases="smoke", device="cuda")
+
+
+def test_evaluate_and_loop_refuse_a_model_loaded_without_weights(tmp_path):
+    lean = amk.load_model("toy", weights=False)
+    for run in (lambda: amk.evaluate(lean, "cpu-sim", {}, cases="reduced"),
+                lambda: amk.loop(lean, "cpu-sim", budget=1, results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl")):
+        with pytest.raises(amk.ArgumentError) as e:
+            run()
+        assert e.value.argument == "model" and "weights=False" in str(e.value)
+    assert not list(tmp_path.iterdir())  # refused before a results row or a record was written
+
+
 def test_verify_refuses_a_program_lowered_for_another_model_or_dtype():
     model = amk.load_model("toy")
     other_shape = amk.lower(amk.load_model("toy-2L", weights=False), "cpu-sim")

@@ -316,3 +316,43 @@ def test_a_ctrl_c_while_the_command_imports_is_answered(monkeypatch, capsys, jso
         assert json.loads(out) == {"ok": False, "exit_code": 130, "error": "interrupted", "error_type": "interrupted"}
     else:
         assert out == "" and err == "amk: error: interrupted\n"
+
+
+# ---- a loop's two files given where another file belongs --------------------------------------------------------
+
+
+def _loop_files(capsys, tmp_path) -> tuple[bytes, bytes]:
+    """Run one loop trial in tmp_path; the bytes of its results.tsv and corpus.jsonl."""
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--cases", "reduced",
+                  "--results", str(tmp_path / "results.tsv"), "--corpus", str(tmp_path / "corpus.jsonl"))
+    assert code == 0, s
+    return (tmp_path / "results.tsv").read_bytes(), (tmp_path / "corpus.jsonl").read_bytes()
+
+
+def test_a_results_file_given_as_the_corpus_is_refused_and_left_as_it_is(capsys, tmp_path):
+    before, _ = _loop_files(capsys, tmp_path)
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--cases", "reduced",
+                  "--results", str(tmp_path / "new.tsv"), "--corpus", str(tmp_path / "results.tsv"))
+    assert code == 2 and s["error"].startswith("--corpus:") and "is a results.tsv" in s["error"], s
+    assert (tmp_path / "results.tsv").read_bytes() == before and not (tmp_path / "new.tsv").exists()
+
+
+@pytest.mark.parametrize("name", ["results.tsv", "corpus.jsonl"])
+@pytest.mark.parametrize("verb", ["compile", "verify"])
+def test_an_out_file_holding_a_loops_record_is_not_overwritten(capsys, tmp_path, name, verb):
+    files = dict(zip(("results.tsv", "corpus.jsonl"), _loop_files(capsys, tmp_path)))
+    code, s = run(capsys, verb, "-q", "--model", "toy", "--gpu", "cpu-sim", "--out", str(tmp_path / name),
+                  *(["--cases", "reduced"] if verb == "verify" else []))
+    assert code == 2 and s["error"].startswith("--out") and "would overwrite" in s["error"], s
+    assert (tmp_path / name).read_bytes() == files[name]
+
+
+def test_a_loop_file_whose_directory_cannot_be_made_is_refused_before_any_trial(capsys, tmp_path):
+    (tmp_path / "plain").write_text("a file where a directory would go\n")
+    for flag in ("--results", "--corpus"):
+        paths = {"--results": str(tmp_path / "r.tsv"), "--corpus": str(tmp_path / "c.jsonl"),
+                 flag: str(tmp_path / "plain" / "sub" / "x")}
+        code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1",
+                      *[a for kv in paths.items() for a in kv])
+        assert code == 2 and s["error"].startswith(flag), s
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]

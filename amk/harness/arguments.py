@@ -3,8 +3,10 @@ ArgumentError naming the keyword (the CLI leads it with the flag) and never a cr
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from enum import Enum
 from pathlib import Path
 
 from amk.schedule.errors import ArgumentError
@@ -61,6 +63,32 @@ def same_file(a, b) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+class LoopFile(str, Enum):
+    """What an existing file holds, by its first line: the two files a loop appends to."""
+
+    RESULTS = "a results.tsv"
+    CORPUS = "a corpus of tuning records"
+
+
+def loop_file_kind(path) -> LoopFile | None:
+    """Whether the file at `path` is a results.tsv (its first line the results header) or a corpus (its first line
+    a tuning record), read from its first line only; None for anything else, an empty or absent file included."""
+    from amk.flywheel.results import HEADER
+
+    try:
+        with open(Path(path).expanduser(), "rb") as f:
+            first = f.readline(1 << 20).decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n")
+    except OSError:
+        return None
+    if first.startswith(HEADER.split("\t", 2)[0] + "\t" + HEADER.split("\t", 2)[1] + "\t"):
+        return LoopFile.RESULTS
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return None
+    return LoopFile.CORPUS if isinstance(record, dict) and "schedule_id" in record and "config" in record else None
+
+
 def check_output_file(argument: str, path) -> None:
     """`path` (the loop's results or corpus) must be a file to append to, or not exist yet in a directory:
     ArgumentError naming `argument` before any trial, since the first append would fail only after the first
@@ -103,3 +131,6 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
     check_output_file("results", Path(str(results) + ".claims"))  # flywheel/claims.py claims_path
     if same_file(results, corpus):  # a results row and a tuning record interleaved leave neither readable
         raise ArgumentError("corpus", f"names the same file as results ({str(results)!r}): give each its own")
+    if loop_file_kind(corpus) == LoopFile.RESULTS:  # the two swapped: a record appended to a results file
+        raise ArgumentError("corpus", f"{str(corpus)!r} is a results.tsv (its first line is the results header), not "
+                                      "a corpus of tuning records: give it as results, and the corpus its own file")

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .arguments import loop_file_kind
 from .commands import CommandResult, ExitCode, UsageError, counted, read_config_arg, verdict_exit
 
 log = logging.getLogger("amk.cli")
@@ -26,6 +27,9 @@ def output_file(flag: str, value: str) -> Path:
         raise UsageError(f"{flag} {value!r}: the directory {str(parent)!r} {why}")
     if not os.access(path if path.exists() else parent, os.W_OK):
         raise UsageError(f"{flag} {value!r}: {str(path if path.exists() else parent)!r} is not writable")
+    held = loop_file_kind(path)
+    if held is not None:  # the output is written whole: a loop's record of its trials would be gone
+        raise UsageError(f"{flag} {value!r}: holds {held.value}, which this would overwrite; name another file")
     return path
 
 

@@ -87,6 +87,17 @@ def check_model_dtype(model, dtype) -> None:
         raise ArgumentError("dtype", f"{dtype!r}, but the model was loaded as {dtype_name(model.dtype)}")
 
 
+def check_model_weights(model) -> None:
+    """ArgumentError naming `model` when it is an amk Model loaded with weights=False: correctness compares the
+    program's logits with eager transformers on the model's weights, which such a model does not hold, and a
+    trial of it would read as an incorrect config."""
+    from amk.models import Model
+
+    if isinstance(model, Model) and model.eager is None:
+        raise ArgumentError("model", f"{model.name!r} was loaded with weights=False: verifying a config needs its "
+                                     "weights; load it with amk.load_model(name_or_path), or pass the name or path")
+
+
 def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0, dtype: str | None = None,
              corpus: str | None = None, peers: bool = False, max_seq: int | None = None, measure: bool = True,
              stop_above_us: float | None = None) -> dict:
@@ -112,6 +123,7 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     t0 = time.perf_counter()
     check_cases(cases)  # before any model work
     check_corpus(corpus)
+    check_model_weights(model)
     if not _names_checked(model, gpu, config):  # a malformed config: its verdict needs no model and no cache
         v, _ = build_program(model, gpu, config, device, dtype, max_seq)
         v.cache = {"hits": 0, "misses": 0, "by_kind": {}}

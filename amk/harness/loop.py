@@ -57,7 +57,14 @@ from amk.schedule.space import search_space
 
 from .arguments import check_loop_arguments
 from .environment import Device, get_model, resolve_device, resolve_target
-from .evaluate import check_model_dtype, check_seed, default_dtype, evaluate, resolve_dtype_name
+from .evaluate import (
+    check_model_dtype,
+    check_model_weights,
+    check_seed,
+    default_dtype,
+    evaluate,
+    resolve_dtype_name,
+)
 from .propose import incumbent_config, model_name
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us
@@ -168,6 +175,11 @@ def _check_writable(path: Path, argument: str) -> None:
     if probe.exists() and not os.access(probe, os.W_OK):
         raise LoopError(f"{path}: {str(probe)!r} is not writable: the loop appends a row and a record a trial",
                         argument=argument)
+    try:  # the first append makes them anyway; one that cannot be made (under /proc, say) fails here, not after a trial
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LoopError(f"{path}: its directory {str(path.parent)!r} cannot be made ({e.strerror or e})",
+                        argument=argument) from None
 
 
 class _Run(Rounds):
@@ -183,6 +195,7 @@ class _Run(Rounds):
         self.same_model = same_model(self.name)  # rows of this model under any spelling of its directory
         self.dev = resolve_device(device)
         check_model_dtype(model, dtype)
+        check_model_weights(model)
         self.dtype = dtype_name(model.dtype) if isinstance(model, Model) else (
             dtype_name(dtype) if dtype else default_dtype(self.dev, self.target))
         self.kind = (LatencyKind.MEASURED_GPU if self.dev == Device.CUDA else LatencyKind.PREDICTED).value
