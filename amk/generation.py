@@ -47,6 +47,25 @@ def _device(device: str) -> str:
     return resolve_device(device).value
 
 
+def _checked_model(model):
+    """`model` as generate takes it: a name or path (os.PathLike made a str), or an amk Model holding its weights;
+    ArgumentError naming `model` otherwise, before any work."""
+    import os
+
+    from amk.models import Model
+
+    if isinstance(model, os.PathLike):
+        return os.fspath(model)
+    if isinstance(model, str):
+        return model
+    if not isinstance(model, Model):
+        raise ArgumentError("model", f"expected a model name, a checkpoint directory or an amk Model, got "
+                                     f"{type(model).__name__} ({model!r:.60})")
+    if model.eager is None:
+        raise ArgumentError("model", f"{model.name!r} was loaded with weights=False: generating needs its weights")
+    return model
+
+
 def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str = "auto", gpu=None,
              max_seq: int | None = None, stop_at_eos: bool = True) -> Generation:
     """Prefill `prompt` (text, or token ids) one token per step through the VM, keeping the KV cache on the
@@ -57,7 +76,8 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     Past the model's max_position_embeddings they still run (as transformers would compute them); the
     Generation's `notes` then say so.
 
-    Raises ArgumentError naming the argument: `prompt` (empty, not text or integer ids, ids outside the
+    Raises ArgumentError naming the argument: `model` (not a name, a path or an amk Model loaded with its weights),
+    `prompt` (empty, not text or integer ids, ids outside the
     vocabulary, text for a model without a tokenizer), `max_new_tokens` or `max_seq` (not a positive integer),
     `stop_at_eos` (not a bool),
     `device` (not auto, cpu or cuda); EnvironmentProblem for device="cuda" without a usable GPU; ContextError
@@ -74,6 +94,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         raise ArgumentError("max_seq", f"expected a positive integer or None, got {max_seq!r}")
     check_flag("stop_at_eos", stop_at_eos)
     dev = _device(device)
+    model = _checked_model(model)
     if isinstance(model, str):
         # refused before the model loads (seconds to minutes of weights)
         if isinstance(prompt, str) and not has_tokenizer(model):

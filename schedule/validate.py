@@ -22,6 +22,7 @@ import numpy as np
 from . import hazards
 from . import opcodes as oc
 from . import smem as block_smem
+from .errors import ArgumentError
 from .opcodes import Epilogue, Opcode
 from .targets import get_target
 
@@ -125,7 +126,13 @@ class _Report:
 def validate(program, target=None) -> ValidationResult:
     """The static checks of the module docstring on `program` (a MegakernelProgram) for `target` (a GpuTarget or
     its name; None: no check of the GPU's limits): `ok` and every issue found, at most MAX_ISSUES_PER_KIND a kind (the
-    rest counted in `suppressed`). Never raises: a check that fails internally comes back as an issue."""
+    rest counted in `suppressed`). Raises ArgumentError naming `program` for something that is no program at all (a
+    caller's mistake, not an issue of a program); otherwise never raises: a check that fails internally comes back
+    as an issue."""
+    if not hasattr(program, "constants") or not hasattr(program, "tasks"):
+        text = repr(program)
+        raise ArgumentError("program", f"expected a program from amk.lower, got {type(program).__name__} "
+                                       f"({text if len(text) <= 60 else text[:57] + '...'})")
     t0 = time.perf_counter()
     rep = _Report(program)
     gc_was = gc.isenabled()

@@ -174,6 +174,18 @@ def test_evaluate_and_loop_refuse_a_model_loaded_without_weights(tmp_path):
     assert not list(tmp_path.iterdir())  # refused before a results row or a record was written
 
 
+def test_validate_and_generate_name_a_model_or_program_argument_that_is_none():
+    lean = amk.load_model("toy", weights=False)
+    for bad in (None, {}, lean):
+        with pytest.raises(amk.ArgumentError) as e:
+            amk.validate(bad)
+        assert e.value.argument == "program"
+    for bad in (None, 5, b"toy", lean):
+        with pytest.raises(amk.ArgumentError) as e:
+            amk.generate(bad, [1, 2], 2)
+        assert e.value.argument == "model"
+
+
 def test_verify_refuses_a_program_lowered_for_another_model_or_dtype():
     model = amk.load_model("toy")
     other_shape = amk.lower(amk.load_model("toy-2L", weights=False), "cpu-sim")
