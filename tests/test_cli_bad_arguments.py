@@ -356,3 +356,20 @@ def test_a_loop_file_whose_directory_cannot_be_made_is_refused_before_any_trial(
                       *[a for kv in paths.items() for a in kv])
         assert code == 2 and s["error"].startswith(flag), s
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
+def test_peers_off_a_gpu_and_a_ray_address_for_one_worker_are_named_as_having_no_effect(capsys, tmp_path, caplog):
+    import logging
+
+    import amk
+
+    v = amk.evaluate("toy", "cpu-sim", {}, cases="reduced", peers=True)
+    assert any(n.startswith("peers=True (--peers) has no effect") for n in v["notes"]), v["notes"]
+    with caplog.at_level(logging.WARNING, logger="amk.harness"):
+        amk.loop("toy", "cpu-sim", budget=1, cases="reduced", ray_address="10.0.0.1:6379",
+                 results=str(tmp_path / "r.tsv"), corpus=str(tmp_path / "c.jsonl"))
+    assert "ray_address '10.0.0.1:6379' (--ray-address) has no effect" in caplog.text
+    for bad in ("", 5):
+        with pytest.raises(amk.ArgumentError) as e:
+            amk.loop("toy", "cpu-sim", budget=1, ray_address=bad, results=str(tmp_path / "x.tsv"))
+        assert e.value.argument == "ray_address"

@@ -297,6 +297,9 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     gate_latency(v, timing, floor, dev, program.constants.max_seq)
     if v.latency_us is not None and v.latency_kind == LatencyKind.MEASURED_GPU.value:
         speedups(v, full, program, cache, peers)
+    elif peers:
+        v.notes.append("peers=True (--peers) has no effect: the peers are timed on a GPU against a measured latency, and this "
+                       f"latency is {v.latency_kind or 'missing'}")
 
 
 # ---- lowering and static checks --------------------------------------------------------------------------

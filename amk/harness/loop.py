@@ -52,7 +52,7 @@ from amk.flywheel.records import (
 )
 from amk.flywheel.results import ResultRow, ResultsFormatError, Status, append_result, read_rows
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.errors import AmkError
+from amk.schedule.errors import AmkError, ArgumentError
 from amk.schedule.space import search_space
 
 from .arguments import check_loop_arguments
@@ -130,6 +130,12 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     check_seed(seed)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,
                          progress, resume)
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise ArgumentError("ray_address", f"expected a Ray cluster address (host:port, or auto) or None, got "
+                                           f"{ray_address!r:.60}")
+    if ray_address is not None and workers == 1:  # one worker runs here, in this process: no Ray at all
+        log.warning("ray_address %r (--ray-address) has no effect: with workers=1 the loop runs in this process; "
+                    "pass workers > 1 (--workers) to fan trials out over the cluster", ray_address)
     if workers > 1:
         from .search.distributed import run_workers
 
