@@ -54,6 +54,16 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(args) if args is not None else []  # what error() can name beside a missing flag
+        return super().parse_known_args(args, namespace)
+
+    def _unknown_flags(self) -> list[str]:
+        """The flags given that none of this parser's options is, nor abbreviates (a misspelt --modl, say)."""
+        known = [s for s in self._option_string_actions if s.startswith("--")]
+        return [a for a in getattr(self, "_given", []) if a.startswith("--") and not any(
+            k.startswith(a.split("=", 1)[0]) for k in known)]
+
     # argparse prints usage and exits; we raise so that --json can still answer with one JSON object
     def error(self, message):
         # "argument --dtype: invalid choice ..." -> "--dtype: invalid choice ... (amk evaluate)": the flag first,
@@ -63,7 +73,9 @@ class _Parser(argparse.ArgumentParser):
             raise UsageError(f"{flag.group(1)}: {flag.group(2)} ({self.prog})")
         required = re.match(r"the following arguments are required: (.*)", message, re.S)
         if required:
-            raise UsageError(f"{required.group(1)}: required ({self.prog})")
+            unknown = self._unknown_flags()
+            also = f"; {' '.join(unknown)}: unrecognized" if unknown else ""
+            raise UsageError(f"{required.group(1)}: required{also} ({self.prog})")
         one_of = re.match(r"one of the arguments (.*) is required", message, re.S)
         if one_of:
             raise UsageError(f"{' | '.join(one_of.group(1).split())}: one of them is required ({self.prog})")

@@ -373,3 +373,10 @@ def test_peers_off_a_gpu_and_a_ray_address_for_one_worker_are_named_as_having_no
         with pytest.raises(amk.ArgumentError) as e:
             amk.loop("toy", "cpu-sim", budget=1, ray_address=bad, results=str(tmp_path / "x.tsv"))
         assert e.value.argument == "ray_address"
+
+
+def test_a_misspelt_required_flag_is_named_beside_the_missing_one(capsys):
+    code, s = run(capsys, "evaluate", "--modl", "toy", "--gpu", "cpu-sim")
+    assert code == 2 and s["error"].startswith("--model: required; --modl: unrecognized"), s
+    code, s = run(capsys, "evaluate", "--gpu", "cpu-sim")  # nothing misspelt: nothing more said
+    assert code == 2 and s["error"] == "--model: required (amk evaluate)", s
