@@ -22,12 +22,13 @@ from pathlib import Path
 
 from amk.schedule.errors import CheckpointError, UnsupportedModelError
 
-from .fields import FIELDS, REQUIRED_IN_CHECKPOINT
+from .fields import FIELDS, LOADING_FIELDS, REQUIRED_IN_CHECKPOINT, normalise_rope_type
 
 _SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _HEADER_LIMIT = 100 << 20  # the safetensors reader's own cap on a header
 # the sizing fields whose FIELDS rule is _positive_int: checked on the raw values, since transformers' own parsing
-# of a zero fails unnamed (hidden_size % num_attention_heads: "integer modulo by zero")
+# of a zero fails unnamed (hidden_size % num_attention_heads: "integer modulo by zero"), and a size past the rule's
+# maximum (fields.MAX_VOCAB, ...) fails as an allocation of terabytes, or not at all with weights=False
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "max_position_embeddings")
 # a decoder layer's tensors: model.layers.<i>.*, or layers.<i>.* as saved from the base model (transformers adds
@@ -38,8 +39,10 @@ _LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
 def read_config_json(path: Path) -> dict:
     """config.json of a checkpoint directory as a dict. Raises CheckpointError when it is missing, not JSON, not
     an object, lacks a field that sizes the model (transformers would put the default of another model
-    there) or states one as an integer below 1, and UnsupportedModelError for a model_type AMK does not lower.
-    A value of another type is left to transformers' validation, which names the field and the type."""
+    there) or states one as an integer below 1 or past its bound (fields.MAX_VOCAB, MAX_HIDDEN, MAX_INTERMEDIATE),
+    and UnsupportedModelError for a model_type AMK does not lower or a quantization_config (before transformers'
+    loader quantizes or dequantizes the weights). A value of another type is left to transformers' validation, which
+    names the field and the type."""
     file = path / "config.json"
     if not file.is_file():
         raise CheckpointError(path, "holds no config.json (a checkpoint directory needs config.json and weights)")
@@ -51,6 +54,10 @@ def read_config_json(path: Path) -> dict:
         raise CheckpointError(file, f"holds a JSON {type(raw).__name__}, not an object")
     if "model_type" in raw and raw["model_type"] not in _SUPPORTED_TYPES:
         raise UnsupportedModelError(f"architecture {raw['model_type']!r}", "supported: " + ", ".join(_SUPPORTED_TYPES))
+    quant = raw.get("quantization_config")
+    why = LOADING_FIELDS["quantization_config"].refuse(quant, None, None)
+    if why:
+        raise UnsupportedModelError(f"quantization_config={quant!r}", f"quantization_config: {why}")
     for name in REQUIRED_IN_CHECKPOINT:
         if raw.get(name) is None:
             raise CheckpointError(file, "missing: transformers would use its class default, the shape of some other "
@@ -92,16 +99,20 @@ def check_layer_count(path: Path, raw: dict, weights: WeightFiles) -> None:
 
 
 def load_config(path: Path):
-    """transformers' config of the directory; its validation errors become CheckpointErrors naming the field."""
+    """transformers' config of the directory; its validation errors become CheckpointErrors naming the field. A
+    null rope_type reads as the default RoPE, as AMK's rule reads it (fields.normalise_rope_type): the model is to be
+    built from this config, not from config.json again."""
     from transformers import AutoConfig
 
     file = path / "config.json"
     try:
-        return AutoConfig.from_pretrained(path, local_files_only=True)
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as e:  # strict-dataclass validation, bad values: all of them about this one file
         text = str(e)
         m = re.search(r"field '(\w+)'", text)
         raise CheckpointError(file, " ".join(text.split()), field=m[1] if m else None) from None
+    normalise_rope_type(cfg)
+    return cfg
 
 
 @dataclass

@@ -9,8 +9,10 @@ has one entry here:
 - INERT: transformers' forward in eval mode never reads it (why is in the note).
 
 A name a config carries that is not in the table is read by none of that code (tests/test_fields.py walks the
-installed transformers to prove it), so transformers ignores it and so does AMK. `model_dims` is the only way
-a config becomes ModelDims: it refuses first, then derives the dims and the per-layer sliding windows.
+installed transformers to prove it), so transformers ignores it and so does AMK. LOADING_FIELDS holds the names
+transformers' from_pretrained reads instead (it changes the weights it loads, not the forward): those AMK does not
+take are refused there. `model_dims` is the only way a config becomes ModelDims: it refuses first, then derives
+the dims and the per-layer sliding windows.
 """
 
 from __future__ import annotations
@@ -70,15 +72,31 @@ def _unset(what: str) -> Refusal:
     return refuse
 
 
-def _positive_int(nullable: bool = False) -> Refusal:
+def _positive_int(nullable: bool = False, maximum: int | None = None, why: str = "") -> Refusal:
     # transformers builds a model from a zero or negative width and fails later, or computes NaN: refuse it here
     def refuse(v, cfg, arch):
         if v is None and nullable:
             return None
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             return "must be a positive integer"
+        if maximum is not None and v > maximum:
+            return f"must be at most {maximum} ({why})"
         return None
     return refuse
+
+
+# Upper bounds on the sizes, far above any Llama-family model (the largest public ones: vocab 262144, hidden 16384,
+# intermediate 53248), so that a nonsense size is refused by its name at load instead of failing later where it
+# names something else: a task never holds more rows than its matrix, so with intermediate_size (gate_up's rows)
+# at most 2**20, hidden_size (o's and down's rows) at most 2**16 and vocab_size at most 2**22 rows in at least 4
+# LM-head tasks (schedule/autotile.derive_tiling: MAX_LM_HEAD_ROUNDS a SM), every rows_per_task the schedule derives
+# stays within the knob's maximum of 1048576 (schedule/config.py RowTiling; past it the user's config was blamed:
+# "$.matvec.lm_head.rows_per_task: must be <= 1048576"), and every row index within the VM's int32 task params.
+# hidden_size is also the length of the input row every matvec task stages in shared memory: 65536 is already
+# past what a GPU holds (the lowering names smem_per_block there), well before torch's allocation would fail.
+MAX_VOCAB = 1 << 22
+MAX_HIDDEN = 1 << 16
+MAX_INTERMEDIATE = 1 << 20
 
 
 def _positive_number(nullable: bool = False) -> Refusal:
@@ -103,9 +121,25 @@ def _mlp_bias(v, cfg, arch):
     return "bias on the MLP projections is not lowered" if v and arch == Architecture.LLAMA else None
 
 
+def rope_kind(params: dict | None) -> str:
+    """The RoPE type a rope_parameters (or transformers 4 rope_scaling) dict names: rope_type, else the older
+    `type`, else default (a null rope_type included, as transformers' config classes write "default" for none)."""
+    params = params or {}
+    return params.get("rope_type") or params.get("type") or "default"
+
+
+def normalise_rope_type(cfg) -> None:
+    """Write rope_kind into a config's RoPE dict whose rope_type is null: transformers' config parsing keeps the
+    null, and its rotary module then looks None up (KeyError: None) where AMK's rule reads the default."""
+    for name in ("rope_parameters", "rope_scaling"):
+        params = getattr(cfg, name, None)
+        if isinstance(params, dict) and "rope_type" in params and params["rope_type"] is None:
+            params["rope_type"] = rope_kind(params)
+
+
 def _rope(v, cfg, arch):
     params = v or {}
-    kind = params.get("rope_type") or params.get("type") or "default"
+    kind = rope_kind(params)
     if kind not in ROPE_TYPES:
         return (f"rope_type={kind!r}: only {', '.join(ROPE_TYPES[:-1])} (tables of the position alone) and "
                 f"{ROPE_TYPES[-1]} (within max_position_embeddings) are lowered")
@@ -164,9 +198,12 @@ _L, _O, _I = Treatment.LOWERED, Treatment.ONLY, Treatment.INERT
 FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     # --- what the model is
     _F("model_type", _L, "the family: llama, mistral, qwen2 or qwen3 (anything else is refused)"),
-    _F("vocab_size", _L, "rows of the embedding and of the LM head", _positive_int()),
-    _F("hidden_size", _L, "the residual width", _positive_int()),
-    _F("intermediate_size", _L, "the MLP width", _positive_int()),
+    _F("vocab_size", _L, "rows of the embedding and of the LM head",
+       _positive_int(maximum=MAX_VOCAB, why="2**22 rows: the LM head's tasks stay within rows_per_task's range")),
+    _F("hidden_size", _L, "the residual width",
+       _positive_int(maximum=MAX_HIDDEN, why="2**16, 4x the widest model: the input row every matvec task stages")),
+    _F("intermediate_size", _L, "the MLP width",
+       _positive_int(maximum=MAX_INTERMEDIATE, why="2**20 rows: the MLP's tasks stay within rows_per_task's range")),
     _F("num_hidden_layers", _L, "the decoder layers", _positive_int()),
     _F("num_attention_heads", _L, "q heads", _positive_int()),
     _F("num_key_value_heads", _L, "KV heads (GQA groups)", _positive_int(nullable=True)),
@@ -247,6 +284,23 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
                                             "read it"),
 )}
 
+
+def _quantization(v, cfg, arch):
+    if v is None:
+        return None
+    # transformers' loader acts on the field being there at all: it quantizes or dequantizes the weights on loading
+    # (on CPU an fp8 checkpoint is dequantized with its warning off), so the model run is not the file's weights
+    method = v.get("quant_method") if isinstance(v, dict) else getattr(v, "quant_method", None)
+    return (f"quant_method={method!r}: a quantized checkpoint; AMK runs a checkpoint's dense weights in fp32, fp16 "
+            f"or bf16 only (save the model dequantized, without quantization_config)")
+
+
+# Fields transformers' from_pretrained reads, not the forward: they change which weights are loaded.
+LOADING_FIELDS: dict[str, FieldRule] = {r.name: r for r in (
+    _F("quantization_config", _O, "a quantized checkpoint (fp8, gptq, awq, bitsandbytes, ...): refused, whatever its "
+                                  "quant_method", _quantization),
+)}
+
 # Fields a checkpoint's config.json must state: transformers' defaults for them describe some 7B model, never
 # the checkpoint next to it.
 REQUIRED_IN_CHECKPOINT = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -284,7 +338,7 @@ def refusals(cfg) -> list[tuple[str, Any, str]]:
     arch = architecture(cfg)
     out = []
     for name, value in config_fields(cfg).items():
-        rule = FIELDS.get(name)
+        rule = FIELDS.get(name) or LOADING_FIELDS.get(name)
         if rule is not None and rule.refuse is not None:
             why = rule.refuse(value, cfg, arch)
             if why:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,13 +199,46 @@ def _is_dir(name_or_path) -> bool:
         return False
 
 
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_device(device, weights: bool = True) -> str:
+    """The device string of `device`: "cpu", "cuda" or "cuda:<index>" (a str or torch.device). ArgumentError
+    naming device for anything else; EnvironmentProblem when weights are to go to a CUDA device torch does not
+    see (without weights the device only labels the model)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ArgumentError("device", f"{device!r:.60} is not one of cpu, cuda, cuda:<index>")
+    if weights and device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            raise EnvironmentProblem(f"device {device!r} asked for, but torch sees {count} CUDA device(s) "
+                                     "(run `amk doctor`)")
+    return device
+
+
 def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", weights: bool = True) -> Model:
     """Load a built-in model by name, or a local checkpoint directory (config.json + safetensors).
 
-    Raises UnknownModelError for a name that is neither, and UnsupportedModelError (before any torch model
-    is built) for an architecture or feature AMK does not lower."""
+    `dtype`: fp32, fp16 or bf16 (any spelling resolve_dtype takes); `seed`: an integer in [0, 2**63), the random
+    weights of a built-in model (a checkpoint's own weights ignore it); `device`: "cpu", "cuda" or "cuda:<index>",
+    where the weights go; `weights=False`: the config and dims only, no torch model.
+
+    Raises, before any work: ArgumentError naming name_or_path, dtype, seed or device for an argument of another
+    type or value, UnknownModelError for a name that is neither a built-in model nor a directory, and
+    EnvironmentProblem for a CUDA device torch does not see (with weights). Then UnsupportedModelError (before any
+    torch model is built, weights=False included) for an architecture or feature AMK does not lower, named: a field
+    value (fields.FIELDS) or a quantization_config (AMK runs dense fp32, fp16 or bf16 weights only); and
+    CheckpointError naming the file and field for a checkpoint that cannot be loaded as it is (a field missing, a
+    size below 1 or past its bound, weights that do not match the config)."""
+    from amk.harness.arguments import check_seed  # the one seed rule evaluate and loop check too
+
     check_model_name(name_or_path, "name_or_path")
     torch_dtype = resolve_dtype(dtype)
+    check_seed(seed)
+    device = check_device(device, weights)
     key = str(name_or_path)
     if key == _GGUF_NAME:
         return _load_gguf(torch_dtype, device, weights)
@@ -307,7 +341,9 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
 
         try:  # ignore_mismatched_sizes: transformers lists a reshaped tensor by name instead of raising
             with _transformers_quiet():  # its load report would repeat, as a warning, what check_loading_info raises
-                eager, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                # config=cfg: the config AMK checked, its null rope_type read as the default (load_config)
+                eager, info = AutoModelForCausalLM.from_pretrained(path, config=cfg, dtype=dtype,
+                                                                   attn_implementation="eager",
                                                                    local_files_only=True, output_loading_info=True,
                                                                    ignore_mismatched_sizes=True)
         except Exception as e:  # a weight file transformers cannot read: the checkpoint's problem, named
