@@ -103,7 +103,7 @@ nonnegative_int = _int_at_least(0, "non-negative")
 
 
 def seed(text: str) -> int:
-    from amk.harness.evaluate import SEED_LIMIT  # the one bound evaluate() and loop() check too
+    from amk.harness.arguments import SEED_LIMIT  # the one bound evaluate() and loop() check too
 
     value = nonnegative_int(text)
     if value >= SEED_LIMIT:

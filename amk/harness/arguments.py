@@ -12,6 +12,13 @@ from pathlib import Path
 from amk.schedule.errors import ArgumentError
 
 CASE_SETS = ("full", "reduced")
+SEED_LIMIT = 2**63  # seeds go to torch.manual_seed, a signed 64-bit integer
+
+
+def check_seed(seed) -> None:
+    """ArgumentError naming seed unless it is an integer in [0, 2**63) (a bool is not one)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ArgumentError("seed", f"expected an integer from 0 to 2**63 - 1, got {seed!r:.60}")
 
 
 def check_cases(cases) -> None:

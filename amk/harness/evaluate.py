@@ -32,7 +32,7 @@ from amk.schedule.program import (
 )
 from amk.schedule.targets import GpuTarget
 
-from .arguments import check_cases, check_corpus, check_flag
+from .arguments import check_cases, check_corpus, check_flag, check_seed
 from .calibration import calibrate_file
 from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda, scaling_note
 from .environment import Device, environment, get_model, resolve_device, resolve_target
@@ -155,15 +155,6 @@ def _names_checked(model, gpu, config) -> bool:
     if not isinstance(model, Model):
         check_model_name(model)
     return True
-
-
-SEED_LIMIT = 2**63  # the verify cases' seeds go to torch.manual_seed, a signed 64-bit integer
-
-
-def check_seed(seed) -> None:
-    """ArgumentError unless `seed` is an integer in [0, 2**63)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-        raise ArgumentError("seed", f"expected an integer from 0 to 2**63 - 1, got {seed!r}")
 
 
 def _free_bytes(dev) -> int | None:

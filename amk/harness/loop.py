@@ -55,12 +55,11 @@ from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError, ArgumentError
 from amk.schedule.space import search_space
 
-from .arguments import check_loop_arguments
+from .arguments import check_loop_arguments, check_seed
 from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import (
     check_model_dtype,
     check_model_weights,
-    check_seed,
     default_dtype,
     evaluate,
     resolve_dtype_name,
