@@ -289,8 +289,8 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     if v.latency_us is not None and v.latency_kind == LatencyKind.MEASURED_GPU.value:
         speedups(v, full, program, cache, peers)
     elif peers:
-        v.notes.append("peers=True (--peers) has no effect: the peers are timed on a GPU against a measured latency, and this "
-                       f"latency is {v.latency_kind or 'missing'}")
+        v.notes.append("peers=True (--peers) has no effect: the peers are timed on a GPU against a measured latency, "
+                       f"and this latency is {v.latency_kind or 'missing'}")
 
 
 # ---- lowering and static checks --------------------------------------------------------------------------

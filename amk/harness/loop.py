@@ -57,13 +57,7 @@ from amk.schedule.space import search_space
 
 from .arguments import check_loop_arguments, check_seed
 from .environment import Device, get_model, resolve_device, resolve_target
-from .evaluate import (
-    check_model_dtype,
-    check_model_weights,
-    default_dtype,
-    evaluate,
-    resolve_dtype_name,
-)
+from .evaluate import check_model_dtype, check_model_weights, default_dtype, evaluate, resolve_dtype_name
 from .propose import incumbent_config, model_name
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us
