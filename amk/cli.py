@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-not-required", action="store_true",
                    help="bench without a passing verify_result.json for this program (the output says UNVERIFIED)")
     p.add_argument("--contexts", default="1,256,1024", help="comma-separated KV lengths, one bench case each")
-    p.add_argument("--steps", type=positive_int, default=200, help="timed decode steps per case")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="timed decode steps per case (GPU; default 200)")
     p.add_argument("--peers", action="store_true", help="time the peers for the speed-ups (GPU only)")
     p.add_argument("--peer", default="torch_static_cuda_graph", choices=PEERS, help="the peer the speed-up is against")
     p = add("generate", "greedy generation through the megakernel (the ReferenceVM without a GPU)")

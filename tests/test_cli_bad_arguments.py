@@ -380,3 +380,20 @@ def test_a_misspelt_required_flag_is_named_beside_the_missing_one(capsys):
     assert code == 2 and s["error"].startswith("--model: required; --modl: unrecognized"), s
     code, s = run(capsys, "evaluate", "--gpu", "cpu-sim")  # nothing misspelt: nothing more said
     assert code == 2 and s["error"] == "--model: required (amk evaluate)", s
+
+
+def test_an_empty_out_dir_or_corpus_is_refused_and_cpu_bench_steps_are_named_as_idle(capsys, tmp_path, monkeypatch):
+    from amk.flywheel.results import HEADER
+
+    (tmp_path / "r.tsv").write_text(HEADER)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # an empty path is the working directory: nothing may land in it
+    for argv, flag in ((["report", "--results", str(tmp_path / "r.tsv"), "--out-dir", ""], "--out-dir"),
+                       (["evaluate", "--model", "toy", "--gpu", "cpu-sim", "--corpus", ""], "--corpus")):
+        code, s = run(capsys, *argv)
+        assert code == 2 and s["error"].startswith(flag) and "empty" in s["error"], s
+    assert not list((tmp_path / "cwd").iterdir())
+    code, s = run(capsys, "bench", "-q", "--model", "toy", "--gpu", "cpu-sim", "--steps", "5", "--verify-not-required")
+    assert code == 0 and "--steps 5 has no effect: a predicted latency times no steps" in s["notes"], s
+    code, s = run(capsys, "bench", "-q", "--model", "toy", "--gpu", "cpu-sim", "--verify-not-required")
+    assert code == 0 and not [n for n in s["notes"] if "--steps" in n], s

@@ -61,6 +61,8 @@ def check_corpus(corpus) -> None:
     is no path at all."""
     if corpus is not None and (not isinstance(corpus, str | os.PathLike) or isinstance(corpus, bytes)):
         raise ArgumentError("corpus", f"expected a file path or None, got {type(corpus).__name__} ({corpus!r:.60})")
+    if corpus is not None and not str(corpus).strip():  # Path("") is the working directory
+        raise ArgumentError("corpus", "empty; name a file (default corpus.jsonl)")
     if corpus is not None and Path(corpus).expanduser().is_dir():
         raise ArgumentError("corpus", f"{str(corpus)!r} is a directory; name a file (default corpus.jsonl)")
 

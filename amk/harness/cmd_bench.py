@@ -73,6 +73,9 @@ def _contexts(text: str) -> list[int]:
     return out
 
 
+DEFAULT_STEPS = 200  # timed decode steps a case on the GPU (--steps)
+
+
 def bench(args) -> CommandResult:
     from amk.harness.evaluate import build_program
 
@@ -88,12 +91,13 @@ def bench(args) -> CommandResult:
     if why:
         notes.append(f"UNVERIFIED (--verify-not-required): {why}")
     # a timed run must fit behind its prefilled positions: the GPU runs warm-up and timed steps after them
-    limit = program.constants.max_seq - (args.steps + 11 if v.device == "cuda" else 1)
+    steps = args.steps or DEFAULT_STEPS
+    limit = program.constants.max_seq - (steps + 11 if v.device == "cuda" else 1)
     contexts = _fit_contexts(_contexts(args.contexts), limit, program.constants.max_seq, notes)
     if v.device == "cuda":
         cases, code = _bench_cuda(v, program, contexts, args, notes)
     else:
-        cases, code = _bench_cpu(v, program, contexts, notes, args.gpu), ExitCode.OK
+        cases, code = _bench_cpu(v, program, contexts, notes, args.gpu, args.steps), ExitCode.OK
     geo, excluded = geomean_speedups(cases)
     out = {"program_fingerprint": v.program_fingerprint, "schedule_id": v.schedule_id, "model": v.model,
            "gpu": v.gpu, "device": v.device, "dtype": v.dtype, "verified": why is None, "cases": cases,
@@ -117,7 +121,7 @@ def _fit_contexts(contexts: list[int], limit: int, max_seq: int, notes: list[str
     return out
 
 
-def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu) -> list[dict]:
+def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu, steps: int | None = None) -> list[dict]:
     from amk.schedule.cost import predict
 
     from .calibration import calibrate_file
@@ -128,6 +132,8 @@ def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu) -> list[d
     coef = calibrate_file(None, v.gpu).coefficients
     notes.append(f"CPU: every latency is PREDICTED by the cost model for {v.gpu}, not measured; peak GPU memory "
                  "is not measured on a CPU; no peer runs, so speed-ups are missing")
+    if steps is not None:  # the cost model prices one step: a count of timed steps has nothing to time
+        notes.append(f"--steps {steps} has no effect: a predicted latency times no steps")
     cases = []
     for c in contexts:
         p = predict(program, target, coef, context=c)
@@ -162,7 +168,7 @@ def _bench_cuda(v, program, contexts: list[int], args, notes: list[str]) -> tupl
                 "peer_latency_us": None}
         try:
             torch.cuda.reset_peak_memory_stats()
-            t = time_vm(vm, steps=args.steps, context=case["context"])
+            t = time_vm(vm, steps=args.steps or DEFAULT_STEPS, context=case["context"])
             case["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
         except Exception as e:  # a GPU failure fails the case; nothing stands in for it
             case["error"] = f"{type(e).__name__}: {e}"

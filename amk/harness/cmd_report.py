@@ -242,6 +242,8 @@ def report(args) -> CommandResult:
 def _out_dir(value: str) -> Path:
     """--out-dir, created if missing; a usage error naming the flag when it cannot be (a file of that name, a
     parent that is a file, no permission), before any plot is drawn."""
+    if not value.strip():  # Path("") is the working directory: the plots would land among the user's files
+        raise UsageError("--out-dir '': empty; name a directory for the plots (default report)")
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out-dir {value!r}: exists and is not a directory; name a directory for the plots")

@@ -115,8 +115,9 @@ def build_server():
              seed: int = 0, device: str = "auto", results: str = "results.tsv", corpus: str = "corpus.jsonl",
              resume: bool = False, max_reverts: int = 20, dtype: str | None = None,
              max_seq: int | None = None) -> dict[str, Any]:
-        """Keep/revert search from the incumbent, one knob a trial, appending one row a trial to `results`
-        and each kept config to `corpus`; stops at `budget` trials, `minutes`, or `max_reverts` non-keeps in a
+        """Keep/revert search from the incumbent (mutations of one or more knobs, crossovers of kept configs and
+        random points, ranked by the cost model: HARNESS.md section 7), appending one row a trial to `results`
+        and one tuning record a measurement, kept or not, to `corpus`; stops at `budget` trials, `minutes`, or `max_reverts` non-keeps in a
         row. An existing non-empty results file needs resume=true. max_seq: the KV positions every trial's
         program holds (default: the model's, at most 2048). Returns the summary: incumbent, statuses, why it
         stopped."""
