@@ -291,6 +291,12 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows_of(path, lines)
 
 
+def starts_as_header(text: str) -> bool:
+    """Whether `text` (a file's first line, or its start) begins as a results.tsv header does, its first two
+    column names: how a results file is told from another file whatever its columns' version."""
+    return text.removeprefix("\ufeff").startswith("\t".join(HEADER.split("\t", 2)[:2]) + "\t")
+
+
 def refuse_fragment(path, data: bytes) -> None:
     """ResultsFormatError when `data`, a file without a whole line, holds anything but white space: a file of
     another tool (one line with no newline, a byte-order mark, binary bytes), which the loop must neither read as
@@ -298,7 +304,7 @@ def refuse_fragment(path, data: bytes) -> None:
     if data.strip():
         text = data.decode("utf-8", errors="replace")
         # a results file whose lines end in CR alone (classic Mac OS) has no whole line: say so, not just "header"
-        cr = text.lstrip("\ufeff").startswith(HEADER.split("\t", 1)[0] + "\t") and "\r" in text
+        cr = starts_as_header(text) and "\r" in text
         raise ResultsFormatError(path, text[:80], "its lines end in CR alone: save it with LF (or CRLF) line endings "
                                  "to resume it" if cr else "choose another results file")
 

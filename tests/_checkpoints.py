@@ -102,3 +102,23 @@ def public_shape(name: str, dtype: str, device: str = "cuda"):
     cfg = getattr(transformers, cls)(**fields)
     dims = ModelDims.from_hf_config(cfg)
     return Model(name, dims, build_graph(dims), resolve_dtype(dtype), cfg, None, None, "path", 0, name, device)
+
+
+def forbid_transformers(monkeypatch, config: bool = True) -> list[str]:
+    """From here on, records (and refuses) every way transformers would build a model or load weights, and parse the
+    config too where `config`; returns the list the refused calls are recorded in."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    calls: list[str] = []
+
+    def refuse(what):
+        def call(*a, **k):
+            calls.append(what)
+            raise AssertionError(f"{what} called")
+        return call
+
+    if config:
+        monkeypatch.setattr(AutoConfig, "from_pretrained", refuse("AutoConfig.from_pretrained"))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse("AutoModelForCausalLM.from_pretrained"))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse("AutoModelForCausalLM.from_config"))
+    return calls

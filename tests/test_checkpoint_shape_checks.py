@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from _checkpoints import SMALL, edit_tensors, llama, qwen2_window
+from _checkpoints import SMALL, edit_tensors, forbid_transformers, llama, qwen2_window
 from _cli import cli_json_err
 
 import amk
@@ -20,24 +20,6 @@ from amk.schedule.errors import CheckpointError
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "amk_cache"))
-
-
-def _forbid_transformers(monkeypatch) -> list[str]:
-    """From here on, records (and refuses) every way transformers would parse the config or build a model."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    calls: list[str] = []
-
-    def refuse(what):
-        def call(*a, **k):
-            calls.append(what)
-            raise AssertionError(f"{what} called")
-        return call
-
-    monkeypatch.setattr(AutoConfig, "from_pretrained", refuse("AutoConfig.from_pretrained"))
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse("AutoModelForCausalLM.from_pretrained"))
-    monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse("AutoModelForCausalLM.from_config"))
-    return calls
 
 
 def _set(path, **fields):
@@ -56,7 +38,7 @@ def _set(path, **fields):
 @pytest.mark.parametrize("layers", [2, 1_000_000])
 def test_more_layers_than_the_weights_hold_are_refused_before_any_model(tmp_path, monkeypatch, layers, weights):
     path = _set(llama(tmp_path / "ckpt"), num_hidden_layers=layers)
-    nothing_built = _forbid_transformers(monkeypatch)
+    nothing_built = forbid_transformers(monkeypatch)
     start = time.monotonic()
     with pytest.raises(CheckpointError, match="the weight files hold 1 layer") as e:
         amk.load_model(path, weights=weights)
@@ -72,7 +54,7 @@ def test_a_qwen2_config_of_a_million_layers_is_refused_before_transformers_parse
     cfg = json.loads((path / "config.json").read_text())
     cfg.pop("layer_types", None)
     (path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1_000_000}))
-    nothing_built = _forbid_transformers(monkeypatch)
+    nothing_built = forbid_transformers(monkeypatch)
     for weights in (False, True):
         with pytest.raises(CheckpointError, match=r"hold 2 layers \(model.layers.0 to model.layers.1\)") as e:
             amk.load_model(path, weights=weights)
@@ -182,7 +164,7 @@ ZERO = [("num_attention_heads", 0), ("num_attention_heads", -4), ("num_key_value
 @pytest.mark.parametrize(("field", "value"), ZERO)
 def test_a_sizing_field_below_one_is_named(tmp_path, monkeypatch, field, value, weights):
     path = _set(llama(tmp_path / "ckpt"), **{field: value})
-    nothing_built = _forbid_transformers(monkeypatch)
+    nothing_built = forbid_transformers(monkeypatch)
     with pytest.raises(CheckpointError) as e:
         amk.load_model(path, weights=weights)
     assert e.value.path == str(path / "config.json") and e.value.field == field

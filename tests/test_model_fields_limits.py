@@ -11,18 +11,14 @@ import json
 
 import pytest
 import torch
-from _checkpoints import SMALL, bench_shapes, llama
+from _checkpoints import SMALL, bench_shapes, forbid_transformers, llama
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
 import amk
 from amk.models.checkpoint import read_config_json
 from amk.models.fields import MAX_HIDDEN, MAX_INTERMEDIATE, MAX_VOCAB
 from amk.schedule.errors import ArgumentError, CheckpointError, EnvironmentProblem, UnsupportedModelError
 from amk.schedule.graph import ModelDims
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "amk_cache"))
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +37,6 @@ def _variant(src, dst, **fields):
     return dst
 
 
-def _forbid_weights(monkeypatch) -> list[str]:
-    """From here on, refuses (and records) every way transformers would build a model or load weights."""
-    from transformers import AutoModelForCausalLM
-
-    calls: list[str] = []
-
-    def refuse(what):
-        def call(*a, **k):
-            calls.append(what)
-            raise AssertionError(f"{what} called")
-        return call
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse("AutoModelForCausalLM.from_pretrained"))
-    monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse("AutoModelForCausalLM.from_config"))
-    return calls
-
-
 # ---- 1. quantization_config ---------------------------------------------------------------------------------
 
 
@@ -69,7 +48,7 @@ def _forbid_weights(monkeypatch) -> list[str]:
 def test_a_quantization_config_is_refused_by_name_before_weights_load(checkpoint, tmp_path, monkeypatch, quant,
                                                                        weights):
     path = _variant(checkpoint, tmp_path / "q", quantization_config=quant)
-    built = _forbid_weights(monkeypatch)
+    built = forbid_transformers(monkeypatch, config=False)
     with pytest.raises(UnsupportedModelError, match="quantization_config") as e:
         amk.load_model(path, weights=weights)
     assert f"quant_method={quant['quant_method']!r}" in str(e.value)
@@ -107,7 +86,7 @@ def test_a_null_quantization_config_loads(checkpoint, tmp_path):
 def test_a_size_past_its_bound_is_refused_by_name_at_load(checkpoint, tmp_path, monkeypatch, field, value, bound,
                                                           weights):
     path = _variant(checkpoint, tmp_path / "big", **{field: value})
-    built = _forbid_weights(monkeypatch)
+    built = forbid_transformers(monkeypatch, config=False)
     with pytest.raises(CheckpointError) as e:
         amk.load_model(path, weights=weights)
     assert e.value.field == field
@@ -186,7 +165,7 @@ def test_a_null_rope_type_with_a_refused_legacy_type_is_refused_by_name(checkpoi
 
 @pytest.mark.parametrize("seed", ["a", -1, True, 1.0, None, 2**63])
 def test_a_bad_seed_is_an_argument_error_before_any_work(monkeypatch, seed):
-    built = _forbid_weights(monkeypatch)
+    built = forbid_transformers(monkeypatch, config=False)
     with pytest.raises(ArgumentError) as e:
         amk.load_model("toy", seed=seed)
     assert e.value.argument == "seed"
@@ -195,7 +174,7 @@ def test_a_bad_seed_is_an_argument_error_before_any_work(monkeypatch, seed):
 
 @pytest.mark.parametrize("device", ["bogus", "CPU", "cuda:x", "", None, 0, "cuda:-1", "auto"])
 def test_a_bad_device_is_an_argument_error_before_any_work(monkeypatch, device):
-    built = _forbid_weights(monkeypatch)
+    built = forbid_transformers(monkeypatch, config=False)
     with pytest.raises(ArgumentError) as e:
         amk.load_model("toy", device=device)
     assert e.value.argument == "device"
@@ -212,7 +191,7 @@ def test_good_seeds_and_devices_load():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_an_environment_problem(monkeypatch):
-    built = _forbid_weights(monkeypatch)
+    built = forbid_transformers(monkeypatch, config=False)
     with pytest.raises(EnvironmentProblem, match="device 'cuda'"):
         amk.load_model("toy", device="cuda")
     assert built == []

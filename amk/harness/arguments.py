@@ -82,14 +82,14 @@ class LoopFile(str, Enum):
 def loop_file_kind(path) -> LoopFile | None:
     """Whether the file at `path` is a results.tsv (its first line the results header) or a corpus (its first line
     a tuning record), read from its first line only; None for anything else, an empty or absent file included."""
-    from amk.flywheel.results import HEADER
+    from amk.flywheel.results import starts_as_header
 
     try:
         with open(Path(path).expanduser(), "rb") as f:
-            first = f.readline(1 << 20).decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n")
+            first = f.readline(1 << 20).decode("utf-8", errors="replace").rstrip("\r\n")
     except OSError:
         return None
-    if first.startswith(HEADER.split("\t", 2)[0] + "\t" + HEADER.split("\t", 2)[1] + "\t"):
+    if starts_as_header(first):
         return LoopFile.RESULTS
     try:
         record = json.loads(first)

@@ -95,7 +95,7 @@ def bench(args) -> CommandResult:
     limit = program.constants.max_seq - (steps + 11 if v.device == "cuda" else 1)
     contexts = _fit_contexts(_contexts(args.contexts), limit, program.constants.max_seq, notes)
     if v.device == "cuda":
-        cases, code = _bench_cuda(v, program, contexts, args, notes)
+        cases, code = _bench_cuda(v, program, contexts, args, notes, steps)
     else:
         cases, code = _bench_cpu(v, program, contexts, notes, args.gpu, args.steps), ExitCode.OK
     geo, excluded = geomean_speedups(cases)
@@ -142,7 +142,8 @@ def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu, steps: in
     return cases
 
 
-def _bench_cuda(v, program, contexts: list[int], args, notes: list[str]) -> tuple[list[dict], ExitCode]:
+def _bench_cuda(v, program, contexts: list[int], args, notes: list[str],
+                steps: int) -> tuple[list[dict], ExitCode]:
     import torch
 
     from amk.cache import default_cache
@@ -168,7 +169,7 @@ def _bench_cuda(v, program, contexts: list[int], args, notes: list[str]) -> tupl
                 "peer_latency_us": None}
         try:
             torch.cuda.reset_peak_memory_stats()
-            t = time_vm(vm, steps=args.steps or DEFAULT_STEPS, context=case["context"])
+            t = time_vm(vm, steps=steps, context=case["context"])
             case["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
         except Exception as e:  # a GPU failure fails the case; nothing stands in for it
             case["error"] = f"{type(e).__name__}: {e}"
