@@ -197,9 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this config (file, '-' or inline JSON); default: the corpus's best kept config "
                         "for the model, GPU and dtype, else every knob at its default")
     p.add_argument("--corpus", default="corpus.jsonl",
-                   help="the incumbent is this corpus's best kept config for the model, GPU and dtype (defaults if "
-                        "absent)")
+                   help="the incumbent is this corpus's best kept config for the model, GPU, dtype and KV context "
+                        "(defaults if absent)")
     _dtype_opt(p)
+    _max_seq_opt(p)
     p = add("evaluate", "one config's verdict: valid, correct, latency (measured or predicted), floor")
     _model_gpu(p)
     _config_opt(p)

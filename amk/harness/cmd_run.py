@@ -58,7 +58,7 @@ def propose(args) -> CommandResult:
     from amk.harness.propose import propose as _propose
 
     inc = parsed_config("--incumbent", args.incumbent)
-    out = _propose(args.model, args.gpu, incumbent=inc, corpus=args.corpus, dtype=args.dtype)
+    out = _propose(args.model, args.gpu, incumbent=inc, corpus=args.corpus, dtype=args.dtype, max_seq=args.max_seq)
     return CommandResult(ExitCode.OK, out, proposal_text(out))
 
 
@@ -72,7 +72,8 @@ def proposal_text(p: dict) -> str:
     derived = p.get("derived") or {}
     lat = ""
     if p.get("incumbent_latency_us") is not None:
-        lat = f", {p['incumbent_latency_us']:.2f} us ({p.get('incumbent_latency_kind')})"
+        lat = f", {p['incumbent_latency_us']:.2f} us ({p.get('incumbent_latency_kind')}"
+        lat += f" at a KV context of {p['context']})" if p.get("context") is not None else ")"
     lines = [f"incumbent for {p['model']} on {p['gpu']}: schedule {p['schedule_id']} (from {p['source']}{lat})",
              f"schema: {p['schema_path']}",
              f"{'knob':<34} {'value':<16} {'default':<16} searched on {p['gpu']}"]

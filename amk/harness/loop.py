@@ -58,7 +58,7 @@ from amk.schedule.space import search_space
 from .arguments import check_loop_arguments, check_seed
 from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import check_model_dtype, check_model_weights, default_dtype, evaluate, resolve_dtype_name
-from .propose import incumbent_config, model_name
+from .propose import incumbent_config, model_name, run_context
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us
 from .search.model import RankingModel
@@ -186,9 +186,6 @@ class _Run(Rounds):
                  cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
         from amk.models import Model
         from amk.models.registry import dtype_name
-        from amk.schedule.cost import bench_context
-        from amk.schedule.lower import DEFAULT_MAX_SEQ, check_rope_context
-
         self.t0 = time.monotonic()
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
         self.same_model = same_model(self.name)  # rows of this model under any spelling of its directory
@@ -199,17 +196,16 @@ class _Run(Rounds):
             dtype_name(dtype) if dtype else default_dtype(self.dev, self.target))
         self.kind = (LatencyKind.MEASURED_GPU if self.dev == Device.CUDA else LatencyKind.PREDICTED).value
         dims_model = model if isinstance(model, Model) else get_model(self.name, self.dtype, self.dev, weights=False)
-        check_rope_context(dims_model, max_seq)  # one usage error, not a rejected row a trial
+        # the positions every program of the run holds (lower()'s own default when max_seq is not given) and the
+        # context its latencies are taken at, recorded in each row; a RoPE that cannot take them is one usage
+        # error, not a rejected row a trial
+        self.program_max_seq, self.context = run_context(dims_model, self.dtype, max_seq)
         dims = dims_model.dims
         if self.dev == Device.CUDA:  # a shape no config builds for: one usage error, not a crash row a trial
             from amk.models.registry import resolve_dtype
             from amk.vm.loader import check_head_row
 
             check_head_row(dims.head_dim, resolve_dtype(self.dtype).itemsize)
-        # the positions every program of the run holds (lower()'s own default when max_seq is not given):
-        # the context its latencies are taken at, recorded in each row
-        self.program_max_seq = int(max_seq or min(dims.max_positions, DEFAULT_MAX_SEQ))
-        self.context = bench_context(self.program_max_seq)  # the KV positions every latency is taken at
         self.results, self.corpus = Path(results), Path(corpus)
         for path, flag in ((self.results, "results"), (self.corpus, "corpus")):
             _check_writable(path, flag)

@@ -79,11 +79,13 @@ def build_server():
 
     @server.tool()
     def propose(model: str, gpu: str = "auto", incumbent: dict[str, Any] | None = None,
-                corpus: str = "corpus.jsonl", dtype: str | None = None) -> dict[str, Any]:
-        """The incumbent ScheduleConfig for `model` on `gpu` (the corpus's best kept config of `dtype`, else the
-        defaults, or `incumbent` when given), its schedule_id, the JSON schema's path, and the search space: every
-        knob with its type, bounds, default, help and the values searched on this GPU. dtype: fp32, fp16 or bf16
-        (default: bf16 for a GPU, fp32 for cpu-sim, as loop takes)."""
+                corpus: str = "corpus.jsonl", dtype: str | None = None,
+                max_seq: int | None = None) -> dict[str, Any]:
+        """The incumbent ScheduleConfig for `model` on `gpu` (the corpus's best kept config of `dtype` timed at the
+        KV context of `max_seq`, else the defaults, or `incumbent` when given), its schedule_id, the JSON schema's
+        path, and the search space: every knob with its type, bounds, default, help and the values searched on
+        this GPU. dtype: fp32, fp16 or bf16 (default: bf16 for a GPU, fp32 for cpu-sim, as loop takes); max_seq:
+        the KV positions the run's programs hold (default: the model's context, at most 2048, as loop takes)."""
         from amk.harness.propose import propose
         from amk.schedule.errors import ArgumentError, ConfigError
 
@@ -93,7 +95,7 @@ def build_server():
             except ConfigError as e:  # only the incumbent is parsed here: named as the CLI's --incumbent is
                 raise ArgumentError("incumbent", str(e)) from e
 
-        return _call(fn, model, gpu, incumbent=incumbent, corpus=corpus, dtype=dtype)
+        return _call(fn, model, gpu, incumbent=incumbent, corpus=corpus, dtype=dtype, max_seq=max_seq)
 
     @server.tool()
     def evaluate(model: str, config: Any = "{}", gpu: str = "auto",

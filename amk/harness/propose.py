@@ -12,7 +12,7 @@ from amk.schedule.errors import ArgumentError
 from amk.schedule.space import space_dicts
 
 from .arguments import check_corpus
-from .environment import Device, resolve_target
+from .environment import Device, get_model, resolve_target
 from .schema import schema_path
 from .verdict import parse_config
 
@@ -60,14 +60,19 @@ def incumbent_config(model: str, gpu: str, corpus: str | Path | None, dtype: str
     return ScheduleConfig(), "default", None
 
 
-def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.jsonl", dtype: str | None = None) -> dict:
+def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.jsonl", dtype: str | None = None,
+            max_seq: int | None = None) -> dict:
     """Where a search starts: the incumbent config for `model` on `gpu` (the corpus's best measured config
-    there of the run's dtype, else the default), its JSON schema's path and the search space, as {"config",
-    "schedule_id", "schema_path", "search_space", "derived", "source", "gpu", "model", "dtype"} (HARNESS.md
-    section 1).
+    there of the run's dtype and KV context, else the default), its JSON schema's path and the search space, as
+    {"config", "schedule_id", "schema_path", "search_space", "derived", "source", "gpu", "model", "dtype",
+    "max_seq", "context"} (HARNESS.md section 1).
 
     `dtype` (fp32, fp16, bf16): that of the run to start; a loaded Model's own dtype; else the default a loop
-    takes (bf16 for a GPU target, fp32 for cpu-sim). `incumbent` (dict, JSON string or ScheduleConfig) wins when
+    takes (bf16 for a GPU target, fp32 for cpu-sim). `max_seq`: the KV positions the run's programs hold, as
+    `loop --max-seq` takes it (default: the model's context, at most 2048); `context` is the KV length its
+    latencies are taken at (schedule.cost.bench_context), and only records timed there (or not saying) rank,
+    so that propose offers the start `loop` takes. ArgumentError (naming `max_seq`) for one that is not a
+    positive int, or past a dynamic RoPE's positions. `incumbent` (dict, JSON string or ScheduleConfig) wins when
     given; a malformed one raises ConfigError, since the caller asked for it by name, and one that does not lower
     and validate for the model on `gpu` ArgumentError naming `incumbent`. ArgumentError (naming `dtype`) for a
     dtype AMK does not run, or one other than a loaded Model's."""
@@ -83,6 +88,7 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     check_model_dtype(model, dtype)
     if isinstance(model, Model):
         run_dtype = dtype_name(model.dtype)
+    seq, context = run_context(model, run_dtype, max_seq)
     verdict = None
     if incumbent is not None:
         cfg, source = parse_config(incumbent), "given"
@@ -94,21 +100,39 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
         if program is None:
             raise ArgumentError("incumbent", f"does not lower for {name} on {target.name}: {v.rejected_reason}")
     else:
-        cfg, source, verdict = incumbent_config(name, target.name, corpus, run_dtype)
-    out = {"model": name, "gpu": target.name, "dtype": run_dtype, "config": cfg.to_dict(),
-           "schedule_id": cfg.schedule_id, "source": source, "schema_path": str(schema_path()),
-           "search_space": space_dicts(target), "derived": derived_tiling(model, target, cfg, run_dtype)}
+        cfg, source, verdict = incumbent_config(name, target.name, corpus, run_dtype, context)
+    out = {"model": name, "gpu": target.name, "dtype": run_dtype, "max_seq": seq, "context": context,
+           "config": cfg.to_dict(), "schedule_id": cfg.schedule_id, "source": source,
+           "schema_path": str(schema_path()), "search_space": space_dicts(target),
+           "derived": derived_tiling(model, target, cfg, run_dtype, seq)}
     if verdict is not None:
         out["incumbent_latency_us"] = verdict.get("latency_us")
         out["incumbent_latency_kind"] = verdict.get("latency_kind")
     return out
 
 
-def derived_tiling(model, target, cfg: ScheduleConfig, dtype: str | None = None) -> dict:
+def run_context(model, dtype: str, max_seq: int | None) -> tuple[int, int]:
+    """(max_seq, context): the KV positions a run's programs hold (`max_seq`, else the model's positions, at most
+    lower.DEFAULT_MAX_SEQ, as loop and evaluate take them) and the KV length its latencies are taken at
+    (schedule.cost.bench_context). ArgumentError naming max_seq for a value that is not a positive int, or one
+    past a dynamic RoPE's positions (lower.check_rope_context)."""
+    from amk.models import Model
+    from amk.schedule.cost import bench_context
+    from amk.schedule.lower import DEFAULT_MAX_SEQ, check_rope_context
+
+    if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 1):
+        raise ArgumentError("max_seq", f"{max_seq!r}: a positive int (KV positions the programs hold) or None")
+    shape = model if isinstance(model, Model) else get_model(model_label(model), dtype, Device.CPU, weights=False)
+    check_rope_context(shape, max_seq)
+    seq = int(max_seq or min(shape.dims.max_positions, DEFAULT_MAX_SEQ))
+    return seq, bench_context(seq)
+
+
+def derived_tiling(model, target, cfg: ScheduleConfig, dtype: str | None = None, max_seq: int | None = None) -> dict:
     """{"dtype", "max_seq", "values"}: the values the lowering gives `cfg`'s derived (null) tiling knobs for
-    `model` (a name, a checkpoint directory or an amk Model) on `target`, at the dtype and context `evaluate`
-    takes by default (`dtype`, else bf16 for a GPU target, fp32 for cpu-sim; the model's positions, at most 2048). `values`
-    maps each derived knob's dotted path to its value. Raises what loading the model's config raises."""
+    `model` (a name, a checkpoint directory or an amk Model) on `target`, at `dtype` and `max_seq` (by default
+    those `evaluate` takes: bf16 for a GPU target, fp32 for cpu-sim; the model's positions, at most 2048).
+    `values` maps each derived knob's dotted path to its value. Raises what loading the model's config raises."""
     from amk.models import Model
     from amk.models.registry import model_shape, resolve_dtype
     from amk.schedule.autotile import resolve
@@ -118,6 +142,6 @@ def derived_tiling(model, target, cfg: ScheduleConfig, dtype: str | None = None)
 
     dtype = dtype or default_dtype(Device.CPU, target)
     dims = model.dims if isinstance(model, Model) else model_shape(model)
-    seq = min(dims.max_positions, DEFAULT_MAX_SEQ)
+    seq = max_seq or min(dims.max_positions, DEFAULT_MAX_SEQ)
     _, values = resolve(cfg, dims, resolve_dtype(dtype).itemsize, target, seq)
     return {"dtype": dtype, "max_seq": seq, "values": values}
