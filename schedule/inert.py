@@ -99,6 +99,17 @@ def target_inert_reason(path: str, target: GpuTarget | None) -> str | None:
     return None
 
 
+_FP32_PARTIALS = "the model's dtype is fp32, which the partitions' outputs already are (as with fp32)"
+
+
+def dtype_inert_reason(path: str, dtype: str | None) -> str | None:
+    """Why the knob at `path` cannot act on a model of `dtype` ("fp32", "fp16", "bf16"; None: any) whatever the
+    rest of the config, or None: `attention.partials_dtype` on fp32, where "model" is fp32 too."""
+    if dtype == "fp32" and path == "attention.partials_dtype":
+        return _FP32_PARTIALS
+    return None
+
+
 def unsearched_reason(path: str, target: GpuTarget | None) -> str | None:
     """Why the search leaves the knob at `path` at its default on `target` although the knob acts there (an
     inert knob is never searched either: target_inert_reason), or None."""
@@ -141,8 +152,7 @@ def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip
     att = config.attention
     if (att.partials_dtype == PartialsDtype.MODEL and program.constants.dtype == DType.F32
             and "attention.partials_dtype" not in skip):
-        out.append(InertKnob("attention.partials_dtype", att.partials_dtype.value,
-                             "the model's dtype is fp32, which the partitions' outputs already are (as with fp32)"))
+        out.append(InertKnob("attention.partials_dtype", att.partials_dtype.value, _FP32_PARTIALS))
     policy = config.sm.assignment
     if policy not in (default.sm.assignment, SmAssignment.EXPLICIT) and "sm.assignment" not in skip:
         if _placement(program, default.sm) == [t.sm for t in program.tasks]:

@@ -25,7 +25,7 @@ from .config import (
     with_value,
 )
 from .errors import ConfigError
-from .inert import inert_reason, target_inert_reason, unsearched_reason
+from .inert import dtype_inert_reason, inert_reason, target_inert_reason, unsearched_reason
 from .smem import max_dynamic_smem
 from .targets import GpuTarget, get_target
 
@@ -145,9 +145,10 @@ def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
 _HAND_EDITED = "a mapping edited by hand (which task kinds go to which SMs), never searched"
 
 
-def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig) -> list[Knob]:
+def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtype: str | None = None) -> list[Knob]:
     """Every leaf knob of config dataclass `cls` (ScheduleConfig), in declaration order, with search values
-    fitted to `target`."""
+    fitted to `target` and to a model of `dtype` ("fp32", "fp16", "bf16"; None: any): a knob no value of which
+    acts on that dtype is unsearched, its reason given (inert.dtype_inert_reason)."""
     tgt = get_target(target) if target is not None else None
     default = cls()
     knobs = []
@@ -158,7 +159,7 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig) -> l
         choices = tuple(_json(c) for c in meta["choices"]) if meta.get("choices") is not None else None
         search = tuple(_json(v) for v in (meta.get("search") or ()) if _fits_target(path, _json(v), tgt))
         unsearched = (_HAND_EDITED if kind == KnobType.OBJECT else None) or target_inert_reason(path, tgt) \
-            or unsearched_reason(path, tgt)
+            or dtype_inert_reason(path, dtype) or unsearched_reason(path, tgt)
         if unsearched:
             search = ()
         knobs.append(Knob(path=path, type=kind, default=_json(get_path(default, path)) if kind != KnobType.OBJECT
@@ -168,8 +169,8 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig) -> l
     return knobs
 
 
-def space_dicts(target: GpuTarget | str | None = None) -> list[dict]:
-    return [k.to_dict() for k in search_space(target)]
+def space_dicts(target: GpuTarget | str | None = None, dtype: str | None = None) -> list[dict]:
+    return [k.to_dict() for k in search_space(target, dtype=dtype)]
 
 
 def conflicts(config: ScheduleConfig) -> list[str]:

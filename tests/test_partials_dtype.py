@@ -155,3 +155,26 @@ def test_a_head_dim_a_copy_would_straddle_is_refused_by_name():
         lower_dims(odd, DType.BF16, "h200", config=cfg, max_seq=256)
     assert e.value.knob == "attention.partials_dtype" and "multiple of 8" in str(e.value)
     lower_dims(odd, DType.BF16, "h200", config={"attention": {"kv_partitions": 4}}, max_seq=256)  # fp32 partials
+
+
+def test_an_fp32_run_never_searches_the_knob(tmp_path):
+    # a move of it on fp32 could only ride along a move that acts, and a keep would then carry a knob that does
+    # nothing; a bf16 run searches it
+    from amk.schedule.space import search_space
+
+    def knob(dtype):
+        (k,) = [k for k in search_space("h200", dtype=dtype) if k.path == "attention.partials_dtype"]
+        return k
+
+    assert knob("fp32").search == () and "fp32" in knob("fp32").unsearched
+    assert knob("bf16").search == ("fp32", "model") and knob("bf16").unsearched is None
+    assert knob(None).search == ("fp32", "model")
+    p = amk.propose("toy", "cpu-sim", corpus=None, dtype="fp32")
+    assert [k["search"] for k in p["search_space"] if k["path"] == "attention.partials_dtype"] == [[]]
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    amk.loop("toy", "cpu-sim", budget=30, device="cpu", results=res, corpus=cor, seed=1, max_reverts=1000)
+    from amk.flywheel.records import load_records
+
+    records = load_records(cor)
+    assert len(records) >= 30 and all(r.dtype == "fp32" for r in records)
+    assert not any(r.config.get("attention", {}).get("partials_dtype") == "model" for r in records)

@@ -103,7 +103,7 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
         cfg, source, verdict = incumbent_config(name, target.name, corpus, run_dtype, context)
     out = {"model": name, "gpu": target.name, "dtype": run_dtype, "max_seq": seq, "context": context,
            "config": cfg.to_dict(), "schedule_id": cfg.schedule_id, "source": source,
-           "schema_path": str(schema_path()), "search_space": space_dicts(target),
+           "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype),
            "derived": derived_tiling(model, target, cfg, run_dtype, seq)}
     if verdict is not None:
         out["incumbent_latency_us"] = verdict.get("latency_us")
