@@ -1,6 +1,7 @@
 """One run on one GPU: read bandwidth, the megakernel's step latency (verified first), and the peers.
 
-    python bench/megakernel.py --model llama-3.2-1b --dtype bf16 --context 1024 [--configs sweep.json] [--peers]
+    python bench/megakernel.py --model llama-3.2-1b --dtype bf16 --context 1024 [--configs sweep.json] [--rounds 3]
+        [--peers]
 
 Prints a table (latency, percent of the measured and spec floors, speed-ups) and writes JSON with the
 device name, date and command to --out (default bench/results/).
@@ -37,6 +38,19 @@ def _commit() -> str | None:
 
 
 def run_config(model, target, cfg: dict, max_seq: int, context: int, steps: int, cases: str) -> dict:
+    row, vm = build_config(model, target, cfg, max_seq, cases)
+    if vm is not None:
+        try:
+            row.update(time_vm(vm, steps=steps, context=context))
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"
+            row["trace"] = traceback.format_exc()[-1500:]
+    return row
+
+
+def build_config(model, target, cfg: dict, max_seq: int, cases: str) -> tuple[dict, object | None]:
+    """(row, vm): the config lowered, validated, built and verified on the GPU; vm is None where any step failed
+    (the row's `error` says which)."""
     row = {"config": cfg}
     try:
         config = ScheduleConfig.from_dict(cfg)
@@ -52,12 +66,40 @@ def run_config(model, target, cfg: dict, max_seq: int, context: int, steps: int,
         row.update(tasks=len(prog.tasks), registers=vm.registers, local_bytes=vm.local_bytes, build=vm.build_origin, build_s=round(vm.build_seconds, 2))
         if not ver.ok:
             row["error"] = "verify failed"
-            return row
-        row.update(time_vm(vm, steps=steps, context=context))
+            return row, None
+        return row, vm
     except Exception as e:
         row["error"] = f"{type(e).__name__}: {e}"
         row["trace"] = traceback.format_exc()[-1500:]
-    return row
+    return row, None
+
+
+def run_rounds(model, target, configs: list[dict], max_seq: int, context: int, steps: int, cases: str,
+               rounds: int) -> list[dict]:
+    """Every config built and verified first, then timed forward and backward through the list `rounds` times,
+    so that a drift of the GPU's clocks falls on every config alike: each row's latency_us is the mean of its
+    rounds' means, with `rounds_us` the means and `latency_min_us` their least."""
+    built = [build_config(model, target, cfg, max_seq, cases) for cfg in configs]
+    times: list[list[float]] = [[] for _ in configs]
+    for r in range(rounds):
+        order = range(len(configs)) if r % 2 == 0 else reversed(range(len(configs)))
+        for i in order:
+            row, vm = built[i]
+            if vm is None:
+                continue
+            try:
+                t = time_vm(vm, steps=steps, context=context)
+                times[i].append(t["latency_us"])
+                row.update({k: v for k, v in t.items() if k != "latency_us"})
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {e}"
+                built[i] = (row, None)
+    rows = []
+    for (row, _), ts in zip(built, times):
+        if ts and "error" not in row:
+            row.update(latency_us=sum(ts) / len(ts), latency_min_us=min(ts), rounds_us=ts)
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -69,6 +111,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--configs", default="", help="JSON file: a list of config dicts (default: the default config)")
     ap.add_argument("--cases", default="reduced")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time the configs forward and backward through the list this many times, each built and "
+                         "verified once (default 1: each config built, verified and timed in turn)")
     ap.add_argument("--peers", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     ap.add_argument("--out", default="bench/results")
@@ -81,9 +126,12 @@ def main() -> None:
     model = amk.load_model(args.model, dtype=args.dtype, device="cuda")
     configs = json.load(open(args.configs)) if args.configs else [{}]
     rows = []
-    for cfg in configs:
-        rows.append(run_config(model, target, cfg, args.max_seq, args.context, args.steps, args.cases))
-        r = rows[-1]
+    if args.rounds > 1:
+        rows = run_rounds(model, target, configs, args.max_seq, args.context, args.steps, args.cases, args.rounds)
+    else:
+        for cfg in configs:
+            rows.append(run_config(model, target, cfg, args.max_seq, args.context, args.steps, args.cases))
+    for r in rows:
         print(json.dumps({k: r.get(k) for k in ("schedule_id", "latency_us", "spread_us", "tasks", "registers", "error")}),
               flush=True)
     weight_bytes = amk.lower(model, target, None, max_seq=args.max_seq).weight_bytes
