@@ -19,16 +19,20 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import AttentionCombine, AttentionSoftmax, ScheduleConfig
+from .config import MAX_ROWS_PER_TASK, AttentionCombine, AttentionSoftmax, ScheduleConfig
 from .graph import ModelDims
-from .smem import consumer_threads, partial_positions, program_work_smem_bytes
+from .smem import (
+    consumer_threads,
+    matvec_smem_bytes,
+    page_partials,
+    partial_positions,
+    program_work_smem_bytes,
+)
 from .targets import GpuTarget
 from .tile import build_defines
 
 TASK_FIXED_US = 1.5  # per-task cost besides its bytes (see the module docstring)
 MEMORY_LATENCY_NS = 700.0  # DRAM latency under a streaming load: a register-path step waits this long at least
-LM_HEAD_TASK_BYTES = 1 << 20  # LM-head tasks stay near 1 MiB: several a SM, so the last ones balance the SMs
-MAX_LM_HEAD_ROUNDS = 4  # ... but no more than 4 a SM: beyond, the per-task cost outweighs the balance
 MIN_PARTITION_POSITIONS = 32  # a KV partition below this many positions costs more to combine than it saves
 MAX_KV_PARTITIONS = 16  # each O task combines every partition (partitions x heads x head_dim fp32 from L2) while
 #                        it stages its input: more cost O more than they save the attention stage
@@ -197,19 +201,37 @@ def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int) -> Cal
     return lambda n: partial_positions(work, n, dims, threads, nbytes) >= n
 
 
+def lm_head_rows(dims: ModelDims, target: GpuTarget, nbytes: int, split: WarpSplit | None,
+                 rows_fit: Callable[[int], bool] | None = None) -> int:
+    """Rows of an LM-head task: split as every other matvec (matvec_rows), about one task a SM. Its tasks all
+    start within a boundary's spread (the final norm waits for the whole residual) and each SM's queue is
+    fixed, so more rounds balance nothing, and each task stages the normed input and runs an epilogue again:
+    one task a SM against four measured llama-3.2-1b 890.1 against 899.1 us, qwen3-1.7b 1438.3 against 1444.1,
+    qwen2.5-0.5b 753.0 against 754.6 (two a SM; bench/results/20261204-0137_h200_lm_head_rounds.json). Another
+    round of tasks is added while a task's rows do not fit (`rows_fit`: its shared memory, where the config's
+    pages leave little) or pass the knob's bound."""
+    v = dims.vocab
+    rows = matvec_rows(v, dims.hidden, nbytes, target, split)
+    tasks = -(-v // rows)
+    while rows > 1 and (rows > MAX_ROWS_PER_TASK or (rows_fit is not None and not rows_fit(rows))):
+        tasks += target.sm_count
+        rows = -(-v // tasks)
+    return rows
+
+
 def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int, split_heads_ok: bool,
-                  split: WarpSplit | None = None, partition_fits: Callable[[int], bool] | None = None) -> Tiling:
+                  split: WarpSplit | None = None, partition_fits: Callable[[int], bool] | None = None,
+                  lm_rows_fit: Callable[[int], bool] | None = None) -> Tiling:
     """The shape-derived split. `nbytes`: bytes of one weight; `split_heads_ok`: whether QKV heads may be split
     (not with a q/k norm fused into the QKV epilogue, which needs whole heads); `split`: the register path's
-    warps (None: tasks cost their weight bytes); `partition_fits`: kv_partitions' `fits_whole`."""
-    h, i, v = dims.hidden, dims.intermediate, dims.vocab
-    lm_rounds = min(MAX_LM_HEAD_ROUNDS, max(1, -(-v * h * nbytes // (target.sm_count * LM_HEAD_TASK_BYTES))))
-    lm_tasks = min(v, lm_rounds * target.sm_count)  # whole rounds of tasks near LM_HEAD_TASK_BYTES each
+    warps (None: tasks cost their weight bytes); `partition_fits`: kv_partitions' `fits_whole`; `lm_rows_fit`:
+    whether an LM-head task of that many rows fits its shared memory."""
+    h, i = dims.hidden, dims.intermediate
     return Tiling(
         o_rows=matvec_rows(h, dims.n_heads * dims.head_dim, nbytes, target, split),
         gate_up_rows=matvec_rows(i, h, nbytes, target, split, paired=True),
         down_rows=matvec_rows(h, i, nbytes, target, split),
-        lm_head_rows=-(-v // lm_tasks),
+        lm_head_rows=lm_head_rows(dims, target, nbytes, split, lm_rows_fit),
         qkv_head_splits=qkv_head_splits(dims, nbytes, target, split_heads_ok, split),
         kv_partitions=kv_partitions(dims, target, max_seq, partition_fits),
     )
@@ -238,7 +260,13 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     if rope_fused is None:
         rope_fused = in_epilogue and not folded
     split_ok = shape_ok and not (dims.qk_norm and rope_fused)
-    t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split, fits)
+    build = build_defines(config)
+    work = program_work_smem_bytes(config.smem_per_block, build)
+
+    def lm_rows_fit(rows: int) -> bool:  # the staged (normed) input row and the rows' sums, as tile.py counts them
+        return matvec_smem_bytes(dims.hidden, rows, page_partials(dims.hidden, rows, build, nbytes)) <= work
+
+    t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split, fits, lm_rows_fit)
     values = {"fusion.rope_kv_into_attention": folded, "fusion.rope_kv_into_qkv": rope_fused,
               "matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
               "matvec.down.rows_per_task": t.down_rows, "matvec.lm_head.rows_per_task": t.lm_head_rows,

@@ -71,11 +71,14 @@ def _copy_default(value):
     return copy.deepcopy(value)
 
 
+MAX_ROWS_PER_TASK = 1 << 20  # RowTiling.rows_per_task's bound, which the derived tiling keeps to too
+
+
 @dataclass
 class RowTiling:
     rows_per_task: int | None = knob(None, help="output rows one task computes (null: derived from the model's "
                                                 "shape and the GPU's SM count, schedule/autotile.py)",
-                                     minimum=1, maximum=1 << 20, search=[8, 16, 32, 64, 128, 256, 512])
+                                     minimum=1, maximum=MAX_ROWS_PER_TASK, search=[8, 16, 32, 64, 128, 256, 512])
     k_splits: int = knob(1, help="split the reduction dimension over this many tasks (a reduce task finishes)",
                          minimum=1, maximum=16, search=[1, 2, 4])
 

@@ -79,6 +79,36 @@ def test_resolve_prices_by_the_configs_warps(name):
                                                                   h200, None)
 
 
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "qwen2.5-0.5b", "qwen3-1.7b", "tinyllama-1.1b", "smollm2-135m"])
+@pytest.mark.parametrize("gpu", ["h200", "l4", "cpu-sim"])
+def test_the_lm_head_runs_one_round_of_tasks(name, gpu):
+    # every LM-head task becomes ready within one boundary's spread and each SM's queue is fixed: a second round
+    # balances nothing and stages the normed input again (llama-3.2-1b 890.1 against 899.1 us with four rounds,
+    # bench/results/20261204-0137_h200_lm_head_rounds.json). Split like every other matvec, it has about one
+    # task a SM, never more than the SMs
+    dims = public_shape(name, "bf16", device="meta").dims
+    target = get_target(gpu)
+    _, derived = resolve(ScheduleConfig(), dims, 2, target, 1088)
+    tasks = -(-dims.vocab // derived["matvec.lm_head.rows_per_task"])
+    assert 0.9 * target.sm_count <= tasks <= target.sm_count, tasks
+    assert derived["matvec.lm_head.rows_per_task"] == matvec_rows(dims.vocab, dims.hidden, 2, target, SPLIT)
+
+
+def test_the_lm_head_adds_rounds_where_its_rows_would_not_fit_beside_the_pages():
+    # 8 SMs and 2 pages of 32 KiB in 90 KiB: one task a SM (6144 rows of smollm2-135m's vocabulary) needs more than
+    # the pages leave; the derived split takes more rounds, and the program lowers and validates
+    import amk
+
+    model = amk.load_model("smollm2-135m", dtype="fp32", weights=False)
+    cfg = {"pipeline": {"pages": 2, "page_kb": 32}, "smem_per_block": 90 * 1024}
+    prog = amk.lower(model, "cpu-sim", cfg, max_seq=256)
+    rows = prog.meta["derived"]["matvec.lm_head.rows_per_task"]
+    assert rows < -(-model.dims.vocab // 8) and (-(-model.dims.vocab // rows)) % 8 == 0  # whole rounds
+    assert amk.validate(prog, "cpu-sim").ok
+    unpaged = amk.lower(model, "cpu-sim", {}, max_seq=256).meta["derived"]["matvec.lm_head.rows_per_task"]
+    assert unpaged == -(-model.dims.vocab // 8)
+
+
 def test_the_cost_model_prices_a_task_as_its_busiest_warp_streams():
     import amk
     from amk.schedule.cost import predict

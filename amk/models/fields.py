@@ -88,10 +88,10 @@ def _positive_int(nullable: bool = False, maximum: int | None = None, why: str =
 # Upper bounds on the sizes, far above any Llama-family model (the largest public ones: vocab 262144, hidden 16384,
 # intermediate 53248), so that a nonsense size is refused by its name at load instead of failing later where it
 # names something else: a task never holds more rows than its matrix, so with intermediate_size (gate_up's rows)
-# at most 2**20, hidden_size (o's and down's rows) at most 2**16 and vocab_size at most 2**22 rows in at least 4
-# LM-head tasks (schedule/autotile.derive_tiling: MAX_LM_HEAD_ROUNDS a SM), every rows_per_task the schedule derives
-# stays within the knob's maximum of 1048576 (schedule/config.py RowTiling; past it the user's config was blamed:
-# "$.matvec.lm_head.rows_per_task: must be <= 1048576"), and every row index within the VM's int32 task params.
+# at most 2**20 and hidden_size (o's and down's rows) at most 2**16, every rows_per_task the schedule derives stays
+# within the knob's maximum of 1048576 (schedule/config.py MAX_ROWS_PER_TASK; past it the user's config was
+# blamed: "$.matvec.lm_head.rows_per_task: must be <= 1048576"; the LM head's, vocab_size at most 2**22 rows over
+# the SMs, is held to it by schedule/autotile.derive_tiling), and every row index within the VM's int32 task params.
 # hidden_size is also the length of the input row every matvec task stages in shared memory: 65536 is already
 # past what a GPU holds (the lowering names smem_per_block there), well before torch's allocation would fail.
 MAX_VOCAB = 1 << 22
