@@ -238,6 +238,46 @@ def test_report_of_a_15_column_file_says_its_dtype_and_context_are_unknown(capsy
     assert "toy on cpu-sim (dtype and max_seq not recorded): 2 trials, 2 kept" in capsys.readouterr().out
 
 
+def _records_at(path, contexts):
+    """Kept toy tuning records on cpu-sim, one a KV context its latency was taken at."""
+    base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
+            "time": "t", "latency_kind": "predicted", "config": {}}
+    path.write_text("".join(json.dumps({**base, "latency_us": 10.0 + c, "schedule_id": f"{c:012x}",
+                                        "verdict": {"correct": True, "latency_us": 10.0 + c, "latency_context": c}})
+                            + "\n" for c in contexts))
+
+
+@pytest.mark.parametrize("contexts, says", [
+    ([301], ["latencies are at a KV context of 301 positions, not 1024"]),
+    ([0, 301], ["latencies are at KV contexts of 0, 301 positions (its tuning records name each), not all 1024"]),
+    ([1024], [])])
+def test_report_of_a_15_column_file_names_the_contexts_its_records_give(capsys, tmp_path, contexts, says):
+    # the file cannot say which row was timed at which context: one the records agree on is named, several are
+    # all named, none is guessed
+    from amk.flywheel.results import PRE_CONTEXT_COLUMNS
+
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    res.write_text("\t".join(PRE_CONTEXT_COLUMNS) + "\n")
+    _report_rows(res, "fp32", 512, [50.0, 40.0])
+    _records_at(cor, contexts)
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(cor), "--no-plots")
+    assert code == 0, out
+    got = [n.split(": ", 1)[1] for n in out["notes"] if "KV context" in n]
+    assert len(got) == len(says) and all(g.startswith(w) for g, w in zip(got, says)), out["notes"]
+
+
+def test_report_names_no_context_for_a_group_without_latencies(capsys, tmp_path):
+    from amk.flywheel import ResultRow, Status, append_result
+
+    res = tmp_path / "r.tsv"
+    append_result(res, ResultRow(model="toy", gpu="cpu-sim", schedule_id="0" * 12, status=Status.FAIL, correct=False,
+                                 latency_us=None, kind="predicted", dtype="fp32", max_seq=64, description="failed"))
+    _report_rows(res, "fp32", 512, [40.0], first_trial=2)
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(tmp_path / "none.jsonl"), "--no-plots")
+    assert code == 0, out
+    assert [n.split(":")[0] for n in out["notes"] if "KV context" in n] == ["toy on cpu-sim (fp32, max_seq 512)"]
+
+
 def test_max_seq_reaches_evaluate_verify_and_bench(capsys, tmp_path):
     code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", "16")
     assert code == 0 and "greedy13" in [c["case"] for c in v["case_results"]]

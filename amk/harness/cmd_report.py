@@ -87,29 +87,37 @@ def corpus_summary(entries: list) -> dict:
 
 
 def short_context_notes(groups: list[dict], records: list) -> list[str]:
-    """For each group of summarise() whose latencies are taken at a KV context shorter than the bench's (a
-    program of fewer positions), the note the loop's summary gave, from the group's max_seq. A group of an
-    older results file (max_seq null) takes the shortest context its model and GPU's tuning records name."""
-    from amk.schedule.cost import bench_context
+    """For each group of summarise() with a latency taken at a KV context shorter than the bench's (a program of
+    fewer positions), the note the loop's summary gave, from the group's max_seq; a group with no latency gets
+    none. A group of an older results file (max_seq null) takes the contexts its model and GPU's tuning records
+    name: the note names that context where they agree on one, and every one of them where they do not, since
+    the file cannot say which row was timed at which."""
+    from amk.schedule.cost import BENCH_CONTEXT, bench_context
 
     from .gates import short_context_note
 
     notes = []
     for g in groups:
-        if g["max_seq"] is not None:
+        if g["max_seq"] is not None and g["best"]:
             note = short_context_note(bench_context(g["max_seq"]), g["max_seq"], what="latencies are")
             if note:
                 notes.append(f"{g['model']} on {g['gpu']} ({run_label(g['dtype'], g['max_seq'])}): {note}")
-    older = {(g["model"], g["gpu"]) for g in groups if g["max_seq"] is None}
-    shortest: dict[tuple[str, str], int] = {}
+    older = {(g["model"], g["gpu"]) for g in groups if g["max_seq"] is None and g["best"]}
+    contexts: dict[tuple[str, str], set[int]] = {}
     for r in records:
         c = r.verdict.get("latency_context")
         if (r.model, r.gpu) in older and isinstance(c, int) and r.latency_us is not None:
-            shortest[(r.model, r.gpu)] = min(c, shortest.get((r.model, r.gpu), c))
-    for (model, gpu), c in sorted(shortest.items()):
-        note = short_context_note(c, None, what="latencies are")
-        if note:
-            notes.append(f"{model} on {gpu} ({run_label(None, None)}): {note}")
+            contexts.setdefault((r.model, r.gpu), set()).add(c)
+    for (model, gpu), cs in sorted(contexts.items()):
+        head = f"{model} on {gpu} ({run_label(None, None)})"
+        if len(cs) == 1:
+            note = short_context_note(next(iter(cs)), None, what="latencies are")
+            if note:
+                notes.append(f"{head}: {note}")
+        elif min(cs) < BENCH_CONTEXT:
+            notes.append(f"{head}: latencies are at KV contexts of {', '.join(map(str, sorted(cs)))} positions (its "
+                         f"tuning records name each), not all {BENCH_CONTEXT}: the file does not record which row "
+                         "was timed at which, so they are ranked together")
     return notes
 
 
