@@ -251,20 +251,6 @@ __device__ void op_embed(const Ctx& c, const EmbedParams& p, int* control, int t
   }
   const wtype* row = buf<wtype>(c, p.table) + (long long)tok * p.dim;
   float* out = buf<float>(c, p.out) + p.out_off;
-#ifndef AMK_EMBED_SCALAR
-  if (p.dim % VEC == 0) {
-    // a 16-byte load a thread, all of them issued before any store: element by element, each load waited behind
-    // the store before it, one DRAM round trip per AMK_THREADS elements
-    const uint4* r4 = reinterpret_cast<const uint4*>(row);
-    for (int v = threadIdx.x; v < p.dim / VEC; v += AMK_THREADS) {
-      float f[VEC];
-      unpack(__ldg(r4 + v), f);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) stcg(out + v * VEC + e, f[e]);
-    }
-    return;
-  }
-#endif
   for (int k = threadIdx.x; k < p.dim; k += AMK_THREADS) stcg(out + k, to_f(row[k]));
 }
 
