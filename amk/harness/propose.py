@@ -96,7 +96,7 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
         from .evaluate import build_program
 
         v, program = build_program(model, target, cfg.to_dict(), "cpu", None if isinstance(model, Model)
-                                   else run_dtype)
+                                   else run_dtype, seq)
         if program is None:
             raise ArgumentError("incumbent", f"does not lower for {name} on {target.name}: {v.rejected_reason}")
     else:
