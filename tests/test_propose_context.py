@@ -65,3 +65,12 @@ def test_the_cli_takes_max_seq_and_says_the_context(tmp_path, capsys):
     assert "9.00 us (predicted at a KV context of 0)" in capsys.readouterr().out
     assert main(["propose", "--model", "toy", "--corpus", str(corpus), "--max-seq", "64", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["max_seq"] == 64
+
+
+def test_a_kv_cache_past_the_memory_stops_the_loop_before_any_trial(tmp_path):
+    # as evaluate refuses it: every trial would otherwise be a crash row, and the loop would report ok
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    with pytest.raises(ArgumentError) as e:
+        amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, max_seq=2**40)
+    assert e.value.argument == "max_seq" and "GiB of KV cache" in str(e.value)
+    assert not res.exists() and not cor.exists()

@@ -174,7 +174,7 @@ def _free_bytes(dev) -> int | None:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def _check_kv_memory(program: MegakernelProgram, dev) -> None:
+def check_kv_memory(program: MegakernelProgram, dev) -> None:
     """ArgumentError (naming max_seq) when the program's KV cache, held twice (the VM's and the reference's), does
     not fit the memory free on `dev`: the allocation would otherwise end the process with no message (the
     kernel's out-of-memory killer on the CPU)."""
@@ -257,7 +257,7 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     from amk.models import Model
 
     given = model if isinstance(model, Model) else None
-    _check_kv_memory(program, dev)  # before the weights load
+    check_kv_memory(program, dev)  # before the weights load
     from amk.schedule.errors import UnsupportedModelError
     from amk.vm.loader import check_kernel_shape
 

@@ -57,7 +57,14 @@ from amk.schedule.space import search_space
 
 from .arguments import check_loop_arguments, check_seed
 from .environment import Device, get_model, resolve_device, resolve_target
-from .evaluate import check_model_dtype, check_model_weights, default_dtype, evaluate, resolve_dtype_name
+from .evaluate import (
+    check_kv_memory,
+    check_model_dtype,
+    check_model_weights,
+    default_dtype,
+    evaluate,
+    resolve_dtype_name,
+)
 from .propose import incumbent_config, model_name, run_context
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us
@@ -200,6 +207,11 @@ class _Run(Rounds):
         # context its latencies are taken at, recorded in each row; a RoPE that cannot take them is one usage
         # error, not a rejected row a trial
         self.program_max_seq, self.context = run_context(dims_model, self.dtype, max_seq)
+        # a KV cache the memory cannot hold: one usage error before any trial, not a crash row a trial (the
+        # cache's size is the same for every config of the run)
+        from amk.schedule import lower
+
+        check_kv_memory(lower(dims_model, self.target, ScheduleConfig(), max_seq=self.program_max_seq), self.dev)
         dims = dims_model.dims
         if self.dev == Device.CUDA:  # a shape no config builds for: one usage error, not a crash row a trial
             from amk.models.registry import resolve_dtype
