@@ -97,6 +97,20 @@ def test_a_best_record_that_no_longer_parses_gives_way_to_the_next_best(tmp_path
     assert "schedule abc" in caplog.text and "next best" in caplog.text
 
 
+def test_the_loops_summary_names_as_best_no_record_that_does_not_parse(tmp_path):
+    # the start passes over it (propose's rule); the summary's best, and its line "best kept in the corpus", did not
+    corpus = tmp_path / "corpus.jsonl"
+    line = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
+            "time": "t", "schedule_id": "aaaaaaaaaaaa", "config": {"bogus": 1}, "verdict": {"correct": True},
+            "latency_us": 1.0, "latency_kind": "predicted"}
+    corpus.write_text(json.dumps(line) + "\n")
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "r.tsv", corpus=corpus)
+    assert s["best"] is not None and s["best"]["schedule_id"] != "aaaaaaaaaaaa"
+    assert ScheduleConfig.from_dict(s["best"]["config"]).schedule_id == s["best"]["schedule_id"]
+    assert (s["max_seq"], s["context"]) == (amk.propose("toy", "cpu-sim", corpus=None)["max_seq"],
+                                            amk.propose("toy", "cpu-sim", corpus=None)["context"])
+
+
 def _two_dtype_corpus(tmp_path):
     """A corpus whose faster kept record is bf16 (kv_partitions 2, 9 us), the slower fp32 (4, 12.5 us)."""
     corpus = tmp_path / "corpus.jsonl"

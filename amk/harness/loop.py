@@ -39,7 +39,7 @@ from pathlib import Path
 
 from amk.cache import CacheStorageError, default_cache
 from amk.flywheel.claims import Claim, Taken, claim, owner_id, snapshot
-from amk.flywheel.corpus import best_entry, entries_for
+from amk.flywheel.corpus import entries_for
 from amk.flywheel.prior import Prior
 from amk.flywheel.records import (
     MODEL_FINGERPRINT,
@@ -65,7 +65,7 @@ from .evaluate import (
     evaluate,
     resolve_dtype_name,
 )
-from .propose import incumbent_config, model_name, run_context
+from .propose import best_readable, incumbent_config, model_name, run_context
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us
 from .search.model import RankingModel
@@ -710,14 +710,17 @@ class _Run(Rounds):
         if self.corpus.exists():
             # this run's dtype and context only: a record of another dtype's program, or one timed at a shorter
             # context, is no rival of this run's incumbent
-            best = best_entry(at_context(for_run(load_records(self.corpus), self.name, self.target.name, self.dtype),
-                                         self.context))
+            # one whose config this version reads, as propose's incumbent is
+            found = best_readable(at_context(for_run(load_records(self.corpus), self.name, self.target.name,
+                                                     self.dtype), self.context))
+            best = None if found is None else found[0]
         seconds = time.monotonic() - self.t0
         inc = self.inc
         return {"incumbent": {"schedule_id": inc.config.schedule_id, "program_fingerprint": inc.program_fingerprint,
                               "latency_us": inc.latency_us, "latency_spread_us": inc.spread_us,
                               "latency_kind": inc.kind, "trial": inc.trial, "config": inc.config.to_dict()},
                 "model": self.name, "gpu": self.target.name, "device": self.dev.value, "dtype": self.dtype,
+                "max_seq": self.program_max_seq, "context": self.context,
                 "trials": self.trials, "statuses": dict(self.statuses), "kept": self.statuses.get(Status.KEEP.value, 0),
                 "stopped": stop.value if stop else None,
                 "best": None if best is None else {"schedule_id": best.schedule_id or

@@ -48,16 +48,26 @@ def incumbent_config(model: str, gpu: str, corpus: str | Path | None, dtype: str
     latency was taken at, when given: records.at_context) in the corpus whose config parses (each one passed over
     is warned of), else the defaults."""
     if corpus is not None and Path(corpus).exists():
-        entries = at_context(for_run(load_corpus(corpus), model, gpu, dtype), context)
-        while (best := best_entry(entries)) is not None:
-            try:
-                return ScheduleConfig.from_dict(best.config), f"corpus:{corpus}", best.verdict
-            except ValueError as e:  # a config this version cannot read (a hand edit, a knob since removed)
-                entries = [r for r in entries if r is not best]
-                then = "the next best is tried" if best_entry(entries) is not None else "the defaults are the incumbent"
-                log.warning("%s: the best kept record for %s on %s (schedule %s) has a config that does not parse, so "
-                            "%s: %s", corpus, model, gpu, best.schedule_id, then, e)
+        found = best_readable(at_context(for_run(load_corpus(corpus), model, gpu, dtype), context),
+                              f"{corpus}: for {model} on {gpu}")
+        if found is not None:
+            return found[1], f"corpus:{corpus}", found[0].verdict
     return ScheduleConfig(), "default", None
+
+
+def best_readable(entries: list, where: str | None = None):
+    """(record, config): the best of `entries` (flywheel.corpus.best_entry) whose config this version parses, or
+    None. A record passed over (a hand edit, a knob since removed) is warned of, naming `where`, when given."""
+    while (best := best_entry(entries)) is not None:
+        try:
+            return best, ScheduleConfig.from_dict(best.config)
+        except ValueError as e:
+            entries = [r for r in entries if r is not best]
+            if where:
+                then = "the next best is tried" if best_entry(entries) is not None else "the defaults are the incumbent"
+                log.warning("%s, a kept record (schedule %s) has a config that does not parse, so %s: %s", where,
+                            best.schedule_id, then, e)
+    return None
 
 
 def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.jsonl", dtype: str | None = None,
