@@ -97,6 +97,20 @@ def test_non_finite_weights_are_refused_by_name(tmp_path, capsys, value):
     assert code == 2 and out["error_type"] == "usage" and "up_proj" in out["error"]
 
 
+def test_a_loop_on_a_checkpoint_that_fails_its_load_checks_writes_nothing(tmp_path, capsys):
+    # evaluate refuses it by name; the loop wrote a crash row a trial, a traceback each, and exited 0
+    path = llama(tmp_path / "ck")
+
+    def poison(sd):
+        sd["model.layers.0.mlp.up_proj.weight"][3, 5] = float("nan")
+    edit_tensors(path, poison)
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    code, out, _ = cli_json_err(capsys, "loop", "--model", str(path), "--budget", "2", "--results", str(res),
+                                "--corpus", str(cor))
+    assert code == 2 and out["error_type"] == "usage" and "up_proj" in out["error"]
+    assert not res.exists() and not cor.exists()
+
+
 def test_a_value_past_fp16_range_is_named_as_such(tmp_path):
     path = llama(tmp_path)
 

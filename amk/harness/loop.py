@@ -382,12 +382,19 @@ class _Run(Rounds):
     def _warm_start(self) -> None:
         """On a GPU, a builder compiles the start's kernel while this process loads the model's weights: on a
         fresh machine each takes tens of seconds, and the first trial waited for both in turn."""
-        from amk.models import Model
 
         if self.dev != Device.CUDA:
             return
         self.builder.precompile(self._job(self.start[0].config), self.start[1].kernel_id)
-        if self.evaluate_fn is _default_evaluate and not isinstance(self.model, Model):  # the weights it loads
+        self._load_weights()
+
+    def _load_weights(self) -> None:
+        """The weights every trial's evaluate loads (memoised), loaded before the first trial: a checkpoint that
+        fails the checks after loading (a NaN, a missing or misshapen tensor) is one usage error naming the file
+        and tensor (CheckpointError), not a crash row a trial."""
+        from amk.models import Model
+
+        if self.evaluate_fn is _default_evaluate and not isinstance(self.model, Model):
             get_model(str(self.model), resolve_dtype_name(self.dtype, self.dev, self.target)[0], self.dev,
                       weights=True)
 
@@ -502,6 +509,8 @@ class _Run(Rounds):
         if self.builder.pool is not None:
             self._warm_start()
             self.prepared = self._prepare_round()  # the first round builds while the start is measured
+        if self.dev != Device.CUDA or self.builder.pool is None:
+            self._load_weights()  # (_warm_start loads them on a GPU while the start's kernel compiles)
         while stop is None:  # the start: measured here, or a row of this file (or another loop's) stands for it
             start = self._settle_start(flag)
             if start is None or self._trial(start, self.start[1], self.start_description):
