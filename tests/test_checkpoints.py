@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -178,6 +179,15 @@ def _index_without_shard(path):
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
+def _single_file_beside_an_index(path):
+    # the same weights as shards too: transformers loads model.safetensors, so a change to it alone would run
+    # unchecked and unhashed
+    shutil.copy(path / "model.safetensors", path / "model-00001-of-00001.safetensors")
+    keys = load_file(path / "model.safetensors")
+    index = {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in keys}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
 BROKEN = {  # how -> (file named, field named, words in the message)
     "truncated safetensors": (_truncated, "model.safetensors", None, "truncated"),
     "no weight files": (_no_weights, None, None, "holds no weights"),
@@ -185,6 +195,7 @@ BROKEN = {  # how -> (file named, field named, words in the message)
     "config with a string width": (_string_width, "config.json", "hidden_size", "expected int"),
     "config not JSON": (_not_json, "config.json", None, "not valid JSON"),
     "index naming a missing shard": (_index_without_shard, "model-00001-of-00002.safetensors", None, "not in the"),
+    "single file beside an index": (_single_file_beside_an_index, None, None, "holds both model.safetensors and"),
 }
 
 

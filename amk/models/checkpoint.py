@@ -125,6 +125,12 @@ def weight_files(path: Path) -> WeightFiles:
     """The checkpoint's weight files, each safetensors file checked whole. Raises CheckpointError for a directory
     without weights, an index naming a missing file, or a file cut short."""
     index = path / "model.safetensors.index.json"
+    single = path / "model.safetensors"
+    if index.is_file() and single.exists():
+        # transformers loads the single file and never reads the index: checked and hashed, the shards would
+        # stand for weights that do not run
+        raise CheckpointError(path, f"holds both {single.name} and {index.name} (two sets of weights; transformers "
+                                    f"loads {single.name}): keep one")
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
