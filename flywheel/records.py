@@ -64,6 +64,14 @@ def _checked_trial(v) -> int | None:
     return v
 
 
+def _checked_str(name: str, v) -> str | None:
+    """A record's name or hash: None when absent; RecordFormatError for anything but a string (a list or an object
+    could not be a key the readers look records up by)."""
+    if v is not None and not isinstance(v, str):
+        raise RecordFormatError(f"{name} is {v!r:.60}, not a string")
+    return v
+
+
 @dataclass(frozen=True)
 class TuningRecord:
     """One measured trial. Latencies in microseconds; `features` are the cost model's critical-path
@@ -137,21 +145,32 @@ class TuningRecord:
         if not isinstance(v, dict) or not isinstance(d.get("config"), dict):
             raise RecordFormatError("'config' and 'verdict' must be objects")
         legacy = "record" not in d
+        if "correct" in v and v["correct"] is not None and not isinstance(v["correct"], bool):
+            raise RecordFormatError(f"verdict.correct is {v['correct']!r:.60}, not true or false")
+        change = d.get("change") or ()
+        if not isinstance(change, (list, tuple)) or not all(isinstance(c, str) for c in change):
+            raise RecordFormatError(f"change is {change!r:.60}, not a list of strings")
+        for name in ("model", "gpu"):
+            if not isinstance(d.get(name), str):
+                raise RecordFormatError(f"{name} is {d.get(name)!r:.60}, not a string")
         cost = v.get("cost") or {}
         feats = cost.get("features") if legacy else d.get("features")
         # a record outlives knob renames: its config is read in today's spelling
-        return cls(model=str(d["model"]), gpu=str(d["gpu"]), config=migrate_config(dict(d["config"])), verdict=dict(v),
+        return cls(model=d["model"], gpu=d["gpu"], config=migrate_config(dict(d["config"])), verdict=dict(v),
                    environment=dict(d.get("environment") or v.get("environment") or {}), time=str(d.get("time", "")),
-                   change=tuple(d.get("change") or ()), improvement=_checked_num("improvement", d.get("improvement")),
-                   kept=True if legacy else _kept(d.get("kept")), status=str(d.get("status") or "keep"),
-                   dtype=d.get("dtype", v.get("dtype")), device=d.get("device", v.get("device")),
-                   schedule_id=d.get("schedule_id", v.get("schedule_id")),
-                   program_fingerprint=d.get("program_fingerprint", v.get("program_fingerprint")),
-                   source=d.get("source"), trial=_checked_trial(d.get("trial")),
+                   change=tuple(change), improvement=_checked_num("improvement", d.get("improvement")),
+                   kept=True if legacy else _kept(d.get("kept")),
+                   status=_checked_str("status", d.get("status")) or "keep",
+                   dtype=_checked_str("dtype", d.get("dtype", v.get("dtype"))),
+                   device=_checked_str("device", d.get("device", v.get("device"))),
+                   schedule_id=_checked_str("schedule_id", d.get("schedule_id", v.get("schedule_id"))),
+                   program_fingerprint=_checked_str("program_fingerprint",
+                                                    d.get("program_fingerprint", v.get("program_fingerprint"))),
+                   source=_checked_str("source", d.get("source")), trial=_checked_trial(d.get("trial")),
                    latency_us=_checked_num("latency_us", d.get("latency_us", v.get("latency_us")), positive=True),
                    latency_spread_us=_checked_num("latency_spread_us",
                                                   d.get("latency_spread_us", v.get("latency_spread_us"))),
-                   latency_kind=d.get("latency_kind", v.get("latency_kind")),
+                   latency_kind=_checked_str("latency_kind", d.get("latency_kind", v.get("latency_kind"))),
                    predicted_latency_us=_checked_num("predicted_latency_us",
                                                      d.get("predicted_latency_us", v.get("predicted_latency_us")),
                                                      positive=True),

@@ -235,7 +235,12 @@ def test_a_max_seq_whose_kv_cache_cannot_fit_is_refused_before_any_allocation(ca
 
 
 @pytest.mark.parametrize("field, value", [("latency_us", -3.0), ("latency_us", 0), ("latency_us", "abc"),
-                                          ("kept", "yes"), ("predicted_latency_us", True)])
+                                          ("kept", "yes"), ("predicted_latency_us", True),
+                                          # keys the readers look records up by: unhashable, they crashed
+                                          # `loop --resume` and `report`
+                                          ("program_fingerprint", {"a": 1}), ("schedule_id", [1, 2]),
+                                          ("model", 5), ("dtype", ["bf16"]), ("change", "abc"),
+                                          ("verdict", {"correct": "false"})])
 def test_a_record_with_a_value_no_trial_writes_is_skipped_with_a_warning(tmp_path, caplog, field, value):
     from amk.flywheel.records import load_records
 

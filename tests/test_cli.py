@@ -266,6 +266,20 @@ def test_report_of_a_15_column_file_names_the_contexts_its_records_give(capsys, 
     assert len(got) == len(says) and all(g.startswith(w) for g, w in zip(got, says)), out["notes"]
 
 
+def test_report_shows_no_config_this_version_cannot_parse_as_the_best(capsys, tmp_path):
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    _report_rows(res, "fp32", 512, [50.0, 40.0])
+    base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
+            "time": "t", "verdict": {"correct": True}}
+    cor.write_text("".join(json.dumps({**base, **kw}) + "\n" for kw in [
+        {"schedule_id": f"{1:012x}", "config": {"attention": {"kv_partitions": 2}}},
+        {"schedule_id": f"{2:012x}", "config": {"foo": 1, "matvec": 5}}]))
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(cor), "--no-plots")
+    assert code == 0, out
+    (group,) = out["groups"]
+    assert group["best"]["predicted"]["trial"] == 2 and group["best"]["predicted"]["config"] is None
+
+
 def test_report_names_no_context_for_a_group_without_latencies(capsys, tmp_path):
     from amk.flywheel import ResultRow, Status, append_result
 

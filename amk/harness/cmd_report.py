@@ -86,6 +86,18 @@ def corpus_summary(entries: list) -> dict:
             "prior_top": [{"move": k, "mean_improvement": s, "count": n} for k, s, n in prior.top(10)]}
 
 
+def _readable(config: dict) -> bool:
+    """Whether this version parses a record's config: one it cannot (a hand edit, a knob since removed) is never
+    shown as a group's best config, as propose never starts from it."""
+    from amk.schedule.config import ScheduleConfig
+
+    try:
+        ScheduleConfig.from_dict(config)
+    except ValueError:
+        return False
+    return True
+
+
 def short_context_notes(groups: list[dict], records: list) -> list[str]:
     """For each group of summarise() with a latency taken at a KV context shorter than the bench's (a program of
     fewer positions), the note the loop's summary gave, from the group's max_seq; a group with no latency gets
@@ -230,7 +242,7 @@ def report(args) -> CommandResult:
     if corpus.is_dir():  # as every other command refuses it: read as "no records", it would hide a wrong path
         raise UsageError(f"--corpus {str(corpus)!r}: is a directory; name the corpus file of `amk loop`")
     records = load_records(corpus) if corpus.is_file() else []
-    configs = {r.schedule_id: r.config for r in records if r.schedule_id}
+    configs = {r.schedule_id: r.config for r in records if r.schedule_id and _readable(r.config)}
     out = summarise(df, configs)
     out["results"] = str(results)
     out["corpus"] = corpus_summary(records) if corpus.is_file() else None
