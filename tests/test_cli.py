@@ -280,6 +280,26 @@ def test_report_shows_no_config_this_version_cannot_parse_as_the_best(capsys, tm
     assert group["best"]["predicted"]["trial"] == 2 and group["best"]["predicted"]["config"] is None
 
 
+def test_report_of_a_15_column_file_takes_the_contexts_of_its_own_rows_programs(capsys, tmp_path):
+    # a corpus shared by runs of other contexts: only the records of the file's programs say its rows' context
+    from amk.flywheel import ResultRow, Status, append_result
+    from amk.flywheel.results import PRE_CONTEXT_COLUMNS
+
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    res.write_text("\t".join(PRE_CONTEXT_COLUMNS) + "\n")
+    append_result(res, ResultRow(model="toy", gpu="cpu-sim", schedule_id="0" * 12, status=Status.KEEP, correct=True,
+                                 latency_us=40.0, kind="predicted", program_fingerprint="fa" * 8, description="x"))
+    base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
+            "time": "t", "latency_kind": "predicted", "config": {}}
+    cor.write_text("".join(json.dumps({**base, "latency_us": 40.0, "program_fingerprint": fp,
+                                       "verdict": {"correct": True, "latency_us": 40.0, "latency_context": c}}) + "\n"
+                           for fp, c in [("fa" * 8, 45), ("fb" * 8, 301), ("fc" * 8, 1024)]))
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(cor), "--no-plots")
+    assert code == 0, out
+    got = [n.split(": ", 1)[1] for n in out["notes"] if "KV context" in n]
+    assert len(got) == 1 and got[0].startswith("latencies are at a KV context of 45 positions"), out["notes"]
+
+
 def test_report_names_no_context_for_a_group_without_latencies(capsys, tmp_path):
     from amk.flywheel import ResultRow, Status, append_result
 

@@ -98,12 +98,13 @@ def _readable(config: dict) -> bool:
     return True
 
 
-def short_context_notes(groups: list[dict], records: list) -> list[str]:
+def short_context_notes(groups: list[dict], records: list, df=None) -> list[str]:
     """For each group of summarise() with a latency taken at a KV context shorter than the bench's (a program of
     fewer positions), the note the loop's summary gave, from the group's max_seq; a group with no latency gets
-    none. A group of an older results file (max_seq null) takes the contexts its model and GPU's tuning records
-    name: the note names that context where they agree on one, and every one of them where they do not, since
-    the file cannot say which row was timed at which."""
+    none. A group of an older results file (max_seq null) takes the contexts the tuning records of its rows'
+    programs name (those of its model and GPU, where `df`, load_results()'s frame, is not given or the rows name no
+    program): the note names that context where they agree on one, and every one of them where they do not,
+    since the file cannot say which row was timed at which."""
     from amk.schedule.cost import BENCH_CONTEXT, bench_context
 
     from .gates import short_context_note
@@ -115,11 +116,20 @@ def short_context_notes(groups: list[dict], records: list) -> list[str]:
             if note:
                 notes.append(f"{g['model']} on {g['gpu']} ({run_label(g['dtype'], g['max_seq'])}): {note}")
     older = {(g["model"], g["gpu"]) for g in groups if g["max_seq"] is None and g["best"]}
+    programs: dict[tuple[str, str], set[str]] = {}
+    if df is not None and len(df) and "program_fingerprint" in df:
+        rows = df[df["max_seq"].isna()]
+        for (model, gpu), g in rows.groupby(["model", "gpu"]):
+            fps = {f for f in g["program_fingerprint"] if isinstance(f, str) and f}
+            if fps:
+                programs[(model, gpu)] = fps
     contexts: dict[tuple[str, str], set[int]] = {}
     for r in records:
         c = r.verdict.get("latency_context")
-        if (r.model, r.gpu) in older and isinstance(c, int) and r.latency_us is not None:
-            contexts.setdefault((r.model, r.gpu), set()).add(c)
+        key = (r.model, r.gpu)
+        if key in older and isinstance(c, int) and r.latency_us is not None and (
+                key not in programs or r.program_fingerprint in programs[key]):
+            contexts.setdefault(key, set()).add(c)
     for (model, gpu), cs in sorted(contexts.items()):
         head = f"{model} on {gpu} ({run_label(None, None)})"
         if len(cs) == 1:
@@ -249,7 +259,7 @@ def report(args) -> CommandResult:
     out["plots"], out["notes"] = [], []
     if not configs and len(df):
         out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown (pass --corpus)")
-    out["notes"] += short_context_notes(out["groups"], records)
+    out["notes"] += short_context_notes(out["groups"], records, df)
     if not args.no_plots:
         out_dir = _out_dir(args.out_dir)
         try:
