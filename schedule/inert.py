@@ -99,7 +99,7 @@ def target_inert_reason(path: str, target: GpuTarget | None) -> str | None:
     return None
 
 
-_FP32_PARTIALS = "the model's dtype is fp32, which the partitions' outputs already are (as with fp32)"
+_FP32_PARTIALS = "the model's dtype is fp32, and the partitions' outputs are fp32 already"
 
 
 def dtype_inert_reason(path: str, dtype: str | None) -> str | None:

@@ -524,7 +524,7 @@ def test_a_resume_adopts_only_a_row_of_its_own_dtype_and_max_seq(tmp_path, fake_
     else:  # measured again at this run's dtype and context: the other row's 5 us is no bar
         assert s["incumbent"]["latency_us"] != 5.0 and seed_id in fake_evaluate[calls:]
         assert rows[1]["status"] == "remeasure" and (rows[1]["dtype"], rows[1]["max_seq"]) == ("fp32", "512")
-        assert f"{res}: 1 rows of toy on cpu-sim are of another dtype or context" in caplog.text
+        assert f"{res}: 1 row of toy on cpu-sim is of another dtype or context" in caplog.text
         assert "passed over" in caplog.text
     older = "older" in edits
     warned = [r for r in caplog.records if "carry no dtype or context" in r.getMessage()]

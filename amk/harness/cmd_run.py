@@ -92,7 +92,7 @@ def proposal_text(p: dict) -> str:
         lines.append(f"{mark}{knob.path:<33} {shown:<16} {knob.default_text:<16} {search}")
     if derived:
         lines.append(f"(derived: the lowering's value for this model on {p['gpu']} at {derived['dtype']}, "
-                     f"{derived['max_seq']} positions)")
+                     f"{counted(derived['max_seq'], 'position')})")
     lines.append("(* = not the default; amk propose --json gives the config, and each knob's help and bounds)")
     return "\n".join(lines)
 

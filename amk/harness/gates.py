@@ -16,7 +16,7 @@ def short_context_note(context: int | None, max_seq: int | None, what: str = "la
     than the timed steps need), or None. `max_seq`: the program's positions, where known."""
     if context is None or context >= BENCH_CONTEXT:
         return None
-    holds = f"{max_seq} positions" if max_seq is not None else "fewer positions"
+    holds = f"{max_seq} position{'' if max_seq == 1 else 's'}" if max_seq is not None else "fewer positions"
     return (f"{what} at a KV context of {context} position{'' if context == 1 else 's'}, not {BENCH_CONTEXT}: "
             f"the program holds {holds}, and its warm-up and timed steps follow the context")
 

@@ -56,6 +56,7 @@ from amk.schedule.errors import AmkError, ArgumentError
 from amk.schedule.space import search_space
 
 from .arguments import check_loop_arguments, check_seed
+from .commands import counted
 from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import (
     check_kv_memory,
@@ -367,9 +368,10 @@ class _Run(Rounds):
         if len(run) < len(mine):
             other = sorted({f"{r.get('dtype') or '?'}, max_seq {r.get('max_seq') or '?'}"
                             for r in mine if not self._same_run(r)})
-            log.info("%s: %d rows of %s on %s are of another dtype or context (%s) than this run (%s): passed "
-                     "over, neither the incumbent's latency nor the bar to beat", self.results, len(mine) - len(run),
-                     self.name, self.target.name, "; ".join(other), here)
+            n = len(mine) - len(run)
+            log.info("%s: %s of %s on %s %s of another dtype or context (%s) than this run (%s): passed over, "
+                     "neither the incumbent's latency nor the bar to beat", self.results, counted(n, "row"),
+                     self.name, self.target.name, "is" if n == 1 else "are", "; ".join(other), here)
         blank = [r for r in run if not r.get("dtype") or not r.get("max_seq")]
         if blank:
             log.warning("%s: %d of its rows carry no dtype or context (max_seq: a file written before results.tsv "
