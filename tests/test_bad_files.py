@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 from _cli import cli_json
@@ -229,6 +230,20 @@ def test_evaluate_and_loop_refuse_a_seed_out_of_range(seed, tmp_path):
 def test_a_max_seq_whose_kv_cache_cannot_fit_is_refused_before_any_allocation(capsys):
     code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", str(10**12))
     assert code == 2 and v["error_type"] == "usage" and "--max-seq" in v["error"] and "KV cache" in v["error"], v
+
+
+@pytest.mark.parametrize("flag", ["--results", "--corpus"])
+def test_a_loop_file_that_cannot_be_opened_is_refused_before_any_trial(capsys, tmp_path, flag):
+    # a symlink loop, and a path the access bits call writable but no file can be made at (/proc as root): the
+    # loop used to run trial 1 and fail on its first append, or crash on resolving the path
+    other = {"--results": "--corpus", "--corpus": "--results"}[flag]
+    for bad in (tmp_path / "loop.x", Path("/proc/amk_corpus.jsonl")):
+        if bad.name == "loop.x":
+            bad.symlink_to(bad.name)
+        code, v = run(capsys, "loop", "--model", "toy", "--budget", "1", flag, str(bad), other,
+                      str(tmp_path / "other.file"))
+        assert code == 2 and v["error_type"] == "usage" and v["error"].startswith(flag), v
+        assert not (tmp_path / "other.file").exists()
 
 
 # ---- corpus.jsonl with a hand-edited record -------------------------------------------------------------------

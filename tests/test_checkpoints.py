@@ -112,6 +112,26 @@ def test_a_loop_on_a_checkpoint_that_fails_its_load_checks_writes_nothing(tmp_pa
     assert not res.exists() and not cor.exists()
 
 
+@pytest.mark.parametrize("how", ["symlink loop", "dangling symlink", "directory"])
+def test_a_weight_file_that_cannot_be_opened_is_named(tmp_path, capsys, how):
+    path = llama(tmp_path / "ck")
+    st = path / "model.safetensors"
+    st.unlink()
+    if how == "symlink loop":
+        st.symlink_to(st.name)
+    elif how == "dangling symlink":
+        st.symlink_to("gone.safetensors")
+    else:
+        st.mkdir()
+    with pytest.raises(CheckpointError, match="cannot be read") as e:
+        amk.load_model(path)
+    assert e.value.path.endswith("model.safetensors")
+    code, out, err = cli_json_err(capsys, "loop", "--model", str(path), "--budget", "1", "--results",
+                                  str(tmp_path / "r.tsv"), "--corpus", str(tmp_path / "c.jsonl"))
+    assert code == 2 and out["error_type"] == "usage" and "model.safetensors" in out["error"]
+    assert "Traceback" not in err and not (tmp_path / "r.tsv").exists()
+
+
 def test_a_value_past_fp16_range_is_named_as_such(tmp_path):
     path = llama(tmp_path)
 

@@ -68,8 +68,15 @@ def check_corpus(corpus) -> None:
 
 
 def same_file(a, b) -> bool:
-    """Whether two paths name one file (after ~ and symlinks)."""
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    """Whether two paths name one file (after ~ and symlinks; a symlink loop, which names no file, compared as
+    written: the command that opens it refuses it by name)."""
+    def where(p) -> Path:
+        p = Path(p).expanduser()
+        try:
+            return p.resolve()
+        except (RuntimeError, OSError):
+            return p.absolute()
+    return where(a) == where(b)
 
 
 class LoopFile(str, Enum):

@@ -96,8 +96,15 @@ def _files_stamp(name: str) -> tuple:
     path = Path(name).expanduser()
     if not path.is_dir():
         return ()
-    return tuple(sorted((e.name, st.st_size, st.st_mtime_ns) for e in os.scandir(path) if e.is_file()
-                        for st in [e.stat()]))
+    out = []
+    for e in os.scandir(path):
+        try:
+            if e.is_file():
+                st = e.stat()
+                out.append((e.name, st.st_size, st.st_mtime_ns))
+        except OSError:  # a symlink loop or a file gone: the load that follows names it
+            out.append((e.name, -1, -1))
+    return tuple(sorted(out))
 
 
 def get_model(name: str, dtype: str, device: Device, weights: bool = True):

@@ -187,6 +187,15 @@ def _check_writable(path: Path, argument: str) -> None:
     except OSError as e:
         raise LoopError(f"{path}: its directory {str(path.parent)!r} cannot be made ({e.strerror or e})",
                         argument=argument) from None
+    existed = path.exists()
+    try:  # a file system the access bits do not describe (/proc, a read-only bind mount as root) refuses only an open
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise LoopError(f"{path}: cannot be opened for appending ({e.strerror or e}): the loop appends a row and a "
+                        "record a trial", argument=argument) from None
+    if not existed:
+        path.unlink(missing_ok=True)  # nothing is left behind by a run refused before its first trial
 
 
 class _Run(Rounds):

@@ -159,7 +159,15 @@ def weight_files(path: Path) -> WeightFiles:
 
 def safetensors_header(file: Path) -> dict[str, dict]:
     """Tensor name -> {dtype, shape, data_offsets} of a safetensors file, after checking that the file holds
-    exactly the bytes its header describes. Raises CheckpointError otherwise."""
+    exactly the bytes its header describes. Raises CheckpointError otherwise, also for a file that cannot be
+    opened (a dangling symlink or a symlink loop, a directory so named, no read permission)."""
+    try:
+        return _safetensors_header(file)
+    except OSError as e:
+        raise CheckpointError(file, f"cannot be read: {e.strerror or e}") from None
+
+
+def _safetensors_header(file: Path) -> dict[str, dict]:
     size = file.stat().st_size
     with open(file, "rb") as fh:
         head = fh.read(8)
