@@ -193,6 +193,21 @@ def test_verify_out_that_is_a_directory_is_refused_before_verifying(capsys, monk
     assert code == 2 and "--out" in out["error"] and str(tmp_path) in out["error"], out
 
 
+@pytest.mark.parametrize("where", ["symlink loop", "/proc"])
+def test_verify_out_that_cannot_be_opened_is_refused_before_verifying(capsys, monkeypatch, tmp_path, where):
+    import amk.harness.evaluate as ev
+
+    def never(*a, **kw):
+        raise AssertionError("verified before checking --out")
+
+    monkeypatch.setattr(ev, "evaluate", never)
+    out_path = tmp_path / "v.json" if where == "symlink loop" else Path("/proc/amk_verify.json")
+    if where == "symlink loop":
+        out_path.symlink_to(out_path.name)
+    code, out = run(capsys, "verify", "--model", "toy", "--gpu", "cpu-sim", "--out", str(out_path))
+    assert code == 2 and out["error"].startswith("--out"), out
+
+
 def test_compile_out_in_a_missing_directory_names_the_flag(capsys, tmp_path):
     missing = tmp_path / "nonexistent" / "x.json"
     code, out = run(capsys, "compile", "--model", "toy", "--gpu", "cpu-sim", "--out", str(missing))

@@ -30,6 +30,14 @@ def output_file(flag: str, value: str) -> Path:
     held = loop_file_kind(path)
     if held is not None:  # the output is written whole: a loop's record of its trials would be gone
         raise UsageError(f"{flag} {value!r}: holds {held.value}, which this would overwrite; name another file")
+    existed = path.exists()
+    try:  # what the access bits do not tell (/proc, a read-only bind mount as root, a symlink loop)
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {value!r}: cannot be written ({e.strerror or e})") from None
+    if not existed:
+        path.unlink(missing_ok=True)
     return path
 
 
