@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_gpu(p)
     p.add_argument("--incumbent", default=None,
                    help="start from this config (file, '-' or inline JSON); default: the corpus's best kept config "
-                        "for the model, GPU and dtype, else every knob at its default")
+                        "for the model, GPU, dtype and KV context, else every knob at its default")
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="the incumbent is this corpus's best kept config for the model, GPU, dtype and KV context "
                         "(defaults if absent)")
@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_gpu(p)
     _run_opts(p)
     p.add_argument("--config", default=None, help="start from this config (a JSON file, '-' or inline JSON; "
-                                                  "default: the corpus's best kept config, else the defaults)")
+                                                  "default: the corpus's best kept config for the model, GPU, "
+                                                  "dtype and KV context, else the defaults)")
     p.add_argument("--budget", type=positive_int, default=None,
                    help="new trials this call adds, --resume included (re-measurements of the incumbent come on top; "
                         "default: no limit)")

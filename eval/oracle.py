@@ -11,7 +11,7 @@ from enum import Enum
 import torch
 
 from amk.cache import CacheStorageError
-from amk.schedule.errors import ArgumentError
+from amk.schedule.errors import ArgumentError, EnvironmentProblem
 
 from .cases import CaseInputs, VerifyCase, case_inputs, check_cases_fit, default_cases, eager_decode
 from .compare import compare, kl_divergence, tolerance_for
@@ -156,6 +156,7 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     except CacheStorageError:
         raise  # the cache directory failed (its disk full, say), not the program: no case result blames it
     except Exception as e:  # a VM that cannot be built fails every case, with the reason
+        check_memory(e, f"building the {vm} VM on {device}")
         msg = f"{type(e).__name__}: {e}"
         results = [CaseResult(c.name, False, type(e).__name__, msg) for c in cases]
     if machine is not None:
@@ -310,10 +311,25 @@ def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult
     except CacheStorageError:
         raise  # a cached reference that cannot be stored: the machine's fault, not the case's
     except Exception as e:  # isolate the case: one failure never stops the rest
+        check_memory(e, f"case {case.name}")
         res.error_type = type(e).__name__
         res.message = f"{e}"[:500]
         res.note = traceback.format_exc(limit=3)[-800:]
     return res
+
+
+_NO_MEMORY = ("can't allocate memory", "out of memory", "cannot allocate memory")
+
+
+def check_memory(e: BaseException, during: str) -> None:
+    """Raises EnvironmentProblem (from `e`) when `e` is an allocation that failed (MemoryError, torch's
+    OutOfMemoryError, or an allocator's RuntimeError): the machine ran out of memory `during` it, which says
+    nothing of the program's correctness, so no case result may fail it."""
+    oom = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _NO_MEMORY))
+    if oom:
+        raise EnvironmentProblem(f"out of memory during {during}: {type(e).__name__}: {str(e)[:300]} (free memory, "
+                                 "or a shorter max_seq)") from e
 
 
 def _allowance(x: float, tol: float) -> float:

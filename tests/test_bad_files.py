@@ -208,6 +208,25 @@ def test_verify_out_that_cannot_be_opened_is_refused_before_verifying(capsys, mo
     assert code == 2 and out["error"].startswith("--out"), out
 
 
+def test_running_out_of_memory_while_verifying_is_the_environment_not_a_wrong_config(capsys, monkeypatch, tmp_path):
+    # an allocation the reference could not make said "correct: false" (exit 1), and a loop wrote the config as
+    # a fail row
+    import amk
+    import amk.eval.oracle as oracle
+
+    def starved(*a, **kw):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 2303999232 bytes.")
+
+    monkeypatch.setattr(oracle, "eager_reference", starved)
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "cache"))  # no cached reference stands in for it
+    code, out = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim")
+    assert code == 3 and out["error_type"] == "environment" and "out of memory" in out["error"], out
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    with pytest.raises(amk.EnvironmentProblem):
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor)
+    assert not (res.exists() and res.read_text().count("\n") > 1)  # no trial row blames the config
+
+
 def test_compile_out_in_a_missing_directory_names_the_flag(capsys, tmp_path):
     missing = tmp_path / "nonexistent" / "x.json"
     code, out = run(capsys, "compile", "--model", "toy", "--gpu", "cpu-sim", "--out", str(missing))

@@ -52,7 +52,7 @@ from amk.flywheel.records import (
 )
 from amk.flywheel.results import ResultRow, ResultsFormatError, Status, append_result, read_rows
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.errors import AmkError, ArgumentError
+from amk.schedule.errors import AmkError, ArgumentError, EnvironmentProblem
 from amk.schedule.space import search_space
 
 from .arguments import check_loop_arguments, check_seed
@@ -582,7 +582,7 @@ class _Run(Rounds):
             return self.evaluate_fn(self.model, self.target, cfg, device=self.dev.value, cases=self.cases,
                                     seed=self.seed, dtype=self.dtype, corpus=str(self.corpus), max_seq=self.max_seq,
                                     **extra)
-        except CacheStorageError:
+        except (CacheStorageError, EnvironmentProblem):
             raise  # the environment, not this config: every later trial would fail the same way
         except Exception as e:  # the loop outlives one bad trial; the row says crash and why
             log.exception("evaluate crashed")
