@@ -82,6 +82,8 @@ def test_a_null_quantization_config_loads(checkpoint, tmp_path):
     ("intermediate_size", 10**30, MAX_INTERMEDIATE),
     ("hidden_size", 2**40, MAX_HIDDEN),
     ("vocab_size", MAX_VOCAB + 1, MAX_VOCAB),
+    ("num_attention_heads", 10**12, MAX_HIDDEN),  # transformers' own refusal named no field
+    ("num_key_value_heads", 10**12, MAX_HIDDEN),
 ])
 def test_a_size_past_its_bound_is_refused_by_name_at_load(checkpoint, tmp_path, monkeypatch, field, value, bound,
                                                           weights):
@@ -92,6 +94,17 @@ def test_a_size_past_its_bound_is_refused_by_name_at_load(checkpoint, tmp_path, 
     assert e.value.field == field
     assert f"must be at most {bound}" in str(e.value) and str(value) in str(e.value)
     assert built == []
+
+
+@pytest.mark.parametrize("pad", [256, 10**6, -257])
+def test_a_pad_token_outside_the_vocabulary_is_refused_by_name(checkpoint, tmp_path, pad):
+    # nn.Embedding asserts on such a padding_idx ("Padding_idx must be within num_embeddings"), naming no field
+    vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+    path = _variant(checkpoint, tmp_path / "pad", pad_token_id=pad + (vocab - 256 if pad == 256 else 0))
+    with pytest.raises(UnsupportedModelError) as e:
+        amk.load_model(path, weights=False)
+    assert "pad_token_id" in str(e.value) and "vocab" in str(e.value)
+    amk.load_model(_variant(checkpoint, tmp_path / "pad_ok", pad_token_id=vocab - 1), weights=False)
 
 
 def test_the_bounds_keep_derived_row_tiling_within_the_knob():

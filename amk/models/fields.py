@@ -85,6 +85,18 @@ def _positive_int(nullable: bool = False, maximum: int | None = None, why: str =
     return refuse
 
 
+def _pad_in_vocabulary(v, cfg, arch) -> str | None:
+    # transformers' nn.Embedding asserts on a padding_idx outside the table, a message that names no field
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        return "must be an integer or null"
+    vocab = getattr(cfg, "vocab_size", None)
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0 and not -vocab <= v < vocab:
+        return f"must be a row of the vocabulary (below vocab_size {vocab}): the embedding's padding_idx"
+    return None
+
+
 # Upper bounds on the sizes, far above any Llama-family model (the largest public ones: vocab 262144, hidden 16384,
 # intermediate 53248), so that a nonsense size is refused by its name at load instead of failing later where it
 # names something else: a task never holds more rows than its matrix, so with intermediate_size (gate_up's rows)
@@ -205,8 +217,11 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("intermediate_size", _L, "the MLP width",
        _positive_int(maximum=MAX_INTERMEDIATE, why="2**20 rows: the MLP's tasks stay within rows_per_task's range")),
     _F("num_hidden_layers", _L, "the decoder layers", _positive_int()),
-    _F("num_attention_heads", _L, "q heads", _positive_int()),
-    _F("num_key_value_heads", _L, "KV heads (GQA groups)", _positive_int(nullable=True)),
+    _F("num_attention_heads", _L, "q heads",
+       _positive_int(maximum=MAX_HIDDEN, why="2**16: more q heads than the widest residual has elements")),
+    _F("num_key_value_heads", _L, "KV heads (GQA groups)",
+       _positive_int(nullable=True, maximum=MAX_HIDDEN, why="2**16: more KV heads than the widest residual has "
+                                                               "elements")),
     _F("head_dim", _L, "the head width (Qwen2 reads it through getattr when a config carries it)",
        _positive_int(nullable=True)),
     _F("hidden_act", _O, "the MLP activation: silu, or swish, transformers' other name for it (ACT2CLS maps both to "
@@ -244,8 +259,8 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("attention_dropout", _I, "dropout runs in training mode only; eval() forward skips it"),
     _F("initializer_range", _I, "initialisation only: a loaded checkpoint overwrites it, random models seed theirs"),
     _F("use_cache", _I, "AMK always decodes with its own KV cache"),
-    _F("pad_token_id", _I, "nn.Embedding(padding_idx) only zeroes that row at initialisation and in the "
-                           "gradient; the lookup reads whatever the checkpoint holds"),
+    _F("pad_token_id", _O, "nn.Embedding(padding_idx) only zeroes that row at initialisation and in the "
+                           "gradient; the lookup reads whatever the checkpoint holds", _pad_in_vocabulary),
     _F("bos_token_id", _I, "tokenisation and generation only"),
     _F("eos_token_id", _I, "generation only: amk.generate stops at it"),
     _F("pretraining_tp", _I, "transformers 5 no longer splits the projections by it"),
