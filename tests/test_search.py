@@ -258,3 +258,21 @@ def test_the_merged_summary_keeps_the_workers_best_of_this_runs_dtype_and_contex
     got = merge([summary(0, 48.5), summary(1, 47.0), summary(2, None)], "toy", "cpu-sim", "cpu", tmp_path / "r.tsv",
                 corpus, 1.0)
     assert got["best"]["schedule_id"] == "w1" and got["best"]["latency_us"] == 47.0
+
+
+def test_the_search_moves_no_knob_the_derived_tiling_makes_inert(tmp_path):
+    # at 32 positions kv_partitions is derived to 1, where attention.combine, softmax and partials_dtype cannot
+    # act: a move of one rode along another move, and a keep carried it
+    from amk.flywheel.records import load_records
+
+    cor = tmp_path / "c.jsonl"
+    amk.loop("toy", "cpu-sim", budget=16, device="cpu", results=tmp_path / "r.tsv", corpus=cor, max_seq=32,
+             seed=0, max_reverts=1000)
+    records = load_records(cor)
+    assert len(records) >= 16
+    noted = [(r.trial, n) for r in records for n in r.verdict.get("notes", []) if "has no effect" in n]
+    assert noted == [], noted
+    one_partition = [r for r in records if (r.config.get("attention") or {}).get("kv_partitions") in (None, 1)]
+    assert one_partition and not any(c.split("=")[0] in ("attention.combine", "attention.softmax",
+                                                          "attention.partials_dtype")
+                                     for r in one_partition for c in r.change)

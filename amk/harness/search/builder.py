@@ -59,6 +59,7 @@ class Built:
     task_count: int | None = None
     seconds: float = 0.0
     kernel_id: str | None = None  # kernel_id_of(program): candidates with one id share one NVRTC build
+    derived: dict | None = None  # the program's derived knob values (dotted path -> value), for the inert rules
 
 
 def analytic_predictor(config, program, target, coefficients):
@@ -116,7 +117,8 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
         if pred is not None and not math.isfinite(pred):
             pred = None
         return Built(job.config, cfg.schedule_id, True, None, program.fingerprint(), feats, pred,
-                     len(program.tasks), time.perf_counter() - t0, kernel_id_of(program))
+                     len(program.tasks), time.perf_counter() - t0, kernel_id_of(program),
+                     dict(program.meta.get("derived") or {}))
 
 
 def precompile_one(job: BuildJob, kernel: bool = True) -> str:

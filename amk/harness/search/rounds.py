@@ -152,6 +152,28 @@ class Rounds:
             prepared.waited = True
             prepared.pending.wait_any()
 
+    def _settle_derived_inert(self, cand: Candidate, built: Built) -> tuple[Candidate, Built]:
+        """The candidate with each knob it moves that cannot act where the lowering derived the rest (schedule/
+        inert.py with the program's derived values: attention.combine where kv_partitions is derived to 1) set back
+        to the incumbent's value. The program is the same, so its build stands; a keep then carries no knob that
+        does nothing, and its description claims no such move."""
+        from amk.schedule.config import get_path, to_jsonable, with_value
+        from amk.schedule.inert import inert_knobs
+        from amk.schedule.space import conflicts
+
+        inc = self.inc.config
+        cfg = cand.config
+        for k in inert_knobs(cand.config, self.target, built.derived):
+            was = to_jsonable(get_path(inc, k.path))
+            if to_jsonable(get_path(cfg, k.path)) != was:
+                settled = with_value(cfg, k.path, was)
+                if not conflicts(settled):
+                    cfg = settled
+        if cfg is cand.config:
+            return cand, built
+        return (Candidate(cfg, tuple(diff(inc, cfg)), cand.source),
+                dataclasses.replace(built, config=cfg.to_dict(), schedule_id=cfg.schedule_id))
+
     def _admit(self, prepared: PreparedRound, builds: list[tuple[int, Built]]) -> None:
         """Valid programs not measured, claimed or already waiting join the backlog."""
         if not builds:
@@ -167,7 +189,8 @@ class Rounds:
                 self.duplicates += 1  # another config of a program measured, claimed or already waiting
                 continue
             waiting.add(fp)
-            self.backlog[prepared.candidates[i].config.schedule_id] = (prepared.candidates[i], b)
+            c, b = self._settle_derived_inert(prepared.candidates[i], b)
+            self.backlog[c.config.schedule_id] = (c, b)
         if len(self.backlog) > BACKLOG_MAX:  # the oldest go first: rounds are built around newer incumbents
             for sid in list(self.backlog)[: len(self.backlog) - BACKLOG_MAX]:
                 del self.backlog[sid]
