@@ -67,6 +67,21 @@ def check_corpus(corpus) -> None:
         raise ArgumentError("corpus", f"{str(corpus)!r} is a directory; name a file (default corpus.jsonl)")
 
 
+def append_refusal(path: Path) -> str | None:
+    """Why `path` cannot be opened for appending (the OSError's words), or None; a file the probe made is removed,
+    so that a command refused later leaves nothing behind. For what the access bits do not tell: /proc, a
+    read-only bind mount as root, a symlink loop."""
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        return str(e.strerror or e)
+    if not existed:
+        path.unlink(missing_ok=True)
+    return None
+
+
 def same_file(a, b) -> bool:
     """Whether two paths name one file (after ~ and symlinks; a symlink loop, which names no file, compared as
     written: the command that opens it refuses it by name)."""

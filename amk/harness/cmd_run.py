@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .arguments import loop_file_kind
+from .arguments import append_refusal, loop_file_kind
 from .commands import CommandResult, ExitCode, UsageError, counted, read_config_arg, verdict_exit
 
 log = logging.getLogger("amk.cli")
@@ -30,14 +30,9 @@ def output_file(flag: str, value: str) -> Path:
     held = loop_file_kind(path)
     if held is not None:  # the output is written whole: a loop's record of its trials would be gone
         raise UsageError(f"{flag} {value!r}: holds {held.value}, which this would overwrite; name another file")
-    existed = path.exists()
-    try:  # what the access bits do not tell (/proc, a read-only bind mount as root, a symlink loop)
-        with open(path, "ab"):
-            pass
-    except OSError as e:
-        raise UsageError(f"{flag} {value!r}: cannot be written ({e.strerror or e})") from None
-    if not existed:
-        path.unlink(missing_ok=True)
+    why = append_refusal(path)
+    if why is not None:
+        raise UsageError(f"{flag} {value!r}: cannot be written ({why})")
     return path
 
 

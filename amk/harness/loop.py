@@ -55,7 +55,7 @@ from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError, ArgumentError, EnvironmentProblem
 from amk.schedule.space import search_space
 
-from .arguments import check_loop_arguments, check_seed
+from .arguments import append_refusal, check_loop_arguments, check_seed
 from .commands import counted
 from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import (
@@ -187,15 +187,10 @@ def _check_writable(path: Path, argument: str) -> None:
     except OSError as e:
         raise LoopError(f"{path}: its directory {str(path.parent)!r} cannot be made ({e.strerror or e})",
                         argument=argument) from None
-    existed = path.exists()
-    try:  # a file system the access bits do not describe (/proc, a read-only bind mount as root) refuses only an open
-        with open(path, "ab"):
-            pass
-    except OSError as e:
-        raise LoopError(f"{path}: cannot be opened for appending ({e.strerror or e}): the loop appends a row and a "
-                        "record a trial", argument=argument) from None
-    if not existed:
-        path.unlink(missing_ok=True)  # nothing is left behind by a run refused before its first trial
+    why = append_refusal(path)
+    if why is not None:
+        raise LoopError(f"{path}: cannot be opened for appending ({why}): the loop appends a row and a record a "
+                        "trial", argument=argument)
 
 
 class _Run(Rounds):
@@ -203,6 +198,7 @@ class _Run(Rounds):
                  cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
         from amk.models import Model
         from amk.models.registry import dtype_name
+
         self.t0 = time.monotonic()
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
         self.same_model = same_model(self.name)  # rows of this model under any spelling of its directory
@@ -393,7 +389,6 @@ class _Run(Rounds):
     def _warm_start(self) -> None:
         """On a GPU, a builder compiles the start's kernel while this process loads the model's weights: on a
         fresh machine each takes tens of seconds, and the first trial waited for both in turn."""
-
         if self.dev != Device.CUDA:
             return
         self.builder.precompile(self._job(self.start[0].config), self.start[1].kernel_id)
