@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from amk.harness.arguments import check_flag
+from amk.harness.arguments import check_flag, check_max_seq
 from amk.progress import bar, status
 from amk.schedule.errors import ArgumentError, ContextError, ProgramError
 
@@ -90,8 +90,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ArgumentError("max_new_tokens", f"expected a positive integer, got {max_new_tokens!r}")
-    if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 1):
-        raise ArgumentError("max_seq", f"expected a positive integer or None, got {max_seq!r}")
+    check_max_seq(max_seq)
     check_flag("stop_at_eos", stop_at_eos)
     dev = _device(device)
     model = _checked_model(model)

@@ -53,10 +53,19 @@ def test_propose_offers_the_start_the_loop_takes(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "64", True])
-def test_a_bad_max_seq_is_named(tmp_path, bad):
-    with pytest.raises(ArgumentError) as e:
-        amk.propose("toy", "cpu-sim", corpus=None, max_seq=bad)
-    assert e.value.argument == "max_seq"
+def test_a_bad_max_seq_is_named_alike_by_every_call(tmp_path, bad):
+    calls = {"propose": lambda: amk.propose("toy", "cpu-sim", corpus=None, max_seq=bad),
+             "evaluate": lambda: amk.evaluate("toy", "cpu-sim", {}, max_seq=bad),
+             "loop": lambda: amk.loop("toy", "cpu-sim", budget=1, results=tmp_path / "r.tsv",
+                                      corpus=tmp_path / "c.jsonl", max_seq=bad),
+             "generate": lambda: amk.generate("toy", [1, 2], max_new_tokens=1, max_seq=bad)}
+    said = set()
+    for name, call in calls.items():
+        with pytest.raises(ArgumentError) as e:
+            call()
+        assert e.value.argument == "max_seq", name
+        said.add(str(e.value))
+    assert said == {f"max_seq: expected a positive integer or None, got {bad!r}"}
 
 
 def test_the_cli_takes_max_seq_and_says_the_context(tmp_path, capsys):

@@ -56,6 +56,12 @@ def _whole(name: str, value, least: int, optional: bool) -> None:
         raise ArgumentError(name, f"expected {bound}{' or None' if optional else ''}, got {value!r}")
 
 
+def check_max_seq(max_seq) -> None:
+    """ArgumentError naming max_seq unless it is None (the model's context, at most 2048) or a positive int: one
+    message for every command that takes it."""
+    _whole("max_seq", max_seq, 1, optional=True)
+
+
 def check_corpus(corpus) -> None:
     """`corpus`: None, or a tuning-record file that may not exist yet; ArgumentError when it names a directory or
     is no path at all."""
@@ -138,7 +144,7 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
     Raises ArgumentError naming the first one wrong."""
     _whole("budget", budget, 1, optional=True)
     check_flag("resume", resume)
-    _whole("max_seq", max_seq, 1, optional=True)
+    check_max_seq(max_seq)
     if progress is not None and not callable(progress):
         raise ArgumentError("progress", f"expected a callable taking a dict, or None, got {progress!r}")
     for name, path in (("results", results), ("corpus", corpus)):

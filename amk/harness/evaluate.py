@@ -32,7 +32,7 @@ from amk.schedule.program import (
 )
 from amk.schedule.targets import GpuTarget
 
-from .arguments import check_cases, check_corpus, check_flag, check_seed
+from .arguments import check_cases, check_corpus, check_flag, check_max_seq, check_seed
 from .calibration import calibrate_file
 from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda, scaling_note
 from .environment import Device, environment, get_model, resolve_device, resolve_target
@@ -201,8 +201,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
         cfg = None
     target = resolve_target(gpu)
     dev = resolve_device(device)
-    if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 1):
-        raise ArgumentError("max_seq", f"expected a positive integer, got {max_seq!r}")
+    check_max_seq(max_seq)
     given = model if isinstance(model, Model) else None
     dtype_note = None
     check_model_dtype(model, dtype)

@@ -11,7 +11,7 @@ from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ArgumentError
 from amk.schedule.space import space_dicts
 
-from .arguments import check_corpus
+from .arguments import check_corpus, check_max_seq
 from .environment import Device, get_model, resolve_target
 from .schema import schema_path
 from .verdict import parse_config
@@ -130,8 +130,7 @@ def run_context(model, dtype: str, max_seq: int | None) -> tuple[int, int]:
     from amk.schedule.cost import bench_context
     from amk.schedule.lower import DEFAULT_MAX_SEQ, check_rope_context
 
-    if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 1):
-        raise ArgumentError("max_seq", f"{max_seq!r}: a positive int (KV positions the programs hold) or None")
+    check_max_seq(max_seq)
     shape = model if isinstance(model, Model) else get_model(model_label(model), dtype, Device.CPU, weights=False)
     check_rope_context(shape, max_seq)
     seq = int(max_seq or min(shape.dims.max_positions, DEFAULT_MAX_SEQ))
