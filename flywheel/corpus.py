@@ -43,10 +43,18 @@ def entries_for(entries: list[TuningRecord], model: str, gpu: str) -> list[Tunin
     return [e for e in entries if e.gpu == gpu and match(e.model)]
 
 
+def below_floor(e: TuningRecord) -> bool:
+    """Whether the record's latency is under the spec floor its own verdict names (its weight bytes at the GPU's
+    spec bandwidth): no step runs that fast, so the number is a hand edit or a fault, never a result."""
+    floor = e.verdict.get("spec_floor_us")
+    ok = isinstance(floor, (int, float)) and not isinstance(floor, bool) and floor > 0
+    return ok and e.latency_us is not None and e.latency_us < floor
+
+
 def best_entry(entries: list[TuningRecord]) -> TuningRecord | None:
     """The fastest correct kept record. Measured latencies outrank predicted ones: a prediction never beats
-    a measurement."""
-    timed = [e for e in entries if e.kept and e.latency_us is not None and e.correct]
+    a measurement. A latency under its verdict's spec floor (below_floor) is no contender."""
+    timed = [e for e in entries if e.kept and e.latency_us is not None and e.correct and not below_floor(e)]
     measured = [e for e in timed if e.kind == MEASURED]
     pool = measured or timed
     return min(pool, key=lambda e: e.latency_us) if pool else None

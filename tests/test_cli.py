@@ -300,6 +300,30 @@ def test_report_of_a_15_column_file_takes_the_contexts_of_its_own_rows_programs(
     assert len(got) == 1 and got[0].startswith("latencies are at a KV context of 45 positions"), out["notes"]
 
 
+def test_a_latency_under_the_spec_floor_is_never_a_best(capsys, tmp_path):
+    # a row copied by hand with 0.0001 us ranked first in report, and a record of 1e-9 us was the loop's best
+    from amk.flywheel import ResultRow, Status, append_result
+    from amk.flywheel.corpus import best_entry
+    from amk.flywheel.records import load_records
+
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    for trial, lat in ((1, 40.0), (2, 0.0001)):
+        append_result(res, ResultRow(model="toy", gpu="cpu-sim", schedule_id="0" * 12, status=Status.KEEP,
+                                     correct=True, latency_us=lat, kind="predicted", dtype="fp32", max_seq=512,
+                                     program_fingerprint="fa" * 8, description=f"row {trial}"))
+    base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
+            "time": "t", "latency_kind": "predicted", "config": {}, "program_fingerprint": "fa" * 8}
+    cor.write_text("".join(json.dumps({**base, "latency_us": lat, "schedule_id": sid,
+                                       "verdict": {"correct": True, "latency_us": lat, "spec_floor_us": 8.5}}) + "\n"
+                           for lat, sid in ((40.0, "0" * 12), (1e-9, "1" * 12))))
+    code, out = run(capsys, "report", "--results", str(res), "--corpus", str(cor), "--no-plots")
+    assert code == 0, out
+    (group,) = out["groups"]
+    assert group["best"]["predicted"]["latency_us"] == 40.0 and out["withheld"] == 1
+    assert any("under the spec floor" in n for n in out["notes"])
+    assert best_entry(load_records(cor)).latency_us == 40.0
+
+
 def test_report_names_no_context_for_a_group_without_latencies(capsys, tmp_path):
     from amk.flywheel import ResultRow, Status, append_result
 

@@ -36,17 +36,25 @@ def run_label(dtype: str | None, max_seq: int | None) -> str:
     return f"{dtype or '?'}, max_seq {'?' if max_seq is None else max_seq}"
 
 
-def summarise(df, configs: dict[str, dict] | None = None) -> dict:
+def summarise(df, configs: dict[str, dict] | None = None, floors: dict[str, float] | None = None) -> dict:
     """Counts, the best latency per (model, gpu, dtype, max_seq, kind) with its config when the records hold
     it, and the kept trials, from load_results()'s frame. `configs`: schedule_id -> config (from the tuning
-    records)."""
+    records); `floors`: program_fingerprint -> the spec floor (us) its records name: a row under it (no step runs
+    that fast: a hand edit) is never a best, and `withheld` counts such rows."""
     configs = configs or {}
+    if floors:
+        floor = df["program_fingerprint"].map(floors).astype(float)
+        impossible = df["latency_us"] < floor  # NaN on either side compares False
+        df = df.assign(impossible=impossible)
+    else:
+        df = df.assign(impossible=False)
     trials = df[df["status"] != "remeasure"]
     out: dict = {"trials": int(len(trials)), "statuses": {k: int(n) for k, n in df["status"].value_counts().items()}}
     groups = []
     # dropna=False: rows of an older file (no dtype or max_seq) are a group of their own, not dropped
     for (model, gpu, dtype, max_seq), g in df.groupby(RUN_KEYS, sort=True, dropna=False):
-        timed = g[g["latency_us"].notna() & (g["correct"] == True) & (g["status"] != "remeasure")]  # noqa: E712
+        timed = g[g["latency_us"].notna() & (g["correct"] == True) & (g["status"] != "remeasure")  # noqa: E712
+                  & ~g["impossible"]]
         entry = {"model": model, "gpu": gpu, **run_fields(dtype, max_seq),
                  "trials": int((g["status"] != "remeasure").sum()),
                  "kept": int((g["status"] == "keep").sum()), "best": {}}
@@ -66,6 +74,7 @@ def summarise(df, configs: dict[str, dict] | None = None) -> dict:
                                 for r in g[g["status"] == "keep"].itertuples()]
         groups.append(entry)
     out["groups"] = groups
+    out["withheld"] = int(df["impossible"].sum())
     return out
 
 
@@ -84,6 +93,10 @@ def corpus_summary(entries: list) -> dict:
     prior = Prior.from_corpus(entries)
     return {"entries": len(entries), "kept": sum(1 for e in entries if e.kept), "gpus": gpus, "cost_model": cost,
             "prior_top": [{"move": k, "mean_improvement": s, "count": n} for k, s, n in prior.top(10)]}
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
 
 
 def _readable(config: dict) -> bool:
@@ -253,13 +266,18 @@ def report(args) -> CommandResult:
         raise UsageError(f"--corpus {str(corpus)!r}: is a directory; name the corpus file of `amk loop`")
     records = load_records(corpus) if corpus.is_file() else []
     configs = {r.schedule_id: r.config for r in records if r.schedule_id and _readable(r.config)}
-    out = summarise(df, configs)
+    floors = {r.program_fingerprint: float(r.verdict["spec_floor_us"]) for r in records
+              if r.program_fingerprint and _num(r.verdict.get("spec_floor_us"))}
+    out = summarise(df, configs, floors)
     out["results"] = str(results)
     out["corpus"] = corpus_summary(records) if corpus.is_file() else None
     out["plots"], out["notes"] = [], []
     if not configs and len(df):
         out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown (pass --corpus)")
     out["notes"] += short_context_notes(out["groups"], records, df)
+    if out["withheld"]:
+        out["notes"].append(f"{counted(out['withheld'], 'row')} of {results} under the spec floor its program's "
+                            "tuning records name (no step runs that fast: a hand edit?) ranked as no best")
     if not args.no_plots:
         out_dir = _out_dir(args.out_dir)
         try:
