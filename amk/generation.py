@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from amk.harness.arguments import check_flag, check_max_seq
+from amk.harness.arguments import check_flag, check_max_seq, check_model_weights
 from amk.progress import bar, status
 from amk.schedule.errors import ArgumentError, ContextError, ProgramError
 
@@ -61,8 +61,7 @@ def _checked_model(model):
     if not isinstance(model, Model):
         raise ArgumentError("model", f"expected a model name, a checkpoint directory or an amk Model, got "
                                      f"{type(model).__name__} ({model!r:.60})")
-    if model.eager is None:
-        raise ArgumentError("model", f"{model.name!r} was loaded with weights=False: generating needs its weights")
+    check_model_weights(model, "generating")
     return model
 
 

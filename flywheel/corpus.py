@@ -43,12 +43,19 @@ def entries_for(entries: list[TuningRecord], model: str, gpu: str) -> list[Tunin
     return [e for e in entries if e.gpu == gpu and match(e.model)]
 
 
-def below_floor(e: TuningRecord) -> bool:
-    """Whether the record's latency is under the spec floor its own verdict names (its weight bytes at the GPU's
-    spec bandwidth): no step runs that fast, so the number is a hand edit or a fault, never a result."""
+def spec_floor(e: TuningRecord) -> float | None:
+    """The spec floor (us) the record's verdict names: its weight bytes at the GPU's spec bandwidth; None when it
+    names none (or no positive number)."""
     floor = e.verdict.get("spec_floor_us")
     ok = isinstance(floor, (int, float)) and not isinstance(floor, bool) and floor > 0
-    return ok and e.latency_us is not None and e.latency_us < floor
+    return float(floor) if ok else None
+
+
+def below_floor(e: TuningRecord) -> bool:
+    """Whether the record's latency is under the spec floor its own verdict names: no step runs that fast, so the
+    number is a hand edit or a fault, never a result."""
+    floor = spec_floor(e)
+    return floor is not None and e.latency_us is not None and e.latency_us < floor
 
 
 def best_entry(entries: list[TuningRecord]) -> TuningRecord | None:

@@ -119,15 +119,21 @@ def unsearched_reason(path: str, target: GpuTarget | None) -> str | None:
     return None
 
 
+def with_derived(config: ScheduleConfig, derived: dict | None) -> ScheduleConfig:
+    """`config` with each knob it leaves null (derived) set to the lowering's value in `derived` (dotted path ->
+    value, a program's meta["derived"]): what the inert rules read."""
+    for p, v in (derived or {}).items():
+        if get_path(config, p) is None:
+            config = with_value(config, p, v)
+    return config
+
+
 def inert_knobs(config: ScheduleConfig, target: GpuTarget | None = None, derived: dict | None = None) -> list[InertKnob]:
     """Every knob of `config` set off its default that cannot act, in declaration order. `derived` (dotted path ->
     value, a program's meta["derived"]) fills the knobs left null with what the lowering derived for them, so that a
     knob made inert by a derived value (`attention.combine` where kv_partitions is derived to 1) is named too."""
     default = ScheduleConfig()
-    resolved = config
-    for p, v in (derived or {}).items():
-        if get_path(config, p) is None:
-            resolved = with_value(resolved, p, v)
+    resolved = with_derived(config, derived)
     out = []
     for path, _, _ in iter_knobs():
         value = to_jsonable(get_path(config, path))

@@ -25,7 +25,7 @@ from .config import (
     with_value,
 )
 from .errors import ConfigError
-from .inert import dtype_inert_reason, inert_reason, target_inert_reason, unsearched_reason
+from .inert import dtype_inert_reason, inert_reason, target_inert_reason, unsearched_reason, with_derived
 from .smem import max_dynamic_smem
 from .targets import GpuTarget, get_target
 
@@ -203,15 +203,17 @@ def inert(config: ScheduleConfig, path: str, target: GpuTarget | None = None) ->
 
 
 def settle_inert(config: ScheduleConfig, base: ScheduleConfig, space: list[Knob],
-                 target: GpuTarget | None = None) -> ScheduleConfig:
+                 target: GpuTarget | None = None, derived: dict | None = None) -> ScheduleConfig:
     """`config` with every searched knob that cannot act in it set back to `base`'s value: a drawn value of such
     a knob (l2_prefetch_kb with pipelining_depth 0) is no change, and would only rename the config and claim a
-    move in its description. Values that would make a conflict are left as drawn."""
+    move in its description. `derived` (its program's meta["derived"], once lowered): the values the lowering gave
+    the knobs `config` leaves null, which can make a knob inert too (attention.combine where kv_partitions is
+    derived to 1). Values that would make a conflict are left as drawn."""
     for _ in range(len(space)):  # settling one knob can make another inert; a handful of passes at most
         moved = False
         for k in space:
             was = _json(get_path(base, k.path))
-            if _json(get_path(config, k.path)) != was and inert(config, k.path, target):
+            if _json(get_path(config, k.path)) != was and inert(with_derived(config, derived), k.path, target):
                 settled = with_value(config, k.path, was)
                 if not conflicts(settled):
                     config, moved = settled, True

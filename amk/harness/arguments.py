@@ -56,6 +56,17 @@ def _whole(name: str, value, least: int, optional: bool) -> None:
         raise ArgumentError(name, f"expected {bound}{' or None' if optional else ''}, got {value!r}")
 
 
+def check_model_weights(model, needs: str = "verifying a config") -> None:
+    """ArgumentError naming `model` when it is an amk Model loaded with weights=False: correctness compares the
+    program's logits with eager transformers on the model's weights, which such a model does not hold, and a
+    trial of it would read as an incorrect config. `needs`: what the caller does with them, for the message."""
+    from amk.models import Model
+
+    if isinstance(model, Model) and model.eager is None:
+        raise ArgumentError("model", f"{model.name!r} was loaded with weights=False: {needs} needs its weights; "
+                                     "load it with amk.load_model(name_or_path), or pass the name or path")
+
+
 def check_max_seq(max_seq) -> None:
     """ArgumentError naming max_seq unless it is None (the model's context, at most 2048) or a positive int: one
     message for every command that takes it."""

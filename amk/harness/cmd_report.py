@@ -95,10 +95,6 @@ def corpus_summary(entries: list) -> dict:
             "prior_top": [{"move": k, "mean_improvement": s, "count": n} for k, s, n in prior.top(10)]}
 
 
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-
-
 def _readable(config: dict) -> bool:
     """Whether this version parses a record's config: one it cannot (a hand edit, a knob since removed) is never
     shown as a group's best config, as propose never starts from it."""
@@ -249,6 +245,7 @@ def _save(fig, path: Path, plt) -> str:
 
 
 def report(args) -> CommandResult:
+    from amk.flywheel.corpus import spec_floor
     from amk.flywheel.records import load_records
     from amk.flywheel.results import ResultsFormatError, load_results
 
@@ -266,8 +263,7 @@ def report(args) -> CommandResult:
         raise UsageError(f"--corpus {str(corpus)!r}: is a directory; name the corpus file of `amk loop`")
     records = load_records(corpus) if corpus.is_file() else []
     configs = {r.schedule_id: r.config for r in records if r.schedule_id and _readable(r.config)}
-    floors = {r.program_fingerprint: float(r.verdict["spec_floor_us"]) for r in records
-              if r.program_fingerprint and _num(r.verdict.get("spec_floor_us"))}
+    floors = {r.program_fingerprint: f for r in records if r.program_fingerprint and (f := spec_floor(r))}
     out = summarise(df, configs, floors)
     out["results"] = str(results)
     out["corpus"] = corpus_summary(records) if corpus.is_file() else None

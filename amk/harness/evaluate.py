@@ -32,7 +32,7 @@ from amk.schedule.program import (
 )
 from amk.schedule.targets import GpuTarget
 
-from .arguments import check_cases, check_corpus, check_flag, check_max_seq, check_seed
+from .arguments import check_cases, check_corpus, check_flag, check_max_seq, check_model_weights, check_seed
 from .calibration import calibrate_file
 from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda, scaling_note
 from .environment import Device, environment, get_model, resolve_device, resolve_target
@@ -85,17 +85,6 @@ def check_model_dtype(model, dtype) -> None:
     asked = resolve_dtype_name(dtype, Device.CPU, None)[0]
     if asked != dtype_name(model.dtype):
         raise ArgumentError("dtype", f"{dtype!r}, but the model was loaded as {dtype_name(model.dtype)}")
-
-
-def check_model_weights(model) -> None:
-    """ArgumentError naming `model` when it is an amk Model loaded with weights=False: correctness compares the
-    program's logits with eager transformers on the model's weights, which such a model does not hold, and a
-    trial of it would read as an incorrect config."""
-    from amk.models import Model
-
-    if isinstance(model, Model) and model.eager is None:
-        raise ArgumentError("model", f"{model.name!r} was loaded with weights=False: verifying a config needs its "
-                                     "weights; load it with amk.load_model(name_or_path), or pass the name or path")
 
 
 def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0, dtype: str | None = None,

@@ -55,17 +55,10 @@ from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError, ArgumentError, EnvironmentProblem
 from amk.schedule.space import search_space
 
-from .arguments import append_refusal, check_loop_arguments, check_seed
+from .arguments import append_refusal, check_loop_arguments, check_model_weights, check_seed
 from .commands import counted
 from .environment import Device, get_model, resolve_device, resolve_target
-from .evaluate import (
-    check_kv_memory,
-    check_model_dtype,
-    check_model_weights,
-    default_dtype,
-    evaluate,
-    resolve_dtype_name,
-)
+from .evaluate import check_kv_memory, check_model_dtype, default_dtype, evaluate, resolve_dtype_name
 from .propose import best_readable, incumbent_config, model_name, run_context
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us

@@ -16,7 +16,7 @@ from amk.flywheel.prior import Prior
 from amk.flywheel.records import for_run, load_records
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ConfigError
-from amk.schedule.space import diff
+from amk.schedule.space import diff, settle_inert
 
 from ..environment import Device
 from .builder import Built, Pending
@@ -153,23 +153,12 @@ class Rounds:
             prepared.pending.wait_any()
 
     def _settle_derived_inert(self, cand: Candidate, built: Built) -> tuple[Candidate, Built]:
-        """The candidate with each knob it moves that cannot act where the lowering derived the rest (schedule/
-        inert.py with the program's derived values: attention.combine where kv_partitions is derived to 1) set back
-        to the incumbent's value. The program is the same, so its build stands; a keep then carries no knob that
-        does nothing, and its description claims no such move."""
-        from amk.schedule.config import get_path, to_jsonable, with_value
-        from amk.schedule.inert import inert_knobs
-        from amk.schedule.space import conflicts
-
+        """The candidate with each move of a knob that the lowering's derived values make inert set back to the
+        incumbent's value (space.settle_inert). The program is the same, so its build stands; a keep then carries
+        no knob that does nothing, and its description claims no such move."""
         inc = self.inc.config
-        cfg = cand.config
-        for k in inert_knobs(cand.config, self.target, built.derived):
-            was = to_jsonable(get_path(inc, k.path))
-            if to_jsonable(get_path(cfg, k.path)) != was:
-                settled = with_value(cfg, k.path, was)
-                if not conflicts(settled):
-                    cfg = settled
-        if cfg is cand.config:
+        cfg = settle_inert(cand.config, inc, self.space, self.target, derived=built.derived)
+        if cfg.schedule_id == cand.config.schedule_id:
             return cand, built
         return (Candidate(cfg, tuple(diff(inc, cfg)), cand.source),
                 dataclasses.replace(built, config=cfg.to_dict(), schedule_id=cfg.schedule_id))
