@@ -189,14 +189,14 @@ def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int, fits_whole: 
     return p
 
 
-def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int) -> Callable[[int], bool] | None:
-    """Whether a partition of n positions fits an ATTN_PARTIAL task's shared memory whole under `config`; None
-    where O does not combine the partitions itself (a global softmax, or a combine elsewhere)."""
+def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int, build: dict,
+                    work: int) -> Callable[[int], bool] | None:
+    """Whether a partition of n positions fits an ATTN_PARTIAL task's shared memory whole under `config` (`build`
+    its build defines, `work` the working shared memory they leave); None where O does not combine the partitions
+    itself (a global softmax, or a combine elsewhere)."""
     a = config.attention
     if a.softmax != AttentionSoftmax.PARTITION or a.combine != AttentionCombine.O_INPUT:
         return None
-    build = build_defines(config)
-    work = program_work_smem_bytes(config.smem_per_block, build)
     threads = consumer_threads(config.threads_per_block, build)
     return lambda n: partial_positions(work, n, dims, threads, nbytes) >= n
 
@@ -248,7 +248,9 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     split = None if config.pipeline.pages > 0 else WarpSplit(config.threads_per_block // 32, b.rows_in_flight,
                                                                  b.loads_in_flight)
     shape_ok = q.heads_per_task == 1 and q.k_splits == 1
-    fits = _partition_fits(config, dims, nbytes)
+    build = build_defines(config)
+    work = program_work_smem_bytes(config.smem_per_block, build)
+    fits = _partition_fits(config, dims, nbytes, build, work)
     rope_fused = config.fusion.rope_kv_into_qkv
     in_epilogue = rope_fused if rope_fused is not None else fuse_rope(dims, nbytes, target, split, q.head_splits,
                                                                       shape_ok)
@@ -260,8 +262,6 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     if rope_fused is None:
         rope_fused = in_epilogue and not folded
     split_ok = shape_ok and not (dims.qk_norm and rope_fused)
-    build = build_defines(config)
-    work = program_work_smem_bytes(config.smem_per_block, build)
 
     def lm_rows_fit(rows: int) -> bool:  # the staged (normed) input row and the rows' sums, as tile.py counts them
         return matvec_smem_bytes(dims.hidden, rows, page_partials(dims.hidden, rows, build, nbytes)) <= work
