@@ -164,16 +164,18 @@ def append_result(path: str | Path, row: ResultRow) -> ResultRow:
     Returns the row with trial and time set."""
     def make(current: bytes) -> bytes:
         lines = complete_lines(current)
-        if not lines:
+        bare = bare_header(current) if not lines else None
+        if not lines and bare is None:
             refuse_fragment(path, current)  # another tool's one-line file: never written into
-        columns = columns_of(path, lines[0]) if lines else COLUMNS
+        columns = columns_of(path, lines[0]) if lines else bare or COLUMNS
         if not row.trial:
             from .claims import claimed_floor  # claims.py builds on this module
 
             row.trial = next_trial(current, floor=claimed_floor(path))
         row.time = row.time or _utc_now()
         body = "\t".join(row.cells(columns)) + "\n"
-        return body.encode() if lines else (HEADER + body).encode()
+        # a header an editor saved without its newline is a file of no rows: append_lines ends its line
+        return body.encode() if lines or bare is not None else (HEADER + body).encode()
 
     append_lines(path, make)
     return row
@@ -282,6 +284,8 @@ def read_rows(path: str | Path) -> list[dict]:
     whose first line is not a results header, or that holds text without a whole line."""
     data = read_locked(path)
     lines = numbered_lines(data)
+    if not lines and bare_header(data) is not None:
+        return []
     if not lines:
         refuse_fragment(path, data)
     tail = torn_tail(data)
@@ -295,6 +299,13 @@ def starts_as_header(text: str) -> bool:
     """Whether `text` (a file's first line, or its start) begins as a results.tsv header does, its first two
     column names: how a results file is told from another file whatever its columns' version."""
     return text.removeprefix("\ufeff").startswith("\t".join(HEADER.split("\t", 2)[:2]) + "\t")
+
+
+def bare_header(data: bytes) -> tuple[str, ...] | None:
+    """The columns of a file that holds exactly a results header and no newline (as some editors save a file
+    they were asked to empty of rows), else None: such a file is a results file with no rows, not a fragment."""
+    text = data.decode("utf-8", errors="replace").removeprefix("\ufeff").removesuffix("\r")
+    return next((cols for cols in ACCEPTED_COLUMNS if text == "\t".join(cols)), None)
 
 
 def refuse_fragment(path, data: bytes) -> None:

@@ -178,6 +178,22 @@ def test_results_refuses_a_foreign_header(tmp_path):
         read_rows(path)
 
 
+def test_a_header_saved_without_its_newline_is_a_file_of_no_rows(tmp_path):
+    # an editor that emptied the file of rows kept its header and dropped the newline: the file reads as no
+    # rows, and the next row starts a line of its own, in that header's columns (an older one here)
+    path = tmp_path / "results.tsv"
+    path.write_text("\t".join(PRE_CONTEXT_COLUMNS))
+    assert read_rows(path) == []
+    append_result(path, _row(1))
+    lines = path.read_text().split("\n")
+    assert lines[0] == "\t".join(PRE_CONTEXT_COLUMNS) and len(lines[1].split("\t")) == len(PRE_CONTEXT_COLUMNS)
+    assert [r["trial"] for r in read_rows(path)] == ["1"]
+    path.write_text(HEADER.strip() + "x")  # not a header: still refused, and left as it was
+    with pytest.raises(ResultsFormatError):
+        append_result(path, _row(2))
+    assert path.read_text() == HEADER.strip() + "x"
+
+
 def test_torn_lines_are_skipped_and_ended(tmp_path):
     res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
     append_result(res, _row(1))
