@@ -15,6 +15,7 @@ counted that way.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,7 +199,9 @@ def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int, build:
     if a.softmax != AttentionSoftmax.PARTITION or a.combine != AttentionCombine.O_INPUT:
         return None
     threads = consumer_threads(config.threads_per_block, build)
-    return lambda n: partial_positions(work, n, dims, threads, nbytes) >= n
+    # a task holds one task group's q heads: a KV head's, or a q split's share of them (attention.q_splits)
+    task_dims = dataclasses.replace(dims, n_kv_heads=dims.n_kv_heads * a.q_splits)
+    return lambda n: partial_positions(work, n, task_dims, threads, nbytes) >= n
 
 
 def lm_head_rows(dims: ModelDims, target: GpuTarget, nbytes: int, split: WarpSplit | None,

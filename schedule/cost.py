@@ -129,7 +129,7 @@ def combine_bytes(task: Task, program: MegakernelProgram) -> int:
     priced the combine of its head, as the last of them to arrive does it and which that is depends on the run
     (the O stage waits for it); 0 otherwise."""
     c, p = program.constants, task.params
-    group = c.n_heads // c.n_kv_heads
+    group = c.n_heads // c.n_kv_heads // getattr(p, "q_splits", 1)  # the q heads of a task group
     e = partial_bytes(program.build, c.dtype.nbytes)
     if task.opcode == Opcode.MATVEC and p.inp_parts > 0:
         heads = combine_heads(p.k0, p.klen, c.head_dim)

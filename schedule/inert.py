@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .assign import assign_sms
 from .config import (
+    AttentionSoftmax,
     PartialsDtype,
     ScheduleConfig,
     SmAssignment,
@@ -69,6 +70,12 @@ def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = N
     if path in ("attention.softmax", "attention.combine", "attention.partials_dtype") and att.kv_partitions == 1:
         return ("with attention.kv_partitions=1 each KV head is one attention task: no partitions to normalise "
                 "or combine")
+    if path == "attention.q_splits":
+        if att.kv_partitions == 1:
+            return "with attention.kv_partitions=1 each KV head is one ATTN_DECODE task, whose q heads do not split"
+        if att.softmax != AttentionSoftmax.PARTITION:
+            return (f"with attention.softmax={att.softmax.value} the scores and values tasks take whole KV heads; "
+                    "only the partition softmax splits a KV head's q heads")
     if path == "build.l2_prefetch_kb":
         if config.pipelining_depth == 0:
             return "it caps the L2 prefetch, which only pipelining_depth > 0 issues (pipelining_depth=0)"

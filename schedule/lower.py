@@ -70,6 +70,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     if max_seq < 1:
         raise LoweringError("max_seq", f"must be >= 1, got {max_seq}")
     schedule_id = config.schedule_id
+    _check_q_splits(config, dims)
     config, derived = resolve_tiling(config, dims, dtype.nbytes, target, max_seq)
     _check_folded_rope(config)
     graph: Graph = build_graph(dims)
@@ -92,6 +93,18 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
               "dtype": dtype.name, "stages": len(stages), "derived": derived},
         joins=joins,
     )
+
+
+def _check_q_splits(config: ScheduleConfig, dims: ModelDims) -> None:
+    """LoweringError naming attention.q_splits where it splits the partition attention's tasks (softmax partition,
+    kv_partitions other than 1) into shares of a GQA group that it does not divide."""
+    a = config.attention
+    if a.q_splits == 1 or a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions == 1:
+        return
+    if dims.group % a.q_splits:
+        fits = [s for s in range(1, dims.group + 1) if dims.group % s == 0]
+        raise LoweringError("attention.q_splits", f"{a.q_splits} does not divide this model's GQA group of "
+                                                  f"{dims.group} q heads a KV head; one of {fits}")
 
 
 def _check_folded_rope(config: ScheduleConfig) -> None:

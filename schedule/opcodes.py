@@ -216,6 +216,11 @@ class AttnPartialParams:
     rope: int = 0
     qnorm: int = NO_BUFFER
     knorm: int = NO_BUFFER
+    # attention.q_splits: KV head `kv_head` is a task group of G / q_splits q heads (G the model's GQA group), the
+    # (kv_head % q_splits)-th share of physical KV head kv_head // q_splits, whose K and V rows it reads; its q
+    # heads, scores, (max, sum) and outputs are those of q heads kv_head * G / q_splits on. The kernel reads the
+    # split from AMK_Q_SPLITS (its AMK_GROUP is the task group)
+    q_splits: int = 1
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,7 @@ class AttnCombineParams:
     out_off: int
     part_stats: int  # NO_BUFFER: partitions share one softmax and are summed; else weighted by their (max, sum)
     part_stats_off: int
+    q_splits: int = 1  # kv_head counts task groups of G / q_splits q heads (AttnPartialParams.q_splits)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ task of consecutive heads touches few groups and attention can start per group.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from . import opcodes as oc
@@ -55,7 +56,18 @@ def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
             "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,
             "PAGE_BYTES": config.pipeline.page_kb * 1024,
-            "PARTIALS_MODEL_DTYPE": int(partials)}
+            "PARTIALS_MODEL_DTYPE": int(partials), "Q_SPLITS": q_splits(config)}
+
+
+def q_splits(config: ScheduleConfig) -> int:
+    """Tasks a KV head's GQA group of q heads is split over in each partition (attention.q_splits): 1 wherever the
+    attention is not the partition softmax over more than one partition (or the partitions are not yet derived),
+    for only ATTN_PARTIAL splits its heads. The kernel's task group (AMK_GROUP, vm/abi.py) is the model's group
+    over it."""
+    a = config.attention
+    if a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions is None or a.kv_partitions < 2:
+        return 1
+    return a.q_splits
 
 
 _BUILD_KNOBS_THAT_MAY_BE_INERT = ("build.l2_prefetch_kb", "build.loads_in_flight", "build.rows_in_flight",
@@ -467,8 +479,15 @@ class Tiler:
                 out.append(TaskDraft(Opcode.ATTN_SCORES, p, q_reg, w, [], 0, (g,)))
         return out
 
+    def _task_dims(self) -> ModelDims:
+        """The model's dims as an ATTN_PARTIAL task sees them: under attention.q_splits each of its task groups
+        of G / q_splits q heads counts as a KV head (the shared-memory formulas read dims.group)."""
+        return dataclasses.replace(self.d, n_kv_heads=self.d.n_kv_heads * self.build["Q_SPLITS"])
+
     def _partials(self, layer: int, g: int, q_reg: list[Region], window: int) -> list[TaskDraft]:
-        d, parts = self.d, self.cfg.attention.kv_partitions
+        """The partition tasks of KV head g: one a (q split, partition), q split s of g being task group
+        g * q_splits + s of G / q_splits q heads (the params' kv_head), which reads g's K and V rows."""
+        d, parts, splits = self.d, self.cfg.attention.kv_partitions, self.build["Q_SPLITS"]
         sc, rope = self.val("scores", layer), {}
         if self.cfg.fusion.rope_kv_into_attention:
             q, q_reg = self.val("qkv_raw", layer), self._folded_rope_reads(layer, g)
@@ -477,25 +496,26 @@ class Tiler:
         else:
             q = self.val("q", layer)
         stats, o = self.val("attn_stats", layer), self.val("attn_part", layer)
-        G, hd = d.group, d.head_dim
+        G, hd, td = d.group // splits, d.head_dim, self._task_dims()
         cap = score_capacity(self.max_seq, parts)
         work = self._work_smem()
-        chunk = partial_positions(work, cap, d, self._consumers(), self.dtype.nbytes)
+        chunk = partial_positions(work, cap, td, self._consumers(), self.dtype.nbytes)
         if chunk < 1:
-            need = attention_partial_smem_bytes(1, 1, d, self._consumers(), self.dtype.nbytes)
+            need = attention_partial_smem_bytes(1, 1, td, self._consumers(), self.dtype.nbytes)
             raise LoweringError("smem_per_block", f"leaves {work} bytes of working shared memory; attention.softmax="
                                 f"partition needs at least {need}")
-        join, jp = self._join(layer, g)
         out = []
-        for part in range(parts):
-            p = oc.AttnPartialParams(layer, g, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], part, parts,
-                                     sc.buffer, sc.offset, stats.buffer, stats.offset, o.buffer, o.offset, chunk,
-                                     chunk, window, jp, **rope)
-            s_reg = self.region(sc, (part * d.n_heads + g * G) * cap, G * cap)
-            w = [s_reg, self.region(stats, (part * d.n_heads + g * G) * 2, G * 2),
-                 self.region(o, (part * d.n_heads + g * G) * hd, G * hd)]
-            out.append(TaskDraft(Opcode.ATTN_PARTIAL, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg], w, [], 0,
-                                 (g,), join))
+        for t in range(g * splits, (g + 1) * splits):  # the task groups of KV head g
+            join, jp = self._join(layer, t)
+            for part in range(parts):
+                p = oc.AttnPartialParams(layer, t, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], part, parts,
+                                         sc.buffer, sc.offset, stats.buffer, stats.offset, o.buffer, o.offset, chunk,
+                                         chunk, window, jp, **rope, q_splits=splits)
+                s_reg = self.region(sc, (part * d.n_heads + t * G) * cap, G * cap)
+                w = [s_reg, self.region(stats, (part * d.n_heads + t * G) * 2, G * 2),
+                     self.region(o, (part * d.n_heads + t * G) * hd, G * hd)]
+                out.append(TaskDraft(Opcode.ATTN_PARTIAL, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg], w, [],
+                                     0, (g,), join))
         return out
 
     def _folded_rope_reads(self, layer: int, g: int) -> list[Region]:
@@ -516,19 +536,19 @@ class Tiler:
         return reads
 
     def _combined(self, layer: int, g: int) -> tuple[oc.AttnCombineParams, list[Region], list[Region]]:
-        """Combining KV head g's partitions: the params, the regions read (every partition's values of the head
-        and, under the partition softmax, their (max, sum)) and the region written (the head's attention output).
-        """
-        d, parts = self.d, self.cfg.attention.kv_partitions
+        """Combining task group g's partitions (a KV head's q heads, or under attention.q_splits a share of them):
+        the params, the regions read (every partition's values of the group and, under the partition softmax,
+        their (max, sum)) and the region written (the group's attention output)."""
+        d, parts, splits = self.d, self.cfg.attention.kv_partitions, self.build["Q_SPLITS"]
         part_v, o = self.val("attn_part", layer), self.val("attn", layer)
-        G, hd = d.group, d.head_dim
+        G, hd = d.group // splits, d.head_dim
         reads = [self.region(part_v, (p * d.n_heads + g * G) * hd, G * hd) for p in range(parts)]
         stats = (NO_BUFFER, 0)
         if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
             st_v = self.val("attn_stats", layer)
             stats = (st_v.buffer, st_v.offset)
             reads += [self.region(st_v, (p * d.n_heads + g * G) * 2, G * 2) for p in range(parts)]
-        p = oc.AttnCombineParams(g, part_v.buffer, part_v.offset, parts, o.buffer, o.offset, *stats)
+        p = oc.AttnCombineParams(g, part_v.buffer, part_v.offset, parts, o.buffer, o.offset, *stats, splits)
         return p, reads, [self.region(o, g * G * hd, G * hd)]
 
     def _join(self, layer: int, g: int) -> tuple[JoinDraft | None, oc.JoinCombine]:
@@ -560,10 +580,12 @@ class Tiler:
         return out
 
     def _combine(self, st: Stage) -> list[TaskDraft]:
-        out = []
-        for g in range(self.d.n_kv_heads):
-            p, reads, writes = self._combined(st.layer, g)
-            out.append(TaskDraft(Opcode.ATTN_COMBINE, p, reads, writes, [], 0, (g,)))
+        """One ATTN_COMBINE task a task group (a KV head, or a q split of one: attention.q_splits), in its KV
+        head's group for the head-aligned waits."""
+        out, splits = [], self.build["Q_SPLITS"]
+        for t in range(self.d.n_kv_heads * splits):
+            p, reads, writes = self._combined(st.layer, t)
+            out.append(TaskDraft(Opcode.ATTN_COMBINE, p, reads, writes, [], 0, (t // splits,)))
         return out
 
     def _argmax(self) -> TaskDraft:

@@ -363,7 +363,7 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
             what = "an input of {} elements and {} rows"
             detail = (width, nrows)
         elif "chunk" in ix:  # attention: q of the group plus a chunk of scores
-            group = c.n_heads // c.n_kv_heads
+            group = c.n_heads // c.n_kv_heads // int(program.build.get("Q_SPLITS", 1))  # a task's q heads
             if "stage" in ix:  # ATTN_PARTIAL: statistics scratch and staged K/V rows behind its chunk
                 dims = SimpleNamespace(group=group, head_dim=hd)
                 tpb, nbytes = consumers, c.dtype.nbytes

@@ -3,6 +3,7 @@ layout, with nothing on the stack (skipped where nvcc is absent, as on CI)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -126,3 +127,23 @@ def test_partials_in_the_model_dtype_compile_with_nothing_on_the_stack(tmp_path,
         out = _ptxas_report(prog, tmp_path)
         assert out.returncode == 0, (cfg, out.stderr[-3000:])
         assert "0 bytes stack frame" in out.stderr, (cfg, out.stderr[-2000:])
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+@pytest.mark.parametrize("splits", [2, 4])
+def test_q_splits_compile_with_nothing_on_the_stack(tmp_path, splits):
+    # a task group of 8 / splits q heads, the plain and the folded-RoPE partition attention
+    from _checkpoints import llama
+
+    model = amk.load_model(llama(tmp_path / "m", hidden_size=16 * 64, num_attention_heads=16, num_key_value_heads=2,
+                                 head_dim=64), dtype="bf16", weights=False)
+    for cfg in [{"attention": {"q_splits": splits}},
+                {"attention": {"q_splits": splits, "kv_partitions": 8},
+                 "fusion": {"rope_kv_into_attention": True, "rope_kv_into_qkv": False}}]:
+        prog = lower(model, get_target("h200"), cfg, max_seq=128)
+        assert prog.build["Q_SPLITS"] == splits
+        out = _ptxas_report(prog, tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        # a task group of 4 keeps the 8 bytes of llama-3.2-1b's own group of 4 (tests/gpu/test_megakernel.py)
+        stack = re.search(r"(\d+) bytes cumulative stack size", out.stderr)
+        assert "0 bytes stack frame" in out.stderr or (stack and int(stack.group(1)) <= 16), (cfg, out.stderr[-2000:])

@@ -83,7 +83,7 @@ __device__ void join_combine(const Ctx& c, const JoinCombine& j, int kv_head, in
   }
   block_sync();
   if (!s_last) return;
-  const AttnCombineParams cp{kv_head, part, part_off, parts, j.out, j.out_off, stats, stats_off};
+  const AttnCombineParams cp{kv_head, part, part_off, parts, j.out, j.out_off, stats, stats_off, AMK_Q_SPLITS};
   op_attn_combine(c, cp);
 }
 
@@ -257,8 +257,10 @@ __device__ void fold_rope(const Ctx& c, const AttnPartialParams& p, float* qs, f
       x[i + HALF_HD] = rnd(rnd(b * to_f(cs[i + HALF_HD])) + rnd(a * to_f(sn[i + HALF_HD])));
     }
     if (h == AMK_GROUP) {  // k, rotated by this warp alone: append it and v
+      // under attention.q_splits every share of the KV head appends the same bytes: a share whose partition is
+      // longer than its staged rows reads the row back from the cache, which must then hold it already
       __syncwarp();
-      const long long row = ((long long)p.layer * AMK_KV_HEADS + p.kv_head) * AMK_MAX_SEQ + c.pos;
+      const long long row = ((long long)p.layer * AMK_KV_HEADS + p.kv_head / AMK_Q_SPLITS) * AMK_MAX_SEQ + c.pos;
       wtype* kd = buf<wtype>(c, p.kcache) + row * hd;
       wtype* vd = buf<wtype>(c, p.vcache) + row * hd;
       for (int i = lane; i < hd; i += 32) { kd[i] = from_f(x[i]); vd[i] = from_f(kv[hd + i]); }
@@ -276,8 +278,10 @@ template <class WaitDeps>
 __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDeps&& wait_deps) {
   int s0, s1;
   span(c.pos, p.part, p.parts, p.window, s0, s1);
-  const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head);
-  const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head);
+  // kv_head is a task group: a KV head, or under attention.q_splits the (kv_head % AMK_Q_SPLITS)-th share of KV
+  // head kv_head / AMK_Q_SPLITS's q heads (AMK_GROUP of them), whose K and V rows it reads
+  const wtype* kc = buf<wtype>(c, p.kcache) + kv_row0(p.layer, p.kv_head / AMK_Q_SPLITS);
+  const wtype* vc = buf<wtype>(c, p.vcache) + kv_row0(p.layer, p.kv_head / AMK_Q_SPLITS);
   float* qs = c.smem;
   float* M = qs + AMK_GROUP * AMK_HEAD_DIM;
   float* Ls = M + AMK_GROUP;
@@ -301,12 +305,16 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   // q and this step's own K/V row (written by the QKV tasks just waited for) in one more round trip, which
   // costs microseconds while other SMs stream weights. Folded (p.rope): q, and where this partition holds the
   // position k and v, come as QKV's raw rows ([q heads, k, v] a KV group), raw k and v into wacc
-  const int per_group = p.rope ? AMK_GROUP + 2 : AMK_GROUP;
-  const float* q = buf<float>(c, p.q) + p.q_off + p.kv_head * per_group * AMK_HEAD_DIM;
+  // raw rows: the KV head's [G q heads, k, v] (G = AMK_GROUP * AMK_Q_SPLITS), this task's q heads a share of them
+  constexpr int G = AMK_GROUP * AMK_Q_SPLITS;
+  const int kvh = p.kv_head / AMK_Q_SPLITS, share = p.kv_head % AMK_Q_SPLITS;
+  const float* raw = buf<float>(c, p.q) + p.q_off + (long long)kvh * (G + 2) * AMK_HEAD_DIM;
+  const float* q = p.rope ? raw + share * AMK_GROUP * AMK_HEAD_DIM
+                          : buf<float>(c, p.q) + p.q_off + p.kv_head * AMK_GROUP * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM / 4; i += AMK_THREADS) cp_async16(qs + 4 * i, q + 4 * i);
   const bool own = p.rope && s0 <= c.pos && c.pos < s1;
   if (own) {  // wacc need not be 16-byte aligned: plain loads, in flight beside the copies
-    for (int i = threadIdx.x; i < 2 * AMK_HEAD_DIM; i += AMK_THREADS) wacc[i] = ldcg(q + AMK_GROUP * AMK_HEAD_DIM + i);
+    for (int i = threadIdx.x; i < 2 * AMK_HEAD_DIM; i += AMK_THREADS) wacc[i] = ldcg(raw + G * AMK_HEAD_DIM + i);
   } else if (!p.rope && n_staged == c.pos - s0 && c.pos < s1 && n_staged < p.stage) {
     stage_rows(ks, kc, s0, n_staged, 1);
     stage_rows(vs, vc, s0, n_staged, 1);

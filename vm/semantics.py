@@ -215,10 +215,10 @@ class Semantics:
         """Write this partition's scores of each q head of the group; return their (max, sum). `q`: the group's
         q heads [G, head_dim] (None: read from p.q)."""
         c = self.c
-        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        hd, (G, kv) = c.head_dim, self._task_group(p)
         cap = -(-c.max_seq // parts)
         s0, s1 = self._span(mem, part, parts, p.window)
-        base = (p.layer * c.n_kv_heads + p.kv_head) * c.max_seq
+        base = (p.layer * c.n_kv_heads + kv) * c.max_seq
         k = mem.matrix(p.kcache)[base + s0:base + s1].float()
         if q is None:
             q0 = p.q_off + p.kv_head * G * hd
@@ -236,10 +236,10 @@ class Semantics:
         """stats[j]: the (max, sum) that normalise q head j of the group. Returns unrounded p @ V per q head, the
         probabilities p rounded to the model dtype first (eager's numerics) unless `round_probs` is False."""
         c = self.c
-        G = c.n_heads // c.n_kv_heads
+        G, kv = self._task_group(p)
         cap = -(-c.max_seq // parts)
         s0, s1 = self._span(mem, part, parts, p.window)
-        base = (p.layer * c.n_kv_heads + p.kv_head) * c.max_seq
+        base = (p.layer * c.n_kv_heads + kv) * c.max_seq
         v = mem.matrix(p.vcache)[base + s0:base + s1].float()
         o = p.scores_off + (part * c.n_heads + p.kv_head * G) * cap
         s = mem[p.scores][o:o + G * cap].view(G, cap)[:, :s1 - s0]
@@ -284,7 +284,7 @@ class Semantics:
     # which undoes the local normalisation.
     def op_attn_partial(self, mem: Memory, p) -> None:
         c = self.c
-        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        hd, (G, _) = c.head_dim, self._task_group(p)
         stats = self._scores(mem, p, p.part, p.parts, self.folded_rope(mem, p) if p.rope else None)
         for j, o in enumerate(self._values(mem, p, p.part, p.parts, stats, round_probs=False)):
             row = p.part * c.n_heads + p.kv_head * G + j
@@ -298,18 +298,25 @@ class Semantics:
         rotated; and where this partition holds the step's position, k normalised and rotated and v as it is,
         appended to the caches at it before the partition reads them (no other task reads that row this step)."""
         c = self.c
-        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        hd, G, (Gt, kv) = c.head_dim, c.n_heads // c.n_kv_heads, self._task_group(p)
         pos = int(mem[c.pos][0])
         cos = mem[c.rope_cos][pos * hd:(pos + 1) * hd].float()
         sin = mem[c.rope_sin][pos * hd:(pos + 1) * hd].float()
-        raw = mem[p.q][p.q_off + p.kv_head * (G + 2) * hd:p.q_off + (p.kv_head + 1) * (G + 2) * hd].view(G + 2, hd)
+        raw = mem[p.q][p.q_off + kv * (G + 2) * hd:p.q_off + (kv + 1) * (G + 2) * hd].view(G + 2, hd)
         s0, s1 = self._span(mem, p.part, p.parts, p.window)
-        if s0 <= pos < s1:
-            slot = ((p.layer * c.n_kv_heads + p.kv_head) * c.max_seq + pos) * hd
+        if s0 <= pos < s1:  # under attention.q_splits every share of the KV head writes the same row
+            slot = ((p.layer * c.n_kv_heads + kv) * c.max_seq + pos) * hd
             k = self.rotate(mem, raw[G], p.knorm, cos, sin)
             mem[p.kcache][slot:slot + hd] = k.to(mem[p.kcache].dtype)
             mem[p.vcache][slot:slot + hd] = raw[G + 1].to(mem[p.vcache].dtype)
-        return torch.stack([self.rotate(mem, raw[j], p.qnorm, cos, sin) for j in range(G)])
+        first = (p.kv_head % p.q_splits) * Gt
+        return torch.stack([self.rotate(mem, raw[first + j], p.qnorm, cos, sin) for j in range(Gt)])
+
+    def _task_group(self, p) -> tuple[int, int]:
+        """(q heads of the task's group, the physical KV head whose K and V rows it reads): a KV head's whole GQA
+        group, or under attention.q_splits one share of it (schedule/opcodes.py AttnPartialParams.q_splits)."""
+        splits = getattr(p, "q_splits", 1)
+        return self.c.n_heads // self.c.n_kv_heads // splits, p.kv_head // splits
 
     def join_combine(self, mem: Memory, p, stats: int, stats_off: int) -> None:
         """After a partition task of a join has stored its part: the last of the head's tasks combines the head."""
@@ -319,11 +326,11 @@ class Semantics:
         mem.arrivals[j.arrivals] += 1
         if mem.arrivals[j.arrivals] == p.parts:
             self.op_attn_combine(mem, AttnCombineParams(p.kv_head, p.out, p.out_off, p.parts, j.out, j.out_off,
-                                                        stats, stats_off))
+                                                        stats, stats_off, getattr(p, "q_splits", 1)))
 
     def op_attn_combine(self, mem: Memory, p) -> None:
         c = self.c
-        hd, G = c.head_dim, c.n_heads // c.n_kv_heads
+        hd, (G, _) = c.head_dim, self._task_group(p)
         src = mem[p.partial]
         for j in range(G):
             hq = p.kv_head * G + j
