@@ -77,7 +77,9 @@ def generate_header(program: MegakernelProgram) -> str:
     defs.update({
         "AMK_DTYPE": int(c.dtype), "AMK_HIDDEN": c.hidden, "AMK_INTER": c.intermediate, "AMK_LAYERS": c.n_layers,
         "AMK_HEADS": c.n_heads, "AMK_KV_HEADS": c.n_kv_heads, "AMK_HEAD_DIM": c.head_dim,
-        # a task's q heads: a KV head's GQA group, or under attention.q_splits (AMK_Q_SPLITS) a share of it
+        # AMK_KV_GROUP: a KV head's GQA group of q heads; AMK_GROUP: an attention task's q heads, the group or
+        # under attention.q_splits (AMK_Q_SPLITS) a share of it
+        "AMK_KV_GROUP": c.n_heads // c.n_kv_heads,
         "AMK_GROUP": c.n_heads // c.n_kv_heads // int(program.build.get("Q_SPLITS", 1)), "AMK_VOCAB": c.vocab, "AMK_MAX_SEQ": c.max_seq,
         "AMK_QK_NORM": int(c.qk_norm), "AMK_ROPE_COS": c.rope_cos, "AMK_ROPE_SIN": c.rope_sin, "AMK_POS_BUF": c.pos,
         "AMK_TOKEN_BUF": c.token, "AMK_LOGITS_BUF": c.logits,

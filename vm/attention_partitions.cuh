@@ -305,8 +305,8 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   // q and this step's own K/V row (written by the QKV tasks just waited for) in one more round trip, which
   // costs microseconds while other SMs stream weights. Folded (p.rope): q, and where this partition holds the
   // position k and v, come as QKV's raw rows ([q heads, k, v] a KV group), raw k and v into wacc
-  // raw rows: the KV head's [G q heads, k, v] (G = AMK_GROUP * AMK_Q_SPLITS), this task's q heads a share of them
-  constexpr int G = AMK_GROUP * AMK_Q_SPLITS;
+  // raw rows: the KV head's [G q heads, k, v], this task's q heads a share of them
+  constexpr int G = AMK_KV_GROUP;
   const int kvh = p.kv_head / AMK_Q_SPLITS, share = p.kv_head % AMK_Q_SPLITS;
   const float* raw = buf<float>(c, p.q) + p.q_off + (long long)kvh * (G + 2) * AMK_HEAD_DIM;
   const float* q = p.rope ? raw + share * AMK_GROUP * AMK_HEAD_DIM

@@ -1,8 +1,9 @@
 // ---- epilogues: acc[0, rows) main rows, acc[rows, 2 rows) the paired rows -------------------------
+// QKV rows come a KV head at a time, [AMK_KV_GROUP q heads, k, v] (AMK_GROUP is an attention task's share of them)
 __device__ void rope_head(const Ctx& c, const EpilogueParams& e, const float* vals, int u, int lane) {
-  const int g = u / (AMK_GROUP + 2), j = u % (AMK_GROUP + 2);
+  const int g = u / (AMK_KV_GROUP + 2), j = u % (AMK_KV_GROUP + 2);
   const int hd = AMK_HEAD_DIM;
-  if (j == AMK_GROUP + 1) {  // v: appended as it is
+  if (j == AMK_KV_GROUP + 1) {  // v: appended as it is
     wtype* dst = buf<wtype>(c, e.vcache) + (((long long)e.layer * AMK_KV_HEADS + g) * AMK_MAX_SEQ + c.pos) * hd;
     for (int i = lane; i < hd; i += 32) dst[i] = from_f(vals[i]);
     return;
@@ -15,7 +16,7 @@ __device__ void rope_head(const Ctx& c, const EpilogueParams& e, const float* va
     for (int i = lane; i < hd; i += 32) ss += vals[i] * vals[i];
     ss = warp_sum(ss);
     r = 1.0f / sqrtf(ss / (float)hd + AMK_EPS);
-    nw = buf<wtype>(c, j < AMK_GROUP ? e.qnorm : e.knorm);
+    nw = buf<wtype>(c, j < AMK_KV_GROUP ? e.qnorm : e.knorm);
   }
 #endif
   const wtype* cs = buf<wtype>(c, AMK_ROPE_COS) + (long long)c.pos * hd;
@@ -25,8 +26,8 @@ __device__ void rope_head(const Ctx& c, const EpilogueParams& e, const float* va
     if (nw) { a = rnd(to_f(nw[i]) * rnd(a * r)); b = rnd(to_f(nw[i + HALF_HD]) * rnd(b * r)); }
     const float lo = rnd(rnd(a * to_f(cs[i])) + rnd(-b * to_f(sn[i])));
     const float hi = rnd(rnd(b * to_f(cs[i + HALF_HD])) + rnd(a * to_f(sn[i + HALF_HD])));
-    if (j < AMK_GROUP) {
-      float* q = buf<float>(c, e.out) + e.out_off + (g * AMK_GROUP + j) * hd;
+    if (j < AMK_KV_GROUP) {
+      float* q = buf<float>(c, e.out) + e.out_off + (g * AMK_KV_GROUP + j) * hd;
       stcg(q + i, lo); stcg(q + i + HALF_HD, hi);
     } else {
       wtype* dst = buf<wtype>(c, e.kcache) + (((long long)e.layer * AMK_KV_HEADS + g) * AMK_MAX_SEQ + c.pos) * hd;
@@ -38,8 +39,8 @@ __device__ void rope_head(const Ctx& c, const EpilogueParams& e, const float* va
 // Row `row` (below head_dim/2 in its head) of a split QKV task, value a, and its partner half a head on, b.
 __device__ void rope_pair(const Ctx& c, const EpilogueParams& e, int row, float a, float b) {
   const int u = row / AMK_HEAD_DIM, d = row % AMK_HEAD_DIM;
-  const int g = u / (AMK_GROUP + 2), j = u % (AMK_GROUP + 2);
-  if (j <= AMK_GROUP) {
+  const int g = u / (AMK_KV_GROUP + 2), j = u % (AMK_KV_GROUP + 2);
+  if (j <= AMK_KV_GROUP) {
     const wtype* cs = buf<wtype>(c, AMK_ROPE_COS) + (long long)c.pos * AMK_HEAD_DIM;
     const wtype* sn = buf<wtype>(c, AMK_ROPE_SIN) + (long long)c.pos * AMK_HEAD_DIM;
     const float lo = rnd(rnd(a * to_f(cs[d])) + rnd(-b * to_f(sn[d])));
@@ -47,12 +48,12 @@ __device__ void rope_pair(const Ctx& c, const EpilogueParams& e, int row, float 
     a = lo;
     b = hi;
   }
-  if (j < AMK_GROUP) {
-    float* q = buf<float>(c, e.out) + e.out_off + (g * AMK_GROUP + j) * AMK_HEAD_DIM;
+  if (j < AMK_KV_GROUP) {
+    float* q = buf<float>(c, e.out) + e.out_off + (g * AMK_KV_GROUP + j) * AMK_HEAD_DIM;
     stcg(q + d, a);
     stcg(q + d + HALF_HD, b);
   } else {
-    wtype* dst = buf<wtype>(c, j == AMK_GROUP ? e.kcache : e.vcache) +
+    wtype* dst = buf<wtype>(c, j == AMK_KV_GROUP ? e.kcache : e.vcache) +
                  (((long long)e.layer * AMK_KV_HEADS + g) * AMK_MAX_SEQ + c.pos) * AMK_HEAD_DIM;
     dst[d] = from_f(a);
     dst[d + HALF_HD] = from_f(b);
