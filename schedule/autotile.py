@@ -190,6 +190,20 @@ def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int, fits_whole: 
     return p
 
 
+def q_splits(dims: ModelDims, target: GpuTarget, parts: int, softmax: AttentionSoftmax) -> int:
+    """The most tasks a partition that a KV head's GQA group of q heads splits over (a divisor of the group)
+    while the attention tasks, n_kv_heads x parts x splits, stay at one per two SMs or fewer; 1 where the
+    attention is not the partition softmax over more than one partition. On an H200 (132 SMs), same process each,
+    the step against no split: tinyllama-1.1b shape (32 tasks unsplit) 930.5 against 954.8 us at 2 splits (64
+    tasks), 943.8 at 4 (128); qwen2.5-3b shape 2262.0 against 2320.7 at 2 (64 tasks); llama-3.2-1b 891.0 against
+    887.1 at 2 (128 tasks); qwen3-1.7b 1638.5 against 1430.6 at 2 (256 tasks)
+    (bench/results/20261204-0420_h200_q_splits.json)."""
+    if softmax != AttentionSoftmax.PARTITION or parts < 2:
+        return 1
+    tasks = dims.n_kv_heads * parts
+    return max(s for s in range(1, dims.group + 1) if dims.group % s == 0 and tasks * s <= max(tasks, target.sm_count // 2))
+
+
 def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int, build: dict,
                     work: int) -> Callable[[int], bool] | None:
     """Whether a partition of n positions fits an ATTN_PARTIAL task's shared memory whole under `config` (`build`
@@ -200,7 +214,7 @@ def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int, build:
         return None
     threads = consumer_threads(config.threads_per_block, build)
     # a task holds one task group's q heads: a KV head's, or a q split's share of them (attention.q_splits)
-    task_dims = dataclasses.replace(dims, n_kv_heads=dims.n_kv_heads * a.q_splits)
+    task_dims = dataclasses.replace(dims, n_kv_heads=dims.n_kv_heads * (a.q_splits or 1))
     return lambda n: partial_positions(work, n, task_dims, threads, nbytes) >= n
 
 
@@ -276,6 +290,9 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
               "matvec.qkv.head_splits": t.qkv_head_splits if split_ok else 1,
               # RoPE in the attention needs its partition tasks: two at least where it is asked for
               "attention.kv_partitions": max(t.kv_partitions, 2) if folded and max_seq > 1 else t.kv_partitions}
+    parts = config.attention.kv_partitions
+    values["attention.q_splits"] = q_splits(dims, target, values["attention.kv_partitions"] if parts is None else parts,
+                                            config.attention.softmax)
     out = copy.deepcopy(config)
     derived = {}
     for path, value in values.items():

@@ -110,11 +110,13 @@ class AttentionConfig:
     kv_partitions: int | None = knob(None, help="split each KV head's positions over this many tasks, then combine "
                                                 "(null: derived, about one attention task per SM)",
                                      minimum=1, maximum=64, search=[1, 2, 4, 8, 16])
-    q_splits: int = knob(1, help="with attention.softmax partition over kv_partitions > 1, split each KV head's "
-                                 "GQA group of q heads over this many tasks a partition, each reading the "
-                                 "partition's K and V rows for its share of the q heads: more attention tasks "
-                                 "where KV heads are few; must divide the group (q heads a KV head)",
-                         minimum=1, maximum=64, search=[1, 2, 4])
+    q_splits: int | None = knob(None, help="with attention.softmax partition over kv_partitions > 1, split each KV "
+                                           "head's GQA group of q heads over this many tasks a partition, each "
+                                           "reading the partition's K and V rows for its share of the q heads: "
+                                           "more attention tasks where KV heads are few; must divide the group "
+                                           "(q heads a KV head) (null: derived, the most splits that keep the "
+                                           "attention tasks to one per two SMs)",
+                                minimum=1, maximum=64, search=[1, 2, 4])
     sync: SyncGranularity = knob(SyncGranularity.HEAD, help="counter granularity between QKV and attention",
                                  choices=list(SyncGranularity))
     softmax: AttentionSoftmax = knob(AttentionSoftmax.PARTITION,

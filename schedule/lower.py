@@ -70,8 +70,8 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     if max_seq < 1:
         raise LoweringError("max_seq", f"must be >= 1, got {max_seq}")
     schedule_id = config.schedule_id
-    _check_q_splits(config, dims)
     config, derived = resolve_tiling(config, dims, dtype.nbytes, target, max_seq)
+    _check_q_splits(config, dims)
     _check_folded_rope(config)
     graph: Graph = build_graph(dims)
     stages = plan_stages(graph, config)
@@ -97,7 +97,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
 
 def _check_q_splits(config: ScheduleConfig, dims: ModelDims) -> None:
     """LoweringError naming attention.q_splits where it splits the partition attention's tasks (softmax partition,
-    kv_partitions other than 1) into shares of a GQA group that it does not divide."""
+    kv_partitions above 1, `config` resolved) into shares of a GQA group that it does not divide."""
     a = config.attention
     if a.q_splits == 1 or a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions == 1:
         return

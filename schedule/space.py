@@ -145,10 +145,13 @@ def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
 _HAND_EDITED = "a mapping edited by hand (which task kinds go to which SMs), never searched"
 
 
-def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtype: str | None = None) -> list[Knob]:
+def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtype: str | None = None,
+                 group: int | None = None) -> list[Knob]:
     """Every leaf knob of config dataclass `cls` (ScheduleConfig), in declaration order, with search values
     fitted to `target` and to a model of `dtype` ("fp32", "fp16", "bf16"; None: any): a knob no value of which
-    acts on that dtype is unsearched, its reason given (inert.dtype_inert_reason)."""
+    acts on that dtype is unsearched, its reason given (inert.dtype_inert_reason). With the model's GQA `group`
+    (q heads a KV head), attention.q_splits is searched over the values that divide it (the lowering refuses the
+    others), and left unsearched where only 1 does."""
     tgt = get_target(target) if target is not None else None
     default = cls()
     knobs = []
@@ -158,8 +161,10 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtyp
         kind = _knob_type(tp)
         choices = tuple(_json(c) for c in meta["choices"]) if meta.get("choices") is not None else None
         search = tuple(_json(v) for v in (meta.get("search") or ()) if _fits_target(path, _json(v), tgt))
+        if path == "attention.q_splits" and group is not None:
+            search = tuple(v for v in search if group % v == 0)
         unsearched = (_HAND_EDITED if kind == KnobType.OBJECT else None) or target_inert_reason(path, tgt) \
-            or dtype_inert_reason(path, dtype) or unsearched_reason(path, tgt)
+            or dtype_inert_reason(path, dtype) or unsearched_reason(path, tgt) or _group_reason(path, search, group)
         if unsearched:
             search = ()
         knobs.append(Knob(path=path, type=kind, default=_json(get_path(default, path)) if kind != KnobType.OBJECT
@@ -169,8 +174,15 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtyp
     return knobs
 
 
-def space_dicts(target: GpuTarget | str | None = None, dtype: str | None = None) -> list[dict]:
-    return [k.to_dict() for k in search_space(target, dtype=dtype)]
+def _group_reason(path: str, search: tuple, group: int | None) -> str | None:
+    if path == "attention.q_splits" and group is not None and len(search) < 2:
+        return f"no search value above 1 divides this model's GQA group of {group} q heads a KV head"
+    return None
+
+
+def space_dicts(target: GpuTarget | str | None = None, dtype: str | None = None, group: int | None = None
+                ) -> list[dict]:
+    return [k.to_dict() for k in search_space(target, dtype=dtype, group=group)]
 
 
 def conflicts(config: ScheduleConfig) -> list[str]:

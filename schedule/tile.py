@@ -67,7 +67,7 @@ def q_splits(config: ScheduleConfig) -> int:
     a = config.attention
     if a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions is None or a.kv_partitions < 2:
         return 1
-    return a.q_splits
+    return a.q_splits or 1
 
 
 _BUILD_KNOBS_THAT_MAY_BE_INERT = ("build.l2_prefetch_kb", "build.loads_in_flight", "build.rows_in_flight",

@@ -67,14 +67,20 @@ def default_value(path: str):
     return _json(get_path(base_config(path), path))
 
 
+REFUSED = "refused"  # the effective value of a knob value the lowering refuses for the model
+
+
 def effective_value(dims, path: str, value, derived: dict | None = None):
     """The value as the lowering sees it for this model: null is the value the lowering derived (`derived`,
     the base program's), a row tiling at or above a matvec's row count is one task either way, as is a QKV
-    tiling at or above the heads there are. Two values with the same effective value must lower identically;
+    tiling at or above the heads there are; REFUSED where the lowering refuses the value for this model (a q
+    split that does not divide its GQA group). Two values with the same effective value must lower identically;
     two with different ones must not."""
     if value is None:
         value = (derived or {})[path]
     parts = path.split(".")
+    if path == "attention.q_splits" and dims.group % value:
+        return REFUSED  # the lowering's LoweringError names the knob
     if path == "matvec.qkv.heads_per_task":
         return min(value, dims.n_heads + 2 * dims.n_kv_heads)
     if len(parts) == 3 and parts[0] == "matvec" and parts[2] == "rows_per_task":

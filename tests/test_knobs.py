@@ -19,6 +19,7 @@ import pytest
 from _schedules import (
     CPU_SMS,
     CPU_TARGET,
+    REFUSED,
     base_config,
     default_value,
     effective_value,
@@ -31,6 +32,7 @@ from _schedules import (
 from amk.eval.oracle import eager_reference, verify
 from amk.schedule import get_target, lower
 from amk.schedule.config import ScheduleConfig, iter_knobs
+from amk.schedule.errors import LoweringError
 from amk.schedule.smem import max_dynamic_smem
 from amk.schedule.validate import validate
 
@@ -64,7 +66,10 @@ def _lowered(model: str, dtype: str, target: str, max_seq: int, config_json: str
     """One lowering per distinct config (values equal to the default share the default program), kept as a
     small summary: ~75 distinct llama programs of 7k-24k tasks would take gigabytes together."""
     m = load(model, dtype, weights=False)
-    prog = lower(m, target, ScheduleConfig.from_dict(json.loads(config_json)), max_seq)
+    try:
+        prog = lower(m, target, ScheduleConfig.from_dict(json.loads(config_json)), max_seq)
+    except LoweringError as e:  # a value this model refuses (REFUSED): one outcome whatever the value
+        return Lowered(f"{REFUSED}: {e.knob}", 0, False, str(e), "{}")
     r = validate(prog, target)
     return Lowered(prog.fingerprint(), len(prog.tasks), r.ok, r.first_message(),
                    json.dumps(prog.meta.get("derived", {}), sort_keys=True))
@@ -162,6 +167,11 @@ VERIFY_PARAMS = [(m, p, v) for m in ("toy", "toy-2L") for p, v in KNOB_VALUES]
                          ids=[f"{m}-{_id(p, v)}" for m, p, v in VERIFY_PARAMS])
 def test_every_knob_value_verifies_on_toy_models(model_name, path, value):
     model = load(model_name)
+    if value is not None and effective_value(model.dims, path, value) == REFUSED:  # e.g. a q split of a GQA group it does not divide
+        with pytest.raises(LoweringError) as e:
+            lower(model, CPU_TARGET, knob_config(path, value), TOY_MAX_SEQ)
+        assert e.value.knob == path
+        return
     prog = lower(model, CPU_TARGET, knob_config(path, value), TOY_MAX_SEQ)
     assert prog.num_sms == CPU_SMS
     # the hardware check is the cpu-sim target's, except for a shared-memory size it does not have

@@ -110,7 +110,7 @@ def _draw_config(rng: random.Random, space) -> ScheduleConfig:
 
 def test_random_configs_validate_and_match_the_default_program(world):
     rng = random.Random(SEED)
-    space = search_space(CPU_TARGET)
+    space = search_space(CPU_TARGET, group=world.model.dims.group)
     t0 = time.perf_counter()
     failures, fingerprints, sizes = [], set(), []
     for i in range(N_CONFIGS):
@@ -307,7 +307,7 @@ MUTATIONS = {
 
 def _pool(world: World, rng: random.Random) -> tuple[list, list]:
     """(arena programs, scratch=none programs): the default ones plus random configs of either kind."""
-    space = search_space(CPU_TARGET)
+    space = search_space(CPU_TARGET, group=world.model.dims.group)
     arena = [world.prog]
     none = [lower(world.model, CPU_TARGET, with_value(ScheduleConfig(), "scratch", "none"), MAX_SEQ)]
     while len(arena) + len(none) < POOL_CONFIGS + 2:

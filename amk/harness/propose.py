@@ -113,12 +113,20 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
         cfg, source, verdict = incumbent_config(name, target.name, corpus, run_dtype, context)
     out = {"model": name, "gpu": target.name, "dtype": run_dtype, "max_seq": seq, "context": context,
            "config": cfg.to_dict(), "schedule_id": cfg.schedule_id, "source": source,
-           "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype),
+           "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype, _group(model, run_dtype)),
            "derived": derived_tiling(model, target, cfg, run_dtype, seq)}
     if verdict is not None:
         out["incumbent_latency_us"] = verdict.get("latency_us")
         out["incumbent_latency_kind"] = verdict.get("latency_kind")
     return out
+
+
+def _group(model, dtype: str) -> int:
+    """The model's GQA group (q heads a KV head), which fits attention.q_splits' search values."""
+    from amk.models import Model
+
+    return (model if isinstance(model, Model) else get_model(model_label(model), dtype, Device.CPU,
+                                                              weights=False)).dims.group
 
 
 def run_context(model, dtype: str, max_seq: int | None) -> tuple[int, int]:
