@@ -118,7 +118,7 @@ def test_the_partitions_a_combine_reads_are_priced(toy, combine, monkeypatch):
             stats = p.inp_parts * heads * 8 if p.inp_stats != NO_BUFFER else 0
             assert t.kind == "o" and cost.combine_bytes(t, prog) == p.inp_parts * p.klen * 4 + stats
         else:  # a combine task, or each partition task of a join, reads its KV head's partitions
-            group = c.n_heads // c.n_kv_heads
+            group = c.n_heads // c.n_kv_heads // p.q_splits  # a task group's q heads (3 splits derived on toy)
             assert t.opcode == (Opcode.ATTN_COMBINE if combine == "stage" else Opcode.ATTN_PARTIAL)
             assert cost.combine_bytes(t, prog) == p.parts * group * (c.head_dim * 4 + 8)
     priced = predict(prog, "h200").latency_us

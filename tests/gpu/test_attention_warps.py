@@ -22,7 +22,8 @@ from amk.schedule.opcodes import Opcode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_checkpoints.py
 from _checkpoints import ATTENTION_WARP_SHAPES, attention_warp_shape  # noqa: E402
 
-CONFIGS = [{}, {"attention": {"softmax": "partition", "kv_partitions": 16}}]
+# each shape's whole GQA group in one task (a derived q split would narrow the layout the shape stands for)
+CONFIGS = [{"attention": {"q_splits": 1}}, {"attention": {"softmax": "partition", "kv_partitions": 16, "q_splits": 1}}]
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def checkpoints(tmp_path_factory):
             "qwen3": save_checkpoint(Qwen3Config(**shape), root / "qwen3")}
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])
 def test_q_splits_verify_on_the_cuda_vm(kind, dtype, checkpoints, target):
     model = amk.load_model(checkpoints[kind], dtype=dtype, device="cuda")
@@ -54,3 +54,13 @@ def test_q_splits_verify_on_the_cuda_vm(kind, dtype, checkpoints, target):
         assert res.ok, (cfg, res.to_dict()["failures"])
     # the appended rows are what later steps read: every split of a folded partition appends the same row
     assert_steps_match(amk.lower(model, target, CONFIGS[5], max_seq=256), model, dtype, 40)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_q_splits_match_the_reference_vm_in_fp16(kind, checkpoints, target):
+    # in fp16 this random shape's CUDA steps sit about twice eager's distance from fp32 with or without splits
+    # (verify fails greedy32 for q_splits 1 too: bench/results/20261204-0420_h200_q_splits.json), so the splits
+    # are held to the ReferenceVM, step for step, where verify holds them to transformers in fp32 and bf16
+    model = amk.load_model(checkpoints[kind], dtype="fp16", device="cuda")
+    for cfg in CONFIGS:
+        assert_steps_match(amk.lower(model, target, cfg, max_seq=256), model, "fp16", 24)
