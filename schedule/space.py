@@ -142,6 +142,7 @@ def _fits_target(path: str, value, target: GpuTarget | None) -> bool:
     return True
 
 
+MAX_SEARCHED_Q_SPLITS = 8  # a run's search splits a GQA group over at most this many tasks a partition
 _HAND_EDITED = "a mapping edited by hand (which task kinds go to which SMs), never searched"
 
 
@@ -150,8 +151,8 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtyp
     """Every leaf knob of config dataclass `cls` (ScheduleConfig), in declaration order, with search values
     fitted to `target` and to a model of `dtype` ("fp32", "fp16", "bf16"; None: any): a knob no value of which
     acts on that dtype is unsearched, its reason given (inert.dtype_inert_reason). With the model's GQA `group`
-    (q heads a KV head), attention.q_splits is searched over the values that divide it (the lowering refuses the
-    others), and left unsearched where only 1 does."""
+    (q heads a KV head), attention.q_splits is searched over the group's divisors up to MAX_SEARCHED_Q_SPLITS (the
+    lowering refuses any other value), and left unsearched where only 1 is (one q head a KV head)."""
     tgt = get_target(target) if target is not None else None
     default = cls()
     knobs = []
@@ -162,7 +163,7 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtyp
         choices = tuple(_json(c) for c in meta["choices"]) if meta.get("choices") is not None else None
         search = tuple(_json(v) for v in (meta.get("search") or ()) if _fits_target(path, _json(v), tgt))
         if path == "attention.q_splits" and group is not None:
-            search = tuple(v for v in search if group % v == 0)
+            search = tuple(s for s in range(1, min(group, MAX_SEARCHED_Q_SPLITS) + 1) if group % s == 0)
         unsearched = (_HAND_EDITED if kind == KnobType.OBJECT else None) or target_inert_reason(path, tgt) \
             or dtype_inert_reason(path, dtype) or unsearched_reason(path, tgt) or _group_reason(path, search, group)
         if unsearched:
@@ -176,7 +177,7 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtyp
 
 def _group_reason(path: str, search: tuple, group: int | None) -> str | None:
     if path == "attention.q_splits" and group is not None and len(search) < 2:
-        return f"no search value above 1 divides this model's GQA group of {group} q heads a KV head"
+        return f"this model's GQA group of {group} q head(s) a KV head has no split"
     return None
 
 

@@ -96,13 +96,14 @@ def test_derived_splits_keep_the_attention_tasks_to_one_per_two_sms(heads, kv_he
     assert want == 1 or tasks <= 132 // 2
 
 
-def test_the_search_tries_only_splits_the_group_allows():
+def test_the_search_tries_the_splits_the_group_allows():
     def values(group):
         (knob,) = [k for k in search_space("h200", group=group) if k.path == "attention.q_splits"]
         return knob.search, knob.unsearched
 
-    assert values(8) == ((1, 2, 4), None)
-    assert values(6) == ((1, 2), None)
-    search, why = values(3)
-    assert search == () and "group of 3" in why
-    assert values(None)[0] == (1, 2, 4)  # no model: every value (a model the value does not fit refuses it)
+    assert values(8) == ((1, 2, 4, 8), None)
+    assert values(3) == ((1, 3), None)
+    assert values(32) == ((1, 2, 4, 8), None)  # at most 8 tasks a partition
+    search, why = values(1)  # multi-head attention: nothing to split
+    assert search == () and "group of 1" in why
+    assert values(None)[0] == (1, 2, 4)  # no model: the knob's own values (a model they do not fit refuses them)
