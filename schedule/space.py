@@ -176,9 +176,12 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtyp
 
 
 def _group_reason(path: str, search: tuple, group: int | None) -> str | None:
-    if path == "attention.q_splits" and group is not None and len(search) < 2:
-        return f"this model's GQA group of {group} q head(s) a KV head has no split"
-    return None
+    if path != "attention.q_splits" or group is None or len(search) >= 2:
+        return None
+    if group == 1:
+        return "this model has one q head a KV head: no group to split"
+    return (f"no divisor of this model's GQA group of {group} q heads a KV head lies between 2 and "
+            f"{MAX_SEARCHED_Q_SPLITS}, the most splits a run's search tries (set a larger one by hand)")
 
 
 def space_dicts(target: GpuTarget | str | None = None, dtype: str | None = None, group: int | None = None

@@ -455,7 +455,10 @@ class Tiler:
         q, sc = self.val("q", layer), self.val("scores", layer)
         G, hd = d.group, d.head_dim
         cap = score_capacity(self.max_seq, parts)
-        chunk = self._attention_chunk()
+        # the chunk of a task holding a whole KV head's scores; partition tasks size their own (_partials), for
+        # their task group (attention.q_splits), and need not fit this one
+        partials = parts > 1 and self.cfg.attention.softmax == AttentionSoftmax.PARTITION
+        chunk = 0 if partials else self._attention_chunk()
         out = []
         for g in range(d.n_kv_heads):
             q_reg = [self.region(q, g * G * hd, G * hd), self.kv_slab("kcache", layer, g), Region(self.b["pos"], 0, 1)]
@@ -467,7 +470,7 @@ class Tiler:
                 out.append(TaskDraft(Opcode.ATTN_DECODE, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg],
                                      [s_reg, self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
                 continue
-            if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
+            if partials:
                 out += self._partials(layer, g, q_reg, self._window(st))
                 continue
             stats = self.val("attn_stats", layer)

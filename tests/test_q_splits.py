@@ -105,5 +105,22 @@ def test_the_search_tries_the_splits_the_group_allows():
     assert values(3) == ((1, 3), None)
     assert values(32) == ((1, 2, 4, 8), None)  # at most 8 tasks a partition
     search, why = values(1)  # multi-head attention: nothing to split
-    assert search == () and "group of 1" in why
+    assert search == () and "one q head a KV head" in why
+    search, why = values(11)  # 11 splits are valid, past what a search tries
+    assert search == () and "group of 11" in why and "between 2 and 8" in why
     assert values(None)[0] == (1, 2, 4)  # no model: the knob's own values (a model they do not fit refuses them)
+
+
+def test_split_tasks_fit_the_shared_memory_their_own_group_needs():
+    # a whole group of 8 heads of 128 would not fit 48 KiB as one decode task; its partition tasks of 2 q heads
+    # do, and the lowering sizes them alone (a decode-sized check once refused every split here)
+    from transformers import LlamaConfig
+
+    dims = model_dims(LlamaConfig(hidden_size=1024, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                                  num_key_value_heads=1, head_dim=128, vocab_size=256))
+    cfg = {"smem_per_block": 48 * 1024, "attention": {"q_splits": 4, "kv_partitions": 4}}
+    prog = lower_dims(dims, DType.BF16, "h200", cfg, max_seq=2048)
+    assert validate(prog, "h200").ok
+    assert {t.params.q_splits for t in prog.tasks if t.opcode == Opcode.ATTN_PARTIAL} == {4}
+    with pytest.raises(LoweringError, match="smem_per_block: attention tasks of 8 q heads"):
+        lower_dims(dims, DType.BF16, "h200", {**cfg, "attention": {"kv_partitions": 1}}, max_seq=2048)
