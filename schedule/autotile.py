@@ -15,7 +15,6 @@ counted that way.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -214,7 +213,7 @@ def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int, build:
         return None
     threads = consumer_threads(config.threads_per_block, build)
     # a task holds one task group's q heads: a KV head's, or a q split's share of them (attention.q_splits)
-    task_dims = dataclasses.replace(dims, n_kv_heads=dims.n_kv_heads * (a.q_splits or 1))
+    task_dims = dims.split_groups(a.q_splits or 1)
     return lambda n: partial_positions(work, n, task_dims, threads, nbytes) >= n
 
 

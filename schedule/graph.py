@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from enum import Enum
 
@@ -48,6 +49,11 @@ class ModelDims:
     @property
     def group(self) -> int:
         return self.n_heads // self.n_kv_heads
+
+    def split_groups(self, q_splits: int) -> ModelDims:
+        """The dims as a partition attention task sees them under attention.q_splits: each of a KV head's
+        q_splits task groups of group / q_splits q heads counts as a KV head (shared-memory sizes read .group)."""
+        return dataclasses.replace(self, n_kv_heads=self.n_kv_heads * q_splits)
 
     @property
     def qkv_rows(self) -> int:

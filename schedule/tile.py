@@ -6,7 +6,6 @@ task of consecutive heads touches few groups and attention can start per group.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from . import opcodes as oc
@@ -56,10 +55,10 @@ def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
             "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,
             "PAGE_BYTES": config.pipeline.page_kb * 1024,
-            "PARTIALS_MODEL_DTYPE": int(partials), "Q_SPLITS": q_splits(config)}
+            "PARTIALS_MODEL_DTYPE": int(partials), "Q_SPLITS": effective_q_splits(config)}
 
 
-def q_splits(config: ScheduleConfig) -> int:
+def effective_q_splits(config: ScheduleConfig) -> int:
     """Tasks a KV head's GQA group of q heads is split over in each partition (attention.q_splits): 1 wherever the
     attention is not the partition softmax over more than one partition (or the partitions are not yet derived),
     for only ATTN_PARTIAL splits its heads. The kernel's task group (AMK_GROUP, vm/abi.py) is the model's group
@@ -482,11 +481,6 @@ class Tiler:
                 out.append(TaskDraft(Opcode.ATTN_SCORES, p, q_reg, w, [], 0, (g,)))
         return out
 
-    def _task_dims(self) -> ModelDims:
-        """The model's dims as an ATTN_PARTIAL task sees them: under attention.q_splits each of its task groups
-        of G / q_splits q heads counts as a KV head (the shared-memory formulas read dims.group)."""
-        return dataclasses.replace(self.d, n_kv_heads=self.d.n_kv_heads * self.build["Q_SPLITS"])
-
     def _partials(self, layer: int, g: int, q_reg: list[Region], window: int) -> list[TaskDraft]:
         """The partition tasks of KV head g: one a (q split, partition), q split s of g being task group
         g * q_splits + s of G / q_splits q heads (the params' kv_head), which reads g's K and V rows."""
@@ -499,7 +493,7 @@ class Tiler:
         else:
             q = self.val("q", layer)
         stats, o = self.val("attn_stats", layer), self.val("attn_part", layer)
-        G, hd, td = d.group // splits, d.head_dim, self._task_dims()
+        G, hd, td = d.group // splits, d.head_dim, d.split_groups(splits)
         cap = score_capacity(self.max_seq, parts)
         work = self._work_smem()
         chunk = partial_positions(work, cap, td, self._consumers(), self.dtype.nbytes)
