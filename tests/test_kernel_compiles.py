@@ -3,7 +3,6 @@ layout, with nothing on the stack (skipped where nvcc is absent, as on CI)."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 
@@ -43,10 +42,11 @@ def test_windowed_kernel_compiles_for_sm90(tmp_path, cfg):
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
-@pytest.mark.parametrize("heads,kv_heads", [(14, 2), (16, 2)], ids=["group7", "group8"])
+@pytest.mark.parametrize("heads,kv_heads", [(32, 8), (14, 2), (16, 2)], ids=["group4", "group7", "group8"])
 def test_large_gqa_groups_keep_nothing_on_the_stack(tmp_path, heads, kv_heads, dtype):
     # 7 or 8 q heads a KV head once held G x 8 q values and as many value accumulators a thread in 16-bit
-    # rows and spilled to the stack (what the weight stream then evicted from L1)
+    # rows and spilled to the stack (what the weight stream then evicted from L1); 4 of them (llama-3.2-1b's
+    # attention) kept 8 bytes there while the values pass had eight 16-byte V loads in flight
     from _checkpoints import llama
 
     model = amk.load_model(llama(tmp_path / "m", hidden_size=heads * 64, num_attention_heads=heads,
@@ -146,6 +146,4 @@ def test_q_splits_compile_with_nothing_on_the_stack(tmp_path, splits):
         assert prog.build["Q_SPLITS"] == splits
         out = _ptxas_report(prog, tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]
-        # a task group of 4 keeps the 8 bytes of llama-3.2-1b's own group of 4 (tests/gpu/test_megakernel.py)
-        stack = re.search(r"(\d+) bytes cumulative stack size", out.stderr)
-        assert "0 bytes stack frame" in out.stderr or (stack and int(stack.group(1)) <= 16), (cfg, out.stderr[-2000:])
+        assert "0 bytes stack frame" in out.stderr, (cfg, out.stderr[-2000:])

@@ -38,6 +38,11 @@ __host__ __device__ constexpr int head_slice(bool within_warp) {
 constexpr int SV = head_slice(true);   // dims of q and K a scores lane holds
 constexpr int VV = head_slice(false);  // dims of V a values thread accumulates
 constexpr int HD_SV = AMK_HEAD_DIM / SV, HD_VV = AMK_HEAD_DIM / VV;
+// V rows a values thread has in flight from the cache: eight, unless its G x VV accumulators and eight loads'
+// registers pass 48, which at 128 registers a thread spilled beside the rest of the kernel (llama-3.2-1b bf16:
+// 4 x 8 accumulators and 8 x 4 registers of loads left 8 bytes of local memory; G 8, VV 4 and fp32 rows fit).
+constexpr int V_LOAD_REGS = VV * (int)sizeof(wtype) / 4 > 0 ? VV * (int)sizeof(wtype) / 4 : 1;
+constexpr int V_UNROLL = AMK_GROUP * VV + 8 * V_LOAD_REGS <= 48 ? 8 : 4;
 static_assert(AMK_HEAD_DIM % VEC == 0, "a head must split into whole 16-byte vectors");
 
 template <int BYTES> struct RawOf;
@@ -217,7 +222,7 @@ __device__ void values_pass(const wtype* __restrict__ vc, const float* sc, int s
           for (int e = 0; e < VV; ++e) acc[j][e] = fmaf(pj, f[e], acc[j][e]);
         }
       }
-#pragma unroll 8
+#pragma unroll V_UNROLL
       for (; t < n; t += np) {
         float f[VV];
         load_slice<VV>(vc, c0 + t, dv, f);
@@ -327,7 +332,7 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
     block_sync();
     const int dv = threadIdx.x % HD_VV, tp = threadIdx.x / HD_VV, np = AMK_THREADS / HD_VV;
     if (tp < np) {
-#pragma unroll 8
+#pragma unroll V_UNROLL
       for (int t = tp; t < L; t += np) {
         float f[VV];
         load_slice<VV>(vc, s0 + t, dv, f);
