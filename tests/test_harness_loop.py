@@ -411,6 +411,35 @@ def test_a_checkpoint_saved_again_has_its_incumbent_verified_again_on_resume(tmp
     assert len(read_rows(files["results"])) == trials + 2  # no trial ran on the new weights
 
 
+@pytest.mark.parametrize("corpus_lost", ["emptied", "deleted"])
+def test_a_resume_whose_corpus_was_lost_checks_its_incumbent_again(tmp_path, fake_evaluate, caplog, corpus_lost):
+    """The default config kept, then the corpus emptied or deleted and the checkpoint saved again: the results
+    row alone cannot say which weights it passed on, so the resume verifies and times the incumbent on the
+    checkpoint there now, as for one saved again, and says the corpus holds no record of it."""
+    from _checkpoints import SMALL as SHAPE
+    from _checkpoints import save_checkpoint
+    from transformers import LlamaConfig
+
+    def llama(seed):
+        return save_checkpoint(LlamaConfig(**SHAPE, num_hidden_layers=1, max_position_embeddings=64),
+                               tmp_path / "ck", seed)
+
+    ck = llama(0)
+    files = {"results": tmp_path / "r.tsv", "corpus": tmp_path / "c.jsonl", "device": "cpu", "settings": SMALL}
+    first = amk.loop(str(ck), "cpu-sim", budget=1, evaluate=fake_evaluate, **files)
+    assert first["incumbent"]["schedule_id"] == amk.ScheduleConfig().schedule_id
+    if corpus_lost == "emptied":
+        files["corpus"].write_text("")
+    else:
+        files["corpus"].unlink()
+    llama(1)
+    with caplog.at_level("WARNING", logger="amk"):
+        amk.loop(str(ck), "cpu-sim", budget=1, resume=True, evaluate=fake_evaluate, **files)
+    assert "holds no record of the incumbent" in caplog.text and "carry no weights fingerprint" not in caplog.text
+    assert [r["schedule_id"] for r in read_rows(files["results"]) if r["status"] == "remeasure"] == \
+        [first["incumbent"]["schedule_id"]]
+
+
 def test_a_confirmed_keep_describes_its_pooled_figure(tmp_path):
     # a measured gain is timed again: the row holds the mean of the two runs, and so must its description
     from amk.harness.search.policy import SearchSettings

@@ -437,10 +437,11 @@ class _Run(Rounds):
                             "Resume to go on with the new weights (the incumbent is checked on them first)")
 
     def _start_needs_check(self) -> bool:
-        """Whether the corpus records the adopted incumbent's program passing only on other weights than the
-        checkpoint's now (records from before the fingerprint existed name none: those are not checked)."""
+        """Whether the corpus does not record the adopted incumbent's program passing on the checkpoint's weights
+        now: it records passes on other weights only, or none at all (a corpus lost, emptied or never written
+        beside the results). Records from before the fingerprint existed name none: those are not checked."""
         fps = self.passed_on.get(self.inc.program_fingerprint, set())
-        return self.weights_now not in fps and not fps <= {None}
+        return self.weights_now not in fps and fps != {None}
 
     def _check_weights_of_start(self) -> None:
         """A resumed incumbent of a checkpoint directory stands on a row of the results file; when the corpus
@@ -449,17 +450,23 @@ class _Run(Rounds):
         its row is written: the search would go on from a config that is not correct on this checkpoint, and so
         would every later resume."""
         fps = self.passed_on.get(self.inc.program_fingerprint, set())
-        if fps <= {None}:  # nothing recorded of it, or only in records older than the fingerprint
+        if fps == {None}:  # recorded only in records older than the fingerprint
             log.info("%s: the corpus's records of the incumbent %s carry no weights fingerprint (written before AMK "
                      "recorded it): it is not checked against the checkpoint there now", self.name,
                      self.inc.config.schedule_id)
             return
         if not self._start_needs_check():  # it passed on these weights
             return
-        on = ", ".join(sorted(f[:16] for f in fps if f))
-        log.warning("%s: the incumbent %s has not passed on the checkpoint there now (its config.json and weights, "
-                    "fingerprint %s; it passed on: %s): it is verified and timed again on it", self.name,
-                    self.inc.config.schedule_id, self.weights_now[:16], on)
+        if fps:
+            on = ", ".join(sorted(f[:16] for f in fps if f))
+            log.warning("%s: the incumbent %s has not passed on the checkpoint there now (its config.json and "
+                        "weights, fingerprint %s; it passed on: %s): it is verified and timed again on it", self.name,
+                        self.inc.config.schedule_id, self.weights_now[:16], on)
+        else:  # its row stands on weights no record names
+            log.warning("%s: %s holds no record of the incumbent %s passing on %s (the corpus of the results file's "
+                        "trials is missing or emptied): it is verified and timed again on the checkpoint there now "
+                        "(fingerprint %s)", self.name, self.corpus, self.inc.config.schedule_id, self.target.name,
+                        self.weights_now[:16])
         if self._remeasure() == Status.FAIL:
             raise LoopError(f"{self.results}: the incumbent {self.inc.config.schedule_id} (trial {self.inc.trial}) "
                             f"fails on the checkpoint now in {self.name} (its row is written): check the checkpoint, "
