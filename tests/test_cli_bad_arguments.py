@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -67,6 +68,18 @@ def test_config_argument_reads_an_existing_file_before_trying_inline_json(tmp_pa
         assert json.loads(read_config_arg(f"/dev/fd/{r}")) == {"pipelining_depth": 3}
     finally:
         os.close(r)
+
+
+@pytest.mark.parametrize("text", ["", '{"attention": '], ids=["empty", "truncated"])
+def test_a_config_file_that_is_not_json_is_named_in_its_rejected_verdict(capsys, tmp_path, monkeypatch, text):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.json").write_text(text)
+    code, out = run(capsys, "evaluate", "--model", "toy", "--config", "cfg.json")
+    assert code == 2 and not out["valid"], out
+    assert out["rejected_reason"].startswith("schema: $: not valid JSON (--config 'cfg.json'): "), out
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    code, out = run(capsys, "evaluate", "--model", "toy", "--config", "-")
+    assert code == 2 and "not valid JSON (--config -: stdin)" in out["rejected_reason"], out
 
 
 def test_an_empty_config_is_a_rejected_verdict_not_a_directory(capsys, tmp_path, monkeypatch):

@@ -67,15 +67,26 @@ class CommandResult:
     text: str | None = None  # the human form; None prints the payload as indented JSON
 
 
+class ConfigText(str):
+    """A config's JSON text as read from `source` (a file, or stdin), so that a verdict rejecting it as malformed
+    JSON names where it came from."""
+    source: str
+
+    def __new__(cls, text: str, source: str) -> ConfigText:
+        obj = super().__new__(cls, text)
+        obj.source = source
+        return obj
+
+
 def read_config_arg(value: str | None, flag: str = "--config"):
     """--config: '-' reads stdin; an existing file is read (a file named like '2024-cfg.json' too); else text
-    that looks like JSON is parsed inline. Returns the raw value (string) so that malformed JSON becomes a
-    rejected verdict, not a crash. UsageError (naming `flag`) for a directory, an unreadable or non-UTF-8 file,
+    that looks like JSON is parsed inline. Returns the raw value (string; a ConfigText naming the file or stdin)
+    so that malformed JSON becomes a rejected verdict, not a crash. UsageError (naming `flag`) for a directory, an unreadable or non-UTF-8 file,
     or a value that is neither a file nor JSON."""
     if value is None:
         return {}
     if value == "-":
-        return sys.stdin.read()
+        return ConfigText(sys.stdin.read(), f"{flag} -: stdin")
     if not value.strip():  # Path("") is the working directory: an empty value is inline text (no JSON), not a path
         return value
     path = Path(value).expanduser()
@@ -89,7 +100,7 @@ def read_config_arg(value: str | None, flag: str = "--config"):
         raise UsageError(f"{flag} {value!r} is a directory (give a JSON file, '-' for stdin, or inline JSON)")
     if is_file:
         try:
-            return path.read_text(encoding="utf-8")
+            return ConfigText(path.read_text(encoding="utf-8"), f"{flag} {value!r}")
         except UnicodeDecodeError as e:
             raise UsageError(f"{flag} {value!r}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
         except OSError as e:

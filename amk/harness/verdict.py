@@ -117,8 +117,9 @@ def parse_config(config) -> ScheduleConfig:
         if isinstance(config, str):
             try:
                 config = json.loads(config, object_pairs_hook=_object)
-            except ValueError as e:
-                raise ConfigError("$", f"not valid JSON: {e}") from None
+            except ValueError as e:  # read from a file or stdin (commands.ConfigText): name it
+                source = getattr(config, "source", None)
+                raise ConfigError("$", f"not valid JSON{f' ({source})' if source else ''}: {e}") from None
             twice = _key_given_twice(config)
             if twice:
                 raise ConfigError(twice[0], f"given twice in one JSON object (values {json_value(twice[1])} and "
