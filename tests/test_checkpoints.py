@@ -182,6 +182,12 @@ def _no_hidden_size(path):
     (path / "config.json").write_text(json.dumps(cfg))
 
 
+def _null_hidden_size(path):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["hidden_size"] = None
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
 def _string_width(path):
     cfg = json.loads((path / "config.json").read_text())
     cfg["hidden_size"] = "64"
@@ -212,6 +218,7 @@ BROKEN = {  # how -> (file named, field named, words in the message)
     "truncated safetensors": (_truncated, "model.safetensors", None, "truncated"),
     "no weight files": (_no_weights, None, None, "holds no weights"),
     "config without hidden_size": (_no_hidden_size, "config.json", "hidden_size", "missing"),
+    "config with hidden_size null": (_null_hidden_size, "config.json", "hidden_size", "null: transformers would"),
     "config with a string width": (_string_width, "config.json", "hidden_size", "expected int"),
     "config not JSON": (_not_json, "config.json", None, "not valid JSON"),
     "index naming a missing shard": (_index_without_shard, "model-00001-of-00002.safetensors", None, "not in the"),

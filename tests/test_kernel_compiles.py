@@ -96,6 +96,8 @@ def test_a_k_row_wider_than_a_warp_is_refused_before_the_build(tmp_path, monkeyp
     assert v["correct"] and any("does not build this model for h200" in n for n in v["notes"]), v["notes"]
     v = amk.evaluate(str(path), "h200", {}, dtype="bf16", device="cpu", max_seq=64)
     assert not any("does not build" in n for n in v["notes"]), v["notes"]
+    v = amk.evaluate(str(path), "cpu-sim", {}, dtype="fp32", device="cpu", max_seq=64)  # a stand-in for no GPU
+    assert any("does not build this model on any GPU" in n for n in v["notes"]), v["notes"]
     # a loop on a GPU refuses it before its first trial, writing no row (its GPU stood in for here)
     import amk.harness.loop as loop_mod
     from amk.harness.environment import Device

@@ -254,7 +254,8 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
     except UnsupportedModelError as e:
         if dev == Device.CUDA:
             raise  # a shape no config can build for is the model's, not this config's failure
-        v.notes.append(f"the CUDA kernel does not build this model for {target.name}: {e}; the ReferenceVM runs it")
+        on = "on any GPU" if target.arch == "none" else f"for {target.name}"  # cpu-sim stands in for no GPU
+        v.notes.append(f"the CUDA kernel does not build this model {on}: {e}; the ReferenceVM runs it")
     floor = _floor(v, program, target, dev, cache)
     calib = calibrate_file(corpus, target.name)
     _predict(v, program, target, calib)

@@ -60,7 +60,8 @@ def read_config_json(path: Path) -> dict:
         raise UnsupportedModelError(f"quantization_config={quant!r}", f"quantization_config: {why}")
     for name in REQUIRED_IN_CHECKPOINT:
         if raw.get(name) is None:
-            raise CheckpointError(file, "missing: transformers would use its class default, the shape of some other "
+            given = "null" if name in raw else "missing"
+            raise CheckpointError(file, f"{given}: transformers would use its class default, the shape of some other "
                                   "model", field=name)
     for name in _POSITIVE_INTS:
         v = raw.get(name)

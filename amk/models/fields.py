@@ -124,7 +124,8 @@ def _positive_number(nullable: bool = False) -> Refusal:
 def _attention_bias(v, cfg, arch):
     # Llama and Qwen3 put the bias on q, k, v and o; Mistral and Qwen2 hard-wire theirs and never read the flag.
     if v and arch in (Architecture.LLAMA, Architecture.QWEN3):
-        return "bias on the attention output projection is not lowered"
+        # q, k and v biases are lowered (Qwen2's); o_proj's is not
+        return "it adds biases to q, k, v and the attention output projection; the output projection's is not lowered"
     return None
 
 
