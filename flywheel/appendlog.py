@@ -65,8 +65,8 @@ def numbered_lines(data: bytes) -> list[tuple[int, str]]:
     """The whole lines of `data` with their line numbers in the file (from 1), so that a warning about one
     names the line an editor shows; blank lines and a trailing fragment without a newline (a torn write) are
     left out. A line ending in CRLF (a file saved on Windows) is read without its CR, and a UTF-8 byte-order mark
-    before the first line (a spreadsheet's "UTF-8 with BOM") without the mark, so that such a file resumes; appends
-    after it end in LF, and both read alike."""
+    before the first line (a spreadsheet's "UTF-8 with BOM") without the mark, so that such a file resumes
+    (results.tsv rows appended after a CRLF header end in CRLF too)."""
     text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
     lines = text.split("\n")
     return [(i, ln.removesuffix("\r")) for i, ln in enumerate(lines[:-1], 1) if ln.strip()]

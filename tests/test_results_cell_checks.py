@@ -213,6 +213,8 @@ def test_a_results_file_saved_with_crlf_line_endings_is_read_and_resumed(capsys,
     assert code == 0, s
     assert res.read_bytes().startswith(before)
     assert [r["trial"] for r in read_rows(res)] == ["1", "2", "3"]
+    after = res.read_bytes()  # the appended row ends as the file's lines do
+    assert after.endswith(b"\r\n") and after.count(b"\n") == after.count(b"\r\n") == 4
 
 
 def test_a_results_file_saved_with_a_byte_order_mark_is_read_and_resumed(capsys, tmp_path):
