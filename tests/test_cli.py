@@ -390,3 +390,15 @@ def test_loop_takes_max_seq_and_records_it(capsys, tmp_path):
                   "--results", str(res), "--corpus", str(tmp_path / "c.jsonl"))
     assert code == 0 and r["trials"] == 1
     assert [(row["dtype"], row["max_seq"]) for row in read_rows(res)] == [("fp32", "64")]
+
+
+def test_report_prints_a_gain_that_rounds_to_zero_as_zero_and_says_what_a_prior_averages():
+    from amk.harness.cmd_report import _text
+
+    out = {"trials": 2, "statuses": {"keep": 2}, "groups": [], "plots": [], "notes": [],
+           "corpus": {"entries": 2, "kept": 2, "gpus": ["cpu-sim"], "cost_model": {},
+                      "prior_top": [{"move": "sm.assignment=round_robin", "mean_improvement": -1e-6, "count": 1},
+                                    {"move": "threads_per_block=256", "mean_improvement": 0.0129, "count": 2}]}}
+    text = _text(out)
+    assert "sm.assignment=round_robin: +0.00% mean gain of the 1 trial that moved it" in text and "-0.00" not in text
+    assert "threads_per_block=256: +1.29% mean gain of the 2 trials that moved it (with any other move)" in text

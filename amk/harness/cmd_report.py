@@ -318,6 +318,9 @@ def _text(out: dict) -> str:
             rho = f"{m['spearman']:.3f}" if m["spearman"] is not None else "n/a"
             lines.append(f"  cost model on {gpu}: Spearman(predicted, measured) = {rho} over {m['measured_rows']} rows")
         for p in c["prior_top"][:5]:
-            lines.append(f"  prior: {p['move']} mean gain {100 * p['mean_improvement']:+.2f}% ({p['count']})")
+            # a trial of several moves counts whole for each (flywheel/prior.py); a -0.001% gain prints as 0
+            gain = round(100 * p["mean_improvement"], 2) + 0.0
+            lines.append(f"  prior: {p['move']}: {gain:+.2f}% mean gain of the {counted(p['count'], 'trial')} "
+                         "that moved it (with any other move)")
     lines += [f"plot: {p}" for p in out["plots"]] + [f"note: {n}" for n in out["notes"]]
     return "\n".join(lines)
