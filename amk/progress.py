@@ -69,6 +69,11 @@ def _dependency_bars(enabled: bool) -> None:
             _state["tqdm_init"] = None
 
 
+def draws() -> bool:
+    """Whether progress is drawn now (not quiet, and stderr a terminal): for a dependency's own bars."""
+    return _live()
+
+
 @functools.lru_cache(maxsize=1)
 def _console():
     from rich.console import Console

@@ -293,6 +293,24 @@ def test_quiet_reaches_transformers_bars_without_importing_it():
     assert p.returncode == 0, p.stderr[-3000:]
 
 
+def test_the_python_api_draws_no_weight_loading_bar_into_a_pipe(tmp_path):
+    # the CLI silences transformers' bars off a terminal (set_quiet); a script or notebook calling amk.evaluate
+    # on a checkpoint directory with stderr piped got "Loading weights" carriage-return updates. The caller's own
+    # switch is restored after the load.
+    from _checkpoints import llama
+
+    path = llama(tmp_path / "m")
+    code = ("import pathlib, amk\n"
+            "import transformers.utils.logging as t\n"
+            f"v = amk.evaluate(pathlib.Path({str(path)!r}), 'cpu-sim', {{}}, max_seq=16)\n"
+            "assert v['correct'], v\n"
+            "assert t.is_progress_bar_enabled()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "AMK_CACHE_DIR": str(tmp_path / "cache")})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Loading weights" not in p.stderr, p.stderr[-2000:]
+
+
 def test_progress_draws_on_a_terminal_and_logs_a_line_elsewhere(monkeypatch, caplog):
     import io
     import logging

@@ -455,15 +455,23 @@ def _load_gguf(dtype: torch.dtype, device: str, weights: bool) -> Model:
 
 @contextlib.contextmanager
 def _transformers_quiet():
-    """transformers' own warnings off for a block (its verbosity restored after)."""
+    """transformers' own warnings off for a block, and its progress bars (the weight loading's) where AMK's would
+    not draw (quiet, or stderr not a terminal: a pipe or a log gets hundreds of carriage-return updates); its
+    verbosity and bar switch restored after, so a caller's own use of transformers is left as it was."""
     import transformers.utils.logging as tlog
 
-    before = tlog.get_verbosity()
+    from amk.progress import draws
+
+    before, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
     tlog.set_verbosity_error()
+    if bars and not draws():
+        tlog.disable_progress_bar()
     try:
         yield
     finally:
         tlog.set_verbosity(before)
+        if bars:
+            tlog.enable_progress_bar()
 
 
 def _hasher(raw_config: dict, source: str):
