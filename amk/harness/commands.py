@@ -81,8 +81,8 @@ class ConfigText(str):
 def read_config_arg(value: str | None, flag: str = "--config"):
     """--config: '-' reads stdin; an existing file is read (a file named like '2024-cfg.json' too); else text
     that looks like JSON is parsed inline. Returns the raw value (string; a ConfigText naming the file or stdin)
-    so that malformed JSON becomes a rejected verdict, not a crash. UsageError (naming `flag`) for a directory, an unreadable or non-UTF-8 file,
-    or a value that is neither a file nor JSON."""
+    so that malformed JSON becomes a rejected verdict, not a crash. UsageError (naming `flag`) for a directory,
+    an unreadable or non-UTF-8 file, or a value that is neither a file nor JSON."""
     if value is None:
         return {}
     if value == "-":
