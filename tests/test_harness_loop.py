@@ -650,3 +650,17 @@ def test_a_built_in_name_is_the_built_in_beside_a_directory_so_named(tmp_path, m
                  settings=SMALL)
     assert s["trials"] == 1
     assert all(MODEL_FINGERPRINT not in r.environment for r in load_records(tmp_path / "c.jsonl"))
+
+
+def test_a_given_start_config_with_a_knob_that_cannot_act_is_said_so(tmp_path, caplog):
+    # evaluate's verdict names such a knob; the loop's start row would carry it unremarked into every keep
+    with caplog.at_level("WARNING", logger="amk"):
+        out = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "r.tsv",
+                       corpus=tmp_path / "c.jsonl", incumbent={"build": {"l2_prefetch_kb": 64}})
+    note = "the given config's build.l2_prefetch_kb=64 has no effect: "
+    assert any(n.startswith(note) and "pipelining_depth" in n for n in out["notes"]), out["notes"]
+    assert note in caplog.text and "the search never moves it" in caplog.text
+    # on a GPU target (predicted here) with a prefetch that runs, it acts (cpu-sim prices no prefetch at all)
+    acting = amk.loop("toy", "h200", budget=1, device="cpu", results=tmp_path / "r2.tsv",
+                      corpus=tmp_path / "c2.jsonl", incumbent={"build": {"l2_prefetch_kb": 64}, "pipelining_depth": 1})
+    assert not any("has no effect" in n for n in acting["notes"]), acting["notes"]

@@ -53,6 +53,7 @@ from amk.flywheel.records import (
 from amk.flywheel.results import ResultRow, ResultsFormatError, Status, append_result, read_rows
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError, ArgumentError, EnvironmentProblem
+from amk.schedule.inert import inert_knobs
 from amk.schedule.space import search_space
 
 from .arguments import append_refusal, check_loop_arguments, check_model_weights, check_seed
@@ -238,6 +239,7 @@ class _Run(Rounds):
         self.weights_now, self.passed_on = self._checkpoint_fingerprints(rows)
         rows = self._rows_of_run(rows)  # the rows a resume may compare with, and adopt
         self.adopted = False  # a row of the results stands for the start's measurement
+        self.given_inert: list[str] = []  # the start config's knobs that cannot act (inert_knobs' notes)
         seed_config = None
         if incumbent is not None:
             seed_config = parse_config(incumbent)  # ConfigError names the field: a usage error
@@ -294,6 +296,9 @@ class _Run(Rounds):
                             "config that lowers and validates", argument="incumbent")
         if given is not None:
             self._check_given_on_resume(given, built.program_fingerprint, rows)
+            self.given_inert = [k.note() for k in inert_knobs(given, self.target, built.derived)]
+            for note in self.given_inert:  # evaluate's verdict notes these; a loop's start row would not
+                log.warning("the given config's %s; the loop keeps it as given, and the search never moves it", note)
         if not built.valid and cfg != ScheduleConfig():
             log.warning("the corpus's best config %s no longer lowers (%s): starting from the defaults",
                         cfg.schedule_id, built.reason)
@@ -767,7 +772,7 @@ class _Run(Rounds):
 
         seq = self.program_max_seq
         note = short_context_note(bench_context(seq), seq, what="every latency is")
-        return [note] if note else []
+        return ([note] if note else []) + [f"the given config's {n}" for n in self.given_inert]
 
     def close(self) -> None:
         self.builder.close()
