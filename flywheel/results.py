@@ -174,7 +174,8 @@ def append_result(path: str | Path, row: ResultRow) -> ResultRow:
             row.trial = next_trial(current, floor=claimed_floor(path))
         row.time = row.time or _utc_now()
         # a file saved with CRLF (on Windows) gets its rows in CRLF too, not lines of two endings
-        eol = "\r\n" if current.split(b"\n", 1)[0].endswith(b"\r") else "\n"
+        first = current.find(b"\n")  # the header's end, found without copying the rows after it
+        eol = "\r\n" if first > 0 and current[first - 1] == ord("\r") else "\n"
         body = "\t".join(row.cells(columns)) + eol
         # a header an editor saved without its newline is a file of no rows: append_lines ends its line
         return body.encode() if lines or bare is not None else (HEADER + body).encode()

@@ -462,15 +462,15 @@ def _transformers_quiet():
 
     from amk.progress import draws
 
-    before, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    before, silenced = tlog.get_verbosity(), tlog.is_progress_bar_enabled() and not draws()
     tlog.set_verbosity_error()
-    if bars and not draws():
+    if silenced:
         tlog.disable_progress_bar()
     try:
         yield
     finally:
         tlog.set_verbosity(before)
-        if bars:
+        if silenced:
             tlog.enable_progress_bar()
 
 
