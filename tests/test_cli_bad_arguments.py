@@ -360,6 +360,40 @@ def test_an_out_file_holding_a_loops_record_is_not_overwritten(capsys, tmp_path,
     assert (tmp_path / name).read_bytes() == files[name]
 
 
+@pytest.mark.parametrize("verb", ["compile", "verify"])
+def test_an_out_file_of_another_kind_is_not_overwritten_and_the_same_kind_is_replaced(capsys, tmp_path, verb):
+    extra = ["--cases", "reduced"] if verb == "verify" else []
+    out = tmp_path / "out.json"
+    out.write_text('{"notes": "a file the user keeps"}\n')
+    code, s = run(capsys, verb, "-q", "--model", "toy", "--gpu", "cpu-sim", "--out", str(out), *extra)
+    assert code == 2 and s["error"].startswith(f"--out {str(out)!r}: exists and does not hold"), s
+    assert out.read_text() == '{"notes": "a file the user keeps"}\n'
+    out.write_text("")
+    for _ in range(2):  # an empty file, then the command's own earlier output, are replaced
+        code, s = run(capsys, verb, "-q", "--model", "toy", "--gpu", "cpu-sim", "--out", str(out), *extra)
+        assert code == 0, s
+        first = json.loads(out.read_text())
+        assert ("tasks" in first) if verb == "compile" else (first["passed"] is True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary file left beside it
+    other = tmp_path / "other.json"  # one command's output is not the other's
+    other.write_text(out.read_text())
+    code, s = run(capsys, "verify" if verb == "compile" else "compile", "-q", "--model", "toy", "--gpu", "cpu-sim",
+                  "--out", str(other), *(["--cases", "reduced"] if verb == "compile" else []))
+    assert code == 2 and "does not hold" in s["error"], s
+
+
+def test_an_output_written_through_a_link_keeps_the_link_and_the_files_mode(capsys, tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("")
+    target.chmod(0o640)
+    link = tmp_path / "program.json"
+    link.symlink_to(target)
+    code, s = run(capsys, "compile", "-q", "--model", "toy", "--gpu", "cpu-sim", "--out", str(link))
+    assert code == 0, s
+    assert link.is_symlink() and json.loads(target.read_text())["tasks"]
+    assert target.stat().st_mode & 0o777 == 0o640
+
+
 def test_a_loop_file_whose_directory_cannot_be_made_is_refused_before_any_trial(capsys, tmp_path):
     (tmp_path / "plain").write_text("a file where a directory would go\n")
     for flag in ("--results", "--corpus"):

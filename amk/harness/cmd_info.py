@@ -190,11 +190,11 @@ def compile_cmd(args) -> CommandResult:
     from amk.schedule.assign import stage_fill
     from amk.schedule.config import value_text
 
-    from .cmd_run import output_file, write_output
+    from .cmd_run import OutputKind, output_file, write_output
     from .evaluate import build_program
 
     config = read_config_arg(args.config)
-    out = output_file("--out", args.out)
+    out = output_file("--out", args.out, OutputKind.PROGRAM)
     v, program = build_program(args.model, args.gpu, config, "cpu", args.dtype, args.max_seq)
     if program is None:  # a config compile cannot lower is a usage error (HARNESS section 4), its verdict beside it
         msg = f"--config: {v.rejected_reason}"

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 
 from .arguments import append_refusal, loop_file_kind
@@ -15,9 +16,45 @@ from .commands import CommandResult, ExitCode, UsageError, counted, read_config_
 log = logging.getLogger("amk.cli")
 
 
-def output_file(flag: str, value: str) -> Path:
+class OutputKind(str, Enum):
+    """What an output flag writes, so that an existing file is replaced only when it holds the same kind."""
+
+    PROGRAM = "a lowered program (`amk compile`)"
+    VERIFY_RECORD = "a verify record (`amk verify`)"
+
+
+_PROGRAM_HEAD = '{"buffers": '  # Program.to_json sorts its keys: every program file begins so
+_VERIFY_KEYS = frozenset({"program_fingerprint", "schedule_id", "passed", "cases"})
+
+
+def holds_output(path: Path, kind: OutputKind) -> bool:
+    """Whether the existing file at `path` is empty or an earlier output of `kind`: the only files an output flag
+    replaces. Read from the head of a program (its files run to megabytes) and whole for a verify record (bounded
+    at 16 MiB: a larger file is none)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16 << 20)
+            longer = bool(f.read(1))
+    except OSError:
+        return False
+    if not head.strip():
+        return True
+    if kind == OutputKind.PROGRAM:
+        return head.startswith(_PROGRAM_HEAD.encode())
+    if longer:
+        return False
+    try:
+        record = json.loads(head)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and _VERIFY_KEYS <= record.keys()
+
+
+def output_file(flag: str, value: str, kind: OutputKind) -> Path:
     """The file an output flag names, checked before the command does its work (verifying every case, lowering):
-    a directory, a missing or unwritable parent would otherwise fail only at the write, as a bare OSError."""
+    a directory, a missing or unwritable parent would otherwise fail only at the write, as a bare OSError. An
+    existing file is replaced only when it is empty or holds an earlier output of `kind` (a default such as
+    ./program.json may name a file the user keeps): UsageError naming the flag otherwise."""
     path = Path(value).expanduser()
     parent = path.parent
     if path.is_dir():
@@ -33,14 +70,36 @@ def output_file(flag: str, value: str) -> Path:
     why = append_refusal(path)
     if why is not None:
         raise UsageError(f"{flag} {value!r}: cannot be written ({why})")
+    if path.exists() and not holds_output(path, kind):
+        raise UsageError(f"{flag} {value!r}: exists and does not hold {kind.value}, which this would overwrite; "
+                         "name another file or remove it")
     return path
 
 
 def write_output(flag: str, path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: into a temporary file beside it, then renamed over it (through a
+    symbolic link, onto the file it names), so that a full disk or an interrupt leaves the earlier file as it was.
+    UsageError naming the flag when it cannot be written."""
+    target = path.resolve()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        path.write_text(text)
+        try:
+            mode = target.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = None
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except OSError as e:  # checked up front; what is left (a race, a full disk) still names the flag
+        tmp.unlink(missing_ok=True)
         raise UsageError(f"{flag} {str(path)!r}: cannot be written ({e.strerror or e})") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def parsed_config(flag: str, value: str | None) -> dict | None:
@@ -181,7 +240,7 @@ def verify(args) -> CommandResult:
     from amk.harness.evaluate import evaluate as _evaluate
 
     raw = read_config_arg(args.config)
-    out = output_file("--out", args.out)
+    out = output_file("--out", args.out, OutputKind.VERIFY_RECORD)
     v = _evaluate(args.model, args.gpu, raw, device=args.device, cases=args.cases, seed=args.seed, dtype=args.dtype,
                   measure=False, max_seq=args.max_seq)
     if not v.get("valid"):
