@@ -4,6 +4,7 @@ real toy run on CPU. The search's acceptance (a synthetic evaluator) is in test_
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
@@ -650,6 +651,32 @@ def test_a_built_in_name_is_the_built_in_beside_a_directory_so_named(tmp_path, m
                  settings=SMALL)
     assert s["trials"] == 1
     assert all(MODEL_FINGERPRINT not in r.environment for r in load_records(tmp_path / "c.jsonl"))
+
+
+def test_a_loaded_checkpoint_and_a_path_object_are_the_directory_by_its_absolute_path(tmp_path, monkeypatch,
+                                                                                     fake_evaluate):
+    """A checkpoint handed over as a loaded Model, or as a pathlib.Path, is recorded by its absolute path, as its
+    name in a string is; a directory called like a built-in (toy) stays the directory, never the built-in."""
+    from _checkpoints import llama
+
+    from amk.harness.propose import model_label
+
+    work = tmp_path / "work"
+    work.mkdir()
+    ck = llama(work / "toy")
+    monkeypatch.chdir(work)
+    m = amk.load_model("./toy")
+    assert m.name == str(ck.resolve()) and model_label(m) == m.name
+    assert model_label(Path("toy")) == model_label(Path("./toy")) == m.name
+    assert model_label("toy") == "toy"  # a name in a str is the built-in, beside a directory so named
+    assert amk.load_model(Path("toy"), weights=False).source == "path"
+    files = {"results": "r.tsv", "corpus": "c.jsonl", "device": "cpu", "settings": SMALL, "evaluate": fake_evaluate}
+    amk.loop(m, "cpu-sim", budget=1, **files)
+    amk.loop(Path("toy"), "cpu-sim", budget=1, resume=True, **files)
+    amk.loop("toy", "cpu-sim", budget=1, resume=True, **files)
+    models = [r["model"] for r in read_rows(work / "r.tsv")]
+    assert set(models) == {m.name, "toy"} and models.count("toy") == 1, models
+    assert {r.model for r in load_records(work / "c.jsonl")} == {m.name, "toy"}
 
 
 def test_a_given_start_config_with_a_knob_that_cannot_act_is_said_so(tmp_path, caplog):

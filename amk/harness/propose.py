@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from amk.flywheel.corpus import best_entry, load_corpus
@@ -23,12 +24,13 @@ def model_label(model) -> str:
     """The one name of a model in verdicts, results.tsv and the corpus: a built-in name as it is (even where a
     directory of that name sits in the working directory: load_model takes the built-in), a checkpoint
     directory by its absolute path, however it was spelt. Checks nothing."""
-    from amk.models import Model, builtin_names
+    from amk.models import Model
+    from amk.models.registry import builtin_key
 
     if isinstance(model, Model):
-        return model.name
-    name = str(model)
-    return name if name in builtin_names() else model_key(name)
+        return model_key(model.name) if model.source == "path" else model.name
+    key = builtin_key(model)
+    return key if key is not None else model_key(os.fspath(model))
 
 
 def model_name(model) -> str:

@@ -65,6 +65,15 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in _CONFIG_DIR.glob("*.json")) + [_GGUF_NAME]
 
 
+def builtin_key(name_or_path) -> str | None:
+    """The built-in model `name_or_path` names, or None for a checkpoint directory. Only a str names a built-in
+    (before any directory of that name); a path object (pathlib.Path, any os.PathLike) always names a directory,
+    so that Path("toy") and "./toy" are the directory beside a built-in called toy."""
+    if isinstance(name_or_path, str) and name_or_path in builtin_names():
+        return name_or_path
+    return None
+
+
 def resolve_dtype(dtype: Any) -> torch.dtype:
     if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
         return dtype
@@ -158,10 +167,10 @@ def model_shape(name_or_path) -> ModelDims:
     """The dims of a built-in model (for the GGUF model, of its shipped stand-in config, which has its shape:
     parsing the GGUF takes seconds) or of a checkpoint directory's config, without weights. Raises as
     load_model does."""
-    key = str(name_or_path)
+    key = builtin_key(name_or_path)
     if key == _GGUF_NAME:
         return ModelDims.from_hf_config(_gguf_stand_in_config())
-    if key in builtin_names():
+    if key is not None:
         return ModelDims.from_hf_config(_builtin_config(key))
     return load_model(name_or_path, weights=False).dims
 
@@ -174,7 +183,7 @@ def check_model_name(name_or_path, argument: str = "model") -> None:
                                       f"{type(name_or_path).__name__} ({name_or_path!r:.60})")
     key = str(name_or_path)
     # "" would be the working directory (Path("")): a model is named, never implied
-    if not key.strip() or key != _GGUF_NAME and key not in builtin_names() and not _is_dir(name_or_path):
+    if not key.strip() or builtin_key(name_or_path) is None and not _is_dir(name_or_path):
         raise UnknownModelError(key, builtin_names())
 
 
@@ -183,10 +192,10 @@ def has_tokenizer(name_or_path) -> bool:
     its file, a checkpoint directory has one when it holds a tokenizer file, a built-in random model never does.
     Raises UnknownModelError as load_model does."""
     check_model_name(name_or_path)
-    key = str(name_or_path)
+    key = builtin_key(name_or_path)
     if key == _GGUF_NAME:
         return True
-    if key in builtin_names():
+    if key is not None:
         return False
     path = Path(name_or_path).expanduser()
     return any((path / f).is_file() for f in _TOKENIZER_FILES)
@@ -239,10 +248,10 @@ def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", w
     torch_dtype = resolve_dtype(dtype)
     check_seed(seed)
     device = check_device(device, weights)
-    key = str(name_or_path)
+    key = builtin_key(name_or_path)
     if key == _GGUF_NAME:
         return _load_gguf(torch_dtype, device, weights)
-    if key in builtin_names():
+    if key is not None:
         return _load_random(key, torch_dtype, seed, device, weights)
     return _load_path(Path(name_or_path).expanduser(), torch_dtype, device, weights)
 
@@ -368,7 +377,8 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
                 tokenizer_error = CheckpointError(path / present[0], f"transformers could not load the tokenizer "
                                                   f"({', '.join(present)}): {type(e).__name__}: {e}")
                 log.warning("%s; token ids still run, a text prompt is refused", tokenizer_error)
-    return Model(str(path), dims, build_graph(dims), dtype, cfg, eager, tokenizer, "path", 0, fingerprint, device,
+    # named by its absolute path, as results and records name it, however it was spelt or wherever it is used next
+    return Model(str(path.resolve()), dims, build_graph(dims), dtype, cfg, eager, tokenizer, "path", 0, fingerprint, device,
                  tokenizer_error=tokenizer_error)
 
 
