@@ -45,7 +45,7 @@ def main() -> None:
                 prog = amk.lower(model, target, config, max_seq=min(args.max_seq, model.dims.max_positions))
                 res = verify(prog, model, device="cuda", vm="cuda", cases=args.cases)
                 d = res.to_dict()
-                row.update(passed=d["passed"], total=d["total"], worst_mere=d["worst_mere"], worst_mare=d["worst_mare"],
+                row.update(passed=d["cases_passed"], total=d["total"], worst_mere=d["worst_mere"], worst_mare=d["worst_mare"],
                            failures=d["failures"], tasks=len(prog.tasks), seconds=round(time.perf_counter() - t0, 1))
                 row["case_detail"] = d["cases"]
             except Exception as e:

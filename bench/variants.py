@@ -133,7 +133,7 @@ def main() -> None:
                 vm = make_vm(prog, model, device="cuda", vm="cuda")
                 ver = verify(prog, model, device="cuda", vm="cuda", cases=args.cases, runner=vm)
             checked = ver.to_dict()
-            rows[v.name].update(verify=f"{checked['passed']}/{checked['total']}", registers=vm.registers,
+            rows[v.name].update(verify=f"{checked['cases_passed']}/{checked['total']}", registers=vm.registers,
                                 local_bytes=vm.local_bytes)
             if ver.ok:
                 built[v.name] = vm

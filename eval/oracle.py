@@ -71,12 +71,21 @@ class VerifyResult:
     seconds: float
 
     @property
-    def passed(self) -> int:
+    def cases_passed(self) -> int:
         return sum(c.passed for c in self.cases)
 
     @property
     def ok(self) -> bool:
-        return bool(self.cases) and self.passed == len(self.cases)
+        """Every case passed (and there was one): what verify_result.json's `passed` says."""
+        return bool(self.cases) and self.cases_passed == len(self.cases)
+
+    @property
+    def passed(self) -> bool:
+        return self.ok
+
+    def __bool__(self) -> bool:
+        """`ok`: `assert amk.verify(p, m)` holds only when every case passed."""
+        return self.ok
 
     def summary(self) -> dict:
         steps = [s for c in self.cases for s in c.steps]
@@ -92,7 +101,8 @@ class VerifyResult:
 
     def to_dict(self) -> dict:
         return {
-            "ok": self.ok, "total": len(self.cases), "passed": self.passed, "failed": len(self.cases) - self.passed,
+            "ok": self.ok, "passed": self.ok, "total": len(self.cases), "cases_passed": self.cases_passed,
+            "failed": len(self.cases) - self.cases_passed,
             "failures": [{"case": c.case, "error_type": c.error_type, "message": c.message}
                          for c in self.cases if not c.passed],
             **self.summary(),

@@ -64,6 +64,10 @@ class ValidationResult:
         return {"ok": self.ok, "seconds": self.seconds, "issues": [i.to_dict() for i in self.issues],
                 "suppressed": dict(self.suppressed)}
 
+    def __bool__(self) -> bool:
+        """`ok`: `assert amk.validate(p)` holds only for a program with no issue."""
+        return self.ok
+
     def first_message(self) -> str:
         return self.issues[0].message if self.issues else ""
 
@@ -123,9 +127,11 @@ class _Report:
         return sum(self.counts.values())
 
 
-def validate(program, target=None) -> ValidationResult:
+def validate(program, target=None, *, gpu_limits: bool = True) -> ValidationResult:
     """The static checks of the module docstring on `program` (a MegakernelProgram) for `target` (a GpuTarget or
-    its name; None: no check of the GPU's limits): `ok` and every issue found, at most MAX_ISSUES_PER_KIND a kind (the
+    its name; None: the target the program was lowered for, named in its meta, and no check of a GPU's limits for a
+    program that names none or one not registered; `gpu_limits=False`: no check of a GPU's limits at all, for a
+    program built past them on purpose): `ok` and every issue found, at most MAX_ISSUES_PER_KIND a kind (the
     rest counted in `suppressed`). Raises ArgumentError naming `program` for something that is no program at all (a
     caller's mistake, not an issue of a program); otherwise never raises: a check that fails internally comes back
     as an issue."""
@@ -133,6 +139,10 @@ def validate(program, target=None) -> ValidationResult:
         text = repr(program)
         raise ArgumentError("program", f"expected a program from amk.lower, got {type(program).__name__} "
                                        f"({text if len(text) <= 60 else text[:57] + '...'})")
+    if not gpu_limits:
+        target = None
+    elif target is None:
+        target = _lowered_for(program)
     t0 = time.perf_counter()
     rep = _Report(program)
     gc_was = gc.isenabled()
@@ -146,6 +156,15 @@ def validate(program, target=None) -> ValidationResult:
             gc.enable()
     suppressed = {k.value: n - MAX_ISSUES_PER_KIND for k, n in rep.counts.items() if n > MAX_ISSUES_PER_KIND}
     return ValidationResult(not rep.counts, rep.issues, time.perf_counter() - t0, suppressed)
+
+
+def _lowered_for(program):
+    """The registered target a program's meta names (amk.lower records it), else None."""
+    from .targets import TARGETS
+
+    meta = getattr(program, "meta", None)
+    name = meta.get("target") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) and name in TARGETS else None
 
 
 def _guarded(rep: _Report, name: str, fn, *args):

@@ -86,7 +86,7 @@ def test_a_wrong_kernel_is_caught():
 
     vm.sem.run = broken
     res = verify(prog, model, cases="reduced", runner=vm)
-    assert not res.ok and res.passed == 0
+    assert not res.ok and not res and res.passed is False and res.cases_passed == 0
 
 
 def test_unsatisfiable_wait_reports_deadlock_instead_of_hanging():

@@ -247,7 +247,7 @@ def test_sm_out_of_range():
     queues[prog.tasks[-1].sm].remove(tid)
     queues[135].append(tid)
     set_queues(prog, queues)
-    assert validate(prog).ok  # 140 SMs are fine in the abstract...
+    assert validate(prog, gpu_limits=False).ok  # 140 SMs are fine in the abstract...
     assert_caught(prog, IssueKind.SM_OUT_OF_RANGE, tasks=(tid,), target="h100-sxm")  # ...not on an H100
 
 
@@ -275,7 +275,7 @@ def test_abi_smem_too_small():
     assert smem and any(prog.tasks[i.tasks[0]].opcode == Opcode.MATVEC for i in smem)
     prog = fresh()
     prog.smem_per_block = 300 * 1024
-    assert validate(prog).ok
+    assert validate(prog, gpu_limits=False).ok
     i = assert_caught(prog, IssueKind.ABI, target="h100-sxm")
     assert "smem_per_block" in i.message
 
@@ -424,3 +424,18 @@ def test_page_partials_follow_the_kernels_tiling():
     assert smem.page_partials(8192, 16, {"PAGES": 4, "PAGE_BYTES": 8192}, 2) == 16 * 2 * 4 + 8192 * 2 // 4
     assert smem.page_partials(2048, 16, build, 4) == 16 * 1 * 4
     assert smem.page_partials(2048, 16, {"PAGES": 0, "PAGE_BYTES": 16384}, 2) == 0
+
+
+def test_validate_defaults_to_the_target_the_program_was_lowered_for():
+    """amk.validate(p) checks the GPU limits of the target amk.lower recorded; gpu_limits=False checks none; the
+    result is true only when ok."""
+    import amk
+
+    m = amk.load_model("toy", weights=False)
+    fits = amk.lower(m, "cpu-sim")
+    assert amk.validate(fits) and amk.validate(fits).ok
+    big = amk.lower(m, "cpu-sim", {"smem_per_block": 200000})
+    r = amk.validate(big)
+    assert not r and not r.ok and "smem_per_block=200000" in r.first_message()
+    assert amk.validate(big, gpu_limits=False).ok
+    assert not amk.validate(big, "cpu-sim")

@@ -119,7 +119,7 @@ def _higher_precision_source(model, case, max_seq: int, greedy: list[int]):
 
 def _record(v: Verdict, res) -> None:
     d = res.to_dict()
-    v.cases_passed, v.cases_total = d["passed"], d["total"]
+    v.cases_passed, v.cases_total = d["cases_passed"], d["total"]
     v.correct = bool(res.ok)
     for k in ("worst_mere", "worst_mare", "top1_agreement", "kl_max"):
         setattr(v, k, d.get(k))
