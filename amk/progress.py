@@ -62,11 +62,40 @@ def _dependency_bars(enabled: bool) -> None:
 
         original = _state.get("tqdm_init")
         if not enabled and original is None:
-            _state["tqdm_init"] = tqdm.std.tqdm.__init__
+            _state["tqdm_init"] = vars(tqdm.std.tqdm)["__init__"]  # the entry itself, as dependency_bars_off_... keeps it
             tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
         elif enabled and original is not None:
             tqdm.std.tqdm.__init__ = original
             _state["tqdm_init"] = None
+
+
+@contextlib.contextmanager
+def dependency_bars_off_unless_drawing() -> Iterator[None]:
+    """Within the block, the dependencies' own bars (transformers' weight loading, the GGUF conversion's tqdm) only
+    where AMK's would draw; each switch turned off here is turned back on after, so that a caller's own use of
+    transformers or tqdm (a notebook's) is left as it was. For the Python API, which never calls set_quiet."""
+    if draws():
+        yield
+        return
+    tlog = sys.modules.get("transformers.utils.logging")
+    bars_off = tlog is not None and tlog.is_progress_bar_enabled()
+    if bars_off:
+        tlog.disable_progress_bar()
+    tqdm_std = None
+    if _state.get("tqdm_init") is None:
+        with contextlib.suppress(ImportError):
+            import tqdm.std as tqdm_std
+
+            # the class's own entry (tqdm wraps __init__ in a partialmethod for its TQDM_* variables): put back as it was
+            original = vars(tqdm_std.tqdm)["__init__"]
+            tqdm_std.tqdm.__init__ = functools.partialmethod(tqdm_std.tqdm.__init__, disable=True)
+    try:
+        yield
+    finally:
+        if bars_off:
+            tlog.enable_progress_bar()
+        if tqdm_std is not None:
+            tqdm_std.tqdm.__init__ = original
 
 
 def draws() -> bool:

@@ -461,3 +461,17 @@ def test_a_context_past_the_models_positions_is_noted():
     assert any(n.startswith("max_seq 1024 is past the model's 512 positions") for n in v["notes"]), v["notes"]
     within = amk.evaluate("toy", "cpu-sim", {}, device="cpu", max_seq=512)
     assert not any("past the model's" in n for n in within["notes"])
+
+
+def test_the_python_api_draws_no_gguf_conversion_bar_into_a_pipe():
+    # amk.generate / amk.load_model on the GGUF model, from a script with stderr piped, drew transformers'
+    # "Converting and de-quantizing GGUF tensors" tqdm bar; tqdm and transformers are left as they were after
+    code = ("import amk, tqdm.std\n"
+            "import transformers.utils.logging as t\n"
+            "init = vars(tqdm.std.tqdm)['__init__']\n"
+            "m = amk.load_model('smollm2-135m-instruct')\n"
+            "assert m.dims.n_layers == 30\n"
+            "assert t.is_progress_bar_enabled() and vars(tqdm.std.tqdm)['__init__'] is init\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "GGUF" not in p.stderr and "Loading weights" not in p.stderr and "\r" not in p.stderr, p.stderr[-2000:]

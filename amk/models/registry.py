@@ -431,6 +431,15 @@ def _gguf_stand_in_config():
 
 
 def _load_gguf(dtype: torch.dtype, device: str, weights: bool) -> Model:
+    import transformers.utils.logging  # noqa: F401 - imported first, so that its bar switch is seen and set
+
+    from amk.progress import dependency_bars_off_unless_drawing
+
+    with dependency_bars_off_unless_drawing():  # the conversion's tqdm bar, into a pipe or a notebook's log
+        return _load_gguf_quietly(dtype, device, weights)
+
+
+def _load_gguf_quietly(dtype: torch.dtype, device: str, weights: bool) -> Model:
     from transformers import AutoConfig
 
     file = gguf_path()
@@ -470,18 +479,15 @@ def _transformers_quiet():
     verbosity and bar switch restored after, so a caller's own use of transformers is left as it was."""
     import transformers.utils.logging as tlog
 
-    from amk.progress import draws
+    from amk.progress import dependency_bars_off_unless_drawing
 
-    before, silenced = tlog.get_verbosity(), tlog.is_progress_bar_enabled() and not draws()
+    before = tlog.get_verbosity()
     tlog.set_verbosity_error()
-    if silenced:
-        tlog.disable_progress_bar()
     try:
-        yield
+        with dependency_bars_off_unless_drawing():
+            yield
     finally:
         tlog.set_verbosity(before)
-        if silenced:
-            tlog.enable_progress_bar()
 
 
 def _hasher(raw_config: dict, source: str):
