@@ -679,6 +679,35 @@ def test_a_loaded_checkpoint_and_a_path_object_are_the_directory_by_its_absolute
     assert {r.model for r in load_records(work / "c.jsonl")} == {m.name, "toy"}
 
 
+def test_a_loop_that_finds_no_correct_config_says_it_has_no_result(tmp_path, capsys, monkeypatch):
+    """The start config fails verify and no trial passes: the summary's incumbent is marked not correct, a note
+    says it is no result, and the command exits 1 (a correctness failure), not 0."""
+    from _cli import cli_json
+
+    class AllFail(_Fake):
+        def __call__(self, model, gpu, config, **kw):
+            self.append(config.schedule_id)
+            return _verdict(None, correct=False)
+
+    s = amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 evaluate=AllFail(), settings=SMALL)
+    assert s["incumbent"]["correct"] is False and s["incumbent"]["latency_us"] is None
+    assert s["notes"][0].startswith("no config passed verify and was timed"), s["notes"]
+    good = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "g.tsv",
+                    corpus=tmp_path / "g.jsonl", evaluate=_Fake(), settings=SMALL)
+    assert good["incumbent"]["correct"] is True and not any(n.startswith("no config") for n in good["notes"])
+    import amk.harness.loop as loop_module
+
+    real = loop_module.loop
+    for fake, want in ((AllFail(), 1), (_Fake(), 0)):
+        monkeypatch.setattr(loop_module, "loop", lambda *a, fake=fake, **kw: real(*a, evaluate=fake, settings=SMALL,
+                                                                                  **kw))
+        name = f"cli{want}"
+        code, out = cli_json(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--results",
+                             str(tmp_path / f"{name}.tsv"), "--corpus", str(tmp_path / f"{name}.jsonl"))
+        assert code == want and out["incumbent"]["correct"] is (want == 0), out
+
+
 def test_a_given_start_config_with_a_knob_that_cannot_act_is_said_so(tmp_path, caplog):
     # evaluate's verdict names such a knob; the loop's start row would carry it unremarked into every keep
     with caplog.at_level("WARNING", logger="amk"):

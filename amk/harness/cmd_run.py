@@ -215,7 +215,10 @@ def loop(args) -> CommandResult:
               results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
               progress=_progress, cases=args.cases, dtype=args.dtype, incumbent=seed_config, workers=args.workers,
               ray_address=args.ray_address, builders=args.builders, max_seq=args.max_seq)
-    code = ExitCode.INTERRUPTED if s["stopped"] == StopReason.INTERRUPTED.value else ExitCode.OK
+    if s["stopped"] == StopReason.INTERRUPTED.value:
+        code = ExitCode.INTERRUPTED
+    else:  # a loop that found no correct config has no result: a correctness failure, as evaluate's
+        code = ExitCode.OK if s["incumbent"]["correct"] else ExitCode.INCORRECT
     return CommandResult(code, s, loop_text(s))
 
 

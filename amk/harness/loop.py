@@ -739,7 +739,8 @@ class _Run(Rounds):
         inc = self.inc
         return {"incumbent": {"schedule_id": inc.config.schedule_id, "program_fingerprint": inc.program_fingerprint,
                               "latency_us": inc.latency_us, "latency_spread_us": inc.spread_us,
-                              "latency_kind": inc.kind, "trial": inc.trial, "config": inc.config.to_dict()},
+                              "latency_kind": inc.kind, "trial": inc.trial, "config": inc.config.to_dict(),
+                              "correct": inc.latency_us is not None},
                 "model": self.name, "gpu": self.target.name, "device": self.dev.value, "dtype": self.dtype,
                 "max_seq": self.program_max_seq, "context": self.context,
                 "trials": self.trials, "statuses": dict(self.statuses), "kept": self.statuses.get(Status.KEEP.value, 0),
@@ -772,7 +773,10 @@ class _Run(Rounds):
 
         seq = self.program_max_seq
         note = short_context_note(bench_context(seq), seq, what="every latency is")
-        return ([note] if note else []) + [f"the given config's {n}" for n in self.given_inert]
+        none_correct = [] if self.inc.latency_us is not None else [
+            "no config passed verify and was timed: the incumbent is the start config, which did not (results.tsv "
+            "says why); it is no result"]
+        return none_correct + ([note] if note else []) + [f"the given config's {n}" for n in self.given_inert]
 
     def close(self) -> None:
         self.builder.close()

@@ -168,7 +168,7 @@ def merge(summaries: list[dict], model: str, gpu: str, device: str, results, cor
            "best": summaries[0].get("best"), "workers": len(summaries),
            "trials_per_minute": round(60 * trials / seconds, 2) if seconds > 0 else None,
            "per_worker": summaries, "results": str(results), "corpus": str(corpus), "seconds": round(seconds, 2),
-           "notes": summaries[0].get("notes", [])}
+           "notes": best_inc.get("notes", [])}  # the incumbent's worker's: whether it is a result, with the rest
     # each worker's best is the corpus's best of this run's model, GPU, dtype and context when that worker stopped;
     # the last to stop read every other's keeps, so the fastest of them is the run's (a fresh read of the corpus
     # here would rank records of another dtype or context beside this run's)
