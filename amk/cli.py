@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV positions the program holds (default: the prompt and new tokens, rounded up to a "
                         "power of two, at least 256, and at most max_position_embeddings or the prompt and new "
                         "tokens, whichever is more)")
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                   help="weights and activations dtype (default: bf16 on cuda, fp32 on the CPU)")
     p = add("report", "summarise results.tsv and the tuning records; the best config; the search as PNG")
     p.add_argument("--results", default="results.tsv", help="the results file of `amk loop`, one row per trial")
     p.add_argument("--corpus", default="corpus.jsonl", help="the tuning records, one per measurement")

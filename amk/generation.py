@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from amk.harness.arguments import check_flag, check_max_seq, check_model_weights
+from amk.harness.arguments import check_dtype, check_flag, check_max_seq, check_model_weights
 from amk.progress import bar, status
 from amk.schedule.errors import ArgumentError, ContextError, ProgramError
 
@@ -31,8 +31,9 @@ class Generation:
     prompt_tokens: list[int]
     vm: str
     device: str
-    seconds: float
-    decode_tokens_per_s: float | None  # None when no decode step ran (one new token: the prompt's last step's)
+    # timings: two generations of the same tokens compare equal whatever the clock said
+    seconds: float = field(compare=False)
+    decode_tokens_per_s: float | None = field(compare=False)  # None when no decode step ran (one new token)
     notes: list[str] = field(default_factory=list)  # what the caller should know about the tokens (context)
 
     def to_dict(self) -> dict:
@@ -66,7 +67,7 @@ def _checked_model(model):
 
 
 def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str = "auto", gpu=None,
-             max_seq: int | None = None, stop_at_eos: bool = True) -> Generation:
+             max_seq: int | None = None, stop_at_eos: bool = True, dtype=None) -> Generation:
     """Prefill `prompt` (text, or token ids) one token per step through the VM, keeping the KV cache on the
     VM, then decode greedily. On the GPU the decode steps run back to back with the token and position
     advancing on the device; the VM's error word and task count are checked at the end.
@@ -75,7 +76,11 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     Past the model's max_position_embeddings they still run (as transformers would compute them); the
     Generation's `notes` then say so.
 
+    `dtype` (fp32, fp16 or bf16): the weights and activations; None: a loaded Model's own, else bf16 on CUDA and fp32
+    on the CPU. A loaded Model of another dtype is cast to it (its weights copied).
+
     Raises ArgumentError naming the argument: `model` (not a name, a path or an amk Model loaded with its weights),
+    `dtype` (not a dtype name),
     `prompt` (empty, not text or integer ids, ids outside the
     vocabulary, text for a model without a tokenizer), `max_new_tokens` or `max_seq` (not a positive integer),
     `stop_at_eos` (not a bool),
@@ -83,7 +88,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     when the prompt and new tokens need more positions than `max_seq`; ConfigError or LoweringError for a
     `config` that does not parse or lower, ProgramError for one whose program does not validate."""
     import amk
-    from amk.models.registry import has_tokenizer
+    from amk.models.registry import dtype_name, has_tokenizer, resolve_dtype
     from amk.schedule import detect_target, get_target
     from amk.vm.weights import pack_weights
 
@@ -91,6 +96,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         raise ArgumentError("max_new_tokens", f"expected a positive integer, got {max_new_tokens!r}")
     check_max_seq(max_seq)
     check_flag("stop_at_eos", stop_at_eos)
+    check_dtype(dtype)
     dev = _device(device)
     model = _checked_model(model)
     if isinstance(model, str):
@@ -98,7 +104,10 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         if isinstance(prompt, str) and not has_tokenizer(model):
             raise ArgumentError("prompt", f"model {model!r} has no tokenizer: pass token ids")
         with status(f"loading {model}"):
-            model = amk.load_model(model, dtype="bf16" if dev == "cuda" else "fp32", device=dev)
+            model = amk.load_model(model, dtype=dtype or ("bf16" if dev == "cuda" else "fp32"), device=dev)
+    elif dtype is not None and resolve_dtype(dtype) != model.dtype:
+        with status(f"casting {model.name} to {dtype_name(dtype)}"):
+            model = model.cast(dtype)
     if isinstance(prompt, str):
         if model.tokenizer is None and model.tokenizer_error is not None:
             raise model.tokenizer_error

@@ -76,6 +76,7 @@ def test_load_model_names_a_bad_dtype():
     ([], {}, "prompt"),
     ([1, 2], {"device": "gpu"}, "device"),
     ([1, 2], {"stop_at_eos": "no"}, "stop_at_eos"),
+    ([1, 2], {"dtype": "bf17"}, "dtype"),
 ])
 def test_generate_refuses_a_bad_argument(prompt, kw, argument):
     with pytest.raises(amk.ArgumentError) as e:
@@ -93,6 +94,20 @@ def test_generate_takes_prompt_plus_new_tokens_less_one_positions():
     assert one.tokens == out.tokens[:1] and one.decode_tokens_per_s is None  # no decode step ran: no rate
     with pytest.raises(amk.ContextError, match="need 5 positions, the program holds 4"):
         amk.generate("toy", [1, 5, 9], max_new_tokens=3, device="cpu", max_seq=4)
+
+
+def test_generate_runs_in_the_dtype_asked_for_and_equal_generations_compare_equal():
+    """dtype= picks the weights' and activations' dtype (a loaded Model is cast); the tokens are eager's greedy ones
+    in that dtype; two generations of the same tokens are equal whatever their timings."""
+    ids = [1, 5, 9]
+    kw = {"max_new_tokens": 4, "device": "cpu", "max_seq": 8, "stop_at_eos": False}
+    bf16 = amk.generate("toy", ids, dtype="bf16", **kw)
+    model = amk.load_model("toy")  # fp32
+    assert amk.generate(model, ids, dtype="bf16", **kw) == bf16
+    eager = amk.load_model("toy", dtype="bf16").eager
+    want = eager.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False, min_new_tokens=4)[0, 3:].tolist()
+    assert bf16.tokens == want
+    assert amk.generate(model, ids, **kw) == amk.generate("toy", ids, dtype="fp32", **kw)
 
 
 def test_generate_past_the_models_context_runs_with_a_note(tmp_path):

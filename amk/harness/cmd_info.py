@@ -166,7 +166,7 @@ def generate(args) -> CommandResult:
     prompt = args.prompt if args.prompt is not None else args.prompt_ids
     try:
         out = fn(args.model, prompt, max_new_tokens=args.max_new_tokens, config=config, device=args.device,
-                 gpu=args.gpu, max_seq=args.max_seq)
+                 gpu=args.gpu, max_seq=args.max_seq, dtype=args.dtype)
     except (LoweringError, ProgramError) as e:  # the config's fault; a bad prompt's typed error reaches main()
         msg = f"--config: {e}"
         return CommandResult(ExitCode.USAGE, {"error": msg, "error_type": "usage"}, msg)
