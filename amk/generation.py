@@ -31,6 +31,7 @@ class Generation:
     prompt_tokens: list[int]
     vm: str
     device: str
+    dtype: str  # the weights' and activations': fp32, fp16 or bf16
     # timings: two generations of the same tokens compare equal whatever the clock said
     seconds: float = field(compare=False)
     decode_tokens_per_s: float | None = field(compare=False)  # None when no decode step ran (one new token)
@@ -181,4 +182,4 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         out = out[: cut + 1] if cut is not None else out
     text = model.tokenizer.decode(out, skip_special_tokens=True) if model.tokenizer is not None else None
     rate = (max_new_tokens - 1) / max(t2 - t1, 1e-9) if max_new_tokens > 1 else None
-    return Generation(text, out, ids, vm_name, dev, t2 - t0, rate, notes)
+    return Generation(text, out, ids, vm_name, dev, dtype_name(model.dtype), t2 - t0, rate, notes)

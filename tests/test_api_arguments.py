@@ -102,6 +102,7 @@ def test_generate_runs_in_the_dtype_asked_for_and_equal_generations_compare_equa
     ids = [1, 5, 9]
     kw = {"max_new_tokens": 4, "device": "cpu", "max_seq": 8, "stop_at_eos": False}
     bf16 = amk.generate("toy", ids, dtype="bf16", **kw)
+    assert bf16.dtype == "bf16" and bf16.to_dict()["dtype"] == "bf16"
     model = amk.load_model("toy")  # fp32
     assert amk.generate(model, ids, dtype="bf16", **kw) == bf16
     eager = amk.load_model("toy", dtype="bf16").eager
