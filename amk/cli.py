@@ -21,6 +21,7 @@ import sys
 import threading
 import traceback
 
+from amk import __version__
 from amk.harness.baselines import PEERS
 from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
 from amk.harness.verdict import jsonable
@@ -47,6 +48,20 @@ class _Formatter(argparse.HelpFormatter):
         if shown and "%(default)" not in text and "(default: " not in text:  # some helps say it in their words
             text += " (default: %(default)s)"
         return text
+
+
+class _VersionAsked(Exception):
+    pass
+
+
+class _Version(argparse.Action):
+    """--version: answered by _main as any command is (text, or one JSON object with --json), not printed by argparse."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise _VersionAsked
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print exactly one JSON object on stdout (the only way to get JSON)")
     ap.add_argument("-q", "--quiet", action="store_true", default=False,
                     help="warnings and errors only on stderr: no info lines, no progress bars")
+    ap.add_argument("--version", action=_Version, help="print AMK's version and exit")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -415,6 +431,8 @@ def _main(argv: list[str] | None) -> int:
         # anything a library prints goes to stderr, so stdout holds only our one answer
         with contextlib.redirect_stdout(sys.stderr):
             result = COMMANDS[args.command](args)
+    except _VersionAsked:
+        result = CommandResult(ExitCode.OK, {"version": __version__}, f"amk {__version__}")
     except UsageError as e:
         result = CommandResult(ExitCode.USAGE, {"error": str(e), "error_type": "usage"}, str(e))
     except KeyboardInterrupt:

@@ -475,3 +475,14 @@ def test_the_python_api_draws_no_gguf_conversion_bar_into_a_pipe():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "GGUF" not in p.stderr and "Loading weights" not in p.stderr and "\r" not in p.stderr, p.stderr[-2000:]
+
+
+def test_version_answers_as_any_command_does(capsys):
+    import amk
+    from amk.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"amk {amk.__version__}\n"
+    for argv in (["--json", "--version"], ["--version", "--json"]):
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out) == {"ok": True, "exit_code": 0, "version": amk.__version__}
