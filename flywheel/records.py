@@ -13,6 +13,7 @@ lines under a lock (flywheel.appendlog), so concurrent loops share one file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -155,6 +156,7 @@ class TuningRecord:
                 raise RecordFormatError(f"{name} is {d.get(name)!r:.60}, not a string")
         cost = v.get("cost") or {}
         feats = cost.get("features") if legacy else d.get("features")
+        _check_config_id(d["config"], d.get("schedule_id", v.get("schedule_id")))
         # a record outlives knob renames: its config is read in today's spelling
         return cls(model=d["model"], gpu=d["gpu"], config=migrate_config(dict(d["config"])), verdict=dict(v),
                    environment=dict(d.get("environment") or v.get("environment") or {}), time=str(d.get("time", "")),
@@ -175,6 +177,19 @@ class TuningRecord:
                                                      d.get("predicted_latency_us", v.get("predicted_latency_us")),
                                                      positive=True),
                    features=feats if isinstance(feats, dict) else None)
+
+
+def _check_config_id(config: dict, schedule_id) -> None:
+    """RecordFormatError unless `config`, as written, hashes to the record's `schedule_id`: a config edited after
+    its trial would otherwise stand beside that trial's latency (a slower config taken as the incumbent, its
+    measurement as its own). Hashed as ScheduleConfig.schedule_id hashes the config the writing version held, so a
+    record of an older version (other knobs, other spellings) still checks."""
+    if not isinstance(schedule_id, str):
+        return
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    if hashlib.sha256(text.encode()).hexdigest()[:12] != schedule_id:
+        raise RecordFormatError(f"its config does not hash to its schedule_id {schedule_id!r:.20}: edited after "
+                                "its trial, so its latency is not that config's")
 
 
 def _kept(v) -> bool:

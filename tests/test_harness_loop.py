@@ -708,6 +708,33 @@ def test_a_loop_that_finds_no_correct_config_says_it_has_no_result(tmp_path, cap
         assert code == want and out["incumbent"]["correct"] is (want == 0), out
 
 
+def test_a_record_whose_config_was_edited_is_no_record(tmp_path, fake_evaluate, caplog):
+    """A corpus line whose config no longer hashes to its schedule_id (edited after its trial) is skipped with a
+    warning naming the line: its latency is not that config's. A resume whose best keep has no other record
+    refuses, as for a corpus without it; propose does not offer the edited config."""
+    files = {"results": tmp_path / "r.tsv", "corpus": tmp_path / "c.jsonl", "device": "cpu", "settings": SMALL,
+             "evaluate": fake_evaluate}
+    s = amk.loop("toy", "cpu-sim", budget=2, incumbent={"matvec": {"lm_head": {"rows_per_task": 512}}}, **files)
+    best = s["incumbent"]["trial"]
+    assert s["incumbent"]["schedule_id"] != DEFAULT.schedule_id  # a keep the default start does not stand for
+    lines = (tmp_path / "c.jsonl").read_text().splitlines()
+    edited = []
+    for line in lines:
+        d = json.loads(line)
+        if d["trial"] == best:
+            d["config"]["threads_per_block"] = 1024
+        edited.append(json.dumps(d, sort_keys=True))
+    (tmp_path / "c.jsonl").write_text("\n".join(edited) + "\n")
+    with caplog.at_level("WARNING"):
+        records = load_records(tmp_path / "c.jsonl")
+    assert best not in [r.trial for r in records] and len(records) == len(lines) - 1
+    assert "does not hash to its schedule_id" in caplog.text, caplog.text
+    p = amk.propose("toy", "cpu-sim", corpus=tmp_path / "c.jsonl")
+    assert p["config"].get("threads_per_block") != 1024
+    with pytest.raises(LoopError, match="corpus"):
+        amk.loop("toy", "cpu-sim", budget=1, resume=True, **files)
+
+
 def test_a_given_start_config_with_a_knob_that_cannot_act_is_said_so(tmp_path, caplog):
     # evaluate's verdict names such a knob; the loop's start row would carry it unremarked into every keep
     with caplog.at_level("WARNING", logger="amk"):
