@@ -102,6 +102,29 @@ def test_verify_then_bench(capsys, monkeypatch, tmp_path):
     assert code == 2 and "FAILED" in b["error"]
 
 
+def test_bench_takes_a_verify_of_the_same_model_and_weights_only(capsys, tmp_path):
+    """The program fingerprint leaves the weights out: a verify of one checkpoint does not verify another of its
+    shape, the same checkpoint saved again with other weights, another dtype, or a built-in of the same name."""
+    from _checkpoints import SMALL, save_checkpoint
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(**{**SMALL, "num_hidden_layers": 1, "max_position_embeddings": 64})
+    a, b = save_checkpoint(cfg, tmp_path / "a", seed=1), save_checkpoint(cfg, tmp_path / "b", seed=2)
+    vr = str(tmp_path / "vr.json")
+    code, rec = run(capsys, "verify", "--model", str(a), "--gpu", "cpu-sim", "--out", vr, "--cases", "reduced")
+    assert code == 0 and rec["model_fingerprint"]
+    bench = ["bench", "--gpu", "cpu-sim", "--verify-result", vr, "--contexts", "1"]
+    code, out = run(capsys, *bench, "--model", str(a))
+    assert code == 0 and out["verified"] is True
+    code, out = run(capsys, *bench, "--model", str(b))  # the same program, other weights
+    assert code == 2 and out["error_type"] == "unverified" and "verify this model" in out["error"], out
+    code, out = run(capsys, *bench, "--model", str(a), "--dtype", "bf16")
+    assert code == 2 and out["error_type"] == "unverified", out
+    save_checkpoint(cfg, a, seed=3)  # saved again: the same directory, other weights
+    code, out = run(capsys, *bench, "--model", str(a))
+    assert code == 2 and "verified other weights" in out["error"], out
+
+
 def test_geomean_excludes_bad_speedups():
     cases = [{"case": "a", "speedup": 2.0}, {"case": "b", "speedup": 8.0}, {"case": "c", "speedup": float("nan")},
              {"case": "d", "speedup": float("inf")}, {"case": "e", "speedup": 0.0}, {"case": "f", "speedup": -1.0},

@@ -38,8 +38,19 @@ def geomean_speedups(cases: list[dict]) -> tuple[float | None, list[dict]]:
     return (math.exp(sum(logs) / len(logs)) if logs else None), excluded
 
 
-def check_verified(path: Path, fingerprint: str, device: str) -> str | None:
-    """Why this program may not be benched yet, or None when a matching passing verify_result.json exists."""
+def weights_fingerprint(model: str) -> str | None:
+    """The fingerprint of the weights a model label names now: a checkpoint directory's (its config.json and weight
+    files hashed), None for a built-in model, whose weights its name, dtype and seed define."""
+    from amk.models.registry import builtin_key, checkpoint_fingerprint
+
+    path = Path(model)
+    return checkpoint_fingerprint(path) if builtin_key(model) is None and path.is_dir() else None
+
+
+def check_verified(path: Path, fingerprint: str, device: str, model: str, dtype: str) -> str | None:
+    """Why this program may not be benched yet, or None when a matching passing verify_result.json exists: the
+    same program on the same device, for the same model (label), dtype and, for a checkpoint directory, the same
+    weights (the program fingerprint leaves weights out: two checkpoints of one shape lower to one program)."""
     if path.is_dir():
         return f"{path} is a directory: name the verify_result.json that `amk verify --out` wrote"
     if not path.is_file():
@@ -60,6 +71,14 @@ def check_verified(path: Path, fingerprint: str, device: str) -> str | None:
         return f"{path}: program {fingerprint} FAILED verification ({rec.get('cases_passed')}/{rec.get('cases_total')})"
     if rec.get("device") != device:
         return f"{path}: verified on {rec.get('device')}, benching on {device}: verify on the same device"
+    if rec.get("model") != model or rec.get("dtype") != dtype:
+        return (f"{path}: verified {rec.get('model')} in {rec.get('dtype')}, benching {model} in {dtype}: verify "
+                "this model first")
+    now = weights_fingerprint(model)
+    if now is not None and rec.get("model_fingerprint") != now:
+        return (f"{path}: verified other weights of {model} (model_fingerprint {rec.get('model_fingerprint')}, the "
+                f"directory's now {now}: saved again since, or a record written before verify recorded it): verify "
+                "again")
     return None
 
 
@@ -84,7 +103,7 @@ def bench(args) -> CommandResult:
     if program is None:
         return CommandResult(ExitCode.USAGE, v.to_dict(), f"REJECTED: {v.rejected_reason}")
     notes: list[str] = []
-    why = check_verified(Path(args.verify_result), v.program_fingerprint, v.device)
+    why = check_verified(Path(args.verify_result), v.program_fingerprint, v.device, v.model, v.dtype)
     if why and not args.verify_not_required:
         return CommandResult(ExitCode.USAGE, {"error": why, "error_type": "unverified",
                                               "program_fingerprint": v.program_fingerprint}, why)

@@ -240,6 +240,7 @@ def loop_text(s: dict) -> str:
 
 
 def verify(args) -> CommandResult:
+    from amk.harness.cmd_bench import weights_fingerprint
     from amk.harness.evaluate import evaluate as _evaluate
 
     raw = read_config_arg(args.config)
@@ -252,7 +253,8 @@ def verify(args) -> CommandResult:
 
     record = {
         "program_fingerprint": v["program_fingerprint"], "schedule_id": v["schedule_id"], "passed": bool(v["correct"]),
-        "model": v["model"], "gpu": v["gpu"], "device": v["device"], "dtype": v["dtype"],
+        "model": v["model"], "model_fingerprint": weights_fingerprint(v["model"]), "gpu": v["gpu"],
+        "device": v["device"], "dtype": v["dtype"],
         "cases_passed": v["cases_passed"], "cases_total": v["cases_total"], "cases": v["case_results"],
         "failures": v["failures"], "worst_mere": v["worst_mere"], "worst_mare": v["worst_mare"],
         "top1_agreement": v["top1_agreement"], "kl_max": v["kl_max"], "notes": v["notes"],
