@@ -444,3 +444,17 @@ def test_an_empty_out_dir_or_corpus_is_refused_and_cpu_bench_steps_are_named_as_
     assert code == 0 and "--steps 5 has no effect: a predicted latency times no steps" in s["notes"], s
     code, s = run(capsys, "bench", "-q", "--model", "toy", "--gpu", "cpu-sim", "--verify-not-required")
     assert code == 0 and not [n for n in s["notes"] if "--steps" in n], s
+
+
+def test_a_corpus_that_holds_no_tuning_record_is_refused_and_left_as_it_is(capsys, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\nline two\n")
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--cases", "reduced",
+                  "--results", str(tmp_path / "r.tsv"), "--corpus", str(notes))
+    assert code == 2 and s["error"].startswith("--corpus") and "holds no tuning record" in s["error"], s
+    assert notes.read_text() == "my notes\nline two\n" and not (tmp_path / "r.tsv").exists()
+    _, corpus = _loop_files(capsys, tmp_path)  # a corpus whose first line was torn still appends
+    (tmp_path / "corpus.jsonl").write_bytes(b'{"record": 2, "mod\n' + corpus)
+    code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--cases", "reduced",
+                  "--results", str(tmp_path / "results.tsv"), "--corpus", str(tmp_path / "corpus.jsonl"), "--resume")
+    assert code == 0, s

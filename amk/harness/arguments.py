@@ -137,6 +137,29 @@ def loop_file_kind(path) -> LoopFile | None:
     return LoopFile.CORPUS if isinstance(record, dict) and "schedule_id" in record and "config" in record else None
 
 
+def foreign_corpus(path, scan_bytes: int = 1 << 20) -> str | None:
+    """What shows that the existing, non-empty file at `path` is not a corpus: none of its lines in the first
+    `scan_bytes` is a tuning record (a corpus torn by a crash still holds whole records); None for a corpus, an
+    empty or absent file, or one that is a results.tsv (refused on its own)."""
+    from amk.flywheel.records import TuningRecord
+
+    try:
+        with open(Path(path).expanduser(), "rb") as f:
+            head = f.read(scan_bytes)
+    except OSError:
+        return None
+    lines = [ln for ln in head.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    if not lines or loop_file_kind(path) == LoopFile.RESULTS:
+        return None
+    for line in lines:
+        try:
+            TuningRecord.from_dict(json.loads(line))
+            return None
+        except (ValueError, KeyError, TypeError):
+            continue
+    return f"its first line: {lines[0][:60]!r}"
+
+
 def check_output_file(argument: str, path) -> None:
     """`path` (the loop's results or corpus) must be a file to append to, or not exist yet in a directory:
     ArgumentError naming `argument` before any trial, since the first append would fail only after the first
@@ -179,6 +202,10 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
     check_output_file("results", Path(str(results) + ".claims"))  # flywheel/claims.py claims_path
     if same_file(results, corpus):  # a results row and a tuning record interleaved leave neither readable
         raise ArgumentError("corpus", f"names the same file as results ({str(results)!r}): give each its own")
+    foreign = foreign_corpus(corpus)
+    if foreign is not None:  # the first append would write records into someone's file, and nothing reads it after
+        raise ArgumentError("corpus", f"{str(corpus)!r} holds no tuning record ({foreign}): not a corpus, which "
+                                      "this would append to; name another file")
     if loop_file_kind(corpus) == LoopFile.RESULTS:  # the two swapped: a record appended to a results file
         raise ArgumentError("corpus", f"{str(corpus)!r} is a results.tsv (its first line is the results header), not "
                                       "a corpus of tuning records: give it as results, and the corpus its own file")
