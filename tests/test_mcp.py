@@ -53,6 +53,15 @@ async def _round_trip(cwd, cache_dir) -> dict:
         out["report_dashes"] = await client.call_tool("report", {"results": "a--out-dir.tsv"})
         out["bad_incumbent"] = await client.call_tool("propose", {"model": "toy", "gpu": "cpu-sim",
                                                                   "incumbent": {"matvec": {"qkv": {"k_splits": 99}}}})
+        twice = '{"threads_per_block": 256, "threads_per_block": 512}'  # AMK refuses it; plain json.loads keeps 512
+        out["twice"] = _structured(await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim",
+                                                                       "config": twice}))
+        out["twice_incumbent"] = await client.call_tool("propose", {"model": "toy", "gpu": "cpu-sim",
+                                                                    "incumbent": twice})
+        out["text_config"] = _structured(await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim",
+                                                                             "config": json.dumps(config)}))
+        out["text_incumbent"] = _structured(await client.call_tool("propose", {"model": "toy", "gpu": "cpu-sim",
+                                                                               "incumbent": json.dumps(config)}))
         out["evaluate_schema"] = next(t for t in tools if t.name == "evaluate").input_schema
     return out
 
@@ -85,6 +94,12 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     assert got["evaluate_schema"].get("additionalProperties") is False
     dashes = got["report_dashes"]  # a path is quoted as given, even where it holds a flag's spelling
     assert dashes.is_error and "'a--out-dir.tsv': not found" in dashes.content[0].text, dashes.content
+    # JSON text is parsed by AMK, as the CLI and Python parse it: a key given twice is refused, named
+    assert not got["twice"]["valid"] and "$.threads_per_block: given twice" in got["twice"]["rejected_reason"]
+    twice = got["twice_incumbent"]
+    assert twice.is_error and "usage: incumbent: $.threads_per_block: given twice" in twice.content[0].text, twice
+    assert got["text_config"]["schedule_id"] == v["schedule_id"]
+    assert got["text_incumbent"]["schedule_id"] == v["schedule_id"]
     bad = got["bad_incumbent"]  # named by its argument, as the CLI names --incumbent
     assert bad.is_error and "usage: incumbent: $.matvec.qkv.k_splits" in bad.content[0].text, bad.content
 

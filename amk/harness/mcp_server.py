@@ -67,6 +67,30 @@ def _refuse_unknown_arguments(server) -> None:
         tool.parameters["additionalProperties"] = False  # the listed input schema says so too
 
 
+# Arguments whose JSON text AMK parses itself: the SDK parses any string given for a parameter not typed str with
+# plain json.loads, which keeps the last of a key given twice, where AMK refuses it (which one was meant is unknown)
+_JSON_TEXT_ARGUMENTS = {"evaluate": frozenset({"config"}), "propose": frozenset({"incumbent"})}
+
+
+def _keep_json_text(server) -> None:
+    """Leave the JSON text of _JSON_TEXT_ARGUMENTS to AMK's own parser (duplicate keys refused, named): each such
+    tool's argument metadata becomes a subclass whose pre-parse hands those strings on as given."""
+    for tool in server._tool_manager.list_tools():
+        keep = _JSON_TEXT_ARGUMENTS.get(tool.name)
+        if not keep:
+            continue
+        meta = tool.fn_metadata
+        base = type(meta)
+
+        def pre_parse_json(self, data, base=base, keep=keep):
+            out = base.pre_parse_json(self, data)
+            out.update({k: v for k, v in data.items() if k in keep and isinstance(v, str)})
+            return out
+
+        sub = type(f"{base.__name__}KeepingJsonText", (base,), {"pre_parse_json": pre_parse_json})
+        tool.fn_metadata = sub(**{name: getattr(meta, name) for name in base.model_fields})
+
+
 def build_server():
     """The MCPServer with AMK's four tools registered."""
     from mcp.server.mcpserver import MCPServer
@@ -78,20 +102,24 @@ def build_server():
                        log_level="WARNING" if is_quiet() else "INFO")
 
     @server.tool()
-    def propose(model: str, gpu: str = "auto", incumbent: dict[str, Any] | None = None,
+    def propose(model: str, gpu: str = "auto", incumbent: Any = None,
                 corpus: str = "corpus.jsonl", dtype: str | None = None,
                 max_seq: int | None = None) -> dict[str, Any]:
         """The incumbent ScheduleConfig for `model` on `gpu` (the corpus's best kept config of `dtype` timed at the
-        KV context of `max_seq`, else the defaults, or `incumbent` when given), its schedule_id, the JSON schema's
+        KV context of `max_seq`, else the defaults, or `incumbent` when given: an object or a JSON string of one),
+        its schedule_id, the JSON schema's
         path, and the search space: every knob with its type, bounds, default, help and the values searched on
         this GPU. dtype: fp32, fp16 or bf16 (default: bf16 for a GPU, fp32 for cpu-sim, as loop takes); max_seq:
         the KV positions the run's programs hold (default: the model's context, at most 2048, as loop takes)."""
         from amk.harness.propose import propose
+        from amk.harness.verdict import parse_config
         from amk.schedule.errors import ArgumentError, ConfigError
 
-        def fn(*args, **kwargs):
+        def fn(*args, incumbent=None, **kwargs):
             try:
-                return propose(*args, **kwargs)
+                if isinstance(incumbent, str):  # JSON text, parsed as evaluate parses a config's
+                    incumbent = parse_config(incumbent).to_dict()
+                return propose(*args, incumbent=incumbent, **kwargs)
             except ConfigError as e:  # only the incumbent is parsed here: named as the CLI's --incumbent is
                 raise ArgumentError("incumbent", str(e)) from e
 
@@ -148,6 +176,7 @@ def build_server():
             raise ToolError(_keywords(str(e))) from e.__cause__
 
     _refuse_unknown_arguments(server)
+    _keep_json_text(server)
     return server
 
 
