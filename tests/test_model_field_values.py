@@ -46,3 +46,17 @@ def test_a_rope_scaling_factor_below_one_is_refused_by_name(kind, factor):
 
 def test_the_base_config_is_accepted():
     assert model_dims(LlamaConfig(**BASE)).n_kv_heads == 2
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_key_value_heads", 3, "num_key_value_heads=3 (must divide num_attention_heads=4"),
+    ("hidden_size", 60, "hidden_size=60 (must be a multiple of 8)"),
+    ("intermediate_size", 100, "intermediate_size=100 (must be a multiple of 8)"),
+])
+def test_a_shape_the_kernels_do_not_take_is_refused_naming_its_field(field, value, message):
+    head = {"head_dim": 16} if field == "hidden_size" else {}  # a head width the kernels take
+    cfg = LlamaConfig(**{**BASE, field: value, **head})
+    with pytest.raises(UnsupportedModelError) as e:
+        model_dims(cfg)
+    assert message in str(e.value) and e.value.feature.startswith(field)
+

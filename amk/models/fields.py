@@ -395,12 +395,14 @@ def model_dims(cfg) -> ModelDims:
     n_heads = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
     if n_heads % n_kv:
-        raise UnsupportedModelError("grouped-query attention", f"{n_heads} heads over {n_kv} KV heads")
+        raise UnsupportedModelError(f"num_key_value_heads={n_kv}", f"must divide num_attention_heads={n_heads}: "
+                                    "each KV head serves a whole group of q heads")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     if head_dim % 8 or head_dim > 256:
         raise UnsupportedModelError(f"head_dim={head_dim}", "must be a multiple of 8, at most 256")
-    if cfg.hidden_size % 8 or cfg.intermediate_size % 8:
-        raise UnsupportedModelError("width not a multiple of 8", f"{cfg.hidden_size}, {cfg.intermediate_size}")
+    for name in ("hidden_size", "intermediate_size"):
+        if getattr(cfg, name) % 8:  # the kernels read weight rows in 16-byte vectors
+            raise UnsupportedModelError(f"{name}={getattr(cfg, name)}", "must be a multiple of 8")
     return ModelDims(
         arch=arch,
         hidden=cfg.hidden_size,
