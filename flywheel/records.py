@@ -179,15 +179,19 @@ class TuningRecord:
                    features=feats if isinstance(feats, dict) else None)
 
 
+def written_schedule_id(config: dict) -> str:
+    """The schedule_id of a config as a record holds it (its JSON form): ScheduleConfig.schedule_id's hash, applied
+    to the dict the writing version wrote, so that it holds for a record of any version."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _check_config_id(config: dict, schedule_id) -> None:
     """RecordFormatError unless `config`, as written, hashes to the record's `schedule_id`: a config edited after
     its trial would otherwise stand beside that trial's latency (a slower config taken as the incumbent, its
     measurement as its own). Hashed as ScheduleConfig.schedule_id hashes the config the writing version held, so a
     record of an older version (other knobs, other spellings) still checks."""
-    if not isinstance(schedule_id, str):
-        return
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    if hashlib.sha256(text.encode()).hexdigest()[:12] != schedule_id:
+    if isinstance(schedule_id, str) and written_schedule_id(config) != schedule_id:
         raise RecordFormatError(f"its config does not hash to its schedule_id {schedule_id!r:.20}: edited after "
                                 "its trial, so its latency is not that config's")
 

@@ -263,11 +263,15 @@ def test_report_of_a_15_column_file_says_its_dtype_and_context_are_unknown(capsy
 
 def _records_at(path, contexts):
     """Kept toy tuning records on cpu-sim, one a KV context its latency was taken at."""
+    from amk.flywheel.records import written_schedule_id
+
     base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
-            "time": "t", "latency_kind": "predicted", "config": {}}
-    path.write_text("".join(json.dumps({**base, "latency_us": 10.0 + c, "schedule_id": f"{c:012x}",
+            "time": "t", "latency_kind": "predicted"}
+    configs = [{"matvec": {"lm_head": {"rows_per_task": 8 << i}}} for i in range(len(contexts))]  # one id each
+    path.write_text("".join(json.dumps({**base, "latency_us": 10.0 + c, "config": cfg,
+                                        "schedule_id": written_schedule_id(cfg),
                                         "verdict": {"correct": True, "latency_us": 10.0 + c, "latency_context": c}})
-                            + "\n" for c in contexts))
+                            + "\n" for c, cfg in zip(contexts, configs)))
 
 
 @pytest.mark.parametrize("contexts, says", [
@@ -327,18 +331,19 @@ def test_a_latency_under_the_spec_floor_is_never_a_best(capsys, tmp_path):
     # a row copied by hand with 0.0001 us ranked first in report, and a record of 1e-9 us was the loop's best
     from amk.flywheel import ResultRow, Status, append_result
     from amk.flywheel.corpus import best_entry
-    from amk.flywheel.records import load_records
+    from amk.flywheel.records import load_records, written_schedule_id
 
     res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    configs = [{"matvec": {"lm_head": {"rows_per_task": rows}}} for rows in (8, 16)]
     for trial, lat in ((1, 40.0), (2, 0.0001)):
-        append_result(res, ResultRow(model="toy", gpu="cpu-sim", schedule_id="0" * 12, status=Status.KEEP,
-                                     correct=True, latency_us=lat, kind="predicted", dtype="fp32", max_seq=512,
-                                     program_fingerprint="fa" * 8, description=f"row {trial}"))
+        append_result(res, ResultRow(model="toy", gpu="cpu-sim", schedule_id=written_schedule_id(configs[0]),
+                                     status=Status.KEEP, correct=True, latency_us=lat, kind="predicted", dtype="fp32",
+                                     max_seq=512, program_fingerprint="fa" * 8, description=f"row {trial}"))
     base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
-            "time": "t", "latency_kind": "predicted", "config": {}, "program_fingerprint": "fa" * 8}
-    cor.write_text("".join(json.dumps({**base, "latency_us": lat, "schedule_id": sid,
+            "time": "t", "latency_kind": "predicted", "program_fingerprint": "fa" * 8}
+    cor.write_text("".join(json.dumps({**base, "latency_us": lat, "config": cfg, "schedule_id": written_schedule_id(cfg),
                                        "verdict": {"correct": True, "latency_us": lat, "spec_floor_us": 8.5}}) + "\n"
-                           for lat, sid in ((40.0, "0" * 12), (1e-9, "1" * 12))))
+                           for lat, cfg in zip((40.0, 1e-9), configs)))
     code, out = run(capsys, "report", "--results", str(res), "--corpus", str(cor), "--no-plots")
     assert code == 0, out
     (group,) = out["groups"]

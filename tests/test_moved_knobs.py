@@ -9,7 +9,7 @@ import json
 import pytest
 
 import amk
-from amk.flywheel.records import load_records
+from amk.flywheel.records import load_records, written_schedule_id
 from amk.harness.propose import incumbent_config
 from amk.schedule.config import AttentionCombine, ScheduleConfig, migrate_config
 from amk.schedule.errors import ConfigError
@@ -74,38 +74,41 @@ def test_a_corpus_written_before_the_rename_still_gives_its_best_config(tmp_path
 
 def test_a_best_record_that_no_longer_parses_is_said_before_the_defaults_stand_in(tmp_path, caplog):
     corpus = tmp_path / "corpus.jsonl"
+    config = {"fusion": {"no_such_knob": True}}
+    sid = written_schedule_id(config)
     line = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
-            "schedule_id": "abc", "config": {"fusion": {"no_such_knob": True}}, "verdict": {"correct": True},
+            "schedule_id": sid, "config": config, "verdict": {"correct": True},
             "latency_us": 12.5, "latency_kind": "predicted"}
     corpus.write_text(json.dumps(line) + "\n")
     with caplog.at_level("WARNING"):
         cfg, source, _ = incumbent_config("toy", "cpu-sim", corpus)
     assert source == "default" and cfg == ScheduleConfig()
-    assert "schedule abc" in caplog.text and "no_such_knob" in caplog.text and str(corpus) in caplog.text
+    assert f"schedule {sid}" in caplog.text and "no_such_knob" in caplog.text and str(corpus) in caplog.text
 
 
 def test_a_best_record_that_no_longer_parses_gives_way_to_the_next_best(tmp_path, caplog):
     corpus = tmp_path / "corpus.jsonl"
     base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
             "verdict": {"correct": True}, "latency_kind": "predicted"}
-    corpus.write_text("\n".join(json.dumps({**base, **kw}) for kw in [
-        {"schedule_id": "abc", "latency_us": 9.0, "config": {"matvec": {"o": {"rows_per_task": 0}}}},
-        {"schedule_id": "def", "latency_us": 12.5, "config": {"attention": {"kv_partitions": 4}}}]) + "\n")
+    bad = {"matvec": {"o": {"rows_per_task": 0}}}
+    corpus.write_text("\n".join(json.dumps({**base, "schedule_id": written_schedule_id(kw["config"]), **kw}) for kw in [
+        {"latency_us": 9.0, "config": bad}, {"latency_us": 12.5, "config": {"attention": {"kv_partitions": 4}}}])
+        + "\n")
     with caplog.at_level("WARNING"):
         cfg, source, _ = incumbent_config("toy", "cpu-sim", corpus)
     assert source == f"corpus:{corpus}" and cfg.attention.kv_partitions == 4  # not the defaults
-    assert "schedule abc" in caplog.text and "next best" in caplog.text
+    assert f"schedule {written_schedule_id(bad)}" in caplog.text and "next best" in caplog.text
 
 
 def test_the_loops_summary_names_as_best_no_record_that_does_not_parse(tmp_path):
     # the start passes over it (propose's rule); the summary's best, and its line "best kept in the corpus", did not
     corpus = tmp_path / "corpus.jsonl"
     line = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
-            "time": "t", "schedule_id": "aaaaaaaaaaaa", "config": {"bogus": 1}, "verdict": {"correct": True},
-            "latency_us": 1.0, "latency_kind": "predicted"}
+            "time": "t", "schedule_id": written_schedule_id({"bogus": 1}), "config": {"bogus": 1},
+            "verdict": {"correct": True}, "latency_us": 1.0, "latency_kind": "predicted"}
     corpus.write_text(json.dumps(line) + "\n")
     s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "r.tsv", corpus=corpus)
-    assert s["best"] is not None and s["best"]["schedule_id"] != "aaaaaaaaaaaa"
+    assert s["best"] is not None and s["best"]["schedule_id"] != line["schedule_id"]
     assert ScheduleConfig.from_dict(s["best"]["config"]).schedule_id == s["best"]["schedule_id"]
     assert (s["max_seq"], s["context"]) == (amk.propose("toy", "cpu-sim", corpus=None)["max_seq"],
                                             amk.propose("toy", "cpu-sim", corpus=None)["context"])
