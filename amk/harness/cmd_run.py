@@ -62,8 +62,10 @@ def output_file(flag: str, value: str, kind: OutputKind) -> Path:
     if not parent.is_dir():
         why = "does not exist" if not parent.exists() else "is not a directory"
         raise UsageError(f"{flag} {value!r}: the directory {str(parent)!r} {why}")
-    if not os.access(path if path.exists() else parent, os.W_OK):
-        raise UsageError(f"{flag} {value!r}: {str(path if path.exists() else parent)!r} is not writable")
+    # the output is written beside its target, then renamed over it: the directory must take a new file
+    for where in ((path,) if path.exists() else ()) + (parent,):
+        if not os.access(where, os.W_OK):
+            raise UsageError(f"{flag} {value!r}: {str(where)!r} is not writable")
     held = loop_file_kind(path)
     if held is not None:  # the output is written whole: a loop's record of its trials would be gone
         raise UsageError(f"{flag} {value!r}: holds {held.value}, which this would overwrite; name another file")
