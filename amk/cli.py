@@ -432,7 +432,12 @@ def _main(argv: list[str] | None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             result = COMMANDS[args.command](args)
     except _VersionAsked:
-        result = CommandResult(ExitCode.OK, {"version": __version__}, f"amk {__version__}")
+        others = [a for a in argv if a not in ("--version", "--json", "-q", "--quiet")]
+        if others:  # answered only alone: a flag beside it would otherwise be dropped unread
+            msg = f"{' '.join(others)}: not taken beside --version (amk)"
+            result = CommandResult(ExitCode.USAGE, {"error": msg, "error_type": "usage"}, msg)
+        else:
+            result = CommandResult(ExitCode.OK, {"version": __version__}, f"amk {__version__}")
     except UsageError as e:
         result = CommandResult(ExitCode.USAGE, {"error": str(e), "error_type": "usage"}, str(e))
     except KeyboardInterrupt:

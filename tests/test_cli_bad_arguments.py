@@ -451,10 +451,35 @@ def test_a_corpus_that_holds_no_tuning_record_is_refused_and_left_as_it_is(capsy
     notes.write_text("my notes\nline two\n")
     code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--cases", "reduced",
                   "--results", str(tmp_path / "r.tsv"), "--corpus", str(notes))
-    assert code == 2 and s["error"].startswith("--corpus") and "holds no tuning record" in s["error"], s
+    assert code == 2 and s["error"].startswith("--corpus") and "holds no readable tuning record" in s["error"], s
     assert notes.read_text() == "my notes\nline two\n" and not (tmp_path / "r.tsv").exists()
     _, corpus = _loop_files(capsys, tmp_path)  # a corpus whose first line was torn still appends
     (tmp_path / "corpus.jsonl").write_bytes(b'{"record": 2, "mod\n' + corpus)
     code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--cases", "reduced",
                   "--results", str(tmp_path / "results.tsv"), "--corpus", str(tmp_path / "corpus.jsonl"), "--resume")
     assert code == 0, s
+
+
+def test_an_out_that_is_no_regular_file_or_names_a_directory_is_refused_before_the_work(capsys, tmp_path):
+    # a rename over a device would replace it; opening a FIFO to read it blocks for ever
+    fifo = tmp_path / "f.json"
+    os.mkfifo(fifo)
+    for out, says in ((str(fifo), "is not a regular file"), (str(tmp_path / "newdir") + "/", "names a directory")):
+        code, s = run(capsys, "compile", "-q", "--model", "toy", "--gpu", "cpu-sim", "--out", out)
+        assert code == 2 and s["error"].startswith("--out") and says in s["error"], s
+    assert fifo.is_fifo() and not (tmp_path / "newdir").exists()
+
+
+def test_an_out_through_a_dangling_link_writes_the_file_it_names_and_keeps_the_link(capsys, tmp_path):
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "target.json")
+    code, s = run(capsys, "compile", "-q", "--model", "toy", "--gpu", "cpu-sim", "--out", str(link))
+    assert code == 0, s
+    assert link.is_symlink() and json.loads((tmp_path / "target.json").read_text())["tasks"]
+
+
+def test_an_out_of_a_long_name_is_written(capsys, tmp_path):
+    out = tmp_path / ("a" * 240 + ".json")  # a temporary name built from it would pass the file system's 255
+    code, s = run(capsys, "compile", "-q", "--model", "toy", "--gpu", "cpu-sim", "--out", str(out))
+    assert code == 0 and json.loads(out.read_text())["tasks"], s
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]

@@ -486,3 +486,7 @@ def test_version_answers_as_any_command_does(capsys):
     for argv in (["--json", "--version"], ["--version", "--json"]):
         assert main(argv) == 0
         assert json.loads(capsys.readouterr().out) == {"ok": True, "exit_code": 0, "version": amk.__version__}
+    for argv in (["--json", "--version", "--bogus"], ["--json", "--bogus", "--version"], ["--json", "--version", "doctor"]):
+        assert main(argv) == 2, argv  # a flag or command beside it is not dropped unread
+        out = json.loads(capsys.readouterr().out)
+        assert out["error_type"] == "usage" and "not taken beside --version" in out["error"], out

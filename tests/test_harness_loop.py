@@ -11,7 +11,7 @@ from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for
 
 import amk
 from amk.flywheel import load_corpus, load_results, read_rows
-from amk.flywheel.records import MODEL_FINGERPRINT, load_records
+from amk.flywheel.records import MODEL_FINGERPRINT, load_records, written_schedule_id
 from amk.flywheel.results import Status
 from amk.harness.loop import Incumbent, LoopError, SearchSettings, decide
 from amk.schedule.config import ScheduleConfig
@@ -731,6 +731,14 @@ def test_a_record_whose_config_was_edited_is_no_record(tmp_path, fake_evaluate, 
     assert "does not hash to its schedule_id" in caplog.text, caplog.text
     p = amk.propose("toy", "cpu-sim", corpus=tmp_path / "c.jsonl")
     assert p["config"].get("threads_per_block") != 1024
+    legacy = json.loads(edited[best - 1])  # a version-1 line's id sits in its verdict: checked there too
+    legacy.pop("record")
+    legacy["verdict"]["schedule_id"] = legacy.pop("schedule_id")
+    (tmp_path / "one.jsonl").write_text(json.dumps(legacy) + "\n")
+    assert load_records(tmp_path / "one.jsonl") == []
+    legacy["verdict"]["schedule_id"] = written_schedule_id(legacy["config"])
+    (tmp_path / "one.jsonl").write_text(json.dumps(legacy) + "\n")
+    assert len(load_records(tmp_path / "one.jsonl")) == 1
     with pytest.raises(LoopError, match="corpus"):
         amk.loop("toy", "cpu-sim", budget=1, resume=True, **files)
 

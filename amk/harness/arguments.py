@@ -94,8 +94,9 @@ def append_refusal(path: Path) -> str | None:
             pass
     except OSError as e:
         return str(e.strerror or e)
-    if not existed:
-        path.unlink(missing_ok=True)
+    if not existed:  # through a dangling symbolic link the probe made the file it names: that goes, the link stays
+        made = path.resolve() if path.is_symlink() else path
+        made.unlink(missing_ok=True)
     return None
 
 
@@ -148,7 +149,7 @@ def foreign_corpus(path, scan_bytes: int = 1 << 20) -> str | None:
             head = f.read(scan_bytes)
     except OSError:
         return None
-    lines = [ln for ln in head.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    lines = [ln for ln in head.decode("utf-8-sig", errors="replace").splitlines() if ln.strip()]
     if not lines or loop_file_kind(path) == LoopFile.RESULTS:
         return None
     for line in lines:
@@ -204,8 +205,9 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
         raise ArgumentError("corpus", f"names the same file as results ({str(results)!r}): give each its own")
     foreign = foreign_corpus(corpus)
     if foreign is not None:  # the first append would write records into someone's file, and nothing reads it after
-        raise ArgumentError("corpus", f"{str(corpus)!r} holds no tuning record ({foreign}): not a corpus, which "
-                                      "this would append to; name another file")
+        raise ArgumentError("corpus", f"{str(corpus)!r} holds no readable tuning record ({foreign}): not a corpus "
+                                      "(or one whose every record was edited by hand), which this would append to; "
+                                      "name another file")
     if loop_file_kind(corpus) == LoopFile.RESULTS:  # the two swapped: a record appended to a results file
         raise ArgumentError("corpus", f"{str(corpus)!r} is a results.tsv (its first line is the results header), not "
                                       "a corpus of tuning records: give it as results, and the corpus its own file")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 from enum import Enum
@@ -53,26 +55,38 @@ def holds_output(path: Path, kind: OutputKind) -> bool:
 def output_file(flag: str, value: str, kind: OutputKind) -> Path:
     """The file an output flag names, checked before the command does its work (verifying every case, lowering):
     a directory, a missing or unwritable parent would otherwise fail only at the write, as a bare OSError. An
-    existing file is replaced only when it is empty or holds an earlier output of `kind` (a default such as
-    ./program.json may name a file the user keeps): UsageError naming the flag otherwise."""
+    existing file is replaced only when it is a regular file that is empty or holds an earlier output of `kind` (a
+    default such as ./program.json may name a file the user keeps); a device, a FIFO or a socket never (a rename
+    over /dev/null would replace the device). A symbolic link, dangling or not, is written through to the file it
+    names. UsageError naming the flag otherwise."""
+    if value.endswith(("/", os.sep)):
+        raise UsageError(f"{flag} {value!r}: names a directory; name a file")
     path = Path(value).expanduser()
-    parent = path.parent
     if path.is_dir():
         raise UsageError(f"{flag} {value!r}: is a directory; name a file")
+    if path.exists() and not path.is_file():  # checked before any read: opening a FIFO blocks
+        raise UsageError(f"{flag} {value!r}: is not a regular file (a device, a FIFO or a socket); name a file")
+    target = path
+    if path.is_symlink():
+        try:
+            target = path.resolve()
+        except (RuntimeError, OSError) as e:  # a symbolic link loop
+            raise UsageError(f"{flag} {value!r}: names no file ({e})") from None
+    parent = target.parent
     if not parent.is_dir():
         why = "does not exist" if not parent.exists() else "is not a directory"
         raise UsageError(f"{flag} {value!r}: the directory {str(parent)!r} {why}")
     # the output is written beside its target, then renamed over it: the directory must take a new file
-    for where in ((path,) if path.exists() else ()) + (parent,):
+    for where in ((target,) if target.exists() else ()) + (parent,):
         if not os.access(where, os.W_OK):
             raise UsageError(f"{flag} {value!r}: {str(where)!r} is not writable")
-    held = loop_file_kind(path)
+    held = loop_file_kind(target)
     if held is not None:  # the output is written whole: a loop's record of its trials would be gone
         raise UsageError(f"{flag} {value!r}: holds {held.value}, which this would overwrite; name another file")
-    why = append_refusal(path)
+    why = append_refusal(target)
     if why is not None:
         raise UsageError(f"{flag} {value!r}: cannot be written ({why})")
-    if path.exists() and not holds_output(path, kind):
+    if target.exists() and not holds_output(target, kind):
         raise UsageError(f"{flag} {value!r}: exists and does not hold {kind.value}, which this would overwrite; "
                          "name another file or remove it")
     return path
@@ -83,7 +97,7 @@ def write_output(flag: str, path: Path, text: str) -> None:
     symbolic link, onto the file it names), so that a full disk or an interrupt leaves the earlier file as it was.
     UsageError naming the flag when it cannot be written."""
     target = path.resolve()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".amk-{os.getpid()}-{secrets.token_hex(4)}.tmp")  # short: any target name fits beside it
     try:
         try:
             mode = target.stat().st_mode & 0o7777
@@ -97,10 +111,12 @@ def write_output(flag: str, path: Path, text: str) -> None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
     except OSError as e:  # checked up front; what is left (a race, a full disk) still names the flag
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise UsageError(f"{flag} {str(path)!r}: cannot be written ({e.strerror or e})") from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 
