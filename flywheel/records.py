@@ -156,7 +156,7 @@ class TuningRecord:
                 raise RecordFormatError(f"{name} is {d.get(name)!r:.60}, not a string")
         cost = v.get("cost") or {}
         feats = cost.get("features") if legacy else d.get("features")
-        for sid in {d.get("schedule_id"), v.get("schedule_id")}:  # the record's and its verdict's, where given
+        for sid in (d.get("schedule_id"), v.get("schedule_id")):  # the record's and its verdict's, where strings
             _check_config_id(d["config"], sid)
         # a record outlives knob renames: its config is read in today's spelling
         return cls(model=d["model"], gpu=d["gpu"], config=migrate_config(dict(d["config"])), verdict=dict(v),
