@@ -13,7 +13,6 @@ lines under a lock (flywheel.appendlog), so concurrent loops share one file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amk.schedule.config import migrate_config
+from amk.schedule.config import migrate_config, schedule_id_of
 
 from .appendlog import append_lines, read_numbered_lines, warn_bad_line
 from .results import is_trial_number
@@ -180,19 +179,12 @@ class TuningRecord:
                    features=feats if isinstance(feats, dict) else None)
 
 
-def written_schedule_id(config: dict) -> str:
-    """The schedule_id of a config as a record holds it (its JSON form): ScheduleConfig.schedule_id's hash, applied
-    to the dict the writing version wrote, so that it holds for a record of any version."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def _check_config_id(config: dict, schedule_id) -> None:
     """RecordFormatError unless `config`, as written, hashes to the record's `schedule_id`: a config edited after
     its trial would otherwise stand beside that trial's latency (a slower config taken as the incumbent, its
-    measurement as its own). Hashed as ScheduleConfig.schedule_id hashes the config the writing version held, so a
-    record of an older version (other knobs, other spellings) still checks."""
-    if isinstance(schedule_id, str) and written_schedule_id(config) != schedule_id:
+    measurement as its own). Hashed as ScheduleConfig.schedule_id hashes (schedule_id_of), over the config the
+    writing version held, so a record of an older version (other knobs, other spellings) still checks."""
+    if isinstance(schedule_id, str) and schedule_id_of(config) != schedule_id:
         raise RecordFormatError(f"its config does not hash to its schedule_id {schedule_id!r:.20}: edited after "
                                 "its trial, so its latency is not that config's")
 

@@ -235,11 +235,22 @@ class ScheduleConfig:
         return parse_dataclass(cls, data)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self.to_dict())
 
     @property
     def schedule_id(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+        return schedule_id_of(self.to_dict())
+
+
+def canonical_json(config: dict) -> str:
+    """A config dict's JSON text with sorted keys and no spaces: what a schedule_id hashes."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def schedule_id_of(config: dict) -> str:
+    """The schedule_id of a config's JSON form, as written by any version (a tuning record's `config`): the first 12
+    hex digits of the sha256 of its canonical_json."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
 
 
 def value_text(v) -> str:

@@ -263,7 +263,7 @@ def test_report_of_a_15_column_file_says_its_dtype_and_context_are_unknown(capsy
 
 def _records_at(path, contexts):
     """Kept toy tuning records on cpu-sim, one a KV context its latency was taken at."""
-    from amk.flywheel.records import written_schedule_id
+    from amk.schedule.config import schedule_id_of as written_schedule_id
 
     base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
             "time": "t", "latency_kind": "predicted"}
@@ -331,7 +331,8 @@ def test_a_latency_under_the_spec_floor_is_never_a_best(capsys, tmp_path):
     # a row copied by hand with 0.0001 us ranked first in report, and a record of 1e-9 us was the loop's best
     from amk.flywheel import ResultRow, Status, append_result
     from amk.flywheel.corpus import best_entry
-    from amk.flywheel.records import load_records, written_schedule_id
+    from amk.flywheel.records import load_records
+    from amk.schedule.config import schedule_id_of as written_schedule_id
 
     res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
     configs = [{"matvec": {"lm_head": {"rows_per_task": rows}}} for rows in (8, 16)]

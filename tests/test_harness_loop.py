@@ -11,10 +11,11 @@ from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for
 
 import amk
 from amk.flywheel import load_corpus, load_results, read_rows
-from amk.flywheel.records import MODEL_FINGERPRINT, load_records, written_schedule_id
+from amk.flywheel.records import MODEL_FINGERPRINT, load_records
 from amk.flywheel.results import Status
 from amk.harness.loop import Incumbent, LoopError, SearchSettings, decide
 from amk.schedule.config import ScheduleConfig
+from amk.schedule.config import schedule_id_of as written_schedule_id
 from amk.schedule.smem import max_dynamic_smem
 from amk.schedule.space import neighbours, non_default_knobs, random_config, search_space
 

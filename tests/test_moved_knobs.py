@@ -9,9 +9,10 @@ import json
 import pytest
 
 import amk
-from amk.flywheel.records import load_records, written_schedule_id
+from amk.flywheel.records import load_records
 from amk.harness.propose import incumbent_config
 from amk.schedule.config import AttentionCombine, ScheduleConfig, migrate_config
+from amk.schedule.config import schedule_id_of as written_schedule_id
 from amk.schedule.errors import ConfigError
 
 OLD = "fusion.attention_combine_into_o"

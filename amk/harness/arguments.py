@@ -140,8 +140,8 @@ def loop_file_kind(path) -> LoopFile | None:
 
 def foreign_corpus(path, scan_bytes: int = 1 << 20) -> str | None:
     """What shows that the existing, non-empty file at `path` is not a corpus: none of its lines in the first
-    `scan_bytes` is a tuning record (a corpus torn by a crash still holds whole records); None for a corpus, an
-    empty or absent file, or one that is a results.tsv (refused on its own)."""
+    `scan_bytes` is a tuning record (a corpus torn by a crash still holds whole records); None for a corpus, or an
+    empty or absent file. A results.tsv is refused before this is asked, naming what it is."""
     from amk.flywheel.records import TuningRecord
 
     try:
@@ -150,7 +150,7 @@ def foreign_corpus(path, scan_bytes: int = 1 << 20) -> str | None:
     except OSError:
         return None
     lines = [ln for ln in head.decode("utf-8-sig", errors="replace").splitlines() if ln.strip()]
-    if not lines or loop_file_kind(path) == LoopFile.RESULTS:
+    if not lines:
         return None
     for line in lines:
         try:
@@ -203,11 +203,11 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
     check_output_file("results", Path(str(results) + ".claims"))  # flywheel/claims.py claims_path
     if same_file(results, corpus):  # a results row and a tuning record interleaved leave neither readable
         raise ArgumentError("corpus", f"names the same file as results ({str(results)!r}): give each its own")
+    if loop_file_kind(corpus) == LoopFile.RESULTS:  # the two swapped: a record appended to a results file
+        raise ArgumentError("corpus", f"{str(corpus)!r} is a results.tsv (its first line is the results header), not "
+                                      "a corpus of tuning records: give it as results, and the corpus its own file")
     foreign = foreign_corpus(corpus)
     if foreign is not None:  # the first append would write records into someone's file, and nothing reads it after
         raise ArgumentError("corpus", f"{str(corpus)!r} holds no readable tuning record ({foreign}): not a corpus "
                                       "(or one whose every record was edited by hand), which this would append to; "
                                       "name another file")
-    if loop_file_kind(corpus) == LoopFile.RESULTS:  # the two swapped: a record appended to a results file
-        raise ArgumentError("corpus", f"{str(corpus)!r} is a results.tsv (its first line is the results header), not "
-                                      "a corpus of tuning records: give it as results, and the corpus its own file")

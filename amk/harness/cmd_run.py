@@ -31,16 +31,16 @@ _VERIFY_KEYS = frozenset({"program_fingerprint", "schedule_id", "passed", "cases
 
 def holds_output(path: Path, kind: OutputKind) -> bool:
     """Whether the existing file at `path` is empty or an earlier output of `kind`: the only files an output flag
-    replaces. Read from the head of a program (its files run to megabytes) and whole for a verify record (bounded
-    at 16 MiB: a larger file is none)."""
+    replaces. Read from the first 64 KiB of a program (its files run to megabytes) and whole for a verify record
+    (bounded at 16 MiB: a larger file is none)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(16 << 20)
+            head = f.read(1 << 16 if kind == OutputKind.PROGRAM else 16 << 20)
             longer = bool(f.read(1))
     except OSError:
         return False
     if not head.strip():
-        return True
+        return not longer
     if kind == OutputKind.PROGRAM:
         return head.startswith(_PROGRAM_HEAD.encode())
     if longer:
@@ -111,13 +111,10 @@ def write_output(flag: str, path: Path, text: str) -> None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
     except OSError as e:  # checked up front; what is left (a race, a full disk) still names the flag
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise UsageError(f"{flag} {str(path)!r}: cannot be written ({e.strerror or e})") from e
-    except BaseException:
+    finally:  # gone after the rename; left by a failure or an interrupt before it
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise
 
 
 def parsed_config(flag: str, value: str | None) -> dict | None:
