@@ -62,7 +62,9 @@ def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None, step
     """Bytes a task of `rows` computed rows of `k` weights streams at its SM's rate in the time its busiest warp
     takes (mirrors matvec_walk and row_chunks). The busiest warp walks its units `rows_in_flight` at a time in
     steps of up to `loads_in_flight` 16-byte loads a lane; a unit's last step makes only the loads inside the unit
-    (walk_load skips the rest). A step is priced as its loads on every warp, but never below `step_floor`: the
+    (walk_load skips the rest); rows of half a step's loads or fewer, two or more a warp, are walked up to
+    `loads_in_flight // lpr` rows a unit in one step, lpr being a row's loads a lane (matvec_walk's short rows).
+    A step is priced as its loads on every warp, but never below `step_floor`: the
     bytes an SM streams in one memory latency, since a step waits a latency however few loads it holds (with no
     floor, toy's 64-weight rows priced 4 loads in flight at 4x the bytes of 1 where both are one load; with whole
     steps as the price, an H200 measured the shapes whose rows end mid-step slower than priced). No `split`
@@ -71,12 +73,17 @@ def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None, step
         return rows * k * nbytes
     vec = 16 // nbytes
     nvec, w, nr, nl = k // vec, split.warps, split.rows_in_flight, split.loads_in_flight
+    load = w * 32 * 16  # one load on every lane of every warp
+    lpr, rpu = short_row_units(rows, nvec, split)
+    if rpu:  # short rows: a unit is `rpu` rows in one step of `lpr` loads a row (matvec_walk); warp 0's
+        units = range(0, -(-rows // rpu), w)  # units are the busiest, the last of them maybe short of rows
+        steps = [sum(min(rpu, rows - u * rpu) * lpr for u in units[g:g + nr]) for g in range(0, len(units), nr)]
+        return sum(max(n * load, step_floor) for n in steps)
     s = 1
     while rows * s < w * nr and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
         s *= 2
     mine = -(-rows * s // w)  # units of the busiest warp
     lane_loads = -(-(nvec // s) // 32)  # lane 0's loads of one unit
-    load = w * 32 * 16  # one load on every lane of every warp
 
     def group(live: int) -> float:  # the steps of a group of `live` units
         whole, rest = divmod(lane_loads, nl)
@@ -84,6 +91,15 @@ def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None, step
 
     full, last = divmod(mine, nr)
     return full * group(nr) + (group(last) if last else 0.0)
+
+
+def short_row_units(rows: int, nvec: int, split: WarpSplit) -> tuple[int, int]:
+    """(loads a lane a row, rows a unit) of a register-path matvec task of `rows` computed rows of `nvec` 16-byte
+    vectors that the kernel walks as short rows (vm/matvec.cuh matvec_walk): rows of half a step's loads or fewer,
+    two or more of them a warp, walked up to loads_in_flight // lpr rows a unit in one step. (0, 0) for any other."""
+    lpr = -(-nvec // 32)
+    rpu = min(split.loads_in_flight // lpr, -(-rows // (split.warps * split.rows_in_flight)))
+    return (lpr, rpu) if rpu >= 2 else (0, 0)
 
 
 def step_floor_bytes(target: GpuTarget) -> float:
@@ -117,14 +133,18 @@ def stage_us(tasks: int, task_bytes: float, target: GpuTarget) -> float:
     return rounds * (task_bytes / _sm_bytes_per_us(target) + TASK_FIXED_US)
 
 
-def matvec_rows(rows: int, k: int, nbytes: int, target: GpuTarget, split: WarpSplit | None, paired: bool = False) -> int:
+def matvec_rows(rows: int, k: int, nbytes: int, target: GpuTarget, split: WarpSplit | None, paired: bool = False,
+                k_splits: int = 1) -> int:
     """Rows a task of a matvec with `rows` output rows of `k` weights each (`paired`: each row computed with its
-    pair, gate with up): the fewest tasks whose estimate is within NEAR_BEST_US of the best split's. Fewer tasks
+    pair, gate with up; `k_splits`: each row block split over that many tasks of k / k_splits weights, as
+    tile.py cuts them): the fewest tasks whose estimate is within NEAR_BEST_US of the best split's. Fewer tasks
     cost fewer dependency waits and input stagings than the estimate counts, and the ReferenceVM runs them
     faster."""
     n, pair = target.sm_count, 2 if paired else 1
+    klen = (-(-k // k_splits) + 7) // 8 * 8
     cands = {-(-rows // t) for t in range(1, min(rows, 64 * n) + 1)}  # every distinct task height
-    est = {per: stage_us(-(-rows // per), _priced(pair * per, k, nbytes, split, target), target) for per in cands}
+    est = {per: stage_us(k_splits * -(-rows // per), _priced(pair * per, klen, nbytes, split, target), target)
+           for per in cands}
     best = min(est.values())
     return max(per for per, t in est.items() if t <= best + NEAR_BEST_US)
 
@@ -237,16 +257,18 @@ def lm_head_rows(dims: ModelDims, target: GpuTarget, nbytes: int, split: WarpSpl
 
 def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int, split_heads_ok: bool,
                   split: WarpSplit | None = None, partition_fits: Callable[[int], bool] | None = None,
-                  lm_rows_fit: Callable[[int], bool] | None = None) -> Tiling:
+                  lm_rows_fit: Callable[[int], bool] | None = None, k_splits: dict[str, int] | None = None) -> Tiling:
     """The shape-derived split. `nbytes`: bytes of one weight; `split_heads_ok`: whether QKV heads may be split
     (not with a q/k norm fused into the QKV epilogue, which needs whole heads); `split`: the register path's
     warps (None: tasks cost their weight bytes); `partition_fits`: kv_partitions' `fits_whole`; `lm_rows_fit`:
-    whether an LM-head task of that many rows fits its shared memory."""
+    whether an LM-head task of that many rows fits its shared memory; `k_splits`: role -> the config's k_splits
+    (1 where absent)."""
     h, i = dims.hidden, dims.intermediate
+    ks = k_splits or {}
     return Tiling(
-        o_rows=matvec_rows(h, dims.n_heads * dims.head_dim, nbytes, target, split),
-        gate_up_rows=matvec_rows(i, h, nbytes, target, split, paired=True),
-        down_rows=matvec_rows(h, i, nbytes, target, split),
+        o_rows=matvec_rows(h, dims.n_heads * dims.head_dim, nbytes, target, split, k_splits=ks.get("o", 1)),
+        gate_up_rows=matvec_rows(i, h, nbytes, target, split, paired=True, k_splits=ks.get("gate_up", 1)),
+        down_rows=matvec_rows(h, i, nbytes, target, split, k_splits=ks.get("down", 1)),
         lm_head_rows=lm_head_rows(dims, target, nbytes, split, lm_rows_fit),
         qkv_head_splits=qkv_head_splits(dims, nbytes, target, split_heads_ok, split),
         kv_partitions=kv_partitions(dims, target, max_seq, partition_fits),
@@ -282,7 +304,8 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     def lm_rows_fit(rows: int) -> bool:  # the staged (normed) input row and the rows' sums, as tile.py counts them
         return matvec_smem_bytes(dims.hidden, rows, page_partials(dims.hidden, rows, build, nbytes)) <= work
 
-    t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split, fits, lm_rows_fit)
+    ks = {role: getattr(config.matvec, role).k_splits for role in ("o", "gate_up", "down")}
+    t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split, fits, lm_rows_fit, ks)
     values = {"fusion.rope_kv_into_attention": folded, "fusion.rope_kv_into_qkv": rope_fused,
               "matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
               "matvec.down.rows_per_task": t.down_rows, "matvec.lm_head.rows_per_task": t.lm_head_rows,

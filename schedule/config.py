@@ -50,6 +50,11 @@ class AttentionCombine(str, Enum):
     STAGE = "stage"  # a combine stage of one task per KV head between attention and O
 
 
+class SplitReduce(str, Enum):
+    STAGE = "stage"  # a reduce stage of its own sums a row block's k-split partials and runs the epilogue
+    LAST_TASK = "last_task"  # the last split task of a row block to finish sums them, as the stage would, and runs it
+
+
 class PartialsDtype(str, Enum):
     FP32 = "fp32"  # partition outputs as the fp32 sums the attention computed
     MODEL = "model"  # rounded to the model's dtype: half the bytes a combine reads (bf16, fp16), one rounding more
@@ -81,6 +86,14 @@ class RowTiling:
                                      minimum=1, maximum=MAX_ROWS_PER_TASK, search=[8, 16, 32, 64, 128, 256, 512])
     k_splits: int = knob(1, help="split the reduction dimension over this many tasks (a reduce task finishes)",
                          minimum=1, maximum=16, search=[1, 2, 4])
+    reduce: SplitReduce = knob(SplitReduce.STAGE,
+                               help="with k_splits > 1, who sums a row block's partial sums (in split order) and "
+                                    "runs the epilogue: 'stage' a reduce stage of its own after the splits; "
+                                    "'last_task' the last split task of the row block to finish (an arrival "
+                                    "counter says which), so that no stage boundary follows. (On the O projection "
+                                    "a split task, under either, waits only for the attention of the KV heads "
+                                    "whose q heads its slice holds)",
+                               choices=list(SplitReduce))
 
 
 @dataclass

@@ -141,6 +141,22 @@ def combine_bytes(task: Task, program: MegakernelProgram) -> int:
     return 0
 
 
+def split_join_bytes(task: Task) -> int:
+    """Bytes of fp32 partial sums a k-split matvec task of a join (matvec.<role>.reduce last_task) reads to finish
+    its row block: every split's sums of its rows, priced on each task as the last of them to arrive reads them
+    (which that is depends on the run); 0 for any other task."""
+    p = task.params
+    if task.opcode != Opcode.MATVEC or not p.join.active:
+        return 0
+    return p.join.splits * p.rows * (2 if p.epi.pair_offset else 1) * 4
+
+
+def joins(task: Task) -> bool:
+    """Whether `task` adds to a join's arrival counter (an L2 round trip before it signals)."""
+    j = getattr(task.params, "join", None)
+    return j is not None and j.active
+
+
 def _sm_bytes_per_us(program: MegakernelProgram, target: GpuTarget, coef: CostCoefficients) -> float:
     """Unscaled streaming rate of one SM: its share of the spec bandwidth, capped by the bytes it keeps in
     flight over the memory latency: the pipeline's pages, or threads x loads_in_flight x rows_in_flight x 16 B
@@ -200,10 +216,10 @@ def predict(program: MegakernelProgram, target: GpuTarget | str, coef: CostCoeff
                 ready, ready_path = dep
                 w_us = task_stream_bytes(t, split, nbytes, floor) / rate
                 kv = kv_bytes(t, program, ctx)
-                kv_us = (kv + combine_bytes(t, program)) / rate
+                kv_us = (kv + combine_bytes(t, program) + split_join_bytes(t)) / rate
                 sm_bytes[s] += t.weight_bytes + kv
                 # a join's task adds to its arrival counter before it signals: one more round trip to L2
-                rounds = len(t.waits) + (1 if t.opcode in JOIN_OPCODES and t.params.join.out != NO_BUFFER else 0)
+                rounds = len(t.waits) + (1 if joins(t) else 0)
                 sync = coef.wait_us * rounds
                 base_t, base = (sm_time[s], sm_path[s]) if sm_time[s] >= ready else (ready, ready_path)
                 if pipelined and t.prefetch and sm_time[s] + w_us * coef.mem_scale >= base_t + sync:

@@ -87,6 +87,10 @@ def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = N
                 "consumers' register stream, which only pipeline.pages=0 uses")
     if path == "pipeline.page_kb" and config.pipeline.pages == 0:
         return "with pipeline.pages=0 there are no pages"
+    if path.startswith("matvec.") and path.endswith(".reduce"):
+        splits = get_path(config, path.rsplit(".", 1)[0] + ".k_splits")
+        if splits == 1:
+            return f"with {path.rsplit('.', 1)[0]}.k_splits=1 there are no partial sums to reduce"
     if path == "sm.explicit_map" and config.sm.assignment != SmAssignment.EXPLICIT:
         return f"only sm.assignment=explicit reads it (sm.assignment={config.sm.assignment.value})"
     return target_inert_reason(path, target)

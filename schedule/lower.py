@@ -231,7 +231,8 @@ def _attach_sync(stages: list[Stage], sg: StageGraph, tasks: list[Task], drafts:
 
 
 def _attach_joins(tasks: list[Task], drafts: list[list[TaskDraft]], counters: list[Counter]) -> list[Join]:
-    """One arrival counter and one Join per (stage, join key): the tasks of a KV head that combine it when last.
+    """One arrival counter and one Join per (stage, join key): the tasks of a KV head that combine it when last, or
+    the split tasks of a row block that reduce it when last.
     The counter is appended to `counters`; each member's params learn its id."""
     members: dict[tuple[int, int], list[Task]] = {}
     found: dict[tuple[int, int], TaskDraft] = {}
@@ -243,7 +244,7 @@ def _attach_joins(tasks: list[Task], drafts: list[list[TaskDraft]], counters: li
     joins: list[Join] = []
     for key, ts in members.items():
         cid = len(counters)
-        counters.append(Counter(cid, f"{ts[0].kind}@{key[0]}.g{key[1]}.arrivals", len(ts)))
+        counters.append(Counter(cid, f"{ts[0].kind}@{key[0]}.{found[key].join.what}{key[1]}.arrivals", len(ts)))
         for t in ts:
             t.params = dataclasses.replace(t.params, join=dataclasses.replace(t.params.join, arrivals=cid))
         j = found[key].join

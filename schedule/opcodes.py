@@ -91,6 +91,28 @@ class JoinCombine:
     out_off: int = 0
     arrivals: int = 0  # counter the head's partition tasks add 1 to when their part is stored (the program's join)
 
+    @property
+    def active(self) -> bool:
+        return self.out != NO_BUFFER
+
+
+@dataclass(frozen=True)
+class SplitJoin:
+    """MATVEC under matvec.<role>.reduce = last_task: the task is split `split` of `splits` of its row block's
+    reduction dimension. It stores its fp32 sums as an Epilogue.PARTIAL would, and the last split task of the row
+    block to finish sums every split's sums in split order and runs the task's `epi` on them, as the EPILOGUE task
+    of a reduce stage would."""
+    splits: int = 0  # 0: no join, `epi` runs on the task's own sums
+    split: int = 0
+    part: int = NO_BUFFER  # partial sums [splits, stride], fp32
+    part_off: int = 0
+    stride: int = 0  # elements between splits: the role's rows, paired rows included
+    arrivals: int = 0  # counter the row block's split tasks add 1 to once their sums are stored (the program's join)
+
+    @property
+    def active(self) -> bool:
+        return self.splits > 0
+
 
 @dataclass(frozen=True)
 class EmbedParams:
@@ -126,6 +148,7 @@ class MatvecParams:
     inp_stats: int = NO_BUFFER  # with inp_parts: per-partition (max, sum) to weigh them by; NO_BUFFER: a plain sum
     inp_stats_off: int = 0
     inp_slots: int = 0  # with inp_parts: 16-byte shared-memory slots a consumer thread has for partitions in flight
+    join: SplitJoin = SplitJoin()
 
 
 @dataclass(frozen=True)
@@ -257,7 +280,16 @@ PARAMS_OF: dict[Opcode, type] = {
     Opcode.ARGMAX: ArgmaxParams,
 }
 # every params dataclass, nested ones included: what to_dict and flat_values recurse into
-PARAMS_TYPES = frozenset(PARAMS_OF.values()) | {EpilogueParams, JoinCombine}
+PARAMS_TYPES = frozenset(PARAMS_OF.values()) | {EpilogueParams, JoinCombine, SplitJoin}
+
+
+def nested_type(cls, name: str) -> type:
+    """The params dataclass of field `name` of params dataclass `cls` (KeyError when it is no nested one)."""
+    tp = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    resolved = _resolve(tp) if isinstance(tp, str) else tp
+    if resolved not in PARAMS_TYPES:
+        raise KeyError(f"{cls.__name__}.{name} is not a nested params dataclass")
+    return resolved
 
 # ---- ABI ------------------------------------------------------------------------------------------
 INSTR_WORDS = 64  # int32 words per packed instruction

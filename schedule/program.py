@@ -331,9 +331,6 @@ def _params_to_dict(params) -> dict:
             for name in oc.field_names(type(params))}
 
 
-_NESTED_PARAMS = {"epi": oc.EpilogueParams, "join": oc.JoinCombine}
-
-
 def _params_from_dict(cls, d: dict):
-    return cls(**{name: _params_from_dict(_NESTED_PARAMS[name], v) if isinstance(v := d[name], dict) else v
+    return cls(**{name: _params_from_dict(oc.nested_type(cls, name), v) if isinstance(v := d[name], dict) else v
                   for name in oc.field_names(cls)})

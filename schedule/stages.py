@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import AttentionCombine, AttentionSoftmax, FusionConfig, ScheduleConfig
+from .config import AttentionCombine, AttentionSoftmax, FusionConfig, ScheduleConfig, SplitReduce
 from .graph import Graph, OpKind
 
 
@@ -32,6 +32,7 @@ class Stage:
     epilogue: str = ""  # store, rope_kv, silu_mul, residual_add, logits, partial
     src: str | None = None  # for reduce/elementwise stages: the value whose rows are finished
     splits: int = 1
+    join_reduce: bool = False  # k-split matvec: each row block's last split task sums the splits and runs `epilogue`
     combine_parts: int = 0  # O with the attention combine fused: partitions its input arrives in
     combine_weighted: bool = False  # ... each weighed by its own softmax's (max, sum)
     window: int = 0  # attention stages: the layer's sliding window (0: every cached position)
@@ -178,6 +179,12 @@ def _emit_matvec(emit, inst, role, op, layer, ops, i, config: ScheduleConfig, pe
         rmw = ["x"] if epi == "residual_add" and "x" not in reads else []
         emit(kind=role, layer=layer, reads=reads + rmw, writes=final_writes, role=role, norm=pending_norm,
              epilogue=epi, **combine)
+    elif getattr(tiling, "reduce", SplitReduce.STAGE) == SplitReduce.LAST_TASK:
+        # the row block's last split task reads every split's partials and finishes the rows: no reduce stage
+        part = f"L{layer}.split.{role}" if layer >= 0 else f"split.{role}"
+        rmw = ["x"] if epi == "residual_add" and "x" not in reads else []
+        emit(kind=role, layer=layer, reads=reads + [part] + rmw, writes=[part] + final_writes, role=role,
+             norm=pending_norm, epilogue=epi, splits=splits, join_reduce=True, **combine)
     else:
         part = f"L{layer}.split.{role}" if layer >= 0 else f"split.{role}"
         emit(kind=role, layer=layer, reads=reads, writes=[part], role=role, norm=pending_norm, epilogue="partial",

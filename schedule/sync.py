@@ -19,7 +19,10 @@ GROUP_KINDS = frozenset({"qkv", "rope_kv", "attention", "attention_values", "att
 
 
 def is_group_stage(stage: Stage) -> bool:
-    return stage.kind in GROUP_KINDS or (stage.kind == "reduce" and stage.role == "qkv")
+    """A stage whose every task belongs to KV groups (its draft's groups): QKV and the attention stages, a QKV
+    reduce, and an O projection split over K, each split holding the q heads of some KV heads."""
+    return (stage.kind in GROUP_KINDS or (stage.kind == "reduce" and stage.role == "qkv")
+            or (stage.kind == "o" and stage.splits > 1))
 
 
 @dataclass(frozen=True)

@@ -87,11 +87,13 @@ class TaskDraft:
 
 @dataclass(frozen=True)
 class JoinDraft:
-    """A KV head's combine, done by the last of the head's partition tasks to finish (a Join of the program:
-    lowering gives each (stage, key) its arrival counter)."""
-    key: int  # the KV head
+    """A KV head's combine, done by the last of the head's partition tasks to finish, or a row block's k-split
+    reduce and epilogue, done by its last split task to finish (a Join of the program: lowering gives each
+    (stage, key) its arrival counter)."""
+    key: int  # the KV head, or the row tile of a k-split matvec
     reads: tuple[Region, ...]
     writes: tuple[Region, ...]
+    what: str = "g"  # what the key counts, in the arrival counter's name: g(roup) or rows (a row tile)
 
 
 class Tiler:
@@ -228,15 +230,25 @@ class Tiler:
         S = st.splits
         kchunk = (-(-K // S) + 7) // 8 * 8  # 16-byte aligned split boundaries
         out: list[TaskDraft] = []
-        for row0, nrows in self._row_tiles(st.role):
+        for tile, (row0, nrows) in enumerate(self._row_tiles(st.role)):
+            final = self._epilogue(st, row0, nrows, 0, rows_total, pair) if st.join_reduce else None
             for s in range(S):
                 k0 = s * kchunk
                 klen = min(kchunk, K - k0)
                 if klen <= 0:
                     raise LoweringError(f"matvec.{st.role}.k_splits", f"{S} splits leave split {s} empty for K={K}")
-                epi, writes, reads, groups = self._epilogue(st, row0, nrows, s, rows_total, pair)
+                join, sj = None, oc.SplitJoin()
+                if final is None:
+                    epi, writes, reads, groups = self._epilogue(st, row0, nrows, s, rows_total, pair)
+                else:
+                    epi, join, sj, writes = self._split_join(st, tile, row0, nrows, s, rows_total, pair, final)
+                    reads, groups = [], final[3]
+                if st.role == "o" and S > 1:  # a split waits only for the KV heads whose q heads it holds
+                    groups = self._o_groups(k0, klen)
                 slots = (self._combine_slots(st, k0, klen),) if combine else ()
-                p = oc.MatvecParams(w, row0, nrows, k0, klen, inp.buffer, inp.offset, norm_w, epi, *combine, *slots)
+                extra = {"inp_parts": combine[0], "inp_stats": combine[1], "inp_stats_off": combine[2],
+                         "inp_slots": slots[0]} if combine else {}
+                p = oc.MatvecParams(w, row0, nrows, k0, klen, inp.buffer, inp.offset, norm_w, epi, **extra, join=sj)
                 in_region = self.region(inp, 0, K) if norm_w != oc.NO_BUFFER else self.region(inp, k0, klen)
                 reads = [in_region] + reads
                 if combine:
@@ -250,9 +262,28 @@ class Tiler:
                     pf.append(Prefetch(w, (pair + row0) * K + k0, span))
                     reads.append(Region(w, (pair + row0) * K + k0, span))
                 wbytes = nrows * klen * nb * (2 if pair else 1)
-                out.append(TaskDraft(Opcode.MATVEC, p, reads, writes, pf, wbytes, groups))
+                out.append(TaskDraft(Opcode.MATVEC, p, reads, writes, pf, wbytes, groups, join))
                 self._check_matvec_smem(st, K if norm_w != oc.NO_BUFFER else klen, klen, nrows * (2 if pair else 1))
         return out
+
+    def _split_join(self, st: Stage, tile: int, row0: int, nrows: int, split: int, rows_total: int, pair: int,
+                    final) -> tuple[EpilogueParams, JoinDraft, oc.SplitJoin, list[Region]]:
+        """Split `split` of row tile `tile` under reduce last_task: the final epilogue (`final`, as _epilogue gave
+        it), the join that the row block's last split task does (it reads every split's partial sums and what the
+        epilogue reads, and writes what the epilogue writes), the params that name the partials, and the region
+        of them this task writes."""
+        epi, f_writes, f_reads, _ = final
+        part, stride = self.val(f"split.{st.role}", st.layer), rows_total + pair
+        starts = [row0] + ([pair + row0] if pair else [])
+        own = [self.region(part, split * stride + r, nrows) for r in starts]
+        every = [self.region(part, k * stride + r, nrows) for k in range(st.splits) for r in starts]
+        join = JoinDraft(tile, tuple(every + f_reads), tuple(f_writes), "rows")
+        return epi, join, oc.SplitJoin(st.splits, split, part.buffer, part.offset, stride), own
+
+    def _o_groups(self, k0: int, klen: int) -> tuple[int, ...]:
+        """The KV heads whose q heads the O input slice [k0, k0 + klen) holds: the attention it waits for."""
+        per = self.d.group * self.d.head_dim
+        return tuple(range(k0 // per, (k0 + klen - 1) // per + 1))
 
     def _check_matvec_smem(self, st: Stage, width: int, klen: int, rows: int) -> None:
         """LoweringError, naming pipeline.pages when the weight pipeline's pages take the room and smem_per_block

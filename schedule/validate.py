@@ -81,7 +81,7 @@ MAX_ISSUES_PER_KIND = 20
 BUFFER_FIELDS = frozenset({"table", "token", "weight", "kcache", "vcache", "epi.out"})
 OPTIONAL_BUFFER_FIELDS = frozenset({"norm_weight", "epi.bias", "epi.kcache", "epi.vcache", "epi.qnorm",
                                     "epi.knorm", "epi.argmax", "part_stats",
-                                    "inp_stats", "join.out"})
+                                    "inp_stats", "join.out", "join.part"})
 
 
 class _Report:
@@ -497,7 +497,7 @@ def _count_arrivals(program, signalled: list[int], rep: _Report) -> None:
     named: dict[int, int] = {}  # task -> the counter its params add to
     for tid, t in enumerate(program.tasks):
         j = getattr(t.params, "join", None)
-        if j is not None and j.out != oc.NO_BUFFER:
+        if j is not None and j.active:
             named[tid] = j.arrivals
     for j in program.joins:
         if not (isinstance(j.counter, int) and 0 <= j.counter < nc):
@@ -515,3 +515,19 @@ def _count_arrivals(program, signalled: list[int], rep: _Report) -> None:
     for tid, cid in named.items():
         rep.add(IssueKind.UNSATISFIABLE_WAIT, f"{rep.tname(tid)} adds to counter {cid} as a join's task, but no join "
                 "of the program lists it", tasks=(tid,))
+    for j in program.joins:
+        _check_split_join(program, j, rep)
+
+
+def _check_split_join(program, j, rep: _Report) -> None:
+    """A k-split join's last task knows it is last when the arrivals reach `splits` a step, and sums splits 0..
+    splits-1: its tasks must be exactly those splits, one task each."""
+    members = [program.tasks[t] for t in j.tasks if isinstance(t, int) and 0 <= t < len(program.tasks)]
+    sj = [getattr(t.params, "join", None) for t in members]
+    if not sj or not all(isinstance(x, oc.SplitJoin) for x in sj):
+        return
+    n = len(j.tasks)
+    if any(x.splits != n for x in sj) or sorted(x.split for x in sj) != list(range(n)):
+        rep.add(IssueKind.UNSATISFIABLE_WAIT, f"the k-split join of counter {j.counter} has {n} tasks, whose "
+                f"splits are {sorted(x.split for x in sj)} of {sorted({x.splits for x in sj})}: the last of them "
+                "would never know it is last, or would sum a split twice", tasks=j.tasks[:1])

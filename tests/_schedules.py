@@ -39,6 +39,8 @@ def base_config(path: str) -> ScheduleConfig:
         return ScheduleConfig()
     if path == "build.l2_prefetch_kb":  # the cap acts on the L2 prefetch, which pipelining_depth turns on
         return with_value(ScheduleConfig(), "pipelining_depth", 1)
+    if path.startswith("matvec.") and path.endswith(".reduce"):  # who reduces k-splits: there must be some
+        return with_value(ScheduleConfig(), path.rsplit(".", 1)[0] + ".k_splits", 2)
     return ScheduleConfig()
 
 

@@ -18,6 +18,12 @@ def _busiest_warp_steps(rows: int, k: int, nbytes: int, split: WarpSplit) -> lis
     s = 1
     while rows * s < split.warps * split.rows_in_flight and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
         s *= 2
+    lpr = -(-nvec // 32)
+    rpu = min(split.loads_in_flight // lpr, -(-rows // (split.warps * split.rows_in_flight)))
+    if rpu >= 2:  # short rows: units of rpu rows, one step each; warp 0 holds the most
+        owned = list(range(0, -(-rows // rpu), split.warps))
+        return [sum(min(rpu, rows - u * rpu) * lpr for u in owned[g:g + split.rows_in_flight])
+                for g in range(0, len(owned), split.rows_in_flight)]
     lane0 = list(range(0, nvec // s, 32))  # lane 0's vectors of one unit
     units = [0] * split.warps
     for u in range(rows * s):
@@ -33,7 +39,7 @@ def _busiest_warp_steps(rows: int, k: int, nbytes: int, split: WarpSplit) -> lis
 
 
 @pytest.mark.parametrize("rows,k", [(16, 2048), (18, 2048), (32, 2048), (7, 8192), (8, 8192), (243, 2048), (5, 576),
-                                    (8, 896), (3, 64)])
+                                    (8, 896), (3, 64), (128, 256), (33, 512), (100, 96)])
 @pytest.mark.parametrize("loads,rows_in_flight", [(1, 1), (4, 1), (8, 1), (4, 2), (2, 4)])
 @pytest.mark.parametrize("floor", [0.0, 25_000.0])
 def test_streamed_bytes_prices_each_step_of_the_busiest_warp(rows, k, loads, rows_in_flight, floor):

@@ -149,3 +149,21 @@ def test_q_splits_compile_with_nothing_on_the_stack(tmp_path, splits):
         out = _ptxas_report(prog, tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]
         assert "0 bytes stack frame" in out.stderr, (cfg, out.stderr[-2000:])
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "tinyllama-1.1b", "qwen3-1.7b", "qwen2.5-0.5b"])
+def test_o_split_over_kv_heads_keeps_nothing_on_the_stack(tmp_path, name, dtype):
+    # O split over K (the short-row walk of 128- to 512-weight rows) and reduced by each row block's last split
+    from _checkpoints import public_shape
+
+    model = public_shape(name, dtype, device="cpu")
+    splits = min(4, model.dims.n_kv_heads)
+    prog = lower(model, get_target("h200"), {"matvec": {"o": {"k_splits": splits, "reduce": "last_task"}}},
+                 max_seq=1024)
+    if dtype == "bf16":  # 448 or 512 weights a row: two loads a lane (fp32 rows of 512 take four, the plain walk)
+        assert "#define AMK_USES_SHORT_ROWS 1" in generate_header(prog)
+    out = _ptxas_report(prog, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "0 bytes stack frame" in out.stderr, out.stderr[-2000:]

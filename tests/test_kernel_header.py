@@ -17,14 +17,34 @@ def _defines(prog) -> dict[str, int]:
 def test_header_names_every_opcode_and_epilogue_the_program_uses_and_only_those():
     model = amk.load_model("toy", dtype="fp32")
     for cfg in ({}, {"attention": {"softmax": "global"}}, {"attention": {"combine": "stage"}},
-                {"matvec": {"down": {"k_splits": 2}}}):
+                {"matvec": {"down": {"k_splits": 2}}}, {"matvec": {"down": {"k_splits": 2, "reduce": "last_task"}}}):
         prog = lower(model, get_target("cpu-sim"), cfg, max_seq=64)
         uses = _defines(prog)
-        assert set(uses) == {f"AMK_USES_{op.name}" for op in Opcode} | {f"AMK_USES_EPI_{e.name}" for e in Epilogue}
+        assert set(uses) == ({f"AMK_USES_{op.name}" for op in Opcode} | {f"AMK_USES_EPI_{e.name}" for e in Epilogue}
+                             | {"AMK_USES_SPLIT_JOIN", "AMK_USES_SHORT_ROWS"})
         ops = {t.opcode for t in prog.tasks}
         epis = {Epilogue(t.params.epi.kind) for t in prog.tasks if hasattr(t.params, "epi")}
+        joined = any(t.opcode == Opcode.MATVEC and t.params.join.active for t in prog.tasks)
         assert {k for k, v in uses.items() if v} == ({f"AMK_USES_{op.name}" for op in ops}
-                                                     | {f"AMK_USES_EPI_{e.name}" for e in epis}), cfg
+                                                     | {f"AMK_USES_EPI_{e.name}" for e in epis}
+                                                     | ({"AMK_USES_SPLIT_JOIN"} if joined else set())
+                                                     | {"AMK_USES_SHORT_ROWS"}), cfg  # toy's 96-weight rows
+        assert joined == ("reduce" in str(cfg))
+
+
+def test_short_rows_are_compiled_in_only_where_a_task_has_them():
+    # llama-3.2-1b's shape: no row of the default tiling is short; O split over its 8 KV heads has 256-weight rows,
+    # 128 a task, walked four a unit (schedule/autotile.py short_row_units)
+    model = amk.load_model("llama-3.2-1b", dtype="bf16", weights=False)
+    assert _defines(lower(model, get_target("h200"), {}, max_seq=64))["AMK_USES_SHORT_ROWS"] == 0
+    split = lower(model, get_target("h200"), {"matvec": {"o": {"k_splits": 8, "reduce": "last_task"}}}, max_seq=64)
+    assert _defines(split)["AMK_USES_SHORT_ROWS"] == 1
+    assert {t.params.klen for t in split.tasks if t.kind == "o"} == {256}
+    paged = {"matvec": {"o": {"k_splits": 8}}, "pipeline": {"pages": 2, "page_kb": 8}}  # no register walk
+    assert _defines(lower(model, get_target("h200"), paged, max_seq=64))["AMK_USES_SHORT_ROWS"] == 0
+    # beside the global softmax's passes the short rows take the plain walk (registers: vm/abi.py)
+    glob = {"matvec": {"o": {"k_splits": 8}}, "attention": {"softmax": "global"}}
+    assert _defines(lower(model, get_target("h200"), glob, max_seq=64))["AMK_USES_SHORT_ROWS"] == 0
 
 
 def test_partition_softmax_compiles_no_global_softmax_ops():

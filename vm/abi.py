@@ -9,6 +9,8 @@ import numpy as np
 
 from amk.schedule import opcodes as oc
 from amk.schedule import smem
+from amk.schedule.autotile import short_row_units
+from amk.schedule.cost import warp_split
 from amk.schedule.program import MegakernelProgram
 
 
@@ -51,13 +53,25 @@ def _float(x: float) -> str:
 
 
 def _used_code(program: MegakernelProgram) -> dict[str, int]:
-    """AMK_USES_<OP> and AMK_USES_EPI_<KIND>: 1 where the program has such a task. The kernel compiles only
+    """AMK_USES_<OP>, AMK_USES_EPI_<KIND>, AMK_USES_SPLIT_JOIN (a k-split matvec's join) and AMK_USES_SHORT_ROWS (a
+    register-path matvec walked as short rows, schedule/autotile.py short_row_units, where the program has no
+    global-softmax attention): 1 where the program has such a task. The kernel compiles only
     those code paths: each search trial builds a kernel, and ptxas took 6.3 s for all of them against 0.7 s
     for one program's (llama-3.2-1b, H100 build). No step-time change was measured."""
     ops = {t.opcode for t in program.tasks}
     epis = {oc.Epilogue(t.params.epi.kind) for t in program.tasks if hasattr(t.params, "epi")}
     uses = {f"AMK_USES_{op.name}": int(op in ops) for op in oc.Opcode}
     uses.update({f"AMK_USES_EPI_{e.name}": int(e in epis) for e in oc.Epilogue})
+    matvecs = [t for t in program.tasks if t.opcode == oc.Opcode.MATVEC]
+    uses["AMK_USES_SPLIT_JOIN"] = int(any(t.params.join.active for t in matvecs))
+    split = warp_split(program)
+    vec = 16 // program.constants.dtype.nbytes
+    # not beside the global softmax's scores and values passes: with both compiled in, ptxas spilled 8 bytes on
+    # a G=7 shape (tests/test_kernel_compiles.py); there the short rows go the plain walk, slower, same sums
+    global_softmax = uses["AMK_USES_ATTN_SCORES"] or uses["AMK_USES_ATTN_VALUES"]
+    uses["AMK_USES_SHORT_ROWS"] = int(split is not None and not global_softmax and any(
+        short_row_units(t.params.rows * (2 if t.params.epi.pair_offset else 1), t.params.klen // vec, split)[1]
+        for t in matvecs))
     return uses
 
 
@@ -95,6 +109,7 @@ def generate_header(program: MegakernelProgram) -> str:
     out.append(f"#define AMK_ATTN_SCALE {_float(c.attn_scale)}")
     out.append(_struct(oc.EpilogueParams))
     out.append(_struct(oc.JoinCombine))
+    out.append(_struct(oc.SplitJoin))
     for cls in oc.PARAMS_OF.values():
         out.append(_struct(cls))
     return "\n".join(out) + "\n"

@@ -189,6 +189,42 @@ __device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K, const 
 
 __device__ __forceinline__ int computed_rows(const MatvecParams& p) { return p.rows * (p.epi.pair_offset ? 2 : 1); }
 
+// A k-split task of a join (matvec.<role>.reduce last_task), after its R computed rows' sums are in `acc` (shared
+// memory, behind a barrier): store them as split p.join.split's partial sums, add 1 to the row block's arrival
+// counter, and tell whether this task arrived last. The last one then holds in `acc` every split's sums added in
+// split order from zero, as a reduce stage's EPILOGUE task would, and runs the epilogue; the others are done.
+// The partial sums go through L2 only (st.cg / ld.cg): other SMs wrote them this step.
+__device__ bool split_join(const Ctx& c, const MatvecParams& p, float* acc) {
+#if AMK_USES_SPLIT_JOIN
+  const SplitJoin& j = p.join;
+  const int R = computed_rows(p), pair = p.epi.pair_offset;
+  float* part = buf<float>(c, j.part) + j.part_off;
+  for (int i = threadIdx.x; i < R; i += AMK_THREADS) {
+    const int row = i < p.rows ? p.row0 + i : pair + p.row0 + (i - p.rows);
+    __stcg(part + (long long)j.split * j.stride + row, acc[i]);
+  }
+  __shared__ int s_last;
+  block_sync();
+  if (threadIdx.x == 0) {
+    __threadfence();  // every thread's sums, seen through the barrier, before the arrival (cumulativity)
+    const unsigned before = atomicAdd(c.counters + j.arrivals, 1u);
+    s_last = before + 1u == (unsigned)j.splits * c.epoch;
+    if (s_last) __threadfence();
+  }
+  block_sync();
+  if (!s_last) return false;
+  for (int i = threadIdx.x; i < R; i += AMK_THREADS) {
+    const int row = i < p.rows ? p.row0 + i : pair + p.row0 + (i - p.rows);
+    float s = 0.f;
+#pragma unroll 4
+    for (int k = 0; k < j.splits; ++k) s += __ldcg(part + (long long)k * j.stride + row);
+    acc[i] = s;
+  }
+  block_sync();
+#endif
+  return true;
+}
+
 // One warp's share of a register-path matvec task as a flat stream of steps. The warp owns units
 // u = warp + j * NWARPS (j < mine); unit u is chunk u % S of computed row u / S. NR units form a group; a
 // group takes `iters` steps of AMK_LOADS_IN_FLIGHT vectors per unit per lane. Flat, so that the loads of the
@@ -199,6 +235,12 @@ struct MatvecWalk {
   long long kvec;  // vectors per weight row
   int row0, rows, pair, sbits, per, mine, iters, steps;
   bool tail;  // a unit's last step runs past its end (per is not a multiple of a step's vectors)
+  // Short rows (lpr > 0): a row's vectors take lpr <= AMK_LOADS_IN_FLIGHT / 2 loads a lane, so that a unit of one
+  // row would leave most of a step's loads empty (an O task split over KV heads: 256 bf16 weights a row, one
+  // load a lane of four). Where each warp has two rows or more, a unit is then rpu (2 <= rpu <=
+  // AMK_LOADS_IN_FLIGHT / lpr) consecutive computed rows in one step: load k of a lane reads row k / lpr of the
+  // unit at vector (k % lpr) * 32 + lane.
+  int lpr, rpu, R;
 };
 
 __device__ __forceinline__ MatvecWalk matvec_walk(const Ctx& c, const MatvecParams& p) {
@@ -209,11 +251,33 @@ __device__ __forceinline__ MatvecWalk matvec_walk(const Ctx& c, const MatvecPara
   w.row0 = p.row0;
   w.rows = p.rows;
   w.pair = p.epi.pair_offset;
-  const int R = computed_rows(p), nvec = p.klen / VEC;
+  const int R = computed_rows(p), nvec = p.klen / VEC, warp = threadIdx.x >> 5;
+  w.R = R;
+  // short rows where a warp would walk more than one of them a unit: rpu rows a unit, as many as a step's loads
+  // hold and no more than the warps' share of the rows (compiled in only where the program has such a task:
+  // AMK_USES_SHORT_ROWS, as schedule/autotile.py short_row_units finds them; the loop's registers would spill
+  // the qwen2.5-0.5b shape's kernel)
+  w.lpr = 0;
+#if AMK_USES_SHORT_ROWS
+  w.lpr = (nvec + 31) / 32;
+  w.rpu = min(AMK_LOADS_IN_FLIGHT / w.lpr, (R + NWARPS * AMK_ROWS_IN_FLIGHT - 1) / (NWARPS * AMK_ROWS_IN_FLIGHT));
+  if (w.rpu < 2) w.lpr = 0;
+#endif
+  if (w.lpr > 0) {
+    w.sbits = 0;
+    w.per = nvec;
+    const int units = (R + w.rpu - 1) / w.rpu;
+    w.mine = (units - warp + NWARPS - 1) / NWARPS;
+    w.iters = 1;
+    w.steps = (w.mine + AMK_ROWS_IN_FLIGHT - 1) / AMK_ROWS_IN_FLIGHT;
+    w.tail = true;
+    return w;
+  }
+  w.rpu = 1;
   const int S = row_chunks(R, nvec);
   w.sbits = __ffs(S) - 1;
   w.per = nvec >> w.sbits;
-  const int units = R << w.sbits, warp = threadIdx.x >> 5;
+  const int units = R << w.sbits;
   w.mine = (units - warp + NWARPS - 1) / NWARPS;
   w.iters = (w.per + AMK_LOADS_IN_FLIGHT * 32 - 1) / (AMK_LOADS_IN_FLIGHT * 32);
   w.steps = ((w.mine + AMK_ROWS_IN_FLIGHT - 1) / AMK_ROWS_IN_FLIGHT) * w.iters;
@@ -236,6 +300,12 @@ __device__ __forceinline__ WalkGroup walk_group(const MatvecWalk& w, int g) {
 #pragma unroll
   for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
     const int j = g * AMK_ROWS_IN_FLIGHT + r, u = warp + j * NWARPS;
+    if (w.lpr > 0) {  // short rows: x holds the unit's first computed row
+      q.live[r] = j < w.mine;
+      q.w[r] = w.W;
+      q.x[r] = u * w.rpu;
+      continue;
+    }
     const int cr = u >> w.sbits, ch = u & ((1 << w.sbits) - 1);
     const int row = cr < w.rows ? w.row0 + cr : w.pair + w.row0 + (cr - w.rows);
     q.live[r] = j < w.mine;
@@ -264,6 +334,54 @@ __device__ __forceinline__ void walk_load(const MatvecWalk& w, const WalkGroup& 
 #pragma unroll
       for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k)
         raw[r][k] = q.live[r] && walk_in_unit(w, it, k) ? ld_stream(src + k * 32) : make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+// Short rows: where load k of this lane reads in group q's unit r (the computed row and the vector in it), and
+// whether it exists.
+__device__ __forceinline__ bool short_load_at(const MatvecWalk& w, const WalkGroup& q, int r, int k, int& cr, int& v) {
+  const int j = k / w.lpr;
+  cr = q.x[r] + j;
+  v = (k - j * w.lpr) * 32 + (int)(threadIdx.x & 31);
+  return q.live[r] && j < w.rpu && cr < w.R && v < w.per;
+}
+
+__device__ __forceinline__ void short_load(const MatvecWalk& w, const WalkGroup& q,
+                                           uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT]) {
+#pragma unroll
+  for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r)
+#pragma unroll
+    for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
+      int cr, v;
+      const bool ok = short_load_at(w, q, r, k, cr, v);
+      const int row = cr < w.rows ? w.row0 + cr : w.pair + w.row0 + (cr - w.rows);
+      raw[r][k] = ok ? ld_stream(w.W + (long long)row * w.kvec + v) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+// Short rows: the dots of group q's loads, each unit's rows summed over their loads and lanes into out[row].
+__device__ __forceinline__ void short_dot(const MatvecWalk& w, const WalkGroup& q, const float* xs,
+                                          const uint4 (&raw)[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT], float* out) {
+#pragma unroll
+  for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) {
+    if (!q.live[r]) continue;  // warp-uniform
+    float a[AMK_LOADS_IN_FLIGHT];
+#pragma unroll
+    for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
+      int cr, v;
+      a[k] = short_load_at(w, q, r, k, cr, v) ? dot_vec(raw[r][k], xs + v * VEC, 0.f) : 0.f;
+    }
+    // a row's loads are k = j * lpr .. j * lpr + lpr - 1: fold each into its first, from the back
+#pragma unroll
+    for (int k = AMK_LOADS_IN_FLIGHT - 1; k > 0; --k)
+      if (k % w.lpr != 0) a[k - 1] += a[k];
+#pragma unroll
+    for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
+      const int j = k / w.lpr, cr = q.x[r] + j;
+      if (k % w.lpr != 0 || j >= w.rpu || cr >= w.R) continue;  // warp-uniform
+      const float sum = warp_sum(a[k]);
+      if ((threadIdx.x & 31) == 0) out[cr] = sum;
     }
   }
 }
@@ -297,13 +415,20 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
   uint4 cur[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT], nxt[AMK_ROWS_IN_FLIGHT][AMK_LOADS_IN_FLIGHT];
   WalkGroup qc = walk_group(w, 0), qn = qc;
   const bool poller = (threadIdx.x >> 5) == (POLL_THREAD >> 5);
-  if (w.steps > 0 && !poller) walk_load(w, qc, 0, cur);
+  auto first_load = [&]() {
+#if AMK_USES_SHORT_ROWS
+    if (w.lpr > 0) short_load(w, qc, cur);
+    else
+#endif
+      walk_load(w, qc, 0, cur);
+  };
+  if (w.steps > 0 && !poller) first_load();
   // every warp's, the poller's too: loaded after the wait they queue behind its weight loads, and the staging's
   // normalisation waits for them (qkv's and gate_up's staging 1.1-1.6 us longer a task, llama-3.2-1b)
   TaskInputs in;
   load_task_inputs(c, p, in);
   if (!wait_deps()) return false;
-  if (w.steps > 0 && poller) walk_load(w, qc, 0, cur);
+  if (w.steps > 0 && poller) first_load();
   PHASE_START();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int R = computed_rows(p), S = 1 << w.sbits;
@@ -312,11 +437,27 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
   float* part = S > 1 ? acc_s + ((R + 3) & ~3) : acc_s;  // per-unit partial sums when rows are split
   block_sync();
   PHASE(0);
+#if AMK_USES_SHORT_ROWS
+  if (w.lpr > 0) {  // short rows: one step a group, S == 1 (acc_s is part)
+    for (int s = 0; s < w.steps; ++s) {
+      if (s + 1 < w.steps) {
+        qn = walk_group(w, s + 1);
+        short_load(w, qn, nxt);
+      }
+      short_dot(w, qc, xs, cur, acc_s);
+#pragma unroll
+      for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r)
+#pragma unroll
+        for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) cur[r][k] = nxt[r][k];
+      qc = qn;
+    }
+  }
+#endif
   float acc[AMK_ROWS_IN_FLIGHT];
 #pragma unroll
   for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) acc[r] = 0.f;
   int g = 0, it = 0;
-  for (int s = 0; s < w.steps; ++s) {
+  for (int s = 0; s < (w.lpr > 0 ? 0 : w.steps); ++s) {
     const int ng = it + 1 == w.iters ? g + 1 : g, nit = it + 1 == w.iters ? 0 : it + 1;
     if (s + 1 < w.steps) {
       if (nit == 0) qn = walk_group(w, ng);
@@ -349,6 +490,10 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
       acc_s[r] = s;
     }
     block_sync();
+  }
+  if (p.join.splits > 0 && !split_join(c, p, acc_s)) {
+    PHASE(2);
+    return true;
   }
   epilogue(c, p.epi, p.row0, p.rows, acc_s);
   PHASE(2);

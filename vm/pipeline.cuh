@@ -260,6 +260,10 @@ __device__ bool op_matvec_paged(const Ctx& c, const MatvecParams& p, WaitDeps&& 
     acc[r] = s;
   }
   block_sync();
+  if (p.join.splits > 0 && !split_join(c, p, acc)) {
+    PHASE(2);
+    return true;
+  }
   epilogue(c, p.epi, p.row0, p.rows, acc);
   PHASE(2);
   return true;

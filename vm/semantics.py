@@ -82,7 +82,20 @@ class Semantics:
         if p.epi.pair_offset:
             r = p.epi.pair_offset + p.row0
             accp = W[r:r + p.rows, p.k0:p.k0 + p.klen].float() @ x
-        self.epilogue(mem, p.epi, p.row0, p.rows, acc, accp)
+        j = p.join
+        if not j.active:
+            self.epilogue(mem, p.epi, p.row0, p.rows, acc, accp)
+            return
+        # a k-split join: store this split's sums; the row block's last split task reduces them as a reduce
+        # stage's EPILOGUE task would, and finishes the rows
+        part = mem[j.part]
+        base = j.part_off + j.split * j.stride + p.row0
+        part[base:base + p.rows] = acc
+        if accp is not None:
+            part[base + p.epi.pair_offset:base + p.epi.pair_offset + p.rows] = accp
+        mem.arrivals[j.arrivals] += 1
+        if mem.arrivals[j.arrivals] == j.splits:
+            self.finish_splits(mem, p.epi, j.part, j.part_off, j.splits, j.stride, p.row0, p.rows)
 
     def combined_input(self, mem: Memory, p, K: int) -> torch.Tensor:
         """The attention output the O projection reads, from its partitions (ATTN_COMBINE's result)."""
@@ -95,18 +108,24 @@ class Semantics:
         return self.rnd((w.t()[:, :, None] * parts).sum(0).flatten())
 
     def op_epilogue(self, mem: Memory, p) -> None:
-        src = mem[p.src]
+        self.finish_splits(mem, p.epi, p.src, p.src_off, p.splits, p.stride, p.row0, p.rows)
+
+    def finish_splits(self, mem: Memory, epi, src_id: int, src_off: int, splits: int, stride: int, row0: int,
+                      rows: int) -> None:
+        """Sum the fp32 partial sums of rows [row0, row0 + rows) (and their paired rows) over `splits` splits
+        `stride` elements apart, in split order from zero, and run `epi` on them."""
+        src = mem[src_id]
 
         def total(first: int) -> torch.Tensor:
-            acc = torch.zeros(p.rows, dtype=torch.float32, device=src.device)
-            for s in range(p.splits):
-                o = p.src_off + s * p.stride + first
-                acc += src[o:o + p.rows]
+            acc = torch.zeros(rows, dtype=torch.float32, device=src.device)
+            for s in range(splits):
+                o = src_off + s * stride + first
+                acc += src[o:o + rows]
             return acc
 
-        acc = total(p.row0)
-        accp = total(p.epi.pair_offset + p.row0) if p.epi.pair_offset else None
-        self.epilogue(mem, p.epi, p.row0, p.rows, acc, accp)
+        acc = total(row0)
+        accp = total(epi.pair_offset + row0) if epi.pair_offset else None
+        self.epilogue(mem, epi, row0, rows, acc, accp)
 
     def epilogue(self, mem: Memory, e, row0: int, rows: int, acc: torch.Tensor, accp: torch.Tensor | None) -> None:
         kind = Epilogue(e.kind)

@@ -215,6 +215,43 @@ def test_weight_pipeline_configs_verify(name, dtype, target):
     _verify_configs(_model(name, dtype), target, PIPELINE_CONFIGS)
 
 
+SPLIT_JOIN_CONFIGS = [  # k-splits whose row block's last split task reduces them (matvec.<role>.reduce last_task)
+    {"matvec": {"o": {"k_splits": 2, "reduce": "last_task"}, "down": {"k_splits": 3, "reduce": "last_task"}}},
+    {"matvec": {"gate_up": {"k_splits": 2, "reduce": "last_task"}, "lm_head": {"k_splits": 2, "reduce": "last_task"}},
+     "build": {"loads_in_flight": 8, "rows_in_flight": 2}},  # short rows of 1-3 loads a lane, two units at once
+    {"matvec": {"o": {"k_splits": 3, "reduce": "last_task", "rows_per_task": 8}}, "attention": {"kv_partitions": 1}},
+]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("name", sorted(SMALL) + ["smollm2-135m"])
+def test_split_join_configs_verify(name, dtype, target):
+    configs = SPLIT_JOIN_CONFIGS
+    if int(target.arch.split("_")[1]) >= 90:  # the join after a task streamed from the weight pipeline's pages
+        configs = configs + [{"pipeline": {"pages": 4, "page_kb": 16},
+                              "matvec": {"o": {"k_splits": 2, "reduce": "last_task"}}}]
+    _verify_configs(_model(name, dtype), target, configs)
+
+
+def test_o_split_over_kv_heads_verifies_on_a_public_shape(target, tmp_path):
+    # llama-3.2-1b's shape, two layers, saved with seeded random weights: O split over its 8 KV heads (256
+    # weights a row, the short-row walk) and reduced by each row block's last split
+    from _checkpoints import llama
+
+    model = amk.load_model(llama(tmp_path / "m", hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
+                                 num_key_value_heads=8, head_dim=64, num_hidden_layers=2, max_position_embeddings=256),
+                           dtype="bf16",
+                           device="cuda")
+    for cfg in [{"matvec": {"o": {"k_splits": 8, "reduce": "last_task"}}},
+                {"matvec": {"o": {"k_splits": 4, "reduce": "last_task"}}, "build": {"rows_in_flight": 2}}]:
+        prog = amk.lower(model, target, cfg, max_seq=256)
+        o = [t for t in prog.tasks if t.kind == "o"]
+        assert all(len(t.waits) == 8 // cfg["matvec"]["o"]["k_splits"] for t in o)  # its KV heads' attention only
+        assert amk.validate(prog, target).ok, cfg
+        res = verify(prog, model, device="cuda", vm="cuda", cases="reduced")
+        assert res.ok, (cfg, res.to_dict()["failures"])
+
+
 SPLIT_HEAD_CONFIGS = [  # split QKV heads at a few step shapes of the register path
     {"matvec": {"qkv": {"head_splits": 2}}, "sm": {"assignment": "list_scheduling"},
      "build": {"rows_in_flight": 2, "loads_in_flight": 2}},
