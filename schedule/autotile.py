@@ -238,16 +238,17 @@ def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int, build:
 
 
 def lm_head_rows(dims: ModelDims, target: GpuTarget, nbytes: int, split: WarpSplit | None,
-                 rows_fit: Callable[[int], bool] | None = None) -> int:
+                 rows_fit: Callable[[int], bool] | None = None, k_splits: int = 1) -> int:
     """Rows of an LM-head task: split as every other matvec (matvec_rows), about one task a SM. Its tasks all
     start within a boundary's spread (the final norm waits for the whole residual) and each SM's queue is
     fixed, so more rounds balance nothing, and each task stages the normed input and runs an epilogue again:
     one task a SM against four measured llama-3.2-1b 890.1 against 899.1 us, qwen3-1.7b 1438.3 against 1444.1,
     qwen2.5-0.5b 753.0 against 754.6 (two a SM; bench/results/20261204-0137_h200_lm_head_rounds.json). Another
     round of tasks is added while a task's rows do not fit (`rows_fit`: its shared memory, where the config's
-    pages leave little) or pass the knob's bound."""
+    pages leave little) or pass the knob's bound. `k_splits`: each row block split over that many tasks
+    (matvec_rows), so that the split LM head still takes about one task a SM."""
     v = dims.vocab
-    rows = matvec_rows(v, dims.hidden, nbytes, target, split)
+    rows = matvec_rows(v, dims.hidden, nbytes, target, split, k_splits=k_splits)
     tasks = -(-v // rows)
     while rows > 1 and (rows > MAX_ROWS_PER_TASK or (rows_fit is not None and not rows_fit(rows))):
         tasks += target.sm_count
@@ -269,7 +270,7 @@ def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int,
         o_rows=matvec_rows(h, dims.n_heads * dims.head_dim, nbytes, target, split, k_splits=ks.get("o", 1)),
         gate_up_rows=matvec_rows(i, h, nbytes, target, split, paired=True, k_splits=ks.get("gate_up", 1)),
         down_rows=matvec_rows(h, i, nbytes, target, split, k_splits=ks.get("down", 1)),
-        lm_head_rows=lm_head_rows(dims, target, nbytes, split, lm_rows_fit),
+        lm_head_rows=lm_head_rows(dims, target, nbytes, split, lm_rows_fit, ks.get("lm_head", 1)),
         qkv_head_splits=qkv_head_splits(dims, nbytes, target, split_heads_ok, split),
         kv_partitions=kv_partitions(dims, target, max_seq, partition_fits),
     )
@@ -304,7 +305,7 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     def lm_rows_fit(rows: int) -> bool:  # the staged (normed) input row and the rows' sums, as tile.py counts them
         return matvec_smem_bytes(dims.hidden, rows, page_partials(dims.hidden, rows, build, nbytes)) <= work
 
-    ks = {role: getattr(config.matvec, role).k_splits for role in ("o", "gate_up", "down")}
+    ks = {role: getattr(config.matvec, role).k_splits for role in ("o", "gate_up", "down", "lm_head")}
     t = derive_tiling(dims, target, nbytes, max_seq, split_ok, split, fits, lm_rows_fit, ks)
     values = {"fusion.rope_kv_into_attention": folded, "fusion.rope_kv_into_qkv": rope_fused,
               "matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,

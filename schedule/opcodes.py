@@ -283,6 +283,18 @@ PARAMS_OF: dict[Opcode, type] = {
 PARAMS_TYPES = frozenset(PARAMS_OF.values()) | {EpilogueParams, JoinCombine, SplitJoin}
 
 
+@functools.cache
+def field_defaults(cls) -> dict:
+    """{field name: default} of the fields of a params dataclass that have one (a nested one's default instance)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def nested_type(cls, name: str) -> type:
     """The params dataclass of field `name` of params dataclass `cls` (KeyError when it is no nested one)."""
     tp = {f.name: f.type for f in dataclasses.fields(cls)}[name]

@@ -531,3 +531,11 @@ def _check_split_join(program, j, rep: _Report) -> None:
         rep.add(IssueKind.UNSATISFIABLE_WAIT, f"the k-split join of counter {j.counter} has {n} tasks, whose "
                 f"splits are {sorted(x.split for x in sj)} of {sorted({x.splits for x in sj})}: the last of them "
                 "would never know it is last, or would sum a split twice", tasks=j.tasks[:1])
+    # the last task sums the partials of its own rows: every task of the join must store those rows, to the same
+    # partials, and finish them with the same epilogue
+    block = {(t.params.weight, t.params.row0, t.params.rows, t.params.epi, x.part, x.part_off, x.stride)
+             for t, x in zip(members, sj)}
+    if len(block) > 1:
+        rep.add(IssueKind.ABI, f"the k-split join of counter {j.counter} mixes tasks of different row blocks, "
+                "partial sums or epilogues (weight, row0, rows, epi, join.part, join.part_off, join.stride differ): "
+                "its last task would sum partials no task of it stored", tasks=j.tasks[:2])
