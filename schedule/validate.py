@@ -24,6 +24,7 @@ from . import opcodes as oc
 from . import smem as block_smem
 from .errors import ArgumentError
 from .opcodes import Epilogue, Opcode
+from .program import BufferKind, Region
 from .targets import get_target
 
 
@@ -519,6 +520,26 @@ def _count_arrivals(program, signalled: list[int], rep: _Report) -> None:
         _check_split_join(program, j, rep)
 
 
+def _check_split_partials(program, t, x: oc.SplitJoin, rep: _Report) -> None:
+    """A split task's partial sums: every split's rows of its row block inside one fp32 activation buffer, and its own
+    split's rows among the regions it declares writing (what the hazard check reads)."""
+    if not 0 <= x.part < len(program.buffers):
+        return  # reported as a parameter that names no buffer
+    b, p = program.buffers[x.part], t.params
+    last = x.part_off + (x.splits - 1) * x.stride + p.epi.pair_offset + p.row0 + p.rows
+    own = Region(x.part, x.part_off + x.split * x.stride + p.row0, p.rows)
+    if b.kind not in (BufferKind.SCRATCH, BufferKind.ARENA) or b.dtype != oc.DType.F32:
+        why = f"buffer {b.name} is {b.kind.value} {b.dtype.name}, not fp32 activations"
+    elif x.part_off < 0 or x.stride < p.rows or last > b.numel:
+        why = f"its splits' rows reach element {last} of buffer {b.name}'s {b.numel}"
+    elif own not in t.writes:
+        why = f"the task does not declare writing its own rows {own}"
+    else:
+        return
+    rep.add(IssueKind.ABI, f"{rep.tname(t.id)}: join.part={x.part}, part_off={x.part_off}, stride={x.stride}: {why}",
+            tasks=(t.id,))
+
+
 def _check_split_join(program, j, rep: _Report) -> None:
     """A k-split join's last task knows it is last when the arrivals reach `splits` a step, and sums splits 0..
     splits-1: its tasks must be exactly those splits, one task each."""
@@ -533,6 +554,8 @@ def _check_split_join(program, j, rep: _Report) -> None:
                 "would never know it is last, or would sum a split twice", tasks=j.tasks[:1])
     # the last task sums the partials of its own rows: every task of the join must store those rows, to the same
     # partials, and finish them with the same epilogue
+    for t, x in zip(members, sj):
+        _check_split_partials(program, t, x, rep)
     block = {(t.params.weight, t.params.row0, t.params.rows, t.params.epi, x.part, x.part_off, x.stride)
              for t, x in zip(members, sj)}
     if len(block) > 1:

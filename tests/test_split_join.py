@@ -146,3 +146,21 @@ def test_reduce_without_splits_is_noted_inert():
     assert any(n.startswith("matvec.down.reduce=last_task has no effect") for n in notes), notes
     split = ScheduleConfig.from_dict({"matvec": {"down": {"reduce": "last_task", "k_splits": 2}}})
     assert not [k for k in inert_knobs(split) if k.path == "matvec.down.reduce"]
+
+
+@pytest.mark.parametrize("change, why", [({"part_off": 10**8}, "reach element"), ("weight", "not fp32 activations"),
+                                         ({"split": None}, "does not declare writing")])
+def test_split_partials_outside_fp32_activations_are_refused(change, why):
+    model = amk.load_model("toy", dtype="fp32", weights=False)
+    prog = lower(model, "cpu-sim", {"matvec": {"down": {"k_splits": 2, "reduce": "last_task"}}}, max_seq=64)
+    t = prog.tasks[prog.joins[0].tasks[0]]
+    j = t.params.join
+    if change == "weight":  # the partial sums pointed at the task's own weights
+        j = dataclasses.replace(j, part=t.params.weight, part_off=0)
+    elif "split" in change:  # the task's own rows dropped from the regions it declares writing
+        t.writes = tuple(w for w in t.writes if w.buffer != j.part)
+    else:
+        j = dataclasses.replace(j, **change)
+    t.params = dataclasses.replace(t.params, join=j)
+    res = validate(prog, "cpu-sim")
+    assert not res.ok and any(why in i.message for i in res.issues), [i.message for i in res.issues]

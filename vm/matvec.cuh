@@ -254,9 +254,9 @@ __device__ __forceinline__ MatvecWalk matvec_walk(const Ctx& c, const MatvecPara
   const int R = computed_rows(p), nvec = p.klen / VEC, warp = threadIdx.x >> 5;
   w.R = R;
   // short rows where a warp would walk more than one of them a unit: rpu rows a unit, as many as a step's loads
-  // hold and no more than the warps' share of the rows (compiled in only where the program has such a task:
-  // AMK_USES_SHORT_ROWS, as schedule/autotile.py short_row_units finds them; the loop's registers would spill
-  // the qwen2.5-0.5b shape's kernel)
+  // hold and no more than the warps' share of the rows. Compiled in only where the program has such a task and
+  // no global-softmax attention (AMK_USES_SHORT_ROWS, vm/abi.py): with the scores and values passes beside it, the
+  // loop's registers made ptxas spill on a G=7 shape, and on every kernel it costs registers for nothing
   w.lpr = 0;
 #if AMK_USES_SHORT_ROWS
   w.lpr = (nvec + 31) / 32;
