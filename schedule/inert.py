@@ -39,7 +39,14 @@ _NO_KERNEL_BUILD_KNOBS = ("build.spin_backoff_ns",)
 # paged config slower than the register path (llama-3.2-1b: 1059.7-1072.2 against 923.4 us,
 # bench/results/20261201-1100_h200_llama-3.2-1b_bf16_boundary_probes.json); with no kernel to measure, a
 # search there would only chase that assumption
-STAND_IN_UNSEARCHED = ("pipeline.pages",)
+STAND_IN_UNSEARCHED = ("pipeline.pages", "matvec.o.reduce")
+# ...each with why, where it is not the pages' (unsearched_reason's own text)
+_STAND_IN_REASONS = {
+    "matvec.o.reduce": ("and ranks the O split over KV heads with the last split's reduce faster than the unsplit "
+                        "default, pricing the partitions O combines at DRAM's share of the bandwidth, while an H200 "
+                        "measured it 1.05-1.06x slower on three shapes, its staging bound by latency, not bytes "
+                        "(bench/results/20261204-1700_h200_o_split_over_kv_heads.json)"),
+}
 # ...and knobs whose every value prices the same there (schedule/cost.py), each with why: on the stand-in a move
 # of one only spends a trial on +0.00%
 _UNPRICED_KNOBS = {
@@ -125,8 +132,8 @@ def unsearched_reason(path: str, target: GpuTarget | None) -> str | None:
     """Why the search leaves the knob at `path` at its default on `target` although the knob acts there (an
     inert knob is never searched either: target_inert_reason), or None."""
     if target is not None and target.arch == "none" and path in STAND_IN_UNSEARCHED:
-        return (f"on {target.name}, a CPU stand-in, the cost model alone prices it, as hiding the weight stream "
-                "under the waits, which an H200 measured slower; set it by hand, or search it on a GPU")
+        why = _STAND_IN_REASONS.get(path, "as hiding the weight stream under the waits, which an H200 measured slower")
+        return f"on {target.name}, a CPU stand-in, the cost model alone prices it {why}; set it by hand, or search it on a GPU"
     return None
 
 

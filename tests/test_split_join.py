@@ -164,3 +164,16 @@ def test_split_partials_outside_fp32_activations_are_refused(change, why):
     t.params = dataclasses.replace(t.params, join=j)
     res = validate(prog, "cpu-sim")
     assert not res.ok and any(why in i.message for i in res.issues), [i.message for i in res.issues]
+
+
+def test_the_stand_in_search_leaves_o_reduce_alone_and_a_gpu_searches_it():
+    # the cost model ranks the O split with the last split's reduce faster; an H200 measured it slower
+    from amk.schedule.space import search_space
+
+    def knob(target, path):
+        return next(k for k in search_space(target) if k.path == path)
+
+    o = knob("cpu-sim", "matvec.o.reduce")
+    assert o.search == () and "measured it 1.05-1.06x slower" in o.unsearched
+    assert knob("cpu-sim", "matvec.down.reduce").search == ("stage", "last_task")
+    assert knob("h200", "matvec.o.reduce").search == ("stage", "last_task")
