@@ -142,7 +142,8 @@ def print_summary(s: dict) -> None:
         print(f"{r['layer']:>5}{r['time_us']:>9.1f}{r['ideal_us']:>9.1f}{100 * r['ideal_us'] / r['time_us']:>7.0f}%"
               f"{r['boundary_us']:>9.1f}  {st}")
     mid = layers[1:-1] or layers
-    print("phases of a middle layer (us; matvec: stage input / dot / fold+epilogue / page wait; attention "
+    print("phases of a middle layer (us; matvec: stage input / dot / fold+epilogue / page wait, or for an O task "
+          "combining attention partitions the part of its staging until their (max, sum) are in; attention "
           "partial: stage q / scores / softmax statistics / values+store, all of it in the last when warps take q heads "
           "on the shared-memory path):",
           "  ".join(f"{x['kind']} " + "/".join(f"{v:.1f}" for v in x["phases_us"]) for x in mid[len(mid) // 2]["stages"]))

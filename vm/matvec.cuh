@@ -120,11 +120,17 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p, const TaskIn
   if (PVEC * tid < p.klen) {
     for (int b = 0; b < ring; ++b) combine_issue(slot, stride, part, K, PVEC * tid, P, B, ring, b);
   }
+#if AMK_TRACE
+  const long long t_stats = clock64();
+#endif
   if (weighted) {
     const float2* st = reinterpret_cast<const float2*>(buf<float>(c, p.inp_stats) + p.inp_stats_off);
     for (int i = tid; i < P * nh; i += AMK_THREADS) stats[i] = __ldcg(st + (i / nh) * AMK_HEADS + h0 + i % nh);
     block_sync();
   }
+#if AMK_TRACE
+  if (tid == 0) c.prof[3] += clock64() - t_stats;  // a combining task's phase 3: its (max, sum) round trip
+#endif
   // klen, k0 and head_dim are multiples of 8 (amk.models and the O tiling refuse any other head_dim): a
   // thread's PVEC elements belong to one q head
   for (int k = PVEC * tid; k < p.klen; k += PVEC * AMK_THREADS) {
