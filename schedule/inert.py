@@ -43,8 +43,8 @@ STAND_IN_UNSEARCHED = ("pipeline.pages", "matvec.o.reduce")
 # ...each with why, where it is not the pages' (unsearched_reason's own text)
 _STAND_IN_REASONS = {
     "matvec.o.reduce": ("and ranks the O split over KV heads with the last split's reduce faster than the unsplit "
-                        "default, pricing the partitions O combines at DRAM's share of the bandwidth, while an H200 "
-                        "measured it 1.05-1.06x slower on three shapes, its staging bound by latency, not bytes "
+                        "default, for the partition bytes it saves O's combine, while an H200 measured that staging "
+                        "bound mostly by a fixed latency and the split 1.05-1.06x slower on three shapes "
                         "(bench/results/20261204-1700_h200_o_split_over_kv_heads.json)"),
 }
 # ...and knobs whose every value prices the same there (schedule/cost.py), each with why: on the stand-in a move
