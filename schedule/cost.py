@@ -136,7 +136,7 @@ def combine_bytes(task: Task, program: MegakernelProgram) -> int:
         return p.inp_parts * p.klen * e + (p.inp_parts * heads * 8 if p.inp_stats != NO_BUFFER else 0)
     if task.opcode == Opcode.ATTN_COMBINE:
         return p.parts * group * (c.head_dim * e + (8 if p.part_stats != NO_BUFFER else 0))
-    if task.opcode in JOIN_OPCODES and p.join.out != NO_BUFFER:  # ATTN_VALUES' partitions share one softmax
+    if task.opcode in JOIN_OPCODES and p.join.active:  # ATTN_VALUES' partitions share one softmax
         return p.parts * group * (c.head_dim * e + (8 if task.opcode == Opcode.ATTN_PARTIAL else 0))
     return 0
 

@@ -295,6 +295,7 @@ def field_defaults(cls) -> dict:
     return out
 
 
+@functools.cache
 def nested_type(cls, name: str) -> type:
     """The params dataclass of field `name` of params dataclass `cls` (KeyError when it is no nested one)."""
     tp = {f.name: f.type for f in dataclasses.fields(cls)}[name]

@@ -334,13 +334,15 @@ def _params_to_dict(params) -> dict:
 def _params_from_dict(cls, d: dict):
     """`cls` from its to_dict form. A field the dict lacks takes its default (a program written before the field was
     added); ProgramError names a missing field that has none."""
-    missing = [name for name in oc.field_names(cls) if name not in d]
-    defaults = oc.field_defaults(cls) if missing else {}
-    for name in missing:
-        if name not in defaults:
+    names = oc.field_names(cls)
+    try:
+        return cls(**{name: _params_from_dict(oc.nested_type(cls, name), v) if isinstance(v := d[name], dict) else v
+                      for name in names})
+    except KeyError:  # rare: only a program written by an earlier version lacks fields
+        defaults = oc.field_defaults(cls)
+        lacking = [name for name in names if name not in d and name not in defaults]
+        if lacking:
             from .errors import ProgramError
 
-            raise ProgramError(f"{cls.__name__} params lack field {name!r}, which has no default")
-    return cls(**{name: (defaults[name] if name not in d else
-                         _params_from_dict(oc.nested_type(cls, name), v) if isinstance(v := d[name], dict) else v)
-                  for name in oc.field_names(cls)})
+            raise ProgramError(f"{cls.__name__} params lack field {lacking[0]!r}, which has no default") from None
+        return _params_from_dict(cls, {**defaults, **d})

@@ -88,11 +88,7 @@ class Semantics:
             return
         # a k-split join: store this split's sums; the row block's last split task reduces them as a reduce
         # stage's EPILOGUE task would, and finishes the rows
-        part = mem[j.part]
-        base = j.part_off + j.split * j.stride + p.row0
-        part[base:base + p.rows] = acc
-        if accp is not None:
-            part[base + p.epi.pair_offset:base + p.epi.pair_offset + p.rows] = accp
+        self.store_partials(mem[j.part], j.part_off + j.split * j.stride + p.row0, p.epi.pair_offset, acc, accp)
         mem.arrivals[j.arrivals] += 1
         if mem.arrivals[j.arrivals] == j.splits:
             self.finish_splits(mem, p.epi, j.part, j.part_off, j.splits, j.stride, p.row0, p.rows)
@@ -127,6 +123,13 @@ class Semantics:
         accp = total(epi.pair_offset + row0) if epi.pair_offset else None
         self.epilogue(mem, epi, row0, rows, acc, accp)
 
+    @staticmethod
+    def store_partials(out: torch.Tensor, base: int, pair: int, acc: torch.Tensor, accp: torch.Tensor | None) -> None:
+        """A k-split's unrounded sums: `acc` from element `base` of `out`, and the paired rows' `accp` `pair` on."""
+        out[base:base + len(acc)] = acc
+        if accp is not None:
+            out[base + pair:base + pair + len(accp)] = accp
+
     def epilogue(self, mem: Memory, e, row0: int, rows: int, acc: torch.Tensor, accp: torch.Tensor | None) -> None:
         kind = Epilogue(e.kind)
         if e.bias != NO_BUFFER and kind != Epilogue.PARTIAL:
@@ -140,10 +143,7 @@ class Semantics:
             if accp is not None:
                 out[lo + e.pair_offset:lo + e.pair_offset + rows] = self.rnd(accp)
         elif kind == Epilogue.PARTIAL:
-            base = e.out_off + e.split * e.split_stride + row0
-            out[base:base + rows] = acc
-            if accp is not None:
-                out[base + e.pair_offset:base + e.pair_offset + rows] = accp
+            self.store_partials(out, e.out_off + e.split * e.split_stride + row0, e.pair_offset, acc, accp)
         elif kind == Epilogue.RESIDUAL_ADD:
             out[lo:lo + rows] = self.rnd(out[lo:lo + rows] + self.rnd(acc))
         elif kind == Epilogue.SILU_MUL:
