@@ -146,11 +146,11 @@ class AttentionConfig:
                                           "'o_input' every O task, for its input slice, while it stages it; "
                                           "'stage' a combine stage of one task per KV head before O",
                                      choices=list(AttentionCombine))
-    partials_dtype: PartialsDtype = knob(PartialsDtype.FP32,
+    partials_dtype: PartialsDtype = knob(PartialsDtype.MODEL,
                                          help="with kv_partitions > 1, the dtype of the partition outputs a combine "
-                                              "reads (their (max, sum) stay fp32): 'fp32', or 'model', rounded to "
-                                              "the model's dtype, half the bytes from L2 on a bf16 or fp16 model "
-                                              "(one rounding more; the same as 'fp32' on an fp32 model)",
+                                              "reads (their (max, sum) stay fp32): 'model', rounded to the model's "
+                                              "dtype, half the bytes from L2 on a bf16 or fp16 model (one rounding "
+                                              "more; the same as 'fp32' on an fp32 model), or 'fp32'",
                                          choices=list(PartialsDtype))
 
 

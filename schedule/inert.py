@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from .assign import assign_sms
 from .config import (
     AttentionSoftmax,
-    PartialsDtype,
     ScheduleConfig,
     SmAssignment,
     SmConfig,
@@ -168,13 +167,13 @@ def inert_knobs(config: ScheduleConfig, target: GpuTarget | None = None, derived
 
 def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip: set[str] = frozenset()) -> list[InertKnob]:
     """The knobs set off their default that cannot act on `program` (lowered from `config`) for a reason only the
-    model or the program shows, which inert_knobs cannot see from the config: `attention.partials_dtype=model` on an
-    fp32 model, and an `sm.assignment` that places every task where the default assignment does (a program with
+    model or the program shows, which inert_knobs cannot see from the config: `attention.partials_dtype=fp32` on an
+    fp32 model (whose partitions are fp32 under either value), and an `sm.assignment` that places every task where the default assignment does (a program with
     fewer tasks than SMs, say). Paths in `skip` (already named inert) are left out."""
     out = []
     default = ScheduleConfig()
     att = config.attention
-    if (att.partials_dtype == PartialsDtype.MODEL and program.constants.dtype == DType.F32
+    if (att.partials_dtype != default.attention.partials_dtype and program.constants.dtype == DType.F32
             and "attention.partials_dtype" not in skip):
         out.append(InertKnob("attention.partials_dtype", att.partials_dtype.value, _FP32_PARTIALS))
     policy = config.sm.assignment

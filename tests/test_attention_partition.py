@@ -163,23 +163,35 @@ def test_partial_positions_is_the_largest_fit(group, head_dim, cache_bytes):
 def test_combining_o_tasks_get_every_partition_slot_that_fits(smem_kb):
     # each thread copies its elements of the partitions into its own slots (vm/matvec.cuh stage_combined):
     # as many as fit the working shared memory, at most one a partition, and the validator counts them
-    from amk.schedule.smem import combine_heads, combine_smem_bytes, consumer_threads, program_work_smem_bytes
+    from amk.schedule.smem import (
+        combine_heads,
+        combine_per_copy,
+        combine_smem_bytes,
+        consumer_threads,
+        program_work_smem_bytes,
+    )
 
     cfg = {"attention": {"softmax": "partition", "kv_partitions": 16, "combine": "o_input"},
            "smem_per_block": smem_kb * 1024}
     prog = lower_builtin("llama-3.2-1b", cfg)
     work = program_work_smem_bytes(prog.smem_per_block, prog.build)
     threads = consumer_threads(prog.threads_per_block, prog.build)
+    per_copy = combine_per_copy(prog.build, prog.constants.dtype.nbytes)
+    assert per_copy == 8  # bf16 partials (attention.partials_dtype model, the default)
+
+    def smem(p, heads, slots):
+        return combine_smem_bytes(p.klen, 16, heads, threads, slots, per_copy)
+
     o_tasks = [t.params for t in prog.tasks if t.kind == "o"]
     assert o_tasks and all(p.inp_parts == 16 for p in o_tasks)
     for p in o_tasks:
         heads = combine_heads(p.k0, p.klen, prog.constants.head_dim)
         assert 1 <= p.inp_slots <= 16
-        assert combine_smem_bytes(p.klen, 16, heads, threads, p.inp_slots) <= work
+        assert smem(p, heads, p.inp_slots) <= work
         # all partitions in one batch, or two even halves in flight: the most that fit either way
         assert p.inp_slots in (1, 16) or p.inp_slots % 2 == 0
-        assert p.inp_slots == 16 or combine_smem_bytes(p.klen, 16, heads, threads, p.inp_slots + 2) > work
-        assert p.inp_slots == 16 or combine_smem_bytes(p.klen, 16, heads, threads, 16) > work
+        assert p.inp_slots == 16 or smem(p, heads, p.inp_slots + 2) > work
+        assert p.inp_slots == 16 or smem(p, heads, 16) > work
     assert validate(prog, "h200").ok
 
 

@@ -141,8 +141,8 @@ def test_an_interrupt_is_its_own_exit_code(capsys, monkeypatch):
      'sm.explicit_map={"qkv":[0,1]} has no effect: only sm.assignment=explicit reads it'),
     ({"build": {"spin_backoff_ns": 32}}, "cpu-sim", "build.spin_backoff_ns=32 has no effect: cpu-sim is a CPU stand-in"),
     # the two a config alone cannot show: the model's dtype, and where the tasks land against the SM count
-    ({"attention": {"kv_partitions": 2, "partials_dtype": "model"}}, "cpu-sim",
-     "attention.partials_dtype=model has no effect: the model's dtype is fp32"),
+    ({"attention": {"kv_partitions": 2, "partials_dtype": "fp32"}}, "cpu-sim",
+     "attention.partials_dtype=fp32 has no effect: the model's dtype is fp32"),
     ({"sm": {"assignment": "round_robin"}}, "h100-sxm",
      "sm.assignment=round_robin has no effect: it places each of the program's"),
     ({"pipeline": {"pages": 4, "page_kb": 8}}, "cpu-sim",
@@ -161,7 +161,7 @@ def test_an_inert_knob_lowers_to_the_same_program_and_acting_knobs_get_no_note()
     assert a.program_fingerprint == b.program_fingerprint and a.schedule_id != b.schedule_id
     for acting in ({}, {"attention": {"softmax": "global"}}, {"pipelining_depth": 1, "build": {"l2_prefetch_kb": 64}},
                    {"sm": {"assignment": "explicit", "explicit_map": {"qkv": [0, 1]}}},
-                   {"sm": {"assignment": "bytes_balanced"}}, {"attention": {"partials_dtype": "model"}}):
+                   {"sm": {"assignment": "bytes_balanced"}}, {"attention": {"partials_dtype": "fp32"}}):
         v, program = build_program("toy", "h100-sxm", acting, "cpu")
         assert program is not None and not [n for n in v.notes if "has no effect" in n], (acting, v.notes)
     v, _ = build_program("toy", "cpu-sim", {"sm": {"assignment": "round_robin"}}, "cpu")  # 8 SMs: it moves tasks

@@ -65,7 +65,7 @@ def test_the_partials_are_rounded_only_in_a_16_bit_model():
 @pytest.mark.parametrize("combine", ["o_input", "stage", "last_partition"])
 def test_a_combine_reads_half_the_partial_bytes(combine):
     att = {"kv_partitions": 8, "combine": combine}
-    fp32 = lower_builtin("llama-3.2-1b", {"attention": att})
+    fp32 = lower_builtin("llama-3.2-1b", {"attention": {**att, "partials_dtype": "fp32"}})
     half = lower_builtin("llama-3.2-1b", {"attention": {**att, "partials_dtype": "model"}})
     c = half.constants
     readers = [t for t in half.tasks if cost.combine_bytes(t, half)]
@@ -138,9 +138,10 @@ def test_a_program_the_knob_cannot_change_keeps_its_fingerprint():
     def fingerprint(dtype: str, **attention) -> str:
         return lower(model[dtype], "h200", {"attention": attention}, max_seq=128).fingerprint()
 
-    assert fingerprint("fp32", kv_partitions=4) == fingerprint("fp32", kv_partitions=4, partials_dtype="model")
-    assert fingerprint("bf16", kv_partitions=1) == fingerprint("bf16", kv_partitions=1, partials_dtype="model")
-    assert fingerprint("bf16", kv_partitions=4) != fingerprint("bf16", kv_partitions=4, partials_dtype="model")
+    for dtype, parts, same in (("fp32", 4, True), ("bf16", 1, True), ("bf16", 4, False)):
+        model_parts = fingerprint(dtype, kv_partitions=parts, partials_dtype="model")
+        assert model_parts == fingerprint(dtype, kv_partitions=parts)  # the default
+        assert (model_parts == fingerprint(dtype, kv_partitions=parts, partials_dtype="fp32")) == same
 
 
 def test_a_head_dim_a_copy_would_straddle_is_refused_by_name():
@@ -154,7 +155,8 @@ def test_a_head_dim_a_copy_would_straddle_is_refused_by_name():
     with pytest.raises(LoweringError) as e:
         lower_dims(odd, DType.BF16, "h200", config=cfg, max_seq=256)
     assert e.value.knob == "attention.partials_dtype" and "multiple of 8" in str(e.value)
-    lower_dims(odd, DType.BF16, "h200", config={"attention": {"kv_partitions": 4}}, max_seq=256)  # fp32 partials
+    lower_dims(odd, DType.BF16, "h200", config={"attention": {"kv_partitions": 4, "partials_dtype": "fp32"}},
+               max_seq=256)
 
 
 def test_an_fp32_run_never_searches_the_knob(tmp_path):
@@ -177,4 +179,4 @@ def test_an_fp32_run_never_searches_the_knob(tmp_path):
 
     records = load_records(cor)
     assert len(records) >= 30 and all(r.dtype == "fp32" for r in records)
-    assert not any(r.config.get("attention", {}).get("partials_dtype") == "model" for r in records)
+    assert all(r.config.get("attention", {}).get("partials_dtype", "model") == "model" for r in records)  # default
