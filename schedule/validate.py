@@ -1,7 +1,9 @@
 """validate(program, target) -> ValidationResult: static checks of a MegakernelProgram that never raise.
 
 1. structure and ABI (queues, SM ids, instruction limits, int32 params, shared memory, buffer ids),
-2. bounds (every region inside its buffer; nothing writes a weight),
+2. params against regions (a buffer the params write is one the task, or its join, declares writing, and no
+   weight; a buffer read as weights is one: schedule/param_buffers.py), and bounds (every region inside its
+   buffer; no region writes a weight),
 3. counters (every wait satisfiable and for all of its counter's producers),
 4. deadlock (the signal/wait/queue graph is acyclic; a cycle comes back as a witness),
 5. data hazards over happens-before (RAW, WAR, WAW per element range; see `hazards.sweep`).
@@ -19,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import hazards
+from . import hazards, param_buffers
 from . import opcodes as oc
 from . import smem as block_smem
 from .errors import ArgumentError
@@ -185,6 +187,7 @@ def _validate(program, target, rep: _Report) -> None:
             target = None
     _guarded(rep, "structure", _check_structure, program, target, rep)
     _guarded(rep, "tasks", _check_tasks, program, target, rep)
+    _guarded(rep, "param buffers", param_buffers.check, program, rep.add, rep.tname)
     per = _guarded(rep, "regions", hazards.collect, program, lambda tid, e: _malformed(rep, tid, e))
     if per is not None:
         _guarded(rep, "regions", hazards.check_regions, program, per, rep.add, rep.tname)

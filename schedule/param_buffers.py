@@ -1,0 +1,127 @@
+"""Which buffers a task's params make the kernel write, and which it reads as model weights.
+
+The hazard check (schedule/hazards.py) reads a task's declared regions, while the kernel and the ReferenceVM follow
+its params. A program whose params write a buffer its regions do not name (a hand-edited program JSON, say) would
+race unseen, and one whose params write a weight buffer would corrupt the model for every later step. The
+validator compares the two through this table, buffer by buffer (the element ranges are the hazard check's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import opcodes as oc
+from .opcodes import Epilogue
+from .program import BufferKind
+
+
+@dataclass(frozen=True)
+class ParamBuffer:
+    """One buffer field of a task's params: its dotted path (as in the program JSON), the buffer id, and whether
+    the kernel writes it whatever the step (False for a KV cache, which only the task holding a k or v head, or
+    the step's position, appends to: the regions declare the append where it happens)."""
+
+    path: str
+    buffer: int
+    always: bool = True
+
+    @property
+    def kv_cache(self) -> bool:
+        return self.path.rsplit(".", 1)[-1] in ("kcache", "vcache")
+
+
+def _named(pairs, always: bool = True) -> Iterator[ParamBuffer]:
+    for path, b in pairs:
+        if b != oc.NO_BUFFER:
+            yield ParamBuffer(path, int(b), always and path.rsplit(".", 1)[-1] not in ("kcache", "vcache"))
+
+
+def _epilogue_writes(e: oc.EpilogueParams) -> Iterator[ParamBuffer]:
+    kind = Epilogue(e.kind)
+    if kind == Epilogue.ROPE_KV:  # q heads to `out`, k and v heads' rows to the caches: which, the rows decide
+        yield from _named([("epi.out", e.out), ("epi.kcache", e.kcache), ("epi.vcache", e.vcache)], always=False)
+        return
+    yield from _named([("epi.out", e.out)])
+    if kind == Epilogue.LOGITS:
+        yield from _named([("epi.argmax", e.argmax)])
+
+
+def written(p) -> Iterator[ParamBuffer]:
+    """The buffers the params `p` of one task make the kernel write. Raises ValueError for an unknown epilogue
+    kind (the ABI check reports it)."""
+    if isinstance(p, (oc.EmbedParams, oc.RmsNormParams, oc.AttnValuesParams, oc.AttnCombineParams)):
+        yield from _named([("out", p.out)])
+    elif isinstance(p, oc.MatvecParams):
+        yield from _epilogue_writes(p.epi)
+        if p.join.active:
+            yield from _named([("join.part", p.join.part)])
+    elif isinstance(p, oc.EpilogueTaskParams):
+        yield from _epilogue_writes(p.epi)
+    elif isinstance(p, oc.AttnDecodeParams):
+        yield from _named([("out", p.out), ("scores", p.scores)])
+    elif isinstance(p, oc.AttnScoresParams):
+        yield from _named([("scores", p.scores), ("stats", p.stats)])
+    elif isinstance(p, oc.AttnPartialParams):
+        # `scores` only backs a partition longer than `chunk`; whether one is depends on the step's position
+        pairs = [("out", p.out), ("stats", p.stats), ("join.out", p.join.out)]
+        if p.rope:  # the task holding the step's position appends its k and v
+            pairs += [("kcache", p.kcache), ("vcache", p.vcache)]
+        yield from _named(pairs)
+    elif isinstance(p, oc.ArgmaxParams):
+        yield from _named([("token", p.token)])
+
+
+def weights(p) -> Iterator[ParamBuffer]:
+    """The buffers the params `p` of one task make the kernel read as model weights (never written)."""
+    pairs: list[tuple[str, int]] = []
+    if isinstance(p, oc.EmbedParams):
+        pairs = [("table", p.table)]
+    elif isinstance(p, oc.RmsNormParams):
+        pairs = [("weight", p.weight)]
+    elif isinstance(p, oc.MatvecParams):
+        pairs = [("weight", p.weight), ("norm_weight", p.norm_weight), ("epi.bias", p.epi.bias),
+                 ("epi.qnorm", p.epi.qnorm), ("epi.knorm", p.epi.knorm)]
+    elif isinstance(p, oc.EpilogueTaskParams):
+        pairs = [("epi.bias", p.epi.bias), ("epi.qnorm", p.epi.qnorm), ("epi.knorm", p.epi.knorm)]
+    elif isinstance(p, oc.AttnPartialParams) and p.rope:
+        pairs = [("qnorm", p.qnorm), ("knorm", p.knorm)]
+    yield from _named(pairs)
+
+
+def check(program, report, tname) -> None:
+    """Every buffer a task's params write is one the task (or its join, whose last task writes for it) declares
+    writing, else the hazard check cannot see the write, and none is a weight; every buffer its params read as
+    weights is one. `report(kind_name, message, tasks, buffers)` as validate's; a task whose opcode and params
+    do not match, or whose params name no buffer, is left to the ABI check."""
+    bufs, weight = program.buffers, BufferKind.WEIGHT
+    joined: dict[int, set[int]] = {}
+    for jn in program.joins:
+        for t in jn.tasks:
+            joined.setdefault(t, set()).update(r.buffer for r in jn.writes)
+    for tid, t in enumerate(program.tasks):
+        if type(t.params) is not oc.PARAMS_OF.get(t.opcode):
+            continue
+        try:
+            out, wts = list(written(t.params)), list(weights(t.params))
+        except ValueError:  # an unknown epilogue kind
+            continue
+        declared = {r.buffer for r in t.writes} | joined.get(tid, set())
+        for pb in out:
+            if not 0 <= pb.buffer < len(bufs):
+                continue
+            b = bufs[pb.buffer]
+            if b.kind == weight:
+                why = f"names weight buffer {b.name}: a write would change the model"
+            elif pb.kv_cache and b.kind != BufferKind.KV:
+                why = f"names {b.kind.value} buffer {b.name}, not a KV cache"
+            elif pb.always and pb.buffer not in declared:
+                why = f"names buffer {b.name}, which the task does not declare writing (the hazard check cannot see it)"
+            else:
+                continue
+            report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} {why}", (tid,), (b.name,))
+        for pb in wts:
+            if 0 <= pb.buffer < len(bufs) and bufs[pb.buffer].kind != weight:
+                b = bufs[pb.buffer]
+                report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} names {b.kind.value} buffer {b.name}, read as "
+                       "model weights", (tid,), (b.name,))

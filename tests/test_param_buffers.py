@@ -1,0 +1,84 @@
+"""The validator holds a task's params to its declared regions buffer by buffer (schedule/param_buffers.py): a
+params field that writes a weight, or a buffer the task does not declare writing, or reads an activation as
+weights, is refused by name; every lowered program passes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import amk
+from amk.schedule import lower
+from amk.schedule.opcodes import Epilogue, Opcode
+from amk.schedule.program import BufferKind
+from amk.schedule.validate import IssueKind, validate
+
+CONFIGS = [{}, {"attention": {"kv_partitions": 1}}, {"attention": {"softmax": "global"}},
+           {"attention": {"combine": "stage"}}, {"attention": {"combine": "last_partition"}},
+           {"fusion": {"rope_kv_into_attention": True, "rope_kv_into_qkv": False}},
+           {"fusion": {"norm_into_matvec": False}}, {"matvec": {"o": {"k_splits": 2, "reduce": "last_task"}}},
+           {"matvec": {"down": {"k_splits": 2}}}, {"matvec": {"lm_head": {"k_splits": 2, "reduce": "last_task"}}},
+           {"pipeline": {"pages": 4}}]
+
+
+def _program(config=None, name="toy-2L"):
+    return lower(amk.load_model(name, dtype="bf16", weights=False), "h200", config or {}, max_seq=128)
+
+
+def _first(prog, pred):
+    return next(t for t in prog.tasks if pred(t))
+
+
+def _abi_messages(prog) -> list[str]:
+    res = validate(prog, "h200")
+    assert not res.ok and IssueKind.ABI in res.kinds()
+    return [i.message for i in res.issues if i.kind == IssueKind.ABI]
+
+
+@pytest.mark.parametrize("name", ["toy-2L", "smollm2-135m", "qwen3-0.6b"])
+@pytest.mark.parametrize("config", CONFIGS, ids=range(len(CONFIGS)))
+def test_every_lowered_program_names_only_declared_buffers(name, config):
+    assert validate(_program(config, name), "h200").ok
+
+
+def _weight_id(prog, name: str) -> int:
+    return next(b.id for b in prog.buffers if b.name == name and b.kind == BufferKind.WEIGHT)
+
+
+def test_an_epilogue_writing_a_weight_is_refused():
+    prog = _program()
+    t = _first(prog, lambda t: t.kind == "down")
+    w = _weight_id(prog, "layers.0.down")
+    t.params = dataclasses.replace(t.params, epi=dataclasses.replace(t.params.epi, out=w))
+    msgs = _abi_messages(prog)
+    assert any(f"epi.out={w} names weight buffer layers.0.down" in m for m in msgs), msgs
+
+
+def test_a_write_the_task_does_not_declare_is_refused():
+    # the gate_up task's SILU_MUL pointed at the logits: a buffer its regions never name, so no hazard is seen
+    prog = _program()
+    logits = next(b.id for b in prog.buffers if b.name == "logits")
+    t = _first(prog, lambda t: t.kind == "gate_up")
+    t.params = dataclasses.replace(t.params, epi=dataclasses.replace(t.params.epi, out=logits))
+    msgs = _abi_messages(prog)
+    assert any(f"epi.out={logits} names buffer logits, which the task does not declare writing" in m
+               for m in msgs), msgs
+
+
+def test_activations_read_as_weights_are_refused():
+    prog = _program()
+    arena = next(b.id for b in prog.buffers if b.kind == BufferKind.ARENA)
+    t = _first(prog, lambda t: t.opcode == Opcode.MATVEC)
+    t.params = dataclasses.replace(t.params, weight=arena)
+    msgs = _abi_messages(prog)
+    assert any(f"weight={arena} names arena buffer arena, read as model weights" in m for m in msgs), msgs
+
+
+def test_a_kv_append_outside_the_kv_cache_is_refused():
+    prog = _program()
+    arena = next(b.id for b in prog.buffers if b.kind == BufferKind.ARENA)
+    t = _first(prog, lambda t: t.opcode == Opcode.MATVEC and t.params.epi.kind == Epilogue.ROPE_KV)
+    t.params = dataclasses.replace(t.params, epi=dataclasses.replace(t.params.epi, vcache=arena))
+    msgs = _abi_messages(prog)
+    assert any(f"epi.vcache={arena} names arena buffer arena, not a KV cache" in m for m in msgs), msgs
