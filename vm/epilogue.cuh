@@ -60,6 +60,34 @@ __device__ void rope_pair(const Ctx& c, const EpilogueParams& e, int row, float 
   }
 }
 
+// Where computed row i of a task of `rows` rows from row0 lies: rows [row0, row0 + rows), then, with a pair offset
+// (SILU_MUL's up rows, ROPE_KV's partner rows), the same rows `pair` on.
+__device__ __forceinline__ int computed_row(int i, int row0, int rows, int pair) {
+  return i < rows ? row0 + i : pair + row0 + (i - rows);
+}
+
+// One k-split's unrounded sums of a task's computed rows, `split` the split's rows from row0 on (its rows at row0
+// + split_stride * split of the partial sums), through L2 only: another SM's task sums them this step.
+__device__ __forceinline__ void store_split(float* split, const float* acc, int rows, int pair) {
+  for (int i = threadIdx.x; i < rows; i += AMK_THREADS) {
+    stcg(split + i, acc[i]);
+    if (pair) stcg(split + pair + i, acc[rows + i]);
+  }
+}
+
+// acc[i] = the sum of computed row i's partial sums over `splits` splits `stride` elements apart, in split order
+// from zero (the ReferenceVM's Semantics.finish_splits): a reduce stage's EPILOGUE task, or a join's last split.
+__device__ __forceinline__ void sum_splits(const float* part, int splits, long long stride, int row0, int rows, int pair,
+                                           float* acc) {
+  for (int i = threadIdx.x; i < rows * (pair ? 2 : 1); i += AMK_THREADS) {
+    const float* src = part + computed_row(i, row0, rows, pair);
+    float s = 0.f;
+#pragma unroll 8
+    for (int k = 0; k < splits; ++k) s += ldcg(src + k * stride);  // unrolled: loads in flight
+    acc[i] = s;
+  }
+}
+
 __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int rows, float* acc) {
   const int tid = threadIdx.x;
   if (e.bias >= 0 && e.kind != EPI_PARTIAL) {
@@ -82,14 +110,9 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
       break;
 #endif
 #if AMK_USES_EPI_PARTIAL
-    case EPI_PARTIAL: {
-      const long long base = (long long)e.out_off + (long long)e.split * e.split_stride + row0;
-      for (int i = tid; i < rows; i += AMK_THREADS) {
-        stcg(out + base + i, acc[i]);
-        if (e.pair_offset) stcg(out + base + e.pair_offset + i, acc[rows + i]);
-      }
+    case EPI_PARTIAL:
+      store_split(out + e.out_off + (long long)e.split * e.split_stride + row0, acc, rows, e.pair_offset);
       break;
-    }
 #endif
 #if AMK_USES_EPI_RESIDUAL_ADD
     case EPI_RESIDUAL_ADD:

@@ -203,12 +203,8 @@ __device__ __forceinline__ int computed_rows(const MatvecParams& p) { return p.r
 __device__ bool split_join(const Ctx& c, const MatvecParams& p, float* acc) {
 #if AMK_USES_SPLIT_JOIN
   const SplitJoin& j = p.join;
-  const int R = computed_rows(p), pair = p.epi.pair_offset;
   float* part = buf<float>(c, j.part) + j.part_off;
-  for (int i = threadIdx.x; i < R; i += AMK_THREADS) {
-    const int row = i < p.rows ? p.row0 + i : pair + p.row0 + (i - p.rows);
-    __stcg(part + (long long)j.split * j.stride + row, acc[i]);
-  }
+  store_split(part + (long long)j.split * j.stride + p.row0, acc, p.rows, p.epi.pair_offset);
   __shared__ int s_last;
   block_sync();
   if (threadIdx.x == 0) {
@@ -219,13 +215,7 @@ __device__ bool split_join(const Ctx& c, const MatvecParams& p, float* acc) {
   }
   block_sync();
   if (!s_last) return false;
-  for (int i = threadIdx.x; i < R; i += AMK_THREADS) {
-    const int row = i < p.rows ? p.row0 + i : pair + p.row0 + (i - p.rows);
-    float s = 0.f;
-#pragma unroll 4
-    for (int k = 0; k < j.splits; ++k) s += __ldcg(part + (long long)k * j.stride + row);
-    acc[i] = s;
-  }
+  sum_splits(part, j.splits, j.stride, p.row0, p.rows, p.epi.pair_offset, acc);
   block_sync();
 #endif
   return true;
@@ -507,16 +497,8 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
 }
 
 __device__ void op_epilogue(const Ctx& c, const EpilogueTaskParams& p) {
-  const float* src = buf<float>(c, p.src) + p.src_off;
   float* acc = c.smem;
-  const int pair = p.epi.pair_offset;
-  for (int i = threadIdx.x; i < p.rows * (pair ? 2 : 1); i += AMK_THREADS) {
-    const int row = i < p.rows ? p.row0 + i : pair + p.row0 + (i - p.rows);
-    float s = 0.f;
-#pragma unroll 8
-    for (int k = 0; k < p.splits; ++k) s += ldcg(src + (long long)k * p.stride + row);  // unrolled: loads in flight
-    acc[i] = s;
-  }
+  sum_splits(buf<float>(c, p.src) + p.src_off, p.splits, p.stride, p.row0, p.rows, p.epi.pair_offset, acc);
   block_sync();
   epilogue(c, p.epi, p.row0, p.rows, acc);
 }
