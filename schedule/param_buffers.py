@@ -25,6 +25,7 @@ class ParamBuffer:
     path: str
     buffer: int
     always: bool = True
+    ranges: tuple[tuple[int, int], ...] = ()  # (start, length) of the elements written, where params alone say
 
     @property
     def kv_cache(self) -> bool:
@@ -37,27 +38,46 @@ def _named(pairs, always: bool = True) -> Iterator[ParamBuffer]:
             yield ParamBuffer(path, int(b), always and path.rsplit(".", 1)[-1] not in ("kcache", "vcache"))
 
 
-def _epilogue_writes(e: oc.EpilogueParams) -> Iterator[ParamBuffer]:
+def _rows(base: int, rows: int, pair: int) -> tuple[tuple[int, int], ...]:
+    """A task's rows from element `base` on, and with a pair offset the paired rows `pair` further."""
+    return ((base, rows), (base + pair, rows)) if pair else ((base, rows),)
+
+
+def _epilogue_writes(e: oc.EpilogueParams, row0: int, rows: int) -> Iterator[ParamBuffer]:
+    """vm/epilogue.cuh: STORE writes the rows and their paired rows, PARTIAL the same as one split's sums,
+    RESIDUAL_ADD, SILU_MUL (the pair is its up rows, read) and LOGITS the rows alone."""
     kind = Epilogue(e.kind)
     if kind == Epilogue.ROPE_KV:  # q heads to `out`, k and v heads' rows to the caches: which, the rows decide
         yield from _named([("epi.out", e.out), ("epi.kcache", e.kcache), ("epi.vcache", e.vcache)], always=False)
         return
-    yield from _named([("epi.out", e.out)])
-    if kind == Epilogue.LOGITS:
-        yield from _named([("epi.argmax", e.argmax)])
+    if e.out == oc.NO_BUFFER:
+        return
+    if kind == Epilogue.STORE:
+        span = _rows(e.out_off + row0, rows, e.pair_offset)
+    elif kind == Epilogue.PARTIAL:
+        span = _rows(e.out_off + e.split * e.split_stride + row0, rows, e.pair_offset)
+    else:
+        span = _rows(e.out_off + row0, rows, 0)
+    yield ParamBuffer("epi.out", int(e.out), True, span)
+    if kind == Epilogue.LOGITS and e.argmax != oc.NO_BUFFER:  # this task's (value, index) pair
+        yield ParamBuffer("epi.argmax", int(e.argmax), True, ((2 * e.argmax_slot, 2),))
 
 
 def written(p) -> Iterator[ParamBuffer]:
     """The buffers the params `p` of one task make the kernel write. Raises ValueError for an unknown epilogue
     kind (the ABI check reports it)."""
-    if isinstance(p, (oc.EmbedParams, oc.RmsNormParams, oc.AttnValuesParams, oc.AttnCombineParams)):
+    if isinstance(p, (oc.EmbedParams, oc.RmsNormParams)):
+        yield ParamBuffer("out", int(p.out), True, ((p.out_off, p.dim),))
+    elif isinstance(p, (oc.AttnValuesParams, oc.AttnCombineParams)):
         yield from _named([("out", p.out)])
     elif isinstance(p, oc.MatvecParams):
-        yield from _epilogue_writes(p.epi)
-        if p.join.active:
-            yield from _named([("join.part", p.join.part)])
+        yield from _epilogue_writes(p.epi, p.row0, p.rows)
+        j = p.join
+        if j.active and j.part != oc.NO_BUFFER:
+            yield ParamBuffer("join.part", int(j.part), True,
+                              _rows(j.part_off + j.split * j.stride + p.row0, p.rows, p.epi.pair_offset))
     elif isinstance(p, oc.EpilogueTaskParams):
-        yield from _epilogue_writes(p.epi)
+        yield from _epilogue_writes(p.epi, p.row0, p.rows)
     elif isinstance(p, oc.AttnDecodeParams):
         yield from _named([("out", p.out), ("scores", p.scores)])
     elif isinstance(p, oc.AttnScoresParams):
@@ -95,10 +115,10 @@ def check(program, report, tname) -> None:
     weights is one. `report(kind_name, message, tasks, buffers)` as validate's; a task whose opcode and params
     do not match, or whose params name no buffer, is left to the ABI check."""
     bufs, weight = program.buffers, BufferKind.WEIGHT
-    joined: dict[int, set[int]] = {}
+    joined: dict[int, list] = {}
     for jn in program.joins:
         for t in jn.tasks:
-            joined.setdefault(t, set()).update(r.buffer for r in jn.writes)
+            joined.setdefault(t, []).extend(jn.writes)
     for tid, t in enumerate(program.tasks):
         if type(t.params) is not oc.PARAMS_OF.get(t.opcode):
             continue
@@ -106,17 +126,22 @@ def check(program, report, tname) -> None:
             out, wts = list(written(t.params)), list(weights(t.params))
         except ValueError:  # an unknown epilogue kind
             continue
-        declared = {r.buffer for r in t.writes} | joined.get(tid, set())
+        declared = list(t.writes) + joined.get(tid, [])
         for pb in out:
             if not 0 <= pb.buffer < len(bufs):
                 continue
             b = bufs[pb.buffer]
+            mine = [r for r in declared if r.buffer == pb.buffer]
+            bare = next(((a, n) for a, n in pb.ranges if not _covered(a, n, mine)), None) if mine else None
             if b.kind == weight:
                 why = f"names weight buffer {b.name}: a write would change the model"
             elif pb.kv_cache and b.kind != BufferKind.KV:
                 why = f"names {b.kind.value} buffer {b.name}, not a KV cache"
-            elif pb.always and pb.buffer not in declared:
+            elif pb.always and not mine:
                 why = f"names buffer {b.name}, which the task does not declare writing (the hazard check cannot see it)"
+            elif bare is not None:
+                why = (f"writes {b.name}[{bare[0]}:{bare[0] + bare[1]}), which the task's regions do not cover (the "
+                       "hazard check cannot see it)")
             else:
                 continue
             report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} {why}", (tid,), (b.name,))
@@ -125,3 +150,15 @@ def check(program, report, tname) -> None:
                 b = bufs[pb.buffer]
                 report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} names {b.kind.value} buffer {b.name}, read as "
                        "model weights", (tid,), (b.name,))
+
+
+def _covered(start: int, length: int, regions) -> bool:
+    """Whether elements [start, start + length) all lie in the union of `regions` (one buffer's)."""
+    end = start
+    for r in sorted(regions, key=lambda r: r.start):
+        if r.start > end:
+            break
+        end = max(end, r.start + r.length)
+        if end >= start + length:
+            return True
+    return length <= 0 or end >= start + length

@@ -82,3 +82,35 @@ def test_a_kv_append_outside_the_kv_cache_is_refused():
     t.params = dataclasses.replace(t.params, epi=dataclasses.replace(t.params.epi, vcache=arena))
     msgs = _abi_messages(prog)
     assert any(f"epi.vcache={arena} names arena buffer arena, not a KV cache" in m for m in msgs), msgs
+
+
+def test_an_epilogue_writing_past_its_declared_rows_is_refused():
+    # the same buffer (every activation shares the arena), rows moved off the declared range
+    prog = _program()
+    t = _first(prog, lambda t: t.kind == "down")
+    e = t.params.epi
+    t.params = dataclasses.replace(t.params, epi=dataclasses.replace(e, out_off=e.out_off + 64))
+    lo = e.out_off + 64 + t.params.row0
+    msgs = _abi_messages(prog)
+    assert any(f"epi.out={e.out} writes arena[{lo}:{lo + t.params.rows}), which the task's regions do not cover" in m
+               for m in msgs), msgs
+
+
+def test_a_split_join_whose_residual_write_is_undeclared_is_refused():
+    # O split over K, reduced by the row block's last split: the residual add's rows of x, dropped from the tasks'
+    # and the join's regions, were unseen by the hazard check (an earlier writer of x always exists)
+    prog = _program({"matvec": {"o": {"k_splits": 2, "reduce": "last_task"}}})
+    j = next(j for j in prog.joins if prog.tasks[j.tasks[0]].kind == "o")
+    t = prog.tasks[j.tasks[0]]
+    p = t.params
+    x = (p.epi.out, p.epi.out_off + p.row0, p.rows)
+
+    def drop(regions):
+        return [r for r in regions if (r.buffer, r.start, r.length) != x]
+
+    assert len(drop(t.writes)) < len(t.writes) or len(drop(j.writes)) < len(j.writes)
+    for tid in j.tasks:
+        prog.tasks[tid].writes = drop(prog.tasks[tid].writes)
+    prog.joins[prog.joins.index(j)] = dataclasses.replace(j, writes=tuple(drop(j.writes)))
+    msgs = _abi_messages(prog)
+    assert any(f"writes arena[{x[1]}:{x[1] + x[2]})" in m for m in msgs), msgs
