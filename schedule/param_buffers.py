@@ -1,23 +1,24 @@
-"""Which buffers a task's params make the kernel write, and which it reads as model weights.
+"""Which buffers a task's params make the kernel write and read, and which it reads as model weights.
 
 The hazard check (schedule/hazards.py) reads a task's declared regions, while the kernel and the ReferenceVM follow
-its params. A program whose params write a buffer its regions do not name (a hand-edited program JSON, say) would
-race unseen, and one whose params write a weight buffer would corrupt the model for every later step. The
-validator compares the two through this table, buffer by buffer (the element ranges are the hazard check's).
+its params. A program whose params write or read elements its regions do not name (a hand-edited program JSON,
+say) would race unseen, and one whose params write a weight buffer would corrupt the model for every later step.
+`check` compares the two: buffer by buffer everywhere, and element by element where the params alone give the
+range (epilogues, norms, the embedding, a matvec's input, a split's partial sums; not the attention's rows, which
+depend on the step's position).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import opcodes as oc
 from .opcodes import Epilogue
 from .program import BufferKind
 
 
-@dataclass(frozen=True)
-class ParamBuffer:
+class ParamBuffer(NamedTuple):
     """One buffer field of a task's params: its dotted path (as in the program JSON), the buffer id, and whether
     the kernel writes it whatever the step (False for a KV cache, which only the task holding a k or v head, or
     the step's position, appends to: the regions declare the append where it happens)."""
@@ -25,7 +26,7 @@ class ParamBuffer:
     path: str
     buffer: int
     always: bool = True
-    ranges: tuple[tuple[int, int], ...] = ()  # (start, length) of the elements written, where params alone say
+    ranges: tuple[tuple[int, int], ...] = ()  # (start, length) of the elements touched, where the params alone say
 
     @property
     def kv_cache(self) -> bool:
@@ -109,21 +110,51 @@ def weights(p) -> Iterator[ParamBuffer]:
     yield from _named(pairs)
 
 
+def read(p, buffers) -> Iterator[ParamBuffer]:
+    """The activations the params `p` of one task make the kernel read, with their element ranges where the params
+    alone say (`buffers`: the program's, for a fused norm's whole input row). The attention's reads are named by
+    buffer only."""
+    if isinstance(p, oc.RmsNormParams):
+        yield ParamBuffer("inp", int(p.inp), True, ((p.inp_off, p.dim),))
+    elif isinstance(p, oc.MatvecParams):
+        if p.inp_parts > 0:  # the attention partitions and their (max, sum), combined while staged
+            yield from _named([("inp", p.inp), ("inp_stats", p.inp_stats)])
+        elif p.inp != oc.NO_BUFFER:
+            fused = p.norm_weight != oc.NO_BUFFER and 0 <= p.weight < len(buffers)
+            span = (p.inp_off, buffers[p.weight].cols) if fused else (p.inp_off + p.k0, p.klen)
+            yield ParamBuffer("inp", int(p.inp), True, (span,))
+        if Epilogue(p.epi.kind) == Epilogue.RESIDUAL_ADD and p.epi.out != oc.NO_BUFFER:
+            yield ParamBuffer("epi.out", int(p.epi.out), True, ((p.epi.out_off + p.row0, p.rows),))
+    elif isinstance(p, oc.EpilogueTaskParams):
+        pair = p.epi.pair_offset
+        spans = [r for k in range(p.splits) for r in _rows(p.src_off + k * p.stride + p.row0, p.rows, pair)]
+        yield ParamBuffer("src", int(p.src), True, tuple(spans))
+        if Epilogue(p.epi.kind) == Epilogue.RESIDUAL_ADD and p.epi.out != oc.NO_BUFFER:
+            yield ParamBuffer("epi.out", int(p.epi.out), True, ((p.epi.out_off + p.row0, p.rows),))
+    elif isinstance(p, (oc.AttnDecodeParams, oc.AttnScoresParams, oc.AttnPartialParams)):
+        yield from _named([("q", p.q)])
+    elif isinstance(p, oc.AttnCombineParams):
+        yield from _named([("partial", p.partial), ("part_stats", p.part_stats)])
+
+
 def check(program, report, tname) -> None:
     """Every buffer a task's params write is one the task (or its join, whose last task writes for it) declares
-    writing, else the hazard check cannot see the write, and none is a weight; every buffer its params read as
-    weights is one. `report(kind_name, message, tasks, buffers)` as validate's; a task whose opcode and params
+    writing, else the hazard check cannot see the write, and none is a weight; every activation its params read is
+    one it (or its join) declares reading; every buffer its params read as weights is one; where the params give
+    element ranges, the declared regions cover them. `report(kind_name, message, tasks, buffers)` as validate's; a task whose opcode and params
     do not match, or whose params name no buffer, is left to the ABI check."""
     bufs, weight = program.buffers, BufferKind.WEIGHT
     joined: dict[int, list] = {}
+    joined_reads: dict[int, list] = {}
     for jn in program.joins:
         for t in jn.tasks:
             joined.setdefault(t, []).extend(jn.writes)
+            joined_reads.setdefault(t, []).extend(jn.reads)
     for tid, t in enumerate(program.tasks):
         if type(t.params) is not oc.PARAMS_OF.get(t.opcode):
             continue
         try:
-            out, wts = list(written(t.params)), list(weights(t.params))
+            out, wts, ins = list(written(t.params)), list(weights(t.params)), list(read(t.params, bufs))
         except ValueError:  # an unknown epilogue kind
             continue
         declared = list(t.writes) + joined.get(tid, [])
@@ -150,6 +181,7 @@ def check(program, report, tname) -> None:
                 b = bufs[pb.buffer]
                 report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} names {b.kind.value} buffer {b.name}, read as "
                        "model weights", (tid,), (b.name,))
+        _check_reads(tid, ins, list(t.reads) + joined_reads.get(tid, []), bufs, report, tname)
 
 
 def _covered(start: int, length: int, regions) -> bool:
@@ -162,3 +194,21 @@ def _covered(start: int, length: int, regions) -> bool:
         if end >= start + length:
             return True
     return length <= 0 or end >= start + length
+
+
+def _check_reads(tid, ins, declared, bufs, report, tname) -> None:
+    """Each activation the params read lies in the task's declared reads (the hazard check orders those only)."""
+    for pb in ins:
+        if not 0 <= pb.buffer < len(bufs):
+            continue
+        b = bufs[pb.buffer]
+        mine = [r for r in declared if r.buffer == pb.buffer]
+        bare = next(((a, n) for a, n in pb.ranges if not _covered(a, n, mine)), None) if mine else None
+        if not mine:
+            why = f"names buffer {b.name}, which the task does not declare reading (the hazard check cannot order it)"
+        elif bare is not None:
+            why = (f"reads {b.name}[{bare[0]}:{bare[0] + bare[1]}), which the task's regions do not cover (the hazard "
+                   "check cannot order it)")
+        else:
+            continue
+        report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} {why}", (tid,), (b.name,))

@@ -1,9 +1,9 @@
 """validate(program, target) -> ValidationResult: static checks of a MegakernelProgram that never raise.
 
 1. structure and ABI (queues, SM ids, instruction limits, int32 params, shared memory, buffer ids),
-2. params against regions (a buffer the params write is one the task, or its join, declares writing, and no
-   weight; a buffer read as weights is one: schedule/param_buffers.py), and bounds (every region inside its
-   buffer; no region writes a weight),
+2. params against regions (what the params write and read, the task or its join declares, element by element
+   where the params give the range; no write to a weight, and weights read as weights: schedule/param_buffers.py),
+   and bounds (every region inside its buffer; no region writes a weight),
 3. counters (every wait satisfiable and for all of its counter's producers),
 4. deadlock (the signal/wait/queue graph is acyclic; a cycle comes back as a witness),
 5. data hazards over happens-before (RAW, WAR, WAW per element range; see `hazards.sweep`).

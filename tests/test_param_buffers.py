@@ -114,3 +114,33 @@ def test_a_split_join_whose_residual_write_is_undeclared_is_refused():
     prog.joins[prog.joins.index(j)] = dataclasses.replace(j, writes=tuple(drop(j.writes)))
     msgs = _abi_messages(prog)
     assert any(f"writes arena[{x[1]}:{x[1] + x[2]})" in m for m in msgs), msgs
+
+
+def test_a_matvec_reading_an_undeclared_input_slice_is_refused():
+    # the down task's input moved past the MLP's hidden row it declares reading: a read the hazard check never orders
+    prog = _program({"fusion": {"norm_into_matvec": False}})
+    t = _first(prog, lambda t: t.kind == "down")
+    p = t.params
+    t.params = dataclasses.replace(p, inp_off=p.inp_off + 4096)
+    lo = p.inp_off + 4096 + p.k0
+    msgs = _abi_messages(prog)
+    assert any(f"inp={p.inp} reads arena[{lo}:{lo + p.klen}), which the task's regions do not cover" in m
+               for m in msgs), msgs
+
+
+def test_a_split_join_whose_residual_read_is_undeclared_is_refused():
+    # the residual add reads the rows of x it adds to; dropped from the tasks' and the join's reads, no wait would
+    # order that read after x's last writer
+    prog = _program({"matvec": {"o": {"k_splits": 2, "reduce": "last_task"}}})
+    j = next(j for j in prog.joins if prog.tasks[j.tasks[0]].kind == "o")
+    p = prog.tasks[j.tasks[0]].params
+    x = (p.epi.out, p.epi.out_off + p.row0, p.rows)
+
+    def drop(regions):
+        return [r for r in regions if not (r.buffer == x[0] and r.start <= x[1] and r.start + r.length >= x[1] + x[2])]
+
+    for tid in j.tasks:
+        prog.tasks[tid].reads = drop(prog.tasks[tid].reads)
+    prog.joins[prog.joins.index(j)] = dataclasses.replace(j, reads=tuple(drop(j.reads)))
+    msgs = _abi_messages(prog)
+    assert any(f"epi.out={x[0]} reads arena[{x[1]}:{x[1] + x[2]})" in m for m in msgs), msgs
