@@ -19,9 +19,10 @@ from .program import BufferKind
 
 
 class ParamBuffer(NamedTuple):
-    """One buffer field of a task's params: its dotted path (as in the program JSON), the buffer id, and whether
-    the kernel writes it whatever the step (False for a KV cache, which only the task holding a k or v head, or
-    the step's position, appends to: the regions declare the append where it happens)."""
+    """One buffer field of a task's params: its dotted path (as in the program JSON), the buffer id, whether the
+    kernel touches it whatever the step (False for a KV cache, which only the task holding a k or v head, or the
+    step's position, appends to: the regions declare the append where it happens), and the elements it touches
+    where the params alone give them."""
 
     path: str
     buffer: int
@@ -139,17 +140,18 @@ def read(p, buffers) -> Iterator[ParamBuffer]:
 
 def check(program, report, tname) -> None:
     """Every buffer a task's params write is one the task (or its join, whose last task writes for it) declares
-    writing, else the hazard check cannot see the write, and none is a weight; every activation its params read is
-    one it (or its join) declares reading; every buffer its params read as weights is one; where the params give
-    element ranges, the declared regions cover them. `report(kind_name, message, tasks, buffers)` as validate's; a task whose opcode and params
-    do not match, or whose params name no buffer, is left to the ABI check."""
+    writing, else the hazard check cannot see the write, and none is a weight; every activation its params read
+    is one it (or its join) declares reading; every buffer its params read as weights is one; where the params
+    give element ranges, the declared regions cover them. `report(kind_name, message, tasks, buffers)` as
+    validate's; a task whose opcode and params do not match, or whose params name no buffer, is left to the ABI
+    check."""
     bufs, weight = program.buffers, BufferKind.WEIGHT
-    joined: dict[int, list] = {}
-    joined_reads: dict[int, list] = {}
+    join_writes: dict[int, list] = {}
+    join_reads: dict[int, list] = {}
     for jn in program.joins:
         for t in jn.tasks:
-            joined.setdefault(t, []).extend(jn.writes)
-            joined_reads.setdefault(t, []).extend(jn.reads)
+            join_writes.setdefault(t, []).extend(jn.writes)
+            join_reads.setdefault(t, []).extend(jn.reads)
     for tid, t in enumerate(program.tasks):
         if type(t.params) is not oc.PARAMS_OF.get(t.opcode):
             continue
@@ -157,31 +159,37 @@ def check(program, report, tname) -> None:
             out, wts, ins = list(written(t.params)), list(weights(t.params)), list(read(t.params, bufs))
         except ValueError:  # an unknown epilogue kind
             continue
-        declared = list(t.writes) + joined.get(tid, [])
-        for pb in out:
-            if not 0 <= pb.buffer < len(bufs):
-                continue
-            b = bufs[pb.buffer]
-            mine = [r for r in declared if r.buffer == pb.buffer]
-            bare = next(((a, n) for a, n in pb.ranges if not _covered(a, n, mine)), None) if mine else None
-            if b.kind == weight:
-                why = f"names weight buffer {b.name}: a write would change the model"
-            elif pb.kv_cache and b.kind != BufferKind.KV:
-                why = f"names {b.kind.value} buffer {b.name}, not a KV cache"
-            elif pb.always and not mine:
-                why = f"names buffer {b.name}, which the task does not declare writing (the hazard check cannot see it)"
-            elif bare is not None:
-                why = (f"writes {b.name}[{bare[0]}:{bare[0] + bare[1]}), which the task's regions do not cover (the "
-                       "hazard check cannot see it)")
-            else:
-                continue
-            report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} {why}", (tid,), (b.name,))
+        for access, found, declared in (("writ", out, list(t.writes) + join_writes.get(tid, [])),
+                                        ("read", ins, list(t.reads) + join_reads.get(tid, []))):
+            for pb in found:
+                if not 0 <= pb.buffer < len(bufs):
+                    continue
+                why = _undeclared(pb, bufs[pb.buffer], declared, access)
+                if why:
+                    report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} {why}", (tid,), (bufs[pb.buffer].name,))
         for pb in wts:
             if 0 <= pb.buffer < len(bufs) and bufs[pb.buffer].kind != weight:
                 b = bufs[pb.buffer]
                 report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} names {b.kind.value} buffer {b.name}, read as "
                        "model weights", (tid,), (b.name,))
-        _check_reads(tid, ins, list(t.reads) + joined_reads.get(tid, []), bufs, report, tname)
+
+
+def _undeclared(pb: ParamBuffer, b, declared, access: str) -> str | None:
+    """Why the params' access `pb` ("writ"ten or "read") of buffer `b` escapes the `declared` regions, or None."""
+    what, doing = ("write", "writing") if access == "writ" else ("read", "reading")
+    if access == "writ" and b.kind == BufferKind.WEIGHT:
+        return f"names weight buffer {b.name}: a write would change the model"
+    if access == "writ" and pb.kv_cache and b.kind != BufferKind.KV:
+        return f"names {b.kind.value} buffer {b.name}, not a KV cache"
+    mine = [r for r in declared if r.buffer == pb.buffer]
+    if not mine:
+        return (f"names buffer {b.name}, which the task does not declare {doing} (the hazard check cannot see "
+                f"the {what})") if pb.always else None
+    bare = next(((a, n) for a, n in pb.ranges if not _covered(a, n, mine)), None)
+    if bare is None:
+        return None
+    return (f"{what}s {b.name}[{bare[0]}:{bare[0] + bare[1]}), which the task's regions do not cover (the hazard "
+            f"check cannot see the {what})")
 
 
 def _covered(start: int, length: int, regions) -> bool:
@@ -194,21 +202,3 @@ def _covered(start: int, length: int, regions) -> bool:
         if end >= start + length:
             return True
     return length <= 0 or end >= start + length
-
-
-def _check_reads(tid, ins, declared, bufs, report, tname) -> None:
-    """Each activation the params read lies in the task's declared reads (the hazard check orders those only)."""
-    for pb in ins:
-        if not 0 <= pb.buffer < len(bufs):
-            continue
-        b = bufs[pb.buffer]
-        mine = [r for r in declared if r.buffer == pb.buffer]
-        bare = next(((a, n) for a, n in pb.ranges if not _covered(a, n, mine)), None) if mine else None
-        if not mine:
-            why = f"names buffer {b.name}, which the task does not declare reading (the hazard check cannot order it)"
-        elif bare is not None:
-            why = (f"reads {b.name}[{bare[0]}:{bare[0] + bare[1]}), which the task's regions do not cover (the hazard "
-                   "check cannot order it)")
-        else:
-            continue
-        report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} {why}", (tid,), (b.name,))
