@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from . import opcodes as oc
 from .opcodes import Epilogue
-from .program import BufferKind
+from .program import BufferKind, Region
 
 
 class ParamBuffer(NamedTuple):
@@ -37,7 +37,7 @@ class ParamBuffer(NamedTuple):
 def _named(pairs, always: bool = True) -> Iterator[ParamBuffer]:
     for path, b in pairs:
         if b != oc.NO_BUFFER:
-            yield ParamBuffer(path, int(b), always and path.rsplit(".", 1)[-1] not in ("kcache", "vcache"))
+            yield ParamBuffer(path, b, always and path.rsplit(".", 1)[-1] not in ("kcache", "vcache"))
 
 
 def _rows(base: int, rows: int, pair: int) -> tuple[tuple[int, int], ...]:
@@ -45,12 +45,21 @@ def _rows(base: int, rows: int, pair: int) -> tuple[tuple[int, int], ...]:
     return ((base, rows), (base + pair, rows)) if pair else ((base, rows),)
 
 
-def _epilogue_writes(e: oc.EpilogueParams, row0: int, rows: int) -> Iterator[ParamBuffer]:
+def _holds_q(row0: int, rows: int, c) -> bool:
+    """Whether QKV rows [row0, row0 + rows) (KV group by group: the group's q heads, then k, then v; a split head's
+    rows lie in one head) hold a q head's, on a program of constants `c`."""
+    hd, per = c.head_dim, c.n_heads // c.n_kv_heads + 2
+    return any(u % per < per - 2 for u in range(row0 // hd, (row0 + max(rows, 1) - 1) // hd + 1))
+
+
+def _epilogue_writes(e: oc.EpilogueParams, row0: int, rows: int, c) -> Iterator[ParamBuffer]:
     """vm/epilogue.cuh: STORE writes the rows and their paired rows, PARTIAL the same as one split's sums,
-    RESIDUAL_ADD, SILU_MUL (the pair is its up rows, read) and LOGITS the rows alone."""
+    RESIDUAL_ADD, SILU_MUL (the pair is its up rows, read) and LOGITS the rows alone. ROPE_KV writes its q heads'
+    rows to `out` (every step, where its rows hold one) and its k and v heads' rows at the step's position."""
     kind = Epilogue(e.kind)
-    if kind == Epilogue.ROPE_KV:  # q heads to `out`, k and v heads' rows to the caches: which, the rows decide
-        yield from _named([("epi.out", e.out), ("epi.kcache", e.kcache), ("epi.vcache", e.vcache)], always=False)
+    if kind == Epilogue.ROPE_KV:
+        yield from _named([("epi.out", e.out)], always=_holds_q(row0, rows, c))
+        yield from _named([("epi.kcache", e.kcache), ("epi.vcache", e.vcache)], always=False)
         return
     if e.out == oc.NO_BUFFER:
         return
@@ -60,36 +69,38 @@ def _epilogue_writes(e: oc.EpilogueParams, row0: int, rows: int) -> Iterator[Par
         span = _rows(e.out_off + e.split * e.split_stride + row0, rows, e.pair_offset)
     else:
         span = _rows(e.out_off + row0, rows, 0)
-    yield ParamBuffer("epi.out", int(e.out), True, span)
+    yield ParamBuffer("epi.out", e.out, True, span)
     if kind == Epilogue.LOGITS and e.argmax != oc.NO_BUFFER:  # this task's (value, index) pair
-        yield ParamBuffer("epi.argmax", int(e.argmax), True, ((2 * e.argmax_slot, 2),))
+        yield ParamBuffer("epi.argmax", e.argmax, True, ((2 * e.argmax_slot, 2),))
 
 
-def written(p) -> Iterator[ParamBuffer]:
-    """The buffers the params `p` of one task make the kernel write. Raises ValueError for an unknown epilogue
-    kind (the ABI check reports it)."""
+def written(p, c) -> Iterator[ParamBuffer]:
+    """The buffers the params `p` of one task make the kernel write (`c`: the program's constants). Raises
+    ValueError for an unknown epilogue kind (the ABI check reports it)."""
     if isinstance(p, (oc.EmbedParams, oc.RmsNormParams)):
-        yield ParamBuffer("out", int(p.out), True, ((p.out_off, p.dim),))
-    elif isinstance(p, (oc.AttnValuesParams, oc.AttnCombineParams)):
+        yield ParamBuffer("out", p.out, True, ((p.out_off, p.dim),))
+    elif isinstance(p, oc.AttnValuesParams):  # and, under combine last_partition, the last partition's combine
+        yield from _named([("out", p.out), ("join.out", p.join.out)])
+    elif isinstance(p, oc.AttnCombineParams):
         yield from _named([("out", p.out)])
     elif isinstance(p, oc.MatvecParams):
-        yield from _epilogue_writes(p.epi, p.row0, p.rows)
+        yield from _epilogue_writes(p.epi, p.row0, p.rows, c)
         j = p.join
         if j.active and j.part != oc.NO_BUFFER:
-            yield ParamBuffer("join.part", int(j.part), True,
+            yield ParamBuffer("join.part", j.part, True,
                               _rows(j.part_off + j.split * j.stride + p.row0, p.rows, p.epi.pair_offset))
     elif isinstance(p, oc.EpilogueTaskParams):
-        yield from _epilogue_writes(p.epi, p.row0, p.rows)
+        yield from _epilogue_writes(p.epi, p.row0, p.rows, c)
     elif isinstance(p, oc.AttnDecodeParams):
         yield from _named([("out", p.out), ("scores", p.scores)])
     elif isinstance(p, oc.AttnScoresParams):
         yield from _named([("scores", p.scores), ("stats", p.stats)])
     elif isinstance(p, oc.AttnPartialParams):
-        # `scores` only backs a partition longer than `chunk`; whether one is depends on the step's position
-        pairs = [("out", p.out), ("stats", p.stats), ("join.out", p.join.out)]
-        if p.rope:  # the task holding the step's position appends its k and v
-            pairs += [("kcache", p.kcache), ("vcache", p.vcache)]
-        yield from _named(pairs)
+        yield from _named([("out", p.out), ("stats", p.stats), ("join.out", p.join.out)])
+        # `scores` backs only a partition longer than `chunk`, which depends on the step's position; with rope,
+        # the task holding the position appends its k and v
+        yield from _named([("scores", p.scores)] + ([("kcache", p.kcache), ("vcache", p.vcache)] if p.rope else []),
+                          always=False)
     elif isinstance(p, oc.ArgmaxParams):
         yield from _named([("token", p.token)])
 
@@ -116,22 +127,22 @@ def read(p, buffers) -> Iterator[ParamBuffer]:
     alone say (`buffers`: the program's, for a fused norm's whole input row). The attention's reads are named by
     buffer only."""
     if isinstance(p, oc.RmsNormParams):
-        yield ParamBuffer("inp", int(p.inp), True, ((p.inp_off, p.dim),))
+        yield ParamBuffer("inp", p.inp, True, ((p.inp_off, p.dim),))
     elif isinstance(p, oc.MatvecParams):
         if p.inp_parts > 0:  # the attention partitions and their (max, sum), combined while staged
             yield from _named([("inp", p.inp), ("inp_stats", p.inp_stats)])
         elif p.inp != oc.NO_BUFFER:
             fused = p.norm_weight != oc.NO_BUFFER and 0 <= p.weight < len(buffers)
             span = (p.inp_off, buffers[p.weight].cols) if fused else (p.inp_off + p.k0, p.klen)
-            yield ParamBuffer("inp", int(p.inp), True, (span,))
+            yield ParamBuffer("inp", p.inp, True, (span,))
         if Epilogue(p.epi.kind) == Epilogue.RESIDUAL_ADD and p.epi.out != oc.NO_BUFFER:
-            yield ParamBuffer("epi.out", int(p.epi.out), True, ((p.epi.out_off + p.row0, p.rows),))
+            yield ParamBuffer("epi.out", p.epi.out, True, ((p.epi.out_off + p.row0, p.rows),))
     elif isinstance(p, oc.EpilogueTaskParams):
         pair = p.epi.pair_offset
         spans = [r for k in range(p.splits) for r in _rows(p.src_off + k * p.stride + p.row0, p.rows, pair)]
-        yield ParamBuffer("src", int(p.src), True, tuple(spans))
+        yield ParamBuffer("src", p.src, True, tuple(spans))
         if Epilogue(p.epi.kind) == Epilogue.RESIDUAL_ADD and p.epi.out != oc.NO_BUFFER:
-            yield ParamBuffer("epi.out", int(p.epi.out), True, ((p.epi.out_off + p.row0, p.rows),))
+            yield ParamBuffer("epi.out", p.epi.out, True, ((p.epi.out_off + p.row0, p.rows),))
     elif isinstance(p, (oc.AttnDecodeParams, oc.AttnScoresParams, oc.AttnPartialParams)):
         yield from _named([("q", p.q)])
     elif isinstance(p, oc.AttnCombineParams):
@@ -145,33 +156,47 @@ def check(program, report, tname) -> None:
     give element ranges, the declared regions cover them. `report(kind_name, message, tasks, buffers)` as
     validate's; a task whose opcode and params do not match, or whose params name no buffer, is left to the ABI
     check."""
-    bufs, weight = program.buffers, BufferKind.WEIGHT
+    bufs, c = program.buffers, program.constants
     join_writes: dict[int, list] = {}
     join_reads: dict[int, list] = {}
     for jn in program.joins:
-        for t in jn.tasks:
-            join_writes.setdefault(t, []).extend(jn.writes)
-            join_reads.setdefault(t, []).extend(jn.reads)
+        try:
+            writes, reads = [r for r in jn.writes if _well_formed(r)], [r for r in jn.reads if _well_formed(r)]
+            for t in jn.tasks:
+                join_writes.setdefault(t, []).extend(writes)
+                join_reads.setdefault(t, []).extend(reads)
+        except TypeError:  # a malformed join: the counters check reports it
+            continue
     for tid, t in enumerate(program.tasks):
-        if type(t.params) is not oc.PARAMS_OF.get(t.opcode):
+        if not isinstance(t.opcode, oc.Opcode) or type(t.params) is not oc.PARAMS_OF.get(t.opcode):
             continue
         try:
-            out, wts, ins = list(written(t.params)), list(weights(t.params)), list(read(t.params, bufs))
-        except ValueError:  # an unknown epilogue kind
-            continue
-        for access, found, declared in (("writ", out, list(t.writes) + join_writes.get(tid, [])),
-                                        ("read", ins, list(t.reads) + join_reads.get(tid, []))):
-            for pb in found:
-                if not 0 <= pb.buffer < len(bufs):
-                    continue
-                why = _undeclared(pb, bufs[pb.buffer], declared, access)
-                if why:
-                    report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} {why}", (tid,), (bufs[pb.buffer].name,))
-        for pb in wts:
-            if 0 <= pb.buffer < len(bufs) and bufs[pb.buffer].kind != weight:
-                b = bufs[pb.buffer]
-                report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} names {b.kind.value} buffer {b.name}, read as "
-                       "model weights", (tid,), (b.name,))
+            found = _task_issues(t, bufs, c, join_writes.get(tid, []), join_reads.get(tid, []))
+        except (TypeError, AttributeError, ValueError):  # a malformed field or buffer (an unknown epilogue kind,
+            continue  # say): the ABI, structure and bounds checks report it
+        for pb, why in found:
+            report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} {why}", (tid,), (bufs[pb.buffer].name,))
+
+
+def _task_issues(t, bufs, c, join_writes: list, join_reads: list) -> list[tuple[ParamBuffer, str]]:
+    """(field, why) for each of task t's params fields that escapes its declared regions or misuses a weight; none
+    where a field or region is not a well-formed int (left to the ABI check, which names it)."""
+    out, wts, ins = list(written(t.params, c)), list(weights(t.params)), list(read(t.params, bufs))
+    if any(type(pb.buffer) is not int or any(type(x) is not int for rg in pb.ranges for x in rg)
+           for pb in out + wts + ins) or not all(map(_well_formed, list(t.writes) + list(t.reads))):
+        return []
+    found = []
+    for access, params, declared in (("writ", out, list(t.writes) + join_writes),
+                                     ("read", ins, list(t.reads) + join_reads)):
+        for pb in params:
+            why = _undeclared(pb, bufs[pb.buffer], declared, access) if 0 <= pb.buffer < len(bufs) else None
+            if why:
+                found.append((pb, why))
+    for pb in wts:
+        if 0 <= pb.buffer < len(bufs) and bufs[pb.buffer].kind != BufferKind.WEIGHT:
+            b = bufs[pb.buffer]
+            found.append((pb, f"names {b.kind.value} buffer {b.name}, read as model weights"))
+    return found
 
 
 def _undeclared(pb: ParamBuffer, b, declared, access: str) -> str | None:
@@ -202,3 +227,7 @@ def _covered(start: int, length: int, regions) -> bool:
         if end >= start + length:
             return True
     return length <= 0 or end >= start + length
+
+
+def _well_formed(r) -> bool:
+    return isinstance(r, Region) and all(type(x) is int for x in r)

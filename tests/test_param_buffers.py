@@ -144,3 +144,41 @@ def test_a_split_join_whose_residual_read_is_undeclared_is_refused():
     prog.joins[prog.joins.index(j)] = dataclasses.replace(j, reads=tuple(drop(j.reads)))
     msgs = _abi_messages(prog)
     assert any(f"epi.out={x[0]} reads arena[{x[1]}:{x[1] + x[2]})" in m for m in msgs), msgs
+
+
+def test_the_attention_outputs_a_step_may_write_are_held_to_their_buffers():
+    # the values pass's combine (last_partition), a partition's score scratch (written only past `chunk`), and a
+    # QKV task's q rows (every step, where its rows hold a q head)
+    prog = _program({"attention": {"softmax": "global", "combine": "last_partition", "kv_partitions": 2}})
+    logits = next(b.id for b in prog.buffers if b.name == "logits")
+    t = _first(prog, lambda t: t.opcode == Opcode.ATTN_VALUES)
+    t.params = dataclasses.replace(t.params, join=dataclasses.replace(t.params.join, out=logits))
+    assert any("join.out=" in m and "does not declare writing" in m for m in _abi_messages(prog))
+
+    prog = _program({"attention": {"kv_partitions": 2}})
+    embed = _weight_id(prog, "embed")
+    t = _first(prog, lambda t: t.opcode == Opcode.ATTN_PARTIAL)
+    t.params = dataclasses.replace(t.params, scores=embed)
+    assert any(f"scores={embed} names weight buffer embed" in m for m in _abi_messages(prog))
+
+    prog = _program()
+    logits = next(b.id for b in prog.buffers if b.name == "logits")
+    t = _first(prog, lambda t: t.opcode == Opcode.MATVEC and t.params.epi.kind == Epilogue.ROPE_KV
+               and t.params.row0 == 0)  # group 0's first q head
+    t.params = dataclasses.replace(t.params, epi=dataclasses.replace(t.params.epi, out=logits))
+    assert any(f"epi.out={logits} names buffer logits, which the task does not declare writing" in m
+               for m in _abi_messages(prog))
+
+
+def test_a_malformed_task_hides_no_other_tasks_issue():
+    # the embedding's dim is not an int (the ABI check names it); the down task's weight write is still reported
+    prog = _program()
+    emb = _first(prog, lambda t: t.opcode == Opcode.EMBED)
+    emb.params = dataclasses.replace(emb.params, dim=None)
+    t = _first(prog, lambda t: t.kind == "down")
+    w = _weight_id(prog, "layers.0.down")
+    t.params = dataclasses.replace(t.params, epi=dataclasses.replace(t.params.epi, out=w))
+    res = validate(prog, "h200")
+    assert IssueKind.INTERNAL not in res.kinds(), res.issues
+    msgs = [i.message for i in res.issues]
+    assert any("dim=None" in m for m in msgs) and any("names weight buffer layers.0.down" in m for m in msgs), msgs
