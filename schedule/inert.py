@@ -168,8 +168,9 @@ def inert_knobs(config: ScheduleConfig, target: GpuTarget | None = None, derived
 def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip: set[str] = frozenset()) -> list[InertKnob]:
     """The knobs set off their default that cannot act on `program` (lowered from `config`) for a reason only the
     model or the program shows, which inert_knobs cannot see from the config: `attention.partials_dtype=fp32` on an
-    fp32 model (whose partitions are fp32 under either value), and an `sm.assignment` that places every task where the default assignment does (a program with
-    fewer tasks than SMs, say). Paths in `skip` (already named inert) are left out."""
+    fp32 model (whose partitions are fp32 under either value), and an `sm.assignment` that places every task where
+    the default assignment does (a program with fewer tasks than SMs, say). Paths in `skip` (already named inert)
+    are left out."""
     out = []
     default = ScheduleConfig()
     att = config.attention
