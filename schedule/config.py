@@ -199,6 +199,13 @@ class VmBuildConfig:
                                        "the task reads them (with pipelining_depth > 0 and no pipeline pages); 0 asks "
                                        "for all of them. A cap keeps the prefetched bytes of every SM inside L2",
                                choices=[0, 64, 128, 256], search=[0, 64, 128, 256])
+    tagged_residual: bool = knob(True, help="store the residual stream x as (value, tag) words beside its fp32 values, "
+                                            "the tag naming the step and which write of x it is; an RMSNorm of x "
+                                            "(fused into a matvec or its own task) then spins on the tags of the "
+                                            "values it reads in place of polling its producers' counter and then "
+                                            "reading them: one L2 round trip a boundary instead of two (NCCL's LL "
+                                            "protocol carries its flags the same way)",
+                                 choices=[True, False])
 
 
 PAGE_KB_CHOICES = [8, 16, 32]

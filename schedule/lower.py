@@ -17,6 +17,7 @@ from .opcodes import DType
 from .program import Counter, Join, MegakernelProgram, ProgramConstants, Task, Wait
 from .stages import Stage, plan_stages, value_sizes
 from .sync import StageGraph, stage_graph
+from .tags import attach_tags
 from .targets import GpuTarget, get_target
 from .tile import TaskDraft, Tiler
 
@@ -83,6 +84,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     tasks = _make_tasks(stages, drafts)
     counters = _attach_sync(stages, sgraph, tasks, drafts)
     joins = _attach_joins(tasks, drafts, counters)
+    attach_tags(stages, tasks, buffers, placement, dims.hidden, config, tiler.build)
     constants = _constants(dims, dtype, max_seq, buffers)
     queues = assign_sms(tasks, counters, constants, target.sm_count, config.sm)
     return MegakernelProgram(

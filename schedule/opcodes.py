@@ -81,6 +81,7 @@ class EpilogueParams:
     argmax_slot: int = 0
     split: int = 0  # PARTIAL: which split this task is
     split_stride: int = 0  # PARTIAL: elements between splits
+    x_tag: int = -1  # RESIDUAL_ADD into the tagged residual stream: the version of x it writes (it reads x_tag - 1)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class EmbedParams:
     out: int
     out_off: int
     dim: int
+    tag: int = -1  # the tagged residual stream's version 0 it writes; -1: untagged
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class RmsNormParams:
     out: int
     out_off: int
     dim: int
+    inp_tag: int = -1  # the tagged residual stream's version it reads, spinning on each value's tag; -1: untagged
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class MatvecParams:
     inp_stats_off: int = 0
     inp_slots: int = 0  # with inp_parts: 16-byte shared-memory slots a consumer thread has for partitions in flight
     join: SplitJoin = SplitJoin()
+    inp_tag: int = -1  # the input is the tagged residual stream at this version (read spinning on each value's tag)
 
 
 @dataclass(frozen=True)

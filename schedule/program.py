@@ -133,6 +133,10 @@ class Task:
     weight_bytes: int = 0
     sm: int = -1
     queue_pos: int = -1
+    # counters among `waits` whose producers' writes this task reads as tagged values (the tagged residual stream):
+    # the kernel spins on the values' tags and never polls these counters (pack() leaves them out of the
+    # instruction); the ReferenceVM and the hazard check see them as the waits they are
+    carried: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -142,6 +146,7 @@ class Task:
             "reads": [list(r) for r in self.reads], "writes": [list(r) for r in self.writes],
             "prefetch": [list(p) for p in self.prefetch],
             "weight_bytes": self.weight_bytes, "sm": self.sm, "queue_pos": self.queue_pos,
+            "carried": list(self.carried),
         }
 
     @classmethod
@@ -152,7 +157,7 @@ class Task:
             kind=d["kind"], waits=tuple(map(_WAIT, d["waits"])), signals=tuple(d["signals"]),
             reads=tuple(map(_REGION, d["reads"])), writes=tuple(map(_REGION, d["writes"])),
             prefetch=tuple(map(_PREFETCH, d["prefetch"])), weight_bytes=d["weight_bytes"],
-            sm=d["sm"], queue_pos=d["queue_pos"],
+            sm=d["sm"], queue_pos=d["queue_pos"], carried=tuple(d.get("carried", ())),
         )
 
 
@@ -302,8 +307,10 @@ class MegakernelProgram:
             t = self.tasks[tid]
             if len(t.waits) > oc.MAX_WAITS or len(t.signals) > oc.MAX_SIGNALS or len(t.prefetch) > oc.MAX_PREFETCH:
                 raise ProgramError(f"task {tid} exceeds the ABI (waits/signals/prefetch)", tasks=(tid,))
-            row = [int(t.opcode), t.id, len(t.waits), len(t.signals)]
-            for w in t.waits:
+            # the kernel polls only the waits the tagged residual stream does not carry: a carried one is not packed
+            polled = [w for w in t.waits if w.counter not in t.carried] if t.carried else t.waits
+            row = [int(t.opcode), t.id, len(polled), len(t.signals)]
+            for w in polled:
                 row += w
             row += [0] * (oc.SIGNAL_BASE - len(row))
             row += t.signals

@@ -4,6 +4,8 @@
 2. params against regions (what the params write and read, the task or its join declares, element by element
    where the params give the range; no write to a weight, and weights read as weights: schedule/param_buffers.py),
    and bounds (every region inside its buffer; no region writes a weight),
+   and the tagged residual stream (each tagged read expects the version the last write of x makes; a carried wait
+   only where its producers write nothing but x: schedule/tags.py),
 3. counters (every wait satisfiable and for all of its counter's producers),
 4. deadlock (the signal/wait/queue graph is acyclic; a cycle comes back as a witness),
 5. data hazards over happens-before (RAW, WAR, WAW per element range; see `hazards.sweep`).
@@ -21,7 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import hazards, param_buffers
+from . import hazards, param_buffers, tags
 from . import opcodes as oc
 from . import smem as block_smem
 from .errors import ArgumentError
@@ -41,6 +43,7 @@ class IssueKind(str, Enum):
     SM_OUT_OF_RANGE = "sm_out_of_range"
     ABI = "abi"
     OUT_OF_BOUNDS = "out_of_bounds"
+    TAGGED_READ = "tagged_read"  # a read of the tagged residual stream that could see stale values, or a wait it cannot carry
     INTERNAL = "internal"
 
 
@@ -188,6 +191,7 @@ def _validate(program, target, rep: _Report) -> None:
     _guarded(rep, "structure", _check_structure, program, target, rep)
     _guarded(rep, "tasks", _check_tasks, program, target, rep)
     _guarded(rep, "param buffers", param_buffers.check, program, rep.add, rep.tname)
+    _guarded(rep, "tags", tags.check, program, rep.add, rep.tname)
     per = _guarded(rep, "regions", hazards.collect, program, lambda tid, e: _malformed(rep, tid, e))
     if per is not None:
         _guarded(rep, "regions", hazards.check_regions, program, per, rep.add, rep.tname)

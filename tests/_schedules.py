@@ -170,3 +170,44 @@ def plant_cycle(prog):
     b.signals += (cy,)
     a.waits += (Wait(cy, 1),)
     return a, b
+
+
+def waiting_behind(prog, root: int) -> set[int]:
+    """The task `root` and every task that waits, directly or through others, on a counter it signals: the tasks a
+    deadlock planted at `root` stops."""
+    waiters: dict[int, list[int]] = {}
+    for task in prog.tasks:
+        for w in task.waits:
+            waiters.setdefault(w.counter, []).append(task.id)
+    seen, todo = {root}, [root]
+    while todo:
+        for c in prog.tasks[todo.pop()].signals:
+            for n in waiters.get(c, []):
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+    return seen
+
+
+def assert_planted_deadlock_stops(prog, model, target, planted: int) -> str:
+    """Run one step of `prog` (a deadlock planted at task `planted`, around the validator) on the GPU: it must raise
+    a VmError within 2 s that names a time-out of a task the planted one stops, and a good program must verify
+    after it. Returns the error's text."""
+    import time
+
+    import pytest
+
+    from amk.eval.oracle import make_vm, verify
+    from amk.schedule.errors import VmError
+
+    vm = make_vm(prog, model, device="cuda", vm="cuda")
+    start = time.perf_counter()
+    with pytest.raises(VmError, match=r"task \d+ \(\w+\) timed out waiting on ") as e:
+        vm.step(1)
+    assert time.perf_counter() - start < 2.0
+    # every task behind the planted one waits too; whichever times out first names itself, and it must be one of them
+    named = int(str(e.value).split("task ", 1)[1].split(" ", 1)[0])
+    assert named in waiting_behind(prog, planted), str(e.value)
+    good = amk.lower(model, target, None, max_seq=prog.constants.max_seq)
+    assert verify(good, model, device="cuda", vm="cuda", cases="reduced").ok
+    return str(e.value) if named == planted else ""

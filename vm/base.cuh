@@ -56,6 +56,8 @@ struct Ctx {
   unsigned* counters;  // the step's counters: a join's arrival counter is added to inside its tasks
   unsigned epoch;  // counters count on from step to step: this step's n-th signal reaches producers * (epoch - 1) + n
   int pos;
+  int* control;
+  long long timeout_ns;
 };
 
 template <typename T>
@@ -226,6 +228,98 @@ __device__ __forceinline__ unsigned long long global_ns() {
   return t;
 }
 
+// ---- the tagged residual stream (build.tagged_residual, schedule/tags.py) ------------------------
+// Each value of x is also one 8-byte word: its fp32 bits low, a tag high. An 8-byte store lands whole, so a reader
+// that sees the tag it expects holds that write's value, with no counter or fence between them.
+#ifndef AMK_X_TAGS
+#define AMK_X_TAGS -1
+#endif
+#if AMK_X_TAGS >= 0
+__shared__ int s_task;  // the running task's id, for an error a tagged read records (in a register it made ptxas spill)
+
+// Version v of x in this step. Epoch-scaled as the counters are: a word left by an earlier step, or by another
+// write of x in this one, never carries it (the loader zeroes the words when it restarts the epochs).
+__device__ __forceinline__ unsigned x_tag(const Ctx& c, int version) {
+  return c.epoch * (unsigned)AMK_X_VERSIONS + (unsigned)version;
+}
+__device__ __forceinline__ unsigned long long* x_words(const Ctx& c) { return buf<unsigned long long>(c, AMK_X_TAGS); }
+__device__ __forceinline__ void st_tagged(unsigned long long* p, unsigned tag, float v) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;"
+               :: "l"(p), "l"(((unsigned long long)tag << 32) | __float_as_uint(v)) : "memory");
+}
+__device__ __forceinline__ ulonglong2 ld_tagged2(const unsigned long long* p) {
+  ulonglong2 v;
+  asm volatile("ld.relaxed.gpu.global.v2.u64 {%0, %1}, [%2];" : "=l"(v.x), "=l"(v.y) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ float tagged_value(unsigned long long w) { return __uint_as_float((unsigned)w); }
+__device__ __forceinline__ bool has_tag(const ulonglong2& v, unsigned tag) {
+  return (unsigned)(v.x >> 32) == tag && (unsigned)(v.y >> 32) == tag;
+}
+
+// Reload the words at p (16-byte aligned; two, or four where `b` is given) until each carries `tag`. False when
+// this read timed out (recorded as the task's error, detail -2) or another block has failed: the caller goes on
+// with what it read, as a timed-out page wait does, and the step ends with the error.
+__device__ __forceinline__ bool spin_tagged(const Ctx& c, const unsigned long long* p, unsigned tag, ulonglong2& a,
+                                            ulonglong2* b = nullptr) {
+  unsigned long long start = 0;
+  for (unsigned spins = 1; !has_tag(a, tag) || (b && !has_tag(*b, tag)); ++spins) {
+    if ((spins & 63u) == 0) {
+      if (*((volatile int*)(c.control + CTRL_ERR)) != 0) return false;
+      const unsigned long long now = global_ns();
+      if (start == 0) start = now;
+      else if ((long long)(now - start) > c.timeout_ns) {
+        if (atomicCAS(c.control + CTRL_ERR, 0, ERR_TIMEOUT) == 0) {
+          c.control[CTRL_ERR_TASK] = s_task;
+          c.control[CTRL_ERR_DETAIL] = -2;
+        }
+        return false;
+      }
+    }
+    a = ld_tagged2(p);
+    if (b) *b = ld_tagged2(p + 2);
+  }
+  return true;
+}
+
+// Element k of x at `tag`, spun on until its word (and its pair's, in the same 16 bytes) carries it.
+__device__ float read_tagged(const Ctx& c, int k, unsigned tag) {
+  const unsigned long long* p = x_words(c) + (k & ~1);
+  ulonglong2 v = ld_tagged2(p);
+  spin_tagged(c, p, tag, v);
+  return tagged_value((k & 1) ? v.y : v.x);
+}
+
+// Element k of x where the task's waits order the write it needs before it (a residual add's read of the version
+// before its own): the value of its word, unchecked. A reader that waited on a counter, or whose producers'
+// readers saw that write's tags, sees at least that write (coherence follows causality); validate's tags check
+// holds the versions to it. Read from the word, not the fp32 copy: the copy's store is ordered before the tagged
+// one by nothing, so a reader whose chain went through a tagged read could in principle miss it.
+__device__ __forceinline__ float read_ordered(const Ctx& c, int k) {
+  return __ldcg(reinterpret_cast<const float*>(x_words(c) + k));  // the word's low half: its value
+}
+
+// The first n values of x at `tag` into dst (16-byte aligned shared memory), each spun on until its word carries
+// the tag; returns this thread's sum of squares. A thread takes the elements stage_floats gives it and sums them in
+// the same order, so the norm is the untagged one's. One group of four values in flight a thread: a row of up to
+// 4 * AMK_THREADS values (2048 at 512 threads) is one round trip, and more would take registers the kernel has not
+// got (8 bytes of stack on a qwen3-1.7b shape with two groups).
+__device__ float stage_tagged(const Ctx& c, float* dst, int n, unsigned tag) {
+  const unsigned long long* src = x_words(c);
+  const int n4 = n >> 2;
+  float4* d4 = reinterpret_cast<float4*>(dst);
+  float ss = 0.f;
+  for (int j = threadIdx.x; j < n4; j += AMK_THREADS) {
+    ulonglong2 a = ld_tagged2(src + 4 * j), b = ld_tagged2(src + 4 * j + 2);
+    spin_tagged(c, src + 4 * j, tag, a, &b);
+    const float4 f = make_float4(tagged_value(a.x), tagged_value(a.y), tagged_value(b.x), tagged_value(b.y));
+    d4[j] = f;
+    ss += f.x * f.x + f.y * f.y + f.z * f.z + f.w * f.w;
+  }
+  return ss;
+}
+#endif
+
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
 // ---- RMSNorm: out[k] = rnd(w[k] * rnd(x[k] * r)) ----------------------------------------------
@@ -251,14 +345,34 @@ __device__ void op_embed(const Ctx& c, const EmbedParams& p, int* control, int t
   }
   const wtype* row = buf<wtype>(c, p.table) + (long long)tok * p.dim;
   float* out = buf<float>(c, p.out) + p.out_off;
-  for (int k = threadIdx.x; k < p.dim; k += AMK_THREADS) stcg(out + k, to_f(row[k]));
+  for (int k = threadIdx.x; k < p.dim; k += AMK_THREADS) {
+    const float v = to_f(row[k]);
+    stcg(out + k, v);
+#if AMK_X_TAGS >= 0
+    if (p.tag >= 0) st_tagged(x_words(c) + k, x_tag(c, p.tag), v);
+#endif
+  }
 }
 
 __device__ void op_rmsnorm(const Ctx& c, const RmsNormParams& p) {
   const float* x = buf<float>(c, p.inp) + p.inp_off;
   const wtype* w = buf<wtype>(c, p.weight);
-  const float r = rms_scale(x, p.dim, c.red);
   float* out = buf<float>(c, p.out) + p.out_off;
+#if AMK_X_TAGS >= 0
+  if (p.inp_tag >= 0) {  // x read once from its tagged words, each thread's in rms_scale's order (the same sum)
+    const unsigned tag = x_tag(c, p.inp_tag);
+    float ss = 0.f;
+    for (int k = threadIdx.x; k < p.dim; k += AMK_THREADS) {
+      const float v = read_tagged(c, k, tag);
+      c.smem[k] = v;
+      ss += v * v;
+    }
+    const float r = 1.0f / sqrtf(block_sum(ss, c.red) / (float)p.dim + AMK_EPS);  // its barriers order the stores
+    for (int k = threadIdx.x; k < p.dim; k += AMK_THREADS) stcg(out + k, rnd(to_f(w[k]) * rnd(c.smem[k] * r)));
+    return;
+  }
+#endif
+  const float r = rms_scale(x, p.dim, c.red);
   for (int k = threadIdx.x; k < p.dim; k += AMK_THREADS) stcg(out + k, rnd(to_f(w[k]) * rnd(ldcg(x + k) * r)));
 }
 

@@ -116,6 +116,18 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
 #endif
 #if AMK_USES_EPI_RESIDUAL_ADD
     case EPI_RESIDUAL_ADD:
+#if AMK_X_TAGS >= 0
+      if (e.x_tag >= 0) {  // x's rows from the last write's tagged words; the new values stored both ways
+        const unsigned tag = x_tag(c, e.x_tag);
+#pragma unroll 1  // unrolled, it kept enough values live to make ptxas spill on a G=2, head_dim 96 shape
+        for (int i = tid; i < rows; i += AMK_THREADS) {
+          const float v = rnd(read_ordered(c, row0 + i) + rnd(acc[i]));
+          stcg(out + lo + i, v);
+          st_tagged(x_words(c) + row0 + i, tag, v);
+        }
+        break;
+      }
+#endif
       for (int i = tid; i < rows; i += AMK_THREADS) stcg(out + lo + i, rnd(ldcg(out + lo + i) + rnd(acc[i])));
       break;
 #endif

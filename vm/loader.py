@@ -218,6 +218,7 @@ class MegakernelVM:
         self.trace = torch.zeros((len(program.tasks), TRACE_WORDS), dtype=torch.int64, device=dev) if trace else None
         self.cols = torch.tensor([b.cols for b in program.buffers], dtype=torch.int32, device=dev)
         self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
+        self._x_tags = int(program.build.get("X_TAGS", -1))  # the tagged residual stream's words, or -1
         self.steps_launched = 0
         self._advance = None
         self._params = self._kernel_params()
@@ -228,6 +229,8 @@ class MegakernelVM:
         self.counters.zero_()
         self.control.zero_()
         self.control[Ctrl.EPOCH] = 1
+        if self._x_tags >= 0:  # its tags count epochs: a word of an earlier run must not carry one of the next
+            self.tensors[self._x_tags].zero_()
         self.steps_launched = 0
         self._advance = False
 
@@ -311,7 +314,8 @@ class MegakernelVM:
             task = ctrl[Ctrl.ERR_TASK]
             kind = self.program.tasks[task].kind if 0 <= task < len(self.program.tasks) else "?"
             detail = ctrl[Ctrl.ERR_DETAIL]
-            what = {VmErrorCode.TIMEOUT: f"timed out waiting on counter {detail}",
+            waited = {-1: "a weight page", -2: "the residual stream's tagged values"}.get(detail, f"counter {detail}")
+            what = {VmErrorCode.TIMEOUT: f"timed out waiting on {waited}",
                     VmErrorCode.BAD_OPCODE: f"bad opcode {detail}",
                     VmErrorCode.BAD_TOKEN: f"token {detail} outside the vocabulary",
                     VmErrorCode.BAD_POSITION: f"position {detail} outside the KV cache's {self.c.max_seq} slots "

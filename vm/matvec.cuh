@@ -176,7 +176,12 @@ __device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K, const 
     return c.smem;
   }
   if (p.norm_weight >= 0) {
+#if AMK_X_TAGS >= 0
+    const float ss = block_sum(p.inp_tag >= 0 ? stage_tagged(c, c.smem, K, x_tag(c, p.inp_tag))
+                                              : stage_floats(c.smem, static_cast<const float*>(in.src), K), c.red);
+#else
     const float ss = block_sum(stage_floats(c.smem, static_cast<const float*>(in.src), K), c.red);
+#endif
     const float r = 1.0f / sqrtf(ss / (float)K + AMK_EPS);
     const wtype* w = buf<wtype>(c, p.norm_weight);
     float* xs = c.smem + p.k0;

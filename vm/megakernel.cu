@@ -136,6 +136,8 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
   const unsigned epoch = (unsigned)__ldcg(control + CTRL_EPOCH);
   c.counters = counters;
   c.epoch = epoch;
+  c.control = control;
+  c.timeout_ns = timeout_ns;
   const int begin = qstarts[blockIdx.x], end = qstarts[blockIdx.x + 1];
   if (tid == 0) seen.clear();
 #if AMK_PAGES > 0
@@ -169,6 +171,9 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     // the next instruction's words arrive while this one runs
     const int nxt = (tid < AMK_INSTR_WORDS && i + 1 < end) ? instrs[(long long)(i + 1) * AMK_INSTR_WORDS + tid] : 0;
     const void* prm = ins + AMK_PARAM_BASE;
+#if AMK_X_TAGS >= 0
+    if (tid == 0) s_task = ins[1];  // read after the task's first barrier
+#endif
 #if AMK_PAGES > 0
     if (tid == 0) ps.cur = i;  // the producer may now run AMK_PIPELINE_DEPTH tasks past this one
 #elif AMK_PIPELINE_DEPTH > 0

@@ -39,8 +39,10 @@ class ReferenceVM:
                 tensors[b.id] = torch.zeros(b.numel, dtype=dt, device=self.device)
         self.mem = Memory(tensors, {b.id: b.cols for b in program.buffers})
         self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
+        # poisoned with NaN before each step: the float activations (the tagged residual stream's int32 words are the
+        # kernel's alone; this VM reads x itself)
         self._scratch = [b.id for b in program.buffers if b.kind in (BufferKind.SCRATCH, BufferKind.ARENA)
-                         and b.id in tensors]
+                         and b.id in tensors and tensors[b.id].is_floating_point()]
         self.tasks_run = 0
         self.reset()
 
