@@ -126,6 +126,30 @@ def carries(signallers, tag: int, x: Region) -> bool:
         for s in signallers)
 
 
+def ignored_tag(t: Task, x: Region) -> str | None:
+    """Why the kernel would not act on `t`'s tags as the program says, or None. The kernel reads and writes the
+    tagged words by x's element index whatever the task's buffer fields say, and acts on a tag only where lowering
+    gives one: an embedding; a residual add (MATVEC or EPILOGUE) into x; an RMSNorm of x, fused into a matvec
+    whose input is not in attention partitions, or its own RMSNORM task."""
+    p = t.params
+    if t.opcode == Opcode.EMBED:
+        return None
+    epi = getattr(p, "epi", None)
+    if epi is not None and write_tag(t) >= 0 and (epi.kind != Epilogue.RESIDUAL_ADD or not _is_x(epi.out, epi.out_off, x)):
+        return (f"epi.x_tag={epi.x_tag} on an epilogue that is no residual add into x (kind {epi.kind}, out "
+                f"{epi.out}+{epi.out_off}): the kernel would store no tag there, or store one for another buffer")
+    if read_tag(t) >= 0:
+        if not _is_x(p.inp, p.inp_off, x):
+            return (f"inp_tag={p.inp_tag} on an input that is not x (inp {p.inp}+{p.inp_off}): the kernel would read "
+                    "x's tagged words in its place")
+        if t.opcode == Opcode.MATVEC and (p.norm_weight == NO_BUFFER or p.inp_parts > 0):
+            return (f"inp_tag={p.inp_tag} on a matvec without a fused RMSNorm of x: the kernel reads its input "
+                    "untagged, so no tag orders it")
+    elif t.carried:
+        return f"carries the waits on counters {list(t.carried)} but reads no tagged input (inp_tag -1)"
+    return None
+
+
 def check(program, report, tname) -> None:
     """Hold `program`'s tags to the rules of the module docstring, where a hand-edited program could break them:
     a reader expecting a version another write makes would read stale values or spin until it times out, and a
@@ -152,10 +176,18 @@ def check(program, report, tname) -> None:
     if not all(type(v) is int for v in (e.out, e.out_off, e.dim)):
         return  # a malformed embedding: the ABI check names the field
     x = Region(e.out, e.out_off, e.dim)
-    if b.dtype != DType.I32 or b.arena != NO_BUFFER or b.numel < 2 * x.length:
-        report("TAGGED_READ", f"build X_TAGS={words} ({b.name}) must be an int32 buffer of its own with two words a "
-                              f"value of x ({2 * x.length}), not {b.dtype.name} [{b.numel}]", buffers=(b.name,))
+    if b.kind != BufferKind.SCRATCH or b.dtype != DType.I32 or b.arena != NO_BUFFER or b.numel < 2 * x.length:
+        report("TAGGED_READ", f"build X_TAGS={words} ({b.name}) must be an int32 scratch buffer of its own with two "
+                              f"words a value of x ({2 * x.length}), not {b.kind.value} {b.dtype.name} [{b.numel}]",
+               buffers=(b.name,))
         return
+    for t in tagged:
+        try:
+            why = ignored_tag(t, x)
+        except (TypeError, AttributeError):  # a malformed field: the ABI check names it
+            continue
+        if why:
+            report("TAGGED_READ", f"{tname(t.id)}: {why}", (t.id,))
     version: dict[int, int] = {}  # stage -> the version its tasks write
     for t in tasks:
         v = write_tag(t)

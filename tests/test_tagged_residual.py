@@ -14,7 +14,7 @@ import amk
 from amk.eval.oracle import make_vm
 from amk.schedule import lower
 from amk.schedule import opcodes as oc
-from amk.schedule.program import MegakernelProgram
+from amk.schedule.program import BufferKind, MegakernelProgram
 from amk.schedule.validate import validate
 
 TAGS_OFF = {"build": {"tagged_residual": False}}
@@ -168,3 +168,36 @@ def test_carried_waits_without_a_tags_buffer_are_refused():
     prog = _program()
     prog.build = {**prog.build, "X_TAGS": -1}
     assert any("names no x_tags buffer" in m for m in _tagged_issues(prog))
+
+
+def test_a_tagged_matvec_without_a_fused_norm_is_refused():
+    # the kernel stages an unnormed input untagged: its carried wait would leave the read unordered
+    prog = _program()
+    for t in _by_kind(prog, "qkv"):
+        t.params = dataclasses.replace(t.params, norm_weight=oc.NO_BUFFER)
+    assert any("without a fused RMSNorm of x" in m for m in _tagged_issues(prog))
+
+
+def test_a_tagged_read_of_another_input_than_x_is_refused():
+    # the kernel would normalise x's tagged words in place of O's attention input
+    prog = _program()
+    gate_up = _first(prog, "gate_up")
+    for t in _by_kind(prog, "o"):
+        t.params = dataclasses.replace(t.params, norm_weight=gate_up.params.norm_weight, inp_tag=t.params.epi.x_tag - 1)
+    assert any("on an input that is not x" in m for m in _tagged_issues(prog))
+
+
+def test_a_tag_on_an_epilogue_that_adds_no_residual_is_refused():
+    # the kernel stores tags only in a residual add: version 1 would never come and gate/up would spin to a time-out
+    prog = _program()
+    for t in _by_kind(prog, "o"):
+        t.params = dataclasses.replace(t.params, epi=dataclasses.replace(t.params.epi, kind=int(oc.Epilogue.STORE)))
+    assert any("no residual add into x" in m for m in _tagged_issues(prog))
+
+
+def test_a_tags_buffer_that_is_no_scratch_buffer_is_refused():
+    prog = _program()
+    words = prog.build["X_TAGS"]
+    prog.buffers[words] = dataclasses.replace(prog.buffers[words], kind=BufferKind.WEIGHT)
+    assert any("must be an int32 scratch buffer" in m for m in _tagged_issues(prog))
+
