@@ -73,23 +73,31 @@ def _is_x(buffer: int, offset: int, x: Region) -> bool:
     return buffer == x.buffer and offset == x.start
 
 
+def adds_into_x(p, x: Region) -> bool:
+    """Is the epilogue of params `p` a residual add into x, the only one whose tags the kernel stores?"""
+    return p.epi.kind == Epilogue.RESIDUAL_ADD and _is_x(p.epi.out, p.epi.out_off, x)
+
+
+def norms_x(t: Task) -> bool:
+    """Does the kernel read `t`'s input as an RMSNorm's, where it takes a tagged read (an RMSNORM task, or a matvec
+    with the norm fused whose input is not in attention partitions)? Whether that input is x is _is_x's."""
+    p = t.params
+    return t.opcode == Opcode.RMSNORM or (t.opcode == Opcode.MATVEC and p.norm_weight != NO_BUFFER and p.inp_parts == 0)
+
+
 def tagged_params(t: Task, x: Region, write: int, read: int):
     """`t`'s params with the tags of its access to x: the version it writes (`write`, -1: none) and reads."""
     p = t.params
     if t.opcode == Opcode.EMBED and write >= 0:
         return dataclasses.replace(p, tag=write)
-    if t.opcode == Opcode.RMSNORM and read >= 0 and _is_x(p.inp, p.inp_off, x):
-        return dataclasses.replace(p, inp_tag=read)
     if t.opcode in (Opcode.MATVEC, Opcode.EPILOGUE):
-        if write >= 0 and p.epi.kind == Epilogue.RESIDUAL_ADD and _is_x(p.epi.out, p.epi.out_off, x):
+        if write >= 0 and adds_into_x(p, x):
             p = dataclasses.replace(p, epi=dataclasses.replace(p.epi, x_tag=write))
-        if (t.opcode == Opcode.MATVEC and read >= 0 and p.norm_weight != NO_BUFFER and p.inp_parts == 0
-                and _is_x(p.inp, p.inp_off, x)):
-            p = dataclasses.replace(p, inp_tag=read)
-        return p
-    if write >= 0:
+    elif write >= 0:
         raise LoweringError("build.tagged_residual", f"task {t.id} ({t.kind}, {t.opcode.name}) writes the residual "
                                                      "stream but cannot store its tags; set it false")
+    if read >= 0 and norms_x(t) and _is_x(p.inp, p.inp_off, x):
+        p = dataclasses.replace(p, inp_tag=read)
     return p
 
 
@@ -135,14 +143,14 @@ def ignored_tag(t: Task, x: Region) -> str | None:
     if t.opcode == Opcode.EMBED:
         return None
     epi = getattr(p, "epi", None)
-    if epi is not None and write_tag(t) >= 0 and (epi.kind != Epilogue.RESIDUAL_ADD or not _is_x(epi.out, epi.out_off, x)):
+    if epi is not None and write_tag(t) >= 0 and not adds_into_x(p, x):
         return (f"epi.x_tag={epi.x_tag} on an epilogue that is no residual add into x (kind {epi.kind}, out "
                 f"{epi.out}+{epi.out_off}): the kernel would store no tag there, or store one for another buffer")
     if read_tag(t) >= 0:
         if not _is_x(p.inp, p.inp_off, x):
             return (f"inp_tag={p.inp_tag} on an input that is not x (inp {p.inp}+{p.inp_off}): the kernel would read "
                     "x's tagged words in its place")
-        if t.opcode == Opcode.MATVEC and (p.norm_weight == NO_BUFFER or p.inp_parts > 0):
+        if not norms_x(t):
             return (f"inp_tag={p.inp_tag} on a matvec without a fused RMSNorm of x: the kernel reads its input "
                     "untagged, so no tag orders it")
     elif t.carried:

@@ -228,6 +228,21 @@ __device__ __forceinline__ unsigned long long global_ns() {
   return t;
 }
 
+// A spin's periodic check (a weight page's, a tagged read's): false to stop, when another block has failed or
+// this spin has lasted past timeout_ns since its first check, which is then recorded as `task`'s time-out on
+// `detail` (the loader names it: -1 a weight page, -2 the tagged residual stream).
+__device__ __forceinline__ bool keep_spinning(int* control, unsigned long long& start, long long timeout_ns, int task,
+                                              int detail) {
+  if (*((volatile int*)(control + CTRL_ERR)) != 0) return false;
+  const unsigned long long now = global_ns();
+  if (start == 0) start = now;
+  else if ((long long)(now - start) > timeout_ns) {
+    if (atomicCAS(control + CTRL_ERR, 0, ERR_TIMEOUT) == 0) { control[CTRL_ERR_TASK] = task; control[CTRL_ERR_DETAIL] = detail; }
+    return false;
+  }
+  return true;
+}
+
 // ---- the tagged residual stream (build.tagged_residual, schedule/tags.py) ------------------------
 // Each value of x is also one 8-byte word: its fp32 bits low, a tag high. An 8-byte store lands whole, so a reader
 // that sees the tag it expects holds that write's value, with no counter or fence between them.
@@ -264,18 +279,7 @@ __device__ __forceinline__ bool spin_tagged(const Ctx& c, const unsigned long lo
                                             ulonglong2* b = nullptr) {
   unsigned long long start = 0;
   for (unsigned spins = 1; !has_tag(a, tag) || (b && !has_tag(*b, tag)); ++spins) {
-    if ((spins & 63u) == 0) {
-      if (*((volatile int*)(c.control + CTRL_ERR)) != 0) return false;
-      const unsigned long long now = global_ns();
-      if (start == 0) start = now;
-      else if ((long long)(now - start) > c.timeout_ns) {
-        if (atomicCAS(c.control + CTRL_ERR, 0, ERR_TIMEOUT) == 0) {
-          c.control[CTRL_ERR_TASK] = s_task;
-          c.control[CTRL_ERR_DETAIL] = -2;
-        }
-        return false;
-      }
-    }
+    if ((spins & 63u) == 0 && !keep_spinning(c.control, start, c.timeout_ns, s_task, -2)) return false;
     a = ld_tagged2(p);
     if (b) *b = ld_tagged2(p + 2);
   }

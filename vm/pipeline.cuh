@@ -110,15 +110,7 @@ __device__ bool page_wait(unsigned bar, unsigned parity, int* control, int task,
   unsigned long long start = 0;
   for (unsigned spins = 1;; ++spins) {
     if (mbar_test(bar, parity)) return true;
-    if ((spins & 255u) == 0) {
-      if (*((volatile int*)(control + CTRL_ERR)) != 0) return false;
-      const unsigned long long now = global_ns();
-      if (start == 0) start = now;
-      else if ((long long)(now - start) > timeout_ns) {
-        if (atomicCAS(control + CTRL_ERR, 0, ERR_TIMEOUT) == 0) { control[CTRL_ERR_TASK] = task; control[CTRL_ERR_DETAIL] = -1; }
-        return false;
-      }
-    }
+    if ((spins & 255u) == 0 && !keep_spinning(control, start, timeout_ns, task, -1)) return false;
   }
 }
 
