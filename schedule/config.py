@@ -206,6 +206,12 @@ class VmBuildConfig:
                                             "reading them: one L2 round trip a boundary instead of two (NCCL's LL "
                                             "protocol carries its flags the same way)",
                                  choices=[True, False])
+    tagged_hidden: bool = knob(False, help="store the MLP's hidden row (SiLU(gate) * up, gate/up's output) as "
+                                           "(value, tag) words beside its fp32 values, the tag naming the step and "
+                                           "the layer; the down projection then spins on the tags of the slice it "
+                                           "reads in place of polling gate/up's counter and then reading it, as "
+                                           "tagged_residual does for x",
+                               choices=[False, True])
 
 
 PAGE_KB_CHOICES = [8, 16, 32]

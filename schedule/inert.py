@@ -54,6 +54,8 @@ _UNPRICED_KNOBS = {
     "scratch": "the cost model does not price scratch placement",
     "build.tagged_residual": ("the cost model prices a wait the same whether the producers' counter or the tags of the "
                               "values carry it"),
+    "build.tagged_hidden": ("the cost model prices a wait the same whether the producers' counter or the tags of the "
+                            "values carry it"),
     "pipeline.page_kb": ("the cost model reads the page size only where the pages' bytes in flight cap an SM's "
                          "stream, which they never do at the stand-in's bandwidth share"),
 }

@@ -82,6 +82,7 @@ class EpilogueParams:
     split: int = 0  # PARTIAL: which split this task is
     split_stride: int = 0  # PARTIAL: elements between splits
     x_tag: int = -1  # RESIDUAL_ADD into the tagged residual stream: the version of x it writes (it reads x_tag - 1)
+    h_tag: int = -1  # SILU_MUL into the tagged hidden row (build.tagged_hidden): the version it writes, its layer's
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ class MatvecParams:
     inp_stats_off: int = 0
     inp_slots: int = 0  # with inp_parts: 16-byte shared-memory slots a consumer thread has for partitions in flight
     join: SplitJoin = SplitJoin()
-    inp_tag: int = -1  # the input is the tagged residual stream at this version (read spinning on each value's tag)
+    # the input is a tagged stream at this version, read spinning on each value's tag: x where the RMSNorm is fused,
+    # the MLP's hidden row where it is not (schedule/tags.py); -1: untagged
+    inp_tag: int = -1
 
 
 @dataclass(frozen=True)

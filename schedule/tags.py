@@ -1,23 +1,29 @@
-"""The tagged residual stream (build.tagged_residual): which write of x each task makes or reads, and which of
-its waits the tags carry.
+"""Tagged streams (build.tagged_residual, build.tagged_hidden): which write of a stream each task makes or reads,
+and which of its waits the tags carry.
 
-Every task that writes the residual stream x (the embedding, a residual add) also stores each value it writes
-as one 8-byte word, (fp32 value, tag), in the program's `x_tags` buffer; the tag names the step and the version
-of x, the number of stages that wrote x before this one in the step (the embedding writes version 0). An 8-byte
-store lands whole, so a reader that sees the tag it expects holds that write's value; no fence or counter orders
-the two. A task that reads x as an RMSNorm's input (a matvec with the norm fused, or an RMSNORM task) spins on
-the tags of the values it reads, and where every task signalling one of its counters writes only x, at the
-version it reads, that wait is carried: the kernel never polls the counter. The poll and the read were two
-dependent L2 round trips at each boundary; the tagged read is one. NCCL's LL protocol moves data with its flags
-the same way.
+Two streams can be tagged: the residual stream x, and the MLP's hidden row (SiLU(gate) * up: gate/up's output,
+down's input; a value `L<layer>.act` a layer, every layer's sharing one words buffer). Every task that writes a
+tagged stream (for x the embedding and each residual add, for the hidden row each SiLU-mul epilogue) also stores
+each value it writes as one 8-byte word, (fp32 value, tag), in the stream's words buffer (`x_tags`, `h_tags`),
+indexed by the value's element index; the tag names the step and the version of the stream, the number of
+stages that wrote it before this one in the step (x's embedding writes version 0, a layer's gate/up the hidden
+row's version `layer`). An 8-byte store lands whole, so a reader that sees the tag it expects holds that write's
+value; no fence or counter orders the two. A task that reads a tagged stream as its input spins on the tags of the
+values it reads: for x an RMSNorm's input (a matvec with the norm fused, or an RMSNORM task), for the hidden row
+the input slice of a matvec without a fused norm (down). Where every task signalling one of its counters writes
+only values the reader reads that way, at the version it reads, that wait is carried: the kernel never polls the
+counter. The poll and the read were two dependent L2 round trips at each boundary; the tagged read is one. NCCL's
+LL protocol moves data with its flags the same way.
 
 The ReferenceVM and the hazard check see a carried wait as the wait it is: the tags change how the kernel learns
-that the producers are done, not what it waits for. validate.check_tags holds a program to these rules.
+that the producers are done, not what it waits for. schedule/tags_check.py holds a program to these rules.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+from typing import NamedTuple
 
 from .buffers import BufferTable, Placement
 from .config import ScheduleConfig
@@ -27,65 +33,108 @@ from .program import BufferKind, Region, Task
 from .stages import Stage
 
 X_TAGS_BUFFER = "x_tags"
+H_TAGS_BUFFER = "h_tags"
+
+
+class Stream(enum.Enum):
+    """A stream the kernel can tag, by the build key prefix of its words buffer and version count."""
+
+    X = "X"  # the residual stream x
+    HIDDEN = "H"  # the MLP's hidden row, SiLU(gate) * up
+
+
+class TaggedRead(NamedTuple):
+    """What a task reads spinning on tags: `region` (elements of the stream's value) at `version`."""
+
+    stream: Stream
+    version: int
+    region: Region
+
+
+def is_hidden_value(name: str) -> bool:
+    """Is value `name` a layer's hidden row (`L<layer>.act`)?"""
+    return name.rsplit(".", 1)[-1] == "act"
 
 
 def attach_tags(stages: list[Stage], tasks: list[Task], buffers: BufferTable, placement: dict[str, Placement],
-                hidden: int, config: ScheduleConfig, build: dict[str, int]) -> None:
-    """Give each task that writes x the version it writes, each reader of x the version it reads, and each
-    reader its carried waits; add the `x_tags` buffer (int32 [2 * hidden]: one 8-byte word a value) and
-    build X_TAGS (its id, or -1 with the tags off) and X_VERSIONS (writes of x a step). Raises LoweringError
-    for a task that writes x and cannot store tags (no such task is lowered today)."""
-    build["X_TAGS"], build["X_VERSIONS"] = NO_BUFFER, 0
-    if not config.build.tagged_residual or "x" not in placement:
-        return
-    x = Region(placement["x"].buffer, placement["x"].offset, hidden)
-    writes, reads = stage_versions(stages)
-    build["X_TAGS"] = buffers.add(X_TAGS_BUFFER, BufferKind.SCRATCH, DType.I32, 2 * hidden)
-    build["X_VERSIONS"] = len(writes)
-    for t in tasks:
-        if t.stage in writes or t.stage in reads:
-            t.params = tagged_params(t, x, writes.get(t.stage, -1), reads.get(t.stage, -1))
-    by_counter: dict[int, list[Task]] = {}
-    for t in tasks:
-        for k in t.signals:
-            by_counter.setdefault(k, []).append(t)
-    verdicts: dict[tuple[int, int], bool] = {}  # (counter, version): a stage's readers share its counters
-    for t in tasks:
-        tag = read_tag(t)
-        if tag >= 0 and reads_all(t, x):
-            t.carried = tuple(w.counter for w in t.waits if _carries_cached(verdicts, by_counter, w.counter, tag, x))
+                hidden: int, intermediate: int, config: ScheduleConfig, build: dict[str, int]) -> None:
+    """Give each task that writes a tagged stream the version it writes, each reader the version it reads, and
+    each reader its carried waits; add each stream's words buffer (int32 [2 * its length]: one 8-byte word a
+    value) and build X_TAGS / H_TAGS (its id, or -1 with the stream untagged) and X_VERSIONS / H_VERSIONS (its
+    writes a step). Raises LoweringError for a task that writes a tagged stream and cannot store its tags (no
+    such task is lowered today)."""
+    build.update(X_TAGS=NO_BUFFER, X_VERSIONS=0, H_TAGS=NO_BUFFER, H_VERSIONS=0)
+    x = Region(placement["x"].buffer, placement["x"].offset, hidden) if "x" in placement else None
+    if config.build.tagged_residual and x is not None:
+        writes, reads = stage_versions(stages, lambda name: name == "x")
+        build["X_TAGS"] = buffers.add(X_TAGS_BUFFER, BufferKind.SCRATCH, DType.I32, 2 * hidden)
+        build["X_VERSIONS"] = len(writes)
+        for t in tasks:
+            if t.stage in writes or t.stage in reads:
+                t.params = x_params(t, x, writes.get(t.stage, -1), reads.get(t.stage, -1))
+    if config.build.tagged_hidden:
+        writes, reads = stage_versions(stages, is_hidden_value)
+        if writes:
+            build["H_TAGS"] = buffers.add(H_TAGS_BUFFER, BufferKind.SCRATCH, DType.I32, 2 * intermediate)
+            build["H_VERSIONS"] = len(writes)
+            by_stage = {st.index: st for st in stages}
+            for t in tasks:
+                st = by_stage[t.stage]
+                if t.stage in writes:
+                    t.params = hidden_write_params(t, _value(st.writes, placement, intermediate), writes[t.stage])
+                elif t.stage in reads:
+                    t.params = hidden_read_params(t, _value(st.reads, placement, intermediate), reads[t.stage])
+    attach_carried(tasks, x)
 
 
-def stage_versions(stages: list[Stage]) -> tuple[dict[int, int], dict[int, int]]:
-    """(stage index -> the version of x it writes, stage index -> the version it reads): versions count the
-    stages that write x, in stage order; a residual add reads the version before its own."""
+def _value(names: list[str], placement: dict[str, Placement], length: int) -> Region:
+    name = next(n for n in names if is_hidden_value(n))
+    return Region(placement[name].buffer, placement[name].offset, length)
+
+
+def stage_versions(stages: list[Stage], of_stream) -> tuple[dict[int, int], dict[int, int]]:
+    """(stage index -> the version of the stream it writes, stage index -> the version it reads), for the stream
+    whose value names `of_stream(name)` accepts: versions count the stages that write it, in stage order; a
+    stage that reads and writes it (a residual add) reads the version before its own."""
     writes: dict[int, int] = {}
     reads: dict[int, int] = {}
     for st in sorted(stages, key=lambda s: s.index):
-        if "x" in st.reads and writes:
+        if any(of_stream(n) for n in st.reads) and writes:
             reads[st.index] = len(writes) - 1
-        if "x" in st.writes:
+        if any(of_stream(n) for n in st.writes):
             writes[st.index] = len(writes)
     return writes, reads
 
 
-def _is_x(buffer: int, offset: int, x: Region) -> bool:
-    return buffer == x.buffer and offset == x.start
+def _is_at(buffer: int, offset: int, value: Region) -> bool:
+    return buffer == value.buffer and offset == value.start
 
 
 def adds_into_x(p, x: Region) -> bool:
-    """Is the epilogue of params `p` a residual add into x, the only one whose tags the kernel stores?"""
-    return p.epi.kind == Epilogue.RESIDUAL_ADD and _is_x(p.epi.out, p.epi.out_off, x)
+    """Is the epilogue of params `p` a residual add into x, the only one whose x tags the kernel stores?"""
+    return p.epi.kind == Epilogue.RESIDUAL_ADD and _is_at(p.epi.out, p.epi.out_off, x)
 
 
 def norms_x(t: Task) -> bool:
-    """Does the kernel read `t`'s input as an RMSNorm's, where it takes a tagged read (an RMSNORM task, or a matvec
-    with the norm fused whose input is not in attention partitions)? Whether that input is x is _is_x's."""
+    """Does the kernel read `t`'s input as an RMSNorm's, where it takes a tagged read of x (an RMSNORM task, or a
+    matvec with the norm fused whose input is not in attention partitions)? Whether that input is x is _is_at's."""
     p = t.params
     return t.opcode == Opcode.RMSNORM or (t.opcode == Opcode.MATVEC and p.norm_weight != NO_BUFFER and p.inp_parts == 0)
 
 
-def tagged_params(t: Task, x: Region, write: int, read: int):
+def stages_plain(t: Task) -> bool:
+    """Does the kernel stage `t`'s input as it is, where it takes a tagged read of the hidden row (a matvec without
+    a fused norm whose input is not in attention partitions)?"""
+    p = t.params
+    return t.opcode == Opcode.MATVEC and p.norm_weight == NO_BUFFER and p.inp_parts == 0
+
+
+def aligned_slice(k0: int, klen: int) -> bool:
+    """Can the kernel read words [k0, k0 + klen) tagged? It reads them four at a time from 16-byte boundaries."""
+    return k0 % 4 == 0 and klen % 4 == 0 and klen > 0
+
+
+def x_params(t: Task, x: Region, write: int, read: int):
     """`t`'s params with the tags of its access to x: the version it writes (`write`, -1: none) and reads."""
     p = t.params
     if t.opcode == Opcode.EMBED and write >= 0:
@@ -96,21 +145,56 @@ def tagged_params(t: Task, x: Region, write: int, read: int):
     elif write >= 0:
         raise LoweringError("build.tagged_residual", f"task {t.id} ({t.kind}, {t.opcode.name}) writes the residual "
                                                      "stream but cannot store its tags; set it false")
-    if read >= 0 and norms_x(t) and _is_x(p.inp, p.inp_off, x):
+    if read >= 0 and norms_x(t) and _is_at(p.inp, p.inp_off, x):
         p = dataclasses.replace(p, inp_tag=read)
     return p
 
 
-def write_tag(t: Task) -> int:
-    """The version of x that `t` writes with tags, or -1 (also for a malformed field, which the ABI check names)."""
-    v = t.params.tag if t.opcode == Opcode.EMBED else getattr(getattr(t.params, "epi", None), "x_tag", -1)
+def hidden_write_params(t: Task, value: Region, version: int):
+    """`t`'s params with the hidden row's version it writes: a SiLU-mul epilogue into the layer's value."""
+    p = t.params
+    epi = getattr(p, "epi", None)
+    if t.opcode not in (Opcode.MATVEC, Opcode.EPILOGUE) or epi.kind != Epilogue.SILU_MUL \
+            or not _is_at(epi.out, epi.out_off, value):
+        raise LoweringError("build.tagged_hidden", f"task {t.id} ({t.kind}, {t.opcode.name}) writes the MLP's "
+                                                   "hidden row but cannot store its tags; set it false")
+    return dataclasses.replace(p, epi=dataclasses.replace(epi, h_tag=version))
+
+
+def hidden_read_params(t: Task, value: Region, version: int):
+    """`t`'s params with the hidden row's version it reads, where the kernel can read its slice tagged; the
+    others (an unaligned k-split slice) poll as they would untagged."""
+    p = t.params
+    if stages_plain(t) and _is_at(p.inp, p.inp_off, value) and aligned_slice(p.k0, p.klen):
+        return dataclasses.replace(p, inp_tag=version)
+    return p
+
+
+def _int(v) -> int:
     return v if type(v) is int else -1
 
 
-def read_tag(t: Task) -> int:
-    """The version of x that `t` reads as its RMSNorm's input, spinning on the tags, or -1 (as write_tag)."""
-    v = getattr(t.params, "inp_tag", -1) if t.opcode in (Opcode.MATVEC, Opcode.RMSNORM) else -1
-    return v if type(v) is int else -1
+def write_tag(t: Task, stream: Stream) -> int:
+    """The version of `stream` that `t` writes with tags, or -1 (also for a malformed field, which the ABI check
+    names)."""
+    if stream is Stream.X:
+        return _int(t.params.tag if t.opcode == Opcode.EMBED else getattr(getattr(t.params, "epi", None), "x_tag", -1))
+    return _int(getattr(getattr(t.params, "epi", None), "h_tag", -1))
+
+
+def read_stream(t: Task) -> Stream | None:
+    """Which stream `t`'s inp_tag names: x for an RMSNORM task or a matvec with the norm fused, the hidden row for
+    a matvec without one; None for other opcodes."""
+    if t.opcode == Opcode.RMSNORM:
+        return Stream.X
+    if t.opcode == Opcode.MATVEC:
+        return Stream.X if getattr(t.params, "norm_weight", NO_BUFFER) != NO_BUFFER else Stream.HIDDEN
+    return None
+
+
+def read_tag(t: Task, stream: Stream) -> int:
+    """The version of `stream` that `t` reads spinning on the tags, or -1 (as write_tag)."""
+    return _int(getattr(t.params, "inp_tag", -1)) if read_stream(t) is stream else -1
 
 
 def reads_all(t: Task, x: Region) -> bool:
@@ -118,122 +202,60 @@ def reads_all(t: Task, x: Region) -> bool:
     return any(r.buffer == x.buffer and r.start <= x.start and r.end >= x.end for r in t.reads)
 
 
-def _carries_cached(verdicts: dict, by_counter: dict, counter: int, tag: int, x: Region) -> bool:
-    key = (counter, tag)
-    if key not in verdicts:
-        verdicts[key] = carries(by_counter.get(counter, ()), tag, x)
-    return verdicts[key]
+def tagged_read(t: Task, x: Region | None) -> TaggedRead | None:
+    """What `t` reads tagged, where the tags could carry its waits: all of x for a reader of x that declares the
+    whole row; its input slice for a reader of the hidden row. None otherwise."""
+    stream = read_stream(t)
+    if stream is None:
+        return None
+    v = read_tag(t, stream)
+    if v < 0:
+        return None
+    if stream is Stream.X:
+        return TaggedRead(stream, v, x) if x is not None and reads_all(t, x) else None
+    p = t.params
+    return TaggedRead(stream, v, Region(p.inp, p.inp_off + p.k0, p.klen))
 
 
-def carries(signallers, tag: int, x: Region) -> bool:
-    """Do tagged values carry a wait on a counter these tasks signal, for a reader of all of x at version
-    `tag`? Each must write x at that version and write nothing else: the reader sees every one of them done
-    when it sees its values, and nothing else they wrote is left unordered."""
+def carries(signallers, read: TaggedRead) -> bool:
+    """Do tagged values carry a wait on a counter these tasks signal, for `read`? Each must write the stream at the
+    version read and write nothing outside the region read: the reader sees every one of them done when it sees
+    its values, and nothing else they wrote is left unordered."""
+    r = read.region
     return bool(signallers) and all(
-        write_tag(s) == tag and all(w.buffer == x.buffer and x.start <= w.start and w.end <= x.end for w in s.writes)
+        write_tag(s, read.stream) == read.version
+        and all(w.buffer == r.buffer and r.start <= w.start and w.end <= r.end for w in s.writes)
         for s in signallers)
 
 
-def ignored_tag(t: Task, x: Region) -> str | None:
-    """Why the kernel would not act on `t`'s tags as the program says, or None. The kernel reads and writes the
-    tagged words by x's element index whatever the task's buffer fields say, and acts on a tag only where lowering
-    gives one: an embedding; a residual add (MATVEC or EPILOGUE) into x; an RMSNorm of x, fused into a matvec
-    whose input is not in attention partitions, or its own RMSNORM task."""
-    p = t.params
-    if t.opcode == Opcode.EMBED:
-        return None
-    epi = getattr(p, "epi", None)
-    if epi is not None and write_tag(t) >= 0 and not adds_into_x(p, x):
-        return (f"epi.x_tag={epi.x_tag} on an epilogue that is no residual add into x (kind {epi.kind}, out "
-                f"{epi.out}+{epi.out_off}): the kernel would store no tag there, or store one for another buffer")
-    if read_tag(t) >= 0:
-        if not _is_x(p.inp, p.inp_off, x):
-            return (f"inp_tag={p.inp_tag} on an input that is not x (inp {p.inp}+{p.inp_off}): the kernel would read "
-                    "x's tagged words in its place")
-        if not norms_x(t):
-            return (f"inp_tag={p.inp_tag} on a matvec without a fused RMSNorm of x: the kernel reads its input "
-                    "untagged, so no tag orders it")
-    elif t.carried:
-        return f"carries the waits on counters {list(t.carried)} but reads no tagged input (inp_tag -1)"
-    return None
-
-
-def check(program, report, tname) -> None:
-    """Hold `program`'s tags to the rules of the module docstring, where a hand-edited program could break them:
-    a reader expecting a version another write makes would read stale values or spin until it times out, and a
-    carried wait whose producers write more than x would leave those writes unordered. `report(kind_name,
-    message, tasks, buffers)` as validate's. Checks: the `x_tags` buffer the build names (int32, two words a value
-    of x); every task that writes x (the embedding's rows) stores tags, the stages in order writing versions 0, 1,
-    ... (X_VERSIONS of them), and no other writes them; each tagged read expects the version the last write
-    before its stage makes; each carried wait is one of the task's waits, on a counter that only writers of all
-    x at the version it reads signal, for a task that reads all of x."""
-    tasks, build = program.tasks, program.build
-    words = int(build.get("X_TAGS", NO_BUFFER))
-    tagged = [t for t in tasks if write_tag(t) >= 0 or read_tag(t) >= 0 or t.carried]
-    if words == NO_BUFFER:
-        for t in tagged:
-            report("TAGGED_READ", f"{tname(t.id)} has tags or carried waits, but the build names no x_tags buffer "
-                                  "(X_TAGS -1): the kernel would store no tag and poll no carried counter", (t.id,))
-        return
-    embeds = [t for t in tasks if t.opcode == Opcode.EMBED]
-    if not 0 <= words < len(program.buffers) or len(embeds) != 1:
-        report("TAGGED_READ", f"build X_TAGS={words} names no buffer of the program, or the program has "
-                              f"{len(embeds)} embedding tasks where the tags need one to find x")
-        return
-    b, e = program.buffers[words], embeds[0].params
-    if not all(type(v) is int for v in (e.out, e.out_off, e.dim)):
-        return  # a malformed embedding: the ABI check names the field
-    x = Region(e.out, e.out_off, e.dim)
-    if b.kind != BufferKind.SCRATCH or b.dtype != DType.I32 or b.arena != NO_BUFFER or b.numel < 2 * x.length:
-        report("TAGGED_READ", f"build X_TAGS={words} ({b.name}) must be an int32 scratch buffer of its own with two "
-                              f"words a value of x ({2 * x.length}), not {b.kind.value} {b.dtype.name} [{b.numel}]",
-               buffers=(b.name,))
-        return
-    for t in tagged:
-        try:
-            why = ignored_tag(t, x)
-        except (TypeError, AttributeError):  # a malformed field: the ABI check names it
-            continue
-        if why:
-            report("TAGGED_READ", f"{tname(t.id)}: {why}", (t.id,))
-    version: dict[int, int] = {}  # stage -> the version its tasks write
-    for t in tasks:
-        v = write_tag(t)
-        writes_x = any(w.buffer == x.buffer and w.start < x.end and x.start < w.end for w in t.writes)
-        if writes_x and v < 0:
-            report("TAGGED_READ", f"{tname(t.id)} writes x without its tags: a tagged read of x would miss it", (t.id,))
-        elif v >= 0 and version.setdefault(t.stage, v) != v:
-            report("TAGGED_READ", f"{tname(t.id)} writes version {v} of x where its stage writes {version[t.stage]}",
-                   (t.id,))
-    stages = sorted(version)
-    if [version[s] for s in stages] != list(range(len(stages))) or int(build.get("X_VERSIONS", 0)) != len(stages):
-        report("TAGGED_READ", f"the stages that write x write versions {[version[s] for s in stages]} and the build "
-                              f"counts {build.get('X_VERSIONS')}: they must be 0, 1, ... in stage order, "
-                              f"{len(stages)} of them")
-        return
+def signallers_of(tasks: list[Task]) -> dict[int, list[Task]]:
+    """Counter id -> the tasks that signal it."""
     by_counter: dict[int, list[Task]] = {}
     for t in tasks:
         for k in t.signals:
             by_counter.setdefault(k, []).append(t)
-    verdicts: dict[tuple[int, int], bool] = {}
-    before = {}  # stage -> the last version written before it
-    for t in tagged:
-        if t.stage not in before:
-            before[t.stage] = max((version[s] for s in stages if s < t.stage), default=-1)
-        last = before[t.stage]
-        expects = [(f"{'epi.x_tag' if t.opcode != Opcode.EMBED else 'tag'} - 1", write_tag(t) - 1)] \
-            if write_tag(t) > 0 else []
-        expects += [("inp_tag", read_tag(t))] if read_tag(t) >= 0 else []
-        for field, v in expects:
-            if v != last:
-                report("TAGGED_READ", f"{tname(t.id)} reads version {v} of x ({field}) where the last write before "
-                                      f"its stage is version {last}", (t.id,))
-        waited = {w.counter for w in t.waits}
-        for k in t.carried:
-            if k not in waited:
-                report("TAGGED_READ", f"{tname(t.id)} carries counter {k}, which it does not wait on", (t.id,))
-            elif (read_tag(t) < 0 or not reads_all(t, x)
-                  or not _carries_cached(verdicts, by_counter, k, read_tag(t), x)):
-                report("TAGGED_READ", f"{tname(t.id)} carries its wait on counter {k}, but the tags cannot: it must "
-                                      "read all of x with tags, at the version that every task signalling the counter "
-                                      "writes, and those tasks must write nothing but x", (t.id,))
+    return by_counter
+
+
+class CarryVerdicts:
+    """carries() over counters, cached by (counter, read): a stage's readers share their counters and reads."""
+
+    def __init__(self, tasks: list[Task]):
+        self.by_counter = signallers_of(tasks)
+        self.cache: dict[tuple, bool] = {}
+
+    def __call__(self, counter: int, read: TaggedRead) -> bool:
+        key = (counter, read)
+        if key not in self.cache:
+            self.cache[key] = carries(self.by_counter.get(counter, ()), read)
+        return self.cache[key]
+
+
+def attach_carried(tasks: list[Task], x: Region | None) -> None:
+    """Set each tagged reader's carried waits: those on counters whose every signaller its tagged read sees."""
+    verdicts = None
+    for t in tasks:
+        read = tagged_read(t, x)
+        if read is not None:
+            verdicts = verdicts or CarryVerdicts(tasks)
+            t.carried = tuple(w.counter for w in t.waits if verdicts(w.counter, read))

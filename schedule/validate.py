@@ -4,8 +4,9 @@
 2. params against regions (what the params write and read, the task or its join declares, element by element
    where the params give the range; no write to a weight, and weights read as weights: schedule/param_buffers.py),
    and bounds (every region inside its buffer; no region writes a weight),
-   and the tagged residual stream (each tagged read expects the version the last write of x makes; a carried wait
-   only where its producers write nothing but x: schedule/tags.py),
+   and the tagged streams, x and the MLP's hidden row (each tagged read expects the version the last write of its
+   stream makes; a carried wait only where its producers write nothing but what the reader reads tagged:
+   schedule/tags_check.py),
 3. counters (every wait satisfiable and for all of its counter's producers),
 4. deadlock (the signal/wait/queue graph is acyclic; a cycle comes back as a witness),
 5. data hazards over happens-before (RAW, WAR, WAW per element range; see `hazards.sweep`).
@@ -23,7 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import hazards, param_buffers, tags
+from . import hazards, param_buffers, tags_check
 from . import opcodes as oc
 from . import smem as block_smem
 from .errors import ArgumentError
@@ -191,7 +192,7 @@ def _validate(program, target, rep: _Report) -> None:
     _guarded(rep, "structure", _check_structure, program, target, rep)
     _guarded(rep, "tasks", _check_tasks, program, target, rep)
     _guarded(rep, "param buffers", param_buffers.check, program, rep.add, rep.tname)
-    _guarded(rep, "tags", tags.check, program, rep.add, rep.tname)
+    _guarded(rep, "tags", tags_check.check, program, rep.add, rep.tname)
     per = _guarded(rep, "regions", hazards.collect, program, lambda tid, e: _malformed(rep, tid, e))
     if per is not None:
         _guarded(rep, "regions", hazards.check_regions, program, per, rep.add, rep.tname)

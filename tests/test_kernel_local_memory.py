@@ -38,6 +38,8 @@ def _cases():
         for cfg in OTHER_PATHS if name in LARGE_GROUPS else []:
             yield name, "bf16", cfg
     yield "qwen3-1.7b", "fp32", None  # head_dim 128 in fp32 rows
+    for name, dtype in (("llama-3.2-1b", "bf16"), ("qwen3-1.7b", "fp32")):  # four groups of words in flight in down
+        yield name, dtype, {"build": {"tagged_hidden": True}}
     for dtype in ("fp32", "fp16"):
         yield "toy", dtype, None
 

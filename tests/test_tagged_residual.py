@@ -14,7 +14,7 @@ import amk
 from amk.eval.oracle import make_vm
 from amk.schedule import lower
 from amk.schedule import opcodes as oc
-from amk.schedule.program import BufferKind, MegakernelProgram
+from amk.schedule.program import BufferKind, MegakernelProgram, Region
 from amk.schedule.validate import validate
 
 TAGS_OFF = {"build": {"tagged_residual": False}}
@@ -151,9 +151,17 @@ def test_a_writer_at_another_version_than_its_stage_is_refused():
 
 def test_a_carried_wait_on_producers_that_write_more_than_x_is_refused():
     prog = _program()
-    t = _first(prog, "down")  # waits on gate_up, which writes the MLP's hidden row
-    t.carried = (t.waits[0].counter,)
+    t = _first(prog, "gate_up")  # waits on O, which writes x: give one O task another write
+    o = next(s for s in prog.tasks if t.carried[0] in s.signals)
+    o.writes = o.writes + (Region(o.writes[0].buffer, o.writes[0].start + prog.constants.hidden, 4),)
     assert any("the tags cannot" in m for m in _tagged_issues(prog))
+
+
+def test_a_carried_wait_on_an_untagged_read_is_refused():
+    prog = _program()
+    t = _first(prog, "down")  # waits on gate_up, and reads the MLP's hidden row untagged (tagged_hidden false)
+    t.carried = (t.waits[0].counter,)
+    assert any("reads no tagged input" in m for m in _tagged_issues(prog))
 
 
 def test_a_carried_counter_the_task_does_not_wait_on_is_refused():

@@ -230,7 +230,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
 
 // A spin's periodic check (a weight page's, a tagged read's): false to stop, when another block has failed or
 // this spin has lasted past timeout_ns since its first check, which is then recorded as `task`'s time-out on
-// `detail` (the loader names it: -1 a weight page, -2 the tagged residual stream).
+// `detail` (the loader names it: -1 a weight page, TAGS_DETAIL_X / _H a tagged stream).
 __device__ __forceinline__ bool keep_spinning(int* control, unsigned long long& start, long long timeout_ns, int task,
                                               int detail) {
   if (*((volatile int*)(control + CTRL_ERR)) != 0) return false;
@@ -243,21 +243,29 @@ __device__ __forceinline__ bool keep_spinning(int* control, unsigned long long& 
   return true;
 }
 
-// ---- the tagged residual stream (build.tagged_residual, schedule/tags.py) ------------------------
-// Each value of x is also one 8-byte word: its fp32 bits low, a tag high. An 8-byte store lands whole, so a reader
-// that sees the tag it expects holds that write's value, with no counter or fence between them.
+// ---- tagged streams (build.tagged_residual, build.tagged_hidden; schedule/tags.py) ---------------
+// Each value of a tagged stream (x; the MLP's hidden row) is also one 8-byte word: its fp32 bits low, a tag high.
+// An 8-byte store lands whole, so a reader that sees the tag it expects holds that write's value, with no counter
+// or fence between them.
 #ifndef AMK_X_TAGS
 #define AMK_X_TAGS -1
 #endif
-#if AMK_X_TAGS >= 0
+#ifndef AMK_H_TAGS
+#define AMK_H_TAGS -1
+#endif
+#define AMK_TAGGED (AMK_X_TAGS >= 0 || AMK_H_TAGS >= 0)
+// what a tagged read's time-out names (the loader's message): -1 is a weight page's
+#define TAGS_DETAIL_X -2
+#define TAGS_DETAIL_H -3
+#if AMK_TAGGED
 __shared__ int s_task;  // the running task's id, for an error a tagged read records (in a register it made ptxas spill)
 
-// Version v of x in this step. Epoch-scaled as the counters are: a word left by an earlier step, or by another
-// write of x in this one, never carries it (the loader zeroes the words when it restarts the epochs).
-__device__ __forceinline__ unsigned x_tag(const Ctx& c, int version) {
-  return c.epoch * (unsigned)AMK_X_VERSIONS + (unsigned)version;
+// Version v of a stream with `versions` writes a step, in this step. Epoch-scaled as the counters are: a word left
+// by an earlier step, or by another write of the stream in this one, never carries it (the loader zeroes the
+// words when it restarts the epochs).
+__device__ __forceinline__ unsigned stream_tag(const Ctx& c, int versions, int version) {
+  return c.epoch * (unsigned)versions + (unsigned)version;
 }
-__device__ __forceinline__ unsigned long long* x_words(const Ctx& c) { return buf<unsigned long long>(c, AMK_X_TAGS); }
 __device__ __forceinline__ void st_tagged(unsigned long long* p, unsigned tag, float v) {
   asm volatile("st.relaxed.gpu.global.u64 [%0], %1;"
                :: "l"(p), "l"(((unsigned long long)tag << 32) | __float_as_uint(v)) : "memory");
@@ -273,24 +281,71 @@ __device__ __forceinline__ bool has_tag(const ulonglong2& v, unsigned tag) {
 }
 
 // Reload the words at p (16-byte aligned; two, or four where `b` is given) until each carries `tag`. False when
-// this read timed out (recorded as the task's error, detail -2) or another block has failed: the caller goes on
-// with what it read, as a timed-out page wait does, and the step ends with the error.
-__device__ __forceinline__ bool spin_tagged(const Ctx& c, const unsigned long long* p, unsigned tag, ulonglong2& a,
-                                            ulonglong2* b = nullptr) {
+// this read timed out (recorded as the task's error, `detail` naming the stream) or another block has failed: the
+// caller goes on with what it read, as a timed-out page wait does, and the step ends with the error.
+__device__ __forceinline__ bool spin_tagged(const Ctx& c, const unsigned long long* p, unsigned tag, int detail,
+                                            ulonglong2& a, ulonglong2* b = nullptr) {
   unsigned long long start = 0;
   for (unsigned spins = 1; !has_tag(a, tag) || (b && !has_tag(*b, tag)); ++spins) {
-    if ((spins & 63u) == 0 && !keep_spinning(c.control, start, c.timeout_ns, s_task, -2)) return false;
+    if ((spins & 63u) == 0 && !keep_spinning(c.control, start, c.timeout_ns, s_task, detail)) return false;
     a = ld_tagged2(p);
     if (b) *b = ld_tagged2(p + 2);
   }
   return true;
 }
 
+// The n values of a stream at words src (16-byte aligned global memory; n a multiple of 4) at `tag` into dst
+// (16-byte aligned shared memory), each spun on until its word carries the tag; returns this thread's sum of
+// squares. A thread takes the elements stage_floats gives it; with G = 1 it sums them in the same order, so a norm
+// of them is the untagged one's. G groups of four values in flight a thread: a row of up to 4 * G * AMK_THREADS
+// values is one round trip. x's readers take G = 1 (2048 values at 512 threads): they hold their first weight
+// loads through the staging, and two groups put 8 bytes on the stack of a qwen3-1.7b shape.
+template <int G>
+__device__ float stage_tagged(const Ctx& c, float* dst, const unsigned long long* src, int n, unsigned tag,
+                              int detail) {
+  const int n4 = n >> 2;
+  float4* d4 = reinterpret_cast<float4*>(dst);
+  float ss = 0.f;
+  int j = threadIdx.x;
+  for (; j + (G - 1) * AMK_THREADS < n4; j += G * AMK_THREADS) {
+    ulonglong2 a[G], b[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      a[g] = ld_tagged2(src + 4 * (j + g * AMK_THREADS));
+      b[g] = ld_tagged2(src + 4 * (j + g * AMK_THREADS) + 2);
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      spin_tagged(c, src + 4 * (j + g * AMK_THREADS), tag, detail, a[g], &b[g]);
+      const float4 f = make_float4(tagged_value(a[g].x), tagged_value(a[g].y), tagged_value(b[g].x),
+                                   tagged_value(b[g].y));
+      d4[j + g * AMK_THREADS] = f;
+      ss += f.x * f.x + f.y * f.y + f.z * f.z + f.w * f.w;
+    }
+  }
+  for (; G > 1 && j < n4; j += AMK_THREADS) {
+    ulonglong2 a = ld_tagged2(src + 4 * j), b = ld_tagged2(src + 4 * j + 2);
+    spin_tagged(c, src + 4 * j, tag, detail, a, &b);
+    const float4 f = make_float4(tagged_value(a.x), tagged_value(a.y), tagged_value(b.x), tagged_value(b.y));
+    d4[j] = f;
+    ss += f.x * f.x + f.y * f.y + f.z * f.z + f.w * f.w;
+  }
+  return ss;
+}
+#endif
+
+#if AMK_X_TAGS >= 0
+// Version v of x in this step, and x's words.
+__device__ __forceinline__ unsigned x_tag(const Ctx& c, int version) {
+  return stream_tag(c, AMK_X_VERSIONS, version);
+}
+__device__ __forceinline__ unsigned long long* x_words(const Ctx& c) { return buf<unsigned long long>(c, AMK_X_TAGS); }
+
 // Element k of x at `tag`, spun on until its word (and its pair's, in the same 16 bytes) carries it.
 __device__ float read_tagged(const Ctx& c, int k, unsigned tag) {
   const unsigned long long* p = x_words(c) + (k & ~1);
   ulonglong2 v = ld_tagged2(p);
-  spin_tagged(c, p, tag, v);
+  spin_tagged(c, p, tag, TAGS_DETAIL_X, v);
   return tagged_value((k & 1) ? v.y : v.x);
 }
 
@@ -302,26 +357,14 @@ __device__ float read_tagged(const Ctx& c, int k, unsigned tag) {
 __device__ __forceinline__ float read_ordered(const Ctx& c, int k) {
   return __ldcg(reinterpret_cast<const float*>(x_words(c) + k));  // the word's low half: its value
 }
+#endif
 
-// The first n values of x at `tag` into dst (16-byte aligned shared memory), each spun on until its word carries
-// the tag; returns this thread's sum of squares. A thread takes the elements stage_floats gives it and sums them in
-// the same order, so the norm is the untagged one's. One group of four values in flight a thread: a row of up to
-// 4 * AMK_THREADS values (2048 at 512 threads) is one round trip, and more would take registers the kernel has not
-// got (8 bytes of stack on a qwen3-1.7b shape with two groups).
-__device__ float stage_tagged(const Ctx& c, float* dst, int n, unsigned tag) {
-  const unsigned long long* src = x_words(c);
-  const int n4 = n >> 2;
-  float4* d4 = reinterpret_cast<float4*>(dst);
-  float ss = 0.f;
-  for (int j = threadIdx.x; j < n4; j += AMK_THREADS) {
-    ulonglong2 a = ld_tagged2(src + 4 * j), b = ld_tagged2(src + 4 * j + 2);
-    spin_tagged(c, src + 4 * j, tag, a, &b);
-    const float4 f = make_float4(tagged_value(a.x), tagged_value(a.y), tagged_value(b.x), tagged_value(b.y));
-    d4[j] = f;
-    ss += f.x * f.x + f.y * f.y + f.z * f.z + f.w * f.w;
-  }
-  return ss;
+#if AMK_H_TAGS >= 0
+// Version v (the layer) of the MLP's hidden row in this step, and its words.
+__device__ __forceinline__ unsigned h_tag(const Ctx& c, int version) {
+  return stream_tag(c, AMK_H_VERSIONS, version);
 }
+__device__ __forceinline__ unsigned long long* h_words(const Ctx& c) { return buf<unsigned long long>(c, AMK_H_TAGS); }
 #endif
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }

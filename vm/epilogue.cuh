@@ -133,6 +133,17 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
 #endif
 #if AMK_USES_EPI_SILU_MUL
     case EPI_SILU_MUL:
+#if AMK_H_TAGS >= 0
+      if (e.h_tag >= 0) {  // the hidden row stored both ways: down reads the words
+        const unsigned tag = h_tag(c, e.h_tag);
+        for (int i = tid; i < rows; i += AMK_THREADS) {
+          const float g = rnd(acc[i]), u = rnd(acc[rows + i]), v = rnd(rnd(silu(g)) * u);
+          stcg(out + lo + i, v);
+          st_tagged(h_words(c) + row0 + i, tag, v);
+        }
+        break;
+      }
+#endif
       for (int i = tid; i < rows; i += AMK_THREADS) {
         const float g = rnd(acc[i]), u = rnd(acc[rows + i]);
         stcg(out + lo + i, rnd(rnd(silu(g)) * u));

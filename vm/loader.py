@@ -218,7 +218,8 @@ class MegakernelVM:
         self.trace = torch.zeros((len(program.tasks), TRACE_WORDS), dtype=torch.int64, device=dev) if trace else None
         self.cols = torch.tensor([b.cols for b in program.buffers], dtype=torch.int32, device=dev)
         self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
-        self._x_tags = int(program.build.get("X_TAGS", -1))  # the tagged residual stream's words, or -1
+        # the tagged streams' words (x's, the hidden row's), where the build tags them
+        self._tag_words = [b for b in (int(program.build.get(k, -1)) for k in ("X_TAGS", "H_TAGS")) if b >= 0]
         self.steps_launched = 0
         self._advance = None
         self._params = self._kernel_params()
@@ -229,8 +230,8 @@ class MegakernelVM:
         self.counters.zero_()
         self.control.zero_()
         self.control[Ctrl.EPOCH] = 1
-        if self._x_tags >= 0:  # its tags count epochs: a word of an earlier run must not carry one of the next
-            self.tensors[self._x_tags].zero_()
+        for b in self._tag_words:  # their tags count epochs: a word of an earlier run must not carry one of the next
+            self.tensors[b].zero_()
         self.steps_launched = 0
         self._advance = False
 
@@ -314,7 +315,8 @@ class MegakernelVM:
             task = ctrl[Ctrl.ERR_TASK]
             kind = self.program.tasks[task].kind if 0 <= task < len(self.program.tasks) else "?"
             detail = ctrl[Ctrl.ERR_DETAIL]
-            waited = {-1: "a weight page", -2: "the residual stream's tagged values"}.get(detail, f"counter {detail}")
+            waited = {-1: "a weight page", -2: "the residual stream's tagged values",
+                      -3: "the MLP hidden row's tagged values"}.get(detail, f"counter {detail}")
             what = {VmErrorCode.TIMEOUT: f"timed out waiting on {waited}",
                     VmErrorCode.BAD_OPCODE: f"bad opcode {detail}",
                     VmErrorCode.BAD_TOKEN: f"token {detail} outside the vocabulary",

@@ -171,7 +171,7 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
     // the next instruction's words arrive while this one runs
     const int nxt = (tid < AMK_INSTR_WORDS && i + 1 < end) ? instrs[(long long)(i + 1) * AMK_INSTR_WORDS + tid] : 0;
     const void* prm = ins + AMK_PARAM_BASE;
-#if AMK_X_TAGS >= 0
+#if AMK_TAGGED
     if (tid == 0) s_task = ins[1];  // read after the task's first barrier
 #endif
 #if AMK_PAGES > 0

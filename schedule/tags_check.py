@@ -1,0 +1,234 @@
+"""The validator's rules for tagged streams (schedule/tags.py), where a hand-edited program could break them: a
+reader expecting a version another write makes would read stale values or spin until it times out, a carried wait
+whose producers write more than the reader sees would leave those writes unordered, and a tag the kernel would
+not act on as the program says would do either."""
+
+from __future__ import annotations
+
+from .opcodes import NO_BUFFER, DType, Epilogue, Opcode
+from .program import BufferKind, Region
+from .tags import (
+    CarryVerdicts,
+    Stream,
+    adds_into_x,
+    aligned_slice,
+    norms_x,
+    read_tag,
+    stages_plain,
+    tagged_read,
+    write_tag,
+)
+
+KIND = "TAGGED_READ"
+_NAME = {Stream.X: "x", Stream.HIDDEN: "the hidden row"}
+_WORDS = {Stream.X: "x_tags", Stream.HIDDEN: "h_tags"}
+
+
+def check(program, report, tname) -> None:
+    """Hold `program`'s tags to schedule/tags.py's rules. `report(kind_name, message, tasks, buffers)` as
+    validate's. Checks, for each stream the build tags: its words buffer (int32 scratch of its own, two words a
+    value); the writes of the stream in stage order writing versions 0, 1, ... (X_VERSIONS / H_VERSIONS of them),
+    no writer of it without tags; each tagged read expecting the version the last write before its stage makes,
+    where the kernel reads it; and each carried wait being one of the task's waits, on a counter that only writers
+    of what the task reads tagged, at the version it reads, signal."""
+    tasks, build = program.tasks, program.build
+    x = _x_region(program, report)
+    streams = {s: int(build.get(f"{s.value}_TAGS", NO_BUFFER)) for s in Stream}
+    for t in tasks:
+        for s in Stream:
+            if streams[s] != NO_BUFFER or (write_tag(t, s) < 0 and read_tag(t, s) < 0):
+                continue
+            plain = " (a matvec without a fused RMSNorm of x reads the hidden row)" if read_tag(t, s) >= 0 \
+                and s is Stream.HIDDEN else ""
+            report(KIND, f"{tname(t.id)} has tags of {_NAME[s]}{plain}, but the build names no {_WORDS[s]} buffer "
+                         f"({s.value}_TAGS -1): the kernel would store none, or read its input untagged, so no tag "
+                         "orders it", (t.id,))
+    if x is not None and streams[Stream.X] != NO_BUFFER and _words_ok(program, report, Stream.X, x.length):
+        _check_x(program, x, report, tname)
+    inter = program.constants.intermediate
+    if streams[Stream.HIDDEN] != NO_BUFFER and _words_ok(program, report, Stream.HIDDEN, inter):
+        _check_hidden(program, inter, report, tname)
+    _check_carried(tasks, x if streams[Stream.X] != NO_BUFFER else None, streams, report, tname)
+
+
+def _x_region(program, report) -> Region | None:
+    embeds = [t for t in program.tasks if t.opcode == Opcode.EMBED]
+    if len(embeds) != 1:
+        if int(program.build.get("X_TAGS", NO_BUFFER)) != NO_BUFFER:
+            report(KIND, f"the program has {len(embeds)} embedding tasks, where the tags of x need one to find x")
+        return None
+    e = embeds[0].params
+    if not all(type(v) is int for v in (e.out, e.out_off, e.dim)):
+        return None  # a malformed embedding: the ABI check names the field
+    return Region(e.out, e.out_off, e.dim)
+
+
+def _words_ok(program, report, stream: Stream, length: int) -> bool:
+    words = int(program.build.get(f"{stream.value}_TAGS"))
+    if not 0 <= words < len(program.buffers):
+        report(KIND, f"build {stream.value}_TAGS={words} names no buffer of the program")
+        return False
+    b = program.buffers[words]
+    if b.kind != BufferKind.SCRATCH or b.dtype != DType.I32 or b.arena != NO_BUFFER or b.numel < 2 * length:
+        report(KIND, f"build {stream.value}_TAGS={words} ({b.name}) must be an int32 scratch buffer of its own with "
+                     f"two words a value of {_NAME[stream]} ({2 * length}), not {b.kind.value} {b.dtype.name} "
+                     f"[{b.numel}]", buffers=(b.name,))
+        return False
+    return True
+
+
+def _versions(program, stream: Stream, writers, report, tname) -> dict[int, int] | None:
+    """stage -> the version of `stream` its tagged writers write, held to 0, 1, ... in stage order; None (after a
+    report) where they are not."""
+    version: dict[int, int] = {}
+    for t in writers:
+        v = write_tag(t, stream)
+        if version.setdefault(t.stage, v) != v:
+            report(KIND, f"{tname(t.id)} writes version {v} of {_NAME[stream]} where its stage writes "
+                         f"{version[t.stage]}", (t.id,))
+    stages = sorted(version)
+    key = f"{stream.value}_VERSIONS"
+    if [version[s] for s in stages] != list(range(len(stages))) or int(program.build.get(key, 0)) != len(stages):
+        report(KIND, f"the stages that write {_NAME[stream]} write versions {[version[s] for s in stages]} and the "
+                     f"build counts {program.build.get(key)}: they must be 0, 1, ... in stage order, {len(stages)} "
+                     "of them")
+        return None
+    return version
+
+
+def _last_before(version: dict[int, int], stage: int) -> int:
+    return max((v for s, v in version.items() if s < stage), default=-1)
+
+
+def _check_x(program, x: Region, report, tname) -> None:
+    tasks = program.tasks
+    for t in tasks:
+        try:
+            why = _ignored_x_tag(t, x)
+        except (TypeError, AttributeError):  # a malformed field: the ABI check names it
+            continue
+        if why:
+            report(KIND, f"{tname(t.id)}: {why}", (t.id,))
+    writers = []
+    for t in tasks:
+        v = write_tag(t, Stream.X)
+        if v >= 0:
+            writers.append(t)
+        elif any(w.buffer == x.buffer and w.start < x.end and x.start < w.end for w in t.writes):
+            report(KIND, f"{tname(t.id)} writes x without its tags: a tagged read of x would miss it", (t.id,))
+    version = _versions(program, Stream.X, writers, report, tname)
+    if version is None:
+        return
+    for t in tasks:
+        last = None
+        expects = []
+        if write_tag(t, Stream.X) > 0:
+            expects.append((f"{'epi.x_tag' if t.opcode != Opcode.EMBED else 'tag'} - 1", write_tag(t, Stream.X) - 1))
+        if read_tag(t, Stream.X) >= 0:
+            expects.append(("inp_tag", read_tag(t, Stream.X)))
+        for field, v in expects:
+            last = _last_before(version, t.stage) if last is None else last
+            if v != last:
+                report(KIND, f"{tname(t.id)} reads version {v} of x ({field}) where the last write before its stage "
+                             f"is version {last}", (t.id,))
+
+
+def _ignored_x_tag(t, x: Region) -> str | None:
+    """Why the kernel would not act on `t`'s tags of x as the program says, or None. The kernel reads and writes
+    x's words by element index whatever the task's buffer fields say, and acts on a tag only where lowering gives
+    one: an embedding; a residual add (MATVEC or EPILOGUE) into x; an RMSNorm of x, fused into a matvec whose
+    input is not in attention partitions, or its own RMSNORM task."""
+    p = t.params
+    if t.opcode == Opcode.EMBED:
+        return None
+    epi = getattr(p, "epi", None)
+    if epi is not None and write_tag(t, Stream.X) >= 0 and not adds_into_x(p, x):
+        return (f"epi.x_tag={epi.x_tag} on an epilogue that is no residual add into x (kind {epi.kind}, out "
+                f"{epi.out}+{epi.out_off}): the kernel would store no tag there, or store one for another buffer")
+    if read_tag(t, Stream.X) >= 0:
+        if not (p.inp == x.buffer and p.inp_off == x.start):
+            return (f"inp_tag={p.inp_tag} on an input that is not x (inp {p.inp}+{p.inp_off}): the kernel would read "
+                    "x's tagged words in its place")
+        if not norms_x(t):
+            return (f"inp_tag={p.inp_tag} on a matvec whose input the kernel combines from attention partitions, "
+                    "untagged: no tag orders it")
+    return None
+
+
+def _check_hidden(program, inter: int, report, tname) -> None:
+    tasks = program.tasks
+    writers = []
+    for t in tasks:
+        epi = getattr(t.params, "epi", None)
+        v = write_tag(t, Stream.HIDDEN)
+        silu = t.opcode in (Opcode.MATVEC, Opcode.EPILOGUE) and epi is not None and epi.kind == Epilogue.SILU_MUL
+        if v >= 0 and not silu:
+            report(KIND, f"{tname(t.id)}: epi.h_tag={v} on an epilogue that is no SiLU-mul: the kernel would store no "
+                         "tag there, and the readers of that version would spin to a time-out", (t.id,))
+        elif silu and v < 0:
+            report(KIND, f"{tname(t.id)} writes the hidden row without its tags: a tagged read of it would miss it",
+                   (t.id,))
+        elif v >= 0:
+            writers.append(t)
+    version = _versions(program, Stream.HIDDEN, writers, report, tname)
+    if version is None:
+        return
+    value: dict[int, Region] = {}  # version -> where its writers write it
+    for t in writers:
+        v, epi = write_tag(t, Stream.HIDDEN), t.params.epi
+        at = value.setdefault(v, Region(epi.out, epi.out_off, inter))
+        if (epi.out, epi.out_off) != (at.buffer, at.start):
+            report(KIND, f"{tname(t.id)} writes version {v} of the hidden row at {epi.out}+{epi.out_off}, where "
+                         f"another writer of it writes at {at.buffer}+{at.start}: the kernel indexes the words by row",
+                   (t.id,))
+    readers = [t for t in tasks if read_tag(t, Stream.HIDDEN) >= 0]
+    for t in readers:
+        p, v = t.params, read_tag(t, Stream.HIDDEN)
+        last = _last_before(version, t.stage)
+        if v != last:
+            report(KIND, f"{tname(t.id)} reads version {v} of the hidden row (inp_tag) where the last write before "
+                         f"its stage is version {last}", (t.id,))
+        elif not stages_plain(t):
+            report(KIND, f"{tname(t.id)}: inp_tag={v} on a matvec whose input the kernel combines from attention "
+                         "partitions, untagged: no tag orders it", (t.id,))
+        elif (p.inp, p.inp_off) != (value[v].buffer, value[v].start) or p.k0 < 0 or p.k0 + p.klen > inter:
+            report(KIND, f"{tname(t.id)} reads the hidden row tagged from {p.inp}+{p.inp_off} [{p.k0}, +{p.klen}), "
+                         f"where version {v} is written at {value[v].buffer}+{value[v].start} [0, {inter}): the "
+                         "kernel would read the words of other values", (t.id,))
+        elif not aligned_slice(p.k0, p.klen):
+            report(KIND, f"{tname(t.id)} reads the hidden row tagged over [{p.k0}, +{p.klen}): the kernel reads the "
+                         "words four at a time from a multiple of four and would miss the tail", (t.id,))
+    # a write into a version's value after its tagged write and before its last tagged read: the readers would see
+    # the tagged words, not it
+    span = {v: (s, max((r.stage for r in readers if read_tag(r, Stream.HIDDEN) == v), default=s))
+            for s, v in version.items()}
+    for t in tasks:
+        for v, (first, last) in span.items():
+            r = value.get(v)
+            if r is None or not first <= t.stage <= last or write_tag(t, Stream.HIDDEN) == v:
+                continue
+            if any(w.buffer == r.buffer and w.start < r.end and r.start < w.end for w in t.writes):
+                report(KIND, f"{tname(t.id)} writes version {v}'s hidden row without its tags: the tagged reads "
+                             "would miss it", (t.id,))
+
+
+def _check_carried(tasks, x: Region | None, streams: dict, report, tname) -> None:
+    verdicts = CarryVerdicts(tasks)
+    for t in tasks:
+        if not t.carried:
+            continue
+        read = tagged_read(t, x)
+        if read is not None and streams[read.stream] == NO_BUFFER:
+            read = None
+        waited = {w.counter for w in t.waits}
+        if all(read_tag(t, s) < 0 for s in Stream):
+            report(KIND, f"{tname(t.id)} carries the waits on counters {list(t.carried)} but reads no tagged input "
+                         "(inp_tag -1)", (t.id,))
+            continue
+        for k in t.carried:
+            if k not in waited:
+                report(KIND, f"{tname(t.id)} carries counter {k}, which it does not wait on", (t.id,))
+            elif read is None or not verdicts(k, read):
+                report(KIND, f"{tname(t.id)} carries its wait on counter {k}, but the tags cannot: it must read with "
+                             "tags everything that every task signalling the counter writes (all of x for a reader "
+                             "of x), at the version they write, and those tasks must write nothing else", (t.id,))
