@@ -200,16 +200,21 @@ def _check_hidden(program, inter: int, report, tname) -> None:
                          "words four at a time from a multiple of four and would miss the tail", (t.id,))
     # a write into a version's value after its tagged write and before its last tagged read: the readers would see
     # the tagged words, not it
-    span = {v: (s, max((r.stage for r in readers if read_tag(r, Stream.HIDDEN) == v), default=s))
-            for s, v in version.items()}
+    last_read: dict[int, int] = {}
+    for t in readers:
+        v = read_tag(t, Stream.HIDDEN)
+        last_read[v] = max(last_read.get(v, -1), t.stage)
+    by_stage: dict[int, list] = {}
     for t in tasks:
-        for v, (first, last) in span.items():
-            r = value.get(v)
-            if r is None or not first <= t.stage <= last or write_tag(t, Stream.HIDDEN) == v:
-                continue
-            if any(w.buffer == r.buffer and w.start < r.end and r.start < w.end for w in t.writes):
-                report(KIND, f"{tname(t.id)} writes version {v}'s hidden row without its tags: the tagged reads "
-                             "would miss it", (t.id,))
+        by_stage.setdefault(t.stage, []).append(t)
+    for first, v in version.items():
+        r = value.get(v)
+        for stage in (s for s in by_stage if r is not None and first <= s <= last_read.get(v, first)):
+            for t in by_stage[stage]:
+                if write_tag(t, Stream.HIDDEN) != v and any(
+                        w.buffer == r.buffer and w.start < r.end and r.start < w.end for w in t.writes):
+                    report(KIND, f"{tname(t.id)} writes version {v}'s hidden row without its tags: the tagged "
+                                 "reads would miss it", (t.id,))
 
 
 def _check_carried(tasks, x: Region | None, streams: dict, report, tname) -> None:

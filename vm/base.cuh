@@ -296,7 +296,7 @@ __device__ __forceinline__ bool spin_tagged(const Ctx& c, const unsigned long lo
 
 // The n values of a stream at words src (16-byte aligned global memory; n a multiple of 4) at `tag` into dst
 // (16-byte aligned shared memory), each spun on until its word carries the tag; returns this thread's sum of
-// squares. A thread takes the elements stage_floats gives it; with G = 1 it sums them in the same order, so a norm
+// squares. A thread takes the elements stage_floats gives it and sums them in the same order, whatever G, so a norm
 // of them is the untagged one's. G groups of four values in flight a thread: a row of up to 4 * G * AMK_THREADS
 // values is one round trip. x's readers take G = 1 (2048 values at 512 threads): they hold their first weight
 // loads through the staging, and two groups put 8 bytes on the stack of a qwen3-1.7b shape.
@@ -306,29 +306,24 @@ __device__ float stage_tagged(const Ctx& c, float* dst, const unsigned long long
   const int n4 = n >> 2;
   float4* d4 = reinterpret_cast<float4*>(dst);
   float ss = 0.f;
-  int j = threadIdx.x;
-  for (; j + (G - 1) * AMK_THREADS < n4; j += G * AMK_THREADS) {
+  for (int j = threadIdx.x; j < n4; j += G * AMK_THREADS) {
     ulonglong2 a[G], b[G];
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      a[g] = ld_tagged2(src + 4 * (j + g * AMK_THREADS));
-      b[g] = ld_tagged2(src + 4 * (j + g * AMK_THREADS) + 2);
+    for (int g = 0; g < G; ++g) {  // a group past the row loads the last one again, and is not used
+      const int k = min(j + g * AMK_THREADS, n4 - 1);
+      a[g] = ld_tagged2(src + 4 * k);
+      b[g] = ld_tagged2(src + 4 * k + 2);
     }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      spin_tagged(c, src + 4 * (j + g * AMK_THREADS), tag, detail, a[g], &b[g]);
+      const int k = j + g * AMK_THREADS;
+      if (k >= n4) continue;
+      spin_tagged(c, src + 4 * k, tag, detail, a[g], &b[g]);
       const float4 f = make_float4(tagged_value(a[g].x), tagged_value(a[g].y), tagged_value(b[g].x),
                                    tagged_value(b[g].y));
-      d4[j + g * AMK_THREADS] = f;
+      d4[k] = f;
       ss += f.x * f.x + f.y * f.y + f.z * f.z + f.w * f.w;
     }
-  }
-  for (; G > 1 && j < n4; j += AMK_THREADS) {
-    ulonglong2 a = ld_tagged2(src + 4 * j), b = ld_tagged2(src + 4 * j + 2);
-    spin_tagged(c, src + 4 * j, tag, detail, a, &b);
-    const float4 f = make_float4(tagged_value(a.x), tagged_value(a.y), tagged_value(b.x), tagged_value(b.y));
-    d4[j] = f;
-    ss += f.x * f.x + f.y * f.y + f.z * f.z + f.w * f.w;
   }
   return ss;
 }

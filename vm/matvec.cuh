@@ -201,7 +201,8 @@ __device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K, const 
   }
 #if AMK_H_TAGS >= 0
   // the hidden row's slice from its tagged words (k0 and klen multiples of 4: validate), HIDDEN_GROUPS groups of
-  // four values in flight a thread: llama-3.2-1b's 8192 values are one L2 round trip at 512 threads
+  // four values in flight a thread: a slice of up to 8192 values (llama-3.2-1b's row) is one L2 round trip at 512
+  // threads, as stage_floats' four 16-byte loads make it untagged
   if (p.inp_tag >= 0) {
     stage_tagged<HIDDEN_GROUPS>(c, c.smem, h_words(c) + p.k0, p.klen, h_tag(c, p.inp_tag), TAGS_DETAIL_H);
     return c.smem;
