@@ -84,7 +84,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     tasks = _make_tasks(stages, drafts)
     counters = _attach_sync(stages, sgraph, tasks, drafts)
     joins = _attach_joins(tasks, drafts, counters)
-    attach_tags(stages, tasks, buffers, placement, dims.hidden, dims.intermediate, config, tiler.build)
+    attach_tags(stages, tasks, joins, buffers, placement, dims.hidden, dims.intermediate, config, tiler.build)
     constants = _constants(dims, dtype, max_seq, buffers)
     queues = assign_sms(tasks, counters, constants, target.sm_count, config.sm)
     return MegakernelProgram(

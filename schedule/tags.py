@@ -29,7 +29,7 @@ from .buffers import BufferTable, Placement
 from .config import ScheduleConfig
 from .errors import LoweringError
 from .opcodes import NO_BUFFER, DType, Epilogue, Opcode
-from .program import BufferKind, Region, Task
+from .program import BufferKind, Join, Region, Task
 from .stages import Stage
 
 X_TAGS_BUFFER = "x_tags"
@@ -44,11 +44,13 @@ class Stream(enum.Enum):
 
 
 class TaggedRead(NamedTuple):
-    """What a task reads spinning on tags: `region` (elements of the stream's value) at `version`."""
+    """What a task reads spinning on tags: `region` (elements of the stream's value) at `version`, through the
+    words `words`."""
 
     stream: Stream
     version: int
     region: Region
+    words: Region
 
 
 def is_hidden_value(name: str) -> bool:
@@ -56,35 +58,82 @@ def is_hidden_value(name: str) -> bool:
     return name.rsplit(".", 1)[-1] == "act"
 
 
-def attach_tags(stages: list[Stage], tasks: list[Task], buffers: BufferTable, placement: dict[str, Placement],
-                hidden: int, intermediate: int, config: ScheduleConfig, build: dict[str, int]) -> None:
+def attach_tags(stages: list[Stage], tasks: list[Task], joins: list[Join], buffers: BufferTable,
+                placement: dict[str, Placement], hidden: int, intermediate: int, config: ScheduleConfig,
+                build: dict[str, int]) -> None:
     """Give each task that writes a tagged stream the version it writes, each reader the version it reads, and
     each reader its carried waits; add each stream's words buffer (int32 [2 * its length]: one 8-byte word a
     value) and build X_TAGS / H_TAGS (its id, or -1 with the stream untagged) and X_VERSIONS / H_VERSIONS (its
-    writes a step). Raises LoweringError for a task that writes a tagged stream and cannot store its tags (no
-    such task is lowered today)."""
+    writes a step); declare the words each task and join reads and writes through its tags, so that the hazard
+    check orders them as it orders the values (every layer's hidden row shares one words buffer). Raises
+    LoweringError for a task that writes a tagged stream and cannot store its tags (no such task is lowered
+    today)."""
     build.update(X_TAGS=NO_BUFFER, X_VERSIONS=0, H_TAGS=NO_BUFFER, H_VERSIONS=0)
     x = Region(placement["x"].buffer, placement["x"].offset, hidden) if "x" in placement else None
     if config.build.tagged_residual and x is not None:
         writes, reads = stage_versions(stages, lambda name: name == "x")
-        build["X_TAGS"] = buffers.add(X_TAGS_BUFFER, BufferKind.SCRATCH, DType.I32, 2 * hidden)
+        words = build["X_TAGS"] = buffers.add(X_TAGS_BUFFER, BufferKind.SCRATCH, DType.I32, 2 * hidden)
         build["X_VERSIONS"] = len(writes)
         for t in tasks:
             if t.stage in writes or t.stage in reads:
                 t.params = x_params(t, x, writes.get(t.stage, -1), reads.get(t.stage, -1))
+                declare_words(t, Stream.X, x, words)
+        _declare_join_words(tasks, joins, Stream.X, lambda t: x, words)
     if config.build.tagged_hidden:
         writes, reads = stage_versions(stages, is_hidden_value)
         if writes:
-            build["H_TAGS"] = buffers.add(H_TAGS_BUFFER, BufferKind.SCRATCH, DType.I32, 2 * intermediate)
+            words = build["H_TAGS"] = buffers.add(H_TAGS_BUFFER, BufferKind.SCRATCH, DType.I32, 2 * intermediate)
             build["H_VERSIONS"] = len(writes)
             by_stage = {st.index: st for st in stages}
+            value_of: dict[int, Region] = {}  # task id -> the hidden row it writes or reads
             for t in tasks:
                 st = by_stage[t.stage]
                 if t.stage in writes:
-                    t.params = hidden_write_params(t, _value(st.writes, placement, intermediate), writes[t.stage])
+                    value_of[t.id] = _value(st.writes, placement, intermediate)
+                    t.params = hidden_write_params(t, value_of[t.id], writes[t.stage])
                 elif t.stage in reads:
-                    t.params = hidden_read_params(t, _value(st.reads, placement, intermediate), reads[t.stage])
-    attach_carried(tasks, x)
+                    value_of[t.id] = _value(st.reads, placement, intermediate)
+                    t.params = hidden_read_params(t, value_of[t.id], reads[t.stage])
+                else:
+                    continue
+                declare_words(t, Stream.HIDDEN, value_of[t.id], words)
+            _declare_join_words(tasks, joins, Stream.HIDDEN, lambda t: value_of.get(t.id), words)
+    attach_carried(tasks, x, build)
+
+
+def word_regions(regions, value: Region, words: int) -> tuple[Region, ...]:
+    """The words of `value` (a stream's value, element e at words 2 (e - value.start) and the next) that
+    `regions` touch, as regions of buffer `words`."""
+    out = []
+    for r in regions:
+        if r.buffer == value.buffer:
+            a, b = max(r.start, value.start), min(r.end, value.end)
+            if a < b:
+                out.append(Region(words, 2 * (a - value.start), 2 * (b - a)))
+    return tuple(out)
+
+
+def declare_words(t: Task, stream: Stream, value: Region, words: int) -> None:
+    """Add to `t`'s regions the words it writes and reads through its tags: a tagged writer writes the words of
+    the elements it writes (and, a residual add, reads them: the version before its own); a tagged reader reads
+    the words of the elements it reads."""
+    w = write_tag(t, stream) >= 0
+    if w:
+        t.writes = t.writes + word_regions(t.writes, value, words)
+    if read_tag(t, stream) >= 0 or (w and stream is Stream.X and t.opcode != Opcode.EMBED):
+        t.reads = t.reads + word_regions(t.reads, value, words)
+
+
+def _declare_join_words(tasks: list[Task], joins: list[Join], stream: Stream, value_of, words: int) -> None:
+    """A join whose last task runs a tagged epilogue (a k-split's last split) writes, and reads, those words."""
+    for i, jn in enumerate(joins):
+        first = tasks[jn.tasks[0]]
+        value = value_of(first)
+        if value is None or write_tag(first, stream) < 0:
+            continue
+        reads = word_regions(jn.reads, value, words) if stream is Stream.X else ()
+        joins[i] = dataclasses.replace(jn, writes=jn.writes + word_regions(jn.writes, value, words),
+                                       reads=jn.reads + reads)
 
 
 def _value(names: list[str], placement: dict[str, Placement], length: int) -> Region:
@@ -202,29 +251,34 @@ def reads_all(t: Task, x: Region) -> bool:
     return any(r.buffer == x.buffer and r.start <= x.start and r.end >= x.end for r in t.reads)
 
 
-def tagged_read(t: Task, x: Region | None) -> TaggedRead | None:
+def tagged_read(t: Task, x: Region | None, build: dict) -> TaggedRead | None:
     """What `t` reads tagged, where the tags could carry its waits: all of x for a reader of x that declares the
-    whole row; its input slice for a reader of the hidden row. None otherwise."""
+    whole row; its input slice for a reader of the hidden row. None otherwise, or where `build` names no words
+    buffer for the stream."""
     stream = read_stream(t)
     if stream is None:
         return None
-    v = read_tag(t, stream)
-    if v < 0:
+    v, words = read_tag(t, stream), int(build.get(f"{stream.value}_TAGS", NO_BUFFER))
+    if v < 0 or words == NO_BUFFER:
         return None
     if stream is Stream.X:
-        return TaggedRead(stream, v, x) if x is not None and reads_all(t, x) else None
+        ok = x is not None and reads_all(t, x)
+        return TaggedRead(stream, v, x, Region(words, 0, 2 * x.length)) if ok else None
     p = t.params
-    return TaggedRead(stream, v, Region(p.inp, p.inp_off + p.k0, p.klen))
+    return TaggedRead(stream, v, Region(p.inp, p.inp_off + p.k0, p.klen), Region(words, 2 * p.k0, 2 * p.klen))
+
+
+def _inside(w: Region, r: Region) -> bool:
+    return w.buffer == r.buffer and r.start <= w.start and w.end <= r.end
 
 
 def carries(signallers, read: TaggedRead) -> bool:
     """Do tagged values carry a wait on a counter these tasks signal, for `read`? Each must write the stream at the
-    version read and write nothing outside the region read: the reader sees every one of them done when it sees
-    its values, and nothing else they wrote is left unordered."""
-    r = read.region
+    version read and write nothing outside the region read and its words: the reader sees every one of them done
+    when it sees its values, and nothing else they wrote is left unordered."""
     return bool(signallers) and all(
         write_tag(s, read.stream) == read.version
-        and all(w.buffer == r.buffer and r.start <= w.start and w.end <= r.end for w in s.writes)
+        and all(_inside(w, read.region) or _inside(w, read.words) for w in s.writes)
         for s in signallers)
 
 
@@ -251,11 +305,11 @@ class CarryVerdicts:
         return self.cache[key]
 
 
-def attach_carried(tasks: list[Task], x: Region | None) -> None:
+def attach_carried(tasks: list[Task], x: Region | None, build: dict) -> None:
     """Set each tagged reader's carried waits: those on counters whose every signaller its tagged read sees."""
     verdicts = None
     for t in tasks:
-        read = tagged_read(t, x)
+        read = tagged_read(t, x, build)
         if read is not None:
             verdicts = verdicts or CarryVerdicts(tasks)
             t.carried = tuple(w.counter for w in t.waits if verdicts(w.counter, read))

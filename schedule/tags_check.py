@@ -5,6 +5,9 @@ not act on as the program says would do either."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+from . import param_buffers
 from .opcodes import NO_BUFFER, DType, Epilogue, Opcode
 from .program import BufferKind, Region
 from .tags import (
@@ -43,12 +46,20 @@ def check(program, report, tname) -> None:
             report(KIND, f"{tname(t.id)} has tags of {_NAME[s]}{plain}, but the build names no {_WORDS[s]} buffer "
                          f"({s.value}_TAGS -1): the kernel would store none, or read its input untagged, so no tag "
                          "orders it", (t.id,))
-    if x is not None and streams[Stream.X] != NO_BUFFER and _words_ok(program, report, Stream.X, x.length):
+    if NO_BUFFER != streams[Stream.X] == streams[Stream.HIDDEN]:
+        report(KIND, f"build X_TAGS and H_TAGS name one buffer ({streams[Stream.X]}): the hidden row's words would "
+                     "overwrite x's")
+        return
+    ok = {Stream.X: x is not None and streams[Stream.X] != NO_BUFFER
+          and _words_ok(program, report, Stream.X, x.length),
+          Stream.HIDDEN: streams[Stream.HIDDEN] != NO_BUFFER
+          and _words_ok(program, report, Stream.HIDDEN, program.constants.intermediate)}
+    if ok[Stream.X]:
         _check_x(program, x, report, tname)
-    inter = program.constants.intermediate
-    if streams[Stream.HIDDEN] != NO_BUFFER and _words_ok(program, report, Stream.HIDDEN, inter):
-        _check_hidden(program, inter, report, tname)
-    _check_carried(tasks, x if streams[Stream.X] != NO_BUFFER else None, streams, report, tname)
+    if ok[Stream.HIDDEN]:
+        _check_hidden(program, program.constants.intermediate, report, tname)
+    _check_declared_words(program, x, {s: streams[s] for s in Stream if ok[s]}, report, tname)
+    _check_carried(tasks, x, program.build, report, tname)
 
 
 def _x_region(program, report) -> Region | None:
@@ -173,14 +184,16 @@ def _check_hidden(program, inter: int, report, tname) -> None:
     version = _versions(program, Stream.HIDDEN, writers, report, tname)
     if version is None:
         return
-    value: dict[int, Region] = {}  # version -> where its writers write it
+    places: dict[int, Counter] = {}  # version -> how many of its writers write it where
+    for t in writers:
+        places.setdefault(write_tag(t, Stream.HIDDEN), Counter())[(t.params.epi.out, t.params.epi.out_off)] += 1
+    value = {v: Region(*n.most_common(1)[0][0], inter) for v, n in places.items()}  # where most of them write it
     for t in writers:
         v, epi = write_tag(t, Stream.HIDDEN), t.params.epi
-        at = value.setdefault(v, Region(epi.out, epi.out_off, inter))
-        if (epi.out, epi.out_off) != (at.buffer, at.start):
-            report(KIND, f"{tname(t.id)} writes version {v} of the hidden row at {epi.out}+{epi.out_off}, where "
-                         f"another writer of it writes at {at.buffer}+{at.start}: the kernel indexes the words by row",
-                   (t.id,))
+        if (epi.out, epi.out_off) != (value[v].buffer, value[v].start):
+            report(KIND, f"{tname(t.id)} writes version {v} of the hidden row at {epi.out}+{epi.out_off}, where the "
+                         f"other writers of it write at {value[v].buffer}+{value[v].start}: the kernel indexes the "
+                         "words by row", (t.id,))
     readers = [t for t in tasks if read_tag(t, Stream.HIDDEN) >= 0]
     for t in readers:
         p, v = t.params, read_tag(t, Stream.HIDDEN)
@@ -196,14 +209,17 @@ def _check_hidden(program, inter: int, report, tname) -> None:
                          f"where version {v} is written at {value[v].buffer}+{value[v].start} [0, {inter}): the "
                          "kernel would read the words of other values", (t.id,))
         elif not aligned_slice(p.k0, p.klen):
-            report(KIND, f"{tname(t.id)} reads the hidden row tagged over [{p.k0}, +{p.klen}): the kernel reads the "
-                         "words four at a time from a multiple of four and would miss the tail", (t.id,))
+            report(KIND, f"{tname(t.id)} reads the hidden row tagged over [{p.k0}, +{p.klen}): the kernel reads a "
+                         "non-empty slice's words four at a time from a multiple of four and would miss its tail",
+                   (t.id,))
     # a write into a version's value after its tagged write and before its last tagged read: the readers would see
     # the tagged words, not it
     last_read: dict[int, int] = {}
+    last_reader: dict[int, int] = {}
     for t in readers:
         v = read_tag(t, Stream.HIDDEN)
-        last_read[v] = max(last_read.get(v, -1), t.stage)
+        if t.stage > last_read.get(v, -1):
+            last_read[v], last_reader[v] = t.stage, t.id
     by_stage: dict[int, list] = {}
     for t in tasks:
         by_stage.setdefault(t.stage, []).append(t)
@@ -213,18 +229,69 @@ def _check_hidden(program, inter: int, report, tname) -> None:
             for t in by_stage[stage]:
                 if write_tag(t, Stream.HIDDEN) != v and any(
                         w.buffer == r.buffer and w.start < r.end and r.start < w.end for w in t.writes):
-                    report(KIND, f"{tname(t.id)} writes version {v}'s hidden row without its tags: the tagged "
-                                 "reads would miss it", (t.id,))
+                    report(KIND, f"{tname(t.id)} writes version {v}'s hidden row without its tags before "
+                                 f"{tname(last_reader[v])} reads that version tagged: the tagged reads would miss "
+                                 "it", (t.id, last_reader[v]))
 
 
-def _check_carried(tasks, x: Region | None, streams: dict, report, tname) -> None:
+def _expected_words(t, x: Region | None, c) -> list[tuple[Stream, bool, int, int]]:
+    """(stream, write?, first word, words) of each access `t`'s tags make the kernel make of a stream's words."""
+    p, out = t.params, []
+    if write_tag(t, Stream.X) >= 0:
+        if t.opcode == Opcode.EMBED:
+            out.append((Stream.X, True, 0, 2 * p.dim))
+        else:  # a residual add: the version before its own, then its own
+            out += [(Stream.X, True, 2 * p.row0, 2 * p.rows), (Stream.X, False, 2 * p.row0, 2 * p.rows)]
+    if read_tag(t, Stream.X) >= 0 and x is not None:
+        out.append((Stream.X, False, 0, 2 * (p.dim if t.opcode == Opcode.RMSNORM else x.length)))
+    if write_tag(t, Stream.HIDDEN) >= 0:
+        out.append((Stream.HIDDEN, True, 2 * p.row0, 2 * p.rows))
+    if read_tag(t, Stream.HIDDEN) >= 0:
+        out.append((Stream.HIDDEN, False, 2 * p.k0, 2 * p.klen))
+    return out
+
+
+def _check_declared_words(program, x: Region | None, words: dict, report, tname) -> None:
+    """The words each task's tags make the kernel write and read are regions it (or its join, for a split's last
+    task) declares, so that the hazard check orders them and bounds them; no params field names a words buffer,
+    which only tags write and read. `words`: stream -> its buffer id, for the streams whose buffer checked out."""
+    stream_of = {b: s for s, b in words.items()}
+    join_regions: dict[int, tuple[list, list]] = {}
+    for jn in program.joins:
+        for tid in jn.tasks:
+            w, r = join_regions.setdefault(tid, ([], []))
+            w.extend(jn.writes)
+            r.extend(jn.reads)
+    c, bufs = program.constants, program.buffers
+    for t in program.tasks:
+        try:
+            fields = [*param_buffers.written(t.params, c), *param_buffers.read(t.params, bufs),
+                      *param_buffers.weights(t.params)]
+            expected = _expected_words(t, x, c)
+        except (TypeError, AttributeError, ValueError):  # a malformed field: the ABI check names it
+            continue
+        for pb in fields:
+            if pb.buffer in stream_of:
+                report(KIND, f"{tname(t.id)}: {pb.path}={pb.buffer} names the {_WORDS[stream_of[pb.buffer]]} buffer, "
+                             "which only the tags of its stream write and read", (t.id,))
+        jw, jr = join_regions.get(t.id, ([], []))
+        for stream, write, start, length in expected:
+            if stream not in words:
+                continue
+            b = words[stream]
+            declared = [r for r in (list(t.writes) + jw if write else list(t.reads) + jr) if r.buffer == b]
+            if not param_buffers.covered(start, length, declared):
+                report(KIND, f"{tname(t.id)} {'writes' if write else 'reads'} {_WORDS[stream]}[{start}:"
+                             f"{start + length}) through its tags, which its regions do not declare: the hazard "
+                             "check cannot order or bound it", (t.id,))
+
+
+def _check_carried(tasks, x: Region | None, build: dict, report, tname) -> None:
     verdicts = CarryVerdicts(tasks)
     for t in tasks:
         if not t.carried:
             continue
-        read = tagged_read(t, x)
-        if read is not None and streams[read.stream] == NO_BUFFER:
-            read = None
+        read = tagged_read(t, x, build)
         waited = {w.counter for w in t.waits}
         if all(read_tag(t, s) < 0 for s in Stream):
             report(KIND, f"{tname(t.id)} carries the waits on counters {list(t.carried)} but reads no tagged input "

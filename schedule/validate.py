@@ -44,7 +44,7 @@ class IssueKind(str, Enum):
     SM_OUT_OF_RANGE = "sm_out_of_range"
     ABI = "abi"
     OUT_OF_BOUNDS = "out_of_bounds"
-    TAGGED_READ = "tagged_read"  # a read of the tagged residual stream that could see stale values, or a wait it cannot carry
+    TAGGED_READ = "tagged_read"  # a read of a tagged stream that could see stale values, or a wait it cannot carry
     INTERNAL = "internal"
 
 

@@ -162,7 +162,7 @@ def test_an_untagged_write_into_the_row_before_its_read_is_refused():
     gate_up, down = _first(prog, "gate_up"), _first(prog, "down")
     row = Region(gate_up.params.epi.out, gate_up.params.epi.out_off, 4)
     down.writes = down.writes + (row,)
-    assert any("hidden row without its tags: the tagged reads would miss it" in m for m in _issues(prog))
+    assert any("writes version 0's hidden row without its tags before" in m for m in _issues(prog))
 
 
 def test_a_carried_wait_on_producers_that_write_more_is_refused():
@@ -191,3 +191,55 @@ def test_a_words_buffer_of_the_wrong_size_is_refused():
     words = prog.build["H_TAGS"]
     prog.buffers[words] = dataclasses.replace(prog.buffers[words], numel=prog.constants.intermediate)
     assert any("must be an int32 scratch buffer" in m for m in _issues(prog))
+
+
+def _all_issues(prog) -> list[str]:
+    return [i.message for i in validate(prog).issues]
+
+
+def test_one_words_buffer_for_both_streams_is_refused():
+    prog = _program()
+    prog.build = {**prog.build, "X_TAGS": prog.build["H_TAGS"]}
+    assert any("name one buffer" in m for m in _issues(prog))
+
+
+def test_a_params_field_naming_a_words_buffer_is_refused():
+    # only tags write the words: down's fp32 output stored there would land on words its siblings spin on
+    prog = _program()
+    words = prog.buffers[prog.build["H_TAGS"]]
+    _set_epi(_first(prog, "down"), out=words.id, out_off=0)
+    assert any("names the h_tags buffer" in m for m in _issues(prog))
+
+
+def test_the_words_are_declared_and_the_hazard_check_orders_them():
+    prog = _program()
+    words = prog.build["H_TAGS"]
+    for t in prog.tasks:
+        if t.kind == "gate_up":
+            assert Region(words, 2 * t.params.row0, 2 * t.params.rows) in t.writes
+        if t.kind == "down":
+            assert Region(words, 2 * t.params.k0, 2 * t.params.klen) in t.reads
+    # every layer's row shares the words: a later layer's gate/up no longer ordered after an earlier down races
+    prog = _program({"scratch": "none"})
+    gate_up1 = [t for t in _by_kind(prog, "gate_up") if t.params.epi.h_tag == 1]
+    for t in gate_up1:
+        t.waits, t.carried = _first(prog, "qkv").waits, ()
+    assert any("h_tags[" in m and "no happens-before path" in m for m in _all_issues(prog))
+
+
+def test_a_writer_whose_words_are_undeclared_is_refused():
+    prog = _program()
+    t = max((t for t in _by_kind(prog, "gate_up") if t.params.epi.h_tag == 0), key=lambda t: t.params.row0)
+    t.params = dataclasses.replace(t.params, rows=t.params.rows + 4)  # past the row's end
+    assert any("through its tags, which its regions do not declare" in m for m in _issues(prog))
+
+
+def test_a_slice_no_writer_of_the_version_covers_is_refused():
+    prog = _program()
+    words = prog.build["H_TAGS"]
+    t = max((t for t in _by_kind(prog, "gate_up") if t.params.epi.h_tag == 0), key=lambda t: t.params.row0)
+    rows = t.params.rows - 4
+    t.params = dataclasses.replace(t.params, rows=rows)
+    t.writes = tuple(Region(w.buffer, w.start, 2 * rows if w.buffer == words else rows) for w in t.writes)
+    assert any(f"reads {prog.buffers[words].name}[" in m and "no earlier task of the step writes" in m
+               for m in _all_issues(prog))

@@ -167,8 +167,8 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p, const TaskIn
   cp_async_wait<0>();
 }
 
-#ifndef HIDDEN_GROUPS
-#define HIDDEN_GROUPS 4
+#ifndef HIDDEN_GROUPS  // 8192 values a round trip either way; four at 1024 threads add to that build's spills
+#define HIDDEN_GROUPS (AMK_THREADS >= 1024 ? 2 : 4)
 #endif
 
 // The input slice [k0, k0 + klen) in shared memory, RMS-normalised first when the norm is fused (one pass
