@@ -30,10 +30,12 @@ _WORDS = {Stream.X: "x_tags", Stream.HIDDEN: "h_tags"}
 def check(program, report, tname) -> None:
     """Hold `program`'s tags to schedule/tags.py's rules. `report(kind_name, message, tasks, buffers)` as
     validate's. Checks, for each stream the build tags: its words buffer (int32 scratch of its own, two words a
-    value); the writes of the stream in stage order writing versions 0, 1, ... (X_VERSIONS / H_VERSIONS of them),
-    no writer of it without tags; each tagged read expecting the version the last write before its stage makes,
-    where the kernel reads it; and each carried wait being one of the task's waits, on a counter that only writers
-    of what the task reads tagged, at the version it reads, signal."""
+    value, not the other stream's); the writes of the stream in stage order writing versions 0, 1, ... (X_VERSIONS /
+    H_VERSIONS of them), no writer of it without tags; each tagged read expecting the version the last write before
+    its stage makes, where the kernel reads it; the words each task's tags read and write declared among its
+    regions (the hazard check then orders and bounds them), and no params field naming a words buffer; and each
+    carried wait being one of the task's waits, on a counter that only writers of what the task reads tagged, at
+    the version it reads, signal."""
     tasks, build = program.tasks, program.build
     x = _x_region(program, report)
     streams = {s: int(build.get(f"{s.value}_TAGS", NO_BUFFER)) for s in Stream}
