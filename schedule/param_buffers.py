@@ -144,9 +144,14 @@ def read(p, buffers) -> Iterator[ParamBuffer]:
         if Epilogue(p.epi.kind) == Epilogue.RESIDUAL_ADD and p.epi.out != oc.NO_BUFFER:
             yield ParamBuffer("epi.out", p.epi.out, True, ((p.epi.out_off + p.row0, p.rows),))
     elif isinstance(p, (oc.AttnDecodeParams, oc.AttnScoresParams, oc.AttnPartialParams)):
-        yield from _named([("q", p.q)])
+        yield from _named([("q", p.q), ("kcache", p.kcache)] + ([] if isinstance(p, oc.AttnScoresParams)
+                                                                 else [("vcache", p.vcache)]))
+    elif isinstance(p, oc.AttnValuesParams):
+        yield from _named([("vcache", p.vcache)])
     elif isinstance(p, oc.AttnCombineParams):
         yield from _named([("partial", p.partial), ("part_stats", p.part_stats)])
+    elif isinstance(p, oc.ArgmaxParams):
+        yield ParamBuffer("pairs", p.pairs, True, ((p.pairs_off, 2 * p.slots),))
 
 
 def check(program, report, tname) -> None:
@@ -204,7 +209,7 @@ def _undeclared(pb: ParamBuffer, b, declared, access: str) -> str | None:
     what, doing = ("write", "writing") if access == "writ" else ("read", "reading")
     if access == "writ" and b.kind == BufferKind.WEIGHT:
         return f"names weight buffer {b.name}: a write would change the model"
-    if access == "writ" and pb.kv_cache and b.kind != BufferKind.KV:
+    if pb.kv_cache and b.kind != BufferKind.KV:
         return f"names {b.kind.value} buffer {b.name}, not a KV cache"
     mine = [r for r in declared if r.buffer == pb.buffer]
     if not mine:

@@ -117,7 +117,7 @@ def _check_x(program, x: Region, report, tname) -> None:
     tasks = program.tasks
     for t in tasks:
         try:
-            why = _ignored_x_tag(t, x)
+            why = _ignored_x_tag(t, x, program.buffers)
         except (TypeError, AttributeError):  # a malformed field: the ABI check names it
             continue
         if why:
@@ -127,7 +127,7 @@ def _check_x(program, x: Region, report, tname) -> None:
         v = write_tag(t, Stream.X)
         if v >= 0:
             writers.append(t)
-        elif any(w.buffer == x.buffer and w.start < x.end and x.start < w.end for w in t.writes):
+        elif any(w.buffer == x.buffer and w.start < x.end and x.start < w.end for w in t.writes) or _adds(t, x):
             report(KIND, f"{tname(t.id)} writes x without its tags: a tagged read of x would miss it", (t.id,))
     version = _versions(program, Stream.X, writers, report, tname)
     if version is None:
@@ -146,7 +146,24 @@ def _check_x(program, x: Region, report, tname) -> None:
                              f"is version {last}", (t.id,))
 
 
-def _ignored_x_tag(t, x: Region) -> str | None:
+def _adds(t, x: Region) -> bool:
+    """Is `t` a residual add into x by its params (as its own task, a reduce stage's, or a k-split join's last)?"""
+    try:
+        return t.opcode in (Opcode.MATVEC, Opcode.EPILOGUE) and adds_into_x(t.params, x)
+    except (TypeError, AttributeError):
+        return False
+
+
+def _x_read_length(t, bufs) -> int:
+    """How many values of x the kernel reads for `t`'s tagged RMSNorm: an RMSNORM task's dim, a fused norm's K
+    (the weight's columns)."""
+    if t.opcode == Opcode.RMSNORM:
+        return t.params.dim
+    w = t.params.weight
+    return bufs[w].cols if type(w) is int and 0 <= w < len(bufs) else -1
+
+
+def _ignored_x_tag(t, x: Region, bufs) -> str | None:
     """Why the kernel would not act on `t`'s tags of x as the program says, or None. The kernel reads and writes
     x's words by element index whatever the task's buffer fields say, and acts on a tag only where lowering gives
     one: an embedding; a residual add (MATVEC or EPILOGUE) into x; an RMSNorm of x, fused into a matvec whose
@@ -165,6 +182,10 @@ def _ignored_x_tag(t, x: Region) -> str | None:
         if not norms_x(t):
             return (f"inp_tag={p.inp_tag} on a matvec whose input the kernel combines from attention partitions, "
                     "untagged: no tag orders it")
+        n = _x_read_length(t, bufs)
+        if n != x.length:
+            return (f"inp_tag={p.inp_tag} on an RMSNorm of {n} values, where x holds {x.length}: the tags it reads "
+                    "cannot stand for every write of x (nor can the words past x's be read)")
     return None
 
 
@@ -236,21 +257,36 @@ def _check_hidden(program, inter: int, report, tname) -> None:
                                  "it", (t.id, last_reader[v]))
 
 
-def _expected_words(t, x: Region | None, c) -> list[tuple[Stream, bool, int, int]]:
-    """(stream, write?, first word, words) of each access `t`'s tags make the kernel make of a stream's words."""
+def _expected_words(t, x: Region | None, bufs) -> list[tuple[Stream, bool, int, int]]:
+    """(stream, write?, first word, words) of each access the kernel makes of a stream's words for `t`'s tags
+    (none for a tag it does not act on: the checks above name those)."""
     p, out = t.params, []
-    if write_tag(t, Stream.X) >= 0:
+    if write_tag(t, Stream.X) >= 0 and x is not None:
         if t.opcode == Opcode.EMBED:
             out.append((Stream.X, True, 0, 2 * p.dim))
-        else:  # a residual add: the version before its own, then its own
+        elif _adds(t, x):  # a residual add: the version before its own, then its own
             out += [(Stream.X, True, 2 * p.row0, 2 * p.rows), (Stream.X, False, 2 * p.row0, 2 * p.rows)]
-    if read_tag(t, Stream.X) >= 0 and x is not None:
-        out.append((Stream.X, False, 0, 2 * (p.dim if t.opcode == Opcode.RMSNORM else x.length)))
-    if write_tag(t, Stream.HIDDEN) >= 0:
+    if read_tag(t, Stream.X) >= 0 and norms_x(t):
+        out.append((Stream.X, False, 0, 2 * _x_read_length(t, bufs)))
+    if write_tag(t, Stream.HIDDEN) >= 0 and t.opcode in (Opcode.MATVEC, Opcode.EPILOGUE) \
+            and p.epi.kind == Epilogue.SILU_MUL:
         out.append((Stream.HIDDEN, True, 2 * p.row0, 2 * p.rows))
-    if read_tag(t, Stream.HIDDEN) >= 0:
+    if read_tag(t, Stream.HIDDEN) >= 0 and stages_plain(t):
         out.append((Stream.HIDDEN, False, 2 * p.k0, 2 * p.klen))
     return out
+
+
+def _spans(regions) -> list[tuple[int, int]]:
+    """The union of `regions` (one buffer's) as sorted, disjoint [start, end) spans."""
+    out: list[list[int]] = []
+    for r in sorted(regions, key=lambda r: r.start):
+        if r.length <= 0:
+            continue
+        if out and r.start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], r.end)
+        else:
+            out.append([r.start, r.end])
+    return [tuple(s) for s in out]
 
 
 def _check_declared_words(program, x: Region | None, words: dict, report, tname) -> None:
@@ -269,7 +305,7 @@ def _check_declared_words(program, x: Region | None, words: dict, report, tname)
         try:
             fields = [*param_buffers.written(t.params, c), *param_buffers.read(t.params, bufs),
                       *param_buffers.weights(t.params)]
-            expected = _expected_words(t, x, c)
+            expected = _expected_words(t, x, bufs)
         except (TypeError, AttributeError, ValueError):  # a malformed field: the ABI check names it
             continue
         for pb in fields:
@@ -277,15 +313,16 @@ def _check_declared_words(program, x: Region | None, words: dict, report, tname)
                 report(KIND, f"{tname(t.id)}: {pb.path}={pb.buffer} names the {_WORDS[stream_of[pb.buffer]]} buffer, "
                              "which only the tags of its stream write and read", (t.id,))
         jw, jr = join_regions.get(t.id, ([], []))
-        for stream, write, start, length in expected:
-            if stream not in words:
-                continue
-            b = words[stream]
-            declared = [r for r in (list(t.writes) + jw if write else list(t.reads) + jr) if r.buffer == b]
-            if not param_buffers.covered(start, length, declared):
-                report(KIND, f"{tname(t.id)} {'writes' if write else 'reads'} {_WORDS[stream]}[{start}:"
-                             f"{start + length}) through its tags, which its regions do not declare: the hazard "
-                             "check cannot order or bound it", (t.id,))
+        for stream, b in words.items():
+            for write, mine in ((True, list(t.writes) + jw), (False, list(t.reads) + jr)):
+                want = _spans([Region(b, a, n) for s, w, a, n in expected if s is stream and w == write])
+                have = _spans([r for r in mine if r.buffer == b])
+                if want == have:
+                    continue
+                verb = "writes" if write else "reads"
+                report(KIND, f"{tname(t.id)} (or its join) declares that it {verb} {_WORDS[stream]} {have or 'nowhere'}"
+                             f", where its tags make the kernel {verb[:-1]} {want or 'none of it'}: the hazard check "
+                             "must see exactly the words the tags touch, to order and bound them", (t.id,))
 
 
 def _check_carried(tasks, x: Region | None, build: dict, report, tname) -> None:

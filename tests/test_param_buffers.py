@@ -181,3 +181,20 @@ def test_a_malformed_task_hides_no_other_tasks_issue():
     assert IssueKind.INTERNAL not in res.kinds(), res.issues
     msgs = [i.message for i in res.issues]
     assert any("dim=None" in m for m in msgs) and any("names weight buffer layers.0.down" in m for m in msgs), msgs
+
+
+@pytest.mark.parametrize("config", [{}, {"attention": {"kv_partitions": 1}}, {"attention": {"softmax": "global"}}])
+def test_a_kv_cache_read_from_another_buffer_is_refused(config):
+    # read-only cache fields too: the kernel indexes them as a layer's rows, past the end of any other buffer
+    prog = _program(config)
+    token = next(b.id for b in prog.buffers if b.name == "token")
+    t = _first(prog, lambda t: hasattr(t.params, "vcache"))
+    t.params = dataclasses.replace(t.params, vcache=token)
+    assert any("vcache" in m and "not a KV cache" in m for m in _abi_messages(prog))
+
+
+def test_argmax_pairs_past_their_declared_region_are_refused():
+    prog = _program()
+    t = _first(prog, lambda t: t.opcode == Opcode.ARGMAX)
+    t.params = dataclasses.replace(t.params, slots=t.params.slots + 8)
+    assert any("pairs=" in m and "do not cover" in m for m in _abi_messages(prog))

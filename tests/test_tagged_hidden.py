@@ -231,7 +231,7 @@ def test_a_writer_whose_words_are_undeclared_is_refused():
     prog = _program()
     t = max((t for t in _by_kind(prog, "gate_up") if t.params.epi.h_tag == 0), key=lambda t: t.params.row0)
     t.params = dataclasses.replace(t.params, rows=t.params.rows + 4)  # past the row's end
-    assert any("through its tags, which its regions do not declare" in m for m in _issues(prog))
+    assert any("declares that it writes h_tags" in m for m in _issues(prog))
 
 
 def test_a_slice_no_writer_of_the_version_covers_is_refused():
@@ -243,3 +243,27 @@ def test_a_slice_no_writer_of_the_version_covers_is_refused():
     t.writes = tuple(Region(w.buffer, w.start, 2 * rows if w.buffer == words else rows) for w in t.writes)
     assert any(f"reads {prog.buffers[words].name}[" in m and "no earlier task of the step writes" in m
                for m in _all_issues(prog))
+
+
+def test_words_a_task_declares_beyond_what_its_tags_touch_are_refused():
+    # the hazard check would take them as written: a read of words no tag stores would pass it and spin
+    prog = _program()
+    att = _first(prog, "attention")
+    att.writes = att.writes + (Region(prog.build["H_TAGS"], 0, 8),)
+    assert any("declares that it writes h_tags [(0, 8)], where its tags make the kernel write none" in m
+               for m in _issues(prog))
+
+
+def test_an_rmsnorm_of_part_of_x_is_refused():
+    # its tags say nothing of the writers of the rest of x, whose wait it would carry
+    prog = _program({"fusion": {"norm_into_matvec": False}})
+    t = next(t for t in prog.tasks if t.opcode == oc.Opcode.RMSNORM and t.carried)
+    t.params = dataclasses.replace(t.params, dim=t.params.dim // 2)
+    assert any("on an RMSNorm of" in m for m in _issues(prog))
+
+
+def test_an_untagged_residual_add_of_a_k_split_join_is_refused():
+    prog = _program({"matvec": {"down": {"k_splits": 2, "reduce": "last_task"}}})
+    for t in _by_kind(prog, "down"):
+        _set_epi(t, x_tag=-1)
+    assert any("writes x without its tags" in m for m in _issues(prog))
