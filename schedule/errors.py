@@ -138,6 +138,11 @@ class CounterMismatchError(ProgramError):
     """A counter ended a step at a value other than the one the program declares."""
 
 
+class TaggedReadError(ProgramError):
+    """A tagged read found a word carrying another tag than the one it expects: the CUDA VM would spin on it until
+    its time-out (schedule/tags.py)."""
+
+
 class VmError(AmkError, RuntimeError):
     """The CUDA VM reported a failure (time-out, bad instruction, missing tasks)."""
 

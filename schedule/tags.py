@@ -16,7 +16,8 @@ counter. The poll and the read were two dependent L2 round trips at each boundar
 LL protocol moves data with its flags the same way.
 
 The ReferenceVM and the hazard check see a carried wait as the wait it is: the tags change how the kernel learns
-that the producers are done, not what it waits for. schedule/tags_check.py holds a program to these rules.
+that the producers are done, not what it waits for. The ReferenceVM stores and reads the words as the kernel does,
+and stops where a read finds another tag (vm/tag_words.py); schedule/tags_check.py holds a program to these rules.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import amk
 from amk.eval.oracle import make_vm
 from amk.schedule import lower
 from amk.schedule import opcodes as oc
+from amk.schedule.errors import TaggedReadError
 from amk.schedule.program import BufferKind, Region
 from amk.schedule.validate import validate
 
@@ -93,12 +94,38 @@ def test_every_layout_of_writers_and_readers_validates(config):
 
 
 def test_the_reference_vm_reads_the_same_row_either_way():
+    # with the tags on it takes down's input, and x, from the words: the same values, in any order the waits allow
     model = amk.load_model("toy-2L", dtype="fp32")
     logits = []
-    for config in ({}, ON):
-        vm = make_vm(lower(model, "cpu-sim", config, max_seq=32), model)
+    for config, adversarial in (({}, False), (ON, False), (ON, True)):
+        vm = make_vm(lower(model, "cpu-sim", config, max_seq=32), model, adversarial=adversarial, seed=3)
         logits.append([vm.step(t)[0] for t in (1, 4, 2)])
-    assert all(torch.equal(a, b) for a, b in zip(*logits))
+    for other in logits[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(logits[0], other))
+
+
+@pytest.mark.parametrize("kind,field", [("down", "inp_tag"), ("gate_up", "inp_tag"), ("o", "x_tag")])
+def test_the_reference_vm_stops_at_a_word_the_kernel_would_spin_on(kind, field):
+    # built around the validator: a reader expecting a version no write of this step makes
+    model = amk.load_model("toy-2L", dtype="fp32")
+    prog = lower(model, "cpu-sim", ON, max_seq=32)
+    t = _by_kind(prog, kind)[0]
+    if field == "x_tag":  # a residual add reads the version before its own
+        _set_epi(t, x_tag=t.params.epi.x_tag + 2)
+    else:
+        t.params = dataclasses.replace(t.params, inp_tag=t.params.inp_tag + 1)
+    vm = make_vm(prog, model)
+    with pytest.raises(TaggedReadError, match=rf"task {t.id} reads .* would spin on it") as e:
+        vm.step(1)
+    assert e.value.tasks == (t.id,)
+
+
+def test_the_reference_vm_clears_the_words_when_it_resets():
+    model = amk.load_model("toy-2L", dtype="fp32")
+    vm = make_vm(lower(model, "cpu-sim", ON, max_seq=32), model)
+    first = [vm.step(t)[0] for t in (1, 4)]
+    vm.reset()
+    assert all(torch.equal(a, vm.step(t)[0]) for a, t in zip(first, (1, 4)))
 
 
 # ---- the validator ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from amk.schedule.errors import CounterMismatchError, DeadlockError, context_ful
 from amk.schedule.program import BufferKind, MegakernelProgram
 
 from .semantics import Memory, Semantics
+from .tag_words import TagWords
 
 
 class ReferenceVM:
@@ -27,7 +28,10 @@ class ReferenceVM:
         self.adversarial = adversarial
         self.poison = poison or adversarial
         self.rng = random.Random(seed)
-        self.sem = Semantics(self.c, partials_rounded=bool(int(program.build.get("PARTIALS_MODEL_DTYPE", 0))))
+        words = TagWords(program.build)
+        self.words = words if words.on("X") or words.on("H") else None
+        self.sem = Semantics(self.c, partials_rounded=bool(int(program.build.get("PARTIALS_MODEL_DTYPE", 0))),
+                             words=self.words)
         tensors: dict[int, torch.Tensor] = {}
         for b in program.buffers:
             if b.kind == BufferKind.WEIGHT:
@@ -39,8 +43,8 @@ class ReferenceVM:
                 tensors[b.id] = torch.zeros(b.numel, dtype=dt, device=self.device)
         self.mem = Memory(tensors, {b.id: b.cols for b in program.buffers})
         self._kv = [b.id for b in program.buffers if b.kind == BufferKind.KV]
-        # poisoned with NaN before each step: the float activations (the tagged residual stream's int32 words are the
-        # kernel's alone; this VM reads x itself)
+        # poisoned with NaN before each step: the float activations (the tagged streams' int32 words carry tags,
+        # which a read checks)
         self._scratch = [b.id for b in program.buffers if b.kind in (BufferKind.SCRATCH, BufferKind.ARENA)
                          and b.id in tensors and tensors[b.id].is_floating_point()]
         self.tasks_run = 0
@@ -48,9 +52,14 @@ class ReferenceVM:
 
     # ---- state ---------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Empty KV cache (poisoned) and position 0."""
+        """Empty KV cache (poisoned), position 0, and the tagged streams' words cleared (their epochs restart)."""
         for bid in self._kv:
             self.mem[bid].fill_(float("nan") if self.poison else 0.0)
+        if self.words is not None:
+            for bid in self.words.buffer.values():
+                if bid >= 0:
+                    self.mem[bid].zero_()
+            self.words.epoch = 0
         self.set_position(0)
 
     def set_position(self, pos: int) -> None:
@@ -85,6 +94,8 @@ class ReferenceVM:
         if pos >= self.c.max_seq:
             raise context_full(pos, self.c.max_seq)
         self.mem[self.c.token][0] = int(token)
+        if self.words is not None:
+            self.words.epoch += 1
         if self.poison:
             for bid in self._scratch:
                 self.mem[bid].fill_(float("nan"))
@@ -120,6 +131,8 @@ class ReferenceVM:
             if unmet is not None:
                 blocked.setdefault(unmet.counter, []).append(sm)
                 continue
+            if self.words is not None:
+                self.words.task = task.id
             self.sem.run(self.mem, task.opcode, task.params)
             run += 1
             for s in task.signals:

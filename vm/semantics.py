@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from amk.schedule.opcodes import NO_BUFFER, AttnCombineParams, Epilogue, Opcode
 from amk.schedule.program import ProgramConstants
 
+from .tag_words import TagWords
+
 
 class Memory:
     """Flat tensors by buffer id; arena-resident values are addressed through the arena's id."""
@@ -35,13 +37,19 @@ class Memory:
 
 
 class Semantics:
-    def __init__(self, c: ProgramConstants, partials_rounded: bool = False):
+    def __init__(self, c: ProgramConstants, partials_rounded: bool = False, words: TagWords | None = None):
         """`partials_rounded`: attention partition outputs are stored in the model's dtype
-        (attention.partials_dtype 'model'), so every combine reads them rounded."""
+        (attention.partials_dtype 'model'), so every combine reads them rounded. `words`: the tagged streams'
+        words, which tagged writes also store and tagged reads take their values from (vm/tag_words.py)."""
         self.c = c
         self.dt = c.dtype.torch
         self.exact = c.dtype.torch == torch.float32
         self.partials_rounded = partials_rounded
+        self.words = words
+
+    def _tagged(self, stream: str, tag) -> bool:
+        """Does a tag field of value `tag` make the kernel touch `stream`'s words?"""
+        return self.words is not None and self.words.on(stream) and type(tag) is int and tag >= 0
 
     def rnd(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.exact else x.to(self.dt).float()
@@ -63,9 +71,14 @@ class Semantics:
         if not 0 <= tok < self.c.vocab:
             raise IndexError(f"token {tok} outside the vocabulary of {self.c.vocab}")
         mem[p.out][p.out_off:p.out_off + p.dim] = mem.matrix(p.table)[tok].float()
+        if self._tagged("X", p.tag):
+            self.words.store(mem, "X", 0, mem[p.out][p.out_off:p.out_off + p.dim], p.tag)
 
     def op_rmsnorm(self, mem: Memory, p) -> None:
-        x = mem[p.inp][p.inp_off:p.inp_off + p.dim]
+        if self._tagged("X", p.inp_tag):
+            x = self.words.read(mem, "X", 0, p.dim, p.inp_tag)
+        else:
+            x = mem[p.inp][p.inp_off:p.inp_off + p.dim]
         mem[p.out][p.out_off:p.out_off + p.dim] = self.rmsnorm(x, mem[p.weight][:p.dim])
 
     def op_matvec(self, mem: Memory, p) -> None:
@@ -74,7 +87,11 @@ class Semantics:
         if p.inp_parts:
             x = self.combined_input(mem, p, K)[p.k0:p.k0 + p.klen]
         elif p.norm_weight != NO_BUFFER:
-            x = self.rmsnorm(mem[p.inp][p.inp_off:p.inp_off + K], mem[p.norm_weight][:K])[p.k0:p.k0 + p.klen]
+            row = self.words.read(mem, "X", 0, K, p.inp_tag) if self._tagged("X", p.inp_tag) \
+                else mem[p.inp][p.inp_off:p.inp_off + K]
+            x = self.rmsnorm(row, mem[p.norm_weight][:K])[p.k0:p.k0 + p.klen]
+        elif self._tagged("H", p.inp_tag):
+            x = self.words.read(mem, "H", p.k0, p.klen, p.inp_tag)
         else:
             x = mem[p.inp][p.inp_off + p.k0:p.inp_off + p.k0 + p.klen]
         acc = W[p.row0:p.row0 + p.rows, p.k0:p.k0 + p.klen].float() @ x
@@ -145,10 +162,16 @@ class Semantics:
         elif kind == Epilogue.PARTIAL:
             self.store_partials(out, e.out_off + e.split * e.split_stride + row0, e.pair_offset, acc, accp)
         elif kind == Epilogue.RESIDUAL_ADD:
-            out[lo:lo + rows] = self.rnd(out[lo:lo + rows] + self.rnd(acc))
+            if self._tagged("X", e.x_tag):  # the version before its own, from the words, and its own stored both ways
+                out[lo:lo + rows] = self.rnd(self.words.read(mem, "X", row0, rows, e.x_tag - 1) + self.rnd(acc))
+                self.words.store(mem, "X", row0, out[lo:lo + rows], e.x_tag)
+            else:
+                out[lo:lo + rows] = self.rnd(out[lo:lo + rows] + self.rnd(acc))
         elif kind == Epilogue.SILU_MUL:
             g, u = self.rnd(acc), self.rnd(accp)
             out[lo:lo + rows] = self.rnd(self.rnd(F.silu(g)) * u)
+            if self._tagged("H", e.h_tag):
+                self.words.store(mem, "H", row0, out[lo:lo + rows], e.h_tag)
         elif kind == Epilogue.LOGITS:
             v = self.rnd(acc)
             out[lo:lo + rows] = v
