@@ -215,14 +215,14 @@ def _undeclared(pb: ParamBuffer, b, declared, access: str) -> str | None:
     if not mine:
         return (f"names buffer {b.name}, which the task does not declare {doing} (the hazard check cannot see "
                 f"the {what})") if pb.always else None
-    bare = next(((a, n) for a, n in pb.ranges if not covered(a, n, mine)), None)
+    bare = next(((a, n) for a, n in pb.ranges if not _covered(a, n, mine)), None)
     if bare is None:
         return None
     return (f"{what}s {b.name}[{bare[0]}:{bare[0] + bare[1]}), which the task's regions do not cover (the hazard "
             f"check cannot see the {what})")
 
 
-def covered(start: int, length: int, regions) -> bool:
+def _covered(start: int, length: int, regions) -> bool:
     """Whether elements [start, start + length) all lie in the union of `regions` (one buffer's)."""
     end = start
     for r in sorted(regions, key=lambda r: r.start):

@@ -49,11 +49,10 @@ class TagWords:
         TaggedReadError where a word carries another tag."""
         w = self._words(mem, stream, start, n)
         want = self.tag(stream, version)
-        bad = (w[:, 1] != want).nonzero()
-        if len(bad):
-            k = int(bad[0])
+        if not bool((w[:, 1] == want).all()):  # where: only on the way to the error, off every task's path
+            k = int((w[:, 1] != want).nonzero()[0])
             raise TaggedReadError(
                 f"task {self.task} reads {_STREAMS[stream]}'s element {start + k} at version {version} (tag {want}), "
                 f"but its word carries tag {int(w[k, 1])}: the CUDA VM would spin on it until its time-out",
                 tasks=(self.task,) if self.task >= 0 else ())
-        return w[:, 0].contiguous().view(torch.float32).clone()
+        return w[:, 0].clone(memory_format=torch.contiguous_format).view(torch.float32)  # one copy, its own
