@@ -197,6 +197,15 @@ __device__ float block_reduce(float v, float* red) {
   return t;
 }
 __device__ float block_sum(float v, float* red) { return block_reduce<false>(v, red); }
+
+// v.x^2 + v.y^2 + v.z^2 + v.w^2 with its contraction spelled out. Left as that sum, the compiler chose which square
+// to fuse into an fma per call site: stage_floats kept y*y and stage_tagged x*x, so a tagged RMSNorm's scale was
+// 1 ulp off the polled one's on a toy-2L fp32 shape. The plain product feeds an fma's addend and cannot be fused
+// again, so the stagings of x sum their squares alike; y*y first, as the compiler chooses in stage_floats' loop of
+// four loads in flight, which stays unpinned (see there).
+__device__ __forceinline__ float sum_sq4(const float4& v) {
+  return fmaf(v.w, v.w, fmaf(v.z, v.z, fmaf(v.x, v.x, v.y * v.y)));
+}
 __device__ float block_max(float v, float* red) { return block_reduce<true>(v, red); }
 
 // (value, index) argmax, first maximum wins; result valid in thread 0.
@@ -322,7 +331,7 @@ __device__ float stage_tagged(const Ctx& c, float* dst, const unsigned long long
       const float4 f = make_float4(tagged_value(a[g].x), tagged_value(a[g].y), tagged_value(b[g].x),
                                    tagged_value(b[g].y));
       d4[k] = f;
-      ss += f.x * f.x + f.y * f.y + f.z * f.z + f.w * f.w;
+      ss += sum_sq4(f);
     }
   }
   return ss;
