@@ -199,10 +199,10 @@ __device__ float block_reduce(float v, float* red) {
 __device__ float block_sum(float v, float* red) { return block_reduce<false>(v, red); }
 
 // v.x^2 + v.y^2 + v.z^2 + v.w^2 with its contraction spelled out. Left as that sum, the compiler chose which square
-// to fuse into an fma per call site: stage_floats kept y*y and stage_tagged x*x, so a tagged RMSNorm's scale was
-// 1 ulp off the polled one's on a toy-2L fp32 shape. The plain product feeds an fma's addend and cannot be fused
-// again, so the stagings of x sum their squares alike; y*y first, as the compiler chooses in stage_floats' loop of
-// four loads in flight, which stays unpinned (see there).
+// to fuse into an fma per call site and per build: in one build stage_floats kept y*y and stage_tagged x*x, so a
+// tagged RMSNorm's scale was 1 ulp off the polled one's (toy-2L, fp32). The plain product feeds an fma's addend and
+// cannot be fused again, so the stagings of x sum their squares alike; y*y first, as the compiler chose in
+// stage_floats' loop of four loads in flight in the builds read, a loop that stays unpinned (see there).
 __device__ __forceinline__ float sum_sq4(const float4& v) {
   return fmaf(v.w, v.w, fmaf(v.z, v.z, fmaf(v.x, v.x, v.y * v.y)));
 }

@@ -48,8 +48,9 @@ __device__ __forceinline__ float stage_floats(float* dst, const float* src, int 
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       d4[i + u * AMK_THREADS] = v[u];
-      // left to the compiler (it fuses as sum_sq4 does): pinned with sum_sq4 here, ptxas spilled on two shapes of
-      // tests/test_kernel_compiles.py. Only an x of more than 6144 values at 512 threads is normed through here
+      // left to the compiler (in the builds read, it fused as sum_sq4 does): pinned with sum_sq4 here, ptxas
+      // spilled on two shapes of tests/test_kernel_compiles.py. An x of more than 12 values a thread (6144 at 512
+      // threads, 3072 at 256) is normed through here
       ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
     }
   }
