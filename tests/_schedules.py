@@ -211,3 +211,15 @@ def assert_planted_deadlock_stops(prog, model, target, planted: int) -> str:
     good = amk.lower(model, target, None, max_seq=prog.constants.max_seq)
     assert verify(good, model, device="cuda", vm="cuda", cases="reduced").ok
     return str(e.value) if named == planted else ""
+
+
+def tasks_of(prog, kind: str) -> list:
+    """The tasks of `prog` of one kind ("qkv", "down", ...), in program order."""
+    return [t for t in prog.tasks if t.kind == kind]
+
+
+def tagged_read_issues(prog) -> list[str]:
+    """The messages of validate's tagged_read issues on `prog` (the h200 target)."""
+    from amk.schedule.validate import validate
+
+    return [i.message for i in validate(prog).issues if i.kind.value == "tagged_read"]

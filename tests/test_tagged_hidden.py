@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from _schedules import tagged_read_issues, tasks_of
 
 import amk
 from amk.eval.oracle import make_vm
@@ -25,14 +26,6 @@ def _program(config=None, name="toy-2L", dtype="bf16"):
     return lower(amk.load_model(name, dtype=dtype, weights=False), "h200", cfg, max_seq=128)
 
 
-def _issues(prog) -> list[str]:
-    return [i.message for i in validate(prog).issues if i.kind.value == "tagged_read"]
-
-
-def _by_kind(prog, kind: str) -> list:
-    return [t for t in prog.tasks if t.kind == kind]
-
-
 def test_each_layers_gate_up_writes_a_version_and_its_down_reads_it():
     prog = _program()
     layers = prog.constants.n_layers
@@ -41,11 +34,11 @@ def test_each_layers_gate_up_writes_a_version_and_its_down_reads_it():
     assert (words.name, words.kind, words.dtype, words.numel) == \
         ("h_tags", BufferKind.SCRATCH, oc.DType.I32, 2 * prog.constants.intermediate)
     stage_of = {}
-    for t in _by_kind(prog, "gate_up"):
+    for t in tasks_of(prog, "gate_up"):
         assert t.params.epi.kind == oc.Epilogue.SILU_MUL
         stage_of.setdefault(t.params.epi.h_tag, set()).add(t.stage)
     assert sorted(stage_of) == list(range(layers)) and all(len(s) == 1 for s in stage_of.values())
-    for t in _by_kind(prog, "down"):
+    for t in tasks_of(prog, "down"):
         v = t.params.inp_tag
         assert 0 <= v < layers and min(stage_of[v]) < t.stage
         assert not any(min(stage_of[w]) < t.stage for w in range(v + 1, layers))  # the last write before it
@@ -54,7 +47,7 @@ def test_each_layers_gate_up_writes_a_version_and_its_down_reads_it():
 
 def test_downs_wait_on_gate_up_is_carried_and_x_readers_keep_theirs():
     prog = _program()
-    for t in _by_kind(prog, "down"):
+    for t in tasks_of(prog, "down"):
         assert t.carried and set(t.carried) == {w.counter for w in t.waits}, t.id
     x_only = lower(amk.load_model("toy-2L", dtype="bf16", weights=False), "h200", {}, max_seq=128)
     assert [t.carried for t in x_only.tasks if t.kind != "down"] == [t.carried for t in prog.tasks if t.kind != "down"]
@@ -65,7 +58,7 @@ def test_it_is_off_by_default():
     assert prog.build["H_TAGS"] == -1 and prog.build["H_VERSIONS"] == 0
     assert "h_tags" not in {b.name for b in prog.buffers}
     assert all(t.params.epi.h_tag == -1 for t in prog.tasks if hasattr(t.params, "epi"))
-    assert all(t.params.inp_tag == -1 for t in _by_kind(prog, "down"))
+    assert all(t.params.inp_tag == -1 for t in tasks_of(prog, "down"))
 
 
 def test_a_k_split_down_reads_its_slice_tagged_and_polls():
@@ -86,11 +79,11 @@ def test_a_k_split_down_reads_its_slice_tagged_and_polls():
 ])
 def test_every_layout_of_writers_and_readers_validates(config):
     prog = _program(config)
-    assert validate(prog).ok, _issues(prog)
+    assert validate(prog).ok, tagged_read_issues(prog)
     writers = [t for t in prog.tasks if t.params.__class__.__name__ in ("MatvecParams", "EpilogueTaskParams")
                and t.params.epi.kind == oc.Epilogue.SILU_MUL]
     assert writers and all(t.params.epi.h_tag >= 0 for t in writers)
-    assert any(t.params.inp_tag >= 0 for t in _by_kind(prog, "down"))
+    assert any(t.params.inp_tag >= 0 for t in tasks_of(prog, "down"))
 
 
 def test_the_reference_vm_reads_the_same_row_either_way():
@@ -109,7 +102,7 @@ def test_the_reference_vm_stops_at_a_word_the_kernel_would_spin_on(kind, field):
     # built around the validator: a reader expecting a version no write of this step makes
     model = amk.load_model("toy-2L", dtype="fp32")
     prog = lower(model, "cpu-sim", ON, max_seq=32)
-    t = _by_kind(prog, kind)[0]
+    t = tasks_of(prog, kind)[0]
     if field == "x_tag":  # a residual add reads the version before its own
         _set_epi(t, x_tag=t.params.epi.x_tag + 2)
     else:
@@ -139,49 +132,49 @@ def _set_epi(t, **kw):
 
 def test_a_down_expecting_another_layers_row_is_refused():
     prog = _program()
-    t = _by_kind(prog, "down")[-1]  # the last layer's: version 0 is long overwritten
+    t = tasks_of(prog, "down")[-1]  # the last layer's: version 0 is long overwritten
     t.params = dataclasses.replace(t.params, inp_tag=0)
-    assert any("reads version 0 of the hidden row (inp_tag)" in m for m in _issues(prog))
+    assert any("reads version 0 of the hidden row (inp_tag)" in m for m in tagged_read_issues(prog))
 
 
 def test_a_silu_mul_without_tags_is_refused():
     prog = _program()
     _set_epi(_first(prog, "gate_up"), h_tag=-1)
-    assert any("writes the hidden row without its tags" in m for m in _issues(prog))
+    assert any("writes the hidden row without its tags" in m for m in tagged_read_issues(prog))
 
 
 def test_a_tag_on_an_epilogue_that_is_no_silu_mul_is_refused():
     prog = _program()
     _set_epi(_first(prog, "qkv"), h_tag=0)
-    assert any("no SiLU-mul" in m for m in _issues(prog))
+    assert any("no SiLU-mul" in m for m in tagged_read_issues(prog))
 
 
 def test_writers_of_one_version_at_two_places_are_refused():
     prog = _program()
     t = _first(prog, "gate_up")
     _set_epi(t, out_off=t.params.epi.out_off + 4)
-    assert any("the kernel indexes the words by row" in m for m in _issues(prog))
+    assert any("the kernel indexes the words by row" in m for m in tagged_read_issues(prog))
 
 
 def test_a_version_out_of_stage_order_is_refused():
     prog = _program()
-    for t in _by_kind(prog, "gate_up"):
+    for t in tasks_of(prog, "gate_up"):
         _set_epi(t, h_tag=prog.constants.n_layers - 1 - t.params.epi.h_tag)
-    assert any("they must be 0, 1, ... in stage order" in m for m in _issues(prog))
+    assert any("they must be 0, 1, ... in stage order" in m for m in tagged_read_issues(prog))
 
 
 def test_a_tagged_read_of_another_value_is_refused():
     prog = _program()
     t = _first(prog, "down")
     t.params = dataclasses.replace(t.params, inp_off=t.params.inp_off + 8)
-    assert any("would read the words of other values" in m for m in _issues(prog))
+    assert any("would read the words of other values" in m for m in tagged_read_issues(prog))
 
 
 def test_a_slice_the_kernel_would_read_short_is_refused():
     prog = _program()
     t = _first(prog, "down")
     t.params = dataclasses.replace(t.params, klen=t.params.klen - 2)
-    assert any("four at a time" in m for m in _issues(prog))
+    assert any("four at a time" in m for m in tagged_read_issues(prog))
 
 
 def test_an_untagged_write_into_the_row_before_its_read_is_refused():
@@ -189,7 +182,7 @@ def test_an_untagged_write_into_the_row_before_its_read_is_refused():
     gate_up, down = _first(prog, "gate_up"), _first(prog, "down")
     row = Region(gate_up.params.epi.out, gate_up.params.epi.out_off, 4)
     down.writes = down.writes + (row,)
-    assert any("writes version 0's hidden row without its tags before" in m for m in _issues(prog))
+    assert any("writes version 0's hidden row without its tags before" in m for m in tagged_read_issues(prog))
 
 
 def test_a_carried_wait_on_producers_that_write_more_is_refused():
@@ -197,27 +190,27 @@ def test_a_carried_wait_on_producers_that_write_more_is_refused():
     down = _first(prog, "down")
     gate_up = next(s for s in prog.tasks if down.carried[0] in s.signals)
     gate_up.writes = gate_up.writes + (Region(down.params.epi.out, down.params.epi.out_off, 4),)
-    assert any("the tags cannot" in m for m in _issues(prog))
+    assert any("the tags cannot" in m for m in tagged_read_issues(prog))
 
 
 def test_a_carried_wait_of_a_k_split_slice_is_refused():
     prog = _program({"matvec": {"down": {"k_splits": 2}}})
     t = next(t for t in prog.tasks if t.kind == "down" and t.params.k0 > 0)
     t.carried = (t.waits[0].counter,)  # the counter counts gate/up tasks whose rows this slice does not read
-    assert any("the tags cannot" in m for m in _issues(prog))
+    assert any("the tags cannot" in m for m in tagged_read_issues(prog))
 
 
 def test_a_hidden_read_without_a_words_buffer_is_refused():
     prog = _program()
     prog.build = {**prog.build, "H_TAGS": -1}
-    assert any("names no h_tags buffer" in m for m in _issues(prog))
+    assert any("names no h_tags buffer" in m for m in tagged_read_issues(prog))
 
 
 def test_a_words_buffer_of_the_wrong_size_is_refused():
     prog = _program()
     words = prog.build["H_TAGS"]
     prog.buffers[words] = dataclasses.replace(prog.buffers[words], numel=prog.constants.intermediate)
-    assert any("must be an int32 scratch buffer" in m for m in _issues(prog))
+    assert any("must be an int32 scratch buffer" in m for m in tagged_read_issues(prog))
 
 
 def _all_issues(prog) -> list[str]:
@@ -227,7 +220,7 @@ def _all_issues(prog) -> list[str]:
 def test_one_words_buffer_for_both_streams_is_refused():
     prog = _program()
     prog.build = {**prog.build, "X_TAGS": prog.build["H_TAGS"]}
-    assert any("name one buffer" in m for m in _issues(prog))
+    assert any("name one buffer" in m for m in tagged_read_issues(prog))
 
 
 def test_a_params_field_naming_a_words_buffer_is_refused():
@@ -235,7 +228,7 @@ def test_a_params_field_naming_a_words_buffer_is_refused():
     prog = _program()
     words = prog.buffers[prog.build["H_TAGS"]]
     _set_epi(_first(prog, "down"), out=words.id, out_off=0)
-    assert any("names the h_tags buffer" in m for m in _issues(prog))
+    assert any("names the h_tags buffer" in m for m in tagged_read_issues(prog))
 
 
 def test_the_words_are_declared_and_the_hazard_check_orders_them():
@@ -248,7 +241,7 @@ def test_the_words_are_declared_and_the_hazard_check_orders_them():
             assert Region(words, 2 * t.params.k0, 2 * t.params.klen) in t.reads
     # every layer's row shares the words: a later layer's gate/up no longer ordered after an earlier down races
     prog = _program({"scratch": "none"})
-    gate_up1 = [t for t in _by_kind(prog, "gate_up") if t.params.epi.h_tag == 1]
+    gate_up1 = [t for t in tasks_of(prog, "gate_up") if t.params.epi.h_tag == 1]
     for t in gate_up1:
         t.waits, t.carried = _first(prog, "qkv").waits, ()
     assert any("h_tags[" in m and "no happens-before path" in m for m in _all_issues(prog))
@@ -256,15 +249,15 @@ def test_the_words_are_declared_and_the_hazard_check_orders_them():
 
 def test_a_writer_whose_words_are_undeclared_is_refused():
     prog = _program()
-    t = max((t for t in _by_kind(prog, "gate_up") if t.params.epi.h_tag == 0), key=lambda t: t.params.row0)
+    t = max((t for t in tasks_of(prog, "gate_up") if t.params.epi.h_tag == 0), key=lambda t: t.params.row0)
     t.params = dataclasses.replace(t.params, rows=t.params.rows + 4)  # past the row's end
-    assert any("declares that it writes h_tags" in m for m in _issues(prog))
+    assert any("declares that it writes h_tags" in m for m in tagged_read_issues(prog))
 
 
 def test_a_slice_no_writer_of_the_version_covers_is_refused():
     prog = _program()
     words = prog.build["H_TAGS"]
-    t = max((t for t in _by_kind(prog, "gate_up") if t.params.epi.h_tag == 0), key=lambda t: t.params.row0)
+    t = max((t for t in tasks_of(prog, "gate_up") if t.params.epi.h_tag == 0), key=lambda t: t.params.row0)
     rows = t.params.rows - 4
     t.params = dataclasses.replace(t.params, rows=rows)
     t.writes = tuple(Region(w.buffer, w.start, 2 * rows if w.buffer == words else rows) for w in t.writes)
@@ -278,7 +271,7 @@ def test_words_a_task_declares_beyond_what_its_tags_touch_are_refused():
     att = _first(prog, "attention")
     att.writes = att.writes + (Region(prog.build["H_TAGS"], 0, 8),)
     assert any("declares that it writes h_tags [(0, 8)], where its tags make the kernel write none" in m
-               for m in _issues(prog))
+               for m in tagged_read_issues(prog))
 
 
 def test_an_rmsnorm_of_part_of_x_is_refused():
@@ -286,11 +279,11 @@ def test_an_rmsnorm_of_part_of_x_is_refused():
     prog = _program({"fusion": {"norm_into_matvec": False}})
     t = next(t for t in prog.tasks if t.opcode == oc.Opcode.RMSNORM and t.carried)
     t.params = dataclasses.replace(t.params, dim=t.params.dim // 2)
-    assert any("on an RMSNorm of" in m for m in _issues(prog))
+    assert any("on an RMSNorm of" in m for m in tagged_read_issues(prog))
 
 
 def test_an_untagged_residual_add_of_a_k_split_join_is_refused():
     prog = _program({"matvec": {"down": {"k_splits": 2, "reduce": "last_task"}}})
-    for t in _by_kind(prog, "down"):
+    for t in tasks_of(prog, "down"):
         _set_epi(t, x_tag=-1)
-    assert any("writes x without its tags" in m for m in _issues(prog))
+    assert any("writes x without its tags" in m for m in tagged_read_issues(prog))
