@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 
 from amk import __version__
 from amk.harness.baselines import PEERS
@@ -212,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incumbent", default=None,
                    help="start from this config (file, '-' or inline JSON); default: the corpus's best kept config "
                         "for the model, GPU, dtype and KV context, else every knob at its default")
-    p.add_argument("--corpus", default="corpus.jsonl",
+    p.add_argument("--corpus", default=None,
                    help="the incumbent is this corpus's best kept config for the model, GPU, dtype and KV context "
-                        "(defaults if absent)")
+                        "(default: ./corpus.jsonl when present; a file named here must exist)")
     _dtype_opt(p)
     _max_seq_opt(p)
     p = add("evaluate", "one config's verdict: valid, correct, latency (measured or predicted), floor")
@@ -224,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     _max_seq_opt(p)
     _cases_opt(p)
     p.add_argument("--seed", type=seed, default=0, help="seed of the verify cases' inputs (default: 0)")
-    p.add_argument("--corpus", default="corpus.jsonl",
-                   help="calibrate the cost model from this corpus when it has measured rows (ignored if absent)")
+    p.add_argument("--corpus", default=None,
+                   help="calibrate the cost model from this corpus when it has measured rows (default: "
+                        "./corpus.jsonl when present; a file named here must exist)")
     p.add_argument("--peers", action="store_true", help="time the peers (slow) for the speed-ups")
     p = add("loop", "search: candidate rounds ranked by a cost model fitted to the tuning records, measured and "
                     "kept only on a gain beyond the noise; appends to results.tsv and corpus.jsonl")
@@ -318,6 +320,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this kind of entry (default: every kind)")
     add("mcp", "serve propose, evaluate, loop and report to coding agents over MCP (stdio); needs amk[mcp]")
     return ap
+
+
+DEFAULT_CORPUS = "corpus.jsonl"
+# commands that only read the tuning records, and say nothing of a corpus that is not there (report notes it)
+READS_CORPUS = frozenset({"propose", "evaluate"})
+
+
+def _resolve_corpus(args) -> None:
+    """--corpus of a command that only reads it: unset, ./corpus.jsonl (read when present); named, a file that
+    exists, else a UsageError. A misspelt path read as "no records yet" would start propose from the defaults
+    and calibrate evaluate's cost model from nothing, with no word of why."""
+    if getattr(args, "command", None) not in READS_CORPUS:
+        return
+    if args.corpus is None:
+        args.corpus = DEFAULT_CORPUS
+        return
+    path = Path(args.corpus).expanduser()
+    if not str(args.corpus).strip():
+        raise UsageError(f"--corpus '': empty; name a file (default {DEFAULT_CORPUS} when present)")
+    if not path.exists():
+        raise UsageError(f"--corpus {args.corpus!r}: no such file (leave --corpus out to read ./{DEFAULT_CORPUS} "
+                         "when present)")
 
 
 def _check_paths(args) -> None:
@@ -423,6 +447,7 @@ def _main(argv: list[str] | None) -> int:
             where = " ".join(str(w) for w in (parser.prog, getattr(args, "command", None),
                                                 getattr(args, "action", None)) if isinstance(w, str))
             raise UsageError(f"{' '.join(extra)}: unrecognized argument{'s' if len(extra) > 1 else ''} ({where})")
+        _resolve_corpus(args)
         _check_paths(args)
         want_json = bool(getattr(args, "json", False))
         _setup_logging(bool(getattr(args, "quiet", False)))

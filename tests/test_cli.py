@@ -29,15 +29,16 @@ def run(capsys, *argv, stdin: str | None = None, monkeypatch=None):
     return code, obj
 
 
-def test_info_commands(capsys):
+def test_info_commands(capsys, tmp_path):
     code, obj = run(capsys, "models")
     assert code == 0 and "toy" in {m["name"] for m in obj["models"]}
     code, obj = run(capsys, "targets")
     assert code == 0 and "cpu-sim" in {t["name"] for t in obj["targets"]}
     code, obj = run(capsys, "doctor")
     assert code == 0 and {"python", "torch", "transformers", "cupy", "nvrtc", "cache_dir", "detected_target"} <= set(obj)
-    code, obj = run(capsys, "propose", "--model", "toy", "--gpu", "cpu-sim", "--corpus", "/nonexistent.jsonl")
-    assert code == 0 and obj["search_space"] and obj["schema_path"].endswith("schedule_config.schema.json")
+    (tmp_path / "c.jsonl").write_text("")
+    code, obj = run(capsys, "propose", "--model", "toy", "--gpu", "cpu-sim", "--corpus", str(tmp_path / "c.jsonl"))
+    assert code == 0 and obj["source"] == "default" and obj["search_space"] and obj["schema_path"].endswith("schedule_config.schema.json")
 
 
 def test_evaluate_exit_codes(capsys, monkeypatch, tmp_path):

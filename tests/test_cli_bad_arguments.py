@@ -201,6 +201,9 @@ def test_errors_from_below_the_cli_lead_with_the_flag_to_mend(capsys, argv, lead
       '{"matvec": {"qkv": {"head_splits": 2, "heads_per_task": 2}}}'], 2, "usage", "--config: the given config"),
     (["evaluate", "--model", "toy", "--corpus", "."], 2, "usage", "--corpus: '.' is a directory"),
     (["propose", "--model", "toy", "--corpus", "."], 2, "usage", "--corpus: '.' is a directory"),
+    # named but not there: a misspelt corpus would start propose from the defaults with no word of why
+    (["evaluate", "--model", "toy", "--corpus", "runs/c.jsonl"], 2, "usage", "--corpus 'runs/c.jsonl': no such file"),
+    (["propose", "--model", "toy", "--corpus", "runs/c.jsonl"], 2, "usage", "--corpus 'runs/c.jsonl': no such file"),
     (["report", "--results", "."], 2, "usage", "--results '.': is a directory"),
 ])
 def test_a_config_or_file_the_command_cannot_use_names_its_flag(capsys, tmp_path, monkeypatch, argv, code, kind, lead):

@@ -349,7 +349,7 @@ def test_a_slow_step_without_a_terminal_logs_where_it_stands(monkeypatch, caplog
 
 
 @pytest.mark.parametrize("argv", [
-    ["propose", "--model", "toy", "--gpu", "cpu-sim", "--corpus", "/nonexistent.jsonl"],
+    ["propose", "--model", "toy", "--gpu", "cpu-sim", "--corpus", "{tmp}/c.jsonl"],
     ["cache", "stats"],
     ["cache", "ls"],
     ["compile", "--model", "toy", "--gpu", "cpu-sim", "--out", "{tmp}/program.json"],
@@ -357,6 +357,7 @@ def test_a_slow_step_without_a_terminal_logs_where_it_stands(monkeypatch, caplog
 ])
 def test_json_only_with_json(capsys, tmp_path, argv):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    (tmp_path / "c.jsonl").write_text("")
     code, out, err = cli(capsys, *argv)
     assert code == 0 and out.strip(), err
     for text in (out, out.strip().splitlines()[0]):
