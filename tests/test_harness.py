@@ -132,6 +132,15 @@ def test_gate_no_latency_without_a_correctness_pass(monkeypatch):
     assert v["failures"] and any("correctness" in n for n in v["notes"])
 
 
+def test_a_corpus_that_is_not_there_is_named_in_the_cost_models_note(tmp_path):
+    # the API takes it (a loop hands evaluate its corpus before the first record is written) but says so
+    missing = tmp_path / "runs" / "c.jsonl"
+    notes = amk.evaluate("toy", "cpu-sim", {}, device="cpu", cases="reduced", corpus=str(missing))["notes"]
+    assert f"cost model: default coefficients (no corpus at {str(missing)!r} yet)" in notes
+    notes = amk.evaluate("toy", "cpu-sim", {}, device="cpu", cases="reduced")["notes"]
+    assert not any("no corpus at" in n for n in notes) and any(n.startswith("cost model: default") for n in notes)
+
+
 def test_gate_latency_under_the_floor_is_withheld(monkeypatch):
     magic = Calibration(CostCoefficients(mem_scale=1e-4, task_overhead_us=0, wait_us=0, launch_us=0), 0, None)
     monkeypatch.setattr(ev, "calibrate_file", lambda corpus, gpu: magic)

@@ -17,8 +17,11 @@ class Calibration:
     coefficients: CostCoefficients
     measured_rows: int
     spearman: float | None  # predicted vs measured over the measured rows; None with < 2
+    missing: str | None = None  # a corpus path that was given and names no file (yet: a loop's first trial)
 
     def note(self, gpu: str) -> str:
+        if self.missing is not None:  # said, not raised: a loop hands its corpus over before it has written it
+            return f"cost model: default coefficients (no corpus at {self.missing!r} yet)"
         src = (f"fitted on {self.coefficients.fitted_rows} measured {gpu} rows" if self.coefficients.fitted_rows
                else f"default coefficients ({self.measured_rows} measured {gpu} rows; {MIN_FIT_ROWS} needed to fit)")
         rank = f"; Spearman(predicted, measured) = {self.spearman:.3f}" if self.spearman is not None else ""
@@ -48,8 +51,10 @@ def calibrate(entries: list[CorpusEntry], gpu: str) -> Calibration:
 
 
 def calibrate_file(corpus: str | os.PathLike | None, gpu: str) -> Calibration:
-    if corpus is None or not Path(corpus).exists():
+    if corpus is None:
         return Calibration(CostCoefficients(), 0, None)
+    if not Path(corpus).exists():
+        return Calibration(CostCoefficients(), 0, None, missing=str(corpus))
     p = Path(corpus)
     st = p.stat()
     return _cached(str(p.resolve()), st.st_size, st.st_mtime_ns, gpu)
