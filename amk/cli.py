@@ -328,13 +328,13 @@ READS_CORPUS = frozenset({"propose", "evaluate"})
 
 
 def _resolve_corpus(args) -> None:
-    """--corpus of a command that only reads it: unset, ./corpus.jsonl (read when present); named, a file that
-    exists, else a UsageError. A misspelt path read as "no records yet" would start propose from the defaults
+    """--corpus of a command that only reads it: unset, ./corpus.jsonl where present (else none); named, a file
+    that exists, else a UsageError. A misspelt path read as "no records yet" would start propose from the defaults
     and calibrate evaluate's cost model from nothing, with no word of why."""
     if getattr(args, "command", None) not in READS_CORPUS:
         return
-    if args.corpus is None:
-        args.corpus = DEFAULT_CORPUS
+    if args.corpus is None:  # absent, no corpus at all: the verdict's notes then speak of none
+        args.corpus = DEFAULT_CORPUS if Path(DEFAULT_CORPUS).exists() else None
         return
     path = Path(args.corpus).expanduser()
     if not str(args.corpus).strip():

@@ -38,7 +38,8 @@ def test_info_commands(capsys, tmp_path):
     assert code == 0 and {"python", "torch", "transformers", "cupy", "nvrtc", "cache_dir", "detected_target"} <= set(obj)
     (tmp_path / "c.jsonl").write_text("")
     code, obj = run(capsys, "propose", "--model", "toy", "--gpu", "cpu-sim", "--corpus", str(tmp_path / "c.jsonl"))
-    assert code == 0 and obj["source"] == "default" and obj["search_space"] and obj["schema_path"].endswith("schedule_config.schema.json")
+    assert code == 0 and obj["source"] == "default" and obj["search_space"]
+    assert obj["schema_path"].endswith("schedule_config.schema.json")
 
 
 def test_evaluate_exit_codes(capsys, monkeypatch, tmp_path):
