@@ -461,6 +461,15 @@ def test_a_corpus_that_holds_no_tuning_record_is_refused_and_left_as_it_is(capsy
     code, s = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--cases", "reduced",
                   "--results", str(tmp_path / "results.tsv"), "--corpus", str(tmp_path / "corpus.jsonl"), "--resume")
     assert code == 0, s
+    # read only, by evaluate and propose (CLI and API alike): refused too, where it read as a corpus of no records
+    import amk
+
+    for argv in (["evaluate", "--model", "toy", "--cases", "reduced"], ["propose", "--model", "toy"]):
+        code, s = run(capsys, *argv, "--corpus", str(notes))
+        assert code == 2 and s["error"].startswith("--corpus") and "holds no readable tuning record" in s["error"], s
+    with pytest.raises(amk.ArgumentError, match="holds no readable tuning record") as e:
+        amk.propose("toy", "cpu-sim", corpus=notes)
+    assert e.value.argument == "corpus" and notes.read_text() == "my notes\nline two\n"
 
 
 def test_an_out_that_is_no_regular_file_or_names_a_directory_is_refused_before_the_work(capsys, tmp_path):

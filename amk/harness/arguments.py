@@ -74,14 +74,18 @@ def check_max_seq(max_seq) -> None:
 
 
 def check_corpus(corpus) -> None:
-    """`corpus`: None, or a tuning-record file that may not exist yet; ArgumentError when it names a directory or
-    is no path at all."""
+    """`corpus`: None, or a tuning-record file that may not exist yet; ArgumentError when it names a directory, is
+    no path at all, or is a non-empty file with no readable tuning record (foreign_corpus): read as a corpus of no
+    records, it would start propose from the defaults and calibrate evaluate from nothing, with a warning a line."""
     if corpus is not None and (not isinstance(corpus, str | os.PathLike) or isinstance(corpus, bytes)):
         raise ArgumentError("corpus", f"expected a file path or None, got {type(corpus).__name__} ({corpus!r:.60})")
     if corpus is not None and not str(corpus).strip():  # Path("") is the working directory
         raise ArgumentError("corpus", "empty; name a file (default corpus.jsonl)")
     if corpus is not None and Path(corpus).expanduser().is_dir():
         raise ArgumentError("corpus", f"{str(corpus)!r} is a directory; name a file (default corpus.jsonl)")
+    foreign = foreign_corpus(corpus) if corpus is not None else None
+    if foreign is not None:
+        raise ArgumentError("corpus", f"{str(corpus)!r} holds no readable tuning record ({foreign}): not a corpus")
 
 
 def append_refusal(path: Path) -> str | None:
