@@ -139,6 +139,10 @@ def test_a_corpus_that_is_not_there_is_named_in_the_cost_models_note(tmp_path):
     assert f"cost model: default coefficients (no corpus at {str(missing)!r} yet)" in notes
     notes = amk.evaluate("toy", "cpu-sim", {}, device="cpu", cases="reduced")["notes"]
     assert not any("no corpus at" in n for n in notes) and any(n.startswith("cost model: default") for n in notes)
+    missing.parent.mkdir()
+    missing.write_text("")  # a corpus read is named, so that a note shows which one calibrated the model
+    notes = amk.evaluate("toy", "cpu-sim", {}, device="cpu", cases="reduced", corpus=str(missing))["notes"]
+    assert f"cost model: default coefficients (0 measured cpu-sim rows of {str(missing)!r}; 5 needed to fit)" in notes
 
 
 def test_gate_latency_under_the_floor_is_withheld(monkeypatch):

@@ -3,6 +3,7 @@ and how well the model ranks what was measured (Spearman)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -18,12 +19,15 @@ class Calibration:
     measured_rows: int
     spearman: float | None  # predicted vs measured over the measured rows; None with < 2
     missing: str | None = None  # a corpus path that was given and names no file (yet: a loop's first trial)
+    corpus: str | None = None  # the corpus read, as it was given
 
     def note(self, gpu: str) -> str:
         if self.missing is not None:  # said, not raised: a loop hands its corpus over before it has written it
             return f"cost model: default coefficients (no corpus at {self.missing!r} yet)"
-        src = (f"fitted on {self.coefficients.fitted_rows} measured {gpu} rows" if self.coefficients.fitted_rows
-               else f"default coefficients ({self.measured_rows} measured {gpu} rows; {MIN_FIT_ROWS} needed to fit)")
+        where = f" of {self.corpus!r}" if self.corpus is not None else ""
+        src = (f"fitted on {self.coefficients.fitted_rows} measured {gpu} rows{where}" if self.coefficients.fitted_rows
+               else f"default coefficients ({self.measured_rows} measured {gpu} rows{where}; {MIN_FIT_ROWS} needed to "
+                    "fit)")
         rank = f"; Spearman(predicted, measured) = {self.spearman:.3f}" if self.spearman is not None else ""
         return f"cost model: {src}{rank}"
 
@@ -57,7 +61,7 @@ def calibrate_file(corpus: str | os.PathLike | None, gpu: str) -> Calibration:
         return Calibration(CostCoefficients(), 0, None, missing=str(corpus))
     p = Path(corpus)
     st = p.stat()
-    return _cached(str(p.resolve()), st.st_size, st.st_mtime_ns, gpu)
+    return dataclasses.replace(_cached(str(p.resolve()), st.st_size, st.st_mtime_ns, gpu), corpus=str(corpus))
 
 
 @functools.lru_cache(maxsize=16)
