@@ -245,6 +245,8 @@ def test_report_never_ranks_rows_of_another_dtype_or_context_together(capsys, tm
                      "toy on cpu-sim (fp32, max_seq 64): 1 trial, 1 kept",
                      "toy on cpu-sim (fp32, max_seq 512): 2 trials, 2 kept"], text
     assert "best (predicted): 40.00 us, trial 2" in text and "1.250x the first correct config" in text
+    kept = [ln.split()[4:6] for ln in text.splitlines() if ln.startswith("  kept trial")]
+    assert ["40.00", "us"] in kept and all(k[1] == "us" for k in kept), text  # as the best line writes it
 
 
 def test_report_of_a_15_column_file_says_its_dtype_and_context_are_unknown(capsys, tmp_path):

@@ -310,7 +310,9 @@ def _text(out: dict) -> str:
             if b.get("config") is not None:
                 lines.append("    config: " + json.dumps(b["config"], sort_keys=True))
         for k in g["kept_trials"]:
-            lines.append(f"  kept trial {k['trial']:>4} {k['schedule_id']} {k['latency_us']} {k['description'][:90]}")
+            lat = k["latency_us"]
+            shown = f"{lat:.2f} us" if isinstance(lat, int | float) else "-"  # as the best line writes it
+            lines.append(f"  kept trial {k['trial']:>4} {k['schedule_id']} {shown} {k['description'][:90]}")
     c = out.get("corpus")
     if c:
         lines.append(f"corpus: {c['entries']} tuning records ({c['kept']} kept) on {', '.join(c['gpus']) or '-'}")
