@@ -756,3 +756,14 @@ def test_a_given_start_config_with_a_knob_that_cannot_act_is_said_so(tmp_path, c
     acting = amk.loop("toy", "h200", budget=1, device="cpu", results=tmp_path / "r2.tsv",
                       corpus=tmp_path / "c2.jsonl", incumbent={"build": {"l2_prefetch_kb": 64}, "pipelining_depth": 1})
     assert not any("has no effect" in n for n in acting["notes"]), acting["notes"]
+
+
+def test_a_keep_says_that_the_rounds_other_picks_go_back_to_the_backlog(tmp_path, caplog):
+    # the round's line names the picks it will measure; after a keep the rest are ranked again, and the log says so
+    with caplog.at_level("INFO", logger="amk"):
+        s = amk.loop("toy", "cpu-sim", budget=2, device="cpu", cases="reduced", results=tmp_path / "r.tsv",
+                     corpus=tmp_path / "c.jsonl")
+    rows = read_rows(tmp_path / "r.tsv")
+    assert s["trials"] == 2 and [r["status"] for r in rows] == ["keep", "keep"], rows
+    assert "round 1: " in caplog.text and "measuring 4" in caplog.text
+    assert "the round's 3 other picks go back to the backlog, to be ranked around the new incumbent" in caplog.text

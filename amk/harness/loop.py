@@ -629,10 +629,15 @@ class _Run(Rounds):
             self.reverts = self.since_remeasure = 0
             for pick in self.queue:  # the next picks are ranked around the new incumbent, with the backlog
                 self.backlog[pick[0].config.schedule_id] = pick
+            returned = len(self.queue)
             self.queue = []
         else:
+            returned = 0
             self.reverts += 1
         self._progress(c.trial, status, built, verdict, description + ": " + why, cand.source, outcome=why)
+        if returned:  # said, since the round's line named more picks than it then measures
+            log.info("the round's %d other picks go back to the backlog, to be ranked around the new incumbent",
+                     returned)
         return True
 
     def _confirm(self, cfg, first: dict):
