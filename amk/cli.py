@@ -336,10 +336,7 @@ def _resolve_corpus(args) -> None:
     if args.corpus is None:  # absent, no corpus at all: the verdict's notes then speak of none
         args.corpus = DEFAULT_CORPUS if Path(DEFAULT_CORPUS).exists() else None
         return
-    path = Path(args.corpus).expanduser()
-    if not str(args.corpus).strip():
-        raise UsageError(f"--corpus '': empty; name a file (default {DEFAULT_CORPUS} when present)")
-    if not path.exists():
+    if str(args.corpus).strip() and not Path(args.corpus).expanduser().exists():  # an empty one: check_corpus's
         raise UsageError(f"--corpus {args.corpus!r}: no such file (leave --corpus out to read ./{DEFAULT_CORPUS} "
                          "when present)")
 

@@ -148,21 +148,24 @@ def foreign_corpus(path, scan_bytes: int = 1 << 20) -> str | None:
     empty or absent file. A results.tsv is refused before this is asked, naming what it is."""
     from amk.flywheel.records import TuningRecord
 
-    try:
+    first, left = None, scan_bytes
+    try:  # line by line: evaluate() asks this of a loop's corpus every trial, and its first line is a record
         with open(Path(path).expanduser(), "rb") as f:
-            head = f.read(scan_bytes)
+            while left > 0 and (raw := f.readline(left)):
+                text = raw.decode("utf-8-sig" if left == scan_bytes else "utf-8", errors="replace")
+                left -= len(raw)
+                line = text.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                first = line if first is None else first
+                try:
+                    TuningRecord.from_dict(json.loads(line))
+                    return None
+                except (ValueError, KeyError, TypeError):
+                    continue
     except OSError:
         return None
-    lines = [ln for ln in head.decode("utf-8-sig", errors="replace").splitlines() if ln.strip()]
-    if not lines:
-        return None
-    for line in lines:
-        try:
-            TuningRecord.from_dict(json.loads(line))
-            return None
-        except (ValueError, KeyError, TypeError):
-            continue
-    return f"its first line: {lines[0][:60]!r}"
+    return None if first is None else f"its first line: {first[:60]!r}"
 
 
 def check_output_file(argument: str, path) -> None:
