@@ -108,6 +108,9 @@ class TuningRecord:
                 object.__setattr__(self, name, _num(v.get(key)))
         if self.latency_kind is None and v.get("latency_kind"):
             object.__setattr__(self, "latency_kind", v.get("latency_kind"))
+        if self.schedule_id is None:  # a verdict of no config id: the config as written hashes to it
+            sid = v.get("schedule_id")
+            object.__setattr__(self, "schedule_id", sid if isinstance(sid, str) else schedule_id_of(self.config))
 
     @property
     def kind(self) -> str | None:
@@ -157,6 +160,7 @@ class TuningRecord:
         feats = cost.get("features") if legacy else d.get("features")
         for sid in (d.get("schedule_id"), v.get("schedule_id")):  # the record's and its verdict's, where strings
             _check_config_id(d["config"], sid)
+        _check_timed_has_id(d, v)
         # a record outlives knob renames: its config is read in today's spelling
         return cls(model=d["model"], gpu=d["gpu"], config=migrate_config(dict(d["config"])), verdict=dict(v),
                    environment=dict(d.get("environment") or v.get("environment") or {}), time=str(d.get("time", "")),
@@ -187,6 +191,17 @@ def _check_config_id(config: dict, schedule_id) -> None:
     if isinstance(schedule_id, str) and schedule_id_of(config) != schedule_id:
         raise RecordFormatError(f"its config does not hash to its schedule_id {schedule_id!r:.20}: edited after "
                                 "its trial, so its latency is not that config's")
+
+
+def _check_timed_has_id(d: dict, verdict: dict) -> None:
+    """RecordFormatError where a record carries a latency (its own or its verdict's) but no schedule_id at all:
+    every version writes the id of a timed trial (evaluate sets it before lowering), so a missing one was
+    deleted, and with it the check that the config is the one that was timed. An untimed record (a crash, a
+    rejected config) may lack it."""
+    timed = any(src.get(k) is not None for src in (d, verdict) for k in ("latency_us", "predicted_latency_us"))
+    if timed and d.get("schedule_id") is None and verdict.get("schedule_id") is None:
+        raise RecordFormatError("it carries a latency but no schedule_id: its config cannot be checked against "
+                                "the one that was timed")
 
 
 def _kept(v) -> bool:

@@ -292,15 +292,47 @@ def test_a_loop_file_that_cannot_be_opened_is_refused_before_any_trial(capsys, t
                                           ("verdict", {"correct": "false"})])
 def test_a_record_with_a_value_no_trial_writes_is_skipped_with_a_warning(tmp_path, caplog, field, value):
     from amk.flywheel.records import load_records
+    from amk.schedule.config import schedule_id_of
 
     good = {"record": 2, "model": "toy", "gpu": "cpu-sim", "config": {}, "verdict": {}, "kept": True,
-            "latency_us": 33.1}
+            "latency_us": 33.1, "schedule_id": schedule_id_of({})}
     path = tmp_path / "corpus.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, field: value}) + "\n")
     with caplog.at_level(logging.WARNING, logger="amk"):
         recs = load_records(path)
     assert len(recs) == 1 and recs[0].latency_us == 33.1
     assert "corpus.jsonl:2: skipped" in caplog.text and field in caplog.text
+
+
+def test_a_timed_record_whose_schedule_id_was_deleted_is_skipped(tmp_path, caplog):
+    # the id is what ties the config to the trial that was timed: without it, an edited config would stand
+    # beside that trial's latency. An untimed record (a crash) may lack it; one built by hand gets its config's.
+    from amk.flywheel.records import TuningRecord, append_record, load_records
+    from amk.schedule.config import schedule_id_of
+
+    cfg = {"attention": {"kv_partitions": 4}}
+    timed = {"record": 2, "model": "toy", "gpu": "cpu-sim", "config": cfg, "verdict": {"correct": True},
+             "kept": True, "latency_us": 33.1, "schedule_id": schedule_id_of(cfg)}
+    legacy = {"model": "toy", "gpu": "cpu-sim", "config": cfg,
+              "verdict": {"correct": True, "latency_us": 20.0, "schedule_id": schedule_id_of(cfg)}}
+    crash = {"record": 2, "model": "toy", "gpu": "cpu-sim", "config": cfg, "verdict": {"crash": "x"},
+             "kept": False, "status": "crash"}
+    lines = [timed, {k: v for k, v in timed.items() if k != "schedule_id"},
+             legacy, {**legacy, "verdict": {k: v for k, v in legacy["verdict"].items() if k != "schedule_id"}},
+             crash]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    with caplog.at_level(logging.WARNING, logger="amk"):
+        recs = load_records(path)
+    assert [r.latency_us for r in recs] == [33.1, 20.0, None]
+    for line in (2, 4):
+        assert f"corpus.jsonl:{line}: skipped" in caplog.text
+    assert caplog.text.count("carries a latency but no schedule_id") == 2, caplog.text
+    by_hand = tmp_path / "by_hand.jsonl"
+    append_record(by_hand, TuningRecord(model="toy", gpu="cpu-sim", config=cfg, environment={}, time="t",
+                                        verdict={"correct": True, "latency_us": 5.0}))
+    (back,) = load_records(by_hand)
+    assert back.schedule_id == schedule_id_of(cfg) and back.latency_us == 5.0
 
 
 def test_a_bad_record_is_reported_once_a_process_under_any_spelling_of_its_path(tmp_path, caplog, monkeypatch):

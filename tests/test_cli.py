@@ -315,13 +315,14 @@ def test_report_of_a_15_column_file_takes_the_contexts_of_its_own_rows_programs(
     # a corpus shared by runs of other contexts: only the records of the file's programs say its rows' context
     from amk.flywheel import ResultRow, Status, append_result
     from amk.flywheel.results import PRE_CONTEXT_COLUMNS
+    from amk.schedule.config import schedule_id_of
 
     res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
     res.write_text("\t".join(PRE_CONTEXT_COLUMNS) + "\n")
     append_result(res, ResultRow(model="toy", gpu="cpu-sim", schedule_id="0" * 12, status=Status.KEEP, correct=True,
                                  latency_us=40.0, kind="predicted", program_fingerprint="fa" * 8, description="x"))
     base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
-            "time": "t", "latency_kind": "predicted", "config": {}}
+            "time": "t", "latency_kind": "predicted", "config": {}, "schedule_id": schedule_id_of({})}
     cor.write_text("".join(json.dumps({**base, "latency_us": 40.0, "program_fingerprint": fp,
                                        "verdict": {"correct": True, "latency_us": 40.0, "latency_context": c}}) + "\n"
                            for fp, c in [("fa" * 8, 45), ("fb" * 8, 301), ("fc" * 8, 1024)]))

@@ -153,12 +153,14 @@ def test_an_older_results_file_is_read_and_resumed_in_its_own_columns(tmp_path, 
 
 def test_old_corpus_lines_read_as_kept_records(tmp_path):
     from amk.flywheel.records import load_records, records_frame
+    from amk.schedule.config import schedule_id_of
 
     path = tmp_path / "corpus.jsonl"
     old = {"model": "toy", "gpu": "h200", "time": "t", "config": {}, "change": [], "improvement": None,
            "environment": {"git_commit": "abc"}, "verdict": {"latency_us": 9.0, "latency_kind": "measured-gpu",
                                                              "correct": True, "dtype": "bf16",
                                                              "program_fingerprint": "p" * 16,
+                                                             "schedule_id": schedule_id_of({}),
                                                              "cost": {"features": {"mem_us": 1.0, "tasks": 2,
                                                                                    "waits": 3}}}}
     path.write_text(json.dumps(old) + "\n" + "[1, 2]\n")  # a second, foreign line is skipped

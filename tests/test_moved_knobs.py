@@ -66,6 +66,7 @@ def test_a_corpus_written_before_the_rename_still_gives_its_best_config(tmp_path
     line = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
             "config": {"fusion": {"attention_combine_into_o": False}, "attention": {"kv_partitions": 4}},
             "verdict": {"correct": True}, "latency_us": 12.5, "latency_kind": "predicted"}
+    line["schedule_id"] = written_schedule_id(line["config"])  # hashed as written, in the old spelling
     corpus.write_text(json.dumps(line) + "\n")
     (rec,) = load_records(corpus)
     assert rec.config == {"fusion": {}, "attention": {"kv_partitions": 4, "combine": "stage"}}
@@ -120,7 +121,7 @@ def _two_dtype_corpus(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "kept": True, "status": "keep", "time": "t",
             "verdict": {"correct": True}, "latency_kind": "predicted"}
-    corpus.write_text("\n".join(json.dumps({**base, **kw}) for kw in [
+    corpus.write_text("\n".join(json.dumps({**base, "schedule_id": written_schedule_id(kw["config"]), **kw}) for kw in [
         {"dtype": "bf16", "latency_us": 9.0, "config": {"attention": {"kv_partitions": 2}}},
         {"dtype": "fp32", "latency_us": 12.5, "config": {"attention": {"kv_partitions": 4}}}]) + "\n")
     return corpus

@@ -11,6 +11,7 @@ import pytest
 import amk
 from amk.cli import main
 from amk.harness.propose import run_context
+from amk.schedule.config import schedule_id_of
 from amk.schedule.errors import ArgumentError
 
 
@@ -20,7 +21,7 @@ def _corpus(tmp_path, default_context: int):
     corpus = tmp_path / "corpus.jsonl"
     base = {"record": 2, "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "kept": True, "status": "keep",
             "time": "t", "latency_kind": "predicted"}
-    corpus.write_text("\n".join(json.dumps({**base, **kw}) for kw in [
+    corpus.write_text("\n".join(json.dumps({**base, "schedule_id": schedule_id_of(kw["config"]), **kw}) for kw in [
         {"latency_us": 9.0, "config": {"attention": {"kv_partitions": 2}},
          "verdict": {"correct": True, "latency_us": 9.0, "latency_kind": "predicted", "latency_context": 0}},
         {"latency_us": 12.5, "config": {"attention": {"kv_partitions": 4}},
