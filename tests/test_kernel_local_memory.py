@@ -9,7 +9,7 @@ import platform
 import sys
 
 import pytest
-from _checkpoints import public_shape
+from _checkpoints import ATTENTION_WARP_SHAPES, attention_warp_shape, public_shape
 
 import amk
 from amk.schedule import get_target, lower
@@ -26,9 +26,11 @@ LARGE_GROUPS = {"qwen2.5-0.5b", "tinyllama-1.1b"}  # 7 and 8 q heads a KV head
 OTHER_PATHS = [{"attention": {"softmax": "global"}}, {"attention": {"kv_partitions": 1}}]
 
 
-def _model(name: str, dtype: str):
+def _model(name: str, dtype: str, tmp_path):
     if name in SHAPES:
         return public_shape(name, dtype, device="cpu")
+    if name in ATTENTION_WARP_SHAPES:
+        return amk.load_model(attention_warp_shape(tmp_path / name, name), dtype=dtype, weights=False)
     return amk.load_model(name, dtype=dtype, weights=False)
 
 
@@ -42,12 +44,17 @@ def _cases():
         yield name, dtype, {"build": {"tagged_hidden": True}}
     for dtype in ("fp32", "fp16"):
         yield "toy", dtype, None
+    # the block-wide passes of more than 8 q heads a KV head, in tiles of 8 (160-528 bytes in one tile of 32)
+    for shape, dtype, cfg in (("g32-hd16", "bf16", {"attention": {"q_splits": 1}}),
+                              ("g32-hd16", "bf16", OTHER_PATHS[0]), ("g32-hd16", "fp32", OTHER_PATHS[1]),
+                              ("g16-hd16", "fp32", OTHER_PATHS[1])):
+        yield shape, dtype, cfg
 
 
 @pytest.mark.parametrize("name,dtype,cfg", list(_cases()), ids=lambda v: str(v) if v is not None else "default")
-def test_kernel_keeps_nothing_in_local_memory_under_the_gpu_images_nvrtc(name, dtype, cfg):
+def test_kernel_keeps_nothing_in_local_memory_under_the_gpu_images_nvrtc(name, dtype, cfg, tmp_path):
     assert nvrtc.version() == (13, 0), "the dev extras pin the GPU image's NVRTC, 13.0"
-    model = _model(name, dtype)
+    model = _model(name, dtype, tmp_path)
     prog = lower(model, get_target("h200"), cfg, max_seq=min(1024, model.dims.max_positions))
     res = nvrtc.kernel_resources(generate_header(prog) + "\n" + kernel_source(), "sm_90")
     assert res.stack_bytes <= LOCAL_BYTES_BUDGET, (name, dtype, cfg, res.stack_bytes, res.spill_store_bytes)

@@ -347,30 +347,36 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   const int cap = (AMK_MAX_SEQ + p.parts - 1) / p.parts;
   float* sc = in_smem ? probs : buf<float>(c, p.scores) + p.scores_off + (long long)(p.part * AMK_HEADS + p.kv_head * AMK_GROUP) * cap;
   const int stride = in_smem ? p.chunk : cap;
-  float m[AMK_GROUP], l[AMK_GROUP], Mr[AMK_GROUP], Lr[AMK_GROUP];
-  scores_pass(kc, qs, s0, s1, sc, stride, in_smem, m, l, ks, n_staged);
-  PHASE(1);
-  group_softmax_stats(m, l, red, Mr, Lr);
   const int row = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
-  if (threadIdx.x < AMK_GROUP) {
-    const int j = threadIdx.x;
-    const bool any = s1 > s0;
-    const float mj = pick(Mr, j), lj = pick(Lr, j);
-    M[j] = mj;
-    Ls[j] = lj;
-    float* stats = buf<float>(c, p.stats) + p.stats_off + (row + j) * 2;
-    stcg(stats, any ? mj : NEG_INF);
-    stcg(stats + 1, any ? lj : 0.f);
+  // a tile's scores, then its values. reduce_values' scratch (NWARPS x GT heads) runs from probs on and may cover
+  // the staged K and V rows (attention_partial_smem_bytes), so the tiles after the first read them from the cache,
+  // which holds the same rows (this step's own too: fold_rope appended it before the barrier above)
+  for (int h0 = 0; h0 < AMK_GROUP; h0 += GT) {
+    const int nh = tile_heads(h0), staged = h0 == 0 ? n_staged : 0;
+    float m[GT], l[GT], mj, lj;
+    scores_pass(kc, qs + h0 * AMK_HEAD_DIM, s0, s1, sc + h0 * stride, stride, in_smem, m, l, ks, staged, nh);
+    PHASE(1);
+    group_softmax_stats(m, l, red, mj, lj);
+    if (threadIdx.x < nh) {
+      const int j = threadIdx.x;
+      const bool any = s1 > s0;
+      M[h0 + j] = mj;
+      Ls[h0 + j] = lj;
+      float* stats = buf<float>(c, p.stats) + p.stats_off + (row + h0 + j) * 2;
+      stcg(stats, any ? mj : NEG_INF);
+      stcg(stats + 1, any ? lj : 0.f);
+    }
+    PHASE(2);
+    float acc[GT][VV];
+#pragma unroll
+    for (int j = 0; j < GT; ++j)
+#pragma unroll
+      for (int e = 0; e < VV; ++e) acc[j][e] = 0.f;
+    // values_pass opens with a barrier, which publishes M and Ls
+    values_pass(vc, sc + h0 * stride, stride, in_smem, s0, s1, M + h0, Ls + h0, probs + h0 * p.chunk, p.chunk, acc,
+                nh, vs, staged, false);
+    reduce_values(acc, out_s + h0 * AMK_HEAD_DIM, probs, nh);
   }
-  PHASE(2);
-  float acc[AMK_GROUP][VV];
-#pragma unroll
-  for (int j = 0; j < AMK_GROUP; ++j)
-#pragma unroll
-    for (int e = 0; e < VV; ++e) acc[j][e] = 0.f;
-  // values_pass opens with a barrier, which publishes M and Ls
-  values_pass(vc, sc, stride, in_smem, s0, s1, M, Ls, probs, p.chunk, acc, vs, n_staged, false);
-  reduce_values(acc, out_s, probs);
   ptype* out = part_ptr(c, p.out, p.out_off) + row * AMK_HEAD_DIM;
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) stpart(out + i, out_s[i]);
   PHASE(3);
