@@ -43,11 +43,35 @@ def test_every_warp_layout_matches_transformers_and_reference(shape, dtype, chec
     for cfg in CONFIGS:
         prog = amk.lower(model, target, cfg, max_seq=256)
         assert any(t.opcode == Opcode.ATTN_PARTIAL for t in prog.tasks), (shape, cfg)
-        res = verify(prog, model, device="cuda", vm="cuda", cases="full")
-        assert res.ok, (shape, cfg, res.to_dict()["failures"])
-        gpu, ref = make_vm(prog, model, device="cuda", vm="cuda"), make_vm(prog, model, device="cuda")
-        for tok in (1, 5, 9):
-            a, _ = gpu.step(tok)
-            b, _ = ref.step(tok)
-            tol = 1e-4 if dtype == "fp32" else 5e-2
-            assert torch.allclose(a, b, atol=tol * max(1.0, float(b.abs().max()))), (shape, cfg, tok)
+        _matches_transformers_and_reference(prog, model, dtype, (shape, cfg))
+
+
+# the block-wide passes (ATTN_DECODE, the global softmax's scores and values) take more than 8 q heads a KV head in
+# tiles of 8 (vm/attention.cuh GT): each tile its own passes over K and V, its stats, probabilities and values
+TILED = ["g16-hd16", "g32-hd16"]
+BLOCK_WIDE = [({"attention": {"kv_partitions": 1}}, Opcode.ATTN_DECODE),
+              ({"attention": {"softmax": "global"}}, Opcode.ATTN_SCORES)]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("shape", TILED)
+def test_the_block_wide_passes_in_tiles_of_q_heads_match_transformers_and_reference(shape, dtype, checkpoints,
+                                                                                    target):
+    model = amk.load_model(str(checkpoints[shape]), dtype=dtype, device="cuda")
+    assert model.dims.group > 8
+    for cfg, opcode in BLOCK_WIDE:
+        prog = amk.lower(model, target, cfg, max_seq=256)
+        assert any(t.opcode == opcode for t in prog.tasks), (shape, cfg)
+        _matches_transformers_and_reference(prog, model, dtype, (shape, cfg))
+
+
+def _matches_transformers_and_reference(prog, model, dtype: str, label) -> None:
+    """The CUDA VM's program verified against transformers, and its logits step for step against the ReferenceVM's."""
+    res = verify(prog, model, device="cuda", vm="cuda", cases="full")
+    assert res.ok, (label, res.to_dict()["failures"])
+    gpu, ref = make_vm(prog, model, device="cuda", vm="cuda"), make_vm(prog, model, device="cuda")
+    for tok in (1, 5, 9):
+        a, _ = gpu.step(tok)
+        b, _ = ref.step(tok)
+        tol = 1e-4 if dtype == "fp32" else 5e-2
+        assert torch.allclose(a, b, atol=tol * max(1.0, float(b.abs().max()))), (label, tok)
