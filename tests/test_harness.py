@@ -15,6 +15,7 @@ from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for
 import amk
 import amk.harness.correctness as correctness
 import amk.harness.evaluate as ev
+from amk.flywheel.records import TuningRecord, append_record
 from amk.harness.calibration import Calibration
 from amk.harness.environment import Device, get_model
 from amk.schedule.config import ScheduleConfig
@@ -67,6 +68,24 @@ def test_propose_takes_the_best_kept_corpus_config(tmp_path):
         "pipelining_depth"] == 3
     with pytest.raises(amk.UnknownModelError):
         amk.propose("no-such-model", "cpu-sim")
+    assert p["notes"] == []
+
+
+def test_propose_says_why_the_defaults_are_the_incumbent(tmp_path):
+    # a misspelt corpus path read as no corpus at all, with nothing said (the CLI refuses one; the API may be
+    # handed the corpus of a loop that has not written it yet)
+    def why(corpus):
+        p = amk.propose("toy", "cpu-sim", corpus=corpus)
+        assert p["source"] == "default"
+        (note,) = p["notes"]
+        return note
+
+    assert why(None).endswith("no corpus given")
+    assert why(tmp_path / "runs" / "c.jsonl").endswith(f"no corpus at '{tmp_path / 'runs' / 'c.jsonl'}' yet")
+    other = tmp_path / "other.jsonl"
+    append_record(other, TuningRecord(model="toy", gpu="h200", config={}, environment={}, time="t",
+                                      verdict={"correct": True, "latency_us": 5.0}))
+    assert "holds no kept record of toy on cpu-sim in fp32" in why(other)
 
 
 def test_a_bad_config_is_a_verdict_before_the_model_is_looked_up():

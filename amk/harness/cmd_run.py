@@ -152,6 +152,7 @@ def proposal_text(p: dict) -> str:
         lat = f", {p['incumbent_latency_us']:.2f} us ({p.get('incumbent_latency_kind')}"
         lat += f" at a KV context of {p['context']})" if p.get("context") is not None else ")"
     lines = [f"incumbent for {p['model']} on {p['gpu']}: schedule {p['schedule_id']} (from {p['source']}{lat})",
+             *(f"  {n}" for n in p.get("notes") or ()),
              f"schema: {p['schema_path']}",
              f"{'knob':<34} {'value':<16} {'default':<16} searched on {p['gpu']}"]
     for k in p["search_space"]:

@@ -77,7 +77,8 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     """Where a search starts: the incumbent config for `model` on `gpu` (the corpus's best measured config
     there of the run's dtype and KV context, else the default), its JSON schema's path and the search space, as
     {"config", "schedule_id", "schema_path", "search_space", "derived", "source", "gpu", "model", "dtype",
-    "max_seq", "context"} (HARNESS.md section 1).
+    "max_seq", "context", "notes"} (HARNESS.md section 1). Where the defaults stand in, a note says why: no corpus
+    given, none at that path yet, or none of its kept records for this run.
 
     `dtype` (fp32, fp16, bf16): that of the run to start; a loaded Model's own dtype; else the default a loop
     takes (bf16 for a GPU target, fp32 for cpu-sim). `max_seq`: the KV positions the run's programs hold, as
@@ -113,14 +114,25 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
             raise ArgumentError("incumbent", f"does not lower for {name} on {target.name}: {v.rejected_reason}")
     else:
         cfg, source, verdict = incumbent_config(name, target.name, corpus, run_dtype, context)
+    notes = [] if source != "default" else [_why_default(name, target.name, corpus, run_dtype, context)]
     out = {"model": name, "gpu": target.name, "dtype": run_dtype, "max_seq": seq, "context": context,
            "config": cfg.to_dict(), "schedule_id": cfg.schedule_id, "source": source,
            "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype, _group(model, run_dtype)),
-           "derived": derived_tiling(model, target, cfg, run_dtype, seq)}
+           "derived": derived_tiling(model, target, cfg, run_dtype, seq), "notes": notes}
     if verdict is not None:
         out["incumbent_latency_us"] = verdict.get("latency_us")
         out["incumbent_latency_kind"] = verdict.get("latency_kind")
     return out
+
+
+def _why_default(model: str, gpu: str, corpus, dtype: str, context: int) -> str:
+    """Why propose's incumbent is the default config: the corpus it was (not) given, by path."""
+    if corpus is None:
+        return "the defaults are the incumbent: no corpus given"
+    if not Path(corpus).exists():
+        return f"the defaults are the incumbent: no corpus at {str(corpus)!r} yet"
+    return (f"the defaults are the incumbent: {str(corpus)!r} holds no kept record of {model} on {gpu} in {dtype} "
+            f"at a KV context of {context} whose config this version reads")
 
 
 def _group(model, dtype: str) -> int:
