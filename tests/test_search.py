@@ -52,8 +52,8 @@ def test_candidates_above_the_race_bound_are_timed_once_and_never_kept(tmp_path)
         assert row["status"] == "discard" and not row["spread_us"]
     incumbent = [float(r["latency_us"]) for r in rows if r["status"] in ("keep", "remeasure")]
     # every bound sat at least 3% above some incumbent measured then (kept or re-measured), so no keep could have
-    # been stopped
-    assert all(b >= 1.03 * min(incumbent) - 1e-9 for b in bounds if b is not None)
+    # been stopped; a bound is 1.03x an unrounded latency, the rows' are written to 4 decimals
+    assert all(b >= 1.03 * (min(incumbent) - 5e-5) for b in bounds if b is not None)
 
 
 def test_a_flat_function_keeps_nothing(tmp_path):

@@ -45,6 +45,16 @@ def test_the_search_leaves_out_what_the_target_cannot_run():
         assert validate(prog, "l4").ok == (pages in values("l4", "pipeline.pages"))
 
 
+def test_a_block_of_1024_threads_parses_but_is_never_searched():
+    # 64 registers a thread spill the kernel to local memory; every loop trial of it ran about twice the step
+    assert ScheduleConfig.from_dict({"threads_per_block": 1024}).threads_per_block == 1024
+    for target in ("h200", "cpu-sim"):
+        (knob,) = [k for k in search_space(target) if k.path == "threads_per_block"]
+        assert 1024 not in knob.search and 512 in knob.search
+    rng = random.Random(0)
+    assert all(random_config(search_space("h200"), rng).threads_per_block != 1024 for _ in range(200))
+
+
 def test_no_candidate_of_a_round_claims_a_move_of_a_knob_it_makes_inert():
     """Random draws, restarts and crossovers settle a knob that cannot act (l2_prefetch_kb with pipelining_depth
     0) back to the incumbent's value, so no description names a move that changes nothing."""
