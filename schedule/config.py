@@ -241,9 +241,10 @@ class ScheduleConfig:
     scratch: ScratchPolicy = knob(ScratchPolicy.LIVENESS, help="scratch arena allocation",
                                   choices=list(ScratchPolicy))
     # 1024 is a choice, not searched: 64 registers a thread at 1024 (the kernel wants about 156 at 256) spill 184
-    # bytes a thread to local memory (NVRTC 13.0, llama-3.2-1b bf16), and every loop trial of it on an H200 ran
-    # 1.8-2.0x the incumbent's step on llama-3.2-1b and 4-5x on qwen2.5-0.5b while the cost model priced it near
-    # the incumbent (bench/results/loop_20261130-*/results.tsv, 10 trials)
+    # bytes a thread to local memory (NVRTC 13.0, llama-3.2-1b bf16). The loops in bench/results/loop_*/ measured
+    # it 33 times on H200s (llama-3.2-1b, tinyllama-1.1b, qwen2.5-0.5b), the cost model pricing it near the
+    # incumbent; the fastest of each loop's trials of it ran 1.3-2.0x that loop's best incumbent step, most 2x
+    # or more
     threads_per_block: int = knob(512, help="threads of each persistent block; with pipeline.pages > 0 its last "
                                             "warp is the weight producer and the rest are consumer warps",
                                   choices=[128, 256, 512, 1024], search=[128, 256, 512])
