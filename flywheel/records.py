@@ -279,6 +279,14 @@ def for_run(records: list[TuningRecord], model: str, gpu: str, dtype: str | None
             and (dtype is None or r.dtype is None or r.dtype == dtype)]
 
 
+def for_other_models(records: list[TuningRecord], model: str, gpu: str, dtype: str | None = None) -> list[TuningRecord]:
+    """The records of every model but `model` (by model_key) on one GPU target and dtype, as for_run matches them:
+    what the ranking model's knob effects start from where this model has few records of its own."""
+    match = same_model(model)
+    return [r for r in records if r.gpu == gpu and not match(r.model)
+            and (dtype is None or r.dtype is None or r.dtype == dtype)]
+
+
 def at_context(records: list[TuningRecord], context: int | None) -> list[TuningRecord]:
     """The records whose latency was taken at a KV context of `context` positions (the verdict's
     latency_context), and those that do not say (no latency, or an older line); all of them for None. A

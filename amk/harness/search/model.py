@@ -10,10 +10,14 @@ regression of log(latency / analytic) over this model's, GPU's and dtype's corre
 - for integer knobs with three or more searched values, log2(value / default) (a trend, so that measuring
   64 and 32 says something about 512),
 - log(analytic) itself (how far to trust the analytic model's spread: a slope of 1 keeps it, 0 ignores it).
-The penalties pull each toward "the analytic model is right", so with few records it ranks alone, and each
-measured record moves the estimates toward what the GPU showed.
+The penalties pull each effect and trend toward what other models' records of this GPU and dtype show
+(transfer_effects: the same regression pooled over them, one intercept a model), or toward "the analytic model
+is right" where there are none; so a model with few records of its own ranks by what the GPU showed on the
+others (on the tinyllama-1.1b shape every trial of `pipeline.pages` ran 1.36x or more the default's step,
+which the analytic part prices as a gain: bench/results/loop_20261203-1736_h200_tinyllama-1.1b_6min), and each of its own records moves the estimates toward what the GPU showed on it.
 
-`score()` adds optimism for knob values no record has tried yet (EXPLORE per value, at most EXPLORE_MAX),
+`score()` adds optimism for knob values no record of this model has tried yet (EXPLORE per value, at most
+EXPLORE_MAX),
 so a round prefers to learn something when the predictions tie. Units: microseconds; effects are natural-log
 units (0.01 ~ 1%).
 """
@@ -79,6 +83,8 @@ class RankingModel:
     observed: dict[str, int] = field(default_factory=dict)  # path=value -> records that held it
     searched: frozenset[str] = frozenset()
     trend_defaults: dict[str, float] = field(default_factory=dict)
+    transfer_rows: int = 0  # other models' records the effects start from
+    transfer_models: int = 0
 
     def analytic(self, features: dict | None, predicted_us: float | None) -> float | None:
         """The analytic price under the current coefficients (from the features when known)."""
@@ -100,6 +106,9 @@ class RankingModel:
         base = self.analytic(features, predicted_us)
         if base is None or base <= 0:
             return None
+        return self._corrected(cfg, keys, base)
+
+    def _corrected(self, cfg: ScheduleConfig, keys: list[str], base: float) -> float:
         r = self.intercept + (self.slope - 1.0) * (math.log(base) - self.center)
         r += sum(self.effects.get(k, 0.0) for k in keys)
         r += sum(self.trend.get(p, 0.0) * t for p, t in _trends(cfg, self.trend_defaults).items())
@@ -120,7 +129,8 @@ class RankingModel:
     def to_dict(self) -> dict:
         top = sorted(self.effects.items(), key=lambda kv: kv[1])
         return {"coefficients": self.coefficients.to_dict(), "rows": self.rows, "spearman": self.spearman,
-                "analytic_slope": round(self.slope, 4),
+                "analytic_slope": round(self.slope, 4), "transfer_rows": self.transfer_rows,
+                "transfer_models": self.transfer_models,
                 "best_knob_values": [{"move": k, "log_effect": round(v, 4)} for k, v in top[:5] if v < 0]}
 
 
@@ -134,14 +144,20 @@ def _fit_coefficients(run: list[TuningRecord], gpu_records: list[TuningRecord]) 
     return CostCoefficients()
 
 
-def fit_model(run: list[TuningRecord], gpu_records: list[TuningRecord], space: list[Knob], kind: str) -> RankingModel:
-    """Fit the ranking model. `run`: this model's, GPU's and dtype's records; `gpu_records`: every record of
-    the GPU (for the coefficients when the run has too few); `kind`: the latency kind this run produces
-    (records of another kind are not comparable and are left out)."""
-    searched = frozenset(k.path for k in space if k.search)
-    model = RankingModel(_fit_coefficients(run, gpu_records), searched=searched, trend_defaults=trend_knobs(space))
-    usable = []
-    for r in run:
+@dataclass(frozen=True)
+class _Row:
+    model: str
+    config: ScheduleConfig
+    keys: list[str]  # non-default searched path=value
+    trends: dict[str, float]  # path -> log2(value / default)
+    log_base: float  # log(analytic us)
+    latency_us: float
+
+
+def _rows(records: list[TuningRecord], model: RankingModel, kind: str) -> list[_Row]:
+    """The records a fit can learn from: correct, timed in `kind`, priced, with a config today's schema reads."""
+    out = []
+    for r in records:
         if not r.correct or r.latency_us is None or r.latency_kind != kind or r.latency_us <= 0:
             continue
         base = model.analytic(r.features, r.predicted_latency_us)
@@ -151,36 +167,79 @@ def fit_model(run: list[TuningRecord], gpu_records: list[TuningRecord], space: l
             cfg = ScheduleConfig.from_dict(r.config)
         except ValueError:
             continue  # a config of an older schema: it teaches nothing now
-        keys = knob_keys(cfg, searched)
-        for k in keys:
-            model.observed[k] = model.observed.get(k, 0) + 1
-        usable.append((keys, _trends(cfg, model.trend_defaults), math.log(base), math.log(r.latency_us), r.latency_us))
-    if not usable:
-        return model
-    names = sorted({k for keys, *_ in usable for k in keys})
-    paths = sorted({p for _, tr, *_ in usable for p in tr})
-    model.center = float(np.mean([lb for _, _, lb, *_ in usable]))
-    n_f = len(names) + len(paths) + 2
-    X, y = np.zeros((len(usable), n_f)), np.zeros(len(usable))
+        out.append(_Row(r.model, cfg, knob_keys(cfg, model.searched), _trends(cfg, model.trend_defaults), math.log(base),
+                        r.latency_us))
+    return out
+
+
+def _design(rows: list[_Row], groups: list[str]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """X (one column per knob value, per trend, then one per group) and y = log(latency / analytic)."""
+    names = sorted({k for row in rows for k in row.keys})
+    paths = sorted({p for row in rows for p in row.trends})
     col = {k: i for i, k in enumerate(names)}
     tcol = {p: len(names) + i for i, p in enumerate(paths)}
-    for i, (keys, tr, lb, ly, _) in enumerate(usable):
-        for k in keys:
+    X, y = np.zeros((len(rows), len(names) + len(paths) + len(groups))), np.zeros(len(rows))
+    for i, row in enumerate(rows):
+        for k in row.keys:
             X[i, col[k]] = 1.0
-        for p, t in tr.items():
+        for p, t in row.trends.items():
             X[i, tcol[p]] = t
-        X[i, -2] = lb - model.center
-        X[i, -1] = 1.0  # intercept, not penalised
-        y[i] = ly - lb
+        y[i] = math.log(row.latency_us) - row.log_base
+    return X, y, names, paths
+
+
+def transfer_effects(others: list[TuningRecord], model: RankingModel, kind: str) -> tuple[dict, dict, int, int]:
+    """The knob effects and trends other models' records show on this GPU: the same ridge regression, pooled, with
+    one free intercept a model (so that a model the analytic part prices too slow or too fast moves no knob).
+    Returns (effects, trend, records, models). Replayed over the H200 loop corpora of three shapes, each ranked
+    cold from the other two's records, the rank correlation of prediction and measurement rose from 0.67-0.85 to
+    0.85-0.95 (bench/ranking_transfer.py, bench/results/20261205-0715_ranking_transfer.json)."""
+    rows = _rows(others, model, kind)
+    if not rows:
+        return {}, {}, 0, 0
+    groups = sorted({row.model for row in rows})
+    X, y, names, paths = _design(rows, groups)
+    gcol = {g: len(names) + len(paths) + i for i, g in enumerate(groups)}
+    for i, row in enumerate(rows):
+        X[i, gcol[row.model]] = 1.0
+    penalty = np.diag([RIDGE] * len(names) + [RIDGE_TREND] * len(paths) + [0.0] * len(groups))
+    w = np.linalg.solve(X.T @ X + penalty + 1e-9 * np.eye(X.shape[1]), X.T @ y)
+    effects = {k: float(np.clip(w[i], -CLIP, CLIP)) for i, k in enumerate(names)}
+    trend = {p: float(np.clip(w[len(names) + i], -CLIP, CLIP)) for i, p in enumerate(paths)}
+    return effects, trend, len(rows), len(groups)
+
+
+def fit_model(run: list[TuningRecord], gpu_records: list[TuningRecord], space: list[Knob], kind: str,
+              others: list[TuningRecord] = ()) -> RankingModel:
+    """Fit the ranking model. `run`: this model's, GPU's and dtype's records; `gpu_records`: every record of
+    the GPU (for the coefficients when the run has too few); `kind`: the latency kind this run produces
+    (records of another kind are not comparable and are left out); `others`: other models' records of this GPU
+    and dtype (flywheel.records.for_other_models), whose knob effects (transfer_effects) the run's own records
+    are pulled toward in place of zero, and which price the knob values this model has not measured."""
+    searched = frozenset(k.path for k in space if k.search)
+    model = RankingModel(_fit_coefficients(run, gpu_records), searched=searched, trend_defaults=trend_knobs(space))
+    prior_effects, prior_trend, model.transfer_rows, model.transfer_models = transfer_effects(list(others), model,
+                                                                                                kind)
+    model.effects, model.trend = dict(prior_effects), dict(prior_trend)
+    usable = _rows(run, model, kind)
+    for row in usable:
+        for k in row.keys:
+            model.observed[k] = model.observed.get(k, 0) + 1
+    if not usable:
+        return model
+    model.center = float(np.mean([row.log_base for row in usable]))
+    X, y, names, paths = _design(usable, ["slope", "intercept"])
+    X[:, -2] = [row.log_base - model.center for row in usable]
+    X[:, -1] = 1.0  # intercept, not penalised
+    w0 = np.array([prior_effects.get(k, 0.0) for k in names] + [prior_trend.get(p, 0.0) for p in paths] + [0.0, 0.0])
     penalty = np.diag([RIDGE] * len(names) + [RIDGE_TREND] * len(paths) + [RIDGE_SLOPE, 0.0])
-    w = np.linalg.solve(X.T @ X + penalty + 1e-9 * np.eye(n_f), X.T @ y)
-    model.effects = {k: float(np.clip(w[col[k]], -CLIP, CLIP)) for k in names}
-    model.trend = {p: float(np.clip(w[tcol[p]], -CLIP, CLIP)) for p in paths}
+    n_f = X.shape[1]
+    w = np.linalg.solve(X.T @ X + penalty + 1e-9 * np.eye(n_f), X.T @ y + penalty @ w0)
+    model.effects.update({k: float(np.clip(w[i], -CLIP, CLIP)) for i, k in enumerate(names)})
+    model.trend.update({p: float(np.clip(w[len(names) + i], -CLIP, CLIP)) for i, p in enumerate(paths)})
     model.slope = float(np.clip(1.0 + w[-2], 0.0, 2.0))
     model.intercept = float(w[-1])
     model.rows = len(usable)
-    preds = [math.log(model.predict(r.config, r.features, r.predicted_latency_us) or float("nan")) for r in run
-             if r.correct and r.latency_us is not None and r.latency_kind == kind and r.latency_us > 0
-             and model.analytic(r.features, r.predicted_latency_us)]
-    model.spearman = spearman(preds, [u[-1] for u in usable]) if len(preds) == len(usable) else None
+    preds = [math.log(model._corrected(row.config, row.keys, math.exp(row.log_base))) for row in usable]
+    model.spearman = spearman(preds, [row.latency_us for row in usable])
     return model

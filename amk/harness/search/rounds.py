@@ -13,7 +13,7 @@ import time
 
 from amk.flywheel.claims import snapshot
 from amk.flywheel.prior import Prior
-from amk.flywheel.records import for_run, load_records
+from amk.flywheel.records import for_other_models, for_run, load_records
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ConfigError
 from amk.schedule.space import diff, settle_inert
@@ -112,7 +112,8 @@ class Rounds:
         records = load_records(self.corpus)  # the ranking sees every record up to now, the last round's too
         self.prior = Prior.from_corpus(records, gpu=self.target.name)
         self.ranking = fit_model(for_run(records, self.name, self.target.name, self.dtype),
-                                 [r for r in records if r.gpu == self.target.name], self.space, self.kind)
+                                 [r for r in records if r.gpu == self.target.name], self.space, self.kind,
+                                 others=for_other_models(records, self.name, self.target.name, self.dtype))
         snap = snapshot(self.results, self.name, self.target.name)
         ranked, unranked = [], []
         for sid, (c, b) in list(self.backlog.items()):
