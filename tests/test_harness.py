@@ -194,10 +194,20 @@ def test_gate_gpu_failure_is_a_failure_not_a_prediction(monkeypatch, fake_gpu):
     assert any("GPU failure" in n and "illegal memory access" in n for n in v["notes"])
 
 
-def test_gate_gpu_timing_failure_fails_and_a_measurement_is_labelled(monkeypatch, fake_gpu):
+def _kernel_stand_in(local_bytes: int = 0):
+    """A ReferenceVM in the CUDA VM's place, with the loaded kernel's attributes a verdict reports."""
     from amk.eval.oracle import make_vm
 
-    monkeypatch.setattr(correctness, "build_cuda_vm", lambda program, model: make_vm(program, model))
+    def build(program, model):
+        vm = make_vm(program, model)
+        vm.registers, vm.local_bytes, vm.build_origin, vm.build_seconds = 64, local_bytes, "compiled", 1.25
+        return vm
+
+    return build
+
+
+def test_gate_gpu_timing_failure_fails_and_a_measurement_is_labelled(monkeypatch, fake_gpu):
+    monkeypatch.setattr(correctness, "build_cuda_vm", _kernel_stand_in())
 
     def timing_fails(vm, stop_above_us=None):
         raise RuntimeError("VM error word 3: task 12 timed out")
@@ -215,6 +225,23 @@ def test_gate_gpu_timing_failure_fails_and_a_measurement_is_labelled(monkeypatch
     monkeypatch.setattr(correctness, "time_cuda_vm", lambda vm, stop_above_us=None: {"latency_us": 1.0, "spread_us": 0.0})
     v = amk.evaluate(fake_gpu, "cpu-sim", {}, device="cuda")
     assert v["correct"] and v["latency_us"] is None and any("withheld" in n for n in v["notes"])
+
+
+def test_the_verdict_gives_the_kernels_registers_and_local_memory(monkeypatch, fake_gpu):
+    monkeypatch.setattr(correctness, "time_cuda_vm", lambda vm, stop_above_us=None: {"latency_us": 80.0, "spread_us": 0.5})
+    monkeypatch.setattr(correctness, "build_cuda_vm", _kernel_stand_in())
+    v = amk.evaluate(fake_gpu, "cpu-sim", {}, device="cuda")
+    assert v["kernel"] == {"registers": 64, "local_bytes": 0, "build": "compiled", "build_seconds": 1.25,
+                           "threads_per_block": 512}
+    assert not any("local memory" in n for n in v["notes"])
+    monkeypatch.setattr(correctness, "build_cuda_vm", _kernel_stand_in(local_bytes=184))
+    v = amk.evaluate(fake_gpu, "cpu-sim", {"threads_per_block": 256}, device="cuda")
+    assert v["kernel"]["local_bytes"] == 184 and v["kernel"]["threads_per_block"] == 256
+    assert any("184 bytes of local memory" in n for n in v["notes"])
+
+
+def test_a_cpu_verdict_has_no_kernel(toy_verdict):
+    assert toy_verdict["kernel"] is None
 
 
 # ---- caches ------------------------------------------------------------------------------------------------

@@ -166,6 +166,18 @@ def build_cuda_vm(program, model):
     return make_vm(program, model, device="cuda", vm="cuda")
 
 
+def record_kernel(v: Verdict, vm) -> None:
+    """The verdict's `kernel`: what ptxas gave the loaded kernel (registers a thread, local memory bytes a thread:
+    its stack frame and spills) and where the build came from; a note where local memory is used, since the
+    weight stream sweeps L1 and each local access then costs an L2 round trip (the default kernel holds none on
+    every public shape, tests/gpu/test_kernel_local_memory.py)."""
+    v.kernel = {"registers": int(vm.registers), "local_bytes": int(vm.local_bytes), "build": vm.build_origin,
+                "build_seconds": round(float(vm.build_seconds), 3), "threads_per_block": vm.program.threads_per_block}
+    if vm.local_bytes > 0:
+        v.notes.append(f"the kernel holds {vm.local_bytes} bytes of local memory a thread (stack frame or spills, at "
+                       f"{vm.registers} registers a thread): each access may cost an L2 round trip")
+
+
 def time_cuda_vm(vm, stop_above_us: float | None = None) -> dict:
     """A seam for tests: eval.bench.time_vm."""
     from amk.eval.bench import time_vm
@@ -185,6 +197,7 @@ def run_cuda(v: Verdict, program, model, case_list, ref, seed: int, measure: boo
         v.cases_total, v.correct = len(case_list), False
         v.notes.append(f"GPU failure building the CUDA VM: {type(e).__name__}: {e}")
         return None
+    record_kernel(v, vm)
     res = verify(program, model, device="cuda", vm="cuda", cases=case_list, seed=seed, runner=vm, reference=ref)
     _record(v, res)
     if not res.ok or not measure:

@@ -49,6 +49,7 @@ class Verdict:
     environment: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
     cost: dict | None = None  # cost-model features and coefficients (what `fit` learns from)
+    kernel: dict | None = None  # the CUDA kernel as loaded: registers, local_bytes a thread, build; null off a GPU
     failures: list = field(default_factory=list)  # failing cases: case, error_type, message
     case_results: list = field(default_factory=list)  # every case: case, passed, message, its step figures
     notes: list = field(default_factory=list)

@@ -19,6 +19,8 @@ def test_quiet_measured_evaluate_on_the_gpu(tmp_path):
     assert p.returncode == 0 and p.stderr == "", p.stderr[-3000:]
     v = json.loads(p.stdout)
     assert v["correct"] and v["latency_kind"] == "measured-gpu" and v["dtype"] == "bf16" and v["device"] == "cuda"
+    # the default kernel holds no local memory (tests/gpu/test_kernel_local_memory.py), and a fresh cache compiles
+    assert v["kernel"]["local_bytes"] == 0 and v["kernel"]["registers"] > 0 and v["kernel"]["build"] == "compiled"
     p = subprocess.run([*AMK, "-q", "evaluate", "--model", "toy", "--device", "cuda", "--config",
                         '{"attention": {"kv_partitions": 1, "softmax": "global"}}'], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=900)
