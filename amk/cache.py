@@ -2,8 +2,9 @@
 
 An in-process FIFO of payload bytes over files under ``AMK_CACHE_DIR`` (or ``~/.cache/amk``).
 Keys hash everything that determines an entry, so nothing needs invalidating: a changed input
-is a new key. Each file carries a header (magic, version, length, sha256) so a torn or
-bit-rotted entry is detected, deleted and regenerated instead of poisoning a run.
+is a new key. Each file carries a header (magic, version, length, sha256 of its key and payload) so a torn or
+bit-rotted entry, or one copied or renamed to another key's path, is detected, deleted and regenerated instead of
+poisoning a run.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from amk.schedule.errors import ArgumentError, EnvironmentProblem
 log = logging.getLogger("amk.cache")
 
 KINDS = ("kernel", "program", "reference", "baseline")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: the digest covered the payload alone, so an entry served under another key's name passed
 _MAGIC = b"AMKC"
-_HEADER = struct.Struct("<4sHQ32s")  # magic, format version, payload length, sha256(payload)
+_HEADER = struct.Struct("<4sHQ32s")  # magic, format version, payload length, _digest(key, payload)
 _KEY_RE = re.compile(r"[0-9a-f]{8,128}")
 _STATS_FILE = "last_run_stats.json"
 _MISS = object()
@@ -45,6 +46,10 @@ class CacheError(Exception):
 
 class CorruptEntryError(CacheError):
     """An entry failed its header, checksum or content validation."""
+
+
+class StaleEntryError(CorruptEntryError):
+    """An intact entry of an older cache format: removed and rebuilt like a corrupt one, logged at info."""
 
 
 class CacheStorageError(CacheError):
@@ -167,17 +172,24 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _unpack(data: bytes, path: Path) -> bytes:
+def _digest(kind: str, key: str, payload: bytes) -> bytes:
+    """sha256 over the entry's kind and key as well as its payload: a file holds the entry of its own name only."""
+    return hashlib.sha256(f"{kind}/{key}\0".encode() + payload).digest()
+
+
+def _unpack(data: bytes, path: Path, kind: str, key: str) -> bytes:
     if len(data) < _HEADER.size:
         raise CorruptEntryError(f"{path}: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
     magic, version, length, digest = _HEADER.unpack_from(data)
+    if magic == _MAGIC and version < FORMAT_VERSION:
+        raise StaleEntryError(f"{path}: written in the cache's format v{version}, read in v{FORMAT_VERSION}")
     if (magic, version) != (_MAGIC, FORMAT_VERSION):
         raise CorruptEntryError(f"{path}: header {magic!r} v{version}, expected {_MAGIC!r} "
                                 f"v{FORMAT_VERSION}")
     payload = data[_HEADER.size:]
-    if len(payload) != length or hashlib.sha256(payload).digest() != digest:
-        raise CorruptEntryError(f"{path}: payload of {len(payload)} bytes fails the header's length "
-                                f"({length}) or sha256 check")
+    if len(payload) != length or _digest(kind, key, payload) != digest:
+        raise CorruptEntryError(f"{path}: payload of {len(payload)} bytes fails the header's length ({length}) or "
+                                f"its sha256 of the key and payload (torn, changed, or another key's entry)")
     return payload
 
 
@@ -267,7 +279,9 @@ class Cache:
             now = os.stat(path)
             if st is None or (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
                 os.unlink(path)
-        log.warning("corrupt cache entry removed kind=%s key=%s path=%s: %s", kind, key, path, why)
+        log.log(logging.INFO if isinstance(why, StaleEntryError) else logging.WARNING,
+                "%s cache entry removed kind=%s key=%s path=%s: %s",
+                "stale" if isinstance(why, StaleEntryError) else "corrupt", kind, key, path, why)
 
     def _lookup(self, kind: str, key: str, decode: Callable[[bytes], Any], miss: Any = None,
                 count_miss: bool = True) -> Any:
@@ -288,7 +302,7 @@ class Cache:
                     raise self._dir_error(path, e) from e
                 with f:
                     st = os.fstat(f.fileno())
-                    payload = _unpack(f.read(), path)
+                    payload = _unpack(f.read(), path, kind, key)
             value = decode(payload)  # memory too: callers may validate differently than at put
         except FileNotFoundError:
             reason = "absent"
@@ -355,7 +369,7 @@ class Cache:
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError(f"payload for kind={kind} key={key} is {type(payload).__name__}, not bytes")
         payload = bytes(payload)
-        header = _HEADER.pack(_MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
+        header = _HEADER.pack(_MAGIC, FORMAT_VERSION, len(payload), _digest(kind, key, payload))
         try:
             if label is not None:  # before the entry, so that a listed entry has its label
                 _atomic_write(self.label_path(kind, key), _canonical(label).encode())

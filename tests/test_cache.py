@@ -88,6 +88,37 @@ def test_damaged_file_detected_removed_and_regenerated(tmp_path, damage, caplog)
     assert any("corrupt" in r.message and K in r.message for r in caplog.records)
 
 
+@pytest.mark.parametrize("moved", ["another key", "another kind"])
+def test_an_intact_entry_under_another_keys_name_is_corrupt(tmp_path, moved, caplog):
+    other = "b" * 64
+    Cache(tmp_path).put("program", other, b"the other config's program")
+    src = Cache(tmp_path).path("program", other)
+    dst = Cache(tmp_path).path("program" if moved == "another key" else "kernel", K)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+    kind = "program" if moved == "another key" else "kernel"
+    c = Cache(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="amk.cache"):
+        assert c.get_or_create(kind, K, lambda: b"rebuilt") == b"rebuilt"
+    assert c.stats()[kind]["corrupt"] == 1 and Cache(tmp_path).get(kind, K) == b"rebuilt"
+    assert any("another key's entry" in r.message for r in caplog.records)
+    assert Cache(tmp_path).get("program", other) == b"the other config's program"  # the source is untouched
+
+
+def test_an_entry_of_the_older_format_is_rebuilt_and_logged_at_info(tmp_path, caplog):
+    import hashlib
+
+    path = Cache(tmp_path).path("kernel", K)
+    path.parent.mkdir(parents=True)
+    body = b"cubin of format 1"
+    path.write_bytes(cache_mod._HEADER.pack(b"AMKC", 1, len(body), hashlib.sha256(body).digest()) + body)
+    c = Cache(tmp_path)
+    with caplog.at_level(logging.INFO, logger="amk.cache"):
+        assert c.get_or_create("kernel", K, lambda: b"cubin") == b"cubin"
+    removed = [r for r in caplog.records if "cache entry removed" in r.message]
+    assert [r.levelno for r in removed] == [logging.INFO] and "stale" in removed[0].message
+
+
 def test_validate_failure_is_corrupt(tmp_path):
     c = Cache(tmp_path)
     c.put("baseline", K, b"not-json")
