@@ -515,7 +515,7 @@ def test_every_row_carries_the_runs_dtype_and_max_seq(tmp_path):
 
 def _one_row_file(tmp_path, evaluate, **edits) -> tuple:
     """A results file of one fp32 trial of SEED (max_seq 512), its row edited as `edits` says (column -> cell),
-    its latency set to 5 us: a resume that adopts the row has an incumbent of 5 us."""
+    its latency set to 50 us unless `edits` say otherwise: a resume that adopts the row has an incumbent of 50 us."""
     from amk.flywheel.results import COLUMNS, PRE_CONTEXT_COLUMNS
 
     res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
@@ -524,7 +524,7 @@ def _one_row_file(tmp_path, evaluate, **edits) -> tuple:
     header, line = res.read_text().splitlines()
     cells = dict(zip(COLUMNS, line.split("\t")))
     assert (cells["dtype"], cells["max_seq"], cells["status"]) == ("fp32", "512", "keep")
-    cells.update(latency_us="5.0000", **edits)
+    cells.update({"latency_us": "50.0000", **edits})
     columns = PRE_CONTEXT_COLUMNS if edits.pop("older", None) else COLUMNS
     res.write_text("\t".join(columns) + "\n" + "\t".join(cells[c] for c in columns) + "\n")
     return res, cor
@@ -550,10 +550,10 @@ def test_a_resume_adopts_only_a_row_of_its_own_dtype_and_max_seq(tmp_path, fake_
     seed_id = ScheduleConfig.from_dict(SEED).schedule_id
     rows = read_rows(res)
     if adopted:  # the row stands for the incumbent: not measured again
-        assert s["incumbent"]["trial"] == 1 and s["incumbent"]["latency_us"] == 5.0
+        assert s["incumbent"]["trial"] == 1 and s["incumbent"]["latency_us"] == 50.0
         assert seed_id not in fake_evaluate[calls:]
-    else:  # measured again at this run's dtype and context: the other row's 5 us is no bar
-        assert s["incumbent"]["latency_us"] != 5.0 and seed_id in fake_evaluate[calls:]
+    else:  # measured again at this run's dtype and context: the other row's 50 us is no bar
+        assert s["incumbent"]["latency_us"] != 50.0 and seed_id in fake_evaluate[calls:]
         assert rows[1]["status"] == "remeasure" and (rows[1]["dtype"], rows[1]["max_seq"]) == ("fp32", "512")
         assert f"{res}: 1 row of toy on cpu-sim is of another dtype or context" in caplog.text
         assert "passed over" in caplog.text
@@ -563,6 +563,24 @@ def test_a_resume_adopts_only_a_row_of_its_own_dtype_and_max_seq(tmp_path, fake_
     assert not older or str(res) in warned[0].getMessage()
     if older:  # appended in its own 15 columns
         assert all(line.count("\t") == 14 for line in res.read_text().splitlines())
+
+
+def test_a_resume_passes_over_a_kept_latency_under_the_spec_floor(tmp_path, fake_evaluate, caplog):
+    # toy's fp32 weights at cpu-sim's 50 GB/s: 11.7 us, so 0.0001 us is a hand edit, never the bar to beat
+    import logging
+
+    res, cor = _one_row_file(tmp_path, fake_evaluate, latency_us="0.0001")
+    calls = len(fake_evaluate)
+    with caplog.at_level(logging.WARNING, logger="amk.harness"):
+        s = amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, incumbent=SEED, resume=True,
+                     evaluate=fake_evaluate, settings=SMALL)
+    seed_id = ScheduleConfig.from_dict(SEED).schedule_id
+    assert seed_id in fake_evaluate[calls:]  # the incumbent is measured again
+    assert s["incumbent"]["latency_us"] > 11.0
+    rows = read_rows(res)
+    assert rows[1]["schedule_id"] == seed_id and rows[1]["status"] == "remeasure"
+    assert "trial 1 of" in caplog.text and "under the spec floor 11.7 us" in caplog.text
+    assert rows[2]["status"] in ("keep", "discard") and "44670933" not in rows[2]["description"]
 
 
 def test_a_resume_at_another_dtype_or_max_seq_is_not_barred_by_the_files_keeps(tmp_path):

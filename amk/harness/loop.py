@@ -38,6 +38,7 @@ from enum import Enum
 from pathlib import Path
 
 from amk.cache import CacheStorageError, default_cache
+from amk.eval.roofline import Floor
 from amk.flywheel.claims import Claim, Taken, claim, owner_id, snapshot
 from amk.flywheel.corpus import entries_for
 from amk.flywheel.prior import Prior
@@ -211,7 +212,10 @@ class _Run(Rounds):
         # cache's size is the same for every config of the run)
         from amk.schedule import lower
 
-        check_kv_memory(lower(dims_model, self.target, ScheduleConfig(), max_seq=self.program_max_seq), self.dev)
+        default_program = lower(dims_model, self.target, ScheduleConfig(), max_seq=self.program_max_seq)
+        check_kv_memory(default_program, self.dev)
+        # every config reads the same weights once a step: no row of this run can be faster than this
+        self.spec_floor_us = Floor(default_program.weight_bytes, self.target.spec_bandwidth_gbs, None).spec_us
         dims = dims_model.dims
         if self.dev == Device.CUDA:  # a shape no config builds for: one usage error, not a crash row a trial
             from amk.models.registry import resolve_dtype
@@ -357,6 +361,21 @@ class _Run(Rounds):
         return (row.get("dtype") or self.dtype) == self.dtype and \
             (row.get("max_seq") or str(self.program_max_seq)) == str(self.program_max_seq)
 
+    def _impossible(self, row: dict) -> bool:
+        """Whether a results row's latency is under the spec floor of this run's model on its GPU (its weight bytes
+        at the datasheet bandwidth): no step runs that fast, so the cell is a hand edit or a fault, never an
+        incumbent or a bar to beat (amk report and propose pass over such a record too). Warns naming the row."""
+        try:
+            lat = float(row.get("latency_us") or "nan")
+        except ValueError:
+            return False  # read_rows refuses such a cell before this
+        if not lat < self.spec_floor_us:
+            return False
+        log.warning("%s: trial %s of %s records %.4f us, under the spec floor %.1f us of %s on %s (a hand edit or a "
+                    "fault): passed over, neither an incumbent nor a bar to beat", self.results, row.get("trial"),
+                    row.get("schedule_id"), lat, self.spec_floor_us, self.name, self.target.name)
+        return True
+
     def _rows_of_run(self, rows: list[dict]) -> list[dict]:
         """The rows of this model and GPU that a resume may compare with and adopt: those of the run's dtype and
         context (_same_run). Logs once how many rows of another dtype or context were passed over, and warns
@@ -367,7 +386,7 @@ class _Run(Rounds):
             log.warning("%s: none of its %d rows are of %s on %s (it holds %s): this run starts from its own "
                         "baseline, as a new file would", self.results, len(rows), self.name, self.target.name,
                         "; ".join(held))
-        run = [r for r in mine if self._same_run(r)]
+        run = [r for r in mine if self._same_run(r) and not self._impossible(r)]
         here = f"{self.dtype}, max_seq {self.program_max_seq}"
         if len(run) < len(mine):
             other = sorted({f"{r.get('dtype') or '?'}, max_seq {r.get('max_seq') or '?'}"
@@ -480,7 +499,8 @@ class _Run(Rounds):
     def _adopt(self, row: dict) -> bool:
         """Take a measured row of the incumbent's program as its measurement (a resume, or another loop's)."""
         lat = float(row["latency_us"]) if row.get("latency_us") else None
-        if row.get("correct") != "true" or row.get("kind") != self.kind or lat is None or not self._same_run(row):
+        if row.get("correct") != "true" or row.get("kind") != self.kind or lat is None or not self._same_run(row) \
+                or self._impossible(row):
             return False
         spread = float(row["spread_us"]) if row.get("spread_us") else None
         self.inc.observe(lat, spread, row["kind"])
