@@ -164,7 +164,7 @@ def claim(results: str | os.PathLike, model: str, gpu: str, fingerprint: str, sc
             taken = _snapshot(results, data, claims, model, gpu, None, None).taken(fingerprint, schedule_id, me)
             if taken is not None:
                 return taken
-        trial = next_trial(data, floor=max((c.trial for c in claims), default=0))
+        trial = next_trial(data, floor=max((c.trial for c in claims), default=0), path=results)
         c = Claim(trial, model, gpu, fingerprint, schedule_id, me, time.time())
         line = (json.dumps(asdict(c), sort_keys=True) + "\n").encode()
         if cpath.exists() and cpath.stat().st_size and not cpath.read_bytes().endswith(b"\n"):

@@ -147,14 +147,27 @@ def columns_of(path, header_line: str) -> tuple[str, ...]:
     raise ResultsFormatError(path, header_line)
 
 
-def next_trial(data: bytes, floor: int = 0) -> int:
+class TrialNumbersExhausted(ResultsFormatError):
+    """The next trial of a results file would be numbered 2**63 or past it, which no reader takes as a count."""
+
+    def __init__(self, path, top: int):
+        self.path = str(path)
+        ValueError.__init__(self, f"{path}: its trial numbers reach {top}, so the next would be past 2**63 - 1, the "
+                                  "largest a trial number may be (a hand edit?): choose another results file")
+
+
+def next_trial(data: bytes, floor: int = 0, path: str | Path = "results.tsv") -> int:
     """One past the largest trial number of a results file's bytes (and `floor`, e.g. the largest claimed): of its
     data lines, and of a last line a crash left without its newline, whose number must not be given again. That
-    line took at least one past the lines before it, whatever digits of it survived ("1" of 12)."""
+    line took at least one past the lines before it, whatever digits of it survived ("1" of 12).
+    TrialNumbersExhausted (naming `path`) where that number would not be a count (COUNT_LIMIT)."""
     lines, tail = complete_lines(data), torn_tail(data)
     top = max([_trial(ln) for ln in lines[1:]], default=0)
     torn = max(top + 1, _trial(tail)) if lines and tail.strip() else 0
-    return max(top, torn, floor) + 1
+    nxt = max(top, torn, floor) + 1
+    if nxt >= COUNT_LIMIT:
+        raise TrialNumbersExhausted(path, nxt - 1)
+    return nxt
 
 
 def append_result(path: str | Path, row: ResultRow) -> ResultRow:
@@ -171,7 +184,7 @@ def append_result(path: str | Path, row: ResultRow) -> ResultRow:
         if not row.trial:
             from .claims import claimed_floor  # claims.py builds on this module
 
-            row.trial = next_trial(current, floor=claimed_floor(path))
+            row.trial = next_trial(current, floor=claimed_floor(path), path=path)
         row.time = row.time or _utc_now()
         # a file saved with CRLF (on Windows) gets its rows in CRLF too, not lines of two endings
         first = current.find(b"\n")  # the header's end, found without copying the rows after it

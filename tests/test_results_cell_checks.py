@@ -11,7 +11,7 @@ import pytest
 from _cli import cli_json
 from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
-from amk.flywheel.results import HEADER, load_results, next_trial, read_rows
+from amk.flywheel.results import HEADER, TrialNumbersExhausted, load_results, next_trial, read_rows
 
 run = cli_json
 HUGE = "99999999999999999999999"  # past int64: pandas reads it as a float it cannot cast back
@@ -75,6 +75,17 @@ def test_next_trial_does_not_count_on_from_a_trial_past_int64(tmp_path):
     data = _results(res, trial=HUGE)
     assert next_trial(data) == 3
     assert next_trial(data + HUGE.encode()) == 4  # a torn last line past int64: one past the rows before it
+
+
+def test_a_resume_whose_next_trial_number_would_pass_int64_is_refused_before_any_trial(capsys, tmp_path):
+    res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
+    before = _results(res, trial=str(2**63 - 1))
+    code, out = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--resume",
+                    "--results", str(res), "--corpus", str(cor))
+    assert code == 2 and out["error"].startswith(f"--results: {res}: its trial numbers reach {2**63 - 1}"), out
+    assert res.read_bytes() == before and not cor.exists()
+    with pytest.raises(TrialNumbersExhausted, match="choose another results file"):
+        next_trial(before)
 
 
 def test_report_and_resume_survive_a_trial_past_int64(capsys, tmp_path):
