@@ -62,6 +62,8 @@ async def _round_trip(cwd, cache_dir) -> dict:
                                                                              "config": json.dumps(config)}))
         out["text_incumbent"] = _structured(await client.call_tool("propose", {"model": "toy", "gpu": "cpu-sim",
                                                                                "incumbent": json.dumps(config)}))
+        out["bools"] = [await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim", name: True})
+                        for name in ("max_seq", "seed")]
         out["evaluate_schema"] = next(t for t in tools if t.name == "evaluate").input_schema
     return out
 
@@ -100,6 +102,8 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     assert twice.is_error and "usage: incumbent: $.threads_per_block: given twice" in twice.content[0].text, twice
     assert got["text_config"]["schedule_id"] == v["schedule_id"]
     assert got["text_incumbent"]["schedule_id"] == v["schedule_id"]
+    for name, r in zip(("max_seq", "seed"), got["bools"]):  # not read as 1, as Python refuses a bool for an int
+        assert r.is_error and f"{name}: expected a number, got true" in r.content[0].text, r.content
     bad = got["bad_incumbent"]  # named by its argument, as the CLI names --incumbent
     assert bad.is_error and "usage: incumbent: $.matvec.qkv.k_splits" in bad.content[0].text, bad.content
 

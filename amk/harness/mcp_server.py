@@ -3,8 +3,8 @@
 A coding agent that speaks MCP starts `amk mcp` as a subprocess and calls the tools; each returns the same
 JSON object as the Python function of the same name (HARNESS.md), as the tool's structured result. A bad
 config, whatever its JSON type, is not an error: it comes back as a verdict with `valid: false`. The other
-arguments are typed: the SDK converts what it can (the string "1" for an int) and rejects the rest, and any
-argument name a tool does not have, before AMK sees it. A usage error (an unknown model or GPU, a bad dtype, a results file with a foreign header) is a tool
+arguments are typed: the SDK converts what it can (the string "1" for an int) and rejects the rest, a JSON true
+or false for a number, and any argument name a tool does not have, before AMK sees it. A usage error (an unknown model or GPU, a bad dtype, a results file with a foreign header) is a tool
 error whose text starts with `usage:`; an environment problem with `environment:`. Logs go to stderr; stdout
 carries only the protocol.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import typing
 from typing import Any
 
 from .commands import CommandResult, ExitCode
@@ -54,16 +55,38 @@ def _keywords(text: str) -> str:
     return _REPORT_FLAG.sub(lambda m: _REPORT_ARGUMENTS[m.group(1)], text)
 
 
-def _refuse_unknown_arguments(server) -> None:
-    """Make every tool refuse an argument name it does not have. The SDK's argument models ignore unknown keys,
-    so a misspelt `confg` evaluated the defaults and answered valid and correct. The SDK keeps its tools on a
-    private manager: a change there raises here, when the server starts, not silently at a call."""
-    from pydantic import ConfigDict
+def _number_fields(arg_model) -> frozenset[str]:
+    """The arguments typed int or float (optional or not), where pydantic's lax mode reads true as 1."""
+    out = set()
+    for name, f in arg_model.model_fields.items():
+        kinds = typing.get_args(f.annotation) or (f.annotation,)
+        if any(k in (int, float) for k in kinds) and bool not in kinds:
+            out.add(name)
+    return frozenset(out)
+
+
+def _strict_arguments(server) -> None:
+    """Make every tool refuse an argument name it does not have, and a JSON true or false for a number. The SDK's
+    argument models ignore unknown keys, so a misspelt `confg` evaluated the defaults and answered valid and
+    correct; and they read `max_seq: true` as 1 (a one-position program), where Python refuses a bool. The SDK
+    keeps its tools on a private manager: a change there raises here, when the server starts, not silently at a
+    call."""
+    from pydantic import ConfigDict, model_validator
 
     for tool in server._tool_manager.list_tools():
         base = tool.fn_metadata.arg_model
-        tool.fn_metadata.arg_model = type(base.__name__, (base,),
-                                          {"model_config": ConfigDict(**base.model_config, extra="forbid")})
+        numbers = _number_fields(base)
+
+        def no_bools(cls, data, numbers=numbers):
+            if isinstance(data, dict):
+                for name in sorted(numbers):
+                    if isinstance(data.get(name), bool):
+                        raise ValueError(f"{name}: expected a number, got {str(data[name]).lower()}")
+            return data
+
+        tool.fn_metadata.arg_model = type(base.__name__, (base,), {
+            "model_config": ConfigDict(**base.model_config, extra="forbid"),
+            "_no_bools": model_validator(mode="before")(classmethod(no_bools))})
         tool.parameters["additionalProperties"] = False  # the listed input schema says so too
 
 
@@ -175,7 +198,7 @@ def build_server():
         except ToolError as e:
             raise ToolError(_keywords(str(e))) from e.__cause__
 
-    _refuse_unknown_arguments(server)
+    _strict_arguments(server)
     _keep_json_text(server)
     return server
 
