@@ -255,6 +255,11 @@ def test_loop_refuses_files_it_could_not_append_to_before_any_trial(tmp_path, mo
             amk.loop("toy", "cpu-sim", budget=1, device="cpu", **{"results": "r.tsv", "corpus": "c.jsonl", **kw})
         assert e.value.argument == argument
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"] and not list((tmp_path / "ro").iterdir())
+    # the claims file beside a results file still to be made: refused naming results, before any trial
+    (tmp_path / "ro.tsv.claims").write_text("")
+    with pytest.raises(LoopError, match="ro.tsv.claims' is not writable") as e:
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results="ro.tsv", corpus="c.jsonl")
+    assert e.value.argument == "results" and not (tmp_path / "ro.tsv").exists()
 
 
 @pytest.mark.parametrize("verb", ["evaluate", "loop", "propose"])

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from amk.cache import CacheStorageError, default_cache
 from amk.eval.roofline import Floor
-from amk.flywheel.claims import Claim, Taken, claim, claimed_floor, owner_id, snapshot
+from amk.flywheel.claims import Claim, Taken, claim, claimed_floor, claims_path, owner_id, snapshot
 from amk.flywheel.corpus import entries_for
 from amk.flywheel.prior import Prior
 from amk.flywheel.records import (
@@ -175,7 +175,7 @@ def _check_writable(path: Path, argument: str) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not os.access(probe, os.W_OK):
-        raise LoopError(f"{path}: {str(probe)!r} is not writable: the loop appends a row and a record a trial",
+        raise LoopError(f"{path}: {str(probe)!r} is not writable: the loop appends to it every trial",
                         argument=argument)
     try:  # the first append makes them anyway; one that cannot be made (under /proc, say) fails here, not after a trial
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,8 +184,8 @@ def _check_writable(path: Path, argument: str) -> None:
                         argument=argument) from None
     why = append_refusal(path)
     if why is not None:
-        raise LoopError(f"{path}: cannot be opened for appending ({why}): the loop appends a row and a record a "
-                        "trial", argument=argument)
+        raise LoopError(f"{path}: cannot be opened for appending ({why}): the loop appends to it every trial",
+                        argument=argument)
 
 
 class _Run(Rounds):
@@ -223,7 +223,8 @@ class _Run(Rounds):
 
             check_head_row(dims.head_dim, resolve_dtype(self.dtype).itemsize)
         self.results, self.corpus = Path(results), Path(corpus)
-        for path, flag in ((self.results, "results"), (self.corpus, "corpus")):
+        # the claims file beside the results (trial numbers taken before their rows are written) is appended to too
+        for path, flag in ((self.results, "results"), (self.corpus, "corpus"), (claims_path(self.results), "results")):
             _check_writable(path, flag)
         self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
         self.progress, self.cases, self.seed, self.max_seq = progress, cases, seed, max_seq
