@@ -194,6 +194,21 @@ def _string_width(path):
     (path / "config.json").write_text(json.dumps(cfg))
 
 
+def _storage_dtype(key, value):
+    def edit(path):
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.pop("dtype", None)
+        cfg[key] = value
+        (path / "config.json").write_text(json.dumps(cfg))
+    return edit
+
+
+def _config_of_another_width(path):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["intermediate_size"] *= 4  # the weights keep theirs: lowering would size shared memory for a model not there
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
 def _not_json(path):
     (path / "config.json").write_text('{"model_type": "llama",')
 
@@ -221,6 +236,11 @@ BROKEN = {  # how -> (file named, field named, words in the message)
     "config with hidden_size null": (_null_hidden_size, "config.json", "hidden_size", "null: transformers would"),
     "config with a string width": (_string_width, "config.json", "hidden_size", "expected int"),
     "config not JSON": (_not_json, "config.json", None, "not valid JSON"),
+    "config wider than its weights": (_config_of_another_width, "config.json", "intermediate_size",
+                                      "model.layers.0.mlp.gate_proj.weight is"),
+    "config with an unknown dtype": (_storage_dtype("dtype", "float8"), "config.json", "dtype", "'float8' is not a torch"),
+    "config with an unknown torch_dtype": (_storage_dtype("torch_dtype", "bogus"), "config.json", "torch_dtype",
+                                           "'bogus' is not a torch dtype"),
     "index naming a missing shard": (_index_without_shard, "model-00001-of-00002.safetensors", None, "not in the"),
     "single file beside an index": (_single_file_beside_an_index, None, None, "holds both model.safetensors and"),
 }

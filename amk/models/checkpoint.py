@@ -99,6 +99,25 @@ def check_layer_count(path: Path, raw: dict, weights: WeightFiles) -> None:
                           field="num_hidden_layers")
 
 
+def _check_storage_dtype(file: Path) -> None:
+    """CheckpointError naming the field where config.json's `dtype` or `torch_dtype` is a string that names no
+    torch dtype: transformers looks it up on the torch module and says only "module 'torch' has no attribute"."""
+    import torch
+
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers' own error names the file
+    if not isinstance(raw, dict):
+        return
+    for key in ("dtype", "torch_dtype"):
+        v = raw.get(key)
+        if isinstance(v, str) and v != "auto" and not isinstance(getattr(torch, v.removeprefix("torch."), None),
+                                                                 torch.dtype):
+            raise CheckpointError(file, f"{v!r} is not a torch dtype (float32, float16, bfloat16, ...)",
+                                  field=key)
+
+
 def load_config(path: Path):
     """transformers' config of the directory; its validation errors become CheckpointErrors naming the field. A
     null rope_type reads as the default RoPE, as AMK's rule reads it (fields.normalise_rope_type): the model is to be
@@ -106,6 +125,7 @@ def load_config(path: Path):
     from transformers import AutoConfig
 
     file = path / "config.json"
+    _check_storage_dtype(file)
     try:
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as e:  # strict-dataclass validation, bad values: all of them about this one file
@@ -197,6 +217,48 @@ def _safetensors_header(file: Path) -> dict[str, dict]:
         raise CheckpointError(file, f"{what}: the header places {end} bytes of tensor data after {8 + n} bytes of "
                               f"header, the file holds {size} bytes")
     return tensors
+
+
+def _expected_shapes(dims) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """Tensor name -> (its shape under config.json, the config fields of each axis), for the Llama-family layout
+    (schedule/graph.py ModelDims)."""
+    q, kv = dims.n_heads * dims.head_dim, dims.n_kv_heads * dims.head_dim
+    h, i, v = dims.hidden, dims.intermediate, dims.vocab
+    out = {"model.embed_tokens.weight": ((v, h), ("vocab_size", "hidden_size")),
+           "lm_head.weight": ((v, h), ("vocab_size", "hidden_size")),
+           "model.norm.weight": ((h,), ("hidden_size",))}
+    for n in range(dims.n_layers):
+        a, m = f"model.layers.{n}.self_attn.", f"model.layers.{n}.mlp."
+        out.update({
+            a + "q_proj.weight": ((q, h), ("num_attention_heads", "hidden_size")),
+            a + "k_proj.weight": ((kv, h), ("num_key_value_heads", "hidden_size")),
+            a + "v_proj.weight": ((kv, h), ("num_key_value_heads", "hidden_size")),
+            a + "o_proj.weight": ((h, q), ("hidden_size", "num_attention_heads")),
+            m + "gate_proj.weight": ((i, h), ("intermediate_size", "hidden_size")),
+            m + "up_proj.weight": ((i, h), ("intermediate_size", "hidden_size")),
+            m + "down_proj.weight": ((h, i), ("hidden_size", "intermediate_size")),
+            f"model.layers.{n}.input_layernorm.weight": ((h,), ("hidden_size",)),
+            f"model.layers.{n}.post_attention_layernorm.weight": ((h,), ("hidden_size",))})
+    return out
+
+
+def check_tensor_shapes(path: Path, dims, weights: WeightFiles) -> None:
+    """CheckpointError naming config.json's field where a safetensors tensor's shape (read from its file's header,
+    no data loaded) is not the one config.json's dimensions give it: config.json edited or from another model.
+    Found before any lowering, which would otherwise refuse the config's shared memory or tiling for a shape the
+    weights do not have. A .bin checkpoint (no header) is checked by transformers' loading report instead."""
+    held: dict[str, tuple[tuple, Path]] = {}
+    for file in sorted(set(weights.keys.values())):
+        for name, t in safetensors_header(file).items():
+            held[name] = (tuple(t.get("shape") or ()) if isinstance(t, dict) else (), file)
+    for name, (shape, fields) in _expected_shapes(dims).items():  # the first tensor in model order is named
+        if name not in held or held[name][0] == shape:
+            continue
+        got, file = held[name]
+        axes = [f for f, g, w in zip(fields, got, shape) if g != w] if len(got) == len(shape) else []
+        raise CheckpointError(path / "config.json", f"{name} is {list(got)} in {file.name}, where config.json's "
+                              f"{', '.join(dict.fromkeys(fields))} make it {list(shape)}: the config and the weights "
+                              "are of different models", field=axes[0] if axes else fields[0])
 
 
 def _find(keys: dict[str, Path], suffix: str) -> str | None:
