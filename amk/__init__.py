@@ -18,7 +18,7 @@ _ERRORS = ("AmkError", "ArgumentError", "CheckpointError", "ConfigError", "Conte
            "ProgramError", "UnknownModelError", "UnknownTargetError", "UnsupportedModelError", "VmError")
 _WHERE = {  # public name -> the module that defines it
     "verify": "amk.eval.oracle", "generate": "amk.generation", "evaluate": "amk.harness.evaluate",
-    "loop": "amk.harness.loop", "LoopError": "amk.harness.loop", "propose": "amk.harness.propose",
+    "loop": "amk.harness.loop", "LoopError": "amk.harness.loop", "LoopInterrupted": "amk.harness.loop", "propose": "amk.harness.propose",
     "Model": "amk.models", "list_models": "amk.models", "load_model": "amk.models",
     "GpuTarget": "amk.schedule", "MegakernelProgram": "amk.schedule", "ScheduleConfig": "amk.schedule",
     "detect_target": "amk.schedule", "get_target": "amk.schedule", "lower": "amk.schedule",
@@ -26,7 +26,7 @@ _WHERE = {  # public name -> the module that defines it
 }
 __all__ = [  # spelled out for linters; equal to the keys of _WHERE (tests/test_harness.py)
     "AmkError", "ArgumentError", "CheckpointError", "ConfigError", "ContextError", "EnvironmentProblem",
-    "GpuTarget", "LoopError", "MegakernelProgram", "Model", "ProgramError", "ScheduleConfig", "UnknownModelError",
+    "GpuTarget", "LoopError", "LoopInterrupted", "MegakernelProgram", "Model", "ProgramError", "ScheduleConfig", "UnknownModelError",
     "UnknownTargetError", "UnsupportedModelError", "VmError", "detect_target", "evaluate", "generate",
     "get_target", "list_models", "load_model", "loop", "lower", "propose", "validate", "verify",
 ]
@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from amk.eval.oracle import verify
     from amk.generation import generate
     from amk.harness.evaluate import evaluate
-    from amk.harness.loop import LoopError, loop
+    from amk.harness.loop import LoopError, LoopInterrupted, loop
     from amk.harness.propose import propose
     from amk.models import Model, list_models, load_model
     from amk.schedule import GpuTarget, MegakernelProgram, ScheduleConfig, detect_target, get_target, lower

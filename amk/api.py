@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from amk.flywheel.results import load_results
 from amk.harness.evaluate import evaluate
-from amk.harness.loop import LoopError, StopReason, loop
+from amk.harness.loop import LoopError, LoopInterrupted, StopReason, loop
 from amk.harness.propose import propose
 from amk.harness.schema import generate_schema, schema_path
 from amk.harness.verdict import LatencyKind, parse_config
 
-__all__ = ["LatencyKind", "LoopError", "StopReason", "evaluate", "generate_schema", "load_results", "loop",
+__all__ = ["LatencyKind", "LoopError", "LoopInterrupted", "StopReason", "evaluate", "generate_schema", "load_results", "loop",
            "parse_config", "propose", "schema_path"]

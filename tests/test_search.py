@@ -122,6 +122,29 @@ def test_sigint_finishes_the_trial_prints_the_summary_and_exits_130(tmp_path):
     assert len([r for r in rows if r["status"] != "remeasure"]) == s["trials"]
 
 
+def test_a_signal_stops_a_python_caller_of_loop_after_the_trial_in_flight(tmp_path):
+    # a script that runs one loop a model must stop at Ctrl-C, as at any other; the summary rides on the exception
+    ev = Synthetic(2)
+
+    def evaluate_then_signal(*a, **kw):
+        out = ev(*a, **kw)
+        if len(ev.calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while trial 2 is in flight
+        return out
+
+    with pytest.raises(amk.LoopInterrupted) as e:
+        amk.loop("toy", "cpu-sim", budget=50, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 seed=2, evaluate=evaluate_then_signal, predictor=predictor)
+    assert isinstance(e.value, KeyboardInterrupt)
+    s = e.value.summary
+    assert s["stopped"] == "interrupted" and s["trials"] == 2 == len(read_rows(tmp_path / "r.tsv"))
+    assert len(load_records(tmp_path / "c.jsonl")) == 2  # trial 2's row and record were written first
+    # a stop asked through should_stop is no signal: the summary is returned
+    s = amk.loop("toy", "cpu-sim", budget=50, device="cpu", results=tmp_path / "r2.tsv", corpus=tmp_path / "c.jsonl",
+                 seed=2, evaluate=Synthetic(2), predictor=predictor, should_stop=lambda: True)
+    assert s["stopped"] == "interrupted"
+
+
 def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     import importlib.util
 

@@ -220,17 +220,20 @@ def _progress(p: dict) -> None:
 
 
 def loop(args) -> CommandResult:
-    from amk.harness.loop import StopReason
+    from amk.harness.loop import LoopInterrupted, StopReason
     from amk.harness.loop import loop as _loop
 
     if args.budget is None and args.minutes is None:
         log.info("no --budget or --minutes: the loop stops after %d non-improving trials in a row",
                  args.max_reverts)
     seed_config = parsed_config("--config", args.config)
-    s = _loop(args.model, args.gpu, budget=args.budget, minutes=args.minutes, seed=args.seed, device=args.device,
-              results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
-              progress=_progress, cases=args.cases, dtype=args.dtype, incumbent=seed_config, workers=args.workers,
-              ray_address=args.ray_address, builders=args.builders, max_seq=args.max_seq)
+    try:
+        s = _loop(args.model, args.gpu, budget=args.budget, minutes=args.minutes, seed=args.seed, device=args.device,
+                  results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
+                  progress=_progress, cases=args.cases, dtype=args.dtype, incumbent=seed_config,
+                  workers=args.workers, ray_address=args.ray_address, builders=args.builders, max_seq=args.max_seq)
+    except LoopInterrupted as e:  # the trial in flight is written: the summary is printed, the exit is 130
+        s = e.summary
     if s["stopped"] == StopReason.INTERRUPTED.value:
         code = ExitCode.INTERRUPTED
     else:  # a loop that found no correct config has no result: a correctness failure, as evaluate's

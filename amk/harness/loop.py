@@ -78,6 +78,17 @@ EMPTY_ROUNDS = 3  # rounds in a row with nothing new to measure (one of them a r
 CLAIM_POLL_S = 1.0
 
 
+class LoopInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a loop called from Python: raised once the trial in flight is written and the summary
+    made, so that a script (one loop a model, say) stops as at any Ctrl-C. `summary` is what loop() would have
+    returned (`stopped: "interrupted"`); the CLI prints it and exits 130. A stop asked through `should_stop` returns
+    the summary instead."""
+
+    def __init__(self, summary: dict):
+        self.summary = summary
+        super().__init__(f"loop interrupted after {summary.get('trials')} trial(s); its summary is .summary")
+
+
 class LoopError(AmkError, ValueError):
     """The loop cannot start as asked (results.tsv exists and resume was not asked for, a foreign results
     file, a seed config that does not lower). `argument` names the loop() argument to mend, when one is."""
@@ -122,7 +133,8 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     or `dtype`, a `progress` that is not callable, a `resume` that is not a bool, a `results` or `corpus` that is
     not a file path, `corpus` naming the `results` file),
     UnknownModelError / UnknownTargetError, and UnsupportedModelError for a model the CUDA kernel does not build
-    in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial."""
+    in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial. LoopInterrupted (a
+    KeyboardInterrupt carrying the summary) after SIGINT or SIGTERM, once the trial in flight is written."""
     check_seed(seed)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,
                          progress, resume)
@@ -143,9 +155,12 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
                dtype, incumbent, evaluate, builders, settings, predictor, should_stop, max_seq)
     try:
         with StopFlag() as flag:
-            return run.go(flag)
+            summary = run.go(flag)
     finally:
         run.close()
+    if flag.set:
+        raise LoopInterrupted(summary)
+    return summary
 
 
 MEASURING_THREADS = 4  # torch CPU threads of the measuring process while builder processes run

@@ -149,7 +149,12 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
             ray.shutdown()
         if plain:
             os.environ.pop("RAY_COLOR_PREFIX", None)
-    return merge(summaries, name, target.name, dev.value, results, corpus, time.monotonic() - t0)
+    merged = merge(summaries, name, target.name, dev.value, results, corpus, time.monotonic() - t0)
+    if flag.set:  # the driver's Ctrl-C or SIGTERM: every worker has written its trial in flight
+        from ..loop import LoopInterrupted
+
+        raise LoopInterrupted(merged)
+    return merged
 
 
 def merge(summaries: list[dict], model: str, gpu: str, device: str, results, corpus, seconds: float) -> dict:
