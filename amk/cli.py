@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cases_opt(p)
     _max_seq_opt(p)
     p.add_argument("--workers", type=positive_int, default=1,
-                   help="measuring workers, one per GPU, through Ray (pip install 'amk[ray]'; 1 runs without Ray)")
+                   help="measuring workers, one per GPU, through Ray (the ray extra: pip install -e '.[ray]'; 1 runs without Ray)")
     p.add_argument("--ray-address", default=None,
                    help="a Ray cluster to run the workers on (default: a local Ray instance)")
     p.add_argument("--builders", type=nonnegative_int, default=None,
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the last run's hits")
     p.add_argument("--kind", default=None, choices=["kernel", "program", "reference", "baseline"],
                    help="only this kind of entry (default: every kind)")
-    add("mcp", "serve propose, evaluate, loop and report to coding agents over MCP (stdio); needs amk[mcp]")
+    add("mcp", "serve propose, evaluate, loop and report to coding agents over MCP (stdio); needs the mcp extra (pip install -e '.[mcp]')")
     return ap
 
 

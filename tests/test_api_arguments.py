@@ -262,6 +262,14 @@ def test_loop_refuses_files_it_could_not_append_to_before_any_trial(tmp_path, mo
     assert e.value.argument == "results" and not (tmp_path / "ro.tsv").exists()
 
 
+def test_a_loaded_fp32_model_evaluated_for_a_gpu_says_which_dtype_it_ran():
+    m = amk.load_model("toy")  # fp32, load_model's default
+    v = amk.evaluate(m, "h100-sxm", {}, device="cpu")
+    assert v["dtype"] == "fp32"
+    assert any(n.startswith("dtype fp32: the loaded model's own") and "dtype='bf16'" in n for n in v["notes"])
+    assert not any(n.startswith("dtype") for n in amk.evaluate(m, "cpu-sim", {}, device="cpu")["notes"])
+
+
 @pytest.mark.parametrize("verb", ["evaluate", "loop", "propose"])
 def test_a_dtype_other_than_a_loaded_models_is_refused_by_every_verb(verb, tmp_path):
     """evaluate and loop ran a loaded bf16 Model as bf16 when asked for fp32 (and took dtype='bogus'), reporting

@@ -149,7 +149,7 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        pytest.skip("ray not installed (pip install 'amk[ray]')")
+        pytest.skip("ray not installed (pip install -e '.[ray]')")
     p = _amk("loop", "--model", "toy", "--workers", "2", "--budget", "4", "--json", cwd=tmp_path)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
@@ -177,7 +177,7 @@ def test_sigterm_to_the_whole_process_group_under_ray_still_ends_with_the_summar
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        pytest.skip("ray not installed (pip install 'amk[ray]')")
+        pytest.skip("ray not installed (pip install -e '.[ray]')")
     p = _amk("loop", "--model", "toy", "--workers", "2", "--budget", "200", "--json", cwd=tmp_path,
              start_new_session=True)
     deadline = time.time() + 300

@@ -196,6 +196,11 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     check_model_dtype(model, dtype)
     if given:
         v.dtype = dtype_name(given.dtype)
+        usual = default_dtype(dev, target)
+        if dtype is None and v.dtype != usual:  # amk.load_model's default is fp32: a GPU target's verdict says so
+            dtype_note = (f"dtype {v.dtype}: the loaded model's own (amk.load_model loads fp32 unless given dtype=), "
+                          f"where {target.name} on {dev.value} runs {usual} by default: load it with "
+                          f"dtype='{usual}' for that")
     else:
         v.dtype, dtype_note = resolve_dtype_name(dtype, dev, target)
     v.gpu, v.device, v.environment = target.name, dev.value, environment(dev)

@@ -8,7 +8,7 @@ or false for a number, and any argument name a tool does not have, before AMK se
 error whose text starts with `usage:`; an environment problem with `environment:`. Logs go to stderr; stdout
 carries only the protocol.
 
-Needs the optional extra: `pip install 'amk[mcp]'`.
+Needs the optional `mcp` extra: `pip install -e '.[mcp]'` in the checkout.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def serve_command(args) -> CommandResult:
     except ImportError as e:
         from amk.schedule.errors import EnvironmentProblem
 
-        raise EnvironmentProblem(f"amk mcp needs the mcp package ({e}): pip install 'amk[mcp]'") from e
+        raise EnvironmentProblem(f"amk mcp needs the mcp package ({e}): pip install -e '.[mcp]' in AMK's checkout") from e
     log.info("serving propose, evaluate, loop and report over MCP (stdio)")
     server.run("stdio")
     return CommandResult(ExitCode.OK, {}, None)

@@ -12,7 +12,7 @@ files must then sit on a file system every node shares). The budget is split bet
 apply to each. SIGINT or SIGTERM in the driver asks every worker to stop after its trial in flight; a locally
 started Ray's processes ignore both (signals.ChildrenIgnoreStops), so a signal sent to the whole process group
 reaches the driver alone. Ray is an optional
-extra (`pip install 'amk[ray]'`); one worker never imports it.
+extra (`pip install -e '.[ray]'` in the checkout); one worker never imports it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _import_ray():
         import ray
     except ImportError as e:
         raise EnvironmentProblem("amk loop --workers N > 1 runs its workers through Ray, which is not installed: "
-                                 "pip install 'amk[ray]'") from e
+                                 "pip install -e '.[ray]' in AMK's checkout") from e
     return ray
 
 
