@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from _synthetic import Synthetic, predictor
+from _synthetic import OPTIMUM, Synthetic, predictor
 
 import amk
+from amk.flywheel import read_rows
 from amk.flywheel.records import MEASURED, TuningRecord, for_other_models
 from amk.harness.search.model import fit_model, transfer_effects
 from amk.schedule.config import ScheduleConfig
@@ -86,3 +87,15 @@ def test_a_loop_on_a_new_model_ranks_by_the_corpus_of_another(tmp_path, budget):
     assert ranking["transfer_models"] == 1
     assert ranking["transfer_rows"] >= budget - 1  # toy-2L's correct trials (one may fail verify)
     assert not math.isnan(ranking["analytic_slope"])
+
+
+def test_a_new_model_tries_another_models_best_config_first(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    first = amk.loop("toy-2L", "cpu-sim", budget=20, device="cpu", results=tmp_path / "a.tsv", corpus=corpus, seed=1,
+                     evaluate=Synthetic(1), predictor=predictor)
+    assert first["incumbent"]["schedule_id"] == OPTIMUM.schedule_id  # three knobs away from the default
+    s = amk.loop("toy", "cpu-sim", budget=4, device="cpu", results=tmp_path / "b.tsv", corpus=corpus, seed=1,
+                 evaluate=Synthetic(1), predictor=predictor)
+    rows = read_rows(tmp_path / "b.tsv")
+    assert any(r["description"].startswith("transfer: ") for r in rows), [r["description"] for r in rows]
+    assert s["incumbent"]["schedule_id"] == OPTIMUM.schedule_id

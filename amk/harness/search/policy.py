@@ -33,6 +33,7 @@ class Source(str, Enum):
     CROSSOVER = "crossover"  # two good records mixed
     RANDOM = "random"  # a random point of the space
     RESTART = "restart"  # generated around a random region after a streak without a keep
+    TRANSFER = "transfer"  # another model's best kept config on this GPU and dtype
     REMEASURE = "remeasure"  # the incumbent timed again
 
 
@@ -62,8 +63,11 @@ class SearchSettings:
 
 
 def generate(incumbent: ScheduleConfig, parents: list[ScheduleConfig], space: list[Knob], prior: Prior,
-             rng: random.Random, settings: SearchSettings, restart: bool = False) -> list[Candidate]:
-    """One round's candidates, unique by schedule_id, the incumbent itself left out."""
+             rng: random.Random, settings: SearchSettings, restart: bool = False,
+             transferred: list[ScheduleConfig] = ()) -> list[Candidate]:
+    """One round's candidates, unique by schedule_id, the incumbent itself left out. `transferred`: other models'
+    best configs on this GPU (the way Ansor seeds a search with states measured before), offered as they are to
+    every round that is not a restart until measured; the ranking model decides whether they are worth it here."""
     out: dict[str, Candidate] = {}
 
     def add(cfg: ScheduleConfig, source: Source) -> None:
@@ -88,6 +92,8 @@ def generate(incumbent: ScheduleConfig, parents: list[ScheduleConfig], space: li
                 if c:
                     add(c, Source.RESTART)
         return list(out.values())
+    for cfg in transferred:
+        add(cfg, Source.TRANSFER)
     if settings.neighbours:
         for m in neighbours(incumbent, space):
             add(m.config, Source.NEIGHBOUR)

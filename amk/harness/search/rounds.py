@@ -12,8 +12,9 @@ import logging
 import time
 
 from amk.flywheel.claims import snapshot
+from amk.flywheel.corpus import best_entry
 from amk.flywheel.prior import Prior
-from amk.flywheel.records import for_other_models, for_run, load_records
+from amk.flywheel.records import for_other_models, for_run, load_records, model_key
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ConfigError
 from amk.schedule.space import diff, settle_inert
@@ -72,6 +73,26 @@ class Rounds:
                 break
         return out
 
+    def _transferred(self, records) -> list[ScheduleConfig]:
+        """Each other model's best kept config on this GPU and dtype, timed as this run times (flywheel.corpus
+        best_entry: correct, not under its floor), whose config this version parses."""
+        by_model: dict[str, list] = {}
+        keys: dict[str, str] = {}  # model_key stats a directory name: once a name, not once a record
+        for r in for_other_models(records, self.name, self.target.name, self.dtype):
+            if r.kind == self.kind:
+                key = keys.setdefault(r.model, model_key(r.model))
+                by_model.setdefault(key, []).append(r)
+        out = []
+        for entries in by_model.values():
+            best = best_entry(entries)
+            if best is None:
+                continue
+            try:
+                out.append(ScheduleConfig.from_dict(best.config))
+            except ConfigError:
+                continue
+        return out
+
     def _prepare_round(self, records=None) -> PreparedRound:
         """Generate a round's candidates around the incumbent and the best records, and start building them.
         `records`: the corpus as just read, with self.prior made from it (else both are read here)."""
@@ -81,7 +102,7 @@ class Rounds:
         run_records = for_run(records, self.name, self.target.name, self.dtype)
         restart, self.restart_pending = self.restart_pending, False
         cands = generate(self.inc.config, self._parents(run_records), self.space, self.prior, self.rng,
-                         self.settings, restart=restart)
+                         self.settings, restart=restart, transferred=self._transferred(records))
         snap = snapshot(self.results, self.name, self.target.name, self.dtype, self.program_max_seq)
         cands = [c for c in cands if c.config.schedule_id not in snap.schedule_ids]
         pending = self.builder.submit([self._job(c.config) for c in cands])
