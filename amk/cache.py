@@ -279,6 +279,7 @@ class Cache:
             now = os.stat(path)
             if st is None or (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
                 os.unlink(path)
+                self.label_path(kind, key).unlink(missing_ok=True)
         log.log(logging.INFO if isinstance(why, StaleEntryError) else logging.WARNING,
                 "%s cache entry removed kind=%s key=%s path=%s: %s",
                 "stale" if isinstance(why, StaleEntryError) else "corrupt", kind, key, path, why)
@@ -477,6 +478,11 @@ class Cache:
                 pass
             except OSError as e:
                 refused.append((p, e))
+        for k in KINDS if kind is None else (kind,):  # labels left without their entry (an older version's discard)
+            for label in (self.root / k).glob("??/*.label.json"):
+                if not label.with_name(label.name.removesuffix(".label.json") + ".bin").exists():
+                    with contextlib.suppress(OSError):
+                        label.unlink()
         if refused:
             path, e = refused[0]
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""

@@ -150,9 +150,10 @@ def columns_of(path, header_line: str) -> tuple[str, ...]:
 class TrialNumbersExhausted(ResultsFormatError):
     """The next trial of a results file would be numbered 2**63 or past it, which no reader takes as a count."""
 
-    def __init__(self, path, top: int):
+    def __init__(self, path, top: int, budget: int | None = None):
         self.path = str(path)
-        ValueError.__init__(self, f"{path}: its trial numbers reach {top}, so the next would be past 2**63 - 1, the "
+        more = f"the next {budget}" if budget and budget > 1 else "the next"
+        ValueError.__init__(self, f"{path}: its trial numbers reach {top}, so {more} would pass 2**63 - 1, the "
                                   "largest a trial number may be (a hand edit?): choose another results file")
 
 

@@ -119,6 +119,20 @@ def test_an_entry_of_the_older_format_is_rebuilt_and_logged_at_info(tmp_path, ca
     assert [r.levelno for r in removed] == [logging.INFO] and "stale" in removed[0].message
 
 
+def test_a_discarded_entry_takes_its_label_and_clear_removes_labels_left_alone(tmp_path):
+    c = Cache(tmp_path)
+    c.put("baseline", K, b"{}", label={"model": "toy"})
+    c.path("baseline", K).write_bytes(b"torn")
+    assert Cache(tmp_path).get("baseline", K) is None
+    assert not c.label_path("baseline", K).exists()
+    orphan = c.label_path("program", "c" * 64)  # an older version's discard left it
+    orphan.parent.mkdir(parents=True)
+    orphan.write_text('{"model": "toy"}')
+    c.put("program", K, b"kept", label={"model": "toy"})
+    assert Cache(tmp_path).clear() == 1
+    assert not orphan.exists() and not c.label_path("program", K).exists()
+
+
 def test_validate_failure_is_corrupt(tmp_path):
     c = Cache(tmp_path)
     c.put("baseline", K, b"not-json")

@@ -209,6 +209,12 @@ def _config_of_another_width(path):
     (path / "config.json").write_text(json.dumps(cfg))
 
 
+def _other_head_dim(path):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["head_dim"] = 2 * (cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
 def _not_json(path):
     (path / "config.json").write_text('{"model_type": "llama",')
 
@@ -239,6 +245,9 @@ BROKEN = {  # how -> (file named, field named, words in the message)
     "config wider than its weights": (_config_of_another_width, "config.json", "intermediate_size",
                                       "model.layers.0.mlp.gate_proj.weight is"),
     "config with an unknown dtype": (_storage_dtype("dtype", "float8"), "config.json", "dtype", "'float8' is not a torch"),
+    "config with a torch.-prefixed dtype": (_storage_dtype("dtype", "torch.bfloat16"), "config.json", "dtype",
+                                            "'torch.bfloat16' is not a torch dtype name"),
+    "config with another head_dim": (_other_head_dim, "config.json", "head_dim", "q_proj.weight is"),
     "config with an unknown torch_dtype": (_storage_dtype("torch_dtype", "bogus"), "config.json", "torch_dtype",
                                            "'bogus' is not a torch dtype"),
     "index naming a missing shard": (_index_without_shard, "model-00001-of-00002.safetensors", None, "not in the"),

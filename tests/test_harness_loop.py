@@ -571,7 +571,7 @@ def test_a_resume_passes_over_a_kept_latency_under_the_spec_floor(tmp_path, fake
 
     res, cor = _one_row_file(tmp_path, fake_evaluate, latency_us="0.0001")
     calls = len(fake_evaluate)
-    with caplog.at_level(logging.WARNING, logger="amk.harness"):
+    with caplog.at_level(logging.INFO, logger="amk.harness"):
         s = amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, incumbent=SEED, resume=True,
                      evaluate=fake_evaluate, settings=SMALL)
     seed_id = ScheduleConfig.from_dict(SEED).schedule_id
@@ -580,6 +580,7 @@ def test_a_resume_passes_over_a_kept_latency_under_the_spec_floor(tmp_path, fake
     rows = read_rows(res)
     assert rows[1]["schedule_id"] == seed_id and rows[1]["status"] == "remeasure"
     assert "trial 1 of" in caplog.text and "under the spec floor 11.7 us" in caplog.text
+    assert "another dtype or context" not in caplog.text  # the row is of this run: only the floor passes it over
     assert rows[2]["status"] in ("keep", "discard") and "44670933" not in rows[2]["description"]
 
 

@@ -63,6 +63,17 @@ def test_a_model_priced_off_as_a_whole_moves_no_knob():
     assert abs(effects["pipeline.pages=2"]) < 0.01
 
 
+def test_a_record_priced_or_timed_as_nan_or_infinity_teaches_nothing():
+    # a corpus line's features are JSON, where NaN and Infinity parse
+    bad = [TuningRecord(**{**r.__dict__, "features": {"mem_us": math.nan, "tasks": 10, "waits": 2}})
+           for r in slow_pages("c", 1.0)]
+    bad += [record("d", PAGES, math.inf, 900), record("d", PAGES, 1500, math.nan)]
+    others = slow_pages("a", 1.0) + bad
+    m = fit_model([], others, SPACE, MEASURED, others=others)
+    assert m.transfer_rows == 3 and all(math.isfinite(v) for v in m.effects.values())
+    assert math.isfinite(m.predict(PAGES, None, 720))
+
+
 def test_records_of_another_gpu_dtype_or_latency_kind_never_transfer(tmp_path):
     ck = tmp_path / "ck"
     ck.mkdir()

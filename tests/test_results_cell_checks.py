@@ -86,6 +86,12 @@ def test_a_resume_whose_next_trial_number_would_pass_int64_is_refused_before_any
     assert res.read_bytes() == before and not cor.exists()
     with pytest.raises(TrialNumbersExhausted, match="choose another results file"):
         next_trial(before)
+    # room for one more trial, but not for the budget's three
+    before = _results(res, trial=str(2**63 - 3))
+    code, out = run(capsys, "loop", "-q", "--model", "toy", "--gpu", "cpu-sim", "--budget", "3", "--resume",
+                    "--results", str(res), "--corpus", str(cor))
+    assert code == 2 and f"reach {2**63 - 3}, so the next 3 would pass" in out["error"], out
+    assert res.read_bytes() == before
 
 
 def test_report_and_resume_survive_a_trial_past_int64(capsys, tmp_path):

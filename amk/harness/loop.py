@@ -51,7 +51,16 @@ from amk.flywheel.records import (
     record_from_verdict,
     same_model,
 )
-from amk.flywheel.results import ResultRow, ResultsFormatError, Status, append_result, next_trial, read_rows
+from amk.flywheel.results import (
+    COUNT_LIMIT,
+    ResultRow,
+    ResultsFormatError,
+    Status,
+    TrialNumbersExhausted,
+    append_result,
+    next_trial,
+    read_rows,
+)
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import AmkError, ArgumentError, EnvironmentProblem
 from amk.schedule.inert import inert_knobs
@@ -252,7 +261,10 @@ class _Run(Rounds):
         try:
             rows = read_rows(self.results)
             if rows:  # a hand-edited number near 2**63: refused before a trial runs, not at its row
-                next_trial(Path(self.results).read_bytes(), claimed_floor(self.results), self.results)
+                # the budget's trials need numbers too (re-measurements come on top)
+                first = next_trial(Path(self.results).read_bytes(), claimed_floor(self.results), self.results)
+                if first + (budget or 1) - 1 >= COUNT_LIMIT:
+                    raise TrialNumbersExhausted(self.results, first - 1, budget)
         except ResultsFormatError as e:
             raise LoopError(str(e), argument="results") from None
         if rows and not resume:
@@ -404,7 +416,7 @@ class _Run(Rounds):
             log.warning("%s: none of its %d rows are of %s on %s (it holds %s): this run starts from its own "
                         "baseline, as a new file would", self.results, len(rows), self.name, self.target.name,
                         "; ".join(held))
-        run = [r for r in mine if self._same_run(r) and not self._impossible(r)]
+        run = [r for r in mine if self._same_run(r)]
         here = f"{self.dtype}, max_seq {self.program_max_seq}"
         if len(run) < len(mine):
             other = sorted({f"{r.get('dtype') or '?'}, max_seq {r.get('max_seq') or '?'}"
@@ -413,6 +425,7 @@ class _Run(Rounds):
             log.info("%s: %s of %s on %s %s of another dtype or context (%s) than this run (%s): passed over, "
                      "neither the incumbent's latency nor the bar to beat", self.results, counted(n, "row"),
                      self.name, self.target.name, "is" if n == 1 else "are", "; ".join(other), here)
+        run = [r for r in run if not self._impossible(r)]
         blank = [r for r in run if not r.get("dtype") or not r.get("max_seq")]
         if blank:
             log.warning("%s: %d of its rows carry no dtype or context (max_seq: a file written before results.tsv "

@@ -112,10 +112,10 @@ def _check_storage_dtype(file: Path) -> None:
         return
     for key in ("dtype", "torch_dtype"):
         v = raw.get(key)
-        if isinstance(v, str) and v != "auto" and not isinstance(getattr(torch, v.removeprefix("torch."), None),
-                                                                 torch.dtype):
-            raise CheckpointError(file, f"{v!r} is not a torch dtype (float32, float16, bfloat16, ...)",
-                                  field=key)
+        # transformers looks the name up on the torch module as it is: "torch.bfloat16" fails there too
+        if isinstance(v, str) and v != "auto" and not isinstance(getattr(torch, v, None), torch.dtype):
+            raise CheckpointError(file, f"{v!r} is not a torch dtype name (float32, float16, bfloat16, ..., without "
+                                  "'torch.')", field=key)
 
 
 def load_config(path: Path):
@@ -221,7 +221,8 @@ def _safetensors_header(file: Path) -> dict[str, dict]:
 
 def _expected_shapes(dims) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
     """Tensor name -> (its shape under config.json, the config fields of each axis), for the Llama-family layout
-    (schedule/graph.py ModelDims)."""
+    (schedule/graph.py ModelDims). An attention axis of heads x head_dim is named by its head count here;
+    check_tensor_shapes names head_dim instead where that count divides the tensor's."""
     q, kv = dims.n_heads * dims.head_dim, dims.n_kv_heads * dims.head_dim
     h, i, v = dims.hidden, dims.intermediate, dims.vocab
     out = {"model.embed_tokens.weight": ((v, h), ("vocab_size", "hidden_size")),
@@ -242,9 +243,19 @@ def _expected_shapes(dims) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]
     return out
 
 
-def check_tensor_shapes(path: Path, dims, weights: WeightFiles) -> None:
+def _blamed(field: str, got: int, dims, head_dim_given: bool) -> str:
+    """The config field an attention axis of `got` rows contradicts: head_dim where config.json gives one and the
+    axis is a whole number of heads of another size, else the head count."""
+    heads = {"num_attention_heads": dims.n_heads, "num_key_value_heads": dims.n_kv_heads}.get(field)
+    if heads and head_dim_given and got % heads == 0 and got // heads != dims.head_dim:
+        return "head_dim"
+    return field
+
+
+def check_tensor_shapes(path: Path, dims, weights: WeightFiles, head_dim_given: bool = False) -> None:
     """CheckpointError naming config.json's field where a safetensors tensor's shape (read from its file's header,
     no data loaded) is not the one config.json's dimensions give it: config.json edited or from another model.
+    `head_dim_given`: config.json sets head_dim (then an attention axis of whole heads of another size names it).
     Found before any lowering, which would otherwise refuse the config's shared memory or tiling for a shape the
     weights do not have. A .bin checkpoint (no header) is checked by transformers' loading report instead."""
     held: dict[str, tuple[tuple, Path]] = {}
@@ -255,10 +266,12 @@ def check_tensor_shapes(path: Path, dims, weights: WeightFiles) -> None:
         if name not in held or held[name][0] == shape:
             continue
         got, file = held[name]
-        axes = [f for f, g, w in zip(fields, got, shape) if g != w] if len(got) == len(shape) else []
+        axes = [_blamed(f, g, dims, head_dim_given) for f, g, w in zip(fields, got, shape) if g != w] \
+            if len(got) == len(shape) else []
+        named = list(dict.fromkeys(fields)) + (["head_dim"] if head_dim_given and "head_dim" in axes else [])
         raise CheckpointError(path / "config.json", f"{name} is {list(got)} in {file.name}, where config.json's "
-                              f"{', '.join(dict.fromkeys(fields))} make it {list(shape)}: the config and the weights "
-                              "are of different models", field=axes[0] if axes else fields[0])
+                              f"{', '.join(named)} make it {list(shape)}: the config and the weights are of "
+                              "different models", field=axes[0] if axes else fields[0])
 
 
 def _find(keys: dict[str, Path], suffix: str) -> str | None:

@@ -343,7 +343,7 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
     check_layer_count(path, raw, files)
     cfg = load_config(path)
     dims = ModelDims.from_hf_config(cfg)
-    check_tensor_shapes(path, dims, files)
+    check_tensor_shapes(path, dims, files, head_dim_given=raw.get("head_dim") is not None)
     dims = dataclasses.replace(dims, tied_embeddings=head_is_tied(cfg, files))
     fingerprint = checkpoint_fingerprint(path, files)
     eager = tokenizer = tokenizer_error = None

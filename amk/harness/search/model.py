@@ -24,13 +24,15 @@ units (0.01 ~ 1%).
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from amk.flywheel.records import TuningRecord
-from amk.schedule.config import ScheduleConfig, get_path
+from amk.schedule.config import ScheduleConfig, canonical_json, get_path
 from amk.schedule.cost import CostCoefficients, CostModelError, fit, linear_latency, spearman
 from amk.schedule.space import Knob, KnobType, diff
 
@@ -154,21 +156,38 @@ class _Row:
     latency_us: float
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _parsed(config_json: str, searched: frozenset[str], trend_defaults: tuple) -> tuple | None:
+    """(config, its knob keys, its trends) of a record's config, or None for one today's schema does not read.
+    Every round refits over every record of the GPU: each distinct config is parsed once a process."""
+    try:
+        cfg = ScheduleConfig.from_dict(json.loads(config_json))
+    except ValueError:
+        return None  # a config of an older schema: it teaches nothing now
+    return cfg, tuple(knob_keys(cfg, searched)), tuple(_trends(cfg, dict(trend_defaults)).items())
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
 def _rows(records: list[TuningRecord], model: RankingModel, kind: str) -> list[_Row]:
-    """The records a fit can learn from: correct, timed in `kind`, priced, with a config today's schema reads."""
+    """The records a fit can learn from: correct, timed in `kind`, priced (a finite positive analytic figure: a
+    record's features are JSON, where NaN and Infinity parse), with a config today's schema reads."""
     out = []
+    trend_defaults = tuple(sorted(model.trend_defaults.items()))
     for r in records:
-        if not r.correct or r.latency_us is None or r.latency_kind != kind or r.latency_us <= 0:
+        if not r.correct or r.latency_kind != kind or not _finite_positive(r.latency_us):
             continue
         base = model.analytic(r.features, r.predicted_latency_us)
-        if base is None or base <= 0:
+        if not _finite_positive(base):
             continue
-        try:
-            cfg = ScheduleConfig.from_dict(r.config)
-        except ValueError:
-            continue  # a config of an older schema: it teaches nothing now
-        out.append(_Row(r.model, cfg, knob_keys(cfg, model.searched), _trends(cfg, model.trend_defaults), math.log(base),
-                        r.latency_us))
+        parsed = _parsed(canonical_json(r.config), model.searched, trend_defaults) if isinstance(r.config, dict) \
+            else None
+        if parsed is None:
+            continue
+        cfg, keys, trends = parsed
+        out.append(_Row(r.model, cfg, list(keys), dict(trends), math.log(base), r.latency_us))
     return out
 
 
