@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from amk.schedule.config import ScheduleConfig
+
 from .records import (
     MEASURED,
     TuningRecord,
     append_record,
+    for_other_models,
     load_records,
+    model_key,
     record_from_verdict,
     same_model,
 )
@@ -65,3 +69,24 @@ def best_entry(entries: list[TuningRecord]) -> TuningRecord | None:
     measured = [e for e in timed if e.kind == MEASURED]
     pool = measured or timed
     return min(pool, key=lambda e: e.latency_us) if pool else None
+
+
+def best_of_other_models(entries: list[TuningRecord], model: str, gpu: str, dtype: str | None = None,
+                         kind: str | None = None) -> list[tuple[TuningRecord, ScheduleConfig]]:
+    """(record, config) of each other model's best kept record on `gpu` and `dtype` (best_entry; of latency
+    `kind` only, when given) whose config this version parses, fastest first: what a search of `model` tries
+    before anything is known of it (the `transfer` candidates), and what propose lists as `others_best`."""
+    groups: dict[str, list[TuningRecord]] = {}
+    keys: dict[str, str] = {}  # model_key stats a directory name: once a name, not once a record
+    for e in for_other_models(entries, model, gpu, dtype):
+        if kind is None or e.kind == kind:
+            groups.setdefault(keys.setdefault(e.model, model_key(e.model)), []).append(e)
+    out = []
+    for group in groups.values():
+        while (best := best_entry(group)) is not None:
+            try:
+                out.append((best, ScheduleConfig.from_dict(best.config)))
+                break
+            except ValueError:  # a knob since removed, a hand edit: the model's next best
+                group = [e for e in group if e is not best]
+    return sorted(out, key=lambda bc: bc[0].latency_us)

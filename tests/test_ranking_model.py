@@ -110,3 +110,11 @@ def test_a_new_model_tries_another_models_best_config_first(tmp_path):
     rows = read_rows(tmp_path / "b.tsv")
     assert any(r["description"].startswith("transfer: ") for r in rows), [r["description"] for r in rows]
     assert s["incumbent"]["schedule_id"] == OPTIMUM.schedule_id
+    # a third model: propose lists the two others' best configs, fastest first
+    p = amk.propose("toy", "cpu-sim", corpus=tmp_path / "none.jsonl")
+    assert p["others_best"] == []
+    p = amk.propose("smollm2-135m", "cpu-sim", corpus=corpus)
+    assert [b["schedule_id"] for b in p["others_best"]] == [OPTIMUM.schedule_id] * 2
+    assert {b["model"] for b in p["others_best"]} == {"toy", "toy-2L"}
+    lat = [b["latency_us"] for b in p["others_best"]]
+    assert lat == sorted(lat) and any("others_best" in n for n in p["notes"])

@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from amk.flywheel.corpus import best_entry, load_corpus
+from amk.flywheel.corpus import best_entry, best_of_other_models, load_corpus
 from amk.flywheel.records import at_context, for_run, model_key
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ArgumentError
@@ -122,7 +122,22 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     if verdict is not None:
         out["incumbent_latency_us"] = verdict.get("latency_us")
         out["incumbent_latency_kind"] = verdict.get("latency_kind")
+    out["others_best"] = others_best(name, target.name, corpus, run_dtype)
+    if out["others_best"] and source == "default":
+        notes.append(f"{len(out['others_best'])} other model(s) have a best config on {target.name} in {run_dtype} "
+                     "(others_best): loop tries each as a transfer candidate; evaluate one to try it here")
     return out
+
+
+def others_best(model: str, gpu: str, corpus, dtype: str) -> list[dict]:
+    """Each other model's best kept config on `gpu` in `dtype` in the corpus (flywheel.corpus.best_of_other_models),
+    fastest first, as {"model", "schedule_id", "config", "latency_us", "latency_kind", "pct_of_floor"}; [] without
+    a corpus."""
+    if corpus is None or not Path(corpus).exists():
+        return []
+    return [{"model": r.model, "schedule_id": cfg.schedule_id, "config": cfg.to_dict(), "latency_us": r.latency_us,
+             "latency_kind": r.kind, "pct_of_floor": r.verdict.get("pct_of_floor")}
+            for r, cfg in best_of_other_models(load_corpus(corpus), model, gpu, dtype)]
 
 
 def _why_default(model: str, gpu: str, corpus, dtype: str, context: int) -> str:

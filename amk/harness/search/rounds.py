@@ -12,9 +12,9 @@ import logging
 import time
 
 from amk.flywheel.claims import snapshot
-from amk.flywheel.corpus import best_entry
+from amk.flywheel.corpus import best_of_other_models
 from amk.flywheel.prior import Prior
-from amk.flywheel.records import for_other_models, for_run, load_records, model_key
+from amk.flywheel.records import for_other_models, for_run, load_records
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ConfigError
 from amk.schedule.space import diff, settle_inert
@@ -74,24 +74,8 @@ class Rounds:
         return out
 
     def _transferred(self, records) -> list[ScheduleConfig]:
-        """Each other model's best kept config on this GPU and dtype, timed as this run times (flywheel.corpus
-        best_entry: correct, not under its floor), whose config this version parses."""
-        by_model: dict[str, list] = {}
-        keys: dict[str, str] = {}  # model_key stats a directory name: once a name, not once a record
-        for r in for_other_models(records, self.name, self.target.name, self.dtype):
-            if r.kind == self.kind:
-                key = keys.setdefault(r.model, model_key(r.model))
-                by_model.setdefault(key, []).append(r)
-        out = []
-        for entries in by_model.values():
-            best = best_entry(entries)
-            if best is None:
-                continue
-            try:
-                out.append(ScheduleConfig.from_dict(best.config))
-            except ConfigError:
-                continue
-        return out
+        """Each other model's best kept config on this GPU and dtype, timed as this run times."""
+        return [cfg for _, cfg in best_of_other_models(records, self.name, self.target.name, self.dtype, self.kind)]
 
     def _prepare_round(self, records=None) -> PreparedRound:
         """Generate a round's candidates around the incumbent and the best records, and start building them.
