@@ -1,5 +1,5 @@
 """The megakernel's stack (local memory) bytes under NVRTC 13.0, the GPU image's compiler, on a CPU: for the large
-GQA groups' attention paths (tests/_checkpoints.py ATTENTION_WARP_SHAPES g16-hd16 and g32-hd16, 256 positions),
+GQA groups' attention paths (tests/_checkpoints.py ATTENTION_WARP_SHAPES g16-hd16, g20-hd16 and g32-hd16, 256 positions),
 with the kernel source of a git revision beside the working tree's. Local memory lives in L1, which the weight
 stream sweeps, so a spilled line costs an L2 round trip.
 
@@ -48,7 +48,7 @@ def main() -> None:
     sources = {"before": _source_at(args.before), "after": kernel_source()}
     jobs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in ("g32-hd16", "g16-hd16"):
+        for shape in ("g32-hd16", "g20-hd16", "g16-hd16"):
             path = attention_warp_shape(Path(tmp) / shape, shape)
             for dtype in ("bf16", "fp32"):
                 model = amk.load_model(path, dtype=dtype, weights=False)

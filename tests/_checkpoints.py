@@ -15,6 +15,7 @@ SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_k
 ATTENTION_WARP_SHAPES = {
     "g16-hd16": dict(hidden_size=256, num_attention_heads=16, num_key_value_heads=1),  # one warp a q head
     "g32-hd16": dict(hidden_size=512, num_attention_heads=32, num_key_value_heads=1),  # two q heads a warp
+    "g20-hd16": dict(hidden_size=320, num_attention_heads=20, num_key_value_heads=1),  # block-wide tiles of 7, 7, 6
     "g2-hd96": dict(hidden_size=192, num_attention_heads=2, num_key_value_heads=1),  # 12 or 24 vectors a row
     "g2-hd128": dict(hidden_size=256, num_attention_heads=2, num_key_value_heads=1),  # 16 or 32 vectors a row
     "g1-hd256": dict(hidden_size=512, num_attention_heads=2, num_key_value_heads=2),  # 32 or 64 vectors a row

@@ -320,7 +320,9 @@ __device__ void op_attn_decode(const Ctx& c, const AttnDecodeParams& p) {
     float* tsc = sc + h0 * stride;
     float m[GT], l[GT];
     scores_pass(kc, qs + h0 * AMK_HEAD_DIM, s0, s1, tsc, stride, in_smem, m, l, nullptr, 0, nh);
-    for (int j = 0; j < nh; ++j) {
+#pragma unroll
+    for (int j = 0; j < GT; ++j) {  // m[] and l[] indexed by a constant: a run-time bound put them on the stack
+      if (j >= nh) continue;  // nh is the block's: every thread reaches the same barriers
       float mj, lj;
       block_softmax_stats(m[j], l[j], c.red, mj, lj);
       if (threadIdx.x == 0) { M[h0 + j] = mj; Ls[h0 + j] = lj; }
@@ -382,12 +384,14 @@ __device__ bool op_attn_scores(const Ctx& c, const AttnScoresParams& p, WaitDeps
     float m[GT], l[GT], Mj, Lj;
     scores_pass(kc, qs + h0 * AMK_HEAD_DIM, s0, s1, sc + h0 * cap, cap, false, m, l, nullptr, 0, nh);
     PHASE(1);
-    group_softmax_stats(m, l, qs + AMK_GROUP * AMK_HEAD_DIM, Mj, Lj);  // its second barrier ends the reads of red
+    group_softmax_stats(m, l, qs + AMK_GROUP * AMK_HEAD_DIM, Mj, Lj);
     if (threadIdx.x < nh) {
       const int j = threadIdx.x;
       stcg(stats + 2 * (h0 + j), s1 > s0 ? Mj : NEG_INF);
       stcg(stats + 2 * (h0 + j) + 1, s1 > s0 ? Lj : 0.f);
     }
+    // group_softmax_stats' last reads of red follow its last barrier: the next tile's first writes wait for them
+    if (GROUP_TILES > 1) block_sync();
   }
   PHASE(2);
   return true;

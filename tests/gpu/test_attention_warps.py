@@ -48,7 +48,7 @@ def test_every_warp_layout_matches_transformers_and_reference(shape, dtype, chec
 
 # the block-wide passes (ATTN_DECODE, the global softmax's scores and values) take more than 8 q heads a KV head in
 # tiles of 8 (vm/attention.cuh GT): each tile its own passes over K and V, its stats, probabilities and values
-TILED = ["g16-hd16", "g32-hd16"]
+TILED = ["g16-hd16", "g20-hd16", "g32-hd16"]  # g20: a ragged last tile (GT_RAGGED)
 BLOCK_WIDE = [({"attention": {"kv_partitions": 1}}, Opcode.ATTN_DECODE),
               ({"attention": {"softmax": "global"}}, Opcode.ATTN_SCORES)]
 
