@@ -14,11 +14,11 @@ The penalties pull each effect and trend toward what other models' records of th
 (transfer_effects: the same regression pooled over them, one intercept a model), or toward "the analytic model
 is right" where there are none; so a model with few records of its own ranks by what the GPU showed on the
 others (on the tinyllama-1.1b shape every trial of `pipeline.pages` ran 1.36x or more the default's step,
-which the analytic part prices as a gain: bench/results/loop_20261203-1736_h200_tinyllama-1.1b_6min), and each of its own records moves the estimates toward what the GPU showed on it.
+which the analytic part prices as a gain: bench/results/loop_20261203-1736_h200_tinyllama-1.1b_6min), and each
+of its own records moves the estimates toward what the GPU showed on it.
 
 `score()` adds optimism for knob values no record of this model has tried yet (EXPLORE per value, at most
-EXPLORE_MAX),
-so a round prefers to learn something when the predictions tie. Units: microseconds; effects are natural-log
+EXPLORE_MAX), so a round prefers to learn something when the predictions tie. Units: microseconds; effects are natural-log
 units (0.01 ~ 1%).
 """
 
