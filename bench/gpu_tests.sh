@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# GPU test files on a machine without AMK installed (the device image): the repo as the site package of
+# bench/devsite.sh, pytest run from tests/ so that the repo's own amk/ folder (no subpackages) does not shadow it.
+#     OUT=/path bash bench/gpu_tests.sh gpu/test_attention_warps.py gpu/test_cli_gpu.py     (NPROC workers, default 12)
+# Writes $OUT/device.txt and $OUT/pytest.log; prints the counts and the failures.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/amk_gpu_tests}
+mkdir -p "$OUT"
+site=$(bash bench/devsite.sh /tmp/amk_site)
+export PYTHONPATH=$site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+cd tests
+start=$(date +%s)
+timeout "${LIMIT_S:-560}" python3 -m pytest -c ../pyproject.toml -rfEs -q -n "${NPROC:-12}" --dist load \
+  -p no:cacheprovider "$@" > "$OUT/pytest.log" 2>&1
+rc=$?
+echo "pytest rc=$rc in $(( $(date +%s) - start )) s"
+grep -E "passed|failed|error" "$OUT/pytest.log" | tail -5
+grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
+exit $rc
