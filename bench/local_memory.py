@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {"q_splits 1": {"attention": {"q_splits": 1}}, "softmax global": {"attention": {"softmax": "global"}},
            "kv_partitions 1": {"attention": {"kv_partitions": 1}}, "default": {}}
@@ -32,8 +33,17 @@ def _source_at(rev: str) -> str:
     return "\n".join(f"// ---- {name}\n" + part(name) for name in KERNEL_PARTS)
 
 
+def _test_checkpoints():
+    """tests/_checkpoints.py, loaded from its file (tests/ is no package): the bench builds the very shapes the
+    local-memory tests build."""
+    spec = importlib.util.spec_from_file_location("amk_test_checkpoints", ROOT / "tests" / "_checkpoints.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
-    from _checkpoints import attention_warp_shape
+    attention_warp_shape = _test_checkpoints().attention_warp_shape
 
     import amk
     from amk.schedule import get_target, lower

@@ -271,20 +271,22 @@ def same_model(model: str) -> Callable[[str], bool]:
     return match
 
 
+def _on(records: list[TuningRecord], model: str, gpu: str, dtype: str | None, mine: bool) -> list[TuningRecord]:
+    match = same_model(model)
+    return [r for r in records if r.gpu == gpu and match(r.model) == mine
+            and (dtype is None or r.dtype is None or r.dtype == dtype)]
+
+
 def for_run(records: list[TuningRecord], model: str, gpu: str, dtype: str | None = None) -> list[TuningRecord]:
     """The records of one model (compared by model_key) on one GPU target (and dtype, when given; a version-1
     line without a dtype matches any)."""
-    match = same_model(model)
-    return [r for r in records if r.gpu == gpu and match(r.model)
-            and (dtype is None or r.dtype is None or r.dtype == dtype)]
+    return _on(records, model, gpu, dtype, mine=True)
 
 
 def for_other_models(records: list[TuningRecord], model: str, gpu: str, dtype: str | None = None) -> list[TuningRecord]:
     """The records of every model but `model` (by model_key) on one GPU target and dtype, as for_run matches them:
     what the ranking model's knob effects start from where this model has few records of its own."""
-    match = same_model(model)
-    return [r for r in records if r.gpu == gpu and not match(r.model)
-            and (dtype is None or r.dtype is None or r.dtype == dtype)]
+    return _on(records, model, gpu, dtype, mine=False)
 
 
 def at_context(records: list[TuningRecord], context: int | None) -> list[TuningRecord]:

@@ -40,6 +40,7 @@ def read_config_json(path: Path) -> dict:
     """config.json of a checkpoint directory as a dict. Raises CheckpointError when it is missing, not JSON, not
     an object, lacks a field that sizes the model (transformers would put the default of another model
     there) or states one as an integer below 1 or past its bound (fields.MAX_VOCAB, MAX_HIDDEN, MAX_INTERMEDIATE),
+    or a storage dtype that names no torch dtype,
     and UnsupportedModelError for a model_type AMK does not lower or a quantization_config (before transformers'
     loader quantizes or dequantizes the weights). A value of another type is left to transformers' validation, which
     names the field and the type."""
@@ -69,6 +70,7 @@ def read_config_json(path: Path) -> dict:
             why = FIELDS[name].refuse(v, None, None)
             if why:
                 raise CheckpointError(file, f"{why}, got {v}", field=name)
+    _check_storage_dtype(file, raw)
     return raw
 
 
@@ -99,17 +101,11 @@ def check_layer_count(path: Path, raw: dict, weights: WeightFiles) -> None:
                           field="num_hidden_layers")
 
 
-def _check_storage_dtype(file: Path) -> None:
+def _check_storage_dtype(file: Path, raw: dict) -> None:
     """CheckpointError naming the field where config.json's `dtype` or `torch_dtype` is a string that names no
     torch dtype: transformers looks it up on the torch module and says only "module 'torch' has no attribute"."""
     import torch
 
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # transformers' own error names the file
-    if not isinstance(raw, dict):
-        return
     for key in ("dtype", "torch_dtype"):
         v = raw.get(key)
         # transformers looks the name up on the torch module as it is: "torch.bfloat16" fails there too
@@ -125,7 +121,6 @@ def load_config(path: Path):
     from transformers import AutoConfig
 
     file = path / "config.json"
-    _check_storage_dtype(file)
     try:
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as e:  # strict-dataclass validation, bad values: all of them about this one file
