@@ -63,6 +63,13 @@ def page_partials(klen: int, rows_computed: int, build: dict, nbytes: int) -> in
     return words + (-(-klen * nbytes // 16) * 4 if nbytes < 4 else 0)
 
 
+def group_tile(group: int) -> int:
+    """q heads the block-wide attention passes take at a time (vm/attention.cuh GT): a KV group cut into the
+    fewest tiles of at most 8 heads, as even as they go (20 heads: tiles of 7, 7 and 6)."""
+    tiles = -(-group // 8)
+    return -(-group // tiles)
+
+
 def attention_chunk(work_bytes: int, dims: ModelDims) -> int:
     """Positions one attention task scores per round, holding every q head's scores in shared memory."""
     room = work_bytes - SMEM_BOOKKEEPING_BYTES - (2 * dims.group * dims.head_dim + 2 * dims.group) * 4
@@ -71,8 +78,8 @@ def attention_chunk(work_bytes: int, dims: ModelDims) -> int:
 
 def attention_smem_bytes(chunk: int, dims, threads: int = 1024) -> int:
     """Shared memory of an attention task: q, (max, sum), the output, and one chunk of probabilities, an area
-    the value reduction reuses for one partial output per warp."""
-    area = max(dims.group * chunk, threads // 32 * dims.group * dims.head_dim)
+    the value reduction reuses for one partial output per warp and q head of a tile (group_tile)."""
+    area = max(dims.group * chunk, threads // 32 * group_tile(dims.group) * dims.head_dim)
     return SMEM_BOOKKEEPING_BYTES + (2 * dims.group * dims.head_dim + 2 * dims.group + area) * 4
 
 
@@ -80,12 +87,12 @@ def attention_partial_smem_bytes(chunk: int, stage: int, dims, threads: int, cac
     """Shared memory of an ATTN_PARTIAL task: q, (max, sum), the output, `chunk` positions of scores, the
     softmax-statistics scratch (2 floats per warp and q head), one head's values per warp (the warps sharing a
     q head merge through it), then `stage` K rows and V rows (16-byte aligned); the block-wide value reduction
-    later reuses the area from the scores on for one partial output per warp. Layout: vm/attention_partitions.cuh
-    op_attn_partial."""
+    later reuses the area from the scores on for one partial output per warp and q head of a tile (group_tile).
+    Layout: vm/attention_partitions.cuh op_attn_partial."""
     g, hd, warps = dims.group, dims.head_dim, threads // 32
     head = 2 * g * hd + 2 * g
     staged = -(-(head + g * chunk + 2 * warps * g + warps * hd) // 4) * 4 * 4 + 2 * stage * hd * cache_bytes
-    return SMEM_BOOKKEEPING_BYTES + max(staged, (head + warps * g * hd) * 4)
+    return SMEM_BOOKKEEPING_BYTES + max(staged, (head + warps * group_tile(g) * hd) * 4)
 
 
 def partial_positions(work_bytes: int, cap: int, dims, threads: int, cache_bytes: int) -> int:
