@@ -20,7 +20,7 @@ from amk.schedule.errors import UnsupportedModelError
 from amk.schedule.opcodes import Opcode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_checkpoints.py
-from _checkpoints import ATTENTION_WARP_SHAPES, attention_warp_shape  # noqa: E402
+from _checkpoints import ATTENTION_WARP_SHAPES, TILE_SCRATCH_SHAPES, attention_warp_shape  # noqa: E402
 
 # each shape's whole GQA group in one task (a derived q split would narrow the layout the shape stands for)
 CONFIGS = [{"attention": {"q_splits": 1}}, {"attention": {"softmax": "partition", "kv_partitions": 16, "q_splits": 1}}]
@@ -29,7 +29,7 @@ CONFIGS = [{"attention": {"q_splits": 1}}, {"attention": {"softmax": "partition"
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("attention_warps")
-    return {name: attention_warp_shape(root / name, name) for name in ATTENTION_WARP_SHAPES}
+    return {name: attention_warp_shape(root / name, name) for name in {**ATTENTION_WARP_SHAPES, **TILE_SCRATCH_SHAPES}}
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -48,7 +48,8 @@ def test_every_warp_layout_matches_transformers_and_reference(shape, dtype, chec
 
 # the block-wide passes (ATTN_DECODE, the global softmax's scores and values) take more than 8 q heads a KV head in
 # tiles of 8 (vm/attention.cuh GT): each tile its own passes over K and V, its stats, probabilities and values
-TILED = ["g16-hd16", "g20-hd16", "g32-hd16"]  # g20: a ragged last tile (GT_RAGGED)
+TILED = ["g16-hd16", "g20-hd16", "g32-hd16", "g16-hd128"]  # g20: a ragged last tile (GT_RAGGED); g16-hd128: the
+# value reduction's scratch (schedule/smem.py group_tile) fills most of the task's shared memory
 BLOCK_WIDE = [({"attention": {"kv_partitions": 1}}, Opcode.ATTN_DECODE),
               ({"attention": {"softmax": "global"}}, Opcode.ATTN_SCORES)]
 
