@@ -62,7 +62,7 @@ def main() -> None:
 
             vm = make_vm(prog, model, device="cuda", vm="cuda")
             t = time_vm(vm, steps=200, context=1024)
-            floor_ms = prog.weight_bytes / (target.spec_bandwidth_gbs * 1e9) * 1e3
+            floor_ms = prog.step_weight_bytes / (target.spec_bandwidth_gbs * 1e9) * 1e3
             t.update(model=name, tasks=len(prog.tasks), weight_bytes=prog.weight_bytes, spec_floor_ms=floor_ms,
                      ms_per_step=t["latency_us"] / 1e3,
                      build=vm.build_origin, build_s=vm.build_seconds)

@@ -135,7 +135,7 @@ def main() -> None:
     for r in rows:
         print(json.dumps({k: r.get(k) for k in ("schedule_id", "latency_us", "spread_us", "tasks", "registers", "error")}),
               flush=True)
-    weight_bytes = amk.lower(model, target, None, max_seq=args.max_seq).weight_bytes
+    weight_bytes = amk.lower(model, target, None, max_seq=args.max_seq).step_weight_bytes
     floor = Floor(weight_bytes, target.spec_bandwidth_gbs, bw)
     peers = {}
     if args.peers:

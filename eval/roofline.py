@@ -1,4 +1,5 @@
-"""The physical floor of a decode step: weight bytes read once, over read bandwidth."""
+"""The physical floor of a decode step: the weight bytes a step reads (MegakernelProgram.step_weight_bytes), read
+once, over read bandwidth."""
 
 from __future__ import annotations
 
@@ -26,12 +27,13 @@ class Floor:
         out["pct_of_measured_floor"] = 100.0 * m / latency_us if m else None
         return out
 
-    def below_floor(self, latency_us: float) -> str | None:
-        """A reason to withhold a latency that beats physics, else None."""
+    def below_floor(self, latency_us: float, source: str = "measurement") -> str | None:
+        """A reason to withhold a latency that beats physics, else None. `source` names where the latency came
+        from ("measurement", "prediction") in the reason."""
         floor = self.measured_us or self.spec_us
         if floor and latency_us < floor:
             return (f"latency {latency_us:.1f} us is under the floor {floor:.1f} us ({self.weight_bytes} weight bytes at "
-                    f"{self.measured_bandwidth_gbs or self.spec_bandwidth_gbs:.0f} GB/s): the measurement is wrong")
+                    f"{self.measured_bandwidth_gbs or self.spec_bandwidth_gbs:.0f} GB/s): the {source} is wrong")
         return None
 
     def to_dict(self) -> dict:

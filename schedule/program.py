@@ -239,7 +239,20 @@ class MegakernelProgram:
 
     @property
     def weight_bytes(self) -> int:
+        """Bytes of the model's weight buffers (the RoPE tables aside): what the program holds on the GPU."""
         return sum(b.nbytes for b in self.buffers if b.kind == BufferKind.WEIGHT and not b.name.startswith("rope_"))
+
+    @property
+    def step_weight_bytes(self) -> int:
+        """Weight bytes one decode step reads, the roofline floor's numerator: every weight buffer but the RoPE
+        tables, with an embedding table that is not also the LM head (untied) counted as the one row a step
+        reads (ModelDims.step_weight_params counts the same). On the tinyllama-1.1b shape (vocab 32000, hidden
+        2048, bf16) the whole table would add 131 MB, 6% of the step's bytes."""
+        names = {b.name for b in self.buffers}
+        embed = next((b for b in self.buffers if b.name == "embed"), None)
+        if embed is None or "lm_head" not in names:
+            return self.weight_bytes
+        return self.weight_bytes - embed.nbytes + self.constants.hidden * embed.dtype.nbytes
 
     # ---- JSON ----------------------------------------------------------------------------------
     def to_dict(self) -> dict:

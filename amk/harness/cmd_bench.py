@@ -175,7 +175,7 @@ def _bench_cuda(v, program, contexts: list[int], args, notes: list[str],
 
     model = get_model(v.model, v.dtype, Device.CUDA, weights=True)
     cache = default_cache()
-    floor = Floor(program.weight_bytes, resolve_target(args.gpu).spec_bandwidth_gbs, measured_bandwidth_gbs(cache))
+    floor = Floor(program.step_weight_bytes, resolve_target(args.gpu).spec_bandwidth_gbs, measured_bandwidth_gbs(cache))
     try:
         vm = build_cuda_vm(program, model)
     except Exception as e:

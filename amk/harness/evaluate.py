@@ -375,7 +375,7 @@ def _floor(v: Verdict, program: MegakernelProgram, target: GpuTarget, dev: Devic
         from .baselines import measured_bandwidth_gbs
 
         bw = measured_bandwidth_gbs(cache)
-    floor = Floor(program.weight_bytes, target.spec_bandwidth_gbs, bw)
+    floor = Floor(program.step_weight_bytes, target.spec_bandwidth_gbs, bw)
     v.spec_floor_us = floor.spec_us or None
     v.measured_floor_us = floor.measured_us
     return floor

@@ -42,7 +42,7 @@ def gate_latency(v: Verdict, timing: dict | None, floor, dev: Device, max_seq: i
         latency, spread, kind = v.predicted_latency_us, None, LatencyKind.PREDICTED
         v.notes.append(f"latency_us is PREDICTED by the cost model for {v.gpu} (correctness ran on the CPU "
                        "ReferenceVM); it was not measured")
-    reason = floor.below_floor(latency)
+    reason = floor.below_floor(latency, "measurement" if kind == LatencyKind.MEASURED_GPU else "prediction")
     if reason:
         v.notes.append(f"latency withheld: {reason}")
         return

@@ -239,7 +239,7 @@ class _Run(Rounds):
         default_program = lower(dims_model, self.target, ScheduleConfig(), max_seq=self.program_max_seq)
         check_kv_memory(default_program, self.dev)
         # every config reads the same weights once a step: no row of this run can be faster than this
-        self.spec_floor_us = Floor(default_program.weight_bytes, self.target.spec_bandwidth_gbs, None).spec_us
+        self.spec_floor_us = Floor(default_program.step_weight_bytes, self.target.spec_bandwidth_gbs, None).spec_us
         dims = dims_model.dims
         if self.dev == Device.CUDA:  # a shape no config builds for: one usage error, not a crash row a trial
             from amk.models.registry import resolve_dtype
