@@ -84,7 +84,10 @@ class ResultsFormatError(ValueError):
 
     def __init__(self, path, header: str, hint: str = "choose another results file"):
         self.path = str(path)
-        super().__init__(f"{path}: header {header!r} is not a results.tsv header (expected {HEADER.strip()!r}); "
+        # the first line of a foreign or binary file: shown short and in ASCII, so that no terminal control
+        # bytes or pages of text reach the message
+        shown = ascii(header[:80]) + (f" ... ({len(header)} characters)" if len(header) > 80 else "")
+        super().__init__(f"{path}: header {shown} is not a results.tsv header (expected {HEADER.strip()!r}); "
                          f"{hint}")
 
 

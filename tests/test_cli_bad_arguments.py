@@ -88,6 +88,19 @@ def test_an_empty_config_is_a_rejected_verdict_not_a_directory(capsys, tmp_path,
     assert code == 2 and not out["valid"] and out["rejected_reason"].startswith("schema: $: not valid JSON"), out
 
 
+def test_a_file_name_given_to_the_api_as_a_config_is_pointed_out(tmp_path, monkeypatch):
+    """The CLI's --config takes a path, the Python API's config a JSON text: a file name there says so."""
+    import amk
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "incumbent").write_text("{}")
+    for name in ("incumbent.json", "incumbent"):
+        reason = amk.evaluate("toy", "cpu-sim", name, device="cpu")["rejected_reason"]
+        assert f"{name!r} looks like a file name" in reason and "json.load" in reason, reason
+    assert "file name" not in amk.evaluate("toy", "cpu-sim", "{bad", device="cpu")["rejected_reason"]
+    assert "file name" not in amk.evaluate("toy", "cpu-sim", "x" * 5000, device="cpu")["rejected_reason"]
+
+
 def test_a_key_given_twice_in_a_config_is_an_error_naming_it():
     with pytest.raises(ConfigError) as e:
         parse_config('{"pipelining_depth": 99, "pipelining_depth": 1}')

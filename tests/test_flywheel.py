@@ -180,6 +180,17 @@ def test_results_refuses_a_foreign_header(tmp_path):
         read_rows(path)
 
 
+def test_a_binary_file_is_refused_in_a_short_ascii_message(tmp_path):
+    path = tmp_path / "results.tsv"
+    junk = bytes(b for b in range(256) if b not in b"\r\n") * 4 + b"\n"  # one line of every other byte
+    path.write_bytes(junk)
+    with pytest.raises(ResultsFormatError) as err:
+        read_rows(path)
+    msg = str(err.value)
+    assert msg.isascii() and chr(27) not in msg and len(msg) < 600 and "characters)" in msg
+    assert path.read_bytes() == junk
+
+
 def test_a_header_saved_without_its_newline_is_a_file_of_no_rows(tmp_path):
     # an editor that emptied the file of rows kept its header and dropped the newline: the file reads as no
     # rows, and the next row starts a line of its own, in that header's columns (an older one here)

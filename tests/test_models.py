@@ -194,3 +194,10 @@ def test_smollm2_fingerprint_stable(smollm):
     # its shape without parsing the GGUF: the shipped stand-in config's, all but the eps the GGUF stores in fp32
     assert dataclasses.replace(model_shape("smollm2-135m-instruct"), rms_eps=again.dims.rms_eps) == again.dims
     assert again.fingerprint != load_model("smollm2-135m", weights=False).fingerprint
+
+
+def test_a_model_prints_as_one_line_of_its_shape():
+    text = repr(load_model("toy"))
+    assert "\n" not in text and len(text) < 300, text
+    assert text.startswith("Model('toy', fp32, 1 layers, hidden 96") and "weights loaded" in text
+    assert "weights not loaded" in repr(load_model("llama-3.2-1b", weights=False))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
@@ -109,6 +110,20 @@ def _key_given_twice(value, path: str = "$") -> tuple[str, object, object] | Non
     return None
 
 
+def _path_hint(text: str) -> str:
+    """Where a config string that is no JSON names a file: say that a string is read as JSON text (the CLI's
+    --config takes a path; the Python API takes the text or a dict)."""
+    name = text.strip()
+    try:
+        is_file = bool(name) and "\n" not in name and os.path.isfile(name)
+    except (OSError, ValueError):  # a name too long, or with a NUL
+        is_file = False
+    if name.endswith(".json") or is_file:
+        return (f"; a config string is JSON text, and {name!r} looks like a file name: pass "
+                f"json.load(open({name!r})) or the file's text")
+    return ""
+
+
 def parse_config(config) -> ScheduleConfig:
     """A ScheduleConfig from a dict, a JSON string (or bytes) or a ScheduleConfig; ConfigError otherwise.
     A ScheduleConfig is re-parsed through its dict, since its fields can be assigned anything."""
@@ -120,7 +135,8 @@ def parse_config(config) -> ScheduleConfig:
                 config = json.loads(config, object_pairs_hook=_object)
             except ValueError as e:  # read from a file or stdin (commands.ConfigText): name it
                 source = getattr(config, "source", None)
-                raise ConfigError("$", f"not valid JSON{f' ({source})' if source else ''}: {e}") from None
+                raise ConfigError("$", f"not valid JSON{f' ({source})' if source else ''}: {e}"
+                                       f"{'' if source else _path_hint(config)}") from None
             twice = _key_given_twice(config)
             if twice:
                 raise ConfigError(twice[0], f"given twice in one JSON object (values {json_value(twice[1])} and "

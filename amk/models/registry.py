@@ -107,6 +107,14 @@ class Model:
     _fp32: Any = field(default=None, repr=False, compare=False)
     _fp64: Any = field(default=None, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        # one line: the dataclass repr printed the whole transformers config and module tree
+        d = self.dims
+        return (f"Model({self.name!r}, {dtype_name(self.dtype)}, {d.n_layers} layers, hidden {d.hidden}, "
+                f"{d.n_heads} q / {d.n_kv_heads} KV heads of {d.head_dim}, vocab {d.vocab}, "
+                f"{'tied' if d.tied_embeddings else 'untied'} head, source {self.source}, device {self.device}, "
+                f"weights {'loaded' if self.eager is not None else 'not loaded'})")
+
     def fp32_eager(self):
         """The same weights upcast to fp32: the accuracy reference for a bf16/fp16 run."""
         if self.eager is None:
