@@ -175,6 +175,18 @@ def check_kv_memory(program: MegakernelProgram, dev) -> None:
                                        f"{free / 2**30:.1f} GiB free")
 
 
+def misspelt_field_notes(model) -> list[str]:
+    """A note for each name of the model's config.json that is a near spelling of a field transformers reads
+    (amk.models.fields.misspelt_fields): neither transformers nor AMK reads it, so the value meant is not used."""
+    from amk.models.fields import misspelt_fields
+
+    if getattr(model, "hf_config", None) is None:
+        return []
+    return [f"config field {name!r} is read by neither transformers nor AMK, and {meant!r} keeps its value "
+            f"{json.dumps(getattr(model.hf_config, meant, None), default=str)}: did you mean {meant!r}?"
+            for name, meant in misspelt_fields(model.hf_config)]
+
+
 def build_program(model, gpu, config, device: str = "auto", dtype: str | None = None, max_seq: int | None = None,
                   cache: Cache | None = None) -> tuple[Verdict, MegakernelProgram | None]:
     """Parse, lower (cached) and validate: the verdict so far, and the program when it is valid. Needs the
@@ -212,6 +224,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     v.schedule_id = cfg.schedule_id
     dims_model = given or get_model(v.model, v.dtype, dev, weights=False)
     check_rope_context(dims_model, max_seq)
+    v.notes += misspelt_field_notes(dims_model)
     with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
         program = _lower_cached(v, dims_model, target, cfg, max_seq, cache or default_cache())
     if program is None or not _validate(v, program, target):

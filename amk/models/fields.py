@@ -362,6 +362,25 @@ def refusals(cfg) -> list[tuple[str, Any, str]]:
     return out
 
 
+def misspelt_fields(cfg) -> list[tuple[str, str]]:
+    """(name, likely meant) for each name the config carries that neither the table nor transformers knows but
+    that is a near spelling of a field in the table (difflib ratio >= 0.85, at most two letters longer or
+    shorter): transformers stores such a name and reads it nowhere, so the value the user meant is left at its
+    default. Nothing is refused for it."""
+    import difflib
+
+    known = set(FIELDS) | set(LOADING_FIELDS)
+    out = []
+    for name in config_fields(cfg):
+        if name in known or "." in name:
+            continue
+        # a slip of a letter or two, not a name that extends a field (`transformers_version_note`)
+        close = [m for m in difflib.get_close_matches(name, known, n=3, cutoff=0.85) if abs(len(m) - len(name)) <= 2]
+        if close:
+            out.append((name, close[0]))
+    return out
+
+
 def check_config(cfg) -> Architecture:
     """Raise UnsupportedModelError naming every field whose value AMK does not lower; return the family."""
     arch = architecture(cfg)
