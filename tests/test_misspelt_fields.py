@@ -15,6 +15,13 @@ def test_the_config_classes_defaults_have_no_near_spellings():
         assert misspelt_fields(cls()) == [], cls.__name__
 
 
+def test_transformers_4_fields_of_a_whole_config_dump_are_not_misspellings():
+    """A config saved whole by transformers 4 carries its base class's generation and encoder-decoder fields:
+    tie_encoder_decoder is one letter-pair from is_encoder_decoder, and spelt right."""
+    cfg = LlamaConfig(tie_encoder_decoder=False, num_beams=1, top_k=50, torch_dtype="bfloat16", max_length=20)
+    assert misspelt_fields(cfg) == []
+
+
 def test_a_misspelt_field_is_named_with_the_field_meant(tmp_path):
     path = llama(tmp_path / "m", num_key_value_head=1, transformers_version_note="x")
     assert misspelt_fields(amk.load_model(str(path), weights=False).hf_config) == [

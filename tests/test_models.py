@@ -199,5 +199,5 @@ def test_smollm2_fingerprint_stable(smollm):
 def test_a_model_prints_as_one_line_of_its_shape():
     text = repr(load_model("toy"))
     assert "\n" not in text and len(text) < 300, text
-    assert text.startswith("Model('toy', fp32, 1 layers, hidden 96") and "weights loaded" in text
+    assert text.startswith("Model('toy', fp32, layers 1, hidden 96") and "weights loaded" in text
     assert "weights not loaded" in repr(load_model("llama-3.2-1b", weights=False))

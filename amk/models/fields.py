@@ -362,6 +362,18 @@ def refusals(cfg) -> list[tuple[str, Any, str]]:
     return out
 
 
+# the keywords of transformers 4's PretrainedConfig that the table does not hold (generation, encoder-decoder and
+# task fields): a config.json saved whole by transformers 4 carries them, spelt right
+TRANSFORMERS_4_BASE_FIELDS = frozenset((
+    "add_cross_attention bad_words_ids begin_suppress_tokens cross_attention_hidden_size decoder_start_token_id "
+    "diversity_penalty do_sample early_stopping encoder_no_repeat_ngram_size exponential_decay_length_penalty "
+    "finetuning_task forced_bos_token_id forced_eos_token_id is_decoder length_penalty max_length min_length "
+    "no_repeat_ngram_size num_beam_groups num_beams num_labels num_return_sequences output_scores prefix "
+    "pruned_heads remove_invalid_values repetition_penalty return_dict_in_generate sep_token_id suppress_tokens "
+    "task_specific_params temperature tf_legacy_loss tie_encoder_decoder tokenizer_class top_k top_p torch_dtype "
+    "torchscript typical_p use_bfloat16").split())
+
+
 def misspelt_fields(cfg) -> list[tuple[str, str]]:
     """(name, likely meant) for each name the config carries that neither the table nor transformers knows but
     that is a near spelling of a field in the table (difflib ratio >= 0.85, at most two letters longer or
@@ -372,7 +384,7 @@ def misspelt_fields(cfg) -> list[tuple[str, str]]:
     known = set(FIELDS) | set(LOADING_FIELDS)
     out = []
     for name in config_fields(cfg):
-        if name in known or "." in name:
+        if name in known or name in TRANSFORMERS_4_BASE_FIELDS or "." in name:
             continue
         # a slip of a letter or two, not a name that extends a field (`transformers_version_note`)
         close = [m for m in difflib.get_close_matches(name, known, n=3, cutoff=0.85) if abs(len(m) - len(name)) <= 2]

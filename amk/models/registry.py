@@ -110,8 +110,8 @@ class Model:
     def __repr__(self) -> str:
         # one line: the dataclass repr printed the whole transformers config and module tree
         d = self.dims
-        return (f"Model({self.name!r}, {dtype_name(self.dtype)}, {d.n_layers} layers, hidden {d.hidden}, "
-                f"{d.n_heads} q / {d.n_kv_heads} KV heads of {d.head_dim}, vocab {d.vocab}, "
+        return (f"Model({self.name!r}, {dtype_name(self.dtype)}, layers {d.n_layers}, hidden {d.hidden}, "
+                f"heads {d.n_heads} q / {d.n_kv_heads} KV of head_dim {d.head_dim}, vocab {d.vocab}, "
                 f"{'tied' if d.tied_embeddings else 'untied'} head, source {self.source}, device {self.device}, "
                 f"weights {'loaded' if self.eager is not None else 'not loaded'})")
 
