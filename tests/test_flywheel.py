@@ -189,6 +189,10 @@ def test_a_binary_file_is_refused_in_a_short_ascii_message(tmp_path):
     msg = str(err.value)
     assert msg.isascii() and chr(27) not in msg and len(msg) < 600 and "characters)" in msg
     assert path.read_bytes() == junk
+    path.write_text("\U0001f600" * 80 + "\n")  # 80 characters that escape to 10 each
+    with pytest.raises(ResultsFormatError) as err:
+        read_rows(path)
+    assert len(str(err.value)) < 600 and "(80 characters)" in str(err.value)
 
 
 def test_a_header_saved_without_its_newline_is_a_file_of_no_rows(tmp_path):
