@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Floor:
+    """The floor of one step at the GPU's datasheet and measured read bandwidth (GB/s). `weight_bytes` is what a
+    step reads (MegakernelProgram.step_weight_bytes), not what the program holds: the two differ by an untied
+    embedding table less its one row."""
+
     weight_bytes: int
     spec_bandwidth_gbs: float
     measured_bandwidth_gbs: float | None
