@@ -87,7 +87,8 @@ class ResultsFormatError(ValueError):
         # the first line of a foreign or binary file: shown short and in ASCII, so that no terminal control
         # bytes or pages of text reach the message
         shown = ascii(header[:80])
-        shown = shown[:120] + (f" ... ({len(header)} characters)" if len(header) > 80 or len(shown) > 120 else "")
+        if len(header) > 80 or len(shown) > 120:
+            shown = f"{shown[:120]} ... ({len(header)} characters)"
         super().__init__(f"{path}: header {shown} is not a results.tsv header (expected {HEADER.strip()!r}); "
                          f"{hint}")
 

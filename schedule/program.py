@@ -248,9 +248,9 @@ class MegakernelProgram:
         tables, with an embedding table that is not also the LM head (untied) counted as the one row a step
         reads (ModelDims.step_weight_params, which leaves that row out, plus the row). On the tinyllama-1.1b shape (vocab 32000, hidden
         2048, bf16) the whole table would add 131 MB, 6% of the step's bytes."""
-        names = {b.name for b in self.buffers}
-        embed = next((b for b in self.buffers if b.name == "embed"), None)
-        if embed is None or "lm_head" not in names:
+        by_name = {b.name: b for b in self.buffers}
+        embed = by_name.get("embed")
+        if embed is None or "lm_head" not in by_name:
             return self.weight_bytes
         return self.weight_bytes - embed.nbytes + self.constants.hidden * embed.dtype.nbytes
 
