@@ -52,15 +52,21 @@ def program_work_smem_bytes(smem_per_block: int, build: dict) -> int:
 def page_partials(klen: int, rows_computed: int, build: dict, nbytes: int) -> int:
     """4-byte words a matvec task keeps beside its staged input when its weights come through pages
     (vm/pipeline.cuh op_matvec_paged): one partial sum per (row, page of the row, chunk), padded to 16 bytes,
-    and for 16-bit dtypes the input slice again in the weights' dtype; 0 without pages."""
+    and for 16-bit dtypes the input slice again in the weights' dtype; 0 without pages. The pages' tiling is the
+    kernel's page_tiling."""
     page = int(build.get("PAGE_BYTES", 0))
     if int(build.get("PAGES", 0)) <= 0 or page <= 0:
         return 0
     elems, vec = page // nbytes, 16 // nbytes
-    cpr = 1 if klen <= elems else -(-klen // elems)
-    chunks = max(1, min(klen, elems) // vec // UNIT_VECS)
-    words = -(-rows_computed * cpr * chunks // 4) * 4
-    return words + (-(-klen * nbytes // 16) * 4 if nbytes < 4 else 0)
+
+    def slots(wide: int) -> int:  # the kernel's page_tiling, rows wider than `wide` cut into pieces that wide
+        width = klen if klen <= wide else wide
+        return rows_computed * -(-klen // width) * max(1, width // vec // UNIT_VECS)
+
+    # 16-bit weights go through tensor cores (AMK_PAGE_MMA, pieces of half a page) or, as a kernel variant, the
+    # CUDA-core loop (page-wide pieces): room for either
+    words = max(slots(elems), slots(elems // 2) if nbytes < 4 else 0)
+    return -(-words // 4) * 4 + (-(-klen * nbytes // 16) * 4 if nbytes < 4 else 0)
 
 
 def group_tile(group: int) -> int:

@@ -10,15 +10,29 @@
 #define PAGE_BYTES AMK_PAGE_BYTES
 #define PAGE_ELEMS (PAGE_BYTES / (int)sizeof(wtype))
 #define UNIT_VECS 128  // 16-byte vectors one (row, chunk) unit aims at: four per lane, loaded together
+#ifndef AMK_PAGE_MMA
+#define AMK_PAGE_MMA 0
+#endif
+// A kernel variant (bench/variants.py), not yet run on a GPU: with 16-bit weights the consumers take a page's dot
+// on tensor cores, one mma.m16n8k16 a 256-byte run of two rows (mma_16816), where the CUDA-core loop spends about
+// 26 instructions a 16-byte vector (two shared loads, 16 unpacks, 8 FMAs). Traced on an H200 that loop ran at
+// about the DRAM's rate an SM (gate_up's dot 17.4 us against 14.6 on the register path, 2.4 of it waiting for
+// pages: bench/results/20261203-1721_h200_llama-3.2-1b_trace_register_vs_pages.json), so the pages could not
+// get ahead of it across a boundary.
+#define PAGE_MMA (AMK_PAGE_MMA && AMK_DTYPE != DT_F32)
 
-// How a matvec task's weight tile is cut into pages, the same in the producer and the consumers.
-// Whole rows of the slice when one fits a page (rpp rows a page), else each row cut into cpr page-wide
-// pieces. Inside a page, a row is cut into S chunks of `per` vectors; (page, row, chunk) is a unit, and the
-// units of a task go round the consumer warps in order, so that pages of few rows still use every warp.
+// How a matvec task's weight tile is cut into pages, the same in the producer and the consumers (and in
+// schedule/smem.py page_partials). Whole rows of the slice when they fit a page (rpp rows a page), else each row
+// cut into cpr pieces of pw columns: page-wide, or on tensor cores half a page wide, so that a page holds two
+// rows' pieces over the same columns (a product takes two rows against one run of the input). Inside a page, a
+// row's piece is cut into S chunks of `per` vectors; (page, row, chunk) is a unit (on tensor cores a pair of
+// rows and a chunk), and the units of a task go round the consumer warps in order, so that pages of few rows
+// still use every warp.
 struct PageTiling {
   int R;      // computed rows (main rows, then the paired rows)
   int rpp;    // rows a page
   int cpr;    // pages a row
+  int pw;     // columns a page
   int pages;  // pages of the task
   int S;      // chunks a (row, page)
   int per;    // vectors a chunk
@@ -27,16 +41,17 @@ struct PageTiling {
 __device__ __forceinline__ PageTiling page_tiling(const MatvecParams& p) {
   PageTiling t;
   t.R = computed_rows(p);
-  if (p.klen <= PAGE_ELEMS) {
+  const int wide = PAGE_MMA ? PAGE_ELEMS / 2 : PAGE_ELEMS;  // the widest rows kept whole
+  if (p.klen <= wide) {
     t.rpp = min(t.R, PAGE_ELEMS / p.klen);
-    t.cpr = 1;
-    t.pages = (t.R + t.rpp - 1) / t.rpp;
+    t.pw = p.klen;
   } else {
-    t.rpp = 1;
-    t.cpr = (p.klen + PAGE_ELEMS - 1) / PAGE_ELEMS;
-    t.pages = t.R * t.cpr;
+    t.rpp = min(t.R, PAGE_MMA ? 2 : 1);
+    t.pw = wide;
   }
-  const int nvec = min(p.klen, PAGE_ELEMS) / VEC;
+  t.cpr = (p.klen + t.pw - 1) / t.pw;
+  t.pages = (t.R + t.rpp - 1) / t.rpp * t.cpr;
+  const int nvec = t.pw / VEC;
   t.S = max(1, nvec / UNIT_VECS);
   t.per = (nvec + t.S - 1) / t.S;
   return t;
@@ -47,12 +62,12 @@ struct PagePiece { int r0, nr, col, c0, nc; };
 
 __device__ __forceinline__ PagePiece page_piece(const PageTiling& t, const MatvecParams& p, int q) {
   PagePiece g;
-  if (t.cpr == 1) {
-    g.r0 = q * t.rpp; g.nr = min(t.rpp, t.R - g.r0); g.col = 0; g.c0 = 0; g.nc = p.klen;
-  } else {
-    g.r0 = q / t.cpr; g.nr = 1; g.col = q - g.r0 * t.cpr; g.c0 = g.col * PAGE_ELEMS;
-    g.nc = min(PAGE_ELEMS, p.klen - g.c0);
-  }
+  const int rb = q / t.cpr;
+  g.col = q - rb * t.cpr;
+  g.r0 = rb * t.rpp;
+  g.nr = min(t.rpp, t.R - g.r0);
+  g.c0 = g.col * t.pw;
+  g.nc = min(t.pw, p.klen - g.c0);
   return g;
 }
 
@@ -84,6 +99,46 @@ __device__ __forceinline__ uint4 lds128(const uint4* p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(smem_u32(p)));
   return v;
 }
+
+#if PAGE_MMA
+__device__ __forceinline__ uint2 lds64(const void* p) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(smem_u32(p)));
+  return v;
+}
+
+// d += A B for one m16n8k16 product with fp32 accumulators. The k order inside a product is free as long as A
+// and B agree, so A is a 16-byte row vector a lane as loaded: lane l holds vector (l & 15) of row l >> 4 of the
+// step's 16 vectors, elements 0, 1, 4, 5 as A row g = l >> 2 and 2, 3, 6, 7 as row g + 8. B column n = l >> 2
+// holds those elements of input vector 4 (n >> 1) + (l & 3) (the first four for even n, the others for odd): the
+// 8-byte half n & 1 of that vector where the input is stored with each vector's elements in the order 0 1 4 5
+// 2 3 6 7 (page_mma_slot). So D[g][2b] + D[g + 8][2b + 1] with b = g & 3 is row g >> 2's dot over vectors
+// 4b .. 4b + 3, held by the lane with l & 3 == b (page_mma_sum). Fragment layouts: PTX ISA, "Matrix Fragments
+// for mma.m16n8k16 with floating point type".
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint4& a, const uint2& b) {
+#if AMK_DTYPE == DT_BF16
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b.x), "r"(b.y));
+#else
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b.x), "r"(b.y));
+#endif
+}
+
+// Where input element k is stored for mma_16816's B halves: bits 1 and 2 of k swapped.
+__device__ __forceinline__ int page_mma_slot(int k) { return (k & ~6) | ((k & 2) << 1) | ((k & 4) >> 1); }
+
+// The dot of the unit's row (lane >> 4) from the accumulators of mma_16816: in lanes 0 and 16.
+__device__ __forceinline__ float page_mma_sum(const float (&d)[4]) {
+  const int lane = threadIdx.x & 31;
+  float s = (lane & 3) == ((lane >> 2) & 3) ? d[0] + d[3] : 0.f;
+#pragma unroll
+  for (int o = 1; o < 16; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+#endif
 
 __device__ __forceinline__ bool mbar_test(unsigned bar, unsigned parity) {
   unsigned ok;
@@ -208,14 +263,22 @@ __device__ bool op_matvec_paged(const Ctx& c, const MatvecParams& p, WaitDeps&& 
   // input took two loads at a 2-way conflict, and shared-memory bandwidth bounds this loop.
   wtype* xw = reinterpret_cast<wtype*>(part + ((t.R * t.cpr * t.S + 3) & ~3));
   block_sync();
+#if PAGE_MMA
+  for (int k = tid; k < p.klen; k += AMK_THREADS) xw[page_mma_slot(k)] = from_f(xs[k]);
+#else
   for (int k = tid; k < p.klen; k += AMK_THREADS) xw[k] = from_f(xs[k]);
+#endif
   const uint4* xv = reinterpret_cast<const uint4*>(xw);
 #else
   const uint4* xv = reinterpret_cast<const uint4*>(xs);
 #endif
   block_sync();
   PHASE(0);
+#if PAGE_MMA
+  const int upp = ((t.rpp + 1) >> 1) * t.S;  // unit slots a page: a unit is a chunk of a pair of rows
+#else
   const int upp = t.rpp * t.S;  // unit slots a page
+#endif
   int u = warp;                 // this warp's next unit, counted over the task
   for (int q = 0; q < t.pages; ++q, ++tail) {
     const int slot = tail % AMK_PAGES;
@@ -228,6 +291,29 @@ __device__ bool op_matvec_paged(const Ctx& c, const MatvecParams& p, WaitDeps&& 
     if (tid == 0) c.prof[3] += clock64() - w0;
 #endif
     const uint4* page = reinterpret_cast<const uint4*>(ring + (long long)slot * PAGE_BYTES);
+#if PAGE_MMA
+    const int nv = g.nc / VEC, lim = q * upp + ((g.nr + 1) >> 1) * t.S;
+    for (; u < lim; u += NWARPS) {
+      const int pr = (u - q * upp) / t.S, ch = (u - q * upp) - pr * t.S;
+      const int v1 = min(nv, (ch + 1) * t.per), lr = 2 * pr + (lane >> 4);
+      const bool row_ok = lr < g.nr;
+      const uint4* row = page + (row_ok ? lr : 2 * pr) * nv;
+      const uint4* x = xv + g.c0 / VEC;
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+      const uint4* ap = row + ch * t.per + (lane & 15);
+      const uint2* bp = reinterpret_cast<const uint2*>(x + ch * t.per + 4 * (lane >> 3) + (lane & 3)) + ((lane >> 2) & 1);
+      const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+      int v0 = ch * t.per;
+#pragma unroll 2
+      for (; v0 + 16 <= v1; v0 += 16, ap += 16, bp += 32) mma_16816(d, row_ok ? lds128(ap) : zero, lds64(bp));
+      if (v0 < v1) {  // a ragged last step: past the chunk both stay zero (the staged input may hold NaN poison)
+        const bool in = v0 + (lane & 15) < v1 && row_ok, in_b = v0 + 4 * (lane >> 3) + (lane & 3) < v1;
+        mma_16816(d, in ? lds128(ap) : zero, in_b ? lds64(bp) : make_uint2(0u, 0u));
+      }
+      const float a = page_mma_sum(d);
+      if ((lane & 15) == 0 && row_ok) part[((g.r0 + lr) * t.cpr + g.col) * t.S + ch] = a;
+    }
+#else
     const int nv = g.nc / VEC, lim = q * upp + g.nr * t.S;
     for (; u < lim; u += NWARPS) {
       const int lr = (u - q * upp) / t.S, ch = (u - q * upp) - lr * t.S;
@@ -240,6 +326,7 @@ __device__ bool op_matvec_paged(const Ctx& c, const MatvecParams& p, WaitDeps&& 
       a = warp_sum(a);
       if (lane == 0) part[((g.r0 + lr) * t.cpr + g.col) * t.S + ch] = a;
     }
+#endif
     __syncwarp();
     if (lane == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_u32(&ps.empty[slot])) : "memory");
   }
