@@ -225,7 +225,9 @@ class PipelineConfig:
                               "boundaries; taken from the end of smem_per_block. 0: each consumer warp streams its "
                               "own weights through registers", choices=PAGES_CHOICES)
     page_kb: int = knob(16, help="KiB of one page of the weight pipeline (a bulk copy target; rows wider than a page "
-                                 "are cut into page-wide pieces)", choices=PAGE_KB_CHOICES)
+                                 "are cut into page-wide pieces, and 16-bit rows wider than half a page into "
+                                 "half-page pieces, two rows a page, for the consumers' tensor-core products)",
+                        choices=PAGE_KB_CHOICES)
 
 
 @dataclass

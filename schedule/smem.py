@@ -63,9 +63,8 @@ def page_partials(klen: int, rows_computed: int, build: dict, nbytes: int) -> in
         width = klen if klen <= wide else wide
         return rows_computed * -(-klen // width) * max(1, width // vec // UNIT_VECS)
 
-    # 16-bit weights go through tensor cores (AMK_PAGE_MMA, pieces of half a page) or, as a kernel variant, the
-    # CUDA-core loop (page-wide pieces): room for either
-    words = max(slots(elems), slots(elems // 2) if nbytes < 4 else 0)
+    # 16-bit weights go through tensor cores, two rows a product: rows wider than half a page are cut in halves
+    words = slots(elems // 2 if nbytes < 4 else elems)
     return -(-words // 4) * 4 + (-(-klen * nbytes // 16) * 4 if nbytes < 4 else 0)
 
 

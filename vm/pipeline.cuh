@@ -10,16 +10,11 @@
 #define PAGE_BYTES AMK_PAGE_BYTES
 #define PAGE_ELEMS (PAGE_BYTES / (int)sizeof(wtype))
 #define UNIT_VECS 128  // 16-byte vectors one (row, chunk) unit aims at: four per lane, loaded together
-#ifndef AMK_PAGE_MMA
-#define AMK_PAGE_MMA 0
-#endif
-// A kernel variant (bench/variants.py), not yet run on a GPU: with 16-bit weights the consumers take a page's dot
-// on tensor cores, one mma.m16n8k16 a 256-byte run of two rows (mma_16816), where the CUDA-core loop spends about
-// 26 instructions a 16-byte vector (two shared loads, 16 unpacks, 8 FMAs). Traced on an H200 that loop ran at
-// about the DRAM's rate an SM (gate_up's dot 17.4 us against 14.6 on the register path, 2.4 of it waiting for
-// pages: bench/results/20261203-1721_h200_llama-3.2-1b_trace_register_vs_pages.json), so the pages could not
-// get ahead of it across a boundary.
-#define PAGE_MMA (AMK_PAGE_MMA && AMK_DTYPE != DT_F32)
+// With 16-bit weights the consumers take a page's dot on tensor cores, one mma.m16n8k16 a 256-byte run of two
+// rows (mma_16816), where a CUDA-core loop spends about 26 instructions a 16-byte vector (two shared loads, 16
+// unpacks, 8 FMAs): llama-3.2-1b with 10 pages of 16 KiB, 1179.2 against 1191.3 us a step (verified, two rounds,
+// one H100; bench/results/20261205-1310_h100_pages_on_tensor_cores.json). fp32 weights keep the CUDA cores.
+#define PAGE_MMA (AMK_DTYPE != DT_F32)
 
 // How a matvec task's weight tile is cut into pages, the same in the producer and the consumers (and in
 // schedule/smem.py page_partials). Whole rows of the slice when they fit a page (rpp rows a page), else each row
@@ -81,7 +76,7 @@ struct PipeState {
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
-// acc + the dot of a 16-byte weight vector with a 16-byte input vector of the same dtype.
+// acc + the dot of a 16-byte weight vector with a 16-byte input vector of the same dtype (fp32 pages).
 __device__ __forceinline__ float dot_pair(const uint4& w, const uint4& x, float acc) {
   float fw[VEC], fx[VEC];
   unpack(w, fw);
@@ -257,17 +252,12 @@ __device__ bool op_matvec_paged(const Ctx& c, const MatvecParams& p, WaitDeps&& 
   float* xs = stage_input(c, p, __ldg(c.cols + p.weight), in);
   float* acc = xs + p.klen + ((4 - (p.klen & 3)) & 3);
   float* part = acc + ((t.R + 3) & ~3);
-#if AMK_DTYPE != DT_F32
+#if PAGE_MMA
   // The input again in the weights' dtype, where every matvec input is exact (the staged values are rounded
-  // to it): one 16-byte load of it meets one 16-byte load of weights, with no bank conflict, where the float
-  // input took two loads at a 2-way conflict, and shared-memory bandwidth bounds this loop.
+  // to it), as the products' B operand takes it (page_mma_slot)
   wtype* xw = reinterpret_cast<wtype*>(part + ((t.R * t.cpr * t.S + 3) & ~3));
   block_sync();
-#if PAGE_MMA
   for (int k = tid; k < p.klen; k += AMK_THREADS) xw[page_mma_slot(k)] = from_f(xs[k]);
-#else
-  for (int k = tid; k < p.klen; k += AMK_THREADS) xw[k] = from_f(xs[k]);
-#endif
   const uint4* xv = reinterpret_cast<const uint4*>(xw);
 #else
   const uint4* xv = reinterpret_cast<const uint4*>(xs);
