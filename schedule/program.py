@@ -245,9 +245,9 @@ class MegakernelProgram:
     @property
     def step_weight_bytes(self) -> int:
         """Weight bytes one decode step reads, the roofline floor's numerator: every weight buffer but the RoPE
-        tables, with an embedding table that is not also the LM head (untied) counted as the one row a step
-        reads (ModelDims.step_weight_params, which leaves that row out, plus the row). On the tinyllama-1.1b shape (vocab 32000, hidden
-        2048, bf16) the whole table would add 131 MB, 6% of the step's bytes."""
+        tables, with an embedding table that is not also the LM head (untied) counted as the one row a step reads
+        (ModelDims.step_weight_params, which leaves that row out, plus the row). On the tinyllama-1.1b shape
+        (vocab 32000, hidden 2048, bf16) the whole table would add 131 MB, 6% of the step's bytes."""
         by_name = {b.name: b for b in self.buffers}
         embed = by_name.get("embed")
         if embed is None or "lm_head" not in by_name:

@@ -58,13 +58,9 @@ def page_partials(klen: int, rows_computed: int, build: dict, nbytes: int) -> in
     if int(build.get("PAGES", 0)) <= 0 or page <= 0:
         return 0
     elems, vec = page // nbytes, 16 // nbytes
-
-    def slots(wide: int) -> int:  # the kernel's page_tiling, rows wider than `wide` cut into pieces that wide
-        width = klen if klen <= wide else wide
-        return rows_computed * -(-klen // width) * max(1, width // vec // UNIT_VECS)
-
-    # 16-bit weights go through tensor cores, two rows a product: rows wider than half a page are cut in halves
-    words = slots(elems // 2 if nbytes < 4 else elems)
+    # rows wider than a page (16-bit: than half a page, two rows a tensor-core product) are cut into pieces that wide
+    width = min(klen, elems // 2 if nbytes < 4 else elems)
+    words = rows_computed * -(-klen // width) * max(1, width // vec // UNIT_VECS)
     return -(-words // 4) * 4 + (-(-klen * nbytes // 16) * 4 if nbytes < 4 else 0)
 
 
