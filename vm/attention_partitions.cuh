@@ -87,20 +87,26 @@ __device__ void join_combine(const Ctx& c, const JoinCombine& j, int kv_head, in
   op_attn_combine(c, cp);
 }
 
-// The partition's attention by warps of q heads, when every K and V row of the span sits in shared memory and
-// its scores fit `probs`. HEAD_WARPS warps share a q head (NWARPS / G of them, at least one), each over a contiguous
-// share of the positions: lanes take positions for the scores and head dims for the values, the (max, sum) come
-// from warp shuffles. One warp a q head needs no block barrier; several merge their (max, sum, values) through
-// shared memory after one barrier, so that a partition of few tasks still spreads over every warp. Numerics as
-// the block-wide path: rounded scores, fp32 probabilities, fp32 sums (in another order).
+// The partition's attention by warps of q heads, when every K and V row of the span sits in shared memory and its
+// scores fit `probs`. HEAD_WARPS warps share a q head, each over a contiguous share of the positions: lanes take
+// positions for the scores and head dims for the values, the (max, sum) come from warp shuffles. One warp a q head
+// needs no block barrier; several merge their (max, sum, values) through shared memory after one barrier. Two warps
+// a q head where the block has them: traced on an H100 (llama-3.2-1b, four), the barrier and the merge after it
+// took 1.0 of the task's 2.6 us, and two warps in place of four to eight gave 0.983-0.998 of the step on five
+// public shapes (one warp: 0.974 on smollm2-135m's, 1.003 on llama-3.2-1b's;
+// bench/results/20261205-1500_h100_attention_head_warps.json). Numerics as the block-wide path: rounded scores,
+// fp32 probabilities, fp32 sums (in another order).
 #define DIMS_PER_LANE ((AMK_HEAD_DIM + 31) / 32)
-#define HEAD_WARPS (NWARPS / AMK_GROUP > 1 ? NWARPS / AMK_GROUP : 1)
+#define HEAD_WARPS (NWARPS / AMK_GROUP >= 2 ? 2 : 1)
 #define VROWS (HD_VECS <= 32 && 32 % HD_VECS == 0 ? 32 / HD_VECS : 0)  // rows one warp-wide load of V covers
 // The scores' K vectors a row, unrolled whole where that was measured (bf16 and fp16, head_dim up to 128); 32
 // of them (fp32 rows of 128) spill to the stack.
 constexpr int SCORE_UNROLL = HD_VECS <= 16 ? HD_VECS : 4;
+// `mark(k)` ends phase k of a tracing build (thread 0's warp): 1 the scores and softmax, 2 the values.
+template <class Mark>
 __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, const uint4* ks, const uint4* vs,
-                                   float* probs, int n, ptype* out, float* stats, float* red, float* wacc) {
+                                   float* probs, int n, ptype* out, float* stats, float* red, float* wacc,
+                                   Mark&& mark) {
   constexpr int W = HEAD_WARPS;
   const int lane = threadIdx.x & 31;
   for (int jw = threadIdx.x >> 5; jw < AMK_GROUP * W; jw += NWARPS) {
@@ -145,6 +151,7 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
       for (int r = a + lane; r < b; r += 32) pj[r] /= l;
     }
     __syncwarp();  // every lane's probabilities are in pj
+    mark(1);
     const float m_out = b > a ? mx : NEG_INF, l_out = b > a ? l : 0.f;
     if (lane == 0) {
       if (W == 1) {
@@ -209,6 +216,7 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
       }
     }
   }
+  mark(2);
   if (W == 1) return;
   block_sync();  // every warp's (max, sum) and unnormalised values are in red and wacc
   for (int i = threadIdx.x; i < AMK_GROUP * AMK_HEAD_DIM; i += AMK_THREADS) {
@@ -340,7 +348,7 @@ __device__ bool op_attn_partial(const Ctx& c, const AttnPartialParams& p, WaitDe
   if (in_smem && n_staged == s1 - s0) {  // the common case: warps of a q head (partial_warp_heads)
     const int row0 = p.part * AMK_HEADS + p.kv_head * AMK_GROUP;
     partial_warp_heads(p, qs, ks, vs, probs, s1 - s0, part_ptr(c, p.out, p.out_off) + row0 * AMK_HEAD_DIM,
-                       buf<float>(c, p.stats) + p.stats_off + row0 * 2, red, wacc);
+                       buf<float>(c, p.stats) + p.stats_off + row0 * 2, red, wacc, [&](int k) { PHASE(k); });
     PHASE(3);
     return true;
   }
