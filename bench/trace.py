@@ -145,7 +145,8 @@ def print_summary(s: dict) -> None:
     print("phases of a middle layer (us; matvec: stage input / dot / fold+epilogue / page wait, or for an O task "
           "combining attention partitions the part of its staging until their (max, sum) are in; attention "
           "partial: stage q / scores / softmax statistics / values+store, or when warps take q heads on the "
-          "shared-memory path: stage q / scores and softmax / values / the warps' merge and stores):",
+          "shared-memory path: stage q / scores and softmax / values (with their stores at one warp a q head) / "
+          "the warps' merge and stores):",
           "  ".join(f"{x['kind']} " + "/".join(f"{v:.1f}" for v in x["phases_us"]) for x in mid[len(mid) // 2]["stages"]))
     print("stage boundaries of a middle layer (us; signal / spread of ready times / stall, from the previous stage's "
           "last task done to this stage's last task ready):",

@@ -223,6 +223,23 @@ def q_splits(dims: ModelDims, target: GpuTarget, parts: int, softmax: AttentionS
     return max(s for s in range(1, dims.group + 1) if dims.group % s == 0 and tasks * s <= max(tasks, target.sm_count // 2))
 
 
+DERIVED_HEAD_WARPS = 2
+
+
+def max_head_warps(task_group: int, warps: int) -> int:
+    """The most warps a q head of an ATTN_PARTIAL task can take: its `warps` consumer warps over the `task_group`
+    q heads it holds (each warp keeps one head's values in shared memory: vm/attention_partitions.cuh)."""
+    return max(1, warps // task_group)
+
+
+def head_warps(task_group: int, warps: int) -> int:
+    """Warps a q head of an ATTN_PARTIAL task takes on its shared-memory path: two where the warps allow. One
+    process a shape on an H100, against the earlier `warps // task_group` (four to eight): two gave 0.983-0.998 of
+    the step on five public shapes; one gave 0.974 on smollm2-135m (five before) but 1.003 on llama-3.2-1b and
+    tinyllama-1.1b (four), so the search tries it (bench/results/20261205-1500_h100_attention_head_warps.json)."""
+    return min(DERIVED_HEAD_WARPS, max_head_warps(task_group, warps))
+
+
 def _partition_fits(config: ScheduleConfig, dims: ModelDims, nbytes: int, build: dict,
                     work: int) -> Callable[[int], bool] | None:
     """Whether a partition of n positions fits an ATTN_PARTIAL task's shared memory whole under `config` (`build`
@@ -316,6 +333,9 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     parts = config.attention.kv_partitions
     values["attention.q_splits"] = q_splits(dims, target, values["attention.kv_partitions"] if parts is None else parts,
                                             config.attention.softmax)
+    splits = config.attention.q_splits or values["attention.q_splits"]
+    values["attention.head_warps"] = head_warps(dims.group // splits if dims.group % splits == 0 else dims.group,
+                                                consumer_threads(config.threads_per_block, build) // 32)
     out = copy.deepcopy(config)
     derived = {}
     for path, value in values.items():

@@ -130,6 +130,12 @@ class AttentionConfig:
                                            "(q heads a KV head) (null: derived, the most splits that keep the "
                                            "attention tasks to one per two SMs)",
                                 minimum=1, maximum=64, search=[1, 2, 4])
+    head_warps: int | None = knob(None, help="with attention.softmax partition over kv_partitions > 1, warps that "
+                                             "share a q head of a partition task (each over a share of the "
+                                             "positions, merged after one block barrier; 1: no barrier); more than "
+                                             "the consumer warps over the task's q heads (at least 1) act as that "
+                                             "many (null: derived, 2 where the warps allow, else 1)",
+                                  minimum=1, maximum=32, search=[1, 2, 4])
     sync: SyncGranularity = knob(SyncGranularity.HEAD, help="counter granularity between QKV and attention",
                                  choices=list(SyncGranularity))
     softmax: AttentionSoftmax = knob(AttentionSoftmax.PARTITION,

@@ -86,6 +86,12 @@ def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = N
         if att.softmax != AttentionSoftmax.PARTITION:
             return (f"with attention.softmax={att.softmax.value} the scores and values tasks take whole KV heads; "
                     "only the partition softmax splits a KV head's q heads")
+    if path == "attention.head_warps":
+        if att.kv_partitions == 1:
+            return "with attention.kv_partitions=1 each KV head is one ATTN_DECODE task, which spreads its q heads itself"
+        if att.softmax != AttentionSoftmax.PARTITION:
+            return (f"with attention.softmax={att.softmax.value} the scores and values tasks spread their q heads "
+                    "themselves; only the partition softmax's tasks take warps a q head")
     if path == "build.l2_prefetch_kb":
         if config.pipelining_depth == 0:
             return "it caps the L2 prefetch, which only pipelining_depth > 0 issues (pipelining_depth=0)"

@@ -8,18 +8,20 @@ import json
 import math
 
 from .assign import assign_sms
+from .autotile import max_head_warps
 from .autotile import resolve as resolve_tiling
 from .buffers import allocate_scratch, plan_model_buffers
-from .config import AttentionSoftmax, ScheduleConfig
+from .config import AttentionSoftmax, ScheduleConfig, with_value
 from .errors import ArgumentError, ConfigError, LoweringError
 from .graph import Graph, ModelDims, build_graph
 from .opcodes import DType
 from .program import Counter, Join, MegakernelProgram, ProgramConstants, Task, Wait
+from .smem import consumer_threads
 from .stages import Stage, plan_stages, value_sizes
 from .sync import StageGraph, stage_graph
 from .tags import attach_tags
 from .targets import GpuTarget, get_target
-from .tile import TaskDraft, Tiler
+from .tile import TaskDraft, Tiler, build_defines, effective_head_warps, effective_q_splits
 
 DEFAULT_MAX_SEQ = 2048
 
@@ -73,6 +75,7 @@ def _lower(dims: ModelDims, dtype: DType, target: GpuTarget, config: ScheduleCon
     schedule_id = config.schedule_id
     config, derived = resolve_tiling(config, dims, dtype.nbytes, target, max_seq)
     _check_q_splits(config, dims)
+    config = _fit_head_warps(config, dims)
     _check_folded_rope(config)
     graph: Graph = build_graph(dims)
     stages = plan_stages(graph, config)
@@ -107,6 +110,18 @@ def _check_q_splits(config: ScheduleConfig, dims: ModelDims) -> None:
         fits = [s for s in range(1, dims.group + 1) if dims.group % s == 0]
         raise LoweringError("attention.q_splits", f"{a.q_splits} does not divide this model's GQA group of "
                                                   f"{dims.group} q heads a KV head; one of {fits}")
+
+
+def _fit_head_warps(config: ScheduleConfig, dims: ModelDims) -> ScheduleConfig:
+    """`config` (resolved) with attention.head_warps at most the consumer warps over a partition task's q heads
+    (autotile.max_head_warps), where the partition attention's tasks run: more act as that many, as a row tiling
+    above a matvec's rows is one task, so that equivalent values lower to one program."""
+    warps = effective_head_warps(config)
+    if warps == 0:
+        return config
+    group = dims.group // effective_q_splits(config)
+    most = max_head_warps(group, consumer_threads(config.threads_per_block, build_defines(config)) // 32)
+    return config if warps <= most else with_value(config, "attention.head_warps", most)
 
 
 def _check_folded_rope(config: ScheduleConfig) -> None:

@@ -55,7 +55,8 @@ def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
             "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,
             "PAGE_BYTES": config.pipeline.page_kb * 1024,
-            "PARTIALS_MODEL_DTYPE": int(partials), "Q_SPLITS": effective_q_splits(config)}
+            "PARTIALS_MODEL_DTYPE": int(partials), "Q_SPLITS": effective_q_splits(config),
+            "HEAD_WARPS": effective_head_warps(config)}
 
 
 def effective_q_splits(config: ScheduleConfig) -> int:
@@ -67,6 +68,16 @@ def effective_q_splits(config: ScheduleConfig) -> int:
     if a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions is None or a.kv_partitions < 2:
         return 1
     return a.q_splits or 1
+
+
+def effective_head_warps(config: ScheduleConfig) -> int:
+    """Warps a q head of an ATTN_PARTIAL task takes (attention.head_warps); 0 wherever no ATTN_PARTIAL task runs
+    (not the partition softmax over more than one partition) or the knob is not yet derived, so that the build
+    of such a program is the same whatever the knob says."""
+    a = config.attention
+    if a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions is None or a.kv_partitions < 2:
+        return 0
+    return a.head_warps or 0
 
 
 _BUILD_KNOBS_THAT_MAY_BE_INERT = ("build.l2_prefetch_kb", "build.loads_in_flight", "build.rows_in_flight",

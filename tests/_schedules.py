@@ -76,13 +76,16 @@ def effective_value(dims, path: str, value, derived: dict | None = None):
     """The value as the lowering sees it for this model: null is the value the lowering derived (`derived`,
     the base program's), a row tiling at or above a matvec's row count is one task either way, as is a QKV
     tiling at or above the heads there are; REFUSED where the lowering refuses the value for this model (a q
-    split that does not divide its GQA group). Two values with the same effective value must lower identically;
+    split that does not divide its GQA group); warps a q head above what the warps give its q heads act as the most. Two values with the same effective value must lower identically;
     two with different ones must not."""
     if value is None:
         value = (derived or {})[path]
     parts = path.split(".")
     if path == "attention.q_splits" and dims.group % value:
         return REFUSED  # the lowering's LoweringError names the knob
+    if path == "attention.head_warps":  # at most the default's consumer warps over a task group's q heads
+        group = dims.group // (derived or {}).get("attention.q_splits", 1)
+        return min(value, max(1, ScheduleConfig().threads_per_block // 32 // group))
     if path == "matvec.qkv.heads_per_task":
         return min(value, dims.n_heads + 2 * dims.n_kv_heads)
     if len(parts) == 3 and parts[0] == "matvec" and parts[2] == "rows_per_task":

@@ -88,21 +88,25 @@ __device__ void join_combine(const Ctx& c, const JoinCombine& j, int kv_head, in
 }
 
 // The partition's attention by warps of q heads, when every K and V row of the span sits in shared memory and its
-// scores fit `probs`. HEAD_WARPS warps share a q head, each over a contiguous share of the positions: lanes take
-// positions for the scores and head dims for the values, the (max, sum) come from warp shuffles. One warp a q head
-// needs no block barrier; several merge their (max, sum, values) through shared memory after one barrier. Two warps
-// a q head where the block has them: traced on an H100 (llama-3.2-1b, four), the barrier and the merge after it
-// took 1.0 of the task's 2.6 us, and two warps in place of four to eight gave 0.983-0.998 of the step on five
-// public shapes (one warp: 0.974 on smollm2-135m's, 1.003 on llama-3.2-1b's;
-// bench/results/20261205-1500_h100_attention_head_warps.json). Numerics as the block-wide path: rounded scores,
-// fp32 probabilities, fp32 sums (in another order).
+// scores fit `probs`. HEAD_WARPS warps share a q head (attention.head_warps, at most NWARPS / G: each warp keeps a
+// head's values in wacc), each over a contiguous share of the positions: lanes take positions for the scores and
+// head dims for the values, the (max, sum) come from warp shuffles. One warp a q head needs no block barrier;
+// several merge their (max, sum, values) through shared memory after one barrier (on llama-3.2-1b with four, the
+// barrier and the merge took 1.0 of the task's 2.6 us: schedule/autotile.py head_warps). Numerics as the
+// block-wide path: rounded scores, fp32 probabilities, fp32 sums (in another order).
 #define DIMS_PER_LANE ((AMK_HEAD_DIM + 31) / 32)
-#define HEAD_WARPS (NWARPS / AMK_GROUP >= 2 ? 2 : 1)
+#ifndef AMK_HEAD_WARPS
+#define AMK_HEAD_WARPS 0
+#endif
+// 0 where no ATTN_PARTIAL task runs (schedule/tile.py effective_head_warps)
+#define HEAD_WARPS (AMK_HEAD_WARPS > 0 ? AMK_HEAD_WARPS : 1)
+static_assert(HEAD_WARPS * AMK_GROUP <= NWARPS || HEAD_WARPS == 1, "attention.head_warps over NWARPS / G");
 #define VROWS (HD_VECS <= 32 && 32 % HD_VECS == 0 ? 32 / HD_VECS : 0)  // rows one warp-wide load of V covers
 // The scores' K vectors a row, unrolled whole where that was measured (bf16 and fp16, head_dim up to 128); 32
 // of them (fp32 rows of 128) spill to the stack.
 constexpr int SCORE_UNROLL = HD_VECS <= 16 ? HD_VECS : 4;
-// `mark(k)` ends phase k of a tracing build (thread 0's warp): 1 the scores and softmax, 2 the values.
+// `mark(k)` ends phase k of a tracing build (thread 0's warp): 1 the scores and softmax, 2 the values (a warp of
+// several q heads adds each head's scores to 1 from the end of the head before).
 template <class Mark>
 __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, const uint4* ks, const uint4* vs,
                                    float* probs, int n, ptype* out, float* stats, float* red, float* wacc,

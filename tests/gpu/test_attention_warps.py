@@ -1,10 +1,11 @@
 """The partition attention's shared-memory path at every warp layout it has (skipped without CUDA and cupy).
 
-vm/attention_partitions.cuh partial_warp_heads gives a q head NWARPS / G warps (one when G >= NWARPS / 2, and
-then a warp may take several heads) and reads V rows a warp-wide load at a time when a row is a power-of-two
-number of 16-byte vectors of at most a warp, else one head dim a lane. Each shape below lands on another of
-those layouts (tests/_checkpoints.py ATTENTION_WARP_SHAPES) in fp32 (4 values a vector) and bf16 (8), at the derived partition count and at 16 partitions,
-where most warps of a partition near position 0 have no positions at all."""
+vm/attention_partitions.cuh partial_warp_heads gives a q head attention.head_warps warps (derived: two where the
+block's NWARPS / G allow, else one, and then a warp may take several heads; set here to one and to NWARPS / G as
+well) and reads V rows a warp-wide load at a time when a row is a power-of-two number of 16-byte vectors of at
+most a warp, else one head dim a lane. Each shape below lands on another of those layouts
+(tests/_checkpoints.py ATTENTION_WARP_SHAPES) in fp32 (4 values a vector) and bf16 (8), at the derived partition
+count and at 16 partitions, where most warps of a partition near position 0 have no positions at all."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import torch
 
 import amk
 from amk.eval.oracle import make_vm, verify
+from amk.schedule.autotile import DERIVED_HEAD_WARPS, max_head_warps
+from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import UnsupportedModelError
 from amk.schedule.opcodes import Opcode
 
@@ -24,6 +27,14 @@ from _checkpoints import ATTENTION_WARP_SHAPES, TILE_SCRATCH_SHAPES, attention_w
 
 # each shape's whole GQA group in one task (a derived q split would narrow the layout the shape stands for)
 CONFIGS = [{"attention": {"q_splits": 1}}, {"attention": {"softmax": "partition", "kv_partitions": 16, "q_splits": 1}}]
+
+
+def warp_configs(group: int) -> list[dict]:
+    """CONFIGS, then the warps a q head other than the derived count: one (no block barrier) and the most the
+    default's warps give the group (the layout that spreads a partition of few heads over every warp)."""
+    most = max_head_warps(group, ScheduleConfig().threads_per_block // 32)
+    other = sorted({1, most} - {min(DERIVED_HEAD_WARPS, most)})
+    return CONFIGS + [{"attention": {"q_splits": 1, "head_warps": w}} for w in other]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +51,7 @@ def test_every_warp_layout_matches_transformers_and_reference(shape, dtype, chec
             amk.evaluate(str(checkpoints[shape]), target.name, {}, dtype="fp32", max_seq=256)
         return
     model = amk.load_model(str(checkpoints[shape]), dtype=dtype, device="cuda")
-    for cfg in CONFIGS:
+    for cfg in warp_configs(model.dims.group):
         prog = amk.lower(model, target, cfg, max_seq=256)
         assert any(t.opcode == Opcode.ATTN_PARTIAL for t in prog.tasks), (shape, cfg)
         _matches_transformers_and_reference(prog, model, dtype, (shape, cfg))

@@ -1,0 +1,72 @@
+"""attention.head_warps: the warps that share a q head of a partition task (vm/attention_partitions.cuh
+partial_warp_heads). The derived value, the bound the consumer warps set, the build define and kernel header, the
+knob's inertness outside the partition attention, and the ReferenceVM against transformers at each value."""
+
+from __future__ import annotations
+
+import pytest
+from _schedules import CPU_TARGET, load
+
+from amk.eval.oracle import verify
+from amk.schedule import lower
+from amk.schedule.autotile import head_warps, max_head_warps
+from amk.schedule.config import ScheduleConfig
+from amk.schedule.inert import inert_reason
+from amk.vm.abi import generate_header
+
+LLAMA = "llama-3.2-1b"  # 4 q heads a KV head
+
+
+def _lowered(name: str, cfg: dict, dtype: str = "bf16"):
+    return lower(load(name, dtype, weights=False), "h200", cfg, max_seq=256)
+
+
+@pytest.mark.parametrize("group,warps,derived,most", [(4, 16, 2, 4), (8, 16, 2, 2), (9, 16, 1, 1), (32, 16, 1, 1),
+                                                      (3, 4, 1, 1), (2, 15, 2, 7), (1, 32, 2, 32)])
+def test_the_derived_warps_are_two_where_the_warps_allow(group, warps, derived, most):
+    assert head_warps(group, warps) == derived
+    assert max_head_warps(group, warps) == most
+
+
+def test_the_derived_value_follows_threads_q_splits_and_the_producer_warp():
+    assert _lowered(LLAMA, {}).build["HEAD_WARPS"] == 2
+    # 4 warps over 4 q heads: one each; q_splits 2: 2 q heads a task over 16 warps; a producer warp leaves 15
+    assert _lowered(LLAMA, {"threads_per_block": 128}).build["HEAD_WARPS"] == 1
+    cfg = {"attention": {"q_splits": 2, "head_warps": 8}}
+    assert _lowered(LLAMA, cfg).build["HEAD_WARPS"] == 8
+    assert _lowered(LLAMA, {"pipeline": {"pages": 2}, "attention": {"head_warps": 4}}).build["HEAD_WARPS"] == 3
+
+
+def test_more_warps_than_the_heads_take_lower_as_the_most_one_program():
+    most = _lowered(LLAMA, {"attention": {"head_warps": 4}})
+    for w in (5, 8, 32):
+        prog = _lowered(LLAMA, {"attention": {"head_warps": w}})
+        assert prog.build["HEAD_WARPS"] == 4 and prog.fingerprint() == most.fingerprint()
+    fingerprints = {_lowered(LLAMA, {"attention": {"head_warps": w}}).fingerprint() for w in (1, 2, 4)}
+    assert len(fingerprints) == 3  # each value its own kernel
+
+
+def test_the_header_defines_the_warps():
+    header = generate_header(_lowered(LLAMA, {"attention": {"head_warps": 1}}))
+    assert "#define AMK_HEAD_WARPS 1\n" in header
+
+
+@pytest.mark.parametrize("attention", [{"kv_partitions": 1}, {"softmax": "global"}])
+def test_outside_the_partition_attention_the_knob_is_inert_and_compiles_out(attention):
+    programs = [_lowered(LLAMA, {"attention": {**attention, "head_warps": w}}) for w in (1, 4)]
+    assert {p.build["HEAD_WARPS"] for p in programs} == {0}
+    assert programs[0].fingerprint() == programs[1].fingerprint() == _lowered(LLAMA, {"attention": attention}).fingerprint()
+    cfg = ScheduleConfig.from_dict({"attention": {**attention, "head_warps": 4}})
+    assert inert_reason(cfg, "attention.head_warps") is not None
+    assert inert_reason(ScheduleConfig.from_dict({"attention": {"head_warps": 4}}), "attention.head_warps") is None
+
+
+# toy: 3 q heads a KV head, 16 consumer warps: one, two and five warps a head (the most), fp32 and bf16
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("warps", [1, 2, 5])
+def test_each_value_verifies_on_the_reference_vm(warps, dtype):
+    model = load("toy", dtype)
+    prog = lower(model, CPU_TARGET, {"attention": {"kv_partitions": 4, "head_warps": warps}}, max_seq=64)
+    assert prog.build["HEAD_WARPS"] == warps
+    res = verify(prog, model, cases="reduced")
+    assert res.ok, res.to_dict()["failures"]
