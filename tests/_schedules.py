@@ -75,9 +75,10 @@ REFUSED = "refused"  # the effective value of a knob value the lowering refuses 
 def effective_value(dims, path: str, value, derived: dict | None = None):
     """The value as the lowering sees it for this model: null is the value the lowering derived (`derived`,
     the base program's), a row tiling at or above a matvec's row count is one task either way, as is a QKV
-    tiling at or above the heads there are; REFUSED where the lowering refuses the value for this model (a q
-    split that does not divide its GQA group); warps a q head above what the warps give its q heads act as the most. Two values with the same effective value must lower identically;
-    two with different ones must not."""
+    tiling at or above the heads there are, and warps a q head above what the warps give a task's q heads are
+    the most; REFUSED where the lowering refuses the value for this model (a q split that does not divide its
+    GQA group). Two values with the same effective value must lower identically; two with different ones must
+    not."""
     if value is None:
         value = (derived or {})[path]
     parts = path.split(".")
