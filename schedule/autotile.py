@@ -334,8 +334,12 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     values["attention.q_splits"] = q_splits(dims, target, values["attention.kv_partitions"] if parts is None else parts,
                                             config.attention.softmax)
     splits = config.attention.q_splits or values["attention.q_splits"]
+    partitioned = (config.attention.softmax == AttentionSoftmax.PARTITION
+                   and (values["attention.kv_partitions"] if parts is None else parts) > 1)
+    # 1 where no partition task runs, as q_splits: the knob acts on nothing there
     values["attention.head_warps"] = head_warps(dims.group // splits if dims.group % splits == 0 else dims.group,
-                                                consumer_threads(config.threads_per_block, build) // 32)
+                                                consumer_threads(config.threads_per_block, build) // 32
+                                                ) if partitioned else 1
     out = copy.deepcopy(config)
     derived = {}
     for path, value in values.items():

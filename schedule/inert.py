@@ -26,6 +26,7 @@ from .config import (
 )
 from .opcodes import DType
 from .program import MegakernelProgram
+from .smem import consumer_threads
 from .targets import GpuTarget
 
 # the cpu-sim stand-in runs no kernel: correctness runs on the ReferenceVM and the cost model prices the
@@ -56,6 +57,8 @@ _UNPRICED_KNOBS = {
                               "values carry it"),
     "build.tagged_hidden": ("the cost model prices a wait the same whether the producers' counter or the tags of the "
                             "values carry it"),
+    "attention.head_warps": ("the cost model prices an attention task the same whatever warps share its q heads, and "
+                             "the ReferenceVM runs no warps"),
     "pipeline.page_kb": ("the cost model reads the page size only where the pages' bytes in flight cap an SM's "
                          "stream, which they never do at the stand-in's bandwidth share"),
 }
@@ -187,6 +190,20 @@ def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip
     if (att.partials_dtype != default.attention.partials_dtype and program.constants.dtype == DType.F32
             and "attention.partials_dtype" not in skip):
         out.append(InertKnob("attention.partials_dtype", att.partials_dtype.value, _FP32_PARTIALS))
+    from .autotile import head_warps  # here: autotile imports tile, which imports this module
+
+    warps, built = att.head_warps, int(program.build.get("HEAD_WARPS", 0))
+    if warps is not None and built and "attention.head_warps" not in skip:
+        group = program.constants.n_heads // program.constants.n_kv_heads // int(program.build.get("Q_SPLITS", 1))
+        consumers = consumer_threads(program.threads_per_block, program.build) // 32
+        if built == head_warps(group, consumers):
+            out.append(InertKnob("attention.head_warps", warps,
+                                 f"{consumers} consumer warps over a task's {group} q heads give "
+                                 f"{'at most ' if built < warps else ''}{built} warps a q head, the derived value"))
+        elif built < warps:
+            out.append(InertKnob("attention.head_warps", warps,
+                                 f"beyond {built}: {consumers} consumer warps over a task's {group} q heads give at "
+                                 f"most {built} warps a q head, which the program takes"))
     policy = config.sm.assignment
     if policy not in (default.sm.assignment, SmAssignment.EXPLICIT) and "sm.assignment" not in skip:
         if _placement(program, default.sm) == [t.sm for t in program.tasks]:

@@ -70,3 +70,28 @@ def test_each_value_verifies_on_the_reference_vm(warps, dtype):
     assert prog.build["HEAD_WARPS"] == warps
     res = verify(prog, model, cases="reduced")
     assert res.ok, res.to_dict()["failures"]
+
+
+def test_on_the_stand_in_every_value_prices_alike_and_is_not_searched():
+    from amk.schedule import get_target
+    from amk.schedule.inert import target_inert_reason
+    from amk.schedule.space import search_space
+
+    assert "only a GPU measures it" in target_inert_reason("attention.head_warps", get_target(CPU_TARGET))
+    knob = {k.path: k for k in search_space(CPU_TARGET)}["attention.head_warps"]
+    assert knob.search == () and {k.path: k for k in search_space("h200")}["attention.head_warps"].search == (1, 2, 4)
+
+
+@pytest.mark.parametrize("cfg,note", [
+    ({"attention": {"head_warps": 2}}, "16 consumer warps over a task's 4 q heads give 2 warps a q head, the derived"),
+    ({"attention": {"head_warps": 4}}, None),
+    ({"attention": {"head_warps": 8}}, "beyond 4: 16 consumer warps over a task's 4 q heads give at most 4"),
+    ({"threads_per_block": 128, "attention": {"head_warps": 4}}, "give at most 1 warps a q head, the derived value"),
+    ({"attention": {"head_warps": 1}}, None),
+])
+def test_a_value_the_program_does_not_take_gets_a_note(cfg, note):
+    from amk.schedule.inert import program_inert_knobs
+
+    config = ScheduleConfig.from_dict(cfg)
+    notes = [k.note() for k in program_inert_knobs(config, _lowered(LLAMA, cfg))]
+    assert notes == ([] if note is None else [notes[0]]) and (note is None or note in notes[0]), notes
