@@ -190,13 +190,10 @@ def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip
     if (att.partials_dtype != default.attention.partials_dtype and program.constants.dtype == DType.F32
             and "attention.partials_dtype" not in skip):
         out.append(InertKnob("attention.partials_dtype", att.partials_dtype.value, _FP32_PARTIALS))
-    from .autotile import head_warps  # here: autotile imports tile, which imports this module
-
     warps, built = att.head_warps, int(program.build.get("HEAD_WARPS", 0))
     if warps is not None and built and "attention.head_warps" not in skip:
-        group = program.constants.n_heads // program.constants.n_kv_heads // int(program.build.get("Q_SPLITS", 1))
-        consumers = consumer_threads(program.threads_per_block, program.build) // 32
-        if built == head_warps(group, consumers):
+        group, consumers, derived = _head_warps_of(program)
+        if built == derived:
             out.append(InertKnob("attention.head_warps", warps,
                                  f"{consumers} consumer warps over a task's {group} q heads give "
                                  f"{'at most ' if built < warps else ''}{built} warps a q head, the derived value"))
@@ -211,6 +208,25 @@ def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip
                                  f"it places each of the program's {len(program.tasks)} tasks on the SM the default "
                                  f"({default.sm.assignment.value}) does, over {len(program.queues)} SMs"))
     return out
+
+
+def _head_warps_of(program: MegakernelProgram) -> tuple[int, int, int]:
+    """(q heads of a partition task, consumer warps, the warps a q head the lowering derives for them)."""
+    from .autotile import head_warps  # here: autotile imports tile, which imports this module
+
+    group = program.constants.n_heads // program.constants.n_kv_heads // int(program.build.get("Q_SPLITS", 1))
+    consumers = consumer_threads(program.threads_per_block, program.build) // 32
+    return group, consumers, head_warps(group, consumers)
+
+
+def taken_as_derived(config: ScheduleConfig, program: MegakernelProgram) -> list[str]:
+    """The knobs `config` sets whose value `program` (lowered from it) takes as the one it derives for null, so that
+    setting them back to null gives the same program: attention.head_warps at or above what the warps give a
+    partition task's q heads, where that is the derived count too."""
+    built = int(program.build.get("HEAD_WARPS", 0))
+    if config.attention.head_warps is None or not built:
+        return []
+    return ["attention.head_warps"] if built == _head_warps_of(program)[2] else []
 
 
 def _placement(program: MegakernelProgram, sm: SmConfig) -> list[int]:

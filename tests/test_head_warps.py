@@ -95,3 +95,19 @@ def test_a_value_the_program_does_not_take_gets_a_note(cfg, note):
     config = ScheduleConfig.from_dict(cfg)
     notes = [k.note() for k in program_inert_knobs(config, _lowered(LLAMA, cfg))]
     assert notes == ([] if note is None else [notes[0]]) and (note is None or note in notes[0]), notes
+
+
+def test_a_value_taken_as_the_derived_one_is_named_for_the_search_to_set_back():
+    from amk.harness.search.builder import BuildJob, build_one
+    from amk.schedule import get_target
+    from amk.schedule.cost import CostCoefficients
+    from amk.schedule.inert import taken_as_derived
+
+    for cfg, named in [({"threads_per_block": 128, "attention": {"head_warps": 4}}, True),
+                       ({"attention": {"head_warps": 2}}, True), ({"attention": {"head_warps": 4}}, False),
+                       ({"attention": {"softmax": "global", "head_warps": 4}}, False)]:
+        assert taken_as_derived(ScheduleConfig.from_dict(cfg), _lowered(LLAMA, cfg)) == (
+            ["attention.head_warps"] if named else []), cfg
+    cfg = ScheduleConfig.from_dict({"threads_per_block": 128, "attention": {"head_warps": 4}}).to_dict()
+    job = BuildJob(load(LLAMA, "bf16", weights=False), get_target("h200"), cfg, "bf16", 256, CostCoefficients())
+    assert build_one(job).as_derived == ("attention.head_warps",)

@@ -15,7 +15,7 @@ from amk.flywheel.claims import snapshot
 from amk.flywheel.corpus import best_of_other_models
 from amk.flywheel.prior import Prior
 from amk.flywheel.records import for_other_models, for_run, load_records
-from amk.schedule.config import ScheduleConfig
+from amk.schedule.config import ScheduleConfig, get_path, with_value
 from amk.schedule.errors import ConfigError
 from amk.schedule.space import diff, settle_inert
 
@@ -164,6 +164,9 @@ class Rounds:
         no knob that does nothing, and its description claims no such move."""
         inc = self.inc.config
         cfg = settle_inert(cand.config, inc, self.space, self.target, derived=built.derived)
+        for path in built.as_derived:  # a value the program takes as the derived one: null where the incumbent is
+            if get_path(inc, path) is None and get_path(cfg, path) is not None:
+                cfg = with_value(cfg, path, None)
         if cfg.schedule_id == cand.config.schedule_id:
             return cand, built
         return (Candidate(cfg, tuple(diff(inc, cfg)), cand.source),
