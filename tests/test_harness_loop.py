@@ -476,6 +476,20 @@ def test_the_loop_says_when_its_latencies_are_at_a_short_kv_context(tmp_path, fa
     assert s["notes"] == []
 
 
+def test_the_summary_names_the_incumbents_knobs_off_the_default():
+    # the whole config (every knob, defaults too) is one long line: the moves the search kept come first
+    from amk.harness.cmd_run import loop_text
+
+    s = {"trials": 2, "statuses": {"keep": 1, "discard": 1}, "stopped": "budget", "trials_per_minute": 3.0,
+         "incumbent": {"schedule_id": "abc", "latency_us": 1.5, "latency_kind": "predicted",
+                       "config": {"threads_per_block": 128, "matvec": {"qkv": {"heads_per_task": 2}}}},
+         "results": "r.tsv", "corpus": "c.jsonl"}
+    lines = loop_text(s).splitlines()
+    assert "incumbent's knobs off the default: matvec.qkv.heads_per_task=2, threads_per_block=128" in lines
+    s["incumbent"]["config"] = {}
+    assert "incumbent's knobs off the default: none" in loop_text(s).splitlines()
+
+
 def test_the_summarys_best_is_of_the_runs_dtype(tmp_path, fake_evaluate):
     # two results files on one corpus: a bf16 run's (faster) records are no rival of an fp32 run's best
     corpus = tmp_path / "c.jsonl"

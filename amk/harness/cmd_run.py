@@ -241,6 +241,14 @@ def loop(args) -> CommandResult:
     return CommandResult(code, s, loop_text(s))
 
 
+def _off_default(config: dict) -> list[str]:
+    """`path=value` for each knob of a config dict off the default (the whole config follows on its own line)."""
+    from amk.schedule.config import ScheduleConfig
+    from amk.schedule.space import diff
+
+    return diff(ScheduleConfig(), ScheduleConfig.from_dict(config))
+
+
 def loop_text(s: dict) -> str:
     inc = s["incumbent"]
     lat = f"{inc['latency_us']:.2f} us ({inc['latency_kind']})" if inc.get("latency_us") is not None else "no latency"
@@ -248,6 +256,7 @@ def loop_text(s: dict) -> str:
              f"{s['stopped']}; {s.get('trials_per_minute')} trials/minute"
              + (f" over {s['workers']} workers" if s.get("workers") else ""),
              f"incumbent {inc['schedule_id']} (program {inc.get('program_fingerprint')}): {lat}",
+             "incumbent's knobs off the default: " + (", ".join(_off_default(inc["config"])) or "none"),
              "incumbent config: " + json.dumps(inc["config"], sort_keys=True)]
     b = s.get("best")
     if b and b.get("schedule_id") != inc["schedule_id"]:
