@@ -44,6 +44,8 @@ def _cases():
         yield name, dtype, {"build": {"tagged_hidden": True}}
     for dtype in ("fp32", "fp16"):
         yield "toy", dtype, None
+    for warps in (1, 8):  # attention.head_warps at one warp a q head and the most (qwen3-1.7b: 16 warps, 2 q heads)
+        yield "qwen3-1.7b", "bf16", {"attention": {"head_warps": warps}}
     # the block-wide passes of more than 8 q heads a KV head, in tiles of 8 (160-528 bytes in one tile of 32)
     for shape, dtype, cfg in (("g32-hd16", "bf16", {"attention": {"q_splits": 1}}),
                               ("g32-hd16", "bf16", OTHER_PATHS[0]), ("g32-hd16", "fp32", OTHER_PATHS[1]),
