@@ -209,6 +209,11 @@ def kv_partitions(dims: ModelDims, target: GpuTarget, max_seq: int, fits_whole: 
     return p
 
 
+def _partitioned(softmax: AttentionSoftmax, parts: int) -> bool:
+    """Whether the attention runs partition tasks (ATTN_PARTIAL) at `parts` KV partitions."""
+    return softmax == AttentionSoftmax.PARTITION and parts > 1
+
+
 def q_splits(dims: ModelDims, target: GpuTarget, parts: int, softmax: AttentionSoftmax) -> int:
     """The most tasks a partition that a KV head's GQA group of q heads splits over (a divisor of the group)
     while the attention tasks, n_kv_heads x parts x splits, stay at one per two SMs or fewer; 1 where the
@@ -217,7 +222,7 @@ def q_splits(dims: ModelDims, target: GpuTarget, parts: int, softmax: AttentionS
     tasks), 943.8 at 4 (128); qwen2.5-3b shape 2262.0 against 2320.7 at 2 (64 tasks); llama-3.2-1b 891.0 against
     887.1 at 2 (128 tasks); qwen3-1.7b 1638.5 against 1430.6 at 2 (256 tasks)
     (bench/results/20261204-0420_h200_q_splits.json)."""
-    if softmax != AttentionSoftmax.PARTITION or parts < 2:
+    if not _partitioned(softmax, parts):
         return 1
     tasks = dims.n_kv_heads * parts
     return max(s for s in range(1, dims.group + 1) if dims.group % s == 0 and tasks * s <= max(tasks, target.sm_count // 2))
@@ -331,15 +336,13 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
               # RoPE in the attention needs its partition tasks: two at least where it is asked for
               "attention.kv_partitions": max(t.kv_partitions, 2) if folded and max_seq > 1 else t.kv_partitions}
     parts = config.attention.kv_partitions
-    values["attention.q_splits"] = q_splits(dims, target, values["attention.kv_partitions"] if parts is None else parts,
-                                            config.attention.softmax)
+    parts = values["attention.kv_partitions"] if parts is None else parts
+    values["attention.q_splits"] = q_splits(dims, target, parts, config.attention.softmax)
     splits = config.attention.q_splits or values["attention.q_splits"]
-    partitioned = (config.attention.softmax == AttentionSoftmax.PARTITION
-                   and (values["attention.kv_partitions"] if parts is None else parts) > 1)
     # 1 where no partition task runs, as q_splits: the knob acts on nothing there
     values["attention.head_warps"] = head_warps(dims.group // splits if dims.group % splits == 0 else dims.group,
                                                 consumer_threads(config.threads_per_block, build) // 32
-                                                ) if partitioned else 1
+                                                ) if _partitioned(config.attention.softmax, parts) else 1
     out = copy.deepcopy(config)
     derived = {}
     for path, value in values.items():

@@ -64,6 +64,15 @@ _UNPRICED_KNOBS = {
 }
 
 
+# knob -> why it cannot act in an ATTN_DECODE task, and in the global softmax's scores and values tasks
+_PARTITION_TASK_KNOBS = {
+    "attention.q_splits": ("whose q heads do not split",
+                           "take whole KV heads; only the partition softmax splits a KV head's q heads"),
+    "attention.head_warps": ("which spreads its q heads itself",
+                             "spread their q heads themselves; only the partition softmax's tasks take warps a q head"),
+}
+
+
 @dataclass(frozen=True)
 class InertKnob:
     """A knob set off its default that has no effect under the rest of the config."""
@@ -83,18 +92,12 @@ def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = N
     if path in ("attention.softmax", "attention.combine", "attention.partials_dtype") and att.kv_partitions == 1:
         return ("with attention.kv_partitions=1 each KV head is one attention task: no partitions to normalise "
                 "or combine")
-    if path == "attention.q_splits":
+    if path in _PARTITION_TASK_KNOBS:  # only the partition softmax's tasks (ATTN_PARTIAL) read these
+        one_task, other_tasks = _PARTITION_TASK_KNOBS[path]
         if att.kv_partitions == 1:
-            return "with attention.kv_partitions=1 each KV head is one ATTN_DECODE task, whose q heads do not split"
+            return f"with attention.kv_partitions=1 each KV head is one ATTN_DECODE task, {one_task}"
         if att.softmax != AttentionSoftmax.PARTITION:
-            return (f"with attention.softmax={att.softmax.value} the scores and values tasks take whole KV heads; "
-                    "only the partition softmax splits a KV head's q heads")
-    if path == "attention.head_warps":
-        if att.kv_partitions == 1:
-            return "with attention.kv_partitions=1 each KV head is one ATTN_DECODE task, which spreads its q heads itself"
-        if att.softmax != AttentionSoftmax.PARTITION:
-            return (f"with attention.softmax={att.softmax.value} the scores and values tasks spread their q heads "
-                    "themselves; only the partition softmax's tasks take warps a q head")
+            return f"with attention.softmax={att.softmax.value} the scores and values tasks {other_tasks}"
     if path == "build.l2_prefetch_kb":
         if config.pipelining_depth == 0:
             return "it caps the L2 prefetch, which only pipelining_depth > 0 issues (pipelining_depth=0)"

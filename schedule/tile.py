@@ -59,25 +59,26 @@ def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict
             "HEAD_WARPS": effective_head_warps(config)}
 
 
+def runs_partition_tasks(config: ScheduleConfig) -> bool:
+    """Whether the attention runs ATTN_PARTIAL tasks: the partition softmax over more than one partition (False
+    while the partitions are not yet derived)."""
+    a = config.attention
+    return a.softmax == AttentionSoftmax.PARTITION and a.kv_partitions is not None and a.kv_partitions > 1
+
+
 def effective_q_splits(config: ScheduleConfig) -> int:
     """Tasks a KV head's GQA group of q heads is split over in each partition (attention.q_splits): 1 wherever the
     attention is not the partition softmax over more than one partition (or the partitions are not yet derived),
     for only ATTN_PARTIAL splits its heads. The kernel's task group (AMK_GROUP, vm/abi.py) is the model's group
     over it."""
-    a = config.attention
-    if a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions is None or a.kv_partitions < 2:
-        return 1
-    return a.q_splits or 1
+    return (config.attention.q_splits or 1) if runs_partition_tasks(config) else 1
 
 
 def effective_head_warps(config: ScheduleConfig) -> int:
     """Warps a q head of an ATTN_PARTIAL task takes (attention.head_warps); 0 wherever no ATTN_PARTIAL task runs
     (not the partition softmax over more than one partition) or the knob is not yet derived, so that the build
     of such a program is the same whatever the knob says."""
-    a = config.attention
-    if a.softmax != AttentionSoftmax.PARTITION or a.kv_partitions is None or a.kv_partitions < 2:
-        return 0
-    return a.head_warps or 0
+    return (config.attention.head_warps or 0) if runs_partition_tasks(config) else 0
 
 
 _BUILD_KNOBS_THAT_MAY_BE_INERT = ("build.l2_prefetch_kb", "build.loads_in_flight", "build.rows_in_flight",
