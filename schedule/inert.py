@@ -186,7 +186,8 @@ def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip
     model or the program shows, which inert_knobs cannot see from the config: `attention.partials_dtype=fp32` on an
     fp32 model (whose partitions are fp32 under either value), and an `sm.assignment` that places every task where
     the default assignment does (a program with fewer tasks than SMs, say). Paths in `skip` (already named inert)
-    are left out."""
+    are left out. A value above the most a program of this model tells apart (value_caps: a matvec's row tiling
+    above its rows) is named too."""
     out = []
     default = ScheduleConfig()
     att = config.attention
@@ -197,13 +198,15 @@ def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip
     if warps is not None and built and "attention.head_warps" not in skip:
         group, consumers, derived = _head_warps_of(program)
         if built == derived:
+            skip = skip | {"attention.head_warps"}
             out.append(InertKnob("attention.head_warps", warps,
                                  f"{consumers} consumer warps over a task's {group} q heads give "
                                  f"{'at most ' if built < warps else ''}{built} warps a q head, the derived value"))
-        elif built < warps:
-            out.append(InertKnob("attention.head_warps", warps,
-                                 f"beyond {built}: {consumers} consumer warps over a task's {group} q heads give at "
-                                 f"most {built} warps a q head, which the program takes"))
+    for cap in value_caps(config, program):
+        value = get_path(config, cap.path)
+        if value is not None and value > cap.cap and cap.path not in skip:
+            out.append(InertKnob(cap.path, value, f"beyond {cap.cap}: {cap.reason}; the program is the one at "
+                                                  f"{cap.cap}"))
     policy = config.sm.assignment
     if policy not in (default.sm.assignment, SmAssignment.EXPLICIT) and "sm.assignment" not in skip:
         if _placement(program, default.sm) == [t.sm for t in program.tasks]:
@@ -220,6 +223,49 @@ def _head_warps_of(program: MegakernelProgram) -> tuple[int, int, int]:
     group = program.constants.n_heads // program.constants.n_kv_heads // int(program.build.get("Q_SPLITS", 1))
     consumers = consumer_threads(program.threads_per_block, program.build) // 32
     return group, consumers, head_warps(group, consumers)
+
+
+# matvec role -> (its ProgramConstants rows, the words for them) for value_caps' row tilings
+_ROW_TILINGS = {
+    "o": (lambda c: c.hidden, "the O projection's"),
+    "gate_up": (lambda c: c.intermediate, "the gate/up projection's"),
+    "down": (lambda c: c.hidden, "the down projection's"),
+    "lm_head": (lambda c: c.vocab, "the LM head's"),
+}
+
+
+@dataclass(frozen=True)
+class ValueCap:
+    """A knob whose values from `cap` up all lower to one program: the most a program of this model tells apart."""
+
+    path: str
+    cap: int
+    reason: str  # why values above `cap` act as it, naming what bounds it
+
+    def alike(self, a: int | None, b: int | None) -> bool:
+        """Whether values `a` and `b` (both set) lower to the same program."""
+        return a is not None and b is not None and min(a, self.cap) == min(b, self.cap)
+
+
+def value_caps(config: ScheduleConfig, program: MegakernelProgram) -> list[ValueCap]:
+    """The knobs of `config` whose values above a bound lower to the same `program` (lowered from `config`): a
+    matvec's `rows_per_task` (every value from its rows up is one task a row block; schedule/tile.py _row_tiles),
+    `matvec.qkv.heads_per_task` (from its q, k and v heads up), and `attention.head_warps` where partition tasks
+    run (from what the consumer warps give a task's q heads up; vm/attention_partitions.cuh). The search sets a
+    move between two values alike under a cap back to the incumbent's (search/rounds.py)."""
+    c = program.constants
+    caps = [ValueCap(f"matvec.{role}.rows_per_task", rows(c), f"{words} {rows(c)} rows are one task")
+            for role, (rows, words) in _ROW_TILINGS.items()]
+    heads = c.n_heads + 2 * c.n_kv_heads
+    caps.append(ValueCap("matvec.qkv.heads_per_task", heads, f"the QKV projection's {heads} q, k and v heads are one task"))
+    if int(program.build.get("HEAD_WARPS", 0)):
+        from .autotile import max_head_warps  # here: autotile imports tile, which imports this module
+
+        group, consumers, _ = _head_warps_of(program)
+        most = max_head_warps(group, consumers)
+        caps.append(ValueCap("attention.head_warps", most, f"{consumers} consumer warps over a task's {group} q heads "
+                                                              f"give at most {most} warps a q head"))
+    return caps
 
 
 def taken_as_derived(config: ScheduleConfig, program: MegakernelProgram) -> list[str]:

@@ -61,6 +61,7 @@ class Built:
     kernel_id: str | None = None  # kernel_id_of(program): candidates with one id share one NVRTC build
     derived: dict | None = None  # the program's derived knob values (dotted path -> value), for the inert rules
     as_derived: tuple[str, ...] = ()  # knobs set to a value the program takes as the derived one (inert.taken_as_derived)
+    caps: tuple[tuple[str, int], ...] = ()  # (knob, bound): its values from the bound up lower alike (inert.value_caps)
 
 
 def analytic_predictor(config, program, target, coefficients):
@@ -89,7 +90,7 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
     from amk.harness.environment import Device, get_model
     from amk.models import Model
     from amk.schedule.errors import ConfigError, LoweringError
-    from amk.schedule.inert import taken_as_derived
+    from amk.schedule.inert import taken_as_derived, value_caps
     from amk.schedule.lower import DEFAULT_MAX_SEQ, lower
     from amk.schedule.program import gc_paused
     from amk.schedule.validate import validate
@@ -120,7 +121,8 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
             pred = None
         return Built(job.config, cfg.schedule_id, True, None, program.fingerprint(), feats, pred,
                      len(program.tasks), time.perf_counter() - t0, kernel_id_of(program),
-                     dict(program.meta.get("derived") or {}), tuple(taken_as_derived(cfg, program)))
+                     dict(program.meta.get("derived") or {}), tuple(taken_as_derived(cfg, program)),
+                     tuple((c.path, c.cap) for c in value_caps(cfg, program)))
 
 
 def precompile_one(job: BuildJob, kernel: bool = True) -> str:

@@ -160,13 +160,18 @@ class Rounds:
 
     def _settle_derived_inert(self, cand: Candidate, built: Built) -> tuple[Candidate, Built]:
         """The candidate with each move of a knob that the lowering's derived values make inert set back to the
-        incumbent's value (space.settle_inert). The program is the same, so its build stands; a keep then carries
-        no knob that does nothing, and its description claims no such move."""
+        incumbent's value (space.settle_inert), and each move between two values its program takes alike (a value
+        the lowering derives for null, or two values above a cap: inert.value_caps). The program is the same, so
+        its build stands; a keep then carries no knob that does nothing, and its description claims no such move."""
         inc = self.inc.config
         cfg = settle_inert(cand.config, inc, self.space, self.target, derived=built.derived)
         for path in built.as_derived:  # a value the program takes as the derived one: null where the incumbent is
             if get_path(inc, path) is None and get_path(cfg, path) is not None:
                 cfg = with_value(cfg, path, None)
+        for path, cap in built.caps:  # two values from a bound up (rows_per_task 256 and 512 on 120 rows) lower alike
+            was, now = get_path(inc, path), get_path(cfg, path)
+            if was is not None and now is not None and was != now and min(was, cap) == min(now, cap):
+                cfg = with_value(cfg, path, was)
         if cfg.schedule_id == cand.config.schedule_id:
             return cand, built
         return (Candidate(cfg, tuple(diff(inc, cfg)), cand.source),

@@ -1,0 +1,79 @@
+"""Knob values that lower alike above a bound (schedule/inert.py value_caps): a matvec's row tiling above its
+rows, QKV heads a task above its heads, and warps a q head above what the consumer warps give. The bound is held
+to the lowering itself (one program at the bound and above it, another just below), the verdict names a value
+above it, and the search sets a move between two such values back to the incumbent's."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from _schedules import CPU_TARGET, load
+
+from amk.harness.search.builder import BuildJob, build_one
+from amk.harness.search.policy import Candidate, Source
+from amk.harness.search.rounds import Rounds
+from amk.schedule import get_target, lower
+from amk.schedule.config import ScheduleConfig, with_value
+from amk.schedule.cost import CostCoefficients
+from amk.schedule.errors import LoweringError
+from amk.schedule.inert import program_inert_knobs, value_caps
+from amk.schedule.space import search_space
+
+CAPPED = {"matvec.o.rows_per_task", "matvec.gate_up.rows_per_task", "matvec.down.rows_per_task",
+          "matvec.lm_head.rows_per_task", "matvec.qkv.heads_per_task"}
+
+
+def _fingerprint(model, target: str, cfg: ScheduleConfig) -> str:
+    """The program's fingerprint, or the refusal (llama-3.2-1b's 128256 LM-head rows in one task overflow shared
+    memory at any value from its vocabulary up)."""
+    try:
+        return lower(model, target, cfg, max_seq=128).fingerprint()
+    except LoweringError as e:
+        return f"refused: {e}"
+
+
+@pytest.mark.parametrize("name,target", [("toy-2L", CPU_TARGET), ("toy-2L", "h200"), ("llama-3.2-1b", "h200")])
+def test_values_from_the_cap_up_lower_to_one_program_and_the_value_below_to_another(name, target):
+    model = load(name, "bf16", weights=False)
+    base = ScheduleConfig()
+    program = lower(model, target, base, max_seq=128)
+    caps = value_caps(base, program)
+    assert {c.path for c in caps} == CAPPED | ({"attention.head_warps"} if program.build.get("HEAD_WARPS") else set())
+    for cap in caps:
+        at, above, below = (_fingerprint(model, target, with_value(base, cap.path, v))
+                            for v in (cap.cap, 2 * cap.cap, cap.cap - 1))
+        assert at == above, (cap.path, cap.cap)
+        if cap.cap > 1 and not at.startswith("refused"):
+            assert below != at, (cap.path, cap.cap)
+
+
+def test_a_row_tiling_above_the_rows_is_named_in_the_notes():
+    model = load("toy-2L", "bf16", weights=False)  # its O projection has 120 rows
+    cfg = ScheduleConfig.from_dict({"matvec": {"o": {"rows_per_task": 512}, "down": {"rows_per_task": 120}}})
+    notes = [k.note() for k in program_inert_knobs(cfg, lower(model, CPU_TARGET, cfg, max_seq=128))]
+    assert notes == ["matvec.o.rows_per_task=512 has no effect: beyond 120: the O projection's 120 rows are one "
+                     "task; the program is the one at 120"]
+
+
+def _settled(inc: dict, cand: dict, target: str = CPU_TARGET) -> Candidate:
+    """The candidate `cand` as the search takes it in around the incumbent `inc` (toy-2L, bf16)."""
+    tgt = get_target(target)
+    inc_cfg, cand_cfg = ScheduleConfig.from_dict(inc), ScheduleConfig.from_dict(cand)
+    built = build_one(BuildJob(load("toy-2L", "bf16", weights=False), tgt, cand_cfg.to_dict(), "bf16", 128,
+                               CostCoefficients()))
+    assert built.valid, built.reason
+    rounds = SimpleNamespace(inc=SimpleNamespace(config=inc_cfg), space=search_space(tgt), target=tgt)
+    moved = Candidate(cand_cfg, ("moves",), Source.MUTATE)
+    return Rounds._settle_derived_inert(rounds, moved, built)[0]
+
+
+def test_the_search_sets_a_move_between_values_alike_back_to_the_incumbents():
+    inc = {"matvec": {"o": {"rows_per_task": 128}}}
+    both = {"matvec": {"o": {"rows_per_task": 512}}, "build": {"rows_in_flight": 2}}
+    settled = _settled(inc, both)
+    assert settled.config.matvec.o.rows_per_task == 128
+    assert settled.change == ("build.rows_in_flight=2",)
+    # a value below the rows makes another program: the move stands
+    kept = _settled(inc, {"matvec": {"o": {"rows_per_task": 64}}, "build": {"rows_in_flight": 2}})
+    assert kept.config.matvec.o.rows_per_task == 64 and kept.change == ("moves",)
