@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_ERRORS = ("AmkError", "ArgumentError", "CheckpointError", "ConfigError", "ContextError", "EnvironmentProblem",
+_ERRORS = ("AmkError", "ArgumentError", "CheckpointError", "ConfigError", "ContextError", "EagerReferenceError",
+           "EnvironmentProblem",
            "ProgramError", "UnknownModelError", "UnknownTargetError", "UnsupportedModelError", "VmError")
 _WHERE = {  # public name -> the module that defines it
     "verify": "amk.eval.oracle", "generate": "amk.generation", "evaluate": "amk.harness.evaluate",
@@ -25,8 +26,8 @@ _WHERE = {  # public name -> the module that defines it
     "validate": "amk.schedule.validate", **{e: "amk.schedule.errors" for e in _ERRORS},
 }
 __all__ = [  # spelled out for linters; equal to the keys of _WHERE (tests/test_harness.py)
-    "AmkError", "ArgumentError", "CheckpointError", "ConfigError", "ContextError", "EnvironmentProblem",
-    "GpuTarget", "LoopError", "LoopInterrupted", "MegakernelProgram", "Model", "ProgramError", "ScheduleConfig", "UnknownModelError",
+    "AmkError", "ArgumentError", "CheckpointError", "ConfigError", "ContextError", "EagerReferenceError",
+    "EnvironmentProblem", "GpuTarget", "LoopError", "LoopInterrupted", "MegakernelProgram", "Model", "ProgramError", "ScheduleConfig", "UnknownModelError",
     "UnknownTargetError", "UnsupportedModelError", "VmError", "detect_target", "evaluate", "generate",
     "get_target", "list_models", "load_model", "loop", "lower", "propose", "validate", "verify",
 ]
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
         CheckpointError,
         ConfigError,
         ContextError,
+        EagerReferenceError,
         EnvironmentProblem,
         ProgramError,
         UnknownModelError,

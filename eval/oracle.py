@@ -11,7 +11,7 @@ from enum import Enum
 import torch
 
 from amk.cache import CacheStorageError
-from amk.schedule.errors import ArgumentError, EnvironmentProblem
+from amk.schedule.errors import ArgumentError, EagerReferenceError, EnvironmentProblem
 
 from .cases import CaseInputs, VerifyCase, case_inputs, check_cases_fit, default_cases, eager_decode
 from .compare import compare, kl_divergence, tolerance_for
@@ -142,7 +142,8 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     VerifyCase. `adversarial` (ReferenceVM): the next SM to run is drawn at random (`seed`). `runner`: a VM to
     reuse (else one is built); `reference`: a callable(case) -> (logits, greedy, fp32 logits) that may serve
     cached eager data (else eager runs here). A failed case is a result, not an exception; a case that needs more positions
-    than the program holds raises ContextError; a `program`, `model`, `cases`, `device` (cpu, cuda or auto), `vm` or
+    than the program holds raises ContextError, and a model whose eager forward gives non-finite logits in its dtype
+    EagerReferenceError (no config could pass against it); a `program`, `model`, `cases`, `device` (cpu, cuda or auto), `vm` or
     `seed` AMK cannot use, ArgumentError naming it (a model loaded with weights=False has no eager model to compare
     with; a program lowered for another model or dtype); device "cuda" on a machine without one, EnvironmentProblem."""
     t0 = time.perf_counter()
@@ -251,9 +252,15 @@ def within_rounding(logits: torch.Tensor, golden: torch.Tensor, hi: torch.Tensor
 
 
 def eager_reference(model, case: VerifyCase, max_seq: int):
-    """(eager logits per step, eager greedy tokens, callable giving higher-precision logits per step)."""
+    """(eager logits per step, eager greedy tokens, callable giving higher-precision logits per step). Raises
+    EagerReferenceError, naming the case and step, where eager's logits are not finite."""
     inputs = case_inputs(case, model.dims, model.dtype, max_seq)
     logits, greedy = eager_decode(model.eager, inputs, case.generate)
+    for step, row in enumerate(logits):  # no VM could match a reference that is not a number
+        if not bool(torch.isfinite(row).all()):
+            from amk.models.registry import dtype_name
+
+            raise EagerReferenceError(str(getattr(model, "name", "the model")), dtype_name(model.dtype), case.name, step)
     return logits, greedy, HigherPrecision(model, inputs, greedy)
 
 
@@ -318,8 +325,8 @@ def _run_case(machine, model, case: VerifyCase, max_seq: int, ref) -> CaseResult
             res.message = "; ".join(failures[:4])
         else:
             res.passed = True
-    except CacheStorageError:
-        raise  # a cached reference that cannot be stored: the machine's fault, not the case's
+    except (CacheStorageError, EagerReferenceError):
+        raise  # the machine's fault (a cached reference that cannot be stored) or the model's, not the case's
     except Exception as e:  # isolate the case: one failure never stops the rest
         check_memory(e, f"case {case.name}")
         res.error_type = type(e).__name__

@@ -67,6 +67,19 @@ class UnsupportedModelError(AmkError, ValueError):
         super().__init__(f"unsupported model feature: {feature}" + (f" ({detail})" if detail else ""))
 
 
+class EagerReferenceError(AmkError, ValueError):
+    """transformers' own forward of a model gives non-finite logits in the dtype it runs in (an fp16 activation past
+    65504, say): no config can be checked against it, so this is the model's and dtype's fault, not a config's.
+    `model` names the model, `dtype` the dtype, `case` and `step` the first verify case and step affected."""
+
+    def __init__(self, model: str, dtype: str, case: str, step: int):
+        self.model, self.dtype, self.case, self.step = model, dtype, case, step
+        hint = ("; fp16 holds values up to 65504: run it in bf16 or fp32 (--dtype)" if dtype == "fp16" else
+                "; try another dtype (--dtype)")
+        super().__init__(f"{model}: transformers' own {dtype} forward gives non-finite logits (verify case {case!r}, "
+                         f"step {step}), so no config can be checked against it{hint}")
+
+
 class CheckpointError(AmkError, ValueError):
     """A checkpoint directory cannot be loaded as it is: a malformed or incomplete config.json, a weight file cut
     short, no weight files, or weights transformers would fill by initialisation. `path` names the file (or the

@@ -16,6 +16,7 @@ from amk.schedule.errors import (
     CheckpointError,
     ConfigError,
     ContextError,
+    EagerReferenceError,
     EnvironmentProblem,
     LoweringError,
     UnknownModelError,
@@ -49,7 +50,7 @@ class ExitCode(IntEnum):
 
         if isinstance(e, (ConfigError, UsageError, ArgumentError, UnknownModelError, UnknownTargetError,
                           UnsupportedModelError, CheckpointError, ContextError, LoopError, ResultsFormatError,
-                          LoweringError)):
+                          LoweringError, EagerReferenceError)):
             return cls.USAGE, "usage"
         # a path the user named that is missing, a directory, not writable, or a name longer than the system takes
         if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) or \

@@ -62,7 +62,7 @@ from amk.flywheel.results import (
     read_rows,
 )
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.errors import AmkError, ArgumentError, EnvironmentProblem
+from amk.schedule.errors import AmkError, ArgumentError, EagerReferenceError, EnvironmentProblem
 from amk.schedule.inert import inert_knobs
 from amk.schedule.space import search_space
 
@@ -634,8 +634,8 @@ class _Run(Rounds):
             return self.evaluate_fn(self.model, self.target, cfg, device=self.dev.value, cases=self.cases,
                                     seed=self.seed, dtype=self.dtype, corpus=str(self.corpus), max_seq=self.max_seq,
                                     **extra)
-        except (CacheStorageError, EnvironmentProblem):
-            raise  # the environment, not this config: every later trial would fail the same way
+        except (CacheStorageError, EnvironmentProblem, EagerReferenceError):
+            raise  # the environment or the model, not this config: every later trial would fail the same way
         except Exception as e:  # the loop outlives one bad trial; the row says crash and why
             log.exception("evaluate crashed")
             return {"crash": f"{type(e).__name__}: {e}"}
