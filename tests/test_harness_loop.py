@@ -194,6 +194,28 @@ def test_resume_without_the_corpus_of_its_best_keep_refuses(tmp_path):
     assert s["incumbent"]["latency_us"] <= float(best["latency_us"])
 
 
+def test_resume_whose_best_keep_lost_its_record_continues_from_the_best_keep_recorded(tmp_path, caplog):
+    # a run stopped between its row and its record, or a record line torn: the file stays resumable
+    res, cor, best = _file_with_a_keep(tmp_path)
+    lines = cor.read_text().splitlines(keepends=True)
+    torn = [i for i, line in enumerate(lines) if best["schedule_id"] in line and '"kept": true' in line]
+    assert torn
+    for i in torn:
+        lines[i] = lines[i][: len(lines[i]) // 2] + "\n"
+    cor.write_text("".join(lines))
+    before = res.read_text()
+    with caplog.at_level("WARNING", logger="amk.harness"):
+        s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_others_are_faster,
+                     resume=True, settings=SMALL)
+    assert any(f"trial {best['trial']} kept {best['schedule_id']}" in r.getMessage() and "continuing from trial"
+               in r.getMessage() for r in caplog.records)
+    assert res.read_text().startswith(before) and s["trials"] >= 1
+    with pytest.raises(LoopError, match="holds no record"):  # no keep recorded at all: moved without its corpus
+        cor.write_text("")
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_others_are_faster,
+                 resume=True, settings=SMALL)
+
+
 def test_resume_with_a_given_config_other_than_the_kept_incumbent_refuses(tmp_path):
     res, cor, best = _file_with_a_keep(tmp_path)
     before = res.read_text()

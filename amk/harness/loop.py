@@ -362,28 +362,36 @@ class _Run(Rounds):
         """The start of a resume: the results file's best kept trial of this run's dtype and context, whose config
         only the corpus holds, in place of the corpus's best (`cfg`, from `origin`): the corpus records no
         max_seq, so its best may be a program of another max_seq, and a start slower than the file's best would
-        log slower configs as keeps. (cfg, origin) as given when the file has no such keep. Raises LoopError
-        when the corpus holds no kept record of that trial's config (results.tsv moved without its corpus.jsonl)
-        or its config no longer parses. `rows`: the file's rows of this run (_rows_of_run)."""
-        kept = [r for r in rows if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
-                and r.get("latency_us")]
-        best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
-        if best is None or best["schedule_id"] == cfg.schedule_id:
+        log slower configs as keeps. (cfg, origin) as given when the file has no such keep. Where the best keep's
+        record is missing but another keep's is there (a record line torn, or a run killed between its row and its
+        record), the best keep the corpus holds, with a warning naming the trial passed over. Raises LoopError
+        when the corpus holds no kept record of any kept trial (results.tsv moved without its corpus.jsonl) or the
+        config no longer parses. `rows`: the file's rows of this run (_rows_of_run)."""
+        kept = sorted((r for r in rows if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
+                       and r.get("latency_us")), key=lambda r: float(r["latency_us"]))
+        if not kept or kept[0]["schedule_id"] == cfg.schedule_id:
             return cfg, origin
-        where = (f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at {float(best['latency_us']):.2f} "
-                 f"us ({self.kind}) for {self.name} on {self.target.name}")
-        record = next((e for e in (entries_for(load_records(self.corpus), self.name, self.target.name)
-                                   if self.corpus.exists() else [])
-                       if e.kept and e.schedule_id == best["schedule_id"]), None)
-        if record is None:
+        records = {e.schedule_id: e for e in (entries_for(load_records(self.corpus), self.name, self.target.name)
+                                              if self.corpus.exists() else []) if e.kept}
+        best = next((r for r in kept if r["schedule_id"] in records), None)
+        where = (f"{self.results}: trial {kept[0]['trial']} kept {kept[0]['schedule_id']} at "
+                 f"{float(kept[0]['latency_us']):.2f} us ({self.kind}) for {self.name} on {self.target.name}")
+        if best is None:
             raise LoopError(f"{where}, but {self.corpus} holds no record of its config, the incumbent to continue "
                             "from: resume with the corpus that loop wrote (--corpus), or choose another results file",
                             argument="corpus")
+        if best is not kept[0]:
+            log.warning("%s, but %s holds no record of its config (a record line torn, or a run stopped between "
+                        "its row and its record): continuing from trial %s (%s, %.2f us), the best keep it records",
+                        where, self.corpus, best["trial"], best["schedule_id"], float(best["latency_us"]))
+        if best["schedule_id"] == cfg.schedule_id:
+            return cfg, origin
         try:
-            return ScheduleConfig.from_dict(record.config), f"{self.results} trial {best['trial']}"
+            return ScheduleConfig.from_dict(records[best["schedule_id"]].config), f"{self.results} trial {best['trial']}"
         except ValueError as e:  # a hand edit, or a knob since removed
-            raise LoopError(f"{where}, but its config in {self.corpus} no longer parses ({e}): choose another "
-                            "results file", argument="corpus") from None
+            raise LoopError(f"{self.results}: trial {best['trial']} kept {best['schedule_id']}, but its config in "
+                            f"{self.corpus} no longer parses ({e}): choose another results file",
+                            argument="corpus") from None
 
     def _same_run(self, row: dict) -> bool:
         """Whether a results row was measured at this run's dtype and context (max_seq). An empty cell (a file
