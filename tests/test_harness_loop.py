@@ -823,3 +823,14 @@ def test_a_keep_says_that_the_rounds_other_picks_go_back_to_the_backlog(tmp_path
     # trial 2 is round 1's first pick: a keep returns the other three, anything else returns none
     said = caplog.text.count("the round's 3 other picks go back to the backlog, to be ranked around the new incumbent")
     assert said == (rows[1]["status"] == "keep") == caplog.text.count("other picks go back"), caplog.text
+
+
+@pytest.mark.parametrize("odd", ["tab\tmodel", "new\nline"])
+def test_a_model_path_a_results_cell_cannot_hold_is_refused_before_any_trial(tmp_path, odd):
+    from _checkpoints import llama
+
+    path = llama(tmp_path / odd)
+    res = tmp_path / "results.tsv"
+    with pytest.raises(LoopError, match="control character") as e:
+        amk.loop(str(path), "cpu-sim", budget=1, device="cpu", results=res, corpus=tmp_path / "c.jsonl")
+    assert e.value.argument == "model" and not res.exists()
