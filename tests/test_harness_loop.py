@@ -834,3 +834,19 @@ def test_a_model_path_a_results_cell_cannot_hold_is_refused_before_any_trial(tmp
     with pytest.raises(LoopError, match="control character") as e:
         amk.loop(str(path), "cpu-sim", budget=1, device="cpu", results=res, corpus=tmp_path / "c.jsonl")
     assert e.value.argument == "model" and not res.exists()
+
+
+def test_a_resume_on_a_checkpoint_saved_again_with_another_shape_warns_that_the_rows_are_of_other_weights(
+        tmp_path, caplog):
+    import shutil
+
+    from _checkpoints import llama
+
+    path = llama(tmp_path / "ck")
+    res, cor = tmp_path / "results.tsv", tmp_path / "c.jsonl"
+    amk.loop(str(path), "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, settings=SMALL)
+    shutil.rmtree(path)
+    llama(path, intermediate_size=256)  # the incumbent's config lowers to another program: no row stands for it
+    with caplog.at_level("WARNING", logger="amk.harness"):
+        amk.loop(str(path), "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, settings=SMALL)
+    assert any("saved again since, perhaps with another shape" in r.getMessage() for r in caplog.records)

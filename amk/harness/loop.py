@@ -515,6 +515,19 @@ class _Run(Rounds):
         fps = self.passed_on.get(self.inc.program_fingerprint, set())
         return self.weights_now not in fps and fps != {None}
 
+    def _warn_checkpoint_changed(self) -> None:
+        """A resume whose start no row stands for, on a checkpoint none of the corpus's passing records of this model
+        name (saved again since, with another shape, say, so that the incumbent's config lowers to a new program and
+        no re-check applies): warn that the file's earlier rows are of other weights, which `amk report` reads as
+        this model's too."""
+        recorded = {f for fps in self.passed_on.values() for f in fps if f}
+        if self.weights_now is None or not recorded or self.weights_now in recorded:
+            return
+        log.warning("%s: the checkpoint there now (fingerprint %s) is none that this results file's trials passed on "
+                    "(%s): it was saved again since, perhaps with another shape. Its earlier rows are latencies of "
+                    "those weights, and `amk report` reads them as this model's: start another results file to keep "
+                    "the two apart", self.name, self.weights_now[:16], ", ".join(sorted(f[:16] for f in recorded)))
+
     def _check_weights_of_start(self) -> None:
         """A resumed incumbent of a checkpoint directory stands on a row of the results file; when the corpus
         records it passing on other weights than the ones there now (the checkpoint was saved again since, or its
@@ -603,6 +616,8 @@ class _Run(Rounds):
                             "(fingerprint %s), on which the corpus records it no pass: its latency is other weights' "
                             "row; a resume checks it first", self.name, self.inc.config.schedule_id,
                             self.weights_now[:16])
+        elif not self.adopted:
+            self._warn_checkpoint_changed()
         while stop is None:
             stop = self._stop_reason(flag)
             if stop is not None:
