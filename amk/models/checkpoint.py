@@ -26,6 +26,11 @@ from .fields import FIELDS, LOADING_FIELDS, REQUIRED_IN_CHECKPOINT, normalise_ro
 
 _SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _HEADER_LIMIT = 100 << 20  # the safetensors reader's own cap on a header
+# the weight files transformers looks for first, in its order (index, then single file)
+_INDEX = "model.safetensors.index.json"
+_SINGLE = "model.safetensors"
+_JSON_KINDS = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
 # the sizing fields whose FIELDS rule is _positive_int: checked on the raw values, since transformers' own parsing
 # of a zero fails unnamed (hidden_size % num_attention_heads: "integer modulo by zero"), and a size past the rule's
 # maximum (fields.MAX_VOCAB, ...) fails as an allocation of terabytes, or not at all with weights=False
@@ -138,39 +143,90 @@ class WeightFiles:
 
 
 def weight_files(path: Path) -> WeightFiles:
-    """The checkpoint's weight files, each safetensors file checked whole. Raises CheckpointError for a directory
-    without weights, an index naming a missing file, or a file cut short."""
-    index = path / "model.safetensors.index.json"
-    single = path / "model.safetensors"
+    """The checkpoint's weight files, picked as transformers picks them: the shards model.safetensors.index.json's
+    weight_map names, else model.safetensors alone, else pytorch_model*.bin, else (no name transformers looks for)
+    every *.safetensors file there. Other safetensors files beside the picked ones (an old.safetensors of another
+    model) are neither read nor hashed. Each safetensors file is checked whole. Raises CheckpointError for a
+    directory without weights or with both model.safetensors and an index, a malformed index (naming it and its
+    weight_map), an index naming a missing file, or a file cut short."""
+    index, single = path / _INDEX, path / _SINGLE
     if index.is_file() and single.exists():
         # transformers loads the single file and never reads the index: checked and hashed, the shards would
         # stand for weights that do not run
         raise CheckpointError(path, f"holds both {single.name} and {index.name} (two sets of weights; transformers "
                                     f"loads {single.name}): keep one")
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(index, f"not a safetensors index (no weight_map): {e}") from None
-        shards = sorted({path / f for f in weight_map.values()})
-        for f in shards:
-            if not f.is_file():
-                raise CheckpointError(f, f"named by {index.name} but not in the directory")
-        files = [index] + shards
-    else:
-        shards = sorted(path.glob("*.safetensors"))
-        files = list(shards)
-    if not shards:
-        bins = sorted(path.glob("pytorch_model*.bin")) + sorted(path.glob("pytorch_model.bin.index.json"))
-        if not bins:
-            raise CheckpointError(path, "holds no weights: no *.safetensors (or model.safetensors.index.json) and no "
-                                  "pytorch_model.bin next to config.json")
+        shards = _index_shards(index)
+        return WeightFiles([index] + shards, _tensor_files(shards))
+    if single.exists():
+        return WeightFiles([single], _tensor_files([single]))
+    bins = sorted(path.glob("pytorch_model*.bin")) + sorted(path.glob("pytorch_model.bin.index.json"))
+    if bins:  # transformers' next choice after the two safetensors names
         return WeightFiles(bins, {})
+    # names transformers does not look for: still read, so that weights=False sizes the model from them
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        raise CheckpointError(path, f"holds no weights: no {single.name}, {index.name}, pytorch_model.bin or other "
+                                    "*.safetensors next to config.json")
+    return WeightFiles(shards, _tensor_files(shards))
+
+
+def _json_kind(value) -> str:
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _tensor_files(shards: list[Path]) -> dict[str, Path]:
+    """Tensor name -> the safetensors file holding it. Raises CheckpointError as safetensors_header does."""
     keys: dict[str, Path] = {}
     for f in shards:
         for name in safetensors_header(f):
             keys[name] = f
-    return WeightFiles(files, keys)
+    return keys
+
+
+def _index_shards(index: Path) -> list[Path]:
+    """The distinct files the index's weight_map names, sorted. Raises CheckpointError naming the index and its
+    weight_map when the map is empty or maps a tensor to anything but a file name, and naming the shard when the
+    directory lacks it."""
+    weight_map = _read_weight_map(index)
+    if not weight_map:
+        # shards beside an empty map are not loaded: transformers reads only the files the map names
+        raise CheckpointError(index, "is empty: it names no tensors and no shard files to load them from",
+                              field="weight_map")
+    for tensor, file in weight_map.items():
+        if not isinstance(file, str) or not file.strip():
+            raise CheckpointError(index, f"maps {tensor!r} to {json.dumps(file)}, not to a shard's file name",
+                                  field="weight_map")
+    by_file: dict[Path, list[str]] = {}
+    for tensor, file in weight_map.items():
+        by_file.setdefault(index.parent / file, []).append(tensor)
+    for f, tensors in sorted(by_file.items()):
+        if not f.is_file():
+            raise CheckpointError(f, f"named by {index.name}'s weight_map (for {len(tensors)} tensor(s), "
+                                     f"{tensors[0]} first) but not in the directory")
+    return sorted(by_file)
+
+
+def _read_weight_map(index: Path) -> dict:
+    """The index's weight_map as written. Raises CheckpointError naming the index when it cannot be read, is not a
+    JSON object, or has no weight_map object (then naming the field)."""
+    try:
+        raw = json.loads(index.read_text())
+    except OSError as e:
+        raise CheckpointError(index, f"cannot be read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(index, f"not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(index, f"holds a JSON {_json_kind(raw)}, not a safetensors index (an object with a "
+                                     "weight_map)")
+    if "weight_map" not in raw:
+        raise CheckpointError(index, "missing: a safetensors index maps each tensor name to its shard's file name",
+                              field="weight_map")
+    weight_map = raw["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(index, f"is a JSON {_json_kind(weight_map)}, not an object mapping each tensor name "
+                                     "to its shard's file name", field="weight_map")
+    return weight_map
 
 
 def safetensors_header(file: Path) -> dict[str, dict]:
