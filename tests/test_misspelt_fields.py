@@ -31,3 +31,12 @@ def test_a_misspelt_field_is_named_with_the_field_meant(tmp_path):
     assert v["correct"] and notes == ["config field 'num_key_value_head' is read by neither transformers nor AMK, "
                                       "and 'num_key_value_heads' keeps its value 2: did you mean "
                                       "'num_key_value_heads'?"], v["notes"]
+
+
+def test_a_misspelt_rope_field_names_the_value_transformers_5_keeps_in_rope_parameters(tmp_path):
+    from amk.harness.evaluate import misspelt_field_notes
+
+    model = amk.load_model(str(llama(tmp_path / "m", rope_thetaa=500.0)), weights=False)
+    theta = model.hf_config.rope_parameters["rope_theta"]
+    assert misspelt_field_notes(model) == [f"config field 'rope_thetaa' is read by neither transformers nor AMK, and "
+                                           f"'rope_theta' keeps its value {theta}: did you mean 'rope_theta'?"]

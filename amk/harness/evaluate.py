@@ -183,8 +183,18 @@ def misspelt_field_notes(model) -> list[str]:
     if getattr(model, "hf_config", None) is None:
         return []
     return [f"config field {name!r} is read by neither transformers nor AMK, and {meant!r} keeps its value "
-            f"{json.dumps(getattr(model.hf_config, meant, None), default=str)}: did you mean {meant!r}?"
+            f"{json.dumps(_field_value(model.hf_config, meant), default=str)}: did you mean {meant!r}?"
             for name, meant in misspelt_fields(model.hf_config)]
+
+
+def _field_value(hf_config, name: str):
+    """The value transformers uses for config field `name`: its attribute, else its entry in rope_parameters,
+    where transformers 5 keeps rope_theta and the RoPE scaling fields."""
+    value = getattr(hf_config, name, None)
+    rope = getattr(hf_config, "rope_parameters", None)
+    if value is None and isinstance(rope, dict):
+        return rope.get(name)
+    return value
 
 
 def build_program(model, gpu, config, device: str = "auto", dtype: str | None = None, max_seq: int | None = None,
