@@ -70,6 +70,18 @@ def test_config_argument_reads_an_existing_file_before_trying_inline_json(tmp_pa
         os.close(r)
 
 
+def test_config_argument_reads_at_most_4_mib_and_drops_a_byte_order_mark(tmp_path, monkeypatch):
+    import io
+
+    with pytest.raises(UsageError, match="--config '/dev/zero': more than 4 MiB"):
+        read_config_arg("/dev/zero")  # a stream that never ends: refused, not read until memory runs out
+    monkeypatch.setattr("sys.stdin", io.StringIO("{" * ((4 << 20) + 1)))
+    with pytest.raises(UsageError, match="stdin holds more than 4 MiB"):
+        read_config_arg("-")
+    (tmp_path / "bom.json").write_bytes(b'\xef\xbb\xbf{"pipelining_depth": 1}')
+    assert json.loads(read_config_arg(str(tmp_path / "bom.json"))) == {"pipelining_depth": 1}
+
+
 @pytest.mark.parametrize("text", ["", '{"attention": '], ids=["empty", "truncated"])
 def test_a_config_file_that_is_not_json_is_named_in_its_rejected_verdict(capsys, tmp_path, monkeypatch, text):
     monkeypatch.chdir(tmp_path)

@@ -79,15 +79,22 @@ class ConfigText(str):
         return obj
 
 
+MAX_CONFIG_CHARS = 4 << 20  # a schedule config is a few KiB; an explicit SM map of every task kind stays far below
+
+
 def read_config_arg(value: str | None, flag: str = "--config"):
     """--config: '-' reads stdin; an existing file is read (a file named like '2024-cfg.json' too); else text
     that looks like JSON is parsed inline. Returns the raw value (string; a ConfigText naming the file or stdin)
-    so that malformed JSON becomes a rejected verdict, not a crash. UsageError (naming `flag`) for a directory,
-    an unreadable or non-UTF-8 file, or a value that is neither a file nor JSON."""
+    so that malformed JSON becomes a rejected verdict, not a crash. A leading UTF-8 byte-order mark is dropped.
+    UsageError (naming `flag`) for a directory, an unreadable or non-UTF-8 file, a file or stdin of more than
+    MAX_CONFIG_CHARS (4 MiB), or a value that is neither a file nor JSON."""
     if value is None:
         return {}
     if value == "-":
-        return ConfigText(sys.stdin.read(), f"{flag} -: stdin")
+        text = sys.stdin.read(MAX_CONFIG_CHARS + 1)
+        if len(text) > MAX_CONFIG_CHARS:
+            raise UsageError(f"{flag} -: stdin holds more than {MAX_CONFIG_CHARS >> 20} MiB, no schedule config")
+        return ConfigText(text.removeprefix("\ufeff"), f"{flag} -: stdin")
     if not value.strip():  # Path("") is the working directory: an empty value is inline text (no JSON), not a path
         return value
     path = Path(value).expanduser()
@@ -101,7 +108,11 @@ def read_config_arg(value: str | None, flag: str = "--config"):
         raise UsageError(f"{flag} {value!r} is a directory (give a JSON file, '-' for stdin, or inline JSON)")
     if is_file:
         try:
-            return ConfigText(path.read_text(encoding="utf-8"), f"{flag} {value!r}")
+            with path.open("rb") as f:  # bounded: /dev/zero, or a stream that never ends, is a path too
+                data = f.read(MAX_CONFIG_CHARS + 1)
+            if len(data) > MAX_CONFIG_CHARS:
+                raise UsageError(f"{flag} {value!r}: more than {MAX_CONFIG_CHARS >> 20} MiB, no schedule config")
+            return ConfigText(data.decode("utf-8-sig"), f"{flag} {value!r}")  # a BOM, as some editors write, is no JSON
         except UnicodeDecodeError as e:
             raise UsageError(f"{flag} {value!r}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
         except OSError as e:
