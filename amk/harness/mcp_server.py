@@ -6,15 +6,18 @@ config, whatever its JSON type, is not an error: it comes back as a verdict with
 arguments are typed: the SDK converts what it can (the string "1" for an int) and rejects the rest, a JSON true
 or false for a number, and any argument name a tool does not have, before AMK sees it. A usage error (an unknown model or GPU, a bad dtype, a results file with a foreign header) is a tool
 error whose text starts with `usage:`; an environment problem with `environment:`. Logs go to stderr; stdout
-carries only the protocol.
+carries only the protocol. Tool calls run one at a time, in the order they arrive: calls sent together wait
+their turn (_one_at_a_time says why).
 
 Needs the optional `mcp` extra: `pip install -e '.[mcp]'` in the checkout.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import threading
 import typing
 from typing import Any
 
@@ -28,6 +31,25 @@ INSTRUCTIONS = (
     "keep the edit only when the verdict is correct and its latency_us beats the incumbent's by more than "
     "max(1%, 2 sigma of the spreads). latency_kind says whether a latency was measured on a GPU or predicted "
     "by the cost model. loop runs that search by itself; report summarises a results file.")
+
+
+# One tool call at a time in this process. The SDK runs each sync tool on a worker thread, and AMK's verbs are
+# not thread-safe: their first call imports transformers, whose lazy module answers a second thread's import
+# half-built (a false "cannot import name 'AutoConfig'" environment error), a model is built from torch's global
+# RNG after manual_seed, and loop sets torch's process-wide thread count for its run. Importing the heavy modules
+# up front would fix only the first of these.
+_TOOL_LOCK = threading.Lock()
+
+
+def _one_at_a_time(tool):
+    """`tool` run under _TOOL_LOCK, its imports included. functools.wraps keeps the signature and docstring the
+    SDK reads for the tool's name, arguments and description. Raises what `tool` raises."""
+    @functools.wraps(tool)
+    def serialised(*args, **kwargs):
+        with _TOOL_LOCK:
+            return tool(*args, **kwargs)
+
+    return serialised
 
 
 def _call(fn, *args, **kwargs):
@@ -125,6 +147,7 @@ def build_server():
                        log_level="WARNING" if is_quiet() else "INFO")
 
     @server.tool()
+    @_one_at_a_time
     def propose(model: str, gpu: str = "auto", incumbent: Any = None,
                 corpus: str = "corpus.jsonl", dtype: str | None = None,
                 max_seq: int | None = None) -> dict[str, Any]:
@@ -149,6 +172,7 @@ def build_server():
         return _call(fn, model, gpu, incumbent=incumbent, corpus=corpus, dtype=dtype, max_seq=max_seq)
 
     @server.tool()
+    @_one_at_a_time
     def evaluate(model: str, config: Any = "{}", gpu: str = "auto",
                  device: str = "auto", dtype: str | None = None, cases: str | None = None, seed: int = 0,
                  max_seq: int | None = None, corpus: str | None = "corpus.jsonl") -> dict[str, Any]:
@@ -164,6 +188,7 @@ def build_server():
                      dtype=dtype, corpus=corpus, max_seq=max_seq)
 
     @server.tool()
+    @_one_at_a_time
     def loop(model: str, gpu: str = "auto", budget: int | None = None, minutes: float | None = None,
              seed: int = 0, device: str = "auto", results: str = "results.tsv", corpus: str = "corpus.jsonl",
              resume: bool = False, max_reverts: int = 20, dtype: str | None = None,
@@ -174,12 +199,20 @@ def build_server():
         row. An existing non-empty results file needs resume=true. max_seq: the KV positions every trial's
         program holds (default: the model's, at most 2048). Returns the summary: incumbent, statuses, why it
         stopped."""
-        from amk.harness.loop import loop as fn
+        from amk.harness.loop import LoopError, ResultsNotResumed
+        from amk.harness.loop import loop as run
+
+        def fn(*args, **kwargs):
+            try:
+                return run(*args, **kwargs)
+            except ResultsNotResumed as e:  # the CLI's --resume and Python's resume=True mean nothing to a client
+                raise LoopError(e.message("pass resume=true to continue it"), argument="results") from e
 
         return _call(fn, model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
                      corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype, max_seq=max_seq)
 
     @server.tool()
+    @_one_at_a_time
     def report(results: str = "results.tsv", corpus: str = "corpus.jsonl", out_dir: str = "report",
                plots: bool = True) -> dict[str, Any]:
         """Summary of a results file: trials per status, the best latency per model, GPU, dtype, max_seq and
