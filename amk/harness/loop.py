@@ -107,6 +107,21 @@ class LoopError(AmkError, ValueError):
         super().__init__(message)
 
 
+class ResultsNotResumed(LoopError):
+    """A results file that already holds trials, given without resume. `results` (the path as given) and `trials`
+    (its rows) let each front end spell how to resume in its own terms (message()); str() is the CLI's and
+    Python's."""
+
+    def __init__(self, results, trials: int):
+        self.results, self.trials = str(results), trials
+        super().__init__(self.message("resume it (--resume; resume=True in Python)"), argument="results")
+
+    def message(self, how: str) -> str:
+        """The refusal, with `how` to resume as the caller's front end spells it."""
+        held = f"{self.trials} trial{'' if self.trials == 1 else 's'}"
+        return f"{self.results} already holds {held}: {how}, or choose another results file"
+
+
 class StopReason(str, Enum):
     BUDGET = "budget"
     MINUTES = "minutes"
@@ -277,8 +292,7 @@ class _Run(Rounds):
         except ResultsFormatError as e:
             raise LoopError(str(e), argument="results") from None
         if rows and not resume:
-            raise LoopError(f"{results} already holds {len(rows)} trials: resume it (--resume; resume=True in "
-                            "Python), or choose another results file", argument="results")
+            raise ResultsNotResumed(results, len(rows))
         self.weights_now, self.passed_on = self._checkpoint_fingerprints(rows)
         rows = self._rows_of_run(rows)  # the rows a resume may compare with, and adopt
         self.adopted = False  # a row of the results stands for the start's measurement
