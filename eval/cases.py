@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from amk.harness.arguments import SEED_LIMIT
 from amk.schedule.errors import ArgumentError, ContextError
 
 
@@ -105,8 +106,8 @@ def left_out_cases(max_seq: int, reduced: bool = False) -> list[str]:
 
 
 def check_case_list(cases) -> None:
-    """ArgumentError naming `cases` unless it is a non-empty list (or tuple) of VerifyCase: an empty one would
-    check nothing, and anything else would fail deep inside the run."""
+    """ArgumentError naming `cases` unless it is a non-empty list (or tuple) of VerifyCase whose fields a run can
+    use (check_case_fields): an empty one would check nothing, and anything else would fail deep inside the run."""
     if not isinstance(cases, list | tuple):
         raise ArgumentError("cases", f"expected a list of VerifyCase, got {type(cases).__name__}")
     if not cases:
@@ -115,6 +116,34 @@ def check_case_list(cases) -> None:
     if bad is not None:
         raise ArgumentError("cases", f"item {bad}, {cases[bad]!r:.60} of type {type(cases[bad]).__name__}, is not "
                                      "a VerifyCase")
+    for i, case in enumerate(cases):
+        check_case_fields(i, case)
+
+
+# the least each integer field of a VerifyCase takes: tokens at least 1, since a case with no fed token has no step
+# to compare (greedy tokens only follow a fed one); an empty prefix and no greedy tokens are ordinary cases
+_FIELD_LEAST = {"prefix_len": 0, "tokens": 1, "generate": 0, "seed": 0}
+
+
+def check_case_fields(index: int, case: VerifyCase) -> None:
+    """ArgumentError naming `cases` and the field, `cases[index].<field>`, with its value, for a field no run can use:
+    a name that is not a non-empty str, a scaled_from that is not a str, an integer field that is not an int (a bool
+    is not one) or is under its least (_FIELD_LEAST), a seed of 2**63 or more. The dataclass checks no types, and
+    such a case would otherwise fail inside the run as an incorrect config (tokens=0: an empty stack of logits)."""
+    def refuse(field: str, expected: str) -> None:
+        value = getattr(case, field)
+        raise ArgumentError("cases", f"cases[{index}].{field}: expected {expected}, got {value!r:.60}")
+
+    if not isinstance(case.name, str) or not case.name:
+        refuse("name", "a non-empty str")
+    if not isinstance(case.scaled_from, str):
+        refuse("scaled_from", "a str")
+    for field, least in _FIELD_LEAST.items():
+        value = getattr(case, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            refuse(field, "a positive integer" if least == 1 else f"an integer of at least {least}")
+    if case.seed >= SEED_LIMIT:  # the case's Generator is seeded with 1000 + seed, which must fit 64 bits
+        refuse("seed", "an integer below 2**63")
 
 
 def check_cases_fit(cases: list[VerifyCase], max_seq: int) -> None:
