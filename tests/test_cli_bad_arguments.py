@@ -47,6 +47,14 @@ def test_results_and_corpus_in_one_file_is_refused(capsys, tmp_path, monkeypatch
     assert not (tmp_path / "same.txt").exists()
 
 
+def test_a_corpus_naming_the_results_files_claims_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, "loop", "--model", "toy", "--budget", "1", "--results", "x.tsv",
+                    "--corpus", "x.tsv.claims")
+    assert code == 2 and "--corpus" in out["error"] and "claims file" in out["error"]
+    assert not (tmp_path / "x.tsv").exists() and not (tmp_path / "x.tsv.claims").exists()
+
+
 def test_config_argument_reads_an_existing_file_before_trying_inline_json(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "2024-cfg.json").write_text('{"pipelining_depth": 1}')

@@ -210,6 +210,9 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
     check_output_file("results", Path(str(results) + ".claims"))  # flywheel/claims.py claims_path
     if same_file(results, corpus):  # a results row and a tuning record interleaved leave neither readable
         raise ArgumentError("corpus", f"names the same file as results ({str(results)!r}): give each its own")
+    if same_file(Path(str(results) + ".claims"), corpus):  # claims and records interleaved: neither readable
+        raise ArgumentError("corpus", f"names the claims file beside results ({str(results)!r}.claims), which the "
+                                      "loop writes itself: give the corpus its own file")
     if loop_file_kind(corpus) == LoopFile.RESULTS:  # the two swapped: a record appended to a results file
         raise ArgumentError("corpus", f"{str(corpus)!r} is a results.tsv (its first line is the results header), not "
                                       "a corpus of tuning records: give it as results, and the corpus its own file")
