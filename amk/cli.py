@@ -478,13 +478,32 @@ def _main(argv: list[str] | None) -> int:
             failure = {"error": "interrupted", "error_type": "interrupted"}
         payload = jsonable({"ok": result.code == ExitCode.OK, "exit_code": int(result.code), **result.payload,
                             **failure})
-        stdout.write(json.dumps(payload, default=str, allow_nan=False) + "\n")
+        if not _written(stdout, json.dumps(payload, default=str, allow_nan=False) + "\n"):
+            return int(ExitCode.ENVIRONMENT)
     elif result.text:
         stream = sys.stderr if "error_type" in result.payload else stdout
         prefix = "amk: error: " if "error_type" in result.payload and result.code != ExitCode.INCORRECT else ""
-        stream.write(prefix + result.text.rstrip("\n") + "\n")
-    stdout.flush()
+        if not _written(stream, prefix + result.text.rstrip("\n") + "\n"):
+            return int(ExitCode.ENVIRONMENT)
     return int(result.code)
+
+
+def _written(stream, text: str) -> bool:
+    """Write and flush `text`; False, with one line on stderr, when the stream is closed or its reader gone (`>&-`,
+    a pipe into `head`): the answer was not delivered, which is no correctness failure (exit 1)."""
+    try:
+        if stream is None:
+            raise OSError("closed")
+        stream.write(text)
+        stream.flush()
+        return True
+    except (OSError, ValueError) as e:  # ValueError: a closed file object
+        try:
+            sys.stderr.write(f"amk: error: the answer could not be written to {getattr(stream, 'name', 'stdout')} "
+                             f"({type(e).__name__}: {e})\n")
+        except (OSError, ValueError, AttributeError):
+            pass
+        return False
 
 
 if __name__ == "__main__":

@@ -491,3 +491,11 @@ def test_version_answers_as_any_command_does(capsys):
         assert main(argv) == 2, argv  # a flag or command beside it is not dropped unread
         out = json.loads(capsys.readouterr().out)
         assert out["error_type"] == "usage" and "not taken beside --version" in out["error"], out
+
+
+def test_an_answer_that_cannot_be_written_is_an_environment_error_not_a_correctness_failure(tmp_path):
+    env = {**os.environ, "AMK_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = f"exec {sys.executable} -m amk.cli --json -q models >&-"  # stdout closed, as `>&-` leaves it
+    done = subprocess.run(["sh", "-c", cmd], capture_output=False, stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 3 and "could not be written" in done.stderr and "Traceback" not in done.stderr
