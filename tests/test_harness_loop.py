@@ -837,7 +837,7 @@ def test_a_model_path_a_results_cell_cannot_hold_is_refused_before_any_trial(tmp
 
 
 def test_a_resume_on_a_checkpoint_saved_again_with_another_shape_warns_that_the_rows_are_of_other_weights(
-        tmp_path, caplog):
+        tmp_path, caplog, capsys):
     import shutil
 
     from _checkpoints import llama
@@ -850,3 +850,7 @@ def test_a_resume_on_a_checkpoint_saved_again_with_another_shape_warns_that_the_
     with caplog.at_level("WARNING", logger="amk.harness"):
         amk.loop(str(path), "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, settings=SMALL)
     assert any("saved again since, perhaps with another shape" in r.getMessage() for r in caplog.records)
+    from _cli import cli_json
+
+    code, out = cli_json(capsys, "report", "--results", str(res), "--corpus", str(cor), "--no-plots")
+    assert code == 0 and any("timed on 2 checkpoints there" in n for n in out["notes"]), out["notes"]

@@ -152,6 +152,24 @@ def short_context_notes(groups: list[dict], records: list, df=None) -> list[str]
     return notes
 
 
+def checkpoint_notes(groups: list[dict], records: list) -> list[str]:
+    """For each model and GPU of summarise()'s groups whose timed tuning records name more than one checkpoint
+    fingerprint (a directory saved again between runs, perhaps with another shape), a note that its rows are of
+    different weights: results.tsv names the model by its path only, so they are ranked together."""
+    from amk.flywheel.records import MODEL_FINGERPRINT
+
+    shown = {(g["model"], g["gpu"]) for g in groups}
+    seen: dict[tuple[str, str], set[str]] = {}
+    for r in records:
+        fp = (r.environment or {}).get(MODEL_FINGERPRINT)
+        if (r.model, r.gpu) in shown and isinstance(fp, str) and fp and r.latency_us is not None:
+            seen.setdefault((r.model, r.gpu), set()).add(fp)
+    return [f"{model} on {gpu}: its tuning records were timed on {len(fps)} checkpoints there ({', '.join(sorted(f[:16] for f in fps))}): "
+            "the directory was saved again between runs, so its rows are latencies of different weights (another "
+            "shape, perhaps), ranked together here"
+            for (model, gpu), fps in sorted(seen.items()) if len(fps) > 1]
+
+
 def plot_search(df, out_dir: Path) -> str:
     """search.png: per (model, gpu, dtype, max_seq, kind), each trial's latency (dots by status), the best so far
     (a step), and the cost model's prediction against the measurement (with y = x and Spearman's rho)."""
@@ -271,6 +289,7 @@ def report(args) -> CommandResult:
     if not configs and len(df):
         out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown (pass --corpus)")
     out["notes"] += short_context_notes(out["groups"], records, df)
+    out["notes"] += checkpoint_notes(out["groups"], records)
     if out["withheld"]:
         out["notes"].append(f"{counted(out['withheld'], 'row')} of {results} under the spec floor its program's "
                             "tuning records name (no step runs that fast: a hand edit?) ranked as no best")
