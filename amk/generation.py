@@ -125,6 +125,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
                                       f"(ids 0..{model.dims.vocab - 1})")
     need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
     # by default no more positions than the model's context, unless the tokens asked for need more (noted below)
+    given_max_seq = max_seq
     max_seq = max_seq or min(max(model.dims.max_positions, need), max(256, 1 << (need - 1).bit_length()))
     if need > max_seq:
         raise ContextError(f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens need {need} positions, "
@@ -140,6 +141,16 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     check = amk.validate(program, target)
     if not check.ok:
         raise ProgramError(f"the schedule does not validate: {check.first_message()}")
+    from amk.harness.environment import Device
+    from amk.harness.evaluate import check_kv_memory
+
+    try:  # a cache past the memory would end the process unnamed
+        check_kv_memory(program, Device(dev), copies=1)
+    except ArgumentError as e:
+        if given_max_seq is not None:
+            raise
+        raise ArgumentError("max_new_tokens", f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens: "
+                                              f"{str(e).removeprefix('max_seq: ')}") from None
     with status("packing the weights"):
         weights = pack_weights(model.eager, program, device=dev)
     t0 = time.perf_counter()

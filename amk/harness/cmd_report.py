@@ -256,9 +256,16 @@ def plot(df, out_dir: Path) -> list[str]:
 
 
 def _save(fig, path: Path, plt) -> str:
+    """Save `fig` to `path`; UsageError naming --out-dir when the file cannot be written there (a directory of
+    that name, no permission), which only writing shows."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise UsageError(f"--out-dir {str(path.parent)!r}: {path.name} cannot be written there "
+                         f"({e.strerror or e}); name another directory, or pass --no-plots") from None
+    finally:
+        plt.close(fig)
     return str(path)
 
 

@@ -163,16 +163,18 @@ def _free_bytes(dev) -> int | None:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_kv_memory(program: MegakernelProgram, dev) -> None:
-    """ArgumentError (naming max_seq) when the program's KV cache, held twice (the VM's and the reference's), does
-    not fit the memory free on `dev`: the allocation would otherwise end the process with no message (the
-    kernel's out-of-memory killer on the CPU)."""
+def check_kv_memory(program: MegakernelProgram, dev, copies: int = 2) -> None:
+    """ArgumentError (naming max_seq) when the program's KV cache, held `copies` times (2: the VM's and the
+    reference's, as verify holds it; 1: the VM's alone, as generate does), does not fit the memory free on `dev`
+    (a Device): the allocation would otherwise end the process with no message (the kernel's out-of-memory killer
+    on the CPU)."""
     kv = sum(b.nbytes for b in program.buffers if b.kind == BufferKind.KV)
     free = _free_bytes(dev)
-    if free is not None and 2 * kv > free:
+    if free is not None and copies * kv > free:
+        held = "held twice (the VM's and the reference's)" if copies == 2 else f"held {copies} times" if copies > 2 \
+            else "held by the VM"
         raise ArgumentError("max_seq", f"{program.constants.max_seq} positions need {kv / 2**30:.1f} GiB of KV "
-                                       f"cache, held twice (the VM's and the reference's), and {dev.value} has "
-                                       f"{free / 2**30:.1f} GiB free")
+                                       f"cache, {held}, and {dev.value} has {free / 2**30:.1f} GiB free")
 
 
 def misspelt_field_notes(model) -> list[str]:

@@ -1,0 +1,37 @@
+"""Two refusals that name what the caller gave: generate's KV cache past the free memory (the process would
+otherwise be killed unnamed), and a report whose plots cannot be written in --out-dir."""
+
+from __future__ import annotations
+
+import pytest
+from _cli import cli_json
+
+import amk
+from amk.schedule.errors import ArgumentError
+
+
+@pytest.fixture
+def little_memory(monkeypatch):
+    monkeypatch.setattr("amk.harness.evaluate._free_bytes", lambda dev: 1024)  # 1 KiB free
+
+
+def test_generate_refuses_a_kv_cache_past_the_free_memory_naming_what_set_its_size(little_memory):
+    with pytest.raises(ArgumentError, match="held by the VM") as e:
+        amk.generate("toy", [1, 2, 3], max_new_tokens=200)
+    assert e.value.argument == "max_new_tokens" and "a prompt of 3 tokens and 200 new tokens" in str(e.value)
+    with pytest.raises(ArgumentError) as e:
+        amk.generate("toy", [1, 2, 3], max_new_tokens=4, max_seq=256)
+    assert e.value.argument == "max_seq"
+
+
+def test_generate_runs_where_the_cache_fits():
+    assert len(amk.generate("toy", [1, 2, 3], max_new_tokens=3).tokens) == 3
+
+
+def test_a_plot_that_cannot_be_written_in_out_dir_is_a_usage_error_naming_it(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    amk.loop("toy", "cpu-sim", budget=2, device="cpu", results="results.tsv", corpus="corpus.jsonl")
+    (tmp_path / "report" / "search.png").mkdir(parents=True)
+    code, out = cli_json(capsys, "report")
+    assert code == 2 and out["error"].startswith("--out-dir 'report': search.png cannot be written there")
