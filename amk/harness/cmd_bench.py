@@ -149,8 +149,10 @@ def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu, steps: in
     target = resolve_target(gpu)
 
     coef = calibrate_file(None, v.gpu).coefficients
-    notes.append(f"CPU: every latency is PREDICTED by the cost model for {v.gpu}, not measured; peak GPU memory "
-                 "is not measured on a CPU; no peer runs, so speed-ups are missing")
+    notes.append(f"CPU: every latency is PREDICTED by the cost model for {v.gpu}, not measured, with its own "
+                 "coefficients, not fitted to a corpus (evaluate and loop fit them to a corpus's measured rows where "
+                 "it holds some, so their predictions may differ); peak GPU memory is not measured on a CPU; no peer "
+                 "runs, so speed-ups are missing")
     if steps is not None:  # the cost model prices one step: a count of timed steps has nothing to time
         notes.append(f"--steps {steps} has no effect: a predicted latency times no steps")
     cases = []
