@@ -72,14 +72,26 @@ def _list_schedule(tasks: list[Task], counters: list[Counter], c: ProgramConstan
     """DAG-aware list scheduling: in topological order, each task goes to the SM where it can start
     earliest, given when its dependencies finish (estimated from bytes)."""
     producers: dict[int, list[int]] = {}
-    for t in tasks:
+    last: dict[int, int] = {}  # counter -> the position of its last producer in `tasks`
+    for i, t in enumerate(tasks):
         for s in t.signals:
             producers.setdefault(s, []).append(t.id)
+            last[s] = i
     finish = [0.0] * len(tasks)
+    # a counter's latest producer finish, once every producer is placed: a stage-wide counter (a reduce's, an
+    # argmax's) has as many waiters as producers, and rescanning them all for each waiter was quadratic in tasks
+    settled: dict[int, float] = {}
     sm_free = [(0.0, s) for s in range(num_sms)]
     heapq.heapify(sm_free)
-    for t in tasks:
-        ready = max((finish[p] for w in t.waits for p in producers.get(w.counter, [])), default=0.0)
+    for i, t in enumerate(tasks):
+        ready = 0.0
+        for w in t.waits:
+            r = settled.get(w.counter)
+            if r is None:
+                r = max((finish[p] for p in producers.get(w.counter, ())), default=0.0)
+                if last.get(w.counter, -1) < i:
+                    settled[w.counter] = r
+            ready = max(ready, r)
         free_at, s = heapq.heappop(sm_free)
         # prefer an SM already free by `ready`; among those the heap's lowest free time is as good as any
         start = max(free_at, ready)
