@@ -61,7 +61,7 @@ class Built:
     kernel_id: str | None = None  # kernel_id_of(program): candidates with one id share one NVRTC build
     derived: dict | None = None  # the program's derived knob values (dotted path -> value), for the inert rules
     as_derived: tuple[str, ...] = ()  # knobs set to a value the program takes as the derived one (inert.taken_as_derived)
-    caps: tuple[tuple[str, int], ...] = ()  # (knob, bound): its values from the bound up lower alike (inert.value_caps)
+    caps: tuple = ()  # inert.ValueCap of each knob whose values from a bound up lower alike (inert.value_caps)
 
 
 def analytic_predictor(config, program, target, coefficients):
@@ -122,7 +122,7 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
         return Built(job.config, cfg.schedule_id, True, None, program.fingerprint(), feats, pred,
                      len(program.tasks), time.perf_counter() - t0, kernel_id_of(program),
                      dict(program.meta.get("derived") or {}), tuple(taken_as_derived(cfg, program)),
-                     tuple((c.path, c.cap) for c in value_caps(cfg, program)))
+                     tuple(value_caps(cfg, program)))
 
 
 def precompile_one(job: BuildJob, kernel: bool = True) -> str:

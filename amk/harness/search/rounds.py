@@ -168,10 +168,10 @@ class Rounds:
         for path in built.as_derived:  # a value the program takes as the derived one: null where the incumbent is
             if get_path(inc, path) is None and get_path(cfg, path) is not None:
                 cfg = with_value(cfg, path, None)
-        for path, cap in built.caps:  # two values from a bound up (rows_per_task 256 and 512 on 120 rows) lower alike
-            was, now = get_path(inc, path), get_path(cfg, path)
-            if was is not None and now is not None and was != now and min(was, cap) == min(now, cap):
-                cfg = with_value(cfg, path, was)
+        for cap in built.caps:  # two values from a bound up (rows_per_task 256 and 512 on 120 rows) lower alike
+            was, now = get_path(inc, cap.path), get_path(cfg, cap.path)
+            if was != now and cap.alike(was, now):
+                cfg = with_value(cfg, cap.path, was)
         if cfg.schedule_id == cand.config.schedule_id:
             return cand, built
         return (Candidate(cfg, tuple(diff(inc, cfg)), cand.source),
