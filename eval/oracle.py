@@ -11,7 +11,7 @@ from enum import Enum
 import torch
 
 from amk.cache import CacheStorageError
-from amk.schedule.errors import ArgumentError, EagerReferenceError, EnvironmentProblem
+from amk.schedule.errors import ArgumentError, EagerReferenceError, EnvironmentProblem, ProgramError
 
 from .cases import CaseInputs, VerifyCase, case_inputs, check_cases_fit, default_cases, eager_decode
 from .compare import compare, kl_divergence, tolerance_for
@@ -135,13 +135,16 @@ def _short(obj) -> str:
 
 
 def verify(program, model, device: str = "cpu", vm: str = "reference", cases: list[VerifyCase] | str = "full",
-           adversarial: bool = False, seed: int = 0, runner=None, reference=None) -> VerifyResult:
+           adversarial: bool = False, seed: int = 0, runner=None, reference=None, validated: bool = False) -> VerifyResult:
     """Run each verify case of `program` on a VM (`vm` "reference": the ReferenceVM in torch on `device`;
     "cuda": the megakernel) and compare its logits and greedy tokens with eager transformers on `model`
     (an amk Model) under the rules of HARNESS.md section 3. `cases`: "full", "reduced", "smoke" or a list of
     VerifyCase. `adversarial` (ReferenceVM): the next SM to run is drawn at random (`seed`). `runner`: a VM to
     reuse (else one is built); `reference`: a callable(case) -> (logits, greedy, fp32 logits) that may serve
-    cached eager data (else eager runs here). A failed case is a result, not an exception; a case that needs more positions
+    cached eager data (else eager runs here). The program is first checked by amk.validate against the target it
+    was lowered for (`validated=True`: the caller has done so, as the harness does once per program); one it rejects
+    raises ProgramError with the validator's first issue, since no VM run can vouch for a program the megakernel
+    must not run (a deadlock, a buffer hazard, a GPU's limits passed). A failed case is a result, not an exception; a case that needs more positions
     than the program holds raises ContextError, and a model whose eager forward gives non-finite logits in its dtype
     EagerReferenceError (no config could pass against it); a `program`, `model`, `cases`, `device` (cpu, cuda or auto), `vm` or
     `seed` AMK cannot use, ArgumentError naming it (a model loaded with weights=False has no eager model to compare
@@ -154,6 +157,8 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
                             + (" loaded with weights=False" if hasattr(model, "dims") else ""))
     _check_lowered_for(program, model)
     device = _check_machine(device, vm, seed, runner)
+    if not validated:
+        _check_valid(program)
     max_seq = program.constants.max_seq
     if isinstance(cases, str):
         if cases not in ("full", "reduced", "smoke"):
@@ -192,6 +197,19 @@ def _check_machine(device, vm, seed, runner):
         if str(device).lower() == "auto":
             return picked.value
     return device
+
+
+def _check_valid(program) -> None:
+    """ProgramError, with the validator's first issue and its count, for a program amk.validate rejects."""
+    from amk.schedule.validate import validate
+
+    check = validate(program)
+    if not check.ok:
+        more = len(check.issues) - 1 + sum(check.suppressed.values())
+        raise ProgramError(f"the program does not validate for {program.meta.get('target', 'its target')}: "
+                           f"{check.first_message()}" + (f" (and {more} more issues: amk.validate(program))"
+                                                         if more else ""),
+                           tasks=check.issues[0].tasks, buffers=check.issues[0].buffers)
 
 
 def _check_lowered_for(program, model) -> None:

@@ -213,6 +213,20 @@ def test_verify_refuses_a_program_lowered_for_another_model_or_dtype():
     assert amk.verify(amk.lower(model, "cpu-sim", max_seq=64), model, cases="smoke").passed
 
 
+def test_verify_refuses_a_program_the_validator_rejects():
+    """A program past its target's limits runs on the ReferenceVM all the same: verify must not call it passed."""
+    model = amk.load_model("toy")
+    for target, config, words in (("cpu-sim", {"smem_per_block": 200000}, "smem_per_block=200000"),
+                                  ("l4", {"pipeline": {"pages": 4}}, "pages")):
+        prog = amk.lower(model, target, config, max_seq=64)
+        assert not amk.validate(prog).ok
+        with pytest.raises(amk.ProgramError) as e:
+            amk.verify(prog, model, cases="smoke")
+        assert "does not validate" in str(e.value) and words in str(e.value), str(e.value)
+    # the harness validates once and says so: the VM then runs what it is given
+    assert amk.verify(prog, model, cases="smoke", validated=True).passed
+
+
 @pytest.mark.parametrize("bad", [None, 5, ["toy"], b"toy"])
 def test_a_model_that_is_no_name_nor_path_is_named_as_the_argument(bad):
     with pytest.raises(amk.ArgumentError) as e:

@@ -179,7 +179,7 @@ def test_every_knob_value_verifies_on_toy_models(model_name, path, value):
     r = validate(prog, CPU_TARGET) if fits else validate(prog, gpu_limits=False)
     assert r.ok, f"{model_name} {_id(path, value)}: {r.first_message()}"
     seed = VERIFY_PARAMS.index((model_name, path, value))
-    res = verify(prog, model, cases="reduced", adversarial=True, seed=seed,
+    res = verify(prog, model, cases="reduced", adversarial=True, seed=seed, validated=True,
                  reference=lambda case: _reference(model_name, case))
     d = res.to_dict()
     assert res.ok, f"{model_name} {_id(path, value)} (seed {seed}): {d['failures']}"

@@ -138,7 +138,7 @@ def run_cpu(v: Verdict, program, model, case_list, ref, seed: int):
     # same values; the VM and its tensors live only inside verify. The reference hook (cache, eager, the
     # higher-precision copy the model keeps) runs outside inference mode, as it does on the GPU path.
     with torch.inference_mode():
-        res = verify(program, model, device="cpu", vm="reference", cases=case_list, seed=seed,
+        res = verify(program, model, device="cpu", vm="reference", cases=case_list, seed=seed, validated=True,
                      reference=_outside_inference_mode(ref))
     _record(v, res)
     return None
@@ -198,7 +198,8 @@ def run_cuda(v: Verdict, program, model, case_list, ref, seed: int, measure: boo
         v.notes.append(f"GPU failure building the CUDA VM: {type(e).__name__}: {e}")
         return None
     record_kernel(v, vm)
-    res = verify(program, model, device="cuda", vm="cuda", cases=case_list, seed=seed, runner=vm, reference=ref)
+    res = verify(program, model, device="cuda", vm="cuda", cases=case_list, seed=seed, runner=vm, reference=ref,
+                 validated=True)
     _record(v, res)
     if not res.ok or not measure:
         return None
