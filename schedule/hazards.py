@@ -3,13 +3,14 @@
 Nodes are the tasks (ids 0..N-1) and the counters (N + counter id). Edges run from each signaller to
 its counter, from a counter to each task that waits on it, and from each task to the next on its SM
 queue. With every wait for all of a counter's producers (checked before the sweep), a path in this
-graph is exactly a happens-before guarantee. Ancestor sets are Python int bitsets over task ids.
+graph is exactly a happens-before guarantee, answered by lane clocks (clocks.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .clocks import HappensBefore, Members
 from .opcodes import NO_BUFFER
 from .program import BufferKind
 
@@ -190,22 +191,6 @@ def report_cycle(program, graph: DepGraph, report, tname) -> None:
            f"happen before {tname(a)}: deadlock cycle {hops} -> back", (a, b, *(t for t in task_ids if t not in q)))
 
 
-def reach_sets(graph: DepGraph) -> list[int]:
-    """Per task, then per join (ids n + j, as the sweep numbers them): the bitset of tasks and joins that
-    happen before it, itself included."""
-    n, preds, qpreds = graph.n_tasks, graph.preds, graph.qpreds
-    first_join = len(preds) - graph.n_joins
-    reach = [0] * len(preds)
-    for v in graph.order:
-        a = 1 << v if v < n else (1 << (n + v - first_join) if v >= first_join else 0)
-        for p in preds[v]:
-            a |= reach[p]
-        for p in qpreds[v]:
-            a |= reach[p]
-        reach[v] = a
-    return reach[:n] + reach[first_join:]
-
-
 def _writes_by_stage(groups, pos) -> dict:
     out: dict = {}
     for (st, w, a, e), tids in groups.items():
@@ -222,10 +207,6 @@ def _not_self_produced(writes, missing: list[int], readers: list[int]) -> int | 
             if not any(i0 <= i < i1 and r in ts for i0, i1, ts in writes):
                 return r
     return None
-
-
-def _low(mask: int) -> int:
-    return (mask & -mask).bit_length() - 1
 
 
 Groups = dict[tuple, list[int]]  # (stage, 0 read | 1 write | 2 prefetch, start, end) -> task ids
@@ -288,9 +269,9 @@ def check_regions(program, per: dict[object, Groups], report, tname) -> None:
                 report("OUT_OF_BOUNDS", f"{who(tids)} writes the weight buffer {b.name}", tids[:2], (b.name,))
 
 
-def sweep(program, per: dict[object, Groups], reach: list[int], report, tname) -> None:
-    """RAW / WAR / WAW over every SCRATCH, ARENA, IO and KV buffer. `report(kind_name, message, tasks,
-    buffers)` records an issue; `tname(tid)` names a task."""
+def sweep(program, per: dict[object, Groups], hb: HappensBefore, report, tname) -> None:
+    """RAW / WAR / WAW over every SCRATCH, ARENA, IO and KV buffer, happens-before from `hb`.
+    `report(kind_name, message, tasks, buffers)` records an issue; `tname(tid)` names a task."""
     bufs = program.buffers
     nb = len(bufs)
     merged: dict[int, Groups] = {}
@@ -305,19 +286,29 @@ def sweep(program, per: dict[object, Groups], reach: list[int], report, tname) -
         for (st, w, a, e), tids in groups.items():
             if w < 2 and e > a:
                 dst.setdefault((st, w, a + off, e + off), []).extend(tids)
-    bits = [1 << i for i in range(len(reach))]
     for bid, groups in merged.items():
-        _sweep_buffer(bufs[bid], groups, reach, bits, report, tname)
+        _sweep_buffer(bufs[bid], groups, hb, report, tname)
 
 
-def _sweep_buffer(buf, groups, reach, bits, report, tname) -> None:
-    """Accesses in logical order (stage; reads of a stage before its writes) over elementary segments."""
+def _union(lists) -> list[Members]:
+    """The distinct access groups of several segments' lists (a group covers many segments)."""
+    seen: dict[int, Members] = {}
+    for lst in lists:
+        for m in lst:
+            seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
+def _sweep_buffer(buf, groups, hb: HappensBefore, report, tname) -> None:
+    """Accesses in logical order (stage; reads of a stage before its writes) over elementary segments. A
+    segment keeps the access groups of its last writing stage and of its readers since: a group stands for all
+    of its tasks, so nothing here grows with the tasks squared."""
     keys = sorted(groups)
     pts = sorted({k[2] for k in keys} | {k[3] for k in keys})
     pos = {p: i for i, p in enumerate(pts)}
     ns = len(pts) - 1
-    lw = [0] * ns  # the writers of the last stage that wrote each segment
-    rd = [0] * ns  # the readers since that write
+    lw: list[list[Members]] = [[] for _ in range(ns)]  # the writers of the last stage that wrote each segment
+    rd: list[list[Members]] = [[] for _ in range(ns)]  # the readers since that write
     is_kv = buf.kind == BufferKind.KV
     needs_writer = buf.kind in (BufferKind.SCRATCH, BufferKind.ARENA)
     anyw = [False] * ns
@@ -328,65 +319,55 @@ def _sweep_buffer(buf, groups, reach, bits, report, tname) -> None:
                     anyw[i] = True
     name = buf.name
     cur_stage = None
-    stage_w: dict[int, int] = {}
+    stage_w: dict[int, list[Members]] = {}
     stage_writes = None
     for key in keys:
         st, w, a, e = key
         if st != cur_stage:
-            for i, m in stage_w.items():
-                lw[i] = m
-                rd[i] = 0
+            for i, ms in stage_w.items():
+                lw[i] = ms
+                rd[i] = []
             stage_w = {}
             cur_stage = st
         tids = groups[key]
-        if len(tids) == 1:
-            mask = bits[tids[0]]
-        else:
-            mask = 0
-            for t in tids:
-                mask |= bits[t]
+        group = hb.members(tids)
         i0, i1 = pos[a], pos[e]
         if not w:
-            req, missing = 0, []
+            missing = []
             for i in range(i0, i1):
-                m = lw[i]
-                if m:
-                    req |= m
-                elif needs_writer or (is_kv and anyw[i]):
+                if not lw[i] and (needs_writer or (is_kv and anyw[i])):
                     missing.append(i)
-                rd[i] |= mask
+                rd[i].append(group)
             if missing:
                 if stage_writes is None:
                     stage_writes = _writes_by_stage(groups, pos)
                 r = _not_self_produced(stage_writes.get(st, ()), missing, tids)
                 if r is not None:
                     _no_writer(buf, key, r, report, tname)
-            if req:
-                bad = [r for r in tids if reach[r] & req != req]
-                if bad:
-                    _unordered_read(buf, key, bad, _low(req & ~reach[bad[0]]), report, tname)
+            req = _union(lw[i] for i in range(i0, i1))
+            bad = hb.unordered(tids, req)
+            if bad:
+                _unordered_read(buf, key, bad, hb.first_unreached(bad[0], req), report, tname)
             continue
-        need_r, need_w, other = 0, 0, 0
+        earlier = _union(stage_w.get(i, ()) for i in range(i0, i1))
+        need_r = _union(rd[i] for i in range(i0, i1))
+        need_w = _union(lw[i] for i in range(i0, i1))
         for i in range(i0, i1):
-            m = stage_w.get(i)
-            if m is None:
-                stage_w[i] = mask
-            else:
-                other |= m & ~mask
-                stage_w[i] = m | mask
-            need_r |= rd[i]
-            need_w |= lw[i]
-        if other or (len(tids) > 1 and mask.bit_count() > 1):
+            stage_w.setdefault(i, []).append(group)
+        mine = set(tids)
+        other = [t for m in earlier for t in m.ids if t not in mine]
+        if other or len(mine) > 1:
             x = tids[0]
-            y = _low(other) if other else _low(mask & ~bits[x])
+            y = min(other) if other else min(mine - {x})
             report("CLOBBER", f"{tname(x)} and {tname(y)}, both of stage {st}, write overlapping elements of "
                    f"{name} (around {name}[{a}:{e})) with nothing ordering them", (y, x), (name,))
-        req = need_r | need_w
-        if req:
-            for t in tids:
-                if reach[t] & req != req:
-                    _unordered_write(buf, key, t, _low(req & ~reach[t]), need_r, report, tname)
-                    break
+        req = need_r + need_w
+        bad = hb.unordered(tids, req)
+        if bad:
+            t = bad[0]
+            o = hb.first_unreached(t, req)
+            read = any(o in m.ids for m in need_r)
+            _unordered_write(buf, key, t, o, read, report, tname)
 
 
 def _no_writer(buf, key, r, report, tname) -> None:
@@ -412,9 +393,9 @@ def _unordered_read(buf, key, bad, wt, report, tname) -> None:
                f"{tname(wt)}{more}", (r, wt), (buf.name,))
 
 
-def _unordered_write(buf, key, t, o, need_r, report, tname) -> None:
+def _unordered_write(buf, key, t, o, read: bool, report, tname) -> None:
     rng = f"{buf.name}[{key[2]}:{key[3]})"
-    if need_r >> o & 1:
+    if read:
         msg = (f"{tname(t)} overwrites {rng} while {tname(o)} may still read the value there "
                f"(no happens-before path from {o} to {t})")
     else:

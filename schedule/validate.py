@@ -27,6 +27,7 @@ import numpy as np
 from . import hazards, param_buffers, tags_check
 from . import opcodes as oc
 from . import smem as block_smem
+from .clocks import HappensBefore
 from .errors import ArgumentError
 from .opcodes import Epilogue, Opcode
 from .program import BufferKind, Region
@@ -206,9 +207,9 @@ def _validate(program, target, rep: _Report) -> None:
         _guarded(rep, "deadlock", hazards.report_cycle, program, graph, rep.add, rep.tname)
         return
     if counters_ok:
-        reach = _guarded(rep, "happens-before", hazards.reach_sets, graph)
-        if reach is not None and per is not None:
-            _guarded(rep, "hazards", hazards.sweep, program, per, reach, rep.add, rep.tname)
+        hb = _guarded(rep, "happens-before", HappensBefore, graph, program.queues)
+        if hb is not None and per is not None:
+            _guarded(rep, "hazards", hazards.sweep, program, per, hb, rep.add, rep.tname)
 
 
 # ---- 1. structure -----------------------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""Happens-before as lane clocks: linear in the tasks, where ancestor bitsets grow with their square.
+
+Each task sits at one position of one lane: its SM queue (where it is queued first), or a lane of its own when
+it is on no queue. A task happens before the next task of its queue, so what happens before any node is, on each
+lane, a prefix of that lane: one integer a lane (the last position reached, -1 for none) says it all. A node's
+clock is the lane-wise maximum of its predecessors' clocks, with a task's own position set. Then task `w` happens
+before node `x` exactly when clock[x][lane(w)] >= pos(w).
+
+A join (hazards._join_edges) has no lane: its last task to arrive runs it. Node x follows join j when x follows
+one of the counters j reaches; x follows a counter when it follows one of the counter's waiters (a clock
+comparison against each lane's first waiter), or a join the counter feeds (the same question again, joins being
+few and their chains short). Memory: one int32 a node and lane (a 455,000-task program on 132 SMs: 240 MB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_CLOCK_BYTES = 4 << 30  # past this the program has tens of thousands of tasks on no queue (reported already)
+
+
+class ClockBudgetError(RuntimeError):
+    """The clocks would take more than MAX_CLOCK_BYTES: `lanes` lanes (SM queues and queueless tasks)."""
+
+    def __init__(self, nodes: int, lanes: int):
+        self.nodes, self.lanes = nodes, lanes
+        super().__init__(f"happens-before needs {nodes} x {lanes} lane clocks ({nodes * lanes * 4 >> 20} MiB): "
+                         f"{lanes} lanes, most of them tasks on no SM queue")
+
+
+@dataclass
+class Members:
+    """A set of accessors in the sweep's numbering (task ids, then n + j for join j), summarised for clock checks:
+    the highest position a lane holds among its tasks, and its joins apart."""
+
+    ids: list[int]
+    lanes: np.ndarray  # int64 [k]: the distinct lanes of its tasks
+    top: np.ndarray  # int32 [k]: the last position of its tasks on each of those lanes
+    joins: list[int] = field(default_factory=list)  # join indices j (sweep id n + j)
+
+
+_NO_LANES = np.zeros(0, np.int64)
+_NO_POS = np.zeros(0, np.int32)
+
+
+class HappensBefore:
+    """Lane clocks of an acyclic DepGraph (hazards.build_graph) and the questions the hazard sweep asks.
+    Raises ClockBudgetError when the clocks would pass MAX_CLOCK_BYTES."""
+
+    def __init__(self, graph, queues):
+        n = graph.n_tasks
+        self.n = n
+        nodes = len(graph.preds)
+        self.first_join = nodes - graph.n_joins
+        lane = np.full(n, -1, np.int64)
+        pos = np.full(n, -1, np.int32)
+        for sm, q in enumerate(queues):
+            k = 0
+            for tid in q:
+                if isinstance(tid, int) and 0 <= tid < n and lane[tid] < 0:
+                    lane[tid], pos[tid] = sm, k
+                    k += 1
+        lanes = len(queues)
+        for tid in np.nonzero(lane < 0)[0]:  # on no queue: a lane of its own
+            lane[tid], pos[tid] = lanes, 0
+            lanes += 1
+        if nodes * max(lanes, 1) * 4 > MAX_CLOCK_BYTES:
+            raise ClockBudgetError(nodes, lanes)
+        self.lane, self.pos, self.n_lanes = lane, pos, lanes
+        clock = np.full((nodes, max(lanes, 1)), -1, np.int32)
+        preds, qpreds = graph.preds, graph.qpreds
+        for v in graph.order:
+            ps = preds[v] + qpreds[v]
+            if len(ps) == 1:
+                clock[v] = clock[ps[0]]
+            elif ps:
+                clock[v] = clock[ps].max(axis=0)
+            if v < n:
+                clock[v, lane[v]] = max(clock[v, lane[v]], pos[v])
+        self.clock = clock
+        self._waiters, self._feeds, self._reaches = self._counter_edges(graph)
+
+    def _counter_edges(self, graph):
+        """Per counter node: (lanes, first waiter position on each) of the tasks that wait on it, and the join
+        nodes whose arrival counter it is; per join node, the counter nodes it reaches."""
+        n, first_join = self.n, self.first_join
+        waiters: dict[int, dict[int, int]] = {}
+        feeds: dict[int, list[int]] = {}
+        reaches: dict[int, list[int]] = {}
+        for v, ps in enumerate(graph.preds):
+            for p in ps:
+                if p < n:
+                    continue  # a signal edge: task -> counter
+                if v < n:  # counter -> its waiter
+                    first = waiters.setdefault(p, {})
+                    ln, ps_ = int(self.lane[v]), int(self.pos[v])
+                    if first.get(ln, ps_ + 1) > ps_:
+                        first[ln] = ps_
+                elif v >= first_join:  # arrival counter -> join
+                    feeds.setdefault(p, []).append(v)
+                else:  # join -> a counter all its tasks signal
+                    reaches.setdefault(p, []).append(v)
+        arrays = {c: (np.fromiter(d.keys(), np.int64, len(d)), np.fromiter(d.values(), np.int32, len(d)))
+                  for c, d in waiters.items()}
+        return arrays, feeds, reaches
+
+    def node(self, x: int) -> int:
+        """The graph node of sweep id `x` (a task id, or n + j for join j)."""
+        return x if x < self.n else self.first_join + (x - self.n)
+
+    def members(self, ids: list[int]) -> Members:
+        n = self.n
+        if len(ids) == 1:  # most access groups are one task
+            x = ids[0]
+            if x < n:
+                return Members(ids, self.lane[x:x + 1], self.pos[x:x + 1])
+            return Members(ids, _NO_LANES, _NO_POS, [x - n])
+        tasks = np.asarray([x for x in ids if x < n], np.int64)
+        joins = [x - n for x in ids if x >= n]
+        if not len(tasks):
+            return Members(ids, _NO_LANES, _NO_POS, joins)
+        lanes, tops = self.lane[tasks], self.pos[tasks]
+        order = np.lexsort((tops, lanes))
+        lanes, tops = lanes[order], tops[order]
+        last = np.ones(len(lanes), bool)  # the highest position of each lane comes last
+        last[:-1] = lanes[1:] != lanes[:-1]
+        return Members(ids, lanes[last], tops[last], joins)
+
+    def follows_join(self, v: int, j: int, seen: set | None = None) -> bool:
+        """Does graph node `v` happen after join j (or is it that join)?"""
+        jn = self.first_join + j
+        if v == jn:
+            return True
+        seen = set() if seen is None else seen
+        return any(self._follows_counter(v, c, seen) for c in self._reaches.get(jn, ()))
+
+    def _follows_counter(self, v: int, c: int, seen: set) -> bool:
+        if c in seen:
+            return False
+        seen.add(c)
+        w = self._waiters.get(c)
+        if w is not None and bool((self.clock[v, w[0]] >= w[1]).any()):
+            return True
+        return any(self.follows_join(v, jn - self.first_join, seen) for jn in self._feeds.get(c, ()))
+
+    def unordered(self, ids: list[int], required: list[Members]) -> list[int]:
+        """The ids among `ids` (sweep ids) that do not happen after every member of `required`, in order."""
+        if not required or not ids:
+            return []
+        if len(required) == 1:
+            lanes, need = required[0].lanes, required[0].top
+        else:
+            dense = np.full(self.clock.shape[1], -1, np.int32)
+            for m in required:
+                dense[m.lanes] = np.maximum(dense[m.lanes], m.top)
+            lanes = np.flatnonzero(dense >= 0)
+            need = dense[lanes]
+        if len(ids) == 1:
+            nodes = [self.node(ids[0])]
+            ok = [bool((self.clock[nodes[0], lanes] >= need).all())] if len(lanes) else [True]
+        else:
+            nodes = [self.node(x) for x in ids]
+            ok = (self.clock[np.asarray(nodes)[:, None], lanes] >= need).all(axis=1) if len(lanes) else \
+                [True] * len(ids)
+        joins = sorted({j for m in required for j in m.joins})
+        if not joins:
+            return [x for x, good in zip(ids, ok) if not good]
+        return [x for x, v, good in zip(ids, nodes, ok) if not good or any(not self.follows_join(v, j) for j in joins)]
+
+    def first_unreached(self, x: int, required: list[Members]) -> int:
+        """The lowest sweep id among `required`'s members that `x` does not happen after (-1: none)."""
+        v = self.node(x)
+        best = -1
+        for m in required:
+            for y in m.ids:
+                if best != -1 and y >= best:
+                    continue
+                if y < self.n:
+                    missed = self.clock[v, self.lane[y]] < self.pos[y]
+                else:
+                    missed = not self.follows_join(v, y - self.n)
+                if missed:
+                    best = y
+        return best
