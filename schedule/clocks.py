@@ -164,7 +164,7 @@ class HappensBefore:
             nodes = [self.node(x) for x in ids]
             ok = (self.clock[np.asarray(nodes)[:, None], lanes] >= need).all(axis=1) if len(lanes) else \
                 [True] * len(ids)
-        joins = sorted({j for m in required for j in m.joins})
+        joins = sorted({j for m in required for j in m.joins}) if any(m.joins for m in required) else []
         if not joins:
             return [x for x, good in zip(ids, ok) if not good]
         return [x for x, v, good in zip(ids, nodes, ok) if not good or any(not self.follows_join(v, j) for j in joins)]
