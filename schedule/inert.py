@@ -63,6 +63,9 @@ _UNPRICED_KNOBS = {
                          "stream, which they never do at the stand-in's bandwidth share"),
 }
 
+# ...of which these predict alike on a GPU target too (the page size's reason is the stand-in's bandwidth share)
+_PREDICTED_ALIKE = (*(k for k in _UNPRICED_KNOBS if k != "pipeline.page_kb"), *_NO_KERNEL_BUILD_KNOBS)
+
 
 # knob -> why it cannot act in an ATTN_DECODE task, and in the global softmax's scores and values tasks
 _PARTITION_TASK_KNOBS = {
@@ -143,13 +146,48 @@ def dtype_inert_reason(path: str, dtype: str | None) -> str | None:
     return None
 
 
-def unsearched_reason(path: str, target: GpuTarget | None) -> str | None:
+def unsearched_reason(path: str, target: GpuTarget | None, predicted: bool = False) -> str | None:
     """Why the search leaves the knob at `path` at its default on `target` although the knob acts there (an
-    inert knob is never searched either: target_inert_reason), or None."""
-    if target is not None and target.arch == "none" and path in STAND_IN_UNSEARCHED:
-        why = _STAND_IN_REASONS.get(path, "as hiding the weight stream under the waits, which an H200 measured slower")
+    inert knob is never searched either: target_inert_reason), or None. `predicted`: the run has no GPU, so a GPU
+    target's latencies are the cost model's too (priced_alike_reason)."""
+    if target is None or path not in STAND_IN_UNSEARCHED:
+        return None
+    why = _STAND_IN_REASONS.get(path, "as hiding the weight stream under the waits, which an H200 measured slower")
+    if target.arch == "none":
         return f"on {target.name}, a CPU stand-in, the cost model alone prices it {why}; set it by hand, or search it on a GPU"
+    if predicted:
+        return (f"with no GPU, {target.name}'s latency is predicted, and the cost model alone prices it {why}; "
+                "search it on a GPU")
     return None
+
+
+def priced_alike_reason(path: str, target: GpuTarget | None, predicted: bool) -> str | None:
+    """Why every value of the knob at `path` predicts the same latency for a GPU `target` when the run has no GPU
+    (`predicted`): the knob acts on the GPU, but the cost model (schedule/cost.py) does not price it. None where a
+    GPU measures it, or where `target` is the CPU stand-in, whose rules are target_inert_reason's."""
+    if not predicted or target is None or target.arch == "none" or path not in _PREDICTED_ALIKE:
+        return None
+    why = _UNPRICED_KNOBS.get(path, "the cost model does not model it")
+    return (f"with no GPU, {target.name}'s latency is predicted, the same for every value of it ({why}); "
+            "only a GPU measures it")
+
+
+def priced_alike_notes(config: ScheduleConfig, target: GpuTarget | None, predicted: bool,
+                       skip: set[str] = frozenset()) -> list[str]:
+    """A note for each knob `config` sets off its default whose values all predict alike on `target` with no GPU
+    (priced_alike_reason), save those in `skip` (already named as having no effect)."""
+    default = ScheduleConfig()
+    out = []
+    for path in _PREDICTED_ALIKE:
+        if path == "pipelining_depth":  # priced with pages; the prediction notes it itself where not (cost.py)
+            continue
+        value = get_path(config, path)
+        if path in skip or value == get_path(default, path):
+            continue
+        why = priced_alike_reason(path, target, predicted)
+        if why:
+            out.append(f"{path}={value_text(to_jsonable(value))} is not priced: {why}")
+    return out
 
 
 def with_derived(config: ScheduleConfig, derived: dict | None) -> ScheduleConfig:

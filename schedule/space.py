@@ -25,7 +25,14 @@ from .config import (
     with_value,
 )
 from .errors import ConfigError
-from .inert import dtype_inert_reason, inert_reason, target_inert_reason, unsearched_reason, with_derived
+from .inert import (
+    dtype_inert_reason,
+    inert_reason,
+    priced_alike_reason,
+    target_inert_reason,
+    unsearched_reason,
+    with_derived,
+)
 from .smem import max_dynamic_smem
 from .targets import GpuTarget, get_target
 
@@ -147,12 +154,14 @@ _HAND_EDITED = "a mapping edited by hand (which task kinds go to which SMs), nev
 
 
 def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtype: str | None = None,
-                 group: int | None = None) -> list[Knob]:
+                 group: int | None = None, predicted: bool = False) -> list[Knob]:
     """Every leaf knob of config dataclass `cls` (ScheduleConfig), in declaration order, with search values
     fitted to `target` and to a model of `dtype` ("fp32", "fp16", "bf16"; None: any): a knob no value of which
     acts on that dtype is unsearched, its reason given (inert.dtype_inert_reason). With the model's GQA `group`
     (q heads a KV head), attention.q_splits is searched over the group's divisors up to MAX_SEARCHED_Q_SPLITS (the
-    lowering refuses any other value), and left unsearched where only 1 is (one q head a KV head)."""
+    lowering refuses any other value), and left unsearched where only 1 is (one q head a KV head). `predicted`:
+    the run has no GPU, so a GPU target's latencies are predicted, and the knobs the cost model prices alike are
+    unsearched (inert.priced_alike_reason), as on the CPU stand-in."""
     tgt = get_target(target) if target is not None else None
     default = cls()
     knobs = []
@@ -165,7 +174,8 @@ def search_space(target: GpuTarget | str | None = None, cls=ScheduleConfig, dtyp
         if path == "attention.q_splits" and group is not None:
             search = tuple(s for s in range(1, min(group, MAX_SEARCHED_Q_SPLITS) + 1) if group % s == 0)
         unsearched = (_HAND_EDITED if kind == KnobType.OBJECT else None) or target_inert_reason(path, tgt) \
-            or dtype_inert_reason(path, dtype) or unsearched_reason(path, tgt) or _group_reason(path, search, group)
+            or dtype_inert_reason(path, dtype) or unsearched_reason(path, tgt, predicted) \
+            or priced_alike_reason(path, tgt, predicted) or _group_reason(path, search, group)
         if unsearched:
             search = ()
         knobs.append(Knob(path=path, type=kind, default=_json(get_path(default, path)) if kind != KnobType.OBJECT
@@ -184,9 +194,9 @@ def _group_reason(path: str, search: tuple, group: int | None) -> str | None:
             f"{MAX_SEARCHED_Q_SPLITS}, the most splits a run's search tries (set a larger one by hand)")
 
 
-def space_dicts(target: GpuTarget | str | None = None, dtype: str | None = None, group: int | None = None
-                ) -> list[dict]:
-    return [k.to_dict() for k in search_space(target, dtype=dtype, group=group)]
+def space_dicts(target: GpuTarget | str | None = None, dtype: str | None = None, group: int | None = None,
+                predicted: bool = False) -> list[dict]:
+    return [k.to_dict() for k in search_space(target, dtype=dtype, group=group, predicted=predicted)]
 
 
 def conflicts(config: ScheduleConfig) -> list[str]:

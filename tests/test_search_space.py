@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from amk.schedule import ScheduleConfig
+from amk.schedule.config import with_value
 from amk.schedule.space import conflicts, neighbours, random_config, search_space
 
 SPLIT2 = {"matvec": {"qkv": {"head_splits": 2}}}
@@ -115,3 +116,39 @@ def test_page_size_is_not_searched_where_no_pages_can_run():
         assert knob.search == () and "no bulk copies" in knob.unsearched
     (knob,) = [k for k in search_space("h200") if k.path == "pipeline.page_kb"]
     assert len(knob.search) > 1 and knob.unsearched is None
+
+
+def test_with_no_gpu_a_gpu_targets_knobs_the_cost_model_prices_alike_are_not_searched():
+    """A loop for a GPU target on a machine without one ranks predictions: a move the cost model prices alike
+    would only spend a trial on +0.00%, so those knobs are left alone, with why; each does predict alike."""
+    import amk
+    from amk.schedule.cost import predict
+    from amk.schedule.targets import get_target
+
+    measured = {k.path: k for k in search_space("h100-sxm")}
+    predicted = {k.path: k for k in search_space("h100-sxm", predicted=True)}
+    newly = {p for p, k in predicted.items() if k.unsearched and not measured[p].unsearched}
+    assert {"scratch", "attention.head_warps", "build.tagged_residual", "build.spin_backoff_ns",
+            "pipeline.pages"} <= newly
+    assert all("with no GPU" in predicted[p].unsearched and not predicted[p].search for p in newly)
+    target = get_target("h100-sxm")
+    model = amk.load_model("toy-2L", weights=False)
+    base = predict(amk.lower(model, target, max_seq=256), target).latency_us
+    for path in sorted(newly - {"pipeline.pages", "matvec.o.reduce"}):  # these two are priced, and distrusted
+        for value in measured[path].search:
+            cfg = with_value(ScheduleConfig(), path, value)
+            if path == "build.l2_prefetch_kb":
+                cfg = with_value(cfg, "pipelining_depth", 2)
+            assert predict(amk.lower(model, target, cfg, max_seq=256), target).latency_us == base, (path, value)
+
+
+def test_an_evaluate_with_no_gpu_says_which_knobs_its_prediction_does_not_price():
+    import amk
+
+    cfg = {"scratch": "none", "attention": {"head_warps": 1}}
+    notes = amk.evaluate("toy", "h100-sxm", cfg, device="cpu", cases="reduced")["notes"]
+    assert any(n.startswith("scratch=none is not priced: with no GPU") for n in notes), notes
+    assert any(n.startswith("attention.head_warps=1 is not priced") for n in notes), notes
+    # the stand-in says the same as an inert knob, once
+    notes = amk.evaluate("toy", "cpu-sim", {"scratch": "none"}, device="cpu", cases="reduced")["notes"]
+    assert [n.split(" ", 1)[0] for n in notes if n.startswith("scratch=")] == ["scratch=none"]

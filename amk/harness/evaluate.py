@@ -19,7 +19,7 @@ from amk.cache import Cache, CacheStorageError, default_cache, program_key
 from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig, SmAssignment
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
-from amk.schedule.inert import inert_knobs, program_inert_knobs
+from amk.schedule.inert import inert_knobs, priced_alike_notes, program_inert_knobs
 from amk.schedule.lower import check_rope_context
 from amk.schedule.opcodes import DTYPE_NAMES
 from amk.schedule.program import (
@@ -248,6 +248,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     inert = inert_knobs(cfg, target, v.derived)
     inert += program_inert_knobs(cfg, program, skip={k.path for k in inert})
     v.notes += [k.note() for k in inert]
+    v.notes += priced_alike_notes(cfg, target, dev != Device.CUDA, skip={k.path for k in inert})
     v.notes += _unused_explicit_kinds(cfg, program)
     if program.constants.max_seq > dims_model.dims.max_positions:
         v.notes.append(f"max_seq {program.constants.max_seq} is past the model's {dims_model.dims.max_positions} "

@@ -301,7 +301,8 @@ class _Run(Rounds):
         if incumbent is not None:
             seed_config = parse_config(incumbent)  # ConfigError names the field: a usage error
         # no knob that cannot act on its dtype, no q split its GQA group refuses
-        self.space = search_space(self.target, dtype=self.dtype, group=dims.group)
+        self.space = search_space(self.target, dtype=self.dtype, group=dims.group,
+                                  predicted=self.kind == LatencyKind.PREDICTED.value)
         self.rng = random.Random(seed)
         self.owner = owner_id()
         processes = default_processes(self.dev.value) if builders is None else max(0, int(builders))
