@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .errors import EnvironmentProblem, UnknownTargetError
+from .errors import ArgumentError, EnvironmentProblem, UnknownTargetError
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,16 @@ TARGETS: dict[str, GpuTarget] = {
 }
 
 
-def get_target(name: str | GpuTarget) -> GpuTarget:
+def get_target(name: str | GpuTarget, argument: str = "target") -> GpuTarget:
+    """The GpuTarget of a registered name (any case; "auto": the live GPU's), or `name` itself when it is one.
+    UnknownTargetError for a name not registered; ArgumentError naming `argument` for something that is neither a
+    name nor a GpuTarget (a number, a list), which no spelling fix would turn into one."""
     if isinstance(name, GpuTarget):
         return name
+    if not isinstance(name, str):
+        text = repr(name)
+        raise ArgumentError(argument, f"expected a GPU target name ({', '.join(sorted(TARGETS))}) or a GpuTarget, "
+                                      f"got {type(name).__name__} {text if len(text) <= 60 else text[:57] + '...'}")
     key = str(name).lower()
     if key == "auto":
         return detect_target()

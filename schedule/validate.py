@@ -31,7 +31,7 @@ from .clocks import HappensBefore
 from .errors import ArgumentError
 from .opcodes import Epilogue, Opcode
 from .program import BufferKind, Region
-from .targets import get_target
+from .targets import GpuTarget, get_target
 
 
 class IssueKind(str, Enum):
@@ -140,9 +140,9 @@ def validate(program, target=None, *, gpu_limits: bool = True) -> ValidationResu
     its name; None: the target the program was lowered for, named in its meta, and no check of a GPU's limits for a
     program that names none or one not registered; `gpu_limits=False`: no check of a GPU's limits at all, for a
     program built past them on purpose): `ok` and every issue found, at most MAX_ISSUES_PER_KIND a kind (the
-    rest counted in `suppressed`). Raises ArgumentError naming `program` for something that is no program at all (a
-    caller's mistake, not an issue of a program); otherwise never raises: a check that fails internally comes back
-    as an issue."""
+    rest counted in `suppressed`). Raises ArgumentError naming `program` for something that is no program at all,
+    or `target` for something that is no target name nor GpuTarget (a caller's mistake, not an issue of a program);
+    otherwise never raises: a name not registered is an issue, and so is a check that fails internally."""
     if not hasattr(program, "constants") or not hasattr(program, "tasks"):
         text = repr(program)
         raise ArgumentError("program", f"expected a program from amk.lower, got {type(program).__name__} "
@@ -151,6 +151,8 @@ def validate(program, target=None, *, gpu_limits: bool = True) -> ValidationResu
         target = None
     elif target is None:
         target = _lowered_for(program)
+    elif not isinstance(target, (str, GpuTarget)):
+        get_target(target)  # ArgumentError naming it: no name nor GpuTarget
     t0 = time.perf_counter()
     rep = _Report(program)
     gc_was = gc.isenabled()

@@ -213,6 +213,18 @@ def test_verify_refuses_a_program_lowered_for_another_model_or_dtype():
     assert amk.verify(amk.lower(model, "cpu-sim", max_seq=64), model, cases="smoke").passed
 
 
+@pytest.mark.parametrize("bad", [123, ["h100-sxm"], b"h200"])
+def test_a_target_that_is_no_name_nor_gpu_target_is_named_as_the_argument(bad):
+    model = amk.load_model("toy", weights=False)
+    prog = amk.lower(model, "cpu-sim", max_seq=64)
+    for call, argument in ((lambda: amk.lower(model, bad), "target"), (lambda: amk.validate(prog, bad), "target"),
+                           (lambda: amk.evaluate("toy", bad, {}, device="cpu"), "gpu"),
+                           (lambda: amk.propose("toy", bad), "gpu")):
+        with pytest.raises(amk.ArgumentError) as e:
+            call()
+        assert e.value.argument == argument and "expected a GPU target name" in str(e.value), str(e.value)
+
+
 def test_verify_refuses_a_program_the_validator_rejects():
     """A program past its target's limits runs on the ReferenceVM all the same: verify must not call it passed."""
     model = amk.load_model("toy")

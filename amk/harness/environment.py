@@ -151,4 +151,4 @@ def resolve_target(gpu):
         return gpu
     if gpu is None or str(gpu).lower() == "auto":
         return detect_target() if cuda_usable() else get_target(CPU_STAND_IN)
-    return get_target(gpu)
+    return get_target(gpu, argument="gpu")
