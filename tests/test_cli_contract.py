@@ -499,3 +499,15 @@ def test_an_answer_that_cannot_be_written_is_an_environment_error_not_a_correctn
     done = subprocess.run(["sh", "-c", cmd], capture_output=False, stderr=subprocess.PIPE, text=True, env=env,
                           cwd=tmp_path, timeout=120)
     assert done.returncode == 3 and "could not be written" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_more_kv_partitions_than_positions_is_noted():
+    def notes(parts: int) -> list[str]:
+        v = amk.evaluate("toy", "cpu-sim", {"attention": {"kv_partitions": parts}}, device="cpu", max_seq=32)
+        assert v["correct"]  # empty partitions are wasted work, not wrong answers
+        return [n for n in v["notes"] if n.startswith("attention.kv_partitions=")]
+
+    assert notes(48) == ["attention.kv_partitions=48 is more than the program's 32 positions (max_seq): at least 16 "
+                         "partitions of each KV head are empty at every step, and still run, signal and are combined; "
+                         "kv_partitions=32 gives every position one"]
+    assert notes(32) == []

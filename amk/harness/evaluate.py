@@ -258,6 +258,11 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     if cfg.matvec.qkv.heads_per_task > heads:
         v.notes.append(f"matvec.qkv.heads_per_task={cfg.matvec.qkv.heads_per_task} is more than the model's {heads} "
                        f"q/k/v heads: one QKV task takes them all, as heads_per_task={heads} would")
+    parts, positions = cfg.attention.kv_partitions, program.constants.max_seq
+    if parts is not None and parts > positions:  # the live length is split evenly: never more than one a partition
+        v.notes.append(f"attention.kv_partitions={parts} is more than the program's {positions} positions (max_seq): "
+                       f"at least {parts - positions} partitions of each KV head are empty at every step, and still "
+                       f"run, signal and are combined; kv_partitions={positions} gives every position one")
     return v, program
 
 
