@@ -84,3 +84,11 @@ def test_a_kv_cache_past_the_memory_stops_the_loop_before_any_trial(tmp_path):
         amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, max_seq=2**40)
     assert e.value.argument == "max_seq" and "GiB of KV cache" in str(e.value)
     assert not res.exists() and not cor.exists()
+
+
+def test_a_given_incumbent_gets_the_notes_evaluate_would_give_it():
+    given = {"pipeline": {"page_kb": 8}, "sm": {"explicit_map": {"attention": [0]}}}
+    notes = amk.propose("toy", "cpu-sim", incumbent=given, corpus=None)["notes"]
+    assert any(n.startswith("pipeline.page_kb=8 has no effect: with pipeline.pages=0") for n in notes), notes
+    assert any(n.startswith('sm.explicit_map={"attention":[0]} has no effect') for n in notes), notes
+    assert amk.propose("toy", "cpu-sim", incumbent={}, corpus=None)["notes"] == []

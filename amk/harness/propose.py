@@ -108,13 +108,16 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
         # a start no other command takes is no proposal (loop --config refuses it, evaluate rejects it)
         from .evaluate import build_program
 
-        v, program = build_program(model, target, cfg.to_dict(), "cpu", None if isinstance(model, Model)
+        # on this machine's device: with no GPU a GPU target's latencies are predictions, and the notes say so
+        v, program = build_program(model, target, cfg.to_dict(), "auto", None if isinstance(model, Model)
                                    else run_dtype, seq)
         if program is None:
             raise ArgumentError("incumbent", f"does not lower for {name} on {target.name}: {v.rejected_reason}")
     else:
         cfg, source, verdict = incumbent_config(name, target.name, corpus, run_dtype, context)
     notes = [] if source != "default" else [_why_default(name, target.name, corpus, run_dtype, context)]
+    if source == "given":  # what evaluate would say of it: knobs that cannot act, or that a prediction does not price
+        notes += v.notes
     out = {"model": name, "gpu": target.name, "dtype": run_dtype, "max_seq": seq, "context": context,
            "config": cfg.to_dict(), "schedule_id": cfg.schedule_id, "source": source,
            "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype, _group(model, run_dtype)),
