@@ -35,3 +35,17 @@ def test_a_plot_that_cannot_be_written_in_out_dir_is_a_usage_error_naming_it(cap
     (tmp_path / "report" / "search.png").mkdir(parents=True)
     code, out = cli_json(capsys, "report")
     assert code == 2 and out["error"].startswith("--out-dir 'report': search.png cannot be written there")
+
+
+def test_the_report_cuts_a_long_description_between_words():
+    from amk.harness.cmd_report import _text
+
+    desc = ("matvec.gate_up.rows_per_task=64 (was derived), attention.kv_partitions=16 (was 8), "
+            "build.loads_in_flight=8 (was 4): -1.234567% against the incumbent at 812.345 us")
+    out = {"trials": 1, "statuses": {"keep": 1}, "plots": [], "notes": [], "groups": [{
+        "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "max_seq": 64, "trials": 1, "kept": 1, "best": {},
+        "kept_trials": [{"trial": 1, "schedule_id": "abc123", "latency_us": 9.5, "description": desc}]}]}
+    line = next(ln for ln in _text(out).splitlines() if ln.startswith("  kept trial"))
+    shown = line.split(" 9.50 us ", 1)[1]
+    assert shown.endswith(" ...") and len(shown) <= 100
+    assert desc.startswith(shown[:-4]) and desc[len(shown) - 4] == " "  # a whole word before the cut

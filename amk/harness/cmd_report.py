@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from pathlib import Path
 
 from .commands import CommandResult, ExitCode, UsageError, counted
@@ -338,7 +339,9 @@ def _text(out: dict) -> str:
         for k in g["kept_trials"]:
             lat = k["latency_us"]
             shown = f"{lat:.2f} us" if isinstance(lat, int | float) else "-"  # as the best line writes it
-            lines.append(f"  kept trial {k['trial']:>4} {k['schedule_id']} {shown} {k['description'][:90]}")
+            # cut between words, never inside a number or a knob's name (the JSON form holds it whole)
+            desc = textwrap.shorten(k["description"] or "", 100, placeholder=" ...")
+            lines.append(f"  kept trial {k['trial']:>4} {k['schedule_id']} {shown} {desc}")
     c = out.get("corpus")
     if c:
         lines.append(f"corpus: {c['entries']} tuning records ({c['kept']} kept) on {', '.join(c['gpus']) or '-'}")
