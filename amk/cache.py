@@ -105,6 +105,26 @@ def check_root(root: Path) -> None:
             raise CacheDirError(root, "not a directory, where the cache keeps its entries", root / kind)
 
 
+def root_problem(root: Path) -> str | None:
+    """Why `root` could not hold the cache, found without creating anything (amk doctor), or None: it is a
+    writable directory (its entry folders directories where present), or it is missing below a writable one."""
+    if root.exists():
+        if not root.is_dir():
+            return "not a directory"
+        if not os.access(root, os.W_OK | os.X_OK):
+            return "not writable"
+        bad = [kind for kind in KINDS if (root / kind).exists() and not (root / kind).is_dir()]
+        return f"{root / bad[0]} is not a directory, where the cache keeps its entries" if bad else None
+    parent = root.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable"
+    return None
+
+
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown cache kind {kind!r}; expected one of {', '.join(KINDS)}")

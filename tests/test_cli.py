@@ -42,6 +42,19 @@ def test_info_commands(capsys, tmp_path):
     assert obj["schema_path"].endswith("schedule_config.schema.json")
 
 
+def test_doctor_names_a_cache_directory_no_verb_could_use(capsys, monkeypatch, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    for root, why in ((tmp_path / "a_file", "not a directory"),
+                      (tmp_path / "a_file" / "cache", f"cannot be created: {tmp_path / 'a_file'} is not a directory")):
+        monkeypatch.setenv("AMK_CACHE_DIR", str(root))
+        code, obj = run(capsys, "doctor")
+        assert code == 3 and obj["problems"] == [f"AMK_CACHE_DIR: {root}: {why} (set by AMK_CACHE_DIR); point "
+                                                 "AMK_CACHE_DIR at a writable directory"], obj["problems"]
+    monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "new" / "cache"))
+    code, obj = run(capsys, "doctor")
+    assert code == 0 and not obj["problems"] and not (tmp_path / "new").exists()  # a report: nothing is created
+
+
 def test_evaluate_exit_codes(capsys, monkeypatch, tmp_path):
     code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--config", "{}")
     assert code == 0 and v["correct"] and v["latency_kind"] == "predicted"

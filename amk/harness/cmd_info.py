@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from collections import Counter
 
@@ -24,7 +25,7 @@ def _version(module: str) -> str | None:
 
 
 def doctor(args) -> CommandResult:
-    from amk.cache import default_root
+    from amk.cache import default_root, root_problem
 
     from .environment import cuda_usable, git_commit
 
@@ -64,6 +65,11 @@ def doctor(args) -> CommandResult:
     for need in ("torch", "transformers"):
         if info[need] is None:
             problems.append(f"{need} is not installed")
+    why = root_problem(default_root())
+    if why:  # every verb that lowers would refuse it (CacheDirError): say so before a run does
+        source = "set by AMK_CACHE_DIR" if os.environ.get("AMK_CACHE_DIR") else "the default: AMK_CACHE_DIR unset"
+        problems.append(f"AMK_CACHE_DIR: {default_root()}: {why} ({source}); point AMK_CACHE_DIR at a writable "
+                        "directory")
     info["problems"] = problems
     target = info.get("detected_target")
     shown = {**info, "detected_target": (f"{target['name']} ({target['sm_count']} SMs, {target['arch']})"
