@@ -483,7 +483,8 @@ class Cache:
     def clear(self, kind: str | None = None) -> int:
         """Remove every entry (of `kind`); returns how many. An entry the system refuses to remove (a read-only
         directory, a directory where a file should be) does not stop the others: the rest are removed first,
-        then EnvironmentProblem names the count left and the first refusal."""
+        then EnvironmentProblem names the files left (entries, or the labels of entries removed) and the first
+        refusal."""
         removed = 0
         refused: list[tuple[Path, OSError]] = []
         with self._lock:
@@ -492,12 +493,17 @@ class Cache:
         for _, p in list(self._files(kind)):
             try:
                 p.unlink()
-                removed += 1
-                p.with_suffix(".label.json").unlink(missing_ok=True)
             except FileNotFoundError:  # a concurrent clear() took it
-                pass
+                continue
             except OSError as e:
                 refused.append((p, e))
+                continue
+            removed += 1  # the entry is gone; a label left behind is refused on its own, never counted twice
+            label = p.with_suffix(".label.json")
+            try:
+                label.unlink(missing_ok=True)
+            except OSError as e:
+                refused.append((label, e))
         for k in KINDS if kind is None else (kind,):  # labels left without their entry (an older version's discard)
             for label in (self.root / k).glob("??/*.label.json"):
                 if not label.with_name(label.name.removesuffix(".label.json") + ".bin").exists():
@@ -507,7 +513,7 @@ class Cache:
             path, e = refused[0]
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
             raise EnvironmentProblem(f"cache clear removed {removed} entries from {self.root} but could not remove "
-                                     f"{len(refused)}: {path}: {e.strerror or e}{more}")
+                                     f"{len(refused)} file{'s' if len(refused) != 1 else ''}: {path}: {e.strerror or e}{more}")
         return removed
 
     def stats(self) -> dict[str, dict[str, int]]:

@@ -376,9 +376,23 @@ def test_clear_removes_what_it_can_then_names_what_it_could_not(tmp_path):
     c.put("reference", K, b"r")
     stuck = tmp_path / "program" / "zz" / "dir.bin"  # a directory where an entry file should be: unlink refuses it
     stuck.mkdir(parents=True)
-    with pytest.raises(EnvironmentProblem, match=r"removed 2 entries .* could not remove 1: .*dir\.bin"):
+    with pytest.raises(EnvironmentProblem, match=r"removed 2 entries .* could not remove 1 file: .*dir\.bin"):
         c.clear()
     assert [r["kind"] for r in c.ls()] == ["program"]  # the kernel and the reference entries went first
+
+
+def test_clear_counts_an_entry_whose_label_stays_once(tmp_path):
+    from amk.schedule.errors import EnvironmentProblem
+
+    c = Cache(tmp_path)
+    c.put("kernel", K, b"k")
+    entry = Path(c.ls("kernel")[0]["path"])
+    label = entry.with_suffix(".label.json")
+    (label / "held").mkdir(parents=True, exist_ok=True)  # a directory where its label file should be
+    with pytest.raises(EnvironmentProblem) as e:
+        c.clear()
+    assert "removed 1 entries" in str(e.value) and "could not remove 1 file: " in str(e.value), str(e.value)
+    assert str(label) in str(e.value) and not entry.exists() and c.ls() == []
 
 
 def test_stats_and_last_run_stats(tmp_path):
