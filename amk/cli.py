@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed decode steps per case (GPU; default 200)")
     p.add_argument("--peers", action="store_true", help="time the peers for the speed-ups (GPU only)")
     p.add_argument("--peer", default="torch_static_cuda_graph", choices=PEERS, help="the peer the speed-up is against")
+    p.add_argument("--corpus", default=None,
+                   help="on a CPU, predict with the cost model calibrated from this corpus when it has measured rows, "
+                        "as evaluate does (default: ./corpus.jsonl when present; a file named here must exist)")
     p = add("generate", "greedy generation through the megakernel (the ReferenceVM without a GPU)")
     p.add_argument("--model", required=True, help="built-in model name or checkpoint directory (one with a "
                                                   "tokenizer for --prompt text)")
@@ -324,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 DEFAULT_CORPUS = "corpus.jsonl"
 # commands that only read the tuning records, and say nothing of a corpus that is not there (report notes it)
-READS_CORPUS = frozenset({"propose", "evaluate"})
+READS_CORPUS = frozenset({"propose", "evaluate", "bench"})
 
 
 def _resolve_corpus(args) -> None:

@@ -117,6 +117,28 @@ def test_verify_then_bench(capsys, monkeypatch, tmp_path):
     assert code == 2 and "FAILED" in b["error"]
 
 
+def test_bench_on_a_cpu_predicts_with_the_corpus_evaluate_would_read(capsys, monkeypatch, tmp_path):
+    import amk.harness.calibration as calibration
+    from amk.harness.calibration import Calibration
+    from amk.schedule.cost import CostCoefficients
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("")
+    fitted = Calibration(CostCoefficients(mem_scale=3.0, task_overhead_us=2.0), 7, None, corpus=str(corpus))
+    seen = []
+    monkeypatch.setattr(calibration, "calibrate_file", lambda c, gpu: seen.append(c) or fitted)
+    monkeypatch.setattr("amk.harness.evaluate.calibrate_file", calibration.calibrate_file)
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--verify-not-required", "--contexts", "301",
+                  "--corpus", str(corpus))
+    code_e, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--corpus", str(corpus))
+    assert code == code_e == 0 and seen == [str(corpus)] * 2
+    assert b["cases"][0]["latency_us"] == v["predicted_latency_us"]  # evaluate predicts at a context of 301
+    assert fitted.note("cpu-sim") in b["notes"]
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--verify-not-required",
+                  "--corpus", str(tmp_path / "none.jsonl"))
+    assert code == 2 and "--corpus" in b["error"]
+
+
 def test_bench_takes_a_verify_of_the_same_model_and_weights_only(capsys, tmp_path):
     """The program fingerprint leaves the weights out: a verify of one checkpoint does not verify another of its
     shape, the same checkpoint saved again with other weights, another dtype, or a built-in of the same name."""

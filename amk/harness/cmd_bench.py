@@ -98,6 +98,10 @@ DEFAULT_STEPS = 200  # timed decode steps a case on the GPU (--steps)
 def bench(args) -> CommandResult:
     from amk.harness.evaluate import build_program
 
+    from .arguments import check_corpus
+
+    check_corpus(args.corpus)  # a named file that is no corpus: refused before the program is built
+
     v, program = build_program(args.model, args.gpu, read_config_arg(args.config), args.device, args.dtype,
                                args.max_seq)
     if program is None:
@@ -116,7 +120,7 @@ def bench(args) -> CommandResult:
     if v.device == "cuda":
         cases, code = _bench_cuda(v, program, contexts, args, notes, steps)
     else:
-        cases, code = _bench_cpu(v, program, contexts, notes, args.gpu, args.steps), ExitCode.OK
+        cases, code = _bench_cpu(v, program, contexts, notes, args.gpu, args.steps, args.corpus), ExitCode.OK
     geo, excluded = geomean_speedups(cases)
     out = {"program_fingerprint": v.program_fingerprint, "schedule_id": v.schedule_id, "model": v.model,
            "gpu": v.gpu, "device": v.device, "dtype": v.dtype, "verified": why is None, "cases": cases,
@@ -140,19 +144,19 @@ def _fit_contexts(contexts: list[int], limit: int, max_seq: int, notes: list[str
     return out
 
 
-def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu, steps: int | None = None) -> list[dict]:
+def _bench_cpu(v, program, contexts: list[int], notes: list[str], gpu, steps: int | None = None,
+               corpus: str | None = None) -> list[dict]:
     from amk.schedule.cost import predict
 
     from .calibration import calibrate_file
     from .environment import resolve_target
 
     target = resolve_target(gpu)
-
-    coef = calibrate_file(None, v.gpu).coefficients
-    notes.append(f"CPU: every latency is PREDICTED by the cost model for {v.gpu}, not measured, with its own "
-                 "coefficients, not fitted to a corpus (evaluate and loop fit them to a corpus's measured rows where "
-                 "it holds some, so their predictions may differ); peak GPU memory is not measured on a CPU; no peer "
-                 "runs, so speed-ups are missing")
+    calib = calibrate_file(corpus, v.gpu)  # as evaluate's: the same corpus gives the same coefficients
+    coef = calib.coefficients
+    notes.append(f"CPU: every latency is PREDICTED by the cost model for {v.gpu}, not measured; peak GPU memory is "
+                 "not measured on a CPU; no peer runs, so speed-ups are missing")
+    notes.append(calib.note(v.gpu))
     if steps is not None:  # the cost model prices one step: a count of timed steps has nothing to time
         notes.append(f"--steps {steps} has no effect: a predicted latency times no steps")
     cases = []
