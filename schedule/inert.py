@@ -316,6 +316,26 @@ def taken_as_derived(config: ScheduleConfig, program: MegakernelProgram) -> list
     return ["attention.head_warps"] if built == _head_warps_of(program)[2] else []
 
 
+def derived_alike(config: ScheduleConfig, program: MegakernelProgram, dims, target: GpuTarget,
+                  skip: set[str] = frozenset()) -> list[tuple[str, object]]:
+    """(path, value) of each knob `config` sets to the very value the lowering would derive for it were it null
+    under the rest of `config` (autotile.resolve, for `program`'s dtype and positions), save those in `skip`:
+    the program is the one null gives, and a null would go on following the shape where this value does not."""
+    from .autotile import resolve  # here: autotile imports tile, which imports this module
+
+    nbytes, seq = DType(program.constants.dtype).nbytes, program.constants.max_seq
+    default = ScheduleConfig()
+    out = []
+    for path, _, _ in iter_knobs(ScheduleConfig):
+        value = get_path(config, path)
+        if path in skip or value is None or get_path(default, path) is not None:  # derived knobs default to null
+            continue
+        _, values = resolve(with_value(config, path, None), dims, nbytes, target, seq)
+        if path in values and values[path] == to_jsonable(value):
+            out.append((path, to_jsonable(value)))
+    return out
+
+
 def _placement(program: MegakernelProgram, sm: SmConfig) -> list[int]:
     """The SM of each task of `program` under assignment `sm` (the program itself is left as it is)."""
     tasks = [dataclasses.replace(t) for t in program.tasks]

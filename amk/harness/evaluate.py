@@ -17,9 +17,9 @@ import traceback
 
 from amk.cache import Cache, CacheStorageError, default_cache, program_key
 from amk.progress import bar, status
-from amk.schedule.config import ScheduleConfig, SmAssignment
+from amk.schedule.config import ScheduleConfig, SmAssignment, value_text
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
-from amk.schedule.inert import inert_knobs, priced_alike_notes, program_inert_knobs
+from amk.schedule.inert import derived_alike, inert_knobs, priced_alike_notes, program_inert_knobs
 from amk.schedule.lower import check_rope_context
 from amk.schedule.opcodes import DTYPE_NAMES
 from amk.schedule.program import (
@@ -249,6 +249,9 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     inert += program_inert_knobs(cfg, program, skip={k.path for k in inert})
     v.notes += [k.note() for k in inert]
     v.notes += priced_alike_notes(cfg, target, dev != Device.CUDA, skip={k.path for k in inert})
+    v.notes += [f"{path}={value_text(value)} is the value the lowering derives for null here: the program is the one "
+                f"null gives, and null would follow the model's shape and the GPU where {value_text(value)} stays put"
+                for path, value in derived_alike(cfg, program, dims_model.dims, target, skip={k.path for k in inert})]
     v.notes += _unused_explicit_kinds(cfg, program)
     if program.constants.max_seq > dims_model.dims.max_positions:
         v.notes.append(f"max_seq {program.constants.max_seq} is past the model's {dims_model.dims.max_positions} "
