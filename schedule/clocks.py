@@ -18,16 +18,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MAX_CLOCK_BYTES = 4 << 30  # past this the program has tens of thousands of tasks on no queue (reported already)
+from .program import is_task_id
+
+MAX_CLOCK_BYTES = 1 << 30  # 1 GiB: a program of 2 million tasks on 132 SMs
+MAX_QUEUELESS = 64  # tasks on no queue that get a lane each; more and the sweep does not run
 
 
 class ClockBudgetError(RuntimeError):
-    """The clocks would take more than MAX_CLOCK_BYTES: `lanes` lanes (SM queues and queueless tasks)."""
+    """Lane clocks cannot be built within budget: more than MAX_QUEUELESS tasks on no SM queue (each would need a
+    lane of its own; the structure check names them), or a clock matrix past MAX_CLOCK_BYTES."""
 
-    def __init__(self, nodes: int, lanes: int):
-        self.nodes, self.lanes = nodes, lanes
-        super().__init__(f"happens-before needs {nodes} x {lanes} lane clocks ({nodes * lanes * 4 >> 20} MiB): "
-                         f"{lanes} lanes, most of them tasks on no SM queue")
+    def __init__(self, message: str):
+        super().__init__(message)
 
 
 @dataclass
@@ -59,15 +61,20 @@ class HappensBefore:
         for sm, q in enumerate(queues):
             k = 0
             for tid in q:
-                if isinstance(tid, int) and 0 <= tid < n and lane[tid] < 0:
+                if is_task_id(tid, n) and lane[tid] < 0:
                     lane[tid], pos[tid] = sm, k
                     k += 1
         lanes = len(queues)
-        for tid in np.nonzero(lane < 0)[0]:  # on no queue: a lane of its own
+        queueless = np.nonzero(lane < 0)[0]
+        if len(queueless) > MAX_QUEUELESS:
+            raise ClockBudgetError(f"{len(queueless)} tasks are on no SM queue, more than the {MAX_QUEUELESS} "
+                                   "the hazard sweep orders on lanes of their own")
+        for tid in queueless:  # on no queue: a lane of its own
             lane[tid], pos[tid] = lanes, 0
             lanes += 1
         if nodes * max(lanes, 1) * 4 > MAX_CLOCK_BYTES:
-            raise ClockBudgetError(nodes, lanes)
+            raise ClockBudgetError(f"{nodes} nodes on {lanes} SM queues take {nodes * lanes * 4 >> 20} MiB of lane "
+                                   f"clocks, past the {MAX_CLOCK_BYTES >> 20} MiB the hazard sweep allows itself")
         self.lane, self.pos, self.n_lanes = lane, pos, lanes
         clock = np.full((nodes, max(lanes, 1)), -1, np.int32)
         preds, qpreds = graph.preds, graph.qpreds

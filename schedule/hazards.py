@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .clocks import HappensBefore, Members
 from .opcodes import NO_BUFFER
-from .program import BufferKind
+from .program import BufferKind, is_task_id
 
 HAZARD_KINDS = (BufferKind.SCRATCH, BufferKind.ARENA, BufferKind.IO, BufferKind.KV)
 
@@ -51,7 +51,7 @@ def build_graph(program) -> DepGraph:
     for sm, q in enumerate(program.queues):
         prev = None
         for tid in q:
-            if not (isinstance(tid, int) and 0 <= tid < n):
+            if not is_task_id(tid, n):
                 continue
             if prev is not None:
                 qpreds[tid].append(prev)

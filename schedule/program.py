@@ -60,6 +60,12 @@ def gc_paused():
                 gc.enable()
 
 
+def is_task_id(x, n: int) -> bool:
+    """Whether `x` names one of `n` tasks: an int in [0, n), never a bool (True is an int to Python, and would
+    index task 1 unannounced)."""
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < n
+
+
 class BufferKind(str, Enum):
     WEIGHT = "weight"  # read-only model parameters and tables
     SCRATCH = "scratch"  # activations; written before read inside one step

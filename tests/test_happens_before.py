@@ -94,3 +94,25 @@ def test_the_hazard_sweep_is_linear_in_memory():
         tracemalloc.stop()
     assert found == []
     assert peak < 80 << 20, f"{peak >> 20} MiB"
+
+
+def test_tasks_on_no_queue_get_lanes_up_to_a_bound_then_the_sweep_says_it_did_not_run():
+    from amk.schedule.clocks import MAX_QUEUELESS
+    from amk.schedule.validate import IssueKind
+
+    base = amk.lower(amk.load_model("toy-2L", weights=False), "cpu-sim", max_seq=32)
+    few = clone(base)
+    dropped = few.queues[0][-2:]
+    del few.queues[0][-2:]
+    kinds = {(i.kind, i.message.split(":")[0]) for i in amk.validate(few).issues}
+    assert all(k == IssueKind.ABI for k, _ in kinds) and not any("did not run" in m for _, m in kinds)
+    assert {t for i in amk.validate(few).issues for t in i.tasks} >= set(dropped)
+    _check_against_walk(few)  # their own lanes keep the clocks exact
+    many = clone(base)
+    for q in many.queues:
+        del q[:]
+    assert len(many.tasks) > MAX_QUEUELESS
+    messages = [i.message for i in amk.validate(many).issues if i.kind != IssueKind.INTERNAL]
+    assert any(m.startswith(f"the data-hazard sweep did not run: {len(many.tasks)} tasks are on no SM queue")
+               for m in messages), messages[-3:]
+    assert not [i for i in amk.validate(many).issues if i.kind == IssueKind.INTERNAL]
