@@ -106,22 +106,29 @@ def check_root(root: Path) -> None:
 
 
 def root_problem(root: Path) -> str | None:
-    """Why `root` could not hold the cache, found without creating anything (amk doctor), or None: it is a
-    writable directory (its entry folders directories where present), or it is missing below a writable one."""
+    """Why `root` could not hold the cache, or None: it is a directory (its entry folders directories where
+    present), or it is missing below one, where a file can be made. Found by making and removing a probe file in
+    it (or in the nearest directory that exists), never by creating the root: the access bits pass root on a
+    read-only mount or /proc."""
+    where = root
     if root.exists():
         if not root.is_dir():
             return "not a directory"
-        if not os.access(root, os.W_OK | os.X_OK):
-            return "not writable"
         bad = [kind for kind in KINDS if (root / kind).exists() and not (root / kind).is_dir()]
-        return f"{root / bad[0]} is not a directory, where the cache keeps its entries" if bad else None
-    parent = root.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot be created: {parent} is not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot be created: {parent} is not writable"
+        if bad:
+            return f"{root / bad[0]} is not a directory, where the cache keeps its entries"
+    else:
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            return f"cannot be created: {where} is not a directory"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".amk-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return ("not writable" if where == root else f"cannot be created: {where} is not writable") + \
+            f" ({e.strerror or e})"
     return None
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
@@ -50,6 +51,10 @@ def test_doctor_names_a_cache_directory_no_verb_could_use(capsys, monkeypatch, t
         code, obj = run(capsys, "doctor")
         assert code == 3 and obj["problems"] == [f"AMK_CACHE_DIR: {root}: {why} (set by AMK_CACHE_DIR); point "
                                                  "AMK_CACHE_DIR at a writable directory"], obj["problems"]
+    if Path("/proc/self").is_dir():  # the access bits pass root there; only a probe file tells
+        monkeypatch.setenv("AMK_CACHE_DIR", "/proc/amk-cache")
+        code, obj = run(capsys, "doctor")
+        assert code == 3 and obj["problems"][0].startswith("AMK_CACHE_DIR: /proc/amk-cache: cannot be created: /proc")
     monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "new" / "cache"))
     code, obj = run(capsys, "doctor")
     assert code == 0 and not obj["problems"] and not (tmp_path / "new").exists()  # a report: nothing is created

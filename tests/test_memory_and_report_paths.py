@@ -49,3 +49,15 @@ def test_the_report_cuts_a_long_description_between_words():
     shown = line.split(" 9.50 us ", 1)[1]
     assert shown.endswith(" ...") and len(shown) <= 100
     assert desc.startswith(shown[:-4]) and desc[len(shown) - 4] == " "  # a whole word before the cut
+
+
+def test_the_report_cuts_a_description_of_one_long_word_inside_it():
+    from amk.harness.cmd_report import _text
+
+    desc = 'sm.explicit_map={"attention":[' + ",".join(map(str, range(40))) + "]}: -1.2% against the incumbent"
+    out = {"trials": 1, "statuses": {"keep": 1}, "plots": [], "notes": [], "groups": [{
+        "model": "toy", "gpu": "cpu-sim", "dtype": "fp32", "max_seq": 64, "trials": 1, "kept": 1, "best": {},
+        "kept_trials": [{"trial": 1, "schedule_id": "abc123", "latency_us": 9.5, "description": desc}]}]}
+    line = next(ln for ln in _text(out).splitlines() if ln.startswith("  kept trial"))
+    shown = line.split(" 9.50 us ", 1)[1]
+    assert shown == desc[:96] + " ..."

@@ -152,3 +152,13 @@ def test_an_evaluate_with_no_gpu_says_which_knobs_its_prediction_does_not_price(
     # the stand-in says the same as an inert knob, once
     notes = amk.evaluate("toy", "cpu-sim", {"scratch": "none"}, device="cpu", cases="reduced")["notes"]
     assert [n.split(" ", 1)[0] for n in notes if n.startswith("scratch=")] == ["scratch=none"]
+
+
+def test_propose_shows_the_space_a_loop_on_this_machine_searches(monkeypatch):
+    import amk.harness.propose as propose_mod
+
+    for usable in (False, True):
+        monkeypatch.setattr(propose_mod, "cuda_usable", lambda usable=usable: usable)
+        space = {k["path"]: k for k in propose_mod.propose("toy", "h100-sxm", corpus=None)["search_space"]}
+        assert (space["scratch"]["search"] == []) is not usable
+        assert ("with no GPU" in (space["scratch"].get("unsearched") or "")) is not usable

@@ -340,7 +340,10 @@ def _text(out: dict) -> str:
             lat = k["latency_us"]
             shown = f"{lat:.2f} us" if isinstance(lat, int | float) else "-"  # as the best line writes it
             # cut between words, never inside a number or a knob's name (the JSON form holds it whole)
-            desc = textwrap.shorten(k["description"] or "", 100, placeholder=" ...")
+            whole = " ".join((k["description"] or "").split())
+            desc = textwrap.shorten(whole, 100, placeholder=" ...")
+            if desc == "...":  # a first word past the width: cut it, as nothing else would show
+                desc = whole[:96] + " ..."
             lines.append(f"  kept trial {k['trial']:>4} {k['schedule_id']} {shown} {desc}")
     c = out.get("corpus")
     if c:

@@ -13,7 +13,7 @@ from amk.schedule.errors import ArgumentError
 from amk.schedule.space import space_dicts
 
 from .arguments import check_corpus, check_max_seq
-from .environment import Device, get_model, resolve_target
+from .environment import Device, cuda_usable, get_model, resolve_target
 from .schema import schema_path
 from .verdict import parse_config
 
@@ -120,7 +120,8 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
         notes += v.notes
     out = {"model": name, "gpu": target.name, "dtype": run_dtype, "max_seq": seq, "context": context,
            "config": cfg.to_dict(), "schedule_id": cfg.schedule_id, "source": source,
-           "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype, _group(model, run_dtype)),
+           "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype, _group(model, run_dtype),
+                                                              predicted=not cuda_usable()),
            "derived": derived_tiling(model, target, cfg, run_dtype, seq), "notes": notes}
     if verdict is not None:
         out["incumbent_latency_us"] = verdict.get("latency_us")
