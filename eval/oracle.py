@@ -157,6 +157,8 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
                             + (" loaded with weights=False" if hasattr(model, "dims") else ""))
     _check_lowered_for(program, model)
     device = _check_machine(device, vm, seed, runner)
+    if not isinstance(validated, bool):  # a truthy string would skip the validator unasked
+        raise ArgumentError("validated", f"expected True or False, got {_short(validated)}")
     if not validated:
         _check_valid(program)
     max_seq = program.constants.max_seq

@@ -20,16 +20,13 @@ import numpy as np
 
 from .program import is_task_id
 
-MAX_CLOCK_BYTES = 1 << 30  # 1 GiB: a program of 2 million tasks on 132 SMs
+MAX_CLOCK_BYTES = 1 << 30  # 1 GiB: about 2 million nodes (tasks, counters, joins) on 132 SMs
 MAX_QUEUELESS = 64  # tasks on no queue that get a lane each; more and the sweep does not run
 
 
 class ClockBudgetError(RuntimeError):
     """Lane clocks cannot be built within budget: more than MAX_QUEUELESS tasks on no SM queue (each would need a
     lane of its own; the structure check names them), or a clock matrix past MAX_CLOCK_BYTES."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
 
 
 @dataclass
@@ -49,7 +46,7 @@ _NO_POS = np.zeros(0, np.int32)
 
 class HappensBefore:
     """Lane clocks of an acyclic DepGraph (hazards.build_graph) and the questions the hazard sweep asks.
-    Raises ClockBudgetError when the clocks would pass MAX_CLOCK_BYTES."""
+    Raises ClockBudgetError past MAX_QUEUELESS tasks on no queue or MAX_CLOCK_BYTES of clocks."""
 
     def __init__(self, graph, queues):
         n = graph.n_tasks

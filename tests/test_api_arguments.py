@@ -237,6 +237,9 @@ def test_verify_refuses_a_program_the_validator_rejects():
         assert "does not validate" in str(e.value) and words in str(e.value), str(e.value)
     # the harness validates once and says so: the VM then runs what it is given
     assert amk.verify(prog, model, cases="smoke", validated=True).passed
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.verify(prog, model, cases="smoke", validated="yes")
+    assert e.value.argument == "validated"
 
 
 @pytest.mark.parametrize("bad", [None, 5, ["toy"], b"toy"])
