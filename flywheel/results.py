@@ -127,6 +127,12 @@ class ResultRow:
         return [_cell(getattr(self, name)) for name in columns]
 
 
+def cell_rewrites(text: str) -> bool:
+    """Whether a results.tsv cell would hold `text` spelled otherwise (a tab, a line break or another control
+    character written as a space), so that a row could not name it again."""
+    return _cell(text) != text
+
+
 def _cell(v) -> str:
     if v is None:
         return ""

@@ -248,10 +248,11 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     inert = inert_knobs(cfg, target, v.derived)
     inert += program_inert_knobs(cfg, program, skip={k.path for k in inert})
     v.notes += [k.note() for k in inert]
-    v.notes += priced_alike_notes(cfg, target, dev != Device.CUDA, skip={k.path for k in inert})
+    named = {k.path for k in inert}  # a knob that cannot act needs no second note
+    v.notes += priced_alike_notes(cfg, target, dev != Device.CUDA, skip=named)
     v.notes += [f"{path}={value_text(value)} is the value the lowering derives for null here: the program is the one "
                 f"null gives, and null would follow the model's shape and the GPU where {value_text(value)} stays put"
-                for path, value in derived_alike(cfg, program, dims_model.dims, target, skip={k.path for k in inert})]
+                for path, value in derived_alike(cfg, program, dims_model.dims, target, skip=named)]
     v.notes += _unused_explicit_kinds(cfg, program)
     if program.constants.max_seq > dims_model.dims.max_positions:
         v.notes.append(f"max_seq {program.constants.max_seq} is past the model's {dims_model.dims.max_positions} "

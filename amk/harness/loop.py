@@ -58,6 +58,7 @@ from amk.flywheel.results import (
     Status,
     TrialNumbersExhausted,
     append_result,
+    cell_rewrites,
     next_trial,
     read_rows,
 )
@@ -227,11 +228,6 @@ def _check_writable(path: Path, argument: str) -> None:
                         argument=argument)
 
 
-def _cell_breaking(text: str) -> bool:
-    """Whether `text` holds a character that a results.tsv cell writes as a space (flywheel/results.py)."""
-    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
-
-
 class _Run(Rounds):
     def __init__(self, model, gpu, budget, minutes, seed, device, results, corpus, resume, max_reverts, progress,
                  cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
@@ -240,7 +236,7 @@ class _Run(Rounds):
 
         self.t0 = time.monotonic()
         self.model, self.target, self.name = model, resolve_target(gpu), model_name(model)
-        if _cell_breaking(self.name):  # results.tsv would hold it spelled otherwise, and a resume never match it
+        if cell_rewrites(self.name):  # results.tsv would hold it spelled otherwise, and a resume never match it
             raise LoopError(f"{self.name!r}: a model path holding a tab, a newline or another control character "
                             "cannot be a results.tsv cell, whose rows then would not name it again: rename the "
                             "directory, or link it under a plain name", argument="model")
