@@ -159,6 +159,25 @@ def print_summary(s: dict) -> None:
           "of it stalled at stage boundaries")
 
 
+def save_raw(program, vm, steps: int, context: int, path: str) -> None:
+    """Launch `steps` more traced steps (same position, so every step does the same work) and save every task's
+    trace words: `trace` int64 [steps, tasks, TRACE_WORDS] (vm/loader.py names the words; column 3 the SM), and
+    per task its `stage`, `layer` (stage_layers), `kind` (unicode) and `bytes` (weights plus the KV cache it reads). For bench/tools/trace_raw.py."""
+    import numpy as np
+
+    layer_of = stage_layers(program)
+    traces = []
+    for _ in range(steps):
+        vm.launch()
+        vm.check()
+        traces.append(vm.trace.cpu().numpy().astype("int64"))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    np.savez_compressed(path, trace=np.stack(traces), stage=np.array([t.stage for t in program.tasks]),
+                        layer=np.array([layer_of[t.stage] for t in program.tasks]),
+                        kind=np.array([t.kind for t in program.tasks]),
+                        bytes=np.array([t.weight_bytes + kv_bytes(t, program, context) for t in program.tasks]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama-3.2-1b")
@@ -166,6 +185,8 @@ def main() -> None:
     ap.add_argument("--configs", default="[{}]", help="JSON list of config dicts")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--raw", type=int, default=0, metavar="STEPS",
+                    help="also save STEPS more traced steps of the first config, every task's times, to trace_raw.npz")
     ap.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                     help="a preprocessor define put before the kernel source (repeatable; as bench/variants.py)")
     args = ap.parse_args()
@@ -199,6 +220,8 @@ def run(args) -> None:
         s = summarise(prog, vm.trace, bandwidth, args.context)
         s.update(config=cfg, read_bandwidth_gbs=bandwidth, defines=args.define)
         results.append(s)
+        if args.raw and len(results) == 1:
+            save_raw(prog, vm, args.raw, args.context, os.path.join(args.out, "trace_raw.npz"))
         print(f"config {cfg}: traced step {s['step_us']:.1f} us (read bandwidth {bandwidth:.0f} GB/s, "
               f"SM clock {s['clock_ghz']:.2f} GHz)")
         print_summary(s)

@@ -18,8 +18,9 @@ _log = logging.getLogger("amk.vm")
 KERNEL_NAME = "amk_megakernel"
 DEFAULT_TIMEOUT_S = 1.0
 # MegakernelVM.trace's int64 words a task (the tracing build): start, dependencies met and done (globaltimer ns),
-# the SM, the cycles thread 0 spent in the task's four phases (vm/base.cuh PHASE), and clock64 at start and done,
-# so that the phase cycles convert to time at the clock the SM ran at (vm/base.cuh AMK_TRACE_WORDS, a test ties them)
+# the block (low 32 bits) and the SM that ran it (%smid, high 32 bits), the cycles thread 0 spent in the task's
+# four phases (vm/base.cuh PHASE), and clock64 at start and done, so that the phase cycles convert to time at
+# the clock the SM ran at (vm/base.cuh AMK_TRACE_WORDS, a test ties them)
 TRACE_WORDS = 10
 _MODULES: dict[str, object] = {}  # in-process: key -> cupy RawModule
 DEFAULT_CACHE = object()  # MegakernelVM(cache=...): the process-wide amk.cache; None builds without a file cache

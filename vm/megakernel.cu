@@ -270,7 +270,9 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
 #if AMK_TRACE
       if (trace) {
         unsigned long long* t = trace + (long long)AMK_TRACE_WORDS * ins[1];
-        t[0] = t0; t[1] = t1; t[2] = global_ns(); t[3] = blockIdx.x;
+        unsigned smid;
+        asm("mov.u32 %0, %%smid;" : "=r"(smid));  // the hardware may place a block on another SM each launch
+        t[0] = t0; t[1] = t1; t[2] = global_ns(); t[3] = blockIdx.x | ((unsigned long long)smid << 32);
         for (int k = 0; k < 4; ++k) { t[4 + k] = s_prof[k]; s_prof[k] = 0; }
         t[8] = c0; t[9] = clock64();
       }

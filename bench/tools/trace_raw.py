@@ -1,0 +1,163 @@
+"""The raw per-task trace that `bench/trace.py --raw STEPS` saves: one layer's stage windows, and whether some
+SMs are steadily slower.
+
+    python bench/tools/trace_raw.py OUT/trace_raw.npz [--layer 8] [--json OUT/trace_raw.json]
+
+A layer's windows (the last step): per stage, in us from the previous layer's last task done, the range of its
+tasks' start, ready, input staged (ready plus phase 0), dot done (plus phase 1) and done times, with the phases
+of its last task to finish and the stage's bytes; they show which parts of a layer run with the weight stream
+idle.
+
+SM speed, per kind (tasks with bytes: the matvecs and the attention): the tasks' mean execution time and the
+mean of each stage's slowest over its mean (the tail a stage boundary waits for); the split-half consistency of
+the SMs' rates (bytes over execution time, GB/s): each SM's mean over the even layers against its mean over the
+odd ones, Pearson r over the SMs, and the first half of the steps against the second, since the hardware may
+place the blocks on other SMs each launch. Near 1 means a steady per-SM speed a placement could give fewer
+bytes; near 0, a tail on a different SM each time. Also how often a stage's last task to finish ran on one of
+the tenth of SMs slowest for that kind, and its lateness split into a late ready time (after the stage's mean)
+and a long execution (over the stage's mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from collections import defaultdict
+
+import numpy as np
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    ok = ~(np.isnan(a) | np.isnan(b))
+    if ok.sum() < 3 or a[ok].std() == 0 or b[ok].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def sm_speed(raw: dict) -> dict:
+    """`raw` as np.load gives it: trace [steps, tasks, words] (columns 0-2: start, ready, done in ns; column 3 the
+    block in its low 32 bits and the SM that ran it in its high 32), and per task stage, layer, kind, bytes.
+    Returns per kind the figures the module docstring names, by physical SM."""
+    trace, stage, layer, kind, nbytes = raw["trace"].copy(), raw["stage"], raw["layer"], raw["kind"], raw["bytes"]
+    block = trace[:, :, 3] & 0xFFFFFFFF
+    trace[:, :, 3] >>= 32
+    steps, _, _ = trace.shape
+    num_sms = int(trace[:, :, 3].max()) + 1
+    # does the hardware give a block the same SM every launch? (it need not)
+    same_sm = float(np.mean([np.all(trace[s, :, 3] == trace[0, :, 3]) for s in range(steps)]))
+    out = {}
+    for k in sorted(set(kind.tolist())):
+        ids = np.nonzero((kind == k) & (nbytes > 0) & (layer >= 0))[0]
+        if len(ids) < 2 * num_sms // 4:
+            continue
+        layers = sorted(set(layer[ids].tolist()))
+        rates = {parity: defaultdict(list) for parity in (0, 1)}
+        halves = {h: defaultdict(list) for h in (0, 1)}  # steps in two halves: is an SM's speed a property of it?
+        tails, late_start, long_exec, last_slow, stages_seen = [], [], [], [], 0
+        per_stage = defaultdict(list)
+        for tid in ids:
+            per_stage[int(stage[tid])].append(tid)
+        for s in range(steps):
+            t = trace[s]
+            for tid in ids:
+                exec_ns = t[tid, 2] - t[tid, 1]
+                if exec_ns > 0:
+                    rates[int(layer[tid]) % 2][int(t[tid, 3])].append(nbytes[tid] / exec_ns)
+                    halves[int(2 * s >= steps)][int(t[tid, 3])].append(nbytes[tid] / exec_ns)
+        sm_mean, step_mean = np.full((2, num_sms), np.nan), np.full((2, num_sms), np.nan)
+        for h in (0, 1):
+            for sm, v in rates[h].items():
+                sm_mean[h, sm] = float(np.mean(v))
+            for sm, v in halves[h].items():
+                step_mean[h, sm] = float(np.mean(v))
+        with np.errstate(all="ignore"), warnings.catch_warnings():  # an SM that ran no task of this kind: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            overall = np.nanmean(sm_mean, axis=0)
+        ranked = np.argsort(np.where(np.isnan(overall), np.inf, overall))
+        slowest = set(ranked[: max(1, num_sms // 10)].tolist())
+        for s in range(steps):
+            t = trace[s]
+            for members in per_stage.values():
+                m = np.array(members)
+                ex = (t[m, 2] - t[m, 1]) / 1e3
+                ready = t[m, 1] / 1e3
+                last = int(np.argmax(t[m, 2]))
+                tails.append(ex.max() / ex.mean() if ex.mean() > 0 else float("nan"))
+                late_start.append(ready[last] - ready.mean())
+                long_exec.append(ex[last] - ex.mean())
+                last_slow.append(int(t[m[last], 3]) in slowest)
+                stages_seen += 1
+        out[k] = {"tasks_a_step": int(len(ids)), "layers": len(layers), "stages": stages_seen,
+                  "exec_mean_us": float(np.mean((trace[:, ids, 2] - trace[:, ids, 1]) / 1e3)),
+                  "tail_max_over_mean": float(np.nanmean(tails)),
+                  "sm_rate_split_half_r": pearson(sm_mean[0], sm_mean[1]),
+                  "sm_rate_across_steps_r": pearson(step_mean[0], step_mean[1]) if steps > 1 else float("nan"),
+                  "sm_rate_gbs": [None if np.isnan(x) else round(float(x), 3) for x in overall],
+                  "sm_rate_spread": float(np.nanstd(overall) / np.nanmean(overall)),
+                  "last_on_slowest_tenth": float(np.mean(last_slow)),
+                  "last_task_late_start_us": float(np.mean(late_start)),
+                  "last_task_long_exec_us": float(np.mean(long_exec))}
+    return {"steps": int(steps), "sms": num_sms, "blocks": int(block.max()) + 1, "same_sm_every_step": same_sm,
+            "kinds": out}
+
+
+def layer_windows(raw: dict, layer: int) -> list[dict]:
+    """Per stage of decoder layer `layer` in the last traced step (program order), its windows in us from the
+    previous layer's last task done (the step's first task start for layer 0). Raises ValueError when the trace
+    holds no such layer."""
+    trace, stage, layers, kind, nbytes = raw["trace"][-1], raw["stage"], raw["layer"], raw["kind"], raw["bytes"]
+    if not np.any(layers == layer):
+        raise ValueError(f"layer {layer} is not in the trace (layers {layers.min()}..{layers.max()})")
+    before = np.nonzero(layers == layer - 1)[0]
+    origin = trace[before, 2].max() if len(before) else trace[:, 0].min()
+    ghz = (trace[:, 9] - trace[:, 8]).sum() / max(1, (trace[:, 2] - trace[:, 0]).sum())
+    rows = []
+    for s in sorted(set(stage[layers == layer].tolist())):
+        ids = np.nonzero(stage == s)[0]
+        t0, t1, t2 = ((trace[ids, k] - origin) / 1e3 for k in (0, 1, 2))
+        phases = trace[ids, 4:8] / ghz / 1e3
+        staged = t1 + phases[:, 0]
+        dot = staged + phases[:, 1]
+        last = int(np.argmax(t2))
+
+        def span(x):
+            return [round(float(x.min()), 2), round(float(x.max()), 2)]
+
+        rows.append({"stage": int(s), "kind": str(kind[ids[0]]), "tasks": len(ids), "mb": float(nbytes[ids].sum() / 1e6),
+                     "start": span(t0), "ready": span(t1), "staged": span(staged), "dot_done": span(dot),
+                     "done": span(t2), "last_phases_us": [round(float(x), 2) for x in phases[last]]})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("raw")
+    ap.add_argument("--layer", type=int, default=None, help="the layer whose windows to print (default: the middle)")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    with np.load(args.raw) as f:
+        raw = {k: f[k] for k in f.files}
+    layer = args.layer if args.layer is not None else int(raw["layer"].max()) // 2
+    windows = layer_windows(raw, layer)
+    print(f"layer {layer}, last step, us from the previous layer's last task done (min..max over the stage's tasks)")
+    print(f"{'kind':<12}{'tasks':>6}{'MB':>7}{'ready':>15}{'staged':>15}{'dot done':>15}{'done':>15}  last task's phases")
+    for w in windows:
+        cols = "".join(f"{w[k][0]:>7.2f}..{w[k][1]:<6.2f}" for k in ("ready", "staged", "dot_done", "done"))
+        print(f"{w['kind']:<12}{w['tasks']:>6}{w['mb']:>7.1f}{cols}  {w['last_phases_us']}")
+    result = sm_speed(raw)
+    print(f"{result['steps']} steps, {result['sms']} SMs, {result['blocks']} blocks; a block on the SM it had in "
+          f"step 0: {100 * result['same_sm_every_step']:.0f}% of steps")
+    print(f"{'kind':<16}{'tasks':>6}{'exec_us':>9}{'max/mean':>9}{'split-half r':>13}{'steps r':>8}{'cv':>6}{'last slow':>10}"
+          f"{'late start':>11}{'long exec':>10}")
+    for k, v in result["kinds"].items():
+        print(f"{k:<16}{v['tasks_a_step']:>6}{v['exec_mean_us']:>9.2f}{v['tail_max_over_mean']:>9.2f}"
+              f"{v['sm_rate_split_half_r']:>13.2f}{v['sm_rate_across_steps_r']:>8.2f}{v['sm_rate_spread']:>6.2f}{v['last_on_slowest_tenth']:>10.2f}"
+              f"{v['last_task_late_start_us']:>11.2f}{v['last_task_long_exec_us']:>10.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"layer": layer, "windows": windows, "sm_speed": result}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""bench/tools/trace_raw.py on hand-made traces: a planted per-SM speed is found, noise is not, and a layer's
+windows are measured from the previous layer's end."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amk.vm.loader import TRACE_WORDS
+
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_trace_raw", Path(__file__).parents[1] / "bench" / "tools" / "trace_raw.py")
+trace_raw = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(trace_raw)
+
+SMS, LAYERS, STEPS, NBYTES = 40, 6, 4, 400_000
+
+
+def _raw(speed_of_sm, noise, seed=0):
+    """Two matvec stages a layer, one task an SM each; block b runs on SM (b + step) % SMS, so that the SM, not
+    the block, carries the speed. Execution time = bytes / (20 GB/s * speed) * (1 + noise)."""
+    rng = np.random.default_rng(seed)
+    kinds, stages, layers = [], [], []
+    for layer in range(LAYERS):
+        for k, name in enumerate(("gate_up", "down")):
+            kinds += [name] * SMS
+            stages += [2 * layer + k] * SMS
+            layers += [layer] * SMS
+    n = len(kinds)
+    trace = np.zeros((STEPS, n, TRACE_WORDS), dtype=np.int64)
+    for s in range(STEPS):
+        clock = 0
+        for st in range(2 * LAYERS):
+            ids = np.arange(st * SMS, (st + 1) * SMS)
+            blocks = ids % SMS
+            sms = (blocks + s) % SMS
+            ns = NBYTES / (20.0 * speed_of_sm[sms]) * (1 + noise * rng.standard_normal(SMS))
+            trace[s, ids, 0] = clock
+            trace[s, ids, 1] = clock + 100
+            trace[s, ids, 2] = clock + 100 + ns.astype(np.int64)
+            trace[s, ids, 3] = blocks | (sms.astype(np.int64) << 32)
+            trace[s, ids, 4] = 200  # phase 0: 100 ns at 2 GHz
+            trace[s, ids, 8] = 0
+            trace[s, ids, 9] = (trace[s, ids, 2] - trace[s, ids, 0]) * 2
+            clock = int(trace[s, ids, 2].max())
+    return {"trace": trace, "stage": np.array(stages), "layer": np.array(layers), "kind": np.array(kinds),
+            "bytes": np.full(n, NBYTES)}
+
+
+def test_a_planted_sm_speed_is_found_across_layers_and_launches():
+    speed = np.ones(SMS)
+    speed[:4] = 0.8  # a tenth of the SMs 20% slower
+    got = trace_raw.sm_speed(_raw(speed, noise=0.005))
+    assert got["sms"] == SMS and got["blocks"] == SMS and got["same_sm_every_step"] == pytest.approx(1 / STEPS)
+    for kind in ("gate_up", "down"):
+        v = got["kinds"][kind]
+        assert v["sm_rate_split_half_r"] > 0.95 and v["sm_rate_across_steps_r"] > 0.95
+        assert v["last_on_slowest_tenth"] == 1.0
+        assert v["tail_max_over_mean"] == pytest.approx(1 / 0.8 / (0.1 / 0.8 + 0.9), rel=0.02)
+        assert set(np.argsort(v["sm_rate_gbs"])[:4].tolist()) == {0, 1, 2, 3}
+
+
+def test_noise_alone_is_no_sm_speed():
+    got = trace_raw.sm_speed(_raw(np.ones(SMS), noise=0.05, seed=3))
+    for kind in ("gate_up", "down"):
+        assert abs(got["kinds"][kind]["sm_rate_split_half_r"]) < 0.5
+
+
+def test_layer_windows_start_at_the_previous_layers_end():
+    raw = _raw(np.ones(SMS), noise=0.0)
+    rows = trace_raw.layer_windows(raw, 2)
+    assert [r["kind"] for r in rows] == ["gate_up", "down"]
+    assert rows[0]["ready"][0] == pytest.approx(0.1)  # ready 100 ns after the previous stage's end
+    assert rows[0]["staged"][0] == pytest.approx(0.2)  # plus phase 0's 200 cycles at 2 GHz
+    assert rows[1]["ready"][0] == pytest.approx(rows[0]["done"][1] + 0.1)
+    assert rows[0]["mb"] == pytest.approx(SMS * NBYTES / 1e6)
+    with pytest.raises(ValueError, match="layer 9 is not in the trace"):
+        trace_raw.layer_windows(raw, 9)
