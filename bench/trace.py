@@ -160,9 +160,10 @@ def print_summary(s: dict) -> None:
 
 
 def save_raw(program, vm, steps: int, context: int, path: str) -> None:
-    """Launch `steps` more traced steps (same position, so every step does the same work) and save every task's
-    trace words: `trace` int64 [steps, tasks, TRACE_WORDS] (vm/loader.py names the words; column 3 the SM), and
-    per task its `stage`, `layer` (stage_layers), `kind` (unicode) and `bytes` (weights plus the KV cache it reads). For bench/tools/trace_raw.py."""
+    """Launch `steps` more traced steps (each one position on, one more cached row to read) and save every task's
+    trace words: `trace` int64 [steps, tasks, TRACE_WORDS] (vm/loader.py names the words; column 3 the block and
+    the SM), and per task its `stage`, `layer` (stage_layers), `kind` (unicode) and `bytes` (weights plus the KV
+    cache it reads at `context`), for bench/tools/trace_raw.py."""
     import numpy as np
 
     layer_of = stage_layers(program)

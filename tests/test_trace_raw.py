@@ -19,7 +19,7 @@ SMS, LAYERS, STEPS, NBYTES = 40, 6, 4, 400_000
 
 def _raw(speed_of_sm, noise, seed=0):
     """Two matvec stages a layer, one task an SM each; block b runs on SM (b + step) % SMS, so that the SM, not
-    the block, carries the speed. Execution time = bytes / (20 GB/s * speed) * (1 + noise)."""
+    the block, carries the speed. Dot time = bytes / (20 GB/s * speed) * (1 + noise), the whole execution."""
     rng = np.random.default_rng(seed)
     kinds, stages, layers = [], [], []
     for layer in range(LAYERS):
@@ -41,6 +41,7 @@ def _raw(speed_of_sm, noise, seed=0):
             trace[s, ids, 2] = clock + 100 + ns.astype(np.int64)
             trace[s, ids, 3] = blocks | (sms.astype(np.int64) << 32)
             trace[s, ids, 4] = 200  # phase 0: 100 ns at 2 GHz
+            trace[s, ids, 5] = (2 * ns).astype(np.int64)  # phase 1, the dot: the whole execution here
             trace[s, ids, 8] = 0
             trace[s, ids, 9] = (trace[s, ids, 2] - trace[s, ids, 0]) * 2
             clock = int(trace[s, ids, 2].max())
@@ -59,6 +60,14 @@ def test_a_planted_sm_speed_is_found_across_layers_and_launches():
         assert v["last_on_slowest_tenth"] == 1.0
         assert v["tail_max_over_mean"] == pytest.approx(1 / 0.8 / (0.1 / 0.8 + 0.9), rel=0.02)
         assert set(np.argsort(v["sm_rate_gbs"])[:4].tolist()) == {0, 1, 2, 3}
+
+
+def test_a_matvec_rate_counts_its_dot_not_a_tagged_wait_in_its_staging():
+    raw = _raw(np.ones(SMS), noise=0.0)
+    slow_start = raw["trace"][:, :SMS, :]
+    slow_start[:, :4, 2] += 50_000  # four tasks spin 50 us in their staging, outside the dot
+    got = trace_raw.sm_speed(raw)["kinds"]["gate_up"]
+    assert min(got["sm_rate_gbs"]) == pytest.approx(max(got["sm_rate_gbs"]))
 
 
 def test_noise_alone_is_no_sm_speed():

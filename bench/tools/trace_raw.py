@@ -10,7 +10,7 @@ idle.
 
 SM speed, per kind (tasks with bytes: the matvecs and the attention): the tasks' mean execution time and the
 mean of each stage's slowest over its mean (the tail a stage boundary waits for); the split-half consistency of
-the SMs' rates (bytes over execution time, GB/s): each SM's mean over the even layers against its mean over the
+the SMs' rates (bytes over the time a task streamed them, GB/s: a matvec's dot, the attention's execution): each SM's mean over the even layers against its mean over the
 odd ones, Pearson r over the SMs, and the first half of the steps against the second, since the hardware may
 place the blocks on other SMs each launch. Near 1 means a steady per-SM speed a placement could give fewer
 bytes; near 0, a tail on a different SM each time. Also how often a stage's last task to finish ran on one of
@@ -35,6 +35,21 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+# the matvec roles (schedule/tile.py): their phase 1 is the dot, the weight stream alone; their execution also
+# holds the input staging, which under tagged reads includes waiting for the input
+MATVEC_KINDS = frozenset({"qkv", "o", "gate_up", "down", "lm_head"})
+
+
+def clock_ghz(trace: np.ndarray) -> float:
+    """The SMs' mean clock over one traced step (columns 8 and 9 cycle counts beside the ns of columns 0 and 2)."""
+    return float((trace[:, 9] - trace[:, 8]).sum() / max(1, (trace[:, 2] - trace[:, 0]).sum()))
+
+
+def streaming_ns(words: np.ndarray, kind: str, ghz: float) -> float:
+    """The time a task streamed its bytes: a matvec's dot (phase 1), any other task's execution."""
+    return float(words[5] / ghz) if kind in MATVEC_KINDS else float(words[2] - words[1])
+
+
 def sm_speed(raw: dict) -> dict:
     """`raw` as np.load gives it: trace [steps, tasks, words] (columns 0-2: start, ready, done in ns; column 3 the
     block in its low 32 bits and the SM that ran it in its high 32), and per task stage, layer, kind, bytes.
@@ -43,6 +58,7 @@ def sm_speed(raw: dict) -> dict:
     block = trace[:, :, 3] & 0xFFFFFFFF
     trace[:, :, 3] >>= 32
     steps, _, _ = trace.shape
+    ghz = [clock_ghz(trace[s]) for s in range(steps)]
     num_sms = int(trace[:, :, 3].max()) + 1
     # does the hardware give a block the same SM every launch? (it need not)
     same_sm = float(np.mean([np.all(trace[s, :, 3] == trace[0, :, 3]) for s in range(steps)]))
@@ -61,10 +77,10 @@ def sm_speed(raw: dict) -> dict:
         for s in range(steps):
             t = trace[s]
             for tid in ids:
-                exec_ns = t[tid, 2] - t[tid, 1]
-                if exec_ns > 0:
-                    rates[int(layer[tid]) % 2][int(t[tid, 3])].append(nbytes[tid] / exec_ns)
-                    halves[int(2 * s >= steps)][int(t[tid, 3])].append(nbytes[tid] / exec_ns)
+                ns = streaming_ns(t[tid], k, ghz[s])
+                if ns > 0:
+                    rates[int(layer[tid]) % 2][int(t[tid, 3])].append(nbytes[tid] / ns)
+                    halves[int(2 * s >= steps)][int(t[tid, 3])].append(nbytes[tid] / ns)
         sm_mean, step_mean = np.full((2, num_sms), np.nan), np.full((2, num_sms), np.nan)
         for h in (0, 1):
             for sm, v in rates[h].items():
@@ -111,7 +127,7 @@ def layer_windows(raw: dict, layer: int) -> list[dict]:
         raise ValueError(f"layer {layer} is not in the trace (layers {layers.min()}..{layers.max()})")
     before = np.nonzero(layers == layer - 1)[0]
     origin = trace[before, 2].max() if len(before) else trace[:, 0].min()
-    ghz = (trace[:, 9] - trace[:, 8]).sum() / max(1, (trace[:, 2] - trace[:, 0]).sum())
+    ghz = clock_ghz(trace)
     rows = []
     for s in sorted(set(stage[layers == layer].tolist())):
         ids = np.nonzero(stage == s)[0]
