@@ -153,9 +153,15 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     with np.load(args.raw) as f:
+        missing = sorted({"trace", "stage", "layer", "kind", "bytes"} - set(f.files))
+        if missing:
+            ap.error(f"{args.raw} holds no {', '.join(missing)}: not a file of bench/trace.py --raw")
         raw = {k: f[k] for k in f.files}
     layer = args.layer if args.layer is not None else int(raw["layer"].max()) // 2
-    windows = layer_windows(raw, layer)
+    try:
+        windows = layer_windows(raw, layer)
+    except ValueError as e:
+        ap.error(f"--layer: {e}")
     print(f"layer {layer}, last step, us from the previous layer's last task done (min..max over the stage's tasks)")
     print(f"{'kind':<12}{'tasks':>6}{'MB':>7}{'ready':>15}{'staged':>15}{'dot done':>15}{'done':>15}  last task's phases")
     for w in windows:
