@@ -159,11 +159,11 @@ def print_summary(s: dict) -> None:
           "of it stalled at stage boundaries")
 
 
-def save_raw(program, vm, steps: int, context: int, path: str) -> None:
+def save_raw(program, vm, steps: int, context: int, bandwidth_gbs: float, path: str) -> None:
     """Launch `steps` more traced steps (each one position on, one more cached row to read) and save every task's
     trace words: `trace` int64 [steps, tasks, TRACE_WORDS] (vm/loader.py names the words; column 3 the block and
     the SM), and per task its `stage`, `layer` (stage_layers), `kind` (unicode) and `bytes` (weights plus the KV
-    cache it reads at `context`), for bench/tools/trace_raw.py."""
+    cache it reads at `context`), and the measured read bandwidth, for bench/tools/trace_raw.py."""
     import numpy as np
 
     layer_of = stage_layers(program)
@@ -176,7 +176,8 @@ def save_raw(program, vm, steps: int, context: int, path: str) -> None:
     np.savez_compressed(path, trace=np.stack(traces), stage=np.array([t.stage for t in program.tasks]),
                         layer=np.array([layer_of[t.stage] for t in program.tasks]),
                         kind=np.array([t.kind for t in program.tasks]),
-                        bytes=np.array([t.weight_bytes + kv_bytes(t, program, context) for t in program.tasks]))
+                        bytes=np.array([t.weight_bytes + kv_bytes(t, program, context) for t in program.tasks]),
+                        read_bandwidth_gbs=np.float64(bandwidth_gbs))
 
 
 def main() -> None:
@@ -222,7 +223,7 @@ def run(args) -> None:
         s.update(config=cfg, read_bandwidth_gbs=bandwidth, defines=args.define)
         results.append(s)
         if args.raw and len(results) == 1:
-            save_raw(prog, vm, args.raw, args.context, os.path.join(args.out, "trace_raw.npz"))
+            save_raw(prog, vm, args.raw, args.context, bandwidth, os.path.join(args.out, "trace_raw.npz"))
         print(f"config {cfg}: traced step {s['step_us']:.1f} us (read bandwidth {bandwidth:.0f} GB/s, "
               f"SM clock {s['clock_ghz']:.2f} GHz)")
         print_summary(s)

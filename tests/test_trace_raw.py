@@ -84,5 +84,10 @@ def test_layer_windows_start_at_the_previous_layers_end():
     assert rows[0]["staged"][0] == pytest.approx(0.2)  # plus phase 0's 200 cycles at 2 GHz
     assert rows[1]["ready"][0] == pytest.approx(rows[0]["done"][1] + 0.1)
     assert rows[0]["mb"] == pytest.approx(SMS * NBYTES / 1e6)
+    assert "above_bytes_us" not in rows[0]  # no bandwidth given, none in the file
+    # at 20 GB/s a stage's bytes take exactly its dot; each stage also waits 0.1 us for its ready time
+    rows = trace_raw.layer_windows(dict(raw, read_bandwidth_gbs=np.float64(20.0 * SMS)), 2)
+    assert [r["above_bytes_us"] for r in rows] == pytest.approx([0.1, 0.1], abs=0.002)
+    assert rows[1]["span_us"] == pytest.approx(rows[1]["done"][1] - rows[0]["done"][1])
     with pytest.raises(ValueError, match="layer 9 is not in the trace"):
         trace_raw.layer_windows(raw, 9)

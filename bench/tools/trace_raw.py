@@ -118,17 +118,21 @@ def sm_speed(raw: dict) -> dict:
             "kinds": out}
 
 
-def layer_windows(raw: dict, layer: int) -> list[dict]:
+def layer_windows(raw: dict, layer: int, bandwidth_gbs: float | None = None) -> list[dict]:
     """Per stage of decoder layer `layer` in the last traced step (program order), its windows in us from the
-    previous layer's last task done (the step's first task start for layer 0). Raises ValueError when the trace
-    holds no such layer."""
+    previous layer's last task done (the step's first task start for layer 0). With a read bandwidth (GB/s; the
+    raw file's own when None and it holds one), each stage also gets `span_us`, from the stage before's last
+    task done (or the layer's start) to its own, and `above_bytes_us`, that span less its bytes at the bandwidth:
+    the stages' shares of the layer's time above its bytes. Raises ValueError when the trace holds no such layer."""
     trace, stage, layers, kind, nbytes = raw["trace"][-1], raw["stage"], raw["layer"], raw["kind"], raw["bytes"]
     if not np.any(layers == layer):
         raise ValueError(f"layer {layer} is not in the trace (layers {layers.min()}..{layers.max()})")
     before = np.nonzero(layers == layer - 1)[0]
     origin = trace[before, 2].max() if len(before) else trace[:, 0].min()
     ghz = clock_ghz(trace)
-    rows = []
+    if bandwidth_gbs is None and "read_bandwidth_gbs" in raw:
+        bandwidth_gbs = float(raw["read_bandwidth_gbs"])
+    rows, prev_done = [], 0.0
     for s in sorted(set(stage[layers == layer].tolist())):
         ids = np.nonzero(stage == s)[0]
         t0, t1, t2 = ((trace[ids, k] - origin) / 1e3 for k in (0, 1, 2))
@@ -143,6 +147,10 @@ def layer_windows(raw: dict, layer: int) -> list[dict]:
         rows.append({"stage": int(s), "kind": str(kind[ids[0]]), "tasks": len(ids), "mb": float(nbytes[ids].sum() / 1e6),
                      "start": span(t0), "ready": span(t1), "staged": span(staged), "dot_done": span(dot),
                      "done": span(t2), "last_phases_us": [round(float(x), 2) for x in phases[last]]})
+        if bandwidth_gbs:
+            rows[-1]["span_us"] = round(float(t2.max()) - prev_done, 2)
+            rows[-1]["above_bytes_us"] = round(rows[-1]["span_us"] - rows[-1]["mb"] * 1e3 / bandwidth_gbs, 2)
+        prev_done = float(t2.max())
     return rows
 
 
@@ -150,6 +158,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("raw")
     ap.add_argument("--layer", type=int, default=None, help="the layer whose windows to print (default: the middle)")
+    ap.add_argument("--bandwidth", type=float, default=None, metavar="GBS",
+                    help="read bandwidth for each stage's time above its bytes (default: the one the file holds)")
     ap.add_argument("--json")
     args = ap.parse_args()
     with np.load(args.raw) as f:
@@ -159,14 +169,18 @@ def main() -> None:
         raw = {k: f[k] for k in f.files}
     layer = args.layer if args.layer is not None else int(raw["layer"].max()) // 2
     try:
-        windows = layer_windows(raw, layer)
+        windows = layer_windows(raw, layer, args.bandwidth)
     except ValueError as e:
         ap.error(f"--layer: {e}")
     print(f"layer {layer}, last step, us from the previous layer's last task done (min..max over the stage's tasks)")
-    print(f"{'kind':<12}{'tasks':>6}{'MB':>7}{'ready':>15}{'staged':>15}{'dot done':>15}{'done':>15}  last task's phases")
+    print(f"{'kind':<12}{'tasks':>6}{'MB':>7}{'ready':>15}{'staged':>15}{'dot done':>15}{'done':>15}{'above':>7}"
+          "  last task's phases")
     for w in windows:
         cols = "".join(f"{w[k][0]:>7.2f}..{w[k][1]:<6.2f}" for k in ("ready", "staged", "dot_done", "done"))
-        print(f"{w['kind']:<12}{w['tasks']:>6}{w['mb']:>7.1f}{cols}  {w['last_phases_us']}")
+        above = f"{w['above_bytes_us']:>7.2f}" if "above_bytes_us" in w else f"{'-':>7}"
+        print(f"{w['kind']:<12}{w['tasks']:>6}{w['mb']:>7.1f}{cols}{above}  {w['last_phases_us']}")
+    if windows and "above_bytes_us" in windows[0]:
+        print(f"the layer: {windows[-1]['done'][1]:.2f} us, {sum(w['above_bytes_us'] for w in windows):.2f} above its bytes")
     result = sm_speed(raw)
     print(f"{result['steps']} steps, {result['sms']} SMs, {result['blocks']} blocks; a block on the SM it had in "
           f"step 0: {100 * result['same_sm_every_step']:.0f}% of steps")
