@@ -4,7 +4,8 @@
     python bench/trace.py --define AMK_NEW_PATH=1 ...   (a kernel-source variant, as bench/variants.py)
 
 Per layer: the time from the previous layer's last task to this layer's last task, against the layer's bytes
-(weights plus the KV cache it reads) over the measured read bandwidth; and per stage of the layer, the mean
+(weights plus the KV cache it reads) over the measured read bandwidth, each stage's share of the time above the
+bytes (from the stage before's last task done to its own, less its bytes); and per stage of the layer, the mean
 and worst dependency wait of its tasks (time an SM spent between starting a task and its dependencies being
 met) and their execution time. The stall at each stage boundary: from the previous stage's last task done to
 the last of this stage's tasks ready, split into the signal (to the first task ready) and the spread of the
@@ -100,11 +101,16 @@ def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
         done = max(r["last_done_us"] for r in rows)
         nbytes = sum(r["bytes"] for r in rows)
         ideal = nbytes / (bandwidth_gbs * 1e3)
+        stage_rows, stage_prev = [], prev_done
+        for r in rows:  # each stage's share of the layer's time: from the stage before's last task done to its own
+            span = r["last_done_us"] - stage_prev
+            stage_rows.append({k: r[k] for k in ("kind", "tasks", "wait_mean_us", "wait_max_us", "exec_mean_us",
+                                                 "page_wait_us", "phases_us", "signal_us", "ready_spread_us",
+                                                 "boundary_us")}
+                              | {"span_us": span, "above_bytes_us": span - r["bytes"] / (bandwidth_gbs * 1e3)})
+            stage_prev = r["last_done_us"]
         per_layer.append({"layer": layer, "time_us": done - prev_done, "bytes": nbytes, "ideal_us": ideal,
-                          "boundary_us": sum(r["boundary_us"] for r in rows),
-                          "stages": [{k: r[k] for k in ("kind", "tasks", "wait_mean_us", "wait_max_us", "exec_mean_us",
-                                                       "page_wait_us", "phases_us", "signal_us", "ready_spread_us",
-                                                       "boundary_us")} for r in rows]})
+                          "boundary_us": sum(r["boundary_us"] for r in rows), "stages": stage_rows})
         prev_done = done
     return {"step_us": (t[:, 2].max() - origin) / 1e3, "clock_ghz": ghz, "per_kind": per_kind, "per_layer": per_layer,
             "timeline": timeline,
@@ -152,6 +158,9 @@ def print_summary(s: dict) -> None:
           "last task done to this stage's last task ready):",
           "  ".join(f"{x['kind']} {x['signal_us']:.2f}/{x['ready_spread_us']:.2f}/{x['boundary_us']:.2f}"
                     for x in mid[len(mid) // 2]["stages"]))
+    print("time above its bytes a stage of a middle layer (us; from the stage before's last task done to its own, "
+          "less its bytes at the measured bandwidth):",
+          "  ".join(f"{x['kind']} {x['above_bytes_us']:.2f}" for x in mid[len(mid) // 2]["stages"]))
     print("SM fill a stage (the mean SM's bytes over the busiest SM's under the placement):",
           "  ".join(f"{k} {v:.2f}" for k, v in s["stage_fill"].items()))
     print(f"mean over layers 1..{len(layers) - 2}: {sum(r['time_us'] for r in mid) / len(mid):.1f} us a layer against "

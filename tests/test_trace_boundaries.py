@@ -48,8 +48,13 @@ def test_the_summary_carries_the_placements_stage_fill_and_prints(capsys):
     assert all(r["phases_us"][0] == pytest.approx(0.6) for r in s["timeline"])
     want = {f.kind: f.fill for f in stage_fill(prog.tasks, prog.constants, prog.num_sms)}
     assert s["stage_fill"] == want and want["qkv"] < 1
+    for layer in s["per_layer"]:  # the stages' spans tile the layer's time, and their excess its excess
+        assert sum(x["span_us"] for x in layer["stages"]) == pytest.approx(layer["time_us"])
+        assert sum(x["above_bytes_us"] for x in layer["stages"]) == pytest.approx(layer["time_us"] - layer["ideal_us"])
+        assert all(x["span_us"] > 0 for x in layer["stages"])
     trace.print_summary(s)
-    assert f"qkv {want['qkv']:.2f}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"qkv {want['qkv']:.2f}" in out and "time above its bytes a stage" in out
 
 
 def test_a_trace_without_elapsed_cycles_is_refused():
