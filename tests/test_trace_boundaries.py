@@ -75,3 +75,42 @@ def test_the_kernels_trace_width_is_the_loaders():
 
     m = re.search(r"#define AMK_TRACE_WORDS (\d+)", kernel_source())
     assert m and int(m.group(1)) == TRACE_WORDS
+
+
+def test_save_raw_writes_what_trace_raw_reads(tmp_path):
+    import importlib.util as iu
+
+    import numpy as np
+    import torch
+
+    import amk
+    from amk.schedule import get_target, lower
+
+    prog = lower(amk.load_model("toy-2L", weights=False), get_target("h200"), None)
+
+    class FakeVM:  # each launch leaves a trace whose start word counts the launches
+        def __init__(self):
+            self.trace, self.launches = torch.zeros((len(prog.tasks), TRACE_WORDS), dtype=torch.int64), 0
+
+        def launch(self):
+            self.launches += 1
+            self.trace[:, 0] = self.launches
+
+        def check(self):
+            pass
+
+    path = tmp_path / "raw" / "trace_raw.npz"
+    trace.save_raw(prog, FakeVM(), 3, 64, 4000.0, str(path))
+    with np.load(path) as f:
+        raw = {k: f[k] for k in f.files}
+    assert raw["trace"].shape == (3, len(prog.tasks), TRACE_WORDS) and raw["trace"][:, 0, 0].tolist() == [1, 2, 3]
+    assert raw["kind"].tolist() == [t.kind for t in prog.tasks] and float(raw["read_bandwidth_gbs"]) == 4000.0
+    assert raw["layer"].max() == 1 and (raw["bytes"] >= 0).all()
+    spec = iu.spec_from_file_location("bench_trace_raw2", Path(__file__).parents[1] / "bench" / "tools" / "trace_raw.py")
+    tool = iu.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert {"trace", "stage", "layer", "kind", "bytes"} <= set(raw)  # the keys trace_raw.py requires
+    from amk.schedule.opcodes import Opcode
+
+    # the kinds it counts over their dot are the lowering's matvecs
+    assert {t.kind for t in prog.tasks if t.opcode == Opcode.MATVEC} <= tool.MATVEC_KINDS
