@@ -70,6 +70,16 @@ def test_a_matvec_rate_counts_its_dot_not_a_tagged_wait_in_its_staging():
     assert min(got["sm_rate_gbs"]) == pytest.approx(max(got["sm_rate_gbs"]))
 
 
+def test_closing_time_is_execution_less_phases():
+    raw = _raw(np.ones(SMS), noise=0.0)
+    raw["trace"][:, :, 2] += 700  # 0.7 us between the end of every task's dot and its done mark
+    raw["trace"][:, :, 9] += 1400  # at the same 2 GHz
+    got = trace_raw.closing_times(raw)
+    assert set(got) == {"gate_up", "down"}
+    # phase 0 (0.1 us at 2 GHz) lies inside the execution too: the ready-to-done time less all three phases
+    assert got["gate_up"]["median_us"] == pytest.approx(0.6, abs=0.002)
+
+
 def test_noise_alone_is_no_sm_speed():
     got = trace_raw.sm_speed(_raw(np.ones(SMS), noise=0.05, seed=3))
     for kind in ("gate_up", "down"):

@@ -1,12 +1,13 @@
 """The raw per-task trace that `bench/trace.py --raw STEPS` saves: one layer's stage windows, and whether some
 SMs are steadily slower.
 
-    python bench/tools/trace_raw.py OUT/trace_raw.npz [--layer 8] [--json OUT/trace_raw.json]
+    python bench/tools/trace_raw.py OUT/trace_raw.npz [--layer 8] [--bandwidth GBS] [--json OUT/trace_raw.json]
 
 A layer's windows (the last step): per stage, in us from the previous layer's last task done, the range of its
 tasks' start, ready, input staged (ready plus phase 0), dot done (plus phase 1) and done times, with the phases
-of its last task to finish and the stage's bytes; they show which parts of a layer run with the weight stream
-idle.
+of its last task to finish, the stage's bytes and its time above them; they show which parts of a layer run
+with the weight stream idle. Per kind, a task's execution less its phases: its closing barrier and the release
+of its counters.
 
 SM speed, per kind (tasks with bytes: the matvecs and the attention): the tasks' mean execution time and the
 mean of each stage's slowest over its mean (the tail a stage boundary waits for); the split-half consistency of
@@ -118,6 +119,24 @@ def sm_speed(raw: dict) -> dict:
             "kinds": out}
 
 
+def closing_times(raw: dict) -> dict:
+    """Per kind (decoder layers only, the last traced step): the median and 90th percentile, in us, of a task's
+    execution less its phases (thread 0's input staging, dot or attention body, and epilogue; O's phase 3 lies
+    inside its staging): the time from the end of its epilogue to its done mark, which holds the block's closing
+    barrier and the release of its counters (vm/megakernel.cu), and before its first phase the barrier after its
+    wait."""
+    trace, kind, layer = raw["trace"][-1], raw["kind"], raw["layer"]
+    ghz = clock_ghz(trace)
+    out = {}
+    for k in sorted(set(kind[layer >= 0].tolist())):
+        ids = np.nonzero((kind == k) & (layer >= 0))[0]
+        phases = trace[ids, 4:8] / ghz / 1e3
+        body = phases[:, :3].sum(axis=1) if k in MATVEC_KINDS else phases.sum(axis=1)
+        rest = (trace[ids, 2] - trace[ids, 1]) / 1e3 - body
+        out[k] = {"median_us": round(float(np.median(rest)), 3), "p90_us": round(float(np.percentile(rest, 90)), 3)}
+    return out
+
+
 def layer_windows(raw: dict, layer: int, bandwidth_gbs: float | None = None) -> list[dict]:
     """Per stage of decoder layer `layer` in the last traced step (program order), its windows in us from the
     previous layer's last task done (the step's first task start for layer 0). With a read bandwidth (GB/s; the
@@ -181,6 +200,9 @@ def main() -> None:
         print(f"{w['kind']:<12}{w['tasks']:>6}{w['mb']:>7.1f}{cols}{above}  {w['last_phases_us']}")
     if windows and "above_bytes_us" in windows[0]:
         print(f"the layer: {windows[-1]['done'][1]:.2f} us, {sum(w['above_bytes_us'] for w in windows):.2f} above its bytes")
+    closing = closing_times(raw)
+    print("a task's execution less its phases (its closing barrier and counter release), median / p90 us:",
+          "  ".join(f"{k} {v['median_us']:.2f}/{v['p90_us']:.2f}" for k, v in closing.items()))
     result = sm_speed(raw)
     print(f"{result['steps']} steps, {result['sms']} SMs, {result['blocks']} blocks; a block on the SM it had in "
           f"step 0: {100 * result['same_sm_every_step']:.0f}% of steps")
@@ -192,7 +214,7 @@ def main() -> None:
               f"{v['last_task_late_start_us']:>11.2f}{v['last_task_long_exec_us']:>10.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"layer": layer, "windows": windows, "sm_speed": result}, f, indent=1)
+            json.dump({"layer": layer, "windows": windows, "closing": closing, "sm_speed": result}, f, indent=1)
 
 
 if __name__ == "__main__":
