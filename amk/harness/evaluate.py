@@ -200,9 +200,10 @@ def _field_value(hf_config, name: str):
 
 
 def build_program(model, gpu, config, device: str = "auto", dtype: str | None = None, max_seq: int | None = None,
-                  cache: Cache | None = None) -> tuple[Verdict, MegakernelProgram | None]:
+                  cache: Cache | None = None, notes: bool = True) -> tuple[Verdict, MegakernelProgram | None]:
     """Parse, lower (cached) and validate: the verdict so far, and the program when it is valid. Needs the
-    model's dims only, never its weights."""
+    model's dims only, never its weights. `notes=False` skips the notes on a valid program's config (knobs that
+    cannot act, go unpriced or equal their derived values), for a caller that keeps only the program."""
     from amk.models import Model
     from amk.models.registry import dtype_name
 
@@ -245,29 +246,39 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     v.task_count, v.weight_bytes = len(program.tasks), program.weight_bytes
     v.program_fingerprint = program.known_fingerprint()
     v.derived = dict(program.meta.get("derived", {}))
-    inert = inert_knobs(cfg, target, v.derived)
+    if notes:
+        v.notes += _config_notes(cfg, program, v.derived, dims_model.dims, target, dev)
+    return v, program
+
+
+def _config_notes(cfg: ScheduleConfig, program: MegakernelProgram, derived: dict, dims, target: GpuTarget,
+                  dev: Device) -> list[str]:
+    """What a verdict says of a valid program's config: knobs that cannot act, that a prediction does not price or
+    that equal their derived values, unused SM placements, and settings past the model's or the program's sizes."""
+    notes: list[str] = []
+    inert = inert_knobs(cfg, target, derived)
     inert += program_inert_knobs(cfg, program, skip={k.path for k in inert})
-    v.notes += [k.note() for k in inert]
+    notes += [k.note() for k in inert]
     named = {k.path for k in inert}  # a knob that cannot act needs no second note
-    v.notes += priced_alike_notes(cfg, target, dev != Device.CUDA, skip=named)
-    v.notes += [f"{path}={value_text(value)} is the value the lowering derives for null here: the program is the one "
-                f"null gives, and null would follow the model's shape and the GPU where {value_text(value)} stays put"
-                for path, value in derived_alike(cfg, program, dims_model.dims, target, skip=named)]
-    v.notes += _unused_explicit_kinds(cfg, program)
-    if program.constants.max_seq > dims_model.dims.max_positions:
-        v.notes.append(f"max_seq {program.constants.max_seq} is past the model's {dims_model.dims.max_positions} "
-                       "positions (max_position_embeddings): verify cases there check AMK against transformers, "
-                       "which computes them the same way, not the model's quality that far out")
-    heads = dims_model.dims.n_heads + 2 * dims_model.dims.n_kv_heads
+    notes += priced_alike_notes(cfg, target, dev != Device.CUDA, skip=named)
+    notes += [f"{path}={value_text(value)} is the value the lowering derives for null here: the program is the one "
+              f"null gives, and null would follow the model's shape and the GPU where {value_text(value)} stays put"
+              for path, value in derived_alike(cfg, program, dims, target, skip=named)]
+    notes += _unused_explicit_kinds(cfg, program)
+    if program.constants.max_seq > dims.max_positions:
+        notes.append(f"max_seq {program.constants.max_seq} is past the model's {dims.max_positions} "
+                     "positions (max_position_embeddings): verify cases there check AMK against transformers, "
+                     "which computes them the same way, not the model's quality that far out")
+    heads = dims.n_heads + 2 * dims.n_kv_heads
     if cfg.matvec.qkv.heads_per_task > heads:
-        v.notes.append(f"matvec.qkv.heads_per_task={cfg.matvec.qkv.heads_per_task} is more than the model's {heads} "
-                       f"q/k/v heads: one QKV task takes them all, as heads_per_task={heads} would")
+        notes.append(f"matvec.qkv.heads_per_task={cfg.matvec.qkv.heads_per_task} is more than the model's {heads} "
+                     f"q/k/v heads: one QKV task takes them all, as heads_per_task={heads} would")
     parts, positions = cfg.attention.kv_partitions, program.constants.max_seq
     if parts is not None and parts > positions:  # the live length is split evenly: never more than one a partition
-        v.notes.append(f"attention.kv_partitions={parts} is more than the program's {positions} positions (max_seq): "
-                       f"at least {parts - positions} partitions of each KV head are empty at every step, and still "
-                       f"run, signal and are combined; kv_partitions={positions} gives every position one")
-    return v, program
+        notes.append(f"attention.kv_partitions={parts} is more than the program's {positions} positions (max_seq): "
+                     f"at least {parts - positions} partitions of each KV head are empty at every step, and still "
+                     f"run, signal and are combined; kv_partitions={positions} gives every position one")
+    return notes
 
 
 def _unused_explicit_kinds(cfg: ScheduleConfig, program: MegakernelProgram) -> list[str]:

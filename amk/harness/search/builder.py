@@ -134,7 +134,7 @@ def precompile_one(job: BuildJob, kernel: bool = True) -> str:
 
     try:
         _, program = build_program(job.model, job.target, ScheduleConfig.from_dict(job.config), device="cpu",
-                                   dtype=job.dtype, max_seq=job.max_seq)
+                                   dtype=job.dtype, max_seq=job.max_seq, notes=False)
         if program is None:
             return "invalid"
         return precompile(program, job.target.arch, default_cache()) if kernel else "lowered"
