@@ -10,19 +10,22 @@ PAGE_ALIGN = 128  # bulk copies into shared memory stream at full rate only into
 UNIT_VECS = 128  # 16-byte vectors a (row, chunk) unit of a page aims at (vm/pipeline.cuh's UNIT_VECS)
 PRODUCER_THREADS = 32  # the weight producer warp, with pipeline pages
 # The kernel's static shared memory comes out of the same per-block opt-in limit as smem_per_block. An upper
-# bound of it: the instruction double buffer and reductions (896 bytes), and per page two mbarriers. The
-# loader checks the compiled figure.
+# bound of it: the instruction double buffer and reductions (896 bytes), the step's RoPE row (fp32 cos and sin a
+# head dim), and per page two mbarriers. The loader checks the compiled figure.
 STATIC_SMEM_BASE_BYTES = 1024
+MAX_HEAD_DIM = 256  # the widest head the kernel takes (amk.models refuses a wider one)
 
 
-def kernel_static_smem_bytes(build: dict) -> int:
-    """Static shared memory of the kernel a program's build knobs compile (an upper bound)."""
-    return STATIC_SMEM_BASE_BYTES + 16 * int(build.get("PAGES", 0)) + 16
+def kernel_static_smem_bytes(build: dict, head_dim: int = MAX_HEAD_DIM) -> int:
+    """Static shared memory of the kernel a program's build knobs compile for heads of `head_dim` (an upper
+    bound; at the widest head_dim by default)."""
+    return STATIC_SMEM_BASE_BYTES + 8 * head_dim + 16 * int(build.get("PAGES", 0)) + 16
 
 
-def max_dynamic_smem(target_smem_max: int, build: dict | None = None) -> int:
-    """The largest smem_per_block a target runs beside the kernel's static shared memory."""
-    return target_smem_max - kernel_static_smem_bytes(build or {})
+def max_dynamic_smem(target_smem_max: int, build: dict | None = None, head_dim: int = MAX_HEAD_DIM) -> int:
+    """The largest smem_per_block a target runs beside the kernel's static shared memory (see
+    kernel_static_smem_bytes)."""
+    return target_smem_max - kernel_static_smem_bytes(build or {}, head_dim)
 
 
 def consumer_threads(threads_per_block: int, build: dict) -> int:

@@ -246,7 +246,7 @@ def _check_structure(program, target, rep: _Report) -> None:
         if pages and target.lacks_bulk_copies:
             rep.add(IssueKind.ABI, f"pipeline.pages={pages} needs bulk copies (sm_90 or newer); "
                                    f"{target.name} is {target.arch}: set pipeline.pages to 0")
-        room = block_smem.max_dynamic_smem(target.smem_per_block_max, program.build)
+        room = block_smem.max_dynamic_smem(target.smem_per_block_max, program.build, program.constants.head_dim)
         if program.smem_per_block > room:
             rep.add(IssueKind.ABI, f"smem_per_block={program.smem_per_block} exceeds the {room} bytes {target.name} "
                                    f"leaves beside this build's static shared memory ({target.smem_per_block_max} in "

@@ -250,8 +250,6 @@ __device__ void partial_warp_heads(const AttnPartialParams& p, const float* qs, 
 // the RoPE epilogue (rope_head) rounds. No barrier at the end.
 __device__ void fold_rope(const Ctx& c, const AttnPartialParams& p, float* qs, float* kv, bool own) {
   const int lane = threadIdx.x & 31, hd = AMK_HEAD_DIM;
-  const wtype* cs = buf<wtype>(c, AMK_ROPE_COS) + (long long)c.pos * hd;
-  const wtype* sn = buf<wtype>(c, AMK_ROPE_SIN) + (long long)c.pos * hd;
   for (int h = threadIdx.x >> 5; h < AMK_GROUP + (own ? 1 : 0); h += NWARPS) {
     float* x = h < AMK_GROUP ? qs + h * hd : kv;
     float r = 1.f;
@@ -265,8 +263,8 @@ __device__ void fold_rope(const Ctx& c, const AttnPartialParams& p, float* qs, f
     for (int i = lane; i < HALF_HD; i += 32) {
       float a = x[i], b = x[i + HALF_HD];
       if (nw) { a = rnd(to_f(nw[i]) * rnd(a * r)); b = rnd(to_f(nw[i + HALF_HD]) * rnd(b * r)); }
-      x[i] = rnd(rnd(a * to_f(cs[i])) + rnd(-b * to_f(sn[i])));
-      x[i + HALF_HD] = rnd(rnd(b * to_f(cs[i + HALF_HD])) + rnd(a * to_f(sn[i + HALF_HD])));
+      x[i] = rnd(rnd(a * rope_cos(i)) + rnd(-b * rope_sin(i)));
+      x[i + HALF_HD] = rnd(rnd(b * rope_cos(i + HALF_HD)) + rnd(a * rope_sin(i + HALF_HD)));
     }
     if (h == AMK_GROUP) {  // k, rotated by this warp alone: append it and v
       // under attention.q_splits every share of the KV head appends the same bytes: a share whose partition is

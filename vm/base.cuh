@@ -63,6 +63,22 @@ struct Ctx {
 template <typename T>
 __device__ __forceinline__ T* buf(const Ctx& c, int id) { return reinterpret_cast<T*>(c.bufs[id]); }
 
+// This step's RoPE row in fp32: cos at [0, head_dim), sin at [head_dim, 2 head_dim), at the step's position. Each
+// block stages it beside its first instruction's words (a round trip the block waits for anyway), so that a
+// rotation reads shared memory: read from the tables in each QKV epilogue, it put an L2 round trip between the dot
+// and the task's done signal (one H100: llama-3.2-1b 0.9964, tinyllama-1.1b shape 0.9921 of the step;
+// bench/results/20261206-0005_h100_epilogue_latency_probes.json). schedule/smem.py counts its bytes.
+__shared__ float s_rope[2 * AMK_HEAD_DIM];
+__device__ __forceinline__ float rope_cos(int i) { return s_rope[i]; }
+__device__ __forceinline__ float rope_sin(int i) { return s_rope[AMK_HEAD_DIM + i]; }
+__device__ __forceinline__ void stage_rope_row(const Ctx& c, int tid) {
+  const long long row = (long long)c.pos * AMK_HEAD_DIM;
+  for (int k = tid; k < AMK_HEAD_DIM; k += AMK_BLOCK_THREADS) {
+    s_rope[k] = to_f(buf<wtype>(c, AMK_ROPE_COS)[row + k]);
+    s_rope[AMK_HEAD_DIM + k] = to_f(buf<wtype>(c, AMK_ROPE_SIN)[row + k]);
+  }
+}
+
 // Activations and the KV cache are written by other SMs during the step: read them at L2 (coherent).
 __device__ __forceinline__ float ldcg(const float* p) { return __ldcg(p); }
 __device__ __forceinline__ void stcg(float* p, float v) { __stcg(p, v); }

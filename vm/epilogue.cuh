@@ -19,13 +19,23 @@ __device__ void rope_head(const Ctx& c, const EpilogueParams& e, const float* va
     nw = buf<wtype>(c, j < AMK_KV_GROUP ? e.qnorm : e.knorm);
   }
 #endif
+#if AMK_KV_GROUP > 8
+  // builds of more than 8 q heads a KV head sit at ptxas's register cap in the tiled attention: reading the row
+  // from shared memory here put 8 more bytes on their stack (nvcc 13.0, 16 q heads of 16 dims), so they read the
+  // tables as before
   const wtype* cs = buf<wtype>(c, AMK_ROPE_COS) + (long long)c.pos * hd;
   const wtype* sn = buf<wtype>(c, AMK_ROPE_SIN) + (long long)c.pos * hd;
+#define HEAD_COS(i) to_f(cs[i])
+#define HEAD_SIN(i) to_f(sn[i])
+#else
+#define HEAD_COS(i) rope_cos(i)
+#define HEAD_SIN(i) rope_sin(i)
+#endif
   for (int i = lane; i < HALF_HD; i += 32) {
     float a = vals[i], b = vals[i + HALF_HD];
     if (nw) { a = rnd(to_f(nw[i]) * rnd(a * r)); b = rnd(to_f(nw[i + HALF_HD]) * rnd(b * r)); }
-    const float lo = rnd(rnd(a * to_f(cs[i])) + rnd(-b * to_f(sn[i])));
-    const float hi = rnd(rnd(b * to_f(cs[i + HALF_HD])) + rnd(a * to_f(sn[i + HALF_HD])));
+    const float lo = rnd(rnd(a * HEAD_COS(i)) + rnd(-b * HEAD_SIN(i)));
+    const float hi = rnd(rnd(b * HEAD_COS(i + HALF_HD)) + rnd(a * HEAD_SIN(i + HALF_HD)));
     if (j < AMK_KV_GROUP) {
       float* q = buf<float>(c, e.out) + e.out_off + (g * AMK_KV_GROUP + j) * hd;
       stcg(q + i, lo); stcg(q + i + HALF_HD, hi);
@@ -34,6 +44,8 @@ __device__ void rope_head(const Ctx& c, const EpilogueParams& e, const float* va
       dst[i] = from_f(lo); dst[i + HALF_HD] = from_f(hi);
     }
   }
+#undef HEAD_COS
+#undef HEAD_SIN
 }
 
 // Row `row` (below head_dim/2 in its head) of a split QKV task, value a, and its partner half a head on, b.
@@ -41,10 +53,8 @@ __device__ void rope_pair(const Ctx& c, const EpilogueParams& e, int row, float 
   const int u = row / AMK_HEAD_DIM, d = row % AMK_HEAD_DIM;
   const int g = u / (AMK_KV_GROUP + 2), j = u % (AMK_KV_GROUP + 2);
   if (j <= AMK_KV_GROUP) {
-    const wtype* cs = buf<wtype>(c, AMK_ROPE_COS) + (long long)c.pos * AMK_HEAD_DIM;
-    const wtype* sn = buf<wtype>(c, AMK_ROPE_SIN) + (long long)c.pos * AMK_HEAD_DIM;
-    const float lo = rnd(rnd(a * to_f(cs[d])) + rnd(-b * to_f(sn[d])));
-    const float hi = rnd(rnd(b * to_f(cs[d + HALF_HD])) + rnd(a * to_f(sn[d + HALF_HD])));
+    const float lo = rnd(rnd(a * rope_cos(d)) + rnd(-b * rope_sin(d)));
+    const float hi = rnd(rnd(b * rope_cos(d + HALF_HD)) + rnd(a * rope_sin(d + HALF_HD)));
     a = lo;
     b = hi;
   }

@@ -151,6 +151,7 @@ amk_megakernel(const int* __restrict__ instrs, const int* __restrict__ qstarts, 
 #endif
   if (begin < end)
     for (int k = tid; k < AMK_INSTR_WORDS; k += AMK_BLOCK_THREADS) s_ins[0][k] = instrs[(long long)begin * AMK_INSTR_WORDS + k];
+  stage_rope_row(c, tid);
   __syncthreads();  // the last barrier of the whole block: from here the producer warp runs on its own
 #if AMK_PAGES > 0
   if (tid >= AMK_THREADS) {
