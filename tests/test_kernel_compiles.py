@@ -12,6 +12,7 @@ from _checkpoints import ATTENTION_WARP_SHAPES, attention_warp_shape, mistral_wi
 
 import amk
 from amk.schedule import get_target, lower
+from amk.schedule.smem import kernel_static_smem_bytes
 from amk.vm.abi import generate_header
 from amk.vm.loader import kernel_source
 
@@ -85,6 +86,9 @@ def test_every_attention_warp_layout_keeps_nothing_on_the_stack(tmp_path, shape,
     assert out.returncode == 0, out.stderr[-3000:]
     budget = TILED_GROUP_STACK_BYTES if model.dims.group > 8 else 0
     assert _stack_bytes(out.stderr) <= budget, out.stderr[-2000:]
+    # the validator's bound of the static shared memory beside smem_per_block holds at every head_dim (16-256)
+    (static,) = re.findall(r"(\d+) bytes smem", out.stderr)
+    assert int(static) <= kernel_static_smem_bytes(prog.build, prog.constants.head_dim), out.stderr[-2000:]
 
 
 def _stack_bytes(ptxas_log: str) -> int:
