@@ -9,8 +9,10 @@ bytes (from the stage before's last task done to its own, less its bytes); and p
 and worst dependency wait of its tasks (time an SM spent between starting a task and its dependencies being
 met) and their execution time. The stall at each stage boundary: from the previous stage's last task done to
 the last of this stage's tasks ready, split into the signal (to the first task ready) and the spread of the
-ready times (first to last); a stage's end follows its last ready task, so the stall lies on the step's path. With pipeline pages, `page_wait` is the mean
-time thread 0 of a task spent waiting for its weight pages (the weight stream behind the consumers).
+ready times (first to last); a stage's end follows its last ready task, so the stall lies on the step's path. A
+task is ready when its poll saw the dependencies met, or when thread 0 started it if that came later. With
+pipeline pages, `page_wait` is the mean time thread 0 of a task spent waiting for its weight pages (the weight
+stream behind the consumers).
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ def summarise(program, trace, bandwidth_gbs: float, context: int) -> dict:
     stages: dict[int, list] = defaultdict(list)
     for task in program.tasks:
         t0, t1, t2, _, p0, p1, p2, p3 = t[task.id, :8]
+        # the polling thread takes ready, thread 0 start: a poll can see the dependencies met before thread 0, still
+        # releasing the task before, starts this one, and then the task waited for nothing
+        t1 = max(t0, t1)
         kinds[task.kind].append(((t1 - t0) / 1e3, (t2 - t1) / 1e3))
         stages[task.stage].append({"t0": (t0 - origin) / 1e3, "t1": (t1 - origin) / 1e3, "t2": (t2 - origin) / 1e3,
                                    "bytes": task.weight_bytes + kv_bytes(task, program, context),
