@@ -1,5 +1,5 @@
 """bench/tools/trace_raw.py on hand-made traces: a planted per-SM speed is found, noise is not, and a layer's
-windows are measured from the previous layer's end."""
+windows are measured from the previous layer's end, and from no ready time before a task's start."""
 
 import importlib.util
 from pathlib import Path
@@ -101,3 +101,17 @@ def test_layer_windows_start_at_the_previous_layers_end():
     assert rows[1]["span_us"] == pytest.approx(rows[1]["done"][1] - rows[0]["done"][1])
     with pytest.raises(ValueError, match="layer 9 is not in the trace"):
         trace_raw.layer_windows(raw, 9)
+
+
+def test_a_poll_ahead_of_thread_0_counts_from_the_start():
+    # every poll of the last step saw its dependencies met 300 ns before thread 0 (still releasing the task before)
+    # started the task
+    raw = _raw(np.ones(SMS), noise=0.0)
+    last = raw["trace"][-1]
+    last[:, 1] = last[:, 0] - 300
+    rows = trace_raw.layer_windows(raw, 1)
+    assert rows[0]["ready"] == pytest.approx(rows[0]["start"])  # not before the start
+    assert rows[0]["staged"][0] == pytest.approx(rows[0]["start"][0] + 0.1)
+    # a task's execution is then the 0.1 us from its start to the old ready time plus its three phases, the dot
+    # filling the rest: nothing is left between the epilogue and the done mark (0.3 us more counted from the poll)
+    assert trace_raw.closing_times(raw)["gate_up"]["median_us"] == pytest.approx(0.0, abs=0.002)

@@ -41,6 +41,15 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 MATVEC_KINDS = frozenset({"qkv", "o", "gate_up", "down", "lm_head"})
 
 
+def ready_after_start(trace: np.ndarray) -> np.ndarray:
+    """A copy of `trace` ([..., tasks, words]) whose ready time (column 1) is no earlier than the start (column 0):
+    the polling thread takes ready and thread 0 start, and a poll can see a task's dependencies met while thread 0
+    still releases the task before; the task's work begins when thread 0 starts it."""
+    out = trace.copy()
+    out[..., 1] = np.maximum(out[..., 0], out[..., 1])
+    return out
+
+
 def clock_ghz(trace: np.ndarray) -> float:
     """The SMs' mean clock over one traced step (columns 8 and 9 cycle counts beside the ns of columns 0 and 2)."""
     return float((trace[:, 9] - trace[:, 8]).sum() / max(1, (trace[:, 2] - trace[:, 0]).sum()))
@@ -55,7 +64,7 @@ def sm_speed(raw: dict) -> dict:
     """`raw` as np.load gives it: trace [steps, tasks, words] (columns 0-2: start, ready, done in ns; column 3 the
     block in its low 32 bits and the SM that ran it in its high 32), and per task stage, layer, kind, bytes.
     Returns per kind the figures the module docstring names, by physical SM."""
-    trace, stage, layer, kind, nbytes = raw["trace"].copy(), raw["stage"], raw["layer"], raw["kind"], raw["bytes"]
+    trace, stage, layer, kind, nbytes = ready_after_start(raw["trace"]), raw["stage"], raw["layer"], raw["kind"], raw["bytes"]
     block = trace[:, :, 3] & 0xFFFFFFFF
     trace[:, :, 3] >>= 32
     steps, _, _ = trace.shape
@@ -125,7 +134,7 @@ def closing_times(raw: dict) -> dict:
     inside its staging): the time from the end of its epilogue to its done mark, which holds the block's closing
     barrier and the release of its counters (vm/megakernel.cu), and before its first phase the barrier after its
     wait."""
-    trace, kind, layer = raw["trace"][-1], raw["kind"], raw["layer"]
+    trace, kind, layer = ready_after_start(raw["trace"][-1]), raw["kind"], raw["layer"]
     ghz = clock_ghz(trace)
     out = {}
     for k in sorted(set(kind[layer >= 0].tolist())):
@@ -143,7 +152,8 @@ def layer_windows(raw: dict, layer: int, bandwidth_gbs: float | None = None) -> 
     raw file's own when None and it holds one), each stage also gets `span_us`, from the stage before's last
     task done (or the layer's start) to its own, and `above_bytes_us`, that span less its bytes at the bandwidth:
     the stages' shares of the layer's time above its bytes. Raises ValueError when the trace holds no such layer."""
-    trace, stage, layers, kind, nbytes = raw["trace"][-1], raw["stage"], raw["layer"], raw["kind"], raw["bytes"]
+    trace, stage, layers, kind, nbytes = (ready_after_start(raw["trace"][-1]), raw["stage"], raw["layer"], raw["kind"],
+                                          raw["bytes"])
     if not np.any(layers == layer):
         raise ValueError(f"layer {layer} is not in the trace (layers {layers.min()}..{layers.max()})")
     before = np.nonzero(layers == layer - 1)[0]
