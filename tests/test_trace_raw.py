@@ -115,3 +115,25 @@ def test_a_poll_ahead_of_thread_0_counts_from_the_start():
     # a task's execution is then the 0.1 us from its start to the old ready time plus its three phases, the dot
     # filling the rest: nothing is left between the epilogue and the done mark (0.3 us more counted from the poll)
     assert trace_raw.closing_times(raw)["gate_up"]["median_us"] == pytest.approx(0.0, abs=0.002)
+
+
+def test_balance_gain_is_the_slow_tail_a_run_time_split_of_the_bytes_would_save():
+    speed = np.ones(SMS)
+    speed[:4] = 0.8
+    got = trace_raw.balance_gain(_raw(speed, noise=0.0))
+    # every SM staged at the same time, streaming 20 * speed bytes a ns: shared, the stage's bytes end after
+    # SMS * NBYTES / sum(20 * speed) ns; the slow SMs' own bytes after NBYTES / 16 ns
+    want = (NBYTES / 16.0 - SMS * NBYTES / (20.0 * speed.sum())) / 1e3
+    assert set(got) == {"gate_up", "down"}
+    for v in got.values():
+        assert v["stages"] == LAYERS * STEPS
+        assert v["saved_us"] == pytest.approx(want, abs=0.01)
+    even = trace_raw.balance_gain(_raw(np.ones(SMS), noise=0.0))
+    assert all(v["saved_us"] == pytest.approx(0.0, abs=0.01) for v in even.values())
+
+
+def test_balanced_end_counts_a_late_starter_only_from_its_start():
+    # two SMs at 1 byte a ns, one from 0 and one from 100: 300 bytes end at 200
+    assert trace_raw.balanced_end(np.array([0.0, 100.0]), np.array([1.0, 1.0]), 300.0) == pytest.approx(200.0)
+    # 50 bytes end before the late one starts
+    assert trace_raw.balanced_end(np.array([0.0, 100.0]), np.array([1.0, 1.0]), 50.0) == pytest.approx(50.0)

@@ -7,7 +7,8 @@ A layer's windows (the last step): per stage, in us from the previous layer's la
 tasks' start, ready, input staged (ready plus phase 0), dot done (plus phase 1) and done times, with the phases
 of its last task to finish, the stage's bytes and its time above them; they show which parts of a layer run
 with the weight stream idle. Per kind, a task's execution less its phases: its closing barrier and the release
-of its counters.
+of its counters. Per matvec kind, the balance gain: how much earlier a stage's dot would end were its bytes
+split at run time over its SMs at each SM's own rate (an upper bound on tasks that claim rows as they go).
 
 SM speed, per kind (tasks with bytes: the matvecs and the attention): the tasks' mean execution time and the
 mean of each stage's slowest over its mean (the tail a stage boundary waits for); the split-half consistency of
@@ -146,6 +147,44 @@ def closing_times(raw: dict) -> dict:
     return out
 
 
+def balanced_end(starts: np.ndarray, rates: np.ndarray, total: float) -> float:
+    """The earliest time E at which SMs that start streaming at `starts` (ns) and keep streaming at `rates` (bytes a
+    ns) until E have streamed `total` bytes between them: sum_i rates_i * max(0, E - starts_i) = total (bisection)."""
+    lo, hi = float(starts.min()), float(starts.max()) + total / max(float(rates.sum()), 1e-12)
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        if float((rates * np.clip(mid - starts, 0, None)).sum()) >= total:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def balance_gain(raw: dict) -> dict:
+    """Per matvec kind, the mean over its stages and the traced steps (us) of its latest dot end less the end a
+    split of the stage's bytes at run time could reach: each task's SM streaming at the rate its own dot ran
+    (its bytes over its dot, phase 1) from its input staged, the stage's bytes shared so that all end together
+    (balanced_end). An upper bound on what tasks that claim a stage's rows as they go could save a stage: no claim
+    costs anything, and the SMs keep their rates. Also the mean of the latest dot end less the median one."""
+    trace, stage, kind, nbytes = ready_after_start(raw["trace"]), raw["stage"], raw["kind"], raw["bytes"]
+    gains: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for s in range(trace.shape[0]):
+        t = trace[s]
+        ghz = clock_ghz(t)
+        for st in sorted(set(stage.tolist())):
+            ids = np.nonzero(stage == st)[0]
+            k = str(kind[ids[0]])
+            if k not in MATVEC_KINDS or nbytes[ids].sum() == 0:
+                continue
+            staged = t[ids, 1] + t[ids, 4] / ghz
+            dot_ns = np.maximum(t[ids, 5] / ghz, 1.0)
+            ends = staged + dot_ns
+            e = balanced_end(staged, nbytes[ids] / dot_ns, float(nbytes[ids].sum()))
+            gains[k].append(((ends.max() - e) / 1e3, (ends.max() - np.median(ends)) / 1e3))
+    return {k: {"stages": len(v), "saved_us": round(float(np.mean([g for g, _ in v])), 3),
+                "last_over_median_us": round(float(np.mean([m for _, m in v])), 3)} for k, v in gains.items()}
+
+
 def layer_windows(raw: dict, layer: int, bandwidth_gbs: float | None = None) -> list[dict]:
     """Per stage of decoder layer `layer` in the last traced step (program order), its windows in us from the
     previous layer's last task done (the step's first task start for layer 0). With a read bandwidth (GB/s; the
@@ -213,6 +252,9 @@ def main() -> None:
     closing = closing_times(raw)
     print("a task's execution less its phases (its closing barrier and counter release), median / p90 us:",
           "  ".join(f"{k} {v['median_us']:.2f}/{v['p90_us']:.2f}" for k, v in closing.items()))
+    balance = balance_gain(raw)
+    print("a stage's latest dot end less the end its bytes split at run time by each SM's own rate could reach "
+          "(an upper bound), mean us:", "  ".join(f"{k} {v['saved_us']:.2f}" for k, v in balance.items()))
     result = sm_speed(raw)
     print(f"{result['steps']} steps, {result['sms']} SMs, {result['blocks']} blocks; a block on the SM it had in "
           f"step 0: {100 * result['same_sm_every_step']:.0f}% of steps")
@@ -224,7 +266,7 @@ def main() -> None:
               f"{v['last_task_late_start_us']:>11.2f}{v['last_task_long_exec_us']:>10.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"layer": layer, "windows": windows, "closing": closing, "sm_speed": result}, f, indent=1)
+            json.dump({"layer": layer, "windows": windows, "closing": closing, "balance": balance, "sm_speed": result}, f, indent=1)
 
 
 if __name__ == "__main__":
