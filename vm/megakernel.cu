@@ -46,7 +46,18 @@ __device__ bool wait_all(const int* ins, const unsigned* counters, const int* pr
 #endif
   const int n = ins[2];
   for (int w = 0; w < n; ++w) {
-    const int cid = ins[AMK_WAIT_BASE + 2 * w], count = ins[AMK_WAIT_BASE + 2 * w + 1];
+    const int cid = ins[AMK_WAIT_BASE + 2 * w];
+    int count = ins[AMK_WAIT_BASE + 2 * w + 1];
+#ifdef AMK_BOUND_TAIL
+    // a bound (bench/variants.py --bound): a wait on many producers (16 or more) of the task kinds of mask
+    // AMK_BOUND_TAIL_KIND (as AMK_BOUND_SKIP_WAITS) met once AMK_BOUND_TAIL percent of them have signalled: what
+    // the stage's slowest tasks cost the step
+    {
+      const int kind = ins[0] != OP_MATVEC ? 4
+                       : reinterpret_cast<const MatvecParams*>(ins + AMK_PARAM_BASE)->inp_parts > 0 ? 2 : 1;
+      if (((AMK_BOUND_TAIL_KIND) & kind) && count >= 16) count = (count * (AMK_BOUND_TAIL) + 99) / 100;
+    }
+#endif
     const unsigned target = (unsigned)producers[cid] * (epoch - 1u) + (unsigned)count;
     if (seen.covers(cid, target)) continue;
     unsigned long long start = 0;
