@@ -27,6 +27,15 @@ struct SeenCounters {
   __device__ void add(int id, unsigned v) { cid[next] = id; val[next] = v; next = (next + 1) & 3; }
 };
 
+#if defined(AMK_BOUND_SKIP_WAITS) || defined(AMK_BOUND_TAIL)
+// The kind of task a bound's mask names: 1 a matvec on a plain input (the residual or the MLP's hidden row), 2 a
+// matvec on attention partitions (O), 4 every other task.
+__device__ __forceinline__ int bound_kind(const int* ins) {
+  if (ins[0] != OP_MATVEC) return 4;
+  return reinterpret_cast<const MatvecParams*>(ins + AMK_PARAM_BASE)->inp_parts > 0 ? 2 : 1;
+}
+#endif
+
 // The polling thread only. Returns false when the step must stop (this wait timed out, or another block failed).
 __device__ bool wait_all(const int* ins, const unsigned* counters, const int* producers, unsigned epoch,
                          int* control, long long timeout_ns, SeenCounters& seen) {
@@ -36,13 +45,8 @@ __device__ bool wait_all(const int* ins, const unsigned* counters, const int* pr
   return true;
 #endif
 #ifdef AMK_BOUND_SKIP_WAITS
-  // a bound (bench/variants.py --bound): the waits of some task kinds skipped. 1: a matvec on a plain input (the
-  // residual or the MLP's hidden row), 2: a matvec on attention partitions (O), 4: every other task
-  {
-    const int kind = ins[0] != OP_MATVEC ? 4
-                     : reinterpret_cast<const MatvecParams*>(ins + AMK_PARAM_BASE)->inp_parts > 0 ? 2 : 1;
-    if ((AMK_BOUND_SKIP_WAITS) & kind) return true;
-  }
+  // a bound (bench/variants.py --bound): the waits of the task kinds of the mask (bound_kind) skipped
+  if ((AMK_BOUND_SKIP_WAITS) & bound_kind(ins)) return true;
 #endif
   const int n = ins[2];
   for (int w = 0; w < n; ++w) {
@@ -50,13 +54,9 @@ __device__ bool wait_all(const int* ins, const unsigned* counters, const int* pr
     int count = ins[AMK_WAIT_BASE + 2 * w + 1];
 #ifdef AMK_BOUND_TAIL
     // a bound (bench/variants.py --bound): a wait on many producers (16 or more) of the task kinds of mask
-    // AMK_BOUND_TAIL_KIND (as AMK_BOUND_SKIP_WAITS) met once AMK_BOUND_TAIL percent of them have signalled: what
-    // the stage's slowest tasks cost the step
-    {
-      const int kind = ins[0] != OP_MATVEC ? 4
-                       : reinterpret_cast<const MatvecParams*>(ins + AMK_PARAM_BASE)->inp_parts > 0 ? 2 : 1;
-      if (((AMK_BOUND_TAIL_KIND) & kind) && count >= 16) count = (count * (AMK_BOUND_TAIL) + 99) / 100;
-    }
+    // AMK_BOUND_TAIL_KIND (bound_kind) met once AMK_BOUND_TAIL percent of them have signalled: what the stage's
+    // slowest tasks cost the step
+    if (((AMK_BOUND_TAIL_KIND) & bound_kind(ins)) && count >= 16) count = (count * (AMK_BOUND_TAIL) + 99) / 100;
 #endif
     const unsigned target = (unsigned)producers[cid] * (epoch - 1u) + (unsigned)count;
     if (seen.covers(cid, target)) continue;
