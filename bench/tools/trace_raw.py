@@ -167,15 +167,13 @@ def balance_gain(raw: dict) -> dict:
     (balanced_end). An upper bound on what tasks that claim a stage's rows as they go could save a stage: no claim
     costs anything, and the SMs keep their rates. Also the mean of the latest dot end less the median one."""
     trace, stage, kind, nbytes = ready_after_start(raw["trace"]), raw["stage"], raw["kind"], raw["bytes"]
+    streamed = [(str(kind[ids[0]]), ids) for ids in (np.nonzero(stage == st)[0] for st in sorted(set(stage.tolist())))
+                if str(kind[ids[0]]) in MATVEC_KINDS and nbytes[ids].sum() > 0]
     gains: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for s in range(trace.shape[0]):
         t = trace[s]
         ghz = clock_ghz(t)
-        for st in sorted(set(stage.tolist())):
-            ids = np.nonzero(stage == st)[0]
-            k = str(kind[ids[0]])
-            if k not in MATVEC_KINDS or nbytes[ids].sum() == 0:
-                continue
+        for k, ids in streamed:
             staged = t[ids, 1] + t[ids, 4] / ghz
             dot_ns = np.maximum(t[ids, 5] / ghz, 1.0)
             ends = staged + dot_ns
