@@ -22,19 +22,9 @@ import amk
 from amk.eval.bench import time_vm
 from amk.eval.oracle import make_vm, verify
 from amk.eval.roofline import Floor, measure_read_bandwidth
+from amk.harness.environment import git_commit
 from amk.schedule import ScheduleConfig, detect_target
 from amk.vm.loader import nvrtc_version
-
-
-def _commit() -> str | None:
-    """HEAD of the checkout, or what the caller put in AMK_COMMIT (a copied tree without .git)."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("AMK_COMMIT")
 
 
 def run_config(model, target, cfg: dict, max_seq: int, context: int, steps: int, cases: str) -> dict:
@@ -122,7 +112,7 @@ def main() -> None:
     target = detect_target()
     env = {"device": torch.cuda.get_device_name(), "target": target.name, "torch": torch.__version__,
            "nvrtc": nvrtc_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
-           "commit": _commit()}
+           "commit": git_commit()}
     bw = measure_read_bandwidth()
     model = amk.load_model(args.model, dtype=args.dtype, device="cuda")
     configs = json.load(open(args.configs)) if args.configs else [{}]

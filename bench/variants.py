@@ -114,11 +114,11 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)  # before the GPU work: a path that cannot be made loses nothing
 
     import torch
-    from megakernel import _commit
 
     import amk
     from amk.eval.bench import time_vm
     from amk.eval.oracle import make_vm, verify
+    from amk.harness.environment import git_commit
     from amk.schedule import detect_target
 
     target = detect_target()
@@ -157,7 +157,7 @@ def main() -> None:
             row["mean_us"] = sum(row["samples_us"]) / len(row["samples_us"])
             row["min_us"] = min(row["samples_us"])
     result = {"env": {"device": torch.cuda.get_device_name(), "target": target.name,
-                      "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv), "commit": _commit()},
+                      "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv), "commit": git_commit()},
               "model": args.model, "dtype": args.dtype, "context": args.context, "config": config,
               "variants": rows}
     label = os.path.basename(os.path.normpath(args.model))
