@@ -9,7 +9,10 @@ step then slow down many times over."""
 
 from __future__ import annotations
 
+import logging
 import os
+
+import pytest
 
 MAX_WORKERS = 4
 
@@ -27,3 +30,14 @@ def pytest_xdist_auto_num_workers(config):
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(cores, MAX_WORKERS) if cores >= 2 else 0
+
+
+@pytest.fixture(autouse=True)
+def _amk_logger_restored():
+    """The `amk` logger as it was before each test. An in-process command line (tests/_cli.py) gives it a stderr
+    handler of its own and stops it propagating, so without this a later test's caplog, which listens at the
+    root logger on pytest before 9.2, saw nothing of its warnings, depending on which tests ran before it."""
+    log = logging.getLogger("amk")
+    handlers, level, propagate = log.handlers[:], log.level, log.propagate
+    yield
+    log.handlers[:], log.level, log.propagate = handlers, level, propagate
