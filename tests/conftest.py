@@ -35,8 +35,8 @@ def pytest_xdist_auto_num_workers(config):
 @pytest.fixture(autouse=True)
 def _amk_logger_restored():
     """The `amk` logger as it was before each test. An in-process command line (tests/_cli.py) gives it a stderr
-    handler of its own and stops it propagating, so without this a later test's caplog, which listens at the
-    root logger on pytest before 9.2, saw nothing of its warnings, depending on which tests ran before it."""
+    handler of its own and stops it propagating; without this a later test's caplog saw nothing of its warnings on
+    pytest 9.0.3 (9.2.0 passed), depending on which tests ran before it in the process."""
     log = logging.getLogger("amk")
     handlers, level, propagate = log.handlers[:], log.level, log.propagate
     yield
