@@ -148,6 +148,38 @@ def test_a_signal_stops_a_python_caller_of_loop_after_the_trial_in_flight(tmp_pa
     assert s["stopped"] == "interrupted"
 
 
+def test_a_signal_while_a_round_is_prepared_starts_no_trial(tmp_path, monkeypatch):
+    # no trial is in flight while a round builds and ranks its candidates (seconds on a checkpoint): a Ctrl-C
+    # then ends the run there, not after one more trial
+    from amk.harness import loop as loop_mod
+
+    real_round = loop_mod._Run._round
+
+    def round_then_signal(self):
+        real_round(self)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loop_mod._Run, "_round", round_then_signal)
+    ev = Synthetic(2)
+    with pytest.raises(amk.LoopInterrupted) as e:
+        amk.loop("toy", "cpu-sim", budget=50, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 seed=2, evaluate=ev, predictor=predictor)
+    assert e.value.summary["trials"] == 1 == len(ev.calls) == len(read_rows(tmp_path / "r.tsv"))
+
+
+def test_a_stop_asked_while_the_weights_load_measures_nothing(tmp_path, monkeypatch):
+    from amk.harness import loop as loop_mod
+
+    asked = []
+    monkeypatch.setattr(loop_mod._Run, "_load_weights", lambda self: asked.append(True))
+    ev = Synthetic(2)
+    s = amk.loop("toy", "cpu-sim", budget=50, device="cpu", results=tmp_path / "r.tsv", corpus=tmp_path / "c.jsonl",
+                 seed=2, evaluate=ev, predictor=predictor, should_stop=lambda: bool(asked))
+    assert asked and s["stopped"] == "interrupted" and s["trials"] == 0 and ev.calls == []
+    assert s["incumbent"]["latency_us"] is None
+    assert not (tmp_path / "r.tsv").exists() or read_rows(tmp_path / "r.tsv") == []
+
+
 def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     import importlib.util
 

@@ -390,7 +390,10 @@ class _Run(Rounds, Resume):
             self._load_weights()  # (_warm_start loads them on a GPU while the start's kernel compiles)
         while stop is None:  # the start: measured here, or a row of this file (or another loop's) stands for it
             start = self._settle_start(flag)
-            if start is None or self._trial(start, self.start[1], self.start_description):
+            # loading the weights (tens of seconds for a checkpoint) comes between the first check and here: a stop
+            # asked meanwhile measures nothing
+            stop = self._stop_reason(flag)
+            if start is None or stop is not None or self._trial(start, self.start[1], self.start_description):
                 break
         if self.adopted and self.weights_now is not None:
             if self._stop_reason(flag) is None:
@@ -418,6 +421,7 @@ class _Run(Rounds, Resume):
                     self.restart_pending = True
                     continue
                 self.empty_rounds = 0
+                continue  # a round takes seconds (its builds, the ranking): a stop asked meanwhile starts no trial
             cand, built = self.queue.pop(self._next_pick())
             self._trial(cand, built, cand.description)
         return self._summary(stop)
