@@ -3,6 +3,7 @@ user with their own checkpoint would. The dimensions are those of the published 
 each model card); nothing else of those models is used.
 
     python bench/shapes.py --out /tmp/shapes tinyllama-1.1b qwen2.5-0.5b     # prints one directory a line
+    python bench/shapes.py --out /tmp/shapes --layers 2 qwen2.5-0.5b         # its widths, 2 layers: qwen2.5-0.5b-2l
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ MARKER = "amk_shape.json"  # what save_shape wrote into a directory: the shape, 
 
 
 def save_shape(name: str, root: Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-               device: str = "cpu") -> Path:
+               device: str = "cpu", layers: int | None = None) -> Path:
     """Write `name`'s config and seeded random weights (safetensors) to root/name; returns the directory.
+    `layers`: that many decoder layers in place of the shape's own (its widths, heads and vocabulary kept), saved
+    to root/name-<layers>l, small enough to verify on a CPU. ValueError where it is below 1.
     A directory this function wrote before with the same shape, seed, dtype and device (whose random streams
     differ) is reused. The save goes to a temporary directory renamed into place, so an interrupted save or a
     concurrent one never leaves a half-written or mislabelled directory. SystemExit, naming the directory, where
@@ -61,14 +64,18 @@ def save_shape(name: str, root: Path, seed: int = 0, dtype: torch.dtype = torch.
 
     if name not in SHAPES:
         raise SystemExit(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+        raise ValueError(f"layers must be a whole number of at least 1, not {layers!r}")
     root = Path(root)
-    out = root / name
+    out = root / (name if layers is None else f"{name}-{layers}l")
     want = {"shape": name, "seed": int(seed), "dtype": str(dtype).removeprefix("torch."),
             "device": torch.device(device).type}
+    if layers is not None:  # a full shape's marker has no such key, as before the option existed
+        want["layers"] = layers
     if _reusable(out, want):
         return out
     cls_name, fields = SHAPES[name]
-    cfg = getattr(transformers, cls_name)(**fields)
+    cfg = getattr(transformers, cls_name)(**(fields if layers is None else {**fields, "num_hidden_layers": layers}))
     torch.manual_seed(int(seed))
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
@@ -77,6 +84,9 @@ def save_shape(name: str, root: Path, seed: int = 0, dtype: torch.dtype = torch.
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / MARKER).write_text(json.dumps(want) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would keep the checkpoint from other users a plain mkdir allows
         try:
             os.rename(tmp, out)  # atomic; replaces only a missing or empty directory
         except OSError:
@@ -113,12 +123,17 @@ def main() -> None:
                     "saved with another seed is refused, not overwritten")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="where the random weights are drawn (a GPU draws a 3B model in seconds)")
+    ap.add_argument("--layers", type=int, default=None, help="that many decoder layers in place of each shape's own, "
+                    "its widths kept, saved as NAME-<layers>l, small enough to verify on a CPU (default: the shape's "
+                    "own)")
     args = ap.parse_args()
     unknown = [n for n in args.names if n not in SHAPES]
     if unknown:  # before any shape is saved
         ap.error(f"unknown shape(s) {', '.join(map(repr, unknown))}; known: {', '.join(SHAPES)}")
+    if args.layers is not None and args.layers < 1:
+        ap.error(f"--layers must be at least 1, not {args.layers}")
     for name in args.names:
-        print(save_shape(name, Path(args.out), args.seed, device=args.device), flush=True)
+        print(save_shape(name, Path(args.out), args.seed, device=args.device, layers=args.layers), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ incomplete checkpoints refused by name (exit 2 on the CLI, no traceback), and a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -320,6 +321,27 @@ def test_a_saved_shape_is_reused_only_for_its_own_seed(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
     with pytest.raises(SystemExit, match="unknown shape 'tiny2'"):
         shapes.save_shape("tiny2", tmp_path)
+
+
+def test_a_saved_shape_cut_to_fewer_layers_keeps_its_widths_beside_the_whole_one(tmp_path, monkeypatch):
+    """bench/shapes.py --layers: the shape's widths, heads and vocabulary with that many layers, in a directory of
+    its own (the whole shape's is never reused for it, nor it for the whole), readable by other users as a plain
+    mkdir's would be."""
+    shapes = bench_shapes()
+    monkeypatch.setitem(shapes.SHAPES, "tiny", ("LlamaConfig", dict(SMALL, num_hidden_layers=3)))
+    whole = shapes.save_shape("tiny", tmp_path, seed=3)
+    cut = shapes.save_shape("tiny", tmp_path, seed=3, layers=2)
+    assert cut == tmp_path / "tiny-2l" and whole == tmp_path / "tiny"
+    a, b = amk.load_model(whole, weights=False).dims, amk.load_model(cut, weights=False).dims
+    assert (a.n_layers, b.n_layers) == (3, 2)
+    assert dataclasses.replace(a, n_layers=2) == b
+    assert shapes.save_shape("tiny", tmp_path, seed=3, layers=2) == cut  # reused
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (cut.stat().st_mode & 0o777) == 0o777 & ~umask
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="layers must be a whole number"):
+            shapes.save_shape("tiny", tmp_path, layers=bad)
 
 
 
