@@ -77,3 +77,21 @@ def test_the_search_sets_a_move_between_values_alike_back_to_the_incumbents():
     # a value below the rows makes another program: the move stands
     kept = _settled(inc, {"matvec": {"o": {"rows_per_task": 64}}, "build": {"rows_in_flight": 2}})
     assert kept.config.matvec.o.rows_per_task == 64 and kept.change == ("moves",)
+
+
+def test_the_search_sets_a_move_to_the_derived_value_back_to_null():
+    # a move that sets a derived knob to what the lowering derives for null under the rest of the config is the
+    # null program: its description would claim a change the program does not have
+    model = load("toy-2L", "bf16", weights=False)
+    rest = {"build": {"rows_in_flight": 2}}
+    derived = lower(model, CPU_TARGET, ScheduleConfig.from_dict(rest), max_seq=128).meta["derived"]
+    down = derived["matvec.down.rows_per_task"]
+    settled = _settled({}, {"matvec": {"down": {"rows_per_task": down}}, **rest})
+    assert settled.config.matvec.down.rows_per_task is None
+    assert settled.change == ("build.rows_in_flight=2",)
+    other = down // 2 if down > 1 else down * 2
+    kept = _settled({}, {"matvec": {"down": {"rows_per_task": other}}, **rest})
+    assert kept.config.matvec.down.rows_per_task == other and kept.change == ("moves",)
+    # a non-null incumbent: the move to the derived value is a move (null would follow the shape)
+    moved = _settled({"matvec": {"down": {"rows_per_task": other}}}, {"matvec": {"down": {"rows_per_task": down}}})
+    assert moved.config.matvec.down.rows_per_task == down

@@ -60,7 +60,8 @@ class Built:
     seconds: float = 0.0
     kernel_id: str | None = None  # kernel_id_of(program): candidates with one id share one NVRTC build
     derived: dict | None = None  # the program's derived knob values (dotted path -> value), for the inert rules
-    as_derived: tuple[str, ...] = ()  # knobs set to a value the program takes as the derived one (inert.taken_as_derived)
+    as_derived: tuple[str, ...] = ()  # knobs set to a value the program takes as the derived one (inert.taken_as_derived,
+    # inert.derived_alike)
     caps: tuple = ()  # inert.ValueCap of each knob whose values from a bound up lower alike (inert.value_caps)
 
 
@@ -90,7 +91,7 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
     from amk.harness.environment import Device, get_model
     from amk.models import Model
     from amk.schedule.errors import ConfigError, LoweringError
-    from amk.schedule.inert import taken_as_derived, value_caps
+    from amk.schedule.inert import derived_alike, taken_as_derived, value_caps
     from amk.schedule.lower import DEFAULT_MAX_SEQ, lower
     from amk.schedule.program import gc_paused
     from amk.schedule.validate import validate
@@ -119,10 +120,14 @@ def build_one(job: BuildJob, predictor: Predictor | None = None) -> Built:
         pred, feats = (predictor or analytic_predictor)(cfg, program, job.target, job.coefficients)
         if pred is not None and not math.isfinite(pred):
             pred = None
+        # a knob set to what the lowering derives for null under the rest of the config (derived_alike) gives
+        # null's program too: the loop sets such a move back, so that no description claims it
+        as_derived = dict.fromkeys(taken_as_derived(cfg, program))
+        as_derived.update(dict.fromkeys(p for p, _ in derived_alike(cfg, program, model.dims, job.target,
+                                                                    skip=set(as_derived))))
         return Built(job.config, cfg.schedule_id, True, None, program.fingerprint(), feats, pred,
                      len(program.tasks), time.perf_counter() - t0, kernel_id_of(program),
-                     dict(program.meta.get("derived") or {}), tuple(taken_as_derived(cfg, program)),
-                     tuple(value_caps(cfg, program)))
+                     dict(program.meta.get("derived") or {}), tuple(as_derived), tuple(value_caps(cfg, program)))
 
 
 def precompile_one(job: BuildJob, kernel: bool = True) -> str:
