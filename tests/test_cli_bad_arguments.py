@@ -515,6 +515,24 @@ def test_an_out_that_is_no_regular_file_or_names_a_directory_is_refused_before_t
     assert fifo.is_fifo() and not (tmp_path / "newdir").exists()
 
 
+def test_a_corpus_or_results_that_is_no_regular_file_is_refused_before_any_read(capsys, tmp_path):
+    # opening a FIFO to read it blocks until a writer comes: evaluate and propose waited for ever
+    import amk
+
+    fifo = tmp_path / "f.jsonl"
+    os.mkfifo(fifo)
+    (tmp_path / "r.tsv").write_text("")
+    for argv, flag in ((["evaluate", "--model", "toy", "--cases", "reduced", "--corpus", str(fifo)], "--corpus"),
+                       (["propose", "--model", "toy", "--corpus", str(fifo)], "--corpus"),
+                       (["report", "--results", str(fifo)], "--results"),
+                       (["report", "--results", str(tmp_path / "r.tsv"), "--corpus", str(fifo)], "--corpus")):
+        code, s = run(capsys, *argv)
+        assert code == 2 and s["error"].startswith(flag) and "is not a regular file" in s["error"], (argv, s)
+    with pytest.raises(amk.ArgumentError, match="is not a regular file") as e:
+        amk.propose("toy", "cpu-sim", corpus=fifo)
+    assert e.value.argument == "corpus" and fifo.is_fifo()
+
+
 def test_an_out_through_a_dangling_link_writes_the_file_it_names_and_keeps_the_link(capsys, tmp_path):
     link = tmp_path / "link.json"
     link.symlink_to(tmp_path / "target.json")

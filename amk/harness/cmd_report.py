@@ -278,6 +278,9 @@ def report(args) -> CommandResult:
     results = Path(args.results)
     if results.is_dir():
         raise UsageError(f"--results {str(results)!r}: is a directory; name the results file of `amk loop`")
+    if results.exists() and not results.is_file():  # checked before any read: opening a FIFO blocks
+        raise UsageError(f"--results {str(results)!r}: is not a regular file (a device, a FIFO or a socket); name "
+                         "the results file of `amk loop`")
     if not results.is_file():
         raise UsageError(f"--results {str(results)!r}: not found (run `amk loop` first, or pass --results)")
     try:
@@ -287,6 +290,9 @@ def report(args) -> CommandResult:
     corpus = Path(args.corpus)
     if corpus.is_dir():  # as every other command refuses it: read as "no records", it would hide a wrong path
         raise UsageError(f"--corpus {str(corpus)!r}: is a directory; name the corpus file of `amk loop`")
+    if corpus.exists() and not corpus.is_file():
+        raise UsageError(f"--corpus {str(corpus)!r}: is not a regular file (a device, a FIFO or a socket); name the "
+                         "corpus file of `amk loop`")
     records = load_records(corpus) if corpus.is_file() else []
     configs = {r.schedule_id: r.config for r in records if r.schedule_id and _readable(r.config)}
     floors = {r.program_fingerprint: f for r in records if r.program_fingerprint and (f := spec_floor(r))}
