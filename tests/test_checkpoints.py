@@ -168,6 +168,24 @@ def test_a_weight_of_another_shape_is_refused(tmp_path):
         amk.load_model(path)
 
 
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int8, torch.float8_e4m3fn], ids=["bool", "int8", "float8"])
+def test_a_weight_that_is_no_dense_float_is_refused_by_name(tmp_path, dtype):
+    # transformers casts such a tensor into the model's dtype without a word: the model would run other weights
+    path = llama(tmp_path)
+    name = "model.layers.0.self_attn.q_proj.weight"
+
+    def store(sd):
+        sd[name] = torch.ones_like(sd[name], dtype=torch.float32).to(dtype)
+
+    edit_tensors(path, store)
+    for weights in (True, False):
+        with pytest.raises(CheckpointError, match="not a dense float") as e:
+            amk.load_model(path, weights=weights)
+        assert e.value.field == name and e.value.path.endswith("model.safetensors")
+    edit_tensors(path, lambda sd: sd.__setitem__(name, sd[name].to(torch.float32).to(torch.float64)))
+    assert amk.load_model(path).dims.n_layers  # a dense float of another width is cast, as transformers does
+
+
 def _truncated(path):
     f = path / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-7])

@@ -325,6 +325,28 @@ def check_tensor_shapes(path: Path, dims, weights: WeightFiles, head_dim_given: 
                               "different models", field=axes[0] if axes else fields[0])
 
 
+# safetensors dtype names ("Format" in the safetensors README) of dense floating-point weights, which transformers
+# casts to the dtype asked for; integer, bool and 8-bit (or narrower) float tensors are quantised or not weights
+DENSE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+def check_tensor_dtypes(path: Path, dims, weights: WeightFiles) -> None:
+    """CheckpointError naming the first tensor of the model (in model order) whose safetensors dtype is not a dense
+    float (DENSE_DTYPES): transformers would cast a bool, integer or float8 tensor into the model's dtype without a
+    word, and AMK would run weights of another value than the ones saved. A .bin checkpoint (no header) is not
+    checked here: its tensors are cast as they load."""
+    held: dict[str, tuple[str, Path]] = {}
+    for file in sorted(set(weights.keys.values())):
+        for name, t in safetensors_header(file).items():
+            held[name] = (str(t.get("dtype")) if isinstance(t, dict) else "?", file)
+    for name in _expected_shapes(dims):
+        if name in held and held[name][0] not in DENSE_DTYPES:
+            dtype, file = held[name]
+            raise CheckpointError(file, f"is stored as {dtype}, not a dense float ({', '.join(sorted(DENSE_DTYPES))}): "
+                                  "AMK runs dense fp32, fp16 or bf16 weights, and a quantised or integer tensor "
+                                  "would be cast without its scales", field=name)
+
+
 def _find(keys: dict[str, Path], suffix: str) -> str | None:
     hits = [k for k in keys if k == suffix or k.endswith("." + suffix)]
     return hits[0] if len(hits) == 1 else None

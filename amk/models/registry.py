@@ -28,6 +28,7 @@ from .checkpoint import (
     check_finite,
     check_layer_count,
     check_loading_info,
+    check_tensor_dtypes,
     check_tensor_shapes,
     head_is_tied,
     load_config,
@@ -352,6 +353,7 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
     cfg = load_config(path)
     dims = ModelDims.from_hf_config(cfg)
     check_tensor_shapes(path, dims, files, head_dim_given=raw.get("head_dim") is not None)
+    check_tensor_dtypes(path, dims, files)
     dims = dataclasses.replace(dims, tied_embeddings=head_is_tied(cfg, files))
     fingerprint = checkpoint_fingerprint(path, files)
     eager = tokenizer = tokenizer_error = None
