@@ -111,6 +111,12 @@ def test_verify_then_bench(capsys, monkeypatch, tmp_path):
     assert code == 0 and b["verified"] is False and any("UNVERIFIED" in n for n in b["notes"])
     code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--verify-result", str(tmp_path / "none"))
     assert code == 2
+    edited = json.load(open(vr))
+    edited["passed"] = "yes"  # a hand edit: neither a pass nor the failure its 6/6 cases would contradict
+    Path(vr).write_text(json.dumps(edited))
+    code, b = run(capsys, "bench", "--model", "toy", "--gpu", "cpu-sim", "--verify-result", vr)
+    assert code == 2 and "its `passed` is 'yes'" in b["error"] and "FAILED" not in b["error"], b
+    Path(vr).unlink()
 
     from amk.vm.reference import ReferenceVM
 

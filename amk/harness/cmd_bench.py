@@ -67,6 +67,9 @@ def check_verified(path: Path, fingerprint: str, device: str, model: str, dtype:
     if rec.get("program_fingerprint") != fingerprint:
         return (f"{path} verified program {rec.get('program_fingerprint')}, but this config lowers to program "
                 f"{fingerprint}: verify this program first")
+    if not isinstance(rec.get("passed"), bool):  # a hand edit: no verdict to read, whatever its case counts say
+        return (f"{path}: its `passed` is {rec.get('passed')!r}, not the true or false `amk verify` writes: run "
+                "`amk verify` again")
     if rec.get("passed") is not True:
         return f"{path}: program {fingerprint} FAILED verification ({rec.get('cases_passed')}/{rec.get('cases_total')})"
     if rec.get("device") != device:
