@@ -16,6 +16,7 @@ import amk
     ({"budget": 0}, "budget"),
     ({"budget": -3}, "budget"),
     ({"budget": 1.5}, "budget"),
+    ({"budget": 2**63}, "budget"),  # its trials could not be numbered: it ran as if unbounded
     ({"minutes": -1}, "minutes"),
     ({"minutes": float("nan")}, "minutes"),
     ({"workers": 0}, "workers"),

@@ -189,6 +189,10 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
     """Every argument of loop() a caller can get wrong, checked before the results file is opened.
     Raises ArgumentError naming the first one wrong."""
     _whole("budget", budget, 1, optional=True)
+    from amk.flywheel.results import COUNT_LIMIT
+
+    if budget is not None and budget >= COUNT_LIMIT:  # its trials could not be numbered in results.tsv
+        raise ArgumentError("budget", f"expected fewer than 2**63 trials, got {budget}: leave it unset for no bound")
     check_flag("resume", resume)
     check_max_seq(max_seq)
     if progress is not None and not callable(progress):
