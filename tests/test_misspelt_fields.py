@@ -1,5 +1,6 @@
 """A config.json name that transformers and AMK both ignore but that is a near spelling of a field they read is
-named in the verdict's notes, with the field meant: its value was never used."""
+named in the verdict's notes, with the field meant: its value was never used. Any other name neither reads is
+named too, as passed over."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from _checkpoints import llama
 from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 import amk
-from amk.models.fields import misspelt_fields
+from amk.models.fields import misspelt_fields, unread_fields
 
 
 def test_the_config_classes_defaults_have_no_near_spellings():
     for cls in (LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config):
         assert misspelt_fields(cls()) == [], cls.__name__
+        assert unread_fields(cls()) == [], cls.__name__
 
 
 def test_transformers_4_fields_of_a_whole_config_dump_are_not_misspellings():
@@ -40,3 +42,14 @@ def test_a_misspelt_rope_field_names_the_value_transformers_5_keeps_in_rope_para
     theta = model.hf_config.rope_parameters["rope_theta"]
     assert misspelt_field_notes(model) == [f"config field 'rope_thetaa' is read by neither transformers nor AMK, and "
                                            f"'rope_theta' keeps its value {theta}: did you mean 'rope_theta'?"]
+
+
+def test_a_field_neither_reads_is_named_as_passed_over(tmp_path):
+    from amk.harness.evaluate import misspelt_field_notes
+
+    path = llama(tmp_path / "m", my_tool_setting=5, rope_thetaa=500.0, _loader_metadata="x")
+    model = amk.load_model(str(path), weights=False)
+    assert unread_fields(model.hf_config) == ["my_tool_setting"]  # the misspelling has its own note
+    notes = misspelt_field_notes(model)
+    assert len(notes) == 2 and notes[1] == ("config field 'my_tool_setting' is read by neither transformers nor AMK: "
+                                            "passed over"), notes

@@ -179,14 +179,20 @@ def check_kv_memory(program: MegakernelProgram, dev, copies: int = 2) -> None:
 
 def misspelt_field_notes(model) -> list[str]:
     """A note for each name of the model's config.json that is a near spelling of a field transformers reads
-    (amk.models.fields.misspelt_fields): neither transformers nor AMK reads it, so the value meant is not used."""
-    from amk.models.fields import misspelt_fields
+    (amk.models.fields.misspelt_fields): neither transformers nor AMK reads it, so the value meant is not used; and
+    one naming the other names neither reads (unread_fields)."""
+    from amk.models.fields import misspelt_fields, unread_fields
 
     if getattr(model, "hf_config", None) is None:
         return []
-    return [f"config field {name!r} is read by neither transformers nor AMK, and {meant!r} keeps its value "
-            f"{json.dumps(_field_value(model.hf_config, meant), default=str)}: did you mean {meant!r}?"
-            for name, meant in misspelt_fields(model.hf_config)]
+    notes = [f"config field {name!r} is read by neither transformers nor AMK, and {meant!r} keeps its value "
+             f"{json.dumps(_field_value(model.hf_config, meant), default=str)}: did you mean {meant!r}?"
+             for name, meant in misspelt_fields(model.hf_config)]
+    unread = unread_fields(model.hf_config)
+    if unread:
+        notes.append(f"config {'fields' if len(unread) > 1 else 'field'} {', '.join(map(repr, unread))} "
+                     f"{'are' if len(unread) > 1 else 'is'} read by neither transformers nor AMK: passed over")
+    return notes
 
 
 def _field_value(hf_config, name: str):

@@ -393,6 +393,18 @@ def misspelt_fields(cfg) -> list[tuple[str, str]]:
     return out
 
 
+def unread_fields(cfg) -> list[str]:
+    """Each name the config carries that neither the table nor transformers knows and that is no near spelling of a
+    field (misspelt_fields names those): transformers stores it and reads it nowhere, and neither does AMK. Listed
+    so that a field meant for another tool, or a field of a newer transformers, is seen to be passed over. A name
+    starting with an underscore is a loader's own metadata (a GGUF conversion's _model_name_or_path), not listed.
+    Nothing is refused for it."""
+    known = set(FIELDS) | set(LOADING_FIELDS)
+    misspelt = {name for name, _ in misspelt_fields(cfg)}
+    return [name for name in config_fields(cfg) if name not in known and name not in TRANSFORMERS_4_BASE_FIELDS
+            and "." not in name and not name.startswith("_") and name not in misspelt]
+
+
 def check_config(cfg) -> Architecture:
     """Raise UnsupportedModelError naming every field whose value AMK does not lower; return the family."""
     arch = architecture(cfg)
