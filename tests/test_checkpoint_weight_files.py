@@ -131,6 +131,31 @@ def test_a_malformed_index_is_named_with_its_field(saved, tmp_path, how):
     assert "holds no weights" not in str(e.value)
 
 
+def _first_to_another_shard(index):
+    # a tensor of a shard that holds others too: the map still names its shard
+    wm = index["weight_map"]
+    first = next(t for t in sorted(wm) if list(wm.values()).count(wm[t]) > 1)
+    wm[first] = next(f for f in sorted(set(wm.values())) if f != wm[first])
+    return index
+
+
+def _a_tensor_no_shard_holds(index):
+    index["weight_map"]["model.layers.9.mlp.up_proj.weight"] = sorted(index["weight_map"].values())[0]
+    return index
+
+
+@pytest.mark.parametrize("edit, where", [(_first_to_another_shard, r"\(it is in model-0000\d"),
+                                         (_a_tensor_no_shard_holds, r"\(nor does any shard it names\)")],
+                         ids=["another shard", "no shard"])
+def test_an_index_mapping_a_tensor_to_a_shard_without_it_names_the_tensor(saved, tmp_path, edit, where):
+    # transformers reads a tensor from the shard the map names: it would call this one missing and initialise it
+    path = _index(saved, tmp_path, edit)
+    for weights in (False, True):
+        with pytest.raises(CheckpointError, match="whose header does not hold it " + where) as e:
+            amk.load_model(path, weights=weights)
+        assert e.value.path == str(path / INDEX) and e.value.field == "weight_map"
+
+
 def test_an_index_naming_a_missing_shard_names_the_shard_and_its_tensor(saved, tmp_path):
     path = _index(saved, tmp_path, _first_to("model-00099-of-00099.safetensors"))
     first = sorted(json.loads((saved["sharded"] / INDEX).read_text())["weight_map"])[0]

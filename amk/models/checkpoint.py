@@ -148,7 +148,8 @@ def weight_files(path: Path) -> WeightFiles:
     every *.safetensors file there. Other safetensors files beside the picked ones (an old.safetensors of another
     model) are neither read nor hashed. Each safetensors file is checked whole. Raises CheckpointError for a
     directory without weights or with both model.safetensors and an index, a malformed index (naming it and its
-    weight_map), an index naming a missing file, or a file cut short."""
+    weight_map), an index naming a missing file or a shard that does not hold the tensor it maps there, or a file
+    cut short."""
     index, single = path / _INDEX, path / _SINGLE
     if index.is_file() and single.exists():
         # transformers loads the single file and never reads the index: checked and hashed, the shards would
@@ -157,7 +158,9 @@ def weight_files(path: Path) -> WeightFiles:
                                     f"loads {single.name}): keep one")
     if index.is_file():
         shards = _index_shards(index)
-        return WeightFiles([index] + shards, _tensor_files(shards))
+        keys = _tensor_files(shards)
+        _check_index_holds(index, keys)
+        return WeightFiles([index] + shards, keys)
     if single.exists():
         return WeightFiles([single], _tensor_files([single]))
     bins = sorted(path.glob("pytorch_model*.bin")) + sorted(path.glob("pytorch_model.bin.index.json"))
@@ -205,6 +208,22 @@ def _index_shards(index: Path) -> list[Path]:
             raise CheckpointError(f, f"named by {index.name}'s weight_map (for {len(tensors)} tensor(s), "
                                      f"{tensors[0]} first) but not in the directory")
     return sorted(by_file)
+
+
+def _check_index_holds(index: Path, keys: dict[str, Path]) -> None:
+    """CheckpointError naming the index and its weight_map where it maps a tensor to a shard whose header does not
+    hold it (`keys`: tensor name -> the shard that does, _tensor_files): transformers reads each tensor from the
+    shard the map names, and would report it missing and fill it by initialisation."""
+    for tensor, file in _read_weight_map(index).items():
+        named = index.parent / file
+        if keys.get(tensor) != named and not (tensor in keys and _holds(named, tensor)):
+            where = f" (it is in {keys[tensor].name})" if tensor in keys else " (nor does any shard it names)"
+            raise CheckpointError(index, f"maps {tensor!r} to {file}, whose header does not hold it{where}",
+                                  field="weight_map")
+
+
+def _holds(file: Path, tensor: str) -> bool:
+    return tensor in safetensors_header(file)
 
 
 def _read_weight_map(index: Path) -> dict:
