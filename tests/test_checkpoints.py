@@ -207,6 +207,14 @@ def _null_hidden_size(path):
     (path / "config.json").write_text(json.dumps(cfg))
 
 
+def _null_kv_heads(path):
+    # transformers reads it as num_attention_heads: the K and V weights of 2 heads then have another shape (an
+    # axis of whole heads of head_dim 8 too, which named head_dim)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["num_key_value_heads"] = None
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
 def _string_width(path):
     cfg = json.loads((path / "config.json").read_text())
     cfg["hidden_size"] = "64"
@@ -259,6 +267,8 @@ BROKEN = {  # how -> (file named, field named, words in the message)
     "no weight files": (_no_weights, None, None, "holds no weights"),
     "config without hidden_size": (_no_hidden_size, "config.json", "hidden_size", "missing"),
     "config with hidden_size null": (_null_hidden_size, "config.json", "hidden_size", "null: transformers would"),
+    "config with num_key_value_heads null": (_null_kv_heads, "config.json", "num_key_value_heads",
+                                             "null, which transformers reads as 4: then"),
     "config with a string width": (_string_width, "config.json", "hidden_size", "expected int"),
     "config not JSON": (_not_json, "config.json", None, "not valid JSON"),
     "config wider than its weights": (_config_of_another_width, "config.json", "intermediate_size",

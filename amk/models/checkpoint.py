@@ -313,19 +313,24 @@ def _expected_shapes(dims) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]
     return out
 
 
-def _blamed(field: str, got: int, dims, head_dim_given: bool) -> str:
-    """The config field an attention axis of `got` rows contradicts: head_dim where config.json gives one and the
-    axis is a whole number of heads of another size, else the head count."""
+def _blamed(field: str, got: int, dims, head_dim_given: bool, nulls: frozenset[str] = frozenset()) -> str:
+    """The config field an attention axis of `got` rows contradicts: the axis's own field where config.json gives
+    it as null (`nulls`: transformers put a value of its own there), else head_dim where config.json gives one and
+    the axis is a whole number of heads of another size, else the head count."""
+    if field in nulls:
+        return field
     heads = {"num_attention_heads": dims.n_heads, "num_key_value_heads": dims.n_kv_heads}.get(field)
     if heads and head_dim_given and got % heads == 0 and got // heads != dims.head_dim:
         return "head_dim"
     return field
 
 
-def check_tensor_shapes(path: Path, dims, weights: WeightFiles, head_dim_given: bool = False) -> None:
+def check_tensor_shapes(path: Path, dims, weights: WeightFiles, head_dim_given: bool = False,
+                        nulls: frozenset[str] = frozenset()) -> None:
     """CheckpointError naming config.json's field where a safetensors tensor's shape (read from its file's header,
     no data loaded) is not the one config.json's dimensions give it: config.json edited or from another model.
-    `head_dim_given`: config.json sets head_dim (then an attention axis of whole heads of another size names it).
+    `head_dim_given`: config.json sets head_dim (then an attention axis of whole heads of another size names it);
+    `nulls`: the fields config.json gives as null (an axis of such a field names it, with the value read for it).
     Found before any lowering, which would otherwise refuse the config's shared memory or tiling for a shape the
     weights do not have. A .bin checkpoint (no header) is checked by transformers' loading report instead."""
     held: dict[str, tuple[tuple, Path]] = {}
@@ -336,12 +341,24 @@ def check_tensor_shapes(path: Path, dims, weights: WeightFiles, head_dim_given: 
         if name not in held or held[name][0] == shape:
             continue
         got, file = held[name]
-        axes = [_blamed(f, g, dims, head_dim_given) for f, g, w in zip(fields, got, shape) if g != w] \
+        axes = [_blamed(f, g, dims, head_dim_given, nulls) for f, g, w in zip(fields, got, shape) if g != w] \
             if len(got) == len(shape) else []
         named = list(dict.fromkeys(fields)) + (["head_dim"] if head_dim_given and "head_dim" in axes else [])
+        field = axes[0] if axes else fields[0]
+        if field in nulls:  # not another model: a null transformers filled in
+            raise CheckpointError(path / "config.json", f"null, which transformers reads as "
+                                  f"{_null_reads(field, dims)}: then {name} would be {list(shape)}, but it is "
+                                  f"{list(got)} in {file.name}; give the value the weights have", field=field)
         raise CheckpointError(path / "config.json", f"{name} is {list(got)} in {file.name}, where config.json's "
                               f"{', '.join(named)} make it {list(shape)}: the config and the weights are of "
-                              "different models", field=axes[0] if axes else fields[0])
+                              "different models", field=field)
+
+
+def _null_reads(field: str, dims) -> str:
+    """What transformers' config takes for `field` given as null, from the dimensions it produced."""
+    value = {"num_key_value_heads": dims.n_kv_heads, "num_attention_heads": dims.n_heads, "head_dim": dims.head_dim,
+             "hidden_size": dims.hidden, "intermediate_size": dims.intermediate, "vocab_size": dims.vocab}.get(field)
+    return "its default" if value is None else str(value)
 
 
 # safetensors dtype names ("Format" in the safetensors README) of dense floating-point weights, which transformers
