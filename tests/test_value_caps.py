@@ -95,3 +95,11 @@ def test_the_search_sets_a_move_to_the_derived_value_back_to_null():
     # a non-null incumbent: the move to the derived value is a move (null would follow the shape)
     moved = _settled({"matvec": {"down": {"rows_per_task": other}}}, {"matvec": {"down": {"rows_per_task": down}}})
     assert moved.config.matvec.down.rows_per_task == down
+
+
+def test_a_move_past_the_cap_is_a_move_to_the_cap():
+    # 512 rows a task on an O projection of 120 rows is its one-task program: the keep carries 120, which acts, and
+    # evaluate has no "has no effect" note for it
+    settled = _settled({}, {"matvec": {"o": {"rows_per_task": 512}}})
+    assert settled.config.matvec.o.rows_per_task == 120
+    assert settled.change == ("matvec.o.rows_per_task=120",)

@@ -161,8 +161,8 @@ class Rounds:
     def _settle_derived_inert(self, cand: Candidate, built: Built) -> tuple[Candidate, Built]:
         """The candidate with each move of a knob that the lowering's derived values make inert set back to the
         incumbent's value (space.settle_inert), and each move between two values its program takes alike (a value
-        the lowering derives for null, or two values above a cap: inert.value_caps). The program is the same, so
-        its build stands; a keep then carries no knob that does nothing, and its description claims no such move."""
+        the lowering derives for null, or two values above a cap: inert.value_caps), and a move past a cap set to the
+        cap itself. The program is the same, so its build stands; a keep then carries no knob that does nothing, and its description claims no such move."""
         inc = self.inc.config
         cfg = settle_inert(cand.config, inc, self.space, self.target, derived=built.derived)
         for path in built.as_derived:  # a value the program takes as the derived one: null where the incumbent is
@@ -172,6 +172,8 @@ class Rounds:
             was, now = get_path(inc, cap.path), get_path(cfg, cap.path)
             if was != now and cap.alike(was, now):
                 cfg = with_value(cfg, cap.path, was)
+            elif now is not None and now > cap.cap:  # a move past the bound is a move to it: the same program
+                cfg = with_value(cfg, cap.path, cap.cap)
         if cfg.schedule_id == cand.config.schedule_id:
             return cand, built
         return (Candidate(cfg, tuple(diff(inc, cfg)), cand.source),
