@@ -265,6 +265,9 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
     for col, allowed in CHOICE_COLUMNS.items():
         if row[col] not in allowed:
             return col, f"not {_choices(allowed)}"
+    if row["correct"] == "false" and row["status"] in (Status.KEEP.value, Status.DISCARD.value):
+        # the loop keeps or discards only a correct config (search/keep.py decide): a failed one is a fail row
+        return "correct", f"false on a {row['status']} row, which the loop writes only for a correct config"
     return None
 
 

@@ -262,3 +262,15 @@ def test_a_results_file_with_cr_only_line_endings_is_refused_saying_so(tmp_path)
 def read_rows_of_bytes(path, data: bytes) -> list[dict]:
     path.write_bytes(data)
     return read_rows(path)
+
+
+@pytest.mark.parametrize("status", ["keep", "discard"])
+def test_a_kept_or_discarded_row_marked_incorrect_is_skipped_with_a_warning(tmp_path, caplog, status):
+    # the loop keeps or discards only a correct config: such a row is a hand edit, read by no one as a latency
+    res = tmp_path / "r.tsv"
+    _results(res, correct="false", status=status)
+    assert [r["trial"] for r in _skipped(res, caplog, "correct")] == ["2"]
+    assert f"false on a {status} row" in caplog.text
+    assert load_results(res)["trial"].tolist() == [2]
+    _results(res, correct="false", status="fail", latency_us="")  # a failed trial: read as it is
+    assert [r["trial"] for r in read_rows(res)] == ["1", "2"]
