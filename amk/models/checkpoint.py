@@ -366,7 +366,7 @@ def _null_reads(field: str, dims) -> str:
 DENSE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 
 
-def check_tensor_dtypes(path: Path, dims, weights: WeightFiles) -> None:
+def check_tensor_dtypes(dims, weights: WeightFiles) -> None:
     """CheckpointError naming the first tensor of the model (in model order) whose safetensors dtype is not a dense
     float (DENSE_DTYPES): transformers would cast a bool, integer or float8 tensor into the model's dtype without a
     word, and AMK would run weights of another value than the ones saved. A .bin checkpoint (no header) is not

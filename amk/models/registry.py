@@ -354,7 +354,7 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
     dims = ModelDims.from_hf_config(cfg)
     check_tensor_shapes(path, dims, files, head_dim_given=raw.get("head_dim") is not None,
                         nulls=frozenset(k for k, v in raw.items() if v is None))
-    check_tensor_dtypes(path, dims, files)
+    check_tensor_dtypes(dims, files)
     dims = dataclasses.replace(dims, tied_embeddings=head_is_tied(cfg, files))
     fingerprint = checkpoint_fingerprint(path, files)
     eager = tokenizer = tokenizer_error = None
