@@ -4,5 +4,7 @@ One job per module: policy (candidate rounds: mutations, crossover, random point
 which to measure), model (the ranking cost model fitted to this model's and GPU's tuning records), builder
 (lowering, validation, pricing and NVRTC builds in worker processes, off the measuring process's path),
 keep (the noise-aware keep rule and the incumbent), rounds (a run's rounds: generate, build, take in as built,
-rank, pick), distributed (one measuring worker per GPU through Ray). harness/loop.py drives them.
+rank, pick), resume (what a run takes from the results file and corpus it continues, and the checkpoint's
+weights they were measured on), errors (the loop's own), distributed (one measuring worker per GPU through Ray).
+harness/loop.py drives them.
 """
