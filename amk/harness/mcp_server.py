@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+import signal
+import sys
 import threading
 import typing
 from typing import Any
@@ -39,6 +42,12 @@ INSTRUCTIONS = (
 # RNG after manual_seed, and loop sets torch's process-wide thread count for its run. Importing the heavy modules
 # up front would fix only the first of these.
 _TOOL_LOCK = threading.Lock()
+
+# Set when the server is to stop (SIGINT, SIGTERM, or the client's end of stdin closed): a loop running on a
+# worker thread reads it between trials (should_stop), finishes the trial in flight and returns its summary, so
+# that results.tsv and corpus.jsonl end whole. Signal handlers run only on the main thread, and the SDK waits for
+# a running tool's thread before it exits: without it, a loop ran on to its budget after its client was gone.
+_STOP = threading.Event()
 
 
 def _one_at_a_time(tool):
@@ -209,7 +218,8 @@ def build_server():
                 raise LoopError(e.message("pass resume=true to continue it"), argument="results") from e
 
         return _call(fn, model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
-                     corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype, max_seq=max_seq)
+                     corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype, max_seq=max_seq,
+                     should_stop=_STOP.is_set)
 
     @server.tool()
     @_one_at_a_time
@@ -245,5 +255,62 @@ def serve_command(args) -> CommandResult:
 
         raise EnvironmentProblem(f"amk mcp needs the mcp package ({e}): pip install -e '.[mcp]' in AMK's checkout") from e
     log.info("serving propose, evaluate, loop and report over MCP (stdio)")
-    server.run("stdio")
+    _STOP.clear()
+    previous = _stop_on_signals()
+    threading.Thread(target=_stop_when_stdin_closes, name="amk-mcp-stdin-watch", daemon=True).start()
+    try:
+        server.run("stdio")
+    except KeyboardInterrupt:
+        # a loop still running ends after its trial in flight; then exit at once: the SDK's thread reading stdin
+        # blocks there until the client closes it, and the interpreter would wait for that thread for ever
+        with _TOOL_LOCK:
+            pass
+        log.error("interrupted")
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(ExitCode.INTERRUPTED.value)
+    finally:
+        _STOP.set()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return CommandResult(ExitCode.OK, {}, None)
+
+
+def _stop_on_signals() -> dict:
+    """SIGINT and SIGTERM set _STOP, then stop the server as before (KeyboardInterrupt in the main thread); returns
+    the handlers replaced. A no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum, frame):
+        if not _STOP.is_set() and _TOOL_LOCK.locked():
+            log.warning("%s: a running tool finishes its trial in flight, then the server exits",
+                        signal.Signals(signum).name)
+        _STOP.set()
+        raise KeyboardInterrupt
+
+    return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _stop_when_stdin_closes() -> None:
+    """Set _STOP once the client's end of stdin is closed (POLLHUP on a pipe or socket; never on a file or a
+    terminal, where nothing is lost by waiting), without reading from it: the SDK reads the requests."""
+    import select
+
+    try:
+        # a descriptor of its own: the SDK closes stdin at its end, and a file opened later may take number 0
+        fd = os.dup(sys.stdin.fileno())
+    except (AttributeError, ValueError, OSError):  # no stdin descriptor
+        return
+    try:
+        poller = select.poll()
+        poller.register(fd, 0)  # no events asked: only hang-ups and errors are reported
+        while not _STOP.is_set():
+            events = poller.poll(1000)
+            if any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events):
+                _STOP.set()
+                return
+    except (AttributeError, OSError):  # no poll on this platform
+        return
+    finally:
+        os.close(fd)

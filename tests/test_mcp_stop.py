@@ -1,0 +1,65 @@
+"""`amk mcp` stops a running loop as the CLI does: SIGTERM, or the client's end of stdin closed, ends the loop after
+its trial in flight and the server exits, with results.tsv and corpus.jsonl whole. A loop runs on the SDK's worker
+thread, where no signal reaches it, and the SDK waits for that thread before it exits: the loop ran on to its
+budget after its client was gone."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
+
+from amk.flywheel import read_rows
+from amk.flywheel.records import load_records
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("mcp") is None, reason="the mcp extra is not installed")
+
+
+def _server(cwd):
+    p = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "amk"), "mcp"], cwd=cwd, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1)
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "loop", "arguments": {"model": "toy", "gpu": "cpu-sim", "budget": 500}}}]
+    for m in lines:
+        p.stdin.write(json.dumps(m) + "\n")
+    p.stdin.flush()
+    return p
+
+
+def _rows_appear(p, cwd, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        if (cwd / "results.tsv").exists() and len(read_rows(cwd / "results.tsv")) >= 2:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"no trials within {timeout} s: {p.stderr.read()[-2000:] if p.poll() is not None else ''}")
+
+
+@pytest.mark.parametrize("how", ["sigterm", "stdin closed"])
+def test_a_loop_over_mcp_ends_after_its_trial_in_flight_when_the_server_is_stopped(tmp_path, how):
+    p = _server(tmp_path)
+    try:
+        _rows_appear(p, tmp_path)
+        if how == "sigterm":
+            p.send_signal(signal.SIGTERM)
+        else:
+            p.stdin.close()
+        p.wait(timeout=120)  # one trial of toy takes seconds; the budget of 500 would take an hour
+    finally:
+        if p.poll() is None:
+            p.kill()
+    rows = read_rows(tmp_path / "results.tsv")
+    assert 2 <= len(rows) < 100, len(rows)
+    assert (tmp_path / "results.tsv").read_bytes().endswith(b"\n")
+    assert len(load_records(tmp_path / "corpus.jsonl")) == len(rows)  # every row's record written
