@@ -53,7 +53,8 @@ def _candidates(max_seq: int, reduced: bool, seed: int) -> list[VerifyCase]:
     near = max(0, max_seq - 3)
 
     def case(name, full, prefix, tokens, generate=0, s=0):
-        return VerifyCase(name, prefix, tokens, generate, seed + s, "" if name == full else full)
+        # a case's own seed wraps below 2**63: the largest seed the argument check takes is a case seed too
+        return VerifyCase(name, prefix, tokens, generate, (seed + s) % SEED_LIMIT, "" if name == full else full)
 
     def greedy(full_tokens, full_gen, s):
         t = min(full_tokens, max(1, max_seq // 2))
@@ -70,7 +71,7 @@ def _candidates(max_seq: int, reduced: bool, seed: int) -> list[VerifyCase]:
         out = [VerifyCase("pos0", 0, 1, seed=seed), mid_case(1), greedy(3, 8, 2)]
     else:
         out = [VerifyCase("pos0", 0, 1, seed=seed), case("pos1", "pos1", 1, 1, 0, 1), mid_case(2),
-               VerifyCase(f"pos{near}_near_limit", near, max_seq - near, seed=seed + 3),
+               VerifyCase(f"pos{near}_near_limit", near, max_seq - near, seed=(seed + 3) % SEED_LIMIT),
                case(f"tokens{min(8, max_seq)}", "tokens8", 0, min(8, max_seq), 0, 4), greedy(4, 32, 5)]
     return out
 

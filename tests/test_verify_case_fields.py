@@ -67,3 +67,14 @@ def test_good_cases_at_their_bounds_still_verify():
     v = amk.evaluate("toy", "cpu-sim", {}, cases=cases)
     assert v["valid"] and v["correct"], v["failures"]
     assert v["cases_passed"] == v["cases_total"] == 2
+
+
+def test_the_largest_seed_the_argument_check_takes_gives_cases_it_takes_too():
+    # the default cases offset the seed by up to 4: at 2**63 - 1 every case was refused, and every trial crashed
+    from amk.eval.cases import default_cases
+    from amk.harness.arguments import SEED_LIMIT
+
+    for reduced in (False, True):
+        cases = default_cases(512, reduced=reduced, seed=SEED_LIMIT - 1)
+        assert cases and all(0 <= c.seed < SEED_LIMIT for c in cases)
+        assert len({c.seed for c in cases}) == len({c.seed for c in default_cases(512, reduced=reduced, seed=7)})
