@@ -75,19 +75,23 @@ def check_max_seq(max_seq) -> None:
 
 def check_corpus(corpus) -> None:
     """`corpus`: None, or a tuning-record file that may not exist yet; ArgumentError when it names a directory or
-    another file that is not a regular one (a FIFO, whose read would block), is no path at all, or is a non-empty file with no readable tuning record (foreign_corpus): read as a corpus of no
-    records, it would start propose from the defaults and calibrate evaluate from nothing, with a warning a line."""
+    another file that is not a regular one (a FIFO, whose read would block), is no path at all, or is a non-empty
+    file with no readable tuning record (foreign_corpus): read as a corpus of no records, it would start propose
+    from the defaults and calibrate evaluate from nothing, with a warning a line."""
     if corpus is not None and (not isinstance(corpus, str | os.PathLike) or isinstance(corpus, bytes)):
         raise ArgumentError("corpus", f"expected a file path or None, got {type(corpus).__name__} ({corpus!r:.60})")
     if corpus is not None and not str(corpus).strip():  # Path("") is the working directory
         raise ArgumentError("corpus", "empty; name a file (default corpus.jsonl)")
-    if corpus is not None and Path(corpus).expanduser().is_dir():
+    if corpus is None:
+        return
+    path = Path(corpus).expanduser()
+    if path.is_dir():
         raise ArgumentError("corpus", f"{str(corpus)!r} is a directory; name a file (default corpus.jsonl)")
-    if corpus is not None and Path(corpus).expanduser().exists() and not Path(corpus).expanduser().is_file():
+    if path.exists() and not path.is_file():
         # checked before any read: opening a FIFO blocks until a writer comes, which may be never
         raise ArgumentError("corpus", f"{str(corpus)!r} is not a regular file (a device, a FIFO or a socket); name a "
                             "file (default corpus.jsonl)")
-    foreign = foreign_corpus(corpus) if corpus is not None else None
+    foreign = foreign_corpus(corpus)
     if foreign is not None:
         raise ArgumentError("corpus", f"{str(corpus)!r} holds no readable tuning record ({foreign}): not a corpus")
 

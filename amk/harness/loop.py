@@ -14,8 +14,8 @@ Identity of a trial: the program fingerprint (what the VM executes, build knobs 
 GPU. A config that lowers to a program this results file already holds is a duplicate, never measured again;
 loops sharing the file claim each program under its lock first (flywheel/claims.py).
 
-A resume (search/resume.py) compares only with rows of its own dtype and context (the dtype and max_seq columns): a row of another
-is never the bar to beat nor the incumbent's latency. Rows of a file written before those columns cannot be told
+A resume (search/resume.py) compares only with rows of its own dtype and context (the dtype and max_seq
+columns): a row of another is never the bar to beat nor the incumbent's latency. Rows of a file written before those columns cannot be told
 apart and are taken for the run's, with a warning.
 
 Stopping: `budget` new trials (re-measurements of the incumbent and confirmations of a gain come on top;

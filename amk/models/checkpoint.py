@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from amk.schedule.errors import CheckpointError, UnsupportedModelError
@@ -140,6 +140,8 @@ def load_config(path: Path):
 class WeightFiles:
     files: list[Path]  # every file transformers may read weights from (hashed into the fingerprint)
     keys: dict[str, Path]  # tensor name -> safetensors file holding it (empty for .bin checkpoints)
+    # tensor name -> its safetensors header entry ({dtype, shape, data_offsets}), read with `keys`
+    headers: dict[str, dict] = field(default_factory=dict)
 
 
 def weight_files(path: Path) -> WeightFiles:
@@ -158,11 +160,11 @@ def weight_files(path: Path) -> WeightFiles:
                                     f"loads {single.name}): keep one")
     if index.is_file():
         shards = _index_shards(index)
-        keys = _tensor_files(shards)
+        keys, headers = _tensor_files(shards)
         _check_index_holds(index, keys)
-        return WeightFiles([index] + shards, keys)
+        return WeightFiles([index] + shards, keys, headers)
     if single.exists():
-        return WeightFiles([single], _tensor_files([single]))
+        return WeightFiles([single], *_tensor_files([single]))
     bins = sorted(path.glob("pytorch_model*.bin")) + sorted(path.glob("pytorch_model.bin.index.json"))
     if bins:  # transformers' next choice after the two safetensors names
         return WeightFiles(bins, {})
@@ -171,20 +173,23 @@ def weight_files(path: Path) -> WeightFiles:
     if not shards:
         raise CheckpointError(path, f"holds no weights: no {single.name}, {index.name}, pytorch_model.bin or other "
                                     "*.safetensors next to config.json")
-    return WeightFiles(shards, _tensor_files(shards))
+    return WeightFiles(shards, *_tensor_files(shards))
 
 
 def _json_kind(value) -> str:
     return _JSON_KINDS.get(type(value), type(value).__name__)
 
 
-def _tensor_files(shards: list[Path]) -> dict[str, Path]:
-    """Tensor name -> the safetensors file holding it. Raises CheckpointError as safetensors_header does."""
+def _tensor_files(shards: list[Path]) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Tensor name -> the safetensors file holding it, and tensor name -> its header entry ({} where the entry is no
+    object), each file's header read once. Raises CheckpointError as safetensors_header does."""
     keys: dict[str, Path] = {}
+    headers: dict[str, dict] = {}
     for f in shards:
-        for name in safetensors_header(f):
+        for name, entry in safetensors_header(f).items():
             keys[name] = f
-    return keys
+            headers[name] = entry if isinstance(entry, dict) else {}
+    return keys, headers
 
 
 def _index_shards(index: Path) -> list[Path]:
@@ -333,10 +338,7 @@ def check_tensor_shapes(path: Path, dims, weights: WeightFiles, head_dim_given: 
     `nulls`: the fields config.json gives as null (an axis of such a field names it, with the value read for it).
     Found before any lowering, which would otherwise refuse the config's shared memory or tiling for a shape the
     weights do not have. A .bin checkpoint (no header) is checked by transformers' loading report instead."""
-    held: dict[str, tuple[tuple, Path]] = {}
-    for file in sorted(set(weights.keys.values())):
-        for name, t in safetensors_header(file).items():
-            held[name] = (tuple(t.get("shape") or ()) if isinstance(t, dict) else (), file)
+    held = {name: (tuple(weights.headers[name].get("shape") or ()), file) for name, file in weights.keys.items()}
     for name, (shape, fields) in _expected_shapes(dims).items():  # the first tensor in model order is named
         if name not in held or held[name][0] == shape:
             continue
@@ -344,14 +346,14 @@ def check_tensor_shapes(path: Path, dims, weights: WeightFiles, head_dim_given: 
         axes = [_blamed(f, g, dims, head_dim_given, nulls) for f, g, w in zip(fields, got, shape) if g != w] \
             if len(got) == len(shape) else []
         named = list(dict.fromkeys(fields)) + (["head_dim"] if head_dim_given and "head_dim" in axes else [])
-        field = axes[0] if axes else fields[0]
-        if field in nulls:  # not another model: a null transformers filled in
+        blamed = axes[0] if axes else fields[0]
+        if blamed in nulls:  # not another model: a null transformers filled in
             raise CheckpointError(path / "config.json", f"null, which transformers reads as "
-                                  f"{_null_reads(field, dims)}: then {name} would be {list(shape)}, but it is "
-                                  f"{list(got)} in {file.name}; give the value the weights have", field=field)
+                                  f"{_null_reads(blamed, dims)}: then {name} would be {list(shape)}, but it is "
+                                  f"{list(got)} in {file.name}; give the value the weights have", field=blamed)
         raise CheckpointError(path / "config.json", f"{name} is {list(got)} in {file.name}, where config.json's "
                               f"{', '.join(named)} make it {list(shape)}: the config and the weights are of "
-                              "different models", field=field)
+                              "different models", field=blamed)
 
 
 def _null_reads(field: str, dims) -> str:
@@ -371,10 +373,7 @@ def check_tensor_dtypes(dims, weights: WeightFiles) -> None:
     float (DENSE_DTYPES): transformers would cast a bool, integer or float8 tensor into the model's dtype without a
     word, and AMK would run weights of another value than the ones saved. A .bin checkpoint (no header) is not
     checked here: its tensors are cast as they load."""
-    held: dict[str, tuple[str, Path]] = {}
-    for file in sorted(set(weights.keys.values())):
-        for name, t in safetensors_header(file).items():
-            held[name] = (str(t.get("dtype")) if isinstance(t, dict) else "?", file)
+    held = {name: (str(weights.headers[name].get("dtype")), file) for name, file in weights.keys.items()}
     for name in _expected_shapes(dims):
         if name in held and held[name][0] not in DENSE_DTYPES:
             dtype, file = held[name]

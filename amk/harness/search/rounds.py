@@ -162,7 +162,8 @@ class Rounds:
         """The candidate with each move of a knob that the lowering's derived values make inert set back to the
         incumbent's value (space.settle_inert), and each move between two values its program takes alike (a value
         the lowering derives for null, or two values above a cap: inert.value_caps), and a move past a cap set to the
-        cap itself. The program is the same, so its build stands; a keep then carries no knob that does nothing, and its description claims no such move."""
+        cap itself. The program is the same, so its build stands; a keep then carries no knob that does nothing,
+        and its description claims no such move."""
         inc = self.inc.config
         cfg = settle_inert(cand.config, inc, self.space, self.target, derived=built.derived)
         for path in built.as_derived:  # a value the program takes as the derived one: null where the incumbent is
