@@ -222,6 +222,7 @@ class VmBuildConfig:
 
 PAGE_KB_CHOICES = [8, 16, 32]
 PAGES_CHOICES = [0, 2, 3, 4, 6, 8, 10, 12]
+INFLIGHT_KB_CHOICES = [16, 32, 64, 0]
 
 
 @dataclass
@@ -234,6 +235,11 @@ class PipelineConfig:
                                  "are cut into page-wide pieces, and 16-bit rows wider than half a page into "
                                  "half-page pieces, two rows a page, for the consumers' tensor-core products)",
                         choices=PAGE_KB_CHOICES)
+    inflight_kb: int = knob(32, help="KiB of weight copies the producer warp keeps in flight: it issues a page's copy "
+                                     "only once the copy this many KiB of pages back has landed (at least one page), "
+                                     "so that a deep queue of weight reads does not sit ahead of the stage "
+                                     "boundaries' latency-bound loads. 0: as many as there are free pages",
+                            choices=INFLIGHT_KB_CHOICES)
 
 
 @dataclass

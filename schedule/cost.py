@@ -159,12 +159,14 @@ def joins(task: Task) -> bool:
 
 def _sm_bytes_per_us(program: MegakernelProgram, target: GpuTarget, coef: CostCoefficients) -> float:
     """Unscaled streaming rate of one SM: its share of the spec bandwidth, capped by the bytes it keeps in
-    flight over the memory latency: the pipeline's pages, or threads x loads_in_flight x rows_in_flight x 16 B
-    through registers."""
+    flight over the memory latency: the pipeline's copies in flight (pipeline.inflight_kb, in pages), or threads x
+    loads_in_flight x rows_in_flight x 16 B through registers."""
     share = target.spec_bandwidth_gbs * 1e3 / max(1, target.sm_count)  # GB/s -> bytes/us
     pages = int(program.build.get("PAGES", 0))
     loads = int(program.build.get("LOADS_IN_FLIGHT", 4)) * int(program.build.get("ROWS_IN_FLIGHT", 1))
-    in_flight = pages * int(program.build.get("PAGE_BYTES", 0)) if pages else program.threads_per_block * loads * LOAD_BYTES
+    copies = int(program.build.get("PAGES_INFLIGHT", pages))  # a program saved before the cap: every page
+    in_flight = (copies * int(program.build.get("PAGE_BYTES", 0)) if pages
+                 else program.threads_per_block * loads * LOAD_BYTES)
     little = in_flight / (coef.memory_latency_ns * 1e-3)
     return min(share, little)
 

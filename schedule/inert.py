@@ -29,6 +29,9 @@ from .program import MegakernelProgram
 from .smem import consumer_threads
 from .targets import GpuTarget
 
+# the pages' own knobs: they act only where there are pages
+_PAGE_KNOBS = ("pipeline.page_kb", "pipeline.inflight_kb")
+
 # the cpu-sim stand-in runs no kernel: correctness runs on the ReferenceVM and the cost model prices the
 # program, and neither models these build knobs. The pipeline's pages are not among them: they change the
 # lowering (the derived tiling prices a paged task by its bytes, and the pages take shared memory) and the
@@ -47,6 +50,7 @@ _STAND_IN_REASONS = {
                         "bound mostly by a fixed latency and the split 1.05-1.06x slower on three shapes "
                         "(bench/results/20261204-1700_h200_o_split_over_kv_heads.json)"),
 }
+
 # ...and knobs whose every value prices the same there (schedule/cost.py), each with why: on the stand-in a move
 # of one only spends a trial on +0.00%
 _UNPRICED_KNOBS = {
@@ -61,10 +65,12 @@ _UNPRICED_KNOBS = {
                              "the ReferenceVM runs no warps"),
     "pipeline.page_kb": ("the cost model reads the page size only where the pages' bytes in flight cap an SM's "
                          "stream, which they never do at the stand-in's bandwidth share"),
+    "pipeline.inflight_kb": ("the cost model reads the copies in flight only where they cap an SM's stream, which "
+                             "they never do at the stand-in's bandwidth share"),
 }
 
-# ...of which these predict alike on a GPU target too (the page size's reason is the stand-in's bandwidth share)
-_PREDICTED_ALIKE = (*(k for k in _UNPRICED_KNOBS if k != "pipeline.page_kb"), *_NO_KERNEL_BUILD_KNOBS)
+# ...of which these predict alike on a GPU target too (the page knobs' reason is the stand-in's bandwidth share)
+_PREDICTED_ALIKE = (*(k for k in _UNPRICED_KNOBS if k not in _PAGE_KNOBS), *_NO_KERNEL_BUILD_KNOBS)
 
 
 # knob -> why it cannot act in an ATTN_DECODE task, and in the global softmax's scores and values tasks
@@ -110,7 +116,7 @@ def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = N
     if path in ("build.loads_in_flight", "build.rows_in_flight") and config.pipeline.pages > 0:
         return (f"with pipeline.pages={config.pipeline.pages} a producer warp streams the weights; these shape the "
                 "consumers' register stream, which only pipeline.pages=0 uses")
-    if path == "pipeline.page_kb" and config.pipeline.pages == 0:
+    if path in _PAGE_KNOBS and config.pipeline.pages == 0:
         return "with pipeline.pages=0 there are no pages"
     if path.startswith("matvec.") and path.endswith(".reduce"):
         splits = get_path(config, path.rsplit(".", 1)[0] + ".k_splits")
@@ -123,7 +129,7 @@ def inert_reason(config: ScheduleConfig, path: str, target: GpuTarget | None = N
 
 def target_inert_reason(path: str, target: GpuTarget | None) -> str | None:
     """Why the knob at `path` cannot act on `target` whatever the rest of the config, or None."""
-    if target is not None and path == "pipeline.page_kb" and target.lacks_bulk_copies:
+    if target is not None and path in _PAGE_KNOBS and target.lacks_bulk_copies:
         return (f"{target.name} has no bulk copies (cp.async.bulk), so it runs no pipeline pages "
                 "(pipeline.pages=0 only)")
     if target is not None and target.arch == "none" and path in _NO_KERNEL_BUILD_KNOBS:

@@ -38,6 +38,17 @@ def ring_bytes(build: dict) -> int:
     return int(build.get("PAGES", 0)) * int(build.get("PAGE_BYTES", 0))
 
 
+def pages_in_flight(pipeline) -> int:
+    """Copies the producer warp keeps in flight (the kernel's AMK_PAGES_INFLIGHT) under a PipelineConfig: its
+    inflight_kb over the page size, at least one page and at most all of them (all of them for inflight_kb 0);
+    0 without pages."""
+    if pipeline.pages <= 0:
+        return 0
+    if pipeline.inflight_kb == 0:
+        return pipeline.pages
+    return max(1, min(pipeline.pages, pipeline.inflight_kb // pipeline.page_kb))
+
+
 def work_smem_bytes(smem_per_block: int, ring: int) -> int:
     """Shared memory a task may use for staged inputs, accumulators and attention scores: all of it without
     pages, else what lies before them; the pages sit 128-byte aligned at the end (the kernel places them at

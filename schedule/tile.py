@@ -27,6 +27,7 @@ from .smem import (
     consumer_threads,
     matvec_smem_bytes,
     page_partials,
+    pages_in_flight,
     partial_positions,
     program_work_smem_bytes,
 )
@@ -54,7 +55,7 @@ def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict
     return {"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": b.loads_in_flight,
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
             "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,
-            "PAGE_BYTES": config.pipeline.page_kb * 1024,
+            "PAGE_BYTES": config.pipeline.page_kb * 1024, "PAGES_INFLIGHT": pages_in_flight(config.pipeline),
             "PARTIALS_MODEL_DTYPE": int(partials), "Q_SPLITS": effective_q_splits(config),
             "HEAD_WARPS": effective_head_warps(config)}
 
@@ -82,7 +83,7 @@ def effective_head_warps(config: ScheduleConfig) -> int:
 
 
 _BUILD_KNOBS_THAT_MAY_BE_INERT = ("build.l2_prefetch_kb", "build.loads_in_flight", "build.rows_in_flight",
-                                  "pipeline.page_kb")
+                                  "pipeline.page_kb", "pipeline.inflight_kb")
 
 
 @dataclass

@@ -33,6 +33,8 @@ def base_config(path: str) -> ScheduleConfig:
     if path == "pipeline.pages":  # pages come out of smem_per_block: leave room, with 8 KiB pages so that the
         # most pages searched (12) still leave llama's down tasks their 8192-element input (the lowering refuses)
         return with_value(with_value(ScheduleConfig(), "smem_per_block", RING_TEST_SMEM), "pipeline.page_kb", 8)
+    if path == "pipeline.inflight_kb":  # the cap acts only with pages: 12 of 8 KiB, so that each value caps apart
+        return ScheduleConfig.from_dict({"smem_per_block": RING_TEST_SMEM, "pipeline": {"pages": 12, "page_kb": 8}})
     if path == "pipeline.page_kb":  # the page size acts only with pages, and they need room
         return with_value(with_value(ScheduleConfig(), "smem_per_block", RING_TEST_SMEM), "pipeline.pages", 4)
     if path in ("build.loads_in_flight", "build.rows_in_flight"):  # the register path's stream (no pages)
@@ -89,6 +91,8 @@ def effective_value(dims, path: str, value, derived: dict | None = None):
         return min(value, max(1, ScheduleConfig().threads_per_block // 32 // group))
     if path == "matvec.qkv.heads_per_task":
         return min(value, dims.n_heads + 2 * dims.n_kv_heads)
+    if path == "pipeline.inflight_kb":  # copies in flight of the base config's 12 pages of 8 KiB
+        return 12 if value == 0 else max(1, min(12, value // 8))
     if len(parts) == 3 and parts[0] == "matvec" and parts[2] == "rows_per_task":
         return min(value, getattr(dims, _ROWS_OF[parts[1]]))
     return repr(value)

@@ -56,3 +56,21 @@ def test_partition_softmax_compiles_no_global_softmax_ops():
     assert uses["AMK_USES_ATTN_SCORES"] == uses["AMK_USES_ATTN_VALUES"] == 0
     uses = _defines(lower(model, get_target("cpu-sim"), {"matvec": {"down": {"k_splits": 2}}}, max_seq=64))
     assert uses["AMK_USES_EPILOGUE"] == 1 and uses["AMK_USES_EPI_PARTIAL"] == 1
+
+
+def test_the_producer_keeps_inflight_kb_of_copies_in_flight():
+    # pipeline.inflight_kb over the page size, at least one page and at most all of them; 0 is all of them
+    model = amk.load_model("llama-3.2-1b", dtype="bf16", weights=False)
+
+    def in_flight(pages: int, page_kb: int, kb: int | None) -> int:
+        pipe = {"pages": pages, "page_kb": page_kb} | ({} if kb is None else {"inflight_kb": kb})
+        prog = lower(model, get_target("h200"), {"pipeline": pipe, "smem_per_block": 223 * 1024}, max_seq=64)
+        return int(re.search(r"^#define AMK_PAGES_INFLIGHT (\d+)$", generate_header(prog), re.M)[1])
+
+    assert [in_flight(10, 16, kb) for kb in (None, 16, 32, 64, 0)] == [2, 1, 2, 4, 10]
+    assert [in_flight(4, 32, kb) for kb in (16, 32, 64, 0)] == [1, 1, 2, 4]
+    assert in_flight(2, 8, 64) == 2
+    # without pages the cap compiles in at its default: the program is the default's
+    plain = lower(model, get_target("h200"), {}, max_seq=64)
+    capped = lower(model, get_target("h200"), {"pipeline": {"inflight_kb": 16}}, max_seq=64)
+    assert capped.build == plain.build and capped.build["PAGES_INFLIGHT"] == 0

@@ -3,9 +3,10 @@
 // consumer warps and copies the weight tile of every matvec task into the next free page with a bulk copy
 // (cp.async.bulk, sm_90+) that completes on the page's `full` mbarrier. Weights never depend on activations,
 // so a task's pages load before its dependency wait, and the producer runs on across task and stage
-// boundaries, up to AMK_PIPELINE_DEPTH tasks ahead of the consumers, as far as free pages allow. Each
-// consumer warp arrives on a page's `empty` mbarrier as soon as it has read it; the producer refills a page
-// once every consumer warp has. There is no block-wide barrier per page.
+// boundaries, up to AMK_PIPELINE_DEPTH tasks ahead of the consumers, as far as free pages allow, with at most
+// AMK_PAGES_INFLIGHT copies in flight (pipeline.inflight_kb). Each consumer warp arrives on a page's `empty`
+// mbarrier as soon as it has read it; the producer refills a page once every consumer warp has. There is no
+// block-wide barrier per page.
 #if AMK_PAGES > 0
 #define PAGE_BYTES AMK_PAGE_BYTES
 #define PAGE_ELEMS (PAGE_BYTES / (int)sizeof(wtype))
@@ -228,6 +229,20 @@ __device__ void produce(const Ctx& c, const int* __restrict__ instrs, int begin,
           __nanosleep(32);
         }
       }
+#if AMK_PAGES_INFLIGHT < AMK_PAGES
+      // at most AMK_PAGES_INFLIGHT copies in flight: a deeper queue of this SM's weight reads sits ahead of the
+      // latency-bound loads of the stage boundaries (an input's staging, O's combine). llama-3.2-1b, 10 pages of
+      // 16 KiB, one H100: 1083.4 us with two copies in flight, 1161.1 with all ten; one copy 1.157x two
+      // (bench/results/20261206-0815_h100_pages_copies_in_flight.json)
+      if (seq >= AMK_PAGES_INFLIGHT) {
+        const int s = seq - AMK_PAGES_INFLIGHT;
+        const unsigned bar = smem_u32(&ps.full[s % AMK_PAGES]), parity = (s / AMK_PAGES) & 1;
+        while (!mbar_test(bar, parity)) {
+          if (ps.abort) goto drain;
+          __nanosleep(32);
+        }
+      }
+#endif
       issue_page(p, t, W, K, q, smem_u32(ring + (long long)slot * PAGE_BYTES), smem_u32(&ps.full[slot]));
     }
   }

@@ -168,11 +168,13 @@ def _verify_configs(model, target, configs) -> None:
         assert res.ok, (cfg, res.to_dict()["failures"])
 
 
-PIPELINE_CONFIGS = [  # weight pages: whole rows a page and rows cut into pages, k-splits, depths, page sizes
+# weight pages: whole rows a page and rows cut into pages, k-splits, depths, page sizes, and copies in flight (all
+# of the pages, 2 of 4, 4 of 10, 1 of 3)
+PIPELINE_CONFIGS = [
     {"pipeline": {"pages": 2, "page_kb": 8}, "pipelining_depth": 0},
-    {"pipeline": {"pages": 4, "page_kb": 16}, "pipelining_depth": 2,
+    {"pipeline": {"pages": 4, "page_kb": 16, "inflight_kb": 0}, "pipelining_depth": 2,
      "matvec": {"down": {"rows_per_task": 8, "k_splits": 2}, "gate_up": {"rows_per_task": 128}}},
-    {"pipeline": {"pages": 10, "page_kb": 16}, "smem_per_block": 223 * 1024, "pipelining_depth": 8,
+    {"pipeline": {"pages": 10, "page_kb": 16, "inflight_kb": 64}, "smem_per_block": 223 * 1024, "pipelining_depth": 8,
      "threads_per_block": 256, "matvec": {"o": {"rows_per_task": 8}, "gate_up": {"rows_per_task": 40}}},
     {"pipeline": {"pages": 3, "page_kb": 32}, "smem_per_block": 160 * 1024, "pipelining_depth": 4,
      "attention": {"softmax": "partition", "kv_partitions": 8}, "matvec": {"lm_head": {"k_splits": 2}}},
