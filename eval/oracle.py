@@ -146,8 +146,8 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     raises ProgramError with the validator's first issue, since no VM run can vouch for a program the megakernel
     must not run (a deadlock, a buffer hazard, a GPU's limits passed). A failed case is a result, not an exception; a case that needs more positions
     than the program holds raises ContextError, and a model whose eager forward gives non-finite logits in its dtype
-    EagerReferenceError (no config could pass against it); a `program`, `model`, `cases`, `device` (cpu, cuda or auto), `vm` or
-    `seed` AMK cannot use, ArgumentError naming it (a model loaded with weights=False has no eager model to compare
+    EagerReferenceError (no config could pass against it); a `program`, `model`, `cases`, `device` (cpu, cuda or auto), `vm`,
+    `seed`, `adversarial` or `validated` AMK cannot use, ArgumentError naming it (a model loaded with weights=False has no eager model to compare
     with; a program lowered for another model or dtype); device "cuda" on a machine without one, EnvironmentProblem."""
     t0 = time.perf_counter()
     if not hasattr(program, "constants") or not hasattr(program, "tasks"):
@@ -157,8 +157,9 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
                             + (" loaded with weights=False" if hasattr(model, "dims") else ""))
     _check_lowered_for(program, model)
     device = _check_machine(device, vm, seed, runner)
-    if not isinstance(validated, bool):  # a truthy string would skip the validator unasked
-        raise ArgumentError("validated", f"expected True or False, got {_short(validated)}")
+    for name, flag in (("validated", validated), ("adversarial", adversarial)):
+        if not isinstance(flag, bool):  # a truthy string would skip the validator, or draw SMs at random, unasked
+            raise ArgumentError(name, f"expected True or False, got {_short(flag)}")
     if not validated:
         _check_valid(program)
     max_seq = program.constants.max_seq

@@ -142,12 +142,14 @@ def validate(program, target=None, *, gpu_limits: bool = True) -> ValidationResu
     program that names none or one not registered; `gpu_limits=False`: no check of a GPU's limits at all, for a
     program built past them on purpose): `ok` and every issue found, at most MAX_ISSUES_PER_KIND a kind (the
     rest counted in `suppressed`). Raises ArgumentError naming `program` for something that is no program at all,
-    or `target` for something that is no target name nor GpuTarget (a caller's mistake, not an issue of a program);
+    `gpu_limits` for anything but True or False, or `target` for something that is no target name nor GpuTarget (a caller's mistake, not an issue of a program);
     otherwise never raises: a name not registered is an issue, and so is a check that fails internally."""
     if not hasattr(program, "constants") or not hasattr(program, "tasks"):
         text = repr(program)
         raise ArgumentError("program", f"expected a program from amk.lower, got {type(program).__name__} "
                                        f"({text if len(text) <= 60 else text[:57] + '...'})")
+    if not isinstance(gpu_limits, bool):  # "no" would check them
+        raise ArgumentError("gpu_limits", f"expected True or False, got {gpu_limits!r:.60}")
     if not gpu_limits:
         target = None
     elif target is None:

@@ -315,3 +315,17 @@ def test_a_dtype_other_than_a_loaded_models_is_refused_by_every_verb(verb, tmp_p
         assert e.value.argument == "dtype", e.value
     assert not (tmp_path / "r.tsv").exists()
     call(dtype="bf16")  # the model's own dtype, spelt out, is taken
+
+
+@pytest.mark.parametrize("bad", ["no", 0, None, "False"])
+def test_a_flag_that_is_not_true_or_false_is_named_as_the_argument(bad):
+    # a string such as "no" is truthy: it would load the weights, draw SMs at random or check a GPU's limits
+    model = amk.load_model("toy")
+    prog = amk.lower(model, "cpu-sim", max_seq=64)
+    for call, argument in ((lambda: amk.load_model("toy", weights=bad), "weights"),
+                           (lambda: amk.verify(prog, model, cases="smoke", adversarial=bad), "adversarial"),
+                           (lambda: amk.validate(prog, gpu_limits=bad), "gpu_limits")):
+        with pytest.raises(amk.ArgumentError) as e:
+            call()
+        assert e.value.argument == argument and "expected True or False" in str(e.value), str(e.value)
+    assert amk.validate(prog, gpu_limits=False).ok

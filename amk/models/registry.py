@@ -245,16 +245,17 @@ def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", w
     weights of a built-in model (a checkpoint's own weights ignore it); `device`: "cpu", "cuda" or "cuda:<index>",
     where the weights go; `weights=False`: the config and dims only, no torch model.
 
-    Raises, before any work: ArgumentError naming name_or_path, dtype, seed or device for an argument of another
+    Raises, before any work: ArgumentError naming name_or_path, dtype, seed, device or weights for an argument of another
     type or value, UnknownModelError for a name that is neither a built-in model nor a directory, and
     EnvironmentProblem for a CUDA device torch does not see (with weights). Then UnsupportedModelError (before any
     torch model is built, weights=False included) for an architecture or feature AMK does not lower, named: a field
     value (fields.FIELDS) or a quantization_config (AMK runs dense fp32, fp16 or bf16 weights only); and
     CheckpointError naming the file and field for a checkpoint that cannot be loaded as it is (a field missing, a
     size below 1 or past its bound, weights that do not match the config)."""
-    from amk.harness.arguments import check_seed  # the one seed rule evaluate and loop check too
+    from amk.harness.arguments import check_flag, check_seed  # the one seed rule evaluate and loop check too
 
     check_model_name(name_or_path, "name_or_path")
+    check_flag("weights", weights)  # "no" would load them
     torch_dtype = resolve_dtype(dtype)
     check_seed(seed)
     device = check_device(device, weights)
