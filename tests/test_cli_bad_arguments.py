@@ -546,3 +546,33 @@ def test_an_out_of_a_long_name_is_written(capsys, tmp_path):
     code, s = run(capsys, "compile", "-q", "--model", "toy", "--gpu", "cpu-sim", "--out", str(out))
     assert code == 0 and json.loads(out.read_text())["tasks"], s
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+@pytest.mark.parametrize("name, says", [("a\0b.jsonl", "holds a NUL byte"), ("n" * 300 + ".jsonl", "File name too long")])
+def test_a_path_the_file_system_takes_as_no_name_is_named_as_the_argument(capsys, tmp_path, name, says):
+    # the Python API and the MCP tools pass such a string on (a command line cannot hold a NUL byte): each file
+    # check raised a bare ValueError or OSError from deep inside
+    import argparse
+
+    import amk
+    from amk.harness.cmd_report import report
+
+    bad = str(tmp_path / name)
+    for call, argument in ((lambda: amk.propose("toy", "cpu-sim", corpus=bad), "corpus"),
+                           (lambda: amk.evaluate("toy", "cpu-sim", {}, cases="reduced", corpus=bad), "corpus"),
+                           (lambda: amk.loop("toy", "cpu-sim", budget=1, results=bad), "results"),
+                           (lambda: amk.loop("toy", "cpu-sim", budget=1, results=str(tmp_path / "r.tsv"), corpus=bad),
+                            "corpus")):
+        with pytest.raises(amk.ArgumentError, match=says) as e:
+            call()
+        assert e.value.argument == argument
+    ok = tmp_path / "r.tsv"
+    ok.write_text("")
+    for kw, flag in (({"results": bad}, "--results"), ({"corpus": bad}, "--corpus"),
+                     ({"out_dir": bad, "no_plots": False}, "--out-dir")):
+        args = {"results": str(ok), "corpus": str(tmp_path / "c.jsonl"), "out_dir": str(tmp_path / "o"),
+                "no_plots": True} | kw
+        with pytest.raises(UsageError, match=says) as e:
+            report(argparse.Namespace(**args))
+        assert str(e.value).startswith(flag)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.tsv"]  # nothing written

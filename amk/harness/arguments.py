@@ -73,6 +73,20 @@ def check_max_seq(max_seq) -> None:
     _whole("max_seq", max_seq, 1, optional=True)
 
 
+def check_path_name(argument: str, path) -> None:
+    """ArgumentError naming `argument` for a path the file system takes as no name at all: one holding a NUL byte,
+    or one it refuses to look up (a component past its length limit, a directory on the way that cannot be
+    searched), where a file check would raise a bare ValueError or OSError."""
+    text = os.fspath(path)
+    shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
+    if "\0" in text:
+        raise ArgumentError(argument, f"{shown} holds a NUL byte, which no file name can; name a file")
+    try:
+        Path(text).expanduser().exists()
+    except OSError as e:  # ENOENT and ENOTDIR are no error here: exists() says False for them
+        raise ArgumentError(argument, f"{shown}: {e.strerror or e}; name a file") from e
+
+
 def check_corpus(corpus) -> None:
     """`corpus`: None, or a tuning-record file that may not exist yet; ArgumentError when it names a directory or
     another file that is not a regular one (a FIFO, whose read would block), is no path at all, or is a non-empty
@@ -84,6 +98,7 @@ def check_corpus(corpus) -> None:
         raise ArgumentError("corpus", "empty; name a file (default corpus.jsonl)")
     if corpus is None:
         return
+    check_path_name("corpus", corpus)
     path = Path(corpus).expanduser()
     if path.is_dir():
         raise ArgumentError("corpus", f"{str(corpus)!r} is a directory; name a file (default corpus.jsonl)")
@@ -180,6 +195,7 @@ def check_output_file(argument: str, path) -> None:
     """`path` (the loop's results or corpus) must be a file to append to, or not exist yet in a directory:
     ArgumentError naming `argument` before any trial, since the first append would fail only after the first
     measurement."""
+    check_path_name(argument, path)
     path = Path(path).expanduser()
     if path.exists() and not path.is_file():
         kind = "a directory" if path.is_dir() else "not a regular file"
