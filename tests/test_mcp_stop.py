@@ -1,7 +1,7 @@
 """`amk mcp` stops a running loop as the CLI does: SIGTERM, or the client's end of stdin closed, ends the loop after
-its trial in flight and the server exits, with results.tsv and corpus.jsonl whole. A loop runs on the SDK's worker
-thread, where no signal reaches it, and the SDK waits for that thread before it exits: the loop ran on to its
-budget after its client was gone."""
+its trial in flight and the server exits, with results.tsv and corpus.jsonl whole; a cancel of the call ends it so
+too, and the server serves on. A loop runs on the SDK's worker thread, where no signal reaches it, and the SDK waits
+for that thread before it exits: the loop ran on to its budget after its client was gone."""
 
 from __future__ import annotations
 
@@ -63,3 +63,51 @@ def test_a_loop_over_mcp_ends_after_its_trial_in_flight_when_the_server_is_stopp
     assert 2 <= len(rows) < 100, len(rows)
     assert (tmp_path / "results.tsv").read_bytes().endswith(b"\n")
     assert len(load_records(tmp_path / "corpus.jsonl")) == len(rows)  # every row's record written
+
+
+def _answer(p, request_id, timeout):
+    """The server's response to `request_id`, read from its stdout (other messages skipped)."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not sel.select(timeout=max(0.0, deadline - time.time())):
+            break
+        line = p.stdout.readline()
+        if not line:
+            break
+        msg = json.loads(line)
+        if msg.get("id") == request_id:
+            return msg
+    pytest.fail(f"no answer to request {request_id} within {timeout} s")
+
+
+def test_a_cancelled_loop_call_ends_after_its_trial_in_flight_and_the_server_serves_on(tmp_path):
+    # the SDK cancels the call's scope, but the loop's worker thread ran on to its budget (an hour here), and every
+    # later call waited behind it
+    p = _server(tmp_path)
+    try:
+        assert "result" in _answer(p, 1, 60)  # initialize
+        _rows_appear(p, tmp_path)
+        for m in ({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}},
+                  {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                   "params": {"name": "report", "arguments": {"plots": False}}}):
+            p.stdin.write(json.dumps(m) + "\n")
+        p.stdin.flush()
+        report = _answer(p, 3, 120)  # tools run one at a time: answered once the loop has ended
+        rows = read_rows(tmp_path / "results.tsv")
+        assert 2 <= len(rows) < 100, len(rows)
+        assert report["result"]["structuredContent"]["trials"] == len(rows), report
+        assert p.poll() is None  # the server serves on
+    finally:
+        if p.poll() is None:
+            p.stdin.close()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert p.returncode == 0
+    assert (tmp_path / "results.tsv").read_bytes().endswith(b"\n")
+    assert len(load_records(tmp_path / "corpus.jsonl")) == len(rows)

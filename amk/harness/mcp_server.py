@@ -22,9 +22,15 @@ import signal
 import sys
 import threading
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from .commands import CommandResult, ExitCode
+
+try:  # at module level: the SDK reads the loop tool's annotations (strings here) in this module's namespace
+    from mcp.server.mcpserver import Context
+except ImportError:  # no mcp extra: build_server says so
+    Context = None
 
 log = logging.getLogger("amk.mcp")
 
@@ -48,6 +54,31 @@ _TOOL_LOCK = threading.Lock()
 # that results.tsv and corpus.jsonl end whole. Signal handlers run only on the main thread, and the SDK waits for
 # a running tool's thread before it exits: without it, a loop ran on to its budget after its client was gone.
 _STOP = threading.Event()
+
+# The stop event of each running loop call, by its JSON-RPC request id (as text): a client's cancel of the call
+# (notifications/cancelled, seen by _CancelLoops) sets it, and the loop ends after its trial in flight. The SDK
+# cancels the call's scope too, but a tool's worker thread runs on until it returns.
+_CANCELS: dict[str, threading.Event] = {}
+
+
+class _CancelLoops:
+    """Server middleware: a notifications/cancelled naming a running loop call sets that call's stop event."""
+
+    async def __call__(self, ctx, call_next):
+        if ctx.method == "notifications/cancelled" and isinstance(ctx.params, Mapping):
+            event = _CANCELS.get(str(ctx.params.get("requestId")))
+            if event is not None:
+                log.warning("loop cancelled by the client: it finishes its trial in flight")
+                event.set()
+        return await call_next(ctx)
+
+
+def _request_key(ctx) -> str | None:
+    """The JSON-RPC id of the call `ctx` belongs to, as text; None outside a request (a call made in process)."""
+    try:
+        return str(ctx.request_context.request_id) if ctx is not None else None
+    except ValueError:  # the SDK's "Context is not available outside of a request"
+        return None
 
 
 def _one_at_a_time(tool):
@@ -153,7 +184,7 @@ def build_server():
     from amk.progress import is_quiet
 
     server = MCPServer(name="amk", instructions=INSTRUCTIONS, version=amk.__version__,
-                       log_level="WARNING" if is_quiet() else "INFO")
+                       log_level="WARNING" if is_quiet() else "INFO", middleware=[_CancelLoops()])
 
     @server.tool()
     @_one_at_a_time
@@ -201,7 +232,7 @@ def build_server():
     def loop(model: str, gpu: str = "auto", budget: int | None = None, minutes: float | None = None,
              seed: int = 0, device: str = "auto", results: str = "results.tsv", corpus: str = "corpus.jsonl",
              resume: bool = False, max_reverts: int = 20, dtype: str | None = None,
-             max_seq: int | None = None) -> dict[str, Any]:
+             max_seq: int | None = None, ctx: Context | None = None) -> dict[str, Any]:
         """Keep/revert search from the incumbent (mutations of one or more knobs, crossovers of kept configs and
         random points, ranked by the cost model: HARNESS.md section 7), appending one row a trial to `results`
         and one tuning record a measurement, kept or not, to `corpus`; stops at `budget` trials, `minutes`, or `max_reverts` non-keeps in a
@@ -217,9 +248,16 @@ def build_server():
             except ResultsNotResumed as e:  # the CLI's --resume and Python's resume=True mean nothing to a client
                 raise LoopError(e.message("pass resume=true to continue it"), argument="results") from e
 
-        return _call(fn, model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
-                     corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype, max_seq=max_seq,
-                     should_stop=_STOP.is_set)
+        cancel = threading.Event()
+        key = _request_key(ctx)
+        if key is not None:
+            _CANCELS[key] = cancel
+        try:
+            return _call(fn, model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
+                         corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype, max_seq=max_seq,
+                         should_stop=lambda: _STOP.is_set() or cancel.is_set())
+        finally:
+            _CANCELS.pop(key, None)
 
     @server.tool()
     @_one_at_a_time
