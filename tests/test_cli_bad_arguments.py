@@ -548,7 +548,8 @@ def test_an_out_of_a_long_name_is_written(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
-@pytest.mark.parametrize("name, says", [("a\0b.jsonl", "holds a NUL byte"), ("n" * 300 + ".jsonl", "File name too long")])
+@pytest.mark.parametrize("name, says", [("a\0b.jsonl", "holds a NUL byte"), ("n" * 300 + ".jsonl", "File name too long"),
+                                        ("~amk-no-such-user/c.jsonl", "names no user")])
 def test_a_path_the_file_system_takes_as_no_name_is_named_as_the_argument(capsys, tmp_path, name, says):
     # the Python API and the MCP tools pass such a string on (a command line cannot hold a NUL byte): each file
     # check raised a bare ValueError or OSError from deep inside
@@ -557,7 +558,7 @@ def test_a_path_the_file_system_takes_as_no_name_is_named_as_the_argument(capsys
     import amk
     from amk.harness.cmd_report import report
 
-    bad = str(tmp_path / name)
+    bad = name if name.startswith("~") else str(tmp_path / name)
     for call, argument in ((lambda: amk.propose("toy", "cpu-sim", corpus=bad), "corpus"),
                            (lambda: amk.evaluate("toy", "cpu-sim", {}, cases="reduced", corpus=bad), "corpus"),
                            (lambda: amk.loop("toy", "cpu-sim", budget=1, results=bad), "results"),
@@ -576,3 +577,19 @@ def test_a_path_the_file_system_takes_as_no_name_is_named_as_the_argument(capsys
             report(argparse.Namespace(**args))
         assert str(e.value).startswith(flag)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.tsv"]  # nothing written
+
+
+def test_a_path_flag_starting_with_the_home_of_an_unknown_user_is_a_usage_error_naming_it(capsys, tmp_path):
+    # pathlib raises RuntimeError for ~user of no such user: each of these ended as an internal error (exit 3)
+    bad = "~amk-no-such-user/f"
+    (tmp_path / "r.tsv").write_text("")
+    for argv, flag in ((["compile", "-q", "--model", "toy", "--gpu", "cpu-sim", "--out", bad + ".json"], "--out"),
+                       (["verify", "--model", "toy", "--out", bad + ".json"], "--out"),
+                       (["report", "--results", bad + ".tsv"], "--results"),
+                       (["loop", "--model", "toy", "--budget", "1", "--results", bad + ".tsv"], "--results"),
+                       (["propose", "--model", "toy", "--corpus", bad + ".jsonl"], "--corpus"),
+                       (["evaluate", "--model", "toy", "--config", bad + ".json"], "--config")):
+        code, s = run(capsys, *argv)
+        assert code == 2 and s["error"].startswith(flag) and s["error_type"] == "usage", (argv, s)
+    code, s = run(capsys, "evaluate", "--model", bad)
+    assert code == 2 and s["error"].startswith("--model") and "unknown model" in s["error"], s

@@ -73,16 +73,26 @@ def check_max_seq(max_seq) -> None:
     _whole("max_seq", max_seq, 1, optional=True)
 
 
+def unknown_home(text: str) -> str:
+    """What is wrong with a path whose ~user pathlib cannot expand (a RuntimeError there)."""
+    return f"its ~ names no user of this machine ({text.split('/', 1)[0][1:]!r})"
+
+
 def check_path_name(argument: str, path) -> None:
     """ArgumentError naming `argument` for a path the file system takes as no name at all: one holding a NUL byte,
-    or one it refuses to look up (a component past its length limit, a directory on the way that cannot be
-    searched), where a file check would raise a bare ValueError or OSError."""
+    one it refuses to look up (a component past its length limit, a directory on the way that cannot be
+    searched), or one starting with ~ of a user this machine does not know, where a file check would raise a bare
+    ValueError, OSError or RuntimeError."""
     text = os.fspath(path)
     shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
     if "\0" in text:
         raise ArgumentError(argument, f"{shown} holds a NUL byte, which no file name can; name a file")
     try:
-        Path(text).expanduser().exists()
+        path = Path(text).expanduser()
+    except RuntimeError as e:  # ~name of a user this machine does not know
+        raise ArgumentError(argument, f"{shown}: {unknown_home(text)}; name a file") from e
+    try:
+        path.exists()
     except OSError as e:  # ENOENT and ENOTDIR are no error here: exists() says False for them
         raise ArgumentError(argument, f"{shown}: {e.strerror or e}; name a file") from e
 
@@ -131,11 +141,11 @@ def same_file(a, b) -> bool:
     """Whether two paths name one file (after ~ and symlinks; a symlink loop, which names no file, compared as
     written: the command that opens it refuses it by name)."""
     def where(p) -> Path:
-        p = Path(p).expanduser()
         try:
+            p = Path(p).expanduser()
             return p.resolve()
-        except (RuntimeError, OSError):
-            return p.absolute()
+        except (RuntimeError, OSError):  # a link loop, or ~ of an unknown user: as written
+            return Path(p).absolute()
     return where(a) == where(b)
 
 

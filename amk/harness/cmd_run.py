@@ -61,7 +61,12 @@ def output_file(flag: str, value: str, kind: OutputKind) -> Path:
     names. UsageError naming the flag otherwise."""
     if value.endswith(("/", os.sep)):
         raise UsageError(f"{flag} {value!r}: names a directory; name a file")
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~ of a user this machine does not know
+        from amk.harness.arguments import unknown_home
+
+        raise UsageError(f"{flag} {value!r}: {unknown_home(value)}; name a file") from None
     if path.is_dir():
         raise UsageError(f"{flag} {value!r}: is a directory; name a file")
     if path.exists() and not path.is_file():  # checked before any read: opening a FIFO blocks

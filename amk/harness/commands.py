@@ -97,13 +97,13 @@ def read_config_arg(value: str | None, flag: str = "--config"):
         return ConfigText(text.removeprefix("\ufeff"), f"{flag} -: stdin")
     if not value.strip():  # Path("") is the working directory: an empty value is inline text (no JSON), not a path
         return value
-    path = Path(value).expanduser()
     try:
+        path = Path(value).expanduser()
         # a file is anything that exists and is no directory: a pipe (`--config <(...)`, /dev/stdin) as well
         is_dir = path.is_dir()
         is_file = not is_dir and path.exists()
-    except OSError:  # inline JSON longer than a file name may be (ENAMETOOLONG) is no path
-        is_dir = is_file = False
+    except (OSError, RuntimeError):  # inline JSON longer than a file name may be (ENAMETOOLONG), or ~ of an
+        is_dir = is_file = False  # unknown user, is no path
     if is_dir:
         raise UsageError(f"{flag} {value!r} is a directory (give a JSON file, '-' for stdin, or inline JSON)")
     if is_file:

@@ -214,8 +214,8 @@ def has_tokenizer(name_or_path) -> bool:
 def _is_dir(name_or_path) -> bool:
     try:
         return Path(name_or_path).expanduser().is_dir()
-    except (OSError, ValueError):  # a name too long for a path, or one holding a NUL byte, names no directory
-        return False
+    except (OSError, ValueError, RuntimeError):  # a name too long for a path, one holding a NUL byte, or ~ of an
+        return False  # unknown user names no directory
 
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
