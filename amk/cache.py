@@ -83,7 +83,13 @@ class CacheDirError(CacheStorageError, ArgumentError):
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("AMK_CACHE_DIR") or Path.home() / ".cache" / "amk").expanduser()
+    """AMK_CACHE_DIR, else ~/.cache/amk. Raises CacheDirError when AMK_CACHE_DIR starts with ~ of a user this
+    machine does not know (pathlib's RuntimeError)."""
+    raw = os.environ.get("AMK_CACHE_DIR") or Path.home() / ".cache" / "amk"
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:
+        raise CacheDirError(Path(raw), f"its ~ names no user of this machine ({str(raw).split('/', 1)[0][1:]!r})") from None
 
 
 def check_root(root: Path) -> None:

@@ -33,6 +33,15 @@ def test_a_cache_dir_that_is_a_file_is_a_usage_error_not_a_rejection(capsys, mon
     assert "rejected_reason" not in v
 
 
+def test_a_cache_dir_under_the_home_of_an_unknown_user_is_a_usage_error(capsys, monkeypatch):
+    # pathlib raises RuntimeError for ~user of no such user: an internal error (exit 3) before
+    monkeypatch.setenv("AMK_CACHE_DIR", "~amk-no-such-user/cache")
+    for argv in (["evaluate", "--model", "toy", "--gpu", "cpu-sim"], ["cache", "ls"]):
+        code, v = run(capsys, *argv)
+        assert code == 2 and v["error_type"] == "usage", v
+        assert v["error"].startswith("AMK_CACHE_DIR: ~amk-no-such-user/cache") and "names no user" in v["error"], v
+
+
 def test_a_loop_with_an_unusable_cache_dir_records_no_trial(capsys, monkeypatch, tmp_path):
     bad = tmp_path / "cachefile"
     bad.touch()
