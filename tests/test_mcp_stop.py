@@ -111,3 +111,31 @@ def test_a_cancelled_loop_call_ends_after_its_trial_in_flight_and_the_server_ser
     assert p.returncode == 0
     assert (tmp_path / "results.tsv").read_bytes().endswith(b"\n")
     assert len(load_records(tmp_path / "corpus.jsonl")) == len(rows)
+
+
+def test_a_loop_call_cancelled_while_it_waits_its_turn_starts_no_trial(tmp_path):
+    # its stop event was made only once the call had its turn: a cancel sent before then was lost, and the loop ran
+    # its whole budget, every later call waiting behind it
+    p = _server(tmp_path)
+    try:
+        assert "result" in _answer(p, 1, 60)
+        _rows_appear(p, tmp_path)
+        queued = {"model": "toy", "gpu": "cpu-sim", "budget": 10, "results": "r3.tsv", "corpus": "c3.jsonl"}
+        for m in ({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "loop", "arguments": queued}},
+                  {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3}},
+                  {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}},
+                  {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                   "params": {"name": "report", "arguments": {"plots": False}}}):
+            p.stdin.write(json.dumps(m) + "\n")
+        p.stdin.flush()
+        assert "result" in _answer(p, 4, 120)
+        assert not (tmp_path / "r3.tsv").exists() or not read_rows(tmp_path / "r3.tsv")
+        assert not (tmp_path / "c3.jsonl").exists() or not load_records(tmp_path / "c3.jsonl")
+    finally:
+        if p.poll() is None:
+            p.stdin.close()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert p.returncode == 0

@@ -55,20 +55,30 @@ _TOOL_LOCK = threading.Lock()
 # a running tool's thread before it exits: without it, a loop ran on to its budget after its client was gone.
 _STOP = threading.Event()
 
-# The stop event of each running loop call, by its JSON-RPC request id (as text): a client's cancel of the call
-# (notifications/cancelled, seen by _CancelLoops) sets it, and the loop ends after its trial in flight. The SDK
-# cancels the call's scope too, but a tool's worker thread runs on until it returns.
+# The stop event of each loop call from its arrival to its answer, by its JSON-RPC request id (as text): a client's
+# cancel of the call (notifications/cancelled, seen by _CancelLoops) sets it, and the loop ends after its trial in
+# flight, or starts none when it was still waiting its turn. The SDK cancels the call's scope too, but a tool's
+# worker thread runs on until it returns.
 _CANCELS: dict[str, threading.Event] = {}
 
 
 class _CancelLoops:
-    """Server middleware: a notifications/cancelled naming a running loop call sets that call's stop event."""
+    """Server middleware: a loop call's stop event lives from the call's arrival to its answer; a
+    notifications/cancelled naming that call sets it."""
 
     async def __call__(self, ctx, call_next):
-        if ctx.method == "notifications/cancelled" and isinstance(ctx.params, Mapping):
-            event = _CANCELS.get(str(ctx.params.get("requestId")))
-            if event is not None:
-                log.warning("loop cancelled by the client: it finishes its trial in flight")
+        params = ctx.params if isinstance(ctx.params, Mapping) else {}
+        if ctx.method == "tools/call" and ctx.request_id is not None and params.get("name") == "loop":
+            key = str(ctx.request_id)
+            _CANCELS[key] = threading.Event()
+            try:
+                return await call_next(ctx)
+            finally:
+                _CANCELS.pop(key, None)
+        if ctx.method == "notifications/cancelled":
+            event = _CANCELS.get(str(params.get("requestId")))
+            if event is not None and not event.is_set():
+                log.warning("loop cancelled by the client: it finishes its trial in flight, or starts none")
                 event.set()
         return await call_next(ctx)
 
@@ -248,16 +258,10 @@ def build_server():
             except ResultsNotResumed as e:  # the CLI's --resume and Python's resume=True mean nothing to a client
                 raise LoopError(e.message("pass resume=true to continue it"), argument="results") from e
 
-        cancel = threading.Event()
-        key = _request_key(ctx)
-        if key is not None:
-            _CANCELS[key] = cancel
-        try:
-            return _call(fn, model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
-                         corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype, max_seq=max_seq,
-                         should_stop=lambda: _STOP.is_set() or cancel.is_set())
-        finally:
-            _CANCELS.pop(key, None)
+        cancel = _CANCELS.get(_request_key(ctx)) or threading.Event()  # none for a call made in process
+        return _call(fn, model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
+                     corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype, max_seq=max_seq,
+                     should_stop=lambda: _STOP.is_set() or cancel.is_set())
 
     @server.tool()
     @_one_at_a_time
