@@ -3,6 +3,7 @@ ArgumentError naming the keyword (the CLI leads it with the flag) and never a cr
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -73,6 +74,19 @@ def check_max_seq(max_seq) -> None:
     _whole("max_seq", max_seq, 1, optional=True)
 
 
+def _name_limit(path: Path) -> int:
+    """The longest file name, in bytes, of the file system holding `path`'s nearest existing folder (255 where
+    that cannot be asked)."""
+    whole = path if path.is_absolute() else Path.cwd() / path
+    for folder in (whole, *whole.parents):
+        try:
+            if folder.is_dir():
+                return int(os.pathconf(folder, "PC_NAME_MAX"))
+        except (OSError, ValueError):  # a name too long to look up, or no such limit here
+            continue
+    return 255
+
+
 def unknown_home(text: str) -> str:
     """What is wrong with a path whose ~user pathlib cannot expand (a RuntimeError there)."""
     return f"its ~ names no user of this machine ({text.split('/', 1)[0][1:]!r})"
@@ -91,6 +105,12 @@ def check_path_name(argument: str, path) -> None:
         path = Path(text).expanduser()
     except RuntimeError as e:  # ~name of a user this machine does not know
         raise ArgumentError(argument, f"{shown}: {unknown_home(text)}; name a file") from e
+    limit = _name_limit(path)
+    for part in path.parts:  # also under a folder not made yet, where the lookup stops at that folder
+        if len(os.fsencode(part)) > limit:
+            raise ArgumentError(argument, f"{shown}: {os.strerror(errno.ENAMETOOLONG)} (a name of "
+                                          f"{len(os.fsencode(part))} bytes, past the file system's {limit}); name a "
+                                          "file")
     try:
         path.exists()
     except OSError as e:  # ENOENT and ENOTDIR are no error here: exists() says False for them
