@@ -70,11 +70,19 @@ _NAME_HINTS = [("h200", "h200"), ("h100 pcie", "h100-pcie"), ("h100", "h100-sxm"
 
 def detect_target(device_index: int | None = None) -> GpuTarget:
     """The live CUDA device as a GpuTarget: a known record when the name matches, with the SM count,
-    shared memory and L2 read off the device."""
+    shared memory and L2 read off the device. `device_index`: None (the current device) or a device's index.
+    Raises ArgumentError naming device_index for anything else, EnvironmentProblem with no CUDA device."""
+    if device_index is not None and (isinstance(device_index, bool) or not isinstance(device_index, int)
+                                     or device_index < 0):
+        raise ArgumentError("device_index", f"expected None or a CUDA device's index (0, 1, ...), got "
+                                            f"{device_index!r:.60}")
     import torch
 
     if not torch.cuda.is_available():
         raise EnvironmentProblem("no CUDA device: cannot detect a GPU target (pass --gpu NAME)")
+    if device_index is not None and device_index >= torch.cuda.device_count():
+        raise ArgumentError("device_index", f"{device_index}: this machine has {torch.cuda.device_count()} CUDA "
+                                            "device(s)")
     idx = torch.cuda.current_device() if device_index is None else device_index
     props = torch.cuda.get_device_properties(idx)
     lname = props.name.lower()

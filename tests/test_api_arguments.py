@@ -329,3 +329,11 @@ def test_a_flag_that_is_not_true_or_false_is_named_as_the_argument(bad):
             call()
         assert e.value.argument == argument and "expected True or False" in str(e.value), str(e.value)
     assert amk.validate(prog, gpu_limits=False).ok
+
+
+@pytest.mark.parametrize("bad", [True, "0", 1.5, -3])
+def test_detect_target_names_a_device_index_that_is_no_index(bad):
+    # it went to torch unchecked
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.detect_target(bad)
+    assert e.value.argument == "device_index"
