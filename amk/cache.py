@@ -117,7 +117,11 @@ def root_problem(root: Path) -> str | None:
     it (or in the nearest directory that exists), never by creating the root: the access bits pass root on a
     read-only mount or /proc."""
     where = root
-    if root.exists():
+    try:
+        exists = root.exists()
+    except OSError as e:  # a name past the file system's limit
+        return f"cannot be looked up ({e.strerror or e})"
+    if exists:
         if not root.is_dir():
             return "not a directory"
         bad = [kind for kind in KINDS if (root / kind).exists() and not (root / kind).is_dir()]

@@ -55,6 +55,13 @@ def test_doctor_names_a_cache_directory_no_verb_could_use(capsys, monkeypatch, t
         monkeypatch.setenv("AMK_CACHE_DIR", "/proc/amk-cache")
         code, obj = run(capsys, "doctor")
         assert code == 3 and obj["problems"][0].startswith("AMK_CACHE_DIR: /proc/amk-cache: cannot be created: /proc")
+    # ~ of an unknown user, and a name past the file system's limit: doctor stopped with a bare error, no report
+    for root, why in (("~amk-no-such-user/cache", "its ~ names no user of this machine"),
+                      (str(tmp_path / ("z" * 300)), "cannot be looked up (File name too long)")):
+        monkeypatch.setenv("AMK_CACHE_DIR", root)
+        code, obj = run(capsys, "doctor")
+        assert code == 3 and len(obj["problems"]) == 1 and obj["problems"][0].startswith(f"AMK_CACHE_DIR: {root}: {why}")
+        assert obj["python"], obj
     monkeypatch.setenv("AMK_CACHE_DIR", str(tmp_path / "new" / "cache"))
     code, obj = run(capsys, "doctor")
     assert code == 0 and not obj["problems"] and not (tmp_path / "new").exists()  # a report: nothing is created

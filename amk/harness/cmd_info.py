@@ -25,15 +25,21 @@ def _version(module: str) -> str | None:
 
 
 def doctor(args) -> CommandResult:
-    from amk.cache import default_root, root_problem
+    from amk.cache import CacheDirError, default_root, root_problem
 
     from .environment import cuda_usable, git_commit
 
     info: dict = {"python": platform.python_version(), "torch": _version("torch"),
                   "transformers": _version("transformers"), "cupy": _version("cupy"), "numpy": _version("numpy"),
                   "pandas": _version("pandas"), "matplotlib": _version("matplotlib"),
-                  "jsonschema": _version("jsonschema"), "cache_dir": str(default_root()), "git_commit": git_commit()}
+                  "jsonschema": _version("jsonschema"), "git_commit": git_commit()}
     problems = []
+    try:
+        root = default_root()
+    except CacheDirError as e:  # ~ of an unknown user: the report goes on, with the problem in it
+        root = None
+        problems.append(str(e))
+    info["cache_dir"] = str(root) if root is not None else os.environ.get("AMK_CACHE_DIR")
     try:
         import torch
 
@@ -65,10 +71,10 @@ def doctor(args) -> CommandResult:
     for need in ("torch", "transformers"):
         if info[need] is None:
             problems.append(f"{need} is not installed")
-    why = root_problem(default_root())
+    why = root_problem(root) if root is not None else None
     if why:  # every verb that lowers would refuse it (CacheDirError): say so before a run does
         source = "set by AMK_CACHE_DIR" if os.environ.get("AMK_CACHE_DIR") else "the default: AMK_CACHE_DIR unset"
-        problems.append(f"AMK_CACHE_DIR: {default_root()}: {why} ({source}); point AMK_CACHE_DIR at a writable "
+        problems.append(f"AMK_CACHE_DIR: {root}: {why} ({source}); point AMK_CACHE_DIR at a writable "
                         "directory")
     info["problems"] = problems
     target = info.get("detected_target")
