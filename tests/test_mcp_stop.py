@@ -84,6 +84,16 @@ def _answer(p, request_id, timeout):
     pytest.fail(f"no answer to request {request_id} within {timeout} s")
 
 
+def _close(p) -> None:
+    """End the server as a client does, by closing its stdin (killed after a minute)."""
+    if p.poll() is None:
+        p.stdin.close()
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def test_a_cancelled_loop_call_ends_after_its_trial_in_flight_and_the_server_serves_on(tmp_path):
     # the SDK cancels the call's scope, but the loop's worker thread ran on to its budget (an hour here), and every
     # later call waited behind it
@@ -102,12 +112,7 @@ def test_a_cancelled_loop_call_ends_after_its_trial_in_flight_and_the_server_ser
         assert report["result"]["structuredContent"]["trials"] == len(rows), report
         assert p.poll() is None  # the server serves on
     finally:
-        if p.poll() is None:
-            p.stdin.close()
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _close(p)
     assert p.returncode == 0
     assert (tmp_path / "results.tsv").read_bytes().endswith(b"\n")
     assert len(load_records(tmp_path / "corpus.jsonl")) == len(rows)
@@ -132,10 +137,5 @@ def test_a_loop_call_cancelled_while_it_waits_its_turn_starts_no_trial(tmp_path)
         assert not (tmp_path / "r3.tsv").exists() or not read_rows(tmp_path / "r3.tsv")
         assert not (tmp_path / "c3.jsonl").exists() or not load_records(tmp_path / "c3.jsonl")
     finally:
-        if p.poll() is None:
-            p.stdin.close()
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _close(p)
     assert p.returncode == 0
