@@ -89,7 +89,9 @@ def default_root() -> Path:
     try:
         return Path(raw).expanduser()
     except RuntimeError:
-        raise CacheDirError(Path(raw), f"its ~ names no user of this machine ({str(raw).split('/', 1)[0][1:]!r})") from None
+        from amk.harness.arguments import unknown_home
+
+        raise CacheDirError(Path(raw), unknown_home(str(raw))) from None
 
 
 def check_root(root: Path) -> None:

@@ -339,11 +339,12 @@ def _resolve_corpus(args) -> None:
     if args.corpus is None:  # absent, no corpus at all: the verdict's notes then speak of none
         args.corpus = DEFAULT_CORPUS if Path(DEFAULT_CORPUS).exists() else None
         return
-    if str(args.corpus).strip():
-        from amk.harness.arguments import check_path_name
+    if not str(args.corpus).strip():  # an empty one: check_corpus's
+        return
+    from amk.harness.arguments import check_path_name
 
-        check_path_name("corpus", args.corpus)  # a NUL byte, a name too long, ~ of an unknown user
-    if str(args.corpus).strip() and not Path(args.corpus).expanduser().exists():  # an empty one: check_corpus's
+    check_path_name("corpus", args.corpus)  # a NUL byte, a name too long, ~ of an unknown user
+    if not Path(args.corpus).expanduser().exists():
         raise UsageError(f"--corpus {args.corpus!r}: no such file (leave --corpus out to read ./{DEFAULT_CORPUS} "
                          "when present)")
 

@@ -14,7 +14,7 @@ import logging
 import textwrap
 from pathlib import Path
 
-from .commands import CommandResult, ExitCode, UsageError, counted
+from .commands import CommandResult, ExitCode, UsageError, check_path_flag, counted
 
 log = logging.getLogger("amk.cli")
 
@@ -277,7 +277,7 @@ def report(args) -> CommandResult:
 
     for flag, value in (("--results", args.results), ("--corpus", args.corpus)) + (
             () if args.no_plots else (("--out-dir", args.out_dir),)):
-        _check_name(flag, value)
+        check_path_flag(flag, value)
     results = Path(args.results)
     if results.is_dir():
         raise UsageError(f"--results {str(results)!r}: is a directory; name the results file of `amk loop`")
@@ -317,17 +317,6 @@ def report(args) -> CommandResult:
         except ImportError as e:
             out["notes"].append(f"no plots: {e} (pip install matplotlib)")
     return CommandResult(ExitCode.OK, out, _text(out))
-
-
-def _check_name(flag: str, value: str) -> None:
-    """A usage error naming `flag` for a path the file system takes as no name (a NUL byte, a name too long)."""
-    from amk.harness.arguments import check_path_name
-    from amk.schedule.errors import ArgumentError
-
-    try:
-        check_path_name(flag, value)
-    except ArgumentError as e:
-        raise UsageError(str(e)) from None
 
 
 def _out_dir(value: str) -> Path:

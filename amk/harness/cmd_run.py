@@ -13,7 +13,15 @@ from enum import Enum
 from pathlib import Path
 
 from .arguments import append_refusal, loop_file_kind
-from .commands import CommandResult, ExitCode, UsageError, counted, read_config_arg, verdict_exit
+from .commands import (
+    CommandResult,
+    ExitCode,
+    UsageError,
+    check_path_flag,
+    counted,
+    read_config_arg,
+    verdict_exit,
+)
 
 log = logging.getLogger("amk.cli")
 
@@ -61,12 +69,8 @@ def output_file(flag: str, value: str, kind: OutputKind) -> Path:
     names. UsageError naming the flag otherwise."""
     if value.endswith(("/", os.sep)):
         raise UsageError(f"{flag} {value!r}: names a directory; name a file")
-    try:
-        path = Path(value).expanduser()
-    except RuntimeError:  # ~ of a user this machine does not know
-        from amk.harness.arguments import unknown_home
-
-        raise UsageError(f"{flag} {value!r}: {unknown_home(value)}; name a file") from None
+    check_path_flag(flag, value)
+    path = Path(value).expanduser()
     if path.is_dir():
         raise UsageError(f"{flag} {value!r}: is a directory; name a file")
     if path.exists() and not path.is_file():  # checked before any read: opening a FIFO blocks

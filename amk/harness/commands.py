@@ -33,6 +33,17 @@ class UsageError(ArgumentError):
         self.argument = None
 
 
+def check_path_flag(flag: str, value: str) -> None:
+    """UsageError naming `flag` for a path the file system takes as no name (arguments.check_path_name: a NUL
+    byte, a name past its length limit, ~ of an unknown user)."""
+    from amk.harness.arguments import check_path_name
+
+    try:
+        check_path_name(flag, value)
+    except ArgumentError as e:
+        raise UsageError(str(e)) from None
+
+
 class ExitCode(IntEnum):
     """The process exit codes of every subcommand; HARNESS.md section 4 is their contract."""
 
