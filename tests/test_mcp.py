@@ -64,6 +64,10 @@ async def _round_trip(cwd, cache_dir) -> dict:
                                                                                "incumbent": json.dumps(config)}))
         out["bools"] = [await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim", name: True})
                         for name in ("max_seq", "seed")]
+        # a flag takes only true or false: the SDK would read "no" as false, and 1 or "yes" as true
+        out["flags"] = [await client.call_tool(tool, {name: value})
+                        for tool, name, value in (("loop", "resume", "yes"), ("loop", "resume", 0),
+                                                  ("report", "plots", "no"), ("report", "plots", 1))]
         out["evaluate_schema"] = next(t for t in tools if t.name == "evaluate").input_schema
     return out
 
@@ -104,6 +108,9 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     assert got["text_incumbent"]["schedule_id"] == v["schedule_id"]
     for name, r in zip(("max_seq", "seed"), got["bools"]):  # not read as 1, as Python refuses a bool for an int
         assert r.is_error and f"{name}: expected a number, got true" in r.content[0].text, r.content
+    for r, shown in zip(got["flags"], ('resume: expected true or false, got "yes"', "resume: expected true or false, got 0",
+                                       'plots: expected true or false, got "no"', "plots: expected true or false, got 1")):
+        assert r.is_error and shown in r.content[0].text, r.content
     bad = got["bad_incumbent"]  # named by its argument, as the CLI names --incumbent
     assert bad.is_error and "usage: incumbent: $.matvec.qkv.k_splits" in bad.content[0].text, bad.content
 

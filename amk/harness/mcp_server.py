@@ -15,6 +15,7 @@ Needs the optional `mcp` extra: `pip install -e '.[mcp]'` in the checkout.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -137,23 +138,32 @@ def _number_fields(arg_model) -> frozenset[str]:
     return frozenset(out)
 
 
+def _bool_fields(arg_model) -> frozenset[str]:
+    """The arguments typed bool, where pydantic's lax mode reads "yes", "off", 0 and 1 as true or false."""
+    return frozenset(name for name, f in arg_model.model_fields.items() if f.annotation is bool)
+
+
 def _strict_arguments(server) -> None:
-    """Make every tool refuse an argument name it does not have, and a JSON true or false for a number. The SDK's
-    argument models ignore unknown keys, so a misspelt `confg` evaluated the defaults and answered valid and
-    correct; and they read `max_seq: true` as 1 (a one-position program), where Python refuses a bool. The SDK
-    keeps its tools on a private manager: a change there raises here, when the server starts, not silently at a
-    call."""
+    """Make every tool refuse an argument name it does not have, a JSON true or false for a number, and anything
+    but true or false for a flag. The SDK's argument models ignore unknown keys, so a misspelt `confg` evaluated
+    the defaults and answered valid and correct; they read `max_seq: true` as 1 (a one-position program), where
+    Python refuses a bool; and they read `resume: "no"` or `plots: 0` as a flag, where Python refuses anything but
+    True or False (arguments.check_flag). The SDK keeps its tools on a private manager: a change there raises
+    here, when the server starts, not silently at a call."""
     from pydantic import ConfigDict, model_validator
 
     for tool in server._tool_manager.list_tools():
         base = tool.fn_metadata.arg_model
-        numbers = _number_fields(base)
+        numbers, flags = _number_fields(base), _bool_fields(base)
 
-        def no_bools(cls, data, numbers=numbers):
+        def no_bools(cls, data, numbers=numbers, flags=flags):
             if isinstance(data, dict):
                 for name in sorted(numbers):
                     if isinstance(data.get(name), bool):
                         raise ValueError(f"{name}: expected a number, got {str(data[name]).lower()}")
+                for name in sorted(flags):
+                    if name in data and not isinstance(data[name], bool):
+                        raise ValueError(f"{name}: expected true or false, got {json.dumps(data[name])}")
             return data
 
         tool.fn_metadata.arg_model = type(base.__name__, (base,), {
