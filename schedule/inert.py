@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .assign import assign_sms
 from .config import (
+    INFLIGHT_KB_CHOICES,
     AttentionSoftmax,
     ScheduleConfig,
     SmAssignment,
@@ -26,7 +27,7 @@ from .config import (
 )
 from .opcodes import DType
 from .program import MegakernelProgram
-from .smem import consumer_threads
+from .smem import consumer_threads, pages_in_flight
 from .targets import GpuTarget
 
 # the pages' own knobs: they act only where there are pages
@@ -247,10 +248,9 @@ def program_inert_knobs(config: ScheduleConfig, program: MegakernelProgram, skip
                                  f"{consumers} consumer warps over a task's {group} q heads give "
                                  f"{'at most ' if built < warps else ''}{built} warps a q head, the derived value"))
     for cap in value_caps(config, program):
-        value = get_path(config, cap.path)
-        if value is not None and value > cap.cap and cap.path not in skip:
-            out.append(InertKnob(cap.path, value, f"beyond {cap.cap}: {cap.reason}; the program is the one at "
-                                                  f"{cap.cap}"))
+        reason = cap.inert_reason(get_path(config, cap.path), get_path(default, cap.path))
+        if reason is not None and cap.path not in skip:
+            out.append(InertKnob(cap.path, get_path(config, cap.path), reason))
     policy = config.sm.assignment
     if policy not in (default.sm.assignment, SmAssignment.EXPLICIT) and "sm.assignment" not in skip:
         if _placement(program, default.sm) == [t.sm for t in program.tasks]:
@@ -290,18 +290,67 @@ class ValueCap:
         """Whether values `a` and `b` (both set) lower to the same program."""
         return a is not None and b is not None and min(a, self.cap) == min(b, self.cap)
 
+    def settle(self, was: int | None, now: int | None) -> int | None:
+        """The value a search move from `was` to `now` comes to: `was` where the two lower alike, the cap itself
+        for a move past it (the same program), else `now`."""
+        if was != now and self.alike(was, now):
+            return was
+        return self.cap if now is not None and now > self.cap else now
 
-def value_caps(config: ScheduleConfig, program: MegakernelProgram) -> list[ValueCap]:
+    def inert_reason(self, value: int | None, default: int | None) -> str | None:
+        """Why `value` (set in a config) has no effect, or None where it has one."""
+        if value is None or value <= self.cap:
+            return None
+        return f"beyond {self.cap}: {self.reason}; the program is the one at {self.cap}"
+
+
+@dataclass(frozen=True)
+class ValueClasses:
+    """A knob whose values build in classes, one program a class: `built` pairs each of its choices with what the
+    kernel is built with under the rest of the config (values alike where that is equal)."""
+
+    path: str
+    built: tuple[tuple[int, int], ...]
+    reason: str  # what the built figure is, with {built} and {value} to fill in
+
+    def _of(self, value: int | None) -> int | None:
+        return dict(self.built).get(value)
+
+    def alike(self, a: int | None, b: int | None) -> bool:
+        """Whether values `a` and `b` (both set) build the same program."""
+        return a is not None and b is not None and self._of(a) is not None and self._of(a) == self._of(b)
+
+    def settle(self, was: int | None, now: int | None) -> int | None:
+        """`was` where a search move from it to `now` builds the same program, else `now`."""
+        return was if was != now and self.alike(was, now) else now
+
+    def inert_reason(self, value: int | None, default: int | None) -> str | None:
+        """Why `value`, set off the knob's `default`, has no effect (it builds the default's program), or None."""
+        if value == default or not self.alike(value, default):
+            return None
+        return self.reason.format(built=self._of(value), value=value, default=default)
+
+
+def value_caps(config: ScheduleConfig, program: MegakernelProgram) -> list[ValueCap | ValueClasses]:
     """The knobs of `config` whose values above a bound lower to the same `program` (lowered from `config`): a
     matvec's `rows_per_task` (every value from its rows up is one task a row block; schedule/tile.py _row_tiles),
     `matvec.qkv.heads_per_task` (from its q, k and v heads up), and `attention.head_warps` where partition tasks
-    run (from what the consumer warps give a task's q heads up; vm/attention_partitions.cuh). The search sets a
-    move between two values alike under a cap back to the incumbent's (search/rounds.py)."""
+    run (from what the consumer warps give a task's q heads up; vm/attention_partitions.cuh); and, with pages,
+    `pipeline.inflight_kb` in classes of the copies in flight each value builds (smem.pages_in_flight: 0 and
+    the values from all the pages up are alike, as are those under one page). The search sets a move between two
+    values alike back to the incumbent's (search/rounds.py)."""
     c = program.constants
     caps = [ValueCap(f"matvec.{role}.rows_per_task", rows(c), f"{words} {rows(c)} rows are one task")
             for role, (rows, words) in _ROW_TILINGS.items()]
     heads = c.n_heads + 2 * c.n_kv_heads
     caps.append(ValueCap("matvec.qkv.heads_per_task", heads, f"the QKV projection's {heads} q, k and v heads are one task"))
+    pipe = config.pipeline
+    if pipe.pages > 0:
+        caps.append(ValueClasses("pipeline.inflight_kb",
+                                 tuple((kb, pages_in_flight(dataclasses.replace(pipe, inflight_kb=kb)))
+                                       for kb in INFLIGHT_KB_CHOICES),
+                                 f"with {pipe.pages} pages of {pipe.page_kb} KiB it allows the same copies in flight "
+                                 f"as the default {{default}} ({{built}})"))
     if int(program.build.get("HEAD_WARPS", 0)):
         from .autotile import max_head_warps  # here: autotile imports tile, which imports this module
 

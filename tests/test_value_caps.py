@@ -103,3 +103,41 @@ def test_a_move_past_the_cap_is_a_move_to_the_cap():
     settled = _settled({}, {"matvec": {"o": {"rows_per_task": 512}}})
     assert settled.config.matvec.o.rows_per_task == 120
     assert settled.change == ("matvec.o.rows_per_task=120",)
+
+
+@pytest.mark.parametrize("page_kb,pages", [(16, 4), (32, 4), (8, 12)])
+def test_inflight_kb_values_build_in_classes_of_the_copies_in_flight(page_kb, pages):
+    # a class is one program and two classes two: held to the lowering, not to inert.py's own figures
+    model = load("toy-2L", "bf16", weights=False)
+    base = ScheduleConfig.from_dict({"pipeline": {"pages": pages, "page_kb": page_kb}, "smem_per_block": 200 * 1024})
+    program = lower(model, "h200", base, max_seq=128)
+    (classes,) = [c for c in value_caps(base, program) if c.path == "pipeline.inflight_kb"]
+    prints = {kb: _fingerprint(model, "h200", with_value(base, "pipeline.inflight_kb", kb)) for kb in (16, 32, 64, 0)}
+    for a in prints:
+        for b in prints:
+            assert classes.alike(a, b) == (prints[a] == prints[b]), (a, b)
+    assert not any(c.path == "pipeline.inflight_kb" for c in value_caps(ScheduleConfig(), lower(model, "h200",
+                                                                                                 ScheduleConfig(),
+                                                                                                 max_seq=128)))
+
+
+def test_an_inflight_kb_that_keeps_the_defaults_copies_is_named_in_the_notes():
+    model = load("toy-2L", "bf16", weights=False)
+    pipe = {"pages": 4, "page_kb": 32}  # the default 32 KiB and 16 KiB are both one page in flight
+    cfg = ScheduleConfig.from_dict({"pipeline": pipe | {"inflight_kb": 16}, "smem_per_block": 200 * 1024})
+    notes = [k.note() for k in program_inert_knobs(cfg, lower(model, "h200", cfg, max_seq=128))]
+    assert notes == ["pipeline.inflight_kb=16 has no effect: with 4 pages of 32 KiB it allows the same copies in "
+                     "flight as the default 32 (1)"]
+    other = ScheduleConfig.from_dict({"pipeline": pipe | {"inflight_kb": 64}, "smem_per_block": 200 * 1024})
+    assert program_inert_knobs(other, lower(model, "h200", other, max_seq=128)) == []
+
+
+def test_the_search_sets_an_inflight_kb_move_that_builds_the_same_program_back():
+    pipe = {"pages": 4, "page_kb": 16}  # 64 KiB and no cap are both all 4 pages
+    inc = {"pipeline": pipe | {"inflight_kb": 64}, "smem_per_block": 200 * 1024}
+    settled = _settled(inc, {"pipeline": pipe | {"inflight_kb": 0}, "smem_per_block": 200 * 1024,
+                             "matvec": {"o": {"rows_per_task": 64}}}, target="h200")
+    assert settled.config.pipeline.inflight_kb == 64 and settled.change == ("matvec.o.rows_per_task=64",)
+    kept = _settled(inc, {"pipeline": pipe | {"inflight_kb": 16}, "smem_per_block": 200 * 1024,
+                          "matvec": {"o": {"rows_per_task": 64}}}, target="h200")
+    assert kept.config.pipeline.inflight_kb == 16 and kept.change == ("moves",)

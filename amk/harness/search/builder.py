@@ -62,7 +62,7 @@ class Built:
     derived: dict | None = None  # the program's derived knob values (dotted path -> value), for the inert rules
     as_derived: tuple[str, ...] = ()  # knobs set to a value the program takes as the derived one (inert.taken_as_derived,
     # inert.derived_alike)
-    caps: tuple = ()  # inert.ValueCap of each knob whose values from a bound up lower alike (inert.value_caps)
+    caps: tuple = ()  # inert.ValueCap / ValueClasses of each knob whose values lower alike (inert.value_caps)
 
 
 def analytic_predictor(config, program, target, coefficients):

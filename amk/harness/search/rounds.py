@@ -170,11 +170,10 @@ class Rounds:
             if get_path(inc, path) is None and get_path(cfg, path) is not None:
                 cfg = with_value(cfg, path, None)
         for cap in built.caps:  # two values from a bound up (rows_per_task 256 and 512 on 120 rows) lower alike
-            was, now = get_path(inc, cap.path), get_path(cfg, cap.path)
-            if was != now and cap.alike(was, now):
-                cfg = with_value(cfg, cap.path, was)
-            elif now is not None and now > cap.cap:  # a move past the bound is a move to it: the same program
-                cfg = with_value(cfg, cap.path, cap.cap)
+            now = get_path(cfg, cap.path)
+            settled = cap.settle(get_path(inc, cap.path), now)
+            if settled != now:
+                cfg = with_value(cfg, cap.path, settled)
         if cfg.schedule_id == cand.config.schedule_id:
             return cand, built
         return (Candidate(cfg, tuple(diff(inc, cfg)), cand.source),
