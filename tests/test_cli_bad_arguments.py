@@ -590,8 +590,47 @@ def test_a_path_flag_starting_with_the_home_of_an_unknown_user_is_a_usage_error_
                        (["report", "--results", bad + ".tsv"], "--results"),
                        (["loop", "--model", "toy", "--budget", "1", "--results", bad + ".tsv"], "--results"),
                        (["propose", "--model", "toy", "--corpus", bad + ".jsonl"], "--corpus"),
-                       (["evaluate", "--model", "toy", "--config", bad + ".json"], "--config")):
+                       (["evaluate", "--model", "toy", "--config", bad + ".json"], "--config"),
+                       (["bench", "--model", "toy", "--verify-result", bad + ".json"], "--verify-result")):
         code, s = run(capsys, *argv)
         assert code == 2 and s["error"].startswith(flag) and s["error_type"] == "usage", (argv, s)
+        assert "names no user of this machine ('amk-no-such-user')" in s["error"], (argv, s)
     code, s = run(capsys, "evaluate", "--model", bad)
     assert code == 2 and s["error"].startswith("--model") and "unknown model" in s["error"], s
+
+
+def test_a_path_argument_starting_with_tilde_is_under_the_home_directory_for_every_command(capsys, tmp_path,
+                                                                                          monkeypatch):
+    # the shell expands only an unquoted ~: a quoted one, or a Python or MCP caller's, reached the loop as written,
+    # and it wrote ./~/r.tsv where its checks had looked at $HOME/r.tsv
+    import amk
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    code, s = run(capsys, "loop", "--model", "toy", "--gpu", "cpu-sim", "--budget", "1", "--results", "~/r.tsv",
+                  "--corpus", "~/c.jsonl")
+    assert code == 0, s
+    assert {"r.tsv", "c.jsonl"} <= {p.name for p in home.iterdir()} and list(work.iterdir()) == []
+    code, s = run(capsys, "report", "--results", "~/r.tsv", "--corpus", "~/c.jsonl", "--no-plots")
+    assert code == 0 and s["corpus"] is not None, s
+    assert amk.propose("toy", "cpu-sim", corpus="~/c.jsonl", dtype="fp32")["source"].startswith("corpus:")
+    code, s = run(capsys, "verify", "--model", "toy", "--cases", "reduced", "--out", "~/v.json")
+    assert code == 0 and (home / "v.json").is_file(), s
+    code, s = run(capsys, "bench", "--model", "toy", "--verify-result", "~/v.json")
+    assert code == 0 and s.get("error_type") != "unverified", s
+    assert list(work.iterdir()) == []
+
+
+def test_a_symbolic_link_to_no_file_is_named_as_such_not_as_missing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.symlink("b", "a")
+    os.symlink("a", "b")  # a loop
+    os.symlink("gone", "dangling")
+    for name in ("a", "dangling"):
+        code, s = run(capsys, "report", "--results", name)
+        assert code == 2 and "a symbolic link that leads to no file" in s["error"], s
+        code, s = run(capsys, "bench", "--model", "toy", "--verify-result", name)
+        assert code == 2 and "a symbolic link that leads to no file" in s["error"], s

@@ -87,6 +87,13 @@ def _name_limit(path: Path) -> int:
     return 255
 
 
+def user_path(path):
+    """`path` as a Path with a leading ~ or ~user expanded, as every path argument takes it (the shell expands
+    only an unquoted one; a Python or MCP caller's string reaches us as written); None stays None. Run
+    check_path_name on it first: a ~ of a user this machine does not know raises RuntimeError here."""
+    return None if path is None else Path(os.fspath(path)).expanduser()
+
+
 def unknown_home(text: str) -> str:
     """What is wrong with a path whose ~user pathlib cannot expand (a RuntimeError there)."""
     return f"its ~ names no user of this machine ({text.split('/', 1)[0][1:]!r})"

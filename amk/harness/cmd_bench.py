@@ -9,7 +9,7 @@ import logging
 import math
 from pathlib import Path
 
-from .commands import CommandResult, ExitCode, UsageError, read_config_arg
+from .commands import CommandResult, ExitCode, UsageError, check_path_flag, read_config_arg
 
 log = logging.getLogger("amk.cli")
 
@@ -53,6 +53,9 @@ def check_verified(path: Path, fingerprint: str, device: str, model: str, dtype:
     weights (the program fingerprint leaves weights out: two checkpoints of one shape lower to one program)."""
     if path.is_dir():
         return f"{path} is a directory: name the verify_result.json that `amk verify --out` wrote"
+    if not path.is_file() and path.is_symlink():
+        return f"{path} is a symbolic link that leads to no file (dangling, or a loop): name the verify_result.json " \
+               "that `amk verify --out` wrote"
     if not path.is_file():
         return f"{path} not found: run `amk verify` with the same --model/--gpu/--config/--device first"
     try:
@@ -104,13 +107,14 @@ def bench(args) -> CommandResult:
     from .arguments import check_corpus
 
     check_corpus(args.corpus)  # a named file that is no corpus: refused before the program is built
+    check_path_flag("--verify-result", args.verify_result)  # ~ of an unknown user, a NUL byte: before the build
 
     v, program = build_program(args.model, args.gpu, read_config_arg(args.config), args.device, args.dtype,
                                args.max_seq)
     if program is None:
         return CommandResult(ExitCode.USAGE, v.to_dict(), f"REJECTED: {v.rejected_reason}")
     notes: list[str] = []
-    why = check_verified(Path(args.verify_result), v.program_fingerprint, v.device, v.model, v.dtype)
+    why = check_verified(Path(args.verify_result).expanduser(), v.program_fingerprint, v.device, v.model, v.dtype)
     if why and not args.verify_not_required:
         return CommandResult(ExitCode.USAGE, {"error": why, "error_type": "unverified",
                                               "program_fingerprint": v.program_fingerprint}, why)

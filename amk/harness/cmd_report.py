@@ -278,19 +278,22 @@ def report(args) -> CommandResult:
     for flag, value in (("--results", args.results), ("--corpus", args.corpus)) + (
             () if args.no_plots else (("--out-dir", args.out_dir),)):
         check_path_flag(flag, value)
-    results = Path(args.results)
+    results = Path(args.results).expanduser()  # checked above: a ~ of an unknown user was refused
     if results.is_dir():
         raise UsageError(f"--results {str(results)!r}: is a directory; name the results file of `amk loop`")
     if results.exists() and not results.is_file():  # checked before any read: opening a FIFO blocks
         raise UsageError(f"--results {str(results)!r}: is not a regular file (a device, a FIFO or a socket); name "
                          "the results file of `amk loop`")
+    if not results.is_file() and results.is_symlink():
+        raise UsageError(f"--results {str(results)!r}: a symbolic link that leads to no file (dangling, or a loop); "
+                         "name the results file of `amk loop`")
     if not results.is_file():
         raise UsageError(f"--results {str(results)!r}: not found (run `amk loop` first, or pass --results)")
     try:
         df = load_results(results)
     except ResultsFormatError as e:
         raise UsageError(str(e)) from None
-    corpus = Path(args.corpus)
+    corpus = Path(args.corpus).expanduser()
     if corpus.is_dir():  # as every other command refuses it: read as "no records", it would hide a wrong path
         raise UsageError(f"--corpus {str(corpus)!r}: is a directory; name the corpus file of `amk loop`")
     if corpus.exists() and not corpus.is_file():

@@ -113,8 +113,13 @@ def read_config_arg(value: str | None, flag: str = "--config"):
         # a file is anything that exists and is no directory: a pipe (`--config <(...)`, /dev/stdin) as well
         is_dir = path.is_dir()
         is_file = not is_dir and path.exists()
-    except (OSError, RuntimeError):  # inline JSON longer than a file name may be (ENAMETOOLONG), or ~ of an
-        is_dir = is_file = False  # unknown user, is no path
+    except RuntimeError:  # ~ of a user this machine does not know: meant as a file (no JSON starts with ~)
+        from amk.harness.arguments import unknown_home
+
+        raise UsageError(f"{flag} {value!r}: {unknown_home(value.strip())} (give a JSON file, '-' for stdin, or "
+                         "inline JSON)") from None
+    except OSError:  # inline JSON longer than a file name may be (ENAMETOOLONG) is no path
+        is_dir = is_file = False
     if is_dir:
         raise UsageError(f"{flag} {value!r} is a directory (give a JSON file, '-' for stdin, or inline JSON)")
     if is_file:

@@ -32,7 +32,15 @@ from amk.schedule.program import (
 )
 from amk.schedule.targets import GpuTarget
 
-from .arguments import check_cases, check_corpus, check_flag, check_max_seq, check_model_weights, check_seed
+from .arguments import (
+    check_cases,
+    check_corpus,
+    check_flag,
+    check_max_seq,
+    check_model_weights,
+    check_seed,
+    user_path,
+)
 from .calibration import calibrate_file
 from .correctness import counted, reference_hook, resolve_cases, run_cpu, run_cuda, scaling_note
 from .environment import Device, environment, get_model, resolve_device, resolve_target
@@ -112,6 +120,7 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     t0 = time.perf_counter()
     check_cases(cases)  # before any model work
     check_corpus(corpus)
+    corpus = None if corpus is None else str(user_path(corpus))
     check_model_weights(model)
     if not _names_checked(model, gpu, config):  # a malformed config: its verdict needs no model and no cache
         v, _ = build_program(model, gpu, config, device, dtype, max_seq)

@@ -66,7 +66,7 @@ from amk.schedule.errors import ArgumentError, EagerReferenceError, EnvironmentP
 from amk.schedule.inert import inert_knobs
 from amk.schedule.space import search_space
 
-from .arguments import append_refusal, check_loop_arguments, check_model_weights, check_seed
+from .arguments import append_refusal, check_loop_arguments, check_model_weights, check_seed, user_path
 from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import check_kv_memory, check_model_dtype, default_dtype, evaluate, resolve_dtype_name
 from .propose import best_readable, incumbent_config, model_name, run_context
@@ -139,6 +139,7 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     check_seed(seed)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,
                          progress, resume)
+    results, corpus = user_path(results), user_path(corpus)  # checked above as expanded; written there too
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
         raise ArgumentError("ray_address", f"expected a Ray cluster address (host:port, or auto) or None, got "
                                            f"{ray_address!r:.60}")

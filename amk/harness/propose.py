@@ -12,7 +12,7 @@ from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ArgumentError
 from amk.schedule.space import space_dicts
 
-from .arguments import check_corpus, check_max_seq
+from .arguments import check_corpus, check_max_seq, user_path
 from .environment import Device, cuda_usable, get_model, resolve_target
 from .schema import schema_path
 from .verdict import parse_config
@@ -95,6 +95,7 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     from .evaluate import check_model_dtype, resolve_dtype_name
 
     check_corpus(corpus)
+    corpus = None if corpus is None else str(user_path(corpus))
     target = resolve_target(gpu)
     name = model_name(model)
     run_dtype = resolve_dtype_name(dtype, Device.CPU, target)[0]
