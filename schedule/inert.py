@@ -311,7 +311,7 @@ class ValueClasses:
 
     path: str
     built: tuple[tuple[int, int], ...]
-    reason: str  # what the built figure is, with {built} and {value} to fill in
+    reason: str  # why a value off the default acts as the default: {built}, {value} and {default} filled in
 
     def _of(self, value: int | None) -> int | None:
         return dict(self.built).get(value)
