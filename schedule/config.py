@@ -309,7 +309,10 @@ def value_text(v) -> str:
 
 def to_jsonable(value):
     """A config (or any part of one) in its JSON form: enums as their values, `None` as null."""
-    if dataclasses.is_dataclass(value):
+    names = _field_names(type(value))
+    if names is not None:
+        return {n: to_jsonable(getattr(value, n)) for n in names}
+    if isinstance(value, type) and dataclasses.is_dataclass(value):  # a dataclass class itself
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Enum):
         return value.value
@@ -318,6 +321,12 @@ def to_jsonable(value):
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     return value
+
+
+@functools.cache
+def _field_names(cls) -> tuple[str, ...] | None:
+    # the search turns configs into dicts by the hundred thousand: dataclasses.fields() each time was a tenth of it
+    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
 
 
 def optional_base(tp):
@@ -357,20 +366,33 @@ def _hints(cls) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
+@functools.cache
+def _parse_plan(cls) -> dict[str, tuple[dataclasses.Field, Any, bool, bool]]:
+    """name -> (field, type hint, declared `X | None`, a nested config object) for each field of `cls`, worked
+    out once: the search parses configs by the thousand."""
+    hints = _hints(cls)
+    plan = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        base = optional_base(tp)
+        leaf = tp if base is None else base
+        plan[f.name] = (f, leaf, base is not None, dataclasses.is_dataclass(leaf))
+    return plan
+
+
 def _parse_object(cls, data, path, base, problems):
     if not isinstance(data, dict):
         problems.append(ConfigProblem(path, f"expected an object, got {json_kind(data)}"))
         return None
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    plan = _parse_plan(cls)
     kwargs = {}
     for key, value in data.items():  # document order, so problems come back in the order they were written
-        f = fields.get(key)
-        if f is None:
-            problems.append(ConfigProblem(f"{path}.{key}", _unknown_key(path, key, list(fields))))
+        spec = plan.get(key)
+        if spec is None:
+            problems.append(ConfigProblem(f"{path}.{key}", _unknown_key(path, key, list(plan))))
             continue
-        kwargs[key] = _parse_value(hints[key], f.metadata, value, f"{path}.{key}", _default_of(f, base), problems)
-    for name, f in fields.items():
+        kwargs[key] = _parse_value(spec, value, f"{path}.{key}", base, problems)
+    for name, (f, *_) in plan.items():
         if name not in kwargs:
             kwargs[name] = _default_of(f, base)
     return cls(**kwargs)
@@ -424,6 +446,17 @@ def _default_of(f: dataclasses.Field, base):
     return _copy_default(getattr(base, f.name)) if base is not None else field_default(f)
 
 
+def _default_source(f: dataclasses.Field, base):
+    """What `_default_of` copies, itself: a nested object's parse reads only the fields its data leaves out, and
+    copies each it takes, so that copying the whole default first (a deep copy per level) is not needed."""
+    return getattr(base, f.name) if base is not None else _own_default(f)
+
+
+@functools.cache
+def _own_default(f: dataclasses.Field):
+    return field_default(f)  # never handed out: _default_of copies what is read from it
+
+
 def _holds(data: dict, dotted: str) -> bool:
     *parents, leaf = dotted.split(".")
     for part in parents:
@@ -462,29 +495,28 @@ def _unknown(key, allowed, what: str) -> str:
     return f"unknown {what}; {hint}allowed: {', '.join(sorted(map(str, allowed)))}"
 
 
-def _parse_value(tp, meta, value, path, default, problems):
-    """The parsed value, or `default` after recording a problem (parsing goes on, so all are reported)."""
-    base = optional_base(tp)
-    if base is not None:
-        if value is None:
-            return None
-        tp = base
-    if dataclasses.is_dataclass(tp):
-        got = _parse_object(tp, value, path, default, problems)
-        return default if got is None else got
+def _parse_value(spec, value, path, base, problems):
+    """The parsed value of a field (`spec` as _parse_plan gives it), or its default (from `base`, else its own)
+    after recording a problem (parsing goes on, so all are reported)."""
+    f, tp, optional, nested = spec
+    if optional and value is None:
+        return None
+    if nested:
+        got = _parse_object(tp, value, path, _default_source(f, base), problems)
+        return _default_of(f, base) if got is None else got
     try:
-        return _parse_leaf(tp, meta, value, path)
+        return _parse_leaf(tp, f.metadata, value, path)
     except ConfigError as e:
         problems.extend(e.problems)
-        return default
+        return _default_of(f, base)
 
 
 def _parse_leaf(tp, meta, value, path):
     if isinstance(tp, type) and issubclass(tp, Enum):
-        allowed = [m.value for m in tp]
         if isinstance(value, tp):
             return value
-        if not isinstance(value, str) or value not in allowed:
+        if not isinstance(value, str) or value not in _enum_values(tp):
+            allowed = list(_enum_values(tp))
             near = (suggest(value, allowed) or [None])[0] if isinstance(value, str) else _old_value(path, value)
             hint = f"; did you mean {near!r}?" if near else ""
             raise ConfigError(path, f"expected one of {allowed}, got {json_value(value)}{hint}")
@@ -506,6 +538,11 @@ def _parse_leaf(tp, meta, value, path):
     if tp is dict or get_origin(tp) is dict:
         return _parse_explicit_map(value, path)
     raise TypeError(f"{path}: unsupported config field type {tp}")  # a programming error in this module
+
+
+@functools.cache
+def _enum_values(tp) -> tuple:
+    return tuple(m.value for m in tp)
 
 
 def _old_value(path: str, value) -> str | None:
