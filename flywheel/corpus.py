@@ -63,12 +63,14 @@ def below_floor(e: TuningRecord) -> bool:
 
 
 def best_entry(entries: list[TuningRecord]) -> TuningRecord | None:
-    """The fastest correct kept record. Measured latencies outrank predicted ones: a prediction never beats
-    a measurement. A latency under its verdict's spec floor (below_floor) is no contender."""
+    """The fastest correct kept record; of equal latencies the latest in `entries` (the corpus's order): a loop
+    keeps a config at its incumbent's latency only when it has fewer non-default knobs, so the later one replaced
+    the earlier. Measured latencies outrank predicted ones: a prediction never beats a measurement. A latency
+    under its verdict's spec floor (below_floor) is no contender."""
     timed = [e for e in entries if e.kept and e.latency_us is not None and e.correct and not below_floor(e)]
     measured = [e for e in timed if e.kind == MEASURED]
     pool = measured or timed
-    return min(pool, key=lambda e: e.latency_us) if pool else None
+    return min(reversed(pool), key=lambda e: e.latency_us) if pool else None
 
 
 def best_of_other_models(entries: list[TuningRecord], model: str, gpu: str, dtype: str | None = None,

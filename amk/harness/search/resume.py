@@ -25,14 +25,20 @@ log = logging.getLogger("amk.harness")
 class Resume:
     """The resume side of a loop's run (see the module docstring)."""
 
+    def _keeps_latest_first(self, rows: list[dict]) -> list[dict]:
+        """The kept trials of `rows` (of this run's latency kind, with a latency), the latest first: each keep
+        replaced the incumbent before it, so the latest is the incumbent the loop left. Not the lowest latency: a
+        config with fewer non-default knobs is kept within the noise of a faster one (search/keep.py decide), and
+        a resume from the faster one would undo that keep."""
+        return [r for r in reversed(rows) if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
+                and r.get("latency_us")]
+
     def _check_given_on_resume(self, given: ScheduleConfig, fingerprint: str | None, rows: list[dict]) -> None:
         """A given start config on a results file that already kept another program: the start is the incumbent
-        until a candidate beats it, so a slower given config would be logged as a keep over the file's best.
+        until a candidate beats it, so a slower given config would be logged as a keep over the file's incumbent.
         Raises LoopError naming the kept trial. A config of the kept program (another spelling) is its incumbent.
         `rows`: the file's rows of this run (_rows_of_run)."""
-        kept = [r for r in rows if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
-                and r.get("latency_us")]
-        best = min(kept, key=lambda r: float(r["latency_us"]), default=None)
+        best = next(iter(self._keeps_latest_first(rows)), None)
         if (best is not None and best["schedule_id"] != given.schedule_id
                 and best.get("program_fingerprint") != fingerprint):
             raise LoopError(f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at "
@@ -41,16 +47,16 @@ class Resume:
                             "without --config, or start another results file from it", argument="incumbent")
 
     def _resumed_incumbent(self, cfg: ScheduleConfig, origin: str, rows: list[dict]) -> tuple[ScheduleConfig, str]:
-        """The start of a resume: the results file's best kept trial of this run's dtype and context, whose config
+        """The start of a resume: the results file's latest kept trial of this run's dtype and context (the loop's
+        incumbent when it stopped: _keeps_latest_first), whose config
         only the corpus holds, in place of the corpus's best (`cfg`, from `origin`): the corpus records no
         max_seq, so its best may be a program of another max_seq, and a start slower than the file's best would
-        log slower configs as keeps. (cfg, origin) as given when the file has no such keep. Where the best keep's
-        record is missing but another keep's is there (a record line torn, or a run killed between its row and its
-        record), the best keep the corpus holds, with a warning naming the trial passed over. Raises LoopError
+        log slower configs as keeps. (cfg, origin) as given when the file has no such keep. Where the latest keep's
+        record is missing but an earlier keep's is there (a record line torn, or a run killed between its row and its
+        record), the latest keep the corpus holds, with a warning naming the trial passed over. Raises LoopError
         when the corpus holds no kept record of any kept trial (results.tsv moved without its corpus.jsonl) or the
         config no longer parses. `rows`: the file's rows of this run (_rows_of_run)."""
-        kept = sorted((r for r in rows if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
-                       and r.get("latency_us")), key=lambda r: float(r["latency_us"]))
+        kept = self._keeps_latest_first(rows)
         if not kept or kept[0]["schedule_id"] == cfg.schedule_id:
             return cfg, origin
         records = {e.schedule_id: e for e in (entries_for(load_records(self.corpus), self.name, self.target.name)
@@ -64,7 +70,7 @@ class Resume:
                             argument="corpus")
         if best is not kept[0]:
             log.warning("%s, but %s holds no record of its config (a record line torn, or a run stopped between "
-                        "its row and its record): continuing from trial %s (%s, %.2f us), the best keep it records",
+                        "its row and its record): continuing from trial %s (%s, %.2f us), the latest keep it records",
                         where, self.corpus, best["trial"], best["schedule_id"], float(best["latency_us"]))
         if best["schedule_id"] == cfg.schedule_id:
             return cfg, origin
