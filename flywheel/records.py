@@ -23,7 +23,7 @@ from pathlib import Path
 
 from amk.schedule.config import migrate_config, schedule_id_of
 
-from .appendlog import append_lines, read_numbered_lines, warn_bad_line
+from .appendlog import append_lines, numbered_lines, read_locked, torn_tail, warn_bad_line
 from .results import is_trial_number
 
 log = logging.getLogger("amk.flywheel")
@@ -240,13 +240,19 @@ def append_record(path: str | Path, record: TuningRecord) -> None:
 def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
     """Every readable record of the file, in file order. A line that is not JSON or not a record (a file
     from elsewhere, a hand edit) is skipped with a warning naming the file and line: the file outlives code
-    versions, and one bad line must not cost the others."""
+    versions, and one bad line must not cost the others. A last line without its newline (a write cut short) is
+    skipped with a warning too; the next record appended starts a line of its own."""
     out = []
-    for i, line in read_numbered_lines(path):
+    data = read_locked(path)
+    for i, line in numbered_lines(data):
         try:
             out.append(TuningRecord.from_dict(json.loads(line)))
         except (ValueError, KeyError, TypeError) as e:
             warn_bad_line(log, path, i, line, f"skipped a line that is not a tuning record ({e})")
+    tail = torn_tail(data)
+    if tail.strip():
+        warn_bad_line(log, path, data.count(b"\n") + 1, tail, "skipped a tuning record no newline ends (a write "
+                      "cut short; the file is left as it is, and the next record appended starts a line of its own)")
     return out
 
 

@@ -319,11 +319,12 @@ def read_rows(path: str | Path) -> list[dict]:
         return []
     if not lines:
         refuse_fragment(path, data)
+    rows = rows_of(path, lines)  # a foreign header raises first: no row of a refused file is warned about
     tail = torn_tail(data)
     if lines and tail.strip():
         warn_bad_line(log, path, data.count(b"\n") + 1, tail, "skipped trial row: no newline ends it (a write cut "
                       "short; the file is left as it is, and the next row appended starts a line of its own)")
-    return rows_of(path, lines)
+    return rows
 
 
 def starts_as_header(text: str) -> bool:

@@ -307,7 +307,9 @@ def report(args) -> CommandResult:
     out["corpus"] = corpus_summary(records) if corpus.is_file() else None
     out["plots"], out["notes"] = [], []
     if not configs and len(df):
-        out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown (pass --corpus)")
+        why = ("no such file: pass the corpus file of `amk loop` that wrote the results" if not corpus.exists()
+               else "pass the corpus file of `amk loop` that wrote the results (--corpus)")
+        out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown ({why})")
     out["notes"] += short_context_notes(out["groups"], records, df)
     out["notes"] += checkpoint_notes(out["groups"], records)
     if out["withheld"]:
@@ -338,7 +340,8 @@ def _out_dir(value: str) -> Path:
 
 
 def _text(out: dict) -> str:
-    lines = [f"{counted(out['trials'], 'trial')}: " + ", ".join(f"{k} {n}" for k, n in out["statuses"].items())]
+    statuses = ", ".join(f"{k} {n}" for k, n in out["statuses"].items())
+    lines = [f"{counted(out['trials'], 'trial')}" + (f": {statuses}" if statuses else "")]
     for g in out["groups"]:
         lines.append(f"{g['model']} on {g['gpu']} ({run_label(g['dtype'], g['max_seq'])}): "
                      f"{counted(g['trials'], 'trial')}, {g['kept']} kept")

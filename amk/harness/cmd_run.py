@@ -269,7 +269,8 @@ def loop_text(s: dict) -> str:
              "incumbent config: " + json.dumps(inc["config"], sort_keys=True)]
     b = s.get("best")
     if b and b.get("schedule_id") != inc["schedule_id"]:
-        lines.append(f"best kept in the corpus: {b['schedule_id']} {b['latency_us']} ({b['latency_kind']}): "
+        blat = f"{b['latency_us']:.2f} us" if b.get("latency_us") is not None else "no latency"
+        lines.append(f"best kept in the corpus: {b['schedule_id']} {blat} ({b['latency_kind']}): "
                      + json.dumps(b["config"], sort_keys=True))
     lines.append(f"results: {s['results']}  corpus: {s['corpus']}")
     lines += [f"note: {n}" for n in s.get("notes", [])]
