@@ -22,6 +22,7 @@ from .program import is_task_id
 
 MAX_CLOCK_BYTES = 1 << 30  # 1 GiB: about 2 million nodes (tasks, counters, joins) on 132 SMs
 MAX_QUEUELESS = 64  # tasks on no queue that get a lane each; more and the sweep does not run
+SMALL_CHECK = 64  # nodes x lanes up to which a happens-before check runs in plain Python
 
 
 class ClockBudgetError(RuntimeError):
@@ -38,6 +39,13 @@ class Members:
     lanes: np.ndarray  # int64 [k]: the distinct lanes of its tasks
     top: np.ndarray  # int32 [k]: the last position of its tasks on each of those lanes
     joins: list[int] = field(default_factory=list)  # join indices j (sweep id n + j)
+    _pairs: list | None = field(default=None, repr=False, compare=False)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(lane, top) as Python ints, for the checks too small to pay numpy's cost a call."""
+        if self._pairs is None:
+            self._pairs = list(zip(self.lanes.tolist(), self.top.tolist()))
+        return self._pairs
 
 
 _NO_LANES = np.zeros(0, np.int64)
@@ -153,6 +161,18 @@ class HappensBefore:
         """The ids among `ids` (sweep ids) that do not happen after every member of `required`, in order."""
         if not required or not ids:
             return []
+        nodes = [self.node(x) for x in ids]
+        if len(ids) * sum(len(m.lanes) for m in required) <= SMALL_CHECK:
+            ok = self._after_all_small(nodes, required)
+        else:
+            ok = self._after_all(nodes, required)
+        joins = sorted({j for m in required for j in m.joins}) if any(m.joins for m in required) else []
+        if not joins:
+            return [x for x, good in zip(ids, ok) if not good]
+        return [x for x, v, good in zip(ids, nodes, ok) if not good or any(not self.follows_join(v, j) for j in joins)]
+
+    def _after_all(self, nodes: list[int], required: list[Members]):
+        """Per node: whether its clock reaches, on every lane, the last position `required`'s tasks hold there."""
         if len(required) == 1:
             lanes, need = required[0].lanes, required[0].top
         else:
@@ -161,17 +181,22 @@ class HappensBefore:
                 dense[m.lanes] = np.maximum(dense[m.lanes], m.top)
             lanes = np.flatnonzero(dense >= 0)
             need = dense[lanes]
-        if len(ids) == 1:
-            nodes = [self.node(ids[0])]
-            ok = [bool((self.clock[nodes[0], lanes] >= need).all())] if len(lanes) else [True]
-        else:
-            nodes = [self.node(x) for x in ids]
-            ok = (self.clock[np.asarray(nodes)[:, None], lanes] >= need).all(axis=1) if len(lanes) else \
-                [True] * len(ids)
-        joins = sorted({j for m in required for j in m.joins}) if any(m.joins for m in required) else []
-        if not joins:
-            return [x for x, good in zip(ids, ok) if not good]
-        return [x for x, v, good in zip(ids, nodes, ok) if not good or any(not self.follows_join(v, j) for j in joins)]
+        if not len(lanes):
+            return [True] * len(nodes)
+        if len(nodes) == 1:
+            return [bool((self.clock[nodes[0], lanes] >= need).all())]
+        return (self.clock[np.asarray(nodes)[:, None], lanes] >= need).all(axis=1)
+
+    def _after_all_small(self, nodes: list[int], required: list[Members]) -> list[bool]:
+        """_after_all in plain Python, for the few lanes and nodes most checks have (numpy's cost a call was most
+        of a small program's sweep)."""
+        need: dict[int, int] = {}
+        for m in required:
+            for ln, top in m.pairs():
+                if need.get(ln, -1) < top:
+                    need[ln] = top
+        item = self.clock.item
+        return [all(item(v, ln) >= top for ln, top in need.items()) for v in nodes]
 
     def first_unreached(self, x: int, required: list[Members]) -> int:
         """The lowest sweep id among `required`'s members that `x` does not happen after (-1: none)."""

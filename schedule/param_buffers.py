@@ -154,14 +154,54 @@ def read(p, buffers) -> Iterator[ParamBuffer]:
         yield ParamBuffer("pairs", p.pairs, True, ((p.pairs_off, 2 * p.slots),))
 
 
-def check(program, report, tname) -> None:
+class TaskFields:
+    """Each task's `written`, `weights` and `read`, worked out once a validation for the checks that read them
+    (this module's and the tags'): a list whose making raised raises again wherever it is asked for, so that each
+    check fails where it failed when it made the lists itself."""
+
+    def __init__(self, program):
+        self.program = program
+        self.memo: dict[int, tuple] = {}
+
+    def _of(self, i: int, p) -> tuple:
+        got = self.memo.get(i)
+        if got is None:
+            c, bufs = self.program.constants, self.program.buffers
+            got = self.memo[i] = (_listed(written, p, c), _listed(weights, p), _listed(read, p, bufs))
+        return got
+
+    def written(self, i: int, p) -> list[ParamBuffer]:
+        return _unless_raised(self._of(i, p)[0])
+
+    def weights(self, i: int, p) -> list[ParamBuffer]:
+        return _unless_raised(self._of(i, p)[1])
+
+    def read(self, i: int, p) -> list[ParamBuffer]:
+        return _unless_raised(self._of(i, p)[2])
+
+
+def _listed(fn, *args):
+    try:
+        return list(fn(*args))
+    except Exception as e:  # noqa: BLE001 - raised again where the list is asked for
+        return e
+
+
+def _unless_raised(got):
+    if isinstance(got, Exception):
+        raise got
+    return got
+
+
+def check(program, report, tname, fields: TaskFields | None = None) -> None:
     """Every buffer a task's params write is one the task (or its join, whose last task writes for it) declares
     writing, else the hazard check cannot see the write, and none is a weight; every activation its params read
     is one it (or its join) declares reading; every buffer its params read as weights is one; where the params
     give element ranges, the declared regions cover them. `report(kind_name, message, tasks, buffers)` as
     validate's; a task whose opcode and params do not match, or whose params name no buffer, is left to the ABI
-    check."""
-    bufs, c = program.buffers, program.constants
+    check. `fields`: the program's TaskFields where another check shares them."""
+    bufs = program.buffers
+    fields = fields if fields is not None else TaskFields(program)
     join_writes: dict[int, list] = {}
     join_reads: dict[int, list] = {}
     for jn in program.joins:
@@ -172,33 +212,39 @@ def check(program, report, tname) -> None:
                 join_reads.setdefault(t, []).extend(reads)
         except TypeError:  # a malformed join: the counters check reports it
             continue
+    params_of = oc.PARAMS_OF
     for tid, t in enumerate(program.tasks):
-        if not isinstance(t.opcode, oc.Opcode) or type(t.params) is not oc.PARAMS_OF.get(t.opcode):
+        if not isinstance(t.opcode, oc.Opcode) or type(t.params) is not params_of.get(t.opcode):
             continue
         try:
-            found = _task_issues(t, bufs, c, join_writes.get(tid, []), join_reads.get(tid, []))
+            found = _task_issues(t, bufs, fields, tid, join_writes.get(tid, []), join_reads.get(tid, []))
         except (TypeError, AttributeError, ValueError):  # a malformed field or buffer (an unknown epilogue kind,
             continue  # say): the ABI, structure and bounds checks report it
         for pb, why in found:
             report("ABI", f"{tname(tid)}: {pb.path}={pb.buffer} {why}", (tid,), (bufs[pb.buffer].name,))
 
 
-def _task_issues(t, bufs, c, join_writes: list, join_reads: list) -> list[tuple[ParamBuffer, str]]:
+def _task_issues(t, bufs, fields: TaskFields, tid: int, join_writes: list, join_reads: list
+                 ) -> list[tuple[ParamBuffer, str]]:
     """(field, why) for each of task t's params fields that escapes its declared regions or misuses a weight; none
     where a field or region is not a well-formed int (left to the ABI check, which names it)."""
-    out, wts, ins = list(written(t.params, c)), list(weights(t.params)), list(read(t.params, bufs))
-    if any(type(pb.buffer) is not int or any(type(x) is not int for rg in pb.ranges for x in rg)
-           for pb in out + wts + ins) or not all(map(_well_formed, list(t.writes) + list(t.reads))):
+    p = t.params
+    out, wts, ins = fields.written(tid, p), fields.weights(tid, p), fields.read(tid, p)
+    for pb in (*out, *wts, *ins):
+        if type(pb.buffer) is not int or any(type(x) is not int for rg in pb.ranges for x in rg):
+            return []
+    writes, reads = list(t.writes), list(t.reads)
+    if not all(map(_well_formed, writes + reads)):
         return []
     found = []
-    for access, params, declared in (("writ", out, list(t.writes) + join_writes),
-                                     ("read", ins, list(t.reads) + join_reads)):
+    nb = len(bufs)
+    for access, params, declared in (("writ", out, writes + join_writes), ("read", ins, reads + join_reads)):
         for pb in params:
-            why = _undeclared(pb, bufs[pb.buffer], declared, access) if 0 <= pb.buffer < len(bufs) else None
+            why = _undeclared(pb, bufs[pb.buffer], declared, access) if 0 <= pb.buffer < nb else None
             if why:
                 found.append((pb, why))
     for pb in wts:
-        if 0 <= pb.buffer < len(bufs) and bufs[pb.buffer].kind != BufferKind.WEIGHT:
+        if 0 <= pb.buffer < nb and bufs[pb.buffer].kind != BufferKind.WEIGHT:
             b = bufs[pb.buffer]
             found.append((pb, f"names {b.kind.value} buffer {b.name}, read as model weights"))
     return found
@@ -224,6 +270,10 @@ def _undeclared(pb: ParamBuffer, b, declared, access: str) -> str | None:
 
 def _covered(start: int, length: int, regions) -> bool:
     """Whether elements [start, start + length) all lie in the union of `regions` (one buffer's)."""
+    stop = start + length
+    for r in regions:  # mostly one region holds them all: no sort
+        if r.start <= start and stop <= r.start + r.length:
+            return True
     end = start
     for r in sorted(regions, key=lambda r: r.start):
         if r.start > end:
@@ -235,4 +285,9 @@ def _covered(start: int, length: int, regions) -> bool:
 
 
 def _well_formed(r) -> bool:
-    return isinstance(r, Region) and all(type(x) is int for x in r)
+    if not isinstance(r, Region):
+        return False
+    if len(r) != 3:
+        return all(type(x) is int for x in r)
+    a, b, n = r
+    return type(a) is int and type(b) is int and type(n) is int

@@ -27,7 +27,7 @@ _NAME = {Stream.X: "x", Stream.HIDDEN: "the hidden row"}
 _WORDS = {Stream.X: "x_tags", Stream.HIDDEN: "h_tags"}
 
 
-def check(program, report, tname) -> None:
+def check(program, report, tname, fields: param_buffers.TaskFields | None = None) -> None:
     """Hold `program`'s tags to schedule/tags.py's rules. `report(kind_name, message, tasks, buffers)` as
     validate's. Checks, for each stream the build tags: its words buffer (int32 scratch of its own, two words a
     value, not the other stream's); the writes of the stream in stage order writing versions 0, 1, ... (X_VERSIONS /
@@ -35,7 +35,8 @@ def check(program, report, tname) -> None:
     its stage makes, where the kernel reads it; the words each task's tags read and write declared among its
     regions (the hazard check then orders and bounds them), and no params field naming a words buffer; and each
     carried wait being one of the task's waits, on a counter that only writers of what the task reads tagged, at
-    the version it reads, signal."""
+    the version it reads, signal. `fields`: the program's param_buffers.TaskFields where another check shares
+    them."""
     tasks, build = program.tasks, program.build
     x = _x_region(program, report)
     streams = {s: int(build.get(f"{s.value}_TAGS", NO_BUFFER)) for s in Stream}
@@ -60,7 +61,8 @@ def check(program, report, tname) -> None:
         _check_x(program, x, report, tname)
     if ok[Stream.HIDDEN]:
         _check_hidden(program, program.constants.intermediate, report, tname)
-    _check_declared_words(program, x, {s: streams[s] for s in Stream if ok[s]}, report, tname)
+    _check_declared_words(program, x, {s: streams[s] for s in Stream if ok[s]}, report, tname,
+                          fields if fields is not None else param_buffers.TaskFields(program))
     _check_carried(tasks, x, program.build, report, tname)
 
 
@@ -113,6 +115,21 @@ def _last_before(version: dict[int, int], stage: int) -> int:
     return max((v for s, v in version.items() if s < stage), default=-1)
 
 
+class _LastBefore:
+    """_last_before of each stage asked, worked out once a stage (its readers are many)."""
+
+    def __init__(self, version: dict[int, int]):
+        self.version, self.memo = version, {}
+
+    def __call__(self, stage) -> int:
+        if type(stage) is not int:  # a malformed stage fails as _last_before fails on it
+            return _last_before(self.version, stage)
+        got = self.memo.get(stage)
+        if got is None:
+            got = self.memo[stage] = _last_before(self.version, stage)
+        return got
+
+
 def _check_x(program, x: Region, report, tname) -> None:
     tasks = program.tasks
     for t in tasks:
@@ -132,6 +149,7 @@ def _check_x(program, x: Region, report, tname) -> None:
     version = _versions(program, Stream.X, writers, report, tname)
     if version is None:
         return
+    last_before = _LastBefore(version)
     for t in tasks:
         last = None
         expects = []
@@ -140,7 +158,7 @@ def _check_x(program, x: Region, report, tname) -> None:
         if read_tag(t, Stream.X) >= 0:
             expects.append(("inp_tag", read_tag(t, Stream.X)))
         for field, v in expects:
-            last = _last_before(version, t.stage) if last is None else last
+            last = last_before(t.stage) if last is None else last
             if v != last:
                 report(KIND, f"{tname(t.id)} reads version {v} of x ({field}) where the last write before its stage "
                              f"is version {last}", (t.id,))
@@ -218,9 +236,10 @@ def _check_hidden(program, inter: int, report, tname) -> None:
                          f"other writers of it write at {value[v].buffer}+{value[v].start}: the kernel indexes the "
                          "words by row", (t.id,))
     readers = [t for t in tasks if read_tag(t, Stream.HIDDEN) >= 0]
+    last_before = _LastBefore(version)
     for t in readers:
         p, v = t.params, read_tag(t, Stream.HIDDEN)
-        last = _last_before(version, t.stage)
+        last = last_before(t.stage)
         if v != last:
             report(KIND, f"{tname(t.id)} reads version {v} of the hidden row (inp_tag) where the last write before "
                          f"its stage is version {last}", (t.id,))
@@ -289,10 +308,11 @@ def _spans(regions) -> list[tuple[int, int]]:
     return [tuple(s) for s in out]
 
 
-def _check_declared_words(program, x: Region | None, words: dict, report, tname) -> None:
+def _check_declared_words(program, x: Region | None, words: dict, report, tname, fields) -> None:
     """The words each task's tags make the kernel write and read are regions it (or its join, for a split's last
     task) declares, so that the hazard check orders them and bounds them; no params field names a words buffer,
-    which only tags write and read. `words`: stream -> its buffer id, for the streams whose buffer checked out."""
+    which only tags write and read. `words`: stream -> its buffer id, for the streams whose buffer checked out;
+    `fields`: the program's param_buffers.TaskFields."""
     stream_of = {b: s for s, b in words.items()}
     join_regions: dict[int, tuple[list, list]] = {}
     for jn in program.joins:
@@ -300,19 +320,21 @@ def _check_declared_words(program, x: Region | None, words: dict, report, tname)
             w, r = join_regions.setdefault(tid, ([], []))
             w.extend(jn.writes)
             r.extend(jn.reads)
-    c, bufs = program.constants, program.buffers
-    for t in program.tasks:
+    bufs = program.buffers
+    for i, t in enumerate(program.tasks):
         try:
-            fields = [*param_buffers.written(t.params, c), *param_buffers.read(t.params, bufs),
-                      *param_buffers.weights(t.params)]
+            p = t.params
+            found = [*fields.written(i, p), *fields.read(i, p), *fields.weights(i, p)]
             expected = _expected_words(t, x, bufs)
         except (TypeError, AttributeError, ValueError):  # a malformed field: the ABI check names it
             continue
-        for pb in fields:
+        for pb in found:
             if pb.buffer in stream_of:
                 report(KIND, f"{tname(t.id)}: {pb.path}={pb.buffer} names the {_WORDS[stream_of[pb.buffer]]} buffer, "
                              "which only the tags of its stream write and read", (t.id,))
         jw, jr = join_regions.get(t.id, ([], []))
+        if not words or _no_words(expected, words, stream_of, (t.writes, jw, t.reads, jr)):
+            continue
         for stream, b in words.items():
             for write, mine in ((True, list(t.writes) + jw), (False, list(t.reads) + jr)):
                 want = _spans([Region(b, a, n) for s, w, a, n in expected if s is stream and w == write])
@@ -323,6 +345,18 @@ def _check_declared_words(program, x: Region | None, words: dict, report, tname)
                 report(KIND, f"{tname(t.id)} (or its join) declares that it {verb} {_WORDS[stream]} {have or 'nowhere'}"
                              f", where its tags make the kernel {verb[:-1]} {want or 'none of it'}: the hazard check "
                              "must see exactly the words the tags touch, to order and bound them", (t.id,))
+
+
+def _no_words(expected, words: dict, stream_of: dict, regions) -> bool:
+    """Whether a task neither touches a checked stream's words through its tags nor declares a region of their
+    buffers, so that every comparison of _check_declared_words holds (both sides empty). Anything odd (a
+    malformed region) answers False, for the comparisons themselves to judge."""
+    if any(e[0] in words for e in expected):
+        return False
+    try:
+        return not any(r.buffer in stream_of for rs in regions for r in rs)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _check_carried(tasks, x: Region | None, build: dict, report, tname) -> None:

@@ -197,8 +197,9 @@ def _validate(program, target, rep: _Report) -> None:
             target = None
     _guarded(rep, "structure", _check_structure, program, target, rep)
     _guarded(rep, "tasks", _check_tasks, program, target, rep)
-    _guarded(rep, "param buffers", param_buffers.check, program, rep.add, rep.tname)
-    _guarded(rep, "tags", tags_check.check, program, rep.add, rep.tname)
+    fields = param_buffers.TaskFields(program)  # both checks read each task's params fields
+    _guarded(rep, "param buffers", param_buffers.check, program, rep.add, rep.tname, fields)
+    _guarded(rep, "tags", tags_check.check, program, rep.add, rep.tname, fields)
     per = _guarded(rep, "regions", hazards.collect, program, lambda tid, e: _malformed(rep, tid, e))
     if per is not None:
         _guarded(rep, "regions", hazards.check_regions, program, per, rep.add, rep.tname)
