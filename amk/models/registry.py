@@ -449,7 +449,10 @@ def _load_gguf(dtype: torch.dtype, device: str, weights: bool) -> Model:
 
     from amk.progress import dependency_bars_off_unless_drawing
 
-    with dependency_bars_off_unless_drawing():  # the conversion's tqdm bar, into a pipe or a notebook's log
+    from .gguf_reads import parsed_once
+
+    # the conversion's tqdm bar, into a pipe or a notebook's log; and one parse of the file for all three calls
+    with dependency_bars_off_unless_drawing(), parsed_once():
         return _load_gguf_quietly(dtype, device, weights)
 
 
