@@ -73,7 +73,12 @@ def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search
 
 def _copy_default(value):
     # deep: a shallow replace() would share the nested tilings of one default among every config made from it
+    if type(value) in _ATOMIC or isinstance(value, Enum):
+        return value  # what deepcopy gives for these, without its dispatch (parsing copies every default taken)
     return copy.deepcopy(value)
+
+
+_ATOMIC = frozenset({int, float, bool, str, type(None)})
 
 
 MAX_ROWS_PER_TASK = 1 << 20  # RowTiling.rows_per_task's bound, which the derived tiling keeps to too
@@ -648,6 +653,30 @@ def with_value(config, path: str, value):
     in its JSON form (None: null, for a knob declared `int | None`). Raises ConfigError for a bad path or
     value."""
     data = config.to_dict() if hasattr(config, "to_dict") else to_jsonable(config)
+    _set_path(data, path, value)
+    return parse_dataclass(type(config), data)
+
+
+def with_values(config, values: dict):
+    """with_value of each (path, value) of `values` in turn, parsed once where no path lies inside another (each
+    with_value parses the whole config). Raises what the first failing with_value would."""
+    paths = list(values)
+    if any(q.startswith(p + ".") for p in paths for q in paths):  # a later set could hide an earlier bad one
+        for path, value in values.items():
+            config = with_value(config, path, value)
+        return config
+    data = config.to_dict() if hasattr(config, "to_dict") else to_jsonable(config)
+    try:
+        for path, value in values.items():
+            _set_path(data, path, value)
+        return parse_dataclass(type(config), data)
+    except ConfigError:  # the error of the first step that fails, as the steps one by one give it
+        for path, value in values.items():
+            config = with_value(config, path, value)
+        raise
+
+
+def _set_path(data: dict, path: str, value) -> None:
     node = data
     parts = path.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -657,4 +686,3 @@ def with_value(config, path: str, value):
     if parts[-1] not in node:
         raise ConfigError("$." + path, _unknown(parts[-1], list(node), "knob"))
     node[parts[-1]] = to_jsonable(value)
-    return parse_dataclass(type(config), data)

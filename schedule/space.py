@@ -235,14 +235,19 @@ def settle_inert(config: ScheduleConfig, base: ScheduleConfig, space: list[Knob]
     move in its description. `derived` (its program's meta["derived"], once lowered): the values the lowering gave
     the knobs `config` leaves null, which can make a knob inert too (attention.combine where kv_partitions is
     derived to 1). Values that would make a conflict are left as drawn."""
+    resolved = None  # with_derived(config, derived), made once for each config settled so far
     for _ in range(len(space)):  # settling one knob can make another inert; a handful of passes at most
         moved = False
         for k in space:
             was = _json(get_path(base, k.path))
-            if _json(get_path(config, k.path)) != was and inert(with_derived(config, derived), k.path, target):
+            if _json(get_path(config, k.path)) == was:
+                continue
+            if resolved is None:
+                resolved = with_derived(config, derived)
+            if inert(resolved, k.path, target):
                 settled = with_value(config, k.path, was)
                 if not conflicts(settled):
-                    config, moved = settled, True
+                    config, moved, resolved = settled, True, None
         if not moved:
             return config
     return config
