@@ -15,6 +15,7 @@ counted that way.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,6 +141,16 @@ def matvec_rows(rows: int, k: int, nbytes: int, target: GpuTarget, split: WarpSp
     tile.py cuts them): the fewest tasks whose estimate is within NEAR_BEST_US of the best split's. Fewer tasks
     cost fewer dependency waits and input stagings than the estimate counts, and the ReferenceVM runs them
     faster."""
+    if all(type(x) is int for x in (rows, k, nbytes, k_splits)) and type(paired) is bool:
+        return _matvec_rows(rows, k, nbytes, target, split, paired, k_splits)
+    return _matvec_rows.__wrapped__(rows, k, nbytes, target, split, paired, k_splits)
+
+
+@functools.lru_cache(maxsize=4096)
+def _matvec_rows(rows: int, k: int, nbytes: int, target: GpuTarget, split: WarpSplit | None, paired: bool,
+                 k_splits: int) -> int:
+    # kept: the search derives the tiling of every candidate it builds, from a handful of shapes and warp splits,
+    # and each estimate prices up to 64 task heights an SM
     n, pair = target.sm_count, 2 if paired else 1
     klen = (-(-k // k_splits) + 7) // 8 * 8
     cands = {-(-rows // t) for t in range(1, min(rows, 64 * n) + 1)}  # every distinct task height

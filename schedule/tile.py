@@ -6,6 +6,7 @@ task of consecutive heads touches few groups and attention can start per group.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from . import opcodes as oc
@@ -48,9 +49,12 @@ def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict
     # a knob that cannot act under the rest of the config (schedule/inert.py) compiles in at its default, so that
     # the program, its fingerprint and its kernel are those of the config without it
     default = ScheduleConfig()
+    parsed = False  # once with_value has parsed the config, a default is set in it without parsing it again
     for path in _BUILD_KNOBS_THAT_MAY_BE_INERT:
         if inert_reason(config, path) is not None:
-            config = with_value(config, path, get_path(default, path))
+            value = get_path(default, path)
+            config = _with_leaf(config, path, value) if parsed else with_value(config, path, value)
+            parsed = True
     b = config.build
     return {"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": b.loads_in_flight,
             "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
@@ -58,6 +62,15 @@ def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict
             "PAGE_BYTES": config.pipeline.page_kb * 1024, "PAGES_INFLIGHT": pages_in_flight(config.pipeline),
             "PARTIALS_MODEL_DTYPE": int(partials), "Q_SPLITS": effective_q_splits(config),
             "HEAD_WARPS": effective_head_warps(config)}
+
+
+def _with_leaf(config, path: str, value):
+    """`config` with the leaf at dotted `path` set to `value`, its other parts shared: with_value's result, for a
+    config that parsed and a value that does (a default)."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return dataclasses.replace(config, **{head: value})
+    return dataclasses.replace(config, **{head: _with_leaf(getattr(config, head), rest, value)})
 
 
 def runs_partition_tasks(config: ScheduleConfig) -> bool:
