@@ -14,8 +14,6 @@ few and their chains short). Memory: one int32 a node and lane (a 455,000-task p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from .program import is_task_id
@@ -30,26 +28,30 @@ class ClockBudgetError(RuntimeError):
     lane of its own; the structure check names them), or a clock matrix past MAX_CLOCK_BYTES."""
 
 
-@dataclass
 class Members:
     """A set of accessors in the sweep's numbering (task ids, then n + j for join j), summarised for clock checks:
-    the highest position a lane holds among its tasks, and its joins apart."""
+    the highest position a lane holds among its tasks (`pairs`, (lane, position) by lane), and its joins apart.
+    `lanes` and `top` are the pairs as numpy arrays, made when a check large enough for numpy asks."""
 
-    ids: list[int]
-    lanes: np.ndarray  # int64 [k]: the distinct lanes of its tasks
-    top: np.ndarray  # int32 [k]: the last position of its tasks on each of those lanes
-    joins: list[int] = field(default_factory=list)  # join indices j (sweep id n + j)
-    _pairs: list | None = field(default=None, repr=False, compare=False)
+    __slots__ = ("ids", "pairs", "joins", "_arrays")
 
-    def pairs(self) -> list[tuple[int, int]]:
-        """(lane, top) as Python ints, for the checks too small to pay numpy's cost a call."""
-        if self._pairs is None:
-            self._pairs = list(zip(self.lanes.tolist(), self.top.tolist()))
-        return self._pairs
+    def __init__(self, ids: list[int], pairs: list[tuple[int, int]], joins: list[int] | None = None):
+        self.ids, self.pairs, self.joins = ids, pairs, joins if joins is not None else []
+        self._arrays = None
 
+    def _numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = (np.fromiter((ln for ln, _ in self.pairs), np.int64, len(self.pairs)),
+                            np.fromiter((p for _, p in self.pairs), np.int32, len(self.pairs)))
+        return self._arrays
 
-_NO_LANES = np.zeros(0, np.int64)
-_NO_POS = np.zeros(0, np.int32)
+    @property
+    def lanes(self) -> np.ndarray:  # int64 [k]: the distinct lanes of its tasks
+        return self._numpy()[0]
+
+    @property
+    def top(self) -> np.ndarray:  # int32 [k]: the last position of its tasks on each of those lanes
+        return self._numpy()[1]
 
 
 class HappensBefore:
@@ -81,6 +83,7 @@ class HappensBefore:
             raise ClockBudgetError(f"{nodes} nodes on {lanes} SM queues take {nodes * lanes * 4 >> 20} MiB of lane "
                                    f"clocks, past the {MAX_CLOCK_BYTES >> 20} MiB the hazard sweep allows itself")
         self.lane, self.pos, self.n_lanes = lane, pos, lanes
+        self._lane, self._pos = lane.tolist(), pos.tolist()  # as Python ints, for the sweep's many small lookups
         clock = np.full((nodes, max(lanes, 1)), -1, np.int32)
         preds, qpreds = graph.preds, graph.qpreds
         for v in graph.order:
@@ -127,18 +130,18 @@ class HappensBefore:
         if len(ids) == 1:  # most access groups are one task
             x = ids[0]
             if x < n:
-                return Members(ids, self.lane[x:x + 1], self.pos[x:x + 1])
-            return Members(ids, _NO_LANES, _NO_POS, [x - n])
-        tasks = np.asarray([x for x in ids if x < n], np.int64)
-        joins = [x - n for x in ids if x >= n]
-        if not len(tasks):
-            return Members(ids, _NO_LANES, _NO_POS, joins)
-        lanes, tops = self.lane[tasks], self.pos[tasks]
-        order = np.lexsort((tops, lanes))
-        lanes, tops = lanes[order], tops[order]
-        last = np.ones(len(lanes), bool)  # the highest position of each lane comes last
-        last[:-1] = lanes[1:] != lanes[:-1]
-        return Members(ids, lanes[last], tops[last], joins)
+                return Members(ids, [(self._lane[x], self._pos[x])])
+            return Members(ids, [], [x - n])
+        top: dict[int, int] = {}
+        joins = []
+        for x in ids:
+            if x < n:
+                ln, p = self._lane[x], self._pos[x]
+                if top.get(ln, -1) < p:
+                    top[ln] = p
+            else:
+                joins.append(x - n)
+        return Members(ids, sorted(top.items()), joins)
 
     def follows_join(self, v: int, j: int, seen: set | None = None) -> bool:
         """Does graph node `v` happen after join j (or is it that join)?"""
@@ -162,7 +165,7 @@ class HappensBefore:
         if not required or not ids:
             return []
         nodes = [self.node(x) for x in ids]
-        if len(ids) * sum(len(m.lanes) for m in required) <= SMALL_CHECK:
+        if len(ids) * sum(len(m.pairs) for m in required) <= SMALL_CHECK:
             ok = self._after_all_small(nodes, required)
         else:
             ok = self._after_all(nodes, required)
@@ -190,13 +193,17 @@ class HappensBefore:
     def _after_all_small(self, nodes: list[int], required: list[Members]) -> list[bool]:
         """_after_all in plain Python, for the few lanes and nodes most checks have (numpy's cost a call was most
         of a small program's sweep)."""
-        need: dict[int, int] = {}
-        for m in required:
-            for ln, top in m.pairs():
-                if need.get(ln, -1) < top:
-                    need[ln] = top
         item = self.clock.item
-        return [all(item(v, ln) >= top for ln, top in need.items()) for v in nodes]
+        if len(required) == 1:
+            need = required[0].pairs
+        else:
+            top: dict[int, int] = {}
+            for m in required:
+                for ln, p in m.pairs:
+                    if top.get(ln, -1) < p:
+                        top[ln] = p
+            need = top.items()
+        return [all(item(v, ln) >= p for ln, p in need) for v in nodes]
 
     def first_unreached(self, x: int, required: list[Members]) -> int:
         """The lowest sweep id among `required`'s members that `x` does not happen after (-1: none)."""

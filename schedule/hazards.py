@@ -290,11 +290,13 @@ def sweep(program, per: dict[object, Groups], hb: HappensBefore, report, tname) 
         _sweep_buffer(bufs[bid], groups, hb, report, tname)
 
 
-def _union(lists) -> list[Members]:
-    """The distinct access groups of several segments' lists (a group covers many segments)."""
+def _union(lists, i0: int, i1: int) -> list[Members]:
+    """The distinct access groups of segments [i0, i1)'s lists in `lists` (a group covers many segments)."""
+    if i1 - i0 == 1:
+        return list(lists[i0])  # a segment's list holds each group once
     seen: dict[int, Members] = {}
-    for lst in lists:
-        for m in lst:
+    for i in range(i0, i1):
+        for m in lists[i]:
             seen.setdefault(id(m), m)
     return list(seen.values())
 
@@ -344,14 +346,14 @@ def _sweep_buffer(buf, groups, hb: HappensBefore, report, tname) -> None:
                 r = _not_self_produced(stage_writes.get(st, ()), missing, tids)
                 if r is not None:
                     _no_writer(buf, key, r, report, tname)
-            req = _union(lw[i] for i in range(i0, i1))
+            req = _union(lw, i0, i1)
             bad = hb.unordered(tids, req)
             if bad:
                 _unordered_read(buf, key, bad, hb.first_unreached(bad[0], req), report, tname)
             continue
-        earlier = _union(stage_w.get(i, ()) for i in range(i0, i1))
-        need_r = _union(rd[i] for i in range(i0, i1))
-        need_w = _union(lw[i] for i in range(i0, i1))
+        earlier = _union([stage_w.get(i, ()) for i in range(i0, i1)], 0, i1 - i0)
+        need_r = _union(rd, i0, i1)
+        need_w = _union(lw, i0, i1)
         for i in range(i0, i1):
             stage_w.setdefault(i, []).append(group)
         mine = set(tids)
