@@ -10,11 +10,10 @@ depend on the step's position).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import NamedTuple
 
 from . import opcodes as oc
-from .opcodes import Epilogue
+from .opcodes import NO_BUFFER, Epilogue
 from .program import BufferKind, Region
 
 
@@ -34,10 +33,18 @@ class ParamBuffer(NamedTuple):
         return self.path.rsplit(".", 1)[-1] in ("kcache", "vcache")
 
 
-def _named(pairs, always: bool = True) -> Iterator[ParamBuffer]:
-    for path, b in pairs:
-        if b != oc.NO_BUFFER:
-            yield ParamBuffer(path, b, always and path.rsplit(".", 1)[-1] not in ("kcache", "vcache"))
+def _pb(path: str, buffer, always: bool = True, ranges: tuple = ()) -> ParamBuffer:
+    # tuple.__new__ skips NamedTuple's Python-level __new__: a program's validation makes one per params field
+    return _new(ParamBuffer, (path, buffer, always, ranges))
+
+
+_new = tuple.__new__
+_KV_FIELDS = ("kcache", "vcache")
+
+
+def _named(pairs, always: bool = True) -> list[ParamBuffer]:
+    return [_new(ParamBuffer, (path, b, always and path.rsplit(".", 1)[-1] not in _KV_FIELDS, ()))
+            for path, b in pairs if b != NO_BUFFER]
 
 
 def _rows(base: int, rows: int, pair: int) -> tuple[tuple[int, int], ...]:
@@ -52,106 +59,140 @@ def _holds_q(row0: int, rows: int, c) -> bool:
     return any(u % per < per - 2 for u in range(row0 // hd, (row0 + max(rows, 1) - 1) // hd + 1))
 
 
-def _epilogue_writes(e: oc.EpilogueParams, row0: int, rows: int, c) -> Iterator[ParamBuffer]:
+def _epilogue_writes(e: oc.EpilogueParams, row0: int, rows: int, c) -> list[ParamBuffer]:
     """vm/epilogue.cuh: STORE writes the rows and their paired rows, PARTIAL the same as one split's sums,
     RESIDUAL_ADD, SILU_MUL (the pair is its up rows, read) and LOGITS the rows alone. ROPE_KV writes its q heads'
     rows to `out` (every step, where its rows hold one) and its k and v heads' rows at the step's position."""
     kind = Epilogue(e.kind)
     if kind == Epilogue.ROPE_KV:
-        yield from _named([("epi.out", e.out)], always=_holds_q(row0, rows, c))
-        yield from _named([("epi.kcache", e.kcache), ("epi.vcache", e.vcache)], always=False)
-        return
-    if e.out == oc.NO_BUFFER:
-        return
+        return (_named([("epi.out", e.out)], always=_holds_q(row0, rows, c))
+                + _named([("epi.kcache", e.kcache), ("epi.vcache", e.vcache)], always=False))
+    if e.out == NO_BUFFER:
+        return []
     if kind == Epilogue.STORE:
         span = _rows(e.out_off + row0, rows, e.pair_offset)
     elif kind == Epilogue.PARTIAL:
         span = _rows(e.out_off + e.split * e.split_stride + row0, rows, e.pair_offset)
     else:
         span = _rows(e.out_off + row0, rows, 0)
-    yield ParamBuffer("epi.out", e.out, True, span)
-    if kind == Epilogue.LOGITS and e.argmax != oc.NO_BUFFER:  # this task's (value, index) pair
-        yield ParamBuffer("epi.argmax", e.argmax, True, ((2 * e.argmax_slot, 2),))
+    out = [_pb("epi.out", e.out, True, span)]
+    if kind == Epilogue.LOGITS and e.argmax != NO_BUFFER:  # this task's (value, index) pair
+        out.append(_pb("epi.argmax", e.argmax, True, ((2 * e.argmax_slot, 2),)))
+    return out
 
 
-def written(p, c) -> Iterator[ParamBuffer]:
+def _written_matvec(p, c) -> list[ParamBuffer]:
+    out = _epilogue_writes(p.epi, p.row0, p.rows, c)
+    j = p.join
+    if j.active and j.part != NO_BUFFER:
+        out.append(_pb("join.part", j.part, True,
+                       _rows(j.part_off + j.split * j.stride + p.row0, p.rows, p.epi.pair_offset)))
+    return out
+
+
+def _written_partial(p, c) -> list[ParamBuffer]:
+    # `scores` backs only a partition longer than `chunk`, which depends on the step's position; with rope, the
+    # task holding the position appends its k and v
+    return (_named([("out", p.out), ("stats", p.stats), ("join.out", p.join.out)])
+            + _named([("scores", p.scores)] + ([("kcache", p.kcache), ("vcache", p.vcache)] if p.rope else []),
+                     always=False))
+
+
+# params class -> what its task writes, in the order the classes are tried (no params class derives from another)
+_WRITTEN = {
+    oc.EmbedParams: lambda p, c: [_pb("out", p.out, True, ((p.out_off, p.dim),))],
+    oc.RmsNormParams: lambda p, c: [_pb("out", p.out, True, ((p.out_off, p.dim),))],
+    # and, under combine last_partition, the last partition's combine
+    oc.AttnValuesParams: lambda p, c: _named([("out", p.out), ("join.out", p.join.out)]),
+    oc.AttnCombineParams: lambda p, c: _named([("out", p.out)]),
+    oc.MatvecParams: _written_matvec,
+    oc.EpilogueTaskParams: lambda p, c: _epilogue_writes(p.epi, p.row0, p.rows, c),
+    oc.AttnDecodeParams: lambda p, c: _named([("out", p.out), ("scores", p.scores)]),
+    oc.AttnScoresParams: lambda p, c: _named([("scores", p.scores), ("stats", p.stats)]),
+    oc.AttnPartialParams: _written_partial,
+    oc.ArgmaxParams: lambda p, c: _named([("token", p.token)]),
+}
+
+
+def _dispatch(table: dict, p):
+    """The entry of `table` for `p`'s class, or for the first class it is an instance of (None: no entry)."""
+    fn = table.get(type(p))
+    if fn is None:
+        fn = next((f for cls, f in table.items() if isinstance(p, cls)), None)
+    return fn
+
+
+def written(p, c) -> list[ParamBuffer]:
     """The buffers the params `p` of one task make the kernel write (`c`: the program's constants). Raises
     ValueError for an unknown epilogue kind (the ABI check reports it)."""
-    if isinstance(p, (oc.EmbedParams, oc.RmsNormParams)):
-        yield ParamBuffer("out", p.out, True, ((p.out_off, p.dim),))
-    elif isinstance(p, oc.AttnValuesParams):  # and, under combine last_partition, the last partition's combine
-        yield from _named([("out", p.out), ("join.out", p.join.out)])
-    elif isinstance(p, oc.AttnCombineParams):
-        yield from _named([("out", p.out)])
-    elif isinstance(p, oc.MatvecParams):
-        yield from _epilogue_writes(p.epi, p.row0, p.rows, c)
-        j = p.join
-        if j.active and j.part != oc.NO_BUFFER:
-            yield ParamBuffer("join.part", j.part, True,
-                              _rows(j.part_off + j.split * j.stride + p.row0, p.rows, p.epi.pair_offset))
-    elif isinstance(p, oc.EpilogueTaskParams):
-        yield from _epilogue_writes(p.epi, p.row0, p.rows, c)
-    elif isinstance(p, oc.AttnDecodeParams):
-        yield from _named([("out", p.out), ("scores", p.scores)])
-    elif isinstance(p, oc.AttnScoresParams):
-        yield from _named([("scores", p.scores), ("stats", p.stats)])
-    elif isinstance(p, oc.AttnPartialParams):
-        yield from _named([("out", p.out), ("stats", p.stats), ("join.out", p.join.out)])
-        # `scores` backs only a partition longer than `chunk`, which depends on the step's position; with rope,
-        # the task holding the position appends its k and v
-        yield from _named([("scores", p.scores)] + ([("kcache", p.kcache), ("vcache", p.vcache)] if p.rope else []),
-                          always=False)
-    elif isinstance(p, oc.ArgmaxParams):
-        yield from _named([("token", p.token)])
+    fn = _dispatch(_WRITTEN, p)
+    return fn(p, c) if fn is not None else []
 
 
-def weights(p) -> Iterator[ParamBuffer]:
+_WEIGHTS = {
+    oc.EmbedParams: lambda p: [("table", p.table)],
+    oc.RmsNormParams: lambda p: [("weight", p.weight)],
+    oc.MatvecParams: lambda p: [("weight", p.weight), ("norm_weight", p.norm_weight), ("epi.bias", p.epi.bias),
+                                ("epi.qnorm", p.epi.qnorm), ("epi.knorm", p.epi.knorm)],
+    oc.EpilogueTaskParams: lambda p: [("epi.bias", p.epi.bias), ("epi.qnorm", p.epi.qnorm),
+                                      ("epi.knorm", p.epi.knorm)],
+    oc.AttnPartialParams: lambda p: [("qnorm", p.qnorm), ("knorm", p.knorm)] if p.rope else [],
+}
+
+
+def weights(p) -> list[ParamBuffer]:
     """The buffers the params `p` of one task make the kernel read as model weights (never written)."""
-    pairs: list[tuple[str, int]] = []
-    if isinstance(p, oc.EmbedParams):
-        pairs = [("table", p.table)]
-    elif isinstance(p, oc.RmsNormParams):
-        pairs = [("weight", p.weight)]
-    elif isinstance(p, oc.MatvecParams):
-        pairs = [("weight", p.weight), ("norm_weight", p.norm_weight), ("epi.bias", p.epi.bias),
-                 ("epi.qnorm", p.epi.qnorm), ("epi.knorm", p.epi.knorm)]
-    elif isinstance(p, oc.EpilogueTaskParams):
-        pairs = [("epi.bias", p.epi.bias), ("epi.qnorm", p.epi.qnorm), ("epi.knorm", p.epi.knorm)]
-    elif isinstance(p, oc.AttnPartialParams) and p.rope:
-        pairs = [("qnorm", p.qnorm), ("knorm", p.knorm)]
-    yield from _named(pairs)
+    fn = _dispatch(_WEIGHTS, p)
+    return _named(fn(p)) if fn is not None else []
 
 
-def read(p, buffers) -> Iterator[ParamBuffer]:
+def _read_matvec(p, buffers) -> list[ParamBuffer]:
+    if p.inp_parts > 0:  # the attention partitions and their (max, sum), combined while staged
+        out = _named([("inp", p.inp), ("inp_stats", p.inp_stats)])
+    elif p.inp != NO_BUFFER:
+        fused = p.norm_weight != NO_BUFFER and 0 <= p.weight < len(buffers)
+        span = (p.inp_off, buffers[p.weight].cols) if fused else (p.inp_off + p.k0, p.klen)
+        out = [_pb("inp", p.inp, True, (span,))]
+    else:
+        out = []
+    if Epilogue(p.epi.kind) == Epilogue.RESIDUAL_ADD and p.epi.out != NO_BUFFER:
+        out.append(_pb("epi.out", p.epi.out, True, ((p.epi.out_off + p.row0, p.rows),)))
+    return out
+
+
+def _read_epilogue(p, buffers) -> list[ParamBuffer]:
+    pair = p.epi.pair_offset
+    spans = [r for k in range(p.splits) for r in _rows(p.src_off + k * p.stride + p.row0, p.rows, pair)]
+    out = [_pb("src", p.src, True, tuple(spans))]
+    if Epilogue(p.epi.kind) == Epilogue.RESIDUAL_ADD and p.epi.out != NO_BUFFER:
+        out.append(_pb("epi.out", p.epi.out, True, ((p.epi.out_off + p.row0, p.rows),)))
+    return out
+
+
+def _read_attention(p, buffers) -> list[ParamBuffer]:
+    return _named([("q", p.q), ("kcache", p.kcache)] + ([] if isinstance(p, oc.AttnScoresParams)
+                                                        else [("vcache", p.vcache)]))
+
+
+_READ = {
+    oc.RmsNormParams: lambda p, buffers: [_pb("inp", p.inp, True, ((p.inp_off, p.dim),))],
+    oc.MatvecParams: _read_matvec,
+    oc.EpilogueTaskParams: _read_epilogue,
+    oc.AttnDecodeParams: _read_attention,
+    oc.AttnScoresParams: _read_attention,
+    oc.AttnPartialParams: _read_attention,
+    oc.AttnValuesParams: lambda p, buffers: _named([("vcache", p.vcache)]),
+    oc.AttnCombineParams: lambda p, buffers: _named([("partial", p.partial), ("part_stats", p.part_stats)]),
+    oc.ArgmaxParams: lambda p, buffers: [_pb("pairs", p.pairs, True, ((p.pairs_off, 2 * p.slots),))],
+}
+
+
+def read(p, buffers) -> list[ParamBuffer]:
     """The activations the params `p` of one task make the kernel read, with their element ranges where the params
     alone say (`buffers`: the program's, for a fused norm's whole input row). The attention's reads are named by
     buffer only."""
-    if isinstance(p, oc.RmsNormParams):
-        yield ParamBuffer("inp", p.inp, True, ((p.inp_off, p.dim),))
-    elif isinstance(p, oc.MatvecParams):
-        if p.inp_parts > 0:  # the attention partitions and their (max, sum), combined while staged
-            yield from _named([("inp", p.inp), ("inp_stats", p.inp_stats)])
-        elif p.inp != oc.NO_BUFFER:
-            fused = p.norm_weight != oc.NO_BUFFER and 0 <= p.weight < len(buffers)
-            span = (p.inp_off, buffers[p.weight].cols) if fused else (p.inp_off + p.k0, p.klen)
-            yield ParamBuffer("inp", p.inp, True, (span,))
-        if Epilogue(p.epi.kind) == Epilogue.RESIDUAL_ADD and p.epi.out != oc.NO_BUFFER:
-            yield ParamBuffer("epi.out", p.epi.out, True, ((p.epi.out_off + p.row0, p.rows),))
-    elif isinstance(p, oc.EpilogueTaskParams):
-        pair = p.epi.pair_offset
-        spans = [r for k in range(p.splits) for r in _rows(p.src_off + k * p.stride + p.row0, p.rows, pair)]
-        yield ParamBuffer("src", p.src, True, tuple(spans))
-        if Epilogue(p.epi.kind) == Epilogue.RESIDUAL_ADD and p.epi.out != oc.NO_BUFFER:
-            yield ParamBuffer("epi.out", p.epi.out, True, ((p.epi.out_off + p.row0, p.rows),))
-    elif isinstance(p, (oc.AttnDecodeParams, oc.AttnScoresParams, oc.AttnPartialParams)):
-        yield from _named([("q", p.q), ("kcache", p.kcache)] + ([] if isinstance(p, oc.AttnScoresParams)
-                                                                 else [("vcache", p.vcache)]))
-    elif isinstance(p, oc.AttnValuesParams):
-        yield from _named([("vcache", p.vcache)])
-    elif isinstance(p, oc.AttnCombineParams):
-        yield from _named([("partial", p.partial), ("part_stats", p.part_stats)])
-    elif isinstance(p, oc.ArgmaxParams):
-        yield ParamBuffer("pairs", p.pairs, True, ((p.pairs_off, 2 * p.slots),))
+    fn = _dispatch(_READ, p)
+    return fn(p, buffers) if fn is not None else []
 
 
 class TaskFields:
@@ -182,7 +223,7 @@ class TaskFields:
 
 def _listed(fn, *args):
     try:
-        return list(fn(*args))
+        return fn(*args)
     except Exception as e:  # noqa: BLE001 - raised again where the list is asked for
         return e
 
@@ -230,11 +271,15 @@ def _task_issues(t, bufs, fields: TaskFields, tid: int, join_writes: list, join_
     where a field or region is not a well-formed int (left to the ABI check, which names it)."""
     p = t.params
     out, wts, ins = fields.written(tid, p), fields.weights(tid, p), fields.read(tid, p)
-    for pb in (*out, *wts, *ins):
-        if type(pb.buffer) is not int or any(type(x) is not int for rg in pb.ranges for x in rg):
-            return []
+    for group in (out, wts, ins):
+        for pb in group:
+            if type(pb.buffer) is not int:
+                return []
+            for a, n in pb.ranges:  # (start, length) pairs, as this module makes them
+                if type(a) is not int or type(n) is not int:
+                    return []
     writes, reads = list(t.writes), list(t.reads)
-    if not all(map(_well_formed, writes + reads)):
+    if not all(map(_well_formed, writes)) or not all(map(_well_formed, reads)):
         return []
     found = []
     nb = len(bufs)
@@ -252,20 +297,21 @@ def _task_issues(t, bufs, fields: TaskFields, tid: int, join_writes: list, join_
 
 def _undeclared(pb: ParamBuffer, b, declared, access: str) -> str | None:
     """Why the params' access `pb` ("writ"ten or "read") of buffer `b` escapes the `declared` regions, or None."""
-    what, doing = ("write", "writing") if access == "writ" else ("read", "reading")
     if access == "writ" and b.kind == BufferKind.WEIGHT:
         return f"names weight buffer {b.name}: a write would change the model"
     if pb.kv_cache and b.kind != BufferKind.KV:
         return f"names {b.kind.value} buffer {b.name}, not a KV cache"
-    mine = [r for r in declared if r.buffer == pb.buffer]
+    buffer = pb.buffer
+    mine = [r for r in declared if r.buffer == buffer]
+    what, doing = ("write", "writing") if access == "writ" else ("read", "reading")
     if not mine:
         return (f"names buffer {b.name}, which the task does not declare {doing} (the hazard check cannot see "
                 f"the {what})") if pb.always else None
-    bare = next(((a, n) for a, n in pb.ranges if not _covered(a, n, mine)), None)
-    if bare is None:
-        return None
-    return (f"{what}s {b.name}[{bare[0]}:{bare[0] + bare[1]}), which the task's regions do not cover (the hazard "
-            f"check cannot see the {what})")
+    for a, n in pb.ranges:
+        if not _covered(a, n, mine):
+            return (f"{what}s {b.name}[{a}:{a + n}), which the task's regions do not cover (the hazard check cannot "
+                    f"see the {what})")
+    return None
 
 
 def _covered(start: int, length: int, regions) -> bool:

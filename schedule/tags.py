@@ -224,21 +224,30 @@ def _int(v) -> int:
     return v if type(v) is int else -1
 
 
+# the members these helpers compare against, looked up once (an enum member's lookup is a descriptor call on
+# Python 3.11, and the validator asks these of every task a dozen times)
+_X, _HIDDEN = Stream.X, Stream.HIDDEN
+_EMBED, _RMSNORM, _MATVEC = Opcode.EMBED, Opcode.RMSNORM, Opcode.MATVEC
+
+
 def write_tag(t: Task, stream: Stream) -> int:
     """The version of `stream` that `t` writes with tags, or -1 (also for a malformed field, which the ABI check
     names)."""
-    if stream is Stream.X:
-        return _int(t.params.tag if t.opcode == Opcode.EMBED else getattr(getattr(t.params, "epi", None), "x_tag", -1))
-    return _int(getattr(getattr(t.params, "epi", None), "h_tag", -1))
+    if stream is _X:
+        v = t.params.tag if t.opcode == _EMBED else getattr(getattr(t.params, "epi", None), "x_tag", -1)
+    else:
+        v = getattr(getattr(t.params, "epi", None), "h_tag", -1)
+    return v if type(v) is int else -1
 
 
 def read_stream(t: Task) -> Stream | None:
     """Which stream `t`'s inp_tag names: x for an RMSNORM task or a matvec with the norm fused, the hidden row for
     a matvec without one; None for other opcodes."""
-    if t.opcode == Opcode.RMSNORM:
-        return Stream.X
-    if t.opcode == Opcode.MATVEC:
-        return Stream.X if getattr(t.params, "norm_weight", NO_BUFFER) != NO_BUFFER else Stream.HIDDEN
+    op = t.opcode
+    if op == _RMSNORM:
+        return _X
+    if op == _MATVEC:
+        return _X if getattr(t.params, "norm_weight", NO_BUFFER) != NO_BUFFER else _HIDDEN
     return None
 
 
