@@ -53,3 +53,12 @@ def test_a_field_neither_reads_is_named_as_passed_over(tmp_path):
     notes = misspelt_field_notes(model)
     assert len(notes) == 2 and notes[1] == ("config field 'my_tool_setting' is read by neither transformers nor AMK: "
                                             "passed over"), notes
+
+
+def test_a_field_with_one_word_written_out_is_named_with_the_field_meant(tmp_path):
+    """A word of the field written in full (`epsilon` for `eps`) makes a name more than two letters longer, but it
+    is the same slip; a name with a word added to a field is not."""
+    path = llama(tmp_path / "m", rms_norm_epsilon=1e-6, head_dimension=32, rms_norm_eps_note="x")
+    model = amk.load_model(str(path), weights=False)
+    assert sorted(misspelt_fields(model.hf_config)) == [("head_dimension", "head_dim"), ("rms_norm_epsilon", "rms_norm_eps")]
+    assert unread_fields(model.hf_config) == ["rms_norm_eps_note"]

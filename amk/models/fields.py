@@ -374,11 +374,29 @@ TRANSFORMERS_4_BASE_FIELDS = frozenset((
     "torchscript typical_p use_bfloat16").split())
 
 
+def _word_slip(name: str, field: str) -> bool:
+    """Whether `name` is `field` with one of its underscore-separated words written another way (`rms_norm_epsilon`
+    for `rms_norm_eps`, `rope_thetta` for `rope_theta`): the same number of words, all equal but one, and that one
+    either begins with the other (an abbreviation written out, or cut short, of at least three letters) or within
+    difflib ratio 0.75 of it. A name with a word more (`transformers_version_note`) is not a slip."""
+    import difflib
+
+    a, b = name.split("_"), field.split("_")
+    if len(a) != len(b):
+        return False
+    odd = [(x, y) for x, y in zip(a, b) if x != y]
+    if len(odd) != 1:
+        return False
+    x, y = odd[0]
+    short, long_ = sorted((x, y), key=len)
+    return (len(short) >= 3 and long_.startswith(short)) or difflib.SequenceMatcher(None, x, y).ratio() >= 0.75
+
+
 def misspelt_fields(cfg) -> list[tuple[str, str]]:
     """(name, likely meant) for each name the config carries that neither the table nor transformers knows but
-    that is a near spelling of a field in the table (difflib ratio >= 0.85, at most two letters longer or
-    shorter): transformers stores such a name and reads it nowhere, so the value the user meant is left at its
-    default. Nothing is refused for it."""
+    that is a near spelling of a field in the table: within difflib ratio 0.85 of it and at most two letters
+    longer or shorter, or the field with one word written another way (_word_slip). Transformers stores such a
+    name and reads it nowhere, so the value the user meant is left at its default. Nothing is refused for it."""
     import difflib
 
     known = set(FIELDS) | set(LOADING_FIELDS)
@@ -388,6 +406,7 @@ def misspelt_fields(cfg) -> list[tuple[str, str]]:
             continue
         # a slip of a letter or two, not a name that extends a field (`transformers_version_note`)
         close = [m for m in difflib.get_close_matches(name, known, n=3, cutoff=0.85) if abs(len(m) - len(name)) <= 2]
+        close = close or sorted(m for m in known if _word_slip(name, m))
         if close:
             out.append((name, close[0]))
     return out
