@@ -211,6 +211,11 @@ __device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K, const 
     return c.smem;
   }
 #endif
+#ifdef AMK_BOUND_NO_PLAIN_STAGING
+  // a bound (bench/variants.py --bound): a plain input (down's hidden row) taken as already in shared memory; with
+  // its wait skipped too (AMK_BOUND_SKIP_WAITS=1), the most a down projection fused into gate_up could save
+  return c.smem;
+#endif
   stage_floats(c.smem, static_cast<const float*>(in.src) + p.k0, p.klen);
   return c.smem;
 }
