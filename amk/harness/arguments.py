@@ -241,8 +241,30 @@ def check_output_file(argument: str, path) -> None:
         raise ArgumentError(argument, f"{str(path)!r}: {path.parent} is not a directory")
 
 
+def check_search_settings(settings) -> None:
+    """`settings`: None (the defaults) or a SearchSettings whose fields are in range. A dict would be read as the
+    defaults when empty and fail after the first trial otherwise; a round measuring no candidate ends the search
+    as if every candidate were exhausted."""
+    if settings is None:
+        return
+    from amk.harness.search.policy import SearchSettings
+
+    if not isinstance(settings, SearchSettings):
+        raise ArgumentError("settings", f"expected a SearchSettings (amk.harness.search.policy) or None, got "
+                                        f"{type(settings).__name__} ({settings!r:.60})")
+    _whole("settings.population", settings.population, 0, optional=False)
+    _whole("settings.measure_per_round", settings.measure_per_round, 1, optional=False)
+    _whole("settings.parents", settings.parents, 0, optional=False)
+    _whole("settings.remeasure_every", settings.remeasure_every, 1, optional=False)
+    eps = settings.epsilon
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps <= 1:  # NaN fails the range
+        raise ArgumentError("settings.epsilon", f"expected a probability from 0 to 1, got {eps!r}")
+    check_flag("settings.neighbours", settings.neighbours)
+
+
 def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus,
-                         max_seq=None, progress=None, resume=False) -> None:
+                         max_seq=None, progress=None, resume=False, settings=None, evaluate=None, predictor=None,
+                         should_stop=None) -> None:
     """Every argument of loop() a caller can get wrong, checked before the results file is opened.
     Raises ArgumentError naming the first one wrong."""
     _whole("budget", budget, 1, optional=True)
@@ -269,6 +291,13 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
         raise ArgumentError("builders", f"{builders} builder processes on {cores} cores: give at most {4 * cores}")
     _whole("max_reverts", max_reverts, 1, optional=False)
     check_cases(cases)
+    check_search_settings(settings)
+    for name, fn in (("evaluate", evaluate), ("predictor", predictor), ("should_stop", should_stop)):
+        if fn is not None and not callable(fn):
+            raise ArgumentError(name, f"expected a callable or None, got {fn!r:.60}")
+        if fn is not None and workers > 1:  # Ray workers each run the default: this one would go unused, unseen
+            raise ArgumentError(name, f"is not passed to Ray workers: with workers={workers} each worker runs "
+                                      "the default; give workers=1 to use it")
     check_dtype(dtype)
     check_output_file("results", results)
     check_output_file("corpus", corpus)

@@ -131,14 +131,16 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     incumbent, a checkpoint saved again during the loop, a `results` or `corpus` the loop could not write),
     ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63), a `budget`, `minutes`, `workers`,
     `builders`, `max_reverts` or `max_seq` out of range, more `workers` than trials in the budget, an unknown `cases`
-    or `dtype`, a `progress` that is not callable, a `resume` that is not a bool, a `results` or `corpus` that is
-    not a file path, `corpus` naming the `results` file),
+    or `dtype`, a `progress`, `evaluate`, `predictor` or `should_stop` that is not callable (or, but for
+    `progress`, given with `workers` > 1, whose workers would not use it), a `settings` that is not an in-range
+    SearchSettings, a `resume` that is not a bool, a `results` or `corpus` that is not a file path, `corpus`
+    naming the `results` file),
     UnknownModelError / UnknownTargetError, and UnsupportedModelError for a model the CUDA kernel does not build
     in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial. LoopInterrupted (a
     KeyboardInterrupt carrying the summary) after SIGINT or SIGTERM, once the trial in flight is written."""
     check_seed(seed)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,
-                         progress, resume)
+                         progress, resume, settings, evaluate, predictor, should_stop)
     results, corpus = user_path(results), user_path(corpus)  # checked above as expanded; written there too
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
         raise ArgumentError("ray_address", f"expected a Ray cluster address (host:port, or auto) or None, got "
