@@ -245,9 +245,11 @@ class Cache:
         kinds = set(KINDS) if enabled is None else set(enabled)
         env = os.environ.get("AMK_CACHE_DISABLE", "")
         off = {k.strip() for k in env.split(",") if k.strip()}
-        for k in (kinds - set(KINDS)) | (off - {"all", *KINDS}):
-            raise ValueError(f"unknown cache kind {k!r} (enabled={enabled!r}, AMK_CACHE_DISABLE={env!r}); "
-                             f"expected 'all' or some of {', '.join(KINDS)}")
+        for k in kinds - set(KINDS):
+            raise ValueError(f"unknown cache kind {k!r} (enabled={enabled!r}); expected some of {', '.join(KINDS)}")
+        for k in off - {"all", *KINDS}:  # the environment's mistake, not AMK's: a usage error naming the variable
+            raise ArgumentError("AMK_CACHE_DISABLE", f"unknown cache kind {k!r} in {env!r}; expected 'all' or a "
+                                                     f"comma-separated list of {', '.join(KINDS)}")
         self.enabled = frozenset() if "all" in off else frozenset(kinds - off)
         # One lock for the memory layer and stats; file I/O runs outside it and relies on
         # atomic renames, and get_or_create serialises on a per-key flock instead.
