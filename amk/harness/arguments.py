@@ -241,10 +241,32 @@ def check_output_file(argument: str, path) -> None:
         raise ArgumentError(argument, f"{str(path)!r}: {path.parent} is not a directory")
 
 
+def search_settings(settings):
+    """`settings` as a SearchSettings: None is the defaults, a dict names some of its fields (the others keep
+    their defaults). ArgumentError naming `settings`, or the unknown field, for anything else: a dict was once
+    used as it was, read as the defaults when empty and failing after the first trial otherwise."""
+    import dataclasses
+
+    from amk.harness.search.policy import SearchSettings
+
+    if settings is None:
+        return SearchSettings()
+    if isinstance(settings, dict):
+        known = [f.name for f in dataclasses.fields(SearchSettings)]
+        for key in settings:
+            if key not in known:
+                raise ArgumentError(f"settings.{key}", f"unknown search setting; expected some of {', '.join(known)}")
+        settings = SearchSettings(**settings)
+    if not isinstance(settings, SearchSettings):
+        raise ArgumentError("settings", f"expected a SearchSettings (amk.harness.search.policy), a dict of its "
+                                        f"fields or None, got {type(settings).__name__} ({settings!r:.60})")
+    check_search_settings(settings)
+    return settings
+
+
 def check_search_settings(settings) -> None:
-    """`settings`: None (the defaults) or a SearchSettings whose fields are in range. A dict would be read as the
-    defaults when empty and fail after the first trial otherwise; a round measuring no candidate ends the search
-    as if every candidate were exhausted."""
+    """`settings`: None (the defaults) or a SearchSettings whose fields are in range: a round measuring no
+    candidate, say, would end the search after its first trial as if every candidate were exhausted."""
     if settings is None:
         return
     from amk.harness.search.policy import SearchSettings

@@ -66,7 +66,14 @@ from amk.schedule.errors import ArgumentError, EagerReferenceError, EnvironmentP
 from amk.schedule.inert import inert_knobs
 from amk.schedule.space import search_space
 
-from .arguments import append_refusal, check_loop_arguments, check_model_weights, check_seed, user_path
+from .arguments import (
+    append_refusal,
+    check_loop_arguments,
+    check_model_weights,
+    check_seed,
+    search_settings,
+    user_path,
+)
 from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import check_kv_memory, check_model_dtype, default_dtype, evaluate, resolve_dtype_name
 from .propose import best_readable, incumbent_config, model_name, run_context
@@ -133,12 +140,13 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     `builders`, `max_reverts` or `max_seq` out of range, more `workers` than trials in the budget, an unknown `cases`
     or `dtype`, a `progress`, `evaluate`, `predictor` or `should_stop` that is not callable (or, but for
     `progress`, given with `workers` > 1, whose workers would not use it), a `settings` that is not an in-range
-    SearchSettings, a `resume` that is not a bool, a `results` or `corpus` that is not a file path, `corpus`
+    SearchSettings (or dict of its fields), a `resume` that is not a bool, a `results` or `corpus` that is not a file path, `corpus`
     naming the `results` file),
     UnknownModelError / UnknownTargetError, and UnsupportedModelError for a model the CUDA kernel does not build
     in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial. LoopInterrupted (a
     KeyboardInterrupt carrying the summary) after SIGINT or SIGTERM, once the trial in flight is written."""
     check_seed(seed)
+    settings = search_settings(settings)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,
                          progress, resume, settings, evaluate, predictor, should_stop)
     results, corpus = user_path(results), user_path(corpus)  # checked above as expanded; written there too
