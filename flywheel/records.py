@@ -24,7 +24,7 @@ from pathlib import Path
 from amk.schedule.config import migrate_config, schedule_id_of
 
 from .appendlog import append_lines, numbered_lines, read_locked, torn_tail, warn_bad_line
-from .results import is_trial_number
+from .results import CHOICE_COLUMNS, is_trial_number
 
 log = logging.getLogger("amk.flywheel")
 
@@ -69,6 +69,25 @@ def _checked_str(name: str, v) -> str | None:
     could not be a key the readers look records up by)."""
     if v is not None and not isinstance(v, str):
         raise RecordFormatError(f"{name} is {v!r:.60}, not a string")
+    return v
+
+
+def _checked_choice(name: str, column: str, v) -> str | None:
+    """A record's dtype, status or latency kind: None when absent; RecordFormatError for a value no trial writes,
+    as results.tsv skips such a cell (CHOICE_COLUMNS): another spelling would be read as a group of its own, a
+    trial of no known outcome, or a latency neither measured nor predicted."""
+    v = _checked_str(name, v)
+    allowed = [c for c in CHOICE_COLUMNS[column] if c]
+    if v is not None and v not in allowed:
+        raise RecordFormatError(f"{name} is {v!r:.60}, not one of {', '.join(allowed)}")
+    return v
+
+
+def _checked_object(name: str, v) -> dict | None:
+    """A record's environment or cost features: None when absent; RecordFormatError for anything but a JSON
+    object, which no trial writes there."""
+    if v is not None and not isinstance(v, dict):
+        raise RecordFormatError(f"{name} is {v!r:.60}, not an object")
     return v
 
 
@@ -150,6 +169,10 @@ class TuningRecord:
         legacy = "record" not in d
         if "correct" in v and v["correct"] is not None and not isinstance(v["correct"], bool):
             raise RecordFormatError(f"verdict.correct is {v['correct']!r:.60}, not true or false")
+        top = d.get("correct")  # a copy of the verdict's, which is what the readers use
+        if top is not None and (not isinstance(top, bool) or top != bool(v.get("correct"))):
+            raise RecordFormatError(f"correct is {top!r:.60}, where its verdict.correct is {v.get('correct')!r}: "
+                                    "which one holds is not known")
         change = d.get("change") or ()
         if not isinstance(change, (list, tuple)) or not all(isinstance(c, str) for c in change):
             raise RecordFormatError(f"change is {change!r:.60}, not a list of strings")
@@ -157,17 +180,19 @@ class TuningRecord:
             if not isinstance(d.get(name), str):
                 raise RecordFormatError(f"{name} is {d.get(name)!r:.60}, not a string")
         cost = v.get("cost") or {}
-        feats = cost.get("features") if legacy else d.get("features")
+        feats = _checked_object("features", cost.get("features") if legacy else d.get("features"))
+        env = _checked_object("environment", d.get("environment")) or _checked_object(
+            "verdict.environment", v.get("environment")) or {}
         for sid in (d.get("schedule_id"), v.get("schedule_id")):  # the record's and its verdict's, where strings
             _check_config_id(d["config"], sid)
         _check_timed_has_id(d, v)
         # a record outlives knob renames: its config is read in today's spelling
         return cls(model=d["model"], gpu=d["gpu"], config=migrate_config(dict(d["config"])), verdict=dict(v),
-                   environment=dict(d.get("environment") or v.get("environment") or {}), time=str(d.get("time", "")),
+                   environment=dict(env), time=str(d.get("time", "")),
                    change=tuple(change), improvement=_checked_num("improvement", d.get("improvement")),
                    kept=True if legacy else _kept(d.get("kept")),
-                   status=_checked_str("status", d.get("status")) or "keep",
-                   dtype=_checked_str("dtype", d.get("dtype", v.get("dtype"))),
+                   status=_checked_choice("status", "status", d.get("status")) or "keep",
+                   dtype=_checked_choice("dtype", "dtype", d.get("dtype", v.get("dtype"))),
                    device=_checked_str("device", d.get("device", v.get("device"))),
                    schedule_id=_checked_str("schedule_id", d.get("schedule_id", v.get("schedule_id"))),
                    program_fingerprint=_checked_str("program_fingerprint",
@@ -176,11 +201,11 @@ class TuningRecord:
                    latency_us=_checked_num("latency_us", d.get("latency_us", v.get("latency_us")), positive=True),
                    latency_spread_us=_checked_num("latency_spread_us",
                                                   d.get("latency_spread_us", v.get("latency_spread_us"))),
-                   latency_kind=_checked_str("latency_kind", d.get("latency_kind", v.get("latency_kind"))),
+                   latency_kind=_checked_choice("latency_kind", "kind", d.get("latency_kind", v.get("latency_kind"))),
                    predicted_latency_us=_checked_num("predicted_latency_us",
                                                      d.get("predicted_latency_us", v.get("predicted_latency_us")),
                                                      positive=True),
-                   features=feats if isinstance(feats, dict) else None)
+                   features=feats)
 
 
 def _check_config_id(config: dict, schedule_id) -> None:
