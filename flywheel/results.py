@@ -239,6 +239,15 @@ def _choices(allowed: tuple[str, ...]) -> str:
     return f"one of {named} (or empty)" if "" in allowed else f"one of {named}"
 
 
+def _is_utc_time(cell: str) -> bool:
+    """Whether `cell` is a time as utc_now writes it (ISO 8601, UTC)."""
+    try:
+        time.strptime(cell, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True
+
+
 def _bad_cell(row: dict) -> tuple[str, str] | None:
     """(column, why) for the first cell append_result could not have written (a hand edit), else None."""
     if not _count(row["trial"]):  # None or 0
@@ -246,6 +255,11 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
     for col in KEY_COLUMNS:
         if CONTROL.search(row[col]):
             return col, "holding a control character"
+    for col in ("model", "gpu"):  # every trial names both: an empty one would group rows of no model together
+        if not row[col]:
+            return col, "empty"
+    if row["time"] and not _is_utc_time(row["time"]):  # read as NaT otherwise, with a warning naming no line
+        return "time", "not a UTC time such as 2026-11-21T23:43:39Z"
     for col in FLOAT_COLUMNS:
         value = row[col]
         if not value:
