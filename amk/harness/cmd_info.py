@@ -140,9 +140,15 @@ def _size(n: int) -> str:
 
 
 def cache(args) -> CommandResult:
-    from amk.cache import KINDS, default_cache, last_run_stats
+    from amk.cache import KINDS, Cache, CacheDirError, default_cache, last_run_stats
 
-    c = default_cache()
+    if args.action == "clear":
+        c = default_cache()
+    else:
+        # listing writes nothing: a read-only cache (a shared or mounted one) is listed, not refused as unwritable
+        c = Cache()
+        if c.root.exists() and not c.root.is_dir():
+            raise CacheDirError(c.root, "not a directory")
     if args.action == "ls":
         rows = c.ls(args.kind)
         lines = [f"{r['kind']:<9} {r['key'][:12]} {_size(r['size_bytes']):>10} {r['age_s'] / 3600:>7.1f} h  "
