@@ -336,10 +336,13 @@ RECORD_COLUMNS = ("time", "trial", "model", "gpu", "dtype", "device", "status", 
 
 def records_frame(records: list[TuningRecord] | str | Path):
     """The records as a pandas DataFrame (one row each, columns RECORD_COLUMNS plus `config` as a dict);
-    latencies float (NaN when absent), time a UTC timestamp."""
+    latencies float (NaN when absent), time a UTC timestamp. A path that does not exist raises FileNotFoundError:
+    read as no records (as load_records reads a corpus a loop has not started yet), a misspelt one would look empty."""
     import pandas as pd
 
-    recs = load_records(records) if isinstance(records, (str, Path)) else records
+    if isinstance(records, (str, Path)) and not Path(records).expanduser().exists():
+        raise FileNotFoundError(f"corpus file {str(records)!r} not found: run amk.loop first, or name its corpus= file")
+    recs = load_records(Path(records).expanduser()) if isinstance(records, (str, Path)) else records
     rows = []
     for r in recs:
         f = r.features or {}

@@ -368,10 +368,14 @@ def refuse_fragment(path, data: bytes) -> None:
 
 def load_results(path: str | Path = "results.tsv"):
     """results.tsv as a pandas DataFrame with typed columns (latency_us etc. float, NaN when empty;
-    correct a nullable boolean; trial and max_seq nullable integers, <NA> when empty; dtype "" when empty)."""
+    correct a nullable boolean; trial and max_seq nullable integers, <NA> when empty; dtype "" when empty).
+    A missing file raises FileNotFoundError, as `amk report` refuses it: read as no rows, a misspelt path would
+    look like a run with no trials (read_rows, which the loop uses, still takes a file not started yet as empty)."""
     import pandas as pd
 
-    rows = read_rows(path)
+    if not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"results file {str(path)!r} not found: run amk.loop first, or name its results= file")
+    rows = read_rows(Path(path).expanduser())
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     for col in ("trial", *INT_COLUMNS):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
