@@ -44,7 +44,8 @@ class Resume:
             raise LoopError(f"{self.results}: trial {best['trial']} kept {best['schedule_id']} at "
                             f"{float(best['latency_us']):.2f} us, the incumbent a resumed loop continues from; a "
                             f"given config ({given.schedule_id}) would replace it whatever its latency: resume "
-                            "without --config, or start another results file from it", argument="incumbent")
+                            "without --config (incumbent= in Python), or start another results file from it",
+                            argument="incumbent")
 
     def _resumed_incumbent(self, cfg: ScheduleConfig, origin: str, rows: list[dict]) -> tuple[ScheduleConfig, str]:
         """The start of a resume: the results file's latest kept trial of this run's dtype and context (the loop's
