@@ -220,7 +220,7 @@ class ProgramConstants:
         return self.n_kv_heads * self.head_dim
 
 
-@dataclass
+@dataclass(repr=False)
 class MegakernelProgram:
     constants: ProgramConstants
     buffers: list[Buffer]
@@ -236,6 +236,15 @@ class MegakernelProgram:
     @property
     def num_sms(self) -> int:
         return len(self.queues)
+
+    def __repr__(self) -> str:
+        # a summary: the dataclass's field-by-field repr of a small model's program runs to tens of kilobytes, which
+        # a notebook cell or a log line prints whole; to_dict() holds every field
+        m = self.meta
+        named = ", ".join(f"{k}={m[k]!r}" for k in ("model", "target", "dtype", "schedule_id") if k in m)
+        return (f"MegakernelProgram({named}{', ' if named else ''}tasks={len(self.tasks)}, sms={self.num_sms}, "
+                f"buffers={len(self.buffers)}, counters={len(self.counters)}, joins={len(self.joins)}, "
+                f"threads_per_block={self.threads_per_block}, smem_per_block={self.smem_per_block})")
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
