@@ -340,9 +340,13 @@ def records_frame(records: list[TuningRecord] | str | Path):
     read as no records (as load_records reads a corpus a loop has not started yet), a misspelt one would look empty."""
     import pandas as pd
 
-    if isinstance(records, (str, Path)) and not Path(records).expanduser().exists():
-        raise FileNotFoundError(f"corpus file {str(records)!r} not found: run amk.loop first, or name its corpus= file")
-    recs = load_records(Path(records).expanduser()) if isinstance(records, (str, Path)) else records
+    recs = records
+    if isinstance(records, (str, Path)):
+        where = Path(records).expanduser()
+        if not where.exists():
+            raise FileNotFoundError(f"corpus file {str(records)!r} not found: run amk.loop first, or name its "
+                                    "corpus= file")
+        recs = load_records(where)
     rows = []
     for r in recs:
         f = r.features or {}

@@ -373,9 +373,10 @@ def load_results(path: str | Path = "results.tsv"):
     look like a run with no trials (read_rows, which the loop uses, still takes a file not started yet as empty)."""
     import pandas as pd
 
-    if not Path(path).expanduser().exists():
+    where = Path(path).expanduser()
+    if not where.exists():
         raise FileNotFoundError(f"results file {str(path)!r} not found: run amk.loop first, or name its results= file")
-    rows = read_rows(Path(path).expanduser())
+    rows = read_rows(where)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     for col in ("trial", *INT_COLUMNS):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")

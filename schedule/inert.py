@@ -201,15 +201,7 @@ def priced_alike_notes(config: ScheduleConfig, target: GpuTarget | None, predict
 def with_derived(config: ScheduleConfig, derived: dict | None) -> ScheduleConfig:
     """`config` with each knob it leaves null (derived) set to the lowering's value in `derived` (dotted path ->
     value, a program's meta["derived"]): what the inert rules read."""
-    try:
-        todo = {p: v for p, v in (derived or {}).items() if get_path(config, p) is None}
-    except Exception:  # noqa: BLE001 - a path that is no knob: one by one, to fail where that fails
-        todo = None
-    if todo is None:
-        for p, v in (derived or {}).items():
-            if get_path(config, p) is None:
-                config = with_value(config, p, v)
-        return config
+    todo = {p: v for p, v in (derived or {}).items() if get_path(config, p) is None}
     # the derived knobs are leaves left null: setting one changes no other's value, so all are set in one parse
     return with_values(config, todo) if todo else config
 

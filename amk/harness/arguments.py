@@ -242,9 +242,11 @@ def check_output_file(argument: str, path) -> None:
 
 
 def search_settings(settings):
-    """`settings` as a SearchSettings: None is the defaults, a dict names some of its fields (the others keep
-    their defaults). ArgumentError naming `settings`, or the unknown field, for anything else: a dict was once
-    used as it was, read as the defaults when empty and failing after the first trial otherwise."""
+    """`settings` as a SearchSettings whose fields are in range: None is the defaults, a dict names some of its
+    fields (the others keep their defaults). ArgumentError naming `settings`, or the field, for anything else: a
+    dict was once used as it was, read as the defaults when empty and failing after the first trial otherwise, and
+    a round measuring no candidate would end the search after its first trial as if every candidate were
+    exhausted."""
     import dataclasses
 
     from amk.harness.search.policy import SearchSettings
@@ -260,20 +262,6 @@ def search_settings(settings):
     if not isinstance(settings, SearchSettings):
         raise ArgumentError("settings", f"expected a SearchSettings (amk.harness.search.policy), a dict of its "
                                         f"fields or None, got {type(settings).__name__} ({settings!r:.60})")
-    check_search_settings(settings)
-    return settings
-
-
-def check_search_settings(settings) -> None:
-    """`settings`: None (the defaults) or a SearchSettings whose fields are in range: a round measuring no
-    candidate, say, would end the search after its first trial as if every candidate were exhausted."""
-    if settings is None:
-        return
-    from amk.harness.search.policy import SearchSettings
-
-    if not isinstance(settings, SearchSettings):
-        raise ArgumentError("settings", f"expected a SearchSettings (amk.harness.search.policy) or None, got "
-                                        f"{type(settings).__name__} ({settings!r:.60})")
     _whole("settings.population", settings.population, 0, optional=False)
     _whole("settings.measure_per_round", settings.measure_per_round, 1, optional=False)
     _whole("settings.parents", settings.parents, 0, optional=False)
@@ -282,10 +270,11 @@ def check_search_settings(settings) -> None:
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps <= 1:  # NaN fails the range
         raise ArgumentError("settings.epsilon", f"expected a probability from 0 to 1, got {eps!r}")
     check_flag("settings.neighbours", settings.neighbours)
+    return settings
 
 
 def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus,
-                         max_seq=None, progress=None, resume=False, settings=None, evaluate=None, predictor=None,
+                         max_seq=None, progress=None, resume=False, evaluate=None, predictor=None,
                          should_stop=None) -> None:
     """Every argument of loop() a caller can get wrong, checked before the results file is opened.
     Raises ArgumentError naming the first one wrong."""
@@ -313,7 +302,6 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
         raise ArgumentError("builders", f"{builders} builder processes on {cores} cores: give at most {4 * cores}")
     _whole("max_reverts", max_reverts, 1, optional=False)
     check_cases(cases)
-    check_search_settings(settings)
     for name, fn in (("evaluate", evaluate), ("predictor", predictor), ("should_stop", should_stop)):
         if fn is not None and not callable(fn):
             raise ArgumentError(name, f"expected a callable or None, got {fn!r:.60}")
