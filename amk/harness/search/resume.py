@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from amk.flywheel.corpus import entries_for
-from amk.flywheel.records import MODEL_FINGERPRINT, load_records
+from amk.flywheel.records import MODEL_FINGERPRINT, for_run, load_records
 from amk.flywheel.results import Status
 from amk.schedule.config import ScheduleConfig
 
@@ -219,6 +219,21 @@ class Resume:
                             f"fails on the checkpoint now in {self.name} (its row is written): check the checkpoint, "
                             "or start another results file for it")
 
+    def _exact_measurement(self, row: dict, lat: float, spread: float | None) -> tuple[float, float | None]:
+        """(latency, spread) of a results row as the corpus recorded them: a results.tsv cell holds four decimals,
+        so a resume that took the file's figure reported its incumbent at another latency than the corpus's best
+        of the same trial. The corpus record must be this run's, of the row's trial, program and latency kind, with
+        a latency that the row's cell writes; any other leaves the row's own figures."""
+        if not Path(self.corpus).exists():
+            return lat, spread
+        cell = row["latency_us"]
+        for r in reversed(for_run(load_records(self.corpus), self.name, self.target.name, self.dtype)):
+            if (r.trial == int(row["trial"]) and r.program_fingerprint == row.get("program_fingerprint")
+                    and r.kind == row.get("kind") and r.latency_us is not None and f"{r.latency_us:.4f}" == cell):
+                exact_spread = spread if r.latency_spread_us is None or spread is None else r.latency_spread_us
+                return r.latency_us, exact_spread
+        return lat, spread
+
     def _adopt(self, row: dict) -> bool:
         """Take a measured row of the incumbent's program as its measurement (a resume, or another loop's)."""
         lat = float(row["latency_us"]) if row.get("latency_us") else None
@@ -226,6 +241,7 @@ class Resume:
                 or self._impossible(row):
             return False
         spread = float(row["spread_us"]) if row.get("spread_us") else None
+        lat, spread = self._exact_measurement(row, lat, spread)
         self.inc.observe(lat, spread, row["kind"])
         self.inc.trial = int(row["trial"])
         # on a checkpoint saved again since, the row stands only until the check on the weights there now
