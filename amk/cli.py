@@ -28,6 +28,7 @@ from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
 from amk.harness.verdict import jsonable
 from amk.schedule.errors import (
     ArgumentError,
+    ConfigError,
     ContextError,
     UnknownModelError,
     UnknownTargetError,
@@ -434,7 +435,7 @@ def _usage_message(e: Exception, args: argparse.Namespace | None) -> str:
     flags, msg = _flags_of(e, args), str(e)
     if flags is None:
         return msg
-    if isinstance(e, ArgumentError):
+    if isinstance(e, (ArgumentError, ConfigError)) and e.argument:
         msg = msg.removeprefix(f"{e.argument}: ")
     return f"{flags}: {msg}"
 

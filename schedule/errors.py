@@ -39,15 +39,27 @@ class ConfigError(AmkError, ValueError):
     `$.matvec.qkv.k_splits`) and message; `problems` lists every problem found, in document order, so that
     one round trip fixes them all."""
 
-    def __init__(self, path: str, message: str, problems: list[ConfigProblem] | None = None):
+    def __init__(self, path: str, message: str, problems: list[ConfigProblem] | None = None,
+                 argument: str | None = None):
         self.path = path
         self.reason = message
         self.problems = list(problems) if problems else [ConfigProblem(path, message)]
-        super().__init__("; ".join(map(str, self.problems)))
+        self.argument = argument  # the caller's argument that held the config (loop's `incumbent`), if not its own
+        super().__init__((f"{argument}: " if argument else "") + self.detail)
+
+    @property
+    def detail(self) -> str:
+        """Every problem, without the argument's name."""
+        return "; ".join(map(str, self.problems))
 
     @classmethod
     def of(cls, problems: list[ConfigProblem]) -> ConfigError:
         return cls(problems[0].path, problems[0].message, problems)
+
+    def named(self, argument: str) -> ConfigError:
+        """The same problems, led by the name of the argument that held the config: a caller of loop() or
+        propose() passed it as `incumbent=`, and a bare `$.matvec...` did not say which of its arguments."""
+        return ConfigError(self.path, self.reason, self.problems, argument)
 
 
 class ArgumentError(AmkError, ValueError):

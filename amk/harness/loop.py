@@ -62,7 +62,7 @@ from amk.flywheel.results import (
     read_rows,
 )
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.errors import ArgumentError, EagerReferenceError, EnvironmentProblem
+from amk.schedule.errors import ArgumentError, ConfigError, EagerReferenceError, EnvironmentProblem
 from amk.schedule.inert import inert_knobs
 from amk.schedule.space import search_space
 
@@ -282,7 +282,10 @@ class _Run(Rounds, Resume):
         self.given_inert: list[str] = []  # the start config's knobs that cannot act (inert_knobs' notes)
         seed_config = None
         if incumbent is not None:
-            seed_config = parse_config(incumbent)  # ConfigError names the field: a usage error
+            try:
+                seed_config = parse_config(incumbent)
+            except ConfigError as e:  # names the field, and the argument that held it: a usage error
+                raise e.named("incumbent") from None
         # no knob that cannot act on its dtype, no q split its GQA group refuses
         self.space = search_space(self.target, dtype=self.dtype, group=dims.group,
                                   predicted=self.kind == LatencyKind.PREDICTED.value)

@@ -227,7 +227,7 @@ def build_server():
                     incumbent = parse_config(incumbent).to_dict()
                 return propose(*args, incumbent=incumbent, **kwargs)
             except ConfigError as e:  # only the incumbent is parsed here: named as the CLI's --incumbent is
-                raise ArgumentError("incumbent", str(e)) from e
+                raise ArgumentError("incumbent", e.detail) from e
 
         return _call(fn, model, gpu, incumbent=incumbent, corpus=corpus, dtype=dtype, max_seq=max_seq)
 

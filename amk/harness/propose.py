@@ -9,7 +9,7 @@ from pathlib import Path
 from amk.flywheel.corpus import best_entry, best_of_other_models, load_corpus
 from amk.flywheel.records import at_context, for_run, model_key
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.errors import ArgumentError
+from amk.schedule.errors import ArgumentError, ConfigError
 from amk.schedule.space import space_dicts
 
 from .arguments import check_corpus, check_max_seq, user_path
@@ -105,7 +105,10 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     seq, context = run_context(model, run_dtype, max_seq)
     verdict = None
     if incumbent is not None:
-        cfg, source = parse_config(incumbent), "given"
+        try:
+            cfg, source = parse_config(incumbent), "given"
+        except ConfigError as e:
+            raise e.named("incumbent") from None
         # a start no other command takes is no proposal (loop --config refuses it, evaluate rejects it)
         from .evaluate import build_program
 
