@@ -61,3 +61,22 @@ def test_a_resume_and_the_corpus_best_take_the_simpler_keep_of_equal_latency(tmp
     added = read_rows(res)[before:]
     assert added and all(r["schedule_id"] != TWO_KNOBS.schedule_id for r in added)  # never back to the first keep
     assert s["best"]["schedule_id"] == ONE_KNOB.schedule_id
+
+
+def test_a_keep_row_without_a_true_correct_cell_is_no_incumbent(tmp_path):
+    """The loop writes `correct` true on every keep row; one whose cell was emptied by hand is no evidence that its
+    config passed, so a resume continues from the keep before it, as the report's best passes it over."""
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_same_latency_with_heads_2,
+             incumbent=TWO_KNOBS.to_dict(), settings=SMALL)
+    _tie_kept_after(res, cor)
+    lines = res.read_text().splitlines(keepends=True)
+    cols = lines[0].rstrip("\n").split("\t")
+    cells = lines[-1].rstrip("\n").split("\t")
+    assert cells[cols.index("correct")] == "true"
+    cells[cols.index("correct")] = ""
+    res.write_text("".join(lines[:-1]) + "\t".join(cells) + "\n")
+
+    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True,
+                 evaluate=_same_latency_with_heads_2, settings=SMALL)
+    assert s["incumbent"]["schedule_id"] == TWO_KNOBS.schedule_id and s["incumbent"]["trial"] == 1

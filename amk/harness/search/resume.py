@@ -29,9 +29,10 @@ class Resume:
         """The kept trials of `rows` (of this run's latency kind, with a latency), the latest first: each keep
         replaced the incumbent before it, so the latest is the incumbent the loop left. Not the lowest latency: a
         config with fewer non-default knobs is kept within the noise of a faster one (search/keep.py decide), and
-        a resume from the faster one would undo that keep."""
+        a resume from the faster one would undo that keep. A keep row whose `correct` cell is not `true` (the loop
+        writes it for no keep: a hand edit) is no incumbent, as _adopt and the report read it."""
         return [r for r in reversed(rows) if r.get("status") == Status.KEEP.value and r.get("kind") == self.kind
-                and r.get("latency_us")]
+                and r.get("latency_us") and r.get("correct") == "true"]
 
     def _check_given_on_resume(self, given: ScheduleConfig, fingerprint: str | None, rows: list[dict]) -> None:
         """A given start config on a results file that already kept another program: the start is the incumbent
