@@ -49,6 +49,19 @@ def _device(device: str) -> str:
     return resolve_device(device).value
 
 
+def _target(gpu, dev: str):
+    """The GpuTarget the program is lowered for: None or "auto" (any case, as evaluate takes it) is the live GPU's
+    on cuda and the cpu-sim stand-in on the CPU; another name is looked up, UnknownTargetError for one not
+    registered ("" too) and ArgumentError naming `gpu` for something that is no name. Checked before the model
+    loads."""
+    from amk.harness.environment import CPU_STAND_IN
+    from amk.schedule import detect_target, get_target
+
+    if gpu is None or (isinstance(gpu, str) and gpu.lower() == "auto"):
+        return detect_target() if dev == "cuda" else get_target(CPU_STAND_IN)
+    return get_target(gpu, argument="gpu")
+
+
 def _checked_model(model):
     """`model` as generate takes it: a name or path (os.PathLike made a str), or an amk Model holding its weights;
     ArgumentError naming `model` otherwise, before any work."""
@@ -85,12 +98,12 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     `prompt` (empty, not text or integer ids, ids outside the
     vocabulary, text for a model without a tokenizer), `max_new_tokens` or `max_seq` (not a positive integer),
     `stop_at_eos` (not a bool),
-    `device` (not auto, cpu or cuda); EnvironmentProblem for device="cuda" without a usable GPU; ContextError
+    `device` (not auto, cpu or cuda), `gpu` (not a target name, GpuTarget, None or "auto"); UnknownTargetError for a
+    GPU target name not registered; EnvironmentProblem for device="cuda" without a usable GPU; ContextError
     when the prompt and new tokens need more positions than `max_seq`; ConfigError or LoweringError for a
     `config` that does not parse or lower, ProgramError for one whose program does not validate."""
     import amk
     from amk.models.registry import dtype_name, has_tokenizer, resolve_dtype
-    from amk.schedule import detect_target, get_target
     from amk.vm.weights import pack_weights
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -99,6 +112,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     check_flag("stop_at_eos", stop_at_eos)
     check_dtype(dtype)
     dev = _device(device)
+    target = _target(gpu, dev)
     model = _checked_model(model)
     if isinstance(model, str):
         # refused before the model loads (seconds to minutes of weights)
@@ -135,7 +149,6 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         notes.append(f"the prompt and new tokens take {need} positions, past the model's {model.dims.max_positions} "
                      "(max_position_embeddings): the tokens past them are computed as transformers would, but the "
                      "model was not trained on that context")
-    target = (gpu and get_target(gpu)) or (detect_target() if dev == "cuda" else get_target("cpu-sim"))
     with status(f"lowering {model.name} for {target.name}"):
         program = amk.lower(model, target, config, max_seq=max_seq)
     check = amk.validate(program, target)

@@ -1,0 +1,47 @@
+"""Odd arguments to generate (`amk.generate`, `amk generate`) and evaluate other than the config's knobs: a GPU
+target of "auto", empty or not a name, and a config given as JSON text, bytes or a file's name. Each is taken as
+evaluate takes it, or refused with a typed error naming the argument, before the model's weights load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _cli import cli_json
+
+import amk
+
+run = cli_json
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """amk.load_model fails the test: an argument refused after it was refused too late (a real model's weights
+    take seconds to minutes to load)."""
+    def load(*args, **kwargs):
+        raise AssertionError("the model loaded before the argument was checked")
+    monkeypatch.setattr(amk, "load_model", load)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_generate_takes_gpu_auto_as_evaluate_does(capsys):
+    """`--gpu auto` is evaluate's default: the live GPU, or cpu-sim without CUDA (it was exit 3, "no CUDA
+    device")."""
+    default = amk.generate("toy", [1, 2], max_new_tokens=3, device="cpu", stop_at_eos=False)
+    for gpu in ("auto", "AUTO"):
+        assert amk.generate("toy", [1, 2], max_new_tokens=3, device="cpu", gpu=gpu, stop_at_eos=False) == default
+    code, out = run(capsys, "generate", "--model", "toy", "--prompt-ids", "1,2", "--max-new-tokens", "3",
+                    "--gpu", "auto")
+    assert code == 0, out
+    assert out["tokens"][:3] == default.tokens
+
+
+def test_generate_names_a_gpu_that_is_empty_or_no_name_before_the_model_loads(capsys, no_model_load):
+    with pytest.raises(amk.UnknownTargetError, match="unknown GPU target ''"):  # was the default target, silently
+        amk.generate("toy", [1, 2], device="cpu", gpu="")
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.generate("toy", [1, 2], device="cpu", gpu=5)
+    assert e.value.argument == "gpu"  # was `target`, an argument generate does not have
+    with pytest.raises(amk.UnknownTargetError, match="'h100'"):
+        amk.generate("toy", [1, 2], device="cpu", gpu="h100")
+    code, out = run(capsys, "generate", "--model", "toy", "--prompt-ids", "1,2", "--gpu", "")
+    assert code == 2 and out["error"].startswith("--gpu: unknown GPU target ''"), out
