@@ -62,6 +62,15 @@ def _target(gpu, dev: str):
     return get_target(gpu, argument="gpu")
 
 
+def _checked_config(config):
+    """`config` parsed as evaluate parses it (a dict, JSON text or its UTF-8 bytes, a ScheduleConfig; None: the
+    defaults), before the model loads: a key given twice in JSON text is a ConfigError, not its last value, and
+    a string naming a file is pointed out."""
+    from amk.harness.verdict import parse_config
+
+    return None if config is None else parse_config(config)
+
+
 def _checked_model(model):
     """`model` as generate takes it: a name or path (os.PathLike made a str), or an amk Model holding its weights;
     ArgumentError naming `model` otherwise, before any work."""
@@ -100,8 +109,8 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     `stop_at_eos` (not a bool),
     `device` (not auto, cpu or cuda), `gpu` (not a target name, GpuTarget, None or "auto"); UnknownTargetError for a
     GPU target name not registered; EnvironmentProblem for device="cuda" without a usable GPU; ContextError
-    when the prompt and new tokens need more positions than `max_seq`; ConfigError or LoweringError for a
-    `config` that does not parse or lower, ProgramError for one whose program does not validate."""
+    when the prompt and new tokens need more positions than `max_seq`; ConfigError (before the model loads) or
+    LoweringError for a `config` that does not parse or lower, ProgramError for one whose program does not validate."""
     import amk
     from amk.models.registry import dtype_name, has_tokenizer, resolve_dtype
     from amk.vm.weights import pack_weights
@@ -113,6 +122,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     check_dtype(dtype)
     dev = _device(device)
     target = _target(gpu, dev)
+    config = _checked_config(config)
     model = _checked_model(model)
     if isinstance(model, str):
         # refused before the model loads (seconds to minutes of weights)

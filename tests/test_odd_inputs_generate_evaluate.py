@@ -45,3 +45,20 @@ def test_generate_names_a_gpu_that_is_empty_or_no_name_before_the_model_loads(ca
         amk.generate("toy", [1, 2], device="cpu", gpu="h100")
     code, out = run(capsys, "generate", "--model", "toy", "--prompt-ids", "1,2", "--gpu", "")
     assert code == 2 and out["error"].startswith("--gpu: unknown GPU target ''"), out
+
+
+def test_generate_reads_a_config_as_evaluate_does_before_the_model_loads(no_model_load):
+    """A key given twice in JSON text is refused (generate ran the last value, where evaluate refuses it); a file's
+    name is pointed out; each before the weights load."""
+    with pytest.raises(amk.ConfigError, match=r"\$.pipelining_depth: given twice"):
+        amk.generate("toy", [1, 2], device="cpu", config='{"pipelining_depth": 1, "pipelining_depth": 2}')
+    with pytest.raises(amk.ConfigError, match="looks like a file name"):
+        amk.generate("toy", [1, 2], device="cpu", config="cfg.json")
+    with pytest.raises(amk.ConfigError, match=r"\$.x: unknown key"):
+        amk.generate("toy", [1, 2], device="cpu", config={"x": 1})
+
+
+def test_generate_takes_a_config_as_utf8_bytes_as_evaluate_does():
+    kw = {"max_new_tokens": 2, "device": "cpu", "stop_at_eos": False}
+    config = '{"pipelining_depth": 1}'
+    assert amk.generate("toy", [1, 2], config=config.encode(), **kw) == amk.generate("toy", [1, 2], config=config, **kw)
