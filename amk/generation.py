@@ -24,6 +24,17 @@ def _token_ids(prompt) -> list[int]:
     return [int(t) for t in ids]
 
 
+def _check_ids(ids: list[int], vocab: int) -> None:
+    """ArgumentError naming `prompt` for no ids, or ids outside a vocabulary of `vocab`: the VM would stop at the
+    first with an error word; the ids are the caller's to mend."""
+    if not ids:
+        raise ArgumentError("prompt", "empty prompt")
+    outside = [t for t in ids if not 0 <= t < vocab]
+    if outside:
+        raise ArgumentError("prompt", f"token ids {outside[:8]} outside the vocabulary of {vocab} "
+                                      f"(ids 0..{vocab - 1})")
+
+
 @dataclass
 class Generation:
     text: str | None
@@ -124,12 +135,16 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     target = _target(gpu, dev)
     config = _checked_config(config)
     model = _checked_model(model)
+    ids = None if isinstance(prompt, str) else _token_ids(prompt)
     if isinstance(model, str):
         # refused before the model loads (seconds to minutes of weights)
+        load_dtype = dtype or ("bf16" if dev == "cuda" else "fp32")
         if isinstance(prompt, str) and not has_tokenizer(model):
             raise ArgumentError("prompt", f"model {model!r} has no tokenizer: pass token ids")
+        if ids is not None:  # the vocabulary is the config's: no weights needed
+            _check_ids(ids, amk.load_model(model, dtype=load_dtype, weights=False).dims.vocab)
         with status(f"loading {model}"):
-            model = amk.load_model(model, dtype=dtype or ("bf16" if dev == "cuda" else "fp32"), device=dev)
+            model = amk.load_model(model, dtype=load_dtype, device=dev)
     elif dtype is not None and resolve_dtype(dtype) != model.dtype:
         with status(f"casting {model.name} to {dtype_name(dtype)}"):
             model = model.cast(dtype)
@@ -139,14 +154,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         if model.tokenizer is None:
             raise ArgumentError("prompt", f"model {model.name!r} has no tokenizer: pass token ids")
         ids = model.tokenizer(prompt)["input_ids"]
-    else:
-        ids = _token_ids(prompt)
-    if not ids:
-        raise ArgumentError("prompt", "empty prompt")
-    outside = [t for t in ids if not 0 <= t < model.dims.vocab]
-    if outside:  # the VM would stop at the first with an error word; the ids are the caller's to mend
-        raise ArgumentError("prompt", f"token ids {outside[:8]} outside the vocabulary of {model.dims.vocab} "
-                                      f"(ids 0..{model.dims.vocab - 1})")
+    _check_ids(ids, model.dims.vocab)
     need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
     # by default no more positions than the model's context, unless the tokens asked for need more (noted below)
     given_max_seq = max_seq

@@ -1,6 +1,7 @@
 """Odd arguments to generate (`amk.generate`, `amk generate`) and evaluate other than the config's knobs: a GPU
-target of "auto", empty or not a name, and a config given as JSON text, bytes or a file's name. Each is taken as
-evaluate takes it, or refused with a typed error naming the argument, before the model's weights load."""
+target of "auto", empty or not a name, a config given as JSON text, bytes or a file's name, and prompt ids that
+are no integers or lie outside the vocabulary. Each is taken as evaluate takes it, or refused with a typed error
+naming the argument, before the model's weights load."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ run = cli_json
 
 @pytest.fixture
 def no_model_load(monkeypatch):
-    """amk.load_model fails the test: an argument refused after it was refused too late (a real model's weights
-    take seconds to minutes to load)."""
+    """amk.load_model with the weights fails the test: an argument refused after it was refused too late (a real
+    model's weights take seconds to minutes to load); its config and dims alone (weights=False) are read."""
+    load_model = amk.load_model
+
     def load(*args, **kwargs):
-        raise AssertionError("the model loaded before the argument was checked")
+        if kwargs.get("weights", True):
+            raise AssertionError("the model's weights loaded before the argument was checked")
+        return load_model(*args, **kwargs)
     monkeypatch.setattr(amk, "load_model", load)
 
 
@@ -62,3 +67,17 @@ def test_generate_takes_a_config_as_utf8_bytes_as_evaluate_does():
     kw = {"max_new_tokens": 2, "device": "cpu", "stop_at_eos": False}
     config = '{"pipelining_depth": 1}'
     assert amk.generate("toy", [1, 2], config=config.encode(), **kw) == amk.generate("toy", [1, 2], config=config, **kw)
+
+
+@pytest.mark.parametrize("prompt", [[1, 2, 392], [-1], [], [1.5], 5])
+def test_generate_refuses_bad_prompt_ids_before_the_weights_load(prompt, no_model_load):
+    """A typo in an id was refused only after the weights loaded (17 s for llama-3.2-1b on a CPU); the vocabulary
+    is the config's."""
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.generate("toy", prompt, device="cpu")
+    assert e.value.argument == "prompt"
+
+
+def test_generate_names_prompt_ids_outside_the_vocabulary_on_the_cli_before_the_weights_load(capsys, no_model_load):
+    code, out = run(capsys, "generate", "--model", "toy", "--prompt-ids", "1,2,392")
+    assert code == 2 and out["error"].startswith("--prompt-ids: token ids [392] outside the vocabulary of 392"), out
