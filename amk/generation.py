@@ -83,15 +83,14 @@ def _checked_config(config):
 
 
 def _checked_model(model):
-    """`model` as generate takes it: a name or path (os.PathLike made a str), or an amk Model holding its weights;
-    ArgumentError naming `model` otherwise, before any work."""
+    """`model` as generate takes it: a name or path, or an amk Model holding its weights; ArgumentError naming
+    `model` otherwise, before any work. A path object stays one: it names a directory even where its text is a
+    built-in's name (Path("toy") is ./toy), as evaluate and load_model take it."""
     import os
 
     from amk.models import Model
 
-    if isinstance(model, os.PathLike):
-        return os.fspath(model)
-    if isinstance(model, str):
+    if isinstance(model, str | os.PathLike):
         return model
     if not isinstance(model, Model):
         raise ArgumentError("model", f"expected a model name, a checkpoint directory or an amk Model, got "
@@ -123,6 +122,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     when the prompt and new tokens need more positions than `max_seq`; ConfigError (before the model loads) or
     LoweringError for a `config` that does not parse or lower, ProgramError for one whose program does not validate."""
     import amk
+    from amk.models import Model
     from amk.models.registry import dtype_name, has_tokenizer, resolve_dtype
     from amk.vm.weights import pack_weights
 
@@ -136,11 +136,11 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     config = _checked_config(config)
     model = _checked_model(model)
     ids = None if isinstance(prompt, str) else _token_ids(prompt)
-    if isinstance(model, str):
+    if not isinstance(model, Model):  # a name or path
         # refused before the model loads (seconds to minutes of weights)
         load_dtype = dtype or ("bf16" if dev == "cuda" else "fp32")
         if isinstance(prompt, str) and not has_tokenizer(model):
-            raise ArgumentError("prompt", f"model {model!r} has no tokenizer: pass token ids")
+            raise ArgumentError("prompt", f"model {str(model)!r} has no tokenizer: pass token ids")
         if ids is not None:  # the vocabulary is the config's: no weights needed
             _check_ids(ids, amk.load_model(model, dtype=load_dtype, weights=False).dims.vocab)
         with status(f"loading {model}"):

@@ -1,6 +1,6 @@
 """Odd arguments to generate (`amk.generate`, `amk generate`) and evaluate other than the config's knobs: a GPU
 target of "auto", empty or not a name, a config given as JSON text, bytes or a file's name, and prompt ids that
-are no integers or lie outside the vocabulary. Each is taken as evaluate takes it, or refused with a typed error
+are no integers or lie outside the vocabulary, and a model given as a path object beside a built-in's name. Each is taken as evaluate takes it, or refused with a typed error
 naming the argument, before the model's weights load."""
 
 from __future__ import annotations
@@ -81,3 +81,23 @@ def test_generate_refuses_bad_prompt_ids_before_the_weights_load(prompt, no_mode
 def test_generate_names_prompt_ids_outside_the_vocabulary_on_the_cli_before_the_weights_load(capsys, no_model_load):
     code, out = run(capsys, "generate", "--model", "toy", "--prompt-ids", "1,2,392")
     assert code == 2 and out["error"].startswith("--prompt-ids: token ids [392] outside the vocabulary of 392"), out
+
+
+def test_generate_takes_a_path_object_as_the_directory_as_evaluate_does(tmp_path, monkeypatch):
+    """Path("toy") names the checkpoint directory ./toy, not the built-in toy (HARNESS section 2): generate ran the
+    built-in's random weights and answered with their tokens."""
+    from pathlib import Path
+
+    from _checkpoints import SMALL, save_checkpoint
+    from transformers import LlamaConfig
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(LlamaConfig(**SMALL, num_hidden_layers=1), tmp_path / "toy")
+    kw = {"max_new_tokens": 4, "device": "cpu", "stop_at_eos": False}
+    directory = amk.generate(str(tmp_path / "toy"), [1, 2, 3], **kw)
+    assert directory != amk.generate("toy", [1, 2, 3], **kw)  # the two models differ
+    assert amk.generate(Path("toy"), [1, 2, 3], **kw) == directory
+    assert amk.evaluate(Path("toy"), "cpu-sim", {}, device="cpu", cases="reduced")["model"] == str(tmp_path / "toy")
+    with pytest.raises(amk.ArgumentError, match="has no tokenizer") as e:  # the directory's, not the built-in's
+        amk.generate(Path("toy"), "hello", **kw)
+    assert e.value.argument == "prompt"
