@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import math
 
 from .assign import assign_sms
@@ -12,7 +11,8 @@ from .autotile import max_head_warps
 from .autotile import resolve as resolve_tiling
 from .buffers import allocate_scratch, plan_model_buffers
 from .config import AttentionSoftmax, ScheduleConfig, with_value
-from .errors import ArgumentError, ConfigError, LoweringError
+from .config_text import parse_config
+from .errors import ArgumentError, LoweringError
 from .graph import Graph, ModelDims, build_graph
 from .opcodes import DType
 from .program import Counter, Join, MegakernelProgram, ProgramConstants, Task, Wait
@@ -139,20 +139,9 @@ def _check_folded_rope(config: ScheduleConfig) -> None:
 
 
 def _as_config(config) -> ScheduleConfig:
-    """ConfigError for anything but None, a dict, a JSON object's text or a ScheduleConfig (re-parsed through its
-    dict, since its fields can be assigned anything)."""
-    if config is None:
-        return ScheduleConfig()
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError as e:
-            raise ConfigError("$", f"not valid JSON: {e}") from None
-    if isinstance(config, ScheduleConfig):
-        config = config.to_dict()
-    if not isinstance(config, dict):
-        raise ConfigError("$", f"expected a config object (a dict, JSON text or ScheduleConfig), got {config!r}")
-    return ScheduleConfig.from_dict(config)
+    """The defaults for None, else config_text.parse_config's reading (a dict, JSON text or its UTF-8 bytes, a
+    ScheduleConfig): ConfigError for anything else, as evaluate() refuses it."""
+    return ScheduleConfig() if config is None else parse_config(config)
 
 
 def _dtype_of(model) -> DType:
