@@ -37,14 +37,31 @@ def resolve_device(device: str | Device = "auto") -> Device:
     d = str(device.value if isinstance(device, Device) else device).lower()
     if d == "auto":
         return Device.CUDA if cuda_usable() else Device.CPU
-    if d.startswith("cuda"):
+    if d == "cuda" or d.startswith("cuda:"):
+        index = d.partition(":")[2]
+        if d != "cuda" and not (index.isascii() and index.isdigit()):
+            raise ArgumentError("device", f"{device!r} is not one of auto, cpu, cuda (or cuda:N, N a device index)")
         if not cuda_usable():
             raise EnvironmentProblem("device 'cuda' asked for, but torch sees no CUDA device or cupy does not "
                                      "import (run `amk doctor`)")
+        _check_current_device(device, index)
         return Device.CUDA
     if d == "cpu":
         return Device.CPU
     raise ArgumentError("device", f"{device!r} is not one of auto, cpu, cuda")
+
+
+def _check_current_device(device, index: str) -> None:
+    """ArgumentError naming `device` for cuda:N other than the current CUDA device: programs, weights and timings
+    all run on the current one, so another index would be silently ignored."""
+    if not index:
+        return
+    import torch
+
+    current = torch.cuda.current_device()
+    if int(index) != current:
+        raise ArgumentError("device", f"{device!r}: AMK runs on the current CUDA device (cuda:{current}); choose "
+                                      "the GPU with CUDA_VISIBLE_DEVICES")
 
 
 @functools.lru_cache(maxsize=1)
