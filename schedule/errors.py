@@ -121,8 +121,16 @@ def context_full(pos: int, max_seq: int) -> ContextError:
 
 
 class UnknownModelError(AmkError, KeyError):
-    def __init__(self, name: str, known: list[str]):
+    """`path`: where a path object (os.PathLike) pointed, which names a checkpoint directory and never a built-in
+    (a built-in of the same name is pointed out instead of a near name)."""
+
+    def __init__(self, name: str, known: list[str], path: str | None = None):
         self.name = name
+        if path is not None:
+            built_in = f" (the built-in {name!r} is named by a string, not a path)" if name in known else ""
+            super().__init__(f"unknown model {name!r}: a path names a checkpoint directory, and {path} is none"
+                             f"{built_in}")
+            return
         super().__init__(f"unknown model {name!r}: not a built-in name ({', '.join(known)}) nor a local directory"
                          f"{_near(name, known)}")
 

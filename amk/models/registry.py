@@ -194,7 +194,8 @@ def check_model_name(name_or_path, argument: str = "model") -> None:
     key = str(name_or_path)
     # "" would be the working directory (Path("")): a model is named, never implied
     if not key.strip() or builtin_key(name_or_path) is None and not _is_dir(name_or_path):
-        raise UnknownModelError(key, builtin_names())
+        where = str(Path(name_or_path).expanduser().absolute()) if isinstance(name_or_path, os.PathLike) else None
+        raise UnknownModelError(key, builtin_names(), where)
 
 
 def has_tokenizer(name_or_path) -> bool:
