@@ -28,6 +28,7 @@ from amk.harness.commands import COMMANDS, CommandResult, ExitCode, UsageError
 from amk.harness.verdict import jsonable
 from amk.schedule.errors import (
     ArgumentError,
+    CheckpointError,
     ConfigError,
     ContextError,
     UnknownModelError,
@@ -410,7 +411,8 @@ def _flags_of(e: Exception, args: argparse.Namespace | None) -> str | None:
     this command is to blame."""
     if args is None:
         return None
-    if isinstance(e, (UnknownModelError, UnsupportedModelError)):  # a model field AMK does not lower: --model's
+    # a model field AMK does not lower, or a checkpoint directory that cannot be loaded as it is: --model's
+    if isinstance(e, (UnknownModelError, UnsupportedModelError, CheckpointError)):
         names = ["model"]
     elif isinstance(e, UnknownTargetError):
         names = ["gpu"]

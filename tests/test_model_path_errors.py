@@ -3,6 +3,7 @@ refused with where it pointed; it was told "did you mean 'toy'?" for Path("toy")
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -40,3 +41,12 @@ def test_a_path_like_other_than_pathlib_is_a_path(tmp_path):
 
     with pytest.raises(UnknownModelError, match="a path names a checkpoint directory"):
         amk.load_model(Where(), weights=False)
+
+
+def test_the_cli_leads_a_checkpoint_error_with_model(capsys, tmp_path):
+    from _cli import cli_json
+
+    code, out = cli_json(capsys, "evaluate", "--model", str(tmp_path), "--gpu", "cpu-sim")
+    assert code == 2
+    text = json.dumps(out)
+    assert f"--model: {tmp_path}: holds no config.json" in text, text[:600]
