@@ -1,7 +1,7 @@
 """Odd arguments to generate (`amk.generate`, `amk generate`) and evaluate other than the config's knobs: a GPU
-target of "auto", empty or not a name, a config given as JSON text, bytes or a file's name, and prompt ids that
-are no integers or lie outside the vocabulary, and a model given as a path object beside a built-in's name. Each is taken as evaluate takes it, or refused with a typed error
-naming the argument, before the model's weights load."""
+target of "auto", empty or not a name; a config given as JSON text, bytes or a file's name; prompt ids that are no
+integers or lie outside the vocabulary; a model given as a path object beside a built-in's name. Each is taken as
+evaluate takes it, or refused with a typed error naming the argument, before the model's weights load."""
 
 from __future__ import annotations
 
