@@ -67,15 +67,29 @@ def _check_current_device(device, index: str) -> None:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The AMK_COMMIT environment variable when set (a copied tree, whose .git may be stale or absent), else
-    HEAD of the repository the amk sources live in, else None."""
+    commit_of the repository the amk sources live in."""
     if os.environ.get("AMK_COMMIT"):
         return os.environ["AMK_COMMIT"]
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
+    return commit_of(Path(__file__).resolve().parent)
+
+
+def commit_of(directory: Path) -> str | None:
+    """HEAD of the git repository holding `directory`, with "+dirty" where its tracked files differ from HEAD (a
+    figure from such a tree is not HEAD's: a kernel probe in the sources, or a copy whose .git is older than its
+    files); None outside a repository or without git."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    if not head:
         return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return head + ("+dirty" if changed else "")
 
 
 @functools.lru_cache(maxsize=1)
