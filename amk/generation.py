@@ -14,10 +14,22 @@ from amk.schedule.errors import ArgumentError, ContextError, ProgramError
 
 
 def _token_ids(prompt) -> list[int]:
-    """`prompt` as a list of token ids; ArgumentError unless it is a sequence of integers."""
-    if not isinstance(prompt, list | tuple) and not (isinstance(prompt, torch.Tensor) and prompt.dim() == 1):
+    """`prompt` as a list of token ids: a list, tuple or range of integers, or a 1-D tensor or numpy array, or a
+    batch of one such row ([1, n], what a tokenizer's return_tensors gives). ArgumentError naming `prompt` for
+    anything else, a batch of several rows among them (AMK decodes one sequence)."""
+    import numpy as np
+
+    if isinstance(prompt, torch.Tensor | np.ndarray):
+        if prompt.ndim == 2 and prompt.shape[0] == 1:
+            prompt = prompt[0]
+        if prompt.ndim != 1:
+            raise ArgumentError("prompt", f"expected one sequence of token ids (shape [n] or [1, n]), got shape "
+                                          f"{list(prompt.shape)}: batch-1 decode takes one sequence")
+        ids = prompt.tolist()
+    elif isinstance(prompt, list | tuple | range):
+        ids = list(prompt)
+    else:
         raise ArgumentError("prompt", f"expected text or a sequence of token ids, got {type(prompt).__name__}")
-    ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
     bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
     if bad:
         raise ArgumentError("prompt", f"token ids must be integers, got {bad[:4]!r}")
@@ -101,7 +113,8 @@ def _checked_model(model):
 
 def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str = "auto", gpu=None,
              max_seq: int | None = None, stop_at_eos: bool = True, dtype=None) -> Generation:
-    """Prefill `prompt` (text, or token ids) one token per step through the VM, keeping the KV cache on the
+    """Prefill `prompt` (text, or token ids: a list, tuple or range, a 1-D tensor or numpy array, or a tokenizer's
+    [1, n] batch of one) one token per step through the VM, keeping the KV cache on the
     VM, then decode greedily. On the GPU the decode steps run back to back with the token and position
     advancing on the device; the VM's error word and task count are checked at the end.
 

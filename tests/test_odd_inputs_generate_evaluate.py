@@ -101,3 +101,19 @@ def test_generate_takes_a_path_object_as_the_directory_as_evaluate_does(tmp_path
     with pytest.raises(amk.ArgumentError, match="has no tokenizer") as e:  # the directory's, not the built-in's
         amk.generate(Path("toy"), "hello", **kw)
     assert e.value.argument == "prompt"
+
+
+def test_prompt_ids_as_a_notebook_holds_them():
+    """A range, a numpy row and a tokenizer's [1, n] tensor or array (return_tensors) are the same prompt as the
+    list; a batch of several rows, or a float array, is refused naming `prompt`."""
+    import numpy as np
+
+    want = amk.generate("toy", [1, 2, 3], max_new_tokens=3, device="cpu", stop_at_eos=False).tokens
+    for prompt in (range(1, 4), np.array([1, 2, 3]), np.array([[1, 2, 3]], dtype=np.int64),
+                   torch.tensor([[1, 2, 3]]), torch.tensor([1, 2, 3], dtype=torch.int32)):
+        assert amk.generate("toy", prompt, max_new_tokens=3, device="cpu", stop_at_eos=False).tokens == want, prompt
+    for bad, match in ((torch.tensor([[1, 2], [3, 4]]), "one sequence"), (np.array([1.0, 2.0]), "integers"),
+                       (torch.zeros(1, 1, 2, dtype=torch.long), "one sequence")):
+        with pytest.raises(amk.ArgumentError, match=match) as e:
+            amk.generate("toy", bad, max_new_tokens=3, device="cpu")
+        assert e.value.argument == "prompt"
