@@ -89,7 +89,7 @@ def _checked_config(config):
     """`config` parsed as evaluate parses it (a dict, JSON text or its UTF-8 bytes, a ScheduleConfig; None: the
     defaults), before the model loads: a key given twice in JSON text is a ConfigError, not its last value, and
     a string naming a file is pointed out."""
-    from amk.harness.verdict import parse_config
+    from amk.schedule.config_text import parse_config
 
     return None if config is None else parse_config(config)
 
@@ -136,7 +136,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     LoweringError for a `config` that does not parse or lower, ProgramError for one whose program does not validate."""
     import amk
     from amk.models import Model
-    from amk.models.registry import dtype_name, has_tokenizer, resolve_dtype
+    from amk.models.registry import dtype_name, has_tokenizer, model_shape, resolve_dtype
     from amk.vm.weights import pack_weights
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -155,7 +155,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         if isinstance(prompt, str) and not has_tokenizer(model):
             raise ArgumentError("prompt", f"model {str(model)!r} has no tokenizer: pass token ids")
         if ids is not None:  # the vocabulary is the config's: no weights needed
-            _check_ids(ids, amk.load_model(model, dtype=load_dtype, weights=False).dims.vocab)
+            _check_ids(ids, model_shape(model).vocab)
         with status(f"loading {model}"):
             model = amk.load_model(model, dtype=load_dtype, device=dev)
     elif dtype is not None and resolve_dtype(dtype) != model.dtype:
