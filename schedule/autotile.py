@@ -80,7 +80,9 @@ def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None, step
         units = range(0, -(-rows // rpu), w)  # units are the busiest, the last of them maybe short of rows
         steps = [sum(min(rpu, rows - u * rpu) * lpr for u in units[g:g + nr]) for g in range(0, len(units), nr)]
         return sum(max(n * load, step_floor) for n in steps)
-    s = chunks_per_row(rows, nvec, split)
+    s = 1
+    while rows * s < w * nr and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
+        s *= 2
     mine = -(-rows * s // w)  # units of the busiest warp
     lane_loads = -(-(nvec // s) // 32)  # lane 0's loads of one unit
 
@@ -90,27 +92,6 @@ def streamed_bytes(rows: int, k: int, nbytes: int, split: WarpSplit | None, step
 
     full, last = divmod(mine, nr)
     return full * group(nr) + (group(last) if last else 0.0)
-
-
-def _walk_steps(rows: int, nvec: int, s: int, split: WarpSplit) -> int:
-    mine = -(-rows * s // split.warps)
-    return -(-mine // split.rows_in_flight) * -(-(nvec // s) // (split.loads_in_flight * 32))
-
-
-def chunks_per_row(rows: int, nvec: int, split: WarpSplit) -> int:
-    """Chunks each of a register-path task's `rows` computed rows of `nvec` 16-byte vectors is cut into (vm/matvec.cuh
-    row_chunks): doubled while the rows leave warps without `rows_in_flight` units, then further while that takes
-    the busiest warp fewer steps (24 rows of two steps on 16 warps: four steps whole, three in halves). A chunk
-    stays at least a warp wide and divides the row."""
-    s = 1
-    while rows * s < split.warps * split.rows_in_flight and nvec % (2 * s) == 0 and nvec // (2 * s) >= 32:
-        s *= 2
-    t = 2 * s
-    while nvec % t == 0 and nvec // t >= 32:
-        if _walk_steps(rows, nvec, t, split) < _walk_steps(rows, nvec, s, split):
-            s = t
-        t *= 2
-    return s
 
 
 def short_row_units(rows: int, nvec: int, split: WarpSplit) -> tuple[int, int]:
@@ -139,7 +120,7 @@ class Tiling:
     gate_up_rows: int
     down_rows: int
     lm_head_rows: int
-    qkv_pairs: int
+    qkv_head_splits: int
     kv_partitions: int
 
 
@@ -179,50 +160,36 @@ def _matvec_rows(rows: int, k: int, nbytes: int, target: GpuTarget, split: WarpS
     return max(per for per, t in est.items() if t <= best + NEAR_BEST_US)
 
 
-def _qkv_stage_us(dims: ModelDims, pairs: int, nbytes: int, target: GpuTarget, split: WarpSplit | None) -> float:
-    """The QKV stage's estimate with tasks of `pairs` RoPE pairs in head order (0: whole heads)."""
+def qkv_head_splits(dims: ModelDims, nbytes: int, target: GpuTarget, can_split: bool, split: WarpSplit | None) -> int:
+    """Splits of each q/k/v head (RoPE pairs stay together) that minimise the QKV stage's estimate."""
     heads = dims.n_heads + 2 * dims.n_kv_heads
-    if pairs == 0:
-        return stage_us(heads, _priced(dims.head_dim, dims.hidden, nbytes, split, target), target)
-    total = heads * dims.head_dim // 2
-    return stage_us(-(-total // pairs), _priced(2 * pairs, dims.hidden, nbytes, split, target), target)
-
-
-def qkv_pairs(dims: ModelDims, nbytes: int, target: GpuTarget, can_split: bool, split: WarpSplit | None) -> int:
-    """RoPE pairs a QKV task takes across head boundaries (matvec.qkv.pairs_per_task; 0: whole heads), as
-    matvec_rows splits rows: the fewest tasks whose estimate is within NEAR_BEST_US of the best, tasks of at most
-    half a head's pairs, whole heads where half a head's pairs would do. Split tasks need not divide the heads:
-    llama-3.2-1b's 48 heads of 32 pairs on 132 SMs take 128 tasks of 12 pairs, 24 rows, three steps a warp in
-    half rows (chunks_per_row), where tasks of half a head took four."""
-    half = dims.head_dim // 2
-    if not can_split:
-        return 0
-    total = (dims.n_heads + 2 * dims.n_kv_heads) * half
-    cands = {-(-total // t) for t in range(1, min(total, 64 * target.sm_count) + 1)} & set(range(1, half + 1))
-    est = {n: _qkv_stage_us(dims, n, nbytes, target, split) for n in cands}
+    splits = [1]
+    while can_split and splits[-1] * 2 <= dims.head_dim // 2 and (dims.head_dim // 2) % (splits[-1] * 2) == 0:
+        splits.append(splits[-1] * 2)
+    est = {s: stage_us(heads * s, _priced(dims.head_dim // s, dims.hidden, nbytes, split, target), target) for s in splits}
     best = min(est.values())
-    n = max(n for n, t in est.items() if t <= best + NEAR_BEST_US)
-    return 0 if n == half else n
+    return min(s for s, t in est.items() if t <= best + NEAR_BEST_US)
 
 
-def fuse_rope(dims: ModelDims, nbytes: int, target: GpuTarget, split: WarpSplit | None, explicit_split: bool | None,
+def fuse_rope(dims: ModelDims, nbytes: int, target: GpuTarget, split: WarpSplit | None, explicit_splits: int | None,
               can_split: bool) -> bool:
     """Whether RoPE, the q/k norm and the KV append run in QKV's epilogue (fusion.rope_kv_into_qkv left null).
     Fused unless the model has a q/k norm, which needs each head whole in one task while fused: then unfused
-    where the config splits heads itself (`explicit_split`: True where head_splits > 1 or pairs_per_task > 0 is
-    given, False where whole heads are, None where neither is), or where QKV with its best split plus the
+    where the config splits heads itself (`explicit_splits` > 1), or where QKV with its best head split plus the
     stage that applies them (one task per KV head: a round of the fixed task cost) is estimated faster than QKV
     with whole heads. On qwen3-1.7b and qwen3-0.6b on an H200 unfused measured 0.89x the step of fused
     (bench/results/20261201-1733_h200_qk_norm_rope_unfused.json)."""
     if not dims.qk_norm:
         return True
-    if explicit_split is not None:
-        return not explicit_split
+    if explicit_splits is not None:
+        return explicit_splits == 1
     if not can_split:
         return True
-    whole = _qkv_stage_us(dims, 0, nbytes, target, split)
-    n = qkv_pairs(dims, nbytes, target, True, split)
-    apart = _qkv_stage_us(dims, n, nbytes, target, split) + stage_us(dims.n_kv_heads, 0, target)
+    heads = dims.n_heads + 2 * dims.n_kv_heads
+    whole = stage_us(heads, _priced(dims.head_dim, dims.hidden, nbytes, split, target), target)
+    s = qkv_head_splits(dims, nbytes, target, True, split)
+    apart = (stage_us(heads * s, _priced(dims.head_dim // s, dims.hidden, nbytes, split, target), target)
+             + stage_us(dims.n_kv_heads, 0, target))
     return whole <= apart + NEAR_BEST_US
 
 
@@ -337,7 +304,7 @@ def derive_tiling(dims: ModelDims, target: GpuTarget, nbytes: int, max_seq: int,
         gate_up_rows=matvec_rows(i, h, nbytes, target, split, paired=True, k_splits=ks.get("gate_up", 1)),
         down_rows=matvec_rows(h, i, nbytes, target, split, k_splits=ks.get("down", 1)),
         lm_head_rows=lm_head_rows(dims, target, nbytes, split, lm_rows_fit, ks.get("lm_head", 1)),
-        qkv_pairs=qkv_pairs(dims, nbytes, target, split_heads_ok, split),
+        qkv_head_splits=qkv_head_splits(dims, nbytes, target, split_heads_ok, split),
         kv_partitions=kv_partitions(dims, target, max_seq, partition_fits),
     )
 
@@ -357,11 +324,8 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     work = program_work_smem_bytes(config.smem_per_block, build)
     fits = _partition_fits(config, dims, nbytes, build, work)
     rope_fused = config.fusion.rope_kv_into_qkv
-    half = dims.head_dim // 2
-    given = q.pairs_per_task if q.pairs_per_task is not None else (
-        None if q.head_splits is None else 0 if q.head_splits == 1 else half // q.head_splits)
-    in_epilogue = rope_fused if rope_fused is not None else fuse_rope(
-        dims, nbytes, target, split, None if given is None else given > 0, shape_ok)
+    in_epilogue = rope_fused if rope_fused is not None else fuse_rope(dims, nbytes, target, split, q.head_splits,
+                                                                      shape_ok)
     folded = config.fusion.rope_kv_into_attention
     if folded is None:  # in place of the RoPE stage, where QKV's epilogue is not the better place
         parts = config.attention.kv_partitions
@@ -379,13 +343,11 @@ def resolve(config: ScheduleConfig, dims: ModelDims, nbytes: int, target: GpuTar
     values = {"fusion.rope_kv_into_attention": folded, "fusion.rope_kv_into_qkv": rope_fused,
               "matvec.o.rows_per_task": t.o_rows, "matvec.gate_up.rows_per_task": t.gate_up_rows,
               "matvec.down.rows_per_task": t.down_rows, "matvec.lm_head.rows_per_task": t.lm_head_rows,
-              "matvec.qkv.pairs_per_task": t.qkv_pairs if split_ok and given is None else given or 0,
+              "matvec.qkv.head_splits": t.qkv_head_splits if split_ok else 1,
               # RoPE in the attention needs its partition tasks: two at least where it is asked for
               "attention.kv_partitions": max(t.kv_partitions, 2) if folded and max_seq > 1 else t.kv_partitions}
     parts = config.attention.kv_partitions
     parts = values["attention.kv_partitions"] if parts is None else parts
-    pairs = values["matvec.qkv.pairs_per_task"]
-    values["matvec.qkv.head_splits"] = half // pairs if pairs and half % pairs == 0 else 1
     values["attention.q_splits"] = q_splits(dims, target, parts, config.attention.softmax)
     splits = config.attention.q_splits or values["attention.q_splits"]
     # 1 where no partition task runs, as q_splits: the knob acts on nothing there

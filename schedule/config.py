@@ -108,19 +108,8 @@ class QkvTiling:
     head_splits: int | None = knob(None, help="split each q/k/v head over this many QKV tasks; each takes rows i "
                                               "and i + head_dim/2 together, the pairs RoPE rotates (needs "
                                               "heads_per_task=1, k_splits=1 and, with RoPE fused, a model without "
-                                              "q/k norm; null: derived from the shape with pairs_per_task, 1 "
-                                              "where those do not hold or where the derived pairs cross heads)",
+                                              "q/k norm; null: derived from the shape, 1 where those do not hold)",
                                    minimum=1, maximum=32, search=[1, 2, 4])
-    pairs_per_task: int | None = knob(None, help="RoPE pairs (rows i and i + head_dim/2 of a head) one QKV task "
-                                                 "computes, taken in head order across head boundaries, so that "
-                                                 "QKV's tasks need not be a multiple of its heads; 0: whole heads "
-                                                 "(heads_per_task of them). More than 0 needs heads_per_task=1, "
-                                                 "k_splits=1, with RoPE fused a model without q/k norm, and "
-                                                 "head_splits null or 1 or giving the same tasks "
-                                                 "(head_dim/2/head_splits pairs) (null: head_dim/2/head_splits "
-                                                 "where head_splits is given, else derived from the shape and the "
-                                                 "SM count with head_splits)",
-                                      minimum=0, maximum=1 << 16, search=[0, 8, 12, 16, 24, 32])
     k_splits: int = knob(1, help="split the reduction dimension over this many tasks (a reduce task finishes)",
                          minimum=1, maximum=16, search=[1, 2, 4])
 

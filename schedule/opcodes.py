@@ -65,35 +65,13 @@ class DType(IntEnum):
 NO_BUFFER = -1
 
 
-def pair_row(p: int, pair: int) -> int:
-    """The weight (and output) row of a task's main row `p` under pair offset `pair` (vm/epilogue.cuh pair_row):
-    a paired role's rows come in blocks of 2 x pair, the first half of each computed as main rows and the second
-    their partners, `pair` on (SILU_MUL one block of gate then up rows; a split QKV each head, whose halves RoPE
-    pairs). A task's row0 and rows count main rows, so that a QKV task may take pairs of several heads."""
-    return p if pair == 0 or p < pair else p + (p // pair) * pair
-
-
-def pair_runs(row0: int, rows: int, pair: int) -> list[tuple[int, int]]:
-    """The contiguous runs (first row, rows) of a task's main rows [row0, row0 + rows) under pair offset `pair`
-    (pair_row), in order; each run's partners lie `pair` rows on. One run unless the rows cross a block."""
-    if pair == 0:
-        return [(row0, rows)]
-    out, p, end = [], row0, row0 + rows
-    while p < end:
-        n = min(end, (p // pair + 1) * pair) - p
-        out.append((pair_row(p, pair), n))
-        p += n
-    return out
-
-
 @dataclass(frozen=True)
 class EpilogueParams:
     kind: int
     out: int  # buffer id
     out_off: int  # element offset of row 0 in `out`
     bias: int = NO_BUFFER
-    pair_offset: int = 0  # SILU_MUL: rows of `up` start here; ROPE_KV (and a split QKV's STORE): head_dim/2,
-    #                       row0 and rows then count RoPE pairs (pair_row)
+    pair_offset: int = 0  # SILU_MUL: rows of `up` start here
     kcache: int = NO_BUFFER
     vcache: int = NO_BUFFER
     layer: int = 0

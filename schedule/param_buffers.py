@@ -52,20 +52,11 @@ def _rows(base: int, rows: int, pair: int) -> tuple[tuple[int, int], ...]:
     return ((base, rows), (base + pair, rows)) if pair else ((base, rows),)
 
 
-def _pair_spans(base: int, row0: int, rows: int, pair: int) -> tuple[tuple[int, int], ...]:
-    """A task's rows from element `base` on (oc.pair_runs: with a pair offset, its main rows' runs and each run's
-    partners `pair` further)."""
-    return tuple((base + pair * side + r, n) for r, n in oc.pair_runs(row0, rows, pair)
-                 for side in range(2 if pair else 1))
-
-
-def _holds_q(row0: int, rows: int, pair: int, c) -> bool:
-    """Whether a ROPE_KV task's rows (KV group by group: the group's q heads, then k, then v; with `pair`, RoPE
-    pairs [row0, row0 + rows) in head order, else rows) hold a q head's, on a program of constants `c`."""
+def _holds_q(row0: int, rows: int, c) -> bool:
+    """Whether QKV rows [row0, row0 + rows) (KV group by group: the group's q heads, then k, then v; a split head's
+    rows lie in one head) hold a q head's, on a program of constants `c`."""
     hd, per = c.head_dim, c.n_heads // c.n_kv_heads + 2
-    lo, hi = (oc.pair_row(row0, pair), oc.pair_row(row0 + max(rows, 1) - 1, pair) + pair) if pair \
-        else (row0, row0 + max(rows, 1) - 1)
-    return any(u % per < per - 2 for u in range(lo // hd, hi // hd + 1))
+    return any(u % per < per - 2 for u in range(row0 // hd, (row0 + max(rows, 1) - 1) // hd + 1))
 
 
 def _epilogue_writes(e: oc.EpilogueParams, row0: int, rows: int, c) -> list[ParamBuffer]:
@@ -74,12 +65,12 @@ def _epilogue_writes(e: oc.EpilogueParams, row0: int, rows: int, c) -> list[Para
     rows to `out` (every step, where its rows hold one) and its k and v heads' rows at the step's position."""
     kind = Epilogue(e.kind)
     if kind == Epilogue.ROPE_KV:
-        return (_named([("epi.out", e.out)], always=_holds_q(row0, rows, e.pair_offset, c))
+        return (_named([("epi.out", e.out)], always=_holds_q(row0, rows, c))
                 + _named([("epi.kcache", e.kcache), ("epi.vcache", e.vcache)], always=False))
     if e.out == NO_BUFFER:
         return []
     if kind == Epilogue.STORE:
-        span = _pair_spans(e.out_off, row0, rows, e.pair_offset)
+        span = _rows(e.out_off + row0, rows, e.pair_offset)
     elif kind == Epilogue.PARTIAL:
         span = _rows(e.out_off + e.split * e.split_stride + row0, rows, e.pair_offset)
     else:

@@ -210,12 +210,6 @@ def conflicts(config: ScheduleConfig) -> list[str]:
         out.append(f"matvec.qkv.head_splits={q.head_splits} needs matvec.qkv.heads_per_task=1")
     if _over1(q.head_splits) and _over1(q.k_splits):
         out.append(f"matvec.qkv.head_splits={q.head_splits} needs matvec.qkv.k_splits=1")
-    if _over0(q.pairs_per_task) and _over1(q.heads_per_task):
-        out.append(f"matvec.qkv.pairs_per_task={q.pairs_per_task} needs matvec.qkv.heads_per_task=1")
-    if _over0(q.pairs_per_task) and _over1(q.k_splits):
-        out.append(f"matvec.qkv.pairs_per_task={q.pairs_per_task} needs matvec.qkv.k_splits=1")
-    if q.pairs_per_task == 0 and _over1(q.head_splits):
-        out.append(f"matvec.qkv.pairs_per_task=0 (whole heads) disagrees with matvec.qkv.head_splits={q.head_splits}")
     f, a = config.fusion, config.attention
     if f.rope_kv_into_attention and f.rope_kv_into_qkv:
         out.append("fusion.rope_kv_into_attention=true needs fusion.rope_kv_into_qkv not true")
@@ -226,10 +220,6 @@ def conflicts(config: ScheduleConfig) -> list[str]:
 
 def _over1(v) -> bool:
     return v is not None and v > 1
-
-
-def _over0(v) -> bool:
-    return v is not None and v > 0
 
 
 def inert(config: ScheduleConfig, path: str, target: GpuTarget | None = None) -> bool:

@@ -197,9 +197,9 @@ class Tiler:
 
     def _row_tiles(self, role: str) -> list[tuple[int, int]]:
         rows, _, _, _ = self._shape(role)
-        if role == "qkv" and self.cfg.matvec.qkv.pairs_per_task:  # RoPE pairs [a, a + n) in head order
-            n, total = self.cfg.matvec.qkv.pairs_per_task, rows // 2
-            return [(p, min(n, total - p)) for p in range(0, total, n)]
+        if role == "qkv" and self.cfg.matvec.qkv.head_splits > 1:  # rows [a, a + n) with their pairs, per head
+            n = self.d.head_dim // 2 // self.cfg.matvec.qkv.head_splits
+            return [(r, n) for h in range(0, rows, self.d.head_dim) for r in range(h, h + self.d.head_dim // 2, n)]
         if role == "qkv":
             step = self.cfg.matvec.qkv.heads_per_task * self.d.head_dim
         else:
@@ -210,31 +210,21 @@ class Tiler:
         return lm_head_buffer(self.b) if role == "lm_head" else self.b[f"layers.{layer}.{role}"]
 
     def _qkv_pair(self) -> int:
-        """Row offset of the paired rows of a QKV task: head_dim/2 when tasks take RoPE pairs (a task's row0 and
-        rows then count pairs, vm/epilogue.cuh pair_row), else none. Raises LoweringError, naming
-        matvec.qkv.head_splits where it is given and pairs_per_task otherwise, for a split the other knobs or the
-        model rule out."""
+        """Row offset of the paired rows of a QKV task: head_dim/2 when heads are split, else none. Raises
+        LoweringError (naming matvec.qkv.head_splits) for a split the other knobs or the model rule out."""
         q, d = self.cfg.matvec.qkv, self.d
-        half = d.head_dim // 2
-        if q.head_splits > 1:
-            field, what = "matvec.qkv.head_splits", f"{q.head_splits} splits of a head"
-            if half % q.head_splits:
-                raise LoweringError(field, f"{q.head_splits} does not divide head_dim/2={half}")
-            if q.pairs_per_task != half // q.head_splits:
-                raise LoweringError("matvec.qkv.pairs_per_task",
-                                    f"{q.pairs_per_task} pairs a task disagrees with head_splits={q.head_splits} "
-                                    f"({half // q.head_splits} pairs a task); give one of them")
-        elif q.pairs_per_task == 0:
+        if q.head_splits == 1:
             return 0
-        else:
-            field, what = "matvec.qkv.pairs_per_task", f"{q.pairs_per_task} pairs a task"
+        field = "matvec.qkv.head_splits"
         if q.heads_per_task != 1:
-            raise LoweringError(field, f"{what} need heads_per_task=1, not {q.heads_per_task}")
+            raise LoweringError(field, f"{q.head_splits} splits of a head need heads_per_task=1, not {q.heads_per_task}")
         if q.k_splits != 1:
-            raise LoweringError(field, f"{what} need k_splits=1, not {q.k_splits}")
+            raise LoweringError(field, f"{q.head_splits} splits of a head need k_splits=1, not {q.k_splits}")
+        if (d.head_dim // 2) % q.head_splits:
+            raise LoweringError(field, f"{q.head_splits} does not divide head_dim/2={d.head_dim // 2}")
         if d.qk_norm and self.cfg.fusion.rope_kv_into_qkv:
             raise LoweringError(field, "the q/k norm fused into the QKV epilogue needs whole heads")
-        return half
+        return d.head_dim // 2
 
     def _work_smem(self) -> int:
         return program_work_smem_bytes(self.cfg.smem_per_block, self.build)
@@ -291,16 +281,12 @@ class Tiler:
                     reads += self._combined_input_reads(st, k0, klen, K)
                 if norm_w != oc.NO_BUFFER:
                     reads.append(Region(norm_w, 0, K))
-                runs = oc.pair_runs(row0, nrows, pair)
-                for r, n in runs:
-                    reads.append(Region(w, r * K + k0, (n - 1) * K + klen))
-                    if pair:
-                        reads.append(Region(w, (pair + r) * K + k0, (n - 1) * K + klen))
-                # the L2 prefetch (a hint, MAX_PREFETCH ranges) covers the main rows' runs in one range, their
-                # partners in another: one run each but where a QKV task's pairs cross heads
-                first, last = runs[0][0], runs[-1][0] + runs[-1][1] - 1
-                span = (last - first) * K + klen
-                pf = [Prefetch(w, first * K + k0, span)] + ([Prefetch(w, (pair + first) * K + k0, span)] if pair else [])
+                span = (nrows - 1) * K + klen
+                pf = [Prefetch(w, row0 * K + k0, span)]
+                reads.append(Region(w, row0 * K + k0, span))
+                if pair:
+                    pf.append(Prefetch(w, (pair + row0) * K + k0, span))
+                    reads.append(Region(w, (pair + row0) * K + k0, span))
                 wbytes = nrows * klen * nb * (2 if pair else 1)
                 out.append(TaskDraft(Opcode.MATVEC, p, reads, writes, pf, wbytes, groups, join))
                 self._check_matvec_smem(st, K if norm_w != oc.NO_BUFFER else klen, klen, nrows * (2 if pair else 1))
@@ -400,11 +386,11 @@ class Tiler:
         bias = self.b.get(f"layers.{layer}.qkv_bias") if st.role == "qkv" and kind != "partial" and st.kind != "rope_kv" \
             else oc.NO_BUFFER
         reads: list[Region] = []
-        runs = oc.pair_runs(row0, nrows, pair)
         if bias != oc.NO_BUFFER:
-            for r, n in runs:
-                reads += [Region(bias, r, n)] + ([Region(bias, pair + r, n)] if pair else [])
-        groups = self._groups(runs[0][0], runs[-1][0] + runs[-1][1] + pair - runs[0][0]) if st.role == "qkv" else ()
+            reads.append(Region(bias, row0, nrows))
+            if pair:
+                reads.append(Region(bias, pair + row0, nrows))
+        groups = self._groups(row0, nrows) if st.role == "qkv" else ()
         if kind == "partial":
             part = self.val(f"split.{st.role}", layer)
             stride = rows_total + pair
@@ -418,7 +404,7 @@ class Tiler:
             stored = {"qkv": "qkv_raw", "o": "o_out", "gate_up": "gu", "down": "d_out"}[st.role]
             o = self.val(stored, layer)
             epi = EpilogueParams(Epilogue.STORE, o.buffer, o.offset, bias=bias, pair_offset=pair)
-            writes = [self.region(o, pair * side + r, n) for r, n in runs for side in range(2 if pair else 1)]
+            writes = [self.region(o, row0, nrows)] + ([self.region(o, pair + row0, nrows)] if pair else [])
             return epi, writes, reads, groups
         if kind == "residual_add":
             x = self.val("x", -1)
@@ -440,11 +426,14 @@ class Tiler:
         raise LoweringError("fusion", f"no epilogue {kind!r}")
 
     def _rope_epilogue(self, layer, row0, nrows, bias, reads, groups, pair=0):
-        """RoPE + KV append of whole heads [row0, row0 + nrows), or with `pair` (head_dim/2) of RoPE pairs
-        [row0, row0 + nrows) in head order: main rows and their partners pair rows on (opcodes.pair_runs)."""
+        """RoPE + KV append of whole heads [row0, row0 + nrows), or with `pair` of rows [row0, row0 + nrows)
+        of one head and their partners pair rows on."""
         d = self.d
         hd = d.head_dim
-        if not pair and (row0 % hd or nrows % hd):
+        if pair:
+            if row0 % hd + nrows > pair:
+                raise LoweringError("matvec.qkv.head_splits", "a split QKV task must take rows below head_dim/2")
+        elif row0 % hd or nrows % hd:
             raise LoweringError("matvec.qkv.heads_per_task", "QKV tasks must cover whole heads")
         q = self.val("q", layer)
         qn = self.b.get(f"layers.{layer}.q_norm")
@@ -452,20 +441,18 @@ class Tiler:
         epi = EpilogueParams(Epilogue.ROPE_KV, q.buffer, q.offset, bias=bias, kcache=self.b["kcache"],
                              vcache=self.b["vcache"], layer=layer, qnorm=qn, knorm=kn, pair_offset=pair)
         writes: list[Region] = []
-        if pair:  # RoPE pairs [row0, row0 + nrows) in head order, run by run within a head (pair_runs)
-            for r, n in oc.pair_runs(row0, nrows, pair):
-                u, d0 = divmod(r, hd)
-                kind, h, g = self.unified_head(u)
-                if kind == "q":
-                    writes += [self.region(q, h * hd + d0, n), self.region(q, h * hd + d0 + pair, n)]
-                else:
-                    # The task writes columns d0.. and d0 + pair.. of the slab's row at the step's position, which
-                    # no range of the slab describes; its share of the slab in proportion to its pairs stands in
-                    # for them: the runs of a head are disjoint and together cover the slab, which every reader
-                    # reads whole.
-                    slab = self.kv_slab("kcache" if kind == "k" else "vcache", layer, g)
-                    per = slab.length // pair
-                    writes.append(Region(slab.buffer, slab.start + d0 * per, n * per))
+        if pair:
+            u, d0 = divmod(row0, hd)
+            kind, h, g = self.unified_head(u)
+            if kind == "q":
+                writes += [self.region(q, h * hd + d0, nrows), self.region(q, h * hd + d0 + pair, nrows)]
+            else:
+                # The task writes columns d0.. and d0 + pair.. of the slab's row at the step's position, which
+                # no range of the slab describes; its 1/splits share of the slab stands in for them: the
+                # splits of a head are disjoint and together cover the slab, which every reader reads whole.
+                slab = self.kv_slab("kcache" if kind == "k" else "vcache", layer, g)
+                share = slab.length // (pair // nrows)
+                writes.append(Region(slab.buffer, slab.start + d0 // nrows * share, share))
         else:
             for u in range(row0 // hd, (row0 + nrows) // hd):
                 kind, h, g = self.unified_head(u)

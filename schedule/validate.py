@@ -438,15 +438,15 @@ def _check_params(program, lay: _Layout, tids, a, rep: _Report) -> None:
                     f"{int(col['inp_parts'][k])} attention partitions with inp_slots={int(col['inp_slots'][k])} "
                     f"and needs {int(combine_need[k])} bytes of shared memory; {room}", tasks=(tid,))
     if "epi.kind" in ix and "row0" in ix:
-        # whole heads, or RoPE pairs in head order (row0 and rows count pairs, their partners half a head on)
+        # whole heads, or (a split head) rows inside the first half of one head with their partners half a head on
         r0, n, pair = col["row0"], col["rows"], col["epi.pair_offset"]
         whole = (pair == 0) & (r0 % hd == 0) & (n % hd == 0)
-        halves = (pair == hd // 2) & (n > 0) & (r0 >= 0) & (r0 + n <= (c.n_heads + 2 * c.n_kv_heads) * hd // 2)
+        halves = (pair == hd // 2) & (n > 0) & (r0 % hd + n <= hd // 2)
         rope = (col["epi.kind"] == Epilogue.ROPE_KV) & ~whole & ~halves
         for k in np.flatnonzero(rope):
             tid, a, m, po = int(tids[k]), int(r0[k]), int(n[k]), int(pair[k])
             rep.add(IssueKind.ABI, f"{rep.tname(tid)}: the ROPE_KV epilogue covers rows [{a}, {a + m}) with pair "
-                    f"offset {po}: neither whole heads of {hd} nor RoPE pairs of the heads with pair offset "
+                    f"offset {po}: neither whole heads of {hd} nor rows of one head's first half with pair offset "
                     f"{hd // 2}", tasks=(tid,))
 
 

@@ -70,17 +70,10 @@ __device__ void rope_pair(const Ctx& c, const EpilogueParams& e, int row, float 
   }
 }
 
-// The weight (and output) row of a task's main row p under pair offset P. A paired role's rows come in blocks
-// of 2P, the first P of each block computed as main rows and the last P their partners: SILU_MUL one block (gate
-// rows, then up rows), a split QKV's each head (its first half, then its second, the pairs RoPE rotates). A task's
-// row0 counts main rows, so that a QKV task may take pairs of several heads: row p of the main rows lies at
-// p + (p / P) * P. P = 0: row p.
-__device__ __forceinline__ int pair_row(int p, int P) { return P == 0 || p < P ? p : p + (p / P) * P; }
-
-// Where computed row i of a task of `rows` rows from row0 lies: main rows row0.., then, with a pair offset
-// (SILU_MUL's up rows, ROPE_KV's partner rows), each one's partner `pair` on (pair_row).
+// Where computed row i of a task of `rows` rows from row0 lies: rows [row0, row0 + rows), then, with a pair offset
+// (SILU_MUL's up rows, ROPE_KV's partner rows), the same rows `pair` on.
 __device__ __forceinline__ int computed_row(int i, int row0, int rows, int pair) {
-  return i < rows ? pair_row(row0 + i, pair) : pair + pair_row(row0 + (i - rows), pair);
+  return i < rows ? row0 + i : pair + row0 + (i - rows);
 }
 
 // One k-split's unrounded sums of a task's computed rows, `split` the split's rows from row0 on (its rows at row0
@@ -110,9 +103,8 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
   if (e.bias >= 0 && e.kind != EPI_PARTIAL) {
     const wtype* b = buf<wtype>(c, e.bias);
     for (int i = tid; i < rows; i += AMK_THREADS) {
-      const int r = pair_row(row0 + i, e.pair_offset);
-      acc[i] += to_f(b[r]);
-      if (e.pair_offset) acc[rows + i] += to_f(b[e.pair_offset + r]);
+      acc[i] += to_f(b[row0 + i]);
+      if (e.pair_offset) acc[rows + i] += to_f(b[e.pair_offset + row0 + i]);
     }
     block_sync();
   }
@@ -122,9 +114,8 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
 #if AMK_USES_EPI_STORE
     case EPI_STORE:
       for (int i = tid; i < rows; i += AMK_THREADS) {
-        const int r = pair_row(row0 + i, e.pair_offset);
-        stcg(out + e.out_off + r, rnd(acc[i]));
-        if (e.pair_offset) stcg(out + e.out_off + e.pair_offset + r, rnd(acc[rows + i]));
+        stcg(out + lo + i, rnd(acc[i]));
+        if (e.pair_offset) stcg(out + lo + e.pair_offset + i, rnd(acc[rows + i]));
       }
       break;
 #endif
@@ -189,9 +180,8 @@ __device__ void epilogue(const Ctx& c, const EpilogueParams& e, int row0, int ro
 #endif
 #if AMK_USES_EPI_ROPE_KV
     case EPI_ROPE_KV: {
-      if (e.pair_offset) {  // RoPE pairs, of one head or of several in head order
-        for (int i = tid; i < rows; i += AMK_THREADS)
-          rope_pair(c, e, pair_row(row0 + i, e.pair_offset), rnd(acc[i]), rnd(acc[rows + i]));
+      if (e.pair_offset) {  // rows of one head and their RoPE partners
+        for (int i = tid; i < rows; i += AMK_THREADS) rope_pair(c, e, row0 + i, rnd(acc[i]), rnd(acc[rows + i]));
         break;
       }
       const int lane = tid & 31, warp = tid >> 5;

@@ -24,22 +24,11 @@ __device__ __forceinline__ float dot_vec(const uint4& raw, const float* x, float
   return acc;
 }
 
-// Steps of the busiest warp when each of R rows of nvec vectors is cut into S chunks (matvec_walk's units).
-__device__ __forceinline__ int walk_steps(int R, int nvec, int S) {
-  const int mine = (R * S + NWARPS - 1) / NWARPS;
-  return (mine + AMK_ROWS_IN_FLIGHT - 1) / AMK_ROWS_IN_FLIGHT *
-         ((nvec / S + AMK_LOADS_IN_FLIGHT * 32 - 1) / (AMK_LOADS_IN_FLIGHT * 32));
-}
-
-// Split each row into S chunks (S divides the row's vectors, chunks at least a warp wide) so that there are
-// enough units to keep every warp streaming ROWS_IN_FLIGHT units at once; then more while that takes the busiest
-// warp fewer steps (24 rows of two steps on 16 warps: four steps whole, three in halves). Mirrored by
-// schedule/autotile.py chunks_per_row.
+// Split each row into S chunks (S divides the row's vectors, chunks at least a warp wide) so that there
+// are enough units to keep every warp streaming ROWS_IN_FLIGHT units at once.
 __device__ __forceinline__ int row_chunks(int R, int nvec) {
   int S = 1;
   while (R * S < NWARPS * AMK_ROWS_IN_FLIGHT && (nvec % (2 * S)) == 0 && nvec / (2 * S) >= 32) S *= 2;
-  for (int t = 2 * S; nvec % t == 0 && nvec / t >= 32; t *= 2)
-    if (walk_steps(R, nvec, t) < walk_steps(R, nvec, S)) S = t;
   return S;
 }
 
@@ -341,7 +330,7 @@ __device__ __forceinline__ WalkGroup walk_group(const MatvecWalk& w, int g) {
       continue;
     }
     const int cr = u >> w.sbits, ch = u & ((1 << w.sbits) - 1);
-    const int row = computed_row(cr, w.row0, w.rows, w.pair);
+    const int row = cr < w.rows ? w.row0 + cr : w.pair + w.row0 + (cr - w.rows);
     q.live[r] = j < w.mine;
     q.w[r] = w.W + row * w.kvec + ch * w.per + lane;
     q.x[r] = (ch * w.per + lane) * VEC;
@@ -389,7 +378,7 @@ __device__ __forceinline__ void short_load(const MatvecWalk& w, const WalkGroup&
     for (int k = 0; k < AMK_LOADS_IN_FLIGHT; ++k) {
       int cr, v;
       const bool ok = short_load_at(w, q, r, k, cr, v);
-      const int row = computed_row(cr, w.row0, w.rows, w.pair);
+      const int row = cr < w.rows ? w.row0 + cr : w.pair + w.row0 + (cr - w.rows);
       raw[r][k] = ok ? ld_stream(w.W + (long long)row * w.kvec + v) : make_uint4(0u, 0u, 0u, 0u);
     }
 }

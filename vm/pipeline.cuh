@@ -176,27 +176,26 @@ __device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigne
 }
 
 // Producer, one lane: the copies of page q of a task into `dst`, completing on `bar`. Whole rows of the full
-// width are two runs at most (the main rows, then the paired rows) where neither run crosses from one head's pairs
-// into the next (a QKV task of several heads' pairs); anything else is a copy a row.
+// width are two runs at most (the main rows, then the paired rows); anything else is a copy a row.
 __device__ __forceinline__ void issue_page(const MatvecParams& p, const PageTiling& t, const wtype* W, long long K,
                                            int q, unsigned dst, unsigned bar) {
   const PagePiece g = page_piece(t, p, q);
   const unsigned row_bytes = g.nc * (unsigned)sizeof(wtype);
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(g.nr * row_bytes) : "memory");
   const wtype* base = W + p.k0 + g.c0;
-  const int rows = p.rows, P = p.epi.pair_offset;
-  const int n1 = max(0, min(g.nr, rows - g.r0));  // main rows in this page
-  const int a = p.row0 + g.r0, b = p.row0 + max(0, g.r0 - rows);  // its first main row, its first partner's
-  // a run of main rows (or of partners) is contiguous unless it crosses into the next block of 2P (pair_row)
-  const bool runs = P == 0 || ((n1 == 0 || a % P + n1 <= P) && (g.nr == n1 || b % P + (g.nr - n1) <= P));
-  if (g.nc == K && runs) {
-    if (n1 > 0) bulk_copy(dst, base + (long long)pair_row(a, P) * K, n1 * row_bytes, bar);
-    if (g.nr > n1)
-      bulk_copy(dst + n1 * row_bytes, base + ((long long)P + pair_row(b, P)) * K, (g.nr - n1) * row_bytes, bar);
+  if (g.nc == K) {
+    const int rows = p.rows;
+    const int n1 = max(0, min(g.nr, rows - g.r0));  // main rows in this page
+    if (n1 > 0) bulk_copy(dst, base + ((long long)p.row0 + g.r0) * K, n1 * row_bytes, bar);
+    if (g.nr > n1) {
+      const long long first = (long long)p.epi.pair_offset + p.row0 + (g.r0 + n1 - rows);
+      bulk_copy(dst + n1 * row_bytes, base + first * K, (g.nr - n1) * row_bytes, bar);
+    }
     return;
   }
   for (int k = 0; k < g.nr; ++k) {
-    const long long row = computed_row(g.r0 + k, p.row0, rows, P);
+    const int lr = g.r0 + k;
+    const long long row = lr < p.rows ? (long long)p.row0 + lr : (long long)p.epi.pair_offset + p.row0 + (lr - p.rows);
     bulk_copy(dst + k * row_bytes, base + row * K, row_bytes, bar);
   }
 }

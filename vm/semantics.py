@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from amk.schedule.opcodes import NO_BUFFER, AttnCombineParams, Epilogue, Opcode, pair_runs
+from amk.schedule.opcodes import NO_BUFFER, AttnCombineParams, Epilogue, Opcode
 from amk.schedule.program import ProgramConstants
 
 from .tag_words import TagWords
@@ -94,10 +94,11 @@ class Semantics:
             x = self.words.read(mem, "H", p.k0, p.klen, p.inp_tag)
         else:
             x = mem[p.inp][p.inp_off + p.k0:p.inp_off + p.k0 + p.klen]
-        P = p.epi.pair_offset
-        runs = pair_runs(p.row0, p.rows, P)
-        acc = _gather(W, runs, 0)[:, p.k0:p.k0 + p.klen].float() @ x
-        accp = _gather(W, runs, P)[:, p.k0:p.k0 + p.klen].float() @ x if P else None
+        acc = W[p.row0:p.row0 + p.rows, p.k0:p.k0 + p.klen].float() @ x
+        accp = None
+        if p.epi.pair_offset:
+            r = p.epi.pair_offset + p.row0
+            accp = W[r:r + p.rows, p.k0:p.k0 + p.klen].float() @ x
         j = p.join
         if not j.active:
             self.epilogue(mem, p.epi, p.row0, p.rows, acc, accp)
@@ -148,21 +149,16 @@ class Semantics:
 
     def epilogue(self, mem: Memory, e, row0: int, rows: int, acc: torch.Tensor, accp: torch.Tensor | None) -> None:
         kind = Epilogue(e.kind)
-        P = e.pair_offset
-        runs = pair_runs(row0, rows, P)  # a split QKV's pairs may cross heads; every other role is one run
         if e.bias != NO_BUFFER and kind != Epilogue.PARTIAL:
-            acc = acc + _gather(mem[e.bias], runs, 0).float()
+            acc = acc + mem[e.bias][row0:row0 + rows].float()
             if accp is not None:
-                accp = accp + _gather(mem[e.bias], runs, P).float()
+                accp = accp + mem[e.bias][e.pair_offset + row0:e.pair_offset + row0 + rows].float()
         out = mem[e.out]
         lo = e.out_off + row0
         if kind == Epilogue.STORE:
-            i = 0
-            for r, n in runs:
-                out[e.out_off + r:e.out_off + r + n] = self.rnd(acc[i:i + n])
-                if accp is not None:
-                    out[e.out_off + P + r:e.out_off + P + r + n] = self.rnd(accp[i:i + n])
-                i += n
+            out[lo:lo + rows] = self.rnd(acc)
+            if accp is not None:
+                out[lo + e.pair_offset:lo + e.pair_offset + rows] = self.rnd(accp)
         elif kind == Epilogue.PARTIAL:
             self.store_partials(out, e.out_off + e.split * e.split_stride + row0, e.pair_offset, acc, accp)
         elif kind == Epilogue.RESIDUAL_ADD:
@@ -184,10 +180,7 @@ class Semantics:
             pairs[2 * e.argmax_slot] = v[i]
             pairs[2 * e.argmax_slot + 1] = float(row0 + i)
         elif kind == Epilogue.ROPE_KV and accp is not None:
-            a, b, i = self.rnd(acc), self.rnd(accp), 0
-            for r, n in runs:
-                self.rope_kv_pairs(mem, e, r, n, a[i:i + n], b[i:i + n])
-                i += n
+            self.rope_kv_pairs(mem, e, row0, rows, self.rnd(acc), self.rnd(accp))
         elif kind == Epilogue.ROPE_KV:
             self.rope_kv(mem, e, row0, rows, self.rnd(acc))
         else:
@@ -223,9 +216,8 @@ class Semantics:
         return self.rnd(self.rnd(h * cos) + self.rnd(rot * sin))
 
     def rope_kv_pairs(self, mem: Memory, e, row0: int, rows: int, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Rows [row0, row0 + rows) of one head's first half (a) and their partners head_dim/2 on (b), one run of
-        a task's RoPE pairs (pair_runs): RoPE rotates each pair on its own, so a head split this way gives what
-        the whole head gives (no q/k norm here)."""
+        """Rows [row0, row0 + rows) of one head (a) and their partners head_dim/2 on (b): RoPE rotates each
+        pair on its own, so a head split this way gives what the whole head gives (no q/k norm here)."""
         c = self.c
         hd, G, half = c.head_dim, c.n_heads // c.n_kv_heads, c.head_dim // 2
         u, d0 = divmod(row0, hd)
@@ -406,11 +398,3 @@ class Semantics:
         # NaN logits (a race the poison exposed) leave no maximum: keep the step alive so verify reports them
         tok = int(ties.min()) if ties.numel() else 0
         mem[p.token][0] = tok
-
-
-def _gather(t: torch.Tensor, runs: list[tuple[int, int]], shift: int) -> torch.Tensor:
-    """The rows (or elements) of `t` in `runs` (pair_runs' (first, count)), each run `shift` on, in order."""
-    if len(runs) == 1:
-        r, n = runs[0]
-        return t[shift + r:shift + r + n]
-    return torch.cat([t[shift + r:shift + r + n] for r, n in runs])

@@ -171,8 +171,7 @@ def _verify_configs(model, target, configs) -> None:
 # weight pages: whole rows a page and rows cut into pages, k-splits, depths, page sizes, and copies in flight (all
 # of the pages, 2 of 4, 4 of 10, 1 of 3)
 PIPELINE_CONFIGS = [
-    {"pipeline": {"pages": 2, "page_kb": 8}, "pipelining_depth": 0,
-     "matvec": {"qkv": {"pairs_per_task": 5}}},  # a page's rows across a head boundary: a copy a row
+    {"pipeline": {"pages": 2, "page_kb": 8}, "pipelining_depth": 0},
     {"pipeline": {"pages": 4, "page_kb": 16, "inflight_kb": 0}, "pipelining_depth": 2,
      "matvec": {"down": {"rows_per_task": 8, "k_splits": 2}, "gate_up": {"rows_per_task": 128}}},
     {"pipeline": {"pages": 10, "page_kb": 16, "inflight_kb": 64}, "smem_per_block": 223 * 1024, "pipelining_depth": 8,
@@ -234,9 +233,6 @@ SPLIT_HEAD_CONFIGS = [  # split QKV heads at a few step shapes of the register p
      "build": {"rows_in_flight": 2, "loads_in_flight": 2}},
     {"matvec": {"qkv": {"head_splits": 4}, "down": {"rows_per_task": 8, "k_splits": 2}},
      "build": {"rows_in_flight": 4, "loads_in_flight": 1}},
-    # RoPE pairs across head boundaries (vm/epilogue.cuh pair_row): fused, and stored for a RoPE stage
-    {"matvec": {"qkv": {"pairs_per_task": 5}}, "build": {"rows_in_flight": 2}},
-    {"matvec": {"qkv": {"pairs_per_task": 11}}, "fusion": {"rope_kv_into_qkv": False}},
 ]
 
 
