@@ -111,6 +111,43 @@ def _checked_model(model):
     return model
 
 
+def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, target, config, dev: str):
+    """(program, notes) of a generation of `ids` and `max_new_tokens` on `model` (its config and dims: weights are
+    not needed): the ids checked against the vocabulary, the positions against `max_seq` (ContextError), the
+    program lowered and validated (ProgramError) and its KV cache checked against the device's free memory
+    (ArgumentError naming max_seq where it was given, max_new_tokens where it was derived)."""
+    import amk
+    from amk.harness.environment import Device
+    from amk.harness.evaluate import check_kv_memory
+
+    _check_ids(ids, model.dims.vocab)
+    need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
+    # by default no more positions than the model's context, unless the tokens asked for need more (noted below)
+    given_max_seq = max_seq
+    max_seq = max_seq or min(max(model.dims.max_positions, need), max(256, 1 << (need - 1).bit_length()))
+    if need > max_seq:
+        raise ContextError(f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens need {need} positions, "
+                           f"the program holds {max_seq} (max_seq)", needed=need, max_seq=max_seq)
+    notes = []
+    if need > model.dims.max_positions:  # RoPE and the KV cache run on; the model was not trained that far
+        notes.append(f"the prompt and new tokens take {need} positions, past the model's {model.dims.max_positions} "
+                     "(max_position_embeddings): the tokens past them are computed as transformers would, but the "
+                     "model was not trained on that context")
+    with status(f"lowering {model.name} for {target.name}"):
+        program = amk.lower(model, target, config, max_seq=max_seq)
+    check = amk.validate(program, target)
+    if not check.ok:
+        raise ProgramError(f"the schedule does not validate: {check.first_message()}")
+    try:  # a cache past the memory would end the process unnamed
+        check_kv_memory(program, Device(dev), copies=1)
+    except ArgumentError as e:
+        if given_max_seq is not None:
+            raise
+        raise ArgumentError("max_new_tokens", f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens: "
+                                              f"{str(e).removeprefix('max_seq: ')}") from None
+    return program, notes
+
+
 def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str = "auto", gpu=None,
              max_seq: int | None = None, stop_at_eos: bool = True, dtype=None) -> Generation:
     """Prefill `prompt` (text, or token ids: a list, tuple or range, a 1-D tensor or numpy array, or a tokenizer's
@@ -133,10 +170,12 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     `device` (not auto, cpu or cuda), `gpu` (not a target name, GpuTarget, None or "auto"); UnknownTargetError for a
     GPU target name not registered; EnvironmentProblem for device="cuda" without a usable GPU; ContextError
     when the prompt and new tokens need more positions than `max_seq`; ConfigError (before the model loads) or
-    LoweringError for a `config` that does not parse or lower, ProgramError for one whose program does not validate."""
+    LoweringError for a `config` that does not parse or lower, ProgramError for one whose program does not validate.
+    With token ids every one of these comes before the weights load (the config and dims suffice); with text, the
+    tokenizer needs the model first."""
     import amk
     from amk.models import Model
-    from amk.models.registry import dtype_name, has_tokenizer, model_shape, resolve_dtype
+    from amk.models.registry import dtype_name, has_tokenizer, resolve_dtype
     from amk.vm.weights import pack_weights
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -154,47 +193,27 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         load_dtype = dtype or ("bf16" if dev == "cuda" else "fp32")
         if isinstance(prompt, str) and not has_tokenizer(model):
             raise ArgumentError("prompt", f"model {str(model)!r} has no tokenizer: pass token ids")
-        if ids is not None:  # the vocabulary is the config's: no weights needed
-            _check_ids(ids, model_shape(model).vocab)
-        with status(f"loading {model}"):
-            model = amk.load_model(model, dtype=load_dtype, device=dev)
-    elif dtype is not None and resolve_dtype(dtype) != model.dtype:
-        with status(f"casting {model.name} to {dtype_name(dtype)}"):
-            model = model.cast(dtype)
+        shape = amk.load_model(model, dtype=load_dtype, device=dev, weights=False)  # the config: no weights
+        name = model
+    else:
+        if dtype is not None and resolve_dtype(dtype) != model.dtype:
+            with status(f"casting {model.name} to {dtype_name(dtype)}"):
+                model = model.cast(dtype)
+        shape = name = model
+    plan = None
+    if ids is not None:  # token ids: every check, the lowering included, before the weights load
+        plan = _plan(shape, ids, max_new_tokens, max_seq, target, config, dev)
+    if not isinstance(model, Model):
+        with status(f"loading {name}"):
+            model = amk.load_model(name, dtype=load_dtype, device=dev)
     if isinstance(prompt, str):
         if model.tokenizer is None and model.tokenizer_error is not None:
             raise model.tokenizer_error
         if model.tokenizer is None:
             raise ArgumentError("prompt", f"model {model.name!r} has no tokenizer: pass token ids")
         ids = model.tokenizer(prompt)["input_ids"]
-    _check_ids(ids, model.dims.vocab)
-    need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
-    # by default no more positions than the model's context, unless the tokens asked for need more (noted below)
-    given_max_seq = max_seq
-    max_seq = max_seq or min(max(model.dims.max_positions, need), max(256, 1 << (need - 1).bit_length()))
-    if need > max_seq:
-        raise ContextError(f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens need {need} positions, "
-                           f"the program holds {max_seq} (max_seq)", needed=need, max_seq=max_seq)
-    notes = []
-    if need > model.dims.max_positions:  # RoPE and the KV cache run on; the model was not trained that far
-        notes.append(f"the prompt and new tokens take {need} positions, past the model's {model.dims.max_positions} "
-                     "(max_position_embeddings): the tokens past them are computed as transformers would, but the "
-                     "model was not trained on that context")
-    with status(f"lowering {model.name} for {target.name}"):
-        program = amk.lower(model, target, config, max_seq=max_seq)
-    check = amk.validate(program, target)
-    if not check.ok:
-        raise ProgramError(f"the schedule does not validate: {check.first_message()}")
-    from amk.harness.environment import Device
-    from amk.harness.evaluate import check_kv_memory
-
-    try:  # a cache past the memory would end the process unnamed
-        check_kv_memory(program, Device(dev), copies=1)
-    except ArgumentError as e:
-        if given_max_seq is not None:
-            raise
-        raise ArgumentError("max_new_tokens", f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens: "
-                                              f"{str(e).removeprefix('max_seq: ')}") from None
+        plan = _plan(model, ids, max_new_tokens, max_seq, target, config, dev)
+    program, notes = plan
     with status("packing the weights"):
         weights = pack_weights(model.eager, program, device=dev)
     t0 = time.perf_counter()

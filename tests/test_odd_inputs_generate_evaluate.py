@@ -10,6 +10,7 @@ import torch
 from _cli import cli_json
 
 import amk
+from amk.schedule.errors import LoweringError
 
 run = cli_json
 
@@ -76,6 +77,18 @@ def test_generate_refuses_bad_prompt_ids_before_the_weights_load(prompt, no_mode
     with pytest.raises(amk.ArgumentError) as e:
         amk.generate("toy", prompt, device="cpu")
     assert e.value.argument == "prompt"
+
+
+def test_generate_plans_token_ids_whole_before_the_weights_load(no_model_load):
+    """With token ids, a max_seq too small, a config that does not lower and a KV cache past the memory are refused
+    from the config alone (each came after the weights loaded)."""
+    with pytest.raises(amk.ContextError, match="need 11 positions, the program holds 8"):
+        amk.generate("toy", [1, 2], max_new_tokens=10, max_seq=8, device="cpu")
+    with pytest.raises(LoweringError, match="matvec.qkv.head_splits"):
+        amk.generate("toy", [1, 2], device="cpu", config={"matvec": {"qkv": {"head_splits": 3}}})
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.generate("toy", [1, 2], device="cpu", max_seq=1 << 40)
+    assert e.value.argument == "max_seq"
 
 
 def test_generate_names_prompt_ids_outside_the_vocabulary_on_the_cli_before_the_weights_load(capsys, no_model_load):
