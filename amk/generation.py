@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from amk.harness.arguments import check_dtype, check_flag, check_max_seq, check_model_weights
+from amk.harness.arguments import check_dtype, check_flag, check_max_seq, check_model_weights, integral
 from amk.progress import bar, status
 from amk.schedule.errors import ArgumentError, ContextError, ProgramError
 
@@ -178,6 +178,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     from amk.models.registry import dtype_name, has_tokenizer, resolve_dtype
     from amk.vm.weights import pack_weights
 
+    max_new_tokens, max_seq = integral(max_new_tokens), integral(max_seq)  # a numpy integer is the int it holds
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ArgumentError("max_new_tokens", f"expected a positive integer, got {max_new_tokens!r}")
     check_max_seq(max_seq)

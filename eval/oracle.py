@@ -189,11 +189,12 @@ def _check_machine(device, vm, seed, runner):
     """`device`, "auto" made the device it picks. ArgumentError naming `vm`, `device` or `seed` for a value verify
     cannot run with, and EnvironmentProblem for a CUDA device this machine lacks: each is the caller's setting,
     never a failed case of the program."""
-    from amk.harness.arguments import check_seed
+    from amk.harness.arguments import check_seed, integral
     from amk.harness.environment import resolve_device
 
     if vm not in ("reference", "cuda"):
         raise ArgumentError("vm", f"expected 'reference' (the ReferenceVM) or 'cuda' (the megakernel), got {vm!r}")
+    seed = integral(seed)  # a numpy integer is the int it holds
     check_seed(seed)
     if runner is None:  # a given runner holds its own device
         picked = resolve_device(device)

@@ -130,3 +130,29 @@ def test_prompt_ids_as_a_notebook_holds_them():
         with pytest.raises(amk.ArgumentError, match=match) as e:
             amk.generate("toy", bad, max_new_tokens=3, device="cpu")
         assert e.value.argument == "prompt"
+
+
+def test_numpy_integers_are_taken_as_the_ints_they_hold(tmp_path):
+    """A sweep's numpy integers (seed, max_seq, max_new_tokens, budget) were refused as no integers; they are
+    taken as ints, and the verdict written with them is JSON. A numpy bool is still no integer."""
+    import json
+
+    import numpy as np
+
+    kw = {"device": "cpu", "measure": False, "corpus": str(tmp_path / "c.jsonl")}
+    v = amk.evaluate("toy", "cpu-sim", {}, seed=np.int64(1), max_seq=np.int32(64), **kw)
+    want = amk.evaluate("toy", "cpu-sim", {}, seed=1, max_seq=64, **kw)
+    assert v["correct"] is True and json.loads(json.dumps(v))["program_fingerprint"] == want["program_fingerprint"]
+    assert v["program_fingerprint"] != amk.evaluate("toy", "cpu-sim", {}, seed=1, max_seq=32, **kw)["program_fingerprint"]
+    a, b = amk.load_model("toy", seed=np.uint8(3)), amk.load_model("toy", seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.eager.state_dict().values(), b.eager.state_dict().values()))
+    kw = {"device": "cpu", "stop_at_eos": False}
+    assert (amk.generate("toy", [1, 2], max_new_tokens=np.int64(3), max_seq=np.int64(16), **kw).tokens
+            == amk.generate("toy", [1, 2], max_new_tokens=3, max_seq=16, **kw).tokens)
+    assert amk.propose("toy", "cpu-sim", corpus=None, max_seq=np.int64(64))["max_seq"] == 64
+    summary = amk.loop("toy", "cpu-sim", budget=np.int64(1), workers=np.int64(1), max_reverts=np.int64(3),
+                       seed=np.int64(2), device="cpu", results=str(tmp_path / "r.tsv"), corpus=str(tmp_path / "l.jsonl"))
+    assert summary["trials"] == 1
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.evaluate("toy", "cpu-sim", {}, device="cpu", seed=np.bool_(True), measure=False)
+    assert e.value.argument == "seed"

@@ -49,6 +49,17 @@ def check_flag(name: str, value) -> None:
         raise ArgumentError(name, f"expected True or False, got {value!r}")
 
 
+def integral(value):
+    """`value` as a Python int where it is an integer of another type (numpy's int64 from a sweep, a torch
+    integer's item), so that the checks and the JSON written take it as the int it is; anything else (a bool
+    included) unchanged, for the checks to refuse by name."""
+    import numbers
+
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool | int):
+        return int(value)
+    return value
+
+
 def _whole(name: str, value, least: int, optional: bool) -> None:
     if value is None and optional:
         return

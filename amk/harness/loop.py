@@ -71,6 +71,7 @@ from .arguments import (
     check_loop_arguments,
     check_model_weights,
     check_seed,
+    integral,
     search_settings,
     user_path,
 )
@@ -145,6 +146,9 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     UnknownModelError / UnknownTargetError, and UnsupportedModelError for a model the CUDA kernel does not build
     in this dtype when the device is a GPU (vm/loader.py check_head_row), before any trial. LoopInterrupted (a
     KeyboardInterrupt carrying the summary) after SIGINT or SIGTERM, once the trial in flight is written."""
+    # a numpy integer is the int it holds
+    seed, budget, workers, builders, max_reverts, max_seq = map(integral, (seed, budget, workers, builders,
+                                                                         max_reverts, max_seq))
     check_seed(seed)
     settings = search_settings(settings)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,

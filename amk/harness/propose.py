@@ -12,7 +12,7 @@ from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ArgumentError, ConfigError
 from amk.schedule.space import space_dicts
 
-from .arguments import check_corpus, check_max_seq, user_path
+from .arguments import check_corpus, check_max_seq, integral, user_path
 from .environment import Device, cuda_usable, get_model, resolve_target
 from .schema import schema_path
 from .verdict import parse_config
@@ -175,6 +175,7 @@ def run_context(model, dtype: str, max_seq: int | None) -> tuple[int, int]:
     from amk.schedule.cost import bench_context
     from amk.schedule.lower import DEFAULT_MAX_SEQ, check_rope_context
 
+    max_seq = integral(max_seq)  # a numpy integer is the int it holds
     check_max_seq(max_seq)
     shape = model if isinstance(model, Model) else get_model(model_label(model), dtype, Device.CPU, weights=False)
     check_rope_context(shape, max_seq)
