@@ -185,7 +185,11 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
 
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray not installed (pip install -e '.[ray]')")
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    # both runs at once: each mostly waits on Ray's start-up
     p = _amk("loop", "--model", "toy", "--workers", "2", "--budget", "4", "--json", cwd=tmp_path)
+    q = _amk("-q", "loop", "--model", "toy", "--workers", "2", "--budget", "2", "--json", cwd=quiet)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     s = json.loads(out)
@@ -196,11 +200,8 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     assert len(rows) == 4 and len({r["program_fingerprint"] for r in rows}) == 4
     assert open(tmp_path / "results.tsv").read().count("trial\t") == 1
     assert len(load_records(tmp_path / "corpus.jsonl")) == len(read_rows(tmp_path / "results.tsv"))
-    quiet = tmp_path / "quiet"
-    quiet.mkdir()
-    p = _amk("-q", "loop", "--model", "toy", "--workers", "2", "--budget", "2", "--json", cwd=quiet)
-    out, err = p.communicate(timeout=600)
-    assert p.returncode == 0 and "[worker " not in err, err[-3000:]  # -q: the workers' trial lines too
+    out, err = q.communicate(timeout=600)
+    assert q.returncode == 0 and "[worker " not in err, err[-3000:]  # -q: the workers' trial lines too
     one = subprocess.run([sys.executable, "-c", "import sys, amk.harness.loop, amk.cli; assert 'ray' not in sys.modules"],
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr  # one worker and the CPU path never import Ray
