@@ -153,6 +153,10 @@ def test_numpy_integers_are_taken_as_the_ints_they_hold(tmp_path):
     summary = amk.loop("toy", "cpu-sim", budget=np.int64(1), workers=np.int64(1), max_reverts=np.int64(3),
                        seed=np.int64(2), device="cpu", results=str(tmp_path / "r.tsv"), corpus=str(tmp_path / "l.jsonl"))
     assert summary["trials"] == 1
+    from amk.harness.arguments import search_settings
+
+    settings = search_settings({"population": np.int64(8), "measure_per_round": np.int16(2), "epsilon": 0.1})
+    assert (settings.population, settings.measure_per_round) == (8, 2) and type(settings.population) is int
     with pytest.raises(amk.ArgumentError) as e:
         amk.evaluate("toy", "cpu-sim", {}, device="cpu", seed=np.bool_(True), measure=False)
     assert e.value.argument == "seed"

@@ -273,6 +273,8 @@ def search_settings(settings):
     if not isinstance(settings, SearchSettings):
         raise ArgumentError("settings", f"expected a SearchSettings (amk.harness.search.policy), a dict of its "
                                         f"fields or None, got {type(settings).__name__} ({settings!r:.60})")
+    settings = dataclasses.replace(settings, **{f: integral(getattr(settings, f)) for f in (
+        "population", "measure_per_round", "parents", "remeasure_every")})  # a numpy integer is the int it holds
     _whole("settings.population", settings.population, 0, optional=False)
     _whole("settings.measure_per_round", settings.measure_per_round, 1, optional=False)
     _whole("settings.parents", settings.parents, 0, optional=False)
