@@ -111,6 +111,16 @@ def _checked_model(model):
     return model
 
 
+def _check_positions(ids: list[int], max_new_tokens: int, max_seq: int | None, vocab: int) -> None:
+    """The ids against the vocabulary (ArgumentError naming prompt) and, where `max_seq` is given, the positions
+    they and the new tokens take against it (ContextError; a derived max_seq holds them)."""
+    _check_ids(ids, vocab)
+    need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
+    if max_seq is not None and need > max_seq:
+        raise ContextError(f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens need {need} positions, "
+                           f"the program holds {max_seq} (max_seq)", needed=need, max_seq=max_seq)
+
+
 def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, target, config, dev: str):
     """(program, notes) of a generation of `ids` and `max_new_tokens` on `model` (its config and dims: weights are
     not needed): the ids checked against the vocabulary, the positions against `max_seq` (ContextError), the
@@ -120,14 +130,11 @@ def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, targe
     from amk.harness.environment import Device
     from amk.harness.evaluate import check_kv_memory
 
-    _check_ids(ids, model.dims.vocab)
+    _check_positions(ids, max_new_tokens, max_seq, model.dims.vocab)
     need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
     # by default no more positions than the model's context, unless the tokens asked for need more (noted below)
     given_max_seq = max_seq
     max_seq = max_seq or min(max(model.dims.max_positions, need), max(256, 1 << (need - 1).bit_length()))
-    if need > max_seq:
-        raise ContextError(f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens need {need} positions, "
-                           f"the program holds {max_seq} (max_seq)", needed=need, max_seq=max_seq)
     notes = []
     if need > model.dims.max_positions:  # RoPE and the KV cache run on; the model was not trained that far
         notes.append(f"the prompt and new tokens take {need} positions, past the model's {model.dims.max_positions} "
@@ -171,11 +178,13 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     GPU target name not registered; EnvironmentProblem for device="cuda" without a usable GPU; ContextError
     when the prompt and new tokens need more positions than `max_seq`; ConfigError (before the model loads) or
     LoweringError for a `config` that does not parse or lower, ProgramError for one whose program does not validate.
-    With token ids every one of these comes before the weights load (the config and dims suffice); with text, the
-    tokenizer needs the model first."""
+    With token ids every one of these comes before the weights load, from the config and dims, but for the GGUF
+    model, whose lowering and memory check wait for its one parse (the ids and max_seq are checked before it); a
+    loaded Model cast to `dtype` has its ids and max_seq checked before the copy. With text, the tokenizer needs
+    the model first."""
     import amk
     from amk.models import Model
-    from amk.models.registry import dtype_name, has_tokenizer, resolve_dtype
+    from amk.models.registry import dtype_name, has_tokenizer, model_shape, reads_config_only, resolve_dtype
     from amk.vm.weights import pack_weights
 
     max_new_tokens, max_seq = integral(max_new_tokens), integral(max_seq)  # a numpy integer is the int it holds
@@ -189,24 +198,26 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     config = _checked_config(config)
     model = _checked_model(model)
     ids = None if isinstance(prompt, str) else _token_ids(prompt)
+    plan = None
     if not isinstance(model, Model):  # a name or path
         # refused before the model loads (seconds to minutes of weights)
         load_dtype = dtype or ("bf16" if dev == "cuda" else "fp32")
         if isinstance(prompt, str) and not has_tokenizer(model):
             raise ArgumentError("prompt", f"model {str(model)!r} has no tokenizer: pass token ids")
-        shape = amk.load_model(model, dtype=load_dtype, device=dev, weights=False)  # the config: no weights
-        name = model
-    else:
-        if dtype is not None and resolve_dtype(dtype) != model.dtype:
-            with status(f"casting {model.name} to {dtype_name(dtype)}"):
-                model = model.cast(dtype)
-        shape = name = model
-    plan = None
-    if ids is not None:  # token ids: every check, the lowering included, before the weights load
-        plan = _plan(shape, ids, max_new_tokens, max_seq, target, config, dev)
-    if not isinstance(model, Model):
-        with status(f"loading {name}"):
-            model = amk.load_model(name, dtype=load_dtype, device=dev)
+        if ids is not None:
+            _check_positions(ids, max_new_tokens, max_seq, model_shape(model).vocab)
+            if reads_config_only(model):  # the lowering too, from the config (not the GGUF: parsed twice)
+                plan = _plan(amk.load_model(model, dtype=load_dtype, device=dev, weights=False), ids,
+                             max_new_tokens, max_seq, target, config, dev)
+        with status(f"loading {model}"):
+            model = amk.load_model(model, dtype=load_dtype, device=dev)
+    elif dtype is not None and resolve_dtype(dtype) != model.dtype:
+        if ids is not None:  # before the weights are copied
+            _check_positions(ids, max_new_tokens, max_seq, model.dims.vocab)
+        with status(f"casting {model.name} to {dtype_name(dtype)}"):
+            model = model.cast(dtype)
+    if ids is not None and plan is None:
+        plan = _plan(model, ids, max_new_tokens, max_seq, target, config, dev)
     if isinstance(prompt, str):
         if model.tokenizer is None and model.tokenizer_error is not None:
             raise model.tokenizer_error

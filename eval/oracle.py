@@ -156,6 +156,9 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
         raise ArgumentError("model", f"expected a model loaded with its weights (amk.load_model), got {_short(model)}"
                             + (" loaded with weights=False" if hasattr(model, "dims") else ""))
     _check_lowered_for(program, model)
+    from amk.harness.arguments import integral
+
+    seed = integral(seed)  # a numpy integer is the int it holds, here and in the VM it seeds
     device = _check_machine(device, vm, seed, runner)
     for name, flag in (("validated", validated), ("adversarial", adversarial)):
         if not isinstance(flag, bool):  # a truthy string would skip the validator, or draw SMs at random, unasked
@@ -189,12 +192,11 @@ def _check_machine(device, vm, seed, runner):
     """`device`, "auto" made the device it picks. ArgumentError naming `vm`, `device` or `seed` for a value verify
     cannot run with, and EnvironmentProblem for a CUDA device this machine lacks: each is the caller's setting,
     never a failed case of the program."""
-    from amk.harness.arguments import check_seed, integral
+    from amk.harness.arguments import check_seed
     from amk.harness.environment import resolve_device
 
     if vm not in ("reference", "cuda"):
         raise ArgumentError("vm", f"expected 'reference' (the ReferenceVM) or 'cuda' (the megakernel), got {vm!r}")
-    seed = integral(seed)  # a numpy integer is the int it holds
     check_seed(seed)
     if runner is None:  # a given runner holds its own device
         picked = resolve_device(device)

@@ -157,6 +157,41 @@ def test_numpy_integers_are_taken_as_the_ints_they_hold(tmp_path):
 
     settings = search_settings({"population": np.int64(8), "measure_per_round": np.int16(2), "epsilon": 0.1})
     assert (settings.population, settings.measure_per_round) == (8, 2) and type(settings.population) is int
+    with pytest.raises(amk.ArgumentError) as e:  # a round of 2**64 candidates never ended, SIGTERM unheard
+        search_settings({"population": np.uint64(2**64 - 1)})
+    assert e.value.argument == "settings.population"
+    model = amk.load_model("toy")
+    program = amk.lower(model, "cpu-sim", None, max_seq=64)
+    assert amk.verify(program, model, cases="smoke", seed=np.int64(0))  # the VM it seeds takes it too
     with pytest.raises(amk.ArgumentError) as e:
         amk.evaluate("toy", "cpu-sim", {}, device="cpu", seed=np.bool_(True), measure=False)
     assert e.value.argument == "seed"
+
+
+def test_generate_checks_ids_before_a_cast_and_parses_the_gguf_once(monkeypatch):
+    """A loaded Model cast to another dtype had its ids and max_seq checked only after its weights were copied;
+    the GGUF model was parsed (and hashed) for the lowering and again for the weights."""
+    from amk.models import Model
+
+    model = amk.load_model("toy")
+
+    def cast(self, dtype):
+        raise AssertionError("cast before the ids and max_seq were checked")
+    monkeypatch.setattr(Model, "cast", cast)
+    with pytest.raises(amk.ContextError):
+        amk.generate(model, [1, 2], max_new_tokens=4, max_seq=2, device="cpu", dtype="bf16")
+    with pytest.raises(amk.ArgumentError) as e:
+        amk.generate(model, [1, 392], device="cpu", dtype="bf16")
+    assert e.value.argument == "prompt"
+    calls = []
+
+    class Loaded(Exception):
+        pass
+
+    def load(name, **kwargs):
+        calls.append(kwargs.get("weights", True))
+        raise Loaded
+    monkeypatch.setattr(amk, "load_model", load)
+    with pytest.raises(Loaded):
+        amk.generate("smollm2-135m-instruct", [1, 2], max_new_tokens=1, device="cpu")
+    assert calls == [True]  # the weights load alone: the ids were checked against the stand-in config's vocabulary

@@ -14,6 +14,7 @@ from amk.schedule.errors import ArgumentError
 
 CASE_SETS = ("full", "reduced")
 SEED_LIMIT = 2**63  # seeds go to torch.manual_seed, a signed 64-bit integer
+MAX_ROUND = 1 << 16  # candidates (and parents) a search round may ask for: the default asks 64
 
 
 def check_seed(seed) -> None:
@@ -60,11 +61,12 @@ def integral(value):
     return value
 
 
-def _whole(name: str, value, least: int, optional: bool) -> None:
+def _whole(name: str, value, least: int, optional: bool, most: int | None = None) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least or most is not None and value > most:
         bound = "a positive integer" if least == 1 else f"an integer of at least {least}"
+        bound += f" and at most {most}" if most is not None else ""
         raise ArgumentError(name, f"expected {bound}{' or None' if optional else ''}, got {value!r}")
 
 
@@ -275,9 +277,10 @@ def search_settings(settings):
                                         f"fields or None, got {type(settings).__name__} ({settings!r:.60})")
     settings = dataclasses.replace(settings, **{f: integral(getattr(settings, f)) for f in (
         "population", "measure_per_round", "parents", "remeasure_every")})  # a numpy integer is the int it holds
-    _whole("settings.population", settings.population, 0, optional=False)
-    _whole("settings.measure_per_round", settings.measure_per_round, 1, optional=False)
-    _whole("settings.parents", settings.parents, 0, optional=False)
+    # a round's candidates are generated and ranked in memory: 2**64 of them would never end a round
+    _whole("settings.population", settings.population, 0, optional=False, most=MAX_ROUND)
+    _whole("settings.measure_per_round", settings.measure_per_round, 1, optional=False, most=MAX_ROUND)
+    _whole("settings.parents", settings.parents, 0, optional=False, most=MAX_ROUND)
     _whole("settings.remeasure_every", settings.remeasure_every, 1, optional=False)
     eps = settings.epsilon
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps <= 1:  # NaN fails the range

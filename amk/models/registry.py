@@ -198,6 +198,13 @@ def check_model_name(name_or_path, argument: str = "model") -> None:
         raise UnknownModelError(key, builtin_names(), where)
 
 
+def reads_config_only(name_or_path) -> bool:
+    """Whether load_model(name_or_path, weights=False) reads a config alone: False for the GGUF model, whose
+    metadata parse and file hash take seconds, as long as a second of the weights load (model_shape has its
+    shape without them)."""
+    return builtin_key(name_or_path) != _GGUF_NAME
+
+
 def has_tokenizer(name_or_path) -> bool:
     """Whether load_model(name_or_path) comes with a tokenizer, told without loading it: the GGUF model's is in
     its file, a checkpoint directory has one when it holds a tokenizer file, a built-in random model never does.
