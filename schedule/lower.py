@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import numbers
 
 from .assign import assign_sms
 from .autotile import max_head_warps
@@ -34,6 +35,8 @@ def lower(model, target: GpuTarget | str, config: ScheduleConfig | dict | None =
     dynamic RoPE), ConfigError naming a config field, and LoweringError for a config this model cannot take."""
     if not isinstance(getattr(model, "dims", None), ModelDims) or not hasattr(model, "dtype"):
         raise ArgumentError("model", f"expected a model from amk.load_model(name or path), got {model!r:.80}")
+    if isinstance(max_seq, numbers.Integral) and not isinstance(max_seq, bool | int):
+        max_seq = int(max_seq)  # a numpy integer is the int it holds, as evaluate and generate take it
     check_rope_context(model, max_seq)
     return lower_dims(model.dims, _dtype_of(model), target, config, max_seq=max_seq,
                       name=getattr(model, "name", "model"))

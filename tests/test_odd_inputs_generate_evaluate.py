@@ -151,17 +151,22 @@ def test_numpy_integers_are_taken_as_the_ints_they_hold(tmp_path):
             == amk.generate("toy", [1, 2], max_new_tokens=3, max_seq=16, **kw).tokens)
     assert amk.propose("toy", "cpu-sim", corpus=None, max_seq=np.int64(64))["max_seq"] == 64
     summary = amk.loop("toy", "cpu-sim", budget=np.int64(1), workers=np.int64(1), max_reverts=np.int64(3),
-                       seed=np.int64(2), device="cpu", results=str(tmp_path / "r.tsv"), corpus=str(tmp_path / "l.jsonl"))
+                       seed=np.int64(2), minutes=np.float32(5), device="cpu", results=str(tmp_path / "r.tsv"), corpus=str(tmp_path / "l.jsonl"))
     assert summary["trials"] == 1
     from amk.harness.arguments import search_settings
 
-    settings = search_settings({"population": np.int64(8), "measure_per_round": np.int16(2), "epsilon": 0.1})
-    assert (settings.population, settings.measure_per_round) == (8, 2) and type(settings.population) is int
+    settings = search_settings({"population": np.int64(8), "measure_per_round": np.int16(2),
+                                "epsilon": np.float32(0.25)})
+    assert (settings.population, settings.measure_per_round, settings.epsilon) == (8, 2, 0.25)
+    assert type(settings.population) is int and type(settings.epsilon) is float
     with pytest.raises(amk.ArgumentError) as e:  # a round of 2**64 candidates never ended, SIGTERM unheard
         search_settings({"population": np.uint64(2**64 - 1)})
     assert e.value.argument == "settings.population"
     model = amk.load_model("toy")
     program = amk.lower(model, "cpu-sim", None, max_seq=64)
+    assert amk.lower(model, "cpu-sim", None, max_seq=np.int64(64)).fingerprint() == program.fingerprint()
+    assert amk.evaluate("toy", "cpu-sim", {}, device="cpu", measure=False, corpus=None,
+                        stop_above_us=np.int64(10**6))["correct"] is True
     assert amk.verify(program, model, cases="smoke", seed=np.int64(0))  # the VM it seeds takes it too
     with pytest.raises(amk.ArgumentError) as e:
         amk.evaluate("toy", "cpu-sim", {}, device="cpu", seed=np.bool_(True), measure=False)

@@ -61,6 +61,16 @@ def integral(value):
     return value
 
 
+def real(value):
+    """`value` as a Python float where it is a real number of another type (numpy's float32 or int64 from a
+    sweep); a Python int or float, a bool and anything else unchanged, for the checks to take or refuse by name."""
+    import numbers
+
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | int | float):
+        return float(value)
+    return value
+
+
 def _whole(name: str, value, least: int, optional: bool, most: int | None = None) -> None:
     if value is None and optional:
         return
@@ -276,7 +286,8 @@ def search_settings(settings):
         raise ArgumentError("settings", f"expected a SearchSettings (amk.harness.search.policy), a dict of its "
                                         f"fields or None, got {type(settings).__name__} ({settings!r:.60})")
     settings = dataclasses.replace(settings, **{f: integral(getattr(settings, f)) for f in (
-        "population", "measure_per_round", "parents", "remeasure_every")})  # a numpy integer is the int it holds
+        "population", "measure_per_round", "parents", "remeasure_every")},  # a numpy integer is the int it holds
+        epsilon=real(settings.epsilon))
     # a round's candidates are generated and ranked in memory: 2**64 of them would never end a round
     _whole("settings.population", settings.population, 0, optional=False, most=MAX_ROUND)
     _whole("settings.measure_per_round", settings.measure_per_round, 1, optional=False, most=MAX_ROUND)

@@ -40,6 +40,7 @@ from .arguments import (
     check_model_weights,
     check_seed,
     integral,
+    real,
     user_path,
 )
 from .calibration import calibrate_file
@@ -113,6 +114,7 @@ def evaluate(model, gpu, config, device: str = "auto", cases=None, seed: int = 0
     from that one repeat, `timed_repeats` is 1 and `latency_spread_us` null (the search passes a bound well
     above its best config: a clearly slower config needs no spread to be discarded)."""
     seed, max_seq = integral(seed), integral(max_seq)  # a numpy integer is the int it holds
+    stop_above_us = real(stop_above_us)
     if stop_above_us is not None and (isinstance(stop_above_us, bool) or not isinstance(stop_above_us, int | float)
                                       or not stop_above_us > 0):
         raise ArgumentError("stop_above_us", f"expected a positive number of microseconds, got {stop_above_us!r}")

@@ -72,6 +72,7 @@ from .arguments import (
     check_model_weights,
     check_seed,
     integral,
+    real,
     search_settings,
     user_path,
 )
@@ -149,6 +150,7 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     # a numpy integer is the int it holds
     seed, budget, workers, builders, max_reverts, max_seq = map(integral, (seed, budget, workers, builders,
                                                                          max_reverts, max_seq))
+    minutes = real(minutes)
     check_seed(seed)
     settings = search_settings(settings)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,
