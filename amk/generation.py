@@ -204,11 +204,11 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         load_dtype = dtype or ("bf16" if dev == "cuda" else "fp32")
         if isinstance(prompt, str) and not has_tokenizer(model):
             raise ArgumentError("prompt", f"model {str(model)!r} has no tokenizer: pass token ids")
-        if ids is not None:
+        if ids is not None and reads_config_only(model):  # the lowering too, from the config alone
+            plan = _plan(amk.load_model(model, dtype=load_dtype, device=dev, weights=False), ids, max_new_tokens,
+                         max_seq, target, config, dev)
+        elif ids is not None:  # the GGUF model: its stand-in config's shape, as its parse waits for the weights
             _check_positions(ids, max_new_tokens, max_seq, model_shape(model).vocab)
-            if reads_config_only(model):  # the lowering too, from the config (not the GGUF: parsed twice)
-                plan = _plan(amk.load_model(model, dtype=load_dtype, device=dev, weights=False), ids,
-                             max_new_tokens, max_seq, target, config, dev)
         with status(f"loading {model}"):
             model = amk.load_model(model, dtype=load_dtype, device=dev)
     elif dtype is not None and resolve_dtype(dtype) != model.dtype:

@@ -260,11 +260,8 @@ def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", w
     value (fields.FIELDS) or a quantization_config (AMK runs dense fp32, fp16 or bf16 weights only); and
     CheckpointError naming the file and field for a checkpoint that cannot be loaded as it is (a field missing, a
     size below 1 or past its bound, weights that do not match the config)."""
-    from amk.harness.arguments import (  # the one seed rule evaluate and loop check
-        check_flag,
-        check_seed,
-        integral,
-    )
+    # the one seed rule evaluate and loop check too
+    from amk.harness.arguments import check_flag, check_seed, integral
 
     check_model_name(name_or_path, "name_or_path")
     check_flag("weights", weights)  # "no" would load them
