@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from amk.harness.arguments import SEED_LIMIT
+from amk.harness.arguments import SEED_LIMIT, integral
 from amk.schedule.errors import ArgumentError, ContextError
 
 
@@ -19,6 +19,12 @@ class VerifyCase:
     generate: int = 0  # then this many greedy tokens, compared token for token
     seed: int = 0
     scaled_from: str = ""  # the full-size case this one was cut down from to fit a short context
+
+    def __post_init__(self):
+        # a numpy integer from a sweep is the int it holds (as every other integer argument takes it), so that the
+        # field checks, the case's seed and its JSON see an int; anything else stays for check_case_fields to refuse
+        for field in _FIELD_LEAST:
+            object.__setattr__(self, field, integral(getattr(self, field)))
 
     @property
     def positions(self) -> int:

@@ -77,13 +77,20 @@ def test_the_cli_takes_max_seq_and_says_the_context(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["max_seq"] == 64
 
 
-def test_a_kv_cache_past_the_memory_stops_the_loop_before_any_trial(tmp_path):
+@pytest.mark.parametrize("max_seq", [2**40, 2**64 - 1])
+def test_a_kv_cache_past_the_memory_stops_the_loop_before_any_trial(tmp_path, max_seq):
     # as evaluate refuses it: every trial would otherwise be a crash row, and the loop would report ok
     res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
     with pytest.raises(ArgumentError) as e:
-        amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, max_seq=2**40)
+        amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, max_seq=max_seq)
     assert e.value.argument == "max_seq" and "GiB of KV cache" in str(e.value)
     assert not res.exists() and not cor.exists()
+    # propose refuses the same start (it offered it as given), and evaluate too
+    for call in (lambda: amk.propose("toy", "cpu-sim", corpus=None, max_seq=max_seq),
+                 lambda: amk.evaluate("toy", "cpu-sim", {}, max_seq=max_seq)):
+        with pytest.raises(ArgumentError) as e:
+            call()
+        assert e.value.argument == "max_seq" and "GiB of KV cache" in str(e.value)
 
 
 def test_a_given_incumbent_gets_the_notes_evaluate_would_give_it():

@@ -78,3 +78,20 @@ def test_the_largest_seed_the_argument_check_takes_gives_cases_it_takes_too():
         cases = default_cases(512, reduced=reduced, seed=SEED_LIMIT - 1)
         assert cases and all(0 <= c.seed < SEED_LIMIT for c in cases)
         assert len({c.seed for c in cases}) == len({c.seed for c in default_cases(512, reduced=reduced, seed=7)})
+
+
+def test_numpy_integer_fields_are_the_ints_they_hold():
+    """A case built from a sweep's numpy integers verifies as the same case of ints (it was refused by name); a
+    numpy bool is still no integer."""
+    import json
+
+    import numpy as np
+
+    case = VerifyCase("greedy", np.int64(2), np.int32(1), generate=np.int64(2), seed=np.uint16(3))
+    assert case == VerifyCase("greedy", 2, 1, generate=2, seed=3)
+    assert all(type(getattr(case, f)) is int for f in ("prefix_len", "tokens", "generate", "seed"))
+    json.dumps(case.to_dict())
+    v = amk.evaluate("toy", "cpu-sim", {}, cases=[case])
+    assert v["valid"] and v["correct"] and v["cases_passed"] == 1, v["failures"]
+    with pytest.raises(amk.ArgumentError, match=r"cases\[0\]\.tokens"):
+        amk.evaluate("toy", "cpu-sim", {}, cases=[VerifyCase("b", 0, np.bool_(True))])

@@ -103,6 +103,7 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     if isinstance(model, Model):
         run_dtype = dtype_name(model.dtype)
     seq, context = run_context(model, run_dtype, max_seq)
+    check_kv_fits(model, target, run_dtype, seq)
     verdict = None
     if incumbent is not None:
         try:
@@ -181,6 +182,20 @@ def run_context(model, dtype: str, max_seq: int | None) -> tuple[int, int]:
     check_rope_context(shape, max_seq)
     seq = int(max_seq or min(shape.dims.max_positions, DEFAULT_MAX_SEQ))
     return seq, bench_context(seq)
+
+
+def check_kv_fits(model, target, dtype: str, max_seq: int) -> None:
+    """ArgumentError naming max_seq where the KV cache of `max_seq` positions does not fit the memory free on the
+    device a loop here would run on (evaluate.check_kv_memory on the default config's program, as loop checks it
+    before its first trial): a start that loop and evaluate refuse is not offered."""
+    from amk.models import Model
+    from amk.schedule.lower import lower
+
+    from .environment import resolve_device
+    from .evaluate import check_kv_memory
+
+    shape = model if isinstance(model, Model) else get_model(model_label(model), dtype, Device.CPU, weights=False)
+    check_kv_memory(lower(shape, target, ScheduleConfig(), max_seq=max_seq), resolve_device("auto"))
 
 
 def derived_tiling(model, target, cfg: ScheduleConfig, dtype: str | None = None, max_seq: int | None = None) -> dict:
