@@ -111,14 +111,16 @@ def _checked_model(model):
     return model
 
 
-def _check_positions(ids: list[int], max_new_tokens: int, max_seq: int | None, vocab: int) -> None:
-    """The ids against the vocabulary (ArgumentError naming prompt) and, where `max_seq` is given, the positions
-    they and the new tokens take against it (ContextError; a derived max_seq holds them)."""
+def _check_positions(ids: list[int], max_new_tokens: int, max_seq: int | None, vocab: int) -> int:
+    """The KV positions the ids and the new tokens take, after checking the ids against the vocabulary
+    (ArgumentError naming prompt) and, where `max_seq` is given, the positions against it (ContextError; a
+    derived max_seq holds them)."""
     _check_ids(ids, vocab)
     need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
     if max_seq is not None and need > max_seq:
         raise ContextError(f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens need {need} positions, "
                            f"the program holds {max_seq} (max_seq)", needed=need, max_seq=max_seq)
+    return need
 
 
 def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, target, config, dev: str):
@@ -130,8 +132,7 @@ def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, targe
     from amk.harness.environment import Device
     from amk.harness.evaluate import check_kv_memory
 
-    _check_positions(ids, max_new_tokens, max_seq, model.dims.vocab)
-    need = len(ids) + max_new_tokens - 1  # the last new token is not fed back: it takes no KV position
+    need = _check_positions(ids, max_new_tokens, max_seq, model.dims.vocab)
     # by default no more positions than the model's context, unless the tokens asked for need more (noted below)
     given_max_seq = max_seq
     max_seq = max_seq or min(max(model.dims.max_positions, need), max(256, 1 << (need - 1).bit_length()))

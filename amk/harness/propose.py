@@ -85,9 +85,10 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     `loop --max-seq` takes it (default: the model's context, at most 2048); `context` is the KV length its
     latencies are taken at (schedule.cost.bench_context), and only records timed there (or not saying) rank,
     so that propose offers the start `loop` takes. ArgumentError (naming `max_seq`) for one that is not a
-    positive int, past a dynamic RoPE's positions, or whose KV cache the free memory here cannot hold twice. `incumbent` (dict, JSON string or ScheduleConfig) wins when
-    given; a malformed one raises ConfigError, since the caller asked for it by name, and one that does not lower
-    and validate for the model on `gpu` ArgumentError naming `incumbent`. ArgumentError (naming `dtype`) for a
+    positive int, past a dynamic RoPE's positions, or whose KV cache the free memory here cannot hold twice.
+    `incumbent` (dict, JSON string or ScheduleConfig) wins when given; a malformed one raises ConfigError, since
+    the caller asked for it by name, and one that does not lower and validate for the model on `gpu`
+    ArgumentError naming `incumbent`. ArgumentError (naming `dtype`) for a
     dtype AMK does not run, or one other than a loaded Model's."""
     from amk.models import Model
     from amk.models.registry import dtype_name
