@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import stat
 import struct
 import tempfile
 import threading
@@ -337,13 +338,21 @@ class Cache:
             if payload is None:
                 layer = "file"
                 try:
-                    f = open(path, "rb")
+                    # non-blocking: a FIFO left where an entry belongs opens at once (to be discarded), not when a
+                    # writer comes
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
                 except FileNotFoundError:
                     raise
                 except OSError as e:  # a file where a directory belongs, no permission: the cache dir, not the entry
                     raise self._dir_error(path, e) from e
-                with f:
-                    st = os.fstat(f.fileno())
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    os.close(fd)
+                    if stat.S_ISDIR(st.st_mode):  # not the entry's to remove: named, as the cache dir's problem
+                        raise self._dir_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
+                    # a device or a FIFO (or a link to one): read, it would never end
+                    raise CorruptEntryError(f"{path}: not a regular file (mode {stat.filemode(st.st_mode)})")
+                with open(fd, "rb") as f:
                     payload = _unpack(f.read(), path, kind, key)
             value = decode(payload)  # memory too: callers may validate differently than at put
         except FileNotFoundError:

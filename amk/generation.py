@@ -126,11 +126,12 @@ def _check_positions(ids: list[int], max_new_tokens: int, max_seq: int | None, v
 def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, target, config, dev: str):
     """(program, notes) of a generation of `ids` and `max_new_tokens` on `model` (its config and dims: weights are
     not needed): the ids checked against the vocabulary, the positions against `max_seq` (ContextError), the
-    program lowered and validated (ProgramError) and its KV cache checked against the device's free memory
-    (ArgumentError naming max_seq where it was given, max_new_tokens where it was derived)."""
+    program lowered, its context checked against the target (the kernel's offsets, the GPU's memory) and its KV
+    cache against the device's free memory (ArgumentError naming max_seq where it was given, max_new_tokens where
+    it was derived), and the program validated (ProgramError)."""
     import amk
     from amk.harness.environment import Device
-    from amk.harness.evaluate import check_kv_memory
+    from amk.harness.evaluate import check_context, check_kv_memory
 
     need = _check_positions(ids, max_new_tokens, max_seq, model.dims.vocab)
     # by default no more positions than the model's context, unless the tokens asked for need more (noted below)
@@ -143,16 +144,17 @@ def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, targe
                      "model was not trained on that context")
     with status(f"lowering {model.name} for {target.name}"):
         program = amk.lower(model, target, config, max_seq=max_seq)
-    check = amk.validate(program, target)
-    if not check.ok:
-        raise ProgramError(f"the schedule does not validate: {check.first_message()}")
     try:  # a cache past the memory would end the process unnamed
+        check_context(program, target)  # before the validator, which would blame the config
         check_kv_memory(program, Device(dev), copies=1)
     except ArgumentError as e:
         if given_max_seq is not None:
             raise
         raise ArgumentError("max_new_tokens", f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens: "
                                               f"{str(e).removeprefix('max_seq: ')}") from None
+    check = amk.validate(program, target)
+    if not check.ok:
+        raise ProgramError(f"the schedule does not validate: {check.first_message()}")
     return program, notes
 
 

@@ -286,7 +286,10 @@ def model_key(model: str) -> str:
     absolute path (`../ck/tiny`, `/abs/ck/tiny/` and `ck/tiny` are one model), any other name as it is."""
     if not model:  # Path("") is the working directory
         return model
-    path = Path(model).expanduser()
+    try:
+        path = Path(model).expanduser()
+    except RuntimeError:  # `~user/...` naming no user of this machine: no directory, so a name as it is
+        return model
     return str(path.resolve()) if path.is_dir() else model
 
 

@@ -16,6 +16,8 @@ class GpuTarget:
     l2_bytes: int
     arch: str  # nvrtc arch, e.g. sm_90
     max_threads_per_block: int = 1024
+    # device memory in bytes, the total the driver reports (nvidia-smi); None: unknown, not checked
+    memory_bytes: int | None = None
 
     @property
     def lacks_bulk_copies(self) -> bool:
@@ -31,14 +33,14 @@ _MB = 1024 * 1024
 TARGETS: dict[str, GpuTarget] = {
     t.name: t
     for t in [
-        GpuTarget("h100-sxm", 132, 3350.0, 227 * 1024, 50 * _MB, "sm_90"),
-        GpuTarget("h100-pcie", 114, 2000.0, 227 * 1024, 50 * _MB, "sm_90"),
-        GpuTarget("h200", 132, 4800.0, 227 * 1024, 60 * _MB, "sm_90"),
-        GpuTarget("a100-80gb", 108, 2039.0, 163 * 1024, 40 * _MB, "sm_80"),
-        GpuTarget("l4", 58, 300.0, 99 * 1024, 48 * _MB, "sm_89"),
-        GpuTarget("rtx4090", 128, 1008.0, 99 * 1024, 72 * _MB, "sm_89"),
-        GpuTarget("rtx5090", 170, 1792.0, 99 * 1024, 96 * _MB, "sm_120"),
-        GpuTarget("b200", 148, 8000.0, 227 * 1024, 126 * _MB, "sm_100"),
+        GpuTarget("h100-sxm", 132, 3350.0, 227 * 1024, 50 * _MB, "sm_90", memory_bytes=81559 * _MB),
+        GpuTarget("h100-pcie", 114, 2000.0, 227 * 1024, 50 * _MB, "sm_90", memory_bytes=81559 * _MB),
+        GpuTarget("h200", 132, 4800.0, 227 * 1024, 60 * _MB, "sm_90", memory_bytes=143771 * _MB),
+        GpuTarget("a100-80gb", 108, 2039.0, 163 * 1024, 40 * _MB, "sm_80", memory_bytes=81920 * _MB),
+        GpuTarget("l4", 58, 300.0, 99 * 1024, 48 * _MB, "sm_89", memory_bytes=23034 * _MB),
+        GpuTarget("rtx4090", 128, 1008.0, 99 * 1024, 72 * _MB, "sm_89", memory_bytes=24564 * _MB),
+        GpuTarget("rtx5090", 170, 1792.0, 99 * 1024, 96 * _MB, "sm_120", memory_bytes=32607 * _MB),
+        GpuTarget("b200", 148, 8000.0, 227 * 1024, 126 * _MB, "sm_100", memory_bytes=183359 * _MB),
         # A CPU stand-in: the toy loop on a machine with no GPU lowers for a small SM count. Its block runs the
         # default 96 KiB beside the kernel's static shared memory.
         GpuTarget("cpu-sim", 8, 50.0, 100 * 1024, 8 * _MB, "none"),
@@ -96,4 +98,5 @@ def detect_target(device_index: int | None = None) -> GpuTarget:
         smem_per_block_max=smem,
         l2_bytes=l2,
         arch=f"sm_{props.major}{props.minor}",
+        memory_bytes=int(props.total_memory),
     )

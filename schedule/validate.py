@@ -226,6 +226,32 @@ def _validate(program, target, rep: _Report) -> None:
 
 
 # ---- 1. structure -----------------------------------------------------------------------------------
+def context_problems(program, target) -> list[str]:
+    """Why the program's max_seq cannot run on `target` (a GpuTarget or None), one message a reason, each starting
+    "N positions:": past the kernel's int arithmetic (the attention's score offsets, n_heads * max_seq, are int),
+    or buffers past the target's device memory (a scratch value placed in an arena counted once; the weights, the
+    KV cache, the RoPE tables and the scratch, not the allocator's or the CUDA context's own). Empty when it can."""
+    c = program.constants
+    out = []
+    if c.n_heads * c.max_seq > oc.INT32_MAX:
+        out.append(f"{c.max_seq} positions: {c.n_heads} q heads x max_seq = {c.n_heads * c.max_seq} attention "
+                   f"scores, past the int32 offsets the kernel takes them at")
+    memory = getattr(target, "memory_bytes", None)
+    if memory:
+        need = sum(b.nbytes for b in program.buffers if b.kind != BufferKind.SCRATCH or b.arena == oc.NO_BUFFER)
+        if need > memory:
+            kv = sum(b.nbytes for b in program.buffers if b.kind == BufferKind.KV)
+            out.append(f"{c.max_seq} positions: the program's buffers need {need / 2**30:.1f} GiB "
+                       f"({kv / 2**30:.1f} GiB of it the KV cache), past {target.name}'s {memory / 2**30:.1f} GiB "
+                       f"of device memory")
+    return out
+
+
+def _check_context(program, target, rep: _Report) -> None:
+    for message in context_problems(program, target):
+        rep.add(IssueKind.ABI, f"max_seq: {message}")
+
+
 def _check_structure(program, target, rep: _Report) -> None:
     tasks, queues = program.tasks, program.queues
     n, nsm = len(tasks), len(queues)
@@ -244,6 +270,7 @@ def _check_structure(program, target, rep: _Report) -> None:
         rep.add(IssueKind.ABI, f"threads_per_block={tpb!r} is not a multiple of 32 in [128, 1024]")
     elif target is not None and tpb > target.max_threads_per_block:
         rep.add(IssueKind.ABI, f"threads_per_block={tpb} exceeds {target.name}'s {target.max_threads_per_block}")
+    _check_context(program, target, rep)
     if target is not None:
         pages = int(program.build.get("PAGES", 0))
         if pages and target.lacks_bulk_copies:

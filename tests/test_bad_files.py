@@ -270,8 +270,14 @@ def test_evaluate_and_loop_refuse_a_seed_out_of_range(seed, tmp_path):
     assert not (tmp_path / "r.tsv").exists()
 
 
-def test_a_max_seq_whose_kv_cache_cannot_fit_is_refused_before_any_allocation(capsys):
+def test_a_max_seq_whose_kv_cache_cannot_fit_is_refused_before_any_allocation(capsys, monkeypatch):
     code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", str(10**12))
+    # past the kernel's int32 score offsets, before the KV cache's size is weighed against the memory here
+    assert code == 2 and v["error_type"] == "usage" and v["error"].startswith(f"--max-seq: {10**12} positions"), v
+    assert "int32 offsets" in v["error"], v
+    seq = 2**24  # within the offsets; 4 GiB of fp32 KV cache, held twice, against 4 GiB free
+    monkeypatch.setattr("amk.harness.evaluate._free_bytes", lambda dev: 4 * 2**30)
+    code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", str(seq))
     assert code == 2 and v["error_type"] == "usage" and "--max-seq" in v["error"] and "KV cache" in v["error"], v
 
 

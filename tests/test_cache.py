@@ -105,6 +105,32 @@ def test_an_intact_entry_under_another_keys_name_is_corrupt(tmp_path, moved, cap
     assert Cache(tmp_path).get("program", other) == b"the other config's program"  # the source is untouched
 
 
+@pytest.mark.parametrize("entry", ["fifo", "link to /dev/zero"])
+def test_an_entry_that_is_no_regular_file_is_removed_and_rebuilt_without_reading_it(tmp_path, entry, caplog):
+    # read, a link to /dev/zero filled the memory until the process was killed, and a FIFO blocked for a writer
+    c = Cache(tmp_path)
+    c.put("program", K, b"built")
+    path = c.path("program", K)
+    path.unlink()
+    os.mkfifo(path) if entry == "fifo" else path.symlink_to("/dev/zero")
+    fresh = Cache(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="amk.cache"):
+        assert fresh.get_or_create("program", K, lambda: b"rebuilt") == b"rebuilt"
+    assert path.is_file() and not path.is_symlink() and Cache(tmp_path).get("program", K) == b"rebuilt"
+    assert fresh.stats()["program"]["corrupt"] == 1
+    assert any("not a regular file" in r.message and str(path) in r.message for r in caplog.records)
+
+
+def test_a_directory_where_an_entry_belongs_is_named_and_left_alone(tmp_path):
+    c = Cache(tmp_path)
+    path = c.path("program", K)
+    path.mkdir(parents=True)
+    (path / "kept").write_text("a user's file")
+    with pytest.raises(cache_mod.CacheDirError, match="Is a directory"):
+        c.get_or_create("program", K, lambda: b"rebuilt")
+    assert (path / "kept").read_text() == "a user's file"
+
+
 def test_an_entry_of_the_older_format_is_rebuilt_and_logged_at_info(tmp_path, caplog):
     import hashlib
 

@@ -77,20 +77,24 @@ def test_the_cli_takes_max_seq_and_says_the_context(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["max_seq"] == 64
 
 
-@pytest.mark.parametrize("max_seq", [2**40, 2**64 - 1])
-def test_a_kv_cache_past_the_memory_stops_the_loop_before_any_trial(tmp_path, max_seq):
+@pytest.mark.parametrize("max_seq, says", [(2**24, "GiB of KV cache"),  # 4 GiB of fp32 cache, 3 GiB free
+                                           # past the kernel's int32 score offsets, whatever the memory
+                                           (2**40, "int32 offsets"), (2**64 - 1, "int32 offsets")])
+def test_a_kv_cache_past_the_memory_stops_the_loop_before_any_trial(tmp_path, monkeypatch, max_seq, says):
     # as evaluate refuses it: every trial would otherwise be a crash row, and the loop would report ok
+    monkeypatch.setattr("amk.harness.evaluate._free_bytes", lambda dev: 3 * 2**30)
     res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
     with pytest.raises(ArgumentError) as e:
         amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, max_seq=max_seq)
-    assert e.value.argument == "max_seq" and "GiB of KV cache" in str(e.value)
+    assert e.value.argument == "max_seq" and says in str(e.value)
     assert not res.exists() and not cor.exists()
-    # propose refuses the same start (it offered it as given), and evaluate too
+    # propose refuses the same start (it offered it as given), and evaluate and generate too, for the same reason
     for call in (lambda: amk.propose("toy", "cpu-sim", corpus=None, max_seq=max_seq),
-                 lambda: amk.evaluate("toy", "cpu-sim", {}, max_seq=max_seq)):
+                 lambda: amk.evaluate("toy", "cpu-sim", {}, max_seq=max_seq),
+                 lambda: amk.generate("toy", [1, 2], device="cpu", gpu="cpu-sim", max_seq=max_seq)):
         with pytest.raises(ArgumentError) as e:
             call()
-        assert e.value.argument == "max_seq" and "GiB of KV cache" in str(e.value)
+        assert e.value.argument == "max_seq" and says in str(e.value)
 
 
 def test_a_given_incumbent_gets_the_notes_evaluate_would_give_it():

@@ -124,7 +124,10 @@ _models_lock = threading.Lock()
 def _files_stamp(name: str) -> tuple:
     """For a checkpoint directory, each file's name, size and modification time (a stat each, nothing read), so
     that a checkpoint saved again is another model to the memo; empty for any other name."""
-    path = Path(name).expanduser()
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # ~ of an unknown user: no directory
+        return ()
     if not path.is_dir():
         return ()
     out = []

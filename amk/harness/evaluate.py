@@ -31,6 +31,7 @@ from amk.schedule.program import (
     lowering_digest,
 )
 from amk.schedule.targets import GpuTarget
+from amk.schedule.validate import context_problems
 
 from .arguments import (
     check_cases,
@@ -190,10 +191,19 @@ def check_kv_memory(program: MegakernelProgram, dev, copies: int = 2) -> None:
                                        f"cache, {held}, and {dev.value} has {free / 2**30:.1f} GiB free")
 
 
+def check_context(program: MegakernelProgram, target: GpuTarget) -> None:
+    """ArgumentError naming max_seq where the program's context cannot run on `target`
+    (amk.schedule.validate.context_problems: past the kernel's int32 offsets or the target's device memory): the
+    argument's fault, not the config's, which the validator would otherwise be taken to reject."""
+    for problem in context_problems(program, target):
+        raise ArgumentError("max_seq", problem)
+
+
 def misspelt_field_notes(model) -> list[str]:
     """A note for each name of the model's config.json that is a near spelling of a field transformers reads
-    (amk.models.fields.misspelt_fields): neither transformers nor AMK reads it, so the value meant is not used; and
-    one naming the other names neither reads (unread_fields)."""
+    (amk.models.fields.misspelt_fields): neither transformers nor AMK reads it, so the value meant is not used; one
+    naming the other names neither reads (unread_fields); and the model's notes on RoPE values of its config.json
+    that transformers replaced or passed over (amk.models.rope_notes)."""
     from amk.models.fields import misspelt_fields, unread_fields
 
     if getattr(model, "hf_config", None) is None:
@@ -205,7 +215,7 @@ def misspelt_field_notes(model) -> list[str]:
     if unread:
         notes.append(f"config {'fields' if len(unread) > 1 else 'field'} {', '.join(map(repr, unread))} "
                      f"{'are' if len(unread) > 1 else 'is'} read by neither transformers nor AMK: passed over")
-    return notes
+    return notes + list(getattr(model, "config_notes", ()))
 
 
 def _field_value(hf_config, name: str):
@@ -224,7 +234,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     model's dims only, never its weights. `notes=False` skips the notes on a valid program's config (knobs that
     cannot act, go unpriced or equal their derived values), for a caller that keeps only the program."""
     from amk.models import Model
-    from amk.models.registry import dtype_name
+    from amk.models.registry import check_model_name, dtype_name
 
     v = Verdict()
     try:
@@ -251,6 +261,8 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     v.model = model_label(model)  # as loop, propose and report name it
     if cfg is None:
         return v, None
+    if given is None:
+        check_model_name(model)  # before anything resolves it as a path (`~user/...` of no user, a NUL byte)
     if dtype_note:
         v.notes.append(dtype_note)
     v.schedule_id = cfg.schedule_id
@@ -259,6 +271,8 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     v.notes += misspelt_field_notes(dims_model)
     with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
         program = _lower_cached(v, dims_model, target, cfg, max_seq, cache or default_cache())
+    if program is not None:
+        check_context(program, target)
     if program is None or not _validate(v, program, target):
         return v, None
     v.valid = True

