@@ -428,13 +428,6 @@ __device__ __forceinline__ void walk_dot(const MatvecWalk& w, const WalkGroup& q
   }
 }
 
-// A probe (bench/variants.py), off by default: the next group's row pointers computed right after this group's
-// loads issue, not between the landing of a step's loads and the issue of the next step's (in SASS the loop's
-// register copies wait for the landing first, and the pointer arithmetic then delays the issue).
-#ifndef AMK_WALK_AHEAD
-#define AMK_WALK_AHEAD 0
-#endif
-
 // Register-path matvec. The first step's weight loads are issued before `wait_deps` (weights do not depend
 // on activations), so their latency hides behind the dependency wait and the input staging; the polling warp
 // issues its own right after the wait, before the staging. After that the next step's loads are always in
@@ -487,20 +480,11 @@ __device__ bool op_matvec(const Ctx& c, const MatvecParams& p, WaitDeps&& wait_d
 #pragma unroll
   for (int r = 0; r < AMK_ROWS_IN_FLIGHT; ++r) acc[r] = 0.f;
   int g = 0, it = 0;
-#if AMK_WALK_AHEAD
-  WalkGroup qa = walk_group(w, 1);
-#endif
   for (int s = 0; s < (w.lpr > 0 ? 0 : w.steps); ++s) {
     const int ng = it + 1 == w.iters ? g + 1 : g, nit = it + 1 == w.iters ? 0 : it + 1;
     if (s + 1 < w.steps) {
-#if AMK_WALK_AHEAD
-      if (nit == 0) qn = qa;
-      walk_load(w, qn, nit, nxt);
-      if (nit == 0) qa = walk_group(w, ng + 1);
-#else
       if (nit == 0) qn = walk_group(w, ng);
       walk_load(w, qn, nit, nxt);
-#endif
     }
     walk_dot(w, qc, it, xs, cur, acc);
     if (nit == 0) {  // the group's units are complete
