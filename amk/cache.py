@@ -338,21 +338,13 @@ class Cache:
             if payload is None:
                 layer = "file"
                 try:
-                    # non-blocking: a FIFO left where an entry belongs opens at once (to be discarded), not when a
-                    # writer comes
-                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-                except FileNotFoundError:
+                    f = _open_regular(path)
+                except (FileNotFoundError, CorruptEntryError):
                     raise
                 except OSError as e:  # a file where a directory belongs, no permission: the cache dir, not the entry
                     raise self._dir_error(path, e) from e
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    os.close(fd)
-                    if stat.S_ISDIR(st.st_mode):  # not the entry's to remove: named, as the cache dir's problem
-                        raise self._dir_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
-                    # a device or a FIFO (or a link to one): read, it would never end
-                    raise CorruptEntryError(f"{path}: not a regular file (mode {stat.filemode(st.st_mode)})")
-                with open(fd, "rb") as f:
+                with f:
+                    st = os.fstat(f.fileno())
                     payload = _unpack(f.read(), path, kind, key)
             value = decode(payload)  # memory too: callers may validate differently than at put
         except FileNotFoundError:
@@ -556,11 +548,36 @@ class Cache:
         return path
 
 
+def _open_regular(path: Path):
+    """`path` opened for binary reading when it is a regular file (a link to one included). Raises
+    CorruptEntryError for a FIFO or a device (read, either would block or never end: it is opened without waiting
+    for a writer), IsADirectoryError for a directory, OSError as open does."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise CorruptEntryError(f"{path}: not a regular file (mode {stat.filemode(mode)})")
+        if hasattr(os, "O_NONBLOCK"):  # reads of the file itself wait as usual (a network file system may honour it)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_text(path: Path) -> str:
+    """A small regular file's text; OSError (CorruptEntryError for a FIFO or a device) as _open_regular raises."""
+    with _open_regular(path) as f:
+        return f.read().decode()
+
+
 def _read_label(entry: Path) -> dict | None:
     """The label beside a cache entry, or None (an entry written without one, or an unreadable label)."""
     try:
-        label = json.loads(entry.with_suffix(".label.json").read_text())
-    except (OSError, ValueError):
+        label = json.loads(_read_text(entry.with_suffix(".label.json")))
+    except (OSError, ValueError, CorruptEntryError):
         return None
     return label if isinstance(label, dict) else None
 
@@ -572,8 +589,8 @@ def last_run_stats(root: str | os.PathLike | None = None) -> dict | None:
     if not path.exists():
         return None
     try:
-        stats = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        stats = json.loads(_read_text(path))
+    except (OSError, ValueError, CorruptEntryError) as e:
         log.warning("%s: last run's cache stats unreadable, left out (%s)", path, e)
         return None
     if not isinstance(stats, dict):

@@ -145,7 +145,8 @@ def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, targe
     with status(f"lowering {model.name} for {target.name}"):
         program = amk.lower(model, target, config, max_seq=max_seq)
     try:  # a cache past the memory would end the process unnamed
-        check_context(program, target)  # before the validator, which would blame the config
+        # before the validator, which would blame the config for what max_seq or the model does
+        check_context(program, target, lambda: amk.lower(model, target, None, max_seq=max_seq))
         check_kv_memory(program, Device(dev), copies=1)
     except ArgumentError as e:
         if given_max_seq is not None:

@@ -16,7 +16,8 @@ class GpuTarget:
     l2_bytes: int
     arch: str  # nvrtc arch, e.g. sm_90
     max_threads_per_block: int = 1024
-    # device memory in bytes, the total the driver reports (nvidia-smi); None: unknown, not checked
+    # device memory in bytes: a registered target's the total nvidia-smi reports, a detected one's the total the
+    # CUDA driver gives (totalGlobalMem, about 0.5 GiB less on an H100); None: unknown, not checked
     memory_bytes: int | None = None
 
     @property

@@ -226,30 +226,48 @@ def _validate(program, target, rep: _Report) -> None:
 
 
 # ---- 1. structure -----------------------------------------------------------------------------------
-def context_problems(program, target) -> list[str]:
-    """Why the program's max_seq cannot run on `target` (a GpuTarget or None), one message a reason, each starting
-    "N positions:": past the kernel's int arithmetic (the attention's score offsets, n_heads * max_seq, are int),
-    or buffers past the target's device memory (a scratch value placed in an arena counted once; the weights, the
-    KV cache, the RoPE tables and the scratch, not the allocator's or the CUDA context's own). Empty when it can."""
+def context_problems(program) -> list[str]:
+    """Why the program's max_seq cannot run on any GPU, one message a reason, each starting "N positions:": past the
+    kernel's int arithmetic (the attention's score offsets, 0 .. n_heads * max_seq - 1, are int). Empty when it
+    can."""
     c = program.constants
-    out = []
-    if c.n_heads * c.max_seq > oc.INT32_MAX:
-        out.append(f"{c.max_seq} positions: {c.n_heads} q heads x max_seq = {c.n_heads * c.max_seq} attention "
-                   f"scores, past the int32 offsets the kernel takes them at")
+    if c.n_heads * c.max_seq > oc.INT32_MAX + 1:
+        return [f"{c.max_seq} positions: {c.n_heads} q heads x max_seq = {c.n_heads * c.max_seq} attention scores, "
+                f"past the int32 offsets the kernel takes them at"]
+    return []
+
+
+def resident_bytes(program) -> int:
+    """Bytes of every buffer the program allocates on the device: the weights, the RoPE tables, the KV cache, the
+    scratch (a value placed in an arena counted once, as its arena) and the I/O; not the CUDA context's own."""
+    return sum(b.nbytes for b in program.buffers if b.kind != BufferKind.SCRATCH or b.arena == oc.NO_BUFFER)
+
+
+def model_weight_bytes(program) -> int:
+    """Bytes of the model's own weights: the WEIGHT buffers but the RoPE tables, which grow with max_seq."""
+    c = program.constants
+    return sum(b.nbytes for b in program.buffers if b.kind == BufferKind.WEIGHT and b.id not in (c.rope_cos, c.rope_sin))
+
+
+def memory_problem(program, target) -> str | None:
+    """Why the program's buffers (resident_bytes) do not fit `target`'s device memory (a GpuTarget or None; None,
+    or a target with no memory figure, is not checked), or None where they fit."""
     memory = getattr(target, "memory_bytes", None)
-    if memory:
-        need = sum(b.nbytes for b in program.buffers if b.kind != BufferKind.SCRATCH or b.arena == oc.NO_BUFFER)
-        if need > memory:
-            kv = sum(b.nbytes for b in program.buffers if b.kind == BufferKind.KV)
-            out.append(f"{c.max_seq} positions: the program's buffers need {need / 2**30:.1f} GiB "
-                       f"({kv / 2**30:.1f} GiB of it the KV cache), past {target.name}'s {memory / 2**30:.1f} GiB "
-                       f"of device memory")
-    return out
+    need = resident_bytes(program) if memory else 0
+    if need <= (memory or 0):
+        return None
+    kv = sum(b.nbytes for b in program.buffers if b.kind == BufferKind.KV)
+    return (f"the program's buffers need {need / 2**30:.1f} GiB (the weights {model_weight_bytes(program) / 2**30:.1f}, "
+            f"the KV cache {kv / 2**30:.1f} at max_seq {program.constants.max_seq}), past {target.name}'s "
+            f"{memory / 2**30:.1f} GiB of device memory")
 
 
 def _check_context(program, target, rep: _Report) -> None:
-    for message in context_problems(program, target):
+    for message in context_problems(program):
         rep.add(IssueKind.ABI, f"max_seq: {message}")
+    over = memory_problem(program, target)
+    if over:
+        rep.add(IssueKind.ABI, over)
 
 
 def _check_structure(program, target, rep: _Report) -> None:

@@ -105,20 +105,59 @@ def test_an_intact_entry_under_another_keys_name_is_corrupt(tmp_path, moved, cap
     assert Cache(tmp_path).get("program", other) == b"the other config's program"  # the source is untouched
 
 
-@pytest.mark.parametrize("entry", ["fifo", "link to /dev/zero"])
-def test_an_entry_that_is_no_regular_file_is_removed_and_rebuilt_without_reading_it(tmp_path, entry, caplog):
-    # read, a link to /dev/zero filled the memory until the process was killed, and a FIFO blocked for a writer
+_REBUILD = """
+import logging, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a read of /dev/zero ends in MemoryError, not the machine
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+from amk.cache import Cache
+c = Cache(sys.argv[1])
+assert c.get_or_create("program", sys.argv[2], lambda: b"rebuilt") == b"rebuilt"
+print("corrupt", c.stats()["program"]["corrupt"])
+"""
+
+
+@pytest.mark.parametrize("entry", ["fifo", "link to /dev/zero", "link to a fifo"])
+def test_an_entry_that_is_no_regular_file_is_removed_and_rebuilt_without_reading_it(tmp_path, entry):
+    # read, a link to /dev/zero filled the memory until the process was killed, and a FIFO blocked for a writer:
+    # run in a process of its own with a time and memory limit, so that a regression fails instead of hanging
     c = Cache(tmp_path)
     c.put("program", K, b"built")
     path = c.path("program", K)
     path.unlink()
-    os.mkfifo(path) if entry == "fifo" else path.symlink_to("/dev/zero")
-    fresh = Cache(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="amk.cache"):
-        assert fresh.get_or_create("program", K, lambda: b"rebuilt") == b"rebuilt"
+    if entry == "fifo":
+        os.mkfifo(path)
+    elif entry == "link to a fifo":
+        os.mkfifo(tmp_path / "pipe")
+        path.symlink_to(tmp_path / "pipe")
+    else:
+        path.symlink_to("/dev/zero")
+    p = subprocess.run([sys.executable, "-c", _REBUILD, str(tmp_path), K], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-2000:])
+    assert "corrupt 1" in p.stdout and "not a regular file" in p.stdout and str(path) in p.stdout, p.stdout
     assert path.is_file() and not path.is_symlink() and Cache(tmp_path).get("program", K) == b"rebuilt"
-    assert fresh.stats()["program"]["corrupt"] == 1
-    assert any("not a regular file" in r.message and str(path) in r.message for r in caplog.records)
+
+
+_LABEL_AND_STATS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from amk.cache import Cache, _read_label, last_run_stats
+c = Cache(sys.argv[1])
+print(_read_label(c.path("program", sys.argv[2])), last_run_stats(sys.argv[1]))
+"""
+
+
+def test_a_label_or_stats_file_that_is_no_regular_file_is_passed_over(tmp_path):
+    # a FIFO label blocked `amk cache ls` for a writer, and stats linked to /dev/zero were read to the end
+    c = Cache(tmp_path)
+    c.put("program", K, b"built", label={"model": "toy"})
+    label = c.label_path("program", K)
+    label.unlink()
+    os.mkfifo(label)
+    (tmp_path / cache_mod._STATS_FILE).symlink_to("/dev/zero")
+    p = subprocess.run([sys.executable, "-c", _LABEL_AND_STATS, str(tmp_path), K], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and p.stdout.split() == ["None", "None"], (p.stdout, p.stderr[-2000:])
 
 
 def test_a_directory_where_an_entry_belongs_is_named_and_left_alone(tmp_path):

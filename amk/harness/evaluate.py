@@ -14,13 +14,14 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Callable
 
 from amk.cache import Cache, CacheStorageError, default_cache, program_key
 from amk.progress import bar, status
 from amk.schedule.config import ScheduleConfig, SmAssignment, value_text
 from amk.schedule.errors import ArgumentError, ConfigError, LoweringError
 from amk.schedule.inert import derived_alike, inert_knobs, priced_alike_notes, program_inert_knobs
-from amk.schedule.lower import check_rope_context
+from amk.schedule.lower import check_rope_context, lower
 from amk.schedule.opcodes import DTYPE_NAMES
 from amk.schedule.program import (
     FINGERPRINT_META,
@@ -31,7 +32,7 @@ from amk.schedule.program import (
     lowering_digest,
 )
 from amk.schedule.targets import GpuTarget
-from amk.schedule.validate import context_problems
+from amk.schedule.validate import context_problems, memory_problem, model_weight_bytes
 
 from .arguments import (
     check_cases,
@@ -191,12 +192,26 @@ def check_kv_memory(program: MegakernelProgram, dev, copies: int = 2) -> None:
                                        f"cache, {held}, and {dev.value} has {free / 2**30:.1f} GiB free")
 
 
-def check_context(program: MegakernelProgram, target: GpuTarget) -> None:
-    """ArgumentError naming max_seq where the program's context cannot run on `target`
-    (amk.schedule.validate.context_problems: past the kernel's int32 offsets or the target's device memory): the
-    argument's fault, not the config's, which the validator would otherwise be taken to reject."""
-    for problem in context_problems(program, target):
+def check_context(program: MegakernelProgram, target: GpuTarget,
+                  default: Callable[[], MegakernelProgram] | None = None) -> None:
+    """ArgumentError naming the argument at fault where the program cannot run on `target`, before the validator
+    blames the config: `max_seq` past the kernel's int32 offsets (amk.schedule.validate.context_problems);
+    `model` where its weights alone are past the target's device memory; `max_seq` where the buffers of the
+    default config's program (`default()`, by default `program` itself) are. Where only this config's buffers are
+    past it, nothing is raised: the validator rejects the config."""
+    for problem in context_problems(program):
         raise ArgumentError("max_seq", problem)
+    over = memory_problem(program, target)
+    if over is None:
+        return
+    weights = model_weight_bytes(program)
+    if weights > target.memory_bytes:
+        raise ArgumentError("model", f"its weights need {weights / 2**30:.1f} GiB in "
+                                     f"{DTYPE_NAMES[program.constants.dtype]}, past {target.name}'s "
+                                     f"{target.memory_bytes / 2**30:.1f} GiB of device memory")
+    base = default() if default is not None else program
+    if memory_problem(base, target) is not None:
+        raise ArgumentError("max_seq", f"{program.constants.max_seq} positions: {memory_problem(base, target)}")
 
 
 def misspelt_field_notes(model) -> list[str]:
@@ -272,7 +287,7 @@ def build_program(model, gpu, config, device: str = "auto", dtype: str | None = 
     with status(f"lowering {cfg.schedule_id} of {v.model} for {target.name}"):
         program = _lower_cached(v, dims_model, target, cfg, max_seq, cache or default_cache())
     if program is not None:
-        check_context(program, target)
+        check_context(program, target, lambda: lower(dims_model, target, ScheduleConfig(), max_seq=max_seq))
     if program is None or not _validate(v, program, target):
         return v, None
     v.valid = True
