@@ -32,6 +32,19 @@ def pytest_xdist_auto_num_workers(config):
     return min(cores, MAX_WORKERS) if cores >= 2 else 0
 
 
+# The longest test files on CI's 2-core machine (pytest --durations, 2026-12-07), longest first. With one file to a
+# worker at a time, a long file collected last runs alone at the end while the other worker idles; handed out
+# first, the short files fill in around them.
+LONGEST_FILES = ("test_search.py", "test_kernel_compiles.py", "test_property_schedules.py", "test_harness_doc.py",
+                 "test_reference_vm.py", "test_cli_contract.py", "test_ranking_model.py", "test_harness_loop.py",
+                 "test_mcp_stop.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _amk_logger_restored():
     """The `amk` logger as it was before each test. An in-process command line (tests/_cli.py) gives it a stderr
