@@ -339,7 +339,7 @@ class Cache:
                 layer = "file"
                 try:
                     f = _open_regular(path)
-                except (FileNotFoundError, CorruptEntryError):
+                except FileNotFoundError:
                     raise
                 except OSError as e:  # a file where a directory belongs, no permission: the cache dir, not the entry
                     raise self._dir_error(path, e) from e

@@ -243,6 +243,11 @@ def resident_bytes(program) -> int:
     return sum(b.nbytes for b in program.buffers if b.kind != BufferKind.SCRATCH or b.arena == oc.NO_BUFFER)
 
 
+def kv_cache_bytes(program) -> int:
+    """Bytes of the program's KV cache buffers."""
+    return sum(b.nbytes for b in program.buffers if b.kind == BufferKind.KV)
+
+
 def model_weight_bytes(program) -> int:
     """Bytes of the model's own weights: the WEIGHT buffers but the RoPE tables, which grow with max_seq."""
     c = program.constants
@@ -253,10 +258,12 @@ def memory_problem(program, target) -> str | None:
     """Why the program's buffers (resident_bytes) do not fit `target`'s device memory (a GpuTarget or None; None,
     or a target with no memory figure, is not checked), or None where they fit."""
     memory = getattr(target, "memory_bytes", None)
-    need = resident_bytes(program) if memory else 0
-    if need <= (memory or 0):
+    if not memory:
         return None
-    kv = sum(b.nbytes for b in program.buffers if b.kind == BufferKind.KV)
+    need = resident_bytes(program)
+    if need <= memory:
+        return None
+    kv = kv_cache_bytes(program)
     return (f"the program's buffers need {need / 2**30:.1f} GiB (the weights {model_weight_bytes(program) / 2**30:.1f}, "
             f"the KV cache {kv / 2**30:.1f} at max_seq {program.constants.max_seq}), past {target.name}'s "
             f"{memory / 2**30:.1f} GiB of device memory")

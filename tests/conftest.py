@@ -40,7 +40,7 @@ LONGEST_FILES = ("test_search.py", "test_kernel_compiles.py", "test_property_sch
                  "test_mcp_stop.py")
 
 
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 

@@ -124,10 +124,7 @@ _models_lock = threading.Lock()
 def _files_stamp(name: str) -> tuple:
     """For a checkpoint directory, each file's name, size and modification time (a stat each, nothing read), so
     that a checkpoint saved again is another model to the memo; empty for any other name."""
-    try:
-        path = Path(name).expanduser()
-    except RuntimeError:  # ~ of an unknown user: no directory
-        return ()
+    path = Path(name).expanduser()
     if not path.is_dir():
         return ()
     out = []

@@ -26,13 +26,12 @@ from amk.schedule.opcodes import DTYPE_NAMES
 from amk.schedule.program import (
     FINGERPRINT_META,
     VALIDATION_META,
-    BufferKind,
     MegakernelProgram,
     gc_paused,
     lowering_digest,
 )
 from amk.schedule.targets import GpuTarget
-from amk.schedule.validate import context_problems, memory_problem, model_weight_bytes
+from amk.schedule.validate import context_problems, kv_cache_bytes, memory_problem, model_weight_bytes
 
 from .arguments import (
     check_cases,
@@ -183,7 +182,7 @@ def check_kv_memory(program: MegakernelProgram, dev, copies: int = 2) -> None:
     reference's, as verify holds it; 1: the VM's alone, as generate does), does not fit the memory free on `dev`
     (a Device): the allocation would otherwise end the process with no message (the kernel's out-of-memory killer
     on the CPU)."""
-    kv = sum(b.nbytes for b in program.buffers if b.kind == BufferKind.KV)
+    kv = kv_cache_bytes(program)
     free = _free_bytes(dev)
     if free is not None and copies * kv > free:
         held = "held twice (the VM's and the reference's)" if copies == 2 else f"held {copies} times" if copies > 2 \
@@ -209,9 +208,9 @@ def check_context(program: MegakernelProgram, target: GpuTarget,
         raise ArgumentError("model", f"its weights need {weights / 2**30:.1f} GiB in "
                                      f"{DTYPE_NAMES[program.constants.dtype]}, past {target.name}'s "
                                      f"{target.memory_bytes / 2**30:.1f} GiB of device memory")
-    base = default() if default is not None else program
-    if memory_problem(base, target) is not None:
-        raise ArgumentError("max_seq", f"{program.constants.max_seq} positions: {memory_problem(base, target)}")
+    base_over = memory_problem(default(), target) if default is not None else over
+    if base_over is not None:
+        raise ArgumentError("max_seq", f"{program.constants.max_seq} positions: {base_over}")
 
 
 def misspelt_field_notes(model) -> list[str]:

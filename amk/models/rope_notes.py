@@ -16,15 +16,15 @@ from typing import Any
 
 from .fields import rope_kind
 
-_THETA = {"rope_type", "rope_theta", "partial_rotary_factor"}
+_EVERY_TYPE = {"rope_type", "rope_theta", "partial_rotary_factor"}
 _LLAMA3 = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
 # the keys each RoPE type AMK lowers reads (transformers 5's modeling_rope_utils: the keys its check of each type
 # takes, and the ones its tables compute from); `type` is transformers 4's spelling of rope_type
 READ_KEYS: dict[str, frozenset[str]] = {
-    "default": frozenset(_THETA | {"type"}),
-    "linear": frozenset(_THETA | {"type", "factor"}),
-    "dynamic": frozenset(_THETA | {"type", "factor"}),
-    "llama3": frozenset(_THETA | {"type"} | _LLAMA3),
+    "default": frozenset(_EVERY_TYPE | {"type"}),
+    "linear": frozenset(_EVERY_TYPE | {"type", "factor"}),
+    "dynamic": frozenset(_EVERY_TYPE | {"type", "factor"}),
+    "llama3": frozenset(_EVERY_TYPE | {"type"} | _LLAMA3),
 }
 _ANY_TYPE = frozenset().union(*READ_KEYS.values())
 
