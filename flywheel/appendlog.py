@@ -41,17 +41,21 @@ def read_all(fd: int) -> bytes:
     return os.pread(fd, size, 0) if size else b""
 
 
-def append_lines(path: str | os.PathLike, make: Callable[[bytes], bytes]) -> bytes:
+def append_lines(path: str | os.PathLike, make: Callable[[bytes], bytes], cut_mark: bytes = b"") -> bytes:
     """Under the lock, call make(current file bytes) -> bytes to append (whole lines, ending in a newline),
     and write them in one write. Returns what was written. `make` sees the file as it is under the lock, so
-    it can number rows or write a header exactly once across processes."""
+    it can number rows or write a header exactly once across processes. A last line the file holds without its
+    newline (a writer cut short) is ended first, `cut_mark` before its newline where it follows a whole line: a format
+    whose cut line could still read as a whole one marks it so, and its readers skip a line that holds the mark."""
     with locked(path) as fd:
         current = read_all(fd)
         data = make(current)
         if not data.endswith(b"\n"):
             raise AppendError(f"{path}: refusing to append {len(data)} bytes that do not end in a newline")
         if current and not current.endswith(b"\n"):
-            data = b"\n" + data  # a writer died mid-line: end its fragment so ours starts a line
+            # a writer died mid-line: end its fragment so ours starts a line (a first line, such as a header saved
+            # without its newline, is no row cut short)
+            data = (cut_mark if b"\n" in current else b"") + b"\n" + data
         n = os.write(fd, data)
         if n != len(data):
             # A short write to a regular file means the disk is full; the fragment has no newline, so

@@ -265,8 +265,8 @@ def append_record(path: str | Path, record: TuningRecord) -> None:
 def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
     """Every readable record of the file, in file order. A line that is not JSON or not a record (a file
     from elsewhere, a hand edit) is skipped with a warning naming the file and line: the file outlives code
-    versions, and one bad line must not cost the others. A last line without its newline (a write cut short) is
-    skipped with a warning too; the next record appended starts a line of its own."""
+    versions, and one bad line must not cost the others. A last line without its newline is read where it is a whole
+    record (no JSON object cut short parses), else skipped with a warning; the next record appended ends its line."""
     out = []
     data = read_locked(path)
     for i, line in numbered_lines(data):
@@ -276,8 +276,15 @@ def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
             warn_bad_line(log, path, i, line, f"skipped a line that is not a tuning record ({e})")
     tail = torn_tail(data)
     if tail.strip():
-        warn_bad_line(log, path, data.count(b"\n") + 1, tail, "skipped a tuning record no newline ends (a write "
-                      "cut short; the file is left as it is, and the next record appended starts a line of its own)")
+        n = data.count(b"\n") + 1
+        try:  # no JSON object cut short parses: one that does is whole (an editor's save), as the next append reads it
+            out.append(TuningRecord.from_dict(json.loads(tail)))
+        except (ValueError, KeyError, TypeError):
+            warn_bad_line(log, path, n, tail, "skipped a tuning record no newline ends (a write cut short; the file "
+                          "is left as it is, and the next record appended starts a line of its own)")
+        else:
+            warn_bad_line(log, path, n, tail, "read a tuning record no newline ends (an editor's save?); the next "
+                          "record appended ends its line")
     return out
 
 

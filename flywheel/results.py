@@ -58,6 +58,12 @@ NOT_A_COUNT = "not a positive integer below 2**63"  # why a trial or INT_COLUMNS
 KEY_COLUMNS = ("model", "gpu", "schedule_id", "program_fingerprint")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 POSITIVE_COLUMNS = ("latency_us", "predicted_us")  # a latency no trial writes is 0 or below
+# a number as _cell writes one, and as pandas' to_numeric reads it: float() also takes "1_0" and other digits ("٤")
+NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+# Ends a last line that a writer left without its newline, when the next row is appended (ASCII CAN, "cancel"). A
+# line cut inside its last cell can still read as a whole row (max_seq 512 cut to 51), so every reader skips a
+# marked line; no row append_result writes holds the mark (_cell drops control characters).
+CUT_MARK = "\x18"
 
 
 class Status(str, Enum):
@@ -205,7 +211,7 @@ def append_result(path: str | Path, row: ResultRow) -> ResultRow:
         # a header an editor saved without its newline is a file of no rows: append_lines ends its line
         return body.encode() if lines or bare is not None else (HEADER + body).encode()
 
-    append_lines(path, make)
+    append_lines(path, make, cut_mark=CUT_MARK.encode())
     return row
 
 
@@ -270,6 +276,8 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
             return col, "not a number"
         if not math.isfinite(number):
             return col, "not a finite number"
+        if not NUMBER.fullmatch(value):
+            return col, "not a number"
         if col in POSITIVE_COLUMNS and number <= 0:
             return col, "not a positive number"
     for col in INT_COLUMNS:
@@ -279,6 +287,9 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
     for col, allowed in CHOICE_COLUMNS.items():
         if row[col] not in allowed:
             return col, f"not {_choices(allowed)}"
+    if row["latency_us"] and not row["kind"]:
+        # every latency the loop writes is labelled measured or predicted (its verdict's latency_kind)
+        return "kind", "empty beside a latency, which the loop always labels measured or predicted"
     if row["correct"] == "false" and row["status"] in (Status.KEEP.value, Status.DISCARD.value):
         # the loop keeps or discards only a correct config (search/keep.py decide): a failed one is a fail row
         return "correct", f"false on a {row['status']} row, which the loop writes only for a correct config"
@@ -299,6 +310,11 @@ def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
     rows = []
     first_line: dict[int, int] = {}  # trial number -> the line that gave it first
     for n, ln in lines[1:]:
+        if CUT_MARK in ln:
+            # told as the line it was before the mark: a process that warned of it as the last line says it once
+            warn_bad_line(log, path, n, ln.removesuffix(CUT_MARK), "skipped trial row: a write cut it short, and "
+                          "the next row appended ended it (the file is left as it is)")
+            continue
         cells = ln.split("\t")
         if len(cells) != len(columns):
             # a crash's torn line that the next writer ended, or a hand edit: its trial is lost, so say so
@@ -324,8 +340,8 @@ def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
 
 def read_rows(path: str | Path) -> list[dict]:
     """Rows as dicts of strings (no pandas), header checked; missing file -> []. A last line without its newline
-    (a write cut short, or an editor's save) is skipped with a warning naming it: the next row appended ends it,
-    and it is then skipped as a line of the wrong cell count if it is one. Raises ResultsFormatError for a file
+    (a write cut short, or an editor's save) is skipped with a warning naming it: the next row appended ends it
+    with CUT_MARK, and it stays skipped. Raises ResultsFormatError for a file
     whose first line is not a results header, or that holds text without a whole line."""
     data = read_locked(path)
     lines = numbered_lines(data)
@@ -337,7 +353,8 @@ def read_rows(path: str | Path) -> list[dict]:
     tail = torn_tail(data)
     if lines and tail.strip():
         warn_bad_line(log, path, data.count(b"\n") + 1, tail, "skipped trial row: no newline ends it (a write cut "
-                      "short; the file is left as it is, and the next row appended starts a line of its own)")
+                      "short, or an editor's save; the file is left as it is. The next row appended marks it as cut, "
+                      "and it stays skipped: if the row is whole, end it with a newline before the next run)")
     return rows
 
 

@@ -37,24 +37,32 @@ def run_label(dtype: str | None, max_seq: int | None) -> str:
     return f"{dtype or '?'}, max_seq {'?' if max_seq is None else max_seq}"
 
 
+BEST_STATUSES = ("keep", "discard")  # the rows of a correct, timed trial (search/keep.py decide)
+
+
+def under_floor(df, floors: dict[str, float] | None):
+    """A boolean Series: the rows whose latency is under the spec floor the tuning records name for their program
+    (`floors`: program_fingerprint -> us). No step runs that fast: a hand edit, never a best nor plotted as one."""
+    if not floors:
+        return df["latency_us"].notna() & False
+    floor = df["program_fingerprint"].map(floors).astype(float)
+    return df["latency_us"] < floor  # NaN on either side compares False
+
+
 def summarise(df, configs: dict[str, dict] | None = None, floors: dict[str, float] | None = None) -> dict:
     """Counts, the best latency per (model, gpu, dtype, max_seq, kind) with its config when the records hold
     it, and the kept trials, from load_results()'s frame. `configs`: schedule_id -> config (from the tuning
     records); `floors`: program_fingerprint -> the spec floor (us) its records name: a row under it (no step runs
     that fast: a hand edit) is never a best, and `withheld` counts such rows."""
     configs = configs or {}
-    if floors:
-        floor = df["program_fingerprint"].map(floors).astype(float)
-        impossible = df["latency_us"] < floor  # NaN on either side compares False
-        df = df.assign(impossible=impossible)
-    else:
-        df = df.assign(impossible=False)
+    df = df.assign(impossible=under_floor(df, floors))
     trials = df[df["status"] != "remeasure"]
     out: dict = {"trials": int(len(trials)), "statuses": {k: int(n) for k, n in df["status"].value_counts().items()}}
     groups = []
     # dropna=False: rows of an older file (no dtype or max_seq) are a group of their own, not dropped
     for (model, gpu, dtype, max_seq), g in df.groupby(RUN_KEYS, sort=True, dropna=False):
-        timed = g[g["latency_us"].notna() & (g["correct"] == True) & (g["status"] != "remeasure")  # noqa: E712
+        # only a kept or discarded trial is a candidate best: a fail, crash or rejected row is none, whatever it holds
+        timed = g[g["latency_us"].notna() & (g["correct"] == True) & g["status"].isin(BEST_STATUSES)  # noqa: E712
                   & ~g["impossible"]]
         entry = {"model": model, "gpu": gpu, **run_fields(dtype, max_seq),
                  "trials": int((g["status"] != "remeasure").sum()),
@@ -71,7 +79,7 @@ def summarise(df, configs: dict[str, dict] | None = None, floors: dict[str, floa
                                    "config": configs.get(row["schedule_id"])}
         entry["kept_trials"] = [{"trial": int(r.trial), "schedule_id": r.schedule_id,
                                  "latency_us": None if r.latency_us != r.latency_us else float(r.latency_us),
-                                 "kind": r.kind, "description": r.description}
+                                 "kind": r.kind, "description": r.description, "withheld": bool(r.impossible)}
                                 for r in g[g["status"] == "keep"].itertuples()]
         groups.append(entry)
     out["groups"] = groups
@@ -192,7 +200,7 @@ def plot_search(df, out_dir: Path) -> str:
             ax1.scatter(s["trial"].astype(int), s["latency_us"], s=12, color=colours.get(status, "tab:red"),
                         label=f"{status}" if len(groups) == 1 else None)
         kept = g[g["status"] == "keep"]
-        src = kept if len(kept) else g
+        src = kept if len(kept) else g[g["status"].isin(BEST_STATUSES)]
         trials, best = src["trial"].astype(int).tolist(), src["latency_us"].cummin().tolist()
         last = int(g["trial"].max())
         if trials and trials[-1] < last:  # the best stands until the last trial
@@ -256,17 +264,40 @@ def plot(df, out_dir: Path) -> list[str]:
     return paths
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def _save(fig, path: Path, plt) -> str:
-    """Save `fig` to `path`; UsageError naming --out-dir when the file cannot be written there (a directory of
-    that name, no permission), which only writing shows."""
-    fig.tight_layout()
+    """Save `fig` to `path` as a PNG, whole or not at all (cmd_run.write_output). UsageError naming --out-dir when
+    the file cannot be written there (a directory of that name, no permission), or when `path`, or the file a
+    symbolic link there names, exists and is no PNG image: a results.tsv, a corpus or a user's own file is never
+    overwritten by a plot."""
+    import io
+
+    from .cmd_run import write_output
+
+    hint = "name another directory, or pass --no-plots"
     try:
-        fig.savefig(path, dpi=110)
+        fig.tight_layout()
+        target = path.resolve()
+        if target.is_file():
+            with open(target, "rb") as f:
+                head = f.read(len(PNG_SIGNATURE))
+            if head != PNG_SIGNATURE:
+                shown = f"{path.name} (a link to {str(target)!r})" if path.is_symlink() else path.name
+                raise UsageError(f"--out-dir {str(path.parent)!r}: {shown} exists and is not a PNG image, which the "
+                                 f"plot would overwrite; {hint}")
+        elif target.exists():
+            raise UsageError(f"--out-dir {str(path.parent)!r}: {path.name} cannot be written there (not a file); "
+                             f"{hint}")
+        image = io.BytesIO()
+        fig.savefig(image, dpi=110, format="png")
     except OSError as e:
         raise UsageError(f"--out-dir {str(path.parent)!r}: {path.name} cannot be written there "
-                         f"({e.strerror or e}); name another directory, or pass --no-plots") from None
+                         f"({e.strerror or e}); {hint}") from None
     finally:
         plt.close(fig)
+    write_output("--out-dir", path, image.getvalue())
     return str(path)
 
 
@@ -318,7 +349,7 @@ def report(args) -> CommandResult:
     if not args.no_plots:
         out_dir = _out_dir(args.out_dir)
         try:
-            out["plots"] = plot(df, out_dir)
+            out["plots"] = plot(df[~under_floor(df, floors)], out_dir)  # a withheld row is drawn as no best
         except ImportError as e:
             out["notes"].append(f"no plots: {e} (pip install matplotlib)")
     return CommandResult(ExitCode.OK, out, _text(out))
@@ -359,7 +390,8 @@ def _text(out: dict) -> str:
             desc = textwrap.shorten(whole, 100, placeholder=" ...")
             if desc == "...":  # a first word past the width: cut it, as nothing else would show
                 desc = whole[:96] + " ..."
-            lines.append(f"  kept trial {k['trial']:>4} {k['schedule_id']} {shown} {desc}")
+            mark = " (under the spec floor: withheld)" if k.get("withheld") else ""
+            lines.append(f"  kept trial {k['trial']:>4} {k['schedule_id']} {shown}{mark} {desc}")
     c = out.get("corpus")
     if c:
         lines.append(f"corpus: {c['entries']} tuning records ({c['kept']} kept) on {', '.join(c['gpus']) or '-'}")

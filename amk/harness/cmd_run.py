@@ -101,10 +101,10 @@ def output_file(flag: str, value: str, kind: OutputKind) -> Path:
     return path
 
 
-def write_output(flag: str, path: Path, text: str) -> None:
-    """Write `text` to `path` whole or not at all: into a temporary file beside it, then renamed over it (through a
-    symbolic link, onto the file it names), so that a full disk or an interrupt leaves the earlier file as it was.
-    UsageError naming the flag when it cannot be written."""
+def write_output(flag: str, path: Path, text: str | bytes) -> None:
+    """Write `text` (str, or bytes such as a PNG image) to `path` whole or not at all: into a temporary file beside
+    it, then renamed over it (through a symbolic link, onto the file it names), so that a full disk or an interrupt
+    leaves the earlier file as it was. UsageError naming the flag when it cannot be written."""
     target = path.resolve()
     tmp = target.with_name(f".amk-{os.getpid()}-{secrets.token_hex(4)}.tmp")  # short: any target name fits beside it
     try:
@@ -112,7 +112,7 @@ def write_output(flag: str, path: Path, text: str) -> None:
             mode = target.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = None
-        with open(tmp, "w") as f:
+        with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

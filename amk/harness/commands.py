@@ -97,14 +97,25 @@ def read_config_arg(value: str | None, flag: str = "--config"):
     """--config: '-' reads stdin; an existing file is read (a file named like '2024-cfg.json' too); else text
     that looks like JSON is parsed inline. Returns the raw value (string; a ConfigText naming the file or stdin)
     so that malformed JSON becomes a rejected verdict, not a crash. A leading UTF-8 byte-order mark is dropped.
-    UsageError (naming `flag`) for a directory, an unreadable or non-UTF-8 file, a file or stdin of more than
-    MAX_CONFIG_CHARS (4 MiB), or a value that is neither a file nor JSON."""
+    UsageError (naming `flag`) for a directory, an unreadable or non-UTF-8 file or stdin, a closed stdin, a file or
+    stdin of more than MAX_CONFIG_CHARS (4 MiB), or a value that is neither a file nor JSON."""
     if value is None:
         return {}
     if value == "-":
-        text = sys.stdin.read(MAX_CONFIG_CHARS + 1)
-        if len(text) > MAX_CONFIG_CHARS:
+        if sys.stdin is None:  # started with stdin closed (`<&-`): there is nothing to read
+            raise UsageError(f"{flag} -: stdin is closed (give a JSON file, or inline JSON)")
+        # bytes, decoded here, so that stdin and a file holding the same bytes get the same answer
+        stream = getattr(sys.stdin, "buffer", None)
+        try:
+            data = (stream or sys.stdin).read(MAX_CONFIG_CHARS + 1)
+        except OSError as e:
+            raise UsageError(f"{flag} -: stdin cannot be read ({e.strerror or e})") from None
+        if len(data) > MAX_CONFIG_CHARS:
             raise UsageError(f"{flag} -: stdin holds more than {MAX_CONFIG_CHARS >> 20} MiB, no schedule config")
+        try:
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{flag} -: stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
         return ConfigText(text.removeprefix("\ufeff"), f"{flag} -: stdin")
     if not value.strip():  # Path("") is the working directory: an empty value is inline text (no JSON), not a path
         return value
