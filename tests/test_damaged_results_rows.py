@@ -165,3 +165,17 @@ def test_a_kept_row_under_its_floor_is_marked_withheld_and_drawn_as_no_best(tmp_
     assert "(under the spec floor: withheld)" in cmd_report._text({**out, "plots": [], "notes": []})
     assert cmd_report.under_floor(df, floors).tolist() == [True, False]
     assert cmd_report.under_floor(df, None).tolist() == [False, False]
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_results_file_of_no_readable_row_is_refused_not_run_afresh_beside(tmp_path, resume):
+    from amk.harness.loop import LoopError
+
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, seed=1)
+    res.write_text(res.read_text().replace("\ttrue\t", "\tTRUE\t"))  # a spreadsheet's re-save
+    before = res.read_bytes()
+    with pytest.raises(LoopError, match=r"none of its 2 data lines is a readable row") as e:
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, seed=1, resume=resume)
+    assert e.value.argument == "results"
+    assert res.read_bytes() == before

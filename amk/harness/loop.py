@@ -207,6 +207,18 @@ def _default_evaluate(*args, **kw) -> dict:
     return evaluate(*args, **kw)  # looked up at call time: the module attribute is the seam
 
 
+def _refuse_unreadable_rows(results: Path) -> None:
+    """LoopError (argument results) where a results file holds data lines and read_rows could read none of them
+    (each warned of above): a spreadsheet's re-save (TRUE for true), say. Resumed or not, the run would start afresh
+    beside rows no reader can count."""
+    from amk.flywheel.appendlog import numbered_lines, read_locked
+
+    data_lines = len(numbered_lines(read_locked(results))) - 1
+    if data_lines > 0:
+        raise LoopError(f"{results}: none of its {data_lines} data lines is a readable row (each is named above); "
+                        "fix or move the file, or choose another results file", argument="results")
+
+
 def _check_writable(path: Path, argument: str) -> None:
     """Raises LoopError naming `argument` where the loop could not append to `path` (the file, or the nearest
     directory above it that exists, is not writable: a read-only mount, another user's file), before any trial:
@@ -281,6 +293,8 @@ class _Run(Rounds, Resume):
             default_cache()
         try:
             rows = read_rows(self.results)
+            if not rows:
+                _refuse_unreadable_rows(self.results)
             if rows:  # a hand-edited number near 2**63: refused before a trial runs, not at its row
                 # the budget's trials need numbers too (re-measurements come on top)
                 first = next_trial(Path(self.results).read_bytes(), claimed_floor(self.results), self.results)
