@@ -343,19 +343,26 @@ def read_rows(path: str | Path) -> list[dict]:
     (a write cut short, or an editor's save) is skipped with a warning naming it: the next row appended ends it
     with CUT_MARK, and it stays skipped. Raises ResultsFormatError for a file
     whose first line is not a results header, or that holds text without a whole line."""
+    return rows_and_skipped(path)[0]
+
+
+def rows_and_skipped(path: str | Path) -> tuple[list[dict], int]:
+    """read_rows(path), and how many lines after the header it skipped (each warned of), from one read."""
     data = read_locked(path)
     lines = numbered_lines(data)
     if not lines and bare_header(data) is not None:
-        return []
+        return [], 0
     if not lines:
         refuse_fragment(path, data)
     rows = rows_of(path, lines)  # a foreign header raises first: no row of a refused file is warned about
+    skipped = len(lines) - 1 - len(rows)
     tail = torn_tail(data)
     if lines and tail.strip():
+        skipped += 1
         warn_bad_line(log, path, data.count(b"\n") + 1, tail, "skipped trial row: no newline ends it (a write cut "
                       "short, or an editor's save; the file is left as it is. The next row appended marks it as cut, "
                       "and it stays skipped: if the row is whole, end it with a newline before the next run)")
-    return rows
+    return rows, skipped
 
 
 def starts_as_header(text: str) -> bool:
@@ -386,6 +393,7 @@ def refuse_fragment(path, data: bytes) -> None:
 def load_results(path: str | Path = "results.tsv"):
     """results.tsv as a pandas DataFrame with typed columns (latency_us etc. float, NaN when empty;
     correct a nullable boolean; trial and max_seq nullable integers, <NA> when empty; dtype "" when empty).
+    `df.attrs["skipped_lines"]`: the lines after the header that read_rows skipped, each with a warning.
     A missing file raises FileNotFoundError, as `amk report` refuses it: read as no rows, a misspelt path would
     look like a run with no trials (read_rows, which the loop uses, still takes a file not started yet as empty)."""
     import pandas as pd
@@ -393,8 +401,9 @@ def load_results(path: str | Path = "results.tsv"):
     where = Path(path).expanduser()
     if not where.exists():
         raise FileNotFoundError(f"results file {str(path)!r} not found: run amk.loop first, or name its results= file")
-    rows = read_rows(where)
+    rows, skipped = rows_and_skipped(where)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df.attrs["skipped_lines"] = skipped  # lines no reader counts (each warned of): a caller may say how many
     for col in ("trial", *INT_COLUMNS):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     for col in FLOAT_COLUMNS:

@@ -179,3 +179,15 @@ def test_a_results_file_of_no_readable_row_is_refused_not_run_afresh_beside(tmp_
         amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, seed=1, resume=resume)
     assert e.value.argument == "results"
     assert res.read_bytes() == before
+
+
+def test_report_counts_the_lines_it_skipped_where_a_json_or_mcp_caller_sees_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _results(tmp_path / "results.tsv", kind="")  # trial 1 skipped: a latency without its kind
+    (tmp_path / "results.tsv").write_bytes(data + b"3\t2026-01-01")  # and a last line cut short
+    code, out = cli_json(capsys, "report", "--no-plots")
+    assert code == 0 and out["trials"] == 1 and out["skipped_lines"] == 2
+    assert any(n.startswith("2 lines of results.tsv skipped as no readable row") for n in out["notes"]), out["notes"]
+    _results(tmp_path / "results.tsv")  # every line a row
+    code, out = cli_json(capsys, "report", "--no-plots")
+    assert out["skipped_lines"] == 0 and not any("skipped" in n for n in out["notes"])

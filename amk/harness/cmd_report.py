@@ -337,6 +337,10 @@ def report(args) -> CommandResult:
     out["results"] = str(results)
     out["corpus"] = corpus_summary(records) if corpus.is_file() else None
     out["plots"], out["notes"] = [], []
+    out["skipped_lines"] = int(df.attrs.get("skipped_lines", 0))
+    if out["skipped_lines"]:  # an agent reading the JSON (or MCP) sees no stderr: say it here too
+        out["notes"].append(f"{counted(out['skipped_lines'], 'line')} of {results} skipped as no readable row (each "
+                            "named in a warning): their trials are not counted here")
     if not configs and len(df):
         why = ("no such file: pass the corpus file of `amk loop` that wrote the results" if not corpus.exists()
                else "pass the corpus file of `amk loop` that wrote the results (--corpus)")
