@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import types
 from dataclasses import dataclass, field
 from enum import Enum
@@ -526,23 +527,30 @@ def _parse_leaf(tp, meta, value, path):
             hint = f"; did you mean {near!r}?" if near else ""
             raise ConfigError(path, f"expected one of {allowed}, got {json_value(value)}{hint}")
         return tp(value)
+    # a notebook's dict may hold numpy scalars (a value read from a pandas frame): taken as the JSON value they are
     if tp is bool:
-        if not isinstance(value, bool):
+        if not isinstance(value, bool) and getattr(getattr(value, "dtype", None), "kind", None) != "b":
             raise ConfigError(path, f"expected a boolean, got {json_kind(value)}")
-        return value
+        return bool(value)
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if _is_boolean(value) or not isinstance(value, numbers.Integral):
             raise ConfigError(path, f"expected an integer, got {json_kind(value)}")
+        value = int(value)
         _check_bounds(meta, value, path)
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if _is_boolean(value) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ConfigError(path, f"expected a finite number, got {value!r}")
         _check_bounds(meta, value, path)
         return float(value)
     if tp is dict or get_origin(tp) is dict:
         return _parse_explicit_map(value, path)
     raise TypeError(f"{path}: unsupported config field type {tp}")  # a programming error in this module
+
+
+def _is_boolean(value) -> bool:
+    """A Python or numpy boolean: true and false are no numbers in a config, as in JSON."""
+    return isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b"
 
 
 @functools.cache

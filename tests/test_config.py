@@ -225,3 +225,17 @@ def test_a_config_error_quotes_the_value_as_json_and_cut_short(text, message):
     with pytest.raises(ConfigError) as e:
         parse_config(text)
     assert str(e.value).startswith(message), str(e.value)
+
+
+def test_numpy_scalars_in_a_config_dict_are_the_json_values_they_hold():
+    np = pytest.importorskip("numpy")
+    got = ScheduleConfig.from_dict({"threads_per_block": np.int64(256), "attention": {"kv_partitions": np.int32(4)},
+                                    "build": {"tagged_hidden": np.bool_(True)}})
+    plain = ScheduleConfig.from_dict({"threads_per_block": 256, "attention": {"kv_partitions": 4},
+                                      "build": {"tagged_hidden": True}})
+    assert got == plain and type(got.threads_per_block) is int and type(got.build.tagged_hidden) is bool
+    for bad, message in (({"threads_per_block": np.bool_(True)}, "expected an integer"),
+                         ({"threads_per_block": np.float64(256.0)}, "expected an integer"),
+                         ({"build": {"tagged_hidden": np.int64(1)}}, "expected a boolean")):
+        with pytest.raises(ConfigError, match=message):
+            ScheduleConfig.from_dict(bad)
