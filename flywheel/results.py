@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from amk.harness.verdict import LatencyKind  # the kind column: empty or one of these
 from amk.schedule.errors import ArgumentError
@@ -343,26 +344,33 @@ def read_rows(path: str | Path) -> list[dict]:
     (a write cut short, or an editor's save) is skipped with a warning naming it: the next row appended ends it
     with CUT_MARK, and it stays skipped. Raises ResultsFormatError for a file
     whose first line is not a results header, or that holds text without a whole line."""
-    return rows_and_skipped(path)[0]
+    return rows_and_skipped(path).rows
 
 
-def rows_and_skipped(path: str | Path) -> tuple[list[dict], int]:
-    """read_rows(path), and how many lines after the header it skipped (each warned of), from one read."""
+class ReadRows(NamedTuple):
+    """One read of a results file: its rows, how many lines after the header it skipped (each warned of), and
+    whether one of those is a last line no newline ends."""
+    rows: list[dict]
+    skipped: int
+    cut_tail: bool
+
+
+def rows_and_skipped(path: str | Path) -> ReadRows:
+    """read_rows(path), with what it skipped, from one read."""
     data = read_locked(path)
     lines = numbered_lines(data)
     if not lines and bare_header(data) is not None:
-        return [], 0
+        return ReadRows([], 0, False)
     if not lines:
         refuse_fragment(path, data)
     rows = rows_of(path, lines)  # a foreign header raises first: no row of a refused file is warned about
-    skipped = len(lines) - 1 - len(rows)
     tail = torn_tail(data)
-    if lines and tail.strip():
-        skipped += 1
+    cut_tail = bool(lines and tail.strip())
+    if cut_tail:
         warn_bad_line(log, path, data.count(b"\n") + 1, tail, "skipped trial row: no newline ends it (a write cut "
                       "short, or an editor's save; the file is left as it is. The next row appended marks it as cut, "
                       "and it stays skipped: if the row is whole, end it with a newline before the next run)")
-    return rows, skipped
+    return ReadRows(rows, len(lines) - 1 - len(rows) + cut_tail, cut_tail)
 
 
 def starts_as_header(text: str) -> bool:
@@ -401,9 +409,9 @@ def load_results(path: str | Path = "results.tsv"):
     where = Path(path).expanduser()
     if not where.exists():
         raise FileNotFoundError(f"results file {str(path)!r} not found: run amk.loop first, or name its results= file")
-    rows, skipped = rows_and_skipped(where)
-    df = pd.DataFrame(rows, columns=list(COLUMNS))
-    df.attrs["skipped_lines"] = skipped  # lines no reader counts (each warned of): a caller may say how many
+    read = rows_and_skipped(where)
+    df = pd.DataFrame(read.rows, columns=list(COLUMNS))
+    df.attrs["skipped_lines"] = read.skipped  # lines no reader counts (each warned of): a caller may say how many
     for col in ("trial", *INT_COLUMNS):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     for col in FLOAT_COLUMNS:

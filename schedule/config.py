@@ -529,7 +529,7 @@ def _parse_leaf(tp, meta, value, path):
         return tp(value)
     # a notebook's dict may hold numpy scalars (a value read from a pandas frame): taken as the JSON value they are
     if tp is bool:
-        if not isinstance(value, bool) and getattr(getattr(value, "dtype", None), "kind", None) != "b":
+        if not _is_boolean(value):
             raise ConfigError(path, f"expected a boolean, got {json_kind(value)}")
         return bool(value)
     if tp is int:

@@ -52,6 +52,7 @@ from amk.flywheel.records import (
 )
 from amk.flywheel.results import (
     COUNT_LIMIT,
+    ReadRows,
     ResultRow,
     ResultsFormatError,
     Status,
@@ -59,7 +60,7 @@ from amk.flywheel.results import (
     append_result,
     cell_rewrites,
     next_trial,
-    read_rows,
+    rows_and_skipped,
 )
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ArgumentError, ConfigError, EagerReferenceError, EnvironmentProblem
@@ -207,14 +208,12 @@ def _default_evaluate(*args, **kw) -> dict:
     return evaluate(*args, **kw)  # looked up at call time: the module attribute is the seam
 
 
-def _refuse_unreadable_rows(results: Path) -> None:
-    """LoopError (argument results) where a results file holds data lines and read_rows could read none of them
-    (each warned of above): a spreadsheet's re-save (TRUE for true), say. Resumed or not, the run would start afresh
-    beside rows no reader can count."""
-    from amk.flywheel.appendlog import numbered_lines, read_locked
-
-    data_lines = len(numbered_lines(read_locked(results))) - 1
-    if data_lines > 0:
+def _refuse_unreadable_rows(results: Path, read: ReadRows) -> None:
+    """LoopError (argument results) where a results file holds whole data lines and none was a readable row (each
+    warned of above): a spreadsheet's re-save (TRUE for true), say. Resumed or not, the run would start afresh
+    beside rows no reader can count. A last line cut short alone is a first trial that died, not such a file."""
+    data_lines = read.skipped - read.cut_tail
+    if not read.rows and data_lines > 0:
         raise LoopError(f"{results}: none of its {data_lines} data lines is a readable row (each is named above); "
                         "fix or move the file, or choose another results file", argument="results")
 
@@ -292,9 +291,9 @@ class _Run(Rounds, Resume):
             # an unusable cache directory fails here, not inside the first trial as a row blaming its config
             default_cache()
         try:
-            rows = read_rows(self.results)
-            if not rows:
-                _refuse_unreadable_rows(self.results)
+            read = rows_and_skipped(self.results)
+            _refuse_unreadable_rows(self.results, read)
+            rows = read.rows
             if rows:  # a hand-edited number near 2**63: refused before a trial runs, not at its row
                 # the budget's trials need numbers too (re-measurements come on top)
                 first = next_trial(Path(self.results).read_bytes(), claimed_floor(self.results), self.results)
