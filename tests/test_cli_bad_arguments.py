@@ -78,6 +78,15 @@ def test_config_argument_reads_an_existing_file_before_trying_inline_json(tmp_pa
         os.close(r)
 
 
+def test_an_inline_json_object_is_read_as_itself_beside_a_file_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "{}").write_text('{"pipelining_depth": 1}')
+    (tmp_path / ' {"pipelining_depth": 2}').write_text("not json")
+    assert read_config_arg("{}") == "{}"
+    assert read_config_arg(' {"pipelining_depth": 2}') == ' {"pipelining_depth": 2}'
+    assert json.loads(read_config_arg("./{}")) == {"pipelining_depth": 1}  # the file, named as a path
+
+
 def test_config_argument_reads_at_most_4_mib_and_drops_a_byte_order_mark(tmp_path, monkeypatch):
     import io
 

@@ -94,8 +94,8 @@ MAX_CONFIG_CHARS = 4 << 20  # a schedule config is a few KiB; an explicit SM map
 
 
 def read_config_arg(value: str | None, flag: str = "--config"):
-    """--config: '-' reads stdin; an existing file is read (a file named like '2024-cfg.json' too); else text
-    that looks like JSON is parsed inline. Returns the raw value (string; a ConfigText naming the file or stdin)
+    """--config: '-' reads stdin; a value starting with '{' is inline JSON; an existing file is read (a file named
+    like '2024-cfg.json' too); else text that looks like JSON is parsed inline. Returns the raw value (string; a ConfigText naming the file or stdin)
     so that malformed JSON becomes a rejected verdict, not a crash. A leading UTF-8 byte-order mark is dropped.
     UsageError (naming `flag`) for a directory, an unreadable or non-UTF-8 file or stdin, a closed stdin, a file or
     stdin of more than MAX_CONFIG_CHARS (4 MiB), or a value that is neither a file nor JSON."""
@@ -118,6 +118,10 @@ def read_config_arg(value: str | None, flag: str = "--config"):
             raise UsageError(f"{flag} -: stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
         return ConfigText(text.removeprefix("\ufeff"), f"{flag} -: stdin")
     if not value.strip():  # Path("") is the working directory: an empty value is inline text (no JSON), not a path
+        return value
+    # a JSON object is what a config is: `--config '{}'` is that object even where the working directory holds a
+    # file named `{}` (a file whose name starts with a brace is still read as ./{name})
+    if value.lstrip().startswith("{"):
         return value
     try:
         path = Path(value).expanduser()
