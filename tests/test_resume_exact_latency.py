@@ -35,7 +35,7 @@ def test_a_resumed_incumbent_has_the_corpus_latency_of_its_trial(tmp_path):
     assert s["incumbent"]["latency_spread_us"] == 0.0123456
 
 
-def test_a_row_the_corpus_does_not_hold_keeps_the_file_latency(tmp_path):
+def test_a_row_the_corpus_does_not_hold_keeps_the_file_latency(tmp_path, caplog):
     """A corpus record of the trial whose latency rounds to another figure is another measurement (the file's row
     was rewritten, or another loop's corpus): the row's own figure stands."""
     res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
@@ -47,6 +47,19 @@ def test_a_row_the_corpus_does_not_hold_keeps_the_file_latency(tmp_path):
     res.write_text(lines[0] + "\t".join(cells) + "\n" + "".join(lines[2:]))
     assert [r.latency_us for r in load_records(cor)][0] == LATENCY
 
-    s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, evaluate=_evaluate,
-                 settings=SMALL)
+    with caplog.at_level("WARNING"):
+        s = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True,
+                     evaluate=_evaluate, settings=SMALL)
     assert s["incumbent"]["trial"] == 1 and s["incumbent"]["latency_us"] == 97.5
+    # the bar a candidate must beat is a figure no record confirms: said, naming both figures
+    warned = [r.getMessage() for r in caplog.records if "trial 1's row gives 97.5000 us" in r.getMessage()]
+    assert len(warned) == 1 and f"{LATENCY:.4f}" in warned[0]
+
+
+def test_a_row_that_matches_its_record_is_resumed_without_a_warning(tmp_path, caplog):
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, evaluate=_evaluate, settings=SMALL)
+    with caplog.at_level("WARNING"):
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, resume=True, evaluate=_evaluate,
+                 settings=SMALL)
+    assert not [r for r in caplog.records if "row gives" in r.getMessage()]

@@ -224,15 +224,26 @@ class Resume:
         """(latency, spread) of a results row as the corpus recorded them: a results.tsv cell holds four decimals,
         so a resume that took the file's figure reported its incumbent at another latency than the corpus's best
         of the same trial. The corpus record must be this run's, of the row's trial, program and latency kind, with
-        a latency that the row's cell writes; any other leaves the row's own figures."""
+        a latency that the row's cell writes; any other leaves the row's own figures, with a warning where the corpus
+        records the same trial, program and kind at another latency (a row edited by hand)."""
         if not Path(self.corpus).exists():
             return lat, spread
         cell = row["latency_us"]
+        others = []
         for r in reversed(for_run(load_records(self.corpus), self.name, self.target.name, self.dtype)):
             if (r.trial == int(row["trial"]) and r.program_fingerprint == row.get("program_fingerprint")
-                    and r.kind == row.get("kind") and r.latency_us is not None and f"{r.latency_us:.4f}" == cell):
-                exact_spread = spread if r.latency_spread_us is None or spread is None else r.latency_spread_us
-                return r.latency_us, exact_spread
+                    and r.kind == row.get("kind") and r.latency_us is not None):
+                if f"{r.latency_us:.4f}" == cell:
+                    exact_spread = spread if r.latency_spread_us is None or spread is None else r.latency_spread_us
+                    return r.latency_us, exact_spread
+                others.append(r.latency_us)
+        if others:
+            # the row was edited by hand, or the corpus is shared with another results file whose trial numbers
+            # collide: either way the bar every candidate must beat is a figure no record of this file confirms
+            log.warning("%s: trial %s's row gives %s us, but %s records that trial of the same program at %s us: "
+                        "the row's figure is the resumed incumbent's; if the row was edited, restore it or start "
+                        "another results file", self.results, row["trial"], cell, self.corpus,
+                        ", ".join(f"{x:.4f}" for x in others))
         return lat, spread
 
     def _adopt(self, row: dict) -> bool:
