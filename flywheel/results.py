@@ -363,6 +363,7 @@ def rows_and_skipped(path: str | Path) -> ReadRows:
         return ReadRows([], 0, False)
     if not lines:
         refuse_fragment(path, data)
+        return ReadRows([], 0, False)  # empty, or blank lines only: no header, so no line after it either
     rows = rows_of(path, lines)  # a foreign header raises first: no row of a refused file is warned about
     tail = torn_tail(data)
     cut_tail = bool(lines and tail.strip())
