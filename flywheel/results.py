@@ -348,11 +348,11 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 class ReadRows(NamedTuple):
-    """One read of a results file: its rows, how many lines after the header it skipped (each warned of), and
-    whether one of those is a last line no newline ends."""
+    """One read of a results file: its rows, how many lines after the header it skipped (each warned of), and how
+    many of those a write cut short (a line CUT_MARK ends, and a last line no newline ends)."""
     rows: list[dict]
     skipped: int
-    cut_tail: bool
+    cut: int
 
 
 def rows_and_skipped(path: str | Path) -> ReadRows:
@@ -360,18 +360,19 @@ def rows_and_skipped(path: str | Path) -> ReadRows:
     data = read_locked(path)
     lines = numbered_lines(data)
     if not lines and bare_header(data) is not None:
-        return ReadRows([], 0, False)
+        return ReadRows([], 0, 0)
     if not lines:
         refuse_fragment(path, data)
-        return ReadRows([], 0, False)  # empty, or blank lines only: no header, so no line after it either
+        return ReadRows([], 0, 0)  # empty, or blank lines only: no header, so no line after it either
     rows = rows_of(path, lines)  # a foreign header raises first: no row of a refused file is warned about
     tail = torn_tail(data)
     cut_tail = bool(lines and tail.strip())
+    cut = sum(CUT_MARK in ln for _, ln in lines[1:]) + cut_tail
     if cut_tail:
         warn_bad_line(log, path, data.count(b"\n") + 1, tail, "skipped trial row: no newline ends it (a write cut "
                       "short, or an editor's save; the file is left as it is. The next row appended marks it as cut, "
                       "and it stays skipped: if the row is whole, end it with a newline before the next run)")
-    return ReadRows(rows, len(lines) - 1 - len(rows) + cut_tail, cut_tail)
+    return ReadRows(rows, len(lines) - 1 - len(rows) + cut_tail, cut)
 
 
 def starts_as_header(text: str) -> bool:

@@ -1,5 +1,5 @@
 """Edges of results.tsv, corpus.jsonl and config dicts as a user's tools leave them (HARNESS.md sections 1, 5 and
-7): an emptied results file."""
+7): an emptied results file, and the rows of trials that crashes cut short."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import pytest
 from _cli import cli_json
 from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
-from amk.flywheel.results import load_results
+import amk
+from amk.flywheel.results import HEADER, ResultRow, Status, append_result, load_results, read_rows
+
+
+def _row(trial: int) -> ResultRow:
+    return ResultRow(model="toy", gpu="cpu-sim", schedule_id=f"{trial:012x}", status=Status.DISCARD, correct=True,
+                     latency_us=50.0 + trial, kind="predicted", program_fingerprint=f"{trial:016x}", dtype="fp32",
+                     max_seq=512, trial=trial)
 
 # ---- report's skipped_lines ---------------------------------------------------------------------------------------
 
@@ -20,3 +27,34 @@ def test_an_empty_results_file_skips_no_line(tmp_path, capsys, monkeypatch, text
     code, out = cli_json(capsys, "report", "--no-plots")
     assert code == 0 and out["trials"] == 0 and out["skipped_lines"] == 0  # was -1
     assert not any("skipped" in n for n in out["notes"]), out["notes"]
+
+
+# ---- trials cut short are no unreadable file ---------------------------------------------------------------------
+
+
+def test_a_results_file_of_only_rows_that_crashes_cut_short_is_resumed(tmp_path):
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    append_result(res, _row(1))
+    whole = res.read_bytes()
+    res.write_bytes(whole[:-20])  # trial 1's row cut short (a full disk)
+    append_result(res, _row(2))  # the next append marks it as cut ...
+    res.write_bytes(res.read_bytes()[:-20])  # ... and is cut short in turn
+    assert read_rows(res) == []
+    summary = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, seed=1, resume=True)
+    assert summary["trials"] == 1
+    rows = read_rows(res)
+    assert len(rows) == 1 and int(rows[0]["trial"]) > 2  # neither cut trial's number given again
+
+
+def test_a_marked_cut_row_beside_an_unreadable_one_is_still_refused(tmp_path):
+    from amk.harness.loop import LoopError
+
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    res.write_text(HEADER + "\t".join(_row(1).cells()).replace("\ttrue\t", "\tTRUE\t") + "\n"
+                   + "\t".join(_row(2).cells())[:-20])
+    append_result(res, _row(3))
+    res.write_bytes(res.read_bytes()[:-20])
+    before = res.read_bytes()
+    with pytest.raises(LoopError, match=r"none of its 1 data lines is a readable row") as e:
+        amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, seed=1, resume=True)
+    assert e.value.argument == "results" and res.read_bytes() == before

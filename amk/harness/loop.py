@@ -211,8 +211,10 @@ def _default_evaluate(*args, **kw) -> dict:
 def _refuse_unreadable_rows(results: Path, read: ReadRows) -> None:
     """LoopError (argument results) where a results file holds whole data lines and none was a readable row (each
     warned of above): a spreadsheet's re-save (TRUE for true), say. Resumed or not, the run would start afresh
-    beside rows no reader can count. A last line cut short alone is a first trial that died, not such a file."""
-    data_lines = read.skipped - read.cut_tail
+    beside rows no reader can count. Rows a write cut short (a last line without its newline, and a line the next
+    append marked as cut) are trials that died, not such a file: a full disk may cut the first trial's row of every
+    run until it is freed."""
+    data_lines = read.skipped - read.cut
     if not read.rows and data_lines > 0:
         raise LoopError(f"{results}: none of its {data_lines} data lines is a readable row (each is named above); "
                         "fix or move the file, or choose another results file", argument="results")
