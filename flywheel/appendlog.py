@@ -77,8 +77,9 @@ def numbered_lines(data: bytes) -> list[tuple[int, str]]:
 
 
 def torn_tail(data: bytes) -> str:
-    """The trailing fragment of `data` a writer left without its newline (a crash mid-write), or ""."""
-    text = data.decode("utf-8", errors="replace")
+    """The trailing fragment of `data` a writer left without its newline (a crash mid-write), or "". Where it is the
+    file's only line, without the UTF-8 byte-order mark numbered_lines drops too (an editor's one-line save)."""
+    text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
     return text[text.rfind("\n") + 1:]
 
 

@@ -1,5 +1,6 @@
 """Edges of results.tsv, corpus.jsonl and config dicts as a user's tools leave them (HARNESS.md sections 1, 5 and
-7): an emptied results file, and the rows of trials that crashes cut short."""
+7): an emptied results file, the rows of trials that crashes cut short, and a one-record corpus an editor saved with a
+byte-order mark and no newline."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from _cli import cli_json
 from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for this module
 
 import amk
+from amk.flywheel.records import load_records
 from amk.flywheel.results import HEADER, ResultRow, Status, append_result, load_results, read_rows
 
 
@@ -58,3 +60,18 @@ def test_a_marked_cut_row_beside_an_unreadable_one_is_still_refused(tmp_path):
     with pytest.raises(LoopError, match=r"none of its 1 data lines is a readable row") as e:
         amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, seed=1, resume=True)
     assert e.value.argument == "results" and res.read_bytes() == before
+
+
+# ---- a corpus an editor saved ---------------------------------------------------------------------------------------
+
+
+def test_a_one_record_corpus_saved_with_a_byte_order_mark_and_no_newline_is_read(tmp_path, caplog):
+    cor = tmp_path / "corpus.jsonl"
+    amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "results.tsv", corpus=cor, seed=1)
+    (record,) = load_records(cor)
+    cor.write_bytes(b"\xef\xbb\xbf" + cor.read_bytes().rstrip(b"\n"))  # Notepad's "UTF-8 with BOM"
+    assert [r.schedule_id for r in load_records(cor)] == [record.schedule_id]
+    assert "write cut short" not in caplog.text
+    summary = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "results.tsv", corpus=cor,
+                       seed=1, resume=True)
+    assert summary["trials"] == 1 and len(load_records(cor)) == 2  # the record read, and the next one after it
