@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import numbers
+import sys
 import types
 from dataclasses import dataclass, field
 from enum import Enum
@@ -549,8 +550,11 @@ def _parse_leaf(tp, meta, value, path):
 
 
 def _is_boolean(value) -> bool:
-    """A Python or numpy boolean: true and false are no numbers in a config, as in JSON."""
-    return isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b"
+    """A Python or numpy boolean scalar: true and false are no numbers in a config, as in JSON. An array or a pandas
+    column of booleans is none (as an array of integers is no integer), so that it is refused naming its field where
+    bool() of it would raise."""
+    np = sys.modules.get("numpy")  # a numpy value comes only from a process that imported numpy
+    return isinstance(value, bool) or (np is not None and isinstance(value, np.bool_))
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """Edges of results.tsv, corpus.jsonl and config dicts as a user's tools leave them (HARNESS.md sections 1, 5 and
-7): an emptied results file, the rows of trials that crashes cut short, and a one-record corpus an editor saved with a
-byte-order mark and no newline."""
+7): an emptied results file, the rows of trials that crashes cut short, a one-record corpus an editor saved with a
+byte-order mark and no newline, and an array or a pandas column where a config holds a boolean."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from _isolated_cache import cache_dir  # noqa: F401 - autouse: a fresh cache for
 import amk
 from amk.flywheel.records import load_records
 from amk.flywheel.results import HEADER, ResultRow, Status, append_result, load_results, read_rows
+from amk.schedule.config import ScheduleConfig
+from amk.schedule.errors import ConfigError
 
 
 def _row(trial: int) -> ResultRow:
@@ -75,3 +77,32 @@ def test_a_one_record_corpus_saved_with_a_byte_order_mark_and_no_newline_is_read
     summary = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=tmp_path / "results.tsv", corpus=cor,
                        seed=1, resume=True)
     assert summary["trials"] == 1 and len(load_records(cor)) == 2  # the record read, and the next one after it
+
+
+# ---- numpy and pandas values where a config holds a boolean --------------------------------------------------------
+
+
+def _values():
+    np = pytest.importorskip("numpy")
+    pd = pytest.importorskip("pandas")
+    return {"a numpy array": np.array([True, False]), "a 0-d numpy array": np.array(True),
+            "a pandas column": pd.Series([True]), "a nullable pandas column": pd.Series([True], dtype="boolean")}
+
+
+@pytest.mark.parametrize("name", ["a numpy array", "a 0-d numpy array", "a pandas column",
+                                  "a nullable pandas column"])
+@pytest.mark.parametrize("knob", ["norm_into_matvec", "rope_kv_into_qkv"])  # bool, and bool | None
+def test_an_array_where_a_config_holds_a_boolean_is_refused_naming_the_field(name, knob):
+    value = _values()[name]
+    with pytest.raises(ConfigError) as e:
+        ScheduleConfig.from_dict({"fusion": {knob: value}})
+    assert str(e.value).startswith(f"$.fusion.{knob}: expected a boolean, got "), str(e.value)
+    # as an integer knob refuses the same value
+    with pytest.raises(ConfigError, match=r"^\$\.pipelining_depth: expected an integer"):
+        ScheduleConfig.from_dict({"pipelining_depth": value})
+
+
+def test_numpy_boolean_scalars_are_still_the_booleans_they_hold():
+    np = pytest.importorskip("numpy")
+    got = ScheduleConfig.from_dict({"fusion": {"norm_into_matvec": np.bool_(False), "rope_kv_into_qkv": np.True_}})
+    assert got.fusion.norm_into_matvec is False and got.fusion.rope_kv_into_qkv is True
