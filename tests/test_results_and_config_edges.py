@@ -1,6 +1,7 @@
 """Edges of results.tsv, corpus.jsonl and config dicts as a user's tools leave them (HARNESS.md sections 1, 5 and
 7): an emptied results file, the rows of trials that crashes cut short, a one-record corpus an editor saved with a
-byte-order mark and no newline, and an array or a pandas column where a config holds a boolean."""
+byte-order mark and no newline, an array or a pandas column where a config holds a boolean, and a plot named by a
+symbolic link loop."""
 
 from __future__ import annotations
 
@@ -106,3 +107,22 @@ def test_numpy_boolean_scalars_are_still_the_booleans_they_hold():
     np = pytest.importorskip("numpy")
     got = ScheduleConfig.from_dict({"fusion": {"norm_into_matvec": np.bool_(False), "rope_kv_into_qkv": np.True_}})
     assert got.fusion.norm_into_matvec is False and got.fusion.rope_kv_into_qkv is True
+
+
+# ---- report's plots --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("links", [["search.png"], ["latency_vs_floor.png", "a"]], ids=["itself", "two links"])
+def test_a_plot_named_by_a_symbolic_link_loop_is_a_usage_error_naming_out_dir(tmp_path, capsys, monkeypatch, links):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    for i in (1, 2):
+        append_result(tmp_path / "results.tsv", _row(i))
+    out_dir = tmp_path / "report"
+    out_dir.mkdir()
+    for name, to in zip(links, links[1:] + links[:1]):  # each names the next, the last the first
+        (out_dir / name).symlink_to(to)
+    code, out = cli_json(capsys, "report", "--out-dir", "report")
+    assert code == 2 and out["error_type"] == "usage", out  # was exit 3, internal: RuntimeError: Symlink loop
+    assert out["error"].startswith("--out-dir 'report': ") and "names no file" in out["error"], out["error"]
+    assert all((out_dir / name).is_symlink() for name in links)

@@ -271,9 +271,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _save(fig, path: Path, plt) -> str:
     """Save `fig` to `path` as a PNG, whole or not at all (cmd_run.write_output). UsageError naming --out-dir when
-    the file cannot be written there (a directory of that name, no permission), or when `path`, or the file a
-    symbolic link there names, exists and is no PNG image: a results.tsv, a corpus or a user's own file is never
-    overwritten by a plot."""
+    the file cannot be written there (a directory of that name, no permission, a symbolic link loop), or when `path`,
+    or the file a symbolic link there names, exists and is no PNG image: a results.tsv, a corpus or a user's own file
+    is never overwritten by a plot."""
     import io
 
     from .cmd_run import write_output
@@ -281,7 +281,10 @@ def _save(fig, path: Path, plt) -> str:
     hint = "name another directory, or pass --no-plots"
     try:
         fig.tight_layout()
-        target = path.resolve()
+        try:
+            target = path.resolve()
+        except RuntimeError as e:  # a symbolic link loop (an OSError, caught below, from Python 3.13)
+            raise UsageError(f"--out-dir {str(path.parent)!r}: {path.name} names no file ({e}); {hint}") from None
         if target.is_file():
             with open(target, "rb") as f:
                 head = f.read(len(PNG_SIGNATURE))
