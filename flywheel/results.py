@@ -389,10 +389,10 @@ def bare_header(data: bytes) -> tuple[str, ...] | None:
 
 
 def refuse_fragment(path, data: bytes) -> None:
-    """ResultsFormatError when `data`, a file without a whole line, holds anything but white space: a file of
-    another tool (one line with no newline, a byte-order mark, binary bytes), which the loop must neither read as
-    empty nor append a header to."""
-    if data.strip():
+    """ResultsFormatError when `data`, a file without a whole line, holds anything but white space after a UTF-8
+    byte-order mark (what an editor saves when asked to empty a file "with BOM"): a file of another tool (one line
+    with no newline, binary bytes), which the loop must neither read as empty nor append a header to."""
+    if data.removeprefix(b"\xef\xbb\xbf").strip():
         text = data.decode("utf-8", errors="replace")
         # a results file whose lines end in CR alone (classic Mac OS) has no whole line: say so, not just "header"
         cr = starts_as_header(text) and "\r" in text

@@ -34,6 +34,19 @@ def test_an_empty_results_file_skips_no_line(tmp_path, capsys, monkeypatch, text
     assert not any("skipped" in n for n in out["notes"]), out["notes"]
 
 
+def test_a_results_file_emptied_to_a_byte_order_mark_is_written_into(tmp_path, capsys, monkeypatch):
+    """An editor asked to empty a file "with BOM" leaves the mark alone: a results file of no rows, not another
+    tool's fragment (the loop and report refused it as a foreign header '\\ufeff')."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.tsv").write_bytes(b"\xef\xbb\xbf")
+    code, out = cli_json(capsys, "report", "--no-plots")
+    assert code == 0 and out["trials"] == 0 and out["skipped_lines"] == 0
+    append_result(tmp_path / "results.tsv", _row(0))  # trial 0: numbered by the append
+    assert [r["trial"] for r in read_rows(tmp_path / "results.tsv")] == ["1"]
+    code, out = cli_json(capsys, "report", "--no-plots")
+    assert code == 0 and out["trials"] == 1 and out["skipped_lines"] == 0
+
+
 # ---- trials cut short are no unreadable file ---------------------------------------------------------------------
 
 
