@@ -267,12 +267,19 @@ def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
     from elsewhere, a hand edit) is skipped with a warning naming the file and line: the file outlives code
     versions, and one bad line must not cost the others. A last line without its newline is read where it is a whole
     record (no JSON object cut short parses), else skipped with a warning; the next record appended ends its line."""
-    out = []
+    return records_and_skipped(path)[0]
+
+
+def records_and_skipped(path: str | Path = "corpus.jsonl") -> tuple[list[TuningRecord], int]:
+    """load_records' records and the count of the file's non-blank lines it skipped (each named in a warning), for
+    a caller that sees no log (`amk --json report`, the MCP tools)."""
+    out, skipped = [], 0
     data = read_locked(path)
     for i, line in numbered_lines(data):
         try:
             out.append(TuningRecord.from_dict(json.loads(line)))
         except (ValueError, KeyError, TypeError) as e:
+            skipped += 1
             warn_bad_line(log, path, i, line, f"skipped a line that is not a tuning record ({e})")
     tail = torn_tail(data)
     if tail.strip():
@@ -280,12 +287,13 @@ def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
         try:  # no JSON object cut short parses: one that does is whole (an editor's save), as the next append reads it
             out.append(TuningRecord.from_dict(json.loads(tail)))
         except (ValueError, KeyError, TypeError):
+            skipped += 1
             warn_bad_line(log, path, n, tail, "skipped a tuning record no newline ends (a write cut short; the file "
                           "is left as it is, and the next record appended starts a line of its own)")
         else:
             warn_bad_line(log, path, n, tail, "read a tuning record no newline ends (an editor's save?); the next "
                           "record appended ends its line")
-    return out
+    return out, skipped
 
 
 def model_key(model: str) -> str:

@@ -139,3 +139,17 @@ def test_a_plot_named_by_a_symbolic_link_loop_is_a_usage_error_naming_out_dir(tm
     assert code == 2 and out["error_type"] == "usage", out  # was exit 3, internal: RuntimeError: Symlink loop
     assert out["error"].startswith("--out-dir 'report': ") and "names no file" in out["error"], out["error"]
     assert all((out_dir / name).is_symlink() for name in links)
+
+
+def test_report_json_counts_the_corpus_lines_it_skipped(tmp_path, capsys, monkeypatch):
+    """A caller of `amk --json report` (or the MCP tool) sees no stderr: a damaged corpus is counted in the answer."""
+    monkeypatch.chdir(tmp_path)
+    amk.loop("toy", "cpu-sim", budget=1, device="cpu", results="results.tsv", corpus="corpus.jsonl")
+    code, out = cli_json(capsys, "report", "--no-plots")
+    assert code == 0 and out["corpus"]["skipped_lines"] == 0
+    assert not any("no tuning record" in n for n in out["notes"]), out["notes"]
+    with open(tmp_path / "corpus.jsonl", "a") as f:
+        f.write("TRUE\n{\"not\": \"a record\"}\n{\"cut")
+    code, out = cli_json(capsys, "report", "--no-plots")
+    assert code == 0 and out["corpus"]["skipped_lines"] == 3 and out["corpus"]["entries"] == 1
+    assert any(n.startswith("3 lines of corpus.jsonl skipped as no tuning record") for n in out["notes"]), out["notes"]

@@ -308,7 +308,7 @@ def _save(fig, path: Path, plt) -> str:
 
 def report(args) -> CommandResult:
     from amk.flywheel.corpus import spec_floor
-    from amk.flywheel.records import load_records
+    from amk.flywheel.records import records_and_skipped
     from amk.flywheel.results import ResultsFormatError, load_results
 
     for flag, value in (("--results", args.results), ("--corpus", args.corpus)) + (
@@ -335,17 +335,20 @@ def report(args) -> CommandResult:
     if corpus.exists() and not corpus.is_file():
         raise UsageError(f"--corpus {str(corpus)!r}: is not a regular file (a device, a FIFO or a socket); name the "
                          "corpus file of `amk loop`")
-    records = load_records(corpus) if corpus.is_file() else []
+    records, corpus_skipped = records_and_skipped(corpus) if corpus.is_file() else ([], 0)
     configs = {r.schedule_id: r.config for r in records if r.schedule_id and _readable(r.config)}
     floors = {r.program_fingerprint: f for r in records if r.program_fingerprint and (f := spec_floor(r))}
     out = summarise(df, configs, floors)
     out["results"] = str(results)
-    out["corpus"] = corpus_summary(records) if corpus.is_file() else None
+    out["corpus"] = {**corpus_summary(records), "skipped_lines": corpus_skipped} if corpus.is_file() else None
     out["plots"], out["notes"] = [], []
     out["skipped_lines"] = int(df.attrs.get("skipped_lines", 0))
     if out["skipped_lines"]:  # an agent reading the JSON (or MCP) sees no stderr: say it here too
         out["notes"].append(f"{counted(out['skipped_lines'], 'line')} of {results} skipped as no readable row (each "
                             "named in a warning): their trials are not counted here")
+    if corpus_skipped:
+        out["notes"].append(f"{counted(corpus_skipped, 'line')} of {corpus} skipped as no tuning record (each named "
+                            "in a warning): a kept trial whose record it was shows no config")
     if not configs and len(df):
         why = ("no such file: pass the corpus file of `amk loop` that wrote the results" if not corpus.exists()
                else "pass the corpus file of `amk loop` that wrote the results (--corpus)")
