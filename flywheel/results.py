@@ -262,6 +262,10 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
     for col in KEY_COLUMNS:
         if CONTROL.search(row[col]):
             return col, "holding a control character"
+        # the readers decode with replacement: a file saved again in another encoding (cp1252, say) turns a
+        # checkpoint path's é into U+FFFD, and the row would be another model's
+        if "\ufffd" in row[col]:
+            return col, "holding bytes that are not UTF-8 (the file saved again in another encoding?)"
     for col in ("model", "gpu"):  # every trial names both: an empty one would group rows of no model together
         if not row[col]:
             return col, "empty"

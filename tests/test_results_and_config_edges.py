@@ -153,3 +153,20 @@ def test_report_json_counts_the_corpus_lines_it_skipped(tmp_path, capsys, monkey
     code, out = cli_json(capsys, "report", "--no-plots")
     assert code == 0 and out["corpus"]["skipped_lines"] == 3 and out["corpus"]["entries"] == 1
     assert any(n.startswith("3 lines of corpus.jsonl skipped as no tuning record") for n in out["notes"]), out["notes"]
+
+
+def test_a_row_whose_model_path_is_not_utf8_is_skipped_naming_the_column(tmp_path, caplog):
+    """A spreadsheet's save in cp1252 turns a checkpoint path's é into a byte no UTF-8 reader takes: read with
+    replacement, the row would be another model's; it is skipped with a warning naming the column."""
+    res = tmp_path / "results.tsv"
+    row = _row(0)
+    row.model = str(tmp_path / "café-1b")
+    append_result(res, row)
+    append_result(res, _row(0))
+    assert [r["model"] for r in read_rows(res)] == [row.model, "toy"]
+    res.write_bytes(res.read_bytes().replace("é".encode(), "é".encode("cp1252")))
+    with caplog.at_level("WARNING"):
+        rows = read_rows(res)
+    assert [r["model"] for r in rows] == ["toy"]
+    assert any(":2: skipped trial row: column model" in r.getMessage() and "not UTF-8" in r.getMessage()
+               for r in caplog.records)
