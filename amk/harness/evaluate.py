@@ -316,10 +316,6 @@ def _config_notes(cfg: ScheduleConfig, program: MegakernelProgram, derived: dict
         notes.append(f"max_seq {program.constants.max_seq} is past the model's {dims.max_positions} "
                      "positions (max_position_embeddings): verify cases there check AMK against transformers, "
                      "which computes them the same way, not the model's quality that far out")
-    heads = dims.n_heads + 2 * dims.n_kv_heads
-    if cfg.matvec.qkv.heads_per_task > heads:
-        notes.append(f"matvec.qkv.heads_per_task={cfg.matvec.qkv.heads_per_task} is more than the model's {heads} "
-                     f"q/k/v heads: one QKV task takes them all, as heads_per_task={heads} would")
     parts, positions = cfg.attention.kv_partitions, program.constants.max_seq
     if parts is not None and parts > positions:  # the live length is split evenly: never more than one a partition
         notes.append(f"attention.kv_partitions={parts} is more than the program's {positions} positions (max_seq): "
