@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="corpus.jsonl",
                    help="tuning records, one per measurement, shared by every run (default: corpus.jsonl)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the results file: its best keep is the incumbent and its trials are not measured "
-                        "again (a missing file is started)")
+                   help="continue the results file: its latest kept trial is the incumbent and its trials are not "
+                        "measured again (a missing file is started)")
     p.add_argument("--max-reverts", type=positive_int, default=20,
                    help="trials in a row without a keep: they stop a run with neither --budget nor --minutes, and "
                         "move a bounded run to another region (default: 20)")

@@ -23,3 +23,13 @@ def test_heads_per_task_past_the_heads_is_noted_once(checkpoint):
     # one knob that cannot act, one note: the verdict's notes are read by agents, one caveat a line
     assert len(said) == 1, said
     assert "has no effect" in said[0] and "8" in said[0]
+
+
+def test_loop_resume_help_names_the_latest_keep():
+    from amk.cli import build_parser
+
+    loop = next(a for a in build_parser()._subparsers._group_actions[0].choices["loop"]._actions
+                if "--resume" in a.option_strings)
+    # HARNESS.md section 7: a resume continues from the latest kept trial, which a simpler config kept within the
+    # noise of a faster one can leave slower than an earlier keep
+    assert "latest kept trial" in loop.help and "best keep" not in loop.help

@@ -144,7 +144,7 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     words), outcome (that closing part alone), source, elapsed_s. `workers` > 1: one loop per GPU through Ray
     (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
-    that holds its best kept config, a rejected seed, a resumed checkpoint whose changed weights fail the kept
+    that holds its latest kept config, a rejected seed, a resumed checkpoint whose changed weights fail the kept
     incumbent, a checkpoint saved again during the loop, a `results` or `corpus` the loop could not write),
     ConfigError (a malformed seed), ArgumentError (a `seed` outside [0, 2**63), a `budget`, `minutes`, `workers`,
     `builders`, `max_reverts` or `max_seq` out of range, more `workers` than trials in the budget, an unknown `cases`
