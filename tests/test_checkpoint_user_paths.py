@@ -33,3 +33,16 @@ def test_loop_resume_help_names_the_latest_keep():
     # HARNESS.md section 7: a resume continues from the latest kept trial, which a simpler config kept within the
     # noise of a faster one can leave slower than an earlier keep
     assert "latest kept trial" in loop.help and "best keep" not in loop.help
+
+
+def test_mcp_loop_description_says_when_max_reverts_stops():
+    pytest.importorskip("mcp")
+    import asyncio
+
+    from amk.harness.mcp_server import build_server
+
+    tools = asyncio.run(build_server().list_tools())
+    text = " ".join(next(t for t in tools if t.name == "loop").description.split())
+    # loop.py: max_reverts stops only a run with neither a budget nor minutes; a bounded one restarts elsewhere
+    assert "or `max_reverts` non-keeps" not in text
+    assert "neither `budget` nor `minutes`" in text
