@@ -95,8 +95,8 @@ MAX_CONFIG_CHARS = 4 << 20  # a schedule config is a few KiB; an explicit SM map
 
 def read_config_arg(value: str | None, flag: str = "--config"):
     """--config: '-' reads stdin; a value starting with '{' is inline JSON; an existing file is read (a file named
-    like '2024-cfg.json' too); else text that looks like JSON is parsed inline. Returns the raw value (string; a ConfigText naming the file or stdin)
-    so that malformed JSON becomes a rejected verdict, not a crash. A leading UTF-8 byte-order mark is dropped.
+    like '2024-cfg.json' too); else text that looks like JSON is parsed inline. Returns the raw value (string; a
+    ConfigText naming the file or stdin) so that malformed JSON becomes a rejected verdict, not a crash. A leading UTF-8 byte-order mark is dropped.
     UsageError (naming `flag`) for a directory, an unreadable or non-UTF-8 file or stdin, a closed stdin, a file or
     stdin of more than MAX_CONFIG_CHARS (4 MiB), or a value that is neither a file nor JSON."""
     if value is None:
@@ -149,7 +149,7 @@ def read_config_arg(value: str | None, flag: str = "--config"):
         except OSError as e:
             raise UsageError(f"{flag} {value!r}: cannot be read ({e.strerror})") from None
     stripped = value.strip()
-    if not stripped or stripped[0] in "{[\"-0123456789" or stripped in ("true", "false", "null"):
+    if not stripped or stripped[0] in "[\"-0123456789" or stripped in ("true", "false", "null"):
         return value
     raise UsageError(f"{flag} {value!r}: no such file (give a JSON file, '-' for stdin, or inline JSON)")
 

@@ -257,9 +257,9 @@ def build_server():
         random points, ranked by the cost model: HARNESS.md section 7), appending one row a trial to `results`
         and one tuning record a measurement, kept or not, to `corpus`; stops at `budget` trials or `minutes`, and
         with neither `budget` nor `minutes` at `max_reverts` non-keeps in a row (a bounded run moves to another
-        region there and goes on). An existing non-empty results file needs resume=true. max_seq: the KV positions every trial's
-        program holds (default: the model's, at most 2048). Returns the summary: incumbent, statuses, why it
-        stopped."""
+        region there and goes on). An existing non-empty results file needs resume=true. max_seq: the KV positions
+        every trial's program holds (default: the model's, at most 2048). Returns the summary: incumbent, statuses,
+        why it stopped."""
         from amk.harness.loop import LoopError, ResultsNotResumed
         from amk.harness.loop import loop as run
 
