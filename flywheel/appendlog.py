@@ -41,14 +41,20 @@ def read_all(fd: int) -> bytes:
     return os.pread(fd, size, 0) if size else b""
 
 
-def append_lines(path: str | os.PathLike, make: Callable[[bytes], bytes], cut_mark: bytes = b"") -> bytes:
+def append_lines(path: str | os.PathLike, make: Callable[[bytes], bytes], cut_mark: bytes = b"",
+                 restart: Callable[[bytes], bool] | None = None) -> bytes:
     """Under the lock, call make(current file bytes) -> bytes to append (whole lines, ending in a newline),
     and write them in one write. Returns what was written. `make` sees the file as it is under the lock, so
     it can number rows or write a header exactly once across processes. A last line the file holds without its
     newline (a writer cut short) is ended first, `cut_mark` before its newline where it follows a whole line: a format
-    whose cut line could still read as a whole one marks it so, and its readers skip a line that holds the mark."""
+    whose cut line could still read as a whole one marks it so, and its readers skip a line that holds the mark.
+    Where `restart(current)` is true (the format's own first line cut short, so the file holds nothing to keep),
+    the file is emptied first and `make` sees it empty."""
     with locked(path) as fd:
         current = read_all(fd)
+        if restart is not None and current and restart(current):
+            os.ftruncate(fd, 0)  # O_APPEND: the write below then starts the file
+            current = b""
         data = make(current)
         if not data.endswith(b"\n"):
             raise AppendError(f"{path}: refusing to append {len(data)} bytes that do not end in a newline")

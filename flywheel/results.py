@@ -212,7 +212,7 @@ def append_result(path: str | Path, row: ResultRow) -> ResultRow:
         # a header an editor saved without its newline is a file of no rows: append_lines ends its line
         return body.encode() if lines or bare is not None else (HEADER + body).encode()
 
-    append_lines(path, make, cut_mark=CUT_MARK.encode())
+    append_lines(path, make, cut_mark=CUT_MARK.encode(), restart=torn_header)
     return row
 
 
@@ -365,6 +365,10 @@ def rows_and_skipped(path: str | Path) -> ReadRows:
     lines = numbered_lines(data)
     if not lines and bare_header(data) is not None:
         return ReadRows([], 0, 0)
+    if not lines and torn_header(data):
+        warn_bad_line(log, path, 1, torn_tail(data), "a results header cut short (a write stopped inside it): read "
+                      "as a file of no rows; the next trial appended writes the header anew")
+        return ReadRows([], 0, 0)
     if not lines:
         refuse_fragment(path, data)
         return ReadRows([], 0, 0)  # empty, or blank lines only: no header, so no line after it either
@@ -390,6 +394,16 @@ def bare_header(data: bytes) -> tuple[str, ...] | None:
     they were asked to empty of rows), else None: such a file is a results file with no rows, not a fragment."""
     text = data.decode("utf-8", errors="replace").removeprefix("\ufeff").removesuffix("\r")
     return next((cols for cols in ACCEPTED_COLUMNS if text == "\t".join(cols)), None)
+
+
+def torn_header(data: bytes) -> bool:
+    """Whether `data`, a file without a whole line, is the start of this version's header cut short (a write of the
+    header and first row that a full disk stopped inside the header): at least its first two column names, and no
+    more than a strict prefix. Such a file holds no row; the next append_result writes it anew."""
+    if b"\n" in data:
+        return False
+    text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    return starts_as_header(text) and HEADER.startswith(text) and text != HEADER.rstrip("\n")
 
 
 def refuse_fragment(path, data: bytes) -> None:

@@ -47,6 +47,33 @@ def test_a_results_file_emptied_to_a_byte_order_mark_is_written_into(tmp_path, c
     assert code == 0 and out["trials"] == 1 and out["skipped_lines"] == 0
 
 
+@pytest.mark.parametrize("cut", [len("trial\ttime\t"), 40, len(HEADER) - 2], ids=["two names", "mid", "one short"])
+def test_a_header_a_write_cut_short_is_written_anew(tmp_path, capsys, monkeypatch, caplog, cut):
+    """append_result writes a new file's header with its first row in one write; a full disk can stop it inside
+    the header. That start of AMK's own header is a file of no rows (loop and report refused it as a foreign
+    header), and the next row appended starts the file again, header whole."""
+    monkeypatch.chdir(tmp_path)
+    res = tmp_path / "results.tsv"
+    res.write_bytes(HEADER[:cut].encode())
+    assert read_rows(res) == [] and "header cut short" in caplog.text
+    code, out = cli_json(capsys, "report", "--no-plots")
+    assert code == 0 and out["trials"] == 0
+    append_result(res, _row(0))
+    assert res.read_text().startswith(HEADER) and [r["trial"] for r in read_rows(res)] == ["1"]
+
+
+def test_a_line_that_only_starts_like_the_header_is_still_refused(tmp_path):
+    from amk.flywheel.results import ResultsFormatError
+
+    res = tmp_path / "results.tsv"
+    res.write_text("trial\ttime\tsomething else")  # not the header's start: another tool's file
+    with pytest.raises(ResultsFormatError):
+        read_rows(res)
+    with pytest.raises(ResultsFormatError):
+        append_result(res, _row(0))
+    assert res.read_text() == "trial\ttime\tsomething else"
+
+
 # ---- trials cut short are no unreadable file ---------------------------------------------------------------------
 
 
