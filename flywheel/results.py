@@ -399,8 +399,9 @@ def bare_header(data: bytes) -> tuple[str, ...] | None:
 def torn_header(data: bytes) -> bool:
     """Whether `data`, a file without a whole line, is the start of this version's header cut short (a write of the
     header and first row that a full disk stopped inside the header): at least its first two column names, and no
-    more than a strict prefix. Such a file holds no row; the next append_result writes it anew."""
-    if b"\n" in data:
+    more than a strict prefix. An older version's whole header (bare_header) is not one: it keeps its columns. Such
+    a file holds no row; the next append_result writes it anew."""
+    if b"\n" in data or bare_header(data) is not None:
         return False
     text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
     return starts_as_header(text) and HEADER.startswith(text) and text != HEADER.rstrip("\n")
