@@ -47,6 +47,60 @@ def _check_ids(ids: list[int], vocab: int) -> None:
                                       f"(ids 0..{vocab - 1})")
 
 
+# GenerationConfig fields under which transformers' generate does not give the plain greedy tokens, each with the
+# value that leaves greedy decoding as it is (a field unset, None, is neutral too)
+_GREEDY_NEUTRAL = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                   "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+                   "forced_bos_token_id": None, "forced_eos_token_id": None, "min_length": 0, "min_new_tokens": 0,
+                   "sequence_bias": None, "exponential_decay_length_penalty": None, "penalty_alpha": None,
+                   "dola_layers": None, "guidance_scale": 1.0, "stop_strings": None, "watermarking_config": None,
+                   "remove_invalid_values": False}
+
+
+def stop_tokens(model) -> set[int]:
+    """The token ids greedy decoding stops at: the eos_token_id (an int or a list) of the generation config
+    transformers' generate reads (the checkpoint's generation_config.json, Llama 3's list of end-of-turn ids among
+    them), else config.json's."""
+    gen = getattr(model.eager, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.hf_config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(t) for t in (eos if isinstance(eos, list | tuple) else [eos])}
+
+
+def generation_config_notes(model) -> list[str]:
+    """What the model's generation config asks of transformers' generate beyond greedy decoding (sampling, beams,
+    a repetition penalty, suppressed or forced tokens, a minimum length): amk.generate decodes greedily with none
+    of it, as transformers' generate(do_sample=False) does only where these are neutral."""
+    gen = getattr(model.eager, "generation_config", None)
+    if gen is None:
+        return []
+    asked = {k: getattr(gen, k, None) for k in _GREEDY_NEUTRAL}
+    asked = {k: v for k, v in asked.items() if v is not None and v != _GREEDY_NEUTRAL[k] and v != []}
+    if not asked:
+        return []
+    if asked.get("do_sample"):
+        for k in ("temperature", "top_k", "top_p", "min_p"):
+            if getattr(gen, k, None) is not None:
+                asked[k] = getattr(gen, k)
+    shown = ", ".join(f"{k} {v!r}" for k, v in asked.items())
+    return [f"the model's generation config asks transformers' generate for {shown}: amk.generate decodes plain "
+            f"greedy (the argmax of each step's logits) without it, so its tokens can differ from generate()'s "
+            f"defaults there"]
+
+
+def _finite_note(logits, step: int, n_prompt: int) -> str | None:
+    """A note where a step's logits hold NaN or infinity (activations past the dtype's range, say fp16's): the
+    argmax of such logits is no prediction, and every later step reads the KV rows that step wrote."""
+    if logits is None or bool(torch.isfinite(logits).all()):
+        return None
+    return (f"the logits are not finite (NaN or infinity) at step {step + 1} (steps 1-{n_prompt} read the prompt): "
+            f"the tokens from there on are not predictions; amk.verify or amk evaluate compares the model with "
+            f"transformers and a higher precision")
+
+
 @dataclass
 class Generation:
     text: str | None
@@ -168,7 +222,10 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
 
     A prompt of P tokens and N new tokens take P + N - 1 KV positions (the last new token is not fed back).
     Past the model's max_position_embeddings they still run (as transformers would compute them); the
-    Generation's `notes` then say so.
+    Generation's `notes` then say so. They also name logits that are not finite (the first such step on the CPU, the
+    last step on the GPU, whose KV cache carries a NaN on), and what the model's generation config asks of
+    transformers' generate beyond greedy decoding (sampling, a repetition penalty ...), which is not applied. Decoding
+    stops after the first of that config's eos ids (generation_config.json's, else config.json's) when `stop_at_eos`.
 
     `dtype` (fp32, fp16 or bf16): the weights and activations; None: a loaded Model's own, else bf16 on CUDA and fp32
     on the CPU. A loaded Model of another dtype is cast to it (its weights copied).
@@ -244,10 +301,11 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         vm = ReferenceVM(program, weights, device=dev)
         vm_name = "reference"
     vm.reset()
-    nxt = 0
+    nxt, bad = 0, None
     with bar(len(ids), "prefill (one token a step)", unit="token") as b:
-        for tok in ids:
-            _, nxt = vm.step(tok)
+        for i, tok in enumerate(ids):
+            logits, nxt = vm.step(tok)
+            bad = bad or _finite_note(logits, i, len(ids))
             b.advance()
     out = [nxt]
     t1 = time.perf_counter()
@@ -258,15 +316,18 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
             produced[i].copy_(vm.token[0])
         vm.check()
         out += produced.cpu().tolist()
+        # a NaN that enters the KV cache stays in every later step's attention: the last step's logits show it
+        bad = bad or _finite_note(vm.logits, len(ids) + max_new_tokens - 2, len(ids))
     else:
         with bar(max_new_tokens - 1, "decoding", unit="token") as b:
-            for _ in range(max_new_tokens - 1):
-                _, nxt = vm.step(nxt)
+            for i in range(max_new_tokens - 1):
+                logits, nxt = vm.step(nxt)
+                bad = bad or _finite_note(logits, len(ids) + i, len(ids))
                 out.append(nxt)
                 b.advance()
     t2 = time.perf_counter()
-    eos = getattr(model.hf_config, "eos_token_id", None)
-    eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    notes = [*notes, *([bad] if bad else []), *generation_config_notes(model)]
+    eos = stop_tokens(model)
     if stop_at_eos and eos:
         cut = next((i for i, t in enumerate(out) if t in eos), None)
         out = out[: cut + 1] if cut is not None else out
