@@ -78,6 +78,25 @@ def test_config_argument_reads_an_existing_file_before_trying_inline_json(tmp_pa
         os.close(r)
 
 
+@pytest.mark.parametrize("name", ["2024-cfg.json", "0001.json", "-cfg.json", "1e", "cfgs/2024.json"])
+def test_a_missing_config_file_whose_name_starts_like_json_is_no_such_file(tmp_path, monkeypatch, capsys, name):
+    """A name that starts with a digit or '-' and does not parse as JSON is a file not found (a usage error),
+    where it read as malformed inline JSON: a rejected config whose hint was Python code."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="no such file"):
+        read_config_arg(name)
+    code, out = run(capsys, "evaluate", "--model", "toy", f"--config={name}")  # '=': argparse takes -x for a flag
+    assert code == 2 and out.get("error_type") == "usage" and "no such file" in out["error"], out
+
+
+@pytest.mark.parametrize("text", ["-5", "[1, 2]", '"x"', "null", "[1,2", "[1, 2", "1 2"])
+def test_json_text_that_is_no_object_stays_a_rejected_config(tmp_path, monkeypatch, capsys, text):
+    monkeypatch.chdir(tmp_path)
+    assert read_config_arg(text) == text
+    code, out = run(capsys, "evaluate", "--model", "toy", f"--config={text}")
+    assert code == 2 and out["valid"] is False and "error_type" not in out, out
+
+
 def test_an_inline_json_object_is_read_as_itself_beside_a_file_of_that_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "{}").write_text('{"pipelining_depth": 1}')

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -90,6 +91,9 @@ class ConfigText(str):
         return obj
 
 
+# what a config file's name is made of (a path of such names): no JSON text but a number is, and json.loads is
+# asked first
+_FILE_NAME = re.compile(r"[\w.~+@%=/-]+")
 MAX_CONFIG_CHARS = 4 << 20  # a schedule config is a few KiB; an explicit SM map of every task kind stays far below
 
 
@@ -149,8 +153,18 @@ def read_config_arg(value: str | None, flag: str = "--config"):
         except OSError as e:
             raise UsageError(f"{flag} {value!r}: cannot be read ({e.strerror})") from None
     stripped = value.strip()
-    if not stripped or stripped[0] in "[\"-0123456789" or stripped in ("true", "false", "null"):
+    if not stripped:
         return value
+    if stripped[0] in "[\"-0123456789" or stripped in ("true", "false", "null"):
+        try:  # JSON text that is no object: the config's parse refuses it as a rejected config, naming "$"
+            json.loads(stripped)
+            return value
+        except ValueError:
+            pass
+        # neither JSON nor an existing file: a name such as 2024-cfg.json is a file not found, while text with
+        # what no file name of a config holds (spaces, brackets, quotes, commas) is malformed inline JSON
+        if not _FILE_NAME.fullmatch(stripped):
+            return value
     raise UsageError(f"{flag} {value!r}: no such file (give a JSON file, '-' for stdin, or inline JSON)")
 
 
