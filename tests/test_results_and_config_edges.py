@@ -197,3 +197,19 @@ def test_a_row_whose_model_path_is_not_utf8_is_skipped_naming_the_column(tmp_pat
     assert [r["model"] for r in rows] == ["toy"]
     assert any(":2: skipped trial row: column model" in r.getMessage() and "not UTF-8" in r.getMessage()
                for r in caplog.records)
+
+
+# ---- a loop stopped before its first trial -------------------------------------------------------------------------
+
+
+def test_a_loop_stopped_before_its_first_trial_says_nothing_ran(tmp_path):
+    """Stopped at start-up (an interrupt before trial 1 ends), the summary said the start config failed verify and
+    that results.tsv, never written, says why."""
+    from amk.harness.cmd_run import loop_text
+
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    s = amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=res, corpus=cor, seed=1, should_stop=lambda: True)
+    assert s["trials"] == 0 and s["stopped"] == "interrupted" and not res.exists()
+    assert any(n.startswith("no trial ran") for n in s["notes"]), s["notes"]
+    assert not any("results.tsv says why" in n or "latency" in n for n in s["notes"]), s["notes"]
+    assert loop_text(s).startswith("0 trials; stopped: interrupted")  # no empty "()"

@@ -261,7 +261,8 @@ def _off_default(config: dict) -> list[str]:
 def loop_text(s: dict) -> str:
     inc = s["incumbent"]
     lat = f"{inc['latency_us']:.2f} us ({inc['latency_kind']})" if inc.get("latency_us") is not None else "no latency"
-    lines = [f"{counted(s['trials'], 'trial')} ({', '.join(f'{k} {n}' for k, n in s['statuses'].items())}); stopped: "
+    statuses = ", ".join(f"{k} {n}" for k, n in s["statuses"].items())
+    lines = [f"{counted(s['trials'], 'trial')}{f' ({statuses})' if statuses else ''}; stopped: "
              f"{s['stopped']}; {s.get('trials_per_minute')} trials/minute"
              + (f" over {s['workers']} workers" if s.get("workers") else ""),
              f"incumbent {inc['schedule_id']} (program {inc.get('program_fingerprint')}): {lat}",

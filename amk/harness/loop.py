@@ -690,12 +690,16 @@ class _Run(Rounds, Resume):
 
         from .gates import short_context_note
 
+        given = [f"the given config's {n}" for n in self.given_inert]
+        if not self.trials:  # stopped before its first trial ended (an interrupt at start-up): nothing was run
+            return ["no trial ran: the incumbent is the start config, neither verified nor timed, and no results row "
+                    "was written for it; it is no result", *given]
         seq = self.program_max_seq
         note = short_context_note(bench_context(seq), seq, what="every latency is")
         none_correct = [] if self.inc.latency_us is not None else [
             "no config passed verify and was timed: the incumbent is the start config, which did not (results.tsv "
             "says why); it is no result"]
-        return none_correct + ([note] if note else []) + [f"the given config's {n}" for n in self.given_inert]
+        return none_correct + ([note] if note else []) + given
 
     def close(self) -> None:
         self.builder.close()

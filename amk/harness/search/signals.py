@@ -28,7 +28,7 @@ class StopFlag:
         if self.set:
             raise KeyboardInterrupt
         self.set = True
-        log.warning("interrupted (%s): finishing the trial in flight, then the summary (a second Ctrl-C or "
+        log.warning("interrupted (%s): finishing any trial in flight, then the summary (a second Ctrl-C or "
                     "SIGTERM aborts now)", signal.Signals(signum).name)
 
     def __enter__(self) -> StopFlag:
