@@ -114,6 +114,18 @@ def test_64_token_greedy_real_weights_bf16(target):
     assert "Paris" in model.tokenizer.decode(gen.tokens[:8])
 
 
+def test_generate_on_cuda_names_logits_past_fp16_range(tmp_path, target):
+    from _checkpoints import edit_tensors, llama
+
+    path = llama(tmp_path / "m", num_hidden_layers=2)
+    # finite fp16 weights whose MLP output is not (the products past 65504): every step's logits NaN or infinite
+    edit_tensors(path, lambda sd: sd.update({k: v * 2000.0 for k, v in sd.items() if ".mlp." in k}))
+    gen = amk.generate(str(path), [1, 5, 9], max_new_tokens=4, device="cuda", dtype="fp16", stop_at_eos=False)
+    assert any("not finite" in n for n in gen.notes), gen.notes
+    fine = amk.generate(str(path), [1, 5, 9], max_new_tokens=4, device="cuda", dtype="fp32", stop_at_eos=False)
+    assert not any("not finite" in n for n in fine.notes), fine.notes
+
+
 @pytest.mark.parametrize("name,dtype", [("llama-3.2-1b", "bf16"), ("toy", "fp32")])
 def test_default_kernel_keeps_nothing_in_local_memory(name, dtype, target):
     # local memory lives in L1, which the weight stream sweeps: each access there became an L2 round trip on the
