@@ -120,6 +120,19 @@ def context_full(pos: int, max_seq: int) -> ContextError:
                         needed=pos + 1, max_seq=max_seq)
 
 
+def _file_hint(name: str) -> str:
+    """Where `name` is a file (a checkpoint's config.json, its weights): the directory that names its checkpoint."""
+    from pathlib import Path
+
+    try:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            return ""
+    except (OSError, RuntimeError, ValueError):  # a name too long for a path, ~ of an unknown user, a NUL
+        return ""
+    return f"; {name!r} is a file: a checkpoint is named by its directory, {str(path.parent)!r}"
+
+
 class UnknownModelError(AmkError, KeyError):
     """`path`: where a path object (os.PathLike) pointed, which names a checkpoint directory and never a built-in
     (a built-in of the same name is pointed out instead of a near name)."""
@@ -132,7 +145,7 @@ class UnknownModelError(AmkError, KeyError):
                              f"{built_in}")
             return
         super().__init__(f"unknown model {name!r}: not a built-in name ({', '.join(known)}) nor a local directory"
-                         f"{_near(name, known)}")
+                         f"{_file_hint(name) or _near(name, known)}")
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable
         return self.args[0]

@@ -668,3 +668,12 @@ def test_a_symbolic_link_to_no_file_is_named_as_such_not_as_missing(capsys, tmp_
         assert code == 2 and "a symbolic link that leads to no file" in s["error"], s
         code, s = run(capsys, "bench", "--model", "toy", "--verify-result", name)
         assert code == 2 and "a symbolic link that leads to no file" in s["error"], s
+
+
+def test_a_model_named_by_its_config_file_points_at_the_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    code, out = run(capsys, "evaluate", "--model", "ckpt/config.json")
+    assert code == 2 and out["error_type"] == "usage"
+    assert "is a file: a checkpoint is named by its directory, 'ckpt'" in out["error"], out["error"]
