@@ -1,31 +1,28 @@
 """A local checkpoint directory, checked before and after transformers loads it.
 
 Before: config.json parses and states the fields that size the model, each a positive integer; the weight files
-exist, every safetensors file is whole (its header parses and its tensors' byte ranges end exactly at the end of
-the file), and its tensors hold the layers num_hidden_layers names.
+exist, every safetensors file is whole (its header parses, each tensor's byte range is the size its shape and dtype
+give, and the ranges end exactly at the end of the file), and its tensors hold the layers num_hidden_layers names.
 After: transformers loaded every tensor the model has from the checkpoint (none missing and filled by
 initialisation, none left over, none of another shape). Every problem is a CheckpointError that names the
 file and the field or tensor.
 
-Safetensors layout (https://github.com/huggingface/safetensors, "Format"): 8 bytes little-endian header length
-N, N bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data;
-offsets count from the end of the header.
+The safetensors headers are read and checked whole in safetensors_header.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from amk.schedule.errors import CheckpointError, UnsupportedModelError
 
 from .fields import FIELDS, LOADING_FIELDS, REQUIRED_IN_CHECKPOINT, normalise_rope_type
+from .safetensors_header import safetensors_header
 
 _SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-_HEADER_LIMIT = 100 << 20  # the safetensors reader's own cap on a header
 # the weight files transformers looks for first, in its order (index, then single file)
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
@@ -253,47 +250,6 @@ def _read_weight_map(index: Path) -> dict:
     return weight_map
 
 
-def safetensors_header(file: Path) -> dict[str, dict]:
-    """Tensor name -> {dtype, shape, data_offsets} of a safetensors file, after checking that the file holds
-    exactly the bytes its header describes. Raises CheckpointError otherwise, also for a file that cannot be
-    opened (a dangling symlink or a symlink loop, a directory so named, no read permission)."""
-    try:
-        return _safetensors_header(file)
-    except OSError as e:
-        raise CheckpointError(file, f"cannot be read: {e.strerror or e}") from None
-
-
-def _safetensors_header(file: Path) -> dict[str, dict]:
-    size = file.stat().st_size
-    with open(file, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise CheckpointError(file, f"truncated: {size} bytes, shorter than the 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        if n > _HEADER_LIMIT or 8 + n > size:
-            raise CheckpointError(file, f"truncated or not safetensors: the header claims {n} bytes, the file holds "
-                                  f"{size}")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(file, f"not safetensors: the header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(file, "not safetensors: the header is not a JSON object")
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = 0
-    for name, t in tensors.items():
-        try:
-            begin, stop = t["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(file, "not safetensors: a tensor without data_offsets", field=name) from None
-        end = max(end, int(stop))
-    if 8 + n + end != size:
-        what = "truncated" if 8 + n + end > size else "longer than its header describes"
-        raise CheckpointError(file, f"{what}: the header places {end} bytes of tensor data after {8 + n} bytes of "
-                              f"header, the file holds {size} bytes")
-    return tensors
-
-
 def _expected_shapes(dims) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
     """Tensor name -> (its shape under config.json, the config fields of each axis), for the Llama-family layout
     (schedule/graph.py ModelDims). An attention axis of heads x head_dim is named by its head count here;
@@ -337,12 +293,14 @@ def check_tensor_shapes(path: Path, dims, weights: WeightFiles, head_dim_given: 
     `head_dim_given`: config.json sets head_dim (then an attention axis of whole heads of another size names it);
     `nulls`: the fields config.json gives as null (an axis of such a field names it, with the value read for it).
     Found before any lowering, which would otherwise refuse the config's shared memory or tiling for a shape the
-    weights do not have. A .bin checkpoint (no header) is checked by transformers' loading report instead."""
-    held = {name: (tuple(weights.headers[name].get("shape") or ()), file) for name, file in weights.keys.items()}
-    for name, (shape, fields) in _expected_shapes(dims).items():  # the first tensor in model order is named
-        if name not in held or held[name][0] == shape:
+    weights do not have. A tensor saved without the `model.` prefix is checked as the model names it. A .bin
+    checkpoint (no header) is checked by transformers' loading report instead."""
+    held = {model_name: (tuple(weights.headers[name].get("shape") or ()), file, name)
+            for model_name, (name, file) in _by_model_name(weights).items()}
+    for model_name, (shape, fields) in _expected_shapes(dims).items():  # the first tensor in model order is named
+        if model_name not in held or held[model_name][0] == shape:
             continue
-        got, file = held[name]
+        got, file, name = held[model_name]
         axes = [_blamed(f, g, dims, head_dim_given, nulls) for f, g, w in zip(fields, got, shape) if g != w] \
             if len(got) == len(shape) else []
         named = list(dict.fromkeys(fields)) + (["head_dim"] if head_dim_given and "head_dim" in axes else [])
@@ -369,17 +327,32 @@ DENSE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 
 
 def check_tensor_dtypes(dims, weights: WeightFiles) -> None:
-    """CheckpointError naming the first tensor of the model (in model order) whose safetensors dtype is not a dense
-    float (DENSE_DTYPES): transformers would cast a bool, integer or float8 tensor into the model's dtype without a
-    word, and AMK would run weights of another value than the ones saved. A .bin checkpoint (no header) is not
-    checked here: its tensors are cast as they load."""
-    held = {name: (str(weights.headers[name].get("dtype")), file) for name, file in weights.keys.items()}
-    for name in _expected_shapes(dims):
-        if name in held and held[name][0] not in DENSE_DTYPES:
-            dtype, file = held[name]
-            raise CheckpointError(file, f"is stored as {dtype}, not a dense float ({', '.join(sorted(DENSE_DTYPES))}): "
-                                  "AMK runs dense fp32, fp16 or bf16 weights, and a quantised or integer tensor "
-                                  "would be cast without its scales", field=name)
+    """CheckpointError naming the first tensor whose safetensors dtype is not a dense float (DENSE_DTYPES): the
+    model's matrices and norms in model order, then every other tensor of the headers (Qwen2's q/k/v biases,
+    Qwen3's q/k norms, a tensor the model does not use) in file order. transformers would cast a bool, integer or
+    float8 tensor into the model's dtype without a word, and AMK would run weights of another value than the ones
+    saved. A .bin checkpoint (no header) is not checked here: its tensors are cast as they load."""
+    by_model = _by_model_name(weights)
+    first = [by_model[m][0] for m in _expected_shapes(dims) if m in by_model]
+    for name in dict.fromkeys(first + list(weights.keys)):
+        dtype = str(weights.headers[name].get("dtype"))
+        if dtype not in DENSE_DTYPES:
+            raise CheckpointError(weights.keys[name], f"is stored as {dtype}, not a dense float "
+                                  f"({', '.join(sorted(DENSE_DTYPES))}): AMK runs dense fp32, fp16 or bf16 weights, "
+                                  "and a quantised or integer tensor would be cast without its scales", field=name)
+
+
+def _by_model_name(weights: WeightFiles) -> dict[str, tuple[str, Path]]:
+    """The name each safetensors tensor has in the causal LM -> (its name in the file, the file). A checkpoint saved
+    from the base model names its tensors without the `model.` prefix (layers.0..., embed_tokens.weight), which
+    transformers adds on loading; a name the file holds with the prefix wins over the same name without it."""
+    out: dict[str, tuple[str, Path]] = {}
+    for name, file in weights.keys.items():
+        if name.startswith(("model.", "lm_head.")):
+            out[name] = (name, file)
+        else:
+            out.setdefault("model." + name, (name, file))
+    return out
 
 
 def _find(keys: dict[str, Path], suffix: str) -> str | None:

@@ -85,6 +85,16 @@ def _positive_int(nullable: bool = False, maximum: int | None = None, why: str =
     return refuse
 
 
+def _head_dim(v, cfg, arch) -> str | None:
+    # Llama's and Mistral's configs replace a null head_dim by hidden_size // num_attention_heads and Qwen3's
+    # refuses it, so a null left in the parsed config is Qwen2's: its attention reads getattr(config, "head_dim",
+    # default), finds the null, and fails on weights load with a TypeError naming no field
+    if v is None:
+        return ("null, which transformers' attention takes as the head width (it falls back to hidden_size // "
+                "num_attention_heads only when head_dim is absent): leave it out or give the width")
+    return _positive_int()(v, cfg, arch)
+
+
 def _pad_in_vocabulary(v, cfg, arch) -> str | None:
     # transformers' nn.Embedding asserts on a padding_idx outside the table, a message that names no field
     if v is None:
@@ -150,6 +160,9 @@ def normalise_rope_type(cfg) -> None:
             params["rope_type"] = rope_kind(params)
 
 
+_LLAMA3_KEYS = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
 def _rope(v, cfg, arch):
     params = v or {}
     kind = rope_kind(params)
@@ -164,6 +177,15 @@ def _rope(v, cfg, arch):
             isinstance(factor, (int, float)) and not isinstance(factor, bool) and 1 <= factor < math.inf):
         # transformers takes a factor below 1 with a warning; at 0 its tables hold inf and every logit is NaN
         return f"factor={factor!r}: {kind} RoPE scaling needs a finite number >= 1"
+    if kind == "llama3":
+        for key in _LLAMA3_KEYS:
+            value = params.get(key)
+            # transformers divides original_max_position_embeddings by each factor (a 0 raises a ZeroDivisionError
+            # naming no field) and takes no range check of its own: a NaN gives NaN tables, so every logit is NaN,
+            # and an inf or a negative value bounds no band of wavelengths. Equal factors are left to it: it divides
+            # by their difference only inside the band between them, which is then empty
+            if value is not None and _positive_number()(value, cfg, arch):
+                return f"{key}={value!r}: llama3 RoPE scaling needs a positive, finite number"
     partial = params.get("partial_rotary_factor")
     if partial not in (None, 1, 1.0):
         return f"partial_rotary_factor={partial}: RoPE over part of a head is not lowered"
@@ -196,6 +218,10 @@ def _layer_types(v, cfg, arch):
         return f"{len(v)} entries for {cfg.num_hidden_layers} layers"
     window = getattr(cfg, "sliding_window", None)
     if SLIDING in v and window is None:
+        if getattr(cfg, "use_sliding_window", None) is False:
+            # Qwen2Config / Qwen3Config drop a sliding_window that config.json sets unless use_sliding_window is true
+            return (f"layer {v.index(SLIDING)} is {SLIDING!r} but use_sliding_window is false, so transformers "
+                    "drops sliding_window; set use_sliding_window true for a windowed layer")
         return f"layer {v.index(SLIDING)} is {SLIDING!r} but the config sets no sliding_window"
     if arch == Architecture.LLAMA and SLIDING in v:
         return "LlamaForCausalLM does not window its mask, while transformers' cache would follow layer_types"
@@ -223,8 +249,7 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("num_key_value_heads", _L, "KV heads (GQA groups)",
        _positive_int(nullable=True, maximum=MAX_HIDDEN, why="2**16: more KV heads than the widest residual has "
                                                                "elements")),
-    _F("head_dim", _L, "the head width (Qwen2 reads it through getattr when a config carries it)",
-       _positive_int(nullable=True)),
+    _F("head_dim", _L, "the head width (Qwen2 reads it through getattr when a config carries it)", _head_dim),
     _F("hidden_act", _O, "the MLP activation: silu, or swish, transformers' other name for it (ACT2CLS maps both to "
                          "x * sigmoid(x))", _is("silu", "swish")),
     _F("rms_norm_eps", _L, "every RMSNorm (and Qwen3's q/k norms)", _positive_number()),
@@ -263,7 +288,8 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("pad_token_id", _O, "nn.Embedding(padding_idx) only zeroes that row at initialisation and in the "
                            "gradient; the lookup reads whatever the checkpoint holds", _pad_in_vocabulary),
     _F("bos_token_id", _I, "tokenisation and generation only"),
-    _F("eos_token_id", _I, "generation only: amk.generate stops at it"),
+    _F("eos_token_id", _I, "generation only: amk.generate stops at it, or at generation_config.json's eos ids "
+                                 "where that file gives them, as transformers' generate does"),
     _F("pretraining_tp", _I, "transformers 5 no longer splits the projections by it"),
     _F("chunk_size_feed_forward", _I, "no module of these four families reads it"),
     _F("architectures", _I, "the class name; AMK builds the causal LM of model_type"),

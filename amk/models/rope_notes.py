@@ -11,6 +11,7 @@ named in the verdict's notes, so that an edit to a value that does not run is se
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +59,14 @@ def replaced_values(raw: dict, cfg) -> list[ReplacedValue]:
             continue
         if key not in used:
             out.append(ReplacedValue(name, value, key, None))
-        elif used[key] is not None and used[key] != value:
+        elif used[key] is not None and not _same(used[key], value):
             out.append(ReplacedValue(name, value, key, used[key]))
     return out
+
+
+def _same(a, b) -> bool:
+    # json.loads reads NaN, which is unequal to itself: a NaN kept as written is no replaced value
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def unknown_keys(cfg) -> list[tuple[str, str | None]]:
