@@ -337,3 +337,13 @@ def test_detect_target_names_a_device_index_that_is_no_index(bad):
     with pytest.raises(amk.ArgumentError) as e:
         amk.detect_target(bad)
     assert e.value.argument == "device_index"
+
+
+def test_a_dtype_refusal_lists_the_other_names_the_api_takes():
+    from amk.schedule.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"'fp64' is not one of fp32, fp16, bf16 \(or their other names: "
+                                            r"float32, .*half.*bfloat16") as e:
+        amk.propose("toy", "cpu-sim", dtype="fp64")
+    assert e.value.argument == "dtype"
+    assert amk.propose("toy", "cpu-sim", dtype="Half")["dtype"] == "fp16"  # one of those names, any case

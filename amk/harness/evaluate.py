@@ -77,10 +77,7 @@ def resolve_dtype_name(dtype, device: Device, target: GpuTarget) -> tuple[str, s
                      "(--dtype) to choose"
     from amk.models.registry import resolve_dtype
 
-    try:
-        torch_dtype = resolve_dtype(dtype)
-    except ValueError:
-        raise ArgumentError("dtype", f"{dtype!r} is not one of {', '.join(DTYPE_NAMES)}") from None
+    torch_dtype = resolve_dtype(dtype)  # ArgumentError naming dtype, with the other names it takes
     return {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}[str(torch_dtype)], None
 
 

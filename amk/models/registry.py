@@ -83,7 +83,9 @@ def resolve_dtype(dtype: Any) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
         return _DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ArgumentError("dtype", f"{dtype!r} is not one of fp32, fp16, bf16")
+    raise ArgumentError("dtype", f"{dtype!r} is not one of fp32, fp16, bf16 (or their other names: "
+                                 f"{', '.join(k for k in _DTYPES if k not in ('fp32', 'fp16', 'bf16'))}, "
+                                 "with or without torch., any case, or the torch dtype)")
 
 
 def dtype_name(dtype: Any) -> str:
