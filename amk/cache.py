@@ -534,7 +534,7 @@ class Cache:
         if refused:
             path, e = refused[0]
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-            raise EnvironmentProblem(f"cache clear removed {removed} entries from {self.root} but could not remove "
+            raise EnvironmentProblem(f"cache clear removed {removed} {'entry' if removed == 1 else 'entries'} from {self.root} but could not remove "
                                      f"{len(refused)} file{'s' if len(refused) != 1 else ''}: {path}: {e.strerror or e}{more}")
         return removed
 

@@ -456,7 +456,7 @@ def test_clear_counts_an_entry_whose_label_stays_once(tmp_path):
     (label / "held").mkdir(parents=True, exist_ok=True)  # a directory where its label file should be
     with pytest.raises(EnvironmentProblem) as e:
         c.clear()
-    assert "removed 1 entries" in str(e.value) and "could not remove 1 file: " in str(e.value), str(e.value)
+    assert "removed 1 entry " in str(e.value) and "could not remove 1 file: " in str(e.value), str(e.value)
     assert str(label) in str(e.value) and not entry.exists() and c.ls() == []
 
 

@@ -153,12 +153,12 @@ def cache(args) -> CommandResult:
         rows = c.ls(args.kind)
         lines = [f"{r['kind']:<9} {r['key'][:12]} {_size(r['size_bytes']):>10} {r['age_s'] / 3600:>7.1f} h  "
                  f"{_label_text(r.get('label'))}" for r in rows]
-        text = "\n".join([f"{c.root}: {len(rows)} entries", *lines]) if rows else f"{c.root}: (empty)"
+        text = "\n".join([f"{c.root}: {len(rows)} {'entry' if len(rows) == 1 else 'entries'}", *lines]) if rows else f"{c.root}: (empty)"
         return CommandResult(ExitCode.OK, {"root": str(c.root), "entries": rows}, text)
     if args.action == "clear":
         n = c.clear(args.kind)
         return CommandResult(ExitCode.OK, {"root": str(c.root), "removed": n, "kind": args.kind},
-                             f"removed {n} entries from {c.root}")
+                             f"removed {n} {'entry' if n == 1 else 'entries'} from {c.root}")
     files = {k: {"entries": 0, "bytes": 0} for k in KINDS}
     for r in c.ls(args.kind):
         files[r["kind"]]["entries"] += 1
