@@ -571,11 +571,21 @@ def _old_value(path: str, value) -> str | None:
 
 
 MESSAGE_VALUE_CHARS = 60  # a value quoted in a message is cut here, and says it was
+_LONG_INT_BITS = 4000  # about 1204 digits: below the 4300 Python converts to a string, far past any knob's range
+
+
+def _digits(n: int) -> int:
+    """The decimal digits of n > 0, without converting it to a string."""
+    d = int(n.bit_length() * 0.30102999566398120)  # log10(2): exact or one short
+    return d + 1 if n >= 10 ** d else d
 
 
 def json_value(value) -> str:
     """A parsed JSON value as the JSON it was written as (true, null, "x"), for messages: cut past
-    MESSAGE_VALUE_CHARS characters, with the whole length given."""
+    MESSAGE_VALUE_CHARS characters, with the whole length given. An integer past Python's 4300-digit string
+    conversion is given by its length (str() of it raises)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > _LONG_INT_BITS:
+        return f"{'a negative' if value < 0 else 'an'} integer of {_digits(abs(value))} digits"
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
@@ -589,12 +599,13 @@ def json_kind(value) -> str:
     """What a config value is, in JSON's words (a config is JSON, whatever language built it)."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({json_value(value)})"
-    if isinstance(value, float):
-        return f"a number ({json_value(value)})"
-    if isinstance(value, int):
-        return f"an integer ({json_value(value)})"
+    if _is_boolean(value):  # numpy's too: the JSON value a notebook's scalar holds
+        return f"a boolean ({json_value(bool(value))})"
+    if isinstance(value, numbers.Integral):
+        shown = json_value(int(value))
+        return shown if shown.endswith(" digits") else f"an integer ({shown})"
+    if isinstance(value, numbers.Real):
+        return f"a number ({json_value(float(value))})"
     if isinstance(value, str):
         return f"a string ({json_value(value)})"
     if isinstance(value, (list, tuple)):
@@ -629,13 +640,18 @@ def _parse_explicit_map(value, path):
         if kind not in EXPLICIT_MAP_KINDS:
             problems.append(ConfigProblem(p, _unknown(kind, EXPLICIT_MAP_KINDS, "stage kind")))
             continue
-        if not isinstance(sms, list) or not sms:
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(sms, np.ndarray) and sms.ndim == 1:
+            sms = sms.tolist()  # a notebook's array of SM ids: the list it holds, as a numpy scalar is its value
+        if not isinstance(sms, list | tuple) or not sms:
             problems.append(ConfigProblem(p, f"expected a non-empty list of SM ids, got {json_kind(sms)}"))
             continue
-        for i, sm in enumerate(sms):
-            if isinstance(sm, bool) or not isinstance(sm, int) or not 0 <= sm < MAX_SM_ID:
-                problems.append(ConfigProblem(f"{p}[{i}]", f"expected an SM id in [0, {MAX_SM_ID}), got {json_kind(sm)}"))
-        out[kind] = list(sms)
+        bad = [ConfigProblem(f"{p}[{i}]", f"expected an SM id in [0, {MAX_SM_ID}), got {json_kind(sm)}")
+               for i, sm in enumerate(sms)
+               if _is_boolean(sm) or not isinstance(sm, numbers.Integral) or not 0 <= sm < MAX_SM_ID]
+        problems += bad
+        if not bad:
+            out[kind] = [int(sm) for sm in sms]
     if problems:
         raise ConfigError.of(problems)
     return out

@@ -18,6 +18,15 @@ class _Object(dict):
     twice: list[tuple[str, object, object]]
 
 
+def _json_int(text: str) -> int:
+    """A JSON integer; one past Python's 4300-digit conversion limit (json.loads would raise, naming no field) as
+    an integer of as many digits, so that the knob's range check refuses it by its path."""
+    digits = text.lstrip("-")
+    if len(digits) <= 4000:
+        return int(text)
+    return (-1 if text.startswith("-") else 1) * 10 ** (len(digits.lstrip("0") or "0") - 1)
+
+
 def _object(pairs: list[tuple[str, object]]) -> _Object:
     out, twice = _Object(), []
     for k, v in pairs:
@@ -68,7 +77,9 @@ def parse_config(config) -> ScheduleConfig:
             config = bytes(config).decode("utf-8")
         if isinstance(config, str):
             try:
-                config = json.loads(config, object_pairs_hook=_object)
+                # a UTF-8 byte-order mark (an editor's "UTF-8 with BOM" save) is no JSON, as the CLI's file read
+                # drops it: the same text is the same config on every way in
+                config = json.loads(config.removeprefix("\ufeff"), object_pairs_hook=_object, parse_int=_json_int)
             except ValueError as e:  # read from a file or stdin (commands.ConfigText): name it
                 source = getattr(config, "source", None)
                 raise ConfigError("$", f"not valid JSON{f' ({source})' if source else ''}: {e}"

@@ -213,3 +213,45 @@ def test_a_loop_stopped_before_its_first_trial_says_nothing_ran(tmp_path):
     assert any(n.startswith("no trial ran") for n in s["notes"]), s["notes"]
     assert not any("results.tsv says why" in n or "latency" in n for n in s["notes"]), s["notes"]
     assert loop_text(s).startswith("0 trials; stopped: interrupted")  # no empty "()"
+
+
+# ---- one config, one answer, however it is spelt ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sms", ["tuple", "numpy ints", "numpy array"])
+def test_an_explicit_map_takes_a_notebooks_sequences_of_sm_ids(sms):
+    import numpy as np
+
+    given = {"tuple": (1, 2), "numpy ints": [np.int64(1), np.int32(2)], "numpy array": np.array([1, 2])}[sms]
+    cfg = ScheduleConfig.from_dict({"sm": {"assignment": "explicit", "explicit_map": {"qkv": given}}})
+    plain = ScheduleConfig.from_dict({"sm": {"assignment": "explicit", "explicit_map": {"qkv": [1, 2]}}})
+    assert cfg == plain and cfg.schedule_id == plain.schedule_id
+    assert cfg.to_dict()["sm"]["explicit_map"] == {"qkv": [1, 2]}
+
+
+def test_an_sm_id_out_of_range_or_boolean_is_named_in_json_words():
+    import numpy as np
+
+    with pytest.raises(ConfigError, match=r"qkv\[0\]: expected an SM id in \[0, 4096\), got an integer \(5000\)"):
+        ScheduleConfig.from_dict({"sm": {"assignment": "explicit", "explicit_map": {"qkv": [np.int64(5000)]}}})
+    with pytest.raises(ConfigError, match=r"qkv\[0\]: expected an SM id .* got a boolean \(true\)"):
+        ScheduleConfig.from_dict({"sm": {"assignment": "explicit", "explicit_map": {"qkv": [np.bool_(True)]}}})
+
+
+def test_an_integer_past_pythons_conversion_limit_is_refused_by_its_path():
+    from amk.schedule.config_text import parse_config
+
+    for given in ('{"pipelining_depth": ' + "9" * 5000 + "}", {"pipelining_depth": 10 ** 5000}):
+        with pytest.raises(ConfigError, match=r"\$\.pipelining_depth: must be <= \d+, got an integer of 500[01] digits"):
+            parse_config(given)
+    with pytest.raises(ConfigError, match=r"must be >= 0, got a negative integer of 5001 digits"):
+        parse_config({"pipelining_depth": -10 ** 5000})
+
+
+def test_a_byte_order_mark_before_json_text_is_the_same_config_on_every_way_in():
+    from amk.schedule.config_text import parse_config
+
+    text = '{"pipelining_depth": 1}'
+    assert parse_config("\ufeff" + text) == parse_config(text)
+    assert parse_config(("\ufeff" + text).encode()) == parse_config(text)  # the file's raw bytes
+    assert amk.evaluate("toy", "cpu-sim", "\ufeff" + text)["valid"]
