@@ -6,8 +6,10 @@ config, whatever its JSON type, is not an error: it comes back as a verdict with
 arguments are typed: the SDK converts what it can (the string "1" for an int) and rejects the rest, a JSON true
 or false for a number, and any argument name a tool does not have, before AMK sees it. A usage error (an unknown model or GPU, a bad dtype, a results file with a foreign header) is a tool
 error whose text starts with `usage:`; an environment problem with `environment:`. Logs go to stderr; stdout
-carries only the protocol. Tool calls run one at a time, in the order they arrive: calls sent together wait
-their turn (_one_at_a_time says why).
+carries only the protocol. Each request line is read by mcp_requests before the SDK sees it: a config object with a
+key given twice is refused as its JSON text is, and a line the SDK cannot read gets a JSON-RPC error, not silence.
+Tool calls run one at a time, in the order they arrive: calls sent together wait their turn (_one_at_a_time says
+why).
 
 Needs the optional `mcp` extra: `pip install -e '.[mcp]'` in the checkout.
 """
@@ -173,7 +175,8 @@ def _strict_arguments(server) -> None:
 
 
 # Arguments whose JSON text AMK parses itself: the SDK parses any string given for a parameter not typed str with
-# plain json.loads, which keeps the last of a key given twice, where AMK refuses it (which one was meant is unknown)
+# plain json.loads, which keeps the last of a key given twice, where AMK refuses it (which one was meant is unknown).
+# Given as an object with a key twice, the transport hands such an argument on as its text (mcp_requests).
 _JSON_TEXT_ARGUMENTS = {"evaluate": frozenset({"config"}), "propose": frozenset({"incumbent"})}
 
 
@@ -312,7 +315,11 @@ def serve_command(args) -> CommandResult:
     previous = _stop_on_signals()
     threading.Thread(target=_stop_when_stdin_closes, name="amk-mcp-stdin-watch", daemon=True).start()
     try:
-        server.run("stdio")
+        import anyio
+
+        from .mcp_requests import serve_stdio
+
+        anyio.run(serve_stdio, server, _JSON_TEXT_ARGUMENTS)
     except KeyboardInterrupt:
         # a loop still running ends after its trial in flight; then exit at once: the SDK's thread reading stdin
         # blocks there until the client closes it, and the interpreter would wait for that thread for ever
