@@ -301,6 +301,23 @@ def _bad_cell(row: dict) -> tuple[str, str] | None:
     return None
 
 
+# how DataFrame.to_csv writes load_results' typed columns back: a UTC datetime as 2026-11-21 23:43:39+00:00, a
+# nullable boolean as True / False
+_PANDAS_TIME = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)\+00:00", re.ASCII)
+_PANDAS_BOOL = {"True": "true", "False": "false"}
+
+
+def _as_written(row: dict) -> dict:
+    """`row` with the cells that a load_results DataFrame saved by to_csv(sep="\t", index=False) spells otherwise
+    (its time and correct columns) in append_result's spelling, so that a notebook's round trip is read, not
+    skipped as a hand edit."""
+    time_cell = _PANDAS_TIME.fullmatch(row["time"])
+    if time_cell:
+        row["time"] = f"{time_cell[1]}T{time_cell[2]}Z"
+    row["correct"] = _PANDAS_BOOL.get(row["correct"], row["correct"])
+    return row
+
+
 def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
     """Data lines (with their line numbers, appendlog.numbered_lines) as dicts over COLUMNS (an older file's
     missing columns empty). A line with the wrong number of cells (torn, not written by append_result) is
@@ -326,7 +343,7 @@ def rows_of(path, lines: list[tuple[int, str]]) -> list[dict]:
             warn_bad_line(log, path, n, ln, f"skipped trial row: {len(cells)} cells where the header names "
                                             f"{len(columns)} (a line cut short or edited; the file is left as it is)")
             continue
-        row = {**dict(zip(columns, cells)), **pad}
+        row = _as_written({**dict(zip(columns, cells)), **pad})
         bad = _bad_cell(row)
         if bad is not None:
             col, why = bad

@@ -255,3 +255,21 @@ def test_a_byte_order_mark_before_json_text_is_the_same_config_on_every_way_in()
     assert parse_config("\ufeff" + text) == parse_config(text)
     assert parse_config(("\ufeff" + text).encode()) == parse_config(text)  # the file's raw bytes
     assert amk.evaluate("toy", "cpu-sim", "\ufeff" + text)["valid"]
+
+
+def test_results_saved_back_from_load_results_by_pandas_are_read_and_resumed(tmp_path):
+    """load_results types time and correct; DataFrame.to_csv writes them as 2026-12-07 11:26:28+00:00 and True,
+    which every reader skipped as hand edits (report 0 trials, loop --resume refused the file)."""
+    res, cor = tmp_path / "results.tsv", tmp_path / "corpus.jsonl"
+    amk.loop("toy", "cpu-sim", budget=3, device="cpu", results=res, corpus=cor, seed=1)
+    before = load_results(res)
+    df = load_results(res)
+    df.loc[df.trial == 2, "description"] = "a note of mine"
+    df.to_csv(res, sep="\t", index=False)
+    assert "+00:00\t" in res.read_text() and "\tTrue\t" in res.read_text()  # pandas' spellings, as saved
+    after = load_results(res)
+    assert after.attrs["skipped_lines"] == 0 and len(after) == len(before)
+    assert after["time"].equals(before["time"]) and after["correct"].equals(before["correct"])
+    assert after.loc[after.trial == 2, "description"].item() == "a note of mine"
+    summary = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, seed=1, resume=True)
+    assert summary["trials"] == 1 and len(read_rows(res)) == len(before) + 1
