@@ -273,3 +273,17 @@ def test_results_saved_back_from_load_results_by_pandas_are_read_and_resumed(tmp
     assert after.loc[after.trial == 2, "description"].item() == "a note of mine"
     summary = amk.loop("toy", "cpu-sim", budget=1, device="cpu", results=res, corpus=cor, seed=1, resume=True)
     assert summary["trials"] == 1 and len(read_rows(res)) == len(before) + 1
+
+
+def test_the_report_names_remeasures_apart_from_the_trials_they_are_not(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    monkeypatch.chdir(tmp_path)
+    res = tmp_path / "results.tsv"
+    for trial, status in ((1, Status.KEEP), (2, Status.KEEP), (3, Status.REMEASURE), (4, Status.DISCARD)):
+        append_result(res, dataclasses.replace(_row(trial), status=status))
+    from amk.cli import main
+
+    assert main(["report", "--no-plots"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "3 trials: keep 2, discard 1; and 1 remeasure of the incumbent", first

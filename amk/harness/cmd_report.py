@@ -383,8 +383,11 @@ def _out_dir(value: str) -> Path:
 
 
 def _text(out: dict) -> str:
-    statuses = ", ".join(f"{k} {n}" for k, n in out["statuses"].items())
-    lines = [f"{counted(out['trials'], 'trial')}" + (f": {statuses}" if statuses else "")]
+    # a remeasure (the incumbent timed again) is no trial: named apart, so that the statuses add up to the trials
+    statuses = ", ".join(f"{k} {n}" for k, n in out["statuses"].items() if k != "remeasure")
+    again = out["statuses"].get("remeasure", 0)
+    lines = [f"{counted(out['trials'], 'trial')}" + (f": {statuses}" if statuses else "")
+             + (f"; and {counted(again, 'remeasure')} of the incumbent" if again else "")]
     for g in out["groups"]:
         lines.append(f"{g['model']} on {g['gpu']} ({run_label(g['dtype'], g['max_seq'])}): "
                      f"{counted(g['trials'], 'trial')}, {g['kept']} kept")
