@@ -347,3 +347,13 @@ def test_a_dtype_refusal_lists_the_other_names_the_api_takes():
         amk.propose("toy", "cpu-sim", dtype="fp64")
     assert e.value.argument == "dtype"
     assert amk.propose("toy", "cpu-sim", dtype="Half")["dtype"] == "fp16"  # one of those names, any case
+
+
+def test_a_seed_the_last_worker_would_pass_2_63_is_refused_before_any_worker_starts(tmp_path):
+    from amk.schedule.errors import ArgumentError
+
+    res = tmp_path / "results.tsv"
+    with pytest.raises(ArgumentError, match=r"2 workers take seeds .* give a seed of at most 9223372036854775806") as e:
+        amk.loop("toy", "cpu-sim", budget=2, workers=2, seed=2**63 - 1, device="cpu", results=res,
+                 corpus=tmp_path / "corpus.jsonl")
+    assert e.value.argument == "seed" and not res.exists()

@@ -302,7 +302,7 @@ def search_settings(settings):
 
 def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus,
                          max_seq=None, progress=None, resume=False, evaluate=None, predictor=None,
-                         should_stop=None) -> None:
+                         should_stop=None, seed=0) -> None:
     """Every argument of loop() a caller can get wrong, checked before the results file is opened.
     Raises ArgumentError naming the first one wrong."""
     _whole("budget", budget, 1, optional=True)
@@ -321,6 +321,10 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
                                 or not math.isfinite(minutes) or minutes <= 0):
         raise ArgumentError("minutes", f"expected a positive finite number of minutes or None, got {minutes!r}")
     _whole("workers", workers, 1, optional=False)
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed + workers - 1 >= SEED_LIMIT > seed:
+        # worker i searches with seed + i: refused here, before any worker starts and writes a trial
+        raise ArgumentError("seed", f"{workers} workers take seeds {seed} to seed + {workers - 1}, past 2**63 - 1: "
+                                    f"give a seed of at most {SEED_LIMIT - workers}")
     if budget is not None and workers > budget:  # a worker with a share of 0 trials would be refused mid-run
         raise ArgumentError("workers", f"{workers} workers share a budget of {budget} trials: give each at least one trial")
     _whole("builders", builders, 0, optional=True)

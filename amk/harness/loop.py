@@ -162,7 +162,7 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     check_seed(seed)
     settings = search_settings(settings)
     check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases, dtype, results, corpus, max_seq,
-                         progress, resume, evaluate, predictor, should_stop)
+                         progress, resume, evaluate, predictor, should_stop, seed=seed)
     results, corpus = user_path(results), user_path(corpus)  # checked above as expanded; written there too
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
         raise ArgumentError("ray_address", f"expected a Ray cluster address (host:port, or auto) or None, got "
