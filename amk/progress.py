@@ -219,3 +219,12 @@ def trial_description(p: dict, width: int = 140) -> str:
         keep = min(len(outcome), width - 42)
         return _cut(change, width - keep - 2) + ": " + _cut(outcome, keep)
     return _cut(text, width)
+
+
+def print_trial_line(p: dict) -> None:
+    """A loop's `progress` callback that prints one line a trial on stderr (what `amk loop` prints; nothing under
+    -q): `[  12.3s] trial 4 keep ...`. The one callback a loop of several workers takes, since each worker, in a
+    process of its own, prints its trials' lines itself."""
+    if is_quiet():  # -q: the summary only
+        return
+    print(f"[{p['elapsed_s']:7.1f}s] {progress_line(p)}  {trial_description(p)}", file=sys.stderr, flush=True)

@@ -194,6 +194,7 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     assert p.returncode == 0, err[-3000:]
     s = json.loads(out)
     assert s["workers"] == 2 and s["trials"] == 4 and len(s["per_worker"]) == 2
+    assert s["max_seq"] and s["context"] and s["seed"] == 0 and s["search"]["measurements"] >= 4  # as one worker's
     # a line a trial, forwarded by Ray (which may fold alike lines or lose the last ones at shutdown: not counted)
     assert "[worker " in err and "\x1b[" not in err  # no colour codes into a pipe
     rows = [r for r in read_rows(tmp_path / "results.tsv") if r["status"] != "remeasure"]
@@ -335,3 +336,33 @@ def test_the_search_moves_no_knob_the_derived_tiling_makes_inert(tmp_path):
     assert one_partition and not any(c.split("=")[0] in ("attention.combine", "attention.softmax",
                                                           "attention.partials_dtype")
                                      for r in one_partition for c in r.change)
+
+
+def test_a_progress_callable_no_worker_could_call_is_refused_with_workers(tmp_path):
+    """Workers run in processes of their own and print their own trials' lines: a callable of the caller's was
+    accepted and never called. The lines' printer, the CLI's, is taken (it only switches them on)."""
+    from amk.progress import print_trial_line
+    from amk.schedule.errors import ArgumentError
+
+    calls = []
+    with pytest.raises(ArgumentError, match="never called") as e:
+        amk.loop("toy", "cpu-sim", budget=2, workers=2, device="cpu", results=tmp_path / "r.tsv",
+                 corpus=tmp_path / "c.jsonl", progress=calls.append)
+    assert e.value.argument == "progress" and not (tmp_path / "r.tsv").exists()
+    from amk.harness.arguments import check_loop_arguments
+
+    check_loop_arguments(2, None, 2, None, 20, "reduced", None, tmp_path / "r.tsv", tmp_path / "c.jsonl",
+                         progress=print_trial_line)  # no error
+
+
+def test_the_merged_summary_has_the_runs_context_seed_and_summed_search_counts(tmp_path):
+    from amk.harness.search.distributed import merge
+
+    def summary(worker: int) -> dict:
+        return {"statuses": {"keep": 1}, "incumbent": {"latency_us": 40.0 + worker}, "worker": worker, "trials": 2,
+                "stopped": "budget", "dtype": "fp32", "max_seq": 512, "context": 301, "seed": 7 + worker,
+                "search": {"rounds": 1 + worker, "seconds_measuring": 1.5, "ranking_model": {"rows": 3}}}
+
+    got = merge([summary(0), summary(1)], "toy", "cpu-sim", "cpu", tmp_path / "r.tsv", tmp_path / "c.jsonl", 1.0)
+    assert (got["max_seq"], got["context"], got["seed"]) == (512, 301, 7)
+    assert got["search"] == {"rounds": 3, "seconds_measuring": 3.0}

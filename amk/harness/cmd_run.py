@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import secrets
-import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -220,17 +219,10 @@ def evaluate(args) -> CommandResult:
     return CommandResult(verdict_exit(v), v, verdict_text(v))
 
 
-def _progress(p: dict) -> None:
-    from amk.progress import is_quiet, progress_line, trial_description
-
-    if is_quiet():  # -q: the summary only
-        return
-    print(f"[{p['elapsed_s']:7.1f}s] {progress_line(p)}  {trial_description(p)}", file=sys.stderr, flush=True)
-
-
 def loop(args) -> CommandResult:
     from amk.harness.loop import LoopInterrupted, StopReason
     from amk.harness.loop import loop as _loop
+    from amk.progress import print_trial_line
 
     if args.budget is None and args.minutes is None:
         log.info("no --budget or --minutes: the loop stops after %d non-improving trials in a row",
@@ -239,7 +231,7 @@ def loop(args) -> CommandResult:
     try:
         s = _loop(args.model, args.gpu, budget=args.budget, minutes=args.minutes, seed=args.seed, device=args.device,
                   results=args.results, corpus=args.corpus, resume=args.resume, max_reverts=args.max_reverts,
-                  progress=_progress, cases=args.cases, dtype=args.dtype, incumbent=seed_config,
+                  progress=print_trial_line, cases=args.cases, dtype=args.dtype, incumbent=seed_config,
                   workers=args.workers, ray_address=args.ray_address, builders=args.builders, max_seq=args.max_seq)
     except LoopInterrupted as e:  # the trial in flight is written: the summary is printed, the exit is 130
         s = e.summary

@@ -117,6 +117,9 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     plain = "RAY_COLOR_PREFIX" not in os.environ and bool(os.environ.get("NO_COLOR") or not sys.stderr.isatty())
     if plain:
         os.environ["RAY_COLOR_PREFIX"] = "0"
+    # one line a trial: Ray folds lines alike from several workers into "[repeated 2x across cluster]" unless told
+    # not to (the user's own setting stands)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     started = not ray.is_initialized()
     if started:
         env = {k: v for k, v in os.environ.items() if k.startswith("AMK_")}
@@ -157,6 +160,17 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     return merged
 
 
+def _merged_search(summaries: list[dict]) -> dict:
+    """The workers' `search` counters summed (rounds, trials' seconds, duplicates ...); what is no count (the ranking
+    model each fitted) stays in `per_worker`."""
+    out: dict = {}
+    for s in summaries:
+        for key, value in (s.get("search") or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[key] = round(out.get(key, 0) + value, 2)
+    return out
+
+
 def merge(summaries: list[dict], model: str, gpu: str, device: str, results, corpus, seconds: float) -> dict:
     """One summary for the run: counts summed, the fastest worker's incumbent, the corpus's best."""
     statuses: Counter[str] = Counter()
@@ -166,8 +180,11 @@ def merge(summaries: list[dict], model: str, gpu: str, device: str, results, cor
     best_inc = min(timed, key=lambda s: s["incumbent"]["latency_us"]) if timed else summaries[0]
     trials = sum(s["trials"] for s in summaries)
     stops = {s["stopped"] for s in summaries}
+    first = summaries[0]
     out = {"incumbent": {**best_inc["incumbent"], "worker": best_inc.get("worker")}, "model": model, "gpu": gpu,
-           "device": device, "dtype": summaries[0]["dtype"], "trials": trials, "statuses": dict(statuses),
+           "device": device, "dtype": first["dtype"], "max_seq": first.get("max_seq"),
+           "context": first.get("context"), "seed": first.get("seed"), "search": _merged_search(summaries),
+           "trials": trials, "statuses": dict(statuses),
            "kept": statuses.get("keep", 0), "stopped": "interrupted" if "interrupted" in stops else
            (stops.pop() if len(stops) == 1 else ",".join(sorted(str(x) for x in stops))),
            "best": summaries[0].get("best"), "workers": len(summaries),
