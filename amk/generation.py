@@ -10,7 +10,7 @@ import torch
 
 from amk.harness.arguments import check_dtype, check_flag, check_max_seq, check_model_weights, integral
 from amk.progress import bar, status
-from amk.schedule.errors import ArgumentError, ContextError, ProgramError
+from amk.schedule.errors import ArgumentError, ContextError, ProgramError, VmError
 
 
 def _token_ids(prompt) -> list[int]:
@@ -314,7 +314,15 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
         for i in range(max_new_tokens - 1):
             vm.launch()  # reads the token the previous step's argmax wrote
             produced[i].copy_(vm.token[0])
-        vm.check()
+        try:
+            vm.check()
+        except VmError as e:
+            # the kernel's argmax of NaN logits is no token (the next step's embedding refuses it): say why
+            why = bad or _finite_note(vm.logits, len(ids) + max_new_tokens - 2, len(ids))
+            if why is None:
+                raise
+            raise VmError(f"{why}; the GPU's greedy argmax of such logits is no token, so decoding stopped ({e})",
+                          task=e.task, code=e.code) from e
         out += produced.cpu().tolist()
         # a NaN that enters the KV cache stays in every later step's attention: the last step's logits show it
         bad = bad or _finite_note(vm.logits, len(ids) + max_new_tokens - 2, len(ids))
