@@ -222,8 +222,8 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
 
     A prompt of P tokens and N new tokens take P + N - 1 KV positions (the last new token is not fed back).
     Past the model's max_position_embeddings they still run (as transformers would compute them); the
-    Generation's `notes` then say so. They also name logits that are not finite (the first such step on the CPU, the
-    last step on the GPU, whose KV cache carries a NaN on), and what the model's generation config asks of
+    Generation's `notes` then say so. They also name logits that are not finite (the first such step on the CPU; on the
+    GPU, whose argmax of NaN logits is no token, decoding stops with a VmError naming them), and what the model's generation config asks of
     transformers' generate beyond greedy decoding (sampling, a repetition penalty ...), which is not applied. Decoding
     stops after the first of that config's eos ids (generation_config.json's, else config.json's) when `stop_at_eos`.
 
