@@ -113,7 +113,7 @@ def test_report_and_resume_survive_a_trial_past_int64(capsys, tmp_path):
 
 @pytest.mark.parametrize(("column", "cell", "allowed"), [
     ("correct", "maybe", "one of true, false (or empty)"),
-    ("correct", "True", "one of true, false (or empty)"),
+    ("correct", "TRUE", "one of true, false (or empty)"),  # a spreadsheet's; pandas' True is read
     ("status", "kept", "one of keep, discard, rejected, fail, crash, remeasure"),
     ("kind", "measured", "one of measured-gpu, predicted (or empty)"),
 ])
