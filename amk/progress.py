@@ -223,8 +223,10 @@ def trial_description(p: dict, width: int = 140) -> str:
 
 def print_trial_line(p: dict) -> None:
     """A loop's `progress` callback that prints one line a trial on stderr (what `amk loop` prints; nothing under
-    -q): `[  12.3s] trial 4 keep ...`. The one callback a loop of several workers takes, since each worker, in a
-    process of its own, prints its trials' lines itself."""
+    -q): `[  12.3s] trial 4 keep ...`, and `[  12.3s] [worker 1] trial 4 keep ...` for a trial of a loop of several
+    workers (its dict carries `worker`; the seconds are that worker's)."""
     if is_quiet():  # -q: the summary only
         return
-    print(f"[{p['elapsed_s']:7.1f}s] {progress_line(p)}  {trial_description(p)}", file=sys.stderr, flush=True)
+    worker = f"[worker {p['worker']}] " if p.get("worker") is not None else ""
+    print(f"[{p['elapsed_s']:7.1f}s] {worker}{progress_line(p)}  {trial_description(p)}", file=sys.stderr,
+          flush=True)

@@ -314,13 +314,6 @@ def check_loop_arguments(budget, minutes, workers, builders, max_reverts, cases,
     check_max_seq(max_seq)
     if progress is not None and not callable(progress):
         raise ArgumentError("progress", f"expected a callable taking a dict, or None, got {progress!r}")
-    from amk.progress import print_trial_line
-
-    if isinstance(workers, int) and workers > 1 and progress not in (None, print_trial_line):
-        # each worker runs in a process of its own: a callable of this one would never be called
-        raise ArgumentError("progress", f"{workers} workers each print their own trials' lines on stderr, so a "
-                                        "callable of this process is never called: pass amk.progress.print_trial_line "
-                                        "(those lines) or None, or read the results file as the workers write it")
     for name, path in (("results", results), ("corpus", corpus)):
         if not isinstance(path, str | Path) or not str(path):
             raise ArgumentError(name, f"expected a file path, got {path!r}")

@@ -141,8 +141,9 @@ def loop(model, gpu, budget: int | None = None, minutes: float | None = None, se
     none on the CPU path, most cores on CUDA). `predictor`: the builder's pricing function (default the cost
     model). `progress`: called after each trial with a dict: trial, status, schedule_id, program_fingerprint,
     latency_us, kind (the latency's), predicted_us, best_latency_us, description (the change and its outcome in
-    words), outcome (that closing part alone), source, elapsed_s. `workers` > 1: one loop per GPU through Ray
-    (`ray_address`: a cluster; default a local instance).
+    words), outcome (that closing part alone), source, elapsed_s; with `workers` > 1 it is called in this process
+    with each worker's trials as they arrive, `worker` (its index) added. `workers` > 1: one loop per GPU through
+    Ray (`ray_address`: a cluster; default a local instance).
     Raises LoopError (usage: an existing results file without resume, a foreign one, one resumed without the corpus
     that holds its latest kept config, a rejected seed, a resumed checkpoint whose changed weights fail the kept
     incumbent, a checkpoint saved again during the loop, a `results` or `corpus` the loop could not write),

@@ -45,25 +45,40 @@ def _import_ray():
     return ray
 
 
-def _worker_main(index: int, kwargs: dict, stop, show_progress: bool = True) -> dict:
-    """Runs inside a Ray worker: the single-GPU loop, stopping when the driver's flag is set; a line a trial on
-    stderr (Ray forwards it to the driver's) when `show_progress`."""
+def _worker_main(index: int, kwargs: dict, stop, sink=None) -> dict:
+    """Runs inside a Ray worker: the single-GPU loop, stopping when the driver's flag is set. Each trial's progress
+    dict, with `worker` added, goes to the driver's `sink` (an actor) before the next trial starts, so that the
+    driver calls the caller's `progress` with every trial, the last ones too (Ray's forwarding of a worker's
+    stderr may drop lines at shutdown)."""
     import ray
 
     from amk.harness.loop import loop
 
     logging.getLogger("amk").setLevel(logging.WARNING)
 
-    from amk.progress import progress_line, trial_description
-
     def progress(p: dict) -> None:
-        print(f"[worker {index}] {progress_line(p)}  {trial_description(p)}", file=sys.stderr, flush=True)
+        ray.get(sink.put.remote({**p, "worker": index}))
 
-    summary = loop(progress=progress if show_progress else None, should_stop=lambda: ray.get(stop.is_set.remote()), workers=1, **kwargs)
+    summary = loop(progress=progress if sink is not None else None, should_stop=lambda: ray.get(stop.is_set.remote()),
+                   workers=1, **kwargs)
     summary["worker"] = index
     summary["host"] = os.uname().nodename
     summary["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     return summary
+
+
+class _Progress:
+    """The workers' trial dicts, in the order they arrive, until the driver takes them."""
+
+    def __init__(self):
+        self.items: list[dict] = []
+
+    def put(self, p: dict) -> None:
+        self.items.append(p)
+
+    def take(self) -> list[dict]:
+        out, self.items = self.items, []
+        return out
 
 
 class _Flag:
@@ -87,7 +102,6 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     from amk.harness.propose import model_name
     from amk.harness.verdict import parse_config
     from amk.models import Model
-    from amk.progress import is_quiet
 
     from .signals import ChildrenIgnoreStops, StopFlag
 
@@ -109,16 +123,14 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     seed_config = parse_config(incumbent).to_dict() if incumbent is not None else None
     if builders is None:
         builders = 0 if dev != Device.CUDA else max(0, ((os.cpu_count() or 1) - 2 * workers) // workers)
-    # the driver's progress callback stands for its workers' lines: none without one, none under -q
-    show_progress = progress is not None and not is_quiet()
     ray = _import_ray()
     # Ray colours the prefix of each forwarded worker line; no escape codes into a file or a pipe (or under
     # NO_COLOR), unless the user set RAY_COLOR_PREFIX. The driver reads it as it prints
     plain = "RAY_COLOR_PREFIX" not in os.environ and bool(os.environ.get("NO_COLOR") or not sys.stderr.isatty())
     if plain:
         os.environ["RAY_COLOR_PREFIX"] = "0"
-    # one line a trial: Ray folds lines alike from several workers into "[repeated 2x across cluster]" unless told
-    # not to (the user's own setting stands)
+    # each worker's own warnings in full: Ray folds lines alike from several workers into "[repeated 2x across
+    # cluster]" unless told not to (the user's own setting stands)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     started = not ray.is_initialized()
     if started:
@@ -129,6 +141,7 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     t0 = time.monotonic()
     try:
         stop = ray.remote(_Flag).options(num_cpus=0).remote()
+        sink = ray.remote(_Progress).options(num_cpus=0).remote() if progress is not None else None
         per_worker = {"num_gpus": 1} if dev == Device.CUDA else {"num_cpus": 1}
         task = ray.remote(_worker_main).options(**per_worker)
         refs = []
@@ -137,15 +150,23 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
                           results=str(results), corpus=str(corpus), resume=True, max_reverts=max_reverts,
                           cases=cases, dtype=dtype, incumbent=seed_config, builders=builders, settings=settings,
                           max_seq=max_seq)
-            refs.append(task.remote(i, kwargs, stop, show_progress))
+            refs.append(task.remote(i, kwargs, stop, sink))
         pending = list(refs)
         with StopFlag() as flag:
             asked = False
-            while pending:
-                _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
-                if flag.set and not asked:
+            try:
+                while pending:
+                    _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+                    if flag.set and not asked:
+                        ray.get(stop.set.remote())
+                        asked = True
+                    _report(ray, sink, progress)
+                _report(ray, sink, progress)  # a worker's last puts land before its task returns
+            except BaseException:
+                # the caller's progress raised (or a second Ctrl-C): the workers stop after their trials in flight
+                if not asked:
                     ray.get(stop.set.remote())
-                    asked = True
+                raise
         summaries = ray.get(refs)
     finally:
         if started:
@@ -158,6 +179,14 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
 
         raise LoopInterrupted(merged)
     return merged
+
+
+def _report(ray, sink, progress) -> None:
+    """The caller's `progress` called, in this process, with each trial dict the workers sent since the last call."""
+    if sink is None:
+        return
+    for p in ray.get(sink.take.remote()):
+        progress(p)
 
 
 def _merged_search(summaries: list[dict]) -> dict:
