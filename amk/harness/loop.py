@@ -290,6 +290,7 @@ class _Run(Rounds, Resume):
         self.settings = settings or SearchSettings()
         self.evaluate_fn = evaluate_fn if evaluate_fn is not None else _default_evaluate
         self.should_stop = should_stop
+        self.stop_asked: Callable[[], bool] = lambda: False  # go() reads its StopFlag through it
         if self.evaluate_fn is _default_evaluate:
             # an unusable cache directory fails here, not inside the first trial as a row blaming its config
             default_cache()
@@ -426,6 +427,7 @@ class _Run(Rounds, Resume):
 
     # ---- the main loop -------------------------------------------------------------------------------
     def go(self, flag: StopFlag) -> dict:
+        self.stop_asked = lambda: self._stop_asked(flag)
         stop = self._stop_reason(flag)
         if self.builder.pool is not None:
             self._warm_start()
@@ -457,7 +459,8 @@ class _Run(Rounds, Resume):
                 self._remeasure()
                 continue
             if not self.queue:
-                self._round()
+                if not self._round():
+                    continue  # stopped while its candidates were built: no empty round, the check above ends the run
                 if not self.queue:
                     self.empty_rounds += 1
                     if self.empty_rounds >= EMPTY_ROUNDS:
@@ -469,6 +472,12 @@ class _Run(Rounds, Resume):
             cand, built = self.queue.pop(self._next_pick())
             self._trial(cand, built, cand.description)
         return self._summary(stop)
+
+    def _stop_asked(self, flag: StopFlag) -> bool:
+        """A stop that may come while a round is built: a signal, `should_stop`, or the minutes spent (the budget
+        and max_reverts move only at a trial). _stop_reason then says which."""
+        return (flag.set or (self.should_stop is not None and bool(self.should_stop()))
+                or (self.minutes is not None and time.monotonic() - self.t0 >= self.minutes * 60))
 
     def _stop_reason(self, flag: StopFlag) -> StopReason | None:
         if flag.set or (self.should_stop is not None and self.should_stop()):

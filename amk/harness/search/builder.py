@@ -7,9 +7,10 @@ selected candidate's kernel is compiled by NVRTC into the file cache (kind "kern
 the one before, so evaluate() finds both there. The eager reference data is the same for every candidate of
 a run (model, dtype, cases): the first trial computes it into the cache and every later trial reads it.
 
-`processes=0` builds in this process, in order: the CPU-only path and the tests, deterministic. Workers are
-spawned (never forked: the parent may hold a CUDA context) and ignore SIGINT, so Ctrl-C reaches the loop,
-which finishes its trial and stops.
+`processes=0` builds in this process, in order: the CPU-only path and the tests, deterministic. Such a round
+asks the loop's stop between two builds (a round of a 135M model is minutes of them), so Ctrl-C is answered
+within one build. Workers are spawned (never forked: the parent may hold a CUDA context) and ignore SIGINT, so
+Ctrl-C reaches the loop, which finishes its trial and stops.
 """
 
 from __future__ import annotations
@@ -181,21 +182,27 @@ def default_processes(device: str) -> int:
 class Pending:
     """Builds under way, indexed by their place in the order asked. ready() hands over the finished builds not
     handed over yet; wait() waits for the rest and returns every Built in the order asked; cancel() drops the
-    builds not started (a prepared round that a restart made stale). In-process builds run at ready()."""
+    builds not started (a prepared round that a restart made stale). In-process builds run at ready(), which
+    stops between two of them when asked to."""
 
     def __init__(self, builder: Builder, ids: list[str], futures: dict[int, Future], local: dict[int, BuildJob],
                  memo: list[int]):
         self.builder, self.ids = builder, ids
         self.futures, self.local, self.memo = futures, local, memo  # not handed over yet
 
-    def ready(self) -> list[tuple[int, Built]]:
-        """(index, Built) of each build finished since the last call, in the order asked."""
+    def ready(self, stop: Callable[[], bool] | None = None) -> list[tuple[int, Built]]:
+        """(index, Built) of each build finished since the last call, in the order asked. In-process builds run
+        here, in order; `stop` is called before each of them, and once it returns true ready() builds no more:
+        the builds not started wait for a later call (done() stays false), those done stay memoised."""
         out = [(i, self.builder.built[self.ids[i]]) for i in self.memo]  # built by an earlier round
-        for i, job in self.local.items():
+        self.memo = []
+        for i, job in list(self.local.items()):
+            if stop is not None and stop():
+                break
             out.append((i, self.builder._keep(build_one(job, self.builder.predictor))))
+            del self.local[i]
         for i in [i for i, f in self.futures.items() if f.done()]:
             out.append((i, self.builder._keep(self.futures.pop(i).result())))
-        self.memo, self.local = [], {}
         return sorted(out, key=lambda ib: ib[0])
 
     def wait_any(self) -> None:

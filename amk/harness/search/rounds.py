@@ -2,7 +2,8 @@
 off the measuring path, take builds in as they finish, rank what waits, and pick the next few to measure.
 
 Rounds is a part of the loop's run (amk/harness/loop.py), written apart to keep each file to one job: it reads
-and writes the run's search state (incumbent, backlog, queue, builder, counters).
+and writes the run's search state (incumbent, backlog, queue, builder, counters), and the run's `stop_asked()`
+(true once a signal, `should_stop` or the minutes ask the loop to stop), which a round's builds answer.
 """
 
 from __future__ import annotations
@@ -92,25 +93,30 @@ class Rounds:
         pending = self.builder.submit([self._job(c.config) for c in cands])
         return PreparedRound(restart, cands, pending)
 
-    def _round(self) -> None:
+    def _round(self) -> bool:
         """Fill the queue: take in the round's builds finished so far (waiting for more only while fewer than
         measure_per_round candidates are built and unmeasured), rank every built and unmeasured candidate, queue
         the top few, and once the round is all in, start building the next around the incumbent of now. A keep
         changes the incumbent but drops nothing built: those configs are still candidates, ranked with the rest;
-        a restart drops them (another region)."""
+        a restart drops them (another region). False, with nothing ranked or queued, when a stop was asked while
+        the round was taken in: its builds done stay memoised and taken in, the rest stay for a later call."""
         if self.restart_pending:
             self.backlog.clear()
             if self.prepared is not None and not self.prepared.restart:
                 self.prepared.pending.cancel()
                 self.prepared = None
                 self.prepared_dropped += 1
-        if self.builder.pool is None:
-            self.backlog.clear()  # one round at a time, built when asked for (the CPU path stays deterministic)
+        if self.builder.pool is None and self.prepared is None:
+            # one round at a time, built when asked for (the CPU path stays deterministic); a round a stop left
+            # half built keeps what it took in
+            self.backlog.clear()
         if self.prepared is None:
             self.prepared = self._prepare_round()
         t0 = time.monotonic()
-        self._take_in(self.prepared, self.settings.measure_per_round)
+        taken = self._take_in(self.prepared, self.settings.measure_per_round)
         self.waited_rounds_s += time.monotonic() - t0
+        if not taken:
+            return False
         if self.prepared.pending.done():
             self.prepared_used += int(not self.prepared.waited)
             self.prepared = None
@@ -147,14 +153,21 @@ class Rounds:
         log.info("round %d: %d built candidates waiting, %d invalid, %d duplicates so far; measuring %d (model "
                  "fitted on %d records)", self.rounds, len(self.backlog), self.invalid, self.duplicates,
                  len(self.queue), self.ranking.rows)
+        return True
 
-    def _take_in(self, prepared: PreparedRound, enough: int) -> None:
+    def _take_in(self, prepared: PreparedRound, enough: int) -> bool:
         """Move a prepared round's finished builds into the backlog, and wait for more of them only while fewer
-        than `enough` candidates wait there: the GPU measures the first built, not the last."""
+        than `enough` candidates wait there: the GPU measures the first built, not the last. False when a stop
+        was asked before the round was all in (in-process builds stop between two builds, not after the round's
+        last: Ctrl-C answered in one build's time, not minutes)."""
         while True:
-            self._admit(prepared, prepared.pending.ready())
-            if prepared.pending.done() or len(self.backlog) >= enough:
-                return
+            self._admit(prepared, prepared.pending.ready(self.stop_asked))
+            if prepared.pending.done():
+                return True
+            if self.stop_asked():
+                return False
+            if len(self.backlog) >= enough:
+                return True
             prepared.waited = True
             prepared.pending.wait_any()
 

@@ -1,7 +1,7 @@
 """SIGINT or SIGTERM during a loop: finish the trial in flight, then stop with the summary.
 
 The first Ctrl-C (or the SIGTERM that `timeout`, `docker stop` and job schedulers send) sets a flag the loop
-reads between trials (the CLI then exits 130, HARNESS.md section 4); a second one raises KeyboardInterrupt at
+reads between trials and between two builds of a round built in its own process (the CLI then exits 130, HARNESS.md section 4); a second one raises KeyboardInterrupt at
 once, for a trial that will not end. Outside the main thread (a
 Ray worker, a notebook's executor) no handler is installed and the flag stays clear: the caller stops the
 loop through `should_stop` instead.
