@@ -307,6 +307,10 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
             logits, nxt = vm.step(tok)
             bad = bad or _finite_note(logits, i, len(ids))
             b.advance()
+    if dev == "cuda" and not 0 <= nxt < model.dims.vocab:
+        # the kernel's argmax of NaN logits is no token: a one-token run would return it as one
+        raise VmError(f"{bad or 'the logits are not finite'}; the GPU's greedy argmax of such logits is no token "
+                      f"({nxt}), so decoding stopped")
     out = [nxt]
     t1 = time.perf_counter()
     if dev == "cuda" and max_new_tokens > 1:

@@ -123,6 +123,8 @@ def test_generate_on_cuda_refuses_logits_past_fp16_range_by_name(tmp_path, targe
     # the kernel's argmax of NaN logits is no token, so the decode cannot go on: the error says why
     with pytest.raises(AmkError, match=r"logits are not finite .* argmax of such logits is no token"):
         amk.generate(str(path), [1, 5, 9], max_new_tokens=4, device="cuda", dtype="fp16", stop_at_eos=False)
+    with pytest.raises(AmkError, match=r"logits are not finite .* argmax of such logits is no token"):
+        amk.generate(str(path), [1, 5, 9], max_new_tokens=1, device="cuda", dtype="fp16", stop_at_eos=False)
     fine = amk.generate(str(path), [1, 5, 9], max_new_tokens=4, device="cuda", dtype="fp32", stop_at_eos=False)
     assert not any("not finite" in n for n in fine.notes), fine.notes
 
