@@ -47,7 +47,8 @@ def weights_fingerprint(model: str) -> str | None:
     return checkpoint_fingerprint(path) if builtin_key(model) is None and path.is_dir() else None
 
 
-def check_verified(path: Path, fingerprint: str, device: str, model: str, dtype: str) -> str | None:
+def check_verified(path: Path, fingerprint: str, device: str, model: str, dtype: str, gpu: str | None = None,
+                   config: dict | None = None, max_seq: int | None = None) -> str | None:
     """Why this program may not be benched yet, or None when a matching passing verify_result.json exists: the
     same program on the same device, for the same model (label), dtype and, for a checkpoint directory, the same
     weights (the program fingerprint leaves weights out: two checkpoints of one shape lower to one program)."""
@@ -68,8 +69,8 @@ def check_verified(path: Path, fingerprint: str, device: str, model: str, dtype:
         return (f"{path} holds a JSON {type(rec).__name__}, not the JSON object `amk verify` writes: run `amk verify` "
                 "again")
     if rec.get("program_fingerprint") != fingerprint:
-        return (f"{path} verified program {rec.get('program_fingerprint')}, but this config lowers to program "
-                f"{fingerprint}: verify this program first")
+        return (f"{path} verified program {rec.get('program_fingerprint')}, but {_what_differs(rec, model, dtype, gpu, config, max_seq)}"
+                f" lowers to program {fingerprint}: verify this program first")
     if not isinstance(rec.get("passed"), bool):  # a hand edit: no verdict to read, whatever its case counts say
         return (f"{path}: its `passed` is {rec.get('passed')!r}, not the true or false `amk verify` writes: run "
                 "`amk verify` again")
@@ -88,6 +89,24 @@ def check_verified(path: Path, fingerprint: str, device: str, model: str, dtype:
     return None
 
 
+def _what_differs(rec: dict, model: str, dtype: str, gpu: str | None, config: dict | None, max_seq: int | None) -> str:
+    """Which of the bench's settings differ from the verify record's (`dtype bf16, where verify had fp32`): a
+    program differs by its model, dtype, target, config or context, and a user rereads the config when the message
+    blames it for a flag. "this program" where the record cannot tell (a record older than its max_seq key)."""
+    diffs = []
+    for flag, mine, key in (("model", model, "model"), ("dtype", dtype, "dtype"), ("gpu", gpu, "gpu")):
+        if mine is not None and key in rec and rec[key] != mine:
+            diffs.append(f"{flag} {mine}, where verify had {rec[key]}")
+    if "max_seq" in rec and rec["max_seq"] != max_seq:  # the flags as given: None is the model's default context
+        diffs.append(f"max_seq {max_seq if max_seq is not None else 'the default'}, where verify had "
+                     f"{rec['max_seq'] if rec['max_seq'] is not None else 'the default'}")
+    if config is not None and isinstance(rec.get("config"), dict) and rec["config"] != config:
+        diffs.append("the config, which differs from verify's")
+    if not diffs:
+        return "this program"
+    return "this run (" + "; ".join(diffs) + ")"
+
+
 def _contexts(text: str) -> list[int]:
     try:
         out = [int(x) for x in text.split(",")]  # an empty part ("1,,2") is a missing length, not a separator
@@ -103,18 +122,20 @@ DEFAULT_STEPS = 200  # timed decode steps a case on the GPU (--steps)
 
 def bench(args) -> CommandResult:
     from amk.harness.evaluate import build_program
+    from amk.schedule.config_text import parse_config
 
     from .arguments import check_corpus
 
     check_corpus(args.corpus)  # a named file that is no corpus: refused before the program is built
     check_path_flag("--verify-result", args.verify_result)  # ~ of an unknown user, a NUL byte: before the build
 
-    v, program = build_program(args.model, args.gpu, read_config_arg(args.config), args.device, args.dtype,
-                               args.max_seq)
+    raw = read_config_arg(args.config)
+    v, program = build_program(args.model, args.gpu, raw, args.device, args.dtype, args.max_seq)
     if program is None:
         return CommandResult(ExitCode.USAGE, v.to_dict(), f"REJECTED: {v.rejected_reason}")
     notes: list[str] = []
-    why = check_verified(Path(args.verify_result).expanduser(), v.program_fingerprint, v.device, v.model, v.dtype)
+    why = check_verified(Path(args.verify_result).expanduser(), v.program_fingerprint, v.device, v.model, v.dtype,
+                         v.gpu, parse_config(raw).to_dict(), args.max_seq)
     if why and not args.verify_not_required:
         return CommandResult(ExitCode.USAGE, {"error": why, "error_type": "unverified",
                                               "program_fingerprint": v.program_fingerprint}, why)
