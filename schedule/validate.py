@@ -142,8 +142,9 @@ def validate(program, target=None, *, gpu_limits: bool = True) -> ValidationResu
     program that names none or one not registered; `gpu_limits=False`: no check of a GPU's limits at all, for a
     program built past them on purpose): `ok` and every issue found, at most MAX_ISSUES_PER_KIND a kind (the
     rest counted in `suppressed`). Raises ArgumentError naming `program` for something that is no program at all,
-    `gpu_limits` for anything but True or False, or `target` for something that is no target name nor GpuTarget (a caller's mistake, not an issue of a program);
-    otherwise never raises: a name not registered is an issue, and so is a check that fails internally."""
+    `gpu_limits` for anything but True or False, or `target` for something that is no target name nor GpuTarget,
+    and UnknownTargetError for a `target` name not registered (a caller's mistake, not an issue of a program, as
+    lower() raises it); otherwise never raises: a check that fails internally is an issue."""
     if not hasattr(program, "constants") or not hasattr(program, "tasks"):
         text = repr(program)
         raise ArgumentError("program", f"expected a program from amk.lower, got {type(program).__name__} "
@@ -154,8 +155,10 @@ def validate(program, target=None, *, gpu_limits: bool = True) -> ValidationResu
         target = None
     elif target is None:
         target = _lowered_for(program)
-    elif not isinstance(target, (str, GpuTarget)):
-        get_target(target)  # ArgumentError naming it: no name nor GpuTarget
+    elif not isinstance(target, GpuTarget):
+        # ArgumentError for no name nor GpuTarget, UnknownTargetError for a name not registered: the caller's
+        # mistake, as lower() and evaluate() raise it, not an issue of the program
+        target = get_target(target)
     t0 = time.perf_counter()
     rep = _Report(program)
     gc_was = gc.isenabled()

@@ -365,9 +365,15 @@ def test_something_that_is_no_program_is_an_argument_error(prog):
     assert e.value.argument == "program"
 
 
-def test_unknown_target_is_an_issue():
-    r = validate(fresh(), "no-such-gpu")
-    assert not r.ok and r.issues[0].kind == IssueKind.ABI and "no-such-gpu" in r.first_message()
+def test_an_unknown_target_name_raises_as_lower_raises_it():
+    # a misspelt name is the caller's mistake: as an issue, `assert amk.validate(p, gpu)` read it as the program
+    # failing on that GPU
+    from amk.schedule.errors import UnknownTargetError
+
+    for name in ("no-such-gpu", "h100", " h100-sxm"):
+        with pytest.raises(UnknownTargetError, match="unknown GPU target"):
+            validate(fresh(), name)
+    assert validate(fresh(), "h100-sxm").ok
 
 
 def test_issue_flood_is_capped():
