@@ -362,7 +362,14 @@ def _evaluate(v: Verdict, model, target: GpuTarget, program: MegakernelProgram, 
         else:
             timing = run_cpu(v, program, full, case_list, ref, seed)
         cases_bar.advance(v.cases_total - cases_bar.done)
+    if stop_above_us is not None and (dev != Device.CUDA or not measure):
+        why = "no latency is measured" if not measure else "a predicted latency has no repeats to stop"
+        v.notes.append(f"stop_above_us={stop_above_us:g} has no effect: it stops a GPU's timed "
+                       f"repeats early, and {why}")
     if not measure:
+        if peers:
+            v.notes.append("peers=True (--peers) has no effect: no latency is measured (measure=False) to compare "
+                           "the peers with")
         v.notes.append("latency not asked for (measure=False): correctness only")
         return
     gate_latency(v, timing, floor, dev, program.constants.max_seq)

@@ -1,0 +1,24 @@
+"""evaluate() arguments that cannot act on this run are named in the notes, never dropped without a word:
+stop_above_us off a GPU or with measure=False, peers with measure=False."""
+
+from __future__ import annotations
+
+import amk
+
+
+def _idle(v: dict, name: str) -> list[str]:
+    return [n for n in v["notes"] if n.startswith(name) and "has no effect" in n]
+
+
+def test_stop_above_us_on_a_cpu_is_named_as_idle():
+    v = amk.evaluate("toy", "cpu-sim", {}, stop_above_us=1.0, cases="reduced")
+    assert v["correct"] and v["latency_us"] > 1.0  # a bound far below the latency: nothing stopped
+    assert _idle(v, "stop_above_us=1 ") and "predicted latency" in _idle(v, "stop_above_us=1 ")[0]
+    assert not _idle(amk.evaluate("toy", "cpu-sim", {}, cases="reduced"), "stop_above_us")
+
+
+def test_peers_and_stop_above_us_with_measure_false_are_named_as_idle():
+    v = amk.evaluate("toy", "cpu-sim", {}, measure=False, peers=True, stop_above_us=5.0, cases="reduced")
+    assert v["latency_us"] is None
+    assert _idle(v, "peers=True") and "measure=False" in _idle(v, "peers=True")[0]
+    assert _idle(v, "stop_above_us=5 ") and "no latency is measured" in _idle(v, "stop_above_us=5 ")[0]
