@@ -62,7 +62,7 @@ class CaseResult:
                 "rules": dict(rules)}
 
 
-@dataclass
+@dataclass(repr=False)
 class VerifyResult:
     cases: list[CaseResult]
     device: str
@@ -86,6 +86,13 @@ class VerifyResult:
     def __bool__(self) -> bool:
         """`ok`: `assert amk.verify(p, m)` holds only when every case passed."""
         return self.ok
+
+    def __repr__(self) -> str:
+        """The verdict first, as a notebook cell shows it: the per-step figures are in `cases` and to_dict()."""
+        failed = [f"{c.case}: {c.error_type or 'failed'}" for c in self.cases if not c.passed]
+        more = f", failed=[{', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}]" if failed else ""
+        return (f"VerifyResult(passed={self.ok}, cases_passed={self.cases_passed}/{len(self.cases)}, "
+                f"device={self.device!r}, vm={self.vm!r}, program={self.program!r}, seconds={self.seconds:.1f}{more})")
 
     def summary(self) -> dict:
         steps = [s for c in self.cases for s in c.steps]

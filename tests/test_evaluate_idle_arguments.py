@@ -1,5 +1,5 @@
 """evaluate() arguments that cannot act on this run are named in the notes, never dropped without a word:
-stop_above_us off a GPU or with measure=False, peers with measure=False."""
+stop_above_us off a GPU or with measure=False, peers with measure=False; and a verify result shows its verdict."""
 
 from __future__ import annotations
 
@@ -22,3 +22,16 @@ def test_peers_and_stop_above_us_with_measure_false_are_named_as_idle():
     assert v["latency_us"] is None
     assert _idle(v, "peers=True") and "measure=False" in _idle(v, "peers=True")[0]
     assert _idle(v, "stop_above_us=5 ") and "no latency is measured" in _idle(v, "stop_above_us=5 ")[0]
+
+
+def test_a_verify_results_repr_leads_with_its_verdict():
+    # a notebook cell shows the repr: it was about 7 KB of per-step figures without `passed` or `cases_passed`
+    from amk.eval.oracle import CaseResult, VerifyResult
+
+    ok = VerifyResult([CaseResult("pos0", True, steps=[{"mere": 0.0}] * 50)], "cpu", "reference", "ab12", 1.25)
+    assert repr(ok) == ("VerifyResult(passed=True, cases_passed=1/1, device='cpu', vm='reference', program='ab12', "
+                        "seconds=1.2)")
+    bad = VerifyResult([CaseResult(f"c{i}", i == 0, "Mismatch" if i else "") for i in range(5)], "cpu", "reference",
+                       "ab12", 2.0)
+    assert "passed=False, cases_passed=1/5" in repr(bad) and "failed=[c1: Mismatch, c2: Mismatch, c3: Mismatch, ...]" \
+        in repr(bad) and len(repr(bad)) < 300
