@@ -178,3 +178,30 @@ def claim(results: str | os.PathLike, model: str, gpu: str, fingerprint: str, sc
         finally:
             os.close(cfd)
         return c
+
+
+def release(results: str | os.PathLike, c: Claim) -> bool:
+    """Withdraw claim `c` (this loop's) when no row will ever carry its number: its trial stopped the loop before
+    it was measured (a cache that cannot be written, memory that ran out), so the next trial takes the number and
+    no gap is left. The claims file is rewritten under the results lock, which every writer of claims holds, and
+    removed once it holds none. True when the claim was there; OSError where the file cannot be rewritten."""
+    cpath = claims_path(results)
+    mine = (json.dumps(asdict(c), sort_keys=True)).encode()
+    with locked(results):
+        if not cpath.exists():
+            return False
+        lines = cpath.read_bytes().split(b"\n")
+        kept = [ln for ln in lines if ln.strip() and ln != mine]
+        if len(kept) == len([ln for ln in lines if ln.strip()]):
+            return False
+        if not kept:
+            cpath.unlink()
+            return True
+        tmp = cpath.with_name(cpath.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"\n".join(kept) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cpath)
+    return True
+

@@ -27,6 +27,7 @@ round) and goes on. `workers` > 1 runs one loop per GPU through Ray (search/dist
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from amk.cache import CacheStorageError, default_cache
 from amk.eval.roofline import Floor
-from amk.flywheel.claims import Claim, Taken, claim, claimed_floor, claims_path, owner_id, snapshot
+from amk.flywheel.claims import Claim, Taken, claim, claimed_floor, claims_path, owner_id, release, snapshot
 from amk.flywheel.prior import Prior
 from amk.flywheel.records import (
     MODEL_FINGERPRINT,
@@ -528,7 +529,8 @@ class _Run(Rounds, Resume):
             return False
         self.mine.add(built.program_fingerprint)
         inc = self.inc
-        verdict = self._evaluate(cfg, race_bound_us(inc))
+        with self._released_on_error(c):
+            verdict = self._evaluate(cfg, race_bound_us(inc))
         if verdict.get("cases_passed"):
             self.builder.mark_kernel_ready(built.kernel_id)  # the VM was built (into the kernel cache) and ran
         if verdict.get("latency_kind") and not self.timed:
@@ -600,7 +602,8 @@ class _Run(Rounds, Resume):
         cfg, fp = self.inc.config, self.inc.program_fingerprint
         c = claim(self.results, self.name, self.target.name, fp, cfg.schedule_id, check=False, owner=self.owner)
         before = self.inc.latency_us
-        verdict = self._evaluate(cfg)
+        with self._released_on_error(c):
+            verdict = self._evaluate(cfg)
         self.remeasures += 1
         lat = verdict.get("latency_us")
         if "crash" in verdict or not verdict.get("correct") or lat is None:
@@ -615,6 +618,21 @@ class _Run(Rounds, Resume):
         self.statuses[status.value] += 1
         self._progress(c.trial, status, built, verdict, text, Source.REMEASURE)
         return status
+
+    @contextlib.contextmanager
+    def _released_on_error(self, c: Claim):
+        """Around a trial's measurement: an error that stops the loop there (a cache that cannot be written,
+        memory that ran out, a second Ctrl-C) withdraws the trial's claim, since no row will carry its number;
+        the next trial takes it, and no gap is left where no trial ran."""
+        try:
+            yield
+        except BaseException:
+            try:
+                release(self.results, c)
+            except OSError as e:  # the error that stopped the trial is the one to report
+                log.warning("%s: trial %d's claim could not be withdrawn (%s): the next trial skips its number",
+                            claims_path(self.results), c.trial, e)
+            raise
 
     def _write(self, c: Claim, cand: Candidate, built: Built, verdict: dict, status: Status, description: str,
                improvement: float | None) -> None:
