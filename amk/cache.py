@@ -37,6 +37,7 @@ FORMAT_VERSION = 2  # 1: the digest covered the payload alone, so an entry serve
 _MAGIC = b"AMKC"
 _HEADER = struct.Struct("<4sHQ32s")  # magic, format version, payload length, _digest(key, payload)
 _KEY_RE = re.compile(r"[0-9a-f]{8,128}")
+_SHARD_RE = re.compile(r"[0-9a-f]{2}")  # an entry's folder: its key's first two digits
 _STATS_FILE = "last_run_stats.json"
 _MISS = object()
 
@@ -69,18 +70,19 @@ class CacheFullError(CacheStorageError, EnvironmentProblem):
 
 
 class CacheDirError(CacheStorageError, ArgumentError):
-    """The cache directory (AMK_CACHE_DIR, else ~/.cache/amk) cannot hold the cache: not a directory, not
-    writable, or a file or directory in it cannot be created. A usage error (exit 2) naming AMK_CACHE_DIR, the
-    path and why, raised before a trial runs, so a broken environment is never recorded as a config's
-    rejection. `path` is what failed (the root or a file under it)."""
+    """The cache directory (AMK_CACHE_DIR, else ~/.cache/amk) cannot hold the cache: root_problem's findings (not a
+    directory, not writable, cannot be made), or a file or directory in it that cannot be created. A usage error
+    (exit 2, from every command that uses the cache) naming AMK_CACHE_DIR, the path and why, raised before a trial
+    runs, so a broken environment is never recorded as a config's rejection. `path` is what failed (the root or
+    a file under it)."""
 
     def __init__(self, root: Path, message: str, path: Path | None = None):
         self.root = str(root)
         self.path = str(path if path is not None else root)
         source = "set by AMK_CACHE_DIR" if os.environ.get("AMK_CACHE_DIR") else "the default: AMK_CACHE_DIR unset"
         where = "" if self.path == self.root else f"under the cache root {self.root}, "
-        ArgumentError.__init__(self, "AMK_CACHE_DIR", f"{self.path}: {message} ({where}{source}; point "
-                                                      "AMK_CACHE_DIR at a writable directory)")
+        ArgumentError.__init__(self, "AMK_CACHE_DIR", f"{self.path}: {message} ({where}{source}); point "
+                                                      "AMK_CACHE_DIR at a writable directory")
 
 
 def default_root() -> Path:
@@ -96,52 +98,89 @@ def default_root() -> Path:
 
 
 def check_root(root: Path) -> None:
-    """Create the cache root if it is missing; raise CacheDirError when it is not a directory or not writable.
-    Checked once, up front: a root that fails only at the first write would fail inside lowering, and be taken
-    for the config's fault."""
+    """Create the cache root if it is missing; raise root_problem's CacheDirError when the cache cannot be used
+    there. Checked once, up front: a root that fails only at the first write would fail inside lowering, and be
+    taken for the config's fault."""
+    problem = root_problem(root)
+    if problem is not None:
+        raise problem
     try:
         root.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CacheDirError(root, "not a directory") from None
-    except OSError as e:
+    except OSError as e:  # the path changed since it was checked
         raise CacheDirError(root, f"cannot be created ({e.strerror or e})") from e
-    if not root.is_dir():
-        raise CacheDirError(root, "not a directory")
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise CacheDirError(root, "not writable")
-    for kind in KINDS:
-        if (root / kind).exists() and not (root / kind).is_dir():
-            raise CacheDirError(root, "not a directory, where the cache keeps its entries", root / kind)
 
 
-def root_problem(root: Path) -> str | None:
-    """Why `root` could not hold the cache, or None: it is a directory (its entry folders directories where
-    present), or it is missing below one, where a file can be made. Found by making and removing a probe file in
-    it (or in the nearest directory that exists), never by creating the root: the access bits pass root on a
-    read-only mount or /proc."""
-    where = root
+def root_problem(root: Path, read: bool = False, write: bool = True) -> CacheDirError | None:
+    """Why the cache cannot be used at `root`, as the CacheDirError a command raises for it, or None. The one
+    check of the cache directory: check_root (every command that lowers), `amk cache` (read: ls and stats
+    without write, clear with it) and `amk doctor` run it, so that doctor reports what the commands refuse.
+    An existing root must be a directory (a link to one included; a link to nowhere is none) that the caller
+    may write (write; proven by making and removing a probe file, since the access bits pass root on a
+    read-only mount or /proc) or list (read), and so must the kind folders and their shard folders in it. A
+    missing root passes when it can be made: the nearest thing on its path that exists is a directory a
+    probe file can be made in. Nothing is created."""
     try:
-        exists = root.exists()
-    except OSError as e:  # a name past the file system's limit
-        return f"cannot be looked up ({e.strerror or e})"
-    if exists:
-        if not root.is_dir():
-            return "not a directory"
-        bad = [kind for kind in KINDS if (root / kind).exists() and not (root / kind).is_dir()]
-        if bad:
-            return f"{root / bad[0]} is not a directory, where the cache keeps its entries"
-    else:
-        while not where.exists() and where != where.parent:
+        os.lstat(root)
+    except (FileNotFoundError, NotADirectoryError):  # missing, or below a file: can it be made?
+        where = root.parent
+        while not _lexists(where) and where != where.parent:
             where = where.parent
-        if not where.is_dir():
-            return f"cannot be created: {where} is not a directory"
+        why = _not_a_dir(where) or _access_problem(where, False, True) or _probe(where)
+        return CacheDirError(root, f"cannot be created: {where} is {why}") if why else None
+    except OSError as e:  # a name past the file system's limit
+        return CacheDirError(root, f"cannot be looked up ({e.strerror or e})")
+    why = _not_a_dir(root) or _access_problem(root, read, write) or (_probe(root) if write else None)
+    if why:
+        return CacheDirError(root, why)
+    for kind in KINDS:  # the folders a command writes entries into, or lists them from
+        folder = root / kind
+        if not _lexists(folder):
+            continue
+        try:
+            shards = sorted(e.path for e in os.scandir(folder) if _SHARD_RE.fullmatch(e.name))
+        except OSError:  # not a directory, or one the caller may write but not list: named below, or unlisted
+            shards = []
+        for path in (folder, *map(Path, shards)):
+            why = _not_a_dir(path) or _access_problem(path, read, write)
+            if why:
+                return CacheDirError(root, f"{why}, where the cache keeps its entries", path)
+    return None
+
+
+def _lexists(path: Path) -> bool:
+    """Whether `path` names anything, a link to nowhere included (False where a file stands for a directory)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _not_a_dir(path: Path) -> str | None:
+    """Why `path`, which exists, is no directory (a link to nowhere names its target), or None."""
+    if path.is_dir():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"not a directory: a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return "not a directory"
+
+
+def _access_problem(path: Path, read: bool, write: bool) -> str | None:
+    if write and not os.access(path, os.W_OK | os.X_OK):
+        return "not writable"
+    if read and not os.access(path, os.R_OK | os.X_OK):
+        return "not readable"
+    return None
+
+
+def _probe(where: Path) -> str | None:
+    """Why no file can be made in the directory `where` (a read-only mount, /proc), or None."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".amk-probe-", dir=where)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        return ("not writable" if where == root else f"cannot be created: {where} is not writable") + \
-            f" ({e.strerror or e})"
+        return f"not writable ({e.strerror or e})"
     return None
 
 
@@ -270,16 +309,25 @@ class Cache:
 
     @contextlib.contextmanager
     def _file_lock(self, kind: str, key: str) -> Iterator[None]:
-        # flock binds to the open file description, so this excludes other threads of this
-        # process too. Lock files are never deleted: unlinking a held one lets two holders in.
+        # flock binds to the open file description, so this excludes other threads of this process too. clear()
+        # removes a lock file only while it holds it (_drop_lock); a process that opened it before then locks a
+        # file no longer at the path, so it takes the one there now: two holders of one key never both proceed.
         lock_path = self.path(kind, key).with_suffix(".lock")
-        try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(lock_path, "a+b")
-        except OSError as e:
-            raise self._dir_error(lock_path, e) from e
+        while True:
+            try:
+                lock_path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(lock_path, "a+b")
+            except OSError as e:
+                raise self._dir_error(lock_path, e) from e
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                if _is_at(lock_path, os.fstat(f.fileno())):
+                    break
+            except BaseException:  # interrupted while it waited
+                f.close()
+                raise
+            f.close()
         with f:  # closing the file releases the lock
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield
 
     def _dir_error(self, path: Path, e: OSError) -> CacheStorageError:
@@ -487,32 +535,45 @@ class Cache:
         return self._get_or_create(kind, key, lambda: self._tensor_bytes(create()),
                                    self._tensor_decoder(kind, key, expect), label)
 
-    def _files(self, kind: str | None) -> Iterator[tuple[str, Path]]:
+    def _files(self, kind: str | None) -> Iterator[tuple[str, Path, str | None]]:
+        """(kind, path, its key, or None where it is no entry of the cache: _entry_key) of every *.bin file."""
         for k in KINDS if kind is None else (kind,):
             _check_kind(k)
             for p in sorted((self.root / k).glob("??/*.bin")):
-                yield k, p
+                yield k, p, _entry_key(p)
 
     def ls(self, kind: str | None = None) -> list[dict]:
+        """The cache's entries (of `kind`): kind, key, size_bytes, age_s, path and label. Files it did not write
+        are left out (strays() names them)."""
         now, out = time.time(), []
-        for k, p in self._files(kind):
+        for k, p, key in self._files(kind):
             with contextlib.suppress(FileNotFoundError):  # a concurrent clear() may beat us to it
+                if key is None:
+                    continue
                 st = p.stat()
-                out.append({"kind": k, "key": p.stem, "size_bytes": st.st_size,
+                out.append({"kind": k, "key": key, "size_bytes": st.st_size,
                             "age_s": max(0.0, now - st.st_mtime), "path": str(p), "label": _read_label(p)})
         return out
 
+    def strays(self, kind: str | None = None) -> list[dict]:
+        """The *.bin files in the entries' folders that are no entry of the cache (a user's file, a link, a file
+        without the header): kind and path. ls() and clear() leave them alone."""
+        return [{"kind": k, "path": str(p)} for k, p, key in self._files(kind) if key is None]
+
     def clear(self, kind: str | None = None) -> int:
-        """Remove every entry (of `kind`); returns how many. An entry the system refuses to remove (a read-only
-        directory, a directory where a file should be) does not stop the others: the rest are removed first,
-        then EnvironmentProblem names the files left (entries, or the labels of entries removed) and the first
-        refusal."""
+        """Remove every entry (of `kind`) with its label and its lock file where no process holds it; returns how
+        many entries. Files that are no entry (strays()) are left. An entry the system refuses to remove (a
+        directory where its label belongs, another user's file in a sticky folder) does not stop the others: the
+        rest are removed first, then EnvironmentProblem names the files left (entries, or the labels of entries
+        removed) and the first refusal."""
         removed = 0
         refused: list[tuple[Path, OSError]] = []
         with self._lock:
             self._mem = OrderedDict((mk, v) for mk, v in self._mem.items() if kind not in (None, mk[0]))
             self._decoded = {mk: v for mk, v in self._decoded.items() if mk in self._mem}
-        for _, p in list(self._files(kind)):
+        for _, p, key in list(self._files(kind)):
+            if key is None:  # not the cache's file
+                continue
             try:
                 p.unlink()
             except FileNotFoundError:  # a concurrent clear() took it
@@ -526,11 +587,17 @@ class Cache:
                 label.unlink(missing_ok=True)
             except OSError as e:
                 refused.append((label, e))
-        for k in KINDS if kind is None else (kind,):  # labels left without their entry (an older version's discard)
-            for label in (self.root / k).glob("??/*.label.json"):
-                if not label.with_name(label.name.removesuffix(".label.json") + ".bin").exists():
+        for k in KINDS if kind is None else (kind,):  # labels and locks of no entry (an older version's discard)
+            for path in sorted((self.root / k).glob("??/*")):
+                key, _, suffix = path.name.partition(".")
+                if suffix not in ("label.json", "lock") or not _is_key_name(path, key) or \
+                        _lexists(path.with_name(f"{key}.bin")):
+                    continue
+                if suffix == "lock":
+                    _drop_lock(path)
+                elif path.is_file():
                     with contextlib.suppress(OSError):
-                        label.unlink()
+                        path.unlink()
         if refused:
             path, e = refused[0]
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
@@ -546,6 +613,56 @@ class Cache:
         path = self.root / _STATS_FILE
         _atomic_write(path, json.dumps(self.stats(), indent=1, sort_keys=True).encode())
         return path
+
+
+def _is_key_name(path: Path, key: str) -> bool:
+    """Whether `key`, the stem of `path`, is a cache key in the shard folder the cache files it under."""
+    return bool(_KEY_RE.fullmatch(key)) and path.parent.name == key[:2]
+
+
+def _entry_key(path: Path) -> str | None:
+    """The key of the cache entry at `path`, or None for a file the cache did not write: an entry is named by its
+    key (`<key[:2]>/<key>.bin`) and is a regular file, not a link, that opens with the header's magic."""
+    key = path.name.removesuffix(".bin")
+    if not _is_key_name(path, key):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # a link, gone, or unreadable
+        return None
+    try:
+        return key if stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, len(_MAGIC)) == _MAGIC else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _is_at(path: Path, st: os.stat_result) -> bool:
+    """Whether the file `st` describes is still the one at `path`."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev)
+
+
+def _drop_lock(path: Path) -> None:
+    """Remove a lock file that no process holds: taken without waiting, and unlinked while held and still the
+    file at `path`. A held one (an entry being built), or one flock refuses (some network file systems), stays."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and _is_at(path, st):
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _open_regular(path: Path):

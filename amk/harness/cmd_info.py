@@ -71,11 +71,9 @@ def doctor(args) -> CommandResult:
     for need in ("torch", "transformers"):
         if info[need] is None:
             problems.append(f"{need} is not installed")
-    why = root_problem(root) if root is not None else None
-    if why:  # every verb that lowers would refuse it (CacheDirError): say so before a run does
-        source = "set by AMK_CACHE_DIR" if os.environ.get("AMK_CACHE_DIR") else "the default: AMK_CACHE_DIR unset"
-        problems.append(f"AMK_CACHE_DIR: {root}: {why} ({source}); point AMK_CACHE_DIR at a writable "
-                        "directory")
+    problem = root_problem(root) if root is not None else None
+    if problem is not None:  # what every command that lowers refuses (check_root raises it), in the same words
+        problems.append(str(problem))
     info["problems"] = problems
     target = info.get("detected_target")
     shown = {**info, "detected_target": (f"{target['name']} ({target['sm_count']} SMs, {target['arch']})"
@@ -84,7 +82,14 @@ def doctor(args) -> CommandResult:
     text += "".join(f"\nPROBLEM: {p}" for p in problems)
     if not info["cuda_usable"]:
         text += "\nno usable CUDA device: evaluate runs on the CPU ReferenceVM with PREDICTED latencies"
-    return CommandResult(ExitCode.ENVIRONMENT if problems else ExitCode.OK, info, text)
+    if not problems:
+        return CommandResult(ExitCode.OK, info, text)
+    # a failing answer carries error and error_type (HARNESS section 4): doctor is a report, so whatever it finds
+    # is the environment's (exit 3), a cache directory the commands refuse as a usage error included
+    n = len(problems)
+    error = problems[0] + (f" (and {n - 1} more problem{'s' if n > 2 else ''})" if n > 1 else "")
+    return CommandResult(ExitCode.ENVIRONMENT, {**info, "error": error, "error_type": "environment"},
+                         f"doctor found {n} problem{'s' if n > 1 else ''}\n{text}")
 
 
 def models(args) -> CommandResult:
@@ -140,31 +145,37 @@ def _size(n: int) -> str:
 
 
 def cache(args) -> CommandResult:
-    from amk.cache import KINDS, Cache, CacheDirError, default_cache, last_run_stats
+    """`amk cache ls|stats|clear`. Raises root_problem's CacheDirError (exit 2) for a directory the cache cannot be
+    used at, as every command that uses the cache does; listing writes nothing, so a read-only cache (a shared
+    or mounted one) is listed and only clear refuses it. A missing directory is not created: there is no cache."""
+    from amk.cache import KINDS, Cache, default_cache, last_run_stats, root_problem
 
+    c = Cache()
+    problem = root_problem(c.root, read=True, write=args.action == "clear")
+    if problem is not None:
+        raise problem
+    present = c.root.exists()
     if args.action == "clear":
-        c = default_cache()
-    else:
-        # listing writes nothing: a read-only cache (a shared or mounted one) is listed, not refused as unwritable
-        c = Cache()
-        if c.root.exists() and not c.root.is_dir():
-            raise CacheDirError(c.root, "not a directory")
+        n = default_cache().clear(args.kind) if present else 0  # the process's cache: its memory layer goes too
+        where = f"from {c.root}" if present else f"(no cache at {c.root}: the directory does not exist)"
+        return CommandResult(ExitCode.OK, {"root": str(c.root), "exists": present, "removed": n, "kind": args.kind},
+                             f"removed {n} {'entry' if n == 1 else 'entries'} {where}")
+    rows = c.ls(args.kind) if present else []
     if args.action == "ls":
-        rows = c.ls(args.kind)
+        strays = c.strays(args.kind) if present else []
         lines = [f"{r['kind']:<9} {r['key'][:12]} {_size(r['size_bytes']):>10} {r['age_s'] / 3600:>7.1f} h  "
                  f"{_label_text(r.get('label'))}" for r in rows]
-        text = "\n".join([f"{c.root}: {len(rows)} {'entry' if len(rows) == 1 else 'entries'}", *lines]) if rows else f"{c.root}: (empty)"
-        return CommandResult(ExitCode.OK, {"root": str(c.root), "entries": rows}, text)
-    if args.action == "clear":
-        n = c.clear(args.kind)
-        return CommandResult(ExitCode.OK, {"root": str(c.root), "removed": n, "kind": args.kind},
-                             f"removed {n} {'entry' if n == 1 else 'entries'} from {c.root}")
+        lines += [f"{s['kind']:<9} not a cache entry, left: {s['path']}" for s in strays]
+        head = (f"{len(rows)} {'entry' if len(rows) == 1 else 'entries'}" if rows else "(empty)") if present else \
+            "no cache there: the directory does not exist"
+        return CommandResult(ExitCode.OK, {"root": str(c.root), "exists": present, "entries": rows, "strays": strays},
+                             "\n".join([f"{c.root}: {head}", *lines]))
     files = {k: {"entries": 0, "bytes": 0} for k in KINDS}
-    for r in c.ls(args.kind):
+    for r in rows:
         files[r["kind"]]["entries"] += 1
         files[r["kind"]]["bytes"] += r["size_bytes"]
-    out = {"root": str(c.root), "files": files, "last_run": last_run_stats(c.root)}
-    lines = [f"cache {c.root}"]
+    out = {"root": str(c.root), "exists": present, "files": files, "last_run": last_run_stats(c.root)}
+    lines = [f"cache {c.root}" + ("" if present else ": no cache there, the directory does not exist")]
     lines += [f"  {k:<9} {f['entries']:>6} entries {_size(f['bytes']):>10}" for k, f in files.items()
               if args.kind in (None, k)]
     last = out["last_run"]
