@@ -24,7 +24,7 @@ from pathlib import Path
 from amk.schedule.config import migrate_config, schedule_id_of
 
 from .appendlog import append_lines, numbered_lines, read_locked, torn_tail, warn_bad_line
-from .results import CHOICE_COLUMNS, is_trial_number
+from .results import CHOICE_COLUMNS, is_trial_number, readable_file
 
 log = logging.getLogger("amk.flywheel")
 
@@ -266,13 +266,17 @@ def load_records(path: str | Path = "corpus.jsonl") -> list[TuningRecord]:
     """Every readable record of the file, in file order. A line that is not JSON or not a record (a file
     from elsewhere, a hand edit) is skipped with a warning naming the file and line: the file outlives code
     versions, and one bad line must not cost the others. A last line without its newline is read where it is a whole
-    record (no JSON object cut short parses), else skipped with a warning; the next record appended ends its line."""
+    record (no JSON object cut short parses), else skipped with a warning; the next record appended ends its line.
+    A missing file holds no records (a loop's first trial finds none); a directory or a file that is not a regular
+    one (/dev/null, a FIFO) raises ArgumentError naming `path`, as `amk report` refuses them."""
     return records_and_skipped(path)[0]
 
 
 def records_and_skipped(path: str | Path = "corpus.jsonl") -> tuple[list[TuningRecord], int]:
     """load_records' records and the count of the file's non-blank lines it skipped (each named in a warning), for
-    a caller that sees no log (`amk --json report`, the MCP tools)."""
+    a caller that sees no log (`amk --json report`, the MCP tools). ArgumentError naming `path` for a directory or
+    a file that is not a regular one (readable_file: /dev/null, a FIFO), as `amk report` refuses them."""
+    readable_file(path, "path", "the corpus file of amk.loop (corpus.jsonl)")
     out, skipped = [], 0
     data = read_locked(path)
     for i, line in numbered_lines(data):
@@ -355,12 +359,13 @@ RECORD_COLUMNS = ("time", "trial", "model", "gpu", "dtype", "device", "status", 
 def records_frame(records: list[TuningRecord] | str | Path):
     """The records as a pandas DataFrame (one row each, columns RECORD_COLUMNS plus `config` as a dict);
     latencies float (NaN when absent), time a UTC timestamp. A path that does not exist raises FileNotFoundError:
-    read as no records (as load_records reads a corpus a loop has not started yet), a misspelt one would look empty."""
+    read as no records (as load_records reads a corpus a loop has not started yet), a misspelt one would look empty;
+    a directory or a file that is not a regular one (/dev/null, a FIFO) raises ArgumentError naming `records`."""
     import pandas as pd
 
     recs = records
     if isinstance(records, (str, Path)):
-        where = Path(records).expanduser()
+        where = readable_file(records, "records", "the corpus file of amk.loop (corpus.jsonl)")
         if not where.exists():
             raise FileNotFoundError(f"corpus file {str(records)!r} not found: run amk.loop first, or name its "
                                     "corpus= file")

@@ -436,17 +436,34 @@ def refuse_fragment(path, data: bytes) -> None:
                                  "to resume it" if cr else "choose another results file")
 
 
+def readable_file(path, argument: str, what: str) -> Path:
+    """`path`, ~ expanded, checked before a reader opens it: ArgumentError naming `argument` and the path where it
+    is a directory (whose read raised a bare IsADirectoryError naming no file) or exists as no regular file (a device
+    such as /dev/null, read as an empty file; a FIFO, whose read blocks until a writer comes; a socket), as `amk
+    report` refuses them. `what` names the file wanted. A path that does not exist passes: each reader says what
+    that means."""
+    where = Path(path).expanduser()
+    if where.is_dir():
+        raise ArgumentError(argument, f"{str(path)!r} is a directory, not a file; name {what}")
+    if where.exists() and not where.is_file():
+        raise ArgumentError(argument, f"{str(path)!r} is not a regular file (a device, a FIFO or a socket); name {what}")
+    return where
+
+
 def load_results(path: str | Path = "results.tsv"):
     """results.tsv as a pandas DataFrame with typed columns (latency_us etc. float, NaN when empty;
     correct a nullable boolean; trial and max_seq nullable integers, <NA> when empty; dtype "" when empty).
     `df.attrs["skipped_lines"]`: the lines after the header that read_rows skipped, each with a warning.
-    A missing file raises FileNotFoundError, as `amk report` refuses it: read as no rows, a misspelt path would
-    look like a run with no trials (read_rows, which the loop uses, still takes a file not started yet as empty)."""
+    Refuses what `amk report` refuses: a missing file (a dangling symbolic link included) raises FileNotFoundError
+    (read as no rows, a misspelt path would look like a run with no trials; read_rows, which the loop uses, still
+    takes a file not started yet as empty), a directory or a file that is not a regular one ArgumentError naming
+    `path` (readable_file), and a file of another header ResultsFormatError."""
     import pandas as pd
 
-    where = Path(path).expanduser()
+    where = readable_file(path, "path", "the results file of amk.loop (results.tsv)")
     if not where.exists():
-        raise FileNotFoundError(f"results file {str(path)!r} not found: run amk.loop first, or name its results= file")
+        what = "a symbolic link that leads to no file" if where.is_symlink() else "not found"
+        raise FileNotFoundError(f"results file {str(path)!r}: {what}: run amk.loop first, or name its results= file")
     read = rows_and_skipped(where)
     df = pd.DataFrame(read.rows, columns=list(COLUMNS))
     df.attrs["skipped_lines"] = read.skipped  # lines no reader counts (each warned of): a caller may say how many
