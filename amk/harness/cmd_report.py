@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 from .commands import CommandResult, ExitCode, UsageError, check_path_flag, counted
+from .report_floor import floors_of, row_floors, under_floor  # noqa: F401 (under_floor: this module's API)
 
 log = logging.getLogger("amk.cli")
 
@@ -40,24 +41,30 @@ def run_label(dtype: str | None, max_seq: int | None) -> str:
 BEST_STATUSES = ("keep", "discard")  # the rows of a correct, timed trial (search/keep.py decide)
 
 
-def under_floor(df, floors: dict[str, float] | None):
-    """A boolean Series: the rows whose latency is under the spec floor the tuning records name for their program
-    (`floors`: program_fingerprint -> us). No step runs that fast: a hand edit, never a best nor plotted as one."""
-    if not floors:
-        import pandas as pd
+def _best_pct(row, measured: dict[str, float]) -> tuple[float | None, str | None]:
+    """(floor / latency in percent, which floor): the measured floor its program's tuning records name, as the
+    verdict gives it (HARNESS section 2), else the spec floor computed for the row; (None, None) where neither is
+    known."""
+    lat = float(row["latency_us"])
+    if row["program_fingerprint"] in measured:
+        return 100.0 * measured[row["program_fingerprint"]] / lat, "measured"
+    if row["floor_us"] == row["floor_us"]:
+        return 100.0 * float(row["floor_us"]) / lat, "spec"
+    return None, None
 
-        return pd.Series(False, index=df.index)
-    floor = df["program_fingerprint"].map(floors).astype(float)
-    return df["latency_us"] < floor  # NaN on either side compares False
 
-
-def summarise(df, configs: dict[str, dict] | None = None, floors: dict[str, float] | None = None) -> dict:
+def summarise(df, configs: dict[str, dict] | None = None, floors=None,
+              measured: dict[str, float] | None = None) -> dict:
     """Counts, the best latency per (model, gpu, dtype, max_seq, kind) with its config when the records hold
     it, and the kept trials, from load_results()'s frame. `configs`: schedule_id -> config (from the tuning
-    records); `floors`: program_fingerprint -> the spec floor (us) its records name: a row under it (no step runs
-    that fast: a hand edit) is never a best, and `withheld` counts such rows."""
+    records); `floors` (floors_of): a row under its spec floor (no step runs that fast: a hand edit) is never a
+    best, and `withheld` counts such rows. A best's pct_of_floor is its run's spec floor over its latency, computed
+    here, never from the row's cell, which an edit leaves as it was: against the measured floor its program's
+    tuning records name (`measured`: program_fingerprint -> us), as the verdict gives it, else against its run's spec
+    floor (`floor_kind` says which; None where neither is known, or the spec floor is only a lower bound)."""
     configs = configs or {}
-    df = df.assign(impossible=under_floor(df, floors))
+    floor, exact = floors_of(df, floors)
+    df = df.assign(impossible=df["latency_us"] < floor, floor_us=floor.where(exact))
     trials = df[df["status"] != "remeasure"]
     out: dict = {"trials": int(len(trials)), "statuses": {k: int(n) for k, n in df["status"].value_counts().items()}}
     groups = []
@@ -75,8 +82,7 @@ def summarise(df, configs: dict[str, dict] | None = None, floors: dict[str, floa
             first = k.sort_values("trial").iloc[0]
             entry["best"][kind] = {"trial": int(row["trial"]), "schedule_id": row["schedule_id"],
                                    "latency_us": float(row["latency_us"]), "kept": row["status"] == "keep",
-                                   "pct_of_floor": None if row["pct_of_floor"] != row["pct_of_floor"]
-                                   else float(row["pct_of_floor"]),
+                                   **dict(zip(("pct_of_floor", "floor_kind"), _best_pct(row, measured or {}))),
                                    "vs_first_correct": float(first["latency_us"] / row["latency_us"]),
                                    "config": configs.get(row["schedule_id"])}
         entry["kept_trials"] = [{"trial": int(r.trial), "schedule_id": r.schedule_id,
@@ -195,12 +201,14 @@ def plot_search(df, out_dir: Path) -> str:
     timed = df[df["latency_us"].notna() & (df["correct"] == True)].sort_values("trial")  # noqa: E712
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     colours = {"keep": "tab:green", "discard": "tab:gray", "remeasure": "tab:blue"}
-    groups = timed.groupby([*RUN_KEYS, "kind"], dropna=False)
+    groups, labelled = timed.groupby([*RUN_KEYS, "kind"], dropna=False), set()
     for (model, gpu, dtype, max_seq, kind), g in groups:
         label = _plot_label(model, gpu, dtype, max_seq, kind)
         for status, s in g.groupby("status"):
+            # a status is labelled once, whatever the groups: its colour is the same in each
             ax1.scatter(s["trial"].astype(int), s["latency_us"], s=12, color=colours.get(status, "tab:red"),
-                        label=f"{status}" if len(groups) == 1 else None)
+                        label=None if status in labelled else status)
+            labelled.add(status)
         kept = g[g["status"] == "keep"]
         src = kept if len(kept) else g[g["status"].isin(BEST_STATUSES)]
         trials, best = src["trial"].astype(int).tolist(), src["latency_us"].cummin().tolist()
@@ -243,6 +251,9 @@ def _plot_label(model: str, gpu: str, dtype: str, max_seq, kind: str) -> str:
 
 
 def plot(df, out_dir: Path) -> list[str]:
+    """search.png (plot_search) and latency_vs_floor.png: each group's latencies and, dashed in the colour of its
+    model's first group, that model's spec floor in its dtype (the median of its rows' `floor_us`, the column
+    report() adds: rows of no known floor draw none), labelled with the model, GPU and dtype."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,13 +263,17 @@ def plot(df, out_dir: Path) -> list[str]:
     paths = [plot_search(df, out_dir)]
     timed = df[df["latency_us"].notna() & (df["correct"] == True)].sort_values("trial")  # noqa: E712
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    drawn: set[tuple] = set()  # one floor a model, GPU and dtype: the context (max_seq) does not change it
     for (model, gpu, dtype, max_seq, kind), g in timed.groupby([*RUN_KEYS, "kind"], dropna=False):
-        ax.scatter(g["trial"].astype(int), g["latency_us"], s=12, label=_plot_label(model, gpu, dtype, max_seq, kind))
-        floor = (g["latency_us"] * g["pct_of_floor"] / 100.0).dropna()
-        if len(floor):
-            ax.axhline(float(floor.median()), linestyle="--", linewidth=1, color="gray")
+        dots = ax.scatter(g["trial"].astype(int), g["latency_us"], s=12,
+                          label=_plot_label(model, gpu, dtype, max_seq, kind))
+        floor = g["floor_us"].dropna() if "floor_us" in g else ()
+        if len(floor) and (model, gpu, dtype) not in drawn:
+            drawn.add((model, gpu, dtype))
+            ax.axhline(float(floor.median()), linestyle="--", linewidth=1, color=dots.get_facecolor()[0],
+                       label=f"spec floor: {model} / {gpu} / {dtype or 'dtype not recorded'}")
     ax.set_xlabel("trial")
-    ax.set_ylabel("latency (us); dashed: floor")
+    ax.set_ylabel("latency (us); dashed: spec floor")
     ax.set_title("each config's latency against the floor")
     if len(timed):
         ax.legend(fontsize=8)
@@ -307,7 +322,6 @@ def _save(fig, path: Path, plt) -> str:
 
 
 def report(args) -> CommandResult:
-    from amk.flywheel.corpus import spec_floor
     from amk.flywheel.records import records_and_skipped
     from amk.flywheel.results import ResultsFormatError, load_results
 
@@ -337,8 +351,11 @@ def report(args) -> CommandResult:
                          "corpus file of `amk loop`")
     records, corpus_skipped = records_and_skipped(corpus) if corpus.is_file() else ([], 0)
     configs = {r.schedule_id: r.config for r in records if r.schedule_id and _readable(r.config)}
-    floors = {r.program_fingerprint: f for r in records if r.program_fingerprint and (f := spec_floor(r))}
-    out = summarise(df, configs, floors)
+    # a row's floor: its program's records', else its model's as `amk loop` computes it (no corpus needed)
+    floors, floor_notes = row_floors(df, records)
+    measured = {r.program_fingerprint: float(m) for r in records if r.program_fingerprint
+                and isinstance(m := r.verdict.get("measured_floor_us"), int | float) and not isinstance(m, bool) and m > 0}
+    out = summarise(df, configs, floors, measured)
     out["results"] = str(results)
     out["corpus"] = {**corpus_summary(records), "skipped_lines": corpus_skipped} if corpus.is_file() else None
     out["plots"], out["notes"] = [], []
@@ -355,13 +372,16 @@ def report(args) -> CommandResult:
         out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown ({why})")
     out["notes"] += short_context_notes(out["groups"], records, df)
     out["notes"] += checkpoint_notes(out["groups"], records)
+    out["notes"] += floor_notes
     if out["withheld"]:
-        out["notes"].append(f"{counted(out['withheld'], 'row')} of {results} under the spec floor its program's "
-                            "tuning records name (no step runs that fast: a hand edit?) ranked as no best")
+        out["notes"].append(f"{counted(out['withheld'], 'row')} of {results} under the spec floor (its program's "
+                            "tuning records', else its model's weight bytes at the GPU's spec bandwidth; no step runs "
+                            "that fast: a hand edit?) ranked as no best")
     if not args.no_plots:
         out_dir = _out_dir(args.out_dir)
-        try:
-            out["plots"] = plot(df[~under_floor(df, floors)], out_dir)  # a withheld row is drawn as no best
+        floor, exact = floors_of(df, floors)
+        try:  # a withheld row is drawn as no best
+            out["plots"] = plot(df.assign(floor_us=floor.where(exact))[~under_floor(df, floors)], out_dir)
         except ImportError as e:
             out["notes"].append(f"no plots: {e} (pip install matplotlib)")
     return CommandResult(ExitCode.OK, out, _text(out))
@@ -392,7 +412,7 @@ def _text(out: dict) -> str:
         lines.append(f"{g['model']} on {g['gpu']} ({run_label(g['dtype'], g['max_seq'])}): "
                      f"{counted(g['trials'], 'trial')}, {g['kept']} kept")
         for kind, b in g["best"].items():
-            pct = f", {b['pct_of_floor']:.1f}% of floor" if b["pct_of_floor"] is not None else ""
+            pct = f", {b['pct_of_floor']:.1f}% of the {b['floor_kind']} floor" if b["pct_of_floor"] is not None else ""
             lines.append(f"  best ({kind}): {b['latency_us']:.2f} us, trial {b['trial']} {b['schedule_id']}{pct}; "
                          f"{b['vs_first_correct']:.3f}x the first correct config")
             if b.get("config") is not None:
