@@ -46,10 +46,16 @@ class Claim:
     time: float  # epoch seconds
 
     def live(self, now: float) -> bool:
-        host, _, pid = self.owner.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit():
-            return _pid_alive(int(pid))
-        return now - self.time < CLAIM_TTL_S
+        return _owner_live(self.owner, self.time, now)
+
+
+def _owner_live(owner: str, since: float, now: float) -> bool:
+    """Whether `owner` (host:pid) can still write: on this host, while its process runs; from another host (a Ray
+    cluster on a shared file system), for CLAIM_TTL_S after `since`."""
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return _pid_alive(int(pid))
+    return now - since < CLAIM_TTL_S
 
 
 @dataclass(frozen=True)
@@ -194,14 +200,77 @@ def release(results: str | os.PathLike, c: Claim) -> bool:
         kept = [ln for ln in lines if ln.strip() and ln != mine]
         if len(kept) == len([ln for ln in lines if ln.strip()]):
             return False
-        if not kept:
-            cpath.unlink()
-            return True
-        tmp = cpath.with_name(cpath.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(b"\n".join(kept) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cpath)
+        _rewrite(cpath, kept)
     return True
+
+
+def start_run(results: str | os.PathLike, owner: str | None = None) -> str | None:
+    """For a loop started without resume, before its first trial: under the results file's lock, who else holds
+    `results` (None: no one, and this loop's run lease is written beside the claims). That is "rows" where trials
+    have landed since the caller read the file, else the owner of another live loop that started a run in it
+    (its lease) or claimed a trial there: two loops started together on one fresh file would otherwise both run,
+    the second continuing the first's run though it was not asked to resume. A lease is a line {"run": owner,
+    "time": t} of the claims file, which readers of claims skip; it stops counting once its owner could no longer
+    write (Claim.live's rule), and the rows the run writes take over from it."""
+    me = owner or owner_id()
+    cpath = claims_path(results)
+    with locked(results) as fd:
+        if len(complete_lines(read_all(fd))) > 1:
+            return "rows"
+        now = time.time()
+        for line in complete_lines(cpath.read_bytes()) if cpath.exists() else []:
+            try:
+                obj = json.loads(line)
+                who, since = (obj["run"], obj["time"]) if "run" in obj else (obj["owner"], obj["time"])
+            except (ValueError, TypeError, KeyError):
+                continue  # a torn or foreign line holds nothing
+            if isinstance(who, str) and isinstance(since, int | float) and who != me and _owner_live(who, since, now):
+                return who
+        line = (json.dumps({"run": me, "time": now}, sort_keys=True) + "\n").encode()
+        if cpath.exists() and cpath.stat().st_size and not cpath.read_bytes().endswith(b"\n"):
+            line = b"\n" + line
+        cfd = os.open(cpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.write(cfd, line) != len(line):
+                raise AppendError(f"{cpath}: short write of a run lease (disk full?)")
+            os.fsync(cfd)
+        finally:
+            os.close(cfd)
+    return None
+
+
+def end_run(results: str | os.PathLike, owner: str | None = None) -> None:
+    """Withdraw `owner`'s run leases (start_run) from the claims file, at the end of its loop: a process that lives on
+    (a notebook) must not hold the file against a loop started elsewhere without resume. The file is rewritten under
+    the results lock and removed once it holds nothing."""
+    me = owner or owner_id()
+    cpath = claims_path(results)
+    with locked(results):
+        if not cpath.exists():
+            return
+        lines = [ln for ln in cpath.read_bytes().split(b"\n") if ln.strip()]
+        kept = [ln for ln in lines if not _lease_of(ln, me)]
+        if len(kept) != len(lines):
+            _rewrite(cpath, kept)
+
+
+def _lease_of(line: bytes, owner: str) -> bool:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("run") == owner
+
+
+def _rewrite(cpath: Path, lines: list[bytes]) -> None:
+    """The claims file holding `lines` (under the results lock), replaced whole; removed when there are none."""
+    if not lines:
+        cpath.unlink()
+        return
+    tmp = cpath.with_name(cpath.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, cpath)
 

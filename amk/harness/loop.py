@@ -40,7 +40,18 @@ from pathlib import Path
 
 from amk.cache import CacheStorageError, default_cache
 from amk.eval.roofline import Floor
-from amk.flywheel.claims import Claim, Taken, claim, claimed_floor, claims_path, owner_id, release, snapshot
+from amk.flywheel.claims import (
+    Claim,
+    Taken,
+    claim,
+    claimed_floor,
+    claims_path,
+    end_run,
+    owner_id,
+    release,
+    snapshot,
+    start_run,
+)
 from amk.flywheel.prior import Prior
 from amk.flywheel.records import (
     MODEL_FINGERPRINT,
@@ -89,7 +100,7 @@ from .evaluate import (
 )
 from .propose import best_readable, incumbent_config, model_name, run_context
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
-from .search.errors import LoopError, ResultsNotResumed
+from .search.errors import LoopError, ResultsInUse, ResultsNotResumed
 from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us
 from .search.model import RankingModel
 from .search.policy import Candidate, SearchSettings, Source
@@ -308,6 +319,7 @@ class _Run(Rounds, Resume):
             raise LoopError(str(e), argument="results") from None
         if rows and not resume:
             raise ResultsNotResumed(results, len(rows))
+        self.fresh, self.leased = not resume, False  # a fresh run takes the file at its first claim (_take_file)
         self.weights_now, self.passed_on = self._checkpoint_fingerprints(rows)
         rows = self._rows_of_run(rows)  # the rows a resume may compare with, and adopt
         self.adopted = False  # a row of the results stands for the start's measurement
@@ -519,6 +531,7 @@ class _Run(Rounds, Resume):
     def _trial(self, cand: Candidate, built: Built, description: str) -> bool:
         """Claim, measure, decide, write. False when the program was taken (measured or claimed elsewhere)."""
         self._check_checkpoint_unchanged()  # before the claim: a trial that cannot run leaves no gap
+        self._take_file()
         cfg = cand.config
         c = claim(self.results, self.name, self.target.name, built.program_fingerprint, built.schedule_id,
                   owner=self.owner)
@@ -618,6 +631,17 @@ class _Run(Rounds, Resume):
         self.statuses[status.value] += 1
         self._progress(c.trial, status, built, verdict, text, Source.REMEASURE)
         return status
+
+    def _take_file(self) -> None:
+        """A run started without resume takes its results file before its first claim (flywheel.claims.start_run):
+        not earlier, so that a loop stopped before any trial (weights that fail their checks) creates no file.
+        ResultsInUse where another live loop took it first, or its rows landed meanwhile."""
+        if self.fresh and not self.leased:
+            holder = start_run(self.results, self.owner)
+            if holder is not None:
+                self.fresh = False  # the file is the other loop's
+                raise ResultsInUse(self.results, holder)
+            self.leased = True
 
     @contextlib.contextmanager
     def _released_on_error(self, c: Claim):
@@ -730,6 +754,11 @@ class _Run(Rounds, Resume):
         return none_correct + ([note] if note else []) + given
 
     def close(self) -> None:
+        if getattr(self, "leased", False):
+            try:
+                end_run(self.results, self.owner)
+            except OSError as e:  # a lease left behind stops counting once this process ends
+                log.warning("%s: this loop's run lease could not be withdrawn (%s)", claims_path(self.results), e)
         self.builder.close()
         if self.threads is not None:
             import torch

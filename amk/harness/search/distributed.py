@@ -96,6 +96,7 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
                 corpus, resume, max_reverts, progress, cases, dtype, incumbent, builders, settings, max_seq) -> dict:
     """loop() over `workers` Ray workers; returns the merged summary with each worker's under `per_worker`."""
     from amk.cache import default_cache
+    from amk.flywheel.claims import end_run, start_run
     from amk.flywheel.results import ResultsFormatError, read_rows
     from amk.harness.environment import Device, resolve_device, resolve_target
     from amk.harness.loop import LoopError
@@ -103,6 +104,7 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
     from amk.harness.verdict import parse_config
     from amk.models import Model
 
+    from .errors import ResultsInUse
     from .signals import ChildrenIgnoreStops, StopFlag
 
     if isinstance(model, Model):
@@ -138,6 +140,13 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
         with ChildrenIgnoreStops():
             ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING,
                      runtime_env={"env_vars": env} if env else None)
+    holder = None if resume else start_run(results)  # the driver's run, which its workers join
+    if holder is not None:
+        if started:
+            ray.shutdown()
+        if plain:
+            os.environ.pop("RAY_COLOR_PREFIX", None)
+        raise ResultsInUse(results, holder)
     t0 = time.monotonic()
     try:
         stop = ray.remote(_Flag).options(num_cpus=0).remote()
@@ -169,6 +178,8 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
                 raise
         summaries = ray.get(refs)
     finally:
+        if not resume:
+            end_run(results)
         if started:
             ray.shutdown()
         if plain:

@@ -28,3 +28,21 @@ class ResultsNotResumed(LoopError):
         """The refusal, with `how` to resume as the caller's front end spells it."""
         held = f"{self.trials} trial{'' if self.trials == 1 else 's'}"
         return f"{self.results} already holds {held}: {how}, or choose another results file"
+
+
+class ResultsInUse(ResultsNotResumed):
+    """A results file that another live loop started a run in (or claimed a trial of) and has not written a row to
+    yet, given without resume: flywheel.claims.start_run. `holder` names that loop (host:pid), or "rows" where its
+    trials landed meanwhile."""
+
+    def __init__(self, results, holder: str):
+        self.holder = holder
+        super().__init__(results, 0)
+
+    def message(self, how: str) -> str:
+        if self.holder == "rows":
+            return f"{self.results} got its first trials from another loop as this one started: {how}, or choose " \
+                   "another results file"
+        return (f"{self.results} is in use by another loop ({self.holder}) that started a run in it and has written "
+                f"no row yet: {how}, or choose another results file")
+
