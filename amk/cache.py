@@ -5,6 +5,11 @@ Keys hash everything that determines an entry, so nothing needs invalidating: a 
 is a new key. Each file carries a header (magic, version, length, sha256 of its key and payload) so a torn or
 bit-rotted entry, or one copied or renamed to another key's path, is detected, deleted and regenerated instead of
 poisoning a run.
+
+The cache's directory (where it is, whether it can be used: root_problem, check_root) lives in amk.cache_dir,
+and an entry's key, file format and file operations in amk.cache_entry; this module holds the Cache that serves
+entries through its memory layer, locks, listing and stats, and the process-wide default_cache. Every public name
+of the three is importable from here (``__all__``).
 """
 
 from __future__ import annotations
@@ -12,15 +17,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import logging
 import os
-import re
-import stat
-import struct
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -28,248 +28,54 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from amk.cache_dir import (
+    KINDS,
+    CacheDirError,
+    CacheError,
+    CacheFullError,
+    CacheStorageError,
+    _lexists,
+    check_root,
+    default_root,
+    root_problem,
+)
+from amk.cache_entry import (
+    _HEADER,
+    _KEY_RE,
+    _MAGIC,
+    FORMAT_VERSION,
+    CorruptEntryError,
+    StaleEntryError,
+    _atomic_write,
+    _canonical,
+    _check_kind,
+    _digest,
+    _drop_lock,
+    _entry_key,
+    _is_at,
+    _is_key_name,
+    _open_regular,
+    _read_label,
+    _read_text,
+    _unpack,
+    baseline_key,
+    kernel_key,
+    make_key,
+    program_key,
+    reference_key,
+)
 from amk.schedule.errors import ArgumentError, EnvironmentProblem
+
+__all__ = [  # the names this module defines, and those of amk.cache_dir and amk.cache_entry it re-exports
+    "FORMAT_VERSION", "KINDS", "Cache", "CacheDirError", "CacheError", "CacheFullError", "CacheStorageError",
+    "CorruptEntryError", "StaleEntryError", "baseline_key", "check_root", "default_cache", "default_root",
+    "kernel_key", "last_run_stats", "make_key", "program_key", "reference_key", "root_problem",
+]
 
 log = logging.getLogger("amk.cache")
 
-KINDS = ("kernel", "program", "reference", "baseline")
-FORMAT_VERSION = 2  # 1: the digest covered the payload alone, so an entry served under another key's name passed
-_MAGIC = b"AMKC"
-_HEADER = struct.Struct("<4sHQ32s")  # magic, format version, payload length, _digest(key, payload)
-_KEY_RE = re.compile(r"[0-9a-f]{8,128}")
-_SHARD_RE = re.compile(r"[0-9a-f]{2}")  # an entry's folder: its key's first two digits
 _STATS_FILE = "last_run_stats.json"
 _MISS = object()
-
-
-class CacheError(Exception):
-    """A cache entry could not be produced or stored."""
-
-
-class CorruptEntryError(CacheError):
-    """An entry failed its header, checksum or content validation."""
-
-
-class StaleEntryError(CorruptEntryError):
-    """An intact entry of an older cache format: removed and rebuilt like a corrupt one, logged at info."""
-
-
-class CacheStorageError(CacheError):
-    """The cache directory failed, not the entry or the config that asked for it: every later entry would fail
-    the same way, so the search stops instead of recording trials against it."""
-
-
-class CacheFullError(CacheStorageError, EnvironmentProblem):
-    """The file system holding the cache is full or over its quota (ENOSPC, EDQUOT): an environment problem
-    (exit 3) naming AMK_CACHE_DIR and the file that could not be written."""
-
-    def __init__(self, root: Path, path: Path, reason: str):
-        self.root, self.path = str(root), str(path)
-        super().__init__(f"AMK_CACHE_DIR: {path}: {reason} (the cache root {root}); free space there, "
-                         "`amk cache clear` the entries no longer needed, or point AMK_CACHE_DIR elsewhere")
-
-
-class CacheDirError(CacheStorageError, ArgumentError):
-    """The cache directory (AMK_CACHE_DIR, else ~/.cache/amk) cannot hold the cache: root_problem's findings (not a
-    directory, not writable, cannot be made), or a file or directory in it that cannot be created. A usage error
-    (exit 2, from every command that uses the cache) naming AMK_CACHE_DIR, the path and why, raised before a trial
-    runs, so a broken environment is never recorded as a config's rejection. `path` is what failed (the root or
-    a file under it)."""
-
-    def __init__(self, root: Path, message: str, path: Path | None = None):
-        self.root = str(root)
-        self.path = str(path if path is not None else root)
-        source = "set by AMK_CACHE_DIR" if os.environ.get("AMK_CACHE_DIR") else "the default: AMK_CACHE_DIR unset"
-        where = "" if self.path == self.root else f"under the cache root {self.root}, "
-        ArgumentError.__init__(self, "AMK_CACHE_DIR", f"{self.path}: {message} ({where}{source}); point "
-                                                      "AMK_CACHE_DIR at a writable directory")
-
-
-def default_root() -> Path:
-    """AMK_CACHE_DIR, else ~/.cache/amk. Raises CacheDirError when AMK_CACHE_DIR starts with ~ of a user this
-    machine does not know (pathlib's RuntimeError)."""
-    raw = os.environ.get("AMK_CACHE_DIR") or Path.home() / ".cache" / "amk"
-    try:
-        return Path(raw).expanduser()
-    except RuntimeError:
-        from amk.harness.arguments import unknown_home
-
-        raise CacheDirError(Path(raw), unknown_home(str(raw))) from None
-
-
-def check_root(root: Path) -> None:
-    """Create the cache root if it is missing; raise root_problem's CacheDirError when the cache cannot be used
-    there. Checked once, up front: a root that fails only at the first write would fail inside lowering, and be
-    taken for the config's fault."""
-    problem = root_problem(root)
-    if problem is not None:
-        raise problem
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # the path changed since it was checked
-        raise CacheDirError(root, f"cannot be created ({e.strerror or e})") from e
-
-
-def root_problem(root: Path, read: bool = False, write: bool = True) -> CacheDirError | None:
-    """Why the cache cannot be used at `root`, as the CacheDirError a command raises for it, or None. The one
-    check of the cache directory: check_root (every command that lowers), `amk cache` (read: ls and stats
-    without write, clear with it) and `amk doctor` run it, so that doctor reports what the commands refuse.
-    An existing root must be a directory (a link to one included; a link to nowhere is none) that the caller
-    may write (write; proven by making and removing a probe file, since the access bits pass root on a
-    read-only mount or /proc) or list (read), and so must the kind folders and their shard folders in it. A
-    missing root passes when it can be made: the nearest thing on its path that exists is a directory a
-    probe file can be made in. Nothing is created."""
-    try:
-        os.lstat(root)
-    except (FileNotFoundError, NotADirectoryError):  # missing, or below a file: can it be made?
-        where = root.parent
-        while not _lexists(where) and where != where.parent:
-            where = where.parent
-        why = _not_a_dir(where) or _access_problem(where, False, True) or _probe(where)
-        return CacheDirError(root, f"cannot be created: {where} is {why}") if why else None
-    except OSError as e:  # a name past the file system's limit
-        return CacheDirError(root, f"cannot be looked up ({e.strerror or e})")
-    why = _not_a_dir(root) or _access_problem(root, read, write) or (_probe(root) if write else None)
-    if why:
-        return CacheDirError(root, why)
-    for kind in KINDS:  # the folders a command writes entries into, or lists them from
-        folder = root / kind
-        if not _lexists(folder):
-            continue
-        try:
-            shards = sorted(e.path for e in os.scandir(folder) if _SHARD_RE.fullmatch(e.name))
-        except OSError:  # not a directory, or one the caller may write but not list: named below, or unlisted
-            shards = []
-        for path in (folder, *map(Path, shards)):
-            why = _not_a_dir(path) or _access_problem(path, read, write)
-            if why:
-                return CacheDirError(root, f"{why}, where the cache keeps its entries", path)
-    return None
-
-
-def _lexists(path: Path) -> bool:
-    """Whether `path` names anything, a link to nowhere included (False where a file stands for a directory)."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
-
-
-def _not_a_dir(path: Path) -> str | None:
-    """Why `path`, which exists, is no directory (a link to nowhere names its target), or None."""
-    if path.is_dir():
-        return None
-    if path.is_symlink() and not path.exists():
-        return f"not a directory: a symbolic link to {os.readlink(path)!r}, which does not exist"
-    return "not a directory"
-
-
-def _access_problem(path: Path, read: bool, write: bool) -> str | None:
-    if write and not os.access(path, os.W_OK | os.X_OK):
-        return "not writable"
-    if read and not os.access(path, os.R_OK | os.X_OK):
-        return "not readable"
-    return None
-
-
-def _probe(where: Path) -> str | None:
-    """Why no file can be made in the directory `where` (a read-only mount, /proc), or None."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".amk-probe-", dir=where)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        return f"not writable ({e.strerror or e})"
-    return None
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown cache kind {kind!r}; expected one of {', '.join(KINDS)}")
-
-
-def _bytes_hex(o: Any) -> str:
-    if isinstance(o, bytes | bytearray | memoryview):
-        return bytes(o).hex()
-    raise TypeError(f"{type(o).__name__} is not JSON-able")
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_bytes_hex)
-
-
-def make_key(kind: str, **parts: Any) -> str:
-    """sha256 hex of the canonical JSON of {"kind": kind, **parts}; bytes are hex-encoded."""
-    _check_kind(kind)
-    for name, value in parts.items():
-        try:
-            _canonical(value)  # part by part, so the error names the culprit
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"key part {name!r}: {e}") from e
-    return hashlib.sha256(_canonical({"kind": kind, **parts}).encode()).hexdigest()
-
-
-# The helpers pass **locals() (only their parameters at that point) so that a parameter
-# added later cannot be left out of the key by accident.
-def kernel_key(source: str | bytes, header: str | bytes, knobs: dict, arch: str,
-               compiler_version: str, kernel_name: str, compile_options: str = "") -> str:
-    return make_key("kernel", **locals())
-
-
-def program_key(model_fingerprint: str, config_json: str, target: str, dtype: str, max_seq: int,
-                lowering: str) -> str:
-    # `lowering`: the digest of the code that lowered and validated the program (schedule.program.lowering_digest)
-    return make_key("program", **locals())
-
-
-def reference_key(model_fingerprint: str, dtype: str, case_id: str, shared_id: str | None = None) -> str:
-    # A shared id stands in for the model so tasks over one model reuse its reference data;
-    # the "model_source" tag keeps a shared id from ever colliding with a real fingerprint.
-    source, model = ("fingerprint", model_fingerprint) if shared_id is None else ("shared", shared_id)
-    return make_key("reference", model_source=source, model=model, dtype=dtype, case_id=case_id)
-
-
-def baseline_key(gpu: str, driver: str, torch_version: str, model_fingerprint: str, dtype: str,
-                 timing_params: dict) -> str:
-    return make_key("baseline", **locals())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Temp file in the same directory so os.replace is a same-filesystem rename: readers see
-    # the old file or the new one, never a partial write, even with concurrent writers.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _digest(kind: str, key: str, payload: bytes) -> bytes:
-    """sha256 over the entry's kind and key as well as its payload: a file holds the entry of its own name only."""
-    return hashlib.sha256(f"{kind}/{key}\0".encode() + payload).digest()
-
-
-def _unpack(data: bytes, path: Path, kind: str, key: str) -> bytes:
-    if len(data) < _HEADER.size:
-        raise CorruptEntryError(f"{path}: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
-    magic, version, length, digest = _HEADER.unpack_from(data)
-    if magic == _MAGIC and version < FORMAT_VERSION:
-        raise StaleEntryError(f"{path}: written in the cache's format v{version}, read in v{FORMAT_VERSION}")
-    if (magic, version) != (_MAGIC, FORMAT_VERSION):
-        raise CorruptEntryError(f"{path}: header {magic!r} v{version}, expected {_MAGIC!r} "
-                                f"v{FORMAT_VERSION}")
-    payload = data[_HEADER.size:]
-    if len(payload) != length or _digest(kind, key, payload) != digest:
-        raise CorruptEntryError(f"{path}: payload of {len(payload)} bytes fails the header's length ({length}) or "
-                                f"its sha256 of the key and payload (torn, changed, or another key's entry)")
-    return payload
 
 
 class Cache:
@@ -613,90 +419,6 @@ class Cache:
         path = self.root / _STATS_FILE
         _atomic_write(path, json.dumps(self.stats(), indent=1, sort_keys=True).encode())
         return path
-
-
-def _is_key_name(path: Path, key: str) -> bool:
-    """Whether `key`, the stem of `path`, is a cache key in the shard folder the cache files it under."""
-    return bool(_KEY_RE.fullmatch(key)) and path.parent.name == key[:2]
-
-
-def _entry_key(path: Path) -> str | None:
-    """The key of the cache entry at `path`, or None for a file the cache did not write: an entry is named by its
-    key (`<key[:2]>/<key>.bin`) and is a regular file, not a link, that opens with the header's magic."""
-    key = path.name.removesuffix(".bin")
-    if not _is_key_name(path, key):
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:  # a link, gone, or unreadable
-        return None
-    try:
-        return key if stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, len(_MAGIC)) == _MAGIC else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _is_at(path: Path, st: os.stat_result) -> bool:
-    """Whether the file `st` describes is still the one at `path`."""
-    try:
-        now = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev)
-
-
-def _drop_lock(path: Path) -> None:
-    """Remove a lock file that no process holds: taken without waiting, and unlinked while held and still the
-    file at `path`. A held one (an entry being built), or one flock refuses (some network file systems), stays."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and _is_at(path, st):
-            os.unlink(path)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _open_regular(path: Path):
-    """`path` opened for binary reading when it is a regular file (a link to one included). Raises
-    CorruptEntryError for a FIFO or a device (read, either would block or never end: it is opened without waiting
-    for a writer), IsADirectoryError for a directory, OSError as open does."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-        if not stat.S_ISREG(mode):
-            raise CorruptEntryError(f"{path}: not a regular file (mode {stat.filemode(mode)})")
-        if hasattr(os, "O_NONBLOCK"):  # reads of the file itself wait as usual (a network file system may honour it)
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return open(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _read_text(path: Path) -> str:
-    """A small regular file's text; OSError (CorruptEntryError for a FIFO or a device) as _open_regular raises."""
-    with _open_regular(path) as f:
-        return f.read().decode()
-
-
-def _read_label(entry: Path) -> dict | None:
-    """The label beside a cache entry, or None (an entry written without one, or an unreadable label)."""
-    try:
-        label = json.loads(_read_text(entry.with_suffix(".label.json")))
-    except (OSError, ValueError, CorruptEntryError):
-        return None
-    return label if isinstance(label, dict) else None
 
 
 def last_run_stats(root: str | os.PathLike | None = None) -> dict | None:
