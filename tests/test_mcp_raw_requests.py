@@ -162,3 +162,24 @@ def test_the_line_reader_alone():
         with pytest.raises(RequestRefused) as e:
             check_line(sent, text_arguments)
         assert (e.value.code, e.value.request_id) == (code, request_id), e.value.message
+
+
+def test_a_request_nested_too_deeply_or_with_no_usable_id_is_answered():
+    # the SDK dropped both without a word (a traceback on stderr for the first): the client waited for ever
+    from amk.harness.mcp_requests import RequestRefused, check_line
+
+    text_arguments = {"evaluate": frozenset({"config"})}
+    call = '{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"evaluate","arguments":%s}}'
+    for depth in (340, 600, 5000):
+        deep = '{"a":' * depth + "1" + "}" * depth
+        with pytest.raises(RequestRefused) as e:
+            check_line(call % f'{{"model":"toy","config":{{"k":{deep}}}}}', text_arguments)
+        assert e.value.code in (-32600, -32700) and e.value.request_id == "a", e.value.message
+        assert "nested too deeply" in e.value.message or "recursion" in e.value.message.lower(), e.value.message
+    for bad in ("1.5", "null", "true", "[1]", "{}"):
+        with pytest.raises(RequestRefused) as e:
+            check_line(f'{{"jsonrpc":"2.0","id":{bad},"method":"tools/list"}}', text_arguments)
+        assert e.value.code == -32600 and "id: expected a string or an integer" in e.value.message
+        assert e.value.request_id is None
+    ok = '{"jsonrpc":"2.0","id":0,"method":"tools/list"}'
+    assert check_line(ok, text_arguments) == ok

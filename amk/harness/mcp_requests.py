@@ -212,6 +212,15 @@ def _with_json_text(message: dict, names: frozenset[str]) -> str | None:
 
 
 def check_line(line: str, json_text_arguments: Mapping[str, frozenset[str]]) -> str | None:
+    """_check_line, with a request nested too deeply for Python's readers refused, where it went unanswered."""
+    try:
+        return _check_line(line, json_text_arguments)
+    except RecursionError:
+        raise RequestRefused(INVALID_REQUEST, "Invalid Request: JSON nested too deeply for this server to read",
+                             _leading_id(line)) from None
+
+
+def _check_line(line: str, json_text_arguments: Mapping[str, frozenset[str]]) -> str | None:
     """The line to hand the SDK, or None for a line to drop. A tools/call whose arguments named for its tool in
     `json_text_arguments` (tool name -> argument names) hold a key given twice, or something the SDK's reader
     cannot take (an integer too long, nesting too deep), gets those arguments as their JSON text, for AMK's reader
@@ -223,6 +232,10 @@ def check_line(line: str, json_text_arguments: Mapping[str, frozenset[str]]) -> 
     twice = list(_given_twice(message))
     if isinstance(message, dict) and "method" in message and "id" in message:
         request_id = None if any(at == ("id",) for at, _, _ in twice) else _request_id(message["id"])
+        if request_id is None and not any(at == ("id",) for at, _, _ in twice):
+            # the SDK drops such a request without a word: its client would wait for ever
+            raise RequestRefused(INVALID_REQUEST, f"Invalid Request: id: expected a string or an integer, got "
+                                                  f"{_shown(message['id'])}")
         params = message.get("params")
         tool = params.get("name") if message["method"] == "tools/call" and isinstance(params, dict) else None
         as_text = json_text_arguments.get(tool, frozenset()) if isinstance(tool, str) else frozenset()
