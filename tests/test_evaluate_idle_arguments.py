@@ -35,3 +35,14 @@ def test_a_verify_results_repr_leads_with_its_verdict():
                        "ab12", 2.0)
     assert "passed=False, cases_passed=1/5" in repr(bad) and "failed=[c1: Mismatch, c2: Mismatch, c3: Mismatch, ...]" \
         in repr(bad) and len(repr(bad)) < 300
+
+
+def test_a_lone_surrogate_in_a_config_key_is_named_in_an_answer_any_utf8_writer_takes():
+    # "\udfff" is plain ASCII JSON text; the key it decodes to went into the verdict as it was, which no UTF-8
+    # writer takes: MCP answered "Error executing tool evaluate", the CLI exited 3
+    import json
+
+    v = amk.evaluate("toy", "cpu-sim", '{"sc\\udfffratch": 1}')
+    assert v["valid"] is False and "$.sc\\udfffratch: unknown key" in v["rejected_reason"]
+    assert "did you mean 'scratch'" in v["rejected_reason"]
+    json.dumps(v, ensure_ascii=False).encode("utf-8")

@@ -63,6 +63,12 @@ class Verdict:
 
 
 def jsonable(v):
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a config key sent as "\udfff"): no UTF-8 writer takes it
+            return v.encode("utf-8", "backslashreplace").decode("utf-8")
+        return v
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, Enum):
