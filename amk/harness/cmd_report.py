@@ -368,7 +368,7 @@ def report(args) -> CommandResult:
                             "in a warning): a kept trial whose record it was shows no config")
     if not configs and len(df):
         why = ("no such file: pass the corpus file of `amk loop` that wrote the results" if not corpus.exists()
-               else "pass the corpus file of `amk loop` that wrote the results (--corpus)")
+               else "pass the corpus file of `amk loop` that wrote the results (--corpus; corpus in Python and MCP)")
         out["notes"].append(f"no tuning records in {corpus}: the best configs cannot be shown ({why})")
     out["notes"] += short_context_notes(out["groups"], records, df)
     out["notes"] += checkpoint_notes(out["groups"], records)

@@ -68,7 +68,8 @@ class Resume:
                  f"{float(kept[0]['latency_us']):.2f} us ({self.kind}) for {self.name} on {self.target.name}")
         if best is None:
             raise LoopError(f"{where}, but {self.corpus} holds no record of its config, the incumbent to continue "
-                            "from: resume with the corpus that loop wrote (--corpus), or choose another results file",
+                            "from: resume with the corpus that loop wrote (--corpus; corpus= in Python and MCP), or choose another "
+                            "results file",
                             argument="corpus")
         if best is not kept[0]:
             log.warning("%s, but %s holds no record of its config (a record line torn, or a run stopped between "
