@@ -172,18 +172,23 @@ def claim(results: str | os.PathLike, model: str, gpu: str, fingerprint: str, sc
                 return taken
         trial = next_trial(data, floor=max((c.trial for c in claims), default=0), path=results)
         c = Claim(trial, model, gpu, fingerprint, schedule_id, me, time.time())
-        line = (json.dumps(asdict(c), sort_keys=True) + "\n").encode()
-        if cpath.exists() and cpath.stat().st_size and not cpath.read_bytes().endswith(b"\n"):
-            line = b"\n" + line  # a writer died mid-line: end its fragment so this claim starts a line
-        # every writer of the claims file holds the results lock, so a plain append cannot interleave
-        cfd = os.open(cpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if os.write(cfd, line) != len(line):
-                raise AppendError(f"{cpath}: short write of a claim (disk full?)")
-            os.fsync(cfd)
-        finally:
-            os.close(cfd)
+        _append(cpath, asdict(c), "a claim")
         return c
+
+
+def _append(cpath: Path, obj: dict, what: str) -> None:
+    """One JSON line appended to the claims file, fsynced; the caller holds the results lock, which every writer of
+    the claims file holds, so a plain append cannot interleave. AppendError on a short write."""
+    line = (json.dumps(obj, sort_keys=True) + "\n").encode()
+    if cpath.exists() and cpath.stat().st_size and not cpath.read_bytes().endswith(b"\n"):
+        line = b"\n" + line  # a writer died mid-line: end its fragment so this line starts one
+    cfd = os.open(cpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.write(cfd, line) != len(line):
+            raise AppendError(f"{cpath}: short write of {what} (disk full?)")
+        os.fsync(cfd)
+    finally:
+        os.close(cfd)
 
 
 def release(results: str | os.PathLike, c: Claim) -> bool:
@@ -226,16 +231,7 @@ def start_run(results: str | os.PathLike, owner: str | None = None) -> str | Non
                 continue  # a torn or foreign line holds nothing
             if isinstance(who, str) and isinstance(since, int | float) and who != me and _owner_live(who, since, now):
                 return who
-        line = (json.dumps({"run": me, "time": now}, sort_keys=True) + "\n").encode()
-        if cpath.exists() and cpath.stat().st_size and not cpath.read_bytes().endswith(b"\n"):
-            line = b"\n" + line
-        cfd = os.open(cpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if os.write(cfd, line) != len(line):
-                raise AppendError(f"{cpath}: short write of a run lease (disk full?)")
-            os.fsync(cfd)
-        finally:
-            os.close(cfd)
+        _append(cpath, {"run": me, "time": now}, "a run lease")
     return None
 
 
