@@ -118,6 +118,33 @@ def _call(fn, *args, **kwargs):
         raise ToolError(f"{kind}: {e}" if kind != "internal" else f"internal: {type(e).__name__}: {e}") from e
 
 
+def _trial_notifier(ctx, budget: int | None):
+    """A loop's `progress` callable that sends the client a notifications/progress a trial, on the call's progress
+    token: progress the trials this call has run, total its budget (none without one), and the line `amk loop`
+    prints for the trial as the message. None for a call made in process. The SDK sends nothing when the client
+    asked for no progress (no progressToken in the call's _meta). The loop runs on the SDK's worker thread, so each
+    notification is sent on the server's event loop (anyio.from_thread); one that cannot be sent (the client gone)
+    is logged, and the loop goes on."""
+    if ctx is None or _request_key(ctx) is None:
+        return None
+    import anyio.from_thread
+
+    from amk.progress import progress_line, trial_description
+
+    done = 0
+
+    def notify(trial: dict) -> None:
+        nonlocal done
+        done += 1
+        message = f"{progress_line(trial)}  {trial_description(trial)}"
+        try:
+            anyio.from_thread.run(ctx.report_progress, done, budget, message)
+        except Exception as e:  # a progress line lost must not lose the trial's row
+            log.warning("trial %s: progress not sent (%s: %s)", trial.get("trial"), type(e).__name__, e)
+
+    return notify
+
+
 # the report command's flags as the report tool's arguments
 _REPORT_ARGUMENTS = {"--results": "results", "--corpus": "corpus", "--out-dir": "out_dir", "--no-plots": "plots=false"}
 _REPORT_FLAG = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, _REPORT_ARGUMENTS)) + r")(?![\w-])")
@@ -275,7 +302,8 @@ def build_server():
         cancel = _CANCELS.get(_request_key(ctx)) or threading.Event()  # none for a call made in process
         return _call(fn, model, gpu, budget=budget, minutes=minutes, seed=seed, device=device, results=results,
                      corpus=corpus, resume=resume, max_reverts=max_reverts, dtype=dtype, max_seq=max_seq,
-                     should_stop=lambda: _STOP.is_set() or cancel.is_set())
+                     should_stop=lambda: _STOP.is_set() or cancel.is_set(),
+                     progress=_trial_notifier(ctx, budget))
 
     @server.tool()
     @_one_at_a_time
