@@ -295,6 +295,7 @@ class _Run(Rounds, Resume):
             check_head_row(dims.head_dim, resolve_dtype(self.dtype).itemsize)
         self.results, self.corpus = Path(results), Path(corpus)
         # the claims file beside the results (trial numbers taken before their rows are written) is appended to too
+        new_dir = not self.results.parent.exists()
         for path, flag in ((self.results, "results"), (self.corpus, "corpus"), (claims_path(self.results), "results")):
             _check_writable(path, flag)
         self.budget, self.minutes, self.max_reverts = budget, minutes, max_reverts
@@ -319,6 +320,13 @@ class _Run(Rounds, Resume):
             raise LoopError(str(e), argument="results") from None
         if rows and not resume:
             raise ResultsNotResumed(results, len(rows))
+        # a resume of a misspelt path starts a new run (as a first run with resume does, on purpose): said, so
+        # that it is not taken for the run it was meant to continue
+        self.resume_note = None if rows or not resume else (
+            f"resume: {str(self.results)!r} held no rows, so this is a new run, not a continued one"
+            + (f" (its directory {str(self.results.parent)!r} was made)" if new_dir else ""))
+        if self.resume_note:
+            log.warning("%s", self.resume_note)
         self.fresh, self.leased = not resume, False  # a fresh run takes the file at its first claim (_take_file)
         self.weights_now, self.passed_on = self._checkpoint_fingerprints(rows)
         rows = self._rows_of_run(rows)  # the rows a resume may compare with, and adopt
@@ -743,6 +751,7 @@ class _Run(Rounds, Resume):
         from .gates import short_context_note
 
         given = [f"the given config's {n}" for n in self.given_inert]
+        given += [self.resume_note] if self.resume_note else []
         if not self.trials:  # stopped before its first trial ended (an interrupt at start-up): nothing was run
             return ["no trial ran: the incumbent is the start config, neither verified nor timed, and no results row "
                     "was written for it; it is no result", *given]
