@@ -69,6 +69,9 @@ async def _round_trip(cwd, cache_dir) -> dict:
                         for tool, name, value in (("loop", "resume", "yes"), ("loop", "resume", 0),
                                                   ("report", "plots", "no"), ("report", "plots", 1))]
         out["evaluate_schema"] = next(t for t in tools if t.name == "evaluate").input_schema
+        # no corpus, as Python's propose(corpus=None) takes it: was refused as not a string
+        out["no_corpus"] = _structured(await client.call_tool("propose", {"model": "toy", "gpu": "cpu-sim",
+                                                                          "corpus": None}))
     return out
 
 
@@ -111,6 +114,7 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     for r, shown in zip(got["flags"], ('resume: expected true or false, got "yes"', "resume: expected true or false, got 0",
                                        'plots: expected true or false, got "no"', "plots: expected true or false, got 1")):
         assert r.is_error and shown in r.content[0].text, r.content
+    assert got["no_corpus"]["source"] == "default" and got["no_corpus"]["schedule_id"] == p["schedule_id"]
     bad = got["bad_incumbent"]  # named by its argument, as the CLI names --incumbent
     assert bad.is_error and "usage: incumbent: $.matvec.qkv.k_splits" in bad.content[0].text, bad.content
 

@@ -239,10 +239,11 @@ def build_server():
     @server.tool()
     @_one_at_a_time
     def propose(model: str, gpu: str = "auto", incumbent: Any = None,
-                corpus: str = "corpus.jsonl", dtype: str | None = None,
+                corpus: str | None = "corpus.jsonl", dtype: str | None = None,
                 max_seq: int | None = None) -> dict[str, Any]:
         """The incumbent ScheduleConfig for `model` on `gpu` (the corpus's best kept config of `dtype` timed at the
-        KV context of `max_seq`, else the defaults, or `incumbent` when given: an object or a JSON string of one),
+        KV context of `max_seq`, else the defaults, or `incumbent` when given: an object or a JSON string of one;
+        corpus null: no corpus is read, the defaults),
         its schedule_id, the JSON schema's
         path, and the search space: every knob with its type, bounds, default, help and the values searched on
         this GPU. dtype: fp32, fp16 or bf16 (default: bf16 for a GPU, fp32 for cpu-sim, as loop takes); max_seq:
