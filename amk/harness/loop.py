@@ -23,12 +23,14 @@ with resume=True it counts the trials this call adds), `minutes`, every candidat
 trial in flight finishes, then the summary; the CLI exits 130). `max_reverts` trials in a row without a keep
 stop a run that has neither a budget nor minutes; a bounded run moves to another region instead (a restart
 round) and goes on. `workers` > 1 runs one loop per GPU through Ray (search/distributed.py).
+
+The run (_Run) is this module's start-up and main loop, with its parts written apart: search/rounds.py (candidate
+rounds), search/resume.py (a resume's checks), search/trials.py (a trial: claim, measure, decide, write) and
+search/summary.py (the summary it returns).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import os
 import random
@@ -38,44 +40,30 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from amk.cache import CacheStorageError, default_cache
+from amk.cache import default_cache
 from amk.eval.roofline import Floor
 from amk.flywheel.claims import (
-    Claim,
-    Taken,
-    claim,
     claimed_floor,
     claims_path,
     end_run,
     owner_id,
-    release,
     snapshot,
-    start_run,
 )
 from amk.flywheel.prior import Prior
 from amk.flywheel.records import (
-    MODEL_FINGERPRINT,
-    append_record,
-    at_context,
-    for_run,
-    load_records,
-    record_from_verdict,
     same_model,
 )
 from amk.flywheel.results import (
     COUNT_LIMIT,
     ReadRows,
-    ResultRow,
     ResultsFormatError,
-    Status,
     TrialNumbersExhausted,
-    append_result,
     cell_rewrites,
     next_trial,
     rows_and_skipped,
 )
 from amk.schedule.config import ScheduleConfig
-from amk.schedule.errors import ArgumentError, ConfigError, EagerReferenceError, EnvironmentProblem
+from amk.schedule.errors import ArgumentError, ConfigError
 from amk.schedule.inert import inert_knobs
 from amk.schedule.space import search_space
 
@@ -98,15 +86,17 @@ from .evaluate import (
     evaluate,
     resolve_dtype_name,
 )
-from .propose import best_readable, incumbent_config, model_name, run_context
+from .propose import incumbent_config, model_name, run_context
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
-from .search.errors import LoopError, ResultsInUse, ResultsNotResumed
-from .search.keep import Incumbent, decide, gain_text, needs_confirmation, pooled, race_bound_us
+from .search.errors import LoopError, ResultsNotResumed
+from .search.keep import Incumbent, decide
 from .search.model import RankingModel
 from .search.policy import Candidate, SearchSettings, Source
 from .search.resume import Resume
 from .search.rounds import PreparedRound, Rounds
 from .search.signals import StopFlag
+from .search.summary import RunSummary
+from .search.trials import Trials
 from .verdict import LatencyKind, parse_config
 
 log = logging.getLogger("amk.harness")
@@ -254,7 +244,7 @@ def _check_writable(path: Path, argument: str) -> None:
                         argument=argument)
 
 
-class _Run(Rounds, Resume):
+class _Run(Rounds, Resume, Trials, RunSummary):
     def __init__(self, model, gpu, budget, minutes, seed, device, results, corpus, resume, max_reverts, progress,
                  cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
         from amk.models import Model
@@ -515,252 +505,6 @@ class _Run(Rounds, Resume):
             log.info("%d trials without a keep: moving to another region (restart %d)", self.max_reverts,
                      self.restarts)
         return None
-
-    # ---- trials --------------------------------------------------------------------------------------
-    def _evaluate(self, cfg: ScheduleConfig, stop_above_us: float | None = None) -> dict:
-        t0 = time.monotonic()
-        self.builder.wait_precompiled(cfg.schedule_id)
-        t1 = time.monotonic()
-        self.waited_kernels_s += t1 - t0
-        self.measurements += 1
-        try:
-            extra = {} if stop_above_us is None else {"stop_above_us": stop_above_us}
-            return self.evaluate_fn(self.model, self.target, cfg, device=self.dev.value, cases=self.cases,
-                                    seed=self.seed, dtype=self.dtype, corpus=str(self.corpus), max_seq=self.max_seq,
-                                    **extra)
-        except (CacheStorageError, EnvironmentProblem, EagerReferenceError):
-            raise  # the environment or the model, not this config: every later trial would fail the same way
-        except Exception as e:  # the loop outlives one bad trial; the row says crash and why
-            log.exception("evaluate crashed")
-            return {"crash": f"{type(e).__name__}: {e}"}
-        finally:
-            self.measuring_s += time.monotonic() - t1
-
-    def _trial(self, cand: Candidate, built: Built, description: str) -> bool:
-        """Claim, measure, decide, write. False when the program was taken (measured or claimed elsewhere)."""
-        self._check_checkpoint_unchanged()  # before the claim: a trial that cannot run leaves no gap
-        self._take_file()
-        cfg = cand.config
-        c = claim(self.results, self.name, self.target.name, built.program_fingerprint, built.schedule_id,
-                  owner=self.owner)
-        if isinstance(c, Taken):
-            self.duplicates += 1
-            log.info("%s: program %s already %s (trial %s), not measured", cfg.schedule_id,
-                     built.program_fingerprint, c.by, c.trial)
-            return False
-        self.mine.add(built.program_fingerprint)
-        inc = self.inc
-        with self._released_on_error(c):
-            verdict = self._evaluate(cfg, race_bound_us(inc))
-        if verdict.get("cases_passed"):
-            self.builder.mark_kernel_ready(built.kernel_id)  # the VM was built (into the kernel cache) and ran
-        if verdict.get("latency_kind") and not self.timed:
-            self.kind = verdict["latency_kind"]  # an injected evaluator may say what it produces
-        self.timed = self.timed or verdict.get("latency_us") is not None
-        status, why = (Status.CRASH, verdict["crash"]) if "crash" in verdict else decide(inc, verdict, cfg)
-        samples = [verdict.get("latency_us")]
-        if status == Status.KEEP and needs_confirmation(inc, verdict):
-            status, why, verdict, samples = self._confirm(cfg, verdict)
-        lat = verdict.get("latency_us")
-        comparable = lat is not None and inc.latency_us is not None and verdict.get("latency_kind") == inc.kind
-        improvement = (inc.latency_us - lat) / inc.latency_us if comparable else None
-        self._write(c, cand, built, verdict, status, f"{description}: {why}", improvement)
-        self.trials += 1
-        self.since_remeasure += 1
-        self.statuses[status.value] += 1
-        if status == Status.KEEP:
-            self.inc = Incumbent(cfg, program_fingerprint=built.program_fingerprint, trial=c.trial)
-            for s in samples:
-                self.inc.observe(s, verdict.get("latency_spread_us"), verdict.get("latency_kind"))
-            self.inc.latency_us = lat  # the pooled figure when a gain was confirmed
-            self.reverts = self.since_remeasure = 0
-            for pick in self.queue:  # the next picks are ranked around the new incumbent, with the backlog
-                self.backlog[pick[0].config.schedule_id] = pick
-            returned = len(self.queue)
-            self.queue = []
-        else:
-            returned = 0
-            self.reverts += 1
-        self._progress(c.trial, status, built, verdict, description + ": " + why, cand.source, outcome=why)
-        if returned:  # said, since the round's line named more picks than it then measures
-            log.info("the round's %d other picks go back to the backlog, to be ranked around the new incumbent",
-                     returned)
-        return True
-
-    def _confirm(self, cfg, first: dict):
-        """An apparent winner: time the incumbent again (it may have been measured slow by chance, or the GPU
-        drifted), then the candidate again; keep only if the second run clears the bar set by the fresh
-        incumbent."""
-        self.confirmations += 1
-        self._remeasure()
-        second = self._evaluate(cfg)
-        l1 = first["latency_us"]
-        if "crash" in second or not second.get("correct"):
-            reason = second.get("crash") or decide(self.inc, second, cfg)[1]
-            return Status.FAIL, f"{l1:.2f} us, then failed on the confirming run: {reason}", second, []
-        status2, why2 = decide(self.inc, second, cfg)
-        lat, spread = pooled(first, second)
-        l2 = second.get("latency_us")
-        merged = {**first, "latency_us": lat, "latency_spread_us": spread,
-                  "notes": list(first.get("notes", [])) + [f"measured twice: {l1:.2f} and {l2:.2f} us (mean kept)"]}
-        if status2 == Status.KEEP:
-            # the row holds the pooled figure against the incumbent timed again: the description says the same
-            status_p, why_p = decide(self.inc, merged, cfg)
-            why = why_p if status_p == Status.KEEP else gain_text(self.inc.latency_us, lat)
-            return Status.KEEP, f"{why}; confirmed ({l1:.2f}, {l2:.2f} us)", merged, [l1, l2]
-        return Status.DISCARD, f"not confirmed: {l1:.2f} us, then {l2:.2f} us ({why2})", merged, [l1, l2]
-
-    def _remeasure_due(self) -> bool:
-        return (self.kind == LatencyKind.MEASURED_GPU.value and self.inc.latency_us is not None
-                and self.since_remeasure >= self.settings.remeasure_every)
-
-    def _remeasure(self) -> Status:
-        """Time the incumbent again (drift check): a `remeasure` row and record (`fail` when it no longer passes);
-        its latency becomes the incumbent's, and the spread between its measurements joins the keep rule's noise.
-        Returns the row's status."""
-        self._check_checkpoint_unchanged()
-        self.since_remeasure = 0
-        cfg, fp = self.inc.config, self.inc.program_fingerprint
-        c = claim(self.results, self.name, self.target.name, fp, cfg.schedule_id, check=False, owner=self.owner)
-        before = self.inc.latency_us
-        with self._released_on_error(c):
-            verdict = self._evaluate(cfg)
-        self.remeasures += 1
-        lat = verdict.get("latency_us")
-        if "crash" in verdict or not verdict.get("correct") or lat is None:
-            why = verdict.get("crash") or decide(self.inc, verdict, cfg)[1]
-            status, text = Status.FAIL, f"incumbent re-measured: failed ({why})"
-        else:
-            status = Status.REMEASURE
-            text = f"incumbent re-measured: {lat:.2f} us" + (f" (was {before:.2f} us)" if before else "")
-            self.inc.observe(lat, verdict.get("latency_spread_us"), verdict.get("latency_kind"))
-        built = Built(cfg.to_dict(), cfg.schedule_id, True, program_fingerprint=fp)
-        self._write(c, Candidate(cfg, (), Source.REMEASURE), built, verdict, status, text, None)
-        self.statuses[status.value] += 1
-        self._progress(c.trial, status, built, verdict, text, Source.REMEASURE)
-        return status
-
-    def _take_file(self) -> None:
-        """A run started without resume takes its results file before its first claim (flywheel.claims.start_run):
-        not earlier, so that a loop stopped before any trial (weights that fail their checks) creates no file.
-        ResultsInUse where another live loop took it first, or its rows landed meanwhile."""
-        if self.fresh and not self.leased:
-            holder = start_run(self.results, self.owner)
-            if holder is not None:
-                self.fresh = False  # the file is the other loop's
-                raise ResultsInUse(self.results, holder)
-            self.leased = True
-
-    @contextlib.contextmanager
-    def _released_on_error(self, c: Claim):
-        """Around a trial's measurement: an error that stops the loop there (a cache that cannot be written,
-        memory that ran out, a second Ctrl-C) withdraws the trial's claim, since no row will carry its number;
-        the next trial takes it, and no gap is left where no trial ran."""
-        try:
-            yield
-        except BaseException:
-            try:
-                release(self.results, c)
-            except OSError as e:  # the error that stopped the trial is the one to report
-                log.warning("%s: trial %d's claim could not be withdrawn (%s): the next trial skips its number",
-                            claims_path(self.results), c.trial, e)
-            raise
-
-    def _write(self, c: Claim, cand: Candidate, built: Built, verdict: dict, status: Status, description: str,
-               improvement: float | None) -> None:
-        lat = verdict.get("latency_us")
-        speedup = self.inc.latency_us / lat if (lat and self.inc.latency_us) else None
-        crashed = "crash" in verdict
-        append_result(self.results, ResultRow(
-            model=self.name, gpu=self.target.name, schedule_id=cand.config.schedule_id, status=status,
-            correct=None if crashed else verdict.get("correct"), latency_us=lat, kind=verdict.get("latency_kind"),
-            pct_of_floor=verdict.get("pct_of_floor"), speedup=speedup, description=description,
-            program_fingerprint=built.program_fingerprint,
-            predicted_us=verdict.get("predicted_latency_us") or built.predicted_us,
-            spread_us=verdict.get("latency_spread_us"), dtype=self.dtype, max_seq=self.program_max_seq,
-            trial=c.trial))
-        rec = record_from_verdict(self.name, self.target.name, cand.config.to_dict(), verdict, status=status.value,
-                                  kept=status == Status.KEEP, change=cand.change, improvement=improvement,
-                                  source=cand.source.value, trial=c.trial)
-        if self.weights_now is not None:
-            rec = dataclasses.replace(rec, environment={**rec.environment, MODEL_FINGERPRINT: self.weights_now})
-        rec = dataclasses.replace(
-            rec, dtype=rec.dtype or self.dtype, device=rec.device or self.dev.value,
-            schedule_id=cand.config.schedule_id, program_fingerprint=built.program_fingerprint,
-            features=rec.features or built.features,
-            predicted_latency_us=rec.predicted_latency_us or built.predicted_us)
-        append_record(self.corpus, rec)
-
-    def _progress(self, trial: int, status: Status, built: Built, verdict: dict, description: str,
-                  source: Source, outcome: str = "") -> None:
-        """`description`: the trial's change and outcome in words; `outcome`: its closing part (what the
-        measurement decided), which a console line keeps whole when it shortens the change."""
-        if self.progress is None:
-            return
-        self.progress({"trial": trial, "status": status.value, "schedule_id": built.schedule_id,
-                       "program_fingerprint": built.program_fingerprint, "latency_us": verdict.get("latency_us"),
-                       "kind": verdict.get("latency_kind"), "predicted_us": built.predicted_us,
-                       "best_latency_us": self.inc.latency_us, "description": description, "outcome": outcome,
-                       "source": source.value,
-                       "elapsed_s": round(time.monotonic() - self.t0, 1)})
-
-    # ---- the end -------------------------------------------------------------------------------------
-    def _summary(self, stop: StopReason | None) -> dict:
-        best = None
-        if self.corpus.exists():
-            # this run's dtype and context only: a record of another dtype's program, or one timed at a shorter
-            # context, is no rival of this run's incumbent
-            # one whose config this version reads, as propose's incumbent is
-            found = best_readable(at_context(for_run(load_records(self.corpus), self.name, self.target.name,
-                                                     self.dtype), self.context))
-            best = None if found is None else found[0]
-        seconds = time.monotonic() - self.t0
-        inc = self.inc
-        return {"incumbent": {"schedule_id": inc.config.schedule_id, "program_fingerprint": inc.program_fingerprint,
-                              "latency_us": inc.latency_us, "latency_spread_us": inc.spread_us,
-                              "latency_kind": inc.kind, "trial": inc.trial, "config": inc.config.to_dict(),
-                              "correct": inc.latency_us is not None},
-                "model": self.name, "gpu": self.target.name, "device": self.dev.value, "dtype": self.dtype,
-                "max_seq": self.program_max_seq, "context": self.context,
-                "trials": self.trials, "statuses": dict(self.statuses), "kept": self.statuses.get(Status.KEEP.value, 0),
-                "stopped": stop.value if stop else None,
-                "best": None if best is None else {"schedule_id": best.schedule_id or
-                                                   ScheduleConfig.from_dict(best.config).schedule_id,
-                                                   "latency_us": best.latency_us, "latency_kind": best.kind,
-                                                   "trial": best.trial, "config": best.config},
-                "search": {"rounds": self.rounds, "rounds_built_ahead": self.prepared_used,
-                           "rounds_dropped": self.prepared_dropped, "backlog": len(self.backlog),
-                           "measured_while_kernels_compiled": self.promoted,
-                           "seconds_measuring": round(self.measuring_s, 1),
-                           "seconds_waiting_for_rounds": round(self.waited_rounds_s, 1),
-                           "seconds_waiting_for_kernels": round(self.waited_kernels_s, 1),
-                           "restarts": self.restarts, "remeasures": self.remeasures,
-                           "confirmations": self.confirmations, "duplicates": self.duplicates,
-                           "invalid": self.invalid, "measurements": self.measurements,
-                           "builder_processes": self.builder.processes,
-                           "build_seconds": round(self.builder.build_seconds, 2),
-                           "ranking_model": self.ranking.to_dict()},
-                "trials_per_minute": round(60 * self.trials / seconds, 2) if seconds > 0 else None,
-                "seed": self.seed, "results": str(self.results), "corpus": str(self.corpus),
-                "seconds": round(seconds, 2), "notes": self._notes()}
-
-    def _notes(self) -> list[str]:
-        """What a reader of the latencies should know that no row says: a KV context shorter than evaluate's."""
-        from amk.schedule.cost import bench_context
-
-        from .gates import short_context_note
-
-        given = [f"the given config's {n}" for n in self.given_inert]
-        given += [self.resume_note] if self.resume_note else []
-        if not self.trials:  # stopped before its first trial ended (an interrupt at start-up): nothing was run
-            return ["no trial ran: the incumbent is the start config, neither verified nor timed, and no results row "
-                    "was written for it; it is no result", *given]
-        seq = self.program_max_seq
-        note = short_context_note(bench_context(seq), seq, what="every latency is")
-        none_correct = [] if self.inc.latency_us is not None else [
-            "no config passed verify and was timed: the incumbent is the start config, which did not (results.tsv "
-            "says why); it is no result"]
-        return none_correct + ([note] if note else []) + given
 
     def close(self) -> None:
         if getattr(self, "leased", False):
