@@ -185,7 +185,7 @@ def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, targe
     it was derived), and the program validated (ProgramError)."""
     import amk
     from amk.harness.environment import Device
-    from amk.harness.evaluate import check_context, check_kv_memory
+    from amk.harness.run_checks import check_context, check_kv_memory
 
     need = _check_positions(ids, max_new_tokens, max_seq, model.dims.vocab)
     # by default no more positions than the model's context, unless the tokens asked for need more (noted below)

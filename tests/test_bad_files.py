@@ -276,7 +276,7 @@ def test_a_max_seq_whose_kv_cache_cannot_fit_is_refused_before_any_allocation(ca
     assert code == 2 and v["error_type"] == "usage" and v["error"].startswith(f"--max-seq: {10**12} positions"), v
     assert "int32 offsets" in v["error"], v
     seq = 2**24  # within the offsets; 4 GiB of fp32 KV cache, held twice, against 4 GiB free
-    monkeypatch.setattr("amk.harness.evaluate._free_bytes", lambda dev: 4 * 2**30)
+    monkeypatch.setattr("amk.harness.run_checks._free_bytes", lambda dev: 4 * 2**30)
     code, v = run(capsys, "evaluate", "--model", "toy", "--gpu", "cpu-sim", "--max-seq", str(seq))
     assert code == 2 and v["error_type"] == "usage" and "--max-seq" in v["error"] and "KV cache" in v["error"], v
 

@@ -12,7 +12,7 @@ from amk.schedule.errors import ArgumentError
 
 @pytest.fixture
 def little_memory(monkeypatch):
-    monkeypatch.setattr("amk.harness.evaluate._free_bytes", lambda dev: 1024)  # 1 KiB free
+    monkeypatch.setattr("amk.harness.run_checks._free_bytes", lambda dev: 1024)  # 1 KiB free
 
 
 def test_generate_refuses_a_kv_cache_past_the_free_memory_naming_what_set_its_size(little_memory):

@@ -36,7 +36,7 @@ def test_a_misspelt_field_is_named_with_the_field_meant(tmp_path):
 
 
 def test_a_misspelt_rope_field_names_the_value_transformers_5_keeps_in_rope_parameters(tmp_path):
-    from amk.harness.evaluate import misspelt_field_notes
+    from amk.harness.run_checks import misspelt_field_notes
 
     model = amk.load_model(str(llama(tmp_path / "m", rope_thetaa=500.0)), weights=False)
     theta = model.hf_config.rope_parameters["rope_theta"]
@@ -45,7 +45,7 @@ def test_a_misspelt_rope_field_names_the_value_transformers_5_keeps_in_rope_para
 
 
 def test_a_field_neither_reads_is_named_as_passed_over(tmp_path):
-    from amk.harness.evaluate import misspelt_field_notes
+    from amk.harness.run_checks import misspelt_field_notes
 
     path = llama(tmp_path / "m", my_tool_setting=5, rope_thetaa=500.0, _loader_metadata="x")
     model = amk.load_model(str(path), weights=False)

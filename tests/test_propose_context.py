@@ -82,7 +82,7 @@ def test_the_cli_takes_max_seq_and_says_the_context(tmp_path, capsys):
                                            (2**40, "int32 offsets"), (2**64 - 1, "int32 offsets")])
 def test_a_kv_cache_past_the_memory_stops_the_loop_before_any_trial(tmp_path, monkeypatch, max_seq, says):
     # as evaluate refuses it: every trial would otherwise be a crash row, and the loop would report ok
-    monkeypatch.setattr("amk.harness.evaluate._free_bytes", lambda dev: 3 * 2**30)
+    monkeypatch.setattr("amk.harness.run_checks._free_bytes", lambda dev: 3 * 2**30)
     res, cor = tmp_path / "r.tsv", tmp_path / "c.jsonl"
     with pytest.raises(ArgumentError) as e:
         amk.loop("toy", "cpu-sim", budget=2, device="cpu", results=res, corpus=cor, max_seq=max_seq)

@@ -9,7 +9,7 @@ import json
 from _checkpoints import llama
 
 import amk
-from amk.harness.evaluate import misspelt_field_notes
+from amk.harness.run_checks import misspelt_field_notes
 from amk.models.rope_notes import replaced_values, unknown_keys
 
 

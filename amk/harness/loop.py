@@ -78,15 +78,9 @@ from .arguments import (
     user_path,
 )
 from .environment import Device, get_model, resolve_device, resolve_target
-from .evaluate import (
-    check_context,
-    check_kv_memory,
-    check_model_dtype,
-    default_dtype,
-    evaluate,
-    resolve_dtype_name,
-)
+from .evaluate import evaluate
 from .propose import incumbent_config, model_name, run_context
+from .run_checks import check_context, check_kv_memory, check_model_dtype, default_dtype, resolve_dtype_name
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.errors import LoopError, ResultsNotResumed
 from .search.keep import Incumbent, decide

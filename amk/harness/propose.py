@@ -93,7 +93,7 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     from amk.models import Model
     from amk.models.registry import dtype_name
 
-    from .evaluate import check_model_dtype, resolve_dtype_name
+    from .run_checks import check_model_dtype, resolve_dtype_name
 
     check_corpus(corpus)
     corpus = None if corpus is None else str(user_path(corpus))
@@ -193,7 +193,7 @@ def check_kv_fits(model, target, dtype: str, max_seq: int) -> None:
     from amk.schedule.lower import lower
 
     from .environment import resolve_device
-    from .evaluate import check_context, check_kv_memory
+    from .run_checks import check_context, check_kv_memory
 
     shape = model if isinstance(model, Model) else get_model(model_label(model), dtype, Device.CPU, weights=False)
     program = lower(shape, target, ScheduleConfig(), max_seq=max_seq)
@@ -211,7 +211,7 @@ def derived_tiling(model, target, cfg: ScheduleConfig, dtype: str | None = None,
     from amk.schedule.autotile import resolve
     from amk.schedule.lower import DEFAULT_MAX_SEQ
 
-    from .evaluate import default_dtype
+    from .run_checks import default_dtype
 
     dtype = dtype or default_dtype(Device.CPU, target)
     dims = model.dims if isinstance(model, Model) else model_shape(model)
