@@ -10,7 +10,7 @@ import pytest
 from _cli import cli_json
 
 from amk.flywheel import ResultRow, Status, append_result
-from amk.harness import cmd_report
+from amk.harness import cmd_report, report_plots
 from amk.harness.report_floor import model_floor
 from amk.schedule.config import schedule_id_of
 
@@ -100,7 +100,7 @@ def test_two_models_plots_label_each_floor_and_keep_the_status_legend(capsys, tm
         plt.close(fig)
         return str(path)
 
-    monkeypatch.setattr(cmd_report, "_save", save)
+    monkeypatch.setattr(report_plots, "_save", save)
     res = tmp_path / "r.tsv"
     _row(res, lat=40.0)
     _row(res, lat=45.0, status=Status.DISCARD, fp="fb" * 8)
