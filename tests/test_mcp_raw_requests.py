@@ -183,3 +183,18 @@ def test_a_request_nested_too_deeply_or_with_no_usable_id_is_answered():
         assert e.value.request_id is None
     ok = '{"jsonrpc":"2.0","id":0,"method":"tools/list"}'
     assert check_line(ok, text_arguments) == ok
+
+
+@pytest.mark.parametrize("arguments, kind", [
+    (json.dumps(json.dumps({"model": "toy", "gpu": "cpu-sim"})), "a string (send the arguments as a JSON object"),
+    ('[1, 2]', "an array [1, 2]"),
+    ("7", "a number 7"),
+])
+def test_arguments_that_are_no_object_are_refused_naming_the_member(server, arguments, kind):
+    # the SDK answered -32602 with neither the member nor the reason
+    msg = server.call("evaluate", arguments, timeout=PROMPT)
+    assert msg["error"]["code"] == -32602, msg
+    assert msg["error"]["message"].startswith("Invalid params: params.arguments: expected an object of the tool's "
+                                              f"arguments, got {kind}"), msg
+    assert msg["error"]["data"] == {"path": "params.arguments"}
+    assert _verdict(server.call("evaluate", f'{{{TOY},"config":{{"pipelining_depth":2}}}}'))["valid"] is True

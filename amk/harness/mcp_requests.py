@@ -108,6 +108,16 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _json_kind(value) -> str:
+    """`value`'s JSON type in words: a string, a number, an array, true or false."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string (send the arguments as a JSON object, not as its text)"
+    return "an array" if isinstance(value, list) else "a number" if isinstance(value, (int, float, _Digits)) \
+        else "a value"
+
+
 def _request_id(value) -> int | str | None:
     """A JSON-RPC id as the SDK takes one (an integer or a string), else None."""
     return value if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)) else None
@@ -238,6 +248,13 @@ def _check_line(line: str, json_text_arguments: Mapping[str, frozenset[str]]) ->
                                                   f"{_shown(message['id'])}")
         params = message.get("params")
         tool = params.get("name") if message["method"] == "tools/call" and isinstance(params, dict) else None
+        if tool is not None and params.get("arguments") is not None and not isinstance(params["arguments"], dict):
+            # the SDK answers -32602 with neither the member nor the reason: a client that sent the arguments as
+            # their JSON text could not tell what to change
+            raise RequestRefused(INVALID_PARAMS, f"Invalid params: params.arguments: expected an object of the tool's "
+                                                 f"arguments, got {_json_kind(params['arguments'])} "
+                                                 f"{_shown(params['arguments'])}", request_id,
+                                 {"path": "params.arguments"})
         as_text = json_text_arguments.get(tool, frozenset()) if isinstance(tool, str) else frozenset()
         for at, first, second in twice:
             if not (len(at) > 3 and at[:2] == ("params", "arguments") and at[2] in as_text):
