@@ -69,6 +69,9 @@ async def _round_trip(cwd, cache_dir) -> dict:
                         for tool, name, value in (("loop", "resume", "yes"), ("loop", "resume", 0),
                                                   ("report", "plots", "no"), ("report", "plots", 1))]
         out["evaluate_schema"] = next(t for t in tools if t.name == "evaluate").input_schema
+        # a string is a string: the SDK read "null" as null (the default dtype) and "[1]" as a list
+        out["text_null"] = [await client.call_tool("evaluate", {"model": "toy", "gpu": "cpu-sim", name: value})
+                            for name, value in (("dtype", "null"), ("cases", "[1]"), ("corpus", "null"))]
         # no corpus, as Python's propose(corpus=None) takes it: was refused as not a string
         out["no_corpus"] = _structured(await client.call_tool("propose", {"model": "toy", "gpu": "cpu-sim",
                                                                           "corpus": None}))
@@ -114,6 +117,10 @@ def test_mcp_server_answers_a_propose_evaluate_round_trip(tmp_path):
     for r, shown in zip(got["flags"], ('resume: expected true or false, got "yes"', "resume: expected true or false, got 0",
                                        'plots: expected true or false, got "no"', "plots: expected true or false, got 1")):
         assert r.is_error and shown in r.content[0].text, r.content
+    dtype, cases, corpus = got["text_null"]
+    assert dtype.is_error and "dtype" in dtype.content[0].text and "'null'" in dtype.content[0].text, dtype.content
+    assert cases.is_error and "cases" in cases.content[0].text and "'[1]'" in cases.content[0].text, cases.content
+    assert any("no corpus at 'null'" in n for n in _structured(corpus)["notes"])  # a path, not "no corpus"
     assert got["no_corpus"]["source"] == "default" and got["no_corpus"]["schedule_id"] == p["schedule_id"]
     bad = got["bad_incumbent"]  # named by its argument, as the CLI names --incumbent
     assert bad.is_error and "usage: incumbent: $.matvec.qkv.k_splits" in bad.content[0].text, bad.content

@@ -207,11 +207,19 @@ def _strict_arguments(server) -> None:
 _JSON_TEXT_ARGUMENTS = {"evaluate": frozenset({"config"}), "propose": frozenset({"incumbent"})}
 
 
+def _text_fields(arg_model) -> frozenset[str]:
+    """The arguments typed `str | None` (a path, a dtype, a case set): the SDK's pre-parse reads the string "null"
+    given for one as null, and "[1]" or "true" as a list or a bool, where the client sent a string."""
+    return frozenset(name for name, f in arg_model.model_fields.items()
+                     if f.annotation is not str and str in typing.get_args(f.annotation))
+
+
 def _keep_json_text(server) -> None:
-    """Leave the JSON text of _JSON_TEXT_ARGUMENTS to AMK's own parser (duplicate keys refused, named): each such
-    tool's argument metadata becomes a subclass whose pre-parse hands those strings on as given."""
+    """Leave the JSON text of _JSON_TEXT_ARGUMENTS to AMK's own parser (duplicate keys refused, named), and every
+    string given for an argument typed `str | None` as the string it is (_text_fields): each such tool's argument
+    metadata becomes a subclass whose pre-parse hands those strings on as given."""
     for tool in server._tool_manager.list_tools():
-        keep = _JSON_TEXT_ARGUMENTS.get(tool.name)
+        keep = _JSON_TEXT_ARGUMENTS.get(tool.name, frozenset()) | _text_fields(tool.fn_metadata.arg_model)
         if not keep:
             continue
         meta = tool.fn_metadata
