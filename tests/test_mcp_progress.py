@@ -15,7 +15,7 @@ pytest.importorskip("mcp")
 from mcp import Client  # noqa: E402
 from mcp.client.stdio import StdioServerParameters  # noqa: E402
 
-from flywheel.results import load_results  # noqa: E402
+from amk.flywheel.results import load_results  # noqa: E402
 
 
 async def _loop_with_progress(cwd, cache_dir, arguments: dict, ask: bool) -> tuple[list, dict]:
