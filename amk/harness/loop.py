@@ -309,8 +309,8 @@ class _Run(Rounds, Resume, Trials, RunSummary):
         self.resume_note = None if rows or not resume else (
             f"resume: {str(self.results)!r} held no rows, so this is a new run, not a continued one"
             + (f" (its directory {str(self.results.parent)!r} was made)" if new_dir else ""))
-        if self.resume_note:
-            log.warning("%s", self.resume_note)
+        if self.resume_note:  # a warning where a directory was made: a first run's file is missing as a rule
+            log.log(logging.WARNING if new_dir else logging.INFO, "%s", self.resume_note)
         self.fresh, self.leased = not resume, False  # a fresh run takes the file at its first claim (_take_file)
         self.weights_now, self.passed_on = self._checkpoint_fingerprints(rows)
         rows = self._rows_of_run(rows)  # the rows a resume may compare with, and adopt
