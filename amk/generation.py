@@ -59,15 +59,27 @@ _GREEDY_NEUTRAL = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0
 
 def stop_tokens(model) -> set[int]:
     """The token ids greedy decoding stops at: the eos_token_id (an int or a list) of the generation config
-    transformers' generate reads (the checkpoint's generation_config.json, Llama 3's list of end-of-turn ids among
-    them), else config.json's."""
+    transformers' generate reads, and only it, as generate does: the checkpoint's generation_config.json where there
+    is one (Llama 3's list of end-of-turn ids among them; a file that gives no eos_token_id stops at none), else the
+    one transformers makes from config.json. config.json's own eos_token_id only for a model with no generation
+    config. Raises CheckpointError naming the file and eos_token_id where the id is no integer or list of integers
+    (transformers keeps such a value as given)."""
+    from amk.schedule.errors import CheckpointError
+
     gen = getattr(model.eager, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.hf_config, "eos_token_id", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else getattr(model.hf_config, "eos_token_id", None)
     if eos is None:
         return set()
-    return {int(t) for t in (eos if isinstance(eos, list | tuple) else [eos])}
+    ids = list(eos) if isinstance(eos, list | tuple) else [eos]
+    if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in ids):
+        from pathlib import Path
+
+        given = model.source == "path" and (Path(model.name) / "generation_config.json").is_file()
+        where = Path(model.name) / ("generation_config.json" if given else "config.json") \
+            if model.source == "path" else f"model {model.name!r}"
+        raise CheckpointError(where, f"expected a token id (an integer) or a list of them, got {eos!r:.80}: greedy "
+                                     "decoding could not tell where to stop", field="eos_token_id")
+    return {int(t) for t in ids}
 
 
 def generation_config_notes(model) -> list[str]:
@@ -225,7 +237,8 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
     Generation's `notes` then say so. They also name logits that are not finite (the first such step on the CPU; on the
     GPU, whose argmax of NaN logits is no token, decoding stops with a VmError naming them), and what the model's generation config asks of
     transformers' generate beyond greedy decoding (sampling, a repetition penalty ...), which is not applied. Decoding
-    stops after the first of that config's eos ids (generation_config.json's, else config.json's) when `stop_at_eos`.
+    stops after the first of that config's eos ids (generation_config.json's alone where the checkpoint has one, else
+    config.json's) when `stop_at_eos`.
 
     `dtype` (fp32, fp16 or bf16): the weights and activations; None: a loaded Model's own, else bf16 on CUDA and fp32
     on the CPU. A loaded Model of another dtype is cast to it (its weights copied).
