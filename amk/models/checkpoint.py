@@ -12,8 +12,11 @@ The safetensors headers are read and checked whole in safetensors_header.py.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,8 @@ from amk.schedule.errors import CheckpointError, UnsupportedModelError
 
 from .fields import FIELDS, LOADING_FIELDS, REQUIRED_IN_CHECKPOINT, normalise_rope_type
 from .safetensors_header import safetensors_header
+
+log = logging.getLogger("amk.models")
 
 _SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # the weight files transformers looks for first, in its order (index, then single file)
@@ -340,6 +345,80 @@ def check_tensor_dtypes(dims, weights: WeightFiles) -> None:
             raise CheckpointError(weights.keys[name], f"is stored as {dtype}, not a dense float "
                                   f"({', '.join(sorted(DENSE_DTYPES))}): AMK runs dense fp32, fp16 or bf16 weights, "
                                   "and a quantised or integer tensor would be cast without its scales", field=name)
+
+
+def check_bin_files(weights: WeightFiles) -> None:
+    """For a pytorch_model*.bin checkpoint, each .bin file read as transformers reads it (torch.load with
+    weights_only, memory-mapped where the file's format allows): CheckpointError naming the file in one line where
+    it cannot be read so (random bytes, a pickle of code; torch's own message advises turning weights_only off, which
+    runs the file's code) or holds no tensors, and naming the first tensor that is not a dense float, as
+    check_tensor_dtypes does for safetensors (transformers would cast a bool, integer or float8 tensor into the
+    model's dtype without a word). Read once a process while a file keeps its size and modification time."""
+    for f in weights.files:
+        if f.suffix == ".bin":
+            st = f.stat()
+            problem = _bin_problem(str(f), st.st_size, st.st_mtime_ns)
+            if problem is not None:
+                raise CheckpointError(f, problem[0], field=problem[1])
+
+
+@functools.lru_cache(maxsize=64)
+def _bin_problem(file: str, size: int, mtime_ns: int) -> tuple[str, str | None] | None:
+    """(what is wrong, the tensor named or None) for one .bin file, else None; `size` and `mtime_ns` key the
+    cache."""
+    import torch
+
+    dense = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    try:
+        with warnings.catch_warnings():  # torch warns of a pickle's protocol on stderr, under -q too
+            warnings.simplefilter("ignore")
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap can only be used" not in str(e):
+                    raise
+                state = torch.load(file, map_location="cpu", weights_only=True)  # the legacy format, or no zip
+    except Exception as e:
+        return (f"torch.load(weights_only=True) cannot read it ({type(e).__name__}): it is no PyTorch weight file, or "
+                "one that runs code when loaded; save the model again (as safetensors, best)", None)
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    if not tensors:
+        return "holds no tensors (no state dict of a model)", None
+    for name, t in tensors.items():
+        if t.dtype not in dense:
+            return (f"is stored as {str(t.dtype).removeprefix('torch.')}, not a dense float (float64, float32, "
+                    "float16, bfloat16): AMK runs dense fp32, fp16 or bf16 weights, and a quantised or integer tensor "
+                    "would be cast without its scales", name)
+    return None
+
+
+def check_tensors_present(path: Path, cfg, weights: WeightFiles) -> None:
+    """CheckpointError naming the checkpoint's file and its first missing tensor where a parameter of the model (as
+    transformers names them: the model of `cfg` built on the meta device, no memory) is in no safetensors file:
+    transformers would fill it by initialisation. Found from the headers, before any weight loads, so that the
+    commands that read no weights (compile, propose, bench without verify) refuse it as evaluate does. A head tied
+    to the embedding (tie_word_embeddings) needs no lm_head.weight. A .bin checkpoint (no header) is checked by
+    transformers' loading report instead (check_loading_info), and so is a config transformers cannot build."""
+    if not weights.keys:
+        return
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except Exception as e:  # transformers' own load names the problem
+        log.debug("%s: no meta model to list its parameters (%s: %s)", path, type(e).__name__, e)
+        return
+    tied = getattr(model, "_tied_weights_keys", None) or ()
+    tied = set(tied) if getattr(cfg, "tie_word_embeddings", False) else set()
+    held = _by_model_name(weights)
+    missing = [n for n in model.state_dict() if n not in held and n not in tied]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
+        where = weights.files[0] if len(weights.files) == 1 else path
+        raise CheckpointError(where, f"{len(missing)} tensor(s) not in the checkpoint; transformers would fill them "
+                                     f"by initialisation: {shown}", field=missing[0])
 
 
 def _by_model_name(weights: WeightFiles) -> dict[str, tuple[str, Path]]:

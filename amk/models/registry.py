@@ -25,11 +25,13 @@ from amk.schedule.graph import Graph, ModelDims, build_graph
 
 from .checkpoint import (
     WeightFiles,
+    check_bin_files,
     check_finite,
     check_layer_count,
     check_loading_info,
     check_tensor_dtypes,
     check_tensor_shapes,
+    check_tensors_present,
     head_is_tied,
     load_config,
     read_config_json,
@@ -384,6 +386,8 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
     check_tensor_shapes(path, dims, files, head_dim_given=raw.get("head_dim") is not None,
                         nulls=frozenset(k for k, v in raw.items() if v is None))
     check_tensor_dtypes(dims, files)
+    check_bin_files(files)
+    check_tensors_present(path, cfg, files)
     dims = dataclasses.replace(dims, tied_embeddings=head_is_tied(cfg, files))
     fingerprint = checkpoint_fingerprint(path, files)
     eager = tokenizer = tokenizer_error = None
