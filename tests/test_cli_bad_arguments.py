@@ -677,3 +677,14 @@ def test_a_model_named_by_its_config_file_points_at_the_directory(tmp_path, monk
     code, out = run(capsys, "evaluate", "--model", "ckpt/config.json")
     assert code == 2 and out["error_type"] == "usage"
     assert "is a file: a checkpoint is named by its directory, 'ckpt'" in out["error"], out["error"]
+
+
+def test_a_gguf_file_is_pointed_at_the_built_in_that_loads_one(tmp_path, monkeypatch, capsys):
+    # its directory holds no config.json: pointing there only failed again
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "model.Q4_1.gguf").write_bytes(b"GGUF")
+    code, out = run(capsys, "evaluate", "--model", "w/model.Q4_1.gguf")
+    assert code == 2 and out["error_type"] == "usage"
+    assert "is a GGUF file, which AMK does not load by path" in out["error"], out["error"]
+    assert "'smollm2-135m-instruct'" in out["error"] and "named by its directory" not in out["error"]
