@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from amk.harness.arguments import check_dtype, check_flag, check_max_seq, check_model_weights, integral
+from amk.harness.run_checks import misspelt_field_notes
 from amk.progress import bar, status
 from amk.schedule.errors import ArgumentError, ContextError, ProgramError, VmError
 
@@ -290,6 +291,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
             _check_positions(ids, max_new_tokens, max_seq, model.dims.vocab)
         with status(f"casting {model.name} to {dtype_name(dtype)}"):
             model = model.cast(dtype)
+    eos = stop_tokens(model)  # a malformed eos_token_id refused before any step runs
     if ids is not None and plan is None:
         plan = _plan(model, ids, max_new_tokens, max_seq, target, config, dev)
     if isinstance(prompt, str):
@@ -351,8 +353,7 @@ def generate(model, prompt, max_new_tokens: int = 32, config=None, device: str =
                 out.append(nxt)
                 b.advance()
     t2 = time.perf_counter()
-    notes = [*notes, *([bad] if bad else []), *generation_config_notes(model)]
-    eos = stop_tokens(model)
+    notes = [*notes, *([bad] if bad else []), *generation_config_notes(model), *misspelt_field_notes(model)]
     if stop_at_eos and eos:
         cut = next((i for i, t in enumerate(out) if t in eos), None)
         out = out[: cut + 1] if cut is not None else out

@@ -688,3 +688,11 @@ def test_a_gguf_file_is_pointed_at_the_built_in_that_loads_one(tmp_path, monkeyp
     assert code == 2 and out["error_type"] == "usage"
     assert "is a GGUF file, which AMK does not load by path" in out["error"], out["error"]
     assert "'smollm2-135m-instruct'" in out["error"] and "named by its directory" not in out["error"]
+
+
+def test_a_config_json_that_is_a_directory_is_named_as_such(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt" / "config.json").mkdir(parents=True)
+    code, out = run(capsys, "evaluate", "--model", "ckpt")
+    assert code == 2 and "config.json: is not a regular file (a directory?)" in out["error"], out["error"]
+    assert "holds no config.json" not in out["error"]

@@ -124,6 +124,14 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     notes = [] if source != "default" else [_why_default(name, target.name, corpus, run_dtype, context)]
     if source == "given":  # what evaluate would say of it: knobs that cannot act, or that a prediction does not price
         notes += v.notes
+    else:  # config.json's names that no one reads, which evaluate notes too (a given incumbent's verdict has them)
+        from amk.models import Model
+
+        from .run_checks import misspelt_field_notes
+
+        loaded = model if isinstance(model, Model) else get_model(model_label(model), run_dtype, Device.CPU,
+                                                                   weights=False)
+        notes += misspelt_field_notes(loaded)
     out = {"model": name, "gpu": target.name, "dtype": run_dtype, "max_seq": seq, "context": context,
            "config": cfg.to_dict(), "schedule_id": cfg.schedule_id, "source": source,
            "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype, _group(model, run_dtype),

@@ -53,6 +53,9 @@ def read_config_json(path: Path) -> dict:
     names the field and the type."""
     file = path / "config.json"
     if not file.is_file():
+        if file.exists():  # a directory of that name, a FIFO: not "no config.json"
+            raise CheckpointError(file, "is not a regular file (a directory?): a checkpoint's config.json is a JSON "
+                                        "file")
         raise CheckpointError(path, "holds no config.json (a checkpoint directory needs config.json and weights)")
     try:
         raw = json.loads(file.read_text())
