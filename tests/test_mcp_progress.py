@@ -18,32 +18,35 @@ from mcp.client.stdio import StdioServerParameters  # noqa: E402
 from amk.flywheel.results import load_results  # noqa: E402
 
 
-async def _loop_with_progress(cwd, cache_dir, arguments: dict, ask: bool) -> tuple[list, dict]:
+async def _two_loops(cwd, cache_dir) -> tuple[list, dict, list, dict]:
+    """A loop call of budget 2 that asks for progress, then one that resumes it with a budget of 1 and asks none,
+    on one server: (the first's notifications, its summary, the second's notifications, its summary)."""
     params = StdioServerParameters(command=sys.executable, args=["-m", "amk.cli", "-q", "mcp"], cwd=str(cwd),
                                    env={"AMK_CACHE_DIR": str(cache_dir)})
-    seen: list = []
+    asked: list = []
+    unasked: list = []
 
     async def on_progress(progress, total, message):
-        seen.append((progress, total, message))
+        asked.append((progress, total, message))
 
+    files = {"model": "toy", "gpu": "cpu-sim", "results": "r.tsv", "corpus": "c.jsonl"}
     async with Client(params, read_timeout_seconds=600) as client:
-        result = await client.call_tool("loop", arguments, progress_callback=on_progress if ask else None)
-    assert not result.is_error, result.content
-    return seen, result.structured_content
+        first = await client.call_tool("loop", {**files, "budget": 2}, progress_callback=on_progress)
+        n = len(asked)
+        second = await client.call_tool("loop", {**files, "budget": 1, "resume": True})
+        unasked = asked[n:]
+    for result in (first, second):
+        assert not result.is_error, result.content
+    return asked[:n], first.structured_content, unasked, second.structured_content
 
 
-def test_a_loop_call_sends_one_progress_notification_a_trial(tmp_path):
-    arguments = {"model": "toy", "gpu": "cpu-sim", "budget": 3, "results": "r.tsv", "corpus": "c.jsonl"}
-    seen, summary = asyncio.run(_loop_with_progress(tmp_path, tmp_path / "cache", arguments, ask=True))
+def test_a_loop_call_sends_one_progress_notification_a_trial_and_none_unasked(tmp_path):
+    seen, summary, unasked, resumed = asyncio.run(_two_loops(tmp_path, tmp_path / "cache"))
     rows = list(load_results(tmp_path / "r.tsv").itertuples())
-    assert [p for p, _, _ in seen] == list(range(1, len(rows) + 1))
-    assert len(seen) >= 3 and all(total == 3 for _, total, _ in seen)
-    for (_, _, message), row in zip(seen, rows):
+    first = rows[:len(rows) - resumed["trials"]]
+    assert [p for p, _, _ in seen] == list(range(1, len(first) + 1))
+    assert len(seen) >= 2 and all(total == 2 for _, total, _ in seen)
+    for (_, _, message), row in zip(seen, first):
         assert f"trial {row.trial:>4} {row.status}" in message, (message, row)
         assert row.schedule_id in message
-
-
-def test_a_loop_call_without_a_progress_token_gets_only_its_answer(tmp_path):
-    arguments = {"model": "toy", "gpu": "cpu-sim", "minutes": 0.05, "results": "r.tsv", "corpus": "c.jsonl"}
-    seen, summary = asyncio.run(_loop_with_progress(tmp_path, tmp_path / "cache", arguments, ask=False))
-    assert seen == [] and summary["trials"] >= 1
+    assert unasked == [] and resumed["trials"] >= 1  # a call without a progress token gets only its answer
