@@ -5,13 +5,14 @@ from __future__ import annotations
 import numbers
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
 from amk.harness.arguments import check_dtype, check_flag, check_max_seq, check_model_weights, integral
 from amk.harness.run_checks import misspelt_field_notes
 from amk.progress import bar, status
-from amk.schedule.errors import ArgumentError, ContextError, ProgramError, VmError
+from amk.schedule.errors import ArgumentError, CheckpointError, ContextError, ProgramError, VmError
 
 
 def _token_ids(prompt) -> list[int]:
@@ -65,16 +66,12 @@ def stop_tokens(model) -> set[int]:
     one transformers makes from config.json. config.json's own eos_token_id only for a model with no generation
     config. Raises CheckpointError naming the file and eos_token_id where the id is no integer or list of integers
     (transformers keeps such a value as given)."""
-    from amk.schedule.errors import CheckpointError
-
     gen = getattr(model.eager, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None) if gen is not None else getattr(model.hf_config, "eos_token_id", None)
     if eos is None:
         return set()
     ids = list(eos) if isinstance(eos, list | tuple) else [eos]
     if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in ids):
-        from pathlib import Path
-
         given = model.source == "path" and (Path(model.name) / "generation_config.json").is_file()
         where = Path(model.name) / ("generation_config.json" if given else "config.json") \
             if model.source == "path" else f"model {model.name!r}"

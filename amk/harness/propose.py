@@ -122,19 +122,16 @@ def propose(model, gpu, incumbent=None, corpus: str | Path | None = "corpus.json
     else:
         cfg, source, verdict = incumbent_config(name, target.name, corpus, run_dtype, context)
     notes = [] if source != "default" else [_why_default(name, target.name, corpus, run_dtype, context)]
+    shape = _shape(model, run_dtype)
     if source == "given":  # what evaluate would say of it: knobs that cannot act, or that a prediction does not price
         notes += v.notes
     else:  # config.json's names that no one reads, which evaluate notes too (a given incumbent's verdict has them)
-        from amk.models import Model
-
         from .run_checks import misspelt_field_notes
 
-        loaded = model if isinstance(model, Model) else get_model(model_label(model), run_dtype, Device.CPU,
-                                                                   weights=False)
-        notes += misspelt_field_notes(loaded)
+        notes += misspelt_field_notes(shape)
     out = {"model": name, "gpu": target.name, "dtype": run_dtype, "max_seq": seq, "context": context,
            "config": cfg.to_dict(), "schedule_id": cfg.schedule_id, "source": source,
-           "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype, _group(model, run_dtype),
+           "schema_path": str(schema_path()), "search_space": space_dicts(target, run_dtype, shape.dims.group,
                                                               predicted=not cuda_usable()),
            "derived": derived_tiling(model, target, cfg, run_dtype, seq), "notes": notes}
     if verdict is not None:
@@ -168,12 +165,12 @@ def _why_default(model: str, gpu: str, corpus, dtype: str, context: int) -> str:
             f"at a KV context of {context} whose config this version reads")
 
 
-def _group(model, dtype: str) -> int:
-    """The model's GQA group (q heads a KV head), which fits attention.q_splits' search values."""
+def _shape(model, dtype: str):
+    """The model as a loaded Model (its weights not loaded for a name or path): its dims (the GQA group, which fits
+    attention.q_splits' search values) and its config's notes."""
     from amk.models import Model
 
-    return (model if isinstance(model, Model) else get_model(model_label(model), dtype, Device.CPU,
-                                                              weights=False)).dims.group
+    return model if isinstance(model, Model) else get_model(model_label(model), dtype, Device.CPU, weights=False)
 
 
 def run_context(model, dtype: str, max_seq: int | None) -> tuple[int, int]:
