@@ -196,6 +196,7 @@ def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, targe
     import amk
     from amk.harness.environment import Device
     from amk.harness.run_checks import check_context, check_kv_memory
+    from amk.schedule.lower import check_rope_context
 
     need = _check_positions(ids, max_new_tokens, max_seq, model.dims.vocab)
     # by default no more positions than the model's context, unless the tokens asked for need more (noted below)
@@ -206,14 +207,26 @@ def _plan(model, ids: list[int], max_new_tokens: int, max_seq: int | None, targe
         notes.append(f"the prompt and new tokens take {need} positions, past the model's {model.dims.max_positions} "
                      "(max_position_embeddings): the tokens past them are computed as transformers would, but the "
                      "model was not trained on that context")
-    with status(f"lowering {model.name} for {target.name}"):
-        program = amk.lower(model, target, config, max_seq=max_seq)
-    try:  # a cache past the memory would end the process unnamed
-        # before the validator, which would blame the config for what max_seq or the model does
+    if given_max_seq is None:  # a dynamic RoPE's limit on the tokens asked for (amk.lower's names max_seq)
+        try:
+            check_rope_context(model, need)
+        except ArgumentError:
+            limit, room = model.dims.max_positions, model.dims.max_positions - len(ids) + 1
+            raise ArgumentError("max_new_tokens" if room >= 1 else "prompt",
+                                f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens take {need} positions, "
+                                f"past the {limit} of this model's dynamic (NTK) RoPE, which transformers rescales past "
+                                f"max_position_embeddings: "
+                                + (f"ask for at most {room} new tokens" if room >= 1
+                                   else f"the prompt may hold at most {limit} tokens")) from None
+    try:  # a max_seq the caller did not give is blamed on the tokens that set it
+        with status(f"lowering {model.name} for {target.name}"):
+            program = amk.lower(model, target, config, max_seq=max_seq)
+        # a cache past the memory would end the process unnamed; before the validator, which would blame the config
+        # for what max_seq or the model does
         check_context(program, target, lambda: amk.lower(model, target, None, max_seq=max_seq))
         check_kv_memory(program, Device(dev), copies=1)
     except ArgumentError as e:
-        if given_max_seq is not None:
+        if given_max_seq is not None or e.argument != "max_seq":
             raise
         raise ArgumentError("max_new_tokens", f"a prompt of {len(ids)} tokens and {max_new_tokens} new tokens: "
                                               f"{str(e).removeprefix('max_seq: ')}") from None

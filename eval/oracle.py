@@ -154,7 +154,7 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
     must not run (a deadlock, a buffer hazard, a GPU's limits passed). A failed case is a result, not an exception; a case that needs more positions
     than the program holds raises ContextError, and a model whose eager forward gives non-finite logits in its dtype
     EagerReferenceError (no config could pass against it); a `program`, `model`, `cases`, `device` (cpu, cuda or auto), `vm`,
-    `seed`, `adversarial` or `validated` AMK cannot use, ArgumentError naming it (a model loaded with weights=False has no eager model to compare
+    `seed`, `adversarial`, `validated`, `runner` (not a VM) or `reference` (not callable) AMK cannot use, ArgumentError naming it (a model loaded with weights=False has no eager model to compare
     with; a program lowered for another model or dtype); device "cuda" on a machine without one, EnvironmentProblem."""
     t0 = time.perf_counter()
     if not hasattr(program, "constants") or not hasattr(program, "tasks"):
@@ -167,6 +167,12 @@ def verify(program, model, device: str = "cpu", vm: str = "reference", cases: li
 
     seed = integral(seed)  # a numpy integer is the int it holds, here and in the VM it seeds
     device = _check_machine(device, vm, seed, runner)
+    if runner is not None and not all(callable(getattr(runner, m, None)) for m in ("reset", "load_kv_prefix", "step")):
+        # else every case would fail with an AttributeError that blames the program
+        raise ArgumentError("runner", f"expected a VM (amk.vm: reset, load_kv_prefix and step), got {_short(runner)}")
+    if reference is not None and not callable(reference):
+        raise ArgumentError("reference", f"expected a callable(case) -> (logits, greedy, higher-precision logits), "
+                                         f"got {_short(reference)}")
     for name, flag in (("validated", validated), ("adversarial", adversarial)):
         if not isinstance(flag, bool):  # a truthy string would skip the validator, or draw SMs at random, unasked
             raise ArgumentError(name, f"expected True or False, got {_short(flag)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 
@@ -115,6 +116,8 @@ def _names_checked(model, gpu, config) -> bool:
     from amk.models.registry import check_model_name
 
     resolve_target(gpu)
+    if not isinstance(model, Model | str | os.PathLike) or isinstance(model, bytes):
+        check_model_name(model)  # a model of the wrong type is a usage error, before any config verdict
     try:
         parse_config(config)
     except ConfigError:
