@@ -38,6 +38,7 @@ from .checkpoint import (
     weight_files,
 )
 from .rope_notes import rope_notes
+from .weight_edits import WeightsSeen, edited_fingerprint
 
 log = logging.getLogger("amk.models")
 _warned: set[tuple[Path, str]] = set()
@@ -98,6 +99,13 @@ def dtype_name(dtype: Any) -> str:
 
 @dataclass
 class Model:
+    """A loaded model. `fingerprint` names its weights in every cache key (programs, reference logits, peer
+    baselines): it is the load's (built-in config and seed, checkpoint files, GGUF file), and it follows edits made
+    to `eager`'s weights after load (in place, or a tensor replaced): the next read of it, or of the fp32/fp64
+    copies, sees the change, hashes the weights' content anew (edited_fingerprint) and drops those copies. A
+    dataclass field backed by a property (installed below the class), so that positional construction,
+    dataclasses.replace and field order stay as they were."""
+
     name: str
     dims: ModelDims
     graph: Graph
@@ -107,7 +115,7 @@ class Model:
     tokenizer: Any
     source: str  # "random", "path" or "gguf"
     seed: int
-    fingerprint: str
+    fingerprint: str  # declared before device etc.: positional callers pass it tenth
     device: str = "cpu"
     # a tokenizer file transformers could not read (CheckpointError naming it): raised where a text prompt needs it
     tokenizer_error: Any = field(default=None, repr=False, compare=False)
@@ -115,6 +123,44 @@ class Model:
     config_notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
     _fp32: Any = field(default=None, repr=False, compare=False)
     _fp64: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # a kept fp32 reference (cast from fp32) is the caller's own module, which they may edit after the cast
+        self._fp32_seen = WeightsSeen(self._fp32)
+
+    def _get_fingerprint(self) -> str:
+        self._follow_weights()
+        return self._fingerprint
+
+    def _set_fingerprint(self, value: str) -> None:
+        # dataclass __init__ assigns eager (a field before fingerprint) first: the value stands for these weights
+        self._made_with = self._fingerprint = value
+        self._seen = WeightsSeen(self.__dict__.get("eager"))
+
+    def _follow_weights(self) -> None:
+        """Where eager's weights changed since recorded: the fingerprint of their content, the fp32/fp64 copies made
+        from the old ones dropped, and one warning naming what changed. A walk over the tensors when unchanged."""
+        if self._seen.holds(self.eager):
+            return
+        changed = self._seen.changed(self.eager)
+        before, self._fingerprint = self._fingerprint, edited_fingerprint(self._made_with, self.eager)
+        self._seen = WeightsSeen(self.eager)
+        copies = self._fp32 is not None or self._fp64 is not None
+        self._fp32, self._fp64, self._fp32_seen = None, None, WeightsSeen(None)
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        log.warning("model %s: weights changed since load (%s%s): fingerprint %s -> %s, a hash of their content, so "
+                    "that no reference cached for other weights is read for these%s", self.name,
+                    ", ".join(changed[:3]), more, before[:16], self._fingerprint[:16],
+                    "; the fp32/fp64 copies made from the old weights are dropped" if copies else "")
+
+    def __getstate__(self) -> dict:
+        # weak references do not pickle: the state goes without them, its fingerprint brought up to date first
+        self._follow_weights()
+        return {k: v for k, v in self.__dict__.items() if k not in ("_seen", "_fp32_seen")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._seen, self._fp32_seen = WeightsSeen(self.eager), WeightsSeen(self._fp32)
 
     def __repr__(self) -> str:
         # one line: the dataclass repr printed the whole transformers config and module tree
@@ -124,31 +170,43 @@ class Model:
                 f"{'tied' if d.tied_embeddings else 'untied'} head, source {self.source}, device {self.device}, "
                 f"weights {'loaded' if self.eager is not None else 'not loaded'})")
 
-    def fp32_eager(self):
-        """The same weights upcast to fp32: the accuracy reference for a bf16/fp16 run."""
+    def _check_weights(self) -> None:
         if self.eager is None:
             raise ValueError(f"model {self.name!r} was loaded with weights=False")
+
+    def fp32_eager(self):
+        """The same weights upcast to fp32: the accuracy reference for a bf16/fp16 run (the current weights: a copy
+        made before an edit, or a kept fp32 model edited after the cast, is made again). ValueError for a model
+        loaded with weights=False."""
+        self._check_weights()
         if self.dtype == torch.float32:
             return self.eager
+        self._follow_weights()
+        if self._fp32 is not None and not self._fp32_seen.holds(self._fp32):
+            log.warning("model %s: the fp32 model it was cast from changed since the cast: its fp32 reference is "
+                        "made again from its own weights", self.name)
+            self._fp32 = None
         if self._fp32 is None:
             self._fp32 = copy.deepcopy(self.eager).float().eval().requires_grad_(False)
+            self._fp32_seen = WeightsSeen(self._fp32)
         return self._fp32
 
     def cast(self, dtype) -> Model:
         """The same model with its weights cast to `dtype` (what load_model gives for that dtype, without a
         second random initialisation). A cast from fp32 keeps the fp32 model as the accuracy reference."""
         dt = resolve_dtype(dtype)
-        if self.eager is None:
-            raise ValueError(f"model {self.name!r} was loaded with weights=False")
+        self._check_weights()
+        self._follow_weights()  # replace() copies the fingerprint: it must be that of the weights cast
         eager = copy.deepcopy(self.eager).to(dt).eval().requires_grad_(False)
         keep32 = self.eager if self.dtype == torch.float32 else None
         return dataclasses.replace(self, dtype=dt, eager=eager, _fp32=keep32, _fp64=None)
 
     def accuracy_eager(self):
         """A higher-precision copy with the same weights (fp32 for bf16/fp16, fp64 for fp32): what both the VM
-        and eager are measured against when they disagree by more than rounding."""
+        and eager are measured against when they disagree by more than rounding. Made again after an edit."""
         if self.dtype != torch.float32:
             return self.fp32_eager()
+        self._follow_weights()
         if self._fp64 is None:
             self._fp64 = copy.deepcopy(self.eager).double().eval().requires_grad_(False)
         return self._fp64
@@ -165,6 +223,12 @@ class Model:
             "fingerprint": self.fingerprint,
             "params": params,
         }
+
+
+# Installed after the dataclass is made: inside the class body the property would be taken as the field's default.
+# The generated __init__ assigns through the setter and dataclasses.replace reads through the getter.
+Model.fingerprint = property(Model._get_fingerprint, Model._set_fingerprint,
+                             doc="The fingerprint of the weights eager holds now (see Model).")
 
 
 def approx_params(dims: ModelDims) -> int:
@@ -193,12 +257,15 @@ def model_shape(name_or_path) -> ModelDims:
     return load_model(name_or_path, weights=False).dims
 
 
-def check_model_name(name_or_path, argument: str = "model") -> None:
+def check_model_name(name_or_path, argument: str = "model", takes_model: bool = True) -> None:
     """UnknownModelError unless `name_or_path` is a built-in name or an existing directory; reads nothing.
-    ArgumentError naming `argument` when it is neither a string nor a path (None, a number, a list, bytes)."""
+    ArgumentError naming `argument` when it is neither a string nor a path (None, a number, a list, bytes): its
+    message names what the caller takes, an amk.Model too unless `takes_model` is False (evaluate, propose and loop
+    check only what is not a Model here; load_model takes no Model)."""
     if not isinstance(name_or_path, str | os.PathLike) or isinstance(name_or_path, bytes):
-        raise ArgumentError(argument, f"expected a model name or a checkpoint directory (a str or path), got "
-                                      f"{type(name_or_path).__name__} ({name_or_path!r:.60})")
+        takes = "a model name, a checkpoint directory (a str or path) or an amk.Model" if takes_model else \
+            "a model name or a checkpoint directory (a str or path)"
+        raise ArgumentError(argument, f"expected {takes}, got {type(name_or_path).__name__} ({name_or_path!r:.60})")
     key = str(name_or_path)
     # "" would be the working directory (Path("")): a model is named, never implied
     if not key.strip() or builtin_key(name_or_path) is None and not _is_dir(name_or_path):
@@ -217,7 +284,7 @@ def has_tokenizer(name_or_path) -> bool:
     """Whether load_model(name_or_path) comes with a tokenizer, told without loading it: the GGUF model's is in
     its file, a checkpoint directory has one when it holds a tokenizer file, a built-in random model never does.
     Raises UnknownModelError as load_model does."""
-    check_model_name(name_or_path)
+    check_model_name(name_or_path, takes_model=False)
     key = builtin_key(name_or_path)
     if key == _GGUF_NAME:
         return True
@@ -278,7 +345,7 @@ def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", w
     # the one seed rule evaluate and loop check too
     from amk.harness.arguments import check_flag, check_seed, integral
 
-    check_model_name(name_or_path, "name_or_path")
+    check_model_name(name_or_path, "name_or_path", takes_model=False)
     check_flag("weights", weights)  # "no" would load them
     torch_dtype = resolve_dtype(dtype)
     seed = integral(seed)  # a numpy integer is the int it holds
