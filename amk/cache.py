@@ -54,6 +54,7 @@ from amk.cache_entry import (
     _entry_key,
     _is_at,
     _is_key_name,
+    _is_real_dir,
     _open_regular,
     _read_label,
     _read_text,
@@ -170,15 +171,24 @@ class Cache:
             self._mem.pop((kind, key), None)
             self._decoded.pop((kind, key), None)
             self._stats[kind]["corrupt"] += 1
+        done = "removed"
         with contextlib.suppress(FileNotFoundError):
             # Only delete the file we judged: another process may have replaced it since.
             now = os.stat(path)
             if st is None or (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
-                os.unlink(path)
-                self.label_path(kind, key).unlink(missing_ok=True)
+                if _is_real_dir(path):  # in an entry's place: removed only when empty, never with what it holds
+                    try:
+                        os.rmdir(path)
+                    except OSError as e:
+                        done = f"left (a directory, {_dir_left(e)})"
+                else:
+                    os.unlink(path)
+                if done == "removed":
+                    with contextlib.suppress(OSError):  # a directory where the label belongs: clear() names it
+                        self.label_path(kind, key).unlink(missing_ok=True)
         log.log(logging.INFO if isinstance(why, StaleEntryError) else logging.WARNING,
-                "%s cache entry removed kind=%s key=%s path=%s: %s",
-                "stale" if isinstance(why, StaleEntryError) else "corrupt", kind, key, path, why)
+                "%s cache entry %s kind=%s key=%s path=%s: %s",
+                "stale" if isinstance(why, StaleEntryError) else "corrupt", done, kind, key, path, why)
 
     def _lookup(self, kind: str, key: str, decode: Callable[[bytes], Any], miss: Any = None,
                 count_miss: bool = True) -> Any:
@@ -268,7 +278,9 @@ class Cache:
         payload = bytes(payload)
         header = _HEADER.pack(_MAGIC, FORMAT_VERSION, len(payload), _digest(kind, key, payload))
         try:
+            self._make_room(path, "a cache entry's")  # first: a place the entry cannot take gets no label either
             if label is not None:  # before the entry, so that a listed entry has its label
+                self._make_room(self.label_path(kind, key), "a cache entry's label's")
                 _atomic_write(self.label_path(kind, key), _canonical(label).encode())
             _atomic_write(path, header + payload)
         except OSError as e:
@@ -276,6 +288,22 @@ class Cache:
         self._remember(kind, key, payload)
         self._count(kind, "writes")
         log.debug("write kind=%s key=%s path=%s bytes=%d", kind, key, path, len(payload))
+
+    def _make_room(self, path: Path, what: str) -> None:
+        """Remove an empty directory standing at `path`, where a cache entry or its label (`what`: whose place) is
+        written next; the rename over it would fail. CacheDirError naming the path for one that is not empty: its files are
+        no cache's to delete, and pointing AMK_CACHE_DIR elsewhere is no cure."""
+        if not _is_real_dir(path):
+            return
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise CacheDirError(self.root, f"cannot be replaced (Is a directory): a directory stands in {what} place "
+                                           f"({_dir_left(e)}; left as it is)", path,
+                                hint="move it out of the cache (or remove it), then run again") from e
+        log.warning("%s: an empty directory stood in %s place: removed", path, what)
 
     def get_or_create(self, kind: str, key: str, create: Callable[[], bytes],
                       validate: Callable[[bytes], Any] | None = None, label: dict | None = None) -> bytes:
@@ -378,6 +406,17 @@ class Cache:
             self._mem = OrderedDict((mk, v) for mk, v in self._mem.items() if kind not in (None, mk[0]))
             self._decoded = {mk: v for mk, v in self._decoded.items() if mk in self._mem}
         for _, p, key in list(self._files(kind)):
+            if key is None and _is_real_dir(p) and _is_key_name(p, p.name.removesuffix(".bin")):
+                # a directory where an entry belongs: no user's file, though no entry either; removed when empty,
+                # else named (its files are not the cache's to delete)
+                try:
+                    os.rmdir(p)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    refused.append((p, OSError(e.errno, f"a directory in a cache entry's place ({_dir_left(e)}; left "
+                                                        "as it is)")))
+                continue
             if key is None:  # not the cache's file
                 continue
             try:
@@ -396,8 +435,10 @@ class Cache:
         for k in KINDS if kind is None else (kind,):  # labels and locks of no entry (an older version's discard)
             for path in sorted((self.root / k).glob("??/*")):
                 key, _, suffix = path.name.partition(".")
+                entry = path.with_name(f"{key}.bin")
+                # an entry's place that a directory holds is no entry: its label and lock go as an orphan's do
                 if suffix not in ("label.json", "lock") or not _is_key_name(path, key) or \
-                        _lexists(path.with_name(f"{key}.bin")):
+                        (_lexists(entry) and not _is_real_dir(entry)):
                     continue
                 if suffix == "lock":
                     _drop_lock(path)
@@ -435,7 +476,29 @@ def last_run_stats(root: str | os.PathLike | None = None) -> dict | None:
     if not isinstance(stats, dict):
         log.warning("%s: last run's cache stats are a JSON %s, not an object; left out", path, type(stats).__name__)
         return None
+    # as save_stats writes them: each kind an object of counts (hits, misses, writes, corrupt), each a count
+    for kind, counts in stats.items():
+        if not isinstance(counts, dict):
+            log.warning("%s: last run's cache stats hold %s for %r, not an object of counts; left out", path,
+                        _shown(counts), kind)
+            return None
+        for name, n in counts.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                log.warning("%s: last run's cache stats hold %s for %r %r, not a count; left out", path, _shown(n),
+                            kind, name)
+                return None
     return stats
+
+
+def _dir_left(e: OSError) -> str:
+    """Why a directory in an entry's place stays, from rmdir's error: in words for the usual one."""
+    return "not empty" if e.errno in (errno.ENOTEMPTY, errno.EEXIST) else str(e.strerror or e)
+
+
+def _shown(value: Any) -> str:
+    """A JSON value of a hand-edited stats file as a warning shows it: short."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 _default: Cache | None = None

@@ -40,15 +40,16 @@ class CacheDirError(CacheStorageError, ArgumentError):
     directory, not writable, cannot be made), or a file or directory in it that cannot be created. A usage error
     (exit 2, from every command that uses the cache) naming AMK_CACHE_DIR, the path and why, raised before a trial
     runs, so a broken environment is never recorded as a config's rejection. `path` is what failed (the root or
-    a file under it)."""
+    a file under it). `hint`: what to do, where pointing AMK_CACHE_DIR elsewhere is not it (a directory in a
+    cache entry's place, in a directory that is writable)."""
 
-    def __init__(self, root: Path, message: str, path: Path | None = None):
+    def __init__(self, root: Path, message: str, path: Path | None = None,
+                 hint: str = "point AMK_CACHE_DIR at a writable directory"):
         self.root = str(root)
         self.path = str(path if path is not None else root)
         source = "set by AMK_CACHE_DIR" if os.environ.get("AMK_CACHE_DIR") else "the default: AMK_CACHE_DIR unset"
         where = "" if self.path == self.root else f"under the cache root {self.root}, "
-        ArgumentError.__init__(self, "AMK_CACHE_DIR", f"{self.path}: {message} ({where}{source}); point "
-                                                      "AMK_CACHE_DIR at a writable directory")
+        ArgumentError.__init__(self, "AMK_CACHE_DIR", f"{self.path}: {message} ({where}{source}); {hint}")
 
 
 def default_root() -> Path:

@@ -7,7 +7,6 @@ public names.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -176,12 +175,13 @@ def _drop_lock(path: Path) -> None:
 def _open_regular(path: Path):
     """`path` opened for binary reading when it is a regular file (a link to one included). Raises
     CorruptEntryError for a FIFO or a device (read, either would block or never end: it is opened without waiting
-    for a writer), IsADirectoryError for a directory, OSError as open does."""
+    for a writer) and for a directory (no entry either: the Cache reads it as a corrupt entry, a miss, not as a
+    cache directory it cannot use), OSError as open does."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+            raise CorruptEntryError(f"{path}: a directory, not a regular file")
         if not stat.S_ISREG(mode):
             raise CorruptEntryError(f"{path}: not a regular file (mode {stat.filemode(mode)})")
         if hasattr(os, "O_NONBLOCK"):  # reads of the file itself wait as usual (a network file system may honour it)
@@ -192,8 +192,17 @@ def _open_regular(path: Path):
         raise
 
 
+def _is_real_dir(path: Path) -> bool:
+    """Whether `path` is a directory itself, not a symbolic link to one (False where it names nothing)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _read_text(path: Path) -> str:
-    """A small regular file's text; OSError (CorruptEntryError for a FIFO or a device) as _open_regular raises."""
+    """A small regular file's text; OSError (CorruptEntryError for a FIFO, a device or a directory) as _open_regular
+    raises."""
     with _open_regular(path) as f:
         return f.read().decode()
 

@@ -402,8 +402,12 @@ def rows_and_skipped(path: str | Path) -> ReadRows:
 
 def starts_as_header(text: str) -> bool:
     """Whether `text` (a file's first line, or its start) begins as a results.tsv header does, its first two
-    column names: how a results file is told from another file whatever its columns' version."""
-    return text.removeprefix("\ufeff").startswith("\t".join(HEADER.split("\t", 2)[:2]) + "\t")
+    column names: how a results file is told from another file whatever its columns' version. Those two names
+    alone, and nothing after them, count (a header cut short right after them: torn_header); a longer name
+    (`trial\ttimes`) does not."""
+    first_two = "\t".join(HEADER.split("\t", 2)[:2])
+    text = text.removeprefix("\ufeff")
+    return text == first_two or text.startswith(first_two + "\t")
 
 
 def bare_header(data: bytes) -> tuple[str, ...] | None:

@@ -170,15 +170,17 @@ def cache(args) -> CommandResult:
             "no cache there: the directory does not exist"
         return CommandResult(ExitCode.OK, {"root": str(c.root), "exists": present, "entries": rows, "strays": strays},
                              "\n".join([f"{c.root}: {head}", *lines]))
-    files = {k: {"entries": 0, "bytes": 0} for k in KINDS}
+    # --kind: that kind's counts alone, in the JSON as in the text (rows holds no other kind's entries)
+    files = {k: {"entries": 0, "bytes": 0} for k in KINDS if args.kind in (None, k)}
     for r in rows:
         files[r["kind"]]["entries"] += 1
         files[r["kind"]]["bytes"] += r["size_bytes"]
-    out = {"root": str(c.root), "exists": present, "files": files, "last_run": last_run_stats(c.root)}
+    last = last_run_stats(c.root)
+    if last is not None and args.kind is not None:
+        last = {k: d for k, d in last.items() if k == args.kind}
+    out = {"root": str(c.root), "exists": present, "files": files, "last_run": last}
     lines = [f"cache {c.root}" + ("" if present else ": no cache there, the directory does not exist")]
-    lines += [f"  {k:<9} {f['entries']:>6} entries {_size(f['bytes']):>10}" for k, f in files.items()
-              if args.kind in (None, k)]
-    last = out["last_run"]
+    lines += [f"  {k:<9} {f['entries']:>6} entries {_size(f['bytes']):>10}" for k, f in files.items()]
     if last:
         lines.append("last run: " + ", ".join(f"{k} {d.get('hits', 0)} hits / {d.get('misses', 0)} misses"
                                               for k, d in last.items() if isinstance(d, dict)))

@@ -14,7 +14,7 @@ import logging
 import textwrap
 from pathlib import Path
 
-from .commands import CommandResult, ExitCode, UsageError, check_path_flag, counted
+from .commands import CommandResult, ExitCode, UsageError, check_not_stdout, check_path_flag, counted
 from .report_floor import floors_of, row_floors, under_floor  # noqa: F401 (under_floor: read here by callers)
 
 log = logging.getLogger("amk.cli")
@@ -207,8 +207,8 @@ def report(args) -> CommandResult:
         raise UsageError(f"--results {str(results)!r}: not found (run `amk loop` first, or pass --results)")
     try:
         df = load_results(results)
-    except ResultsFormatError as e:
-        raise UsageError(str(e)) from None
+    except ResultsFormatError as e:  # led by the flag (HARNESS section 4), as the loop's refusal is
+        raise UsageError(f"--results: {e}") from None
     corpus = Path(args.corpus).expanduser()
     if corpus.is_dir():  # as every other command refuses it: read as "no records", it would hide a wrong path
         raise UsageError(f"--corpus {str(corpus)!r}: is a directory; name the corpus file of `amk loop`")
@@ -260,6 +260,7 @@ def _out_dir(value: str) -> Path:
     parent that is a file, no permission), before any plot is drawn."""
     if not value.strip():  # Path("") is the working directory: the plots would land among the user's files
         raise UsageError("--out-dir '': empty; name a directory for the plots (default report)")
+    check_not_stdout("--out-dir", value, "a directory")
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out-dir {value!r}: exists and is not a directory; name a directory for the plots")

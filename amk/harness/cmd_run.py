@@ -16,6 +16,7 @@ from .commands import (
     CommandResult,
     ExitCode,
     UsageError,
+    check_not_stdout,
     check_path_flag,
     counted,
     read_config_arg,
@@ -65,7 +66,8 @@ def output_file(flag: str, value: str, kind: OutputKind) -> Path:
     existing file is replaced only when it is a regular file that is empty or holds an earlier output of `kind` (a
     default such as ./program.json may name a file the user keeps); a device, a FIFO or a socket never (a rename
     over /dev/null would replace the device). A symbolic link, dangling or not, is written through to the file it
-    names. UsageError naming the flag otherwise."""
+    names. UsageError naming the flag otherwise, '-' (no name for stdout here) included."""
+    check_not_stdout(flag, value)
     if value.endswith(("/", os.sep)):
         raise UsageError(f"{flag} {value!r}: names a directory; name a file")
     check_path_flag(flag, value)
@@ -227,6 +229,8 @@ def loop(args) -> CommandResult:
     if args.budget is None and args.minutes is None:
         log.info("no --budget or --minutes: the loop stops after %d non-improving trials in a row",
                  args.max_reverts)
+    for flag, value in (("--results", args.results), ("--corpus", args.corpus)):  # appended to, as --out is written
+        check_not_stdout(flag, value)
     seed_config = parsed_config("--config", args.config)
     try:
         s = _loop(args.model, args.gpu, budget=args.budget, minutes=args.minutes, seed=args.seed, device=args.device,

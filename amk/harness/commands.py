@@ -45,6 +45,15 @@ def check_path_flag(flag: str, value: str) -> None:
         raise UsageError(str(e)) from None
 
 
+def check_not_stdout(flag: str, value: str, what: str = "a file") -> None:
+    """UsageError naming `flag` for the value '-': an output flag names a file (or a directory) to write, never
+    stdout, which the command's own answer holds (--config - reads stdin, but no output is written there). A file
+    of that name is ./-."""
+    if value == "-":
+        raise UsageError(f"{flag} '-': names no {what} (this command's output is not written to stdout); name "
+                         f"{what}, ./- for one of that name")
+
+
 class ExitCode(IntEnum):
     """The process exit codes of every subcommand; HARNESS.md section 4 is their contract."""
 
@@ -191,14 +200,20 @@ def _save_cache_stats() -> None:
     last one that did."""
     import logging
 
-    from amk.cache import default_cache
+    from amk.cache import CacheDirError, default_cache
 
+    log = logging.getLogger("amk.cli")
     try:
         cache = default_cache()
         if any(n for counts in cache.stats().values() for n in counts.values()):
             cache.save_stats()
+    except CacheDirError as e:
+        # the cache directory itself cannot be used (root_problem, raised by default_cache): the command that used
+        # the cache refused it in these words already, and one that did not touch it has nothing to record; a
+        # second line on stderr would break HARNESS section 4's one line of a usage error
+        log.debug("cache stats not saved: %s", e)
     except Exception as e:  # noqa: BLE001 - a convenience record: it must not replace the command's own answer
-        logging.getLogger("amk.cli").warning("cache stats not saved: %s", e)
+        log.warning("cache stats not saved: %s", e)
 
 
 def _lazy(module: str, name: str, uses_cache: bool = False):

@@ -5,6 +5,7 @@ and never over a file that is not a PNG image."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .cmd_report import BEST_STATUSES, RUN_KEYS, run_fields, run_label
@@ -84,6 +85,12 @@ def plot(df, out_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in PLOTS:  # both refused before either is drawn: no plot written beside a refusal
+        try:
+            check_target(out_dir / name)
+        except OSError as e:
+            raise UsageError(f"--out-dir {str(out_dir)!r}: {name} cannot be written there ({e.strerror or e}); "
+                             f"{_HINT}") from None
     paths = [plot_search(df, out_dir)]
     timed = df[df["latency_us"].notna() & (df["correct"] == True)].sort_values("trial")  # noqa: E712
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -106,6 +113,7 @@ def plot(df, out_dir: Path) -> list[str]:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("search.png", "latency_vs_floor.png")  # the files plot() writes in --out-dir
 
 
 def _save(fig, path: Path, plt) -> str:
@@ -117,29 +125,43 @@ def _save(fig, path: Path, plt) -> str:
 
     from .cmd_run import write_output
 
-    hint = "name another directory, or pass --no-plots"
     try:
         fig.tight_layout()
-        try:
-            target = path.resolve()
-        except RuntimeError as e:  # a symbolic link loop (an OSError, caught below, from Python 3.13)
-            raise UsageError(f"--out-dir {str(path.parent)!r}: {path.name} names no file ({e}); {hint}") from None
-        if target.is_file():
-            with open(target, "rb") as f:
-                head = f.read(len(PNG_SIGNATURE))
-            if head != PNG_SIGNATURE:
-                shown = f"{path.name} (a link to {str(target)!r})" if path.is_symlink() else path.name
-                raise UsageError(f"--out-dir {str(path.parent)!r}: {shown} exists and is not a PNG image, which the "
-                                 f"plot would overwrite; {hint}")
-        elif target.exists():
-            raise UsageError(f"--out-dir {str(path.parent)!r}: {path.name} cannot be written there (not a file); "
-                             f"{hint}")
+        check_target(path)
         image = io.BytesIO()
         fig.savefig(image, dpi=110, format="png")
     except OSError as e:
         raise UsageError(f"--out-dir {str(path.parent)!r}: {path.name} cannot be written there "
-                         f"({e.strerror or e}); {hint}") from None
+                         f"({e.strerror or e}); {_HINT}") from None
     finally:
         plt.close(fig)
     write_output("--out-dir", path, image.getvalue())
     return str(path)
+
+
+_HINT = "name another directory, or pass --no-plots"
+
+
+def check_target(path: Path) -> None:
+    """UsageError naming --out-dir and the file when the plot may not replace `path`: a symbolic link loop, a
+    directory or another file that is no regular one, a file (or the file a symbolic link there names) that is no
+    PNG image (a results.tsv, a corpus or a user's own file), or one that is not writable (a read-only plot, as
+    `verify --out` and `compile --out` refuse a read-only file, though a rename over it would succeed). OSError
+    as the file system raises it."""
+    try:
+        target = path.resolve()
+    except RuntimeError as e:  # a symbolic link loop (an OSError, caught by the caller, from Python 3.13)
+        raise UsageError(f"--out-dir {str(path.parent)!r}: {path.name} names no file ({e}); {_HINT}") from None
+    if target.is_file():
+        shown = f"{path.name} (a link to {str(target)!r})" if path.is_symlink() else path.name
+        with open(target, "rb") as f:
+            head = f.read(len(PNG_SIGNATURE))
+        if head != PNG_SIGNATURE:
+            raise UsageError(f"--out-dir {str(path.parent)!r}: {shown} exists and is not a PNG image, which the "
+                             f"plot would overwrite; {_HINT}")
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"--out-dir {str(path.parent)!r}: {shown} is not writable (read-only), and the plot "
+                             f"would replace it; make it writable, {_HINT}")
+    elif target.exists():
+        raise UsageError(f"--out-dir {str(path.parent)!r}: {path.name} cannot be written there (not a file); "
+                         f"{_HINT}")
