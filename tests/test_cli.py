@@ -99,8 +99,9 @@ def test_evaluate_correctness_failure_is_exit_1(capsys, monkeypatch):
 
 def test_verify_then_bench(capsys, monkeypatch, tmp_path):
     vr = str(tmp_path / "verify_result.json")
-    code, rec = run(capsys, "verify", "--model", "toy", "--gpu", "cpu-sim", "--out", vr)
+    code, rec = run(capsys, "verify", "--model", "toy", "--gpu", "cpu-sim", "--out", vr, "--seed", "3")
     assert code == 0 and rec["passed"] and rec["program_fingerprint"]
+    assert json.load(open(vr))["seed"] == 3  # the verify cases' random tokens: what was verified
     assert json.load(open(vr))["program_fingerprint"] == rec["program_fingerprint"]
     assert len(rec["cases"]) == rec["cases_total"] and all(c["passed"] for c in rec["cases"])
 

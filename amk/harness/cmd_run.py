@@ -289,7 +289,7 @@ def verify(args) -> CommandResult:
     record = {
         "program_fingerprint": v["program_fingerprint"], "schedule_id": v["schedule_id"], "passed": bool(v["correct"]),
         "model": v["model"], "model_fingerprint": weights_fingerprint(v["model"]), "gpu": v["gpu"],
-        "device": v["device"], "dtype": v["dtype"], "max_seq": args.max_seq,
+        "device": v["device"], "dtype": v["dtype"], "max_seq": args.max_seq, "seed": args.seed,
         "cases_passed": v["cases_passed"], "cases_total": v["cases_total"], "cases": v["case_results"],
         "failures": v["failures"], "worst_mere": v["worst_mere"], "worst_mare": v["worst_mare"],
         "top1_agreement": v["top1_agreement"], "kl_max": v["kl_max"], "notes": v["notes"],
