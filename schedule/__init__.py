@@ -1,6 +1,6 @@
 """amk.schedule: the IR an agent edits (ScheduleConfig), GPU targets, graph import, lowering and validation."""
 
-from .config import ScheduleConfig, ScratchPolicy, SmAssignment, SyncGranularity
+from .config import ScheduleConfig, ScratchPolicy, SmAssignment, SyncGranularity, UnknownFieldError
 from .errors import (
     AmkError,
     ArgumentError,
@@ -24,6 +24,6 @@ __all__ = [
     "AmkError", "Architecture", "ArgumentError", "Buffer", "BufferKind", "ConfigError", "ConfigProblem", "Counter", "DType", "DeadlockError",
     "Epilogue", "GpuTarget", "Graph", "LoweringError", "MegakernelProgram", "ModelDims", "Opcode", "ProgramError",
     "Region", "ScheduleConfig", "ScratchPolicy", "SmAssignment", "SyncGranularity", "TARGETS", "Task",
-    "UnknownModelError", "UnknownTargetError", "UnsupportedModelError", "VmError", "Wait", "build_graph",
+    "UnknownFieldError", "UnknownModelError", "UnknownTargetError", "UnsupportedModelError", "VmError", "Wait", "build_graph",
     "detect_target", "get_target", "lower", "lower_dims",
 ]

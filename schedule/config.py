@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from .config_guard import FieldGuard
+from .config_guard import UnknownFieldError as UnknownFieldError  # raised by a misspelt field's assignment
 from .errors import ConfigError, ConfigProblem, suggest
 
 
@@ -87,7 +89,7 @@ MAX_ROWS_PER_TASK = 1 << 20  # RowTiling.rows_per_task's bound, which the derive
 
 
 @dataclass
-class RowTiling:
+class RowTiling(FieldGuard):
     rows_per_task: int | None = knob(None, help="output rows one task computes (null: derived from the model's "
                                                 "shape and the GPU's SM count, schedule/autotile.py)",
                                      minimum=1, maximum=MAX_ROWS_PER_TASK, search=[8, 16, 32, 64, 128, 256, 512])
@@ -104,7 +106,7 @@ class RowTiling:
 
 
 @dataclass
-class QkvTiling:
+class QkvTiling(FieldGuard):
     heads_per_task: int = knob(1, help="q/k/v heads one QKV task computes (RoPE needs whole heads)",
                                minimum=1, maximum=1024, search=[1, 2, 4, 8])
     head_splits: int | None = knob(None, help="split each q/k/v head over this many QKV tasks; each takes rows i "
@@ -117,7 +119,7 @@ class QkvTiling:
 
 
 @dataclass
-class MatvecConfig:
+class MatvecConfig(FieldGuard):
     qkv: QkvTiling = knob(QkvTiling(), help="QKV projection tiling")
     o: RowTiling = knob(RowTiling(), help="attention output projection tiling")
     gate_up: RowTiling = knob(RowTiling(), help="gate/up projection tiling (rows of the activation)")
@@ -126,7 +128,7 @@ class MatvecConfig:
 
 
 @dataclass
-class AttentionConfig:
+class AttentionConfig(FieldGuard):
     kv_partitions: int | None = knob(None, help="split each KV head's positions over this many tasks, then combine "
                                                 "(null: derived, about one attention task per SM)",
                                      minimum=1, maximum=64, search=[1, 2, 4, 8, 16])
@@ -168,7 +170,7 @@ class AttentionConfig:
 
 
 @dataclass
-class FusionConfig:
+class FusionConfig(FieldGuard):
     norm_into_matvec: bool = knob(True, help="recompute RMSNorm inside each consumer matvec task",
                                   choices=[True, False])
     rope_kv_into_qkv: bool | None = knob(None, help="apply RoPE (and q/k norm) and append KV in the QKV epilogue; "
@@ -190,7 +192,7 @@ class FusionConfig:
 
 
 @dataclass
-class SmConfig:
+class SmConfig(FieldGuard):
     assignment: SmAssignment = knob(SmAssignment.LIST_SCHEDULING, help="how tasks are placed on SM queues",
                                     choices=list(SmAssignment),
                                     search=[SmAssignment.ROUND_ROBIN, SmAssignment.BYTES_BALANCED,
@@ -200,7 +202,7 @@ class SmConfig:
 
 
 @dataclass
-class VmBuildConfig:
+class VmBuildConfig(FieldGuard):
     loads_in_flight: int = knob(4, help="16-byte weight loads per row and lane in one step of a warp's weight "
                                         "stream; the next step's loads are in flight while a step computes",
                                 choices=[1, 2, 4, 8])
@@ -233,7 +235,7 @@ INFLIGHT_KB_CHOICES = [16, 32, 64, 0]
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(FieldGuard):
     pages: int = knob(0, help="shared-memory pages a producer warp streams every matvec's weights through with bulk "
                               "copies (sm_90+), running ahead of the consumer warps across task and stage "
                               "boundaries; taken from the end of smem_per_block. 0: each consumer warp streams its "
@@ -250,7 +252,7 @@ class PipelineConfig:
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(FieldGuard):
     matvec: MatvecConfig = knob(MatvecConfig(), help="per-matvec tiling")
     attention: AttentionConfig = knob(AttentionConfig(), help="attention decode partitioning")
     fusion: FusionConfig = knob(FusionConfig(), help="which ops are fused into their neighbours")
@@ -276,8 +278,13 @@ class ScheduleConfig:
     build: VmBuildConfig = knob(VmBuildConfig(), help="compile-time VM knobs")
 
     # ---- serialisation -------------------------------------------------------------------------
+    # A field may be assigned anything (the guard refuses only names that are no field): to_dict and schedule_id
+    # hold its value to what from_dict takes, so that an id is never given to a config evaluate would refuse, nor
+    # another id than the one evaluate reports for it (a numpy scalar is the JSON value it holds, as in a dict)
     def to_dict(self) -> dict:
-        return to_jsonable(self)
+        """The config's JSON form, each value as from_dict of it would read it. Raises ConfigError, as from_dict
+        of the fields' values would, for a value assigned by hand that the parser refuses."""
+        return checked_jsonable(self)
 
     @classmethod
     def from_dict(cls, data: Any) -> ScheduleConfig:
@@ -287,10 +294,12 @@ class ScheduleConfig:
         return parse_dataclass(cls, data)
 
     def canonical_json(self) -> str:
+        """Raises ConfigError as to_dict does."""
         return canonical_json(self.to_dict())
 
     @property
     def schedule_id(self) -> str:
+        """The id of to_dict's JSON form; raises ConfigError as to_dict does."""
         return schedule_id_of(self.to_dict())
 
 
@@ -328,6 +337,67 @@ def to_jsonable(value):
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     return value
+
+
+def checked_jsonable(config) -> dict:
+    """The JSON form of config dataclass `config` as the parser reads it: to_jsonable of parse_dataclass of its
+    fields' values. Raises ConfigError as that parse would."""
+    cls = type(config)
+    try:
+        return _checked(config, cls)
+    except (ConfigError, _Recheck):  # the parse of the whole says every problem, in the words a dict gets
+        return to_jsonable(parse_dataclass(cls, to_jsonable(config)))
+
+
+class _Recheck(Exception):
+    """A value the walk of _checked does not take as it is (a nested object of another type, say)."""
+
+
+def _checked(obj, cls) -> dict:
+    # the parse's result without building it: a search asks for schedule_ids by the thousand, and a round trip
+    # through parse_dataclass made one cost 130 us against the 36 us of the unchecked id (this walk: 26 us). Values
+    # already of their parsed type and in bounds are taken by _quick; anything else goes through the parser's own
+    # leaf check
+    out = {}
+    for name, f, tp, optional, nested, quick in _check_plan(cls):
+        v = getattr(obj, name)
+        if v is None and optional:
+            out[name] = None
+        elif nested is not None:
+            if type(v) is not nested:
+                raise _Recheck
+            out[name] = _checked(v, nested)
+        else:
+            j = quick(v)
+            out[name] = to_jsonable(_parse_leaf(tp, f.metadata, v, "$")) if j is _OFF else j
+    return out
+
+
+_OFF = object()  # _quick's "not taken as it is"
+
+
+@functools.cache
+def _check_plan(cls) -> tuple:
+    """(name, field, type, nullable, nested config class or None, quick check) for each field of `cls`."""
+    return tuple((name, f, tp, optional, tp if nested else None, _quick(tp, f.metadata))
+                 for name, (f, tp, optional, nested) in _parse_plan(cls).items())
+
+
+def _quick(tp, meta):
+    """A function of a leaf value: its JSON form where it already is what _parse_leaf returns for it (an int in
+    bounds, a bool, a member of the enum), else _OFF. Never takes a value _parse_leaf refuses."""
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return lambda v: v.value if type(v) is tp else _OFF
+    if tp is bool:
+        return lambda v: v if v is True or v is False else _OFF
+    if tp is int:
+        choices, lo, hi = meta.get("choices"), meta.get("minimum"), meta.get("maximum")
+        lo = -math.inf if lo is None else lo
+        hi = math.inf if hi is None else hi
+        if choices is not None:
+            return lambda v: v if type(v) is int and v in choices and lo <= v <= hi else _OFF
+        return lambda v: v if type(v) is int and lo <= v <= hi else _OFF
+    return lambda v: _OFF
 
 
 @functools.cache
@@ -471,13 +541,13 @@ def _holds(data: dict, dotted: str) -> bool:
     return isinstance(data, dict) and leaf in data
 
 
-def _unknown_key(path: str, key, allowed) -> str:
-    """An unknown key's message: a moved knob names its successor, as does a near miss of a moved knob's name;
-    anything else gets the closest known key."""
+def _unknown_key(path: str, key, allowed, what: str = "key") -> str:
+    """An unknown key's message (`what`: "field" for an attribute assigned by hand, config_guard.py): a moved knob
+    names its successor, as does a near miss of a moved knob's name; anything else gets the closest known key."""
     here = f"{path}.{key}".removeprefix("$.")
     moved = MOVED_KNOBS.get(here)
     if moved is not None:
-        return f"unknown key; {moved.message()}"
+        return f"unknown {what}; {moved.message()}"
     olds = {p: m for p, m in MOVED_KNOBS.items()
             if p.rpartition(".")[2] == key or (p.rpartition(".")[0] == here.rpartition(".")[0]
                                                and difflib.get_close_matches(str(key), [p.rpartition(".")[2]],
@@ -489,17 +559,29 @@ def _unknown_key(path: str, key, allowed) -> str:
         if full in {p for p, _, _ in iter_knobs()}:
             parts = key.split(".")
             nested = "".join(f'{{"{k}": ' for k in parts) + "VALUE" + "}" * len(parts)
-            return f"unknown key; a dotted knob path is written nested in a config: {nested}"
+            return f"unknown {what}; a dotted knob path is written nested in a config: {nested}"
     if olds and not known:
         old, m = next(iter(olds.items()))
-        return f"unknown key; {old} {m.message().removeprefix('it ')}"
-    return _unknown(key, allowed, "key")
+        return f"unknown {what}; {old} {m.message().removeprefix('it ')}"
+    return _unknown(key, allowed, what)
 
 
 def _unknown(key, allowed, what: str) -> str:
     near = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
     hint = f"did you mean {near[0]!r}? " if near else ""
     return f"unknown {what}; {hint}allowed: {', '.join(sorted(map(str, allowed)))}"
+
+
+def _parse_field(cls, name: str, data, path: str):
+    """Nested config field `name` of config class `cls` from its dict, as parse_dataclass reads that key of a
+    config: absent keys from the field's own default. `path` names it in messages. Raises ConfigError listing every
+    problem."""
+    f, tp, _, _ = _parse_plan(cls)[name]
+    problems: list[ConfigProblem] = []
+    out = _parse_object(tp, data, path, _own_default(f), problems)
+    if problems:
+        raise ConfigError.of(problems)
+    return out
 
 
 def _parse_value(spec, value, path, base, problems):
@@ -677,23 +759,41 @@ def get_path(config: ScheduleConfig, path: str):
 
 
 def with_value(config, path: str, value):
-    """A copy of `config` (a ScheduleConfig or any config dataclass) with the knob at dotted `path` set; `value`
-    in its JSON form (None: null, for a knob declared `int | None`). Raises ConfigError for a bad path or
-    value."""
-    data = config.to_dict() if hasattr(config, "to_dict") else to_jsonable(config)
+    """A copy of `config` (a ScheduleConfig or any config dataclass; a config dict is parsed as a ScheduleConfig
+    first, and a ScheduleConfig comes back) with the knob at dotted `path` set; `value` in its JSON form (None:
+    null, for a knob declared `int | None`). Raises ConfigError for a bad path or value, and one whose `argument`
+    is "config" for a config dict the parser refuses or a `config` of any other type (None included)."""
+    config = _config_argument(config)
+    data = to_jsonable(config)  # not to_dict, which refuses a bad value by hand that `path` may be replacing
     _set_path(data, path, value)
     return parse_dataclass(type(config), data)
+
+
+def _config_argument(config):
+    """with_value's `config` as a config dataclass: a dict parsed (the paths it is given are a ScheduleConfig's:
+    a partial dict read alone would know only its own keys). Raises ConfigError naming the argument `config`."""
+    if isinstance(config, dict):
+        try:
+            return ScheduleConfig.from_dict(config)
+        except ConfigError as e:
+            raise e.named("config") from None
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return config
+    got = f"the class {config.__name__}" if isinstance(config, type) else json_kind(config)
+    raise ConfigError("$", f"expected a ScheduleConfig (or another config dataclass) or a config dict, got {got}",
+                      argument="config")
 
 
 def with_values(config, values: dict):
     """with_value of each (path, value) of `values` in turn, parsed once where no path lies inside another (each
     with_value parses the whole config). Raises what the first failing with_value would."""
+    config = _config_argument(config)
     paths = list(values)
     if any(q.startswith(p + ".") for p in paths for q in paths):  # a later set could hide an earlier bad one
         for path, value in values.items():
             config = with_value(config, path, value)
         return config
-    data = config.to_dict() if hasattr(config, "to_dict") else to_jsonable(config)
+    data = to_jsonable(config)
     try:
         for path, value in values.items():
             _set_path(data, path, value)
