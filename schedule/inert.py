@@ -183,7 +183,8 @@ def priced_alike_reason(path: str, target: GpuTarget | None, predicted: bool) ->
 def priced_alike_notes(config: ScheduleConfig, target: GpuTarget | None, predicted: bool,
                        skip: set[str] = frozenset()) -> list[str]:
     """A note for each knob `config` sets off its default whose values all predict alike on `target` with no GPU
-    (priced_alike_reason), save those in `skip` (already named as having no effect)."""
+    (priced_alike_reason), or that only the cost model prices there, against what a GPU measured (unsearched_reason:
+    pipeline.pages, matvec.o.reduce), save those in `skip` (already named as having no effect)."""
     default = ScheduleConfig()
     out = []
     for path in _PREDICTED_ALIKE:
@@ -195,6 +196,13 @@ def priced_alike_notes(config: ScheduleConfig, target: GpuTarget | None, predict
         why = priced_alike_reason(path, target, predicted)
         if why:
             out.append(f"{path}={value_text(to_jsonable(value))} is not priced: {why}")
+    for path in STAND_IN_UNSEARCHED:  # priced, but by an assumption a GPU contradicted: a predicted gain misleads
+        value = get_path(config, path)
+        if path in skip or value == get_path(default, path):
+            continue
+        why = unsearched_reason(path, target, predicted)
+        if why:
+            out.append(f"{path}={value_text(to_jsonable(value))}: {why}")
     return out
 
 

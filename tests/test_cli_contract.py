@@ -171,13 +171,15 @@ def test_an_inert_knob_lowers_to_the_same_program_and_acting_knobs_get_no_note()
     assert program is None and "pipeline.pages=2 needs bulk copies" in v.rejected_reason
 
 
-def test_pages_on_the_stand_in_act_and_get_no_note_but_are_not_searched_there():
+def test_pages_on_the_stand_in_act_are_noted_as_priced_by_the_cost_model_alone_and_not_searched_there():
     from amk.schedule.space import search_space
 
     plain, paged = (amk.evaluate("toy", "cpu-sim", cfg, device="cpu") for cfg in ({}, {"pipeline": {"pages": 4}}))
     assert plain["program_fingerprint"] != paged["program_fingerprint"]  # the lowering changes with pages
     assert plain["predicted_latency_us"] != paged["predicted_latency_us"]  # and the cost model prices them
-    assert not [n for n in paged["notes"] if "pipeline.pages" in n]
+    # not as inert or unpriced, but as priced by an assumption a GPU contradicted
+    (note,) = [n for n in paged["notes"] if "pipeline.pages" in n]
+    assert note.startswith("pipeline.pages=4: on cpu-sim") and "no effect" not in note and "not priced" not in note
     for gpu, searched in (("cpu-sim", False), ("h200", True)):
         knobs = {k.path: k for k in search_space(gpu)}
         assert bool(knobs["pipeline.pages"].search) is searched and bool(knobs["pipeline.page_kb"].search) is searched

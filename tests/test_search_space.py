@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from amk.schedule import ScheduleConfig
 from amk.schedule.config import with_value
 from amk.schedule.space import conflicts, neighbours, random_config, search_space
@@ -162,3 +164,19 @@ def test_propose_shows_the_space_a_loop_on_this_machine_searches(monkeypatch):
         space = {k["path"]: k for k in propose_mod.propose("toy", "h100-sxm", corpus=None)["search_space"]}
         assert (space["scratch"]["search"] == []) is not usable
         assert ("with no GPU" in (space["scratch"].get("unsearched") or "")) is not usable
+
+
+@pytest.mark.parametrize("gpu,cfg,path", [
+    ("h100-sxm", {"pipeline": {"pages": 4}}, "pipeline.pages"),
+    ("cpu-sim", {"pipeline": {"pages": 4}}, "pipeline.pages"),
+    ("cpu-sim", {"matvec": {"o": {"k_splits": 2, "reduce": "last_task"}}}, "matvec.o.reduce"),
+])
+def test_an_evaluate_with_no_gpu_names_a_knob_only_the_cost_model_prices_against_a_gpus_measure(gpu, cfg, path):
+    # its predicted gain is the cost model's assumption, which an H200 contradicted: an agent keeping on the
+    # prediction alone is told so in the verdict
+    import amk
+
+    notes = amk.evaluate("toy", gpu, cfg, device="cpu", cases="reduced", measure=False)["notes"]
+    assert any(n.startswith(f"{path}=") and "the cost model alone prices it" in n for n in notes), notes
+    plain = amk.evaluate("toy", gpu, {}, device="cpu", cases="reduced", measure=False)["notes"]
+    assert not any("the cost model alone prices it" in n for n in plain), plain
