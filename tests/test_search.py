@@ -196,6 +196,8 @@ def test_workers_2_through_ray_write_one_intact_results_file(tmp_path):
     s = json.loads(out)
     assert s["workers"] == 2 and s["trials"] == 4 and len(s["per_worker"]) == 2
     assert s["max_seq"] and s["context"] and s["seed"] == 0 and s["search"]["measurements"] >= 4  # as one worker's
+    # the workers resume the driver's file by design: a run not asked to resume notes no resume
+    assert not [n for n in s["notes"] + [n for w in s["per_worker"] for n in w["notes"]] if n.startswith("resume:")]
     # a line a trial, every one, printed by the driver through loop()'s `progress` callable, which the driver calls
     # in its own process with each worker's trials, the worker's index added: Ray's forwarding of the workers' stderr
     # could lose the last

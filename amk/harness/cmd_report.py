@@ -260,7 +260,7 @@ def _out_dir(value: str) -> Path:
     parent that is a file, no permission), before any plot is drawn."""
     if not value.strip():  # Path("") is the working directory: the plots would land among the user's files
         raise UsageError("--out-dir '': empty; name a directory for the plots (default report)")
-    check_not_stdout("--out-dir", value, "a directory")
+    check_not_stdout("--out-dir", value, "directory")
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out-dir {value!r}: exists and is not a directory; name a directory for the plots")

@@ -45,12 +45,12 @@ def check_path_flag(flag: str, value: str) -> None:
         raise UsageError(str(e)) from None
 
 
-def check_not_stdout(flag: str, value: str, what: str = "a file") -> None:
+def check_not_stdout(flag: str, value: str, what: str = "file") -> None:
     """UsageError naming `flag` for the value '-': an output flag names a file (or a directory) to write, never
     stdout, which the command's own answer holds (--config - reads stdin, but no output is written there). A file
     of that name is ./-."""
     if value == "-":
-        raise UsageError(f"{flag} '-': names no {what} (this command's output is not written to stdout); name "
+        raise UsageError(f"{flag} '-': names no {what} (this command's output is not written to stdout); name a "
                          f"{what}, ./- for one of that name")
 
 

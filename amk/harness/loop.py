@@ -94,6 +94,9 @@ from .search.trials import Trials
 from .verdict import LatencyKind, parse_config
 
 log = logging.getLogger("amk.harness")
+# how the summary's note of a resume that found no rows begins: the workers of a fresh run of several resume the
+# driver's file by design, and drop it (search/distributed.py)
+RESUME_NOTE_LEAD = "resume: "
 
 __all__ = ["Incumbent", "LoopError", "SearchSettings", "StopReason", "decide", "loop"]
 
@@ -307,7 +310,7 @@ class _Run(Rounds, Resume, Trials, RunSummary):
         # a resume of a misspelt path starts a new run (as a first run with resume does, on purpose): said, so
         # that it is not taken for the run it was meant to continue
         self.resume_note = None if rows or not resume else (
-            f"resume: {str(self.results)!r} held no rows, so this is a new run, not a continued one"
+            f"{RESUME_NOTE_LEAD}{str(self.results)!r} held no rows, so this is a new run, not a continued one"
             + (f" (its directory {str(self.results.parent)!r} was made)" if new_dir else ""))
         if self.resume_note:  # a warning where a directory was made: a first run's file is missing as a rule
             log.log(logging.WARNING if new_dir else logging.INFO, "%s", self.resume_note)
@@ -430,6 +433,17 @@ class _Run(Rounds, Resume, Trials, RunSummary):
                 return None
             time.sleep(CLAIM_POLL_S)  # another loop is measuring it now: its row is the incumbent's latency
 
+    def _adopt_start_row(self) -> None:
+        """A loop stopped before its start's trial: the start's measured row of the results, where one stands for it
+        (a resumed run's incumbent), adopted as _settle_start would, with nothing measured and no claim waited for;
+        so that the summary reports the incumbent resumed, not the start config as no result."""
+        _, built = self.start
+        taken = snapshot(self.results, self.name, self.target.name).taken(built.program_fingerprint,
+                                                                          built.schedule_id, self.owner)
+        if taken is not None and taken.by == "measured":
+            self.duplicates += 1
+            self.adopted = self._adopt(taken.row)
+
     # ---- the main loop -------------------------------------------------------------------------------
     def go(self, flag: StopFlag) -> dict:
         self.stop_asked = lambda: self._stop_asked(flag)
@@ -439,6 +453,8 @@ class _Run(Rounds, Resume, Trials, RunSummary):
             self.prepared = self._prepare_round()  # the first round builds while the start is measured
         if self.dev != Device.CUDA or self.builder.pool is None:
             self._load_weights()  # (_warm_start loads them on a GPU while the start's kernel compiles)
+        if stop is not None:  # stopped during the set-up: a measured row of the start still stands for it
+            self._adopt_start_row()
         while stop is None:  # the start: measured here, or a row of this file (or another loop's) stands for it
             start = self._settle_start(flag)
             # loading the weights (tens of seconds for a checkpoint) comes between the first check and here: a stop

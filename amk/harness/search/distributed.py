@@ -45,14 +45,14 @@ def _import_ray():
     return ray
 
 
-def _worker_main(index: int, kwargs: dict, stop, sink=None) -> dict:
+def _worker_main(index: int, kwargs: dict, stop, sink=None, resume_asked: bool = True) -> dict:
     """Runs inside a Ray worker: the single-GPU loop, stopping when the driver's flag is set. Each trial's progress
     dict, with `worker` added, goes to the driver's `sink` (an actor) before the next trial starts, so that the
     driver calls the caller's `progress` with every trial, the last ones too (Ray's forwarding of a worker's
     stderr may drop lines at shutdown)."""
     import ray
 
-    from amk.harness.loop import loop
+    from amk.harness.loop import RESUME_NOTE_LEAD, loop
 
     logging.getLogger("amk").setLevel(logging.WARNING)
 
@@ -61,6 +61,8 @@ def _worker_main(index: int, kwargs: dict, stop, sink=None) -> dict:
 
     summary = loop(progress=progress if sink is not None else None, should_stop=lambda: ray.get(stop.is_set.remote()),
                    workers=1, **kwargs)
+    if not resume_asked:  # a worker of a fresh run resumes the driver's file by design: no resume to note
+        summary["notes"] = [n for n in summary.get("notes", []) if not n.startswith(RESUME_NOTE_LEAD)]
     summary["worker"] = index
     summary["host"] = os.uname().nodename
     summary["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -159,7 +161,7 @@ def run_workers(model, gpu, *, workers: int, ray_address: str | None, budget, mi
                           results=str(results), corpus=str(corpus), resume=True, max_reverts=max_reverts,
                           cases=cases, dtype=dtype, incumbent=seed_config, builders=builders, settings=settings,
                           max_seq=max_seq)
-            refs.append(task.remote(i, kwargs, stop, sink))
+            refs.append(task.remote(i, kwargs, stop, sink, resume))
         pending = list(refs)
         with StopFlag() as flag:
             asked = False

@@ -70,9 +70,11 @@ class RunSummary:
 
         given = [f"the given config's {n}" for n in self.given_inert]
         given += [self.resume_note] if self.resume_note else []
-        if not self.trials:  # stopped before its first trial ended (an interrupt at start-up): nothing was run
+        if not self.trials and self.inc.latency_us is None:  # stopped before its first trial ended: nothing ran
             return ["no trial ran: the incumbent is the start config, neither verified nor timed, and no results row "
                     "was written for it; it is no result", *given]
+        if not self.trials:  # stopped before its first trial, the start's row of the resumed file adopted
+            return [f"no trial ran: the incumbent is trial {self.inc.trial}'s row of the results it resumed", *given]
         seq = self.program_max_seq
         note = short_context_note(bench_context(seq), seq, what="every latency is")
         none_correct = [] if self.inc.latency_us is not None else [
