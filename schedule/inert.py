@@ -186,23 +186,16 @@ def priced_alike_notes(config: ScheduleConfig, target: GpuTarget | None, predict
     (priced_alike_reason), or that only the cost model prices there, against what a GPU measured (unsearched_reason:
     pipeline.pages, matvec.o.reduce), save those in `skip` (already named as having no effect)."""
     default = ScheduleConfig()
+    # pipelining_depth is priced with pages (the prediction notes it itself where not, cost.py); the stand-in's
+    # unsearched knobs are priced, but by an assumption a GPU contradicted, so that a predicted gain misleads
+    kinds = [(p, priced_alike_reason, " is not priced") for p in _PREDICTED_ALIKE if p != "pipelining_depth"]
+    kinds += [(p, unsearched_reason, "") for p in STAND_IN_UNSEARCHED]
     out = []
-    for path in _PREDICTED_ALIKE:
-        if path == "pipelining_depth":  # priced with pages; the prediction notes it itself where not (cost.py)
-            continue
+    for path, reason, says in kinds:
         value = get_path(config, path)
-        if path in skip or value == get_path(default, path):
-            continue
-        why = priced_alike_reason(path, target, predicted)
+        why = None if path in skip or value == get_path(default, path) else reason(path, target, predicted)
         if why:
-            out.append(f"{path}={value_text(to_jsonable(value))} is not priced: {why}")
-    for path in STAND_IN_UNSEARCHED:  # priced, but by an assumption a GPU contradicted: a predicted gain misleads
-        value = get_path(config, path)
-        if path in skip or value == get_path(default, path):
-            continue
-        why = unsearched_reason(path, target, predicted)
-        if why:
-            out.append(f"{path}={value_text(to_jsonable(value))}: {why}")
+            out.append(f"{path}={value_text(to_jsonable(value))}{says}: {why}")
     return out
 
 
