@@ -177,10 +177,8 @@ class Cache:
             now = os.stat(path)
             if st is None or (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
                 if _is_real_dir(path):  # in an entry's place: removed only when empty, never with what it holds
-                    try:
-                        os.rmdir(path)
-                    except OSError as e:
-                        done = f"left (a directory, {_dir_left(e)})"
+                    why = _remove_empty_dir(path)
+                    done = "removed" if why is None else f"left (a directory, {why})"
                 else:
                     os.unlink(path)
                 if done == "removed":
@@ -295,14 +293,11 @@ class Cache:
         no cache's to delete, and pointing AMK_CACHE_DIR elsewhere is no cure."""
         if not _is_real_dir(path):
             return
-        try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            return
-        except OSError as e:
+        why = _remove_empty_dir(path)
+        if why is not None:
             raise CacheDirError(self.root, f"cannot be replaced (Is a directory): a directory stands in {what} place "
-                                           f"({_dir_left(e)}; left as it is)", path,
-                                hint="move it out of the cache (or remove it), then run again") from e
+                                           f"({why}; left as it is)", path,
+                                hint="move it out of the cache (or remove it), then run again")
         log.warning("%s: an empty directory stood in %s place: removed", path, what)
 
     def get_or_create(self, kind: str, key: str, create: Callable[[], bytes],
@@ -409,13 +404,9 @@ class Cache:
             if key is None and _is_real_dir(p) and _is_key_name(p, p.name.removesuffix(".bin")):
                 # a directory where an entry belongs: no user's file, though no entry either; removed when empty,
                 # else named (its files are not the cache's to delete)
-                try:
-                    os.rmdir(p)
-                except FileNotFoundError:
-                    continue
-                except OSError as e:
-                    refused.append((p, OSError(e.errno, f"a directory in a cache entry's place ({_dir_left(e)}; left "
-                                                        "as it is)")))
+                why = _remove_empty_dir(p)
+                if why is not None:
+                    refused.append((p, OSError(f"a directory in a cache entry's place ({why}; left as it is)")))
                 continue
             if key is None:  # not the cache's file
                 continue
@@ -490,9 +481,16 @@ def last_run_stats(root: str | os.PathLike | None = None) -> dict | None:
     return stats
 
 
-def _dir_left(e: OSError) -> str:
-    """Why a directory in an entry's place stays, from rmdir's error: in words for the usual one."""
-    return "not empty" if e.errno in (errno.ENOTEMPTY, errno.EEXIST) else str(e.strerror or e)
+def _remove_empty_dir(path: Path) -> str | None:
+    """Remove the directory at `path` (one standing in a cache entry's or label's place) if it is empty: None where
+    it is gone, else why it stays, in words ("not empty" for the usual reason). Never removes what it holds."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return "not empty" if e.errno in (errno.ENOTEMPTY, errno.EEXIST) else str(e.strerror or e)
+    return None
 
 
 def _shown(value: Any) -> str:

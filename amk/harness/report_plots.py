@@ -117,17 +117,14 @@ PLOTS = ("search.png", "latency_vs_floor.png")  # the files plot() writes in --o
 
 
 def _save(fig, path: Path, plt) -> str:
-    """Save `fig` to `path` as a PNG, whole or not at all (cmd_run.write_output). UsageError naming --out-dir when
-    the file cannot be written there (a directory of that name, no permission, a symbolic link loop), or when `path`,
-    or the file a symbolic link there names, exists and is no PNG image: a results.tsv, a corpus or a user's own file
-    is never overwritten by a plot."""
+    """Save `fig` to `path` as a PNG, whole or not at all (cmd_run.write_output), once plot() has checked that the
+    plot may replace it (check_target). UsageError naming --out-dir when the file cannot be written there."""
     import io
 
     from .cmd_run import write_output
 
     try:
-        fig.tight_layout()
-        check_target(path)
+        fig.tight_layout()  # `path` was checked by plot(), with the other plot, before either was drawn
         image = io.BytesIO()
         fig.savefig(image, dpi=110, format="png")
     except OSError as e:
