@@ -177,6 +177,11 @@ __device__ void stage_combined(const Ctx& c, const MatvecParams& p, const TaskIn
 // The input slice [k0, k0 + klen) in shared memory, RMS-normalised first when the norm is fused (one pass
 // over x: stage all of it, reduce from shared memory, normalise the slice in place). No barrier at the end.
 __device__ float* stage_input(const Ctx& c, const MatvecParams& p, int K, const TaskInputs& in) {
+#ifdef AMK_BOUND_NO_STAGING
+  // a bound (bench/variants.py --bound): every matvec's input taken as already in shared memory, unnormalised;
+  // beside AMK_BOUND_NO_WAIT, what the task bodies cost without their latency-bound input reads
+  return c.smem;
+#endif
   const int tid = threadIdx.x;
   if (p.inp_parts > 0) {
     stage_combined(c, p, in);
