@@ -1,28 +1,35 @@
 """ScheduleConfig: the one object a coding agent edits.
 
 Every field carries its own bounds and a one-line account of what it changes (in `metadata`), so
-the strict parser, the JSON schema and the search space all read the same facts.
+the strict parser (config_parse.py), the JSON schema and the search space all read the same facts. Here: the
+config classes and their JSON form.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
 import math
-import numbers
-import sys
-import types
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 from .config_guard import FieldGuard
 from .config_guard import UnknownFieldError as UnknownFieldError  # raised by a misspelt field's assignment
-from .errors import ConfigError, ConfigProblem, suggest
+from .config_migrate import MOVED_KNOBS as MOVED_KNOBS
+from .config_migrate import MovedKnob as MovedKnob
+from .config_migrate import migrate_config as migrate_config
+from .config_parse import EXPLICIT_MAP_KINDS as EXPLICIT_MAP_KINDS
+from .config_parse import MAX_SM_ID as MAX_SM_ID
+from .config_parse import MESSAGE_VALUE_CHARS as MESSAGE_VALUE_CHARS
+from .config_parse import _copy_default, _parse_leaf, _parse_plan, parse_dataclass
+from .config_parse import field_default as field_default
+from .config_parse import json_kind as json_kind
+from .config_parse import json_value as json_value
+from .config_parse import optional_base as optional_base
+from .errors import ConfigError
 
 
 class SmAssignment(str, Enum):
@@ -73,16 +80,6 @@ def knob(default, *, help: str, choices=None, minimum=None, maximum=None, search
     if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: _copy_default(default), metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def _copy_default(value):
-    # deep: a shallow replace() would share the nested tilings of one default among every config made from it
-    if type(value) in _ATOMIC or isinstance(value, Enum):
-        return value  # what deepcopy gives for these, without its dispatch (parsing copies every default taken)
-    return copy.deepcopy(value)
-
-
-_ATOMIC = frozenset({int, float, bool, str, type(None)})
 
 
 MAX_ROWS_PER_TASK = 1 << 20  # RowTiling.rows_per_task's bound, which the derived tiling keeps to too
@@ -406,411 +403,9 @@ def _field_names(cls) -> tuple[str, ...] | None:
     return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
 
 
-def optional_base(tp):
-    """`int` (`bool`) for a knob declared `int | None` (`bool | None`; null accepted: derived at lowering), else
-    None."""
-    if get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(get_args(tp)) == 2:
-            return args[0]
-    return None
-
-
-def field_default(f: dataclasses.Field):
-    """The default of one dataclass field, a fresh copy: the one definition every parser, schema and search
-    space reads (a nested field's default may differ from its class's own: `RowTiling(256)`)."""
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    raise TypeError(f"config field {f.name!r} has no default")  # every knob() has one
-
-
-def parse_dataclass(cls, data, path: str = "$", base=None):
-    """Instance of config dataclass `cls` from `data`, absent keys taken from `base` (default: each field's
-    own default). Raises ConfigError with every problem found, in document order."""
-    problems: list[ConfigProblem] = []
-    out = _parse_object(cls, data, path, base, problems)
-    if problems:
-        raise ConfigError.of(problems)
-    return out
-
-
-@functools.cache
-def _hints(cls) -> dict[str, Any]:
-    # resolving the string annotations (from __future__) costs ~1 ms a class, and the search parses configs by
-    # the thousand: about a fifth of a CPU loop's time before the resolved hints were kept
-    return get_type_hints(cls)
-
-
-@functools.cache
-def _parse_plan(cls) -> dict[str, tuple[dataclasses.Field, Any, bool, bool]]:
-    """name -> (field, type hint, declared `X | None`, a nested config object) for each field of `cls`, worked
-    out once: the search parses configs by the thousand."""
-    hints = _hints(cls)
-    plan = {}
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        base = optional_base(tp)
-        leaf = tp if base is None else base
-        plan[f.name] = (f, leaf, base is not None, dataclasses.is_dataclass(leaf))
-    return plan
-
-
-def _parse_object(cls, data, path, base, problems):
-    if not isinstance(data, dict):
-        problems.append(ConfigProblem(path, f"expected an object, got {json_kind(data)}"))
-        return None
-    plan = _parse_plan(cls)
-    kwargs = {}
-    for key, value in data.items():  # document order, so problems come back in the order they were written
-        spec = plan.get(key)
-        if spec is None:
-            problems.append(ConfigProblem(f"{path}.{key}", _unknown_key(path, key, list(plan))))
-            continue
-        kwargs[key] = _parse_value(spec, value, f"{path}.{key}", base, problems)
-    for name, (f, *_) in plan.items():
-        if name not in kwargs:
-            kwargs[name] = _default_of(f, base)
-    return cls(**kwargs)
-
-
-@dataclass(frozen=True)
-class MovedKnob:
-    """A knob that became another one: `values` maps each old value to the new knob's."""
-    new_path: str
-    values: tuple[tuple[Any, Any], ...]
-
-    def message(self) -> str:
-        return f"it became {self.new_path}: " + ", ".join(f"{json_value(a)} is {b!r}" for a, b in self.values)
-
-
-# A config an agent writes with an old knob is refused with the new spelling; a stored one (a tuning record of the
-# corpus) is read in the new spelling (migrate_config), so that no record is lost to a rename.
-MOVED_KNOBS = {
-    "fusion.attention_combine_into_o": MovedKnob("attention.combine", ((True, "o_input"), (False, "stage"))),
-}
-
-
-def migrate_config(data: Any) -> Any:
-    """A stored config dict in today's spelling: each moved knob (MOVED_KNOBS) set to one of its old values is
-    replaced by its successor, unless the successor is set as well (then it wins). Anything else is returned as it
-    is, for the parser to judge. `data` itself is not changed."""
-    if not isinstance(data, dict) or not any(_holds(data, p) for p in MOVED_KNOBS):
-        return data  # the common case, on every record of every corpus read: no copy
-    out = copy.deepcopy(data)
-    for old_path, moved in MOVED_KNOBS.items():
-        *parents, leaf = old_path.split(".")
-        holder = out
-        for part in parents:
-            holder = holder.get(part) if isinstance(holder, dict) else None
-        if not isinstance(holder, dict) or leaf not in holder:
-            continue
-        new_value = dict(moved.values).get(holder[leaf]) if isinstance(holder[leaf], bool) else None
-        if new_value is None:
-            continue
-        del holder[leaf]
-        *new_parents, new_leaf = moved.new_path.split(".")
-        target = out
-        for part in new_parents:
-            target = target.setdefault(part, {}) if isinstance(target, dict) else None
-        if isinstance(target, dict):
-            target.setdefault(new_leaf, new_value)
-    return out
-
-
-def _default_of(f: dataclasses.Field, base):
-    return _copy_default(getattr(base, f.name)) if base is not None else field_default(f)
-
-
-def _default_source(f: dataclasses.Field, base):
-    """What `_default_of` copies, itself: a nested object's parse reads only the fields its data leaves out, and
-    copies each it takes, so that copying the whole default first (a deep copy per level) is not needed."""
-    return getattr(base, f.name) if base is not None else _own_default(f)
-
-
-@functools.cache
-def _own_default(f: dataclasses.Field):
-    return field_default(f)  # never handed out: _default_of copies what is read from it
-
-
-def _holds(data: dict, dotted: str) -> bool:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        data = data.get(part) if isinstance(data, dict) else None
-    return isinstance(data, dict) and leaf in data
-
-
-def _unknown_key(path: str, key, allowed, what: str = "key") -> str:
-    """An unknown key's message (`what`: "field" for an attribute assigned by hand, config_guard.py): a moved knob
-    names its successor, as does a near miss of a moved knob's name; anything else gets the closest known key."""
-    here = f"{path}.{key}".removeprefix("$.")
-    moved = MOVED_KNOBS.get(here)
-    if moved is not None:
-        return f"unknown {what}; {moved.message()}"
-    olds = {p: m for p, m in MOVED_KNOBS.items()
-            if p.rpartition(".")[2] == key or (p.rpartition(".")[0] == here.rpartition(".")[0]
-                                               and difflib.get_close_matches(str(key), [p.rpartition(".")[2]],
-                                                                             cutoff=0.8))}
-    known = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
-    if isinstance(key, str) and "." in key:
-        # propose, derived and results.tsv name knobs by dotted path; a config nests them
-        full = f"{path.removeprefix('$').lstrip('.')}.{key}".lstrip(".")
-        if full in {p for p, _, _ in iter_knobs()}:
-            parts = key.split(".")
-            nested = "".join(f'{{"{k}": ' for k in parts) + "VALUE" + "}" * len(parts)
-            return f"unknown {what}; a dotted knob path is written nested in a config: {nested}"
-    if olds and not known:
-        old, m = next(iter(olds.items()))
-        return f"unknown {what}; {old} {m.message().removeprefix('it ')}"
-    return _unknown(key, allowed, what)
-
-
-def _unknown(key, allowed, what: str) -> str:
-    near = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
-    hint = f"did you mean {near[0]!r}? " if near else ""
-    return f"unknown {what}; {hint}allowed: {', '.join(sorted(map(str, allowed)))}"
-
-
-def _parse_field(cls, name: str, data, path: str):
-    """Nested config field `name` of config class `cls` from its dict, as parse_dataclass reads that key of a
-    config: absent keys from the field's own default. `path` names it in messages. Raises ConfigError listing every
-    problem."""
-    f, tp, _, _ = _parse_plan(cls)[name]
-    problems: list[ConfigProblem] = []
-    out = _parse_object(tp, data, path, _own_default(f), problems)
-    if problems:
-        raise ConfigError.of(problems)
-    return out
-
-
-def _parse_value(spec, value, path, base, problems):
-    """The parsed value of a field (`spec` as _parse_plan gives it), or its default (from `base`, else its own)
-    after recording a problem (parsing goes on, so all are reported)."""
-    f, tp, optional, nested = spec
-    if optional and value is None:
-        return None
-    if nested:
-        got = _parse_object(tp, value, path, _default_source(f, base), problems)
-        return _default_of(f, base) if got is None else got
-    try:
-        return _parse_leaf(tp, f.metadata, value, path)
-    except ConfigError as e:
-        problems.extend(e.problems)
-        return _default_of(f, base)
-
-
-def _parse_leaf(tp, meta, value, path):
-    if isinstance(tp, type) and issubclass(tp, Enum):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, str) or value not in _enum_values(tp):
-            allowed = list(_enum_values(tp))
-            near = (suggest(value, allowed) or [None])[0] if isinstance(value, str) else _old_value(path, value)
-            hint = f"; did you mean {near!r}?" if near else ""
-            raise ConfigError(path, f"expected one of {allowed}, got {json_value(value)}{hint}")
-        return tp(value)
-    # a notebook's dict may hold numpy scalars (a value read from a pandas frame): taken as the JSON value they are
-    if tp is bool:
-        if not _is_boolean(value):
-            raise ConfigError(path, f"expected a boolean, got {json_kind(value)}")
-        return bool(value)
-    if tp is int:
-        if _is_boolean(value) or not isinstance(value, numbers.Integral):
-            raise ConfigError(path, f"expected an integer, got {json_kind(value)}")
-        value = int(value)
-        _check_bounds(meta, value, path)
-        return value
-    if tp is float:
-        if _is_boolean(value) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ConfigError(path, f"expected a finite number, got {value!r}")
-        _check_bounds(meta, value, path)
-        return float(value)
-    if tp is dict or get_origin(tp) is dict:
-        return _parse_explicit_map(value, path)
-    raise TypeError(f"{path}: unsupported config field type {tp}")  # a programming error in this module
-
-
-def _is_boolean(value) -> bool:
-    """A Python or numpy boolean scalar: true and false are no numbers in a config, as in JSON. An array or a pandas
-    column of booleans is none (as an array of integers is no integer), so that it is refused naming its field where
-    bool() of it would raise."""
-    np = sys.modules.get("numpy")  # a numpy value comes only from a process that imported numpy
-    return isinstance(value, bool) or (np is not None and isinstance(value, np.bool_))
-
-
-@functools.cache
-def _enum_values(tp) -> tuple:
-    return tuple(m.value for m in tp)
-
-
-def _old_value(path: str, value) -> str | None:
-    """What `value` means at `path` when it is a value of the knob that moved there (true -> 'o_input')."""
-    for moved in MOVED_KNOBS.values():
-        if moved.new_path == path.removeprefix("$.") and isinstance(value, bool):
-            return dict(moved.values).get(value)
-    return None
-
-
-MESSAGE_VALUE_CHARS = 60  # a value quoted in a message is cut here, and says it was
-_LONG_INT_BITS = 4000  # about 1204 digits: below the 4300 Python converts to a string, far past any knob's range
-
-
-def _digits(n: int) -> int:
-    """The decimal digits of n > 0, without converting it to a string."""
-    d = int(n.bit_length() * 0.30102999566398120)  # log10(2): exact or one short
-    return d + 1 if n >= 10 ** d else d
-
-
-def json_value(value) -> str:
-    """A parsed JSON value as the JSON it was written as (true, null, "x"), for messages: cut past
-    MESSAGE_VALUE_CHARS characters, with the whole length given. An integer past Python's 4300-digit string
-    conversion is given by its length (str() of it raises)."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > _LONG_INT_BITS:
-        return f"{'a negative' if value < 0 else 'an'} integer of {_digits(abs(value))} digits"
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    if len(text) > MESSAGE_VALUE_CHARS:
-        text = f"{text[:MESSAGE_VALUE_CHARS]}... ({len(text)} characters)"
-    return text
-
-
-def json_kind(value) -> str:
-    """What a config value is, in JSON's words (a config is JSON, whatever language built it)."""
-    if value is None:
-        return "null"
-    if _is_boolean(value):  # numpy's too: the JSON value a notebook's scalar holds
-        return f"a boolean ({json_value(bool(value))})"
-    if isinstance(value, numbers.Integral):
-        shown = json_value(int(value))
-        return shown if shown.endswith(" digits") else f"an integer ({shown})"
-    if isinstance(value, numbers.Real):
-        return f"a number ({json_value(float(value))})"
-    if isinstance(value, str):
-        return f"a string ({json_value(value)})"
-    if isinstance(value, (list, tuple)):
-        return "an array" if value else "an empty array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _check_bounds(meta, value, path):
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(path, f"expected one of {choices}, got {json_value(value)}")
-    lo, hi = meta.get("minimum"), meta.get("maximum")
-    if lo is not None and value < lo:
-        raise ConfigError(path, f"must be >= {lo}, got {json_value(value)}")
-    if hi is not None and value > hi:
-        raise ConfigError(path, f"must be <= {hi}, got {json_value(value)}")
-
-
-EXPLICIT_MAP_KINDS = ("embed", "norm", "qkv", "rope_kv", "attention", "attention_values", "attention_combine", "o", "add",
-                      "gate_up", "silu_mul", "down", "reduce", "lm_head", "argmax")
-MAX_SM_ID = 4096
-
-
-def _parse_explicit_map(value, path):
-    if not isinstance(value, dict):
-        raise ConfigError(path, f"expected an object of stage kind -> SM list, got {json_kind(value)}")
-    out, problems = {}, []
-    for kind, sms in value.items():
-        p = f"{path}.{kind}"
-        if kind not in EXPLICIT_MAP_KINDS:
-            problems.append(ConfigProblem(p, _unknown(kind, EXPLICIT_MAP_KINDS, "stage kind")))
-            continue
-        np = sys.modules.get("numpy")
-        if np is not None and isinstance(sms, np.ndarray) and sms.ndim == 1:
-            sms = sms.tolist()  # a notebook's array of SM ids: the list it holds, as a numpy scalar is its value
-        if not isinstance(sms, list | tuple) or not sms:
-            problems.append(ConfigProblem(p, f"expected a non-empty list of SM ids, got {json_kind(sms)}"))
-            continue
-        bad = [ConfigProblem(f"{p}[{i}]", f"expected an SM id in [0, {MAX_SM_ID}), got {json_kind(sm)}")
-               for i, sm in enumerate(sms)
-               if _is_boolean(sm) or not isinstance(sm, numbers.Integral) or not 0 <= sm < MAX_SM_ID]
-        problems += bad
-        if not bad:
-            out[kind] = [int(sm) for sm in sms]
-    if problems:
-        raise ConfigError.of(problems)
-    return out
-
-
-def iter_knobs(cls=ScheduleConfig, prefix: str = ""):
-    """Yield (dotted path, dataclass field, type) for every leaf knob."""
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        path = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
-            yield from iter_knobs(tp, path + ".")
-        else:
-            yield path, f, tp
-
-
-def get_path(config: ScheduleConfig, path: str):
-    obj = config
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def with_value(config, path: str, value):
-    """A copy of `config` (a ScheduleConfig or any config dataclass; a config dict is parsed as a ScheduleConfig
-    first, and a ScheduleConfig comes back) with the knob at dotted `path` set; `value` in its JSON form (None:
-    null, for a knob declared `int | None`). Raises ConfigError for a bad path or value, and one whose `argument`
-    is "config" for a config dict the parser refuses or a `config` of any other type (None included)."""
-    config = _config_argument(config)
-    data = to_jsonable(config)  # not to_dict, which refuses a bad value by hand that `path` may be replacing
-    _set_path(data, path, value)
-    return parse_dataclass(type(config), data)
-
-
-def _config_argument(config):
-    """with_value's `config` as a config dataclass: a dict parsed (the paths it is given are a ScheduleConfig's:
-    a partial dict read alone would know only its own keys). Raises ConfigError naming the argument `config`."""
-    if isinstance(config, dict):
-        try:
-            return ScheduleConfig.from_dict(config)
-        except ConfigError as e:
-            raise e.named("config") from None
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return config
-    got = f"the class {config.__name__}" if isinstance(config, type) else json_kind(config)
-    raise ConfigError("$", f"expected a ScheduleConfig (or another config dataclass) or a config dict, got {got}",
-                      argument="config")
-
-
-def with_values(config, values: dict):
-    """with_value of each (path, value) of `values` in turn, parsed once where no path lies inside another (each
-    with_value parses the whole config). Raises what the first failing with_value would."""
-    config = _config_argument(config)
-    paths = list(values)
-    if any(q.startswith(p + ".") for p in paths for q in paths):  # a later set could hide an earlier bad one
-        for path, value in values.items():
-            config = with_value(config, path, value)
-        return config
-    data = to_jsonable(config)
-    try:
-        for path, value in values.items():
-            _set_path(data, path, value)
-        return parse_dataclass(type(config), data)
-    except ConfigError:  # the error of the first step that fails, as the steps one by one give it
-        for path, value in values.items():
-            config = with_value(config, path, value)
-        raise
-
-
-def _set_path(data: dict, path: str, value) -> None:
-    node = data
-    parts = path.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if not isinstance(node.get(part), dict):
-            raise ConfigError("$." + ".".join(parts[:i + 1]), "no such config object")
-        node = node[part]
-    if parts[-1] not in node:
-        raise ConfigError("$." + path, _unknown(parts[-1], list(node), "knob"))
-    node[parts[-1]] = to_jsonable(value)
+# last: config_paths reads the classes above (iter_knobs walks ScheduleConfig by default); the package's
+# __init__ imports this module first, so these names are bound before any other module reads them
+from .config_paths import get_path as get_path  # noqa: E402
+from .config_paths import iter_knobs as iter_knobs  # noqa: E402
+from .config_paths import with_value as with_value  # noqa: E402
+from .config_paths import with_values as with_values  # noqa: E402

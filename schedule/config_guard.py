@@ -13,6 +13,7 @@ import dataclasses
 import functools
 from typing import get_type_hints
 
+from .config_parse import _parse_field, _unknown_key
 from .errors import ConfigError
 
 # In a nested config object's __dict__ (no field, so neither compared, printed nor in to_dict): the name of the field
@@ -73,8 +74,6 @@ def _is_config_class(tp) -> bool:
 def _nested_value(owner, name: str, cls, value):
     """What nested config field `name` (of config class `cls`) of `owner` holds when assigned `value`."""
     if isinstance(value, dict):
-        from .config import _parse_field  # config imports this module: read once both have loaded
-
         return _parse_field(type(owner), name, value, "$." + field_path(owner, name))
     if type(value) is cls:
         value.__dict__[_HELD_AS] = name  # one dict write: the path itself is worked out only for a message
@@ -117,8 +116,6 @@ def _places() -> dict[type, tuple[str, ...]]:
 def unknown_field(obj, name: str) -> UnknownFieldError:
     """The error for an assignment to `name`, no field of config object `obj`: its dotted path and the field it
     most likely meant, in the words the parser has for a misspelt key (a moved knob names its successor)."""
-    from .config import _unknown_key  # config imports this module: read once both have loaded
-
     prefix = _place(obj)
     parent = f"$.{prefix}" if prefix else "$"
     names = [f.name for f in dataclasses.fields(obj)]

@@ -1,4 +1,4 @@
-"""A knob that became another one (schedule/config.py MOVED_KNOBS): a config written with the old spelling is refused
+"""A knob that became another one (schedule/config_migrate.py MOVED_KNOBS): a config written with the old spelling is refused
 with the new one, near misses and old values get the same pointer, and a tuning record stored before the rename is
 read in the new spelling, so that propose and report still find the corpus's best config."""
 
