@@ -2,127 +2,36 @@
 
 QKV rows are laid out by KV group: [q heads of group 0, k0, v0, q heads of group 1, k1, v1, ...], so a
 task of consecutive heads touches few groups and attention can start per group.
+
+The attention stages' tasks, and the combine of KV partitions in O's input, are tile_attention.py's; the build
+dict the tiler sizes tasks by is defines.py's.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 from . import opcodes as oc
 from .buffers import BufferTable, Placement, lm_head_buffer
-from .config import AttentionCombine, AttentionSoftmax, PartialsDtype, ScheduleConfig, get_path, with_value
+from .config import ScheduleConfig
+from .defines import build_defines as build_defines
+from .defines import effective_head_warps as effective_head_warps
+from .defines import effective_q_splits as effective_q_splits
+from .defines import runs_partition_tasks as runs_partition_tasks
 from .errors import LoweringError
 from .graph import ModelDims
-from .inert import inert_reason
-from .opcodes import NO_BUFFER, Epilogue, EpilogueParams, Opcode
+from .opcodes import Epilogue, EpilogueParams, Opcode
 from .program import Prefetch, Region
-from .smem import (
-    attention_chunk,
-    attention_partial_smem_bytes,
-    attention_smem_bytes,
-    combine_heads,
-    combine_per_copy,
-    combine_slots,
-    combine_smem_bytes,
-    consumer_threads,
-    matvec_smem_bytes,
-    page_partials,
-    pages_in_flight,
-    partial_positions,
-    program_work_smem_bytes,
-)
-from .stages import Stage, score_capacity
+from .smem import consumer_threads, matvec_smem_bytes, page_partials, program_work_smem_bytes
+from .stages import Stage
+from .tile_attention import AttentionTiling
+from .tile_drafts import JoinDraft as JoinDraft
+from .tile_drafts import TaskDraft as TaskDraft
 
 ELEMENTWISE_ROWS = 1024  # rows per unfused elementwise task (add, silu_mul)
 EPILOGUE_OF = {"store": Epilogue.STORE, "rope_kv": Epilogue.ROPE_KV, "silu_mul": Epilogue.SILU_MUL,
                "residual_add": Epilogue.RESIDUAL_ADD, "logits": Epilogue.LOGITS, "partial": Epilogue.PARTIAL}
 
 
-def build_defines(config: ScheduleConfig, dtype: oc.DType | None = None) -> dict[str, int]:
-    """The compile-time VM knobs of a config, as the program's build dict (the kernel sees each as AMK_<key>).
-    With the model's `dtype`, attention.partials_dtype 'model' compiles in only where it changes the kernel
-    (more than one KV partition, and a dtype narrower than fp32): a program it cannot change keeps its
-    fingerprint, so the search sees it as the program it is."""
-    partials = (config.attention.partials_dtype == PartialsDtype.MODEL and config.attention.kv_partitions != 1
-                and (dtype is None or dtype.nbytes < 4))
-    # a knob that cannot act under the rest of the config (schedule/inert.py) compiles in at its default, so that
-    # the program, its fingerprint and its kernel are those of the config without it
-    default = ScheduleConfig()
-    parsed = False  # once with_value has parsed the config, a default is set in it without parsing it again
-    for path in _BUILD_KNOBS_THAT_MAY_BE_INERT:
-        if inert_reason(config, path) is not None:
-            value = get_path(default, path)
-            config = _with_leaf(config, path, value) if parsed else with_value(config, path, value)
-            parsed = True
-    b = config.build
-    return {"PIPELINE_DEPTH": config.pipelining_depth, "LOADS_IN_FLIGHT": b.loads_in_flight,
-            "ROWS_IN_FLIGHT": b.rows_in_flight, "SPIN_BACKOFF_NS": b.spin_backoff_ns,
-            "L2_PREFETCH_KB": b.l2_prefetch_kb, "PAGES": config.pipeline.pages,
-            "PAGE_BYTES": config.pipeline.page_kb * 1024, "PAGES_INFLIGHT": pages_in_flight(config.pipeline),
-            "PARTIALS_MODEL_DTYPE": int(partials), "Q_SPLITS": effective_q_splits(config),
-            "HEAD_WARPS": effective_head_warps(config)}
-
-
-def _with_leaf(config, path: str, value):
-    """`config` with the leaf at dotted `path` set to `value`, its other parts shared: with_value's result, for a
-    config that parsed and a value that does (a default)."""
-    head, _, rest = path.partition(".")
-    if not rest:
-        return dataclasses.replace(config, **{head: value})
-    return dataclasses.replace(config, **{head: _with_leaf(getattr(config, head), rest, value)})
-
-
-def runs_partition_tasks(config: ScheduleConfig) -> bool:
-    """Whether the attention runs ATTN_PARTIAL tasks: the partition softmax over more than one partition (False
-    while the partitions are not yet derived)."""
-    a = config.attention
-    return a.softmax == AttentionSoftmax.PARTITION and a.kv_partitions is not None and a.kv_partitions > 1
-
-
-def effective_q_splits(config: ScheduleConfig) -> int:
-    """Tasks a KV head's GQA group of q heads is split over in each partition (attention.q_splits): 1 wherever the
-    attention is not the partition softmax over more than one partition (or the partitions are not yet derived),
-    for only ATTN_PARTIAL splits its heads. The kernel's task group (AMK_GROUP, vm/abi.py) is the model's group
-    over it."""
-    return (config.attention.q_splits or 1) if runs_partition_tasks(config) else 1
-
-
-def effective_head_warps(config: ScheduleConfig) -> int:
-    """Warps a q head of an ATTN_PARTIAL task takes (attention.head_warps); 0 wherever no ATTN_PARTIAL task runs
-    (not the partition softmax over more than one partition) or the knob is not yet derived, so that the build
-    of such a program is the same whatever the knob says."""
-    return (config.attention.head_warps or 0) if runs_partition_tasks(config) else 0
-
-
-_BUILD_KNOBS_THAT_MAY_BE_INERT = ("build.l2_prefetch_kb", "build.loads_in_flight", "build.rows_in_flight",
-                                  "pipeline.page_kb", "pipeline.inflight_kb")
-
-
-@dataclass
-class TaskDraft:
-    opcode: Opcode
-    params: object
-    reads: list[Region]
-    writes: list[Region]
-    prefetch: list[Prefetch]
-    weight_bytes: int
-    groups: tuple[int, ...] = ()
-    join: JoinDraft | None = None  # the combine the last of its group's partition tasks does
-
-
-@dataclass(frozen=True)
-class JoinDraft:
-    """A KV head's combine, done by the last of the head's partition tasks to finish, or a row block's k-split
-    reduce and epilogue, done by its last split task to finish (a Join of the program: lowering gives each
-    (stage, key) its arrival counter)."""
-    key: int  # the KV head, or the row tile of a k-split matvec
-    reads: tuple[Region, ...]
-    writes: tuple[Region, ...]
-    what: str = "g"  # what the key counts, in the arrival counter's name: g(roup) or rows (a row tile)
-
-
-class Tiler:
+class Tiler(AttentionTiling):
     def __init__(self, dims: ModelDims, dtype: oc.DType, max_seq: int, config: ScheduleConfig,
                  buffers: BufferTable, place: dict[str, Placement]):
         self.d, self.dtype, self.max_seq, self.cfg = dims, dtype, max_seq, config
@@ -334,51 +243,6 @@ class Tiler:
                                       f"{self.cfg.pipeline.page_kb} KiB leaves {work}")
         return "smem_per_block", f"smem_per_block={self.cfg.smem_per_block}"
 
-    def _attention_chunk(self) -> int:
-        """Positions an ATTN_DECODE, ATTN_SCORES or ATTN_VALUES task scores a round (schedule/smem.py
-        attention_chunk); LoweringError where even that chunk, or the value reduction's partial output per
-        consumer warp, does not fit the working shared memory."""
-        d, threads = self.d, self._consumers()
-        chunk = attention_chunk(self._work_smem(), d)
-        need = attention_smem_bytes(chunk, d, threads)
-        if need > self._work_smem():
-            knob, room = self._smem_room()
-            raise LoweringError(knob, f"attention tasks of {d.group} q heads hold a chunk of {chunk} positions and "
-                                f"a partial output for each of {threads // 32} consumer warps, and need {need} bytes "
-                                f"of shared memory; {room}")
-        return chunk
-
-    def _combine_slots(self, st: Stage, k0: int, klen: int) -> int:
-        """Partition slots a thread of a task combining its input slice [k0, k0 + klen) gets (schedule/smem.py
-        combine_slots); LoweringError naming smem_per_block when not even one fits."""
-        heads = combine_heads(k0, klen, self.d.head_dim) if st.combine_weighted else 0
-        threads, work, per_copy = self._consumers(), self._work_smem(), self._partials_per_copy()
-        slots = combine_slots(work, klen, st.combine_parts, heads, threads, per_copy)
-        if slots < 1:
-            knob, room = self._smem_room()
-            raise LoweringError(knob, f"{st.role} tasks combine an input of {klen} elements from {st.combine_parts} "
-                                f"attention partitions, a 16-byte slot a copying thread, and need at least "
-                                f"{combine_smem_bytes(klen, st.combine_parts, heads, threads, 1, per_copy)} bytes "
-                                f"of shared memory; {room}")
-        return slots
-
-    def _partials_per_copy(self) -> int:
-        """Partition output elements one 16-byte copy of stage_combined holds (schedule/smem.py combine_per_copy):
-        4 or 8. A copy must stay inside one q head, as the kernel weighs it by one head's (max, sum): amk.models
-        refuses a head_dim that is not a multiple of 8, and the O tiling checks it for shapes given directly."""
-        return combine_per_copy(self.build, self.dtype.nbytes)
-
-    def _combined_input_reads(self, st: Stage, k0: int, klen: int, K: int) -> list[Region]:
-        """Partitions 1.. of the input slice (partition 0 is the plain input region) and, when weighted, the
-        (max, sum) of every partition of the q heads the slice covers."""
-        part = self.val("attn_part", st.layer)
-        reads = [self.region(part, k * K + k0, klen) for k in range(1, st.combine_parts)]
-        if st.combine_weighted:
-            stats, hd, H = self.val("attn_stats", st.layer), self.d.head_dim, self.d.n_heads
-            h0, h1 = k0 // hd, -(-(k0 + klen) // hd)
-            reads += [self.region(stats, (k * H + h0) * 2, (h1 - h0) * 2) for k in range(st.combine_parts)]
-        return reads
-
     def _epilogue(self, st: Stage, row0: int, nrows: int, split: int, rows_total: int, pair: int):
         """EpilogueParams plus the regions it writes and reads, for rows [row0, row0 + nrows)."""
         kind = st.epilogue
@@ -494,152 +358,6 @@ class Tiler:
                     reads.append(self.region(src, s * stride + pair + row0, nrows))
             p = oc.EpilogueTaskParams(src.buffer, src.offset, st.splits, stride, row0, nrows, epi)
             out.append(TaskDraft(Opcode.EPILOGUE, p, reads, writes, [], 0, groups))
-        return out
-
-    def _window(self, st: Stage) -> int:
-        """The layer's sliding window as its tasks take it: 0 (every cached position) where the window holds the
-        program's whole context, for no position reaches its edge there (a window of 2**31 fits no int32)."""
-        return st.window if st.window < self.max_seq else 0
-
-    def _attention(self, st: Stage) -> list[TaskDraft]:
-        """parts == 1: one ATTN_DECODE task per KV group; else ATTN_SCORES tasks per (group, part), or ATTN_PARTIAL
-        tasks when each partition keeps its own softmax."""
-        d, layer = self.d, st.layer
-        parts = self.cfg.attention.kv_partitions
-        if self.cfg.fusion.rope_kv_into_attention:  # partition tasks on QKV's raw rows (the lowering checks)
-            return [t for g in range(d.n_kv_heads) for t in self._partials(layer, g, [], self._window(st))]
-        q, sc = self.val("q", layer), self.val("scores", layer)
-        G, hd = d.group, d.head_dim
-        cap = score_capacity(self.max_seq, parts)
-        # the chunk of a task holding a whole KV head's scores; partition tasks size their own (_partials), for
-        # their task group (attention.q_splits), and need not fit this one
-        partials = parts > 1 and self.cfg.attention.softmax == AttentionSoftmax.PARTITION
-        chunk = 0 if partials else self._attention_chunk()
-        out = []
-        for g in range(d.n_kv_heads):
-            q_reg = [self.region(q, g * G * hd, G * hd), self.kv_slab("kcache", layer, g), Region(self.b["pos"], 0, 1)]
-            if parts == 1:
-                o = self.val("attn", layer)
-                p = oc.AttnDecodeParams(layer, g, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], sc.buffer,
-                                        sc.offset, o.buffer, o.offset, chunk, self._window(st))
-                s_reg = self.region(sc, g * G * cap, G * cap)
-                out.append(TaskDraft(Opcode.ATTN_DECODE, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg],
-                                     [s_reg, self.region(o, g * G * hd, G * hd)], [], 0, (g,)))
-                continue
-            if partials:
-                out += self._partials(layer, g, q_reg, self._window(st))
-                continue
-            stats = self.val("attn_stats", layer)
-            for part in range(parts):
-                p = oc.AttnScoresParams(layer, g, q.buffer, q.offset, self.b["kcache"], part, parts, sc.buffer,
-                                        sc.offset, stats.buffer, stats.offset, chunk, self._window(st))
-                w = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap),
-                     self.region(stats, (part * d.n_heads + g * G) * 2, G * 2)]
-                out.append(TaskDraft(Opcode.ATTN_SCORES, p, q_reg, w, [], 0, (g,)))
-        return out
-
-    def _partials(self, layer: int, g: int, q_reg: list[Region], window: int) -> list[TaskDraft]:
-        """The partition tasks of KV head g: one a (q split, partition), q split s of g being task group
-        g * q_splits + s of G / q_splits q heads (the params' kv_head), which reads g's K and V rows."""
-        d, parts, splits = self.d, self.cfg.attention.kv_partitions, self.build["Q_SPLITS"]
-        sc, rope = self.val("scores", layer), {}
-        if self.cfg.fusion.rope_kv_into_attention:
-            q, q_reg = self.val("qkv_raw", layer), self._folded_rope_reads(layer, g)
-            rope = {"rope": 1, "qnorm": self.b.get(f"layers.{layer}.q_norm"),
-                    "knorm": self.b.get(f"layers.{layer}.k_norm")}
-        else:
-            q = self.val("q", layer)
-        stats, o = self.val("attn_stats", layer), self.val("attn_part", layer)
-        G, hd, td = d.group // splits, d.head_dim, d.split_groups(splits)
-        cap = score_capacity(self.max_seq, parts)
-        work = self._work_smem()
-        chunk = partial_positions(work, cap, td, self._consumers(), self.dtype.nbytes)
-        if chunk < 1:
-            need = attention_partial_smem_bytes(1, 1, td, self._consumers(), self.dtype.nbytes)
-            raise LoweringError("smem_per_block", f"leaves {work} bytes of working shared memory; attention.softmax="
-                                f"partition needs at least {need}")
-        out = []
-        for t in range(g * splits, (g + 1) * splits):  # the task groups of KV head g
-            join, jp = self._join(layer, t)
-            for part in range(parts):
-                p = oc.AttnPartialParams(layer, t, q.buffer, q.offset, self.b["kcache"], self.b["vcache"], part, parts,
-                                         sc.buffer, sc.offset, stats.buffer, stats.offset, o.buffer, o.offset, chunk,
-                                         chunk, window, jp, **rope, q_splits=splits)
-                s_reg = self.region(sc, (part * d.n_heads + t * G) * cap, G * cap)
-                w = [s_reg, self.region(stats, (part * d.n_heads + t * G) * 2, G * 2),
-                     self.region(o, (part * d.n_heads + t * G) * hd, G * hd)]
-                out.append(TaskDraft(Opcode.ATTN_PARTIAL, p, q_reg + [self.kv_slab("vcache", layer, g), s_reg], w, [],
-                                     0, (g,), join))
-        return out
-
-    def _folded_rope_reads(self, layer: int, g: int) -> list[Region]:
-        """What a partition task of KV group g reads under fusion.rope_kv_into_attention besides the V slab: the
-        group's raw QKV rows, its K slab, the step's position, the RoPE tables and any q/k norm weights. The
-        task whose partition holds the position also appends k and v at it; that write is not among the task's
-        regions: no task of the step reads the appended row from the caches (each one that attends to the
-        position computes its k and v from the raw rows, vm/semantics.py), and the caches' other rows, which the
-        other partitions read, it leaves alone, which no region of the slab could say."""
-        d, hd = self.d, self.d.head_dim
-        raw = self.val("qkv_raw", layer)
-        per = (d.group + 2) * hd
-        reads = [self.region(raw, g * per, per), self.kv_slab("kcache", layer, g), Region(self.b["pos"], 0, 1),
-                 Region(self.b["rope_cos"], 0, self.max_seq * hd), Region(self.b["rope_sin"], 0, self.max_seq * hd)]
-        qn = self.b.get(f"layers.{layer}.q_norm")
-        if qn != oc.NO_BUFFER:
-            reads += [Region(qn, 0, hd), Region(self.b[f"layers.{layer}.k_norm"], 0, hd)]
-        return reads
-
-    def _combined(self, layer: int, g: int) -> tuple[oc.AttnCombineParams, list[Region], list[Region]]:
-        """Combining task group g's partitions (a KV head's q heads, or under attention.q_splits a share of them):
-        the params, the regions read (every partition's values of the group and, under the partition softmax,
-        their (max, sum)) and the region written (the group's attention output)."""
-        d, parts, splits = self.d, self.cfg.attention.kv_partitions, self.build["Q_SPLITS"]
-        part_v, o = self.val("attn_part", layer), self.val("attn", layer)
-        G, hd = d.group // splits, d.head_dim
-        reads = [self.region(part_v, (p * d.n_heads + g * G) * hd, G * hd) for p in range(parts)]
-        stats = (NO_BUFFER, 0)
-        if self.cfg.attention.softmax == AttentionSoftmax.PARTITION:
-            st_v = self.val("attn_stats", layer)
-            stats = (st_v.buffer, st_v.offset)
-            reads += [self.region(st_v, (p * d.n_heads + g * G) * 2, G * 2) for p in range(parts)]
-        p = oc.AttnCombineParams(g, part_v.buffer, part_v.offset, parts, o.buffer, o.offset, *stats, splits)
-        return p, reads, [self.region(o, g * G * hd, G * hd)]
-
-    def _join(self, layer: int, g: int) -> tuple[JoinDraft | None, oc.JoinCombine]:
-        """With attention.combine = last_partition: KV head g's combine as a join of its partition tasks, and the
-        params that name the output (the arrival counter is set when lowering allocates it)."""
-        if self.cfg.attention.combine != AttentionCombine.LAST_PARTITION:
-            return None, oc.JoinCombine()
-        p, reads, writes = self._combined(layer, g)
-        return JoinDraft(g, tuple(reads), tuple(writes)), oc.JoinCombine(p.out, p.out_off)
-
-    def _values(self, st: Stage) -> list[TaskDraft]:
-        d, layer = self.d, st.layer
-        parts = self.cfg.attention.kv_partitions
-        sc, stats, o = self.val("scores", layer), self.val("attn_stats", layer), self.val("attn_part", layer)
-        G, hd = d.group, d.head_dim
-        cap = score_capacity(self.max_seq, parts)
-        chunk = self._attention_chunk()
-        out = []
-        for g in range(d.n_kv_heads):
-            join, jp = self._join(layer, g)
-            for part in range(parts):
-                p = oc.AttnValuesParams(layer, g, self.b["vcache"], part, parts, sc.buffer, sc.offset, stats.buffer,
-                                        stats.offset, o.buffer, o.offset, chunk, self._window(st), jp)
-                r = [self.region(sc, (part * d.n_heads + g * G) * cap, G * cap), self.kv_slab("vcache", layer, g),
-                     Region(self.b["pos"], 0, 1)]
-                r += [self.region(stats, (pp * d.n_heads + g * G) * 2, G * 2) for pp in range(parts)]
-                w = [self.region(o, (part * d.n_heads + g * G) * hd, G * hd)]
-                out.append(TaskDraft(Opcode.ATTN_VALUES, p, r, w, [], 0, (g,), join))
-        return out
-
-    def _combine(self, st: Stage) -> list[TaskDraft]:
-        """One ATTN_COMBINE task a task group (a KV head, or a q split of one: attention.q_splits), in its KV
-        head's group for the head-aligned waits."""
-        out, splits = [], self.build["Q_SPLITS"]
-        for t in range(self.d.n_kv_heads * splits):
-            p, reads, writes = self._combined(st.layer, t)
-            out.append(TaskDraft(Opcode.ATTN_COMBINE, p, reads, writes, [], 0, (t // splits,)))
         return out
 
     def _argmax(self) -> TaskDraft:
