@@ -13,6 +13,9 @@ installed transformers to prove it), so transformers ignores it and so does AMK.
 transformers' from_pretrained reads instead (it changes the weights it loads, not the forward): those AMK does not
 take are refused there. `model_dims` is the only way a config becomes ModelDims: it refuses first, then derives
 the dims and the per-layer sliding windows.
+
+Each rule's refusal test is in field_refusals.py and the RoPE rule in rope_scaling.py; callers import their
+public names from here.
 """
 
 from __future__ import annotations
@@ -21,10 +24,8 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
-import math
 import re
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -33,15 +34,30 @@ from typing import Any
 from amk.schedule.errors import UnsupportedModelError
 from amk.schedule.graph import Architecture, ModelDims
 
+from .field_refusals import (
+    Refusal,
+    _attention_bias,
+    _head_dim,
+    _is,
+    _layer_types,
+    _mlp_bias,
+    _pad_in_vocabulary,
+    _positive_int,
+    _positive_number,
+    _quantization,
+    _sliding_window,
+    _unset,
+    layer_windows,
+)
+from .rope_scaling import _rope
+from .rope_scaling import normalise_rope_type as normalise_rope_type
+from .rope_scaling import rope_kind as rope_kind
+
 
 class Treatment(str, Enum):
     LOWERED = "lowered"
     ONLY = "only"
     INERT = "inert"
-
-
-# (value, config, architecture) -> why this value is refused, or None when it is lowered
-Refusal = Callable[[Any, Any, Architecture], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -51,60 +67,6 @@ class FieldRule:
     note: str
     refuse: Refusal | None = None  # ONLY (and LOWERED fields with invalid values): the refusal test
     legacy: bool = False  # a field of transformers 4 configs that transformers 5 folds into another one
-
-
-# the types whose tables depend on the position alone; dynamic (NTK) only within max_position_embeddings, where
-# transformers leaves its frequencies unscaled (vm/weights.rope_tables refuses a longer context)
-ROPE_TYPES = ("default", "llama3", "linear", "dynamic")
-FULL, SLIDING = "full_attention", "sliding_attention"
-
-
-def _is(*allowed) -> Refusal:
-    def refuse(v, cfg, arch):
-        return None if v in allowed else f"only {' or '.join(repr(a) for a in allowed)} " + \
-            ("is" if len(allowed) == 1 else "are") + " lowered"
-    return refuse
-
-
-def _unset(what: str) -> Refusal:
-    def refuse(v, cfg, arch):
-        return None if v in (None, {}, []) else f"{what} is not lowered"
-    return refuse
-
-
-def _positive_int(nullable: bool = False, maximum: int | None = None, why: str = "") -> Refusal:
-    # transformers builds a model from a zero or negative width and fails later, or computes NaN: refuse it here
-    def refuse(v, cfg, arch):
-        if v is None and nullable:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            return "must be a positive integer"
-        if maximum is not None and v > maximum:
-            return f"must be at most {maximum} ({why})"
-        return None
-    return refuse
-
-
-def _head_dim(v, cfg, arch) -> str | None:
-    # Llama's and Mistral's configs replace a null head_dim by hidden_size // num_attention_heads and Qwen3's
-    # refuses it, so a null left in the parsed config is Qwen2's: its attention reads getattr(config, "head_dim",
-    # default), finds the null, and fails on weights load with a TypeError naming no field
-    if v is None:
-        return ("null, which transformers' attention takes as the head width (it falls back to hidden_size // "
-                "num_attention_heads only when head_dim is absent): leave it out or give the width")
-    return _positive_int()(v, cfg, arch)
-
-
-def _pad_in_vocabulary(v, cfg, arch) -> str | None:
-    # transformers' nn.Embedding asserts on a padding_idx outside the table, a message that names no field
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        return "must be an integer or null"
-    vocab = getattr(cfg, "vocab_size", None)
-    if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0 and not -vocab <= v < vocab:
-        return f"must be a row of the vocabulary (below vocab_size {vocab}): the embedding's padding_idx"
-    return None
 
 
 # Upper bounds on the sizes, far above any Llama-family model (the largest public ones: vocab 262144, hidden 16384,
@@ -119,116 +81,6 @@ def _pad_in_vocabulary(v, cfg, arch) -> str | None:
 MAX_VOCAB = 1 << 22
 MAX_HIDDEN = 1 << 16
 MAX_INTERMEDIATE = 1 << 20
-
-
-def _positive_number(nullable: bool = False) -> Refusal:
-    def refuse(v, cfg, arch):
-        if v is None and nullable:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-            return "must be a positive, finite number"
-        return None
-    return refuse
-
-
-def _attention_bias(v, cfg, arch):
-    # Llama and Qwen3 put the bias on q, k, v and o; Mistral and Qwen2 hard-wire theirs and never read the flag.
-    if v and arch in (Architecture.LLAMA, Architecture.QWEN3):
-        # q, k and v biases are lowered (Qwen2's); o_proj's is not
-        return "it adds biases to q, k, v and the attention output projection; the output projection's is not lowered"
-    return None
-
-
-def _mlp_bias(v, cfg, arch):
-    # only Llama's MLP reads the flag; the other three hard-wire bias=False
-    return "bias on the MLP projections is not lowered" if v and arch == Architecture.LLAMA else None
-
-
-def rope_kind(params: dict | None) -> str:
-    """The RoPE type a rope_parameters (or transformers 4 rope_scaling) dict names: rope_type, else the older
-    `type`, else default (a null rope_type included, as transformers' config classes write "default" for none)."""
-    params = params or {}
-    return params.get("rope_type") or params.get("type") or "default"
-
-
-def normalise_rope_type(cfg) -> None:
-    """Write rope_kind into a config's RoPE dict whose rope_type is null: transformers' config parsing keeps the
-    null, and its rotary module then looks None up (KeyError: None) where AMK's rule reads the default."""
-    for name in ("rope_parameters", "rope_scaling"):
-        params = getattr(cfg, name, None)
-        if isinstance(params, dict) and "rope_type" in params and params["rope_type"] is None:
-            params["rope_type"] = rope_kind(params)
-
-
-_LLAMA3_KEYS = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-
-
-def _rope(v, cfg, arch):
-    params = v or {}
-    kind = rope_kind(params)
-    if kind not in ROPE_TYPES:
-        return (f"rope_type={kind!r}: only {', '.join(ROPE_TYPES[:-1])} (tables of the position alone) and "
-                f"{ROPE_TYPES[-1]} (within max_position_embeddings) are lowered")
-    theta = params.get("rope_theta")
-    if theta is not None and _positive_number()(theta, cfg, arch):
-        return f"rope_theta={theta!r} must be a positive, finite number"
-    factor = params.get("factor")
-    if kind in ("linear", "dynamic", "llama3") and factor is not None and not (
-            isinstance(factor, (int, float)) and not isinstance(factor, bool) and 1 <= factor < math.inf):
-        # transformers takes a factor below 1 with a warning; at 0 its tables hold inf and every logit is NaN
-        return f"factor={factor!r}: {kind} RoPE scaling needs a finite number >= 1"
-    if kind == "llama3":
-        for key in _LLAMA3_KEYS:
-            value = params.get(key)
-            # transformers divides original_max_position_embeddings by each factor (a 0 raises a ZeroDivisionError
-            # naming no field) and takes no range check of its own: a NaN gives NaN tables, so every logit is NaN,
-            # and an inf or a negative value bounds no band of wavelengths. Equal factors are left to it: it divides
-            # by their difference only inside the band between them, which is then empty
-            if value is not None and _positive_number()(value, cfg, arch):
-                return f"{key}={value!r}: llama3 RoPE scaling needs a positive, finite number"
-    partial = params.get("partial_rotary_factor")
-    if partial not in (None, 1, 1.0):
-        return f"partial_rotary_factor={partial}: RoPE over part of a head is not lowered"
-    return None
-
-
-def _sliding_window(v, cfg, arch):
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        return f"must be a whole number of positions >= 1, got {v!r}"
-    if arch == Architecture.LLAMA:
-        # LlamaModel masks every cached position, while transformers' cache keeps only the window for a
-        # config that names one: prefill and decode would disagree
-        return "a Llama config with a sliding window: LlamaForCausalLM does not window its mask"
-    if v == 1 and 1 in layer_windows(cfg, arch):
-        # transformers' decode through its cache and its own forward over the whole sequence disagree at a window
-        # of one position (tests/test_sliding_window.py shows it), so no reference defines the model
-        return "a window of 1 position: transformers' cached decode disagrees with its own full forward there"
-    return None
-
-
-def _layer_types(v, cfg, arch):
-    if v is None:
-        return None
-    bad = [(i, t) for i, t in enumerate(v) if t not in (FULL, SLIDING)]
-    if bad:
-        return f"layer {bad[0][0]} is {bad[0][1]!r}: only {FULL!r} and {SLIDING!r} layers are lowered"
-    if len(v) != cfg.num_hidden_layers:
-        return f"{len(v)} entries for {cfg.num_hidden_layers} layers"
-    window = getattr(cfg, "sliding_window", None)
-    if SLIDING in v and window is None:
-        if getattr(cfg, "use_sliding_window", None) is False:
-            # Qwen2Config / Qwen3Config drop a sliding_window that config.json sets unless use_sliding_window is true
-            return (f"layer {v.index(SLIDING)} is {SLIDING!r} but use_sliding_window is false, so transformers "
-                    "drops sliding_window; set use_sliding_window true for a windowed layer")
-        return f"layer {v.index(SLIDING)} is {SLIDING!r} but the config sets no sliding_window"
-    if arch == Architecture.LLAMA and SLIDING in v:
-        return "LlamaForCausalLM does not window its mask, while transformers' cache would follow layer_types"
-    if arch == Architecture.MISTRAL and len(set(v)) > 1:
-        return ("mixed layer types: MistralForCausalLM windows every layer alike, while transformers' cache would "
-                "follow layer_types")
-    return None
 
 
 _F = FieldRule
@@ -325,16 +177,6 @@ FIELDS: dict[str, FieldRule] = {r.name: r for r in (
     _F("rope_parameters.mrope_section", _I, "multimodal RoPE of vision-language models; these decoders never "
                                             "read it"),
 )}
-
-
-def _quantization(v, cfg, arch):
-    if v is None:
-        return None
-    # transformers' loader acts on the field being there at all: it quantizes or dequantizes the weights on loading
-    # (on CPU an fp8 checkpoint is dequantized with its warning off), so the model run is not the file's weights
-    method = v.get("quant_method") if isinstance(v, dict) else getattr(v, "quant_method", None)
-    return (f"quant_method={method!r}: a quantized checkpoint; AMK runs a checkpoint's dense weights in fp32, fp16 "
-            f"or bf16 only (save the model dequantized, without quantization_config)")
 
 
 # Fields transformers' from_pretrained reads, not the forward: they change which weights are loaded.
@@ -457,22 +299,6 @@ def check_config(cfg) -> Architecture:
     if bad:
         raise UnsupportedModelError(", ".join(f"{n}={v!r}" for n, v, _ in bad), "; ".join(f"{n}: {w}" for n, _, w in bad))
     return arch
-
-
-def layer_windows(cfg, arch: Architecture) -> tuple[int, ...]:
-    """Per layer, the positions it attends to with its own included (transformers' sliding mask keeps key
-    positions k > q - window, so a window of W sees W positions), 0 for all. Mistral windows every layer by
-    sliding_window; Qwen2/Qwen3 the layers layer_types marks (their config derives layer_types from
-    use_sliding_window and max_window_layers); Llama none."""
-    n = cfg.num_hidden_layers
-    window = getattr(cfg, "sliding_window", None)
-    if arch == Architecture.LLAMA or window is None:
-        return ()
-    if arch == Architecture.MISTRAL:
-        return (int(window),) * n
-    types = getattr(cfg, "layer_types", None) or [FULL] * n
-    wins = tuple(int(window) if t == SLIDING else 0 for t in types)
-    return wins if any(wins) else ()
 
 
 def model_dims(cfg) -> ModelDims:
