@@ -24,20 +24,19 @@ trial in flight finishes, then the summary; the CLI exits 130). `max_reverts` tr
 stop a run that has neither a budget nor minutes; a bounded run moves to another region instead (a restart
 round) and goes on. `workers` > 1 runs one loop per GPU through Ray (search/distributed.py).
 
-The run (_Run) is this module's start-up and main loop, with its parts written apart: search/rounds.py (candidate
-rounds), search/resume.py (a resume's checks), search/trials.py (a trial: claim, measure, decide, write) and
+The run (_Run) is this module's start-up and main loop, with its parts written apart: search/start.py (the files'
+checks and the start's trial), search/rounds.py (candidate rounds), search/resume.py (a resume's checks),
+search/trials.py (a trial: claim, measure, decide, write), search/stopping.py (the stop rules) and
 search/summary.py (the summary it returns).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 
 from amk.cache import default_cache
@@ -47,7 +46,6 @@ from amk.flywheel.claims import (
     claims_path,
     end_run,
     owner_id,
-    snapshot,
 )
 from amk.flywheel.prior import Prior
 from amk.flywheel.records import (
@@ -55,7 +53,6 @@ from amk.flywheel.records import (
 )
 from amk.flywheel.results import (
     COUNT_LIMIT,
-    ReadRows,
     ResultsFormatError,
     TrialNumbersExhausted,
     cell_rewrites,
@@ -64,11 +61,9 @@ from amk.flywheel.results import (
 )
 from amk.schedule.config import ScheduleConfig
 from amk.schedule.errors import ArgumentError, ConfigError
-from amk.schedule.inert import inert_knobs
 from amk.schedule.space import search_space
 
 from .arguments import (
-    append_refusal,
     check_loop_arguments,
     check_model_weights,
     check_seed,
@@ -79,16 +74,19 @@ from .arguments import (
 )
 from .environment import Device, get_model, resolve_device, resolve_target
 from .evaluate import evaluate
-from .propose import incumbent_config, model_name, run_context
+from .propose import model_name, run_context
 from .run_checks import check_context, check_kv_memory, check_model_dtype, default_dtype, resolve_dtype_name
 from .search.builder import Builder, BuildJob, Built, Predictor, default_processes
 from .search.errors import LoopError, ResultsNotResumed
 from .search.keep import Incumbent, decide
 from .search.model import RankingModel
-from .search.policy import Candidate, SearchSettings, Source
+from .search.policy import Candidate, SearchSettings
+from .search.policy import Source as Source  # callers name it through this module (tests/test_builder.py)
 from .search.resume import Resume
 from .search.rounds import PreparedRound, Rounds
 from .search.signals import StopFlag
+from .search.start import Start, _check_writable, _refuse_unreadable_rows
+from .search.stopping import Stopping, StopReason
 from .search.summary import RunSummary
 from .search.trials import Trials
 from .verdict import LatencyKind, parse_config
@@ -101,7 +99,6 @@ RESUME_NOTE_LEAD = "resume: "
 __all__ = ["Incumbent", "LoopError", "SearchSettings", "StopReason", "decide", "loop"]
 
 EMPTY_ROUNDS = 3  # rounds in a row with nothing new to measure (one of them a restart) before giving up
-CLAIM_POLL_S = 1.0
 
 
 class LoopInterrupted(KeyboardInterrupt):
@@ -113,14 +110,6 @@ class LoopInterrupted(KeyboardInterrupt):
     def __init__(self, summary: dict):
         self.summary = summary
         super().__init__(f"loop interrupted after {summary.get('trials')} trial(s); its summary is .summary")
-
-
-class StopReason(str, Enum):
-    BUDGET = "budget"
-    MINUTES = "minutes"
-    MAX_REVERTS = "max_reverts"
-    EXHAUSTED = "exhausted"  # no candidate left that is valid and not yet measured
-    INTERRUPTED = "interrupted"  # SIGINT (or the Ray driver's stop): the trial in flight finished
 
 
 def loop(model, gpu, budget: int | None = None, minutes: float | None = None, seed: int = 0, device: str = "auto",
@@ -208,40 +197,7 @@ def _default_evaluate(*args, **kw) -> dict:
     return evaluate(*args, **kw)  # looked up at call time: the module attribute is the seam
 
 
-def _refuse_unreadable_rows(results: Path, read: ReadRows) -> None:
-    """LoopError (argument results) where a results file holds whole data lines and none was a readable row (each
-    warned of above): a spreadsheet's re-save (TRUE for true), say. Resumed or not, the run would start afresh
-    beside rows no reader can count. Rows a write cut short (a last line without its newline, and a line the next
-    append marked as cut) are trials that died, not such a file: a full disk may cut the first trial's row of every
-    run until it is freed."""
-    data_lines = read.skipped - read.cut
-    if not read.rows and data_lines > 0:
-        raise LoopError(f"{results}: none of its {data_lines} data lines is a readable row (each is named above); "
-                        "fix or move the file, or choose another results file", argument="results")
-
-
-def _check_writable(path: Path, argument: str) -> None:
-    """Raises LoopError naming `argument` where the loop could not append to `path` (the file, or the nearest
-    directory above it that exists, is not writable: a read-only mount, another user's file), before any trial:
-    found only at the first row, it would end the run with a bare OSError."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not os.access(probe, os.W_OK):
-        raise LoopError(f"{path}: {str(probe)!r} is not writable: the loop appends to it every trial",
-                        argument=argument)
-    try:  # the first append makes them anyway; one that cannot be made (under /proc, say) fails here, not after a trial
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LoopError(f"{path}: its directory {str(path.parent)!r} cannot be made ({e.strerror or e})",
-                        argument=argument) from None
-    why = append_refusal(path)
-    if why is not None:
-        raise LoopError(f"{path}: cannot be opened for appending ({why}): the loop appends to it every trial",
-                        argument=argument)
-
-
-class _Run(Rounds, Resume, Trials, RunSummary):
+class _Run(Start, Rounds, Resume, Trials, RunSummary, Stopping):
     def __init__(self, model, gpu, budget, minutes, seed, device, results, corpus, resume, max_reverts, progress,
                  cases, dtype, incumbent, evaluate_fn, builders, settings, predictor, should_stop, max_seq):
         from amk.models import Model
@@ -357,49 +313,14 @@ class _Run(Rounds, Resume, Trials, RunSummary):
             self.close()  # the builder processes and the thread cap go with a loop that cannot start
             raise
 
-    # ---- the start -------------------------------------------------------------------------------------
+    # ---- the start (its build job and weights; the rest in search/start.py) ----------------------------
     def _job(self, cfg: ScheduleConfig) -> BuildJob:
         from amk.models import Model
 
         model = self.model if isinstance(self.model, Model) and self.builder.pool is None else self.name
         return BuildJob(model, self.target, cfg.to_dict(), self.dtype, self.max_seq, self.ranking.coefficients)
 
-    def _prepare_start(self, given: ScheduleConfig | None, rows: list[dict]
-                       ) -> tuple[Incumbent, tuple[Candidate, Built] | None]:
-        origin = "given"
-        if given is not None:
-            cfg, source = given, Source.GIVEN
-        else:
-            cfg, origin, _ = incumbent_config(self.name, self.target.name, self.corpus, self.dtype, self.context)
-            cfg, origin = self._resumed_incumbent(cfg, origin, rows)
-            source = Source.BASELINE
-        built = self.builder.build([self._job(cfg)])[0]
-        if not built.valid and given is not None:
-            raise LoopError(f"the given config {cfg.schedule_id} is rejected ({built.reason}): a loop starts from a "
-                            "config that lowers and validates", argument="incumbent")
-        if given is not None:
-            self._check_given_on_resume(given, built.program_fingerprint, rows)
-            self.given_inert = [k.note() for k in inert_knobs(given, self.target, built.derived)]
-            for note in self.given_inert:  # evaluate's verdict notes these; a loop's start row would not
-                log.warning("the given config's %s; the loop keeps it as given, and the search never moves it", note)
-        if not built.valid and cfg != ScheduleConfig():
-            log.warning("the corpus's best config %s no longer lowers (%s): starting from the defaults",
-                        cfg.schedule_id, built.reason)
-            cfg, built, origin = ScheduleConfig(), self.builder.build([self._job(ScheduleConfig())])[0], "default"
-        if not built.valid:
-            raise LoopError(f"the default config is rejected for {self.name} on {self.target.name}: {built.reason}")
-        inc = Incumbent(cfg, program_fingerprint=built.program_fingerprint)
-        self.start_description = f"baseline ({origin} config)"
-        return inc, (Candidate(cfg, (), source), built)
-
-    def _warm_start(self) -> None:
-        """On a GPU, a builder compiles the start's kernel while this process loads the model's weights: on a
-        fresh machine each takes tens of seconds, and the first trial waited for both in turn."""
-        if self.dev != Device.CUDA:
-            return
-        self.builder.precompile(self._job(self.start[0].config), self.start[1].kernel_id)
-        self._load_weights()
-
+    # kept beside _default_evaluate: the identity test below is against this module's seam
     def _load_weights(self) -> None:
         """The weights every trial's evaluate loads (memoised), loaded before the first trial: a checkpoint that
         fails the checks after loading (a NaN, a missing or misshapen tensor) is one usage error naming the file
@@ -409,40 +330,6 @@ class _Run(Rounds, Resume, Trials, RunSummary):
         if self.evaluate_fn is _default_evaluate and not isinstance(self.model, Model):
             get_model(str(self.model), resolve_dtype_name(self.dtype, self.dev, self.target)[0], self.dev,
                       weights=True)
-
-    def _settle_start(self, flag: StopFlag) -> Candidate | None:
-        """The start candidate to measure, or None when a measured row stands for it (waiting for another
-        loop that claimed it)."""
-        cand, built = self.start
-        while True:
-            snap = snapshot(self.results, self.name, self.target.name)
-            taken = snap.taken(built.program_fingerprint, built.schedule_id, self.owner)
-            if taken is None:
-                return cand
-            if taken.by == "measured":
-                self.duplicates += 1
-                self.adopted = self._adopt(taken.row)
-                if not self.adopted:
-                    log.info("trial %s measured the incumbent's program without a %s latency at %s, max_seq %d: "
-                             "measured again as a re-measurement", taken.trial, self.kind, self.dtype,
-                             self.program_max_seq)
-                    self.inc.trial = taken.trial
-                    self._remeasure()
-                return None
-            if self._stop_reason(flag) is not None:
-                return None
-            time.sleep(CLAIM_POLL_S)  # another loop is measuring it now: its row is the incumbent's latency
-
-    def _adopt_start_row(self) -> None:
-        """A loop stopped before its start's trial: the start's measured row of the results, where one stands for it
-        (a resumed run's incumbent), adopted as _settle_start would, with nothing measured and no claim waited for;
-        so that the summary reports the incumbent resumed, not the start config as no result."""
-        _, built = self.start
-        taken = snapshot(self.results, self.name, self.target.name).taken(built.program_fingerprint,
-                                                                          built.schedule_id, self.owner)
-        if taken is not None and taken.by == "measured":
-            self.duplicates += 1
-            self.adopted = self._adopt(taken.row)
 
     # ---- the main loop -------------------------------------------------------------------------------
     def go(self, flag: StopFlag) -> dict:
@@ -493,28 +380,6 @@ class _Run(Rounds, Resume, Trials, RunSummary):
             cand, built = self.queue.pop(self._next_pick())
             self._trial(cand, built, cand.description)
         return self._summary(stop)
-
-    def _stop_asked(self, flag: StopFlag) -> bool:
-        """A stop that may come while a round is built: a signal, `should_stop`, or the minutes spent (the budget
-        and max_reverts move only at a trial). _stop_reason then says which."""
-        return (flag.set or (self.should_stop is not None and bool(self.should_stop()))
-                or (self.minutes is not None and time.monotonic() - self.t0 >= self.minutes * 60))
-
-    def _stop_reason(self, flag: StopFlag) -> StopReason | None:
-        if flag.set or (self.should_stop is not None and self.should_stop()):
-            return StopReason.INTERRUPTED
-        if self.budget is not None and self.trials >= self.budget:
-            return StopReason.BUDGET
-        if self.minutes is not None and time.monotonic() - self.t0 >= self.minutes * 60:
-            return StopReason.MINUTES
-        if self.reverts >= self.max_reverts:
-            if self.budget is None and self.minutes is None:
-                return StopReason.MAX_REVERTS
-            self.reverts, self.restart_pending, self.queue = 0, True, []
-            self.restarts += 1
-            log.info("%d trials without a keep: moving to another region (restart %d)", self.max_reverts,
-                     self.restarts)
-        return None
 
     def close(self) -> None:
         if getattr(self, "leased", False):
