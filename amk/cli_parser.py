@@ -164,6 +164,16 @@ def _cases_opt(p) -> None:
                    help="verify case set (default: reduced on a CPU for models over 200M parameters, else full)")
 
 
+def _verified_program_opts(p) -> None:
+    """evaluate's and verify's shared flags: which program, where it runs, and its verify cases."""
+    _model_gpu(p)
+    _config_opt(p)
+    _run_opts(p)
+    _max_seq_opt(p)
+    _cases_opt(p)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the verify cases' inputs (default: 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="amk", description="Search for the fastest correct batch-1 decode megakernel.")
     ap.add_argument("--json", action="store_true", default=False,
@@ -193,12 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dtype_opt(p)
     _max_seq_opt(p)
     p = add("evaluate", "one config's verdict: valid, correct, latency (measured or predicted), floor")
-    _model_gpu(p)
-    _config_opt(p)
-    _run_opts(p)
-    _max_seq_opt(p)
-    _cases_opt(p)
-    p.add_argument("--seed", type=seed, default=0, help="seed of the verify cases' inputs (default: 0)")
+    _verified_program_opts(p)
     p.add_argument("--corpus", default=None,
                    help="calibrate the cost model from this corpus when it has measured rows (default: "
                         "./corpus.jsonl when present; a file named here must exist)")
@@ -235,12 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes that lower, validate, price and compile the next candidates while one is "
                         "measured (default: none on the CPU path, all cores but two on CUDA)")
     p = add("verify", "run every verify case; writes verify_result.json; exit 1 on any failed case")
-    _model_gpu(p)
-    _config_opt(p)
-    _run_opts(p)
-    _max_seq_opt(p)
-    _cases_opt(p)
-    p.add_argument("--seed", type=seed, default=0, help="seed of the verify cases' inputs (default: 0)")
+    _verified_program_opts(p)
     p.add_argument("--out", default="verify_result.json", help="where the verify record goes")
     p = add("bench", "per-case latency and peak memory of a verified program, and the geometric-mean speed-up")
     _model_gpu(p)
