@@ -183,8 +183,8 @@ class Cache:
             now = os.stat(path)
             if st is None or (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
                 if _is_real_dir(path):  # in an entry's place: removed only when empty, never with what it holds
-                    why = _remove_empty_dir(path)
-                    done = "removed" if why is None else f"left (a directory, {why})"
+                    stays = _remove_empty_dir(path)
+                    done = "removed" if stays is None else f"left (a directory, {stays})"
                 else:
                     os.unlink(path)
                 if done == "removed":
