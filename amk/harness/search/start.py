@@ -108,10 +108,9 @@ class Start:
     def _settle_start(self, flag: StopFlag) -> Candidate | None:
         """The start candidate to measure, or None when a measured row stands for it (waiting for another
         loop that claimed it)."""
-        cand, built = self.start
+        cand = self.start[0]
         while True:
-            snap = snapshot(self.results, self.name, self.target.name)
-            taken = snap.taken(built.program_fingerprint, built.schedule_id, self.owner)
+            taken = self._start_row()
             if taken is None:
                 return cand
             if taken.by == "measured":
@@ -132,9 +131,13 @@ class Start:
         """A loop stopped before its start's trial: the start's measured row of the results, where one stands for it
         (a resumed run's incumbent), adopted as _settle_start would, with nothing measured and no claim waited for;
         so that the summary reports the incumbent resumed, not the start config as no result."""
-        _, built = self.start
-        taken = snapshot(self.results, self.name, self.target.name).taken(built.program_fingerprint,
-                                                                          built.schedule_id, self.owner)
+        taken = self._start_row()
         if taken is not None and taken.by == "measured":
             self.duplicates += 1
             self.adopted = self._adopt(taken.row)
+
+    def _start_row(self):
+        """The results' row that measures or claims the start's program (None: none does), as the file stands now."""
+        _, built = self.start
+        return snapshot(self.results, self.name, self.target.name).taken(built.program_fingerprint,
+                                                                         built.schedule_id, self.owner)
