@@ -45,10 +45,14 @@ __device__ __forceinline__ ulonglong2 ld_tagged2(const unsigned long long* p) {
   asm volatile("ld.relaxed.gpu.global.v2.u64 {%0, %1}, [%2];" : "=l"(v.x), "=l"(v.y) : "l"(p) : "memory");
   return v;
 }
+// As the megakernel streams a weight vector: no L1 line, and first in line for eviction from L2, so that the
+// stream leaves the chase's lines and the rows in L2 as it leaves the kernel's activations there.
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  unsigned long long pol;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p), "l"(pol));
   return v;
 }
 
@@ -123,7 +127,7 @@ __device__ void chase(Scratch* s) {
   s->t[1] = now_ns() + (i == 0xffffffffu);  // i kept live
 }
 
-// ROUNDS times: 512 threads store a row, bar.sync, thread 0 fences at gpu scope; the fences' time.
+// ROUNDS times: 512 threads store a row, bar.sync, thread 0 fences at gpu scope as a release does; the fences' time.
 __device__ void fences(Scratch* s) {
   const int tid = threadIdx.x;
   unsigned long long spent = 0;
@@ -133,7 +137,7 @@ __device__ void fences(Scratch* s) {
     __syncthreads();
     if (tid == 0) {
       const unsigned long long t0 = now_ns();
-      __threadfence();
+      asm volatile("fence.acq_rel.gpu;" ::: "memory");  // the fence a red.release carries
       spent += now_ns() - t0;
     }
     __syncthreads();
