@@ -9,7 +9,7 @@
    schedule/tags_check.py),
 3. counters (every wait satisfiable and for all of its counter's producers),
 4. deadlock (the signal/wait/queue graph is acyclic; a cycle comes back as a witness),
-5. data hazards over happens-before (RAW, WAR, WAW per element range; see `hazards.sweep`).
+5. data hazards over happens-before (RAW, WAR, WAW per element range; see `hazard_sweep.sweep`).
 
 The issue kinds and the result are issues.py's; the per-task checks of 1 and 2, abi_check.py's.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import gc
 import time
 
-from . import hazards, param_buffers, tags_check
+from . import hazard_sweep, hazards, param_buffers, tags_check
 from . import opcodes as oc
 from . import smem as block_smem
 from .abi_check import BUFFER_FIELDS as BUFFER_FIELDS
@@ -125,7 +125,7 @@ def _validate(program, target, rep: _Report) -> None:
             rep.internal("happens-before", e)
             return
         if per is not None:
-            _guarded(rep, "hazards", hazards.sweep, program, per, hb, rep.add, rep.tname)
+            _guarded(rep, "hazards", hazard_sweep.sweep, program, per, hb, rep.add, rep.tname)
 
 
 # ---- 1. structure -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from _schedules import clone
 
 import amk
-from amk.schedule import hazards
+from amk.schedule import hazard_sweep, hazards
 from amk.schedule.clocks import HappensBefore
 from amk.schedule.program import Wait
 
@@ -88,7 +88,7 @@ def test_the_hazard_sweep_is_linear_in_memory():
     tracemalloc.start()
     try:
         hb = HappensBefore(graph, prog.queues)
-        hazards.sweep(prog, per, hb, lambda *issue: found.append(issue), str)
+        hazard_sweep.sweep(prog, per, hb, lambda *issue: found.append(issue), str)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
