@@ -9,9 +9,10 @@
 //            (ld.relaxed.gpu) until they carry the round's tag, then bar.sync: the tagged residual stream.
 // A hop is half a round trip: one send and one receive, barriers included. Also timed, each idle and under the
 // stream: one dependent L2 hit (a pointer chase through a row of L2-resident lines) and a release fence after a
-// row of stores. The stream's rate is printed beside, so "under load" is known to be the DRAM's rate.
+// row of stores. Three loads: idle, a quarter of the other SMs streaming, and all of them; the stream's rate is
+// printed beside, so that each figure reads against how busy the DRAM was.
 //     nvcc -arch=sm_90 -O3 -o /tmp/hop_latency bench/tools/hop_latency.cu && /tmp/hop_latency
-// Output: one line a (measure, load) pair, then one JSON line with every figure (us).
+// Output: one line a (measure, load) pair, then one JSON line with every figure (us, GB/s).
 #include <cstdio>
 #include <cuda_runtime.h>
 
@@ -148,12 +149,12 @@ __device__ void fences(Scratch* s) {
   }
 }
 
-// Every block past the timed ones: the weight stream, four 16-byte loads in flight a thread, until stop. n16 (the
-// buffer's 16-byte vectors) is a power of two.
-__device__ void stream(Scratch* s, const uint4* w, unsigned long long n16) {
+// `streamers` blocks past the timed ones: the weight stream, four 16-byte loads in flight a thread, until stop.
+// n16 (the buffer's 16-byte vectors) is a power of two.
+__device__ void stream(Scratch* s, const uint4* w, unsigned long long n16, int streamers) {
   const unsigned long long t0 = now_ns();
   const unsigned long long first = (unsigned long long)(blockIdx.x - 2) * THREADS + threadIdx.x;
-  const unsigned long long step = (unsigned long long)(gridDim.x - 2) * THREADS;
+  const unsigned long long step = (unsigned long long)streamers * THREADS;
   unsigned x = 0;
   unsigned long long loads = 0;
   for (unsigned long long i = first;; i += 4 * step) {
@@ -169,13 +170,13 @@ __device__ void stream(Scratch* s, const uint4* w, unsigned long long n16) {
   atomicMax(&s->stream_ns, now_ns() - t0);
 }
 
-__global__ void __launch_bounds__(THREADS, 1) run(Scratch* s, int measure, int load, const uint4* w,
+__global__ void __launch_bounds__(THREADS, 1) run(Scratch* s, int measure, int streamers, const uint4* w,
                                                   unsigned long long n16) {
   if (blockIdx.x >= 2) {
-    if (load) stream(s, w, n16);
+    if ((int)blockIdx.x - 2 < streamers) stream(s, w, n16, streamers);
     return;
   }
-  if (load) __nanosleep(20000);  // the stream at its rate first
+  if (streamers) __nanosleep(20000);  // the stream at its rate first
   if (measure == HOP_COUNTER || measure == HOP_TAGGED) hops(s, measure == HOP_TAGGED);
   else if (blockIdx.x == 0 && measure == L2_HIT) chase(s);
   else if (blockIdx.x == 0 && measure == FENCE) fences(s);
@@ -200,17 +201,19 @@ int main() {
   unsigned chase[ROW_FLOATS];
   for (int i = 0; i < ROW_FLOATS; ++i) chase[i] = (unsigned)((i + 32 * 37) % ROW_FLOATS);  // 128-byte strides
   const char* names[N_MEASURES] = {"hop_counter", "hop_tagged", "l2_hit", "fence"};
-  double us[N_MEASURES][2], gbs[N_MEASURES][2];
+  const char* loads[3] = {"idle", "quarter", "all"};
+  const int streamers[3] = {0, (sms - 2) / 4, sms - 2};
+  double us[N_MEASURES][3], gbs[N_MEASURES][3];
   unsigned errors = 0;
   printf("%s, %d SMs, a row of %d fp32 values, %d rounds\n", prop.name, sms, ROW_FLOATS, ROUNDS);
-  printf("%-12s %-6s %10s %14s\n", "measure", "load", "us", "stream GB/s");
+  printf("%-12s %-8s %10s %14s\n", "measure", "load", "us", "stream GB/s");
   for (int m = 0; m < N_MEASURES; ++m)
-    for (int load = 0; load < 2; ++load) {
+    for (int load = 0; load < 3; ++load) {
       double best = 1e30, rate = 0;
       for (int rep = 0; rep < 3; ++rep) {
         CHECK(cudaMemset(s, 0, sizeof(Scratch)));
         CHECK(cudaMemcpy(s->chase, chase, sizeof(chase), cudaMemcpyHostToDevice));
-        run<<<sms, THREADS>>>(s, m, load, w, bytes / 16);
+        run<<<sms, THREADS>>>(s, m, streamers[load], w, bytes / 16);
         CHECK(cudaGetLastError());
         CHECK(cudaDeviceSynchronize());
         Scratch h;
@@ -225,13 +228,13 @@ int main() {
       }
       us[m][load] = best;
       gbs[m][load] = rate;
-      printf("%-12s %-6s %10.3f %14.0f\n", names[m], load ? "stream" : "idle", best, rate);
+      printf("%-12s %-8s %10.3f %14.0f\n", names[m], loads[load], best, rate);
     }
   printf("{\"device\": \"%s\", \"sms\": %d, \"row_floats\": %d, \"rounds\": %d, \"errors\": %u", prop.name, sms,
          ROW_FLOATS, ROUNDS, errors);
   for (int m = 0; m < N_MEASURES; ++m)
-    printf(", \"%s_us\": {\"idle\": %.4f, \"stream\": %.4f}, \"%s_stream_gbs\": %.1f", names[m], us[m][0], us[m][1],
-           names[m], gbs[m][1]);
+    printf(", \"%s_us\": {\"idle\": %.4f, \"quarter\": %.4f, \"all\": %.4f}, \"%s_stream_gbs\": {\"quarter\": %.1f, "
+           "\"all\": %.1f}", names[m], us[m][0], us[m][1], us[m][2], names[m], gbs[m][1], gbs[m][2]);
   printf("}\n");
   return errors ? 2 : 0;
 }
