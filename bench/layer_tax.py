@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shapes import SHAPES  # noqa: E402  (a sibling script)
+from shapes import SHAPES  # a sibling script, importable when this one runs (as trace.py imports variants)
 
 
 def layers_of(model: str) -> int:

@@ -15,7 +15,7 @@ from amk.schedule.errors import ArgumentError, EagerReferenceError, EnvironmentP
 
 from .cases import CaseInputs, VerifyCase, case_inputs, check_cases_fit, default_cases, eager_decode
 from .compare import compare, kl_divergence, tolerance_for
-from .ties import tie_reason, tie_shortfall  # noqa: F401  (verify's tie rule, also imported from here)
+from .ties import tie_reason, tie_shortfall
 
 # End-to-end rule: two correct implementations (transformers' own eager and sdpa attention, in bf16) differ
 # by far more than MERE < t allows once many layers compound their roundings, and near-zero logits make

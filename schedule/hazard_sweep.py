@@ -4,9 +4,11 @@ buffer's access groups (hazards.collect) and happens-before (clocks.HappensBefor
 from __future__ import annotations
 
 from .clocks import HappensBefore, Members
-from .hazards import HAZARD_KINDS, Groups
+from .hazards import Groups
 from .opcodes import NO_BUFFER
 from .program import BufferKind
+
+HAZARD_KINDS = (BufferKind.SCRATCH, BufferKind.ARENA, BufferKind.IO, BufferKind.KV)
 
 
 def _writes_by_stage(groups, pos) -> dict:

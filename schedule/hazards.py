@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 from .program import BufferKind, is_task_id
 
-HAZARD_KINDS = (BufferKind.SCRATCH, BufferKind.ARENA, BufferKind.IO, BufferKind.KV)
-
 
 @dataclass
 class DepGraph:
@@ -248,4 +246,3 @@ def check_regions(program, per: dict[object, Groups], report, tname) -> None:
                        tids[:2], (b.name,))
             if w == 1 and is_weight:
                 report("OUT_OF_BOUNDS", f"{who(tids)} writes the weight buffer {b.name}", tids[:2], (b.name,))
-

@@ -10,9 +10,16 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parents[1] / "bench" / "layer_tax.py"
-_SPEC = importlib.util.spec_from_file_location("bench_layer_tax", SCRIPT)
-layer_tax = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(layer_tax)
+
+
+@pytest.fixture
+def layer_tax(monkeypatch):
+    """The script as a module, its sibling bench/shapes.py importable as when it runs."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("bench_layer_tax", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _result(tmp_path, model, step_us, floor_us, best=None):
@@ -24,7 +31,7 @@ def _result(tmp_path, model, step_us, floor_us, best=None):
     return p
 
 
-def test_a_layer_above_the_floor_and_the_bar_allowance(tmp_path):
+def test_a_layer_above_the_floor_and_the_bar_allowance(tmp_path, layer_tax):
     # llama-3.2-1b has 16 layers: (900 - 600) / 16 = 18.75 us; at 75% the step may be 800 us, 200 / 16 = 12.5
     p = _result(tmp_path, "/tmp/shapes/llama-3.2-1b", 900.0, 600.0, best=850.0)
     rows = layer_tax.tax_rows(str(p), {"llama-3.2-1b": 75.0})
@@ -34,13 +41,13 @@ def test_a_layer_above_the_floor_and_the_bar_allowance(tmp_path):
     assert r["pct_of_floor"] == pytest.approx(66.7)
 
 
-def test_no_bar_no_allowance(tmp_path):
+def test_no_bar_no_allowance(tmp_path, layer_tax):
     p = _result(tmp_path, "smollm2-135m", 600.0, 60.0)
     (r,) = layer_tax.tax_rows(str(p), {})
     assert r["above_floor_us_a_layer"] == 18.0 and "bar_allows_us_a_layer" not in r  # 30 layers
 
 
-def test_an_unlisted_shape_is_named(tmp_path):
+def test_an_unlisted_shape_is_named(tmp_path, layer_tax):
     p = _result(tmp_path, "/models/my-own-7b", 900.0, 600.0)
     with pytest.raises(KeyError, match="my-own-7b"):
         layer_tax.tax_rows(str(p), {})
